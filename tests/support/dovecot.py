@@ -1,0 +1,1 @@
+"""pytest fixtures: dovecot (filled in by its owner)."""

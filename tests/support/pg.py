@@ -1,0 +1,1 @@
+"""pytest fixtures: pg (filled in by its owner)."""

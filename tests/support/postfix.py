@@ -1,0 +1,1 @@
+"""pytest fixtures: postfix (filled in by its owner)."""
