@@ -1,0 +1,194 @@
+"""Registry records (the values callers hand in) and the tables they land in.
+
+Records are frozen dataclasses; the rest of mailrouter never sees a row or a
+session. Tables are SQLAlchemy Core tables on one ``metadata`` that Alembic
+revisions mirror by hand (``migrations/versions``): change both together.
+
+Tables now: messages, decisions, deliveries, loops, reloads. Planned (DESIGN.md
+"The registry"), each in its own new revision: requests (conversations with
+owner and SLA due), autoreply_log (unique sender/responder, last sent; the
+cluster-wide autoreply limit), outbox (outgoing mail, attempts, next try,
+claimed with FOR UPDATE SKIP LOCKED).
+
+Known limits: timestamps are stored as UTC; SQLite keeps them naive and
+``UTCDateTime`` puts the zone back on read. JSON columns hold tuples as lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON, Boolean, Column, DateTime, Dialect, ForeignKey, Index, Integer, MetaData,
+    String, Table, Text, UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "MessageRecord", "DecisionRecord", "DeliveryRecord", "UTCDateTime", "metadata",
+    "messages", "decisions", "deliveries", "loops", "reloads",
+    "MESSAGE_STATUSES", "DELIVERY_STATES",
+]
+
+MESSAGE_STATUSES = frozenset({"delivered", "partial", "deferred", "rejected"})
+DELIVERY_STATES = frozenset({"delivered", "deferred", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One message as received; ``key`` is sha256 hex over (mail_from, raw bytes)."""
+
+    key: str
+    received_at: datetime
+    protocol: str
+    peer: str
+    mail_from: str
+    rcpts: tuple[str, ...]
+    message_id: str | None
+    from_name: str
+    from_addr: str
+    subject: str
+    size: int
+    content_hash: str
+    defects: tuple[str, ...]
+    ruleset_hash: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """The routing decision for one envelope recipient, with its explanation."""
+
+    rcpt: str
+    action: str
+    reply: str
+    mailbox: str | None
+    folder: str | None
+    owner: str | None
+    tags: tuple[str, ...]
+    priority: str | None
+    sla: str | None
+    path: tuple[str, ...]
+    reasons: tuple[str, ...]
+    rules: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """What happened at one final target; ``target`` is a stable key for dedupe."""
+
+    target: str
+    state: str
+    detail: str
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A tz-aware UTC datetime on every backend; naive values are refused."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: registry timestamps must be tz-aware")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# Stable constraint names, so later revisions (and SQLite batch mode) can name them.
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+messages = Table(
+    "messages", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("protocol", String(8), nullable=False),
+    Column("peer", String(255), nullable=False),
+    Column("mail_from", Text, nullable=False),
+    Column("rcpts", JSON, nullable=False),
+    Column("message_id", Text),
+    Column("from_name", Text, nullable=False),
+    Column("from_addr", String(320), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("defects", JSON, nullable=False),
+    Column("ruleset_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Index(None, "received_at"),
+    Index(None, "from_addr", "received_at"),
+    Index(None, "message_id"),
+)
+
+decisions = Table(
+    "decisions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_key", String(64), ForeignKey("messages.key", ondelete="CASCADE"),
+           nullable=False),
+    Column("rcpt", String(320), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("reply", Text, nullable=False),
+    Column("mailbox", String(255)),
+    Column("folder", String(255)),
+    Column("owner", String(255)),
+    Column("tags", JSON, nullable=False),
+    Column("priority", String(32)),
+    Column("sla", String(64)),
+    Column("path", JSON, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("rules", JSON, nullable=False),
+    UniqueConstraint("message_key", "rcpt"),
+    Index(None, "mailbox"),
+    Index(None, "owner"),
+)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_key", String(64), ForeignKey("messages.key", ondelete="CASCADE"),
+           nullable=False),
+    Column("target", String(512), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("message_key", "target"),
+)
+
+# A loop may be caught before the message is recorded, so no foreign key here.
+loops = Table(
+    "loops", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("detected_at", UTCDateTime(), nullable=False),
+    Column("message_key", String(64), nullable=False),
+    Column("rcpt", String(320), nullable=False),
+    Column("evidence", Text, nullable=False),
+    Index(None, "message_key"),
+    Index(None, "detected_at"),
+)
+
+reloads = Table(
+    "reloads", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("ruleset_hash", String(64), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),
+    Index(None, "at"),
+)

@@ -1,0 +1,394 @@
+"""The registry store: group-committed writes of messages, decisions and deliveries.
+
+``Registry.record`` enqueues one message with its decisions and deliveries and
+waits for its own commit. One writer task takes everything pending (up to
+``batch_max``) and writes it in ONE transaction, so a burst of N messages costs
+far fewer than N fsyncs. Writes are upserts keyed on the message key (sha256 of
+envelope sender and raw bytes), so an MTA retry updates the row instead of adding
+one, and a delivery once 'delivered' is never downgraded (dedupe, DESIGN.md step 7).
+
+Failures: every database failure surfaces as ``RegistryError`` (details go to the
+log only). When a batch fails on one bad record (integrity or data error), its
+records are retried one by one so only that caller fails; when the database is
+unavailable (locked, down, read-only) the whole batch fails at once. Every
+database await runs under ``asyncio.timeout(timeout)``; SQLite's busy timeout is
+half of it so a locked file answers before the deadline.
+
+Known limits: a caller that times out may still see its record committed later
+(harmless: the MTA retries and the upsert dedupes). Schema upgrade runs Alembic
+on a private event loop in a worker thread (Alembic is synchronous and reads its
+scripts from disk); a timed-out upgrade thread finishes on its own. An in-memory
+SQLite URL gives each pooled connection its own database: use a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Insert, case, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from mailrouter.errors import RegistryError
+from mailrouter.registry.models import (
+    DecisionRecord, DeliveryRecord, MessageRecord, decisions, deliveries, loops, messages,
+    reloads,
+)
+
+__all__ = ["Registry", "upgrade"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MIGRATIONS = Path(__file__).with_name("migrations")
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+            "postgres": "postgresql+asyncpg"}
+
+
+# Engine setup
+
+def _url(url: str) -> URL:
+    parsed = make_url(url)
+    return parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
+
+
+async def _prepare(url: URL) -> None:
+    """Create the parent directory of a SQLite file, off the event loop."""
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        if not url.database.startswith("file:"):
+            parent = Path(url.database).expanduser().parent
+            await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
+
+
+def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEngine:
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(
+            url, pool_pre_ping=True,
+            connect_args={"timeout": timeout, "command_timeout": timeout})
+    engine = create_async_engine(url)
+    busy_ms = max(1, int(timeout * 500))  # half the deadline: SQLite answers first
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        for pragma in (f"busy_timeout={busy_ms}", "journal_mode=WAL",
+                       f"synchronous={synchronous}", "foreign_keys=ON"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    return engine
+
+
+# Upserts
+
+def _insert(dialect: str, table: Any) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _message_upsert(dialect: str) -> Insert:
+    stmt = _insert(dialect, messages)
+    keep = {"key", "received_at", "attempts"}
+    updates = {c.name: stmt.excluded[c.name] for c in messages.c if c.name not in keep}
+    updates["attempts"] = messages.c.attempts + 1
+    return stmt.on_conflict_do_update(index_elements=["key"], set_=updates)  # type: ignore[no-any-return]
+
+
+def _decision_upsert(dialect: str) -> Insert:
+    stmt = _insert(dialect, decisions)
+    keep = {"id", "message_key", "rcpt"}
+    updates = {c.name: stmt.excluded[c.name] for c in decisions.c if c.name not in keep}
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["message_key", "rcpt"], set_=updates)
+
+
+def _delivery_upsert(dialect: str) -> Insert:
+    stmt = _insert(dialect, deliveries)
+    done = deliveries.c.state == "delivered"
+    updates = {name: case((done, deliveries.c[name]), else_=stmt.excluded[name])
+               for name in ("state", "detail", "updated_at")}
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["message_key", "target"], set_=updates)
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: MessageRecord
+    decisions: Sequence[DecisionRecord]
+    deliveries: Sequence[DeliveryRecord]
+    future: asyncio.Future[None] = field(repr=False)
+
+    def rows(self, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                           list[dict[str, Any]]]:
+        key = self.message.key
+        msg = _jsonable(asdict(self.message)) | {"updated_at": now, "attempts": 1}
+        decs = {d.rcpt: _jsonable(asdict(d)) | {"message_key": key} for d in self.decisions}
+        dels: dict[str, dict[str, Any]] = {}
+        for d in self.deliveries:  # one row per target; 'delivered' wins inside a record
+            if dels.get(d.target, {}).get("state") != "delivered":
+                dels[d.target] = asdict(d) | {"message_key": key, "updated_at": now}
+        return msg, list(decs.values()), list(dels.values())
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in row.items()}
+
+
+def _rounds(batch: list[_Pending]) -> list[list[_Pending]]:
+    """Split a batch so no key repeats within one executemany (PostgreSQL refuses that)."""
+    rounds: list[list[_Pending]] = []
+    seen: list[set[str]] = []
+    for item in batch:
+        i = next((n for n, keys in enumerate(seen) if item.message.key not in keys), len(seen))
+        if i == len(seen):
+            rounds.append([])
+            seen.append(set())
+        rounds[i].append(item)
+        seen[i].add(item.message.key)
+    return rounds
+
+
+def _is_bad_record(exc: BaseException) -> bool:
+    """True when the data, not the database, is at fault: retrying others may work."""
+    if isinstance(exc, (IntegrityError, DataError, TypeError, ValueError)):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def _failure(what: str, exc: BaseException) -> RegistryError:
+    log.warning("event=registry_error op=%s error=%r", what, exc)
+    err = RegistryError(f"registry {what} failed")
+    err.__cause__ = exc
+    return err
+
+
+class Registry:
+    """The message registry on one engine; create with ``await Registry.open(url)``."""
+
+    def __init__(self, engine: AsyncEngine, *, batch_max: int, timeout: float) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._batch_max = max(1, batch_max)
+        self._timeout = timeout
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._closed = False
+        self._writer = asyncio.create_task(self._write_loop(), name="registry-writer")
+
+    @classmethod
+    async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
+                   create: bool = True, synchronous: str = "FULL") -> Registry:
+        """Open (and with ``create``, create or upgrade) the registry at ``url``."""
+        parsed = _url(url)
+        try:
+            await _prepare(parsed)
+            if create:
+                await _upgrade(parsed, timeout, synchronous)
+        except Exception as exc:
+            raise _failure("open", exc) from None
+        engine = _make_engine(parsed, timeout, synchronous)
+        registry = cls(engine, batch_max=batch_max, timeout=timeout)
+        try:
+            await registry._read("open", lambda conn: conn.execute(select(1)))
+        except RegistryError:
+            await registry.close()
+            raise
+        return registry
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for event listeners in tests and metrics; do not write through it."""
+        return self._engine
+
+    # Writes
+
+    async def record(self, message: MessageRecord, decisions: Sequence[DecisionRecord],
+                     deliveries: Sequence[DeliveryRecord]) -> None:
+        """Write one message with its decisions and deliveries; return once committed."""
+        if self._closed:
+            raise RegistryError("registry is closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(message, decisions, deliveries, future))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await future
+        except TimeoutError:
+            raise _failure("record", TimeoutError("no commit within timeout")) from None
+
+    async def record_loop(self, key: str, rcpt: str, evidence: str) -> None:
+        """Note a mail loop caught at run time for message ``key`` and recipient ``rcpt``."""
+        row = {"detected_at": _now(), "message_key": key, "rcpt": rcpt, "evidence": evidence}
+        await self._write_one("record_loop", loops.insert().values(row))
+
+    async def record_reload(self, ruleset_hash: str, ok: bool, detail: str) -> None:
+        """Note one rule-set reload attempt and its result."""
+        row = {"at": _now(), "ruleset_hash": ruleset_hash, "ok": ok, "detail": detail}
+        await self._write_one("record_reload", reloads.insert().values(row))
+
+    async def _write_one(self, what: str, stmt: Any) -> None:
+        try:
+            async with asyncio.timeout(self._timeout), self._engine.begin() as conn:
+                await conn.execute(stmt)
+        except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
+            raise _failure(what, exc) from None
+
+    # Reads
+
+    async def delivered_targets(self, key: str) -> set[str]:
+        """Targets that already have message ``key`` (skip them on a retry)."""
+        query = select(deliveries.c.target).where(
+            deliveries.c.message_key == key, deliveries.c.state == "delivered")
+        rows = await self._read("delivered_targets", lambda conn: conn.execute(query))
+        return {r.target for r in rows}
+
+    async def message(self, key: str) -> dict[str, Any] | None:
+        """The message row with lists of its decisions and deliveries, or None."""
+        async def fetch(conn: AsyncConnection) -> dict[str, Any] | None:
+            row = (await conn.execute(select(messages).where(messages.c.key == key))).first()
+            if row is None:
+                return None
+            found = dict(row._mapping)
+            for name, table in (("decisions", decisions), ("deliveries", deliveries)):
+                result = await conn.execute(
+                    select(table).where(table.c.message_key == key).order_by(table.c.id))
+                found[name] = [dict(r._mapping) for r in result]
+            return found
+        return await self._read("message", fetch)
+
+    async def count_messages(self) -> int:
+        """How many messages the registry holds."""
+        query = select(func.count()).select_from(messages)
+        result = await self._read("count_messages", lambda conn: conn.execute(query))
+        return int(result.scalar_one())
+
+    async def _read(self, what: str, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout), self._engine.connect() as conn:
+                return await fn(conn)
+        except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
+            raise _failure(what, exc) from None
+
+    # Group commit
+
+    async def _write_loop(self) -> None:
+        """Take everything pending, up to batch_max, and commit it as one batch."""
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            batch: list[_Pending] = []
+            item: _Pending | None = first
+            while True:
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if len(batch) >= self._batch_max or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if not p.future.done()]  # skip callers that gave up
+        if not live:
+            return
+        try:
+            await self._write_batch(live)
+        except Exception as exc:  # the writer must survive anything a batch throws
+            if len(live) == 1 or not _is_bad_record(exc):
+                _settle(live, _failure("record", exc))
+                return
+            await self._commit_one_by_one(live)
+        else:
+            _settle(live, None)
+
+    async def _commit_one_by_one(self, live: list[_Pending]) -> None:
+        for n, item in enumerate(live):
+            try:
+                await self._write_batch([item])
+            except Exception as exc:  # see _commit
+                _settle([item], _failure("record", exc))
+                if not _is_bad_record(exc):  # the database went away: fail the rest now
+                    _settle(live[n + 1:], _failure("record", exc))
+                    return
+            else:
+                _settle([item], None)
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        now = _now()
+        async with asyncio.timeout(self._timeout), self._engine.begin() as conn:
+            for round_ in _rounds(batch):
+                rows = [p.rows(now) for p in round_]
+                await conn.execute(_message_upsert(self._dialect), [r[0] for r in rows])
+                for stmt, index in ((_decision_upsert, 1), (_delivery_upsert, 2)):
+                    params = [row for r in rows for row in r[index]]
+                    if params:
+                        await conn.execute(stmt(self._dialect), params)
+
+    async def close(self) -> None:
+        """Commit whatever is pending, stop the writer and release the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put_nowait(None)
+        try:
+            await self._writer
+        finally:
+            await self._engine.dispose()
+
+
+def _settle(items: Sequence[_Pending], error: RegistryError | None) -> None:
+    for item in items:
+        if item.future.done():
+            continue
+        if error is None:
+            item.future.set_result(None)
+        else:
+            item.future.set_exception(error)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# Schema
+
+async def upgrade(url: str, *, timeout: float = 60.0) -> None:
+    """Create the registry schema or migrate it to the newest revision (idempotent)."""
+    parsed = _url(url)
+    try:
+        await _prepare(parsed)
+        await _upgrade(parsed, timeout, "FULL")
+    except Exception as exc:  # any driver/Alembic/OS error: report, never a traceback
+        raise _failure("upgrade", exc) from None
+
+
+async def _upgrade(url: URL, timeout: float, synchronous: str) -> None:
+    # Alembic is synchronous and reads scripts from disk: give it its own loop
+    # and engine in a worker thread (an engine belongs to one event loop).
+    await asyncio.to_thread(asyncio.run, _upgrade_here(url, timeout, synchronous))
+
+
+async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
+    engine = _make_engine(url, timeout, synchronous)
+    try:
+        async with asyncio.timeout(timeout), engine.begin() as conn:
+            await conn.run_sync(_alembic_upgrade)
+    finally:
+        await engine.dispose()
+
+
+def _alembic_upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", os.fspath(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
