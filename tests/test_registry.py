@@ -1,0 +1,292 @@
+"""Registry tests on real SQLite files and a real PostgreSQL (fixtures in tests/support/pg.py).
+
+Faults are real: a second SQLite connection holding an EXCLUSIVE transaction, a
+read-only directory (entered as user nobody when we run as root, since root
+ignores file modes), and a private PostgreSQL cluster stopped and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, inspect, select, text
+
+from mailrouter.errors import RegistryError
+from mailrouter.registry import (
+    DecisionRecord, DeliveryRecord, MessageRecord, Registry, upgrade,
+)
+from mailrouter.registry.models import loops, reloads
+from tests.support.pg import PgCluster, pg_bin
+
+WHEN = datetime(2027, 1, 11, 9, 30, tzinfo=timezone.utc)
+
+
+def message(key: str = "a" * 64, **changes: object) -> MessageRecord:
+    base = MessageRecord(
+        key=key, received_at=WHEN, protocol="smtp", peer="127.0.0.1",
+        mail_from="client@example.org", rcpts=("invoices@example.com", "sales@example.com"),
+        message_id="<1@example.org>", from_name="Пётр Иванов", from_addr="client@example.org",
+        subject="Счёт №5", size=4096, content_hash="c" * 64, defects=("bare LF",),
+        ruleset_hash="r" * 64, status="delivered")
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def decision(rcpt: str = "invoices@example.com", **changes: object) -> DecisionRecord:
+    base = DecisionRecord(
+        rcpt=rcpt, action="deliver", reply="250 2.1.5 Ok", mailbox="finance", folder="Finance",
+        owner="ivanov", tags=("invoice",), priority="high", sla="4h",
+        path=(rcpt, "mailbox:finance"), reasons=("subject contains счёт",),
+        rules=({"name": "invoices", "matched": "счет"},))
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def delivery(target: str = "maildir:finance/.Finance", state: str = "delivered") -> DeliveryRecord:
+    return DeliveryRecord(target=target, state=state, detail=f"{state} ok")
+
+
+@pytest.fixture
+async def registry(registry_url: str) -> Registry:
+    reg = await Registry.open(registry_url)
+    yield reg  # type: ignore[misc]
+    await reg.close()
+
+
+async def test_record_and_read_back(registry: Registry) -> None:
+    """A recorded message comes back with its decisions and deliveries, values intact."""
+    await registry.record(message(), [decision(), decision("sales@example.com", mailbox="sales")],
+                          [delivery()])
+    row = await registry.message("a" * 64)
+    assert row is not None
+    assert row["received_at"] == WHEN and row["received_at"].tzinfo is not None
+    assert (row["subject"], row["from_name"], row["attempts"]) == ("Счёт №5", "Пётр Иванов", 1)
+    assert row["rcpts"] == ["invoices@example.com", "sales@example.com"]
+    assert row["defects"] == ["bare LF"]
+    assert [d["mailbox"] for d in row["decisions"]] == ["finance", "sales"]
+    assert row["decisions"][0]["rules"] == [{"name": "invoices", "matched": "счет"}]
+    assert [(d["target"], d["state"]) for d in row["deliveries"]] == [
+        ("maildir:finance/.Finance", "delivered")]
+    assert await registry.message("b" * 64) is None
+    assert await registry.count_messages() == 1
+
+
+async def test_group_commit_batches_concurrent_records(registry: Registry) -> None:
+    """200 concurrent record() calls share a handful of transactions, and all are stored."""
+    commits: list[object] = []
+    event.listen(registry.engine.sync_engine, "commit", lambda conn: commits.append(conn))
+    await asyncio.gather(*(registry.record(message(f"{n:064x}"), [decision()], [delivery()])
+                           for n in range(200)))
+    assert await registry.count_messages() == 200
+    assert 1 <= len(commits) <= 20
+
+
+async def test_retry_upserts_and_never_downgrades_delivered(registry: Registry) -> None:
+    """A retry of one key updates the row, bumps attempts, adds no duplicates."""
+    await registry.record(message(status="partial"), [decision()],
+                          [delivery("maildir:finance"), delivery("lmtp:bob@mx", "deferred")])
+    await registry.record(message(status="delivered"), [decision(reply="250 2.0.0 again")],
+                          [delivery("maildir:finance", "failed"), delivery("lmtp:bob@mx")])
+    row = await registry.message("a" * 64)
+    assert row is not None
+    assert (row["attempts"], row["status"]) == (2, "delivered")
+    assert [d["reply"] for d in row["decisions"]] == ["250 2.0.0 again"]
+    states = {d["target"]: d["state"] for d in row["deliveries"]}
+    assert states == {"maildir:finance": "delivered", "lmtp:bob@mx": "delivered"}
+    assert await registry.count_messages() == 1
+
+
+async def test_same_key_twice_in_one_batch(registry: Registry) -> None:
+    """Two concurrent records of one key land in one batch and still count as a retry."""
+    await asyncio.gather(registry.record(message(), [decision()], [delivery()]),
+                         registry.record(message(), [decision()], [delivery()]))
+    row = await registry.message("a" * 64)
+    assert row is not None and row["attempts"] == 2 and len(row["deliveries"]) == 1
+
+
+async def test_delivered_targets(registry: Registry) -> None:
+    """Only targets in state 'delivered' count as done for a message key."""
+    assert await registry.delivered_targets("a" * 64) == set()
+    await registry.record(message(status="partial"), [decision()],
+                          [delivery("maildir:a"), delivery("maildir:b", "deferred"),
+                           delivery("smtp:c@mx", "failed")])
+    assert await registry.delivered_targets("a" * 64) == {"maildir:a"}
+    assert await registry.delivered_targets("b" * 64) == set()
+
+
+async def test_one_bad_record_fails_only_its_caller(registry: Registry) -> None:
+    """A record the database refuses fails alone; its batch-mates are committed."""
+    naive = message("f" * 64, received_at=WHEN.replace(tzinfo=None))
+    results = await asyncio.gather(
+        *(registry.record(message(f"{n:064x}"), [decision()], [delivery()]) for n in range(20)),
+        registry.record(naive, [decision()], [delivery()]), return_exceptions=True)
+    assert [type(r) for r in results[:20]] == [type(None)] * 20
+    assert isinstance(results[20], RegistryError)
+    assert await registry.count_messages() == 20
+
+
+async def test_close_flushes_pending(registry_url: str) -> None:
+    """close() commits what is queued; the callers see success and the rows exist."""
+    reg = await Registry.open(registry_url)
+    tasks = [asyncio.create_task(reg.record(message(f"{n:064x}"), [decision()], []))
+             for n in range(50)]
+    await asyncio.sleep(0)  # let every task enqueue
+    await reg.close()
+    await asyncio.gather(*tasks)
+    with pytest.raises(RegistryError):
+        await reg.record(message(), [], [])
+    reg = await Registry.open(registry_url, create=False)
+    try:
+        assert await reg.count_messages() == 50
+    finally:
+        await reg.close()
+
+
+async def test_loops_and_reloads(registry: Registry) -> None:
+    """Loop detections and reloads are written to their tables."""
+    await registry.record_loop("a" * 64, "sales@example.com", "Delivered-To: sales@example.com")
+    await registry.record_reload("r" * 64, False, "rules.yaml:3:1: unknown key")
+    async with registry.engine.connect() as conn:
+        assert (await conn.execute(select(loops.c.rcpt))).scalars().all() == ["sales@example.com"]
+        assert (await conn.execute(select(reloads.c.ok, reloads.c.detail))).all() == [
+            (False, "rules.yaml:3:1: unknown key")]
+
+
+async def test_schema_on_first_open_and_upgrade_idempotent(registry_url: str) -> None:
+    """The first open creates every table; upgrade() again changes nothing."""
+    reg = await Registry.open(registry_url)
+    await reg.close()
+    await upgrade(registry_url)
+    await upgrade(registry_url)
+    reg = await Registry.open(registry_url, create=False)
+    try:
+        async with reg.engine.connect() as conn:
+            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+        assert {"messages", "decisions", "deliveries", "loops", "reloads"} <= tables
+        assert version == [("0001",)]
+    finally:
+        await reg.close()
+
+
+# Faults: SQLite
+
+async def test_sqlite_locked_raises_then_recovers(tmp_path: Path) -> None:
+    """A write lock held elsewhere gives RegistryError, not a hang; then writes work again."""
+    path = tmp_path / "registry.db"
+    reg = await Registry.open(f"sqlite:///{path}", timeout=1.0)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        async with asyncio.timeout(30):  # guard against a hang only
+            with pytest.raises(RegistryError):
+                await reg.record(message(), [decision()], [delivery()])
+        holder.execute("ROLLBACK")
+        await reg.record(message(), [decision()], [delivery()])
+        assert await reg.count_messages() == 1
+    finally:
+        holder.close()
+        await reg.close()
+
+
+@pytest.fixture
+def readonly_dir() -> Iterator[Path]:
+    """A directory with an existing registry, then made read-only (0555/0444)."""
+    root = Path(tempfile.mkdtemp(prefix="mr-ro.", dir="/tmp"))
+    os.chmod(root, 0o755)
+    data = root / "ro"
+    asyncio.run(_create(f"sqlite:///{data / 'registry.db'}"))  # also imports every driver
+    for path in data.iterdir():
+        path.chmod(0o444)
+    data.chmod(0o555)
+    yield data
+    data.chmod(0o755)
+    shutil.rmtree(root)
+
+
+async def _create(url: str) -> None:
+    reg = await Registry.open(url)
+    await reg.record(message(), [decision()], [delivery()])
+    await reg.close()
+
+
+async def _write_or_error(url: str) -> str:
+    try:
+        reg = await Registry.open(url, timeout=2.0)
+        try:
+            await reg.record(message("e" * 64), [decision()], [delivery()])
+        finally:
+            await reg.close()
+    except RegistryError:
+        return "RegistryError"
+    return "written"
+
+
+def _unprivileged(url: str) -> str:
+    """Run _write_or_error as we are, or as nobody in a forked child when we are root."""
+    if os.geteuid() != 0:
+        return asyncio.run(_write_or_error(url))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root so file modes apply, report one word
+        os.close(read)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            outcome = asyncio.run(_write_or_error(url))
+        except BaseException as exc:  # noqa: BLE001 - the parent reports it
+            outcome = repr(exc)
+        os.write(write, outcome.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+@pytest.mark.parametrize("name", ["registry.db", "new.db"])
+def test_sqlite_readonly_raises(readonly_dir: Path, name: str) -> None:
+    """A read-only registry file, or a new file in a read-only directory: RegistryError."""
+    assert _unprivileged(f"sqlite:///{readonly_dir / name}") == "RegistryError"
+
+
+# Faults: PostgreSQL
+
+@pytest.fixture
+def private_pg() -> Iterator[PgCluster]:
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("needs PostgreSQL server binaries in /usr/lib/postgresql/*/bin")
+    cluster = PgCluster(bindir)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+async def test_postgresql_down_raises_then_recovers(private_pg: PgCluster) -> None:
+    """With PostgreSQL stopped every call raises RegistryError; after restart it works."""
+    reg = await Registry.open(private_pg.url, timeout=3.0)
+    try:
+        await reg.record(message("1" * 64), [decision()], [delivery()])
+        await asyncio.to_thread(private_pg.stop)
+        with pytest.raises(RegistryError):
+            await reg.record(message("2" * 64), [decision()], [delivery()])
+        with pytest.raises(RegistryError):
+            await reg.delivered_targets("1" * 64)
+        await asyncio.to_thread(private_pg.start)
+        await reg.record(message("2" * 64), [decision()], [delivery()])
+        assert await reg.delivered_targets("1" * 64) == {"maildir:finance/.Finance"}
+        assert await reg.count_messages() == 2
+    finally:
+        await reg.close()
