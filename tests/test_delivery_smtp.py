@@ -1,0 +1,388 @@
+"""SMTPClient (and what it shares with LMTPClient) against a real aiosmtpd sink.
+
+The sink is aiosmtpd's own SMTP/LMTP protocol served with loop.create_server on
+127.0.0.1 port 0 in the test's loop; it records every envelope, every chunk it
+read from the socket and every connection it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailrouter.delivery.lmtp import LMTPClient
+from mailrouter.delivery.smtp import Downstream, SMTPClient, TransactionClient
+from mailrouter.errors import Reply, TemporaryDeliveryError
+
+OK_SMTP = "250 2.0.0 OK: queued"
+
+
+class Sink:
+    """A recording aiosmtpd server; `rcpt_replies`/`data_replies` script refusals."""
+
+    def __init__(self, lmtp: bool = False, pipelining: bool = True, smtputf8: bool = True) -> None:
+        self.lmtp, self.pipelining, self.smtputf8 = lmtp, pipelining, smtputf8
+        self.port = 0
+        self.envelopes: list[Envelope] = []
+        self.chunks: list[bytes] = []
+        self.connections = 0
+        self.transports: list[asyncio.BaseTransport] = []
+        self.mail_reply: str | None = None
+        self.data_reply: str | None = None           # SMTP: the one reply after DATA
+        self.rcpt_replies: dict[str, str] = {}       # refusal at RCPT, by address
+        self.data_replies: dict[str, str] = {}       # LMTP: per-recipient reply after DATA
+        self.on_data: Callable[[SMTP], Awaitable[None]] | None = None
+        self._server: asyncio.Server | None = None
+
+    # aiosmtpd handler hooks
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname   # aiosmtpd leaves this to a handle_EHLO hook
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from, envelope.mail_options = address, list(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        if self.on_data is not None:
+            await self.on_data(server)
+        if not self.lmtp:
+            return self.data_reply or OK_SMTP
+        return "\r\n".join(self.data_replies.get(r, f"250 2.0.0 <{r}> Saved")
+                           for r in envelope.rcpt_tos)
+
+    # server lifecycle
+
+    def _protocol(self) -> SMTP:
+        sink, base = self, (LMTP if self.lmtp else SMTP)
+
+        class Recording(base):  # type: ignore[valid-type,misc]
+            line_length_limit = 100_000   # let the long-line test through
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sink.connections += 1
+                sink.transports.append(transport)
+                super().connection_made(transport)
+
+            def data_received(self, data: bytes) -> None:
+                sink.chunks.append(data)
+                super().data_received(data)
+
+        proto: SMTP = Recording(self, enable_SMTPUTF8=self.smtputf8, decode_data=False,
+                                hostname="sink.example.test")
+        return proto
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def drop_connections(self) -> None:
+        """Close every connection from the server side, as an idle timeout does."""
+        for transport in self.transports:
+            transport.close()
+        self.transports.clear()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.drop_connections()
+            await self._server.wait_closed()
+            self._server = None
+
+    def downstream(self, **kw: Any) -> Downstream:
+        return Downstream("127.0.0.1", self.port, **{"timeout": 5.0, **kw})
+
+
+SinkFactory = Callable[..., Awaitable[Sink]]
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SinkFactory]:
+    """Factory: `await sink(lmtp=False, pipelining=True, smtputf8=True)` -> started Sink."""
+    sinks: list[Sink] = []
+
+    async def start(**kw: Any) -> Sink:
+        s = Sink(**kw)
+        await s.start()
+        sinks.append(s)
+        return s
+
+    yield start
+    for s in sinks:
+        await s.stop()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Yield to the loop until the sink has seen what the client already sent."""
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never became true")
+
+
+TRICKY = (b"From: a@example.org\r\nTo: b@example.test\r\nSubject: =?utf-8?q?x?=\r\n\r\n"
+          b".starts with a dot\r\n..two dots\r\n.\r\n \r\n"
+          b"8-bit: \xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 koi8: \xf0\xd2\xc9\r\n"
+          + b"x" * 998 + b"\r\n" + b"y" * 5000 + b"\r\n" + b"\r\n.\r\n" + b"last\r\n")
+
+CLIENTS: dict[str, type[TransactionClient]] = {"smtp": SMTPClient, "lmtp": LMTPClient}
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_bytes_arrive_identical(sink: SinkFactory, kind: str) -> None:
+    """Dot lines, 8-bit bytes and long lines reach the sink byte-for-byte."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    replies = await client.deliver("a@example.org", ["b@example.test"], TRICKY)
+    await client.close()
+    assert [r.code for r in replies.values()] == [250]
+    (env,) = s.envelopes
+    assert env.original_content == TRICKY
+    assert (env.mail_from, env.rcpt_tos) == ("a@example.org", ["b@example.test"])
+    assert "BODY=8BITMIME" in env.mail_options
+    assert f"SIZE={len(TRICKY)}" in env.mail_options
+
+
+async def test_message_without_final_crlf_gets_one(sink: SinkFactory) -> None:
+    """A body not ending in CRLF is terminated; the rest stays identical."""
+    s = await sink()
+    client = SMTPClient(s.downstream())
+    await client.deliver("a@example.org", ["b@example.test"], b"Subject: x\r\n\r\n.no end")
+    await client.close()
+    assert s.envelopes[0].original_content == b"Subject: x\r\n\r\n.no end\r\n"
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_pipelining_sends_envelope_in_one_write(sink: SinkFactory, kind: str) -> None:
+    """With PIPELINING offered, MAIL, every RCPT and DATA arrive in one read."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    await client.deliver("a@example.org", ["b@example.test", "c@example.test"], b"x\r\n")
+    await client.close()
+    (chunk,) = [c for c in s.chunks if c.startswith(b"MAIL FROM")]
+    assert chunk.count(b"RCPT TO") == 2 and chunk.endswith(b"DATA\r\n")
+
+
+async def test_without_pipelining_one_command_per_write(sink: SinkFactory) -> None:
+    """A server without PIPELINING gets one command per round trip, and the mail."""
+    s = await sink(pipelining=False)
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("a@example.org", ["b@example.test", "c@example.test"], b"x\r\n")
+    await client.close()
+    assert all(r.code == 250 for r in replies.values())
+    commands = [c for c in s.chunks if c[:4] in (b"MAIL", b"RCPT", b"DATA")]
+    assert len(commands) == 4 and all(c.count(b"\r\n") == 1 for c in commands)
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_pool_reuses_one_connection(sink: SinkFactory, kind: str) -> None:
+    """Five messages in a row travel over one connection."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    for i in range(5):
+        replies = await client.deliver("a@example.org", ["b@example.test"], b"n%d\r\n" % i)
+        assert replies["b@example.test"].ok
+    await client.close()
+    assert s.connections == 1 and len(s.envelopes) == 5
+
+
+async def test_pool_keeps_at_most_pool_size_idle(sink: SinkFactory) -> None:
+    """Concurrent deliveries open several connections; only pool_size stay open."""
+    s = await sink()
+    client = SMTPClient(s.downstream(pool_size=2))
+    await asyncio.gather(*(client.deliver("a@example.org", ["b@example.test"], b"x\r\n")
+                           for _ in range(6)))
+    assert len(s.envelopes) == 6
+    await until(lambda: sum(not t.is_closing() for t in s.transports) <= 2)
+    await client.close()
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_stale_pooled_connection_is_replaced(sink: SinkFactory, kind: str) -> None:
+    """A connection the server closed while idle is not reported as a failure."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    await client.deliver("a@example.org", ["b@example.test"], b"one\r\n")
+    s.drop_connections()
+    replies = await client.deliver("a@example.org", ["b@example.test"], b"two\r\n")
+    await client.close()
+    assert replies["b@example.test"].ok
+    assert s.connections == 2 and [e.original_content for e in s.envelopes] == [b"one\r\n", b"two\r\n"]
+
+
+async def test_stale_connection_that_says_421_is_replaced(sink: SinkFactory) -> None:
+    """An idle connection on which the server already sent 421 is replaced."""
+    s = await sink()
+    client = SMTPClient(s.downstream())
+    await client.deliver("a@example.org", ["b@example.test"], b"one\r\n")
+    for transport in s.transports:   # the server times out the idle session but
+        transport.write(b"421 4.4.2 sink.example.test idle timeout\r\n")   # keeps it open
+    replies = await client.deliver("a@example.org", ["b@example.test"], b"two\r\n")
+    await client.close()
+    assert replies["b@example.test"].ok and s.connections == 2
+
+
+async def test_rcpt_refusal_and_data_reply_per_recipient(sink: SinkFactory) -> None:
+    """SMTP: a refused RCPT keeps its reply; the one DATA reply goes to the rest."""
+    s = await sink()
+    s.rcpt_replies["x@example.test"] = "550 5.1.1 <x@example.test> no such user"
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("a@example.org", ["b@example.test", "x@example.test",
+                                                     "c@example.test"], b"x\r\n")
+    await client.close()
+    assert list(replies) == ["b@example.test", "x@example.test", "c@example.test"]
+    assert replies["x@example.test"] == Reply(550, "5.1.1", "<x@example.test> no such user")
+    assert replies["b@example.test"] == replies["c@example.test"] == Reply(250, "2.0.0", "OK: queued")
+    assert s.envelopes[0].rcpt_tos == ["b@example.test", "c@example.test"]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_mail_refusal_is_a_reply_and_connection_recovers(
+        sink: SinkFactory, pipelining: bool) -> None:
+    """451 to MAIL comes back per recipient; the next message (after RSET) goes through."""
+    s = await sink(pipelining=pipelining)
+    s.mail_reply = "451 4.3.0 try again later"
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("a@example.org", ["b@example.test", "c@example.test"], b"x\r\n")
+    assert set(replies.values()) == {Reply(451, "4.3.0", "try again later")}
+    s.mail_reply = None
+    replies = await client.deliver("a@example.org", ["b@example.test"], b"y\r\n")
+    await client.close()
+    assert replies["b@example.test"].ok and s.connections == 1
+    assert [e.original_content for e in s.envelopes] == [b"y\r\n"]
+
+
+async def test_data_refusal_is_a_reply(sink: SinkFactory) -> None:
+    """A 554 after the final dot is returned for every accepted recipient."""
+    s = await sink()
+    s.data_reply = "554 5.6.0 content rejected"
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("a@example.org", ["b@example.test", "c@example.test"], b"x\r\n")
+    await client.close()
+    assert set(replies.values()) == {Reply(554, "5.6.0", "content rejected")}
+
+
+async def test_all_rcpts_refused_then_next_message_works(sink: SinkFactory) -> None:
+    """Nobody accepted: the refusals come back, the connection stays usable."""
+    s = await sink()
+    s.rcpt_replies["x@example.test"] = "550 5.1.1 unknown"
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("a@example.org", ["x@example.test"], b"x\r\n")
+    assert replies["x@example.test"].code == 550
+    replies = await client.deliver("a@example.org", ["b@example.test"], b"y\r\n")
+    await client.close()
+    assert replies["b@example.test"].ok and len(s.envelopes) == 1
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_downstream_stopped_then_restarted(sink: SinkFactory, kind: str) -> None:
+    """A stopped downstream raises TemporaryDeliveryError; after restart mail flows again."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    assert (await client.deliver("a@example.org", ["b@example.test"], b"1\r\n"))["b@example.test"].ok
+    await s.stop()
+    with pytest.raises(TemporaryDeliveryError, match="unavailable"):
+        await client.deliver("a@example.org", ["b@example.test"], b"2\r\n")
+    await s.start()
+    assert (await client.deliver("a@example.org", ["b@example.test"], b"3\r\n"))["b@example.test"].ok
+    await client.close()
+    assert [e.original_content for e in s.envelopes] == [b"1\r\n", b"3\r\n"]
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_silent_downstream_times_out(kind: str) -> None:
+    """A server that accepts the connection and never answers: TemporaryDeliveryError."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = CLIENTS[kind](Downstream("127.0.0.1", port, timeout=0.5))
+    with pytest.raises(TemporaryDeliveryError, match="timed out"):
+        await client.deliver("a@example.org", ["b@example.test"], b"x\r\n")
+    await client.close()
+    for writer in accepted:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+    assert accepted
+
+
+async def test_connection_broken_after_data_is_temporary(sink: SinkFactory) -> None:
+    """The server drops the connection before answering the final dot."""
+    s = await sink()
+
+    async def hang_up(server: SMTP) -> None:
+        assert server.transport is not None
+        server.transport.abort()
+        s.on_data = None   # only once
+
+    s.on_data = hang_up
+    client = SMTPClient(s.downstream())
+    with pytest.raises(TemporaryDeliveryError, match="lost"):
+        await client.deliver("a@example.org", ["b@example.test"], b"x\r\n")
+    assert (await client.deliver("a@example.org", ["b@example.test"], b"y\r\n"))["b@example.test"].ok
+    await client.close()
+
+
+async def test_smtputf8_used_when_offered(sink: SinkFactory) -> None:
+    """Non-ASCII addresses go out with MAIL ... SMTPUTF8 when the server offers it."""
+    s = await sink()
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("отправитель@example.org", ["юзер@example.test"],
+                                   b"x\r\n", smtputf8=True)
+    await client.close()
+    assert replies["юзер@example.test"].ok
+    assert "SMTPUTF8" in s.envelopes[0].mail_options
+    assert s.envelopes[0].rcpt_tos == ["юзер@example.test"]
+
+
+async def test_smtputf8_not_offered(sink: SinkFactory) -> None:
+    """Without SMTPUTF8: 550 5.6.7 for the non-ASCII recipient only; ASCII ones delivered."""
+    s = await sink(smtputf8=False)
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("a@example.org", ["юзер@example.test", "b@example.test"],
+                                   "Subject: Привет\r\n\r\nx\r\n".encode(), smtputf8=True)
+    assert replies["юзер@example.test"] == Reply(550, "5.6.7", replies["юзер@example.test"].text)
+    assert replies["b@example.test"].ok
+    assert "SMTPUTF8" not in s.envelopes[0].mail_options
+    replies = await client.deliver("отправитель@example.org", ["b@example.test"], b"x\r\n",
+                                   smtputf8=True)
+    await client.close()
+    assert replies["b@example.test"].code == 550 and len(s.envelopes) == 1
+
+
+async def test_refuses_bare_lf_and_injected_addresses(sink: SinkFactory) -> None:
+    """A lone LF in the data, or CRLF in an address, is refused and never sent."""
+    s = await sink()
+    client = SMTPClient(s.downstream())
+    bare = await client.deliver("a@example.org", ["b@example.test"], b"x\n.\r\nRCPT TO:<e@x>\r\n")
+    injected = await client.deliver("a@example.org", ["b@example.test>\r\nRSET"], b"x\r\n")
+    await client.close()
+    assert bare["b@example.test"].code == 554
+    assert injected["b@example.test>\r\nRSET"].code == 501
+    assert s.envelopes == []
