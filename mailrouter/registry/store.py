@@ -164,8 +164,14 @@ def _is_bad_record(exc: BaseException) -> bool:
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
+def _describe(exc: BaseException) -> str:
+    """The driver's own error, without SQL text or parameters (they hold addresses)."""
+    inner = getattr(exc, "orig", None) or exc
+    return f"{type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"[:300]
+
+
 def _failure(what: str, exc: BaseException) -> RegistryError:
-    log.warning("event=registry_error op=%s error=%r", what, exc)
+    log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     err = RegistryError(f"registry {what} failed")
     err.__cause__ = exc
     return err
