@@ -46,6 +46,7 @@ __all__ = [
     "decode_bytes",
     "decode_header_value",
     "decode_header_bytes",
+    "decode_param_value",
 ]
 
 # Labels seen in the wild that Python's codec registry does not know, or knows as something else.
@@ -87,7 +88,6 @@ _FREQ = dict(zip("оеаинтсрвлкмдпуяызьбгчйхжшюцщэф
 _LOG = {ch: math.log(f / 1000) for ch, f in _FREQ.items()}
 _NOT_LETTER = math.log(0.0002)   # a non-ASCII symbol where a letter should be
 _MIXED_CASE = math.log(0.02)     # "сЧЕТ": upper case straight after lower case
-_LOWER_BONUS = 0.3               # most running text is lower case
 
 CYRILLIC_HEADER_CANDIDATES = ("koi8-r", "cp1251")
 CYRILLIC_BODY_CANDIDATES = ("koi8-r", "cp1251", "cp866", "mac-cyrillic")
@@ -106,8 +106,6 @@ def score_russian(text: str) -> float:
             score += _LOG[low]
             if ch != low and prev.isalpha() and prev.islower():
                 score += _MIXED_CASE
-            elif ch == low:
-                score += _LOWER_BONUS
         elif not ch.isspace():
             score += _NOT_LETTER
         prev = ch
@@ -298,3 +296,18 @@ def _merge(parts: list[_PART]) -> list[_PART]:
 def _same(a: str | None, b: str) -> bool:
     ca, cb = resolve_charset(a), resolve_charset(b)
     return ca == cb if ca else (a or "").lower() == b.lower()
+
+
+def decode_param_value(value: str | tuple[str, str, str] | None) -> Decoded:
+    """Decode a MIME parameter as ``email.message.Message.get_param`` returns it.
+
+    A tuple is RFC 2231 (charset, language, text whose chars are the raw bytes, latin-1); a
+    string may hold RFC 2047 words (not allowed there, but Outlook and Thunderbird write them)
+    or raw 8-bit bytes, also as latin-1 chars.
+    """
+    if value is None:
+        return Decoded("", None, [], [])
+    if isinstance(value, tuple):
+        charset, _language, text = value
+        return decode_bytes(text.encode("latin-1", "replace"), charset or None)
+    return decode_header_bytes(value.encode("latin-1", "replace"))

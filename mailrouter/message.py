@@ -1,0 +1,406 @@
+"""The message view: a lazy, read-only decoded view of one message's raw bytes.
+
+What it does: the intake keeps the bytes exactly as they arrived; rules read decoded values from
+a ``MessageView`` built on them.  Nothing is parsed in ``__init__``.  The header block is parsed
+by ``email.parser.BytesHeaderParser`` the first time a header is asked for; the whole MIME tree is
+parsed by ``email.parser.BytesParser`` only when ``body_text``, ``attachments``, ``defects`` or
+``charset_notes`` are read.  Header values are decoded by ``mailrouter.charsets`` (RFC 2047 words,
+RFC 2231 parameters, raw 8-bit KOI8-R / windows-1251 / UTF-8 guessed and recorded).
+
+What it refuses: it never raises and never re-serialises the bytes.  Whatever the parser or a
+decoder objects to becomes a line in ``defects``; every guess becomes a line in ``charset_notes``
+("Subject: raw 8-bit guessed koi8-r").  ``defects`` and ``charset_notes`` parse the body so that
+their value never depends on which property was read first (``explain`` must see what the daemon
+saw); ``header_defects`` is the cheap header-only part.
+
+Known limits (the stdlib parser's, kept on purpose):
+- a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
+  headers after it are read as body text;
+- a multipart with no boundary parameter is read as one text/plain body, its MIME lines included;
+- an HTML body's charset comes from its Content-Type, never from ``<meta charset>``;
+- ``body_charset`` and guessed charsets are Python codec names (``koi8-r``, ``cp1251``,
+  ``cp866``, ``mac-cyrillic``, ``iso8859-2``, ``cp1250``, ``utf-8``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import getaddresses, parseaddr
+from functools import cached_property
+from html.parser import HTMLParser
+
+from mailrouter.charsets import (
+    CYRILLIC_BODY_CANDIDATES,
+    Decoded,
+    decode_bytes,
+    decode_header_bytes,
+    decode_header_value,
+    decode_param_value,
+)
+
+__all__ = ["Attachment", "MessageView", "decode_header_value"]
+
+_HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
+_BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str        # decoded; '' when the part names no file
+    content_type: str    # lower-case type/subtype
+    size: int            # bytes after Content-Transfer-Encoding is undone
+
+
+def _to_bytes(value: str) -> bytes:
+    """Header strings from the compat32 parser carry 8-bit bytes as surrogates."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+def _describe(defect: Exception) -> str:
+    text = str(defect)
+    return f"{type(defect).__name__}: {text}" if text else type(defect).__name__
+
+
+class MessageView:
+    """Decoded, read-only view of a message; see the module docstring."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw: bytes = raw if isinstance(raw, bytes) else bytes(raw)
+        self.size: int = len(self.raw)
+        self._notes: dict[str, list[str]] = {}
+        self._defects: dict[str, list[str]] = {}
+
+    # Raw access
+
+    @cached_property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+    @cached_property
+    def header_block(self) -> bytes:
+        """Header bytes up to and including the blank line (all bytes if there is none)."""
+        match = _HEADER_END.search(self.raw)
+        return self.raw[: match.end()] if match else self.raw
+
+    @cached_property
+    def _header_msg(self) -> Message:
+        try:
+            return BytesHeaderParser(policy=policy.compat32).parsebytes(self.header_block)
+        except Exception as exc:  # never raise: the parser is not ours
+            msg = Message()
+            msg.defects.append(exc)  # type: ignore[arg-type]
+            return msg
+
+    def raw_headers(self) -> list[tuple[str, bytes]]:
+        """(name, raw value bytes) in order; folding kept, nothing decoded."""
+        return [(name, _to_bytes(value)) for name, value in self._header_msg.raw_items()]
+
+    @cached_property
+    def _by_name(self) -> dict[str, list[bytes]]:
+        found: dict[str, list[bytes]] = {}
+        for name, value in self.raw_headers():
+            found.setdefault(name.lower(), []).append(value)
+        return found
+
+    # Decoded headers
+
+    def _decode(self, name: str, value: bytes) -> Decoded:
+        decoded = decode_header_bytes(value)
+        self._record(name, decoded)
+        return decoded
+
+    def _record(self, where: str, decoded: Decoded) -> None:
+        for store, found in ((self._notes, decoded.notes), (self._defects, decoded.defects)):
+            lines = store.setdefault(where, [])
+            lines += [f"{where}: {n}" for n in found if f"{where}: {n}" not in lines]
+
+    def headers(self, name: str) -> list[str]:
+        """Every occurrence of header ``name``, decoded and unfolded."""
+        canonical = name.strip().title() or name
+        return [self._decode(canonical, v).text for v in self._by_name.get(name.lower(), [])]
+
+    def header(self, name: str) -> str | None:
+        """First occurrence of header ``name``, decoded and unfolded; None if absent."""
+        values = self._by_name.get(name.lower())
+        return self._decode(name.strip().title() or name, values[0]).text if values else None
+
+    @cached_property
+    def subject(self) -> str:
+        return self.header("Subject") or ""
+
+    @cached_property
+    def message_id(self) -> str | None:
+        values = self._by_name.get("message-id")
+        return values[0].decode("ascii", "replace").strip() if values else None
+
+    def _addresses(self, name: str) -> list[tuple[str, str]]:
+        # Split on the encoded form (RFC 2047 section 5: words never hide a comma or a bracket),
+        # then decode each display name; latin-1 keeps raw 8-bit bytes one char each.
+        values = [_FOLD.sub("", v.decode("latin-1")) for v in self._by_name.get(name.lower(), [])]
+        pairs: list[tuple[str, str]] = []
+        try:
+            parsed = getaddresses(values)
+        except Exception as exc:  # never raise: the parser is not ours
+            self._defects.setdefault(name, []).append(f"{name}: {_describe(exc)}")
+            return pairs
+        for display, addr in parsed:
+            if display or addr:
+                text = self._decode(name, display.encode("latin-1", "replace")).text
+                addr_text = decode_header_bytes(addr.encode("latin-1", "replace")).text
+                pairs.append((text, addr_text))
+        return pairs
+
+    @cached_property
+    def _from(self) -> tuple[str, str]:
+        pairs = self._addresses("From")
+        return pairs[0] if pairs else ("", "")
+
+    @cached_property
+    def from_name(self) -> str:
+        return self._from[0]
+
+    @cached_property
+    def from_addr(self) -> str:
+        return self._from[1]
+
+    @cached_property
+    def to(self) -> list[tuple[str, str]]:
+        return self._addresses("To")
+
+    @cached_property
+    def cc(self) -> list[tuple[str, str]]:
+        return self._addresses("Cc")
+
+    @cached_property
+    def received_count(self) -> int:
+        return len(self._by_name.get("received", []))
+
+    @cached_property
+    def delivered_to(self) -> list[str]:
+        values = [v.decode("latin-1").strip() for v in self._by_name.get("delivered-to", [])]
+        return [(parseaddr(v)[1] or v).lower() for v in values]
+
+    # Robots (RFC 3834 section 2)
+
+    @cached_property
+    def robot(self) -> tuple[bool, str]:
+        """(True, why) for bounces, auto-replies and list mail: mail nobody should answer."""
+        for check in (self._bounce_reason, self._autoreply_reason, self._list_reason):
+            reason = check()
+            if reason:
+                return True, reason
+        return False, ""
+
+    def _plain(self, name: str) -> str:
+        values = self._by_name.get(name.lower())
+        return _FOLD.sub("", values[0].decode("latin-1")).strip() if values else ""
+
+    def _bounce_reason(self) -> str:
+        ctype = _param_message("Content-Type", self._plain("Content-Type"))
+        if ctype.get_content_type() == "multipart/report":
+            report = str(ctype.get_param("report-type") or "").lower()
+            return f"bounce: multipart/report; report-type={report}"
+        local = self.from_addr.split("@", 1)[0].lower()
+        return f"bounce: From {self.from_addr}" if local in _BOUNCE_SENDERS else ""
+
+    def _autoreply_reason(self) -> str:
+        auto = self._plain("Auto-Submitted").split(";", 1)[0].strip().lower()
+        if auto and auto != "no":
+            return f"auto-reply: Auto-Submitted: {auto}"
+        for name in ("X-Autoreply", "X-Autorespond"):
+            if name.lower() in self._by_name:
+                return f"auto-reply: {name} present"
+        suppress = {t.strip().lower() for t in self._plain("X-Auto-Response-Suppress").split(",")}
+        if suppress & {"all", "oof"}:
+            return f"auto-reply: X-Auto-Response-Suppress: {self._plain('X-Auto-Response-Suppress')}"
+        if self._plain("Precedence").lower() == "auto_reply":
+            return "auto-reply: Precedence: auto_reply"
+        return ""
+
+    def _list_reason(self) -> str:
+        for name in ("List-Id", "List-Unsubscribe"):
+            if name.lower() in self._by_name:
+                return f"list: {name} present"
+        precedence = self._plain("Precedence").lower()
+        return f"list: Precedence: {precedence}" if precedence in _ROBOT_PRECEDENCE else ""
+
+    # Body and attachments: parsed only when asked for
+
+    @cached_property
+    def _body(self) -> _Body:
+        return _parse_body(self.raw)
+
+    @cached_property
+    def body_text(self) -> str:
+        return self._body.text
+
+    @cached_property
+    def body_charset(self) -> str | None:
+        return self._body.charset
+
+    @cached_property
+    def attachments(self) -> list[Attachment]:
+        return list(self._body.attachments)
+
+    # Reports
+
+    def _decode_common(self) -> None:
+        """Decode the headers whose notes belong in every report, whatever was read before."""
+        _ = (self.subject, self.to, self.cc, self.from_name)
+
+    @cached_property
+    def header_defects(self) -> list[str]:
+        """Header parser defects and header decoding problems; does not parse the body."""
+        self._decode_common()
+        found = [_describe(d) for d in self._header_msg.defects]
+        return found + [line for lines in self._defects.values() for line in lines]
+
+    @cached_property
+    def defects(self) -> list[str]:
+        found = list(self.header_defects)
+        return found + [d for d in self._body.defects if d not in found]
+
+    @cached_property
+    def charset_notes(self) -> list[str]:
+        self._decode_common()
+        notes = [line for lines in self._notes.values() for line in lines]
+        return notes + self._body.notes
+
+
+def _param_message(name: str, value: str) -> Message:
+    """A one-header Message so the stdlib parses parameters (RFC 2045, RFC 2231) for us.
+
+    ``value`` is latin-1 text: each raw byte stays one character, so 8-bit names survive
+    ``get_param`` and can be decoded (or guessed) afterwards.
+    """
+    msg = Message()
+    msg[name] = value
+    return msg
+
+
+
+# The body: one MIME walk, done the first time body text, attachments or a report is asked for
+
+_SKIP_TAGS = {"script", "style", "title", "head"}
+_BLOCK_TAGS = {"br", "p", "div", "tr", "li", "table", "blockquote", "hr", "pre",
+               "h1", "h2", "h3", "h4", "h5", "h6"}
+
+
+class _TextExtractor(HTMLParser):
+    """Text of an HTML body: tags dropped, entities unescaped, blocks on their own lines."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIP_TAGS:
+            self._skipping += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP_TAGS:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    """Visible text of an HTML document, one line per block, spaces collapsed."""
+    extractor = _TextExtractor()
+    try:
+        extractor.feed(markup)
+        extractor.close()
+    except Exception:  # html.parser is lenient; keep what was read if it still objects
+        pass
+    lines = (" ".join(line.split()) for line in "".join(extractor.parts).splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+@dataclass
+class _Body:
+    text: str = ""
+    charset: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+    def record(self, where: str, decoded: Decoded) -> None:
+        self.notes += [f"{where}: {n}" for n in decoded.notes]
+        self.defects += [f"{where}: {d}" for d in decoded.defects]
+
+
+def _parse_body(raw: bytes) -> _Body:
+    body = _Body()
+    try:
+        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+        leaves = [p for p in msg.walk() if not p.is_multipart()]
+        for part in msg.walk():
+            body.defects += [_describe(d) for d in part.defects if _describe(d) not in body.defects]
+    except Exception as exc:  # never raise: the parser is not ours (deep nesting, odd bytes)
+        body.defects.append(f"body: {_describe(exc)}")
+        return body
+    texts: dict[str, tuple[bytes, str | None]] = {}
+    for part in leaves:
+        try:
+            _read_leaf(part, body, texts)
+        except Exception as exc:  # one broken part must not hide the others
+            body.defects.append(f"body part: {_describe(exc)}")
+    _choose_text(body, texts)
+    return body
+
+
+def _part_header(part: Message, name: str) -> Message | None:
+    for key, value in part.raw_items():
+        if key.lower() == name.lower():
+            return _param_message(name, _FOLD.sub("", _to_bytes(value).decode("latin-1")))
+    return None
+
+
+def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> None:
+    ctype_msg = _part_header(part, "Content-Type")
+    disposition = _part_header(part, "Content-Disposition")
+    ctype = ctype_msg.get_content_type() if ctype_msg else part.get_content_type()
+    raw_name = disposition.get_param("filename", header="content-disposition") if disposition else None
+    if raw_name is None and ctype_msg:
+        raw_name = ctype_msg.get_param("name")
+    name = decode_param_value(raw_name)  # type: ignore[arg-type]
+    body.record("Attachment name", name)
+    payload = part.get_payload(decode=True)
+    data = payload if isinstance(payload, bytes) else b""
+    attached = bool(name.text) or (disposition is not None and disposition.get_content_disposition() == "attachment")
+    if attached or ctype.split("/", 1)[0] not in ("text", "multipart"):
+        body.attachments.append(Attachment(name.text, ctype, len(data)))
+        return
+    kind = "text/html" if ctype == "text/html" else "text/plain"
+    if kind not in texts:
+        charset = ctype_msg.get_param("charset") if ctype_msg else None
+        label = charset[2] if isinstance(charset, tuple) else charset
+        texts[kind] = (data, str(label) if label else None)
+
+
+def _choose_text(body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> None:
+    """text/plain if there is one, else the text of the HTML part (RFC 2046 section 5.1.4:
+    the plainest alternative carries the same content)."""
+    kind = "text/plain" if "text/plain" in texts else "text/html"
+    if kind not in texts:
+        return
+    data, label = texts[kind]
+    decoded = decode_bytes(data, label, CYRILLIC_BODY_CANDIDATES)
+    body.record("Body", decoded)
+    text = decoded.text.replace("\r\n", "\n").replace("\r", "\n")
+    body.text = html_to_text(text) if kind == "text/html" else text
+    body.charset = decoded.charset
