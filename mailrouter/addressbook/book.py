@@ -1,0 +1,117 @@
+"""AddressBook: the checked, precomputed address book, and resolution of one recipient."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import ConfigErrors
+from ..routing.decision import REPLY_UNKNOWN, Target
+from ..yamlsrc import load
+from .canon import canonical_domain, detail_split
+from .errs import Collector
+from .expand import expand_all
+from .graph import add_moved, check_dangling, parse_aliases
+from .model import REPLY_MOVED, Limits, Mailbox, Moved, Options, Person, Resolution, Team
+from .parse import SECTIONS, _parse_moved, parse_parts
+
+__all__ = ["AddressBook"]
+
+
+class AddressBook:
+    """Immutable after build; `knows` and `resolve` are dictionary lookups."""
+
+    __slots__ = ("domains", "mailboxes", "people", "teams", "moved", "options", "limits",
+                 "_expansions", "_by_address")
+
+    def __init__(self, domains: frozenset[str], mailboxes: Mapping[str, Mailbox],
+                 people: Mapping[str, Person], teams: Mapping[str, Team],
+                 moved: Mapping[str, Moved], options: Options, limits: Limits,
+                 expansions: Mapping[str, tuple[Target, ...]],
+                 by_address: Mapping[str, str]) -> None:
+        self.domains = domains
+        self.mailboxes = MappingProxyType(dict(mailboxes))
+        self.people = MappingProxyType(dict(people))
+        self.teams = MappingProxyType(dict(teams))
+        self.moved = MappingProxyType(dict(moved))
+        self.options, self.limits = options, limits
+        self._expansions = expansions
+        self._by_address = by_address
+
+    @classmethod
+    def build(cls, sections: Mapping[str, Any], limits: Limits = Limits()) -> AddressBook:
+        """Check and precompute; raises ConfigErrors naming every problem found."""
+        c = Collector()
+        p = parse_parts(c, sections)
+        nodes = parse_aliases(c, p, sections.get("aliases"))
+        _parse_moved(c, sections.get("moved"), p)
+        add_moved(c, p, nodes)
+        check_dangling(c, nodes)
+        expansions = expand_all(c, nodes, limits) if not c.errors else {}
+        c.raise_if_any()
+        return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,
+                   limits, expansions, dict(p.by_address))
+
+    @classmethod
+    def load(cls, *paths: str | Path, limits: Limits = Limits()) -> AddressBook:
+        """Build from routing files; each file's sections are kept apart for the checks."""
+        merged: dict[str, list[Any]] = {}
+        for path in paths:
+            doc = load(path) or {}
+            for name in SECTIONS:
+                if name in doc:
+                    merged.setdefault(name, []).append(doc[name])
+        return cls.build(merged, limits)
+
+    # Resolution: a lookup of the whole local part first (an alias may contain the
+    # separator, as c++@ does), then of the part before the detail separator.
+
+    def _lookup(self, address: str) -> tuple[str, str, str | None] | None:
+        a = address.strip()
+        if a.startswith("<") and a.endswith(">"):
+            a = a[1:-1]
+        local, at, domain = a.rpartition("@")
+        if not at or not local:
+            return None
+        domain = canonical_domain(domain)
+        if domain not in self.domains:
+            return None
+        fold = self.options.fold_local
+        whole = f"{local.lower() if fold else local}@{domain}"
+        if whole in self._expansions:
+            return whole, whole, None
+        split = detail_split(local, self.options)
+        if split is None:
+            return None
+        base = f"{split[0].lower() if fold else split[0]}@{domain}"
+        return (base, base, split[1]) if base in self._expansions else None
+
+    def knows(self, address: str) -> bool:
+        """Is this an address we take mail for (RCPT time)? Moved-and-refused ones too."""
+        return self._lookup(address) is not None
+
+    def resolve(self, address: str) -> Resolution:
+        """The final targets of one envelope recipient, or the reply refusing it."""
+        found = self._lookup(address)
+        if found is None:
+            return Resolution(address, self._best_effort(address), None, (), reply=REPLY_UNKNOWN)
+        key, canon, detail = found
+        moved = self.moved.get(key)
+        reply = None
+        if moved is not None and not moved.deliver:
+            reply = REPLY_MOVED.__class__(REPLY_MOVED.code, REPLY_MOVED.status,
+                                          f"Recipient has moved; please try <{moved.now}>")
+        return Resolution(address, canon, detail, self._expansions[key], moved, reply,
+                          self._by_address.get(key))
+
+    def _best_effort(self, address: str) -> str:
+        local, _, domain = address.strip().strip("<>").rpartition("@")
+        if not local:
+            return address
+        return f"{local.lower() if self.options.fold_local else local}@{canonical_domain(domain)}"
+
+    def addresses(self) -> frozenset[str]:
+        """Every address known, canonical (for `mailrouter check` listings and tests)."""
+        return frozenset(self._expansions)

@@ -1,0 +1,63 @@
+"""Canonical form of an address, so that equal addresses compare equal.
+
+`local@domain`: the domain lower-cased and in Unicode (an A-label `xn--...` is
+decoded, a U-label goes through IDNA 2003 nameprep, both via the stdlib
+`encodings.idna`); the local part lower-cased unless `local_part_case: sensitive`;
+the `+detail` split off and returned separately.
+
+Known limits: quoted local parts (`"a b"@x`) are kept as written, quotes included;
+IDNA 2003, not 2008 (the stdlib has no 2008 codec): the few labels the two
+disagree on (ß, ς, ZWJ) map as 2003 does. A domain the codec refuses is only
+lower-cased, so such an address is simply unknown, never a crash.
+"""
+
+from __future__ import annotations
+
+import encodings.idna  # noqa: F401  (registers the "idna" codec)
+from functools import lru_cache
+
+from .model import Options
+
+__all__ = ["canonical_domain", "split_address", "canonical"]
+
+
+@lru_cache(maxsize=4096)
+def canonical_domain(domain: str) -> str:
+    """The domain in lower-case Unicode labels; A-labels and U-labels meet here."""
+    d = domain.strip().rstrip(".").lower()
+    if d.isascii() and "xn--" not in d:
+        return d
+    try:
+        return d.encode("idna").decode("idna").lower()
+    except UnicodeError:
+        return d
+
+
+def split_address(address: str, options: Options) -> tuple[str, str, str | None] | None:
+    """(local, domain, detail) in canonical form, or None when it is not local@domain."""
+    a = address.strip()
+    if a.startswith("<") and a.endswith(">"):
+        a = a[1:-1]
+    local, at, domain = a.rpartition("@")
+    if not at or not local or not domain:
+        return None
+    if options.fold_local:
+        local = local.lower()
+    return local, canonical_domain(domain), None
+
+
+def canonical(address: str, options: Options) -> str | None:
+    """`local@domain` in canonical form, detail included; None when malformed."""
+    parts = split_address(address, options)
+    return None if parts is None else f"{parts[0]}@{parts[1]}"
+
+
+def detail_split(local: str, options: Options) -> tuple[str, str] | None:
+    """(base, detail) when the local part carries a detail, else None."""
+    sep = options.detail_separator
+    if not sep:
+        return None
+    base, found, detail = local.partition(sep)
+    if not found or not base:
+        return None
+    return base, detail

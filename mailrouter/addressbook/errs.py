@@ -1,0 +1,53 @@
+"""Collecting every configuration error of one load, with positions and hints."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import ConfigError, ConfigErrors
+from ..yamlsrc import where
+
+__all__ = ["Collector", "did_you_mean", "at_line"]
+
+
+def did_you_mean(word: str, choices: Iterable[str], what: str) -> str:
+    """A hint naming the closest known name, or listing what is allowed."""
+    names = sorted(str(c) for c in choices)
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if not names:
+        return f"no {what} is defined"
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"known {what}: {shown}"
+
+
+def at_line(value: Any, default: Any = None) -> str:
+    """`file:line` of a loaded value, for messages that name several places."""
+    path, line, _ = where(value, default)
+    return f"{path or '<config>'}:{line}"
+
+
+class Collector:
+    """Gathers ConfigErrors; `raise_if_any` raises them all at once, sorted by place."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def add(self, message: str, at: Any, hint: str = "", default: Any = None) -> None:
+        path, line, column = where(at, default)
+        self.errors.append(ConfigError(message, path, line, column, hint))
+
+    def unknown_keys(self, entry: Any, allowed: Iterable[str], what: str) -> None:
+        allowed = list(allowed)
+        for key in entry:
+            if key not in allowed:
+                self.add(f"unknown key {str(key)!r} in {what}", key,
+                         did_you_mean(str(key), allowed, "keys"), entry)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            self.errors.sort(key=lambda e: (e.path, e.line, e.column))
+            raise ConfigErrors(self.errors)

@@ -1,0 +1,197 @@
+"""The alias graph: parse alias targets into edges, refuse cycles, precompute expansions.
+
+Every address the book knows becomes a node; an edge either follows another
+address (alias chains, moved `now` with deliver: true) or ends in targets
+(a mailbox, a person, a team). Cycles are found with Tarjan's algorithm (iterative,
+so a 100,000-long chain cannot overflow the stack) and each one is reported once,
+as its shortest cycle through its smallest address, with file:line per edge.
+Expansions are then computed sinks-first, so each node is expanded once and
+`resolve` is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..routing.decision import Target
+from .canon import canonical
+from .errs import Collector, at_line, did_you_mean
+from .model import Limits
+from .parse import Parts, define, entries
+
+__all__ = ["Edge", "parse_target", "parse_aliases", "add_moved", "check_dangling"]
+
+PREFIXES = ("mailbox:", "person:", "team:")
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    dest: str | None                 # an address to follow, or None for a terminal edge
+    targets: tuple[Target, ...]      # terminal targets, paths relative to the node
+    at: Any                          # the loaded value, for file:line
+
+
+def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any) -> list[Edge]:
+    if name not in p.mailboxes:
+        c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes"))
+        return []
+    step = f"mailbox:{name}/{folder}" if folder else f"mailbox:{name}"
+    return [Edge(None, (Target(name, folder, None, (step,)),), at)]
+
+
+def person_edge(p: Parts, key: str, at: Any) -> Edge:
+    person = p.people[key]
+    return Edge(None, (Target(person.mailbox, None, key, (f"person:{key}",)),), at)
+
+
+def _team(c: Collector, p: Parts, key: str, at: Any) -> list[Edge]:
+    team = p.teams.get(key)
+    if team is None:
+        c.add(f"unknown team {key!r}", at, did_you_mean(key, p.teams, "teams"))
+        return []
+    step = f"team:{key}"
+    if team.mailbox is not None:
+        return [Edge(None, (Target(team.mailbox, None, None, (step,)),), at)]
+    return [Edge(None, tuple(Target(p.people[m].mailbox, None, m, (step, f"person:{m}"))
+                             for m in team.members), at)]
+
+
+def _bare(c: Collector, p: Parts, word: str, at: Any) -> list[Edge]:
+    if word in p.people:
+        return [person_edge(p, word, at)]
+    for kind, names in (("team", p.teams), ("mailbox", p.mailboxes)):
+        if word in names:
+            c.add(f"{word!r} is a {kind}, not a person", at, f"write {kind}:{word}")
+            return []
+    c.add(f"unknown person {word!r}", at, did_you_mean(word, p.people, "people") +
+          " (write mailbox:NAME, team:NAME or an address for anything else)")
+    return []
+
+
+def _address(c: Collector, p: Parts, src: str, text: str, at: Any) -> list[Edge]:
+    dest = canonical(text, p.options)
+    if dest is None:
+        c.add(f"{text!r} is not an address", at, "write local@domain")
+        return []
+    if dest == src:
+        return [Edge(src, (), at)]   # "deliver here": resolved by the caller
+    domain = dest.partition("@")[2]
+    if domain not in p.domains:
+        c.add(f"alias target {dest} is not on one of our domains", at,
+              f"to forward outside, define a mailbox {{smtp: {dest}}} and write mailbox:NAME")
+        return []
+    return [Edge(dest, (), at)]
+
+
+def _string_target(c: Collector, p: Parts, src: str, text: str, at: Any) -> list[Edge]:
+    if text.startswith("mailbox:"):
+        name, _, folder = text[8:].partition("/")
+        return _mailbox(c, p, name, folder or None, at)
+    if text.startswith("person:"):
+        return _bare(c, p, text[7:], at)
+    if text.startswith("team:"):
+        return _team(c, p, text[5:], at)
+    if "@" in text:
+        return _address(c, p, src, text, at)
+    if ":" in text:
+        prefix = text.partition(":")[0] + ":"
+        c.add(f"unknown target kind {prefix!r} in {text!r}", at,
+              did_you_mean(prefix, PREFIXES, "kinds"))
+        return []
+    return _bare(c, p, text, at)
+
+
+def parse_target(c: Collector, p: Parts, src: str, value: Any) -> list[Edge]:
+    """The edges of one alias value: a string, {mailbox:, folder:} or a list (a group)."""
+    if isinstance(value, list):
+        if not value:
+            c.add(f"alias {src} is an empty group", value, "list at least one target")
+        return [e for item in value for e in parse_target(c, p, src, item)]
+    if isinstance(value, Mapping):
+        c.unknown_keys(value, ("mailbox", "folder"), f"the target of alias {src}")
+        if "mailbox" not in value:
+            c.add(f"alias {src}: a mapping target needs mailbox:", value,
+                  "write {mailbox: NAME, folder: FOLDER}")
+            return []
+        folder = value.get("folder")
+        return _mailbox(c, p, str(value["mailbox"]), str(folder) if folder else None,
+                        value["mailbox"])
+    if isinstance(value, str) and value.strip():
+        return _string_target(c, p, src, value.strip(), value)
+    c.add(f"alias {src}: target {value!r} is not an address, mailbox or person", value,
+          "write an address, mailbox:NAME, team:NAME, a person key, or a list of these")
+    return []
+
+
+def _self_edge(c: Collector, p: Parts, src: str, edge: Edge) -> Edge | None:
+    key = p.by_address.get(src)
+    if key is None:
+        c.add(f"alias {src} maps to itself, but no person has this address", edge.at,
+              f"to deliver here, add a person with address: {src}, "
+              "or point the alias at mailbox:NAME")
+        return None
+    return person_edge(p, key, edge.at)
+
+
+def _alias_node(c: Collector, p: Parts, src: str, key: Any, value: Any) -> list[Edge]:
+    edges: list[Edge] = []
+    has_self = False
+    for edge in parse_target(c, p, src, value):
+        if edge.dest == src:
+            has_self = True
+            fixed = _self_edge(c, p, src, edge)
+            if fixed is not None:
+                edges.append(fixed)
+        else:
+            edges.append(edge)
+    if src in p.by_address and not has_self:
+        c.add(f"alias {src} is the address of person {p.by_address[src]!r} "
+              "but does not deliver to them", key,
+              f"add {src} itself to the list to keep the person's copy, "
+              "or remove the person's address")
+    return edges
+
+
+def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]:
+    """Every known address -> its edges; person addresses and moved ones included."""
+    nodes: dict[str, list[Edge]] = {}
+    for key, value, box in entries(section):
+        src = canonical(str(key), p.options)
+        if src is None:
+            c.add(f"alias {str(key)!r} is not an address", key, "write local@domain", box)
+            continue
+        if src in p.by_address:
+            nodes[src] = _alias_node(c, p, src, key, value)
+        elif define(c, p, src, "an alias", key):
+            nodes[src] = _alias_node(c, p, src, key, value)
+    for address, person in p.by_address.items():
+        nodes.setdefault(address, [person_edge(p, person, None)])
+    return nodes
+
+
+def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
+    """Moved addresses that still deliver follow their `now` address."""
+    for old, moved in p.moved.items():
+        if not moved.deliver:
+            nodes[old] = []
+        elif moved.now not in nodes:
+            at = p.moved_at[old]
+            c.add(f"moved address {old} delivers to {moved.now}, which is not a known address",
+                  at, f"define {moved.now} (an alias or a person's address), "
+                  "or set deliver: false")
+        else:
+            nodes[old] = [Edge(moved.now, (), p.moved_at[old])]
+
+
+def check_dangling(c: Collector, nodes: dict[str, list[Edge]]) -> None:
+    for src, edges in nodes.items():
+        for edge in edges:
+            if edge.dest is not None and edge.dest not in nodes:
+                near = [n for n in nodes if n[:1] == edge.dest[:1]
+                        and n.endswith(edge.dest.partition("@")[2])]
+                c.add(f"alias {src} points to unknown address {edge.dest}", edge.at,
+                      did_you_mean(edge.dest, near, "addresses") +
+                      f" (or define {edge.dest} under aliases:)")
