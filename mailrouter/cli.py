@@ -1,0 +1,170 @@
+"""Command line: run, check, test, explain, reload, db upgrade.
+
+Every command runs the daemon's own code (as amtool does for Alertmanager):
+`check` loads exactly what `run` loads, `explain` and `test` call the same
+`Snapshot.decide` the daemon calls after DATA. Exit codes: 0 fine, 1 a check
+or test failed, 2 the configuration could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import Config, load_config
+from .errors import ConfigErrors
+
+__all__ = ["main"]
+
+CONFIG_HELP = "config file (default: the embedded default: ./var, ./rules, 127.0.0.1:2525/2524)"
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigErrors as exc:
+        print(f"mailrouter: configuration has {len(exc.errors)} error(s):", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _snapshot(cfg: Config) -> Any:
+    from .routing.snapshot import load_snapshot
+    try:
+        return load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
+    except ConfigErrors as exc:
+        print(f"mailrouter: routing files have {len(exc.errors)} error(s):", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import run
+    return run(_config(args.config))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    snap = _snapshot(cfg)
+    warnings = snap.rules.lint()
+    for w in warnings:
+        print(f"warning: {w}")
+    print(f"ok: {len(snap.files)} routing file(s), {len(snap.book.mailboxes)} mailboxes, "
+          f"rule set {snap.hash}" + (f", {len(warnings)} warning(s)" if warnings else ""))
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from .routing.ruletests import run_rule_tests
+    snap = _snapshot(_config(args.config))
+    tests = snap.sections.get("tests") or []
+    failures = run_rule_tests(tests, snap.decide, Path.cwd())
+    for line in failures:
+        print(line)
+    print(f"{len(tests) - len(failures) if len(failures) <= len(tests) else 0}/{len(tests)} "
+          f"rule tests passed")
+    return 1 if failures else 0
+
+
+def _parse_at(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"mailrouter explain: --at {text!r} is not an ISO time "
+                         "(e.g. 2026-11-23T10:30+03:00)") from None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+    snap = _snapshot(_config(args.config))
+    try:
+        raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    except OSError as exc:
+        print(f"mailrouter explain: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    report = explain(snap, raw, args.rcpt or [], args.sender, _parse_at(args.at))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        from .explain import format_text
+        print(format_text(report))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    if cfg.admin is None:
+        print("mailrouter reload: no admin listener configured; send SIGHUP to the daemon",
+              file=sys.stderr)
+        return 2
+    url = f"http://{cfg.admin.host}:{cfg.admin.port}/-/reload"
+    req = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+    except OSError as exc:
+        print(f"mailrouter reload: cannot reach {url}: {exc}", file=sys.stderr)
+        return 2
+    print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
+          + str(body.get("detail")))
+    return 0 if body.get("ok") else 1
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from .registry import upgrade
+    cfg = _config(args.config)
+    asyncio.run(upgrade(cfg.registry.url))
+    print(f"registry schema is up to date: {cfg.registry.url.split('@')[-1]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mailrouter",
+        description="Mail-routing daemon for functional addresses (sales@, support@, ...): "
+                    "SMTP/LMTP intake, aliases, YAML rules, a registry of every decision.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
+        sp.set_defaults(func=func)
+        return sp
+
+    add("run", cmd_run, "run the daemon until SIGTERM (SIGHUP reloads the routing files)")
+    add("check", cmd_check, "validate the configuration and routing files; exit 2 on errors")
+    add("test", cmd_test, "run the rule tests in the routing files; exit 1 on any failure")
+    ex = add("explain", cmd_explain, "show the decision for one message, without delivering it")
+    ex.add_argument("file", metavar="FILE.eml", help="the message ('-' for stdin)")
+    ex.add_argument("--rcpt", action="append", metavar="ADDR",
+                    help="envelope recipient (repeatable; default: the To/Cc addresses)")
+    ex.add_argument("--from", dest="sender", metavar="ADDR",
+                    help="envelope sender (default: the From address)")
+    ex.add_argument("--at", metavar="TIME", help="evaluate time conditions at this ISO time")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+    add("reload", cmd_reload, "ask the running daemon to reload its routing files")
+    db = add("db", cmd_db, "registry database maintenance")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

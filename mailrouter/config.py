@@ -1,0 +1,247 @@
+"""config.yaml -> a frozen, validated `Config`.
+
+The daemon's own settings (listeners, limits, registry, delivery backends, where
+the routing files are). The routing files themselves (address book, rules) are
+loaded by `routing.snapshot`. With no file at all, `Config.embedded()` is the
+default a new user gets from `mailrouter run`: SMTP on 127.0.0.1:2525, LMTP on
+127.0.0.1:2524, a SQLite registry and Maildirs under ./var, the rules in ./rules.
+
+Refused: unknown keys (with a "did you mean"), wrong types, ports out of range,
+relative paths are resolved against the config file's directory. Every error
+names file:line and what to write instead; all errors of a load are reported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import yamlsrc
+from .errors import ConfigError, ConfigErrors
+
+__all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
+           "load_config", "unknown_keys"]
+
+PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_size: int = 25 * 1024 * 1024     # SIZE; larger mail gets 552 5.3.4
+    max_recipients: int = 100                    # more RCPTs get 452 4.5.3
+    max_received: int = 50                       # Received headers before 554 5.4.6 (Postfix hopcount_limit)
+    command_timeout: float = 300.0               # idle time allowed between commands (RFC 5321 4.5.3.2.7)
+    data_timeout: float = 180.0                  # idle time allowed between DATA chunks (RFC 5321 4.5.3.2.6)
+    max_alias_depth: int = 20
+    max_alias_width: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    url: str
+    batch_max: int = 256
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Downstream:
+    host: str
+    port: int
+    timeout: float = 30.0
+    pool_size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    maildir_root: Path
+    lmtp: Downstream | None = None
+    smtp: Downstream | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str                                    # '' for the embedded default
+    hostname: str
+    smtp: Listener | None
+    lmtp: Listener | None
+    admin: Listener | None
+    limits: Limits
+    registry: RegistryConfig
+    delivery: DeliveryConfig
+    routing: tuple[str, ...]                     # glob patterns of routing files, absolute
+    shutdown_grace: float = 30.0
+    log_level: str = "INFO"
+    workdir: Path = field(default_factory=Path.cwd)
+
+    @classmethod
+    def embedded(cls, base: Path | None = None) -> "Config":
+        base = (base or Path.cwd()).resolve()
+        rules = base / "rules"
+        rules_dir = rules if rules.is_dir() else PACKAGE_RULES
+        return cls(
+            path="", hostname=socket.gethostname() or "localhost",
+            smtp=Listener("127.0.0.1", 2525), lmtp=Listener("127.0.0.1", 2524),
+            admin=Listener("127.0.0.1", 9125), limits=Limits(),
+            registry=RegistryConfig(f"sqlite+aiosqlite:///{base / 'var' / 'registry.db'}"),
+            delivery=DeliveryConfig(maildir_root=base / "var" / "mail"),
+            routing=(str(rules_dir / "*.yaml"),), workdir=base)
+
+
+# -- validation helpers: each returns a value or records a ConfigError -----------------
+
+class _Checker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.errors: list[ConfigError] = []
+
+    def error(self, value: Any, message: str, hint: str = "", parent: Any = None) -> None:
+        _, line, col = yamlsrc.where(value, parent)
+        self.errors.append(ConfigError(message, self.path, line, col, hint))
+
+    def section(self, doc: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
+        value = doc.get(key) if isinstance(doc, dict) else None
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(value, f"'{key}' must be a mapping", f"write '{key}:' followed by indented keys", doc)
+            return {}
+        for problem, hint in unknown_keys(value, known):
+            self.error(problem, f"unknown key '{problem}' in '{key}'", hint, value)
+        return value
+
+    def number(self, sec: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any] = int,
+               minimum: float = 0) -> Any:
+        value = sec.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            self.error(sec, f"'{key}' must be a number >= {minimum}, not {value!r}",
+                       f"for example '{key}: {default}'", sec)
+            return default
+        return kind(value)
+
+    def listener(self, sec: dict[str, Any], key: str, default: Listener | None) -> Listener | None:
+        if key not in sec:
+            return default
+        value = sec[key]
+        if value is None or value is False:
+            return None
+        host, _, port = str(value).rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            self.error(value, f"'{key}' must be HOST:PORT, not {value!r}",
+                       f"for example '{key}: 127.0.0.1:2525', or '{key}: null' to disable", sec)
+            return default
+        return Listener(host.strip("[]"), int(port))
+
+
+def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[Any, str]]:
+    """(key, hint) for every key not in `known`, with a did-you-mean when one is close."""
+    out = []
+    for key in mapping:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+        out.append((key, hint))
+    return out
+
+
+TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
+            "shutdown_grace", "log_level")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load config.yaml, or the embedded default when `path` is None. Raises ConfigErrors."""
+    if path is None:
+        return Config.embedded()
+    p = Path(path).resolve()
+    try:
+        doc = yamlsrc.load(p)
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from None
+    c = _Checker(str(p))
+    if doc is None:
+        doc = yamlsrc.LocMap()
+    if not isinstance(doc, dict):
+        raise ConfigErrors([ConfigError("the file must be a mapping of settings", str(p), 1, 1,
+                                        "see config.example.yaml")])
+    cfg = _build(doc, p, c)
+    if c.errors:
+        raise ConfigErrors(c.errors)
+    return cfg
+
+
+def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
+    for key, hint in unknown_keys(doc, TOP_KEYS):
+        c.error(key, f"unknown key '{key}'", hint, doc)
+    base = p.parent
+    dflt = Config.embedded(base)
+    listen = c.section(doc, "listen", ("smtp", "lmtp", "admin"))
+    lim = c.section(doc, "limits", tuple(Limits.__dataclass_fields__))
+    limits = Limits(**{k: c.number(lim, k, getattr(Limits(), k), type(getattr(Limits(), k)), 1)
+                       for k in Limits.__dataclass_fields__})
+    return Config(
+        path=str(p), hostname=str(doc.get("hostname") or dflt.hostname),
+        smtp=c.listener(listen, "smtp", dflt.smtp), lmtp=c.listener(listen, "lmtp", dflt.lmtp),
+        admin=c.listener(listen, "admin", dflt.admin), limits=limits,
+        registry=_registry(doc, base, c), delivery=_delivery(doc, base, c),
+        routing=_routing(doc, base, c),
+        shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
+        log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base)
+
+
+def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
+    sec = c.section(doc, "registry", ("url", "batch_max", "timeout"))
+    url = str(sec.get("url") or f"sqlite+aiosqlite:///{base / 'var' / 'registry.db'}")
+    if url.startswith("sqlite") and ":///" in url:
+        scheme, _, file = url.partition(":///")
+        if file and not file.startswith("/") and file != ":memory:":
+            url = f"{scheme}:///{base / file}"
+    elif not url.startswith(("postgresql", "sqlite")):
+        c.error(sec.get("url"), f"unsupported registry url {url!r}",
+                "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db", sec)
+    return RegistryConfig(url, c.number(sec, "batch_max", 256, int, 1),
+                          c.number(sec, "timeout", 10.0, float, 0.1))
+
+
+def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None:
+    value = sec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        c.error(value, f"'delivery.{key}' must be a mapping",
+                f"for example '{key}: {{host: 127.0.0.1, port: 24}}'", sec)
+        return None
+    for k, hint in unknown_keys(value, ("host", "port", "timeout", "pool_size")):
+        c.error(k, f"unknown key '{k}' in 'delivery.{key}'", hint, value)
+    port = c.number(value, "port", 24 if key == "lmtp" else 25, int, 1)
+    return Downstream(str(value.get("host", "127.0.0.1")), port,
+                      c.number(value, "timeout", 30.0, float, 0.1), c.number(value, "pool_size", 4, int, 1))
+
+
+def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
+    sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp"))
+    root = Path(str(sec.get("maildir_root", "var/mail")))
+    return DeliveryConfig(root if root.is_absolute() else base / root,
+                          _downstream(sec, "lmtp", c), _downstream(sec, "smtp", c))
+
+
+def _routing(doc: dict[str, Any], base: Path, c: _Checker) -> tuple[str, ...]:
+    value = doc.get("routing", ["rules/*.yaml"])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        c.error(value, "'routing' must be a list of file paths or glob patterns",
+                "for example 'routing: [rules/*.yaml]'", doc)
+        return ()
+    return tuple(v if Path(v).is_absolute() else str(base / v) for v in value)

@@ -1,0 +1,196 @@
+"""The daemon: listeners, the current routing snapshot, reloads, shutdown.
+
+`App` owns one event loop's worth of state: the config, the snapshot reference
+(swapped atomically on reload; a transaction keeps the snapshot it started
+with), the registry, the deliverer and the SMTP/LMTP/admin servers.
+
+Reload (SIGHUP, a change of a routing file, POST /-/reload) loads, validates and
+compiles the whole rule set in a worker thread, then swaps one reference; a bad
+file keeps the old snapshot running, is logged with every error, sets
+mailrouter_config_last_reload_successful to 0 and is recorded in the registry.
+
+SIGTERM/SIGINT: stop taking new work (421 4.3.2 to new connections and to idle
+sessions), let transactions in flight finish (up to `shutdown_grace` seconds),
+flush the registry, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from . import metrics
+from .admin import serve_admin
+from .config import Config, Listener
+from .delivery.deliverer import Deliverer
+from .errors import ConfigErrors, Reply
+from .intake.handler import Handler
+from .intake.protocol import LMTPProtocol, Protocol
+from .pipeline import Pipeline, Transaction
+from .registry import Registry
+from .routing.snapshot import Snapshot, _files, load_snapshot
+
+__all__ = ["App", "run"]
+
+log = logging.getLogger("mailrouter")
+
+
+class App:
+    def __init__(self, config: Config, snapshot: Snapshot) -> None:
+        self.config = config
+        self._snapshot = snapshot
+        self.draining = False
+        self.sessions: set[Protocol] = set()
+        self.in_flight = 0
+        self.servers: list[asyncio.Server] = []
+        self.registry: Registry | None = None
+        self.deliverer = Deliverer(config.delivery, config.hostname)
+        self.pipeline: Pipeline | None = None
+        self._reload_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._mtimes = self._routing_mtimes()
+        self.bound: dict[str, tuple[str, int]] = {}
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    async def process(self, txn: Transaction) -> list[Reply]:
+        assert self.pipeline is not None
+        self.in_flight += 1
+        try:
+            return await self.pipeline.process(txn)
+        finally:
+            self.in_flight -= 1
+
+    # -- start and stop ----------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.registry = await Registry.open(cfg.registry.url, batch_max=cfg.registry.batch_max,
+                                            timeout=cfg.registry.timeout)
+        self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer)
+        for name, listener, cls in (("smtp", cfg.smtp, Protocol), ("lmtp", cfg.lmtp, LMTPProtocol)):
+            if listener is not None:
+                await self._listen(name, listener, cls)
+        if cfg.admin is not None:
+            srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.reload,
+                                    lambda: not self.draining)
+            self.servers.append(srv)
+            self.bound["admin"] = srv.sockets[0].getsockname()[:2]
+        log.info("event=started %s", " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
+
+    async def _listen(self, name: str, listener: Listener, cls: type[Protocol]) -> None:
+        cfg, handler, loop = self.config, Handler(self, name), asyncio.get_running_loop()
+
+        def factory() -> Protocol:
+            return cls(handler, data_size_limit=cfg.limits.max_message_size, enable_SMTPUTF8=True,
+                       decode_data=False, hostname=cfg.hostname, ident="mailrouter",
+                       timeout=cfg.limits.command_timeout, data_timeout=cfg.limits.data_timeout,
+                       loop=loop)
+        srv = await loop.create_server(factory, listener.host, listener.port, backlog=1024,
+                                       reuse_address=True)
+        for sock in srv.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.servers.append(srv)
+        self.bound[name] = srv.sockets[0].getsockname()[:2]
+
+    def request_stop(self) -> None:
+        if not self.draining:
+            log.info("event=stopping in_flight=%d sessions=%d", self.in_flight, len(self.sessions))
+            self.draining = True
+            self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+        for proto in list(self.sessions):
+            proto.close_if_idle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_grace
+        while (self.in_flight or any(p.busy for p in self.sessions)) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            for proto in list(self.sessions):
+                proto.close_if_idle()
+        for srv in self.servers:
+            srv.close()
+        for proto in list(self.sessions):
+            if proto.transport is not None:
+                proto.transport.close()
+        await self.deliverer.close()
+        if self.registry is not None:
+            await self.registry.close()
+        log.info("event=stopped")
+
+    # -- reload ------------------------------------------------------------------------
+    def _routing_mtimes(self) -> dict[str, float]:
+        out = {}
+        for f in _files(self.config.routing):
+            try:
+                out[f] = os.stat(f).st_mtime_ns
+            except OSError:
+                out[f] = -1
+        return out
+
+    async def reload(self) -> tuple[bool, str]:
+        async with self._reload_lock:
+            cfg = self.config
+            try:
+                snap = await asyncio.to_thread(load_snapshot, cfg.routing, cfg.limits, cfg.hostname)
+            except ConfigErrors as exc:
+                ok, detail = False, str(exc)
+                log.error("event=reload_failed errors=%d kept=%s\n%s", len(exc.errors),
+                          self._snapshot.hash, detail)
+            except Exception as exc:  # a bug in loading must not take the daemon down
+                ok, detail = False, f"internal error: {exc!r}"
+                log.exception("event=reload_crashed")
+            else:
+                self._snapshot, ok, detail = snap, True, snap.hash
+                log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
+            metrics.RELOADS.labels("ok" if ok else "failed").inc()
+            metrics.RELOAD_OK.set(1 if ok else 0)
+            if self.registry is not None:
+                try:
+                    await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
+                except Exception as exc:
+                    log.warning("event=reload_not_recorded error=%r", str(exc))
+            return ok, detail
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while not self.draining:
+            await asyncio.sleep(interval)
+            mtimes = await asyncio.to_thread(self._routing_mtimes)
+            if mtimes != self._mtimes:
+                self._mtimes = mtimes
+                await self.reload()
+
+
+async def serve(config: Config, ready: Any = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit code."""
+    try:
+        snap = await asyncio.to_thread(load_snapshot, config.routing, config.limits, config.hostname)
+    except ConfigErrors as exc:
+        log.error("routing files have errors; not starting:\n%s", exc)
+        return 2
+    app = App(config, snap)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, app.request_stop)
+    loop.add_signal_handler(signal.SIGINT, app.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload()))
+    watcher = loop.create_task(app.watch())
+    if ready is not None:
+        ready(app)
+    await app.wait_stopped()
+    watcher.cancel()
+    return 0
+
+
+def run(config: Config) -> int:
+    logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
+    Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
+    return asyncio.run(serve(config))

@@ -1,0 +1,85 @@
+"""`mailrouter explain`: the decision for one message, from the daemon's own code.
+
+`explain()` never fails on a message, however broken: every property of the
+view is read defensively and a failure to read one becomes a defect line. The
+JSON keys are a contract: later versions add keys, never rename them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Callable, Sequence
+
+from .message import MessageView
+from .routing.snapshot import Snapshot
+
+__all__ = ["explain", "format_text"]
+
+log = logging.getLogger(__name__)
+
+
+def _safe(defects: list[str], what: str, get: Callable[[], Any], default: Any) -> Any:
+    try:
+        return get()
+    except Exception as exc:  # the view promises not to raise; if it does, say so, go on
+        defects.append(f"{what}: cannot decode ({type(exc).__name__})")
+        return default
+
+
+def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None,
+            at: datetime | None = None) -> dict[str, Any]:
+    view = MessageView(raw)
+    defects: list[str] = list(_safe([], "defects", lambda: view.defects, []))
+    from_addr = _safe(defects, "From", lambda: view.from_addr, "")
+    if not rcpts:
+        rcpts = [a for _, a in _safe(defects, "To", lambda: view.to + view.cc, []) if a]
+    decisions = snap.decide(view, sender if sender is not None else from_addr, list(rcpts), at)
+    robot = _safe(defects, "robot", lambda: view.robot, (False, ""))
+    return {
+        "subject": _safe(defects, "Subject", lambda: view.subject, ""),
+        "from": {"name": _safe(defects, "From", lambda: view.from_name, ""), "addr": from_addr},
+        "message_id": _safe(defects, "Message-ID", lambda: view.message_id, None),
+        "size": view.size,
+        "envelope": {"from": sender if sender is not None else from_addr, "rcpts": list(rcpts)},
+        "recipients": [d.as_dict() for d in decisions],
+        "attachments": [a.filename for a in _safe(defects, "attachments", lambda: view.attachments, [])],
+        "body_charset": _safe(defects, "body", lambda: view.body_charset, None),
+        "robot": {"robot": bool(robot[0]), "reason": robot[1]},
+        "charset": list(_safe(defects, "charset", lambda: view.charset_notes, [])),
+        "defects": defects,
+        "ruleset": snap.hash,
+    }
+
+
+def format_text(report: dict[str, Any]) -> str:
+    lines = [f"Subject:    {report['subject']}",
+             f"From:       {report['from']['name']} <{report['from']['addr']}>",
+             f"Message-ID: {report['message_id']}"]
+    if report["attachments"]:
+        lines.append("Attachments: " + ", ".join(report["attachments"]))
+    if report["robot"]["robot"]:
+        lines.append(f"Robot:      {report['robot']['reason']}")
+    for note in report["charset"]:
+        lines.append(f"Charset:    {note}")
+    for d in report["defects"]:
+        lines.append(f"Defect:     {d}")
+    if not report["recipients"]:
+        lines.append("No recipients: give --rcpt ADDR")
+    for r in report["recipients"]:
+        lines.append("")
+        lines.append(f"{r['rcpt']}: {r['action']} ({r['reply']})")
+        where = r["mailbox"] + (f" / {r['folder']}" if r["folder"] else "") if r["mailbox"] else "-"
+        lines.append(f"  mailbox:  {where}")
+        for key in ("owner", "priority", "sla", "autoreply"):
+            if r.get(key):
+                lines.append(f"  {key + ':':9} {r[key]}")
+        if r["tags"]:
+            lines.append(f"  tags:     {', '.join(r['tags'])}")
+        if r["path"]:
+            lines.append(f"  path:     {' -> '.join(r['path'])}")
+        for rule in r["rules"]:
+            lines.append(f"  rule:     {rule['name']} ({rule['file']}:{rule['line']}) {rule['matched']}")
+        for reason in r["reasons"]:
+            lines.append(f"  because:  {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""The aiosmtpd handler: read the envelope, ask the snapshot, answer.
+
+RCPT is checked against the address book at once, so an unknown address is
+refused with 550 5.1.1 before DATA (never an open relay, no backscatter), and
+the 101st recipient gets 452 4.5.3 (RFC 5321 4.5.3.1.8: the client sends the
+rest in another transaction). After DATA the pipeline returns one Reply per
+recipient: LMTP sends them all, in RCPT order; SMTP folds them into one reply:
+250 if every recipient is done, otherwise the first temporary failure (the
+MTA retries and the registry keeps a retry from delivering twice), otherwise,
+when nothing was delivered, the first refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .. import metrics
+from ..errors import Reply
+from ..pipeline import Transaction
+from .protocol import INTERNAL_ERROR, Protocol
+
+if TYPE_CHECKING:
+    from ..daemon import App
+
+__all__ = ["Handler"]
+
+log = logging.getLogger(__name__)
+TOO_MANY = "452 4.5.3 Too many recipients"
+
+
+class Handler:
+    def __init__(self, app: "App", protocol: str) -> None:
+        self.app, self.protocol = app, protocol
+
+    @property
+    def draining(self) -> bool:
+        return self.app.draining
+
+    def register(self, proto: Protocol) -> None:
+        self.app.sessions.add(proto)
+        metrics.SESSIONS.inc()
+
+    def unregister(self, proto: Protocol) -> None:
+        if proto in self.app.sessions:
+            self.app.sessions.discard(proto)
+            metrics.SESSIONS.dec()
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.app.config.limits.max_recipients:
+            metrics.RCPT_REFUSED.labels("too_many").inc()
+            return TOO_MANY
+        res = self.app.snapshot().check_rcpt(address)
+        if res.reply is not None:
+            metrics.RCPT_REFUSED.labels("unknown").inc()
+            log.info("event=rcpt_refused peer=%s sender=%s rcpt=%s reply=%r",
+                     session.peer, envelope.mail_from, address, str(res.reply))
+            return str(res.reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        n = len(envelope.rcpt_tos)
+        try:
+            txn = Transaction(
+                protocol=self.protocol, peer=_peer(session.peer), helo=session.host_name or "unknown",
+                mail_from=envelope.mail_from, rcpts=tuple(envelope.rcpt_tos),
+                raw=envelope.original_content or b"",
+                smtputf8=bool(envelope.smtp_utf8))
+            replies = await self.app.process(txn)
+        except Exception:  # never a 5xx, never the exception text: the MTA must retry
+            log.exception("event=process_crashed peer=%s", session.peer)
+            replies = [Reply(451, "4.3.0", "Internal error, try again later")] * n
+        if self.protocol == "lmtp":
+            return "\r\n".join(str(r) for r in replies)
+        return str(fold(replies)) if replies else INTERNAL_ERROR
+
+
+def fold(replies: list[Reply]) -> Reply:
+    """One SMTP reply for a transaction from the per-recipient replies."""
+    temp = [r for r in replies if r.temporary]
+    if temp:
+        return temp[0]
+    if any(r.ok for r in replies):
+        return next(r for r in replies if r.ok)
+    return replies[0]
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)

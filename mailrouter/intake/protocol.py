@@ -1,0 +1,234 @@
+"""aiosmtpd SMTP and LMTP protocols, hardened for a server in front of real mail.
+
+What this adds to aiosmtpd's SMTP class:
+- every 2xx/4xx/5xx reply carries an RFC 3463 enhanced status code, because we
+  advertise ENHANCEDSTATUSCODES (RFC 2034); PIPELINING is advertised and works
+  (aiosmtpd reads commands from a stream, so pipelined commands queue up);
+- our own DATA reader: only CRLF.CRLF ends DATA (no SMTP smuggling: `\\n.\\n`,
+  `\\r.\\r` and `\\n.\\r\\n` are content); a message holding a bare LF, a bare CR
+  or a NUL byte is refused with 550 5.6.0 after the final dot (RFC 5321 2.3.8
+  and 4.1.1.4: lines end in CRLF, and no client may send those; we refuse rather
+  than repair because a repaired message is not what the sender signed, and a
+  downstream might read the bare line ending differently); oversize mail is read
+  to the end and refused with 552 5.3.4; the idle timer restarts per line;
+- LMTP (RFC 2033 4.2): after DATA one reply per accepted recipient, in RCPT
+  order, on every path, errors included;
+- no exception text ever reaches a client: any internal error is 451 4.3.0;
+- graceful shutdown: while draining, new connections and idle sessions get
+  421 4.3.2, a transaction in progress is allowed to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope
+
+__all__ = ["Protocol", "LMTPProtocol", "INTERNAL_ERROR", "SHUTTING_DOWN"]
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+BAD_BYTES = "550 5.6.0 Message refused: bare LF, bare CR or NUL in content; send CRLF line endings (RFC 5321 2.3.8)"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+
+_ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}( |$)")
+# Enhanced codes for aiosmtpd's own replies that lack one (RFC 3463, RFC 5248).
+_DEFAULT_STATUS = {
+    b"221": b"2.0.0", b"250": b"2.0.0", b"251": b"2.1.5", b"252": b"2.5.0",
+    b"421": b"4.3.2", b"451": b"4.3.0", b"452": b"4.5.3",
+    b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1", b"503": b"5.5.1",
+    b"504": b"5.5.4", b"530": b"5.7.0", b"550": b"5.0.0", b"552": b"5.3.4",
+    b"553": b"5.1.3", b"554": b"5.3.0", b"555": b"5.5.4",
+}
+
+
+def with_enhanced_code(line: bytes) -> bytes:
+    code, sep, rest = line[:3], line[3:4], line[4:]
+    if sep not in (b" ", b"-", b"") or code[:1] not in b"245" or _ENHANCED.match(rest):
+        return line
+    status = _DEFAULT_STATUS.get(code)
+    if status is None:
+        status = code[:1] + b".0.0"
+    if code == b"552" and b"SIZE" in rest.upper():
+        status = b"5.3.4"
+    return code + (sep or b" ") + status + (b" " + rest if rest else b"")
+
+
+class Protocol(SMTP):
+    """aiosmtpd's SMTP with the hardening in the module docstring."""
+
+    lmtp = False
+
+    def __init__(self, handler: Any, *, data_timeout: float = 180.0, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.data_timeout = data_timeout
+        self._ehlo_in_progress = False
+        self.busy = False
+        self._wrap_commands()
+
+    # -- replies ---------------------------------------------------------------------
+    async def push(self, status: Any) -> None:
+        data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace") \
+            if isinstance(status, str) else status
+        lines = data.split(b"\r\n")
+        if not self._ehlo_in_progress and not data.startswith((b"220", b"354")):
+            lines = [with_enhanced_code(line) for line in lines]
+        await super().push(b"\r\n".join(lines))
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._ehlo_in_progress = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._ehlo_in_progress = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._ehlo_in_progress = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._ehlo_in_progress = False
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("event=session_error peer=%s error=%r", self.session and self.session.peer,
+                  error, exc_info=error)
+        return INTERNAL_ERROR
+
+    # -- draining and per-command bookkeeping ----------------------------------------
+    def _wrap_commands(self) -> None:
+        for name, method in list(self._smtp_methods.items()):
+            self._smtp_methods[name] = self._guarded(name, method)
+
+    def _guarded(self, name: str, method: Any) -> Any:
+        async def run(arg: Any) -> None:
+            in_txn = bool(self.envelope and self.envelope.mail_from)
+            if getattr(self.event_handler, "draining", False) and not in_txn and name != "QUIT":
+                await self.push(SHUTTING_DOWN)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            self.busy = True
+            try:
+                await method(arg)
+            finally:
+                self.busy = False
+        return run
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        register = getattr(self.event_handler, "register", None)
+        if register is not None:
+            register(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        unregister = getattr(self.event_handler, "unregister", None)
+        if unregister is not None:
+            unregister(self)
+        super().connection_lost(error)
+
+    def close_if_idle(self) -> None:
+        """Called when draining: say 421 to a session between transactions."""
+        in_txn = bool(self.envelope and self.envelope.mail_from)
+        if not self.busy and not in_txn and self.transport is not None:
+            self._writer.write(SHUTTING_DOWN.encode() + b"\r\n")
+            self.transport.close()
+
+    # -- DATA --------------------------------------------------------------------------
+    def _replies(self, status: str) -> str:
+        """One reply for SMTP; one per accepted recipient for LMTP (RFC 2033 4.2)."""
+        if not self.lmtp:
+            return status
+        assert self.envelope is not None
+        return "\r\n".join([status] * max(1, len(self.envelope.rcpt_tos)))
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        problem, content = await self._read_data()
+        if problem:
+            await self.push(self._replies(problem))
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        try:
+            status = await self._call_handler_hook("DATA")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("event=data_error error=%r", exc, exc_info=exc)
+            status = self._replies(INTERNAL_ERROR)
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[str | None, bytes]:
+        """Read to CRLF.CRLF; return (refusal or None, un-dot-stuffed content)."""
+        chunks: list[bytes] = []
+        size, limit, problem = 0, self.data_size_limit, None
+        reader = self._reader
+        while True:
+            self._reset_timeout(self.data_timeout)
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                line = await reader.read(exc.consumed)
+                problem = problem or LINE_TOO_LONG
+                chunks.clear()
+                continue
+            if line == b".\r\n":
+                break
+            size += len(line)
+            if problem:
+                continue
+            if limit and size > limit:
+                problem = TOO_BIG
+                chunks.clear()
+                continue
+            if b"\0" in line or b"\n" in line[:-2] or b"\r" in line[:-2]:
+                problem = BAD_BYTES
+                chunks.clear()
+                continue
+            chunks.append(line[1:] if line[:1] == b"." else line)
+        self._reset_timeout()
+        return problem, b"".join(chunks)
+
+
+class LMTPProtocol(Protocol, LMTP):
+    """LMTP (RFC 2033): LHLO only; one reply per recipient after DATA."""
+
+    lmtp = True
+
+    async def smtp_LHLO(self, arg: str) -> None:
+        self._ehlo_in_progress = True
+        try:
+            await SMTP.smtp_EHLO(self, arg)
+        finally:
+            self._ehlo_in_progress = False
+
+    async def smtp_EHLO(self, arg: str) -> None:
+        await self.push('500 5.5.1 Error: command "EHLO" not recognized, use LHLO')
+
+    async def smtp_HELO(self, arg: str) -> None:
+        await self.push('500 5.5.1 Error: command "HELO" not recognized, use LHLO')
+
+    async def handle_exception(self, error: Exception) -> str:
+        await super().handle_exception(error)
+        return INTERNAL_ERROR
+
+
+def envelope_smtputf8(envelope: Envelope) -> bool:
+    return bool(envelope.smtp_utf8) or "SMTPUTF8" in (envelope.mail_options or [])

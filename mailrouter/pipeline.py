@@ -1,0 +1,145 @@
+"""The path of one message after DATA: view, decide, deliver, record, reply.
+
+`Pipeline.process` is the whole of DESIGN.md steps 2-7 for one transaction and
+returns one Reply per envelope recipient (the SMTP intake folds them into one).
+The order is what makes "no mail lost, nothing done twice" hold:
+
+1. decide per recipient with the snapshot current at the start (pure);
+2. ask the registry which targets already hold this message (a retry);
+3. deliver the missing copies (each backend durable before it returns);
+4. commit the record (message, decisions, deliveries) in the group commit;
+5. only then 250; any fault on the way is a 4xx for the recipients it touches.
+
+A crash between 3 and 4 leaves copies the registry does not know about;
+Maildir copies carry deterministic names so the retry finds them, LMTP/SMTP
+downstreams may get a second copy (at-least-once, never at-most-once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from .delivery.deliverer import Copy, Deliverer
+from .errors import RegistryError, Reply
+from .message import MessageView
+from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
+from .routing.decision import REPLY_TEMPFAIL, Action, Decision
+from .routing.snapshot import Snapshot
+from . import metrics
+
+__all__ = ["Pipeline", "Transaction", "message_key", "REPLY_DELIVERED"]
+
+log = logging.getLogger("mailrouter.decision")
+REPLY_DELIVERED = Reply(250, "2.0.0", "Ok: delivered")
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    protocol: str          # 'smtp' | 'lmtp'
+    peer: str
+    helo: str
+    mail_from: str
+    rcpts: tuple[str, ...]
+    raw: bytes
+    smtputf8: bool = False
+
+
+def message_key(mail_from: str, raw: bytes) -> str:
+    """Identity of a message for retry dedupe: same sender, same bytes."""
+    h = hashlib.sha256(mail_from.encode("utf-8", "surrogateescape"))
+    h.update(b"\0")
+    h.update(raw)
+    return h.hexdigest()
+
+
+def new_qid() -> str:
+    return secrets.token_hex(5).upper()
+
+
+class Pipeline:
+    def __init__(self, snapshot: Callable[[], Snapshot], registry: Registry,
+                 deliverer: Deliverer) -> None:
+        self.snapshot, self.registry, self.deliverer = snapshot, registry, deliverer
+
+    async def process(self, txn: Transaction) -> list[Reply]:
+        qid, started = new_qid(), time.perf_counter()
+        snap = self.snapshot()
+        view = MessageView(txn.raw)
+        decisions = snap.decide(view, txn.mail_from, txn.rcpts)
+        key = message_key(txn.mail_from, txn.raw)
+        try:
+            done = await self.registry.delivered_targets(key)
+        except RegistryError as exc:
+            log.error("event=registry_unavailable qid=%s error=%r", qid, str(exc))
+            metrics.MESSAGES.labels("deferred").inc()
+            return [exc.reply] * len(txn.rcpts)
+        results = await self._deliver(txn, snap, decisions, key, done, qid)
+        replies = [self._reply(d, results) for d in decisions]
+        try:
+            await self.registry.record(
+                self._message_record(txn, view, snap, key, replies),
+                [_decision_record(d, r) for d, r in zip(decisions, replies)],
+                [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
+                                str(r)) for t, r in results.items()])
+        except RegistryError as exc:
+            log.error("event=registry_failed qid=%s error=%r", qid, str(exc))
+            replies = [exc.reply if r.ok else r for r in replies]
+        for d, r in zip(decisions, replies):
+            log.info("event=decision qid=%s sender=%s rcpt=%s mailbox=%s folder=%s action=%s reply=%r",
+                     qid, txn.mail_from, d.rcpt, d.mailbox, d.folder, d.action.value, str(r))
+        metrics.observe_message(replies, time.perf_counter() - started)
+        return replies
+
+    async def _deliver(self, txn: Transaction, snap: Snapshot, decisions: list[Decision],
+                       key: str, done: set[str], qid: str) -> dict[str, Reply]:
+        copies: dict[str, Copy] = {}
+        for d in decisions:
+            if d.action is Action.DELIVER:
+                for t in d.targets:
+                    copies.setdefault(t.key, Copy(t, d.rcpt))
+        todo = [c for k, c in copies.items() if k not in done]
+        received = {c.rcpt: self.deliverer.received(txn.helo, txn.peer, txn.protocol.upper(),
+                                                    qid, c.rcpt) for c in todo}
+        results = await self.deliverer.deliver(todo, snap.book.mailboxes, txn.raw, txn.mail_from,
+                                               key, received, txn.smtputf8) if todo else {}
+        results.update({k: Reply(250, "2.0.0", "Already delivered") for k in copies if k in done})
+        return results
+
+    @staticmethod
+    def _reply(d: Decision, results: dict[str, Reply]) -> Reply:
+        if d.action is not Action.DELIVER:
+            return d.reply
+        if not d.targets:
+            return REPLY_TEMPFAIL
+        got = [results[t.key] for t in d.targets]
+        temp = [r for r in got if r.temporary]
+        if temp:
+            return temp[0]
+        perm = [r for r in got if not r.ok]
+        return perm[0] if perm else REPLY_DELIVERED
+
+    @staticmethod
+    def _message_record(txn: Transaction, view: MessageView, snap: Snapshot, key: str,
+                        replies: list[Reply]) -> MessageRecord:
+        ok = sum(r.ok for r in replies)
+        status = ("delivered" if ok == len(replies) else "partial" if ok
+                  else "deferred" if any(r.temporary for r in replies) else "rejected")
+        return MessageRecord(
+            key=key, received_at=datetime.now(timezone.utc), protocol=txn.protocol, peer=txn.peer,
+            mail_from=txn.mail_from, rcpts=txn.rcpts, message_id=view.message_id,
+            from_name=view.from_name, from_addr=view.from_addr, subject=view.subject,
+            size=view.size, content_hash=view.content_hash, defects=tuple(view.defects),
+            ruleset_hash=snap.hash, status=status)
+
+
+def _decision_record(d: Decision, reply: Reply) -> DecisionRecord:
+    return DecisionRecord(
+        rcpt=d.rcpt, action=d.action.value, reply=str(reply), mailbox=d.mailbox, folder=d.folder,
+        owner=d.owner, tags=d.tags, priority=d.priority, sla=d.sla, path=d.path,
+        reasons=d.reasons, rules=tuple(r.as_dict() for r in d.rules))

@@ -1,0 +1,169 @@
+"""The routing snapshot: every routing file loaded, checked and compiled as a whole.
+
+A Snapshot is immutable. The daemon holds one reference and swaps it on reload;
+a message in flight keeps the snapshot it started with. `decide()` is the one
+function that turns (message view, envelope, snapshot, clock) into Decisions:
+the daemon, `mailrouter explain` and `mailrouter test` all call it.
+
+Routing files are merged in file-name order: mappings (mailboxes, people, teams,
+aliases, moved, calendars, autoreplies) by key, a key defined in two files is an
+error naming both; lists (domains, rules, tests) are concatenated.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import yamlsrc
+from ..addresses import AddressBook, Limits as BookLimits, Resolution
+from ..config import Limits, unknown_keys
+from ..errors import ConfigError, ConfigErrors
+from ..loops import detect_loop
+from ..message import MessageView
+from .decision import REPLY_OK, Action, Decision
+from .rules import RuleSet
+
+__all__ = ["Snapshot", "load_snapshot", "SECTIONS"]
+
+MAP_SECTIONS = ("mailboxes", "people", "teams", "aliases", "moved", "calendars", "autoreplies",
+                "address_options")
+LIST_SECTIONS = ("domains", "rules", "tests")
+SECTIONS = MAP_SECTIONS + LIST_SECTIONS
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    book: AddressBook
+    rules: RuleSet
+    hash: str
+    files: tuple[str, ...]
+    sections: dict[str, Any]
+    hostname: str
+    limits: Limits
+
+    def check_rcpt(self, address: str) -> Resolution:
+        """Resolution of one RCPT; `.reply` is set when the address is refused."""
+        return self.book.resolve(address)
+
+    def decide(self, view: MessageView, mail_from: str, rcpts: Sequence[str],
+               at: datetime | None = None) -> list[Decision]:
+        """One Decision per envelope recipient, in order. Pure."""
+        at = at or datetime.now(timezone.utc)
+        return [self._decide_one(view, mail_from, rcpt, at) for rcpt in rcpts]
+
+    def _decide_one(self, view: MessageView, mail_from: str, rcpt: str, at: datetime) -> Decision:
+        res = self.book.resolve(rcpt)
+        if res.reply is not None:
+            action = Action.DEFER if res.reply.temporary else Action.REJECT
+            return Decision(rcpt, action, res.reply, reasons=(f"address: {res.reply.text}",))
+        loop = detect_loop(view, res.address, hostname=self.hostname,
+                           max_received=self.limits.max_received)
+        if loop is not None:
+            action = Action.DEFER if loop.reply.temporary else Action.REJECT
+            return Decision(rcpt, action, loop.reply, reasons=(f"loop: {loop.evidence}",))
+        first = res.targets[0] if res.targets else None
+        default = Decision(
+            rcpt, Action.DELIVER, REPLY_OK, targets=res.targets,
+            mailbox=first.mailbox if first else None, folder=first.folder if first else None,
+            owner=res.person or (first.person if first else None),
+            autoreply=res.moved.autoreply if res.moved else None,
+            path=first.path if first else (), reasons=("address book",))
+        decision = self.rules.apply(view, mail_from, rcpt, res, default, at)
+        if decision.action is Action.DELIVER and not decision.targets:
+            decision = replace(decision, targets=res.targets)
+        return decision
+
+
+def _files(patterns: Sequence[str]) -> list[str]:
+    found: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, Any]:
+    merged: dict[str, Any] = {k: yamlsrc.LocMap() for k in MAP_SECTIONS}
+    for k in MAP_SECTIONS:
+        merged[k].key_marks = {}
+    merged.update({k: yamlsrc.LocList() for k in LIST_SECTIONS})
+    for path, doc in docs:
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            errors.append(ConfigError("a routing file must be a mapping of sections", path, 1, 1,
+                                      "start with e.g. 'aliases:'"))
+            continue
+        for key, hint in unknown_keys(doc, SECTIONS):
+            _, line, col = yamlsrc.where(key)
+            errors.append(ConfigError(f"unknown section '{key}'", path, line, col, hint))
+        for key in MAP_SECTIONS:
+            _merge_map(merged[key], doc.get(key), key, path, errors)
+        for key in LIST_SECTIONS:
+            value = doc.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, list):
+                _, line, col = yamlsrc.where(value, doc)
+                errors.append(ConfigError(f"'{key}' must be a list", path, line, col,
+                                          f"write each entry on its own '- ' line under '{key}:'"))
+                continue
+            merged[key].extend(value)
+    return merged
+
+
+def _merge_map(into: Any, value: Any, key: str, path: str, errors: list[ConfigError]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        _, line, col = yamlsrc.where(value)
+        errors.append(ConfigError(f"'{key}' must be a mapping", path, line, col,
+                                  f"write 'name: value' entries under '{key}:'"))
+        return
+    for k, v in value.items():
+        if k in into:
+            first = next(x for x in into if x == k)
+            _, line, col = yamlsrc.where(k)
+            errors.append(ConfigError(
+                f"{key} entry '{k}' is defined twice (first at {getattr(first, 'path', '?')}:"
+                f"{getattr(first, 'line', '?')})", path, line, col, "keep one definition"))
+            continue
+        into[k] = v
+        into.key_marks[k] = (getattr(k, "line", 0), getattr(k, "column", 0))
+
+
+def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Snapshot:
+    """Load, check and compile every routing file. Raises ConfigErrors listing all problems."""
+    files = _files(patterns)
+    errors: list[ConfigError] = []
+    if not files:
+        raise ConfigErrors([ConfigError(f"no routing files match {', '.join(patterns)}",
+                                        hint="set 'routing:' in config.yaml to your rules/*.yaml")])
+    docs, digest = [], hashlib.sha256()
+    for f in files:
+        try:
+            digest.update(Path(f).read_bytes())
+            docs.append((f, yamlsrc.load(f)))
+        except ConfigError as exc:
+            errors.append(exc)
+        except OSError as exc:
+            errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
+    merged = _merge(docs, errors)
+    book = rules = None
+    try:
+        book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width))
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
+    if book is not None:
+        try:
+            rules = RuleSet.build(merged["rules"], book, merged["calendars"])
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+    if errors or book is None or rules is None:
+        raise ConfigErrors(errors)
+    return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), merged, hostname, limits)
