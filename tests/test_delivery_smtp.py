@@ -133,9 +133,9 @@ async def sink() -> AsyncIterator[SinkFactory]:
         await s.stop()
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to the loop until the sink has seen what the client already sent."""
-    for _ in range(1000):
+async def until(predicate: Callable[[], bool], tries: int = 1000) -> None:
+    """Yield to the loop until the sink has seen what was already sent."""
+    for _ in range(tries):
         if predicate():
             return
         await asyncio.sleep(0.005)
