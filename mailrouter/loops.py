@@ -1,0 +1,107 @@
+"""Run-time loop defence, for loops that cross other systems.
+
+The alias graph is refused at load time if it has a cycle (`addressbook`), but a
+forward to an outside mailbox that forwards back, or two instances pointing at
+each other, can only be seen on the message itself. Each copy we deliver carries
+(`trace_headers`, prepended by delivery):
+
+    X-Mailrouter-Loop: <hostname>; rcpt=<rcpt>
+    Delivered-To: <rcpt>
+
+and `detect_loop` checks an incoming message for one envelope recipient:
+
+- our own trace header for (this hostname, this rcpt): the copy we delivered
+  came back -> 554 5.4.6, conclusive (RFC 5321 section 6.3; RFC 3463 5.4.6);
+- more than `max_received` Received headers -> 554 5.4.6 (the RFC 5321 6.3
+  hop count; Postfix's hopcount_limit does the same);
+- a Delivered-To equal to this rcpt but no trace header of ours for it ->
+  451 4.4.6, *inconclusive*. Delivered-To is written by many delivery agents and
+  survives on restored, re-imported or redirected mail, so it alone is weak
+  evidence; a genuine loop through a system that keeps headers also carries our
+  trace header and is stopped with 554 on the same round. The 4xx keeps the
+  message in the sender's queue, where it cannot multiply, is visible to a
+  human, and is not lost; the Received cap ends it for good if it keeps coming.
+- A Delivered-To or trace header for a *different* address (stale, from an earlier
+  life of the message) is ignored, as is our trace header from another host
+  (a sibling instance: the loop, if any, is caught when it reaches us again).
+
+Addresses are compared with the domain in canonical Unicode form and the local
+part lower-cased. Known limit: with `local_part_case: sensitive`, two addresses
+differing only in case are treated as one here (a false 451 at worst).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .addressbook.canon import canonical_domain
+from .errors import Reply
+from .routing.decision import REPLY_LOOP, REPLY_LOOP_SUSPECT
+
+__all__ = ["TRACE_HEADER", "LoopVerdict", "trace_headers", "detect_loop"]
+
+TRACE_HEADER = "X-Mailrouter-Loop"
+
+
+class HeaderView(Protocol):
+    """What detect_loop reads of a `message.MessageView`."""
+
+    @property
+    def received_count(self) -> int: ...
+    @property
+    def delivered_to(self) -> list[str]: ...
+    def headers(self, name: str) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LoopVerdict:
+    reply: Reply
+    evidence: str      # for the log and the registry: which header said so
+
+
+def _clean(text: str) -> str:
+    """No CR, LF or other controls in a header we write (header injection)."""
+    return "".join(ch for ch in text if ch >= " " and ch != "\x7f").strip()
+
+
+def _norm(address: str) -> str:
+    a = address.strip().strip("<>").strip()
+    local, at, domain = a.rpartition("@")
+    return f"{local.lower()}@{canonical_domain(domain)}" if at else a.lower()
+
+
+def trace_headers(hostname: str, rcpt: str) -> bytes:
+    """The header lines (CRLF) prepended to each copy delivered for `rcpt`."""
+    host, addr = _clean(hostname), _clean(rcpt).strip("<>")
+    return (f"{TRACE_HEADER}: {host}; rcpt={addr}\r\n"
+            f"Delivered-To: {addr}\r\n").encode("utf-8")
+
+
+def _parse_trace(value: str) -> tuple[str, str] | None:
+    host, sep, rest = value.partition(";")
+    if not sep:
+        return None
+    for param in rest.split(";"):
+        name, eq, addr = param.strip().partition("=")
+        if eq and name.strip().lower() == "rcpt":
+            return host.strip().lower(), _norm(addr)
+    return None
+
+
+def detect_loop(view: HeaderView, rcpt: str, *, hostname: str,
+                max_received: int) -> LoopVerdict | None:
+    """A verdict when this message, for this recipient, looks like it has been here before."""
+    me, host = _norm(rcpt), _clean(hostname).lower()
+    for value in view.headers(TRACE_HEADER):
+        parsed = _parse_trace(value)
+        if parsed == (host, me):
+            return LoopVerdict(REPLY_LOOP, f"{TRACE_HEADER}: {value.strip()} "
+                                           "(this copy was delivered here before)")
+    count = view.received_count
+    if count > max_received:
+        return LoopVerdict(REPLY_LOOP, f"{count} Received headers (limit {max_received})")
+    if any(_norm(d) == me for d in view.delivered_to):
+        return LoopVerdict(REPLY_LOOP_SUSPECT, f"Delivered-To: {me} without our "
+                                               f"{TRACE_HEADER} (stale header or foreign loop)")
+    return None
