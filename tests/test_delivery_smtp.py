@@ -274,6 +274,21 @@ async def test_mail_refusal_is_a_reply_and_connection_recovers(
     assert [e.original_content for e in s.envelopes] == [b"y\r\n"]
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_421_to_mail_is_a_reply_and_connection_dropped(
+        sink: SinkFactory, pipelining: bool) -> None:
+    """421 to MAIL is returned per recipient; that connection is not reused."""
+    s = await sink(pipelining=pipelining)
+    s.mail_reply = "421 4.3.2 shutting down"
+    client = SMTPClient(s.downstream())
+    replies = await client.deliver("a@example.org", ["b@example.test", "c@example.test"], b"x\r\n")
+    assert set(replies.values()) == {Reply(421, "4.3.2", "shutting down")}
+    s.mail_reply = None
+    assert (await client.deliver("a@example.org", ["b@example.test"], b"y\r\n"))["b@example.test"].ok
+    await client.close()
+    assert s.connections == 2
+
+
 async def test_data_refusal_is_a_reply(sink: SinkFactory) -> None:
     """A 554 after the final dot is returned for every accepted recipient."""
     s = await sink()

@@ -347,22 +347,22 @@ class TransactionClient:
         that stopped the transaction.
         """
         rset = b"RSET\r\n" if s.dirty else b""
-        if "PIPELINING" in s.extensions:
+        pipelining = "PIPELINING" in s.extensions
+        if pipelining:
             await s.send(rset + b"".join(commands))
-            if rset:
-                await self._rset_reply(s)
-            return [await self._next_reply(s) for _ in commands]
-        if rset:
+        elif rset:
             await s.send(rset)
+        if rset:
             await self._rset_reply(s)
         replies: list[Reply] = []
         for i, command in enumerate(commands):
-            await s.send(command)
+            if not pipelining:
+                await s.send(command)
             replies.append(await self._next_reply(s))
-            mail_refused = i == 0 and not replies[0].ok
+            mail_refused = i == 0 and not replies[0].ok and not pipelining
             nobody = i == len(commands) - 2 and not any(r.ok for r in replies[1:])
-            if mail_refused or nobody:
-                break
+            if s.broken or mail_refused or (nobody and not pipelining):
+                break   # a 421 closes the connection: read no further (RFC 5321 3.8)
         return replies + [replies[-1]] * (len(commands) - len(replies))
 
     async def _rset_reply(self, s: Session) -> None:
