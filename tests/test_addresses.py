@@ -1,0 +1,211 @@
+"""The address book: resolution through chains, groups, people, teams, moved addresses."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailrouter.addresses import REPLY_MOVED, AddressBook, Limits
+from mailrouter.errors import ConfigErrors
+from mailrouter.routing.decision import REPLY_UNKNOWN
+from mailrouter.yamlsrc import loads
+
+HEAD = """\
+domains: [example.com, пример.рф]
+mailboxes:
+  sales: {maildir: sales}
+  support: {maildir: support}
+  finance: {lmtp: finance@mail.internal}
+people:
+  ivanov: {address: p.ivanov@example.com, deputy: petrova}
+  petrova: {address: a.petrova@example.com, mailbox: finance}
+  smirnov: {name: Сергей Смирнов}
+teams:
+  duty: {members: [ivanov, petrova]}
+  desk: {members: [ivanov], mailbox: support}
+"""
+
+
+def book(aliases: str, extra: str = "", limits: Limits = Limits()) -> AddressBook:
+    return AddressBook.build(loads(HEAD + extra + "aliases:\n" + aliases, "t.yaml"), limits)
+
+
+def errors(aliases: str, extra: str = "", limits: Limits = Limits()) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        book(aliases, extra, limits)
+    return [str(e) for e in info.value.errors]
+
+
+def keys(b: AddressBook, rcpt: str) -> list[str]:
+    return [t.key for t in b.resolve(rcpt).targets]
+
+
+def test_chain_keeps_the_path() -> None:
+    """A chain of aliases ends at the mailbox, and the path names every step."""
+    b = book("  mail@example.com: admin@example.com\n  admin@example.com: support@example.com\n"
+             "  support@example.com: mailbox:support\n")
+    (t,) = b.resolve("mail@example.com").targets
+    assert t.mailbox == "support"
+    assert t.path == ("mail@example.com", "admin@example.com", "support@example.com",
+                      "mailbox:support")
+
+
+def test_group_and_nested_group() -> None:
+    """A group delivers to each member; a group inside a group is flattened."""
+    b = book("  all@example.com: [sales@example.com, ivanov, mailbox:support/Inbox, [team:desk]]\n"
+             "  sales@example.com: [mailbox:sales, {mailbox: finance, folder: Счета}]\n")
+    assert keys(b, "all@example.com") == ["sales", "finance/Счета", "person:ivanov",
+                                          "support/Inbox", "support"]
+
+
+def test_person_reached_twice_gets_one_copy() -> None:
+    """Dedupe: ivanov through two groups and directly is one target, the first path kept."""
+    b = book("  a@example.com: [ivanov, petrova]\n  b@example.com: [ivanov, team:duty]\n"
+             "  all@example.com: [a@example.com, b@example.com, person:ivanov]\n")
+    res = b.resolve("all@example.com")
+    assert [t.person for t in res.targets] == ["ivanov", "petrova"]
+    assert res.targets[0].path == ("all@example.com", "a@example.com", "person:ivanov")
+
+
+def test_team_without_mailbox_goes_to_each_member() -> None:
+    """team:duty has no mailbox: one copy per member, each naming the person."""
+    b = book("  duty@example.com: team:duty\n  desk@example.com: team:desk\n")
+    assert [(t.mailbox, t.person) for t in b.resolve("duty@example.com").targets] == [
+        ("person:ivanov", "ivanov"), ("finance", "petrova")]
+    assert [t.path for t in b.resolve("desk@example.com").targets] == [
+        ("desk@example.com", "team:desk")]
+
+
+def test_person_address_and_default_mailbox() -> None:
+    """A person's own address delivers to their (implicit) mailbox and names them."""
+    b = book("  x@example.com: mailbox:sales\n")
+    res = b.resolve("P.Ivanov@Example.COM")
+    assert (res.person, keys(b, "p.ivanov@example.com")) == ("ivanov", ["person:ivanov"])
+    assert b.mailboxes["person:ivanov"].where == "people/ivanov"
+    assert b.mailboxes["person:ivanov"].kind == "maildir"
+
+
+def test_self_mapping_delivers_here_and_forwards() -> None:
+    """p.ivanov@ mapped to itself plus a colleague: the person keeps a copy."""
+    b = book("  p.ivanov@example.com: [p.ivanov@example.com, a.petrova@example.com]\n")
+    res = b.resolve("p.ivanov@example.com")
+    assert [t.person for t in res.targets] == ["ivanov", "petrova"]
+    assert res.targets[0].path == ("p.ivanov@example.com", "person:ivanov")
+    assert res.targets[1].path == ("p.ivanov@example.com", "a.petrova@example.com",
+                                   "person:petrova")
+
+
+def test_subaddress_resolves_like_base_with_detail() -> None:
+    """sales+urgent@ goes where sales@ goes; the detail is kept as given."""
+    b = book("  sales@example.com: mailbox:sales\n  c++@example.com: mailbox:support\n")
+    res = b.resolve("Sales+Urgent@example.com")
+    assert (res.address, res.detail, keys(b, "sales+x@example.com")) == (
+        "sales@example.com", "Urgent", ["sales"])
+    assert keys(b, "c++@example.com") == ["support"] and b.resolve("c++@example.com").detail is None
+    assert b.resolve("+x@example.com").reply == REPLY_UNKNOWN
+
+
+def test_idn_both_forms() -> None:
+    """An IDN domain answers in U-label and A-label form; canonical form is U-label."""
+    b = book("  продажи@пример.рф: mailbox:sales\n")
+    for rcpt in ("продажи@пример.рф", "продажи@XN--E1AFMKFD.xn--p1ai", "ПРОДАЖИ@Пример.РФ"):
+        res = b.resolve(rcpt)
+        assert (res.address, keys(b, rcpt)) == ("продажи@пример.рф", ["sales"]), rcpt
+    assert b.knows("продажи@xn--e1afmkfd.xn--p1ai")
+
+
+def test_case_insensitive_by_default_and_sensitive_when_asked() -> None:
+    """Local parts fold by default; local_part_case: sensitive keeps them apart."""
+    b = book("  Sales@EXAMPLE.com: mailbox:sales\n")
+    assert keys(b, "sALES@example.COM") == ["sales"]
+    s = book("  Sales@example.com: mailbox:sales\n  sales@example.com: mailbox:support\n",
+             "address_options: {local_part_case: sensitive}\n")
+    assert (keys(s, "Sales@EXAMPLE.com"), keys(s, "sales@example.com")) == (["sales"], ["support"])
+    assert s.resolve("SALES@example.com").reply == REPLY_UNKNOWN
+
+
+def test_unknown_address_and_domain() -> None:
+    """Unknown local part or foreign domain: 550 5.1.1, and knows() says no."""
+    b = book("  sales@example.com: mailbox:sales\n")
+    for rcpt in ("nobody@example.com", "sales@example.org", "no-at-sign", "@example.com"):
+        assert b.resolve(rcpt).reply == REPLY_UNKNOWN and not b.knows(rcpt)
+    assert b.knows("<sales@example.com>")
+
+
+def test_moved_deliver_and_refuse() -> None:
+    """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
+    b = book("  sales@example.com: mailbox:sales\n",
+             "moved:\n  old@example.com: {now: sales@example.com, autoreply: moved}\n"
+             "  gone@example.com: {now: new@other.org, deliver: false}\n")
+    res = b.resolve("old@example.com")
+    assert res.moved is not None and res.moved.autoreply == "moved" and res.reply is None
+    assert res.targets[0].path == ("old@example.com", "sales@example.com", "mailbox:sales")
+    gone = b.resolve("gone@example.com")
+    assert b.knows("gone@example.com") and gone.targets == ()
+    assert gone.reply is not None and (gone.reply.code, gone.reply.status) == (
+        REPLY_MOVED.code, REPLY_MOVED.status) and "<new@other.org>" in gone.reply.text
+
+
+def test_group_of_50_is_50_targets() -> None:
+    """A group of 50 people gives exactly 50 copies."""
+    people = "".join(f"  p{i}: {{address: p{i}@example.com}}\n" for i in range(50))
+    members = ", ".join(f"p{i}@example.com" for i in range(50))
+    b = AddressBook.build(loads(f"domains: [example.com]\npeople:\n{people}"
+                                f"aliases:\n  all@example.com: [{members}, p7]\n", "t.yaml"))
+    targets = b.resolve("all@example.com").targets
+    assert len(targets) == 50 and len({t.key for t in targets}) == 50
+
+
+def test_cycle_of_two_exact_text() -> None:
+    """a -> b -> a is refused with the whole cycle and the line of each edge."""
+    assert errors("  a@example.com: b@example.com\n  b@example.com: [mailbox:sales, a@example.com]\n"
+                  ) == ["t.yaml:14:18: alias loop of 2: a@example.com -> b@example.com (t.yaml:14)"
+                        " -> a@example.com (t.yaml:15); break the loop: point one of these at a "
+                        "mailbox, a person or a team"]
+
+
+def test_cycle_of_five_exact_text() -> None:
+    """A five-address cycle written out of order is reported once, edge by edge."""
+    lines = ["  c@example.com: d@example.com", "  a@example.com: b@example.com",
+             "  e@example.com: a@example.com", "  b@example.com: c@example.com",
+             "  d@example.com:\n    - e@example.com"]
+    assert errors("\n".join(lines) + "\n") == [
+        "t.yaml:15:18: alias loop of 5: a@example.com -> b@example.com (t.yaml:15) -> "
+        "c@example.com (t.yaml:17) -> d@example.com (t.yaml:14) -> e@example.com (t.yaml:19)"
+        " -> a@example.com (t.yaml:16); break the loop: point one of these at a mailbox, "
+        "a person or a team"]
+
+
+def test_moved_cycle_is_a_cycle() -> None:
+    """A moved address delivering back into its own alias is a loop too."""
+    errs = errors("  new@example.com: old@example.com\n",
+                  "moved:\n  old@example.com: {now: new@example.com}\n")
+    assert len(errs) == 1 and "alias loop of 2: new@example.com -> old@example.com" in errs[0]
+
+
+def test_every_problem_is_reported() -> None:
+    """Dangling names, duplicates and bad keys all come back from one build."""
+    errs = errors("  a@example.com: mailbox:sale\n  b@example.com: ivanvo\n"
+                  "  c@example.com: team:dut\n  d@example.com: nobody@example.com\n"
+                  "  A@Example.com: mailbox:sales\n  e@example.com: duty\n"
+                  "  f@example.com: {mailbox: sales, fodler: X}\n")
+    text = "\n".join(errs)
+    assert "unknown mailbox 'sale'; did you mean 'sales'?" in text
+    assert "unknown person 'ivanvo'; did you mean 'ivanov'?" in text
+    assert "unknown team 'dut'; did you mean 'duty'?" in text
+    assert "alias a@example.com points to unknown address nobody@example.com" not in text
+    assert "points to unknown address nobody@example.com" in text
+    assert "address a@example.com is defined twice: as an alias and as an alias (t.yaml:14)" in text
+    assert "'duty' is a team, not a person; write team:duty" in text
+    assert "unknown key 'fodler' in the target of alias f@example.com; did you mean 'folder'?" in text
+
+
+def test_limits_depth_and_width() -> None:
+    """Chains deeper than max_depth and groups wider than max_width are refused."""
+    chain = "".join(f"  a{i}@example.com: a{i + 1}@example.com\n" for i in range(4))
+    errs = errors(chain + "  a4@example.com: mailbox:sales\n", limits=Limits(max_depth=4))
+    assert len(errs) == 1 and "alias chain from a0@example.com is 5 addresses deep (limit 4)" in errs[0]
+    book(chain + "  a4@example.com: mailbox:sales\n", limits=Limits(max_depth=5))
+    errs = errors("  w@example.com: [mailbox:sales, mailbox:support, ivanov]\n"
+                  "  x@example.com: [w@example.com]\n", limits=Limits(max_width=2))
+    assert errs == ["t.yaml:14:19: alias w@example.com expands to 3 targets (limit 2); "
+                    "split the group, or deliver it to one shared mailbox"]
