@@ -1,0 +1,198 @@
+"""Business calendars: when a company works, for rule conditions and SLA due times.
+
+A calendar is a time zone (IANA name, via zoneinfo), weekly working hours and
+holidays::
+
+    calendars:
+      msk: {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00", holidays: [2027-01-01]}
+      night: {timezone: Asia/Yekaterinburg, hours: "Mon-Fri 09:00-18:00, Sat-Sun 22:00-06:00"}
+
+`hours` is a comma-separated list of `DAYS HH:MM-HH:MM` spans; DAYS is a day
+(`Mon`), a range (`Mon-Fri`, wrapping allowed: `Fri-Mon`) or `Daily`. A span whose end
+is not after its start runs overnight into the next day and belongs to the day it
+starts on: a holiday cancels the spans that start on it. `24:00` is allowed as an end.
+
+Naive datetimes are taken as UTC: the daemon's clock is UTC and rule tests may
+write `at:` with or without an offset. Results are aware datetimes in the
+calendar's zone. Across a DST change a span lasts its real (elapsed) length.
+
+Refused at load: unknown time zone, unparsable hours, days or holidays, a
+calendar with no working time at all (an SLA on it would never fall due).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Iterator, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError, ConfigErrors
+from .yamlsrc import where
+
+__all__ = ["Calendar", "parse_calendar", "build_calendars"]
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SPAN = re.compile(r"^\s*(?P<days>[A-Za-z]+(?:\s*-\s*[A-Za-z]+)?)\s+"
+                   r"(?P<h1>\d{1,2}):(?P<m1>\d\d)\s*-\s*(?P<h2>\d{1,2}):(?P<m2>\d\d)\s*$")
+_KEYS = ("timezone", "hours", "holidays")
+# How far ahead add_business_hours looks before giving up (a calendar whose every
+# day is a holiday for years is a configuration mistake, not a reason to hang).
+_HORIZON_DAYS = 3 * 366
+
+
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    """Working time of one team: zone, weekly spans (minutes from the start day's midnight)."""
+
+    name: str
+    tz: ZoneInfo
+    spans: tuple[tuple[int, int, int], ...]     # (weekday, start minute, end minute; end may pass 1440)
+    holidays: frozenset[date] = frozenset()
+
+    def local(self, at: datetime) -> datetime:
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=timezone.utc)
+        return at.astimezone(self.tz)
+
+    def _day_spans(self, day: date) -> Iterator[tuple[datetime, datetime]]:
+        """The working spans that start on `day`, as aware datetimes."""
+        if day in self.holidays:
+            return
+        wd = day.weekday()
+        midnight = datetime.combine(day, time(0), self.tz)
+        for weekday, start, end in self.spans:
+            if weekday == wd:
+                yield _wall(midnight, start, self.tz), _wall(midnight, end, self.tz)
+
+    def is_business_time(self, at: datetime) -> bool:
+        """True when `at` falls inside a working span (start inclusive, end exclusive)."""
+        now = self.local(at)
+        for day in (now.date() - timedelta(days=1), now.date()):
+            if any(s <= now < e for s, e in self._day_spans(day)):
+                return True
+        return False
+
+    def add_business_hours(self, start: datetime, hours: float) -> datetime:
+        """The moment when `hours` of working time have passed since `start`."""
+        left = timedelta(hours=hours)
+        now = self.local(start)
+        day = now.date() - timedelta(days=1)
+        for _ in range(_HORIZON_DAYS):
+            for s, e in sorted(self._day_spans(day)):
+                s = max(s, now)
+                if e <= s:
+                    continue
+                if left <= e - s:
+                    return (s + left).astimezone(self.tz)
+                left -= e - s
+                now = e
+            day += timedelta(days=1)
+        raise ValueError(f"calendar {self.name!r} has no working time within {_HORIZON_DAYS} days")
+
+    @property
+    def day_hours(self) -> float:
+        """Working hours of the first working weekday: the length of one business `d`."""
+        first = min(s[0] for s in self.spans)
+        return sum(e - s for wd, s, e in self.spans if wd == first) / 60
+
+    def add_business_days(self, start: datetime, days: float) -> datetime:
+        return self.add_business_hours(start, days * self.day_hours)
+
+
+def _wall(midnight: datetime, minute: int, tz: ZoneInfo) -> datetime:
+    """Local wall-clock time `minute` minutes after midnight (days may roll over)."""
+    d, m = divmod(minute, 1440)
+    day = midnight.date() + timedelta(days=d)
+    return datetime.combine(day, time(m // 60, m % 60), tz)
+
+
+def _parse_days(text: str) -> list[int] | None:
+    t = text.replace(" ", "").lower()
+    if t in ("daily", "every", "all"):
+        return list(range(7))
+    parts = t.split("-")
+    try:
+        idx = [DAYS.index(p[:3]) for p in parts if p]
+    except ValueError:
+        return None
+    if len(idx) == 1 and len(parts) == 1:
+        return idx
+    if len(idx) == 2:
+        a, b = idx
+        return [(a + i) % 7 for i in range((b - a) % 7 + 1)]
+    return None
+
+
+def parse_hours(text: str) -> tuple[tuple[int, int, int], ...]:
+    """'Mon-Fri 09:00-18:00, Sat 10:00-14:00' -> spans; ValueError with what is wrong."""
+    spans: list[tuple[int, int, int]] = []
+    for chunk in str(text).split(","):
+        m = _SPAN.match(chunk)
+        days = _parse_days(m["days"]) if m else None
+        if not m or days is None:
+            raise ValueError(f"cannot read working hours {chunk.strip()!r}")
+        start = int(m["h1"]) * 60 + int(m["m1"])
+        end = int(m["h2"]) * 60 + int(m["m2"])
+        if start >= 1440 or end > 1440 or int(m["m1"]) > 59 or int(m["m2"]) > 59:
+            raise ValueError(f"no such time of day in {chunk.strip()!r}")
+        if end <= start:
+            end += 1440                 # overnight: ends on the next day
+        spans.extend((d, start, end) for d in days)
+    return tuple(sorted(spans))
+
+
+def parse_calendar(name: str, spec: Any) -> Calendar:
+    """One `calendars:` entry -> Calendar; raises ConfigErrors with every problem."""
+    path, line, col = where(spec)
+    errors: list[ConfigError] = []
+    if not isinstance(spec, Mapping):
+        raise ConfigErrors([ConfigError(f"calendar {name!r} must be a mapping", path, line, col,
+                                        'write {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00"}')])
+
+    def err(key: str, msg: str, hint: str) -> None:
+        kl = spec.key_line(key) if hasattr(spec, "key_line") else line
+        errors.append(ConfigError(f"calendar {name!r}: {msg}", path, kl, 0, hint))
+
+    for key in spec:
+        if key not in _KEYS:
+            close = difflib.get_close_matches(str(key), _KEYS, n=1)
+            err(key, f"unknown key '{key}'",
+                f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(_KEYS))
+    tz: ZoneInfo | None = None
+    try:
+        tz = ZoneInfo(str(spec.get("timezone", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError):
+        err("timezone", f"unknown time zone {spec.get('timezone')!r}",
+            "use an IANA name such as Europe/Moscow")
+    spans: tuple[tuple[int, int, int], ...] = ()
+    try:
+        spans = parse_hours(spec.get("hours", "Mon-Fri 09:00-18:00"))
+    except ValueError as exc:
+        err("hours", str(exc), 'write e.g. "Mon-Fri 09:00-18:00, Sat 10:00-14:00"')
+    holidays: set[date] = set()
+    raw_h = spec.get("holidays") or []
+    for h in raw_h if isinstance(raw_h, list) else [raw_h]:
+        try:
+            holidays.add(h if isinstance(h, date) else date.fromisoformat(str(h)))
+        except ValueError:
+            err("holidays", f"cannot read holiday {h!r}", "write dates as YYYY-MM-DD")
+    if errors or tz is None:
+        raise ConfigErrors(errors)
+    return Calendar(str(name), tz, spans, frozenset(holidays))
+
+
+def build_calendars(spec: Mapping[str, Any] | None) -> dict[str, Calendar]:
+    """The merged `calendars:` mapping -> {name: Calendar}; every error of every calendar."""
+    result: dict[str, Calendar] = {}
+    errors: list[ConfigError] = []
+    for name, body in (spec or {}).items():
+        try:
+            result[str(name)] = parse_calendar(str(name), body)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return result

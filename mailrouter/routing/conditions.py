@@ -1,0 +1,358 @@
+"""Rule conditions: parsed from YAML once, compiled, then tested against Facts.
+
+A condition is a mapping. Each key is a field (`subject: {contains: счёт}`),
+`header` (`header: {List-Id: {exists: true}}`) or a combinator (`any: [...]`,
+`all: [...]`, `not: {...}`); several keys in one mapping must all hold. A field
+takes an operator mapping, or a shorthand: a string or list means `equals` on
+address fields and `contains` on text fields, a number means `equals`.
+
+Text operators compare the normalised form (NFKC, case-folded, ё->е, subjects
+without Re:/Fwd: prefixes) with a needle normalised the same way; `contains`
+matches whole words in order, `glob` the whole value. `regex` searches the
+decoded text as written. A field with several values (To names and addresses,
+attachment names) matches when any value does.
+
+Every test returns the explanation of the match ("subject contains 'счет'
+(value: 'Счёт №5')") or None. Parse errors are collected, never raised one by one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..errors import ConfigError
+from ..yamlsrc import where
+from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
+from .normalize import normalize
+
+__all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
+           "TEXT_OPS", "NUM_OPS", "gate_of", "parse_size"]
+
+TEXT_OPS = ("equals", "contains", "starts_with", "ends_with", "glob", "regex", "exists")
+NUM_OPS = ("equals", "gt", "ge", "lt", "le", "exists")
+COMBINATORS = ("any", "all", "not")
+SPECIAL = ("header", "robot", "business_hours")
+FIELDS = TEXT_FIELDS + NUM_FIELDS + SPECIAL
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def did_you_mean(word: str, known: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+
+
+def parse_size(value: Any) -> int:
+    """100, '100k', '10MB' -> bytes (binary units); ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m[2].lower() not in _UNITS:
+        raise ValueError(value)
+    return int(m[1]) * _UNITS[m[2].lower()]
+
+
+class Node:
+    def test(self, facts: Facts) -> str | None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Leaf(Node):
+    """One field, one operator, one or more needles (any needle may match)."""
+
+    field: str                       # "subject", "header:list-id", "robot", ...
+    op: str
+    needles: tuple[Any, ...]         # as written, for explanations and lint
+    keys: tuple[Any, ...]            # compiled: normalised strings, word forms, patterns, numbers
+    check: Callable[[Facts, "Leaf"], str | None]
+    path: str = ""
+    line: int = 0
+
+    def test(self, facts: Facts) -> str | None:
+        return self.check(facts, self)
+
+    @property
+    def label(self) -> str:
+        return self.field.replace("header:", "header ")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AllOf(Node):
+    parts: tuple[Node, ...]
+
+    def test(self, facts: Facts) -> str | None:
+        whys = []
+        for p in self.parts:
+            why = p.test(facts)
+            if why is None:
+                return None
+            whys.append(why)
+        return " and ".join(whys)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AnyOf(Node):
+    parts: tuple[Node, ...]
+
+    def test(self, facts: Facts) -> str | None:
+        for p in self.parts:
+            why = p.test(facts)
+            if why is not None:
+                return why
+        return None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Not(Node):
+    part: Node
+    text: str
+
+    def test(self, facts: Facts) -> str | None:
+        return None if self.part.test(facts) is not None else f"not ({self.text})"
+
+
+# Checks: one function per operator family. They return the explanation or None.
+
+def _why(leaf: Leaf, needle: Any, value: Any) -> str:
+    return f"{leaf.label} {leaf.op} {needle!r} (value: {value!r})"
+
+
+def _check_text(facts: Facts, leaf: Leaf) -> str | None:
+    raws, norms = facts.raw(leaf.field), facts.norm(leaf.field)
+    op, keys = leaf.op, leaf.keys
+    hay = facts.words(leaf.field) if op == "contains" else norms
+    for i, value in enumerate(hay):
+        for needle, key in zip(leaf.needles, keys):
+            if ((op == "equals" and value == key) or (op == "contains" and key in value)
+                    or (op == "starts_with" and value.startswith(key))
+                    or (op == "ends_with" and value.endswith(key))
+                    or (op == "glob" and key.match(value))):
+                return _why(leaf, needle, raws[i])
+    return None
+
+
+def _check_regex(facts: Facts, leaf: Leaf) -> str | None:
+    for value in facts.raw(leaf.field):
+        for needle, key in zip(leaf.needles, leaf.keys):
+            if key.search(str(value)):
+                return _why(leaf, needle, value)
+    return None
+
+
+def _check_exists(facts: Facts, leaf: Leaf) -> str | None:
+    values = facts.raw(leaf.field)
+    if bool(values) != leaf.keys[0]:
+        return None
+    return f"{leaf.label} exists" + (f" (value: {values[0]!r})" if values else ": false")
+
+
+_CMP = {"equals": lambda a, b: a == b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+        "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}
+
+
+def _check_num(facts: Facts, leaf: Leaf) -> str | None:
+    cmp = _CMP[leaf.op]
+    for value in facts.raw(leaf.field):
+        if cmp(value, leaf.keys[0]):
+            return _why(leaf, leaf.needles[0], value)
+    return None
+
+
+def _check_robot(facts: Facts, leaf: Leaf) -> str | None:
+    flag, reason = facts.robot()
+    if flag != leaf.keys[0]:
+        return None
+    return f"robot is {str(flag).lower()}" + (f" ({reason})" if reason else "")
+
+
+def _check_hours(facts: Facts, leaf: Leaf) -> str | None:
+    cal = facts.calendars[leaf.keys[0]]
+    if not cal.is_business_time(facts.at):
+        return None
+    return f"business_hours {leaf.keys[0]!r} (at: {cal.local(facts.at).isoformat()})"
+
+
+class _Parser:
+    """Turns one rule's `when:` into a Node, collecting every error it finds."""
+
+    def __init__(self, errors: list[ConfigError], calendars: Mapping[str, Any], rule: str) -> None:
+        self.errors, self.calendars, self.rule = errors, calendars, rule
+
+    def error(self, msg: str, node: Any, parent: Any = None, hint: str = "") -> None:
+        path, line, col = where(node, parent)
+        self.errors.append(ConfigError(f"rule {self.rule!r}: {msg}", path, line, col, hint))
+
+    def condition(self, spec: Any, parent: Any = None) -> Node | None:
+        if not isinstance(spec, Mapping) or not spec:
+            self.error("a condition must be a non-empty mapping", spec, parent,
+                       "write e.g. {subject: {contains: invoice}}")
+            return None
+        parts: list[Node] = []
+        for key, value in spec.items():
+            node = self.one(str(key), value, key)
+            if node is not None:
+                parts.append(node)
+        if len(parts) != len(spec):
+            return None
+        return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+
+    def one(self, key: str, value: Any, at: Any) -> Node | None:
+        if key in ("any", "all"):
+            if not isinstance(value, list) or not value:
+                self.error(f"'{key}' takes a non-empty list of conditions", value, at)
+                return None
+            parts = [self.condition(v, at) for v in value]
+            if any(p is None for p in parts):
+                return None
+            good = tuple(p for p in parts if p is not None)
+            return AnyOf(good) if key == "any" else AllOf(good)
+        if key == "not":
+            part = self.condition(value, at)
+            return Not(part, _describe(value)) if part is not None else None
+        if key == "header":
+            return self.headers(value, at)
+        if key == "robot":
+            if not isinstance(value, bool):
+                self.error("'robot' takes true or false", value, at)
+                return None
+            return Leaf("robot", "is", (value,), (value,), _check_robot, *where(at)[:2])
+        if key == "business_hours":
+            if str(value) not in self.calendars:
+                self.error(f"unknown calendar {value!r}", value, at,
+                           did_you_mean(str(value), list(self.calendars)) if self.calendars
+                           else "define it under 'calendars:'")
+                return None
+            return Leaf("business_hours", "in", (str(value),), (str(value),), _check_hours,
+                        *where(at)[:2])
+        if key not in FIELDS:
+            self.error(f"unknown condition '{key}'", at, None, did_you_mean(key, FIELDS + COMBINATORS))
+            return None
+        return self.field(key, value, at)
+
+    def headers(self, value: Any, at: Any) -> Node | None:
+        if not isinstance(value, Mapping) or not value:
+            self.error("'header' takes a mapping of header names to operators", value, at,
+                       "write e.g. header: {List-Id: {exists: true}}")
+            return None
+        parts = [self.field(f"header:{str(name).lower()}", v, name) for name, v in value.items()]
+        good = tuple(p for p in parts if p is not None)
+        if len(good) != len(parts):
+            return None
+        return good[0] if len(good) == 1 else AllOf(good)
+
+    def field(self, field: str, value: Any, at: Any) -> Node | None:
+        numeric = field in NUM_FIELDS
+        if not isinstance(value, Mapping):
+            shorthand = "equals" if numeric or field in ADDR_FIELDS else "contains"
+            value = {shorthand: value}
+        ops = NUM_OPS if numeric else TEXT_OPS
+        parts: list[Node] = []
+        for op, needle in value.items():
+            if op not in ops:
+                self.error(f"unknown operator '{op}' for '{field.replace('header:', '')}'", op, at,
+                           did_you_mean(str(op), ops))
+                continue
+            leaf = self.leaf(field, str(op), needle, op)
+            if leaf is not None:
+                parts.append(leaf)
+        if len(parts) != len(value):
+            return None
+        return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+
+    def leaf(self, field: str, op: str, needle: Any, at: Any) -> Leaf | None:
+        pos = where(at)[:2]
+        if op == "exists":
+            if not isinstance(needle, bool):
+                self.error("'exists' takes true or false", needle, at)
+                return None
+            return Leaf(field, op, (needle,), (needle,), _check_exists, *pos)
+        if field in NUM_FIELDS:
+            try:
+                n = parse_size(needle)
+            except ValueError:
+                self.error(f"'{op}' needs a number or a size like 10MB, not {needle!r}", needle, at)
+                return None
+            return Leaf(field, op, (needle,), (n,), _check_num, *pos)
+        needles = tuple(needle) if isinstance(needle, list) else (needle,)
+        if not needles or any(isinstance(n, (Mapping, list)) or n is None for n in needles):
+            self.error(f"'{op}' takes a string or a list of strings", needle, at)
+            return None
+        if op == "regex":
+            return self.regex(field, needles, at, pos)
+        norm = normalize_needle(field, op, needles)
+        if op == "glob":
+            keys: tuple[Any, ...] = tuple(re.compile(fnmatch.translate(n), re.S) for n in norm)
+        elif op == "contains":
+            keys = tuple(words_of(n) for n in norm)
+        else:
+            keys = norm
+        return Leaf(field, op, needles, keys, _check_text, *pos)
+
+    def regex(self, field: str, needles: tuple[Any, ...], at: Any, pos: Any) -> Leaf | None:
+        compiled = []
+        for n in needles:
+            try:
+                compiled.append(re.compile(str(n)))
+            except re.error as exc:
+                path, line, col = where(n, at)
+                self.errors.append(ConfigError(
+                    f"rule {self.rule!r}: bad regex {str(n)!r}: {exc.msg} at position {exc.pos}",
+                    path, line, col, "fix the pattern (Python re syntax)"))
+        if len(compiled) != len(needles):
+            return None
+        return Leaf(field, "regex", needles, tuple(compiled), _check_regex, *pos)
+
+
+def normalize_needle(field: str, op: str, needles: tuple[Any, ...]) -> tuple[str, ...]:
+    """Needles get the same normal form as the values they are compared with."""
+    return tuple(normalize(str(n)) for n in needles)
+
+
+def _describe(spec: Any) -> str:
+    if isinstance(spec, Mapping):
+        return ", ".join(f"{k}: {_describe(v)}" for k, v in spec.items())
+    if isinstance(spec, list):
+        return "[" + ", ".join(_describe(v) for v in spec) + "]"
+    return str(spec)
+
+
+def parse_condition(spec: Any, errors: list[ConfigError], calendars: Mapping[str, Any],
+                    rule: str, parent: Any = None) -> Node | None:
+    return _Parser(errors, calendars, rule).condition(spec, parent)
+
+
+# Literal-word pre-filter
+
+def gate_of(node: Node) -> tuple[str, frozenset[str]] | None:
+    """(field, words): the rule can only match when `field` has one of `words`.
+
+    Sound by construction: only `contains`/`equals` needles with a word in them give
+    a gate; `all` takes its cheapest gated part, `any` only when every branch is
+    gated on one field; `not` and every other operator give none.
+    """
+    if isinstance(node, Leaf):
+        if node.op not in ("contains", "equals") or node.field not in FIELD_COST \
+                and not node.field.startswith("header:"):
+            return None
+        firsts = set()
+        for key in node.keys:
+            toks = (key if node.op == "contains" else words_of(key)).split()
+            if not toks:
+                return None
+            firsts.add(toks[0])
+        return node.field, frozenset(firsts)
+    if isinstance(node, AllOf):
+        gates = [g for g in (gate_of(p) for p in node.parts) if g is not None]
+        return min(gates, key=lambda g: (FIELD_COST.get(g[0], 3), len(g[1])), default=None)
+    if isinstance(node, AnyOf):
+        gates = [gate_of(p) for p in node.parts]
+        if any(g is None for g in gates) or len({g[0] for g in gates if g}) != 1:
+            return None
+        return gates[0][0], frozenset().union(*(g[1] for g in gates if g))  # type: ignore[index]
+    return None

@@ -1,0 +1,119 @@
+"""What rules can look at in one message for one recipient, read lazily and once.
+
+`Facts` wraps the lazy MessageView and the envelope. A field's values are read
+from the view the first time a condition asks for them, normalised once and
+cached, so a message whose rules only read the subject never decodes its body.
+Fields are named as in the rule language (`subject`, `body`, `header:list-id`...).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Callable, Mapping
+
+from .normalize import normalize, normalize_subject
+
+__all__ = ["Facts", "TEXT_FIELDS", "ADDR_FIELDS", "NUM_FIELDS", "FIELD_COST", "words_of"]
+
+_WORD = re.compile(r"\w+")
+
+
+def words_of(normalised: str) -> str:
+    """' tok tok ' — the word form `contains` matches on (whole words, in order)."""
+    return " " + " ".join(_WORD.findall(normalised)) + " "
+
+
+def _pairs(items: Any) -> tuple[str, ...]:
+    out: list[str] = []
+    for name, addr in items or ():
+        out.extend(v for v in (name, addr) if v)
+    return tuple(out)
+
+
+def _att(view: Any, attr: str) -> tuple[Any, ...]:
+    return tuple(getattr(a, attr) for a in view.attachments if getattr(a, attr, None) is not None)
+
+
+def _res_mailboxes(f: "Facts") -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.mailbox for t in getattr(f.resolution, "targets", ()) or ()))
+
+
+# Field name -> how to read its decoded values. Envelope fields never touch the view.
+_READERS: dict[str, Callable[["Facts"], tuple[Any, ...]]] = {
+    "mail_from": lambda f: (f.mail_from,),
+    "rcpt": lambda f: (f.rcpt,),
+    "rcpt_domain": lambda f: (f.rcpt.rpartition("@")[2],),
+    "rcpt_resolved": lambda f: tuple(a for a in (getattr(f.resolution, "address", None),) if a),
+    "resolved_mailbox": _res_mailboxes,
+    "subject": lambda f: tuple(s for s in (f.view.subject,) if s),
+    "from": lambda f: _pairs([(f.view.from_name, f.view.from_addr)]),
+    "from_name": lambda f: tuple(s for s in (f.view.from_name,) if s),
+    "from_addr": lambda f: tuple(s for s in (f.view.from_addr,) if s),
+    "to": lambda f: _pairs(f.view.to),
+    "cc": lambda f: _pairs(f.view.cc),
+    "body": lambda f: tuple(s for s in (f.view.body_text,) if s),
+    "attachment": lambda f: _att(f.view, "filename"),
+    "attachment_type": lambda f: _att(f.view, "content_type"),
+    "attachment_count": lambda f: (len(f.view.attachments),),
+    "attachment_size": lambda f: _att(f.view, "size"),
+    "size": lambda f: (f.view.size,),
+}
+ADDR_FIELDS = ("mail_from", "rcpt", "rcpt_domain", "rcpt_resolved", "resolved_mailbox", "from_addr")
+TEXT_FIELDS = ADDR_FIELDS + ("subject", "from", "from_name", "to", "cc", "body", "attachment",
+                             "attachment_type")
+NUM_FIELDS = ("attachment_count", "attachment_size", "size")
+# Cheaper fields are preferred as pre-filters: decoding a body costs more than a subject.
+FIELD_COST = {"subject": 0, "from": 1, "from_name": 1, "from_addr": 1, "to": 2, "cc": 2,
+              "attachment": 4, "attachment_type": 4, "body": 5}
+
+
+class Facts:
+    """The lazily read, cached values of one (message, recipient) pair."""
+
+    __slots__ = ("view", "mail_from", "rcpt", "resolution", "at", "calendars", "_raw", "_norm",
+                 "_words", "_tokens")
+
+    def __init__(self, view: Any, mail_from: str, rcpt: str, resolution: Any, at: datetime,
+                 calendars: Mapping[str, Any]) -> None:
+        self.view, self.mail_from, self.rcpt = view, mail_from or "", rcpt or ""
+        self.resolution, self.at, self.calendars = resolution, at, calendars
+        self._raw: dict[str, tuple[Any, ...]] = {}
+        self._norm: dict[str, tuple[str, ...]] = {}
+        self._words: dict[str, tuple[str, ...]] = {}
+        self._tokens: dict[str, frozenset[str]] = {}
+
+    def raw(self, field: str) -> tuple[Any, ...]:
+        """Decoded values as the message has them (regex and explanations use these)."""
+        got = self._raw.get(field)
+        if got is None:
+            if field.startswith("header:"):
+                got = tuple(v for v in self.view.headers(field[7:]) if v is not None)
+            else:
+                got = _READERS[field](self)
+            self._raw[field] = got
+        return got
+
+    def norm(self, field: str) -> tuple[str, ...]:
+        got = self._norm.get(field)
+        if got is None:
+            fn = normalize_subject if field == "subject" else normalize
+            got = self._norm[field] = tuple(fn(str(v)) for v in self.raw(field))
+        return got
+
+    def words(self, field: str) -> tuple[str, ...]:
+        got = self._words.get(field)
+        if got is None:
+            got = self._words[field] = tuple(words_of(v) for v in self.norm(field))
+        return got
+
+    def tokens(self, field: str) -> frozenset[str]:
+        """Every normalised word of a field: the set the literal-word pre-filter looks up."""
+        got = self._tokens.get(field)
+        if got is None:
+            got = self._tokens[field] = frozenset(t for w in self.words(field) for t in w.split())
+        return got
+
+    def robot(self) -> tuple[bool, str]:
+        flag, reason = self.view.robot
+        return bool(flag), str(reason or "")

@@ -1,0 +1,133 @@
+"""Warnings about rules that load fine but cannot do what their author meant.
+
+- shadowed: an earlier rule without `continue` matches every message a later
+  rule matches (no `when`, or its conditions are a subset of the later rule's,
+  with needle lists that cover the later one's), so the later rule never fires;
+- unmatchable: a `contains` needle with no letters or digits (contains matches
+  whole words), a subject `equals`/`starts_with` needle that begins with a reply
+  prefix (subjects are matched without Re:/Fwd:), a regex on the subject that
+  requires a reply prefix (regexes see the decoded subject; the prefix may be
+  there, but only when the message is a reply: it warns so the author checks),
+  `all` with two different `rcpt` equals;
+- two rules with one name (explanations would be ambiguous).
+
+Unknown keys are errors, not warnings: RuleSet.build refuses them with a
+did-you-mean. Each warning is "file:line: rule NAME: text".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from .conditions import AllOf, AnyOf, Leaf, Node, Not
+from .facts import words_of
+from .normalize import normalize, strip_reply_prefixes
+
+__all__ = ["lint_rules"]
+
+_SET_OPS = ("equals", "contains", "starts_with", "ends_with", "glob")
+
+
+def _conjuncts(node: Node | None) -> tuple[Node, ...]:
+    if node is None:
+        return ()
+    return node.parts if isinstance(node, AllOf) else (node,)
+
+
+def _implies(b: Node, a: Node) -> bool:
+    """True when b holding guarantees a holds (syntactically; never a false positive)."""
+    if isinstance(a, Leaf) and isinstance(b, Leaf):
+        if (a.field, a.op) != (b.field, b.op):
+            return False
+        if a.op in _SET_OPS:
+            return set(map(str, b.needles)) <= set(map(str, a.needles)) or \
+                {str(k) for k in b.keys} <= {str(k) for k in a.keys}
+        return list(map(str, a.needles)) == list(map(str, b.needles)) and a.keys == b.keys
+    if isinstance(a, AnyOf):
+        return any(_implies(b, p) for p in a.parts)
+    if isinstance(b, AnyOf):
+        return all(_implies(p, a) for p in b.parts)
+    if isinstance(a, AllOf):
+        return all(_implies(b, p) for p in a.parts)
+    if isinstance(b, AllOf):
+        return any(_implies(p, a) for p in b.parts)
+    if isinstance(a, Not) and isinstance(b, Not):
+        return a.text == b.text
+    return False
+
+
+def _shadows(earlier: Any, later: Any) -> bool:
+    if earlier.cont:
+        return False
+    if earlier.when is None:
+        return True
+    if later.when is None:
+        return False
+    later_parts = _conjuncts(later.when)
+    return all(any(_implies(lp, ep) for lp in later_parts) or _implies(later.when, ep)
+               for ep in _conjuncts(earlier.when))
+
+
+def _leaves(node: Node | None) -> Iterator[Leaf]:
+    if isinstance(node, Leaf):
+        yield node
+    elif isinstance(node, (AllOf, AnyOf)):
+        for p in node.parts:
+            yield from _leaves(p)
+    elif isinstance(node, Not):
+        yield from _leaves(node.part)
+
+
+def _unmatchable(rule: Any) -> Iterator[str]:
+    for leaf in _leaves(rule.when):
+        for needle in leaf.needles:
+            text = str(needle)
+            if leaf.op == "contains" and not words_of(normalize(text)).strip():
+                yield (f"{leaf.label} contains {text!r} can never match: 'contains' matches whole "
+                       "words and this has no letters or digits; use glob or regex")
+            if leaf.field == "subject" and leaf.op in ("equals", "starts_with") \
+                    and strip_reply_prefixes(text) != text:
+                yield (f"subject {leaf.op} {text!r} can never match: subjects are matched without "
+                       f"reply prefixes; write {strip_reply_prefixes(text)!r}")
+            if leaf.field == "subject" and leaf.op == "regex" and \
+                    text.lstrip("^").lower().startswith(("re:", "re\\:", "fwd", "(re", "(?i)re")):
+                yield (f"subject regex {text!r} looks for a reply prefix: regexes see the decoded "
+                       "subject, prefixes included, but other operators do not; check this is meant")
+    for node in _all_nodes(rule.when):
+        if isinstance(node, AllOf):
+            rcpts = [lf for lf in node.parts if isinstance(lf, Leaf) and lf.field == "rcpt"
+                     and lf.op == "equals"]
+            if len(rcpts) > 1 and not set.intersection(*(set(lf.keys) for lf in rcpts)):
+                yield "requires two different recipients at once and can never match"
+
+
+def _all_nodes(node: Node | None) -> Iterator[Node]:
+    if node is None:
+        return
+    yield node
+    if isinstance(node, (AllOf, AnyOf)):
+        for p in node.parts:
+            yield from _all_nodes(p)
+    elif isinstance(node, Not):
+        yield from _all_nodes(node.part)
+
+
+def lint_rules(rules: Sequence[Any]) -> list[str]:
+    """Every warning for a compiled rule list, in rule order."""
+    out: list[str] = []
+    seen: dict[str, Any] = {}
+    for i, rule in enumerate(rules):
+        at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
+        if rule.name in seen:
+            first = seen[rule.name]
+            out.append(f"{at}: the name is also used at {first.file}:{first.line}; "
+                       "explanations would be ambiguous")
+        seen.setdefault(rule.name, rule)
+        for earlier in rules[:i]:
+            if _shadows(earlier, rule):
+                out.append(f"{at}: never matches: rule {earlier.name!r} ({earlier.file}:"
+                           f"{earlier.line}) matches every message it matches and stops; "
+                           "move it above or add 'continue: true' to the earlier rule")
+                break
+        out.extend(f"{at}: {w}" for w in _unmatchable(rule))
+    return out

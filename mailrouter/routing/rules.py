@@ -1,0 +1,245 @@
+"""The rules engine: compiled routing rules applied to one message for one recipient.
+
+    rules:
+      - name: invoices
+        when: {subject: {contains: [счёт, invoice]}}
+        then: {mailbox: finance, folder: Finance, owner: finance-duty, priority: high,
+               sla: {first_response: 4h, calendar: msk}}
+        continue: false
+
+`RuleSet.build` parses and checks every rule as a whole (unknown keys with a
+did-you-mean, unknown mailbox/person/team/calendar, bad regexes and durations)
+and raises one ConfigErrors with all of them. `apply` is pure: the first rule
+that matches decides; `continue: true` lets later rules add to the outcome
+(fields an earlier rule set are kept, unset ones are filled, tags accumulate).
+No match returns the address book's default unchanged: mail never goes nowhere.
+A recipient the address book refused (reject/defer) is not routed by rules.
+
+The conditions live in conditions.py, the candidate index in index.py, SLA
+durations and due times in sla_spec.py, lint warnings in lint.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from typing import Any, Mapping, Sequence
+
+from ..calendars import Calendar, build_calendars
+from ..errors import ConfigError, ConfigErrors, Reply
+from ..yamlsrc import where
+from .conditions import Node, did_you_mean, parse_condition
+from .decision import Action, Decision, RuleMatch, Target
+from .facts import Facts
+from .index import RuleIndex
+from .sla_spec import Sla, parse_sla
+
+__all__ = ["Rule", "Then", "RuleSet", "REPLY_RULE_REJECT", "REPLY_RULE_DEFER"]
+
+RULE_KEYS = ("name", "when", "then", "continue")
+THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action")
+PRIORITIES = ("low", "normal", "high", "urgent")
+ACTIONS = ("deliver", "reject", "defer")
+REPLY_RULE_REJECT = Reply(550, "5.7.1", "Message refused by routing rules")
+REPLY_RULE_DEFER = Reply(451, "4.7.1", "Deferred by routing rules, try again later")
+
+
+@dataclass(frozen=True, slots=True)
+class Then:
+    mailbox: str | None = None
+    folder: str | None = None
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: str | None = None
+    sla: Sla | None = None
+    action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    file: str
+    line: int
+    position: int
+    when: Node | None          # None: always matches
+    then: Then
+    cont: bool
+    spec: Any                  # the YAML as written (lint and hash)
+
+
+class _Builder:
+    """Checks and compiles the `rules:` items; collects every error."""
+
+    def __init__(self, book: Any, calendars: Mapping[str, Calendar]) -> None:
+        self.book, self.calendars = book, calendars
+        self.errors: list[ConfigError] = []
+
+    def err(self, msg: str, node: Any, parent: Any = None, hint: str = "") -> None:
+        path, line, col = where(node, parent)
+        self.errors.append(ConfigError(msg, path, line, col, hint))
+
+    def rule(self, spec: Any, pos: int, parent: Any) -> Rule | None:
+        if not isinstance(spec, Mapping):
+            self.err("a rule must be a mapping with name, when, then", spec, parent)
+            return None
+        name = str(spec.get("name") or f"#{pos + 1}")
+        for key in spec:
+            if key not in RULE_KEYS:
+                self.err(f"rule {name!r}: unknown key '{key}'", key, spec, did_you_mean(str(key), RULE_KEYS))
+        if "name" not in spec:
+            self.err(f"rule {name!r} has no name", spec, parent, "add 'name:' so explanations can cite it")
+        when = None
+        if spec.get("when") is not None:
+            when = parse_condition(spec["when"], self.errors, self.calendars, name, spec)
+        then = self.then(name, spec.get("then"), spec)
+        cont = spec.get("continue", False)
+        if not isinstance(cont, bool):
+            self.err(f"rule {name!r}: 'continue' takes true or false", cont, spec)
+        path, line, _ = where(spec, parent)
+        return Rule(name, path, line, pos, when, then or Then(), bool(cont), spec)
+
+    def then(self, name: str, spec: Any, parent: Any) -> Then | None:
+        if not isinstance(spec, Mapping) or not spec:
+            self.err(f"rule {name!r}: 'then' must be a non-empty mapping", spec, parent,
+                     "write e.g. then: {mailbox: finance, folder: Finance}")
+            return None
+        for key in spec:
+            if key not in THEN_KEYS:
+                self.err(f"rule {name!r}: unknown action '{key}'", key, spec, did_you_mean(str(key), THEN_KEYS))
+        mailbox = self.ref(name, spec, "mailbox", self.book.mailboxes, "mailboxes")
+        owner = spec.get("owner")
+        if owner is not None and owner not in self.book.people and owner not in self.book.teams:
+            known = list(self.book.people) + list(self.book.teams)
+            self.err(f"rule {name!r}: unknown owner {owner!r}", owner, spec,
+                     did_you_mean(str(owner), known).replace("known keys", "known people and teams"))
+        tags = spec.get("tags", ())
+        tags = tuple(str(t) for t in (tags if isinstance(tags, list) else [tags]))
+        priority = self.choice(name, spec, "priority", PRIORITIES)
+        action = self.choice(name, spec, "action", ACTIONS)
+        sla = None
+        if spec.get("sla") is not None:
+            sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
+        folder = spec.get("folder")
+        return Then(mailbox, str(folder) if folder is not None else None,
+                    str(owner) if owner is not None else None, tags, priority, sla, action)
+
+    def ref(self, name: str, spec: Mapping[str, Any], key: str, known: Any, section: str) -> str | None:
+        value = spec.get(key)
+        if value is None:
+            return None
+        if value not in known:
+            self.err(f"rule {name!r}: unknown {key} {value!r}", value, spec,
+                     did_you_mean(str(value), list(known)).replace("known keys", f"known {section}")
+                     + f" (define it under '{section}:')")
+        return str(value)
+
+    def choice(self, name: str, spec: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
+        value = spec.get(key)
+        if value is not None and value not in allowed:
+            self.err(f"rule {name!r}: {key} must be one of {', '.join(allowed)}, not {value!r}",
+                     value, spec)
+            return None
+        return str(value) if value is not None else None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return value
+
+
+class RuleSet:
+    """The compiled rules of all routing files, in file order. Immutable once built."""
+
+    def __init__(self, rules: Sequence[Rule], calendars: Mapping[str, Calendar], hash: str) -> None:
+        self.rules = tuple(rules)
+        self.calendars = dict(calendars)
+        self.hash = hash
+        self.index = RuleIndex(self.rules)
+
+    @classmethod
+    def build(cls, rules: Sequence[Any], book: Any,
+              calendars: Mapping[str, Any] | None = None) -> "RuleSet":
+        errors: list[ConfigError] = []
+        try:
+            cals = build_calendars(calendars)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            cals = {}
+        b = _Builder(book, cals)
+        marks = getattr(rules, "item_marks", None)
+        compiled = []
+        for pos, spec in enumerate(rules or ()):
+            rule = b.rule(spec, pos, rules)
+            if rule is not None and marks and not getattr(spec, "line", 0):
+                rule = replace(rule, line=marks[pos][0], file=getattr(rules, "path", rule.file))
+            if rule is not None:
+                compiled.append(rule)
+        errors.extend(b.errors)
+        if errors:
+            raise ConfigErrors(errors)
+        digest = hashlib.sha256(json.dumps(
+            [_plain(list(rules or ())), _plain(dict(calendars or {}))],
+            sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+        return cls(compiled, cals, digest)
+
+    def apply(self, view: Any, mail_from: str, rcpt: str, resolution: Any, default: Decision,
+              at: datetime) -> Decision:
+        """The decision for one recipient: `default` refined by the rules that match. Pure."""
+        if default.action is not Action.DELIVER:
+            return default
+        facts = Facts(view, mail_from, rcpt, resolution, at, self.calendars)
+        matched: list[tuple[Rule, str]] = []
+        for rule in self.index.candidates(facts):
+            why = rule.when.test(facts) if rule.when is not None else "always"
+            if why is None:
+                continue
+            matched.append((rule, why))
+            if not rule.cont:
+                break
+        if not matched:
+            return default
+        return _decide(default, matched, at, self.calendars)
+
+    def lint(self) -> list[str]:
+        from .lint import lint_rules
+        return lint_rules(self.rules)
+
+
+def _decide(default: Decision, matched: list[tuple[Rule, str]], at: datetime,
+            calendars: Mapping[str, Calendar]) -> Decision:
+    """Fold the matched rules' `then` into the default decision (earlier rules win)."""
+    acc: dict[str, Any] = {}
+    tags = list(default.tags)
+    for rule, _ in matched:
+        for key in ("mailbox", "folder", "owner", "priority", "sla", "action"):
+            value = getattr(rule.then, key)
+            if value is not None and key not in acc:
+                acc[key] = value
+        tags.extend(t for t in rule.then.tags if t not in tags)
+    d = replace(default, tags=tuple(tags),
+                owner=acc.get("owner", default.owner), priority=acc.get("priority", default.priority),
+                rules=default.rules + tuple(RuleMatch(r.name, r.file, r.line, w) for r, w in matched),
+                reasons=default.reasons + tuple(f"rule {r.name!r} ({r.file}:{r.line}): {w}"
+                                                for r, w in matched))
+    if "mailbox" in acc:
+        folder = acc.get("folder")
+        d = replace(d, mailbox=acc["mailbox"], folder=folder,
+                    targets=(Target(acc["mailbox"], folder, None, default.path),))
+    elif "folder" in acc:
+        d = replace(d, folder=acc["folder"],
+                    targets=tuple(replace(t, folder=acc["folder"]) for t in default.targets))
+    if "sla" in acc:
+        d = replace(d, sla=acc["sla"].describe(at, calendars))
+    action = acc.get("action")
+    if action == "reject":
+        d = replace(d, action=Action.REJECT, reply=REPLY_RULE_REJECT, targets=())
+    elif action == "defer":
+        d = replace(d, action=Action.DEFER, reply=REPLY_RULE_DEFER, targets=())
+    return d

@@ -1,0 +1,144 @@
+"""Rule tests: the cases that routing files carry beside their rules (`mailrouter test`).
+
+    tests:
+      - name: invoice in KOI8-R
+        message: samples/invoice-koi8r.eml      # relative to this routing file
+        mail_from: billing@vendor.example
+        rcpt: invoices@example.com               # or a list
+        at: 2027-01-11T10:00:00+03:00            # optional; naive times are UTC
+        expect: {mailbox: finance, folder: Finance, owner: finance-duty, priority: high}
+
+Instead of `message:` a case may give `headers: {Subject: ..., From: ...}` and
+`body: "..."`; the runner builds the message (RFC 2047 for non-ASCII headers).
+`expect` may name mailbox, folder, owner, tags (the exact set), priority, action,
+sla (a substring of the decision's SLA string) and rule (the first rule that
+matched, or null for none). The runner calls the daemon's own decide function,
+so a test exercises exactly what the daemon would do. It never raises: a case
+that cannot run (missing file, unknown key) is a failure line too. One line per
+failing case and recipient: "file:line: test NAME: folder expected 'X', got 'Y'".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..yamlsrc import where
+from .conditions import did_you_mean
+from .decision import Decision
+
+__all__ = ["run_rule_tests", "TEST_KEYS", "EXPECT_KEYS"]
+
+TEST_KEYS = ("name", "message", "headers", "body", "mail_from", "rcpt", "at", "expect")
+EXPECT_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "action", "sla", "rule")
+Decide = Callable[[Any, str, list[str], "datetime | None"], list[Decision]]
+
+
+class _CaseError(Exception):
+    pass
+
+
+def _build_message(case: Mapping[str, Any]) -> bytes:
+    msg = EmailMessage(policy=SMTP)
+    for name, value in (case.get("headers") or {}).items():
+        msg[str(name)] = str(value)
+    msg.set_content(str(case.get("body") or ""))
+    return msg.as_bytes()
+
+
+def _raw(case: Mapping[str, Any], base: Path) -> bytes:
+    if case.get("message") is not None:
+        path = base / str(case["message"])
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise _CaseError(f"cannot read message {str(path)!r}: {exc.strerror}") from None
+    if case.get("headers") is None and case.get("body") is None:
+        raise _CaseError("needs 'message: FILE.eml' or 'headers:'/'body:'")
+    return _build_message(case)
+
+
+def _at(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise _CaseError(f"cannot read time {value!r}; write e.g. 2027-01-11T10:00:00+03:00") from None
+
+
+def _actual(d: Decision, key: str) -> Any:
+    if key == "action":
+        return d.action.value
+    if key == "tags":
+        return sorted(d.tags)
+    if key == "rule":
+        return d.rules[0].name if d.rules else None
+    return getattr(d, key)
+
+
+def _compare(d: Decision, expect: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key, want in expect.items():
+        got = _actual(d, str(key))
+        if key == "tags":
+            want = sorted(str(t) for t in (want if isinstance(want, list) else [want]))
+            ok = want == got
+        elif key == "sla":
+            ok = want is None and got is None or want is not None and str(want) in (got or "")
+        else:
+            want = None if want is None else str(want)
+            ok = want == got
+        if not ok:
+            out.append(f"{key} expected {want!r}, got {got!r}")
+    return out
+
+
+def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
+    """Mismatch texts per recipient: [(rcpt, text)] flattened into lines by the caller."""
+    if not isinstance(case, Mapping):
+        raise _CaseError("a test must be a mapping with message/headers, rcpt and expect")
+    bad = [k for k in case if k not in TEST_KEYS]
+    if bad:
+        raise _CaseError(f"unknown key '{bad[0]}'; {did_you_mean(str(bad[0]), TEST_KEYS)}")
+    expect = case.get("expect")
+    if not isinstance(expect, Mapping) or not expect:
+        raise _CaseError("needs 'expect:' with at least one of " + ", ".join(EXPECT_KEYS))
+    bad = [k for k in expect if k not in EXPECT_KEYS]
+    if bad:
+        raise _CaseError(f"unknown expect key '{bad[0]}'; {did_you_mean(str(bad[0]), EXPECT_KEYS)}")
+    rcpts = case.get("rcpt")
+    rcpts = [str(r) for r in (rcpts if isinstance(rcpts, list) else [rcpts] if rcpts else [])]
+    if not rcpts:
+        raise _CaseError("needs 'rcpt:'")
+    from ..message import MessageView
+    view = MessageView(_raw(case, base))
+    decisions = decide(view, str(case.get("mail_from") or ""), rcpts, _at(case.get("at")))
+    lines = []
+    for rcpt, d in zip(rcpts, decisions):
+        diffs = _compare(d, expect)
+        if diffs:
+            lines.append((f"rcpt {rcpt}: " if len(rcpts) > 1 else "") + "; ".join(diffs))
+    return lines
+
+
+def run_rule_tests(tests: Sequence[Any], decide: Decide, base_dir: str | Path = ".") -> list[str]:
+    """Run every case; return one failure line per failing case (and recipient)."""
+    failures: list[str] = []
+    for i, case in enumerate(tests or ()):
+        path, line, _ = where(case, tests)
+        if not line and getattr(tests, "item_marks", None):
+            line = tests.item_marks[i][0]
+        base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
+        name = str(case.get("name") or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"
+        head = f"{path or base_dir}:{line}: test {name}: "
+        try:
+            failures.extend(head + text for text in _run_case(case, decide, base))
+        except _CaseError as exc:
+            failures.append(head + str(exc))
+        except Exception as exc:   # a crash in one case must not hide the others
+            failures.append(head + f"crashed: {type(exc).__name__}: {exc}")
+    return failures
