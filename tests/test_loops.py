@@ -1,0 +1,83 @@
+"""Run-time loop defence: verdicts from real header bytes."""
+
+from __future__ import annotations
+
+from mailrouter.loops import TRACE_HEADER, LoopVerdict, detect_loop, trace_headers
+from mailrouter.message import MessageView
+from mailrouter.routing.decision import REPLY_LOOP, REPLY_LOOP_SUSPECT
+
+HOST = "mx1.example.com"
+BODY = (b"Received: from out.example.org (out.example.org [192.0.2.7])\r\n\tby mx1.example.com;"
+        b" Mon, 1 Dec 2026 10:00:00 +0300\r\nFrom: a@example.org\r\nTo: sales@example.com\r\n"
+        b"Subject: test\r\nMessage-ID: <1@example.org>\r\n\r\nHello\r\n")
+
+
+def verdict(raw: bytes, rcpt: str = "sales@example.com", max_received: int = 30,
+            ) -> LoopVerdict | None:
+    return detect_loop(MessageView(raw), rcpt, hostname=HOST, max_received=max_received)
+
+
+def test_trace_headers_bytes() -> None:
+    """Delivery prepends our trace header and Delivered-To, CRLF-terminated."""
+    assert trace_headers(HOST, "sales@example.com") == (
+        b"X-Mailrouter-Loop: mx1.example.com; rcpt=sales@example.com\r\n"
+        b"Delivered-To: sales@example.com\r\n")
+
+
+def test_trace_headers_cannot_inject() -> None:
+    """CR/LF in a recipient cannot start a new header line."""
+    out = trace_headers(HOST, "a@example.com\r\nBcc: x@evil.org")
+    assert out.count(b"\r\n") == 2 and b"\r\nBcc" not in out
+
+
+def test_fresh_message_passes() -> None:
+    """A message with no trace of us is not a loop."""
+    assert verdict(BODY) is None
+
+
+def test_our_trace_header_for_this_rcpt_is_a_loop() -> None:
+    """A copy we delivered came back through another system: 554 5.4.6."""
+    raw = b"Received: from fwd.example.net\r\n" + trace_headers(HOST, "Sales@Example.com") + BODY
+    v = verdict(raw)
+    assert v is not None and v.reply == REPLY_LOOP and TRACE_HEADER in v.evidence
+
+
+def test_trace_header_is_case_insensitive_on_host_and_address() -> None:
+    """Host and address compare without case; the same loop is not missed by a capital."""
+    raw = b"X-Mailrouter-Loop: MX1.Example.COM; rcpt=SALES@example.com\r\n" + BODY
+    assert verdict(raw) is not None
+
+
+def test_trace_header_for_other_rcpt_or_host_is_ignored() -> None:
+    """Our trace for a different address, or from a sibling host, proves nothing here."""
+    raw = trace_headers(HOST, "support@example.com") + trace_headers("mx2.example.com",
+                                                                      "sales@example.com")
+    assert verdict(raw.replace(b"Delivered-To: sales@example.com\r\n", b"") + BODY) is None
+
+
+def test_stale_delivered_to_for_another_address_is_ignored() -> None:
+    """Re-imported mail with an old Delivered-To for someone else is delivered normally."""
+    raw = b"Delivered-To: old.user@example.com\r\nDelivered-To: x@example.org\r\n" + BODY
+    assert verdict(raw) is None
+
+
+def test_delivered_to_without_our_trace_is_suspect() -> None:
+    """Delivered-To for this rcpt but no trace of ours: 451 4.4.6, not a bounce."""
+    raw = b"Delivered-To: <Sales@EXAMPLE.com>\r\n" + BODY
+    v = verdict(raw)
+    assert v is not None and v.reply == REPLY_LOOP_SUSPECT and "Delivered-To" in v.evidence
+
+
+def test_received_count_over_limit() -> None:
+    """More Received headers than the limit: 554 5.4.6; exactly the limit passes."""
+    hops = b"".join(b"Received: from h%d.example.net by h%d.example.net\r\n" % (i, i + 1)
+                    for i in range(4))
+    assert verdict(hops + BODY, max_received=5) is None
+    v = verdict(hops + BODY, max_received=4)
+    assert v is not None and v.reply == REPLY_LOOP and "5 Received headers (limit 4)" in v.evidence
+
+
+def test_idn_rcpt_matches_either_form() -> None:
+    """A trace written for the A-label form matches the U-label recipient."""
+    raw = trace_headers(HOST, "info@xn--e1afmkfd.xn--p1ai") + BODY
+    assert verdict(raw, rcpt="info@пример.рф") is not None
