@@ -1,0 +1,347 @@
+"""MessageView and charset decoding against real sample mails (tests/corpus/*.eml)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailrouter.charsets import guess_decode, resolve_charset
+from mailrouter.message import Attachment, MessageView, decode_header_value
+
+CORPUS = Path(__file__).parent / "corpus"
+
+# Short Russian subjects: the charset-guess measurement set (see mailrouter/charsets.py).
+RU_SUBJECTS = [
+    "Счет на оплату", "СЧЕТ НА ОПЛАТУ", "Счёт N145 от 12.03", "Re: договор", "Акт сверки",
+    "Привет", "Заявка", "ЗАЯВКА", "Вопрос по доставке", "Коммерческое предложение",
+    "Отпуск", "Пропуск на завтра", "Сверка за квартал", "Срочно!", "Напоминание об оплате",
+    "Ваш заказ отправлен", "Возврат товара", "Прайс-лист", "ПРАЙС", "Резюме на вакансию",
+    "Накладная", "Платежное поручение", "Договор поставки N17", "Встреча в пятницу", "Счет-фактура",
+    "Отчет за март", "Жалоба", "Претензия", "Уведомление", "Приглашение на вебинар",
+    "ООО Ромашка", "ИП Иванов", "Заказ 12345", "Доверенность", "Гарантийное письмо",
+    "Подтверждение оплаты", "Нужна помощь", "Не работает сайт", "Ошибка 500", "Фото",
+    "ТЗ", "КП", "Здравствуйте", "Добрый день", "Спасибо",
+    "Поздравляем!", "Смета", "Реквизиты", "Образец", "Протокол разногласий",
+    "Fwd: счет", "RE: Заказ", "Письмо от клиента", "Тест", "Документы",
+    "Юридический адрес", "Ёлка", "Щит", "Эскиз", "Цена",
+]
+# Two-letter all-caps abbreviations are a coin toss for a unigram scorer (see charsets.py).
+KNOWN_MISSES = {("КП", "koi8-r"), ("КП", "cp1251")}
+
+
+def view(name: str) -> MessageView:
+    return MessageView((CORPUS / name).read_bytes())
+
+
+PROPERTIES = ["raw", "size", "content_hash", "header_block", "subject", "message_id", "from_name",
+              "from_addr", "to", "cc", "received_count", "delivered_to", "defects",
+              "header_defects", "charset_notes", "body_text", "body_charset", "attachments",
+              "robot"]
+
+
+def touch_everything(v: MessageView) -> None:
+    for prop in PROPERTIES:
+        getattr(v, prop)
+    v.raw_headers()
+    for name in ("Subject", "From", "X-Missing", "Content-Type"):
+        v.header(name)
+        v.headers(name)
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.eml")), ids=lambda p: p.name)
+def test_every_corpus_file_builds_a_view(path: Path) -> None:
+    """Every sample mail builds a view and every property answers without raising."""
+    v = MessageView(path.read_bytes())
+    touch_everything(v)
+    assert v.size == len(v.raw) == path.stat().st_size
+    assert v.raw.startswith(v.header_block)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_random_bytes_never_raise(raw: bytes) -> None:
+    """MessageView(random bytes) answers every property without raising."""
+    touch_everything(MessageView(raw))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"Subject: ", b"=?utf-8?B?", b"=?koi8-r?Q?=F3", b"?=", b" ", b"\r\n", b"\r\n ", b"\xd0",
+    b"\xf3\xde", b"Content-Type: multipart/mixed; boundary=x", b"--x", b"--x--",
+    b"Content-Disposition: attachment; filename*0*=koi8-r''%F3", b"; filename*1*=%DE",
+    b"Content-Transfer-Encoding: base64", b"charset=foo", b":", b"\x00", b"From: <a@b>",
+]), max_size=60))
+def test_mail_shaped_junk_never_raises(chunks: list[bytes]) -> None:
+    """Mail-shaped fragments in any order answer every property without raising."""
+    touch_everything(MessageView(b"".join(chunks)))
+
+
+def test_raw_koi8r_subject() -> None:
+    """Raw 8-bit KOI8-R subject is guessed and the guess recorded."""
+    v = view("koi8r_raw_subject.eml")
+    assert v.subject == "Счёт на оплату 145"
+    assert v.from_name == "Бухгалтерия"
+    assert v.from_addr == "buh@example.ru"
+    assert v.message_id == "<koi8-1@example.ru>"
+    assert v.body_text == "Оплатите, пожалуйста.\n"
+    assert v.body_charset == "koi8-r"
+    assert v.charset_notes == ["Subject: raw 8-bit guessed koi8-r"]
+    assert v.defects == []
+
+
+def test_raw_cp1251_subject_and_from() -> None:
+    """Raw windows-1251 subject, display name and unlabelled body are guessed as cp1251."""
+    v = view("cp1251_raw_subject.eml")
+    assert v.subject == "Акт сверки за март"
+    assert (v.from_name, v.from_addr) == ("Пётр Иванов", "p.ivanov@example.ru")
+    assert v.to == [("", "invoices@example.com")]
+    assert v.body_text == "Акт во вложении.\n"
+    assert v.charset_notes == ["Subject: raw 8-bit guessed cp1251", "From: raw 8-bit guessed cp1251",
+                               "Body: raw 8-bit guessed cp1251"]
+
+
+def test_raw_utf8_subject() -> None:
+    """Raw UTF-8 wins over the Cyrillic single-byte guesses."""
+    v = view("utf8_raw_subject.eml")
+    assert v.subject == "Заявка на доставку ✓"
+    assert v.body_text == "Ёлки зелёные\n"
+    assert v.charset_notes == ["Subject: raw 8-bit guessed utf-8"]
+
+
+def test_rfc2047_split_words_language_tag_and_case() -> None:
+    """A UTF-8 char split over two B-words, uppercase charsets, a *ru tag and a Q-word."""
+    v = view("rfc2047_split.eml")
+    assert v.subject == "Привет, мир — ok"
+    assert (v.from_name, v.from_addr) == ("Анна", "anna@example.ru")
+    assert v.cc == [("Отдел продаж", "sales@example.com"), ("", "bob@example.com")]
+    assert v.message_id == "<split@example.ru>"
+    assert v.defects == [] and v.charset_notes == []
+
+
+def test_rfc2231_koi8_filename_with_continuations() -> None:
+    """filename*0*/filename*1* in koi8-r are joined and decoded."""
+    v = view("rfc2231_koi8_filename.eml")
+    assert v.attachments == [Attachment("Счёт 145 от 12.03.pdf", "application/pdf", 9)]
+    assert v.body_text == "See attached."
+
+
+def test_rfc2047_filename() -> None:
+    """An encoded-word inside name= and filename= is decoded."""
+    v = view("rfc2047_filename.eml")
+    assert [a.filename for a in v.attachments] == ["Договор поставки.docx"]
+    assert v.attachments[0].size == 5
+
+
+def test_raw_8bit_filename() -> None:
+    """A raw cp1251 filename is guessed and the guess recorded."""
+    v = view("raw8bit_filename.eml")
+    assert v.attachments == [Attachment("Прайс-лист.xls", "application/vnd.ms-excel", 8)]
+    assert v.body_text == "Прайс во вложении"
+    assert v.body_charset == "cp1251"
+    assert v.charset_notes == ["Attachment name: raw 8-bit guessed cp1251"]
+
+
+@pytest.mark.parametrize(("name", "text", "charset"), [
+    ("ibm866_body.eml", "Привет из DOS\nВторая строка\n", "cp866"),
+    ("mac_cyrillic_body.eml", "Эй, Жора! Ёж\n", "mac-cyrillic"),
+    ("czech_iso88592.eml", "Příliš žluťoučký kůň úpěl ďábelské ódy\n", "iso8859-2"),
+    ("czech_cp1250.eml", "Příliš žluťoučký kůň úpěl ďábelské ódy\n", "cp1250"),
+])
+def test_labelled_bodies(name: str, text: str, charset: str) -> None:
+    """IBM866, x-mac-cyrillic, ISO-8859-2 and windows-1250 labels map to the right codecs."""
+    v = view(name)
+    assert (v.body_text, v.body_charset) == (text, charset)
+    assert v.defects == [] and v.charset_notes == []
+
+
+def test_czech_encoded_subject() -> None:
+    """An ISO-8859-2 Q-word subject decodes with its diacritics."""
+    assert view("czech_iso88592.eml").subject == "Příliš žluťoučký kůň úpěl ďábelské ódy"
+
+
+def test_mislabelled_charsets_are_fixed_and_noted() -> None:
+    """iso-8859-1 on cp1251 bytes and us-ascii on koi8-r bytes are detected and fixed."""
+    v = view("mislabelled.eml")
+    assert v.subject == "Счет на оплату"
+    assert v.body_text == "Просим оплатить счет\n"
+    assert v.body_charset == "koi8-r"
+    assert v.charset_notes == ["Subject: declared iso-8859-1 but bytes are cp1251",
+                               "Body: declared us-ascii but bytes are koi8-r"]
+
+
+def test_unknown_charset_is_guessed_and_a_defect() -> None:
+    """charset=foo-bar falls back to guessing and is reported as a defect."""
+    v = view("unknown_charset.eml")
+    assert v.subject == "Накладная"
+    assert v.body_text == "Накладная во вложении\n"
+    assert v.defects == ["Subject: unknown charset 'foo-bar'", "Body: unknown charset 'foo-bar'"]
+    assert v.charset_notes == ["Subject: guessed koi8-r for unknown charset 'foo-bar'",
+                               "Body: guessed cp1251 for unknown charset 'foo-bar'"]
+
+
+def test_multipart_without_boundary() -> None:
+    """A multipart with no boundary is read as one text body and reported."""
+    v = view("broken_no_boundary.eml")
+    assert v.body_text == "--x\nContent-Type: text/plain\n\nhi\n--x--\n"
+    assert v.attachments == []
+    assert v.defects == ["NoBoundaryInMultipartDefect", "MultipartInvariantViolationDefect"]
+
+
+def test_truncated_multipart() -> None:
+    """A multipart cut off inside a part keeps what arrived and reports the missing end."""
+    v = view("broken_truncated.eml")
+    assert v.body_text == "first part"
+    assert v.attachments == [Attachment("a.pdf", "application/pdf", 7)]
+    assert v.defects == ["CloseBoundaryNotFoundDefect"]
+
+
+def test_header_without_colon() -> None:
+    """A header line without a colon ends the headers, as in the stdlib parser; reported."""
+    v = view("broken_no_colon.eml")
+    assert v.subject == "colon missing below"
+    assert v.header("X-After") is None
+    assert v.header_defects == ["MissingHeaderBodySeparatorDefect"]
+    assert v.body_text == "This line has no colon\nX-After: lost\n\nbody\n"
+
+
+def test_binary_junk() -> None:
+    """NUL-free binary junk has no headers and a reported defect, and nothing raises."""
+    v = view("binary_junk.eml")
+    assert v.raw_headers() == [] and v.subject == "" and v.from_addr == ""
+    assert v.robot == (False, "")
+    assert v.defects == ["MissingHeaderBodySeparatorDefect"]
+
+
+def test_bounce() -> None:
+    """multipart/report delivery-status is a robot; the human part is the body text."""
+    v = view("bounce.eml")
+    assert v.robot == (True, "bounce: multipart/report; report-type=delivery-status")
+    assert (v.from_name, v.from_addr) == ("Mail Delivery System", "MAILER-DAEMON@mx.example.com")
+    assert v.body_text == "I'm sorry to have to inform you..."
+    assert v.attachments == []  # text parts without a file name are not attachments
+
+
+def test_list_mail() -> None:
+    """List-Id marks list mail; Received counted, Delivered-To lower-cased addresses."""
+    v = view("list.eml")
+    assert v.robot == (True, "list: List-Id present")
+    assert v.received_count == 2
+    assert v.delivered_to == ["support@example.com", "sales@example.com"]
+
+
+def test_auto_reply() -> None:
+    """Auto-Submitted other than 'no' marks an auto-reply."""
+    v = view("autoreply.eml")
+    assert v.robot == (True, "auto-reply: Auto-Submitted: auto-replied")
+    assert v.subject == "Автоответ: Re: Заказ 12345"
+    assert v.from_name == "Иван Петров"
+    assert v.body_text == "Я в отпуске до 10 марта.\n"
+
+
+def test_html_only() -> None:
+    """HTML-only mail: tags, script and style dropped, entities unescaped, blocks on lines."""
+    v = view("html_only.eml")
+    assert v.body_text == "«Скидки» & акции\nЦена: 100 ₽\nдо 31.03"
+    assert v.body_charset == "cp1251"
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    (b"Auto-Submitted: no\r\n", (False, "")),
+    (b"Auto-Submitted: auto-generated; owner=x\r\n", (True, "auto-reply: Auto-Submitted: auto-generated")),
+    (b"X-Autoreply: yes\r\n", (True, "auto-reply: X-Autoreply present")),
+    (b"X-Autorespond: yes\r\n", (True, "auto-reply: X-Autorespond present")),
+    (b"X-Auto-Response-Suppress: DR, OOF\r\n", (True, "auto-reply: X-Auto-Response-Suppress: DR, OOF")),
+    (b"X-Auto-Response-Suppress: DR\r\n", (False, "")),
+    (b"Precedence: auto_reply\r\n", (True, "auto-reply: Precedence: auto_reply")),
+    (b"Precedence: Bulk\r\n", (True, "list: Precedence: bulk")),
+    (b"Precedence: junk\r\n", (True, "list: Precedence: junk")),
+    (b"List-Unsubscribe: <mailto:u@x>\r\n", (True, "list: List-Unsubscribe present")),
+    (b"From: postmaster@example.org\r\n", (True, "bounce: From postmaster@example.org")),
+    (b"From: person@example.org\r\n", (False, "")),
+])
+def test_robot_headers(headers: bytes, expected: tuple[bool, str]) -> None:
+    """Each RFC 3834 robot marker is recognised on its own, and ordinary mail is not."""
+    assert MessageView(headers + b"Subject: x\r\n\r\nbody\r\n").robot == expected
+
+
+@pytest.mark.parametrize(("raw", "text"), [
+    (b"=?UTF-8?B?0J/RgA==?= =?utf-8?b?0LjQsg==?= tail", "Прив tail"),
+    (b"=?UTF-8?B?0J/R?=\r\n =?UTF-8?B?gNC40LI=?=", "Прив"),
+    (b"=?UTF-8*ru?B?0J/R?= =?utf-8?B?gA==?=", "Пр"),
+    (b"=?WINDOWS-1251?Q?=D1=F7=E5=F2?=", "Счет"),
+    (b"=?x-cp1251?Q?=D1=F7=E5=F2?=", "Счет"),
+    (b"=?koi8r?Q?=F3=DE=C5=D4?=", "Счет"),
+    (b"plain\r\n folded", "plain folded"),
+    ("=?utf-8?q?caf=C3=A9?=", "café"),
+    (b"", ""),
+])
+def test_decode_header_value(raw: bytes | str, text: str) -> None:
+    """decode_header_value joins adjacent words, unfolds and maps charset aliases."""
+    assert decode_header_value(raw) == (text, [])
+
+
+def test_broken_encoded_word_keeps_the_others() -> None:
+    """One undecodable B-word is kept raw and reported; the next word still decodes."""
+    text, notes = decode_header_value(b"=?utf-8?b?0J/Rg?= x =?utf-8?q?=D0=B8?=")
+    assert text == "=?utf-8?b?0J/Rg?= x и"
+    assert notes == ["undecodable encoded-word '=?utf-8?b?0J/Rg?='"]
+
+
+def test_latin_raw_8bit_is_not_cyrillic() -> None:
+    """Accented Latin inside ASCII words is read as cp1252, not as Cyrillic."""
+    assert decode_header_value(b"Gr\xfc\xdfe caf\xe9") == ("Grüße café", ["raw 8-bit guessed cp1252"])
+
+
+@pytest.mark.parametrize(("label", "codec"), [
+    ("cp1251", "cp1251"), ("x-cp1251", "cp1251"), ("win-1251", "cp1251"), ("Windows-1251", "cp1251"),
+    ("koi8r", "koi8-r"), ("KOI8-R", "koi8-r"), ("ibm866", "cp866"), ("x-mac-cyrillic", "mac-cyrillic"),
+    ("windows-1250", "cp1250"), ("ISO-8859-2", "iso8859-2"), ("utf-8*ru", "utf-8"),
+    ("foo-bar", None), ("base64", None), ("unicode_escape", None), ("undefined", None), ("", None),
+])
+def test_resolve_charset(label: str, codec: str | None) -> None:
+    """Charset labels from real mail map to Python codecs; non-text codecs are refused."""
+    assert resolve_charset(label) == codec
+
+
+def test_scorer_on_short_russian_subjects() -> None:
+    """The KOI8-R / windows-1251 scorer gets every measured subject but the known misses."""
+    misses = {(s, enc) for s in RU_SUBJECTS for enc in ("koi8-r", "cp1251")
+              if guess_decode(s.encode(enc))[0] != s}
+    assert misses == KNOWN_MISSES
+
+
+def test_header_block_and_hash() -> None:
+    """header_block ends with the blank line; content_hash is sha256 of the raw bytes."""
+    v = MessageView(b"Subject: a\r\n\r\nbody")
+    assert v.header_block == b"Subject: a\r\n\r\n"
+    assert v.content_hash == hashlib.sha256(b"Subject: a\r\n\r\nbody").hexdigest()
+    assert MessageView(b"\r\nbody").header_block == b"\r\n"
+    assert MessageView(b"Subject: a").header_block == b"Subject: a"
+
+
+def test_raw_headers_keep_bytes() -> None:
+    """raw_headers gives the undecoded bytes, folding included, in order."""
+    v = MessageView(b"Subject: =?utf-8?q?a?=\r\n \xf3\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+    assert v.raw_headers() == [("Subject", b"=?utf-8?q?a?=\r\n \xf3"), ("X-A", b"1"), ("x-a", b"2")]
+    assert v.headers("X-a") == ["1", "2"]
+
+
+def _measure() -> None:
+    """Print the scorer versus charset-normalizer on RU_SUBJECTS (python -m tests.test_message)."""
+    import charset_normalizer
+
+    cases = [(s, enc) for s in RU_SUBJECTS for enc in ("koi8-r", "cp1251")]
+    ours = sum(guess_decode(s.encode(enc))[0] == s for s, enc in cases)
+    free = sum(str(charset_normalizer.from_bytes(s.encode(enc)).best()) == s for s, enc in cases)
+    pinned = sum(str(charset_normalizer.from_bytes(s.encode(enc), cp_isolation=["koi8_r", "cp1251"])
+                     .best()) == s for s, enc in cases)
+    print(f"{len(cases)} cases: scorer {ours}, charset-normalizer {free}, "
+          f"charset-normalizer limited to koi8_r/cp1251 {pinned}")
+
+
+if __name__ == "__main__":
+    _measure()
