@@ -13,7 +13,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,9 +54,9 @@ def delivery(target: str = "maildir:finance/.Finance", state: str = "delivered")
 
 
 @pytest.fixture
-async def registry(registry_url: str) -> Registry:
+async def registry(registry_url: str) -> AsyncIterator[Registry]:
     reg = await Registry.open(registry_url)
-    yield reg  # type: ignore[misc]
+    yield reg
     await reg.close()
 
 

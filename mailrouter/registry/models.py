@@ -4,6 +4,11 @@ Records are frozen dataclasses; the rest of mailrouter never sees a row or a
 session. Tables are SQLAlchemy Core tables on one ``metadata`` that Alembic
 revisions mirror by hand (``migrations/versions``): change both together.
 
+The upsert builders (one statement per dialect, built once) carry the retry
+rules: a message row keeps its first received_at and counts attempts; a
+decision is replaced per (message, rcpt); a delivery per (message, target)
+unless it is already 'delivered', which never goes back.
+
 Tables now: messages, decisions, deliveries, loops, reloads. Planned (DESIGN.md
 "The registry"), each in its own new revision: requests (conversations with
 owner and SLA due), autoreply_log (unique sender/responder, last sent; the
@@ -17,19 +22,22 @@ Known limits: timestamps are stored as UTC; SQLite keeps them naive and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
-    JSON, Boolean, Column, DateTime, Dialect, ForeignKey, Index, Integer, MetaData,
-    String, Table, Text, UniqueConstraint,
+    JSON, Boolean, Column, DateTime, Dialect, ForeignKey, Index, Insert, Integer, MetaData,
+    String, Table, Text, UniqueConstraint, case,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "MessageRecord", "DecisionRecord", "DeliveryRecord", "UTCDateTime", "metadata",
     "messages", "decisions", "deliveries", "loops", "reloads",
-    "MESSAGE_STATUSES", "DELIVERY_STATES",
+    "MESSAGE_STATUSES", "DELIVERY_STATES", "message_upsert", "decision_upsert",
+    "delivery_upsert",
 ]
 
 MESSAGE_STATUSES = frozenset({"delivered", "partial", "deferred", "rejected"})
@@ -192,3 +200,37 @@ reloads = Table(
     Column("detail", Text, nullable=False),
     Index(None, "at"),
 )
+
+
+# Upserts: a retry of one message key updates rows instead of adding them.
+
+def _insert(dialect: str, table: Any) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+@cache
+def message_upsert(dialect: str) -> Insert:
+    stmt = _insert(dialect, messages)
+    keep = {"key", "received_at", "attempts"}
+    updates = {c.name: stmt.excluded[c.name] for c in messages.c if c.name not in keep}
+    updates["attempts"] = messages.c.attempts + 1
+    return stmt.on_conflict_do_update(index_elements=["key"], set_=updates)  # type: ignore[no-any-return]
+
+
+@cache
+def decision_upsert(dialect: str) -> Insert:
+    stmt = _insert(dialect, decisions)
+    keep = {"id", "message_key", "rcpt"}
+    updates = {c.name: stmt.excluded[c.name] for c in decisions.c if c.name not in keep}
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["message_key", "rcpt"], set_=updates)
+
+
+@cache
+def delivery_upsert(dialect: str) -> Insert:
+    stmt = _insert(dialect, deliveries)
+    done = deliveries.c.state == "delivered"
+    updates = {name: case((done, deliveries.c[name]), else_=stmt.excluded[name])
+               for name in ("state", "detail", "updated_at")}
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["message_key", "target"], set_=updates)

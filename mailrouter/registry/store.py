@@ -34,16 +34,15 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Insert, case, event, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailrouter.errors import RegistryError
 from mailrouter.registry.models import (
-    DecisionRecord, DeliveryRecord, MessageRecord, decisions, deliveries, loops, messages,
-    reloads,
+    DecisionRecord, DeliveryRecord, MessageRecord, decision_upsert, decisions, deliveries,
+    delivery_upsert, loops, message_upsert, messages, reloads,
 )
 
 __all__ = ["Registry", "upgrade"]
@@ -89,37 +88,6 @@ def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEn
     return engine
 
 
-# Upserts
-
-def _insert(dialect: str, table: Any) -> Any:
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-def _message_upsert(dialect: str) -> Insert:
-    stmt = _insert(dialect, messages)
-    keep = {"key", "received_at", "attempts"}
-    updates = {c.name: stmt.excluded[c.name] for c in messages.c if c.name not in keep}
-    updates["attempts"] = messages.c.attempts + 1
-    return stmt.on_conflict_do_update(index_elements=["key"], set_=updates)  # type: ignore[no-any-return]
-
-
-def _decision_upsert(dialect: str) -> Insert:
-    stmt = _insert(dialect, decisions)
-    keep = {"id", "message_key", "rcpt"}
-    updates = {c.name: stmt.excluded[c.name] for c in decisions.c if c.name not in keep}
-    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-        index_elements=["message_key", "rcpt"], set_=updates)
-
-
-def _delivery_upsert(dialect: str) -> Insert:
-    stmt = _insert(dialect, deliveries)
-    done = deliveries.c.state == "delivered"
-    updates = {name: case((done, deliveries.c[name]), else_=stmt.excluded[name])
-               for name in ("state", "detail", "updated_at")}
-    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-        index_elements=["message_key", "target"], set_=updates)
-
-
 @dataclass(slots=True)
 class _Pending:
     message: MessageRecord
@@ -141,6 +109,10 @@ class _Pending:
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in row.items()}
+
+
+def _flat(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [row for group in groups for row in group]
 
 
 def _rounds(batch: list[_Pending]) -> list[list[_Pending]]:
@@ -332,12 +304,12 @@ class Registry:
         now = _now()
         async with asyncio.timeout(self._timeout), self._engine.begin() as conn:
             for round_ in _rounds(batch):
-                rows = [p.rows(now) for p in round_]
-                await conn.execute(_message_upsert(self._dialect), [r[0] for r in rows])
-                for stmt, index in ((_decision_upsert, 1), (_delivery_upsert, 2)):
-                    params = [row for r in rows for row in r[index]]
+                msgs, decs, dels = zip(*(p.rows(now) for p in round_))
+                await conn.execute(message_upsert(self._dialect), list(msgs))
+                for stmt, params in ((decision_upsert(self._dialect), _flat(decs)),
+                                     (delivery_upsert(self._dialect), _flat(dels))):
                     if params:
-                        await conn.execute(stmt(self._dialect), params)
+                        await conn.execute(stmt, params)
 
     async def close(self) -> None:
         """Commit whatever is pending, stop the writer and release the connections."""
@@ -348,7 +320,11 @@ class Registry:
         try:
             await self._writer
         finally:
-            await self._engine.dispose()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._engine.dispose()
+            except TimeoutError:
+                log.warning("event=registry_error op=close error='dispose timed out'")
 
 
 def _settle(items: Sequence[_Pending], error: RegistryError | None) -> None:

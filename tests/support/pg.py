@@ -132,7 +132,7 @@ def pg_url() -> Iterator[str]:
 
 
 async def _admin(url: str, sql: str) -> None:
-    import asyncpg  # only the PostgreSQL half needs it
+    import asyncpg  # type: ignore[import-untyped]  # only the PostgreSQL half needs it
 
     conn = await asyncpg.connect(make_url(url).set(drivername="postgresql")
                                  .render_as_string(hide_password=False), timeout=30)
