@@ -32,8 +32,9 @@ _SPACE = re.compile(r"\s+")
 
 def normalize(text: str) -> str:
     """NFKC, casefold, ё -> е, whitespace runs to one space, stripped."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    # NFKC again after casefold (Unicode's NFKC_Casefold recipe): folding can undo composition.
     # NFKC composes е + U+0308 into ё, so the fold below also catches the decomposed form.
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     folded = folded.replace("ё", "е")
     return _SPACE.sub(" ", folded).strip()
 
