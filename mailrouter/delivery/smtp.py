@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from mailrouter.errors import Reply, TemporaryDeliveryError
 
-__all__ = ["Downstream", "PartialDeliveryError", "SMTPClient", "TransactionClient"]
+__all__ = ["Downstream", "PartialDeliveryError", "SMTPClient", "Session", "TransactionClient"]
 
 log = logging.getLogger(__name__)
 
