@@ -194,7 +194,7 @@ def test_every_problem_is_reported() -> None:
     assert "unknown team 'dut'; did you mean 'duty'?" in text
     assert "alias a@example.com points to unknown address nobody@example.com" not in text
     assert "points to unknown address nobody@example.com" in text
-    assert "address a@example.com is defined twice: as an alias and as an alias (t.yaml:14)" in text
+    assert "address a@example.com is defined twice (an alias; first at t.yaml:14)" in text
     assert "'duty' is a team, not a person; write team:duty" in text
     assert "unknown key 'fodler' in the target of alias f@example.com; did you mean 'folder'?" in text
 

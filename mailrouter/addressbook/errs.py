@@ -12,14 +12,16 @@ from ..yamlsrc import where
 __all__ = ["Collector", "did_you_mean", "at_line"]
 
 
-def did_you_mean(word: str, choices: Iterable[str], what: str) -> str:
-    """A hint naming the closest known name, or listing what is allowed."""
+def did_you_mean(word: str, choices: Iterable[str], what: str, listing: bool = True) -> str:
+    """A hint naming the closest known name, or listing what is allowed (if `listing`)."""
     names = sorted(str(c) for c in choices)
     close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
     if close:
         return f"did you mean {close[0]!r}?"
+    if not listing:
+        return ""
     if not names:
-        return f"no {what} is defined"
+        return f"none of the {what} is defined"
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     return f"known {what}: {shown}"
 

@@ -192,6 +192,6 @@ def check_dangling(c: Collector, nodes: dict[str, list[Edge]]) -> None:
             if edge.dest is not None and edge.dest not in nodes:
                 near = [n for n in nodes if n[:1] == edge.dest[:1]
                         and n.endswith(edge.dest.partition("@")[2])]
+                close = did_you_mean(edge.dest, near, "addresses", listing=False)
                 c.add(f"alias {src} points to unknown address {edge.dest}", edge.at,
-                      did_you_mean(edge.dest, near, "addresses") +
-                      f" (or define {edge.dest} under aliases:)")
+                      close + (" or " if close else "") + f"define {edge.dest} under aliases:")

@@ -182,11 +182,12 @@ def _parse_teams(c: Collector, section: Any, p: Parts) -> None:
         if name in p.teams:
             c.add(f"team {name!r} is defined twice", key, "keep one definition", box)
             continue
+        if isinstance(value, Mapping):
+            c.unknown_keys(value, ("members", "pick", "mailbox"), f"team {name!r}")
         if not isinstance(value, Mapping) or not isinstance(value.get("members"), list):
             c.add(f"team {name!r} needs members: [person, ...]", value,
                   f"write {name}: {{members: [{next(iter(p.people), 'someone')}]}}", key)
             continue
-        c.unknown_keys(value, ("members", "pick", "mailbox"), f"team {name!r}")
         for m in value["members"]:
             if str(m) not in p.people:
                 c.add(f"team {name!r} names unknown person {str(m)!r}", m,
@@ -208,8 +209,8 @@ def define(c: Collector, p: Parts, address: str, what: str, at: Any) -> bool:
     if address in p.defined:
         first_what, first_at = p.defined[address]
         moved = "moved" in what or "moved" in first_what
-        c.add(f"address {address} is defined twice: as {what} and as {first_what} "
-              f"({at_line(first_at)})", at,
+        kind = what if what == first_what else f"as {what} and as {first_what}"
+        c.add(f"address {address} is defined twice ({kind}; first at {at_line(first_at)})", at,
               "a moved address cannot also be an alias: keep the moved entry (deliver: true "
               "still delivers to now:) or the alias" if moved else "keep one definition")
         return False

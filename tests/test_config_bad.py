@@ -1,0 +1,51 @@
+"""Each broken address book in tests/config/bad/addr-*.yaml is refused with exactly
+the messages its trailing `# expect:` lines give ({file} stands for its path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailrouter.addresses import AddressBook
+from mailrouter.errors import ConfigErrors
+
+BAD = Path(__file__).parent / "config" / "bad"
+CASES = sorted(BAD.glob("addr-*.yaml"))
+
+
+def expected(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.removeprefix("# expect: ").replace("{file}", str(path))
+            for line in lines if line.startswith("# expect: ")]
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_bad_address_book(path: Path) -> None:
+    """The load is refused, and every problem in the file is reported with file:line."""
+    want = expected(path)
+    assert want, f"{path.name} has no # expect: lines"
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.load(path)
+    assert [str(e) for e in info.value.errors] == want
+
+
+def test_defined_twice_across_files(tmp_path: Path) -> None:
+    """The same address in two routing files is refused, naming both places."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("domains: [example.com]\nmailboxes: {s: {maildir: s}}\n"
+                 "aliases:\n  sales@example.com: mailbox:s\n", encoding="utf-8")
+    b.write_text("aliases:\n  Sales@example.com: mailbox:s\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.load(a, b)
+    assert [str(e) for e in info.value.errors] == [
+        f"{b}:2:3: address sales@example.com is defined twice (an alias; first at {a}:4); "
+        "keep one definition"]
+
+
+def test_example_company_loads() -> None:
+    """rules/company.yaml, the example company's book, loads and knows its addresses."""
+    book = AddressBook.load(Path(__file__).parent.parent / "rules" / "company.yaml")
+    for rcpt in ("sales@example.com", "support@example.com", "invoices@example.com",
+                 "product-a@example.com", "postmaster@example.com", "abuse@example.com"):
+        assert book.resolve(rcpt).targets, rcpt
