@@ -59,7 +59,7 @@ _ALIASES: dict[str, str] = {
     "x-cp1251": "cp1251", "win-1251": "cp1251", "win1251": "cp1251", "x-win-1251": "cp1251",
     "windows1251": "cp1251", "cp-1251": "cp1251", "x-cp1250": "cp1250", "win-1250": "cp1250",
     "koi8r": "koi8-r", "koi8u": "koi8-u", "x-koi8-r": "koi8-r", "koi": "koi8-r", "koi8": "koi8-r",
-    "x-mac-cyrillic": "mac-cyrillic", "x-mac-ukrainian": "mac-cyrillic", "mac-cyrillic": "mac-cyrillic",
+    "x-mac-cyrillic": "mac-cyrillic", "x-mac-ukrainian": "mac-cyrillic",
     "ibm-866": "cp866", "x-ibm866": "cp866", "dos-866": "cp866", "cp-866": "cp866",
     "unicode-1-1-utf-8": "utf-8", "x-unicode20utf8": "utf-8", "utf-8-sig": "utf-8",
     "x-user-defined": "cp1252", "windows-874": "cp874", "ks_c_5601": "euc_kr",
@@ -219,6 +219,7 @@ def _mislabelled(data: bytes, codec: str) -> bool:
 # RFC 2047 header values
 
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
+_UNSAFE = re.compile(r"[\r\n\x00]")
 _PART = tuple[bytes, "str | None"]
 
 
@@ -243,7 +244,13 @@ def decode_header_bytes(raw: bytes | str) -> Decoded:
         pieces.append(decoded.text)
         notes += [n for n in decoded.notes if n not in notes]
         defects += [d for d in decoded.defects if d not in defects]
-    return Decoded("".join(pieces).strip(), None, notes, defects)
+    text = "".join(pieces)
+    if _UNSAFE.search(text):
+        # An encoded-word may hide CR, LF or NUL; a decoded value that later goes into an
+        # autoreply Subject must not be able to start a new header line.
+        text = _UNSAFE.sub(" ", text)
+        defects.append("CR, LF or NUL in a decoded value replaced by spaces")
+    return Decoded(text.strip(), None, notes, defects)
 
 
 def _split_words(data: bytes, defects: list[str]) -> list[_PART]:

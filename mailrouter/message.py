@@ -123,22 +123,24 @@ class MessageView:
 
     def headers(self, name: str) -> list[str]:
         """Every occurrence of header ``name``, decoded and unfolded."""
-        canonical = name.strip().title() or name
-        return [self._decode(canonical, v).text for v in self._by_name.get(name.lower(), [])]
+        return [decode_header_bytes(v).text for v in self._by_name.get(name.lower(), [])]
 
     def header(self, name: str) -> str | None:
         """First occurrence of header ``name``, decoded and unfolded; None if absent."""
         values = self._by_name.get(name.lower())
-        return self._decode(name.strip().title() or name, values[0]).text if values else None
+        return decode_header_bytes(values[0]).text if values else None
 
     @cached_property
     def subject(self) -> str:
-        return self.header("Subject") or ""
+        # Only Subject, From, To and Cc feed charset_notes and defects: notes from headers a
+        # rule happened to read would make the reports depend on the order of reads.
+        values = self._by_name.get("subject")
+        return self._decode("Subject", values[0]).text if values else ""
 
     @cached_property
     def message_id(self) -> str | None:
         values = self._by_name.get("message-id")
-        return values[0].decode("ascii", "replace").strip() if values else None
+        return _FOLD.sub("", values[0].decode("ascii", "replace")).strip() if values else None
 
     def _addresses(self, name: str) -> list[tuple[str, str]]:
         # Split on the encoded form (RFC 2047 section 5: words never hide a comma or a bracket),
@@ -217,9 +219,9 @@ class MessageView:
         for name in ("X-Autoreply", "X-Autorespond"):
             if name.lower() in self._by_name:
                 return f"auto-reply: {name} present"
-        suppress = {t.strip().lower() for t in self._plain("X-Auto-Response-Suppress").split(",")}
-        if suppress & {"all", "oof"}:
-            return f"auto-reply: X-Auto-Response-Suppress: {self._plain('X-Auto-Response-Suppress')}"
+        suppress = self._plain("X-Auto-Response-Suppress")
+        if {t.strip().lower() for t in suppress.split(",")} & {"all", "oof"}:
+            return f"auto-reply: X-Auto-Response-Suppress: {suppress}"
         if self._plain("Precedence").lower() == "auto_reply":
             return "auto-reply: Precedence: auto_reply"
         return ""
@@ -374,14 +376,17 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | N
     ctype_msg = _part_header(part, "Content-Type")
     disposition = _part_header(part, "Content-Disposition")
     ctype = ctype_msg.get_content_type() if ctype_msg else part.get_content_type()
-    raw_name = disposition.get_param("filename", header="content-disposition") if disposition else None
+    raw_name = None
+    if disposition is not None:
+        raw_name = disposition.get_param("filename", header="content-disposition")
     if raw_name is None and ctype_msg:
         raw_name = ctype_msg.get_param("name")
     name = decode_param_value(raw_name)  # type: ignore[arg-type]
     body.record("Attachment name", name)
     payload = part.get_payload(decode=True)
     data = payload if isinstance(payload, bytes) else b""
-    attached = bool(name.text) or (disposition is not None and disposition.get_content_disposition() == "attachment")
+    attached = bool(name.text) or bool(
+        disposition is not None and disposition.get_content_disposition() == "attachment")
     if attached or ctype.split("/", 1)[0] not in ("text", "multipart"):
         body.attachments.append(Attachment(name.text, ctype, len(data)))
         return

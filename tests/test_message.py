@@ -345,3 +345,18 @@ def _measure() -> None:
 
 if __name__ == "__main__":
     _measure()
+
+
+def test_encoded_crlf_cannot_start_a_header() -> None:
+    """CR/LF hidden in an encoded-word become spaces and are reported (header injection)."""
+    v = MessageView(b"Subject: =?utf-8?q?a=0D=0AX-Bad:_1?=\r\n\r\n")
+    assert v.subject == "a  X-Bad: 1"
+    assert v.defects == ["Subject: CR, LF or NUL in a decoded value replaced by spaces"]
+
+
+def test_reports_do_not_depend_on_read_order() -> None:
+    """charset_notes is the same whether or not other headers were read first."""
+    raw = b"Subject: \xf3\xde\xc5\xd4\r\nX-Note: \xd1\xf7\xe5\xf2\r\n\r\n"
+    first, second = MessageView(raw), MessageView(raw)
+    assert second.header("X-Note") == "Счет"
+    assert first.charset_notes == second.charset_notes == ["Subject: raw 8-bit guessed koi8-r"]
