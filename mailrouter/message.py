@@ -11,7 +11,9 @@ What it refuses: it never raises and never re-serialises the bytes.  Whatever th
 decoder objects to becomes a line in ``defects``; every guess becomes a line in ``charset_notes``
 ("Subject: raw 8-bit guessed koi8-r").  ``defects`` and ``charset_notes`` parse the body so that
 their value never depends on which property was read first (``explain`` must see what the daemon
-saw); ``header_defects`` is the cheap header-only part.
+saw); ``header_defects`` is the cheap header-only part.  The reports cover Subject, From, To,
+Cc, the body and attachment names; ``header(name)`` of any other header decodes without
+recording, for the same reason.  Decoded header values never contain CR, LF or NUL.
 
 Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
