@@ -31,7 +31,7 @@ __all__ = ["RuleIndex", "rcpt_keys"]
 
 
 def rcpt_keys(node: Node | None) -> tuple[str, frozenset[str]] | None:
-    """('addr'|'domain', keys) when the condition requires the recipient to be one of keys."""
+    """('addr'|'resolved'|'domain', keys) when the condition requires the recipient to be one of keys."""
     parts = node.parts if isinstance(node, AllOf) else (node,)
     best = None
     for p in parts:
@@ -39,9 +39,12 @@ def rcpt_keys(node: Node | None) -> tuple[str, frozenset[str]] | None:
             continue
         if p.field == "rcpt" and p.op == "equals":
             return "addr", frozenset(p.keys)
-        if p.field == "rcpt_domain" and p.op == "equals":
+        if p.field == "rcpt_resolved" and p.op == "equals":
+            best = "resolved", frozenset(p.keys)
+        if p.field == "rcpt_domain" and p.op == "equals" and best is None:
             best = "domain", frozenset(p.keys)
-        if p.field == "rcpt" and p.op == "ends_with" and all(k.startswith("@") for k in p.keys):
+        if p.field == "rcpt" and p.op == "ends_with" and all(k.startswith("@") for k in p.keys) \
+                and best is None:
             best = "domain", frozenset(k[1:] for k in p.keys)
     return best
 
@@ -60,12 +63,13 @@ class RuleIndex:
         self.rules = list(rules)
         self.by_addr: dict[str, list[int]] = defaultdict(list)
         self.by_domain: dict[str, list[int]] = defaultdict(list)
+        self.by_resolved: dict[str, list[int]] = defaultdict(list)
         self.always: list[int] = []
         gates: dict[str, _Gate] = {}
         for pos, rule in enumerate(self.rules):
             keys = rcpt_keys(rule.when)
             if keys is not None:
-                table = self.by_addr if keys[0] == "addr" else self.by_domain
+                table = {"addr": self.by_addr, "resolved": self.by_resolved}.get(keys[0], self.by_domain)
                 for k in keys[1]:
                     table[k].append(pos)
                 continue
@@ -78,18 +82,21 @@ class RuleIndex:
                 g.words[word].append(pos)
         self.gates = sorted(gates.values(), key=lambda g: g.first)
         self.by_addr, self.by_domain = dict(self.by_addr), dict(self.by_domain)
+        self.by_resolved = dict(self.by_resolved)
 
     def stats(self) -> dict[str, int]:
-        return {"rules": len(self.rules), "by_recipient": sum(map(len, self.by_addr.values()))
-                + sum(map(len, self.by_domain.values())), "always": len(self.always),
-                "word_gated": len(self.rules) - len(self.always)
-                - sum(map(len, self.by_addr.values())) - sum(map(len, self.by_domain.values()))}
+        gated = {p for g in self.gates for lst in g.words.values() for p in lst}
+        return {"rules": len(self.rules), "always": len(self.always), "word_gated": len(gated),
+                "by_recipient": len(self.rules) - len(self.always) - len(gated)}
 
     def candidates(self, facts: Facts) -> Iterator[Any]:
         rcpt = facts.norm("rcpt")[0] if facts.rcpt else ""
         heap: list[int] = []
         heap.extend(self.by_addr.get(rcpt, ()))
         heap.extend(self.by_domain.get(rcpt.rpartition("@")[2], ()))
+        if self.by_resolved:
+            for address in facts.norm("rcpt_resolved"):
+                heap.extend(self.by_resolved.get(address, ()))
         heap.extend(self.always)
         heapq.heapify(heap)
         pending = list(self.gates)       # sorted by first position

@@ -114,8 +114,9 @@ class _Builder:
             known = list(self.book.people) + list(self.book.teams)
             self.err(f"rule {name!r}: unknown owner {owner!r}", owner, spec,
                      did_you_mean(str(owner), known).replace("known keys", "known people and teams"))
-        tags = spec.get("tags", ())
-        tags = tuple(str(t) for t in (tags if isinstance(tags, list) else [tags]))
+        raw_tags = spec.get("tags")
+        raw_tags = [] if raw_tags is None else raw_tags if isinstance(raw_tags, list) else [raw_tags]
+        tags = tuple(str(t) for t in raw_tags)
         priority = self.choice(name, spec, "priority", PRIORITIES)
         action = self.choice(name, spec, "action", ACTIONS)
         sla = None

@@ -1,0 +1,156 @@
+"""Every condition field and operator, on real .eml files (rules/samples and small built ones)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.test_rules import MONDAY_10_MSK, mail, route, ruleset
+
+CAL = 'calendars:\n  msk: {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00", holidays: [2027-01-07]}\n'
+
+MULTI = (b"From: =?utf-8?B?0JzQsNGA0LjRjw==?= <maria@shop.example>\r\n"
+         b"To: Sales <sales@example.com>, =?koi8-r?B?79TExcwg0NLPxMHW?= <otdel@client.example>\r\n"
+         b"Cc: Boss <boss@client.example>\r\n"
+         b"Subject: Fwd: Re: Order 42\r\n"
+         b"X-Priority: 1 (Highest)\r\n"
+         b"MIME-Version: 1.0\r\n"
+         b'Content-Type: multipart/mixed; boundary="zz"\r\n\r\n'
+         b"--zz\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease see the order.\r\n"
+         b"--zz\r\nContent-Type: application/vnd.ms-excel\r\n"
+         b'Content-Disposition: attachment; filename="=?utf-8?B?0LfQsNC60LDQty54bHM=?="\r\n'
+         b"Content-Transfer-Encoding: base64\r\n\r\nAAAAAAAAAAAAAAAA\r\n"
+         b"--zz\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=logo.png\r\n"
+         b"Content-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--zz--\r\n")
+
+# (condition, message, rcpt, mail_from, matches?)
+TABLE = [
+    # equals: whole normalised value; case and ё do not matter; lists are any-of
+    ("{mail_from: BUH@Romashka.example}", "invoice-koi8r.eml", "sales@example.com", "buh@romashka.example", True),
+    ("{mail_from: {equals: [a@b.c, buh@romashka.example]}}", "invoice-koi8r.eml", "sales@example.com", "buh@romashka.example", True),
+    ("{subject: {equals: счет n 1234 за январь}}", "invoice-koi8r.eml", "sales@example.com", "", True),
+    ("{subject: {equals: счет}}", "invoice-koi8r.eml", "sales@example.com", "", False),
+    # contains: whole words, in order, on the decoded KOI8-R / cp1251 / ISO-8859-2 text
+    ("{subject: {contains: СЧЕТ}}", "invoice-koi8r.eml", "sales@example.com", "", True),
+    ("{subject: {contains: 'за январь'}}", "invoice-koi8r.eml", "sales@example.com", "", True),
+    ("{subject: {contains: 'январь за'}}", "invoice-koi8r.eml", "sales@example.com", "", False),
+    ("{subject: {contains: сче}}", "invoice-koi8r.eml", "sales@example.com", "", False),
+    ("{subject: договору}", "invoice-cp1251.eml", "sales@example.com", "", True),
+    ("{subject: {contains: [nothing, č]}}", "faktura-cz.eml", "sales@example.com", "", True),
+    ("{subject: {contains: [срочно, urgent]}}", "key-customer.eml", "support@example.com", "", True),
+    # starts_with / ends_with, subjects without reply prefixes
+    ("{subject: {starts_with: product a}}", "product-a.eml", "sales@example.com", "", True),
+    ("{subject: {starts_with: 're: product'}}", "product-a.eml", "sales@example.com", "", False),
+    ("{from_addr: {ends_with: '@bigclient.example'}}", "key-customer.eml", "support@example.com", "", True),
+    ("{from_addr: {ends_with: '@client.example'}}", "key-customer.eml", "support@example.com", "", False),
+    # glob on the whole normalised value
+    ("{attachment: {glob: '*счет*.pdf'}}", "invoice-cp1251.eml", "sales@example.com", "", True),
+    ("{attachment: {glob: '*.PDF'}}", "invoice-cp1251.eml", "sales@example.com", "", True),
+    ("{attachment: {glob: '*.doc'}}", "invoice-cp1251.eml", "sales@example.com", "", False),
+    ("{subject: {glob: 'faktura ?. *'}}", "faktura-cz.eml", "sales@example.com", "", True),
+    # regex on the decoded text, as written (not normalised)
+    ("{subject: {regex: 'Счёт N \\d+'}}", "invoice-koi8r.eml", "sales@example.com", "", True),
+    ("{subject: {regex: 'счёт'}}", "invoice-koi8r.eml", "sales@example.com", "", False),
+    ("{subject: {regex: '(?i)счёт'}}", "invoice-koi8r.eml", "sales@example.com", "", True),
+    ("{subject: {regex: '^Re: '}}", "product-a.eml", "sales@example.com", "", True),
+    ("{body: {regex: 'оплат[уа]'}}", "invoice-koi8r.eml", "sales@example.com", "", True),
+    # exists
+    ("{header: {List-Id: {exists: true}}}", "newsletter.eml", "support@example.com", "", True),
+    ("{header: {List-Id: {exists: false}}}", "newsletter.eml", "support@example.com", "", False),
+    ("{header: {list-id: {exists: false}}}", "product-a.eml", "support@example.com", "", True),
+    ("{attachment: {exists: true}}", "product-a.eml", "support@example.com", "", False),
+    # any header, decoded
+    ("{header: {X-Priority: {starts_with: '1'}}}", MULTI, "sales@example.com", "", True),
+    ("{header: {Precedence: list}}", "newsletter.eml", "support@example.com", "", True),
+    # From / To / Cc names and addresses, decoded
+    ("{from_name: {equals: бухгалтерия ооо ромашка}}", "invoice-koi8r.eml", "sales@example.com", "", True),
+    ("{from: мария}", MULTI, "sales@example.com", "", True),
+    ("{to: {contains: отдел продаж}}", MULTI, "sales@example.com", "", True),
+    ("{to: {equals: otdel@client.example}}", MULTI, "sales@example.com", "", True),
+    ("{cc: {equals: boss@client.example}}", MULTI, "sales@example.com", "", True),
+    ("{cc: {equals: otdel@client.example}}", MULTI, "sales@example.com", "", False),
+    # body text: text/plain, and text extracted from text/html
+    ("{body: {contains: вложении}}", "invoice-cp1251.eml", "sales@example.com", "", True),
+    ("{body: {contains: release notes}}", "newsletter.eml", "support@example.com", "", True),
+    ("{body: {contains: '<b>'}}", "newsletter.eml", "support@example.com", "", False),
+    # attachments: names (RFC 2231, RFC 2047), count, size, type
+    ("{attachment: заказ.xls}", MULTI, "sales@example.com", "", True),
+    ("{attachment_count: 2}", MULTI, "sales@example.com", "", True),
+    ("{attachment_count: {ge: 3}}", MULTI, "sales@example.com", "", False),
+    ("{attachment_size: {gt: 10}}", MULTI, "sales@example.com", "", True),
+    ("{attachment_size: {gt: 1k}}", MULTI, "sales@example.com", "", False),
+    ("{attachment_type: {glob: 'image/*'}}", MULTI, "sales@example.com", "", True),
+    ("{attachment_type: application/pdf}", "invoice-cp1251.eml", "sales@example.com", "", True),
+    # message size
+    ("{size: {lt: 10KB}}", "product-a.eml", "sales@example.com", "", True),
+    ("{size: {gt: 1MB}}", "product-a.eml", "sales@example.com", "", False),
+    # envelope recipient: original, domain, resolved address and mailbox
+    ("{rcpt: Sales@Example.com}", "product-a.eml", "sales@example.com", "", True),
+    ("{rcpt: {ends_with: '@example.com'}}", "product-a.eml", "sales@example.com", "", True),
+    ("{rcpt_domain: example.com}", "product-a.eml", "sales@example.com", "", True),
+    ("{rcpt_resolved: sales@example.com}", "product-a.eml", "old-sales@example.com", "", False),
+    ("{rcpt: old-sales@example.com}", "product-a.eml", "old-sales@example.com", "", True),
+    ("{resolved_mailbox: sales}", "product-a.eml", "old-sales@example.com", "", True),
+    ("{resolved_mailbox: support}", "product-a.eml", "product-a@example.com", "", True),
+    # robot
+    ("{robot: true}", "newsletter.eml", "support@example.com", "", True),
+    ("{robot: false}", "newsletter.eml", "support@example.com", "", False),
+    ("{robot: false}", "product-a.eml", "support@example.com", "", True),
+    # any / all / not, and several keys in one mapping (all)
+    ("{any: [{subject: nothing}, {from_addr: cto@bigclient.example}]}", "key-customer.eml", "support@example.com", "", True),
+    ("{all: [{subject: срочно}, {from_addr: nobody@x.example}]}", "key-customer.eml", "support@example.com", "", False),
+    ("{subject: срочно, rcpt: support@example.com}", "key-customer.eml", "support@example.com", "", True),
+    ("{subject: срочно, rcpt: sales@example.com}", "key-customer.eml", "support@example.com", "", False),
+    ("{not: {robot: true}}", "newsletter.eml", "support@example.com", "", False),
+    ("{not: {subject: invoice}}", "product-a.eml", "support@example.com", "", True),
+    ("{subject: {contains: product, ends_with: question}}", "product-a.eml", "support@example.com", "", True),
+]
+
+
+@pytest.mark.parametrize("cond, eml, rcpt, mail_from, hit", TABLE,
+                         ids=[f"{i}:{t[0][:40]}" for i, t in enumerate(TABLE)])
+def test_operator(cond: str, eml: str | bytes, rcpt: str, mail_from: str, hit: bool) -> None:
+    """One condition on one real message: it matches exactly when expected."""
+    rs = ruleset(f"rules:\n  - name: r\n    when: {cond}\n    then: {{tags: [hit]}}\n")
+    d = route(rs, eml, rcpt, mail_from or "x@outside.example")
+    assert ("hit" in d.tags) is hit, d.reasons
+
+
+@pytest.mark.parametrize("at, hit", [
+    (datetime(2027, 1, 11, 6, 0, tzinfo=timezone.utc), True),      # Mon 09:00 MSK
+    (datetime(2027, 1, 11, 5, 59, tzinfo=timezone.utc), False),    # Mon 08:59 MSK
+    (datetime(2027, 1, 11, 15, 0, tzinfo=timezone.utc), False),    # Mon 18:00 MSK
+    (datetime(2027, 1, 7, 8, 0, tzinfo=timezone.utc), False),      # Thu, holiday
+    (datetime(2027, 1, 9, 8, 0, tzinfo=timezone.utc), False),      # Saturday
+])
+def test_business_hours_condition(at: datetime, hit: bool) -> None:
+    """business_hours: CAL holds inside the calendar's working hours, in its time zone."""
+    rs = ruleset(CAL + "rules:\n  - {name: r, when: {business_hours: msk}, then: {tags: [hit]}}\n")
+    assert ("hit" in route(rs, "product-a.eml", "sales@example.com", at=at).tags) is hit
+
+
+@pytest.mark.parametrize("cond, matched", [
+    ("{subject: [счета, счет]}", "subject contains 'счет' (value: 'Счёт N 1234 за январь')"),
+    ("{subject: {regex: 'N (\\d+)'}}", "subject regex 'N (\\\\d+)' (value: 'Счёт N 1234 за январь')"),
+    ("{header: {Content-Type: {exists: true}}}", "header content-type exists (value: 'text/plain; charset=koi8-r')"),
+    ("{all: [{size: {gt: 10}}, {not: {robot: true}}]}", "size gt 10 (value: 388) and not (robot: True)"),
+])
+def test_matched_explains_condition_and_value(cond: str, matched: str) -> None:
+    """RuleMatch.matched names the condition and the decoded value it matched on."""
+    rs = ruleset(f"rules:\n  - name: r\n    when: {cond}\n    then: {{tags: [hit]}}\n")
+    assert route(rs, "invoice-koi8r.eml", "sales@example.com").rules[0].matched == matched
+
+
+def test_shorthand_string_is_contains_on_text_and_equals_on_addresses() -> None:
+    """A bare string is `contains` on text fields and `equals` on address fields."""
+    rs = ruleset("rules:\n  - {name: r, when: {from_addr: bigclient.example}, then: {tags: [hit]}}\n")
+    assert "hit" not in route(rs, "key-customer.eml", "support@example.com").tags
+    rs = ruleset("rules:\n  - {name: r, when: {from_name: cto}, then: {tags: [hit]}}\n")
+    assert "hit" in route(rs, "key-customer.eml", "support@example.com").tags
+
+
+def test_inline_built_message_with_ё() -> None:
+    """ё and е match each other both ways."""
+    rs = ruleset("rules:\n  - {name: r, when: {subject: счет}, then: {tags: [hit]}}\n")
+    assert "hit" in route(rs, mail("Ваш СЧЁТ готов"), "sales@example.com", at=MONDAY_10_MSK).tags
