@@ -65,12 +65,15 @@ class Calendar:
         midnight = datetime.combine(day, time(0), self.tz)
         for weekday, start, end in self.spans:
             if weekday == wd:
-                yield _wall(midnight, start, self.tz), _wall(midnight, end, self.tz)
+                # In UTC: aware datetimes sharing one tzinfo subtract as wall clocks (DST).
+                yield (_wall(midnight, start, self.tz).astimezone(timezone.utc),
+                       _wall(midnight, end, self.tz).astimezone(timezone.utc))
 
     def is_business_time(self, at: datetime) -> bool:
         """True when `at` falls inside a working span (start inclusive, end exclusive)."""
-        now = self.local(at)
-        for day in (now.date() - timedelta(days=1), now.date()):
+        local = self.local(at)
+        now = local.astimezone(timezone.utc)
+        for day in (local.date() - timedelta(days=1), local.date()):
             if any(s <= now < e for s, e in self._day_spans(day)):
                 return True
         return False
@@ -78,8 +81,8 @@ class Calendar:
     def add_business_hours(self, start: datetime, hours: float) -> datetime:
         """The moment when `hours` of working time have passed since `start`."""
         left = timedelta(hours=hours)
-        now = self.local(start)
-        day = now.date() - timedelta(days=1)
+        day = self.local(start).date() - timedelta(days=1)
+        now = self.local(start).astimezone(timezone.utc)
         for _ in range(_HORIZON_DAYS):
             for s, e in sorted(self._day_spans(day)):
                 s = max(s, now)

@@ -1,0 +1,108 @@
+"""Business calendars: hours, holidays, overnight spans, time zones, SLA arithmetic."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from mailrouter import yamlsrc
+from mailrouter.calendars import build_calendars, parse_calendar
+from mailrouter.errors import ConfigErrors
+
+MSK = ZoneInfo("Europe/Moscow")
+
+
+def cal(text: str):  # type: ignore[no-untyped-def]
+    return parse_calendar("c", yamlsrc.loads(text, "c.yaml"))
+
+
+OFFICE = cal('{timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00", holidays: [2027-01-01, 2027-01-07]}')
+NIGHT = cal('{timezone: Europe/Moscow, hours: "Mon-Fri 22:00-06:00"}')
+
+
+@pytest.mark.parametrize("at, expected", [
+    (datetime(2027, 1, 11, 9, 0, tzinfo=MSK), True),          # Monday opening, inclusive
+    (datetime(2027, 1, 11, 17, 59, tzinfo=MSK), True),
+    (datetime(2027, 1, 11, 18, 0, tzinfo=MSK), False),        # closing, exclusive
+    (datetime(2027, 1, 9, 12, 0, tzinfo=MSK), False),         # Saturday
+    (datetime(2027, 1, 7, 12, 0, tzinfo=MSK), False),         # holiday (Thursday)
+    (datetime(2027, 1, 11, 6, 30), True),                     # naive = UTC: 09:30 MSK
+    (datetime(2027, 1, 11, 12, 0, tzinfo=ZoneInfo("America/New_York")), False),  # 20:00 MSK
+])
+def test_is_business_time(at: datetime, expected: bool) -> None:
+    """Working hours are read in the calendar's zone; holidays and weekends are closed."""
+    assert OFFICE.is_business_time(at) is expected
+
+
+@pytest.mark.parametrize("at, expected", [
+    (datetime(2027, 1, 11, 23, 0, tzinfo=MSK), True),         # Monday night shift
+    (datetime(2027, 1, 12, 5, 59, tzinfo=MSK), True),         # still Monday's shift
+    (datetime(2027, 1, 11, 3, 0, tzinfo=MSK), False),         # Sunday had no shift
+    (datetime(2027, 1, 16, 3, 0, tzinfo=MSK), True),          # Friday's shift runs into Saturday
+    (datetime(2027, 1, 16, 23, 0, tzinfo=MSK), False),        # Saturday night: none
+])
+def test_overnight_span_belongs_to_its_start_day(at: datetime, expected: bool) -> None:
+    """A span whose end is before its start runs overnight and belongs to the day it starts."""
+    assert NIGHT.is_business_time(at) is expected
+
+
+@pytest.mark.parametrize("start, hours, due", [
+    (datetime(2027, 1, 11, 10, 0, tzinfo=MSK), 4, datetime(2027, 1, 11, 14, 0, tzinfo=MSK)),
+    (datetime(2027, 1, 11, 16, 0, tzinfo=MSK), 4, datetime(2027, 1, 12, 11, 0, tzinfo=MSK)),
+    (datetime(2027, 1, 8, 17, 0, tzinfo=MSK), 4, datetime(2027, 1, 11, 12, 0, tzinfo=MSK)),   # over a weekend
+    (datetime(2027, 1, 6, 17, 0, tzinfo=MSK), 4, datetime(2027, 1, 8, 12, 0, tzinfo=MSK)),    # over a holiday
+    (datetime(2027, 1, 9, 12, 0, tzinfo=MSK), 1, datetime(2027, 1, 11, 10, 0, tzinfo=MSK)),   # from a Saturday
+    (datetime(2027, 1, 11, 10, 0, tzinfo=MSK), 18, datetime(2027, 1, 13, 10, 0, tzinfo=MSK)),  # two days
+])
+def test_add_business_hours(start: datetime, hours: float, due: datetime) -> None:
+    """SLA due times count only working time."""
+    got = OFFICE.add_business_hours(start, hours)
+    assert got == due and got.tzinfo is not None
+
+
+def test_add_business_hours_overnight() -> None:
+    """Night shift: 4 hours from Monday 23:00 end on Tuesday 03:00."""
+    got = NIGHT.add_business_hours(datetime(2027, 1, 11, 23, 0, tzinfo=MSK), 4)
+    assert got == datetime(2027, 1, 12, 3, 0, tzinfo=MSK)
+
+
+def test_dst_zone_counts_elapsed_hours() -> None:
+    """Across a DST change a span lasts its real length (Berlin, last Sunday of March 2027)."""
+    c = cal('{timezone: Europe/Berlin, hours: "Daily 00:00-24:00"}')
+    start = datetime(2027, 3, 28, 1, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    got = c.add_business_hours(start, 2)
+    assert got.astimezone(timezone.utc) - start.astimezone(timezone.utc) == timedelta(hours=2)
+    assert got.hour == 4                     # wall clock jumped 02:00 -> 03:00
+    assert got.astimezone(timezone.utc) == datetime(2027, 3, 28, 2, 0, tzinfo=timezone.utc)
+
+
+def test_day_hours_and_business_days() -> None:
+    """One business day is the working hours of one day: 2d from Friday 10:00 is Tuesday 10:00."""
+    assert OFFICE.day_hours == 9
+    got = OFFICE.add_business_days(datetime(2027, 1, 15, 10, 0, tzinfo=MSK), 2)
+    assert got == datetime(2027, 1, 19, 10, 0, tzinfo=MSK)
+
+
+def test_several_spans_and_wrapping_day_ranges() -> None:
+    """'Fri-Mon' wraps the week; several spans are separated by commas."""
+    c = cal('{timezone: UTC, hours: "Fri-Mon 10:00-12:00, Wed 14:00-15:00"}')
+    assert {d for d, _, _ in c.spans} == {4, 5, 6, 0, 2}
+
+
+def test_bad_calendars_report_every_error() -> None:
+    """Unknown zone, unreadable hours, bad holiday and unknown key are all reported with lines."""
+    doc = yamlsrc.loads(
+        "x:\n  timezone: Europe/Mosow\n  hours: Mon-Fry 9-18\n  holidays: [2027-01-xx]\n  tz: 1\n",
+        "cal.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        build_calendars(doc)
+    assert [str(e) for e in info.value.errors] == [
+        "cal.yaml:5: calendar 'x': unknown key 'tz'; known keys: timezone, hours, holidays",
+        "cal.yaml:2: calendar 'x': unknown time zone 'Europe/Mosow'; use an IANA name such as "
+        "Europe/Moscow",
+        "cal.yaml:3: calendar 'x': cannot read working hours 'Mon-Fry 9-18'; "
+        'write e.g. "Mon-Fri 09:00-18:00, Sat 10:00-14:00"',
+        "cal.yaml:4: calendar 'x': cannot read holiday '2027-01-xx'; write dates as YYYY-MM-DD",
+    ]
