@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import gc
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -18,6 +20,19 @@ from .model import REPLY_MOVED, Limits, Mailbox, Moved, Options, Person, Resolut
 from .parse import SECTIONS, _parse_moved, parse_parts
 
 __all__ = ["AddressBook"]
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Build makes ~10 objects per alias and no reference cycles; the cyclic collector
+    walking them over and over made a 100k-alias build 1.7x slower (bench_addresses)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class AddressBook:
@@ -43,6 +58,11 @@ class AddressBook:
     @classmethod
     def build(cls, sections: Mapping[str, Any], limits: Limits = Limits()) -> AddressBook:
         """Check and precompute; raises ConfigErrors naming every problem found."""
+        with _no_gc():
+            return cls._build(sections, limits)
+
+    @classmethod
+    def _build(cls, sections: Mapping[str, Any], limits: Limits) -> AddressBook:
         c = Collector()
         p = parse_parts(c, sections)
         nodes = parse_aliases(c, p, sections.get("aliases"))

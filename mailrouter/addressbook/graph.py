@@ -106,24 +106,28 @@ def _string_target(c: Collector, p: Parts, src: str, text: str, at: Any) -> list
 
 def parse_target(c: Collector, p: Parts, src: str, value: Any) -> list[Edge]:
     """The edges of one alias value: a string, {mailbox:, folder:} or a list (a group)."""
+    if isinstance(value, str) and value.strip():          # the common case first
+        return _string_target(c, p, src, value.strip(), value)
     if isinstance(value, list):
         if not value:
             c.add(f"alias {src} is an empty group", value, "list at least one target")
         return [e for item in value for e in parse_target(c, p, src, item)]
     if isinstance(value, Mapping):
-        c.unknown_keys(value, ("mailbox", "folder"), f"the target of alias {src}")
-        if "mailbox" not in value:
-            c.add(f"alias {src}: a mapping target needs mailbox:", value,
-                  "write {mailbox: NAME, folder: FOLDER}")
-            return []
-        folder = value.get("folder")
-        return _mailbox(c, p, str(value["mailbox"]), str(folder) if folder else None,
-                        value["mailbox"])
-    if isinstance(value, str) and value.strip():
-        return _string_target(c, p, src, value.strip(), value)
+        return _mapping_target(c, p, src, value)
     c.add(f"alias {src}: target {value!r} is not an address, mailbox or person", value,
           "write an address, mailbox:NAME, team:NAME, a person key, or a list of these")
     return []
+
+
+def _mapping_target(c: Collector, p: Parts, src: str, value: Mapping[Any, Any]) -> list[Edge]:
+    c.unknown_keys(value, ("mailbox", "folder"), f"the target of alias {src}")
+    if "mailbox" not in value:
+        c.add(f"alias {src}: a mapping target needs mailbox:", value,
+              "write {mailbox: NAME, folder: FOLDER}")
+        return []
+    folder = value.get("folder")
+    return _mailbox(c, p, str(value["mailbox"]), str(folder) if folder else None,
+                    value["mailbox"])
 
 
 def _self_edge(c: Collector, p: Parts, src: str, edge: Edge) -> Edge | None:

@@ -1,0 +1,68 @@
+"""Address book at scale: build+check time and per-message resolve time.
+
+Builds books of 1k, 10k and 100k aliases (100k with 10,000 people), prints the
+time to build and check each, and the mean time of `knows` + `resolve` over a
+fixed mix of recipients (chains, groups, people, subaddresses, unknown), which
+must not grow with the size of the book. Run by hand:
+
+    .venv/bin/python bench/bench_addresses.py
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from mailrouter.addresses import AddressBook
+
+MAILBOXES = 50
+
+
+def sections(n_aliases: int, n_people: int) -> dict[str, Any]:
+    """A synthetic book: people, direct aliases, chains of 3, groups of 5."""
+    rnd = random.Random(1)
+    people = {f"p{i}": {"address": f"person{i}@example.com"} for i in range(n_people)}
+    aliases: dict[str, Any] = {}
+    for i in range(n_aliases):
+        kind = i % 4
+        if kind == 0 or i < 10:
+            aliases[f"a{i}@example.com"] = f"mailbox:m{i % MAILBOXES}"
+        elif kind == 1:
+            aliases[f"a{i}@example.com"] = f"a{i - 1}@example.com"      # chain via kind 0
+        elif kind == 2:
+            aliases[f"a{i}@example.com"] = f"a{i - 1}@example.com"      # chain of 3
+        else:
+            aliases[f"a{i}@example.com"] = [f"p{rnd.randrange(n_people)}" for _ in range(4)] + [
+                f"a{rnd.randrange(i)}@example.com"]
+    return {"domains": ["example.com"],
+            "mailboxes": {f"m{i}": {"maildir": f"m{i}"} for i in range(MAILBOXES)},
+            "people": people, "aliases": aliases}
+
+
+def probe(book: AddressBook, n_aliases: int, rounds: int = 200_000) -> float:
+    """Mean seconds per recipient for knows() + resolve() over a fixed mix."""
+    rcpts = [f"a{n_aliases - 1}@example.com", f"A{n_aliases // 2 + 3}@Example.COM",
+             "person7@example.com", f"a{n_aliases - 2}+tag@example.com",
+             "nobody@example.com", "x@other.org"]
+    start = time.perf_counter()
+    for i in range(rounds):
+        r = rcpts[i % len(rcpts)]
+        if book.knows(r):
+            book.resolve(r)
+    return (time.perf_counter() - start) / rounds
+
+
+def main() -> None:
+    for n_aliases, n_people in ((1_000, 100), (10_000, 1_000), (100_000, 10_000)):
+        data = sections(n_aliases, n_people)
+        start = time.perf_counter()
+        book = AddressBook.build(data)
+        built = time.perf_counter() - start
+        per = probe(book, n_aliases)
+        print(f"aliases={n_aliases:>7} people={n_people:>6} build+check={built:6.2f}s "
+              f"resolve={per * 1e6:6.2f}us/rcpt")
+
+
+if __name__ == "__main__":
+    main()
