@@ -1,0 +1,122 @@
+"""`mailrouter test`: the rule tests in routing files, run through a decide function."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mailrouter import yamlsrc
+from mailrouter.config import Limits
+from mailrouter.routing.ruletests import run_rule_tests
+from mailrouter.routing.snapshot import load_snapshot
+from tests.test_rules import ROOT, decide_with, ruleset
+
+RULES = """\
+rules:
+  - {name: product-a, when: {rcpt: product-a@example.com}, then: {tags: [a]}}
+  - {name: inv, when: {subject: счет}, then: {mailbox: finance, folder: Finance, priority: high}}
+"""
+
+
+def run(tests_yaml: str, tmp_path: Path) -> list[str]:
+    (tmp_path / "samples").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "rules" / "samples" / "invoice-koi8r.eml", tmp_path / "samples")
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + tests_yaml, encoding="utf-8")
+    doc = yamlsrc.load(path)
+    return run_rule_tests(doc["tests"], decide_with(ruleset(RULES)), tmp_path)
+
+
+def test_passing_cases_give_no_lines(tmp_path: Path) -> None:
+    """A .eml case (relative path) and an inline headers/body case both pass."""
+    assert run("""\
+tests:
+  - name: koi8
+    message: samples/invoice-koi8r.eml
+    rcpt: invoices@example.com
+    expect: {mailbox: finance, folder: Finance, priority: high, rule: inv}
+  - name: inline
+    headers: {Subject: "Вопрос по продукту", From: "Иван <i@x.example>"}
+    body: "Здравствуйте"
+    rcpt: [product-a@example.com, sales@example.com]
+    expect: {mailbox: null}
+""".replace("mailbox: null", "rule: null, tags: []").replace(
+        "rcpt: [product-a@example.com, sales@example.com]", "rcpt: sales@example.com"),
+        tmp_path) == []
+
+
+def test_failing_case_is_exactly_one_line_with_expected_and_actual(tmp_path: Path) -> None:
+    """One wrong expectation produces one line: file:line, test name, expected vs actual."""
+    lines = run("""\
+tests:
+  - name: wrong folder
+    message: samples/invoice-koi8r.eml
+    rcpt: invoices@example.com
+    expect: {folder: Invoices, mailbox: finance}
+""", tmp_path)
+    assert lines == [f"{tmp_path / 'routing.yaml'}:5: test wrong folder: "
+                     "folder expected 'Invoices', got 'Finance'"]
+
+
+def test_several_mismatches_and_recipients(tmp_path: Path) -> None:
+    """Mismatches of one case join on one line per recipient."""
+    lines = run("""\
+tests:
+  - name: two
+    headers: {Subject: "hello"}
+    rcpt: [product-a@example.com, sales@example.com]
+    expect: {folder: PRODUCT-A, tags: [a]}
+""", tmp_path)
+    assert [ln.split(": ", 2)[2] for ln in lines] == [
+        "rcpt sales@example.com: folder expected 'PRODUCT-A', got None; "
+        "tags expected ['a'], got []"]
+
+
+def test_broken_cases_are_failure_lines_not_crashes(tmp_path: Path) -> None:
+    """A missing file, an unknown key and a bad time each give one line; the run goes on."""
+    lines = run("""\
+tests:
+  - name: missing
+    message: samples/nope.eml
+    rcpt: sales@example.com
+    expect: {folder: X}
+  - name: typo
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expcet: {folder: X}
+  - name: time
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    at: yesterday
+    expect: {folder: X}
+  - name: bad expect
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expect: {fodler: X}
+""", tmp_path)
+    assert [ln.split(": ", 2)[2] for ln in lines] == [
+        f"cannot read message '{tmp_path / 'samples/nope.eml'}': No such file or directory",
+        "unknown key 'expcet'; did you mean 'expect'?",
+        "cannot read time 'yesterday'; write e.g. 2027-01-11T10:00:00+03:00",
+        "unknown expect key 'fodler'; did you mean 'folder'?",
+    ]
+
+
+def test_example_rules_pass_through_the_daemons_decide() -> None:
+    """rules/*.yaml: every shipped case passes through Snapshot.decide, as `mailrouter test` runs it."""
+    snap = load_snapshot([str(ROOT / "rules" / "*.yaml")], Limits(), "mx.example.com")
+    assert len(snap.sections["tests"]) >= 10
+    assert run_rule_tests(snap.sections["tests"], snap.decide, ROOT / "rules") == []
+
+
+def test_example_rules_catch_a_broken_rule(tmp_path: Path) -> None:
+    """Changing a rule makes its example test fail with one precise line."""
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    p = tmp_path / "rules" / "routing.yaml"
+    p.write_text(p.read_text(encoding="utf-8").replace(
+        "then: {mailbox: sales, folder: Inbound, tags: [sales]}",
+        "then: {mailbox: sales, folder: Leads, tags: [sales]}"), encoding="utf-8")
+    snap = load_snapshot([str(tmp_path / "rules" / "*.yaml")], Limits(), "mx.example.com")
+    lines = run_rule_tests(snap.sections["tests"], snap.decide, tmp_path / "rules")
+    assert len(lines) == 1 and lines[0].endswith(
+        "test sales@ channel: folder expected 'Inbound', got 'Leads'")
