@@ -1,0 +1,145 @@
+"""pytest fixtures that run the real daemon: in-process on the test's loop, or as a process.
+
+`make_app(tmp_path, **overrides)` builds a Config on loopback port 0 with a
+SQLite registry and Maildirs under tmp_path, starts `App` and returns it; the
+fixture stops every app it started. `DaemonProcess` runs `mailrouter run -c`
+in a subprocess (for SIGTERM/SIGKILL tests) on ports picked free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from mailrouter.config import Config, Limits, Listener
+from mailrouter.daemon import App
+from mailrouter.routing.snapshot import load_snapshot
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "rules"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_config(tmp_path: Path, routing: tuple[str, ...] | None = None, **over: Any) -> Config:
+    base = Config.embedded(tmp_path)
+    cfg = dataclasses.replace(
+        base, hostname="mx.test", smtp=Listener("127.0.0.1", 0), lmtp=Listener("127.0.0.1", 0),
+        admin=Listener("127.0.0.1", 0), routing=routing or (str(RULES / "*.yaml"),),
+        shutdown_grace=5.0)
+    limits = over.pop("limits", None)
+    if limits:
+        cfg = dataclasses.replace(cfg, limits=dataclasses.replace(Limits(), **limits))
+    return dataclasses.replace(cfg, **over)
+
+
+@pytest.fixture
+async def make_app(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[App]]]:
+    apps: list[App] = []
+
+    async def make(**over: Any) -> App:
+        cfg = test_config(tmp_path, **over)
+        snap = load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
+        app = App(cfg, snap)
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.request_stop()
+        await app.wait_stopped()
+
+
+def write_config(path: Path, smtp: int, lmtp: int, admin: int, extra: str = "",
+                 routing: str | None = None) -> Path:
+    path.write_text(
+        f"hostname: mx.test\n"
+        f"listen: {{smtp: '127.0.0.1:{smtp}', lmtp: '127.0.0.1:{lmtp}', admin: '127.0.0.1:{admin}'}}\n"
+        f"routing: ['{routing or RULES / '*.yaml'}']\n"
+        f"registry: {{url: 'sqlite+aiosqlite:///{path.parent / 'var' / 'registry.db'}'}}\n"
+        f"delivery: {{maildir_root: '{path.parent / 'var' / 'mail'}'}}\n"
+        f"shutdown_grace: 10\n" + extra, encoding="utf-8")
+    return path
+
+
+class DaemonProcess:
+    """`mailrouter run -c FILE` as a child process, waited on until it listens."""
+
+    def __init__(self, workdir: Path, extra: str = "", routing: str | None = None) -> None:
+        self.workdir = workdir
+        self.smtp, self.lmtp, self.admin = free_port(), free_port(), free_port()
+        self.config = write_config(workdir / "config.yaml", self.smtp, self.lmtp, self.admin,
+                                   extra, routing)
+        self.log = workdir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> "DaemonProcess":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mailrouter.cli", "run", "-c", str(self.config)],
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.smtp), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"daemon did not listen in {timeout}s:\n{self.log.read_text()}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def daemon_process(tmp_path: Path) -> Any:
+    procs: list[DaemonProcess] = []
+
+    def make(**kw: Any) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, **kw)
+        procs.append(d)
+        return d.start()
+
+    yield make
+    for d in procs:
+        d.stop()
+
+
+def maildir_files(root: Path) -> list[Path]:
+    """Every delivered message file under a Maildir tree (new/ and cur/)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name in ("new", "cur"))
+
+
+def env_without_pg() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MAILROUTER_TEST_PG_URL"}

@@ -1,0 +1,269 @@
+"""SMTP and LMTP intake against the real daemon on loopback, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from mailrouter.daemon import App
+from tests.support.daemon import maildir_files
+from tests.support.wire import Wire
+
+pytestmark = pytest.mark.asyncio
+
+
+def mail(subject: str = "Hello", body: str = "Just a test.", frm: str = "client@outside.test",
+         to: str = "sales@example.com", extra: str = "") -> bytes:
+    text = (f"From: Client <{frm}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{abs(hash((subject, body)))}@outside.test>\r\n{extra}\r\n{body}\r\n")
+    return text.encode("utf-8")
+
+
+def data(raw: bytes) -> bytes:
+    """Dot-stuff and terminate, as a client must."""
+    lines = raw.split(b"\r\n")
+    return b"\r\n".join(b"." + l if l.startswith(b".") else l for l in lines) + b".\r\n" \
+        if raw.endswith(b"\r\n") else raw + b"\r\n.\r\n"
+
+
+async def test_ehlo_advertises_extensions(make_app):
+    """EHLO offers PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8 and SIZE with the limit."""
+    app = await make_app(limits={"max_message_size": 123456})
+    async with Wire(app.bound["smtp"][1]) as w:
+        lines = await w.greet()
+    text = "\n".join(lines)
+    for ext in ("PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "SIZE 123456"):
+        assert ext in text
+
+
+async def test_smtplib_delivers_to_maildir_and_registry(make_app, tmp_path):
+    """A message to sales@ lands in the sales Maildir and in the registry, with 250."""
+    app = await make_app()
+    raw = mail("Quote request")
+
+    def send() -> tuple[int, bytes]:      # smtplib blocks: run it off the daemon's loop
+        with smtplib.SMTP("127.0.0.1", app.bound["smtp"][1]) as s:
+            s.ehlo()
+            s.mail("client@outside.test")
+            s.rcpt("sales@example.com")
+            return s.data(raw)
+    code, text = await asyncio.to_thread(send)
+    assert code == 250 and text.startswith(b"2.0.0")
+    files = maildir_files(tmp_path / "var" / "mail" / "sales")
+    assert len(files) == 1
+    stored = files[0].read_bytes()
+    assert stored.endswith(raw)                      # raw bytes kept, trace headers prepended
+    assert stored.startswith(b"Received: from ")
+    assert b"\r\nDelivered-To: sales@example.com\r\n" in stored[: len(stored) - len(raw)]
+    assert await app.registry.count_messages() == 1
+
+
+async def test_folder_target_lands_in_maildirpp_folder(make_app, tmp_path):
+    """product-a@ goes to the support mailbox, folder PRODUCT-A (Maildir++ .PRODUCT-A)."""
+    app = await make_app()
+    await aiosmtplib.send(mail(to="product-a@example.com"), hostname="127.0.0.1",
+                          port=app.bound["smtp"][1], sender="c@outside.test",
+                          recipients=["product-a@example.com"])
+    files = maildir_files(tmp_path / "var" / "mail" / "support" / ".PRODUCT-A")
+    assert len(files) == 1
+
+
+async def test_swaks_delivers(make_app, tmp_path):
+    """swaks (the Debian package) sends through the SMTP listener and gets 250."""
+    app = await make_app()
+    proc = await asyncio.create_subprocess_exec(
+        "swaks", "-s", "127.0.0.1", "-p", str(app.bound["smtp"][1]), "-f", "a@outside.test",
+        "-t", "support@example.com", "--h-Subject", "swaks", stdout=asyncio.subprocess.PIPE)
+    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    assert proc.returncode == 0, out
+    assert "<-  250 2.0.0 Ok: delivered" in out
+    assert len(maildir_files(tmp_path / "var" / "mail" / "support")) == 1
+
+
+async def test_unknown_recipient_and_domain_refused(make_app):
+    """RCPT for an unknown address or domain: 550 5.1.1 (never an open relay)."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250 2.1.0")
+        assert (await w.cmd("RCPT TO:<nobody@example.com>")).startswith("550 5.1.1")
+        assert (await w.cmd("RCPT TO:<victim@elsewhere.test>")).startswith("550 5.1.1")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250 2.1.5")
+
+
+async def test_too_many_recipients(make_app):
+    """The recipient past max_recipients gets 452 4.5.3; the earlier ones stay accepted."""
+    app = await make_app(limits={"max_recipients": 2})
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.cmd("MAIL FROM:<a@outside.test>")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<support@example.com>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<invoices@example.com>")).startswith("452 4.5.3")
+
+
+async def test_size_declared_too_big(make_app):
+    """MAIL FROM with SIZE over the limit: 552 5.3.4."""
+    app = await make_app(limits={"max_message_size": 1000})
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=5000")).startswith("552 5.3.4")
+
+
+async def test_oversize_data_refused(make_app, tmp_path):
+    """A message larger than the limit is read to the end and refused 552 5.3.4; nothing stored."""
+    app = await make_app(limits={"max_message_size": 1000})
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        replies = await w.transaction("a@outside.test", ["sales@example.com"],
+                                      data(mail(body="x" * 70 + "\r\n" * 0 + ("y" * 70 + "\r\n") * 30)))
+        assert replies[0].startswith("552 5.3.4")
+        assert (await w.cmd("NOOP")).startswith("250")     # session still usable
+    assert maildir_files(tmp_path / "var" / "mail") == []
+
+
+@pytest.mark.parametrize("bad", [b"bare\nLF", b"bare\rCR", b"nul\0byte"], ids=["LF", "CR", "NUL"])
+async def test_bare_line_endings_and_nul_refused(make_app, tmp_path, bad):
+    """Bare LF, bare CR and NUL in content: 550 5.6.0 after the final dot; nothing stored."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        body = b"Subject: x\r\n\r\n" + bad + b"\r\n.\r\n"
+        assert (await w.transaction("a@outside.test", ["sales@example.com"], body))[0] \
+            .startswith("550 5.6.0")
+    assert maildir_files(tmp_path / "var" / "mail") == []
+
+
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n"],
+                         ids=["LF.LF", "CR.CR", "LF.CRLF", "CRLF.LF"])
+async def test_smtp_smuggling_is_not_end_of_data(make_app, tmp_path, fake_end):
+    """Only CRLF.CRLF ends DATA: a smuggled second transaction is never executed."""
+    app = await make_app()
+    smuggled = (b"Subject: outer\r\n\r\nhello" + fake_end +
+                b"MAIL FROM:<evil@outside.test>\r\nRCPT TO:<support@example.com>\r\nDATA\r\n"
+                b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n")
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        replies = await w.transaction("a@outside.test", ["sales@example.com"], smuggled)
+        assert replies[0].startswith("550 5.6.0")
+        assert (await w.cmd("NOOP")).startswith("250")      # no further replies were queued
+    assert maildir_files(tmp_path / "var" / "mail") == []
+
+
+async def test_pipelining_in_one_write(make_app, tmp_path):
+    """MAIL, RCPTs and DATA sent in one write get their replies in order."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                     b"RCPT TO:<nobody@example.com>\r\nRCPT TO:<support@example.com>\r\nDATA\r\n")
+        got = [await w.line() for _ in range(5)]
+        assert [g[:9] for g in got] == ["250 2.1.0", "250 2.1.5", "550 5.1.1", "250 2.1.5", "354 End d"]
+        await w.send(data(mail()) + b"QUIT\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+        assert (await w.line()).startswith("221 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+
+
+async def test_every_reply_has_enhanced_code(make_app):
+    """aiosmtpd's own replies (bad syntax, nested MAIL, no RCPT) carry enhanced codes too."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("DATA")).startswith("503 5.5.1")
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250 2.1.0")
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("503 5.5.1")
+        assert (await w.cmd("RCPT TO:")).startswith("501 5.5.4")
+        assert (await w.cmd("BOGUS")).startswith("500 5.5.2")
+        assert (await w.cmd("RSET")).startswith("250 2.0.0")
+
+
+async def test_lmtp_one_reply_per_recipient_in_order(make_app, tmp_path):
+    """LMTP: after DATA one reply per accepted recipient, in RCPT order."""
+    app = await make_app()
+    async with Wire(app.bound["lmtp"][1]) as w:
+        lines = await w.greet("LHLO")
+        assert any("PIPELINING" in l for l in lines) and any("ENHANCEDSTATUSCODES" in l for l in lines)
+        replies = await w.transaction("a@outside.test",
+                                      ["sales@example.com", "nobody@example.com", "support@example.com"],
+                                      data(mail()), lmtp=True)
+        assert len(replies) == 2 and all(r.startswith("250 2.0.0") for r in replies)
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+
+
+async def test_lmtp_refuses_ehlo_and_helo(make_app):
+    """LMTP speaks LHLO only (RFC 2033 4.1)."""
+    app = await make_app()
+    async with Wire(app.bound["lmtp"][1]) as w:
+        assert (await w.line()).startswith("220")
+        assert (await w.cmd("EHLO x")).startswith("500 5.5.1")
+        assert (await w.cmd("HELO x")).startswith("500 5.5.1")
+
+
+async def test_lmtp_errors_are_per_recipient(make_app):
+    """LMTP oversize and bad bytes: one refusal per accepted recipient, not one in total."""
+    app = await make_app(limits={"max_message_size": 500})
+    async with Wire(app.bound["lmtp"][1]) as w:
+        await w.greet("LHLO")
+        replies = await w.transaction("a@outside.test", ["sales@example.com", "support@example.com"],
+                                      data(mail(body="z" * 900)), lmtp=True)
+        assert [r[:9] for r in replies] == ["552 5.3.4", "552 5.3.4"]
+        replies = await w.transaction("a@outside.test", ["sales@example.com", "support@example.com"],
+                                      b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n", lmtp=True)
+        assert [r[:9] for r in replies] == ["550 5.6.0", "550 5.6.0"]
+        assert (await w.cmd("NOOP")).startswith("250")
+
+
+async def test_internal_error_is_451_without_internals(make_app, monkeypatch):
+    """A crash inside routing answers 451 4.3.0, never aiosmtpd's 500 with the exception text."""
+    app = await make_app()
+
+    def boom(*a, **k):
+        raise RuntimeError("secret internal detail")
+    monkeypatch.setattr(type(app.snapshot()), "decide", boom)
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        reply = (await w.transaction("a@outside.test", ["sales@example.com"], data(mail())))[0]
+    assert reply.startswith("451 4.3.0") and "secret" not in reply
+    async with Wire(app.bound["lmtp"][1]) as w:
+        await w.greet("LHLO")
+        replies = await w.transaction("a@outside.test", ["sales@example.com", "support@example.com"],
+                                      data(mail()), lmtp=True)
+    assert all(r.startswith("451 4.3.0") and "secret" not in r for r in replies)
+
+
+async def test_retry_is_not_delivered_twice(make_app, tmp_path):
+    """The same message sent twice (an MTA retry) gives one copy and one registry row."""
+    app = await make_app()
+    raw = mail("Retry me")
+    for _ in range(2):
+        async with Wire(app.bound["smtp"][1]) as w:
+            await w.greet()
+            r = await w.transaction("a@outside.test", ["sales@example.com", "team@example.com"], data(raw))
+            assert r[0].startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail" / "sales")) == 1
+    assert await app.registry.count_messages() == 1
+
+
+async def test_idle_session_times_out(make_app):
+    """A client that says nothing is disconnected after command_timeout."""
+    app = await make_app(limits={"command_timeout": 1})
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert await w.closed()
+
+
+async def test_null_sender_accepted(make_app, tmp_path):
+    """MAIL FROM:<> (a bounce) is accepted and delivered."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<postmaster@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(data(mail("Undelivered Mail Returned to Sender")))
+        assert (await w.line()).startswith("250 2.0.0")
