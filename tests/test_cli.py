@@ -1,0 +1,147 @@
+"""The command line, run as a user runs it: `python -m mailrouter.cli ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import RULES, maildir_files, write_config, free_port
+
+CLI = [sys.executable, "-m", "mailrouter.cli"]
+
+
+def mr(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["check"], ["test"], ["explain"], ["reload"], ["db"]])
+def test_help_on_every_command(cmd):
+    """`--help` works on the program and on every command, and says what the command does."""
+    out = mr(*cmd, "--help")
+    assert out.returncode == 0
+    assert "usage: mailrouter" in out.stdout and "-h, --help" in out.stdout
+
+
+def test_check_reports_config_errors_with_file_line_and_fix(tmp_path):
+    """A typo'd key and a bad listener: exit 2, every error named with file:line and a fix."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("hostname: mx.test\nlisen: {smtp: 127.0.0.1:2525}\nlimits:\n  max_message_size: -5\n"
+                   "registry: {url: 'mysql://x'}\n", encoding="utf-8")
+    out = mr("check", "-c", str(cfg))
+    assert out.returncode == 2
+    assert f"{cfg}:2:1: unknown key 'lisen'; did you mean 'listen'?" in out.stderr
+    assert f"{cfg}:4:3: 'max_message_size' must be a number >= 1, not -5" in out.stderr
+    assert f"{cfg}:5:17: unsupported registry url 'mysql://x'" in out.stderr
+
+
+def test_check_reports_yaml_syntax_error(tmp_path):
+    """Broken YAML names the line."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen:\n  smtp: [127.0.0.1:2525\n", encoding="utf-8")
+    out = mr("check", "-c", str(cfg))
+    assert out.returncode == 2 and f"{cfg}:3:1: YAML syntax" in out.stderr
+
+
+def test_check_ok_on_example_config():
+    """config.example.yaml is valid as shipped."""
+    out = mr("check", "-c", str(RULES.parent / "config.example.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok: ")
+
+
+def test_explain_json_contract(tmp_path):
+    """explain --json has the documented keys, per recipient too, and says why."""
+    out = mr("explain", "--json", "--rcpt", "invoices@example.com", "--rcpt", "nobody@example.com",
+             str(RULES / "samples" / "invoice-koi8r.eml"), cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    for key in ("subject", "from", "message_id", "defects", "recipients", "attachments",
+                "body_charset", "robot", "charset"):
+        assert key in rep
+    assert set(rep["from"]) == {"name", "addr"}
+    ok, refused = rep["recipients"]
+    for key in ("rcpt", "mailbox", "folder", "owner", "tags", "priority", "reasons", "path", "rules"):
+        assert key in ok
+    assert ok["mailbox"] == "finance" and ok["folder"] == "Finance"
+    assert ok["rules"][0]["name"] == "invoices" and ok["rules"][0]["line"] > 0
+    assert refused["action"] == "reject" and refused["reply"].startswith("550 5.1.1")
+
+
+@pytest.mark.parametrize("junk", [b"", b"\x00\xff\xfe garbage \r\n\r\n\x80",
+                                  b"Subject: =?koi8-r?B?broken?=\r\nContent-Type: multipart/mixed\r\n\r\n--x"],
+                         ids=["empty", "binary", "broken-mime"])
+def test_explain_never_fails_on_broken_mail(tmp_path, junk):
+    """explain prints a decision for any bytes, however broken."""
+    f = tmp_path / "m.eml"
+    f.write_bytes(junk)
+    out = mr("explain", "--json", "--rcpt", "sales@example.com", str(f), cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["recipients"][0]["mailbox"] == "sales"
+
+
+def test_rule_tests_pass_and_a_failing_one_is_reported(tmp_path):
+    """`mailrouter test` passes on the shipped rules; a wrong expectation gives one line and exit 1."""
+    assert mr("test", cwd=RULES.parent).returncode == 0
+    routing = tmp_path / "rules"
+    shutil.copytree(RULES, routing)
+    with open(routing / "zz-broken-test.yaml", "w", encoding="utf-8") as f:
+        f.write("tests:\n  - name: wrong-expectation\n    headers: {Subject: hello}\n"
+                "    rcpt: sales@example.com\n    expect: {mailbox: finance}\n")
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
+                       routing=str(routing / "*.yaml"))
+    out = mr("test", "-c", str(cfg))
+    assert out.returncode == 1
+    lines = [l for l in out.stdout.splitlines() if "wrong-expectation" in l]
+    assert len(lines) == 1 and "expected 'finance'" in lines[0] and "'sales'" in lines[0]
+
+
+def test_db_upgrade_creates_schema(tmp_path):
+    """`mailrouter db upgrade` creates the registry tables in a new SQLite file."""
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
+    out = mr("db", "upgrade", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    tables = {r[0] for r in sqlite3.connect(tmp_path / "var" / "registry.db").execute(
+        "select name from sqlite_master where type='table'")}
+    assert {"messages", "decisions", "deliveries"} <= tables
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_run_on_embedded_default(tmp_path):
+    """`mailrouter run` with no config at all: SMTP on 2525, Maildir and SQLite under ./var."""
+    if not all(_port_free(p) for p in (2525, 2524, 9125)):
+        pytest.skip("ports 2525/2524/9125 are in use on this machine (is a mailrouter running?)")
+    proc = subprocess.Popen([*CLI, "run"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", 2525), 0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                time.sleep(0.1)
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", 2525) as s:
+            s.sendmail("a@outside.test", ["sales@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    assert len(maildir_files(tmp_path / "var" / "mail" / "sales")) == 1
+    assert (tmp_path / "var" / "registry.db").exists()
