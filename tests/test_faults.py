@@ -1,0 +1,329 @@
+"""Real faults against the in-process daemon: no mocks, exact reply codes.
+
+The Maildir on a full or read-only tmpfs, the SQLite registry locked by another
+connection, a PostgreSQL registry stopped and restarted, the Dovecot LMTP
+downstream stopped and restarted, and hostile clients. Each fault must give the
+sending MTA a 4xx (451 4.3.0, or 452 4.3.1 when storage is full), never 250 and
+never 5xx; after the fault is gone the MTA's retry of the same message must get
+250 and leave exactly one copy and one registry row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mailrouter.config import DeliveryConfig, Downstream, RegistryConfig
+from mailrouter.pipeline import message_key
+from tests.support.daemon import maildir_files
+from tests.support.pg import PgCluster, pg_bin
+from tests.support.wire import Wire
+
+pytestmark = pytest.mark.asyncio
+
+SENDER = "client@outside.test"
+
+
+def mail(n: int | str, to: str = "sales@example.com", body: str = "A test.") -> bytes:
+    body = "\r\n".join(body[i:i + 70] for i in range(0, len(body), 70))
+    return (f"From: Client <{SENDER}>\r\nTo: {to}\r\nSubject: fault test {n}\r\n"
+            f"Message-ID: <fault-{n}@outside.test>\r\n\r\n{body}\r\n").encode()
+
+
+def data(raw: bytes) -> bytes:
+    """Dot-stuff and terminate, as a client must."""
+    lines = raw.split(b"\r\n")
+    return b"\r\n".join(b"." + l if l.startswith(b".") else l for l in lines) + b".\r\n"
+
+
+async def send(port: int, raw: bytes, rcpts: list[str] | None = None, lmtp: bool = False) -> list[str]:
+    """One session, one transaction; the reply (or LMTP replies) after DATA."""
+    async with Wire(port) as w:
+        await w.greet("LHLO" if lmtp else "EHLO")
+        return await w.transaction(SENDER, rcpts or ["sales@example.com"], data(raw), lmtp=lmtp)
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}"
+
+
+# -- the Maildir on a small tmpfs ---------------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A 256 KiB tmpfs mounted under tmp_path, unmounted at teardown."""
+    mnt = tmp_path / "store"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write until the filesystem says ENOSPC."""
+    with open(path, "wb", buffering=0) as f:
+        chunk = b"x" * 4096
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            assert exc.errno == 28, exc  # ENOSPC
+
+
+async def test_full_maildir_is_452_then_retry_delivers_once(make_app, tmpfs, tmp_path):
+    """Maildir on a full filesystem: 452 4.3.1, no debris in tmp/; space freed: the retry gets
+    250 and there is exactly one copy and one registry row."""
+    app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs))
+    port = app.bound["smtp"][1]
+    raw = mail("full", body="x" * 2000)
+    await asyncio.to_thread(fill, tmpfs / "filler")
+    replies = await send(port, raw)
+    assert replies == ["452 4.3.1 Insufficient system storage, try again later"]
+    assert maildir_files(tmpfs) == []
+    tmp = tmpfs / "sales" / "tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []      # no partial copy left behind
+    (tmpfs / "filler").unlink()
+    replies = await send(port, raw)                            # the MTA's retry
+    assert replies[0].startswith("250 2.0.0")
+    files = maildir_files(tmpfs)
+    assert len(files) == 1 and files[0].read_bytes().endswith(raw)
+    assert await app.registry.count_messages() == 1
+    row = await app.registry.message(message_key(SENDER, raw))
+    assert row["status"] == "delivered"
+    assert [d["state"] for d in row["deliveries"]] == ["delivered"]
+
+
+async def test_full_maildir_lmtp_is_452_per_recipient(make_app, tmpfs):
+    """Over LMTP each recipient whose mailbox is on the full disk gets its own 452 4.3.1."""
+    app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs))
+    await asyncio.to_thread(fill, tmpfs / "filler")
+    replies = await send(app.bound["lmtp"][1], mail("full-lmtp", body="y" * 2000),
+                         ["sales@example.com", "support@example.com"], lmtp=True)
+    assert [r[:9] for r in replies] == ["452 4.3.1", "452 4.3.1"]
+    assert maildir_files(tmpfs) == []
+
+
+async def test_readonly_maildir_is_451_then_retry_delivers_once(make_app, tmpfs):
+    """Maildir remounted read-only: 451 4.3.0 (not 452, not 5xx); rw again: 250, one copy."""
+    app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs))
+    port = app.bound["smtp"][1]
+    assert (await send(port, mail("before-ro")))[0].startswith("250 2.0.0")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    try:
+        raw = mail("ro")
+        replies = await send(port, raw)
+        assert replies == ["451 4.3.0 Delivery temporarily failed, try again later"]
+        assert len(maildir_files(tmpfs)) == 1
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+    assert (await send(port, raw))[0].startswith("250 2.0.0")
+    files = maildir_files(tmpfs)
+    assert len(files) == 2
+    assert sum(f.read_bytes().endswith(raw) for f in files) == 1
+    assert await app.registry.count_messages() == 2
+
+
+# -- the registry ---------------------------------------------------------------------
+
+async def test_sqlite_locked_is_451_then_retry_finds_first_copy(make_app, tmp_path):
+    """Another connection holds BEGIN EXCLUSIVE: 451 4.3.0 within the registry timeout. After
+    release the retry gets 250; the Maildir copy of the first attempt is found by its name, so
+    there is one copy and one registry row."""
+    app = await make_app(registry=RegistryConfig(sqlite_url(tmp_path), timeout=1.0))
+    port = app.bound["smtp"][1]
+    raw = mail("locked")
+    locker = sqlite3.connect(tmp_path / "var" / "registry.db", isolation_level=None,
+                             check_same_thread=False)
+    try:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        replies = await send(port, raw)
+        assert replies == ["451 4.3.0 Registry temporarily unavailable, try again later"]
+        first = maildir_files(tmp_path / "var" / "mail")
+        await asyncio.to_thread(locker.execute, "ROLLBACK")
+    finally:
+        locker.close()
+    replies = await send(port, raw)
+    assert replies[0].startswith("250 2.0.0")
+    files = maildir_files(tmp_path / "var" / "mail")
+    assert len(files) == 1 and files[0].read_bytes().endswith(raw)
+    assert first in ([], files)          # the first attempt's copy, if made, is the one kept
+    assert await app.registry.count_messages() == 1
+    row = await app.registry.message(message_key(SENDER, raw))
+    assert row["status"] == "delivered" and len(row["deliveries"]) == 1
+
+
+@pytest.fixture
+async def pg_cluster():
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (Debian package postgresql)")
+    cluster = PgCluster(bindir)
+    try:
+        await asyncio.to_thread(cluster.init)
+        await asyncio.to_thread(cluster.start)
+        yield cluster
+    finally:
+        await asyncio.to_thread(cluster.remove)
+
+
+async def test_postgresql_stopped_is_451_then_restarted_delivers(make_app, pg_cluster, tmp_path):
+    """The PostgreSQL registry stops mid-run: 451 4.3.0; back up: the next retry gets 250
+    (stale pooled connections are not handed out), one copy, one row."""
+    app = await make_app(registry=RegistryConfig(pg_cluster.url, timeout=3.0))
+    port = app.bound["smtp"][1]
+    assert (await send(port, mail("pg-before")))[0].startswith("250 2.0.0")
+    await asyncio.to_thread(pg_cluster.stop)
+    raw = mail("pg-down")
+    replies = await send(port, raw)
+    assert replies == ["451 4.3.0 Registry temporarily unavailable, try again later"]
+    await asyncio.to_thread(pg_cluster.start)
+    assert (await send(port, raw))[0].startswith("250 2.0.0")
+    files = maildir_files(tmp_path / "var" / "mail")
+    assert len(files) == 2 and sum(f.read_bytes().endswith(raw) for f in files) == 1
+    assert await app.registry.count_messages() == 2
+    app.request_stop()
+    await app.wait_stopped()             # close the pool before the cluster goes away
+
+
+# -- the LMTP downstream (Dovecot) ------------------------------------------------------
+
+LMTP_ROUTING = """\
+domains: [example.com]
+mailboxes:
+  desk:  {lmtp: desk@example.test}
+  sales: {maildir: sales}
+aliases:
+  desk@example.com:  mailbox:desk
+  sales@example.com: mailbox:sales
+"""
+
+
+async def test_dovecot_stopped_is_451_for_its_recipients(make_app, dovecot, tmp_path):
+    """Dovecot stops mid-run: over LMTP the recipient behind it gets 451 4.3.0 while the
+    Maildir recipient in the same transaction gets 250; Dovecot back: the MTA's retry of the
+    deferred recipient gets 250 and the message is in Dovecot's Maildir, once."""
+    server = dovecot(["desk@example.test"])
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(LMTP_ROUTING)
+    app = await make_app(routing=(str(routing),), delivery=DeliveryConfig(
+        maildir_root=tmp_path / "var" / "mail",
+        lmtp=Downstream("127.0.0.1", server.port, timeout=5.0, pool_size=2)))
+    lmtp, smtp = app.bound["lmtp"][1], app.bound["smtp"][1]
+    inbox = server.maildir("desk@example.test")
+    assert (await send(smtp, mail("dc-before"), ["desk@example.com"]))[0].startswith("250 2.0.0")
+    assert len(maildir_files(inbox)) == 1       # the pool now holds a connection to Dovecot
+
+    await asyncio.to_thread(server.stop)
+    raw = mail("dc-down")
+    replies = await send(lmtp, raw, ["desk@example.com", "sales@example.com"], lmtp=True)
+    assert replies[0].startswith("451 4.3.0"), replies
+    assert replies[1].startswith("250 2.0.0"), replies
+    assert (await send(smtp, mail("dc-down-smtp"), ["desk@example.com"]))[0].startswith("451 4.3.0")
+
+    await asyncio.to_thread(server.start)
+    replies = await send(lmtp, raw, ["desk@example.com"], lmtp=True)   # only the deferred one
+    assert replies == [replies[0]] and replies[0].startswith("250 2.0.0"), replies
+    got = [f.read_bytes() for f in maildir_files(inbox)]     # Dovecot stores LF line ends
+    assert len(got) == 2 and sum(b.endswith(raw.replace(b"\r\n", b"\n")) for b in got) == 1
+    assert len(maildir_files(tmp_path / "var" / "mail" / "sales")) == 1
+    row = await app.registry.message(message_key(SENDER, raw))
+    assert row["status"] == "delivered"
+    assert sorted(d["state"] for d in row["deliveries"]) == ["delivered", "delivered"]
+
+
+# -- hostile sessions ---------------------------------------------------------------------
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_ten_megabytes_without_newline(make_app, tmp_path, caplog):
+    """10 MB of garbage with no line end: memory stays bounded, other clients are served
+    meanwhile, and when the line finally ends the answer is 500 5.5.2; the session survives."""
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    async with Wire(port) as hostile:
+        await hostile.greet()
+        chunk = os.urandom(64 * 1024).replace(b"\n", b"x").replace(b"\r", b"x")
+        for i in range(160):                                   # 10 MiB
+            await hostile.send(chunk)
+            if i == 80:
+                assert (await send(port, mail("during-garbage")))[0].startswith("250 2.0.0")
+        await hostile.send(b"\r\n")
+        assert (await hostile.line()).startswith("500 5.5.2")
+        assert (await hostile.cmd("NOOP")).startswith("250 2.0.0")
+    assert (await send(port, mail("after-garbage")))[0].startswith("250 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+    assert errors(caplog) == []
+
+
+async def test_ten_megabyte_line_inside_data(make_app, tmp_path, caplog):
+    """A 10 MB line inside DATA: read to the end, refused 500 5.5.2, nothing stored."""
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    async with Wire(port) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: long\r\n\r\n")
+        for _ in range(160):
+            await w.send(b"y" * 64 * 1024)
+        await w.send(b"\r\n.\r\n")
+        assert (await w.line()).startswith("500 5.5.2")
+        assert (await w.cmd("NOOP")).startswith("250")
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    assert await app.registry.count_messages() == 0
+    assert errors(caplog) == []
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+async def test_disconnect_mid_data(make_app, tmp_path, caplog, protocol):
+    """A client that vanishes in the middle of DATA: nothing stored or recorded, no error
+    logged, and the next client is served."""
+    app = await make_app()
+    port = app.bound[protocol][1]
+    async with Wire(port) as w:
+        await w.greet("LHLO" if protocol == "lmtp" else "EHLO")
+        assert (await w.cmd(f"MAIL FROM:<{SENDER}>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(mail("cut")[:40])
+    for _ in range(100):                           # let the server see the EOF
+        if not app.sessions:
+            break
+        await asyncio.sleep(0.02)
+    assert not app.sessions
+    raw = mail("after-cut")
+    assert (await send(port, raw, lmtp=protocol == "lmtp"))[0].startswith("250 2.0.0")
+    files = maildir_files(tmp_path / "var" / "mail")
+    assert len(files) == 1 and files[0].read_bytes().endswith(raw)
+    assert await app.registry.count_messages() == 1
+    assert errors(caplog) == []
+
+
+async def test_200_idle_connections_do_not_block_the_201st(make_app, tmp_path):
+    """200 clients connect and say nothing more; the 201st still delivers with 250."""
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    idle = [Wire(port) for _ in range(200)]
+    try:
+        await asyncio.gather(*(w.__aenter__() for w in idle))
+        greetings = await asyncio.gather(*(w.line() for w in idle))
+        assert all(g.startswith("220") for g in greetings)
+        assert (await send(port, mail("201st")))[0].startswith("250 2.0.0")
+        assert (await send(app.bound["lmtp"][1], mail("202nd"), lmtp=True))[0].startswith("250")
+    finally:
+        await asyncio.gather(*(w.__aexit__(None, None, None) for w in idle))
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
