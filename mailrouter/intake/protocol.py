@@ -121,6 +121,15 @@ class Protocol(SMTP):
                 self.busy = False
         return run
 
+    async def _handle_client(self) -> None:
+        # RFC 5321 3.1: a server that is going away greets with 421 instead of 220.
+        if getattr(self.event_handler, "draining", False):
+            if self.transport is not None and not self.transport.is_closing():
+                await self.push(SHUTTING_DOWN)
+                self.transport.close()
+            return
+        await super()._handle_client()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         register = getattr(self.event_handler, "register", None)
@@ -136,7 +145,8 @@ class Protocol(SMTP):
     def close_if_idle(self) -> None:
         """Called when draining: say 421 to a session between transactions."""
         in_txn = bool(self.envelope and self.envelope.mail_from)
-        if not self.busy and not in_txn and self.transport is not None:
+        if (not self.busy and not in_txn and self.transport is not None
+                and not self.transport.is_closing()):
             self._writer.write(SHUTTING_DOWN.encode() + b"\r\n")
             self.transport.close()
 

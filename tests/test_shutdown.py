@@ -1,0 +1,112 @@
+"""SIGTERM on the real `mailrouter run` process: drain, finish what is in flight, exit 0.
+
+After SIGTERM: a transaction in flight finishes with 250 and is in the registry;
+an idle session and a new connection get 421 4.3.2 (a new connection may also
+be refused once the listener is closed) and never a 250; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailrouter.pipeline import message_key
+from tests.support.daemon import maildir_files
+from tests.support.wire import Wire
+
+pytestmark = pytest.mark.asyncio
+
+SENDER = "client@outside.test"
+
+
+def mail(n: str) -> bytes:
+    body = "".join(f"line {i} of the message body\r\n" for i in range(40))
+    return (f"From: Client <{SENDER}>\r\nTo: sales@example.com\r\nSubject: shutdown {n}\r\n"
+            f"Message-ID: <shutdown-{n}@outside.test>\r\n\r\n{body}").encode()
+
+
+def registry_rows(tmp_path: Path) -> dict[str, str]:
+    with sqlite3.connect(tmp_path / "var" / "registry.db") as db:
+        return dict(db.execute("SELECT key, status FROM messages"))
+
+
+async def new_connection_lines(port: int) -> list[str]:
+    """What a client connecting now sees when it tries to start a transaction."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return []
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(15):
+            first = await reader.readline()
+            lines.append(first.decode().rstrip())
+            if first.startswith(b"220"):
+                writer.write(b"EHLO c.test\r\nMAIL FROM:<a@outside.test>\r\n"
+                             b"RCPT TO:<sales@example.com>\r\n")
+            while line := await reader.readline():
+                lines.append(line.decode().rstrip())
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+    return lines
+
+
+async def test_sigterm_drains(daemon_process, tmp_path):
+    d = daemon_process()
+    raw = mail("in-flight")
+    half = len(raw) // 2
+    async with Wire(d.smtp) as busy, Wire(d.smtp) as idle, Wire(d.lmtp) as idle_lmtp:
+        await busy.greet()
+        assert (await busy.cmd(f"MAIL FROM:<{SENDER}>")).startswith("250")
+        assert (await busy.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await busy.cmd("DATA")).startswith("354")
+        await busy.send(raw[:half])
+        await idle.greet()
+        await idle_lmtp.greet("LHLO")
+
+        d.signal(signal.SIGTERM)
+        # Idle sessions are told 421 and closed; this also proves the daemon is draining.
+        assert (await idle.line()).startswith("421 4.3.2")
+        assert await idle.closed()
+        assert (await idle_lmtp.line()).startswith("421 4.3.2")
+        # A new connection never gets to deliver.
+        lines = await new_connection_lines(d.smtp)
+        assert not any(l.startswith("250") for l in lines[1:] if not l.startswith("250-")), lines
+        assert lines == [] or any(l.startswith("421 4.3.2") for l in lines), lines
+        # The transaction in flight finishes with 250, then the session is closed with 421.
+        await busy.send(raw[half:] + b".\r\n")
+        assert (await busy.line()).startswith("250 2.0.0")
+        assert (await busy.line()).startswith("421 4.3.2")
+        assert await busy.closed()
+    assert await asyncio.to_thread(d.wait, 30) == 0
+    assert registry_rows(tmp_path) == {message_key(SENDER, raw): "delivered"}
+    files = maildir_files(tmp_path / "var" / "mail")
+    assert len(files) == 1 and files[0].read_bytes().endswith(raw)
+
+
+async def test_new_connection_during_drain_is_greeted_421(daemon_process, tmp_path):
+    """While a transaction keeps the daemon draining, a new client's first line is
+    421 4.3.2 (RFC 5321 3.1), not a 220 that invites it to start a transaction."""
+    d = daemon_process()
+    async with Wire(d.smtp) as busy:
+        await busy.greet()
+        assert (await busy.cmd(f"MAIL FROM:<{SENDER}>")).startswith("250")
+        assert (await busy.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await busy.cmd("DATA")).startswith("354")
+        async with Wire(d.smtp) as probe:
+            await probe.greet()
+            d.signal(signal.SIGTERM)
+            assert (await probe.line()).startswith("421 4.3.2")
+        lines = await new_connection_lines(d.smtp)
+        assert lines[:1] == ["421 4.3.2 Service shutting down, try again later"], lines
+        await busy.send(mail("x") + b".\r\n")
+        assert (await busy.line()).startswith("250 2.0.0")
+    assert await asyncio.to_thread(d.wait, 30) == 0
+    assert list(registry_rows(tmp_path).values()) == ["delivered"]
+
