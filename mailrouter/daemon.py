@@ -110,7 +110,8 @@ class App:
             proto.close_if_idle()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_grace
-        while (self.in_flight or any(p.busy for p in self.sessions)) and loop.time() < deadline:
+        while (self.in_flight or any(p.busy or p.in_transaction for p in self.sessions)) \
+                and loop.time() < deadline:
             await asyncio.sleep(0.05)
             for proto in list(self.sessions):
                 proto.close_if_idle()

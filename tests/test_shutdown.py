@@ -110,3 +110,23 @@ async def test_new_connection_during_drain_is_greeted_421(daemon_process, tmp_pa
     assert await asyncio.to_thread(d.wait, 30) == 0
     assert list(registry_rows(tmp_path).values()) == ["delivered"]
 
+
+@pytest.mark.parametrize("sender", [SENDER, ""], ids=["sender", "null-sender"])
+async def test_transaction_between_commands_finishes(daemon_process, tmp_path, sender):
+    """A client that has sent MAIL but not yet RCPT and DATA when SIGTERM arrives is in a
+    transaction too (a bounce, MAIL FROM:<>, as well): it may finish it within shutdown_grace
+    and gets 250."""
+    d = daemon_process()
+    raw = mail("between")
+    async with Wire(d.smtp) as busy, Wire(d.smtp) as idle:
+        await busy.greet()
+        await idle.greet()
+        assert (await busy.cmd(f"MAIL FROM:<{sender}>")).startswith("250")
+        d.signal(signal.SIGTERM)
+        assert (await idle.line()).startswith("421 4.3.2")    # the daemon is draining now
+        assert (await busy.cmd("RCPT TO:<sales@example.com>")).startswith("250 2.1.5")
+        assert (await busy.cmd("DATA")).startswith("354")
+        await busy.send(raw + b".\r\n")
+        assert (await busy.line()).startswith("250 2.0.0")
+    assert await asyncio.to_thread(d.wait, 30) == 0
+    assert list(registry_rows(tmp_path).values()) == ["delivered"]

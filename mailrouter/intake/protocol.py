@@ -108,8 +108,8 @@ class Protocol(SMTP):
 
     def _guarded(self, name: str, method: Any) -> Any:
         async def run(arg: Any) -> None:
-            in_txn = bool(self.envelope and self.envelope.mail_from)
-            if getattr(self.event_handler, "draining", False) and not in_txn and name != "QUIT":
+            if (getattr(self.event_handler, "draining", False) and not self.in_transaction
+                    and name != "QUIT"):
                 await self.push(SHUTTING_DOWN)
                 if self.transport is not None:
                     self.transport.close()
@@ -142,10 +142,14 @@ class Protocol(SMTP):
             unregister(self)
         super().connection_lost(error)
 
+    @property
+    def in_transaction(self) -> bool:
+        """MAIL was accepted and the transaction is not over (MAIL FROM:<> included)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
     def close_if_idle(self) -> None:
         """Called when draining: say 421 to a session between transactions."""
-        in_txn = bool(self.envelope and self.envelope.mail_from)
-        if (not self.busy and not in_txn and self.transport is not None
+        if (not self.busy and not self.in_transaction and self.transport is not None
                 and not self.transport.is_closing()):
             self._writer.write(SHUTTING_DOWN.encode() + b"\r\n")
             self.transport.close()
