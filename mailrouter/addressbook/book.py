@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import ConfigErrors
+from ..errors import Reply
 from ..routing.decision import REPLY_UNKNOWN, Target
 from ..yamlsrc import load
 from .canon import canonical_domain, detail_split
@@ -121,7 +121,7 @@ class AddressBook:
         moved = self.moved.get(key)
         reply = None
         if moved is not None and not moved.deliver:
-            reply = REPLY_MOVED.__class__(REPLY_MOVED.code, REPLY_MOVED.status,
+            reply = Reply(REPLY_MOVED.code, REPLY_MOVED.status,
                                           f"Recipient has moved; please try <{moved.now}>")
         return Resolution(address, canon, detail, self._expansions[key], moved, reply,
                           self._by_address.get(key))

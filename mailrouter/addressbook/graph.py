@@ -11,15 +11,13 @@ Expansions are then computed sinks-first, so each node is expanded once and
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..routing.decision import Target
 from .canon import canonical
-from .errs import Collector, at_line, did_you_mean
-from .model import Limits
+from .errs import Collector, did_you_mean
 from .parse import Parts, define, entries
 
 __all__ = ["Edge", "parse_target", "parse_aliases", "add_moved", "check_dangling"]
