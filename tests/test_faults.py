@@ -56,11 +56,13 @@ def sqlite_url(tmp_path: Path) -> str:
 # -- the Maildir on a small tmpfs ---------------------------------------------------
 
 @pytest.fixture
-def tmpfs(tmp_path: Path):
-    """A 256 KiB tmpfs mounted under tmp_path, unmounted at teardown."""
+def tmpfs(tmp_path: Path, request: pytest.FixtureRequest):
+    """A small tmpfs (256 KiB, or @pytest.mark.parametrize('tmpfs', [SIZE], indirect=True))
+    mounted under tmp_path, unmounted at teardown."""
+    size = getattr(request, "param", "256k")
     mnt = tmp_path / "store"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mnt)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)],
                          capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
@@ -327,3 +329,27 @@ async def test_200_idle_connections_do_not_block_the_201st(make_app, tmp_path):
     finally:
         await asyncio.gather(*(w.__aexit__(None, None, None) for w in idle))
     assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+
+
+@pytest.mark.parametrize("tmpfs", ["2m"], indirect=True)
+async def test_registry_on_full_filesystem_is_4xx_then_retry_delivers_once(make_app, tmpfs,
+                                                                            tmp_path):
+    """The SQLite registry's own filesystem fills up: 4xx (never 250 without a record, never
+    5xx); space freed: the retry gets 250, one copy, one row."""
+    app = await make_app(registry=RegistryConfig(f"sqlite+aiosqlite:///{tmpfs / 'registry.db'}",
+                                                 timeout=3.0))
+    port = app.bound["smtp"][1]
+    await asyncio.to_thread(fill, tmpfs / "filler")
+    raws = [mail(f"reg-full-{i}", body="z" * 300) for i in range(5)]
+    replies = [(await send(port, raw))[0] for raw in raws]
+    # SQLite may still fit a few records into pages it already owns; the first one that
+    # needs a new page must be refused with a 4xx, and nothing may be a 5xx.
+    assert all(r.startswith(("250 2.0.0", "451 4.3.0", "452 4.3.1")) for r in replies), replies
+    assert any(r.startswith("4") for r in replies), replies
+    (tmpfs / "filler").unlink()
+    for raw in raws:
+        assert (await send(port, raw))[0].startswith("250 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == len(raws)
+    assert await app.registry.count_messages() == len(raws)
+    for raw in raws:
+        assert (await app.registry.message(message_key(SENDER, raw)))["status"] == "delivered"
