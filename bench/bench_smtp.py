@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""SMTP throughput of the whole daemon next to smtp-sink (the limit), in one run.
+
+    .venv/bin/python bench/bench_smtp.py                       # 1, 10, 50 conns, 2000 msgs each
+    .venv/bin/python bench/bench_smtp.py -n 5000 -c 10 --postfix
+
+For each connection count: Postfix's `smtp-source` sends N messages of 4 KB,
+one new session per message (`-s C -m N -l 4096`, no -d), to
+  1. `smtp-sink` (the limit: accepts and discards), then
+  2. mailrouter (`mailrouter run -c` in a subprocess, temp config: SQLite
+     registry + Maildir under a temp dir, the repo's rules, rcpt sales@example.com)
+  3. optionally (--postfix) a private Postfix relaying to smtp-sink, DESIGN.md's peer.
+It prints msg/s, the ratio to smtp-sink, CPU seconds per message of the server
+process (utime+stime from /proc/PID/stat, children included for Postfix: all
+its processes), peak RSS (VmHWM), and p50/p99 latency of a probe client that
+sends one message at a time (new session each) while the load runs.
+Absolute figures on a shared box are noise; the ratio is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TICK = os.sysconf("SC_CLK_TCK")
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])     # utime, stime (fields 14, 15)
+    return total / TICK
+
+
+def hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            kids = []
+        out += map(int, kids)
+        todo += map(int, kids)
+    return out
+
+
+class Probe(threading.Thread):
+    """One message at a time, new session each, until stopped; records end-to-end latency."""
+
+    def __init__(self, port: int, rcpt: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.rcpt, self.lat, self.errors = port, rcpt, [], 0
+        self.stop = threading.Event()
+        self.body = (b"From: probe@bench.test\r\nSubject: probe\r\n\r\n" + b"x" * 76 + b"\r\n") * 1
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as s:
+                    s.sendmail("probe@bench.test", [self.rcpt],
+                               self.body + f"n={i} t={time.time_ns()}\r\n".encode())
+                self.lat.append(time.perf_counter() - t0)
+            except (OSError, smtplib.SMTPException):
+                self.errors += 1
+            self.stop.wait(0.02)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def blast(port: int, conns: int, msgs: int, size: int, rcpt: str, pids: list[int],
+          main_pid: int) -> dict:
+    probe = Probe(port, rcpt)
+    cpu0 = cpu_seconds(pids)
+    probe.start()
+    t0 = time.perf_counter()
+    done = subprocess.run([SMTP_SOURCE, "-s", str(conns), "-m", str(msgs), "-l", str(size),
+                           "-f", "bench@source.test", "-t", rcpt, "-M", "source.test",
+                           f"127.0.0.1:{port}"], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    probe.stop.set()
+    probe.join()
+    cpu = cpu_seconds(pids) - cpu0
+    return {"rate": msgs / wall, "wall": wall, "cpu_per_msg": cpu / (msgs + len(probe.lat)),
+            "hwm_mb": hwm_kb(main_pid) / 1024, "p50": pct(probe.lat, .5) * 1e3,
+            "p99": pct(probe.lat, .99) * 1e3, "probes": len(probe.lat),
+            "errors": probe.errors, "rc": done.returncode, "stderr": done.stderr.strip()[-300:]}
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    # -c: count, -u: run as nobody when root; backlog 1024
+    p = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, p)
+    return p
+
+
+def start_mailrouter(tmp: Path, py: str, profile: str | None) -> tuple[subprocess.Popen, int]:
+    smtp, lmtp, admin = free_port(), free_port(), free_port()
+    cfg = tmp / "config.yaml"
+    cfg.write_text(
+        f"hostname: mx.bench\n"
+        f"listen: {{smtp: '127.0.0.1:{smtp}', lmtp: '127.0.0.1:{lmtp}', admin: '127.0.0.1:{admin}'}}\n"
+        f"routing: ['{REPO / 'rules' / '*.yaml'}']\n"
+        f"registry: {{url: 'sqlite+aiosqlite:///{tmp / 'var' / 'registry.db'}'}}\n"
+        f"delivery: {{maildir_root: '{tmp / 'var' / 'mail'}'}}\n"
+        f"limits: {{max_message_size: 10485760}}\n"
+        f"log_level: WARNING\n")
+    cmd = [py, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
+    if profile:
+        cmd = [py, "-m", "cProfile", "-o", profile, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
+    log = open(tmp / "daemon.log", "ab")
+    p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    wait_port(smtp, p, 60)
+    return p, smtp
+
+
+def start_postfix(tmp: Path, relay_port: int) -> tuple[subprocess.Popen, int, Path]:
+    sys.path.insert(0, str(REPO))
+    from tests.support.postfix import PostfixServer   # same private Postfix as the tests
+    root = Path(tempfile.mkdtemp(prefix="pfx.bench."))
+    root.chmod(0o755)
+    srv = PostfixServer(root, relay_port, lmtp=False)
+    srv.start()
+    srv.postconf("default_process_limit = 200", "smtpd_client_connection_count_limit = 0",
+                 "smtpd_client_connection_rate_limit = 0", "smtp_connection_cache_on_demand = yes")
+    srv.reload()
+    time.sleep(1)
+    wait_port(srv.port, None)
+    return srv, srv.port, root
+
+
+def row(name: str, r: dict, limit: float | None) -> str:
+    ratio = f"{r['rate'] / limit:6.3f}" if limit else "     -"
+    return (f"  {name:<11} {r['rate']:9.0f} {ratio} {r['cpu_per_msg'] * 1e3:9.3f} "
+            f"{r['hwm_mb']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {r['probes']:6d}"
+            + (f"  probe_errors={r['errors']}" if r["errors"] else "")
+            + (f"  smtp-source rc={r['rc']}: {r['stderr']}" if r["rc"] else ""))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--messages", type=int, default=2000, help="messages per level (2000)")
+    ap.add_argument("-c", "--conns", type=int, nargs="+", default=[1, 10, 50],
+                    help="connection counts (1 10 50)")
+    ap.add_argument("-l", "--size", type=int, default=4096, help="message size in bytes (4096)")
+    ap.add_argument("--rcpt", default="sales@example.com")
+    ap.add_argument("--postfix", action="store_true", help="also a private Postfix relaying to smtp-sink")
+    ap.add_argument("--python", default=sys.executable, help="interpreter that runs mailrouter")
+    ap.add_argument("--profile", metavar="FILE", help="run mailrouter under cProfile, write FILE")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    a = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mrbench."))
+    sink_port = free_port()
+    sink = start_sink(sink_port)
+    mr, mr_port = start_mailrouter(tmp, a.python, a.profile)
+    pf = None
+    if a.postfix:
+        pf, pf_port, pf_root = start_postfix(tmp, sink_port)
+    print(f"# {os.cpu_count()} CPUs, {a.messages} msgs of {a.size} B per level, new session per "
+          f"message; smtp-source -s C -m {a.messages} -l {a.size}")
+    print(f"  {'server':<11} {'msg/s':>9} {'ratio':>6} {'cpu ms/msg':>9} {'RSS MB':>8} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'probes':>6}")
+    try:
+        for conns in a.conns:
+            print(f"conns={conns}")
+            lim = blast(sink_port, conns, a.messages, a.size, a.rcpt, [sink.pid], sink.pid)
+            print(row("smtp-sink", lim, None), flush=True)
+            r = blast(mr_port, conns, a.messages, a.size, a.rcpt, [mr.pid], mr.pid)
+            print(row("mailrouter", r, lim["rate"]), flush=True)
+            if pf is not None:
+                pids = descendants(pf.proc.pid)
+                r = blast(pf_port, conns, a.messages, a.size, a.rcpt, pids, pf.proc.pid)
+                print(row("postfix", r, lim["rate"]), flush=True)
+        files = sum(1 for _ in (tmp / "var" / "mail").rglob("new/*"))
+        print(f"# mailrouter Maildir files: {files}")
+    finally:
+        mr.send_signal(signal.SIGTERM)
+        try:
+            mr.wait(60)
+        except subprocess.TimeoutExpired:
+            mr.kill()
+        sink.terminate()
+        sink.wait()
+        if pf is not None:
+            pf.stop()
+            shutil.rmtree(pf_root, ignore_errors=True)
+        if a.keep:
+            print(f"# kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
