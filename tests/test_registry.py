@@ -81,7 +81,7 @@ async def test_record_and_read_back(registry: Registry) -> None:
 async def test_group_commit_batches_concurrent_records(registry: Registry) -> None:
     """200 concurrent record() calls share a handful of transactions, and all are stored."""
     commits: list[object] = []
-    event.listen(registry.engine.sync_engine, "commit", lambda conn: commits.append(conn))
+    event.listen(registry.commit_engine, "commit", lambda conn: commits.append(conn))
     await asyncio.gather(*(registry.record(message(f"{n:064x}"), [decision()], [delivery()])
                            for n in range(200)))
     assert await registry.count_messages() == 200

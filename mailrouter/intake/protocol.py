@@ -193,9 +193,13 @@ class Protocol(SMTP):
         """Read to CRLF.CRLF; return (refusal or None, un-dot-stuffed content)."""
         chunks: list[bytes] = []
         size, limit, problem = 0, self.data_size_limit, None
-        reader = self._reader
+        reader, loop = self._reader, self.loop
+        armed = loop.time()
+        self._reset_timeout(self.data_timeout)
         while True:
-            self._reset_timeout(self.data_timeout)
+            if loop.time() - armed > 1.0:   # re-arm the idle timer at most once a second
+                armed = loop.time()
+                self._reset_timeout(self.data_timeout)
             try:
                 line = await reader.readuntil(b"\r\n")
             except asyncio.LimitOverrunError as exc:

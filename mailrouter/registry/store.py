@@ -34,7 +34,9 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, func, select
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -75,17 +77,34 @@ def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEn
             url, pool_pre_ping=True,
             connect_args={"timeout": timeout, "command_timeout": timeout})
     engine = create_async_engine(url)
+    _sqlite_pragmas(engine.sync_engine, timeout, synchronous)
+    return engine
+
+
+def _make_sync_engine(url: URL, timeout: float, synchronous: str) -> Engine | None:
+    """SQLite only: the blocking driver, driven from worker threads.
+
+    aiosqlite hops to its thread and back for every cursor call (a dozen per
+    batch), each hop waiting its turn on a busy event loop; a whole batch or
+    read as one call in a worker thread costs one hop. PostgreSQL keeps asyncpg.
+    """
+    if url.get_backend_name() != "sqlite":
+        return None
+    engine = create_engine(url.set(drivername="sqlite"), pool_size=8, max_overflow=8)
+    _sqlite_pragmas(engine, timeout, synchronous)
+    return engine
+
+
+def _sqlite_pragmas(engine: Engine, timeout: float, synchronous: str) -> None:
     busy_ms = max(1, int(timeout * 500))  # half the deadline: SQLite answers first
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         for pragma in (f"busy_timeout={busy_ms}", "journal_mode=WAL",
                        f"synchronous={synchronous}", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
-
-    return engine
 
 
 @dataclass(slots=True)
@@ -152,8 +171,12 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
 class Registry:
     """The message registry on one engine; create with ``await Registry.open(url)``."""
 
-    def __init__(self, engine: AsyncEngine, *, batch_max: int, timeout: float) -> None:
+    def __init__(self, engine: AsyncEngine, *, batch_max: int, timeout: float,
+                 sync_engine: Engine | None = None) -> None:
         self._engine = engine
+        self._sync = sync_engine
+        self._wexec = ThreadPoolExecutor(1, "registry-write") if sync_engine else None
+        self._rexec = ThreadPoolExecutor(4, "registry-read") if sync_engine else None
         self._dialect = engine.dialect.name
         self._batch_max = max(1, batch_max)
         self._timeout = timeout
@@ -173,9 +196,10 @@ class Registry:
         except Exception as exc:
             raise _failure("open", exc) from None
         engine = _make_engine(parsed, timeout, synchronous)
-        registry = cls(engine, batch_max=batch_max, timeout=timeout)
+        registry = cls(engine, batch_max=batch_max, timeout=timeout,
+                       sync_engine=_make_sync_engine(parsed, timeout, synchronous))
         try:
-            await registry._read("open", lambda conn: conn.execute(select(1)))
+            await registry._read("open", lambda conn: conn.execute(select(1)).all())
         except RegistryError:
             await registry.close()
             raise
@@ -185,6 +209,26 @@ class Registry:
     def engine(self) -> AsyncEngine:
         """The engine, for event listeners in tests and metrics; do not write through it."""
         return self._engine
+
+    @property
+    def commit_engine(self) -> Engine:
+        """The (sync) engine whose connections commit the group batches."""
+        return self._sync or self._engine.sync_engine
+
+    async def _run(self, fn: Callable[[Connection], T], write: bool) -> T:
+        """Run `fn(connection)` in a transaction (write) or a plain connection (read)."""
+        async with asyncio.timeout(self._timeout):
+            if self._sync is not None:
+                pool = self._wexec if write else self._rexec
+                return await asyncio.get_running_loop().run_in_executor(
+                    pool, self._run_sync, fn, write)
+            async with (self._engine.begin() if write else self._engine.connect()) as conn:
+                return await conn.run_sync(fn)
+
+    def _run_sync(self, fn: Callable[[Connection], T], write: bool) -> T:
+        assert self._sync is not None
+        with (self._sync.begin() if write else self._sync.connect()) as conn:
+            return fn(conn)
 
     # Writes
 
@@ -213,8 +257,7 @@ class Registry:
 
     async def _write_one(self, what: str, stmt: Any) -> None:
         try:
-            async with asyncio.timeout(self._timeout), self._engine.begin() as conn:
-                await conn.execute(stmt)
+            await self._run(lambda conn: conn.execute(stmt), write=True)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
@@ -224,18 +267,18 @@ class Registry:
         """Targets that already have message ``key`` (skip them on a retry)."""
         query = select(deliveries.c.target).where(
             deliveries.c.message_key == key, deliveries.c.state == "delivered")
-        rows = await self._read("delivered_targets", lambda conn: conn.execute(query))
-        return {r.target for r in rows}
+        return await self._read("delivered_targets",
+                                lambda conn: {r.target for r in conn.execute(query)})
 
     async def message(self, key: str) -> dict[str, Any] | None:
         """The message row with lists of its decisions and deliveries, or None."""
-        async def fetch(conn: AsyncConnection) -> dict[str, Any] | None:
-            row = (await conn.execute(select(messages).where(messages.c.key == key))).first()
+        def fetch(conn: Connection) -> dict[str, Any] | None:
+            row = conn.execute(select(messages).where(messages.c.key == key)).first()
             if row is None:
                 return None
             found = dict(row._mapping)
             for name, table in (("decisions", decisions), ("deliveries", deliveries)):
-                result = await conn.execute(
+                result = conn.execute(
                     select(table).where(table.c.message_key == key).order_by(table.c.id))
                 found[name] = [dict(r._mapping) for r in result]
             return found
@@ -244,13 +287,12 @@ class Registry:
     async def count_messages(self) -> int:
         """How many messages the registry holds."""
         query = select(func.count()).select_from(messages)
-        result = await self._read("count_messages", lambda conn: conn.execute(query))
-        return int(result.scalar_one())
+        return await self._read("count_messages",
+                                lambda conn: int(conn.execute(query).scalar_one()))
 
-    async def _read(self, what: str, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def _read(self, what: str, fn: Callable[[Connection], T]) -> T:
         try:
-            async with asyncio.timeout(self._timeout), self._engine.connect() as conn:
-                return await fn(conn)
+            return await self._run(fn, write=False)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
@@ -301,15 +343,17 @@ class Registry:
                 _settle([item], None)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
-        now = _now()
-        async with asyncio.timeout(self._timeout), self._engine.begin() as conn:
-            for round_ in _rounds(batch):
-                msgs, decs, dels = zip(*(p.rows(now) for p in round_))
-                await conn.execute(message_upsert(self._dialect), list(msgs))
-                for stmt, params in ((decision_upsert(self._dialect), _flat(decs)),
-                                     (delivery_upsert(self._dialect), _flat(dels))):
+        now, dialect = _now(), self._dialect
+        rounds = [tuple(zip(*(p.rows(now) for p in round_))) for round_ in _rounds(batch)]
+
+        def write(conn: Connection) -> None:
+            for msgs, decs, dels in rounds:
+                conn.execute(message_upsert(dialect), list(msgs))
+                for stmt, params in ((decision_upsert(dialect), _flat(decs)),
+                                     (delivery_upsert(dialect), _flat(dels))):
                     if params:
-                        await conn.execute(stmt, params)
+                        conn.execute(stmt, params)
+        await self._run(write, write=True)
 
     async def close(self) -> None:
         """Commit whatever is pending, stop the writer and release the connections."""
@@ -323,6 +367,11 @@ class Registry:
             try:
                 async with asyncio.timeout(self._timeout):
                     await self._engine.dispose()
+                    if self._sync is not None:
+                        await asyncio.to_thread(self._sync.dispose)
+                for pool in (self._wexec, self._rexec):
+                    if pool is not None:
+                        pool.shutdown(wait=False)
             except TimeoutError:
                 log.warning("event=registry_error op=close error='dispose timed out'")
 
