@@ -79,6 +79,7 @@ class Pipeline:
             log.error("event=registry_unavailable qid=%s error=%r", qid, str(exc))
             metrics.MESSAGES.labels("deferred").inc()
             return [exc.reply] * len(txn.rcpts)
+        await self._record_loops(decisions, key, qid)
         results = await self._deliver(txn, snap, decisions, key, done, qid)
         replies = [self._reply(d, results) for d in decisions]
         try:
@@ -95,6 +96,20 @@ class Pipeline:
                      qid, txn.mail_from, d.rcpt, d.mailbox, d.folder, d.action.value, str(r))
         metrics.observe_message(replies, time.perf_counter() - started)
         return replies
+
+    async def _record_loops(self, decisions: list[Decision], key: str, qid: str) -> None:
+        """Count run-time loop detections in the registry, with their evidence."""
+        for d in decisions:
+            evidence = next((r[len("loop: "):] for r in d.reasons if r.startswith("loop: ")), None)
+            if evidence is None:
+                continue
+            metrics.RCPT_REFUSED.labels("loop").inc()
+            log.warning("event=loop qid=%s rcpt=%s reply=%r evidence=%r", qid, d.rcpt,
+                        str(d.reply), evidence)
+            try:
+                await self.registry.record_loop(key, d.rcpt, evidence)
+            except RegistryError as exc:   # the reply is already a refusal; keep going
+                log.error("event=loop_not_recorded qid=%s error=%r", qid, str(exc))
 
     async def _deliver(self, txn: Transaction, snap: Snapshot, decisions: list[Decision],
                        key: str, done: set[str], qid: str) -> dict[str, Reply]:

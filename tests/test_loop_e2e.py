@@ -1,0 +1,55 @@
+"""A mail loop through a second real mailrouter instance is stopped, not delivered endlessly."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from mailrouter.config import DeliveryConfig, Downstream, RegistryConfig
+from tests.support.daemon import free_port, maildir_files
+from tests.support.wire import Wire
+
+BOOK = """
+domains: [{domain}]
+mailboxes:
+  fwd: {{smtp: {target}}}
+  local: {{maildir: local}}
+aliases:
+  loop@{domain}: mailbox:fwd
+  ok@{domain}: mailbox:local
+"""
+
+
+def instance(tmp_path: Path, name: str, domain: str, target: str, peer_port: int, port: int) -> dict:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "book.yaml").write_text(BOOK.format(domain=domain, target=target), encoding="utf-8")
+    from mailrouter.config import Listener
+    return dict(
+        hostname=f"{name}.test", routing=(str(d / "book.yaml"),),
+        smtp=Listener("127.0.0.1", port), lmtp=None, admin=None,
+        registry=RegistryConfig(f"sqlite+aiosqlite:///{d / 'registry.db'}"),
+        delivery=DeliveryConfig(d / "mail", smtp=Downstream("127.0.0.1", peer_port, timeout=20)))
+
+
+async def test_loop_between_two_instances_is_refused_with_554(make_app, tmp_path):
+    """A forwards loop@a to B, B forwards it back to A: A sees its own trace and answers
+    554 5.4.6; the refusal travels back, nothing is stored, the loop is in A's registry."""
+    pa, pb = free_port(), free_port()
+    a = await make_app(**instance(tmp_path, "a", "a.example", "loop@b.example", pb, pa))
+    await make_app(**instance(tmp_path, "b", "b.example", "loop@a.example", pa, pb))
+    async with Wire(pa) as w:
+        await w.greet()
+        reply = await w.transaction("sender@outside.test", ["loop@a.example"],
+                                    b"Subject: round and round\r\n\r\nhello\r\n.\r\n")
+    assert reply[0].startswith("554 5.4.6")
+    assert maildir_files(tmp_path / "a" / "mail") == [] and maildir_files(tmp_path / "b" / "mail") == []
+    loops = sqlite3.connect(tmp_path / "a" / "registry.db").execute(
+        "select rcpt, evidence from loops").fetchall()
+    assert len(loops) == 1 and loops[0][0] == "loop@a.example" and "a.test" in loops[0][1]
+    # the pair still delivers ordinary mail
+    async with Wire(pa) as w:
+        await w.greet()
+        reply = await w.transaction("sender@outside.test", ["ok@a.example"],
+                                    b"Subject: fine\r\n\r\nhello\r\n.\r\n")
+    assert reply[0].startswith("250") and len(maildir_files(tmp_path / "a" / "mail")) == 1
