@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from pathlib import Path
 
 import aiosmtplib
 import pytest
 
-from mailrouter.daemon import App
 from tests.support.daemon import maildir_files
 from tests.support.wire import Wire
 

@@ -36,7 +36,7 @@ async def test_loop_between_two_instances_is_refused_with_554(make_app, tmp_path
     """A forwards loop@a to B, B forwards it back to A: A sees its own trace and answers
     554 5.4.6; the refusal travels back, nothing is stored, the loop is in A's registry."""
     pa, pb = free_port(), free_port()
-    a = await make_app(**instance(tmp_path, "a", "a.example", "loop@b.example", pb, pa))
+    await make_app(**instance(tmp_path, "a", "a.example", "loop@b.example", pb, pa))
     await make_app(**instance(tmp_path, "b", "b.example", "loop@a.example", pa, pb))
     async with Wire(pa) as w:
         await w.greet()

@@ -11,7 +11,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from tests.support.daemon import RULES, maildir_files
 from tests.support.wire import Wire

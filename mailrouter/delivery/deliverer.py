@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..addresses import Mailbox
 from ..config import DeliveryConfig, Downstream as DownstreamConfig
 from ..errors import DeliveryError, Reply
 from ..loops import trace_headers
@@ -63,7 +64,7 @@ class Deliverer:
         return (f"Received: from {helo} ({peer})\r\n\tby {self.hostname} (mailrouter) with {proto}"
                 f" id {qid}\r\n\tfor <{rcpt}>; {now}\r\n").encode("utf-8", "surrogateescape")
 
-    async def deliver(self, copies: Sequence[Copy], mailboxes: Mapping[str, object], raw: bytes,
+    async def deliver(self, copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox], raw: bytes,
                       mail_from: str, key: str, received: Mapping[str, bytes],
                       smtputf8: bool = False) -> dict[str, Reply]:
         """Make every copy; return Reply per target key."""
@@ -82,9 +83,9 @@ class Deliverer:
         results = await asyncio.gather(*(one(c) for c in copies))
         return dict(results)
 
-    async def _deliver_one(self, target: Target, mailbox: object, data: bytes, mail_from: str,
+    async def _deliver_one(self, target: Target, mailbox: Mailbox, data: bytes, mail_from: str,
                            key: str, smtputf8: bool) -> Reply:
-        kind, where = getattr(mailbox, "kind"), getattr(mailbox, "where")
+        kind, where = mailbox.kind, mailbox.where
         if kind == "maildir":
             root = Path(where) if Path(where).is_absolute() else self.cfg.maildir_root / where
             md = self._maildirs.get(root)

@@ -8,7 +8,6 @@ in a subprocess (for SIGTERM/SIGKILL tests) on ports picked free.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import signal
