@@ -77,7 +77,7 @@ async def test_sigterm_drains(daemon_process, tmp_path):
         assert (await idle_lmtp.line()).startswith("421 4.3.2")
         # A new connection never gets to deliver.
         lines = await new_connection_lines(d.smtp)
-        assert not any(l.startswith("250") for l in lines[1:] if not l.startswith("250-")), lines
+        assert not any(l.startswith("250") for l in lines), lines
         assert lines == [] or any(l.startswith("421 4.3.2") for l in lines), lines
         # The transaction in flight finishes with 250, then the session is closed with 421.
         await busy.send(raw[half:] + b".\r\n")
