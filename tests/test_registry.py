@@ -290,3 +290,16 @@ async def test_postgresql_down_raises_then_recovers(private_pg: PgCluster) -> No
         assert await reg.count_messages() == 2
     finally:
         await reg.close()
+
+
+async def test_hostile_lengths_are_recorded(registry: Registry) -> None:
+    """Values a sender controls (From address, recipient, subject) and long SLA texts fit on
+    both databases: a poison message must not be refused by the registry forever (451 loop)."""
+    long_addr = "x" * 2000 + "@example.org"
+    sla = "first_response=4h calendar=msk first_response_due=2027-01-11T14:00:00+03:00 resolve=2d"
+    await registry.record(message(from_addr=long_addr, subject="S" * 10000, mail_from=long_addr),
+                          [decision("r" * 480 + "@example.com", sla=sla, priority="urgent" * 20)],
+                          [delivery()])
+    row = await registry.message("a" * 64)
+    assert row is not None and row["from_addr"] == long_addr
+    assert row["decisions"][0]["sla"] == sla
