@@ -131,6 +131,26 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    from .registry import Registry
+    cfg = _config(args.config)
+
+    async def show() -> list[dict[str, Any]]:
+        reg = await Registry.open(cfg.registry.url)
+        try:
+            return await reg.recent(args.n)
+        finally:
+            await reg.close()
+    for m in asyncio.run(show()):
+        print(f"{m['received_at']:%Y-%m-%d %H:%M:%S} {m['status']:9} {m['from_addr'] or m['mail_from']}"
+              f"  {m['subject']!r}  {m['message_id'] or ''}")
+        for d in m["decisions"]:
+            where = (d["mailbox"] or "-") + (f"/{d['folder']}" if d["folder"] else "")
+            extra = "".join(f" {k}={d[k]}" for k in ("owner", "priority") if d[k])
+            print(f"    {d['rcpt']} -> {where}{extra}  [{d['reply']}]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter",
@@ -156,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--at", metavar="TIME", help="evaluate time conditions at this ISO time")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     add("reload", cmd_reload, "ask the running daemon to reload its routing files")
+    reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")
+    reg.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10)")
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
     return p

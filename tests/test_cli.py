@@ -22,7 +22,7 @@ def mr(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.C
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["check"], ["test"], ["explain"], ["reload"], ["db"]])
+@pytest.mark.parametrize("cmd", [[], ["run"], ["check"], ["test"], ["explain"], ["reload"], ["db"], ["registry"]])
 def test_help_on_every_command(cmd):
     """`--help` works on the program and on every command, and says what the command does."""
     out = mr(*cmd, "--help")
@@ -145,3 +145,16 @@ def test_run_on_embedded_default(tmp_path):
         assert proc.wait(30) == 0
     assert len(maildir_files(tmp_path / "var" / "mail" / "sales")) == 1
     assert (tmp_path / "var" / "registry.db").exists()
+
+
+def test_registry_command_lists_recorded_decisions(daemon_process, tmp_path):
+    """After a delivery, `mailrouter registry` shows the message and where it went."""
+    import smtplib
+    proc = daemon_process()
+    with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
+        s.sendmail("a@outside.test", ["invoices@example.com"],
+                   "Subject: Счёт №7\r\n\r\nhello\r\n".encode())
+    out = mr("registry", "-c", str(proc.config))
+    assert out.returncode == 0, out.stderr
+    assert "'Счёт №7'" in out.stdout
+    assert "invoices@example.com -> finance/Finance" in out.stdout and "250 2.0.0" in out.stdout

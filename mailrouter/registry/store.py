@@ -284,6 +284,19 @@ class Registry:
             return found
         return await self._read("message", fetch)
 
+    async def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest messages (by received_at), each with its decisions."""
+        def fetch(conn: Connection) -> list[dict[str, Any]]:
+            rows = [dict(r._mapping) for r in conn.execute(
+                select(messages).order_by(messages.c.received_at.desc()).limit(limit))]
+            by_key = {r["key"]: r | {"decisions": []} for r in rows}
+            if by_key:
+                for d in conn.execute(select(decisions).where(
+                        decisions.c.message_key.in_(list(by_key))).order_by(decisions.c.id)):
+                    by_key[d.message_key]["decisions"].append(dict(d._mapping))
+            return list(by_key.values())
+        return await self._read("recent", fetch)
+
     async def count_messages(self) -> int:
         """How many messages the registry holds."""
         query = select(func.count()).select_from(messages)
