@@ -52,7 +52,7 @@ def where(value: Any, default: Any = None) -> tuple[str, int, int]:
     return getattr(default, "path", ""), 0, 0
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~10x faster
     source = ""
 
 
