@@ -125,12 +125,10 @@ async def test_daemon_process_with_postgresql_url_and_sigterm(daemon_process, pg
     assert [r["subject"] for r in rows] == ["Помогите"]
 
 
-@pytest.mark.xfail(strict=True, reason="decisions.sla is String(64) (mailrouter/registry/models.py:161) "
-                   "but an SLA decision is ~75 chars ('first_response=1d calendar=msk "
-                   "first_response_due=...'); PostgreSQL refuses it, every SLA mail gets 451")
 async def test_sla_decisions_fit_postgresql(make_app, pg_db, tmp_path):
-    """product-a@ and invoices@ carry an SLA with a calendar: their decision row must be
-    accepted by PostgreSQL (SQLite ignores VARCHAR lengths, so only PG shows this)."""
+    """product-a@ and invoices@ carry an SLA with a calendar: their ~75-char decision row must
+    be accepted by PostgreSQL (SQLite ignores VARCHAR lengths, so only PG shows this; it was
+    String(64) until bc90d71 and every SLA mail got 451)."""
     app = await make_app(registry=RegistryConfig(pg_db))
     for rcpt, subject in (("product-a@example.com", "Question"), ("invoices@example.com", "Счёт")):
         refused = await asyncio.to_thread(send, app.bound["smtp"][1], [rcpt], raw(subject, rcpt))
