@@ -103,24 +103,19 @@ async def test_plain_and_ascii_folder_land_in_dovecot(make_app, dovecot, tmp_pat
     assert maildir_files(tmp_path / "var" / "mail") == []    # nothing fell back to local Maildir
 
 
-async def test_non_ascii_folder_over_lmtp_is_never_misfiled(make_app, dovecot, tmp_path):
+async def test_non_ascii_folder_over_lmtp_lands_in_inbox(make_app, dovecot, tmp_path, caplog):
     """«Финансы» over LMTP: Dovecot takes no UTF-8 RCPT and would mis-name a modified-UTF-7
-    detail. The mail must not get 250 while sitting in a folder called '&BCQ…-' (or
-    nowhere); whatever mailrouter answers, no folder with a literal '&' name appears."""
+    detail, so the copy goes to the inbox (never a bounce, never a folder called '&BCQ…-'),
+    and the log says the folder was dropped."""
     app, dv = await start(make_app, dovecot, tmp_path)
     r = await asyncio.to_thread(smtp_send, app.bound["smtp"][1], ["finansy@example.com"],
                                 b"schet", b"n1")
     code = r["data"][0] if "data" in r else r["finansy@example.com"][0]
-    print("non-ASCII folder over LMTP:", r)
+    assert code == 250, r
     folders = [p.name for p in dv.maildir("user@example.test").glob(".*") if p.is_dir()]
-    assert not any("&" in f for f in folders), (folders, r)
-    if code == 250:   # if it is accepted, it must really be in a folder Dovecot shows as «Финансы»
-        assert folders, r
-        assert len(new(dv, "user@example.test", folders[0])) == 1
-    else:             # refused: pin the current behaviour (see module docstring / report)
-        assert code in (451, 550), r
-        assert all(not new(dv, "user@example.test", f) for f in folders)
-        assert new(dv, "user@example.test") == []
+    assert not any("&" in f for f in folders), folders
+    assert len(new(dv, "user@example.test")) == 1
+    assert "event=folder_dropped" in caplog.text
 
 
 async def test_dovecot_stopped_is_451_then_retry_delivers_once(make_app, dovecot, tmp_path):

@@ -282,3 +282,15 @@ rules:
     d = rs.apply(_CountingView(mail("hello", "your invoice")), "", "sales@example.com", res, default,
                  MONDAY_10_MSK)
     assert (d.folder, _CountingView.body_reads) == ("B", 1)
+
+
+def test_non_ascii_folder_on_lmtp_mailbox_is_a_load_error() -> None:
+    """Dovecot LMTP cannot take a UTF-8 +detail: a rule naming one is refused with file:line."""
+    book_doc = yamlsrc.loads("domains: [example.com]\nmailboxes:\n  fin: {lmtp: fin@mail.internal}\n"
+                             "aliases:\n  invoices@example.com: mailbox:fin\n", "book.yaml")
+    book = AddressBook.build(book_doc)
+    rules = yamlsrc.loads("rules:\n  - name: r\n    then: {mailbox: fin, folder: Финансы}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        RuleSet.build(rules["rules"], book)
+    assert "r.yaml:3:" in str(exc.value) and "folder 'Финансы' cannot be sent to LMTP mailbox 'fin'" \
+        in str(exc.value)

@@ -99,8 +99,14 @@ class Deliverer:
             return Reply(451, "4.3.5", f"No {kind} downstream configured")
         addr = where
         if target.folder and kind == "lmtp":
-            local, _, domain = where.rpartition("@")
-            addr = f"{local}+{target.folder}@{domain}"
+            if target.folder.isascii():
+                local, _, domain = where.rpartition("@")
+                addr = f"{local}+{target.folder}@{domain}"
+            else:
+                # Dovecot reads +detail as a UTF-8 name but offers no SMTPUTF8, so a
+                # non-ASCII folder cannot travel; the inbox beats a bounce or a misfile.
+                log.error("event=folder_dropped mailbox=%s folder=%r reason='non-ASCII folder "
+                          "over LMTP'", target.mailbox, target.folder)
         replies = await client.deliver(mail_from, [addr], data, smtputf8=smtputf8)
         return replies[addr]
 
