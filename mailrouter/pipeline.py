@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
+import itertools
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,14 +53,21 @@ class Transaction:
 
 def message_key(mail_from: str, raw: bytes) -> str:
     """Identity of a message for retry dedupe: same sender, same bytes."""
-    h = hashlib.sha256(mail_from.encode("utf-8", "surrogateescape"))
-    h.update(b"\0")
-    h.update(raw)
-    return h.hexdigest()
+    return key_from_hash(mail_from, hashlib.sha256(raw).hexdigest())
+
+
+def key_from_hash(mail_from: str, content_hash: str) -> str:
+    """`message_key` from the content hash the view already has: hash the raw bytes once."""
+    text = f"{mail_from}\0{content_hash}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(text).hexdigest()
+
+
+_qids = itertools.count(random.getrandbits(24))
 
 
 def new_qid() -> str:
-    return secrets.token_hex(5).upper()
+    """A short queue id for log lines; unique per process run, not a secret."""
+    return f"{next(_qids) & 0xFFFFFF:06X}{random.getrandbits(16):04X}"
 
 
 class Pipeline:
@@ -72,7 +80,7 @@ class Pipeline:
         snap = self.snapshot()
         view = MessageView(txn.raw)
         decisions = snap.decide(view, txn.mail_from, txn.rcpts)
-        key = message_key(txn.mail_from, txn.raw)
+        key = key_from_hash(txn.mail_from, view.content_hash)
         try:
             done = await self.registry.delivered_targets(key)
         except RegistryError as exc:

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,17 +117,23 @@ class _Pending:
     def rows(self, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]],
                                            list[dict[str, Any]]]:
         key = self.message.key
-        msg = _jsonable(asdict(self.message)) | {"updated_at": now, "attempts": 1}
-        decs = {d.rcpt: _jsonable(asdict(d)) | {"message_key": key} for d in self.decisions}
+        msg = _jsonable(self.message) | {"updated_at": now, "attempts": 1}
+        decs = {d.rcpt: _jsonable(d) | {"message_key": key} for d in self.decisions}
         dels: dict[str, dict[str, Any]] = {}
         for d in self.deliveries:  # one row per target; 'delivered' wins inside a record
             if dels.get(d.target, {}).get("state") != "delivered":
-                dels[d.target] = asdict(d) | {"message_key": key, "updated_at": now}
+                dels[d.target] = _jsonable(d) | {"message_key": key, "updated_at": now}
         return msg, list(decs.values()), list(dels.values())
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in row.items()}
+def _jsonable(record: Any) -> dict[str, Any]:
+    """A record's fields as a row, tuples as lists (shallow: dataclasses.asdict deep-copies
+    every value, a third of the registry's CPU per message)."""
+    out = {}
+    for name in record.__dataclass_fields__:
+        value = getattr(record, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _flat(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
