@@ -99,6 +99,7 @@ class Maildir:
         name = f"mr{copy_id}.{self.host}"
         final = box / "new" / name
         if final.exists() or any((box / "cur" / (name + s)).exists() for s in (":2,", ":2,S")):
+            _fsync_dir(box / "new")   # a crash may have come before the name was durable
             return str(final)
         tmp = box / "tmp" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -113,9 +114,13 @@ class Maildir:
             raise
         os.close(fd)
         os.rename(tmp, final)
-        dfd = os.open(box / "new", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_dir(box / "new")   # concurrent fsyncs share the journal commit in the kernel
         return str(final)
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
