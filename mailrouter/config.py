@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import yamlsrc
+from .delivery.smtp import Downstream
 from .errors import ConfigError, ConfigErrors
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
@@ -53,14 +54,6 @@ class RegistryConfig:
     url: str
     batch_max: int = 256
     timeout: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Downstream:
-    host: str
-    port: int
-    timeout: float = 30.0
-    pool_size: int = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,18 +14,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..addresses import Mailbox
-from ..config import DeliveryConfig, Downstream as DownstreamConfig
 from ..errors import DeliveryError, Reply
 from ..loops import trace_headers
 from ..routing.decision import Target
 from .maildir import Maildir
+
+if TYPE_CHECKING:
+    from ..config import DeliveryConfig
 
 __all__ = ["Deliverer", "Copy", "DELIVERED"]
 
@@ -48,10 +50,10 @@ class Deliverer:
         self._lmtp = self._smtp = None
         if cfg.lmtp:
             from .lmtp import LMTPClient
-            self._lmtp = LMTPClient(_downstream(cfg.lmtp, hostname))
+            self._lmtp = LMTPClient(replace(cfg.lmtp, helo=hostname))
         if cfg.smtp:
             from .smtp import SMTPClient
-            self._smtp = SMTPClient(_downstream(cfg.smtp, hostname))
+            self._smtp = SMTPClient(replace(cfg.smtp, helo=hostname))
 
     async def close(self) -> None:
         for client in (self._lmtp, self._smtp):
@@ -109,9 +111,3 @@ class Deliverer:
                           "over LMTP'", target.mailbox, target.folder)
         replies = await client.deliver(mail_from, [addr], data, smtputf8=smtputf8)
         return replies[addr]
-
-
-def _downstream(cfg: DownstreamConfig, hostname: str) -> object:
-    from .lmtp import Downstream
-    return Downstream(host=cfg.host, port=cfg.port, timeout=cfg.timeout,
-                      pool_size=cfg.pool_size, helo=hostname)
