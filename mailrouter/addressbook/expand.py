@@ -10,6 +10,7 @@ reaches it refused too, but only the first place is reported.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from ..routing.decision import Target
 from .errs import Collector, at_line
@@ -22,47 +23,61 @@ Graph = dict[str, list[Edge]]
 
 
 def strongly_connected(nodes: Graph) -> list[list[str]]:
-    """Tarjan's SCCs over address edges, sinks first; iterative."""
+    """Tarjan's SCCs over address edges, sinks first; iterative.
+
+    A finished node's index is set past every real one, which stands in for the
+    `on_stack` test (it can no longer lower anyone's `low`); names are bound locally:
+    this runs once per build over every address (100,000s)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
-    on_stack: set[str] = set()
     stack: list[str] = []
     out: list[list[str]] = []
+    done = len(nodes) + 1
+    counter = 0
+    push, pop, emit = stack.append, stack.pop, out.append
     for root in nodes:
         if root in index:
             continue
-        work: list[tuple[str, int]] = [(root, 0)]
+        index[root] = low[root] = counter
+        counter += 1
+        push(root)
+        work = [(root, iter(nodes[root]))]
         while work:
-            node, i = work.pop()
-            if i == 0:
-                index[node] = low[node] = len(index)
-                stack.append(node)
-                on_stack.add(node)
-            edges = nodes[node]
-            while i < len(edges):
-                dest = edges[i].dest
-                i += 1
-                if dest is None or dest not in nodes or dest == node:
+            node, edges = work[-1]
+            for edge in edges:
+                dest = edge[0]
+                if dest is None or dest == node or dest not in nodes:
                     continue
-                if dest not in index:
-                    work.append((node, i))
-                    work.append((dest, 0))
+                seen = index.get(dest)
+                if seen is None:
+                    index[dest] = low[dest] = counter
+                    counter += 1
+                    push(dest)
+                    work.append((dest, iter(nodes[dest])))
                     break
-                if dest in on_stack:
-                    low[node] = min(low[node], index[dest])
+                if seen < low[node]:
+                    low[node] = seen
             else:
-                if low[node] == index[node]:
-                    comp: list[str] = []
-                    while True:
-                        top = stack.pop()
-                        on_stack.discard(top)
-                        comp.append(top)
-                        if top == node:
-                            break
-                    out.append(comp)
+                work.pop()
+                mine = low[node]
+                if mine == index[node]:
+                    if stack[-1] == node:
+                        pop()
+                        index[node] = done
+                        emit([node])
+                    else:
+                        comp: list[str] = []
+                        while True:
+                            top = pop()
+                            index[top] = done
+                            comp.append(top)
+                            if top == node:
+                                break
+                        emit(comp)
                 if work:
                     parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
+                    if mine < low[parent]:
+                        low[parent] = mine
     return out
 
 
@@ -95,55 +110,70 @@ def report_cycle(c: Collector, nodes: Graph, comp: list[str]) -> None:
           "break the loop: point one of these at a mailbox, a person or a team")
 
 
-def _expand_one(node: str, edges: list[Edge], done: dict[str, tuple[Target, ...]],
-                ) -> tuple[Target, ...] | None:
-    seen: dict[str, Target] = {}
-    for edge in edges:
-        if edge.dest is None:
-            children = edge.targets
-        elif edge.dest in done:
-            children = done[edge.dest]
-        else:
-            return None
-        for t in children:
-            if t.key not in seen:
-                seen[t.key] = Target(t.mailbox, t.folder, t.person, (node, *t.path))
-    return tuple(seen.values())
-
-
-def _depth(node: str, edges: list[Edge], depth: dict[str, int]) -> int:
-    return 1 + max((depth.get(e.dest, 0) for e in edges if e.dest is not None), default=0)
-
-
 def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, tuple[Target, ...]]:
-    """Every address -> its final targets (deduplicated, with paths); errors collected."""
+    """Every address -> its final targets (deduplicated, with paths); errors collected.
+
+    Sinks first, each address once: its targets are its children's (already final and
+    deduplicated, with `keys[child]` their dedupe keys) merged in edge order, the first
+    path to a key winning; a Target is made only for each winner, its path the child's
+    with this address in front. An address with one edge (most of them) needs no merge."""
     done: dict[str, tuple[Target, ...]] = {}
+    keys: dict[str, tuple[str, ...]] = {}
     depth: dict[str, int] = {}
+    max_depth, max_width = limits.max_depth, limits.max_width
     for comp in strongly_connected(nodes):
         if len(comp) > 1:
             report_cycle(c, nodes, comp)
             continue
         node = comp[0]
         edges = nodes[node]
-        targets = _expand_one(node, edges, done)
-        if targets is None:
-            continue                       # reaches something already refused
-        depth[node] = _depth(node, edges, depth)
-        at = next((e.at for e in edges if e.at is not None), None)
+        deep = 0
+        if len(edges) == 1 and (edges[0][0] is not None or len(edges[0][1]) == 1):
+            dest, found, _, found_keys = edges[0]
+            if dest is not None:
+                found = done.get(dest)   # type: ignore[assignment]
+                if found is None:
+                    continue             # reaches something already refused
+                found_keys = keys[dest]
+                deep = depth[dest]
+        else:
+            merged: dict[str, Target] = {}
+            for dest, found, _, found_keys in edges:
+                if dest is not None:
+                    found = done.get(dest)   # type: ignore[assignment]
+                    if found is None:
+                        break
+                    found_keys = keys[dest]
+                    if depth[dest] > deep:
+                        deep = depth[dest]
+                for key, target in zip(found_keys, found):
+                    if key not in merged:
+                        merged[key] = target
+            else:
+                found, found_keys = tuple(merged.values()), tuple(merged)
+            if found is None:
+                continue                 # reaches something already refused
+        targets = tuple([Target(t.mailbox, t.folder, t.person, (node, *t.path)) for t in found])
+        depth[node] = deep = deep + 1
         if not targets and edges:
             c.add(f"alias {node} delivers nowhere: it ends at a moved address with "
-                  "deliver: false", at, "point it at the new address instead")
+                  "deliver: false", _first_at(edges), "point it at the new address instead")
             continue
-        if depth[node] == limits.max_depth + 1:
-            c.add(f"alias chain from {node} is {depth[node]} addresses deep "
-                  f"(limit {limits.max_depth}): {' -> '.join(targets[0].path[:-1])}", at,
+        if deep == max_depth + 1:
+            c.add(f"alias chain from {node} is {deep} addresses deep "
+                  f"(limit {max_depth}): {' -> '.join(targets[0].path[:-1])}", _first_at(edges),
                   "shorten the chain: point the first alias straight at the final target")
-        elif len(targets) > limits.max_width and all(
-                len(done.get(e.dest, ())) <= limits.max_width for e in edges if e.dest):
+        elif len(targets) > max_width and all(
+                len(done.get(e.dest, ())) <= max_width for e in edges if e.dest):
             c.add(f"alias {node} expands to {len(targets)} targets "
-                  f"(limit {limits.max_width})", at,
+                  f"(limit {max_width})", _first_at(edges),
                   "split the group, or deliver it to one shared mailbox")
-        if depth[node] > limits.max_depth or len(targets) > limits.max_width:
+        if deep > max_depth or len(targets) > max_width:
             continue
         done[node] = targets
+        keys[node] = found_keys
     return done
+
+
+def _first_at(edges: list[Edge]) -> Any:
+    return next((e.at for e in edges if e.at is not None), None)

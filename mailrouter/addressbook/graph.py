@@ -12,8 +12,7 @@ Expansions are then computed sinks-first, so each node is expanded once and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..routing.decision import Target
 from .canon import canonical
@@ -25,11 +24,16 @@ __all__ = ["Edge", "parse_target", "parse_aliases", "add_moved", "check_dangling
 PREFIXES = ("mailbox:", "person:", "team:")
 
 
-@dataclass(frozen=True, slots=True)
-class Edge:
+class Edge(NamedTuple):
     dest: str | None                 # an address to follow, or None for a terminal edge
     targets: tuple[Target, ...]      # terminal targets, paths relative to the node
     at: Any                          # the loaded value, for file:line
+    keys: tuple[str, ...] = ()       # `Target.key` of each of `targets` (for the dedupe)
+
+
+def _end(targets: tuple[Target, ...], at: Any) -> Edge:
+    """A terminal edge, its dedupe keys computed once (targets are shared via _Memo)."""
+    return Edge(None, targets, at, tuple(t.key for t in targets))
 
 
 def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any) -> list[Edge]:
@@ -37,12 +41,12 @@ def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any) -> 
         c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes"))
         return []
     step = f"mailbox:{name}/{folder}" if folder else f"mailbox:{name}"
-    return [Edge(None, (Target(name, folder, None, (step,)),), at)]
+    return [_end((Target(name, folder, None, (step,)),), at)]
 
 
 def person_edge(p: Parts, key: str, at: Any) -> Edge:
     person = p.people[key]
-    return Edge(None, (Target(person.mailbox, None, key, (f"person:{key}",)),), at)
+    return _end((Target(person.mailbox, None, key, (f"person:{key}",)),), at)
 
 
 def _team(c: Collector, p: Parts, key: str, at: Any) -> list[Edge]:
@@ -52,9 +56,9 @@ def _team(c: Collector, p: Parts, key: str, at: Any) -> list[Edge]:
         return []
     step = f"team:{key}"
     if team.mailbox is not None:
-        return [Edge(None, (Target(team.mailbox, None, None, (step,)),), at)]
-    return [Edge(None, tuple(Target(p.people[m].mailbox, None, m, (step, f"person:{m}"))
-                             for m in team.members), at)]
+        return [_end((Target(team.mailbox, None, None, (step,)),), at)]
+    return [_end(tuple(Target(p.people[m].mailbox, None, m, (step, f"person:{m}"))
+                       for m in team.members), at)]
 
 
 def _bare(c: Collector, p: Parts, word: str, at: Any) -> list[Edge]:
@@ -128,6 +132,48 @@ def _mapping_target(c: Collector, p: Parts, src: str, value: Mapping[Any, Any]) 
                     value["mailbox"])
 
 
+_new_edge = tuple.__new__
+
+
+class _Memo:
+    """`parse_target`, fast for the usual alias values: strings and lists of strings.
+
+    An address target is canonicalised and checked inline (`_address` only when it has
+    something to say). Other string targets (`mailbox:NAME`, a person key, `team:KEY`)
+    recur across thousands of aliases: each text parsed without error is kept, with its
+    targets and their dedupe keys, and later occurrences reuse them. A text whose parse
+    reported an error is never kept, so each of its occurrences reports its own."""
+
+    __slots__ = ("c", "p", "seen")
+
+    def __init__(self, c: Collector, p: Parts) -> None:
+        self.c, self.p = c, p
+        self.seen: dict[str, tuple[tuple[Target, ...], tuple[str, ...]]] = {}
+
+    def edges(self, src: str, value: Any) -> list[Edge]:
+        """The edges of one alias value, exactly as `parse_target(c, p, src, value)`."""
+        if isinstance(value, list) and value:
+            out: list[Edge] = []
+            for item in value:
+                out += self.edges(src, item)
+            return out
+        if not isinstance(value, str) or not (text := value.strip()):
+            return parse_target(self.c, self.p, src, value)
+        if "@" in text and not text.startswith(PREFIXES):
+            dest = canonical(text, self.p.options)
+            if dest is not None and dest != src and dest.partition("@")[2] in self.p.domains:
+                return [_new_edge(Edge, (dest, (), value, ()))]
+            return _address(self.c, self.p, src, text, value)
+        hit = self.seen.get(text)
+        if hit is not None:
+            return [_new_edge(Edge, (None, hit[0], value, hit[1]))]
+        errors = len(self.c.errors)
+        edges = _string_target(self.c, self.p, src, text, value)
+        if len(edges) == 1 and len(self.c.errors) == errors and edges[0].dest is None:
+            self.seen[text] = (edges[0].targets, edges[0].keys)
+        return edges
+
+
 def _self_edge(c: Collector, p: Parts, src: str, edge: Edge) -> Edge | None:
     key = p.by_address.get(src)
     if key is None:
@@ -138,10 +184,11 @@ def _self_edge(c: Collector, p: Parts, src: str, edge: Edge) -> Edge | None:
     return person_edge(p, key, edge.at)
 
 
-def _alias_node(c: Collector, p: Parts, src: str, key: Any, value: Any) -> list[Edge]:
+def _alias_node(c: Collector, p: Parts, memo: _Memo, src: str, key: Any,
+                value: Any) -> list[Edge]:
     edges: list[Edge] = []
     has_self = False
-    for edge in parse_target(c, p, src, value):
+    for edge in memo.edges(src, value):
         if edge.dest == src:
             has_self = True
             fixed = _self_edge(c, p, src, edge)
@@ -160,15 +207,20 @@ def _alias_node(c: Collector, p: Parts, src: str, key: Any, value: Any) -> list[
 def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]:
     """Every known address -> its edges; person addresses and moved ones included."""
     nodes: dict[str, list[Edge]] = {}
+    memo = _Memo(c, p)
+    options, by_address, defined, domains = p.options, p.by_address, p.defined, p.domains
     for key, value, box in entries(section):
-        src = canonical(str(key), p.options)
+        src = canonical(key if isinstance(key, str) else str(key), options)
         if src is None:
             c.add(f"alias {str(key)!r} is not an address", key, "write local@domain", box)
             continue
-        if src in p.by_address:
-            nodes[src] = _alias_node(c, p, src, key, value)
+        if src in by_address:
+            nodes[src] = _alias_node(c, p, memo, src, key, value)
+        elif src not in defined and src.partition("@")[2] in domains:
+            defined[src] = ("an alias", key)              # `define`, its usual case inline
+            nodes[src] = _alias_node(c, p, memo, src, key, value)
         elif define(c, p, src, "an alias", key):
-            nodes[src] = _alias_node(c, p, src, key, value)
+            nodes[src] = _alias_node(c, p, memo, src, key, value)
     for address, person in p.by_address.items():
         nodes.setdefault(address, [person_edge(p, person, None)])
     return nodes
