@@ -12,9 +12,9 @@ import json
 import logging
 from typing import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from .metrics import REGISTRY
+from .metrics import exposition
 
 __all__ = ["serve_admin"]
 
@@ -36,7 +36,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             head = await reader.readuntil(b"\r\n\r\n")
             method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ") + ["", ""]
             if method == "GET" and path == "/metrics":
-                await _respond(writer, "200 OK", generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                await _respond(writer, "200 OK", exposition(), CONTENT_TYPE_LATEST)
             elif method == "GET" and path == "/healthz":
                 ok = health()
                 await _respond(writer, "200 OK" if ok else "503 Service Unavailable",

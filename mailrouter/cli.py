@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import sys
+import tempfile
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,8 +50,17 @@ def _snapshot(cfg: Config) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    made = None
+    if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # before prometheus_client is imported: workers share their counters through files
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailrouter-metrics.")
     from .daemon import run
-    return run(_config(args.config))
+    try:
+        return run(cfg)
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

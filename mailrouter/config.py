@@ -14,6 +14,7 @@ names file:line and what to write instead; all errors of a load are reported.
 from __future__ import annotations
 
 import difflib
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ class Config:
     routing: tuple[str, ...]                     # glob patterns of routing files, absolute
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
+    workers: int = 1                             # processes sharing the listeners (one per core)
     workdir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -150,7 +152,7 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
-            "shutdown_grace", "log_level")
+            "shutdown_grace", "log_level", "workers")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -190,7 +192,19 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         registry=_registry(doc, base, c), delivery=_delivery(doc, base, c),
         routing=_routing(doc, base, c),
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
-        log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base)
+        log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base,
+        workers=_workers(doc, c))
+
+
+def _workers(doc: dict[str, Any], c: _Checker) -> int:
+    value = doc.get("workers", 1)
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        c.error(value, f"'workers' must be a number from 1 to 64 or 'auto', not {value!r}",
+                "for example 'workers: auto' (one process per core)", doc)
+        return 1
+    return value
 
 
 def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:

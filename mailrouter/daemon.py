@@ -33,8 +33,9 @@ from .errors import ConfigErrors, Reply
 from .intake.handler import Handler
 from .intake.protocol import LMTPProtocol, Protocol
 from .pipeline import Pipeline, Transaction
-from .registry import Registry
+from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
+from .workers import PARENT_RELOAD_SIGNAL, bind, supervise
 
 __all__ = ["App", "run"]
 
@@ -42,8 +43,11 @@ log = logging.getLogger("mailrouter")
 
 
 class App:
-    def __init__(self, config: Config, snapshot: Snapshot) -> None:
+    def __init__(self, config: Config, snapshot: Snapshot,
+                 sockets: dict[str, socket.socket] | None = None, worker: int | None = None) -> None:
         self.config = config
+        self.sockets = sockets or {}      # pre-bound listeners shared by worker processes
+        self.worker = worker              # None: the only process
         self._snapshot = snapshot
         self.draining = False
         self.sessions: set[Protocol] = set()
@@ -72,16 +76,18 @@ class App:
     async def start(self) -> None:
         cfg = self.config
         self.registry = await Registry.open(cfg.registry.url, batch_max=cfg.registry.batch_max,
-                                            timeout=cfg.registry.timeout)
+                                            timeout=cfg.registry.timeout,
+                                            create=self.worker is None)  # else: migrated by parent
         self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer)
         for name, listener, cls in (("smtp", cfg.smtp, Protocol), ("lmtp", cfg.lmtp, LMTPProtocol)):
             if listener is not None:
                 await self._listen(name, listener, cls)
-        if cfg.admin is not None:
-            srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.reload,
+        if cfg.admin is not None and self.worker in (None, 0):
+            srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.admin_reload,
                                     lambda: not self.draining)
             self.servers.append(srv)
             self.bound["admin"] = srv.sockets[0].getsockname()[:2]
+        metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series
         log.info("event=started %s", " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
 
     async def _listen(self, name: str, listener: Listener, cls: type[Protocol]) -> None:
@@ -92,8 +98,11 @@ class App:
                        decode_data=False, hostname=cfg.hostname, ident="mailrouter",
                        timeout=cfg.limits.command_timeout, data_timeout=cfg.limits.data_timeout,
                        loop=loop)
-        srv = await loop.create_server(factory, listener.host, listener.port, backlog=1024,
-                                       reuse_address=True)
+        if name in self.sockets:
+            srv = await loop.create_server(factory, sock=self.sockets[name])
+        else:
+            srv = await loop.create_server(factory, listener.host, listener.port, backlog=1024,
+                                           reuse_address=True)
         for sock in srv.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.servers.append(srv)
@@ -160,6 +169,13 @@ class App:
                     log.warning("event=reload_not_recorded error=%r", str(exc))
             return ok, detail
 
+    async def admin_reload(self) -> tuple[bool, str]:
+        """POST /-/reload: reload here, and have the supervisor reload the other workers."""
+        result = await self.reload()
+        if self.worker is not None:
+            os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
+        return result
+
     async def watch(self, interval: float = 1.0) -> None:
         while not self.draining:
             await asyncio.sleep(interval)
@@ -169,14 +185,15 @@ class App:
                 await self.reload()
 
 
-async def serve(config: Config, ready: Any = None) -> int:
+async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.socket] | None = None,
+                worker: int | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
     try:
         snap = await asyncio.to_thread(load_snapshot, config.routing, config.limits, config.hostname)
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)
         return 2
-    app = App(config, snap)
+    app = App(config, snap, sockets, worker)
     await app.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
@@ -200,4 +217,23 @@ def run(config: Config) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
-    return asyncio.run(serve(config))
+    if config.workers <= 1:
+        return asyncio.run(serve(config))
+    return run_workers(config)
+
+
+def run_workers(config: Config) -> int:
+    """Bind once, migrate once, then fork the workers (see workers.py)."""
+    try:
+        load_snapshot(config.routing, config.limits, config.hostname)
+    except ConfigErrors as exc:
+        log.error("routing files have errors; not starting:\n%s", exc)
+        return 2
+    asyncio.run(upgrade(config.registry.url))
+    sockets = {name: bind(lst.host, lst.port)
+               for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
+    log.info("event=supervising workers=%d %s", config.workers,
+             " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
+    from prometheus_client import multiprocess
+    return supervise(config, lambda i: asyncio.run(serve(config, sockets=sockets, worker=i)),
+                     on_exit=lambda pid: multiprocess.mark_process_dead(pid))

@@ -6,9 +6,11 @@ serves; every labelled series is created at import so zeros show on dashboards.
 
 from __future__ import annotations
 
+import os
+
 from typing import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .errors import Reply
 
@@ -29,8 +31,10 @@ LATENCY = Histogram("mailrouter_message_seconds", "Time from end of DATA to repl
 RELOADS = Counter("mailrouter_config_reloads_total", "Routing reloads, by result",
                   ["result"], registry=REGISTRY)
 RELOAD_OK = Gauge("mailrouter_config_last_reload_successful",
-                  "1 if the last routing reload succeeded", registry=REGISTRY)
-SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGISTRY)
+                  "1 if the last routing reload succeeded", registry=REGISTRY,
+                  multiprocess_mode="livemin")
+SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGISTRY,
+                 multiprocess_mode="livesum")
 
 for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
@@ -41,6 +45,17 @@ for _r in ("unknown", "too_many", "loop"):
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)
 RELOAD_OK.set(1)
+
+
+def exposition() -> bytes:
+    """The /metrics body: this process's collectors, or with several worker processes
+    (PROMETHEUS_MULTIPROC_DIR set) every live worker's, added up."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(REGISTRY)
 
 
 def observe_message(replies: Sequence[Reply], seconds: float) -> None:

@@ -1,0 +1,108 @@
+"""Several worker processes on shared listeners (`workers: 2`): no mail lost or doubled,
+counters added up, reloads reach every worker, crashes are contained."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.support.daemon import maildir_files
+
+
+def _send(port: int, i: int) -> int:
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo()
+        s.mail("a@outside.test")
+        s.rcpt("support@example.com")
+        return s.data(f"Subject: w{i}\r\nMessage-ID: <w{i}@outside.test>\r\n\r\nbody {i}\r\n".encode())[0]
+
+
+def _metric(port: int, series: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{series} not served")
+
+
+def _wait_log(proc, text: str, count: int, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = proc.log.read_text().count(text)
+        if n >= count:
+            return n
+        time.sleep(0.1)
+    return proc.log.read_text().count(text)
+
+
+def test_two_workers_deliver_everything_once_and_add_up_metrics(daemon_process, tmp_path):
+    """300 messages over 10 connections to 2 workers: all 250, each stored and recorded once,
+    /metrics (served by worker 0) counts all 300, SIGTERM exits 0."""
+    proc = daemon_process(extra="workers: 2\n")
+    assert _wait_log(proc, "event=started", 2) == 2
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(lambda i: _send(proc.smtp, i), range(300)))
+    assert codes == [250] * 300
+    assert len(maildir_files(tmp_path / "var" / "mail" / "support")) == 300
+    db = sqlite3.connect(tmp_path / "var" / "registry.db")
+    assert db.execute("select count(*) from messages where status='delivered'").fetchone()[0] == 300
+    assert _metric(proc.admin, 'mailrouter_messages_total{result="delivered"}') == 300
+    assert _metric(proc.admin, "mailrouter_config_last_reload_successful") == 1
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+
+
+def test_reload_reaches_every_worker(daemon_process):
+    """SIGHUP to the supervisor and POST /-/reload to worker 0 both reload both workers."""
+    proc = daemon_process(extra="workers: 2\n")
+    _wait_log(proc, "event=started", 2)
+    proc.signal(signal.SIGHUP)
+    assert _wait_log(proc, "event=reloaded", 2) == 2
+    req = urllib.request.Request(f"http://127.0.0.1:{proc.admin}/-/reload", method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read())["ok"] is True
+    assert _wait_log(proc, "event=reloaded", 4) == 4
+
+
+def test_dead_worker_is_replaced_and_dead_supervisor_takes_workers_along(daemon_process):
+    """kill -9 of a worker: the supervisor starts another and mail keeps flowing; kill -9 of
+    the supervisor: the workers die too and the port is free again."""
+    proc = daemon_process(extra="workers: 2\n")
+    _wait_log(proc, "event=started", 2)
+    pids = [int(l.split("pid=")[1]) for l in proc.log.read_text().splitlines()
+            if "event=worker_started" in l]
+    os.kill(pids[1], signal.SIGKILL)
+    assert _wait_log(proc, "event=worker_died", 1) == 1
+    assert _wait_log(proc, "event=started", 3) == 3
+    assert [_send(proc.smtp, i) for i in range(20)] == [250] * 20
+    proc.signal(signal.SIGKILL)
+    proc.wait()
+    workers = [int(l.split("pid=")[1]) for l in proc.log.read_text().splitlines()
+               if "event=worker_started" in l]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "workers outlived the supervisor"
+    with socket.socket() as s:       # and nobody holds the port any more
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", proc.smtp))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (reaped by no one yet) holds no sockets; count it as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
