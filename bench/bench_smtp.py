@@ -148,8 +148,10 @@ def start_sink(port: int) -> subprocess.Popen:
     return p
 
 
-def start_mailrouter(tmp: Path, py: str, profile: str | None) -> tuple[subprocess.Popen, int]:
+def start_mailrouter(tmp: Path, py: str, profile: str | None,
+                     workers: str = "1") -> tuple[subprocess.Popen, int]:
     smtp, lmtp, admin = free_port(), free_port(), free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "config.yaml"
     cfg.write_text(
         f"hostname: mx.bench\n"
@@ -158,7 +160,7 @@ def start_mailrouter(tmp: Path, py: str, profile: str | None) -> tuple[subproces
         f"registry: {{url: 'sqlite+aiosqlite:///{tmp / 'var' / 'registry.db'}'}}\n"
         f"delivery: {{maildir_root: '{tmp / 'var' / 'mail'}'}}\n"
         f"limits: {{max_message_size: 10485760}}\n"
-        f"log_level: WARNING\n")
+        f"log_level: WARNING\nworkers: {workers}\n")
     cmd = [py, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
     if profile:
         cmd = [py, "-m", "cProfile", "-o", profile, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
@@ -202,12 +204,14 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs mailrouter")
     ap.add_argument("--profile", metavar="FILE", help="run mailrouter under cProfile, write FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--workers", nargs="+", default=["1", "auto"],
+                    help="mailrouter 'workers:' settings to run, each its own row (1 auto)")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mrbench."))
     sink_port = free_port()
     sink = start_sink(sink_port)
-    mr, mr_port = start_mailrouter(tmp, a.python, a.profile)
+    mrs = [(w, *start_mailrouter(tmp / f"w{w}", a.python, a.profile, w)) for w in a.workers]
     pf = None
     if a.postfix:
         pf, pf_port, pf_root = start_postfix(tmp, sink_port)
@@ -220,20 +224,24 @@ def main() -> int:
             print(f"conns={conns}")
             lim = blast(sink_port, conns, a.messages, a.size, a.rcpt, [sink.pid], sink.pid)
             print(row("smtp-sink", lim, None), flush=True)
-            r = blast(mr_port, conns, a.messages, a.size, a.rcpt, [mr.pid], mr.pid)
-            print(row("mailrouter", r, lim["rate"]), flush=True)
+            for w, mr, mr_port in mrs:
+                pids = descendants(mr.pid)
+                r = blast(mr_port, conns, a.messages, a.size, a.rcpt, pids, mr.pid)
+                print(row(f"mailrouter/{w}", r, lim["rate"]), flush=True)
             if pf is not None:
                 pids = descendants(pf.proc.pid)
                 r = blast(pf_port, conns, a.messages, a.size, a.rcpt, pids, pf.proc.pid)
                 print(row("postfix", r, lim["rate"]), flush=True)
-        files = sum(1 for _ in (tmp / "var" / "mail").rglob("new/*"))
-        print(f"# mailrouter Maildir files: {files}")
+        for w, _, _ in mrs:
+            files = sum(1 for _ in (tmp / f"w{w}" / "var" / "mail").rglob("new/*"))
+            print(f"# mailrouter/{w} Maildir files: {files}")
     finally:
-        mr.send_signal(signal.SIGTERM)
-        try:
-            mr.wait(60)
-        except subprocess.TimeoutExpired:
-            mr.kill()
+        for _, mr, _ in mrs:
+            mr.send_signal(signal.SIGTERM)
+            try:
+                mr.wait(60)
+            except subprocess.TimeoutExpired:
+                mr.kill()
         sink.terminate()
         sink.wait()
         if pf is not None:
