@@ -76,7 +76,11 @@ def format_text(report: dict[str, Any]) -> str:
                 lines.append(f"  {key + ':':9} {r[key]}")
         if r["tags"]:
             lines.append(f"  tags:     {', '.join(r['tags'])}")
-        if r["path"]:
+        if len(r["targets"]) > 1:
+            for t in r["targets"]:
+                place = t["mailbox"] + (f" / {t['folder']}" if t["folder"] else "")
+                lines.append(f"  copy to:  {place}  (via {' -> '.join(t['path'])})")
+        elif r["path"]:
             lines.append(f"  path:     {' -> '.join(r['path'])}")
         for rule in r["rules"]:
             lines.append(f"  rule:     {rule['name']} ({rule['file']}:{rule['line']}) {rule['matched']}")

@@ -158,3 +158,13 @@ def test_registry_command_lists_recorded_decisions(daemon_process, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "'Счёт №7'" in out.stdout
     assert "invoices@example.com -> finance/Finance" in out.stdout and "250 2.0.0" in out.stdout
+
+
+def test_explain_text_lists_every_copy_of_a_group(tmp_path):
+    """A group recipient shows one line per copy with the alias path walked."""
+    f = tmp_path / "m.eml"
+    f.write_bytes(b"Subject: hi\r\n\r\nhello\r\n")
+    out = mr("explain", "--rcpt", "team@example.com", str(f), cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    copies = [l for l in out.stdout.splitlines() if l.strip().startswith("copy to:")]
+    assert len(copies) == 3 and all("team@example.com -> person:" in c for c in copies)
