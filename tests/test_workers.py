@@ -90,9 +90,12 @@ def test_dead_worker_is_replaced_and_dead_supervisor_takes_workers_along(daemon_
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "workers outlived the supervisor"
-    with socket.socket() as s:       # and nobody holds the port any more
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", proc.smtp))
+    try:                             # and nobody answers on the port any more
+        socket.create_connection(("127.0.0.1", proc.smtp), timeout=5).close()
+    except ConnectionRefusedError:
+        pass
+    else:
+        raise AssertionError("something still accepts connections on the SMTP port")
 
 
 def _alive(pid: int) -> bool:
