@@ -43,6 +43,7 @@ class Listener:
 class Limits:
     max_message_size: int = 25 * 1024 * 1024     # SIZE; larger mail gets 552 5.3.4
     max_recipients: int = 100                    # more RCPTs get 452 4.5.3
+    max_connections: int = 1000                  # more open sessions are greeted 421 4.7.0
     max_received: int = 50                       # Received headers before 554 5.4.6 (Postfix hopcount_limit)
     command_timeout: float = 300.0               # idle time allowed between commands (RFC 5321 4.5.3.2.7)
     data_timeout: float = 180.0                  # idle time allowed between DATA chunks (RFC 5321 4.5.3.2.6)

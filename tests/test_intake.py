@@ -265,3 +265,22 @@ async def test_null_sender_accepted(make_app, tmp_path):
         assert (await w.cmd("DATA")).startswith("354")
         await w.send(data(mail("Undelivered Mail Returned to Sender")))
         assert (await w.line()).startswith("250 2.0.0")
+
+
+async def test_connections_past_the_limit_get_421(make_app):
+    """Past limits.max_connections a new session is greeted 421 4.7.0 and closed; once a
+    session ends, a new one is served again."""
+    app = await make_app(limits={"max_connections": 2})
+    port = app.bound["smtp"][1]
+    async with Wire(port) as a, Wire(port) as b:
+        assert (await a.line()).startswith("220") and (await b.line()).startswith("220")
+        async with Wire(port) as c:
+            assert (await c.line()).startswith("421 4.7.0")
+            assert await c.closed()
+    for _ in range(50):     # the server sees a and b go away on its own schedule
+        async with Wire(port) as d:
+            if (await d.line()).startswith("220"):
+                break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("never served again after sessions ended")

@@ -39,6 +39,10 @@ class Handler:
     def draining(self) -> bool:
         return self.app.draining
 
+    def overloaded(self) -> bool:
+        """More open sessions than limits.max_connections (this one included)."""
+        return len(self.app.sessions) > self.app.config.limits.max_connections
+
     def register(self, proto: Protocol) -> None:
         self.app.sessions.add(proto)
         metrics.SESSIONS.inc()

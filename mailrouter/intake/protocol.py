@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
 BAD_BYTES = "550 5.6.0 Message refused: bare LF, bare CR or NUL in content; send CRLF line endings (RFC 5321 2.3.8)"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
@@ -179,6 +180,12 @@ class Protocol(SMTP):
         if getattr(self.event_handler, "draining", False):
             if self.transport is not None and not self.transport.is_closing():
                 await self.push(SHUTTING_DOWN)
+                self.transport.close()
+            return
+        if getattr(self.event_handler, "overloaded", lambda: False)():
+            # RFC 5321 4.5.3.2 allows refusing a connection at greeting; the MTA retries.
+            if self.transport is not None and not self.transport.is_closing():
+                await self.push(TOO_MANY_SESSIONS)
                 self.transport.close()
             return
         await super()._handle_client()
