@@ -10,6 +10,7 @@ reaches it refused too, but only the first place is reported.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..routing.decision import Target
@@ -22,8 +23,8 @@ __all__ = ["strongly_connected", "report_cycle", "expand_all"]
 Graph = dict[str, list[Edge]]
 
 
-def strongly_connected(nodes: Graph) -> list[list[str]]:
-    """Tarjan's SCCs over address edges, sinks first; iterative.
+def strongly_connected(nodes: Graph) -> Iterator[list[str]]:
+    """Tarjan's SCCs over address edges, sinks first, each as soon as it is found; iterative.
 
     A finished node's index is set past every real one, which stands in for the
     `on_stack` test (it can no longer lower anyone's `low`); names are bound locally:
@@ -31,10 +32,9 @@ def strongly_connected(nodes: Graph) -> list[list[str]]:
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
-    out: list[list[str]] = []
     done = len(nodes) + 1
     counter = 0
-    push, pop, emit = stack.append, stack.pop, out.append
+    push, pop = stack.append, stack.pop
     for root in nodes:
         if root in index:
             continue
@@ -64,7 +64,7 @@ def strongly_connected(nodes: Graph) -> list[list[str]]:
                     if stack[-1] == node:
                         pop()
                         index[node] = done
-                        emit([node])
+                        yield [node]
                     else:
                         comp: list[str] = []
                         while True:
@@ -73,12 +73,11 @@ def strongly_connected(nodes: Graph) -> list[list[str]]:
                             comp.append(top)
                             if top == node:
                                 break
-                        emit(comp)
+                        yield comp
                 if work:
                     parent = work[-1][0]
                     if mine < low[parent]:
                         low[parent] = mine
-    return out
 
 
 def report_cycle(c: Collector, nodes: Graph, comp: list[str]) -> None:
@@ -110,6 +109,39 @@ def report_cycle(c: Collector, nodes: Graph, comp: list[str]) -> None:
           "break the loop: point one of these at a mailbox, a person or a team")
 
 
+def _target_maker() -> Callable[[str, str | None, str | None, tuple[str, ...]], Target]:
+    """`Target(mailbox, folder, person, path)` at about half the cost, for the 100,000s
+    of targets a big book expands to: the frozen dataclass's generated `__init__` sets
+    its four slots through `object.__setattr__`, this sets them through the slot
+    descriptors directly. Used only while Target is exactly that (four slot fields, no
+    `__post_init__`, equal to the real constructor's result); otherwise `Target` itself."""
+    names = ("mailbox", "folder", "person", "path")
+    try:
+        fields = tuple(Target.__dataclass_fields__)
+        set_mailbox, set_folder, set_person, set_path = (
+            Target.__dict__[n].__set__ for n in names)
+    except (AttributeError, KeyError, TypeError):
+        return Target
+    if fields != names or hasattr(Target, "__post_init__"):
+        return Target
+    new = object.__new__
+
+    def make(mailbox: str, folder: str | None, person: str | None,
+             path: tuple[str, ...]) -> Target:
+        t = new(Target)
+        set_mailbox(t, mailbox)
+        set_folder(t, folder)
+        set_person(t, person)
+        set_path(t, path)
+        return t
+
+    sample = ("m", "f", "p", ("a@b", "mailbox:m/f"))
+    return make if make(*sample) == Target(*sample) else Target
+
+
+_make_target = _target_maker()
+
+
 def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, tuple[Target, ...]]:
     """Every address -> its final targets (deduplicated, with paths); errors collected.
 
@@ -121,6 +153,7 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, tuple[Ta
     keys: dict[str, tuple[str, ...]] = {}
     depth: dict[str, int] = {}
     max_depth, max_width = limits.max_depth, limits.max_width
+    make = _make_target
     for comp in strongly_connected(nodes):
         if len(comp) > 1:
             report_cycle(c, nodes, comp)
@@ -153,7 +186,7 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, tuple[Ta
                 found, found_keys = tuple(merged.values()), tuple(merged)
             if found is None:
                 continue                 # reaches something already refused
-        targets = tuple([Target(t.mailbox, t.folder, t.person, (node, *t.path)) for t in found])
+        targets = tuple([make(t.mailbox, t.folder, t.person, (node, *t.path)) for t in found])
         depth[node] = deep = deep + 1
         if not targets and edges:
             c.add(f"alias {node} delivers nowhere: it ends at a moved address with "

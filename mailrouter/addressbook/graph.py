@@ -11,7 +11,7 @@ Expansions are then computed sinks-first, so each node is expanded once and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..routing.decision import Target
@@ -144,10 +144,10 @@ class _Memo:
     targets and their dedupe keys, and later occurrences reuse them. A text whose parse
     reported an error is never kept, so each of its occurrences reports its own."""
 
-    __slots__ = ("c", "p", "seen")
+    __slots__ = ("c", "p", "options", "domains", "seen")
 
     def __init__(self, c: Collector, p: Parts) -> None:
-        self.c, self.p = c, p
+        self.c, self.p, self.options, self.domains = c, p, p.options, p.domains
         self.seen: dict[str, tuple[tuple[Target, ...], tuple[str, ...]]] = {}
 
     def edges(self, src: str, value: Any) -> list[Edge]:
@@ -160,8 +160,8 @@ class _Memo:
         if not isinstance(value, str) or not (text := value.strip()):
             return parse_target(self.c, self.p, src, value)
         if "@" in text and not text.startswith(PREFIXES):
-            dest = canonical(text, self.p.options)
-            if dest is not None and dest != src and dest.partition("@")[2] in self.p.domains:
+            dest = canonical(text, self.options)
+            if dest is not None and dest != src and dest.partition("@")[2] in self.domains:
                 return [_new_edge(Edge, (dest, (), value, ()))]
             return _address(self.c, self.p, src, text, value)
         hit = self.seen.get(text)
@@ -184,11 +184,11 @@ def _self_edge(c: Collector, p: Parts, src: str, edge: Edge) -> Edge | None:
     return person_edge(p, key, edge.at)
 
 
-def _alias_node(c: Collector, p: Parts, memo: _Memo, src: str, key: Any,
-                value: Any) -> list[Edge]:
+def _alias_node(c: Collector, p: Parts, src: str, key: Any, parsed: list[Edge]) -> list[Edge]:
+    """The edges of an alias that maps to itself or is a person's address."""
     edges: list[Edge] = []
     has_self = False
-    for edge in memo.edges(src, value):
+    for edge in parsed:
         if edge.dest == src:
             has_self = True
             fixed = _self_edge(c, p, src, edge)
@@ -204,23 +204,41 @@ def _alias_node(c: Collector, p: Parts, memo: _Memo, src: str, key: Any,
     return edges
 
 
+def _mappings(section: Any) -> Iterator[Mapping[Any, Any]]:
+    """The mappings of a section, in the order `entries` walks them."""
+    if isinstance(section, Mapping):
+        yield section
+    elif isinstance(section, list):
+        for part in section:
+            yield from _mappings(part)
+
+
 def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]:
     """Every known address -> its edges; person addresses and moved ones included."""
     nodes: dict[str, list[Edge]] = {}
     memo = _Memo(c, p)
     options, by_address, defined, domains = p.options, p.by_address, p.defined, p.domains
-    for key, value, box in entries(section):
-        src = canonical(key if isinstance(key, str) else str(key), options)
-        if src is None:
-            c.add(f"alias {str(key)!r} is not an address", key, "write local@domain", box)
-            continue
-        if src in by_address:
-            nodes[src] = _alias_node(c, p, memo, src, key, value)
-        elif src not in defined and src.partition("@")[2] in domains:
-            defined[src] = ("an alias", key)              # `define`, its usual case inline
-            nodes[src] = _alias_node(c, p, memo, src, key, value)
-        elif define(c, p, src, "an alias", key):
-            nodes[src] = _alias_node(c, p, memo, src, key, value)
+    edges_of = memo.edges
+    for box in _mappings(section):
+        for key, value in box.items():
+            src = canonical(key if isinstance(key, str) else str(key), options)
+            if src is None:
+                c.add(f"alias {str(key)!r} is not an address", key, "write local@domain", box)
+                continue
+            if src not in by_address:
+                if src not in defined and src.partition("@")[2] in domains:
+                    defined[src] = ("an alias", key)          # `define`, its usual case inline
+                elif not define(c, p, src, "an alias", key):
+                    continue
+            edges = edges_of(src, value)
+            if src in by_address:
+                edges = _alias_node(c, p, src, key, edges)
+            else:
+                for edge in edges:
+                    if edge[0] == src:
+                        edges = _alias_node(c, p, src, key, edges)
+                        break
+            nodes[src] = edges
     for address, person in p.by_address.items():
         nodes.setdefault(address, [person_edge(p, person, None)])
     return nodes
