@@ -15,7 +15,7 @@ of issue 4 "Scale", 2.15-2.5 s after; resolve 4-5 us/rcpt at every size. From YA
 load 6.8-8.3 s here (libyaml plus Python construction of LocStr/LocMap, with the
 cyclic GC enabled and this process already holding the dict book; about 4.5 s in a
 fresh process, 2.4 s of it with the GC off) + build+check 2.7-3.1 s.
-""""""
+"""
 
 from __future__ import annotations
 
