@@ -136,8 +136,8 @@ class App:
         log.info("event=stopped")
 
     # -- reload ------------------------------------------------------------------------
-    def _routing_mtimes(self) -> dict[str, float]:
-        out = {}
+    def _routing_mtimes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
         for f in _files(self.config.routing):
             try:
                 out[f] = os.stat(f).st_mtime_ns
@@ -236,4 +236,4 @@ def run_workers(config: Config) -> int:
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
     from prometheus_client import multiprocess
     return supervise(config, lambda i: asyncio.run(serve(config, sockets=sockets, worker=i)),
-                     on_exit=lambda pid: multiprocess.mark_process_dead(pid))
+                     on_exit=lambda pid: multiprocess.mark_process_dead(pid))  # type: ignore[no-untyped-call]

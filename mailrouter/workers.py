@@ -112,9 +112,9 @@ def supervise(config: Config, child: Callable[[int], int],
             break
         except InterruptedError:
             continue
-        index = workers.pop(pid, None)
-        if index is None:
+        if pid not in workers:
             continue
+        index = workers.pop(pid)
         on_exit(pid)
         exit_code = os.waitstatus_to_exitcode(status)
         if stopping:

@@ -11,6 +11,7 @@ hides a typo'd second definition of an alias), YAML tags that construct objects.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,9 @@ def loads(text: str, source: str = "<string>") -> Any:
     """Parse YAML text; syntax errors become ConfigError with the line."""
     loader = _Loader(text)
     loader.source = source
-    try:
+    collecting = gc.isenabled()
+    gc.disable()      # a big address book is a million new objects and no garbage:
+    try:              # without this the cyclic collector runs ~100 times over them
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -112,6 +115,8 @@ def loads(text: str, source: str = "<string>") -> Any:
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML: {exc}", source) from None
     finally:
+        if collecting:
+            gc.enable()
         loader.dispose()
 
 

@@ -40,7 +40,8 @@ _IO = ThreadPoolExecutor(32, "maildir")
 
 def encode_mutf7(name: str) -> str:
     """IMAP modified UTF-7 (RFC 3501 section 5.1.3)."""
-    out, buf = [], []
+    out: list[str] = []
+    buf: list[str] = []
 
     def flush() -> None:
         if buf:

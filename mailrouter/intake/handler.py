@@ -83,7 +83,7 @@ class Handler:
         try:
             txn = Transaction(
                 protocol=self.protocol, peer=_peer(session.peer), helo=session.host_name or "unknown",
-                mail_from=envelope.mail_from, rcpts=tuple(envelope.rcpt_tos),
+                mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos),
                 raw=envelope.original_content or b"",
                 smtputf8=bool(envelope.smtp_utf8))
             replies = await self.app.process(txn)

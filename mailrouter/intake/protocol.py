@@ -97,7 +97,7 @@ class _CachedInspect:
         return getattr(inspect, name)
 
 
-_aiosmtpd_smtp.inspect = _CachedInspect()  # type: ignore[attr-defined]
+_aiosmtpd_smtp.inspect = _CachedInspect()  # type: ignore[assignment, attr-defined]
 
 
 class Protocol(SMTP):
@@ -236,7 +236,7 @@ class Protocol(SMTP):
         problem, content = await self._read_data()
         if problem:
             await self.push(self._replies(problem))
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = self.envelope.original_content = content
         try:
@@ -246,7 +246,7 @@ class Protocol(SMTP):
         except Exception as exc:
             log.error("event=data_error error=%r", exc, exc_info=exc)
             status = self._replies(INTERNAL_ERROR)
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
     async def _read_data(self) -> tuple[str | None, bytes]:

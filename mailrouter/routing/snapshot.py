@@ -70,7 +70,7 @@ class Snapshot:
         default = Decision(
             rcpt, Action.DELIVER, REPLY_OK, targets=res.targets,
             mailbox=first.mailbox if first else None, folder=first.folder if first else None,
-            owner=res.person or (first.person if len(res.targets) == 1 else None),
+            owner=res.person or (first.person if first and len(res.targets) == 1 else None),
             autoreply=res.moved.autoreply if res.moved else None,
             path=first.path if first else (), reasons=("address book",))
         decision = self.rules.apply(view, mail_from, rcpt, res, default, at)
