@@ -1,0 +1,72 @@
+"""Maildir delivery: atomic, durable, deterministic names, Maildir++ folders in modified UTF-7
+that a real Dovecot shows under their Unicode names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from mailrouter.delivery.maildir import Maildir, encode_mutf7, folder_dirname
+
+
+@pytest.mark.parametrize("name, encoded", [
+    ("INBOX", "INBOX"), ("Финансы", "&BCQEOAQ9BDAEPQRBBEs-"), ("A&B", "A&-B"),
+    ("Entwürfe", "Entw&APw-rfe"), ("台北", "&U,BTFw-"),      # RFC 3501 5.1.3 example
+    ("Счета 2026", "&BCEERwQ1BEIEMA- 2026"),
+])
+def test_modified_utf7(name, encoded):
+    """Folder names are encoded as IMAP modified UTF-7 (RFC 3501 5.1.3)."""
+    assert encode_mutf7(name) == encoded
+
+
+def test_folder_dirname_and_refusals():
+    """Nested folders become Maildir++ '.A.B'; empty, '..' and control characters are refused."""
+    assert folder_dirname("Finance/2026") == ".Finance.2026"
+    assert folder_dirname("Финансы") == ".&BCQEOAQ9BDAEPQRBBEs-"
+    for bad in ("", "a//b", "../etc", "a\nb", "x\0y"):
+        with pytest.raises(ValueError):
+            folder_dirname(bad)
+
+
+async def test_delivery_is_idempotent_and_leaves_no_tmp(tmp_path):
+    """The same copy id twice gives one file in new/; tmp/ is empty afterwards."""
+    md = Maildir(tmp_path / "box", "mx.test")
+    p1 = await md.deliver(b"Subject: a\r\n\r\nx\r\n", "c0ffee", "Финансы")
+    p2 = await md.deliver(b"Subject: a\r\n\r\nx\r\n", "c0ffee", "Финансы")
+    assert p1 == p2
+    box = tmp_path / "box" / ".&BCQEOAQ9BDAEPQRBBEs-"
+    assert [f.name for f in (box / "new").iterdir()] == ["mrc0ffee.mx.test"]
+    assert list((box / "tmp").iterdir()) == [] and (box / "maildirfolder").exists()
+
+
+async def test_copy_moved_to_cur_by_a_client_is_not_delivered_again(tmp_path):
+    """After an IMAP client marks the copy seen (new/NAME -> cur/NAME:2,S) a retry adds nothing."""
+    md = Maildir(tmp_path / "box", "mx.test")
+    path = await md.deliver(b"x\r\n", "beef")
+    os.rename(path, tmp_path / "box" / "cur" / "mrbeef.mx.test:2,S")
+    await md.deliver(b"x\r\n", "beef")
+    assert list((tmp_path / "box" / "new").iterdir()) == []
+
+
+async def test_dovecot_lists_our_folder_under_its_unicode_name(dovecot):
+    """A folder we create in a Dovecot user's Maildir is listed by doveadm as «Финансы» with
+    the message in it: the on-disk naming is the one Dovecot and IMAP clients expect."""
+    if not shutil.which("doveadm"):
+        pytest.skip("doveadm is not installed (Debian package dovecot-core)")
+    dv = dovecot(["user@example.test"])
+    root = dv.maildir("user@example.test")
+    await Maildir(root, "mx.test").deliver(b"Subject: invoice\r\n\r\nsee attachment\r\n", "f1", "Финансы")
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(root)], check=True)
+    conf = str(dv.dir / "dovecot.conf")
+    out = await asyncio.to_thread(subprocess.run, ["doveadm", "-c", conf, "mailbox", "list", "-u",
+                                  "user@example.test"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Финансы" in out.stdout.splitlines()
+    out = await asyncio.to_thread(subprocess.run, ["doveadm", "-c", conf, "search", "-u",
+                                  "user@example.test", "mailbox", "Финансы", "ALL"],
+                                  capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1, (out.stdout, out.stderr)
