@@ -353,3 +353,28 @@ async def test_registry_on_full_filesystem_is_4xx_then_retry_delivers_once(make_
     assert await app.registry.count_messages() == len(raws)
     for raw in raws:
         assert (await app.registry.message(message_key(SENDER, raw)))["status"] == "delivered"
+
+
+async def test_hung_downstream_answers_451_within_process_timeout(make_app, tmp_path):
+    """A downstream that accepts the connection and then says nothing: the reply is 451 once
+    limits.process_timeout passes, never a hang and never a 250."""
+    import socket as _socket
+    from mailrouter.config import DeliveryConfig, Downstream
+    silent = _socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)                       # accepts (kernel backlog), never greets
+    book = tmp_path / "book.yaml"
+    book.write_text("domains: [example.com]\nmailboxes:\n  fwd: {smtp: x@downstream.test}\n"
+                    "aliases:\n  hang@example.com: mailbox:fwd\n", encoding="utf-8")
+    try:
+        app = await make_app(
+            routing=(str(book),), limits={"process_timeout": 1},
+            delivery=DeliveryConfig(tmp_path / "mail", smtp=Downstream(
+                "127.0.0.1", silent.getsockname()[1], timeout=30)))
+        async with Wire(app.bound["smtp"][1]) as w:
+            await w.greet()
+            reply = await w.transaction("a@outside.test", ["hang@example.com"],
+                                        b"Subject: x\r\n\r\ny\r\n.\r\n")
+        assert reply[0].startswith("451 4.3.0")
+    finally:
+        silent.close()

@@ -12,6 +12,7 @@ when nothing was delivered, the first refusal.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,11 @@ class Handler:
                 mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos),
                 raw=envelope.original_content or b"",
                 smtputf8=bool(envelope.smtp_utf8))
-            replies = await self.app.process(txn)
+            async with asyncio.timeout(self.app.config.limits.process_timeout):
+                replies = await self.app.process(txn)
+        except TimeoutError:   # a hung disk or downstream: the MTA keeps the mail and retries
+            log.error("event=process_timeout peer=%s rcpts=%d", session.peer, n)
+            replies = [Reply(451, "4.3.0", "Processing took too long, try again later")] * n
         except Exception:  # never a 5xx, never the exception text: the MTA must retry
             log.exception("event=process_crashed peer=%s", session.peer)
             replies = [Reply(451, "4.3.0", "Internal error, try again later")] * n
