@@ -263,7 +263,8 @@ def _split_words(data: bytes, defects: list[str]) -> list[_PART]:
     # One broken encoded-word must not lose the others: decode word by word.
     parts: list[_PART] = []
     pos = 0
-    for match in email.header.ecre.finditer(text):
+    # ecre is the stdlib's encoded-word pattern; typeshed does not declare it.
+    for match in email.header.ecre.finditer(text):  # type: ignore[attr-defined]
         if match.start() > pos:
             parts.append((text[pos:match.start()].encode("latin-1"), None))
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -53,7 +53,15 @@ def where(value: Any, default: Any = None) -> tuple[str, int, int]:
     return getattr(default, "path", ""), 0, 0
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~10x faster
+# CSafeLoader exists only when PyYAML was built with libyaml; mypy checks against
+# SafeLoader, whose constructor API is the same.
+if TYPE_CHECKING:
+    _BaseLoader = yaml.SafeLoader
+else:
+    _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
+
+
+class _Loader(_BaseLoader):
     source = ""
 
 
@@ -63,7 +71,8 @@ def _mark(obj: Any, node: yaml.Node, source: str) -> Any:
 
 
 def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> LocStr:
-    return _mark(LocStr(loader.construct_scalar(node)), node, loader.source)
+    result: LocStr = _mark(LocStr(loader.construct_scalar(node)), node, loader.source)
+    return result
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LocMap:

@@ -152,8 +152,9 @@ def _check_exists(facts: Facts, leaf: Leaf) -> str | None:
     return f"{leaf.label} exists" + (f" (value: {values[0]!r})" if values else ": false")
 
 
-_CMP = {"equals": lambda a, b: a == b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
-        "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}
+_CMP: dict[str, Callable[[Any, Any], bool]] = {
+    "equals": lambda a, b: a == b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}
 
 
 def _check_num(facts: Facts, leaf: Leaf) -> str | None:
@@ -351,8 +352,9 @@ def gate_of(node: Node) -> tuple[str, frozenset[str]] | None:
         gates = [g for g in (gate_of(p) for p in node.parts) if g is not None]
         return min(gates, key=lambda g: (FIELD_COST.get(g[0], 3), len(g[1])), default=None)
     if isinstance(node, AnyOf):
-        gates = [gate_of(p) for p in node.parts]
-        if any(g is None for g in gates) or len({g[0] for g in gates if g}) != 1:
+        maybe_gates = [gate_of(p) for p in node.parts]
+        if any(g is None for g in maybe_gates) or len({g[0] for g in maybe_gates if g}) != 1:
             return None
-        return gates[0][0], frozenset().union(*(g[1] for g in gates if g))  # type: ignore[index]
+        gates = [g for g in maybe_gates if g]          # all of them, after the check above
+        return gates[0][0], frozenset[str]().union(*(g[1] for g in gates))
     return None

@@ -74,6 +74,15 @@ class Facts:
     __slots__ = ("view", "mail_from", "rcpt", "resolution", "at", "calendars", "_raw", "_norm",
                  "_words", "_tokens")
 
+    # Declared here because the module-level _READERS above reads these before mypy
+    # has seen __init__'s tuple assignments.
+    view: Any
+    mail_from: str
+    rcpt: str
+    resolution: Any
+    at: datetime
+    calendars: Mapping[str, Any]
+
     def __init__(self, view: Any, mail_from: str, rcpt: str, resolution: Any, at: datetime,
                  calendars: Mapping[str, Any]) -> None:
         self.view, self.mail_from, self.rcpt = view, mail_from or "", rcpt or ""

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Iterator, Sequence
 
 from .conditions import AllOf, Leaf, Node, gate_of
@@ -53,7 +54,7 @@ def rcpt_keys(node: Node | None) -> tuple[str, frozenset[str]] | None:
 class _Gate:
     field: str
     first: int                                   # position of its first rule
-    words: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    words: dict[str, list[int]] = dc_field(default_factory=lambda: defaultdict(list))
 
 
 class RuleIndex:

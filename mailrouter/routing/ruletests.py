@@ -130,8 +130,8 @@ def run_rule_tests(tests: Sequence[Any], decide: Decide, base_dir: str | Path = 
     failures: list[str] = []
     for i, case in enumerate(tests or ()):
         path, line, _ = where(case, tests)
-        if not line and getattr(tests, "item_marks", None):
-            line = tests.item_marks[i][0]
+        if not line and (marks := getattr(tests, "item_marks", None)):
+            line = marks[i][0]
         base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
         name = str(case.get("name") or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"
         head = f"{path or base_dir}:{line}: test {name}: "

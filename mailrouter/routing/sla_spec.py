@@ -49,7 +49,8 @@ class Sla:
         if cal is None:
             start = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
             return start + timedelta(days=days, hours=hours)
-        return cal.add_business_hours(at, days * cal.day_hours + hours)
+        due: datetime = cal.add_business_hours(at, days * cal.day_hours + hours)
+        return due
 
     def describe(self, at: datetime, calendars: Mapping[str, Any]) -> str:
         cal = calendars.get(self.calendar) if self.calendar else None
