@@ -80,7 +80,6 @@ def supervise(config: Config, child: Callable[[int], int],
     """Fork `config.workers` children running `child(index)`; return the exit code."""
     workers: dict[int, int] = {}            # pid -> index
     stopping = False
-    pending: list[int] = []
 
     def forward(sig: int, only_others: bool = False) -> None:
         for pid, index in list(workers.items()):

@@ -14,7 +14,6 @@ import asyncio
 import re
 import sqlite3
 from collections import Counter
-from pathlib import Path
 
 import pytest
 

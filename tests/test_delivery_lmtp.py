@@ -20,7 +20,7 @@ from tests.test_delivery_smtp import TRICKY, Sink, SinkFactory, sink  # noqa: F4
 DovecotFactory = Callable[[list[str]], DovecotServer]
 
 
-async def test_mixed_replies_per_recipient_in_order(sink: SinkFactory) -> None:
+async def test_mixed_replies_per_recipient_in_order(sink: SinkFactory) -> None:  # noqa: F811 (fixture)
     """RCPT refusal and per-recipient DATA replies (250/550/452) come back in RCPT order."""
     s = await sink(lmtp=True)
     s.rcpt_replies["nosuch@example.test"] = "550 5.1.1 <nosuch@example.test> User doesn't exist"
@@ -36,7 +36,7 @@ async def test_mixed_replies_per_recipient_in_order(sink: SinkFactory) -> None:
     assert s.envelopes[0].rcpt_tos == ["a@example.test", "full@example.test", "b@example.test"]
 
 
-async def test_next_message_after_mixed_replies_reuses_connection(sink: SinkFactory) -> None:
+async def test_next_message_after_mixed_replies_reuses_connection(sink: SinkFactory) -> None:  # noqa: F811 (fixture)
     """After per-recipient replies the session is clean: the next message reuses it."""
     s = await sink(lmtp=True)
     s.data_replies["full@example.test"] = "452 4.2.2 Mailbox full"
@@ -48,7 +48,7 @@ async def test_next_message_after_mixed_replies_reuses_connection(sink: SinkFact
     assert s.connections == 1
 
 
-async def test_broken_after_some_replies_is_partial(sink: SinkFactory) -> None:
+async def test_broken_after_some_replies_is_partial(sink: SinkFactory) -> None:  # noqa: F811 (fixture)
     """The connection breaks after the first per-recipient reply: PartialDeliveryError says who has it."""
     s = await sink(lmtp=True)
 

@@ -18,7 +18,7 @@ def _send(port: int) -> None:
 
 
 async def test_postfix_relays_to_sink(postfix: Callable[..., PostfixServer],
-                                      sink: SinkFactory) -> None:
+                                      sink: SinkFactory) -> None:  # noqa: F811 (fixture)
     """Mail sent to the private Postfix reaches the sink on its relayhost port."""
     s = await sink()
     mta = postfix(relay_port=s.port)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from ..routing.decision import Target
 from .canon import canonical
 from .errs import Collector, did_you_mean
-from .parse import Parts, define, entries
+from .parse import Parts, define
 
 __all__ = ["Edge", "parse_target", "parse_aliases", "add_moved", "check_dangling"]
 

@@ -169,7 +169,7 @@ def _parse_people(c: Collector, section: Any, p: Parts) -> None:
         if person.address is not None:
             define(c, p, person.address, f"the address of person {person.key!r}", value["address"])
             p.by_address[person.address] = person.key
-    for key, value, box in entries(section):
+    for key, value, _box in entries(section):
         deputy = value.get("deputy") if isinstance(value, Mapping) else None
         if deputy is not None and str(deputy) not in p.people:
             c.add(f"person {str(key)!r} names unknown deputy {str(deputy)!r}", deputy,
