@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import time
 import urllib.request
@@ -73,7 +72,8 @@ def test_reload_reaches_every_worker(daemon_process):
 
 def test_dead_worker_is_replaced_and_dead_supervisor_takes_workers_along(daemon_process):
     """kill -9 of a worker: the supervisor starts another and mail keeps flowing; kill -9 of
-    the supervisor: the workers die too and the port is free again."""
+    the supervisor: the workers die too (PR_SET_PDEATHSIG), so no orphan keeps the listeners.
+    (Not asserted with a connect(): to a free ephemeral port that can self-connect.)"""
     proc = daemon_process(extra="workers: 2\n")
     _wait_log(proc, "event=started", 2)
     pids = [int(l.split("pid=")[1]) for l in proc.log.read_text().splitlines()
@@ -90,12 +90,6 @@ def test_dead_worker_is_replaced_and_dead_supervisor_takes_workers_along(daemon_
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "workers outlived the supervisor"
-    try:                             # and nobody answers on the port any more
-        socket.create_connection(("127.0.0.1", proc.smtp), timeout=5).close()
-    except ConnectionRefusedError:
-        pass
-    else:
-        raise AssertionError("something still accepts connections on the SMTP port")
 
 
 def _alive(pid: int) -> bool:
