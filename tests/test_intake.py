@@ -284,3 +284,33 @@ async def test_connections_past_the_limit_get_421(make_app):
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("never served again after sessions ended")
+
+
+@pytest.mark.parametrize("body, stored", [
+    (b".\r\n", b""),                                        # empty message
+    (b"..\r\n.\r\n", b".\r\n"),                             # a lone dot, stuffed
+    (b"a\r\n..b\r\n.c\r\n.\r\n", b"a\r\n.b\r\nc\r\n"),     # stuffed and unstuffed leading dots
+    (b"x" * 999 + b"\r\n.\r\n", b"x" * 999 + b"\r\n"),    # the longest line aiosmtpd allows
+], ids=["empty", "lone-dot", "leading-dots", "999-chars"])
+async def test_data_transparency(make_app, tmp_path, body, stored):
+    """Dot-stuffing is undone per RFC 5321 4.5.2 and the content is stored byte for byte."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        r = await w.transaction("a@outside.test", ["sales@example.com"], body)
+        assert r[0].startswith("250")
+    files = maildir_files(tmp_path / "var" / "mail" / "sales")
+    assert len(files) == 1
+    data = files[0].read_bytes()          # our trace headers, then exactly the received bytes
+    assert data.endswith(stored)
+    assert data[:len(data) - len(stored)].endswith(b"Delivered-To: sales@example.com\r\n")
+
+
+async def test_line_of_1000_characters_is_too_long(make_app, tmp_path):
+    """A 1,000-character line (over RFC 5321's 998 and aiosmtpd's 999) is refused 500 5.5.2."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        r = await w.transaction("a@outside.test", ["sales@example.com"], b"y" * 1000 + b"\r\n.\r\n")
+        assert r[0].startswith("500 5.5.2")
+    assert maildir_files(tmp_path / "var" / "mail") == []

@@ -250,39 +250,56 @@ class Protocol(SMTP):
         await self.push(status)
 
     async def _read_data(self) -> tuple[str | None, bytes]:
-        """Read to CRLF.CRLF; return (refusal or None, un-dot-stuffed content)."""
-        chunks: list[bytes] = []
-        size, limit, problem = 0, self.data_size_limit, None
-        reader, loop = self._reader, self.loop
+        """Read to CRLF.CRLF; return (refusal or None, un-dot-stuffed content).
+
+        Reads whatever the socket has, in bulk, and looks for the terminator with
+        bytes.find: a line-by-line loop cost a tenth of the event loop's time. Bytes
+        that follow the terminator (pipelined commands) go back to the reader. A
+        virtual CRLF in front lets an empty message ('.' first) match the same way.
+        """
+        buf = bytearray(b"\r\n")
+        limit, reader, loop = self.data_size_limit, self._reader, self.loop
+        too_big, scanned, size = False, 0, 0
         armed = loop.time()
         self._reset_timeout(self.data_timeout)
         while True:
             if loop.time() - armed > 1.0:   # re-arm the idle timer at most once a second
                 armed = loop.time()
                 self._reset_timeout(self.data_timeout)
-            try:
-                line = await reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:
-                line = await reader.read(exc.consumed)
-                problem = problem or LINE_TOO_LONG
-                chunks.clear()
-                continue
-            if line == b".\r\n":
+            chunk = await reader.read(_READ_ALL)
+            if not chunk:                   # EOF mid-DATA: nothing was accepted
+                raise ConnectionResetError("client closed the connection during DATA")
+            buf += chunk
+            end = buf.find(b"\r\n.\r\n", scanned)
+            if end >= 0:
+                if len(buf) > end + 5:
+                    reader.feed_data(bytes(buf[end + 5:]))
+                del buf[end + 2:]
+                size += end
                 break
-            size += len(line)
-            if problem:
-                continue
-            if limit and size > limit:
-                problem = TOO_BIG
-                chunks.clear()
-                continue
-            if b"\0" in line or b"\n" in line[:-2] or b"\r" in line[:-2]:
-                problem = BAD_BYTES
-                chunks.clear()
-                continue
-            chunks.append(line[1:] if line[:1] == b"." else line)
+            if limit and size + len(buf) > limit + 2:
+                # Too big: keep reading to the end (RFC 5321 4.2.5) but hold only a tail.
+                too_big, size = True, size + len(buf) - 4
+                del buf[:-4]
+            scanned = max(0, len(buf) - 4)
         self._reset_timeout()
-        return problem, b"".join(chunks)
+        if too_big or (limit and size > limit):
+            return TOO_BIG, b""
+        return _check_content(buf)
+
+
+_READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
+_LONG_LINE = re.compile(rb"[^\n]{1001}")    # 999 characters + CR, as aiosmtpd allows
+
+
+def _check_content(buf: bytearray) -> tuple[str | None, bytes]:
+    """Refuse long lines, bare CR/LF and NUL; undo dot-stuffing (RFC 5321 4.5.2)."""
+    crlf = buf.count(b"\r\n")
+    if _LONG_LINE.search(buf):
+        return LINE_TOO_LONG, b""
+    if b"\0" in buf or buf.count(b"\n") != crlf or buf.count(b"\r") != crlf:
+        return BAD_BYTES, b""
+    return None, bytes(buf).replace(b"\r\n.", b"\r\n")[2:]
 
 
 class LMTPProtocol(Protocol, LMTP):
