@@ -57,6 +57,7 @@ class RegistryConfig:
     url: str
     batch_max: int = 256
     timeout: float = 10.0
+    sync: str = "full"        # SQLite: fsync every commit ("full") or leave it to WAL ("normal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +211,12 @@ def _workers(doc: dict[str, Any], c: _Checker) -> int:
 
 
 def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
-    sec = c.section(doc, "registry", ("url", "batch_max", "timeout"))
+    sec = c.section(doc, "registry", ("url", "batch_max", "timeout", "sync"))
+    sync = str(sec.get("sync", "full")).lower()
+    if sync not in ("full", "normal"):
+        c.error(sec.get("sync"), f"registry 'sync' must be full or normal, not {sync!r}",
+                "full: each commit survives a power cut; normal: survives a crash of mailrouter", sec)
+        sync = "full"
     url = str(sec.get("url") or f"sqlite+aiosqlite:///{base / 'var' / 'registry.db'}")
     if url.startswith("sqlite") and ":///" in url:
         scheme, _, file = url.partition(":///")
@@ -220,7 +226,7 @@ def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
         c.error(sec.get("url"), f"unsupported registry url {url!r}",
                 "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db", sec)
     return RegistryConfig(url, c.number(sec, "batch_max", 256, int, 1),
-                          c.number(sec, "timeout", 10.0, float, 0.1))
+                          c.number(sec, "timeout", 10.0, float, 0.1), sync)
 
 
 def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None:

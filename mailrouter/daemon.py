@@ -77,6 +77,7 @@ class App:
         cfg = self.config
         self.registry = await Registry.open(cfg.registry.url, batch_max=cfg.registry.batch_max,
                                             timeout=cfg.registry.timeout,
+                                            synchronous=cfg.registry.sync.upper(),
                                             create=self.worker is None)  # else: migrated by parent
         self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer)
         for name, listener, cls in (("smtp", cfg.smtp, Protocol), ("lmtp", cfg.lmtp, LMTPProtocol)):

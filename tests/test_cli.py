@@ -34,12 +34,14 @@ def test_check_reports_config_errors_with_file_line_and_fix(tmp_path):
     """A typo'd key and a bad listener: exit 2, every error named with file:line and a fix."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text("hostname: mx.test\nlisen: {smtp: 127.0.0.1:2525}\nlimits:\n  max_message_size: -5\n"
-                   "registry: {url: 'mysql://x'}\n", encoding="utf-8")
+                   "registry: {url: 'mysql://x', sync: sometimes}\nworkers: many\n", encoding="utf-8")
     out = mr("check", "-c", str(cfg))
     assert out.returncode == 2
     assert f"{cfg}:2:1: unknown key 'lisen'; did you mean 'listen'?" in out.stderr
     assert f"{cfg}:4:3: 'max_message_size' must be a number >= 1, not -5" in out.stderr
     assert f"{cfg}:5:17: unsupported registry url 'mysql://x'" in out.stderr
+    assert f"{cfg}:5:36: registry 'sync' must be full or normal, not 'sometimes'" in out.stderr
+    assert f"{cfg}:6:10: 'workers' must be a number from 1 to 64 or 'auto', not 'many'" in out.stderr
 
 
 def test_check_reports_yaml_syntax_error(tmp_path):

@@ -303,3 +303,15 @@ async def test_hostile_lengths_are_recorded(registry: Registry) -> None:
     row = await registry.message("a" * 64)
     assert row is not None and row["from_addr"] == long_addr
     assert row["decisions"][0]["sla"] == sla
+
+
+async def test_sqlite_sync_setting_reaches_the_connections(tmp_path: Path) -> None:
+    """registry.sync: full -> PRAGMA synchronous=2 (FULL), normal -> 1 (NORMAL), on the
+    connections that commit the group batches."""
+    for setting, expected in (("FULL", 2), ("NORMAL", 1)):
+        reg = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / setting}.db", synchronous=setting)
+        try:
+            with reg.commit_engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == expected
+        finally:
+            await reg.close()
