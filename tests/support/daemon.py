@@ -142,3 +142,16 @@ def maildir_files(root: Path) -> list[Path]:
 
 def env_without_pg() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MAILROUTER_TEST_PG_URL"}
+
+
+@pytest.fixture
+async def make_app_cached(make_app: Callable[..., Awaitable[App]]) -> AsyncIterator[Callable[..., Awaitable[App]]]:
+    """One app per test function even when hypothesis calls the test body many times."""
+    holder: list[App] = []
+
+    async def get() -> App:
+        if not holder:
+            holder.append(await make_app())
+        return holder[0]
+
+    yield get
