@@ -80,7 +80,7 @@ class Config:
     routing: tuple[str, ...]                     # glob patterns of routing files, absolute
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
-    workers: int = 1                             # processes sharing the listeners (one per core)
+    workers: int = field(default_factory=lambda: auto_workers())  # processes on the listeners
     workdir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -199,10 +199,15 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         workers=_workers(doc, c))
 
 
+def auto_workers() -> int:
+    """One worker per core, at most 8 (each holds its own caches and connections)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def _workers(doc: dict[str, Any], c: _Checker) -> int:
-    value = doc.get("workers", 1)
+    value = doc.get("workers", "auto")
     if value == "auto":
-        return os.cpu_count() or 1
+        return auto_workers()
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
         c.error(value, f"'workers' must be a number from 1 to 64 or 'auto', not {value!r}",
                 "for example 'workers: auto' (one process per core)", doc)

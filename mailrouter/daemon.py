@@ -35,7 +35,7 @@ from .intake.protocol import LMTPProtocol, Protocol
 from .pipeline import Pipeline, Transaction
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
-from .workers import PARENT_RELOAD_SIGNAL, bind, supervise
+from .workers import HANDLED, PARENT_RELOAD_SIGNAL, bind, supervise
 
 __all__ = ["App", "run"]
 
@@ -200,6 +200,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload()))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)   # a worker is born with them blocked
     # Everything loaded so far (rules, address book, SQLAlchemy, aiosmtpd) lives for the
     # whole run: move it out of the cyclic collector's sight, so full collections scan
     # only per-message garbage instead of the whole heap.

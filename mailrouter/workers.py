@@ -31,7 +31,7 @@ from typing import Callable
 
 from .config import Config
 
-__all__ = ["bind", "supervise", "PARENT_RELOAD_SIGNAL"]
+__all__ = ["bind", "supervise", "PARENT_RELOAD_SIGNAL", "HANDLED"]
 
 log = logging.getLogger("mailrouter.workers")
 PARENT_RELOAD_SIGNAL = signal.SIGUSR1      # worker 0 -> parent: "reload the others"
@@ -57,13 +57,22 @@ def _die_with_parent() -> None:
         log.warning("event=no_pdeathsig workers may outlive a killed supervisor")
 
 
+HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL}
+
+
 def _spawn(index: int, child: Callable[[int], int]) -> int:
+    # A signal that reached the child before its event loop handles signals would run the
+    # parent's inherited handler there (and be lost) or kill it half-started: keep them
+    # blocked across the fork; the worker unblocks them once its loop handles them.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if pid == 0:
         code = 1
         try:
             _die_with_parent()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL):
+            for sig in HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
             code = child(index)
         except BaseException:  # a worker must never fall back into the parent's code
@@ -101,8 +110,15 @@ def supervise(config: Config, child: Callable[[int], int],
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL):
         signal.signal(sig, on_signal)
+    def start(index: int) -> None:
+        pid = _spawn(index, child)
+        workers[pid] = index
+        if stopping:   # the stop arrived while forking, before this pid was in the table
+            os.kill(pid, signal.SIGTERM)
+
     for index in range(config.workers):
-        workers[_spawn(index, child)] = index
+        if not stopping:
+            start(index)
     code, last_restart = 0, 0.0
     while workers:
         try:
@@ -122,5 +138,6 @@ def supervise(config: Config, child: Callable[[int], int],
         log.error("event=worker_died worker=%d pid=%d code=%d, restarting", index, pid, exit_code)
         time.sleep(max(0.0, last_restart + 1.0 - time.monotonic()))
         last_restart = time.monotonic()
-        workers[_spawn(index, child)] = index
+        if not stopping:
+            start(index)
     return code

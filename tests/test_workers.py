@@ -103,3 +103,33 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_single_process_mode(daemon_process, tmp_path):
+    """workers: 1 runs the daemon in one process (no supervisor) and behaves the same."""
+    proc = daemon_process(extra="workers: 1\n")
+    assert _send(proc.smtp, 1) == 250
+    text = proc.log.read_text()
+    assert "event=supervising" not in text and text.count("event=started") == 1
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    assert len(maildir_files(tmp_path / "var" / "mail" / "support")) == 1
+
+
+def test_default_is_one_worker_per_core(daemon_process):
+    """With no 'workers:' key the daemon runs one worker per core (at most 8)."""
+    proc = daemon_process()
+    expected = max(1, min(8, os.cpu_count() or 1))
+    assert _wait_log(proc, "event=started", expected) == expected
+
+
+def test_sigterm_while_workers_start_is_a_clean_stop(tmp_path):
+    """SIGTERM the moment the listeners exist (workers still starting): every worker still
+    drains and exits 0, so the supervisor exits 0 and nothing is left on the port."""
+    from tests.support.daemon import DaemonProcess
+    for n in range(3):
+        (tmp_path / f"run{n}").mkdir()
+        d = DaemonProcess(tmp_path / f"run{n}", extra="workers: 2\n")
+        d.start()
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0, d.log.read_text()
