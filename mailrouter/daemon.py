@@ -216,7 +216,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
 
 def run(config: Config) -> int:
     logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
     if config.workers <= 1:
