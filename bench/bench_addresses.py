@@ -14,7 +14,9 @@ so +-25% from run to run): build+check from dicts 3.3-3.9 s before the build wor
 of issue 4 "Scale", 2.15-2.5 s after; resolve 4-5 us/rcpt at every size. From YAML:
 load 6.8-8.3 s here (libyaml plus Python construction of LocStr/LocMap, with the
 cyclic GC enabled and this process already holding the dict book; about 4.5 s in a
-fresh process, 2.4 s of it with the GC off) + build+check 2.7-3.1 s.
+fresh process, 2.4 s of it with the GC off) + build+check 2.7-3.1 s. With yamlsrc
+building straight from libyaml's events instead of PyYAML's node tree: load 1.2-1.4 s
+(was 2.8-3.1 s in this bench), total from YAML 4.2 s (was 5.8-6.2 s).
 """
 
 from __future__ import annotations

@@ -1,0 +1,270 @@
+"""yamlsrc builds LocStr/LocMap/LocList straight from the parser's events (the fast path)
+and falls back to PyYAML's node tree for tags and merge keys (the node path). Both must
+give what `yaml.load(text, Loader=yaml.SafeLoader)` gives, with the same types, and the
+same positions and errors as each other."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailrouter import yamlsrc
+from mailrouter.errors import ConfigError
+from mailrouter.yamlsrc import LocList, LocMap, LocStr, loads, where
+
+
+def nodes(text: str, source: str = "<string>") -> Any:
+    """`loads` forced onto the node path (the implementation before the fast path)."""
+    real = yamlsrc._load_events
+
+    def fallback(text: str, source: str) -> Any:
+        raise yamlsrc._Fallback
+
+    yamlsrc._load_events = fallback
+    try:
+        return loads(text, source)
+    finally:
+        yamlsrc._load_events = real
+
+
+def fast(text: str, source: str = "<string>") -> Any:
+    """The fast path alone: must not fall back."""
+    return yamlsrc._load_events(text, source)
+
+
+def same_as_safe(got: Any, want: Any) -> None:
+    """Equal values with the types SafeLoader gives (str/dict/list as LocStr/LocMap/LocList)."""
+    if isinstance(want, str):
+        assert type(got) is LocStr and got == want, (got, want)
+    elif isinstance(want, dict):
+        assert type(got) is LocMap and list(got) == list(want), (got, want)
+        for (gk, gv), (wk, wv) in zip(got.items(), want.items()):
+            same_as_safe(gk, wk)
+            same_as_safe(gv, wv)
+    elif isinstance(want, list):
+        assert type(got) is LocList and len(got) == len(want), (got, want)
+        for g, w in zip(got, want):
+            same_as_safe(g, w)
+    elif isinstance(want, float) and want != want:
+        assert type(got) is float and got != got
+    else:
+        assert type(got) is type(want) and got == want, (got, want)
+
+
+def same_positions(a: Any, b: Any) -> None:
+    """Same values, types and positions on every string, mapping, key and list item."""
+    assert type(a) is type(b) and a == b or (a != a and b != b)
+    if isinstance(a, (LocStr, LocMap, LocList)):
+        assert (a.path, a.line, a.column) == (b.path, b.line, b.column)
+    if isinstance(a, LocMap):
+        assert a.key_marks == b.key_marks
+        for (ak, av), (bk, bv) in zip(a.items(), b.items()):
+            same_positions(ak, bk)
+            same_positions(av, bv)
+    elif isinstance(a, LocList):
+        assert a.item_marks == b.item_marks
+        for x, y in zip(a, b):
+            same_positions(x, y)
+
+
+def error(load: Any, text: str) -> str:
+    try:
+        load(text, "f.yaml")
+    except ConfigError as exc:
+        return f"ConfigError: {exc}"
+    except Exception as exc:    # e.g. ValueError from an impossible date, as SafeLoader raises
+        return f"{type(exc).__name__}: {exc}"
+    raise AssertionError(f"no error for {text!r}")
+
+
+SNIPPETS = [
+    "", "---\n", "~\n", "a\n", "'quoted'\n", "12\n", "[]\n", "{}\n", "a:\n", "a: ~\n", "a: null\n",
+    "a: Null\n", "a: NULL\n", "a: ''\n", "a: 'null'\n", "a: \"12\"\n", "a: '0x1F'\n",
+    # ints, YAML 1.1: sign, underscores, 0b/0x/0o-less octal, sexagesimal
+    "[0, -1, +2, 1_000, 0x1F, 0x_1f, 017, 0b101, 0o17, 190:20:30, -0, 00, 09, 1__2]\n",
+    # floats
+    "[1.5, -1.5, .5, 1e3, 1.0e+3, 6.8523015e+5, 685.230_15e+03, 190:20:30.15, .inf, -.Inf, "
+    "+.INF, .nan, .NaN, 1., 0.]\n",
+    # bools, YAML 1.1
+    "[yes, Yes, YES, no, No, NO, true, True, TRUE, false, False, FALSE, on, On, ON, off, Off, OFF, "
+    "y, n, Y, N, yEs, nope, tru]\n",
+    # timestamps and dates
+    "[2001-12-14, 2001-12-14t21:59:43.10-05:00, 2001-12-14 21:59:43.10, 2001-12-15T02:59:43.1Z, "
+    "2002-12-14 21:59:43.1 -5, 2001-1-1, 20011214]\n",
+    # strings that only look like something else
+    "[a1@example.com, mailbox:m1, 'yes', \"1\", ~x, n/a, 1.2.3, 12:30, 0x, 1e, -, +, ., 0xZZ, "
+    "127.0.0.1:2525, 'a: b', \"\\u00e9\", Финансы, <x>, '<<', '=']\n",
+    "a: |\n  line one\n  line two\nb: >\n  folded\n  text\nc: |-\n  12\n",
+    "a: plain\n  continued\nb: 'single\n  quoted'\n",
+    "? complex\n: value\n",
+    "{a: 1, b: [x, {c: d}], e: {}}\n",
+    "- a\n- - b\n  - c\n- d: e\n  f: g\n",
+    "1: one\n2.5: two\nfalse: three\n~: four\n",
+    "a: &x {k: v}\nb: *x\nc: &s str\nd: [*s, *s]\ne: &n ~\nf: *n\n",
+    "a: &l [1, 2]\nb: *l\n",
+    # merge keys and tags (node path)
+    "base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  z: 3\n",
+    "a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 3}\n",
+    "c: {<<: {x: 1}, z: 3}\n",
+    "=: 1\n",
+    "a: !!str 12\nb: !!int '12'\nc: !!float '1'\nd: !!binary aGVsbG8=\ne: ! 12\n",
+    "s: !!set {a, b}\n",
+    "a: !!seq [1]\nb: !!map {c: d}\n",
+]
+
+
+@pytest.mark.parametrize("text", SNIPPETS)
+def test_values_as_safe_loader(text: str) -> None:
+    want = yaml.load(text, Loader=yaml.SafeLoader)
+    same_as_safe(loads(text), want)
+    same_positions(loads(text, "f.yaml"), nodes(text, "f.yaml"))
+
+
+FAST = [t for t in SNIPPETS if "!" not in t and "<<:" not in t and not t.startswith("=")]
+
+
+@pytest.mark.parametrize("text", FAST)
+def test_plain_documents_stay_on_the_fast_path(text: str) -> None:
+    """Only tags, merge keys and '=' keys need the node path."""
+    same_positions(fast(text, "f.yaml"), nodes(text, "f.yaml"))
+
+
+def test_ordered_maps_and_pairs_as_before() -> None:
+    """!!omap and !!pairs: SafeConstructor's lists of tuples, keys with positions."""
+    text = "o: !!omap [a: 1, b: 2]\np: !!pairs [a: 1, a: 2]\n"
+    doc = loads(text, "f.yaml")
+    assert doc == yaml.load(text, Loader=yaml.SafeLoader)
+    assert where(doc["o"][1][0]) == ("f.yaml", 1, 18)
+
+
+def test_positions() -> None:
+    text = ("domains: [example.com]\n"
+            "aliases:\n"
+            "  sales@example.com: &s mailbox:sales\n"
+            "  group@example.com:\n"
+            "    - 'p1'\n"
+            "    - *s\n"
+            "    - 7\n")
+    doc = loads(text, "book.yaml")
+    assert (doc.path, doc.line, doc.column) == ("book.yaml", 1, 1)
+    assert doc.key_marks == {"domains": (1, 1), "aliases": (2, 1)}
+    assert where(doc["domains"]) == ("book.yaml", 1, 10)
+    assert where(doc["domains"][0]) == ("book.yaml", 1, 11)
+    aliases = doc["aliases"]
+    assert aliases.key_line("group@example.com") == 4 and aliases.key_line("nope") == 3
+    key = next(iter(aliases))
+    assert where(key) == ("book.yaml", 3, 3)
+    assert where(aliases["sales@example.com"]) == ("book.yaml", 3, 22)
+    group = aliases["group@example.com"]
+    assert where(group) == ("book.yaml", 5, 5)
+    # an alias is the anchored object itself, with the anchor's position
+    assert group[1] is aliases["sales@example.com"]
+    assert group.item_marks == [(5, 7), (3, 22), (7, 7)]
+    assert where(7, group) == ("book.yaml", 5, 5)
+
+
+def test_types_of_plain_scalars() -> None:
+    doc = loads("a: 2024-03-01\nb: 2024-03-01 10:00:00\nc: 0o17\nd: 017\ne: 1_0\n")
+    assert doc == {"a": datetime.date(2024, 3, 1), "b": datetime.datetime(2024, 3, 1, 10),
+                   "c": "0o17", "d": 15, "e": 10}   # 0o is not YAML 1.1: a string, as SafeLoader
+
+
+BROKEN = [
+    "a: {b: 1, b: 2}\n",
+    "a: 1\nb: 2\na: 3\n",
+    "1: x\ntrue: y\n",                               # 1 == True
+    "? [1]\n: 2\n",
+    "? {a: b}\n: 2\n",
+    "a: &m {x: 1}\n? *m\n: 2\n",
+    "a: &x 1\nb: &x 2\nc: *x\n",
+    "a: *y\n",
+    "a: &r [*r]\n",
+    "a: &r {b: *r}\n",
+    "a: 1\n---\nb: 2\n",
+    "a: 1\n--- [\n",
+    "listen:\n  smtp: [127.0.0.1:2525\n",
+    "a: 'x\n",
+    "a: b: c\n",
+    "a:\n  - b\n c: d\n",
+    "a: <<\n",
+    "a: =\n",
+    "a: !foo 1\n",
+    "a: 2023-02-30\n",
+    "a: 0b_\n",
+    "a: \x01\n",
+    "x: &a {k: 1}\ny: {<<: *a, k: 2}\n",
+    "y: {<<: 3}\n",
+    # an error while building, then a syntax error later: the syntax error is reported
+    "a: {b: 1, b: 2}\nc: [\n",
+    "a: 2023-02-30\nb: *nowhere\n",
+    "a: &r [*r]\nb: &r 2\n",
+    "a: {b: 1, b: 2}\n---\nc: 1\n",
+    "a: {b: 1, b: 2}\nc: !foo x\n",
+    "a: {b: 1, b: 2}\nc: {<<: {d: 1}}\n",
+    "? [1]\n: 2\n? [3]\n: [\n",
+    "a: {b: 1, b: 2}\nc: {d: 1, d: 2}\n",
+]
+
+
+@pytest.mark.parametrize("text", BROKEN)
+def test_errors_as_the_node_path(text: str) -> None:
+    assert error(loads, text) == error(nodes, text)
+
+
+def test_error_texts() -> None:
+    assert error(loads, "a: {b: 1, b: 2}\n") == (
+        "ConfigError: f.yaml:1:11: key 'b' is defined twice (first on line 1); keep one definition")
+    assert error(loads, "? [1]\n: 2\n") == "ConfigError: f.yaml:1:3: a mapping key must be a plain value"
+    assert error(loads, "listen:\n  smtp: [127.0.0.1:2525\n") == (
+        "ConfigError: f.yaml:3:1: YAML syntax: did not find expected ',' or ']'; "
+        "check indentation and quoting on that line")
+    assert error(loads, "a: {b: 1, b: 2}\nc: [\n").startswith("ConfigError: f.yaml:3:1: YAML syntax")
+
+
+# --- generated documents ----------------------------------------------------------------
+
+scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12)
+           | st.floats(allow_nan=False, width=64)
+           | st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)
+           | st.sampled_from(["yes", "No", "on", "~", "null", "0x1f", "017", "1_000", "2024-01-02",
+                              "1.5e3", ".inf", "<<", "=", "a: b", "- x", "#", "'", '"', "12:30",
+                              "2001-12-14 21:59:43.10 -5", "mailbox:m1", "a1@example.com"])
+           | st.dates())
+keys = (st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=8)
+        | st.integers(-1000, 1000) | st.booleans() | st.none())
+documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
+                         | st.dictionaries(keys, inner, max_size=5), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents, st.sampled_from([None, False, True]), st.booleans())
+def test_generated_documents(data: Any, flow: bool | None, canonical: bool) -> None:
+    text = yaml.safe_dump(data, default_flow_style=flow, allow_unicode=True, sort_keys=False,
+                          canonical=canonical)
+    want = yaml.load(text, Loader=yaml.SafeLoader)
+    got = loads(text, "g.yaml")
+    same_as_safe(got, want)
+    if not canonical:               # canonical output tags everything: the node path
+        same_positions(fast(text, "g.yaml"), got)
+    same_positions(got, nodes(text, "g.yaml"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=6),
+       st.lists(st.sampled_from(["&x ", "&y ", "*x", "*y", "1", "[", "]", "{k: ", "}", "q"]),
+                max_size=8))
+def test_generated_anchors_and_errors(names: list[str], parts: list[str]) -> None:
+    """Documents, many broken, with anchors, aliases, duplicate keys and stray brackets:
+    the fast path and the node path agree on the value or on the error."""
+    text = "".join(f"{n}: {p}\n" for n, p in zip(names, parts + ["v"] * len(names)))
+    try:
+        want: Any = nodes(text, "f.yaml")
+    except ConfigError as exc:
+        assert error(loads, text) == f"ConfigError: {exc}"
+    else:
+        same_positions(loads(text, "f.yaml"), want)
