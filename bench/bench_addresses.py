@@ -14,9 +14,14 @@ so +-25% from run to run): build+check from dicts 3.3-3.9 s before the build wor
 of issue 4 "Scale", 2.15-2.5 s after; resolve 4-5 us/rcpt at every size. From YAML:
 load 6.8-8.3 s here (libyaml plus Python construction of LocStr/LocMap, with the
 cyclic GC enabled and this process already holding the dict book; about 4.5 s in a
-fresh process, 2.4 s of it with the GC off) + build+check 2.7-3.1 s. With yamlsrc
-building straight from libyaml's events instead of PyYAML's node tree: load 1.2-1.4 s
-(was 2.8-3.1 s in this bench), total from YAML 4.2 s (was 5.8-6.2 s).
+fresh process, 2.4 s of it with the GC off) + build+check 2.7-3.1 s.
+Then (same machine, busier: runs of the old and new code interleaved): yamlsrc builds
+straight from libyaml's events, not PyYAML's node tree: load 2.2-3.1 s -> 0.9-1.6 s;
+the book keeps plans and makes each address's Targets on its first resolve: build+check
+from dicts 2.45-2.6 s -> 1.4-2.0 s, from YAML 2.5-2.8 s -> 1.6-2.5 s. Total from YAML
+4.8-6.2 s -> 2.5-4.1 s (2.5-2.9 s in the quieter runs). resolve unchanged, 3-5 us/rcpt
+at every size once an address has been resolved; its first resolve makes its Targets
+(and those of the addresses below it), about 6-12 us more, once per process.
 """
 
 from __future__ import annotations

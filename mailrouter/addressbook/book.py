@@ -14,7 +14,7 @@ from ..routing.decision import REPLY_UNKNOWN, Target
 from ..yamlsrc import load
 from .canon import canonical_domain, detail_split
 from .errs import Collector
-from .expand import expand_all
+from .expand import Plan, expand_all, materialize
 from .graph import add_moved, check_dangling, parse_aliases
 from .model import REPLY_MOVED, Limits, Mailbox, Moved, Options, Person, Resolution, Team
 from .parse import SECTIONS, _parse_moved, parse_parts
@@ -39,12 +39,12 @@ class AddressBook:
     """Immutable after build; `knows` and `resolve` are dictionary lookups."""
 
     __slots__ = ("domains", "mailboxes", "people", "teams", "moved", "options", "limits",
-                 "_expansions", "_by_address")
+                 "_expansions", "_targets", "_by_address")
 
     def __init__(self, domains: frozenset[str], mailboxes: Mapping[str, Mailbox],
                  people: Mapping[str, Person], teams: Mapping[str, Team],
                  moved: Mapping[str, Moved], options: Options, limits: Limits,
-                 expansions: Mapping[str, tuple[Target, ...]],
+                 expansions: dict[str, Plan],
                  by_address: Mapping[str, str]) -> None:
         self.domains = domains
         self.mailboxes = MappingProxyType(dict(mailboxes))
@@ -52,7 +52,8 @@ class AddressBook:
         self.teams = MappingProxyType(dict(teams))
         self.moved = MappingProxyType(dict(moved))
         self.options, self.limits = options, limits
-        self._expansions = expansions
+        self._expansions = expansions       # address -> plan of its targets (expand.py)
+        self._targets: dict[str, tuple[Target, ...]] = {}   # made on first resolve
         self._by_address = by_address
 
     @classmethod
@@ -123,7 +124,10 @@ class AddressBook:
         if moved is not None and not moved.deliver:
             reply = Reply(REPLY_MOVED.code, REPLY_MOVED.status,
                                           f"Recipient has moved; please try <{moved.now}>")
-        return Resolution(address, canon, detail, self._expansions[key], moved, reply,
+        targets = self._targets.get(key)
+        if targets is None:
+            targets = materialize(self._expansions, self._targets, key)
+        return Resolution(address, canon, detail, targets, moved, reply,
                           self._by_address.get(key))
 
     def _best_effort(self, address: str) -> str:

@@ -18,7 +18,7 @@ from .errs import Collector, at_line
 from .graph import Edge
 from .model import Limits
 
-__all__ = ["strongly_connected", "report_cycle", "expand_all"]
+__all__ = ["strongly_connected", "report_cycle", "expand_all", "materialize", "Plan"]
 
 Graph = dict[str, list[Edge]]
 
@@ -142,18 +142,26 @@ def _target_maker() -> Callable[[str, str | None, str | None, tuple[str, ...]], 
 _make_target = _target_maker()
 
 
-def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, tuple[Target, ...]]:
-    """Every address -> its final targets (deduplicated, with paths); errors collected.
+# What `expand_all` keeps per address instead of its Targets (made on first use by
+# `materialize`): the address it forwards to alone (str: its targets, this address
+# in front of each path), the final targets of its one edge to a mailbox, person or
+# team (tuple), or for several edges the winner of each dedupe key in order (list of
+# (source, index): target `index` of that address's, or of that edge's, targets).
+Plan = str | tuple[Target, ...] | list[tuple[Any, int]]
 
-    Sinks first, each address once: its targets are its children's (already final and
-    deduplicated, with `keys[child]` their dedupe keys) merged in edge order, the first
-    path to a key winning; a Target is made only for each winner, its path the child's
-    with this address in front. An address with one edge (most of them) needs no merge."""
-    done: dict[str, tuple[Target, ...]] = {}
+
+def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
+    """Every address -> the plan of its final targets (deduplicated, with paths); errors
+    collected. `materialize` turns a plan into Targets, once per address, when asked.
+
+    Sinks first, each address once: its dedupe keys are its children's (already final and
+    deduplicated) merged in edge order, the first path to a key winning. An address with
+    one edge (most of them) needs no merge. Making the Targets here too, 100,000s of them
+    for a big book, took a quarter of the build; a recipient resolved later pays ~1 us."""
+    done: dict[str, Plan] = {}
     keys: dict[str, tuple[str, ...]] = {}
     depth: dict[str, int] = {}
     max_depth, max_width = limits.max_depth, limits.max_width
-    make = _make_target
     for comp in strongly_connected(nodes):
         if len(comp) > 1:
             report_cycle(c, nodes, comp)
@@ -161,51 +169,89 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, tuple[Ta
         node = comp[0]
         edges = nodes[node]
         deep = 0
+        plan: Plan
         if len(edges) == 1 and (edges[0][0] is not None or len(edges[0][1]) == 1):
-            dest, found, _, found_keys = edges[0]
+            dest, plan, _, found_keys = edges[0]
             if dest is not None:
-                found = done.get(dest)   # type: ignore[assignment]
-                if found is None:
+                found_keys = keys.get(dest)   # type: ignore[assignment]
+                if found_keys is None:
                     continue             # reaches something already refused
-                found_keys = keys[dest]
+                plan = dest
                 deep = depth[dest]
         else:
-            merged: dict[str, Target] = {}
+            merged: dict[str, tuple[Any, int]] = {}
             for dest, found, _, found_keys in edges:
+                src: Any = found
                 if dest is not None:
-                    found = done.get(dest)   # type: ignore[assignment]
-                    if found is None:
+                    found_keys = keys.get(dest)   # type: ignore[assignment]
+                    if found_keys is None:
                         break
-                    found_keys = keys[dest]
+                    src = dest
                     if depth[dest] > deep:
                         deep = depth[dest]
-                for key, target in zip(found_keys, found):
+                for i, key in enumerate(found_keys):
                     if key not in merged:
-                        merged[key] = target
+                        merged[key] = (src, i)
             else:
-                found, found_keys = tuple(merged.values()), tuple(merged)
-            if found is None:
+                plan, found_keys = list(merged.values()), tuple(merged)
+            if found_keys is None:
                 continue                 # reaches something already refused
-        targets = tuple([make(t.mailbox, t.folder, t.person, (node, *t.path)) for t in found])
         depth[node] = deep = deep + 1
-        if not targets and edges:
+        width = len(found_keys)
+        if not width and edges:
             c.add(f"alias {node} delivers nowhere: it ends at a moved address with "
                   "deliver: false", _first_at(edges), "point it at the new address instead")
             continue
         if deep == max_depth + 1:
+            done[node] = plan           # for a moment: the path of the first target
+            path = materialize(done, {}, node)[0].path
+            del done[node]
             c.add(f"alias chain from {node} is {deep} addresses deep "
-                  f"(limit {max_depth}): {' -> '.join(targets[0].path[:-1])}", _first_at(edges),
+                  f"(limit {max_depth}): {' -> '.join(path[:-1])}", _first_at(edges),
                   "shorten the chain: point the first alias straight at the final target")
-        elif len(targets) > max_width and all(
-                len(done.get(e.dest, ())) <= max_width for e in edges if e.dest):
-            c.add(f"alias {node} expands to {len(targets)} targets "
+        elif width > max_width and all(
+                len(keys.get(e.dest, ())) <= max_width for e in edges if e.dest):
+            c.add(f"alias {node} expands to {width} targets "
                   f"(limit {max_width})", _first_at(edges),
                   "split the group, or deliver it to one shared mailbox")
-        if deep > max_depth or len(targets) > max_width:
+        if deep > max_depth or width > max_width:
             continue
-        done[node] = targets
+        done[node] = plan
         keys[node] = found_keys
     return done
+
+
+def materialize(plans: dict[str, Plan], made: dict[str, tuple[Target, ...]],
+                node: str) -> tuple[Target, ...]:
+    """The Targets of `node` from its plan, kept in `made` with those of every address
+    they were made from; iterative, the chains below it being at most max_depth long."""
+    hit = made.get(node)
+    if hit is not None:
+        return hit
+    make = _make_target
+    todo = [node]
+    while todo:
+        top = todo[-1]
+        if top in made:
+            todo.pop()
+            continue
+        plan = plans[top]
+        if type(plan) is str:
+            below = made.get(plan)
+            if below is None:
+                todo.append(plan)
+                continue
+        elif type(plan) is list:
+            missing = [src for src, _ in plan if type(src) is str and src not in made]
+            if missing:
+                todo += missing
+                continue
+            below = tuple([(made[src] if type(src) is str else src)[i] for src, i in plan])
+        else:
+            below = plan
+        made[top] = tuple([make(t.mailbox, t.folder, t.person, (top, *t.path)) for t in below])
+        todo.pop()
+    return made[node]
 
 
 def _first_at(edges: list[Edge]) -> Any:
