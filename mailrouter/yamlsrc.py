@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, TYPE_CHECKING
 
 import yaml
 
@@ -103,7 +103,7 @@ _OPEN: Any = object()       # an anchored collection not yet complete
 def _plain(value: str, resolvers: tuple[tuple[str, Any], ...], mark: Any,
            source: str, line: int, column: int) -> Any:
     """A plain scalar that may not be a string: the first resolver that matches decides."""
-    for tag, regexp in resolvers:
+    for tag, regexp in resolvers:  # noqa: B007 (tag is read after the loop)
         if regexp.match(value):
             break
     else:
@@ -244,7 +244,7 @@ def _drain(get: Any, anchors: dict[str, Any]) -> None:
 
 def _load_events(text: str, source: str) -> Any:
     parser = _BaseLoader(text)
-    get = parser.get_event
+    get: Callable[[], Any] = parser.get_event
     try:
         get()                                   # StreamStartEvent
         if type(get()) is yaml.StreamEndEvent:  # else DocumentStartEvent

@@ -236,6 +236,7 @@ def materialize(plans: dict[str, Plan], made: dict[str, tuple[Target, ...]],
             todo.pop()
             continue
         plan = plans[top]
+        below: Any
         if type(plan) is str:
             below = made.get(plan)
             if below is None:
