@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,84 @@ async def test_hung_downstream_answers_451_within_process_timeout(make_app, tmp_
         assert reply[0].startswith("451 4.3.0")
     finally:
         silent.close()
+
+
+# -- faults under load: a client that behaves like an MTA (retries every 4xx) -------------
+
+async def _mta(port: int, messages: dict[str, bytes], outcome: dict[str, list[str]],
+               stop_at: int | None = None) -> None:
+    """Send each message; on 4xx send it again later (at most 200 tries); record replies."""
+    for mid, raw in messages.items():
+        for _ in range(200):
+            reply = (await send(port, raw))[0]
+            outcome.setdefault(mid, []).append(reply)
+            if not reply.startswith("4"):
+                break
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("tmpfs", ["8m"], indirect=True)
+async def test_maildir_fault_under_load_loses_and_doubles_nothing(make_app, tmpfs):
+    """Four MTA-like clients send 120 messages while the Maildir flips between read-only and
+    writable: every message ends with one 250, never a 5xx, and is stored exactly once."""
+    app = await make_app(delivery=DeliveryConfig(tmpfs))
+    port = app.bound["smtp"][1]
+    batches = [{f"L{c}-{i}": mail(f"L{c}-{i}") for i in range(30)} for c in range(4)]
+    outcome: dict[str, list[str]] = {}
+
+    load = [asyncio.create_task(_mta(port, b, outcome)) for b in batches]
+
+    async def flap() -> None:      # read-only 0.2 s, writable 0.2 s, while the load runs
+        while not all(t.done() for t in load):
+            await asyncio.sleep(0.05)
+            await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+            await asyncio.sleep(0.2)
+
+    await asyncio.gather(flap(), *load)
+    assert len(outcome) == 120
+    assert all(replies[-1].startswith("250") for replies in outcome.values()), outcome
+    assert not any(r.startswith("5") for replies in outcome.values() for r in replies)
+    assert any(r.startswith("4") for replies in outcome.values() for r in replies), \
+        "the fault never bit: the test proves nothing"
+    stored = [f.read_bytes() for f in maildir_files(tmpfs)]
+    ids = [next(l for l in s.split(b"\r\n") if l.startswith(b"Message-ID:")) for s in stored]
+    assert len(ids) == 120 and len(set(ids)) == 120
+    assert await app.registry.count_messages() == 120
+
+
+async def test_registry_lock_under_load_loses_and_doubles_nothing(make_app, tmp_path):
+    """Four MTA-like clients send 80 messages while another program takes the SQLite registry
+    for 1.5 s at a time: every message ends with one 250, never a 5xx; one copy and one
+    registry row each."""
+    url = sqlite_url(tmp_path)
+    app = await make_app(registry=RegistryConfig(url, timeout=1.0))
+    port = app.bound["smtp"][1]
+    batches = [{f"R{c}-{i}": mail(f"R{c}-{i}") for i in range(20)} for c in range(4)]
+    outcome: dict[str, list[str]] = {}
+    load = [asyncio.create_task(_mta(port, b, outcome)) for b in batches]
+    db = tmp_path / "var" / "registry.db"
+
+    def hold() -> None:
+        other = sqlite3.connect(db, timeout=10)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            time.sleep(1.5)
+            other.rollback()
+        finally:
+            other.close()
+
+    while not all(t.done() for t in load):
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(hold)
+    await asyncio.gather(*load)
+    assert len(outcome) == 80
+    assert all(replies[-1].startswith("250") for replies in outcome.values()), outcome
+    assert not any(r.startswith("5") for replies in outcome.values() for r in replies)
+    assert any(r.startswith("451") for replies in outcome.values() for r in replies), \
+        "the lock never bit: the test proves nothing"
+    stored = [f.read_bytes() for f in maildir_files(tmp_path / "var" / "mail")]
+    ids = [next(l for l in s.split(b"\r\n") if l.startswith(b"Message-ID:")) for s in stored]
+    assert len(ids) == 80 and len(set(ids)) == 80
+    assert await app.registry.count_messages() == 80
