@@ -8,6 +8,7 @@
         TemporaryDeliveryError    451 4.3.0 (452 4.3.1 when storage is full)
         PermanentDeliveryError    550 5.x.x from the downstream
       RegistryError               451 4.3.0
+        RegistryFullError         452 4.3.1 (its disk is full)
 
 Anything not in this tree that escapes a handler is also answered 451 4.3.0:
 an internal fault must make the sending MTA retry, never bounce the mail.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 __all__ = [
     "MailrouterError", "ConfigError", "ConfigErrors", "AddressError", "AliasLoopError",
     "DeliveryError", "TemporaryDeliveryError", "PermanentDeliveryError",
-    "StorageFullError", "RegistryError", "Reply",
+    "StorageFullError", "RegistryError", "RegistryFullError", "Reply",
 ]
 
 
@@ -112,3 +113,9 @@ class RegistryError(MailrouterError):
     """The registry database could not record the message."""
 
     reply = Reply(451, "4.3.0", "Registry temporarily unavailable, try again later")
+
+
+class RegistryFullError(RegistryError):
+    """The registry's disk is full (SQLite: 'database or disk is full')."""
+
+    reply = Reply(452, "4.3.1", "Insufficient system storage, try again later")

@@ -24,6 +24,7 @@ SQLite URL gives each pooled connection its own database: use a file.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from mailrouter.errors import RegistryError
+from mailrouter.errors import RegistryError, RegistryFullError
 from mailrouter.registry.models import (
     DecisionRecord, DeliveryRecord, MessageRecord, decision_upsert, decisions, deliveries,
     delivery_upsert, loops, message_upsert, messages, reloads,
@@ -169,7 +170,10 @@ def _describe(exc: BaseException) -> str:
 
 def _failure(what: str, exc: BaseException) -> RegistryError:
     log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
-    err = RegistryError(f"registry {what} failed")
+    inner = getattr(exc, "orig", None) or exc
+    full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or "disk is full" in str(inner))        # SQLITE_FULL
+    err = (RegistryFullError if full else RegistryError)(f"registry {what} failed")
     err.__cause__ = exc
     return err
 
