@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.proc import stop_process
+
 __all__ = ["DovecotServer", "dovecot", "free_port"]
 
 _CONF = """\
@@ -126,13 +128,7 @@ class DovecotServer:
         wait_for_greeting(self.port, self.proc, self.dir / "dovecot.log")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
 
 
 @pytest.fixture

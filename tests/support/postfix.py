@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.proc import stop_process
+
 from tests.support.dovecot import free_port, wait_for_greeting
 
 __all__ = ["PostfixServer", "postfix"]
@@ -102,13 +104,7 @@ class PostfixServer:
         wait_for_greeting(self.port, self.proc, self.dir / "maillog")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
 
     def postconf(self, *settings: str) -> None:
         """Change main.cf (`"key = value"`); call reload() afterwards."""
