@@ -165,9 +165,17 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mailrouter",
+        prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Mail-routing daemon for functional addresses (sales@, support@, ...): "
-                    "SMTP/LMTP intake, aliases, YAML rules, a registry of every decision.")
+                    "SMTP/LMTP intake, aliases, YAML rules, a registry of every decision.",
+        epilog="examples:\n"
+               "  mailrouter run                                  # embedded default, ./var\n"
+               "  mailrouter check -c /etc/mailrouter/config.yaml # before a reload\n"
+               "  mailrouter test  -c /etc/mailrouter/config.yaml # the rule tests\n"
+               "  mailrouter explain --rcpt invoices@example.com --json message.eml\n"
+               "  mailrouter reload -c /etc/mailrouter/config.yaml\n"
+               "Every command takes -c FILE and --help. Exit codes: 0 ok, 1 a check or test\n"
+               "failed, 2 the configuration could not be loaded.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
