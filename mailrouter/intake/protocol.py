@@ -28,7 +28,7 @@ from typing import Any
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import SMTP
 
 __all__ = ["Protocol", "LMTPProtocol", "INTERNAL_ERROR", "SHUTTING_DOWN"]
 
@@ -319,11 +319,3 @@ class LMTPProtocol(Protocol, LMTP):
 
     async def smtp_HELO(self, arg: str) -> None:
         await self.push('500 5.5.1 Error: command "HELO" not recognized, use LHLO')
-
-    async def handle_exception(self, error: Exception) -> str:
-        await super().handle_exception(error)
-        return INTERNAL_ERROR
-
-
-def envelope_smtputf8(envelope: Envelope) -> bool:
-    return bool(envelope.smtp_utf8) or "SMTPUTF8" in (envelope.mail_options or [])
