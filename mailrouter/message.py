@@ -251,7 +251,22 @@ class MessageView:
 
     @cached_property
     def attachments(self) -> list[Attachment]:
+        if self._is_plain_single_part():
+            return []          # what the MIME walk would find, without walking the body
         return list(self._body.attachments)
+
+    def _is_plain_single_part(self) -> bool:
+        """True when the top-level headers alone show a single text part that is not an
+        attachment (no multipart, no message/*, no filename or name, no disposition
+        `attachment`): most mail, and the whole body walk would only confirm it."""
+        ctype = _part_header(self._header_msg, "Content-Type")
+        if ctype is not None and (ctype.get_content_maintype() != "text"
+                                  or ctype.get_param("name") is not None):
+            return False
+        disposition = _part_header(self._header_msg, "Content-Disposition")
+        return disposition is None or (
+            disposition.get_content_disposition() != "attachment"
+            and disposition.get_param("filename", header="content-disposition") is None)
 
     # Reports
 

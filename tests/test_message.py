@@ -13,6 +13,7 @@ from mailrouter.charsets import guess_decode, resolve_charset
 from mailrouter.message import Attachment, MessageView, decode_header_value
 
 CORPUS = Path(__file__).parent / "corpus"
+SAMPLES = Path(__file__).parents[1] / "rules" / "samples"
 
 # Short Russian subjects: the charset-guess measurement set (see mailrouter/charsets.py).
 RU_SUBJECTS = [
@@ -78,6 +79,39 @@ def test_random_bytes_never_raise(raw: bytes) -> None:
 def test_mail_shaped_junk_never_raises(chunks: list[bytes]) -> None:
     """Mail-shaped fragments in any order answer every property without raising."""
     touch_everything(MessageView(b"".join(chunks)))
+
+
+SINGLE_PART_CASES = [
+    b"Subject: x\r\n\r\nplain text\r\n",
+    b"Content-Type: text/plain; charset=koi8-r\r\n\r\n\xf3\xde\xe5\xd4\r\n",
+    b"Content-Type: text/html\r\nContent-Disposition: inline\r\n\r\n<p>hi</p>\r\n",
+    b"Content-Type: text/plain; name=\"a.txt\"\r\n\r\nnamed\r\n",
+    b"Content-Type: text/plain\r\nContent-Disposition: attachment\r\n\r\nx\r\n",
+    b"Content-Disposition: inline; filename*0*=koi8-r''%F3%DE; filename*1=.pdf\r\n\r\nx\r\n",
+    b"Content-Type: application/pdf\r\n\r\n%PDF\r\n",
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nbody\r\n",
+    b"Content-Type: garbage\r\n\r\nbody\r\n",
+    b"no header block at all",
+]
+
+
+@pytest.mark.parametrize("raw", SINGLE_PART_CASES + [p.read_bytes() for p in sorted(
+    CORPUS.glob("*.eml"))] + [p.read_bytes() for p in sorted(SAMPLES.glob("*.eml"))])
+def test_attachments_shortcut_agrees_with_the_mime_walk(raw: bytes) -> None:
+    """The header-only shortcut for single text parts finds exactly what the walk finds."""
+    assert MessageView(raw).attachments == MessageView(raw)._body.attachments
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"Content-Type: ", b"text/plain", b"text/html", b"application/pdf", b"multipart/mixed",
+    b"message/rfc822", b"; name=a.pdf", b"; charset=utf-8", b"Content-Disposition: ",
+    b"attachment", b"inline", b"; filename=x", b"; filename*=utf-8''%D0%B0", b"\r\n",
+    b"\r\n\r\n", b"body", b"; boundary=x", b"--x\r\n",
+]), max_size=30))
+def test_attachments_shortcut_agrees_on_junk(chunks: list[bytes]) -> None:
+    raw = b"".join(chunks)
+    assert MessageView(raw).attachments == MessageView(raw)._body.attachments
 
 
 def test_raw_koi8r_subject() -> None:

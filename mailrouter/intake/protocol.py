@@ -100,6 +100,23 @@ class _CachedInspect:
 _aiosmtpd_smtp.inspect = _CachedInspect()  # type: ignore[assignment, attr-defined]
 
 
+_DIR_NAMES: dict[type, list[str]] = {}
+
+
+def _cached_dir(obj: Any) -> list[str]:
+    """SMTP.__init__ also calls `dir()` on the protocol and the handler for every
+    connection to find their smtp_* and handle_* methods (a sorted walk of the whole
+    MRO each time). Those names come from the classes only: compute them once per class."""
+    cls = type(obj)
+    names = _DIR_NAMES.get(cls)
+    if names is None:
+        names = _DIR_NAMES[cls] = [n for n in dir(obj) if n.startswith(("smtp_", "handle_"))]
+    return names
+
+
+_aiosmtpd_smtp.dir = _cached_dir  # type: ignore[attr-defined]
+
+
 class Protocol(SMTP):
     """aiosmtpd's SMTP with the hardening in the module docstring."""
 
@@ -289,7 +306,8 @@ class Protocol(SMTP):
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
-_LONG_LINE = re.compile(rb"[^\n]{1001}")    # 999 characters + CR, as aiosmtpd allows
+_LONG_LINE = re.compile(rb"(?m)^[^\n]{1001}")  # 999 characters + CR, as aiosmtpd allows; anchored
+# at line starts so the search is linear, not (size x line length)
 
 
 def _check_content(buf: bytearray) -> tuple[str | None, bytes]:

@@ -193,6 +193,8 @@ class Registry:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._closed = False
         self._writer = asyncio.create_task(self._write_loop(), name="registry-writer")
+        self._lookups: list[tuple[str, asyncio.Future[set[str]]]] = []
+        self._lookup_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
@@ -274,9 +276,43 @@ class Registry:
     # Reads
 
     async def delivered_targets(self, key: str) -> set[str]:
-        """Targets that already have message ``key`` (skip them on a retry)."""
-        return await self._read("delivered_targets", lambda conn: {
-            r.target for r in conn.execute(_DELIVERED_TARGETS, {"key": key})})
+        """Targets that already have message ``key`` (skip them on a retry).
+
+        Every message asks this once, so concurrent asks share one query (the read
+        side of the group commit): while a lookup is in flight the next keys gather,
+        and the following lookup answers all of them with one `IN (...)`."""
+        future: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+        self._lookups.append((key, future))
+        if self._lookup_task is None:
+            self._lookup_task = asyncio.create_task(self._lookup_loop(), name="registry-lookup")
+        return await future
+
+    async def _lookup_loop(self) -> None:
+        try:
+            while self._lookups:
+                batch = self._lookups[:_LOOKUP_MAX]
+                del self._lookups[:_LOOKUP_MAX]
+                keys = list({k for k, f in batch if not f.done()})
+                if not keys:
+                    continue
+
+                def fetch(conn: Connection, keys: list[str] = keys) -> dict[str, set[str]]:
+                    found: dict[str, set[str]] = {}
+                    for r in conn.execute(_DELIVERED_TARGETS, {"keys": keys}):
+                        found.setdefault(r.message_key, set()).add(r.target)
+                    return found
+                try:
+                    found = await self._read("delivered_targets", fetch)
+                except RegistryError as exc:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                for k, f in batch:
+                    if not f.done():
+                        f.set_result(found.get(k, set()))
+        finally:
+            self._lookup_task = None
 
     async def message(self, key: str) -> dict[str, Any] | None:
         """The message row with lists of its decisions and deliveries, or None."""
@@ -398,8 +434,10 @@ class Registry:
 
 
 # Built once: constructing the expression per message cost more than running it.
-_DELIVERED_TARGETS = select(deliveries.c.target).where(
-    deliveries.c.message_key == bindparam("key"), deliveries.c.state == "delivered")
+_DELIVERED_TARGETS = select(deliveries.c.message_key, deliveries.c.target).where(
+    deliveries.c.message_key.in_(bindparam("keys", expanding=True)),
+    deliveries.c.state == "delivered")
+_LOOKUP_MAX = 200       # keys per dedupe query, well under SQLite's bound-parameter limit
 
 
 def _settle(items: Sequence[_Pending], error: RegistryError | None) -> None:
