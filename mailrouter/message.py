@@ -26,6 +26,7 @@ Known limits (the stdlib parser's, kept on purpose):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -239,6 +240,12 @@ class MessageView:
 
     @cached_property
     def _body(self) -> _Body:
+        head = self.header_block
+        if (self._is_plain_single_part() and not self._header_msg.defects
+                and b"\r" not in head.replace(b"\r\n", b"")):
+            # One clean text part: the feedparser would only split the body into lines
+            # and join them again; hand the bytes to the same leaf reader directly.
+            return _single_part_body(self._header_msg, self.raw[len(head):])
         return _parse_body(self.raw)
 
     @cached_property
@@ -378,6 +385,20 @@ def _parse_body(raw: bytes) -> _Body:
             _read_leaf(part, body, texts)
         except Exception as exc:  # one broken part must not hide the others
             body.defects.append(f"body part: {_describe(exc)}")
+    _choose_text(body, texts)
+    return body
+
+
+def _single_part_body(headers: Message, payload: bytes) -> _Body:
+    """`_parse_body` for a message whose clean header block shows one text part."""
+    body = _Body()
+    part = copy.copy(headers)        # shares the header list; the payload is the copy's own
+    part.set_payload(payload.decode("ascii", "surrogateescape"))   # as BytesParser does
+    texts: dict[str, tuple[bytes, str | None]] = {}
+    try:
+        _read_leaf(part, body, texts)
+    except Exception as exc:  # as in _parse_body
+        body.defects.append(f"body part: {_describe(exc)}")
     _choose_text(body, texts)
     return body
 

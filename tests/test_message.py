@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailrouter.charsets import guess_decode, resolve_charset
-from mailrouter.message import Attachment, MessageView, decode_header_value
+from mailrouter.message import Attachment, MessageView, _parse_body, decode_header_value
 
 CORPUS = Path(__file__).parent / "corpus"
 SAMPLES = Path(__file__).parents[1] / "rules" / "samples"
@@ -112,6 +112,43 @@ def test_attachments_shortcut_agrees_with_the_mime_walk(raw: bytes) -> None:
 def test_attachments_shortcut_agrees_on_junk(chunks: list[bytes]) -> None:
     raw = b"".join(chunks)
     assert MessageView(raw).attachments == MessageView(raw)._body.attachments
+
+
+def _walked(raw: bytes) -> tuple[object, ...]:
+    b = _parse_body(raw)
+    return b.text, b.charset, b.attachments, b.notes, b.defects
+
+
+def _viewed(raw: bytes) -> tuple[object, ...]:
+    v = MessageView(raw)
+    return v.body_text, v.body_charset, v._body.attachments, v._body.notes, v._body.defects
+
+
+@pytest.mark.parametrize("raw", SINGLE_PART_CASES + [
+    b"Subject: x\r\rbody after a bare CR\r\n",
+    b"Subject: x\r\nno colon here\r\n\r\nbody\r\n",
+    b"Content-Transfer-Encoding: base64\r\n\r\n0J/RgNC40LLQtdGC\r\n",
+    b"Content-Transfer-Encoding: base64\r\n\r\n0J/RgNC40LLQtdG=\r\n",
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
+    b"\r\n\r\n=D0=9F=D1=80=D0=B8=\r\n=D0=B2=D0=B5=D1=82 =ZZ\r\n",
+    b"Content-Type: text/plain; charset=x-unknown\r\n\r\n\xf0\xd2\xc9\xd7\xc5\xd4\r\n",
+] + [p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))] + [
+    p.read_bytes() for p in sorted(SAMPLES.glob("*.eml"))])
+def test_body_shortcut_agrees_with_the_mime_walk(raw: bytes) -> None:
+    """Text, charset, attachments, notes and defects are the same with or without it."""
+    assert _viewed(raw) == _walked(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"Content-Type: ", b"text/plain", b"text/html", b"; charset=koi8-r", b"; charset=utf-8",
+    b"; charset=bogus", b"Content-Transfer-Encoding: ", b"base64", b"quoted-printable",
+    b"Subject: s", b"\r\n", b"\n", b"\r", b"\r\n\r\n", b" ", b"0J/RgA==", b"=D0=9F",
+    b"\xf3\xde\xc5\xd4", b"\xd0\x9f", b"<p>x</p>", b"no colon", b":", b"\x00",
+]), max_size=40))
+def test_body_shortcut_agrees_on_junk(chunks: list[bytes]) -> None:
+    raw = b"".join(chunks)
+    assert _viewed(raw) == _walked(raw)
 
 
 def test_raw_koi8r_subject() -> None:
