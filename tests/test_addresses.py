@@ -131,6 +131,16 @@ def test_unknown_address_and_domain() -> None:
     assert b.knows("<sales@example.com>")
 
 
+def test_bare_postmaster_is_the_postmaster_of_a_domain() -> None:
+    """RFC 5321 4.5.1: RCPT TO:<Postmaster> without a domain is accepted (any case)."""
+    b = book("  postmaster@example.com: mailbox:support\n")
+    for rcpt in ("postmaster", "<Postmaster>", "POSTMASTER"):
+        res = b.resolve(rcpt)
+        assert res.reply is None and [t.key for t in res.targets] == keys(b, "postmaster@example.com")
+    assert book("  sales@example.com: mailbox:sales\n").resolve("postmaster").reply == REPLY_UNKNOWN
+    assert b.resolve("webmaster").reply == REPLY_UNKNOWN
+
+
 def test_moved_deliver_and_refuse() -> None:
     """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
     b = book("  sales@example.com: mailbox:sales\n",

@@ -94,6 +94,11 @@ class AddressBook:
         if a.startswith("<") and a.endswith(">"):
             a = a[1:-1]
         local, at, domain = a.rpartition("@")
+        if not at and a.lower() == "postmaster":
+            # RFC 5321 4.5.1: <Postmaster> with no domain must be accepted; it is the
+            # postmaster of the first domain (in sorted order) that has one.
+            return next((found for d in sorted(self.domains)
+                         if (found := self._lookup(f"postmaster@{d}")) is not None), None)
         if not at or not local:
             return None
         domain = canonical_domain(domain)
