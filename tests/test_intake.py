@@ -93,6 +93,33 @@ async def test_unknown_recipient_and_domain_refused(make_app):
         assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250 2.1.5")
 
 
+async def test_relay_tricks_refused_and_bare_postmaster_accepted(make_app, tmp_path):
+    """The percent hack and a second @ are refused; <Postmaster> (RFC 5321 4.5.1) lands."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250 2.1.0")
+        assert (await w.cmd("RCPT TO:<sales%victim.test@example.com>")).startswith("550 5.1.1")
+        assert (await w.cmd("RCPT TO:<sales@example.com@victim.test>"))[:3] in ("550", "553")
+        assert (await w.cmd("RCPT TO:<Postmaster>")).startswith("250 2.1.5")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: to the postmaster\r\n\r\nhi\r\n.\r\n")
+        assert (await w.reply())[-1].startswith("250 2.0.0")
+    got = [p for p in maildir_files(tmp_path / "var" / "mail" / "postmaster")
+           if b"to the postmaster" in p.read_bytes()]
+    assert len(got) == 1
+
+
+async def test_help_lists_the_commands(make_app):
+    """HELP names the commands (the guard around each command keeps its @syntax)."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        listing = await w.cmd("HELP")
+        assert listing.startswith("250") and "MAIL" in listing and "RCPT" in listing
+        assert (await w.cmd("HELP MAIL")).startswith("250 2.0.0 Syntax: MAIL FROM: <address>")
+
+
 async def test_too_many_recipients(make_app):
     """The recipient past max_recipients gets 452 4.5.3; the earlier ones stay accepted."""
     app = await make_app(limits={"max_recipients": 2})

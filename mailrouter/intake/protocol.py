@@ -190,6 +190,10 @@ class Protocol(SMTP):
                 await method(arg)
             finally:
                 self.busy = False
+        # HELP reads the @syntax text from the method it finds: keep it on the wrapper
+        for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            if hasattr(method, attr):
+                setattr(run, attr, getattr(method, attr))
         return run
 
     async def _handle_client(self) -> None:
