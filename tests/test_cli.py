@@ -89,6 +89,16 @@ def test_explain_never_fails_on_broken_mail(tmp_path, junk):
     assert json.loads(out.stdout)["recipients"][0]["mailbox"] == "sales"
 
 
+def test_output_into_a_closed_pipe_is_not_a_crash():
+    """`mailrouter explain ... | head -0`: the reader is gone; no traceback, exit 0."""
+    proc = subprocess.Popen([*CLI, "explain", "--rcpt", "sales@example.com",
+                             str(RULES / "samples" / "invoice-koi8r.eml")], cwd=RULES.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()          # before the program has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_rule_tests_pass_and_a_failing_one_is_reported(tmp_path):
     """`mailrouter test` passes on the shipped rules; a wrong expectation gives one line and exit 1."""
     assert mr("test", cwd=RULES.parent).returncode == 0
