@@ -3,7 +3,8 @@
 Every command runs the daemon's own code (as amtool does for Alertmanager):
 `check` loads exactly what `run` loads, `explain` and `test` call the same
 `Snapshot.decide` the daemon calls after DATA. Exit codes: 0 fine, 1 a check
-or test failed, 2 the configuration could not be loaded.
+(errors in the configuration or routing files) or a rule test failed, 2 another
+command could not load its configuration.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ __all__ = ["main"]
 CONFIG_HELP = "config file (default: the embedded default: ./var, ./rules, 127.0.0.1:2525/2524)"
 
 
-def _config(path: str | None) -> Config:
+def _config(path: str | None, code: int = 2) -> Config:
+    """The configuration, or its errors on stderr and exit `code` (check: 1, others: 2)."""
     try:
         return load_config(path)
     except ConfigErrors as exc:
         print(f"mailrouter: configuration has {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(code) from None
 
 
-def _snapshot(cfg: Config) -> Any:
+def _snapshot(cfg: Config, code: int = 2) -> Any:
     from .routing.snapshot import load_snapshot
     try:
         return load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
@@ -46,7 +48,7 @@ def _snapshot(cfg: Config) -> Any:
         print(f"mailrouter: routing files have {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(code) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -64,8 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = _config(args.config)
-    snap = _snapshot(cfg)
+    cfg = _config(args.config, code=1)
+    snap = _snapshot(cfg, code=1)
     warnings = snap.rules.lint()
     for w in warnings:
         print(f"warning: {w}")
@@ -174,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  mailrouter test  -c /etc/mailrouter/config.yaml # the rule tests\n"
                "  mailrouter explain --rcpt invoices@example.com --json message.eml\n"
                "  mailrouter reload -c /etc/mailrouter/config.yaml\n"
-               "Every command takes -c FILE and --help. Exit codes: 0 ok, 1 a check or test\n"
-               "failed, 2 the configuration could not be loaded.")
+               "Every command takes -c FILE and --help. Exit codes: 0 ok, 1 check found errors\n"
+               "or a rule test failed, 2 another command could not load its configuration.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     add("run", cmd_run, "run the daemon until SIGTERM (SIGHUP reloads the routing files)")
-    add("check", cmd_check, "validate the configuration and routing files; exit 2 on errors")
+    add("check", cmd_check, "validate the configuration and routing files; exit 1 on errors")
     add("test", cmd_test, "run the rule tests in the routing files; exit 1 on any failure")
     ex = add("explain", cmd_explain, "show the decision for one message, without delivering it")
     ex.add_argument("file", metavar="FILE.eml", help="the message ('-' for stdin)")

@@ -31,12 +31,12 @@ def test_help_on_every_command(cmd):
 
 
 def test_check_reports_config_errors_with_file_line_and_fix(tmp_path):
-    """A typo'd key and a bad listener: exit 2, every error named with file:line and a fix."""
+    """A typo'd key and a bad listener: exit 1, every error named with file:line and a fix."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text("hostname: mx.test\nlisen: {smtp: 127.0.0.1:2525}\nlimits:\n  max_message_size: -5\n"
                    "registry: {url: 'mysql://x', sync: sometimes}\nworkers: many\n", encoding="utf-8")
     out = mr("check", "-c", str(cfg))
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert f"{cfg}:2:1: unknown key 'lisen'; did you mean 'listen'?" in out.stderr
     assert f"{cfg}:4:3: 'max_message_size' must be a number >= 1, not -5" in out.stderr
     assert f"{cfg}:5:17: unsupported registry url 'mysql://x'" in out.stderr
@@ -49,7 +49,9 @@ def test_check_reports_yaml_syntax_error(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("listen:\n  smtp: [127.0.0.1:2525\n", encoding="utf-8")
     out = mr("check", "-c", str(cfg))
-    assert out.returncode == 2 and f"{cfg}:3:1: YAML syntax" in out.stderr
+    assert out.returncode == 1 and f"{cfg}:3:1: YAML syntax" in out.stderr
+    run = mr("run", "-c", str(cfg))      # the daemon refuses to start on it: exit 2
+    assert run.returncode == 2 and f"{cfg}:3:1: YAML syntax" in run.stderr
 
 
 def test_check_ok_on_example_config():
