@@ -121,6 +121,25 @@ async def test_delivered_targets(registry: Registry) -> None:
     assert await registry.delivered_targets("b" * 64) == set()
 
 
+async def test_concurrent_lookups_share_queries_and_get_their_own_answers(
+        registry: Registry) -> None:
+    """500 concurrent dedupe lookups (more than one IN (...) holds) each get their own
+    key's targets, and they are answered by a few queries, not 500."""
+    await registry.record(message("1" * 64), [decision()], [delivery("maildir:one")])
+    await registry.record(message("2" * 64), [decision()],
+                          [delivery("maildir:two"), delivery("lmtp:x@mx")])
+    queries: list[str] = []
+    engine = registry.commit_engine if registry.engine.dialect.name == "sqlite" \
+        else registry.engine.sync_engine
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cur, stmt, *a: queries.append(stmt) if "deliveries" in stmt else None)
+    keys = ["1" * 64, "2" * 64, "3" * 64] * 167
+    got = await asyncio.gather(*(registry.delivered_targets(k) for k in keys))
+    expected = {"1" * 64: {"maildir:one"}, "2" * 64: {"maildir:two", "lmtp:x@mx"}, "3" * 64: set()}
+    assert got == [expected[k] for k in keys]
+    assert 1 <= len(queries) <= 10
+
+
 async def test_one_bad_record_fails_only_its_caller(registry: Registry) -> None:
     """A record the database refuses fails alone; its batch-mates are committed."""
     naive = message("f" * 64, received_at=WHEN.replace(tzinfo=None))

@@ -288,6 +288,7 @@ class Registry:
         return await future
 
     async def _lookup_loop(self) -> None:
+        batch: list[tuple[str, asyncio.Future[set[str]]]] = []
         try:
             while self._lookups:
                 batch = self._lookups[:_LOOKUP_MAX]
@@ -313,6 +314,11 @@ class Registry:
                         f.set_result(found.get(k, set()))
         finally:
             self._lookup_task = None
+            # cancelled (shutdown) or a bug: nobody may wait for an answer that never comes
+            for _, f in batch + self._lookups:
+                if not f.done():
+                    f.set_exception(RegistryError("registry lookup stopped"))
+            self._lookups.clear()
 
     async def message(self, key: str) -> dict[str, Any] | None:
         """The message row with lists of its decisions and deliveries, or None."""
