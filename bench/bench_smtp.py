@@ -9,7 +9,9 @@ one new session per message (`-s C -m N -l 4096`, no -d), to
   1. `smtp-sink` (the limit: accepts and discards), then
   2. mailrouter (`mailrouter run -c` in a subprocess, temp config: SQLite
      registry + Maildir under a temp dir, the repo's rules, rcpt sales@example.com)
-  3. optionally (--postfix) a private Postfix relaying to smtp-sink, DESIGN.md's peer.
+  3. optionally (--postfix) a private Postfix relaying to smtp-sink, DESIGN.md's peer
+     (1,000 virtual aliases, 23 header checks), and (--bare) a stock aiosmtpd whose
+     handler does nothing: the floor of any aiosmtpd-based server on this machine.
 It prints msg/s, the ratio to smtp-sink, CPU seconds per message of the server
 process (utime+stime from /proc/PID/stat, children included for Postfix: all
 its processes), peak RSS (VmHWM), and p50/p99 latency of a probe client that
@@ -169,24 +171,64 @@ def start_mailrouter(tmp: Path, py: str, profile: str | None,
     return p, smtp
 
 
-def start_postfix(tmp: Path, relay_port: int) -> tuple[subprocess.Popen, int, Path]:
+def start_postfix(tmp: Path, relay_port: int, rcpt: str) -> tuple[subprocess.Popen, int, Path]:
+    """A private Postfix relaying to smtp-sink, set up as DESIGN.md's reference peer:
+    1,000 virtual aliases (the load's recipient among them) and 23 header checks."""
     sys.path.insert(0, str(REPO))
     from tests.support.postfix import PostfixServer   # same private Postfix as the tests
     root = Path(tempfile.mkdtemp(prefix="pfx.bench."))
     root.chmod(0o755)
     srv = PostfixServer(root, relay_port, lmtp=False)
+    domain = rcpt.rpartition("@")[2]
+    aliases = [f"alias{n}@{domain} dept{n % 10}@sink.test" for n in range(999)]
+    (srv.etc / "virtual").write_text("\n".join(aliases + [f"{rcpt} sales@sink.test"]) + "\n")
+    subprocess.run(["postmap", str(srv.etc / "virtual")], check=True)
+    words = ["viagra", "casino", "lottery", "winner", "bitcoin", "wire transfer", "urgent reply",
+             "inheritance", "pharmacy", "replica", "crypto", "loan", "weight loss", "dating",
+             "prize", "unsubscribe now", "act now", "risk free", "100% free", "click here"]
+    checks = [f"/^Subject:.*{w}/ INFO {w}" for w in words] + [
+        "/^X-Mailer:.*Bulk/ INFO bulk mailer", "/^Content-Type:.*\\.(exe|scr|pif)/ REJECT exe",
+        "/^Received:.*\\[10\\.66\\./ INFO internal relay"]
+    (srv.etc / "header_checks").write_text("\n".join(checks) + "\n")    # 23 checks
     srv.start()
     srv.postconf("default_process_limit = 200", "smtpd_client_connection_count_limit = 0",
-                 "smtpd_client_connection_rate_limit = 0", "smtp_connection_cache_on_demand = yes")
+                 "smtpd_client_connection_rate_limit = 0", "smtp_connection_cache_on_demand = yes",
+                 f"virtual_alias_domains = {domain}",
+                 f"virtual_alias_maps = hash:{srv.etc / 'virtual'}",
+                 f"header_checks = regexp:{srv.etc / 'header_checks'}")
     srv.reload()
     time.sleep(1)
     wait_port(srv.port, None)
     return srv, srv.port, root
 
 
+_BARE = """
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_server(lambda: SMTP(Handler(), hostname="bare"), "127.0.0.1",
+                             int(sys.argv[1]), backlog=1024)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def start_bare(py: str) -> tuple[subprocess.Popen, int]:
+    """Stock aiosmtpd with a handler that does nothing: the floor of any aiosmtpd design."""
+    port = free_port()
+    p = subprocess.Popen([py, "-c", _BARE, str(port)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    wait_port(port, p)
+    return p, port
+
+
 def row(name: str, r: dict, limit: float | None) -> str:
     ratio = f"{r['rate'] / limit:6.3f}" if limit else "     -"
-    return (f"  {name:<11} {r['rate']:9.0f} {ratio} {r['cpu_per_msg'] * 1e3:9.3f} "
+    return (f"  {name:<15} {r['rate']:9.0f} {ratio} {r['cpu_per_msg'] * 1e3:9.3f} "
             f"{r['hwm_mb']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {r['probes']:6d}"
             + (f"  probe_errors={r['errors']}" if r["errors"] else "")
             + (f"  smtp-source rc={r['rc']}: {r['stderr']}" if r["rc"] else ""))
@@ -199,7 +241,10 @@ def main() -> int:
                     help="connection counts (1 10 50)")
     ap.add_argument("-l", "--size", type=int, default=4096, help="message size in bytes (4096)")
     ap.add_argument("--rcpt", default="sales@example.com")
-    ap.add_argument("--postfix", action="store_true", help="also a private Postfix relaying to smtp-sink")
+    ap.add_argument("--postfix", action="store_true",
+                    help="also a private Postfix relaying to smtp-sink (1,000 aliases, 23 header checks)")
+    ap.add_argument("--bare", action="store_true",
+                    help="also a stock aiosmtpd whose handler does nothing (the aiosmtpd floor)")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs mailrouter")
     ap.add_argument("--profile", metavar="FILE", help="run mailrouter under cProfile, write FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -211,12 +256,14 @@ def main() -> int:
     sink_port = free_port()
     sink = start_sink(sink_port)
     mrs = [(w, *start_mailrouter(tmp / f"w{w}", a.python, a.profile, w)) for w in a.workers]
-    pf = None
+    pf = bare = None
     if a.postfix:
-        pf, pf_port, pf_root = start_postfix(tmp, sink_port)
+        pf, pf_port, pf_root = start_postfix(tmp, sink_port, a.rcpt)
+    if a.bare:
+        bare, bare_port = start_bare(a.python)
     print(f"# {os.cpu_count()} CPUs, {a.messages} msgs of {a.size} B per level, new session per "
           f"message; smtp-source -s C -m {a.messages} -l {a.size}")
-    print(f"  {'server':<11} {'msg/s':>9} {'ratio':>6} {'cpu ms/msg':>9} {'RSS MB':>8} "
+    print(f"  {'server':<15} {'msg/s':>9} {'ratio':>6} {'cpu ms/msg':>9} {'RSS MB':>8} "
           f"{'p50 ms':>8} {'p99 ms':>8} {'probes':>6}")
     try:
         for conns in a.conns:
@@ -231,6 +278,9 @@ def main() -> int:
                 pids = descendants(pf.proc.pid)
                 r = blast(pf_port, conns, a.messages, a.size, a.rcpt, pids, pf.proc.pid)
                 print(row("postfix", r, lim["rate"]), flush=True)
+            if bare is not None:
+                r = blast(bare_port, conns, a.messages, a.size, a.rcpt, [bare.pid], bare.pid)
+                print(row("aiosmtpd-noop", r, lim["rate"]), flush=True)
         for w, _, _ in mrs:
             files = sum(1 for _ in (tmp / f"w{w}" / "var" / "mail").rglob("new/*"))
             print(f"# mailrouter/{w} Maildir files: {files}")
@@ -243,6 +293,9 @@ def main() -> int:
                 mr.kill()
         sink.terminate()
         sink.wait()
+        if bare is not None:
+            bare.terminate()
+            bare.wait()
         if pf is not None:
             pf.stop()
             shutil.rmtree(pf_root, ignore_errors=True)
