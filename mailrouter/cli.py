@@ -68,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config, code=1)
     snap = _snapshot(cfg, code=1)
-    warnings = snap.rules.lint()
+    from .routing.ruletests import check_rule_tests
+    warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
     for w in warnings:
         print(f"warning: {w}")
     print(f"ok: {len(snap.files)} routing file(s), {len(snap.book.mailboxes)} mailboxes, "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mailrouter import yamlsrc
 from mailrouter.config import Limits
-from mailrouter.routing.ruletests import run_rule_tests
+from mailrouter.routing.ruletests import check_rule_tests, run_rule_tests
 from mailrouter.routing.snapshot import load_snapshot
 from tests.test_rules import ROOT, decide_with, ruleset
 
@@ -99,6 +99,30 @@ tests:
         "unknown key 'expcet'; did you mean 'expect'?",
         "cannot read time 'yesterday'; write e.g. 2027-01-11T10:00:00+03:00",
         "unknown expect key 'fodler'; did you mean 'folder'?",
+    ]
+
+
+def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path) -> None:
+    """`check` (without running anything) names each case that cannot run, with its line;
+    a rule pasted under `tests:` is called what it is."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """tests:
+  - name: fine
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expect: {folder: X}
+  - name: pasted rule
+    when: {rcpt: sales@example.com}
+    then: {folder: X}
+  - name: no rcpt
+    headers: {Subject: x}
+    expect: {folder: X}
+""", encoding="utf-8")
+    lines = check_rule_tests(yamlsrc.load(path)["tests"], tmp_path)
+    assert lines == [
+        f"{path}:9: test pasted rule: unknown key 'when': this looks like a rule; rules go "
+        "under 'rules:', this entry is under 'tests:'",
+        f"{path}:12: test no rcpt: needs 'rcpt:'",
     ]
 
 

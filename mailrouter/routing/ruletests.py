@@ -97,12 +97,18 @@ def _compare(d: Decision, expect: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
-    """Mismatch texts per recipient: [(rcpt, text)] flattened into lines by the caller."""
+_RULE_KEYS = ("when", "then", "continue")
+
+
+def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
+    """(expect, rcpts) of a well-formed case; _CaseError naming what is wrong otherwise."""
     if not isinstance(case, Mapping):
         raise _CaseError("a test must be a mapping with message/headers, rcpt and expect")
     bad = [k for k in case if k not in TEST_KEYS]
     if bad:
+        if any(k in _RULE_KEYS for k in bad):
+            raise _CaseError(f"unknown key '{bad[0]}': this looks like a rule; rules go under "
+                             "'rules:', this entry is under 'tests:'")
         raise _CaseError(f"unknown key '{bad[0]}'; {did_you_mean(str(bad[0]), TEST_KEYS)}")
     expect = case.get("expect")
     if not isinstance(expect, Mapping) or not expect:
@@ -114,6 +120,12 @@ def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
     rcpts = [str(r) for r in (rcpts if isinstance(rcpts, list) else [rcpts] if rcpts else [])]
     if not rcpts:
         raise _CaseError("needs 'rcpt:'")
+    return expect, rcpts
+
+
+def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
+    """Mismatch texts per recipient: [(rcpt, text)] flattened into lines by the caller."""
+    expect, rcpts = _validate(case)
     from ..message import MessageView
     view = MessageView(_raw(case, base))
     decisions = decide(view, str(case.get("mail_from") or ""), rcpts, _at(case.get("at")))
@@ -125,16 +137,33 @@ def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
     return lines
 
 
+def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tuple[str, Path]:
+    """'file:line: test NAME: ' for case number i, and the directory its files are under."""
+    path, line, _ = where(case, tests)
+    if not line and (marks := getattr(tests, "item_marks", None)):
+        line = marks[i][0]
+    base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
+    name = str(case.get("name") or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"
+    return f"{path or base_dir}:{line}: test {name}: ", base
+
+
+def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".") -> list[str]:
+    """One line per test case that could not run (its shape, not its outcome): for check."""
+    problems: list[str] = []
+    for i, case in enumerate(tests or ()):
+        head, _ = _head(tests, i, case, base_dir)
+        try:
+            _validate(case)
+        except _CaseError as exc:
+            problems.append(head + str(exc))
+    return problems
+
+
 def run_rule_tests(tests: Sequence[Any], decide: Decide, base_dir: str | Path = ".") -> list[str]:
     """Run every case; return one failure line per failing case (and recipient)."""
     failures: list[str] = []
     for i, case in enumerate(tests or ()):
-        path, line, _ = where(case, tests)
-        if not line and (marks := getattr(tests, "item_marks", None)):
-            line = marks[i][0]
-        base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
-        name = str(case.get("name") or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"
-        head = f"{path or base_dir}:{line}: test {name}: "
+        head, base = _head(tests, i, case, base_dir)
         try:
             failures.extend(head + text for text in _run_case(case, decide, base))
         except _CaseError as exc:
