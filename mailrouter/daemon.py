@@ -20,6 +20,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 from pathlib import Path
@@ -219,9 +220,26 @@ def run(config: Config) -> int:
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
+    raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
         return asyncio.run(serve(config))
     return run_workers(config)
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Each connection is a descriptor, and so are the registry, the Maildir writes and the
+    downstream pools: lift the soft RLIMIT_NOFILE (often 1,024 in a shell) towards the
+    hard one, so max_connections is what limits a flood, not EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, 4 * max_connections + 1024)
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        log.info("event=fd_limit soft=%d->%d hard=%s", soft, want, hard)
+    if want < max_connections + 256:
+        log.warning("event=fd_limit_low limit=%d max_connections=%d: raise LimitNOFILE / "
+                    "ulimit -n, or lower limits.max_connections", want, max_connections)
 
 
 def run_workers(config: Config) -> int:

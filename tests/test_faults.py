@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
+import smtplib
+import socket
 import sqlite3
 import subprocess
 import time
@@ -330,6 +333,27 @@ async def test_200_idle_connections_do_not_block_the_201st(make_app, tmp_path):
     finally:
         await asyncio.gather(*(w.__aexit__(None, None, None) for w in idle))
     assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+
+
+async def test_low_soft_fd_limit_is_raised_so_connections_are_not_refused(daemon_process, tmp_path):
+    """Started from a shell whose soft RLIMIT_NOFILE is 128, the daemon lifts it towards the
+    hard limit: 300 idle sessions are all greeted and the next client still gets 250."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} is too low to show the difference")
+    d = daemon_process(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard)))
+    idle = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", d.smtp), timeout=10)
+            idle.append(s)
+            assert s.recv(100).startswith(b"220")
+        with smtplib.SMTP("127.0.0.1", d.smtp, timeout=30) as c:
+            c.sendmail("a@outside.test", ["sales@example.com"], b"Subject: 301st\r\n\r\nx\r\n")
+    finally:
+        for s in idle:
+            s.close()
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
 
 
 @pytest.mark.parametrize("tmpfs", ["2m"], indirect=True)

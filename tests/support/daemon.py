@@ -87,11 +87,12 @@ class DaemonProcess:
         self.log = workdir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> "DaemonProcess":
+    def start(self, timeout: float = 20.0,
+              preexec_fn: Callable[[], None] | None = None) -> "DaemonProcess":
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mailrouter.cli", "run", "-c", str(self.config)],
-                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+                cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -125,10 +126,10 @@ class DaemonProcess:
 def daemon_process(tmp_path: Path) -> Any:
     procs: list[DaemonProcess] = []
 
-    def make(**kw: Any) -> DaemonProcess:
+    def make(preexec_fn: Callable[[], None] | None = None, **kw: Any) -> DaemonProcess:
         d = DaemonProcess(tmp_path, **kw)
         procs.append(d)
-        return d.start()
+        return d.start(preexec_fn=preexec_fn)
 
     yield make
     for d in procs:
