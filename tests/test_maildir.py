@@ -52,6 +52,25 @@ async def test_copy_moved_to_cur_by_a_client_is_not_delivered_again(tmp_path):
     assert list((tmp_path / "box" / "new").iterdir()) == []
 
 
+async def test_mailbox_removed_while_running_is_recreated(tmp_path):
+    """An admin removes (or restores) a Maildir under the running daemon: the next copy
+    recreates it instead of failing with 451 until a restart."""
+    md = Maildir(tmp_path / "box", "mx.test")
+    await md.deliver(b"one\r\n", "01", "Finance")
+    shutil.rmtree(tmp_path / "box")
+    path = await md.deliver(b"two\r\n", "02", "Finance")
+    assert open(path, "rb").read() == b"two\r\n"
+    assert [f.name for f in (tmp_path / "box" / ".Finance" / "new").iterdir()] == ["mr02.mx.test"]
+
+
+async def test_concurrent_first_copies_to_one_new_folder(tmp_path):
+    """50 copies at once into a folder that does not exist yet: all land, none twice."""
+    md = Maildir(tmp_path / "box", "mx.test")
+    await asyncio.gather(*(md.deliver(f"m{n}\r\n".encode(), f"{n:04x}", "Новая") for n in range(50)))
+    new = tmp_path / "box" / folder_dirname("Новая") / "new"
+    assert sorted(f.name for f in new.iterdir()) == sorted(f"mr{n:04x}.mx.test" for n in range(50))
+
+
 async def test_dovecot_lists_our_folder_under_its_unicode_name(dovecot):
     """A folder we create in a Dovecot user's Maildir is listed by doveadm as «Финансы» with
     the message in it: the on-disk naming is the one Dovecot and IMAP clients expect."""
