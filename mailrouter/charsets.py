@@ -3,8 +3,9 @@
 What it does: maps the charset labels found in real mail (``cp1251``, ``x-cp1251``, ``win-1251``,
 ``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs, and guesses the
 charset of unlabelled or mislabelled 8-bit bytes: valid UTF-8 first, then a Russian
-letter-frequency / case-pattern scorer over the Cyrillic single-byte charsets, then cp1252 for
-bytes that look like accented Latin text.
+letter-frequency / case-pattern scorer over the Cyrillic single-byte charsets, and for bytes
+that look like accented Latin text an accented-letter scorer over cp1252, cp1250 and ISO-8859-2
+(Czech, Polish, German, French, Spanish, Italian, Portuguese letter frequencies).
 
 The scorer, not charset-normalizer.  Measured on the 60 short Russian subjects of
 ``tests/test_message.py`` (``RU_SUBJECTS``), each encoded in KOI8-R and in windows-1251, 120 cases
@@ -26,8 +27,10 @@ Refuses: codecs that are not text encodings (``base64``, ``rot13``, ``zlib``...)
 Python-only ``unicode_escape`` family, ``idna``, ``punycode`` and ``undefined``: a label naming
 one of those is treated as unknown.
 
-Known limits: unlabelled windows-1250 / ISO-8859-2 text is guessed as cp1252 (accents come out
-wrong); a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent) is trusted;
+Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
+whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
+than French "è"; "\\xef" alone is "ď" rather than "ï"), and Slovak and Hungarian letters are not
+in the tables; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent) is trusted;
 mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
 mac-cyrillic text is read as cp1251 (identical result for those letters).
 """
@@ -125,10 +128,13 @@ def looks_cyrillic(data: bytes) -> bool:
     """
     high = own_word = 0
     for match in re.finditer(rb"[\x80-\xff]+", data):
-        high += len(match.group(0))
         before = data[match.start() - 1:match.start()]
         after = data[match.end():match.end() + 1]
-        if not before.isalpha() and not after.isalpha():
+        alone = not before.isalpha() and not after.isalpha()
+        if alone and len(match.group(0)) == 1:
+            continue    # "č.", "20 €", "© 2026": one byte on its own says nothing either way
+        high += len(match.group(0))
+        if alone:
             own_word += len(match.group(0))
     return own_word * 2 > high
 
@@ -145,7 +151,7 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
     """Decode bytes of unknown charset; return (text, codec used).
 
     Order: pure ASCII, valid UTF-8, the best-scoring Cyrillic candidate when the bytes look
-    Cyrillic, else cp1252 (accented Latin).  Never raises.
+    Cyrillic, else the best Latin one (cp1252, cp1250, ISO-8859-2).  Never raises.
     """
     if data.isascii():
         return data.decode("ascii"), "ascii"
@@ -153,8 +159,66 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
     if text is not None:
         return text, "utf-8"
     if not looks_cyrillic(data):
-        return data.decode("cp1252", "replace"), "cp1252"
+        return guess_latin(data)
     best = max(candidates, key=lambda c: score_russian(data.decode(c, "replace")))
+    return data.decode(best, "replace"), best
+
+
+# Accented letters in per mille of all letters (Wikipedia's letter-frequency tables, rounded),
+# with a prior per language: Czech and the western languages alike, Polish a little less
+# (it shares cp1250 with Czech and would otherwise read Spanish "mañana" as "mańana").
+_LATIN_LANGS: dict[str, tuple[float, str]] = {
+    "cs": (0.0, "á8.7 č4.6 ď0.2 é6.3 ě12.2 í16.4 ň0.1 ó0.2 ř3.8 š6.9 ť0.1 ú0.5 ů2.0 ý10 ž7.2"),
+    "pl": (-1.0, "ą7 ć4 ę10 ł21 ń3.6 ó11 ś6.6 ź0.8 ż7"),
+    "de": (0.0, "ä5.8 ö4.4 ü10 ß3.1"),
+    "fr": (0.0, "à4.9 â0.5 ç0.9 è2.7 é15 ê2.2 ë0.1 î0.5 ï0.1 ô0.2 ù0.6 û0.6 œ0.2"),
+    "es": (0.0, "á5 é4.3 í7.3 ñ3.1 ó8.3 ú1.7 ü0.1"),
+    "it": (0.0, "à6.4 è2.6 é0.3 ì0.3 ò0.2 ù1.7"),
+    "pt": (0.0, "á5 à0.7 â1 ã7 ç5 é3.4 ê4 í1.3 ó2.6 ô1 õ1 ú1"),
+}
+_LATIN_LOG = {lang: (prior, {e[0]: math.log(float(e[1:]) / 1000) for e in table.split()})
+              for lang, (prior, table) in _LATIN_LANGS.items()}
+LATIN_CANDIDATES = ("cp1252", "cp1250", "iso8859-2")      # ties go to the first
+_SYMBOLS = set("€©®«»–—“”„‘’•…°±§·×")
+_OPENERS = set("«»“”„‘’–—(")         # may stand right before a word
+_FOREIGN_LETTER = math.log(0.0001)   # a letter the language does not write
+_SYMBOL = math.log(0.01)             # common punctuation and signs
+_RARE_SYMBOL = math.log(0.001)
+_IN_WORD = math.log(0.01)            # extra, for a sign glued to the letter after it ("®ádost")
+_INVALID = math.log(1e-7)            # C1 controls, bytes the codec does not define
+
+
+def score_latin(text: str, lang: str) -> float:
+    """How well ``text`` reads as language ``lang``, from its non-ASCII characters."""
+    prior, table = _LATIN_LOG[lang]
+    score = prior
+    for i, ch in enumerate(text):
+        if ch < "\x80":
+            continue
+        low = ch.lower()
+        if low in table:
+            score += table[low]
+        elif ch == "\ufffd" or ch <= "\x9f":
+            score += _INVALID
+        elif ch.isalpha():
+            score += _FOREIGN_LETTER
+        else:
+            score += _SYMBOL if ch in _SYMBOLS else _RARE_SYMBOL
+            if ch not in _OPENERS and i + 1 < len(text) and text[i + 1].isalpha():
+                score += _IN_WORD
+    return score
+
+
+def guess_latin(data: bytes) -> tuple[str, str]:
+    """(text, codec) for 8-bit Latin text with no usable label: each of LATIN_CANDIDATES
+    read as each language of _LATIN_LANGS; the best pair wins ("fakturu \xe8." is "č" in
+    Czech, "très" in French: the rest of the text decides, then the order above)."""
+    best, best_score = LATIN_CANDIDATES[0], -math.inf
+    for codec in LATIN_CANDIDATES:
+        text = data.decode(codec, "replace")
+        score = max(score_latin(text, lang) for lang in _LATIN_LOG)
+        if score > best_score:
+            best, best_score = codec, score
     return data.decode(best, "replace"), best
 
 

@@ -367,6 +367,47 @@ def test_latin_raw_8bit_is_not_cyrillic() -> None:
     assert decode_header_value(b"Gr\xfc\xdfe caf\xe9") == ("Grüße café", ["raw 8-bit guessed cp1252"])
 
 
+# Unlabelled 8-bit Latin subjects: Czech in windows-1250 and ISO-8859-2, western languages in
+# cp1252, Polish in windows-1250. Reading all of them as cp1252 (the old rule) got 37 of 79.
+CZ_SUBJECTS = [
+    "Faktura č. 2026/15", "Žádost o schůzku", "Objednávka zboží", "Příští týden",
+    "Dobrý den, posílám fakturu", "Upomínka - neuhrazená faktura", "Nabídka služeb",
+    "Změna adresy", "Potvrzení objednávky č. 4471", "Reklamace zboží", "Dotaz k vyúčtování",
+    "Děkuji za spolupráci", "Schůzka ve čtvrtek", "Účetní doklady za září", "Výpis z účtu",
+    "Cenová nabídka", "Žádost o prodloužení splatnosti", "Oprava faktury č. 7",
+    "Přihláška na školení", "Šťastný nový rok", "Příliš žluťoučký kůň úpěl ďábelské ódy", "Šéf",
+    "Žluté", "Ťuk", "Řešení"]
+WEST_SUBJECTS = [
+    "Réunion à 10h, très important", "Grüße aus München", "Reunión mañana",
+    "Fattura n. 12 è pronta", "Café com açúcar", "Überweisung für März", "Prix spécial",
+    "Año nuevo", "Déjà vu", "Bon appétit", "Straße", "Façade", "Señor García", "Città più bella",
+    "Ação necessária", "100€ Rabatt", "© 2026 Firma", "Déclaration d'impôts", "Crème brûlée",
+    "Über uns", "«Bonjour»", "Microsoft® Office", "Preis: 20 € – inkl.", "Ärger", "Öl"]
+PL_SUBJECTS = ["Zażółć gęślą jaźń", "Faktura za październik", "Proszę o kontakt",
+               "Spotkanie w środę"]
+LATIN_KNOWN_MISSES = {
+    ("Šťastný nový rok", "iso8859-2"),      # read '©»astný': Š and ť are rare letters
+    ("Ťuk", "iso8859-2"),                   # '«uk'
+    ("Fattura n. 12 è pronta", "cp1252"),   # a lone \xe8 is Czech č rather than è
+    ("Proszę o kontakt", "cp1250"),         # a lone \xea is Portuguese/French ê
+}
+
+
+def test_latin_guess_on_short_unlabelled_subjects() -> None:
+    """cp1252 / cp1250 / ISO-8859-2 are told apart by their accented letters: 75 of 79."""
+    cases = ([(t, "cp1250") for t in CZ_SUBJECTS] + [(t, "iso8859-2") for t in CZ_SUBJECTS]
+             + [(t, "cp1252") for t in WEST_SUBJECTS] + [(t, "cp1250") for t in PL_SUBJECTS])
+    misses = {(t, enc) for t, enc in cases if guess_decode(t.encode(enc))[0] != t}
+    assert misses == LATIN_KNOWN_MISSES
+
+
+def test_unlabelled_czech_subject_in_a_message() -> None:
+    """A raw 8-bit windows-1250 Subject reads as Czech, and the guess is noted."""
+    v = MessageView("Subject: Faktura č. 15 - příští týden\r\n\r\nx\r\n".encode("cp1250"))
+    assert v.subject == "Faktura č. 15 - příští týden"
+    assert v.charset_notes == ["Subject: raw 8-bit guessed cp1250"]
+
+
 @pytest.mark.parametrize(("label", "codec"), [
     ("cp1251", "cp1251"), ("x-cp1251", "cp1251"), ("win-1251", "cp1251"), ("Windows-1251", "cp1251"),
     ("koi8r", "koi8-r"), ("KOI8-R", "koi8-r"), ("ibm866", "cp866"), ("x-mac-cyrillic", "mac-cyrillic"),
