@@ -47,6 +47,7 @@ class Limits:
     max_received: int = 50                       # Received headers before 554 5.4.6 (Postfix hopcount_limit)
     command_timeout: float = 300.0               # idle time allowed between commands (RFC 5321 4.5.3.2.7)
     data_timeout: float = 180.0                  # idle time allowed between DATA chunks (RFC 5321 4.5.3.2.6)
+    data_deadline: float = 600.0                 # whole DATA phase; a trickling client gets 421 4.4.2
     process_timeout: float = 300.0               # end of DATA to reply; past it 451 4.3.0 (RFC 5321: 10 min)
     max_alias_depth: int = 20
     max_alias_width: int = 1000

@@ -99,6 +99,7 @@ class App:
             return cls(handler, data_size_limit=cfg.limits.max_message_size, enable_SMTPUTF8=True,
                        decode_data=False, hostname=cfg.hostname, ident="mailrouter",
                        timeout=cfg.limits.command_timeout, data_timeout=cfg.limits.data_timeout,
+                       data_deadline=cfg.limits.data_deadline,
                        loop=loop)
         if name in self.sockets:
             srv = await loop.create_server(factory, sock=self.sockets[name])

@@ -282,6 +282,32 @@ async def test_idle_session_times_out(make_app):
         assert await w.closed()
 
 
+async def test_trickling_data_is_cut_at_the_deadline(make_app, tmp_path):
+    """A client that keeps sending a line of DATA every 0.3 s, never idle long enough for
+    data_timeout, is stopped at data_deadline: 421 4.4.2, closed, nothing delivered."""
+    app = await make_app(limits={"data_timeout": 5, "data_deadline": 2})
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.cmd("MAIL FROM:<slow@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: trickle\r\n\r\n")
+        reply = None
+        for n in range(40):                      # up to 12 s of trickling
+            try:
+                await w.send(b"line %d\r\n" % n)
+            except ConnectionError:
+                break
+            try:                                 # a reply within 0.3 s ends the trickle
+                reply = await asyncio.wait_for(w.line(), 0.3)
+                break
+            except TimeoutError:
+                continue
+        assert reply == "421 4.4.2 DATA took too long, closing connection"
+        assert await w.closed()
+    assert maildir_files(tmp_path / "var" / "mail") == []
+
+
 async def test_null_sender_accepted(make_app, tmp_path):
     """MAIL FROM:<> (a bounce) is accepted and delivered."""
     app = await make_app()

@@ -40,6 +40,7 @@ TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
 BAD_BYTES = "550 5.6.0 Message refused: bare LF, bare CR or NUL in content; send CRLF line endings (RFC 5321 2.3.8)"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+DATA_TOO_SLOW = "421 4.4.2 DATA took too long, closing connection"
 
 # `<a@b>` or `<>` followed by optional parameters, with nothing that needs the full
 # address parser: no quotes, comments, spaces, brackets or source routes inside.
@@ -122,9 +123,10 @@ class Protocol(SMTP):
 
     lmtp = False
 
-    def __init__(self, handler: Any, *, data_timeout: float = 180.0, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, data_timeout: float = 180.0, data_deadline: float = 600.0,
+                 **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self.data_timeout = data_timeout
+        self.data_timeout, self.data_deadline = data_timeout, data_deadline
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
         self.busy = False
@@ -255,6 +257,15 @@ class Protocol(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         problem, content = await self._read_data()
+        if problem is DATA_TOO_SLOW:
+            # The client is still sending: there is no reply it would read in the right
+            # place, so say why and hang up (RFC 5321 3.8); the message was not accepted.
+            log.warning("event=data_deadline peer=%s deadline=%s", self.session and
+                        self.session.peer, self.data_deadline)
+            await self.push(DATA_TOO_SLOW)
+            if self.transport is not None:
+                self.transport.close()
+            return
         if problem:
             await self.push(self._replies(problem))
             self._set_post_data_state()  # type: ignore[no-untyped-call]
@@ -281,11 +292,14 @@ class Protocol(SMTP):
         buf = bytearray(b"\r\n")
         limit, reader, loop = self.data_size_limit, self._reader, self.loop
         too_big, scanned, size = False, 0, 0
-        armed = loop.time()
+        armed = started = loop.time()
         self._reset_timeout(self.data_timeout)
         while True:
             if loop.time() - armed > 1.0:   # re-arm the idle timer at most once a second
                 armed = loop.time()
+                if armed - started > self.data_deadline:   # a trickle that never ends
+                    self._reset_timeout()
+                    return DATA_TOO_SLOW, b""
                 self._reset_timeout(self.data_timeout)
             chunk = await reader.read(_READ_ALL)
             if not chunk:                   # EOF mid-DATA: nothing was accepted
