@@ -1,8 +1,10 @@
 """Maildir delivery: the embedded default mail store.
 
 A copy is written to tmp/ with O_DSYNC (each write durable, data and size, like a
-write followed by fdatasync), renamed into new/, and the new/ directory is fsync'd, so that once `deliver` returns the message survives a crash or power
-loss (the qmail Maildir protocol plus the directory fsync that ext4/xfs need).
+write followed by fdatasync), renamed into new/, and the new/ directory is fsync'd,
+so that once `deliver` returns the message survives a crash or power loss (the
+qmail Maildir protocol plus the directory fsync that ext4/xfs need). A folder
+removed while the daemon runs is created again on the next copy.
 Folders are Maildir++ subdirectories `.Folder/`, nested with `.` (`Finance/2026`
 becomes `.Finance.2026/`), their names in IMAP modified UTF-7 (RFC 3501 5.1.3)
 as Dovecot and Courier expect, so «Финансы» shows as such in a mail client.
