@@ -53,3 +53,33 @@ async def _drain(w: Wire) -> list[str]:
             lines.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
     except TimeoutError:      # the server waits for more input (e.g. inside DATA): fine
         return lines
+
+
+LMTP_LINES = st.lists(st.one_of(st.sampled_from([v for v in VERBS if not v.startswith(b"EHLO")]
+                                                + [b"LHLO x", b"RCPT TO:<support@example.com>"]),
+                                st.binary(max_size=200).filter(lambda b: b"\n" not in b)),
+                      min_size=1, max_size=25)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=LMTP_LINES)
+async def test_random_lmtp_streams(make_app_cached, script):
+    """The same on the LMTP listener, and a well-behaved LMTP client then gets one 250 per
+    recipient."""
+    app = await make_app_cached()
+    port = app.bound["lmtp"][1]
+    async with Wire(port, timeout=5) as w:
+        assert (await w.line()).startswith("220")
+        await w.send(b"".join(line + b"\r\n" for line in script))
+        await w.send(b"\r\n.\r\nQUIT\r\n")
+        seen = await _drain(w)
+    for line in seen:
+        assert REPLY.match(line), line
+        assert "Error: (" not in line and "Traceback" not in line, line
+    async with Wire(port) as w:
+        await w.greet("LHLO")
+        await w.send(b"MAIL FROM:<ok@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                     b"RCPT TO:<support@example.com>\r\nDATA\r\n")
+        assert [(await w.line())[:3] for _ in range(4)] == ["250", "250", "250", "354"]
+        await w.send(b"Subject: ok\r\n\r\nok\r\n.\r\n")
+        assert [(await w.line())[:3] for _ in range(2)] == ["250", "250"]
