@@ -118,6 +118,8 @@ async def test_help_lists_the_commands(make_app):
         listing = await w.cmd("HELP")
         assert listing.startswith("250") and "MAIL" in listing and "RCPT" in listing
         assert (await w.cmd("HELP MAIL")).startswith("250 2.0.0 Syntax: MAIL FROM: <address>")
+        # AUTH is not offered, and says so plainly (not aiosmtpd's 538 "encryption required")
+        assert (await w.cmd("AUTH PLAIN AGFAAGI=")).startswith("502 5.5.1")
 
 
 async def test_too_many_recipients(make_app):

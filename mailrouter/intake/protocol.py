@@ -169,6 +169,11 @@ class Protocol(SMTP):
         finally:
             self._ehlo_in_progress = False
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        # Not offered in EHLO: mailrouter takes mail from its MTA, not from users. aiosmtpd
+        # would answer 538 "encryption required", which suggests it could work over TLS.
+        await self.push('502 5.5.1 Error: command "AUTH" not implemented')
+
     async def handle_exception(self, error: Exception) -> str:
         log.error("event=session_error peer=%s error=%r", self.session and self.session.peer,
                   error, exc_info=error)
