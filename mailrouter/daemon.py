@@ -32,7 +32,7 @@ from .config import Config, Listener
 from .delivery.deliverer import Deliverer
 from .errors import ConfigErrors, Reply
 from .intake.handler import Handler
-from .intake.protocol import LMTPProtocol, Protocol
+from .intake.protocol import COMMAND_LIMITS, LMTPProtocol, Protocol
 from .pipeline import Pipeline, Transaction
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
@@ -99,7 +99,7 @@ class App:
             return cls(handler, data_size_limit=cfg.limits.max_message_size, enable_SMTPUTF8=True,
                        decode_data=False, hostname=cfg.hostname, ident="mailrouter",
                        timeout=cfg.limits.command_timeout, data_timeout=cfg.limits.data_timeout,
-                       data_deadline=cfg.limits.data_deadline,
+                       data_deadline=cfg.limits.data_deadline, command_call_limit=COMMAND_LIMITS,
                        loop=loop)
         if name in self.sockets:
             srv = await loop.create_server(factory, sock=self.sockets[name])

@@ -310,6 +310,26 @@ async def test_trickling_data_is_cut_at_the_deadline(make_app, tmp_path):
     assert maildir_files(tmp_path / "var" / "mail") == []
 
 
+async def test_endless_noop_is_cut_but_many_transactions_are_not(make_app, tmp_path):
+    """100 NOOPs are answered, the 101st gets 421 and a hang-up; a session that carries 120
+    transactions (as an MTA reusing its connection does) is never cut."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.send(b"NOOP\r\n" * 101)
+        replies = [await w.line() for _ in range(101)]
+        assert all(r.startswith("250") for r in replies[:100])
+        assert replies[100].startswith("421 4.7.0") and await w.closed()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        for n in range(120):
+            r = await w.transaction("mta@outside.test", ["sales@example.com"],
+                                    b"Subject: %d\r\n\r\nx\r\n.\r\n" % n)
+            assert r[-1].startswith("250"), (n, r)
+            assert (await w.cmd("RSET")).startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 120
+
+
 async def test_null_sender_accepted(make_app, tmp_path):
     """MAIL FROM:<> (a bounce) is accepted and delivered."""
     app = await make_app()

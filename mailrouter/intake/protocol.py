@@ -41,6 +41,11 @@ BAD_BYTES = "550 5.6.0 Message refused: bare LF, bare CR or NUL in content; send
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
 DATA_TOO_SLOW = "421 4.4.2 DATA took too long, closing connection"
+# Commands that deliver nothing, per session (Postfix's smtpd_junk_command_limit is 100): a
+# client that keeps a session alive with them gets 421 and is disconnected. Transactions
+# (MAIL, RCPT, DATA, RSET) are not limited: an MTA reuses one connection for many messages.
+COMMAND_LIMITS = {"NOOP": 100, "VRFY": 100, "EXPN": 100, "HELP": 100, "EHLO": 100,
+                  "HELO": 100, "LHLO": 100, "*": 10**9}
 
 # `<a@b>` or `<>` followed by optional parameters, with nothing that needs the full
 # address parser: no quotes, comments, spaces, brackets or source routes inside.
