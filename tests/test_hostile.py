@@ -28,6 +28,16 @@ async def test_random_command_streams(make_app_cached, script):
     and a well-behaved client is served right after."""
     app = await make_app_cached()
     port = app.bound["smtp"][1]
+    await _play(port, script)
+    async with Wire(port) as w:
+        await w.greet()
+        r = await w.transaction("ok@outside.test", ["sales@example.com"], b"Subject: ok\r\n\r\nok\r\n.\r\n")
+        assert r[0].startswith("250")
+
+
+async def _play(port: int, script: list[bytes]) -> None:
+    """Send the script in one go (then an end of DATA and QUIT, in case it opened one); every
+    reply must be a well-formed reply with no exception text in it."""
     async with Wire(port, timeout=5) as w:
         assert (await w.line()).startswith("220")
         await w.send(b"".join(line + b"\r\n" for line in script))
@@ -36,10 +46,6 @@ async def test_random_command_streams(make_app_cached, script):
     for line in seen:
         assert REPLY.match(line), line
         assert "Error: (" not in line and "Traceback" not in line, line
-    async with Wire(port) as w:
-        await w.greet()
-        r = await w.transaction("ok@outside.test", ["sales@example.com"], b"Subject: ok\r\n\r\nok\r\n.\r\n")
-        assert r[0].startswith("250")
 
 
 async def _drain(w: Wire) -> list[str]:
@@ -68,14 +74,7 @@ async def test_random_lmtp_streams(make_app_cached, script):
     recipient."""
     app = await make_app_cached()
     port = app.bound["lmtp"][1]
-    async with Wire(port, timeout=5) as w:
-        assert (await w.line()).startswith("220")
-        await w.send(b"".join(line + b"\r\n" for line in script))
-        await w.send(b"\r\n.\r\nQUIT\r\n")
-        seen = await _drain(w)
-    for line in seen:
-        assert REPLY.match(line), line
-        assert "Error: (" not in line and "Traceback" not in line, line
+    await _play(port, script)
     async with Wire(port) as w:
         await w.greet("LHLO")
         await w.send(b"MAIL FROM:<ok@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
