@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from .message import MessageView
+from .routing.facts import robot_of
 from .routing.snapshot import Snapshot
 
 __all__ = ["explain", "format_text"]
@@ -35,7 +36,8 @@ def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None
     if not rcpts:
         rcpts = [a for _, a in _safe(defects, "To", lambda: view.to + view.cc, []) if a]
     decisions = snap.decide(view, sender if sender is not None else from_addr, list(rcpts), at)
-    robot = _safe(defects, "robot", lambda: view.robot, (False, ""))
+    envelope_from = sender if sender is not None else from_addr
+    robot = _safe(defects, "robot", lambda: robot_of(view, envelope_from), (False, ""))
     return {
         "subject": _safe(defects, "Subject", lambda: view.subject, ""),
         "from": {"name": _safe(defects, "From", lambda: view.from_name, ""), "addr": from_addr},

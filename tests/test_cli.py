@@ -79,6 +79,19 @@ def test_explain_json_contract(tmp_path):
     assert refused["action"] == "reject" and refused["reply"].startswith("550 5.1.1")
 
 
+def test_explain_null_sender_is_a_robot():
+    """--from '<>' (a bounce's envelope) makes the message a robot, with the reason; the same
+    message from a person is not."""
+    sample = str(RULES / "samples" / "sales-inquiry.eml")
+    bounce = json.loads(mr("explain", "--json", "--from", "<>", "--rcpt", "sales@example.com",
+                           sample, cwd=RULES.parent).stdout)
+    person = json.loads(mr("explain", "--json", "--rcpt", "sales@example.com", sample,
+                           cwd=RULES.parent).stdout)
+    assert bounce["robot"] == {"robot": True, "reason": "bounce: null envelope sender <>"}
+    assert "robot" in bounce["recipients"][0]["tags"]
+    assert person["robot"]["robot"] is False and "robot" not in person["recipients"][0]["tags"]
+
+
 @pytest.mark.parametrize("junk", [b"", b"\x00\xff\xfe garbage \r\n\r\n\x80",
                                   b"Subject: =?koi8-r?B?broken?=\r\nContent-Type: multipart/mixed\r\n\r\n--x"],
                          ids=["empty", "binary", "broken-mime"])

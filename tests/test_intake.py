@@ -331,7 +331,8 @@ async def test_endless_noop_is_cut_but_many_transactions_are_not(make_app, tmp_p
 
 
 async def test_null_sender_accepted(make_app, tmp_path):
-    """MAIL FROM:<> (a bounce) is accepted and delivered."""
+    """MAIL FROM:<> (a bounce) is accepted and delivered, and the null sender alone makes it
+    a robot for the rules (the example rules tag robots)."""
     app = await make_app()
     async with Wire(app.bound["smtp"][1]) as w:
         await w.greet()
@@ -340,6 +341,13 @@ async def test_null_sender_accepted(make_app, tmp_path):
         assert (await w.cmd("DATA")).startswith("354")
         await w.send(data(mail("Undelivered Mail Returned to Sender")))
         assert (await w.line()).startswith("250 2.0.0")
+        assert (await w.cmd("MAIL FROM:<client@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<postmaster@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(data(mail("The same words from a person")))
+        assert (await w.line()).startswith("250 2.0.0")
+    tags = {m["mail_from"]: m["decisions"][0]["tags"] for m in await app.registry.recent(2)}
+    assert "robot" in tags["<>"] and "robot" not in tags["client@outside.test"]
 
 
 async def test_connections_past_the_limit_get_421(make_app):

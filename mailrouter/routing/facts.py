@@ -124,5 +124,16 @@ class Facts:
         return got
 
     def robot(self) -> tuple[bool, str]:
-        flag, reason = self.view.robot
-        return bool(flag), str(reason or "")
+        return robot_of(self.view, self.mail_from)
+
+
+def robot_of(view: Any, mail_from: str) -> tuple[bool, str]:
+    """(True, why) for mail nobody should answer: what the headers say (bounce, auto-reply,
+    list), else a null envelope sender, which only bounces and other notices use (RFC 5321
+    4.5.5, RFC 3834 2)."""
+    flag, reason = view.robot
+    if flag:
+        return True, str(reason)
+    if mail_from.strip() == "<>":     # as the intake records MAIL FROM:<>; '' is "unknown"
+        return True, "bounce: null envelope sender <>"
+    return False, ""
