@@ -32,7 +32,7 @@ from .config import Config, Listener
 from .delivery.deliverer import Deliverer
 from .errors import ConfigErrors, Reply
 from .intake.handler import Handler
-from .intake.protocol import COMMAND_LIMITS, LMTPProtocol, Protocol
+from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
 from .pipeline import Pipeline, Transaction
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
@@ -53,6 +53,7 @@ class App:
         self.draining = False
         self.sessions: set[Protocol] = set()
         self.in_flight = 0
+        self.data_budget = DataBudget(config.limits.max_data_in_flight)   # shared by all sessions
         self.servers: list[asyncio.Server] = []
         self.registry: Registry | None = None
         self.deliverer = Deliverer(config.delivery, config.hostname)
@@ -94,12 +95,14 @@ class App:
 
     async def _listen(self, name: str, listener: Listener, cls: type[Protocol]) -> None:
         cfg, handler, loop = self.config, Handler(self, name), asyncio.get_running_loop()
+        budget = self.data_budget
 
         def factory() -> Protocol:
             return cls(handler, data_size_limit=cfg.limits.max_message_size, enable_SMTPUTF8=True,
                        decode_data=False, hostname=cfg.hostname, ident="mailrouter",
                        timeout=cfg.limits.command_timeout, data_timeout=cfg.limits.data_timeout,
                        data_deadline=cfg.limits.data_deadline, command_call_limit=COMMAND_LIMITS,
+                       data_budget=budget,
                        loop=loop)
         if name in self.sockets:
             srv = await loop.create_server(factory, sock=self.sockets[name])

@@ -153,6 +153,43 @@ async def test_oversize_data_refused(make_app, tmp_path):
     assert maildir_files(tmp_path / "var" / "mail") == []
 
 
+async def test_data_held_at_once_is_bounded(make_app, tmp_path):
+    """With 100 KB of DATA memory per process: while one session holds 60 KB mid-DATA, a
+    second 60 KB message is read to its end and answered 452 4.3.1 (SMTP) or one 452 per
+    recipient (LMTP); once the first is done the room is back and the retry is delivered."""
+    app = await make_app(limits={"max_data_in_flight": 100_000})
+    body = ("z" * 78 + "\r\n") * 750                       # 60,000 bytes
+    first = Wire(app.bound["smtp"][1])
+    async with first:
+        await first.greet()
+        await first.cmd("MAIL FROM:<a@outside.test>")
+        await first.cmd("RCPT TO:<sales@example.com>")
+        assert (await first.cmd("DATA")).startswith("354")
+        await first.send(b"Subject: first\r\n\r\n" + body.encode())   # no end yet
+        await asyncio.sleep(0.5)
+        async with Wire(app.bound["smtp"][1]) as w:
+            await w.greet()
+            r = await w.transaction("b@outside.test", ["sales@example.com"],
+                                    data(mail("second", body=body)))
+            assert r[-1].startswith("452 4.3.1")
+            assert (await w.cmd("NOOP")).startswith("250")        # session still usable
+        async with Wire(app.bound["lmtp"][1]) as w:
+            await w.greet("LHLO")
+            await w.send(b"MAIL FROM:<c@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                         b"RCPT TO:<support@example.com>\r\nDATA\r\n")
+            assert [(await w.line())[:3] for _ in range(4)] == ["250", "250", "250", "354"]
+            await w.send(data(mail("third", body=body)))
+            assert [(await w.line())[:9] for _ in range(2)] == ["452 4.3.1"] * 2
+        await first.send(b".\r\n")
+        assert (await first.line()).startswith("250 2.0.0")
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        r = await w.transaction("b@outside.test", ["sales@example.com"], data(mail("second", body=body)))
+        assert r[-1].startswith("250 2.0.0")
+    assert app.data_budget.used == 0
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+
+
 @pytest.mark.parametrize("bad", [b"bare\nLF", b"bare\rCR", b"nul\0byte"], ids=["LF", "CR", "NUL"])
 async def test_bare_line_endings_and_nul_refused(make_app, tmp_path, bad):
     """Bare LF, bare CR and NUL in content: 550 5.6.0 after the final dot; nothing stored."""

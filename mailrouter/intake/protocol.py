@@ -41,6 +41,24 @@ BAD_BYTES = "550 5.6.0 Message refused: bare LF, bare CR or NUL in content; send
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
 DATA_TOO_SLOW = "421 4.4.2 DATA took too long, closing connection"
+NO_ROOM = "452 4.3.1 Insufficient system storage, try again later"
+
+
+class DataBudget:
+    """Bytes of DATA held in memory by all sessions of one process, against a limit
+    (limits.max_data_in_flight): many large messages at once must not exhaust memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
 # Commands that deliver nothing, per session (Postfix's smtpd_junk_command_limit is 100): a
 # client that keeps a session alive with them gets 421 and is disconnected. Transactions
 # (MAIL, RCPT, DATA, RSET) are not limited: an MTA reuses one connection for many messages.
@@ -129,9 +147,10 @@ class Protocol(SMTP):
     lmtp = False
 
     def __init__(self, handler: Any, *, data_timeout: float = 180.0, data_deadline: float = 600.0,
-                 **kwargs: Any) -> None:
+                 data_budget: DataBudget | None = None, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.data_timeout, self.data_deadline = data_timeout, data_deadline
+        self.data_budget, self._held = data_budget, 0
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
         self.busy = False
@@ -266,6 +285,15 @@ class Protocol(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            await self._data_transaction()
+        finally:
+            if self.data_budget is not None:   # the content is gone with the transaction
+                self.data_budget.give(self._held)
+            self._held = 0
+
+    async def _data_transaction(self) -> None:
+        assert self.envelope is not None
         problem, content = await self._read_data()
         if problem is DATA_TOO_SLOW:
             # The client is still sending: there is no reply it would read in the right
@@ -300,8 +328,8 @@ class Protocol(SMTP):
         virtual CRLF in front lets an empty message ('.' first) match the same way.
         """
         buf = bytearray(b"\r\n")
-        limit, reader, loop = self.data_size_limit, self._reader, self.loop
-        too_big, scanned, size = False, 0, 0
+        limit, reader, loop, budget = self.data_size_limit, self._reader, self.loop, self.data_budget
+        too_big, no_room, scanned, size = False, False, 0, 0
         armed = started = loop.time()
         self._reset_timeout(self.data_timeout)
         while True:
@@ -314,6 +342,13 @@ class Protocol(SMTP):
             chunk = await reader.read(_READ_ALL)
             if not chunk:                   # EOF mid-DATA: nothing was accepted
                 raise ConnectionResetError("client closed the connection during DATA")
+            if budget is not None and not (too_big or no_room):
+                if budget.take(len(chunk)):
+                    self._held += len(chunk)
+                else:                       # memory for DATA is spoken for: read on, keep none
+                    no_room = True
+                    budget.give(self._held)
+                    self._held = 0
             buf += chunk
             end = buf.find(b"\r\n.\r\n", scanned)
             if end >= 0:
@@ -322,14 +357,19 @@ class Protocol(SMTP):
                 del buf[end + 2:]
                 size += end
                 break
-            if limit and size + len(buf) > limit + 2:
-                # Too big: keep reading to the end (RFC 5321 4.2.5) but hold only a tail.
-                too_big, size = True, size + len(buf) - 4
+            if (limit and size + len(buf) > limit + 2) or no_room:
+                # Too big (or no room): read to the end (RFC 5321 4.2.5) but hold only a tail.
+                too_big = too_big or not no_room
+                size += len(buf) - 4
                 del buf[:-4]
             scanned = max(0, len(buf) - 4)
         self._reset_timeout()
         if too_big or (limit and size > limit):
             return TOO_BIG, b""
+        if no_room:
+            log.warning("event=data_budget_full peer=%s limit=%d", self.session and
+                        self.session.peer, budget.limit if budget else 0)
+            return NO_ROOM, b""
         return _check_content(buf)
 
 
