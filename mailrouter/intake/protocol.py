@@ -205,8 +205,9 @@ class Protocol(SMTP):
 
     # -- draining and per-command bookkeeping ----------------------------------------
     def _wrap_commands(self) -> None:
-        for name, method in list(self._smtp_methods.items()):
-            self._smtp_methods[name] = self._guarded(name, method)
+        # aiosmtpd looks each command up with _smtp_methods.get(); wrap it then, not all
+        # twenty-odd methods for every connection (a session runs five or six commands)
+        self._smtp_methods = _GuardedMethods(self, self._smtp_methods)
 
     def _guarded(self, name: str, method: Any) -> Any:
         async def run(arg: Any) -> None:
@@ -386,6 +387,18 @@ def _check_content(buf: bytearray) -> tuple[str | None, bytes]:
     if b"\0" in buf or buf.count(b"\n") != crlf or buf.count(b"\r") != crlf:
         return BAD_BYTES, b""
     return None, bytes(buf).replace(b"\r\n.", b"\r\n")[2:]
+
+
+class _GuardedMethods(dict[str, Any]):
+    """The command table; `get` hands out each method inside Protocol._guarded."""
+
+    def __init__(self, proto: Protocol, methods: dict[str, Any]) -> None:
+        super().__init__(methods)
+        self._proto = proto
+
+    def get(self, name: str, default: Any = None) -> Any:   # type: ignore[override]
+        method = super().get(name)
+        return default if method is None else self._proto._guarded(name, method)
 
 
 class LMTPProtocol(Protocol, LMTP):
