@@ -396,7 +396,7 @@ class _GuardedMethods(dict[str, Any]):
         super().__init__(methods)
         self._proto = proto
 
-    def get(self, name: str, default: Any = None) -> Any:   # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         method = super().get(name)
         return default if method is None else self._proto._guarded(name, method)
 
