@@ -430,12 +430,23 @@ async def test_maildir_fault_under_load_loses_and_doubles_nothing(make_app, tmpf
 
     load = [asyncio.create_task(_mta(port, b, outcome)) for b in batches]
 
+    async def remount(mode: str) -> None:
+        # remount,ro is refused (EBUSY) while a file is open for writing: the next
+        # copy's tmp file, which is exactly the load we want to hit; try again shortly
+        for _ in range(50):
+            done = await asyncio.to_thread(subprocess.run, ["mount", "-o", f"remount,{mode}",
+                                                            str(tmpfs)], capture_output=True)
+            if done.returncode == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"remount,{mode} kept failing: {done.stderr!r}")
+
     async def flap() -> None:      # read-only 0.2 s, writable 0.2 s, while the load runs
         while not all(t.done() for t in load):
             await asyncio.sleep(0.05)
-            await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+            await remount("ro")
             await asyncio.sleep(0.2)
-            await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+            await remount("rw")
             await asyncio.sleep(0.2)
 
     await asyncio.gather(flap(), *load)

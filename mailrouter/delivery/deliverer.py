@@ -59,6 +59,9 @@ class Deliverer:
         for client in (self._lmtp, self._smtp):
             if client is not None:
                 await client.close()
+        for md in self._maildirs.values():
+            md.close()
+        self._maildirs.clear()
 
     def received(self, helo: str, peer: str, proto: str, qid: str, rcpt: str) -> bytes:
         """Our Received: line (RFC 5321 4.4), one per copy."""

@@ -102,6 +102,12 @@ class Maildir:
                 dfd = self._made[box]
         return box, dfd
 
+    def close(self) -> None:
+        """Let go of the folders' descriptors (at shutdown, with no copy in flight)."""
+        for dfd in self._made.values():
+            os.close(dfd)
+        self._made.clear()
+
     def _forget(self, folder: str | None) -> None:
         """The folder went away under us (removed or replaced): recreate it next time."""
         box = self.root / folder_dirname(folder) if folder else self.root
