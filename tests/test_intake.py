@@ -122,6 +122,34 @@ async def test_help_lists_the_commands(make_app):
         assert (await w.cmd("AUTH PLAIN AGFAAGI=")).startswith("502 5.5.1")
 
 
+@pytest.mark.parametrize("cmd", [b"EHLO evil\rX-Injected: yes", b"HELO a\x00b",
+                                 b"MAIL FROM:<a\rb@outside.test>",
+                                 b"RCPT TO:<sales+\rX-Injected: yes@example.com>",
+                                 b"RCPT TO:<sales+x\x00y@example.com>", b"RCPT TO:<sales+\x01@example.com>",
+                                 b"VRFY a\x7f"],
+                         ids=["EHLO-CR", "HELO-NUL", "MAIL-CR", "RCPT-CR", "RCPT-NUL", "RCPT-SOH",
+                              "VRFY-DEL"])
+async def test_control_characters_in_commands_are_refused(make_app, tmp_path, cmd):
+    """A control character in a command's argument is 501 5.5.2: a bare CR in EHLO or in a
+    +detail would otherwise be written into our Received:/Delivered-To: lines (header
+    injection) and into downstream commands. The session goes on; a clean mail still lands
+    without any injected header."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        if cmd.startswith(b"RCPT"):
+            assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        await w.send(cmd + b"\r\n")
+        assert await w.line() == "501 5.5.2 Syntax error: control character in command"
+        assert (await w.cmd("RSET")).startswith("250")
+        r = await w.transaction("a@outside.test", ["sales@example.com"], data(mail("clean")))
+        assert r[-1].startswith("250 2.0.0")
+    stored = [f.read_bytes() for f in maildir_files(tmp_path / "var" / "mail")]
+    assert len(stored) == 1 and b"X-Injected" not in stored[0] and b"\x00" not in stored[0]
+    head = stored[0].split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"\r") == head.count(b"\r\n")          # no bare CR in our headers
+
+
 async def test_too_many_recipients(make_app):
     """The recipient past max_recipients gets 452 4.5.3; the earlier ones stay accepted."""
     app = await make_app(limits={"max_recipients": 2})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, replace
 from email.utils import format_datetime
 from datetime import datetime, timezone
@@ -33,6 +34,7 @@ __all__ = ["Deliverer", "Copy", "DELIVERED"]
 
 log = logging.getLogger(__name__)
 DELIVERED = Reply(250, "2.0.0", "Delivered")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,8 @@ class Deliverer:
 
     def received(self, helo: str, peer: str, proto: str, qid: str, rcpt: str) -> bytes:
         """Our Received: line (RFC 5321 4.4), one per copy."""
+        if _CONTROL.search(helo + rcpt):   # the intake refuses these; never write one anyway
+            helo, rcpt = _CONTROL.sub("?", helo), _CONTROL.sub("?", rcpt)
         now = format_datetime(datetime.now(timezone.utc))
         return (f"Received: from {helo} ({peer})\r\n\tby {self.hostname} (mailrouter) with {proto}"
                 f" id {qid}\r\n\tfor <{rcpt}>; {now}\r\n").encode("utf-8", "surrogateescape")

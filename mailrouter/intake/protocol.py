@@ -42,6 +42,9 @@ TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
 DATA_TOO_SLOW = "421 4.4.2 DATA took too long, closing connection"
 NO_ROOM = "452 4.3.1 Insufficient system storage, try again later"
+CONTROL_CHAR = "501 5.5.2 Syntax error: control character in command"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
+# in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
 
 
 class DataBudget:
@@ -216,6 +219,9 @@ class Protocol(SMTP):
                 await self.push(SHUTTING_DOWN)
                 if self.transport is not None:
                     self.transport.close()
+                return
+            if isinstance(arg, str) and _CONTROL.search(arg):
+                await self.push(CONTROL_CHAR)
                 return
             self.busy = True
             try:
