@@ -39,6 +39,8 @@ aliases:
   plain@example.com:   mailbox:user
   finance@example.com: {mailbox: user, folder: Finance}
   finansy@example.com: {mailbox: user, folder: Финансы}
+  vip@example.com:     {mailbox: user, folder: "Clients VIP"}
+  deals@example.com:   {mailbox: user, folder: 'Deals (A&B), "big"'}
   bob@example.com:     mailbox:bob
   local@example.com:   mailbox:local
 """
@@ -101,6 +103,21 @@ async def test_plain_and_ascii_folder_land_in_dovecot(make_app, dovecot, tmp_pat
     assert b"(mailrouter)" in fin[0].read_bytes()            # our trace header went along
     assert await app.registry.count_messages() == 2
     assert maildir_files(tmp_path / "var" / "mail") == []    # nothing fell back to local Maildir
+
+
+async def test_folder_with_spaces_and_specials_lands_in_dovecot(make_app, dovecot, tmp_path):
+    """A folder name with a space, brackets, '&', a comma and quotes needs a quoted local
+    part in the LMTP RCPT ("user+Clients VIP"@...); Dovecot then files it under that name."""
+    app, dv = await start(make_app, dovecot, tmp_path)
+    port = app.bound["smtp"][1]
+    for rcpt, subject in (("vip@example.com", b"vip"), ("deals@example.com", b"deals")):
+        r = await asyncio.to_thread(smtp_send, port, [rcpt], subject, subject)
+        assert r["data"][0] == 250, (r, dv.log)
+    folders = sorted(p.name for p in dv.maildir("user@example.test").glob(".*") if p.is_dir())
+    assert ".Clients VIP" in folders, (folders, dv.log)
+    assert len(new(dv, "user@example.test", ".Clients VIP")) == 1
+    assert new(dv, "user@example.test") == []                 # nothing fell into the inbox
+    assert len(folders) == 2 and "Deals (A&-B), \"big\"" in folders[1], folders   # & is mUTF-7 &-
 
 
 async def test_non_ascii_folder_over_lmtp_lands_in_inbox(make_app, dovecot, tmp_path, caplog):

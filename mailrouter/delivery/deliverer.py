@@ -45,6 +45,18 @@ class Copy:
     rcpt: str
 
 
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+
+
+def quote_local(local: str) -> str:
+    """A local part as RFC 5321 4.1.2 wants it: as is when it is a dot-atom, else a
+    quoted string ("user+Clients VIP"), so a folder with a space or a bracket still makes
+    a valid RCPT TO path."""
+    if _DOT_ATOM.match(local):
+        return local
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class Deliverer:
     def __init__(self, cfg: DeliveryConfig, hostname: str) -> None:
         self.cfg, self.hostname = cfg, hostname
@@ -110,7 +122,7 @@ class Deliverer:
         if target.folder and kind == "lmtp":
             if target.folder.isascii():
                 local, _, domain = where.rpartition("@")
-                addr = f"{local}+{target.folder}@{domain}"
+                addr = f"{quote_local(f'{local}+{target.folder}')}@{domain}"
             else:
                 # Dovecot reads +detail as a UTF-8 name but offers no SMTPUTF8, so a
                 # non-ASCII folder cannot travel; the inbox beats a bounce or a misfile.
