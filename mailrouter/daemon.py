@@ -30,13 +30,13 @@ from . import metrics
 from .admin import serve_admin
 from .config import Config, Listener
 from .delivery.deliverer import Deliverer
-from .errors import ConfigErrors, Reply
+from .errors import ConfigErrors, ListenError, RegistryError, Reply
 from .intake.handler import Handler
 from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
 from .pipeline import Pipeline, Transaction
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
-from .workers import HANDLED, PARENT_RELOAD_SIGNAL, bind, supervise
+from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, supervise
 
 __all__ = ["App", "run"]
 
@@ -86,8 +86,11 @@ class App:
             if listener is not None:
                 await self._listen(name, listener, cls)
         if cfg.admin is not None and self.worker in (None, 0):
-            srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.admin_reload,
-                                    lambda: not self.draining)
+            try:
+                srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.admin_reload,
+                                        lambda: not self.draining)
+            except OSError as exc:
+                raise ListenError.of("admin", cfg.admin.host, cfg.admin.port, exc) from None
             self.servers.append(srv)
             self.bound["admin"] = srv.sockets[0].getsockname()[:2]
         metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series
@@ -107,12 +110,23 @@ class App:
         if name in self.sockets:
             srv = await loop.create_server(factory, sock=self.sockets[name])
         else:
-            srv = await loop.create_server(factory, listener.host, listener.port, backlog=1024,
-                                           reuse_address=True)
+            try:
+                srv = await loop.create_server(factory, listener.host, listener.port,
+                                               backlog=1024, reuse_address=True)
+            except OSError as exc:
+                raise ListenError.of(name, listener.host, listener.port, exc) from None
         for sock in srv.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.servers.append(srv)
         self.bound[name] = srv.sockets[0].getsockname()[:2]
+
+    async def abandon(self) -> None:
+        """Undo a start that failed half-way: close what was opened, nothing to drain."""
+        for srv in self.servers:
+            srv.close()
+        await self.deliverer.close()
+        if self.registry is not None:
+            await self.registry.close()
 
     def request_stop(self) -> None:
         if not self.draining:
@@ -198,9 +212,14 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
         snap = await asyncio.to_thread(load_snapshot, config.routing, config.limits, config.hostname)
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)
-        return 2
+        return START_FAILED
     app = App(config, snap, sockets, worker)
-    await app.start()
+    try:
+        await app.start()
+    except (ListenError, RegistryError) as exc:
+        log.error("event=start_failed error=%r; not starting", str(exc))
+        await app.abandon()
+        return START_FAILED
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
@@ -253,9 +272,13 @@ def run_workers(config: Config) -> int:
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)
         return 2
-    asyncio.run(upgrade(config.registry.url))
-    sockets = {name: bind(lst.host, lst.port)
-               for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
+    try:
+        asyncio.run(upgrade(config.registry.url))
+        sockets = {name: bind(lst.host, lst.port, name)
+                   for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
+    except (ListenError, RegistryError) as exc:
+        log.error("event=start_failed error=%r; not starting", str(exc))
+        return 2
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
     from prometheus_client import multiprocess

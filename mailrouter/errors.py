@@ -75,6 +75,16 @@ class ConfigErrors(MailrouterError):
         super().__init__("\n".join(str(e) for e in errors))
 
 
+class ListenError(MailrouterError):
+    """A listener could not be opened at start (port taken, no permission, bad address)."""
+
+    @classmethod
+    def of(cls, what: str, host: str, port: int, exc: OSError) -> "ListenError":
+        return cls(f"cannot listen on {host}:{port} for {what} ({exc.strerror or exc}); "
+                   f"another program (a second mailrouter, an MTA) may hold it: stop it or "
+                   f"change listen.{what} in the config")
+
+
 class AddressError(MailrouterError):
     """An address cannot be resolved."""
 

@@ -30,6 +30,7 @@ import time
 from typing import Callable
 
 from .config import Config
+from .errors import ListenError
 
 __all__ = ["bind", "supervise", "PARENT_RELOAD_SIGNAL", "HANDLED"]
 
@@ -38,13 +39,17 @@ PARENT_RELOAD_SIGNAL = signal.SIGUSR1      # worker 0 -> parent: "reload the oth
 _PR_SET_PDEATHSIG = 1
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, what: str = "smtp") -> socket.socket:
     """A listening TCP socket, as asyncio would make it, to be shared by the workers."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError.of(what, host, port, exc) from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -82,6 +87,9 @@ def _spawn(index: int, child: Callable[[int], int]) -> int:
             os._exit(code)
     log.info("event=worker_started worker=%d pid=%d", index, pid)
     return pid
+
+
+START_FAILED = 2    # a worker's exit code when it could not start: not worth a restart
 
 
 def supervise(config: Config, child: Callable[[int], int],
@@ -134,6 +142,13 @@ def supervise(config: Config, child: Callable[[int], int],
         exit_code = os.waitstatus_to_exitcode(status)
         if stopping:
             code = max(code, abs(exit_code))
+            continue
+        if exit_code == START_FAILED:
+            # It could not start (a port taken, the registry unreachable): its siblings and
+            # its replacements would fail the same way, forever. Stop everything, say so.
+            log.error("event=worker_start_failed worker=%d pid=%d; stopping", index, pid)
+            stopping, code = True, START_FAILED
+            forward(signal.SIGTERM)
             continue
         log.error("event=worker_died worker=%d pid=%d code=%d, restarting", index, pid, exit_code)
         time.sleep(max(0.0, last_restart + 1.0 - time.monotonic()))

@@ -79,6 +79,41 @@ def test_explain_json_contract(tmp_path):
     assert refused["action"] == "reject" and refused["reply"].startswith("550 5.1.1")
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("taken", ["smtp", "lmtp", "admin"])
+def test_run_with_a_port_taken_says_which_and_exits_2(tmp_path, workers, taken):
+    """A listener whose port another program holds: one log line naming the address, the
+    listener and the config key, exit 2, no traceback (one process and with workers)."""
+    ports = {"smtp": free_port(), "lmtp": free_port(), "admin": free_port()}
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.0.0.1", ports[taken]))
+    blocker.listen()
+    try:
+        cfg = write_config(tmp_path / "config.yaml", ports["smtp"], ports["lmtp"], ports["admin"],
+                           f"workers: {workers}\n")
+        out = mr("run", "-c", str(cfg), timeout=60)
+    finally:
+        blocker.close()
+    assert out.returncode == 2, out.stderr
+    assert (f"cannot listen on 127.0.0.1:{ports[taken]} for {taken} (" in out.stderr
+            and f"change listen.{taken} in the config" in out.stderr), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_run_with_the_registry_unreachable_says_why_and_exits_2(tmp_path):
+    """A PostgreSQL registry that refuses connections: the driver's reason, exit 2."""
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
+                       "workers: 1\n")
+    cfg.write_text(cfg.read_text().replace(
+        f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}'}}",
+        "registry: {url: 'postgresql+asyncpg://mr@127.0.0.1:1/mr', timeout: 3}"))
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "registry open failed (ConnectionRefusedError" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_explain_null_sender_is_a_robot():
     """--from '<>' (a bounce's envelope) makes the message a robot, with the reason; the same
     message from a person is not."""

@@ -173,7 +173,8 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
     inner = getattr(exc, "orig", None) or exc
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             or "disk is full" in str(inner))        # SQLITE_FULL
-    err = (RegistryFullError if full else RegistryError)(f"registry {what} failed")
+    err = (RegistryFullError if full else RegistryError)(
+        f"registry {what} failed ({_describe(exc)})")
     err.__cause__ = exc
     return err
 
