@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import Config, load_config
-from .errors import ConfigErrors
+from .errors import ConfigErrors, RegistryError
 
 __all__ = ["main"]
 
@@ -141,7 +142,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from .registry import upgrade
     cfg = _config(args.config)
-    asyncio.run(upgrade(cfg.registry.url))
+    try:
+        asyncio.run(upgrade(cfg.registry.url))
+    except RegistryError as exc:
+        print(f"mailrouter db upgrade: {exc}", file=sys.stderr)
+        return 2
     print(f"registry schema is up to date: {cfg.registry.url.split('@')[-1]}")
     return 0
 
@@ -156,7 +161,14 @@ def cmd_registry(args: argparse.Namespace) -> int:
             return await reg.recent(args.n)
         finally:
             await reg.close()
-    for m in asyncio.run(show()):
+    try:
+        found = asyncio.run(show())
+    except RegistryError as exc:
+        print(f"mailrouter registry: {exc}", file=sys.stderr)
+        return 2
+    if not found:
+        print(f"no messages in the registry yet ({cfg.registry.url.split('@')[-1]})")
+    for m in found:
         print(f"{m['received_at']:%Y-%m-%d %H:%M:%S} {m['status']:9} {m['from_addr'] or m['mail_from']}"
               f"  {m['subject']!r}  {m['message_id'] or ''}")
         for d in m["decisions"]:
@@ -208,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":    # the commands print their own errors; no log lines twice
+        logging.getLogger("mailrouter").setLevel(logging.ERROR)
     try:
         code = int(args.func(args))
         sys.stdout.flush()

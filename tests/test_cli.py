@@ -114,6 +114,21 @@ def test_run_with_the_registry_unreachable_says_why_and_exits_2(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
+    """`mailrouter registry` and `db upgrade` against a PostgreSQL that refuses: one line
+    each with the driver's reason, exit 2, no traceback; an empty registry says so."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("registry: {url: 'postgresql+asyncpg://mr@127.0.0.1:1/mr', timeout: 3}\n")
+    for cmd in (["registry"], ["db", "upgrade"]):
+        out = mr(*cmd, "-c", str(cfg))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.strip().splitlines() == [
+            f"mailrouter {' '.join(cmd)}: registry {'open' if cmd == ['registry'] else 'upgrade'}"
+            " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"]
+    out = mr("registry", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("no messages in the registry yet")
+
+
 def test_explain_null_sender_is_a_robot():
     """--from '<>' (a bounce's envelope) makes the message a robot, with the reason; the same
     message from a person is not."""
