@@ -242,7 +242,13 @@ def run(config: Config) -> int:
     logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO),
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
-    Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("event=start_failed error=%r; not starting",
+                  f"cannot create delivery.maildir_root {config.delivery.maildir_root} "
+                  f"({exc.strerror}); create it or point the config elsewhere")
+        return START_FAILED
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
         return asyncio.run(serve(config))

@@ -101,8 +101,9 @@ def test_run_with_a_port_taken_says_which_and_exits_2(tmp_path, workers, taken):
     assert "Traceback" not in out.stderr
 
 
-def test_run_with_the_registry_unreachable_says_why_and_exits_2(tmp_path):
-    """A PostgreSQL registry that refuses connections: the driver's reason, exit 2."""
+def test_run_with_the_registry_or_the_mail_store_unusable_says_why_and_exits_2(tmp_path):
+    """A PostgreSQL registry that refuses connections, or a Maildir root that cannot be
+    created: the reason in one line, exit 2."""
     cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
                        "workers: 1\n")
     cfg.write_text(cfg.read_text().replace(
@@ -112,6 +113,12 @@ def test_run_with_the_registry_unreachable_says_why_and_exits_2(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "registry open failed (ConnectionRefusedError" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+    (tmp_path / "file").write_text("")                   # a Maildir root under a file
+    cfg.write_text(cfg.read_text().replace(f"maildir_root: '{tmp_path / 'var' / 'mail'}'",
+                                           f"maildir_root: '{tmp_path / 'file' / 'mail'}'"))
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"cannot create delivery.maildir_root {tmp_path / 'file' / 'mail'} (" in out.stderr
 
 
 def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
