@@ -141,6 +141,16 @@ def test_bare_postmaster_is_the_postmaster_of_a_domain() -> None:
     assert b.resolve("webmaster").reply == REPLY_UNKNOWN
 
 
+def test_quoted_local_part_is_its_content() -> None:
+    """RFC 5321 4.1.2: "sales"@ is sales@, and "sales+Clients VIP"@ is sales@ with that detail."""
+    b = book("  sales@example.com: mailbox:sales\n")
+    assert keys(b, '"sales"@example.com') == keys(b, "sales@example.com") == ["sales"]
+    res = b.resolve('"sales+Clients VIP"@example.com')
+    assert res.reply is None and res.detail == "Clients VIP" and [t.key for t in res.targets] == ["sales"]
+    assert b.resolve('"sa\\les"@example.com').reply is None            # "sa\les" is sales
+    assert b.resolve('"nobody"@example.com').reply == REPLY_UNKNOWN
+
+
 def test_moved_deliver_and_refuse() -> None:
     """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
     b = book("  sales@example.com: mailbox:sales\n",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +102,10 @@ class AddressBook:
                          if (found := self._lookup(f"postmaster@{d}")) is not None), None)
         if not at or not local:
             return None
+        if len(local) > 1 and local[0] == local[-1] == '"':
+            # "sales+Clients VIP"@ is sales@ with a detail: a quoted local part means
+            # its content (RFC 5321 4.1.2), backslash escapes undone
+            local = re.sub(r"\\(.)", r"\1", local[1:-1])
         domain = canonical_domain(domain)
         if domain not in self.domains:
             return None
