@@ -120,6 +120,20 @@ async def test_folder_with_spaces_and_specials_lands_in_dovecot(make_app, doveco
     assert len(folders) == 2 and "Deals (A&-B), \"big\"" in folders[1], folders   # & is mUTF-7 &-
 
 
+async def test_long_line_reaches_dovecot_unchanged(make_app, dovecot, tmp_path):
+    """A 20,000-character line (unwrapped HTML) is accepted and Dovecot stores it whole."""
+    app, dv = await start(make_app, dovecot, tmp_path)
+    line = b"<td>" + b"x" * 20_000 + b"</td>"
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", app.bound["smtp"][1], timeout=30) as s:
+            s.sendmail("client@outside.test", ["plain@example.com"],
+                       b"Subject: wide\r\nMessage-ID: <wide@outside.test>\r\n\r\n" + line + b"\r\n")
+    await asyncio.to_thread(send)
+    got = new(dv, "user@example.test")
+    assert len(got) == 1 and line in got[0].read_bytes(), dv.log
+
+
 async def test_non_ascii_folder_over_lmtp_lands_in_inbox(make_app, dovecot, tmp_path, caplog):
     """«Финансы» over LMTP: Dovecot takes no UTF-8 RCPT and would mis-name a modified-UTF-7
     detail, so the copy goes to the inbox (never a bounce, never a folder called '&BCQ…-'),

@@ -275,8 +275,9 @@ async def test_ten_megabytes_without_newline(make_app, tmp_path, caplog):
 
 
 async def test_ten_megabyte_line_inside_data(make_app, tmp_path, caplog):
-    """A 10 MB line inside DATA: read to the end, refused 500 5.5.2, nothing stored."""
-    app = await make_app()
+    """A 10 MB line inside DATA, over a 5 MB size limit: read to the end in bulk, refused
+    552 5.3.4, nothing stored, the session goes on."""
+    app = await make_app(limits={"max_message_size": 5 * 1024 * 1024})
     port = app.bound["smtp"][1]
     async with Wire(port) as w:
         await w.greet()
@@ -287,7 +288,7 @@ async def test_ten_megabyte_line_inside_data(make_app, tmp_path, caplog):
         for _ in range(160):
             await w.send(b"y" * 64 * 1024)
         await w.send(b"\r\n.\r\n")
-        assert (await w.line()).startswith("500 5.5.2")
+        assert (await w.line()).startswith("552 5.3.4")
         assert (await w.cmd("NOOP")).startswith("250")
     assert maildir_files(tmp_path / "var" / "mail") == []
     assert await app.registry.count_messages() == 0
