@@ -120,10 +120,14 @@ class App:
         self.servers.append(srv)
         self.bound[name] = srv.sockets[0].getsockname()[:2]
 
-    async def abandon(self) -> None:
-        """Undo a start that failed half-way: close what was opened, nothing to drain."""
+    async def close(self) -> None:
+        """Close what start() opened: listeners, sessions, downstreams, the registry. After
+        a drain (wait_stopped), or at once when a start failed half-way."""
         for srv in self.servers:
             srv.close()
+        for proto in list(self.sessions):
+            if proto.transport is not None:
+                proto.transport.close()
         await self.deliverer.close()
         if self.registry is not None:
             await self.registry.close()
@@ -145,14 +149,7 @@ class App:
             await asyncio.sleep(0.05)
             for proto in list(self.sessions):
                 proto.close_if_idle()
-        for srv in self.servers:
-            srv.close()
-        for proto in list(self.sessions):
-            if proto.transport is not None:
-                proto.transport.close()
-        await self.deliverer.close()
-        if self.registry is not None:
-            await self.registry.close()
+        await self.close()
         log.info("event=stopped")
 
     # -- reload ------------------------------------------------------------------------
@@ -217,9 +214,8 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     try:
         await app.start()
     except (ListenError, RegistryError) as exc:
-        log.error("event=start_failed error=%r; not starting", str(exc))
-        await app.abandon()
-        return START_FAILED
+        await app.close()
+        return _start_failed(str(exc))
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
@@ -245,14 +241,18 @@ def run(config: Config) -> int:
     try:
         Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        log.error("event=start_failed error=%r; not starting",
-                  f"cannot create delivery.maildir_root {config.delivery.maildir_root} "
-                  f"({exc.strerror}); create it or point the config elsewhere")
-        return START_FAILED
+        return _start_failed(f"cannot create delivery.maildir_root "
+                             f"{config.delivery.maildir_root} ({exc.strerror}); create it or "
+                             f"point the config elsewhere")
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
         return asyncio.run(serve(config))
     return run_workers(config)
+
+
+def _start_failed(why: str) -> int:
+    log.error("event=start_failed error=%r; not starting", why)
+    return START_FAILED
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -277,14 +277,13 @@ def run_workers(config: Config) -> int:
         load_snapshot(config.routing, config.limits, config.hostname)
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)
-        return 2
+        return START_FAILED
     try:
         asyncio.run(upgrade(config.registry.url))
         sockets = {name: bind(lst.host, lst.port, name)
                    for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
     except (ListenError, RegistryError) as exc:
-        log.error("event=start_failed error=%r; not starting", str(exc))
-        return 2
+        return _start_failed(str(exc))
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
     from prometheus_client import multiprocess
