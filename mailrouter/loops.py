@@ -39,7 +39,7 @@ from .addressbook.canon import canonical_domain
 from .errors import Reply
 from .routing.decision import REPLY_LOOP, REPLY_LOOP_SUSPECT
 
-__all__ = ["TRACE_HEADER", "LoopVerdict", "trace_headers", "detect_loop"]
+__all__ = ["TRACE_HEADER", "LoopVerdict", "trace_headers", "detect_loop", "header_text"]
 
 TRACE_HEADER = "X-Mailrouter-Loop"
 
@@ -60,7 +60,7 @@ class LoopVerdict:
     evidence: str      # for the log and the registry: which header said so
 
 
-def _clean(text: str) -> str:
+def header_text(text: str) -> str:
     """No CR, LF or other controls in a header we write (header injection)."""
     return "".join(ch for ch in text if ch >= " " and ch != "\x7f").strip()
 
@@ -73,7 +73,7 @@ def _norm(address: str) -> str:
 
 def trace_headers(hostname: str, rcpt: str) -> bytes:
     """The header lines (CRLF) prepended to each copy delivered for `rcpt`."""
-    host, addr = _clean(hostname), _clean(rcpt).strip("<>")
+    host, addr = header_text(hostname), header_text(rcpt).strip("<>")
     return (f"{TRACE_HEADER}: {host}; rcpt={addr}\r\n"
             f"Delivered-To: {addr}\r\n").encode("utf-8")
 
@@ -92,7 +92,7 @@ def _parse_trace(value: str) -> tuple[str, str] | None:
 def detect_loop(view: HeaderView, rcpt: str, *, hostname: str,
                 max_received: int) -> LoopVerdict | None:
     """A verdict when this message, for this recipient, looks like it has been here before."""
-    me, host = _norm(rcpt), _clean(hostname).lower()
+    me, host = _norm(rcpt), header_text(hostname).lower()
     for value in view.headers(TRACE_HEADER):
         parsed = _parse_trace(value)
         if parsed == (host, me):

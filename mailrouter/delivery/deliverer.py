@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..addresses import Mailbox
 from ..errors import DeliveryError, Reply
-from ..loops import trace_headers
+from ..loops import header_text, trace_headers
 from ..routing.decision import Target
 from .maildir import Maildir
 
@@ -34,7 +34,6 @@ __all__ = ["Deliverer", "Copy", "DELIVERED"]
 
 log = logging.getLogger(__name__)
 DELIVERED = Reply(250, "2.0.0", "Delivered")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +78,7 @@ class Deliverer:
 
     def received(self, helo: str, peer: str, proto: str, qid: str, rcpt: str) -> bytes:
         """Our Received: line (RFC 5321 4.4), one per copy."""
-        if _CONTROL.search(helo + rcpt):   # the intake refuses these; never write one anyway
-            helo, rcpt = _CONTROL.sub("?", helo), _CONTROL.sub("?", rcpt)
+        helo, rcpt = header_text(helo), header_text(rcpt)   # the intake refuses controls too
         now = format_datetime(datetime.now(timezone.utc))
         return (f"Received: from {helo} ({peer})\r\n\tby {self.hostname} (mailrouter) with {proto}"
                 f" id {qid}\r\n\tfor <{rcpt}>; {now}\r\n").encode("utf-8", "surrogateescape")
