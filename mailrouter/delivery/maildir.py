@@ -87,9 +87,12 @@ class Maildir:
                 raise StorageFullError(f"maildir {self.root}: {exc.strerror}") from exc
             raise TemporaryDeliveryError(f"maildir {self.root}: {exc.strerror}") from exc
 
+    def _box(self, folder: str | None) -> Path:
+        return self.root / folder_dirname(folder) if folder else self.root
+
     def _dir(self, folder: str | None) -> tuple[Path, int]:
         """The folder's path and a descriptor of its new/ (kept open: fsync'd per copy)."""
-        box = self.root / folder_dirname(folder) if folder else self.root
+        box = self._box(folder)
         dfd = self._made.get(box)
         if dfd is None:
             for sub in ("tmp", "new", "cur"):
@@ -110,10 +113,9 @@ class Maildir:
 
     def _forget(self, folder: str | None) -> None:
         """The folder went away under us (removed or replaced): recreate it next time."""
-        box = self.root / folder_dirname(folder) if folder else self.root
         # Its old descriptor is left open, not closed: another thread may be fsyncing it
         # right now, and a closed number can be reused by an unrelated file.
-        self._made.pop(box, None)
+        self._made.pop(self._box(folder), None)
 
     def _deliver(self, data: bytes, copy_id: str, folder: str | None) -> str:
         try:
