@@ -368,9 +368,10 @@ class Protocol(SMTP):
                 del buf[end + 2:]
                 size += end
                 break
-            if (limit and size + len(buf) > limit + 2) or no_room:
+            over = limit is not None and limit > 0 and size + len(buf) > limit + 2
+            if over or no_room:
                 # Too big (or no room): read to the end (RFC 5321 4.2.5) but hold only a tail.
-                too_big = too_big or not no_room
+                too_big = too_big or over
                 size += len(buf) - 4
                 del buf[:-4]
             scanned = max(0, len(buf) - 4)
