@@ -241,7 +241,7 @@ class MessageView:
     @cached_property
     def _body(self) -> _Body:
         head = self.header_block
-        if (self._is_plain_single_part() and not self._header_msg.defects
+        if (self._is_plain_single_part and not self._header_msg.defects
                 and b"\r" not in head.replace(b"\r\n", b"")):
             # One clean text part: the feedparser would only split the body into lines
             # and join them again; hand the bytes to the same leaf reader directly.
@@ -258,10 +258,11 @@ class MessageView:
 
     @cached_property
     def attachments(self) -> list[Attachment]:
-        if self._is_plain_single_part():
+        if self._is_plain_single_part:
             return []          # what the MIME walk would find, without walking the body
         return list(self._body.attachments)
 
+    @cached_property
     def _is_plain_single_part(self) -> bool:
         """True when the top-level headers alone show a single text part that is not an
         attachment (no multipart, no message/*, no filename or name, no disposition
