@@ -213,13 +213,8 @@ def guess_latin(data: bytes) -> tuple[str, str]:
     """(text, codec) for 8-bit Latin text with no usable label: each of LATIN_CANDIDATES
     read as each language of _LATIN_LANGS; the best pair wins ("fakturu \xe8." is "č" in
     Czech, "très" in French: the rest of the text decides, then the order above)."""
-    best, best_score = LATIN_CANDIDATES[0], -math.inf
-    for codec in LATIN_CANDIDATES:
-        text = data.decode(codec, "replace")
-        score = max(score_latin(text, lang) for lang in _LATIN_LOG)
-        if score > best_score:
-            best, best_score = codec, score
-    return data.decode(best, "replace"), best
+    readings = [(data.decode(codec, "replace"), codec) for codec in LATIN_CANDIDATES]
+    return max(readings, key=lambda r: max(score_latin(r[0], lang) for lang in _LATIN_LOG))
 
 
 # Decoding labelled and unlabelled bytes
