@@ -139,6 +139,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0 if body.get("ok") else 1
 
 
+def _where(url: str) -> str:
+    """A registry URL without its user and password, for messages."""
+    return url.split("@")[-1]
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from .registry import upgrade
     cfg = _config(args.config)
@@ -147,7 +152,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"mailrouter db upgrade: {exc}", file=sys.stderr)
         return 2
-    print(f"registry schema is up to date: {cfg.registry.url.split('@')[-1]}")
+    print(f"registry schema is up to date: {_where(cfg.registry.url)}")
     return 0
 
 
@@ -167,7 +172,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(f"mailrouter registry: {exc}", file=sys.stderr)
         return 2
     if not found:
-        print(f"no messages in the registry yet ({cfg.registry.url.split('@')[-1]})")
+        print(f"no messages in the registry yet ({_where(cfg.registry.url)})")
     for m in found:
         print(f"{m['received_at']:%Y-%m-%d %H:%M:%S} {m['status']:9} {m['from_addr'] or m['mail_from']}"
               f"  {m['subject']!r}  {m['message_id'] or ''}")

@@ -35,15 +35,15 @@ def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None
     from_addr = _safe(defects, "From", lambda: view.from_addr, "")
     if not rcpts:
         rcpts = [a for _, a in _safe(defects, "To", lambda: view.to + view.cc, []) if a]
-    decisions = snap.decide(view, sender if sender is not None else from_addr, list(rcpts), at)
     envelope_from = sender if sender is not None else from_addr
+    decisions = snap.decide(view, envelope_from, list(rcpts), at)
     robot = _safe(defects, "robot", lambda: robot_of(view, envelope_from), (False, ""))
     return {
         "subject": _safe(defects, "Subject", lambda: view.subject, ""),
         "from": {"name": _safe(defects, "From", lambda: view.from_name, ""), "addr": from_addr},
         "message_id": _safe(defects, "Message-ID", lambda: view.message_id, None),
         "size": view.size,
-        "envelope": {"from": sender if sender is not None else from_addr, "rcpts": list(rcpts)},
+        "envelope": {"from": envelope_from, "rcpts": list(rcpts)},
         "recipients": [d.as_dict() for d in decisions],
         "attachments": [a.filename for a in _safe(defects, "attachments", lambda: view.attachments, [])],
         "body_charset": _safe(defects, "body", lambda: view.body_charset, None),
