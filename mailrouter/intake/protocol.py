@@ -29,7 +29,7 @@ import asyncio
 import inspect
 import logging
 import re
-from typing import Any
+from typing import Any, Awaitable
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
@@ -186,19 +186,19 @@ class Protocol(SMTP):
             return super()._getaddr(arg)
         return m.group(1) or "<>", m.group(2)
 
-    async def smtp_EHLO(self, hostname: str) -> None:
+    async def _greeting(self, reply: Awaitable[None]) -> None:
+        """Run EHLO/HELO/LHLO with push() gathering their reply lines into one send."""
         self._ehlo_in_progress = True
         try:
-            await super().smtp_EHLO(hostname)
+            await reply
         finally:
             self._ehlo_in_progress = False
 
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._greeting(super().smtp_EHLO(hostname))
+
     async def smtp_HELO(self, hostname: str) -> None:
-        self._ehlo_in_progress = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._ehlo_in_progress = False
+        await self._greeting(super().smtp_HELO(hostname))
 
     async def smtp_AUTH(self, arg: str) -> None:
         # Not offered in EHLO: mailrouter takes mail from its MTA, not from users. aiosmtpd
@@ -418,11 +418,7 @@ class LMTPProtocol(Protocol, LMTP):
     lmtp = True
 
     async def smtp_LHLO(self, arg: str) -> None:
-        self._ehlo_in_progress = True
-        try:
-            await SMTP.smtp_EHLO(self, arg)
-        finally:
-            self._ehlo_in_progress = False
+        await self._greeting(SMTP.smtp_EHLO(self, arg))
 
     async def smtp_EHLO(self, arg: str) -> None:
         await self.push('500 5.5.1 Error: command "EHLO" not recognized, use LHLO')
