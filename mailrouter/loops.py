@@ -15,19 +15,21 @@ and `detect_loop` checks an incoming message for one envelope recipient:
 - more than `max_received` Received headers -> 554 5.4.6 (the RFC 5321 6.3
   hop count; Postfix's hopcount_limit does the same);
 - a Delivered-To equal to this rcpt but no trace header of ours for it ->
-  451 4.4.6, *inconclusive*. Delivered-To is written by many delivery agents and
-  survives on restored, re-imported or redirected mail, so it alone is weak
-  evidence; a genuine loop through a system that keeps headers also carries our
-  trace header and is stopped with 554 on the same round. The 4xx keeps the
-  message in the sender's queue, where it cannot multiply, is visible to a
-  human, and is not lost; the Received cap ends it for good if it keeps coming.
+  554 5.4.6 (`REPLY_DELIVERED_TO`), as Postfix's local(8) refuses mail that
+  already carries its own Delivered-To ("mail forwarding loop"). Delivered-To is
+  written by many delivery agents and also survives on restored, re-imported or
+  redirected mail, so it is weaker evidence than our trace header; but a 4xx
+  (what we answered before) only left the message in the sender's queue for the
+  queue lifetime (days) and then bounced it with a vague "delivery time expired",
+  so the sender learned nothing for days. A 5xx now bounces at once with a
+  reason a person can act on (remove the stale Delivered-To and resend).
 - A Delivered-To or trace header for a *different* address (stale, from an earlier
   life of the message) is ignored, as is our trace header from another host
   (a sibling instance: the loop, if any, is caught when it reaches us again).
 
 Addresses are compared with the domain in canonical Unicode form and the local
 part lower-cased. Known limit: with `local_part_case: sensitive`, two addresses
-differing only in case are treated as one here (a false 451 at worst).
+differing only in case are treated as one here (a false 554 at worst).
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ from typing import Protocol
 
 from .addressbook.canon import canonical_domain
 from .errors import Reply
-from .routing.decision import REPLY_LOOP, REPLY_LOOP_SUSPECT
+from .routing.decision import REPLY_LOOP
 
-__all__ = ["TRACE_HEADER", "LoopVerdict", "trace_headers", "detect_loop", "header_text"]
+__all__ = ["TRACE_HEADER", "REPLY_DELIVERED_TO", "LoopVerdict", "trace_headers", "detect_loop",
+           "header_text"]
 
 TRACE_HEADER = "X-Mailrouter-Loop"
+REPLY_DELIVERED_TO = Reply(554, "5.4.6", "Mail forwarding loop: Delivered-To already names "
+                                         "this recipient")
 
 
 class HeaderView(Protocol):
@@ -102,6 +107,6 @@ def detect_loop(view: HeaderView, rcpt: str, *, hostname: str,
     if count > max_received:
         return LoopVerdict(REPLY_LOOP, f"{count} Received headers (limit {max_received})")
     if any(_norm(d) == me for d in view.delivered_to):
-        return LoopVerdict(REPLY_LOOP_SUSPECT, f"Delivered-To: {me} without our "
+        return LoopVerdict(REPLY_DELIVERED_TO, f"Delivered-To: {me} without our "
                                                f"{TRACE_HEADER} (stale header or foreign loop)")
     return None

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from mailrouter.loops import TRACE_HEADER, LoopVerdict, detect_loop, trace_headers
+from mailrouter.loops import (
+    REPLY_DELIVERED_TO,
+    TRACE_HEADER,
+    LoopVerdict,
+    detect_loop,
+    trace_headers,
+)
 from mailrouter.message import MessageView
-from mailrouter.routing.decision import REPLY_LOOP, REPLY_LOOP_SUSPECT
+from mailrouter.routing.decision import REPLY_LOOP
 
 HOST = "mx1.example.com"
 BODY = (b"Received: from out.example.org (out.example.org [192.0.2.7])\r\n\tby mx1.example.com;"
@@ -61,11 +67,13 @@ def test_stale_delivered_to_for_another_address_is_ignored() -> None:
     assert verdict(raw) is None
 
 
-def test_delivered_to_without_our_trace_is_suspect() -> None:
-    """Delivered-To for this rcpt but no trace of ours: 451 4.4.6, not a bounce."""
+def test_delivered_to_without_our_trace_is_refused() -> None:
+    """Delivered-To for this rcpt but no trace of ours: 554 5.4.6 as Postfix does, not a
+    451 that keeps the mail in the sender's queue for days."""
     raw = b"Delivered-To: <Sales@EXAMPLE.com>\r\n" + BODY
     v = verdict(raw)
-    assert v is not None and v.reply == REPLY_LOOP_SUSPECT and "Delivered-To" in v.evidence
+    assert v is not None and v.reply == REPLY_DELIVERED_TO and "Delivered-To" in v.evidence
+    assert str(v.reply).startswith("554 5.4.6 ")
 
 
 def test_received_count_over_limit() -> None:
