@@ -105,7 +105,7 @@ class App:
                        decode_data=False, hostname=cfg.hostname, ident="mailrouter",
                        timeout=cfg.limits.command_timeout, data_timeout=cfg.limits.data_timeout,
                        data_deadline=cfg.limits.data_deadline, command_call_limit=COMMAND_LIMITS,
-                       data_budget=budget,
+                       data_budget=budget, limits=cfg.limits,
                        loop=loop)
         if name in self.sockets:
             srv = await loop.create_server(factory, sock=self.sockets[name])

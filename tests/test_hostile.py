@@ -1,14 +1,23 @@
 """Hostile sessions: random command streams never crash the server, never leak internals,
-and never stop it from serving the next client."""
+and never stop it from serving the next client; and each hostile pattern a hardened Postfix
+3.9 refuses (recipient harvesting, early talkers, unauthorised pipelining, message text before
+354, non-ASCII addresses without SMTPUTF8) is refused the same way, on SMTP and on LMTP."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import sys
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from tests.support.daemon import RULES, maildir_files, write_config
 from tests.support.wire import Wire
+
+SYNC = "554 5.5.0 Error: SMTP protocol synchronization"
+NEED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+PROTOS = [pytest.param("smtp", "EHLO", id="smtp"), pytest.param("lmtp", "LHLO", id="lmtp")]
 
 REPLY = re.compile(r"^[2345]\d\d[ -]")
 VERBS = [b"EHLO x", b"HELO x", b"MAIL FROM:<a@outside.test>", b"MAIL FROM:<>",
@@ -82,3 +91,174 @@ async def test_random_lmtp_streams(make_app_cached, script):
         assert [(await w.line())[:3] for _ in range(4)] == ["250", "250", "250", "354"]
         await w.send(b"Subject: ok\r\n\r\nok\r\n.\r\n")
         assert [(await w.line())[:3] for _ in range(2)] == ["250", "250"]
+
+
+# -- the hardened-Postfix cases, each on SMTP and on LMTP --------------------------------
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_recipient_harvesting_is_cut_at_max_errors(make_app, proto, hello):
+    """A client that tries address after address gets 550 5.1.1 twenty times (limits.max_errors,
+    Postfix's smtpd_hard_error_limit), then 421 4.7.0 and the connection is closed."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<harvester@outside.test>")).startswith("250")
+        replies = [await w.cmd(f"RCPT TO:<guess{n}@example.com>") for n in range(20)]
+        assert all(r.startswith("550 5.1.1") for r in replies), replies
+        assert await w.line() == "421 4.7.0 mx.test Error: too many errors"
+        assert await w.closed()
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_a_message_taken_forgives_earlier_errors(make_app, tmp_path, proto, hello):
+    """An MTA reusing one connection meets an unknown recipient now and then: a message taken
+    resets the count (as in Postfix), so only errors with no mail in between add up."""
+    app = await make_app(limits={"max_errors": 5})
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for n in range(3):
+            assert (await w.cmd("MAIL FROM:<mta@outside.test>")).startswith("250")
+            for k in range(4):
+                assert (await w.cmd(f"RCPT TO:<gone{n}-{k}@example.com>")).startswith("550 5.1.1")
+            assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+            assert (await w.cmd("DATA")).startswith("354")
+            await w.send(b"Subject: %d\r\n\r\nx\r\n.\r\n" % n)
+            assert (await w.line()).startswith("250 2.0.0")
+        assert (await w.cmd("NOOP")).startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 3
+
+
+async def test_past_soft_errors_replies_wait_and_no_other_session_does(make_app):
+    """Past limits.soft_errors every reply of that session waits limits.error_delay (Postfix's
+    smtpd_error_sleep_time), without holding up any other session: a NOOP sent on another
+    connection afterwards is answered first. (Ordering only; the delay is generous.)"""
+    app = await make_app(limits={"soft_errors": 2, "error_delay": 2})
+    port = app.bound["smtp"][1]
+    async with Wire(port) as slow, Wire(port) as other:
+        await slow.greet()
+        await other.greet()
+        assert (await slow.cmd("MAIL FROM:<harvester@outside.test>")).startswith("250")
+        for n in range(2):
+            assert (await slow.cmd(f"RCPT TO:<guess{n}@example.com>")).startswith("550 5.1.1")
+        await slow.send(b"NOOP\r\n")
+        pending = asyncio.create_task(slow.line())
+        assert (await other.cmd("NOOP")).startswith("250")
+        assert not pending.done()
+        assert (await pending).startswith("250")
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_non_ascii_address_needs_smtputf8(make_app, tmp_path, proto, hello):
+    """RFC 6531 3.5: a non-ASCII sender or recipient in a transaction whose MAIL did not say
+    SMTPUTF8 gets 553 5.6.7 (Postfix's text); with SMTPUTF8 the same addresses are served."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert await w.cmd("MAIL FROM:<счета@пример.рф>") == NEED_SMTPUTF8
+        assert (await w.cmd("MAIL FROM:<client@outside.test>")).startswith("250")
+        assert await w.cmd("RCPT TO:<счета@example.com>") == NEED_SMTPUTF8
+        assert await w.cmd("RCPT TO:<sales@пример.рф>") == NEED_SMTPUTF8
+        assert (await w.cmd("RSET")).startswith("250")
+        assert (await w.cmd("MAIL FROM:<счета@пример.рф> SMTPUTF8")).startswith("250 2.1.0")
+        assert (await w.cmd("RCPT TO:<счета@example.com>")).startswith("550 5.1.1")  # looked up
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send("Subject: счёт\r\n\r\nтекст\r\n.\r\n".encode())
+        assert (await w.line()).startswith("250 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert [m["mail_from"] for m in await app.registry.recent(5)] == ["счета@пример.рф"]
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_early_talker_is_refused_and_dropped(make_app, proto, hello):
+    """A client that sends EHLO and MAIL without waiting for the greeting (a bot; Postfix 3.9's
+    pregreet check) gets 554 5.5.0 and is disconnected; one that waits is greeted and served."""
+    app = await make_app(limits={"greet_delay_loopback": 0.5})
+    port = app.bound[proto][1]
+    async with Wire(port) as w:
+        await w.send(f"{hello} bot.test\r\nMAIL FROM:<bot@outside.test>\r\n".encode())
+        assert await w.line() == SYNC
+        assert await w.closed()
+    async with Wire(port) as w:
+        assert (await w.greet(hello))[-1].startswith("250")
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_pipelining_before_ehlo_is_refused_and_dropped(make_app, tmp_path, proto, hello):
+    """Commands pipelined before PIPELINING was offered (EHLO/LHLO and MAIL... in one write) get
+    554 5.5.0 and a hang-up, as Postfix 3.9's smtpd_forbid_unauth_pipelining; none is run."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        assert (await w.line()).startswith("220")
+        await w.send(f"{hello} c.test\r\nMAIL FROM:<a@outside.test>\r\n"
+                     "RCPT TO:<sales@example.com>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\n".encode())
+        assert await w.line() == SYNC
+        assert await w.closed()
+    assert maildir_files(tmp_path / "var" / "mail") == []
+
+
+async def test_pipelining_after_helo_is_refused_and_dropped(make_app):
+    """HELO offers no PIPELINING: MAIL and RCPT in one write after it get 554 5.5.0."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        assert (await w.line()).startswith("220")
+        assert (await w.cmd("HELO c.test")).startswith("250")
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\n")
+        assert await w.line() == SYNC
+        assert await w.closed()
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_message_text_before_354_is_refused_and_dropped(make_app, tmp_path, proto, hello):
+    """MAIL, RCPT, DATA and the message in one write (RFC 2920 3.1: DATA ends a group; the
+    text must wait for 354): MAIL and RCPT are answered, DATA gets 554 5.5.0, the connection
+    is closed and nothing is stored or recorded."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\nDATA\r\n"
+                     b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        assert [(await w.line())[:9] for _ in range(2)] == ["250 2.1.0", "250 2.1.5"]
+        assert await w.line() == SYNC
+        assert await w.closed()
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    assert await app.registry.count_messages() == 0
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_delivered_to_the_recipient_is_554(make_app, tmp_path, proto, hello):
+    """A message that already carries Delivered-To: <this recipient> (without our own trace
+    header) is refused 554 5.4.6 as Postfix does, not 451: a 4xx kept it in the sender's
+    queue for days before a vague bounce."""
+    app = await make_app()
+    raw = b"Delivered-To: sales@example.com\r\nSubject: back again\r\n\r\nbody\r\n.\r\n"
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        replies = await w.transaction("a@outside.test", ["sales@example.com"], raw,
+                                      lmtp=proto == "lmtp")
+    assert [r[:9] for r in replies] == ["554 5.4.6"]
+    assert maildir_files(tmp_path / "var" / "mail") == []
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_same_sender_same_bytes_is_one_message_and_a_retry(make_app, tmp_path, proto, hello):
+    """The same envelope sender and the same bytes twice: two 250s, one stored copy, one
+    registry row that counts the second as a retry (attempts 2), shown by `mailrouter registry`."""
+    app = await make_app()
+    raw = b"Subject: twice\r\nMessage-ID: <twice@outside.test>\r\n\r\nsame bytes\r\n.\r\n"
+    for _ in range(2):
+        async with Wire(app.bound[proto][1]) as w:
+            await w.greet(hello)
+            replies = await w.transaction("a@outside.test", ["sales@example.com"], raw,
+                                          lmtp=proto == "lmtp")
+            assert replies[0].startswith("250 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    [row] = await app.registry.recent(5)
+    assert row["attempts"] == 2 and row["status"] == "delivered"
+    cfg = write_config(tmp_path / "config.yaml", 0, 0, 0, routing=str(RULES / "*.yaml"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailrouter.cli", "registry", "-c", str(cfg),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert "'twice'" in out.decode() and "(received 2 times: retries)" in out.decode()

@@ -3,7 +3,9 @@
 RCPT is checked against the address book at once, so an unknown address is
 refused with 550 5.1.1 before DATA (never an open relay, no backscatter), and
 the 101st recipient gets 452 4.5.3 (RFC 5321 4.5.3.1.8: the client sends the
-rest in another transaction). After DATA the pipeline returns one Reply per
+rest in another transaction). A non-ASCII sender or recipient in a transaction
+whose MAIL did not carry SMTPUTF8 gets 553 5.6.7 (RFC 6531 3.5; Postfix's text):
+we could not deliver it downstream without the extension anyway. After DATA the pipeline returns one Reply per
 recipient: LMTP sends them all, in RCPT order; SMTP folds them into one reply:
 250 if every recipient is done, otherwise the first temporary failure (the
 MTA retries and the registry keeps a retry from delivering twice), otherwise,
@@ -30,6 +32,7 @@ __all__ = ["Handler"]
 
 log = logging.getLogger(__name__)
 TOO_MANY = "452 4.5.3 Too many recipients"
+NEED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 
 
 class Handler:
@@ -60,12 +63,16 @@ class Handler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
+        if not envelope.smtp_utf8 and not address.isascii():
+            return _need_smtputf8(session, "sender", address)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
+        if not envelope.smtp_utf8 and not address.isascii():
+            return _need_smtputf8(session, "rcpt", address)
         if len(envelope.rcpt_tos) >= self.app.config.limits.max_recipients:
             metrics.RCPT_REFUSED.labels("too_many").inc()
             return TOO_MANY
@@ -108,6 +115,12 @@ def fold(replies: list[Reply]) -> Reply:
     if any(r.ok for r in replies):
         return next(r for r in replies if r.ok)
     return replies[0]
+
+
+def _need_smtputf8(session: Session, role: str, address: str) -> str:
+    log.info("event=%s_refused peer=%s %s=%r reply=%r", "mail" if role == "sender" else "rcpt",
+             session.peer, role, address, NEED_SMTPUTF8)
+    return NEED_SMTPUTF8
 
 
 def _peer(peer: Any) -> str:

@@ -16,6 +16,17 @@ What this adds to aiosmtpd's SMTP class:
 - control characters in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; DATA held in memory by all sessions is
   bounded (452 4.3.1 past it);
+- protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
+  client that talks before the 220 greeting (which waits `limits.greet_delay`, or
+  `greet_delay_loopback` for a loopback peer), pipelines before EHLO/LHLO or after
+  HELO, or sends anything behind a command that must end a pipelined group (RFC
+  2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
+  included, gets 554 5.5.0 and is disconnected; what it sent is never read;
+- errors (Postfix's smtpd_soft/hard_error_limit): every 4xx/5xx reply but 421 and
+  the recipient-limit 452 4.5.3 counts one; past `limits.soft_errors` each reply
+  waits `limits.error_delay` (asyncio.sleep: that session only); the reply that
+  reaches `limits.max_errors` is followed by 421 4.7.0 and a hang-up (recipient
+  harvesting); a message taken after DATA resets the count;
 - LMTP (RFC 2033 4.2): after DATA one reply per accepted recipient, in RCPT
   order, on every path, errors included;
 - no exception text ever reaches a client: any internal error is 451 4.3.0;
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
 import re
 from typing import Any, Awaitable
@@ -34,6 +46,8 @@ from typing import Any, Awaitable
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
+
+from ..config import Limits
 
 __all__ = ["Protocol", "LMTPProtocol", "INTERNAL_ERROR", "SHUTTING_DOWN"]
 
@@ -47,6 +61,14 @@ TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 DATA_TOO_SLOW = "421 4.4.2 DATA took too long, closing connection"
 NO_ROOM = "452 4.3.1 Insufficient system storage, try again later"
 CONTROL_CHAR = "501 5.5.2 Syntax error: control character in command"
+SYNC_ERROR = "554 5.5.0 Error: SMTP protocol synchronization"           # Postfix's text
+TOO_MANY_ERRORS = "421 4.7.0 {} Error: too many errors"                  # Postfix's, {} = our name
+# RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
+LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
+# Replies that are not the client's error: a hang-up, and the recipient limit's flow
+# control (RFC 5321 4.5.3.1.10: the client sends the rest in another transaction)
+_NOT_ERRORS = (b"421", b"452 4.5.3")
+_TAKEN = re.compile(rb"(?:^|\n)2")             # a 2xx line in the replies after DATA
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
 # in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
 
@@ -154,17 +176,25 @@ class Protocol(SMTP):
     lmtp = False
 
     def __init__(self, handler: Any, *, data_timeout: float = 180.0, data_deadline: float = 600.0,
-                 data_budget: DataBudget | None = None, **kwargs: Any) -> None:
+                 data_budget: DataBudget | None = None, limits: Limits | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.data_timeout, self.data_deadline = data_timeout, data_deadline
         self.data_budget, self._held = data_budget, 0
+        self.limits = limits or Limits()
+        self.errors = 0                # refused commands since the last message taken
+        self._hung_up = False
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
         self.busy = False
         self._wrap_commands()
 
     # -- replies ---------------------------------------------------------------------
-    async def push(self, status: Any) -> None:
+    async def push(self, status: Any, *, final: bool = False) -> None:
+        """Send a reply; `final` marks the replies after DATA (a 2xx among them resets
+        the error count). Counts errors, waits past soft_errors, hangs up at max_errors."""
+        if self._hung_up:            # we said goodbye: nothing more reaches the client
+            return
         data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace") \
             if isinstance(status, str) else status
         if self._ehlo_in_progress:
@@ -176,7 +206,36 @@ class Protocol(SMTP):
             data, self._pending = b"\r\n".join(self._pending), []
         elif not data.startswith((b"220", b"354")):
             data = b"\r\n".join(with_enhanced_code(line) for line in data.split(b"\r\n"))
+        limits = self.limits
+        slow = self.errors >= limits.soft_errors and limits.error_delay > 0
+        if final and _TAKEN.search(data):
+            self.errors, slow = 0, False
+        elif data[:1] in (b"4", b"5") and not data.startswith(_NOT_ERRORS):
+            self.errors += 1
+        if slow:                     # the tarpit: this session waits, no other does
+            await asyncio.sleep(limits.error_delay)
         await super().push(data)
+        if self.errors >= limits.max_errors:
+            log.warning("event=too_many_errors peer=%s errors=%d", self.session and
+                        self.session.peer, self.errors)
+            await self.hang_up(TOO_MANY_ERRORS.format(self.hostname))
+
+    async def hang_up(self, reply: str) -> None:
+        """Say `reply` and close. Whatever the client sent after is dropped unread, and
+        nothing more is answered (aiosmtpd's loop would otherwise run the buffered
+        commands until the close is noticed)."""
+        if self._hung_up or self.transport is None or self.transport.is_closing():
+            return
+        self._hung_up = True
+        await SMTP.push(self, reply)
+        if self.transport is not None:
+            self.transport.close()   # stops reading first, then the buffer is dropped
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+
+    def unread(self) -> bytes:
+        """Bytes the client sent that no command has read yet (asyncio.StreamReader's
+        private buffer: there is no public way to peek at it)."""
+        return bytes(self._reader._buffer)  # type: ignore[attr-defined]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Fast path for the plain `<local@domain> PARAMS` form; anything else goes to
@@ -218,11 +277,17 @@ class Protocol(SMTP):
 
     def _guarded(self, name: str, method: Any) -> Any:
         async def run(arg: Any) -> None:
+            if self._hung_up:
+                return
             if (getattr(self.event_handler, "draining", False) and not self.in_transaction
                     and name != "QUIT"):
                 await self.push(SHUTTING_DOWN)
                 if self.transport is not None:
                     self.transport.close()
+                return
+            if (name in LAST_IN_GROUP or not (self.session and self.session.extended_smtp)) \
+                    and self.unread():
+                await self._out_of_sync(f"after {name}")
                 return
             if isinstance(arg, str) and _CONTROL.search(arg):
                 await self.push(CONTROL_CHAR)
@@ -251,7 +316,20 @@ class Protocol(SMTP):
                 await self.push(TOO_MANY_SESSIONS)
                 self.transport.close()
             return
+        peer = self.session.peer if self.session else None
+        delay = self.limits.greet_delay_loopback if is_loopback(peer) else self.limits.greet_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.unread():
+            await self._out_of_sync("before greeting")   # a bot that does not wait for 220
+            return
         await super()._handle_client()
+
+    async def _out_of_sync(self, where: str) -> None:
+        """RFC 5321 4.3.1 / RFC 2920 3.1 broken: 554 5.5.0 and hang up (Postfix 3.9)."""
+        log.warning("event=improper_pipelining peer=%s where=%r input=%r",
+                    self.session and self.session.peer, where, self.unread()[:100])
+        await self.hang_up(SYNC_ERROR)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -328,7 +406,7 @@ class Protocol(SMTP):
             log.error("event=data_error error=%r", exc, exc_info=exc)
             status = self._replies(INTERNAL_ERROR)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status)
+        await self.push(status, final=True)
 
     async def _read_data(self) -> tuple[str | None, bytes]:
         """Read to CRLF.CRLF; return (refusal or None, un-dot-stuffed content).
@@ -386,6 +464,17 @@ class Protocol(SMTP):
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
+
+
+def is_loopback(peer: Any) -> bool:
+    """True for a (host, port) peer on 127.0.0.0/8 or ::1 (IPv4-mapped included)."""
+    host = peer[0] if isinstance(peer, tuple) and peer else peer
+    try:
+        ip = ipaddress.ip_address(str(host).partition("%")[0])
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 def _check_content(buf: bytearray) -> tuple[str | None, bytes]:

@@ -40,9 +40,9 @@ def test_config(tmp_path: Path, routing: tuple[str, ...] | None = None, **over: 
         base, hostname="mx.test", smtp=Listener("127.0.0.1", 0), lmtp=Listener("127.0.0.1", 0),
         admin=Listener("127.0.0.1", 0), routing=routing or (str(RULES / "*.yaml"),),
         shutdown_grace=5.0)
-    limits = over.pop("limits", None)
-    if limits:
-        cfg = dataclasses.replace(cfg, limits=dataclasses.replace(Limits(), **limits))
+    # no tarpit in tests (they never wait on the clock); a test that wants one sets it
+    limits = {"error_delay": 0.0} | (over.pop("limits", None) or {})
+    cfg = dataclasses.replace(cfg, limits=dataclasses.replace(Limits(), **limits))
     return dataclasses.replace(cfg, **over)
 
 
