@@ -262,3 +262,19 @@ async def test_same_sender_same_bytes_is_one_message_and_a_retry(make_app, tmp_p
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err
     assert "'twice'" in out.decode() and "(received 2 times: retries)" in out.decode()
+
+
+def test_hostile_limits_in_config_yaml(tmp_path):
+    """The delays may be 0 (none); max_errors and soft_errors may not (an error would cut at once)."""
+    from mailrouter.config import load_config
+    from mailrouter.errors import ConfigErrors
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("limits: {greet_delay: 0, greet_delay_loopback: 0.5, error_delay: 0,"
+                   " max_errors: 7}\n", encoding="utf-8")
+    lim = load_config(cfg).limits
+    assert (lim.greet_delay, lim.greet_delay_loopback, lim.error_delay, lim.max_errors) == (0, 0.5, 0, 7)
+    cfg.write_text("limits: {max_errors: 0, soft_errors: -1}\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert [e.message for e in info.value.errors] == [
+        "'max_errors' must be a number >= 1, not 0", "'soft_errors' must be a number >= 1, not -1"]
