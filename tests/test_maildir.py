@@ -39,7 +39,7 @@ async def test_delivery_is_idempotent_and_leaves_no_tmp(tmp_path):
     p2 = await md.deliver(b"Subject: a\r\n\r\nx\r\n", "c0ffee", "Финансы")
     assert p1 == p2
     box = tmp_path / "box" / ".&BCQEOAQ9BDAEPQRBBEs-"
-    assert [f.name for f in (box / "new").iterdir()] == ["mrc0ffee.mx.test"]
+    assert [f.name for f in (box / "new").iterdir()] == ["mrc0ffee"]
     assert list((box / "tmp").iterdir()) == [] and (box / "maildirfolder").exists()
 
 
@@ -47,9 +47,65 @@ async def test_copy_moved_to_cur_by_a_client_is_not_delivered_again(tmp_path):
     """After an IMAP client marks the copy seen (new/NAME -> cur/NAME:2,S) a retry adds nothing."""
     md = Maildir(tmp_path / "box", "mx.test")
     path = await md.deliver(b"x\r\n", "beef")
-    os.rename(path, tmp_path / "box" / "cur" / "mrbeef.mx.test:2,S")
+    os.rename(path, tmp_path / "box" / "cur" / "mrbeef:2,S")
     await md.deliver(b"x\r\n", "beef")
     assert list((tmp_path / "box" / "new").iterdir()) == []
+
+
+async def test_copy_name_does_not_depend_on_the_instance(tmp_path):
+    """Two instances (different host names) sharing one mail store: the second one's copy of
+    the same message is recognised, in new/ and after a reader moved it to cur/ with any flags."""
+    a, b = Maildir(tmp_path / "box", "mx1.test"), Maildir(tmp_path / "box", "mx2.test")
+    path = await a.deliver(b"from a\r\n", "c1")
+    assert await b.deliver(b"from b\r\n", "c1") == path
+    os.rename(path, tmp_path / "box" / "cur" / "mrc1:2,FRS")      # flagged, replied, seen
+    await b.deliver(b"from b\r\n", "c1")
+    assert list((tmp_path / "box" / "new").iterdir()) == []
+    assert list((tmp_path / "box" / "tmp").iterdir()) == []
+
+
+async def test_copy_from_an_earlier_version_is_recognised(tmp_path):
+    """Copies named `mr<id>.<host>` by earlier versions: found in cur/ whatever the host and flags,
+    and in new/ under this instance's own host name."""
+    box = tmp_path / "box"
+    md = Maildir(box, "mx.test")
+    await md.deliver(b"seed\r\n", "seed")                          # creates the folder
+    (box / "cur" / "mrold1.other.host:2,S").write_bytes(b"x\r\n")
+    (box / "new" / "mrold2.mx.test").write_bytes(b"y\r\n")
+    await md.deliver(b"x\r\n", "old1")
+    await md.deliver(b"y\r\n", "old2")
+    await md.deliver(b"z\r\n", "old")                              # a prefix, not the same copy
+    assert sorted(f.name for f in (box / "new").iterdir()) == ["mrold", "mrold2.mx.test", "mrseed"]
+
+
+def test_same_copy_written_at_once_is_stored_once(tmp_path):
+    """Many writers (threads with their own Maildir objects, as separate instances would be)
+    writing the same copy at the same moment: exactly one file in new/, the same one (inode)
+    that every writer saw when it returned, nothing left in tmp/. A rename into new/ would
+    replace a copy another writer had already reported as stored."""
+    import threading
+    box = tmp_path / "box"
+    Maildir(box, "seed")._write(b"seed\r\n", "seed", None)
+    for round_ in range(50):
+        writers = [Maildir(box, f"mx{n}.test") for n in range(8)]
+        start = threading.Barrier(len(writers))
+        paths: list[str] = []
+        inodes: set[int] = set()
+
+        def write(md: Maildir, copy_id: str, start: threading.Barrier = start,
+                  paths: list[str] = paths, inodes: set[int] = inodes) -> None:
+            start.wait()
+            paths.append(md._write(f"by {md.host}\r\n".encode(), copy_id, None))
+            inodes.add(os.stat(paths[-1]).st_ino)
+        threads = [threading.Thread(target=write, args=(md, f"r{round_}")) for md in writers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert set(paths) == {str(box / "new" / f"mrr{round_}")}
+        assert inodes == {os.stat(paths[0]).st_ino}
+    assert len(list((box / "new").iterdir())) == 51
+    assert list((box / "tmp").iterdir()) == []
 
 
 async def test_mailbox_removed_while_running_is_recreated(tmp_path):
@@ -60,7 +116,7 @@ async def test_mailbox_removed_while_running_is_recreated(tmp_path):
     shutil.rmtree(tmp_path / "box")
     path = await md.deliver(b"two\r\n", "02", "Finance")
     assert open(path, "rb").read() == b"two\r\n"
-    assert [f.name for f in (tmp_path / "box" / ".Finance" / "new").iterdir()] == ["mr02.mx.test"]
+    assert [f.name for f in (tmp_path / "box" / ".Finance" / "new").iterdir()] == ["mr02"]
 
 
 async def test_concurrent_first_copies_to_one_new_folder(tmp_path):
@@ -68,7 +124,7 @@ async def test_concurrent_first_copies_to_one_new_folder(tmp_path):
     md = Maildir(tmp_path / "box", "mx.test")
     await asyncio.gather(*(md.deliver(f"m{n}\r\n".encode(), f"{n:04x}", "Новая") for n in range(50)))
     new = tmp_path / "box" / folder_dirname("Новая") / "new"
-    assert sorted(f.name for f in new.iterdir()) == sorted(f"mr{n:04x}.mx.test" for n in range(50))
+    assert sorted(f.name for f in new.iterdir()) == sorted(f"mr{n:04x}" for n in range(50))
 
 
 async def test_dovecot_lists_our_folder_under_its_unicode_name(dovecot):
