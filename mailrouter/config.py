@@ -76,6 +76,8 @@ class DeliveryConfig:
     maildir_root: Path
     lmtp: Downstream | None = None
     smtp: Downstream | None = None
+    max_connections_per_downstream: int = 10     # open at once to one LMTP/SMTP downstream
+    hold_permanent_failures: float = 86400.0     # seconds a 5xx for a configured mailbox is 451
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,10 +264,29 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
 
 
 def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
-    sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp"))
+    sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp",
+                                      "max_connections_per_downstream", "hold_permanent_failures"))
     root = Path(str(sec.get("maildir_root", "var/mail")))
     return DeliveryConfig(root if root.is_absolute() else base / root,
-                          _downstream(sec, "lmtp", c), _downstream(sec, "smtp", c))
+                          _downstream(sec, "lmtp", c), _downstream(sec, "smtp", c),
+                          c.number(sec, "max_connections_per_downstream", 10, int, 1),
+                          _duration(sec, "hold_permanent_failures", 86400.0, c))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker) -> float:
+    """Seconds from a number or a text like 30s, 15m, 12h, 1d (0 turns it off)."""
+    value = sec.get(key, default)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    text = str(value).strip().lower()
+    if text[:-1].isdigit() and text[-1:] in _UNITS:
+        return float(int(text[:-1]) * _UNITS[text[-1]])
+    c.error(value, f"'delivery.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
+            f"for example '{key}: 1d' (0 turns it off)", sec)
+    return default
 
 
 def _routing(doc: dict[str, Any], base: Path, c: _Checker) -> tuple[str, ...]:

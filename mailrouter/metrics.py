@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from .errors import Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
-           "RELOAD_OK", "SESSIONS", "observe_message"]
+           "RELOAD_OK", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED", "observe_message"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -33,6 +33,13 @@ RELOADS = Counter("mailrouter_config_reloads_total", "Routing reloads, by result
 RELOAD_OK = Gauge("mailrouter_config_last_reload_successful",
                   "1 if the last routing reload succeeded", registry=REGISTRY,
                   multiprocess_mode="livemin")
+DOWNSTREAM_REPLIES = Counter("mailrouter_downstream_replies_total",
+                             "LMTP/SMTP downstream outcomes per recipient, by backend and class",
+                             ["backend", "result"], registry=REGISTRY)
+REFUSED_CONFIGURED = Counter("mailrouter_downstream_refused_configured_mailbox_total",
+                             "Configured mailboxes refused 5xx by our own downstream, by answer "
+                             "(held: 451 while delivery.hold_permanent_failures runs; given_up: 5xx)",
+                             ["outcome"], registry=REGISTRY)
 SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGISTRY,
                  multiprocess_mode="livesum")
 
@@ -44,6 +51,11 @@ for _r in ("unknown", "too_many", "loop"):
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)
+for _b in ("lmtp", "smtp"):
+    for _r in ("ok", "tempfail", "permfail"):
+        DOWNSTREAM_REPLIES.labels(_b, _r)
+for _r in ("held", "given_up"):
+    REFUSED_CONFIGURED.labels(_r)
 RELOAD_OK.set(1)
 
 

@@ -17,6 +17,7 @@ downstreams may get a second copy (at-least-once, never at-most-once).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import itertools
@@ -127,10 +128,11 @@ class Pipeline:
                 for t in d.targets:
                     copies.setdefault(t.key, Copy(t, d.rcpt))
         todo = [c for k, c in copies.items() if k not in done]
-        received = {c.rcpt: self.deliverer.received(txn.helo, txn.peer, txn.protocol.upper(),
-                                                    qid, c.rcpt) for c in todo}
-        results = await self.deliverer.deliver(todo, snap.book.mailboxes, txn.raw, txn.mail_from,
-                                               key, received, txn.smtputf8) if todo else {}
+        received = functools.partial(self.deliverer.received, txn.helo, txn.peer,
+                                     txn.protocol.upper(), qid)
+        results = await self.deliverer.deliver(
+            todo, snap.book.mailboxes, txn.raw, txn.mail_from, key, received, txn.smtputf8,
+            first_seen=functools.partial(self.registry.first_seen, key), qid=qid) if todo else {}
         results.update({k: Reply(250, "2.0.0", "Already delivered") for k in copies if k in done})
         return results
 

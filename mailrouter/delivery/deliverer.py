@@ -1,12 +1,27 @@
 """Deliver one message to its final targets, whatever backend each mailbox uses.
 
-Each target (mailbox + folder) gets one copy: our trace headers (Received,
-the loop-guard header, Delivered-To) followed by the raw bytes exactly as
-received. Maildir targets are written by `Maildir`; `lmtp` mailboxes go to the
-configured downstream LMTP (a folder as `user+Folder@`, for Dovecot's
-`lmtp_save_to_detail_mailbox`); `smtp` mailboxes to the downstream MTA.
-Targets are delivered concurrently; the result per target is a Reply, never
-an exception: a temporary fault is a 4xx Reply, so the caller answers 4xx.
+Each copy is our trace headers (Received, the loop-guard header, Delivered-To)
+followed by the raw bytes exactly as received. Maildir targets are written one
+copy each by `Maildir`. Downstream targets go in ONE transaction per message per
+downstream: every `lmtp` target of the message is one RCPT in one LMTP transaction
+(a folder as `user+Folder@`, for Dovecot's `lmtp_save_to_detail_mailbox`), every
+`smtp` target one RCPT in one SMTP transaction; that copy carries a loop-guard and
+a Delivered-To line per envelope recipient it is for, and a Received `for` clause
+only when it is for one (RFC 5321 4.4). The clients cap their connections
+(`delivery.max_connections_per_downstream`).
+
+The result per target is a Reply, never an exception: a temporary fault is a 4xx
+Reply, so the caller answers 4xx. A downstream's reply is never passed on: it is
+mapped onto ours (`replies.ours`: 421 becomes 451, our text) and its original is
+logged (`event=downstream_reply`).
+
+A 5xx refusing a mailbox our configuration names (an unknown Dovecot user) is our
+configuration's fault, not the sender's: it is held as `451 4.3.0` until the
+message was first seen `delivery.hold_permanent_failures` ago (the registry keeps
+the first attempt's time), logged at error level
+(`event=downstream_refused_configured_mailbox`) and counted
+(`mailrouter_downstream_refused_configured_mailbox_total`); then the mapped 5xx
+is given. Refusals of the content (X.6.*, too big) are given at once.
 """
 
 from __future__ import annotations
@@ -15,25 +30,31 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from .. import metrics
 from ..addresses import Mailbox
-from ..errors import DeliveryError, Reply
+from ..errors import DeliveryError, RegistryError, Reply
 from ..loops import header_text, trace_headers
 from ..routing.decision import Target
 from .maildir import Maildir
+from .replies import DELIVERED, HELD, ours, refuses_mailbox
+from .smtp import LOCAL_REFUSALS, PartialDeliveryError, TransactionClient
 
 if TYPE_CHECKING:
     from ..config import DeliveryConfig
 
-__all__ = ["Deliverer", "Copy", "DELIVERED"]
+__all__ = ["DELIVERED", "Copy", "Deliverer", "FirstSeen", "Received"]
 
 log = logging.getLogger(__name__)
-DELIVERED = Reply(250, "2.0.0", "Delivered")
+
+Received = Callable[[str | None], bytes]            # the Received: line, for one rcpt or several
+FirstSeen = Callable[[], Awaitable[datetime | None]]  # when the message was first seen, if before
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +63,14 @@ class Copy:
 
     target: Target
     rcpt: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A downstream target's outcome: our reply, and the downstream's own when it answered."""
+
+    reply: Reply
+    downstream: Reply | None = None
 
 
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
@@ -60,71 +89,163 @@ class Deliverer:
     def __init__(self, cfg: DeliveryConfig, hostname: str) -> None:
         self.cfg, self.hostname = cfg, hostname
         self._maildirs: dict[Path, Maildir] = {}
-        self._lmtp = self._smtp = None
+        self._clients: dict[str, TransactionClient] = {}
+        cap = cfg.max_connections_per_downstream
         if cfg.lmtp:
             from .lmtp import LMTPClient
-            self._lmtp = LMTPClient(replace(cfg.lmtp, helo=hostname))
+            self._clients["lmtp"] = LMTPClient(replace(cfg.lmtp, helo=hostname), cap)
         if cfg.smtp:
             from .smtp import SMTPClient
-            self._smtp = SMTPClient(replace(cfg.smtp, helo=hostname))
+            self._clients["smtp"] = SMTPClient(replace(cfg.smtp, helo=hostname), cap)
 
     async def close(self) -> None:
-        for client in (self._lmtp, self._smtp):
-            if client is not None:
-                await client.close()
+        for client in self._clients.values():
+            await client.close()
         for md in self._maildirs.values():
             md.close()
         self._maildirs.clear()
 
-    def received(self, helo: str, peer: str, proto: str, qid: str, rcpt: str) -> bytes:
-        """Our Received: line (RFC 5321 4.4), one per copy."""
-        helo, rcpt = header_text(helo), header_text(rcpt)   # the intake refuses controls too
-        now = format_datetime(datetime.now(timezone.utc))
+    def received(self, helo: str, peer: str, proto: str, qid: str, rcpt: str | None) -> bytes:
+        """Our Received: line (RFC 5321 4.4); the `for` clause only for a single recipient."""
+        helo = header_text(helo)   # the intake refuses controls too
+        now = format_datetime(datetime.now(UTC))
+        rcpt_for = f"\r\n\tfor <{header_text(rcpt)}>" if rcpt is not None else ""
         return (f"Received: from {helo} ({peer})\r\n\tby {self.hostname} (mailrouter) with {proto}"
-                f" id {qid}\r\n\tfor <{rcpt}>; {now}\r\n").encode("utf-8", "surrogateescape")
+                f" id {qid}{rcpt_for}; {now}\r\n").encode("utf-8", "surrogateescape")
 
     async def deliver(self, copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox], raw: bytes,
-                      mail_from: str, key: str, received: Mapping[str, bytes],
-                      smtputf8: bool = False) -> dict[str, Reply]:
+                      mail_from: str, key: str, received: Received, smtputf8: bool = False,
+                      first_seen: FirstSeen | None = None, qid: str = "-") -> dict[str, Reply]:
         """Make every copy; return Reply per target key."""
-        async def one(c: Copy) -> tuple[str, Reply]:
-            data = received[c.rcpt] + trace_headers(self.hostname, c.rcpt) + raw
-            try:
-                reply = await self._deliver_one(c.target, mailboxes[c.target.mailbox], data,
-                                                mail_from, key, smtputf8)
-            except DeliveryError as exc:
-                log.warning("event=delivery_failed target=%s error=%r", c.target.key, str(exc))
-                reply = exc.reply
-            except Exception:  # a bug in a backend must defer, never bounce or crash
-                log.exception("event=delivery_crashed target=%s", c.target.key)
-                reply = DeliveryError.reply
-            return c.target.key, reply
-        results = await asyncio.gather(*(one(c) for c in copies))
-        return dict(results)
+        local = [c for c in copies if mailboxes[c.target.mailbox].kind == "maildir"]
+        remote: dict[str, list[Copy]] = {}
+        for c in copies:
+            kind = mailboxes[c.target.mailbox].kind
+            if kind != "maildir":
+                remote.setdefault(kind, []).append(c)
 
-    async def _deliver_one(self, target: Target, mailbox: Mailbox, data: bytes, mail_from: str,
-                           key: str, smtputf8: bool) -> Reply:
-        kind, where = mailbox.kind, mailbox.where
-        if kind == "maildir":
-            root = Path(where) if Path(where).is_absolute() else self.cfg.maildir_root / where
-            md = self._maildirs.get(root)
-            if md is None:
-                md = self._maildirs[root] = Maildir(root, self.hostname)
-            copy_id = hashlib.sha256(f"{key}\0{target.key}".encode()).hexdigest()[:40]
-            await md.deliver(data, copy_id, target.folder)
-            return DELIVERED
-        client = self._lmtp if kind == "lmtp" else self._smtp
+        async def one(c: Copy) -> dict[str, _Answer]:
+            data = received(c.rcpt) + trace_headers(self.hostname, c.rcpt) + raw
+            reply = await _guarded(c.target.key, self._maildir(c.target, mailboxes[c.target.mailbox],
+                                                               data, key))
+            return {c.target.key: _Answer(reply)}
+
+        async def group(kind: str, group: list[Copy]) -> dict[str, _Answer]:
+            return await self._downstream(kind, group, mailboxes, raw, mail_from, received,
+                                          smtputf8, qid)
+        parts = await asyncio.gather(*(one(c) for c in local),
+                                     *(group(k, g) for k, g in remote.items()))
+        answers = {k: a for part in parts for k, a in part.items()}
+        refused = {k: a for k, a in answers.items()
+                   if a.downstream is not None and refuses_mailbox(a.downstream)}
+        results = {k: a.reply for k, a in answers.items()}
+        if refused:
+            results.update(await self._hold(refused, first_seen, qid))
+        return results
+
+    async def _maildir(self, target: Target, mailbox: Mailbox, data: bytes, key: str) -> Reply:
+        where = Path(mailbox.where)
+        root = where if where.is_absolute() else self.cfg.maildir_root / where
+        md = self._maildirs.get(root)
+        if md is None:
+            md = self._maildirs[root] = Maildir(root, self.hostname)
+        copy_id = hashlib.sha256(f"{key}\0{target.key}".encode()).hexdigest()[:40]
+        await md.deliver(data, copy_id, target.folder)
+        return DELIVERED
+
+    # Downstreams: one transaction per message per downstream
+
+    async def _downstream(self, kind: str, copies: list[Copy], mailboxes: Mapping[str, Mailbox],
+                          raw: bytes, mail_from: str, received: Received, smtputf8: bool,
+                          qid: str) -> dict[str, _Answer]:
+        client = self._clients.get(kind)
         if client is None:
-            return Reply(451, "4.3.5", f"No {kind} downstream configured")
-        addr = where
-        if target.folder and kind == "lmtp":
+            return {c.target.key: _Answer(Reply(451, "4.3.5", f"No {kind} downstream configured"))
+                    for c in copies}
+        addrs = {c.target.key: self._address(c.target, mailboxes[c.target.mailbox]) for c in copies}
+        rcpts = list(dict.fromkeys(c.rcpt for c in copies))
+        data = (received(rcpts[0] if len(rcpts) == 1 else None)
+                + b"".join(trace_headers(self.hostname, r) for r in rcpts) + raw)
+        fallback: Reply | None = None
+        try:
+            replies = await client.deliver(mail_from, list(dict.fromkeys(addrs.values())), data,
+                                           smtputf8=smtputf8)
+        except PartialDeliveryError as exc:   # LMTP: some recipients answered before the break
+            log.warning("event=delivery_failed qid=%s backend=%s error=%r", qid, kind, str(exc))
+            replies, fallback = exc.replies, exc.reply
+        except DeliveryError as exc:
+            log.warning("event=delivery_failed qid=%s backend=%s error=%r", qid, kind, str(exc))
+            replies, fallback = {}, exc.reply
+        except Exception:  # a bug in a backend must defer, never bounce or crash
+            log.exception("event=delivery_crashed qid=%s backend=%s", qid, kind)
+            replies, fallback = {}, DeliveryError.reply
+        out: dict[str, _Answer] = {}
+        for target, addr in addrs.items():
+            got = replies.get(addr)
+            if got is None:
+                out[target] = _Answer(fallback or DeliveryError.reply)
+            elif got in LOCAL_REFUSALS:       # refused by our own client, nothing was sent
+                out[target] = _Answer(got)
+            else:
+                out[target] = _Answer(ours(got), got)
+                level = logging.DEBUG if got.ok else logging.WARNING
+                log.log(level, "event=downstream_reply qid=%s backend=%s target=%s downstream=%r "
+                        "reply=%r", qid, kind, target, str(got), str(out[target].reply))
+            metrics.DOWNSTREAM_REPLIES.labels(kind, _result(out[target].reply)).inc()
+        return out
+
+    def _address(self, target: Target, mailbox: Mailbox) -> str:
+        addr = mailbox.where
+        if target.folder and mailbox.kind == "lmtp":
             if target.folder.isascii():
-                local, _, domain = where.rpartition("@")
+                local, _, domain = addr.rpartition("@")
                 addr = f"{quote_local(f'{local}+{target.folder}')}@{domain}"
             else:
                 # Dovecot reads +detail as a UTF-8 name but offers no SMTPUTF8, so a
                 # non-ASCII folder cannot travel; the inbox beats a bounce or a misfile.
                 log.error("event=folder_dropped mailbox=%s folder=%r reason='non-ASCII folder "
                           "over LMTP'", target.mailbox, target.folder)
-        replies = await client.deliver(mail_from, [addr], data, smtputf8=smtputf8)
-        return replies[addr]
+        return addr
+
+    # Held refusals of configured mailboxes
+
+    async def _hold(self, refused: dict[str, _Answer], first_seen: FirstSeen | None,
+                    qid: str) -> dict[str, Reply]:
+        """HELD while the message is younger than the hold, the mapped 5xx after it."""
+        hold = self.cfg.hold_permanent_failures
+        first: datetime | None = None
+        if hold > 0 and first_seen is not None:
+            try:
+                first = await first_seen()
+            except RegistryError as exc:     # cannot tell how long it was held: defer
+                log.error("event=registry_unavailable qid=%s error=%r", qid, str(exc))
+                return {k: exc.reply for k in refused}
+        now = datetime.now(UTC)
+        age = (now - first).total_seconds() if first is not None else 0.0
+        held = age < hold
+        out: dict[str, Reply] = {}
+        for target, answer in refused.items():
+            out[target] = HELD if held else answer.reply
+            log.error("event=downstream_refused_configured_mailbox qid=%s target=%s downstream=%r "
+                      "reply=%r first_seen=%s held_for=%ds hold=%ds", qid, target,
+                      str(answer.downstream), str(out[target]),
+                      (first or now).isoformat(timespec="seconds"), age, hold)
+            metrics.REFUSED_CONFIGURED.labels("held" if held else "given_up").inc()
+        return out
+
+
+async def _guarded(target: str, work: Awaitable[Reply]) -> Reply:
+    """A backend's exception as the Reply the caller answers."""
+    try:
+        return await work
+    except DeliveryError as exc:
+        log.warning("event=delivery_failed target=%s error=%r", target, str(exc))
+        return exc.reply
+    except Exception:  # a bug in a backend must defer, never bounce or crash
+        log.exception("event=delivery_crashed target=%s", target)
+        return DeliveryError.reply
+
+
+def _result(reply: Reply) -> str:
+    return "ok" if reply.ok else "tempfail" if reply.temporary else "permfail"
+

@@ -10,9 +10,15 @@ What it does
   - The message bytes arrive byte-for-byte: they are dot-stuffed on the wire
     (RFC 5321 4.5.2) and nothing else is touched (no line-ending rewrite, no
     re-serialisation).  SIZE= and BODY=8BITMIME are added when offered.
-  - Up to `Downstream.pool_size` idle connections are kept per client and
-    reused; a connection the server closed while idle (EOF, or a 421 as the
-    first reply) is dropped and the message is sent on a fresh one.
+  - One transaction carries every recipient of a message for this downstream
+    (one RCPT each); `deliver` returns one Reply per recipient.
+  - At most `max_connections` connections per client are open at once, busy
+    or idle: more concurrent messages wait for a free one (up to the timeout,
+    then TemporaryDeliveryError "downstream busy"), so a burst cannot open
+    hundreds of sessions on the mail store.  Up to `Downstream.pool_size` of
+    them stay open while idle and are reused; a connection the server closed
+    while idle (EOF, or a 421 as the first reply) is dropped and the message
+    is sent on a fresh one.
   - Every network wait runs inside `asyncio.timeout(downstream.timeout)`.
 
 Why not aiosmtplib: it sends one command per round trip (no PIPELINING), it
@@ -48,7 +54,8 @@ from dataclasses import dataclass
 
 from mailrouter.errors import Reply, TemporaryDeliveryError
 
-__all__ = ["Downstream", "PartialDeliveryError", "SMTPClient", "Session", "TransactionClient"]
+__all__ = ["LOCAL_REFUSALS", "Downstream", "PartialDeliveryError", "SMTPClient", "Session",
+           "TransactionClient"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ _MAX_REPLY_LINES = 200
 REFUSED_BARE_EOL = Reply(554, "5.6.0", "Message contains a lone CR or LF; refusing to send it")
 REFUSED_ADDRESS = Reply(501, "5.1.3", "Bad address syntax")
 REFUSED_UTF8 = Reply(550, "5.6.7", "SMTPUTF8 is required, but was not offered by the downstream")
+LOCAL_REFUSALS = frozenset({REFUSED_BARE_EOL, REFUSED_ADDRESS, REFUSED_UTF8})   # ours, not sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +206,11 @@ class TransactionClient:
 
     greeting_verb = "EHLO"
 
-    def __init__(self, downstream: Downstream) -> None:
+    def __init__(self, downstream: Downstream, max_connections: int = 10) -> None:
         self.downstream = downstream
+        self.max_connections = max(1, max_connections)
         self._idle: list[Session] = []
+        self._slots = asyncio.Semaphore(self.max_connections)   # one per open connection
 
     async def deliver(self, mail_from: str, rcpts: list[str], data: bytes, *,
                       smtputf8: bool = False) -> dict[str, Reply]:
@@ -212,6 +222,24 @@ class TransactionClient:
         if _BAD_ADDRESS.search(mail_from):
             return {r: REFUSED_ADDRESS for r in rcpts}
         env = _Envelope(mail_from, rcpts, data, smtputf8)
+        await self._slot()
+        try:
+            return await self._deliver(env)
+        finally:
+            self._slots.release()
+
+    async def _slot(self) -> None:
+        """Wait for a free connection slot (the pool's cap), at most one timeout."""
+        ds = self.downstream
+        try:
+            async with asyncio.timeout(ds.timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning("%s:%d: all %d connections busy for %.0fs", ds.host, ds.port,
+                        self.max_connections, ds.timeout)
+            raise TemporaryDeliveryError("downstream busy") from None
+
+    async def _deliver(self, env: _Envelope) -> dict[str, Reply]:
         session = await self._acquire()
         try:
             try:
@@ -246,7 +274,8 @@ class TransactionClient:
         return await self._open()
 
     def _release(self, session: Session) -> None:
-        if session.usable() and len(self._idle) < self.downstream.pool_size:
+        idle_max = min(self.downstream.pool_size, self.max_connections)
+        if session.usable() and len(self._idle) < idle_max:
             self._idle.append(session)
         else:
             session.quit()

@@ -321,6 +321,16 @@ class Registry:
                     f.set_exception(RegistryError("registry lookup stopped"))
             self._lookups.clear()
 
+    async def first_seen(self, key: str) -> datetime | None:
+        """When message ``key`` was first recorded (its first attempt), or None if never.
+
+        The upsert keeps ``received_at`` of the first record, deferred attempts included,
+        so a retry learns how long the message has been held (delivery.hold_permanent_failures)."""
+        query = select(messages.c.received_at).where(messages.c.key == key)
+        found: datetime | None = await self._read(
+            "first_seen", lambda conn: conn.execute(query).scalar_one_or_none())
+        return found
+
     async def message(self, key: str) -> dict[str, Any] | None:
         """The message row with lists of its decisions and deliveries, or None."""
         def fetch(conn: Connection) -> dict[str, Any] | None:
