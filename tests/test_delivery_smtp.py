@@ -16,8 +16,10 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailrouter.delivery.lmtp import LMTPClient
+from mailrouter.config import load_config
+from mailrouter.delivery.replies import ours, refuses_mailbox
 from mailrouter.delivery.smtp import Downstream, SMTPClient, TransactionClient
-from mailrouter.errors import Reply, TemporaryDeliveryError
+from mailrouter.errors import ConfigErrors, Reply, TemporaryDeliveryError
 
 OK_SMTP = "250 2.0.0 OK: queued"
 
@@ -31,6 +33,7 @@ class Sink:
         self.envelopes: list[Envelope] = []
         self.chunks: list[bytes] = []
         self.connections = 0
+        self.open = self.max_open = 0                # connections open now / at most at once
         self.transports: list[asyncio.BaseTransport] = []
         self.mail_reply: str | None = None
         self.data_reply: str | None = None           # SMTP: the one reply after DATA
@@ -81,8 +84,14 @@ class Sink:
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 sink.connections += 1
+                sink.open += 1
+                sink.max_open = max(sink.max_open, sink.open)
                 sink.transports.append(transport)
                 super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                sink.open -= 1
+                super().connection_lost(exc)
 
             def data_received(self, data: bytes) -> None:
                 sink.chunks.append(data)
@@ -401,3 +410,85 @@ async def test_refuses_bare_lf_and_injected_addresses(sink: SinkFactory) -> None
     assert bare["b@example.test"].code == 554
     assert injected["b@example.test>\r\nRSET"].code == 501
     assert s.envelopes == []
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_connections_capped_per_downstream(sink: SinkFactory, kind: str) -> None:
+    """Ten messages at once with max_connections=3: the sink never has more than three
+    connections open; the others wait their turn and all ten are delivered."""
+    s = await sink(lmtp=kind == "lmtp")
+    release = asyncio.Event()
+
+    async def hold(server: SMTP) -> None:
+        await release.wait()
+
+    s.on_data = hold
+    client = CLIENTS[kind](s.downstream(pool_size=10), max_connections=3)
+    sends = [asyncio.create_task(client.deliver("a@example.org", ["b@example.test"], b"%d\r\n" % i))
+             for i in range(10)]
+    await until(lambda: len(s.envelopes) >= 3)      # transactions parked in DATA
+    for _ in range(20):                             # give a fourth connection every chance
+        await asyncio.sleep(0.005)
+    assert s.open == 3 and s.connections == 3
+    release.set()
+    replies = await asyncio.gather(*sends)
+    await client.close()
+    assert all(r["b@example.test"].ok for r in replies) and len(s.envelopes) == 10
+    assert s.max_open == 3
+
+
+@pytest.mark.parametrize("downstream, ours_", [
+    # the issue's case: 421 closes *their* channel, not the upstream client's
+    ("421 4.3.2 vm Shutting down", "451 4.3.0 Delivery deferred by the mail store, try again later"),
+    ("450 4.2.1 <u@store> mailbox busy", "451 4.2.1 Delivery deferred by the mail store, try again later"),
+    ("452 4.2.2 <u@store> Mailbox is full", "452 4.2.2 Mailbox full, try again later"),
+    ("451 4.3.0 Temporary internal error", "451 4.3.0 Delivery deferred by the mail store, try again later"),
+    ("450 too busy", "451 4.3.0 Delivery deferred by the mail store, try again later"),
+    ("550 5.1.1 <u@store> User doesn't exist: u", "550 5.1.1 Delivery refused by the mail store"),
+    ("552 5.2.2 <u@store> Quota exceeded", "552 5.2.2 Mailbox full"),
+    ("552 5.3.4 Message size exceeds fixed limit", "552 5.3.4 Message too big"),
+    ("554 5.6.0 content rejected", "554 5.6.0 Delivery refused by the mail store"),
+    ("554 5.7.1 <u@store>: Relay access denied", "554 5.7.1 Delivery refused by the mail store"),
+    ("554 5.4.6 Mail loop detected", "554 5.4.6 Mail loop detected"),
+    ("500 5.5.2 Syntax error", "550 5.3.0 Delivery refused by the mail store"),
+    ("550 4.1.1 class digits disagree", "550 5.1.1 Delivery refused by the mail store"),
+    ("250 2.0.0 <u@store> vm Saved", "250 2.0.0 Delivered"),
+])
+def test_downstream_reply_mapping(downstream: str, ours_: str) -> None:
+    """Every downstream reply becomes one of ours: class kept, 421 -> 451, the enhanced code
+    kept only when it describes the recipient or the message, our text (never their host)."""
+    from mailrouter.delivery.smtp import parse_reply
+    assert str(ours(parse_reply([downstream.encode() + b"\r\n"]))) == ours_
+
+
+@pytest.mark.parametrize("downstream, held", [
+    ("550 5.1.1 unknown user", True), ("550 5.2.1 mailbox disabled", True),
+    ("554 5.7.1 Relay access denied", True), ("550 no such user", True),
+    ("554 5.6.0 content rejected", False), ("552 5.3.4 too big", False),
+    ("552 5.2.3 too big for the mailbox", False), ("554 5.4.6 loop", False),
+    ("451 4.3.0 later", False), ("250 2.0.0 ok", False),
+])
+def test_which_refusals_are_held(downstream: str, held: bool) -> None:
+    """A 5xx refusing the mailbox is held (our config's fault); one about the message is not."""
+    from mailrouter.delivery.smtp import parse_reply
+    assert refuses_mailbox(parse_reply([downstream.encode() + b"\r\n"])) is held
+
+
+def test_delivery_config_keys(tmp_path: Any) -> None:
+    """delivery.max_connections_per_downstream and hold_permanent_failures (a duration or
+    seconds) are read; a bad duration names the key, the line and an example."""
+    path = tmp_path / "config.yaml"
+    path.write_text("delivery:\n  max_connections_per_downstream: 3\n"
+                    "  hold_permanent_failures: 12h\n", encoding="utf-8")
+    cfg = load_config(path).delivery
+    assert (cfg.max_connections_per_downstream, cfg.hold_permanent_failures) == (3, 43200.0)
+    path.write_text("delivery: {hold_permanent_failures: 0}\n", encoding="utf-8")
+    assert load_config(path).delivery.hold_permanent_failures == 0.0
+    assert load_config(None).delivery.hold_permanent_failures == 86400.0
+    path.write_text("delivery:\n  hold_permanent_failures: soon\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    (error,) = info.value.errors
+    assert str(error) == (f"{path}:2:28: 'delivery.hold_permanent_failures' must be a duration "
+                          "such as 30m, 12h or 1d, not 'soon'; for example "
+                          "'hold_permanent_failures: 1d' (0 turns it off)")
