@@ -6,14 +6,24 @@ tested for both clients in test_delivery_smtp.py.
 
 from __future__ import annotations
 
+import asyncio
+import smtplib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from mailrouter import metrics
+from mailrouter.config import DeliveryConfig
 from mailrouter.delivery.lmtp import Downstream, LMTPClient, PartialDeliveryError
 from mailrouter.errors import Reply
+from mailrouter.registry import Registry
+from mailrouter.registry.models import messages
+from tests.support.daemon import maildir_files
 from tests.support.dovecot import DovecotServer
 from tests.test_delivery_smtp import TRICKY, Sink, SinkFactory, sink  # noqa: F401 (fixture)
 
@@ -98,3 +108,151 @@ async def test_dovecot_non_ascii_recipient_refused_locally(dovecot: DovecotFacto
     assert replies["юзер@example.test"].status == "5.6.7"
     assert replies["bob@example.test"].ok, server.log
     assert len(_messages(server.maildir("bob@example.test"))) == 1
+
+
+# The whole daemon in front of a recording downstream: what the upstream client hears,
+# how many transactions and connections the downstream sees.
+
+ROUTING = """\
+domains: [example.com]
+mailboxes:
+  alice: {%(kind)s: alice@store.test}
+  bob:   {%(kind)s: bob@store.test}
+  carol: {%(kind)s: carol@store.test}
+  dave:  {%(kind)s: dave@store.test}
+  ghost: {%(kind)s: ghost@store.test}
+  local: {maildir: local}
+aliases:
+  alice@example.com:   mailbox:alice
+  bob@example.com:     mailbox:bob
+  finance@example.com: {mailbox: carol, folder: Finance}
+  dave@example.com:    mailbox:dave
+  ghost@example.com:   mailbox:ghost
+  local@example.com:   mailbox:local
+  team@example.com:    [alice@example.com, bob@example.com, finance@example.com, local@example.com]
+"""
+
+
+async def _daemon(make_app: Any, tmp_path: Path, s: Sink, kind: str, **delivery: Any) -> int:
+    """A daemon whose mailboxes (but `local`) live on the sink; returns its SMTP port."""
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING % {"kind": kind}, encoding="utf-8")
+    ds = s.downstream(timeout=10.0)
+    cfg = DeliveryConfig(maildir_root=tmp_path / "var" / "mail", **{kind: ds}, **delivery)
+    app = await make_app(routing=(str(routing),), delivery=cfg)
+    return int(app.bound["smtp"][1])
+
+
+def _send(port: int, rcpts: list[str], body: bytes = b"Subject: hi\r\n\r\nhello\r\n") -> tuple[int, bytes]:
+    """smtplib: the reply to DATA (every RCPT must be accepted)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        c.ehlo()
+        c.mail("client@outside.test")
+        for r in rcpts:
+            assert c.rcpt(r)[0] == 250, r
+        return c.data(body)
+
+
+@pytest.mark.parametrize("kind", ["lmtp", "smtp"])
+async def test_one_transaction_per_message_per_downstream(make_app, tmp_path, sink, kind):  # noqa: F811
+    """Two envelope recipients fanning out to four downstream mailboxes and one Maildir: the
+    downstream sees ONE connection and ONE transaction with four RCPTs (it saw four before);
+    the copy carries both recipients' trace lines and a Received line without `for`."""
+    s = await sink(lmtp=kind == "lmtp")
+    port = await _daemon(make_app, tmp_path, s, kind)
+    code, _ = await asyncio.to_thread(_send, port, ["team@example.com", "dave@example.com"])
+    assert code == 250
+    (env,) = s.envelopes
+    finance = "carol+Finance@store.test" if kind == "lmtp" else "carol@store.test"
+    assert sorted(env.rcpt_tos) == sorted(["alice@store.test", "bob@store.test", finance,
+                                           "dave@store.test"])
+    assert s.connections == 1
+    head = env.original_content.split(b"\r\n\r\n")[0]
+    assert b"Delivered-To: team@example.com\r\n" in head and b"Delivered-To: dave@example.com\r\n" in head
+    assert b"\tfor <" not in head
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("kind", ["lmtp", "smtp"])
+async def test_downstream_421_reaches_client_as_our_451(make_app, tmp_path, sink, kind, caplog):  # noqa: F811
+    """Dovecot shutting down answers `421 4.3.2 sink Shutting down` after DATA: the upstream
+    client gets our `451 4.3.0` (a 421 would tell it that OUR channel closes, and it named
+    the downstream's host); the log keeps the downstream's original."""
+    s = await sink(lmtp=kind == "lmtp")
+    if kind == "lmtp":
+        s.data_replies["alice@store.test"] = "421 4.3.2 sink.example.test Shutting down"
+    else:
+        s.data_reply = "421 4.3.2 sink.example.test Shutting down"
+    port = await _daemon(make_app, tmp_path, s, kind)
+    got = await asyncio.to_thread(_send, port, ["alice@example.com"])
+    assert got == (451, b"4.3.0 Delivery deferred by the mail store, try again later")
+    assert "downstream='421 4.3.2 sink.example.test Shutting down'" in caplog.text
+
+
+def _refused(kind: str) -> float:
+    return metrics.REFUSED_CONFIGURED.labels(kind)._value.get()  # type: ignore[no-any-return]
+
+
+async def test_unknown_user_held_as_451_then_refused(make_app, tmp_path, sink, caplog):  # noqa: F811
+    """Dovecot refuses a mailbox our config names (`550 5.1.1 unknown user`): our config's
+    fault, so the client hears 451 while the hold runs (logged at error, counted); once the
+    message was first seen longer ago than the hold, the retry gets our 550 5.1.1."""
+    s = await sink(lmtp=True)
+    s.rcpt_replies["ghost@store.test"] = "550 5.1.1 <ghost@store.test> unknown user"
+    port = await _daemon(make_app, tmp_path, s, "lmtp")
+    held, given_up = _refused("held"), _refused("given_up")
+    got = await asyncio.to_thread(_send, port, ["ghost@example.com"])
+    assert got == (451, b"4.3.0 Mailbox temporarily unavailable, try again later")
+    (line,) = [r for r in caplog.records if "event=downstream_refused_configured_mailbox" in r.message]
+    assert line.levelname == "ERROR" and "550 5.1.1 <ghost@store.test> unknown user" in line.message
+    assert _refused("held") == held + 1
+    got = await asyncio.to_thread(_send, port, ["ghost@example.com"])   # the MTA retries
+    assert got[0] == 451 and _refused("held") == held + 2
+    # the first attempt was two days ago (as the registry records it): the hold (1d) is over
+    registry = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}")
+    async with registry.engine.begin() as conn:
+        await conn.execute(messages.update().values(
+            received_at=datetime.now(UTC) - timedelta(days=2)))
+    await registry.close()
+    got = await asyncio.to_thread(_send, port, ["ghost@example.com"])
+    assert got == (550, b"5.1.1 Delivery refused by the mail store")
+    assert _refused("given_up") == given_up + 1
+    assert s.envelopes == []
+
+
+async def test_no_hold_refuses_at_once(make_app, tmp_path, sink):  # noqa: F811
+    """With delivery.hold_permanent_failures: 0 the refusal is our 550 5.1.1 at once."""
+    s = await sink(lmtp=True)
+    s.rcpt_replies["ghost@store.test"] = "550 5.1.1 <ghost@store.test> unknown user"
+    port = await _daemon(make_app, tmp_path, s, "lmtp", hold_permanent_failures=0.0)
+    got = await asyncio.to_thread(_send, port, ["ghost@example.com"])
+    assert got == (550, b"5.1.1 Delivery refused by the mail store")
+
+
+async def test_content_refusal_is_not_held(make_app, tmp_path, sink):  # noqa: F811
+    """A refusal of the message itself (5.6.x) is not a configuration fault: our 554 at once."""
+    s = await sink()
+    s.data_reply = "554 5.6.0 sink.example.test: content rejected"
+    port = await _daemon(make_app, tmp_path, s, "smtp")
+    got = await asyncio.to_thread(_send, port, ["alice@example.com"])
+    assert got == (554, b"5.6.0 Delivery refused by the mail store")
+
+
+@pytest.mark.parametrize("kind", ["lmtp", "smtp"])
+async def test_concurrent_messages_stay_within_the_cap(make_app, tmp_path, sink, kind):  # noqa: F811
+    """Twenty messages at once through the daemon with max_connections_per_downstream: 2:
+    the downstream never has more than two connections open, and all twenty are delivered."""
+    s = await sink(lmtp=kind == "lmtp")
+
+    async def slow(server: SMTP) -> None:
+        await asyncio.sleep(0.02)    # transactions overlap, as under load
+
+    s.on_data = slow
+    port = await _daemon(make_app, tmp_path, s, kind, max_connections_per_downstream=2)
+
+    async def send(n: int) -> None:
+        await aiosmtplib.send(b"Subject: %d\r\n\r\nbody\r\n" % n, sender="c@outside.test",
+                              recipients=["alice@example.com"], hostname="127.0.0.1", port=port)
+    await asyncio.gather(*(send(n) for n in range(20)))
+    assert len(s.envelopes) == 20
+    assert s.max_open <= 2

@@ -15,8 +15,8 @@ import pytest
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailrouter.delivery.lmtp import LMTPClient
 from mailrouter.config import load_config
+from mailrouter.delivery.lmtp import LMTPClient
 from mailrouter.delivery.replies import ours, refuses_mailbox
 from mailrouter.delivery.smtp import Downstream, SMTPClient, TransactionClient
 from mailrouter.errors import ConfigErrors, Reply, TemporaryDeliveryError
