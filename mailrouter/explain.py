@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from .message import MessageView
 from .routing.facts import robot_of
-from .routing.snapshot import Snapshot
+from .routing.snapshot import Snapshot, envelope_sender
 
 __all__ = ["explain", "format_text"]
 
@@ -35,7 +35,7 @@ def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None
     from_addr = _safe(defects, "From", lambda: view.from_addr, "")
     if not rcpts:
         rcpts = [a for _, a in _safe(defects, "To", lambda: view.to + view.cc, []) if a]
-    envelope_from = sender if sender is not None else from_addr
+    envelope_from = envelope_sender(sender, view)   # the From address unless --from
     decisions = snap.decide(view, envelope_from, list(rcpts), at)
     robot = _safe(defects, "robot", lambda: robot_of(view, envelope_from), (False, ""))
     return {

@@ -5,44 +5,49 @@ from __future__ import annotations
 import pytest
 
 from mailrouter.errors import ConfigErrors
-from tests.test_rules import ruleset
+from tests.support.rules import load, routing_file
+
+
+def lint(text: str) -> tuple[str, list[str]]:
+    """(the routing file, `check`'s warnings for it) of one routing file with this text."""
+    path = routing_file(text, "r.yaml")
+    return str(path), load(path).rules.lint()
 
 
 def test_rule_after_catch_all_is_shadowed() -> None:
     """A rule with no `when` and no continue hides every later rule."""
-    rs = ruleset("""\
+    path, warnings = lint("""\
 rules:
   - {name: all, then: {folder: X}}
   - {name: later, when: {subject: invoice}, then: {folder: Y}}
-""", "r.yaml")
-    assert rs.lint() == [
-        "r.yaml:3: rule 'later': never matches: rule 'all' (r.yaml:2) matches every message it "
+""")
+    assert warnings == [
+        f"{path}:3: rule 'later': never matches: rule 'all' ({path}:2) matches every message it "
         "matches and stops; move it above or add 'continue: true' to the earlier rule"]
 
 
 def test_narrower_rule_after_broader_is_shadowed() -> None:
     """An earlier rule whose conditions are a subset (needle lists covering) shadows."""
-    rs = ruleset("""\
+    path, warnings = lint("""\
 rules:
   - {name: broad, when: {subject: [счёт, invoice]}, then: {folder: X}}
   - {name: narrow, when: {subject: invoice, rcpt: sales@example.com}, then: {folder: Y}}
   - {name: other, when: {subject: faktura}, then: {folder: Z}}
   - {name: tagger, when: {rcpt: sales@example.com}, then: {tags: [t]}, continue: true}
   - {name: fine, when: {rcpt: sales@example.com, subject: hello}, then: {folder: W}}
-""", "r.yaml")
-    warnings = rs.lint()
+""")
     assert len(warnings) == 1
-    assert warnings[0].startswith("r.yaml:3: rule 'narrow': never matches: rule 'broad' (r.yaml:2)")
+    assert warnings[0].startswith(f"{path}:3: rule 'narrow': never matches: rule 'broad' ({path}:2)")
 
 
 def test_any_branch_shadowing() -> None:
     """A later rule implied by one branch of an earlier `any` is shadowed."""
-    rs = ruleset("""\
+    path, warnings = lint("""\
 rules:
   - {name: a, when: {any: [{subject: invoice}, {attachment: {glob: '*.pdf'}}]}, then: {folder: X}}
   - {name: b, when: {attachment: {glob: '*.pdf'}}, then: {folder: Y}}
-""", "r.yaml")
-    assert [w.split(":")[1] for w in rs.lint()] == ["3"]
+""")
+    assert [w[len(path):].split(":")[1] for w in warnings] == ["3"]
 
 
 @pytest.mark.parametrize("cond, warning", [
@@ -61,36 +66,32 @@ rules:
 ])
 def test_unmatchable_conditions(cond: str, warning: str | None) -> None:
     """Conditions that can never match the normalised text are reported with a fix."""
-    rs = ruleset(f"rules:\n  - name: r\n    when: {cond}\n    then: {{folder: X}}\n", "r.yaml")
-    assert rs.lint() == ([f"r.yaml:2: rule 'r': {warning}"] if warning else [])
+    path, warnings = lint(f"rules:\n  - name: r\n    when: {cond}\n    then: {{folder: X}}\n")
+    assert warnings == ([f"{path}:2: rule 'r': {warning}"] if warning else [])
 
 
 def test_duplicate_rule_names() -> None:
     """Two rules with one name are reported: explanations would be ambiguous."""
-    rs = ruleset("rules:\n  - {name: a, when: {subject: x}, then: {folder: X}}\n"
-                 "  - {name: a, when: {subject: y}, then: {folder: Y}}\n", "r.yaml")
-    assert rs.lint() == ["r.yaml:3: rule 'a': the name is also used at r.yaml:2; "
-                         "explanations would be ambiguous"]
+    path, warnings = lint("rules:\n  - {name: a, when: {subject: x}, then: {folder: X}}\n"
+                          "  - {name: a, when: {subject: y}, then: {folder: Y}}\n")
+    assert warnings == [f"{path}:3: rule 'a': the name is also used at {path}:2; "
+                        "explanations would be ambiguous"]
 
 
 def test_unknown_key_typo_is_an_error_with_did_you_mean() -> None:
     """Typos in keys are refused at load, with the closest known key."""
     with pytest.raises(ConfigErrors) as info:
-        ruleset("rules:\n  - name: r\n    when: {subjet: invoice}\n    thne: {folder: X}\n", "r.yaml")
+        lint("rules:\n  - name: r\n    when: {subjet: invoice}\n    thne: {folder: X}\n")
+    path = info.value.errors[0].path
     assert [str(e) for e in info.value.errors] == [
-        "r.yaml:4:5: rule 'r': unknown key 'thne'; did you mean 'then'?",
-        "r.yaml:3:12: rule 'r': unknown condition 'subjet'; did you mean 'subject'?",
-        "r.yaml:2:5: rule 'r': 'then' must be a non-empty mapping; "
+        f"{path}:4:5: rule 'r': unknown key 'thne'; did you mean 'then'?",
+        f"{path}:3:12: rule 'r': unknown condition 'subjet'; did you mean 'subject'?",
+        f"{path}:2:5: rule 'r': 'then' must be a non-empty mapping; "
         "write e.g. then: {mailbox: finance, folder: Finance}",
     ]
 
 
 def test_example_rules_lint_clean() -> None:
     """The shipped example rules produce no warnings."""
-    from pathlib import Path
-
-    from mailrouter import yamlsrc
-    from mailrouter.routing.rules import RuleSet
-    from tests.test_rules import BOOK
-    doc = yamlsrc.load(Path(__file__).resolve().parent.parent / "rules" / "routing.yaml")
-    assert RuleSet.build(doc["rules"], BOOK, doc["calendars"]).lint() == []
+    from tests.support.rules import ROOT
+    assert load(ROOT / "rules" / "routing.yaml").rules.lint() == []

@@ -1,63 +1,32 @@
-"""The rules engine: first match, continue, default, explanations, build errors, index."""
+"""The rules engine through the daemon's decision path: first match, continue, default,
+explanations, build errors, index. Every case loads a real snapshot from YAML text
+(tests/support/rules.py) and asks `Snapshot.decide`."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mailrouter import yamlsrc
-from mailrouter.addresses import AddressBook
 from mailrouter.errors import ConfigErrors
 from mailrouter.message import MessageView
-from mailrouter.routing.decision import REPLY_OK, Action, Decision
-from mailrouter.routing.rules import RuleSet
+from mailrouter.routing.decision import Action
+from mailrouter.routing.facts import Facts
+from tests.support.rules import (
+    MONDAY_10_MSK,
+    ROOT,
+    load,
+    mail,
+    route,
+    routing_file,
+    snapshot,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "rules" / "samples"
-BOOK = AddressBook.load(ROOT / "rules" / "company.yaml")
-MONDAY_10_MSK = datetime(2027, 1, 11, 7, 0, tzinfo=timezone.utc)
+__all__ = ["MONDAY_10_MSK", "ROOT", "mail", "route", "ruleset"]
 
-
-def ruleset(text: str, source: str = "t.yaml") -> RuleSet:
-    doc = yamlsrc.loads(text, source)
-    return RuleSet.build(doc.get("rules") or yamlsrc.LocList(), BOOK, doc.get("calendars"))
-
-
-def default_for(rcpt: str) -> Any:
-    res = BOOK.resolve(rcpt)
-    first = res.targets[0] if res.targets else None
-    return res, Decision(rcpt, Action.DELIVER, REPLY_OK, targets=res.targets,
-                         mailbox=first.mailbox if first else None,
-                         folder=first.folder if first else None,
-                         owner=res.person, path=res.path, reasons=("address book",))
-
-
-def decide_with(rs: RuleSet) -> Any:
-    """A small stand-in for Snapshot.decide: address book default, then the rules."""
-    def decide(view: MessageView, mail_from: str, rcpts: list[str],
-               at: datetime | None = None) -> list[Decision]:
-        out = []
-        for rcpt in rcpts:
-            res, default = default_for(rcpt)
-            out.append(rs.apply(view, mail_from, rcpt, res, default, at or MONDAY_10_MSK))
-        return out
-    return decide
-
-
-def route(rs: RuleSet, eml: str | bytes, rcpt: str, mail_from: str = "someone@outside.example",
-          at: datetime = MONDAY_10_MSK) -> Decision:
-    raw = eml if isinstance(eml, bytes) else (SAMPLES / eml).read_bytes()
-    return decide_with(rs)(MessageView(raw), mail_from, [rcpt], at)[0]
-
-
-def mail(subject: str = "Hello", body: str = "text", **headers: str) -> bytes:
-    head = {"From": "A <a@outside.example>", "To": "x@example.com", "Subject": subject, **headers}
-    lines = [f"{k.replace('_', '-')}: {v}" for k, v in head.items()]
-    return ("\r\n".join(lines) + "\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-            + body + "\r\n").encode("utf-8")
+# The name tests/test_rule_operators.py imports: a real snapshot of one routing file.
+ruleset = snapshot
 
 
 RULES = """\
@@ -133,29 +102,29 @@ rules:
 
 
 def test_no_match_returns_default_unchanged() -> None:
-    """A message no rule matches keeps the address book's default decision, identical."""
-    res, default = default_for("team@example.com")
-    d = ruleset(RULES).apply(MessageView(mail("Lunch")), "x@y", "team@example.com", res, default,
-                             MONDAY_10_MSK)
-    assert d is default
-    assert len(d.targets) == 3
+    """A message no rule matches keeps the address book's default decision, unchanged."""
+    d = route(ruleset(RULES), mail("Lunch"), "team@example.com", "x@y")
+    assert d == route(load(), mail("Lunch"), "team@example.com", "x@y")    # the book alone
+    assert (d.rules, d.reasons, len(d.targets)) == ((), ("address book",), 3)
 
 
 def test_refused_recipient_is_not_routed() -> None:
     """A recipient the address book refused keeps its refusal; rules never deliver it."""
-    res = BOOK.resolve("nobody@example.com")
-    refused = Decision("nobody@example.com", Action.REJECT, res.reply)
     rs = ruleset("rules:\n  - {name: all, then: {mailbox: sales}}\n")
-    assert rs.apply(MessageView(mail()), "", "nobody@example.com", res, refused, MONDAY_10_MSK) is refused
+    d = route(rs, mail(), "nobody@example.com", "")
+    assert (d.action, str(d.reply), d.targets, d.rules) == (
+        Action.REJECT, str(rs.book.resolve("nobody@example.com").reply), (), ())
+    assert d.reply is not None and d.reply.code == 550
 
 
 def test_rule_match_names_file_line_and_decoded_value() -> None:
     """RuleMatch carries the rule's file:line and the decoded value it matched on."""
-    d = route(ruleset(RULES, "rules/r.yaml"), "invoice-koi8r.eml", "invoices@example.com")
+    path = routing_file(RULES, "rules/r.yaml")
+    d = route(load(path), "invoice-koi8r.eml", "invoices@example.com")
     m = d.rules[0]
-    assert (m.name, m.file, m.line) == ("invoices", "rules/r.yaml", 6)
+    assert (m.name, m.file, m.line) == ("invoices", str(path), 6)
     assert m.matched == "subject contains 'счёт' (value: 'Счёт N 1234 за январь')"
-    assert d.reasons[-1] == ("rule 'invoices' (rules/r.yaml:6): "
+    assert d.reasons[-1] == (f"rule 'invoices' ({path}:6): "
                              "subject contains 'счёт' (value: 'Счёт N 1234 за январь')")
 
 
@@ -213,30 +182,31 @@ rules:
 
 def test_build_reports_every_error_with_position_and_hint() -> None:
     """One build reports every error of every rule, each with file:line:column and a fix."""
+    path = routing_file(BAD, "r.yaml")
     with pytest.raises(ConfigErrors) as info:
-        ruleset(BAD, "r.yaml")
-    assert [str(e) for e in info.value.errors] == [
-        "r.yaml:3:12: rule 'a': unknown condition 'subjet'; did you mean 'subject'?",
-        "r.yaml:4:21: rule 'a': unknown mailbox 'finanse'; did you mean 'finance'? "
+        load(path)
+    assert [str(e) for e in info.value.errors] == [f"{path}:{e}" for e in [
+        "3:12: rule 'a': unknown condition 'subjet'; did you mean 'subject'?",
+        "4:21: rule 'a': unknown mailbox 'finanse'; did you mean 'finance'? "
         "(define it under 'mailboxes:')",
-        "r.yaml:6:29: rule 'b': bad regex '(unclosed': missing ), unterminated subpattern "
+        "6:29: rule 'b': bad regex '(unclosed': missing ), unterminated subpattern "
         "at position 0; fix the pattern (Python re syntax)",
-        "r.yaml:6:54: rule 'b': 'gt' needs a number or a size like 10MB, not 'lots'",
-        "r.yaml:7:19: rule 'b': unknown owner 'nobody'; known people and teams: ivanov, petrova, "
+        "6:54: rule 'b': 'gt' needs a number or a size like 10MB, not 'lots'",
+        "7:19: rule 'b': unknown owner 'nobody'; known people and teams: ivanov, petrova, "
         "smirnov, finance-duty",
-        "r.yaml:7:37: rule 'b': priority must be one of low, normal, high, urgent, not 'extreme'",
-        "r.yaml:7:68: rule 'b': bad duration 'soon' for first_response; write e.g. 30m, 4h, 2d or 1d4h",
-        "r.yaml:7:84: rule 'b': unknown calendar 'spb'; define it under 'calendars:' "
+        "7:37: rule 'b': priority must be one of low, normal, high, urgent, not 'extreme'",
+        "7:68: rule 'b': bad duration 'soon' for first_response; write e.g. 30m, 4h, 2d or 1d4h",
+        "7:84: rule 'b': unknown calendar 'spb'; define it under 'calendars:' "
         "(known: none defined)",
-        "r.yaml:11:5: rule 'c': unknown key 'contine'; did you mean 'continue'?",
-        "r.yaml:9:22: rule 'c': unknown operator 'contans' for 'subject'; did you mean 'contains'?",
-    ]
+        "11:5: rule 'c': unknown key 'contine'; did you mean 'continue'?",
+        "9:22: rule 'c': unknown operator 'contans' for 'subject'; did you mean 'contains'?",
+    ]]
 
 
 def test_hash_changes_with_rules_only() -> None:
     """The rule-set hash is stable for the same rules and changes when a rule changes."""
-    assert ruleset(RULES).hash == ruleset(RULES).hash
-    assert ruleset(RULES).hash != ruleset(RULES.replace("Inbound", "In")).hash
+    assert ruleset(RULES).rules.hash == ruleset(RULES).rules.hash
+    assert ruleset(RULES).rules.hash != ruleset(RULES.replace("Inbound", "In")).rules.hash
 
 
 def test_index_skips_rules_for_other_recipients() -> None:
@@ -246,16 +216,12 @@ def test_index_skips_rules_for_other_recipients() -> None:
         lines.append(f"  - {{name: r{i}, when: {{rcpt: a{i}@example.com}}, then: {{folder: F{i}}}}}")
         lines.append(f"  - {{name: w{i}, when: {{subject: {{contains: word{i}}}}}, then: {{folder: W{i}}}}}")
     rs = ruleset("\n".join(lines) + "\n")
-    stats = rs.index.stats()
+    stats = rs.rules.index.stats()
     assert stats == {"rules": 400, "always": 0, "word_gated": 200, "by_recipient": 200}
-    res, default = default_for("sales@example.com")
-    from mailrouter.routing.facts import Facts
-    facts = Facts(MessageView(mail("about word150 and word7")), "", "sales@example.com", res,
-                  MONDAY_10_MSK, {})
-    assert [r.name for r in rs.index.candidates(facts)] == ["w7", "w150"]
-    d = rs.apply(MessageView(mail("about word150 and word7")), "", "sales@example.com", res,
-                 default, MONDAY_10_MSK)
-    assert d.folder == "W7"
+    facts = Facts(MessageView(mail("about word150 and word7")), "", "sales@example.com",
+                  rs.book.resolve("sales@example.com"), MONDAY_10_MSK, {})
+    assert [r.name for r in rs.rules.index.candidates(facts)] == ["w7", "w150"]
+    assert route(rs, mail("about word150 and word7"), "sales@example.com", "").folder == "W7"
 
 
 class _CountingView(MessageView):
@@ -274,23 +240,21 @@ rules:
   - {name: s, when: {subject: {contains: invoice}}, then: {folder: S}}
   - {name: b, when: {body: {contains: invoice}}, then: {folder: B}}
 """)
-    res, default = default_for("sales@example.com")
     _CountingView.body_reads = 0
-    d = rs.apply(_CountingView(mail("invoice", "invoice")), "", "sales@example.com", res, default,
-                 MONDAY_10_MSK)
+    [d] = rs.decide(_CountingView(mail("invoice", "invoice")), "", ["sales@example.com"],
+                    MONDAY_10_MSK)
     assert (d.folder, _CountingView.body_reads) == ("S", 0)
-    d = rs.apply(_CountingView(mail("hello", "your invoice")), "", "sales@example.com", res, default,
-                 MONDAY_10_MSK)
+    [d] = rs.decide(_CountingView(mail("hello", "your invoice")), "", ["sales@example.com"],
+                    MONDAY_10_MSK)
     assert (d.folder, _CountingView.body_reads) == ("B", 1)
 
 
 def test_non_ascii_folder_on_lmtp_mailbox_is_a_load_error() -> None:
     """Dovecot LMTP cannot take a UTF-8 +detail: a rule naming one is refused with file:line."""
-    book_doc = yamlsrc.loads("domains: [example.com]\nmailboxes:\n  fin: {lmtp: fin@mail.internal}\n"
-                             "aliases:\n  invoices@example.com: mailbox:fin\n", "book.yaml")
-    book = AddressBook.build(book_doc)
-    rules = yamlsrc.loads("rules:\n  - name: r\n    then: {mailbox: fin, folder: Финансы}\n", "r.yaml")
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {lmtp: fin@mail.internal}\n"
+                        "aliases:\n  invoices@example.com: mailbox:fin\n", "book.yaml")
+    rules = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: Финансы}\n", "r.yaml")
     with pytest.raises(ConfigErrors) as exc:
-        RuleSet.build(rules["rules"], book)
-    assert "r.yaml:3:" in str(exc.value) and "folder 'Финансы' cannot be sent to LMTP mailbox 'fin'" \
+        load(book, rules, book=None)
+    assert f"{rules}:3:" in str(exc.value) and "folder 'Финансы' cannot be sent to LMTP mailbox 'fin'" \
         in str(exc.value)

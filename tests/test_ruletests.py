@@ -9,7 +9,7 @@ from mailrouter import yamlsrc
 from mailrouter.config import Limits
 from mailrouter.routing.ruletests import check_rule_tests, run_rule_tests
 from mailrouter.routing.snapshot import load_snapshot
-from tests.test_rules import ROOT, decide_with, ruleset
+from tests.support.rules import ROOT, load
 
 RULES = """\
 rules:
@@ -23,8 +23,8 @@ def run(tests_yaml: str, tmp_path: Path) -> list[str]:
     shutil.copy(ROOT / "rules" / "samples" / "invoice-koi8r.eml", tmp_path / "samples")
     path = tmp_path / "routing.yaml"
     path.write_text(RULES + tests_yaml, encoding="utf-8")
-    doc = yamlsrc.load(path)
-    return run_rule_tests(doc["tests"], decide_with(ruleset(RULES)), tmp_path)
+    snap = load(path)
+    return run_rule_tests(snap.sections["tests"], snap.decide, tmp_path)
 
 
 def test_passing_cases_give_no_lines(tmp_path: Path) -> None:
@@ -144,3 +144,28 @@ def test_example_rules_catch_a_broken_rule(tmp_path: Path) -> None:
     lines = run_rule_tests(snap.sections["tests"], snap.decide, tmp_path / "rules")
     assert len(lines) == 1 and lines[0].endswith(
         "test sales@ channel: folder expected 'Inbound', got 'Leads'")
+
+
+def test_explain_and_a_rule_test_decide_alike_without_a_sender(tmp_path: Path) -> None:
+    """Without --from / mail_from:, explain and a rule test both take the From address as the
+    envelope sender: a rule on mail_from (key-customer) decides the same in both."""
+    from mailrouter.explain import explain
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    raw = (ROOT / "rules" / "samples" / "key-customer.eml").read_bytes()
+    snap = load(*sorted((tmp_path / "rules").glob("*.yaml")), book=None)
+    report = explain(snap, raw, ["support@example.com"], None)
+    got = report["recipients"][0]
+    assert (report["envelope"]["from"], got["owner"], got["rules"][0]["name"]) == (
+        "cto@bigclient.example", "smirnov", "key-customer")
+    path = tmp_path / "rules" / "zz-same.yaml"
+    path.write_text(f"""\
+tests:
+  - name: same as explain
+    message: samples/key-customer.eml
+    rcpt: support@example.com
+    expect: {{mailbox: {got['mailbox']}, folder: {got['folder']}, owner: {got['owner']},
+             priority: {got['priority']}, tags: [{', '.join(got['tags'])}], rule: key-customer}}
+""", encoding="utf-8")
+    snap = load(*sorted((tmp_path / "rules").glob("*.yaml")), book=None)
+    case = [c for c in snap.sections["tests"] if c["name"] == "same as explain"]
+    assert run_rule_tests(case, snap.decide, tmp_path / "rules") == []

@@ -8,6 +8,10 @@
         at: 2027-01-11T10:00:00+03:00            # optional; naive times are UTC
         expect: {mailbox: finance, folder: Finance, owner: finance-duty, priority: high}
 
+Without `mail_from:` the envelope sender is the message's From address, as in
+`mailrouter explain` without `--from` (snapshot.envelope_sender): the same message
+gets the same decision from both. Write `mail_from: "<>"` for a bounce.
+
 Instead of `message:` a case may give `headers: {Subject: ..., From: ...}` and
 `body: "..."`; the runner builds the message (RFC 2047 for non-ASCII headers).
 `expect` may name mailbox, folder, owner, tags (the exact set), priority, action,
@@ -29,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..yamlsrc import where
 from .conditions import did_you_mean
 from .decision import Decision
+from .snapshot import envelope_sender
 
 __all__ = ["run_rule_tests", "TEST_KEYS", "EXPECT_KEYS"]
 
@@ -128,7 +133,9 @@ def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
     expect, rcpts = _validate(case)
     from ..message import MessageView
     view = MessageView(_raw(case, base))
-    decisions = decide(view, str(case.get("mail_from") or ""), rcpts, _at(case.get("at")))
+    given = case.get("mail_from")
+    sender = envelope_sender(None if given is None else str(given), view)
+    decisions = decide(view, sender, rcpts, _at(case.get("at")))
     lines = []
     for rcpt, d in zip(rcpts, decisions):
         diffs = _compare(d, expect)

@@ -28,7 +28,7 @@ from ..message import MessageView
 from .decision import REPLY_OK, Action, Decision
 from .rules import RuleSet
 
-__all__ = ["Snapshot", "load_snapshot", "SECTIONS"]
+__all__ = ["Snapshot", "load_snapshot", "envelope_sender", "SECTIONS"]
 
 MAP_SECTIONS = ("mailboxes", "people", "teams", "aliases", "moved", "calendars", "autoreplies",
                 "address_options")
@@ -77,6 +77,21 @@ class Snapshot:
         if decision.action is Action.DELIVER and not decision.targets:
             decision = replace(decision, targets=res.targets)
         return decision
+
+
+def envelope_sender(given: str | None, view: MessageView) -> str:
+    """The envelope sender a decision without an SMTP session uses (`explain`, rule tests).
+
+    `given` (`--from`, a test's `mail_from:`) when it is set, '' included; otherwise the
+    header From's address: a person's MTA sends MAIL FROM with that address, so rules on
+    `mail_from` decide as they will for the real message. `<>` must be given explicitly.
+    """
+    if given is not None:
+        return given
+    try:
+        return view.from_addr or ""
+    except Exception:  # the view promises not to raise; a broken From is no sender
+        return ""
 
 
 def _files(patterns: Sequence[str]) -> list[str]:
