@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mailrouter.errors import ConfigErrors
@@ -95,3 +97,59 @@ def test_example_rules_lint_clean() -> None:
     """The shipped example rules produce no warnings."""
     from tests.support.rules import ROOT
     assert load(ROOT / "rules" / "routing.yaml").rules.lint() == []
+
+
+def _broken_copy(tmp_path: Path, company: tuple[str, str], routing: tuple[str, str]) -> Path:
+    """rules/*.yaml copied with one replacement in company.yaml and one in routing.yaml."""
+    import shutil
+
+    from tests.support.rules import ROOT
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    for name, (old, new) in (("company.yaml", company), ("routing.yaml", routing)):
+        p = tmp_path / "rules" / name
+        text = p.read_text(encoding="utf-8")
+        assert old in text
+        p.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return tmp_path / "rules"
+
+
+def test_errors_in_two_files_are_reported_together(tmp_path: Path) -> None:
+    """An address-book error in company.yaml does not hide a rule error in routing.yaml:
+    one load (one `mailrouter check`) names both, and nothing else."""
+    d = _broken_copy(tmp_path, ("mailbox:finance", "mailbox:finanse"),
+                     ("then: {mailbox: sales,", "then: {mailbox: salez,"))
+    with pytest.raises(ConfigErrors) as info:
+        load(*sorted(d.glob("*.yaml")), book=None)
+    assert [str(e) for e in info.value.errors] == [
+        f"{d / 'company.yaml'}:24:27: unknown mailbox 'finanse'; did you mean 'finance'?",
+        f"{d / 'routing.yaml'}:41:21: rule 'sales': unknown mailbox 'salez'; did you mean "
+        "'sales'? (define it under 'mailboxes:')"]
+
+
+def test_a_file_that_cannot_be_parsed_does_not_hide_the_others(tmp_path: Path) -> None:
+    """A YAML syntax error in company.yaml and a bad regex in routing.yaml: both reported;
+    the mailboxes the unreadable file defined are not reported as unknown in the rules."""
+    d = _broken_copy(tmp_path, ("mailboxes:  ", "mailboxes: [ "),
+                     ("subject: {contains: [срочно", "subject: {regex: '(', contains: [срочно"))
+    with pytest.raises(ConfigErrors) as info:
+        load(*sorted(d.glob("*.yaml")), book=None)
+    assert [str(e).split(": ")[0:2] for e in info.value.errors] == [
+        [f"{d / 'company.yaml'}:8:3", "YAML syntax"],
+        [f"{d / 'routing.yaml'}:44:56", "rule 'support-urgent'"]]
+    assert "bad regex '('" in str(info.value.errors[1])
+
+
+def test_check_prints_every_files_errors(tmp_path: Path) -> None:
+    """`mailrouter check` exits 1 and prints the errors of both broken files."""
+    import subprocess
+    import sys
+    d = _broken_copy(tmp_path, ("mailbox:finance", "mailbox:finanse"),
+                     ("then: {mailbox: sales,", "then: {mailbox: salez,"))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{d}/*.yaml']\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "mailrouter.cli", "check", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1
+    assert "routing files have 2 error(s)" in out.stderr
+    assert f"{d / 'company.yaml'}:24:27: unknown mailbox 'finanse'" in out.stderr
+    assert f"{d / 'routing.yaml'}:41:21: rule 'sales': unknown mailbox 'salez'" in out.stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import yamlsrc
+from ..addressbook.model import PERSON_MAILBOX_PREFIX
 from ..addresses import AddressBook, Limits as BookLimits, Resolution
 from ..config import Limits, unknown_keys
 from ..errors import ConfigError, ConfigErrors
@@ -90,7 +91,7 @@ def envelope_sender(given: str | None, view: MessageView) -> str:
         return given
     try:
         return view.from_addr or ""
-    except Exception:  # the view promises not to raise; a broken From is no sender
+    except Exception:  # noqa: BLE001 (the view promises not to raise; a broken From: no sender)
         return ""
 
 
@@ -152,8 +153,44 @@ def _merge_map(into: Any, value: Any, key: str, path: str, errors: list[ConfigEr
         into.key_marks[k] = (getattr(k, "line", 0), getattr(k, "column", 0))
 
 
+class _AnyName(dict[str, Any]):
+    """Every name is known: after a file could not be read, its definitions are missing,
+    and 'unknown mailbox' for each name it defined would bury the one real error."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class _Names:
+    """What RuleSet.build reads of an address book that could not be built: the names the
+    routing files define (mailboxes, people with their own mailboxes, teams), so the rules
+    are still checked and their errors reported with the book's in one load."""
+
+    mailboxes: dict[str, Any]
+    people: dict[str, Any]
+    teams: dict[str, Any]
+
+    @classmethod
+    def of(cls, merged: dict[str, Any], complete: bool) -> _Names:
+        if not complete:
+            return cls(_AnyName(), _AnyName(), _AnyName())
+        boxes: dict[str, Any] = {str(k): None for k in merged["mailboxes"]}
+        for key, spec in merged["people"].items():
+            if not isinstance(spec, dict) or spec.get("mailbox") is None:
+                boxes[PERSON_MAILBOX_PREFIX + str(key)] = None
+        return cls(boxes, {str(k): None for k in merged["people"]},
+                   {str(k): None for k in merged["teams"]})
+
+
 def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Snapshot:
-    """Load, check and compile every routing file. Raises ConfigErrors listing all problems."""
+    """Load, check and compile every routing file. Raises ConfigErrors listing all problems.
+
+    Every file's problems are reported in one load: a file that cannot be read or parsed
+    does not stop the others being checked, and rules are checked even when the address
+    book has errors (against the names the files define, or, when a file could not be
+    read, without checking the names they refer to).
+    """
     files = _files(patterns)
     errors: list[ConfigError] = []
     if not files:
@@ -169,16 +206,17 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
     merged = _merge(docs, errors)
+    complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
         book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width))
     except ConfigErrors as exc:
         errors.extend(exc.errors)
-    if book is not None:
-        try:
-            rules = RuleSet.build(merged["rules"], book, merged["calendars"])
-        except ConfigErrors as exc:
-            errors.extend(exc.errors)
+    names: Any = book if book is not None and complete else _Names.of(merged, complete)
+    try:
+        rules = RuleSet.build(merged["rules"], names, merged["calendars"])
+    except ConfigErrors as exc:
+        errors.extend(exc.errors)
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
     return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), merged, hostname, limits)
