@@ -258,3 +258,75 @@ def test_non_ascii_folder_on_lmtp_mailbox_is_a_load_error() -> None:
         load(book, rules, book=None)
     assert f"{rules}:3:" in str(exc.value) and "folder 'Финансы' cannot be sent to LMTP mailbox 'fin'" \
         in str(exc.value)
+
+
+WORD_FORMS = [
+    # (needle, subject, matches?): a word ending in * matches every word it begins
+    ("договор*", "Договор №5", True),
+    ("договор*", "Проект договора", True),
+    ("договор*", "Список договоров на подпись", True),
+    ("договор", "Проект договора", False),           # no star: the whole word only
+    ("договор*", "Переговоры", False),               # a word it does not begin
+    ("договор*", "Субдоговор", False),
+    ("счет*", "Счёт №42", True),                     # ё = е, in the message and in the needle
+    ("счет*", "Счета за май", True),
+    ("счёт*", "Оплата счетов", True),
+    ("счет", "Счета за май", False),
+    ("счет*", "Пересчёт", False),
+    ("faktur*", "Faktura 2027/15", True),
+    ("faktur*", "Zaslání faktury", True),
+    ("faktur*", "Prosím o fakturu", True),
+    ("faktura", "Zaslání faktury", False),
+    ("faktur*", "Platba fakturách", True),
+    ("faktur*", "Nová e-faktura", True),
+    ("faktur*", "Manufaktura", False),
+    ("счет* на оплат*", "Счета на оплату", True),    # several words, in order
+    ("счет* на оплат*", "Оплату на счета", False),
+    ("на оплат*", "Счёт на оплату", True),           # a plain first word, a starred last one
+]
+
+
+@pytest.mark.parametrize("needle, subject, hit", WORD_FORMS,
+                         ids=[f"{n}|{s}" for n, s, _ in WORD_FORMS])
+def test_word_forms(needle: str, subject: str, hit: bool) -> None:
+    """`contains` with a trailing * matches the word's forms, through the daemon's decide."""
+    rs = ruleset(f"rules:\n  - {{name: r, when: {{subject: {{contains: '{needle}'}}}}, "
+                 "then: {tags: [hit]}}\n")
+    d = route(rs, mail(subject), "sales@example.com")
+    assert ("hit" in d.tags) is hit, d.reasons
+    if hit:
+        assert d.rules[0].matched == f"subject contains {needle!r} (value: {subject!r})"
+
+
+@pytest.mark.parametrize("needle, eml", [("договор*", "invoice-cp1251.eml"),
+                                         ("faktur*", "faktura-cz.eml"),
+                                         ("счет*", "invoice-koi8r.eml")])
+def test_word_forms_on_real_mail(needle: str, eml: str) -> None:
+    """Word forms on the decoded subjects of real windows-1251, ISO-8859-2 and KOI8-R mail."""
+    rs = ruleset(f"rules:\n  - {{name: r, when: {{subject: '{needle}'}}, then: {{tags: [hit]}}}}\n")
+    assert "hit" in route(rs, eml, "sales@example.com").tags
+
+
+def test_index_finds_word_form_rules_by_prefix() -> None:
+    """A rule on `договор*` is word-gated, and a message is offered it exactly when one of its
+    words begins with the stem (prefixes of several lengths in one table)."""
+    rs = ruleset("""\
+rules:
+  - {name: inv, when: {subject: invoice}, then: {folder: I}}
+  - {name: dog, when: {subject: договор*}, then: {folder: D}}
+  - {name: fak, when: {subject: [fakt*, zaslani]}, then: {folder: F}}
+  - {name: two, when: {subject: 'новый договор*'}, then: {folder: N}}
+""")
+    assert rs.rules.index.stats() == {"rules": 4, "always": 0, "word_gated": 4, "by_recipient": 0}
+
+    def candidates(subject: str) -> list[str]:
+        facts = Facts(MessageView(mail(subject)), "", "sales@example.com",
+                      rs.book.resolve("sales@example.com"), MONDAY_10_MSK, {})
+        return [r.name for r in rs.rules.index.candidates(facts)]
+
+    assert candidates("Проект договора") == ["dog"]
+    assert candidates("Новый договор и faktury") == ["dog", "fak", "two"]
+    assert candidates("Переговоры") == []
+    assert candidates("до") == []
+    assert route(rs, mail("Faktury za květen"), "sales@example.com").folder == "F"
+    assert route(rs, mail("Новые договоры"), "sales@example.com").folder == "D"

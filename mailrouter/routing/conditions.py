@@ -8,7 +8,9 @@ address fields and `contains` on text fields, a number means `equals`.
 
 Text operators compare the normalised form (NFKC, case-folded, ё->е, subjects
 without Re:/Fwd: prefixes) with a needle normalised the same way; `contains`
-matches whole words in order, `glob` the whole value. `regex` searches the
+matches whole words in order, `glob` the whole value. A `contains` word ending
+in `*` matches every word it begins (word forms: `договор*` matches договор,
+договора, договоров; `faktur*` faktura, faktury, fakturu). `regex` searches the
 decoded text as written. A field with several values (To names and addresses,
 attachment names) matches when any value does.
 
@@ -30,7 +32,7 @@ from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, word
 from .normalize import normalize
 
 __all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
-           "TEXT_OPS", "NUM_OPS", "gate_of", "parse_size"]
+           "TEXT_OPS", "NUM_OPS", "gate_of", "parse_size", "WordForms", "contains_key"]
 
 TEXT_OPS = ("equals", "contains", "starts_with", "ends_with", "glob", "regex", "exists")
 NUM_OPS = ("equals", "gt", "ge", "lt", "le", "exists")
@@ -129,7 +131,9 @@ def _check_text(facts: Facts, leaf: Leaf) -> str | None:
     hay = facts.words(leaf.field) if op == "contains" else norms
     for i, value in enumerate(hay):
         for needle, key in zip(leaf.needles, keys):
-            if ((op == "equals" and value == key) or (op == "contains" and key in value)
+            if ((op == "equals" and value == key)
+                    or (op == "contains"
+                        and (key in value if type(key) is str else key.found_in(value)))
                     or (op == "starts_with" and value.startswith(key))
                     or (op == "ends_with" and value.endswith(key))
                     or (op == "glob" and key.match(value))):
@@ -290,7 +294,7 @@ class _Parser:
         if op == "glob":
             keys: tuple[Any, ...] = tuple(re.compile(fnmatch.translate(n), re.S) for n in norm)
         elif op == "contains":
-            keys = tuple(words_of(n) for n in norm)
+            keys = tuple(contains_key(n) for n in norm)
         else:
             keys = norm
         return Leaf(field, op, needles, keys, _check_text, *pos)
@@ -308,6 +312,34 @@ class _Parser:
         if len(compiled) != len(needles):
             return None
         return Leaf(field, "regex", needles, tuple(compiled), _check_regex, *pos)
+
+
+@dataclass(frozen=True, slots=True)
+class WordForms:
+    """A `contains` needle with a word-form word (`договор*`): each starred word matches
+    any word it begins, the other words themselves, all whole and in order."""
+
+    text: str                      # ' договор* оплат ', as the plain form, stars kept
+    pattern: re.Pattern[str]       # searched in the ' word word ' form of the value
+
+    def __str__(self) -> str:
+        return self.text
+
+    def found_in(self, words: str) -> bool:
+        return self.pattern.search(words) is not None
+
+
+_STARRED = re.compile(r"\w+\*?")
+
+
+def contains_key(needle: str) -> str | WordForms:
+    """The compiled form of a normalised `contains` needle: ' w1 w2 ', or WordForms when a
+    word ends with `*`. A `*` that ends no word is dropped (lint warns about it)."""
+    toks = _STARRED.findall(needle)
+    if not any(t.endswith("*") for t in toks):
+        return words_of(needle)
+    body = " ".join(re.escape(t[:-1]) + r"\w*" if t.endswith("*") else re.escape(t) for t in toks)
+    return WordForms(" " + " ".join(toks) + " ", re.compile(" " + body + " "))
 
 
 def normalize_needle(field: str, op: str, needles: tuple[Any, ...]) -> tuple[str, ...]:
@@ -343,7 +375,8 @@ def gate_of(node: Node) -> tuple[str, frozenset[str]] | None:
             return None
         firsts = set()
         for key in node.keys:
-            toks = (key if node.op == "contains" else words_of(key)).split()
+            # a contains word ending in * stays so: the index looks it up as a prefix
+            toks = (str(key) if node.op == "contains" else words_of(key)).split()
             if not toks:
                 return None
             firsts.add(toks[0])

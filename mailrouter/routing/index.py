@@ -7,7 +7,8 @@ Rules are bucketed when they are compiled:
   or domains;
 - by literal word: any other rule whose condition can only hold when a field
   contains one of a few words (`subject: {contains: [счёт, invoice]}`) lives in a
-  word -> rules table of that field;
+  word -> rules table of that field (a word-form needle, `договор*`, in a prefix
+  table beside it: a message word is looked up by each of its prefixes);
 - everything else is in the catch-all list.
 
 `candidates()` yields the rules in rule-file order (merging the buckets by
@@ -55,6 +56,7 @@ class _Gate:
     field: str
     first: int                                   # position of its first rule
     words: dict[str, list[int]] = dc_field(default_factory=lambda: defaultdict(list))
+    prefixes: dict[str, list[int]] = dc_field(default_factory=lambda: defaultdict(list))
 
 
 class RuleIndex:
@@ -80,13 +82,17 @@ class RuleIndex:
                 continue
             g = gates.setdefault(gate[0], _Gate(gate[0], pos))
             for word in gate[1]:
-                g.words[word].append(pos)
+                if word.endswith("*"):
+                    g.prefixes[word[:-1]].append(pos)
+                else:
+                    g.words[word].append(pos)
         self.gates = sorted(gates.values(), key=lambda g: g.first)
         self.by_addr, self.by_domain = dict(self.by_addr), dict(self.by_domain)
         self.by_resolved = dict(self.by_resolved)
 
     def stats(self) -> dict[str, int]:
-        gated = {p for g in self.gates for lst in g.words.values() for p in lst}
+        gated = {p for g in self.gates for table in (g.words, g.prefixes)
+                 for lst in table.values() for p in lst}
         return {"rules": len(self.rules), "always": len(self.always), "word_gated": len(gated),
                 "by_recipient": len(self.rules) - len(self.always) - len(gated)}
 
@@ -124,3 +130,11 @@ class RuleIndex:
             if w in big:
                 for pos in table[w]:
                     heapq.heappush(heap, pos)
+        prefixes = gate.prefixes
+        if prefixes:
+            shortest = min(map(len, prefixes))
+            longest = max(map(len, prefixes))
+            for w in words:
+                for end in range(shortest, min(len(w), longest) + 1):
+                    for pos in prefixes.get(w[:end], ()):
+                        heapq.heappush(heap, pos)
