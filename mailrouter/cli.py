@@ -73,6 +73,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
     for w in warnings:
         print(f"warning: {w}")
+    from .routing.lint import lint_notes
+    for note in lint_notes(snap.rules.rules):
+        print(f"note: {note}")
     print(f"ok: {len(snap.files)} routing file(s), {len(snap.book.mailboxes)} mailboxes, "
           f"rule set {snap.hash}" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0

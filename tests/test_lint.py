@@ -62,6 +62,23 @@ rules:
     ("{subject: {equals: 'Fwd: price'}}",
      "subject equals 'Fwd: price' can never match: subjects are matched without reply prefixes; "
      "write 'price'"),
+    ("{subject: {contains: 'Re: договор'}}",
+     "subject contains 'Re: договор' can never match a reply: subjects are matched without "
+     "reply prefixes; write 'договор'"),
+    ("{subject: [счет, 'Пересл: счет']}",
+     "subject contains 'Пересл: счет' can never match a reply: subjects are matched without "
+     "reply prefixes; write 'счет'"),
+    ("{subject: {contains: 'договор Re: x'}}", None),     # not at the start: no reply prefix
+    ("{header: {Subject: {contains: 'Re: x'}}}", None),  # the raw header keeps its prefixes
+    ("{subject: {contains: '*договор'}}",
+     "subject contains '*договор': a * works only at the end of a word (word forms: "
+     "'договор*'); this one is ignored; use glob or regex"),
+    ("{subject: {contains: 'с*'}}",
+     "subject contains 'с*': 'с*' matches every word beginning with 'с'; give more of the word"),
+    ("{subject: {starts_with: 'договор*'}}",
+     "subject starts_with 'договор*': '*' is a word-form marker only in contains; here it is a "
+     "literal star; use glob for a wildcard"),
+    ("{subject: {contains: 'договор* на подпись'}}", None),
     ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}", None),
     ("{all: [{rcpt: sales@example.com}, {rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
@@ -94,9 +111,11 @@ def test_unknown_key_typo_is_an_error_with_did_you_mean() -> None:
 
 
 def test_example_rules_lint_clean() -> None:
-    """The shipped example rules produce no warnings."""
+    """The shipped example rules produce no warnings and no notes (they use word forms)."""
+    from mailrouter.routing.lint import lint_notes
     from tests.support.rules import ROOT
-    assert load(ROOT / "rules" / "routing.yaml").rules.lint() == []
+    snap = load(ROOT / "rules" / "routing.yaml")
+    assert (snap.rules.lint(), lint_notes(snap.rules.rules)) == ([], [])
 
 
 def _broken_copy(tmp_path: Path, company: tuple[str, str], routing: tuple[str, str]) -> Path:
@@ -153,3 +172,70 @@ def test_check_prints_every_files_errors(tmp_path: Path) -> None:
     assert "routing files have 2 error(s)" in out.stderr
     assert f"{d / 'company.yaml'}:24:27: unknown mailbox 'finanse'" in out.stderr
     assert f"{d / 'routing.yaml'}:41:21: rule 'sales': unknown mailbox 'salez'" in out.stderr
+
+
+@pytest.mark.parametrize("prefix", ["Re", "RE", "Fwd", "Fw", "AW", "WG", "SV", "Отв", "Ответ",
+                                    "Пересл", "Переслано", "Re[2]"])
+def test_every_reply_prefix_in_a_subject_needle_is_reported(prefix: str) -> None:
+    """Each prefix normalize.py strips from subjects is reported in contains/equals/starts_with."""
+    for op in ("contains", "equals", "starts_with"):
+        _, warnings = lint(f"rules:\n  - name: r\n    when: {{subject: {{{op}: '{prefix}: счет'}}}}\n"
+                           "    then: {folder: X}\n")
+        assert len(warnings) == 1 and "write 'счет'" in warnings[0], (op, warnings)
+
+
+def notes(text: str) -> tuple[str, list[str]]:
+    from mailrouter.routing.lint import lint_notes
+    path = routing_file(text, "r.yaml")
+    return str(path), lint_notes(load(path).rules.rules)
+
+
+def test_needles_spelling_out_word_forms_get_a_note() -> None:
+    """[счёт, счета] and [faktura, fakturu]: a note suggests счет* and faktur*; unrelated words
+    and words sharing a short beginning get none."""
+    path, got = notes("""\
+rules:
+  - {name: inv, when: {subject: [счёт, счета, invoice, faktura, fakturu]}, then: {folder: F}}
+  - {name: other, when: {subject: [счёт, срочно, заказ, запрос]}, then: {folder: G}}
+""")
+    assert got == [f"{path}:2: rule 'inv': subject contains forms of one word (счет, счета -> "
+                   "счет*; faktura, fakturu -> faktur*): a word ending in * matches all its "
+                   "forms; see 'Word forms' in rules/README.md"]
+
+
+def test_a_cyrillic_or_czech_contains_word_gets_one_note() -> None:
+    """`contains: договор` does not match «договора»: check says so once, at the first such
+    rule, pointing to договор*; not at all once any rule uses *, nor for Latin-only words."""
+    text = """\
+rules:
+  - {name: en, when: {subject: invoice}, then: {folder: E}}
+  - {name: ru, when: {subject: договор}, then: {folder: R}}
+  - {name: cz, when: {body: 'zaplaťte fakturu'}, then: {folder: C}}
+"""
+    path, got = notes(text)
+    assert got == [f"{path}:3: rule 'ru': subject contains 'договор' matches the whole word only, "
+                   "not its other forms; to match them, end the word with *: 'договор*'; see "
+                   "'Word forms' in rules/README.md (this note is shown once)"]
+    _, got = notes(text.replace("subject: договор}", "subject: x}"))
+    assert len(got) == 1 and "body contains 'zaplaťte fakturu'" in got[0] and "'fakturu*'" in got[0]
+    assert notes(text.replace("invoice}", "invoice*}"))[1] == []
+    assert notes("rules:\n  - {name: en, when: {subject: invoice}, then: {folder: E}}\n")[1] == []
+
+
+def test_check_prints_notes_apart_from_warnings(tmp_path: Path) -> None:
+    """`mailrouter check` prints the note with file:line and does not count it as a warning."""
+    import subprocess
+    import sys
+
+    from tests.support.rules import COMPANY
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - {name: ru, when: {subject: договор}, then: {folder: R}}\n",
+                     encoding="utf-8")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "mailrouter.cli", "check", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"note: {rules}:2: rule 'ru': subject contains 'договор' matches")
+    assert lines[1].startswith("ok: 2 routing file(s)") and "warning" not in out.stdout

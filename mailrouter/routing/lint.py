@@ -4,12 +4,20 @@
   rule matches (no `when`, or its conditions are a subset of the later rule's,
   with needle lists that cover the later one's), so the later rule never fires;
 - unmatchable: a `contains` needle with no letters or digits (contains matches
-  whole words), a subject `equals`/`starts_with` needle that begins with a reply
-  prefix (subjects are matched without Re:/Fwd:), a regex on the subject that
+  whole words), a subject `equals`/`starts_with`/`contains` needle that begins
+  with a reply prefix (subjects are matched without Re:, Fwd:, AW:, Отв: ...), a regex on the subject that
   requires a reply prefix (regexes see the decoded subject; the prefix may be
   there, but only when the message is a reply: it warns so the author checks),
   `all` with two different `rcpt` equals;
-- two rules with one name (explanations would be ambiguous).
+- two rules with one name (explanations would be ambiguous);
+- word forms misused: a `*` that ends no word in `contains` (ignored), a stem of
+  one or two letters (`с*` matches every word beginning so), a `*` in
+  equals/starts_with/ends_with (a literal star there; glob is the wildcard).
+
+Notes (`lint_notes`, shown by `check` but not counted as warnings) point to the
+word-forms syntax: a needle list that spells out forms of one word (`[счёт,
+счета]` -> `счет*`), and, once per check, a Cyrillic or Czech `contains` word
+when no rule uses `*` yet (`contains: договор` does not match «договора»).
 
 Unknown keys are errors, not warnings: RuleSet.build refuses them with a
 did-you-mean. Each warning is "file:line: rule NAME: text".
@@ -17,13 +25,14 @@ did-you-mean. Each warning is "file:line: rule NAME: text".
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator, Sequence
 
 from .conditions import AllOf, AnyOf, Leaf, Node, Not
 from .facts import words_of
 from .normalize import normalize, strip_reply_prefixes
 
-__all__ = ["lint_rules"]
+__all__ = ["lint_notes", "lint_rules"]
 
 _SET_OPS = ("equals", "contains", "starts_with", "ends_with", "glob")
 
@@ -85,10 +94,13 @@ def _unmatchable(rule: Any) -> Iterator[str]:
             if leaf.op == "contains" and not words_of(normalize(text)).strip():
                 yield (f"{leaf.label} contains {text!r} can never match: 'contains' matches whole "
                        "words and this has no letters or digits; use glob or regex")
-            if leaf.field == "subject" and leaf.op in ("equals", "starts_with") \
+            if leaf.field == "subject" and leaf.op in ("equals", "starts_with", "contains") \
                     and strip_reply_prefixes(text) != text:
-                yield (f"subject {leaf.op} {text!r} can never match: subjects are matched without "
-                       f"reply prefixes; write {strip_reply_prefixes(text)!r}")
+                yield (f"subject {leaf.op} {text!r} can never match"
+                       + (" a reply" if leaf.op == "contains" else "")
+                       + f": subjects are matched without reply prefixes; write "
+                       f"{strip_reply_prefixes(text)!r}")
+            yield from _star_misuse(leaf, text)
             if leaf.field == "subject" and leaf.op == "regex" and \
                     text.lstrip("^").lower().startswith(("re:", "re\\:", "fwd", "(re", "(?i)re")):
                 yield (f"subject regex {text!r} looks for a reply prefix: regexes see the decoded "
@@ -99,6 +111,26 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                      and lf.op == "equals"]
             if len(rcpts) > 1 and not set.intersection(*(set(lf.keys) for lf in rcpts)):
                 yield "requires two different recipients at once and can never match"
+
+
+_STARRED = re.compile(r"\w+\*")
+
+
+def _star_misuse(leaf: Leaf, text: str) -> Iterator[str]:
+    if "*" not in text:
+        return
+    if leaf.op == "contains":
+        rest = _STARRED.sub("", text)
+        if "*" in rest:
+            yield (f"{leaf.label} contains {text!r}: a * works only at the end of a word "
+                   "(word forms: 'договор*'); this one is ignored; use glob or regex")
+        for stem in (m[:-1] for m in _STARRED.findall(normalize(text))):
+            if len(stem) < 3:
+                yield (f"{leaf.label} contains {text!r}: '{stem}*' matches every word beginning "
+                       f"with '{stem}'; give more of the word")
+    elif leaf.op in ("equals", "starts_with", "ends_with"):
+        yield (f"{leaf.label} {leaf.op} {text!r}: '*' is a word-form marker only in contains; "
+               "here it is a literal star; use glob for a wildcard")
 
 
 def _all_nodes(node: Node | None) -> Iterator[Node]:
@@ -130,4 +162,66 @@ def lint_rules(rules: Sequence[Any]) -> list[str]:
                            "move it above or add 'continue: true' to the earlier rule")
                 break
         out.extend(f"{at}: {w}" for w in _unmatchable(rule))
+    return out
+
+
+# Notes: where the word-forms syntax would help.
+
+_CYRILLIC_OR_CZECH = re.compile(r"[\u0400-\u04ffáčďéěíňóřšťúůýž]", re.IGNORECASE)
+_FORMS_NOTE = "see 'Word forms' in rules/README.md"
+
+
+def _forms(words: list[str]) -> list[tuple[str, list[str]]]:
+    """(stem, words) for each set of one-word needles that look like forms of one word: a
+    shared beginning of 4+ letters with endings of at most 3 (счет, счета; faktura, fakturu)."""
+    groups: list[tuple[str, list[str]]] = []
+    taken: set[str] = set()
+    for i, a in enumerate(words):
+        if a in taken:
+            continue
+        group = [a] + [b for b in words[i + 1:] if b not in taken and _stem(a, b)]
+        if len(group) > 1:
+            taken.update(group)
+            groups.append((min((_stem(a, b) for b in group[1:]), key=len), group))
+    return groups
+
+
+def _stem(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    ok = a != b and n >= 4 and len(a) - n <= 3 and len(b) - n <= 3
+    return a[:n] if ok else ""
+
+
+def lint_notes(rules: Sequence[Any]) -> list[str]:
+    """Hints towards word forms (`договор*`), in rule order; the general one at most once."""
+    out: list[str] = []
+    first: tuple[Any, Leaf, str] | None = None
+    starred = False
+    for rule in rules:
+        at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
+        for leaf in _leaves(rule.when):
+            if leaf.op != "contains":
+                continue
+            texts = [str(n) for n in leaf.needles]
+            starred = starred or any("*" in t for t in texts)
+            single = [normalize(t) for t in texts if "*" not in t and normalize(t).isalpha()]
+            groups = _forms(list(dict.fromkeys(single)))
+            if groups:
+                listed = "; ".join(f"{', '.join(g)} -> {stem}*" for stem, g in groups)
+                out.append(f"{at}: {leaf.label} contains forms of one word ({listed}): "
+                           f"a word ending in * matches all its forms; {_FORMS_NOTE}")
+            if first is None:
+                word = next((t for t in texts if "*" not in t and _CYRILLIC_OR_CZECH.search(t)),
+                            None)
+                if word is not None:
+                    first = (rule, leaf, word)
+    if first is not None and not starred and not out:
+        rule, leaf, word = first
+        last = normalize(word).split()[-1]
+        out.append(f"{rule.file}:{rule.line}: rule {rule.name!r}: {leaf.label} contains "
+                   f"{word!r} matches the whole word only, not its other forms; to match "
+                   f"them, end the word with *: {last + '*'!r}; {_FORMS_NOTE} "
+                   "(this note is shown once)")
     return out
