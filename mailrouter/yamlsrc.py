@@ -5,8 +5,10 @@ remember where they came from: `LocStr`, `LocMap` and `LocList` carry `.path`,
 `.line` and `.column` (1-based); a `LocMap` also knows the position of each key
 (`key_line(key)`). Only `config.py`, `addresses.py` and `routing/` see these.
 
-Refused: duplicate keys in one mapping (PyYAML silently keeps the last one, which
-hides a typo'd second definition of an alias), YAML tags that construct objects.
+Refused: a tab in the indentation (YAML indents with spaces only; the error says so
+rather than PyYAML's "found character that cannot start any token"), duplicate keys
+in one mapping (PyYAML silently keeps the last one, which hides a typo'd second
+definition of an alias), YAML tags that construct objects.
 """
 
 from __future__ import annotations
@@ -329,6 +331,16 @@ def _load_nodes(text: str, source: str) -> Any:
         loader.dispose()
 
 
+def _tab_in_indent(text: str, line: int) -> int:
+    """The 1-based column of the first tab in the leading whitespace of `line`, or 0."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        return 0
+    row = lines[line - 1]
+    indent = row[:len(row) - len(row.lstrip(" \t"))]
+    return indent.find("\t") + 1
+
+
 def loads(text: str, source: str = "<string>") -> Any:
     """Parse YAML text; syntax errors become ConfigError with the line."""
     collecting = gc.isenabled()
@@ -341,6 +353,10 @@ def loads(text: str, source: str = "<string>") -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        tab = _tab_in_indent(text, line)
+        if tab:
+            raise ConfigError("a tab in the indentation", source, line, tab,
+                              "YAML indents with spaces only — replace the tab with spaces") from None
         raise ConfigError(f"YAML syntax: {exc.problem or exc.context}", source, line, col,
                           "check indentation and quoting on that line") from None
     except yaml.YAMLError as exc:

@@ -226,6 +226,41 @@ def test_error_texts() -> None:
     assert error(loads, "a: {b: 1, b: 2}\nc: [\n").startswith("ConfigError: f.yaml:3:1: YAML syntax")
 
 
+TAB = "a tab in the indentation; YAML indents with spaces only — replace the tab with spaces"
+
+
+@pytest.mark.parametrize("text, line, col", [
+    ("rules:\n\t- name: x\n", 2, 1),                # "found character that cannot start any token"
+    ("a:\n\tb: 1\n", 2, 1),
+    ("a:\n  b: 1\n\tc: 2\n", 3, 1),                 # "a tab character that violates indentation"
+    ("a:\n  b:\n  \t- 1\n", 3, 3),                  # spaces, then a tab
+    ("x: 1\n \tc: 2\n", 2, 2),                       # "mapping values are not allowed"
+    ("a: |\n\tx\n", 2, 1),                           # in a block scalar's indentation
+    ("rules:\r\n\t- name: x\r\n", 2, 1),             # CRLF file
+])
+def test_tab_in_indentation_is_named(text: str, line: int, col: int) -> None:
+    """A tab in the indentation is called what it is, at its line and column, with the fix."""
+    assert error(loads, text) == f"ConfigError: f.yaml:{line}:{col}: {TAB}"
+    assert error(nodes, text) == f"ConfigError: f.yaml:{line}:{col}: {TAB}"
+
+
+def test_tab_in_a_routing_file_through_load(tmp_path: Any) -> None:
+    """Through `load` (what check and run use): the file's path, line and column."""
+    p = tmp_path / "routing.yaml"
+    p.write_text("rules:\n  - name: x\n\t  then: {folder: X}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        yamlsrc.load(p)
+    assert str(info.value) == f"{p}:3:1: {TAB}"
+
+
+def test_tabs_that_are_not_indentation_are_fine() -> None:
+    """Tabs inside a line or a flow collection are valid YAML and load as before."""
+    assert loads("a: b\t# c\nd: [1,\n\t2]\n") == {"a": "b", "d": [1, 2]}
+    assert error(loads, "a: [\n") == ("ConfigError: f.yaml:2:1: YAML syntax: did not find "
+                                       "expected node content; check indentation and quoting on "
+                                       "that line")
+
+
 # --- generated documents ----------------------------------------------------------------
 
 scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12)
