@@ -15,6 +15,10 @@ saw); ``header_defects`` is the cheap header-only part.  The reports cover Subje
 Cc, the body and attachment names; ``header(name)`` of any other header decodes without
 recording, for the same reason.  Decoded header values never contain CR, LF or NUL.
 
+Attachments are the parts that name a file or are not text, and every forwarded message
+(``message/rfc822`` below the top): it is listed itself, named by its file name or else by its
+decoded Subject + ``.eml``, before the files inside it, which are listed too.
+
 Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
   headers after it are read as body text;
@@ -374,16 +378,22 @@ def _parse_body(raw: bytes) -> _Body:
     body = _Body()
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        leaves = [p for p in msg.walk() if not p.is_multipart()]
+        # the leaves, and the forwarded messages (message/rfc822 below the top) in walk order:
+        # a forwarded message is listed as an attachment before the files inside it
+        parts = [p for p in msg.walk() if not p.is_multipart()
+                 or p is not msg and p.get_content_type() == "message/rfc822"]
         for part in msg.walk():
             body.defects += [_describe(d) for d in part.defects if _describe(d) not in body.defects]
     except Exception as exc:  # never raise: the parser is not ours (deep nesting, odd bytes)
         body.defects.append(f"body: {_describe(exc)}")
         return body
     texts: dict[str, tuple[bytes, str | None]] = {}
-    for part in leaves:
+    for part in parts:
         try:
-            _read_leaf(part, body, texts)
+            if part.is_multipart():
+                _read_forwarded(part, body)
+            else:
+                _read_leaf(part, body, texts)
         except Exception as exc:  # one broken part must not hide the others
             body.defects.append(f"body part: {_describe(exc)}")
     _choose_text(body, texts)
@@ -411,10 +421,8 @@ def _part_header(part: Message, name: str) -> Message | None:
     return None
 
 
-def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> None:
-    ctype_msg = _part_header(part, "Content-Type")
-    disposition = _part_header(part, "Content-Disposition")
-    ctype = ctype_msg.get_content_type() if ctype_msg else part.get_content_type()
+def _file_name(ctype_msg: Message | None, disposition: Message | None, body: _Body) -> str:
+    """The decoded file name a part gives (filename=, else name=), '' when none."""
     raw_name = None
     if disposition is not None:
         raw_name = disposition.get_param("filename", header="content-disposition")
@@ -422,12 +430,45 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | N
         raw_name = ctype_msg.get_param("name")
     name = decode_param_value(raw_name)  # type: ignore[arg-type]
     body.record("Attachment name", name)
+    return name.text
+
+
+_CRLF = policy.compat32.clone(linesep="\r\n")     # the forwarded message as it travelled
+
+
+def _read_forwarded(part: Message, body: _Body) -> None:
+    """A forwarded message (message/rfc822) is an attachment too, beside the files inside it:
+    named by the part's file name, else by its own decoded Subject + '.eml'; its size is its
+    bytes as parsed (headers and body of the forwarded message)."""
+    name = _file_name(_part_header(part, "Content-Type"),
+                      _part_header(part, "Content-Disposition"), body)
+    inner = part.get_payload(0)
+    if not isinstance(inner, Message):
+        inner = Message()
+    if not name:
+        subject = next((v for k, v in inner.raw_items() if k.lower() == "subject"), None)
+        decoded = decode_header_bytes(_to_bytes(subject)) if subject is not None else None
+        if decoded is not None:
+            body.record("Attachment name", decoded)
+        name = ((decoded.text.strip() if decoded else "") or "forwarded message") + ".eml"
+    try:
+        size = len(inner.as_bytes(policy=_CRLF))
+    except Exception:  # noqa: BLE001 (a message the generator cannot write back: size unknown)
+        size = 0
+    body.attachments.append(Attachment(name, "message/rfc822", size))
+
+
+def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> None:
+    ctype_msg = _part_header(part, "Content-Type")
+    disposition = _part_header(part, "Content-Disposition")
+    ctype = ctype_msg.get_content_type() if ctype_msg else part.get_content_type()
+    name = _file_name(ctype_msg, disposition, body)
     payload = part.get_payload(decode=True)
     data = payload if isinstance(payload, bytes) else b""
-    attached = bool(name.text) or bool(
+    attached = bool(name) or bool(
         disposition is not None and disposition.get_content_disposition() == "attachment")
     if attached or ctype.split("/", 1)[0] not in ("text", "multipart"):
-        body.attachments.append(Attachment(name.text, ctype, len(data)))
+        body.attachments.append(Attachment(name, ctype, len(data)))
         return
     kind = "text/html" if ctype == "text/html" else "text/plain"
     if kind not in texts:

@@ -472,3 +472,43 @@ def test_reports_do_not_depend_on_read_order() -> None:
     first, second = MessageView(raw), MessageView(raw)
     assert second.header("X-Note") == "Счет"
     assert first.charset_notes == second.charset_notes == ["Subject: raw 8-bit guessed koi8-r"]
+
+
+def test_forwarded_message_is_listed_with_the_files_inside() -> None:
+    """Thunderbird's "Forward as Attachment": the message/rfc822 part is an attachment named by
+    its decoded (KOI8-R) Subject + .eml, listed before the PDF inside it; the outer text is the
+    body, not the forwarded one's."""
+    raw = (CORPUS / "forwarded_as_attachment.eml").read_bytes()
+    v = MessageView(raw)
+    forwarded, pdf = v.attachments
+    assert (forwarded.filename, forwarded.content_type) == ("Счёт 145 от 12.03.eml", "message/rfc822")
+    head = b"Content-Disposition: attachment\r\n\r\n"
+    length = raw.index(b"\r\n--------------outer--") - raw.index(head) - len(head)
+    assert abs(forwarded.size - length) <= 2          # the forwarded message's bytes
+    assert pdf == Attachment("Счёт 145.pdf", "application/pdf", 15)
+    assert v.body_text == "Пересылаю счёт от поставщика.\n"
+    assert v.defects == []
+
+
+FORWARD = (b"From: a@example.ru\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+           b"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+           b"--b\r\nContent-Type: message/rfc822%s\r\n%s\r\n"
+           b"From: b@example.ru\r\n%s\r\nhello\r\n--b--\r\n")
+
+
+@pytest.mark.parametrize("ctype, disposition, inner, name", [
+    (b'; name="=?UTF-8?B?0JTQvtCz0L7QstC+0YA=?="', b"", b"Subject: x\r\n", "Договор"),
+    (b"", b"Content-Disposition: attachment; filename*=UTF-8''%D0%90%D0%BA%D1%82.eml\r\n",
+     b"Subject: x\r\n", "Акт.eml"),
+    (b"", b"", b"Subject: =?windows-1251?B?z/Dg6fEt6+jx8g==?=\r\n", "Прайс-лист.eml"),
+    (b"", b"", b"Subject: \xf0\xd2\xc1\xca\xd3\r\n", "Прайс.eml"),          # raw KOI8-R, guessed
+    (b"", b"", b"", "forwarded message.eml"),                              # no Subject at all
+    (b"", b"", b"Subject:   \r\n", "forwarded message.eml"),
+])
+def test_forwarded_message_name(ctype: bytes, disposition: bytes, inner: bytes, name: str) -> None:
+    """The part's own file name (filename=, name=, RFC 2047 / 2231) wins; else the forwarded
+    Subject, decoded, + .eml; a message without one is 'forwarded message.eml'."""
+    v = MessageView(FORWARD % (ctype, disposition, inner))
+    assert [(a.filename, a.content_type) for a in v.attachments] == [(name, "message/rfc822")]
+    assert v.body_text == "see attached"

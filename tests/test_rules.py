@@ -330,3 +330,20 @@ rules:
     assert candidates("до") == []
     assert route(rs, mail("Faktury za květen"), "sales@example.com").folder == "F"
     assert route(rs, mail("Новые договоры"), "sales@example.com").folder == "D"
+
+
+def test_forwarded_message_is_an_attachment_for_rules_and_explain() -> None:
+    """A forwarded invoice (message/rfc822) matches attachment rules by its own name and type,
+    and explain lists it beside the PDF inside it."""
+    from mailrouter.explain import explain
+    raw = (ROOT / "tests" / "corpus" / "forwarded_as_attachment.eml").read_bytes()
+    rs = ruleset("""\
+rules:
+  - {name: fwd, when: {attachment_type: message/rfc822, attachment: {glob: '*.eml'}},
+     then: {tags: [forwarded]}, continue: true}
+  - {name: two, when: {attachment_count: 2, attachment: 'счет* 145 от 12 03 eml'}, then: {folder: F}}
+""")
+    d = route(rs, raw, "invoices@example.com")
+    assert (d.tags, d.folder, [r.name for r in d.rules]) == (("forwarded",), "F", ["fwd", "two"])
+    report = explain(rs, raw, ["invoices@example.com"], None)
+    assert report["attachments"] == ["Счёт 145 от 12.03.eml", "Счёт 145.pdf"]
