@@ -189,8 +189,8 @@ def test_build_reports_every_error_with_position_and_hint() -> None:
         "3:12: rule 'a': unknown condition 'subjet'; did you mean 'subject'?",
         "4:21: rule 'a': unknown mailbox 'finanse'; did you mean 'finance'? "
         "(define it under 'mailboxes:')",
-        "6:29: rule 'b': bad regex '(unclosed': missing ), unterminated subpattern "
-        "at position 0; fix the pattern (Python re syntax)",
+        "6:29: rule 'b': bad regex '(unclosed': missing ) at position 0; "
+        "fix the pattern (RE2 syntax, see rules/README.md)",
         "6:54: rule 'b': 'gt' needs a number or a size like 10MB, not 'lots'",
         "7:19: rule 'b': unknown owner 'nobody'; known people and teams: ivanov, petrova, "
         "smirnov, finance-duty",

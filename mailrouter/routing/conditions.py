@@ -11,7 +11,9 @@ without Re:/Fwd: prefixes) with a needle normalised the same way; `contains`
 matches whole words in order, `glob` the whole value. A `contains` word ending
 in `*` matches every word it begins (word forms: `договор*` matches договор,
 договора, договоров; `faktur*` faktura, faktury, fakturu). `regex` searches the
-decoded text as written. A field with several values (To names and addresses,
+decoded text as written. `regex` and `glob` run on RE2 (patterns.py): linear
+time, and a pattern RE2 cannot take is refused at load with its position and
+why. A field with several values (To names and addresses,
 attachment names) matches when any value does.
 
 Every test returns the explanation of the match ("subject contains 'счет'
@@ -21,7 +23,6 @@ Every test returns the explanation of the match ("subject contains 'счет'
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -30,6 +31,7 @@ from ..errors import ConfigError
 from ..yamlsrc import where
 from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
 from .normalize import normalize
+from .patterns import PatternError, compile_glob, compile_regex
 
 __all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
            "TEXT_OPS", "NUM_OPS", "gate_of", "parse_size", "WordForms", "contains_key"]
@@ -142,9 +144,9 @@ def _check_text(facts: Facts, leaf: Leaf) -> str | None:
 
 
 def _check_regex(facts: Facts, leaf: Leaf) -> str | None:
-    for value in facts.raw(leaf.field):
+    for value, text in zip(facts.raw(leaf.field), facts.utf8(leaf.field)):
         for needle, key in zip(leaf.needles, leaf.keys):
-            if key.search(str(value)):
+            if key.search(text):
                 return _why(leaf, needle, value)
     return None
 
@@ -292,7 +294,10 @@ class _Parser:
             return self.regex(field, needles, at, pos)
         norm = normalize_needle(field, op, needles)
         if op == "glob":
-            keys: tuple[Any, ...] = tuple(re.compile(fnmatch.translate(n), re.S) for n in norm)
+            globs = [self.pattern(compile_glob, n, raw, at) for n, raw in zip(norm, needles)]
+            if any(g is None for g in globs):
+                return None
+            keys: tuple[Any, ...] = tuple(globs)
         elif op == "contains":
             keys = tuple(contains_key(n) for n in norm)
         else:
@@ -300,18 +305,21 @@ class _Parser:
         return Leaf(field, op, needles, keys, _check_text, *pos)
 
     def regex(self, field: str, needles: tuple[Any, ...], at: Any, pos: Any) -> Leaf | None:
-        compiled = []
-        for n in needles:
-            try:
-                compiled.append(re.compile(str(n)))
-            except re.error as exc:
-                path, line, col = where(n, at)
-                self.errors.append(ConfigError(
-                    f"rule {self.rule!r}: bad regex {str(n)!r}: {exc.msg} at position {exc.pos}",
-                    path, line, col, "fix the pattern (Python re syntax)"))
-        if len(compiled) != len(needles):
+        compiled = [self.pattern(compile_regex, str(n), n, at) for n in needles]
+        if any(c is None for c in compiled):
             return None
         return Leaf(field, "regex", needles, tuple(compiled), _check_regex, *pos)
+
+    def pattern(self, compile_: Callable[[str], Any], text: str, needle: Any, at: Any) -> Any:
+        """The RE2 form of one regex or glob needle, or None with the refusal recorded."""
+        try:
+            return compile_(text)
+        except PatternError as exc:
+            path, line, col = where(needle, at)
+            kind = "regex" if compile_ is compile_regex else "glob"
+            self.errors.append(ConfigError(f"rule {self.rule!r}: bad {kind} {str(needle)!r}: {exc}",
+                                           path, line, col, exc.hint))
+            return None
 
 
 @dataclass(frozen=True, slots=True)

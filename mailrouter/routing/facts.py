@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Callable, Mapping
 
 from .normalize import normalize, normalize_subject
+from .patterns import utf8
 
 __all__ = ["Facts", "TEXT_FIELDS", "ADDR_FIELDS", "NUM_FIELDS", "FIELD_COST", "words_of"]
 
@@ -72,7 +73,7 @@ class Facts:
     """The lazily read, cached values of one (message, recipient) pair."""
 
     __slots__ = ("view", "mail_from", "rcpt", "resolution", "at", "calendars", "_raw", "_norm",
-                 "_words", "_tokens")
+                 "_words", "_tokens", "_utf8")
 
     # Declared here because the module-level _READERS above reads these before mypy
     # has seen __init__'s tuple assignments.
@@ -91,6 +92,7 @@ class Facts:
         self._norm: dict[str, tuple[str, ...]] = {}
         self._words: dict[str, tuple[str, ...]] = {}
         self._tokens: dict[str, frozenset[str]] = {}
+        self._utf8: dict[str, tuple[bytes, ...]] = {}
 
     def raw(self, field: str) -> tuple[Any, ...]:
         """Decoded values as the message has them (regex and explanations use these)."""
@@ -101,6 +103,13 @@ class Facts:
             else:
                 got = _READERS[field](self)
             self._raw[field] = got
+        return got
+
+    def utf8(self, field: str) -> tuple[bytes, ...]:
+        """The raw values as RE2 reads them, encoded once however many regexes look."""
+        got = self._utf8.get(field)
+        if got is None:
+            got = self._utf8[field] = tuple(utf8(str(v)) for v in self.raw(field))
         return got
 
     def norm(self, field: str) -> tuple[str, ...]:
