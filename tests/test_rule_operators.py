@@ -154,3 +154,71 @@ def test_inline_built_message_with_ё() -> None:
     """ё and е match each other both ways."""
     rs = ruleset("rules:\n  - {name: r, when: {subject: счет}, then: {tags: [hit]}}\n")
     assert "hit" in route(rs, mail("Ваш СЧЁТ готов"), "sales@example.com", at=MONDAY_10_MSK).tags
+
+
+# Regexes and globs run on RE2 (routing/patterns.py): the patterns Python's re also takes
+# mean what they meant there, text as written, Unicode classes included.
+DIALECT = [
+    (r"^\w+ №\d+$", "Счёт №5"), (r"^\w+$", "Счёт"), (r"\d", "٣"), (r"\s", "a\u00a0b"),
+    (r"\s", "a\x0bb"), (r"\S+\s\S+", "Счёт N"), (r"[\w-]+@", "ящик-1@x"), (r"x$", "x\n"),
+    (r"x$", "x\ny"), (r"(?m)^y$", "x\ny\n"), (r"(?i)счёт", "СЧЁТ"), (r"счёт", "СЧЁТ"),
+    (r"a\Z", "a\n"), (r"\u0451", "ё"), (r"a.b", "a\nb"), (r"(?s)a.b", "a\nb"),
+    (r"\bINV-\d+\b", "see INV-42."), (r"[^\d\s]", "12 3"), (r"\W", "счёт"), (r"\D+$", "№"),
+    (r"(?P<n>a+)b", "aab"), (r"a{2,3}", "aa"), ("(a+)+$", "a" * 40 + "!"),
+]
+
+
+@pytest.mark.parametrize("pattern, text", DIALECT, ids=[f"{i}:{p}" for i, (p, _) in enumerate(DIALECT)])
+def test_regex_means_what_it_meant_under_python_re(pattern: str, text: str) -> None:
+    """RE2 with our rewriting answers as Python's re does (Unicode \\w \\d \\s, $, \\Z...)."""
+    import re
+
+    from mailrouter.routing.patterns import compile_regex
+    expected = re.search(pattern, text) is not None if "(a+)+" not in pattern else False
+    assert compile_regex(pattern).search(text) is expected
+
+
+REFUSED = [
+    ("(a)\\1", "RE2 has no backreferences at position 3"),
+    ("(?P<x>a)(?P=x)", "RE2 has no backreferences at position 8"),
+    ("foo(?=bar)", "RE2 has no lookahead or lookbehind at position 3"),
+    ("(?<!re: )x", "RE2 has no lookahead or lookbehind at position 0"),
+    ("(?>a+)b", "RE2 has no atomic groups at position 0"),
+    ("a++b", "RE2 has no possessive quantifiers at position 1"),
+    ("(a)?(?(1)b|c)", "RE2 has no conditionals at position 4"),
+    ("(?x) a b", "RE2 knows only the flags i, m, s and U at position 0"),
+    ("a{1001}", "RE2 repeats at most 1000 times, nested repeats multiplied at position 1"),
+    ("[\\W\\d]", "RE2 cannot put \\W inside [...] at position 1"),
+    ("\\bсчёт\\b", "RE2's \\b and \\B know only ASCII letters and digits"),
+    ("(unclosed", "missing ) at position 0"),
+]
+
+
+@pytest.mark.parametrize("pattern, why", REFUSED, ids=[p for p, _ in REFUSED])
+def test_regex_re2_cannot_take_is_refused_with_file_line_and_why(pattern: str, why: str) -> None:
+    """A pattern RE2 cannot take (or not with its Python meaning) fails the load, with
+    file:line:column, the position in the pattern and why."""
+    from mailrouter.errors import ConfigErrors
+    text = f"rules:\n  - name: r\n    when: {{subject: {{regex: '{pattern}'}}}}\n    then: {{tags: [x]}}\n"
+    with pytest.raises(ConfigErrors) as info:
+        ruleset(text, "r.yaml")
+    [err] = info.value.errors
+    assert str(err).startswith(f"r.yaml:3:29: rule 'r': bad regex {pattern!r}: {why}"), str(err)
+    assert "see rules/README.md" in str(err)
+
+
+GLOBS = ["*.pdf", "*счет*", "faktura ?. *", "[!a-c]x", "[]]", "[!]]", "[z-a]x", "[!z-a]x",
+         "*a*b*", "[a-]", "[--0]", "a[", "[!]", "\\*", "[\\]", "a[b-d-f]", "*[.]*", "[^a]",
+         "[[:alpha:]]", "ab\n*", "*"]
+VALUES = ["report.pdf", "report.pdf.exe", "мой счет 5.xls", "faktura 1. leden", "dx", "ax",
+          "]", "a", "-", "/", "a[", "", "\\", "*", "ae", "a-", "x.y", "^", ":", "ab\ncd", "b"]
+
+
+@pytest.mark.parametrize("glob", GLOBS)
+def test_glob_matches_as_fnmatch_does(glob: str) -> None:
+    """The RE2 glob agrees with fnmatch.fnmatchcase on every value (on normalised text)."""
+    import fnmatch
+
+    from mailrouter.routing.patterns import compile_glob
+    g = compile_glob(glob)
+    assert [v for v in VALUES if g.match(v)] == [v for v in VALUES if fnmatch.fnmatchcase(v, glob)]
