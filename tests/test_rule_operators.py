@@ -199,11 +199,13 @@ def test_regex_re2_cannot_take_is_refused_with_file_line_and_why(pattern: str, w
     """A pattern RE2 cannot take (or not with its Python meaning) fails the load, with
     file:line:column, the position in the pattern and why."""
     from mailrouter.errors import ConfigErrors
-    text = f"rules:\n  - name: r\n    when: {{subject: {{regex: '{pattern}'}}}}\n    then: {{tags: [x]}}\n"
+    from tests.support.rules import load, routing_file
+    path = routing_file(
+        f"rules:\n  - name: r\n    when: {{subject: {{regex: '{pattern}'}}}}\n    then: {{tags: [x]}}\n")
     with pytest.raises(ConfigErrors) as info:
-        ruleset(text, "r.yaml")
+        load(path)
     [err] = info.value.errors
-    assert str(err).startswith(f"r.yaml:3:29: rule 'r': bad regex {pattern!r}: {why}"), str(err)
+    assert str(err).startswith(f"{path}:3:29: rule 'r': bad regex {pattern!r}: {why}"), str(err)
     assert "see rules/README.md" in str(err)
 
 
