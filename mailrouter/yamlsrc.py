@@ -8,20 +8,34 @@ remember where they came from: `LocStr`, `LocMap` and `LocList` carry `.path`,
 Refused: a tab in the indentation (YAML indents with spaces only; the error says so
 rather than PyYAML's "found character that cannot start any token"), duplicate keys
 in one mapping (PyYAML silently keeps the last one, which hides a typo'd second
-definition of an alias), YAML tags that construct objects.
+definition of an alias), YAML tags that construct objects, and alias bombs: a
+document whose aliases (`*name`, and `<<: *name` merges) would repeat more than
+`ALIAS_BUDGET` values in all. An alias is the anchored object itself, not a copy,
+so loading stays small; but whoever walks the result (the address book flattening
+a group, the rule compiler) meets the anchor's whole value once per alias, and
+anchors that alias anchors multiply: 9 lists of 9 aliases each are 9**9 values from
+600 bytes ("billion laughs"). The count is kept while loading, each anchor's size
+once, and the file is refused at the alias that crosses the budget, whatever section
+it is in. Written-out values do not count, only repetitions.
 """
 
 from __future__ import annotations
 
 import gc
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable, TYPE_CHECKING
 
 import yaml
 
 from .errors import ConfigError
 
-__all__ = ["LocStr", "LocMap", "LocList", "load", "loads", "where"]
+__all__ = ["LocStr", "LocMap", "LocList", "load", "loads", "where", "ALIAS_BUDGET"]
+
+# Values that aliases may repeat in one document, all aliases together (an alias of a
+# 500-address group used in 20 places repeats 10,000). Far above what a hand-written
+# file needs, far below what makes walking the loaded document slow or large.
+ALIAS_BUDGET = 100_000
 
 
 class LocStr(str):
@@ -128,9 +142,17 @@ def _anchor(anchors: dict[str, Any], name: str, entry: Any, mark: Any) -> None:
     anchors[name] = entry
 
 
+def _alias_bomb(source: str, line: int, column: int) -> ConfigError:
+    return ConfigError(f"YAML aliases repeat more than {ALIAS_BUDGET} values in this file "
+                       "(an alias bomb: anchors that alias anchors multiply)", source, line, column,
+                       "alias nothing that holds aliases itself; a group of addresses used in "
+                       "many places is better an address of its own, listed by that address")
+
+
 def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
     """Build the root of the document whose DocumentStartEvent was just read;
-    return it and its start mark."""
+    return it and its start mark. Counts the values aliases repeat (ALIAS_BUDGET):
+    `size` is the values in the open collection so far, each alias counted whole."""
     Scalar, Alias = yaml.ScalarEvent, yaml.AliasEvent
     MapStart, MapEnd = yaml.MappingStartEvent, yaml.MappingEndEvent
     SeqStart, SeqEnd = yaml.SequenceStartEvent, yaml.SequenceEndEvent
@@ -143,6 +165,9 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
     kline = kcol = 0
     canchor: str | None = None   # the anchor of `cur`
     root_mark: Any = None
+    size = 0                     # values in `cur`, itself included, aliases counted whole
+    sizes: dict[str, int] = {}   # anchor -> values in its value
+    repeated = 0                 # values repeated by aliases so far
     while True:
         ev = get()
         t = type(ev)
@@ -161,8 +186,10 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
                 obj.__dict__ = {"path": source, "line": line, "column": col}
             if ev.anchor is not None:
                 anchors[ev.anchor] = (obj, line, col, m)
+                sizes[ev.anchor] = 1
             if root_mark is None:
                 root_mark = m
+            weight = 1
         elif t is MapStart or t is SeqStart:
             if ev.tag is not None:
                 raise _Fallback
@@ -170,8 +197,8 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
             line, col = m.line + 1, m.column + 1
             if root_mark is None:
                 root_mark = m
-            stack.append((cur, marks, ismap, key, kline, kcol, canchor))
-            canchor = ev.anchor
+            stack.append((cur, marks, ismap, key, kline, kcol, canchor, size))
+            canchor, size = ev.anchor, 1
             if canchor is not None:
                 _anchor(anchors, canchor, (_OPEN, line, col, m), m)
             if t is MapStart:
@@ -182,11 +209,12 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
                 cur.__dict__ = {"path": source, "line": line, "column": col, "item_marks": marks}
             continue
         elif t is MapEnd or t is SeqEnd:
-            obj = cur
+            obj, weight = cur, size
             line, col = obj.line, obj.column
             if canchor is not None:
                 anchors[canchor] = (obj, line, col, anchors[canchor][3])
-            cur, marks, ismap, key, kline, kcol, canchor = stack.pop()
+                sizes[canchor] = weight
+            cur, marks, ismap, key, kline, kcol, canchor, size = stack.pop()
         elif t is Alias:
             entry = anchors.get(ev.anchor)
             if entry is None:
@@ -195,9 +223,15 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
             if obj is _OPEN:
                 raise yaml.constructor.ConstructorError(
                     None, None, "found unconstructable recursive node", m)
+            weight = sizes[ev.anchor]
+            repeated += weight
+            if repeated > ALIAS_BUDGET:
+                am = ev.start_mark
+                raise _alias_bomb(source, am.line + 1, am.column + 1)
         else:
             raise yaml.composer.ComposerError(None, None, f"unexpected {t.__name__}", ev.start_mark)
         # `obj`, which starts at (line, col), is complete: put it into `cur`
+        size += weight
         if ismap:
             if key is _NOKEY:
                 if type(obj) is not Str and not isinstance(obj, (str, int, float, bool)) \
@@ -322,11 +356,54 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_list)
 
 
+def _count_repeats(root: yaml.Node, source: str) -> None:
+    """ALIAS_BUDGET on a composed document, before the constructor (whose merge-key
+    flattening copies too) sees it: a node met again in document order is an alias.
+    Iterative: a deep document must not hit the recursion limit here."""
+    sizes: dict[int, int] = {id(root): 0}        # 0 while open (an alias inside its anchor)
+    repeated = 0
+
+    def kids(node: yaml.Node) -> Iterator[tuple[yaml.Node, yaml.Node]]:
+        """(child, where to report it): a mapping value at its key."""
+        if isinstance(node, yaml.SequenceNode):
+            return ((item, node) for item in node.value)
+        if isinstance(node, yaml.MappingNode):
+            return (x for k, v in node.value for x in ((k, node), (v, k)))
+        return iter(())
+
+    stack = [(root, kids(root), [1])]
+    while stack:
+        node, todo, size = stack[-1]
+        for kid, at in todo:
+            seen = sizes.get(id(kid))
+            if seen is None and isinstance(kid, yaml.ScalarNode):
+                sizes[id(kid)] = 1
+                size[0] += 1
+                continue
+            if seen is None:
+                sizes[id(kid)] = 0
+                stack.append((kid, kids(kid), [1]))
+                break
+            repeated += seen
+            size[0] += seen
+            if repeated > ALIAS_BUDGET:
+                raise _alias_bomb(source, at.start_mark.line + 1, at.start_mark.column + 1)
+        else:
+            stack.pop()
+            sizes[id(node)] = size[0]
+            if stack:
+                stack[-1][2][0] += size[0]
+
+
 def _load_nodes(text: str, source: str) -> Any:
     loader = _Loader(text)
     loader.source = source
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_repeats(node, source)
+        return loader.construct_document(node)
     finally:
         loader.dispose()
 

@@ -303,3 +303,44 @@ def test_generated_anchors_and_errors(names: list[str], parts: list[str]) -> Non
         assert error(loads, text) == f"ConfigError: {exc}"
     else:
         same_positions(loads(text, "f.yaml"), want)
+
+
+# --- alias bombs (issue 9) --------------------------------------------------------------
+
+def laughs(levels: int, refs: int = 9, merge: bool = False) -> str:
+    """A "billion laughs": each anchor a list (or with merge, a mapping merging) `refs`
+    aliases of the one before, under a rules condition, where no alias list is expected."""
+    if merge:
+        body = "".join(f"  m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * refs)}], k{i}: {i}}}\n"
+                       for i in range(1, levels + 1))
+        return "x:\n  m0: &m0 {a: 1, b: 2}\n" + body
+    body = "".join(f"      - &l{i} {{any: [{', '.join([f'*l{i - 1}'] * refs)}]}}\n"
+                   for i in range(1, levels + 1))
+    return ("rules:\n  - name: lol\n    when:\n      - &l0 {subject: {contains: lol}}\n"
+            + body + "    then: {mailbox: sales}\n")
+
+
+@pytest.mark.parametrize("load", [loads, nodes], ids=["fast", "nodes"])
+def test_alias_bomb_refused_in_any_section(load: Any) -> None:
+    """Nested anchors in a rule's conditions: refused at the alias crossing the budget,
+    on both paths, before anything walks the 9**9 conditions."""
+    with pytest.raises(ConfigError) as info:
+        load(laughs(9), "r.yaml")
+    text = str(info.value)
+    assert text.startswith("r.yaml:9:") and "YAML aliases repeat more than 100000 values" in text
+
+
+def test_alias_bomb_through_merge_keys() -> None:
+    """`<<: [*m, *m, ...]` copies the merged mapping each time: counted the same way."""
+    with pytest.raises(ConfigError) as info:
+        loads(laughs(9, merge=True), "m.yaml")
+    assert str(info.value).startswith("m.yaml:7:16: YAML aliases repeat more than 100000 values")
+
+
+@pytest.mark.parametrize("load", [loads, nodes], ids=["fast", "nodes"])
+def test_aliases_under_the_budget_load(load: Any) -> None:
+    """Reuse a real file needs is loaded as before: 4 levels of 9 repeat 8,200 values."""
+    doc = load(laughs(4), "r.yaml")
+    inner = doc["rules"][0]["when"]
+    assert inner[4]["any"][0] is inner[3] and len(inner) == 5
+    assert yamlsrc.ALIAS_BUDGET == 100_000
