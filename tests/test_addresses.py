@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mailrouter.addresses import REPLY_MOVED, AddressBook, Limits
-from mailrouter.errors import ConfigErrors
+from mailrouter.errors import ConfigError, ConfigErrors
 from mailrouter.routing.decision import REPLY_UNKNOWN
 from mailrouter.yamlsrc import loads
 
@@ -229,3 +234,94 @@ def test_limits_depth_and_width() -> None:
                   "  x@example.com: [w@example.com]\n", limits=Limits(max_width=2))
     assert errs == ["t.yaml:14:19: alias w@example.com expands to 3 targets (limit 2); "
                     "split the group, or deliver it to one shared mailbox"]
+
+
+# --- Loading that cannot explode (issue 9) ---------------------------------------------
+
+def anchor_bomb(levels: int = 9, refs: int = 9, leaf: str = "mailbox:m", name: str = "a",
+                head: str = "domains: [example.com]\nmailboxes: {m: {maildir: m}}\naliases:\n") -> str:
+    """Nested alias lists that reuse YAML anchors: `levels` lists of `refs` aliases of the
+    list before, refs**levels members once flattened (9x9: 387,420,489, in ~600 bytes)."""
+    lines = [f"  {name}1@example.com: &{name}1 [{', '.join([leaf] * refs)}]"]
+    lines += [f"  {name}{i}@example.com: &{name}{i} [{', '.join([f'*{name}{i - 1}'] * refs)}]"
+              for i in range(2, levels + 1)]
+    return head + "\n".join(lines) + "\n"
+
+
+def test_anchor_bomb_is_refused_at_load_with_its_line() -> None:
+    """9 levels x 9 references: refused while loading, at the alias that crosses the budget."""
+    with pytest.raises(ConfigError) as info:
+        loads(anchor_bomb(), "bomb.yaml")
+    assert str(info.value).startswith(
+        "bomb.yaml:9:24: YAML aliases repeat more than 100000 values in this file")
+
+
+def test_a_list_repeated_through_anchors_is_walked_once() -> None:
+    """Under the loader's budget (5 x 9: 59,049 members flattened) the group is expanded
+    once per list object: the right targets, and an error inside it reported once per
+    place it is written, not once per repetition (66,420 lines before)."""
+    text = anchor_bomb(5, 9, leaf="mailbox:sales", head=HEAD + "aliases:\n")
+    b = AddressBook.build(loads(text, "t.yaml"))
+    assert [(t.key, t.path) for t in b.resolve("a5@example.com").targets] == [
+        ("sales", ("a5@example.com", "mailbox:sales"))]
+    broken = anchor_bomb(5, 9, leaf="mailbox:nope", head=HEAD + "aliases:\n")
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.build(loads(broken, "t.yaml"))
+    errs = [str(e) for e in info.value.errors]
+    assert errs == [f"t.yaml:14:{24 + 14 * i}: unknown mailbox 'nope'; known mailboxes: finance, "
+                    "person:ivanov, person:smirnov, sales, support" for i in range(9)]
+
+
+def test_groups_wider_than_the_limit_through_anchors() -> None:
+    """max_alias_width counts the distinct targets, whatever anchors repeat them."""
+    text = anchor_bomb(4, 9, leaf="[mailbox:sales, mailbox:support, ivanov]",
+                       head=HEAD + "aliases:\n")
+    errs = [str(e) for e in pytest.raises(ConfigErrors, AddressBook.build, loads(text, "t.yaml"),
+                                          Limits(max_width=2)).value.errors]
+    assert errs == [f"t.yaml:14:25: alias a{1 + i}@example.com expands to 3 targets "
+                    "(limit 2); split the group, or deliver it to one shared mailbox"
+                    for i in range(4)]
+
+
+def test_expansion_budget_for_groups_of_groups() -> None:
+    """Groups of groups of 1,000-target groups, each well inside max_alias_width and the
+    YAML alias budget: the book as a whole would merge 10,000,000 targets; refused once it
+    passes EXPANSION_BUDGET, at the alias where it did."""
+    out = ["domains: [example.com]", "mailboxes:"]
+    out += [f"  m{i}: {{maildir: m{i}}}" for i in range(1000)]
+    out.append("aliases:")
+    out += [f"  l{i}@example.com: mailbox:m{i}" for i in range(1000)]
+    out.append("  x0@example.com: &L [" + ", ".join(f"l{i}@example.com" for i in range(1000)) + "]")
+    out += [f"  x{i}@example.com: *L" for i in range(1, 50)]
+    out.append("  y0@example.com: &M [" + ", ".join(f"x{i}@example.com" for i in range(50)) + "]")
+    out += [f"  y{i}@example.com: *M" for i in range(1, 200)]
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.build(loads("\n".join(out) + "\n", "t.yaml"))
+    assert [str(e) for e in info.value.errors] == [(
+        "t.yaml:2054:23: the aliases expand to more than 5000000 targets in all, counting each "
+        "group once for every group that lists it; passed at y99@example.com; deliver big "
+        "groups to one shared mailbox, or list fewer groups in groups")]
+
+
+def test_check_refuses_the_anchor_bomb_in_little_memory(tmp_path: Path) -> None:
+    """`mailrouter check` on the 9x9 file, as a user runs it: exit 1, the error names
+    file:line, and the process stays small (it reached 5.9 GB before it died, issue 9).
+    os.wait4 gives this child's own peak RSS (RUSAGE_CHILDREN of one child)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bomb.yaml").write_text(anchor_bomb(), encoding="utf-8")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("routing: [rules/*.yaml]\nworkers: 1\n", encoding="utf-8")
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "mailrouter.cli", "check", "-c", str(cfg)],
+                                stdout=o, stderr=e, cwd=tmp_path)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        proc.returncode = -1      # reaped here; Popen must not wait for it again
+    assert os.waitstatus_to_exitcode(status) == 1
+    text = err.read_text(encoding="utf-8")
+    assert f"{rules / 'bomb.yaml'}:9:24: YAML aliases repeat more than 100000 values" in text
+    assert "Traceback" not in text
+    assert usage.ru_maxrss < 300 * 1024          # KiB on Linux

@@ -37,10 +37,15 @@ class Collector:
 
     def __init__(self) -> None:
         self.errors: list[ConfigError] = []
+        self._said: set[tuple[str, str, int, int]] = set()
 
     def add(self, message: str, at: Any, hint: str = "", default: Any = None) -> None:
+        """Record one error; the same message at the same place again is dropped (a value
+        a YAML alias repeats, met once for each group that lists it)."""
         path, line, column = where(at, default)
-        self.errors.append(ConfigError(message, path, line, column, hint))
+        if (message, path, line, column) not in self._said:
+            self._said.add((message, path, line, column))
+            self.errors.append(ConfigError(message, path, line, column, hint))
 
     def unknown_keys(self, entry: Any, allowed: Iterable[str], what: str) -> None:
         allowed = list(allowed)
