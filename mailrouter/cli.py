@@ -127,13 +127,22 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print("mailrouter reload: no admin listener configured; send SIGHUP to the daemon",
               file=sys.stderr)
         return 2
-    url = f"http://{cfg.admin.host}:{cfg.admin.port}/-/reload"
+    host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
+    url = f"http://{host}:{cfg.admin.port}/-/reload"
     req = urllib.request.Request(url, method="POST", data=b"")
+    if cfg.admin_token is not None:
+        req.add_header("Authorization", f"Bearer {cfg.admin_token}")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
+        raw = exc.read()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:      # refused before reloading (401, 421, 403): a line of text
+            print(f"mailrouter reload: {url}: {exc.code} {raw.decode('utf-8', 'replace').strip()}",
+                  file=sys.stderr)
+            return 2
     except OSError as exc:
         print(f"mailrouter reload: cannot reach {url}: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ names file:line and what to write instead; all errors of a load are reported.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .delivery.smtp import Downstream
 from .errors import ConfigError, ConfigErrors
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
-           "load_config", "unknown_keys"]
+           "load_config", "unknown_keys", "is_loopback"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -95,6 +96,7 @@ class Config:
     log_level: str = "INFO"
     workers: int = field(default_factory=lambda: auto_workers())  # processes on the listeners
     workdir: Path = field(default_factory=Path.cwd)
+    admin_token: str | None = field(default=None, repr=False)   # bearer token of the admin endpoint
 
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":
@@ -168,7 +170,7 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
-            "shutdown_grace", "log_level", "workers")
+            "shutdown_grace", "log_level", "workers", "admin")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -202,15 +204,62 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
     limits = Limits(**{k: c.number(lim, k, getattr(Limits(), k), type(getattr(Limits(), k)),
                                    0 if k in ZERO_OK_LIMITS else 1)
                        for k in Limits.__dataclass_fields__})
+    admin = c.listener(listen, "admin", dflt.admin)
     return Config(
         path=str(p), hostname=str(doc.get("hostname") or dflt.hostname),
         smtp=c.listener(listen, "smtp", dflt.smtp), lmtp=c.listener(listen, "lmtp", dflt.lmtp),
-        admin=c.listener(listen, "admin", dflt.admin), limits=limits,
+        admin=admin, admin_token=_admin_token(doc, listen, admin, base, c), limits=limits,
         registry=_registry(doc, base, c), delivery=_delivery(doc, base, c),
         routing=_routing(doc, base, c),
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
         log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base,
         workers=_workers(doc, c))
+
+
+MIN_TOKEN = 16
+
+
+def is_loopback(host: str) -> bool:
+    """Is a listener on this host reachable only from this machine?"""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _admin_token(doc: dict[str, Any], listen: dict[str, Any], admin: Listener | None,
+                 base: Path, c: _Checker) -> str | None:
+    """`admin: {token: ...}` or `admin: {token_file: PATH}`; required when the admin
+    listener is not on loopback (anyone who can connect could reload and read metrics)."""
+    sec = c.section(doc, "admin", ("token", "token_file"))
+    token: str | None = None
+    if "token" in sec and "token_file" in sec:
+        c.error(sec, "set 'admin.token' or 'admin.token_file', not both",
+                "keep token_file: the token stays out of this file", sec)
+    elif "token_file" in sec:
+        where = Path(str(sec["token_file"]))
+        try:
+            token = (where if where.is_absolute() else base / where).read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            c.error(sec["token_file"], f"cannot read 'admin.token_file': "
+                    f"{getattr(exc, 'strerror', None) or exc}",
+                    "create it (e.g. openssl rand -hex 32), readable by mailrouter", sec)
+            return None
+    elif "token" in sec:
+        token = str(sec["token"] or "").strip()
+    if token is not None and (len(token) < MIN_TOKEN or any(ch.isspace() for ch in token)):
+        c.error(sec.get("token", sec.get("token_file")),
+                f"the admin token must be at least {MIN_TOKEN} characters without spaces",
+                "make one with: openssl rand -hex 32", sec)
+        return None
+    if admin is not None and token is None and not is_loopback(admin.host):
+        c.error(listen.get("admin"), f"the admin listener {admin} is not on loopback, so "
+                "anyone who can connect could reload the rules and read the metrics",
+                "set 'admin: {token_file: admin.token}' (a bearer token), or listen on "
+                "127.0.0.1", listen or doc)
+    return token
 
 
 def auto_workers() -> int:
