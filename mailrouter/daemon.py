@@ -8,6 +8,11 @@ Reload (SIGHUP, a change of a routing file, POST /-/reload) loads, validates and
 compiles the whole rule set in a worker thread, then swaps one reference; a bad
 file keeps the old snapshot running, is logged with every error, sets
 mailrouter_config_last_reload_successful to 0 and is recorded in the registry.
+Reloads are coalesced: a request while one runs marks "reload again once", so a
+burst of N requests costs at most two reloads, and every requester gets the
+result of a reload that read the files after it asked. The admin reply names each
+error with its file:line relative to the routing directory, and nothing else of
+the machine (no config or Python paths: the full text goes to the log).
 
 SIGTERM/SIGINT: stop taking new work (421 4.3.2 to new connections and to idle
 sessions), let transactions in flight finish (up to `shutdown_grace` seconds),
@@ -20,6 +25,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import resource
 import signal
 import socket
@@ -58,7 +64,8 @@ class App:
         self.registry: Registry | None = None
         self.deliverer = Deliverer(config.delivery, config.hostname)
         self.pipeline: Pipeline | None = None
-        self._reload_lock = asyncio.Lock()
+        self._next_reload: asyncio.Future[tuple[bool, str]] | None = None  # the one to run next
+        self._reloader: asyncio.Task[None] | None = None     # runs reloads while any is asked
         self._stop = asyncio.Event()
         self._mtimes = self._routing_mtimes()
         self.bound: dict[str, tuple[str, int]] = {}
@@ -88,7 +95,7 @@ class App:
         if cfg.admin is not None and self.worker in (None, 0):
             try:
                 srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.admin_reload,
-                                        lambda: not self.draining)
+                                        lambda: not self.draining, cfg.admin_token)
             except OSError as exc:
                 raise ListenError.of("admin", cfg.admin.host, cfg.admin.port, exc) from None
             self.servers.append(srv)
@@ -162,36 +169,60 @@ class App:
                 out[f] = -1
         return out
 
+    def request_reload(self) -> asyncio.Future[tuple[bool, str]]:
+        """Ask for a reload (SIGHUP, the watcher, POST): the result of the next one to
+        start. While one runs, every request joins the single one that follows it."""
+        if self._next_reload is None:
+            self._next_reload = asyncio.get_running_loop().create_future()
+            if self._reloader is None or self._reloader.done():
+                self._reloader = asyncio.get_running_loop().create_task(self._run_reloads())
+        return self._next_reload
+
     async def reload(self) -> tuple[bool, str]:
-        async with self._reload_lock:
-            cfg = self.config
+        return await asyncio.shield(self.request_reload())   # a caller gone stops nothing
+
+    async def _run_reloads(self) -> None:
+        while self._next_reload is not None:
+            waiting, self._next_reload = self._next_reload, None
             try:
-                snap = await asyncio.to_thread(load_snapshot, cfg.routing, cfg.limits, cfg.hostname)
-            except ConfigErrors as exc:
-                ok, detail = False, str(exc)
-                log.error("event=reload_failed errors=%d kept=%s\n%s", len(exc.errors),
-                          self._snapshot.hash, detail)
-            except Exception as exc:  # a bug in loading must not take the daemon down
-                ok, detail = False, f"internal error: {exc!r}"
-                log.exception("event=reload_crashed")
-            else:
-                self._snapshot, ok, detail = snap, True, snap.hash
-                log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
-            metrics.RELOADS.labels("ok" if ok else "failed").inc()
-            metrics.RELOAD_OK.set(1 if ok else 0)
-            if self.registry is not None:
-                try:
-                    await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
-                except Exception as exc:
-                    log.warning("event=reload_not_recorded error=%r", str(exc))
-            return ok, detail
+                result = await self._reload_once()
+            except BaseException:
+                waiting.cancel()            # shutdown: nobody is left to answer
+                raise
+            waiting.set_result(result)
+
+    async def _reload_once(self) -> tuple[bool, str]:
+        cfg = self.config
+        self._mtimes = await asyncio.to_thread(self._routing_mtimes)   # the watcher's too
+        try:
+            snap = await asyncio.to_thread(load_snapshot, cfg.routing, cfg.limits, cfg.hostname)
+        except ConfigErrors as exc:
+            ok, detail, public = False, str(exc), _public(exc, cfg.routing)
+            log.error("event=reload_failed errors=%d kept=%s\n%s", len(exc.errors),
+                      self._snapshot.hash, detail)
+        except Exception as exc:  # a bug in loading must not take the daemon down
+            ok, detail = False, f"internal error: {exc!r}"
+            public = "internal error while loading the routing files; see the daemon's log"
+            log.exception("event=reload_crashed")
+        else:
+            self._snapshot, ok, detail = snap, True, snap.hash
+            public = detail
+            log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
+        metrics.RELOADS.labels("ok" if ok else "failed").inc()
+        metrics.RELOAD_OK.set(1 if ok else 0)
+        if self.registry is not None:
+            try:
+                await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
+            except Exception as exc:
+                log.warning("event=reload_not_recorded error=%r", str(exc))
+        return ok, public
 
     async def admin_reload(self) -> tuple[bool, str]:
-        """POST /-/reload: reload here, and have the supervisor reload the other workers."""
-        result = await self.reload()
+        """POST /-/reload: have the supervisor reload the other workers, and reload here.
+        The signal goes first, so that all workers coalesce over the same burst."""
         if self.worker is not None:
             os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
-        return result
+        return await self.reload()
 
     async def watch(self, interval: float = 1.0) -> None:
         while not self.draining:
@@ -219,7 +250,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload()))
+    loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)   # a worker is born with them blocked
     # Everything loaded so far (rules, address book, SQLAlchemy, aiosmtpd) lives for the
     # whole run: move it out of the cyclic collector's sight, so full collections scan
@@ -232,6 +263,21 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     await app.wait_stopped()
     watcher.cancel()
     return 0
+
+
+PUBLIC_ERRORS = 50      # errors named in a reload reply; the log has them all
+
+
+def _public(exc: ConfigErrors, patterns: tuple[str, ...]) -> str:
+    """The errors of a failed reload for the admin reply: file:line relative to the
+    routing directory, and no other path of this machine."""
+    dirs = [os.path.dirname(re.split(r"[*?\[]", p, maxsplit=1)[0] + "x") for p in patterns]
+    root = os.path.commonpath(dirs) if dirs else ""
+    lines = [str(e) for e in exc.errors[:PUBLIC_ERRORS]]
+    if len(exc.errors) > PUBLIC_ERRORS:
+        lines.append(f"... and {len(exc.errors) - PUBLIC_ERRORS} more (see the daemon's log)")
+    text = "\n".join(lines)
+    return text.replace(root + "/", "") if root.startswith("/") and root != "/" else text
 
 
 def run(config: Config) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import sqlite3
 import time
 import urllib.request
@@ -139,3 +140,79 @@ def _post_metric(port: int) -> str | None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     return text if "mailrouter_config_last_reload_successful 1.0" in text else None
+
+
+# --- Reloads that cannot explode, and that coalesce (issues 9 and 10) -------------------
+
+def _reloads() -> float:
+    from mailrouter import metrics
+    return sum(metrics.RELOADS.labels(r)._value.get() for r in ("ok", "failed"))
+
+
+async def test_reload_requests_coalesce(make_app, tmp_path):
+    """30 requests at once are one reload; 29 more while one runs are one more, and each
+    requester gets the result of a reload that read the files after it asked."""
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    before = _reloads()
+    results = await asyncio.gather(*(app.reload() for _ in range(30)))
+    assert _reloads() - before == 1 and all(r == results[0] for r in results)
+
+    before, done = _reloads(), app._reloader
+    first = asyncio.ensure_future(app.reload())
+    while app._reloader is done or app._next_reload is not None:   # until it has started
+        await asyncio.sleep(0)
+    (d / "ping.yaml").write_text(BROKEN, encoding="utf-8")          # saved while it runs
+    later = await asyncio.gather(*(app.reload() for _ in range(29)))
+    await first
+    assert _reloads() - before == 2
+    assert all(ok is False and "ping.yaml:3:12" in detail for ok, detail in later)
+
+
+def _raw_post(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(f"POST /-/reload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n"
+              "Connection: close\r\n\r\n".encode())
+    return s
+
+
+def test_burst_of_posts_and_sighups_is_at_most_two_reloads(daemon_process, tmp_path):
+    """30 POST /-/reload and 30 SIGHUPs in one burst against a running daemon: every POST
+    answered 200, and at most 2 reloads (30 POSTs made 63 reloads before, issue 10)."""
+    d = routing_dir(tmp_path)
+    proc = daemon_process(routing=str(d / "*.yaml"), extra="workers: 1\n")
+    from tests.test_admin import admin_port
+    port = admin_port(proc)
+    socks = [_raw_post(port) for _ in range(30)]
+    for _ in range(30):
+        proc.signal(signal.SIGHUP)
+    replies = []
+    for s in socks:
+        with s:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        replies.append(data)
+    assert all(r.startswith(b"HTTP/1.0 200 OK") for r in replies)
+    reloads = proc.log.read_text().count("event=reloaded")
+    assert 1 <= reloads <= 2, proc.log.read_text()
+
+
+def test_anchor_bomb_saved_while_running_is_refused(daemon_process, tmp_path):
+    """The 9x9 anchor file saved into the routing directory of a running daemon: the
+    watcher's reload refuses it with file:line, the old rules keep routing."""
+    from tests.test_addresses import anchor_bomb
+    d = routing_dir(tmp_path)
+    proc = daemon_process(routing=str(d / "*.yaml"))
+    _send(proc.smtp, 1)
+    assert _routed_to(tmp_path, "finance", "A") == 1
+    (d / "zz-bomb.yaml").write_text(anchor_bomb(leaf="mailbox:finance", name="bomb", head="aliases:\n"),
+                                    encoding="utf-8")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "event=reload_failed" not in proc.log.read_text():
+        time.sleep(0.1)
+    log = proc.log.read_text()
+    assert f"{d / 'zz-bomb.yaml'}:7:30: YAML aliases repeat more than 100000 values" in log
+    assert "Traceback" not in log and "MemoryError" not in log
+    _send(proc.smtp, 2)
+    assert _routed_to(tmp_path, "finance", "A") == 2
