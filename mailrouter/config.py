@@ -7,6 +7,8 @@ default a new user gets from `mailrouter run`: SMTP on 127.0.0.1:2525, LMTP on
 127.0.0.1:2524, a SQLite registry and Maildirs under ./var, the rules in ./rules.
 
 Refused: unknown keys (with a "did you mean"), wrong types, ports out of range,
+an admin listener off loopback without `admin.token`/`admin.token_file`, a token
+shorter than 16 characters or a token file that cannot be read;
 relative paths are resolved against the config file's directory. Every error
 names file:line and what to write instead; all errors of a load are reported.
 """

@@ -8,8 +8,9 @@ hands each new connection to one of them), and then only supervises:
 - SIGTERM/SIGINT go to every worker; each drains as a single daemon would
   (421 4.3.2 to new work, transactions in flight finish) and the parent exits
   0 once all have exited 0;
-- SIGHUP goes to every worker (each reloads its routing snapshot); a reload
-  asked of worker 0 through the admin endpoint is passed on the same way;
+- SIGHUP goes to every worker (each reloads its routing snapshot, coalescing
+  a burst into at most two reloads); a reload asked of worker 0 through the
+  admin endpoint is passed on the same way, before worker 0 starts its own;
 - a worker that dies unexpectedly is logged and replaced (at most once a
   second); the parent's death kills the workers (PR_SET_PDEATHSIG), so a
   crashed supervisor never leaves orphans holding the ports.
