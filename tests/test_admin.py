@@ -57,7 +57,8 @@ def test_token_host_and_origin(daemon_process, tmp_path):
     `mailrouter reload` sends it."""
     (tmp_path / "admin.token").write_text(TOKEN + "\n", encoding="utf-8")
     d = routing_dir(tmp_path)
-    proc = daemon_process(routing=str(d / "*.yaml"), extra="admin: {token_file: admin.token}\n")
+    proc = daemon_process(routing=str(d / "*.yaml"),
+                          extra="workers: 1\nadmin: {token_file: admin.token}\n")
     port = admin_port(proc)
 
     status, headers, _ = http(port, "POST", "/-/reload")
