@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -61,14 +62,28 @@ _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
 
 def _url(url: str) -> URL:
     parsed = make_url(url)
-    return parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
+    parsed = parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
+    if parsed.get_driver_name() == "asyncpg":
+        _need_asyncpg(parsed)
+    return parsed
+
+
+def _need_asyncpg(url: URL) -> None:
+    """PostgreSQL is an extra: without asyncpg say which install fixes it, in one line."""
+    try:
+        importlib.import_module("asyncpg")
+    except ImportError:
+        port = f":{url.port}" if url.port else ""
+        where = f"{url.drivername}://{url.host or ''}{port}/{url.database or ''}"   # no credentials
+        raise RegistryError(f"the registry {where} is PostgreSQL, which needs the asyncpg driver: "
+                            "pip install 'mailrouter[postgresql]'") from None
 
 
 async def _prepare(url: URL) -> None:
     """Create the parent directory of a SQLite file, off the event loop."""
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         if not url.database.startswith("file:"):
-            parent = Path(url.database).expanduser().parent
+            parent = Path(url.database).expanduser().parent  # noqa: ASYNC240 (no I/O)
             await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
 
 
