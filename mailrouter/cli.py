@@ -22,23 +22,39 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import Config, load_config
+from .config import CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config, load_config
 from .errors import ConfigErrors, RegistryError
 
 __all__ = ["main"]
 
-CONFIG_HELP = "config file (default: the embedded default: ./var, ./rules, 127.0.0.1:2525/2524)"
+CONFIG_HELP = f"config file; without it: {DISCOVERY}"
 
 
 def _config(path: str | None, code: int = 2) -> Config:
     """The configuration, or its errors on stderr and exit `code` (check: 1, others: 2)."""
     try:
-        return load_config(path)
+        cfg = load_config(find_config(path))
     except ConfigErrors as exc:
         print(f"mailrouter: configuration has {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
         raise SystemExit(code) from None
+    if not cfg.path and Path(cfg.routing[0]).parent == PACKAGE_RULES:
+        # Outside a project folder (no ./rules) the embedded default runs the packaged
+        # example: say so, or `check` and `test` pass on rules the user never wrote.
+        print(f"mailrouter: no -c FILE, ${CONFIG_ENV} or {SYSTEM_CONFIG}: using the embedded default "
+              f"(routing files: {cfg.routing[0]}; registry and mail under {cfg.workdir / 'var'})",
+              file=sys.stderr)
+    return cfg
+
+
+def _shown(path: str | Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
 
 
 def _snapshot(cfg: Config, code: int = 2) -> Any:
@@ -76,6 +92,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .routing.lint import lint_notes
     for note in lint_notes(snap.rules.rules):
         print(f"note: {note}")
+    print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
+    print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     print(f"ok: {len(snap.files)} routing file(s), {len(snap.book.mailboxes)} mailboxes, "
           f"rule set {snap.hash}" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0
@@ -168,12 +186,26 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sqlite_missing(url: str) -> bool:
+    """A SQLite registry URL whose file does not exist (opening it would create it)."""
+    from sqlalchemy.engine import make_url
+    parsed = make_url(url)
+    db = parsed.database or ""
+    return (parsed.get_backend_name() == "sqlite" and db not in ("", ":memory:")
+            and not db.startswith("file:") and not Path(db).expanduser().exists())
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     from .registry import Registry
     cfg = _config(args.config)
+    if _sqlite_missing(cfg.registry.url):
+        # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
+        print(f"mailrouter registry: no registry at {_where(cfg.registry.url)}; "
+              "start the daemon first or give -c", file=sys.stderr)
+        return 2
 
     async def show() -> list[dict[str, Any]]:
-        reg = await Registry.open(cfg.registry.url)
+        reg = await Registry.open(cfg.registry.url, create=False)
         try:
             return await reg.recent(args.n)
         finally:
@@ -202,13 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mail-routing daemon for functional addresses (sales@, support@, ...): "
                     "SMTP/LMTP intake, aliases, YAML rules, a registry of every decision.",
         epilog="examples:\n"
-               "  mailrouter run                                  # embedded default, ./var\n"
+               "  mailrouter run                                  # no -c: see below\n"
                "  mailrouter check -c /etc/mailrouter/config.yaml # before a reload\n"
                "  mailrouter test  -c /etc/mailrouter/config.yaml # the rule tests\n"
                "  mailrouter explain --rcpt invoices@example.com --json message.eml\n"
                "  mailrouter reload -c /etc/mailrouter/config.yaml\n"
-               "Every command takes -c FILE and --help. Exit codes: 0 ok, 1 check found errors\n"
-               "or a rule test failed, 2 another command could not load its configuration.")
+               "Every command takes -c FILE and --help. Without -c, the config is\n"
+               f"${CONFIG_ENV} if set, else {SYSTEM_CONFIG} if it exists, else the embedded\n"
+               "default: listeners on 127.0.0.1:2525 (SMTP), :2524 (LMTP), :9125 (admin), a SQLite\n"
+               "registry and Maildirs under ./var, the routing files ./rules/*.yaml, or the example\n"
+               "rules shipped in the package when there is no ./rules (a note on stderr says so).\n"
+               "Only `run` and `db upgrade` create the registry or the mail store.\n"
+               "Exit codes: 0 ok, 1 check found errors or a rule test failed, 2 another command\n"
+               "could not load its configuration or do its job.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ The daemon's own settings (listeners, limits, registry, delivery backends, where
 the routing files are). The routing files themselves (address book, rules) are
 loaded by `routing.snapshot`. With no file at all, `Config.embedded()` is the
 default a new user gets from `mailrouter run`: SMTP on 127.0.0.1:2525, LMTP on
-127.0.0.1:2524, a SQLite registry and Maildirs under ./var, the rules in ./rules.
+127.0.0.1:2524, a SQLite registry and Maildirs under ./var, the rules in ./rules (the
+example rules shipped in the package when there is no ./rules folder). `find_config`
+decides which file a command loads: -c, $MAILROUTER_CONFIG, /etc/mailrouter/config.yaml.
 
 Refused: unknown keys (with a "did you mean"), wrong types, ports out of range,
 an admin listener off loopback without `admin.token`/`admin.token_file`, a token
@@ -21,14 +23,14 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from . import yamlsrc
 from .delivery.smtp import Downstream
 from .errors import ConfigError, ConfigErrors
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
-           "load_config", "unknown_keys", "is_loopback"]
+           "find_config", "load_config", "unknown_keys", "is_loopback"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -173,6 +175,29 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
             "shutdown_grace", "log_level", "workers", "admin")
+
+
+# -- which file: -c, $MAILROUTER_CONFIG, /etc/mailrouter/config.yaml, the embedded default
+
+SYSTEM_CONFIG = Path("/etc/mailrouter/config.yaml")
+CONFIG_ENV = "MAILROUTER_CONFIG"
+DISCOVERY = (f"${CONFIG_ENV}, else {SYSTEM_CONFIG} if it exists, else the embedded "
+             "default (./var, ./rules or the packaged example rules, 127.0.0.1:2525/2524)")
+
+
+def find_config(given: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to load: `given` (-c), else DISCOVERY; None means the embedded default.
+
+    A file named by -c or $MAILROUTER_CONFIG is returned even when it does not exist, so
+    loading it says "file not found" instead of quietly running something else. There is no
+    ./config.yaml step: a file of that name in whatever folder one stands in need not be
+    mailrouter's."""
+    if given:
+        return Path(given)
+    named = (os.environ if environ is None else environ).get(CONFIG_ENV)
+    if named:
+        return Path(named)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
 
 
 def load_config(path: str | Path | None) -> Config:

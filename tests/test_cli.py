@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -13,13 +14,18 @@ from pathlib import Path
 
 import pytest
 
+import mailrouter
 from tests.support.daemon import RULES, maildir_files, write_config, free_port
 
 CLI = [sys.executable, "-m", "mailrouter.cli"]
 
 
-def mr(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+def mr(*args: str, cwd: Path | None = None, timeout: float = 60,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; $MAILROUTER_CONFIG from the caller's shell is not passed on unless in `env`."""
+    full = {k: v for k, v in os.environ.items() if k != "MAILROUTER_CONFIG"} | (env or {})
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=full)
 
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["check"], ["test"], ["explain"], ["reload"], ["db"], ["registry"]])
@@ -58,7 +64,7 @@ def test_check_ok_on_example_config():
     """config.example.yaml is valid as shipped."""
     out = mr("check", "-c", str(RULES.parent / "config.example.yaml"))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("ok: ")
+    assert out.stdout.splitlines()[-1].startswith("ok: ")
 
 
 def test_explain_json_contract(tmp_path):
@@ -132,8 +138,10 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
         assert out.stderr.strip().splitlines() == [
             f"mailrouter {' '.join(cmd)}: registry {'open' if cmd == ['registry'] else 'upgrade'}"
             " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"]
-    out = mr("registry", cwd=tmp_path)
-    assert out.returncode == 0 and out.stdout.startswith("no messages in the registry yet")
+    sqlite = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
+    assert mr("db", "upgrade", "-c", str(sqlite)).returncode == 0
+    out = mr("registry", "-c", str(sqlite))
+    assert out.returncode == 0 and out.stdout.startswith("no messages in the registry yet"), out
 
 
 def test_explain_null_sender_is_a_robot():
@@ -252,3 +260,77 @@ def test_explain_text_lists_every_copy_of_a_group(tmp_path):
     assert out.returncode == 0, out.stderr
     copies = [l for l in out.stdout.splitlines() if l.strip().startswith("copy to:")]
     assert len(copies) == 3 and all("team@example.com -> person:" in c for c in copies)
+
+
+# -- which configuration a command uses, and what it leaves behind ---------------------
+
+SYSTEM_CONFIG = Path("/etc/mailrouter/config.yaml")
+PACKAGE_RULES = Path(mailrouter.__file__).resolve().parent / "defaults" / "rules"
+no_system_config = pytest.mark.skipif(SYSTEM_CONFIG.exists(),
+                                      reason=f"{SYSTEM_CONFIG} exists on this machine")
+
+
+@no_system_config
+@pytest.mark.parametrize("cmd", [["check"], ["test"], ["registry"], ["explain", "m.eml"]])
+def test_commands_outside_a_project_folder_say_which_files_and_create_nothing(tmp_path, cmd):
+    """In an empty folder with no config anywhere, each command says on stderr, in one line,
+    that it uses the embedded default and which routing files, and leaves nothing behind:
+    `registry` in particular does not create ./var/registry.db, it says there is none."""
+    (tmp_path / "m.eml").write_bytes(b"Subject: hi\r\n\r\nhello\r\n")
+    out = mr(*cmd, cwd=tmp_path)
+    notes = [l for l in out.stderr.splitlines() if "embedded default" in l]
+    assert len(notes) == 1, out.stderr
+    assert notes[0].startswith("mailrouter: no -c FILE, $MAILROUTER_CONFIG or /etc/mailrouter/config.yaml")
+    assert f"(routing files: {PACKAGE_RULES / '*.yaml'}; registry and mail under " in notes[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.eml"]
+    if cmd == ["registry"]:
+        where = f"sqlite+aiosqlite:///{tmp_path.resolve() / 'var' / 'registry.db'}"
+        assert out.returncode == 2
+        assert (f"mailrouter registry: no registry at {where}; start the daemon first or give -c"
+                in out.stderr.splitlines())
+    else:
+        assert out.returncode == 0, out.stderr
+
+
+def test_commands_in_the_checkout_use_its_rules_quietly():
+    """In the checkout (a ./rules folder), the embedded default reads ./rules and says nothing."""
+    out = mr("check", cwd=RULES.parent)
+    if SYSTEM_CONFIG.exists():
+        pytest.skip(f"{SYSTEM_CONFIG} exists on this machine")
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert "config: the embedded default" in out.stdout.splitlines()
+    assert "routing files: rules/company.yaml, rules/routing.yaml" in out.stdout.splitlines()
+
+
+def test_check_names_the_files_it_validated(tmp_path):
+    """`check -c FILE` prints the config file and every routing file it loaded."""
+    cfg = write_config(tmp_path / "config.yaml", 1, 2, 3)
+    out = mr("check", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "config: config.yaml" in lines
+    assert f"routing files: {RULES / 'company.yaml'}, {RULES / 'routing.yaml'}" in lines
+    assert "embedded default" not in out.stderr
+
+
+def test_config_comes_from_the_environment_unless_c_is_given(tmp_path):
+    """$MAILROUTER_CONFIG names the config when there is no -c; -c wins over it; a file it
+    names that does not exist is an error naming that file, not a silent default."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hostname: mx.test\nlisen: {}\n", encoding="utf-8")
+    good = write_config(tmp_path / "good.yaml", 1, 2, 3)
+    out = mr("check", cwd=tmp_path, env={"MAILROUTER_CONFIG": str(bad)})
+    assert out.returncode == 1 and f"{bad}:2:1: unknown key 'lisen'" in out.stderr, out.stderr
+    out = mr("check", "-c", str(good), cwd=tmp_path, env={"MAILROUTER_CONFIG": str(bad)})
+    assert out.returncode == 0 and "config: good.yaml" in out.stdout, out.stderr
+    missing = tmp_path / "nowhere.yaml"
+    out = mr("test", cwd=tmp_path, env={"MAILROUTER_CONFIG": str(missing)})
+    assert out.returncode == 2 and f"{missing}: file not found" in out.stderr, out.stderr
+
+
+def test_help_says_where_the_config_comes_from():
+    """`--help` gives the discovery order: -c, $MAILROUTER_CONFIG, /etc, the embedded default."""
+    text = " ".join(mr("--help").stdout.split())
+    assert ("Without -c, the config is $MAILROUTER_CONFIG if set, else /etc/mailrouter/config.yaml "
+            "if it exists, else the embedded default") in text
+    assert "$MAILROUTER_CONFIG, else /etc/mailrouter/config.yaml" in " ".join(mr("check", "--help").stdout.split())

@@ -1,0 +1,167 @@
+"""What the package declares and ships: its dependencies, its extras, its data files, its documents."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+PACKAGE = REPO / "mailrouter"
+
+
+def _name(requirement: str) -> str:
+    """'sqlalchemy[asyncio]>=2' -> 'sqlalchemy' (normalised as PEP 503 does)."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]).lower()
+
+
+def _imported_distributions() -> set[str]:
+    """The distributions whose modules mailrouter/ imports anywhere (lazily too)."""
+    by_module = importlib.metadata.packages_distributions()
+    found: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                tops = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in sys.stdlib_module_names or top == "mailrouter":
+                    continue
+                assert top in by_module, f"{path}: imports {top!r}, which no installed distribution provides"
+                found.update(_name(d) for d in by_module[top])
+    return found
+
+
+def test_runtime_dependencies_are_what_the_code_imports():
+    """Every runtime dependency is imported by mailrouter/, and every import is declared.
+    aiosqlite is the one exception: SQLAlchemy loads it for the sqlite+aiosqlite:// URL."""
+    declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    loaded_by_url = {"aiosqlite"}
+    imported = _imported_distributions()
+    assert imported - declared == set(), "imported at run time but not in [project] dependencies"
+    assert declared - imported - loaded_by_url == set(), "declared but never imported by mailrouter/"
+
+
+def test_postgresql_is_an_extra_and_the_test_extra_covers_the_tests():
+    """asyncpg is only in the postgresql extra; what tests/ imports is in the test extra."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert {_name(r) for r in extras["postgresql"]} == {"asyncpg"}
+    assert "asyncpg" not in {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    test_extra = {_name(r) for r in extras["test"]}
+    by_module = importlib.metadata.packages_distributions()
+    runtime = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    for path in (REPO / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     and node.module else [])
+            for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - {"mailrouter",
+                                                                                           "tests"}:
+                dists = {_name(d) for d in by_module.get(top, [top])}
+                assert dists & (test_extra | runtime), f"{path.name} imports {top}: add it to the test extra"
+    assert {"ruff", "mypy", "types-pyyaml"} <= test_extra    # what .ci/run runs before the tests
+
+
+def test_aiosmtpd_is_bounded_to_the_version_the_contract_test_checked():
+    """aiosmtpd has an upper bound, and the installed version is inside the declared range."""
+    spec = next(r for r in PYPROJECT["project"]["dependencies"] if _name(r) == "aiosmtpd")
+    lower, upper = re.fullmatch(r"aiosmtpd>=([\d.]+),<([\d.]+)", spec).groups()  # type: ignore[union-attr]
+    version = tuple(int(x) for x in importlib.metadata.version("aiosmtpd").split(".")[:3])
+    assert tuple(int(x) for x in lower.split(".")) <= version < tuple(int(x) for x in upper.split("."))
+
+
+def test_example_rules_are_real_files_in_the_package():
+    """The default rules ship as files inside the package (no symlink into the checkout), the
+    package-data globs cover every one of them, and ./rules in the checkout is the same folder."""
+    rules = PACKAGE / "defaults" / "rules"
+    assert rules.is_dir() and not rules.is_symlink()
+    files = [p for p in rules.rglob("*") if p.is_file()]
+    assert {"company.yaml", "routing.yaml", "README.md"} <= {p.name for p in files}
+    assert not [p for p in rules.rglob("*") if p.is_symlink()]
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]["mailrouter"]
+    unshipped = [p for p in files
+                 if not any(fnmatch.fnmatch(p.relative_to(PACKAGE).as_posix(), g) for g in globs)]
+    assert unshipped == [], "add a package-data glob in pyproject.toml for these"
+    top = REPO / "rules"
+    if top.exists():       # a checkout, not an unpacked sdist
+        assert top.resolve() == rules.resolve(), "rules/ must be the package's folder, not a copy"
+
+
+def test_license_is_the_one_pyproject_names():
+    """LICENSE holds the Apache License 2.0 text that pyproject.toml declares."""
+    assert PYPROJECT["project"]["license"] == {"text": "Apache-2.0"}
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+DOCUMENTS = ["README.md", "docs/README.md", "docs/architecture.md", "bench/README.md",
+             "mailrouter/defaults/rules/README.md"]
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS)
+def test_documents_point_only_inside_the_repository(doc):
+    """Every relative link in the user-facing documents names a file of the repository,
+    and none of them sends the reader to notes outside it."""
+    path = REPO / doc
+    text = path.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        resolved = (path.parent / target).resolve()
+        assert resolved.exists(), f"{doc}: link to {target} names no file"
+        assert resolved.is_relative_to(REPO), f"{doc}: link to {target} leaves the repository"
+    assert not re.search(r"DESIGN\.md|shared notes|/work/", text), f"{doc} points outside the repository"
+
+
+# -- PostgreSQL without its extra -----------------------------------------------------------
+
+BLOCK_ASYNCPG = '''
+import sys
+
+class _NoAsyncpg:
+    """As if `pip install mailrouter` had been run without the postgresql extra."""
+    def find_spec(self, name, path=None, target=None):
+        if name == "asyncpg" or name.startswith("asyncpg."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoAsyncpg())
+'''
+
+
+@pytest.mark.parametrize("cmd", [["registry"], ["db", "upgrade"], ["run"]])
+def test_a_postgresql_registry_without_asyncpg_names_the_extra(tmp_path, cmd):
+    """With asyncpg not importable (a sitecustomize blocks it in the child), a postgresql
+    registry URL is refused in one line that names the install command; exit 2; the
+    password is not shown."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_ASYNCPG, encoding="utf-8")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen: {smtp: '127.0.0.1:0', lmtp: '127.0.0.1:0', admin: '127.0.0.1:0'}\n"
+                   "workers: 1\nregistry: {url: 'postgresql://mr:s3cret@db.internal:5432/mail'}\n"
+                   f"routing: ['{PACKAGE / 'defaults' / 'rules' / '*.yaml'}']\n"
+                   f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\n", encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path / "site"), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("MAILROUTER_CONFIG", None)
+    out = subprocess.run([sys.executable, "-m", "mailrouter.cli", *cmd, "-c", str(cfg)], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2, out.stderr
+    lines = [l for l in out.stderr.splitlines() if "asyncpg" in l]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert ("the registry postgresql+asyncpg://db.internal:5432/mail is PostgreSQL, which needs the "
+            "asyncpg driver: pip install 'mailrouter[postgresql]'") in lines[0]
+    assert "s3cret" not in out.stderr + out.stdout
