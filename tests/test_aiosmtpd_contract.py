@@ -1,0 +1,151 @@
+"""The parts of aiosmtpd that are not its public API and that mailrouter/intake/protocol.py uses.
+
+pyproject.toml bounds aiosmtpd to the versions checked here. When a new aiosmtpd fails one
+of these, re-check intake/protocol.py against the new source before raising the bound:
+each failure names the member and what protocol.py does with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from pathlib import Path
+
+import aiosmtpd
+import aiosmtpd.smtp
+import pytest
+from aiosmtpd.smtp import SMTP
+
+import mailrouter.intake.protocol as protocol
+
+PROTOCOL_PY = Path(protocol.__file__)
+HINT = "re-check mailrouter/intake/protocol.py against aiosmtpd " + aiosmtpd.__version__
+
+# Methods: name -> (coroutine?, parameter names after self, what protocol.py does with it)
+METHODS = {
+    "_getaddr": (False, ["arg"], "overridden with a fast path; falls back to super()._getaddr"),
+    "_handle_client": (True, [], "overridden to greet 421 when draining; then super()._handle_client"),
+    "_set_post_data_state": (False, [], "called after our own DATA reading"),
+    "_call_handler_hook": (True, ["command", "args"], "called with 'DATA' to run the handler"),
+    "_reset_timeout": (False, ["duration"], "re-armed with the DATA timeout while reading DATA"),
+}
+# Attributes set on a live session: name -> (type, what protocol.py does with it)
+ATTRIBUTES = {
+    "_smtp_methods": (dict, "replaced by _GuardedMethods; SMTP._handle_client and smtp_HELP call .get"),
+    "_reader": (asyncio.StreamReader, "DATA is read from it in bulk; the rest is fed back"),
+    "_writer": (asyncio.StreamWriter, "the 421 to idle sessions is written to it"),
+}
+# Globals of aiosmtpd.smtp that protocol.py replaces to speed up SMTP.__init__
+MODULE_GLOBALS = {
+    "inspect": ("inspect.getmembers(", "inspect.signature("),
+    "dir": ("dir(",),
+}
+
+
+def _fail(name: str, problem: str, use: str) -> None:
+    pytest.fail(f"aiosmtpd {name}: {problem}; mailrouter relies on it ({use}): {HINT}", pytrace=False)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_private_methods_still_exist_with_their_signature(name: str) -> None:
+    """Each private SMTP method protocol.py overrides or calls exists, with the same kind
+    (coroutine or not) and the same parameters."""
+    is_coro, params, use = METHODS[name]
+    member = getattr(SMTP, name, None)
+    if member is None or not callable(member):
+        _fail(f"SMTP.{name}", "is gone", use)
+    if inspect.iscoroutinefunction(member) != is_coro:
+        _fail(f"SMTP.{name}", f"is {'no longer' if is_coro else 'now'} a coroutine function", use)
+    found = list(inspect.signature(member).parameters)[1:]
+    if found != params:
+        _fail(f"SMTP.{name}", f"takes ({', '.join(found)}), not ({', '.join(params)})", use)
+
+
+def test_private_attributes_exist_on_a_live_session() -> None:
+    """A real session (aiosmtpd's SMTP served on 127.0.0.1, a real client connected) has the
+    private attributes protocol.py reads and replaces, of the expected types."""
+    sessions: list[SMTP] = []
+
+    class Handler:
+        pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            sessions.append(SMTP(Handler(), loop=loop))
+            return sessions[-1]
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await reader.readline()).startswith(b"220")
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    session = sessions[0]
+    for name, (kind, use) in ATTRIBUTES.items():
+        if not hasattr(session, name):
+            _fail(f"SMTP().{name}", "is not set on a session", use)
+        if not isinstance(getattr(session, name), kind):
+            _fail(f"SMTP().{name}", f"is a {type(getattr(session, name)).__name__}, not {kind.__name__}",
+                  use)
+    if "EHLO" not in session._smtp_methods:
+        _fail("SMTP()._smtp_methods", "no longer maps command names to methods", ATTRIBUTES["_smtp_methods"][1])
+
+
+def test_the_patched_module_globals_are_still_what_smtp_init_looks_up() -> None:
+    """protocol.py replaces aiosmtpd.smtp's `inspect` and `dir` with cached versions; that only
+    works while SMTP.__init__ calls them through the module's globals. A session built now
+    must have gone through our caches."""
+    source = inspect.getsource(SMTP.__init__)
+    for name, calls in MODULE_GLOBALS.items():
+        for call in calls:
+            if call not in source:
+                _fail(f"aiosmtpd.smtp.{name}", f"SMTP.__init__ no longer calls {call}...)",
+                      "protocol.py replaces the module global to cache per class")
+    assert isinstance(aiosmtpd.smtp.inspect, protocol._CachedInspect)
+    assert aiosmtpd.smtp.dir is protocol._cached_dir    # type: ignore[attr-defined]
+
+    class Probe(SMTP):
+        pass
+
+    Probe(object(), loop=asyncio.new_event_loop())
+    if Probe not in protocol._DIR_NAMES:
+        _fail("aiosmtpd.smtp.dir", "SMTP.__init__ did not call the module's dir()",
+              "protocol.py caches the smtp_/handle_ names per class")
+    if Probe not in aiosmtpd.smtp.inspect._names:   # type: ignore[attr-defined]
+        _fail("aiosmtpd.smtp.inspect", "SMTP.__init__ did not call the module's inspect.getmembers()",
+              "protocol.py caches the auth_ names per class")
+
+
+def test_help_still_reads_the_syntax_attributes_the_command_wrapper_copies() -> None:
+    """protocol.py wraps each command and copies aiosmtpd's @syntax attributes onto the
+    wrapper so HELP keeps working: they must still be there under those names."""
+    for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+        if not hasattr(SMTP.smtp_MAIL, attr):
+            _fail(f"SMTP.smtp_MAIL.{attr}", "is gone", "Protocol._guarded copies it for HELP")
+    if "__smtp_syntax__" not in inspect.getsource(SMTP.smtp_HELP):
+        _fail("SMTP.smtp_HELP", "no longer reads __smtp_syntax__", "Protocol._guarded copies it for HELP")
+
+
+def test_every_private_aiosmtpd_name_protocol_py_uses_is_checked_here() -> None:
+    """The private names protocol.py reaches through self/super() that aiosmtpd's SMTP has are
+    all in this file's lists, so a new use cannot slip past the version bound unchecked."""
+    text = PROTOCOL_PY.read_text(encoding="utf-8")
+    used = set(re.findall(r"(?:self|super\(\))\.(_[a-z]\w*)", text))
+    smtp_source = inspect.getsource(aiosmtpd.smtp)
+    theirs = {n for n in used if re.search(rf"(?:def |self\.){n}\b", smtp_source)}
+    checked = set(METHODS) | set(ATTRIBUTES)
+    missing = sorted(theirs - checked)
+    assert not missing, (f"intake/protocol.py uses aiosmtpd's private {', '.join(missing)}: add them to "
+                         f"tests/test_aiosmtpd_contract.py ({HINT})")
+    patched = set(re.findall(r"_aiosmtpd_smtp\.(\w+)\s*=", text))
+    assert patched == set(MODULE_GLOBALS), (f"intake/protocol.py patches aiosmtpd.smtp.{patched}: "
+                                            f"list them in MODULE_GLOBALS ({HINT})")
+
