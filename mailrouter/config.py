@@ -57,10 +57,10 @@ class Limits:
     process_timeout: float = 300.0               # end of DATA to reply; past it 451 4.3.0 (RFC 5321: 10 min)
     max_alias_depth: int = 20
     max_alias_width: int = 1000
-    max_errors: int = 20                         # refused commands per session, then 421 4.7.0 (Postfix smtpd_hard_error_limit)
+    max_errors: int = 20                         # refused commands, then 421 4.7.0 (Postfix smtpd_hard_error_limit)
     soft_errors: int = 10                        # past this many, each reply waits error_delay (smtpd_soft_error_limit)
-    error_delay: float = 1.0                     # seconds (smtpd_error_sleep_time); a delivered message resets the count
-    greet_delay: float = 1.0                     # seconds before the 220 to a non-loopback peer; talking first gets 554 5.5.0
+    error_delay: float = 1.0                     # seconds (smtpd_error_sleep_time); a delivery resets the count
+    greet_delay: float = 1.0                     # before the 220 to a non-loopback peer; talking first: 554 5.5.0
     greet_delay_loopback: float = 0.0            # the same for a peer on 127.0.0.0/8 or ::1 (the local MTA)
 
 
