@@ -92,10 +92,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .routing.lint import lint_notes
     for note in lint_notes(snap.rules.rules):
         print(f"note: {note}")
-    print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
-    print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     print(f"ok: {len(snap.files)} routing file(s), {len(snap.book.mailboxes)} mailboxes, "
           f"rule set {snap.hash}" + (f", {len(warnings)} warning(s)" if warnings else ""))
+    print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
+    print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     return 0
 
 

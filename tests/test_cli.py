@@ -64,7 +64,7 @@ def test_check_ok_on_example_config():
     """config.example.yaml is valid as shipped."""
     out = mr("check", "-c", str(RULES.parent / "config.example.yaml"))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1].startswith("ok: ")
+    assert out.stdout.splitlines()[0].startswith("ok: ")
 
 
 def test_explain_json_contract(tmp_path):
