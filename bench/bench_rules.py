@@ -30,8 +30,8 @@ from pathlib import Path
 from mailrouter import yamlsrc
 from mailrouter.addresses import AddressBook
 from mailrouter.message import MessageView
-from mailrouter.routing.decision import REPLY_OK, Action, Decision
 from mailrouter.routing.rules import RuleSet
+from mailrouter.values import REPLY_OK, Action, Decision
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "rules" / "samples"

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import yamlsrc
-from .delivery.smtp import Downstream
 from .errors import ConfigError, ConfigErrors
+from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
            "find_config", "load_config", "unknown_keys", "is_loopback"]

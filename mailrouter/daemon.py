@@ -34,14 +34,15 @@ from typing import Any
 
 from . import metrics
 from .admin import serve_admin
-from .config import Config, Listener
+from .config import Config, Limits, Listener
 from .delivery.deliverer import Deliverer
-from .errors import ConfigErrors, ListenError, RegistryError, Reply
+from .errors import ConfigErrors, ListenError, RegistryError
 from .intake.handler import Handler
 from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
-from .pipeline import Pipeline, Transaction
+from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
+from .values import Reply, Transaction
 from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, supervise
 
 __all__ = ["App", "run"]
@@ -50,6 +51,8 @@ log = logging.getLogger("mailrouter")
 
 
 class App:
+    """The running daemon; the intake sees it as an `intake.handler.Host`."""
+
     def __init__(self, config: Config, snapshot: Snapshot,
                  sockets: dict[str, socket.socket] | None = None, worker: int | None = None) -> None:
         self.config = config
@@ -72,6 +75,10 @@ class App:
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    @property
+    def limits(self) -> Limits:
+        return self.config.limits
 
     async def process(self, txn: Transaction) -> list[Reply]:
         assert self.pipeline is not None

@@ -10,39 +10,28 @@
       RegistryError               451 4.3.0
         RegistryFullError         452 4.3.1 (its disk is full)
 
+Each error's `.reply` is a constant of the reply table in `values`.
 Anything not in this tree that escapes a handler is also answered 451 4.3.0:
 an internal fault must make the sending MTA retry, never bounce the mail.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .values import (
+    REPLY_DELIVERY_TEMPFAIL,
+    REPLY_DOWNSTREAM_REFUSED,
+    REPLY_LOOP,
+    REPLY_REGISTRY_UNAVAILABLE,
+    REPLY_STORAGE_FULL,
+    Reply,
+)
 
 __all__ = [
     "MailrouterError", "ConfigError", "ConfigErrors", "AddressError", "AliasLoopError",
     "DeliveryError", "TemporaryDeliveryError", "PermanentDeliveryError",
-    "StorageFullError", "RegistryError", "RegistryFullError", "Reply",
+    "StorageFullError", "RegistryError", "RegistryFullError",
+    "Reply",   # re-exported from values, where it lives
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One SMTP reply: basic code, enhanced code (RFC 3463) and text."""
-
-    code: int
-    status: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.code < 300
-
-    @property
-    def temporary(self) -> bool:
-        return 400 <= self.code < 500
 
 
 class MailrouterError(Exception):
@@ -92,13 +81,13 @@ class AddressError(MailrouterError):
 class AliasLoopError(AddressError):
     """Expansion revisits an address, or mail came back to us (RFC 5321 6.3)."""
 
-    reply = Reply(554, "5.4.6", "Mail loop detected")
+    reply = REPLY_LOOP
 
 
 class DeliveryError(MailrouterError):
     """A delivery backend could not take the message."""
 
-    reply = Reply(451, "4.3.0", "Delivery temporarily failed, try again later")
+    reply = REPLY_DELIVERY_TEMPFAIL
 
 
 class TemporaryDeliveryError(DeliveryError):
@@ -108,7 +97,7 @@ class TemporaryDeliveryError(DeliveryError):
 class StorageFullError(TemporaryDeliveryError):
     """The mail store has no room (ENOSPC, EDQUOT)."""
 
-    reply = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+    reply = REPLY_STORAGE_FULL
 
 
 class PermanentDeliveryError(DeliveryError):
@@ -116,16 +105,16 @@ class PermanentDeliveryError(DeliveryError):
 
     def __init__(self, message: str, reply: Reply | None = None) -> None:
         super().__init__(message)
-        self.reply = reply or Reply(550, "5.0.0", "Delivery refused downstream")
+        self.reply = reply or REPLY_DOWNSTREAM_REFUSED
 
 
 class RegistryError(MailrouterError):
     """The registry database could not record the message."""
 
-    reply = Reply(451, "4.3.0", "Registry temporarily unavailable, try again later")
+    reply = REPLY_REGISTRY_UNAVAILABLE
 
 
 class RegistryFullError(RegistryError):
     """The registry's disk is full (SQLite: 'database or disk is full')."""
 
-    reply = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+    reply = REPLY_STORAGE_FULL

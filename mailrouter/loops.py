@@ -38,15 +38,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .addressbook.canon import canonical_domain
-from .errors import Reply
-from .routing.decision import REPLY_LOOP
+from .values import REPLY_DELIVERED_TO, REPLY_LOOP, Reply
 
 __all__ = ["TRACE_HEADER", "REPLY_DELIVERED_TO", "LoopVerdict", "trace_headers", "detect_loop",
            "header_text"]
 
 TRACE_HEADER = "X-Mailrouter-Loop"
-REPLY_DELIVERED_TO = Reply(554, "5.4.6", "Mail forwarding loop: Delivered-To already names "
-                                         "this recipient")
 
 
 class HeaderView(Protocol):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .errors import Reply
+from .values import Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
            "RELOAD_OK", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED", "observe_message"]

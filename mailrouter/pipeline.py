@@ -23,34 +23,23 @@ import logging
 import itertools
 import random
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
 from .delivery.deliverer import Copy, Deliverer
-from .errors import RegistryError, Reply
+from .errors import RegistryError
 from .message import MessageView
 from .offload import Offload
 from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
-from .routing.decision import REPLY_TEMPFAIL, Action, Decision
 from .routing.snapshot import Snapshot
+from .values import (
+    REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_TEMPFAIL, Action, Decision, Reply, Transaction,
+)
 from . import metrics
 
 __all__ = ["Pipeline", "Transaction", "message_key", "REPLY_DELIVERED"]
 
 log = logging.getLogger("mailrouter.decision")
-REPLY_DELIVERED = Reply(250, "2.0.0", "Ok: delivered")
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    protocol: str          # 'smtp' | 'lmtp'
-    peer: str
-    helo: str
-    mail_from: str
-    rcpts: tuple[str, ...]
-    raw: bytes
-    smtputf8: bool = False
 
 
 def message_key(mail_from: str, raw: bytes) -> str:
@@ -154,7 +143,7 @@ class Pipeline:
         results = await self.deliverer.deliver(
             todo, snap.book.mailboxes, txn.raw, txn.mail_from, key, received, txn.smtputf8,
             first_seen=functools.partial(self.registry.first_seen, key), qid=qid) if todo else {}
-        results.update({k: Reply(250, "2.0.0", "Already delivered") for k in copies if k in done})
+        results.update({k: REPLY_ALREADY_DELIVERED for k in copies if k in done})
         return results
 
     @staticmethod

@@ -11,7 +11,7 @@ import pytest
 
 from mailrouter.addresses import REPLY_MOVED, AddressBook, Limits
 from mailrouter.errors import ConfigError, ConfigErrors
-from mailrouter.routing.decision import REPLY_UNKNOWN
+from mailrouter.values import REPLY_UNKNOWN
 from mailrouter.yamlsrc import loads
 
 HEAD = """\

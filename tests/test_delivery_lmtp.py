@@ -20,9 +20,9 @@ from aiosmtpd.smtp import SMTP
 from mailrouter import metrics
 from mailrouter.config import DeliveryConfig
 from mailrouter.delivery.lmtp import Downstream, LMTPClient, PartialDeliveryError
-from mailrouter.errors import Reply
 from mailrouter.registry import Registry
 from mailrouter.registry.models import messages
+from mailrouter.values import Reply
 from tests.support.daemon import maildir_files
 from tests.support.dovecot import DovecotServer
 from tests.test_delivery_smtp import TRICKY, Sink, SinkFactory, sink  # noqa: F401 (fixture)

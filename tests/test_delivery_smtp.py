@@ -19,7 +19,8 @@ from mailrouter.config import load_config
 from mailrouter.delivery.lmtp import LMTPClient
 from mailrouter.delivery.replies import ours, refuses_mailbox
 from mailrouter.delivery.smtp import Downstream, SMTPClient, TransactionClient
-from mailrouter.errors import ConfigErrors, Reply, TemporaryDeliveryError
+from mailrouter.errors import ConfigErrors, TemporaryDeliveryError
+from mailrouter.values import Reply
 
 OK_SMTP = "250 2.0.0 OK: queued"
 

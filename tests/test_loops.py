@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from mailrouter.loops import (
-    REPLY_DELIVERED_TO,
-    TRACE_HEADER,
-    LoopVerdict,
-    detect_loop,
-    trace_headers,
-)
+from mailrouter.loops import TRACE_HEADER, LoopVerdict, detect_loop, trace_headers
 from mailrouter.message import MessageView
-from mailrouter.routing.decision import REPLY_LOOP
+from mailrouter.values import REPLY_DELIVERED_TO, REPLY_LOOP
 
 HOST = "mx1.example.com"
 BODY = (b"Received: from out.example.org (out.example.org [192.0.2.7])\r\n\tby mx1.example.com;"

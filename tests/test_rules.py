@@ -11,8 +11,8 @@ import pytest
 
 from mailrouter.errors import ConfigErrors
 from mailrouter.message import MessageView
-from mailrouter.routing.decision import Action
 from mailrouter.routing.facts import Facts
+from mailrouter.values import Action
 from tests.support.rules import (
     MONDAY_10_MSK,
     ROOT,

@@ -52,7 +52,7 @@ Known limits: quoted local parts are compared as written; IDNA 2003 (stdlib code
 
 from __future__ import annotations
 
-from ..routing.decision import Target
+from ..values import Target
 from .book import AddressBook
 from .model import Limits, Mailbox, Moved, Options, Person, Resolution, Team, REPLY_MOVED
 

@@ -10,14 +10,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import Reply
-from ..routing.decision import REPLY_UNKNOWN, Target
+from ..values import REPLY_MOVED, REPLY_UNKNOWN, Target
 from ..yamlsrc import load
 from .canon import canonical_domain, detail_split
 from .errs import Collector
 from .expand import Plan, expand_all, materialize
 from .graph import add_moved, check_dangling, parse_aliases
-from .model import REPLY_MOVED, Limits, Mailbox, Moved, Options, Person, Resolution, Team
+from .model import Limits, Mailbox, Moved, Options, Person, Resolution, Team
 from .parse import SECTIONS, _parse_moved, parse_parts
 
 __all__ = ["AddressBook"]
@@ -132,8 +131,7 @@ class AddressBook:
         moved = self.moved.get(key)
         reply = None
         if moved is not None and not moved.deliver:
-            reply = Reply(REPLY_MOVED.code, REPLY_MOVED.status,
-                                          f"Recipient has moved; please try <{moved.now}>")
+            reply = REPLY_MOVED.with_text(f"Recipient has moved; please try <{moved.now}>")
         targets = self._targets.get(key)
         if targets is None:
             targets = materialize(self._expansions, self._targets, key)

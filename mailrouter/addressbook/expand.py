@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..routing.decision import Target
+from ..values import Target
 from .errs import Collector, at_line
 from .graph import Edge
 from .model import Limits

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from ..routing.decision import Target
+from ..values import Target
 from .canon import canonical
 from .errs import Collector, did_you_mean
 from .parse import Parts, define

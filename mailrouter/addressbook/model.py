@@ -9,8 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from ..errors import Reply
-from ..routing.decision import Target
+from ..values import REPLY_MOVED, Reply, Target
 
 __all__ = ["Limits", "Options", "Mailbox", "Person", "Team", "Moved", "Resolution",
            "PERSON_MAILBOX_PREFIX", "PERSON_MAILDIR_PREFIX", "REPLY_MOVED"]
@@ -19,9 +18,6 @@ __all__ = ["Limits", "Options", "Mailbox", "Person", "Team", "Moved", "Resolutio
 PERSON_MAILBOX_PREFIX = "person:"
 PERSON_MAILDIR_PREFIX = "people/"
 
-# RFC 5321 section 3.4 (551 "user not local; please try <forward-path>"), RFC 3463 5.1.6
-# "destination mailbox has moved": a moved address that no longer delivers.
-REPLY_MOVED = Reply(551, "5.1.6", "Recipient has moved")
 
 
 @dataclass(frozen=True, slots=True)

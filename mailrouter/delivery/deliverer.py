@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING
 
 from .. import metrics
 from ..addresses import Mailbox
-from ..errors import DeliveryError, RegistryError, Reply
+from ..errors import DeliveryError, RegistryError
 from ..loops import header_text, trace_headers
-from ..routing.decision import Target
+from ..values import REPLY_NO_DOWNSTREAM, Reply, Target
 from .maildir import Maildir
 from .replies import DELIVERED, HELD, ours, refuses_mailbox
 from .smtp import LOCAL_REFUSALS, PartialDeliveryError, TransactionClient
@@ -160,8 +160,8 @@ class Deliverer:
                           qid: str) -> dict[str, _Answer]:
         client = self._clients.get(kind)
         if client is None:
-            return {c.target.key: _Answer(Reply(451, "4.3.5", f"No {kind} downstream configured"))
-                    for c in copies}
+            no = REPLY_NO_DOWNSTREAM.with_text(f"No {kind} downstream configured")
+            return {c.target.key: _Answer(no) for c in copies}
         addrs = {c.target.key: self._address(c.target, mailboxes[c.target.mailbox]) for c in copies}
         rcpts = list(dict.fromkeys(c.rcpt for c in copies))
         data = (received(rcpts[0] if len(rcpts) == 1 else None)

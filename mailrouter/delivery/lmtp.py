@@ -17,8 +17,8 @@ a non-ASCII recipient gets 550 5.6.7 without a round trip to Dovecot.
 
 from __future__ import annotations
 
-from mailrouter.delivery.smtp import Downstream, PartialDeliveryError, Session, TransactionClient
-from mailrouter.errors import Reply
+from mailrouter.delivery.smtp import PartialDeliveryError, Session, TransactionClient
+from mailrouter.values import Downstream, Reply
 
 __all__ = ["Downstream", "LMTPClient", "PartialDeliveryError"]
 

@@ -27,12 +27,12 @@ the deliverer holds it as 4xx for `delivery.hold_permanent_failures` first.
 
 from __future__ import annotations
 
-from ..errors import Reply
+from ..values import REPLY_COPY_DELIVERED, REPLY_MAILBOX_HELD, Reply
 
 __all__ = ["DELIVERED", "HELD", "ours", "refuses_mailbox"]
 
-DELIVERED = Reply(250, "2.0.0", "Delivered")
-HELD = Reply(451, "4.3.0", "Mailbox temporarily unavailable, try again later")
+DELIVERED = REPLY_COPY_DELIVERED
+HELD = REPLY_MAILBOX_HELD
 
 _KEPT_SUBJECTS = {"1", "2", "6", "7"}
 _KEPT_CODES = {"3.1", "3.4", "4.6"}

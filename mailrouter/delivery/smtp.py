@@ -52,7 +52,11 @@ import logging
 import re
 from dataclasses import dataclass
 
-from mailrouter.errors import Reply, TemporaryDeliveryError
+from mailrouter.errors import TemporaryDeliveryError
+from mailrouter.values import REPLY_REFUSED_ADDRESS as REFUSED_ADDRESS
+from mailrouter.values import REPLY_REFUSED_BARE_EOL as REFUSED_BARE_EOL
+from mailrouter.values import REPLY_REFUSED_UTF8 as REFUSED_UTF8
+from mailrouter.values import Downstream, Reply
 
 __all__ = ["LOCAL_REFUSALS", "Downstream", "PartialDeliveryError", "SMTPClient", "Session",
            "TransactionClient"]
@@ -63,21 +67,7 @@ _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
 _MAX_REPLY_LINES = 200
 
-REFUSED_BARE_EOL = Reply(554, "5.6.0", "Message contains a lone CR or LF; refusing to send it")
-REFUSED_ADDRESS = Reply(501, "5.1.3", "Bad address syntax")
-REFUSED_UTF8 = Reply(550, "5.6.7", "SMTPUTF8 is required, but was not offered by the downstream")
 LOCAL_REFUSALS = frozenset({REFUSED_BARE_EOL, REFUSED_ADDRESS, REFUSED_UTF8})   # ours, not sent
-
-
-@dataclass(frozen=True, slots=True)
-class Downstream:
-    """Where to deliver: host, port, per-wait timeout, idle pool size, our HELO name."""
-
-    host: str
-    port: int
-    timeout: float = 30.0
-    pool_size: int = 4
-    helo: str = "mailrouter.localhost"
 
 
 class PartialDeliveryError(TemporaryDeliveryError):

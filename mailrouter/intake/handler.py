@@ -10,33 +10,79 @@ recipient: LMTP sends them all, in RCPT order; SMTP folds them into one reply:
 250 if every recipient is done, otherwise the first temporary failure (the
 MTA retries and the registry keeps a retry from delivering twice), otherwise,
 when nothing was delivered, the first refusal.
+
+The handler knows the daemon only through `Host` (below): what it reads of the
+running App, nothing more, so the intake never imports `daemon`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as Interface
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import metrics
-from ..errors import Reply
-from ..pipeline import Transaction
+from ..values import (
+    REPLY_INTERNAL_ERROR,
+    REPLY_NEED_SMTPUTF8,
+    REPLY_OK,
+    REPLY_PROCESS_TIMEOUT,
+    REPLY_SENDER_OK,
+    REPLY_TOO_MANY_RCPTS,
+    Reply,
+    Transaction,
+)
 from .protocol import INTERNAL_ERROR, Protocol
 
-if TYPE_CHECKING:
-    from ..daemon import App
-
-__all__ = ["Handler"]
+__all__ = ["Handler", "Host", "IntakeLimits", "RcptCheck", "RcptChecker"]
 
 log = logging.getLogger(__name__)
-TOO_MANY = "452 4.5.3 Too many recipients"
-NEED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+TOO_MANY = str(REPLY_TOO_MANY_RCPTS)
+NEED_SMTPUTF8 = str(REPLY_NEED_SMTPUTF8)
+
+
+class IntakeLimits(Interface):
+    """The limits the handler enforces (config.Limits has them)."""
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_recipients(self) -> int: ...
+    @property
+    def process_timeout(self) -> float: ...
+
+
+class RcptCheck(Interface):
+    """The answer to one RCPT (addressbook.Resolution): a reply when it is refused."""
+
+    @property
+    def reply(self) -> Reply | None: ...
+
+
+class RcptChecker(Interface):
+    """What the handler asks of the current routing snapshot."""
+
+    def check_rcpt(self, address: str) -> RcptCheck: ...
+
+
+class Host(Interface):
+    """What the handler uses of the running daemon (`daemon.App` satisfies it)."""
+
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def sessions(self) -> set[Protocol]: ...
+    @property
+    def limits(self) -> IntakeLimits: ...
+    def snapshot(self) -> RcptChecker: ...
+    async def process(self, txn: Transaction) -> list[Reply]: ...
 
 
 class Handler:
-    def __init__(self, app: "App", protocol: str) -> None:
+    def __init__(self, app: Host, protocol: str) -> None:
         self.app, self.protocol = app, protocol
 
     @property
@@ -45,7 +91,7 @@ class Handler:
 
     def overloaded(self) -> bool:
         """More open sessions than limits.max_connections (this one included)."""
-        return len(self.app.sessions) > self.app.config.limits.max_connections
+        return len(self.app.sessions) > self.app.limits.max_connections
 
     def register(self, proto: Protocol) -> None:
         self.app.sessions.add(proto)
@@ -67,13 +113,13 @@ class Handler:
             return _need_smtputf8(session, "sender", address)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return "250 2.1.0 Ok"
+        return str(REPLY_SENDER_OK)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
         if not envelope.smtp_utf8 and not address.isascii():
             return _need_smtputf8(session, "rcpt", address)
-        if len(envelope.rcpt_tos) >= self.app.config.limits.max_recipients:
+        if len(envelope.rcpt_tos) >= self.app.limits.max_recipients:
             metrics.RCPT_REFUSED.labels("too_many").inc()
             return TOO_MANY
         res = self.app.snapshot().check_rcpt(address)
@@ -84,7 +130,7 @@ class Handler:
             return str(res.reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        return "250 2.1.5 Ok"
+        return str(REPLY_OK)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         n = len(envelope.rcpt_tos)
@@ -94,14 +140,14 @@ class Handler:
                 mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos),
                 raw=envelope.original_content or b"",
                 smtputf8=bool(envelope.smtp_utf8))
-            async with asyncio.timeout(self.app.config.limits.process_timeout):
+            async with asyncio.timeout(self.app.limits.process_timeout):
                 replies = await self.app.process(txn)
         except TimeoutError:   # a hung disk or downstream: the MTA keeps the mail and retries
             log.error("event=process_timeout peer=%s rcpts=%d", session.peer, n)
-            replies = [Reply(451, "4.3.0", "Processing took too long, try again later")] * n
+            replies = [REPLY_PROCESS_TIMEOUT] * n
         except Exception:  # never a 5xx, never the exception text: the MTA must retry
             log.exception("event=process_crashed peer=%s", session.peer)
-            replies = [Reply(451, "4.3.0", "Internal error, try again later")] * n
+            replies = [REPLY_INTERNAL_ERROR] * n
         if self.protocol == "lmtp":
             return "\r\n".join(str(r) for r in replies)
         return str(fold(replies)) if replies else INTERNAL_ERROR

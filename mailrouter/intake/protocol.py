@@ -48,21 +48,40 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 from ..config import Limits
+from ..values import (
+    REPLY_AUTH_NOT_IMPLEMENTED,
+    REPLY_BAD_BYTES,
+    REPLY_CONTROL_CHAR,
+    REPLY_DATA_SYNTAX,
+    REPLY_DATA_TOO_SLOW,
+    REPLY_INTERNAL_ERROR,
+    REPLY_LMTP_NO_EHLO,
+    REPLY_LMTP_NO_HELO,
+    REPLY_NEED_RCPT,
+    REPLY_SHUTTING_DOWN,
+    REPLY_START_DATA,
+    REPLY_STORAGE_FULL,
+    REPLY_SYNC_ERROR,
+    REPLY_TOO_BIG,
+    REPLY_TOO_MANY_ERRORS,
+    REPLY_TOO_MANY_SESSIONS,
+)
 
 __all__ = ["Protocol", "LMTPProtocol", "INTERNAL_ERROR", "SHUTTING_DOWN"]
 
 log = logging.getLogger(__name__)
 
-INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
-SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
-BAD_BYTES = "550 5.6.0 Message refused: bare LF, bare CR or NUL in content; send CRLF line endings (RFC 5321 2.3.8)"
-TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
-DATA_TOO_SLOW = "421 4.4.2 DATA took too long, closing connection"
-NO_ROOM = "452 4.3.1 Insufficient system storage, try again later"
-CONTROL_CHAR = "501 5.5.2 Syntax error: control character in command"
-SYNC_ERROR = "554 5.5.0 Error: SMTP protocol synchronization"           # Postfix's text
-TOO_MANY_ERRORS = "421 4.7.0 {} Error: too many errors"                  # Postfix's, {} = our name
+# aiosmtpd sends strings: the reply table's constants (values.py), as text
+INTERNAL_ERROR = str(REPLY_INTERNAL_ERROR)
+SHUTTING_DOWN = str(REPLY_SHUTTING_DOWN)
+TOO_MANY_SESSIONS = str(REPLY_TOO_MANY_SESSIONS)
+BAD_BYTES = str(REPLY_BAD_BYTES)
+TOO_BIG = str(REPLY_TOO_BIG)
+DATA_TOO_SLOW = str(REPLY_DATA_TOO_SLOW)
+NO_ROOM = str(REPLY_STORAGE_FULL)
+CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
+SYNC_ERROR = str(REPLY_SYNC_ERROR)
+TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
@@ -262,7 +281,7 @@ class Protocol(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         # Not offered in EHLO: mailrouter takes mail from its MTA, not from users. aiosmtpd
         # would answer 538 "encryption required", which suggests it could work over TLS.
-        await self.push('502 5.5.1 Error: command "AUTH" not implemented')
+        await self.push(str(REPLY_AUTH_NOT_IMPLEMENTED))
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("event=session_error peer=%s error=%r", self.session and self.session.peer,
@@ -368,12 +387,12 @@ class Protocol(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            await self.push(str(REPLY_NEED_RCPT))
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(str(REPLY_DATA_SYNTAX))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(str(REPLY_START_DATA))
         try:
             await self._data_transaction()
         finally:
@@ -510,7 +529,7 @@ class LMTPProtocol(Protocol, LMTP):
         await self._greeting(SMTP.smtp_EHLO(self, arg))
 
     async def smtp_EHLO(self, arg: str) -> None:
-        await self.push('500 5.5.1 Error: command "EHLO" not recognized, use LHLO')
+        await self.push(str(REPLY_LMTP_NO_EHLO))
 
     async def smtp_HELO(self, arg: str) -> None:
-        await self.push('500 5.5.1 Error: command "HELO" not recognized, use LHLO')
+        await self.push(str(REPLY_LMTP_NO_HELO))

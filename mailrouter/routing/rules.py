@@ -28,10 +28,17 @@ from datetime import date, datetime
 from typing import Any, Mapping, Sequence
 
 from ..calendars import Calendar, build_calendars
-from ..errors import ConfigError, ConfigErrors, Reply
+from ..errors import ConfigError, ConfigErrors
+from ..values import (
+    REPLY_RULE_DEFER,
+    REPLY_RULE_REJECT,
+    Action,
+    Decision,
+    RuleMatch,
+    Target,
+)
 from ..yamlsrc import where
 from .conditions import Node, did_you_mean, parse_condition
-from .decision import Action, Decision, RuleMatch, Target
 from .facts import Facts
 from .index import RuleIndex
 from .sla_spec import Sla, parse_sla
@@ -42,8 +49,6 @@ RULE_KEYS = ("name", "when", "then", "continue")
 THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action")
 PRIORITIES = ("low", "normal", "high", "urgent")
 ACTIONS = ("deliver", "reject", "defer")
-REPLY_RULE_REJECT = Reply(550, "5.7.1", "Message refused by routing rules")
-REPLY_RULE_DEFER = Reply(451, "4.7.1", "Deferred by routing rules, try again later")
 
 
 @dataclass(frozen=True, slots=True)

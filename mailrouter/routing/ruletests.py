@@ -30,9 +30,9 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..values import Decision
 from ..yamlsrc import where
 from .conditions import did_you_mean
-from .decision import Decision
 from .snapshot import envelope_sender
 
 __all__ = ["run_rule_tests", "TEST_KEYS", "EXPECT_KEYS"]

@@ -26,7 +26,7 @@ from ..config import Limits, unknown_keys
 from ..errors import ConfigError, ConfigErrors
 from ..loops import detect_loop
 from ..message import MessageView
-from .decision import REPLY_OK, Action, Decision
+from ..values import REPLY_OK, Action, Decision
 from .rules import RuleSet
 
 __all__ = ["Snapshot", "load_snapshot", "envelope_sender", "SECTIONS"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mailrouter.config import Limits
 from mailrouter.message import MessageView
-from mailrouter.routing.decision import Decision
 from mailrouter.routing.snapshot import Snapshot, load_snapshot
+from mailrouter.values import Decision
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "rules" / "samples"
