@@ -34,13 +34,12 @@ differing only in case are treated as one here (a false 554 at worst).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from .addressbook.canon import canonical_domain
-from .values import REPLY_DELIVERED_TO, REPLY_LOOP, Reply
+from .values import REPLY_DELIVERED_TO, LoopEvidence, LoopKind
 
-__all__ = ["TRACE_HEADER", "REPLY_DELIVERED_TO", "LoopVerdict", "trace_headers", "detect_loop",
+__all__ = ["TRACE_HEADER", "REPLY_DELIVERED_TO", "LoopEvidence", "trace_headers", "detect_loop",
            "header_text"]
 
 TRACE_HEADER = "X-Mailrouter-Loop"
@@ -54,12 +53,6 @@ class HeaderView(Protocol):
     @property
     def delivered_to(self) -> list[str]: ...
     def headers(self, name: str) -> list[str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LoopVerdict:
-    reply: Reply
-    evidence: str      # for the log and the registry: which header said so
 
 
 def header_text(text: str) -> str:
@@ -92,18 +85,19 @@ def _parse_trace(value: str) -> tuple[str, str] | None:
 
 
 def detect_loop(view: HeaderView, rcpt: str, *, hostname: str,
-                max_received: int) -> LoopVerdict | None:
-    """A verdict when this message, for this recipient, looks like it has been here before."""
+                max_received: int) -> LoopEvidence | None:
+    """The evidence when this message, for this recipient, looks like it has been here
+    before; its `.reply` is 554 5.4.6 (REPLY_LOOP, or REPLY_DELIVERED_TO for a Delivered-To)."""
     me, host = _norm(rcpt), header_text(hostname).lower()
     for value in view.headers(TRACE_HEADER):
         parsed = _parse_trace(value)
         if parsed == (host, me):
-            return LoopVerdict(REPLY_LOOP, f"{TRACE_HEADER}: {value.strip()} "
-                                           "(this copy was delivered here before)")
+            return LoopEvidence(LoopKind.TRACE, f"{TRACE_HEADER}: {value.strip()} "
+                                                "(this copy was delivered here before)")
     count = view.received_count
     if count > max_received:
-        return LoopVerdict(REPLY_LOOP, f"{count} Received headers (limit {max_received})")
+        return LoopEvidence(LoopKind.HOPS, f"{count} Received headers (limit {max_received})")
     if any(_norm(d) == me for d in view.delivered_to):
-        return LoopVerdict(REPLY_DELIVERED_TO, f"Delivered-To: {me} without our "
-                                               f"{TRACE_HEADER} (stale header or foreign loop)")
+        return LoopEvidence(LoopKind.DELIVERED_TO, f"Delivered-To: {me} without our "
+                                                   f"{TRACE_HEADER} (stale header or foreign loop)")
     return None

@@ -119,14 +119,13 @@ class Pipeline:
     async def _record_loops(self, decisions: list[Decision], key: str, qid: str) -> None:
         """Count run-time loop detections in the registry, with their evidence."""
         for d in decisions:
-            evidence = next((r[len("loop: "):] for r in d.reasons if r.startswith("loop: ")), None)
-            if evidence is None:
+            if d.loop is None:
                 continue
             metrics.RCPT_REFUSED.labels("loop").inc()
             log.warning("event=loop qid=%s rcpt=%s reply=%r evidence=%r", qid, d.rcpt,
-                        str(d.reply), evidence)
+                        str(d.reply), d.loop.evidence)
             try:
-                await self.registry.record_loop(key, d.rcpt, evidence)
+                await self.registry.record_loop(key, d.rcpt, d.loop.evidence)
             except RegistryError as exc:   # the reply is already a refusal; keep going
                 log.error("event=loop_not_recorded qid=%s error=%r", qid, str(exc))
 
@@ -177,4 +176,4 @@ def _decision_record(d: Decision, reply: Reply) -> DecisionRecord:
     return DecisionRecord(
         rcpt=d.rcpt, action=d.action.value, reply=str(reply), mailbox=d.mailbox, folder=d.folder,
         owner=d.owner, tags=d.tags, priority=d.priority, sla=d.sla, path=d.path,
-        reasons=d.reasons, rules=tuple(r.as_dict() for r in d.rules))
+        reasons=d.explained, rules=tuple(r.as_dict() for r in d.rules))

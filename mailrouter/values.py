@@ -161,8 +161,8 @@ class RuleMatch:
 
 
 class LoopKind(enum.Enum):
-    TRACE = "trace"                # our own trace header for this rcpt: conclusive
-    HOPS = "hops"                  # more Received headers than limits.max_received: conclusive
+    TRACE = "trace"                # our own trace header for this rcpt
+    HOPS = "hops"                  # more Received headers than limits.max_received
     DELIVERED_TO = "delivered_to"  # Delivered-To for this rcpt, no trace of ours
 
 

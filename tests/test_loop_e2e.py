@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from mailrouter.config import DeliveryConfig, Downstream, RegistryConfig
+from mailrouter.values import REPLY_LOOP
 from tests.support.daemon import free_port, maildir_files
 from tests.support.wire import Wire
 
@@ -42,11 +43,16 @@ async def test_loop_between_two_instances_is_refused_with_554(make_app, tmp_path
         await w.greet()
         reply = await w.transaction("sender@outside.test", ["loop@a.example"],
                                     b"Subject: round and round\r\n\r\nhello\r\n.\r\n")
-    assert reply[0].startswith("554 5.4.6")
+    assert reply[0] == str(REPLY_LOOP)
     assert maildir_files(tmp_path / "a" / "mail") == [] and maildir_files(tmp_path / "b" / "mail") == []
     loops = sqlite3.connect(tmp_path / "a" / "registry.db").execute(
         "select rcpt, evidence from loops").fetchall()
     assert len(loops) == 1 and loops[0][0] == "loop@a.example" and "a.test" in loops[0][1]
+    # the refused round's decision row gives the loop evidence as its reason, as explain
+    # does (the first round, delivered to B, says "address book")
+    reasons = sorted(r for (r,) in sqlite3.connect(tmp_path / "a" / "registry.db").execute(
+        "select reasons from decisions where rcpt = 'loop@a.example'"))
+    assert reasons == ['["address book"]', f'["loop: {loops[0][1]}"]']
     # the pair still delivers ordinary mail
     async with Wire(pa) as w:
         await w.greet()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from mailrouter.loops import TRACE_HEADER, LoopVerdict, detect_loop, trace_headers
+from pathlib import Path
+
+from mailrouter.config import Limits
+from mailrouter.explain import explain, format_text
+from mailrouter.loops import TRACE_HEADER, detect_loop, trace_headers
 from mailrouter.message import MessageView
-from mailrouter.values import REPLY_DELIVERED_TO, REPLY_LOOP
+from mailrouter.routing.snapshot import load_snapshot
+from mailrouter.values import REPLY_DELIVERED_TO, REPLY_LOOP, LoopEvidence, LoopKind
 
 HOST = "mx1.example.com"
 BODY = (b"Received: from out.example.org (out.example.org [192.0.2.7])\r\n\tby mx1.example.com;"
@@ -13,7 +18,7 @@ BODY = (b"Received: from out.example.org (out.example.org [192.0.2.7])\r\n\tby m
 
 
 def verdict(raw: bytes, rcpt: str = "sales@example.com", max_received: int = 30,
-            ) -> LoopVerdict | None:
+            ) -> LoopEvidence | None:
     return detect_loop(MessageView(raw), rcpt, hostname=HOST, max_received=max_received)
 
 
@@ -40,6 +45,7 @@ def test_our_trace_header_for_this_rcpt_is_a_loop() -> None:
     raw = b"Received: from fwd.example.net\r\n" + trace_headers(HOST, "Sales@Example.com") + BODY
     v = verdict(raw)
     assert v is not None and v.reply == REPLY_LOOP and TRACE_HEADER in v.evidence
+    assert v.kind is LoopKind.TRACE
 
 
 def test_trace_header_is_case_insensitive_on_host_and_address() -> None:
@@ -67,7 +73,7 @@ def test_delivered_to_without_our_trace_is_refused() -> None:
     raw = b"Delivered-To: <Sales@EXAMPLE.com>\r\n" + BODY
     v = verdict(raw)
     assert v is not None and v.reply == REPLY_DELIVERED_TO and "Delivered-To" in v.evidence
-    assert str(v.reply).startswith("554 5.4.6 ")
+    assert str(v.reply).startswith("554 5.4.6 ") and v.kind is LoopKind.DELIVERED_TO
 
 
 def test_received_count_over_limit() -> None:
@@ -77,9 +83,31 @@ def test_received_count_over_limit() -> None:
     assert verdict(hops + BODY, max_received=5) is None
     v = verdict(hops + BODY, max_received=4)
     assert v is not None and v.reply == REPLY_LOOP and "5 Received headers (limit 4)" in v.evidence
+    assert v.kind is LoopKind.HOPS
 
 
 def test_idn_rcpt_matches_either_form() -> None:
     """A trace written for the A-label form matches the U-label recipient."""
     raw = trace_headers(HOST, "info@xn--e1afmkfd.xn--p1ai") + BODY
     assert verdict(raw, rcpt="info@пример.рф") is not None
+
+
+def test_decision_carries_loop_evidence_as_a_value(tmp_path: Path) -> None:
+    """The snapshot's decision holds the LoopEvidence itself (nothing to parse back out of
+    a reason string); explain still shows it as the first reason, as before."""
+    book = tmp_path / "book.yaml"
+    book.write_text("domains: [example.com]\nmailboxes:\n  sales: {maildir: sales}\n"
+                    "aliases:\n  sales@example.com: mailbox:sales\n", encoding="utf-8")
+    snap = load_snapshot([str(book)], Limits(), HOST)
+    raw = trace_headers(HOST, "sales@example.com") + BODY
+    [d] = snap.decide(MessageView(raw), "a@example.org", ["sales@example.com"])
+    assert d.reply == REPLY_LOOP and d.loop is not None and d.loop.kind is LoopKind.TRACE
+    assert d.reasons == () and d.explained == (f"loop: {d.loop.evidence}",)
+    report = explain(snap, raw, ["sales@example.com"], "a@example.org")
+    [r] = report["recipients"]
+    assert r["reasons"] == [f"loop: {d.loop.evidence}"]
+    assert r["loop"] == {"kind": "trace", "evidence": d.loop.evidence}
+    assert f"because:  loop: {TRACE_HEADER}: {HOST}" in format_text(report)
+    [clean] = snap.decide(MessageView(BODY), "a@example.org", ["sales@example.com"])
+    assert clean.loop is None and explain(snap, BODY, ["sales@example.com"], None)[
+        "recipients"][0]["loop"] is None

@@ -66,7 +66,7 @@ class Snapshot:
                            max_received=self.limits.max_received)
         if loop is not None:
             action = Action.DEFER if loop.reply.temporary else Action.REJECT
-            return Decision(rcpt, action, loop.reply, reasons=(f"loop: {loop.evidence}",))
+            return Decision(rcpt, action, loop.reply, loop=loop)
         first = res.targets[0] if res.targets else None
         default = Decision(
             rcpt, Action.DELIVER, REPLY_OK, targets=res.targets,
