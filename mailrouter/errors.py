@@ -7,8 +7,9 @@
       DeliveryError
         TemporaryDeliveryError    451 4.3.0 (452 4.3.1 when storage is full)
         PermanentDeliveryError    550 5.x.x from the downstream
-      RegistryError               451 4.3.0
+      RegistryError               451 4.3.0 (the database is unavailable)
         RegistryFullError         452 4.3.1 (its disk is full)
+        RegistryBugError          451 4.3.0 (not an outage: a bug, logged with its traceback)
 
 Each error's `.reply` is a constant of the reply table in `values`.
 Anything not in this tree that escapes a handler is also answered 451 4.3.0:
@@ -20,6 +21,7 @@ from __future__ import annotations
 from .values import (
     REPLY_DELIVERY_TEMPFAIL,
     REPLY_DOWNSTREAM_REFUSED,
+    REPLY_INTERNAL_ERROR,
     REPLY_LOOP,
     REPLY_REGISTRY_UNAVAILABLE,
     REPLY_STORAGE_FULL,
@@ -29,7 +31,7 @@ from .values import (
 __all__ = [
     "MailrouterError", "ConfigError", "ConfigErrors", "AddressError", "AliasLoopError",
     "DeliveryError", "TemporaryDeliveryError", "PermanentDeliveryError",
-    "StorageFullError", "RegistryError", "RegistryFullError",
+    "StorageFullError", "RegistryError", "RegistryFullError", "RegistryBugError",
     "Reply",   # re-exported from values, where it lives
 ]
 
@@ -118,3 +120,11 @@ class RegistryFullError(RegistryError):
     """The registry's disk is full (SQLite: 'database or disk is full')."""
 
     reply = REPLY_STORAGE_FULL
+
+
+class RegistryBugError(RegistryError):
+    """The registry code failed on something that is not an outage (a TypeError, a
+    KeyError: a bug). The store logs it once with its traceback; the client still gets
+    a 4xx, so the sending MTA keeps the mail."""
+
+    reply = REPLY_INTERNAL_ERROR

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from .delivery.deliverer import Copy, Deliverer
-from .errors import RegistryError
+from .errors import RegistryBugError, RegistryError
 from .message import MessageView
 from .offload import Offload
 from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
@@ -95,7 +95,9 @@ class Pipeline:
         try:
             done = await self.registry.delivered_targets(key)
         except RegistryError as exc:
-            log.error("event=registry_unavailable qid=%s error=%r", qid, str(exc))
+            # an outage is this one line; a bug was logged with its traceback by the store
+            log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_unavailable"),
+                      qid, str(exc))
             metrics.MESSAGES.labels("deferred").inc()
             return [exc.reply] * len(txn.rcpts)
         await self._record_loops(decisions, key, qid)
@@ -108,7 +110,8 @@ class Pipeline:
                 [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
                                 str(r)) for t, r in results.items()])
         except RegistryError as exc:
-            log.error("event=registry_failed qid=%s error=%r", qid, str(exc))
+            log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_failed"),
+                      qid, str(exc))
             replies = [exc.reply if r.ok else r for r in replies]
         for d, r in zip(decisions, replies):
             log.info("event=decision qid=%s sender=%s rcpt=%s mailbox=%s folder=%s action=%s reply=%r",
@@ -170,6 +173,10 @@ class Pipeline:
             from_name=view.from_name, from_addr=view.from_addr, subject=view.subject,
             size=view.size, content_hash=view.content_hash, defects=tuple(view.defects),
             ruleset_hash=snap.hash, status=status)
+
+
+def _registry_event(exc: RegistryError, outage: str) -> str:
+    return "registry_bug_deferred" if isinstance(exc, RegistryBugError) else outage
 
 
 def _decision_record(d: Decision, reply: Reply) -> DecisionRecord:

@@ -25,6 +25,7 @@ import pytest
 
 from mailrouter.config import DeliveryConfig, Downstream, RegistryConfig
 from mailrouter.pipeline import message_key
+from mailrouter.values import REPLY_REGISTRY_UNAVAILABLE
 from tests.support.daemon import maildir_files
 from tests.support.pg import PgCluster, pg_bin
 from tests.support.wire import Wire
@@ -142,10 +143,14 @@ async def test_readonly_maildir_is_451_then_retry_delivers_once(make_app, tmpfs)
 
 # -- the registry ---------------------------------------------------------------------
 
-async def test_sqlite_locked_is_451_then_retry_finds_first_copy(make_app, tmp_path):
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info is not None]
+
+
+async def test_sqlite_locked_is_451_then_retry_finds_first_copy(make_app, tmp_path, caplog):
     """Another connection holds BEGIN EXCLUSIVE: 451 4.3.0 within the registry timeout. After
     release the retry gets 250; the Maildir copy of the first attempt is found by its name, so
-    there is one copy and one registry row."""
+    there is one copy and one registry row. The outage is logged in one line, no traceback."""
     app = await make_app(registry=RegistryConfig(sqlite_url(tmp_path), timeout=1.0))
     port = app.bound["smtp"][1]
     raw = mail("locked")
@@ -154,7 +159,9 @@ async def test_sqlite_locked_is_451_then_retry_finds_first_copy(make_app, tmp_pa
     try:
         await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
         replies = await send(port, raw)
-        assert replies == ["451 4.3.0 Registry temporarily unavailable, try again later"]
+        assert replies == [str(REPLY_REGISTRY_UNAVAILABLE)]
+        assert any(m.startswith("mailrouter.decision: event=registry_failed ") for m in errors(caplog))
+        assert tracebacks(caplog) == []
         first = maildir_files(tmp_path / "var" / "mail")
         await asyncio.to_thread(locker.execute, "ROLLBACK")
     finally:
@@ -183,16 +190,21 @@ async def pg_cluster():
         await asyncio.to_thread(cluster.remove)
 
 
-async def test_postgresql_stopped_is_451_then_restarted_delivers(make_app, pg_cluster, tmp_path):
-    """The PostgreSQL registry stops mid-run: 451 4.3.0; back up: the next retry gets 250
-    (stale pooled connections are not handed out), one copy, one row."""
+async def test_postgresql_stopped_is_451_then_restarted_delivers(make_app, pg_cluster, tmp_path,
+                                                                 caplog):
+    """The PostgreSQL registry stops mid-run: 451 4.3.0, logged as the one-line
+    registry_unavailable (no traceback: an outage, not a bug); back up: the next retry gets
+    250 (stale pooled connections are not handed out), one copy, one row."""
     app = await make_app(registry=RegistryConfig(pg_cluster.url, timeout=3.0))
     port = app.bound["smtp"][1]
     assert (await send(port, mail("pg-before")))[0].startswith("250 2.0.0")
     await asyncio.to_thread(pg_cluster.stop)
     raw = mail("pg-down")
     replies = await send(port, raw)
-    assert replies == ["451 4.3.0 Registry temporarily unavailable, try again later"]
+    assert replies == [str(REPLY_REGISTRY_UNAVAILABLE)]
+    assert any(m.startswith("mailrouter.decision: event=registry_unavailable ")
+               for m in errors(caplog))
+    assert tracebacks(caplog) == []
     await asyncio.to_thread(pg_cluster.start)
     assert (await send(port, raw))[0].startswith("250 2.0.0")
     files = maildir_files(tmp_path / "var" / "mail")

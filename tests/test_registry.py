@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 import sqlite3
@@ -20,11 +21,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, inspect, select, text
 
-from mailrouter.errors import RegistryError
+from mailrouter.errors import RegistryBugError, RegistryError
 from mailrouter.registry import (
     DecisionRecord, DeliveryRecord, MessageRecord, Registry, upgrade,
 )
 from mailrouter.registry.models import loops, reloads
+from mailrouter.values import REPLY_INTERNAL_ERROR, REPLY_REGISTRY_UNAVAILABLE
 from tests.support.pg import PgCluster, pg_bin
 
 WHEN = datetime(2027, 1, 11, 9, 30, tzinfo=timezone.utc)
@@ -151,6 +153,36 @@ async def test_one_bad_record_fails_only_its_caller(registry: Registry) -> None:
     assert await registry.count_messages() == 20
 
 
+def store_log(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mailrouter.registry.store"]
+
+
+async def test_a_bug_is_logged_with_its_traceback_once_and_answered_451(
+        registry: Registry, caplog: pytest.LogCaptureFixture) -> None:
+    """A real TypeError in the store (a set where the JSON column takes a list: the JSON
+    encoder refuses it) is a bug, not an outage: RegistryBugError with 451 4.3.0 for the
+    client, ONE error line with the traceback, no 'registry_error' outage line; the bad
+    record's batch-mates are committed."""
+    caplog.set_level(logging.WARNING, logger="mailrouter.registry.store")
+    bad = decision(tags=frozenset({"invoice"}))
+    results = await asyncio.gather(
+        *(registry.record(message(f"{n:064x}"), [decision()], [delivery()]) for n in range(5)),
+        registry.record(message("b" * 64), [bad], [delivery()]), return_exceptions=True)
+    assert results[:5] == [None] * 5
+    err = results[5]
+    assert isinstance(err, RegistryBugError) and err.reply == REPLY_INTERNAL_ERROR
+    assert (err.reply.code, err.reply.status) == (451, "4.3.0")
+    [rec] = store_log(caplog)
+    assert rec.levelno == logging.ERROR and rec.getMessage().startswith("event=registry_bug ")
+    assert rec.exc_info is not None and "TypeError" in rec.getMessage()
+    assert "Traceback (most recent call last)" in caplog.text and "frozenset" in caplog.text
+    assert await registry.count_messages() == 5
+    caplog.clear()
+    with pytest.raises(RegistryBugError):                      # alone in its batch
+        await registry.record(message("c" * 64), [bad], [])
+    assert [r.exc_info is not None for r in store_log(caplog)] == [True]
+
+
 async def test_close_flushes_pending(registry_url: str) -> None:
     """close() commits what is queued; the callers see success and the rows exist."""
     reg = await Registry.open(registry_url)
@@ -197,16 +229,22 @@ async def test_schema_on_first_open_and_upgrade_idempotent(registry_url: str) ->
 
 # Faults: SQLite
 
-async def test_sqlite_locked_raises_then_recovers(tmp_path: Path) -> None:
-    """A write lock held elsewhere gives RegistryError, not a hang; then writes work again."""
+async def test_sqlite_locked_raises_then_recovers(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A write lock held elsewhere gives RegistryError, not a hang, logged as one line
+    without a traceback (an outage, not a bug); then writes work again."""
+    caplog.set_level(logging.WARNING, logger="mailrouter.registry.store")
     path = tmp_path / "registry.db"
     reg = await Registry.open(f"sqlite:///{path}", timeout=1.0)
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")
         async with asyncio.timeout(30):  # guard against a hang only
-            with pytest.raises(RegistryError):
+            with pytest.raises(RegistryError) as info:
                 await reg.record(message(), [decision()], [delivery()])
+        assert type(info.value) is RegistryError and info.value.reply == REPLY_REGISTRY_UNAVAILABLE
+        assert [(r.levelno, r.getMessage().split()[0], r.exc_info) for r in store_log(caplog)] == [
+            (logging.WARNING, "event=registry_error", None)]
         holder.execute("ROLLBACK")
         await reg.record(message(), [decision()], [delivery()])
         assert await reg.count_messages() == 1

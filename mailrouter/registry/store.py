@@ -7,8 +7,11 @@ far fewer than N fsyncs. Writes are upserts keyed on the message key (sha256 of
 envelope sender and raw bytes), so an MTA retry updates the row instead of adding
 one, and a delivery once 'delivered' is never downgraded (dedupe, DESIGN.md step 7).
 
-Failures: every database failure surfaces as ``RegistryError`` (details go to the
-log only). When a batch fails on one bad record (integrity or data error), its
+Failures: an outage (an OSError, a database/driver error, a timeout, a full
+disk) surfaces as ``RegistryError`` (``RegistryFullError`` for a full disk) with one
+log line, no traceback: it is the database, not our code. Anything else (a
+TypeError, a KeyError: a bug of ours) becomes ``RegistryBugError`` and is logged
+once with its traceback. Both answer the client 4xx; details go to the log only. When a batch fails on one bad record (integrity or data error), its
 records are retried one by one so only that caller fails; when the database is
 unavailable (locked, down, read-only) the whole batch fails at once. Every
 database await runs under ``asyncio.timeout(timeout)``; SQLite's busy timeout is
@@ -28,6 +31,7 @@ import errno
 import importlib
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,14 +40,18 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import (
+    DataError, DBAPIError, DisconnectionError, IntegrityError, StatementError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from mailrouter.errors import RegistryError, RegistryFullError
+from mailrouter.errors import RegistryBugError, RegistryError, RegistryFullError
 from mailrouter.registry.models import (
     DecisionRecord, DeliveryRecord, MessageRecord, decision_upsert, decisions, deliveries,
     delivery_upsert, loops, message_upsert, messages, reloads,
@@ -183,7 +191,32 @@ def _describe(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {str(inner).splitlines()[0] if str(inner) else ''}"[:300]
 
 
+# What counts as "the registry is unavailable": the OS, the database and its drivers,
+# the pool, time. Alembic's CommandError is the database at a revision we do not know.
+_OUTAGES: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, DBAPIError, PoolTimeoutError, DisconnectionError, sqlite3.Error,
+    CommandError)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """True for a database or I/O failure; False for a bug of ours (TypeError, KeyError...).
+    asyncpg's own errors (raised unwrapped while connecting) are known by their module,
+    so SQLite-only installs do not import asyncpg here."""
+    for e in (exc, getattr(exc, "orig", None)):
+        if isinstance(e, _OUTAGES) or (
+                e is not None and type(e).__module__.startswith("asyncpg.")):
+            return True
+    return False
+
+
 def _failure(what: str, exc: BaseException) -> RegistryError:
+    """The RegistryError for `exc`, logged once: one line for an outage, the traceback
+    for anything else (a bug must not hide behind 'registry unavailable')."""
+    if not _is_outage(exc):
+        log.error("event=registry_bug op=%s error=%r", what, _describe(exc), exc_info=exc)
+        bug = RegistryBugError(f"registry {what} failed on an internal error ({_describe(exc)})")
+        bug.__cause__ = exc
+        return bug
     log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     inner = getattr(exc, "orig", None) or exc
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
@@ -424,9 +457,10 @@ class Registry:
             try:
                 await self._write_batch([item])
             except Exception as exc:  # see _commit
-                _settle([item], _failure("record", exc))
+                error = _failure("record", exc)       # logged once, whoever shares it
+                _settle([item], error)
                 if not _is_bad_record(exc):  # the database went away: fail the rest now
-                    _settle(live[n + 1:], _failure("record", exc))
+                    _settle(live[n + 1:], error)
                     return
             else:
                 _settle([item], None)
