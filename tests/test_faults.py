@@ -25,7 +25,11 @@ import pytest
 
 from mailrouter.config import DeliveryConfig, Downstream, RegistryConfig
 from mailrouter.pipeline import message_key
-from mailrouter.values import REPLY_REGISTRY_UNAVAILABLE
+from mailrouter.values import (
+    REPLY_DELIVERY_TEMPFAIL,
+    REPLY_REGISTRY_UNAVAILABLE,
+    REPLY_STORAGE_FULL,
+)
 from tests.support.daemon import maildir_files
 from tests.support.pg import PgCluster, pg_bin
 from tests.support.wire import Wire
@@ -96,7 +100,7 @@ async def test_full_maildir_is_452_then_retry_delivers_once(make_app, tmpfs, tmp
     raw = mail("full", body="x" * 2000)
     await asyncio.to_thread(fill, tmpfs / "filler")
     replies = await send(port, raw)
-    assert replies == ["452 4.3.1 Insufficient system storage, try again later"]
+    assert replies == [str(REPLY_STORAGE_FULL)]
     assert maildir_files(tmpfs) == []
     tmp = tmpfs / "sales" / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []      # no partial copy left behind
@@ -130,7 +134,7 @@ async def test_readonly_maildir_is_451_then_retry_delivers_once(make_app, tmpfs)
     try:
         raw = mail("ro")
         replies = await send(port, raw)
-        assert replies == ["451 4.3.0 Delivery temporarily failed, try again later"]
+        assert replies == [str(REPLY_DELIVERY_TEMPFAIL)]
         assert len(maildir_files(tmpfs)) == 1
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)

@@ -8,6 +8,12 @@ import smtplib
 import aiosmtplib
 import pytest
 
+from mailrouter.values import (
+    REPLY_CONTROL_CHAR,
+    REPLY_DATA_TOO_SLOW,
+    REPLY_DELIVERED,
+    REPLY_INTERNAL_ERROR,
+)
 from tests.support.daemon import maildir_files
 from tests.support.wire import Wire
 
@@ -78,7 +84,7 @@ async def test_swaks_delivers(make_app, tmp_path):
         "-t", "support@example.com", "--h-Subject", "swaks", stdout=asyncio.subprocess.PIPE)
     out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
     assert proc.returncode == 0, out
-    assert "<-  250 2.0.0 Ok: delivered" in out
+    assert f"<-  {REPLY_DELIVERED}" in out
     assert len(maildir_files(tmp_path / "var" / "mail" / "support")) == 1
 
 
@@ -140,7 +146,7 @@ async def test_control_characters_in_commands_are_refused(make_app, tmp_path, cm
         if cmd.startswith(b"RCPT"):
             assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
         await w.send(cmd + b"\r\n")
-        assert await w.line() == "501 5.5.2 Syntax error: control character in command"
+        assert await w.line() == str(REPLY_CONTROL_CHAR)
         assert (await w.cmd("RSET")).startswith("250")
         r = await w.transaction("a@outside.test", ["sales@example.com"], data(mail("clean")))
         assert r[-1].startswith("250 2.0.0")
@@ -320,12 +326,12 @@ async def test_internal_error_is_451_without_internals(make_app, monkeypatch):
     async with Wire(app.bound["smtp"][1]) as w:
         await w.greet()
         reply = (await w.transaction("a@outside.test", ["sales@example.com"], data(mail())))[0]
-    assert reply.startswith("451 4.3.0") and "secret" not in reply
+    assert reply == str(REPLY_INTERNAL_ERROR) and "secret" not in reply
     async with Wire(app.bound["lmtp"][1]) as w:
         await w.greet("LHLO")
         replies = await w.transaction("a@outside.test", ["sales@example.com", "support@example.com"],
                                       data(mail()), lmtp=True)
-    assert all(r.startswith("451 4.3.0") and "secret" not in r for r in replies)
+    assert replies == [str(REPLY_INTERNAL_ERROR)] * 2
 
 
 async def test_retry_is_not_delivered_twice(make_app, tmp_path):
@@ -370,7 +376,7 @@ async def test_trickling_data_is_cut_at_the_deadline(make_app, tmp_path):
                 break
             except TimeoutError:
                 continue
-        assert reply == "421 4.4.2 DATA took too long, closing connection"
+        assert reply == str(REPLY_DATA_TOO_SLOW)
         assert await w.closed()
     assert maildir_files(tmp_path / "var" / "mail") == []
 

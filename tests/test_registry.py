@@ -23,7 +23,11 @@ from sqlalchemy import event, inspect, select, text
 
 from mailrouter.errors import RegistryBugError, RegistryError
 from mailrouter.registry import (
-    DecisionRecord, DeliveryRecord, MessageRecord, Registry, upgrade,
+    DecisionRecord,
+    DeliveryRecord,
+    MessageRecord,
+    Registry,
+    upgrade,
 )
 from mailrouter.registry.models import loops, reloads
 from mailrouter.values import REPLY_INTERNAL_ERROR, REPLY_REGISTRY_UNAVAILABLE
