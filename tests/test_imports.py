@@ -29,7 +29,7 @@ PACKAGE = "mailrouter"
 # group and any group of a LOWER layer; groups within one layer do not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("values", ""),                              # "" is the package's own __init__
-    ("errors", "charsets", "metrics"),
+    ("errors", "charsets", "metrics", "offload"),
     ("yamlsrc", "message"),
     ("calendars", "config", "addressbook", "addresses"),
     ("loops",),
