@@ -68,6 +68,8 @@ class Team:
     members: tuple[str, ...]   # person keys
     pick: str                  # 'round-robin' | 'schedule' | 'least-open'
     mailbox: str | None        # when set, mail to the team lands here, not with each member
+    head: str | None = None    # a person key: escalations go here when a deputy cannot take them
+    schedule: tuple[tuple[str, str], ...] = ()   # (member, calendar name): when each is on duty
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ __all__ = ["Parts", "parse_parts", "entries", "SECTIONS"]
 SECTIONS = ("domains", "mailboxes", "people", "teams", "aliases", "moved", "address_options")
 MAILBOX_KINDS = ("maildir", "lmtp", "smtp")
 PICKS = ("round-robin", "schedule", "least-open")
+TEAM_KEYS = ("members", "pick", "mailbox", "head", "schedule")
 
 
 @dataclass
@@ -169,11 +170,39 @@ def _parse_people(c: Collector, section: Any, p: Parts) -> None:
         if person.address is not None:
             define(c, p, person.address, f"the address of person {person.key!r}", value["address"])
             p.by_address[person.address] = person.key
+    deputies: dict[str, Any] = {}
     for key, value, _box in entries(section):
         deputy = value.get("deputy") if isinstance(value, Mapping) else None
         if deputy is not None and str(deputy) not in p.people:
             c.add(f"person {str(key)!r} names unknown deputy {str(deputy)!r}", deputy,
                   did_you_mean(str(deputy), p.people, "people"), value)
+        elif deputy is not None:
+            deputies[str(key)] = deputy
+    _check_deputy_loops(c, deputies)
+
+
+def _check_deputy_loops(c: Collector, deputies: Mapping[str, Any]) -> None:
+    """A chain of deputies that comes back to a person never ends: refuse it at load.
+
+    Each loop is reported once, at the deputy line of its first person in name order,
+    with file:line of every edge, so `is away -> deputy` is a finite walk at run time."""
+    reported: set[str] = set()
+    for start in sorted(deputies):
+        chain, at = [start], start
+        while at in deputies and str(deputies[at]) not in chain:
+            at = str(deputies[at])
+            chain.append(at)
+        if at not in deputies:
+            continue
+        loop = chain[chain.index(str(deputies[at])):]
+        if reported & set(loop):
+            continue
+        reported.update(loop)
+        first = min(loop)
+        loop = loop[loop.index(first):] + loop[:loop.index(first)]
+        edges = ", ".join(f"{k} -> {deputies[k]} ({at_line(deputies[k])})" for k in loop)
+        c.add(f"deputies form a loop: {' -> '.join(loop + [first])}: {edges}", deputies[first],
+              "end the chain: one of them must name a deputy outside the loop, or none")
 
 
 def _parse_teams(c: Collector, section: Any, p: Parts) -> None:
@@ -183,7 +212,7 @@ def _parse_teams(c: Collector, section: Any, p: Parts) -> None:
             c.add(f"team {name!r} is defined twice", key, "keep one definition", box)
             continue
         if isinstance(value, Mapping):
-            c.unknown_keys(value, ("members", "pick", "mailbox"), f"team {name!r}")
+            c.unknown_keys(value, TEAM_KEYS, f"team {name!r}")
         if not isinstance(value, Mapping) or not isinstance(value.get("members"), list):
             c.add(f"team {name!r} needs members: [person, ...]", value,
                   f"write {name}: {{members: [{next(iter(p.people), 'someone')}]}}", key)
@@ -201,7 +230,39 @@ def _parse_teams(c: Collector, section: Any, p: Parts) -> None:
             c.add(f"team {name!r} names unknown mailbox {str(mailbox)!r}", mailbox,
                   did_you_mean(str(mailbox), p.mailboxes, "mailboxes"), value)
         members = tuple(dict.fromkeys(str(m) for m in value["members"] if str(m) in p.people))
-        p.teams[name] = Team(name, members, pick, str(mailbox) if mailbox is not None else None)
+        head = value.get("head")
+        if head is not None and str(head) not in p.people:
+            c.add(f"team {name!r} names unknown head {str(head)!r}", head,
+                  did_you_mean(str(head), p.people, "people"), value)
+            head = None
+        p.teams[name] = Team(name, members, pick, str(mailbox) if mailbox is not None else None,
+                             str(head) if head is not None else None,
+                             _parse_schedule(c, name, value, members, pick))
+
+
+def _parse_schedule(c: Collector, name: str, value: Mapping[str, Any], members: tuple[str, ...],
+                    pick: str) -> tuple[tuple[str, str], ...]:
+    """`schedule: {member: CALENDAR}`: the member is on duty in that calendar's working hours.
+
+    Calendar names are checked against `calendars:` with the rules (routing/snapshot.py)."""
+    spec = value.get("schedule")
+    if spec is None:
+        if pick == "schedule":
+            c.add(f"team {name!r} picks by schedule but has no schedule:", value,
+                  "write schedule: {member: calendar, ...} naming calendars from calendars:")
+        return ()
+    if not isinstance(spec, Mapping):
+        c.add(f"team {name!r}: schedule must map members to calendars", spec,
+              "write schedule: {ivanov: early-shift, petrova: late-shift}", value)
+        return ()
+    out = []
+    for member, cal in spec.items():
+        if str(member) not in members:
+            c.add(f"team {name!r}: schedule names {str(member)!r}, who is not a member", member,
+                  did_you_mean(str(member), members, "members"), spec)
+            continue
+        out.append((str(member), str(cal)))
+    return tuple(out)
 
 
 def define(c: Collector, p: Parts, address: str, what: str, at: Any) -> bool:

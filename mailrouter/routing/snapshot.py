@@ -183,6 +183,21 @@ class _Names:
                    {str(k): None for k in merged["teams"]})
 
 
+def _check_schedules(teams: Any, calendars: Any) -> list[ConfigError]:
+    """A team's `schedule: {member: CALENDAR}` must name calendars from `calendars:`."""
+    errors = []
+    for name, spec in teams.items():
+        schedule = spec.get("schedule") if isinstance(spec, dict) else None
+        for member, cal in (schedule.items() if isinstance(schedule, dict) else ()):
+            if str(cal) not in calendars:
+                path, line, col = yamlsrc.where(cal, schedule)
+                known = ", ".join(calendars) or "none defined"
+                errors.append(ConfigError(
+                    f"team {str(name)!r}: schedule of {str(member)!r} names unknown calendar "
+                    f"{str(cal)!r}", path, line, col, f"define it under 'calendars:' (known: {known})"))
+    return errors
+
+
 def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Snapshot:
     """Load, check and compile every routing file. Raises ConfigErrors listing all problems.
 
@@ -217,6 +232,8 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
         rules = RuleSet.build(merged["rules"], names, merged["calendars"])
     except ConfigErrors as exc:
         errors.extend(exc.errors)
+    if book is not None and rules is not None:
+        errors.extend(_check_schedules(merged["teams"], rules.calendars))
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
     return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), merged, hostname, limits)

@@ -1,0 +1,116 @@
+"""Who owns a request: a person, or a team member picked by the team's rule; absence -> deputy.
+
+Pure: the registry's view (the last member a team picked, each person's open requests)
+comes in as a `TeamState`, the time as an argument, so a test can replay a hundred
+picks without a database. The store (control/store.py) gives the real state.
+
+- A person who is away (`away:` in the address book, on the day of `at` in UTC) is
+  replaced by their deputy, and so on down the chain. Loops are refused when the
+  address book loads, so the walk ends; when everybody on the chain is away, the
+  request stays with the first person (someone must own it) and the reason says so.
+- A team picks among members who are not away (if all are, among all of them):
+  `round-robin` takes the next member after the last one picked, in member order;
+  `least-open` the one with the fewest open requests, ties broken in round-robin
+  order; `schedule` the members whose calendar (`schedule: {member: CALENDAR}`) is in
+  working hours at `at`, or, when nobody is, the one whose shift starts first, then
+  round-robin among those. The picked member then goes through the absence walk.
+
+Refused: nothing at run time (unknown names are load-time errors); an owner key that
+is neither a person nor a team gives no owner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any, Protocol
+
+from ..addressbook.model import Person, Team
+from ..calendars import Calendar
+
+__all__ = ["OwnerChoice", "TeamState", "choose_owner", "on_duty", "pick_member"]
+
+
+class TeamState(Protocol):
+    """What a pick needs to know from the registry."""
+
+    def last_pick(self, team: str) -> str | None: ...
+
+    def open_count(self, person: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerChoice:
+    owner: str | None                  # a person key
+    team: str | None = None            # the team it was picked from
+    why: tuple[str, ...] = ()
+
+
+def _day(at: datetime) -> date:
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).date()
+
+
+def on_duty(people: Mapping[str, Person], key: str, at: datetime) -> tuple[str, tuple[str, ...]]:
+    """`key`, or the first deputy down the chain who is not away at `at`."""
+    day, chain, why = _day(at), [key], []
+    while people[chain[-1]].is_away(day):
+        deputy = people[chain[-1]].deputy
+        if deputy is None or deputy in chain:
+            why.append(f"{key} and every deputy after are away on {day}: {key} keeps it")
+            return key, tuple(why)
+        why.append(f"{chain[-1]} is away on {day}: deputy {deputy}")
+        chain.append(deputy)
+    return chain[-1], tuple(why)
+
+
+def _after(members: Sequence[str], last: str | None, among: Sequence[str]) -> str:
+    """The first of `among` after `last` in member order, cyclically."""
+    start = members.index(last) + 1 if last in members else 0
+    order = list(members[start:]) + list(members[:start])
+    return next(m for m in order if m in among)
+
+
+def pick_member(team: Team, people: Mapping[str, Person], calendars: Mapping[str, Calendar],
+                at: datetime, state: TeamState) -> tuple[str, str]:
+    """(member, why) for one new request to `team`."""
+    day = _day(at)
+    present = [m for m in team.members if not people[m].is_away(day)] or list(team.members)
+    last = state.last_pick(team.key)
+    if team.pick == "least-open":
+        counts = {m: state.open_count(m) for m in present}
+        low = min(counts.values())
+        member = _after(team.members, last, [m for m in present if counts[m] == low])
+        return member, f"team {team.key}: fewest open requests ({low}): {member}"
+    if team.pick == "schedule":
+        shifts = {m: calendars[c] for m, c in team.schedule if m in present and c in calendars}
+        now = [m for m, cal in shifts.items() if cal.is_business_time(at)]
+        if now:
+            member = _after(team.members, last, now)
+            return member, f"team {team.key}: on duty now: {member}"
+        if shifts:
+            starts = {m: cal.add_business_hours(at, 0) for m, cal in shifts.items()}
+            first = min(starts.values())
+            member = _after(team.members, last, [m for m, s in starts.items() if s == first])
+            return member, f"team {team.key}: nobody on duty; {member} starts first ({first.isoformat()})"
+    member = _after(team.members, last, present)
+    return member, f"team {team.key}: round-robin: {member}"
+
+
+def choose_owner(people: Mapping[str, Person], teams: Mapping[str, Team],
+                 calendars: Mapping[str, Calendar], key: str | None, at: datetime,
+                 state: TeamState) -> OwnerChoice:
+    """The owner of a new request whose rule names `key` (a person or a team)."""
+    if key is None:
+        return OwnerChoice(None)
+    team: Any = teams.get(key)
+    why: list[str] = []
+    if team is not None:
+        if not team.members:
+            return OwnerChoice(None, key, (f"team {key} has no members",))
+        key, reason = pick_member(team, people, calendars, at, state)
+        why.append(reason)
+    if key not in people:
+        return OwnerChoice(None, team.key if team else None, (f"no person {key!r}",))
+    owner, absent = on_duty(people, key, at)
+    return OwnerChoice(owner, team.key if team else None, tuple(why) + absent)
