@@ -30,7 +30,7 @@ from .errors import ConfigError, ConfigErrors
 from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
-           "find_config", "load_config", "unknown_keys", "is_loopback"]
+           "ControlConfig", "find_config", "load_config", "unknown_keys", "is_loopback"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -86,6 +86,22 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """`control:` execution control: requests, reply tracking, SLA reminders (control/)."""
+
+    replies: tuple[str, ...] = ()            # our addresses that get copies of outgoing mail
+    number: str | None = "[#{n}]"            # our request number in subjects; None: not matched
+    join: str = "address"                    # who may join a request: address | domain | off
+    close_marker: str | None = "[closed]"    # a reply whose subject or first line has it closes
+    close_after: float = 14 * 86400.0        # seconds without activity: answered/waiting -> closed
+    remind_after: float = 0.0                # business seconds after the first-response due
+    escalate_after: float = 4 * 3600.0       # business seconds after the reminder
+    head: str | None = None                  # person key: escalations when nobody else can take them
+    scan_every: float = 60.0                 # seconds between scheduler runs
+    sender: str = ""                         # From of reminders (default: mailrouter@hostname)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str                                    # '' for the embedded default
     hostname: str
@@ -101,6 +117,7 @@ class Config:
     workers: int = field(default_factory=lambda: auto_workers())  # processes on the listeners
     workdir: Path = field(default_factory=Path.cwd)
     admin_token: str | None = field(default=None, repr=False)   # bearer token of the admin endpoint
+    control: ControlConfig | None = None         # None: no requests, no reply tracking, no SLA
 
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":
@@ -174,7 +191,7 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
-            "shutdown_grace", "log_level", "workers", "admin")
+            "shutdown_grace", "log_level", "workers", "admin", "control")
 
 
 # -- which file: -c, $MAILROUTER_CONFIG, /etc/mailrouter/config.yaml, the embedded default
@@ -240,7 +257,45 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         routing=_routing(doc, base, c),
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
         log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base,
-        workers=_workers(doc, c))
+        workers=_workers(doc, c), control=_control(doc, c))
+
+
+CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
+                "escalate_after", "head", "scan_every", "sender")
+
+
+def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
+    if "control" not in doc:
+        return None
+    sec = c.section(doc, "control", CONTROL_KEYS)
+    d = ControlConfig()
+    replies = sec.get("replies") or []
+    replies = [replies] if isinstance(replies, str) else replies
+    if not isinstance(replies, list) or not all(isinstance(r, str) and "@" in r for r in replies):
+        c.error(sec.get("replies"), "'control.replies' must be an address or a list of them",
+                "for example 'replies: replies@example.com' (Postfix sender_bcc_maps sends there)", sec)
+        replies = []
+    number = sec.get("number", d.number)
+    if number is not None and (not isinstance(number, str) or number.count("{n}") != 1):
+        c.error(number, f"'control.number' must contain {{n}} once, not {number!r}",
+                "for example 'number: \"[#{n}]\"', or null to match by references only", sec)
+        number = d.number
+    join = str(sec.get("join", d.join))
+    if join not in ("address", "domain", "off"):
+        c.error(sec.get("join"), f"'control.join' must be address, domain or off, not {join!r}",
+                "address: only a participant's address may join a request; domain: their domain", sec)
+        join = d.join
+    marker = sec.get("close_marker", d.close_marker)
+    head = sec.get("head")
+
+    def dur(key: str, default: float) -> float:
+        return _duration(sec, key, default, c, "control")
+    return ControlConfig(
+        tuple(r.strip().lower() for r in replies), number, join,
+        str(marker) if marker else None, dur("close_after", d.close_after),
+        dur("remind_after", d.remind_after), dur("escalate_after", d.escalate_after),
+        str(head) if head is not None else None, dur("scan_every", d.scan_every) or d.scan_every,
+        str(sec.get("sender") or ""))
 
 
 MIN_TOKEN = 16
@@ -352,7 +407,8 @@ def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker) -> float:
+def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker,
+              section: str = "delivery") -> float:
     """Seconds from a number or a text like 30s, 15m, 12h, 1d (0 turns it off)."""
     value = sec.get(key, default)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
@@ -360,7 +416,7 @@ def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker) -> flo
     text = str(value).strip().lower()
     if text[:-1].isdigit() and text[-1:] in _UNITS:
         return float(int(text[:-1]) * _UNITS[text[-1]])
-    c.error(value, f"'delivery.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
+    c.error(value, f"'{section}.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
             f"for example '{key}: 1d' (0 turns it off)", sec)
     return default
 

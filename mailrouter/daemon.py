@@ -95,7 +95,11 @@ class App:
                                             timeout=cfg.registry.timeout,
                                             synchronous=cfg.registry.sync.upper(),
                                             create=self.worker is None)  # else: migrated by parent
-        self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer)
+        control = None
+        if cfg.control is not None:
+            from .control.service import Control
+            control = Control(cfg.control, self.registry)
+        self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer, control)
         for name, listener, cls in (("smtp", cfg.smtp, Protocol), ("lmtp", cfg.lmtp, LMTPProtocol)):
             if listener is not None:
                 await self._listen(name, listener, cls)

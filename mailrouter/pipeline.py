@@ -24,7 +24,7 @@ import itertools
 import random
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .delivery.deliverer import Copy, Deliverer
 from .errors import RegistryBugError, RegistryError
@@ -36,6 +36,9 @@ from .values import (
     REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_TEMPFAIL, Action, Decision, Reply, Transaction,
 )
 from . import metrics
+
+if TYPE_CHECKING:
+    from .control.service import Control
 
 __all__ = ["Pipeline", "Transaction", "message_key", "REPLY_DELIVERED"]
 
@@ -63,10 +66,11 @@ INLINE_BELOW = 64 * 1024      # bytes of message
 INLINE_RULES = 1000           # rules in the snapshot
 
 
-def view_and_decide(snap: Snapshot, txn: Transaction) -> tuple[MessageView, list[Decision]]:
+def view_and_decide(snap: Snapshot, txn: Transaction,
+                    at: datetime | None = None) -> tuple[MessageView, list[Decision]]:
     """The first parse of the message and its decisions, everything the record reads included."""
     view = MessageView(txn.raw)
-    decisions = snap.decide(view, txn.mail_from, txn.rcpts)
+    decisions = snap.decide(view, txn.mail_from, txn.rcpts, at)
     _ = view.content_hash, view.message_id, view.from_addr, view.subject, view.defects
     return view, decisions
 
@@ -81,19 +85,27 @@ def new_qid() -> str:
 
 class Pipeline:
     def __init__(self, snapshot: Callable[[], Snapshot], registry: Registry,
-                 deliverer: Deliverer) -> None:
+                 deliverer: Deliverer, control: Control | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.snapshot, self.registry, self.deliverer = snapshot, registry, deliverer
+        self.control = control                 # execution control (requests), when configured
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
 
     async def process(self, txn: Transaction) -> list[Reply]:
         qid, started = new_qid(), time.perf_counter()
         snap = self.snapshot()
+        now = self.clock()
         if len(txn.raw) < INLINE_BELOW and len(snap.rules.rules) < INLINE_RULES:
-            view, decisions = view_and_decide(snap, txn)
+            view, decisions = view_and_decide(snap, txn, now)
         else:   # a timeout cancels this await: nothing below runs, nothing is delivered
-            view, decisions = await DECIDE.run(view_and_decide, snap, txn)
+            view, decisions = await DECIDE.run(view_and_decide, snap, txn, now)
         key = key_from_hash(txn.mail_from, view.content_hash)
+        plan = None
         try:
             done = await self.registry.delivered_targets(key)
+            if self.control is not None:
+                plan = await self.control.plan(txn.mail_from, txn.rcpts, view, decisions, snap,
+                                               key, now)
         except RegistryError as exc:
             # an outage is this one line; a bug was logged with its traceback by the store
             log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_unavailable"),
@@ -101,14 +113,17 @@ class Pipeline:
             metrics.MESSAGES.labels("deferred").inc()
             return [exc.reply] * len(txn.rcpts)
         await self._record_loops(decisions, key, qid)
-        results = await self._deliver(txn, snap, decisions, key, done, qid)
+        head = self.control.header(plan, snap) if self.control and plan else b""
+        results = await self._deliver(txn, snap, decisions, key, done, qid, head)
         replies = [self._reply(d, results) for d in decisions]
+        after = self.control.writer(plan, key, now) if self.control and plan and any(
+            r.ok for r in replies) else None
         try:
             await self.registry.record(
-                self._message_record(txn, view, snap, key, replies),
+                self._message_record(txn, view, snap, key, replies, now),
                 [_decision_record(d, r) for d, r in zip(decisions, replies)],
                 [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
-                                str(r)) for t, r in results.items()])
+                                str(r)) for t, r in results.items()], after)
         except RegistryError as exc:
             log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_failed"),
                       qid, str(exc))
@@ -133,7 +148,7 @@ class Pipeline:
                 log.error("event=loop_not_recorded qid=%s error=%r", qid, str(exc))
 
     async def _deliver(self, txn: Transaction, snap: Snapshot, decisions: list[Decision],
-                       key: str, done: set[str], qid: str) -> dict[str, Reply]:
+                       key: str, done: set[str], qid: str, head: bytes = b"") -> dict[str, Reply]:
         copies: dict[str, Copy] = {}
         for d in decisions:
             if d.action is Action.DELIVER:
@@ -142,6 +157,11 @@ class Pipeline:
         todo = [c for k, c in copies.items() if k not in done]
         received = functools.partial(self.deliverer.received, txn.helo, txn.peer,
                                      txn.protocol.upper(), qid)
+        if head:        # the request's owner header, after our Received: line
+            def received_with_owner(rcpt: str | None, base: Callable[[str | None], bytes] = received,
+                                    ) -> bytes:
+                return base(rcpt) + head
+            received = received_with_owner  # type: ignore[assignment]
         results = await self.deliverer.deliver(
             todo, snap.book.mailboxes, txn.raw, txn.mail_from, key, received, txn.smtputf8,
             first_seen=functools.partial(self.registry.first_seen, key), qid=qid) if todo else {}
@@ -163,12 +183,12 @@ class Pipeline:
 
     @staticmethod
     def _message_record(txn: Transaction, view: MessageView, snap: Snapshot, key: str,
-                        replies: list[Reply]) -> MessageRecord:
+                        replies: list[Reply], now: datetime | None = None) -> MessageRecord:
         ok = sum(r.ok for r in replies)
         status = ("delivered" if ok == len(replies) else "partial" if ok
                   else "deferred" if any(r.temporary for r in replies) else "rejected")
         return MessageRecord(
-            key=key, received_at=datetime.now(timezone.utc), protocol=txn.protocol, peer=txn.peer,
+            key=key, received_at=now or datetime.now(timezone.utc), protocol=txn.protocol, peer=txn.peer,
             mail_from=txn.mail_from, rcpts=txn.rcpts, message_id=view.message_id,
             from_name=view.from_name, from_addr=view.from_addr, subject=view.subject,
             size=view.size, content_hash=view.content_hash, defects=tuple(view.defects),

@@ -146,3 +146,29 @@ def test_references_number_and_join_check() -> None:
     assert took_part("x@evil.example", who, "off")
     assert sla_due("first_response=4h first_response_due=2027-01-11T14:00:00+03:00") == \
         datetime(2027, 1, 11, 11, tzinfo=timezone.utc)
+
+
+def test_control_config_section(tmp_path: Path) -> None:
+    """config.yaml `control:` is read with its defaults; bad values name file:line."""
+    from mailrouter.config import load_config
+    good = tmp_path / "good.yaml"
+    good.write_text("control: {replies: Replies@example.com, join: domain, escalate_after: 2h}\n",
+                    encoding="utf-8")
+    cfg = load_config(good).control
+    assert cfg is not None
+    assert (cfg.replies, cfg.join, cfg.escalate_after, cfg.number) == (
+        ("replies@example.com",), "domain", 7200.0, "[#{n}]")
+    assert load_config(None).control is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("control:\n  join: everyone\n  number: '#N'\n  close_after: soon\n  replys: x\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(bad)
+    assert [str(e).split(": ", 1)[1] for e in info.value.errors] == [
+        "unknown key 'replys' in 'control'; did you mean 'replies'?",
+        "'control.number' must contain {n} once, not '#N'; for example 'number: \"[#{n}]\"', "
+        "or null to match by references only",
+        "'control.join' must be address, domain or off, not 'everyone'; address: only a "
+        "participant's address may join a request; domain: their domain",
+        "'control.close_after' must be a duration such as 30m, 12h or 1d, not 'soon'; "
+        "for example 'close_after: 1d' (0 turns it off)"]

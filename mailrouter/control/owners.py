@@ -45,6 +45,7 @@ class OwnerChoice:
     owner: str | None                  # a person key
     team: str | None = None            # the team it was picked from
     why: tuple[str, ...] = ()
+    member: str | None = None          # the member the team picked (before any deputy)
 
 
 def _day(at: datetime) -> date:
@@ -105,12 +106,14 @@ def choose_owner(people: Mapping[str, Person], teams: Mapping[str, Team],
         return OwnerChoice(None)
     team: Any = teams.get(key)
     why: list[str] = []
+    member = None
     if team is not None:
         if not team.members:
             return OwnerChoice(None, key, (f"team {key} has no members",))
         key, reason = pick_member(team, people, calendars, at, state)
+        member = key
         why.append(reason)
     if key not in people:
         return OwnerChoice(None, team.key if team else None, (f"no person {key!r}",))
     owner, absent = on_duty(people, key, at)
-    return OwnerChoice(owner, team.key if team else None, tuple(why) + absent)
+    return OwnerChoice(owner, team.key if team else None, tuple(why) + absent, member)

@@ -137,6 +137,7 @@ class _Pending:
     decisions: Sequence[DecisionRecord]
     deliveries: Sequence[DeliveryRecord]
     future: asyncio.Future[None] = field(repr=False)
+    after: Callable[[Connection], None] | None = None   # more writes in the same transaction
 
     def rows(self, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]],
                                            list[dict[str, Any]]]:
@@ -294,12 +295,16 @@ class Registry:
     # Writes
 
     async def record(self, message: MessageRecord, decisions: Sequence[DecisionRecord],
-                     deliveries: Sequence[DeliveryRecord]) -> None:
-        """Write one message with its decisions and deliveries; return once committed."""
+                     deliveries: Sequence[DeliveryRecord],
+                     after: Callable[[Connection], None] | None = None) -> None:
+        """Write one message with its decisions and deliveries; return once committed.
+
+        `after(connection)` runs in the same transaction once the batch's rows are written
+        (execution control opens or joins the message's request there)."""
         if self._closed:
             raise RegistryError("registry is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(message, decisions, deliveries, future))
+        self._queue.put_nowait(_Pending(message, decisions, deliveries, future, after))
         try:
             async with asyncio.timeout(self._timeout):
                 await future
@@ -412,6 +417,21 @@ class Registry:
         return await self._read("count_messages",
                                 lambda conn: int(conn.execute(query).scalar_one()))
 
+    async def read(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` outside a write transaction; any failure is a RegistryError."""
+        return await self._read(what, fn)
+
+    async def write(self, what: str, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` in its own transaction; any failure is a RegistryError."""
+        try:
+            return await self._run(fn, write=True)
+        except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
+            raise _failure(what, exc) from None
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
     async def _read(self, what: str, fn: Callable[[Connection], T]) -> T:
         try:
             return await self._run(fn, write=False)
@@ -476,6 +496,9 @@ class Registry:
                                      (delivery_upsert(dialect), _flat(dels))):
                     if params:
                         conn.execute(stmt, params)
+            for p in batch:
+                if p.after is not None:
+                    p.after(conn)
         await self._run(write, write=True)
 
     async def close(self) -> None:

@@ -1,0 +1,128 @@
+"""Execution control as the pipeline sees it: plan a message's request, head it, write it.
+
+`Control.plan` (before delivery, one registry read) decides whether the message is a
+copy of our own outgoing reply (it was sent to a `control.replies` address), a
+follow-up that joins a request, or a new request with an owner chosen now;
+`Control.header` is the `X-Mailrouter-Owner:` line prepended to every delivered copy;
+`Control.writer` is what the registry runs inside the message's record transaction.
+
+Refused: see store.py (joins by strangers, robots). A registry failure while
+planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from email.utils import formataddr
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ..config import ControlConfig
+from ..loops import header_text
+from ..registry import Registry
+from ..routing.decision import Action, Decision
+from .owners import choose_owner
+from .store import (DbTeamState, Plan, apply_plan, find_by_refs, known_message, participants,
+                    request_row)
+from .threads import NumberTag, references, sla_due, sla_terms, took_part
+
+__all__ = ["Control", "OWNER_HEADER"]
+
+OWNER_HEADER = "X-Mailrouter-Owner"
+
+
+class Control:
+    def __init__(self, cfg: ControlConfig, registry: Registry) -> None:
+        self.cfg, self.registry = cfg, registry
+        self.tag = NumberTag(cfg.number) if cfg.number else None
+
+    async def plan(self, mail_from: str, rcpts: Sequence[str], view: Any,
+                   decisions: Sequence[Decision], snap: Any, key: str, at: datetime) -> Plan:
+        return await self.registry.read("plan_request", partial(
+            self._plan, mail_from, rcpts, view, decisions, snap, key, at))
+
+    def _plan(self, mail_from: str, rcpts: Sequence[str], view: Any,
+              decisions: Sequence[Decision], snap: Any, key: str, at: datetime,
+              conn: Connection) -> Plan:
+        sender = (view.from_addr or mail_from or "").strip().lower()
+        base = Plan("none", sender, view.message_id)
+        known = known_message(conn, key)
+        if known is not None:                       # a retry of a message already recorded
+            row = request_row(conn, known)
+            return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
+        refs = references(view)
+        number = self.tag.find(view.subject) if self.tag else None
+        if any(_bare(r) in self.cfg.replies for r in rcpts):
+            rid = next(iter(find_by_refs(conn, refs)), None)
+            if rid is None and number is not None and request_row(conn, number) is not None:
+                rid = number
+            if rid is None:
+                return base
+            return Plan("reply", sender, view.message_id, rid, close=self._closes(view))
+        if view.robot[0]:
+            return base
+        refused: list[tuple[int, str]] = []
+        candidates = find_by_refs(conn, refs)
+        by_number = False
+        if number is not None and number not in candidates and request_row(conn, number):
+            candidates.append(number)
+            by_number = True
+        for rid in candidates:
+            if took_part(sender, participants(conn, rid), self.cfg.join):
+                row = request_row(conn, rid)
+                assert row is not None
+                return Plan("join", sender, view.message_id, rid, row["owner"], row["team"],
+                            reopen=row["status"] if row["status"] != "open" else None,
+                            refused=tuple(refused))
+            how = "number" if by_number and rid == number else "reference"
+            refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
+                                 f"(join check: {self.cfg.join}); named it by {how}; "
+                                 "opened a request of its own"))
+        return self._open(conn, sender, view, decisions, snap, at, tuple(refused))
+
+    def _open(self, conn: Connection, sender: str, view: Any, decisions: Sequence[Decision],
+              snap: Any, at: datetime, refused: tuple[tuple[int, str], ...]) -> Plan:
+        d = next((d for d in decisions if d.action is Action.DELIVER and d.rules
+                  and (d.owner or d.sla)), None)
+        if d is None:
+            return Plan("none", sender, view.message_id, refused=refused)
+        book = snap.book
+        team = book.teams.get(d.owner) if d.owner else None
+        state = DbTeamState(conn, team.members if team else ())
+        choice = choose_owner(book.people, book.teams, snap.rules.calendars, d.owner, at, state)
+        return Plan("open", sender, view.message_id, None, choice.owner, choice.team,
+                    choice.member, choice.why, d.mailbox, d.rules[0].name, view.subject,
+                    d.priority, d.tags, sla_terms(d.sla).get("calendar"), sla_due(d.sla),
+                    refused=refused)
+
+    def _closes(self, view: Any) -> bool:
+        marker = self.cfg.close_marker
+        if not marker:
+            return False
+        first = next((ln for ln in view.body_text.splitlines() if ln.strip()), "")
+        return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
+
+    def header(self, plan: Plan, snap: Any) -> bytes:
+        """`X-Mailrouter-Owner: Name <address>` for the delivered copies (b'' without owner)."""
+        if plan.owner is None:
+            return b""
+        person = snap.book.people.get(plan.owner)
+        who = plan.owner
+        if person is not None and person.address:
+            who = formataddr((person.name or plan.owner, person.address), charset="utf-8")
+        return f"{OWNER_HEADER}: {header_text(who)}\r\n".encode("utf-8", "surrogateescape")
+
+    def writer(self, plan: Plan, key: str, at: datetime) -> Callable[[Connection], None] | None:
+        if plan.kind in ("none", "known") and not plan.refused:
+            return None
+
+        def write(conn: Connection) -> None:
+            apply_plan(conn, plan, key, at)
+        return write
+
+
+def _bare(rcpt: str) -> str:
+    return rcpt.strip().strip("<>").lower()

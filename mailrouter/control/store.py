@@ -1,0 +1,197 @@
+"""Requests in the registry: plan a message's request (read), then write it (in the record).
+
+`plan_message` runs before delivery, on a read connection: it finds the request a
+message belongs to (a reply-tracking copy of our outgoing mail, a follow-up by
+reference or by our number, or none: a new request with an owner chosen now, so
+the owner header can go on the delivered copies). `apply_plan` runs inside the
+registry's record transaction for the message, so a message and its request row
+commit together or not at all.
+
+Refused: a follow-up whose sender took no part in the request it names (see
+threads.took_part) does not join it; the refusal is an event on that request
+(`join_refused`) and the message opens a request of its own. Robot mail (bounces,
+auto-replies, lists) neither opens nor reopens a request.
+
+Known limit: two instances that receive the very same new message at the same
+moment may open two requests for it (each plans before either commits); a team's
+round-robin cursor may then also give two messages arriving together to one member.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .tables import (OPEN_STATUSES, request_events, request_messages, requests, team_picks)
+from .threads import domain_of
+
+__all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the record transaction does for one message's request."""
+
+    kind: str                                  # open | join | reply | known | none
+    sender: str
+    message_id: str | None
+    request_id: int | None = None
+    owner: str | None = None
+    team: str | None = None
+    picked: str | None = None                  # the team member picked (round-robin cursor)
+    why: tuple[str, ...] = ()
+    mailbox: str | None = None
+    rule: str | None = None
+    subject: str = ""
+    priority: str | None = None
+    tags: tuple[str, ...] = ()
+    calendar: str | None = None
+    due: datetime | None = None
+    reopen: str | None = None                  # the status a join reopens from
+    close: bool = False                        # a reply carrying the close marker
+    refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
+
+
+class DbTeamState:
+    """TeamState from the registry: the last pick per team, open requests per person."""
+
+    def __init__(self, conn: Connection, members: Iterable[str]) -> None:
+        self.conn = conn
+        members = list(members)
+        self.counts: dict[str, int] = {}
+        if members:
+            for owner, count in conn.execute(select(requests.c.owner, func.count()).where(
+                    requests.c.owner.in_(members), requests.c.status.in_(OPEN_STATUSES))
+                    .group_by(requests.c.owner)):
+                self.counts[owner] = int(count)
+
+    def last_pick(self, team: str) -> str | None:
+        found = self.conn.execute(select(team_picks.c.member).where(team_picks.c.team == team))
+        return found.scalar_one_or_none()
+
+    def open_count(self, person: str) -> int:
+        return self.counts.get(person, 0)
+
+
+def find_by_refs(conn: Connection, refs: Sequence[str]) -> list[int]:
+    """Requests holding any of the Message-IDs `refs`, in the order of `refs`."""
+    if not refs:
+        return []
+    rows = conn.execute(select(request_messages.c.message_id, request_messages.c.request_id)
+                        .where(request_messages.c.message_id.in_(list(refs))))
+    by_id: dict[str, int] = {}
+    for mid, rid in rows:
+        by_id.setdefault(mid, rid)
+    return list(dict.fromkeys(by_id[r] for r in refs if r in by_id))
+
+
+def request_row(conn: Connection, request_id: int) -> Mapping[str, Any] | None:
+    row = conn.execute(select(requests).where(requests.c.id == request_id)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def participants(conn: Connection, request_id: int) -> set[str]:
+    """Everyone who wrote in the request, and its counterparty."""
+    found = {r[0] for r in conn.execute(select(request_messages.c.sender).where(
+        request_messages.c.request_id == request_id))}
+    row = request_row(conn, request_id)
+    if row is not None:
+        found.add(row["counterparty"])
+    return {f.lower() for f in found if f}
+
+
+def known_message(conn: Connection, key: str) -> int | None:
+    """The request a message (by registry key) is already part of: a retry."""
+    return conn.execute(select(request_messages.c.request_id).where(
+        request_messages.c.message_key == key).limit(1)).scalar_one_or_none()
+
+
+def add_event(conn: Connection, request_id: int, at: datetime, kind: str, detail: str,
+              actor: str | None = None) -> None:
+    conn.execute(insert(request_events).values(request_id=request_id, at=at, kind=kind,
+                                               actor=actor, detail=detail))
+
+
+def _link(conn: Connection, plan: Plan, request_id: int, key: str, direction: str,
+          at: datetime) -> bool:
+    """Add the message to the request; False when it already is there (a retry)."""
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_messages)
+    done = conn.execute(ins.values(request_id=request_id, message_key=key,
+                                   message_id=plan.message_id, direction=direction, at=at,
+                                   sender=plan.sender).on_conflict_do_nothing())
+    return bool(done.rowcount)
+
+
+def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
+    """Write `plan` for message `key` (inside the record transaction); the request number."""
+    for rid, why in plan.refused:
+        add_event(conn, rid, at, "join_refused", why, plan.sender)
+    if plan.kind == "open":
+        return _open(conn, plan, key, at)
+    if plan.kind in ("join", "reply") and plan.request_id is not None:
+        rid = plan.request_id
+        if not _link(conn, plan, rid, key, "out" if plan.kind == "reply" else "in", at):
+            return rid
+        if plan.kind == "join":
+            values: dict[str, Any] = {"last_in_at": at}
+            if plan.reopen:
+                values |= {"status": "open", "closed_at": None}
+            conn.execute(update(requests).where(requests.c.id == rid).values(values))
+            add_event(conn, rid, at, "joined", f"follow-up {plan.message_id or key[:12]}",
+                      plan.sender)
+            if plan.reopen:
+                add_event(conn, rid, at, "status", f"{plan.reopen} -> open: the customer wrote",
+                          plan.sender)
+        else:
+            _reply(conn, plan, rid, at)
+        return rid
+    return plan.request_id
+
+
+def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
+    rid = int(conn.execute(insert(requests).values(
+        opened_at=at, message_key=key, counterparty=plan.sender,
+        counterparty_domain=domain_of(plan.sender), mailbox=plan.mailbox, rule=plan.rule,
+        owner=plan.owner, team=plan.team, status="open", subject=plan.subject,
+        priority=plan.priority, tags=list(plan.tags), sla_calendar=plan.calendar,
+        first_response_due=plan.due, last_in_at=at).returning(requests.c.id)).scalar_one())
+    _link(conn, plan, rid, key, "in", at)
+    add_event(conn, rid, at, "opened", f"rule {plan.rule}" if plan.rule else "opened", plan.sender)
+    add_event(conn, rid, at, "owner", json.dumps({"from": None, "to": plan.owner,
+                                                  "why": list(plan.why)}, ensure_ascii=False))
+    if plan.team and plan.picked:
+        _set_pick(conn, plan.team, plan.picked, at)
+    return rid
+
+
+def _set_pick(conn: Connection, team: str, member: str, at: datetime) -> None:
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(team_picks)
+    conn.execute(ins.values(team=team, member=member, at=at).on_conflict_do_update(
+        index_elements=["team"], set_={"member": member, "at": at}))
+
+
+def _reply(conn: Connection, plan: Plan, rid: int, at: datetime) -> None:
+    row = request_row(conn, rid)
+    if row is None:
+        return
+    values: dict[str, Any] = {"last_out_at": at}
+    first = row["first_response_at"] is None
+    if first:
+        values["first_response_at"] = at
+    new = "closed" if plan.close else ("answered" if row["status"] == "open" else row["status"])
+    if new != row["status"]:
+        values["status"] = new
+        if new == "closed":
+            values["closed_at"] = at
+    conn.execute(update(requests).where(requests.c.id == rid).values(values))
+    add_event(conn, rid, at, "reply", ("first response" if first else "reply")
+              + f" {plan.message_id or ''}".rstrip(), plan.sender)
+    if new != row["status"]:
+        add_event(conn, rid, at, "status", f"{row['status']} -> {new}"
+                  + (": close marker in the reply" if plan.close else ": we replied"), plan.sender)

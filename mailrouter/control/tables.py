@@ -1,0 +1,104 @@
+"""The registry tables of execution control (revision 0004_requests mirrors them by hand).
+
+- `requests`: one conversation; `id` is the request number people see (`[#123]`).
+  Status is open -> answered (our first reply) -> closed; waiting (for the customer)
+  is set by hand; a customer follow-up reopens anything but open.
+- `request_messages`: every message of a request, in (customer) and out (our reply,
+  seen through the reply-tracking copy), with its Message-ID for follow-up matching.
+- `request_events`: the history: opened, joined, owner changes, replies, status
+  changes, refused joins (hijack attempts), reminders and escalations.
+- `request_alerts`: reminders and escalations to send, one row per (request, stage),
+  unique: a stage happens at most once whatever restarts or instances do. Rows wait
+  as `pending` until the outbox adapter hands them to the outbox.
+- `team_picks`: the member each team picked last (round-robin cursor).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
+
+from ..registry.models import UTCDateTime, metadata
+
+__all__ = ["STATUSES", "request_alerts", "request_events", "request_messages", "requests",
+           "team_picks", "OPEN_STATUSES"]
+
+STATUSES = ("open", "answered", "waiting", "closed")
+OPEN_STATUSES = ("open", "answered", "waiting")      # not closed: counts for fewest-open
+
+requests = Table(
+    "requests", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("message_key", String(64), nullable=False),     # the message that opened it
+    Column("counterparty", Text, nullable=False),          # the customer's address, lower case
+    Column("counterparty_domain", Text, nullable=False),
+    Column("mailbox", String(255)),
+    Column("rule", String(255)),
+    Column("owner", String(255)),
+    Column("team", String(255)),
+    Column("status", String(16), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("priority", String(16)),
+    Column("tags", JSON, nullable=False),
+    Column("sla_calendar", String(255)),
+    Column("first_response_due", UTCDateTime()),
+    Column("first_response_at", UTCDateTime()),
+    Column("last_in_at", UTCDateTime(), nullable=False),
+    Column("last_out_at", UTCDateTime()),
+    Column("closed_at", UTCDateTime()),
+    Index(None, "owner", "status"),
+    Index(None, "status", "first_response_due"),
+    Index(None, "counterparty"),
+    Index(None, "counterparty_domain"),
+    Index(None, "opened_at"),
+    Index(None, "mailbox", "opened_at"),
+)
+
+request_messages = Table(
+    "request_messages", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Column("message_key", String(64), nullable=False),
+    Column("message_id", Text),
+    Column("direction", String(3), nullable=False),       # in | out
+    Column("at", UTCDateTime(), nullable=False),
+    Column("sender", Text, nullable=False),
+    UniqueConstraint("request_id", "message_key"),
+    Index(None, "message_id"),
+    Index(None, "message_key"),
+)
+
+request_events = Table(
+    "request_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", Text),
+    Column("detail", Text, nullable=False),
+    Index(None, "request_id", "at"),
+    Index(None, "kind", "at"),
+)
+
+request_alerts = Table(
+    "request_alerts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Column("stage", String(16), nullable=False),          # remind | escalate
+    Column("at", UTCDateTime(), nullable=False),
+    Column("recipient", String(255)),                     # person key
+    Column("address", Text),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("state", String(16), nullable=False),          # pending | sent
+    Column("sent_at", UTCDateTime()),
+    UniqueConstraint("request_id", "stage"),
+    Index(None, "state", "at"),
+)
+
+team_picks = Table(
+    "team_picks", metadata,
+    Column("team", String(255), primary_key=True),
+    Column("member", String(255), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,50 @@
+"""Shared bits of the execution-control tests: a small company's routing files, sending."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosmtplib
+
+ROUTING = """\
+domains: [example.com]
+mailboxes:
+  support: {maildir: support}
+  replies: {maildir: replies}
+people:
+  ivanov:  {address: ivanov@example.com, name: Пётр Иванов, deputy: petrova,
+            away: ["2027-01-13"]}
+  petrova: {address: petrova@example.com, name: Анна Петрова}
+  smirnov: {address: smirnov@example.com, name: Сергей Смирнов}
+teams:
+  duty: {members: [ivanov, petrova], pick: round-robin, head: smirnov}
+aliases:
+  support@example.com: mailbox:support
+  replies@example.com: mailbox:replies
+calendars:
+  msk: {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00", holidays: [2027-01-15]}
+rules:
+  - name: support
+    when: {rcpt: support@example.com}
+    then: {owner: duty, sla: {first_response: 4h, calendar: msk}}
+"""
+
+
+def write_routing(tmp_path: Path) -> tuple[str, ...]:
+    path = tmp_path / "rules" / "company.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ROUTING, encoding="utf-8")
+    return (str(path),)
+
+
+def mail(sender: str, subject: str, msgid: str, refs: str = "", to: str = "support@example.com",
+         body: str = "hello") -> bytes:
+    head = f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{msgid}>\r\n"
+    if refs:
+        head += f"In-Reply-To: {refs.split()[-1]}\r\nReferences: {refs}\r\n"
+    return (head + f"\r\n{body}\r\n").encode()
+
+
+async def send(port: int, raw: bytes, sender: str, rcpt: str = "support@example.com") -> None:
+    await aiosmtplib.send(raw, sender=sender, recipients=[rcpt], hostname="127.0.0.1", port=port,
+                          timeout=30)
