@@ -69,6 +69,7 @@ class App:
         self.pipeline: Pipeline | None = None
         self._next_reload: asyncio.Future[tuple[bool, str]] | None = None  # the one to run next
         self._reloader: asyncio.Task[None] | None = None     # runs reloads while any is asked
+        self.sla_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._mtimes = self._routing_mtimes()
         self.bound: dict[str, tuple[str, int]] = {}
@@ -99,6 +100,11 @@ class App:
         if cfg.control is not None:
             from .control.service import Control
             control = Control(cfg.control, self.registry)
+            if self.worker in (None, 0):       # one SLA scheduler per instance (stages are unique)
+                from .control.sla import Scheduler
+                self.sla_task = asyncio.get_running_loop().create_task(
+                    Scheduler(self.registry, cfg.control, self.snapshot).run(self._stop),
+                    name="sla-scheduler")
         self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer, control)
         for name, listener, cls in (("smtp", cfg.smtp, Protocol), ("lmtp", cfg.lmtp, LMTPProtocol)):
             if listener is not None:
@@ -141,6 +147,9 @@ class App:
     async def close(self) -> None:
         """Close what start() opened: listeners, sessions, downstreams, the registry. After
         a drain (wait_stopped), or at once when a start failed half-way."""
+        if self.sla_task is not None:
+            self.sla_task.cancel()
+            await asyncio.gather(self.sla_task, return_exceptions=True)
         for srv in self.servers:
             srv.close()
         for proto in list(self.sessions):

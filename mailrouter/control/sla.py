@@ -1,0 +1,168 @@
+"""The SLA scheduler: reminders to the owner, then escalation, each stage once.
+
+Every `control.scan_every` seconds (and whenever a test calls `tick(now)` with its
+own clock) one write transaction:
+
+- takes the open requests still waiting for their first response whose due time
+  has passed, locked with `FOR UPDATE SKIP LOCKED` on PostgreSQL so a second
+  instance scanning at the same moment skips them instead of waiting;
+- `remind`: `control.remind_after` of working time (the request's SLA calendar;
+  elapsed time without one) after the due time, a reminder to the owner, or the
+  owner's deputy when the owner is away that day (address book `away:`);
+- `escalate`: `control.escalate_after` of working time after the reminder, to the
+  owner's deputy, or when the deputy is the one who got the reminder (or there is
+  none) to the team's `head:`, else `control.head`;
+- closes answered/waiting requests quiet for `control.close_after`.
+
+Each stage is a row of `request_alerts`, unique per (request, stage), inserted with
+ON CONFLICT DO NOTHING: whatever restarts or instances do, only the insert that
+wins creates the alert, so each reminder is created, and later sent, once. The rows
+wait as `pending` for the outbox (an adapter hands them over).
+
+Refused: nothing; a request whose owner left the address book is reminded to the head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..config import ControlConfig
+from ..errors import RegistryError
+from ..registry import Registry
+from .owners import on_duty
+from .store import add_event
+from .tables import request_alerts, requests
+
+__all__ = ["Alert", "Scheduler"]
+
+log = logging.getLogger("mailrouter.control")
+_BATCH = 500            # requests per scan; the next scan takes the rest
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    request: int
+    stage: str              # remind | escalate
+    at: datetime
+    recipient: str | None   # person key
+    address: str | None
+
+
+def _utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Scheduler:
+    def __init__(self, registry: Registry, cfg: ControlConfig, snapshot: Callable[[], Any],
+                 clock: Callable[[], datetime] = _utc) -> None:
+        self.registry, self.cfg, self.snapshot, self.clock = registry, cfg, snapshot, clock
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Scan until `stop` is set; a registry outage is logged and retried next time."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except RegistryError as exc:
+                log.error("event=sla_scan_failed error=%r", str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), self.cfg.scan_every)
+            except TimeoutError:
+                pass
+
+    async def tick(self, now: datetime | None = None) -> list[Alert]:
+        """One scan at `now`; the alerts THIS call created."""
+        at = now or self.clock()
+        snap = self.snapshot()
+        return await self.registry.write("sla_scan", lambda conn: self._scan(conn, at, snap))
+
+    def _later(self, snap: Any, calendar: str | None, start: datetime, seconds: float) -> datetime:
+        cal = snap.rules.calendars.get(calendar) if calendar else None
+        if cal is None:
+            return start + timedelta(seconds=seconds)
+        due: datetime = cal.add_business_hours(start, seconds / 3600)
+        return due.astimezone(timezone.utc)
+
+    def _scan(self, conn: Connection, now: datetime, snap: Any) -> list[Alert]:
+        escalated = exists().where(and_(request_alerts.c.request_id == requests.c.id,
+                                        request_alerts.c.stage == "escalate"))
+        query = (select(requests).where(
+            requests.c.status == "open", requests.c.first_response_at.is_(None),
+            requests.c.first_response_due <= now, ~escalated)
+            .order_by(requests.c.first_response_due).limit(_BATCH))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=requests)
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+        reminded = {r.request_id: r for r in conn.execute(
+            select(request_alerts.c.request_id, request_alerts.c.at, request_alerts.c.recipient)
+            .where(request_alerts.c.request_id.in_([r["id"] for r in rows]),
+                   request_alerts.c.stage == "remind"))} if rows else {}
+        made: list[Alert] = []
+        for r in rows:
+            done = reminded.get(r["id"])
+            if done is None:
+                if self._later(snap, r["sla_calendar"], r["first_response_due"],
+                               self.cfg.remind_after) <= now:
+                    made += self._alert(conn, snap, r, "remind", now, None)
+            elif self._later(snap, r["sla_calendar"], done.at, self.cfg.escalate_after) <= now:
+                made += self._alert(conn, snap, r, "escalate", now, done.recipient)
+        self._quiet_close(conn, now)
+        return made
+
+    def _recipient(self, snap: Any, r: dict[str, Any], stage: str, now: datetime,
+                   reminded: str | None) -> str | None:
+        people, owner = snap.book.people, r["owner"]
+        if stage == "remind" and owner in people:
+            return on_duty(people, owner, now)[0]
+        deputy = people[owner].deputy if owner in people else None
+        if deputy is not None:
+            deputy = on_duty(people, deputy, now)[0]
+            if deputy != reminded:
+                return str(deputy)
+        team = snap.book.teams.get(r["team"]) if r["team"] else None
+        head = team.head if team is not None and team.head else self.cfg.head
+        return head if head in people else None
+
+    def _alert(self, conn: Connection, snap: Any, r: dict[str, Any], stage: str, now: datetime,
+               reminded: str | None) -> list[Alert]:
+        who = self._recipient(snap, r, stage, now, reminded)
+        person = snap.book.people.get(who) if who else None
+        address = person.address if person is not None else None
+        word = "Reminder" if stage == "remind" else "Escalation"
+        subject = f"[#{r['id']}] {word}: no first response yet: {r['subject']}"
+        body = (f"Request #{r['id']} from {r['counterparty']} ({r['subject']!r}) has had no "
+                f"answer.\nOwner: {r['owner'] or 'nobody'}\nFirst response was due: "
+                f"{r['first_response_due'].isoformat()}\n"
+                + (f"Reminder sent to: {reminded}\n" if stage == "escalate" else ""))
+        ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_alerts)
+        done = conn.execute(ins.values(request_id=r["id"], stage=stage, at=now, recipient=who,
+                                       address=address, subject=subject, body=body,
+                                       state="pending").on_conflict_do_nothing())
+        if not done.rowcount:           # another instance (or an earlier run) made it
+            return []
+        add_event(conn, r["id"], now, "reminder" if stage == "remind" else "escalation",
+                  f"to {who or 'nobody (no deputy or head configured)'}")
+        log.info("event=sla_%s request=%d recipient=%s", stage, r["id"], who)
+        return [Alert(r["id"], stage, now, who, address)]
+
+    def _quiet_close(self, conn: Connection, now: datetime) -> None:
+        if self.cfg.close_after <= 0:
+            return
+        cutoff = now - timedelta(seconds=self.cfg.close_after)
+        quiet = and_(requests.c.status.in_(("answered", "waiting")),
+                     requests.c.last_in_at <= cutoff,
+                     requests.c.last_out_at.is_(None) | (requests.c.last_out_at <= cutoff))
+        ids = [i for (i,) in conn.execute(select(requests.c.id).where(quiet).limit(_BATCH))]
+        if not ids:
+            return
+        closed = conn.execute(update(requests).where(requests.c.id.in_(ids), quiet)
+                              .values(status="closed", closed_at=now).returning(requests.c.id))
+        for (i,) in closed.all():      # only the rows this scan closed (not another instance)
+            add_event(conn, i, now, "status", "-> closed: quiet for control.close_after")

@@ -1,0 +1,137 @@
+"""The SLA scheduler over a simulated week, and two instances on one PostgreSQL.
+
+The week (Moscow calendar Mon-Fri 09:00-18:00, Friday 2027-01-15 a holiday; team `duty`
+= ivanov, petrova round-robin, head smirnov; ivanov away on Wednesday with deputy
+petrova; first response 4 business hours; reminder at the due time, escalation two
+business hours later; quiet close after 3 days). Messages arrive through the real
+daemon with a controlled clock; the scheduler ticks every 15 simulated minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from mailrouter.config import ControlConfig, RegistryConfig
+from mailrouter.control.sla import Alert, Scheduler
+from mailrouter.control.store import Plan, apply_plan
+from mailrouter.control.tables import request_alerts, requests
+from mailrouter.registry import Registry
+from mailrouter.routing.snapshot import load_snapshot
+from mailrouter.config import Limits
+from tests.control_support import mail, send, write_routing
+
+pytestmark = pytest.mark.asyncio
+MSK = timezone(timedelta(hours=3))
+CONTROL = ControlConfig(replies=("replies@example.com",), remind_after=0, escalate_after=7200,
+                        close_after=3 * 86400)
+
+
+def msk(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2027, 1, day, hour, minute, tzinfo=MSK).astimezone(timezone.utc)
+
+
+# (time, customer message or our reply); the letters name the requests in order of arrival
+WEEK = [
+    (msk(11, 10), "in", "A"), (msk(11, 12), "reply", "A"),     # answered before the deadline
+    (msk(11, 17), "in", "B"),                                   # never answered
+    (msk(11, 20), "in", "C"), (msk(12, 13, 30), "reply", "C"),  # answered after the reminder
+    (msk(12, 17), "in", "D"),                                   # never answered
+    (msk(12, 17, 30), "in", "E"),                               # ivanov's, who is away Wednesday
+    (msk(13, 10), "in", "F"), (msk(13, 10, 30), "reply", "F"),
+    (msk(13, 11), "in", "G"), (msk(13, 16), "reply", "G"),      # after the reminder
+    (msk(14, 17), "in", "H"),                                   # due only Monday: Friday is a holiday
+]
+
+
+async def test_simulated_week(make_app, tmp_path):
+    """Exactly the expected reminders and escalations, at the expected moments, to the
+    expected people; owners and final statuses as planned."""
+    app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'week.db'}"))
+    app.sla_task.cancel()       # the test drives its own scheduler with the simulated clock
+    port = app.bound["smtp"][1]
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    events = sorted(WEEK)
+    alerts: list[Alert] = []
+    now = msk(11, 0)
+    while now < msk(18, 0):
+        while events and events[0][0] <= now:
+            at, kind, name = events.pop(0)
+            app.pipeline.clock = lambda at=at: at
+            if kind == "in":
+                await send(port, mail(f"{name.lower()}@client.example", f"question {name}",
+                                      f"{name}@client"), f"{name.lower()}@client.example")
+            else:
+                await send(port, mail("ivanov@example.com", f"Re: question {name}",
+                                      f"re-{name}@example.com", f"<{name}@client>"),
+                           "ivanov@example.com", "replies@example.com")
+        alerts += await sched.tick(now)
+        now += timedelta(minutes=15)
+    assert not events
+    ids = {chr(ord("A") + i): i + 1 for i in range(8)}
+    got = [(a.stage, a.request, a.at, a.recipient) for a in alerts]
+    assert got == [
+        ("remind", ids["B"], msk(12, 12), "petrova"),
+        ("remind", ids["C"], msk(12, 13), "ivanov"),
+        ("escalate", ids["B"], msk(12, 14), "smirnov"),       # petrova has no deputy: the head
+        ("remind", ids["D"], msk(13, 12), "petrova"),
+        ("remind", ids["E"], msk(13, 12, 30), "petrova"),     # ivanov away: his deputy
+        ("escalate", ids["D"], msk(13, 14), "smirnov"),
+        ("escalate", ids["E"], msk(13, 14, 30), "smirnov"),   # the deputy had it: the head
+        ("remind", ids["G"], msk(13, 15), "petrova"),
+    ]
+
+    def table(conn):
+        return ([tuple(r) for r in conn.execute(select(requests.c.owner, requests.c.status)
+                                                 .order_by(requests.c.id))],
+                conn.execute(select(request_alerts.c.address, request_alerts.c.subject)
+                             .order_by(request_alerts.c.id)).first())
+    reqs, first_alert = await app.registry.read("t", table)
+    assert reqs == [("ivanov", "closed"), ("petrova", "open"), ("ivanov", "closed"),
+                    ("petrova", "open"), ("ivanov", "open"), ("petrova", "closed"),
+                    ("petrova", "closed"), ("ivanov", "open")]
+    assert first_alert == ("petrova@example.com",
+                           "[#2] Reminder: no first response yet: question B")
+    # a restart (a new scheduler) scanning again creates nothing more
+    assert await Scheduler(app.registry, CONTROL, app.snapshot).tick(msk(18, 0)) == []
+
+
+async def test_two_instances_create_each_alert_once(pg_url, tmp_path):
+    """Two schedulers, each with its own connections to one PostgreSQL, scan 200 overdue
+    requests at the same moments: every request gets exactly one reminder and one
+    escalation, and no alert is reported by both instances."""
+    from tests.support.pg import _admin
+    import secrets
+    from sqlalchemy.engine import make_url
+    name = f"t_{secrets.token_hex(6)}"
+    await _admin(pg_url, f'CREATE DATABASE "{name}"')
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    snap = load_snapshot(write_routing(tmp_path), Limits(), "mx.test")
+    a = await Registry.open(url)
+    b = await Registry.open(url, create=False)
+    try:
+        opened = msk(11, 10)
+
+        def fill(conn):
+            for n in range(200):
+                apply_plan(conn, Plan("open", f"c{n}@x.example", f"<{n}@x>", owner="ivanov",
+                                      team="duty", subject=f"q{n}", calendar="msk",
+                                      due=msk(11, 14)), f"{n:064d}", opened)
+        await a.write("fill", fill)
+        sa, sb = Scheduler(a, CONTROL, lambda: snap), Scheduler(b, CONTROL, lambda: snap)
+        made: list[Alert] = []
+        for at in (msk(11, 14), msk(11, 15), msk(11, 16), msk(11, 17)):
+            for _ in range(3):
+                got = await asyncio.gather(sa.tick(at), sb.tick(at))
+                made += got[0] + got[1]
+        keys = [(x.request, x.stage) for x in made]
+        assert len(keys) == len(set(keys)) == 400
+        assert {x.stage for x in made} == {"remind", "escalate"}
+    finally:
+        await a.close()
+        await b.close()
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
