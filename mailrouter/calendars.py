@@ -95,6 +95,20 @@ class Calendar:
             day += timedelta(days=1)
         raise ValueError(f"calendar {self.name!r} has no working time within {_HORIZON_DAYS} days")
 
+    def business_hours_between(self, start: datetime, end: datetime) -> float:
+        """Working hours between `start` and `end` (0 when end is not after start)."""
+        a, b = self.local(start).astimezone(timezone.utc), self.local(end).astimezone(timezone.utc)
+        total = timedelta()
+        day = self.local(start).date() - timedelta(days=1)
+        last = self.local(end).date()
+        while a < b and day <= last:
+            for s, e in self._day_spans(day):
+                lo, hi = max(s, a), min(e, b)
+                if hi > lo:
+                    total += hi - lo
+            day += timedelta(days=1)
+        return total.total_seconds() / 3600
+
     @property
     def day_hours(self) -> float:
         """Working hours of the first working weekday: the length of one business `d`."""

@@ -207,7 +207,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     async def show() -> list[dict[str, Any]]:
         reg = await Registry.open(cfg.registry.url, create=False)
         try:
-            return await reg.recent(args.n)
+            return await reg.recent(args.n or None)
         finally:
             await reg.close()
     try:
@@ -268,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     add("reload", cmd_reload, "ask the running daemon to reload its routing files")
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")
-    reg.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10)")
+    reg.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10; 0: all)")
+    from .control.cli import add_commands
+    add_commands(sub, add, reg)
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
     return p

@@ -172,3 +172,18 @@ def test_control_config_section(tmp_path: Path) -> None:
         "participant's address may join a request; domain: their domain",
         "'control.close_after' must be a duration such as 30m, 12h or 1d, not 'soon'; "
         "for example 'close_after: 1d' (0 turns it off)"]
+
+
+def test_business_hours_between() -> None:
+    """Working hours between two moments: nights, weekends and holidays do not count, and it
+    is the inverse of add_business_hours."""
+    [cal] = build_calendars({"msk": {"timezone": "Europe/Moscow", "hours": "Mon-Fri 09:00-18:00",
+                                     "holidays": ["2027-01-15"]}}).values()
+    mon = datetime(2027, 1, 11, 14, 0, tzinfo=timezone.utc)          # Mon 17:00 Moscow
+    assert cal.business_hours_between(mon, mon.replace(hour=17)) == 1.0
+    assert cal.business_hours_between(mon, datetime(2027, 1, 12, 9, tzinfo=timezone.utc)) == 4.0
+    thu = datetime(2027, 1, 14, 14, 0, tzinfo=timezone.utc)          # Thu 17:00; Fri holiday
+    due = cal.add_business_hours(thu, 4)
+    assert due == datetime(2027, 1, 18, 12, 0, tzinfo=cal.tz)
+    assert cal.business_hours_between(thu, due) == 4.0
+    assert cal.business_hours_between(due, thu) == 0.0

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from mailrouter.config import ControlConfig, RegistryConfig
+from mailrouter.control.queries import report
 from mailrouter.control.sla import Alert, Scheduler
 from mailrouter.control.store import Plan, apply_plan
 from mailrouter.control.tables import request_alerts, requests
@@ -47,9 +48,8 @@ WEEK = [
 ]
 
 
-async def test_simulated_week(make_app, tmp_path):
-    """Exactly the expected reminders and escalations, at the expected moments, to the
-    expected people; owners and final statuses as planned."""
+async def run_week(make_app, tmp_path):
+    """The daemon through the simulated week; the app and every alert the scheduler made."""
     app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
                          registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'week.db'}"))
     app.sla_task.cancel()       # the test drives its own scheduler with the simulated clock
@@ -72,6 +72,13 @@ async def test_simulated_week(make_app, tmp_path):
         alerts += await sched.tick(now)
         now += timedelta(minutes=15)
     assert not events
+    return app, alerts
+
+
+async def test_simulated_week(make_app, tmp_path):
+    """Exactly the expected reminders and escalations, at the expected moments, to the
+    expected people; owners, final statuses and the report's figures as planned."""
+    app, alerts = await run_week(make_app, tmp_path)
     ids = {chr(ord("A") + i): i + 1 for i in range(8)}
     got = [(a.stage, a.request, a.at, a.recipient) for a in alerts]
     assert got == [
@@ -98,6 +105,21 @@ async def test_simulated_week(make_app, tmp_path):
                            "[#2] Reminder: no first response yet: question B")
     # a restart (a new scheduler) scanning again creates nothing more
     assert await Scheduler(app.registry, CONTROL, app.snapshot).tick(msk(18, 0)) == []
+    doc = await app.registry.read("t", lambda conn: report(
+        conn, msk(11, 0), msk(18, 0), msk(18, 0), app.snapshot().rules.calendars))
+    assert doc["volume_per_owner"] == [{"owner": "ivanov", "requests": 4},
+                                       {"owner": "petrova", "requests": 4}]
+    assert doc["volume_per_day"] == [{"day": "2027-01-11", "requests": 3},
+                                     {"day": "2027-01-12", "requests": 2},
+                                     {"day": "2027-01-13", "requests": 2},
+                                     {"day": "2027-01-14", "requests": 1}]
+    assert doc["volume_per_rule"] == [{"rule": "support", "requests": 8}]
+    # A 2h, C 4.5h (Monday 20:00 counts from Tuesday 09:00), F 0.5h, G 5h of business time
+    assert doc["first_response_hours"] == {"answered": 4, "median": 3.25, "p90": 4.85}
+    # kept: A, F; missed: C, G (late), B, D, E (overdue); H is not due yet
+    assert doc["sla"] == {"kept": 2, "missed": 5, "share_kept": 0.2857}
+    assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 2, "overdue": 1},
+                                     {"owner": "petrova", "open": 2, "overdue": 2}]
 
 
 async def test_two_instances_create_each_alert_once(pg_url, tmp_path):
@@ -135,3 +157,67 @@ async def test_two_instances_create_each_alert_once(pg_url, tmp_path):
         await a.close()
         await b.close()
         await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+
+async def test_cli_on_the_week(make_app, tmp_path):
+    """request show/close, registry search/history and report on the week's registry, as
+    text, JSON and CSV; -n 0 lists everything; a missing request is exit 1."""
+    import csv
+    import io
+    import json
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    app, _ = await run_week(make_app, tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'week.db'}'}}\n"
+                   f"routing: ['{tmp_path / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+
+    async def cli(*argv):
+        out = io.StringIO()
+
+        def go():
+            with redirect_stdout(out), redirect_stderr(io.StringIO()):
+                try:
+                    return main(list(argv))
+                except SystemExit as exc:      # argparse refusing an argument
+                    return exc.code
+        code = await asyncio.to_thread(go)
+        return code, out.getvalue()
+    code, out = await cli("request", "show", "5", "--json", "-c", str(cfg))
+    doc = json.loads(out)
+    assert code == 0 and doc["owner"] == "ivanov" and doc["status"] == "open"
+    assert [e["kind"] for e in doc["events"]] == ["opened", "owner", "reminder", "escalation"]
+    assert [(a["stage"], a["recipient"]) for a in doc["alerts"]] == [("remind", "petrova"),
+                                                                     ("escalate", "smirnov")]
+    assert doc["messages"][0]["recipients"][0]["reasons"][-1].startswith("rule 'support'")
+    code, out = await cli("request", "show", "5", "-c", str(cfg))
+    assert "escalate" in out and "why <E@client> support@example.com: rule 'support'" in out
+    code, out = await cli("request", "show", "5", "--csv", "-c", str(cfg))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["what"] for r in rows] == ["message in", "opened", "owner", "reminder", "remind",
+                                         "escalation", "escalate"]
+    assert await cli("request", "close", "5", "-c", str(cfg)) == (0, "request #5 closed\n")
+    assert (await cli("request", "close", "5", "-c", str(cfg)))[0] == 1
+    assert (await cli("request", "show", "99", "-c", str(cfg)))[0] == 1
+    code, out = await cli("registry", "search", "--subject", "QUESTION b", "--json", "-c", str(cfg))
+    assert [m["subject"] for m in json.loads(out)] == ["question B"]
+    code, out = await cli("registry", "search", "--owner", "ivanov", "--csv", "-n", "0",
+                          "-c", str(cfg))
+    assert sorted(r["subject"] for r in csv.DictReader(io.StringIO(out))) == [
+        "Re: question A", "Re: question C", "question A", "question C", "question E", "question H"]
+    code, out = await cli("registry", "search", "--status", "closed", "-n", "0", "-c", str(cfg))
+    assert out.count("question ") == 5 + out.count("Re: question ")
+    code, out = await cli("registry", "history", "client.example", "--json", "-c", str(cfg))
+    doc = json.loads(out)
+    assert len(doc["requests"]) == 8 and len(doc["messages"]) == 8
+    code, out = await cli("registry", "history", "b@client.example", "-c", str(cfg))
+    assert out.startswith("#2 ") and "question B" in out
+    code, out = await cli("registry", "-n", "0", "-c", str(cfg))
+    assert out.count("support@example.com ->") == 8 and out.count("replies@example.com ->") == 4
+    code, out = await cli("report", "--since", "2027-01-11", "--until", "2027-01-18", "--csv",
+                          "-c", str(cfg))
+    assert "first_response_hours" in out and code == 0
+    code, out = await cli("report", "--since", "yesterday", "-c", str(cfg))
+    assert code == 2

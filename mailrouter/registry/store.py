@@ -398,7 +398,7 @@ class Registry:
             return found
         return await self._read("message", fetch)
 
-    async def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+    async def recent(self, limit: int | None = 10) -> list[dict[str, Any]]:
         """The newest messages (by received_at), each with its decisions."""
         def fetch(conn: Connection) -> list[dict[str, Any]]:
             rows = [dict(r._mapping) for r in conn.execute(

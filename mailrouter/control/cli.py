@@ -1,0 +1,225 @@
+"""Commands of execution control: report, registry search/history, request show/close.
+
+`mailrouter report [--since D] [--until D]`, `mailrouter registry search [filters]`,
+`mailrouter registry history ADDRESS|DOMAIN`, `mailrouter request show N`, `mailrouter
+request close N`. Each read command prints text, or with `--json` one JSON document,
+or with `--csv` rows with a header line. Exit codes: 0 done, 1 no such request,
+2 the configuration or the registry could not be read.
+
+Refused with a clear message (exit 2): a date that is not ISO (`2027-01-11` or with a
+time), an unknown status. The registry is opened without creating or migrating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, update
+
+from ..errors import RegistryError
+from .store import add_event
+from .tables import STATUSES, requests
+
+__all__ = ["add_commands"]
+
+
+def _when(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date (e.g. 2027-01-11 or "
+                                         "2027-01-11T10:00+03:00)") from None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
+         write: bool = False) -> Any:
+    from ..cli import _config
+    from ..registry import Registry
+    cfg = _config(args.config)
+
+    async def go() -> Any:
+        reg = await Registry.open(cfg.registry.url, create=False)
+        try:
+            return await (reg.write(what, fn) if write else reg.read(what, fn))
+        finally:
+            await reg.close()
+    try:
+        return asyncio.run(go())
+    except RegistryError as exc:
+        print(f"mailrouter {what}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _emit(args: argparse.Namespace, doc: Any, rows: list[dict[str, Any]],
+          text: Callable[[], None]) -> None:
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
+    elif args.csv:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(sys.stdout, fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("; ".join(map(str, v)) if isinstance(v, list) else v)
+                     for k, v in r.items()} for r in rows)
+    else:
+        text()
+
+
+def _copy_rows(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One CSV row per recipient of each message (every copy, refused ones with their reply)."""
+    out = []
+    for m in msgs:
+        base = {k: m[k] for k in ("received_at", "from", "subject", "message_id", "status", "request")}
+        for d in m["recipients"] or [{}]:
+            out.append(base | {k: d.get(k) for k in ("rcpt", "action", "reply", "mailbox",
+                                                      "folder", "owner")})
+    return out
+
+
+def _print_messages(msgs: list[dict[str, Any]]) -> None:
+    for m in msgs:
+        req = f"  [#{m['request']}]" if m["request"] else ""
+        print(f"{m['received_at'][:19]} {m['status']:9} {m['from']}  {m['subject']!r}{req}")
+        for d in m["recipients"]:
+            where = (d["mailbox"] or "-") + (f"/{d['folder']}" if d["folder"] else "")
+            print(f"    {d['rcpt']} -> {where}{' owner=' + d['owner'] if d['owner'] else ''}"
+                  f"  [{d['reply']}]")
+        for c in m["copies"]:
+            print(f"      copy {c['target']}: {c['state']} {c['detail']}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..cli import _config, _snapshot
+    from .queries import report
+    now = datetime.now(timezone.utc)
+    until = args.until or now
+    since = args.since or until - timedelta(days=30)
+    cals = _snapshot(_config(args.config)).rules.calendars
+    doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals))
+    rows = [{"section": k, **r} for k, v in doc.items() if isinstance(v, list) for r in v]
+    rows += [{"section": k, **v} for k, v in doc.items() if isinstance(v, dict)]
+
+    def text() -> None:
+        print(f"requests opened {doc['since'][:16]} .. {doc['until'][:16]}")
+        for k in ("mailbox", "rule", "owner", "day"):
+            print(f"  per {k}: " + ", ".join(f"{r[k]}={r['requests']}" for r in doc[f"volume_per_{k}"]))
+        fr, sla = doc["first_response_hours"], doc["sla"]
+        print(f"  first response (business hours): {fr['answered']} answered, median {fr['median']}, "
+              f"p90 {fr['p90']}")
+        print(f"  SLA: kept {sla['kept']}, missed {sla['missed']}, share kept {sla['share_kept']}")
+        for r in doc["open_per_owner"]:
+            print(f"  {r['owner'] or '(nobody)'}: {r['open']} open, {r['overdue']} overdue")
+    _emit(args, doc, rows, text)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .queries import search
+    found = _run(args, "registry search", lambda conn: search(
+        conn, sender=args.sender, rcpt=args.rcpt, words=args.subject, since=args.since,
+        until=args.until, tag=args.tag, owner=args.owner, status=args.status,
+        limit=args.n or None))
+    _emit(args, found, _copy_rows(found), lambda: _print_messages(found))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from .queries import history
+    doc = _run(args, "registry history", lambda conn: history(conn, args.who, args.n or None))
+
+    def text() -> None:
+        for r in doc["requests"]:
+            print(f"#{r['id']} {r['opened_at'][:16]} {r['status']:8} owner={r['owner']}  {r['subject']!r}")
+        _print_messages(doc["messages"])
+    _emit(args, doc, _copy_rows(doc["messages"]), text)
+    return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from .queries import show_request
+    if args.action == "close":
+        def close(conn: Connection) -> bool:
+            now = datetime.now(timezone.utc)
+            done = conn.execute(update(requests).where(requests.c.id == args.number,
+                                                       requests.c.status != "closed")
+                                .values(status="closed", closed_at=now))
+            if done.rowcount:
+                add_event(conn, args.number, now, "status", "-> closed: mailrouter request close",
+                          "cli")
+            return bool(done.rowcount)
+        if not _run(args, "request close", close, write=True):
+            print(f"mailrouter request close: no open request #{args.number}", file=sys.stderr)
+            return 1
+        print(f"request #{args.number} closed")
+        return 0
+    doc = _run(args, "request show", lambda conn: show_request(conn, args.number))
+    if doc is None:
+        print(f"mailrouter request show: no request #{args.number}", file=sys.stderr)
+        return 1
+    timeline = sorted([{"at": m["at"], "what": f"message {m['direction']}", "who": m["from"],
+                        "detail": m["subject"]} for m in doc["messages"]]
+                      + [{"at": e["at"], "what": e["kind"], "who": e["actor"], "detail": e["detail"]}
+                         for e in doc["events"]]
+                      + [{"at": a["at"], "what": a["stage"], "who": a["recipient"],
+                          "detail": a["subject"]} for a in doc["alerts"]], key=lambda r: r["at"])
+
+    def text() -> None:
+        print(f"#{doc['id']} {doc['status']} owner={doc['owner']} team={doc['team']} "
+              f"from {doc['counterparty']}  {doc['subject']!r}")
+        print(f"  opened {doc['opened_at']}, first response due {doc['first_response_due']}, "
+              f"answered {doc['first_response_at']}")
+        for r in timeline:
+            print(f"  {r['at'][:19]} {r['what']:12} {r['who'] or '-'}  {r['detail']}")
+        for m in doc["messages"]:
+            for d in m["recipients"]:
+                for why in d["reasons"]:
+                    print(f"  why {m['message_id']} {d['rcpt']}: {why}")
+    _emit(args, doc, timeline, text)
+    return 0
+
+
+def _formats(p: argparse.ArgumentParser, config: bool = False) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="one JSON document")
+    g.add_argument("--csv", action="store_true", help="CSV rows with a header line")
+    if config:      # a `registry` subcommand: -c may also come after it
+        p.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="config file")
+
+
+def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
+                 registry: argparse.ArgumentParser) -> None:
+    """Register report, registry search/history and request show/close on the CLI."""
+    rep = add("report", cmd_report, "requests per mailbox/rule/owner/day, response times, SLA")
+    rep.add_argument("--since", type=_when, metavar="DATE", help="from (default: 30 days ago)")
+    rep.add_argument("--until", type=_when, metavar="DATE", help="to (default: now)")
+    _formats(rep)
+    rsub = registry.add_subparsers(dest="registry_command", metavar="[search|history]")
+    s = rsub.add_parser("search", help="find messages", description="find messages; every "
+                        "recipient and copy is shown, refused ones with their reply")
+    s.set_defaults(func=cmd_search)
+    for flag, dest, what in (("--from", "sender", "sender address"), ("--rcpt", "rcpt", "recipient"),
+                             ("--subject", "subject", "words in the subject (ё = е, any case)"),
+                             ("--tag", "tag", "tag"), ("--owner", "owner", "owner (person or team)")):
+        s.add_argument(flag, dest=dest, help=what)
+    s.add_argument("--since", type=_when, metavar="DATE")
+    s.add_argument("--until", type=_when, metavar="DATE")
+    s.add_argument("--status", choices=STATUSES, help="status of the message's request")
+    s.add_argument("-n", type=int, default=50, metavar="N", help="at most N (0: all; default 50)")
+    _formats(s, config=True)
+    h = rsub.add_parser("history", help="everything with one address or domain")
+    h.set_defaults(func=cmd_history)
+    h.add_argument("who", metavar="ADDRESS|DOMAIN")
+    h.add_argument("-n", type=int, default=0, metavar="N", help="at most N messages (0: all)")
+    _formats(h, config=True)
+    req = add("request", cmd_request, "show or close one request")
+    req.add_argument("action", choices=["show", "close"])
+    req.add_argument("number", type=int, metavar="N")
+    _formats(req)

@@ -1,0 +1,196 @@
+"""Reports and searches over the registry: what `mailrouter report`, `registry search`,
+`registry history` and `request show` print. Each is one function on a connection that
+returns plain rows (dicts), so the CLI prints them as text, JSON or CSV.
+
+Every query is bounded by an index: requests by opened_at, owner/status,
+status/first_response_due, counterparty or its domain; messages by received_at or
+from_addr. Subject words are matched with the rules' normalising (NFKC, case-folded,
+ё = е, reply prefixes stripped) in Python, after the indexed filters and the date
+range narrowed the rows: give a date range on a large registry.
+
+Known limits: `history DOMAIN` finds messages by the From address's domain with a
+LIKE suffix match, which no index serves; requests by domain are indexed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, or_, select
+
+from ..registry.models import decisions, deliveries, messages
+from ..routing.normalize import normalize, normalize_subject
+from .tables import request_alerts, request_events, request_messages, requests
+
+__all__ = ["report", "search", "history", "show_request"]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 2)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 2)
+
+
+def report(conn: Connection, since: datetime, until: datetime, now: datetime,
+           calendars: Mapping[str, Any]) -> dict[str, Any]:
+    """Volume per mailbox/rule/owner/day, first-response times, SLA kept, open and overdue."""
+    span = and_(requests.c.opened_at >= since, requests.c.opened_at < until)
+    out: dict[str, Any] = {"since": since.isoformat(), "until": until.isoformat()}
+    for name, col in (("mailbox", requests.c.mailbox), ("rule", requests.c.rule),
+                      ("owner", requests.c.owner), ("day", func.date(requests.c.opened_at))):
+        rows = conn.execute(select(col, func.count()).where(span).group_by(col).order_by(col))
+        out[f"volume_per_{name}"] = [{name: str(k) if k is not None else None, "requests": int(n)}
+                                     for k, n in rows]
+    hours, kept, missed = [], 0, 0
+    for opened, first, due, cal in conn.execute(select(
+            requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
+            requests.c.sla_calendar).where(span)):
+        if first is not None:
+            c = calendars.get(cal) if cal else None
+            hours.append(c.business_hours_between(opened, first) if c is not None
+                         else (first - opened).total_seconds() / 3600)
+        if due is not None and (first is not None or due <= now):
+            if first is not None and first <= due:
+                kept += 1
+            else:
+                missed += 1
+    out["first_response_hours"] = {"answered": len(hours), "median": _percentile(hours, 50),
+                                   "p90": _percentile(hours, 90)}
+    out["sla"] = {"kept": kept, "missed": missed,
+                  "share_kept": round(kept / (kept + missed), 4) if kept + missed else None}
+    overdue = and_(requests.c.status == "open", requests.c.first_response_at.is_(None),
+                   requests.c.first_response_due <= now)
+    per: dict[str | None, dict[str, Any]] = {}
+    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
+            requests.c.status != "closed").group_by(requests.c.owner)):
+        per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["open"] = int(n)
+    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(overdue)
+                                 .group_by(requests.c.owner)):
+        per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["overdue"] = int(n)
+    out["open_per_owner"] = sorted(per.values(), key=lambda r: str(r["owner"]))
+    return out
+
+
+def _copies(conn: Connection, keys: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Decisions (every recipient, refused ones with their reply) and deliveries (every copy)."""
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"recipients": [], "copies": []}
+                                                         for k in keys}
+    if not keys:
+        return found
+    for d in conn.execute(select(decisions).where(decisions.c.message_key.in_(keys))
+                          .order_by(decisions.c.id)):
+        found[d.message_key]["recipients"].append(
+            {"rcpt": d.rcpt, "action": d.action, "reply": d.reply, "mailbox": d.mailbox,
+             "folder": d.folder, "owner": d.owner, "tags": d.tags, "reasons": d.reasons})
+    for d in conn.execute(select(deliveries).where(deliveries.c.message_key.in_(keys))
+                          .order_by(deliveries.c.id)):
+        found[d.message_key]["copies"].append({"target": d.target, "state": d.state,
+                                               "detail": d.detail})
+    return found
+
+
+def _message_rows(conn: Connection, rows: list[Any]) -> list[dict[str, Any]]:
+    keys = [r.key for r in rows]
+    extra = _copies(conn, keys)
+    req = dict(conn.execute(select(request_messages.c.message_key, request_messages.c.request_id)
+                            .where(request_messages.c.message_key.in_(keys))).all()) if keys else {}
+    return [{"key": r.key, "received_at": r.received_at.isoformat(), "from": r.from_addr or r.mail_from,
+             "subject": r.subject, "message_id": r.message_id, "status": r.status,
+             "attempts": r.attempts, "request": req.get(r.key)} | extra[r.key] for r in rows]
+
+
+def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = None,
+           words: str | None = None, since: datetime | None = None, until: datetime | None = None,
+           tag: str | None = None, owner: str | None = None, status: str | None = None,
+           limit: int | None = 50) -> list[dict[str, Any]]:
+    """Messages, newest first, with every recipient's decision and every copy."""
+    q = select(messages)
+    if sender:
+        s = sender.strip().lower()
+        q = q.where(or_(func.lower(messages.c.from_addr) == s, func.lower(messages.c.mail_from) == s))
+    if since:
+        q = q.where(messages.c.received_at >= since)
+    if until:
+        q = q.where(messages.c.received_at < until)
+    in_request = select(request_messages.c.message_key).join(
+        requests, requests.c.id == request_messages.c.request_id)
+    if rcpt:
+        q = q.where(messages.c.key.in_(select(decisions.c.message_key).where(
+            func.lower(decisions.c.rcpt) == rcpt.strip().lower())))
+    if owner:       # the rule's owner (a person or team) or the request's (the team's pick)
+        q = q.where(or_(messages.c.key.in_(select(decisions.c.message_key).where(
+            decisions.c.owner == owner)), messages.c.key.in_(in_request.where(requests.c.owner == owner))))
+    if status:
+        q = q.where(messages.c.key.in_(in_request.where(requests.c.status == status)))
+    q = q.order_by(messages.c.received_at.desc())
+    needle = normalize(words).split() if words else []
+    picked: list[Any] = []
+    batch = 2000
+    offset = 0
+    while limit is None or len(picked) < limit:
+        chunk = conn.execute(q.limit(batch).offset(offset)).all()
+        for r in chunk:
+            if needle and not _has_words(normalize_subject(r.subject), needle):
+                continue
+            picked.append(r)
+            if limit is not None and len(picked) >= limit:
+                break
+        if len(chunk) < batch:
+            break
+        offset += batch
+    rows = _message_rows(conn, picked)
+    if tag:
+        rows = [r for r in rows if any(tag in (d["tags"] or []) for d in r["recipients"])]
+    return rows
+
+
+def _has_words(text: str, needle: list[str]) -> bool:
+    words = text.split()
+    n = len(needle)
+    return any(words[i:i + n] == needle for i in range(len(words) - n + 1))
+
+
+def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:
+    """Every request and message with one counterparty: an address, or a whole domain."""
+    who = who.strip().lower()
+    if "@" in who:
+        rq = requests.c.counterparty == who
+        mq = func.lower(messages.c.from_addr) == who
+    else:
+        rq = requests.c.counterparty_domain == who
+        mq = func.lower(messages.c.from_addr).like(f"%@{who}")
+    reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]
+    msgs = list(conn.execute(select(messages).where(mq).order_by(messages.c.received_at.desc())
+                             .limit(limit)).all())
+    return {"counterparty": who, "requests": reqs, "messages": _message_rows(conn, msgs)}
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
+
+
+def show_request(conn: Connection, number: int) -> dict[str, Any] | None:
+    """A request with its messages (and each decision's explanation), history and alerts."""
+    row = conn.execute(select(requests).where(requests.c.id == number)).first()
+    if row is None:
+        return None
+    links = conn.execute(select(request_messages).where(request_messages.c.request_id == number)
+                         .order_by(request_messages.c.id)).all()
+    keys = [ln.message_key for ln in links]
+    msgs = {m.key: m for m in conn.execute(select(messages).where(messages.c.key.in_(keys)))}
+    extra = _copies(conn, keys)
+    out = _plain(row)
+    out["messages"] = [{"direction": ln.direction, "at": ln.at.isoformat(), "from": ln.sender,
+                        "message_id": ln.message_id,
+                        "subject": msgs[ln.message_key].subject if ln.message_key in msgs else None}
+                       | extra[ln.message_key] for ln in links]
+    out["events"] = [_plain(e) for e in conn.execute(select(request_events).where(
+        request_events.c.request_id == number).order_by(request_events.c.id))]
+    out["alerts"] = [_plain(a) for a in conn.execute(select(request_alerts).where(
+        request_alerts.c.request_id == number).order_by(request_alerts.c.id))]
+    return out
