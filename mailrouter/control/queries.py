@@ -111,8 +111,8 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
     """Messages, newest first, with every recipient's decision and every copy."""
     q = select(messages)
     if sender:
-        s = sender.strip().lower()
-        q = q.where(or_(func.lower(messages.c.from_addr) == s, func.lower(messages.c.mail_from) == s))
+        # as written and lower case: the (from_addr, received_at) index serves both
+        q = q.where(messages.c.from_addr.in_(list({sender.strip(), sender.strip().lower()})))
     if since:
         q = q.where(messages.c.received_at >= since)
     if until:
@@ -157,10 +157,10 @@ def _has_words(text: str, needle: list[str]) -> bool:
 
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:
     """Every request and message with one counterparty: an address, or a whole domain."""
-    who = who.strip().lower()
+    original, who = who, who.strip().lower()
     if "@" in who:
         rq = requests.c.counterparty == who
-        mq = func.lower(messages.c.from_addr) == who
+        mq = messages.c.from_addr.in_(list({who, original.strip()}))
     else:
         rq = requests.c.counterparty_domain == who
         mq = func.lower(messages.c.from_addr).like(f"%@{who}")

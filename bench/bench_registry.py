@@ -1,0 +1,133 @@
+"""Reports and searches over a large generated registry (issue 12), SQLite and PostgreSQL.
+
+Generates N messages (default 100,000; `-n 1000000` for the issue's million) over 90
+days: 2,000 customers on 300 domains, 4 mailboxes, 3 rules, 6 owners; every message
+one decision and one delivery; every third message opens a request, the others join
+one; 70% of the requests answered. Then times each query `mailrouter report`,
+`registry search`, `registry history` and `request show` run. Run by hand:
+
+    .venv/bin/python bench/bench_registry.py                 # SQLite, 100k messages
+    .venv/bin/python bench/bench_registry.py -n 1000000 --pg postgresql+asyncpg://...
+
+The generation itself is not timed; the schema is the real one (Alembic upgrade).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, insert
+
+from mailrouter.calendars import build_calendars
+from mailrouter.control.queries import history, report, search, show_request
+from mailrouter.control.tables import request_messages, requests
+from mailrouter.registry import Registry
+from mailrouter.registry.models import decisions, deliveries, messages
+
+START = datetime(2027, 1, 1, tzinfo=timezone.utc)
+WORDS = ["счёт", "оплата", "договор", "invoice", "faktura", "заказ", "доставка", "вопрос",
+         "printer", "ошибка", "акт", "сверка"]
+MAILBOXES = ["sales", "support", "finance", "product-a"]
+RULES = ["invoices", "support", "sales"]
+OWNERS = ["ivanov", "petrova", "smirnov", "sidorov", "kuznetsova", "popov"]
+CHUNK = 5000
+
+
+def rows(n: int, seed: int = 1) -> Any:
+    rnd = random.Random(seed)
+    req_id = 0
+    for i in range(n):
+        at = START + timedelta(seconds=i * 90 * 86400 / n)
+        dom = f"client{rnd.randrange(300)}.example"
+        sender = f"user{rnd.randrange(2000)}@{dom}"
+        key = f"{i:064x}"
+        subject = " ".join(rnd.sample(WORDS, 3)) + f" {i}"
+        msg = dict(key=key, received_at=at, updated_at=at, protocol="smtp", peer="127.0.0.1",
+                   mail_from=sender, rcpts=["support@example.com"], message_id=f"<{i}@x>",
+                   from_name="", from_addr=sender, subject=subject, size=2000,
+                   content_hash=key, defects=[], ruleset_hash="x", status="delivered", attempts=1)
+        box, rule, owner = rnd.choice(MAILBOXES), rnd.choice(RULES), rnd.choice(OWNERS)
+        dec = dict(message_key=key, rcpt="support@example.com", action="deliver",
+                   reply="250 2.0.0 Ok: delivered", mailbox=box, folder=None, owner=owner,
+                   tags=[rule], priority=None, sla="first_response=4h calendar=msk", path=[],
+                   reasons=[f"rule '{rule}'"], rules=[])
+        dlv = dict(message_key=key, target=box, state="delivered", detail="250", updated_at=at)
+        req = None
+        if i % 3 == 0:
+            req_id += 1
+            answered = rnd.random() < 0.7
+            first = at + timedelta(hours=rnd.uniform(0.2, 30)) if answered else None
+            req = dict(id=req_id, opened_at=at, message_key=key, counterparty=sender,
+                       counterparty_domain=dom, mailbox=box, rule=rule, owner=owner,
+                       status="answered" if answered else "open", subject=subject, priority=None,
+                       tags=[], sla_calendar="msk", first_response_due=at + timedelta(hours=8),
+                       first_response_at=first, last_in_at=at, last_out_at=first, closed_at=None)
+        link = dict(request_id=req_id, message_key=key, message_id=f"<{i}@x>", direction="in",
+                    at=at, sender=sender)
+        yield msg, dec, dlv, req, link
+
+
+def fill(conn: Connection, chunk: list[Any]) -> None:
+    for table, idx in ((messages, 0), (decisions, 1), (deliveries, 2), (requests, 3),
+                       (request_messages, 4)):
+        batch = [c[idx] for c in chunk if c[idx] is not None]
+        if batch:
+            conn.execute(insert(table), batch)
+
+
+async def bench(url: str, n: int) -> None:
+    reg = await Registry.open(url, timeout=600)
+    try:
+        t0 = time.perf_counter()
+        chunk: list[Any] = []
+        for row in rows(n):
+            chunk.append(row)
+            if len(chunk) == CHUNK:
+                await reg.write("fill", lambda c, ch=chunk: fill(c, ch))
+                chunk = []
+        if chunk:
+            await reg.write("fill", lambda c, ch=chunk: fill(c, ch))
+        print(f"{url.split(':')[0]}: generated {n:,} messages in {time.perf_counter() - t0:.1f} s")
+        cals = build_calendars({"msk": {"timezone": "Europe/Moscow", "hours": "Mon-Fri 09:00-18:00"}})
+        end = START + timedelta(days=90)
+        month = (end - timedelta(days=30), end)
+        day = (end - timedelta(days=1), end)
+        cases = [
+            ("report, last 30 days", lambda c: report(c, *month, end, cals)),
+            ("report, last day", lambda c: report(c, *day, end, cals)),
+            ("search subject 'счет оплата', last day", lambda c: search(
+                c, words="счет оплата", since=day[0], until=day[1], limit=50)),
+            ("search subject word, all time, 50 newest", lambda c: search(c, words="акт", limit=50)),
+            ("search sender", lambda c: search(c, sender="user7@client7.example", limit=None)),
+            ("search owner + status, 50 newest", lambda c: search(c, owner="popov", status="open")),
+            ("history address", lambda c: history(c, "user7@client7.example")),
+            ("history domain (100 newest messages)", lambda c: history(c, "client7.example", 100)),
+            ("request show", lambda c: show_request(c, n // 6)),
+        ]
+        for name, fn in cases:
+            t0 = time.perf_counter()
+            await reg.read(name, fn)
+            print(f"  {name:45} {1000 * (time.perf_counter() - t0):9.1f} ms")
+    finally:
+        await reg.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-n", type=int, default=100_000, help="messages to generate (default 100,000)")
+    p.add_argument("--pg", metavar="URL", help="also an empty PostgreSQL database at URL")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(bench(f"sqlite+aiosqlite:///{tmp}/registry.db", args.n))
+    if args.pg:
+        asyncio.run(bench(args.pg, args.n))
+
+
+if __name__ == "__main__":
+    main()
