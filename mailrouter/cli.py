@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")
     reg.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10; 0: all)")
     from .control.cli import add_commands
-    add_commands(sub, add, reg)
+    add_commands(sub, add, reg, _config, _snapshot)
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
     return p

@@ -41,9 +41,8 @@ def _when(text: str) -> datetime:
 
 def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
          write: bool = False) -> Any:
-    from ..cli import _config
     from ..registry import Registry
-    cfg = _config(args.config)
+    cfg = args.load_config(args.config)
 
     async def go() -> Any:
         reg = await Registry.open(cfg.registry.url, create=False)
@@ -96,12 +95,11 @@ def _print_messages(msgs: list[dict[str, Any]]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..cli import _config, _snapshot
     from .queries import report
     now = datetime.now(timezone.utc)
     until = args.until or now
     since = args.since or until - timedelta(days=30)
-    cals = _snapshot(_config(args.config)).rules.calendars
+    cals = args.load_snapshot(args.load_config(args.config)).rules.calendars
     doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals))
     rows = [{"section": k, **r} for k, v in doc.items() if isinstance(v, list) for r in v]
     rows += [{"section": k, **v} for k, v in doc.items() if isinstance(v, dict)]
@@ -195,16 +193,23 @@ def _formats(p: argparse.ArgumentParser, config: bool = False) -> None:
 
 
 def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
-                 registry: argparse.ArgumentParser) -> None:
-    """Register report, registry search/history and request show/close on the CLI."""
+                 registry: argparse.ArgumentParser, load_config: Callable[[str | None], Any],
+                 load_snapshot: Callable[[Any], Any]) -> None:
+    """Register report, registry search/history and request show/close on the CLI.
+
+    `load_config`/`load_snapshot` are the CLI's own (errors printed, exit 2): this module
+    sits below cli.py and does not import it."""
+    loaders = {"load_config": load_config, "load_snapshot": load_snapshot}
+    registry.set_defaults(**loaders)
     rep = add("report", cmd_report, "requests per mailbox/rule/owner/day, response times, SLA")
     rep.add_argument("--since", type=_when, metavar="DATE", help="from (default: 30 days ago)")
     rep.add_argument("--until", type=_when, metavar="DATE", help="to (default: now)")
     _formats(rep)
+    rep.set_defaults(**loaders)
     rsub = registry.add_subparsers(dest="registry_command", metavar="[search|history]")
     s = rsub.add_parser("search", help="find messages", description="find messages; every "
                         "recipient and copy is shown, refused ones with their reply")
-    s.set_defaults(func=cmd_search)
+    s.set_defaults(func=cmd_search, **loaders)
     for flag, dest, what in (("--from", "sender", "sender address"), ("--rcpt", "rcpt", "recipient"),
                              ("--subject", "subject", "words in the subject (ё = е, any case)"),
                              ("--tag", "tag", "tag"), ("--owner", "owner", "owner (person or team)")):
@@ -215,7 +220,7 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     s.add_argument("-n", type=int, default=50, metavar="N", help="at most N (0: all; default 50)")
     _formats(s, config=True)
     h = rsub.add_parser("history", help="everything with one address or domain")
-    h.set_defaults(func=cmd_history)
+    h.set_defaults(func=cmd_history, **loaders)
     h.add_argument("who", metavar="ADDRESS|DOMAIN")
     h.add_argument("-n", type=int, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
@@ -223,3 +228,4 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     req.add_argument("action", choices=["show", "close"])
     req.add_argument("number", type=int, metavar="N")
     _formats(req)
+    req.set_defaults(**loaders)

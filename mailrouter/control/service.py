@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 from ..config import ControlConfig
 from ..loops import header_text
 from ..registry import Registry
-from ..routing.decision import Action, Decision
+from ..values import Action, Decision
 from .owners import choose_owner
 from .store import (DbTeamState, Plan, apply_plan, find_by_refs, known_message, participants,
                     request_row)
