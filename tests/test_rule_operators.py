@@ -91,6 +91,7 @@ TABLE = [
     ("{rcpt_domain: example.com}", "product-a.eml", "sales@example.com", "", True),
     ("{rcpt_resolved: sales@example.com}", "product-a.eml", "old-sales@example.com", "", False),
     ("{rcpt: old-sales@example.com}", "product-a.eml", "old-sales@example.com", "", True),
+    ("{rcpt_original: sales@example.com}", "product-a.eml", "sales@example.com", "", True),
     ("{resolved_mailbox: sales}", "product-a.eml", "old-sales@example.com", "", True),
     ("{resolved_mailbox: support}", "product-a.eml", "product-a@example.com", "", True),
     # robot

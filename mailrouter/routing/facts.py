@@ -44,6 +44,7 @@ def _res_mailboxes(f: "Facts") -> tuple[str, ...]:
 _READERS: dict[str, Callable[["Facts"], tuple[Any, ...]]] = {
     "mail_from": lambda f: (f.mail_from,),
     "rcpt": lambda f: (f.rcpt,),
+    "rcpt_original": lambda f: (f.original or f.rcpt,),
     "rcpt_domain": lambda f: (f.rcpt.rpartition("@")[2],),
     "rcpt_resolved": lambda f: tuple(a for a in (getattr(f.resolution, "address", None),) if a),
     "resolved_mailbox": _res_mailboxes,
@@ -60,7 +61,8 @@ _READERS: dict[str, Callable[["Facts"], tuple[Any, ...]]] = {
     "attachment_size": lambda f: _att(f.view, "size"),
     "size": lambda f: (f.view.size,),
 }
-ADDR_FIELDS = ("mail_from", "rcpt", "rcpt_domain", "rcpt_resolved", "resolved_mailbox", "from_addr")
+ADDR_FIELDS = ("mail_from", "rcpt", "rcpt_domain", "rcpt_resolved", "resolved_mailbox", "from_addr",
+               "rcpt_original")
 TEXT_FIELDS = ADDR_FIELDS + ("subject", "from", "from_name", "to", "cc", "body", "attachment",
                              "attachment_type")
 NUM_FIELDS = ("attachment_count", "attachment_size", "size")
@@ -73,7 +75,7 @@ class Facts:
     """The lazily read, cached values of one (message, recipient) pair."""
 
     __slots__ = ("view", "mail_from", "rcpt", "resolution", "at", "calendars", "_raw", "_norm",
-                 "_words", "_tokens", "_utf8")
+                 "_words", "_tokens", "_utf8", "original")
 
     # Declared here because the module-level _READERS above reads these before mypy
     # has seen __init__'s tuple assignments.
@@ -83,10 +85,12 @@ class Facts:
     resolution: Any
     at: datetime
     calendars: Mapping[str, Any]
+    original: str | None
 
     def __init__(self, view: Any, mail_from: str, rcpt: str, resolution: Any, at: datetime,
-                 calendars: Mapping[str, Any]) -> None:
+                 calendars: Mapping[str, Any], original: str | None = None) -> None:
         self.view, self.mail_from, self.rcpt = view, mail_from or "", rcpt or ""
+        self.original = original        # the recipient as given, when rcpt is its new address
         self.resolution, self.at, self.calendars = resolution, at, calendars
         self._raw: dict[str, tuple[Any, ...]] = {}
         self._norm: dict[str, tuple[str, ...]] = {}

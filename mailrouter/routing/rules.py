@@ -46,7 +46,7 @@ from .sla_spec import Sla, parse_sla
 __all__ = ["Rule", "Then", "RuleSet", "REPLY_RULE_REJECT", "REPLY_RULE_DEFER"]
 
 RULE_KEYS = ("name", "when", "then", "continue")
-THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action")
+THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action", "autoreply")
 PRIORITIES = ("low", "normal", "high", "urgent")
 ACTIONS = ("deliver", "reject", "defer")
 
@@ -60,6 +60,7 @@ class Then:
     priority: str | None = None
     sla: Sla | None = None
     action: str | None = None
+    autoreply: str | None = None       # a responder of `autoreplies:` (responders.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +78,10 @@ class Rule:
 class _Builder:
     """Checks and compiles the `rules:` items; collects every error."""
 
-    def __init__(self, book: Any, calendars: Mapping[str, Calendar]) -> None:
+    def __init__(self, book: Any, calendars: Mapping[str, Calendar],
+                 responders: Sequence[str] | None = None) -> None:
         self.book, self.calendars = book, calendars
+        self.responders = responders       # None: names not checked (tests of rules alone)
         self.errors: list[ConfigError] = []
 
     def err(self, msg: str, node: Any, parent: Any = None, hint: str = "") -> None:
@@ -134,7 +137,18 @@ class _Builder:
                      f"{mailbox!r} (Dovecot takes +detail folders in ASCII only)", folder, spec,
                      "use an ASCII folder name here, or a maildir mailbox")
         return Then(mailbox, str(folder) if folder is not None else None,
-                    str(owner) if owner is not None else None, tags, priority, sla, action)
+                    str(owner) if owner is not None else None, tags, priority, sla, action,
+                    self.responder(name, spec))
+
+    def responder(self, name: str, spec: Mapping[str, Any]) -> str | None:
+        value = spec.get("autoreply")
+        if value is None:
+            return None
+        if self.responders is not None and str(value) not in self.responders:
+            self.err(f"rule {name!r}: unknown autoreply {value!r}", value, spec,
+                     did_you_mean(str(value), list(self.responders)).replace(
+                         "known keys", "known autoreplies") + " (define it under 'autoreplies:')")
+        return str(value)
 
     def ref(self, name: str, spec: Mapping[str, Any], key: str, known: Any, section: str) -> str | None:
         value = spec.get(key)
@@ -176,14 +190,15 @@ class RuleSet:
 
     @classmethod
     def build(cls, rules: Sequence[Any], book: Any,
-              calendars: Mapping[str, Any] | None = None) -> "RuleSet":
+              calendars: Mapping[str, Any] | None = None,
+              responders: Sequence[str] | None = None) -> "RuleSet":
         errors: list[ConfigError] = []
         try:
             cals = build_calendars(calendars)
         except ConfigErrors as exc:
             errors.extend(exc.errors)
             cals = {}
-        b = _Builder(book, cals)
+        b = _Builder(book, cals, responders)
         marks = getattr(rules, "item_marks", None)
         compiled = []
         for pos, spec in enumerate(rules or ()):
@@ -201,11 +216,12 @@ class RuleSet:
         return cls(compiled, cals, digest)
 
     def apply(self, view: Any, mail_from: str, rcpt: str, resolution: Any, default: Decision,
-              at: datetime) -> Decision:
-        """The decision for one recipient: `default` refined by the rules that match. Pure."""
+              at: datetime, original: str | None = None) -> Decision:
+        """The decision for one recipient: `default` refined by the rules that match. Pure.
+        `original`: the recipient as given when `rcpt` is the new address of a moved one."""
         if default.action is not Action.DELIVER:
             return default
-        facts = Facts(view, mail_from, rcpt, resolution, at, self.calendars)
+        facts = Facts(view, mail_from, rcpt, resolution, at, self.calendars, original)
         matched: list[tuple[Rule, str]] = []
         for rule in self.index.candidates(facts):
             why = rule.when.test(facts) if rule.when is not None else "always"
@@ -229,12 +245,12 @@ def _decide(default: Decision, matched: list[tuple[Rule, str]], at: datetime,
     acc: dict[str, Any] = {}
     tags = list(default.tags)
     for rule, _ in matched:
-        for key in ("mailbox", "folder", "owner", "priority", "sla", "action"):
+        for key in ("mailbox", "folder", "owner", "priority", "sla", "action", "autoreply"):
             value = getattr(rule.then, key)
             if value is not None and key not in acc:
                 acc[key] = value
         tags.extend(t for t in rule.then.tags if t not in tags)
-    d = replace(default, tags=tuple(tags),
+    d = replace(default, tags=tuple(tags), autoreply=acc.get("autoreply", default.autoreply),
                 owner=acc.get("owner", default.owner), priority=acc.get("priority", default.priority),
                 rules=default.rules + tuple(RuleMatch(r.name, r.file, r.line, w) for r, w in matched),
                 reasons=default.reasons + tuple(f"rule {r.name!r} ({r.file}:{r.line}): {w}"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import yamlsrc
 from ..addressbook.model import PERSON_MAILBOX_PREFIX
@@ -27,6 +27,7 @@ from ..errors import ConfigError, ConfigErrors
 from ..loops import detect_loop
 from ..message import MessageView
 from ..values import REPLY_OK, Action, Decision
+from .responders import Responder, build_responders, check_responder_names
 from .rules import RuleSet
 
 __all__ = ["Snapshot", "load_snapshot", "envelope_sender", "SECTIONS"]
@@ -46,6 +47,7 @@ class Snapshot:
     sections: dict[str, Any]
     hostname: str
     limits: Limits
+    responders: Mapping[str, Responder] = field(default_factory=dict)
 
     def check_rcpt(self, address: str) -> Resolution:
         """Resolution of one RCPT; `.reply` is set when the address is refused."""
@@ -67,17 +69,35 @@ class Snapshot:
         if loop is not None:
             action = Action.DEFER if loop.reply.temporary else Action.REJECT
             return Decision(rcpt, action, loop.reply, loop=loop)
+        route_rcpt, route_res, moved_note = self._follow_moved(res)
         first = res.targets[0] if res.targets else None
         default = Decision(
             rcpt, Action.DELIVER, REPLY_OK, targets=res.targets,
             mailbox=first.mailbox if first else None, folder=first.folder if first else None,
             owner=res.person or (first.person if first and len(res.targets) == 1 else None),
             autoreply=res.moved.autoreply if res.moved else None,
-            path=first.path if first else (), reasons=("address book",))
-        decision = self.rules.apply(view, mail_from, rcpt, res, default, at)
+            path=first.path if first else (), reasons=("address book",) + moved_note)
+        decision = self.rules.apply(view, mail_from, route_rcpt or rcpt, route_res, default, at,
+                                    original=rcpt)
         if decision.action is Action.DELIVER and not decision.targets:
             decision = replace(decision, targets=res.targets)
         return decision
+
+    def _follow_moved(self, res: Resolution) -> tuple[str | None, Resolution, tuple[str, ...]]:
+        """A moved address that delivers is routed as mail to its new address: the rules
+        written for sales@ apply to old-sales@ (the original stays `rcpt_original`)."""
+        moved, seen = res.moved, {res.address}
+        route = res
+        while moved is not None and moved.deliver and moved.now not in seen:
+            nxt = self.book.resolve(moved.now)
+            if nxt.reply is not None:
+                break
+            route, moved = nxt, nxt.moved
+            seen.add(nxt.address)
+        if route is res:
+            return None, res, ()
+        return route.address, route, (f"moved: {res.address} -> {route.address}; routed as "
+                                      f"mail to {route.address}",)
 
 
 def envelope_sender(given: str | None, view: MessageView) -> str:
@@ -227,13 +247,18 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
         book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width))
     except ConfigErrors as exc:
         errors.extend(exc.errors)
+    responders = build_responders(merged["autoreplies"], errors)
+    if complete:
+        check_responder_names(merged["moved"], responders, merged["autoreplies"], errors)
     names: Any = book if book is not None and complete else _Names.of(merged, complete)
     try:
-        rules = RuleSet.build(merged["rules"], names, merged["calendars"])
+        rules = RuleSet.build(merged["rules"], names, merged["calendars"],
+                              responders=tuple(merged["autoreplies"]) if complete else None)
     except ConfigErrors as exc:
         errors.extend(exc.errors)
     if book is not None and rules is not None:
         errors.extend(_check_schedules(merged["teams"], rules.calendars))
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
-    return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), merged, hostname, limits)
+    return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), merged, hostname, limits,
+                    responders)
