@@ -89,8 +89,11 @@ TABLE = [
     ("{rcpt: Sales@Example.com}", "product-a.eml", "sales@example.com", "", True),
     ("{rcpt: {ends_with: '@example.com'}}", "product-a.eml", "sales@example.com", "", True),
     ("{rcpt_domain: example.com}", "product-a.eml", "sales@example.com", "", True),
-    ("{rcpt_resolved: sales@example.com}", "product-a.eml", "old-sales@example.com", "", False),
-    ("{rcpt: old-sales@example.com}", "product-a.eml", "old-sales@example.com", "", True),
+    # a moved address that delivers is routed as mail to its new address (issue 11)
+    ("{rcpt_resolved: sales@example.com}", "product-a.eml", "old-sales@example.com", "", True),
+    ("{rcpt: sales@example.com}", "product-a.eml", "old-sales@example.com", "", True),
+    ("{rcpt: old-sales@example.com}", "product-a.eml", "old-sales@example.com", "", False),
+    ("{rcpt_original: old-sales@example.com}", "product-a.eml", "old-sales@example.com", "", True),
     ("{rcpt_original: sales@example.com}", "product-a.eml", "sales@example.com", "", True),
     ("{resolved_mailbox: sales}", "product-a.eml", "old-sales@example.com", "", True),
     ("{resolved_mailbox: support}", "product-a.eml", "product-a@example.com", "", True),
