@@ -8,10 +8,12 @@ JSON keys are a contract: later versions add keys, never rename them.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Callable, Sequence
 
+from .autoreply import Policy, verdict
 from .message import MessageView
+from .routing.decision import Action, Decision
 from .routing.facts import robot_of
 from .routing.snapshot import Snapshot, envelope_sender
 
@@ -28,8 +30,21 @@ def _safe(defects: list[str], what: str, get: Callable[[], Any], default: Any) -
         return default
 
 
+def _autoreply(defects: list[str], snap: Snapshot, view: MessageView, sender: str,
+               d: Decision, at: datetime | None, policy: Policy) -> dict[str, Any]:
+    """`{responder, send, reason}`: the daemon's own verdict without history or DNS."""
+    def get() -> dict[str, Any]:
+        return verdict(snap.responders.get(d.autoreply or ""), view, sender,
+                       our_domains=snap.book.domains, policy=policy, history=None,
+                       at=at or datetime.now(UTC),
+                       refused=d.action is not Action.DELIVER).as_dict()
+    out: dict[str, Any] = _safe(defects, "autoreply", get,
+                                {"responder": d.autoreply, "send": False, "reason": "error"})
+    return out
+
+
 def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None,
-            at: datetime | None = None) -> dict[str, Any]:
+            at: datetime | None = None, policy: Policy | None = None) -> dict[str, Any]:
     view = MessageView(raw)
     defects: list[str] = list(_safe([], "defects", lambda: view.defects, []))
     from_addr = _safe(defects, "From", lambda: view.from_addr, "")
@@ -44,7 +59,9 @@ def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None
         "message_id": _safe(defects, "Message-ID", lambda: view.message_id, None),
         "size": view.size,
         "envelope": {"from": envelope_from, "rcpts": list(rcpts)},
-        "recipients": [d.as_dict() for d in decisions],
+        "recipients": [d.as_dict() | {"autoreply": _autoreply(defects, snap, view, envelope_from,
+                                                              d, at, policy or Policy())}
+                       for d in decisions],
         "attachments": [a.filename for a in _safe(defects, "attachments", lambda: view.attachments, [])],
         "body_charset": _safe(defects, "body", lambda: view.body_charset, None),
         "robot": {"robot": bool(robot[0]), "reason": robot[1]},
@@ -73,9 +90,14 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"{r['rcpt']}: {r['action']} ({r['reply']})")
         where = r["mailbox"] + (f" / {r['folder']}" if r["folder"] else "") if r["mailbox"] else "-"
         lines.append(f"  mailbox:  {where}")
-        for key in ("owner", "priority", "sla", "autoreply"):
+        for key in ("owner", "priority", "sla"):
             if r.get(key):
                 lines.append(f"  {key + ':':9} {r[key]}")
+        auto = r.get("autoreply") or {}
+        if auto.get("responder"):
+            lines.append(f"  autoreply: {auto['responder']}: " + (
+                "would be sent (if not sent within its period, and the sender's domain "
+                "has MX or A)" if auto["send"] else f"not sent: {auto['reason']}"))
         if r["tags"]:
             lines.append(f"  tags:     {', '.join(r['tags'])}")
         if len(r["targets"]) > 1:

@@ -1,0 +1,218 @@
+"""Autoreplies per RFC 3834: whether to answer one message, and the answer itself.
+
+Pure: no I/O. `verdict` takes the message view, the envelope sender, the responder a
+decision names, our domains, the policy from config.yaml and what the registry knows
+of this sender (`History`; None for `explain`, which has no history), and says
+whether to answer and, if not, why. `build_reply` (reply.py's part, below) makes the
+answer's bytes. The daemon records every verdict with the decision; the outbox sends.
+
+When not to answer (RFC 3834 section 2 and 3.1; the order is the order of the checks,
+so the first reason found is the one recorded):
+- no responder named; the recipient was refused;
+- a null reverse-path `<>` (bounces, notices: RFC 5321 4.5.5), or none at all;
+- mail we generated (our trace header `X-Mailrouter-Loop: HOST; generated=...`);
+- `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress;
+- `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces;
+- any `List-*` header (RFC 2369, RFC 2919); `Precedence: bulk | junk | list`;
+- `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
+- a robot sender, envelope or From local part, matched against `robot_senders`
+  (MAILER-DAEMON, LISTSERV, majordomo, owner-*, *-request, noreply... ; configurable);
+- a sender on one of our own domains (two responders would answer each other);
+- this responder already answered this sender within its period (RFC 3834 2, RFC
+  5230 4.1), or this sender got `daily_cap` answers in the last 24 hours.
+The sender's domain without MX or A/AAAA is checked by the outbox (dns.py's part),
+which needs the network; the registry's unique (sender, responder, period bucket)
+makes the period hold across restarts and instances.
+
+Known limits: the robot patterns are shell globs on the local part, case-insensitive;
+the language is guessed from Content-Language, then the body's charset, then the
+letters of the subject and the text (Cyrillic or Latin), then the responder's default.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from .loops import TRACE_HEADER
+from .routing.responders import Responder
+
+__all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "choose_language",
+           "period_bucket", "verdict"]
+
+DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "listserv", "majordomo", "owner-*", "*-request",
+                         "noreply", "no-reply", "no_reply", "donotreply", "do-not-reply",
+                         "*-bounces", "bounce", "bounces")
+_SUPPRESS = frozenset({"all", "oof", "autoreply"})
+_BULK = frozenset({"bulk", "junk", "list"})
+_CYRILLIC_CHARSETS = frozenset({"koi8-r", "koi8-u", "cp1251", "windows-1251", "cp866",
+                                "mac-cyrillic", "iso8859-5", "iso-8859-5"})
+
+
+class View(Protocol):
+    """What the checks read of a `message.MessageView`."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def from_addr(self) -> str: ...
+    @property
+    def body_text(self) -> str: ...
+    @property
+    def body_charset(self) -> str | None: ...
+    def header(self, name: str) -> str | None: ...
+    def headers(self, name: str) -> list[str]: ...
+    def raw_headers(self) -> list[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The `autoreply:` section of config.yaml (the per-responder period is in the rules)."""
+
+    robot_senders: tuple[str, ...] = DEFAULT_ROBOT_SENDERS
+    daily_cap: int = 3               # answers to one sender in 24 h, over all responders
+    envelope_from: str = "<>"        # MAIL FROM of our answers (README: the SPF/DKIM trade-off)
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the registry knows of one sender: the last answer per responder, and how
+    many answers it got in the 24 hours before now."""
+
+    last: Mapping[str, datetime]
+    today: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    responder: str | None
+    send: bool
+    reason: str                      # '' when sending
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `autoreply` object of `explain --json`."""
+        return {"responder": self.responder, "send": self.send, "reason": self.reason or None}
+
+    def describe(self) -> str:
+        """The decision-reason line the registry keeps."""
+        if self.responder is None:
+            return ""
+        return (f"autoreply {self.responder}: queued" if self.send
+                else f"autoreply {self.responder}: not sent: {self.reason}")
+
+
+def bare(address: str) -> str:
+    """`<A@B>` -> `a@b` (lower-cased: only for comparisons and registry keys)."""
+    return address.strip().strip("<>").strip().lower()
+
+
+def period_bucket(at: datetime, period: timedelta) -> int:
+    """The period a time falls in: (sender, responder, bucket) is unique in the registry,
+    so two instances racing on one sender insert one answer, not two."""
+    return int(at.timestamp() // max(1, int(period.total_seconds())))
+
+
+def verdict(responder: Responder | None, view: View, mail_from: str, *,
+            our_domains: frozenset[str], policy: Policy, history: History | None,
+            at: datetime, refused: bool = False) -> Verdict:
+    """Whether to answer one message for one recipient, and why not (RFC 3834)."""
+    if responder is None:
+        return Verdict(None, False, "no autoreply for this recipient")
+    reason = ("the message was refused for this recipient" if refused
+              else _robot_reason(view, mail_from, our_domains, policy)
+              or _history_reason(responder, bare(mail_from), history, at, policy))
+    return Verdict(responder.name, not reason, reason)
+
+
+def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
+                  policy: Policy) -> str:
+    sender = bare(mail_from)
+    if not sender:
+        return "null reverse-path <> (bounces and notices are never answered)"
+    for checks in (_generated, _auto_submitted, _report, _list, _precedence, _suppress):
+        why = checks(view)
+        if why:
+            return why
+    for who, address in (("envelope sender", sender), ("From", bare(view.from_addr or ""))):
+        local = address.rpartition("@")[0]
+        hit = next((p for p in policy.robot_senders if fnmatch.fnmatchcase(local, p.lower())),
+                   None)
+        if local and hit is not None:
+            return f"robot sender: {who} {address} matches {hit!r}"
+    if sender.rpartition("@")[2] in our_domains:
+        return f"our own address {sender}"
+    return ""
+
+
+def _generated(view: View) -> str:
+    for value in view.headers(TRACE_HEADER):
+        if "generated=" in value:
+            return f"mail we generated ({TRACE_HEADER}: {value.strip()})"
+    return ""
+
+
+def _auto_submitted(view: View) -> str:
+    value = (view.header("Auto-Submitted") or "").split(";", 1)[0].strip().lower()
+    return f"Auto-Submitted: {value}" if value and value != "no" else ""
+
+
+def _report(view: View) -> str:
+    ctype = (view.header("Content-Type") or "").split(";", 1)[0].strip().lower()
+    return f"a report ({ctype}: a DSN or MDN)" if ctype == "multipart/report" else ""
+
+
+def _list(view: View) -> str:
+    names = [n for n, _ in view.raw_headers() if n.lower().startswith("list-")]
+    return f"mailing list ({names[0]} present)" if names else ""
+
+
+def _precedence(view: View) -> str:
+    value = (view.header("Precedence") or "").strip().lower()
+    return f"Precedence: {value}" if value in _BULK else ""
+
+
+def _suppress(view: View) -> str:
+    for value in view.headers("X-Auto-Response-Suppress"):
+        if {t.strip().lower() for t in value.split(",")} & _SUPPRESS:
+            return f"X-Auto-Response-Suppress: {value.strip()}"
+    return ""
+
+
+def _history_reason(responder: Responder, sender: str, history: History | None, at: datetime,
+                    policy: Policy) -> str:
+    if history is None:
+        return ""
+    last = history.last.get(responder.name)
+    if last is not None and at - last < responder.period:
+        return (f"{sender} already answered by {responder.name} at {last:%Y-%m-%d %H:%M} UTC "
+                f"(one answer per {_days(responder.period)})")
+    if history.today >= policy.daily_cap:
+        return f"{sender} got {history.today} answers in 24 h (daily_cap {policy.daily_cap})"
+    return ""
+
+
+def _days(period: timedelta) -> str:
+    days = period.total_seconds() / 86400
+    return f"{days:g} day" + ("" if days == 1 else "s")
+
+
+def choose_language(view: View, languages: Sequence[str], default: str) -> str:
+    """The responder language for this message: Content-Language, else the body's charset,
+    else the script of its subject and text, else the default."""
+    for tag in (view.header("Content-Language") or "").split(","):
+        primary = tag.strip().split("-", 1)[0].lower()
+        if primary in languages:
+            return primary
+    if "ru" in languages and (view.body_charset or "").lower() in _CYRILLIC_CHARSETS:
+        return "ru"
+    text = (view.subject or "") + " " + (view.body_text or "")[:4000]
+    cyrillic = sum(1 for ch in text if "\u0400" <= ch <= "\u04ff")
+    latin = sum(1 for ch in text if ch.isascii() and ch.isalpha())
+    if cyrillic and cyrillic >= latin / 4 and "ru" in languages:
+        return "ru"
+    if latin and not cyrillic and "en" in languages:
+        return "en"
+    return default

@@ -1,0 +1,182 @@
+"""When not to answer (RFC 3834): each case of issue 11 as a row, plus the cases that
+must answer; the per-sender period and the daily cap from a registry history; the
+language chosen; and `explain --json`'s per-recipient `autoreply` object."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mailrouter.autoreply import (
+    History,
+    Policy,
+    choose_language,
+    period_bucket,
+    verdict,
+)
+from mailrouter.cli import main
+from mailrouter.message import MessageView
+from mailrouter.routing.responders import Responder
+
+AT = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+MOVED = Responder("moved", None, "Auto: {subject}", timedelta(days=7), "en",
+                  (("en", "moved"), ("ru", "переехал")))
+OURS = frozenset({"example.com"})
+REPO = Path(__file__).resolve().parent.parent
+
+
+def msg(*headers: str, body: str = "Hello", ctype: str = "text/plain; charset=utf-8",
+        sender: str = "Ann <ann@client.example>") -> MessageView:
+    head = [f"From: {sender}", "To: old-sales@example.com", "Subject: Question",
+            "Message-ID: <q1@client.example>", f"Content-Type: {ctype}", *headers]
+    return MessageView(("\r\n".join(head) + "\r\n\r\n" + body + "\r\n").encode())
+
+
+def check(view: MessageView, mail_from: str = "ann@client.example", *,
+          history: History | None = None, policy: Policy | None = None) -> tuple[bool, str]:
+    v = verdict(MOVED, view, mail_from, our_domains=OURS, policy=policy or Policy(),
+                history=history, at=AT)
+    return v.send, v.reason
+
+
+# (what, view, envelope sender, reason fragment; '' = must answer)
+CASES = [
+    ("plain mail from a person", msg(), "ann@client.example", ""),
+    ("Auto-Submitted: no does not suppress", msg("Auto-Submitted: no"), "ann@client.example", ""),
+    ("Precedence: first-class is not bulk", msg("Precedence: first-class"), "ann@client.example", ""),
+    ("X-Auto-Response-Suppress for read receipts only", msg("X-Auto-Response-Suppress: RN, NRN"),
+     "ann@client.example", ""),
+    ("a sender whose name only contains noreply", msg(), "noreplyfan@client.example", ""),
+    ("null reverse-path", msg(), "<>", "null reverse-path"),
+    ("empty reverse-path", msg(), "", "null reverse-path"),
+    ("Auto-Submitted: auto-replied", msg("Auto-Submitted: auto-replied"), "ann@client.example",
+     "Auto-Submitted: auto-replied"),
+    ("Auto-Submitted: auto-generated", msg("Auto-Submitted: auto-generated"), "ann@client.example",
+     "Auto-Submitted: auto-generated"),
+    ("Auto-Submitted with a parameter", msg("Auto-Submitted: Auto-Notified; owner-email=x@y"),
+     "ann@client.example", "Auto-Submitted: auto-notified"),
+    ("a DSN", msg(ctype="multipart/report; report-type=delivery-status; boundary=b"),
+     "ann@client.example", "multipart/report"),
+    ("an MDN", msg(ctype="multipart/report; report-type=disposition-notification; boundary=b"),
+     "ann@client.example", "multipart/report"),
+    ("List-Id", msg("List-Id: <news.client.example>"), "ann@client.example", "List-Id present"),
+    ("List-Unsubscribe", msg("List-Unsubscribe: <mailto:u@client.example>"), "ann@client.example",
+     "List-Unsubscribe"),
+    ("List-Post only", msg("List-Post: <mailto:l@client.example>"), "ann@client.example", "List-Post"),
+    ("Precedence: bulk", msg("Precedence: bulk"), "ann@client.example", "Precedence: bulk"),
+    ("Precedence: junk", msg("Precedence: Junk"), "ann@client.example", "Precedence: junk"),
+    ("Precedence: list", msg("Precedence: list"), "ann@client.example", "Precedence: list"),
+    ("X-Auto-Response-Suppress: All", msg("X-Auto-Response-Suppress: All"), "ann@client.example",
+     "X-Auto-Response-Suppress: All"),
+    ("X-Auto-Response-Suppress: OOF", msg("X-Auto-Response-Suppress: DR, OOF"),
+     "ann@client.example", "X-Auto-Response-Suppress"),
+    ("X-Auto-Response-Suppress: AutoReply", msg("X-Auto-Response-Suppress: AutoReply"),
+     "ann@client.example", "X-Auto-Response-Suppress"),
+    ("MAILER-DAEMON", msg(), "MAILER-DAEMON@mx.client.example", "robot sender"),
+    ("LISTSERV", msg(), "LISTSERV@lists.client.example", "robot sender"),
+    ("majordomo", msg(), "majordomo@client.example", "robot sender"),
+    ("owner-*", msg(), "owner-news@client.example", "'owner-*'"),
+    ("*-request", msg(), "news-request@client.example", "'*-request'"),
+    ("noreply", msg(), "noreply@shop.example", "robot sender"),
+    ("no-reply", msg(), "No-Reply@shop.example", "robot sender"),
+    ("a robot From with a person's envelope", msg(sender="MAILER-DAEMON@mx.client.example"),
+     "ann@client.example", "From mailer-daemon@mx.client.example"),
+    ("our own address", msg(), "sales@example.com", "our own address"),
+    ("mail we generated", msg("X-Mailrouter-Loop: mx.test; generated=autoreply"),
+     "ann@client.example", "mail we generated"),
+]
+
+
+@pytest.mark.parametrize("what, view, mail_from, reason", CASES, ids=[c[0] for c in CASES])
+def test_when_not_to_reply(what: str, view: MessageView, mail_from: str, reason: str) -> None:
+    """Each RFC 3834 case: answered exactly when expected, with its reason when not."""
+    send, why = check(view, mail_from)
+    assert send is (reason == ""), why
+    assert reason in why
+
+
+def test_robot_senders_are_configurable() -> None:
+    """A site's own robot pattern suppresses; without it the same sender is answered."""
+    assert check(msg(), "alerts@monitor.example")[0] is True
+    send, why = check(msg(), "alerts@monitor.example", policy=Policy(robot_senders=("alerts",)))
+    assert not send and "'alerts'" in why
+
+
+def test_answered_within_period_is_suppressed() -> None:
+    """One answer per sender per period: 6 days after the last, no; 7 days after, yes."""
+    recent = History({"moved": AT - timedelta(days=6)})
+    old = History({"moved": AT - timedelta(days=7)})
+    other = History({"closed": AT - timedelta(hours=1)})
+    assert check(msg(), history=recent) == (
+        False, ("ann@client.example already answered by moved at 2027-02-23 12:00 UTC "
+               "(one answer per 7 days)"))
+    assert check(msg(), history=old)[0] is True
+    assert check(msg(), history=other)[0] is True
+
+
+def test_daily_cap_over_all_responders() -> None:
+    """A sender who got daily_cap answers today (from any responder) gets no more."""
+    assert check(msg(), history=History({}, today=2))[0] is True
+    send, why = check(msg(), history=History({}, today=3))
+    assert not send and "daily_cap 3" in why
+    assert check(msg(), history=History({}, today=3), policy=Policy(daily_cap=5))[0] is True
+
+
+def test_refused_recipient_and_no_responder() -> None:
+    """No responder: nothing to send; a refused recipient is never answered."""
+    v = verdict(None, msg(), "ann@client.example", our_domains=OURS, policy=Policy(),
+                history=None, at=AT)
+    assert (v.responder, v.send) == (None, False)
+    v = verdict(MOVED, msg(), "ann@client.example", our_domains=OURS, policy=Policy(),
+                history=None, at=AT, refused=True)
+    assert (v.send, v.reason) == (False, "the message was refused for this recipient")
+
+
+def test_period_bucket_is_stable_within_a_period() -> None:
+    """Two times in one period share a bucket; a period later they differ."""
+    week = timedelta(days=7)
+    start = datetime.fromtimestamp(period_bucket(AT, week) * week.total_seconds(), UTC)
+    assert period_bucket(start, week) == period_bucket(start + week - timedelta(seconds=1), week)
+    assert period_bucket(start + week, week) == period_bucket(start, week) + 1
+
+
+@pytest.mark.parametrize("view, lang", [
+    (msg("Content-Language: ru-RU"), "ru"),
+    (msg("Content-Language: en", body="Привет"), "en"),
+    (msg("Content-Language: de"), "en"),
+    (msg(body="Здравствуйте, вопрос по счёту", ctype="text/plain; charset=utf-8"), "ru"),
+    (MessageView(b"From: a@b.example\r\nSubject: x\r\nContent-Type: text/plain; charset=koi8-r"
+                 b"\r\n\r\n" + "Привет".encode("koi8-r") + b"\r\n"), "ru"),
+    (msg(body="Hello, a question about the invoice"), "en"),
+])
+def test_language_choice(view: MessageView, lang: str) -> None:
+    """Content-Language first, then the charset, then the letters, then the default."""
+    assert choose_language(view, ("en", "ru"), "en") == lang
+
+
+def test_language_default_when_no_hint() -> None:
+    """Nothing to go by: the responder's default language."""
+    view = MessageView(b"From: a@b.example\r\nSubject: 42\r\n\r\n12345\r\n")
+    assert choose_language(view, ("en", "ru"), "ru") == "ru"
+
+
+def explain_json(capsys: pytest.CaptureFixture[str], path: Path, *args: str) -> list[dict[str, object]]:
+    assert main(["explain", "--json", *args, str(path)]) == 0
+    return [r["autoreply"] for r in json.loads(capsys.readouterr().out)["recipients"]]
+
+
+def test_explain_json_shows_autoreply(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """explain --json: {responder, send, reason} per recipient, --from decides the sender."""
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(b"From: Ann <ann@client.example>\r\nSubject: Hi\r\n\r\nHello\r\n")
+    rcpts = ["--rcpt", "old-sales@example.com", "--rcpt", "sales@example.com"]
+    monkeypatch.chdir(REPO)              # the embedded default reads ./rules
+    assert explain_json(capsys, eml, *rcpts) == [
+        {"responder": "moved", "send": True, "reason": None},
+        {"responder": None, "send": False, "reason": "no autoreply for this recipient"}]
+    [bounce, _] = explain_json(capsys, eml, "--from", "<>", *rcpts)
+    assert bounce["send"] is False and "null reverse-path" in str(bounce["reason"])
