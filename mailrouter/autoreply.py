@@ -32,16 +32,20 @@ letters of the subject and the text (Cyrillic or Latin), then the responder's de
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
 from .loops import TRACE_HEADER
 from .routing.responders import Responder
 
-__all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "choose_language",
-           "period_bucket", "verdict"]
+__all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
+           "choose_language", "generated_trace", "period_bucket", "verdict"]
 
 DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "listserv", "majordomo", "owner-*", "*-request",
                          "noreply", "no-reply", "no_reply", "donotreply", "do-not-reply",
@@ -63,6 +67,8 @@ class View(Protocol):
     def body_text(self) -> str: ...
     @property
     def body_charset(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
     def header(self, name: str) -> str | None: ...
     def headers(self, name: str) -> list[str]: ...
     def raw_headers(self) -> list[tuple[str, bytes]]: ...
@@ -216,3 +222,43 @@ def choose_language(view: View, languages: Sequence[str], default: str) -> str:
     if latin and not cyrillic and "en" in languages:
         return "en"
     return default
+
+
+# The answer (RFC 3834 section 3)
+
+_MSGID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
+
+
+def generated_trace(hostname: str, what: str) -> str:
+    """Our trace header's value on mail we generate: `verdict` never answers it."""
+    return f"{hostname}; generated={what}"
+
+
+def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str,
+                hostname: str, at: datetime, message_id: str | None = None) -> bytes:
+    """The answer to one message: To the envelope sender (RFC 3834 4: not From or
+    Reply-To), `Auto-Submitted: auto-replied` (5), In-Reply-To and References (3.1.5), a
+    fresh Message-ID and Date, `X-Auto-Response-Suppress: All`, our trace header, a UTF-8
+    body; the subject RFC 2047-encoded when it is not ASCII (policy SMTP). An address that
+    is not ASCII needs SMTPUTF8 (RFC 6531): then the headers go as UTF-8."""
+    language = choose_language(view, responder.languages, responder.language)
+    values = {"old": old, "new": new, "subject": view.subject or "", "sender": to.strip("<>")}
+    sender = responder.sender or old
+    utf8 = not (sender.isascii() and to.isascii())
+    msg = EmailMessage(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
+    msg["From"] = sender
+    msg["To"] = to.strip("<>")
+    msg["Subject"] = responder.subject.format(**values)
+    msg["Date"] = format_datetime(at)
+    msg["Message-ID"] = message_id or make_msgid(domain=hostname)
+    original = _MSGID.search(view.message_id or "")
+    if original is not None:
+        msg["In-Reply-To"] = original[0]
+        refs = _MSGID.findall(view.header("References") or "")[-20:]
+        msg["References"] = " ".join([r for r in refs if r != original[0]] + [original[0]])
+    msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg[TRACE_HEADER] = generated_trace(hostname, f"autoreply; responder={responder.name}")
+    msg.set_content(responder.body(language).format(**values), charset="utf-8")
+    msg["Content-Language"] = language       # after set_content, which drops Content-*
+    return msg.as_bytes()

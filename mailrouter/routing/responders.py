@@ -110,6 +110,10 @@ class _Checker:
         sender = self.sender(name, spec)
         subject = self.template(f"autoreply {name!r} subject",
                                 spec.get("subject", DEFAULT_SUBJECT), spec)
+        if subject is not None and ("\n" in subject.strip() or "\r" in subject):
+            self.err(f"autoreply {name!r}: subject must be one line", spec.get("subject"), spec,
+                     "write it in quotes on one line")
+            subject = None
         period = self.period(name, spec)
         bodies = self.bodies(name, spec)
         language = str(spec.get("language") or (bodies[0][0] if bodies else ""))
@@ -122,7 +126,7 @@ class _Checker:
                 or period is None or not bodies:
             return None
         path, line, _ = where(key, spec)
-        return Responder(name, sender, subject, period, language, bodies, path, line)
+        return Responder(name, sender, subject.strip(), period, language, bodies, path, line)
 
     def sender(self, name: str, spec: Mapping[str, Any]) -> str | None | bool:
         """The From address; None for "old" (the address written to); False when bad."""
