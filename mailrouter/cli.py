@@ -228,6 +228,37 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from .registry import Registry
+    cfg = _config(args.config)
+
+    async def show() -> list[dict[str, Any]]:
+        reg = await Registry.open(cfg.registry.url)
+        try:
+            return await reg.outbox_list(args.n)
+        finally:
+            await reg.close()
+    try:
+        rows = asyncio.run(show())
+    except RegistryError as exc:
+        print(f"mailrouter outbox: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
+                           for k, v in r.items()} for r in rows], ensure_ascii=False, indent=2))
+        return 0
+    relay = cfg.outbox.relay
+    print(f"relay: {relay or 'none (outbox.relay is not set: messages wait here)'}")
+    if not rows:
+        print("the outbox is empty")
+    for r in rows:
+        when = r["sent_at"] if r["state"] == "sent" else r["next_try"]
+        print(f"{r['id']:>6} {r['kind']:9} {r['state']:10} {r['rcpt']}  attempts={r['attempts']} "
+              f"{'sent' if r['state'] == 'sent' else 'next'}={when:%Y-%m-%d %H:%M:%S}"
+              + (f"  {r['last_error']}" if r["last_error"] else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -271,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10; 0: all)")
     from .control.cli import add_commands
     add_commands(sub, add, reg, _config, _snapshot)
+    ob = add("outbox", cmd_outbox, "list the outgoing mail (autoreplies, DSNs) and its state")
+    ob.add_argument("-n", type=int, default=50, metavar="N", help="how many (default 50)")
+    ob.add_argument("--json", action="store_true", help="machine-readable output")
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
     return p

@@ -30,7 +30,7 @@ from .errors import ConfigError, ConfigErrors
 from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
-           "ControlConfig", "find_config", "load_config", "unknown_keys", "is_loopback"]
+           "ControlConfig", "find_config", "load_config", "unknown_keys", "is_loopback", "OutboxConfig", "AutoreplyConfig"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -102,6 +102,29 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """`outbox:`: where autoreplies and DSNs are handed over, and how they are retried."""
+
+    relay: Listener | None = None                # the MTA's submission port; None: they wait
+    timeout: float = 30.0                        # seconds per SMTP step with the relay
+    retry_min: float = 60.0                      # first retry after this; doubles each time
+    retry_max: float = 3600.0                    # ... up to this
+    max_age: float = 5 * 86400.0                 # then the row is given up ('failed')
+
+
+@dataclass(frozen=True, slots=True)
+class AutoreplyConfig:
+    """`autoreply:`: the RFC 3834 policy the responders of the routing files share."""
+
+    envelope_from: str = "<>"                    # MAIL FROM of answers ('<>' or an address)
+    daily_cap: int = 3                           # answers to one sender per 24 h
+    robot_senders: tuple[str, ...] | None = None  # None: autoreply.DEFAULT_ROBOT_SENDERS
+    dns_check: bool = True                       # no answer to a domain without MX or A/AAAA
+    dns_resolver: Listener | None = None         # None: the system's resolvers
+    dns_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str                                    # '' for the embedded default
     hostname: str
@@ -118,6 +141,8 @@ class Config:
     workdir: Path = field(default_factory=Path.cwd)
     admin_token: str | None = field(default=None, repr=False)   # bearer token of the admin endpoint
     control: ControlConfig | None = None         # None: no requests, no reply tracking, no SLA
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    autoreply: AutoreplyConfig = field(default_factory=AutoreplyConfig)
 
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":
@@ -191,7 +216,8 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
-            "shutdown_grace", "log_level", "workers", "admin", "control")
+            "shutdown_grace", "log_level", "workers", "admin", "control",
+            "outbox", "autoreply")
 
 
 # -- which file: -c, $MAILROUTER_CONFIG, /etc/mailrouter/config.yaml, the embedded default
@@ -257,7 +283,8 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         routing=_routing(doc, base, c),
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
         log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base,
-        workers=_workers(doc, c), control=_control(doc, c))
+        workers=_workers(doc, c), control=_control(doc, c),
+        outbox=_outbox(doc, c), autoreply=_autoreply(doc, c))
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
@@ -342,6 +369,40 @@ def _admin_token(doc: dict[str, Any], listen: dict[str, Any], admin: Listener | 
                 "set 'admin: {token_file: admin.token}' (a bearer token), or listen on "
                 "127.0.0.1", listen or doc)
     return token
+
+
+def _outbox(doc: dict[str, Any], c: _Checker) -> OutboxConfig:
+    sec = c.section(doc, "outbox", ("relay", "timeout", "retry_min", "retry_max", "max_age"))
+    d = OutboxConfig()
+    return OutboxConfig(c.listener(sec, "relay", None), c.number(sec, "timeout", d.timeout, float, 0.1),
+                        c.number(sec, "retry_min", d.retry_min, float, 0.01),
+                        c.number(sec, "retry_max", d.retry_max, float, 0.01),
+                        c.number(sec, "max_age", d.max_age, float, 1))
+
+
+def _autoreply(doc: dict[str, Any], c: _Checker) -> AutoreplyConfig:
+    sec = c.section(doc, "autoreply", ("envelope_from", "daily_cap", "robot_senders", "dns"))
+    d = AutoreplyConfig()
+    sender = str(sec.get("envelope_from", d.envelope_from)).strip()
+    if sender not in ("<>", "") and "@" not in sender:
+        c.error(sec.get("envelope_from"), f"'envelope_from' must be <> or an address, not {sender!r}",
+                "'<>' (the default) never bounces back; see the README on SPF and DKIM", sec)
+    robots = sec.get("robot_senders")
+    if robots is not None and (not isinstance(robots, list) or not all(isinstance(r, str) for r in robots)):
+        c.error(robots, "'robot_senders' must be a list of local-part patterns",
+                "for example robot_senders: [mailer-daemon, noreply, '*-request']", sec)
+        robots = None
+    dns = sec.get("dns") or {}
+    if not isinstance(dns, dict):
+        c.error(dns, "'autoreply.dns' must be a mapping", "for example dns: {timeout: 5}", sec)
+        dns = {}
+    for k, hint in unknown_keys(dns, ("check", "resolver", "timeout")):
+        c.error(k, f"unknown key '{k}' in 'autoreply.dns'", hint, dns)
+    return AutoreplyConfig("<>" if sender in ("<>", "") else sender.strip("<>"),
+                           c.number(sec, "daily_cap", d.daily_cap, int, 1),
+                           tuple(robots) if robots is not None else None,
+                           bool(dns.get("check", True)), c.listener(dns, "resolver", None),
+                           c.number(dns, "timeout", d.dns_timeout, float, 0.1))
 
 
 def auto_workers() -> int:

@@ -39,6 +39,8 @@ from .delivery.deliverer import Deliverer
 from .errors import ConfigErrors, ListenError, RegistryError
 from .intake.handler import Handler
 from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
+from .autoreply import DEFAULT_ROBOT_SENDERS, Policy
+from .outbox import OutboxWorker, Outgoing
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
@@ -70,6 +72,7 @@ class App:
         self._next_reload: asyncio.Future[tuple[bool, str]] | None = None  # the one to run next
         self._reloader: asyncio.Task[None] | None = None     # runs reloads while any is asked
         self.sla_task: asyncio.Task[None] | None = None
+        self.outbox: OutboxWorker | None = None
         self._stop = asyncio.Event()
         self._mtimes = self._routing_mtimes()
         self.bound: dict[str, tuple[str, int]] = {}
@@ -105,7 +108,8 @@ class App:
                 self.sla_task = asyncio.get_running_loop().create_task(
                     Scheduler(self.registry, cfg.control, self.snapshot).run(self._stop),
                     name="sla-scheduler")
-        self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer, control)
+        self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer, control,
+                                 outgoing=self._outgoing(), wake_outbox=self._start_outbox())
         for name, listener, cls in (("smtp", cfg.smtp, Protocol), ("lmtp", cfg.lmtp, LMTPProtocol)):
             if listener is not None:
                 await self._listen(name, listener, cls)
@@ -119,6 +123,29 @@ class App:
             self.bound["admin"] = srv.sockets[0].getsockname()[:2]
         metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series
         log.info("event=started %s", " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
+
+    def _outgoing(self) -> Outgoing:
+        ar = self.config.autoreply
+        return Outgoing(Policy(ar.robot_senders or DEFAULT_ROBOT_SENDERS, ar.daily_cap,
+                               ar.envelope_from), self.config.hostname)
+
+    def _start_outbox(self) -> Any:
+        """The outbox worker (outbox.py): in every process on PostgreSQL (rows are claimed
+        with SKIP LOCKED), in one on SQLite. Without a relay, mail waits; say so once."""
+        cfg = self.config
+        first = self.worker in (None, 0)
+        if cfg.outbox.relay is None:
+            if first:
+                log.warning("event=outbox_no_relay: autoreplies and DSNs wait in the outbox "
+                            "(see `mailrouter outbox`); set outbox.relay to the MTA's "
+                            "submission port to send them")
+            return None
+        if not first and cfg.registry.url.startswith("sqlite"):
+            return None
+        self.outbox = OutboxWorker(self.registry, cfg.outbox, cfg.hostname)  # type: ignore[arg-type]
+        self.outbox.start()
+        log.info("event=outbox_started relay=%s", cfg.outbox.relay)
+        return self.outbox.wake
 
     async def _listen(self, name: str, listener: Listener, cls: type[Protocol]) -> None:
         cfg, handler, loop = self.config, Handler(self, name), asyncio.get_running_loop()
@@ -156,6 +183,8 @@ class App:
             if proto.transport is not None:
                 proto.transport.close()
         await self.deliverer.close()
+        if self.outbox is not None:
+            await self.outbox.stop()
         if self.registry is not None:
             await self.registry.close()
 

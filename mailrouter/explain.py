@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from .autoreply import Policy, verdict
 from .message import MessageView
-from .routing.decision import Action, Decision
+from .values import Action, Decision
 from .routing.facts import robot_of
 from .routing.snapshot import Snapshot, envelope_sender
 

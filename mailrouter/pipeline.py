@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Callable
 from .delivery.deliverer import Copy, Deliverer
 from .errors import RegistryBugError, RegistryError
 from .message import MessageView
+from .outbox import Outgoing
 from .offload import Offload
 from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
+from .registry.models import OutboxRecord
 from .routing.snapshot import Snapshot
 from .values import (
     REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_TEMPFAIL, Action, Decision, Reply, Transaction,
@@ -86,10 +88,12 @@ def new_qid() -> str:
 class Pipeline:
     def __init__(self, snapshot: Callable[[], Snapshot], registry: Registry,
                  deliverer: Deliverer, control: Control | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, outgoing: Outgoing | None = None,
+                 wake_outbox: Callable[[], None] | None = None) -> None:
         self.snapshot, self.registry, self.deliverer = snapshot, registry, deliverer
         self.control = control                 # execution control (requests), when configured
         self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.outgoing, self.wake_outbox = outgoing, wake_outbox   # autoreplies, DSNs
 
     async def process(self, txn: Transaction) -> list[Reply]:
         qid, started = new_qid(), time.perf_counter()
@@ -119,11 +123,18 @@ class Pipeline:
         after = self.control.writer(plan, key, now) if self.control and plan and any(
             r.ok for r in replies) else None
         try:
+            outgoing: list[OutboxRecord] = []
+            noted = decisions
+            if self.outgoing is not None:     # same transaction as the record (outbox.py)
+                outgoing, noted = await self.outgoing.plan(
+                    self.registry, snap, txn.protocol, txn.mail_from, view, decisions, replies, key)
             await self.registry.record(
                 self._message_record(txn, view, snap, key, replies, now),
-                [_decision_record(d, r) for d, r in zip(decisions, replies)],
+                [_decision_record(d, r) for d, r in zip(noted, replies)],
                 [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
-                                str(r)) for t, r in results.items()], after)
+                                str(r)) for t, r in results.items()], after, outgoing)
+            if outgoing and self.wake_outbox is not None:
+                self.wake_outbox()
         except RegistryError as exc:
             log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_failed"),
                       qid, str(exc))

@@ -27,7 +27,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
-    JSON, Boolean, Column, DateTime, Dialect, ForeignKey, Index, Insert, Integer, MetaData,
+    JSON, Boolean, Column, DateTime, Dialect, ForeignKey, Index, Insert, Integer, LargeBinary,
+    MetaData,
     String, Table, Text, UniqueConstraint, case,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,7 +38,8 @@ __all__ = [
     "MessageRecord", "DecisionRecord", "DeliveryRecord", "UTCDateTime", "metadata",
     "messages", "decisions", "deliveries", "loops", "reloads",
     "MESSAGE_STATUSES", "DELIVERY_STATES", "message_upsert", "decision_upsert",
-    "delivery_upsert",
+    "delivery_upsert", "OutboxRecord", "OUTBOX_STATES", "outbox", "autoreply_log",
+    "outbox_insert", "autoreply_log_insert",
 ]
 
 MESSAGE_STATUSES = frozenset({"delivered", "partial", "deferred", "rejected"})
@@ -234,3 +236,69 @@ def delivery_upsert(dialect: str) -> Insert:
                for name in ("state", "detail", "updated_at")}
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=["message_key", "target"], set_=updates)
+
+
+# Outgoing mail (issue 11): autoreplies and DSNs, written in the transaction of the message
+# that caused them (store.record), sent later by outbox.OutboxWorker. Revision 0003.
+
+OUTBOX_STATES = frozenset({"queued", "sent", "failed", "suppressed"})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One message to send. ``dedupe`` is unique: a retry of the incoming message, or another
+    instance answering the same sender in the same period, inserts nothing. For an autoreply
+    (``responder`` set) the same key also goes into autoreply_log (sender, responder, bucket)."""
+
+    dedupe: str
+    kind: str                   # 'autoreply' | 'dsn'
+    mail_from: str              # our envelope sender; '' is <>
+    rcpt: str
+    raw: bytes
+    responder: str | None = None
+    sender: str | None = None   # canonical (lower-case) sender, for the autoreply log
+    bucket: int | None = None   # outbox.period_bucket of the answer
+
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedupe", String(512), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("message_key", String(64), nullable=False),
+    Column("mail_from", Text, nullable=False),
+    Column("rcpt", Text, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("next_try", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
+    Column("last_error", Text, nullable=False),
+    UniqueConstraint("dedupe"),
+    Index(None, "state", "next_try"),
+)
+
+autoreply_log = Table(
+    "autoreply_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sender", Text, nullable=False),
+    Column("responder", String(255), nullable=False),
+    Column("bucket", Integer, nullable=False),
+    Column("message_key", String(64), nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("sender", "responder", "bucket"),
+    Index(None, "sender", "sent_at"),
+)
+
+
+@cache
+def outbox_insert(dialect: str) -> Insert:
+    return _insert(dialect, outbox).on_conflict_do_nothing(  # type: ignore[no-any-return]
+        index_elements=["dedupe"])
+
+
+@cache
+def autoreply_log_insert(dialect: str) -> Insert:
+    return _insert(dialect, autoreply_log).on_conflict_do_nothing(  # type: ignore[no-any-return]
+        index_elements=["sender", "responder", "bucket"])

@@ -34,7 +34,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +55,9 @@ from mailrouter.errors import RegistryBugError, RegistryError, RegistryFullError
 from mailrouter.registry.models import (
     DecisionRecord, DeliveryRecord, MessageRecord, decision_upsert, decisions, deliveries,
     delivery_upsert, loops, message_upsert, messages, reloads,
+)
+from mailrouter.registry.models import (
+    OutboxRecord, autoreply_log, autoreply_log_insert, outbox, outbox_insert,
 )
 
 __all__ = ["Registry", "upgrade"]
@@ -138,6 +141,7 @@ class _Pending:
     deliveries: Sequence[DeliveryRecord]
     future: asyncio.Future[None] = field(repr=False)
     after: Callable[[Connection], None] | None = None   # more writes in the same transaction
+    outgoing: Sequence[OutboxRecord] = ()     # autoreplies, DSNs: same transaction
 
     def rows(self, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]],
                                            list[dict[str, Any]]]:
@@ -159,6 +163,27 @@ def _jsonable(record: Any) -> dict[str, Any]:
         value = getattr(record, name)
         out[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]]]:
+    """Outbox rows and autoreply-log rows of a batch, each key once (PostgreSQL refuses
+    a key twice in one ON CONFLICT statement only for DO UPDATE, but once is enough)."""
+    sends: dict[str, dict[str, Any]] = {}
+    logs: dict[str, dict[str, Any]] = {}
+    for p in batch:
+        for o in p.outgoing:
+            if o.dedupe in sends:
+                continue
+            sends[o.dedupe] = {"dedupe": o.dedupe, "kind": o.kind, "message_key": p.message.key,
+                               "mail_from": o.mail_from, "rcpt": o.rcpt, "raw": o.raw,
+                               "state": "queued", "attempts": 0, "created_at": now,
+                               "next_try": now, "sent_at": None, "last_error": ""}
+            if o.responder is not None and o.sender is not None and o.bucket is not None:
+                logs[o.dedupe] = {"sender": o.sender, "responder": o.responder,
+                                  "bucket": o.bucket, "message_key": p.message.key,
+                                  "sent_at": now}
+    return list(sends.values()), list(logs.values())
 
 
 def _flat(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -296,15 +321,18 @@ class Registry:
 
     async def record(self, message: MessageRecord, decisions: Sequence[DecisionRecord],
                      deliveries: Sequence[DeliveryRecord],
-                     after: Callable[[Connection], None] | None = None) -> None:
+                     after: Callable[[Connection], None] | None = None,
+                     outgoing: Sequence[OutboxRecord] = ()) -> None:
         """Write one message with its decisions and deliveries; return once committed.
+
+        `outgoing` (autoreplies, DSNs) goes into the outbox in the same transaction.
 
         `after(connection)` runs in the same transaction once the batch's rows are written
         (execution control opens or joins the message's request there)."""
         if self._closed:
             raise RegistryError("registry is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(message, decisions, deliveries, future, after))
+        self._queue.put_nowait(_Pending(message, decisions, deliveries, future, after, outgoing))
         try:
             async with asyncio.timeout(self._timeout):
                 await future
@@ -438,6 +466,64 @@ class Registry:
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
+    # The outbox (issue 11): history for the autoreply verdict, claim, settle, list.
+
+    async def autoreply_history(self, sender: str, since: datetime,
+                                day_ago: datetime) -> tuple[dict[str, datetime], int]:
+        """(last answer per responder since ``since``, answers since ``day_ago``) for one
+        canonical sender."""
+        def fetch(conn: Connection) -> tuple[dict[str, datetime], int]:
+            last: dict[str, datetime] = {}
+            today = 0
+            for r in conn.execute(select(autoreply_log.c.responder, autoreply_log.c.sent_at)
+                                  .where(autoreply_log.c.sender == sender,
+                                         autoreply_log.c.sent_at >= min(since, day_ago))):
+                if r.sent_at >= since and (r.responder not in last or r.sent_at > last[r.responder]):
+                    last[r.responder] = r.sent_at
+                today += r.sent_at >= day_ago
+            return last, today
+        return await self._read("autoreply_history", fetch)
+
+    async def outbox_claim(self, limit: int, lease: float) -> list[dict[str, Any]]:
+        """Up to ``limit`` due rows, each pushed ``lease`` seconds into the future in the same
+        transaction (a worker that dies mid-send leaves them to be tried again after it).
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so instances never claim one row twice."""
+        def claim(conn: Connection) -> list[dict[str, Any]]:
+            now = _now()
+            ids = [r.id for r in conn.execute(
+                select(outbox.c.id).where(outbox.c.state == "queued", outbox.c.next_try <= now)
+                .order_by(outbox.c.next_try, outbox.c.id).limit(limit)
+                .with_for_update(skip_locked=True))]
+            if not ids:
+                return []
+            conn.execute(outbox.update().where(outbox.c.id.in_(ids)).values(
+                next_try=now + timedelta(seconds=lease), attempts=outbox.c.attempts + 1))
+            return [dict(r._mapping) for r in conn.execute(
+                select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id))]
+        try:
+            return await self._run(claim, write=True)
+        except Exception as exc:  # any driver/pool/OS error is a registry outage
+            raise _failure("outbox_claim", exc) from None
+
+    async def outbox_settle(self, row_id: int, state: str, error: str = "",
+                            retry_at: datetime | None = None) -> None:
+        """Mark a claimed row sent, failed or suppressed, or (``retry_at``) due again then."""
+        values: dict[str, Any] = {"last_error": error[:2000]}
+        if retry_at is not None:
+            values |= {"state": "queued", "next_try": retry_at}
+        else:
+            values |= {"state": state}
+            if state == "sent":
+                values["sent_at"] = _now()
+        await self._write_one("outbox_settle",
+                              outbox.update().where(outbox.c.id == row_id).values(values))
+
+    async def outbox_list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest outbox rows (without their bytes), newest first."""
+        cols = [c for c in outbox.c if c.name != "raw"]
+        return await self._read("outbox_list", lambda conn: [dict(r._mapping) for r in conn.execute(
+            select(*cols).order_by(outbox.c.id.desc()).limit(limit))])
+
     # Group commit
 
     async def _write_loop(self) -> None:
@@ -488,6 +574,7 @@ class Registry:
     async def _write_batch(self, batch: list[_Pending]) -> None:
         now, dialect = _now(), self._dialect
         rounds = [tuple(zip(*(p.rows(now) for p in round_))) for round_ in _rounds(batch)]
+        sends, logs = _outgoing_rows(batch, now)
 
         def write(conn: Connection) -> None:
             for msgs, decs, dels in rounds:
@@ -499,6 +586,12 @@ class Registry:
             for p in batch:
                 if p.after is not None:
                     p.after(conn)
+            # The outbox: ON CONFLICT DO NOTHING on the dedupe key (and on sender, responder,
+            # period bucket in the log): a retried message or a sibling instance adds nothing.
+            for stmt, params in ((autoreply_log_insert(dialect), logs),
+                                 (outbox_insert(dialect), sends)):
+                if params:
+                    conn.execute(stmt, params)
         await self._run(write, write=True)
 
     async def close(self) -> None:

@@ -1,0 +1,300 @@
+"""The outbox: mail mailrouter itself sends (autoreplies, DSNs), never lost, never twice.
+
+Two halves. `Outgoing.plan` runs in the pipeline after delivery: it decides, per
+recipient, whether an autoreply goes out (autoreply.verdict, with the sender's history
+from the registry) and whether a DSN is due (RFC 3464: SMTP, some recipients accepted
+and some refused after DATA, so the one 250 hides the refusal), builds the bytes, and
+hands them to `Registry.record`, which writes them in the SAME transaction as the
+message: a crash before that commit leaves neither (the MTA retries the message), a
+crash after it leaves a queued row the worker sends after the restart.
+
+`OutboxWorker` claims due rows (`Registry.outbox_claim`: a lease, and on PostgreSQL
+FOR UPDATE SKIP LOCKED so instances never take one row together; on SQLite one process
+runs the worker), sends each through the configured relay (`outbox.relay`, the MTA's
+submission port) and marks it sent right after the relay's 250 for DATA. Refused for
+good (5xx) -> 'failed'; a 4xx, a refused connection or a timeout -> tried again after
+`retry_min` doubling up to `retry_max`, until `max_age` ('failed'). An autoreply to a
+domain with neither MX nor A/AAAA is 'suppressed' (dns.py's check, when configured);
+when DNS does not answer, the row waits like a relay outage.
+
+Never twice: the dedupe key is unique, so the MTA retrying the incoming message, or a
+second instance answering the same sender in the same period, inserts nothing.
+The one window left: the relay accepted the message and we die before our "sent" commit
+lands (milliseconds); the row is claimed again after its lease and sent a second time.
+
+Refused here: a DSN to <> (RFC 3464 2.1 / RFC 5321 6.1: never answer a bounce), a DSN
+on LMTP (every recipient got its own reply), a DSN when the transaction was deferred.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+import aiosmtplib
+
+from .autoreply import (
+    History,
+    Policy,
+    bare,
+    build_reply,
+    generated_trace,
+    period_bucket,
+    verdict,
+)
+from .config import OutboxConfig
+from .errors import RegistryError
+from .values import Reply
+from .loops import TRACE_HEADER
+from .message import MessageView
+from .registry.models import OutboxRecord
+from .registry.store import Registry
+from .values import Decision
+from .routing.snapshot import Snapshot
+
+__all__ = ["OutboxWorker", "Outgoing", "build_dsn"]
+
+log = logging.getLogger("mailrouter.outbox")
+DNSCheck = Callable[[str], Awaitable[str]]     # domain -> 'ok' | 'none' | 'unknown'
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What the pipeline needs to plan outgoing mail."""
+
+    policy: Policy
+    hostname: str
+    dsn: bool = True
+
+    async def plan(self, registry: Registry, snap: Snapshot, protocol: str, mail_from: str,
+                   view: MessageView, decisions: Sequence[Decision], replies: Sequence[Reply],
+                   key: str, now: datetime | None = None,
+                   ) -> tuple[list[OutboxRecord], list[Decision]]:
+        """(rows for the outbox, decisions with a reason line saying what was sent or why
+        not). Raises RegistryError when the history cannot be read (the caller answers 4xx
+        as for a failed record, so the MTA retries and nothing is lost)."""
+        now = now or datetime.now(UTC)
+        out: list[OutboxRecord] = []
+        noted = list(decisions)
+        history: History | None = None
+        queued: set[str] = set()
+        for i, (d, r) in enumerate(zip(decisions, replies, strict=True)):
+            responder = snap.responders.get(d.autoreply or "")
+            if responder is None:
+                continue
+            v = verdict(responder, view, mail_from, our_domains=snap.book.domains,
+                        policy=self.policy, history=None, at=now, refused=not r.ok)
+            if v.send:
+                if history is None:
+                    history = await self._history(registry, snap, mail_from, now)
+                v = verdict(responder, view, mail_from, our_domains=snap.book.domains,
+                            policy=self.policy, history=history, at=now)
+            if v.send and responder.name in queued:
+                v = replace(v, send=False, reason="answered once for this message already")
+            if v.send:
+                out.append(self._reply(snap, responder, view, mail_from, d, key, now))
+                queued.add(responder.name)
+                if history is not None:
+                    history = History(dict(history.last) | {responder.name: now},
+                                      history.today + 1)
+            noted[i] = replace(d, reasons=d.reasons + (v.describe(),))
+        dsn = self._dsn(protocol, mail_from, view, decisions, replies, key, now)
+        if dsn is not None:
+            out.append(dsn)
+            noted = [replace(d, reasons=d.reasons + (f"dsn: queued to {mail_from}",))
+                     if not r.ok else d for d, r in zip(noted, replies, strict=True)]
+        return out, noted
+
+    async def _history(self, registry: Registry, snap: Snapshot, mail_from: str,
+                       now: datetime) -> History:
+        longest = max((r.period for r in snap.responders.values()), default=timedelta(days=7))
+        last, today = await registry.autoreply_history(bare(mail_from), now - longest,
+                                                       now - timedelta(days=1))
+        return History(last, today)
+
+    def _reply(self, snap: Snapshot, responder: Any, view: MessageView, mail_from: str,
+               d: Decision, key: str, now: datetime) -> OutboxRecord:
+        res = snap.book.resolve(d.rcpt)
+        old = res.address
+        new = res.moved.now if res.moved is not None else old
+        to = mail_from.strip().strip("<>")
+        raw = build_reply(responder, view, to=to, old=old, new=new, hostname=self.hostname,
+                          at=now)
+        sender, bucket = bare(mail_from), period_bucket(now, responder.period)
+        envelope = "" if self.policy.envelope_from == "<>" else self.policy.envelope_from
+        return OutboxRecord(f"autoreply:{responder.name}:{sender}:{bucket}", "autoreply",
+                            envelope, to, raw, responder.name, sender, bucket)
+
+    def _dsn(self, protocol: str, mail_from: str, view: MessageView,
+             decisions: Sequence[Decision], replies: Sequence[Reply], key: str,
+             now: datetime) -> OutboxRecord | None:
+        failed = [(d.rcpt, r) for d, r in zip(decisions, replies, strict=True)
+                  if not r.ok and not r.temporary]
+        if (not self.dsn or protocol != "smtp" or not failed or not bare(mail_from)
+                or any(r.temporary for r in replies) or not any(r.ok for r in replies)):
+            return None
+        to = mail_from.strip().strip("<>")
+        raw = build_dsn(view, to=to, failed=failed, hostname=self.hostname, at=now)
+        return OutboxRecord(f"dsn:{key}", "dsn", "", to, raw)
+
+
+def build_dsn(view: MessageView, *, to: str, failed: Sequence[tuple[str, Reply]],
+              hostname: str, at: datetime) -> bytes:
+    """An RFC 3464 delivery status notification: multipart/report with a human part, a
+    message/delivery-status part (one block per refused recipient) and the original
+    headers (text/rfc822-headers, RFC 6522)."""
+    boundary = f"=_mailrouter_{secrets.token_hex(12)}"
+    human = (f"This is the mail system at host {hostname}.\r\n\r\n"
+             "Your message was delivered to some of its recipients, but could not be\r\n"
+             "delivered to the ones below. The reason is given after each address.\r\n\r\n"
+             + "".join(f"<{rcpt}>: {reply}\r\n" for rcpt, reply in failed))
+    status = f"Reporting-MTA: dns; {hostname}\r\nArrival-Date: {format_datetime(at)}\r\n"
+    for rcpt, reply in failed:
+        status += (f"\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: failed\r\n"
+                   f"Status: {reply.status}\r\nDiagnostic-Code: smtp; {reply}\r\n")
+    head = (f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\nTo: {to}\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            f"Date: {format_datetime(at)}\r\nMessage-ID: {make_msgid(domain=hostname)}\r\n"
+            "Auto-Submitted: auto-replied\r\n"
+            f"{TRACE_HEADER}: {generated_trace(hostname, 'dsn')}\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: multipart/report; report-type=delivery-status;\r\n"
+            f" boundary=\"{boundary}\"\r\n\r\n")
+    original = view.header_block.rstrip(b"\r\n") + b"\r\n"
+    cte = "7bit" if human.isascii() else "8bit"
+    return (head.encode() + f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Transfer-Encoding: {cte}\r\n\r\n{human}\r\n".encode()
+            + f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n"
+            .encode() + f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
+            + original + f"\r\n--{boundary}--\r\n".encode())
+
+
+class OutboxWorker:
+    """Sends the queued rows through the relay; one task, started by the daemon."""
+
+    def __init__(self, registry: Registry, config: OutboxConfig, hostname: str,
+                 dns_check: DNSCheck | None = None, batch: int = 20) -> None:
+        assert config.relay is not None
+        self.registry, self.config, self.relay = registry, config, config.relay
+        self.hostname, self.dns_check, self.batch = hostname, dns_check, batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.lease = max(60.0, 4 * config.timeout)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    def wake(self) -> None:
+        """New rows were committed: look now instead of at the next poll."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        poll = min(5.0, self.config.retry_min)
+        while True:
+            try:
+                rows = await self.registry.outbox_claim(self.batch, self.lease)
+            except RegistryError as exc:
+                log.warning("event=outbox_claim_failed error=%r", str(exc))
+                rows = []
+            if rows:
+                await self.send_rows(rows)
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), poll)
+            except TimeoutError:
+                pass
+
+    async def send_rows(self, rows: list[dict[str, Any]]) -> None:
+        smtp: aiosmtplib.SMTP | None = None
+        try:
+            for row in rows:
+                smtp = await self._send_one(row, smtp)
+        finally:
+            if smtp is not None and smtp.is_connected:
+                try:
+                    await smtp.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    smtp.close()
+
+    async def _send_one(self, row: dict[str, Any],
+                        smtp: aiosmtplib.SMTP | None) -> aiosmtplib.SMTP | None:
+        if row["kind"] == "autoreply" and self.dns_check is not None:
+            domain = row["rcpt"].rpartition("@")[2]
+            found = await self.dns_check(domain)
+            if found == "none":
+                await self._settle(row, "suppressed", f"{domain} has neither MX nor A/AAAA "
+                                                      "records (forged sender?)")
+                return smtp
+            if found != "ok":
+                await self._retry(row, f"DNS did not answer for {domain}")
+                return smtp
+        try:
+            if smtp is None or not smtp.is_connected:
+                smtp = aiosmtplib.SMTP(hostname=self.relay.host, port=self.relay.port,
+                                       timeout=self.config.timeout, start_tls=False,
+                                       local_hostname=self.hostname)
+                await smtp.connect()
+            options = [] if row["rcpt"].isascii() and row["mail_from"].isascii() else ["SMTPUTF8"]
+            if not bytes(row["raw"]).isascii() and smtp.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            await smtp.sendmail(row["mail_from"], [row["rcpt"]], bytes(row["raw"]),
+                                mail_options=options)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return await self._refused(row, smtp, exc.recipients[0].code, str(exc.recipients[0]))
+        except aiosmtplib.SMTPResponseException as exc:
+            return await self._refused(row, smtp, exc.code, f"{exc.code} {exc.message}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._retry(row, f"relay {self.relay}: {type(exc).__name__}: {exc}")
+            return None
+        # Marked sent right after the relay's 250 for DATA: the only window for a second
+        # copy is a crash between that 250 and this commit.
+        await self._settle(row, "sent", "")
+        log.info("event=outbox_sent id=%s kind=%s rcpt=%s", row["id"], row["kind"], row["rcpt"])
+        return smtp
+
+    async def _refused(self, row: dict[str, Any], smtp: aiosmtplib.SMTP | None, code: int,
+                       text: str) -> aiosmtplib.SMTP | None:
+        if 500 <= code < 600:
+            await self._settle(row, "failed", text)
+        else:
+            await self._retry(row, text)
+        if smtp is not None and smtp.is_connected:
+            try:
+                await smtp.rset()
+            except (aiosmtplib.SMTPException, OSError):
+                smtp.close()
+                return None
+        return smtp
+
+    async def _retry(self, row: dict[str, Any], error: str) -> None:
+        now = datetime.now(UTC)
+        if now - row["created_at"] > timedelta(seconds=self.config.max_age):
+            await self._settle(row, "failed", f"gave up after {row['attempts']} attempts: {error}")
+            return
+        delay = min(self.config.retry_max, self.config.retry_min * 2 ** max(0, row["attempts"] - 1))
+        log.warning("event=outbox_retry id=%s rcpt=%s in=%.0fs error=%r", row["id"], row["rcpt"],
+                    delay, error)
+        await self._settle(row, "queued", error, now + timedelta(seconds=delay))
+
+    async def _settle(self, row: dict[str, Any], state: str, error: str,
+                      retry_at: datetime | None = None) -> None:
+        try:
+            await self.registry.outbox_settle(row["id"], state, error, retry_at)
+        except RegistryError as exc:  # the lease brings the row back; say so
+            log.error("event=outbox_settle_failed id=%s state=%s error=%r", row["id"], state,
+                      str(exc))

@@ -1,0 +1,256 @@
+"""The outbox end to end on the in-process daemon: autoreplies and DSNs written with the
+message, sent through a real aiosmtpd relay sink on loopback, never lost, never twice."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from mailrouter.cli import main
+from mailrouter.config import Listener, OutboxConfig, RegistryConfig
+from mailrouter.daemon import App
+from tests.support.daemon import free_port
+from tests.test_delivery_smtp import Sink
+
+FAST = {"retry_min": 0.05, "retry_max": 0.2, "timeout": 5.0}
+
+
+def relay_to(port: int) -> OutboxConfig:
+    return OutboxConfig(Listener("127.0.0.1", port), **FAST)  # type: ignore[arg-type]
+
+
+def mail(subject: str = "Question", msgid: str = "q1", *headers: str,
+         sender: str = "ann@client.example") -> bytes:
+    head = [f"From: Ann <{sender}>", "To: old-sales@example.com", f"Subject: {subject}",
+            f"Message-ID: <{msgid}@client.example>", *headers]
+    return ("\r\n".join(head) + "\r\n\r\nHello\r\n").encode()
+
+
+async def send(app: App, mail_from: str, rcpts: list[str], raw: bytes) -> Any:
+    host, port = app.bound["smtp"]
+    async with aiosmtplib.SMTP(hostname=host, port=port, timeout=15) as smtp:
+        return await smtp.sendmail(mail_from, rcpts, raw)
+
+
+async def until(cond: Callable[[], Awaitable[bool]], what: str, limit: float = 30.0) -> None:
+    """Wait for a condition (a generous deadline only to fail a hung test, not a speed test)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not await cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def rows(app: App) -> list[dict[str, Any]]:
+    assert app.registry is not None
+    return await app.registry.outbox_list(1000)
+
+
+async def settled(app: App) -> bool:
+    return all(r["state"] != "queued" for r in await rows(app))
+
+
+@pytest.fixture
+async def relay() -> Any:
+    sinks: list[Sink] = []
+
+    async def start(port: int = 0) -> Sink:
+        s = Sink()
+        s.port = port
+        await s.start()
+        sinks.append(s)
+        return s
+    yield start
+    for s in sinks:
+        await s.stop()
+
+
+async def test_moved_address_answers_once(make_app: Any, relay: Any) -> None:
+    """Mail to old-sales@ is delivered and answered: to the envelope sender, from <>."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    await send(app, "bounce-ann@client.example", ["old-sales@example.com"], mail())
+    await until(lambda: settled(app), "the outbox to settle")
+    [env] = sink.envelopes
+    assert (env.mail_from, env.rcpt_tos) == ("<>", ["bounce-ann@client.example"])
+    m = message_from_bytes(env.content, policy=policy.default)
+    assert (m["To"], m["From"], m["Auto-Submitted"]) == (
+        "bounce-ann@client.example", "old-sales@example.com", "auto-replied")
+    assert "sales@example.com" in m.get_body().get_content()   # type: ignore[union-attr]
+    [row] = await rows(app)
+    assert (row["kind"], row["state"], row["attempts"]) == ("autoreply", "sent", 1)
+    msgs = await app.registry.recent(1)                        # type: ignore[union-attr]
+    assert "autoreply moved: queued" in msgs[0]["decisions"][0]["reasons"]
+
+
+async def test_hundred_messages_one_reply(make_app: Any, relay: Any) -> None:
+    """A sender writing 100 times in a day gets one answer; the rest say why not."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    for n in range(100):
+        await send(app, "ann@client.example", ["old-sales@example.com"], mail(msgid=f"m{n}"))
+    await until(lambda: settled(app), "the outbox to settle")
+    assert len(sink.envelopes) == 1
+    assert len(await rows(app)) == 1
+    last = (await app.registry.recent(1))[0]["decisions"][0]["reasons"]   # type: ignore[union-attr]
+    assert any("not sent: ann@client.example already answered by moved" in r for r in last)
+
+
+async def test_mta_retry_sends_no_second_reply(make_app: Any, relay: Any) -> None:
+    """The same message retried by the MTA is not answered again."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    for _ in range(3):
+        await send(app, "ann@client.example", ["old-sales@example.com"], mail())
+    await until(lambda: settled(app), "the outbox to settle")
+    assert len(sink.envelopes) == 1
+
+
+async def test_robot_mail_is_not_answered(make_app: Any, relay: Any) -> None:
+    """A list message to a moved address is delivered, not answered, and the reason kept."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    await send(app, "news@client.example", ["old-sales@example.com"],
+               mail("News", "n1", "List-Id: <news.client.example>"))
+    assert await rows(app) == []
+    reasons = (await app.registry.recent(1))[0]["decisions"][0]["reasons"]  # type: ignore[union-attr]
+    assert "autoreply moved: not sent: mailing list (List-Id present)" in reasons
+    assert sink.envelopes == []
+
+
+async def test_relay_down_replies_wait_then_go_once(make_app: Any, relay: Any) -> None:
+    """Relay down: answers wait with their error and go out once it is back, none twice."""
+    port = free_port()
+    app = await make_app(outbox=relay_to(port))
+    for who in ("a", "b", "c"):
+        await send(app, f"{who}@client.example", ["old-sales@example.com"], mail(msgid=who))
+
+    async def tried() -> bool:
+        found = await rows(app)
+        return len(found) == 3 and all(r["attempts"] >= 2 and r["last_error"] for r in found)
+    await until(tried, "three failed attempts each")
+    assert all(r["state"] == "queued" for r in await rows(app))
+    sink = await relay(port)
+    await until(lambda: settled(app), "the outbox to drain")
+    await asyncio.sleep(0.5)              # retries past due would show up as duplicates
+    assert sorted(e.rcpt_tos[0] for e in sink.envelopes) == [
+        "a@client.example", "b@client.example", "c@client.example"]
+    assert all(r["state"] == "sent" for r in await rows(app))
+
+
+async def test_relay_refusal_is_final(make_app: Any, relay: Any) -> None:
+    """A 5xx from the relay marks the row failed with the relay's words; no retry."""
+    sink = await relay()
+    sink.rcpt_replies["gone@client.example"] = "550 5.1.1 no such user"
+    app = await make_app(outbox=relay_to(sink.port))
+    await send(app, "gone@client.example", ["old-sales@example.com"], mail())
+    await until(lambda: settled(app), "the outbox to settle")
+    [row] = await rows(app)
+    assert row["state"] == "failed" and "550" in row["last_error"] and row["attempts"] == 1
+
+
+async def test_no_relay_messages_wait_and_are_listed(make_app: Any, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Without outbox.relay the answer waits, the daemon says so once, `outbox` lists it."""
+    app = await make_app()
+    await send(app, "ann@client.example", ["old-sales@example.com"], mail())
+    await send(app, "bob@client.example", ["old-sales@example.com"], mail(msgid="b"))
+    assert [r["state"] for r in await rows(app)] == ["queued", "queued"]
+    assert caplog.text.count("event=outbox_no_relay") == 1
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{app.config.registry.url}'}}\nrouting: {list(app.config.routing)}\n",
+                   encoding="utf-8")
+    assert await asyncio.to_thread(main, ["outbox", "--json", "-c", str(cfg)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["kind"], r["state"], r["rcpt"]) for r in listed] == [
+        ("autoreply", "queued", "bob@client.example"), ("autoreply", "queued", "ann@client.example")]
+    assert await asyncio.to_thread(main, ["outbox", "-c", str(cfg)]) == 0
+    assert "relay: none" in capsys.readouterr().out
+
+
+async def test_queued_reply_survives_restart(make_app: Any, relay: Any, tmp_path: Path) -> None:
+    """Committed but not sent (no relay), the daemon stops; the next one sends it, once."""
+    app = await make_app()
+    await send(app, "ann@client.example", ["old-sales@example.com"], mail())
+    app.request_stop()
+    await app.wait_stopped()
+    sink = await relay()
+    again = await make_app(outbox=relay_to(sink.port))
+    await until(lambda: settled(again), "the outbox to settle")
+    assert len(sink.envelopes) == 1
+
+
+async def test_dsn_for_recipient_refused_after_data(make_app: Any, relay: Any) -> None:
+    """SMTP, one recipient accepted and one refused after DATA (a loop): one 250, and an
+    RFC 3464 DSN for the refused one goes to the envelope sender from <>."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    raw = mail("Loop", "l1", "Delivered-To: support@example.com")
+    await send(app, "ann@client.example", ["sales@example.com", "support@example.com"], raw)
+    await until(lambda: settled(app), "the outbox to settle")
+    [env] = sink.envelopes
+    assert (env.mail_from, env.rcpt_tos) == ("<>", ["ann@client.example"])
+    m = message_from_bytes(env.content, policy=policy.default)
+    assert m.get_content_type() == "multipart/report"
+    assert m.get_param("report-type") == "delivery-status"
+    parts = list(m.iter_parts())
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    status = env.content.decode()
+    assert "Final-Recipient: rfc822; support@example.com" in status
+    assert "Action: failed" in status and "Status: 5.4.6" in status
+    assert "Message-ID: <l1@client.example>" in status
+
+
+@pytest.mark.parametrize("sender, rcpts", [
+    ("<>", ["sales@example.com", "support@example.com"]),       # never a DSN to <>
+    ("ann@client.example", ["support@example.com"]),             # nothing accepted: 5xx itself
+])
+async def test_no_dsn(make_app: Any, relay: Any, sender: str, rcpts: list[str]) -> None:
+    """No DSN to a null sender, nor when the refusal is the transaction's own reply."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    raw = mail("Loop", "l1", "Delivered-To: support@example.com")
+    try:
+        await send(app, "" if sender == "<>" else sender, rcpts, raw)
+    except aiosmtplib.SMTPResponseException:
+        pass
+    assert [r for r in await rows(app) if r["kind"] == "dsn"] == []
+
+
+async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_url: str,
+                                                  tmp_path: Path) -> None:
+    """Two instances on one PostgreSQL registry, the same sender writing to both at once:
+    one answer (the unique sender/responder/period key), sent once (SKIP LOCKED)."""
+    from sqlalchemy.engine import make_url
+
+    from tests.support.pg import _admin
+    name = f"t_outbox_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    await _admin(pg_url, f"DROP DATABASE IF EXISTS {name}")
+    await _admin(pg_url, f"CREATE DATABASE {name}")
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    sink = await relay()
+    reg = RegistryConfig(url)
+    a = await make_app(outbox=relay_to(sink.port), registry=reg)
+    b_cfg = {"outbox": relay_to(sink.port), "registry": reg,
+                 "delivery": dataclasses.replace(a.config.delivery,
+                                              maildir_root=tmp_path / "b-mail")}
+    b = await make_app(**b_cfg)
+    for n in range(5):
+        await asyncio.gather(
+            send(a, "ann@client.example", ["old-sales@example.com"], mail(msgid=f"a{n}")),
+            send(b, "ann@client.example", ["old-sales@example.com"], mail(msgid=f"b{n}")))
+    await until(lambda: settled(a), "the outbox to settle")
+    await asyncio.sleep(0.3)
+    assert len(sink.envelopes) == 1
+    assert len(await rows(a)) == 1
