@@ -34,8 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("calendars", "config", "addressbook", "addresses"),
     ("loops",),
     ("routing",),                                # the rules engine: pure, no I/O
-    ("registry", "delivery"),                    # the I/O stages
-    ("control",),                                # requests, owners, SLA: over the registry
+    ("registry", "delivery", "autoreply"),       # the I/O stages; autoreply: pure RFC 3834
+    ("control", "outbox"),                       # requests, SLA; outgoing mail: over the registry
     ("pipeline", "explain", "intake", "admin", "workers"),
     ("daemon",),
     ("cli",),
