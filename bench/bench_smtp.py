@@ -9,7 +9,7 @@ one new session per message (`-s C -m N -l 4096`, no -d), to
   1. `smtp-sink` (the limit: accepts and discards), then
   2. mailrouter (`mailrouter run -c` in a subprocess, temp config: SQLite
      registry + Maildir under a temp dir, the repo's rules, rcpt sales@example.com)
-  3. optionally (--postfix) a private Postfix relaying to smtp-sink, DESIGN.md's peer
+  3. optionally (--postfix) a private Postfix relaying to smtp-sink, docs/performance.md's peer
      (1,000 virtual aliases, 23 header checks), and (--bare) a stock aiosmtpd whose
      handler does nothing: the floor of any aiosmtpd-based server on this machine.
 It prints msg/s, the ratio to smtp-sink, CPU seconds per message of the server
@@ -172,7 +172,7 @@ def start_mailrouter(tmp: Path, py: str, profile: str | None,
 
 
 def start_postfix(tmp: Path, relay_port: int, rcpt: str) -> tuple[subprocess.Popen, int, Path]:
-    """A private Postfix relaying to smtp-sink, set up as DESIGN.md's reference peer:
+    """A private Postfix relaying to smtp-sink, set up as docs/performance.md's reference peer:
     1,000 virtual aliases (the load's recipient among them) and 23 header checks."""
     sys.path.insert(0, str(REPO))
     from tests.support.postfix import PostfixServer   # same private Postfix as the tests

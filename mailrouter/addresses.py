@@ -1,6 +1,6 @@
 """Address book, alias expansion and load-time loop refusal: see `mailrouter.addressbook`.
 
-This module keeps the name DESIGN.md gives the stage; the code lives in the
+This module keeps the name docs/architecture.md gives the stage; the code lives in the
 `addressbook` package (it outgrew one file). Run-time loop defence is `loops.py`.
 """
 

@@ -30,7 +30,8 @@ from .errors import ConfigError, ConfigErrors
 from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
-           "ControlConfig", "find_config", "load_config", "unknown_keys", "is_loopback", "OutboxConfig", "AutoreplyConfig"]
+           "ControlConfig", "OutboxConfig", "AutoreplyConfig", "find_config", "load_config",
+           "unknown_keys", "is_loopback"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 

@@ -1,6 +1,6 @@
 """The path of one message after DATA: view, decide, deliver, record, reply.
 
-`Pipeline.process` is the whole of DESIGN.md steps 2-7 for one transaction and
+`Pipeline.process` is the whole of docs/architecture.md's steps 2-8 for one transaction and
 returns one Reply per envelope recipient (the SMTP intake folds them into one).
 The order is what makes "no mail lost, nothing done twice" hold:
 

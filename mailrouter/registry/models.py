@@ -9,11 +9,10 @@ rules: a message row keeps its first received_at and counts attempts; a
 decision is replaced per (message, rcpt); a delivery per (message, target)
 unless it is already 'delivered', which never goes back.
 
-Tables now: messages, decisions, deliveries, loops, reloads. Planned (DESIGN.md
-"The registry"), each in its own new revision: requests (conversations with
-owner and SLA due), autoreply_log (unique sender/responder, last sent; the
-cluster-wide autoreply limit), outbox (outgoing mail, attempts, next try,
-claimed with FOR UPDATE SKIP LOCKED).
+Tables here: messages, decisions, deliveries, loops, reloads (0001), outbox and
+autoreply_log (0003: outgoing mail claimed with FOR UPDATE SKIP LOCKED, and the
+cluster-wide per-sender autoreply limit as a unique key). The request tables of
+execution control (0004) are defined in `control/`.
 
 Known limits: timestamps are stored as UTC; SQLite keeps them naive and
 ``UTCDateTime`` puts the zone back on read. JSON columns hold tuples as lists.

@@ -5,16 +5,17 @@ waits for its own commit. One writer task takes everything pending (up to
 ``batch_max``) and writes it in ONE transaction, so a burst of N messages costs
 far fewer than N fsyncs. Writes are upserts keyed on the message key (sha256 of
 envelope sender and raw bytes), so an MTA retry updates the row instead of adding
-one, and a delivery once 'delivered' is never downgraded (dedupe, DESIGN.md step 7).
+one, and a delivery once 'delivered' is never downgraded (dedupe, docs/architecture.md).
 
 Failures: an outage (an OSError, a database/driver error, a timeout, a full
 disk) surfaces as ``RegistryError`` (``RegistryFullError`` for a full disk) with one
 log line, no traceback: it is the database, not our code. Anything else (a
 TypeError, a KeyError: a bug of ours) becomes ``RegistryBugError`` and is logged
-once with its traceback. Both answer the client 4xx; details go to the log only. When a batch fails on one bad record (integrity or data error), its
-records are retried one by one so only that caller fails; when the database is
-unavailable (locked, down, read-only) the whole batch fails at once. Every
-database await runs under ``asyncio.timeout(timeout)``; SQLite's busy timeout is
+once with its traceback. Both answer the client 4xx; details go to the log only.
+When a batch fails on one bad record (integrity or data error), its records are
+retried one by one so only that caller fails; when the database is unavailable
+(locked, down, read-only) the whole batch fails at once. Every database await runs
+under ``asyncio.timeout(timeout)``; SQLite's busy timeout is
 half of it so a locked file answers before the deadline.
 
 Known limits: a caller that times out may still see its record committed later
