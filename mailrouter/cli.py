@@ -169,6 +169,39 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0 if body.get("ok") else 1
 
 
+def cmd_postfix(args: argparse.Namespace) -> int:
+    """Write Postfix's tables from the address book (see postfixmaps.py)."""
+    import dataclasses
+
+    from . import postfixmaps
+    from .config import PostfixMapsConfig
+    cfg = _config(args.config)
+    pm = cfg.postfix_maps or PostfixMapsConfig(Path(args.dir or "."))
+    given: dict[str, Any] = {k: v for k, v in (
+        ("dir", Path(args.dir).resolve() if args.dir else None), ("mode", args.mode),
+        ("nexthop", args.nexthop), ("postfix_config", args.postfix_config),
+        ("postmap", True if args.postmap else None)) if v is not None}
+    pm = dataclasses.replace(pm, **given)
+    if not args.dir and cfg.postfix_maps is None:
+        print("mailrouter postfix: say where to write the tables: --dir DIR, or "
+              "postfix_maps: {dir: ...} in the config", file=sys.stderr)
+        return 2
+    cfg = dataclasses.replace(cfg, postfix_maps=pm)
+    snap = _snapshot(cfg)
+    try:
+        written = postfixmaps.refresh(cfg, snap.book)
+    except (OSError, RuntimeError) as exc:
+        print(f"mailrouter postfix: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
+          f"{postfixmaps.default_nexthop(cfg)})" + ("" if pm.postmap else "; run postmap on each"))
+    print("add them to main.cf once (these add to what is there), then `postfix reload`:")
+    for line in postfixmaps.postconf_lines(pm.dir, pm.mode, snap.book.options.detail_separator,
+                                           pm.kind):
+        print(f"  {line}")
+    return 0
+
+
 def _where(url: str) -> str:
     """A registry URL without its user and password, for messages."""
     return url.split("@")[-1]
@@ -305,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     ob = add("outbox", cmd_outbox, "list the outgoing mail (autoreplies, DSNs) and its state")
     ob.add_argument("-n", type=int, default=50, metavar="N", help="how many (default 50)")
     ob.add_argument("--json", action="store_true", help="machine-readable output")
+    pf = add("postfix", cmd_postfix, "write Postfix's recipient and transport tables from the "
+             "address book, so Postfix refuses unknown addresses at RCPT")
+    pf.add_argument("--dir", metavar="DIR", help="where to write (default: postfix_maps.dir)")
+    pf.add_argument("--mode", choices=["relay", "virtual"],
+                    help="relay: relay_recipient_maps (default); virtual: virtual_alias_maps")
+    pf.add_argument("--nexthop", metavar="TRANSPORT",
+                    help="Postfix transport to mailrouter (default: smtp:[listen.smtp])")
+    pf.add_argument("--postmap", action="store_true", help="run postmap on each changed table")
+    pf.add_argument("--postfix-config", metavar="DIR", help="postmap -c DIR")
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
     return p

@@ -30,8 +30,8 @@ from .errors import ConfigError, ConfigErrors
 from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
-           "ControlConfig", "OutboxConfig", "AutoreplyConfig", "find_config", "load_config",
-           "unknown_keys", "is_loopback"]
+           "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "find_config",
+           "load_config", "unknown_keys", "is_loopback"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -126,6 +126,19 @@ class AutoreplyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostfixMapsConfig:
+    """`postfix_maps:`: where `mailrouter postfix` writes Postfix's tables (postfixmaps.py)."""
+
+    dir: Path
+    mode: str = "relay"                          # relay | virtual
+    nexthop: str = ""                            # '' = smtp:[listen.smtp host]:port
+    postmap: bool = False                        # run postmap on each file written
+    postfix_config: str | None = None            # postmap -c DIR
+    kind: str = "hash"                           # table type for postmap and main.cf
+    on_reload: bool = False                      # the daemon rewrites them at start and reload
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str                                    # '' for the embedded default
     hostname: str
@@ -144,6 +157,7 @@ class Config:
     control: ControlConfig | None = None         # None: no requests, no reply tracking, no SLA
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     autoreply: AutoreplyConfig = field(default_factory=AutoreplyConfig)
+    postfix_maps: PostfixMapsConfig | None = None
 
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":
@@ -218,7 +232,7 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
             "shutdown_grace", "log_level", "workers", "admin", "control",
-            "outbox", "autoreply")
+            "outbox", "autoreply", "postfix_maps")
 
 
 # -- which file: -c, $MAILROUTER_CONFIG, /etc/mailrouter/config.yaml, the embedded default
@@ -285,7 +299,8 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
         log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base,
         workers=_workers(doc, c), control=_control(doc, c),
-        outbox=_outbox(doc, c), autoreply=_autoreply(doc, c))
+        outbox=_outbox(doc, c), autoreply=_autoreply(doc, c),
+        postfix_maps=_postfix_maps(doc, base, c))
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
@@ -324,6 +339,33 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
         dur("remind_after", d.remind_after), dur("escalate_after", d.escalate_after),
         str(head) if head is not None else None, dur("scan_every", d.scan_every) or d.scan_every,
         str(sec.get("sender") or ""))
+
+
+def _postfix_maps(doc: dict[str, Any], base: Path, c: _Checker) -> PostfixMapsConfig | None:
+    keys = tuple(PostfixMapsConfig.__dataclass_fields__)
+    sec = c.section(doc, "postfix_maps", keys)
+    if not sec:
+        return None
+    if not isinstance(sec.get("dir"), str) or not sec["dir"].strip():
+        c.error(sec, "'postfix_maps' needs 'dir', the directory the tables are written to",
+                "for example 'dir: /etc/postfix/mailrouter'", sec)
+        return None
+    mode, kind = str(sec.get("mode", "relay")), str(sec.get("kind", "hash"))
+    if mode not in ("relay", "virtual"):
+        c.error(sec.get("mode"), f"'postfix_maps.mode' must be relay or virtual, not {mode!r}",
+                "relay: the domains are only ours; virtual: Postfix hosts other addresses there",
+                sec)
+    if kind not in ("hash", "btree", "lmdb", "cdb"):
+        c.error(sec.get("kind"), f"'postfix_maps.kind' must be hash, btree, lmdb or cdb, not {kind!r}",
+                "for example 'kind: hash' (see `postconf -m`)", sec)
+    for key in ("postmap", "on_reload"):
+        if not isinstance(sec.get(key, False), bool):
+            c.error(sec.get(key), f"'postfix_maps.{key}' must be true or false", "", sec)
+    d = Path(sec["dir"])
+    return PostfixMapsConfig(d if d.is_absolute() else base / d, mode, str(sec.get("nexthop", "")),
+                             sec.get("postmap") is True,
+                             str(sec["postfix_config"]) if sec.get("postfix_config") else None,
+                             kind, sec.get("on_reload") is True)
 
 
 MIN_TOKEN = 16

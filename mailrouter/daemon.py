@@ -29,10 +29,11 @@ import re
 import resource
 import signal
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import metrics
+from . import metrics, postfixmaps
 from .admin import serve_admin
 from .config import Config, Limits, Listener
 from .delivery.deliverer import Deliverer
@@ -122,6 +123,7 @@ class App:
             self.servers.append(srv)
             self.bound["admin"] = srv.sockets[0].getsockname()[:2]
         metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series
+        await self.write_postfix_maps()
         log.info("event=started %s", " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
 
     def _outgoing(self) -> Outgoing:
@@ -257,6 +259,7 @@ class App:
             self._snapshot, ok, detail = snap, True, snap.hash
             public = detail
             log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
+            await self.write_postfix_maps()
         metrics.RELOADS.labels("ok" if ok else "failed").inc()
         metrics.RELOAD_OK.set(1 if ok else 0)
         if self.registry is not None:
@@ -265,6 +268,19 @@ class App:
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
         return ok, public
+
+    async def write_postfix_maps(self) -> None:
+        """postfix_maps.on_reload: Postfix's tables follow the address book (one process
+        writes them). A failure is logged; mail keeps flowing, Postfix keeps the old tables."""
+        pm = self.config.postfix_maps
+        if pm is None or not pm.on_reload or self.worker not in (None, 0):
+            return
+        try:
+            written = await asyncio.to_thread(postfixmaps.refresh, self.config, self._snapshot.book)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log.error("event=postfix_maps_failed dir=%s error=%r", pm.dir, str(exc))
+        else:
+            log.info("event=postfix_maps dir=%s changed=%s", pm.dir, ",".join(written) or "-")
 
     async def admin_reload(self) -> tuple[bool, str]:
         """POST /-/reload: have the supervisor reload the other workers, and reload here.

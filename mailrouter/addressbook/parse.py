@@ -64,7 +64,7 @@ def _parse_options(c: Collector, section: Any) -> Options:
                       did_you_mean(str(value), ["insensitive", "sensitive"], "values"), box)
                 continue
         elif key == "detail_separator":
-            if not isinstance(value, str) or len(value) > 1 or value in "@\"":
+            if not isinstance(value, str) or len(value) > 1 or (value and value in "@\""):
                 c.add(f"detail_separator must be one character or \"\", not {value!r}", value,
                       'use "+" (the default) or "-"', box)
                 continue

@@ -1,0 +1,229 @@
+"""`mailrouter postfix`: Postfix's tables from the address book, so Postfix refuses at RCPT.
+
+The table contents are checked as values (pure `build_maps`); the end-to-end
+tests write them with the real CLI, index them with the real `postmap`, add them
+to a private Postfix with exactly the `postconf` lines the command prints, and
+then ask Postfix over SMTP: an unknown address is refused in the session (no
+backscatter), a known one (with a +detail) is relayed to mailrouter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailrouter.addresses import AddressBook
+from mailrouter.postfixmaps import build_maps, postconf_lines, write_maps
+from tests.support.daemon import REPO, maildir_files
+
+CLI = [sys.executable, "-m", "mailrouter.cli"]
+
+BOOK = {
+    "domains": ["example.com", "пример.рф"],
+    "mailboxes": {"sales": {"maildir": "sales"}},
+    "aliases": {"sales@example.com": "mailbox:sales", "c++@example.com": "mailbox:sales",
+                "Счета@пример.рф": "mailbox:sales"},
+    "moved": {"old@example.com": {"now": "sales@example.com", "deliver": False},
+              "older@example.com": {"now": "sales@example.com"}},
+}
+
+
+def table(text: str) -> dict[str, str]:
+    return dict(line.split("\t", 1) for line in text.splitlines() if line and line[0] != "#")
+
+
+def test_relay_maps_list_every_address_and_route_each_domain():
+    """relay mode: every known address (moved ones too, IDN in both forms, case folded) is
+    OK in relay_recipients; transport routes each domain; a moved address that no longer
+    delivers is refused by Postfix with our 551 5.1.6 naming the new address."""
+    maps = build_maps(AddressBook.build(BOOK), "smtp:[127.0.0.1]:2525")
+    rcpts = table(maps.files["relay_recipients"])
+    assert set(rcpts) == {"sales@example.com", "c++@example.com", "old@example.com",
+                          "older@example.com", "счета@пример.рф", "счета@xn--e1afmkfd.xn--p1ai"}
+    assert set(rcpts.values()) == {"OK"}
+    assert table(maps.files["transport"]) == {
+        "example.com": "smtp:[127.0.0.1]:2525", "пример.рф": "smtp:[127.0.0.1]:2525",
+        "xn--e1afmkfd.xn--p1ai": "smtp:[127.0.0.1]:2525"}
+    assert set(table(maps.files["domains"])) == {"example.com", "пример.рф", "xn--e1afmkfd.xn--p1ai"}
+    assert table(maps.files["recipient_access"]) == {
+        "old@example.com": "551 5.1.6 Recipient has moved; please try <sales@example.com>"}
+    assert "recipient_delimiter = +" in maps.files["transport"]
+
+
+def test_virtual_maps_map_each_address_to_itself_and_route_it():
+    """virtual mode: each address maps to itself (known to Postfix) and is routed one by one,
+    so other addresses of a shared domain keep their own transport."""
+    maps = build_maps(AddressBook.build(BOOK), "lmtp:inet:127.0.0.1:2524", "virtual")
+    virtual = table(maps.files["virtual"])
+    assert virtual["sales@example.com"] == "sales@example.com" and len(virtual) == 6
+    assert table(maps.files["transport"])["c++@example.com"] == "lmtp:inet:127.0.0.1:2524"
+    assert "relay_recipients" not in maps.files and "domains" not in maps.files
+
+
+def test_without_detail_separator_the_tables_say_so():
+    """detail_separator "" (no subaddressing): the header says Postfix must not strip one."""
+    book = AddressBook.build(dict(BOOK, address_options={"detail_separator": ""}))
+    maps = build_maps(book, "smtp:[127.0.0.1]:2525")
+    assert "no recipient_delimiter" in maps.files["relay_recipients"]
+    assert not any("recipient_delimiter" in l for l in postconf_lines(Path("/x"), "relay", ""))
+
+
+def test_quoted_local_part_is_listed_as_skipped_not_as_a_key():
+    """A quoted local part with a space cannot be a table key: it is a comment, not a
+    broken line that would make "a" a key."""
+    book = AddressBook.build(dict(BOOK, aliases={**BOOK["aliases"],
+                                                 '"a b"@example.com': "mailbox:sales"}))
+    maps = build_maps(book, "smtp:[127.0.0.1]:2525")
+    assert maps.skipped == ('"a b"@example.com',)
+    assert '"a' not in table(maps.files["relay_recipients"])
+    assert "# skipped (white space in the local part): \"a b\"@example.com" in maps.files["transport"]
+
+
+def test_bad_mode_is_refused():
+    """A mode that is neither relay nor virtual is a clear ValueError."""
+    with pytest.raises(ValueError, match="relay, virtual"):
+        build_maps(AddressBook.build(BOOK), "smtp:[127.0.0.1]:2525", "alias")
+
+
+def test_write_maps_rewrites_only_what_changed(tmp_path):
+    """A second run with the same book changes nothing (so postmap and Postfix's table
+    reopen are not triggered for nothing); a changed book rewrites the changed tables."""
+    maps = build_maps(AddressBook.build(BOOK), "smtp:[127.0.0.1]:2525")
+    assert sorted(write_maps(maps, tmp_path)) == sorted(maps.files)
+    assert write_maps(maps, tmp_path) == []
+    book2 = AddressBook.build(dict(BOOK, aliases={"sales@example.com": "mailbox:sales",
+                                                  "Счета@пример.рф": "mailbox:sales"}))
+    changed = write_maps(build_maps(book2, "smtp:[127.0.0.1]:2525"), tmp_path)
+    assert changed == ["relay_recipients"]
+    assert "c++@example.com" not in (tmp_path / "relay_recipients").read_text()
+
+
+def test_postfix_command_without_a_directory_says_so(tmp_path):
+    """`mailrouter postfix` with neither --dir nor postfix_maps.dir: exit 2 and what to write."""
+    out = subprocess.run([*CLI, "postfix"], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert out.returncode == 2 and "--dir DIR" in out.stderr
+
+
+def test_bad_postfix_maps_config_is_refused(tmp_path):
+    """postfix_maps with a wrong mode and no dir: `check` names both, with file:line."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("postfix_maps: {mode: alias, postmap: yes please}\n", encoding="utf-8")
+    out = subprocess.run([*CLI, "check", "-c", str(cfg)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 1
+    assert "'postfix_maps' needs 'dir'" in out.stderr
+    cfg.write_text("postfix_maps: {dir: maps, mode: alias}\n", encoding="utf-8")
+    out = subprocess.run([*CLI, "check", "-c", str(cfg)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 1 and f"{cfg}:1:" in out.stderr
+    assert "'postfix_maps.mode' must be relay or virtual, not 'alias'" in out.stderr
+
+
+# -- end to end with a real Postfix ---------------------------------------------------------
+
+
+def rcpt_replies(port: int, rcpts: list[str]) -> dict[str, tuple[int, str]]:
+    """RCPT each address in one session to Postfix and return its reply to each."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail("client@outside.test")
+        out = {}
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            out[r] = (code, text.decode())
+        s.rset()
+    return out
+
+
+def send(port: int, rcpt: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.sendmail("client@outside.test", [rcpt],
+                   f"From: client@outside.test\r\nTo: {rcpt}\r\nSubject: maps\r\n\r\nhi\r\n")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["relay", "virtual"])
+async def test_postfix_refuses_unknown_at_rcpt_and_relays_known(make_app, postfix, tmp_path,
+                                                                mode):
+    """Tables written by `mailrouter postfix --postmap`, added with the postconf lines it
+    prints: Postfix itself refuses nobody@example.com at RCPT with 550 5.1.1 (nothing is
+    queued, so nothing bounces), and relays sales+Quotes@example.com to mailrouter through
+    the generated transport (relayhost points at a dead port, so only the table routes).
+    virtual mode: the same in a domain Postfix shares with its own virtual mailboxes."""
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    mta = await asyncio.to_thread(postfix, relay_port=1)     # relayhost: nothing listens
+    if mode == "virtual":    # example.com is shared: Postfix hosts a person's mailbox there
+        mta.postconf("virtual_mailbox_domains = example.com",
+                     "virtual_mailbox_maps = inline:{ person@example.com=example.com/person/ }")
+    maps = tmp_path / "maps"
+    out = await asyncio.to_thread(
+        subprocess.run, [*CLI, "postfix", "--dir", str(maps), "--mode", mode, "--postmap",
+                         "--postfix-config", str(mta.etc), "--nexthop", f"smtp:[127.0.0.1]:{port}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert (maps / "transport.db").exists()
+    lines = [l.strip() for l in out.stdout.splitlines() if l.strip().startswith("postconf")]
+    assert lines, out.stdout
+    env = dict(os.environ, MAIL_CONFIG=str(mta.etc))          # postconf edits this main.cf
+    for line in lines:
+        done = await asyncio.to_thread(subprocess.run, ["bash", "-c", line], env=env,
+                                       capture_output=True, text=True, check=False)
+        assert done.returncode == 0, (line, done.stderr)
+    await asyncio.to_thread(mta.reload)
+    main_cf = (mta.etc / "main.cf").read_text()
+    assert f"hash:{maps}/transport" in main_cf
+
+    replies = await asyncio.to_thread(rcpt_replies, mta.port, [
+        "nobody@example.com", "sales+Quotes@example.com", "SALES@example.com"])
+    code, text = replies["nobody@example.com"]
+    assert code == 550 and "5.1.1" in text, replies
+    assert replies["sales+Quotes@example.com"][0] == 250, replies
+    assert replies["SALES@example.com"][0] == 250, replies
+    assert await asyncio.to_thread(mta.queue_ids) == []
+
+    await asyncio.to_thread(send, mta.port, "sales+Quotes@example.com")
+    box = tmp_path / "var" / "mail" / "sales"
+    end = asyncio.get_running_loop().time() + 30
+    while not maildir_files(box):
+        assert asyncio.get_running_loop().time() < end, mta.maillog
+        await asyncio.sleep(0.05)
+    assert "status=sent" in await asyncio.to_thread(mta.wait_log, "status=sent")
+    assert f"relay=127.0.0.1[127.0.0.1]:{port}" in mta.maillog
+
+
+async def test_daemon_rewrites_tables_on_reload(make_app, tmp_path):
+    """postfix_maps.on_reload: the daemon writes the tables at start and again after a
+    reload that added an alias; a refused reload leaves them as they were."""
+    from mailrouter.config import PostfixMapsConfig
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "book.yaml").write_text(
+        "domains: [example.com]\nmailboxes: {sales: {maildir: sales}}\n"
+        "aliases: {sales@example.com: mailbox:sales}\n", encoding="utf-8")
+    out = tmp_path / "maps"
+    app = await make_app(routing=(str(rules / "*.yaml"),),
+                         postfix_maps=PostfixMapsConfig(out, on_reload=True))
+    first = table((out / "relay_recipients").read_text())
+    assert set(first) == {"sales@example.com"}
+    assert table((out / "transport").read_text()) == {
+        "example.com": f"smtp:[127.0.0.1]:{app.config.smtp.port}"}
+    (rules / "book.yaml").write_text(
+        "domains: [example.com]\nmailboxes: {sales: {maildir: sales}}\n"
+        "aliases: {sales@example.com: mailbox:sales, quotes@example.com: sales@example.com}\n",
+        encoding="utf-8")
+    ok, _ = await app.reload()
+    assert ok
+    assert set(table((out / "relay_recipients").read_text())) == {"sales@example.com",
+                                                                   "quotes@example.com"}
+    (rules / "book.yaml").write_text("domains: [example.com]\naliases: {x@example.com: nobox}\n",
+                                     encoding="utf-8")
+    ok, _ = await app.reload()
+    assert not ok
+    assert "quotes@example.com" in (out / "relay_recipients").read_text()
