@@ -202,6 +202,23 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_address(args: argparse.Namespace) -> int:
+    """`address QUERY`: the book's answer for one address (exit 1: unknown, as postmap -q);
+    `address export`: every address, CSV (default) or JSON."""
+    from . import addressquery
+    book = _snapshot(_config(args.config)).book
+    if args.query == "export":
+        if args.json:
+            print(json.dumps(addressquery.export(book), ensure_ascii=False, indent=2))
+        else:
+            sys.stdout.write(addressquery.export_csv(book))
+        return 0
+    found = addressquery.describe(book, args.query)
+    print(json.dumps(found, ensure_ascii=False, indent=2) if args.json
+          else addressquery.format_text(found))
+    return 0 if found["known"] else 1
+
+
 def _where(url: str) -> str:
     """A registry URL without its user and password, for messages."""
     return url.split("@")[-1]
@@ -311,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                "Only `run` and `db upgrade` create the registry or the mail store.\n"
                "Exit codes: 0 ok, 1 check found errors or a rule test failed, 2 another command\n"
                "could not load its configuration or do its job.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"mailrouter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
@@ -338,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     ob = add("outbox", cmd_outbox, "list the outgoing mail (autoreplies, DSNs) and its state")
     ob.add_argument("-n", type=int, default=50, metavar="N", help="how many (default 50)")
     ob.add_argument("--json", action="store_true", help="machine-readable output")
+    ad = add("address", cmd_address, "what the address book does with one address (exit 1 "
+             "when unknown), or 'export' for every address")
+    ad.add_argument("query", metavar="ADDRESS|export",
+                    help="an envelope recipient, e.g. sales+Quotes@example.com; or 'export'")
+    form = ad.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="JSON instead of text (or CSV)")
+    form.add_argument("--csv", action="store_true", help="export as CSV (the default)")
     pf = add("postfix", cmd_postfix, "write Postfix's recipient and transport tables from the "
              "address book, so Postfix refuses unknown addresses at RCPT")
     pf.add_argument("--dir", metavar="DIR", help="where to write (default: postfix_maps.dir)")

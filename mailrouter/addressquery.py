@@ -1,0 +1,88 @@
+"""One question to the address book, as `postmap -q` asks a Postfix table; and all of it.
+
+`describe(book, query)` says what mailrouter does with one envelope recipient:
+known or not (and the reply refusing it), its canonical form and +detail, the
+moved state (new address, delivered or refused, autoreply), the person it
+belongs to, and every final target with its mailbox backend and the alias path
+walked to it. `export(book)` is the same for every address the book knows,
+canonical, in sorted order (`mailrouter address export`, CSV or JSON).
+Pure: no I/O; nothing is refused (an unknown or malformed query is an answer).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from .addresses import AddressBook
+
+__all__ = ["CSV_FIELDS", "describe", "export", "export_csv", "format_text"]
+
+CSV_FIELDS = ("address", "targets", "person", "moved_to", "moved_delivers", "autoreply", "reply")
+
+
+def describe(book: AddressBook, query: str) -> dict[str, Any]:
+    """What the book does with `query` (an envelope recipient), as a JSON-able dict."""
+    res = book.resolve(query)
+    known = book.knows(query)
+    targets = []
+    for t in res.targets:
+        box = book.mailboxes.get(t.mailbox)
+        targets.append({"mailbox": t.mailbox, "backend": box.kind if box else None,
+                        "where": box.where if box else None, "folder": t.folder,
+                        "person": t.person, "path": list(t.path)})
+    moved = res.moved
+    return {
+        "query": query, "known": known, "address": res.address if known else None,
+        "detail": res.detail,
+        "reply": str(res.reply) if res.reply else None,
+        "person": res.person,
+        "moved": ({"now": moved.now, "deliver": moved.deliver, "autoreply": moved.autoreply}
+                  if moved else None),
+        "targets": targets,
+    }
+
+
+def format_text(d: dict[str, Any]) -> str:
+    """The human form of `describe`'s answer, one fact a line."""
+    if not d["known"]:
+        return f"{d['query']}: unknown: {d['reply']}"
+    head = f"{d['query']}: known as {d['address']}"
+    lines = [head + (f" (detail {d['detail']!r})" if d["detail"] else "")]
+    if d["person"]:
+        lines.append(f"  person: {d['person']}")
+    if d["moved"]:
+        m = d["moved"]
+        state = "delivered there" if m["deliver"] else "refused, naming it"
+        lines.append(f"  moved: now {m['now']} ({state}"
+                     + (f"; autoreply {m['autoreply']})" if m["autoreply"] else ")"))
+    if d["reply"]:
+        lines.append(f"  reply: {d['reply']}")
+    for t in d["targets"]:
+        where = t["mailbox"] + (f"/{t['folder']}" if t["folder"] else "")
+        lines.append(f"  -> {where} [{t['backend']}: {t['where']}]"
+                     + (f" for {t['person']}" if t["person"] else "")
+                     + f"  via {' -> '.join(t['path'])}")
+    return "\n".join(lines)
+
+
+def export(book: AddressBook) -> list[dict[str, Any]]:
+    """`describe` for every canonical address the book knows, sorted."""
+    return [describe(book, address) for address in sorted(book.addresses())]
+
+
+def export_csv(book: AddressBook) -> str:
+    """One CSV row per address; targets as `mailbox[/folder]` joined by spaces."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for d in export(book):
+        m = d["moved"] or {}
+        w.writerow([d["address"],
+                    " ".join(t["mailbox"] + (f"/{t['folder']}" if t["folder"] else "")
+                             for t in d["targets"]),
+                    d["person"] or "", m.get("now", ""),
+                    "" if not m else ("yes" if m["deliver"] else "no"),
+                    m.get("autoreply") or "", d["reply"] or ""])
+    return out.getvalue()

@@ -1,0 +1,82 @@
+"""`mailrouter address QUERY`, `address export` and `--version`, run as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import tomllib
+
+from tests.support.daemon import REPO
+
+CLI = [sys.executable, "-m", "mailrouter.cli"]
+
+
+def mr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          check=False)
+
+
+def test_address_query_walks_aliases_to_each_mailbox():
+    """mail@ -> admin@ -> [ivanov, support@]: both targets, each with its backend and the
+    path walked, in text and in JSON; exit 0 for a known address."""
+    out = mr("address", "mail@example.com")
+    assert out.returncode == 0, out.stderr
+    assert "-> person:ivanov [maildir: people/ivanov] for ivanov" in out.stdout
+    assert ("via mail@example.com -> admin@example.com -> support@example.com -> mailbox:support"
+            in out.stdout)
+    js = json.loads(mr("address", "--json", "mail@example.com").stdout)
+    assert js["known"] and js["address"] == "mail@example.com"
+    assert [t["mailbox"] for t in js["targets"]] == ["person:ivanov", "support"]
+    assert js["targets"][1]["path"] == ["mail@example.com", "admin@example.com",
+                                        "support@example.com", "mailbox:support"]
+
+
+def test_address_query_detail_case_and_moved():
+    """SALES+Quotes@ is sales@ with detail 'Quotes'; a moved address shows its new address,
+    that it still delivers, and its autoreply."""
+    js = json.loads(mr("address", "--json", "SALES+Quotes@Example.COM").stdout)
+    assert (js["address"], js["detail"], js["targets"][0]["mailbox"]) == (
+        "sales@example.com", "Quotes", "sales")
+    moved = mr("address", "old-sales@example.com")
+    assert "moved: now sales@example.com (delivered there; autoreply moved)" in moved.stdout
+    js = json.loads(mr("address", "--json", "old-sales@example.com").stdout)
+    assert js["moved"] == {"now": "sales@example.com", "deliver": True, "autoreply": "moved"}
+
+
+def test_address_query_unknown_exits_1_with_the_reply():
+    """An unknown or malformed address is an answer, not a crash: exit 1 (as postmap -q),
+    with the 550 5.1.1 the daemon would give at RCPT."""
+    for query in ("nobody@example.com", "no-at-sign", "x@other.test", "@"):
+        out = mr("address", query)
+        assert out.returncode == 1, (query, out.stderr)
+        assert "unknown: 550 5.1.1" in out.stdout and not out.stderr
+    js = json.loads(mr("address", "--json", "nobody@example.com").stdout)
+    assert js["known"] is False and js["reply"].startswith("550 5.1.1") and js["targets"] == []
+
+
+def test_address_export_csv_and_json_list_every_address():
+    """export: one CSV row (and one JSON object) per known address, sorted, with targets,
+    person and moved state; both forms list the same addresses."""
+    out = mr("address", "export")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    by = {r["address"]: r for r in rows}
+    assert [r["address"] for r in rows] == sorted(by)
+    assert by["invoices@example.com"]["targets"] == "finance"
+    assert by["product-a@example.com"]["targets"] == "support/PRODUCT-A"
+    assert by["p.ivanov@example.com"]["person"] == "ivanov"
+    assert (by["old-sales@example.com"]["moved_to"], by["old-sales@example.com"]["moved_delivers"]) \
+        == ("sales@example.com", "yes")
+    js = json.loads(mr("address", "export", "--json").stdout)
+    assert [d["address"] for d in js] == [r["address"] for r in rows]
+    assert mr("address", "export", "--csv").stdout == out.stdout
+
+
+def test_version_matches_the_package():
+    """--version prints the version pyproject.toml declares."""
+    out = mr("--version")
+    want = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert out.returncode == 0 and out.stdout.strip() == f"mailrouter {want}"
