@@ -86,7 +86,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config, code=1)
     snap = _snapshot(cfg, code=1)
     from .routing.ruletests import check_rule_tests
+    from .routing.folders import folder_warnings
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
+    warnings += folder_warnings(snap.book, snap.rules.rules)
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes

@@ -47,6 +47,7 @@ class Mailbox:
     name: str
     kind: str                  # 'maildir' | 'lmtp' | 'smtp'
     where: str
+    sieve_folders: bool = False   # lmtp: folder in X-Mailrouter-Folder, filed by Dovecot's Sieve
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ __all__ = ["Parts", "parse_parts", "entries", "SECTIONS"]
 
 SECTIONS = ("domains", "mailboxes", "people", "teams", "aliases", "moved", "address_options")
 MAILBOX_KINDS = ("maildir", "lmtp", "smtp")
+# lmtp: the folder travels in an X-Mailrouter-Folder line that Dovecot's Sieve files by
+MAILBOX_OPTIONS = ("sieve_folders",)
 PICKS = ("round-robin", "schedule", "least-open")
 TEAM_KEYS = ("members", "pick", "mailbox", "head", "schedule")
 
@@ -95,18 +97,27 @@ def _parse_mailboxes(c: Collector, section: Any, p: Parts) -> None:
         if name in p.mailboxes:
             c.add(f"mailbox {name!r} is defined twice", key, "keep one definition", box)
             continue
-        if not isinstance(value, Mapping) or len(value) != 1:
+        options = {k: v for k, v in value.items() if k in MAILBOX_OPTIONS} \
+            if isinstance(value, Mapping) else {}
+        kinds = {k: v for k, v in value.items() if k not in MAILBOX_OPTIONS} \
+            if isinstance(value, Mapping) else {}
+        if not isinstance(value, Mapping) or len(kinds) != 1:
             c.add(f"mailbox {name!r} needs exactly one of maildir:, lmtp:, smtp:", value,
                   f"write {name}: {{maildir: {name}}}", key)
             continue
-        kind, where_ = next(iter(value.items()))
+        kind, where_ = next(iter(kinds.items()))
         if kind not in MAILBOX_KINDS:
             c.add(f"mailbox {name!r}: unknown kind {str(kind)!r}", kind,
-                  did_you_mean(str(kind), MAILBOX_KINDS, "kinds"), value)
+                  did_you_mean(str(kind), MAILBOX_KINDS + MAILBOX_OPTIONS, "keys"), value)
+            continue
+        sieve = options.get("sieve_folders", False)
+        if not isinstance(sieve, bool) or (sieve and kind != "lmtp"):
+            c.add(f"mailbox {name!r}: sieve_folders must be true or false, and only for lmtp:",
+                  sieve, "write sieve_folders: true next to lmtp: (see deploy/dovecot)", value)
             continue
         target = _string(c, where_, f"mailbox {name!r} {kind}:", value)
         if target is not None:
-            p.mailboxes[name] = Mailbox(name, str(kind), target)
+            p.mailboxes[name] = Mailbox(name, str(kind), target, sieve)
 
 
 def _parse_away(c: Collector, value: Any, at: Any) -> tuple[tuple[dt.date, dt.date], ...]:

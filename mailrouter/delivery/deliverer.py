@@ -4,7 +4,8 @@ Each copy is our trace headers (Received, the loop-guard header, Delivered-To)
 followed by the raw bytes exactly as received. Maildir targets are written one
 copy each by `Maildir`. Downstream targets go in ONE transaction per message per
 downstream: every `lmtp` target of the message is one RCPT in one LMTP transaction
-(a folder as `user+Folder@`, for Dovecot's `lmtp_save_to_detail_mailbox`), every
+(a folder as `user+Folder@`, for Dovecot's `lmtp_save_to_detail_mailbox`, or, for a
+mailbox with `sieve_folders: true`, in an `X-Mailrouter-Folder` line for Sieve), every
 `smtp` target one RCPT in one SMTP transaction; that copy carries a loop-guard and
 a Delivered-To line per envelope recipient it is for, and a Received `for` clause
 only when it is for one (RFC 5321 4.4). The clients cap their connections
@@ -33,6 +34,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.header import Header
 from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,7 +167,8 @@ class Deliverer:
         addrs = {c.target.key: self._address(c.target, mailboxes[c.target.mailbox]) for c in copies}
         rcpts = list(dict.fromkeys(c.rcpt for c in copies))
         data = (received(rcpts[0] if len(rcpts) == 1 else None)
-                + b"".join(trace_headers(self.hostname, r) for r in rcpts) + raw)
+                + b"".join(trace_headers(self.hostname, r) for r in rcpts)
+                + sieve_folder_lines(copies, mailboxes) + raw)
         fallback: Reply | None = None
         try:
             replies = await client.deliver(mail_from, list(dict.fromkeys(addrs.values())), data,
@@ -196,6 +199,8 @@ class Deliverer:
 
     def _address(self, target: Target, mailbox: Mailbox) -> str:
         addr = mailbox.where
+        if mailbox.sieve_folders:      # the folder travels in X-Mailrouter-Folder
+            return addr
         if target.folder and mailbox.kind == "lmtp":
             if target.folder.isascii():
                 local, _, domain = addr.rpartition("@")
@@ -232,6 +237,41 @@ class Deliverer:
                       (first or now).isoformat(timespec="seconds"), age, hold)
             metrics.REFUSED_CONFIGURED.labels("held" if held else "given_up").inc()
         return out
+
+
+# Folders by Sieve: Dovecot 2.3's LMTP has no SMTPUTF8, so «Финансы» cannot travel as
+# user+Финансы@. For an lmtp mailbox with sieve_folders the RCPT is the plain address and
+# the folder goes in a header line naming that address; deploy/dovecot/mailrouter-folders.sieve
+# (sieve_before) files by it. RFC 2047 encoded, since the header must stay 7-bit for a
+# downstream without SMTPUTF8; Sieve compares decoded values (RFC 5228 2.7.2). INBOX is
+# written too, so our line is always the first for its address and a forged one is ignored.
+FOLDER_HEADER = "X-Mailrouter-Folder"
+
+
+def folder_line(address: str, folder: str | None) -> bytes:
+    """`X-Mailrouter-Folder: ADDRESS FOLDER` with the folder RFC 2047-encoded if need be."""
+    name = header_text(folder or "") or "INBOX"
+    if name.isascii() and "=?" not in name and name.isprintable():
+        text = name
+    else:
+        text = Header(name, "utf-8").encode(linesep="\r\n")
+    return f"{FOLDER_HEADER}: {header_text(address)} {text}\r\n".encode("ascii", "replace")
+
+
+def sieve_folder_lines(copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox]) -> bytes:
+    """One line per sieve_folders mailbox of this transaction (the first folder wins when
+    one message has two folders of the same mailbox: it is one RCPT, so one copy)."""
+    lines: dict[str, bytes] = {}
+    for c in copies:
+        box = mailboxes[c.target.mailbox]
+        if not box.sieve_folders:
+            continue
+        if box.where in lines:
+            log.warning("event=folder_merged mailbox=%s folder=%r: one copy per sieve_folders "
+                        "mailbox and message", c.target.mailbox, c.target.folder)
+            continue
+        lines[box.where] = folder_line(box.where, c.target.folder)
+    return b"".join(lines.values())
 
 
 async def _guarded(target: str, work: Awaitable[Reply]) -> Reply:

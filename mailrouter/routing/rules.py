@@ -132,10 +132,12 @@ class _Builder:
             sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
         folder = spec.get("folder")
         box = self.book.mailboxes.get(mailbox) if mailbox else None
-        if folder is not None and box is not None and box.kind == "lmtp" and not str(folder).isascii():
+        if (folder is not None and box is not None and box.kind == "lmtp"
+                and not box.sieve_folders and not str(folder).isascii()):
             self.err(f"rule {name!r}: folder {str(folder)!r} cannot be sent to LMTP mailbox "
                      f"{mailbox!r} (Dovecot takes +detail folders in ASCII only)", folder, spec,
-                     "use an ASCII folder name here, or a maildir mailbox")
+                     "set sieve_folders: true on the mailbox (deploy/dovecot), use an ASCII "
+                     "folder name here, or a maildir mailbox")
         return Then(mailbox, str(folder) if folder is not None else None,
                     str(owner) if owner is not None else None, tags, priority, sla, action,
                     self.responder(name, spec))
