@@ -32,9 +32,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "charsets", "metrics", "offload"),
     ("yamlsrc", "message"),
     ("calendars", "config", "addressbook", "addresses"),
-    ("loops",),
+    ("loops", "addressquery"),
     ("routing",),                                # the rules engine: pure, no I/O
-    ("registry", "delivery", "autoreply"),       # the I/O stages; autoreply: pure RFC 3834
+    ("registry", "delivery", "autoreply", "postfixmaps"),  # the I/O stages; autoreply: pure RFC 3834
     ("control", "outbox"),                       # requests, SLA; outgoing mail: over the registry
     ("pipeline", "explain", "intake", "admin", "workers"),
     ("daemon",),
