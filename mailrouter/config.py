@@ -449,8 +449,53 @@ def _autoreply(doc: dict[str, Any], c: _Checker) -> AutoreplyConfig:
 
 
 def auto_workers() -> int:
-    """One worker per core, at most 8 (each holds its own caches and connections)."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """One worker per core this process may use, at most 8 (each holds its own caches and
+    connections). Counted as the kernel enforces it, not os.cpu_count(): the CPUs in our
+    affinity mask (taskset, systemd CPUAffinity=, docker --cpuset-cpus), and no more than a
+    cgroup CPU quota allows (docker --cpus=2, systemd CPUQuota=200%), rounded up."""
+    return max(1, min(8, usable_cpus()))
+
+
+def usable_cpus(cgroup_fs: Path = Path("/sys/fs/cgroup"),
+                proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """CPUs this process may run on: its affinity, capped by the tightest cgroup quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_fs, proc_cgroup)
+    return max(1, min(cpus, quota)) if quota is not None else max(1, cpus)
+
+
+def _cgroup_quota(root: Path, proc_cgroup: Path) -> int | None:
+    """ceil(quota / period) of the tightest cpu.max (cgroup v2) or cpu.cfs_quota_us (v1)
+    on the way from our cgroup up to the root; None when there is no limit or no cgroupfs."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    found: list[int] = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        rel = Path(path.lstrip("/"))
+        files: tuple[str, ...]
+        if controllers == "":                           # v2: "0::/path"
+            base, files = root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):           # v1: "4:cpu,cpuacct:/path"
+            base, files = root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        for d in [base / rel, *(base / p for p in rel.parents)]:
+            try:
+                if len(files) == 1:
+                    q, _, period = (d / files[0]).read_text().strip().partition(" ")
+                else:
+                    q, period = ((d / f).read_text().strip() for f in files)
+            except (OSError, ValueError):
+                continue
+            if q not in ("max", "-1") and q.lstrip("-").isdigit() and period.isdigit() and int(period):
+                found.append(-(-int(q) // int(period)))
+    return min(found) if found else None
 
 
 def _workers(doc: dict[str, Any], c: _Checker) -> int:

@@ -1,0 +1,180 @@
+"""deploy/: the systemd unit, the Postfix set-up script, the container files, worker count.
+
+What an admin installs is tested as installed: `systemd-analyze verify` on the unit
+(the program path pointed at a stand-in, the only thing a build box lacks), the
+Postfix script run against a private Postfix that already has its own
+transport_maps and relay_domains (they must survive), mail through the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from mailrouter.config import load_config, usable_cpus
+from tests.support.daemon import REPO, maildir_files
+
+DEPLOY = REPO / "deploy"
+UNIT = DEPLOY / "mailrouter.service"
+SCRIPT = DEPLOY / "postfix" / "mailrouter-postfix.sh"
+
+
+def unit_settings() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    """`systemd-analyze verify` finds nothing: no unknown key, no bad value (it exits 0 even
+    on those, so its stderr must be empty too). Only the program path is swapped for a
+    stand-in, since /opt/mailrouter does not exist on the test box."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not found (apt-get install systemd)")
+    fake = tmp_path / "opt" / "mailrouter" / "bin" / "mailrouter"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    unit = tmp_path / "mailrouter.service"
+    unit.write_text(UNIT.read_text().replace("/opt/mailrouter/bin/mailrouter", str(fake)))
+    done = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+
+
+def test_unit_user_umask_reload_memory_and_stop_timeout():
+    """A fixed user (DynamicUser's random uid could not be given to Dovecot), UMask 0027,
+    reload through `mailrouter reload` (non-zero when the rules are refused), MemoryMax,
+    and a stop timeout longer than the shutdown grace of the example config."""
+    s = unit_settings()
+    assert "DynamicUser" not in s and s["User"] == ["mailrouter"] and s["UMask"] == ["0027"]
+    assert s["ExecReload"] == ["/opt/mailrouter/bin/mailrouter reload -c /etc/mailrouter/config.yaml"]
+    assert s["ExecStart"][0].startswith("/opt/mailrouter/bin/mailrouter run ")
+    assert re.fullmatch(r"\d+[KMG]", s["MemoryMax"][0])
+    grace = load_config(REPO / "config.example.yaml").shutdown_grace
+    assert int(s["TimeoutStopSec"][0]) > grace
+
+
+def test_one_return_port_everywhere():
+    """The port mailrouter hands mail back to Postfix on is the same in config.example.yaml
+    and in the Postfix script."""
+    example = re.search(r"# smtp: \{host: 127\.0\.0\.1, port: (\d+)",
+                        (REPO / "config.example.yaml").read_text())
+    script = re.search(r"RETURN_PORT=\$\{RETURN_PORT:-(\d+)\}", SCRIPT.read_text())
+    assert example and script and example.group(1) == script.group(1)
+    assert "10026" not in SCRIPT.read_text()
+
+
+def test_container_ignore_files_keep_state_out():
+    """.dockerignore and .containerignore exist, agree, and keep out the venv, var/ (stored
+    mail, the registry) and .git; the Containerfile says how long a stop must wait."""
+    docker, podman = (REPO / ".dockerignore").read_text(), (REPO / ".containerignore").read_text()
+    assert docker == podman
+    for entry in (".venv", "var", ".git"):
+        assert entry in docker.splitlines()
+    text = (DEPLOY / "Containerfile").read_text()
+    assert "docker stop -t 45" in text and "--stop-timeout 45" in text
+
+
+def test_usable_cpus_follows_affinity():
+    """workers: auto counts the CPUs we may run on: under `taskset -c 0` it is 1."""
+    if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs taskset and two CPUs")
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
+                          "from mailrouter.config import auto_workers; print(auto_workers())"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert out.stdout.strip() == "1", out.stderr
+
+
+@pytest.mark.parametrize("v2, expect", [
+    ({"cpu.max": "150000 100000"}, 2), ({"cpu.max": "max 100000"}, None),
+    ({"cpu.max": "50000 100000", "parent": "300000 100000"}, 1),
+    ({"parent": "100000 100000"}, 1)])
+def test_usable_cpus_reads_the_tightest_cgroup_quota(tmp_path, v2, expect):
+    """cgroup v2 cpu.max on our cgroup or any ancestor caps the count, rounded up; "max"
+    is no limit. (docker --cpus=1.5 writes "150000 100000".)"""
+    (tmp_path / "proc").write_text("0::/parent/me\n")
+    me = tmp_path / "fs" / "parent" / "me"
+    me.mkdir(parents=True)
+    if "cpu.max" in v2:
+        (me / "cpu.max").write_text(v2["cpu.max"] + "\n")
+    if "parent" in v2:
+        (me.parent / "cpu.max").write_text(v2["parent"] + "\n")
+    cpus = len(os.sched_getaffinity(0))
+    want = cpus if expect is None else min(cpus, expect)
+    assert usable_cpus(tmp_path / "fs", tmp_path / "proc") == want
+
+
+def test_usable_cpus_cgroup_v1(tmp_path):
+    """cgroup v1: cpu.cfs_quota_us / cpu.cfs_period_us; -1 is no limit."""
+    (tmp_path / "proc").write_text("4:cpu,cpuacct:/box\n")
+    box = tmp_path / "fs" / "cpu,cpuacct" / "box"
+    box.mkdir(parents=True)
+    (box / "cpu.cfs_quota_us").write_text("100000\n")
+    (box / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(tmp_path / "fs", tmp_path / "proc") == 1
+    (box / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cpus(tmp_path / "fs", tmp_path / "proc") == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.e2e
+async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
+    """The set-up script on a Postfix that already routes other.test through its own
+    transport table: afterwards the old transport_maps and relay_domains entries are still
+    there, ours are added, `postfix check` passes, the return listener greets, an unknown
+    address is refused at RCPT and sales@ reaches mailrouter through the new transport."""
+    app = await make_app()
+    mta = await asyncio.to_thread(postfix, relay_port=1)
+    other = mta.etc / "other_transport"
+    other.write_text("other.test smtp:[127.0.0.1]:1\n")
+    await asyncio.to_thread(subprocess.run, ["postmap", "-c", str(mta.etc), f"hash:{other}"],
+                            check=True)
+    mta.postconf(f"transport_maps = hash:{other}", "relay_domains = other.test")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    ret = socket.socket()
+    ret.bind(("127.0.0.1", 0))
+    ret_port = ret.getsockname()[1]
+    ret.close()
+    env = dict(os.environ, MAIL_CONFIG=str(mta.etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", RETURN_PORT=str(ret_port),
+               TO_MR=f"[127.0.0.1]:{app.bound['smtp'][1]}", PYTHONPATH=str(REPO))
+    done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    main_cf = (mta.etc / "main.cf").read_text()
+    assert re.search(rf"transport_maps = hash:{other} hash:{tmp_path}/maps/transport", main_cf)
+    assert re.search(rf"relay_domains = other.test hash:{tmp_path}/maps/domains", main_cf)
+    assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit" not in main_cf
+    await asyncio.to_thread(mta.reload)
+
+    def talk() -> tuple[int, int, bytes]:
+        with socket.create_connection(("127.0.0.1", ret_port), timeout=30) as s:
+            greet = s.recv(512)
+        with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("client@outside.test")
+            unknown = s.rcpt("nobody@example.com")[0]
+            known = s.rcpt("sales@example.com")[0]
+            s.data(b"Subject: via script\r\n\r\nhi\r\n")
+        return unknown, known, greet
+    unknown, known, greet = await asyncio.to_thread(talk)
+    assert (unknown, known) == (550, 250) and greet.startswith(b"220")
+    box = tmp_path / "var" / "mail" / "sales"
+    end = asyncio.get_running_loop().time() + 30
+    while not maildir_files(box):
+        assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
+        await asyncio.sleep(0.05)
+    assert "postfix/to-mailrouter" in await asyncio.to_thread(mta.wait_log, "to-mailrouter")
