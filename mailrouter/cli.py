@@ -311,6 +311,56 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+    first = getpass.getpass("new password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("mailrouter web passwd: the two passwords differ; nothing changed")
+    return first
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """`web passwd PERSON`: set the web view password of a person of the address book."""
+    from .registry import Registry
+    from .registry.accounts import hash_password, set_password
+    cfg = _config(args.config)
+    snap = _snapshot(cfg)
+    if args.person not in snap.book.people:
+        import difflib
+        close = difflib.get_close_matches(args.person, list(snap.book.people), n=1)
+        print(f"mailrouter web passwd: {args.person!r} is not a person of the address book"
+              + (f"; did you mean {close[0]!r}?" if close else " (give the key under people:)"),
+              file=sys.stderr)
+        return 2
+    if _sqlite_missing(cfg.registry.url):
+        print(f"mailrouter web passwd: no registry at {_where(cfg.registry.url)}; "
+              "start the daemon or run `mailrouter db upgrade` first", file=sys.stderr)
+        return 2
+    try:
+        hashed = hash_password(_read_password(args.password_stdin))
+    except ValueError as exc:
+        print(f"mailrouter web passwd: {exc}; nothing changed", file=sys.stderr)
+        return 2
+
+    async def store() -> None:
+        reg = await Registry.open(cfg.registry.url, create=False)
+        try:
+            now = datetime.now(timezone.utc)
+            await reg.write("web passwd", lambda conn: set_password(conn, args.person, hashed, now))
+        finally:
+            await reg.close()
+    try:
+        asyncio.run(store())
+    except RegistryError as exc:
+        print(f"mailrouter web passwd: {exc} (is the schema current? `mailrouter db upgrade`)",
+              file=sys.stderr)
+        return 2
+    print(f"password set for {args.person}; their other sessions are signed out")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -375,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Postfix transport to mailrouter (default: smtp:[listen.smtp])")
     pf.add_argument("--postmap", action="store_true", help="run postmap on each changed table")
     pf.add_argument("--postfix-config", metavar="DIR", help="postmap -c DIR")
+    w = add("web", cmd_web, "web view accounts: web passwd PERSON sets a person's password")
+    w.add_argument("action", choices=["passwd"], help="passwd: set the password of PERSON")
+    w.add_argument("person", metavar="PERSON", help="a person's key under people: in the address book")
+    w.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin (no prompt)")
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
     return p

@@ -30,8 +30,8 @@ from .errors import ConfigError, ConfigErrors
 from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
-           "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "find_config",
-           "load_config", "unknown_keys", "is_loopback"]
+           "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "WebConfig",
+           "find_config", "load_config", "unknown_keys", "is_loopback"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -139,6 +139,18 @@ class PostfixMapsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The `web:` section: who administers, how people sign in, how long a session lasts."""
+
+    admins: tuple[str, ...] = ()                 # person keys of the address book who see everything
+    trusted_header: str | None = None            # e.g. X-Remote-User, set by a reverse proxy
+    session_ttl: float = 8 * 3600.0              # seconds a sign-in lasts
+
+
+WEB_PORT = 9126         # the embedded default: beside the admin endpoint's 9125
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str                                    # '' for the embedded default
     hostname: str
@@ -158,6 +170,8 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     autoreply: AutoreplyConfig = field(default_factory=AutoreplyConfig)
     postfix_maps: PostfixMapsConfig | None = None
+    web: Listener | None = None                  # the web view; on by default only when embedded
+    webui: WebConfig = field(default_factory=WebConfig)
 
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":
@@ -170,7 +184,7 @@ class Config:
             admin=Listener("127.0.0.1", 9125), limits=Limits(),
             registry=RegistryConfig(f"sqlite+aiosqlite:///{base / 'var' / 'registry.db'}"),
             delivery=DeliveryConfig(maildir_root=base / "var" / "mail"),
-            routing=(str(rules_dir / "*.yaml"),), workdir=base)
+            routing=(str(rules_dir / "*.yaml"),), workdir=base, web=Listener("127.0.0.1", WEB_PORT))
 
 
 # -- validation helpers: each returns a value or records a ConfigError -----------------
@@ -232,7 +246,7 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
             "shutdown_grace", "log_level", "workers", "admin", "control",
-            "outbox", "autoreply", "postfix_maps")
+            "outbox", "autoreply", "postfix_maps", "web")
 
 
 # -- which file: -c, $MAILROUTER_CONFIG, /etc/mailrouter/config.yaml, the embedded default
@@ -284,12 +298,13 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         c.error(key, f"unknown key '{key}'", hint, doc)
     base = p.parent
     dflt = Config.embedded(base)
-    listen = c.section(doc, "listen", ("smtp", "lmtp", "admin"))
+    listen = c.section(doc, "listen", ("smtp", "lmtp", "admin", "web"))
     lim = c.section(doc, "limits", tuple(Limits.__dataclass_fields__))
     limits = Limits(**{k: c.number(lim, k, getattr(Limits(), k), type(getattr(Limits(), k)),
                                    0 if k in ZERO_OK_LIMITS else 1)
                        for k in Limits.__dataclass_fields__})
     admin = c.listener(listen, "admin", dflt.admin)
+    web = c.listener(listen, "web", None)      # a config file turns the web view on itself
     return Config(
         path=str(p), hostname=str(doc.get("hostname") or dflt.hostname),
         smtp=c.listener(listen, "smtp", dflt.smtp), lmtp=c.listener(listen, "lmtp", dflt.lmtp),
@@ -300,7 +315,7 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base,
         workers=_workers(doc, c), control=_control(doc, c),
         outbox=_outbox(doc, c), autoreply=_autoreply(doc, c),
-        postfix_maps=_postfix_maps(doc, base, c))
+        postfix_maps=_postfix_maps(doc, base, c), web=web, webui=_web(doc, listen, web, c))
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
@@ -446,6 +461,34 @@ def _autoreply(doc: dict[str, Any], c: _Checker) -> AutoreplyConfig:
                            tuple(robots) if robots is not None else None,
                            bool(dns.get("check", True)), c.listener(dns, "resolver", None),
                            c.number(dns, "timeout", d.dns_timeout, float, 0.1))
+def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _Checker) -> WebConfig:
+    """`web: {admins: [person, ...], trusted_header: X-Remote-User, session_ttl: 8h}`.
+
+    A trusted header is believed only from a reverse proxy on this host: the web listener
+    must then be on loopback, or anyone who can connect could name themselves."""
+    sec = c.section(doc, "web", ("admins", "trusted_header", "session_ttl"))
+    admins = sec.get("admins", [])
+    if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
+        c.error(admins, "'web.admins' must be a list of person keys of the address book",
+                "for example 'admins: [petrova]'", sec)
+        admins = []
+    header = sec.get("trusted_header")
+    if header is not None and (not isinstance(header, str) or not header.strip()
+                               or any(ch.isspace() or ch == ":" for ch in header.strip())):
+        c.error(header, f"'web.trusted_header' must be a header name, not {header!r}",
+                "for example 'trusted_header: X-Remote-User'", sec)
+        header = None
+    if header is not None and web is not None and not is_loopback(web.host):
+        c.error(listen.get("web"), f"the web listener {web} is not on loopback, so anyone who can "
+                f"connect could send {header.strip()} and sign in as anyone",
+                "listen on 127.0.0.1 behind the reverse proxy, or drop 'web.trusted_header'",
+                listen or doc)
+    ttl = _duration(sec, "session_ttl", 8 * 3600.0, c, "web")
+    if ttl <= 0:
+        c.error(sec.get("session_ttl"), "'web.session_ttl' must be longer than 0",
+                "for example 'session_ttl: 8h'", sec)
+        ttl = 8 * 3600.0
+    return WebConfig(tuple(admins), header.strip() if isinstance(header, str) else None, ttl)
 
 
 def auto_workers() -> int:

@@ -46,6 +46,7 @@ from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
 from .values import Reply, Transaction
+from .web import start_web
 from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, supervise
 
 __all__ = ["App", "run"]
@@ -67,6 +68,7 @@ class App:
         self.in_flight = 0
         self.data_budget = DataBudget(config.limits.max_data_in_flight)   # shared by all sessions
         self.servers: list[asyncio.Server] = []
+        self.web_runner: Any = None       # aiohttp's AppRunner of the web view, when it runs
         self.registry: Registry | None = None
         self.deliverer = Deliverer(config.delivery, config.hostname)
         self.pipeline: Pipeline | None = None
@@ -122,6 +124,12 @@ class App:
                 raise ListenError.of("admin", cfg.admin.host, cfg.admin.port, exc) from None
             self.servers.append(srv)
             self.bound["admin"] = srv.sockets[0].getsockname()[:2]
+        if cfg.web is not None and self.worker in (None, 0):     # one web view, as one admin
+            try:
+                self.web_runner, self.bound["web"] = await start_web(
+                    cfg.web.host, cfg.web.port, self.registry, self.snapshot, cfg.webui)
+            except OSError as exc:
+                raise ListenError.of("web", cfg.web.host, cfg.web.port, exc) from None
         metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series
         await self.write_postfix_maps()
         log.info("event=started %s", " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
@@ -184,6 +192,8 @@ class App:
         for proto in list(self.sessions):
             if proto.transport is not None:
                 proto.transport.close()
+        if self.web_runner is not None:
+            await self.web_runner.cleanup()
         await self.deliverer.close()
         if self.outbox is not None:
             await self.outbox.stop()

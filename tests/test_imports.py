@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("routing",),                                # the rules engine: pure, no I/O
     ("registry", "delivery", "autoreply", "postfixmaps"),  # the I/O stages; autoreply: pure RFC 3834
     ("control", "outbox"),                       # requests, SLA; outgoing mail: over the registry
-    ("pipeline", "explain", "intake", "admin", "workers"),
+    ("pipeline", "explain", "intake", "admin", "workers", "web"),
     ("daemon",),
     ("cli",),
 ]

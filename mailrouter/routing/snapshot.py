@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import yamlsrc
+from ..addressbook.departments import Department, parse_departments
 from ..addressbook.model import PERSON_MAILBOX_PREFIX
 from ..addresses import AddressBook, Limits as BookLimits, Resolution
 from ..config import Limits, unknown_keys
@@ -33,7 +34,7 @@ from .rules import RuleSet
 __all__ = ["Snapshot", "load_snapshot", "envelope_sender", "SECTIONS"]
 
 MAP_SECTIONS = ("mailboxes", "people", "teams", "aliases", "moved", "calendars", "autoreplies",
-                "address_options")
+                "address_options", "departments")
 LIST_SECTIONS = ("domains", "rules", "tests")
 SECTIONS = MAP_SECTIONS + LIST_SECTIONS
 
@@ -48,6 +49,7 @@ class Snapshot:
     hostname: str
     limits: Limits
     responders: Mapping[str, Responder] = field(default_factory=dict)
+    departments: dict[str, Department] = field(default_factory=dict)   # the web view's rights
 
     def check_rcpt(self, address: str) -> Resolution:
         """Resolution of one RCPT; `.reply` is set when the address is refused."""
@@ -258,7 +260,13 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
         errors.extend(exc.errors)
     if book is not None and rules is not None:
         errors.extend(_check_schedules(merged["teams"], rules.calendars))
+    departments: dict[str, Department] = {}
+    if book is not None:
+        try:
+            departments = parse_departments(merged["departments"], book.people, book.mailboxes)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
     return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), merged, hostname, limits,
-                    responders)
+                    responders, departments)

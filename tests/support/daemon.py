@@ -39,7 +39,7 @@ def test_config(tmp_path: Path, routing: tuple[str, ...] | None = None, **over: 
     cfg = dataclasses.replace(
         base, hostname="mx.test", smtp=Listener("127.0.0.1", 0), lmtp=Listener("127.0.0.1", 0),
         admin=Listener("127.0.0.1", 0), routing=routing or (str(RULES / "*.yaml"),),
-        shutdown_grace=5.0)
+        shutdown_grace=5.0, web=None)        # a test that wants the web view sets web=Listener
     # no tarpit in tests (they never wait on the clock); a test that wants one sets it
     limits = {"error_delay": 0.0} | (over.pop("limits", None) or {})
     cfg = dataclasses.replace(cfg, limits=dataclasses.replace(Limits(), **limits))

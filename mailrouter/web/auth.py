@@ -1,0 +1,167 @@
+"""Who is asking, and what they may see: sessions, sign-in, CSRF, security headers.
+
+Middlewares, outermost first:
+- `headers`: every answer (errors too) carries Content-Security-Policy (no script at all,
+  styles and images from us only, no framing), X-Frame-Options DENY, nosniff,
+  Referrer-Policy no-referrer and Cache-Control no-store (the pages show private mail);
+- `signed_in`: a page needs a live session. With `web.trusted_header` the reverse proxy
+  names the person in that header and a session is opened for them on the spot; else
+  the session cookie must name a live row of `web_sessions` (registry/accounts.py).
+  A person no longer in the address book is signed out. Without a session a GET goes to
+  /login and a POST is refused;
+- `csrf`: a POST whose Origin is not this site, or whose form lacks the session's CSRF
+  token (for /login: the token of its own cookie), gets 403 and changes nothing.
+
+Rights (`viewer_for`): an admin (`web.admins`) sees everything; a head of department the
+mail of the department's mailboxes; everybody also the mail they own or that lands in
+their own mailbox.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from ..config import WebConfig
+from ..errors import RegistryError
+from ..registry import Registry
+from ..registry.accounts import Session, find_session, open_session
+from ..registry.queries import Scope
+from ..routing.snapshot import Snapshot
+
+__all__ = ["Viewer", "viewer_for", "headers", "signed_in", "csrf", "find_person", "set_session_cookie",
+           "COOKIE", "LOGIN_CSRF", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS", "SNAPSHOT", "ERRORS", "VIEWER"]
+
+COOKIE = "mailrouter_session"
+LOGIN_CSRF = "mailrouter_login"
+PUBLIC = ("/login", "/lang", "/static/")
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ErrorPage = Callable[[web.Request, int, str], web.StreamResponse]
+
+REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+SETTINGS: web.AppKey[WebConfig] = web.AppKey("settings")
+SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
+ERRORS: web.AppKey[ErrorPage] = web.AppKey("errors")
+VIEWER: web.RequestKey[Viewer] = web.RequestKey("viewer")
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    person: str
+    name: str
+    admin: bool
+    scope: Scope
+    session: Session
+
+
+def viewer_for(snap: Snapshot, settings: WebConfig, session: Session) -> Viewer | None:
+    """The viewer of a session, or None when the person left the address book."""
+    person = snap.book.people.get(session.person)
+    if person is None:
+        return None
+    admin = session.person in settings.admins
+    boxes = {person.mailbox} | {box for d in snap.departments.values() if d.head == session.person
+                                for box in d.mailboxes}
+    scope = Scope(everything=admin, mailboxes=frozenset(boxes), owner=session.person)
+    return Viewer(session.person, person.name or session.person, admin, scope, session)
+
+
+def find_person(snap: Snapshot, given: str) -> str | None:
+    """A person key from what one types at sign-in: the key or the person's address."""
+    given = given.strip()
+    if given in snap.book.people:
+        return given
+    low = given.lower()
+    return next((key for key, p in snap.book.people.items() if p.address and p.address.lower() == low),
+                None)
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after sign-in: a path of ours, never another site (//evil, http:...)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def set_session_cookie(resp: web.StreamResponse, request: web.Request, token: str, ttl: float) -> None:
+    resp.set_cookie(COOKIE, token, max_age=int(ttl), httponly=True, samesite="Strict", path="/",
+                    secure=_https(request))
+
+
+def _https(request: web.Request) -> bool:
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+
+
+@web.middleware
+async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            resp = request.app[ERRORS](request, exc.status, exc.text or "")
+        else:           # a redirect
+            resp = web.Response(status=exc.status, headers={"Location": exc.headers["Location"]})
+    except RegistryError:
+        resp = request.app[ERRORS](request, 503, "registry unavailable")
+    resp.headers.update({
+        "Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin"})
+    if not request.path.startswith("/static/"):
+        resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@web.middleware
+async def signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(PUBLIC):
+        return await handler(request)
+    registry, settings = request.app[REGISTRY], request.app[SETTINGS]
+    snap = request.app[SNAPSHOT]()
+    now = datetime.now(timezone.utc)
+    token = request.cookies.get(COOKIE, "")
+    session = await registry.read("web session", lambda c: find_session(c, token, now)) if token else None
+    new_token = None
+    if settings.trusted_header is not None:
+        named = find_person(snap, request.headers.get(settings.trusted_header, ""))
+        if named is None:
+            raise web.HTTPUnauthorized(text="the reverse proxy did not name a person of the address book")
+        if session is None or session.person != named:
+            new_token, session = await registry.write(
+                "web sign-in", lambda c: open_session(c, named, now, settings.session_ttl))
+    viewer = viewer_for(snap, settings, session) if session is not None else None
+    if viewer is None:
+        if request.method == "GET":
+            raise web.HTTPSeeOther("/login?next=" + _quote(request.path_qs))
+        raise web.HTTPForbidden(text="sign in first")
+    request[VIEWER] = viewer
+    resp = await handler(request)
+    if new_token is not None:
+        set_session_cookie(resp, request, new_token, settings.session_ttl)
+    return resp
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe="")
+
+
+@web.middleware
+async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method not in ("GET", "HEAD"):
+        origin = request.headers.get("Origin")
+        if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
+            raise web.HTTPForbidden(text="cross-origin form")
+        form = await request.post()
+        given = str(form.get("csrf", ""))
+        viewer = request.get(VIEWER)
+        want = viewer.session.csrf if viewer is not None else request.cookies.get(LOGIN_CSRF, "")
+        if not want or not hmac.compare_digest(given.encode(), want.encode()):
+            raise web.HTTPForbidden(text="missing or stale CSRF token")
+    return await handler(request)

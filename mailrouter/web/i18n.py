@@ -1,0 +1,101 @@
+"""The web view's words in English and Russian, and the choice between them.
+
+The language is the `lang` cookie when the person chose one (the switch in every page's
+header), else the first of ours in the browser's Accept-Language by its q-value, else
+English. A key missing from a language falls back to English, then to the key itself,
+so a forgotten translation shows as text, never as an error.
+"""
+
+from __future__ import annotations
+
+__all__ = ["LANGUAGES", "pick_language", "translate"]
+
+LANGUAGES = ("en", "ru")
+
+_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "mailrouter", "search": "Search", "report": "Report", "signout": "Sign out",
+        "signin": "Sign in", "person": "Person (key or address)", "password": "Password",
+        "bad_login": "Unknown person or wrong password.",
+        "sender": "Sender (address or domain)", "rcpt": "Recipient", "words": "Subject words",
+        "since": "From date", "until": "To date", "tag": "Tag", "status": "Status",
+        "mailbox": "Mailbox", "owner": "Owner", "find": "Find", "any": "any",
+        "received": "Received", "from": "From", "subject": "Subject", "decisions": "Decisions",
+        "nothing": "Nothing found.", "scan_stopped": "The search stopped after {n} messages; "
+        "narrow it with dates.", "shown": "{n} shown",
+        "message": "Message", "message_id": "Message-ID", "envelope": "Envelope sender",
+        "recipients": "Envelope recipients", "size": "Size", "ruleset": "Rule set",
+        "attempts": "Received {n} times (retries)", "attachments": "Attachments",
+        "attachments_none": "not recorded in the registry", "decision": "Decision",
+        "action": "Action", "reply": "Reply", "folder": "Folder", "tags": "Tags",
+        "priority": "Priority", "sla": "SLA", "path": "Alias path", "why": "Why",
+        "rules": "Rules that matched", "deliveries": "Copies", "target": "Target",
+        "state": "State", "detail": "Detail", "counterparty": "Counterparty",
+        "history_of": "History of {who}", "who": "Address or domain",
+        "not_found": "No such page, or nothing you may see here.",
+        "forbidden": "Refused: the form was stale or came from elsewhere. Reload the page and try again.",
+        "bad_input": "Cannot read this: {what}", "bad_date": "a date must look like 2026-03-31",
+        "day": "Day", "messages": "Messages", "trouble": "Deferred or refused",
+        "per_day": "Messages per day", "per_mailbox": "Per mailbox", "per_owner": "Per owner",
+        "csv": "Download CSV", "none": "(none)", "signed_in_as": "Signed in as {who}",
+        "admin": "administrator", "language": "Language", "period": "Period",
+        "show": "Show", "no_rights": "You may see the mail of: {what}",
+        "everything": "everything", "own_mail": "your own mail",
+    },
+    "ru": {
+        "title": "mailrouter", "search": "Поиск", "report": "Отчёт", "signout": "Выйти",
+        "signin": "Войти", "person": "Сотрудник (ключ или адрес)", "password": "Пароль",
+        "bad_login": "Неизвестный сотрудник или неверный пароль.",
+        "sender": "Отправитель (адрес или домен)", "rcpt": "Получатель", "words": "Слова темы",
+        "since": "С даты", "until": "По дату", "tag": "Метка", "status": "Статус",
+        "mailbox": "Ящик", "owner": "Ответственный", "find": "Найти", "any": "любой",
+        "received": "Получено", "from": "От", "subject": "Тема", "decisions": "Решения",
+        "nothing": "Ничего не найдено.", "scan_stopped": "Поиск остановлен после {n} писем; "
+        "уточните даты.", "shown": "показано: {n}",
+        "message": "Письмо", "message_id": "Message-ID", "envelope": "Отправитель конверта",
+        "recipients": "Получатели конверта", "size": "Размер", "ruleset": "Набор правил",
+        "attempts": "Получено {n} раз (повторы)", "attachments": "Вложения",
+        "attachments_none": "в реестре не записаны", "decision": "Решение",
+        "action": "Действие", "reply": "Ответ", "folder": "Папка", "tags": "Метки",
+        "priority": "Приоритет", "sla": "SLA", "path": "Путь по псевдонимам", "why": "Почему",
+        "rules": "Сработавшие правила", "deliveries": "Копии", "target": "Куда",
+        "state": "Состояние", "detail": "Подробности", "counterparty": "Корреспондент",
+        "history_of": "История: {who}", "who": "Адрес или домен",
+        "not_found": "Такой страницы нет, или вам её видеть не положено.",
+        "forbidden": "Отказано: форма устарела или пришла не отсюда. Обновите страницу и повторите.",
+        "bad_input": "Не удалось прочитать: {what}", "bad_date": "дата пишется так: 2026-03-31",
+        "day": "День", "messages": "Писем", "trouble": "Отложено или отклонено",
+        "per_day": "Писем в день", "per_mailbox": "По ящикам", "per_owner": "По ответственным",
+        "csv": "Скачать CSV", "none": "(нет)", "signed_in_as": "Вы вошли как {who}",
+        "admin": "администратор", "language": "Язык", "period": "Период",
+        "show": "Показать", "no_rights": "Вам видна почта: {what}",
+        "everything": "вся", "own_mail": "ваша собственная",
+    },
+}
+
+
+def pick_language(cookie: str | None, accept: str | None) -> str:
+    """The language to answer in: the cookie's choice, else Accept-Language, else English."""
+    if cookie in LANGUAGES:
+        return cookie
+    best, best_q = "en", 0.0
+    for position, part in enumerate((accept or "").split(",")):
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        lang = tag.strip().lower().split("-")[0]
+        q -= position * 1e-6          # equal weights: the earlier one wins
+        if lang in LANGUAGES and q > best_q:
+            best, best_q = lang, q
+    return best
+
+
+def translate(lang: str, key: str, **values: object) -> str:
+    text = _WORDS.get(lang, {}).get(key) or _WORDS["en"].get(key) or key
+    return text.format(**values) if values else text

@@ -1,0 +1,246 @@
+"""The web view over real HTTP: the daemon's App on loopback with listen.web on port 0,
+a real aiohttp client with a cookie jar, messages delivered by a real SMTP client.
+
+Covers sign-in, rights (a head of department sees their mailboxes only, by link too),
+CSRF (a form without its token is refused and changes nothing), the security headers,
+the languages, bad input, the report's CSV, and the config and address-book checks
+of the web settings. The browser tests are in test_web_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiosmtplib
+import pytest
+
+from mailrouter.config import Listener, WebConfig, load_config
+from mailrouter.errors import ConfigErrors
+from mailrouter.registry.accounts import hash_password, set_password, verify_password
+from mailrouter.routing.snapshot import load_snapshot
+from tests.support.daemon import RULES
+
+PASSWORD = "correct horse battery"
+
+
+async def _deliver(app: Any, rcpt: str, subject: str) -> None:
+    host, port = app.bound["smtp"]
+    msg = (f"From: Client <client@outside.test>\r\nTo: {rcpt}\r\nSubject: =?utf-8?b?"
+           + __import__("base64").b64encode(subject.encode()).decode() + "?=\r\n\r\nhello\r\n")
+    await aiosmtplib.send(msg.encode(), sender="client@outside.test", recipients=[rcpt],
+                          hostname=host, port=port)
+
+
+@pytest.fixture
+async def site(make_app: Any) -> Any:
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)))
+    hashed = hash_password(PASSWORD)
+    now = datetime.now(timezone.utc)
+    for person in ("ivanov", "smirnov", "petrova"):
+        await app.registry.write("test", lambda c, p=person: set_password(c, p, hashed, now))
+    await _deliver(app, "invoices@example.com", "Счёт №42 за декабрь")
+    await _deliver(app, "sales@example.com", "Вопрос о цене")
+    host, port = app.bound["web"]
+    return app, f"http://{host}:{port}"
+
+
+class Client:
+    """A cookie-keeping HTTP client that does not follow redirects."""
+
+    def __init__(self, base: str, lang: str = "en") -> None:
+        self.base = base
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                          headers={"Accept-Language": lang})
+
+    async def get(self, path: str) -> tuple[int, str, Any]:
+        async with self.http.get(self.base + path, allow_redirects=False) as r:
+            return r.status, await r.text(), r.headers
+
+    async def post(self, path: str, data: dict[str, str], **kw: Any) -> tuple[int, str, Any]:
+        async with self.http.post(self.base + path, data=data, allow_redirects=False, **kw) as r:
+            return r.status, await r.text(), r.headers
+
+    async def login(self, person: str, password: str = PASSWORD) -> int:
+        _, page, _ = await self.get("/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        status, _, headers = await self.post("/login", {"csrf": token, "person": person,
+                                                        "password": password, "next": "/search"})
+        return status
+
+    async def csrf(self) -> str:
+        _, page, _ = await self.get("/search")
+        return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+@pytest.fixture
+async def client(site: Any) -> Any:
+    made: list[Client] = []
+
+    def make(lang: str = "en") -> Client:
+        made.append(Client(site[1], lang))
+        return made[-1]
+    yield make
+    for c in made:
+        await c.http.close()
+
+
+async def test_pages_need_a_session_and_carry_the_security_headers(client: Any) -> None:
+    """Without a session a page sends you to sign in; every answer has CSP without inline
+    script, no framing, nosniff and no referrer; the sign-in form works on its own."""
+    c = client()
+    status, _, headers = await c.get("/search?words=x")
+    assert status == 303 and headers["Location"] == "/login?next=/search?words%3Dx"
+    status, page, headers = await c.get("/login")
+    assert status == 200 and 'name="password"' in page
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp and "script-src" not in csp
+    assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
+    assert "<script" not in page
+    status, _, headers = await c.get("/static/style.css")
+    assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_wrong_password_and_unknown_person_get_the_same_answer(client: Any) -> None:
+    """A wrong password and an unknown person both get 401 with one message; no cookie."""
+    c = client()
+    assert await c.login("ivanov", "wrong password!") == 401
+    assert await c.login("nobody", PASSWORD) == 401
+    assert (await c.get("/search"))[0] == 303
+
+
+async def test_search_finds_a_cyrillic_subject_word_in_another_case_and_with_e_for_yo(client: Any) -> None:
+    """'СЧЕТ' finds 'Счёт №42' (case-folded, ё = е, as the rules compare), signed in by
+    address as well as by key; the story shows the rule, its file:line and the rule set."""
+    c = client()
+    assert await c.login("p.ivanov@example.com") == 303
+    status, page, _ = await c.get("/search?words=%D0%A1%D0%A7%D0%95%D0%A2")
+    assert status == 200 and "Счёт №42 за декабрь" in page
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    status, story, _ = await c.get(f"/message/{key}")
+    assert status == 200 and "Счёт №42 за декабрь" in story
+    assert re.search(r"<strong>invoices</strong> <code>routing\.yaml:\d+</code>", story)
+    assert re.search(r"<code>[0-9a-f]{16}</code>", story)           # the rule set's hash
+    status, page, _ = await c.get("/search?words=%D1%81%D1%87%D0%B5%D1%82+%D0%BD%D0%BE%D1%8F%D0%B1%D1%80%D1%8C")
+    assert "Счёт №42" not in page                                   # every word must be there
+
+
+async def test_a_head_sees_their_department_only_even_by_link(client: Any, site: Any) -> None:
+    """smirnov heads sales: he finds the sales message, not the finance one, and the
+    finance message's link answers 404 to him; petrova (admin) sees both."""
+    ivanov, smirnov, petrova = client(), client(), client()
+    for c, who in ((ivanov, "ivanov"), (smirnov, "smirnov"), (petrova, "petrova")):
+        assert await c.login(who) == 303
+    _, page, _ = await ivanov.get("/search")
+    link = re.search(r'href="(/message/[0-9a-f]{64})"', page).group(1)
+    assert "Счёт №42" in page and "Вопрос о цене" not in page
+    _, page, _ = await smirnov.get("/search")
+    assert "Вопрос о цене" in page and "Счёт №42" not in page
+    status, page, _ = await smirnov.get(link)
+    assert status == 404 and "Счёт" not in page
+    _, page, _ = await smirnov.get("/counterparty?who=outside.test")
+    assert "Вопрос о цене" in page and "Счёт №42" not in page
+    _, page, _ = await petrova.get("/search")
+    assert "Вопрос о цене" in page and "Счёт №42" in page
+    assert (await petrova.get(link))[0] == 200
+
+
+async def test_a_form_without_its_csrf_token_is_refused(client: Any) -> None:
+    """Sign-out without the token, with another session's token or from a foreign Origin
+    is 403 and the session lives on; with its own token it ends the session."""
+    a, b = client(), client()
+    assert await a.login("ivanov") == 303 and await b.login("ivanov") == 303
+    assert (await a.post("/logout", {}))[0] == 403
+    assert (await a.post("/logout", {"csrf": await b.csrf()}))[0] == 403
+    own = await a.csrf()
+    assert (await a.post("/logout", {"csrf": own}, headers={"Origin": "http://evil.test"}))[0] == 403
+    assert (await a.get("/search"))[0] == 200
+    assert (await a.post("/logout", {"csrf": own}))[0] == 303
+    assert (await a.get("/search"))[0] == 303
+    assert (await b.get("/search"))[0] == 200                        # the other session stays
+    c = client()
+    await c.get("/login")
+    status, _, _ = await c.post("/login", {"person": "ivanov", "password": PASSWORD})
+    assert status == 403                                             # sign-in needs its token too
+
+
+async def test_language_by_accept_language_and_by_the_switch(client: Any) -> None:
+    """Accept-Language ru gives Russian; the switch sets English for later pages."""
+    c = client("ru-RU,ru;q=0.9,en;q=0.8")
+    _, page, _ = await c.get("/login")
+    assert 'lang="ru"' in page and "Пароль" in page
+    status, _, headers = await c.get("/lang?to=en&next=/login")
+    assert status == 303 and headers["Location"] == "/login"
+    _, page, _ = await c.get("/login")
+    assert 'lang="en"' in page and "Password" in page
+    assert (await c.get("/lang?to=en&next=//evil.test/"))[2]["Location"] == "/"
+
+
+async def test_bad_dates_get_a_clear_answer_and_the_report_a_csv(client: Any) -> None:
+    """since=31.12.2026 is 400 naming the field and the form; the report draws an SVG
+    chart and its CSV has one row per day and mailbox."""
+    c = client()
+    assert await c.login("petrova") == 303
+    status, page, _ = await c.get("/search?since=31.12.2026")
+    assert status == 400 and "since=&#39;31.12.2026&#39;" in page and "2026-03-31" in page
+    status, page, _ = await c.get("/report")
+    assert status == 200 and "<svg" in page and "<rect" in page
+    status, body, headers = await c.get("/report?format=csv")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    lines = body.strip().splitlines()
+    assert lines[0] == "day,mailbox,owner,messages,trouble"
+    assert {l.split(",")[1] for l in lines[1:]} == {"finance", "sales"}
+
+
+def test_passwords_are_salted_scrypt_and_short_ones_refused() -> None:
+    """Two hashes of one password differ; each verifies; a 7-character password is refused."""
+    a, b = hash_password(PASSWORD), hash_password(PASSWORD)
+    assert a != b and a.startswith("scrypt$") and verify_password(PASSWORD, a)
+    assert not verify_password("wrong", a) and not verify_password(PASSWORD, None)
+    with pytest.raises(ValueError):
+        hash_password("1234567")
+
+
+def test_a_trusted_header_needs_a_loopback_web_listener(tmp_path: Path) -> None:
+    """web.trusted_header with listen.web off loopback is refused with file:line and a fix."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen: {web: '0.0.0.0:9126'}\nweb: {trusted_header: X-Remote-User}\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert [str(e) for e in info.value.errors] == [
+        f"{cfg}:1:15: the web listener 0.0.0.0:9126 is not on loopback, so anyone who can connect "
+        "could send X-Remote-User and sign in as anyone; listen on 127.0.0.1 behind the reverse "
+        "proxy, or drop 'web.trusted_header'"]
+    cfg.write_text("web: {session_ttl: soon, admins: petrova}\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert len(info.value.errors) == 2
+
+
+def test_a_config_file_leaves_the_web_view_off_unless_it_sets_it(tmp_path: Path) -> None:
+    """The embedded default serves the web view on 127.0.0.1:9126; a config file does
+    not, unless listen.web is set."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("hostname: mx.test\n", encoding="utf-8")
+    assert load_config(cfg).web is None
+    assert load_config(None).web == Listener("127.0.0.1", 9126)
+    cfg.write_text("listen: {web: '127.0.0.1:8080'}\n", encoding="utf-8")
+    assert load_config(cfg).web == Listener("127.0.0.1", 8080)
+
+
+def test_departments_name_known_heads_and_mailboxes(tmp_path: Path) -> None:
+    """An unknown head and an unknown mailbox are refused with file:line and a did-you-mean."""
+    (tmp_path / "company.yaml").write_text((RULES / "company.yaml").read_text(encoding="utf-8"),
+                                           encoding="utf-8")
+    bad = tmp_path / "z.yaml"
+    bad.write_text("departments:\n  support: {head: ivanof, mailboxes: [suport]}\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot([str(tmp_path / "*.yaml")], load_config(None).limits, "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{bad}:2:19: department 'support' names unknown head 'ivanof'; did you mean 'ivanov'?",
+        f"{bad}:2:39: department 'support' names unknown mailbox 'suport'; did you mean 'support'?"]
