@@ -90,7 +90,7 @@ async def client(site: Any) -> Any:
 
 async def test_pages_need_a_session_and_carry_the_security_headers(client: Any) -> None:
     """Without a session a page sends you to sign in; every answer has CSP without inline
-    script, no framing, nosniff and no referrer; the sign-in form works on its own."""
+    script, no framing, nosniff and a same-origin referrer policy; the sign-in form works on its own."""
     c = client()
     status, _, headers = await c.get("/search?words=x")
     assert status == 303 and headers["Location"] == "/login?next=/search?words%3Dx"
@@ -99,7 +99,7 @@ async def test_pages_need_a_session_and_carry_the_security_headers(client: Any) 
     csp = headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "unsafe-inline" not in csp and "script-src" not in csp
     assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
+    assert headers["Referrer-Policy"] == "same-origin" and headers["Cache-Control"] == "no-store"
     assert "<script" not in page
     status, _, headers = await c.get("/static/style.css")
     assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"

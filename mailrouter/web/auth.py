@@ -3,7 +3,9 @@
 Middlewares, outermost first:
 - `headers`: every answer (errors too) carries Content-Security-Policy (no script at all,
   styles and images from us only, no framing), X-Frame-Options DENY, nosniff,
-  Referrer-Policy no-referrer and Cache-Control no-store (the pages show private mail);
+  Referrer-Policy same-origin (no address of ours leaks to another site; not no-referrer,
+  with which browsers send `Origin: null` on our own forms) and Cache-Control no-store
+  (the pages show private mail);
 - `signed_in`: a page needs a live session. With `web.trusted_header` the reverse proxy
   names the person in that header and a session is opened for them on the spot; else
   the session cookie must name a live row of `web_sessions` (registry/accounts.py).
@@ -112,7 +114,7 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = request.app[ERRORS](request, 503, "registry unavailable")
     resp.headers.update({
         "Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
-        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
         "Cross-Origin-Opener-Policy": "same-origin"})
     if not request.path.startswith("/static/"):
         resp.headers["Cache-Control"] = "no-store"

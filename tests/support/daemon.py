@@ -65,10 +65,12 @@ async def make_app(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[App]
 
 
 def write_config(path: Path, smtp: int, lmtp: int, admin: int, extra: str = "",
-                 routing: str | None = None) -> Path:
+                 routing: str | None = None, web: int | None = None) -> Path:
+    web_listen = f", web: '127.0.0.1:{web}'" if web is not None else ""
     path.write_text(
         f"hostname: mx.test\n"
-        f"listen: {{smtp: '127.0.0.1:{smtp}', lmtp: '127.0.0.1:{lmtp}', admin: '127.0.0.1:{admin}'}}\n"
+        f"listen: {{smtp: '127.0.0.1:{smtp}', lmtp: '127.0.0.1:{lmtp}', admin: '127.0.0.1:{admin}'"
+        f"{web_listen}}}\n"
         f"routing: ['{routing or RULES / '*.yaml'}']\n"
         f"registry: {{url: 'sqlite+aiosqlite:///{path.parent / 'var' / 'registry.db'}'}}\n"
         f"delivery: {{maildir_root: '{path.parent / 'var' / 'mail'}'}}\n"
@@ -79,11 +81,13 @@ def write_config(path: Path, smtp: int, lmtp: int, admin: int, extra: str = "",
 class DaemonProcess:
     """`mailrouter run -c FILE` as a child process, waited on until it listens."""
 
-    def __init__(self, workdir: Path, extra: str = "", routing: str | None = None) -> None:
+    def __init__(self, workdir: Path, extra: str = "", routing: str | None = None,
+                 web: bool = False) -> None:
         self.workdir = workdir
         self.smtp, self.lmtp, self.admin = free_port(), free_port(), free_port()
+        self.web = free_port() if web else None      # listen.web, off unless asked
         self.config = write_config(workdir / "config.yaml", self.smtp, self.lmtp, self.admin,
-                                   extra, routing)
+                                   extra, routing, self.web)
         self.log = workdir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

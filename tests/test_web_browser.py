@@ -1,0 +1,211 @@
+"""The web view in a real browser: Debian's chromium, headless, driven by Selenium
+through Debian's chromedriver, against `mailrouter run` on loopback.
+
+Nothing is downloaded: the driver's path is given (Selenium Manager does not run, and
+SE_OFFLINE forbids it anyway). Every page visited is kept as a screenshot under the
+test's tmp_path/shots, the browser's console must stay free of errors (a missing asset or
+a Content-Security-Policy violation is logged there), and every link of every page is
+followed and must answer 200.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from email.header import Header
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+
+from tests.support.daemon import REPO, DaemonProcess
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+PASSWORD = "correct horse battery"
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")]
+
+
+def _send(port: int, rcpt: str, subject: str) -> None:
+    msg = (f"From: Client <client@outside.test>\r\nTo: {rcpt}\r\n"
+           f"Subject: {Header(subject, 'utf-8').encode()}\r\n\r\nhello\r\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.sendmail("client@outside.test", [rcpt], msg.encode())
+
+
+def _passwd(d: DaemonProcess, person: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "mailrouter.cli", "web", "passwd", person,
+                          "--password-stdin", "-c", str(d.config)], input=PASSWORD + "\n",
+                         capture_output=True, text=True, env=env, cwd=d.workdir, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Any:
+    d = DaemonProcess(tmp_path, extra="workers: 1\nweb: {admins: [petrova]}\n", web=True)
+    d.start()
+    try:
+        assert d.web is not None
+        _wait_port(d.web)
+        for person in ("ivanov", "smirnov"):
+            _passwd(d, person)
+        _send(d.smtp, "invoices@example.com", "Счёт №42 за декабрь")
+        _send(d.smtp, "sales@example.com", "Вопрос о цене")
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SE_OFFLINE", "true")          # never fetch a browser or a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900", "--lang=en-US", f"--user-data-dir={tmp_path / 'chrome'}",
+                "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log")),
+                              options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Visit:
+    """Screenshots, console checks and link checks for every page the test sees."""
+
+    def __init__(self, driver: Any, base: str, shots: Path) -> None:
+        self.driver, self.base, self.shots, self.n = driver, base, shots, 0
+        self.checked: set[str] = set()
+        shots.mkdir(parents=True, exist_ok=True)
+
+    def page(self, name: str) -> None:
+        from selenium.webdriver.common.by import By
+        self.n += 1
+        self.driver.save_screenshot(str(self.shots / f"{self.n:02d}-{name}.png"))
+        errors = [e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], f"{name}: the browser's console has errors: {errors}"
+        refs = [e.get_attribute("href") for e in self.driver.find_elements(By.CSS_SELECTOR, "a[href], link[href]")]
+        cookie = "; ".join(f"{c['name']}={c['value']}" for c in self.driver.get_cookies())
+        for ref in refs:
+            url = urljoin(self.driver.current_url, ref)
+            if urlsplit(url).netloc != urlsplit(self.base).netloc:
+                raise AssertionError(f"{name}: a link leaves the site: {url}")
+            if url in self.checked or urlsplit(url).path == "/lang":   # /lang sets a cookie
+                continue
+            self.checked.add(url)
+            req = urllib.request.Request(url, headers={"Cookie": cookie})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    assert resp.status == 200, f"{name}: {url} answers {resp.status}"
+            except urllib.error.HTTPError as exc:
+                raise AssertionError(f"{name}: broken link {url}: {exc.code}") from None
+
+
+def _click(driver: Any, by: str, what: str) -> None:
+    """Click, then wait until the browser has left the page (a form's answer has loaded)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(by, what).click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+
+
+def _sign_in(driver: Any, base: str, person: str) -> None:
+    from selenium.webdriver.common.by import By
+    driver.get(base + "/search")
+    assert urlsplit(driver.current_url).path == "/login"
+    driver.find_element(By.ID, "person").send_keys(person)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    _click(driver, By.ID, "signin")
+    assert urlsplit(driver.current_url).path == "/search", driver.page_source
+
+
+def test_head_of_department_finds_reads_and_is_kept_to_their_department(
+        daemon: DaemonProcess, browser: Any, tmp_path: Path) -> None:
+    """ivanov (head of finance) signs in, finds 'Счёт №42' by typing СЧЕТ (upper case, е
+    for ё), opens its story and sees the rule that routed it with file:line; a sign-out
+    form stripped of its CSRF token is refused (403) and changes nothing; he signs out.
+    smirnov (head of sales) cannot open the same message, not even by its link."""
+    from selenium.webdriver.common.by import By
+    base = f"http://127.0.0.1:{daemon.web}"
+    visit = Visit(browser, base, tmp_path / "shots")
+
+    browser.get(base + "/login")
+    visit.page("login")
+    _sign_in(browser, base, "ivanov")
+    visit.page("search-all")
+    words = browser.find_element(By.ID, "words")
+    words.send_keys("СЧЕТ")
+    _click(browser, By.ID, "find")
+    found = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.subject")]
+    assert found == ["Счёт №42 за декабрь"], found
+    visit.page("search-found")
+
+    _click(browser, By.CSS_SELECTOR, "a.subject")
+    story = browser.current_url
+    assert browser.find_element(By.ID, "subject").text == "Счёт №42 за декабрь"
+    rules = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "li.rule")]
+    assert len(rules) == 1 and rules[0].startswith("invoices routing.yaml:"), rules
+    assert "client@outside.test" in browser.find_element(By.ID, "from").text
+    visit.page("message")
+
+    _click(browser, By.CSS_SELECTOR, "#from a")
+    assert "Счёт №42" in browser.page_source
+    visit.page("counterparty")
+    browser.get(base + "/report")
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")
+    visit.page("report")
+
+    # A form posted without its CSRF token: refused, and the session lives on.
+    browser.execute_script("document.querySelector('form.out input[name=csrf]').remove()")
+    _click(browser, By.ID, "signout")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "403"
+    browser.get_log("browser")          # the 403 itself is logged by the console: expected
+    visit.page("csrf-refused")
+    browser.get(story)
+    assert browser.find_element(By.ID, "subject").text == "Счёт №42 за декабрь"
+
+    _click(browser, By.ID, "signout")
+    assert urlsplit(browser.current_url).path == "/login"
+    browser.get(story)
+    assert urlsplit(browser.current_url).path == "/login"       # signed out: no story
+    visit.page("signed-out")
+
+    _sign_in(browser, base, "smirnov")
+    assert [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.subject")] == ["Вопрос о цене"]
+    visit.page("other-head-search")
+    browser.get(story)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "404"
+    assert "Счёт" not in browser.page_source
+    browser.get_log("browser")          # the 404 itself is logged by the console: expected
+    visit.page("other-head-refused")
+    assert len(list((tmp_path / "shots").glob("*.png"))) == visit.n
