@@ -244,3 +244,26 @@ def test_departments_name_known_heads_and_mailboxes(tmp_path: Path) -> None:
     assert [str(e) for e in info.value.errors] == [
         f"{bad}:2:19: department 'support' names unknown head 'ivanof'; did you mean 'ivanov'?",
         f"{bad}:2:39: department 'support' names unknown mailbox 'suport'; did you mean 'support'?"]
+
+
+async def test_a_trusted_proxy_header_signs_people_in(make_app: Any) -> None:
+    """With web.trusted_header the header names the person (key or address) and no password
+    is asked; without it, or naming nobody of the address book, the answer is 401; a
+    session follows the header when the proxy names someone else."""
+    app = await make_app(web=Listener("127.0.0.1", 0),
+                         webui=WebConfig(trusted_header="X-Remote-User"))
+    await _deliver(app, "invoices@example.com", "Счёт №7")
+    host, port = app.bound["web"]
+    base = f"http://{host}:{port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async def get(path: str, who: str | None) -> tuple[int, str]:
+            hdrs = {"X-Remote-User": who} if who is not None else {}
+            async with http.get(base + path, headers=hdrs, allow_redirects=False) as r:
+                return r.status, await r.text()
+        assert (await get("/search", None))[0] == 401
+        assert (await get("/search", "nobody"))[0] == 401
+        status, page = await get("/search", "p.ivanov@example.com")
+        assert status == 200 and "Счёт №7" in page and "Пётр Иванов" in page
+        status, page = await get("/search", "smirnov")
+        assert status == 200 and "Счёт №7" not in page and "Сергей Смирнов" in page
+        assert (await get("/login", "smirnov"))[0] == 303
