@@ -13,6 +13,12 @@ rules on attachment names (none match, so every one is tried), microseconds per
 message; then `(a+)+$` against a subject of n `a` and a `!` (Python's `re` is
 exponential in n, RE2 linear; --before-re times the old engine on small n).
 
+Realistic mix (`--only mix`, issue 15): 10 / 1,000 / 10,000 rules where a quarter are
+conditions no recipient or word index can skip (subject regexes, From-name globs, body
+phrases, a header regex), the rest by recipient and by subject word; CPU time per
+(message, recipient) and its ratio to 10 rules, plus the time to load 10,000 such rules
+with 100,000 aliases (what `mailrouter check` and a reload do).
+
 Off the loop: the cost per message of deciding on the event loop, through the
 daemon's `Offload` pool (pipeline.DECIDE) and through `asyncio.to_thread`, one
 message at a time and 20 at once; this sets pipeline.INLINE_BELOW.
@@ -26,6 +32,7 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from mailrouter import yamlsrc
 from mailrouter.addresses import AddressBook
@@ -53,6 +60,93 @@ def rules_yaml(n: int) -> str:
             lines.append(f"  - {{name: g{i}, when: {{header: {{X-Tag{i}: {{exists: true}}}}}}, "
                          f"then: {{tags: [x{i}]}}}}")
     return "\n".join(lines) + "\n"
+
+
+def mix_yaml(n: int) -> str:
+    """n rules of issue 15's mix: per 20 rules 14 by recipient, 1 by subject word, and 5 (a
+    quarter) that no recipient or word index skips: 2 subject regexes, a From-name glob, a
+    body phrase, a header regex. None matches the samples, so every message meets them all
+    (the example rules would decide most samples in their first lines)."""
+    lines = ["rules:"]
+    order = (15, 0, 17, 1, 18, 2, 19, 3, 14, 4, 16, 5, 6, 7, 8, 9, 10, 11, 12, 13)  # 10 rules: each kind
+    for i in range(n):
+        kind = order[i % 20]
+        head = f"  - {{name: g{i}, when: "
+        if kind < 14:
+            lines.append(head + f"{{rcpt: box{i}@example.com}}, then: {{folder: F{i}}}}}")
+        elif kind == 14:
+            lines.append(head + f"{{subject: {{contains: [topic{i}, тема{i}]}}}}, then: {{folder: T{i}}}}}")
+        elif kind in (15, 16):
+            lines.append(head + f"{{subject: {{regex: 'Заказ N{i} от \\d+|ORD-{i}\\w*'}}}}, "
+                         f"then: {{folder: R{i}}}}}")
+        elif kind == 17:
+            lines.append(head + f"{{from_name: {{glob: '*отдел {i}*'}}}}, then: {{folder: G{i}}}}}")
+        elif kind == 18:
+            lines.append(head + f"{{body: {{contains: 'оплата по договору {i}'}}}}, "
+                         f"then: {{folder: B{i}}}}}")
+        else:
+            name = ("X-Mailer", "List-Id")[i // 20 % 2]
+            lines.append(head + f"{{header: {{{name}: {{regex: '(?i)^\\w+ {i}$|bulk-{i}\\.'}}}}}}, "
+                         f"then: {{tags: [h{i}]}}}}")
+    return "\n".join(lines) + "\n"
+
+
+def bench_mix(book: AddressBook, iters: int) -> None:
+    """CPU per (message, recipient) at 10 / 1,000 / 10,000 rules of the mix, rounds interleaved."""
+    sets = {n: _prepared(book, mix_yaml(n)) for n in (10, 1000, 10000)}
+    best: dict[int, float] = {}
+    for _ in range(5):                      # the box is shared: each size keeps its best round
+        for n, (rs, prepared) in sets.items():
+            start = time.process_time()
+            for _ in range(iters):
+                for raw, rcpt, res, default in prepared:
+                    rs.apply(MessageView(raw), "x@outside.example", rcpt, res, default, AT)
+            got = (time.process_time() - start) / (iters * len(prepared)) * 1e6
+            best[n] = min(best.get(n, got), got)
+    for n, us in best.items():
+        print(f"mix rules={n:>6}: {us:7.1f} us CPU per message-recipient, decoding included "
+              f"(x{us / best[10]:4.2f} of 10 rules)  index {sets[n][0].index.stats()}")
+
+
+def bench_load(n_rules: int, n_aliases: int) -> None:
+    """Seconds to load (parse, check, compile) n_rules of the mix and n_aliases, as check does."""
+    import tempfile
+    import yaml
+    from bench_addresses import sections
+    from mailrouter.config import Limits
+    from mailrouter.routing.snapshot import load_snapshot
+    with tempfile.TemporaryDirectory() as tmp:
+        book = sections(n_aliases, n_aliases // 10)
+        book["mailboxes"].update({"finance": {"maildir": "f"}, "sales": {"maildir": "s"},
+                                  "support": {"maildir": "u"}})
+        book["people"].update({k: {"address": f"{k}@example.com"}
+                               for k in ("finance-duty", "smirnov", "ivanov")})
+        Path(tmp, "a.yaml").write_text(yaml.dump(book, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+                                                 allow_unicode=True), encoding="utf-8")
+        Path(tmp, "b.yaml").write_text(mix_yaml(n_rules), encoding="utf-8")
+        for label, files in (("rules only", ("b",)), ("aliases only", ("a",)), ("both", ("a", "b"))):
+            if label == "rules only":
+                Path(tmp, "c.yaml").write_text(yaml.dump({k: book[k] for k in ("domains", "mailboxes",
+                                                                                "people")}))
+                files = ("b", "c")
+            t0, c0 = time.perf_counter(), time.process_time()
+            snap = load_snapshot(tuple(str(Path(tmp, f + ".yaml")) for f in files), Limits(), "mx.test")
+            print(f"load {label:>12} ({len(snap.rules.rules):,} rules, {len(book['aliases']) if 'a' in files else 0:,} "
+                  f"aliases): {time.perf_counter() - t0:5.2f} s wall {time.process_time() - c0:5.2f} s CPU")
+
+
+def _prepared(book: AddressBook, text: str) -> tuple[RuleSet, list[tuple[bytes, str, Any, Decision]]]:
+    doc = yamlsrc.loads(text, "bench.yaml")
+    rs = RuleSet.build(doc["rules"], book, {})
+    cases = [(eml.name, "team@example.com") for eml in sorted(SAMPLES.glob("*.eml"))]
+    prepared = []
+    for eml, rcpt in cases:
+        res = book.resolve(rcpt)
+        first = res.targets[0]
+        default = Decision(rcpt, Action.DELIVER, REPLY_OK, targets=res.targets, mailbox=first.mailbox,
+                           folder=first.folder)
+        prepared.append(((SAMPLES / eml).read_bytes(), rcpt, res, default))
+    return rs, prepared
 
 
 def bench_rules(book: AddressBook, n: int, iters: int, warm: bool = False) -> float:
@@ -178,12 +272,16 @@ def bench_offload(iters: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="iterations over the sample set")
-    ap.add_argument("--only", choices=("rules", "patterns", "offload"), help="one section")
+    ap.add_argument("--only", choices=("rules", "patterns", "offload", "mix", "load"), help="one section")
     ap.add_argument("--before-re", action="store_true", help="also time (a+)+$ on Python's re")
     ap.add_argument("--sizes", default="20,24,10000,1000000",
                     help="subject lengths for (a+)+$ (keep them small on a Python-re tree)")
     args = ap.parse_args()
     book = AddressBook.load(ROOT / "rules" / "company.yaml")
+    if args.only in (None, "mix"):
+        bench_mix(book, max(20, args.n // 10))
+    if args.only in (None, "load"):
+        bench_load(10_000, 100_000)
     if args.only in (None, "patterns"):
         bench_patterns(book, max(20, args.n // 20))
         bench_pathological(book, args.before_re, [int(n) for n in args.sizes.split(",")])

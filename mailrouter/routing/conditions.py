@@ -25,7 +25,8 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..yamlsrc import where
@@ -34,7 +35,7 @@ from .normalize import normalize
 from .patterns import PatternError, compile_glob, compile_regex
 
 __all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
-           "TEXT_OPS", "NUM_OPS", "gate_of", "parse_size", "WordForms", "contains_key"]
+           "TEXT_OPS", "NUM_OPS", "Gate", "gate_of", "parse_size", "WordForms", "contains_key"]
 
 TEXT_OPS = ("equals", "contains", "starts_with", "ends_with", "glob", "regex", "exists")
 NUM_OPS = ("equals", "gt", "ge", "lt", "le", "exists")
@@ -368,34 +369,51 @@ def parse_condition(spec: Any, errors: list[ConfigError], calendars: Mapping[str
     return _Parser(errors, calendars, rule).condition(spec, parent)
 
 
-# Literal-word pre-filter
+# Pre-filter
 
-def gate_of(node: Node) -> tuple[str, frozenset[str]] | None:
-    """(field, words): the rule can only match when `field` has one of `words`.
+# (field, kind, key): one way a rule's condition can come to hold. kind is "word" (key is a
+# normalised word of the field), "prefix" (a word of the field begins with key), "phrase"
+# (key is a `contains` key of several words, ' w1 w2 ' or WordForms), "regex" or "glob" (key
+# is the Regex or Glob of a needle, on the field's raw or normalised values).
+Gate = tuple[tuple[str, str, Any], ...]
+_KIND_COST = {"word": 0, "prefix": 0, "phrase": 1, "glob": 1, "regex": 2}
 
-    Sound by construction: only `contains`/`equals` needles with a word in them give
-    a gate; `all` takes its cheapest gated part, `any` only when every branch is
-    gated on one field; `not` and every other operator give none.
+
+def gate_of(node: Node) -> Gate | None:
+    """The ways `node` can hold: it holds only when one of them does; None when unknown.
+
+    Sound by construction: `equals` needles and `contains` needles of one word give their
+    first word, `contains` needles of several words the phrase, `regex` and `glob` needles
+    themselves; `all` takes its cheapest gated part, `any` the union of its branches when
+    every branch is gated; `not` and every other operator give none.
     """
     if isinstance(node, Leaf):
-        if node.op not in ("contains", "equals") or node.field not in FIELD_COST \
-                and not node.field.startswith("header:"):
+        if node.field not in FIELD_COST and not node.field.startswith("header:"):
             return None
-        firsts = set()
+        if node.op in ("regex", "glob"):
+            return tuple((node.field, node.op, key) for key in node.keys)
+        if node.op not in ("contains", "equals"):
+            return None
+        ways = []
         for key in node.keys:
             # a contains word ending in * stays so: the index looks it up as a prefix
             toks = (str(key) if node.op == "contains" else words_of(key)).split()
             if not toks:
                 return None
-            firsts.add(toks[0])
-        return node.field, frozenset(firsts)
+            first = toks[0]
+            if node.op == "contains" and len(toks) > 1:
+                ways.append((node.field, "phrase", key))
+            else:
+                ways.append((node.field, "prefix", first[:-1]) if first.endswith("*")
+                            else (node.field, "word", first))
+        return tuple(ways)
     if isinstance(node, AllOf):
         gates = [g for g in (gate_of(p) for p in node.parts) if g is not None]
-        return min(gates, key=lambda g: (FIELD_COST.get(g[0], 3), len(g[1])), default=None)
+        return min(gates, default=None, key=lambda g: (
+            max(FIELD_COST.get(f, 3) for f, _, _ in g), max(_KIND_COST[k] for _, k, _ in g), len(g)))
     if isinstance(node, AnyOf):
-        maybe_gates = [gate_of(p) for p in node.parts]
-        if any(g is None for g in maybe_gates) or len({g[0] for g in maybe_gates if g}) != 1:
+        branches = [gate_of(p) for p in node.parts]
+        if any(g is None for g in branches):
             return None
-        gates = [g for g in maybe_gates if g]          # all of them, after the check above
-        return gates[0][0], frozenset[str]().union(*(g[1] for g in gates))
+        return tuple(way for g in branches if g is not None for way in g)
     return None

@@ -5,17 +5,23 @@ Rules are bucketed when they are compiled:
 - by recipient: a rule whose `when` requires `rcpt: {equals: ...}` (or `rcpt_domain`,
   or `rcpt: {ends_with: "@domain"}`) lives only in the buckets of those addresses
   or domains;
-- by literal word: any other rule whose condition can only hold when a field
+- by message field: any other rule whose condition can only hold when a field
   contains one of a few words (`subject: {contains: [счёт, invoice]}`) lives in a
   word -> rules table of that field (a word-form needle, `договор*`, in a prefix
-  table beside it: a message word is looked up by each of its prefixes);
+  table beside it: a message word is looked up by each of its prefixes); one that
+  can only hold when a field matches one of its `regex` or `glob` needles lives in
+  that field's pattern set: all regexes of one field in one RE2 Set, all globs in
+  another (patterns.PatternSet), asked once per message which of them could match.
+  A rule whose `any` branches name several fields lives in each of them;
 - everything else is in the catch-all list.
 
 `candidates()` yields the rules in rule-file order (merging the buckets by
-position with a heap), and opens a word table only when the next candidate would
-come after that table's first rule: a body is decoded only when a rule that reads
-it could still decide the outcome. Each candidate is then tested in full, so the
-index only skips rules that cannot match; it never decides anything itself.
+position with a heap), and opens a field's tables only when the next candidate
+would come after that field's first rule: a body is decoded only when a rule that
+reads it could still decide the outcome. Each candidate is then tested in full, so
+the index only skips rules that cannot match; it never decides anything itself.
+So the cost per message grows with the rules that could match it, not with all
+rules (bench/bench_rules.py).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 from .conditions import AllOf, Leaf, Node, gate_of
 from .facts import Facts
+from .patterns import PatternSet, literal, utf8, wide_form
 
 __all__ = ["RuleIndex", "rcpt_keys"]
 
@@ -52,11 +59,41 @@ def rcpt_keys(node: Node | None) -> tuple[str, frozenset[str]] | None:
 
 
 @dataclass
+class _Patterns:
+    """The regexes (or globs) of one field: one PatternSet, each pattern -> its rules."""
+
+    sources: dict[str, list[int]] = dc_field(default_factory=lambda: defaultdict(list))
+    compiled: PatternSet | None = None
+    positions: list[list[int]] = dc_field(default_factory=list)
+    every: list[int] = dc_field(default_factory=list)    # pushed when the Set cannot answer
+
+    def build(self, whole: bool) -> None:
+        self.positions = list(self.sources.values())
+        self.every = sorted({p for ps in self.positions for p in ps})
+        try:
+            self.compiled = PatternSet(list(self.sources), whole)
+        except Exception:  # noqa: BLE001 (re2.error: too large for one Set; every rule is tried)
+            self.compiled = None
+
+    def hits(self, values: tuple[bytes, ...]) -> Iterator[int]:
+        for value in values:
+            got = self.compiled.hits(value) if self.compiled is not None else None
+            if got is None:
+                yield from self.every
+                return
+            for i in got:
+                yield from self.positions[i]
+
+
+@dataclass
 class _Gate:
     field: str
     first: int                                   # position of its first rule
     words: dict[str, list[int]] = dc_field(default_factory=lambda: defaultdict(list))
     prefixes: dict[str, list[int]] = dc_field(default_factory=lambda: defaultdict(list))
+    phrases: _Patterns = dc_field(default_factory=_Patterns)   # on the ' w1 w2 ' word forms
+    regexes: _Patterns = dc_field(default_factory=_Patterns)   # on the raw values
+    globs: _Patterns = dc_field(default_factory=_Patterns)     # on the normalised values
 
 
 class RuleIndex:
@@ -80,20 +117,31 @@ class RuleIndex:
             if gate is None:
                 self.always.append(pos)
                 continue
-            g = gates.setdefault(gate[0], _Gate(gate[0], pos))
-            for word in gate[1]:
-                if word.endswith("*"):
-                    g.prefixes[word[:-1]].append(pos)
+            for fld, kind, key in gate:
+                g = gates.setdefault(fld, _Gate(fld, pos))
+                lookup = g.words if kind == "word" else g.prefixes if kind == "prefix" else None
+                if lookup is not None:
+                    lookup[key].append(pos)
+                elif kind == "phrase":
+                    form = literal(key) if isinstance(key, str) else wide_form(key.pattern.pattern)
+                    g.phrases.sources[form].append(pos)
                 else:
-                    g.words[word].append(pos)
+                    (g.regexes if kind == "regex" else g.globs).sources[key.prefilter].append(pos)
         self.gates = sorted(gates.values(), key=lambda g: g.first)
+        for g in self.gates:
+            for pats, whole in ((g.phrases, False), (g.regexes, False), (g.globs, True)):
+                if pats.sources:
+                    pats.build(whole)
         self.by_addr, self.by_domain = dict(self.by_addr), dict(self.by_domain)
         self.by_resolved = dict(self.by_resolved)
 
     def stats(self) -> dict[str, int]:
-        gated = {p for g in self.gates for table in (g.words, g.prefixes)
+        words = {p for g in self.gates for table in (g.words, g.prefixes)
                  for lst in table.values() for p in lst}
-        return {"rules": len(self.rules), "always": len(self.always), "word_gated": len(gated),
+        patterns = {p for g in self.gates for p in g.phrases.every + g.regexes.every + g.globs.every}
+        gated = words | patterns
+        return {"rules": len(self.rules), "always": len(self.always), "word_gated": len(words),
+                "pattern_gated": len(patterns - words),
                 "by_recipient": len(self.rules) - len(self.always) - len(gated)}
 
     def candidates(self, facts: Facts) -> Iterator[Any]:
@@ -123,14 +171,13 @@ class RuleIndex:
 
     @staticmethod
     def _open(gate: _Gate, facts: Facts, heap: list[int]) -> None:
-        words = facts.tokens(gate.field)
-        table = gate.words
+        table, prefixes = gate.words, gate.prefixes
+        words = facts.tokens(gate.field) if table or prefixes else frozenset()
         small, big = (words, table) if len(words) <= len(table) else (table.keys(), words)
         for w in small:
             if w in big:
                 for pos in table[w]:
                     heapq.heappush(heap, pos)
-        prefixes = gate.prefixes
         if prefixes:
             shortest = min(map(len, prefixes))
             longest = max(map(len, prefixes))
@@ -138,3 +185,12 @@ class RuleIndex:
                 for end in range(shortest, min(len(w), longest) + 1):
                     for pos in prefixes.get(w[:end], ()):
                         heapq.heappush(heap, pos)
+        if gate.phrases.positions:
+            for pos in gate.phrases.hits(tuple(utf8(v) for v in facts.words(gate.field))):
+                heapq.heappush(heap, pos)
+        if gate.regexes.positions:
+            for pos in gate.regexes.hits(facts.utf8(gate.field)):
+                heapq.heappush(heap, pos)
+        if gate.globs.positions:
+            for pos in gate.globs.hits(tuple(utf8(v) for v in facts.norm(gate.field))):
+                heapq.heappush(heap, pos)

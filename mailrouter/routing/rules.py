@@ -25,7 +25,8 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..calendars import Calendar, build_calendars
 from ..errors import ConfigError, ConfigErrors
