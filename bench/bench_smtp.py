@@ -12,11 +12,19 @@ one new session per message (`-s C -m N -l 4096`, no -d), to
   3. optionally (--postfix) a private Postfix relaying to smtp-sink, docs/performance.md's peer
      (1,000 virtual aliases, 23 header checks), and (--bare) a stock aiosmtpd whose
      handler does nothing: the floor of any aiosmtpd-based server on this machine.
-It prints msg/s, the ratio to smtp-sink, CPU seconds per message of the server
-process (utime+stime from /proc/PID/stat, children included for Postfix: all
-its processes), peak RSS (VmHWM), and p50/p99 latency of a probe client that
-sends one message at a time (new session each) while the load runs.
+It prints msg/s, the ratio to smtp-sink, CPU per message of every process of each
+server (Postfix: the master and every process it spawns during the level, exited ones
+included), peak RSS (VmHWM of the main process), and p50/p99 latency of a probe
+client that sends one message at a time (new session each) while the load runs.
 Absolute figures on a shared box are noise; the ratio is the figure.
+
+CPU: each server's processes are moved into a cgroup v2 of their own (under the
+writable cgroup2 mount), whose cpu.stat counts exited processes too; without one,
+the sum over the server's live processes of their own and their reaped children's
+CPU (/proc/PID/stat utime+stime+cutime+cstime), which counts a process that exits
+during a level through its parent. Postfix runs with its own config directory
+(`-c`, tests/support/postfix.py); everything started is stopped on any failure
+(process groups, the cgroup's kill, try/finally, SIGTERM and SIGINT included).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -61,14 +70,92 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """Own CPU of each live process plus that of its children it has reaped."""
     total = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])     # utime, stime (fields 14, 15)
+        total += sum(int(f) for f in fields[11:15])    # utime stime cutime cstime (14-17)
     return total / TICK
+
+
+def _cgroup2_root() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        dev, mnt, kind = line.split()[:3]
+        if kind == "cgroup2" and os.access(mnt, os.W_OK):
+            return Path(mnt)
+    return None
+
+
+class Server:
+    """A server the bench started: its CPU (cgroup, or /proc), and how to stop all of it."""
+
+    def __init__(self, name: str, pid: int, stop: "Callable[[], None]") -> None:
+        self.name, self.pid, self._stop = name, pid, stop
+        self.cgroup: Path | None = None
+        root = _cgroup2_root()
+        if root is not None:
+            try:
+                cg = root / f"mrbench-{os.getpid()}-{name.replace('/', '-')}"
+                cg.mkdir()
+                self.cgroup = cg
+                self.adopt()
+            except OSError:
+                self.cgroup = None
+
+    def adopt(self) -> None:
+        """Move every process of the server into its cgroup (later children are born there)."""
+        if self.cgroup is None:
+            return
+        for _ in range(2):            # a second pass for children forked during the first
+            for pid in descendants(self.pid):
+                try:
+                    (self.cgroup / "cgroup.procs").write_text(str(pid))
+                except OSError:
+                    pass
+
+    def cpu(self) -> float:
+        if self.cgroup is not None:
+            for line in (self.cgroup / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+        return cpu_seconds(descendants(self.pid))
+
+    def stop(self) -> None:
+        try:
+            self._stop()
+        finally:
+            if self.cgroup is not None:
+                kill = self.cgroup / "cgroup.kill"
+                end = time.monotonic() + 10
+                while time.monotonic() < end:
+                    try:
+                        if not (self.cgroup / "cgroup.procs").read_text().split():
+                            self.cgroup.rmdir()
+                            break
+                        if kill.exists():
+                            kill.write_text("1")
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM `proc` (its own shutdown stops its workers), then SIGKILL what is left of its
+    process group (it was started with start_new_session)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 def hwm_kb(pid: int) -> int:
@@ -122,10 +209,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def blast(port: int, conns: int, msgs: int, size: int, rcpt: str, pids: list[int],
-          main_pid: int) -> dict:
+def blast(port: int, conns: int, msgs: int, size: int, rcpt: str, srv: Server) -> dict:
     probe = Probe(port, rcpt)
-    cpu0 = cpu_seconds(pids)
+    srv.adopt()
+    cpu0 = srv.cpu()
     probe.start()
     t0 = time.perf_counter()
     done = subprocess.run([SMTP_SOURCE, "-s", str(conns), "-m", str(msgs), "-l", str(size),
@@ -134,23 +221,25 @@ def blast(port: int, conns: int, msgs: int, size: int, rcpt: str, pids: list[int
     wall = time.perf_counter() - t0
     probe.stop.set()
     probe.join()
-    cpu = cpu_seconds(pids) - cpu0
+    cpu = srv.cpu() - cpu0
     return {"rate": msgs / wall, "wall": wall, "cpu_per_msg": cpu / (msgs + len(probe.lat)),
-            "hwm_mb": hwm_kb(main_pid) / 1024, "p50": pct(probe.lat, .5) * 1e3,
+            "hwm_mb": hwm_kb(srv.pid) / 1024, "p50": pct(probe.lat, .5) * 1e3,
             "p99": pct(probe.lat, .99) * 1e3, "probes": len(probe.lat),
             "errors": probe.errors, "rc": done.returncode, "stderr": done.stderr.strip()[-300:]}
 
 
-def start_sink(port: int) -> subprocess.Popen:
-    # -c: count, -u: run as nobody when root; backlog 1024
+def start_sink(port: int, started: list[Server]) -> Server:
+    # -u: run as nobody when root; backlog 1024
     p = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    srv = Server("smtp-sink", p.pid, lambda: stop_group(p))
+    started.append(srv)
     wait_port(port, p)
-    return p
+    return srv
 
 
-def start_mailrouter(tmp: Path, py: str, profile: str | None,
-                     workers: str = "1") -> tuple[subprocess.Popen, int]:
+def start_mailrouter(tmp: Path, py: str, profile: str | None, workers: str,
+                     started: list[Server]) -> tuple[Server, int]:
     smtp, lmtp, admin = free_port(), free_port(), free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "config.yaml"
@@ -165,24 +254,31 @@ def start_mailrouter(tmp: Path, py: str, profile: str | None,
     cmd = [py, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
     if profile:
         cmd = [py, "-m", "cProfile", "-o", profile, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
-    log = open(tmp / "daemon.log", "ab")
-    p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp / "daemon.log", "ab") as log:
+        p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    srv = Server(f"mailrouter-{workers}", p.pid, lambda: stop_group(p))
+    started.append(srv)
     wait_port(smtp, p, 60)
-    return p, smtp
+    return srv, smtp
 
 
-def start_postfix(tmp: Path, relay_port: int, rcpt: str) -> tuple[subprocess.Popen, int, Path]:
+def start_postfix(tmp: Path, relay_port: int, rcpt: str, started: list[Server]) -> tuple[Server, int]:
     """A private Postfix relaying to smtp-sink, set up as docs/performance.md's reference peer:
-    1,000 virtual aliases (the load's recipient among them) and 23 header checks."""
+    1,000 virtual aliases (the load's recipient among them) and 23 header checks. Every
+    Postfix tool gets `-c` its own config directory: there may be no /etc/postfix."""
     sys.path.insert(0, str(REPO))
     from tests.support.postfix import PostfixServer   # same private Postfix as the tests
-    root = Path(tempfile.mkdtemp(prefix="pfx.bench."))
+    root = tmp / "postfix"
+    root.mkdir()
     root.chmod(0o755)
+    tmp.chmod(0o755)                  # Postfix's own user walks down to its queue
     srv = PostfixServer(root, relay_port, lmtp=False)
     domain = rcpt.rpartition("@")[2]
     aliases = [f"alias{n}@{domain} dept{n % 10}@sink.test" for n in range(999)]
     (srv.etc / "virtual").write_text("\n".join(aliases + [f"{rcpt} sales@sink.test"]) + "\n")
-    subprocess.run(["postmap", str(srv.etc / "virtual")], check=True)
+    subprocess.run(["postmap", "-c", str(srv.etc), f"hash:{srv.etc / 'virtual'}"], check=True,
+                   timeout=60)
     words = ["viagra", "casino", "lottery", "winner", "bitcoin", "wire transfer", "urgent reply",
              "inheritance", "pharmacy", "replica", "crypto", "loan", "weight loss", "dating",
              "prize", "unsubscribe now", "act now", "risk free", "100% free", "click here"]
@@ -190,7 +286,11 @@ def start_postfix(tmp: Path, relay_port: int, rcpt: str) -> tuple[subprocess.Pop
         "/^X-Mailer:.*Bulk/ INFO bulk mailer", "/^Content-Type:.*\\.(exe|scr|pif)/ REJECT exe",
         "/^Received:.*\\[10\\.66\\./ INFO internal relay"]
     (srv.etc / "header_checks").write_text("\n".join(checks) + "\n")    # 23 checks
-    srv.start()
+    try:
+        srv.start()
+    finally:
+        if srv.proc is not None:
+            started.append(Server("postfix", srv.proc.pid, srv.stop))
     srv.postconf("default_process_limit = 200", "smtpd_client_connection_count_limit = 0",
                  "smtpd_client_connection_rate_limit = 0", "smtp_connection_cache_on_demand = yes",
                  f"virtual_alias_domains = {domain}",
@@ -199,7 +299,7 @@ def start_postfix(tmp: Path, relay_port: int, rcpt: str) -> tuple[subprocess.Pop
     srv.reload()
     time.sleep(1)
     wait_port(srv.port, None)
-    return srv, srv.port, root
+    return started[-1], srv.port
 
 
 _BARE = """
@@ -217,13 +317,15 @@ asyncio.run(main())
 """
 
 
-def start_bare(py: str) -> tuple[subprocess.Popen, int]:
+def start_bare(py: str, started: list[Server]) -> tuple[Server, int]:
     """Stock aiosmtpd with a handler that does nothing: the floor of any aiosmtpd design."""
     port = free_port()
     p = subprocess.Popen([py, "-c", _BARE, str(port)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    srv = Server("aiosmtpd-noop", p.pid, lambda: stop_group(p))
+    started.append(srv)
     wait_port(port, p)
-    return p, port
+    return srv, port
 
 
 def row(name: str, r: dict, limit: float | None) -> str:
@@ -232,6 +334,38 @@ def row(name: str, r: dict, limit: float | None) -> str:
             f"{r['hwm_mb']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {r['probes']:6d}"
             + (f"  probe_errors={r['errors']}" if r["errors"] else "")
             + (f"  smtp-source rc={r['rc']}: {r['stderr']}" if r["rc"] else ""))
+
+
+def run(a: argparse.Namespace, tmp: Path, started: list[Server]) -> None:
+    sink_port = free_port()
+    sink = start_sink(sink_port, started)
+    mrs = [(w, *start_mailrouter(tmp / f"w{w}", a.python, a.profile, w, started)) for w in a.workers]
+    pf = bare = None
+    if a.postfix:
+        pf, pf_port = start_postfix(tmp, sink_port, a.rcpt, started)
+    if a.bare:
+        bare, bare_port = start_bare(a.python, started)
+    cg = "cgroup v2 cpu.stat" if sink.cgroup is not None else "/proc utime+stime+cutime+cstime"
+    print(f"# {os.cpu_count()} CPUs, {a.messages} msgs of {a.size} B per level, new session per "
+          f"message; smtp-source -s C -m {a.messages} -l {a.size}; CPU from {cg}")
+    print(f"  {'server':<15} {'msg/s':>9} {'ratio':>6} {'cpu ms/msg':>9} {'RSS MB':>8} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'probes':>6}")
+    for conns in a.conns:
+        print(f"conns={conns}")
+        lim = blast(sink_port, conns, a.messages, a.size, a.rcpt, sink)
+        print(row("smtp-sink", lim, None), flush=True)
+        for w, mr, mr_port in mrs:
+            r = blast(mr_port, conns, a.messages, a.size, a.rcpt, mr)
+            print(row(f"mailrouter/{w}", r, lim["rate"]), flush=True)
+        if pf is not None:
+            r = blast(pf_port, conns, a.messages, a.size, a.rcpt, pf)
+            print(row("postfix", r, lim["rate"]), flush=True)
+        if bare is not None:
+            r = blast(bare_port, conns, a.messages, a.size, a.rcpt, bare)
+            print(row("aiosmtpd-noop", r, lim["rate"]), flush=True)
+    for w, _, _ in mrs:
+        files = sum(1 for _ in (tmp / f"w{w}" / "var" / "mail").rglob("new/*"))
+        print(f"# mailrouter/{w} Maildir files: {files}")
 
 
 def main() -> int:
@@ -253,52 +387,17 @@ def main() -> int:
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mrbench."))
-    sink_port = free_port()
-    sink = start_sink(sink_port)
-    mrs = [(w, *start_mailrouter(tmp / f"w{w}", a.python, a.profile, w)) for w in a.workers]
-    pf = bare = None
-    if a.postfix:
-        pf, pf_port, pf_root = start_postfix(tmp, sink_port, a.rcpt)
-    if a.bare:
-        bare, bare_port = start_bare(a.python)
-    print(f"# {os.cpu_count()} CPUs, {a.messages} msgs of {a.size} B per level, new session per "
-          f"message; smtp-source -s C -m {a.messages} -l {a.size}")
-    print(f"  {'server':<15} {'msg/s':>9} {'ratio':>6} {'cpu ms/msg':>9} {'RSS MB':>8} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'probes':>6}")
+    started: list[Server] = []
+    # SIGTERM ends the run as Ctrl-C does: through the finally below, which stops everything.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        for conns in a.conns:
-            print(f"conns={conns}")
-            lim = blast(sink_port, conns, a.messages, a.size, a.rcpt, [sink.pid], sink.pid)
-            print(row("smtp-sink", lim, None), flush=True)
-            for w, mr, mr_port in mrs:
-                pids = descendants(mr.pid)
-                r = blast(mr_port, conns, a.messages, a.size, a.rcpt, pids, mr.pid)
-                print(row(f"mailrouter/{w}", r, lim["rate"]), flush=True)
-            if pf is not None:
-                pids = descendants(pf.proc.pid)
-                r = blast(pf_port, conns, a.messages, a.size, a.rcpt, pids, pf.proc.pid)
-                print(row("postfix", r, lim["rate"]), flush=True)
-            if bare is not None:
-                r = blast(bare_port, conns, a.messages, a.size, a.rcpt, [bare.pid], bare.pid)
-                print(row("aiosmtpd-noop", r, lim["rate"]), flush=True)
-        for w, _, _ in mrs:
-            files = sum(1 for _ in (tmp / f"w{w}" / "var" / "mail").rglob("new/*"))
-            print(f"# mailrouter/{w} Maildir files: {files}")
+        run(a, tmp, started)
     finally:
-        for _, mr, _ in mrs:
-            mr.send_signal(signal.SIGTERM)
+        for srv in reversed(started):
             try:
-                mr.wait(60)
-            except subprocess.TimeoutExpired:
-                mr.kill()
-        sink.terminate()
-        sink.wait()
-        if bare is not None:
-            bare.terminate()
-            bare.wait()
-        if pf is not None:
-            pf.stop()
-            shutil.rmtree(pf_root, ignore_errors=True)
+                srv.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"# could not stop {srv.name}: {exc!r}", file=sys.stderr)
         if a.keep:
             print(f"# kept {tmp}")
         else:
