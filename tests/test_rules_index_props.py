@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailrouter.message import MessageView
-from mailrouter.routing.decision import REPLY_OK, Action, Decision
+from mailrouter.values import REPLY_OK, Action, Decision
 from mailrouter.routing.facts import Facts
 from mailrouter.routing.rules import _decide
 from tests.support.rules import MONDAY_10_MSK, mail, snapshot
