@@ -20,7 +20,7 @@ so the first reason found is the one recorded):
 - a sender on one of our own domains (two responders would answer each other);
 - this responder already answered this sender within its period (RFC 3834 2, RFC
   5230 4.1), or this sender got `daily_cap` answers in the last 24 hours.
-The sender's domain without MX or A/AAAA is checked by the outbox (dns.py's part),
+The sender's domain without MX or A/AAAA is checked by the outbox (dnscheck.py),
 which needs the network; the registry's unique (sender, responder, period bucket)
 makes the period hold across restarts and instances.
 

@@ -38,6 +38,7 @@ from . import metrics, postfixmaps
 from .admin import serve_admin
 from .config import Config, Limits, Listener
 from .delivery.deliverer import Deliverer
+from .dnscheck import DomainCheck
 from .errors import ConfigErrors, ListenError, RegistryError
 from .intake.handler import Handler
 from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
@@ -153,9 +154,13 @@ class App:
             return None
         if not first and cfg.registry.url.startswith("sqlite"):
             return None
-        self.outbox = OutboxWorker(self.registry, cfg.outbox, cfg.hostname)  # type: ignore[arg-type]
+        ar = cfg.autoreply
+        check = DomainCheck(ar.dns_resolver, ar.dns_timeout) if ar.dns_check else None
+        self.outbox = OutboxWorker(self.registry, cfg.outbox, cfg.hostname,  # type: ignore[arg-type]
+                                   dns_check=check)
         self.outbox.start()
-        log.info("event=outbox_started relay=%s", cfg.outbox.relay)
+        log.info("event=outbox_started relay=%s dns_check=%s", cfg.outbox.relay,
+                 "off" if check is None else ar.dns_resolver or "system")
         return self.outbox.wake
 
     async def _listen(self, name: str, listener: Listener, cls: type[Protocol]) -> None:

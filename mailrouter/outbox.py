@@ -14,8 +14,8 @@ runs the worker), sends each through the configured relay (`outbox.relay`, the M
 submission port) and marks it sent right after the relay's 250 for DATA. Refused for
 good (5xx) -> 'failed'; a 4xx, a refused connection or a timeout -> tried again after
 `retry_min` doubling up to `retry_max`, until `max_age` ('failed'). An autoreply to a
-domain with neither MX nor A/AAAA is 'suppressed' (dns.py's check, when configured);
-when DNS does not answer, the row waits like a relay outage.
+domain with neither MX nor A/AAAA (or a null MX) is 'suppressed' (dnscheck.py, unless
+`autoreply.dns.check` is off); when DNS does not answer, the row waits like a relay outage.
 
 Never twice: the dedupe key is unique, so the MTA retrying the incoming message, or a
 second instance answering the same sender in the same period, inserts nothing.
@@ -61,7 +61,7 @@ from .routing.snapshot import Snapshot
 __all__ = ["OutboxWorker", "Outgoing", "build_dsn"]
 
 log = logging.getLogger("mailrouter.outbox")
-DNSCheck = Callable[[str], Awaitable[str]]     # domain -> 'ok' | 'none' | 'unknown'
+DNSCheck = Callable[[str], Awaitable[str]]     # domain -> 'ok' | 'none' | 'unknown' (dnscheck.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +237,10 @@ class OutboxWorker:
             domain = row["rcpt"].rpartition("@")[2]
             found = await self.dns_check(domain)
             if found == "none":
-                await self._settle(row, "suppressed", f"{domain} has neither MX nor A/AAAA "
-                                                      "records (forged sender?)")
+                await self._settle(row, "suppressed", f"{domain} takes no mail: no MX nor "
+                                                      "A/AAAA records, or a null MX (forged "
+                                                      "sender?)")
+                log.info("event=outbox_suppressed id=%s rcpt=%s why=no_mx", row["id"], row["rcpt"])
                 return smtp
             if found != "ok":
                 await self._retry(row, f"DNS did not answer for {domain}")

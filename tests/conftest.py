@@ -5,7 +5,7 @@ import logging
 import pytest
 
 pytest_plugins = ["tests.support.pg", "tests.support.dovecot", "tests.support.postfix",
-                  "tests.support.daemon"]
+                  "tests.support.daemon", "tests.support.dnsserver"]
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("calendars", "config", "addressbook", "addresses"),
     ("loops", "addressquery"),
     ("routing",),                                # the rules engine: pure, no I/O
-    ("registry", "delivery", "autoreply", "postfixmaps"),  # the I/O stages; autoreply: pure RFC 3834
+    ("registry", "delivery", "autoreply", "postfixmaps", "dnscheck"),  # the I/O stages; autoreply: pure
     ("control", "outbox"),                       # requests, SLA; outgoing mail: over the registry
     ("pipeline", "explain", "intake", "admin", "workers", "web"),
     ("daemon",),

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from mailrouter.config import Config, Limits, Listener
+from mailrouter.config import AutoreplyConfig, Config, Limits, Listener
 from mailrouter.daemon import App
 from mailrouter.routing.snapshot import load_snapshot
 
@@ -43,6 +43,8 @@ def test_config(tmp_path: Path, routing: tuple[str, ...] | None = None, **over: 
     # no tarpit in tests (they never wait on the clock); a test that wants one sets it
     limits = {"error_delay": 0.0} | (over.pop("limits", None) or {})
     cfg = dataclasses.replace(cfg, limits=dataclasses.replace(Limits(), **limits))
+    # no outside DNS in tests: a test of the sender-domain check brings its own server
+    over.setdefault("autoreply", AutoreplyConfig(dns_check=False))
     return dataclasses.replace(cfg, **over)
 
 
