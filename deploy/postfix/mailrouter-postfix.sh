@@ -8,7 +8,7 @@
 #   CONFIG       mailrouter's config           (/etc/mailrouter/config.yaml)
 #   MAPS         where the tables are written  (/etc/postfix/mailrouter)
 #   TO_MR        mailrouter's SMTP listener    ([127.0.0.1]:2525, listen.smtp)
-#   RETURN_PORT  mail from mailrouter back to Postfix (10027, delivery.smtp.port)
+#   RETURN_PORT  mail from mailrouter back to Postfix (10027, outbox.relay, delivery.smtp.port)
 set -eu
 MAILROUTER=${MAILROUTER:-/opt/mailrouter/bin/mailrouter}
 CONFIG=${CONFIG:-/etc/mailrouter/config.yaml}
