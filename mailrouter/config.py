@@ -461,6 +461,8 @@ def _autoreply(doc: dict[str, Any], c: _Checker) -> AutoreplyConfig:
                            tuple(robots) if robots is not None else None,
                            bool(dns.get("check", True)), c.listener(dns, "resolver", None),
                            c.number(dns, "timeout", d.dns_timeout, float, 0.1))
+
+
 def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _Checker) -> WebConfig:
     """`web: {admins: [person, ...], trusted_header: X-Remote-User, session_ttl: 8h}`.
 
