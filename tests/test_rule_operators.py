@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -228,3 +229,15 @@ def test_glob_matches_as_fnmatch_does(glob: str) -> None:
     from mailrouter.routing.patterns import compile_glob
     g = compile_glob(glob)
     assert [v for v in VALUES if g.match(v)] == [v for v in VALUES if fnmatch.fnmatchcase(v, glob)]
+
+
+def test_a_long_matched_value_is_quoted_short() -> None:
+    """A body rule that matches a 1 MB body quotes the start of it and its length, not the
+    whole body: the explanation is logged, printed and stored with each decision (30 such
+    rules over a 20 MB body once made the registry refuse the record: 'string too big')."""
+    body = "строка тела письма 0123456789\r\n" * 35_000 + "хвост\r\n"
+    rs = ruleset("rules:\n  - {name: r, when: {body: {regex: 'хвост'}}, then: {tags: [hit]}}\n")
+    matched = route(rs, mail("Большое письмо", body=body), "sales@example.com").rules[0].matched
+    assert matched.startswith("body regex 'хвост' (value: 'строка тела письма 0123456789")
+    assert re.search(r"'… \(\d{6,} characters\)\)$", matched), matched[-80:]
+    assert len(matched) < 300

@@ -124,8 +124,19 @@ class Not(Node):
 
 # Checks: one function per operator family. They return the explanation or None.
 
+SHOWN = 160    # characters of a matched value an explanation quotes
+
+
+def _shown(value: Any) -> str:
+    """The value as an explanation quotes it: a body can be megabytes, and the explanation
+    is logged, shown by explain and stored with every decision in the registry."""
+    if isinstance(value, str) and len(value) > SHOWN:
+        return f"{value[:SHOWN]!r}… ({len(value)} characters)"
+    return repr(value)
+
+
 def _why(leaf: Leaf, needle: Any, value: Any) -> str:
-    return f"{leaf.label} {leaf.op} {needle!r} (value: {value!r})"
+    return f"{leaf.label} {leaf.op} {needle!r} (value: {_shown(value)})"
 
 
 def _check_text(facts: Facts, leaf: Leaf) -> str | None:
@@ -156,7 +167,7 @@ def _check_exists(facts: Facts, leaf: Leaf) -> str | None:
     values = facts.raw(leaf.field)
     if bool(values) != leaf.keys[0]:
         return None
-    return f"{leaf.label} exists" + (f" (value: {values[0]!r})" if values else ": false")
+    return f"{leaf.label} exists" + (f" (value: {_shown(values[0])})" if values else ": false")
 
 
 _CMP: dict[str, Callable[[Any, Any], bool]] = {

@@ -111,7 +111,27 @@ class PostfixServer:
         self._run("postconf", "-e", *settings)
 
     def reload(self) -> None:
+        """`postfix reload`, returning once no smtpd of the old configuration is left: old
+        processes exit "at their earliest convenience", and a client that reached one right
+        after the reload would still be answered by the old tables."""
+        old = self._smtpd_pids()
         self._run(_binary() or "postfix", "reload")
+        deadline = time.monotonic() + 30
+        while old & self._smtpd_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _smtpd_pids(self) -> set[int]:
+        """The smtpd children of this instance's master."""
+        master = self.proc.pid if self.proc else -1
+        pids = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == master and "(smtpd)" in stat.read_text():
+                    pids.add(int(stat.parent.name))
+            except (OSError, IndexError, ValueError):
+                continue                     # the process ended while we looked
+        return pids
 
     def queue_ids(self) -> list[str]:
         """Queue IDs of every message still in the queue."""
