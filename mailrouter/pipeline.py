@@ -116,6 +116,8 @@ class Pipeline:
                       qid, str(exc))
             metrics.MESSAGES.labels("deferred").inc()
             return [exc.reply] * len(txn.rcpts)
+        if self.control is not None and plan is not None:   # copy_to_owner: one more target
+            decisions = self.control.copy_to_owner(plan, decisions, snap)
         await self._record_loops(decisions, key, qid)
         head = self.control.header(plan, snap) if self.control and plan else b""
         results = await self._deliver(txn, snap, decisions, key, done, qid, head)

@@ -203,6 +203,7 @@ class Decision:
     priority: str | None = None
     sla: str | None = None             # e.g. "first_response=4h calendar=msk"
     autoreply: str | None = None       # name of the autoreply to send (moved addresses)
+    copy_to_owner: bool = False        # also deliver to the request owner's own address
     path: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     rules: tuple[RuleMatch, ...] = field(default=())
@@ -221,7 +222,8 @@ class Decision:
             "rcpt": self.rcpt, "action": self.action.value, "reply": str(self.reply),
             "mailbox": self.mailbox, "folder": self.folder, "owner": self.owner,
             "tags": list(self.tags), "priority": self.priority, "sla": self.sla,
-            "autoreply": self.autoreply, "path": list(self.path), "reasons": list(self.explained),
+            "autoreply": self.autoreply, "copy_to_owner": self.copy_to_owner,
+            "path": list(self.path), "reasons": list(self.explained),
             "rules": [r.as_dict() for r in self.rules],
             "targets": [{"mailbox": t.mailbox, "folder": t.folder, "person": t.person,
                          "path": list(t.path)} for t in self.targets],

@@ -175,7 +175,7 @@ rules:
     then: {owner: nobody, priority: extreme, sla: {first_response: soon, calendar: spb}}
   - name: c
     when: {subject: {contans: x}}
-    then: {folder: X}
+    then: {folder: X, copy_to_owner: maybe}
     contine: true
 """
 
@@ -200,6 +200,8 @@ def test_build_reports_every_error_with_position_and_hint() -> None:
         "(known: none defined)",
         "11:5: rule 'c': unknown key 'contine'; did you mean 'continue'?",
         "9:22: rule 'c': unknown operator 'contans' for 'subject'; did you mean 'contains'?",
+        "10:38: rule 'c': copy_to_owner takes true or false, not 'maybe'; write "
+        "copy_to_owner: true to also deliver to the owner's own address",
     ]]
 
 

@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 from ..addressbook.model import Person, Team
 from ..calendars import Calendar
+from ..values import Target
 
-__all__ = ["OwnerChoice", "TeamState", "choose_owner", "on_duty", "pick_member"]
+__all__ = ["OwnerChoice", "TeamState", "choose_owner", "on_duty", "owner_targets", "pick_member"]
 
 
 class TeamState(Protocol):
@@ -117,3 +118,16 @@ def choose_owner(people: Mapping[str, Person], teams: Mapping[str, Team],
         return OwnerChoice(None, team.key if team else None, (f"no person {key!r}",))
     owner, absent = on_duty(people, key, at)
     return OwnerChoice(owner, team.key if team else None, tuple(why) + absent, member)
+
+
+def owner_targets(book: Any, key: str) -> tuple[Target, ...]:
+    """Where a copy for person `key` goes (`copy_to_owner`): what their own address resolves
+    to in the address book, or their mailbox when the address is not ours or is refused."""
+    person = book.people.get(key)
+    if person is None:
+        return ()
+    if person.address:
+        found = book.resolve(person.address)
+        if found.reply is None and found.targets:
+            return tuple(found.targets)
+    return (Target(person.mailbox, None, key, (key,)),)

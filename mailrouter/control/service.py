@@ -5,6 +5,10 @@ copy of our own outgoing reply (it was sent to a `control.replies` address), a
 follow-up that joins a request, or a new request with an owner chosen now;
 `Control.header` is the `X-Mailrouter-Owner:` line prepended to every delivered copy;
 `Control.writer` is what the registry runs inside the message's record transaction.
+`Control.copy_to_owner` adds the owner's own address as one more target of the decisions
+whose rule says `copy_to_owner: true`: the copy is made in the same delivery step as the
+others, so it is in the registry's deliveries, a retry skips it once delivered, and a
+temporary failure of it answers 4xx like any other copy.
 
 Refused: see store.py (joins by strangers, robots). A registry failure while
 planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
@@ -13,6 +17,7 @@ planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from email.utils import formataddr
 from functools import partial
@@ -24,7 +29,7 @@ from ..config import ControlConfig
 from ..loops import header_text
 from ..registry import Registry
 from ..values import Action, Decision
-from .owners import choose_owner
+from .owners import choose_owner, owner_targets
 from .store import (DbTeamState, Plan, apply_plan, find_by_refs, known_message, participants,
                     request_row)
 from .threads import NumberTag, references, sla_due, sla_terms, took_part
@@ -104,6 +109,23 @@ class Control:
             return False
         first = next((ln for ln in view.body_text.splitlines() if ln.strip()), "")
         return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
+
+    def copy_to_owner(self, plan: Plan, decisions: Sequence[Decision], snap: Any) -> list[Decision]:
+        """`decisions`, those with `copy_to_owner` carrying the owner's copy as a target too."""
+        out = list(decisions)
+        for i, d in enumerate(out):
+            if d.action is not Action.DELIVER or not d.copy_to_owner:
+                continue
+            if plan.owner is None:
+                out[i] = replace(d, reasons=d.reasons + ("copy to owner: the message has no "
+                                                         "owner (no request)",))
+                continue
+            have = {t.key for t in d.targets}
+            extra = tuple(t for t in owner_targets(snap.book, plan.owner) if t.key not in have)
+            where = ", ".join(t.key for t in extra) or "already among the targets"
+            out[i] = replace(d, targets=d.targets + extra,
+                             reasons=d.reasons + (f"copy to owner {plan.owner}: {where}",))
+        return out
 
     def header(self, plan: Plan, snap: Any) -> bytes:
         """`X-Mailrouter-Owner: Name <address>` for the delivered copies (b'' without owner)."""

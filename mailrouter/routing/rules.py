@@ -47,7 +47,8 @@ from .sla_spec import Sla, parse_sla
 __all__ = ["Rule", "Then", "RuleSet", "REPLY_RULE_REJECT", "REPLY_RULE_DEFER"]
 
 RULE_KEYS = ("name", "when", "then", "continue")
-THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action", "autoreply")
+THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action", "autoreply",
+             "copy_to_owner")
 PRIORITIES = ("low", "normal", "high", "urgent")
 ACTIONS = ("deliver", "reject", "defer")
 
@@ -62,6 +63,7 @@ class Then:
     sla: Sla | None = None
     action: str | None = None
     autoreply: str | None = None       # a responder of `autoreplies:` (responders.py)
+    copy_to_owner: bool | None = None  # also a copy to the request owner's own address
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,7 @@ class _Builder:
                      "folder name here, or a maildir mailbox")
         return Then(mailbox, str(folder) if folder is not None else None,
                     str(owner) if owner is not None else None, tags, priority, sla, action,
-                    self.responder(name, spec))
+                    self.responder(name, spec), self.flag(name, spec, "copy_to_owner"))
 
     def responder(self, name: str, spec: Mapping[str, Any]) -> str | None:
         value = spec.get("autoreply")
@@ -162,6 +164,14 @@ class _Builder:
                      did_you_mean(str(value), list(known)).replace("known keys", f"known {section}")
                      + f" (define it under '{section}:')")
         return str(value)
+
+    def flag(self, name: str, spec: Mapping[str, Any], key: str) -> bool | None:
+        value = spec.get(key)
+        if value is not None and not isinstance(value, bool):
+            self.err(f"rule {name!r}: {key} takes true or false, not {value!r}", value, spec,
+                     f"write {key}: true to also deliver to the owner's own address")
+            return None
+        return value
 
     def choice(self, name: str, spec: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
         value = spec.get(key)
@@ -248,12 +258,14 @@ def _decide(default: Decision, matched: list[tuple[Rule, str]], at: datetime,
     acc: dict[str, Any] = {}
     tags = list(default.tags)
     for rule, _ in matched:
-        for key in ("mailbox", "folder", "owner", "priority", "sla", "action", "autoreply"):
+        for key in ("mailbox", "folder", "owner", "priority", "sla", "action", "autoreply",
+                    "copy_to_owner"):
             value = getattr(rule.then, key)
             if value is not None and key not in acc:
                 acc[key] = value
         tags.extend(t for t in rule.then.tags if t not in tags)
     d = replace(default, tags=tuple(tags), autoreply=acc.get("autoreply", default.autoreply),
+                copy_to_owner=acc.get("copy_to_owner", default.copy_to_owner),
                 owner=acc.get("owner", default.owner), priority=acc.get("priority", default.priority),
                 rules=default.rules + tuple(RuleMatch(r.name, r.file, r.line, w) for r, w in matched),
                 reasons=default.reasons + tuple(f"rule {r.name!r} ({r.file}:{r.line}): {w}"
