@@ -100,6 +100,7 @@ class ControlConfig:
     head: str | None = None                  # person key: escalations when nobody else can take them
     scan_every: float = 60.0                 # seconds between scheduler runs
     sender: str = ""                         # From of reminders (default: mailrouter@hostname)
+    waiting_marker: str | None = "[waiting]"  # a reply that has it: waiting for the customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +320,7 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
-                "escalate_after", "head", "scan_every", "sender")
+                "escalate_after", "head", "scan_every", "sender", "waiting_marker")
 
 
 def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
@@ -344,6 +345,7 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
                 "address: only a participant's address may join a request; domain: their domain", sec)
         join = d.join
     marker = sec.get("close_marker", d.close_marker)
+    waiting = sec.get("waiting_marker", d.waiting_marker)
     head = sec.get("head")
 
     def dur(key: str, default: float) -> float:
@@ -353,7 +355,7 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
         str(marker) if marker else None, dur("close_after", d.close_after),
         dur("remind_after", d.remind_after), dur("escalate_after", d.escalate_after),
         str(head) if head is not None else None, dur("scan_every", d.scan_every) or d.scan_every,
-        str(sec.get("sender") or ""))
+        str(sec.get("sender") or ""), str(waiting) if waiting else None)
 
 
 def _postfix_maps(doc: dict[str, Any], base: Path, c: _Checker) -> PostfixMapsConfig | None:

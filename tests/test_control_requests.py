@@ -142,3 +142,53 @@ async def test_migration_matches_the_tables(registry_url):
         assert await reg.read("diff", diff) == []
     finally:
         await reg.close()
+
+
+async def test_waiting_marker_cli_wait_and_customer_follow_up(make_app, tmp_path, registry_url):
+    """Our reply with `[waiting]` on its first line stops the clock and marks the request
+    waiting; the customer's follow-up moves it back to open; `mailrouter request wait N`
+    marks it waiting by hand (a second time, or on a missing request, is exit 1); a reply
+    without a marker leaves waiting alone."""
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("client@bigco.example", "printer", "c1@bigco"), "client@bigco.example")
+    t1 = datetime(2027, 1, 11, 8, 30, tzinfo=timezone.utc)
+    app.pipeline.clock = lambda: t1
+    await send(port, mail("ivanov@example.com", "Re: printer", "r1@example.com", "<c1@bigco>",
+                          to="client@bigco.example", body="\r\n[Waiting] which model is it?"),
+               "ivanov@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("waiting", t1)
+    await send(port, mail("client@bigco.example", "Re: printer", "c2@bigco", "<r1@example.com>"),
+               "client@bigco.example")
+    [r] = await rows(app, requests)
+    assert r["status"] == "open"
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    async def cli(*argv):
+        out, err = io.StringIO(), io.StringIO()
+
+        def go():
+            with redirect_stdout(out), redirect_stderr(err):
+                return main([*argv, "-c", str(cfg)])
+        return await asyncio.to_thread(go), out.getvalue() + err.getvalue()
+    assert await cli("request", "wait", "1") == (0, "request #1 waiting\n")
+    assert await cli("request", "wait", "1") == (
+        1, "mailrouter request wait: request #1 not changed: it is waiting\n")
+    assert (await cli("request", "wait", "7"))[0] == 1
+    await send(port, mail("ivanov@example.com", "Re: printer", "r2@example.com", "<c2@bigco>",
+                          to="client@bigco.example", body="model X?"),
+               "ivanov@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert r["status"] == "waiting"
+    kinds = [e["detail"] for e in await rows(app, request_events) if e["kind"] == "status"]
+    assert kinds == ["open -> waiting: waiting marker in the reply",
+                     "waiting -> open: the customer wrote",
+                     "open -> waiting: mailrouter request wait"]

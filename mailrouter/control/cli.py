@@ -1,10 +1,12 @@
-"""Commands of execution control: report, registry search/history, request show/close.
+"""Commands of execution control: report, registry search/history, request show/close/wait.
 
 `mailrouter report [--since D] [--until D]`, `mailrouter registry search [filters]`,
 `mailrouter registry history ADDRESS|DOMAIN`, `mailrouter request show N`, `mailrouter
-request close N`. Each read command prints text, or with `--json` one JSON document,
-or with `--csv` rows with a header line. Exit codes: 0 done, 1 no such request,
-2 the configuration or the registry could not be read.
+request close N`, `mailrouter request wait N` (waiting for the customer). Each read
+command prints text, or with `--json` one JSON document, or with `--csv` rows with a
+header line. Exit codes: 0 done, 1 no such request or one the change does not apply to
+(close: already closed; wait: closed or already waiting), 2 the configuration or the
+registry could not be read.
 
 Refused with a clear message (exit 2): a date that is not ISO (`2027-01-11` or with a
 time), an unknown status. The registry is opened without creating or migrating it.
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 
 from ..errors import RegistryError
 from .store import add_event
@@ -140,23 +142,36 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_status(args: argparse.Namespace, status: str) -> int:
+    """`request close N` (any status but closed) or `request wait N` (open or answered)."""
+    allowed = ("open", "answered", "waiting") if status == "closed" else ("open", "answered")
+
+    def change(conn: Connection) -> str | None:
+        now = datetime.now(timezone.utc)
+        before = conn.execute(select(requests.c.status).where(
+            requests.c.id == args.number)).scalar_one_or_none()
+        done = conn.execute(update(requests).where(
+            requests.c.id == args.number, requests.c.status.in_(allowed)).values(
+            status=status, closed_at=now if status == "closed" else None))
+        if not done.rowcount:
+            return before or "missing"
+        add_event(conn, args.number, now, "status",
+                  f"{before} -> {status}: mailrouter request {args.action}", "cli")
+        return None
+    refused = _run(args, f"request {args.action}", change, write=True)
+    if refused is not None:
+        why = "no such request" if refused == "missing" else f"it is {refused}"
+        print(f"mailrouter request {args.action}: request #{args.number} not changed: {why}",
+              file=sys.stderr)
+        return 1
+    print(f"request #{args.number} {status}")
+    return 0
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     from .queries import show_request
-    if args.action == "close":
-        def close(conn: Connection) -> bool:
-            now = datetime.now(timezone.utc)
-            done = conn.execute(update(requests).where(requests.c.id == args.number,
-                                                       requests.c.status != "closed")
-                                .values(status="closed", closed_at=now))
-            if done.rowcount:
-                add_event(conn, args.number, now, "status", "-> closed: mailrouter request close",
-                          "cli")
-            return bool(done.rowcount)
-        if not _run(args, "request close", close, write=True):
-            print(f"mailrouter request close: no open request #{args.number}", file=sys.stderr)
-            return 1
-        print(f"request #{args.number} closed")
-        return 0
+    if args.action in ("close", "wait"):
+        return _set_status(args, "closed" if args.action == "close" else "waiting")
     doc = _run(args, "request show", lambda conn: show_request(conn, args.number))
     if doc is None:
         print(f"mailrouter request show: no request #{args.number}", file=sys.stderr)
@@ -224,8 +239,9 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     h.add_argument("who", metavar="ADDRESS|DOMAIN")
     h.add_argument("-n", type=int, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
-    req = add("request", cmd_request, "show or close one request")
-    req.add_argument("action", choices=["show", "close"])
+    req = add("request", cmd_request, "show one request, close it, or mark it waiting "
+              "for the customer")
+    req.add_argument("action", choices=["show", "close", "wait"])
     req.add_argument("number", type=int, metavar="N")
     _formats(req)
     req.set_defaults(**loaders)

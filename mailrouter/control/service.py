@@ -66,7 +66,9 @@ class Control:
                 rid = number
             if rid is None:
                 return base
-            return Plan("reply", sender, view.message_id, rid, close=self._closes(view))
+            return Plan("reply", sender, view.message_id, rid,
+                        close=_marked(view, self.cfg.close_marker),
+                        wait=_marked(view, self.cfg.waiting_marker))
         if view.robot[0]:
             return base
         refused: list[tuple[int, str]] = []
@@ -103,13 +105,6 @@ class Control:
                     d.priority, d.tags, sla_terms(d.sla).get("calendar"), sla_due(d.sla),
                     refused=refused)
 
-    def _closes(self, view: Any) -> bool:
-        marker = self.cfg.close_marker
-        if not marker:
-            return False
-        first = next((ln for ln in view.body_text.splitlines() if ln.strip()), "")
-        return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
-
     def copy_to_owner(self, plan: Plan, decisions: Sequence[Decision], snap: Any) -> list[Decision]:
         """`decisions`, those with `copy_to_owner` carrying the owner's copy as a target too."""
         out = list(decisions)
@@ -144,6 +139,14 @@ class Control:
         def write(conn: Connection) -> None:
             apply_plan(conn, plan, key, at)
         return write
+
+
+def _marked(view: Any, marker: str | None) -> bool:
+    """Does our reply carry `marker` (close, waiting) in its subject or first body line?"""
+    if not marker:
+        return False
+    first = next((ln for ln in view.body_text.splitlines() if ln.strip()), "")
+    return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
 
 
 def _bare(rcpt: str) -> str:

@@ -55,6 +55,7 @@ class Plan:
     due: datetime | None = None
     reopen: str | None = None                  # the status a join reopens from
     close: bool = False                        # a reply carrying the close marker
+    wait: bool = False                         # a reply carrying the waiting marker
     refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
 
 
@@ -184,7 +185,8 @@ def _reply(conn: Connection, plan: Plan, rid: int, at: datetime) -> None:
     first = row["first_response_at"] is None
     if first:
         values["first_response_at"] = at
-    new = "closed" if plan.close else ("answered" if row["status"] == "open" else row["status"])
+    new = ("closed" if plan.close else "waiting" if plan.wait
+           else "answered" if row["status"] == "open" else row["status"])
     if new != row["status"]:
         values["status"] = new
         if new == "closed":
@@ -194,4 +196,5 @@ def _reply(conn: Connection, plan: Plan, rid: int, at: datetime) -> None:
               + f" {plan.message_id or ''}".rstrip(), plan.sender)
     if new != row["status"]:
         add_event(conn, rid, at, "status", f"{row['status']} -> {new}"
-                  + (": close marker in the reply" if plan.close else ": we replied"), plan.sender)
+                  + (": close marker in the reply" if plan.close else
+                     ": waiting marker in the reply" if plan.wait else ": we replied"), plan.sender)

@@ -2,7 +2,8 @@
 
 - `requests`: one conversation; `id` is the request number people see (`[#123]`).
   Status is open -> answered (our first reply) -> closed; waiting (for the customer)
-  is set by hand; a customer follow-up reopens anything but open.
+  is set by a reply carrying `control.waiting_marker` or by `mailrouter request wait`;
+  a customer follow-up reopens anything but open.
 - `request_messages`: every message of a request, in (customer) and out (our reply,
   seen through the reply-tracking copy), with its Message-ID for follow-up matching.
 - `request_events`: the history: opened, joined, owner changes, replies, status
