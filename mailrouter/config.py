@@ -351,10 +351,11 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
     def dur(key: str, default: float) -> float:
         return _duration(sec, key, default, c, "control")
     return ControlConfig(
-        tuple(r.strip().lower() for r in replies), number, join,
+        tuple(_located(r, r.strip().lower()) for r in replies), number, join,
         str(marker) if marker else None, dur("close_after", d.close_after),
         dur("remind_after", d.remind_after), dur("escalate_after", d.escalate_after),
-        str(head) if head is not None else None, dur("scan_every", d.scan_every) or d.scan_every,
+        _located(head, str(head)) if head is not None else None,
+        dur("scan_every", d.scan_every) or d.scan_every,
         str(sec.get("sender") or ""), str(waiting) if waiting else None)
 
 
@@ -383,6 +384,14 @@ def _postfix_maps(doc: dict[str, Any], base: Path, c: _Checker) -> PostfixMapsCo
                              sec.get("postmap") is True,
                              str(sec["postfix_config"]) if sec.get("postfix_config") else None,
                              kind, sec.get("on_reload") is True)
+
+
+def _located(src: Any, text: str) -> str:
+    """`text` keeping the YAML position of `src`: `mailrouter check` compares the names in
+    `control:` with the address book (control/checks.py) and cites file:line."""
+    out = yamlsrc.LocStr(text)
+    out.path, out.line, out.column = yamlsrc.where(src)
+    return out
 
 
 MIN_TOKEN = 16

@@ -1,5 +1,6 @@
 """Each broken address book in tests/config/bad/addr-*.yaml is refused with exactly
-the messages its trailing `# expect:` lines give ({file} stands for its path)."""
+the messages its trailing `# expect:` lines give ({file} stands for its path); so is
+each config.yaml in tests/config/bad/control-*.yaml by `mailrouter check`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mailrouter.errors import ConfigErrors
 
 BAD = Path(__file__).parent / "config" / "bad"
 CASES = sorted(BAD.glob("addr-*.yaml"))
+CONTROL_CASES = sorted(BAD.glob("control-*.yaml"))
 
 
 def expected(path: Path) -> list[str]:
@@ -49,3 +51,26 @@ def test_example_company_loads() -> None:
     for rcpt in ("sales@example.com", "support@example.com", "invoices@example.com",
                  "product-a@example.com", "postmaster@example.com", "abuse@example.com"):
         assert book.resolve(rcpt).targets, rcpt
+
+
+@pytest.mark.parametrize("path", CONTROL_CASES, ids=[p.stem for p in CONTROL_CASES])
+def test_bad_control_names(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mailrouter check` refuses a control: section naming a head or a replies address the
+    address book lacks, exit 1, every problem with config.yaml's file:line:column."""
+    from mailrouter.cli import main
+    want = expected(path)
+    assert want, f"{path.name} has no # expect: lines"
+    assert main(["check", "-c", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"mailrouter: configuration has {len(want)} error(s):"] + [f"  {w}" for w in want]
+
+
+def test_control_names_the_book_defines_pass(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The same control: section with names the address book has: check says ok."""
+    from mailrouter.cli import main
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{BAD / 'control' / 'company.yaml'}']\n"
+                   "control: {replies: Replies@example.com, head: smirnov}\n", encoding="utf-8")
+    assert main(["check", "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out.startswith("ok: 1 routing file(s)")
