@@ -111,7 +111,8 @@ class App:
             if self.worker in (None, 0):       # one SLA scheduler per instance (stages are unique)
                 from .control.sla import Scheduler
                 self.sla_task = asyncio.get_running_loop().create_task(
-                    Scheduler(self.registry, cfg.control, self.snapshot).run(self._stop),
+                    Scheduler(self.registry, cfg.control, self.snapshot, hostname=cfg.hostname,
+                              wake=self._wake_outbox).run(self._stop),
                     name="sla-scheduler")
         self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer, control,
                                  outgoing=self._outgoing(), wake_outbox=self._start_outbox())
@@ -140,6 +141,10 @@ class App:
         ar = self.config.autoreply
         return Outgoing(Policy(ar.robot_senders or DEFAULT_ROBOT_SENDERS, ar.daily_cap,
                                ar.envelope_from), self.config.hostname)
+
+    def _wake_outbox(self) -> None:
+        if self.outbox is not None:        # started below, after the scheduler
+            self.outbox.wake()
 
     def _start_outbox(self) -> Any:
         """The outbox worker (outbox.py): in every process on PostgreSQL (rows are claimed

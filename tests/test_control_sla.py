@@ -221,3 +221,74 @@ async def test_cli_on_the_week(make_app, tmp_path):
     assert "first_response_hours" in out and code == 0
     code, out = await cli("report", "--since", "yesterday", "-c", str(cfg))
     assert code == 2
+
+
+async def test_reminder_mail_reaches_the_relay_once_across_a_restart(make_app, tmp_path,
+                                                                       registry_url):
+    """The reminder goes through the outbox to a real aiosmtpd relay sink: to the owner's
+    address from mailrouter@HOST, `[#1]` in the subject, a UTF-8 body naming the request,
+    the customer, the subject and the due time. Ticks again at the same time and after a
+    restart (same registry) send nothing more; the escalation two business hours later is
+    the second and last mail, to the deputy."""
+    from email import message_from_bytes, policy
+
+    from mailrouter.config import Listener, OutboxConfig
+    from tests.test_delivery_smtp import Sink
+
+    sink = Sink()
+    await sink.start()
+    relay = OutboxConfig(Listener("127.0.0.1", sink.port), timeout=5.0, retry_min=0.05,
+                         retry_max=0.2)
+
+    async def daemon():
+        app = await make_app(routing=write_routing(tmp_path), control=CONTROL, outbox=relay,
+                             registry=RegistryConfig(registry_url))
+        app.sla_task.cancel()   # the test ticks its own scheduler on the simulated clock
+        return app, Scheduler(app.registry, CONTROL, app.snapshot, hostname="mx.test",
+                              wake=app.outbox.wake)
+
+    async def sent(n):
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30      # only to fail a hung test, not a speed check
+        while len(sink.envelopes) < n or any(
+                r["state"] == "queued" for r in await app.registry.outbox_list()):
+            assert loop.time() < end, f"waited for {n} mail(s) at the relay"
+            await asyncio.sleep(0.02)
+    try:
+        app, sched = await daemon()
+        app.pipeline.clock = lambda: msk(11, 10)
+        await send(app.bound["smtp"][1], mail("client@bigco.example", "принтер сломался", "p1@bigco"),
+                   "client@bigco.example")
+        assert await sched.tick(msk(11, 13, 59)) == []
+        [alert] = await sched.tick(msk(11, 14))
+        assert (alert.stage, alert.address) == ("remind", "ivanov@example.com")
+        assert await sched.tick(msk(11, 14)) == []
+        await sent(1)
+        app.request_stop()
+        await app.wait_stopped()
+
+        app, sched = await daemon()
+        for at in (msk(11, 14), msk(11, 15), msk(11, 15, 59)):
+            assert await sched.tick(at) == []
+        [alert] = await sched.tick(msk(11, 16))
+        assert (alert.stage, alert.address) == ("escalate", "petrova@example.com")
+        await sent(2)
+        assert [(e.mail_from, e.rcpt_tos) for e in sink.envelopes] == [
+            ("mailrouter@mx.test", ["ivanov@example.com"]),
+            ("mailrouter@mx.test", ["petrova@example.com"])]
+        remind = message_from_bytes(sink.envelopes[0].content, policy=policy.default)
+        assert remind["Subject"] == "[#1] Reminder: no first response yet: принтер сломался"
+        assert str(remind["To"]) == "Пётр Иванов <ivanov@example.com>"
+        assert remind["Auto-Submitted"] == "auto-generated"
+        body = remind.get_content()
+        for part in ("Request #1", "client@bigco.example", "принтер сломался", "Owner: ivanov",
+                     "2027-01-11 14:00 (Europe/Moscow)"):
+            assert part in body
+        escalate = message_from_bytes(sink.envelopes[1].content, policy=policy.default)
+        assert escalate["Subject"].startswith("[#1] Escalation:")
+        assert "Reminder sent to: ivanov" in escalate.get_content()
+        alerts = await app.registry.read("alerts", lambda c: [
+            tuple(r) for r in c.execute(select(request_alerts.c.stage, request_alerts.c.state))])
+        assert alerts == [("remind", "queued"), ("escalate", "queued")]
+    finally:
+        await sink.stop()

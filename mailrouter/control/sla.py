@@ -16,8 +16,11 @@ own clock) one write transaction:
 
 Each stage is a row of `request_alerts`, unique per (request, stage), inserted with
 ON CONFLICT DO NOTHING: whatever restarts or instances do, only the insert that
-wins creates the alert, so each reminder is created, and later sent, once. The rows
-wait as `pending` for the outbox (an adapter hands them over).
+wins creates the alert. The same transaction puts its mail (control/notice.py) into
+the outbox (outbox.py sends it through the relay, retrying) under the dedupe key
+`sla:<request>:<stage>`, and marks the alert `queued`; an alert whose recipient has no
+address is marked `no_address` and sent nowhere. So each reminder is created, and
+sent, once: a crash before the commit leaves neither row, after it both.
 
 Refused: nothing; a request whose owner left the address book is reminded to the head.
 """
@@ -37,6 +40,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..config import ControlConfig
 from ..errors import RegistryError
 from ..registry import Registry
+from ..registry.models import outbox_insert
+from .notice import build_notice
 from .owners import on_duty
 from .store import add_event
 from .tables import request_alerts, requests
@@ -62,8 +67,12 @@ def _utc() -> datetime:
 
 class Scheduler:
     def __init__(self, registry: Registry, cfg: ControlConfig, snapshot: Callable[[], Any],
-                 clock: Callable[[], datetime] = _utc) -> None:
+                 clock: Callable[[], datetime] = _utc, hostname: str = "localhost",
+                 wake: Callable[[], None] | None = None) -> None:
         self.registry, self.cfg, self.snapshot, self.clock = registry, cfg, snapshot, clock
+        self.hostname = hostname
+        self.sender = cfg.sender or f"mailrouter@{hostname}"
+        self.wake = wake            # the outbox worker's: new rows, send now
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan until `stop` is set; a registry outage is logged and retried next time."""
@@ -81,7 +90,10 @@ class Scheduler:
         """One scan at `now`; the alerts THIS call created."""
         at = now or self.clock()
         snap = self.snapshot()
-        return await self.registry.write("sla_scan", lambda conn: self._scan(conn, at, snap))
+        made = await self.registry.write("sla_scan", lambda conn: self._scan(conn, at, snap))
+        if self.wake is not None and any(a.address for a in made):
+            self.wake()
+        return made
 
     def _later(self, snap: Any, calendar: str | None, start: datetime, seconds: float) -> datetime:
         cal = snap.rules.calendars.get(calendar) if calendar else None
@@ -137,20 +149,46 @@ class Scheduler:
         address = person.address if person is not None else None
         word = "Reminder" if stage == "remind" else "Escalation"
         subject = f"[#{r['id']}] {word}: no first response yet: {r['subject']}"
-        body = (f"Request #{r['id']} from {r['counterparty']} ({r['subject']!r}) has had no "
-                f"answer.\nOwner: {r['owner'] or 'nobody'}\nFirst response was due: "
-                f"{r['first_response_due'].isoformat()}\n"
-                + (f"Reminder sent to: {reminded}\n" if stage == "escalate" else ""))
+        body = self._body(snap, r, stage, reminded)
         ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_alerts)
         done = conn.execute(ins.values(request_id=r["id"], stage=stage, at=now, recipient=who,
                                        address=address, subject=subject, body=body,
-                                       state="pending").on_conflict_do_nothing())
+                                       state="queued" if address else "no_address")
+                            .on_conflict_do_nothing())
         if not done.rowcount:           # another instance (or an earlier run) made it
             return []
+        if address:
+            self._enqueue(conn, r, stage, address, person.name if person else None, subject,
+                          body, now)
         add_event(conn, r["id"], now, "reminder" if stage == "remind" else "escalation",
                   f"to {who or 'nobody (no deputy or head configured)'}")
         log.info("event=sla_%s request=%d recipient=%s", stage, r["id"], who)
         return [Alert(r["id"], stage, now, who, address)]
+
+    def _body(self, snap: Any, r: dict[str, Any], stage: str, reminded: str | None) -> str:
+        due = r["first_response_due"]
+        cal = snap.rules.calendars.get(r["sla_calendar"]) if r["sla_calendar"] else None
+        local = f"{cal.local(due):%Y-%m-%d %H:%M} ({cal.tz.key})" if cal else ""
+        return (f"Request #{r['id']} has had no answer.\n\n"
+                f"From: {r['counterparty']}\nSubject: {r['subject']}\n"
+                f"Owner: {r['owner'] or 'nobody'}\n"
+                f"First response was due: {local or due.isoformat()}"
+                + (f" = {due.isoformat()}" if local else "") + "\n"
+                + (f"Reminder sent to: {reminded}\n" if stage == "escalate" else "")
+                + f"\nmailrouter request show {r['id']}\n")
+
+    def _enqueue(self, conn: Connection, r: dict[str, Any], stage: str, address: str,
+                 name: str | None, subject: str, body: str, now: datetime) -> None:
+        """The alert's mail into the outbox, in the scan's transaction. Its times are the
+        wall clock's, not the scan's: the outbox worker sends by real time."""
+        raw = build_notice(sender=self.sender, to=address, to_name=name, subject=subject,
+                           body=body, hostname=self.hostname, at=now)
+        real = _utc()
+        conn.execute(outbox_insert(conn.dialect.name), [{
+            "dedupe": f"sla:{r['id']}:{stage}", "kind": f"sla-{stage}",
+            "message_key": r["message_key"], "mail_from": self.sender, "rcpt": address,
+            "raw": raw, "state": "queued", "attempts": 0, "created_at": real, "next_try": real,
+            "sent_at": None, "last_error": ""}])
 
     def _quiet_close(self, conn: Connection, now: datetime) -> None:
         if self.cfg.close_after <= 0:

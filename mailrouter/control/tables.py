@@ -9,8 +9,9 @@
 - `request_events`: the history: opened, joined, owner changes, replies, status
   changes, refused joins (hijack attempts), reminders and escalations.
 - `request_alerts`: reminders and escalations to send, one row per (request, stage),
-  unique: a stage happens at most once whatever restarts or instances do. Rows wait
-  as `pending` until the outbox adapter hands them to the outbox.
+  unique: a stage happens at most once whatever restarts or instances do. Its mail
+  goes into the outbox in the same transaction (`queued`; the outbox row, dedupe
+  `sla:<request>:<stage>`, says when it was sent), or nowhere (`no_address`).
 - `team_picks`: the member each team picked last (round-robin cursor).
 """
 
@@ -91,7 +92,7 @@ request_alerts = Table(
     Column("address", Text),
     Column("subject", Text, nullable=False),
     Column("body", Text, nullable=False),
-    Column("state", String(16), nullable=False),          # pending | sent
+    Column("state", String(16), nullable=False),          # queued | no_address
     Column("sent_at", UTCDateTime()),
     UniqueConstraint("request_id", "stage"),
     Index(None, "state", "at"),
