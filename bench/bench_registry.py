@@ -3,7 +3,8 @@
 Generates N messages (default 100,000; `-n 1000000` for the issue's million) over 90
 days: 2,000 customers on 300 domains, 4 mailboxes, 3 rules, 6 owners; every message
 one decision and one delivery; every third message opens a request, the others join
-one; 70% of the requests answered. Then times each query `mailrouter report`,
+one; 70% of the requests answered, and closed 14 days later (the daemon's quiet close)
+unless that is after the end. Then times each query `mailrouter report`,
 `registry search`, `registry history` and `request show` run. Run by hand:
 
     .venv/bin/python bench/bench_registry.py                 # SQLite, 100k messages
@@ -31,6 +32,8 @@ from mailrouter.registry import Registry
 from mailrouter.registry.models import decisions, deliveries, messages
 
 START = datetime(2027, 1, 1, tzinfo=timezone.utc)
+END = START + timedelta(days=90)
+QUIET = timedelta(days=14)
 WORDS = ["счёт", "оплата", "договор", "invoice", "faktura", "заказ", "доставка", "вопрос",
          "printer", "ошибка", "акт", "сверка"]
 MAILBOXES = ["sales", "support", "finance", "product-a"]
@@ -63,11 +66,14 @@ def rows(n: int, seed: int = 1) -> Any:
             req_id += 1
             answered = rnd.random() < 0.7
             first = at + timedelta(hours=rnd.uniform(0.2, 30)) if answered else None
+            # as the daemon does (control.close_after, 14 days): answered and then quiet
+            closed = first + QUIET if first is not None and first + QUIET < END else None
             req = dict(id=req_id, opened_at=at, message_key=key, counterparty=sender,
                        counterparty_domain=dom, mailbox=box, rule=rule, owner=owner,
-                       status="answered" if answered else "open", subject=subject, priority=None,
-                       tags=[], sla_calendar="msk", first_response_due=at + timedelta(hours=8),
-                       first_response_at=first, last_in_at=at, last_out_at=first, closed_at=None)
+                       status="closed" if closed else "answered" if answered else "open",
+                       subject=subject, priority=None, tags=[], sla_calendar="msk",
+                       first_response_due=at + timedelta(hours=8), first_response_at=first,
+                       last_in_at=at, last_out_at=first, closed_at=closed)
         link = dict(request_id=req_id, message_key=key, message_id=f"<{i}@x>", direction="in",
                     at=at, sender=sender)
         yield msg, dec, dlv, req, link
@@ -84,47 +90,67 @@ def fill(conn: Connection, chunk: list[Any]) -> None:
 async def bench(url: str, n: int) -> None:
     reg = await Registry.open(url, timeout=600)
     try:
-        t0 = time.perf_counter()
-        chunk: list[Any] = []
-        for row in rows(n):
-            chunk.append(row)
-            if len(chunk) == CHUNK:
-                await reg.write("fill", lambda c, ch=chunk: fill(c, ch))
-                chunk = []
-        if chunk:
-            await reg.write("fill", lambda c, ch=chunk: fill(c, ch))
-        print(f"{url.split(':')[0]}: generated {n:,} messages in {time.perf_counter() - t0:.1f} s")
-        cals = build_calendars({"msk": {"timezone": "Europe/Moscow", "hours": "Mon-Fri 09:00-18:00"}})
-        end = START + timedelta(days=90)
-        month = (end - timedelta(days=30), end)
-        day = (end - timedelta(days=1), end)
-        cases = [
-            ("report, last 30 days", lambda c: report(c, *month, end, cals)),
-            ("report, last day", lambda c: report(c, *day, end, cals)),
-            ("search subject 'счет оплата', last day", lambda c: search(
-                c, words="счет оплата", since=day[0], until=day[1], limit=50)),
-            ("search subject word, all time, 50 newest", lambda c: search(c, words="акт", limit=50)),
-            ("search sender", lambda c: search(c, sender="user7@client7.example", limit=None)),
-            ("search owner + status, 50 newest", lambda c: search(c, owner="popov", status="open")),
-            ("history address", lambda c: history(c, "user7@client7.example")),
-            ("history domain (100 newest messages)", lambda c: history(c, "client7.example", 100)),
-            ("request show", lambda c: show_request(c, n // 6)),
-        ]
-        for name, fn in cases:
-            t0 = time.perf_counter()
-            await reg.read(name, fn)
-            print(f"  {name:45} {1000 * (time.perf_counter() - t0):9.1f} ms")
+        have = await reg.count_messages()
+        if have:            # --db FILE kept from an earlier run: time the queries again
+            print(f"{url.split(':')[0]}: {have:,} messages already there")
+            n = have
+        else:
+            await generate(reg, url, n)
+        await time_queries(reg, n)
     finally:
         await reg.close()
+
+
+async def generate(reg: Registry, url: str, n: int) -> None:
+    t0 = time.perf_counter()
+    chunk: list[Any] = []
+    for row in rows(n):
+        chunk.append(row)
+        if len(chunk) == CHUNK:
+            await reg.write("fill", lambda c, ch=chunk: fill(c, ch))
+            chunk = []
+    if chunk:
+        await reg.write("fill", lambda c, ch=chunk: fill(c, ch))
+    print(f"{url.split(':')[0]}: generated {n:,} messages in {time.perf_counter() - t0:.1f} s")
+
+
+async def time_queries(reg: Registry, n: int) -> None:
+    cals = build_calendars({"msk": {"timezone": "Europe/Moscow", "hours": "Mon-Fri 09:00-18:00"}})
+    end = END
+    month = (end - timedelta(days=30), end)
+    day = (end - timedelta(days=1), end)
+    cases = [
+        ("report, last 30 days", lambda c: report(c, *month, end, cals)),
+        ("report, last day", lambda c: report(c, *day, end, cals)),
+        ("search subject 'счет оплата', last day", lambda c: search(
+            c, words="счет оплата", since=day[0], until=day[1], limit=50)),
+        ("search subject word, all time, 50 newest", lambda c: search(c, words="акт", limit=50)),
+        ("search subject word no message has, all time", lambda c: search(
+            c, words="накладная", limit=50)),
+        ("search sender", lambda c: search(c, sender="user7@client7.example", limit=None)),
+        ("search owner + status, 50 newest", lambda c: search(c, owner="popov", status="open")),
+        ("history address", lambda c: history(c, "user7@client7.example")),
+        ("history domain (100 newest messages)", lambda c: history(c, "client7.example", 100)),
+        ("request show", lambda c: show_request(c, n // 6)),
+    ]
+    for name, fn in cases:
+        t0 = time.perf_counter()
+        await reg.read(name, fn)
+        print(f"  {name:45} {1000 * (time.perf_counter() - t0):9.1f} ms")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=100_000, help="messages to generate (default 100,000)")
     p.add_argument("--pg", metavar="URL", help="also an empty PostgreSQL database at URL")
+    p.add_argument("--db", metavar="FILE", help="SQLite file to use and keep (generated only "
+                   "when empty; a second run times the queries again)")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(bench(f"sqlite+aiosqlite:///{tmp}/registry.db", args.n))
+    if args.db:
+        asyncio.run(bench(f"sqlite+aiosqlite:///{args.db}", args.n))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(bench(f"sqlite+aiosqlite:///{tmp}/registry.db", args.n))
     if args.pg:
         asyncio.run(bench(args.pg, args.n))
 

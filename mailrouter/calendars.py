@@ -23,10 +23,11 @@ calendar with no working time at all (an SLA on it would never fall due).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, ConfigErrors
@@ -57,17 +58,10 @@ class Calendar:
             at = at.replace(tzinfo=timezone.utc)
         return at.astimezone(self.tz)
 
-    def _day_spans(self, day: date) -> Iterator[tuple[datetime, datetime]]:
-        """The working spans that start on `day`, as aware datetimes."""
-        if day in self.holidays:
-            return
-        wd = day.weekday()
-        midnight = datetime.combine(day, time(0), self.tz)
-        for weekday, start, end in self.spans:
-            if weekday == wd:
-                # In UTC: aware datetimes sharing one tzinfo subtract as wall clocks (DST).
-                yield (_wall(midnight, start, self.tz).astimezone(timezone.utc),
-                       _wall(midnight, end, self.tz).astimezone(timezone.utc))
+    def _day_spans(self, day: date) -> tuple[tuple[datetime, datetime], ...]:
+        """The working spans that start on `day`, as aware datetimes (cached: a report's
+        first-response times over 100,000 requests ask for the same days again and again)."""
+        return _day_spans(self, day)
 
     def is_business_time(self, at: datetime) -> bool:
         """True when `at` falls inside a working span (start inclusive, end exclusive)."""
@@ -97,10 +91,11 @@ class Calendar:
 
     def business_hours_between(self, start: datetime, end: datetime) -> float:
         """Working hours between `start` and `end` (0 when end is not after start)."""
-        a, b = self.local(start).astimezone(timezone.utc), self.local(end).astimezone(timezone.utc)
+        ls, le = self.local(start), self.local(end)
+        a, b = ls.astimezone(timezone.utc), le.astimezone(timezone.utc)
         total = timedelta()
-        day = self.local(start).date() - timedelta(days=1)
-        last = self.local(end).date()
+        day = ls.date() - timedelta(days=1)
+        last = le.date()
         while a < b and day <= last:
             for s, e in self._day_spans(day):
                 lo, hi = max(s, a), min(e, b)
@@ -117,6 +112,18 @@ class Calendar:
 
     def add_business_days(self, start: datetime, days: float) -> datetime:
         return self.add_business_hours(start, days * self.day_hours)
+
+
+@functools.lru_cache(maxsize=8192)
+def _day_spans(cal: Calendar, day: date) -> tuple[tuple[datetime, datetime], ...]:
+    if day in cal.holidays:
+        return ()
+    wd = day.weekday()
+    midnight = datetime.combine(day, time(0), cal.tz)
+    # In UTC: aware datetimes sharing one tzinfo subtract as wall clocks (DST).
+    return tuple((_wall(midnight, start, cal.tz).astimezone(timezone.utc),
+                  _wall(midnight, end, cal.tz).astimezone(timezone.utc))
+                 for weekday, start, end in cal.spans if weekday == wd)
 
 
 def _wall(midnight: datetime, minute: int, tz: ZoneInfo) -> datetime:
