@@ -20,13 +20,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, true
 
 from ..registry.models import decisions, deliveries, messages
+from ..registry.queries import Scope
 from ..routing.normalize import normalize, normalize_subject
 from .tables import request_alerts, request_events, request_messages, requests
 
-__all__ = ["report", "search", "history", "show_request"]
+__all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
+           "requests_in"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -37,44 +39,124 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 2)
 
 
+def requests_in(scope: Scope | None) -> ColumnElement[bool]:
+    """The requests `scope` may see: of its mailboxes, or owned by its person (all: None)."""
+    if scope is None or scope.everything:
+        return true()
+    cond: ColumnElement[bool] = requests.c.mailbox.in_(sorted(scope.mailboxes))
+    return or_(cond, requests.c.owner == scope.owner) if scope.owner else cond
+
+
+def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: datetime) -> float:
+    """Working hours from `start` to `end` on the request's calendar (elapsed without one)."""
+    c = calendars.get(cal) if cal else None
+    if c is not None:
+        return float(c.business_hours_between(start, end))
+    return max(0.0, (end - start).total_seconds() / 3600)
+
+
+def _response(rows: list[Any], now: datetime, calendars: Mapping[str, Any]) -> dict[str, Any]:
+    """First response (median, p90 in business hours) and SLA kept of (opened, first, due, cal)."""
+    hours, kept, missed = [], 0, 0
+    for opened, first, due, cal in rows:
+        if first is not None:
+            hours.append(_hours(calendars, cal, opened, first))
+        if due is not None and (first is not None or due <= now):
+            if first is not None and first <= due:
+                kept += 1
+            else:
+                missed += 1
+    return {"requests": len(rows), "answered": len(hours), "median": _percentile(hours, 50),
+            "p90": _percentile(hours, 90), "kept": kept, "missed": missed,
+            "share_kept": round(kept / (kept + missed), 4) if kept + missed else None}
+
+
 def report(conn: Connection, since: datetime, until: datetime, now: datetime,
-           calendars: Mapping[str, Any]) -> dict[str, Any]:
-    """Volume per mailbox/rule/owner/day, first-response times, SLA kept, open and overdue."""
-    span = and_(requests.c.opened_at >= since, requests.c.opened_at < until)
+           calendars: Mapping[str, Any], scope: Scope | None = None) -> dict[str, Any]:
+    """Volume per mailbox/rule/owner/day, first-response times and SLA kept (overall, per
+    mailbox, per owner), open and overdue per owner; only the requests `scope` may see."""
+    span = and_(requests.c.opened_at >= since, requests.c.opened_at < until, requests_in(scope))
     out: dict[str, Any] = {"since": since.isoformat(), "until": until.isoformat()}
     for name, col in (("mailbox", requests.c.mailbox), ("rule", requests.c.rule),
                       ("owner", requests.c.owner), ("day", func.date(requests.c.opened_at))):
         rows = conn.execute(select(col, func.count()).where(span).group_by(col).order_by(col))
         out[f"volume_per_{name}"] = [{name: str(k) if k is not None else None, "requests": int(n)}
                                      for k, n in rows]
-    hours, kept, missed = [], 0, 0
-    for opened, first, due, cal in conn.execute(select(
+    every: list[Any] = []
+    per_box: dict[str | None, list[Any]] = {}
+    per_owner: dict[str | None, list[Any]] = {}
+    for opened, first, due, cal, box, owner in conn.execute(select(
             requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
-            requests.c.sla_calendar).where(span)):
-        if first is not None:
-            c = calendars.get(cal) if cal else None
-            hours.append(c.business_hours_between(opened, first) if c is not None
-                         else (first - opened).total_seconds() / 3600)
-        if due is not None and (first is not None or due <= now):
-            if first is not None and first <= due:
-                kept += 1
-            else:
-                missed += 1
-    out["first_response_hours"] = {"answered": len(hours), "median": _percentile(hours, 50),
-                                   "p90": _percentile(hours, 90)}
-    out["sla"] = {"kept": kept, "missed": missed,
-                  "share_kept": round(kept / (kept + missed), 4) if kept + missed else None}
+            requests.c.sla_calendar, requests.c.mailbox, requests.c.owner).where(span)):
+        every.append((opened, first, due, cal))
+        per_box.setdefault(box, []).append(every[-1])
+        per_owner.setdefault(owner, []).append(every[-1])
+    whole = _response(every, now, calendars)
+    out["first_response_hours"] = {k: whole[k] for k in ("answered", "median", "p90")}
+    out["sla"] = {k: whole[k] for k in ("kept", "missed", "share_kept")}
+    out["response_per_mailbox"] = [{"mailbox": k} | _response(v, now, calendars)
+                                   for k, v in sorted(per_box.items(), key=lambda i: str(i[0]))]
+    out["response_per_owner"] = [{"owner": k} | _response(v, now, calendars)
+                                 for k, v in sorted(per_owner.items(), key=lambda i: str(i[0]))]
     overdue = and_(requests.c.status == "open", requests.c.first_response_at.is_(None),
                    requests.c.first_response_due <= now)
     per: dict[str | None, dict[str, Any]] = {}
     for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
-            requests.c.status != "closed").group_by(requests.c.owner)):
+            requests.c.status != "closed", requests_in(scope)).group_by(requests.c.owner)):
         per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["open"] = int(n)
-    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(overdue)
-                                 .group_by(requests.c.owner)):
+    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
+            overdue, requests_in(scope)).group_by(requests.c.owner)):
         per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["overdue"] = int(n)
     out["open_per_owner"] = sorted(per.values(), key=lambda r: str(r["owner"]))
     return out
+
+
+def sla_left(calendars: Mapping[str, Any], cal: str | None, due: datetime | None,
+             now: datetime) -> float | None:
+    """Business hours until the first response is due; negative when overdue by that much."""
+    if due is None:
+        return None
+    if due >= now:
+        return round(_hours(calendars, cal, now, due), 2)
+    return -round(_hours(calendars, cal, due, now), 2)
+
+
+def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
+          scope: Scope | None = None, owner: str | None = None, mailbox: str | None = None,
+          limit: int = 200) -> dict[str, Any]:
+    """Requests not closed, per owner and per mailbox (open, awaiting a first response,
+    overdue), and the `limit` awaiting a first response soonest due (overdue first), each
+    with its SLA time left in business hours; `owner`/`mailbox` narrow the list."""
+    live = and_(requests.c.status != "closed", requests_in(scope))
+    waiting = and_(requests.c.status == "open", requests.c.first_response_at.is_(None))
+    late = and_(waiting, requests.c.first_response_due <= now)
+    out: dict[str, Any] = {"now": now}
+    for name, col in (("owner", requests.c.owner), ("mailbox", requests.c.mailbox)):
+        q = select(col, func.count(), func.count().filter(waiting), func.count().filter(late)
+                   ).where(live).group_by(col)
+        out[f"per_{name}"] = sorted(({name: k, "open": int(n), "awaiting": int(w), "overdue": int(o)}
+                                     for k, n, w, o in conn.execute(q)),
+                                    key=lambda r: (-r["overdue"], str(r[name])))
+    q = select(requests).where(live, waiting)
+    if owner:
+        q = q.where(requests.c.owner == owner)
+    if mailbox:
+        q = q.where(requests.c.mailbox == mailbox)
+    q = q.order_by(requests.c.first_response_due.is_(None), requests.c.first_response_due,
+                   requests.c.id).limit(limit)
+    out["requests"] = [dict(r._mapping) | {
+        "left": sla_left(calendars, r.sla_calendar, r.first_response_due, now),
+        "overdue": r.first_response_due is not None and r.first_response_due <= now}
+        for r in conn.execute(q)]
+    return out
+
+
+def request_of(conn: Connection, message_key: str) -> int | None:
+    """The request a message (by registry key) belongs to, or None."""
+    found: int | None = conn.execute(select(request_messages.c.request_id).where(
+        request_messages.c.message_key == message_key).order_by(request_messages.c.id).limit(1)
+        ).scalar_one_or_none()
+    return found
 
 
 def _copies(conn: Connection, keys: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -87,7 +169,8 @@ def _copies(conn: Connection, keys: list[str]) -> dict[str, dict[str, list[dict[
                           .order_by(decisions.c.id)):
         found[d.message_key]["recipients"].append(
             {"rcpt": d.rcpt, "action": d.action, "reply": d.reply, "mailbox": d.mailbox,
-             "folder": d.folder, "owner": d.owner, "tags": d.tags, "reasons": d.reasons})
+             "folder": d.folder, "owner": d.owner, "tags": d.tags, "reasons": d.reasons,
+             "rules": d.rules, "priority": d.priority, "sla": d.sla, "path": d.path})
     for d in conn.execute(select(deliveries).where(deliveries.c.message_key.in_(keys))
                           .order_by(deliveries.c.id)):
         found[d.message_key]["copies"].append({"target": d.target, "state": d.state,
@@ -211,9 +294,10 @@ def _plain(row: Any) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
 
 
-def show_request(conn: Connection, number: int) -> dict[str, Any] | None:
-    """A request with its messages (and each decision's explanation), history and alerts."""
-    row = conn.execute(select(requests).where(requests.c.id == number)).first()
+def show_request(conn: Connection, number: int, scope: Scope | None = None) -> dict[str, Any] | None:
+    """A request with its messages (and each decision's explanation), history and alerts;
+    None when there is no such request or `scope` may not see it."""
+    row = conn.execute(select(requests).where(requests.c.id == number, requests_in(scope))).first()
     if row is None:
         return None
     links = conn.execute(select(request_messages).where(request_messages.c.request_id == number)
@@ -223,11 +307,21 @@ def show_request(conn: Connection, number: int) -> dict[str, Any] | None:
     extra = _copies(conn, keys)
     out = _plain(row)
     out["messages"] = [{"direction": ln.direction, "at": ln.at.isoformat(), "from": ln.sender,
-                        "message_id": ln.message_id,
-                        "subject": msgs[ln.message_key].subject if ln.message_key in msgs else None}
-                       | extra[ln.message_key] for ln in links]
+                        "message_id": ln.message_id, "key": ln.message_key}
+                       | _message_facts(msgs.get(ln.message_key)) | extra[ln.message_key]
+                       for ln in links]
     out["events"] = [_plain(e) for e in conn.execute(select(request_events).where(
         request_events.c.request_id == number).order_by(request_events.c.id))]
     out["alerts"] = [_plain(a) for a in conn.execute(select(request_alerts).where(
         request_alerts.c.request_id == number).order_by(request_alerts.c.id))]
     return out
+
+
+def _message_facts(m: Any) -> dict[str, Any]:
+    """What the registry holds of a message of a request: decoded subject and From, the
+    rule set; attachment names are not recorded (None, not an empty list)."""
+    if m is None:
+        return {"subject": None, "from_name": None, "from_addr": None, "ruleset_hash": None,
+                "attachments": None}
+    return {"subject": m.subject, "from_name": m.from_name, "from_addr": m.from_addr,
+            "ruleset_hash": m.ruleset_hash, "attachments": None}

@@ -1,4 +1,5 @@
-"""The web view's pages: sign-in, search, a message's story, a counterparty, the report.
+"""The web view's pages: sign-in, search, a message's story, a counterparty; the board, a
+request's page and its actions are in requests.py, the report in reports.py.
 
 Served by aiohttp on the daemon's own event loop (`start_web` returns the AppRunner the
 daemon cleans up at shutdown); pages are Jinja2 templates from the package, and every
@@ -7,93 +8,44 @@ Registry work runs through `Registry.read`/`write` (threads for SQLite, asyncpg 
 PostgreSQL), never on the loop; a password check runs in a thread (scrypt is slow on
 purpose).
 
-Refused: see auth.py (no session, no CSRF token, foreign Origin). Bad input (a date that
-is not YYYY-MM-DD) is answered 400 with the reason on the page; an unknown message or
-one outside the viewer's rights is 404, the same answer for both, so a link says nothing.
+Refused: see auth.py (no session, no CSRF token, foreign Origin); sign-in is throttled
+(throttle.py: too many failures for one name or from one address answer 429). Bad input
+(a date that is not YYYY-MM-DD) is answered 400 with the reason on the page; an unknown
+message or one outside the viewer's rights is 404, the same answer for both, so a link says nothing.
 Forms are limited to 64 KiB.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
+import math
 import secrets
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any
 
-import jinja2
 from aiohttp import web
+from sqlalchemy import Connection
 
 from ..config import WebConfig
+from ..control.queries import request_of
 from ..registry import Registry
 from ..registry.accounts import close_session, open_session, password_hash, verify_password
 from ..registry.models import MESSAGE_STATUSES
-from ..registry.queries import counterparty, message_story, search, volume
+from ..registry.queries import Scope, counterparty, message_story, search
 from ..routing.snapshot import Snapshot
-from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, VIEWER, Viewer, csrf,
-                   find_person, headers, safe_next, set_session_cookie, signed_in)
-from .charts import bar_chart
-from .i18n import LANGUAGES, pick_language, translate
+from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person,
+                   headers, safe_next, set_session_cookie, signed_in)
+from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
+                     redirect, render, snap, viewer)
+from .i18n import LANGUAGES, translate
+from .reports import report_page
+from .requests import act, board_page, request_page
+from .throttle import Throttle
 
 __all__ = ["make_app", "start_web"]
 
-HERE = Path(__file__).resolve().parent
-LANG_COOKIE = "mailrouter_lang"
-_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                          autoescape=True, undefined=jinja2.StrictUndefined)
-
-
-class BadInput(ValueError):
-    """A query parameter that cannot be read; the page says which and how to write it."""
-
-
-def _lang(request: web.Request) -> str:
-    return pick_language(request.cookies.get(LANG_COOKIE), request.headers.get("Accept-Language"))
-
-
-def render(request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
-    lang = _lang(request)
-    viewer = request.get(VIEWER)
-    body = _ENV.get_template(template).render(
-        t=lambda key, **v: translate(lang, key, **v), lang=lang, languages=LANGUAGES,
-        viewer=viewer, here=request.path_qs, **ctx)
-    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
-
-
-def _error_page(request: web.Request, status: int, text: str) -> web.StreamResponse:
-    key = {403: "forbidden", 404: "not_found"}.get(status)
-    return render(request, "error.html", status=status, status_code=status,
-                  message=translate(_lang(request), key) if key else text)
-
-
-def _day(request: web.Request, name: str, default: date | None = None) -> date | None:
-    text = request.query.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise BadInput(f"{name}={text[:40]!r}: " + translate(_lang(request), "bad_date")) from None
-
-
-def _bad(request: web.Request, exc: BadInput) -> web.Response:
-    return render(request, "error.html", status=400, status_code=400,
-                  message=translate(_lang(request), "bad_input", what=str(exc)))
-
-
-def _redirect(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
-
-
-def _viewer(request: web.Request) -> Viewer:
-    return request[VIEWER]
-
-
-def _snap(request: web.Request) -> Snapshot:
-    return request.app[SNAPSHOT]()
+THROTTLE: web.AppKey[Throttle] = web.AppKey("throttle")
 
 
 # -- sign-in, sign-out, language -------------------------------------------------------
@@ -110,16 +62,25 @@ async def login_form(request: web.Request, error: str = "", status: int = 200) -
 
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
-    registry, settings = request.app[REGISTRY], request.app[SETTINGS]
-    person = find_person(_snap(request), str(form.get("person", "")))
+    registry, settings, throttle = request.app[REGISTRY], request.app[SETTINGS], request.app[THROTTLE]
+    typed, ip = str(form.get("person", ""))[:200], request.remote or "?"
+    wait = throttle.wait(typed, ip)
+    if wait > 0:
+        resp = await login_form(request, translate(lang_of(request), "throttled",
+                                                   minutes=math.ceil(wait / 60)), 429)
+        resp.headers["Retry-After"] = str(math.ceil(wait))
+        return resp
+    person = find_person(snap(request), typed)
     stored = await registry.read("web sign-in", lambda c: password_hash(c, person)) if person else None
     ok = await asyncio.to_thread(verify_password, str(form.get("password", "")), stored)
     if not ok or person is None:
-        return await login_form(request, translate(_lang(request), "bad_login"), 401)
+        throttle.failed(typed, ip)
+        return await login_form(request, translate(lang_of(request), "bad_login"), 401)
+    throttle.succeeded(typed)
     now = datetime.now(timezone.utc)
     token, _ = await registry.write("web sign-in",
                                     lambda c: open_session(c, person, now, settings.session_ttl))
-    resp = _redirect(safe_next(str(form.get("next", ""))))
+    resp = redirect(safe_next(str(form.get("next", ""))))
     set_session_cookie(resp, request, token, settings.session_ttl)
     resp.del_cookie(LOGIN_CSRF, path="/login")
     return resp
@@ -128,13 +89,13 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     token = request.cookies.get(COOKIE, "")
     await request.app[REGISTRY].write("web sign-out", lambda c: close_session(c, token))
-    resp = _redirect("/login")
+    resp = redirect("/login")
     resp.del_cookie(COOKIE, path="/")
     return resp
 
 
 async def language(request: web.Request) -> web.StreamResponse:
-    resp = _redirect(safe_next(request.query.get("next")))
+    resp = redirect(safe_next(request.query.get("next")))
     if request.query.get("to") in LANGUAGES:
         resp.set_cookie(LANG_COOKIE, request.query["to"], max_age=365 * 86400, samesite="Lax",
                         httponly=True, path="/")
@@ -144,86 +105,58 @@ async def language(request: web.Request) -> web.StreamResponse:
 # -- pages ------------------------------------------------------------------------------
 
 async def index(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPSeeOther("/search")
+    raise web.HTTPSeeOther("/board")
 
 
 def _visible_mailboxes(request: web.Request) -> list[str]:
-    viewer = _viewer(request)
-    boxes = _snap(request).book.mailboxes
-    return sorted(boxes if viewer.admin else (b for b in viewer.scope.mailboxes if b in boxes))
+    me = viewer(request)
+    boxes = snap(request).book.mailboxes
+    return sorted(boxes if me.admin else (b for b in me.scope.mailboxes if b in boxes))
 
 
 async def search_page(request: web.Request) -> web.Response:
     q = request.query
     try:
-        since, until = _day(request, "since"), _day(request, "until")
+        since, until = day(request, "since"), day(request, "until")
     except BadInput as exc:
-        return _bad(request, exc)
+        return bad(request, str(exc))
     fields = {k: q.get(k, "")[:200] for k in ("sender", "rcpt", "words", "tag", "status", "mailbox",
                                               "owner")}
-    scope = _viewer(request).scope
+    scope = viewer(request).scope
     found = await request.app[REGISTRY].read("web search", lambda c: search(
         c, scope, since=since, until=until, limit=100, **fields))
     return render(request, "search.html", found=found, q=fields, since=q.get("since", ""),
                   until=q.get("until", ""), statuses=sorted(MESSAGE_STATUSES),
-                  mailboxes=_visible_mailboxes(request), people=_snap(request).book.people)
+                  mailboxes=_visible_mailboxes(request), people=snap(request).book.people)
 
 
 async def message_page(request: web.Request) -> web.Response:
-    key, scope = request.match_info["key"], _viewer(request).scope
-    story = await request.app[REGISTRY].read("web message", lambda c: message_story(c, scope, key))
+    key, scope = request.match_info["key"], viewer(request).scope
+    story = await request.app[REGISTRY].read("web message", lambda c: _story(c, scope, key))
     if story is None:
         raise web.HTTPNotFound()
-    return render(request, "message.html", m=story, people=_snap(request).book.people,
-                  rule_file=lambda path: Path(str(path)).name)
+    return render(request, "message.html", m=story, people=snap(request).book.people,
+                  places=RulePlaces(snap(request)))
+
+
+def _story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | None:
+    story = message_story(conn, scope, key)
+    return story | {"request": request_of(conn, key)} if story is not None else None
 
 
 async def counterparty_page(request: web.Request) -> web.Response:
-    who, scope = request.query.get("who", "").strip()[:200], _viewer(request).scope
+    who, scope = request.query.get("who", "").strip()[:200], viewer(request).scope
     found = await request.app[REGISTRY].read("web counterparty", lambda c: counterparty(c, scope, who))
     return render(request, "counterparty.html", who=who, found=found)
 
 
-async def report_page(request: web.Request) -> web.StreamResponse:
-    today = datetime.now(timezone.utc).date()
-    try:
-        since = _day(request, "since", today - timedelta(days=29)) or today
-        until = _day(request, "until", today) or today
-    except BadInput as exc:
-        return _bad(request, exc)
-    scope = _viewer(request).scope
-    rows = await request.app[REGISTRY].read("web report", lambda c: volume(c, scope, since, until))
-    if request.query.get("format") == "csv":
-        return _csv(rows, f"mailrouter-{since}-{until}.csv")
-    per_day: dict[str, int] = {}
-    per_box: dict[str, int] = {}
-    per_owner: dict[str, int] = {}
-    for r in rows:
-        per_day[r["day"]] = per_day.get(r["day"], 0) + r["messages"]
-        per_box[r["mailbox"] or "-"] = per_box.get(r["mailbox"] or "-", 0) + r["messages"]
-        per_owner[r["owner"] or "-"] = per_owner.get(r["owner"] or "-", 0) + r["messages"]
-    days = [(since + timedelta(days=i)).isoformat() for i in range((until - since).days + 1)][-92:]
-    lang = _lang(request)
-    chart = bar_chart([(d[5:], per_day.get(d, 0)) for d in days], translate(lang, "per_day"))
-    return render(request, "report.html", since=since.isoformat(), until=until.isoformat(), chart=chart,
-                  per_box=sorted(per_box.items()), per_owner=sorted(per_owner.items()),
-                  csv_link=f"/report?since={since}&until={until}&format=csv")
-
-
-def _csv(rows: list[dict[str, Any]], name: str) -> web.Response:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, ["day", "mailbox", "owner", "messages", "trouble"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return web.Response(body=out.getvalue().encode("utf-8"), content_type="text/csv", charset="utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
-
-
 # -- the application -------------------------------------------------------------------
 
-def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: WebConfig) -> web.Application:
+def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: WebConfig,
+             throttle: Throttle | None = None) -> web.Application:
     app = web.Application(middlewares=[headers, signed_in, csrf], client_max_size=64 * 1024)
-    app[REGISTRY], app[SNAPSHOT], app[SETTINGS], app[ERRORS] = registry, snapshot, settings, _error_page
+    app[REGISTRY], app[SNAPSHOT], app[SETTINGS], app[ERRORS] = registry, snapshot, settings, error_page
+    app[THROTTLE] = throttle or Throttle()
     app.router.add_get("/", index)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
@@ -233,6 +166,9 @@ def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: Web
     app.router.add_get("/message/{key}", message_page)
     app.router.add_get("/counterparty", counterparty_page)
     app.router.add_get("/report", report_page)
+    app.router.add_get("/board", board_page)
+    app.router.add_get("/request/{number:[0-9]{1,18}}", request_page)
+    app.router.add_post("/request/{number:[0-9]{1,18}}/{action:owner|close|reopen|note}", act)
     app.router.add_static("/static/", HERE / "static", follow_symlinks=False)
     return app
 

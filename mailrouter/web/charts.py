@@ -1,8 +1,9 @@
 """Charts drawn on the server as SVG: no script, no outside library, one string of markup.
 
-`bar_chart` draws one bar per (label, value) with the value above it and every label
-below, scaled to the largest value. Labels are escaped; the SVG uses presentation
-attributes and CSS classes only (the pages' Content-Security-Policy allows no inline style).
+`bar_chart` draws one bar per (label, value) with the value (whole, or to one decimal,
+with its unit) above it and every label below, scaled to the largest value. Labels are
+escaped; the SVG uses presentation attributes and CSS classes only (the pages'
+Content-Security-Policy allows no inline style).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from markupsafe import Markup, escape
 __all__ = ["bar_chart"]
 
 
-def bar_chart(points: Sequence[tuple[str, int]], title: str, height: int = 220) -> Markup:
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+def bar_chart(points: Sequence[tuple[str, float]], title: str, height: int = 220,
+              unit: str = "") -> Markup:
     """An SVG bar chart of `points` (label, value), `title` as its accessible name."""
     bar, gap, top, bottom, left = 28, 8, 24, 56, 8
     width = left * 2 + max(1, len(points)) * (bar + gap)
@@ -30,9 +36,9 @@ def bar_chart(points: Sequence[tuple[str, int]], title: str, height: int = 220) 
         h = round(plot * value / peak)
         y = top + plot - h
         parts.append(f'<rect class="bar" x="{x}" y="{y}" width="{bar}" height="{h}" fill="#3b6ea5">'
-                     f'<title>{escape(label)}: {value}</title></rect>'
+                     f'<title>{escape(label)}: {_num(value)}{escape(unit)}</title></rect>'
                      f'<text class="value" x="{x + bar / 2}" y="{y - 4}" text-anchor="middle" '
-                     f'font-size="11">{value}</text>'
+                     f'font-size="11">{_num(value)}{escape(unit)}</text>'
                      f'<text class="label" x="{x + bar / 2}" y="{top + plot + 12}" font-size="10" '
                      f'text-anchor="end" transform="rotate(-60 {x + bar / 2} {top + plot + 12})">'
                      f'{escape(label)}</text>')

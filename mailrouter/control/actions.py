@@ -1,0 +1,79 @@
+"""What a person does to a request by hand: reassign its owner, close or reopen it, add a note.
+
+Each is one function on a Connection (run it with `Registry.write`), so the web view and
+the command line share them. Each writes the change and a `request_events` row with who
+did it (`actor`, a person key) and when, in one transaction: the request's story shows it.
+
+Refused (a `ValueError` whose text says why, nothing written): a note that is empty or
+longer than MAX_NOTE characters; closing a closed request, reopening an open one,
+reassigning to the current owner. An unknown request number is `LookupError`. Whether
+the person may act on the request, and whether the new owner is a person of the address
+book, is the caller's check (the web view: rights by department).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Connection, select, update
+
+from .store import add_event
+from .tables import requests
+
+__all__ = ["reassign", "close", "reopen", "add_note", "MAX_NOTE"]
+
+MAX_NOTE = 4000
+
+
+def _status(conn: Connection, number: int) -> tuple[str, str | None]:
+    row = conn.execute(select(requests.c.status, requests.c.owner).where(
+        requests.c.id == number)).first()
+    if row is None:
+        raise LookupError(f"no request #{number}")
+    return str(row.status), row.owner
+
+
+def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, how: str) -> None:
+    """Make `to` the owner; the event keeps the old owner, the new one and who did it."""
+    _, old = _status(conn, number)
+    if old == to:
+        raise ValueError(f"{to} already owns request #{number}")
+    conn.execute(update(requests).where(requests.c.id == number).values(owner=to))
+    add_event(conn, number, at, "owner", json.dumps(
+        {"from": old, "to": to, "why": [f"reassigned by {actor} ({how})"]}, ensure_ascii=False),
+        actor)
+
+
+def close(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:
+    status, _ = _status(conn, number)
+    if status == "closed":
+        raise ValueError(f"request #{number} is already closed")
+    conn.execute(update(requests).where(requests.c.id == number)
+                 .values(status="closed", closed_at=at))
+    add_event(conn, number, at, "status", f"{status} -> closed: closed by {actor} ({how})", actor)
+
+
+def reopen(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:
+    """Back to open; a request that had its first response goes back to `answered`,
+    so the SLA clock (first response) is not restarted."""
+    status, _ = _status(conn, number)
+    if status != "closed":
+        raise ValueError(f"request #{number} is not closed (it is {status})")
+    answered = conn.execute(select(requests.c.first_response_at).where(
+        requests.c.id == number)).scalar_one()
+    new = "answered" if answered is not None else "open"
+    conn.execute(update(requests).where(requests.c.id == number)
+                 .values(status=new, closed_at=None))
+    add_event(conn, number, at, "status", f"closed -> {new}: reopened by {actor} ({how})", actor)
+
+
+def add_note(conn: Connection, number: int, text: str, actor: str, at: datetime) -> None:
+    """An internal note: seen in the request's story only, never sent to anyone."""
+    text = text.strip()
+    if not text:
+        raise ValueError("a note needs some text")
+    if len(text) > MAX_NOTE:
+        raise ValueError(f"a note is at most {MAX_NOTE} characters, this one has {len(text)}")
+    _status(conn, number)
+    add_event(conn, number, at, "note", text, actor)

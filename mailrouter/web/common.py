@@ -1,0 +1,97 @@
+"""What every page of the web view shares: templates, language, error pages, small helpers.
+
+`render` fills a Jinja2 template from the package (autoescaped, undefined names are
+errors) with the viewer and the words of their language. `rule_place` writes a rule's
+file relative to the routing directory (the common folder of the routing files), as
+the operators who edit the rules name them: `routing.yaml:22`, not an absolute path of
+the server; a file outside it (an older rule set elsewhere) is shown as recorded.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from ..routing.snapshot import Snapshot
+from .auth import SNAPSHOT, VIEWER, Viewer
+from .i18n import LANGUAGES, pick_language, translate
+
+__all__ = ["HERE", "LANG_COOKIE", "BadInput", "lang_of", "render", "error_page", "day", "bad",
+           "redirect", "viewer", "snap", "RulePlaces"]
+
+HERE = Path(__file__).resolve().parent
+LANG_COOKIE = "mailrouter_lang"
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                          autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+class BadInput(ValueError):
+    """A query parameter that cannot be read; the page says which and how to write it."""
+
+
+def lang_of(request: web.Request) -> str:
+    return pick_language(request.cookies.get(LANG_COOKIE), request.headers.get("Accept-Language"))
+
+
+def render(request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
+    lang = lang_of(request)
+    body = _ENV.get_template(template).render(
+        t=lambda key, **v: translate(lang, key, **v), lang=lang, languages=LANGUAGES,
+        viewer=request.get(VIEWER), here=request.path_qs, **ctx)
+    return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+def error_page(request: web.Request, status: int, text: str) -> web.StreamResponse:
+    key = {403: "forbidden", 404: "not_found"}.get(status)
+    return render(request, "error.html", status=status, status_code=status,
+                  message=translate(lang_of(request), key) if key else text)
+
+
+def day(request: web.Request, name: str, default: date | None = None) -> date | None:
+    text = request.query.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadInput(f"{name}={text[:40]!r}: " + translate(lang_of(request), "bad_date")) from None
+
+
+def bad(request: web.Request, what: str, status: int = 400) -> web.Response:
+    return render(request, "error.html", status=status, status_code=status,
+                  message=translate(lang_of(request), "bad_input", what=what))
+
+
+def redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def viewer(request: web.Request) -> Viewer:
+    return request[VIEWER]
+
+
+def snap(request: web.Request) -> Snapshot:
+    return request.app[SNAPSHOT]()
+
+
+class RulePlaces:
+    """Rule files relative to the routing directory, in file:line and in explanations."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        dirs = [os.path.dirname(os.path.abspath(f)) for f in snapshot.files]
+        self.base = os.path.commonpath(dirs) if dirs else ""
+
+    def file(self, path: object) -> str:
+        text = str(path or "")
+        if self.base and text.startswith(self.base + os.sep):
+            return text[len(self.base) + 1:]
+        return text
+
+    def line(self, text: str) -> str:
+        """An explanation line with the routing directory taken out of every path."""
+        return text.replace(self.base + os.sep, "") if self.base else text

@@ -1,0 +1,108 @@
+"""The report page: messages per day, and requests' first response and SLA kept.
+
+Two queries, both scoped by the viewer's rights: `registry.queries.volume` (messages per
+day, mailbox and owner) and `control.queries.report`, the very function `mailrouter
+report` prints: first-response time (median and 90th percentile, in business hours of
+each request's calendar) and the share answered within SLA, per mailbox and per owner,
+for the requests opened in the period. Charts are SVG drawn here (charts.py); the CSV
+download is `?format=csv` (messages per day, mailbox, owner) or `?format=csv&part=response`
+(one row per mailbox and per owner, the columns of the tables).
+
+Refused: a date that is not YYYY-MM-DD (400 naming the field), a period that ends
+before it starts (400).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from aiohttp import web
+
+from ..control.queries import report
+from ..registry.queries import volume
+from .auth import REGISTRY
+from .charts import bar_chart
+from .common import BadInput, bad, day, lang_of, render, snap, viewer
+from .i18n import translate
+
+__all__ = ["report_page", "RESPONSE_FIELDS"]
+
+RESPONSE_FIELDS = ["section", "name", "requests", "answered", "median", "p90", "kept", "missed",
+                   "share_kept"]
+
+
+def _midnight(d: date, plus: int = 0) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc) + timedelta(days=plus)
+
+
+async def report_page(request: web.Request) -> web.StreamResponse:
+    today = datetime.now(timezone.utc).date()
+    try:
+        since = day(request, "since", today - timedelta(days=29)) or today
+        until = day(request, "until", today) or today
+    except BadInput as exc:
+        return bad(request, str(exc))
+    if until < since:
+        return bad(request, f"until={until} is before since={since}")
+    scope, s = viewer(request).scope, snap(request)
+    now = datetime.now(timezone.utc)
+
+    def read(conn: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return volume(conn, scope, since, until), report(
+            conn, _midnight(since), _midnight(until, 1), now, s.rules.calendars, scope)
+    rows, doc = await request.app[REGISTRY].read("web report", read)
+    name = f"mailrouter-{since}-{until}"
+    if request.query.get("format") == "csv":
+        if request.query.get("part") == "response":
+            return _csv(_response_rows(doc), RESPONSE_FIELDS, f"{name}-response.csv")
+        return _csv(rows, ["day", "mailbox", "owner", "messages", "trouble"], f"{name}.csv")
+    per_day: dict[str, int] = {}
+    per_box: dict[str, int] = {}
+    per_owner: dict[str, int] = {}
+    for r in rows:
+        per_day[r["day"]] = per_day.get(r["day"], 0) + r["messages"]
+        per_box[r["mailbox"] or "-"] = per_box.get(r["mailbox"] or "-", 0) + r["messages"]
+        per_owner[r["owner"] or "-"] = per_owner.get(r["owner"] or "-", 0) + r["messages"]
+    days = [(since + timedelta(days=i)).isoformat() for i in range((until - since).days + 1)][-92:]
+    lang = lang_of(request)
+    people = s.book.people
+
+    def who(key: str | None) -> str:
+        p = people.get(key) if key else None
+        return (p.name or str(key)) if p is not None else (key or "-")
+    charts = {
+        "per_day": bar_chart([(d[5:], per_day.get(d, 0)) for d in days], translate(lang, "per_day")),
+        "median_box": bar_chart([(r["mailbox"] or "-", r["median"]) for r in doc["response_per_mailbox"]
+                                 if r["median"] is not None], translate(lang, "median_box"), unit="h"),
+        "median_owner": bar_chart([(who(r["owner"]), r["median"]) for r in doc["response_per_owner"]
+                                   if r["median"] is not None], translate(lang, "median_owner"),
+                                  unit="h"),
+        "share_box": bar_chart([(r["mailbox"] or "-", round(100 * r["share_kept"], 1))
+                                for r in doc["response_per_mailbox"] if r["share_kept"] is not None],
+                               translate(lang, "share_box"), unit="%"),
+    }
+    return render(request, "report.html", since=since.isoformat(), until=until.isoformat(),
+                  charts=charts, per_box=sorted(per_box.items()), per_owner=sorted(per_owner.items()),
+                  doc=doc, who=who, csv_link=f"/report?since={since}&until={until}&format=csv",
+                  csv_response=f"/report?since={since}&until={until}&format=csv&part=response")
+
+
+def _response_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for section in ("mailbox", "owner"):
+        for r in doc[f"response_per_{section}"]:
+            out.append({"section": section, "name": r[section]}
+                       | {k: r[k] for k in RESPONSE_FIELDS[2:]})
+    return out
+
+
+def _csv(rows: list[dict[str, Any]], fields: list[str], name: str) -> web.Response:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return web.Response(body=out.getvalue().encode("utf-8"), content_type="text/csv", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})

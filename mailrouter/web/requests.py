@@ -1,0 +1,121 @@
+"""The request board, a request's page, and the actions on a request.
+
+- `/board`: requests not closed per owner and per mailbox (open, awaiting a first
+  response, overdue), then those awaiting a first response, soonest due first, each
+  with its SLA time left in business hours of its calendar (negative and marked when
+  overdue); `?owner=` / `?mailbox=` narrow the list. The same query as
+  `control.queries.board`, scoped by the viewer's rights.
+- `/request/N`: `control.queries.show_request`, the query of `mailrouter request show`:
+  its messages in order (decoded subject, From, each decision with its rule, file:line
+  relative to the routing directory, the rule set's hash and the reasons), then the
+  history (owner changes, replies, status changes, reminders, escalations, notes).
+- `POST /request/N/owner|close|reopen|note`: control/actions.py, with the viewer as actor.
+
+Refused: a request outside the viewer's rights is 404 whether or not it exists (by link
+too), and so is any action on it: a head acts within their department only. A new owner
+who is not a person of the address book, or an empty note, is 400 with the reason; closing
+a closed request (or reopening an open one) is 409; the form without its CSRF token is
+403 (auth.py). Nothing is written in any of these cases.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Connection, select
+
+from ..control import actions
+from ..control.queries import board, requests_in, show_request, sla_left
+from ..control.tables import requests
+from ..registry.queries import Scope
+from .auth import REGISTRY
+from .common import RulePlaces, bad, redirect, render, snap, viewer
+
+__all__ = ["board_page", "request_page", "act"]
+
+HOW = "web view"
+
+
+async def board_page(request: web.Request) -> web.Response:
+    owner = request.query.get("owner", "").strip()[:255]
+    mailbox = request.query.get("mailbox", "").strip()[:255]
+    scope, s = viewer(request).scope, snap(request)
+    now = datetime.now(timezone.utc)
+    data = await request.app[REGISTRY].read("web board", lambda c: board(
+        c, now, s.rules.calendars, scope, owner or None, mailbox or None))
+    return render(request, "board.html", b=data, owner=owner, mailbox=mailbox,
+                  people=s.book.people)
+
+
+def _history(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Events and alerts in time order; an owner change's JSON read into from/to/why."""
+    out = []
+    for e in doc["events"]:
+        item = {"at": e["at"], "kind": e["kind"], "actor": e["actor"], "detail": e["detail"]}
+        if e["kind"] == "owner":
+            try:
+                item["owner"] = json.loads(e["detail"])
+            except ValueError:
+                pass
+        out.append(item)
+    for a in doc["alerts"]:
+        out.append({"at": a["at"], "kind": a["stage"], "actor": None,
+                    "detail": f"{a['recipient'] or '-'} <{a['address'] or '-'}>: {a['subject']}"})
+    return sorted(out, key=lambda i: str(i["at"]))
+
+
+async def request_page(request: web.Request) -> web.Response:
+    number, scope, s = int(request.match_info["number"]), viewer(request).scope, snap(request)
+    doc = await request.app[REGISTRY].read("web request", lambda c: show_request(c, number, scope))
+    if doc is None:
+        raise web.HTTPNotFound()
+    left = None
+    if doc["status"] == "open" and doc["first_response_at"] is None and doc["first_response_due"]:
+        left = sla_left(s.rules.calendars, doc["sla_calendar"],
+                        datetime.fromisoformat(doc["first_response_due"]), datetime.now(timezone.utc))
+    return render(request, "request.html", r=doc, history=_history(doc), left=left,
+                  people=s.book.people, places=RulePlaces(s))
+
+
+def _mine(conn: Connection, scope: Scope, number: int) -> None:
+    if conn.execute(select(requests.c.id).where(requests.c.id == number,
+                                                requests_in(scope))).first() is None:
+        raise LookupError(number)
+
+
+async def act(request: web.Request) -> web.Response:
+    number, what = int(request.match_info["number"]), request.match_info["action"]
+    me, s = viewer(request), snap(request)
+    form = await request.post()
+    now = datetime.now(timezone.utc)
+    to = str(form.get("owner", "")).strip()
+    text = str(form.get("text", ""))
+    if what == "owner" and to not in s.book.people:
+        return bad(request, f"owner={to[:60]!r}: not a person of the address book")
+
+    def write(conn: Connection) -> tuple[int, str] | None:
+        """None when done; else (status, why). Every check comes before any write."""
+        try:
+            _mine(conn, me.scope, number)
+            if what == "owner":
+                actions.reassign(conn, number, to, me.person, now, HOW)
+            elif what == "close":
+                actions.close(conn, number, me.person, now, HOW)
+            elif what == "reopen":
+                actions.reopen(conn, number, me.person, now, HOW)
+            else:
+                actions.add_note(conn, number, text, me.person, now)
+        except LookupError:
+            return 404, ""
+        except ValueError as exc:
+            return (400 if what == "note" else 409), str(exc)
+        return None
+    refused = await request.app[REGISTRY].write(f"web {what}", write)
+    if refused is None:
+        return redirect(f"/request/{number}")
+    if refused[0] == 404:
+        raise web.HTTPNotFound()
+    return bad(request, refused[1], refused[0])

@@ -1,0 +1,67 @@
+"""Sign-in throttling: failed attempts per person and per client address lock them a while.
+
+A failed sign-in counts against the name typed (case-folded, whether or not such a person
+exists, so the lock says nothing about who exists) and against the client's IP address.
+After `per_person` failures of one name, or `per_ip` failures from one address, within
+`window` seconds, that name or address is locked for `lock` seconds from the last failure:
+sign-in answers 429 with Retry-After without even checking the password, so guessing
+costs an attacker `lock` seconds per few tries. A successful sign-in forgets the name's
+failures (not the address's: one right password must not unlock a guesser's address).
+
+Known limits: the counts live in the serving process's memory (the web view runs in one
+process: worker 0), so a restart forgets them and two instances count separately; at
+most `max_keys` names and addresses are kept, the oldest dropped first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Throttle"]
+
+
+@dataclass
+class Throttle:
+    per_person: int = 5
+    per_ip: int = 20
+    window: float = 15 * 60.0
+    lock: float = 15 * 60.0
+    max_keys: int = 10_000
+    clock: Callable[[], float] = time.monotonic
+    _fails: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
+
+    def _keys(self, person: str, ip: str) -> tuple[tuple[str, int], tuple[str, int]]:
+        return (("p:" + person.strip().casefold(), self.per_person), ("ip:" + ip, self.per_ip))
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._fails.get(key, ()) if now - t < max(self.window, self.lock)]
+        if times:
+            self._fails[key] = times
+        else:
+            self._fails.pop(key, None)
+        return times
+
+    def wait(self, person: str, ip: str) -> float:
+        """Seconds until `person` from `ip` may try again; 0 when they may now."""
+        now = self.clock()
+        longest = 0.0
+        for key, limit in self._keys(person, ip):
+            times = self._recent(key, now)
+            if len(times) >= limit and times[-1] - times[-limit] < self.window:
+                longest = max(longest, times[-1] + self.lock - now)
+        return max(0.0, longest)
+
+    def failed(self, person: str, ip: str) -> None:
+        now = self.clock()
+        for key, _ in self._keys(person, ip):
+            self._fails.setdefault(key, []).append(now)
+            self._fails.move_to_end(key)
+            del self._fails[key][:-max(self.per_person, self.per_ip)]
+        while len(self._fails) > self.max_keys:
+            self._fails.popitem(last=False)
+
+    def succeeded(self, person: str) -> None:
+        self._fails.pop(self._keys(person, "")[0][0], None)

@@ -1,0 +1,231 @@
+"""The request board, a request's page, its actions, the response report and sign-in
+throttling, over real HTTP against the daemon's App (execution control on, listen.web on
+port 0), messages sent by a real SMTP client, a real SQLite registry.
+
+The example company: an invoice opens a finance request owned by the finance-duty team's
+pick (ivanov, head of finance); an urgent support message opens a support request with no
+owner (smirnov heads sales and support); petrova is an admin.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from mailrouter.config import ControlConfig, Listener, WebConfig
+from mailrouter.control.queries import report
+from mailrouter.control.tables import request_events, requests
+from mailrouter.registry.accounts import hash_password, set_password
+from mailrouter.web.throttle import Throttle
+from tests.support.daemon import RULES
+from tests.test_web import PASSWORD, Client, _deliver
+
+
+@pytest.fixture
+async def site(make_app: Any) -> Any:
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig())
+    hashed = hash_password(PASSWORD)
+    now = datetime.now(timezone.utc)
+    for person in ("ivanov", "smirnov", "petrova"):
+        await app.registry.write("test", lambda c, p=person: set_password(c, p, hashed, now))
+    await _deliver(app, "invoices@example.com", "Счёт №42 за декабрь")
+    await _deliver(app, "support@example.com", "Срочно: принтер не печатает")
+    rows = await app.registry.read("test", lambda c: c.execute(
+        select(requests.c.id, requests.c.mailbox, requests.c.owner)).all())
+    ids = {box: (rid, owner) for rid, box, owner in rows}
+    assert set(ids) == {"finance", "support"} and ids["finance"][1] == "ivanov", ids
+    host, port = app.bound["web"]
+    return app, f"http://{host}:{port}", ids["finance"][0], ids["support"][0]
+
+
+@pytest.fixture
+async def client(site: Any) -> Any:
+    made: list[Client] = []
+
+    async def make(person: str | None = None, lang: str = "en") -> Client:
+        made.append(Client(site[1], lang))
+        if person is not None:
+            assert await made[-1].login(person) == 303
+        return made[-1]
+    yield make
+    for c in made:
+        await c.http.close()
+
+
+def _board_rows(page: str) -> dict[str, str]:
+    """request number -> its board row (the HTML between <tr id="req-N"> and </tr>)."""
+    return dict(re.findall(r'<tr class="\w+" id="req-(\d+)">(.*?)</tr>', page, re.S))
+
+
+async def test_the_board_shows_each_head_their_requests_with_sla_time_left(site: Any,
+                                                                           client: Any) -> None:
+    """ivanov's board lists the finance request (owner Пётр Иванов, business hours left),
+    not the support one; smirnov's the support one only; petrova's both. A request whose
+    due time has passed is marked overdue with the business hours it is late by."""
+    app, _, fin, sup = site
+    ivanov, smirnov, petrova = [await client(p) for p in ("ivanov", "smirnov", "petrova")]
+    _, page, _ = await ivanov.get("/board")
+    rows = _board_rows(page)
+    assert set(rows) == {str(fin)} and "Пётр Иванов" in rows[str(fin)]
+    assert "business h left" in rows[str(fin)] and 'class="ok"' in page
+    assert re.search(r'id="per-mailbox">.*?/board\?mailbox=finance', page, re.S)
+    _, page, _ = await smirnov.get("/board")
+    assert set(_board_rows(page)) == {str(sup)}
+    _, page, _ = await petrova.get("/board")
+    assert set(_board_rows(page)) == {str(fin), str(sup)}
+    _, page, _ = await petrova.get("/board?mailbox=support")
+    assert set(_board_rows(page)) == {str(sup)}
+
+    due = datetime.now(timezone.utc) - timedelta(days=21)
+    await app.registry.write("test", lambda c: c.execute(update(requests).where(
+        requests.c.id == fin).values(first_response_due=due)))
+    _, page, _ = await ivanov.get("/board")
+    row = _board_rows(page)[str(fin)]
+    late = re.search(r"overdue by ([\d.]+) business h", row)
+    assert late and 80 <= float(late[1]) <= 15 * 9 + 1, row   # 3 weeks of 9-hour days, holidays aside
+    assert re.search(rf'<tr class="late" id="req-{fin}">', page)
+    assert re.search(r"Пётр Иванов</a></td><td>1</td><td>1</td><td>1</td>", page)
+
+
+async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_routing_dir(
+        site: Any, client: Any) -> None:
+    """The finance request shows its message (decoded subject, From), the decision with
+    rule invoices at routing.yaml:N (no absolute path anywhere), the rule set's hash, that
+    attachment names are not recorded, and the history (opened, owner). The message page
+    links to its request."""
+    _, _, fin, _ = site
+    ivanov = await client("ivanov")
+    status, page, _ = await ivanov.get(f"/request/{fin}")
+    assert status == 200
+    assert "Счёт №42 за декабрь" in page and "&lt;client@outside.test&gt;" in page
+    assert re.search(r"<strong>invoices</strong> <code>routing\.yaml:\d+</code>", page)
+    assert re.search(r"rule &#39;invoices&#39; \(routing\.yaml:\d+\)", page)
+    assert str(RULES) not in page and str(RULES.resolve()) not in page
+    assert re.search(r'<code class="ruleset">[0-9a-f]{16}</code>', page)
+    assert "not recorded in the registry" in page
+    assert 'class="ev-opened"' in page and 'class="ev-owner"' in page
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page)[1]
+    _, story, _ = await ivanov.get(f"/message/{key}")
+    assert f'<a id="request" href="/request/{fin}">' in story
+    assert str(RULES) not in story
+
+
+async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department(
+        site: Any, client: Any) -> None:
+    """ivanov reassigns his request to petrova, adds a note, closes and reopens it: each is
+    a request_events row with him as actor, shown in the story; the board follows. Bad
+    input changes nothing: an owner outside the address book (400), an empty note (400),
+    closing twice (409). smirnov, head of another department, gets 404 for the page and
+    for every action even with his own valid CSRF token; a form without a token is 403."""
+    app, _, fin, _ = site
+    ivanov, smirnov = await client("ivanov"), await client("smirnov")
+    token = await ivanov.csrf()
+    assert (await ivanov.post(f"/request/{fin}/owner", {"owner": "petrova"}))[0] == 403
+    status, _, headers = await ivanov.post(f"/request/{fin}/owner", {"csrf": token, "owner": "petrova"})
+    assert status == 303 and headers["Location"] == f"/request/{fin}"
+    _, page, _ = await ivanov.get("/board")
+    assert "Анна Петрова" in _board_rows(page)[str(fin)]
+    assert (await ivanov.post(f"/request/{fin}/owner", {"csrf": token, "owner": "nobody"}))[0] == 400
+    assert (await ivanov.post(f"/request/{fin}/note", {"csrf": token, "text": "  "}))[0] == 400
+    assert (await ivanov.post(f"/request/{fin}/note", {"csrf": token,
+                                                       "text": "Позвонить клиенту"}))[0] == 303
+    assert (await ivanov.post(f"/request/{fin}/close", {"csrf": token}))[0] == 303
+    _, page, _ = await ivanov.get("/board")
+    assert str(fin) not in _board_rows(page)
+    status, page, _ = await ivanov.post(f"/request/{fin}/close", {"csrf": token})
+    assert status == 409 and "already closed" in page
+    assert (await ivanov.post(f"/request/{fin}/reopen", {"csrf": token}))[0] == 303
+
+    other = await smirnov.csrf()
+    assert (await smirnov.get(f"/request/{fin}"))[0] == 404
+    for action, data in (("owner", {"owner": "smirnov"}), ("close", {}), ("note", {"text": "x"})):
+        assert (await smirnov.post(f"/request/{fin}/{action}", {"csrf": other} | data))[0] == 404
+    assert (await smirnov.get("/request/999999"))[0] == 404
+
+    events = await app.registry.read("test", lambda c: c.execute(
+        select(request_events.c.kind, request_events.c.actor, request_events.c.detail).where(
+            request_events.c.request_id == fin, request_events.c.actor == "ivanov")
+        .order_by(request_events.c.id)).all())
+    want = [("owner", '{"from": "ivanov", "to": "petrova", "why"'), ("note", "Позвонить клиенту"),
+            ("status", "open -> closed: closed by ivanov (web view)"),
+            ("status", "closed -> open: reopened by ivanov (web view)")]
+    assert len(events) == len(want)
+    assert all(k == wk and d.startswith(wd) for (k, _, d), (wk, wd) in zip(events, want)), events
+    _, page, _ = await ivanov.get(f"/request/{fin}")
+    assert re.search(r"Пётр Иванов → Анна Петрова · reassigned by ivanov \(web view\)", page)
+    assert "Позвонить клиенту" in page and 'id="status">open<' in page
+
+
+async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,
+                                                                          client: Any) -> None:
+    """First response per mailbox and owner, with SVG charts; the response CSV has the
+    figures control.queries.report (the CLI's) computes for the same period."""
+    app, _, fin, _ = site
+    first = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: c.execute(update(requests).where(
+        requests.c.id == fin).values(first_response_at=first, status="answered")))
+    petrova = await client("petrova")
+    status, page, _ = await petrova.get("/report")
+    assert status == 200 and 'id="response-mailbox"' in page and page.count("<svg") == 4
+    status, body, _ = await petrova.get("/report?format=csv&part=response")
+    got = list(csv.DictReader(io.StringIO(body)))
+    today = datetime.now(timezone.utc).date()
+    since = datetime(today.year, today.month, today.day, tzinfo=timezone.utc) - timedelta(days=29)
+    snap = app.snapshot()
+    doc = await app.registry.read("test", lambda c: report(
+        c, since, since + timedelta(days=30), datetime.now(timezone.utc), snap.rules.calendars))
+    want = [{"section": "mailbox", "name": r["mailbox"]} | r for r in doc["response_per_mailbox"]]
+    want += [{"section": "owner", "name": r["owner"] or ""} | r for r in doc["response_per_owner"]]
+    assert [(g["section"], g["name"], g["answered"], g["median"], g["kept"]) for g in got] == [
+        (w["section"], w["name"], str(w["answered"]), "" if w["median"] is None else str(w["median"]),
+         str(w["kept"])) for w in want]
+    assert ("mailbox", "finance", "1") in [(g["section"], g["name"], g["answered"]) for g in got]
+    status, page, _ = await petrova.get("/report?since=2027-02-01&until=2027-01-01")
+    assert status == 400 and "is before" in page
+
+
+async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any) -> None:
+    """Five wrong passwords for ivanov: the sixth try, even with the right password, is
+    429 with Retry-After and no session; another person from the same address still signs in."""
+    c = await client()
+    for _ in range(5):
+        assert await c.login("ivanov", "wrong password!") == 401
+    _, page, _ = await c.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+    status, page, headers = await c.post("/login", {"csrf": token, "person": "IVANOV",
+                                                    "password": PASSWORD, "next": "/"})
+    assert status == 429 and int(headers["Retry-After"]) > 0 and "try again in" in page
+    assert (await c.get("/board"))[0] == 303
+    assert await (await client()).login("smirnov") == 303
+
+
+def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -> None:
+    """Clock-driven: 3 failures lock the name for 60 s from the last; success forgets the
+    name's failures; 4 failures from one address lock the address for any name; failures
+    spread wider than the window do not lock."""
+    now = [1000.0]
+    t = Throttle(per_person=3, per_ip=4, window=100.0, lock=60.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert t.wait("ivanov", "10.0.0.1") == 0
+        t.failed("Ivanov", "10.0.0.1")
+    assert t.wait("IVANOV", "10.0.0.2") == 60.0
+    now[0] += 59
+    assert t.wait("ivanov", "10.0.0.2") == pytest.approx(1.0)
+    now[0] += 2
+    assert t.wait("ivanov", "10.0.0.2") == 0
+    t.failed("petrova", "10.0.0.1")                 # 4th from this address
+    assert t.wait("smirnov", "10.0.0.1") > 0 and t.wait("smirnov", "10.0.0.3") == 0
+    t.succeeded("petrova")
+    assert t.wait("petrova", "10.0.0.3") == 0
+    slow = Throttle(per_person=3, per_ip=100, window=100.0, lock=60.0, clock=lambda: now[0])
+    for _ in range(3):
+        slow.failed("x", "ip")
+        now[0] += 51
+    assert slow.wait("x", "ip") == 0
