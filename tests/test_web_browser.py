@@ -4,8 +4,8 @@ through Debian's chromedriver, against `mailrouter run` on loopback.
 Nothing is downloaded: the driver's path is given (Selenium Manager does not run, and
 SE_OFFLINE forbids it anyway). Every page visited is kept as a screenshot under the
 test's tmp_path/shots, the browser's console must stay free of errors (a missing asset or
-a Content-Security-Policy violation is logged there), and every link of every page is
-followed and must answer 200.
+a Content-Security-Policy violation is logged there), and every link and asset of every
+page (a[href], link[href], img[src]) is fetched and must answer 200.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Any:
-    d = DaemonProcess(tmp_path, extra="workers: 1\nweb: {admins: [petrova]}\n", web=True)
+    d = DaemonProcess(tmp_path, extra="workers: 1\nweb: {admins: [petrova]}\ncontrol: {join: address}\n",
+                      web=True)
     d.start()
     try:
         assert d.web is not None
@@ -112,7 +113,8 @@ class Visit:
         self.driver.save_screenshot(str(self.shots / f"{self.n:02d}-{name}.png"))
         errors = [e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], f"{name}: the browser's console has errors: {errors}"
-        refs = [e.get_attribute("href") for e in self.driver.find_elements(By.CSS_SELECTOR, "a[href], link[href]")]
+        refs = [e.get_attribute("href") or e.get_attribute("src") for e in self.driver.find_elements(
+            By.CSS_SELECTOR, "a[href], link[href], img[src]")]
         cookie = "; ".join(f"{c['name']}={c['value']}" for c in self.driver.get_cookies())
         for ref in refs:
             url = urljoin(self.driver.current_url, ref)
@@ -152,10 +154,13 @@ def _sign_in(driver: Any, base: str, person: str) -> None:
 def test_head_of_department_finds_reads_and_is_kept_to_their_department(
         daemon: DaemonProcess, browser: Any, tmp_path: Path) -> None:
     """ivanov (head of finance) signs in, finds 'Счёт №42' by typing СЧЕТ (upper case, е
-    for ё), opens its story and sees the rule that routed it with file:line; a sign-out
-    form stripped of its CSRF token is refused (403) and changes nothing; he signs out.
-    smirnov (head of sales) cannot open the same message, not even by its link."""
+    for ё), opens its story and its request and sees the rule that routed it with file:line
+    relative to the routing directory; reassigns the request to petrova and sees her on the
+    board; a reassign form and a sign-out form stripped of their CSRF token are refused
+    (403) and change nothing; he signs out. smirnov (head of sales) cannot open the same
+    message or request, not even by their links, and his board does not list it."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
     base = f"http://127.0.0.1:{daemon.web}"
     visit = Visit(browser, base, tmp_path / "shots")
 
@@ -178,18 +183,52 @@ def test_head_of_department_finds_reads_and_is_kept_to_their_department(
     assert "client@outside.test" in browser.find_element(By.ID, "from").text
     visit.page("message")
 
-    _click(browser, By.CSS_SELECTOR, "#from a")
+    _click(browser, By.ID, "request")
+    request_url = browser.current_url
+    number = urlsplit(request_url).path.rsplit("/", 1)[1]
+    assert browser.find_element(By.ID, "subject").text == f"#{number} Счёт №42 за декабрь"
+    rules = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "li.rule")]
+    assert len(rules) == 1 and rules[0].startswith("invoices routing.yaml:"), rules
+    why = " ".join(li.text for li in browser.find_elements(By.CSS_SELECTOR, "ul.why li"))
+    assert "rule 'invoices' (routing.yaml:" in why and str(REPO) not in browser.page_source
+    assert browser.find_element(By.ID, "owner").text.startswith("Пётр Иванов")
+    visit.page("request")
+
+    Select(browser.find_element(By.ID, "new-owner")).select_by_value("petrova")
+    _click(browser, By.ID, "do-reassign")
+    assert browser.current_url == request_url
+    assert browser.find_element(By.ID, "owner").text.startswith("Анна Петрова")
+    assert "reassigned by ivanov" in browser.find_element(By.ID, "history").text
+    visit.page("request-reassigned")
+    browser.get(base + "/board")
+    row = browser.find_element(By.ID, f"req-{number}")
+    assert row.find_element(By.CSS_SELECTOR, "td.owner").text == "Анна Петрова"
+    assert "business h" in row.find_element(By.CSS_SELECTOR, "td.left").text
+    visit.page("board")
+
+    # A form posted without its CSRF token: refused, and nothing changes.
+    browser.get(request_url)
+    Select(browser.find_element(By.ID, "new-owner")).select_by_value("smirnov")
+    browser.execute_script("document.querySelector('#reassign input[name=csrf]').remove()")
+    _click(browser, By.ID, "do-reassign")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "403"
+    browser.get_log("browser")          # the 403 itself is logged by the console: expected
+    visit.page("reassign-csrf-refused")
+    browser.get(request_url)
+    assert browser.find_element(By.ID, "owner").text.startswith("Анна Петрова")
+
+    _click(browser, By.CSS_SELECTOR, "dd a[href^='/counterparty']")
     assert "Счёт №42" in browser.page_source
     visit.page("counterparty")
     browser.get(base + "/report")
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")
+    assert browser.find_elements(By.ID, "response-owner")
     visit.page("report")
 
-    # A form posted without its CSRF token: refused, and the session lives on.
     browser.execute_script("document.querySelector('form.out input[name=csrf]').remove()")
     _click(browser, By.ID, "signout")
     assert browser.find_element(By.TAG_NAME, "h1").text == "403"
-    browser.get_log("browser")          # the 403 itself is logged by the console: expected
+    browser.get_log("browser")
     visit.page("csrf-refused")
     browser.get(story)
     assert browser.find_element(By.ID, "subject").text == "Счёт №42 за декабрь"
@@ -203,9 +242,13 @@ def test_head_of_department_finds_reads_and_is_kept_to_their_department(
     _sign_in(browser, base, "smirnov")
     assert [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.subject")] == ["Вопрос о цене"]
     visit.page("other-head-search")
-    browser.get(story)
-    assert browser.find_element(By.TAG_NAME, "h1").text == "404"
-    assert "Счёт" not in browser.page_source
-    browser.get_log("browser")          # the 404 itself is logged by the console: expected
+    for link in (story, request_url):
+        browser.get(link)
+        assert browser.find_element(By.TAG_NAME, "h1").text == "404"
+        assert "Счёт" not in browser.page_source
+        browser.get_log("browser")      # the 404 itself is logged by the console: expected
     visit.page("other-head-refused")
+    browser.get(base + "/board")
+    assert not browser.find_elements(By.ID, f"req-{number}") and "Счёт" not in browser.page_source
+    visit.page("other-head-board")
     assert len(list((tmp_path / "shots").glob("*.png"))) == visit.n
