@@ -229,3 +229,21 @@ def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -
         slow.failed("x", "ip")
         now[0] += 51
     assert slow.wait("x", "ip") == 0
+
+
+def test_the_boards_shortcut_for_long_overdue_requests_gives_the_same_hours() -> None:
+    """sla_left with the per-day cache (the board's) equals the plain day-by-day walk for
+    dues spread over 100 days, DST-free and across holidays, including two sharing a day."""
+    from mailrouter.calendars import build_calendars
+    from mailrouter.control.queries import sla_left
+    cals = build_calendars({"msk": {"timezone": "Europe/Moscow", "hours": "Mon-Fri 09:00-18:00",
+                                    "holidays": ["2027-01-01", "2027-01-07"]},
+                            "night": {"timezone": "Asia/Yekaterinburg",
+                                      "hours": "Mon-Fri 22:00-06:00"}})
+    now = datetime(2027, 3, 3, 11, 17, tzinfo=timezone.utc)
+    cache: dict[Any, float] = {}
+    for cal in ("msk", "night"):
+        for i in range(0, 100 * 24, 7):
+            due = now - timedelta(hours=i, minutes=13)
+            assert sla_left(cals, cal, due, now, cache) == sla_left(cals, cal, due, now), (cal, due)
+    assert len(cache) > 10

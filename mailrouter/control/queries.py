@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 import unicodedata
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, true
@@ -112,13 +112,25 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
 
 
 def sla_left(calendars: Mapping[str, Any], cal: str | None, due: datetime | None,
-             now: datetime) -> float | None:
-    """Business hours until the first response is due; negative when overdue by that much."""
+             now: datetime, cache: dict[Any, float] | None = None) -> float | None:
+    """Business hours until the first response is due; negative when overdue by that much.
+
+    `cache` (one dict per `now`) keeps the working hours from the midnight after a due day
+    to `now`, so a board of many requests overdue since the same days walks each day once."""
     if due is None:
         return None
     if due >= now:
         return round(_hours(calendars, cal, now, due), 2)
-    return -round(_hours(calendars, cal, due, now), 2)
+    c = calendars.get(cal) if cal else None
+    if c is None or cache is None:
+        return -round(_hours(calendars, cal, due, now), 2)
+    day = c.local(due).date()
+    midnight = datetime.combine(day + timedelta(days=1), time(0), c.tz)
+    if midnight >= now:
+        return -round(_hours(calendars, cal, due, now), 2)
+    if (cal, day) not in cache:
+        cache[(cal, day)] = _hours(calendars, cal, midnight, now)
+    return -round(_hours(calendars, cal, due, midnight) + cache[(cal, day)], 2)
 
 
 def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
@@ -144,8 +156,9 @@ def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
         q = q.where(requests.c.mailbox == mailbox)
     q = q.order_by(requests.c.first_response_due.is_(None), requests.c.first_response_due,
                    requests.c.id).limit(limit)
+    cache: dict[Any, float] = {}
     out["requests"] = [dict(r._mapping) | {
-        "left": sla_left(calendars, r.sla_calendar, r.first_response_due, now),
+        "left": sla_left(calendars, r.sla_calendar, r.first_response_due, now, cache),
         "overdue": r.first_response_due is not None and r.first_response_due <= now}
         for r in conn.execute(q)]
     return out
