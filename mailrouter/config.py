@@ -54,7 +54,7 @@ class Limits:
     command_timeout: float = 300.0               # idle time allowed between commands (RFC 5321 4.5.3.2.7)
     data_timeout: float = 180.0                  # idle time allowed between DATA chunks (RFC 5321 4.5.3.2.6)
     data_deadline: float = 600.0                 # whole DATA phase; a trickling client gets 421 4.4.2
-    max_data_in_flight: int = 1024 * 1024 * 1024  # DATA bytes held at once per process; past it 452 4.3.1
+    max_data_in_flight: int = 1024 * 1024 * 1024  # memory of DATA in flight per process (2 per byte); 452 4.3.1
     process_timeout: float = 300.0               # end of DATA to reply; past it 451 4.3.0 (RFC 5321: 10 min)
     max_alias_depth: int = 20
     max_alias_width: int = 1000

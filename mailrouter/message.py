@@ -30,7 +30,6 @@ Known limits (the stdlib parser's, kept on purpose):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from email.utils import getaddresses, parseaddr
 from functools import cached_property
 from html.parser import HTMLParser
 
+from mailrouter.mimewalk import Leaf, leaves
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     Decoded,
@@ -244,13 +244,20 @@ class MessageView:
 
     @cached_property
     def _body(self) -> _Body:
-        head = self.header_block
-        if (self._is_plain_single_part and not self._header_msg.defects
-                and b"\r" not in head.replace(b"\r\n", b"")):
-            # One clean text part: the feedparser would only split the body into lines
-            # and join them again; hand the bytes to the same leaf reader directly.
-            return _single_part_body(self._header_msg, self.raw[len(head):])
-        return _parse_body(self.raw)
+        # A well-formed message is walked on its bytes (mimewalk.py): the feedparser would
+        # hold every line, every payload as a string and every decoded attachment at once.
+        found = leaves(self.raw, self._header_msg, len(self.header_block))
+        if found is None:       # anything the walk does not vouch for: the stdlib decides
+            return _parse_body(self.raw)
+        body = _Body()
+        texts: dict[str, tuple[bytes, str | None]] = {}
+        for leaf in found:
+            try:
+                _read_leaf(leaf.headers, body, texts, leaf)
+            except Exception as exc:  # as in _parse_body
+                body.defects.append(f"body part: {_describe(exc)}")
+        _choose_text(body, texts)
+        return body
 
     @cached_property
     def body_text(self) -> str:
@@ -400,20 +407,6 @@ def _parse_body(raw: bytes) -> _Body:
     return body
 
 
-def _single_part_body(headers: Message, payload: bytes) -> _Body:
-    """`_parse_body` for a message whose clean header block shows one text part."""
-    body = _Body()
-    part = copy.copy(headers)        # shares the header list; the payload is the copy's own
-    part.set_payload(payload.decode("ascii", "surrogateescape"))   # as BytesParser does
-    texts: dict[str, tuple[bytes, str | None]] = {}
-    try:
-        _read_leaf(part, body, texts)
-    except Exception as exc:  # as in _parse_body
-        body.defects.append(f"body part: {_describe(exc)}")
-    _choose_text(body, texts)
-    return body
-
-
 def _part_header(part: Message, name: str) -> Message | None:
     for key, value in part.raw_items():
         if key.lower() == name.lower():
@@ -458,23 +451,33 @@ def _read_forwarded(part: Message, body: _Body) -> None:
     body.attachments.append(Attachment(name, "message/rfc822", size))
 
 
-def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> None:
+def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | None]],
+               leaf: Leaf | None = None) -> None:
+    """One leaf: an attachment (its decoded size) or a text part (its decoded bytes, the
+    first of each kind). `leaf` gives the payload as a range of the raw bytes (the walk);
+    without it the payload is the parsed part's."""
     ctype_msg = _part_header(part, "Content-Type")
     disposition = _part_header(part, "Content-Disposition")
     ctype = ctype_msg.get_content_type() if ctype_msg else part.get_content_type()
     name = _file_name(ctype_msg, disposition, body)
-    payload = part.get_payload(decode=True)
-    data = payload if isinstance(payload, bytes) else b""
     attached = bool(name) or bool(
         disposition is not None and disposition.get_content_disposition() == "attachment")
     if attached or ctype.split("/", 1)[0] not in ("text", "multipart"):
-        body.attachments.append(Attachment(name, ctype, len(data)))
+        # an attachment's size, counted without holding its decoded bytes when it can be
+        size = leaf.decoded_size() if leaf is not None else len(_payload(part))
+        body.attachments.append(Attachment(name, ctype, size))
         return
     kind = "text/html" if ctype == "text/html" else "text/plain"
     if kind not in texts:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
+        data = leaf.decoded() if leaf is not None else _payload(part)
         texts[kind] = (data, str(label) if label else None)
+
+
+def _payload(part: Message) -> bytes:
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
 
 
 def _choose_text(body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> None:
@@ -483,9 +486,12 @@ def _choose_text(body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> Non
     kind = "text/plain" if "text/plain" in texts else "text/html"
     if kind not in texts:
         return
-    data, label = texts[kind]
+    data, label = texts.pop(kind)
+    texts.clear()                 # the other kind's bytes are not read: let them go now
     decoded = decode_bytes(data, label, CYRILLIC_BODY_CANDIDATES)
+    del data
     body.record("Body", decoded)
-    text = decoded.text.replace("\r\n", "\n").replace("\r", "\n")
+    text, body.charset = decoded.text, decoded.charset
+    del decoded                   # one decoded copy at a time
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     body.text = html_to_text(text) if kind == "text/html" else text
-    body.charset = decoded.charset

@@ -188,10 +188,10 @@ async def test_oversize_data_refused(make_app, tmp_path):
 
 
 async def test_data_held_at_once_is_bounded(make_app, tmp_path):
-    """With 100 KB of DATA memory per process: while one session holds 60 KB mid-DATA, a
+    """With 200 KB of DATA memory per process (two per byte): while one session holds 60 KB mid-DATA, a
     second 60 KB message is read to its end and answered 452 4.3.1 (SMTP) or one 452 per
     recipient (LMTP); once the first is done the room is back and the retry is delivered."""
-    app = await make_app(limits={"max_data_in_flight": 100_000})
+    app = await make_app(limits={"max_data_in_flight": 200_000})   # 2 bytes per DATA byte
     body = ("z" * 78 + "\r\n") * 750                       # 60,000 bytes
     first = Wire(app.bound["smtp"][1])
     async with first:

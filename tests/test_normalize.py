@@ -59,3 +59,43 @@ def test_strip_reply_prefixes_is_idempotent(text: str) -> None:
     """Stripping prefixes twice changes nothing, whatever the input."""
     once = strip_reply_prefixes(text)
     assert strip_reply_prefixes(once) == once
+
+
+_MIXED = st.text(alphabet=st.sampled_from(list("aZ ё\u0308е\u0301\t\n\u00a0\u3000.,-_ЁÅ\u212b\ufb01ß\u0130Σς1")))
+
+
+@given(_MIXED, st.integers(1, 8))
+def test_normalize_in_pieces_is_normalize_of_the_whole(text: str, size: int) -> None:
+    """A long text (a body) is normalised piece by piece, cut at whitespace runs: the same
+    text as normalising it in one go, whatever the cuts."""
+    from mailrouter.routing.normalize import _RUN_START, _normal, pieces
+    cut = pieces(text, _RUN_START, size)
+    assert "".join(cut) == text
+    assert "".join(_normal(p) for p in cut).strip() == _normal(text).strip()
+
+
+@given(_MIXED, st.integers(1, 8))
+def test_word_form_in_pieces_is_the_word_form_of_the_whole(text: str, size: int) -> None:
+    """The `contains` word form and its token set, built piece by piece, are the whole's."""
+    import re
+
+    from mailrouter.routing.facts import _NOT_WORD, _SPACE
+    from mailrouter.routing.normalize import pieces
+    whole = " ".join(re.findall(r"\w+", text))
+    found = (" ".join(re.findall(r"\w+", p)) for p in pieces(text, _NOT_WORD, size))
+    assert " ".join(w for w in found if w) == whole
+    tokens: set[str] = set()
+    for p in pieces(" " + whole + " ", _SPACE, size):
+        tokens.update(p.split())
+    assert tokens == set(whole.split())
+
+
+def test_long_text_takes_the_piece_path() -> None:
+    """normalize and words_of of a body longer than two pieces give the one-go result."""
+    from mailrouter.routing.facts import words_of
+    from mailrouter.routing.normalize import PIECE, _normal
+    text = ("Счёт  N°5 на\u00a0оплату,\tСУММА ё\u0308 ﬁnal. " * (3 * PIECE // 40))
+    assert len(text) > 2 * PIECE
+    assert normalize(text) == _normal(text).strip()
+    import re
+    assert words_of(normalize(text)) == " " + " ".join(re.findall(r"\w+", normalize(text))) + " "

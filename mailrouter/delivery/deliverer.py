@@ -127,7 +127,7 @@ class Deliverer:
                 remote.setdefault(kind, []).append(c)
 
         async def one(c: Copy) -> dict[str, _Answer]:
-            data = received(c.rcpt) + trace_headers(self.hostname, c.rcpt) + raw
+            data = (received(c.rcpt) + trace_headers(self.hostname, c.rcpt), raw)  # no joined copy
             reply = await _guarded(c.target.key, self._maildir(c.target, mailboxes[c.target.mailbox],
                                                                data, key))
             return {c.target.key: _Answer(reply)}
@@ -145,7 +145,8 @@ class Deliverer:
             results.update(await self._hold(refused, first_seen, qid))
         return results
 
-    async def _maildir(self, target: Target, mailbox: Mailbox, data: bytes, key: str) -> Reply:
+    async def _maildir(self, target: Target, mailbox: Mailbox, data: Sequence[bytes],
+                       key: str) -> Reply:
         where = Path(mailbox.where)
         root = where if where.is_absolute() else self.cfg.maildir_root / where
         md = self._maildirs.get(root)

@@ -37,6 +37,7 @@ import base64
 import errno
 import itertools
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,8 +89,11 @@ class Maildir:
         self._tmp_ids = itertools.count()     # tmp/ names unique per process and call
         self._made: dict[Path, int] = {}      # folder -> open descriptor of its new/
 
-    async def deliver(self, data: bytes, copy_id: str, folder: str | None = None) -> str:
-        """Store one copy durably; return its path. Idempotent per copy_id."""
+    async def deliver(self, data: bytes | Sequence[bytes], copy_id: str,
+                      folder: str | None = None) -> str:
+        """Store one copy durably; return its path. Idempotent per copy_id. `data` may come
+        in pieces (our headers, then the message as received): written with one writev,
+        never joined into another copy of the message."""
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 _IO, self._deliver, data, copy_id, folder)
@@ -128,14 +132,14 @@ class Maildir:
         # right now, and a closed number can be reused by an unrelated file.
         self._made.pop(self._box(folder), None)
 
-    def _deliver(self, data: bytes, copy_id: str, folder: str | None) -> str:
+    def _deliver(self, data: bytes | Sequence[bytes], copy_id: str, folder: str | None) -> str:
         try:
             return self._write(data, copy_id, folder)
         except FileNotFoundError:
             self._forget(folder)
             return self._write(data, copy_id, folder)
 
-    def _write(self, data: bytes, copy_id: str, folder: str | None) -> str:
+    def _write(self, data: bytes | Sequence[bytes], copy_id: str, folder: str | None) -> str:
         # Per copy, in this worker thread: stat, open, write, close, list cur/, link, unlink,
         # fsync(new/). O_DSYNC makes each write durable (data and size) without a separate
         # fsync, and new/ stays open instead of open+fsync+close per copy.
@@ -151,9 +155,7 @@ class Maildir:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o600)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, [data] if isinstance(data, bytes) else data)
             finally:
                 os.close(fd)
             # Listed after the slow write, right before the link: the narrowest window
@@ -168,6 +170,17 @@ class Maildir:
             tmp.unlink(missing_ok=True)
         os.fsync(dfd)                 # concurrent fsyncs share the journal commit in the kernel
         return str(final)
+
+
+def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    """writev until every byte is written (a short write goes on where it stopped)."""
+    views = [memoryview(p) for p in pieces if p]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if views:
+            views[0] = views[0][n:]
 
 
 def _in_cur(cur: Path, name: str) -> Path | None:

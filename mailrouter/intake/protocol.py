@@ -14,8 +14,8 @@ What this adds to aiosmtpd's SMTP class:
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
 - control characters in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
-  HELP, EHLO...) at most 100 per session; DATA held in memory by all sessions is
-  bounded (452 4.3.1 past it);
+  HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
+  (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
   client that talks before the 220 greeting (which waits `limits.greet_delay`, or
   `greet_delay_loopback` for a loopback peer), pipelines before EHLO/LHLO or after
@@ -92,9 +92,17 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, 
 # in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
 
 
+# What one byte of DATA costs in memory until its transaction is answered: the bytes as
+# read and, at the end of DATA, the message made of them; then the message and what the
+# rules decode from it (at most about as much again for a text body, a few percent for an
+# attachment: bench/bench_memory_message.py). The budget counts this, not the bytes alone.
+MEMORY_PER_BYTE = 2
+
+
 class DataBudget:
-    """Bytes of DATA held in memory by all sessions of one process, against a limit
-    (limits.max_data_in_flight): many large messages at once must not exhaust memory."""
+    """Memory held by the DATA of all sessions of one process, MEMORY_PER_BYTE per byte,
+    against a limit (limits.max_data_in_flight): many large messages at once must not
+    exhaust memory."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
@@ -451,8 +459,8 @@ class Protocol(SMTP):
             if not chunk:                   # EOF mid-DATA: nothing was accepted
                 raise ConnectionResetError("client closed the connection during DATA")
             if budget is not None and not (too_big or no_room):
-                if budget.take(len(chunk)):
-                    self._held += len(chunk)
+                if budget.take(len(chunk) * MEMORY_PER_BYTE):
+                    self._held += len(chunk) * MEMORY_PER_BYTE
                 else:                       # memory for DATA is spoken for: read on, keep none
                     no_room = True
                     budget.give(self._held)
@@ -505,7 +513,29 @@ def _check_content(buf: bytearray) -> tuple[str | None, bytes]:
     crlf = buf.count(b"\r\n")
     if b"\0" in buf or buf.count(b"\n") != crlf or buf.count(b"\r") != crlf:
         return BAD_BYTES, b""
-    return None, bytes(buf).replace(b"\r\n.", b"\r\n")[2:]
+    if b"\r\n." in buf:
+        _unstuff(buf)
+    del buf[:2]                       # the virtual CRLF (O(1) at a bytearray's front)
+    content = bytes(buf)              # the one copy: twice the message, for this moment
+    buf.clear()
+    return None, content
+
+
+_PIECE = 1 << 20
+
+
+def _unstuff(buf: bytearray) -> None:
+    """CRLF '.' -> CRLF, in place, a piece at a time: a whole-buffer replace would hold
+    two more copies of a large message. Each piece after the first starts at a CRLF, so
+    no CRLF '.' spans two pieces; what is written never passes what is still to be read."""
+    out = at = 0
+    while at < len(buf):
+        stop = buf.find(b"\r\n", at + _PIECE) if at + _PIECE < len(buf) else -1
+        stop = len(buf) if stop < 0 else stop
+        piece = buf[at:stop].replace(b"\r\n.", b"\r\n")
+        buf[out:out + len(piece)] = piece
+        out, at = out + len(piece), stop
+    del buf[out:]
 
 
 class _GuardedMethods(dict[str, Any]):

@@ -12,17 +12,29 @@ import re
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from .normalize import normalize, normalize_subject
+from .normalize import PIECE, normalize, normalize_subject, pieces
 from .patterns import utf8
 
 __all__ = ["Facts", "TEXT_FIELDS", "ADDR_FIELDS", "NUM_FIELDS", "FIELD_COST", "words_of"]
 
 _WORD = re.compile(r"\w+")
+_NOT_WORD = re.compile(r"\W")
+_SPACE = re.compile(" ")
 
 
 def words_of(normalised: str) -> str:
     """' tok tok ' — the word form `contains` matches on (whole words, in order)."""
+    if len(normalised) > 2 * PIECE:   # a body: one piece's word list at a time
+        found = (" ".join(_WORD.findall(p)) for p in pieces(normalised, _NOT_WORD))
+        return " " + " ".join(w for w in found if w) + " "
     return " " + " ".join(_WORD.findall(normalised)) + " "
+
+
+def _tokens(words: str) -> set[str]:
+    out: set[str] = set()
+    for piece in pieces(words, _SPACE):
+        out.update(piece.split())
+    return out
 
 
 def _pairs(items: Any) -> tuple[str, ...]:
@@ -133,7 +145,7 @@ class Facts:
         """Every normalised word of a field: the set the literal-word pre-filter looks up."""
         got = self._tokens.get(field)
         if got is None:
-            got = self._tokens[field] = frozenset(t for w in self.words(field) for t in w.split())
+            got = self._tokens[field] = frozenset(t for w in self.words(field) for t in _tokens(w))
         return got
 
     def robot(self) -> tuple[bool, str]:

@@ -1,0 +1,184 @@
+"""The MIME leaves of a well-formed message, found on its raw bytes without copying them.
+
+What it is for: `MessageView` needs each leaf's headers, the decoded size of every
+attachment and the decoded bytes of the first text parts. The stdlib feedparser gives
+those by holding every line of the message as a string, every payload joined again, and
+each attachment decoded in full: 7-9 times the message in memory for a 25 MB PDF. Here
+a leaf is a range of the raw bytes; an attachment's decoded size is counted in 1 MB
+pieces, and a text part is decoded only when the view reads it.
+
+What it refuses: anything it cannot vouch for gives None, and the caller parses with the
+stdlib as before, so a view never depends on which of the two read the message. It
+walks only messages whose lines all end in CRLF (what the intake accepts), whose header
+blocks parse without a defect, whose multiparts have a boundary, a first and a closing
+boundary line and a 7bit/8bit/binary encoding, and which contain no message/* part and
+no multipart/digest. Each leaf has what the feedparser would give it: the headers up to
+the first blank line, the payload up to the CRLF in front of the next boundary line,
+boundary lines as the feedparser matches them (`--B`, an optional `--`, spaces or tabs).
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from dataclasses import dataclass
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser
+
+__all__ = ["Leaf", "leaves"]
+
+_PIECE = 1 << 20                              # bytes decoded or checked at a time
+_MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/\r\n"
+_BOUNDARY_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\Z)")
+_UU = ("x-uuencode", "uuencode", "uue", "x-uue")
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One non-multipart part: its parsed headers and its payload as raw[start:end]."""
+
+    headers: Message
+    raw: bytes
+    start: int
+    end: int
+
+    @property
+    def cte(self) -> str:
+        # as Message.get_payload reads it
+        return str(self.headers.get("content-transfer-encoding", "")).lower()
+
+    def decoded(self) -> bytes:
+        """The payload with its transfer encoding undone, as get_payload(decode=True)."""
+        data = self.raw[self.start:self.end]
+        cte = self.cte
+        if cte == "quoted-printable":
+            return binascii.a2b_qp(data)
+        if cte == "base64" and self._base64_size() is not None:
+            return binascii.a2b_base64(data)       # clean: the strict decode's bytes
+        if cte == "base64" or cte in _UU:
+            return _stdlib_decode(self.headers, data)
+        return data
+
+    def decoded_size(self) -> int:
+        """len(self.decoded()), without holding the decoded bytes when it can."""
+        cte = self.cte
+        if cte == "base64":
+            size = self._base64_size()
+            return size if size is not None else len(self.decoded())
+        if cte == "quoted-printable":
+            total, at = 0, self.start
+            while at < self.end:       # QP decodes line by line: cut after a line end
+                cut = self.raw.find(b"\n", min(at + _PIECE, self.end), self.end)
+                stop = self.end if cut < 0 else cut + 1
+                total += len(binascii.a2b_qp(self.raw[at:stop]))
+                at = stop
+            return total
+        if cte in _UU:
+            return len(self.decoded())
+        return self.end - self.start
+
+    def _base64_size(self) -> int | None:
+        """Decoded size of clean base64 (alphabet and line ends only, `=` padding at the end
+        and a length that is a multiple of 4); None for anything the stdlib must decode."""
+        raw, stop = self.raw, self.end
+        while stop > self.start and raw[stop - 1] in b"\r\n":
+            stop -= 1
+        pad = 0
+        while pad < 2 and stop > self.start and raw[stop - 1] == 0x3D:   # '='
+            stop, pad = stop - 1, pad + 1
+        chars = 0
+        for at in range(self.start, stop, _PIECE):
+            piece = raw[at:min(at + _PIECE, stop)]
+            if piece.translate(None, _B64_ALPHABET):
+                return None
+            chars += len(piece) - piece.count(b"\r") - piece.count(b"\n")
+        if (chars + pad) % 4:
+            return None
+        return (chars + pad) // 4 * 3 - pad
+
+
+def _stdlib_decode(headers: Message, data: bytes) -> bytes:
+    part = Message()
+    part._headers = headers._headers            # type: ignore[attr-defined]  # shared, not changed
+    part.set_payload(data.decode("ascii", "surrogateescape"))
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def leaves(raw: bytes, top: Message, body_start: int) -> list[Leaf] | None:
+    """The leaves of `raw` in walk order, or None when the stdlib must parse it.
+    `top` is the parsed header block, `body_start` the offset after it."""
+    crlf = raw.count(b"\r\n")
+    if top.defects or raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+        return None
+    out: list[Leaf] = []
+    return out if _part(raw, top, body_start, len(raw), out, 0) else None
+
+
+def _part(raw: bytes, headers: Message, start: int, end: int, out: list[Leaf], depth: int) -> bool:
+    ctype = headers.get_content_type()
+    main = ctype.split("/", 1)[0]
+    if main == "message" or ctype == "multipart/digest" or depth > _MAX_DEPTH:
+        return False
+    if main != "multipart":
+        out.append(Leaf(headers, raw, start, end))
+        return True
+    boundary = headers.get_boundary()
+    if not boundary or str(headers.get("content-transfer-encoding", "8bit")).lower() not in (
+            "7bit", "8bit", "binary"):
+        return False
+    try:
+        sep = b"--" + boundary.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    lines = _boundary_lines(raw, sep, start, end)
+    if len(lines) < 2 or lines[0][2] or not lines[-1][2] or any(c for _, _, c in lines[:-1]):
+        return False                   # no first or no closing boundary, or parts after it
+    for (_, part_start, _), (next_line, _, _) in zip(lines, lines[1:]):
+        if not _subpart(raw, part_start, next_line, out, depth):
+            return False
+    return True
+
+
+def _boundary_lines(raw: bytes, sep: bytes, start: int, end: int) -> list[tuple[int, int, bool]]:
+    """(line start, line end after its CRLF, closing?) of each boundary line, up to the first
+    closing one."""
+    found: list[tuple[int, int, bool]] = []
+    at = start if raw.startswith(sep, start) and start + len(sep) <= end else -1
+    search = start
+    while True:
+        if at < 0:
+            hit = raw.find(b"\n" + sep, search, end)
+            if hit < 0:
+                return found
+            at = hit + 1
+        tail = _BOUNDARY_TAIL.match(raw, at + len(sep), end)
+        if tail is not None:
+            closing = tail.group(1) is not None
+            found.append((at, tail.end(), closing))
+            if closing:
+                return found
+        search, at = at, -1
+
+
+def _subpart(raw: bytes, start: int, boundary_at: int, out: list[Leaf], depth: int) -> bool:
+    """The part between a boundary line's end and the next boundary line at `boundary_at`."""
+    if boundary_at - start < 2:
+        return False
+    if raw.startswith(b"\r\n", start):
+        head_end = start + 2                  # no headers: the default text/plain part
+    else:
+        blank = raw.find(b"\r\n\r\n", start, boundary_at)
+        if blank < 0:
+            return False
+        head_end = blank + 4
+    try:
+        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw[start:head_end])
+    except Exception:  # noqa: BLE001 (the stdlib decides, and records what it objects to)
+        return False
+    if headers.defects:
+        return False
+    end = max(head_end, boundary_at - 2)      # the CRLF before a boundary line is the boundary's
+    return _part(raw, headers, head_end, end, out, depth + 1)
