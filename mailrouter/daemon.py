@@ -44,6 +44,7 @@ from .intake.handler import Handler
 from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
 from .autoreply import DEFAULT_ROBOT_SENDERS, Policy
 from .outbox import OutboxWorker, Outgoing
+from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
@@ -77,6 +78,7 @@ class App:
         self._next_reload: asyncio.Future[tuple[bool, str]] | None = None  # the one to run next
         self._reloader: asyncio.Task[None] | None = None     # runs reloads while any is asked
         self.sla_task: asyncio.Task[None] | None = None
+        self.intents: Intents | None = None
         self.outbox: OutboxWorker | None = None
         self._stop = asyncio.Event()
         self._mtimes = self._routing_mtimes()
@@ -114,8 +116,13 @@ class App:
                     Scheduler(self.registry, cfg.control, self.snapshot, hostname=cfg.hostname,
                               wake=self._wake_outbox).run(self._stop),
                     name="sla-scheduler")
+        # copies a crash left unrecorded are recorded before any new mail is taken (intents.py)
+        self.intents = Intents(cfg.workdir / "var" / "intents", self.deliverer.stored)
+        await self.intents.reconcile(self.registry)
+        self.intents.start(self.registry)
         self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer, control,
-                                 outgoing=self._outgoing(), wake_outbox=self._start_outbox())
+                                 outgoing=self._outgoing(), wake_outbox=self._start_outbox(),
+                                 intents=self.intents)
         for name, listener, cls in (("smtp", cfg.smtp, Protocol), ("lmtp", cfg.lmtp, LMTPProtocol)):
             if listener is not None:
                 await self._listen(name, listener, cls)
@@ -206,6 +213,8 @@ class App:
         if self.web_runner is not None:
             await self.web_runner.cleanup()
         await self.deliverer.close()
+        if self.intents is not None:
+            await self.intents.close()
         if self.outbox is not None:
             await self.outbox.stop()
         if self.registry is not None:
@@ -385,6 +394,20 @@ def run(config: Config) -> int:
     return run_workers(config)
 
 
+async def reconcile_intents(config: Config) -> None:
+    """Record the Maildir copies a crash left without a registry row (intents.py), in the
+    supervisor, before any worker takes mail."""
+    cfg = config.registry
+    registry = await Registry.open(cfg.url, batch_max=cfg.batch_max, timeout=cfg.timeout,
+                                   synchronous=cfg.sync.upper(), create=False)
+    deliverer = Deliverer(config.delivery, config.hostname)
+    try:
+        await Intents(config.workdir / "var" / "intents", deliverer.stored).reconcile(registry)
+    finally:
+        await deliverer.close()
+        await registry.close()
+
+
 def _start_failed(why: str) -> int:
     log.error("event=start_failed error=%r; not starting", why)
     return START_FAILED
@@ -436,6 +459,7 @@ def run_workers(config: Config) -> int:
     gc.freeze()
     try:
         asyncio.run(upgrade(config.registry.url))
+        asyncio.run(reconcile_intents(config))   # before the listeners: see intents.py
         sockets = {name: bind(lst.host, lst.port, name)
                    for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
     except (ListenError, RegistryError) as exc:

@@ -24,7 +24,7 @@ import itertools
 import random
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .delivery.deliverer import Copy, Deliverer
 from .errors import RegistryBugError, RegistryError
@@ -33,6 +33,7 @@ from .outbox import Outgoing
 from .offload import Offload
 from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
 from .registry.models import OutboxRecord
+from .intents import Intents
 from .routing.snapshot import Snapshot
 from .values import (
     REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_TEMPFAIL, Action, Decision, Reply, Transaction,
@@ -89,8 +90,10 @@ class Pipeline:
     def __init__(self, snapshot: Callable[[], Snapshot], registry: Registry,
                  deliverer: Deliverer, control: Control | None = None,
                  clock: Callable[[], datetime] | None = None, outgoing: Outgoing | None = None,
-                 wake_outbox: Callable[[], None] | None = None) -> None:
+                 wake_outbox: Callable[[], None] | None = None,
+                 intents: Intents | None = None) -> None:
         self.snapshot, self.registry, self.deliverer = snapshot, registry, deliverer
+        self.intents = intents                 # Maildir copies written down first (intents.py)
         self.control = control                 # execution control (requests), when configured
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.outgoing, self.wake_outbox = outgoing, wake_outbox   # autoreplies, DSNs
@@ -120,7 +123,34 @@ class Pipeline:
             decisions = self.control.copy_to_owner(plan, decisions, snap)
         await self._record_loops(decisions, key, qid)
         head = self.control.header(plan, snap) if self.control and plan else b""
-        results = await self._deliver(txn, snap, decisions, key, done, qid, head)
+        copies = self._copies(decisions)
+        token = None
+        if self.intents is not None:
+            places = self.deliverer.places([c for k, c in copies.items() if k not in done],
+                                           snap.book.mailboxes, key)
+            if places:
+                try:
+                    token = await self.intents.intend(
+                        key, self._message_record(txn, view, snap, key, [], now), places)
+                except OSError as exc:   # no copy without its intent: the MTA retries
+                    log.error("event=intent_failed qid=%s error=%r", qid, str(exc))
+                    metrics.MESSAGES.labels("deferred").inc()
+                    return [REPLY_TEMPFAIL] * len(txn.rcpts)
+        recorded = [False]
+        try:
+            replies = await self._deliver_and_record(txn, view, snap, decisions, key, done, qid,
+                                                     head, copies, plan, now, recorded)
+        finally:     # a failed or cancelled record leaves the intent open for a reconcile
+            if token is not None and self.intents is not None:
+                self.intents.settle(token, key if recorded[0] else None)
+        metrics.observe_message(replies, time.perf_counter() - started)
+        return replies
+
+    async def _deliver_and_record(self, txn: Transaction, view: MessageView, snap: Snapshot,
+                                  decisions: list[Decision], key: str, done: set[str], qid: str,
+                                  head: bytes, copies: dict[str, Copy], plan: Any,
+                                  now: datetime, recorded: list[bool]) -> list[Reply]:
+        results = await self._deliver(txn, snap, copies, key, done, qid, head)
         replies = [self._reply(d, results) for d in decisions]
         after = self.control.writer(plan, key, now) if self.control and plan and any(
             r.ok for r in replies) else None
@@ -135,6 +165,7 @@ class Pipeline:
                 [_decision_record(d, r) for d, r in zip(noted, replies)],
                 [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
                                 str(r)) for t, r in results.items()], after, outgoing)
+            recorded[0] = True
             if outgoing and self.wake_outbox is not None:
                 self.wake_outbox()
         except RegistryError as exc:
@@ -144,7 +175,6 @@ class Pipeline:
         for d, r in zip(decisions, replies):
             log.info("event=decision qid=%s sender=%s rcpt=%s mailbox=%s folder=%s action=%s reply=%r",
                      qid, txn.mail_from, d.rcpt, d.mailbox, d.folder, d.action.value, str(r))
-        metrics.observe_message(replies, time.perf_counter() - started)
         return replies
 
     async def _record_loops(self, decisions: list[Decision], key: str, qid: str) -> None:
@@ -160,13 +190,17 @@ class Pipeline:
             except RegistryError as exc:   # the reply is already a refusal; keep going
                 log.error("event=loop_not_recorded qid=%s error=%r", qid, str(exc))
 
-    async def _deliver(self, txn: Transaction, snap: Snapshot, decisions: list[Decision],
-                       key: str, done: set[str], qid: str, head: bytes = b"") -> dict[str, Reply]:
+    @staticmethod
+    def _copies(decisions: list[Decision]) -> dict[str, Copy]:
         copies: dict[str, Copy] = {}
         for d in decisions:
             if d.action is Action.DELIVER:
                 for t in d.targets:
                     copies.setdefault(t.key, Copy(t, d.rcpt))
+        return copies
+
+    async def _deliver(self, txn: Transaction, snap: Snapshot, copies: dict[str, Copy],
+                       key: str, done: set[str], qid: str, head: bytes = b"") -> dict[str, Reply]:
         todo = [c for k, c in copies.items() if k not in done]
         received = functools.partial(self.deliverer.received, txn.helo, txn.peer,
                                      txn.protocol.upper(), qid)

@@ -100,3 +100,51 @@ async def test_sigkill_under_load_loses_nothing_and_duplicates_nothing(daemon_pr
     assert {status for _, status in rows} == {"delivered"}
     assert {f"<crash-{i}@outside.test>" for i in acked_before} <= set(by_id)
     assert deliveries == TOTAL
+
+
+async def test_sigkill_mid_transaction_every_copy_is_recorded_at_restart(daemon_process, tmp_path):
+    """Issue 15: copies made by sessions the kill cut before their record were in the Maildir
+    with no registry row. Now the restarted daemon's first reconcile pass, which runs before
+    it listens, records them (as `unanswered`): as soon as it takes mail again every Maildir
+    copy has its row. A retry then finds the copy (no second one) and records it delivered.
+    Rounds repeat (same var/) until a kill has cut at least one such session, at most 6."""
+    mail_root, db_path = tmp_path / "var" / "mail", tmp_path / "var" / "registry.db"
+    reconciled = 0
+    for round_ in range(6):
+        first = daemon_process()
+        acked: set[int] = set()
+        refused: dict[int, str] = {}
+        ids = list(range(10_000 * (round_ + 1), 10_000 * (round_ + 1) + 400))
+
+        def maybe_kill(first=first, acked=acked) -> None:
+            if len(acked) >= 60 and first.proc.poll() is None:
+                first.proc.kill()
+
+        await blast(first.smtp, ids, acked, refused, maybe_kill)
+        assert await asyncio.to_thread(first.wait, 30) == -9
+        second = daemon_process()          # listening: its first reconcile pass is done
+        stored = Counter()
+        for f in maildir_files(mail_root):
+            stored[MSGID.findall(f.read_bytes())[0].decode()] += 1
+        with sqlite3.connect(db_path) as db:
+            rows = dict(db.execute("SELECT message_id, status FROM messages").fetchall())
+        recorded = {m.strip("<>").split("@")[0] for m in rows}
+        assert set(stored) <= recorded, sorted(set(stored) - recorded)[:5]
+        unanswered = {m for m, s in rows.items() if s == "unanswered"}
+        reconciled += len(unanswered)
+        # the MTA's retry: the stored copy is found, not written again, and now answered
+        resend = [i for i in ids if i not in acked]
+        again: set[int] = set()
+        await blast(second.smtp, resend, again, refused)
+        assert refused == {} and again == set(resend)
+        second.signal(15)
+        assert await asyncio.to_thread(second.wait, 30) == 0
+        counts = Counter(MSGID.findall(f.read_bytes())[0].decode() for f in maildir_files(mail_root))
+        assert max(counts.values()) == 1
+        with sqlite3.connect(db_path) as db:
+            statuses = dict(db.execute("SELECT message_id, status FROM messages").fetchall())
+        assert all(statuses[m] == "delivered" for m in unanswered)
+        if reconciled:
+            break
+    assert reconciled > 0, "no kill cut a session between its copy and its record"
+    assert list((tmp_path / "var" / "intents").glob("*.jrn")) == []   # all settled, removed

@@ -29,13 +29,13 @@ PACKAGE = "mailrouter"
 # group and any group of a LOWER layer; groups within one layer do not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("values", ""),                              # "" is the package's own __init__
-    ("errors", "charsets", "metrics", "offload"),
+    ("errors", "charsets", "metrics", "offload", "mimewalk"),
     ("yamlsrc", "message"),
     ("calendars", "config", "addressbook", "addresses"),
     ("loops", "addressquery"),
     ("routing",),                                # the rules engine: pure, no I/O
     ("registry", "delivery", "autoreply", "postfixmaps", "dnscheck"),  # the I/O stages; autoreply: pure
-    ("control", "outbox"),                       # requests, SLA; outgoing mail: over the registry
+    ("control", "outbox", "intents"),            # requests, SLA; outgoing mail; copy intents
     ("pipeline", "explain", "intake", "admin", "workers", "web"),
     ("daemon",),
     ("cli",),

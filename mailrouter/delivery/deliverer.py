@@ -44,7 +44,7 @@ from ..addresses import Mailbox
 from ..errors import DeliveryError, RegistryError
 from ..loops import header_text, trace_headers
 from ..values import REPLY_NO_DOWNSTREAM, Reply, Target
-from .maildir import Maildir
+from .maildir import Maildir, Place, folder_dirname, stored
 from .replies import DELIVERED, HELD, ours, refuses_mailbox
 from .smtp import LOCAL_REFUSALS, PartialDeliveryError, TransactionClient
 
@@ -147,14 +147,36 @@ class Deliverer:
 
     async def _maildir(self, target: Target, mailbox: Mailbox, data: Sequence[bytes],
                        key: str) -> Reply:
-        where = Path(mailbox.where)
-        root = where if where.is_absolute() else self.cfg.maildir_root / where
+        root = self._root(mailbox)
         md = self._maildirs.get(root)
         if md is None:
             md = self._maildirs[root] = Maildir(root, self.hostname)
-        copy_id = hashlib.sha256(f"{key}\0{target.key}".encode()).hexdigest()[:40]
-        await md.deliver(data, copy_id, target.folder)
+        await md.deliver(data, _copy_id(key, target), target.folder)
         return DELIVERED
+
+    def _root(self, mailbox: Mailbox) -> Path:
+        where = Path(mailbox.where)
+        return where if where.is_absolute() else self.cfg.maildir_root / where
+
+    def places(self, copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox],
+               key: str) -> list[Place]:
+        """Where each Maildir copy of `copies` will be (intents.py); others are not listed."""
+        out: list[Place] = []
+        for c in copies:
+            mailbox = mailboxes[c.target.mailbox]
+            if mailbox.kind != "maildir":
+                continue
+            root = self._root(mailbox)
+            try:
+                box = root / folder_dirname(c.target.folder) if c.target.folder else root
+            except ValueError:
+                continue             # refused by the Maildir too: no copy will exist
+            out.append(Place(c.target.key, str(box), f"mr{_copy_id(key, c.target)}"))
+        return out
+
+    def stored(self, place: Place) -> bool:
+        """The copy at `place` exists (intents.py's reconcile)."""
+        return stored(Path(place.box), place.name, Maildir(Path(place.box), self.hostname).host)
 
     # Downstreams: one transaction per message per downstream
 
@@ -285,6 +307,11 @@ async def _guarded(target: str, work: Awaitable[Reply]) -> Reply:
     except Exception:  # a bug in a backend must defer, never bounce or crash
         log.exception("event=delivery_crashed target=%s", target)
         return DeliveryError.reply
+
+
+def _copy_id(key: str, target: Target) -> str:
+    """A Maildir copy's id: its message and its target, nothing of the instance."""
+    return hashlib.sha256(f"{key}\0{target.key}".encode()).hexdigest()[:40]
 
 
 def _result(reply: Reply) -> str:

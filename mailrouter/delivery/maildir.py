@@ -39,11 +39,12 @@ import itertools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StorageFullError, TemporaryDeliveryError
 
-__all__ = ["Maildir", "encode_mutf7", "folder_dirname"]
+__all__ = ["Maildir", "Place", "encode_mutf7", "folder_dirname", "stored"]
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 # fsync-bound work: more threads than the default executor's cpu+4, so concurrent
@@ -170,6 +171,27 @@ class Maildir:
             tmp.unlink(missing_ok=True)
         os.fsync(dfd)                 # concurrent fsyncs share the journal commit in the kernel
         return str(final)
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where one copy goes: its target key, its folder (a Maildir) and its file name."""
+
+    target: str
+    box: str
+    name: str
+
+
+def stored(box: Path, name: str, host: str) -> bool:
+    """The copy `name` is in this one folder: in new/ (or an earlier version's `NAME.HOST`),
+    or in cur/ after a reader moved it. Lists cur/ of this folder only."""
+    new = box / "new"
+    if (new / name).exists() or (new / f"{name}.{host}").exists():
+        return True
+    try:
+        return _in_cur(box / "cur", name) is not None
+    except FileNotFoundError:
+        return False
 
 
 def _write_all(fd: int, pieces: Sequence[bytes]) -> None:

@@ -41,7 +41,8 @@ __all__ = [
     "outbox_insert", "autoreply_log_insert",
 ]
 
-MESSAGE_STATUSES = frozenset({"delivered", "partial", "deferred", "rejected"})
+MESSAGE_STATUSES = frozenset({"delivered", "partial", "deferred", "rejected",
+                              "unanswered"})   # intents.py: stored, the sender got no answer
 DELIVERY_STATES = frozenset({"delivered", "deferred", "failed"})
 
 

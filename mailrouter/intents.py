@@ -1,0 +1,269 @@
+"""Intents: a message's Maildir copies, written down before they are made.
+
+Why: a crash, a kill or a cut session between the Maildir copies and the registry record
+leaves copies users see and the registry does not know (their sender never got a 250; a
+retry would find them, but none may come). So before the pipeline makes Maildir copies it
+appends an intent to this process's journal, var/intents/PID.N.jrn: the message record it
+will write and each copy's folder and file name (delivery/maildir.py names a copy by the
+copy only). Intents waiting at the same moment are written and fdatasync'd together in one
+worker-thread hop (a group sync, as the registry's group commit), so a copy is never on disk
+without its intent. After the record is committed a `done` line follows, not synced: a lost
+one costs a registry look-up at the next reconcile, nothing else.
+
+Reconcile, at start before the listeners open and then every `interval` seconds: every
+journal whose process is gone (its flock is free; a live process holds its own) is read;
+each intent without a done line whose copies the registry does not list as delivered has
+the copies that exist (new/NAME or cur/NAME:2,*, one folder each, never a whole store)
+recorded: the message as `unanswered` (stored, no answer given), each copy found as
+`delivered`. Then the journal is removed. A later retry of the message finds those copies
+(dedupe), answers 250 and records the message as delivered.
+
+Refused: a journal line that does not parse is skipped and logged (a torn last line after a
+crash); an intent that cannot be written (disk full) fails the message with 4xx before any
+copy is made. A journal is kept when the registry is unavailable, and tried again.
+Known limit: copies to LMTP/SMTP downstreams are not listed (nothing of theirs can be
+looked at); they are at-least-once as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import itertools
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from .delivery.maildir import Place
+from .errors import RegistryError
+from .registry import DeliveryRecord, MessageRecord, Registry
+
+__all__ = ["Intents", "Place", "UNANSWERED"]
+
+log = logging.getLogger(__name__)
+UNANSWERED = "unanswered"          # messages.status: copies stored, the sender got no answer
+ROTATE_AT = 1 << 20                # bytes: past this a new journal is started
+_IO = ThreadPoolExecutor(1, "intents")
+_run = itertools.count()
+
+
+Stored = Callable[[Place], bool]      # does the copy exist (new/ or cur/)?
+
+
+class _File:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / f"{os.getpid()}.{next(_run)}.{os.urandom(3).hex()}.jrn"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # ours while we live
+        self.size, self.open_intents = 0, 0
+
+
+class Intents:
+    """This process's journal, and the reconcile of the journals of processes gone."""
+
+    def __init__(self, directory: Path, stored: Stored, interval: float = 30.0) -> None:
+        self.directory, self.stored, self.interval = directory, stored, interval
+        self._file: _File | None = None
+        self._pending: list[tuple[_File, bytes, asyncio.Future[None]]] = []
+        self._flushing = False
+        self._task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.passes = 0                # reconcile passes run (tests count them, not seconds)
+
+    # -- writing ---------------------------------------------------------------------------
+    def _current(self) -> _File:
+        f = self._file
+        if f is None or f.size > ROTATE_AT:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if f is not None and f.open_intents == 0:
+                self._retire(f)
+            f = self._file = _File(self.directory)
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)          # the journal's name is durable before anything in it
+            finally:
+                os.close(dfd)
+        return f
+
+    def _retire(self, f: _File) -> None:
+        """A full journal with nothing in flight: unlocked, so a reconcile settles it."""
+        os.close(f.fd)
+
+    async def intend(self, key: str, record: MessageRecord, places: Sequence[Place]) -> object:
+        """Write the intent durably; return a token for `done`. OSError when it cannot be."""
+        line = json.dumps({"key": key, "record": _record_json(record),
+                           "copies": [dataclasses.astuple(p) for p in places]},
+                          ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
+        f = self._current()
+        f.open_intents += 1
+        f.size += len(line) + 3
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((f, b"I " + line + b"\n", fut))
+        if not self._flushing:
+            self._flushing = True
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        try:
+            await fut
+        except BaseException:
+            self.settle(f, None)
+            raise
+        return f
+
+    def settle(self, token: object, key: str | None) -> None:
+        """The message is answered: recorded (`key` given: a done line) or not (None: the
+        intent stays open for a reconcile). Lets a rotated journal go when its last settles."""
+        f = token
+        assert isinstance(f, _File)
+        if key is not None:
+            try:
+                os.write(f.fd, b"D " + key.encode() + b"\n")   # O_APPEND: one whole line
+            except OSError as exc:   # a reconcile will look the message up instead
+                log.warning("event=intent_done_unwritten key=%s error=%r", key, str(exc))
+        f.open_intents -= 1
+        if f is not self._file and f.open_intents == 0:
+            self._retire(f)
+
+    async def _flush(self) -> None:
+        """Everything pending, one hop and one sync per journal, until nothing is left."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                by_file: dict[int, list[bytes]] = {}
+                for f, line, _ in batch:
+                    by_file.setdefault(f.fd, []).append(line)
+                error: OSError | None = None
+                try:
+                    await loop.run_in_executor(_IO, _append_synced, by_file)
+                except OSError as exc:
+                    error = exc
+                for _, _, fut in batch:
+                    if not fut.done():
+                        if error is None:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(error)
+        finally:
+            self._flushing = False
+
+    # -- reconcile ---------------------------------------------------------------------------
+    def start(self, registry: Registry) -> None:
+        """Reconcile every `interval` seconds from now on (after the first pass at start)."""
+        self._task = asyncio.get_running_loop().create_task(self._every(registry),
+                                                            name="intents-reconcile")
+
+    async def _every(self, registry: Registry) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.reconcile(registry)
+            except Exception:  # noqa: BLE001 (logged; the next pass tries again)
+                log.exception("event=reconcile_crashed")
+
+    async def reconcile(self, registry: Registry) -> int:
+        """One pass over the journals of processes gone; returns the messages recorded."""
+        recorded = 0
+        try:
+            paths = sorted(self.directory.glob("*.jrn"))
+        except OSError:
+            paths = []
+        for path in paths:
+            if self._file is not None and path == self._file.path:
+                continue
+            recorded += await self._reconcile_file(path, registry)
+        self.passes += 1
+        return recorded
+
+    async def _reconcile_file(self, path: Path, registry: Registry) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return 0                                 # another process settled it
+        recorded = 0
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0                             # its process lives, or another reconciles
+            intents = _read(path)
+            for key, (record, places) in intents.items():
+                have = await registry.delivered_targets(key)
+                todo = [p for p in places if p.target not in have]
+                if not todo:
+                    continue
+                found = [p for p in todo if await asyncio.to_thread(self.stored, p)]
+                if not found:
+                    continue          # nothing was stored: the sender's retry brings it
+                await registry.record(
+                    dataclasses.replace(record, status=UNANSWERED), [],
+                    [DeliveryRecord(p.target, "delivered", "stored; the sender got no answer")
+                     for p in found], None, [])
+                recorded += 1
+                log.warning("event=copy_reconciled key=%s copies=%d journal=%s", key,
+                            len(found), path.name)
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        except RegistryError as exc:
+            log.error("event=reconcile_deferred journal=%s error=%r", path.name, str(exc))
+        finally:
+            os.close(fd)
+        return recorded
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        f, self._file = self._file, None
+        if f is not None:
+            os.close(f.fd)
+            if f.open_intents == 0 and _read(f.path) == {}:
+                f.path.unlink(missing_ok=True)      # everything in it was recorded
+
+
+def _append_synced(by_file: dict[int, list[bytes]]) -> None:
+    for fd, lines in by_file.items():
+        view = memoryview(b"".join(lines))
+        while view:
+            view = view[os.write(fd, view):]
+        os.fdatasync(fd)
+
+
+def _record_json(record: MessageRecord) -> dict[str, object]:
+    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    out["received_at"] = record.received_at.isoformat()
+    return out
+
+
+def _record_of(data: dict[str, object]) -> MessageRecord:
+    values = dict(data)
+    values["received_at"] = datetime.fromisoformat(str(values["received_at"]))
+    values["rcpts"] = tuple(values["rcpts"])          # type: ignore[arg-type]
+    values["defects"] = tuple(values["defects"])      # type: ignore[arg-type]
+    return MessageRecord(**values)  # type: ignore[arg-type]
+
+
+def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
+    """The open intents of a journal: key -> (record, places), done ones left out."""
+    open_: dict[str, tuple[MessageRecord, list[Place]]] = {}
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return open_
+    for n, line in enumerate(lines, 1):
+        try:
+            if line.startswith(b"D "):
+                open_.pop(line[2:].decode(), None)
+            elif line.startswith(b"I "):
+                item = json.loads(line[2:].decode("utf-8", "surrogateescape"))
+                open_[item["key"]] = (_record_of(item["record"]),
+                                      [Place(*c) for c in item["copies"]])
+            else:
+                raise ValueError("unknown line")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("event=intent_unreadable journal=%s line=%d error=%r", path.name, n,
+                        str(exc))
+    return open_
