@@ -325,3 +325,29 @@ def test_check_refuses_the_anchor_bomb_in_little_memory(tmp_path: Path) -> None:
     assert f"{rules / 'bomb.yaml'}:9:24: YAML aliases repeat more than 100000 values" in text
     assert "Traceback" not in text
     assert usage.ru_maxrss < 300 * 1024          # KiB on Linux
+
+
+def test_compact_book_finds_every_address_and_survives_its_cache_emptying(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The book keeps its addresses as sorted UTF-8 bytes (compact.py): non-ASCII local parts
+    and domains, prefixes of other addresses and addresses sorting first and last are found;
+    and with a cache of 3 made addresses, emptied over and over, every answer stays the same."""
+    from mailrouter.addressbook import compact
+    aliases = ("  a@example.com: mailbox:sales\n"
+               "  ab@example.com: a@example.com\n"
+               "  zz@пример.рф: [ab@example.com, ivanov, mailbox:support/Входящие]\n"
+               "  продажи@example.com: [zz@пример.рф, team:duty]\n"
+               "  продажи2@пример.рф: продажи@example.com\n")
+    first = book(aliases)
+    addresses = sorted(first.addresses())
+    want = {a: first.resolve(a).targets for a in addresses}
+    assert "продажи@example.com" in want and "a@example.com" in want
+    assert [t.path for t in want["продажи2@пример.рф"]][0] == (
+        "продажи2@пример.рф", "продажи@example.com", "zz@пример.рф", "ab@example.com",
+        "a@example.com", "mailbox:sales")
+    assert not first.knows("a@example.co") and not first.knows("продажи3@пример.рф")
+    monkeypatch.setattr(compact, "CACHE_LIMIT", 3)
+    small = book(aliases)
+    for _ in range(3):
+        for a in reversed(addresses):
+            assert small.resolve(a).targets == want[a], a

@@ -10,11 +10,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..values import REPLY_MOVED, REPLY_UNKNOWN, Target
+from ..values import REPLY_MOVED, REPLY_UNKNOWN
 from ..yamlsrc import load
 from .canon import canonical_domain, detail_split
 from .errs import Collector
-from .expand import Plan, expand_all, materialize
+from .compact import Expansions
+from .expand import expand_all, make_target
 from .graph import add_moved, check_dangling, parse_aliases
 from .model import Limits, Mailbox, Moved, Options, Person, Resolution, Team
 from .parse import SECTIONS, _parse_moved, parse_parts
@@ -39,21 +40,19 @@ class AddressBook:
     """Immutable after build; `knows` and `resolve` are dictionary lookups."""
 
     __slots__ = ("domains", "mailboxes", "people", "teams", "moved", "options", "limits",
-                 "_expansions", "_targets", "_by_address")
+                 "_expansions", "_by_address")
 
     def __init__(self, domains: frozenset[str], mailboxes: Mapping[str, Mailbox],
                  people: Mapping[str, Person], teams: Mapping[str, Team],
                  moved: Mapping[str, Moved], options: Options, limits: Limits,
-                 expansions: dict[str, Plan],
-                 by_address: Mapping[str, str]) -> None:
+                 expansions: Expansions, by_address: Mapping[str, str]) -> None:
         self.domains = domains
         self.mailboxes = MappingProxyType(dict(mailboxes))
         self.people = MappingProxyType(dict(people))
         self.teams = MappingProxyType(dict(teams))
         self.moved = MappingProxyType(dict(moved))
         self.options, self.limits = options, limits
-        self._expansions = expansions       # address -> plan of its targets (expand.py)
-        self._targets: dict[str, tuple[Target, ...]] = {}   # made on first resolve
+        self._expansions = expansions       # every address and its targets (compact.py)
         self._by_address = by_address
 
     @classmethod
@@ -70,10 +69,11 @@ class AddressBook:
         _parse_moved(c, sections.get("moved"), p)
         add_moved(c, p, nodes)
         check_dangling(c, nodes)
-        expansions = expand_all(c, nodes, limits) if not c.errors else {}
+        plans = expand_all(c, nodes, limits) if not c.errors else {}
         c.raise_if_any()
+        del nodes                   # the edges hold the loaded values (file:line): errors only
         return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,
-                   limits, expansions, dict(p.by_address))
+                   limits, Expansions(plans, make_target), dict(p.by_address))
 
     @classmethod
     def load(cls, *paths: str | Path, limits: Limits = Limits()) -> AddressBook:
@@ -110,13 +110,14 @@ class AddressBook:
             return None
         fold = self.options.fold_local
         whole = f"{local.lower() if fold else local}@{domain}"
-        if whole in self._expansions:
+        known = self._expansions
+        if whole in known:
             return whole, whole, None
         split = detail_split(local, self.options)
         if split is None:
             return None
         base = f"{split[0].lower() if fold else split[0]}@{domain}"
-        return (base, base, split[1]) if base in self._expansions else None
+        return (base, base, split[1]) if base in known else None
 
     def knows(self, address: str) -> bool:
         """Is this an address we take mail for (RCPT time)? Moved-and-refused ones too."""
@@ -132,10 +133,7 @@ class AddressBook:
         reply = None
         if moved is not None and not moved.deliver:
             reply = REPLY_MOVED.with_text(f"Recipient has moved; please try <{moved.now}>")
-        targets = self._targets.get(key)
-        if targets is None:
-            targets = materialize(self._expansions, self._targets, key)
-        return Resolution(address, canon, detail, targets, moved, reply,
+        return Resolution(address, canon, detail, self._expansions.targets(key), moved, reply,
                           self._by_address.get(key))
 
     def _best_effort(self, address: str) -> str:

@@ -25,7 +25,7 @@ from .errs import Collector, at_line
 from .graph import Edge
 from .model import Limits
 
-__all__ = ["strongly_connected", "report_cycle", "expand_all", "materialize", "Plan",
+__all__ = ["strongly_connected", "report_cycle", "expand_all", "materialize", "make_target", "Plan",
            "EXPANSION_BUDGET"]
 
 EXPANSION_BUDGET = 5_000_000      # targets merged into groups, the whole book together
@@ -149,7 +149,7 @@ def _target_maker() -> Callable[[str, str | None, str | None, tuple[str, ...]], 
     return make if make(*sample) == Target(*sample) else Target
 
 
-_make_target = _target_maker()
+make_target = _target_maker()
 
 
 # What `expand_all` keeps per address instead of its Targets (made on first use by
@@ -246,7 +246,7 @@ def materialize(plans: dict[str, Plan], made: dict[str, tuple[Target, ...]],
     hit = made.get(node)
     if hit is not None:
         return hit
-    make = _make_target
+    make = make_target
     todo = [node]
     while todo:
         top = todo[-1]

@@ -12,6 +12,8 @@ error naming both; lists (domains, rules, tests) are concatenated.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import glob
 import hashlib
 from dataclasses import dataclass, field, replace
@@ -45,7 +47,7 @@ class Snapshot:
     rules: RuleSet
     hash: str
     files: tuple[str, ...]
-    sections: dict[str, Any]
+    sections: dict[str, Any]      # only `tests:` (what `check`/`test` run); the rest is compiled
     hostname: str
     limits: Limits
     responders: Mapping[str, Responder] = field(default_factory=dict)
@@ -227,7 +229,36 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
     does not stop the others being checked, and rules are checked even when the address
     book has errors (against the names the files define, or, when a file could not be
     read, without checking the names they refer to).
+
+    The loaded YAML (every value with its file:line) is dropped once compiled: only the
+    `tests:` section is kept. The cyclic GC is off meanwhile: a big book is a million
+    short-lived objects and no cycles, and each collection walked all of them (at 100,000
+    aliases and 10,000 rules, a third of the load).
     """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_snapshot(patterns, limits, hostname)
+    finally:
+        if collecting:
+            gc.enable()
+        _give_back_freed_memory()
+
+
+def _give_back_freed_memory() -> None:
+    """Return to the system what the C allocator holds free after a load (glibc only).
+
+    The loaded YAML's big blocks (the tables of its mappings and lists) are freed in the
+    middle of the heap, where glibc keeps them: at 100,000 aliases that was ~50 MB of the
+    process, shared copy-on-write with every worker forked after it but counted once."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
+
+
+def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Snapshot:
     files = _files(patterns)
     errors: list[ConfigError] = []
     if not files:
@@ -268,5 +299,5 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
             errors.extend(exc.errors)
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
-    return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), merged, hostname, limits,
-                    responders, departments)
+    return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), {"tests": merged["tests"]},
+                    hostname, limits, responders, departments)
