@@ -56,12 +56,19 @@ class Expansions:
         term_ids: dict[Target, int] = {}
         shared: dict[int, list[int]] = {}   # id of a terminal tuple (shared by many) -> terms
 
-        def term(t: Target) -> int:
-            n = term_ids.get(t)
-            if n is None:
-                n = term_ids[t] = len(terms)
-                terms.append(t)
-            return n
+        def terms_of(found: tuple[Target, ...]) -> list[int]:
+            """The term numbers of a tuple of terminal targets; the tuples are shared by the
+            aliases naming the same target (graph._Memo), so each is looked at once."""
+            got = shared.get(id(found))
+            if got is None:
+                got = shared[id(found)] = []
+                for t in found:
+                    n = term_ids.get(t)
+                    if n is None:
+                        n = term_ids[t] = len(terms)
+                        terms.append(t)
+                    got.append(n)
+            return got
 
         entries: list[list[tuple[int, int]]] = [[] for _ in order]
         for name, plan in plans.items():
@@ -69,12 +76,9 @@ class Expansions:
             if type(plan) is str:
                 out.append((ids[plan], -1))
             elif type(plan) is tuple:
-                found = shared.get(id(plan))
-                if found is None:
-                    found = shared[id(plan)] = [term(t) for t in plan]
-                out += [(-1, n) for n in found]
+                out += [(-1, n) for n in terms_of(plan)]
             else:
-                out += [(ids[src], i) if type(src) is str else (-1, term(src[i]))
+                out += [(ids[src], i) if type(src) is str else (-1, terms_of(src)[i])
                         for src, i in plan]
         self._offsets = array("i", accumulate((len(e) for e in entries), initial=0))
         self._srcs = array("i", [src for e in entries for src, _ in e])

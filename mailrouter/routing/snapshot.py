@@ -165,6 +165,12 @@ def _merge_map(into: Any, value: Any, key: str, path: str, errors: list[ConfigEr
         errors.append(ConfigError(f"'{key}' must be a mapping", path, line, col,
                                   f"write 'name: value' entries under '{key}:'"))
         return
+    if not into:                # the section's first file: its keys cannot clash
+        into.update(value)
+        marks = getattr(value, "key_marks", None)
+        into.key_marks.update(marks if marks is not None else
+                              {k: (getattr(k, "line", 0), getattr(k, "column", 0)) for k in value})
+        return
     for k, v in value.items():
         if k in into:
             first = next(x for x in into if x == k)
