@@ -15,6 +15,7 @@ must be placed in LAYERS (test_every_module_has_a_layer says so).
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,3 +285,16 @@ def test_the_clean_part_of_the_tree_passes(tmp_path: Path) -> None:
                                            ("registry.migrations.env", "registry"), ("", "")])
 def test_groups(module: str, group: str) -> None:
     assert group_of(module) == group
+
+
+def test_the_architecture_document_names_every_layer_and_module() -> None:
+    """docs/architecture.md's layer table lists each layer of LAYERS with its modules, in
+    order, so the document a new engineer reads cannot drift from what this test enforces."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = {int(m[1]): m[2] for m in re.finditer(r"^\| (\d+) \| (.*?) \|", doc, re.M)}
+    assert sorted(rows) == list(range(len(LAYERS))), "layer numbers in the table"
+    for n, layer in enumerate(LAYERS):
+        for name in layer:
+            if name:
+                assert re.search(rf"`{re.escape(name)}(\.py|/)`", rows[n]), \
+                    f"docs/architecture.md: layer {n} should name `{name}`"
