@@ -245,23 +245,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sqlite_missing(url: str) -> bool:
-    """A SQLite registry URL whose file does not exist (opening it would create it)."""
-    from sqlalchemy.engine import make_url
-    parsed = make_url(url)
-    db = parsed.database or ""
-    return (parsed.get_backend_name() == "sqlite" and db not in ("", ":memory:")
-            and not db.startswith("file:") and not Path(db).expanduser().exists())
-
-
 def cmd_registry(args: argparse.Namespace) -> int:
     from .registry import Registry
     cfg = _config(args.config)
-    if _sqlite_missing(cfg.registry.url):
-        # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
-        print(f"mailrouter registry: no registry at {_where(cfg.registry.url)}; "
-              "start the daemon first or give -c", file=sys.stderr)
-        return 2
 
     async def show() -> list[dict[str, Any]]:
         reg = await Registry.open(cfg.registry.url, create=False)
@@ -292,7 +278,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
 
     async def show() -> list[dict[str, Any]]:
-        reg = await Registry.open(cfg.registry.url)
+        reg = await Registry.open(cfg.registry.url, create=False)
         try:
             return await reg.outbox_list(args.n)
         finally:
@@ -341,7 +327,8 @@ def cmd_web(args: argparse.Namespace) -> int:
               + (f"; did you mean {close[0]!r}?" if close else " (give the key under people:)"),
               file=sys.stderr)
         return 2
-    if _sqlite_missing(cfg.registry.url):
+    from .registry.store import sqlite_missing
+    if sqlite_missing(cfg.registry.url):
         print(f"mailrouter web passwd: no registry at {_where(cfg.registry.url)}; "
               "start the daemon or run `mailrouter db upgrade` first", file=sys.stderr)
         return 2

@@ -271,7 +271,8 @@ no_system_config = pytest.mark.skipif(SYSTEM_CONFIG.exists(),
 
 
 @no_system_config
-@pytest.mark.parametrize("cmd", [["check"], ["test"], ["registry"], ["explain", "m.eml"]])
+@pytest.mark.parametrize("cmd", [["check"], ["test"], ["registry"], ["explain", "m.eml"],
+                                 ["outbox"], ["report"]])
 def test_commands_outside_a_project_folder_say_which_files_and_create_nothing(tmp_path, cmd):
     """In an empty folder with no config anywhere, each command says on stderr, in one line,
     that it uses the embedded default and which routing files, and leaves nothing behind:
@@ -283,11 +284,11 @@ def test_commands_outside_a_project_folder_say_which_files_and_create_nothing(tm
     assert notes[0].startswith("mailrouter: no -c FILE, $MAILROUTER_CONFIG or /etc/mailrouter/config.yaml")
     assert f"(routing files: {PACKAGE_RULES / '*.yaml'}; registry and mail under " in notes[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.eml"]
-    if cmd == ["registry"]:
+    if cmd[0] in ("registry", "outbox", "report"):
         where = f"sqlite+aiosqlite:///{tmp_path.resolve() / 'var' / 'registry.db'}"
         assert out.returncode == 2
-        assert (f"mailrouter registry: no registry at {where}; start the daemon first or give -c"
-                in out.stderr.splitlines())
+        assert (f"mailrouter {cmd[0]}: no registry at {where}; start the daemon first or give -c"
+                in out.stderr.splitlines()), out.stderr
     else:
         assert out.returncode == 0, out.stderr
 

@@ -42,9 +42,9 @@ def _when(text: str) -> datetime:
 
 
 def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
-         write: bool = False) -> Any:
+         write: bool = False, cfg: Any = None) -> Any:
     from ..registry import Registry
-    cfg = args.load_config(args.config)
+    cfg = cfg or args.load_config(args.config)
 
     async def go() -> Any:
         reg = await Registry.open(cfg.registry.url, create=False)
@@ -101,8 +101,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     until = args.until or now
     since = args.since or until - timedelta(days=30)
-    cals = args.load_snapshot(args.load_config(args.config)).rules.calendars
-    doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals))
+    cfg = args.load_config(args.config)
+    cals = args.load_snapshot(cfg).rules.calendars
+    doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals), cfg=cfg)
     rows = [{"section": k, **r} for k, v in doc.items() if isinstance(v, list) for r in v]
     rows += [{"section": k, **v} for k, v in doc.items() if isinstance(v, dict)]
 

@@ -99,6 +99,14 @@ async def _prepare(url: URL) -> None:
             await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
 
 
+def sqlite_missing(url: str | URL) -> bool:
+    """A SQLite registry file that does not exist (opening it would create an empty one)."""
+    parsed = _url(url) if isinstance(url, str) else url
+    db = parsed.database or ""
+    return (parsed.get_backend_name() == "sqlite" and db not in ("", ":memory:")
+            and not db.startswith("file:") and not Path(db).expanduser().exists())
+
+
 def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEngine:
     if url.get_backend_name() != "sqlite":
         return create_async_engine(
@@ -277,9 +285,12 @@ class Registry:
                    create: bool = True, synchronous: str = "FULL") -> Registry:
         """Open (and with ``create``, create or upgrade) the registry at ``url``."""
         parsed = _url(url)
+        if not create and sqlite_missing(parsed):
+            # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
+            raise RegistryError(f"no registry at {url}; start the daemon first or give -c")
         try:
-            await _prepare(parsed)
             if create:
+                await _prepare(parsed)
                 await _upgrade(parsed, timeout, synchronous)
         except Exception as exc:
             raise _failure("open", exc) from None
