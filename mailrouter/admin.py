@@ -1,4 +1,10 @@
-"""Admin HTTP endpoint: GET /metrics, GET /healthz, POST /-/reload.
+"""Admin HTTP endpoint: GET /metrics, GET /healthz, GET /readyz, POST /-/reload.
+
+/healthz is liveness: 200 "ok" (or "draining") while the process answers at all.
+/readyz is readiness (health.py): 200 when listeners, registry, rules and
+downstreams are fine, else 503; one line per check with its cause. Before a
+scrape, `refresh()` (when given) updates what is read from the registry at scrape
+time (the outbox backlog, open requests: metrics.py's scrape-time families).
 
 A deliberately small HTTP/1.0 server on asyncio streams (one request per
 connection), bound to loopback by default: it exposes reload and metrics, not
@@ -15,7 +21,9 @@ Refused, in this order:
   config check unless the listener is loopback), /-/reload and /metrics without
   `Authorization: Bearer TOKEN` (401). Prometheus sends one with
   `authorization: {credentials_file: ...}` in its scrape config. /healthz stays
-  open: it says "ok" or "draining" and nothing else.
+  open: it says "ok" or "draining" and nothing else. /readyz stays open too (a
+  load balancer's probe carries no token), but without the token it names only
+  the failing checks, not their causes (downstream addresses, driver errors).
 A listener on a wildcard address (0.0.0.0, ::) cannot know its own names: any
 Host with our port is taken there, the token being what guards it.
 """
@@ -26,17 +34,21 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import is_loopback
+from .health import Check
 from .metrics import exposition
 
 __all__ = ["serve_admin"]
 
 log = logging.getLogger(__name__)
 Reloader = Callable[[], Awaitable[tuple[bool, str]]]
+Ready = Callable[[], Awaitable[Sequence[Check]]]
+Refresh = Callable[[], Awaitable[None]]
+OPEN_PATHS = ("/healthz", "/readyz")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 
@@ -71,8 +83,10 @@ class _Request:
 
 
 class _Admin:
-    def __init__(self, reload: Reloader, health: Callable[[], bool], token: str | None) -> None:
+    def __init__(self, reload: Reloader, health: Callable[[], bool], token: str | None,
+                 ready: Ready | None = None, refresh: Refresh | None = None) -> None:
         self.reload, self.health, self.token = reload, health, token
+        self.ready, self.refresh = ready, refresh
         self.hosts: frozenset[str] | None = frozenset()
         self.port = 0
 
@@ -87,13 +101,17 @@ class _Admin:
             origin = (req.one("origin") or "").lower()
             if not origin.startswith("http://") or not self._ours(origin[7:]):
                 return "403 Forbidden", "cross-origin requests are refused\n"
-        if self.token is not None and req.path != "/healthz":
-            given = req.one("authorization") or ""
-            scheme, _, credentials = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    credentials.strip().encode(), self.token.encode()):
-                return "401 Unauthorized", "a bearer token is required (admin.token_file)\n"
+        if req.path not in OPEN_PATHS and not self.authorized(req):
+            return "401 Unauthorized", "a bearer token is required (admin.token_file)\n"
         return None
+
+    def authorized(self, req: _Request) -> bool:
+        """No token configured, or the request carries it."""
+        if self.token is None:
+            return True
+        scheme, _, credentials = (req.one("authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), self.token.encode())
 
     def _ours(self, host: str) -> bool:
         host = host.lower()
@@ -111,11 +129,15 @@ class _Admin:
                     await _respond(writer, refused[0], refused[1].encode(), "text/plain",
                                    refused[0].startswith("401"))
                 elif req.method == "GET" and req.path == "/metrics":
+                    if self.refresh is not None:
+                        await self.refresh()
                     await _respond(writer, "200 OK", exposition(), CONTENT_TYPE_LATEST)
                 elif req.method == "GET" and req.path == "/healthz":
-                    ok = self.health()
-                    await _respond(writer, "200 OK" if ok else "503 Service Unavailable",
-                                   b"ok\n" if ok else b"draining\n", "text/plain")
+                    # alive while we answer; draining is readiness's business (/readyz)
+                    await _respond(writer, "200 OK", b"ok\n" if self.health() else b"draining\n",
+                                   "text/plain")
+                elif req.method == "GET" and req.path == "/readyz" and self.ready is not None:
+                    await self._readyz(writer, self.authorized(req))
                 elif req.method == "POST" and req.path == "/-/reload":
                     ok, detail = await self.reload()
                     body = json.dumps({"ok": ok, "detail": detail}, ensure_ascii=False).encode()
@@ -130,6 +152,19 @@ class _Admin:
             writer.close()
 
 
+    async def _readyz(self, writer: asyncio.StreamWriter, detailed: bool) -> None:
+        assert self.ready is not None
+        checks = await self.ready()
+        ok = all(c.ok for c in checks)
+        if detailed:
+            body = "".join(c.line() + "\n" for c in checks)
+        else:
+            failed = [c.name for c in checks if not c.ok]
+            body = "ready\n" if ok else f"not ready: {', '.join(failed)}\n"
+        await _respond(writer, "200 OK" if ok else "503 Service Unavailable",
+                       body.encode("utf-8", "replace"), "text/plain; charset=utf-8")
+
+
 async def _respond(writer: asyncio.StreamWriter, status: str, body: bytes, ctype: str,
                    challenge: bool = False) -> None:
     head = (f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
@@ -140,8 +175,9 @@ async def _respond(writer: asyncio.StreamWriter, status: str, body: bytes, ctype
 
 
 async def serve_admin(host: str, port: int, reload: Reloader, health: Callable[[], bool],
-                      token: str | None = None) -> asyncio.Server:
-    admin = _Admin(reload, health, token)
+                      token: str | None = None, ready: Ready | None = None,
+                      refresh: Refresh | None = None) -> asyncio.Server:
+    admin = _Admin(reload, health, token, ready, refresh)
     server = await asyncio.start_server(admin.handle, host, port, limit=8192)
     admin.port = server.sockets[0].getsockname()[1]     # the port asked may be 0
     admin.hosts = _hosts(host, admin.port)

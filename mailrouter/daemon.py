@@ -40,6 +40,7 @@ from .config import Config, Limits, Listener
 from .delivery.deliverer import Deliverer
 from .dnscheck import DomainCheck
 from .errors import ConfigErrors, ListenError, RegistryError
+from .health import Readiness
 from .intake.handler import Handler
 from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
 from .autoreply import DEFAULT_ROBOT_SENDERS, Policy
@@ -48,7 +49,7 @@ from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _files, load_snapshot
-from .values import Reply, Transaction
+from .values import Downstream, Reply, Transaction
 from .web import start_web
 from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, supervise
 
@@ -83,9 +84,25 @@ class App:
         self._stop = asyncio.Event()
         self._mtimes = self._routing_mtimes()
         self.bound: dict[str, tuple[str, int]] = {}
+        self.listeners: dict[str, asyncio.Server] = {}    # smtp, lmtp: for /readyz
+        self.readiness = Readiness(self)
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    # -- what /readyz reads (health.ReadyHost) -------------------------------------------
+    @property
+    def expected_listeners(self) -> tuple[str, ...]:
+        return tuple(n for n, lst in (("smtp", self.config.smtp), ("lmtp", self.config.lmtp))
+                     if lst is not None)
+
+    @property
+    def downstreams(self) -> dict[str, Downstream]:
+        d = self.config.delivery
+        return {k: v for k, v in (("lmtp", d.lmtp), ("smtp", d.smtp)) if v is not None}
+
+    def ruleset_hash(self) -> str | None:
+        return self._snapshot.hash if self._snapshot is not None else None
 
     @property
     def limits(self) -> Limits:
@@ -129,7 +146,8 @@ class App:
         if cfg.admin is not None and self.worker in (None, 0):
             try:
                 srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.admin_reload,
-                                        lambda: not self.draining, cfg.admin_token)
+                                        lambda: not self.draining, cfg.admin_token,
+                                        ready=self.readiness.checks)
             except OSError as exc:
                 raise ListenError.of("admin", cfg.admin.host, cfg.admin.port, exc) from None
             self.servers.append(srv)
@@ -197,6 +215,7 @@ class App:
         for sock in srv.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.servers.append(srv)
+        self.listeners[name] = srv
         self.bound[name] = srv.sockets[0].getsockname()[:2]
 
     async def close(self) -> None:

@@ -304,6 +304,17 @@ class Registry:
             raise
         return registry
 
+    async def ping(self, timeout: float) -> None:
+        """`SELECT 1` within `timeout` seconds, for /readyz; RegistryError when it does not
+        answer. Not logged: a probe every few seconds would fill the log during an outage."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._run(lambda conn: conn.execute(select(1)).all(), write=False)
+        except TimeoutError:
+            raise RegistryError(f"registry did not answer SELECT 1 within {timeout:g}s") from None
+        except Exception as exc:  # any driver/pool/OS error: not ready
+            raise RegistryError(f"registry unreachable ({_describe(exc)})") from None
+
     @property
     def engine(self) -> AsyncEngine:
         """The engine, for event listeners in tests and metrics; do not write through it."""

@@ -1,0 +1,143 @@
+"""Readiness: can this instance take mail now, and if not, why (GET /readyz).
+
+Four checks, each one line of the /readyz body (`ok NAME: detail` or `FAIL NAME: cause`):
+
+- listeners: every configured SMTP/LMTP listener is bound and serving (and we are
+  not draining after SIGTERM);
+- registry: `SELECT 1` answers within `timeout` (2 s): a registry that does not
+  answer means every message would get 451 4.3.0;
+- rules: a routing snapshot is loaded (its hash is named; a refused reload keeps
+  the previous one, so this stays ok and `mailrouter_config_last_reload_successful`
+  says so instead);
+- downstreams: each configured LMTP/SMTP downstream answers a TCP connect with a
+  2xx greeting within `timeout` (we then say QUIT). The result is kept `ttl` seconds
+  (5 s), so a probe every second costs a downstream one connection every 5 s.
+Liveness (/healthz) is separate and checks none of this: a process that answers is
+alive; restarting it cures neither a database nor a Dovecot outage.
+
+Known limits: for a SQLite registry the SELECT runs on a pooled connection, so it
+catches a locked or broken database but not a file made unreadable after start
+(the open descriptor still reads); a PostgreSQL outage is seen at once. With
+`workers: N` the admin worker answers for its own listeners and connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from .values import Downstream
+
+__all__ = ["Check", "Readiness", "probe_downstream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The result of one readiness check."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+class Pingable(Protocol):
+    async def ping(self, timeout: float) -> None: ...
+
+
+class ReadyHost(Protocol):
+    """What readiness reads of the running daemon (`daemon.App` has it)."""
+
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def listeners(self) -> Mapping[str, asyncio.Server]: ...
+    @property
+    def expected_listeners(self) -> tuple[str, ...]: ...
+    @property
+    def registry(self) -> Pingable | None: ...
+    @property
+    def downstreams(self) -> Mapping[str, Downstream]: ...
+    def ruleset_hash(self) -> str | None: ...
+
+
+async def probe_downstream(ds: Downstream, timeout: float) -> str:
+    """'' when `ds` greets with 2xx within `timeout`; otherwise what went wrong."""
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(ds.host, ds.port)
+            line = await reader.readline()
+            while line[3:4] == b"-":            # a multi-line greeting: 220-... 220 ...
+                line = await reader.readline()
+            if not line.startswith(b"2"):
+                text = line.decode("ascii", "replace").strip()[:120]
+                return f"greeted {text!r}" if text else "closed without a greeting"
+            writer.write(b"QUIT\r\n")
+            await writer.drain()
+            return ""
+    except TimeoutError:
+        return f"no greeting within {timeout:g}s"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+class Readiness:
+    def __init__(self, app: ReadyHost, timeout: float = 2.0, ttl: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.app, self.timeout, self.ttl, self.clock = app, timeout, ttl, clock
+        self._downstream: dict[str, tuple[float, Check]] = {}
+
+    async def checks(self) -> list[Check]:
+        downstreams = await asyncio.gather(
+            *(self._probe(k, d) for k, d in sorted(self.app.downstreams.items())))
+        return [self._listeners(), await self._registry(), self._rules(), *downstreams]
+
+    def _listeners(self) -> Check:
+        if self.app.draining:
+            return Check("listeners", False, "draining (SIGTERM): no new mail taken")
+        missing = [n for n in self.app.expected_listeners
+                   if n not in self.app.listeners or not self.app.listeners[n].is_serving()]
+        if missing:
+            return Check("listeners", False, f"not serving: {', '.join(missing)}")
+        return Check("listeners", True, ", ".join(
+            f"{n} {_addr(s)}" for n, s in sorted(self.app.listeners.items())) or "none configured")
+
+    async def _registry(self) -> Check:
+        reg = self.app.registry
+        if reg is None:
+            return Check("registry", False, "not open")
+        try:
+            await reg.ping(self.timeout)
+        except Exception as exc:  # whatever the driver raises, the answer is "not ready"
+            return Check("registry", False, str(exc) or type(exc).__name__)
+        return Check("registry", True, "SELECT 1 answered")
+
+    def _rules(self) -> Check:
+        h = self.app.ruleset_hash()
+        return Check("rules", h is not None, f"rule set {h}" if h else "no rule set loaded")
+
+    async def _probe(self, kind: str, ds: Downstream) -> Check:
+        now = self.clock()
+        cached = self._downstream.get(kind)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        why = await probe_downstream(ds, self.timeout)
+        where = f"{ds.host}:{ds.port}"
+        check = Check(f"downstream {kind}", not why,
+                      f"{where} greeted" if not why else f"{where} {why}")
+        self._downstream[kind] = (now, check)
+        return check
+
+
+def _addr(server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2] if server.sockets else ("-", 0)
+    return f"{host}:{port}"
