@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import is_loopback
 from .health import Check
-from .metrics import exposition
+from .metrics import State, exposition
 
 __all__ = ["serve_admin"]
 
@@ -84,9 +84,10 @@ class _Request:
 
 class _Admin:
     def __init__(self, reload: Reloader, health: Callable[[], bool], token: str | None,
-                 ready: Ready | None = None, refresh: Refresh | None = None) -> None:
+                 ready: Ready | None = None, refresh: Refresh | None = None,
+                 state: State | None = None) -> None:
         self.reload, self.health, self.token = reload, health, token
-        self.ready, self.refresh = ready, refresh
+        self.ready, self.refresh, self.state = ready, refresh, state
         self.hosts: frozenset[str] | None = frozenset()
         self.port = 0
 
@@ -131,7 +132,7 @@ class _Admin:
                 elif req.method == "GET" and req.path == "/metrics":
                     if self.refresh is not None:
                         await self.refresh()
-                    await _respond(writer, "200 OK", exposition(), CONTENT_TYPE_LATEST)
+                    await _respond(writer, "200 OK", exposition(self.state), CONTENT_TYPE_LATEST)
                 elif req.method == "GET" and req.path == "/healthz":
                     # alive while we answer; draining is readiness's business (/readyz)
                     await _respond(writer, "200 OK", b"ok\n" if self.health() else b"draining\n",
@@ -176,8 +177,9 @@ async def _respond(writer: asyncio.StreamWriter, status: str, body: bytes, ctype
 
 async def serve_admin(host: str, port: int, reload: Reloader, health: Callable[[], bool],
                       token: str | None = None, ready: Ready | None = None,
-                      refresh: Refresh | None = None) -> asyncio.Server:
-    admin = _Admin(reload, health, token, ready, refresh)
+                      refresh: Refresh | None = None, state: State | None = None,
+                      ) -> asyncio.Server:
+    admin = _Admin(reload, health, token, ready, refresh, state)
     server = await asyncio.start_server(admin.handle, host, port, limit=8192)
     admin.port = server.sockets[0].getsockname()[1]     # the port asked may be 0
     admin.hosts = _hosts(host, admin.port)

@@ -45,7 +45,7 @@ from .loops import TRACE_HEADER
 from .routing.responders import Responder
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
-           "choose_language", "generated_trace", "period_bucket", "verdict"]
+           "choose_language", "generated_trace", "period_bucket", "reason_kind", "verdict"]
 
 DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "listserv", "majordomo", "owner-*", "*-request",
                          "noreply", "no-reply", "no_reply", "donotreply", "do-not-reply",
@@ -131,6 +131,25 @@ def verdict(responder: Responder | None, view: View, mail_from: str, *,
               else _robot_reason(view, mail_from, our_domains, policy)
               or _history_reason(responder, bare(mail_from), history, at, policy))
     return Verdict(responder.name, not reason, reason)
+
+
+# The kind of each reason above, for a metric label (metrics.AUTOREPLY_REASONS): the
+# reasons are sentences with addresses in them, the kinds a fixed set.
+_KINDS = (("the message was refused", "refused"), ("null reverse-path", "null_sender"),
+          ("mail we generated", "generated"), ("Auto-Submitted", "auto_submitted"),
+          ("a report", "report"), ("mailing list", "list"), ("Precedence", "precedence"),
+          ("X-Auto-Response-Suppress", "suppress_header"), ("robot sender", "robot_sender"),
+          ("our own address", "own_domain"), ("answered once for this message", "duplicate"))
+
+
+def reason_kind(reason: str) -> str:
+    """The fixed-set kind of a verdict's reason (`period`, `robot_sender`, ...)."""
+    for prefix, kind in _KINDS:
+        if reason.startswith(prefix):
+            return kind
+    if " already answered by " in reason:
+        return "period"
+    return "daily_cap" if "(daily_cap " in reason else "other"
 
 
 def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],

@@ -31,6 +31,7 @@ import resource
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,7 @@ class App:
         self.bound: dict[str, tuple[str, int]] = {}
         self.listeners: dict[str, asyncio.Server] = {}    # smtp, lmtp: for /readyz
         self.readiness = Readiness(self)
+        self.state = metrics.State(snapshot.hash)          # scrape-time families (admin worker)
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
@@ -147,7 +149,8 @@ class App:
             try:
                 srv = await serve_admin(cfg.admin.host, cfg.admin.port, self.admin_reload,
                                         lambda: not self.draining, cfg.admin_token,
-                                        ready=self.readiness.checks)
+                                        ready=self.readiness.checks,
+                                        refresh=self.refresh_metrics, state=self.state)
             except OSError as exc:
                 raise ListenError.of("admin", cfg.admin.host, cfg.admin.port, exc) from None
             self.servers.append(srv)
@@ -159,6 +162,7 @@ class App:
             except OSError as exc:
                 raise ListenError.of("web", cfg.web.host, cfg.web.port, exc) from None
         metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series
+        metrics.RELOAD_TIME.set(time.time())
         await self.write_postfix_maps()
         log.info("event=started %s", " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
 
@@ -309,14 +313,26 @@ class App:
             public = detail
             log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
             await self.write_postfix_maps()
-        metrics.RELOADS.labels("ok" if ok else "failed").inc()
+        # Every worker reloads; one reload is counted once, by the admin worker (issue 14:
+        # 3 reloads over 2 workers showed failed=6). The gauges are per worker (livemin).
+        if self.worker in (None, 0):
+            metrics.RELOADS.labels("ok" if ok else "failed").inc()
         metrics.RELOAD_OK.set(1 if ok else 0)
+        if ok:
+            metrics.RELOAD_TIME.set(time.time())
+        self.state.ruleset = self._snapshot.hash
         if self.registry is not None:
             try:
                 await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
         return ok, public
+
+    async def refresh_metrics(self) -> None:
+        """Before a scrape: the outbox backlog and open requests from the registry."""
+        if self.registry is not None:
+            from .backlog import read_backlog
+            await read_backlog(self.registry, self.state)
 
     async def write_postfix_maps(self) -> None:
         """postfix_maps.on_reload: Postfix's tables follow the address book (one process

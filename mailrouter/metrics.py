@@ -1,21 +1,40 @@
 """Prometheus metrics. Label values come from fixed sets, never from addresses.
 
 Collectors live in one CollectorRegistry (`REGISTRY`) that the admin endpoint
-serves; every labelled series is created at import so zeros show on dashboards.
+serves; every labelled series of a fixed set is created at import so zeros show on
+dashboards. Labels named after the routing files (mailbox, folder, rule, owner,
+responder) take only names written there, never an address or a subject.
+
+Three kinds of family:
+- counted where it happens (messages, decisions, deliveries, registry commits,
+  temporary failures, loops, autoreplies, DSNs, outbox attempts); with `workers: N`
+  every worker writes its own files and /metrics adds them up (multiprocess mode);
+- reloads: every worker reloads, but only the one serving the admin endpoint (worker
+  0, or the only process) counts `mailrouter_config_reloads_total`, so one reload
+  is one count; the per-worker gauges (last result, last success time) aggregate
+  with `livemin`: one worker left on old rules shows;
+- read at scrape time by the admin worker (`State`, below): build and rule-set info,
+  the outbox backlog and the open/overdue requests, from the registry.
 """
 
 from __future__ import annotations
 
 import os
-
-from typing import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from .values import Reply
+from . import __version__
+from .values import Decision, LoopKind, Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
-           "RELOAD_OK", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED", "observe_message"]
+           "RELOAD_OK", "RELOAD_TIME", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
+           "DECISIONS", "DELIVERIES", "DELIVERY_SECONDS", "REGISTRY_COMMIT", "REGISTRY_BATCH",
+           "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
+           "State", "observe_message", "observe_decisions", "exposition"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -42,6 +61,54 @@ REFUSED_CONFIGURED = Counter("mailrouter_downstream_refused_configured_mailbox_t
                              ["outcome"], registry=REGISTRY)
 SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGISTRY,
                  multiprocess_mode="livesum")
+RELOAD_TIME = Gauge("mailrouter_config_last_reload_success_timestamp_seconds",
+                    "When the rule set in use was loaded (start or last good reload); "
+                    "the oldest worker's", registry=REGISTRY, multiprocess_mode="livemin")
+
+DECISIONS = Counter("mailrouter_decisions_total",
+                    "Recipient decisions by action, mailbox, folder, first matching rule and "
+                    "owner (names from the routing files; '-' for none)",
+                    ["action", "mailbox", "folder", "rule", "owner"], registry=REGISTRY)
+DELIVERIES = Counter("mailrouter_deliveries_total",
+                     "Copies stored (maildir) or handed downstream (lmtp, smtp), by result",
+                     ["backend", "result"], registry=REGISTRY)
+DELIVERY_SECONDS = Histogram("mailrouter_delivery_seconds",
+                             "Time to store one Maildir copy or run one downstream transaction",
+                             ["backend"], registry=REGISTRY,
+                             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5,
+                                      10, 30))
+REGISTRY_COMMIT = Histogram("mailrouter_registry_commit_seconds",
+                            "Time to commit one group batch of message records",
+                            registry=REGISTRY,
+                            buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
+                                     5, 10))
+REGISTRY_BATCH = Histogram("mailrouter_registry_batch_size", "Message records per group commit",
+                           registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+REGISTRY_ERRORS = Counter("mailrouter_registry_errors_total",
+                          "Registry operations failed, by operation and kind (outage, full, bug)",
+                          ["op", "kind"], registry=REGISTRY)
+TEMPFAILS = Counter("mailrouter_tempfails_total",
+                    "4xx answers after DATA by cause: per recipient (registry, timeout, "
+                    "internal) or per copy (maildir, downstream, held)",
+                    ["cause"], registry=REGISTRY)
+LOOPS = Counter("mailrouter_loops_total", "Mail loops refused at run time, by kind",
+                ["kind"], registry=REGISTRY)
+AUTOREPLIES = Counter("mailrouter_autoreplies_total",
+                      "Autoreply verdicts: queued, or suppressed with the reason's kind",
+                      ["result", "reason"], registry=REGISTRY)
+DSNS = Counter("mailrouter_dsns_total",
+               "DSNs for recipients refused after DATA: queued, or suppressed by reason",
+               ["result", "reason"], registry=REGISTRY)
+OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
+                          "Outbox send attempts by kind (autoreply, dsn) and result "
+                          "(sent, retry, failed, suppressed)", ["kind", "result"],
+                          registry=REGISTRY)
+
+TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal")
+AUTOREPLY_REASONS = ("refused", "null_sender", "generated", "auto_submitted", "report", "list",
+                     "precedence", "suppress_header", "robot_sender", "own_domain", "period",
+                     "daily_cap", "duplicate", "other")
+DSN_REASONS = ("disabled", "lmtp", "null_sender", "deferred", "all_refused")
 
 for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
@@ -56,18 +123,91 @@ for _b in ("lmtp", "smtp"):
         DOWNSTREAM_REPLIES.labels(_b, _r)
 for _r in ("held", "given_up"):
     REFUSED_CONFIGURED.labels(_r)
+for _b in ("maildir", "lmtp", "smtp"):
+    DELIVERY_SECONDS.labels(_b)
+    for _r in ("ok", "tempfail", "permfail"):
+        DELIVERIES.labels(_b, _r)
+for _r in TEMPFAIL_CAUSES:
+    TEMPFAILS.labels(_r)
+for _lk in LoopKind:
+    LOOPS.labels(_lk.value)
+AUTOREPLIES.labels("queued", "")
+for _r in AUTOREPLY_REASONS:
+    AUTOREPLIES.labels("suppressed", _r)
+DSNS.labels("queued", "")
+for _r in DSN_REASONS:
+    DSNS.labels("suppressed", _r)
+for _k in ("autoreply", "dsn"):
+    for _r in ("sent", "retry", "failed", "suppressed"):
+        OUTBOX_ATTEMPTS.labels(_k, _r)
+for _o in ("record", "delivered_targets"):
+    for _r in ("outage", "full", "bug"):
+        REGISTRY_ERRORS.labels(_o, _r)
 RELOAD_OK.set(1)
 
 
-def exposition() -> bytes:
+class State(Collector):
+    """Families read at scrape time by the admin worker: build and rule-set info (from the
+    running daemon), the outbox backlog and open/overdue requests (set by `refresh` in the
+    daemon from the registry just before the scrape)."""
+
+    def __init__(self, ruleset: str = "") -> None:
+        self.ruleset = ruleset
+        self.outbox: dict[str, tuple[int, float]] = {}              # kind -> (pending, oldest age)
+        self.requests: dict[tuple[str, str], tuple[int, int]] = {}  # (mailbox, owner) -> open, overdue
+        self.error = 0.0                                            # 1 when the last read failed
+
+    def collect(self) -> Iterable[Metric]:
+        build = InfoMetricFamily("mailrouter_build", "Version of the running mailrouter")
+        build.add_metric([], {"version": __version__, "python": sys.version.split()[0]})
+        rules = InfoMetricFamily("mailrouter_ruleset", "Hash of the rule set in use (as "
+                                 "`mailrouter check` prints it)")
+        rules.add_metric([], {"hash": self.ruleset})
+        pending = GaugeMetricFamily("mailrouter_outbox_pending",
+                                    "Autoreplies and DSNs queued, not yet sent", labels=["kind"])
+        oldest = GaugeMetricFamily("mailrouter_outbox_oldest_age_seconds",
+                                   "Age of the oldest queued autoreply or DSN", labels=["kind"])
+        for kind in sorted({"autoreply", "dsn"} | set(self.outbox)):
+            n, age = self.outbox.get(kind, (0, 0.0))
+            pending.add_metric([kind], n)
+            oldest.add_metric([kind], age)
+        open_ = GaugeMetricFamily("mailrouter_requests_open",
+                                  "Requests not closed, per mailbox and owner ('-' for none)",
+                                  labels=["mailbox", "owner"])
+        overdue = GaugeMetricFamily("mailrouter_requests_overdue",
+                                    "Open requests past their first-response due time, "
+                                    "per mailbox and owner", labels=["mailbox", "owner"])
+        for (mailbox, owner), (n_open, n_overdue) in sorted(self.requests.items()):
+            open_.add_metric([mailbox, owner], n_open)
+            overdue.add_metric([mailbox, owner], n_overdue)
+        failed = GaugeMetricFamily("mailrouter_scrape_registry_error",
+                                   "1 when the outbox and request figures could not be read "
+                                   "from the registry at this scrape (they are the last known)")
+        failed.add_metric([], self.error)
+        return [build, rules, pending, oldest, open_, overdue, failed]
+
+
+def exposition(state: State | None = None) -> bytes:
     """The /metrics body: this process's collectors, or with several worker processes
-    (PROMETHEUS_MULTIPROC_DIR set) every live worker's, added up."""
+    (PROMETHEUS_MULTIPROC_DIR set) every live worker's, added up; then `state`."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-        return generate_latest(merged)
-    return generate_latest(REGISTRY)
+        body = generate_latest(merged)
+    else:
+        body = generate_latest(REGISTRY)
+    if state is not None:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(state)
+        body += generate_latest(extra)
+    return body
+
+
+def observe_decisions(decisions: Sequence[Decision]) -> None:
+    for d in decisions:
+        DECISIONS.labels(d.action.value, d.mailbox or "-", d.folder or "-",
+                         d.rules[0].name if d.rules else "-", d.owner or "-").inc()
 
 
 def observe_message(replies: Sequence[Reply], seconds: float) -> None:

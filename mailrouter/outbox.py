@@ -39,6 +39,7 @@ from typing import Any
 
 import aiosmtplib
 
+from . import metrics
 from .autoreply import (
     History,
     Policy,
@@ -46,6 +47,7 @@ from .autoreply import (
     build_reply,
     generated_trace,
     period_bucket,
+    reason_kind,
     verdict,
 )
 from .config import OutboxConfig
@@ -97,6 +99,8 @@ class Outgoing:
                             policy=self.policy, history=history, at=now)
             if v.send and responder.name in queued:
                 v = replace(v, send=False, reason="answered once for this message already")
+            metrics.AUTOREPLIES.labels(*(("queued", "") if v.send
+                                         else ("suppressed", reason_kind(v.reason)))).inc()
             if v.send:
                 out.append(self._reply(snap, responder, view, mail_from, d, key, now))
                 queued.add(responder.name)
@@ -136,8 +140,14 @@ class Outgoing:
              now: datetime) -> OutboxRecord | None:
         failed = [(d.rcpt, r) for d, r in zip(decisions, replies, strict=True)
                   if not r.ok and not r.temporary]
-        if (not self.dsn or protocol != "smtp" or not failed or not bare(mail_from)
-                or any(r.temporary for r in replies) or not any(r.ok for r in replies)):
+        if not failed:
+            return None
+        why = ("disabled" if not self.dsn else "lmtp" if protocol != "smtp"
+               else "null_sender" if not bare(mail_from)
+               else "deferred" if any(r.temporary for r in replies)
+               else "all_refused" if not any(r.ok for r in replies) else "")
+        metrics.DSNS.labels("suppressed" if why else "queued", why).inc()
+        if why:
             return None
         to = mail_from.strip().strip("<>")
         raw = build_dsn(view, to=to, failed=failed, hostname=self.hostname, at=now)
@@ -295,6 +305,8 @@ class OutboxWorker:
 
     async def _settle(self, row: dict[str, Any], state: str, error: str,
                       retry_at: datetime | None = None) -> None:
+        metrics.OUTBOX_ATTEMPTS.labels(row["kind"], "retry" if retry_at is not None
+                                       else state).inc()
         try:
             await self.registry.outbox_settle(row["id"], state, error, retry_at)
         except RegistryError as exc:  # the lease brings the row back; say so

@@ -106,6 +106,7 @@ class Pipeline:
             view, decisions = view_and_decide(snap, txn, now)
         else:   # a timeout cancels this await: nothing below runs, nothing is delivered
             view, decisions = await DECIDE.run(view_and_decide, snap, txn, now)
+        metrics.observe_decisions(decisions)
         key = key_from_hash(txn.mail_from, view.content_hash)
         plan = None
         try:
@@ -118,6 +119,7 @@ class Pipeline:
             log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_unavailable"),
                       qid, str(exc))
             metrics.MESSAGES.labels("deferred").inc()
+            metrics.TEMPFAILS.labels("registry").inc(len(txn.rcpts))
             return [exc.reply] * len(txn.rcpts)
         if self.control is not None and plan is not None:   # copy_to_owner: one more target
             decisions = self.control.copy_to_owner(plan, decisions, snap)
@@ -171,6 +173,7 @@ class Pipeline:
         except RegistryError as exc:
             log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_failed"),
                       qid, str(exc))
+            metrics.TEMPFAILS.labels("registry").inc(sum(r.ok for r in replies))
             replies = [exc.reply if r.ok else r for r in replies]
         for d, r in zip(decisions, replies):
             log.info("event=decision qid=%s sender=%s rcpt=%s mailbox=%s folder=%s action=%s reply=%r",
@@ -183,6 +186,7 @@ class Pipeline:
             if d.loop is None:
                 continue
             metrics.RCPT_REFUSED.labels("loop").inc()
+            metrics.LOOPS.labels(d.loop.kind.value).inc()
             log.warning("event=loop qid=%s rcpt=%s reply=%r evidence=%r", qid, d.rcpt,
                         str(d.reply), d.loop.evidence)
             try:

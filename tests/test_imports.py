@@ -35,9 +35,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("calendars", "config", "addressbook", "addresses"),
     ("loops", "addressquery"),
     ("routing",),                                # the rules engine: pure, no I/O
-    ("registry", "delivery", "autoreply", "postfixmaps", "dnscheck"),  # the I/O stages; autoreply: pure
+    ("registry", "delivery", "autoreply", "postfixmaps", "dnscheck", "health"),  # the I/O stages
     ("control", "outbox", "intents"),            # requests, SLA; outgoing mail; copy intents
-    ("pipeline", "explain", "intake", "admin", "workers", "web"),
+    ("pipeline", "explain", "intake", "admin", "workers", "web", "backlog"),
     ("daemon",),
     ("cli",),
 ]

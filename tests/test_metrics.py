@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import smtplib
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.control_support import ROUTING as CONTROL_ROUTING
 from tests.support.wire import Wire
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "mailrouter.json"
@@ -56,3 +60,139 @@ async def test_healthz(make_app):
     app = await make_app()
     status, body = await asyncio.to_thread(_get, app.bound["admin"][1], "/healthz")
     assert (status, body) == (200, "ok\n")
+
+
+# -- Every family on a real daemon with two workers ---------------------------------------
+
+FAMILIES = {
+    "mailrouter_messages_total", "mailrouter_recipients_total", "mailrouter_rcpt_refused_total",
+    "mailrouter_message_seconds", "mailrouter_sessions", "mailrouter_config_reloads_total",
+    "mailrouter_config_last_reload_successful",
+    "mailrouter_config_last_reload_success_timestamp_seconds", "mailrouter_ruleset_info",
+    "mailrouter_build_info", "mailrouter_decisions_total", "mailrouter_deliveries_total",
+    "mailrouter_delivery_seconds", "mailrouter_downstream_replies_total",
+    "mailrouter_downstream_refused_configured_mailbox_total",
+    "mailrouter_registry_commit_seconds", "mailrouter_registry_batch_size",
+    "mailrouter_registry_errors_total", "mailrouter_tempfails_total", "mailrouter_loops_total",
+    "mailrouter_autoreplies_total", "mailrouter_dsns_total", "mailrouter_outbox_attempts_total",
+    "mailrouter_outbox_pending", "mailrouter_outbox_oldest_age_seconds",
+    "mailrouter_requests_open", "mailrouter_requests_overdue", "mailrouter_scrape_registry_error",
+}
+
+
+def _families(text: str) -> set[str]:
+    """Family names as the exposition declares them (`# TYPE name kind`), info and counters
+    under the name a query uses (`_info`, `_total` samples)."""
+    names = set()
+    for m in re.finditer(r"^# TYPE (\w+) (\w+)$", text, re.M):
+        name, kind = m.groups()
+        names.add(name + {"info": "_info", "counter": "_total"}.get(kind, "")
+                  if not name.endswith(("_total", "_info")) else name)
+    return names
+
+
+def _post(port: int, path: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+def _wait_log(proc, text: str, count: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.log.read_text().count(text) < count:
+        time.sleep(0.1)
+    return proc.log.read_text().count(text)
+
+
+def _sum(text: str, family: str, **labels: str) -> float:
+    total = 0.0
+    for m in re.finditer(rf"^{family}\{{([^}}]*)\}} ([0-9.e+-]+)$", text, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def test_every_family_on_two_workers_and_a_reload_counted_once(daemon_process, tmp_path):
+    """workers: 2, execution control on: after traffic /metrics has every family, the
+    decisions carry the routing files' names, the requests per mailbox and owner show,
+    and 3 refused reloads count failed=3 (each worker counted its own: failed=6)."""
+    routing = tmp_path / "rules" / "company.yaml"
+    routing.parent.mkdir()
+    routing.write_text(CONTROL_ROUTING, encoding="utf-8")
+    proc = daemon_process(extra="workers: 2\ncontrol: {replies: [replies@example.com]}\n",
+                          routing=str(routing))
+    assert _wait_log(proc, "event=started", 2) == 2
+    for i in range(6):
+        with smtplib.SMTP("127.0.0.1", proc.smtp, timeout=30) as s:
+            s.ehlo()
+            s.mail(f"client{i}@outside.test")
+            assert s.rcpt("nobody@example.com")[0] == 550
+            s.rcpt("support@example.com")
+            assert s.data(f"Subject: m{i}\r\nMessage-ID: <m{i}@outside.test>\r\n\r\nx\r\n")[0] == 250
+    status, text = _get(proc.admin, "/metrics")
+    assert status == 200
+    assert FAMILIES <= _families(text), FAMILIES - _families(text)
+    assert _sum(text, "mailrouter_decisions_total", mailbox="support", rule="support",
+                owner="duty", action="deliver") == 6
+    assert _sum(text, "mailrouter_deliveries_total", backend="maildir", result="ok") == 6
+    assert _value(text, "mailrouter_registry_batch_size_sum") >= 6
+    assert _sum(text, "mailrouter_requests_open", mailbox="support") == 6
+    assert 'mailrouter_build_info{python="' in text and 'version="' in text
+    assert "nobody@example.com" not in text and "client0" not in text   # never an address
+
+    good = routing.read_text(encoding="utf-8")
+    routing.write_text(good + "rules: [oops\n", encoding="utf-8")    # refused by every worker
+    assert _wait_log(proc, "event=reload_failed", 2) >= 2              # the watchers saw it
+    time.sleep(1.5)                    # let each watcher settle on the new mtime
+    _, text = _get(proc.admin, "/metrics")
+    failed_before = _value(text, 'mailrouter_config_reloads_total{result="failed"}')
+    logged = proc.log.read_text().count("event=reload_failed")
+    for _ in range(3):
+        assert _post(proc.admin, "/-/reload")["ok"] is False
+    assert _wait_log(proc, "event=reload_failed", logged + 6) == logged + 6  # both workers
+    _, text = _get(proc.admin, "/metrics")
+    assert _value(text, 'mailrouter_config_reloads_total{result="failed"}') == failed_before + 3
+    assert _value(text, "mailrouter_config_last_reload_successful") == 0
+    routing.write_text(good, encoding="utf-8")
+    assert _post(proc.admin, "/-/reload")["ok"] is True
+    _wait_log(proc, "event=reloaded", 2)
+    _, text = _get(proc.admin, "/metrics")
+    assert _value(text, "mailrouter_config_last_reload_successful") == 1
+
+
+def test_cli_import_leaves_prometheus_client_alone():
+    """`mailrouter run` sets PROMETHEUS_MULTIPROC_DIR after importing the CLI; prometheus_client
+    reads it once, at its import, so nothing the CLI imports may import it (a registry
+    importing metrics at the top left every worker's counters out of /metrics)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import sys, mailrouter.cli; "
+                          "print('prometheus_client' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+async def test_autoreply_verdicts_counted_by_reason_kind(make_app):
+    """Mail to a moved address: a list message is suppressed as `list`, a person's queued;
+    the label is the reason's kind, never the sentence with the sender in it."""
+    app = await make_app()
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    for sender, extra in (("list@outside.test", "List-Id: <l.outside.test>\r\n"),
+                          ("person@outside.test", "")):
+        async with Wire(app.bound["smtp"][1]) as w:
+            await w.greet()
+            await w.cmd(f"MAIL FROM:<{sender}>")
+            assert (await w.cmd("RCPT TO:<old-sales@example.com>")).startswith("250")
+            await w.cmd("DATA")
+            await w.send(f"From: {sender}\r\n{extra}Subject: q\r\n\r\nx\r\n.\r\n".encode())
+            assert (await w.line()).startswith("250")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+    for series in ('mailrouter_autoreplies_total{reason="list",result="suppressed"}',
+                   'mailrouter_autoreplies_total{reason="",result="queued"}'):
+        assert _value(after, series) == _value(before, series) + 1, series
+    assert "outside.test" not in after

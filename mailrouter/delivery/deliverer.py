@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -128,8 +129,11 @@ class Deliverer:
 
         async def one(c: Copy) -> dict[str, _Answer]:
             data = (received(c.rcpt) + trace_headers(self.hostname, c.rcpt), raw)  # no joined copy
+            started = time.perf_counter()
             reply = await _guarded(c.target.key, self._maildir(c.target, mailboxes[c.target.mailbox],
                                                                data, key))
+            metrics.DELIVERY_SECONDS.labels("maildir").observe(time.perf_counter() - started)
+            _count("maildir", reply)
             return {c.target.key: _Answer(reply)}
 
         async def group(kind: str, group: list[Copy]) -> dict[str, _Answer]:
@@ -193,6 +197,7 @@ class Deliverer:
                 + b"".join(trace_headers(self.hostname, r) for r in rcpts)
                 + sieve_folder_lines(copies, mailboxes) + raw)
         fallback: Reply | None = None
+        started = time.perf_counter()
         try:
             replies = await client.deliver(mail_from, list(dict.fromkeys(addrs.values())), data,
                                            smtputf8=smtputf8)
@@ -205,6 +210,7 @@ class Deliverer:
         except Exception:  # a bug in a backend must defer, never bounce or crash
             log.exception("event=delivery_crashed qid=%s backend=%s", qid, kind)
             replies, fallback = {}, DeliveryError.reply
+        metrics.DELIVERY_SECONDS.labels(kind).observe(time.perf_counter() - started)
         out: dict[str, _Answer] = {}
         for target, addr in addrs.items():
             got = replies.get(addr)
@@ -218,6 +224,7 @@ class Deliverer:
                 log.log(level, "event=downstream_reply qid=%s backend=%s target=%s downstream=%r "
                         "reply=%r", qid, kind, target, str(got), str(out[target].reply))
             metrics.DOWNSTREAM_REPLIES.labels(kind, _result(out[target].reply)).inc()
+            _count(kind, out[target].reply)
         return out
 
     def _address(self, target: Target, mailbox: Mailbox) -> str:
@@ -259,6 +266,8 @@ class Deliverer:
                       str(answer.downstream), str(out[target]),
                       (first or now).isoformat(timespec="seconds"), age, hold)
             metrics.REFUSED_CONFIGURED.labels("held" if held else "given_up").inc()
+            if held:
+                metrics.TEMPFAILS.labels("held").inc()
         return out
 
 
@@ -312,6 +321,13 @@ async def _guarded(target: str, work: Awaitable[Reply]) -> Reply:
 def _copy_id(key: str, target: Target) -> str:
     """A Maildir copy's id: its message and its target, nothing of the instance."""
     return hashlib.sha256(f"{key}\0{target.key}".encode()).hexdigest()[:40]
+
+
+def _count(backend: str, reply: Reply) -> None:
+    """One copy's outcome (a 5xx that _hold turns into 451 counts as `held` there)."""
+    metrics.DELIVERIES.labels(backend, _result(reply)).inc()
+    if reply.temporary:
+        metrics.TEMPFAILS.labels("maildir" if backend == "maildir" else "downstream").inc()
 
 
 def _result(reply: Reply) -> str:

@@ -145,9 +145,11 @@ class Handler:
         except TimeoutError:   # a hung disk or downstream: the MTA keeps the mail and retries
             log.error("event=process_timeout peer=%s rcpts=%d", session.peer, n)
             replies = [REPLY_PROCESS_TIMEOUT] * n
+            metrics.TEMPFAILS.labels("timeout").inc(n)
         except Exception:  # never a 5xx, never the exception text: the MTA must retry
             log.exception("event=process_crashed peer=%s", session.peer)
             replies = [REPLY_INTERNAL_ERROR] * n
+            metrics.TEMPFAILS.labels("internal").inc(n)
         if self.protocol == "lmtp":
             return "\r\n".join(str(r) for r in replies)
         return str(fold(replies)) if replies else INTERNAL_ERROR

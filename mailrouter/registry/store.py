@@ -33,6 +33,7 @@ import importlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -244,10 +245,20 @@ def _is_outage(exc: BaseException) -> bool:
     return False
 
 
+def _metrics() -> Any:
+    """mailrouter.metrics, imported on first use: `mailrouter` (cli) imports this module
+    through control/ before `run` sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client
+    reads that variable once, when it is first imported (workers would not share)."""
+    from mailrouter import metrics
+    return metrics
+
+
 def _failure(what: str, exc: BaseException) -> RegistryError:
     """The RegistryError for `exc`, logged once: one line for an outage, the traceback
     for anything else (a bug must not hide behind 'registry unavailable')."""
+    metrics = _metrics()
     if not _is_outage(exc):
+        metrics.REGISTRY_ERRORS.labels(what, "bug").inc()
         log.error("event=registry_bug op=%s error=%r", what, _describe(exc), exc_info=exc)
         bug = RegistryBugError(f"registry {what} failed on an internal error ({_describe(exc)})")
         bug.__cause__ = exc
@@ -256,6 +267,7 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
     inner = getattr(exc, "orig", None) or exc
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             or "disk is full" in str(inner))        # SQLITE_FULL
+    metrics.REGISTRY_ERRORS.labels(what, "full" if full else "outage").inc()
     err = (RegistryFullError if full else RegistryError)(
         f"registry {what} failed ({_describe(exc)})")
     err.__cause__ = exc
@@ -571,8 +583,11 @@ class Registry:
         live = [p for p in batch if not p.future.done()]  # skip callers that gave up
         if not live:
             return
+        started, metrics = time.perf_counter(), _metrics()
         try:
             await self._write_batch(live)
+            metrics.REGISTRY_COMMIT.observe(time.perf_counter() - started)
+            metrics.REGISTRY_BATCH.observe(len(live))
         except Exception as exc:  # the writer must survive anything a batch throws
             if len(live) == 1 or not _is_bad_record(exc):
                 _settle(live, _failure("record", exc))
