@@ -9,12 +9,10 @@ import smtplib
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from tests.control_support import ROUTING as CONTROL_ROUTING
 from tests.support.wire import Wire
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "mailrouter.json"
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -31,8 +29,9 @@ def _value(text: str, series: str) -> float:
     return float(m.group(1))
 
 
-async def test_metrics_count_traffic_and_dashboard_names_exist(make_app):
-    """A delivered message and a refused RCPT move their counters; every dashboard metric exists."""
+async def test_metrics_count_traffic(make_app):
+    """A delivered message and a refused RCPT move their counters (the dashboard's names:
+    test_alerts.py)."""
     app = await make_app()
     port = app.bound["admin"][1]
     before = await asyncio.to_thread(_get, port, "/metrics")
@@ -49,10 +48,6 @@ async def test_metrics_count_traffic_and_dashboard_names_exist(make_app):
     for series in ('mailrouter_messages_total{result="delivered"}',
                    'mailrouter_rcpt_refused_total{reason="unknown"}'):
         assert _value(after, series) == _value(before[1], series) + 1
-    names = set(re.findall(r"^(mailrouter_\w+)", after, re.M))
-    exprs = " ".join(t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"])
-    used = set(re.findall(r"mailrouter_\w+", exprs))
-    assert used and used <= names, used - names
 
 
 async def test_healthz(make_app):
