@@ -164,6 +164,7 @@ class Config:
     routing: tuple[str, ...]                     # glob patterns of routing files, absolute
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "kv"                       # kv | json (logs.py)
     workers: int = field(default_factory=lambda: auto_workers())  # processes on the listeners
     workdir: Path = field(default_factory=Path.cwd)
     admin_token: str | None = field(default=None, repr=False)   # bearer token of the admin endpoint
@@ -246,7 +247,7 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
 
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
-            "shutdown_grace", "log_level", "workers", "admin", "control",
+            "shutdown_grace", "log_level", "log_format", "workers", "admin", "control",
             "outbox", "autoreply", "postfix_maps", "web")
 
 
@@ -313,7 +314,8 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         registry=_registry(doc, base, c), delivery=_delivery(doc, base, c),
         routing=_routing(doc, base, c),
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
-        log_level=str(doc.get("log_level", "INFO")).upper(), workdir=base,
+        log_level=str(doc.get("log_level", "INFO")).upper(), log_format=_log_format(doc, c),
+        workdir=base,
         workers=_workers(doc, c), control=_control(doc, c),
         outbox=_outbox(doc, c), autoreply=_autoreply(doc, c),
         postfix_maps=_postfix_maps(doc, base, c), web=web, webui=_web(doc, listen, web, c))
@@ -405,6 +407,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _log_format(doc: dict[str, Any], c: _Checker) -> str:
+    value = doc.get("log_format", "kv")
+    if value not in ("kv", "json"):
+        c.error(value, f"'log_format' must be kv or json, not {value!r}",
+                "kv: key=value lines; json: one JSON object per line", doc)
+        return "kv"
+    return str(value)
 
 
 def _admin_token(doc: dict[str, Any], listen: dict[str, Any], admin: Listener | None,

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import metrics, postfixmaps
+from . import logs, metrics, postfixmaps
 from .admin import serve_admin
 from .config import Config, Limits, Listener
 from .delivery.deliverer import Deliverer
@@ -414,8 +414,7 @@ def _public(exc: ConfigErrors, patterns: tuple[str, ...]) -> str:
 
 
 def run(config: Config) -> int:
-    logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO),
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s")
+    logs.setup(config.log_level, config.log_format)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     try:
         Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .delivery.deliverer import Copy, Deliverer
 from .errors import RegistryBugError, RegistryError
+from .logs import upstream_id
 from .message import MessageView
 from .outbox import Outgoing
 from .offload import Offload
@@ -175,9 +176,8 @@ class Pipeline:
                       qid, str(exc))
             metrics.TEMPFAILS.labels("registry").inc(sum(r.ok for r in replies))
             replies = [exc.reply if r.ok else r for r in replies]
-        for d, r in zip(decisions, replies):
-            log.info("event=decision qid=%s sender=%s rcpt=%s mailbox=%s folder=%s action=%s reply=%r",
-                     qid, txn.mail_from, d.rcpt, d.mailbox, d.folder, d.action.value, str(r))
+        log.info("event=message", extra={"fields": message_fields(qid, txn, view, decisions,
+                                                                    replies)})
         return replies
 
     async def _record_loops(self, decisions: list[Decision], key: str, qid: str) -> None:
@@ -244,6 +244,16 @@ class Pipeline:
             from_name=view.from_name, from_addr=view.from_addr, subject=view.subject,
             size=view.size, content_hash=view.content_hash, defects=tuple(view.defects),
             ruleset_hash=snap.hash, status=status)
+
+
+def message_fields(qid: str, txn: Transaction, view: MessageView, decisions: list[Decision],
+                   replies: list[Reply]) -> dict[str, object]:
+    """The one log line per message (logs.py): our queue id, Postfix's, every recipient."""
+    return {"qid": qid, "upstream_id": upstream_id(txn.raw), "sender": txn.mail_from,
+            "message_id": view.message_id, "size": len(txn.raw), "rcpts": [
+                {"rcpt": d.rcpt, "action": d.action.value, "mailbox": d.mailbox,
+                 "folder": d.folder, "rule": d.rules[0].name if d.rules else None,
+                 "reply": str(r)} for d, r in zip(decisions, replies)]}
 
 
 def _registry_event(exc: RegistryError, outage: str) -> str:
