@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from .config import CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config, load_config
 from .errors import ConfigErrors, RegistryError
@@ -245,21 +245,27 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_registry(args: argparse.Namespace) -> int:
+def _ask_registry(cfg: Config, what: str, ask: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`ask` on the existing registry (a look never creates one); on a registry error, one
+    line `mailrouter WHAT: …` and exit 2."""
     from .registry import Registry
-    cfg = _config(args.config)
 
-    async def show() -> list[dict[str, Any]]:
+    async def go() -> Any:
         reg = await Registry.open(cfg.registry.url, create=False)
         try:
-            return await reg.recent(args.n or None)
+            return await ask(reg)
         finally:
             await reg.close()
     try:
-        found = asyncio.run(show())
+        return asyncio.run(go())
     except RegistryError as exc:
-        print(f"mailrouter registry: {exc}", file=sys.stderr)
-        return 2
+        print(f"mailrouter {what}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    found: list[dict[str, Any]] = _ask_registry(cfg, "registry", lambda reg: reg.recent(args.n or None))
     if not found:
         print(f"no messages in the registry yet ({_where(cfg.registry.url)})")
     for m in found:
@@ -274,20 +280,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from .registry import Registry
     cfg = _config(args.config)
-
-    async def show() -> list[dict[str, Any]]:
-        reg = await Registry.open(cfg.registry.url, create=False)
-        try:
-            return await reg.outbox_list(args.n)
-        finally:
-            await reg.close()
-    try:
-        rows = asyncio.run(show())
-    except RegistryError as exc:
-        print(f"mailrouter outbox: {exc}", file=sys.stderr)
-        return 2
+    rows: list[dict[str, Any]] = _ask_registry(cfg, "outbox", lambda reg: reg.outbox_list(args.n))
     if args.json:
         print(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
                            for k, v in r.items()} for r in rows], ensure_ascii=False, indent=2))
