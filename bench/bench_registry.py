@@ -23,13 +23,14 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, func, insert, select
 
 from mailrouter.calendars import build_calendars
 from mailrouter.control.queries import history, report, search, show_request
 from mailrouter.control.tables import request_messages, requests
 from mailrouter.registry import Registry
 from mailrouter.registry.models import decisions, deliveries, messages
+from mailrouter.registry.words import subject_words, word_rows
 
 START = datetime(2027, 1, 1, tzinfo=timezone.utc)
 END = START + timedelta(days=90)
@@ -85,6 +86,9 @@ def fill(conn: Connection, chunk: list[Any]) -> None:
         batch = [c[idx] for c in chunk if c[idx] is not None]
         if batch:
             conn.execute(insert(table), batch)
+    # the subject-word index, as the registry's store writes it with each message
+    conn.execute(insert(subject_words), [w for c in chunk for w in word_rows(
+        c[0]["key"], c[0]["received_at"], c[0]["subject"])])
 
 
 async def bench(url: str, n: int) -> None:
@@ -94,6 +98,9 @@ async def bench(url: str, n: int) -> None:
         if have:            # --db FILE kept from an earlier run: time the queries again
             print(f"{url.split(':')[0]}: {have:,} messages already there")
             n = have
+            global END      # bench_web.py's data ends when it was generated
+            END = await reg.read("end", lambda c: c.execute(
+                select(func.max(messages.c.received_at))).scalar_one())
         else:
             await generate(reg, url, n)
         await time_queries(reg, n)

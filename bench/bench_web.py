@@ -59,9 +59,14 @@ async def bench(url: str, n: int, repeat: int) -> None:
     reg = await Registry.open(url, timeout=600)
     runner = None
     try:
-        t0 = time.perf_counter()
-        await fill(reg, n)
-        print(f"generated {n:,} messages in {time.perf_counter() - t0:.1f} s")
+        have = await reg.count_messages()
+        if have:        # --db FILE kept from an earlier run (its data ended then)
+            print(f"{have:,} messages already there")
+            n = have
+        else:
+            t0 = time.perf_counter()
+            await fill(reg, n)
+            print(f"generated {n:,} messages in {time.perf_counter() - t0:.1f} s")
         cfg = Config.embedded(Path(tempfile.gettempdir()))
         snap = load_snapshot((str(RULES / "*.yaml"),), cfg.limits, "mx.test")
         runner = web.AppRunner(make_app(reg, lambda: snap, WebConfig(admins=("petrova",))))
@@ -106,7 +111,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=100_000, help="messages to generate (default 100,000)")
     p.add_argument("--repeat", type=int, default=3, help="asks per page (median printed)")
+    p.add_argument("--db", metavar="FILE", help="SQLite file to use and keep (generated only "
+                   "when empty); bench_registry.py --db FILE times its queries on it too")
     args = p.parse_args()
+    if args.db:
+        asyncio.run(bench(f"sqlite+aiosqlite:///{args.db}", args.n, args.repeat))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(bench(f"sqlite+aiosqlite:///{tmp}/registry.db", args.n, args.repeat))
 

@@ -13,6 +13,7 @@ from sqlalchemy import insert
 from mailrouter.control.queries import search
 from mailrouter.registry import Registry
 from mailrouter.registry.models import messages
+from mailrouter.registry.words import subject_words, word_rows
 
 pytestmark = pytest.mark.asyncio
 AT = datetime(2027, 1, 11, 9, 0, tzinfo=timezone.utc)
@@ -34,7 +35,10 @@ async def test_search_pages_whole_registry_and_finds_every_spelling(registry_url
     prefix, beside a full-width word) wherever they sit in the pages."""
     reg = await Registry.open(registry_url)
     try:
-        await reg.write("fill", lambda c: c.execute(insert(messages), [row(i) for i in range(4500)]))
+        every_row = [row(i) for i in range(4500)]
+        await reg.write("fill", lambda c: c.execute(insert(messages), every_row))
+        await reg.write("words", lambda c: c.execute(insert(subject_words), [
+            w for r in every_row for w in word_rows(r["key"], r["received_at"], r["subject"])]))
         every = await reg.read("all", lambda c: search(c, limit=None))
         assert len(every) == 4500 and len({m["key"] for m in every}) == 4500
         assert [m["key"] for m in every] == sorted((m["key"] for m in every), reverse=True)

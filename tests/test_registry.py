@@ -226,8 +226,9 @@ async def test_schema_on_first_open_and_upgrade_idempotent(registry_url: str) ->
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
         assert {"messages", "decisions", "deliveries", "loops", "reloads", "requests",
-                "outbox", "autoreply_log", "web_accounts", "web_sessions"} <= tables
-        assert version == [("0005",)]
+                "outbox", "autoreply_log", "web_accounts", "web_sessions",
+                "subject_words"} <= tables
+        assert version == [("0006",)]
     finally:
         await reg.close()
 

@@ -4,9 +4,8 @@ returns plain rows (dicts), so the CLI prints them as text, JSON or CSV.
 
 Every query is bounded by an index: requests by opened_at, owner/status,
 status/first_response_due, counterparty or its domain; messages by received_at or
-from_addr. Subject words are matched with the rules' normalising (NFKC, case-folded,
-ё = е, reply prefixes stripped) in Python, after the indexed filters and the date
-range narrowed the rows: give a date range on a large registry.
+from_addr; subject words (normalised as the rules do: NFKC, case-folded, ё = е, reply
+prefixes stripped) by the subject-word index (registry/words.py).
 
 Known limits: `history DOMAIN` finds messages by the From address's domain with a
 LIKE suffix match, which no index serves; requests by domain are indexed.
@@ -15,7 +14,6 @@ LIKE suffix match, which no index serves; requests by domain are indexed.
 from __future__ import annotations
 
 import statistics
-import unicodedata
 from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -24,7 +22,7 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, selec
 
 from ..registry.models import decisions, deliveries, messages
 from ..registry.queries import Scope
-from ..routing.normalize import normalize, normalize_subject
+from ..registry.words import newest, parse_words
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
@@ -205,16 +203,14 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
            words: str | None = None, since: datetime | None = None, until: datetime | None = None,
            tag: str | None = None, owner: str | None = None, status: str | None = None,
            limit: int | None = 50) -> list[dict[str, Any]]:
-    """Messages, newest first, with every recipient's decision and every copy."""
-    # pages read the key, time and subject only; the picked rows are read whole below
-    q = select(messages.c.key, messages.c.received_at, messages.c.subject)
+    """Messages, newest first, with every recipient's decision and every copy. `words`:
+    every word in the subject (whole words; `счет*` for every word it begins), through
+    the subject-word index (registry/words.py)."""
+    # the walk reads the key and time only; the picked rows are read whole below
+    q = select(messages.c.key, messages.c.received_at)
     if sender:
         # as written and lower case: the (from_addr, received_at) index serves both
         q = q.where(messages.c.from_addr.in_(list({sender.strip(), sender.strip().lower()})))
-    if since:
-        q = q.where(messages.c.received_at >= since)
-    if until:
-        q = q.where(messages.c.received_at < until)
     # Correlated EXISTS, not IN (subquery): walking messages newest first, each row is
     # checked by an index lookup and the walk stops at `limit`; an IN list would first
     # collect every message of the owner or status (a sixth of a million-message registry).
@@ -230,31 +226,12 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
         q = q.where(or_(decided(decisions.c.owner == owner), in_request(requests.c.owner == owner)))
     if status:
         q = q.where(in_request(requests.c.status == status))
-    q = q.order_by(messages.c.received_at.desc(), messages.c.key.desc())
-    needle = normalize(words).split() if words else []
-    picked: list[Any] = []
-    batch = 2000
-    after: Any = None
-    while limit is None or len(picked) < limit:
-        # keyset pages (newest first): each page starts below the last row of the one
-        # before, so a rare word over the whole registry reads it once (OFFSET re-read
-        # every earlier page: quadratic)
-        # (the `<=` is implied by the OR, but only with it does SQLite seek the index)
-        page = q if after is None else q.where(
-            messages.c.received_at <= after.received_at,
-            or_(messages.c.received_at < after.received_at, messages.c.key < after.key))
-        chunk = conn.execute(page.limit(batch)).all()
-        for r in chunk:
-            if needle and not (_may_have(r.subject, needle)
-                               and _has_words(normalize_subject(r.subject), needle)):
-                continue
-            picked.append(r)
-            if limit is not None and len(picked) >= limit:
-                break
-        if len(chunk) < batch:
+    picked: list[str] = []
+    for r in newest(conn, q, parse_words(words), since=since, until=until):
+        picked.append(r.key)
+        if limit is not None and len(picked) >= limit:
             break
-        after = chunk[-1]
-    rows = _message_rows(conn, _whole(conn, [r.key for r in picked]))
+    rows = _message_rows(conn, _whole(conn, picked))
     if tag:
         rows = [r for r in rows if any(tag in (d["tags"] or []) for d in r["recipients"])]
     return rows
@@ -267,25 +244,6 @@ def _whole(conn: Connection, keys: list[str]) -> list[Any]:
         found.update((r.key, r) for r in conn.execute(
             select(messages).where(messages.c.key.in_(keys[i:i + 500]))))
     return [found[k] for k in keys]
-
-
-def _may_have(subject: str, needle: list[str]) -> bool:
-    """False only when `subject` surely lacks a needle word: a cheap test before the full
-    normalising (NFKC twice and a regex, ~15 us a subject). For text that NFKC leaves
-    alone before and after case folding (nearly every subject), `normalize` is case
-    folding and ё -> е, so each normalised word is a substring of that."""
-    folded = subject.casefold()
-    if not (unicodedata.is_normalized("NFKC", subject)
-            and unicodedata.is_normalized("NFKC", folded)):
-        return True
-    folded = folded.replace("ё", "е")
-    return all(w in folded for w in needle)
-
-
-def _has_words(text: str, needle: list[str]) -> bool:
-    words = text.split()
-    n = len(needle)
-    return any(words[i:i + n] == needle for i in range(len(words) - n + 1))
 
 
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:

@@ -165,6 +165,7 @@ decisions = Table(
     Column("reasons", JSON, nullable=False),
     Column("rules", JSON, nullable=False),
     UniqueConstraint("message_key", "rcpt"),
+    Index(None, "message_key", "mailbox", "owner"),     # the rights filter (0006)
     Index(None, "mailbox"),
     Index(None, "owner"),
 )

@@ -6,10 +6,9 @@ and the command line can share them (run with `Registry.read`). Every query take
 they own); a message outside it is simply not found.
 
 Subject words are matched with the rules' normalising (NFKC, case-folded, ё = е, reply
-prefixes stripped): "СЧЕТ" finds "Счёт №42". That comparison runs in Python over the rows
-the indexed filters (dates, sender, recipient, mailbox, owner, status) leave, newest first,
-in chunks, and stops at `limit` hits or after SCAN_MAX rows: give a date range on a large
-registry (the answer says when the scan stopped early).
+prefixes stripped): "СЧЕТ" finds "Счёт №42", through the subject-word index
+(words.py); the walk goes newest first and stops at `limit` hits. Only a tag is
+tested in Python; a search with a tag stops after SCAN_MAX messages (the answer says so).
 
 Known limits: attachments' names are not recorded in the registry, so the story of a
 message has none; a counterparty's domain is matched with a LIKE suffix, which no index
@@ -18,15 +17,16 @@ serves.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, exists, func, or_, select
 
-from ..routing.normalize import normalize, normalize_subject
 from .models import decisions, deliveries, messages
+from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
            "SCAN_MAX"]
@@ -49,7 +49,9 @@ class Scope:
         cond: ColumnElement[bool] = decisions.c.mailbox.in_(sorted(self.mailboxes))
         if self.owner:
             cond = or_(cond, decisions.c.owner == self.owner)
-        return q.where(messages.c.key.in_(select(decisions.c.message_key).where(cond)))
+        # correlated EXISTS: one lookup in the (message_key, mailbox, owner) index per
+        # message walked; `key IN (SELECT ... WHERE mailbox IN ...)` made SQLite scan
+        return q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +82,11 @@ def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any
 def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", words: str = "",
            since: date | None = None, until: date | None = None, tag: str = "", status: str = "",
            mailbox: str = "", owner: str = "", limit: int = 100) -> SearchResult:
-    """Messages, newest first, each with its decisions and deliveries. `until` is inclusive."""
-    q = scope.where(select(messages))
+    """Messages, newest first, each with its decisions and deliveries. `until` is inclusive.
+    `words`: every word in the subject (whole words; `счет*` for every word it begins)."""
+    q = scope.where(select(messages.c.key, messages.c.received_at))
     if sender.strip():
         q = q.where(_sender(sender))
-    if since is not None:
-        q = q.where(messages.c.received_at >= _midnight(since))
-    if until is not None:
-        q = q.where(messages.c.received_at < _midnight(until, 1))
     if status.strip():
         q = q.where(messages.c.status == status.strip())
     for column, value in ((decisions.c.rcpt, rcpt), (decisions.c.mailbox, mailbox),
@@ -95,30 +94,28 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
         if value.strip():
             cond = (func.lower(column) == value.strip().lower() if column is decisions.c.rcpt
                     else column == value.strip())
-            q = q.where(messages.c.key.in_(select(decisions.c.message_key).where(cond)))
-    q = q.order_by(messages.c.received_at.desc(), messages.c.key)
-    needle = normalize(words).split()
+            q = q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
     want_tag = tag.strip()
+    walk = newest(conn, q, parse_words(words), page=_CHUNK,
+                  since=None if since is None else _midnight(since),
+                  until=None if until is None else _midnight(until, 1))
     hits: list[dict[str, Any]] = []
     scanned = 0
     while len(hits) < limit and scanned < SCAN_MAX:
-        chunk = conn.execute(q.limit(_CHUNK).offset(scanned)).all()
-        scanned += len(chunk)
-        picked = [r for r in chunk if _has_words(r.subject, needle)]
-        for row in _with_decisions(conn, picked):
+        keys = [r.key for r in itertools.islice(walk, limit - len(hits) if not want_tag else _CHUNK)]
+        scanned += len(keys)
+        for row in _with_decisions(conn, _in_order(conn, keys)):
             if not want_tag or any(want_tag in (d["tags"] or []) for d in row["decisions"]):
                 hits.append(row)
-        if len(chunk) < _CHUNK:
+        if not keys or (not want_tag and len(hits) < limit):
             return SearchResult(tuple(hits[:limit]), scanned, True)
     return SearchResult(tuple(hits[:limit]), scanned, len(hits) >= limit)
 
 
-def _has_words(subject: str, needle: list[str]) -> bool:
-    """Every word of the query is in the subject (as the start of a word or inside one)."""
-    if not needle:
-        return True
-    text = normalize_subject(subject)
-    return all(word in text for word in needle)
+def _in_order(conn: Connection, keys: list[str]) -> list[Any]:
+    found = {r.key: r for r in conn.execute(select(messages).where(messages.c.key.in_(keys)))
+             } if keys else {}
+    return [found[k] for k in keys]
 
 
 def _midnight(day: date, plus: int = 0) -> datetime:

@@ -58,6 +58,7 @@ from mailrouter.registry.models import (
     DecisionRecord, DeliveryRecord, MessageRecord, decision_upsert, decisions, deliveries,
     delivery_upsert, loops, message_upsert, messages, reloads,
 )
+from mailrouter.registry.words import word_insert, word_rows
 from mailrouter.registry.models import (
     OutboxRecord, autoreply_log, autoreply_log_insert, outbox, outbox_insert,
 )
@@ -617,6 +618,11 @@ class Registry:
         def write(conn: Connection) -> None:
             for msgs, decs, dels in rounds:
                 conn.execute(message_upsert(dialect), list(msgs))
+                # the subject-word index (words.py); a retry's words are already there
+                words = [w for m in msgs
+                         for w in word_rows(m["key"], m["received_at"], m["subject"])]
+                if words:
+                    conn.execute(word_insert(dialect), words)
                 for stmt, params in ((decision_upsert(dialect), _flat(decs)),
                                      (delivery_upsert(dialect), _flat(dels))):
                     if params:

@@ -1,0 +1,132 @@
+"""The subject-word index (registry/words.py, revision 0006): a message recorded through
+the registry is found by its subject words as the rules normalise them (another case,
+е for ё, after a reply prefix; `word*` for word forms), by `registry search` and by the
+web's scoped search; the migration makes the words of messages recorded before it, in
+batches, on an existing SQLite file; and the tables match the migration. Real SQLite and
+PostgreSQL registries."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, func, insert, select
+
+from mailrouter.control.queries import search
+from mailrouter.registry import DecisionRecord, MessageRecord, Registry
+from mailrouter.registry import queries as webq
+from mailrouter.registry.models import messages
+from mailrouter.registry.store import MIGRATIONS
+from mailrouter.registry.words import subject_words
+
+pytestmark = pytest.mark.asyncio
+AT = datetime(2027, 1, 11, 9, 0, tzinfo=timezone.utc)
+SUBJECTS = ["RE: Fwd: СЧЁТ №5 за Октябрь", "Счета за ноябрь", "счетчик воды", "Вопрос о цене",
+            "Re: счет-фактура"]
+
+
+def msg(i: int, subject: str) -> MessageRecord:
+    return MessageRecord(
+        key=f"{i:064x}", received_at=AT + timedelta(minutes=i), protocol="smtp",
+        peer="127.0.0.1", mail_from="c@x.example", rcpts=("s@example.com",),
+        message_id=f"<{i}@x>", from_name="", from_addr="c@x.example", subject=subject,
+        size=10, content_hash="c" * 64, defects=(), ruleset_hash="r" * 64, status="delivered")
+
+
+def dec(mailbox: str) -> DecisionRecord:
+    return DecisionRecord(rcpt="s@example.com", action="deliver", reply="250 2.0.0 Ok",
+                          mailbox=mailbox, folder=None, owner=None, tags=(), priority=None,
+                          sla=None, path=(), reasons=(), rules=())
+
+
+def ids(rows: list) -> list[int]:
+    return [int(r["message_id"][1:-1].split("@")[0]) for r in rows]
+
+
+async def test_words_found_in_another_case_with_e_for_yo_after_reply_prefix(registry_url):
+    """'счет октябрь' finds «RE: Fwd: СЧЁТ №5 за Октябрь» (and in either order); whole
+    words only ('счет' is not «Счета», «счетчик»); 'сче*' finds every word it begins,
+    newest first; a retried message is indexed once; the web search sees only its scope."""
+    reg = await Registry.open(registry_url)
+    try:
+        for i, s in enumerate(SUBJECTS):
+            await reg.record(msg(i, s), [dec("finance" if i % 2 == 0 else "sales")], [])
+        await reg.record(dataclasses.replace(msg(0, SUBJECTS[0]), received_at=AT + timedelta(days=1)),
+                         [dec("finance")], [])                      # an MTA retry: same key
+        got = await reg.read("s", lambda c: search(c, words="СЧЕТ октябрь", limit=None))
+        assert ids(got) == [0]
+        got = await reg.read("s", lambda c: search(c, words="Октябрь счёт", limit=None))
+        assert ids(got) == [0]
+        got = await reg.read("s", lambda c: search(c, words="счет", limit=None))
+        assert ids(got) == [4, 0]                                    # «счет-фактура»: two words
+        got = await reg.read("s", lambda c: search(c, words="СЧЕ*", limit=None))
+        assert ids(got) == [4, 2, 1, 0]
+        got = await reg.read("s", lambda c: search(c, words="счет* ноябрь", limit=None))
+        assert ids(got) == [1]
+        assert await reg.read("s", lambda c: search(c, words="накладная", limit=None)) == []
+        n = await reg.read("n", lambda c: c.execute(select(func.count()).select_from(
+            subject_words).where(subject_words.c.message_key == f"{0:064x}")).scalar_one())
+        assert n == 4                                  # счет no5 (NFKC of №5) за октябрь, once
+        head = webq.Scope(mailboxes=frozenset({"sales"}))
+        found = await reg.read("w", lambda c: webq.search(c, head, words="сче*"))
+        assert [r["message_id"] for r in found.rows] == ["<1@x>"]
+        found = await reg.read("w", lambda c: webq.search(c, webq.Scope(everything=True),
+                                                          words="СЧЁТ", since=AT.date()))
+        assert [r["message_id"] for r in found.rows] == ["<4@x>", "<0@x>"]
+    finally:
+        await reg.close()
+
+
+async def test_migration_backfills_an_existing_sqlite_file(tmp_path: Path):
+    """A registry at revision 0005 holding more messages than one backfill batch: opening it
+    with this version makes every message's words, and a search finds the first and the last."""
+    path = tmp_path / "registry.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("path_separator", "os")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        conn.execute(insert(messages), [dict(
+            dataclasses.asdict(msg(i, SUBJECTS[0] if i in (0, 5002) else f"привет {i}")),
+            updated_at=AT, attempts=1) for i in range(5003)])
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name='subject_words'"
+                          ).fetchone() == (0,)
+    reg = await Registry.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        got = await reg.read("s", lambda c: search(c, words="Счет ОКТЯБРЬ", limit=None))
+        assert ids(got) == [5002, 0]
+        got = await reg.read("s", lambda c: search(c, words="привет", limit=None))
+        assert len(got) == 5001
+        n = await reg.read("n", lambda c: c.execute(select(func.count(func.distinct(
+            subject_words.c.message_key)))).scalar_one())
+        assert n == 5003
+    finally:
+        await reg.close()
+
+
+async def test_migration_matches_the_tables(registry_url):
+    """Revision 0006 creates the word table and the indexes the tables declare."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from mailrouter.control import tables  # noqa: F401  (the request tables on metadata)
+    from mailrouter.registry.models import metadata
+
+    reg = await Registry.open(registry_url)
+    try:
+        def diff(conn):
+            ctx = MigrationContext.configure(conn, opts={"compare_type": False})
+            return [d for d in compare_metadata(ctx, metadata)
+                    if any(t in repr(d) for t in ("subject_words", "decisions", "requests"))]
+        assert await reg.read("diff", diff) == []
+    finally:
+        await reg.close()
