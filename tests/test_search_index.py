@@ -130,3 +130,41 @@ async def test_migration_matches_the_tables(registry_url):
         assert await reg.read("diff", diff) == []
     finally:
         await reg.close()
+
+
+async def test_board_counts_and_pages_through_every_awaiting_request(registry_url):
+    """Counts per owner and per mailbox (closed ones left out), and the list in pages of 2
+    by (due, number), requests without a due time last: every one once, in order."""
+    from mailrouter.control.queries import board
+    from mailrouter.control.tables import requests
+
+    def req(i: int, status: str, due: datetime | None, owner: str, box: str) -> dict:
+        return dict(id=i, opened_at=AT, message_key=f"{i:064x}", counterparty="c@x.example",
+                    counterparty_domain="x.example", mailbox=box, rule="r", owner=owner,
+                    team=None, status=status, subject=f"s{i}", priority=None, tags=[],
+                    sla_calendar=None, first_response_due=due, first_response_at=None,
+                    last_in_at=AT, last_out_at=None, closed_at=None)
+    now = AT + timedelta(hours=5)
+    due = [AT + timedelta(hours=h) for h in (3, 1, 3, 9)]
+    rows = [req(1, "open", due[0], "ivanov", "sales"), req(2, "open", due[1], "petrova", "sales"),
+            req(3, "open", due[2], "ivanov", "finance"), req(4, "open", due[3], "ivanov", "sales"),
+            req(5, "open", None, "petrova", "finance"), req(6, "open", None, "ivanov", "sales"),
+            req(7, "closed", due[1], "ivanov", "sales"), req(8, "answered", due[1], "popov", "sales")]
+    reg = await Registry.open(registry_url)
+    try:
+        await reg.write("fill", lambda c: c.execute(insert(requests), rows))
+        seen: list[int] = []
+        after = None
+        while True:
+            b = await reg.read("b", lambda c, a=after: board(c, now, {}, limit=2, after=a))
+            seen += [r["id"] for r in b["requests"]]
+            if b["next"] is None:
+                break
+            after = b["next"]
+        assert seen == [2, 1, 3, 4, 5, 6]
+        assert {r["owner"]: (r["open"], r["awaiting"], r["overdue"]) for r in b["per_owner"]} == {
+            "ivanov": (4, 4, 2), "petrova": (2, 2, 1), "popov": (1, 0, 0)}
+        assert {r["mailbox"]: (r["open"], r["awaiting"], r["overdue"])
+                for r in b["per_mailbox"]} == {"sales": (5, 4, 2), "finance": (2, 2, 1)}
+    finally:
+        await reg.close()

@@ -23,7 +23,9 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, selec
 from ..registry.models import decisions, deliveries, messages
 from ..registry.queries import Scope
 from ..registry.words import newest, parse_words
-from .tables import request_alerts, request_events, request_messages, requests
+from .tables import (
+    OPEN_STATUSES, request_alerts, request_events, request_messages, requests,
+)
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
            "requests_in"]
@@ -133,32 +135,48 @@ def sla_left(calendars: Mapping[str, Any], cal: str | None, due: datetime | None
 
 def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
           scope: Scope | None = None, owner: str | None = None, mailbox: str | None = None,
-          limit: int = 200) -> dict[str, Any]:
+          limit: int = 200, after: tuple[datetime | None, int] | None = None) -> dict[str, Any]:
     """Requests not closed, per owner and per mailbox (open, awaiting a first response,
     overdue), and the `limit` awaiting a first response soonest due (overdue first), each
-    with its SLA time left in business hours; `owner`/`mailbox` narrow the list."""
-    live = and_(requests.c.status != "closed", requests_in(scope))
+    with its SLA time left in business hours; `owner`/`mailbox` narrow the list, `after`
+    (the last row's first_response_due and id, `next` of the answer) gives the next page.
+
+    The counts are one GROUP BY in the order of the requests (status, mailbox, owner,
+    first_response_at, first_response_due) index, read from the index alone."""
+    live = and_(requests.c.status.in_(OPEN_STATUSES), requests_in(scope))
     waiting = and_(requests.c.status == "open", requests.c.first_response_at.is_(None))
     late = and_(waiting, requests.c.first_response_due <= now)
     out: dict[str, Any] = {"now": now}
-    for name, col in (("owner", requests.c.owner), ("mailbox", requests.c.mailbox)):
-        q = select(col, func.count(), func.count().filter(waiting), func.count().filter(late)
-                   ).where(live).group_by(col)
-        out[f"per_{name}"] = sorted(({name: k, "open": int(n), "awaiting": int(w), "overdue": int(o)}
-                                     for k, n, w, o in conn.execute(q)),
-                                    key=lambda r: (-r["overdue"], str(r[name])))
+    per: dict[str, dict[Any, dict[str, Any]]] = {"owner": {}, "mailbox": {}}
+    q = select(requests.c.status, requests.c.mailbox, requests.c.owner, func.count(),
+               func.count().filter(waiting), func.count().filter(late)).where(live).group_by(
+        requests.c.status, requests.c.mailbox, requests.c.owner)
+    for _, box, who, n, w, o in conn.execute(q):
+        for name, k in (("owner", who), ("mailbox", box)):
+            row = per[name].setdefault(k, {name: k, "open": 0, "awaiting": 0, "overdue": 0})
+            row["open"] += int(n)
+            row["awaiting"] += int(w)
+            row["overdue"] += int(o)
+    for name, rows in per.items():
+        out[f"per_{name}"] = sorted(rows.values(), key=lambda r: (-r["overdue"], str(r[name])))
     q = select(requests).where(live, waiting)
     if owner:
         q = q.where(requests.c.owner == owner)
     if mailbox:
         q = q.where(requests.c.mailbox == mailbox)
-    q = q.order_by(requests.c.first_response_due.is_(None), requests.c.first_response_due,
-                   requests.c.id).limit(limit)
+    due, rid = requests.c.first_response_due, requests.c.id
+    if after is not None:           # keyset: below the last row, in (no due last, due, id)
+        last_due, last_id = after
+        q = q.where(or_(due.is_(None), due > last_due, and_(due == last_due, rid > last_id))
+                    if last_due is not None else and_(due.is_(None), rid > last_id))
+    q = q.order_by(due.is_(None), due, rid).limit(limit)
     cache: dict[Any, float] = {}
     out["requests"] = [dict(r._mapping) | {
         "left": sla_left(calendars, r.sla_calendar, r.first_response_due, now, cache),
         "overdue": r.first_response_due is not None and r.first_response_due <= now}
         for r in conn.execute(q)]
+    last = out["requests"][-1] if len(out["requests"]) == limit else None
+    out["next"] = (last["first_response_due"], last["id"]) if last else None
     return out
 
 

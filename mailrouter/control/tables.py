@@ -54,9 +54,9 @@ requests = Table(
     Index(None, "counterparty_domain"),
     Index(None, "opened_at"),
     Index(None, "mailbox", "opened_at"),
-    # the board's counts from the index alone (0006)
-    Index(None, "status", "owner", "first_response_at", "first_response_due"),
-    Index(None, "status", "mailbox", "first_response_at", "first_response_due"),
+    # the board's counts from one walk of the index alone (0006)
+    Index("ix_requests_board", "status", "mailbox", "owner", "first_response_at",
+          "first_response_due"),
 )
 
 request_messages = Table(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from sqlalchemy import Connection, select
@@ -42,12 +43,31 @@ HOW = "web view"
 async def board_page(request: web.Request) -> web.Response:
     owner = request.query.get("owner", "").strip()[:255]
     mailbox = request.query.get("mailbox", "").strip()[:255]
+    try:
+        after = _after(request.query.get("after", ""))
+    except ValueError:
+        return bad(request, "after")
     scope, s = viewer(request).scope, snap(request)
     now = datetime.now(timezone.utc)
     data = await request.app[REGISTRY].read("web board", lambda c: board(
-        c, now, s.rules.calendars, scope, owner or None, mailbox or None))
+        c, now, s.rules.calendars, scope, owner or None, mailbox or None, after=after))
+    nxt = data["next"]
+    more = None if nxt is None else urlencode(
+        {k: v for k, v in (("owner", owner), ("mailbox", mailbox)) if v}
+        | {"after": f"{nxt[0].isoformat() if nxt[0] else ''},{nxt[1]}"})
     return render(request, "board.html", b=data, owner=owner, mailbox=mailbox,
-                  people=s.book.people)
+                  people=s.book.people, more=more)
+
+
+def _after(text: str) -> tuple[datetime | None, int] | None:
+    """The board's next-page key `DUE,ID` (DUE an ISO time with its zone, or empty)."""
+    if not text:
+        return None
+    due, _, rid = text.rpartition(",")
+    at = datetime.fromisoformat(due) if due else None
+    if at is not None and at.tzinfo is None:
+        raise ValueError("a time without its zone")
+    return at, int(rid)
 
 
 def _history(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@
   subject); made here for every message already recorded, in batches of BATCH.
 - `decisions (message_key, mailbox, owner)`: a scoped search asks, per message, whether
   one of its decisions is in the viewer's mailboxes or theirs; this answers from the index.
-- `requests (status, owner|mailbox, first_response_at, first_response_due)`: the board's
-  counts per owner and per mailbox from the index alone.
+- `requests (status, mailbox, owner, first_response_at, first_response_due)`: the board's
+  counts per owner and per mailbox from one walk of this index alone.
 
 Revision ID: 0006
 Revises: 0005
@@ -25,7 +25,7 @@ branch_labels = None
 depends_on = None
 
 BATCH = 5000
-BOARD = ("first_response_at", "first_response_due")
+BOARD = ["status", "mailbox", "owner", "first_response_at", "first_response_due"]
 
 
 def upgrade() -> None:
@@ -42,9 +42,7 @@ def upgrade() -> None:
                     ["word", "received_at", "message_key"])
     op.create_index("ix_decisions_message_key_mailbox_owner", "decisions",
                     ["message_key", "mailbox", "owner"])
-    for col in ("owner", "mailbox"):
-        op.create_index(f"ix_requests_status_{col}_{'_'.join(BOARD)}", "requests",
-                        ["status", col, *BOARD])
+    op.create_index("ix_requests_board", "requests", BOARD)
     backfill(op.get_bind())
 
 
@@ -67,7 +65,6 @@ def backfill(conn: sa.Connection) -> None:
 
 
 def downgrade() -> None:
-    for col in ("owner", "mailbox"):
-        op.drop_index(f"ix_requests_status_{col}_{'_'.join(BOARD)}", "requests")
+    op.drop_index("ix_requests_board", "requests")
     op.drop_index("ix_decisions_message_key_mailbox_owner", "decisions")
     op.drop_table("subject_words")
