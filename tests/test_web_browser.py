@@ -133,12 +133,16 @@ class Visit:
 
 def _click(driver: Any, by: str, what: str) -> None:
     """Click, then wait until the browser has left the page (a form's answer has loaded)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(by, what).click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+    # While the old page is being torn down chromedriver may answer the staleness probe with
+    # another error than "stale element" (seen in CI under load): ask again until it is stale.
+    WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,)).until(
+        expected_conditions.staleness_of(old))
 
 
 def _sign_in(driver: Any, base: str, person: str) -> None:
