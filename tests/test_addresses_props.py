@@ -87,3 +87,30 @@ def test_random_alias_graphs(graph: dict[str, list[str]]) -> None:
             hops = [h for h in t.path if "@" in h]
             assert hops[0] == name and t.path[-1] == f"mailbox:{t.mailbox}"
             assert all(b in graph[a] for a, b in zip(hops, hops[1:]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(graphs())
+def test_depth_first_order_is_tarjans_on_acyclic_graphs(graph: dict[str, list[str]]) -> None:
+    """The fast order the expansion uses is the order Tarjan's components give (so the
+    budget error names the same address), and it gives up on exactly the cyclic graphs."""
+    from mailrouter.addressbook.expand import acyclic_order, strongly_connected
+    from mailrouter.addressbook.graph import Edge
+    nodes = {src: [Edge(d if "@" in d else None, (), None) for d in dests]
+             for src, dests in graph.items()}
+    order = acyclic_order(nodes)
+    assert (order is None) == has_cycle(graph)
+    if order is not None:
+        assert [[n] for n in order] == list(strongly_connected(nodes))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=" \t<>@.+aB\u00e9xn-\u0441\u00df\u3000", max_size=14),
+       st.sampled_from(("insensitive", "sensitive")))
+def test_canonicaliser_is_canonical(text: str, case: str) -> None:
+    """The build's fast canonical form agrees with `canonical` on any text: spaces,
+    brackets, several @, IDN and empty parts included."""
+    from mailrouter.addressbook.canon import canonical, canonicaliser
+    from mailrouter.addressbook.model import Options
+    options = Options(local_part_case=case)
+    assert canonicaliser(options)(text) == canonical(text, options)

@@ -14,11 +14,12 @@ lower-cased, so such an address is simply unknown, never a crash.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (registers the "idna" codec)
+from collections.abc import Callable
 from functools import lru_cache
 
 from .model import Options
 
-__all__ = ["canonical_domain", "split_address", "canonical"]
+__all__ = ["canonical_domain", "split_address", "canonical", "canonicaliser"]
 
 
 @lru_cache(maxsize=4096)
@@ -58,6 +59,26 @@ def canonical(address: str, options: Options) -> str | None:
     through the `canonical_domain` cache."""
     parts = _local_domain(address, options)
     return None if parts is None else f"{parts[0]}@{parts[1]}"
+
+
+def canonicaliser(options: Options) -> Callable[[str], str | None]:
+    """`canonical(text, options)` for the 100,000s of addresses of one build: an address
+    written as usual (nothing to strip, no `<...>`) skips the general path's steps, and
+    each domain text goes through `canonical_domain` once. Same results as `canonical`."""
+    fold = options.fold_local
+    domains: dict[str, str] = {}
+
+    def canon(text: str) -> str | None:
+        local, _, domain = text.rpartition("@")
+        if not local or not domain or local[0] == "<" or local[0].isspace() \
+                or domain[-1].isspace():
+            return canonical(text, options)
+        d = domains.get(domain)
+        if d is None:
+            d = domains[domain] = canonical_domain(domain)
+        return f"{local.lower() if fold else local}@{d}"
+
+    return canon
 
 
 def detail_split(local: str, options: Options) -> tuple[str, str] | None:

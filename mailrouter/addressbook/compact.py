@@ -48,10 +48,12 @@ class Expansions:
         """`plans`: address -> Plan as `expand.expand_all` returns them (children first)."""
         order = sorted(plans)          # code point order: the order of the UTF-8 bytes too
         ids: dict[str, int] = {name: n for n, name in enumerate(order)}
-        encoded = [name.encode("utf-8", "surrogatepass") for name in order]
-        self._blob = b"".join(encoded)
-        self._starts = array("i", accumulate((len(e) for e in encoded), initial=0))
-        del encoded
+        blob = "".join(order).encode("utf-8", "surrogatepass")
+        sizes: Any = map(len, order)   # ASCII (the usual book): a name's bytes are its characters
+        if len(blob) != sum(map(len, order)):
+            sizes = [len(name.encode("utf-8", "surrogatepass")) for name in order]
+        self._blob = blob
+        self._starts = array("i", accumulate(sizes, initial=0))
         terms: list[Target] = []
         term_ids: dict[Target, int] = {}
         shared: dict[int, list[int]] = {}   # id of a terminal tuple (shared by many) -> terms
@@ -70,19 +72,37 @@ class Expansions:
                     got.append(n)
             return got
 
-        entries: list[list[tuple[int, int]]] = [[] for _ in order]
-        for name, plan in plans.items():
-            out = entries[ids[name]]
+        # the entries of each address in sorted order, straight into two flat lists
+        srcs: list[int] = []
+        idxs: list[int] = []
+        offsets = [0]
+        add_src, add_idx, end = srcs.append, idxs.append, offsets.append
+        minus: dict[int, list[int]] = {}    # n -> [-1] * n
+        for name in order:
+            plan = plans[name]
             if type(plan) is str:
-                out.append((ids[plan], -1))
+                add_src(ids[plan])
+                add_idx(-1)
             elif type(plan) is tuple:
-                out += [(-1, n) for n in terms_of(plan)]
+                got = terms_of(plan)
+                fill = minus.get(len(got))
+                if fill is None:
+                    fill = minus[len(got)] = [-1] * len(got)
+                srcs += fill
+                idxs += got
             else:
-                out += [(ids[src], i) if type(src) is str else (-1, terms_of(src)[i])
-                        for src, i in plan]
-        self._offsets = array("i", accumulate((len(e) for e in entries), initial=0))
-        self._srcs = array("i", [src for e in entries for src, _ in e])
-        self._idxs = array("i", [i for e in entries for _, i in e])
+                for src, i in plan:
+                    if type(src) is str:
+                        add_src(ids[src])
+                        add_idx(i)
+                    else:
+                        add_src(-1)
+                        add_idx((shared.get(id(src)) or terms_of(src))[i])
+            end(len(srcs))
+        self._offsets = array("i", offsets)
+        self._srcs = array("i", srcs)
+        self._idxs = array("i", idxs)
+        del srcs, idxs, offsets
         # as JSON texts in one str: 10,000 Targets made among the build's short-lived objects
         # (the paths' tuples and strings too) pinned an arena each (see above)
         texts = [json.dumps([t.mailbox, t.folder, t.person, *t.path], ensure_ascii=False)

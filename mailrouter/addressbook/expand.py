@@ -1,8 +1,9 @@
 """Cycle refusal and expansion of the alias graph, both linear in its size.
 
-Tarjan's strongly connected components, iteratively (no recursion limit), give
-the cycles and, as a by-product, a sinks-first order in which each address is
-expanded exactly once from its children's expansions. An address whose
+A depth-first walk gives a sinks-first order in which each address is expanded
+exactly once from its children's expansions; only when it meets a cycle does Tarjan's
+strongly connected components (iterative: no recursion limit) run, to report each
+cycle once and order the rest the same way. An address whose
 expansion is refused (in a cycle, too deep, too wide) makes everything that
 reaches it refused too, but only the first place is reported.
 
@@ -25,7 +26,7 @@ from .errs import Collector, at_line
 from .graph import Edge
 from .model import Limits
 
-__all__ = ["strongly_connected", "report_cycle", "expand_all", "materialize", "make_target", "Plan",
+__all__ = ["strongly_connected", "acyclic_order", "report_cycle", "expand_all", "materialize", "make_target", "Plan",
            "EXPANSION_BUDGET"]
 
 EXPANSION_BUDGET = 5_000_000      # targets merged into groups, the whole book together
@@ -88,6 +89,41 @@ def strongly_connected(nodes: Graph) -> Iterator[list[str]]:
                     parent = work[-1][0]
                     if mine < low[parent]:
                         low[parent] = mine
+
+
+def acyclic_order(nodes: Graph) -> list[str] | None:
+    """The addresses in the order `strongly_connected` yields them when the graph has no
+    cycle (each its own component, finished depth-first, children first); None at the first
+    cycle, which `strongly_connected` then finds and reports. A plain depth-first walk with
+    an on-path mark: the usual (acyclic) book skips Tarjan's index and low-link bookkeeping."""
+    order: list[str] = []
+    state: dict[str, bool] = {}          # True while on the path, False once finished
+    finish = order.append
+    for root in nodes:
+        if root in state:
+            continue
+        state[root] = True
+        work = [(root, iter(nodes[root]))]
+        while work:
+            node, edges = work[-1]
+            for edge in edges:
+                dest = edge[0]
+                if dest is None or dest == node:
+                    continue
+                on_path = state.get(dest)
+                if on_path is None:
+                    if dest not in nodes:
+                        continue
+                    state[dest] = True
+                    work.append((dest, iter(nodes[dest])))
+                    break
+                if on_path:
+                    return None
+            else:
+                work.pop()
+                state[node] = False
+                finish(node)
+    return order
 
 
 def report_cycle(c: Collector, nodes: Graph, comp: list[str]) -> None:
@@ -173,11 +209,16 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
     depth: dict[str, int] = {}
     max_depth, max_width = limits.max_depth, limits.max_width
     budget = EXPANSION_BUDGET
-    for comp in strongly_connected(nodes):
-        if len(comp) > 1:
-            report_cycle(c, nodes, comp)
-            continue
-        node = comp[0]
+    order = acyclic_order(nodes)
+    comps: Iterator[list[str]] | Iterator[str] = (
+        strongly_connected(nodes) if order is None else iter(order))
+    for comp in comps:
+        if type(comp) is list:
+            if len(comp) > 1:
+                report_cycle(c, nodes, comp)
+                continue
+            comp = comp[0]
+        node: str = comp    # type: ignore[assignment]
         edges = nodes[node]
         deep = 0
         plan: Plan

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..values import Target
-from .canon import canonical
+from .canon import canonical, canonicaliser
 from .errs import Collector, did_you_mean
 from .parse import Parts, define
 
@@ -144,11 +144,16 @@ class _Memo:
     targets and their dedupe keys, and later occurrences reuse them. A text whose parse
     reported an error is never kept, so each of its occurrences reports its own."""
 
-    __slots__ = ("c", "p", "options", "domains", "seen")
+    __slots__ = ("c", "p", "canon", "domains", "seen", "ours")
 
     def __init__(self, c: Collector, p: Parts) -> None:
-        self.c, self.p, self.options, self.domains = c, p, p.options, p.domains
+        self.c, self.p, self.domains = c, p, p.domains
+        self.canon = canonicaliser(p.options)
         self.seen: dict[str, tuple[tuple[Target, ...], tuple[str, ...]]] = {}
+        # address text -> its canonical form, on one of our domains (alias keys and targets
+        # put here as met): an alias named as a target after its definition, or named by
+        # many groups, is canonicalised once
+        self.ours: dict[str, str] = {}
 
     def edges(self, src: str, value: Any) -> list[Edge]:
         """The edges of one alias value, as `parse_target(c, p, src, value)` gives them
@@ -184,8 +189,13 @@ class _Memo:
         if not isinstance(value, str) or not (text := value.strip()):
             return parse_target(self.c, self.p, src, value)
         if "@" in text and not text.startswith(PREFIXES):
-            dest = canonical(text, self.options)
-            if dest is not None and dest != src and dest.partition("@")[2] in self.domains:
+            dest = self.ours.get(text)
+            if dest is None:
+                dest = self.canon(text)
+                if dest is None or dest.partition("@")[2] not in self.domains:
+                    return _address(self.c, self.p, src, text, value)
+                self.ours[text] = dest
+            if dest != src:
                 return [_new_edge(Edge, (dest, (), value, ()))]
             return _address(self.c, self.p, src, text, value)
         hit = self.seen.get(text)
@@ -241,17 +251,18 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
     """Every known address -> its edges; person addresses and moved ones included."""
     nodes: dict[str, list[Edge]] = {}
     memo = _Memo(c, p)
-    options, by_address, defined, domains = p.options, p.by_address, p.defined, p.domains
-    edges_of = memo.edges
+    by_address, defined, domains = p.by_address, p.defined, p.domains
+    edges_of, canon, ours = memo.edges, memo.canon, memo.ours
     for box in _mappings(section):
         for key, value in box.items():
-            src = canonical(key if isinstance(key, str) else str(key), options)
+            src = canon(key if isinstance(key, str) else str(key))
             if src is None:
                 c.add(f"alias {str(key)!r} is not an address", key, "write local@domain", box)
                 continue
             if src not in by_address:
                 if src not in defined and src.partition("@")[2] in domains:
                     defined[src] = ("an alias", key)          # `define`, its usual case inline
+                    ours[key] = src
                 elif not define(c, p, src, "an alias", key):
                     continue
             edges = edges_of(src, value)
