@@ -19,6 +19,7 @@ from .expand import expand_all, make_target
 from .graph import add_moved, check_dangling, parse_aliases
 from .model import Limits, Mailbox, Moved, Options, Person, Resolution, Team
 from .parse import SECTIONS, _parse_moved, parse_parts
+from .records import mailbox_map, people_map, text_map
 
 __all__ = ["AddressBook"]
 
@@ -47,13 +48,14 @@ class AddressBook:
                  moved: Mapping[str, Moved], options: Options, limits: Limits,
                  expansions: Expansions, by_address: Mapping[str, str]) -> None:
         self.domains = domains
-        self.mailboxes = MappingProxyType(dict(mailboxes))
-        self.people = MappingProxyType(dict(people))
+        # people and mailboxes (a person's own among them) in a few big objects (records.py)
+        self.mailboxes: Mapping[str, Mailbox] = mailbox_map(mailboxes)
+        self.people: Mapping[str, Person] = people_map(people)
         self.teams = MappingProxyType(dict(teams))
         self.moved = MappingProxyType(dict(moved))
         self.options, self.limits = options, limits
         self._expansions = expansions       # every address and its targets (compact.py)
-        self._by_address = by_address
+        self._by_address = text_map(by_address)
 
     @classmethod
     def build(cls, sections: Mapping[str, Any], limits: Limits = Limits()) -> AddressBook:
@@ -73,7 +75,7 @@ class AddressBook:
         c.raise_if_any()
         del nodes                   # the edges hold the loaded values (file:line): errors only
         return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,
-                   limits, Expansions(plans, make_target), dict(p.by_address))
+                   limits, Expansions(plans, make_target), p.by_address)
 
     @classmethod
     def load(cls, *paths: str | Path, limits: Limits = Limits()) -> AddressBook:
