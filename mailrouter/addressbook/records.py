@@ -1,7 +1,7 @@
 """A read-only mapping kept in a few big objects: the address book's people and mailboxes.
 
 `CompactMap(items, encode, decode)` holds every key (UTF-8) in one `bytes` and every value
-encoded as a JSON text in one str, with `array('i')` offsets; a sorted permutation finds a
+encoded as a text (JSON for records) in one str, with `array('i')` offsets; a sorted permutation finds a
 key by binary search. Iteration is in the order the items were given, as a dict's is. A value
 is decoded on its first use and kept in a per-process cache of at most `CACHE_LIMIT` values.
 
@@ -40,13 +40,13 @@ class CompactMap(Mapping[str, V], Generic[V]):
     __slots__ = ("_keys", "_key_starts", "_sorted", "_values", "_value_starts", "_decode",
                  "_cache")
 
-    def __init__(self, items: Iterable[tuple[str, V]], encode: Callable[[V], Any],
-                 decode: Callable[[Any], V]) -> None:
+    def __init__(self, items: Iterable[tuple[str, V]], encode: Callable[[V], str],
+                 decode: Callable[[str], V]) -> None:
         keys: list[bytes] = []
         texts: list[str] = []
         for key, value in items:
             keys.append(key.encode("utf-8", "surrogatepass"))
-            texts.append(json.dumps(encode(value), ensure_ascii=False))
+            texts.append(encode(value))
         self._keys = b"".join(keys)
         self._key_starts = _offsets(map(len, keys))
         self._sorted = array("i", sorted(range(len(keys)), key=keys.__getitem__))
@@ -76,7 +76,7 @@ class CompactMap(Mapping[str, V], Generic[V]):
 
     def _value(self, n: int) -> V:
         starts = self._value_starts
-        return self._decode(json.loads(self._values[starts[n]:starts[n + 1]]))
+        return self._decode(self._values[starts[n]:starts[n + 1]])
 
     def __getitem__(self, key: str) -> V:
         hit = self._cache.get(key)
@@ -122,13 +122,16 @@ def _day(text: str) -> dt.date:
     return dt.datetime.fromisoformat(text) if "T" in text else dt.date.fromisoformat(text)
 
 
-def _encode_person(p: Person) -> list[Any]:
-    return [p.key, p.address, p.name, p.deputy,
-            [[a.isoformat(), b.isoformat()] for a, b in p.away], p.mailbox]
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode   # made once
 
 
-def _decode_person(v: list[Any]) -> Person:
-    key, address, name, deputy, away, mailbox = v
+def _encode_person(p: Person) -> str:
+    return _json([p.key, p.address, p.name, p.deputy,
+                  [[a.isoformat(), b.isoformat()] for a, b in p.away], p.mailbox])
+
+
+def _decode_person(text: str) -> Person:
+    key, address, name, deputy, away, mailbox = json.loads(text)
     return Person(key, address, name, deputy, tuple((_day(a), _day(b)) for a, b in away), mailbox)
 
 
@@ -138,9 +141,10 @@ def people_map(people: Mapping[str, Person]) -> CompactMap[Person]:
 
 def mailbox_map(mailboxes: Mapping[str, Mailbox]) -> CompactMap[Mailbox]:
     return CompactMap(mailboxes.items(),
-                      lambda b: [b.name, b.kind, b.where, b.sieve_folders],
-                      lambda v: Mailbox(v[0], v[1], v[2], v[3]))
+                      lambda b: _json([b.name, b.kind, b.where, b.sieve_folders]),
+                      lambda text: Mailbox(*json.loads(text)))
 
 
 def text_map(texts: Mapping[str, str]) -> CompactMap[str]:
-    return CompactMap(texts.items(), lambda s: s, str)
+    """str -> str: the values stored as they are."""
+    return CompactMap(texts.items(), str, str)
