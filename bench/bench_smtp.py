@@ -239,16 +239,22 @@ def start_sink(port: int, started: list[Server]) -> Server:
 
 
 def start_mailrouter(tmp: Path, py: str, profile: str | None, workers: str,
-                     started: list[Server]) -> tuple[Server, int]:
+                     started: list[Server], *, registry: str | None = None,
+                     maildir_root: Path | None = None,
+                     hostname: str = "mx.bench") -> tuple[Server, int]:
+    """`mailrouter run` on its own ports in `tmp`; by default its own SQLite registry and
+    Maildir root under `tmp`, or the given ones (several instances sharing them)."""
     smtp, lmtp, admin = free_port(), free_port(), free_port()
     tmp.mkdir(parents=True, exist_ok=True)
+    registry = registry or f"sqlite+aiosqlite:///{tmp / 'var' / 'registry.db'}"
+    maildir_root = maildir_root or tmp / "var" / "mail"
     cfg = tmp / "config.yaml"
     cfg.write_text(
-        f"hostname: mx.bench\n"
+        f"hostname: {hostname}\n"
         f"listen: {{smtp: '127.0.0.1:{smtp}', lmtp: '127.0.0.1:{lmtp}', admin: '127.0.0.1:{admin}'}}\n"
         f"routing: ['{REPO / 'rules' / '*.yaml'}']\n"
-        f"registry: {{url: 'sqlite+aiosqlite:///{tmp / 'var' / 'registry.db'}'}}\n"
-        f"delivery: {{maildir_root: '{tmp / 'var' / 'mail'}'}}\n"
+        f"registry: {{url: '{registry}'}}\n"
+        f"delivery: {{maildir_root: '{maildir_root}'}}\n"
         f"limits: {{max_message_size: 10485760}}\n"
         f"log_level: WARNING\nworkers: {workers}\n")
     cmd = [py, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
@@ -257,7 +263,7 @@ def start_mailrouter(tmp: Path, py: str, profile: str | None, workers: str,
     with open(tmp / "daemon.log", "ab") as log:
         p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
-    srv = Server(f"mailrouter-{workers}", p.pid, lambda: stop_group(p))
+    srv = Server(f"mailrouter-{hostname}-{workers}", p.pid, lambda: stop_group(p))
     started.append(srv)
     wait_port(smtp, p, 60)
     return srv, smtp

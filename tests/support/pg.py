@@ -71,12 +71,14 @@ class PgCluster:
                        user=self.user, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, durable: bool = False) -> None:
+        """Start postgres; fsync and synchronous commit off unless ``durable`` (benches)."""
+        fast = [] if durable else ["-c", "fsync=off", "-c", "full_page_writes=off",
+                                   "-c", "synchronous_commit=off"]
         log = open(self.root / "pg.log", "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-             "-c", "full_page_writes=off", "-c", "synchronous_commit=off"],
+             "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", *fast],
             user=self.user, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout
