@@ -246,21 +246,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def _ask_registry(cfg: Config, what: str, ask: Callable[[Any], Awaitable[Any]]) -> Any:
-    """`ask` on the existing registry (a look never creates one); on a registry error, one
-    line `mailrouter WHAT: …` and exit 2."""
-    from .registry import Registry
-
-    async def go() -> Any:
-        reg = await Registry.open(cfg.registry.url, create=False)
-        try:
-            return await ask(reg)
-        finally:
-            await reg.close()
-    try:
-        return asyncio.run(go())
-    except RegistryError as exc:
-        print(f"mailrouter {what}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from .control.cli import ask_registry
+    return ask_registry(cfg, what, ask)
 
 
 def cmd_registry(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import asyncio
 import csv
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..errors import RegistryError
 from .store import add_event
 from .tables import STATUSES, requests
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "ask_registry"]
 
 
 def _when(text: str) -> datetime:
@@ -41,15 +41,15 @@ def _when(text: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
-def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
-         write: bool = False, cfg: Any = None) -> Any:
+def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`ask(registry)` on the existing registry (a look never creates one); on a registry
+    error, one line `mailrouter WHAT: …` on stderr and exit 2."""
     from ..registry import Registry
-    cfg = cfg or args.load_config(args.config)
 
     async def go() -> Any:
         reg = await Registry.open(cfg.registry.url, create=False)
         try:
-            return await (reg.write(what, fn) if write else reg.read(what, fn))
+            return await ask(reg)
         finally:
             await reg.close()
     try:
@@ -57,6 +57,12 @@ def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
     except RegistryError as exc:
         print(f"mailrouter {what}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
+         write: bool = False, cfg: Any = None) -> Any:
+    return ask_registry(cfg or args.load_config(args.config), what,
+                        lambda reg: reg.write(what, fn) if write else reg.read(what, fn))
 
 
 def _emit(args: argparse.Namespace, doc: Any, rows: list[dict[str, Any]],
