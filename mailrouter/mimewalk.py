@@ -61,6 +61,14 @@ class Leaf:
             return _stdlib_decode(self.headers, data)
         return data
 
+    def source(self) -> tuple[bytes, int, int]:
+        """(bytes, start, end) whose range is decoded(): the raw bytes themselves, not a
+        copy, when there is no transfer encoding to undo."""
+        if self.cte == "quoted-printable" or self.cte == "base64" or self.cte in _UU:
+            data = self.decoded()
+            return data, 0, len(data)
+        return self.raw, self.start, self.end
+
     def decoded_size(self) -> int:
         """len(self.decoded()), without holding the decoded bytes when it can."""
         cte = self.cte
