@@ -62,6 +62,7 @@ __all__ = ["Attachment", "MessageView", "decode_header_value"]
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
+_LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines splits at
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
 
 
@@ -272,6 +273,25 @@ class MessageView:
         for piece in self._body.text_pieces():
             text += piece           # in place: no list of pieces beside the whole
         return text
+
+    def body_head(self, chars: int) -> str:
+        """The first `chars` characters of body_text, decoding no more than they need."""
+        head = ""
+        for piece in self.body_pieces():
+            head += piece[:chars - len(head)]
+            if len(head) >= chars:
+                break
+        return head
+
+    def body_lines(self) -> Iterator[str]:
+        """body_text.splitlines(), a line at a time, decoding as it goes."""
+        rest = ""
+        for piece in self.body_pieces():
+            lines = (rest + piece).splitlines(keepends=True)
+            rest = lines.pop() if lines and lines[-1].rstrip(_LINE_ENDS) == lines[-1] else ""
+            yield from (line.rstrip(_LINE_ENDS) for line in lines)
+        if rest:
+            yield rest
 
     def body_pieces(self) -> Iterator[str]:
         """body_text in consecutive pieces (each but the last ending with a line end),

@@ -103,3 +103,46 @@ def test_an_html_body_fed_in_pieces_reads_as_at_once(monkeypatch) -> None:
     pieced = MessageView(raw).body_text
     monkeypatch.setattr(message_mod, "PIECE_BYTES", 1 << 30)
     assert pieced == MessageView(raw).body_text and "café & more" in pieced
+
+
+BODY_LINES = ["first line\r\n", "\r\n", "  \r\n", "Счёт\r\n", "form\x0cfeed\r\n", "sep\u2028arator\r\n",
+              "no end", "x" * 50 + "\r\n", "\r"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(BODY_LINES), max_size=30), st.integers(4, 80), st.integers(0, 300))
+def test_body_lines_and_head_are_those_of_the_whole_text(lines: list[str], size: int,
+                                                         chars: int) -> None:
+    raw = _text_mail("".join(lines).encode())
+    old = message_mod.PIECE_BYTES
+    message_mod.PIECE_BYTES = size
+    try:
+        pieced = MessageView(raw)
+        got = list(pieced.body_lines()), pieced.body_head(chars)
+        assert "body_text" not in pieced.__dict__
+    finally:
+        message_mod.PIECE_BYTES = old
+    text = MessageView(raw).body_text
+    assert got == (text.splitlines(), text[:chars])
+
+
+def test_the_first_line_and_the_head_decode_no_more_than_they_need() -> None:
+    """The control marker check split the whole body into lines (about 10x its size) and
+    the autoreply language check decoded all of it to read 4,000 characters."""
+    from mailrouter.autoreply import choose_language
+    from mailrouter.control.service import _marked
+
+    raw = _text_mail("\r\n[closed] please\r\n".encode() + "Обычная строка текста.\r\n".encode()
+                     * ((8 << 20) // 40))
+    view = MessageView(raw)
+    _ = view.body_charset
+    gc.collect()
+    tracemalloc.start()
+    try:
+        marked = _marked(view, "[CLOSED]")
+        language = choose_language(view, ["en", "ru"], "en")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert marked and language == "ru"
+    assert peak < 0.2 * len(raw), peak / len(raw)
