@@ -399,7 +399,7 @@ def decode_param_value(value: str | tuple[str, str, str] | None) -> Decoded:
 
 # Long bytes (a body): the same decisions as decode_bytes, a piece at a time
 
-PIECE_BYTES = 1 << 18      # decoding a piece holds up to about 4 times its size
+PIECE_BYTES = 1 << 16      # decoding a piece holds up to about 4 times its size
 
 
 def _byte_pieces(data: bytes, start: int, end: int, size: int) -> Iterator[bytes]:

@@ -28,7 +28,7 @@ from email.parser import BytesHeaderParser
 
 __all__ = ["Leaf", "leaves"]
 
-_PIECE = 1 << 20                              # bytes decoded or checked at a time
+_PIECE = 1 << 18                              # bytes decoded or checked at a time
 _MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/\r\n"
 _BOUNDARY_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\Z)")

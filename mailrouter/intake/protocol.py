@@ -97,8 +97,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, 
 # read, in one buffer that becomes the message without a copy; then the message and what the
 # rules derive from it. bench/bench_memory_message.py (tracemalloc peak / size, 25 MB): 2.0 for
 # a text body under a rule that reads its words (their UTF-8 form is about as big as the
-# text), 1.1-1.2 for header-only rules or a PDF attachment; smaller messages add a fixed
-# 1-2 MB of working pieces (2.2-2.4 at 1 and 5 MB). The budget counts this, not the bytes alone.
+# text), 1.1 for header-only rules or a PDF attachment; smaller messages add a fixed cost
+# under 1 MB (2.2 at 5 MB, 1.75 at 1 MB). The budget counts this, not the bytes alone.
 MEMORY_PER_BYTE = 2
 
 
@@ -547,7 +547,7 @@ def _content(body: io.BytesIO) -> tuple[str | None, bytes]:
     return None, body.getvalue()
 
 
-_PIECE = 1 << 20
+_PIECE = 1 << 18                             # 256 KB: a fixed cost per message in flight
 
 
 def _unstuff(view: memoryview) -> int:
