@@ -10,7 +10,10 @@ whole transaction (DATA read, view, rules, dedupe, delivery, record), minus what
 before it, divided by the message size. Cases: 1 / 5 / 25 MB, a text-only message and one
 with a PDF attachment (base64), under rules that read headers only and rules that read the
 attachments and the body. Issue 15's target: about 2 (a message in flight costs at most
-about twice its size).
+about twice its size). In brackets: the growth of the process's resident peak (VmHWM, reset
+through /proc/self/clear_refs) over the same transaction, the message built before it
+included in neither; run it with MALLOC_MMAP_THRESHOLD_=131072 too (glibc otherwise raises its
+mmap threshold after each large free and keeps freed heap, so RSS need not follow).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import base64
 import dataclasses
 import gc
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -91,21 +95,38 @@ def client(port: int, text: bytes, out: list[bytes]) -> None:
         out.append(f.readline())
 
 
-async def one(app: App, mail: bytes) -> tuple[float, bytes]:
+def _status(field: str) -> int:
+    """A /proc/self/status figure in bytes (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read())[1]) * 1024  # type: ignore[index]
+
+
+def _reset_hwm() -> None:
+    Path("/proc/self/clear_refs").write_text("5")     # VmHWM starts again from VmRSS
+
+
+async def one(app: App, mail: bytes) -> tuple[float, float, bytes]:
+    """(traced peak / size, resident peak / size, the reply). The resident figure is the
+    process's high-water mark (reset through /proc/self/clear_refs) over its RSS before."""
     text = wire(mail)
     out: list[bytes] = []
     gc.collect()
     base = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
+    rss = _status("VmRSS")
+    _reset_hwm()
     await asyncio.to_thread(client, app.bound["smtp"][1], text, out)
     peak = tracemalloc.get_traced_memory()[1] - base
-    return peak / len(mail), out[0] if out else b"(no reply)"
+    resident = _status("VmHWM") - rss
+    return peak / len(mail), resident / len(mail), out[0] if out else b"(no reply)"
 
 
 async def run(sizes: list[int], tmp: Path) -> None:
     company = (REPO / "rules" / "company.yaml").read_text()
-    print(f"# peak traced bytes during one transaction / message size (python {sys.version.split()[0]})")
-    print(f"{'rules':<12}{'message':<10}" + "".join(f"{s // 2**20:>8} MB" for s in sizes))
+    print(f"# peak traced bytes during one transaction / message size (python {sys.version.split()[0]});"
+          f" in brackets the resident peak's growth / size (MALLOC_MMAP_THRESHOLD_="
+          f"{os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')})")
+    print(f"{'rules':<12}{'message':<10}" + "".join(f"{s // 2**20:>13} MB" for s in sizes))
     for label, rules in (("headers", HEADERS_ONLY), ("body+attach", BODY_AND_ATTACHMENTS)):
         work = tmp / label
         (work / "rules").mkdir(parents=True)
@@ -124,11 +145,11 @@ async def run(sizes: list[int], tmp: Path) -> None:
             for kind in ("text", "pdf"):
                 figures = []
                 for size in sizes:
-                    ratio, reply = await one(app, message(size, kind))
+                    ratio, resident, reply = await one(app, message(size, kind))
                     if not reply.startswith(b"250"):
                         raise SystemExit(f"{label} {kind} {size}: {reply!r}")
-                    figures.append(ratio)
-                print(f"{label:<12}{kind:<10}" + "".join(f"{r:>11.2f}" for r in figures), flush=True)
+                    figures.append(f"{ratio:.2f} [{resident:.2f}]")
+                print(f"{label:<12}{kind:<10}" + "".join(f"{r:>16}" for r in figures), flush=True)
         finally:
             app.request_stop()
             await app.wait_stopped()

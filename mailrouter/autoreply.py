@@ -67,6 +67,7 @@ class View(Protocol):
     def body_text(self) -> str: ...
     @property
     def body_charset(self) -> str | None: ...
+    def body_head(self, chars: int) -> str: ...
     @property
     def message_id(self) -> str | None: ...
     def header(self, name: str) -> str | None: ...
@@ -233,7 +234,7 @@ def choose_language(view: View, languages: Sequence[str], default: str) -> str:
             return primary
     if "ru" in languages and (view.body_charset or "").lower() in _CYRILLIC_CHARSETS:
         return "ru"
-    text = (view.subject or "") + " " + (view.body_text or "")[:4000]
+    text = (view.subject or "") + " " + view.body_head(4000)    # not the whole body
     cyrillic = sum(1 for ch in text if "\u0400" <= ch <= "\u04ff")
     latin = sum(1 for ch in text if ch.isascii() and ch.isalpha())
     if cyrillic and cyrillic >= latin / 4 and "ru" in languages:

@@ -40,8 +40,10 @@ from __future__ import annotations
 import codecs
 import email.errors
 import email.header
+import functools
 import math
 import re
+from typing import Iterator
 
 __all__ = [
     "CYRILLIC_HEADER_CANDIDATES",
@@ -52,6 +54,9 @@ __all__ = [
     "guess_decode",
     "Decoded",
     "decode_bytes",
+    "inspect_bytes",
+    "decode_pieces",
+    "PIECE_BYTES",
     "decode_header_value",
     "decode_header_bytes",
     "decode_param_value",
@@ -101,9 +106,9 @@ CYRILLIC_HEADER_CANDIDATES = ("koi8-r", "cp1251")
 CYRILLIC_BODY_CANDIDATES = ("koi8-r", "cp1251", "cp866", "mac-cyrillic")
 
 
-def score_russian(text: str) -> float:
-    """Log-likelihood-like score that ``text`` is Russian; higher is better."""
-    score = 0.0
+def score_russian(text: str, score: float = 0.0) -> float:
+    """Log-likelihood-like score that ``text`` is Russian; higher is better.  ``score`` is
+    the score of the text before it (a long text is scored a piece at a time)."""
     prev = " "
     for ch in text:
         if ch < "\x80":
@@ -126,6 +131,12 @@ def looks_cyrillic(data: bytes) -> bool:
     Accented Latin text has 8-bit bytes inside ASCII words ("Grüße", "café"); Russian in any
     single-byte charset has whole words of 8-bit bytes, bounded by spaces, digits or punctuation.
     """
+    high, own_word = _cyrillic_counts(data)
+    return own_word * 2 > high
+
+
+def _cyrillic_counts(data: bytes) -> tuple[int, int]:
+    """(8-bit bytes that count, those of them in words of their own) for looks_cyrillic."""
     high = own_word = 0
     for match in re.finditer(rb"[\x80-\xff]+", data):
         before = data[match.start() - 1:match.start()]
@@ -136,7 +147,7 @@ def looks_cyrillic(data: bytes) -> bool:
         high += len(match.group(0))
         if alone:
             own_word += len(match.group(0))
-    return own_word * 2 > high
+    return high, own_word
 
 
 def _valid_utf8(data: bytes) -> str | None:
@@ -188,10 +199,11 @@ _IN_WORD = math.log(0.01)            # extra, for a sign glued to the letter aft
 _INVALID = math.log(1e-7)            # C1 controls, bytes the codec does not define
 
 
-def score_latin(text: str, lang: str) -> float:
-    """How well ``text`` reads as language ``lang``, from its non-ASCII characters."""
+def score_latin(text: str, lang: str, score: float | None = None) -> float:
+    """How well ``text`` reads as language ``lang``, from its non-ASCII characters.
+    ``score`` is the score of the text before it (a long text is scored a piece at a time)."""
     prior, table = _LATIN_LOG[lang]
-    score = prior
+    score = prior if score is None else score
     for i, ch in enumerate(text):
         if ch < "\x80":
             continue
@@ -383,3 +395,139 @@ def decode_param_value(value: str | tuple[str, str, str] | None) -> Decoded:
         charset, _language, text = value
         return decode_bytes(text.encode("latin-1", "replace"), charset or None)
     return decode_header_bytes(value.encode("latin-1", "replace"))
+
+
+# Long bytes (a body): the same decisions as decode_bytes, a piece at a time
+
+PIECE_BYTES = 1 << 16      # decoding a piece holds up to about 4 times its size
+
+
+def _byte_pieces(data: bytes, start: int, end: int, size: int) -> Iterator[bytes]:
+    """data[start:end] in consecutive pieces of about `size` bytes, each but the last ending
+    just after a LF: no run of 8-bit bytes, no UTF-8 sequence and no word spans a cut, and
+    every guess above restarts its context at an ASCII byte that is not a letter."""
+    at = start
+    while at < end:
+        cut = data.find(b"\n", at + size, end) if at + size < end else -1
+        stop = end if cut < 0 else cut + 1
+        yield data[at:stop]
+        at = stop
+
+
+def decode_pieces(data: bytes, codec: str, start: int = 0, end: int | None = None,
+                  size: int = PIECE_BYTES) -> Iterator[str]:
+    """data[start:end] decoded as `codec` with replacement, a piece at a time: the pieces
+    join to ``data[start:end].decode(codec, "replace")``."""
+    stop = len(data) if end is None else end
+    if _cut_at_lf(codec):      # each piece decodes on its own: no buffered copy of it
+        for piece in _byte_pieces(data, start, stop, size):
+            yield piece.decode(codec, "replace")
+        return
+    decoder = codecs.getincrementaldecoder(codec)("replace")
+    for piece in _byte_pieces(data, start, stop, size):
+        text = decoder.decode(piece)
+        if text:
+            yield text
+    tail = decoder.decode(b"", True)
+    if tail:
+        yield tail
+
+
+@functools.lru_cache(maxsize=64)
+def _cut_at_lf(codec: str) -> bool:
+    """True for UTF-8 and the single-byte codecs: a LF byte always ends a character there,
+    so a piece ending in LF decodes alone as it would in the whole."""
+    if codecs.lookup(codec).name == "utf-8":
+        return True
+    try:
+        return len(bytes(range(256)).decode(codec, "replace")) == 256
+    except (LookupError, ValueError, TypeError):
+        return False
+
+
+def inspect_bytes(data: bytes, label: str | None,
+                  candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES,
+                  start: int = 0, end: int | None = None, size: int = PIECE_BYTES) -> Decoded:
+    """What ``decode_bytes(data[start:end], label, candidates)`` finds (charset, notes,
+    defects) without holding the decoded text: the bytes are read in pieces of `size`. The
+    text is '' (decode_pieces gives it, a piece at a time) except for bytes of at most
+    `size`, which are decoded at once as before."""
+    end = len(data) if end is None else end
+    if end - start <= size:
+        return decode_bytes(data[start:end], label, candidates)
+    notes: list[str] = []
+    defects: list[str] = []
+    codec = resolve_charset(label)
+    if label and codec is None:
+        codec = _guess_pieces(data, start, end, size, candidates)
+        notes.append(f"guessed {codec} for unknown charset {label!r}")
+        defects.append(f"unknown charset {label!r}")
+    elif codec is None:
+        codec = _guess_pieces(data, start, end, size, candidates)
+        if codec != "ascii":
+            notes.append(f"raw 8-bit guessed {codec}")
+    elif _mislabelled_pieces(data, start, end, size, codec):
+        guessed = _guess_pieces(data, start, end, size, candidates)
+        notes.append(f"declared {label} but bytes are {guessed}")
+        codec = guessed
+    if codec != "ascii" and not defects and any(     # ascii: only ASCII bytes get here
+            "\ufffd" in t for t in decode_pieces(data, codec, start, end, size)):
+        defects.append(f"bytes not valid in {codec}, replaced")
+    return Decoded("", codec, notes, defects)
+
+
+def _is_ascii(data: bytes, start: int, end: int, size: int) -> bool:
+    return all(p.isascii() for p in _byte_pieces(data, start, end, size))
+
+
+def _is_utf8(data: bytes, start: int, end: int, size: int) -> bool:
+    try:       # a piece ends with LF or the data: no UTF-8 sequence spans two pieces
+        for piece in _byte_pieces(data, start, end, size):
+            piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _looks_cyrillic_pieces(data: bytes, start: int, end: int, size: int) -> bool:
+    high = own_word = 0
+    for piece in _byte_pieces(data, start, end, size):
+        h, o = _cyrillic_counts(piece)
+        high, own_word = high + h, own_word + o
+    return own_word * 2 > high
+
+
+def _mislabelled_pieces(data: bytes, start: int, end: int, size: int, codec: str) -> bool:
+    """_mislabelled, a piece at a time."""
+    if _is_ascii(data, start, end, size):
+        return False
+    if codec == "ascii":
+        return True
+    if codec == "utf-8":
+        return not _is_utf8(data, start, end, size)
+    return codec in _LATIN_LABELS and (_looks_cyrillic_pieces(data, start, end, size)
+                                       or _is_utf8(data, start, end, size))
+
+
+def _guess_pieces(data: bytes, start: int, end: int, size: int,
+                  candidates: tuple[str, ...]) -> str:
+    """The codec guess_decode picks, a piece at a time (same order, same scores)."""
+    if _is_ascii(data, start, end, size):
+        return "ascii"
+    if _is_utf8(data, start, end, size):
+        return "utf-8"
+    if not _looks_cyrillic_pieces(data, start, end, size):
+        latin: dict[tuple[str, str], float | None] = {
+            (c, lang): None for c in LATIN_CANDIDATES for lang in _LATIN_LOG}
+        for piece in _byte_pieces(data, start, end, size):
+            for codec in LATIN_CANDIDATES:
+                text = piece.decode(codec, "replace")
+                for lang in _LATIN_LOG:
+                    latin[codec, lang] = score_latin(text, lang, latin[codec, lang])
+        return max(LATIN_CANDIDATES,
+                   key=lambda c: max(latin[c, lang] or 0.0 for lang in _LATIN_LOG))  # never None
+    russian = dict.fromkeys(candidates, 0.0)
+    for piece in _byte_pieces(data, start, end, size):
+        for codec in candidates:
+            russian[codec] = score_russian(piece.decode(codec, "replace"), russian[codec])
+    return max(candidates, key=lambda c: russian[c])

@@ -4,8 +4,12 @@ What it does: the intake keeps the bytes exactly as they arrived; rules read dec
 a ``MessageView`` built on them.  Nothing is parsed in ``__init__``.  The header block is parsed
 by ``email.parser.BytesHeaderParser`` the first time a header is asked for; the whole MIME tree is
 parsed by ``email.parser.BytesParser`` only when ``body_text``, ``attachments``, ``defects`` or
-``charset_notes`` are read.  Header values are decoded by ``mailrouter.charsets`` (RFC 2047 words,
-RFC 2231 parameters, raw 8-bit KOI8-R / windows-1251 / UTF-8 guessed and recorded).
+``charset_notes`` are read; the body text is then only inspected, a piece at a time
+(``charsets.inspect_bytes``: its charset, what was guessed, what was wrong), and decoded
+when ``body_text`` or ``body_pieces`` is read (the latter a piece at a time, never whole:
+the reports and a word search cost no decoded copy of a large body).  Header values are
+decoded by ``mailrouter.charsets`` (RFC 2047 words, RFC 2231 parameters, raw 8-bit KOI8-R /
+windows-1251 / UTF-8 guessed and recorded).
 
 What it refuses: it never raises and never re-serialises the bytes.  Whatever the parser or a
 decoder objects to becomes a line in ``defects``; every guess becomes a line in ``charset_notes``
@@ -39,15 +43,18 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
 from functools import cached_property
 from html.parser import HTMLParser
+from typing import Callable, Iterable, Iterator
 
 from mailrouter.mimewalk import Leaf, leaves
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
+    PIECE_BYTES,
     Decoded,
-    decode_bytes,
     decode_header_bytes,
     decode_header_value,
     decode_param_value,
+    decode_pieces,
+    inspect_bytes,
 )
 
 __all__ = ["Attachment", "MessageView", "decode_header_value"]
@@ -55,6 +62,7 @@ __all__ = ["Attachment", "MessageView", "decode_header_value"]
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
+_LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines splits at
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
 
 
@@ -250,7 +258,7 @@ class MessageView:
         if found is None:       # anything the walk does not vouch for: the stdlib decides
             return _parse_body(self.raw)
         body = _Body()
-        texts: dict[str, tuple[bytes, str | None]] = {}
+        texts: dict[str, tuple[_Bytes, str | None]] = {}
         for leaf in found:
             try:
                 _read_leaf(leaf.headers, body, texts, leaf)
@@ -261,7 +269,38 @@ class MessageView:
 
     @cached_property
     def body_text(self) -> str:
-        return self._body.text
+        text = ""
+        for piece in self._body.text_pieces():
+            text += piece           # in place: no list of pieces beside the whole
+        return text
+
+    def body_head(self, chars: int) -> str:
+        """The first `chars` characters of body_text, decoding no more than they need."""
+        head = ""
+        for piece in self.body_pieces():
+            head += piece[:chars - len(head)]
+            if len(head) >= chars:
+                break
+        return head
+
+    def body_lines(self) -> Iterator[str]:
+        """body_text.splitlines(), a line at a time, decoding as it goes."""
+        rest = ""
+        for piece in self.body_pieces():
+            lines = (rest + piece).splitlines(keepends=True)
+            rest = lines.pop() if lines and lines[-1].rstrip(_LINE_ENDS) == lines[-1] else ""
+            yield from (line.rstrip(_LINE_ENDS) for line in lines)
+        if rest:
+            yield rest
+
+    def body_pieces(self) -> Iterator[str]:
+        """body_text in consecutive pieces (each but the last ending with a line end),
+        decoded as they are read: a reader that needs no whole copy (the word form of
+        `contains`) never holds one. The text itself when it was already read."""
+        if "body_text" in self.__dict__ or self._body.html:
+            yield self.body_text
+        else:
+            yield from self._body.text_pieces()
 
     @cached_property
     def body_charset(self) -> str | None:
@@ -356,11 +395,13 @@ class _TextExtractor(HTMLParser):
             self.parts.append(data)
 
 
-def html_to_text(markup: str) -> str:
-    """Visible text of an HTML document, one line per block, spaces collapsed."""
+def html_to_text(markup: str | Iterable[str]) -> str:
+    """Visible text of an HTML document, one line per block, spaces collapsed; the markup
+    may come in pieces (html.parser reads a stream)."""
     extractor = _TextExtractor()
     try:
-        extractor.feed(markup)
+        for piece in (markup,) if isinstance(markup, str) else markup:
+            extractor.feed(piece)
         extractor.close()
     except Exception:  # html.parser is lenient; keep what was read if it still objects
         pass
@@ -368,17 +409,55 @@ def html_to_text(markup: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+# The bytes of a text part as (bytes, start, end), fetched when needed: a range of the raw
+# message when no transfer encoding is undone, else decoded again each time.
+_Bytes = Callable[[], tuple[bytes, int, int]]
+
+
 @dataclass
 class _Body:
-    text: str = ""
     charset: str | None = None
     attachments: list[Attachment] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    source: _Bytes | None = None      # the chosen text part's bytes, read as `charset`
+    html: bool = False
+    small: str | None = None          # its text, already decoded (a part of up to a piece)
 
     def record(self, where: str, decoded: Decoded) -> None:
         self.notes += [f"{where}: {n}" for n in decoded.notes]
         self.defects += [f"{where}: {d}" for d in decoded.defects]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_pieces())
+
+    def text_pieces(self) -> Iterator[str]:
+        """The body text in pieces: decoded, line ends made LF, HTML made text (at once)."""
+        if self.source is None or self.charset is None:
+            return
+        if self.html:
+            yield html_to_text(self._lf_pieces())
+        else:
+            yield from self._lf_pieces()
+
+    def _lf_pieces(self) -> Iterator[str]:
+        """CRLF and lone CR -> LF, a piece at a time (a CR ending a piece waits for the next)."""
+        if self.small is not None:
+            decoded: Iterable[str] = (self.small,)
+        else:
+            data, start, end = self.source()  # type: ignore[misc]
+            decoded = decode_pieces(data, self.charset, start, end, PIECE_BYTES)  # type: ignore[arg-type]
+        carry = ""
+        for piece in decoded:
+            if carry:
+                piece, carry = carry + piece, ""
+            if piece.endswith("\r"):
+                piece, carry = piece[:-1], "\r"
+            if piece:
+                yield piece.replace("\r\n", "\n").replace("\r", "\n")
+        if carry:
+            yield "\n"
 
 
 def _parse_body(raw: bytes) -> _Body:
@@ -394,7 +473,7 @@ def _parse_body(raw: bytes) -> _Body:
     except Exception as exc:  # never raise: the parser is not ours (deep nesting, odd bytes)
         body.defects.append(f"body: {_describe(exc)}")
         return body
-    texts: dict[str, tuple[bytes, str | None]] = {}
+    texts: dict[str, tuple[_Bytes, str | None]] = {}
     for part in parts:
         try:
             if part.is_multipart():
@@ -451,7 +530,7 @@ def _read_forwarded(part: Message, body: _Body) -> None:
     body.attachments.append(Attachment(name, "message/rfc822", size))
 
 
-def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | None]],
+def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | None]],
                leaf: Leaf | None = None) -> None:
     """One leaf: an attachment (its decoded size) or a text part (its decoded bytes, the
     first of each kind). `leaf` gives the payload as a range of the raw bytes (the walk);
@@ -471,8 +550,12 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[bytes, str | N
     if kind not in texts:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
-        data = leaf.decoded() if leaf is not None else _payload(part)
-        texts[kind] = (data, str(label) if label else None)
+        if leaf is not None:
+            source: _Bytes = leaf.source
+        else:
+            payload = _payload(part)
+            source = lambda: (payload, 0, len(payload))  # noqa: E731
+        texts[kind] = (source, str(label) if label else None)
 
 
 def _payload(part: Message) -> bytes:
@@ -480,18 +563,18 @@ def _payload(part: Message) -> bytes:
     return payload if isinstance(payload, bytes) else b""
 
 
-def _choose_text(body: _Body, texts: dict[str, tuple[bytes, str | None]]) -> None:
+def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:
     """text/plain if there is one, else the text of the HTML part (RFC 2046 section 5.1.4:
-    the plainest alternative carries the same content)."""
+    the plainest alternative carries the same content). Its charset and what was guessed or
+    wrong are found here, a piece at a time; the text is decoded when it is read."""
     kind = "text/plain" if "text/plain" in texts else "text/html"
     if kind not in texts:
         return
-    data, label = texts.pop(kind)
+    source, label = texts.pop(kind)
     texts.clear()                 # the other kind's bytes are not read: let them go now
-    decoded = decode_bytes(data, label, CYRILLIC_BODY_CANDIDATES)
-    del data
+    data, start, end = source()
+    decoded = inspect_bytes(data, label, CYRILLIC_BODY_CANDIDATES, start, end, PIECE_BYTES)
     body.record("Body", decoded)
-    text, body.charset = decoded.text, decoded.charset
-    del decoded                   # one decoded copy at a time
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    body.text = html_to_text(text) if kind == "text/html" else text
+    body.charset, body.source, body.html = decoded.charset, source, kind == "text/html"
+    if end - start <= PIECE_BYTES:
+        body.small = decoded.text

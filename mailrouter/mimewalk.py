@@ -28,7 +28,7 @@ from email.parser import BytesHeaderParser
 
 __all__ = ["Leaf", "leaves"]
 
-_PIECE = 1 << 20                              # bytes decoded or checked at a time
+_PIECE = 1 << 18                              # bytes decoded or checked at a time
 _MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/\r\n"
 _BOUNDARY_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\Z)")
@@ -60,6 +60,14 @@ class Leaf:
         if cte == "base64" or cte in _UU:
             return _stdlib_decode(self.headers, data)
         return data
+
+    def source(self) -> tuple[bytes, int, int]:
+        """(bytes, start, end) whose range is decoded(): the raw bytes themselves, not a
+        copy, when there is no transfer encoding to undo."""
+        if self.cte == "quoted-printable" or self.cte == "base64" or self.cte in _UU:
+            data = self.decoded()
+            return data, 0, len(data)
+        return self.raw, self.start, self.end
 
     def decoded_size(self) -> int:
         """len(self.decoded()), without holding the decoded bytes when it can."""

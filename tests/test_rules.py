@@ -5,7 +5,7 @@ explanations, build errors, index. Every case loads a real snapshot from YAML te
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -234,6 +234,10 @@ class _CountingView(MessageView):
     def body_text(self) -> str:  # type: ignore[override]
         type(self).body_reads += 1
         return super().body_text
+
+    def body_pieces(self) -> Iterator[str]:
+        type(self).body_reads += 1
+        return super().body_pieces()
 
 
 def test_body_is_not_decoded_when_an_earlier_rule_decides() -> None:

@@ -145,7 +145,7 @@ def _marked(view: Any, marker: str | None) -> bool:
     """Does our reply carry `marker` (close, waiting) in its subject or first body line?"""
     if not marker:
         return False
-    first = next((ln for ln in view.body_text.splitlines() if ln.strip()), "")
+    first = next((ln for ln in view.body_lines() if ln.strip()), "")   # read no further
     return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
 
 

@@ -193,9 +193,9 @@ class Deliverer:
             return {c.target.key: _Answer(no) for c in copies}
         addrs = {c.target.key: self._address(c.target, mailboxes[c.target.mailbox]) for c in copies}
         rcpts = list(dict.fromkeys(c.rcpt for c in copies))
-        data = (received(rcpts[0] if len(rcpts) == 1 else None)
+        data = (received(rcpts[0] if len(rcpts) == 1 else None)     # sent as if joined
                 + b"".join(trace_headers(self.hostname, r) for r in rcpts)
-                + sieve_folder_lines(copies, mailboxes) + raw)
+                + sieve_folder_lines(copies, mailboxes), raw)
         fallback: Reply | None = None
         started = time.perf_counter()
         try:

@@ -9,7 +9,10 @@ What it does
     PIPELINING (RFC 2920); otherwise one command per round trip.
   - The message bytes arrive byte-for-byte: they are dot-stuffed on the wire
     (RFC 5321 4.5.2) and nothing else is touched (no line-ending rewrite, no
-    re-serialisation).  SIZE= and BODY=8BITMIME are added when offered.
+    re-serialisation).  The message may come in parts (our trace lines, the raw
+    bytes): they are sent as if joined, stuffed and written about 1 MB at a time
+    (`mailrouter.delivery.wire`), so a copy in flight holds no whole duplicate.
+    SIZE= and BODY=8BITMIME are added when offered.
   - One transaction carries every recipient of a message for this downstream
     (one RCPT each); `deliver` returns one Reply per recipient.
   - At most `max_connections` connections per client are open at once, busy
@@ -52,6 +55,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from mailrouter.delivery import wire
 from mailrouter.errors import TemporaryDeliveryError
 from mailrouter.values import REPLY_REFUSED_ADDRESS as REFUSED_ADDRESS
 from mailrouter.values import REPLY_REFUSED_BARE_EOL as REFUSED_BARE_EOL
@@ -103,19 +107,6 @@ def parse_reply(lines: list[bytes]) -> Reply:
         status = match.group(1)
         texts = [_ENHANCED.sub("", t, count=1) for t in texts]
     return Reply(code, status, " ".join(t for t in texts if t))
-
-
-def stuff(data: bytes) -> bytes:
-    """The DATA payload: dot-stuffed lines and the final dot (RFC 5321 4.5.2)."""
-    body = data if data.endswith(b"\r\n") or not data else data + b"\r\n"
-    if body.startswith(b"."):
-        body = b"." + body
-    return body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
-
-
-def _has_bare_eol(data: bytes) -> bool:
-    crlf = data.count(b"\r\n")
-    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
 
 
 class Session:
@@ -187,7 +178,7 @@ class Session:
 class _Envelope:
     mail_from: str
     rcpts: list[str]
-    data: bytes
+    data: tuple[bytes, ...]      # the message in parts (wire.py): trace lines, raw bytes
     smtputf8: bool
 
 
@@ -202,16 +193,18 @@ class TransactionClient:
         self._idle: list[Session] = []
         self._slots = asyncio.Semaphore(self.max_connections)   # one per open connection
 
-    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes, *,
+    async def deliver(self, mail_from: str, rcpts: list[str], data: bytes | wire.Parts, *,
                       smtputf8: bool = False) -> dict[str, Reply]:
-        """One Reply per recipient, in order; raises TemporaryDeliveryError on outages."""
+        """One Reply per recipient, in order; raises TemporaryDeliveryError on outages.
+        `data` is the message, whole or in parts that are sent as if joined (never joined)."""
         if not rcpts:
             return {}
-        if _has_bare_eol(data):
+        parts = wire.as_parts(data)
+        if wire.bare_eol(parts):
             return {r: REFUSED_BARE_EOL for r in rcpts}
         if _BAD_ADDRESS.search(mail_from):
             return {r: REFUSED_ADDRESS for r in rcpts}
-        env = _Envelope(mail_from, rcpts, data, smtputf8)
+        env = _Envelope(mail_from, rcpts, parts, smtputf8)
         await self._slot()
         try:
             return await self._deliver(env)
@@ -356,7 +349,8 @@ class TransactionClient:
             s.broken = s.broken or data_reply.code == 354
             return
         s.data_sent = True
-        await s.send(stuff(env.data))
+        for piece in wire.stuffed(env.data):      # about 1 MB at a time, never a whole copy
+            await s.send(piece)
         await self._data_replies(s, accepted, final)
 
     async def _commands(self, s: Session, commands: list[bytes]) -> list[Reply]:
@@ -431,8 +425,8 @@ def _screen(s: Session, env: _Envelope, final: dict[str, Reply]) -> tuple[list[s
 def _mail_command(s: Session, env: _Envelope, use_utf8: bool) -> bytes:
     params = ""
     if "SIZE" in s.extensions:
-        params += f" SIZE={len(env.data)}"
-    if "8BITMIME" in s.extensions and not env.data.isascii():
+        params += f" SIZE={wire.size(env.data)}"
+    if "8BITMIME" in s.extensions and not wire.is_ascii(env.data):
         params += " BODY=8BITMIME"
     if use_utf8:
         params += " SMTPUTF8"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..errors import ConfigError
 from ..yamlsrc import where
 from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
 from .normalize import normalize
-from .patterns import PatternError, compile_glob, compile_regex
+from .patterns import PatternError, compile_glob, compile_regex, utf8
 
 __all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
            "TEXT_OPS", "NUM_OPS", "Gate", "gate_of", "parse_size", "WordForms", "contains_key"]
@@ -139,15 +140,28 @@ def _why(leaf: Leaf, needle: Any, value: Any) -> str:
     return f"{leaf.label} {leaf.op} {needle!r} (value: {_shown(value)})"
 
 
+def _why_at(facts: Facts, leaf: Leaf, needle: Any, i: int) -> str:
+    """_why for value i of the field, quoted from its head when it was read only in pieces."""
+    head = facts.head(leaf.field)
+    if head is None:
+        return _why(leaf, needle, facts.raw(leaf.field)[i])
+    text, length = head
+    shown = f"{text[:SHOWN]!r}… ({length} characters)" if length > SHOWN else repr(text)
+    return f"{leaf.label} {leaf.op} {needle!r} (value: {shown})"
+
+
 def _check_text(facts: Facts, leaf: Leaf) -> str | None:
-    raws, norms = facts.raw(leaf.field), facts.norm(leaf.field)
     op, keys = leaf.op, leaf.keys
-    hay = facts.words(leaf.field) if op == "contains" else norms
-    for i, value in enumerate(hay):
+    if op == "contains":      # the word form alone: a body is never held whole for it
+        for i, words in enumerate(facts.words_utf8(leaf.field)):
+            for needle, key in zip(leaf.needles, keys):
+                if utf8(key) in words if type(key) is str else key.found_in_utf8(words):
+                    return _why_at(facts, leaf, needle, i)
+        return None
+    raws, norms = facts.raw(leaf.field), facts.norm(leaf.field)
+    for i, value in enumerate(norms):
         for needle, key in zip(leaf.needles, keys):
             if ((op == "equals" and value == key)
-                    or (op == "contains"
-                        and (key in value if type(key) is str else key.found_in(value)))
                     or (op == "starts_with" and value.startswith(key))
                     or (op == "ends_with" and value.endswith(key))
                     or (op == "glob" and key.match(value))):
@@ -341,12 +355,18 @@ class WordForms:
 
     text: str                      # ' договор* оплат ', as the plain form, stars kept
     pattern: re.Pattern[str]       # searched in the ' word word ' form of the value
+    wire: re.Pattern[bytes] = dc_field(compare=False, default=re.compile(b"(?!)"))  # its UTF-8
 
     def __str__(self) -> str:
         return self.text
 
     def found_in(self, words: str) -> bool:
         return self.pattern.search(words) is not None
+
+    def found_in_utf8(self, words: bytes | bytearray) -> bool:
+        """found_in on the UTF-8 word form: there every character but the spaces is a word
+        character, so `\\w*` is `[^ ]*`."""
+        return self.wire.search(words) is not None
 
 
 _STARRED = re.compile(r"\w+\*?")
@@ -359,7 +379,10 @@ def contains_key(needle: str) -> str | WordForms:
     if not any(t.endswith("*") for t in toks):
         return words_of(needle)
     body = " ".join(re.escape(t[:-1]) + r"\w*" if t.endswith("*") else re.escape(t) for t in toks)
-    return WordForms(" " + " ".join(toks) + " ", re.compile(" " + body + " "))
+    wire = b" ".join(utf8(re.escape(t[:-1])) + rb"[^ ]*" if t.endswith("*") else utf8(re.escape(t))
+                     for t in toks)
+    return WordForms(" " + " ".join(toks) + " ", re.compile(" " + body + " "),
+                     re.compile(b" " + wire + b" "))
 
 
 def normalize_needle(field: str, op: str, needles: tuple[Any, ...]) -> tuple[str, ...]:

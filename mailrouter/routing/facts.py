@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from .normalize import PIECE, normalize, normalize_subject, pieces
 from .patterns import utf8
@@ -20,6 +20,8 @@ __all__ = ["Facts", "TEXT_FIELDS", "ADDR_FIELDS", "NUM_FIELDS", "FIELD_COST", "w
 _WORD = re.compile(r"\w+")
 _NOT_WORD = re.compile(r"\W")
 _SPACE = re.compile(" ")
+_RUN_START = re.compile(r"(?<!\s)\s")   # as normalize cuts: before a whitespace run
+_HEAD = 200            # characters of a body kept for explanations (conditions.SHOWN quotes 160)
 
 
 def words_of(normalised: str) -> str:
@@ -87,7 +89,7 @@ class Facts:
     """The lazily read, cached values of one (message, recipient) pair."""
 
     __slots__ = ("view", "mail_from", "rcpt", "resolution", "at", "calendars", "_raw", "_norm",
-                 "_words", "_tokens", "_utf8", "original")
+                 "_words", "_tokens", "_utf8", "_wire", "_head", "original")
 
     # Declared here because the module-level _READERS above reads these before mypy
     # has seen __init__'s tuple assignments.
@@ -109,6 +111,8 @@ class Facts:
         self._words: dict[str, tuple[str, ...]] = {}
         self._tokens: dict[str, frozenset[str]] = {}
         self._utf8: dict[str, tuple[bytes, ...]] = {}
+        self._wire: dict[str, tuple[bytes, ...]] = {}
+        self._head: tuple[str, int] | None = None
 
     def raw(self, field: str) -> tuple[Any, ...]:
         """Decoded values as the message has them (regex and explanations use these)."""
@@ -138,14 +142,64 @@ class Facts:
     def words(self, field: str) -> tuple[str, ...]:
         got = self._words.get(field)
         if got is None:
-            got = self._words[field] = tuple(words_of(v) for v in self.norm(field))
+            if field == "body" and field not in self._raw:
+                got = tuple(w.decode("utf-8", "surrogatepass") for w in self.words_utf8(field))
+            else:
+                got = tuple(words_of(v) for v in self.norm(field))
+            self._words[field] = got
         return got
+
+    def words_utf8(self, field: str) -> tuple[bytes, ...]:
+        """The word form as `contains` and the phrase set read it: UTF-8, once. The body's
+        is made a piece of its text at a time, without the whole text or its normal form."""
+        got = self._wire.get(field)
+        if got is None:
+            if field == "body" and field not in self._raw:
+                got = self._body_words()
+            else:
+                got = tuple(utf8(w) for w in self.words(field))
+            self._wire[field] = got
+        return got
+
+    def _body_words(self) -> tuple[bytes, ...]:
+        out, length, head = bytearray(b" "), 0, ""
+        for piece in self.view.body_pieces():       # each ends at a line end, or the text
+            length += len(piece)
+            if len(head) < _HEAD:
+                head += piece[:_HEAD - len(head)]
+            for part in pieces(piece, _RUN_START):   # a list of words per 64 K characters
+                found = " ".join(_WORD.findall(normalize(part)))
+                if found:
+                    out += utf8(found)
+                    out += b" "
+        if not length:
+            return ()
+        self._head = (head, length)
+        # kept as the bytearray it was made in (bytes() would copy it): read, never changed
+        return (cast(bytes, out) if len(out) > 1 else b"  ",)   # words_of("") is two spaces
+
+    def head(self, field: str) -> tuple[str, int] | None:
+        """(its first characters, its length) of a value read only in pieces (the body's,
+        when nothing read it whole): what an explanation quotes."""
+        return self._head if field == "body" and field not in self._raw else None
 
     def tokens(self, field: str) -> frozenset[str]:
         """Every normalised word of a field: the set the literal-word pre-filter looks up."""
         got = self._tokens.get(field)
         if got is None:
-            got = self._tokens[field] = frozenset(t for w in self.words(field) for t in _tokens(w))
+            if field == "body" and field not in self._raw:
+                found: set[str] = set()
+                for w in self.words_utf8(field):      # a piece at a time, cut at a space
+                    at = 0
+                    while at < len(w):
+                        cut = w.find(b" ", at + PIECE)
+                        stop = len(w) if cut < 0 else cut
+                        found.update(w[at:stop].decode("utf-8", "surrogatepass").split())
+                        at = stop
+                got = frozenset(found)
+            else:
+                got = frozenset(t for w in self.words(field) for t in _tokens(w))
+            self._tokens[field] = got
         return got
 
     def robot(self) -> tuple[bool, str]:

@@ -186,7 +186,7 @@ class RuleIndex:
                     for pos in prefixes.get(w[:end], ()):
                         heapq.heappush(heap, pos)
         if gate.phrases.positions:
-            for pos in gate.phrases.hits(tuple(utf8(v) for v in facts.words(gate.field))):
+            for pos in gate.phrases.hits(facts.words_utf8(gate.field)):
                 heapq.heappush(heap, pos)
         if gate.regexes.positions:
             for pos in gate.regexes.hits(facts.utf8(gate.field)):
