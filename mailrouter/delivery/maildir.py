@@ -41,16 +41,34 @@ import itertools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import StorageFullError, TemporaryDeliveryError
 
-__all__ = ["Maildir", "Place", "encode_mutf7", "folder_dirname", "stored"]
+__all__ = ["Maildir", "PRIOR", "Place", "Prior", "encode_mutf7", "folder_dirname", "stored"]
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 # The writer threads: each takes a batch of copies (`_Batches`), at most IN_FLIGHT per loop.
 _IO = ThreadPoolExecutor(8, "maildir")
+
+
+class Prior(Protocol):
+    """What must be on disk before a copy is made (intents.Intent: the copy's intent). The
+    writer thread writes the priors of a batch's copies together, before any copy of it."""
+
+    def write_group(self, group: Sequence["Prior"]) -> None:
+        """Write `group` (self among them) durably, those not yet written; never raises."""
+
+    def check(self) -> None:
+        """Raise the OSError that kept this one from being written, if one did."""
+
+
+# Set by the pipeline around a message's delivery: every Maildir copy made in that context
+# has this prior written first, in the same thread hop as the copy.
+PRIOR: ContextVar[Prior | None] = ContextVar("maildir_prior", default=None)
 
 
 def encode_mutf7(name: str) -> str:
@@ -99,7 +117,7 @@ class Maildir:
         the writer thread together (`_Batches`)."""
         loop = asyncio.get_running_loop()
         try:
-            return await _batches(loop).put(self, data, copy_id, folder)
+            return await _batches(loop).put(self, data, copy_id, folder, PRIOR.get())
         except OSError as exc:
             if exc.errno in _FULL:
                 raise StorageFullError(f"maildir {self.root}: {exc.strerror}") from exc
@@ -183,17 +201,24 @@ class Maildir:
         return str(final), dfd
 
 
-_Job = tuple[Maildir, "bytes | Sequence[bytes]", str, "str | None"]
+_Job = tuple[Maildir, "bytes | Sequence[bytes]", str, "str | None", "Prior | None"]
 
 
 def _write_batch(jobs: list[_Job]) -> list[str | BaseException]:
-    """In the writer thread: every copy of the batch written and linked, then each folder's
-    new/ fsync'd once (the copies in it are stored when that returns). One outcome per job:
-    its path, or the error that refused it (an fsync error refuses every copy of its folder)."""
+    """In the writer thread: the priors (intents) of the batch's copies written together,
+    every copy of the batch written and linked, then each folder's new/ fsync'd once (the
+    copies in it are stored when that returns). One outcome per job: its path, or the error
+    that refused it (a prior not written refuses its copies, before they are made; an fsync
+    error refuses every copy of its folder)."""
     out: list[str | BaseException] = []
     folders: dict[int, list[int]] = {}
-    for md, data, copy_id, folder in jobs:
+    priors = list({id(j[4]): j[4] for j in jobs if j[4] is not None}.values())
+    if priors:
+        priors[0].write_group(priors)
+    for md, data, copy_id, folder, prior in jobs:
         try:
+            if prior is not None:
+                prior.check()
             path, dfd = md._deliver(data, copy_id, folder)
         except Exception as exc:  # noqa: BLE001 - handed to the copy's awaiting task
             out.append(exc)
@@ -224,9 +249,9 @@ class _Batches:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def put(self, md: Maildir, data: bytes | Sequence[bytes], copy_id: str,
-            folder: str | None) -> asyncio.Future[str]:
+            folder: str | None, prior: Prior | None = None) -> asyncio.Future[str]:
         fut: asyncio.Future[str] = self.loop.create_future()
-        self._pending.append(((md, data, copy_id, folder), fut))
+        self._pending.append(((md, data, copy_id, folder, prior), fut))
         if self._running < self.IN_FLIGHT:
             self._running += 1
             task = self.loop.create_task(self._drain(), name="maildir-batch")
