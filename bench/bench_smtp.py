@@ -512,10 +512,11 @@ def summary(a: argparse.Namespace, names: list[str], res: dict[tuple[int, str], 
             print(line)
         for what, x, y in pairs(names):
             xs, ys = res[(conns, x)], res[(conns, y)]
-            each = " ".join(f"{p['rate'] / q['rate']:.2f}" for p, q in zip(xs, ys))
+            each = " ".join(f"{p['rate'] / q['rate']:.2f}/{p['cpu_per_msg'] / q['cpu_per_msg']:.2f}"
+                            for p, q in zip(xs, ys))
             print(f"  {what:<15} {x:<16} rate x{median([p['rate'] / q['rate'] for p, q in zip(xs, ys)]):5.2f}"
                   f"  cpu x{median([p['cpu_per_msg'] / q['cpu_per_msg'] for p, q in zip(xs, ys)]):5.2f}"
-                  f"  (each round: {each})")
+                  f"  (each round, rate/cpu: {each})")
     if idles:
         print(f" idle, {a.idle} messages one at a time per round: median of the rounds' p50 / p99 (ms)")
         for n in names:
