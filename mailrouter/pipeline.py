@@ -17,7 +17,6 @@ downstreams may get a second copy (at-least-once, never at-most-once).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
@@ -72,24 +71,13 @@ INLINE_BELOW = 64 * 1024      # bytes of message
 INLINE_RULES = 1000           # rules in the snapshot
 
 
-def view_and_decide(snap: Snapshot, txn: Transaction, at: datetime | None = None,
-                    view: MessageView | None = None) -> tuple[MessageView, list[Decision]]:
+def view_and_decide(snap: Snapshot, txn: Transaction,
+                    at: datetime | None = None) -> tuple[MessageView, list[Decision]]:
     """The first parse of the message and its decisions, everything the record reads included."""
-    view = view if view is not None else MessageView(txn.raw)
+    view = MessageView(txn.raw)
     decisions = snap.decide(view, txn.mail_from, txn.rcpts, at)
     _ = view.content_hash, view.message_id, view.from_addr, view.subject, view.defects
     return view, decisions
-
-
-# Loop turns from asking the registry for a look-up to its query being handed to the thread
-# (delivered_targets starts the look-up task, which hands the batch over): store.py.
-LOOKUP_STEPS = 2
-
-
-def _consume(fut: asyncio.Future[Any]) -> None:
-    """A look-up nobody awaits any more: its outcome is dropped, not reported as unretrieved."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 _qids = itertools.count(random.getrandbits(24))
@@ -116,29 +104,15 @@ class Pipeline:
         qid, started = new_qid(), time.perf_counter()
         snap = self.snapshot()
         now = self.clock()
-        lookup: asyncio.Future[set[str]] | None = None
         if len(txn.raw) < INLINE_BELOW and len(snap.rules.rules) < INLINE_RULES:
-            # The retry look-up (a query in the registry's thread) is asked first and runs
-            # while the rules decide on the loop, instead of after them.
-            view = MessageView(txn.raw)
-            key = key_from_hash(txn.mail_from, view.content_hash)
-            lookup = asyncio.ensure_future(self.registry.delivered_targets(key))
-            try:
-                for _ in range(LOOKUP_STEPS):   # until the query is in the registry's thread
-                    await asyncio.sleep(0)
-                view, decisions = view_and_decide(snap, txn, now, view)
-            except BaseException:
-                lookup.cancel()
-                lookup.add_done_callback(_consume)
-                raise
+            view, decisions = view_and_decide(snap, txn, now)
         else:   # a timeout cancels this await: nothing below runs, nothing is delivered
-            # (hashing a big message is CPU work too: in the thread, the look-up after it)
             view, decisions = await DECIDE.run(view_and_decide, snap, txn, now)
-            key = key_from_hash(txn.mail_from, view.content_hash)
         metrics.observe_decisions(decisions)
+        key = key_from_hash(txn.mail_from, view.content_hash)
         plan = None
         try:
-            done = await (lookup if lookup is not None else self.registry.delivered_targets(key))
+            done = await self.registry.delivered_targets(key)
             if self.control is not None:
                 plan = await self.control.plan(txn.mail_from, txn.rcpts, view, decisions, snap,
                                                key, now)
