@@ -3,12 +3,18 @@
 
     .venv/bin/python bench/bench_smtp.py                       # 1, 10, 50 conns, 2000 msgs each
     .venv/bin/python bench/bench_smtp.py -n 5000 -c 10 --postfix
+    cd bench && unshare -n sh -c 'ip link set lo up; PYTHONPATH=$(cd .. && pwd) python bench_smtp.py \
+        -n 1000 --postfix --workers 1 --idle 100 --old ../../old-checkout --asyncio-too --rounds 3'
 
 For each connection count: Postfix's `smtp-source` sends N messages of 4 KB,
 one new session per message (`-s C -m N -l 4096`, no -d), to
   1. `smtp-sink` (the limit: accepts and discards), then
   2. mailrouter (`mailrouter run -c` in a subprocess, temp config: SQLite
-     registry + Maildir under a temp dir, the repo's rules, rcpt sales@example.com)
+     registry + Maildir under a temp dir, the repo's rules, rcpt sales@example.com): `mr/W`,
+     the embedded default, and `mr-relay/W`: every mailbox `{smtp: ...}` to the same
+     smtp-sink, 1,000 aliases, 100 rules (--no-relay leaves it out); with --asyncio-too each
+     also as `.../W:asyncio` (MAILROUTER_LOOP=asyncio: the pair shows what uvloop gives),
+     with --old TREE each also as `old:...` run from that checkout (new/old ratios);
   3. optionally (--postfix) a private Postfix relaying to smtp-sink, docs/performance.md's peer
      (1,000 virtual aliases, 23 header checks), and (--bare) a stock aiosmtpd whose
      handler does nothing: the floor of any aiosmtpd-based server on this machine.
@@ -16,7 +22,11 @@ It prints msg/s, the ratio to smtp-sink, CPU per message of every process of eac
 server (Postfix: the master and every process it spawns during the level, exited ones
 included), peak RSS (VmHWM of the main process), and p50/p99 latency of a probe
 client that sends one message at a time (new session each) while the load runs.
-Absolute figures on a shared box are noise; the ratio is the figure.
+Absolute figures on a shared box are noise; the ratio is the figure. --rounds N repeats
+every level N times, rotating the order of the servers, and ends with a summary: best and
+median msg/s, and the medians of the per-round ratios (to Postfix, new/old, uvloop/asyncio).
+--idle N first sends N messages one at a time to each idle server (10 ms apart): p50/p99
+from connect to the 250 of the final dot.
 
 CPU: each server's processes are moved into a cgroup v2 of their own (under the
 writable cgroup2 mount), whose cpu.stat counts exited processes too; without one,
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -69,6 +80,11 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def slug(name: str) -> str:
+    """A server's name as a file name ("old:mr/1" -> "old-mr-1")."""
+    return re.sub(r"[^\w.-]+", "-", name)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """Own CPU of each live process plus that of its children it has reaped."""
     total = 0
@@ -98,7 +114,7 @@ class Server:
         root = _cgroup2_root()
         if root is not None:
             try:
-                cg = root / f"mrbench-{os.getpid()}-{name.replace('/', '-')}"
+                cg = root / f"mrbench-{os.getpid()}-{slug(name)}"
                 cg.mkdir()
                 self.cgroup = cg
                 self.adopt()
@@ -228,6 +244,23 @@ def blast(port: int, conns: int, msgs: int, size: int, rcpt: str, srv: Server) -
             "errors": probe.errors, "rc": done.returncode, "stderr": done.stderr.strip()[-300:]}
 
 
+def idle(port: int, n: int, rcpt: str) -> dict:
+    """n messages one after another on an idle server, a new session each, a short pause
+    between: p50/p99 of the time from connect to the 250 of the final dot (QUIT after)."""
+    probe = Probe(port, rcpt)
+    lat: list[float] = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                s.sendmail("probe@bench.test", [rcpt], probe.body + f"n={i}\r\n".encode())
+                lat.append(time.perf_counter() - t0)
+        except (OSError, smtplib.SMTPException):
+            probe.errors += 1
+        time.sleep(0.01)
+    return {"p50": pct(lat, .5) * 1e3, "p99": pct(lat, .99) * 1e3, "errors": probe.errors}
+
+
 def start_sink(port: int, started: list[Server]) -> Server:
     # -u: run as nobody when root; backlog 1024
     p = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"],
@@ -241,20 +274,27 @@ def start_sink(port: int, started: list[Server]) -> Server:
 def start_mailrouter(tmp: Path, py: str, profile: str | None, workers: str,
                      started: list[Server], *, registry: str | None = None,
                      maildir_root: Path | None = None,
-                     hostname: str = "mx.bench") -> tuple[Server, int]:
+                     hostname: str = "mx.bench", routing: str | None = None,
+                     smtp_downstream: int | None = None, env: dict[str, str] | None = None,
+                     name: str | None = None) -> tuple[Server, int]:
     """`mailrouter run` on its own ports in `tmp`; by default its own SQLite registry and
-    Maildir root under `tmp`, or the given ones (several instances sharing them)."""
+    Maildir root under `tmp`, or the given ones (several instances sharing them).
+    `routing`: a glob of routing files (the repo's rules by default); `smtp_downstream`: the
+    port of delivery.smtp; `env`: the child's environment (another checkout's PYTHONPATH,
+    MAILROUTER_LOOP)."""
     smtp, lmtp, admin = free_port(), free_port(), free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     registry = registry or f"sqlite+aiosqlite:///{tmp / 'var' / 'registry.db'}"
     maildir_root = maildir_root or tmp / "var" / "mail"
+    downstream = (f", smtp: {{host: 127.0.0.1, port: {smtp_downstream}}}"
+                  if smtp_downstream else "")
     cfg = tmp / "config.yaml"
     cfg.write_text(
         f"hostname: {hostname}\n"
         f"listen: {{smtp: '127.0.0.1:{smtp}', lmtp: '127.0.0.1:{lmtp}', admin: '127.0.0.1:{admin}'}}\n"
-        f"routing: ['{REPO / 'rules' / '*.yaml'}']\n"
+        f"routing: ['{routing or REPO / 'rules' / '*.yaml'}']\n"
         f"registry: {{url: '{registry}'}}\n"
-        f"delivery: {{maildir_root: '{maildir_root}'}}\n"
+        f"delivery: {{maildir_root: '{maildir_root}'{downstream}}}\n"
         f"limits: {{max_message_size: 10485760}}\n"
         f"log_level: WARNING\nworkers: {workers}\n")
     cmd = [py, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
@@ -262,11 +302,30 @@ def start_mailrouter(tmp: Path, py: str, profile: str | None, workers: str,
         cmd = [py, "-m", "cProfile", "-o", profile, "-m", "mailrouter.cli", "run", "-c", str(cfg)]
     with open(tmp / "daemon.log", "ab") as log:
         p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    srv = Server(f"mailrouter-{hostname}-{workers}", p.pid, lambda: stop_group(p))
+                             start_new_session=True, env=env)
+    srv = Server(name or f"mailrouter-{hostname}-{workers}", p.pid, lambda: stop_group(p))
     started.append(srv)
     wait_port(smtp, p, 60)
     return srv, smtp
+
+
+def relay_rules(tmp: Path) -> str:
+    """The relay row's routing files: the example company with every mailbox `{smtp: ...}`
+    (to the downstream, smtp-sink), 1,000 aliases, and 100 rules (bench_rules.rules_yaml:
+    the example rules, then by recipient, by subject word, by header)."""
+    import yaml
+    from bench_rules import rules_yaml
+    rules = tmp / "relay-rules"
+    rules.mkdir(parents=True, exist_ok=True)
+    company = yaml.safe_load((REPO / "rules" / "company.yaml").read_text(encoding="utf-8"))
+    company["mailboxes"] = {name: {"smtp": f"{name}@sink.test"} for name in company["mailboxes"]}
+    boxes = sorted(company["mailboxes"])
+    extra = 1000 - len(company["aliases"])
+    company["aliases"].update({f"alias{n}@example.com": f"mailbox:{boxes[n % len(boxes)]}"
+                               for n in range(extra)})
+    (rules / "company.yaml").write_text(yaml.safe_dump(company, allow_unicode=True), encoding="utf-8")
+    (rules / "routing.yaml").write_text(rules_yaml(100), encoding="utf-8")
+    return str(rules / "*.yaml")
 
 
 def start_postfix(tmp: Path, relay_port: int, rcpt: str, started: list[Server]) -> tuple[Server, int]:
@@ -336,42 +395,134 @@ def start_bare(py: str, started: list[Server]) -> tuple[Server, int]:
 
 def row(name: str, r: dict, limit: float | None) -> str:
     ratio = f"{r['rate'] / limit:6.3f}" if limit else "     -"
-    return (f"  {name:<15} {r['rate']:9.0f} {ratio} {r['cpu_per_msg'] * 1e3:9.3f} "
+    return (f"  {name:<22} {r['rate']:9.0f} {ratio} {r['cpu_per_msg'] * 1e3:9.3f} "
             f"{r['hwm_mb']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {r['probes']:6d}"
             + (f"  probe_errors={r['errors']}" if r["errors"] else "")
             + (f"  smtp-source rc={r['rc']}: {r['stderr']}" if r["rc"] else ""))
 
 
+def start_all(a: argparse.Namespace, tmp: Path, started: list[Server],
+              sink_port: int) -> list[tuple[str, Server, int]]:
+    """Every server of the run, named: `mr/W` (embedded default: Maildir + SQLite) and
+    `mr-relay/W` per workers setting, `:asyncio` for the paired run without uvloop,
+    `old:` for the checkout given with --old; then postfix and aiosmtpd-noop."""
+    relay = relay_rules(tmp) if a.relay else None
+    trees = [("", REPO)] + ([("old:", Path(a.old).resolve())] if a.old else [])
+    servers: list[tuple[str, Server, int]] = []
+    for label, tree in trees:
+        loops = ["", ":asyncio"] if a.asyncio_too and not label else [""]
+        for loop in loops:
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            env.pop("MAILROUTER_LOOP", None)
+            if loop:
+                env["MAILROUTER_LOOP"] = "asyncio"
+            for w in a.workers:
+                kinds = [("mr", None, None)] + ([("mr-relay", relay, sink_port)] if relay else [])
+                for kind, routing, down in kinds:
+                    name = f"{label}{kind}/{w}{loop}"
+                    srv, port = start_mailrouter(tmp / slug(name), a.python,
+                                                 a.profile, w, started, routing=routing,
+                                                 smtp_downstream=down, env=env, name=name)
+                    servers.append((name, srv, port))
+    if a.postfix:
+        pf, pf_port = start_postfix(tmp, sink_port, a.rcpt, started)
+        servers.append(("postfix", pf, pf_port))
+    if a.bare:
+        bare, bare_port = start_bare(a.python, started)
+        servers.append(("aiosmtpd-noop", bare, bare_port))
+    return servers
+
+
+def median(values: list[float]) -> float:
+    values = sorted(v for v in values if v == v)
+    if not values:
+        return float("nan")
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def pairs(names: list[str]) -> list[tuple[str, str, str]]:
+    """(what, this, against): new against old, uvloop against asyncio, each row against Postfix."""
+    out = []
+    for n in names:
+        if f"old:{n}" in names:
+            out.append(("new/old", n, f"old:{n}"))
+        if f"{n}:asyncio" in names:
+            out.append(("uvloop/asyncio", n, f"{n}:asyncio"))
+    return out
+
+
 def run(a: argparse.Namespace, tmp: Path, started: list[Server]) -> None:
     sink_port = free_port()
     sink = start_sink(sink_port, started)
-    mrs = [(w, *start_mailrouter(tmp / f"w{w}", a.python, a.profile, w, started)) for w in a.workers]
-    pf = bare = None
-    if a.postfix:
-        pf, pf_port = start_postfix(tmp, sink_port, a.rcpt, started)
-    if a.bare:
-        bare, bare_port = start_bare(a.python, started)
+    servers = start_all(a, tmp, started, sink_port)
+    names = [n for n, _, _ in servers]
     cg = "cgroup v2 cpu.stat" if sink.cgroup is not None else "/proc utime+stime+cutime+cstime"
     print(f"# {os.cpu_count()} CPUs, {a.messages} msgs of {a.size} B per level, new session per "
-          f"message; smtp-source -s C -m {a.messages} -l {a.size}; CPU from {cg}")
-    print(f"  {'server':<15} {'msg/s':>9} {'ratio':>6} {'cpu ms/msg':>9} {'RSS MB':>8} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'probes':>6}")
+          f"message; smtp-source -s C -m {a.messages} -l {a.size}; CPU from {cg}; "
+          f"{a.rounds} round(s), the order of the servers rotates each round")
+    header = (f"  {'server':<22} {'msg/s':>9} {'ratio':>6} {'cpu ms/msg':>9} {'RSS MB':>8} "
+              f"{'p50 ms':>8} {'p99 ms':>8} {'probes':>6}")
+    res: dict[tuple[int, str], list[dict]] = {}
+    idles: dict[str, list[dict]] = {}
+    for rnd in range(a.rounds):
+        k = rnd % len(servers)
+        order = servers[k:] + servers[:k]
+        print(f"round {rnd + 1}")
+        if a.idle:
+            for name, _, port in order:
+                got = idle(port, a.idle, a.rcpt)
+                idles.setdefault(name, []).append(got)
+                print(f"  idle {name:<22} p50 {got['p50']:6.2f} ms  p99 {got['p99']:6.2f} ms"
+                      + (f"  errors={got['errors']}" if got["errors"] else ""), flush=True)
+        print(header)
+        for conns in a.conns:
+            print(f" conns={conns}")
+            lim = blast(sink_port, conns, a.messages, a.size, a.rcpt, sink)
+            print(row("smtp-sink", lim, None), flush=True)
+            for name, srv, port in order:
+                r = blast(port, conns, a.messages, a.size, a.rcpt, srv)
+                res.setdefault((conns, name), []).append(r)
+                print(row(name, r, lim["rate"]), flush=True)
+    summary(a, names, res, idles)
+    for name, _, _ in servers:
+        mail = tmp / slug(name) / "var" / "mail"
+        if mail.exists():
+            print(f"# {name} Maildir files: {sum(1 for _ in mail.rglob('new/*'))}")
+
+
+def summary(a: argparse.Namespace, names: list[str], res: dict[tuple[int, str], list[dict]],
+            idles: dict[str, list[dict]]) -> None:
+    """Best-of and median over the rounds; ratios are medians of the per-round ratios."""
+    pf = "postfix" if "postfix" in names else None
+    print(f"\nsummary over {a.rounds} round(s): msg/s best and median; x postfix = median of the "
+          f"per-round ratios (rate, CPU per message)")
+    print(f"  {'server':<22} {'best':>7} {'median':>7} {'cpu ms':>7}"
+          + (f" {'rate x pf':>9} {'cpu x pf':>8}" if pf else ""))
     for conns in a.conns:
-        print(f"conns={conns}")
-        lim = blast(sink_port, conns, a.messages, a.size, a.rcpt, sink)
-        print(row("smtp-sink", lim, None), flush=True)
-        for w, mr, mr_port in mrs:
-            r = blast(mr_port, conns, a.messages, a.size, a.rcpt, mr)
-            print(row(f"mailrouter/{w}", r, lim["rate"]), flush=True)
-        if pf is not None:
-            r = blast(pf_port, conns, a.messages, a.size, a.rcpt, pf)
-            print(row("postfix", r, lim["rate"]), flush=True)
-        if bare is not None:
-            r = blast(bare_port, conns, a.messages, a.size, a.rcpt, bare)
-            print(row("aiosmtpd-noop", r, lim["rate"]), flush=True)
-    for w, _, _ in mrs:
-        files = sum(1 for _ in (tmp / f"w{w}" / "var" / "mail").rglob("new/*"))
-        print(f"# mailrouter/{w} Maildir files: {files}")
+        print(f" conns={conns}")
+        for n in names:
+            rs = res[(conns, n)]
+            line = (f"  {n:<22} {max(r['rate'] for r in rs):7.0f} {median([r['rate'] for r in rs]):7.0f} "
+                    f"{median([r['cpu_per_msg'] * 1e3 for r in rs]):7.3f}")
+            if pf:
+                ps = res[(conns, pf)]
+                line += (f" {median([r['rate'] / p['rate'] for r, p in zip(rs, ps)]):9.2f}"
+                         f" {median([r['cpu_per_msg'] / p['cpu_per_msg'] for r, p in zip(rs, ps)]):8.2f}")
+            print(line)
+        for what, x, y in pairs(names):
+            xs, ys = res[(conns, x)], res[(conns, y)]
+            each = " ".join(f"{p['rate'] / q['rate']:.2f}/{p['cpu_per_msg'] / q['cpu_per_msg']:.2f}"
+                            for p, q in zip(xs, ys))
+            print(f"  {what:<15} {x:<16} rate x{median([p['rate'] / q['rate'] for p, q in zip(xs, ys)]):5.2f}"
+                  f"  cpu x{median([p['cpu_per_msg'] / q['cpu_per_msg'] for p, q in zip(xs, ys)]):5.2f}"
+                  f"  (each round, rate/cpu: {each})")
+    if idles:
+        print(f" idle, {a.idle} messages one at a time per round: median of the rounds' p50 / p99 (ms)")
+        for n in names:
+            p50 = median([r["p50"] for r in idles[n]])
+            ratio = f"  p50 x{p50 / median([r['p50'] for r in idles[pf]]):4.2f} of postfix" if pf else ""
+            print(f"  {n:<22} p50 {p50:6.2f}  p99 {median([r['p99'] for r in idles[n]]):6.2f}{ratio}")
 
 
 def main() -> int:
@@ -390,6 +541,17 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--workers", nargs="+", default=["1", "auto"],
                     help="mailrouter 'workers:' settings to run, each its own row (1 auto)")
+    ap.add_argument("--no-relay", dest="relay", action="store_false",
+                    help="leave out the mr-relay rows (every mailbox {smtp: ...} to smtp-sink, "
+                         "1,000 aliases, 100 rules)")
+    ap.add_argument("--idle", type=int, default=0, metavar="N",
+                    help="also N messages one at a time on each idle server per round: p50/p99 to the 250")
+    ap.add_argument("--old", metavar="TREE",
+                    help="also run the mailrouter of another checkout (old:* rows, new/old ratios)")
+    ap.add_argument("--asyncio-too", action="store_true",
+                    help="each mailrouter row twice: on uvloop and with MAILROUTER_LOOP=asyncio")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of every level; summary gives best-of and medians (1)")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mrbench."))

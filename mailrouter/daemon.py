@@ -32,8 +32,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import logs, metrics, postfixmaps
 from .admin import serve_admin
@@ -54,9 +55,34 @@ from .values import Downstream, Reply, Transaction
 from .web import start_web
 from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, supervise
 
-__all__ = ["App", "run"]
+__all__ = ["App", "run", "loop_factory", "run_loop"]
 
 log = logging.getLogger("mailrouter")
+T = TypeVar("T")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (the `fast` extra), else asyncio's own (None).
+    MAILROUTER_LOOP=asyncio keeps asyncio's loop with uvloop installed. Measured in
+    bench/bench_smtp.py --asyncio-too: same work, less CPU per message (bench/README.md)."""
+    if os.environ.get("MAILROUTER_LOOP", "").strip().lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on the loop `loop_factory` picks."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
+
+
+def loop_name() -> str:
+    """'uvloop' or 'asyncio': the loop running now, for the started log line."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 class App:
@@ -164,7 +190,8 @@ class App:
         metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series
         metrics.RELOAD_TIME.set(time.time())
         await self.write_postfix_maps()
-        log.info("event=started %s", " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
+        log.info("event=started loop=%s %s", loop_name(),
+                 " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
 
     def _outgoing(self) -> Outgoing:
         ar = self.config.autoreply
@@ -424,7 +451,7 @@ def run(config: Config) -> int:
                              f"point the config elsewhere")
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
-        return asyncio.run(serve(config))
+        return run_loop(serve(config))
     return run_workers(config)
 
 
@@ -501,6 +528,6 @@ def run_workers(config: Config) -> int:
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
     from prometheus_client import multiprocess
-    return supervise(config, lambda i: asyncio.run(serve(config, sockets=sockets, worker=i,
-                                                         snapshot=snap)),
+    return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,
+                                                      snapshot=snap)),
                      on_exit=lambda pid: multiprocess.mark_process_dead(pid))  # type: ignore[no-untyped-call]

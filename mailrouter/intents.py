@@ -5,9 +5,11 @@ leaves copies users see and the registry does not know (their sender never got a
 retry would find them, but none may come). So before the pipeline makes Maildir copies it
 appends an intent to this process's journal, var/intents/PID.N.jrn: the message record it
 will write and each copy's folder and file name (delivery/maildir.py names a copy by the
-copy only). Intents waiting at the same moment are written and fdatasync'd together in one
-worker-thread hop (a group sync, as the registry's group commit), so a copy is never on disk
-without its intent. After the record is committed a `done` line follows, not synced: a lost
+copy only). The intent is written by the Maildir writer thread in the same hop as the copies,
+before any of them (`Intent`, a delivery.maildir.Prior): the intents of a batch's copies are
+written and fdatasync'd together (one write and one sync per journal, as the registry's group
+commit), so a copy is never on disk without its intent, and a message costs one thread
+hand-off for both. After the record is committed a `done` line follows, not synced: a lost
 one costs a registry look-up at the next reconcile, nothing else.
 
 Reconcile, at start before the listeners open and then every `interval` seconds: every
@@ -19,8 +21,9 @@ recorded: the message as `unanswered` (stored, no answer given), each copy found
 (dedupe), answers 250 and records the message as delivered.
 
 Refused: a journal line that does not parse is skipped and logged (a torn last line after a
-crash); an intent that cannot be written (disk full) fails the message with 4xx before any
-copy is made. A journal is kept when the registry is unavailable, and tried again.
+crash); an intent that cannot be written (disk full) refuses each of its Maildir copies
+with 4xx before any is made (a downstream copy of the same message may still go: those are
+at-least-once, see below). A journal is kept when the registry is unavailable, and tried again.
 Known limit: copies to LMTP/SMTP downstreams are not listed (nothing of theirs can be
 looked at); they are at-least-once as before.
 """
@@ -29,26 +32,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import fcntl
 import itertools
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from .delivery.maildir import Place
+from .delivery.maildir import Place, Prior
 from .errors import RegistryError
 from .registry import DeliveryRecord, MessageRecord, Registry
 
-__all__ = ["Intents", "Place", "UNANSWERED"]
+__all__ = ["Intent", "Intents", "Place", "UNANSWERED"]
 
 log = logging.getLogger(__name__)
 UNANSWERED = "unanswered"          # messages.status: copies stored, the sender got no answer
 ROTATE_AT = 1 << 20                # bytes: past this a new journal is started
-_IO = ThreadPoolExecutor(1, "intents")
 _run = itertools.count()
 
 
@@ -63,16 +66,53 @@ class _File:
         self.size, self.open_intents = 0, 0
 
 
+_WRITING = threading.Lock()      # writer threads write intents one group at a time
+
+
+class Intent:
+    """One message's intent (delivery.maildir.Prior): its journal line, written and
+    fdatasync'd by the Maildir writer thread before any of the message's copies, together
+    with the other intents of the copies in the same batch (one write and one fdatasync per
+    journal). A message's copies may be in two batches: whichever comes first writes it."""
+
+    __slots__ = ("file", "key", "line", "written", "error")
+
+    def __init__(self, f: _File, key: str, line: bytes) -> None:
+        self.file, self.key, self.line = f, key, line
+        self.written = False
+        self.error: OSError | None = None
+
+    def write_group(self, group: Sequence[Prior]) -> None:
+        with _WRITING:
+            todo = [i for i in group if isinstance(i, Intent) and not i.written and i.error is None]
+            by_file: dict[int, list[bytes]] = {}
+            for i in todo:
+                by_file.setdefault(i.file.fd, []).append(i.line)
+            try:
+                _append_synced(by_file)
+            except OSError as exc:   # no copy without its intent: each copy gets a 4xx
+                log.error("event=intent_failed keys=%s error=%r", ",".join(i.key[:12] for i in todo),
+                          str(exc))
+                for i in todo:
+                    i.error = exc
+                return
+            for i in todo:
+                i.written = True
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if not self.written:         # not in a group yet (cannot happen: written first)
+            raise OSError(errno.EIO, "intent not written")
+
+
 class Intents:
     """This process's journal, and the reconcile of the journals of processes gone."""
 
     def __init__(self, directory: Path, stored: Stored, interval: float = 30.0) -> None:
         self.directory, self.stored, self.interval = directory, stored, interval
         self._file: _File | None = None
-        self._pending: list[tuple[_File, bytes, asyncio.Future[None]]] = []
-        self._flushing = False
         self._task: asyncio.Task[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
         self.passes = 0                # reconcile passes run (tests count them, not seconds)
 
     # -- writing ---------------------------------------------------------------------------
@@ -94,32 +134,24 @@ class Intents:
         """A full journal with nothing in flight: unlocked, so a reconcile settles it."""
         os.close(f.fd)
 
-    async def intend(self, key: str, record: MessageRecord, places: Sequence[Place]) -> object:
-        """Write the intent durably; return a token for `done`. OSError when it cannot be."""
+    def prepare(self, key: str, record: MessageRecord, places: Sequence[Place]) -> Intent:
+        """The intent of a message's Maildir copies, to be written by the Maildir writer thread
+        before the first of them (delivery.maildir.PRIOR); settle it once the message is
+        answered. OSError when its journal cannot be opened."""
         line = json.dumps({"key": key, "record": _record_json(record),
                            "copies": [dataclasses.astuple(p) for p in places]},
                           ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
         f = self._current()
         f.open_intents += 1
         f.size += len(line) + 3
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((f, b"I " + line + b"\n", fut))
-        if not self._flushing:
-            self._flushing = True
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        try:
-            await fut
-        except BaseException:
-            self.settle(f, None)
-            raise
-        return f
+        return Intent(f, key, b"I " + line + b"\n")
 
     def settle(self, token: object, key: str | None) -> None:
         """The message is answered: recorded (`key` given: a done line) or not (None: the
         intent stays open for a reconcile). Lets a rotated journal go when its last settles."""
-        f = token
-        assert isinstance(f, _File)
-        if key is not None:
+        assert isinstance(token, Intent)
+        f = token.file
+        if key is not None and token.written:
             try:
                 os.write(f.fd, b"D " + key.encode() + b"\n")   # O_APPEND: one whole line
             except OSError as exc:   # a reconcile will look the message up instead
@@ -127,29 +159,6 @@ class Intents:
         f.open_intents -= 1
         if f is not self._file and f.open_intents == 0:
             self._retire(f)
-
-    async def _flush(self) -> None:
-        """Everything pending, one hop and one sync per journal, until nothing is left."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                by_file: dict[int, list[bytes]] = {}
-                for f, line, _ in batch:
-                    by_file.setdefault(f.fd, []).append(line)
-                error: OSError | None = None
-                try:
-                    await loop.run_in_executor(_IO, _append_synced, by_file)
-                except OSError as exc:
-                    error = exc
-                for _, _, fut in batch:
-                    if not fut.done():
-                        if error is None:
-                            fut.set_result(None)
-                        else:
-                            fut.set_exception(error)
-        finally:
-            self._flushing = False
 
     # -- reconcile ---------------------------------------------------------------------------
     def start(self, registry: Registry) -> None:

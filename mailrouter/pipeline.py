@@ -34,7 +34,8 @@ from .outbox import Outgoing
 from .offload import Offload
 from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
 from .registry.models import OutboxRecord
-from .intents import Intents
+from .delivery.maildir import PRIOR
+from .intents import Intent, Intents
 from .routing.snapshot import Snapshot
 from .values import (
     REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_TEMPFAIL, Action, Decision, Reply, Transaction,
@@ -127,13 +128,13 @@ class Pipeline:
         await self._record_loops(decisions, key, qid)
         head = self.control.header(plan, snap) if self.control and plan else b""
         copies = self._copies(decisions)
-        token = None
+        token: Intent | None = None
         if self.intents is not None:
             places = self.deliverer.places([c for k, c in copies.items() if k not in done],
                                            snap.book.mailboxes, key)
-            if places:
+            if places:    # written by the Maildir writer before the copies, in their hop
                 try:
-                    token = await self.intents.intend(
+                    token = self.intents.prepare(
                         key, self._message_record(txn, view, snap, key, [], now), places)
                 except OSError as exc:   # no copy without its intent: the MTA retries
                     log.error("event=intent_failed qid=%s error=%r", qid, str(exc))
@@ -142,7 +143,7 @@ class Pipeline:
         recorded = [False]
         try:
             replies = await self._deliver_and_record(txn, view, snap, decisions, key, done, qid,
-                                                     head, copies, plan, now, recorded)
+                                                     head, copies, plan, now, recorded, token)
         finally:     # a failed or cancelled record leaves the intent open for a reconcile
             if token is not None and self.intents is not None:
                 self.intents.settle(token, key if recorded[0] else None)
@@ -152,8 +153,9 @@ class Pipeline:
     async def _deliver_and_record(self, txn: Transaction, view: MessageView, snap: Snapshot,
                                   decisions: list[Decision], key: str, done: set[str], qid: str,
                                   head: bytes, copies: dict[str, Copy], plan: Any,
-                                  now: datetime, recorded: list[bool]) -> list[Reply]:
-        results = await self._deliver(txn, snap, copies, key, done, qid, head)
+                                  now: datetime, recorded: list[bool],
+                                  intent: Intent | None = None) -> list[Reply]:
+        results = await self._deliver(txn, snap, copies, key, done, qid, head, intent)
         replies = [self._reply(d, results) for d in decisions]
         after = self.control.writer(plan, key, now) if self.control and plan and any(
             r.ok for r in replies) else None
@@ -204,7 +206,8 @@ class Pipeline:
         return copies
 
     async def _deliver(self, txn: Transaction, snap: Snapshot, copies: dict[str, Copy],
-                       key: str, done: set[str], qid: str, head: bytes = b"") -> dict[str, Reply]:
+                       key: str, done: set[str], qid: str, head: bytes = b"",
+                       intent: Intent | None = None) -> dict[str, Reply]:
         todo = [c for k, c in copies.items() if k not in done]
         received = functools.partial(self.deliverer.received, txn.helo, txn.peer,
                                      txn.protocol.upper(), qid)
@@ -213,9 +216,13 @@ class Pipeline:
                                     ) -> bytes:
                 return base(rcpt) + head
             received = received_with_owner  # type: ignore[assignment]
-        results = await self.deliverer.deliver(
-            todo, snap.book.mailboxes, txn.raw, txn.mail_from, key, received, txn.smtputf8,
-            first_seen=functools.partial(self.registry.first_seen, key), qid=qid) if todo else {}
+        prior = PRIOR.set(intent)      # each Maildir copy writes the intent first (intents.py)
+        try:
+            results = await self.deliverer.deliver(
+                todo, snap.book.mailboxes, txn.raw, txn.mail_from, key, received, txn.smtputf8,
+                first_seen=functools.partial(self.registry.first_seen, key), qid=qid) if todo else {}
+        finally:
+            PRIOR.reset(prior)
         results.update({k: REPLY_ALREADY_DELIVERED for k in copies if k in done})
         return results
 

@@ -145,3 +145,60 @@ async def test_dovecot_lists_our_folder_under_its_unicode_name(dovecot):
                                   "user@example.test", "mailbox", "Финансы", "ALL"],
                                   capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 1, (out.stdout, out.stderr)
+
+
+async def test_copies_asked_together_share_a_thread_hop_and_a_folder_fsync(tmp_path, monkeypatch):
+    """20 copies asked for at once (two folders): every one stored and readable, in fewer
+    writer-thread batches than copies, and each folder's new/ fsync'd once per batch that
+    holds it, not once per copy."""
+    from mailrouter.delivery import maildir
+
+    batches: list[int] = []
+    fsyncs: list[int] = []
+    write_batch, fsync = maildir._write_batch, os.fsync
+
+    def counting_batch(jobs):
+        batches.append(len(jobs))
+        return write_batch(jobs)
+
+    def counting_fsync(fd):
+        fsyncs.append(fd)
+        return fsync(fd)
+
+    monkeypatch.setattr(maildir, "_write_batch", counting_batch)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    md = Maildir(tmp_path / "box", "mx.test")
+    await md.deliver(b"warm\r\n", "warm")                # the folders' descriptors exist
+    await md.deliver(b"warm\r\n", "warm2", "Sales")
+    batches.clear()
+    fsyncs.clear()
+    paths = await asyncio.gather(*(md.deliver(f"copy {i}\r\n".encode(), f"c{i}",
+                                              "Sales" if i % 2 else None) for i in range(20)))
+    assert len(set(paths)) == 20
+    assert sorted(open(p, "rb").read() for p in paths) == sorted(f"copy {i}\r\n".encode()
+                                                                  for i in range(20))
+    assert sum(batches) == 20 and len(batches) < 20
+    assert len(fsyncs) <= 2 * len(batches) < 20
+
+
+async def test_a_failed_folder_fsync_refuses_each_copy_of_its_batch(tmp_path, monkeypatch):
+    """fsync of new/ fails (EIO): every copy waiting on it is a temporary failure (451),
+    none is reported stored; the next batch, with fsync working, stores them."""
+    import errno
+
+    from mailrouter.errors import TemporaryDeliveryError
+
+    md = Maildir(tmp_path / "box", "mx.test")
+    await md.deliver(b"warm\r\n", "warm")
+    fsync = os.fsync
+
+    def broken(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    got = await asyncio.gather(*(md.deliver(b"x\r\n", f"f{i}") for i in range(5)),
+                               return_exceptions=True)
+    assert all(isinstance(g, TemporaryDeliveryError) for g in got), got
+    monkeypatch.setattr(os, "fsync", fsync)
+    got = await asyncio.gather(*(md.deliver(b"x\r\n", f"f{i}") for i in range(5)))
+    assert len(set(got)) == 5

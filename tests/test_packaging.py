@@ -24,34 +24,66 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]).lower()
 
 
-def _imported_distributions() -> set[str]:
-    """The distributions whose modules mailrouter/ imports anywhere (lazily too)."""
+def _guarded(tree: ast.AST) -> set[int]:
+    """ids of the import nodes inside a `try:` whose handlers catch ImportError: optional."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Try):
+            continue
+        caught = set()
+        for h in node.handlers:
+            types = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+            caught |= {t.id for t in types if isinstance(t, ast.Name)}
+        if caught & {"ImportError", "ModuleNotFoundError"}:
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)
+                    if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
+def _imports(optional: bool) -> set[str]:
+    """The distributions whose modules mailrouter/ imports anywhere (lazily too): the ones
+    it needs, or (optional=True) the ones imported under `try: ... except ImportError`,
+    which the code runs without. One not installed here is named by its module."""
     by_module = importlib.metadata.packages_distributions()
     found: set[str] = set()
     for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        guarded = _guarded(tree)
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 tops = [alias.name.split(".")[0] for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 tops = [node.module.split(".")[0]]
             else:
                 continue
+            if (id(node) in guarded) != optional:
+                continue
             for top in tops:
                 if top in sys.stdlib_module_names or top == "mailrouter":
+                    continue
+                if optional and top not in by_module:
+                    found.add(_name(top))
                     continue
                 assert top in by_module, f"{path}: imports {top!r}, which no installed distribution provides"
                 found.update(_name(d) for d in by_module[top])
     return found
 
 
-def test_runtime_dependencies_are_what_the_code_imports():
-    """Every runtime dependency is imported by mailrouter/, and every import is declared.
-    aiosqlite is the one exception: SQLAlchemy loads it for the sqlite+aiosqlite:// URL."""
-    declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
-    loaded_by_url = {"aiosqlite"}
-    imported = _imported_distributions()
-    assert imported - declared == set(), "imported at run time but not in [project] dependencies"
-    assert declared - imported - loaded_by_url == set(), "declared but never imported by mailrouter/"
+def _imported_distributions() -> set[str]:
+    return _imports(optional=False)
+
+
+def test_optional_imports_belong_to_an_extra():
+    """An import the code guards with `except ImportError` (uvloop: daemon.py) is no runtime
+    dependency but is named by an extra other than `test`, so one can install it."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    offered = {_name(r) for name, reqs in extras.items() if name != "test" for r in reqs}
+    runtime = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    optional = _imports(optional=True) - _imported_distributions()
+    assert "uvloop" in optional
+    assert optional - offered == set(), "guarded imports no extra offers"
+    assert optional & runtime == set(), "a guarded import is declared as a runtime dependency"
+    assert {_name(r) for r in extras["fast"]} == {"uvloop"}
 
 
 def test_postgresql_is_an_extra_and_the_test_extra_covers_the_tests():

@@ -21,7 +21,9 @@ loser drops its tmp/ file and reports the copy as delivered. Copies written by
 earlier versions (`mr<id>.<host>`) are recognised in cur/ and, for this
 instance's own host name, in new/.
 Cost: each new copy lists its folder's cur/ once, in a worker thread (about 5 ms
-per 10,000 files on ext4).
+per 10,000 files on ext4). Copies go to the writer threads in batches, as the registry's
+commits do: the copies asked for while earlier batches are being written go together,
+one thread hand-off and one fsync of each folder's new/ for the batch (bench/README.md).
 Known limit: a reader that moves the other instance's copy from new/ to cur/
 in the microseconds between our cur/ listing and our link lets a second copy in.
 
@@ -39,17 +41,34 @@ import itertools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import StorageFullError, TemporaryDeliveryError
 
-__all__ = ["Maildir", "Place", "encode_mutf7", "folder_dirname", "stored"]
+__all__ = ["Maildir", "PRIOR", "Place", "Prior", "encode_mutf7", "folder_dirname", "stored"]
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
-# fsync-bound work: more threads than the default executor's cpu+4, so concurrent
-# deliveries overlap their fsyncs (the journal commits them together).
-_IO = ThreadPoolExecutor(32, "maildir")
+# The writer threads: each takes a batch of copies (`_Batches`), at most IN_FLIGHT per loop.
+_IO = ThreadPoolExecutor(8, "maildir")
+
+
+class Prior(Protocol):
+    """What must be on disk before a copy is made (intents.Intent: the copy's intent). The
+    writer thread writes the priors of a batch's copies together, before any copy of it."""
+
+    def write_group(self, group: Sequence["Prior"]) -> None:
+        """Write `group` (self among them) durably, those not yet written; never raises."""
+
+    def check(self) -> None:
+        """Raise the OSError that kept this one from being written, if one did."""
+
+
+# Set by the pipeline around a message's delivery: every Maildir copy made in that context
+# has this prior written first, in the same thread hop as the copy.
+PRIOR: ContextVar[Prior | None] = ContextVar("maildir_prior", default=None)
 
 
 def encode_mutf7(name: str) -> str:
@@ -94,10 +113,11 @@ class Maildir:
                       folder: str | None = None) -> str:
         """Store one copy durably; return its path. Idempotent per copy_id. `data` may come
         in pieces (our headers, then the message as received): written with one writev,
-        never joined into another copy of the message."""
+        never joined into another copy of the message. Copies asked for together go to
+        the writer thread together (`_Batches`)."""
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                _IO, self._deliver, data, copy_id, folder)
+            return await _batches(loop).put(self, data, copy_id, folder, PRIOR.get())
         except OSError as exc:
             if exc.errno in _FULL:
                 raise StorageFullError(f"maildir {self.root}: {exc.strerror}") from exc
@@ -133,24 +153,33 @@ class Maildir:
         # right now, and a closed number can be reused by an unrelated file.
         self._made.pop(self._box(folder), None)
 
-    def _deliver(self, data: bytes | Sequence[bytes], copy_id: str, folder: str | None) -> str:
+    def _deliver(self, data: bytes | Sequence[bytes], copy_id: str,
+                 folder: str | None) -> tuple[str, int]:
         try:
-            return self._write(data, copy_id, folder)
+            return self._place(data, copy_id, folder)
         except FileNotFoundError:
             self._forget(folder)
-            return self._write(data, copy_id, folder)
+            return self._place(data, copy_id, folder)
 
     def _write(self, data: bytes | Sequence[bytes], copy_id: str, folder: str | None) -> str:
-        # Per copy, in this worker thread: stat, open, write, close, list cur/, link, unlink,
-        # fsync(new/). O_DSYNC makes each write durable (data and size) without a separate
-        # fsync, and new/ stays open instead of open+fsync+close per copy.
+        """One copy, its folder's new/ fsync'd: durable when this returns."""
+        path, dfd = self._place(data, copy_id, folder)
+        os.fsync(dfd)
+        return path
+
+    def _place(self, data: bytes | Sequence[bytes], copy_id: str,
+               folder: str | None) -> tuple[str, int]:
+        """The copy written (O_DSYNC) and linked into new/; returns its path and the
+        descriptor of the new/ to fsync before the copy counts as stored."""
+        # Per copy, in the writer thread: stat, open, write, close, list cur/, link, unlink;
+        # then fsync(new/), once per folder per batch. O_DSYNC makes each write durable
+        # (data and size) without a separate fsync, and new/ stays open.
         box, dfd = self._dir(folder)
         name = f"mr{copy_id}"
         final = box / "new" / name
         for known in (final, box / "new" / f"{name}.{self.host}"):
             if known.exists():
-                os.fsync(dfd)         # a crash may have come before the name was durable
-                return str(known)
+                return str(known), dfd   # fsync'd: a crash may have come before the name was durable
         # tmp/ names are unique per writer: another instance (or thread) may write this copy now
         tmp = box / "tmp" / f"{name}.{self.host}.{os.getpid()}.{next(self._tmp_ids)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o600)
@@ -162,15 +191,107 @@ class Maildir:
             # Listed after the slow write, right before the link: the narrowest window
             seen = _in_cur(box / "cur", name)
             if seen is not None:
-                return str(seen)
+                return str(seen), dfd
             try:
                 os.link(tmp, final)   # exclusive: EEXIST when another writer was first
             except FileExistsError:
                 pass                  # its copy is the copy; ours is dropped below
         finally:
             tmp.unlink(missing_ok=True)
-        os.fsync(dfd)                 # concurrent fsyncs share the journal commit in the kernel
-        return str(final)
+        return str(final), dfd
+
+
+_Job = tuple[Maildir, "bytes | Sequence[bytes]", str, "str | None", "Prior | None"]
+
+
+def _write_batch(jobs: list[_Job]) -> list[str | BaseException]:
+    """In the writer thread: the priors (intents) of the batch's copies written together,
+    every copy of the batch written and linked, then each folder's new/ fsync'd once (the
+    copies in it are stored when that returns). One outcome per job: its path, or the error
+    that refused it (a prior not written refuses its copies, before they are made; an fsync
+    error refuses every copy of its folder)."""
+    out: list[str | BaseException] = []
+    folders: dict[int, list[int]] = {}
+    priors = list({id(j[4]): j[4] for j in jobs if j[4] is not None}.values())
+    if priors:
+        priors[0].write_group(priors)
+    for md, data, copy_id, folder, prior in jobs:
+        try:
+            if prior is not None:
+                prior.check()
+            path, dfd = md._deliver(data, copy_id, folder)
+        except Exception as exc:  # noqa: BLE001 - handed to the copy's awaiting task
+            out.append(exc)
+            continue
+        folders.setdefault(dfd, []).append(len(out))
+        out.append(path)
+    for dfd, which in folders.items():
+        try:
+            os.fsync(dfd)             # concurrent fsyncs share the journal commit in the kernel
+        except OSError as exc:
+            for i in which:
+                out[i] = exc
+    return out
+
+
+class _Batches:
+    """The Maildir hand-off of one event loop, grouped as the registry's commits are: a copy
+    asked for while `IN_FLIGHT` batches are in writer threads waits for the next batch, and
+    goes with every other copy asked for meanwhile: one thread hop and one fsync per folder
+    for the lot, instead of one of each per copy. Alone, a copy goes at once."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pending: list[tuple[_Job, asyncio.Future[str]]] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, md: Maildir, data: bytes | Sequence[bytes], copy_id: str,
+            folder: str | None, prior: Prior | None = None) -> asyncio.Future[str]:
+        fut: asyncio.Future[str] = self.loop.create_future()
+        self._pending.append(((md, data, copy_id, folder, prior), fut))
+        if self._running < self.IN_FLIGHT:
+            self._running += 1
+            task = self.loop.create_task(self._drain(), name="maildir-batch")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    got = await self.loop.run_in_executor(_IO, _write_batch, [j for j, _ in batch])
+                except BaseException as exc:   # the loop is closing: nobody waits forever
+                    batch, self._pending = batch + self._pending, []
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(OSError(errno.EIO, f"maildir writer: {exc!r}"))
+                    raise
+                for (_, fut), outcome in zip(batch, got):
+                    if fut.done():             # its session went away: the copy is stored anyway
+                        continue
+                    if isinstance(outcome, BaseException):
+                        fut.set_exception(outcome)
+                    else:
+                        fut.set_result(outcome)
+        finally:
+            self._running -= 1
+
+
+_BY_LOOP: dict[asyncio.AbstractEventLoop, _Batches] = {}
+
+
+def _batches(loop: asyncio.AbstractEventLoop) -> _Batches:
+    found = _BY_LOOP.get(loop)
+    if found is None:
+        for old in [lp for lp in _BY_LOOP if lp.is_closed()]:
+            del _BY_LOOP[old]
+        found = _BY_LOOP[loop] = _Batches(loop)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
