@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any, Callable, TYPE_CHECKING
 
 import yaml
@@ -96,6 +96,11 @@ class _Fallback(Exception):
     """The document needs the node path."""
 
 
+class _Positions(Exception):
+    """A section asked for without positions needs them after all (an anchor, an alias, a
+    key defined twice): the document is read again with positions everywhere."""
+
+
 _STR = "tag:yaml.org,2002:str"
 _SAFE = yaml.constructor.SafeConstructor()
 _SCALARS = {tag: fn for tag, fn in yaml.constructor.SafeConstructor.yaml_constructors.items()
@@ -118,13 +123,16 @@ _OPEN: Any = object()       # an anchored collection not yet complete
 
 def _plain(value: str, resolvers: tuple[tuple[str, Any], ...], mark: Any,
            source: str, line: int, column: int) -> Any:
-    """A plain scalar that may not be a string: the first resolver that matches decides."""
+    """A plain scalar that may not be a string: the first resolver that matches decides.
+    `line` 0: a string is returned as a str, without its position."""
     for tag, regexp in resolvers:  # noqa: B007 (tag is read after the loop)
         if regexp.match(value):
             break
     else:
         tag = _STR
     if tag == _STR:
+        if not line:
+            return value
         s = LocStr(value)
         s.__dict__ = {"path": source, "line": line, "column": column}
         return s
@@ -149,10 +157,17 @@ def _alias_bomb(source: str, line: int, column: int) -> ConfigError:
                        "many places is better an address of its own, listed by that address")
 
 
-def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
+def _walk(get: Any, source: str, anchors: dict[str, Any],
+          bare: frozenset[str] = frozenset()) -> tuple[Any, Any]:
     """Build the root of the document whose DocumentStartEvent was just read;
     return it and its start mark. Counts the values aliases repeat (ALIAS_BUDGET):
-    `size` is the values in the open collection so far, each alias counted whole."""
+    `size` is the values in the open collection so far, each alias counted whole.
+
+    The collection under a key of the root mapping named in `bare` is built of plain
+    str, dict and list, without positions (a LocStr is a str and a dict; at 100,000
+    aliases the positions were a third of the load); anything there that would need one
+    or that the walk reports itself (an anchor, an alias, a key defined twice or not a
+    plain value) raises _Positions."""
     Scalar, Alias = yaml.ScalarEvent, yaml.AliasEvent
     MapStart, MapEnd = yaml.MappingStartEvent, yaml.MappingEndEvent
     SeqStart, SeqEnd = yaml.SequenceStartEvent, yaml.SequenceEndEvent
@@ -168,10 +183,22 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
     size = 0                     # values in `cur`, itself included, aliases counted whole
     sizes: dict[str, int] = {}   # anchor -> values in its value
     repeated = 0                 # values repeated by aliases so far
+    plain = False                # inside a `bare` section
     while True:
         ev = get()
         t = type(ev)
-        if t is Scalar:
+        if t is Scalar and plain:
+            if ev.tag is not None:
+                raise _Fallback
+            if ev.anchor is not None:
+                raise _Positions
+            value = ev.value
+            if ev.implicit[0] and (res := by_first(value[:1], wildcard)):
+                obj = _plain(value, res, ev.start_mark, source, 0, 0)
+            else:
+                obj = value
+            weight, line, col = 1, 0, 0
+        elif t is Scalar:
             if ev.tag is not None:
                 raise _Fallback
             value = ev.value
@@ -193,11 +220,21 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
         elif t is MapStart or t is SeqStart:
             if ev.tag is not None:
                 raise _Fallback
+            if plain or (bare and ismap and len(stack) == 1 and key is not _NOKEY and key in bare):
+                if ev.anchor is not None:
+                    raise _Positions
+                stack.append((cur, marks, ismap, key, kline, kcol, canchor, size, plain))
+                canchor, size, plain, marks = None, 1, True, None
+                if t is MapStart:
+                    cur, ismap, key = {}, True, _NOKEY
+                else:
+                    cur, ismap = [], False
+                continue
             m = ev.start_mark
             line, col = m.line + 1, m.column + 1
             if root_mark is None:
                 root_mark = m
-            stack.append((cur, marks, ismap, key, kline, kcol, canchor, size))
+            stack.append((cur, marks, ismap, key, kline, kcol, canchor, size, plain))
             canchor, size = ev.anchor, 1
             if canchor is not None:
                 _anchor(anchors, canchor, (_OPEN, line, col, m), m)
@@ -210,12 +247,17 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
             continue
         elif t is MapEnd or t is SeqEnd:
             obj, weight = cur, size
-            line, col = obj.line, obj.column
+            if plain:
+                line = col = 0
+            else:
+                line, col = obj.line, obj.column
             if canchor is not None:
                 anchors[canchor] = (obj, line, col, anchors[canchor][3])
                 sizes[canchor] = weight
-            cur, marks, ismap, key, kline, kcol, canchor, size = stack.pop()
+            cur, marks, ismap, key, kline, kcol, canchor, size, plain = stack.pop()
         elif t is Alias:
+            if plain:
+                raise _Positions
             entry = anchors.get(ev.anchor)
             if entry is None:
                 raise yaml.composer.ComposerError(None, None, "found undefined alias", ev.start_mark)
@@ -232,7 +274,19 @@ def _walk(get: Any, source: str, anchors: dict[str, Any]) -> tuple[Any, Any]:
             raise yaml.composer.ComposerError(None, None, f"unexpected {t.__name__}", ev.start_mark)
         # `obj`, which starts at (line, col), is complete: put it into `cur`
         size += weight
-        if ismap:
+        if plain:
+            if ismap:
+                if key is _NOKEY:
+                    if type(obj) is not str and not isinstance(obj, (int, float, bool)) \
+                            and obj is not None or obj in cur:
+                        raise _Positions        # the error is reported with its position
+                    key = obj
+                else:
+                    cur[key] = obj
+                    key = _NOKEY
+            else:
+                cur.append(obj)
+        elif ismap:
             if key is _NOKEY:
                 if type(obj) is not Str and not isinstance(obj, (str, int, float, bool)) \
                         and obj is not None:
@@ -278,7 +332,7 @@ def _drain(get: Any, anchors: dict[str, Any]) -> None:
                 _anchor(anchors, ev.anchor, (None, 0, 0, ev.start_mark), ev.start_mark)
 
 
-def _load_events(text: str, source: str) -> Any:
+def _load_events(text: str, source: str, bare: frozenset[str] = frozenset()) -> Any:
     parser = _BaseLoader(text)
     get: Callable[[], Any] = parser.get_event
     try:
@@ -288,9 +342,9 @@ def _load_events(text: str, source: str) -> Any:
         anchors: dict[str, Any] = {}
         failed: BaseException | None = None
         try:
-            root, root_mark = _walk(get, source, anchors)
+            root, root_mark = _walk(get, source, anchors, bare)
             get()                               # DocumentEndEvent
-        except (_Fallback, yaml.composer.ComposerError, yaml.parser.ParserError,
+        except (_Fallback, _Positions, yaml.composer.ComposerError, yaml.parser.ParserError,
                 yaml.scanner.ScannerError, yaml.reader.ReaderError):
             raise
         except Exception as exc:                # an error of the constructor's, not the composer's
@@ -418,12 +472,21 @@ def _tab_in_indent(text: str, line: int) -> int:
     return indent.find("\t") + 1
 
 
-def loads(text: str, source: str = "<string>") -> Any:
-    """Parse YAML text; syntax errors become ConfigError with the line."""
+def loads(text: str, source: str = "<string>", bare: Collection[str] = ()) -> Any:
+    """Parse YAML text; syntax errors become ConfigError with the line.
+
+    `bare`: sections (keys of the root mapping) wanted without positions, as plain str,
+    dict and list, when they can be (see `_walk`); a caller that reports an error in
+    them must load the file again without `bare` to name its line."""
     collecting = gc.isenabled()
     gc.disable()      # a big address book is a million new objects and no garbage:
     try:              # without this the cyclic collector runs ~100 times over them
         try:
+            if bare:
+                try:
+                    return _load_events(text, source, frozenset(bare))
+                except _Positions:
+                    pass
             return _load_events(text, source)
         except _Fallback:
             return _load_nodes(text, source)
@@ -443,8 +506,8 @@ def loads(text: str, source: str = "<string>") -> Any:
             gc.enable()
 
 
-def load(path: str | Path) -> Any:
-    """Read and parse one YAML file."""
+def load(path: str | Path, bare: Collection[str] = ()) -> Any:
+    """Read and parse one YAML file (`bare`: see `loads`)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -455,4 +518,4 @@ def load(path: str | Path) -> Any:
                           hint="save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", str(p)) from None
-    return loads(text, str(p))
+    return loads(text, str(p), bare)

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from mailrouter.addresses import AddressBook
+from mailrouter.config import Limits
 from mailrouter.errors import ConfigErrors
+from mailrouter.routing.snapshot import load_snapshot
 
 BAD = Path(__file__).parent / "config" / "bad"
 CASES = sorted(BAD.glob("addr-*.yaml"))
@@ -30,6 +32,15 @@ def test_bad_address_book(path: Path) -> None:
     with pytest.raises(ConfigErrors) as info:
         AddressBook.load(path)
     assert [str(e) for e in info.value.errors] == want
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_bad_address_book_through_the_snapshot(path: Path) -> None:
+    """What `check` and a reload do: the book's sections are first loaded without positions;
+    the errors are still reported with file:line:column, the same as the book alone gives."""
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(path),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == expected(path)
 
 
 def test_defined_twice_across_files(tmp_path: Path) -> None:

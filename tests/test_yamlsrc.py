@@ -344,3 +344,78 @@ def test_aliases_under_the_budget_load(load: Any) -> None:
     inner = doc["rules"][0]["when"]
     assert inner[4]["any"][0] is inner[3] and len(inner) == 5
     assert yamlsrc.ALIAS_BUDGET == 100_000
+
+
+# --- sections without positions (`bare`: the address book's big sections) --------------
+
+def same_bare(got: Any, want: Any) -> None:
+    """Equal values; every string, mapping and list a plain str, dict and list."""
+    assert got == want or (got != got and want != want)
+    assert type(got) in (str, dict, list) or type(got) is type(want), (got, want)
+    if isinstance(got, dict):
+        assert type(got) is dict
+        assert all(type(k) is not LocStr for k in got)
+        for k in got:
+            same_bare(got[k], want[k])
+    elif isinstance(got, list):
+        assert type(got) is list
+        for g, w in zip(got, want):
+            same_bare(g, w)
+    elif isinstance(got, str):
+        assert type(got) is str
+
+
+def test_bare_sections_have_no_positions() -> None:
+    text = ("domains: [example.com]\n"
+            "aliases:\n"
+            "  sales@example.com: mailbox:sales\n"
+            "  group@example.com:\n"
+            "  - p1\n"
+            "  - 7\n"
+            "  - {mailbox: m, folder: 2024-01-02}\n"
+            "rules:\n"
+            "  - {name: r}\n")
+    doc = loads(text, "book.yaml", bare=("aliases",))
+    same_bare(doc["aliases"], yaml.safe_load(text)["aliases"])
+    same_positions(doc["rules"], loads(text, "book.yaml")["rules"])
+    assert where(doc["domains"][0]) == ("book.yaml", 1, 11)
+    assert doc.key_marks == {"domains": (1, 1), "aliases": (2, 1), "rules": (8, 1)}
+
+
+@pytest.mark.parametrize("text", [
+    "aliases: {a: &x b, c: *x}\n",             # an anchor or an alias: walked with positions
+    "aliases: &x {a: b}\nrules: *x\n",
+    "rules: &x [a]\naliases: {a: *x}\n",
+    "aliases: {a: [&x b], c: 1}\n",
+    "aliases: {a: b, a: c}\n",                 # errors: reported as without `bare`
+    "aliases: {? [1] : 2}\n",
+    "aliases: {a: 2023-02-30}\n",
+    "aliases: {a: [b, \n",
+])
+def test_bare_sections_that_need_positions(text: str) -> None:
+    try:
+        want = loads(text, "f.yaml")
+    except Exception:   # noqa: BLE001 (the error is what is compared)
+        assert error(lambda t, s: loads(t, s, bare=("aliases",)), text) == error(loads, text)
+        return
+    same_positions(loads(text, "f.yaml", bare=("aliases",)), want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["aliases", "people", "rules"]), documents, max_size=3),
+       st.sampled_from([None, False]))
+def test_generated_bare_sections(data: Any, flow: bool | None) -> None:
+    """A bare section: the same values as with positions, as plain types; the others with
+    the same positions."""
+    text = yaml.safe_dump(data, default_flow_style=flow, allow_unicode=True, sort_keys=False)
+    want = loads(text, "g.yaml")
+    got = loads(text, "g.yaml", bare=("aliases", "people"))
+    if not isinstance(want, dict):
+        same_positions(got, want)
+        return
+    assert list(got) == list(want) and got.key_marks == want.key_marks
+    for key in want:
+        if key in ("aliases", "people") and isinstance(want[key], (dict, list)):
+            same_bare(got[key], want[key])
+        else:
+            same_positions(got[key], want[key])
