@@ -238,6 +238,24 @@ def test_hash_reads_the_loaded_yaml_as_before() -> None:
     assert _digest(mixed["rules"], {}) == before(mixed["rules"], {})
 
 
+def test_compiled_rules_keep_none_of_the_loaded_yaml() -> None:
+    """The loaded rules (every value with its position: at 10,000 rules 300,000 objects that
+    the cyclic collector walks and that pin memory) are dropped once compiled."""
+    import gc
+    import weakref
+
+    from mailrouter.routing.rules import RuleSet
+    from mailrouter.routing.snapshot import _AnyName, _Names
+    from mailrouter.yamlsrc import loads
+
+    doc = loads(RULES, "r.yaml")
+    specs = [weakref.ref(spec) for spec in doc["rules"]]
+    rules = RuleSet.build(doc["rules"], _Names(_AnyName(), _AnyName(), _AnyName()), {})
+    del doc
+    gc.collect()
+    assert rules.rules and all(ref() is None for ref in specs)
+
+
 def test_index_skips_rules_for_other_recipients() -> None:
     """Rules indexed by recipient or word are not even tested for other messages."""
     lines = ["rules:"]

@@ -75,7 +75,6 @@ class Rule:
     when: Node | None          # None: always matches
     then: Then
     cont: bool
-    spec: Any                  # the YAML as written (lint and hash)
 
 
 class _Builder:
@@ -109,7 +108,7 @@ class _Builder:
         if not isinstance(cont, bool):
             self.err(f"rule {name!r}: 'continue' takes true or false", cont, spec)
         path, line, _ = where(spec, parent)
-        return Rule(name, path, line, pos, when, then or Then(), bool(cont), spec)
+        return Rule(name, path, line, pos, when, then or Then(), bool(cont))
 
     def then(self, name: str, spec: Any, parent: Any) -> Then | None:
         if not isinstance(spec, Mapping) or not spec:
