@@ -476,9 +476,10 @@ def _tab_in_indent(text: str, line: int) -> int:
 
 # --- Faster still: a bare section of one-word scalars, read by a regular expression -------
 #
-# A machine-written alias file is 100,000s of lines `  key: value` and `  - value`. A bare
-# section (the indented lines after a `key:` line at column 1, up to the next line that
-# starts at column 1) made only of such lines, blank lines and comments, each scalar one
+# A machine-written alias file is 100,000s of lines `  key: value`, `  key:` and then
+# `  - value` or `    key: value`. A bare section (the indented lines after a `key:` line at
+# column 1, up to the next line that starts at column 1) made only of such lines (one
+# indentation for the keys, one for each key's lines), blank lines and comments, each scalar one
 # plain word of letters, digits and `_ . / + ~ @ = - :` (never first: `@ = - :`, never last:
 # `:`; no `:` in a key), is read by a regular expression, 3-4x faster than libyaml's events;
 # each scalar is resolved as the walk resolves it (`yes` is True, `12` an int). The file is
@@ -496,6 +497,7 @@ _SKIP = rf"(?:[ ]*(?:{_COMMENT})?\n)*"
 _KEY = r"[\w./+~][\w./+~@=-]*"
 _VALUE = r"[\w./+~][\w./+~@=:-]*(?<!:)"
 _ITEM = re.compile(rf"^[ ]*-[ ]+({_VALUE})", re.M)
+_PAIR = re.compile(rf"^[ ]*({_KEY}):[ ]+({_VALUE})", re.M)
 _SKIP_ALL = re.compile(_SKIP)
 _FIRST = re.compile(rf"{_SKIP}([ ]+)[^ #\n]")
 _BLOCK_END = re.compile(r"\n[^ #\n]")
@@ -506,12 +508,15 @@ _MISSING: Any = object()
 @lru_cache(maxsize=16)
 def _entries(indent: int, skips: bool) -> re.Pattern[str]:
     """One entry of a section indented `indent`: `key: value`, or `key:` and its `- value`
-    lines (at the key's indentation or two more); with `skips`, blank and comment lines
-    before each line (a pattern without is ~2x faster, for files that have none)."""
+    lines (at the key's indentation or two more) or its `key: value` lines (two more);
+    with `skips`, blank and comment lines before each line (a pattern without is ~2x
+    faster, for files that have none)."""
     at, deeper, skip = " " * indent, " " * (indent + 2), _SKIP if skips else ""
     item = rf"-[ ]+{_VALUE}{_EOL}"
+    pair = rf"{_KEY}:[ ]+{_VALUE}{_EOL}"
     return re.compile(rf"{skip}{at}({_KEY}):(?:[ ]+({_VALUE}){_EOL}|{_EOL}"
-                      rf"((?:{skip}{at}{item})+|(?:{skip}{deeper}{item})+))")
+                      rf"(?:((?:{skip}{at}{item})+|(?:{skip}{deeper}{item})+)"
+                      rf"|((?:{skip}{deeper}{pair})+)))")
 
 
 def _word(text: str) -> Any:
@@ -541,15 +546,24 @@ def _bare_entries(block: str, entries: re.Pattern[str]) -> dict[Any, Any] | None
         if m.start() != pos:
             return None
         pos = m.end()
-        k, v, group = m.groups()
+        k, v, group, pairs = m.groups()
         key = word(k) if k[:1] in resolved else k
         if type(key) is not str and not isinstance(key, (int, float, bool)) and key is not None \
                 or key in out:
             return None
         if v is not None:
             out[key] = word(v) if v[:1] in resolved else v
-        else:
+        elif group is not None:
             out[key] = [word(x) if x[:1] in resolved else x for x in items(group)]
+        else:
+            inner: dict[Any, Any] = {}
+            for k, v in _PAIR.findall(pairs):
+                key2 = word(k) if k[:1] in resolved else k
+                if type(key2) is not str and not isinstance(key2, (int, float, bool)) \
+                        and key2 is not None or key2 in inner:
+                    return None
+                inner[key2] = word(v) if v[:1] in resolved else v
+            out[key] = inner
     if not out or _SKIP_ALL.fullmatch(block, pos) is None:
         return None
     return out

@@ -480,6 +480,9 @@ def test_a_machine_written_book_is_read_by_the_expression() -> None:
             "  g@example.com:\n"
             "    - x=1\n"
             "    - 2024-01-02\n"
+            "  h@example.com:\n"
+            "    mailbox: m1  # a folder\n"
+            "    folder: 1\n"
             "rules:\n"
             "  - {name: r}\n")
     fast = yamlsrc._load_bare(text, "f.yaml", frozenset({"aliases"}))
@@ -488,9 +491,10 @@ def test_a_machine_written_book_is_read_by_the_expression() -> None:
                                "b@example.com": ["p1", "a@example.com"],
                                "c@example.com": 12, "d@example.com": True,
                                "e.f+g@example.com": None,
-                               "g@example.com": ["x=1", datetime.date(2024, 1, 2)]}
+                               "g@example.com": ["x=1", datetime.date(2024, 1, 2)],
+                               "h@example.com": {"mailbox": "m1", "folder": 1}}
     same_deep(fast, walked(text, "f.yaml", ("aliases",)))
-    assert where(fast["rules"][0]) == ("f.yaml", 16, 5)
+    assert where(fast["rules"][0]) == ("f.yaml", 19, 5)
 
 
 @pytest.mark.parametrize("text", [
@@ -513,6 +517,9 @@ def test_a_machine_written_book_is_read_by_the_expression() -> None:
     "aliases:\n  a: [b]\n", "aliases:\n  a: {b: c}\n", "aliases:\n  a: 'b'\n",
     "aliases:\n  a: \x85b\n", "aliases:\n  a: b  #\x01\n",
     "aliases:\n   a: b\n  c: d\n",
+    "aliases:\n  a:\n    b: c\n    b: d\n", "aliases:\n  a:\n    b: c\n  - d\n",
+    "aliases:\n  a:\n    b: c\n   d: e\n", "aliases:\n  a:\n    1: c\n    true: d\n",
+    "aliases:\n  a:\n    b: c\n    - d\n", "aliases:\n  a:\n    b:\n    - d\n",
 ])
 def test_bare_sections_the_expression_leaves_to_the_walk(text: str) -> None:
     same_either_way(text)
@@ -557,8 +564,14 @@ def book_sections(draw: Any) -> str:
     keys = words if draw(st.integers(0, 3)) == 0 else st.sampled_from([w for w in SAFE if ":" not in w])
     for key in draw(st.lists(keys, min_size=1, max_size=6, unique=draw(st.integers(0, 5)) > 0)):
         note = draw(st.sampled_from(["", "", "", "", "  # n", " #n", "#n"]))
-        if draw(st.booleans()):
+        kind = draw(st.integers(0, 2))
+        if kind == 0:
             out.append(f"{indent}{key}: {draw(words)}{note}\n")
+        elif kind == 1:
+            deeper = indent + draw(st.sampled_from(["  ", "  ", " ", ""]))
+            out.append(f"{indent}{key}:{note}\n" + "".join(
+                f"{deeper}{k}: {v}\n" for k, v in draw(st.lists(st.tuples(keys, words),
+                                                                 min_size=1, max_size=3))))
         else:
             deeper = indent + draw(st.sampled_from(["", "  ", "", "  ", " "]))
             out.append(f"{indent}{key}:{note}\n" + "".join(
@@ -570,7 +583,7 @@ def book_sections(draw: Any) -> str:
     return "".join(out)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(book_sections(), st.sampled_from(["aliases:", "aliases:  # big", "people:"]),
        st.sampled_from(["", "rules:\n  - {name: r}\n", "zz: 1\n"]))
 def test_generated_book_sections_by_the_expression(body: str, head: str, tail: str) -> None:

@@ -171,8 +171,8 @@ def _merge_map(into: Any, value: Any, key: str, path: str, errors: list[ConfigEr
     if not into:                # the section's first file: its keys cannot clash
         into.update(value)
         marks = getattr(value, "key_marks", None)
-        into.key_marks.update(marks if marks is not None else
-                              {k: (getattr(k, "line", 0), getattr(k, "column", 0)) for k in value})
+        # a section loaded without positions (BARE_SECTIONS) is a plain dict: no key has any
+        into.key_marks.update(marks if marks is not None else dict.fromkeys(value, (0, 0)))
         return
     for k, v in value.items():
         if k in into:
