@@ -244,16 +244,18 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
     short-lived objects and no cycles, and each collection walked all of them (at 100,000
     aliases and 10,000 rules, a third of the load).
 
-    The address book's big sections are loaded without positions (`BARE_SECTIONS`):
-    a load that finds an error loads every file again with positions, and reports
-    what that finds.
+    The address book's big sections are loaded without positions (`BARE_SECTIONS`). A
+    load that finds an error in the files or the book (it stops at the first) loads every
+    file again with positions and reports what that finds. Errors found once the book is
+    built (rules, autoreplies, departments, schedules) do not read the book's sections:
+    they are the ones the load with positions would report, and are reported as they are.
     """
     collecting = gc.isenabled()
     gc.disable()
     try:
         try:
             return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS)
-        except ConfigErrors:
+        except _NeedPositions:
             pass
         return _load_snapshot(patterns, limits, hostname, ())
     finally:
@@ -275,6 +277,10 @@ def _give_back_freed_memory() -> None:
     trim(0)
 
 
+class _NeedPositions(Exception):
+    """A load without positions found an error that needs them to be reported."""
+
+
 def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
                    bare: Sequence[str]) -> Snapshot:
     files = _files(patterns)
@@ -292,11 +298,16 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
     merged = _merge(docs, errors)
+    if bare and errors:
+        raise _NeedPositions
     complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
-        book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width))
+        book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width),
+                                 fail_fast=bool(bare))
     except ConfigErrors as exc:
+        if bare:
+            raise _NeedPositions from None
         errors.extend(exc.errors)
     responders = build_responders(merged["autoreplies"], errors)
     if complete:
