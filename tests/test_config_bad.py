@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from mailrouter.addresses import AddressBook
+from mailrouter.config import Limits
+from mailrouter import yamlsrc
 from mailrouter.errors import ConfigErrors
+from mailrouter.routing import snapshot
+from mailrouter.routing.snapshot import load_snapshot
 
 BAD = Path(__file__).parent / "config" / "bad"
 CASES = sorted(BAD.glob("addr-*.yaml"))
@@ -30,6 +34,49 @@ def test_bad_address_book(path: Path) -> None:
     with pytest.raises(ConfigErrors) as info:
         AddressBook.load(path)
     assert [str(e) for e in info.value.errors] == want
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_bad_address_book_through_the_snapshot(path: Path) -> None:
+    """What `check` and a reload do: the book's sections are first loaded without positions;
+    the errors are still reported with file:line:column, the same as the book alone gives."""
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(path),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == expected(path)
+
+
+def test_errors_after_the_book_are_found_in_one_load(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule's error once the book is built: reported from the load without positions in
+    the book (it reads none of the book's sections), the rules compiled once."""
+    from mailrouter.routing import rules as rules_module
+
+    routing = tmp_path / "r.yaml"
+    routing.write_text("domains: [example.com]\nmailboxes: {s: {maildir: s}}\n"
+                       "aliases:\n  a@example.com: mailbox:s\n"
+                       "rules:\n  - {name: x, when: {subject: a}, then: {mailbox: nosuch}}\n",
+                       encoding="utf-8")
+    built = []
+    real = rules_module.RuleSet.build.__func__     # type: ignore[attr-defined]
+    monkeypatch.setattr(rules_module.RuleSet, "build",
+                        classmethod(lambda cls, *a, **k: built.append(1) or real(cls, *a, **k)))
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(routing),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{routing}:6:51: rule 'x': unknown mailbox 'nosuch'; known mailboxes: s "
+        "(define it under 'mailboxes:')"]
+    assert built == [1]
+    with pytest.raises(ConfigErrors) as positions:   # the load with positions everywhere
+        snapshot._load_snapshot((str(routing),), Limits(), "mx.test", ())
+    assert [str(e) for e in positions.value.errors] == [str(e) for e in info.value.errors]
+
+
+def test_a_book_that_will_be_loaded_again_stops_at_its_first_error() -> None:
+    """`fail_fast` (the load without positions): the first error, at once."""
+    path = BAD / "addr-keys.yaml"
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.build(yamlsrc.load(path), fail_fast=True)
+    assert len(info.value.errors) == 1 and len(expected(path)) > 1
 
 
 def test_defined_twice_across_files(tmp_path: Path) -> None:

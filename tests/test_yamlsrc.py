@@ -344,3 +344,255 @@ def test_aliases_under_the_budget_load(load: Any) -> None:
     inner = doc["rules"][0]["when"]
     assert inner[4]["any"][0] is inner[3] and len(inner) == 5
     assert yamlsrc.ALIAS_BUDGET == 100_000
+
+
+# --- sections without positions (`bare`: the address book's big sections) --------------
+
+def same_bare(got: Any, want: Any) -> None:
+    """Equal values; every string, mapping and list a plain str, dict and list."""
+    assert got == want or (got != got and want != want)
+    assert type(got) in (str, dict, list) or type(got) is type(want), (got, want)
+    if isinstance(got, dict):
+        assert type(got) is dict
+        assert all(type(k) is not LocStr for k in got)
+        for k in got:
+            same_bare(got[k], want[k])
+    elif isinstance(got, list):
+        assert type(got) is list
+        for g, w in zip(got, want):
+            same_bare(g, w)
+    elif isinstance(got, str):
+        assert type(got) is str
+
+
+def test_bare_sections_have_no_positions() -> None:
+    text = ("domains: [example.com]\n"
+            "aliases:\n"
+            "  sales@example.com: mailbox:sales\n"
+            "  group@example.com:\n"
+            "  - p1\n"
+            "  - 7\n"
+            "  - {mailbox: m, folder: 2024-01-02}\n"
+            "rules:\n"
+            "  - {name: r}\n")
+    doc = loads(text, "book.yaml", bare=("aliases",))
+    same_bare(doc["aliases"], yaml.safe_load(text)["aliases"])
+    same_positions(doc["rules"], loads(text, "book.yaml")["rules"])
+    assert where(doc["domains"][0]) == ("book.yaml", 1, 11)
+    assert doc.key_marks == {"domains": (1, 1), "aliases": (2, 1), "rules": (8, 1)}
+
+
+@pytest.mark.parametrize("text", [
+    "aliases: {a: &x b, c: *x}\n",             # an anchor or an alias: walked with positions
+    "aliases: &x {a: b}\nrules: *x\n",
+    "rules: &x [a]\naliases: {a: *x}\n",
+    "aliases: {a: [&x b], c: 1}\n",
+    "aliases: {a: b, a: c}\n",                 # errors: reported as without `bare`
+    "aliases: {? [1] : 2}\n",
+    "aliases: {a: 2023-02-30}\n",
+    "aliases: {a: [b, \n",
+])
+def test_bare_sections_that_need_positions(text: str) -> None:
+    try:
+        want = loads(text, "f.yaml")
+    except Exception:   # noqa: BLE001 (the error is what is compared)
+        assert error(lambda t, s: loads(t, s, bare=("aliases",)), text) == error(loads, text)
+        return
+    same_positions(loads(text, "f.yaml", bare=("aliases",)), want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["aliases", "people", "rules"]), documents, max_size=3),
+       st.sampled_from([None, False]))
+def test_generated_bare_sections(data: Any, flow: bool | None) -> None:
+    """A bare section: the same values as with positions, as plain types; the others with
+    the same positions."""
+    text = yaml.safe_dump(data, default_flow_style=flow, allow_unicode=True, sort_keys=False)
+    want = loads(text, "g.yaml")
+    got = loads(text, "g.yaml", bare=("aliases", "people"))
+    if not isinstance(want, dict):
+        same_positions(got, want)
+        return
+    assert list(got) == list(want) and got.key_marks == want.key_marks
+    for key in want:
+        if key in ("aliases", "people") and isinstance(want[key], (dict, list)):
+            same_bare(got[key], want[key])
+        else:
+            same_positions(got[key], want[key])
+
+
+# --- bare sections read by a regular expression (yamlsrc._load_bare) ---------------------
+
+def walked(text: str, source: str, bare: tuple[str, ...]) -> Any:
+    """`loads` with the regular expression path off: what the event walk gives."""
+    real = yamlsrc._load_bare
+    yamlsrc._load_bare = lambda *args: yamlsrc._MISSING
+    try:
+        return loads(text, source, bare=bare)
+    finally:
+        yamlsrc._load_bare = real
+
+
+def same_deep(a: Any, b: Any) -> None:
+    """Same values and types all the way down (True is not 1), positions where there are."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for (ak, av), (bk, bv) in zip(a.items(), b.items()):
+            same_deep(ak, bk)
+            same_deep(av, bv)
+        if isinstance(a, LocMap):
+            assert a.key_marks == b.key_marks and where(a) == where(b)
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            same_deep(x, y)
+        if isinstance(a, LocList):
+            assert a.item_marks == b.item_marks and where(a) == where(b)
+    else:
+        assert a == b or (a != a and b != b), (a, b)
+        if isinstance(a, LocStr):
+            assert where(a) == where(b)
+
+
+def same_either_way(text: str, bare: tuple[str, ...] = ("aliases", "people")) -> None:
+    try:
+        want = walked(text, "f.yaml", bare)
+    except Exception:   # noqa: BLE001 (the error is what is compared)
+        assert error(lambda t, s: loads(t, s, bare=bare), text) == \
+            error(lambda t, s: walked(t, s, bare), text)
+        return
+    same_deep(loads(text, "f.yaml", bare=bare), want)
+
+
+def test_a_machine_written_book_is_read_by_the_expression() -> None:
+    text = ("domains: [example.com]\n"
+            "aliases:\n"
+            "  a@example.com: mailbox:m0\n"
+            "  b@example.com:\n"
+            "  - p1\n"
+            "  - a@example.com\n"
+            "  c@example.com: 12\n"
+            "  d@example.com: yes\n"
+            "  e.f+g@example.com:   ~   # nothing\n"
+            "\n"
+            "# the rest\n"
+            "  g@example.com:\n"
+            "    - x=1\n"
+            "    - 2024-01-02\n"
+            "  h@example.com:\n"
+            "    mailbox: m1  # a folder\n"
+            "    folder: 1\n"
+            "rules:\n"
+            "  - {name: r}\n")
+    fast = yamlsrc._load_bare(text, "f.yaml", frozenset({"aliases"}))
+    assert fast is not yamlsrc._MISSING
+    assert fast["aliases"] == {"a@example.com": "mailbox:m0",
+                               "b@example.com": ["p1", "a@example.com"],
+                               "c@example.com": 12, "d@example.com": True,
+                               "e.f+g@example.com": None,
+                               "g@example.com": ["x=1", datetime.date(2024, 1, 2)],
+                               "h@example.com": {"mailbox": "m1", "folder": 1}}
+    same_deep(fast, walked(text, "f.yaml", ("aliases",)))
+    assert where(fast["rules"][0]) == ("f.yaml", 19, 5)
+
+
+@pytest.mark.parametrize("text", [
+    "aliases:\n  a: b\n  a: c\n",                   # defined twice: the walk's error
+    "aliases:\n  a: b\n    c\n",                    # a value continued on the next line
+    "aliases:\n  a: b\n  - c\n",
+    "aliases:\n  a:\n    - b\n  - c\n",
+    "aliases:\n  a: 2023-02-30\n",
+    "aliases:\n  a: <<\n", "aliases:\n  a: =\n", "aliases:\n  2024-01-02: a\n",
+    "aliases:\n  1: a\n  true: b\n",
+    "aliases:\n  a: b#c\n", "aliases:\n  a: b # c\n", "aliases:\n  a: b\t# c\n",
+    "aliases:\n  a: b\r\n", "aliases:\n  a: b",
+    "aliases:\n  a: b:\n", "aliases:\n  a: b: c\n", "aliases:\n  a:b: c\n",
+    "rules: [a,\naliases:\n  a: b]\n",              # inside a flow sequence
+    "rules: 'a\naliases:\n  a: b'\n",               # inside a quoted scalar
+    "aliases:\n  a: b\naliases:\n  c: d\n",
+    "- aliases:\n  a: b\n",
+    "x: 1\naliases:\n  a: b\n---\ny: 2\n",
+    "aliases: &x\n  a: b\n",
+    "aliases:\n  a: [b]\n", "aliases:\n  a: {b: c}\n", "aliases:\n  a: 'b'\n",
+    "aliases:\n  a: \x85b\n", "aliases:\n  a: b  #\x01\n",
+    "aliases:\n   a: b\n  c: d\n",
+    "aliases:\n  a:\n    b: c\n    b: d\n", "aliases:\n  a:\n    b: c\n  - d\n",
+    "aliases:\n  a:\n    b: c\n   d: e\n", "aliases:\n  a:\n    1: c\n    true: d\n",
+    "aliases:\n  a:\n    b: c\n    - d\n", "aliases:\n  a:\n    b:\n    - d\n",
+])
+def test_bare_sections_the_expression_leaves_to_the_walk(text: str) -> None:
+    same_either_way(text)
+
+
+WORDS = ["a", "é1_", "a@b.c", "mailbox:m0", "x=1", "~", "null", "yes", "No", "1", "-1", "0x1f",
+         "1.5", ".inf", "2024-01-02", "2023-02-30", "12:30", "<<", "=", ":", "a:", ":a", "-a",
+         "a b", "#x", "'q'", "&x", "*x", "!x", "?x", "[x]", "{x}", "a,b", "%x", "|", ">", "@x",
+         "a#b", "a\tb", "Ё"]
+LINE = st.one_of(
+    st.tuples(st.sampled_from(WORDS), st.sampled_from(WORDS)).map(lambda kv: f"{kv[0]}: {kv[1]}"),
+    st.sampled_from(WORDS).map(lambda k: f"{k}:"),
+    st.sampled_from(WORDS).map(lambda v: f"- {v}"),
+    st.sampled_from(["", "# note", "  # note", "x: 1  # note", "- a # note", "  "]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 2, 2, 2, 4, 3]), LINE), max_size=10),
+       st.sampled_from(["aliases:", "aliases:  # big", "people:"]),
+       st.sampled_from(["", "rules:\n  - {name: r}\n", "zz: 1\n"]))
+def test_generated_bare_sections_by_the_expression(lines: list[tuple[int, str]], head: str,
+                                                   tail: str) -> None:
+    """Hand-written section lines, many not YAML: the expression gives what the walk gives,
+    value and type of every scalar, or the same error."""
+    body = "".join(" " * indent + line + "\n" for indent, line in lines)
+    same_either_way(f"domains: [x]\n{head}\n{body}{tail}")
+
+
+SAFE = ["a", "é1_", "a@b.c", "mailbox:m0", "x=1", "~", "null", "yes", "No", "on", "1", "+1", "0x1f",
+        "0b101", "017", "1_000", "1.5", ".inf", ".NaN", "2024-01-02", "2024-01-02t10:00:00Z", "12:30",
+        "1:2:3.5", "a.b/c+d", "Ёж", "_", "p117", "a-b", "a~b", "٣"]
+
+
+@st.composite
+def book_sections(draw: Any) -> str:
+    """Sections in the machine-written layout, their words mostly ones the expression reads,
+    sometimes with a comment, a blank line, a stray line or a word it does not."""
+    words = st.sampled_from(SAFE) | st.sampled_from(WORDS) if draw(st.integers(0, 3)) == 0 \
+        else st.sampled_from(SAFE)
+    indent = " " * draw(st.sampled_from([2, 2, 1, 4]))
+    out = []
+    keys = words if draw(st.integers(0, 3)) == 0 else st.sampled_from([w for w in SAFE if ":" not in w])
+    for key in draw(st.lists(keys, min_size=1, max_size=6, unique=draw(st.integers(0, 5)) > 0)):
+        note = draw(st.sampled_from(["", "", "", "", "  # n", " #n", "#n"]))
+        kind = draw(st.integers(0, 2))
+        if kind == 0:
+            out.append(f"{indent}{key}: {draw(words)}{note}\n")
+        elif kind == 1:
+            deeper = indent + draw(st.sampled_from(["  ", "  ", " ", ""]))
+            out.append(f"{indent}{key}:{note}\n" + "".join(
+                f"{deeper}{k}: {v}\n" for k, v in draw(st.lists(st.tuples(keys, words),
+                                                                 min_size=1, max_size=3))))
+        else:
+            deeper = indent + draw(st.sampled_from(["", "  ", "", "  ", " "]))
+            out.append(f"{indent}{key}:{note}\n" + "".join(
+                f"{deeper}- {w}\n" for w in draw(st.lists(words, min_size=1, max_size=3))))
+        if draw(st.integers(0, 5)) == 0:
+            out.append(draw(st.sampled_from(["\n", "  \n", "# c\n", "    # c\n"])))
+    if draw(st.integers(0, 6)) == 0:
+        out.insert(draw(st.integers(0, len(out))), " " * draw(st.integers(0, 5)) + draw(LINE) + "\n")
+    return "".join(out)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(book_sections(), st.sampled_from(["aliases:", "aliases:  # big", "people:"]),
+       st.sampled_from(["", "rules:\n  - {name: r}\n", "zz: 1\n"]))
+def test_generated_book_sections_by_the_expression(body: str, head: str, tail: str) -> None:
+    same_either_way(f"domains: [x]\n{head}\n{body}{tail}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(WORDS), st.sampled_from(WORDS)
+                       | st.lists(st.sampled_from(WORDS), min_size=1, max_size=3), max_size=6))
+def test_dumped_bare_sections_by_the_expression(aliases: dict[str, Any]) -> None:
+    same_either_way(yaml.safe_dump({"aliases": aliases, "rules": [{"name": "r"}]},
+                                   allow_unicode=True, sort_keys=False))

@@ -58,14 +58,16 @@ class AddressBook:
         self._by_address = text_map(by_address)
 
     @classmethod
-    def build(cls, sections: Mapping[str, Any], limits: Limits = Limits()) -> AddressBook:
-        """Check and precompute; raises ConfigErrors naming every problem found."""
+    def build(cls, sections: Mapping[str, Any], limits: Limits = Limits(),
+              fail_fast: bool = False) -> AddressBook:
+        """Check and precompute; raises ConfigErrors naming every problem found (with
+        `fail_fast`, the first one, at once: for a load that will be done again)."""
         with _no_gc():
-            return cls._build(sections, limits)
+            return cls._build(sections, limits, fail_fast)
 
     @classmethod
-    def _build(cls, sections: Mapping[str, Any], limits: Limits) -> AddressBook:
-        c = Collector()
+    def _build(cls, sections: Mapping[str, Any], limits: Limits, fail_fast: bool) -> AddressBook:
+        c = Collector(fail_fast)
         p = parse_parts(c, sections)
         nodes = parse_aliases(c, p, sections.get("aliases"))
         _parse_moved(c, sections.get("moved"), p)

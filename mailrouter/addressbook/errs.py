@@ -35,9 +35,10 @@ def at_line(value: Any, default: Any = None) -> str:
 class Collector:
     """Gathers ConfigErrors; `raise_if_any` raises them all at once, sorted by place."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_fast: bool = False) -> None:
         self.errors: list[ConfigError] = []
         self._said: set[tuple[str, str, int, int]] = set()
+        self.fail_fast = fail_fast      # raise at the first error (a load that will be redone)
 
     def add(self, message: str, at: Any, hint: str = "", default: Any = None) -> None:
         """Record one error; the same message at the same place again is dropped (a value
@@ -46,6 +47,8 @@ class Collector:
         if (message, path, line, column) not in self._said:
             self._said.add((message, path, line, column))
             self.errors.append(ConfigError(message, path, line, column, hint))
+            if self.fail_fast:
+                raise ConfigErrors(self.errors)
 
     def unknown_keys(self, entry: Any, allowed: Iterable[str], what: str) -> None:
         allowed = list(allowed)

@@ -39,6 +39,9 @@ MAP_SECTIONS = ("mailboxes", "people", "teams", "aliases", "moved", "calendars",
                 "address_options", "departments")
 LIST_SECTIONS = ("domains", "rules", "tests")
 SECTIONS = MAP_SECTIONS + LIST_SECTIONS
+# The big sections whose file:line only errors name: loaded without positions (yamlsrc's
+# `bare`), and all the files loaded again with positions when the load finds an error.
+BARE_SECTIONS = ("mailboxes", "people", "aliases")
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,8 @@ def _merge_map(into: Any, value: Any, key: str, path: str, errors: list[ConfigEr
     if not into:                # the section's first file: its keys cannot clash
         into.update(value)
         marks = getattr(value, "key_marks", None)
-        into.key_marks.update(marks if marks is not None else
-                              {k: (getattr(k, "line", 0), getattr(k, "column", 0)) for k in value})
+        # a section loaded without positions (BARE_SECTIONS) is a plain dict: no key has any
+        into.key_marks.update(marks if marks is not None else dict.fromkeys(value, (0, 0)))
         return
     for k, v in value.items():
         if k in into:
@@ -240,11 +243,21 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
     `tests:` section is kept. The cyclic GC is off meanwhile: a big book is a million
     short-lived objects and no cycles, and each collection walked all of them (at 100,000
     aliases and 10,000 rules, a third of the load).
+
+    The address book's big sections are loaded without positions (`BARE_SECTIONS`). A
+    load that finds an error in the files or the book (it stops at the first) loads every
+    file again with positions and reports what that finds. Errors found once the book is
+    built (rules, autoreplies, departments, schedules) do not read the book's sections:
+    they are the ones the load with positions would report, and are reported as they are.
     """
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _load_snapshot(patterns, limits, hostname)
+        try:
+            return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS)
+        except _NeedPositions:
+            pass
+        return _load_snapshot(patterns, limits, hostname, ())
     finally:
         if collecting:
             gc.enable()
@@ -264,7 +277,12 @@ def _give_back_freed_memory() -> None:
     trim(0)
 
 
-def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Snapshot:
+class _NeedPositions(Exception):
+    """A load without positions found an error that needs them to be reported."""
+
+
+def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
+                   bare: Sequence[str]) -> Snapshot:
     files = _files(patterns)
     errors: list[ConfigError] = []
     if not files:
@@ -274,17 +292,22 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sn
     for f in files:
         try:
             digest.update(Path(f).read_bytes())
-            docs.append((f, yamlsrc.load(f)))
+            docs.append((f, yamlsrc.load(f, bare)))
         except ConfigError as exc:
             errors.append(exc)
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
     merged = _merge(docs, errors)
+    if bare and errors:
+        raise _NeedPositions
     complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
-        book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width))
+        book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width),
+                                 fail_fast=bool(bare))
     except ConfigErrors as exc:
+        if bare:
+            raise _NeedPositions from None
         errors.extend(exc.errors)
     responders = build_responders(merged["autoreplies"], errors)
     if complete:
