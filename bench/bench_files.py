@@ -145,20 +145,26 @@ def run(a: argparse.Namespace, tmp: Path, started: list[Server]) -> None:
     variants = {"plain": ["-l", "4096"], "body": ["-F", str(body_message(tmp / "body.eml"))]}
     variants = {k: v for k, v in variants.items() if k in a.variants}
     servers: list[tuple[str, str, Server, int]] = []          # (workers, setup, server, port)
+    # Written once: rewriting a running server's files would make its workers reload (each
+    # then builds its own snapshot, unshared).
+    routing = {setup: routing_files(tmp / "files" / setup, *SETUPS[setup]) for setup in a.setups}
     for w in a.workers:
         for setup in a.setups:
             name = f"{setup}/{w}"
-            routing = routing_files(tmp / "files" / setup, *SETUPS[setup])
             t0 = time.perf_counter()
             srv, port = start_mailrouter(tmp / slug(name), a.python, None, w, started,
-                                         routing=routing, smtp_downstream=sink_port, name=name)
+                                         routing=routing[setup], smtp_downstream=sink_port,
+                                         name=name)
             print(f"# started {name}: {SETUPS[setup][0]:,} rules, {SETUPS[setup][1]:,} aliases, "
-                  f"{len(descendants(srv.pid))} processes, listening after {time.perf_counter() - t0:.1f} s",
+                  f"{len(descendants(srv.pid))} processes, listening after {time.perf_counter() - t0:.1f} s; "
+                  + " ".join(f"{k} {v:.0f} MB" for k, v in proc_mem(descendants(srv.pid)).items()),
                   flush=True)
             servers.append((w, setup, srv, port))
-    for _w, _setup, srv, port in servers:                     # unmeasured: caches, first compiles
+    for w, setup, srv, port in servers:                       # unmeasured: caches, first compiles
         for source in variants.values():
             blast(port, a.conns, a.warmup, srv, source)
+        print(f"# warmed {setup}/{w}: " + " ".join(f"{k} {v:.0f} MB" for k, v in
+                                                   proc_mem(descendants(srv.pid)).items()), flush=True)
     print(f"# c={a.conns}, {a.messages} msgs per row, new session per message, rcpt {RCPT}; "
           f"{a.rounds} round(s), the order of the servers rotates each round; memory summed "
           f"over every process of the server")
