@@ -22,6 +22,7 @@ sorts them per page; `subject` is not re-indexed if a retry decodes it different
 from __future__ import annotations
 
 import re
+from functools import cache
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +67,7 @@ def word_rows(key: str, received_at: datetime, subject: str) -> list[dict[str, A
             for w in words_of_subject(subject)]
 
 
+@cache
 def word_insert(dialect: str) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING: a retried message keeps its first rows (and the
     first received_at, as the message row does)."""
