@@ -417,3 +417,22 @@ async def test_sqlite_group_commit_runs_compiled_statements_with_sqlalchemys_row
                           for t in ("messages", "decisions", "deliveries", "subject_words")})
     assert dumps[0]["messages"][0][-1] == 2 and len(dumps[0]["subject_words"]) >= 2
     assert dumps[0] == dumps[1]
+
+
+async def test_sqlite_registry_opens_and_records_when_the_compiled_statements_cannot_be_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled group-commit statements read a private member of SQLAlchemy; a release
+    that changes it turns the fast path off (SQLAlchemy's own execute), it never stops the
+    registry from opening or recording."""
+    from mailrouter.registry import store
+
+    def broken(dialect: object) -> None:
+        raise AttributeError("'SQLiteCompiler' object has no attribute '_bind_processors'")
+    monkeypatch.setattr(store._Prepared, "group", staticmethod(broken))
+    reg = await Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        assert reg._fast is None
+        await reg.record(message(), [decision()], [delivery()])
+        assert await reg.delivered_targets("a" * 64) == {"maildir:finance/.Finance"}
+    finally:
+        await reg.close()

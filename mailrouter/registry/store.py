@@ -286,7 +286,7 @@ class Registry:
         self._wexec = ThreadPoolExecutor(1, "registry-write") if sync_engine else None
         self._rexec = ThreadPoolExecutor(4, "registry-read") if sync_engine else None
         self._dialect = engine.dialect.name
-        self._fast = _Prepared.group(sync_engine.dialect) if sync_engine is not None else None
+        self._fast = _group_statements(sync_engine.dialect) if sync_engine is not None else None
         self._batch_max = max(1, batch_max)
         self._timeout = timeout
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -742,6 +742,17 @@ class _GroupStatements:
                 stmt.run(cursor, rows)
         finally:
             cursor.close()
+
+
+def _group_statements(dialect: Any) -> _GroupStatements | None:
+    """The compiled group-commit statements, or None (SQLAlchemy's own execute) when this
+    SQLAlchemy compiles them in a way _Prepared does not know: it reads a private member
+    (`_bind_processors`), and a release that changes it must cost speed, not the registry."""
+    try:
+        return _Prepared.group(dialect)
+    except Exception as exc:  # noqa: BLE001 (any surprise in SQLAlchemy's internals)
+        log.warning("event=registry_fast_path_off error=%r", str(exc))
+        return None
 
 
 # Built once: constructing the expression per message cost more than running it.
