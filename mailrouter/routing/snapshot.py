@@ -231,7 +231,8 @@ def _check_schedules(teams: Any, calendars: Any) -> list[ConfigError]:
     return errors
 
 
-def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Snapshot:
+def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
+                  built: tuple[str, AddressBook] | None = None) -> Snapshot:
     """Load, check and compile every routing file. Raises ConfigErrors listing all problems.
 
     Every file's problems are reported in one load: a file that cannot be read or parsed
@@ -249,15 +250,19 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
     file again with positions and reports what that finds. Errors found once the book is
     built (rules, autoreplies, departments, schedules) do not read the book's sections:
     they are the ones the load with positions would report, and are reported as they are.
+
+    `built`: (hash, book) of an earlier load, taken as the address book when the files
+    still hash the same and hold no error (daemon.run_workers: the book is built in a
+    child process and sent back, see there); anything else builds the book as before.
     """
     collecting = gc.isenabled()
     gc.disable()
     try:
         try:
-            return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS)
+            return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, built)
         except _NeedPositions:
             pass
-        return _load_snapshot(patterns, limits, hostname, ())
+        return _load_snapshot(patterns, limits, hostname, (), built)
     finally:
         if collecting:
             gc.enable()
@@ -282,7 +287,7 @@ class _NeedPositions(Exception):
 
 
 def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
-                   bare: Sequence[str]) -> Snapshot:
+                   bare: Sequence[str], built: tuple[str, AddressBook] | None = None) -> Snapshot:
     files = _files(patterns)
     errors: list[ConfigError] = []
     if not files:
@@ -303,8 +308,12 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
-        book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width),
-                                 fail_fast=bool(bare))
+        if built is not None and complete and built[0] == digest.hexdigest()[:16]:
+            book = built[1]
+        else:
+            book = AddressBook.build(merged, BookLimits(limits.max_alias_depth,
+                                                        limits.max_alias_width),
+                                     fail_fast=bool(bare))
     except ConfigErrors as exc:
         if bare:
             raise _NeedPositions from None
