@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import os
 import re
@@ -51,7 +50,7 @@ from .outbox import OutboxWorker, Outgoing
 from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
-from .routing.snapshot import Snapshot, _files, load_snapshot
+from .routing.snapshot import Snapshot, _digest, _files, load_snapshot
 from .values import Downstream, Reply, Transaction
 from .web import start_web
 from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, in_child, supervise
@@ -494,13 +493,7 @@ def raise_fd_limit(max_connections: int) -> None:
 def _still_current(snap: Snapshot, config: Config) -> bool:
     """True when the routing files are the ones `snap` was built from, byte for byte."""
     files = tuple(_files(config.routing))
-    digest = hashlib.sha256()
-    try:
-        for f in files:
-            digest.update(Path(f).read_bytes())
-    except OSError:
-        return False
-    return files == snap.files and digest.hexdigest()[:16] == snap.hash
+    return files == snap.files and _digest(files) == snap.hash
 
 
 def _book_of(snap: Snapshot) -> tuple[str, AddressBook]:

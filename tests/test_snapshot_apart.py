@@ -17,7 +17,7 @@ from mailrouter.config import Limits, load_config
 from mailrouter.errors import ConfigErrors
 from mailrouter.routing.snapshot import load_snapshot
 from mailrouter.workers import in_child
-from mailrouter.yamlsrc import loads
+from mailrouter.yamlsrc import loads, where as yamlsrc_where
 
 REPO_RULES = Path(__file__).resolve().parents[1] / "rules"
 
@@ -138,3 +138,54 @@ def test_the_supervisor_takes_the_book_made_in_a_child(tmp_path: Path, monkeypat
     (built,), snap = seen[0]
     assert built is not None and snap.book is built[1] and built[0] == snap.hash
     assert built_here == []
+
+
+DOC = """\
+domains: [example.com]
+aliases:
+  a@example.com: mailbox:sales
+  # a comment
+  b@example.com:
+    - a@example.com
+    - "quoted: text"
+rules:
+  - name: r1
+    when: {subject: hello}
+people: {ann: {address: ann@example.com}}
+mailboxes:
+  sales: {maildir: sales}
+"""
+
+
+def test_skipped_sections_are_not_read_and_the_rest_keeps_its_positions() -> None:
+    got = loads(DOC, "f.yaml", skip=("aliases", "people", "mailboxes"))
+    whole = loads(DOC, "f.yaml")
+    assert got["aliases"] is None and got["mailboxes"] is None
+    assert got["people"] == whole["people"]          # a flow mapping on the key's line: read
+    assert got["rules"] == whole["rules"] and got["domains"] == whole["domains"]
+    rule = got["rules"][0]
+    assert yamlsrc_where(rule["name"]) == yamlsrc_where(whole["rules"][0]["name"]) == ("f.yaml", 9, 11)
+
+
+def test_a_section_whose_end_the_rest_does_not_confirm_is_read_whole() -> None:
+    # `aliases:` at column 1 inside a quoted scalar: no key of the root mapping
+    text = 'domains: ["a,\naliases:\n  b"]\nrules: []\n'
+    whole = loads(text, "f.yaml")
+    assert whole["domains"] == ["a, aliases: b"]
+    assert loads(text, "f.yaml", skip=("aliases",)) == whole
+
+
+def test_a_load_given_the_hash_of_files_with_errors_reports_them_as_before(tmp_path: Path) -> None:
+    from mailrouter.routing.snapshot import _digest, _files
+    rules = _rules(tmp_path)
+    pattern = [str(rules / "*.yaml")]
+    made = load_snapshot(pattern, Limits(), "mx.test").book
+    routing = rules / "routing.yaml"
+    routing.write_text(routing.read_text().replace("rules:", "rules:\n  - {name: x, bogus: 1}", 1))
+    with pytest.raises(ConfigErrors) as without:
+        load_snapshot(pattern, Limits(), "mx.test")
+    digest = _digest(_files(pattern))
+    assert digest is not None
+    with pytest.raises(ConfigErrors) as given:
+        load_snapshot(pattern, Limits(), "mx.test", (digest, made))
+    assert str(given.value) == str(without.value)
