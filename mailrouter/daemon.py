@@ -326,7 +326,11 @@ class App:
         cfg = self.config
         self._mtimes = await asyncio.to_thread(self._routing_mtimes)   # the watcher's too
         try:
-            snap = await asyncio.to_thread(load_snapshot, cfg.routing, cfg.limits, cfg.hostname)
+            # The same files byte for byte (a SIGHUP, a touch, a tool rewriting them): keep the
+            # snapshot the supervisor built and the workers share; a load here would give each
+            # worker its own copy (issue 15: 100,000 aliases at 2.6x the memory of 1,000).
+            snap = self._snapshot if await asyncio.to_thread(_still_current, self._snapshot, cfg) \
+                else await asyncio.to_thread(load_snapshot, cfg.routing, cfg.limits, cfg.hostname)
         except ConfigErrors as exc:
             ok, detail, public = False, str(exc), _public(exc, cfg.routing)
             log.error("event=reload_failed errors=%d kept=%s\n%s", len(exc.errors),

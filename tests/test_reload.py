@@ -169,6 +169,22 @@ async def test_reload_requests_coalesce(make_app, tmp_path):
     assert all(ok is False and "ping.yaml:3:12" in detail for ok, detail in later)
 
 
+async def test_reload_of_unchanged_files_keeps_the_shared_snapshot(make_app, tmp_path):
+    """A reload that finds the routing files byte for byte as loaded (SIGHUP, touch, a tool
+    rewriting them) keeps the snapshot object: in a worker it is the supervisor's copy shared
+    copy-on-write, which a new load would replace by one copy per worker. A change is loaded."""
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    first = app.snapshot()
+    (d / "ping.yaml").write_text(RULE.format(mailbox="finance", folder="A"), encoding="utf-8")
+    assert await app.reload() == (True, first.hash)
+    assert app.snapshot() is first
+    (d / "ping.yaml").write_text(RULE.format(mailbox="finance", folder="B"), encoding="utf-8")
+    ok, new_hash = await app.reload()
+    assert ok and new_hash != first.hash and app.snapshot() is not first
+    assert app.snapshot().hash == new_hash
+
+
 def _raw_post(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
     s.sendall(f"POST /-/reload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n"
