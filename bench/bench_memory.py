@@ -71,9 +71,13 @@ def measure(tmp: Path, n_aliases: int, workers: str, py: str) -> tuple[int, int,
         time.sleep(1)
         pids = descendants(p.pid)
         pss = uss = 0
+        each = []
         for pid in pids:
             a, b = rollup(pid)
             pss, uss = pss + a, uss + b
+            each.append(f"{a / 1024:.1f}/{b / 1024:.1f}")
+        print(f"  aliases={n_aliases}: PSS/USS MB per process (supervisor first): {'  '.join(each)}",
+              flush=True)
         return len(pids), pss, uss
     finally:
         stop_group(p)

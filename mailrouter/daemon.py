@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import logs, metrics, postfixmaps
+from .addresses import AddressBook
 from .admin import serve_admin
 from .config import Config, Limits, Listener
 from .delivery.deliverer import Deliverer
@@ -50,10 +50,10 @@ from .outbox import OutboxWorker, Outgoing
 from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
-from .routing.snapshot import Snapshot, _files, load_snapshot
+from .routing.snapshot import Snapshot, _digest, _files, load_snapshot
 from .values import Downstream, Reply, Transaction
 from .web import start_web
-from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, supervise
+from .workers import HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, in_child, supervise
 
 __all__ = ["App", "run", "loop_factory", "run_loop"]
 
@@ -497,13 +497,11 @@ def raise_fd_limit(max_connections: int) -> None:
 def _still_current(snap: Snapshot, config: Config) -> bool:
     """True when the routing files are the ones `snap` was built from, byte for byte."""
     files = tuple(_files(config.routing))
-    digest = hashlib.sha256()
-    try:
-        for f in files:
-            digest.update(Path(f).read_bytes())
-    except OSError:
-        return False
-    return files == snap.files and digest.hexdigest()[:16] == snap.hash
+    return files == snap.files and _digest(files) == snap.hash
+
+
+def _book_of(snap: Snapshot) -> tuple[str, AddressBook]:
+    return snap.hash, snap.book
 
 
 def run_workers(config: Config) -> int:
@@ -513,10 +511,15 @@ def run_workers(config: Config) -> int:
     and the rules are shared copy-on-write instead of one copy per worker (issue 15:
     100,000 aliases cost 522 MB over the workers, not 192). The heap is frozen out of the
     cyclic collector before the fork, so a collection in a worker does not write to, and so
-    unshare, the pages holding it.
+    unshare, the pages holding it. The address book is built in a child process and sent
+    back (workers.in_child): built here, its objects and the rules' sat among the load's
+    million short-lived ones and pinned ~20 memory arenas that the workers then wrote into
+    (bench/README.md, sixth pass). Errors are found and reported by the load here as before.
     A reload still builds one new snapshot per worker."""
     try:
-        snap = load_snapshot(config.routing, config.limits, config.hostname)
+        built = in_child(lambda: _book_of(load_snapshot(config.routing, config.limits,
+                                                        config.hostname)))
+        snap = load_snapshot(config.routing, config.limits, config.hostname, built)
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)
         return START_FAILED

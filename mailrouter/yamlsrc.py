@@ -609,12 +609,51 @@ def _load_bare(text: str, source: str, bare: frozenset[str]) -> Any:
     return root
 
 
-def loads(text: str, source: str = "<string>", bare: Collection[str] = ()) -> Any:
+def _blank(text: str, skip: Collection[str]) -> tuple[str, dict[str, int]]:
+    """`text` with the lines of each `skip` section written as a block (`key:` alone at
+    column 1, then the lines up to the next one at column 1) blank, and the line of each
+    key so blanked: every other line and column is unchanged, the key's value is None."""
+    if "\r" in text:
+        return text, {}
+    blanked: dict[str, int] = {}
+    for key in skip:
+        at = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
+        if at == 0 and not text.startswith(f"{key}:"):
+            continue
+        head = re.compile(rf"{re.escape(key)}:{_EOL}").match(text, at)
+        if head is None:
+            continue
+        end = _BLOCK_END.search(text, head.end() - 1)
+        stop = end.start() + 1 if end is not None else len(text)
+        if not text.endswith("\n", 0, stop):
+            continue
+        blanked[key] = text.count("\n", 0, head.start()) + 1
+        text = text[:head.end()] + "\n" * text.count("\n", head.end(), stop) + text[stop:]
+    return text, blanked
+
+
+def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
+          skip: Collection[str] = ()) -> Any:
     """Parse YAML text; syntax errors become ConfigError with the line.
 
     `bare`: sections (keys of the root mapping) wanted without positions, as plain str,
     dict and list, when they can be (see `_walk`); a caller that reports an error in
-    them must load the file again without `bare` to name its line."""
+    them must load the file again without `bare` to name its line.
+    `skip`: sections not wanted, not even read when written as a block (their value is
+    then None): for a caller that has what they make already (the supervisor's address
+    book, see routing/snapshot.py). The text is parsed whole when the rest does not
+    confirm where a section ends (its key on its line, column 1, with no value)."""
+    if skip:
+        blank, blanked = _blank(text, skip)
+        if blanked:
+            try:
+                root = loads(blank, source, bare)
+            except ConfigError:
+                root = None
+            if type(root) is LocMap and all(
+                    root.get(k, _MISSING) is None and root.key_marks.get(k) == (line, 1)
+                    for k, line in blanked.items()):
+                return root
     collecting = gc.isenabled()
     gc.disable()      # a big address book is a million new objects and no garbage:
     try:              # without this the cyclic collector runs ~100 times over them
@@ -646,8 +685,8 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = ()) -> An
             gc.enable()
 
 
-def load(path: str | Path, bare: Collection[str] = ()) -> Any:
-    """Read and parse one YAML file (`bare`: see `loads`)."""
+def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = ()) -> Any:
+    """Read and parse one YAML file (`bare`, `skip`: see `loads`)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -658,4 +697,4 @@ def load(path: str | Path, bare: Collection[str] = ()) -> Any:
                           hint="save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", str(p)) from None
-    return loads(text, str(p), bare)
+    return loads(text, str(p), bare, skip)

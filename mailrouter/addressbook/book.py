@@ -57,6 +57,20 @@ class AddressBook:
         self._expansions = expansions       # every address and its targets (compact.py)
         self._by_address = text_map(by_address)
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        """A book pickles (without its caches): daemon.run_workers has it built in a child
+        process and sent back, so that the supervisor's heap, which the workers share, holds
+        the book's few objects packed together instead of each pinning one of the arenas of
+        the load's million short-lived objects."""
+        return (self.domains, self.mailboxes, self.people, dict(self.teams), dict(self.moved),
+                self.options, self.limits, self._expansions, self._by_address)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.domains, self.mailboxes, self.people, teams, moved, self.options, self.limits,
+         self._expansions, self._by_address) = state
+        self.teams, self.moved = MappingProxyType(teams), MappingProxyType(moved)
+        self._expansions.use(make_target)
+
     @classmethod
     def build(cls, sections: Mapping[str, Any], limits: Limits = Limits(),
               fail_fast: bool = False) -> AddressBook:

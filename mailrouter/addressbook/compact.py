@@ -115,6 +115,23 @@ class Expansions:
         self._made: dict[int, tuple[Target, ...]] = {}
         self._make = make
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        """Pickled without the cache of made Targets and without `make` (a closure): an
+        unpickled one makes them with `Target` until `use` gives it another maker
+        (AddressBook does)."""
+        return (self._blob, self._starts, self._terms, self._term_starts, self._offsets,
+                self._srcs, self._idxs)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self._blob, self._starts, self._terms, self._term_starts, self._offsets,
+         self._srcs, self._idxs) = state
+        self._made = {}
+        self._make = Target
+
+    def use(self, make: Callable[[str, str | None, str | None, tuple[str, ...]], Target]) -> None:
+        """Make the Targets with `make` (after unpickling)."""
+        self._make = make
+
     def __len__(self) -> int:
         return len(self._starts) - 1
 

@@ -57,6 +57,16 @@ class CompactMap(Mapping[str, V], Generic[V]):
         self._decode = decode
         self._cache: dict[str, V] = {}
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        """Pickled without the cache of decoded values (see AddressBook.__getstate__)."""
+        return (self._keys, self._key_starts, self._sorted, self._values, self._value_starts,
+                self._decode)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self._keys, self._key_starts, self._sorted, self._values, self._value_starts,
+         self._decode) = state
+        self._cache = {}
+
     def _key(self, n: int) -> bytes:
         return self._keys[self._key_starts[n]:self._key_starts[n + 1]]
 
@@ -139,10 +149,16 @@ def people_map(people: Mapping[str, Person]) -> CompactMap[Person]:
     return CompactMap(people.items(), _encode_person, _decode_person)
 
 
+def _encode_mailbox(b: Mailbox) -> str:
+    return _json([b.name, b.kind, b.where, b.sieve_folders])
+
+
+def _decode_mailbox(text: str) -> Mailbox:
+    return Mailbox(*json.loads(text))
+
+
 def mailbox_map(mailboxes: Mapping[str, Mailbox]) -> CompactMap[Mailbox]:
-    return CompactMap(mailboxes.items(),
-                      lambda b: _json([b.name, b.kind, b.where, b.sieve_folders]),
-                      lambda text: Mailbox(*json.loads(text)))
+    return CompactMap(mailboxes.items(), _encode_mailbox, _decode_mailbox)
 
 
 def text_map(texts: Mapping[str, str]) -> CompactMap[str]:

@@ -231,7 +231,8 @@ def _check_schedules(teams: Any, calendars: Any) -> list[ConfigError]:
     return errors
 
 
-def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Snapshot:
+def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
+                  built: tuple[str, AddressBook] | None = None) -> Snapshot:
     """Load, check and compile every routing file. Raises ConfigErrors listing all problems.
 
     Every file's problems are reported in one load: a file that cannot be read or parsed
@@ -249,10 +250,22 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str) -> Sna
     file again with positions and reports what that finds. Errors found once the book is
     built (rules, autoreplies, departments, schedules) do not read the book's sections:
     they are the ones the load with positions would report, and are reported as they are.
+
+    `built`: (hash, book) of an earlier load, taken as the address book when the files
+    still hash the same and hold no error (daemon.run_workers: the book is built in a
+    child process and sent back, see there); anything else builds the book as before.
     """
     collecting = gc.isenabled()
     gc.disable()
     try:
+        try:
+            try:
+                return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, built)
+            except _NeedPositions:
+                pass
+            return _load_snapshot(patterns, limits, hostname, (), built)
+        except _NotSame:
+            pass
         try:
             return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS)
         except _NeedPositions:
@@ -281,30 +294,59 @@ class _NeedPositions(Exception):
     """A load without positions found an error that needs them to be reported."""
 
 
+class _NotSame(Exception):
+    """A load given a book skipped the book's sections, and the files were not the ones
+    the book was made of, or have an error: to be loaded whole."""
+
+
+def _digest(files: Sequence[str]) -> str | None:
+    """The files' hash as a Snapshot's, None when one cannot be read. Read in small
+    pieces: a worker checking a 5 MB book file with `read_bytes` wrote 5 MB of the heap it
+    shares with the others (glibc serves it from the heap once bigger blocks were freed)."""
+    digest = hashlib.sha256()
+    try:
+        for f in files:
+            with open(f, "rb") as src:
+                while chunk := src.read(1 << 16):
+                    digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()[:16]
+
+
 def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
-                   bare: Sequence[str]) -> Snapshot:
+                   bare: Sequence[str], built: tuple[str, AddressBook] | None = None) -> Snapshot:
     files = _files(patterns)
     errors: list[ConfigError] = []
     if not files:
         raise ConfigErrors([ConfigError(f"no routing files match {', '.join(patterns)}",
                                         hint="set 'routing:' in config.yaml to your rules/*.yaml")])
+    # the book's sections are not even read when the book is given for these very files
+    skip = BARE_SECTIONS if built is not None and _digest(files) == built[0] else ()
     docs, digest = [], hashlib.sha256()
     for f in files:
         try:
             digest.update(Path(f).read_bytes())
-            docs.append((f, yamlsrc.load(f, bare)))
+            docs.append((f, yamlsrc.load(f, bare, skip)))
         except ConfigError as exc:
             errors.append(exc)
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
     merged = _merge(docs, errors)
+    same = built is not None and not errors and built[0] == digest.hexdigest()[:16]
+    if skip and not same:
+        raise _NotSame
     if bare and errors:
         raise _NeedPositions
     complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
-        book = AddressBook.build(merged, BookLimits(limits.max_alias_depth, limits.max_alias_width),
-                                 fail_fast=bool(bare))
+        if built is not None and same:
+            book = built[1]
+        else:
+            book = AddressBook.build(merged, BookLimits(limits.max_alias_depth,
+                                                        limits.max_alias_width),
+                                     fail_fast=bool(bare))
     except ConfigErrors as exc:
         if bare:
             raise _NeedPositions from None
@@ -326,6 +368,8 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
             departments = parse_departments(merged["departments"], book.people, book.mailboxes)
         except ConfigErrors as exc:
             errors.extend(exc.errors)
+    if skip and errors:
+        raise _NotSame
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
     return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), {"tests": merged["tests"]},

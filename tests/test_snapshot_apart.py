@@ -1,0 +1,191 @@
+"""The supervisor's address book made in a child process and sent back (issue 15, memory
+over all workers): a book pickles and reads as before, `in_child` runs its work elsewhere,
+and a load takes a book made earlier only for the very same files without errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mailrouter import daemon
+from mailrouter.addresses import AddressBook
+from mailrouter.config import Limits, load_config
+from mailrouter.errors import ConfigErrors
+from mailrouter.routing.snapshot import load_snapshot
+from mailrouter.workers import in_child
+from mailrouter.yamlsrc import loads, where as yamlsrc_where
+
+REPO_RULES = Path(__file__).resolve().parents[1] / "rules"
+
+BOOK = """
+domains: [example.com]
+mailboxes:
+  sales: {maildir: sales}
+  desk: {lmtp: '127.0.0.1:24', sieve_folders: true}
+people:
+  zoe: {address: Zoe@Example.com, name: Зоя, away: ['2027-01-05..2027-01-09', 2027-02-01]}
+  ann: {address: ann@example.com, mailbox: sales, deputy: zoe}
+teams:
+  help: {members: [zoe, ann]}
+aliases:
+  team@example.com: [zoe, ann]
+  all@example.com: [team@example.com, mailbox:desk]
+  chain@example.com: all@example.com
+moved:
+  old@example.com: {now: ann@example.com}
+"""
+
+ASKED = ["team@example.com", "all@example.com", "chain+x@example.com", "zoe@example.com",
+         "ann@example.com", "old@example.com", "nobody@example.com", "a@elsewhere.test",
+         "Postmaster"]
+
+
+def _book() -> AddressBook:
+    return AddressBook.build(loads(BOOK))
+
+
+def test_a_book_pickles_and_reads_as_before_without_its_caches() -> None:
+    book = _book()
+    fresh = pickle.dumps(book)
+    copy = pickle.loads(fresh)
+    assert [copy.resolve(a) for a in ASKED] == [book.resolve(a) for a in ASKED]
+    assert [copy.knows(a) for a in ASKED] == [book.knows(a) for a in ASKED]
+    assert copy.addresses() == book.addresses()
+    assert dict(copy.people) == dict(book.people)
+    assert dict(copy.mailboxes) == dict(book.mailboxes)
+    assert dict(copy.teams) == dict(book.teams) and dict(copy.moved) == dict(book.moved)
+    assert (copy.domains, copy.options, copy.limits) == (book.domains, book.options, book.limits)
+    with pytest.raises(TypeError):                 # still read-only
+        copy.teams["x"] = None                     # type: ignore[index]
+    assert pickle.dumps(book) == fresh             # what was resolved is not sent along
+
+
+def test_in_child_runs_the_work_in_another_process() -> None:
+    assert in_child(os.getpid) not in (None, os.getpid())
+    assert in_child(lambda: [1, "two"]) == [1, "two"]
+    assert in_child(lambda: 1 // 0) is None        # raised: the caller does the work itself
+    assert in_child(lambda: lambda: 1) is None     # cannot be pickled
+
+
+def _rules(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("company.yaml", "routing.yaml"):
+        shutil.copy(REPO_RULES / name, rules / name)
+    return rules
+
+
+def test_a_load_takes_a_book_made_earlier_only_for_the_same_files(tmp_path: Path) -> None:
+    rules = _rules(tmp_path)
+    pattern = [str(rules / "*.yaml")]
+    first = load_snapshot(pattern, Limits(), "mx.test")
+    made = pickle.loads(pickle.dumps(first.book))
+    again = load_snapshot(pattern, Limits(), "mx.test", (first.hash, made))
+    assert again.book is made and again.hash == first.hash
+    assert load_snapshot(pattern, Limits(), "mx.test", ("0" * 16, made)).book is not made
+    routing = rules / "routing.yaml"
+    routing.write_text(routing.read_text() + "\nbogus_section: 1\n")
+    with pytest.raises(ConfigErrors) as without:
+        load_snapshot(pattern, Limits(), "mx.test")
+    with pytest.raises(ConfigErrors) as given:           # the files changed since: as before
+        load_snapshot(pattern, Limits(), "mx.test", (first.hash, made))
+    assert str(given.value) == str(without.value)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_supervisor_takes_the_book_made_in_a_child(tmp_path: Path, monkeypatch) -> None:
+    """run_workers builds no address book itself: the snapshot its workers are forked with
+    holds the one a child process made and sent back."""
+    parent = os.getpid()
+    built_here: list[int] = []
+    real_build = AddressBook.build.__func__          # type: ignore[attr-defined]
+
+    def build(cls, *args, **kwargs):                 # type: ignore[no-untyped-def]
+        if os.getpid() == parent:
+            built_here.append(1)
+        return real_build(cls, *args, **kwargs)
+
+    seen = []
+    real_load = daemon.load_snapshot
+
+    def load(*args):                                 # type: ignore[no-untyped-def]
+        snap = real_load(*args)
+        if os.getpid() == parent:
+            seen.append((args[3:], snap))
+        return snap
+
+    def stop(url: str) -> None:
+        raise _Stop
+
+    monkeypatch.setattr(AddressBook, "build", classmethod(build))
+    monkeypatch.setattr(daemon, "load_snapshot", load)
+    monkeypatch.setattr(daemon, "upgrade", stop)        # right after the load
+    rules = _rules(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"hostname: mx.test\nrouting: ['{rules}/*.yaml']\n"
+                   f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'r.db'}'}}\n"
+                   f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\nworkers: 2\n")
+    with pytest.raises(_Stop):
+        daemon.run_workers(load_config(cfg))
+    assert len(seen) == 1
+    (built,), snap = seen[0]
+    assert built is not None and snap.book is built[1] and built[0] == snap.hash
+    assert built_here == []
+
+
+DOC = """\
+domains: [example.com]
+aliases:
+  a@example.com: mailbox:sales
+  # a comment
+  b@example.com:
+    - a@example.com
+    - "quoted: text"
+rules:
+  - name: r1
+    when: {subject: hello}
+people: {ann: {address: ann@example.com}}
+mailboxes:
+  sales: {maildir: sales}
+"""
+
+
+def test_skipped_sections_are_not_read_and_the_rest_keeps_its_positions() -> None:
+    got = loads(DOC, "f.yaml", skip=("aliases", "people", "mailboxes"))
+    whole = loads(DOC, "f.yaml")
+    assert got["aliases"] is None and got["mailboxes"] is None
+    assert got["people"] == whole["people"]          # a flow mapping on the key's line: read
+    assert got["rules"] == whole["rules"] and got["domains"] == whole["domains"]
+    rule = got["rules"][0]
+    assert yamlsrc_where(rule["name"]) == yamlsrc_where(whole["rules"][0]["name"]) == ("f.yaml", 9, 11)
+
+
+def test_a_section_whose_end_the_rest_does_not_confirm_is_read_whole() -> None:
+    # `aliases:` at column 1 inside a quoted scalar: no key of the root mapping
+    text = 'domains: ["a,\naliases:\n  b"]\nrules: []\n'
+    whole = loads(text, "f.yaml")
+    assert whole["domains"] == ["a, aliases: b"]
+    assert loads(text, "f.yaml", skip=("aliases",)) == whole
+
+
+def test_a_load_given_the_hash_of_files_with_errors_reports_them_as_before(tmp_path: Path) -> None:
+    from mailrouter.routing.snapshot import _digest, _files
+    rules = _rules(tmp_path)
+    pattern = [str(rules / "*.yaml")]
+    made = load_snapshot(pattern, Limits(), "mx.test").book
+    routing = rules / "routing.yaml"
+    routing.write_text(routing.read_text().replace("rules:", "rules:\n  - {name: x, bogus: 1}", 1))
+    with pytest.raises(ConfigErrors) as without:
+        load_snapshot(pattern, Limits(), "mx.test")
+    digest = _digest(_files(pattern))
+    assert digest is not None
+    with pytest.raises(ConfigErrors) as given:
+        load_snapshot(pattern, Limits(), "mx.test", (digest, made))
+    assert str(given.value) == str(without.value)
