@@ -572,51 +572,31 @@ def _bare_entries(block: str, entries: re.Pattern[str]) -> dict[Any, Any] | None
 def _load_bare(text: str, source: str, bare: frozenset[str]) -> Any:
     """The document with the bare sections `_bare_block` can read read so; _MISSING when
     none can or the parse of the rest does not confirm them (see above)."""
-    if "\r" in text:
-        return _MISSING
-    found: dict[str, tuple[int, dict[Any, Any]]] = {}
-    for key in bare:
-        at = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
-        if at == 0 and not text.startswith(f"{key}:"):
-            continue
-        head = re.compile(rf"{re.escape(key)}:{_EOL}").match(text, at)
-        if head is None:
-            continue
-        end = _BLOCK_END.search(text, head.end() - 1)
-        stop = end.start() + 1 if end is not None else len(text)
-        if not text.endswith("\n", 0, stop):
-            continue
-        block = text[head.end():stop]
-        try:
-            value = _bare_block(block)
-        except Exception:       # noqa: BLE001 (a scalar that does not resolve: the walk says why)
-            value = None
-        if value is not None:
-            found[key] = (text.count("\n", 0, head.start()) + 1, value)
-            text = text[:head.end()] + "\n" * block.count("\n") + text[stop:]
+    text, found = _blank(text, bare, _bare_block)
     if not found:
         return _MISSING
     try:
         root = _load_events(text, source, bare)
     except Exception:           # noqa: BLE001 (reported by the parse of the whole text)
         return _MISSING
-    if type(root) is not LocMap:
+    if not _confirms(root, found):
         return _MISSING
-    for key, (line, value) in found.items():
-        if root.get(key, _MISSING) is not None or root.key_marks.get(key) != (line, 1):
-            return _MISSING
+    for key, (_, value) in found.items():
         root[key] = value
     return root
 
 
-def _blank(text: str, skip: Collection[str]) -> tuple[str, dict[str, int]]:
-    """`text` with the lines of each `skip` section written as a block (`key:` alone at
-    column 1, then the lines up to the next one at column 1) blank, and the line of each
-    key so blanked: every other line and column is unchanged, the key's value is None."""
+def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None = None,
+           ) -> tuple[str, dict[str, tuple[int, Any]]]:
+    """`text` with the lines of each `keys` section written as a block (`key:` alone at
+    column 1, then the lines up to the next one at column 1) blank, and for each key so
+    blanked its line and `read(block)` (None without `read`; a section `read` cannot read,
+    None or an error, is left as it is): every other line and column is unchanged, and
+    the key's value in the blanked text is None."""
     if "\r" in text:
         return text, {}
-    blanked: dict[str, int] = {}
-    for key in skip:
+    blanked: dict[str, tuple[int, Any]] = {}
+    for key in keys:
         at = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
         if at == 0 and not text.startswith(f"{key}:"):
             continue
@@ -627,9 +607,26 @@ def _blank(text: str, skip: Collection[str]) -> tuple[str, dict[str, int]]:
         stop = end.start() + 1 if end is not None else len(text)
         if not text.endswith("\n", 0, stop):
             continue
-        blanked[key] = text.count("\n", 0, head.start()) + 1
+        value = None
+        if read is not None:
+            try:
+                value = read(text[head.end():stop])
+            except Exception:   # noqa: BLE001 (a scalar that does not resolve: the walk says why)
+                value = None
+            if value is None:
+                continue
+        blanked[key] = (text.count("\n", 0, head.start()) + 1, value)
         text = text[:head.end()] + "\n" * text.count("\n", head.end(), stop) + text[stop:]
     return text, blanked
+
+
+def _confirms(root: Any, blanked: dict[str, tuple[int, Any]]) -> bool:
+    """The parse of a blanked text has each blanked key on its line, column 1, with no
+    value: then the text before a section ends a key of the root mapping as in the whole
+    text, and the section's lines are that key's value."""
+    return type(root) is LocMap and all(
+        root.get(k, _MISSING) is None and root.key_marks.get(k) == (line, 1)
+        for k, (line, _) in blanked.items())
 
 
 def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
@@ -650,9 +647,7 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                 root = loads(blank, source, bare)
             except ConfigError:
                 root = None
-            if type(root) is LocMap and all(
-                    root.get(k, _MISSING) is None and root.key_marks.get(k) == (line, 1)
-                    for k, line in blanked.items()):
+            if _confirms(root, blanked):
                 return root
     collecting = gc.isenabled()
     gc.disable()      # a big address book is a million new objects and no garbage:
