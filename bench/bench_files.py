@@ -37,11 +37,8 @@ r10k CPU within 1.3x of base; a100k memory within 1.3x of base.
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -53,7 +50,7 @@ import yaml
 from bench_addresses import sections
 from bench_rules import mix_yaml
 from bench_smtp import (REPO, SMTP_SOURCE, Probe, Server, descendants, free_port, median, pct,
-                        slug, start_mailrouter, start_sink)
+                        slug, start_mailrouter, start_sink, stopping)
 
 RCPT = "sales@example.com"
 SETUPS = {"base": (10, 1_000), "r1k": (1_000, 1_000), "r10k": (10_000, 1_000),
@@ -225,21 +222,8 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs mailrouter")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="mrfiles."))
-    started: list[Server] = []
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
+    with stopping("mrfiles.", a.keep) as (tmp, started):
         run(a, tmp, started)
-    finally:
-        for srv in reversed(started):
-            try:
-                srv.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                print(f"# could not stop {srv.name}: {exc!r}", file=sys.stderr)
-        if a.keep:
-            print(f"# kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

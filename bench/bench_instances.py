@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_smtp import REPO, SMTP_SOURCE, Server, cpu_seconds, descendants, start_mailrouter
+from bench_smtp import (REPO, SMTP_SOURCE, Server, cpu_seconds, descendants, start_mailrouter,
+                        stopping)
 
 sys.path.insert(0, str(REPO))
 from tests.support.pg import PgCluster, pg_bin  # noqa: E402 - needs the repo on the path
@@ -128,21 +126,13 @@ def main() -> int:
     if bindir is None:
         print("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="mrinst."))
-    tmp.chmod(0o755)
-    started: list[Server] = []
     pg = PgCluster(bindir)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        run(a, tmp, started, pg)
+        with stopping("mrinst.") as (tmp, started):
+            tmp.chmod(0o755)
+            run(a, tmp, started, pg)
     finally:
-        for srv in reversed(started):
-            try:
-                srv.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                print(f"# could not stop {srv.name}: {exc!r}", file=sys.stderr)
-        pg.remove()
-        shutil.rmtree(tmp, ignore_errors=True)
+        pg.remove()         # after the servers that use it
     return 0
 
 

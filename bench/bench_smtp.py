@@ -40,6 +40,7 @@ during a level through its parent. Postfix runs with its own config directory
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -52,7 +53,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -525,6 +526,28 @@ def summary(a: argparse.Namespace, names: list[str], res: dict[tuple[int, str], 
             print(f"  {n:<22} p50 {p50:6.2f}  p99 {median([r['p99'] for r in idles[n]]):6.2f}{ratio}")
 
 
+@contextlib.contextmanager
+def stopping(prefix: str, keep: bool = False) -> Iterator[tuple[Path, list[Server]]]:
+    """A temp dir and the list the run adds its servers to: on leaving, however it is left
+    (SIGTERM ends the run as Ctrl-C does), every server is stopped, newest first, and the
+    dir is removed unless `keep`."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    started: list[Server] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield tmp, started
+    finally:
+        for srv in reversed(started):
+            try:
+                srv.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"# could not stop {srv.name}: {exc!r}", file=sys.stderr)
+        if keep:
+            print(f"# kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=2000, help="messages per level (2000)")
@@ -554,22 +577,8 @@ def main() -> int:
                     help="rounds of every level; summary gives best-of and medians (1)")
     a = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="mrbench."))
-    started: list[Server] = []
-    # SIGTERM ends the run as Ctrl-C does: through the finally below, which stops everything.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
+    with stopping("mrbench.", a.keep) as (tmp, started):
         run(a, tmp, started)
-    finally:
-        for srv in reversed(started):
-            try:
-                srv.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                print(f"# could not stop {srv.name}: {exc!r}", file=sys.stderr)
-        if a.keep:
-            print(f"# kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
