@@ -43,7 +43,7 @@ import email.header
 import functools
 import math
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 __all__ = [
     "CYRILLIC_HEADER_CANDIDATES",
@@ -249,21 +249,10 @@ def decode_bytes(data: bytes, label: str | None,
                  candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES) -> Decoded:
     """Decode ``data`` declared as ``label`` (None: no label); guess when the label is absent,
     unknown or plainly wrong.  Never raises."""
-    notes: list[str] = []
-    defects: list[str] = []
-    codec = resolve_charset(label)
-    if label and codec is None:
-        text, codec = guess_decode(data, candidates)
-        notes.append(f"guessed {codec} for unknown charset {label!r}")
-        defects.append(f"unknown charset {label!r}")
-    elif codec is None:
-        text, codec = guess_decode(data, candidates)
-        if codec != "ascii":
-            notes.append(f"raw 8-bit guessed {codec}")
-    elif _mislabelled(data, codec):
-        text, guessed = guess_decode(data, candidates)
-        notes.append(f"declared {label} but bytes are {guessed}")
-        codec = guessed
+    codec, guessed, notes, defects = _choose_charset(
+        label, lambda: guess_decode(data, candidates)[1], lambda c: _mislabelled(data, c))
+    if guessed:
+        text = data.decode(codec, "replace")      # guess_decode's text
     else:
         try:
             text = data.decode(codec)
@@ -273,6 +262,31 @@ def decode_bytes(data: bytes, label: str | None,
     if "\ufffd" in text and not defects:
         defects.append(f"bytes not valid in {codec}, replaced")
     return Decoded(text, codec, notes, defects)
+
+
+def _choose_charset(label: str | None, guess: Callable[[], str],
+                    mislabelled: Callable[[str], bool]) -> tuple[str, bool, list[str], list[str]]:
+    """(codec, whether it was guessed, notes, defects) for bytes declared as ``label``: the
+    label's codec unless it is absent, unknown or `mislabelled`, else `guess()`; for
+    decode_bytes (whole bytes) and inspect_bytes (a piece at a time) alike."""
+    notes: list[str] = []
+    defects: list[str] = []
+    codec = resolve_charset(label)
+    if label and codec is None:
+        codec = guess()
+        notes.append(f"guessed {codec} for unknown charset {label!r}")
+        defects.append(f"unknown charset {label!r}")
+    elif codec is None:
+        codec = guess()
+        if codec != "ascii":
+            notes.append(f"raw 8-bit guessed {codec}")
+    elif mislabelled(codec):
+        guessed = guess()
+        notes.append(f"declared {label} but bytes are {guessed}")
+        codec = guessed
+    else:
+        return codec, False, notes, defects
+    return codec, True, notes, defects
 
 
 def _mislabelled(data: bytes, codec: str) -> bool:
@@ -455,21 +469,9 @@ def inspect_bytes(data: bytes, label: str | None,
     end = len(data) if end is None else end
     if end - start <= size:
         return decode_bytes(data[start:end], label, candidates)
-    notes: list[str] = []
-    defects: list[str] = []
-    codec = resolve_charset(label)
-    if label and codec is None:
-        codec = _guess_pieces(data, start, end, size, candidates)
-        notes.append(f"guessed {codec} for unknown charset {label!r}")
-        defects.append(f"unknown charset {label!r}")
-    elif codec is None:
-        codec = _guess_pieces(data, start, end, size, candidates)
-        if codec != "ascii":
-            notes.append(f"raw 8-bit guessed {codec}")
-    elif _mislabelled_pieces(data, start, end, size, codec):
-        guessed = _guess_pieces(data, start, end, size, candidates)
-        notes.append(f"declared {label} but bytes are {guessed}")
-        codec = guessed
+    codec, _, notes, defects = _choose_charset(
+        label, lambda: _guess_pieces(data, start, end, size, candidates),
+        lambda c: _mislabelled_pieces(data, start, end, size, c))
     if codec != "ascii" and not defects and any(     # ascii: only ASCII bytes get here
             "\ufffd" in t for t in decode_pieces(data, codec, start, end, size)):
         defects.append(f"bytes not valid in {codec}, replaced")
