@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from mailrouter.delivery.maildir import Maildir, encode_mutf7, folder_dirname
+from mailrouter.delivery.maildir import Maildir, _write_batch, encode_mutf7, folder_dirname
 
 
 @pytest.mark.parametrize("name, encoded", [
@@ -78,6 +78,14 @@ async def test_copy_from_an_earlier_version_is_recognised(tmp_path):
     assert sorted(f.name for f in (box / "new").iterdir()) == ["mrold", "mrold2.mx.test", "mrseed"]
 
 
+def _write_now(md: Maildir, data: bytes, copy_id: str) -> str:
+    """One copy stored by the writer threads' own batch function, in this thread."""
+    (got,) = _write_batch([(md, data, copy_id, None, None)])
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
 def test_same_copy_written_at_once_is_stored_once(tmp_path):
     """Many writers (threads with their own Maildir objects, as separate instances would be)
     writing the same copy at the same moment: exactly one file in new/, the same one (inode)
@@ -85,7 +93,7 @@ def test_same_copy_written_at_once_is_stored_once(tmp_path):
     replace a copy another writer had already reported as stored."""
     import threading
     box = tmp_path / "box"
-    Maildir(box, "seed")._write(b"seed\r\n", "seed", None)
+    _write_now(Maildir(box, "seed"), b"seed\r\n", "seed")
     for round_ in range(50):
         writers = [Maildir(box, f"mx{n}.test") for n in range(8)]
         start = threading.Barrier(len(writers))
@@ -95,7 +103,7 @@ def test_same_copy_written_at_once_is_stored_once(tmp_path):
         def write(md: Maildir, copy_id: str, start: threading.Barrier = start,
                   paths: list[str] = paths, inodes: set[int] = inodes) -> None:
             start.wait()
-            paths.append(md._write(f"by {md.host}\r\n".encode(), copy_id, None))
+            paths.append(_write_now(md, f"by {md.host}\r\n".encode(), copy_id))
             inodes.add(os.stat(paths[-1]).st_ino)
         threads = [threading.Thread(target=write, args=(md, f"r{round_}")) for md in writers]
         for t in threads:

@@ -161,12 +161,6 @@ class Maildir:
             self._forget(folder)
             return self._place(data, copy_id, folder)
 
-    def _write(self, data: bytes | Sequence[bytes], copy_id: str, folder: str | None) -> str:
-        """One copy, its folder's new/ fsync'd: durable when this returns."""
-        path, dfd = self._place(data, copy_id, folder)
-        os.fsync(dfd)
-        return path
-
     def _place(self, data: bytes | Sequence[bytes], copy_id: str,
                folder: str | None) -> tuple[str, int]:
         """The copy written (O_DSYNC) and linked into new/; returns its path and the
