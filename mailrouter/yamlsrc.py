@@ -493,7 +493,8 @@ def _tab_in_indent(text: str, line: int) -> int:
 
 _COMMENT = r"#[^\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]*"   # what libyaml reads there
 _EOL = rf"(?:[ ]+(?:{_COMMENT})?)?\n"
-_SKIP = rf"(?:[ ]*(?:{_COMMENT})?\n)*"
+_SKIP = rf"(?:[ ]*(?:{_COMMENT})?\n)*+"   # possessive: a long run of blank lines is no
+# backtracking stack (a skipped section's 225,000 blank lines took 70 MB with `*`)
 _KEY = r"[\w./+~][\w./+~@=-]*"
 _VALUE = r"[\w./+~][\w./+~@=:-]*(?<!:)"
 _ITEM = re.compile(rf"^[ ]*-[ ]+({_VALUE})", re.M)
@@ -596,6 +597,7 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
     if "\r" in text:
         return text, {}
     blanked: dict[str, tuple[int, Any]] = {}
+    spans: list[tuple[int, int]] = []    # (start, stop) of the lines to blank
     for key in keys:
         at = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
         if at == 0 and not text.startswith(f"{key}:"):
@@ -616,8 +618,17 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
             if value is None:
                 continue
         blanked[key] = (text.count("\n", 0, head.start()) + 1, value)
-        text = text[:head.end()] + "\n" * text.count("\n", head.end(), stop) + text[stop:]
-    return text, blanked
+        spans.append((head.end(), stop))
+    if not spans:
+        return text, blanked
+    # one new text, not a copy per section (a 5 MB book made three of each)
+    pieces: list[str] = []
+    at = 0
+    for start, stop in sorted(spans):
+        pieces += (text[at:start], "\n" * text.count("\n", start, stop))
+        at = stop
+    pieces.append(text[at:])
+    return "".join(pieces), blanked
 
 
 def _confirms(root: Any, blanked: dict[str, tuple[int, Any]]) -> bool:
