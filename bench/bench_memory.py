@@ -38,7 +38,22 @@ def rollup(pid: int) -> tuple[int, int]:
     return got["Pss"], got["Private_Clean"] + got["Private_Dirty"]
 
 
-def measure(tmp: Path, n_aliases: int, workers: str, py: str) -> tuple[int, int, int]:
+def reloads_done(db: Path) -> int:
+    """Reload attempts the registry recorded (one row per worker per reload)."""
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM reloads").fetchone()[0])
+
+
+def send(port: int, n: int, tag: str) -> None:
+    for i in range(n):
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.sendmail("m@bench.test", ["sales@example.com"],
+                       f"Subject: {tag}{i}\r\n\r\nhello\r\n".encode())
+
+
+def measure(tmp: Path, n_aliases: int, workers: str, py: str,
+            reload: bool = False) -> tuple[int, int, int]:
     book = sections(n_aliases, max(10, n_aliases // 10))
     del book["domains"], book["mailboxes"]
     company = yaml.safe_load((REPO / "rules" / "company.yaml").read_text())
@@ -64,10 +79,21 @@ def measure(tmp: Path, n_aliases: int, workers: str, py: str) -> tuple[int, int,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_port(smtp, p, 120)
-        for i in range(10):
-            with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
-                s.sendmail("m@bench.test", ["sales@example.com"],
-                           f"Subject: m{i}\r\n\r\nhello\r\n".encode())
+        send(smtp, 10, "m")
+        if reload:
+            # a real change (one alias more): every worker loads the files again
+            nworkers = len(descendants(p.pid)) - 1
+            text = (rules / "company.yaml").read_text()
+            (rules / "company.yaml").write_text(
+                text.replace("aliases:\n", "aliases:\n  reloaded@example.com: mailbox:m1\n", 1))
+            before = reloads_done(tmp / "registry.db")
+            p.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 120
+            while reloads_done(tmp / "registry.db") < before + nworkers:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the workers did not all reload within 120 s")
+                time.sleep(0.2)
+            send(smtp, 10, "r")
         time.sleep(1)
         pids = descendants(p.pid)
         pss = uss = 0
@@ -87,12 +113,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="2")
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--reload", action="store_true",
+                    help="measure after a reload that changes the files (one alias added)")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     got = {}
     with tempfile.TemporaryDirectory(prefix="mrmem.") as tmp:
         for n in (1_000, 100_000):
-            procs, pss, uss = measure(Path(tmp) / str(n), n, a.workers, a.python)
+            procs, pss, uss = measure(Path(tmp) / str(n), n, a.workers, a.python, a.reload)
             got[n] = pss
             print(f"aliases={n:>7} workers={a.workers} processes={procs}: PSS {pss / 1024:7.1f} MB  "
                   f"USS {uss / 1024:7.1f} MB  (summed)", flush=True)

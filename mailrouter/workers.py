@@ -28,13 +28,16 @@ import os
 import pickle
 import signal
 import socket
+import subprocess
+import sys
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from .config import Config
 from .errors import ListenError
 
-__all__ = ["bind", "supervise", "in_child", "PARENT_RELOAD_SIGNAL", "HANDLED"]
+__all__ = ["bind", "supervise", "in_child", "in_new_process", "PARENT_RELOAD_SIGNAL",
+           "HANDLED"]
 
 log = logging.getLogger("mailrouter.workers")
 PARENT_RELOAD_SIGNAL = signal.SIGUSR1      # worker 0 -> parent: "reload the others"
@@ -105,6 +108,44 @@ def in_child(work: Callable[[], T]) -> T | None:
     except Exception:  # noqa: BLE001 (as if the child had failed)
         return None
     return result
+
+
+def in_new_process(work: Callable[..., T], *args: Any, timeout: float = 600.0) -> T | None:
+    """`work(*args)` run in a new interpreter (`python -m mailrouter.workers`), its result
+    pickled back; None when it raised, took longer than `timeout`, or could not start.
+
+    in_child for a process that runs threads (a worker: its registry, Maildir and loop
+    threads): a fork copies only the forking thread, and a lock another thread held at
+    that moment stays held forever in the child. `work` must be a module-level function
+    and its arguments picklable (they travel by name and by value)."""
+    name = getattr(work, "__qualname__", repr(work))
+    try:
+        sent = pickle.dumps((work, args), protocol=pickle.HIGHEST_PROTOCOL)
+        done = subprocess.run([sys.executable, "-m", "mailrouter.workers"], input=sent,
+                              capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError, pickle.PicklingError, AttributeError,
+            TypeError) as exc:
+        log.warning("event=new_process_failed work=%s error=%r", name, str(exc))
+        return None
+    if done.returncode != 0 or not done.stdout:
+        log.warning("event=new_process_failed work=%s code=%d stderr=%r", name,
+                    done.returncode, done.stderr[-2000:])
+        return None
+    try:
+        result: T = pickle.loads(done.stdout)
+    except Exception:  # noqa: BLE001 (as if the process had failed)
+        return None
+    return result
+
+
+def _run_sent_work() -> int:
+    """The new process of in_new_process: (work, args) from stdin, the pickled result to
+    stdout. Dies with the thread that started it."""
+    _die_with_parent()
+    work, args = pickle.load(sys.stdin.buffer)
+    sys.stdout.buffer.write(pickle.dumps(work(*args), protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+    return 0
 
 
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL}
@@ -201,3 +242,7 @@ def supervise(config: Config, child: Callable[[int], int],
         if not stopping:
             start(index)
     return code
+
+
+if __name__ == "__main__":
+    sys.exit(_run_sent_work())

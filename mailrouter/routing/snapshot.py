@@ -33,7 +33,7 @@ from ..values import REPLY_OK, Action, Decision
 from .responders import Responder, build_responders, check_responder_names
 from .rules import RuleSet
 
-__all__ = ["Snapshot", "load_snapshot", "envelope_sender", "SECTIONS"]
+__all__ = ["Snapshot", "load_snapshot", "load_book", "envelope_sender", "SECTIONS"]
 
 MAP_SECTIONS = ("mailboxes", "people", "teams", "aliases", "moved", "calendars", "autoreplies",
                 "address_options", "departments")
@@ -275,6 +275,39 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         if collecting:
             gc.enable()
         _give_back_freed_memory()
+
+
+def load_book(patterns: Sequence[str], limits: Limits) -> tuple[str, AddressBook] | None:
+    """Only the address book of the routing files, and the hash a Snapshot of them would
+    have: `load_snapshot(..., built=)`'s `built`. None when the files cannot be read or the
+    book's load finds an error: `load_snapshot` then loads them whole and reports it.
+
+    For a process that builds the book to send it to another (daemon: the supervisor's
+    child at start, a new process at a worker's reload): the rules are not compiled."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        files = _files(patterns)
+        errors: list[ConfigError] = []
+        docs, digest = [], hashlib.sha256()
+        for f in files:
+            try:
+                digest.update(Path(f).read_bytes())
+                docs.append((f, yamlsrc.load(f, BARE_SECTIONS)))
+            except (ConfigError, OSError):
+                return None
+        merged = _merge(docs, errors)
+        if not files or errors:
+            return None
+        try:
+            book = AddressBook.build(merged, BookLimits(limits.max_alias_depth,
+                                                        limits.max_alias_width), fail_fast=True)
+        except ConfigErrors:
+            return None
+        return digest.hexdigest()[:16], book
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _give_back_freed_memory() -> None:
