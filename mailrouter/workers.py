@@ -204,6 +204,7 @@ def supervise(config: Config, child: Callable[[int], int],
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL):
         signal.signal(sig, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)   # held since the bind (run_workers)
     def start(index: int) -> None:
         pid = _spawn(index, child)
         workers[pid] = index
