@@ -60,9 +60,20 @@ Stored = Callable[[Place], bool]      # does the copy exist (new/ or cur/)?
 
 class _File:
     def __init__(self, directory: Path) -> None:
+        # Made under a name a reconcile does not read, locked, then named: a journal a
+        # reconcile can see is locked by its live process from the start. Made as NAME.jrn
+        # and locked after, another worker's reconcile could take the lock in between: our
+        # flock failed (EAGAIN: 451 to the message) and it removed our new journal.
         self.path = directory / f"{os.getpid()}.{next(_run)}.{os.urandom(3).hex()}.jrn"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # ours while we live
+        making = self.path.with_name(self.path.name + ".new")
+        self.fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # ours while we live
+            os.rename(making, self.path)
+        except OSError:
+            os.close(self.fd)
+            making.unlink(missing_ok=True)
+            raise
         self.size, self.open_intents = 0, 0
 
 

@@ -65,3 +65,37 @@ async def test_an_intent_not_written_refuses_its_copies(make_app, monkeypatch, t
     assert (await _send(app.bound["smtp"][1]))[0].startswith("250 2.0.0")
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     assert await app.registry.count_messages() == 1
+
+
+def test_a_new_journal_is_never_seen_unlocked(tmp_path, monkeypatch):
+    """Another worker's reconcile reads every *.jrn whose flock it can take. A journal made
+    under its own name and locked after could be taken in between: our flock then failed
+    (EAGAIN, 451 to the message; seen once in the full suite) and the reconcile removed the
+    new journal. Now no *.jrn exists before it is locked."""
+    import fcntl
+    import os
+    import types
+    visible_before_lock: list[str] = []
+    real_flock = fcntl.flock
+
+    def flock(fd: int, op: int) -> None:             # the instant before our lock
+        visible_before_lock.extend(p.name for p in tmp_path.glob("*.jrn"))
+        real_flock(fd, op)
+
+    monkeypatch.setattr(intents, "fcntl", types.SimpleNamespace(
+        flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB))
+    journal = intents.Intents(tmp_path, stored=lambda place: False)._current()
+    assert visible_before_lock == []
+    assert [p.name for p in tmp_path.iterdir()] == [journal.path.name]   # no *.new left
+    assert journal.path.suffix == ".jrn"
+    other = os.open(journal.path, os.O_RDONLY)        # a reconcile now: it is ours
+    try:
+        try:
+            real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = True
+        except BlockingIOError:
+            taken = False
+        assert not taken
+    finally:
+        os.close(other)
+        os.close(journal.fd)
