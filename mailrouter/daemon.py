@@ -550,20 +550,27 @@ def run_workers(config: Config) -> int:
     gc.collect()        # before the listeners exist: a SIGTERM then finds supervise's handlers
     gc.freeze()
     from prometheus_client import multiprocess
+    early: list[int] = []
+    before: dict[int, Any] = {}
     try:
         asyncio.run(upgrade(config.registry.url))
         asyncio.run(reconcile_intents(config))   # before the listeners: see intents.py
         # From the moment the listeners exist a client may connect, and a SIGTERM may come
-        # (a test, an init system): held until supervise has its handlers, which drain the
-        # workers; arriving before, it killed the supervisor outright (exit -15).
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        # (a test, an init system): noted here and handed to supervise once it has its
+        # handlers, which drain the workers; arriving before, it killed the supervisor
+        # outright (exit -15). A handler, not a blocked mask: a thread the registry left
+        # behind would take a signal the main thread blocks.
+        before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig))
+                  for sig in HANDLED}
         sockets = {name: bind(lst.host, lst.port, name)
                    for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
     except (ListenError, RegistryError) as exc:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
         return _start_failed(str(exc))
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
     return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,
                                                       snapshot=snap)),
-                     on_exit=lambda pid: multiprocess.mark_process_dead(pid))  # type: ignore[no-untyped-call]
+                     on_exit=lambda pid: multiprocess.mark_process_dead(pid),  # type: ignore[no-untyped-call]
+                     early=early)

@@ -179,8 +179,11 @@ START_FAILED = 2    # a worker's exit code when it could not start: not worth a 
 
 
 def supervise(config: Config, child: Callable[[int], int],
-              on_exit: Callable[[int], None] = lambda pid: None) -> int:
-    """Fork `config.workers` children running `child(index)`; return the exit code."""
+              on_exit: Callable[[int], None] = lambda pid: None,
+              early: list[int] | None = None) -> int:
+    """Fork `config.workers` children running `child(index)`; return the exit code.
+    `early`: signals that came before these handlers (run_workers notes them from the
+    bind on), handled first."""
     workers: dict[int, int] = {}            # pid -> index
     stopping = False
 
@@ -204,7 +207,8 @@ def supervise(config: Config, child: Callable[[int], int],
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL):
         signal.signal(sig, on_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)   # held since the bind (run_workers)
+    for got in list(early or ()):
+        on_signal(got, None)
     def start(index: int) -> None:
         pid = _spawn(index, child)
         workers[pid] = index

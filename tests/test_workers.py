@@ -138,22 +138,26 @@ def test_sigterm_while_workers_start_is_a_clean_stop(tmp_path):
 def test_a_sigterm_once_the_listeners_exist_waits_for_the_supervisors_handlers(tmp_path,
                                                                                monkeypatch):
     """From the bind on, a client may connect, and so a SIGTERM may come before supervise
-    has its handlers: it is held until then (it killed the supervisor outright, exit -15,
-    in 1 of ~15 runs of the clean-stop test above)."""
+    has its handlers: it is noted and handed to supervise (it killed the supervisor
+    outright, exit -15, in 1 of ~15 runs of the clean-stop test above). With a thread
+    running, as one the registry left behind: it may take the signal."""
+    import threading
     from mailrouter import daemon
     from mailrouter.config import load_config
     from tests.support.daemon import RULES
-    seen: list[str] = []
+    seen: list[object] = []
     real_bind = daemon.bind
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
 
     def bind_then_sigterm(*args):                    # type: ignore[no-untyped-def]
         sock = real_bind(*args)
         os.kill(os.getpid(), signal.SIGTERM)         # the moment the listener exists
         return sock
 
-    def supervise(config, child, on_exit):           # type: ignore[no-untyped-def]
-        signal.signal(signal.SIGTERM, lambda *_: seen.append("supervisor"))
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, daemon.HANDLED)   # as supervise does
+    def supervise(config, child, on_exit, early):    # type: ignore[no-untyped-def]
+        seen.append(list(early))
         return 0
 
     cfg = tmp_path / "config.yaml"
@@ -163,10 +167,33 @@ def test_a_sigterm_once_the_listeners_exist_waits_for_the_supervisors_handlers(t
                    f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\nworkers: 2\n")
     monkeypatch.setattr(daemon, "bind", bind_then_sigterm)
     monkeypatch.setattr(daemon, "supervise", supervise)
-    before = signal.signal(signal.SIGTERM, lambda *_: seen.append("too early"))
+    before = {sig: signal.signal(sig, lambda *_: seen.append("too early"))
+              for sig in daemon.HANDLED}
     try:
         assert daemon.run_workers(load_config(cfg)) == 0
     finally:
-        signal.signal(signal.SIGTERM, before)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, daemon.HANDLED)
-    assert seen == ["supervisor"]
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        stop.set()
+    assert seen == [[signal.SIGTERM]]
+
+
+def test_supervise_handles_the_early_signals_first(tmp_path):
+    """A SIGTERM noted before supervise's handlers stops it before any worker starts."""
+    import types
+    from mailrouter.workers import supervise
+    marker = tmp_path / "started"
+
+    def child(index: int) -> int:
+        marker.write_text(str(index))
+        return 0
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT,
+                                                       signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        assert supervise(types.SimpleNamespace(workers=2), child,     # type: ignore[arg-type]
+                         early=[signal.SIGTERM]) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert not marker.exists()
