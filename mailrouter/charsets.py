@@ -324,7 +324,15 @@ def decode_header_bytes(raw: bytes | str) -> Decoded:
     notes: list[str] = []
     defects: list[str] = []
     pieces: list[str] = []
-    for chunk, label in _merge(_split_words(data, defects)):
+    if data.isascii() and b"=?" not in data:
+        # No encoded-word (the stdlib's decode_header finds none without "=?") and no 8-bit
+        # byte: the one unlabelled ASCII chunk decode_bytes would decode, with nothing to note.
+        # Most headers are this; the words, the merge and the guess are skipped.
+        pieces.append(data.decode("ascii"))
+        parts: list[_PART] = []
+    else:
+        parts = _merge(_split_words(data, defects))
+    for chunk, label in parts:
         decoded = decode_bytes(chunk, label)
         pieces.append(decoded.text)
         notes += [n for n in decoded.notes if n not in notes]
