@@ -92,6 +92,8 @@ class Deliverer:
     def __init__(self, cfg: DeliveryConfig, hostname: str) -> None:
         self.cfg, self.hostname = cfg, hostname
         self._maildirs: dict[Path, Maildir] = {}
+        self._roots: dict[str, Path] = {}          # mailbox.where -> its Maildir root
+        self._date: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")  # a second -> its RFC 5322 date
         self._clients: dict[str, TransactionClient] = {}
         cap = cfg.max_connections_per_downstream
         if cfg.lmtp:
@@ -111,10 +113,17 @@ class Deliverer:
     def received(self, helo: str, peer: str, proto: str, qid: str, rcpt: str | None) -> bytes:
         """Our Received: line (RFC 5321 4.4); the `for` clause only for a single recipient."""
         helo = header_text(helo)   # the intake refuses controls too
-        now = format_datetime(datetime.now(UTC))
+        now = self._date_text(datetime.now(UTC))
         rcpt_for = f"\r\n\tfor <{header_text(rcpt)}>" if rcpt is not None else ""
         return (f"Received: from {helo} ({peer})\r\n\tby {self.hostname} (mailrouter) with {proto}"
                 f" id {qid}{rcpt_for}; {now}\r\n").encode("utf-8", "surrogateescape")
+
+    def _date_text(self, at: datetime) -> str:
+        """format_datetime(at), made once per second (it shows no fraction of one)."""
+        second = at.replace(microsecond=0)
+        if self._date[0] != second:
+            self._date = (second, format_datetime(second))
+        return self._date[1]
 
     async def deliver(self, copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox], raw: bytes,
                       mail_from: str, key: str, received: Received, smtputf8: bool = False,
@@ -132,7 +141,7 @@ class Deliverer:
             started = time.perf_counter()
             reply = await _guarded(c.target.key, self._maildir(c.target, mailboxes[c.target.mailbox],
                                                                data, key))
-            metrics.DELIVERY_SECONDS.labels("maildir").observe(time.perf_counter() - started)
+            metrics.child(metrics.DELIVERY_SECONDS, "maildir").observe(time.perf_counter() - started)
             _count("maildir", reply)
             return {c.target.key: _Answer(reply)}
 
@@ -159,8 +168,12 @@ class Deliverer:
         return DELIVERED
 
     def _root(self, mailbox: Mailbox) -> Path:
-        where = Path(mailbox.where)
-        return where if where.is_absolute() else self.cfg.maildir_root / where
+        root = self._roots.get(mailbox.where)
+        if root is None:
+            where = Path(mailbox.where)
+            root = self._roots[mailbox.where] = (
+                where if where.is_absolute() else self.cfg.maildir_root / where)
+        return root
 
     def places(self, copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox],
                key: str) -> list[Place]:
@@ -210,7 +223,7 @@ class Deliverer:
         except Exception:  # a bug in a backend must defer, never bounce or crash
             log.exception("event=delivery_crashed qid=%s backend=%s", qid, kind)
             replies, fallback = {}, DeliveryError.reply
-        metrics.DELIVERY_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        metrics.child(metrics.DELIVERY_SECONDS, kind).observe(time.perf_counter() - started)
         out: dict[str, _Answer] = {}
         for target, addr in addrs.items():
             got = replies.get(addr)
@@ -223,7 +236,7 @@ class Deliverer:
                 level = logging.DEBUG if got.ok else logging.WARNING
                 log.log(level, "event=downstream_reply qid=%s backend=%s target=%s downstream=%r "
                         "reply=%r", qid, kind, target, str(got), str(out[target].reply))
-            metrics.DOWNSTREAM_REPLIES.labels(kind, _result(out[target].reply)).inc()
+            metrics.child(metrics.DOWNSTREAM_REPLIES, kind, _result(out[target].reply)).inc()
             _count(kind, out[target].reply)
         return out
 
@@ -325,7 +338,7 @@ def _copy_id(key: str, target: Target) -> str:
 
 def _count(backend: str, reply: Reply) -> None:
     """One copy's outcome (a 5xx that _hold turns into 451 counts as `held` there)."""
-    metrics.DELIVERIES.labels(backend, _result(reply)).inc()
+    metrics.child(metrics.DELIVERIES, backend, _result(reply)).inc()
     if reply.temporary:
         metrics.TEMPFAILS.labels("maildir" if backend == "maildir" else "downstream").inc()
 
