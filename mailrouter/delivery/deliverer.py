@@ -93,6 +93,7 @@ class Deliverer:
         self.cfg, self.hostname = cfg, hostname
         self._maildirs: dict[Path, Maildir] = {}
         self._roots: dict[str, Path] = {}          # mailbox.where -> its Maildir root
+        self._boxes: dict[tuple[Path, str | None], str] = {}   # (root, folder) -> its folder
         self._date: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")  # a second -> its RFC 5322 date
         self._clients: dict[str, TransactionClient] = {}
         cap = cfg.max_connections_per_downstream
@@ -184,11 +185,14 @@ class Deliverer:
             if mailbox.kind != "maildir":
                 continue
             root = self._root(mailbox)
-            try:
-                box = root / folder_dirname(c.target.folder) if c.target.folder else root
-            except ValueError:
-                continue             # refused by the Maildir too: no copy will exist
-            out.append(Place(c.target.key, str(box), f"mr{_copy_id(key, c.target)}"))
+            box = self._boxes.get((root, c.target.folder))
+            if box is None:
+                try:
+                    box = str(root / folder_dirname(c.target.folder) if c.target.folder else root)
+                except ValueError:
+                    continue             # refused by the Maildir too: no copy will exist
+                self._boxes[(root, c.target.folder)] = box
+            out.append(Place(c.target.key, box, f"mr{_copy_id(key, c.target)}"))
         return out
 
     def stored(self, place: Place) -> bool:
