@@ -112,3 +112,35 @@ async def test_copy_paths_are_the_names_pathlib_made(tmp_path):
     os.rename(got, moved)
     assert await md.deliver(b"Subject: a\r\n\r\nx\r\n", "c0ffee", "Финансы") == str(moved)
     assert _in_cur(moved.parent, "mrc0ffee") == str(moved)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2046, 2047, 2048, 4095, 4096, 65536, 65537, 300_000])
+def test_content_hash_is_sha256_of_the_bytes(size):
+    """Hashed in pieces under 2048 bytes (the GIL stays with the loop): the same digest."""
+    import hashlib
+    raw = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    assert MessageView(raw).content_hash == hashlib.sha256(raw).hexdigest()
+
+
+def test_short_message_is_hashed_without_letting_go_of_the_gil(monkeypatch):
+    """Every piece handed to hashlib is under HASHLIB_GIL_MINSIZE (2048) up to 64 KB."""
+    import hashlib
+
+    from mailrouter import message
+    sizes: list[int] = []
+    real = hashlib.sha256
+
+    class Spy:
+        def __init__(self) -> None:
+            self.inner = real()
+
+        def update(self, data: bytes) -> None:
+            sizes.append(len(data))
+            self.inner.update(data)
+
+        def hexdigest(self) -> str:
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(message.hashlib, "sha256", lambda *a: Spy())
+    message.sha256_hex(b"y" * 60_000)
+    assert sizes and max(sizes) < 2048 and sum(sizes) == 60_000
