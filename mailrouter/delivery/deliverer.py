@@ -149,8 +149,9 @@ class Deliverer:
         async def group(kind: str, group: list[Copy]) -> dict[str, _Answer]:
             return await self._downstream(kind, group, mailboxes, raw, mail_from, received,
                                           smtputf8, qid)
-        parts = await asyncio.gather(*(one(c) for c in local),
-                                     *(group(k, g) for k, g in remote.items()))
+        work = [one(c) for c in local] + [group(k, g) for k, g in remote.items()]
+        # one copy (most mail): awaited here, without a task of its own and its loop turn
+        parts = [await work[0]] if len(work) == 1 else await asyncio.gather(*work)
         answers = {k: a for part in parts for k, a in part.items()}
         refused = {k: a for k, a in answers.items()
                    if a.downstream is not None and refuses_mailbox(a.downstream)}
