@@ -3,7 +3,7 @@
     # once: the messages the tests build (any tree's tests; only the bytes are kept)
     PYTHONPATH=$PWD python bench/diff_views.py --harvest /tmp/dv-msgs
     # then the same dump from each tree, and a diff
-    PYTHONPATH=/work/main python bench/diff_views.py --extra /tmp/dv-msgs > /tmp/old.jsonl
+    PYTHONPATH=../main python bench/diff_views.py --extra /tmp/dv-msgs > /tmp/old.jsonl
     PYTHONPATH=$PWD python bench/diff_views.py --extra /tmp/dv-msgs > /tmp/new.jsonl
     cmp /tmp/old.jsonl /tmp/new.jsonl && echo identical
 
