@@ -324,7 +324,15 @@ def decode_header_bytes(raw: bytes | str) -> Decoded:
     notes: list[str] = []
     defects: list[str] = []
     pieces: list[str] = []
-    for chunk, label in _merge(_split_words(data, defects)):
+    if _plain_ascii(data):
+        # No encoded-word (the stdlib's decode_header finds none without "=?") and no 8-bit
+        # byte: the one unlabelled ASCII chunk decode_bytes would decode, with nothing to note.
+        # Most headers are this; the words, the merge and the guess are skipped.
+        pieces.append(data.decode("ascii"))
+        parts: list[_PART] = []
+    else:
+        parts = _merge(_split_words(data, defects))
+    for chunk, label in parts:
         decoded = decode_bytes(chunk, label)
         pieces.append(decoded.text)
         notes += [n for n in decoded.notes if n not in notes]
@@ -336,6 +344,11 @@ def decode_header_bytes(raw: bytes | str) -> Decoded:
         text = _UNSAFE.sub(" ", text)
         defects.append("CR, LF or NUL in a decoded value replaced by spaces")
     return Decoded(text.strip(), None, notes, defects)
+
+
+def _plain_ascii(data: bytes) -> bool:
+    """ASCII with no '=?': nothing for RFC 2047 or a charset guess to do."""
+    return data.isascii() and b"=?" not in data
 
 
 def _split_words(data: bytes, defects: list[str]) -> list[_PART]:

@@ -37,6 +37,7 @@ import fcntl
 import itertools
 import json
 import logging
+import operator
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -56,6 +57,8 @@ _run = itertools.count()
 
 
 Stored = Callable[[Place], bool]      # does the copy exist (new/ or cur/)?
+# dataclasses.astuple(place) without its deep copy (the values are strings)
+_place_values = operator.attrgetter(*(f.name for f in dataclasses.fields(Place)))
 
 
 class _File:
@@ -150,7 +153,7 @@ class Intents:
         before the first of them (delivery.maildir.PRIOR); settle it once the message is
         answered. OSError when its journal cannot be opened."""
         line = json.dumps({"key": key, "record": _record_json(record),
-                           "copies": [dataclasses.astuple(p) for p in places]},
+                           "copies": [_place_values(p) for p in places]},
                           ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
         f = self._current()
         f.open_intents += 1
@@ -253,7 +256,7 @@ def _append_synced(by_file: dict[int, list[bytes]]) -> None:
 
 
 def _record_json(record: MessageRecord) -> dict[str, object]:
-    out = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    out = {name: getattr(record, name) for name in record.__dataclass_fields__}
     out["received_at"] = record.received_at.isoformat()
     return out
 

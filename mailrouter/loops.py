@@ -34,6 +34,7 @@ differing only in case are treated as one here (a false 554 at worst).
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from .addressbook.canon import canonical_domain
@@ -55,9 +56,12 @@ class HeaderView(Protocol):
     def headers(self, name: str) -> list[str]: ...
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def header_text(text: str) -> str:
     """No CR, LF or other controls in a header we write (header injection)."""
-    return "".join(ch for ch in text if ch >= " " and ch != "\x7f").strip()
+    return _CONTROLS.sub("", text).strip()
 
 
 def _norm(address: str) -> str:

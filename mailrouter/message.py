@@ -41,9 +41,8 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
-from functools import cached_property
 from html.parser import HTMLParser
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from mailrouter.mimewalk import Leaf, leaves
 from mailrouter.charsets import (
@@ -66,11 +65,53 @@ _LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitline
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
 
 
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from functools import cached_property
+else:
+    class cached_property(Generic[_T]):
+        """functools.cached_property without the lock Python 3.11 takes on each first read
+        (3.12 dropped it): the value goes into the instance's __dict__ under the same name,
+        where every later read finds it. A view is read by one thread at a time."""
+
+        def __init__(self, func: Callable[[Any], _T]) -> None:
+            self.func, self.attrname, self.__doc__ = func, func.__name__, func.__doc__
+
+        def __set_name__(self, owner: type, name: str) -> None:
+            self.attrname = name
+
+        def __get__(self, instance: Any, owner: type | None = None) -> Any:
+            if instance is None:
+                return self
+            value = instance.__dict__[self.attrname] = self.func(instance)
+            return value
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
     filename: str        # decoded; '' when the part names no file
     content_type: str    # lower-case type/subtype
     size: int            # bytes after Content-Transfer-Encoding is undone
+
+
+# hashlib lets go of the GIL to hash 2048 bytes or more (HASHLIB_GIL_MINSIZE): for a short
+# message the hash takes microseconds, and getting the GIL back from the writer and registry
+# threads took ~80 us of the event loop's time per message (cProfile of the daemon, c=10).
+_GIL_FREE_BELOW = 2048
+_HASH_HELD_UP_TO = 64 * 1024      # larger: one call, and the other threads run meanwhile
+
+
+def sha256_hex(data: bytes) -> str:
+    """hashlib.sha256(data).hexdigest(); a short message is hashed in pieces under 2048
+    bytes, so the event loop keeps the GIL (the same digest: SHA-256 is a stream)."""
+    if len(data) > _HASH_HELD_UP_TO:
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    view = memoryview(data)
+    for at in range(0, len(data), _GIL_FREE_BELOW - 1):
+        digest.update(view[at:at + _GIL_FREE_BELOW - 1])
+    return digest.hexdigest()
 
 
 def _to_bytes(value: str) -> bytes:
@@ -96,7 +137,7 @@ class MessageView:
 
     @cached_property
     def content_hash(self) -> str:
-        return hashlib.sha256(self.raw).hexdigest()
+        return sha256_hex(self.raw)
 
     @cached_property
     def header_block(self) -> bytes:
@@ -132,6 +173,8 @@ class MessageView:
         return decoded
 
     def _record(self, where: str, decoded: Decoded) -> None:
+        if not decoded.notes and not decoded.defects:
+            return      # nothing to add (each `where` is recorded by one read: its place holds)
         for store, found in ((self._notes, decoded.notes), (self._defects, decoded.defects)):
             lines = store.setdefault(where, [])
             lines += [f"{where}: {n}" for n in found if f"{where}: {n}" not in lines]
@@ -162,6 +205,8 @@ class MessageView:
         # then decode each display name; latin-1 keeps raw 8-bit bytes one char each.
         values = [_FOLD.sub("", v.decode("latin-1")) for v in self._by_name.get(name.lower(), [])]
         pairs: list[tuple[str, str]] = []
+        if not values:
+            return pairs        # no such header: nothing to parse
         try:
             parsed = getaddresses(values)
         except Exception as exc:  # never raise: the parser is not ours
@@ -220,8 +265,10 @@ class MessageView:
         return _FOLD.sub("", values[0].decode("latin-1")).strip() if values else ""
 
     def _bounce_reason(self) -> str:
-        ctype = _param_message("Content-Type", self._plain("Content-Type"))
-        if ctype.get_content_type() == "multipart/report":
+        value = self._plain("Content-Type")
+        # the parse only when it can find multipart/report (its type is a lower-cased piece of value)
+        ctype = _param_message("Content-Type", value) if "multipart/report" in value.lower() else None
+        if ctype is not None and ctype.get_content_type() == "multipart/report":
             report = str(ctype.get_param("report-type") or "").lower()
             return f"bounce: multipart/report; report-type={report}"
         local = self.from_addr.split("@", 1)[0].lower()
@@ -487,8 +534,9 @@ def _parse_body(raw: bytes) -> _Body:
 
 
 def _part_header(part: Message, name: str) -> Message | None:
+    want = name.lower()
     for key, value in part.raw_items():
-        if key.lower() == name.lower():
+        if key.lower() == want:
             return _param_message(name, _FOLD.sub("", _to_bytes(value).decode("latin-1")))
     return None
 

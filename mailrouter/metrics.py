@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -34,7 +35,7 @@ __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "REL
            "RELOAD_OK", "RELOAD_TIME", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
            "DECISIONS", "DELIVERIES", "DELIVERY_SECONDS", "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
-           "State", "observe_message", "observe_decisions", "exposition"]
+           "State", "observe_message", "observe_decisions", "exposition", "child"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -204,10 +205,25 @@ def exposition(state: State | None = None) -> bytes:
     return body
 
 
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: _M, *values: str) -> _M:
+    """`metric.labels(*values)`, looked up in a plain dict after the first time: the series
+    object is the one labels() returns (prometheus_client keeps it for the metric's life;
+    nothing here removes series), without its checks and lock on every message."""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return cast(_M, found)
+
+
 def observe_decisions(decisions: Sequence[Decision]) -> None:
     for d in decisions:
-        DECISIONS.labels(d.action.value, d.mailbox or "-", d.folder or "-",
-                         d.rules[0].name if d.rules else "-", d.owner or "-").inc()
+        child(DECISIONS, d.action.value, d.mailbox or "-", d.folder or "-",
+              d.rules[0].name if d.rules else "-", d.owner or "-").inc()
 
 
 def observe_message(replies: Sequence[Reply], seconds: float) -> None:
@@ -215,8 +231,8 @@ def observe_message(replies: Sequence[Reply], seconds: float) -> None:
     temp = sum(r.temporary for r in replies)
     for label, n in (("ok", ok), ("tempfail", temp), ("permfail", len(replies) - ok - temp)):
         if n:
-            RECIPIENTS.labels(label).inc(n)
+            child(RECIPIENTS, label).inc(n)
     result = ("delivered" if ok == len(replies) else "partial" if ok
               else "deferred" if temp else "rejected")
-    MESSAGES.labels(result).inc()
+    child(MESSAGES, result).inc()
     LATENCY.observe(seconds)

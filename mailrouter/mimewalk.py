@@ -64,7 +64,8 @@ class Leaf:
     def source(self) -> tuple[bytes, int, int]:
         """(bytes, start, end) whose range is decoded(): the raw bytes themselves, not a
         copy, when there is no transfer encoding to undo."""
-        if self.cte == "quoted-printable" or self.cte == "base64" or self.cte in _UU:
+        cte = self.cte
+        if cte == "quoted-printable" or cte == "base64" or cte in _UU:
             data = self.decoded()
             return data, 0, len(data)
         return self.raw, self.start, self.end

@@ -178,8 +178,9 @@ class Pipeline:
                       qid, str(exc))
             metrics.TEMPFAILS.labels("registry").inc(sum(r.ok for r in replies))
             replies = [exc.reply if r.ok else r for r in replies]
-        log.info("event=message", extra={"fields": message_fields(qid, txn, view, decisions,
-                                                                    replies)})
+        if log.isEnabledFor(logging.INFO):   # the fields are made only for a line written
+            log.info("event=message", extra={"fields": message_fields(qid, txn, view, decisions,
+                                                                        replies)})
         return replies
 
     async def _record_loops(self, decisions: list[Decision], key: str, qid: str) -> None:

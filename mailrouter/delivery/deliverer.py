@@ -92,6 +92,9 @@ class Deliverer:
     def __init__(self, cfg: DeliveryConfig, hostname: str) -> None:
         self.cfg, self.hostname = cfg, hostname
         self._maildirs: dict[Path, Maildir] = {}
+        self._roots: dict[str, Path] = {}          # mailbox.where -> its Maildir root
+        self._boxes: dict[tuple[Path, str | None], str] = {}   # (root, folder) -> its folder
+        self._date: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")  # a second -> its RFC 5322 date
         self._clients: dict[str, TransactionClient] = {}
         cap = cfg.max_connections_per_downstream
         if cfg.lmtp:
@@ -111,10 +114,17 @@ class Deliverer:
     def received(self, helo: str, peer: str, proto: str, qid: str, rcpt: str | None) -> bytes:
         """Our Received: line (RFC 5321 4.4); the `for` clause only for a single recipient."""
         helo = header_text(helo)   # the intake refuses controls too
-        now = format_datetime(datetime.now(UTC))
+        now = self._date_text(datetime.now(UTC))
         rcpt_for = f"\r\n\tfor <{header_text(rcpt)}>" if rcpt is not None else ""
         return (f"Received: from {helo} ({peer})\r\n\tby {self.hostname} (mailrouter) with {proto}"
                 f" id {qid}{rcpt_for}; {now}\r\n").encode("utf-8", "surrogateescape")
+
+    def _date_text(self, at: datetime) -> str:
+        """format_datetime(at), made once per second (it shows no fraction of one)."""
+        second = at.replace(microsecond=0)
+        if self._date[0] != second:
+            self._date = (second, format_datetime(second))
+        return self._date[1]
 
     async def deliver(self, copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox], raw: bytes,
                       mail_from: str, key: str, received: Received, smtputf8: bool = False,
@@ -132,15 +142,16 @@ class Deliverer:
             started = time.perf_counter()
             reply = await _guarded(c.target.key, self._maildir(c.target, mailboxes[c.target.mailbox],
                                                                data, key))
-            metrics.DELIVERY_SECONDS.labels("maildir").observe(time.perf_counter() - started)
+            metrics.child(metrics.DELIVERY_SECONDS, "maildir").observe(time.perf_counter() - started)
             _count("maildir", reply)
             return {c.target.key: _Answer(reply)}
 
         async def group(kind: str, group: list[Copy]) -> dict[str, _Answer]:
             return await self._downstream(kind, group, mailboxes, raw, mail_from, received,
                                           smtputf8, qid)
-        parts = await asyncio.gather(*(one(c) for c in local),
-                                     *(group(k, g) for k, g in remote.items()))
+        work = [one(c) for c in local] + [group(k, g) for k, g in remote.items()]
+        # one copy (most mail): awaited here, without a task of its own and its loop turn
+        parts = [await work[0]] if len(work) == 1 else await asyncio.gather(*work)
         answers = {k: a for part in parts for k, a in part.items()}
         refused = {k: a for k, a in answers.items()
                    if a.downstream is not None and refuses_mailbox(a.downstream)}
@@ -159,8 +170,12 @@ class Deliverer:
         return DELIVERED
 
     def _root(self, mailbox: Mailbox) -> Path:
-        where = Path(mailbox.where)
-        return where if where.is_absolute() else self.cfg.maildir_root / where
+        root = self._roots.get(mailbox.where)
+        if root is None:
+            where = Path(mailbox.where)
+            root = self._roots[mailbox.where] = (
+                where if where.is_absolute() else self.cfg.maildir_root / where)
+        return root
 
     def places(self, copies: Sequence[Copy], mailboxes: Mapping[str, Mailbox],
                key: str) -> list[Place]:
@@ -171,11 +186,14 @@ class Deliverer:
             if mailbox.kind != "maildir":
                 continue
             root = self._root(mailbox)
-            try:
-                box = root / folder_dirname(c.target.folder) if c.target.folder else root
-            except ValueError:
-                continue             # refused by the Maildir too: no copy will exist
-            out.append(Place(c.target.key, str(box), f"mr{_copy_id(key, c.target)}"))
+            box = self._boxes.get((root, c.target.folder))
+            if box is None:
+                try:
+                    box = str(root / folder_dirname(c.target.folder) if c.target.folder else root)
+                except ValueError:
+                    continue             # refused by the Maildir too: no copy will exist
+                self._boxes[(root, c.target.folder)] = box
+            out.append(Place(c.target.key, box, f"mr{_copy_id(key, c.target)}"))
         return out
 
     def stored(self, place: Place) -> bool:
@@ -210,7 +228,7 @@ class Deliverer:
         except Exception:  # a bug in a backend must defer, never bounce or crash
             log.exception("event=delivery_crashed qid=%s backend=%s", qid, kind)
             replies, fallback = {}, DeliveryError.reply
-        metrics.DELIVERY_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        metrics.child(metrics.DELIVERY_SECONDS, kind).observe(time.perf_counter() - started)
         out: dict[str, _Answer] = {}
         for target, addr in addrs.items():
             got = replies.get(addr)
@@ -223,7 +241,7 @@ class Deliverer:
                 level = logging.DEBUG if got.ok else logging.WARNING
                 log.log(level, "event=downstream_reply qid=%s backend=%s target=%s downstream=%r "
                         "reply=%r", qid, kind, target, str(got), str(out[target].reply))
-            metrics.DOWNSTREAM_REPLIES.labels(kind, _result(out[target].reply)).inc()
+            metrics.child(metrics.DOWNSTREAM_REPLIES, kind, _result(out[target].reply)).inc()
             _count(kind, out[target].reply)
         return out
 
@@ -325,7 +343,7 @@ def _copy_id(key: str, target: Target) -> str:
 
 def _count(backend: str, reply: Reply) -> None:
     """One copy's outcome (a 5xx that _hold turns into 451 counts as `held` there)."""
-    metrics.DELIVERIES.labels(backend, _result(reply)).inc()
+    metrics.child(metrics.DELIVERIES, backend, _result(reply)).inc()
     if reply.temporary:
         metrics.TEMPFAILS.labels("maildir" if backend == "maildir" else "downstream").inc()
 

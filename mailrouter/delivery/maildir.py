@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import functools
 import itertools
 import os
 from collections.abc import Sequence
@@ -92,8 +93,10 @@ def encode_mutf7(name: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=1024)
 def folder_dirname(folder: str) -> str:
-    """'Finance/2026' -> '.Finance.2026' (Maildir++), each level in modified UTF-7."""
+    """'Finance/2026' -> '.Finance.2026' (Maildir++), each level in modified UTF-7.
+    Made once per folder name (every copy and every intent asks)."""
     parts = [p for p in folder.replace(".", "/").split("/")]
     if not parts or any(p in ("", "..") or any(c in p for c in "\0\r\n") for p in parts):
         raise ValueError(f"bad folder name {folder!r}")
@@ -108,6 +111,7 @@ class Maildir:
         self.host = hostname.replace("/", "\\057").replace(":", "\\072")
         self._tmp_ids = itertools.count()     # tmp/ names unique per process and call
         self._made: dict[Path, int] = {}      # folder -> open descriptor of its new/
+        self._boxes: dict[str | None, Path] = {}   # folder name -> its directory
 
     async def deliver(self, data: bytes | Sequence[bytes], copy_id: str,
                       folder: str | None = None) -> str:
@@ -124,7 +128,10 @@ class Maildir:
             raise TemporaryDeliveryError(f"maildir {self.root}: {exc.strerror}") from exc
 
     def _box(self, folder: str | None) -> Path:
-        return self.root / folder_dirname(folder) if folder else self.root
+        box = self._boxes.get(folder)
+        if box is None:
+            box = self._boxes[folder] = self.root / folder_dirname(folder) if folder else self.root
+        return box
 
     def _dir(self, folder: str | None) -> tuple[Path, int]:
         """The folder's path and a descriptor of its new/ (kept open: fsync'd per copy)."""
@@ -168,14 +175,17 @@ class Maildir:
         # Per copy, in the writer thread: stat, open, write, close, list cur/, link, unlink;
         # then fsync(new/), once per folder per batch. O_DSYNC makes each write durable
         # (data and size) without a separate fsync, and new/ stays open.
-        box, dfd = self._dir(folder)
+        # Paths as strings: the same names pathlib would make (box is one already made;
+        # each part is one name), without building a Path object for each.
+        path, dfd = self._dir(folder)
+        box = os.fspath(path)
         name = f"mr{copy_id}"
-        final = box / "new" / name
-        for known in (final, box / "new" / f"{name}.{self.host}"):
-            if known.exists():
-                return str(known), dfd   # fsync'd: a crash may have come before the name was durable
+        final = os.path.join(box, "new", name)
+        for known in (final, os.path.join(box, "new", f"{name}.{self.host}")):
+            if _exists(known):
+                return known, dfd   # fsync'd: a crash may have come before the name was durable
         # tmp/ names are unique per writer: another instance (or thread) may write this copy now
-        tmp = box / "tmp" / f"{name}.{self.host}.{os.getpid()}.{next(self._tmp_ids)}"
+        tmp = os.path.join(box, "tmp", f"{name}.{self.host}.{os.getpid()}.{next(self._tmp_ids)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o600)
         try:
             try:
@@ -183,16 +193,19 @@ class Maildir:
             finally:
                 os.close(fd)
             # Listed after the slow write, right before the link: the narrowest window
-            seen = _in_cur(box / "cur", name)
+            seen = _in_cur(os.path.join(box, "cur"), name)
             if seen is not None:
-                return str(seen), dfd
+                return seen, dfd
             try:
                 os.link(tmp, final)   # exclusive: EEXIST when another writer was first
             except FileExistsError:
                 pass                  # its copy is the copy; ours is dropped below
         finally:
-            tmp.unlink(missing_ok=True)
-        return str(final), dfd
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        return final, dfd
 
 
 _Job = tuple[Maildir, "bytes | Sequence[bytes]", str, "str | None", "Prior | None"]
@@ -309,6 +322,23 @@ def stored(box: Path, name: str, host: str) -> bool:
         return False
 
 
+def _exists(path: str) -> bool:
+    """Path(path).exists(): False for a name that is not there (ENOENT, ENOTDIR, EBADF,
+    ELOOP, as pathlib ignores), any other error raised."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno not in _ABSENT:
+            raise
+        return False
+    except ValueError:        # a name the OS cannot take (a NUL): pathlib says False too
+        return False
+    return True
+
+
+_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP}
+
+
 def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
     """writev until every byte is written (a short write goes on where it stopped)."""
     views = [memoryview(p) for p in pieces if p]
@@ -320,7 +350,7 @@ def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
             views[0] = views[0][n:]
 
 
-def _in_cur(cur: Path, name: str) -> Path | None:
+def _in_cur(cur: str | Path, name: str) -> str | None:
     """The copy `name` after a reader moved it to cur/: `NAME:2,FLAGS` with any flags, or an
     earlier version's `NAME.HOST[:2,FLAGS]`."""
     # One C-level search over the joined listing: a Python loop per entry doubles the cost
@@ -329,6 +359,6 @@ def _in_cur(cur: Path, name: str) -> Path | None:
     while at >= 0:
         end = at + 1 + len(name)
         if joined[end] in "\0:.":
-            return cur / joined[at + 1:joined.index("\0", end)]
+            return os.path.join(cur, joined[at + 1:joined.index("\0", end)])
         at = joined.find("\0" + name, end)
     return None

@@ -277,24 +277,26 @@ def _decide(default: Decision, matched: list[tuple[Rule, str]], at: datetime,
             if value is not None and key not in acc:
                 acc[key] = value
         tags.extend(t for t in rule.then.tags if t not in tags)
-    d = replace(default, tags=tuple(tags), autoreply=acc.get("autoreply", default.autoreply),
-                copy_to_owner=acc.get("copy_to_owner", default.copy_to_owner),
-                owner=acc.get("owner", default.owner), priority=acc.get("priority", default.priority),
-                rules=default.rules + tuple(RuleMatch(r.name, r.file, r.line, w) for r, w in matched),
-                reasons=default.reasons + tuple(f"rule {r.name!r} ({r.file}:{r.line}): {w}"
-                                                for r, w in matched))
+    # every field the rules change, then one copy of the default (replace() is not cheap)
+    changes: dict[str, Any] = dict(
+        tags=tuple(tags), autoreply=acc.get("autoreply", default.autoreply),
+        copy_to_owner=acc.get("copy_to_owner", default.copy_to_owner),
+        owner=acc.get("owner", default.owner), priority=acc.get("priority", default.priority),
+        rules=default.rules + tuple(RuleMatch(r.name, r.file, r.line, w) for r, w in matched),
+        reasons=default.reasons + tuple(f"rule {r.name!r} ({r.file}:{r.line}): {w}"
+                                        for r, w in matched))
     if "mailbox" in acc:
         folder = acc.get("folder")
-        d = replace(d, mailbox=acc["mailbox"], folder=folder,
-                    targets=(Target(acc["mailbox"], folder, None, default.path),))
+        changes.update(mailbox=acc["mailbox"], folder=folder,
+                       targets=(Target(acc["mailbox"], folder, None, default.path),))
     elif "folder" in acc:
-        d = replace(d, folder=acc["folder"],
-                    targets=tuple(replace(t, folder=acc["folder"]) for t in default.targets))
+        changes.update(folder=acc["folder"], targets=tuple(
+            replace(t, folder=acc["folder"]) for t in default.targets))
     if "sla" in acc:
-        d = replace(d, sla=acc["sla"].describe(at, calendars))
+        changes["sla"] = acc["sla"].describe(at, calendars)
     action = acc.get("action")
     if action == "reject":
-        d = replace(d, action=Action.REJECT, reply=REPLY_RULE_REJECT, targets=())
+        changes.update(action=Action.REJECT, reply=REPLY_RULE_REJECT, targets=())
     elif action == "defer":
-        d = replace(d, action=Action.DEFER, reply=REPLY_RULE_DEFER, targets=())
-    return d
+        changes.update(action=Action.DEFER, reply=REPLY_RULE_DEFER, targets=())
+    return replace(default, **changes)
