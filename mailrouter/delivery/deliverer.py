@@ -45,7 +45,7 @@ from ..addresses import Mailbox
 from ..errors import DeliveryError, RegistryError
 from ..loops import header_text, trace_headers
 from ..values import REPLY_NO_DOWNSTREAM, Reply, Target
-from .maildir import Maildir, Place, folder_dirname, stored
+from .maildir import Maildir, Place, stored
 from .replies import DELIVERED, HELD, ours, refuses_mailbox
 from .smtp import LOCAL_REFUSALS, PartialDeliveryError, TransactionClient
 
@@ -93,7 +93,6 @@ class Deliverer:
         self.cfg, self.hostname = cfg, hostname
         self._maildirs: dict[Path, Maildir] = {}
         self._roots: dict[str, Path] = {}          # mailbox.where -> its Maildir root
-        self._boxes: dict[tuple[Path, str | None], str] = {}   # (root, folder) -> its folder
         self._date: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")  # a second -> its RFC 5322 date
         self._clients: dict[str, TransactionClient] = {}
         cap = cfg.max_connections_per_downstream
@@ -162,12 +161,15 @@ class Deliverer:
 
     async def _maildir(self, target: Target, mailbox: Mailbox, data: Sequence[bytes],
                        key: str) -> Reply:
-        root = self._root(mailbox)
+        md = self._maildir_at(self._root(mailbox))
+        await md.deliver(data, _copy_id(key, target), target.folder)
+        return DELIVERED
+
+    def _maildir_at(self, root: Path) -> Maildir:
         md = self._maildirs.get(root)
         if md is None:
             md = self._maildirs[root] = Maildir(root, self.hostname)
-        await md.deliver(data, _copy_id(key, target), target.folder)
-        return DELIVERED
+        return md
 
     def _root(self, mailbox: Mailbox) -> Path:
         root = self._roots.get(mailbox.where)
@@ -185,15 +187,11 @@ class Deliverer:
             mailbox = mailboxes[c.target.mailbox]
             if mailbox.kind != "maildir":
                 continue
-            root = self._root(mailbox)
-            box = self._boxes.get((root, c.target.folder))
-            if box is None:
-                try:
-                    box = str(root / folder_dirname(c.target.folder) if c.target.folder else root)
-                except ValueError:
-                    continue             # refused by the Maildir too: no copy will exist
-                self._boxes[(root, c.target.folder)] = box
-            out.append(Place(c.target.key, box, f"mr{_copy_id(key, c.target)}"))
+            try:   # the directory the copy goes to, as its Maildir names it (made once)
+                box = self._maildir_at(self._root(mailbox)).box(c.target.folder)
+            except ValueError:
+                continue             # refused by the Maildir too: no copy will exist
+            out.append(Place(c.target.key, str(box), f"mr{_copy_id(key, c.target)}"))
         return out
 
     def stored(self, place: Place) -> bool:

@@ -127,7 +127,8 @@ class Maildir:
                 raise StorageFullError(f"maildir {self.root}: {exc.strerror}") from exc
             raise TemporaryDeliveryError(f"maildir {self.root}: {exc.strerror}") from exc
 
-    def _box(self, folder: str | None) -> Path:
+    def box(self, folder: str | None) -> Path:
+        """The folder's directory (the root for None); ValueError for a bad folder name."""
         box = self._boxes.get(folder)
         if box is None:
             box = self._boxes[folder] = self.root / folder_dirname(folder) if folder else self.root
@@ -135,7 +136,7 @@ class Maildir:
 
     def _dir(self, folder: str | None) -> tuple[Path, int]:
         """The folder's path and a descriptor of its new/ (kept open: fsync'd per copy)."""
-        box = self._box(folder)
+        box = self.box(folder)
         dfd = self._made.get(box)
         if dfd is None:
             for sub in ("tmp", "new", "cur"):
@@ -158,7 +159,7 @@ class Maildir:
         """The folder went away under us (removed or replaced): recreate it next time."""
         # Its old descriptor is left open, not closed: another thread may be fsyncing it
         # right now, and a closed number can be reused by an unrelated file.
-        self._made.pop(self._box(folder), None)
+        self._made.pop(self.box(folder), None)
 
     def _deliver(self, data: bytes | Sequence[bytes], copy_id: str,
                  folder: str | None) -> tuple[str, int]:
