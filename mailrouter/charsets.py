@@ -249,10 +249,17 @@ def decode_bytes(data: bytes, label: str | None,
                  candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES) -> Decoded:
     """Decode ``data`` declared as ``label`` (None: no label); guess when the label is absent,
     unknown or plainly wrong.  Never raises."""
+    guessed_text: list[str] = []
+
+    def guess() -> str:           # keeps the text it decoded: not decoded a second time
+        text, codec = guess_decode(data, candidates)
+        guessed_text.append(text)
+        return codec
+
     codec, guessed, notes, defects = _choose_charset(
-        label, lambda: guess_decode(data, candidates)[1], lambda c: _mislabelled(data, c))
+        label, guess, lambda c: _mislabelled(data, c))
     if guessed:
-        text = data.decode(codec, "replace")      # guess_decode's text
+        text = guessed_text[0]
     else:
         try:
             text = data.decode(codec)
