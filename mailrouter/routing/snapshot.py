@@ -289,13 +289,7 @@ def load_book(patterns: Sequence[str], limits: Limits) -> tuple[str, AddressBook
     try:
         files = _files(patterns)
         errors: list[ConfigError] = []
-        docs, digest = [], hashlib.sha256()
-        for f in files:
-            try:
-                digest.update(Path(f).read_bytes())
-                docs.append((f, yamlsrc.load(f, BARE_SECTIONS)))
-            except (ConfigError, OSError):
-                return None
+        docs, digest = _read(files, BARE_SECTIONS, (), errors)
         merged = _merge(docs, errors)
         if not files or errors:
             return None
@@ -304,7 +298,7 @@ def load_book(patterns: Sequence[str], limits: Limits) -> tuple[str, AddressBook
                                                         limits.max_alias_width), fail_fast=True)
         except ConfigErrors:
             return None
-        return digest.hexdigest()[:16], book
+        return digest, book
     finally:
         if collecting:
             gc.enable()
@@ -347,15 +341,10 @@ def _digest(files: Sequence[str]) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
-                   bare: Sequence[str], built: tuple[str, AddressBook] | None = None) -> Snapshot:
-    files = _files(patterns)
-    errors: list[ConfigError] = []
-    if not files:
-        raise ConfigErrors([ConfigError(f"no routing files match {', '.join(patterns)}",
-                                        hint="set 'routing:' in config.yaml to your rules/*.yaml")])
-    # the book's sections are not even read when the book is given for these very files
-    skip = BARE_SECTIONS if built is not None and _digest(files) == built[0] else ()
+def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
+          errors: list[ConfigError]) -> tuple[list[tuple[str, Any]], str]:
+    """Each file parsed (yamlsrc.load's `bare` and `skip`), and their hash as a Snapshot's;
+    a file that cannot be read or parsed is an error in `errors`, the others are read."""
     docs, digest = [], hashlib.sha256()
     for f in files:
         try:
@@ -365,8 +354,21 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
             errors.append(exc)
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
+    return docs, digest.hexdigest()[:16]
+
+
+def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
+                   bare: Sequence[str], built: tuple[str, AddressBook] | None = None) -> Snapshot:
+    files = _files(patterns)
+    errors: list[ConfigError] = []
+    if not files:
+        raise ConfigErrors([ConfigError(f"no routing files match {', '.join(patterns)}",
+                                        hint="set 'routing:' in config.yaml to your rules/*.yaml")])
+    # the book's sections are not even read when the book is given for these very files
+    skip = BARE_SECTIONS if built is not None and _digest(files) == built[0] else ()
+    docs, digest = _read(files, bare, skip, errors)
     merged = _merge(docs, errors)
-    same = built is not None and not errors and built[0] == digest.hexdigest()[:16]
+    same = built is not None and not errors and built[0] == digest
     if skip and not same:
         raise _NotSame
     if bare and errors:
@@ -405,5 +407,5 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         raise _NotSame
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
-    return Snapshot(book, rules, digest.hexdigest()[:16], tuple(files), {"tests": merged["tests"]},
+    return Snapshot(book, rules, digest, tuple(files), {"tests": merged["tests"]},
                     hostname, limits, responders, departments)
