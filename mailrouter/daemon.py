@@ -547,7 +547,7 @@ def run_workers(config: Config) -> int:
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)
         return START_FAILED
-    gc.collect()        # before the listeners exist: a SIGTERM then finds supervise's handlers
+    gc.collect()        # then frozen: a collection in a worker never writes to these pages
     gc.freeze()
     from prometheus_client import multiprocess
     early: list[int] = []

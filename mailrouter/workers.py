@@ -207,7 +207,7 @@ def supervise(config: Config, child: Callable[[int], int],
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL):
         signal.signal(sig, on_signal)
-    for got in list(early or ()):
+    for got in early or ():          # its handler is gone: the list no longer grows
         on_signal(got, None)
     def start(index: int) -> None:
         pid = _spawn(index, child)
