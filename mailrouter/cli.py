@@ -74,9 +74,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # before prometheus_client is imported: workers share their counters through files
         made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailrouter-metrics.")
+    book = None
+    if cfg.workers > 1:
+        # The address book, the longest part of a big start, is built in a child forked now,
+        # while this process imports the daemon (half a second; no thread runs yet to fork
+        # across); run_workers takes it from there (issue 15: bench/bench_start.py).
+        from .routing.snapshot import load_book
+        from .workers import start_child
+        book = start_child(lambda: load_book(cfg.routing, cfg.limits))
     from .daemon import run
     try:
-        return run(cfg)
+        return run(cfg, book)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import logs, metrics, postfixmaps
+from .addressbook import AddressBook
 from .admin import serve_admin
 from .config import Config, Limits, Listener
 from .delivery.deliverer import Deliverer
@@ -52,7 +53,7 @@ from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot
 from .values import Downstream, Reply, Transaction
 from .web import start_web
-from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, bind, in_child,
+from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, bind, in_child,
                       in_new_process, supervise)
 
 __all__ = ["App", "run", "loop_factory", "run_loop"]
@@ -444,7 +445,18 @@ def _public(exc: ConfigErrors, patterns: tuple[str, ...]) -> str:
     return text.replace(root + "/", "") if root.startswith("/") and root != "/" else text
 
 
-def run(config: Config) -> int:
+def run(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None) -> int:
+    """Run the daemon until it is stopped; its exit code. `book`: the address book of the
+    routing files being built in a child since before this module was imported (cli.cmd_run,
+    with workers), for run_workers."""
+    try:
+        return _run(config, book)
+    finally:
+        if book is not None and not book.taken:
+            book.cancel()
+
+
+def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None) -> int:
     logs.setup(config.log_level, config.log_format)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     try:
@@ -456,7 +468,7 @@ def run(config: Config) -> int:
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
         return run_loop(serve(config))
-    return run_workers(config)
+    return run_workers(config, book)
 
 
 async def reconcile_intents(config: Config) -> None:
@@ -527,7 +539,7 @@ def _size(files: list[str]) -> int:
     return total
 
 
-def run_workers(config: Config) -> int:
+def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None) -> int:
     """Bind once, migrate once, then fork the workers (see workers.py).
 
     The routing snapshot is built here, once, and the workers inherit it: the address book
@@ -540,9 +552,11 @@ def run_workers(config: Config) -> int:
     (bench/README.md, sixth pass); the child builds only the book (`load_book`), the rules
     are compiled here. Errors are found and reported by the load here as before. A reload
     that changes the files gives each worker its own snapshot, its book built in a new
-    process (`_load`)."""
+    process (`_load`). `book`: that child, started before the daemon's imports (cli.cmd_run:
+    it builds while this process imports), or None to start it here."""
     try:
-        built = in_child(lambda: load_book(config.routing, config.limits))
+        built = (book.result() if book is not None
+                 else in_child(lambda: load_book(config.routing, config.limits)))
         snap = load_snapshot(config.routing, config.limits, config.hostname, built)
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)

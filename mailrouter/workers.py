@@ -31,13 +31,13 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from .config import Config
 from .errors import ListenError
 
-__all__ = ["bind", "supervise", "in_child", "in_new_process", "PARENT_RELOAD_SIGNAL",
-           "HANDLED"]
+__all__ = ["bind", "supervise", "Child", "start_child", "in_child", "in_new_process",
+           "PARENT_RELOAD_SIGNAL", "HANDLED"]
 
 log = logging.getLogger("mailrouter.workers")
 PARENT_RELOAD_SIGNAL = signal.SIGUSR1      # worker 0 -> parent: "reload the others"
@@ -70,13 +70,47 @@ def _die_with_parent() -> None:
 T = TypeVar("T")
 
 
-def in_child(work: Callable[[], T]) -> T | None:
-    """`work()` run in a forked child process, its result pickled back through a pipe;
-    None when it raised, its result could not be pickled, or the child died.
+class Child(Generic[T]):
+    """`work()` running in a forked child process (`start_child`); `result()` waits for it."""
+
+    def __init__(self, pid: int, read: int) -> None:
+        self.pid, self._read = pid, read
+        self.taken = False                # result() or cancel() called: reaped
+
+    def result(self) -> T | None:
+        """Its result; None when it raised, its result could not be pickled, or it died."""
+        self.taken = True
+        with os.fdopen(self._read, "rb") as got:
+            data = got.read()
+        _, status = os.waitpid(self.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not data:
+            return None
+        try:
+            result: T = pickle.loads(data)
+        except Exception:  # noqa: BLE001 (as if the child had failed)
+            return None
+        return result
+
+    def cancel(self) -> None:
+        """Stop it and reap it (its result is not wanted)."""
+        self.taken = True
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(self._read)
+        os.waitpid(self.pid, 0)
+
+
+def start_child(work: Callable[[], T]) -> Child[T] | None:
+    """`work()` started in a forked child process, its result to be pickled back through a
+    pipe (`Child.result`); None when it cannot fork. Fork only while no other thread runs
+    (a lock another thread holds at the fork stays held forever in the child).
 
     For work that makes a few long-lived objects among very many short-lived ones: made
     here, they pinned one 1 MiB memory arena each once the others were freed; unpickled,
-    they come packed together in fresh memory (run_workers: the address book)."""
+    they come packed together in fresh memory (run_workers: the address book). Started
+    before the daemon's imports, the child builds while this process imports (cli.cmd_run)."""
     read, write = os.pipe()
     try:
         pid = os.fork()
@@ -98,16 +132,14 @@ def in_child(work: Callable[[], T]) -> T | None:
         finally:
             os._exit(code)    # never back into the parent's code
     os.close(write)
-    with os.fdopen(read, "rb") as got:
-        data = got.read()
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0 or not data:
-        return None
-    try:
-        result: T = pickle.loads(data)
-    except Exception:  # noqa: BLE001 (as if the child had failed)
-        return None
-    return result
+    return Child(pid, read)
+
+
+def in_child(work: Callable[[], T]) -> T | None:
+    """`work()` run in a forked child process, its result pickled back through a pipe;
+    None when it raised, its result could not be pickled, or the child died (start_child)."""
+    child = start_child(work)
+    return child.result() if child is not None else None
 
 
 def in_new_process(work: Callable[..., T], *args: Any, timeout: float = 600.0) -> T | None:

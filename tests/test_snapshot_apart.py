@@ -8,6 +8,7 @@ import operator
 import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from mailrouter.config import Limits, load_config
 from mailrouter.errors import ConfigErrors
 from mailrouter.routing import snapshot as snapshot_module
 from mailrouter.routing.snapshot import load_book, load_snapshot
-from mailrouter.workers import in_child, in_new_process
+from mailrouter.workers import in_child, in_new_process, start_child
 from mailrouter.yamlsrc import loads, where as yamlsrc_where
 
 REPO_RULES = Path(__file__).resolve().parents[1] / "rules"
@@ -71,6 +72,63 @@ def test_in_child_runs_the_work_in_another_process() -> None:
     assert in_child(lambda: [1, "two"]) == [1, "two"]
     assert in_child(lambda: 1 // 0) is None        # raised: the caller does the work itself
     assert in_child(lambda: lambda: 1) is None     # cannot be pickled
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_started_child_is_waited_for_or_cancelled() -> None:
+    """start_child: the work runs while the caller goes on (cli.cmd_run imports the daemon
+    meanwhile); result() reaps it, cancel() stops and reaps it."""
+    child = start_child(os.getpid)
+    assert child is not None and not child.taken
+    assert child.result() == child.pid != os.getpid()
+    assert child.taken and _gone(child.pid)
+    slow = start_child(lambda: time.sleep(60))
+    assert slow is not None
+    slow.cancel()
+    assert slow.taken and _gone(slow.pid)
+
+
+def test_the_daemon_takes_the_book_started_before_it(tmp_path: Path, monkeypatch) -> None:
+    """cmd_run starts the book's child before the daemon's imports; run_workers takes that
+    book instead of building another, and a start that fails first still reaps the child."""
+    rules = _rules(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"hostname: mx.test\nrouting: ['{rules}/*.yaml']\n"
+                   f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'r.db'}'}}\n"
+                   f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\nworkers: 2\n")
+    config = load_config(cfg)
+    seen: list[object] = []
+
+    def load(patterns, limits, hostname, built=None):  # type: ignore[no-untyped-def]
+        seen.append(built)
+        raise _Stop
+
+    def no_second_child(work):                           # type: ignore[no-untyped-def]
+        raise AssertionError("a second child built the book")
+
+    monkeypatch.setattr(daemon, "load_snapshot", load)
+    monkeypatch.setattr(daemon, "in_child", no_second_child)
+    child = start_child(lambda: load_book(config.routing, config.limits))
+    assert child is not None
+    with pytest.raises(_Stop):
+        daemon.run(config, child)
+    ((digest, book),) = seen                              # type: ignore[misc]
+    assert child.taken and _gone(child.pid)
+    assert isinstance(book, AddressBook) and digest == load_book(config.routing, config.limits)[0]
+
+    (tmp_path / "file").write_text("")                     # the Maildir root cannot be made
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "mail"), str(tmp_path / "file" / "mail")))
+    slow = start_child(lambda: time.sleep(60))
+    assert slow is not None
+    assert daemon.run(load_config(cfg), slow) == daemon.START_FAILED  # type: ignore[arg-type]
+    assert slow.taken and _gone(slow.pid)
 
 
 def test_in_new_process_runs_the_work_in_a_new_interpreter() -> None:

@@ -1,0 +1,112 @@
+"""Seconds from exec of `mailrouter run` to the first 220, with big routing files (issue 15).
+
+    cd bench && unshare -n sh -c 'ip link set lo up;
+        PYTHONPATH=$(cd .. && pwd) python bench_start.py --old ../../old-checkout --runs 3'
+
+The routing files are `bench_rules.py --only load`'s: 10,000 rules of the realistic mix and
+100,000 aliases (with 10,000 people), written once to a temp dir. Each run starts the
+daemon with `workers: 2` (SMTP only, a fresh SQLite registry and Maildir root), connects
+to its SMTP port until the greeting comes, and stops it (SIGTERM, then the group is killed).
+With --old TREE the same is run from that checkout, alternating with this one (new, old,
+new, old, ...), so both see the same machine. It prints each run and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+
+def write_files(tmp: Path, n_rules: int, n_aliases: int) -> str:
+    import yaml
+    from bench_addresses import sections
+    from bench_rules import mix_yaml
+    book = sections(n_aliases, n_aliases // 10)
+    book["mailboxes"].update({"finance": {"maildir": "f"}, "sales": {"maildir": "s"},
+                              "support": {"maildir": "u"}})
+    book["people"].update({k: {"address": f"{k}@example.com"}
+                           for k in ("finance-duty", "smirnov", "ivanov")})
+    rules = tmp / "routing"
+    rules.mkdir()
+    (rules / "a.yaml").write_text(yaml.dump(book, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+                                            allow_unicode=True), encoding="utf-8")
+    (rules / "b.yaml").write_text(mix_yaml(n_rules), encoding="utf-8")
+    return str(rules / "*.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_start(tree: Path, routing: str, tmp: Path) -> float:
+    """Seconds from exec to the first 220 of a daemon run from `tree`."""
+    run = Path(tempfile.mkdtemp(dir=tmp))
+    smtp, admin = free_port(), free_port()
+    cfg = run / "config.yaml"
+    cfg.write_text(f"hostname: mx.bench\nlisten: {{smtp: '127.0.0.1:{smtp}', lmtp: null, "
+                   f"admin: '127.0.0.1:{admin}'}}\nrouting: ['{routing}']\n"
+                   f"registry: {{url: 'sqlite+aiosqlite:///{run / 'registry.db'}'}}\n"
+                   f"delivery: {{maildir_root: '{run / 'mail'}'}}\nlog_level: WARNING\nworkers: 2\n")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    with open(run / "daemon.log", "wb") as log:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-m", "mailrouter.cli", "run", "-c", str(cfg)],
+                             cwd=run, stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        try:
+            while True:
+                if p.poll() is not None:
+                    raise SystemExit(f"daemon exited {p.returncode}: {(run / 'daemon.log').read_text()}")
+                try:
+                    with socket.create_connection(("127.0.0.1", smtp), timeout=5) as s:
+                        if s.recv(100).startswith(b"220"):
+                            return time.perf_counter() - t0
+                except OSError:
+                    time.sleep(0.005)
+        finally:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", type=Path, help="another checkout, run alternately with this one")
+    ap.add_argument("--runs", type=int, default=3, help="starts of each tree (3)")
+    ap.add_argument("--rules", type=int, default=10_000)
+    ap.add_argument("--aliases", type=int, default=100_000)
+    args = ap.parse_args()
+    trees = {"new": REPO} | ({"old": args.old.resolve()} if args.old else {})
+    got: dict[str, list[float]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        routing = write_files(tmp, args.rules, args.aliases)
+        for i in range(args.runs):
+            for name, tree in trees.items():
+                got[name].append(one_start(tree, routing, tmp))
+                print(f"run {i + 1} {name}: {got[name][-1]:.2f} s", flush=True)
+    for name, times in got.items():
+        print(f"{name}: median {statistics.median(times):.2f} s (runs {', '.join(f'{t:.2f}' for t in times)})")
+    if "old" in got:
+        print(f"new/old: {statistics.median(got['new']) / statistics.median(got['old']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
