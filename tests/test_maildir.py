@@ -210,3 +210,91 @@ async def test_a_failed_folder_fsync_refuses_each_copy_of_its_batch(tmp_path, mo
     monkeypatch.setattr(os, "fsync", fsync)
     got = await asyncio.gather(*(md.deliver(b"x\r\n", f"f{i}") for i in range(5)))
     assert len(set(got)) == 5
+
+
+def _big_cur(box, n: int = 2500, age_s: int = 3600):
+    """A folder whose cur/ holds n messages a reader has seen, last changed age_s ago."""
+    cur = box / "cur"
+    cur.mkdir(parents=True)
+    for i in range(n):
+        (cur / f"17000{i:05d}.M{i}P1.host,S=10:2,S").write_bytes(b"")
+    (cur / "mrold1.other.host:2,S").write_bytes(b"")          # one of ours, seen
+    past = os.stat(cur).st_mtime - age_s
+    os.utime(cur, (past, past))
+    return cur
+
+
+def _count_listings(monkeypatch, cur) -> list[str]:
+    listed: list[str] = []
+    real = os.listdir
+
+    def listdir(path="."):
+        if os.fspath(path) == str(cur):
+            listed.append(os.fspath(path))
+        return real(path)
+    monkeypatch.setattr(os, "listdir", listdir)
+    return listed
+
+
+async def test_a_big_unchanged_cur_is_listed_once_not_for_every_copy(tmp_path, monkeypatch):
+    """100,000 seen messages in cur/ took ~50 ms of listing per copy (31 messages a second
+    into that folder instead of ~450): a big cur/ nobody changed since its listing is
+    known by one stat per copy."""
+    cur = _big_cur(tmp_path / "box")
+    listed = _count_listings(monkeypatch, cur)
+    md = Maildir(tmp_path / "box", "mx.test")
+    for i in range(5):
+        await md.deliver(b"x\r\n", f"c{i}")
+    assert len(listed) == 1
+    assert len(list((tmp_path / "box" / "new").iterdir())) == 5
+    assert await md.deliver(b"x\r\n", "old1") == str(cur / "mrold1.other.host:2,S")   # still found
+
+
+async def test_a_copy_moved_into_a_big_cur_after_its_listing_is_found(tmp_path, monkeypatch):
+    """A reader moving a copy into cur/ changes the directory's mtime: the next copy lists it
+    again, and a retry of the moved copy adds nothing."""
+    cur = _big_cur(tmp_path / "box")
+    listed = _count_listings(monkeypatch, cur)
+    md = Maildir(tmp_path / "box", "mx.test")
+    path = await md.deliver(b"x\r\n", "beef")
+    os.rename(path, cur / "mrbeef:2,S")
+    assert await md.deliver(b"x\r\n", "beef") == str(cur / "mrbeef:2,S")
+    assert list((tmp_path / "box" / "new").iterdir()) == [] and len(listed) == 2
+
+
+async def test_a_listing_made_in_the_tick_of_a_change_is_not_trusted(tmp_path, monkeypatch):
+    """A move into cur/ within the same timestamp tick as the change before our listing
+    leaves the mtime as it was: a listing made that soon after the mtime is not kept, so
+    the moved copy is still found (racy timestamps)."""
+    cur = _big_cur(tmp_path / "box", age_s=0)
+    now = os.stat(cur).st_mtime_ns
+    os.utime(cur, ns=(now, now))
+    md = Maildir(tmp_path / "box", "mx.test")
+    path = await md.deliver(b"x\r\n", "beef")
+    os.rename(path, cur / "mrbeef:2,S")
+    os.utime(cur, ns=(now, now))                  # the move came in the same tick
+    assert await md.deliver(b"x\r\n", "beef") == str(cur / "mrbeef:2,S")
+    assert list((tmp_path / "box" / "new").iterdir()) == []
+
+
+async def test_a_change_while_cur_is_listed_is_not_trusted(tmp_path, monkeypatch):
+    """A listing that raced a move (the directory changed between the stats around it) is
+    not kept."""
+    cur = _big_cur(tmp_path / "box")
+    md = Maildir(tmp_path / "box", "mx.test")
+    path = await md.deliver(b"x\r\n", "beef")     # in new/; cur/ listed and kept
+    real = os.listdir
+    moved: list[bool] = []
+
+    def listdir(p="."):
+        got = real(p)
+        if os.fspath(p) == str(cur) and not moved:
+            os.rename(path, cur / "mrbeef:2,S")   # a reader, while we list
+            moved.append(True)
+        return got
+    monkeypatch.setattr(os, "listdir", listdir)
+    os.utime(cur, (1, 1))                         # changed since: the next copy lists again
+    await md.deliver(b"x\r\n", "c2")              # lists; the move lands during the listing
+    assert moved
+    assert await md.deliver(b"x\r\n", "beef") == str(cur / "mrbeef:2,S")
+    assert sorted(p.name for p in (tmp_path / "box" / "new").iterdir()) == ["mrc2"]

@@ -20,8 +20,9 @@ second (rename(2) would silently replace), so exactly one copy is stored; the
 loser drops its tmp/ file and reports the copy as delivered. Copies written by
 earlier versions (`mr<id>.<host>`) are recognised in cur/ and, for this
 instance's own host name, in new/.
-Cost: each new copy lists its folder's cur/ once, in a worker thread (about 5 ms
-per 10,000 files on ext4). Copies go to the writer threads in batches, as the registry's
+Cost: each new copy looks at its folder's cur/ in a worker thread: a listing (about 5 ms
+per 10,000 files on ext4), or, for a big cur/ that has not changed since its last listing,
+one stat(2) (`_CurNames`). Copies go to the writer threads in batches, as the registry's
 commits do: the copies asked for while earlier batches are being written go together,
 one thread hand-off and one fsync of each folder's new/ for the batch (bench/README.md).
 Known limit: a reader that moves the other instance's copy from new/ to cur/
@@ -36,10 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import errno
 import functools
 import itertools
 import os
+import time
+from array import array
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -353,9 +357,27 @@ def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
 
 def _in_cur(cur: str | Path, name: str) -> str | None:
     """The copy `name` after a reader moved it to cur/: `NAME:2,FLAGS` with any flags, or an
-    earlier version's `NAME.HOST[:2,FLAGS]`."""
+    earlier version's `NAME.HOST[:2,FLAGS]`.
+
+    A big cur/ is not listed for every copy (`_CurNames`): listing 100,000 entries took
+    ~50 ms of the writer thread and let go of the GIL once per entry, and a folder holding
+    that much read mail took 31 messages a second instead of ~450 (bench/README.md)."""
+    cur = os.fspath(cur)
+    before = os.stat(cur)
+    known = _CUR.get(cur)
+    if known is not None and known.unchanged(before) and not known.may_hold(name):
+        return None
+    entries = os.listdir(cur)
+    if len(entries) >= _CurNames.FROM:
+        _CUR[cur] = _CurNames.of(cur, entries, before)
+    else:
+        _CUR.pop(cur, None)
+    return _find(cur, entries, name)
+
+
+def _find(cur: str, entries: list[str], name: str) -> str | None:
     # One C-level search over the joined listing: a Python loop per entry doubles the cost
-    joined = "\0" + "\0".join(os.listdir(cur)) + "\0"
+    joined = "\0" + "\0".join(entries) + "\0"
     at = joined.find("\0" + name)
     while at >= 0:
         end = at + 1 + len(name)
@@ -363,3 +385,66 @@ def _in_cur(cur: str | Path, name: str) -> str | None:
             return os.path.join(cur, joined[at + 1:joined.index("\0", end)])
         at = joined.find("\0" + name, end)
     return None
+
+
+class _CurNames:
+    """The names of our copies (`mr...`, up to the first '.' or ':') in one big cur/, as of the
+    directory's modification time: while the directory has that same inode and mtime, no
+    entry was added, removed or renamed in it, and a name not among them is not there. One
+    stat(2) per copy instead of a listing, until a reader moves or deletes mail there.
+
+    A listing made less than RACY_NS after the directory's mtime is not trusted: an entry
+    moved in within the same timestamp tick leaves the mtime as it was (the racy-timestamp
+    problem, as git's index has it). Such a folder is listed again on the next copy, as
+    every folder was before. Kept as a sorted array of the names' hashes (8 bytes each):
+    a hash found is confirmed by a real listing, so a collision costs a listing, not a copy.
+    Known limit: a Maildir on a network file system whose server's clock is behind ours
+    by more than RACY_NS could have a move within one tick of our listing pass unseen
+    (a second copy of a retried message at worst, never a lost one)."""
+
+    FROM = 2000                 # entries: a smaller cur/ is listed each time (under 1 ms)
+    RACY_NS = 100_000_000       # a listing this soon after the mtime is not kept
+
+    __slots__ = ("ino", "mtime_ns", "hashes")
+
+    def __init__(self, ino: int, mtime_ns: int, hashes: array[int]) -> None:
+        self.ino, self.mtime_ns, self.hashes = ino, mtime_ns, hashes
+
+    @classmethod
+    def of(cls, cur: str, entries: list[str], before: os.stat_result) -> _CurNames | None:
+        """The names of `entries`, a listing of `cur` made just now between `before` (its
+        stat) and here; None when the listing may have missed a change: the directory
+        changed while it was listed, or changed so recently that a change in the same
+        timestamp tick would not show (racy)."""
+        listed = time.time_ns()
+        try:
+            after = os.stat(cur)
+        except OSError:
+            return None
+        if ((after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns)
+                or listed < after.st_mtime_ns + cls.RACY_NS):
+            return None
+        ours = sorted({hash(_base(e)) for e in entries if e.startswith("mr")})
+        return cls(after.st_ino, after.st_mtime_ns, array("q", ours))
+
+    def unchanged(self, st: os.stat_result) -> bool:
+        """The directory (`st`, its stat now) is the one listed, with nothing moved in or
+        out since."""
+        return (st.st_ino, st.st_mtime_ns) == (self.ino, self.mtime_ns)
+
+    def may_hold(self, name: str) -> bool:
+        """`name` was in the listing, or its hash collides with one that was."""
+        h = hash(name)
+        at = bisect.bisect_left(self.hashes, h)
+        return at < len(self.hashes) and self.hashes[at] == h
+
+
+def _base(entry: str) -> str:
+    """`mrID` of `mrID:2,FLAGS`, `mrID.HOST` or `mrID.HOST:2,FLAGS`."""
+    return entry.partition(":")[0].partition(".")[0]
+
+
+# cur/ path -> its names, or None while a listing of it is racy. Per process; a cur/ whose
+# listing falls under FROM entries is dropped. Written by the writer threads: one dict
+# assignment each, and two threads listing one folder at once keep either listing.
+_CUR: dict[str, _CurNames | None] = {}
