@@ -421,6 +421,8 @@ def start_all(a: argparse.Namespace, tmp: Path, started: list[Server],
                 kinds = [("mr", None, None)] + ([("mr-relay", relay, sink_port)] if relay else [])
                 for kind, routing, down in kinds:
                     name = f"{label}{kind}/{w}{loop}"
+                    if a.cur and kind == "mr":
+                        fill_cur(tmp / slug(name) / "var" / "mail" / "sales" / ".Inbound", a.cur)
                     srv, port = start_mailrouter(tmp / slug(name), a.python,
                                                  a.profile, w, started, routing=routing,
                                                  smtp_downstream=down, env=env, name=name)
@@ -432,6 +434,20 @@ def start_all(a: argparse.Namespace, tmp: Path, started: list[Server],
         bare, bare_port = start_bare(a.python, started)
         servers.append(("aiosmtpd-noop", bare, bare_port))
     return servers
+
+
+def fill_cur(box: Path, n: int) -> None:
+    """`n` messages a reader has seen, in the folder the repo's rules give sales@ (Inbound):
+    a department folder after years of mail. Its mtime set an hour back, as a folder no one
+    is reading at the moment."""
+    cur = box / "cur"
+    cur.mkdir(parents=True, exist_ok=True)
+    for sub in ("new", "tmp"):
+        (box / sub).mkdir(exist_ok=True)
+    for i in range(n):
+        (cur / f"{1700000000 + i}.M{i}P1.mx.old,S=4096,W=4180:2,S").touch()
+    past = time.time() - 3600
+    os.utime(cur, (past, past))
 
 
 def median(values: list[float]) -> float:
@@ -573,6 +589,9 @@ def main() -> int:
                     help="also run the mailrouter of another checkout (old:* rows, new/old ratios)")
     ap.add_argument("--asyncio-too", action="store_true",
                     help="each mailrouter row twice: on uvloop and with MAILROUTER_LOOP=asyncio")
+    ap.add_argument("--cur", type=int, default=0, metavar="N",
+                    help="first fill the cur/ of the folder the mr rows deliver to with N seen "
+                         "messages (a department folder after years of mail)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of every level; summary gives best-of and medians (1)")
     a = ap.parse_args()
