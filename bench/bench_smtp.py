@@ -423,6 +423,9 @@ def start_all(a: argparse.Namespace, tmp: Path, started: list[Server],
                     name = f"{label}{kind}/{w}{loop}"
                     if a.cur and kind == "mr":
                         fill_cur(tmp / slug(name) / "var" / "mail" / "sales" / ".Inbound", a.cur)
+                    if a.registry:       # each row its own copy of the filled registry
+                        (tmp / slug(name) / "var").mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(a.registry, tmp / slug(name) / "var" / "registry.db")
                     srv, port = start_mailrouter(tmp / slug(name), a.python,
                                                  a.profile, w, started, routing=routing,
                                                  smtp_downstream=down, env=env, name=name)
@@ -592,6 +595,9 @@ def main() -> int:
     ap.add_argument("--cur", type=int, default=0, metavar="N",
                     help="first fill the cur/ of the folder the mr rows deliver to with N seen "
                          "messages (a department folder after years of mail)")
+    ap.add_argument("--registry", metavar="FILE",
+                    help="start each mailrouter row on a copy of this SQLite registry (a filled "
+                         "one: bench_registry.py -n 1000000 --db FILE)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of every level; summary gives best-of and medians (1)")
     a = ap.parse_args()
