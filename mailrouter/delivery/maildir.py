@@ -395,15 +395,18 @@ class _CurNames:
 
     A listing made less than RACY_NS after the directory's mtime is not trusted: an entry
     moved in within the same timestamp tick leaves the mtime as it was (the racy-timestamp
-    problem, as git's index has it). Such a folder is listed again on the next copy, as
-    every folder was before. Kept as a sorted array of the names' hashes (8 bytes each):
+    problem, as git's index has it). A tick is a few milliseconds on ext4 and xfs, a whole
+    second or two on ext3 and FAT: an mtime of whole seconds takes RACY_COARSE_NS. Such a
+    folder is listed again on the next copy, as every folder was before. Kept as a sorted
+    array of the names' hashes (8 bytes each):
     a hash found is confirmed by a real listing, so a collision costs a listing, not a copy.
     Known limit: a Maildir on a network file system whose server's clock is behind ours
     by more than RACY_NS could have a move within one tick of our listing pass unseen
     (a second copy of a retried message at worst, never a lost one)."""
 
     FROM = 2000                 # entries: a smaller cur/ is listed each time (under 1 ms)
-    RACY_NS = 100_000_000       # a listing this soon after the mtime is not kept
+    RACY_NS = 100_000_000       # a listing this soon after the mtime is not kept (ten ticks)
+    RACY_COARSE_NS = 2_000_000_000   # the same where mtimes are whole seconds (or FAT's two)
 
     __slots__ = ("ino", "mtime_ns", "hashes")
 
@@ -421,8 +424,9 @@ class _CurNames:
             after = os.stat(cur)
         except OSError:
             return None
+        coarse = after.st_mtime_ns % 1_000_000_000 == 0      # whole seconds: ext3, FAT, ...
         if ((after.st_ino, after.st_mtime_ns) != (before.st_ino, before.st_mtime_ns)
-                or listed < after.st_mtime_ns + cls.RACY_NS):
+                or listed < after.st_mtime_ns + (cls.RACY_COARSE_NS if coarse else cls.RACY_NS)):
             return None
         ours = sorted({hash(_base(e)) for e in entries if e.startswith("mr")})
         return cls(after.st_ino, after.st_mtime_ns, array("q", ours))
