@@ -303,9 +303,10 @@ async def test_a_change_while_cur_is_listed_is_not_trusted(tmp_path, monkeypatch
 async def test_a_listing_a_second_after_a_whole_second_mtime_is_not_trusted(tmp_path):
     """Where mtimes are whole seconds (ext3, FAT), a move 1.5 s after the change before our
     listing can leave the mtime as it was: such a listing is kept only 2 s after its mtime."""
+    import asyncio
     import time
     cur = _big_cur(tmp_path / "box")
-    time.sleep(1 - time.time() % 1)               # just past a whole second
+    await asyncio.sleep(1 - time.time() % 1)      # just past a whole second
     second = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000      # the one before it
     os.utime(cur, ns=(second, second))
     md = Maildir(tmp_path / "box", "mx.test")
