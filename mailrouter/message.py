@@ -545,12 +545,20 @@ def _file_name(ctype_msg: Message | None, disposition: Message | None, body: _Bo
     """The decoded file name a part gives (filename=, else name=), '' when none."""
     raw_name = None
     if disposition is not None:
-        raw_name = disposition.get_param("filename", header="content-disposition")
+        raw_name = _param(disposition, "filename", "content-disposition")
     if raw_name is None and ctype_msg:
-        raw_name = ctype_msg.get_param("name")
-    name = decode_param_value(raw_name)  # type: ignore[arg-type]
+        raw_name = _param(ctype_msg, "name", "content-type")
+    name = decode_param_value(raw_name)
     body.record("Attachment name", name)
     return name.text
+
+
+def _param(msg: Message, name: str, header: str) -> str | tuple[str, str, str] | None:
+    """The parameter `name`; its RFC 2231 form (`filename*=utf-8''...`) when the plain one
+    is there too: mailers give a plain ASCII fallback for old readers beside it
+    (`filename="____.pdf"; filename*=...`), and the stdlib's get_param returns the first."""
+    values = [value for key, value in msg.get_params([], header=header) if key.lower() == name]
+    return next((v for v in values if isinstance(v, tuple)), values[0] if values else None)
 
 
 _CRLF = policy.compat32.clone(linesep="\r\n")     # the forwarded message as it travelled

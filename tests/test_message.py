@@ -207,6 +207,26 @@ def test_rfc2047_filename() -> None:
     assert v.attachments[0].size == 5
 
 
+@pytest.mark.parametrize("params", [
+    b"{p}=\"Schet 5.pdf\"; {p}*=utf-8''%D0%A1%D1%87%D1%91%D1%82%205.pdf",
+    b"{p}*=utf-8''%D0%A1%D1%87%D1%91%D1%82%205.pdf; {p}=\"Schet 5.pdf\"",
+    b"{p}=\"____ 5.pdf\";\r\n {p}*0*=utf-8''%D0%A1%D1%87%D1%91;\r\n {p}*1*=%D1%82%205.pdf",
+], ids=["plain-first", "2231-first", "2231-continued"])
+@pytest.mark.parametrize("header, param", [(b"Content-Disposition: attachment; ", b"filename"),
+                                           (b"Content-Type: application/pdf; ", b"name")])
+def test_rfc2231_filename_wins_over_its_plain_fallback(params: bytes, header: bytes,
+                                                      param: bytes) -> None:
+    """A mailer that gives the RFC 2231 name also gives a plain ASCII one for old readers;
+    the rules must see the real name (RFC 6266 4.3 says the same for HTTP). The stdlib's
+    get_param returns the plain one, wherever it stands."""
+    raw = (b"From: a@b.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\n"
+           b"Content-Type: text/plain\r\n\r\nhi\r\n--B\r\n" + header +
+           params.replace(b"{p}", param) +
+           b"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--B--\r\n")
+    assert [a.filename for a in MessageView(raw).attachments] == ["Счёт 5.pdf"]
+
+
 def test_raw_8bit_filename() -> None:
     """A raw cp1251 filename is guessed and the guess recorded."""
     v = view("raw8bit_filename.eml")
