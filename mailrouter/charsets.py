@@ -30,7 +30,8 @@ one of those is treated as unknown.
 Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
 whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
 than French "è"; "\\xef" alone is "ď" rather than "ï"), and Slovak and Hungarian letters are not
-in the tables; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent) is trusted;
+in the tables; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent) is trusted
+(UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted);
 mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
 mac-cyrillic text is read as cp1251 (identical result for those letters).
 """
@@ -296,16 +297,27 @@ def _choose_charset(label: str | None, guess: Callable[[], str],
     return codec, True, notes, defects
 
 
+@functools.lru_cache(maxsize=None)
+def _single_byte(codec: str) -> bool:
+    """One character per byte (koi8-r, cp1251, iso8859-2 ...), not a multi-byte codec."""
+    return len(bytes(range(256)).decode(codec, "replace")) == 256
+
+
 def _mislabelled(data: bytes, codec: str) -> bool:
     """Mail clients label windows-1251 and KOI8-R text as us-ascii or iso-8859-1; UTF-8 labels
-    also arrive on 8-bit Cyrillic text.  Such labels are not trusted when the bytes disagree."""
+    also arrive on 8-bit Cyrillic text, and 8-bit labels (koi8-r, windows-1251, a script's
+    fixed header) on UTF-8 text, which 8-bit text almost never is by chance: two Cyrillic
+    letters in a row are never a valid UTF-8 sequence.  Such labels are not trusted when the
+    bytes disagree."""
     if data.isascii():
         return False
     if codec == "ascii":
         return True
     if codec == "utf-8":
         return _valid_utf8(data) is None
-    return codec in _LATIN_LABELS and (looks_cyrillic(data) or _valid_utf8(data) is not None)
+    if _single_byte(codec) and _valid_utf8(data) is not None:
+        return True
+    return codec in _LATIN_LABELS and looks_cyrillic(data)
 
 
 # RFC 2047 header values
@@ -527,8 +539,9 @@ def _mislabelled_pieces(data: bytes, start: int, end: int, size: int, codec: str
         return True
     if codec == "utf-8":
         return not _is_utf8(data, start, end, size)
-    return codec in _LATIN_LABELS and (_looks_cyrillic_pieces(data, start, end, size)
-                                       or _is_utf8(data, start, end, size))
+    if _single_byte(codec) and _is_utf8(data, start, end, size):
+        return True
+    return codec in _LATIN_LABELS and _looks_cyrillic_pieces(data, start, end, size)
 
 
 def _guess_pieces(data: bytes, start: int, end: int, size: int,

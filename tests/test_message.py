@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -262,6 +263,34 @@ def test_mislabelled_charsets_are_fixed_and_noted() -> None:
     assert v.body_charset == "koi8-r"
     assert v.charset_notes == ["Subject: declared iso-8859-1 but bytes are cp1251",
                                "Body: declared us-ascii but bytes are koi8-r"]
+
+
+@pytest.mark.parametrize("label", ["koi8-r", "windows-1251", "iso-8859-5", "ibm866",
+                                   "windows-1250", "iso-8859-2"])
+def test_utf8_under_an_8bit_label_is_read_as_utf8_and_noted(label: str) -> None:
+    """A script that writes UTF-8 under a fixed koi8-r or windows-1251 label: the bytes are
+    valid UTF-8, which 8-bit Cyrillic or Czech text practically never is, so the label is
+    overruled (as a Latin label is) instead of giving 'п║я┤я▒я┌' to the rules."""
+    subject = base64.b64encode("Счёт на оплату".encode()).decode()
+    raw = (f"From: a@b.test\r\nSubject: =?{label}?B?{subject}?=\r\n"
+           f"Content-Type: text/plain; charset={label}\r\n\r\n").encode() + \
+        "Прошу выставить счёт, faktura č. 5\r\n".encode()
+    v = MessageView(raw)
+    assert v.subject == "Счёт на оплату"
+    assert v.body_text == "Прошу выставить счёт, faktura č. 5\n"
+    assert v.body_charset == "utf-8"
+    assert v.charset_notes == [f"Subject: declared {label} but bytes are utf-8",
+                               f"Body: declared {label} but bytes are utf-8"]
+
+
+def test_8bit_text_under_its_own_label_is_trusted() -> None:
+    """The other side: real koi8-r, windows-1251 and iso-8859-2 text under its label."""
+    for label, text in (("koi8-r", "Счёт на оплату"), ("windows-1251", "Счёт на оплату"),
+                        ("iso-8859-2", "Faktura č. 5 k úhradě")):
+        raw = (f"Subject: x\r\nContent-Type: text/plain; charset={label}\r\n\r\n".encode()
+               + text.encode(label) + b"\r\n")
+        v = MessageView(raw)
+        assert (v.body_text, v.charset_notes) == (text + "\n", []), label
 
 
 def test_unknown_charset_is_guessed_and_a_defect() -> None:
