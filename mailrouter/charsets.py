@@ -158,6 +158,25 @@ def _valid_utf8(data: bytes) -> str | None:
         return None
 
 
+_STRAY = re.compile("[\udc80-\udcff]")
+
+
+def _utf8_counts(data: bytes) -> tuple[int, int]:
+    """(characters of two or more bytes, bytes that are not UTF-8) in `data` read as UTF-8."""
+    text = data.decode("utf-8", "surrogateescape")
+    stray = len(text) - len(_STRAY.sub("", text))
+    return len(text) - len(text.encode("ascii", "ignore")) - stray, stray
+
+
+def _damaged_utf8(multi: int, stray: int) -> bool:
+    """UTF-8 with a few bytes that are not (a character cut off at the end of a subject a
+    mailer shortened, one stray windows-1252 byte in a signature): it is still UTF-8, and
+    reading all of it as KOI8-R because of one byte would garble every letter. 8-bit
+    Cyrillic text read as UTF-8 has almost no valid sequences ("О»" in «ООО»), and a stray
+    byte for each letter."""
+    return stray > 0 and multi >= 2 * stray
+
+
 def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES
                  ) -> tuple[str, str]:
     """Decode bytes of unknown charset; return (text, codec used).
@@ -170,6 +189,8 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
     text = _valid_utf8(data)
     if text is not None:
         return text, "utf-8"
+    if _damaged_utf8(*_utf8_counts(data)):
+        return data.decode("utf-8", "replace"), "utf-8"
     if not looks_cyrillic(data):
         return guess_latin(data)
     best = max(candidates, key=lambda c: score_russian(data.decode(c, "replace")))
@@ -314,7 +335,7 @@ def _mislabelled(data: bytes, codec: str) -> bool:
     if codec == "ascii":
         return True
     if codec == "utf-8":
-        return _valid_utf8(data) is None
+        return _valid_utf8(data) is None and not _damaged_utf8(*_utf8_counts(data))
     if _single_byte(codec) and _valid_utf8(data) is not None:
         return True
     return codec in _LATIN_LABELS and looks_cyrillic(data)
@@ -523,6 +544,14 @@ def _is_utf8(data: bytes, start: int, end: int, size: int) -> bool:
     return True
 
 
+def _damaged_utf8_pieces(data: bytes, start: int, end: int, size: int) -> bool:
+    multi = stray = 0       # a piece ends with LF or the data: no sequence spans two pieces
+    for piece in _byte_pieces(data, start, end, size):
+        m, s = _utf8_counts(piece)
+        multi, stray = multi + m, stray + s
+    return _damaged_utf8(multi, stray)
+
+
 def _looks_cyrillic_pieces(data: bytes, start: int, end: int, size: int) -> bool:
     high = own_word = 0
     for piece in _byte_pieces(data, start, end, size):
@@ -538,7 +567,8 @@ def _mislabelled_pieces(data: bytes, start: int, end: int, size: int, codec: str
     if codec == "ascii":
         return True
     if codec == "utf-8":
-        return not _is_utf8(data, start, end, size)
+        return not _is_utf8(data, start, end, size) and not _damaged_utf8_pieces(
+            data, start, end, size)
     if _single_byte(codec) and _is_utf8(data, start, end, size):
         return True
     return codec in _LATIN_LABELS and _looks_cyrillic_pieces(data, start, end, size)
@@ -549,7 +579,7 @@ def _guess_pieces(data: bytes, start: int, end: int, size: int,
     """The codec guess_decode picks, a piece at a time (same order, same scores)."""
     if _is_ascii(data, start, end, size):
         return "ascii"
-    if _is_utf8(data, start, end, size):
+    if _is_utf8(data, start, end, size) or _damaged_utf8_pieces(data, start, end, size):
         return "utf-8"
     if not _looks_cyrillic_pieces(data, start, end, size):
         latin: dict[tuple[str, str], float | None] = {

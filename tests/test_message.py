@@ -283,6 +283,39 @@ def test_utf8_under_an_8bit_label_is_read_as_utf8_and_noted(label: str) -> None:
                                f"Body: declared {label} but bytes are utf-8"]
 
 
+RU_TEXT = "Добрый день! Прошу выставить счёт на оплату по договору поставки."
+
+
+@pytest.mark.parametrize("damaged", [
+    RU_TEXT.encode() + b" caf\xe9",               # one windows-1252 byte in a signature
+    RU_TEXT.encode()[:-2],                        # the last letter cut in half
+    RU_TEXT.encode() + b"\xff",
+], ids=["stray-latin-byte", "cut-letter", "ff"])
+def test_utf8_with_a_stray_byte_stays_utf8(damaged: bytes) -> None:
+    """UTF-8 text with one byte that is not UTF-8 is UTF-8 with a defect: it was read as
+    KOI8-R from end to end ('п■п╬п╠я─я▀п╧...'), labelled or not, in the body and in headers."""
+    want = damaged.decode("utf-8", "replace")
+    body = MessageView(b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                       + damaged + b"\r\n")
+    assert (body.body_text, body.body_charset) == (want + "\n", "utf-8")
+    assert body.charset_notes == [] and body.defects == ["Body: bytes not valid in utf-8, replaced"]
+    unlabelled = MessageView(b"Subject: x\r\n\r\n" + damaged + b"\r\n")
+    assert (unlabelled.body_text, unlabelled.body_charset) == (want + "\n", "utf-8")
+    encoded = base64.b64encode(damaged).decode()
+    assert MessageView(f"Subject: =?utf-8?B?{encoded}?=\r\n\r\nx".encode()).subject == want
+    assert MessageView(b"Subject: " + damaged + b"\r\n\r\nx").subject == want
+
+
+def test_8bit_cyrillic_under_a_utf8_label_is_still_found() -> None:
+    """The other side: windows-1251 with «» (whose bytes after a capital letter are valid
+    UTF-8 by chance: 'О»') and KOI8-R under a utf-8 label are still read as what they are."""
+    for codec in ("cp1251", "koi8-r"):
+        text = "«ООО» Счёт на оплату" if codec == "cp1251" else "Счёт на оплату"
+        v = MessageView(b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                        + text.encode(codec) + b"\r\n")
+        assert (v.body_text, v.body_charset) == (text + "\n", codec)
+
+
 def test_8bit_text_under_its_own_label_is_trusted() -> None:
     """The other side: real koi8-r, windows-1251 and iso-8859-2 text under its label."""
     for label, text in (("koi8-r", "Счёт на оплату"), ("windows-1251", "Счёт на оплату"),
