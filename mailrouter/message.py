@@ -44,7 +44,7 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from mailrouter.mimewalk import Leaf, leaves
+from mailrouter.mimewalk import Leaf, decoded_payload, leaves
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     PIECE_BYTES,
@@ -615,8 +615,7 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
 
 
 def _payload(part: Message) -> bytes:
-    payload = part.get_payload(decode=True)
-    return payload if isinstance(payload, bytes) else b""
+    return decoded_payload(part)
 
 
 def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:
