@@ -30,7 +30,8 @@ one of those is treated as unknown.
 Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
 whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
 than French "è"; "\\xef" alone is "ď" rather than "ï"), and Slovak and Hungarian letters are not
-in the tables; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent) is trusted;
+in the tables; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent) is trusted
+(UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted);
 mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
 mac-cyrillic text is read as cp1251 (identical result for those letters).
 """
@@ -157,6 +158,25 @@ def _valid_utf8(data: bytes) -> str | None:
         return None
 
 
+_STRAY = re.compile("[\udc80-\udcff]")
+
+
+def _utf8_counts(data: bytes) -> tuple[int, int]:
+    """(characters of two or more bytes, bytes that are not UTF-8) in `data` read as UTF-8."""
+    text = data.decode("utf-8", "surrogateescape")
+    stray = len(text) - len(_STRAY.sub("", text))
+    return len(text) - len(text.encode("ascii", "ignore")) - stray, stray
+
+
+def _damaged_utf8(multi: int, stray: int) -> bool:
+    """UTF-8 with a few bytes that are not (a character cut off at the end of a subject a
+    mailer shortened, one stray windows-1252 byte in a signature): it is still UTF-8, and
+    reading all of it as KOI8-R because of one byte would garble every letter. 8-bit
+    Cyrillic text read as UTF-8 has almost no valid sequences ("О»" in «ООО»), and a stray
+    byte for each letter."""
+    return stray > 0 and multi >= 2 * stray
+
+
 def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES
                  ) -> tuple[str, str]:
     """Decode bytes of unknown charset; return (text, codec used).
@@ -169,6 +189,8 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
     text = _valid_utf8(data)
     if text is not None:
         return text, "utf-8"
+    if _damaged_utf8(*_utf8_counts(data)):
+        return data.decode("utf-8", "replace"), "utf-8"
     if not looks_cyrillic(data):
         return guess_latin(data)
     best = max(candidates, key=lambda c: score_russian(data.decode(c, "replace")))
@@ -296,16 +318,27 @@ def _choose_charset(label: str | None, guess: Callable[[], str],
     return codec, True, notes, defects
 
 
+@functools.lru_cache(maxsize=None)
+def _single_byte(codec: str) -> bool:
+    """One character per byte (koi8-r, cp1251, iso8859-2 ...), not a multi-byte codec."""
+    return len(bytes(range(256)).decode(codec, "replace")) == 256
+
+
 def _mislabelled(data: bytes, codec: str) -> bool:
     """Mail clients label windows-1251 and KOI8-R text as us-ascii or iso-8859-1; UTF-8 labels
-    also arrive on 8-bit Cyrillic text.  Such labels are not trusted when the bytes disagree."""
+    also arrive on 8-bit Cyrillic text, and 8-bit labels (koi8-r, windows-1251, a script's
+    fixed header) on UTF-8 text, which 8-bit text almost never is by chance: two Cyrillic
+    letters in a row are never a valid UTF-8 sequence.  Such labels are not trusted when the
+    bytes disagree."""
     if data.isascii():
         return False
     if codec == "ascii":
         return True
     if codec == "utf-8":
-        return _valid_utf8(data) is None
-    return codec in _LATIN_LABELS and (looks_cyrillic(data) or _valid_utf8(data) is not None)
+        return _valid_utf8(data) is None and not _damaged_utf8(*_utf8_counts(data))
+    if _single_byte(codec) and _valid_utf8(data) is not None:
+        return True
+    return codec in _LATIN_LABELS and looks_cyrillic(data)
 
 
 # RFC 2047 header values
@@ -511,6 +544,14 @@ def _is_utf8(data: bytes, start: int, end: int, size: int) -> bool:
     return True
 
 
+def _damaged_utf8_pieces(data: bytes, start: int, end: int, size: int) -> bool:
+    multi = stray = 0       # a piece ends with LF or the data: no sequence spans two pieces
+    for piece in _byte_pieces(data, start, end, size):
+        m, s = _utf8_counts(piece)
+        multi, stray = multi + m, stray + s
+    return _damaged_utf8(multi, stray)
+
+
 def _looks_cyrillic_pieces(data: bytes, start: int, end: int, size: int) -> bool:
     high = own_word = 0
     for piece in _byte_pieces(data, start, end, size):
@@ -526,9 +567,11 @@ def _mislabelled_pieces(data: bytes, start: int, end: int, size: int, codec: str
     if codec == "ascii":
         return True
     if codec == "utf-8":
-        return not _is_utf8(data, start, end, size)
-    return codec in _LATIN_LABELS and (_looks_cyrillic_pieces(data, start, end, size)
-                                       or _is_utf8(data, start, end, size))
+        return not _is_utf8(data, start, end, size) and not _damaged_utf8_pieces(
+            data, start, end, size)
+    if _single_byte(codec) and _is_utf8(data, start, end, size):
+        return True
+    return codec in _LATIN_LABELS and _looks_cyrillic_pieces(data, start, end, size)
 
 
 def _guess_pieces(data: bytes, start: int, end: int, size: int,
@@ -536,7 +579,7 @@ def _guess_pieces(data: bytes, start: int, end: int, size: int,
     """The codec guess_decode picks, a piece at a time (same order, same scores)."""
     if _is_ascii(data, start, end, size):
         return "ascii"
-    if _is_utf8(data, start, end, size):
+    if _is_utf8(data, start, end, size) or _damaged_utf8_pieces(data, start, end, size):
         return "utf-8"
     if not _looks_cyrillic_pieces(data, start, end, size):
         latin: dict[tuple[str, str], float | None] = {

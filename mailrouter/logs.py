@@ -1,7 +1,8 @@
 """Log lines: one line per record, key=value or JSON, syslog priorities under journald.
 
 `setup(level, fmt)` installs one handler on the root logger (stderr). Every record is
-ONE line, whatever its message holds (a newline becomes `\\n`):
+ONE line, whatever its message holds (a newline becomes `\\n`, other control characters
+`\\uXXXX`: a client's bytes logged by aiosmtpd cannot forge a line or send a terminal escape):
 
 - `log_format: kv` (the default): `TIME LEVEL [PID] LOGGER MESSAGE k=v ...`, where
   `k=v` are the record's structured fields (`extra={"fields": {...}}`), values quoted
@@ -127,8 +128,21 @@ class Formatter(logging.Formatter):
         return "\n".join(prefix + _one_line(line) for line in lines)
 
 
+# What must not reach the log raw: line ends (a record is one line), NUL, ESC and the other
+# C0 controls and DEL (terminal escapes, truncated reads: a client's command is logged by
+# aiosmtpd as it came, "unrecognised: MA\x00IL"), and the line separators other tools split at.
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+_NAMED = {"\r": "\\r", "\n": "\\n"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    # \uXXXX, not \xXX: inside the strings of a JSON line it reads as the same character
+    ch = m.group()
+    return _NAMED.get(ch) or f"\\u{ord(ch):04x}"
+
+
 def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    return _UNSAFE.sub(_escape, text)
 
 
 def journal_stream(stream: TextIO) -> bool:

@@ -44,7 +44,7 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from mailrouter.mimewalk import Leaf, leaves
+from mailrouter.mimewalk import Leaf, decoded_payload, leaves
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     PIECE_BYTES,
@@ -545,12 +545,20 @@ def _file_name(ctype_msg: Message | None, disposition: Message | None, body: _Bo
     """The decoded file name a part gives (filename=, else name=), '' when none."""
     raw_name = None
     if disposition is not None:
-        raw_name = disposition.get_param("filename", header="content-disposition")
+        raw_name = _param(disposition, "filename", "content-disposition")
     if raw_name is None and ctype_msg:
-        raw_name = ctype_msg.get_param("name")
-    name = decode_param_value(raw_name)  # type: ignore[arg-type]
+        raw_name = _param(ctype_msg, "name", "content-type")
+    name = decode_param_value(raw_name)
     body.record("Attachment name", name)
     return name.text
+
+
+def _param(msg: Message, name: str, header: str) -> str | tuple[str, str, str] | None:
+    """The parameter `name`; its RFC 2231 form (`filename*=utf-8''...`) when the plain one
+    is there too: mailers give a plain ASCII fallback for old readers beside it
+    (`filename="____.pdf"; filename*=...`), and the stdlib's get_param returns the first."""
+    values = [value for key, value in msg.get_params([], header=header) if key.lower() == name]
+    return next((v for v in values if isinstance(v, tuple)), values[0] if values else None)
 
 
 _CRLF = policy.compat32.clone(linesep="\r\n")     # the forwarded message as it travelled
@@ -607,8 +615,7 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
 
 
 def _payload(part: Message) -> bytes:
-    payload = part.get_payload(decode=True)
-    return payload if isinstance(payload, bytes) else b""
+    return decoded_payload(part)
 
 
 def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
-from email import policy
+from email import errors, policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 
-__all__ = ["Leaf", "leaves"]
+__all__ = ["Leaf", "decoded_payload", "leaves"]
 
 _PIECE = 1 << 18                              # bytes decoded or checked at a time
 _MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
@@ -112,8 +112,25 @@ def _stdlib_decode(headers: Message, data: bytes) -> bytes:
     part = Message()
     part._headers = headers._headers            # type: ignore[attr-defined]  # shared, not changed
     part.set_payload(data.decode("ascii", "surrogateescape"))
+    return decoded_payload(part)
+
+
+_NOT_B64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def decoded_payload(part: Message) -> bytes:
+    """part.get_payload(decode=True), except for base64 whose data characters are one more
+    than a multiple of 4 (a message cut short in transit, a mangled line): the stdlib gives
+    such base64 back undecoded (bpo-27397), so the rules would read the base64 text itself;
+    it is decoded here up to its last whole byte, as mail readers show it."""
+    before = len(part.defects)
     payload = part.get_payload(decode=True)
-    return payload if isinstance(payload, bytes) else b""
+    if not isinstance(payload, bytes):
+        return b""
+    if any(isinstance(d, errors.InvalidBase64LengthDefect) for d in part.defects[before:]):
+        chars = _NOT_B64.sub(b"", payload.split(b"=", 1)[0])
+        return binascii.a2b_base64(chars[:len(chars) // 4 * 4])
+    return payload
 
 
 def leaves(raw: bytes, top: Message, body_start: int) -> list[Leaf] | None:

@@ -34,7 +34,7 @@ __all__ = [
     "REPLY_SHUTTING_DOWN", "REPLY_START_DATA", "REPLY_STORAGE_FULL", "REPLY_SYNC_ERROR",
     "REPLY_TEMPFAIL", "REPLY_TOO_BIG", "REPLY_TOO_MANY_ERRORS", "REPLY_TOO_MANY_RCPTS",
     "REPLY_TOO_MANY_SESSIONS", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
-    "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction",
+    "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
 ]
 
 
@@ -145,6 +145,20 @@ class Target:
     def key(self) -> str:
         """Stable identity for dedupe: two paths to one place are one copy."""
         return f"{self.mailbox}/{self.folder}" if self.folder else self.mailbox
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why a folder name cannot be a Maildir++ folder ('Finance/2026' is '.Finance.2026'),
+    or None when it can. Asked where the name is written (rules, aliases: an error with
+    file:line) and where a copy is stored, so that a name the loader took is never one
+    that every delivery then fails on."""
+    levels = folder.replace(".", "/").split("/")
+    if any(level == "" for level in levels):
+        return ("an empty level: a '.' or '/' at an end or two in a row "
+                "(levels are written 'Finance/2026' or 'Finance.2026')")
+    if any(c in folder for c in "\0\r\n"):
+        return "a NUL, CR or LF in it"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -684,11 +684,26 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                               "YAML indents with spaces only — replace the tab with spaces") from None
         raise ConfigError(f"YAML syntax: {exc.problem or exc.context}", source, line, col,
                           "check indentation and quoting on that line") from None
+    except yaml.reader.ReaderError as exc:     # a character YAML refuses: no mark, a position
+        at = exc.position          # libyaml counts UTF-8 bytes, PyYAML's own reader characters
+        if exc.encoding != "unicode":
+            at = len(text.encode("utf-8", "surrogatepass")[:at].decode("utf-8", "ignore"))
+        line, col = _line_col(text, at)
+        raise ConfigError(f"character #x{exc.character:04x} is not allowed in YAML"
+                          if isinstance(exc.character, int) else f"YAML: {exc.reason}",
+                          source, line, col, "delete it: routing files are plain text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML: {exc}", source) from None
     finally:
         if collecting:
             gc.enable()
+
+
+def _line_col(text: str | bytes, at: int) -> tuple[int, int]:
+    """1-based line and column of offset `at` in `text`."""
+    nl = "\n" if isinstance(text, str) else b"\n"
+    start = text.rfind(nl, 0, at) + 1      # type: ignore[arg-type]
+    return text.count(nl, 0, at) + 1, at - start + 1      # type: ignore[arg-type]
 
 
 def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = ()) -> Any:
@@ -699,8 +714,9 @@ def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = (
     except FileNotFoundError:
         raise ConfigError("file not found", str(p), hint="check the path") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(p),
-                          hint="save the file as UTF-8") from None
+        line, col = _line_col(exc.object, exc.start)
+        raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
+                          str(p), line, col, "save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", str(p)) from None
     return loads(text, str(p), bare, skip)

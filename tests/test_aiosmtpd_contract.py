@@ -35,6 +35,7 @@ ATTRIBUTES = {
     "_smtp_methods": (dict, "replaced by _GuardedMethods; SMTP._handle_client and smtp_HELP call .get"),
     "_reader": (asyncio.StreamReader, "DATA is read from it in bulk; the rest is fed back"),
     "_writer": (asyncio.StreamWriter, "the 421 to idle sessions is written to it"),
+    "_handler_coroutine": (asyncio.Task, "its end closes a socket left open (EOF before greeting)"),
 }
 # Globals of aiosmtpd.smtp that protocol.py replaces to speed up SMTP.__init__
 MODULE_GLOBALS = {

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -278,3 +280,42 @@ def test_hostile_limits_in_config_yaml(tmp_path):
         load_config(cfg)
     assert [e.message for e in info.value.errors] == [
         "'max_errors' must be a number >= 1, not 0", "'soft_errors' must be a number >= 1, not -1"]
+
+
+@pytest.mark.parametrize("greet_delay", [0.0, 0.5], ids=["no-greet-delay", "greet-delay"])
+@pytest.mark.parametrize("proto", ["smtp", "lmtp"])
+async def test_a_client_gone_before_the_greeting_frees_its_session(make_app, proto, greet_delay):
+    """A client that connects and closes at once (a port scanner, a TCP health check) must not
+    keep its session: aiosmtpd cancels the session's task on EOF, and a task cancelled before
+    it ran, or while the greeting waits, never closed the socket, so it stayed open (CLOSE-WAIT)
+    and counted against max_connections until command_timeout (300 s): ten such connects
+    greeted every real client 421."""
+    app = await make_app(limits={"max_connections": 3, "greet_delay_loopback": greet_delay})
+    port = app.bound[proto][1]
+    for _ in range(10):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
+    for _ in range(100):                 # the server sees them go on its own schedule
+        if not app.sessions:
+            break
+        await asyncio.sleep(0.05)
+    assert not app.sessions, f"{len(app.sessions)} sessions kept after their clients left"
+    async with Wire(port) as w:
+        assert (await w.line()).startswith("220")
+
+
+def test_connect_and_close_at_once_does_not_fill_the_daemon(daemon_process):
+    """The same on the daemon as `mailrouter run` starts it (uvloop when installed): ten
+    connect-and-close clients, then a real one is greeted 220, not 421 4.7.0."""
+    d = daemon_process(extra="workers: 1\nlimits: {max_connections: 3}\n")
+    for _ in range(10):
+        socket.create_connection(("127.0.0.1", d.smtp), timeout=10).close()
+    greeting = b""
+    for _ in range(100):                 # the daemon sees them go on its own schedule
+        with socket.create_connection(("127.0.0.1", d.smtp), timeout=10) as s:
+            greeting = s.recv(100)
+        if greeting.startswith(b"220"):
+            break
+        time.sleep(0.05)
+    assert greeting.startswith(b"220"), greeting

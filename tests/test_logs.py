@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import smtplib
+import socket
 import time
 from pathlib import Path
 
@@ -159,3 +160,29 @@ def test_log_format_is_checked(tmp_path: Path):
     cfg.write_text("log_format: xml\n", encoding="utf-8")
     with pytest.raises(ConfigErrors, match="'log_format' must be kv or json, not 'xml'"):
         load_config(cfg)
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_a_clients_control_bytes_never_reach_the_log_raw(daemon_process, fmt):
+    """aiosmtpd logs an unknown command as the client sent it ("unrecognised: ..."): a NUL,
+    an ESC (a terminal escape) or DEL in it is written escaped, so the log stays one clean
+    line per record; in JSON the line still parses to the same text."""
+    proc = daemon_process(extra=f"log_format: {fmt}\nworkers: 1\n")
+    with socket.create_connection(("127.0.0.1", proc.smtp), timeout=10) as s:
+        s.recv(100)
+        s.sendall("EHLO x\r\n".encode())
+        s.recv(1000)
+        s.sendall(b"MA\x00IL\x1b[2J\x7fX\r\n")
+        s.recv(1000)
+        s.sendall(b"QUIT\r\n")
+        while s.recv(1000):
+            pass
+    lines = _lines(proc, "unrecognised")
+    assert lines, proc.log.read_text(encoding="utf-8")
+    raw = proc.log.read_bytes()
+    for bad in (b"\x00", b"\x1b", b"\x7f"):
+        assert bad not in raw
+    if fmt == "json":
+        assert "MA\x00IL\x1b[2J\x7fX" in json.loads(lines[0])["msg"]
+    else:
+        assert "MA\\u0000IL\\u001b[2J\\u007fX" in lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -207,6 +208,26 @@ def test_rfc2047_filename() -> None:
     assert v.attachments[0].size == 5
 
 
+@pytest.mark.parametrize("params", [
+    b"{p}=\"Schet 5.pdf\"; {p}*=utf-8''%D0%A1%D1%87%D1%91%D1%82%205.pdf",
+    b"{p}*=utf-8''%D0%A1%D1%87%D1%91%D1%82%205.pdf; {p}=\"Schet 5.pdf\"",
+    b"{p}=\"____ 5.pdf\";\r\n {p}*0*=utf-8''%D0%A1%D1%87%D1%91;\r\n {p}*1*=%D1%82%205.pdf",
+], ids=["plain-first", "2231-first", "2231-continued"])
+@pytest.mark.parametrize("header, param", [(b"Content-Disposition: attachment; ", b"filename"),
+                                           (b"Content-Type: application/pdf; ", b"name")])
+def test_rfc2231_filename_wins_over_its_plain_fallback(params: bytes, header: bytes,
+                                                      param: bytes) -> None:
+    """A mailer that gives the RFC 2231 name also gives a plain ASCII one for old readers;
+    the rules must see the real name (RFC 6266 4.3 says the same for HTTP). The stdlib's
+    get_param returns the plain one, wherever it stands."""
+    raw = (b"From: a@b.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\n"
+           b"Content-Type: text/plain\r\n\r\nhi\r\n--B\r\n" + header +
+           params.replace(b"{p}", param) +
+           b"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--B--\r\n")
+    assert [a.filename for a in MessageView(raw).attachments] == ["Счёт 5.pdf"]
+
+
 def test_raw_8bit_filename() -> None:
     """A raw cp1251 filename is guessed and the guess recorded."""
     v = view("raw8bit_filename.eml")
@@ -242,6 +263,83 @@ def test_mislabelled_charsets_are_fixed_and_noted() -> None:
     assert v.body_charset == "koi8-r"
     assert v.charset_notes == ["Subject: declared iso-8859-1 but bytes are cp1251",
                                "Body: declared us-ascii but bytes are koi8-r"]
+
+
+@pytest.mark.parametrize("label", ["koi8-r", "windows-1251", "iso-8859-5", "ibm866",
+                                   "windows-1250", "iso-8859-2"])
+def test_utf8_under_an_8bit_label_is_read_as_utf8_and_noted(label: str) -> None:
+    """A script that writes UTF-8 under a fixed koi8-r or windows-1251 label: the bytes are
+    valid UTF-8, which 8-bit Cyrillic or Czech text practically never is, so the label is
+    overruled (as a Latin label is) instead of giving 'п║я┤я▒я┌' to the rules."""
+    subject = base64.b64encode("Счёт на оплату".encode()).decode()
+    raw = (f"From: a@b.test\r\nSubject: =?{label}?B?{subject}?=\r\n"
+           f"Content-Type: text/plain; charset={label}\r\n\r\n").encode() + \
+        "Прошу выставить счёт, faktura č. 5\r\n".encode()
+    v = MessageView(raw)
+    assert v.subject == "Счёт на оплату"
+    assert v.body_text == "Прошу выставить счёт, faktura č. 5\n"
+    assert v.body_charset == "utf-8"
+    assert v.charset_notes == [f"Subject: declared {label} but bytes are utf-8",
+                               f"Body: declared {label} but bytes are utf-8"]
+
+
+RU_TEXT = "Добрый день! Прошу выставить счёт на оплату по договору поставки."
+
+
+@pytest.mark.parametrize("damaged", [
+    RU_TEXT.encode() + b" caf\xe9",               # one windows-1252 byte in a signature
+    RU_TEXT.encode()[:-2],                        # the last letter cut in half
+    RU_TEXT.encode() + b"\xff",
+], ids=["stray-latin-byte", "cut-letter", "ff"])
+def test_utf8_with_a_stray_byte_stays_utf8(damaged: bytes) -> None:
+    """UTF-8 text with one byte that is not UTF-8 is UTF-8 with a defect: it was read as
+    KOI8-R from end to end ('п■п╬п╠я─я▀п╧...'), labelled or not, in the body and in headers."""
+    want = damaged.decode("utf-8", "replace")
+    body = MessageView(b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                       + damaged + b"\r\n")
+    assert (body.body_text, body.body_charset) == (want + "\n", "utf-8")
+    assert body.charset_notes == [] and body.defects == ["Body: bytes not valid in utf-8, replaced"]
+    unlabelled = MessageView(b"Subject: x\r\n\r\n" + damaged + b"\r\n")
+    assert (unlabelled.body_text, unlabelled.body_charset) == (want + "\n", "utf-8")
+    encoded = base64.b64encode(damaged).decode()
+    assert MessageView(f"Subject: =?utf-8?B?{encoded}?=\r\n\r\nx".encode()).subject == want
+    assert MessageView(b"Subject: " + damaged + b"\r\n\r\nx").subject == want
+
+
+def test_8bit_cyrillic_under_a_utf8_label_is_still_found() -> None:
+    """The other side: windows-1251 with «» (whose bytes after a capital letter are valid
+    UTF-8 by chance: 'О»') and KOI8-R under a utf-8 label are still read as what they are."""
+    for codec in ("cp1251", "koi8-r"):
+        text = "«ООО» Счёт на оплату" if codec == "cp1251" else "Счёт на оплату"
+        v = MessageView(b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                        + text.encode(codec) + b"\r\n")
+        assert (v.body_text, v.body_charset) == (text + "\n", codec)
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["single", "multipart"])
+def test_base64_cut_short_is_decoded_up_to_its_last_byte(multipart: bool) -> None:
+    """Base64 whose data characters are one more than a multiple of 4 (cut short in
+    transit): the stdlib gives it back undecoded, so the rules read 'INC00LXQvdGMISDQ...'
+    as the body text; it is decoded up to its last whole byte, as mail readers show it."""
+    encoded = base64.b64encode(RU_TEXT.encode())
+    cut = encoded[:len(encoded.rstrip(b"=")) // 4 * 4 + 1]      # 4n + 1 characters
+    part = b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+    raw = b"Subject: x\r\nMIME-Version: 1.0\r\n" + (
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n" + part + b"\r\n" + cut
+        + b"\r\n--B--\r\n" if multipart else part + b"\r\n" + cut + b"\r\n")
+    v = MessageView(raw)
+    assert v.body_text.startswith("Добрый день! Прошу выставить счёт")
+    assert RU_TEXT.startswith(v.body_text.rstrip("\n").rstrip("\ufffd"))
+
+
+def test_8bit_text_under_its_own_label_is_trusted() -> None:
+    """The other side: real koi8-r, windows-1251 and iso-8859-2 text under its label."""
+    for label, text in (("koi8-r", "Счёт на оплату"), ("windows-1251", "Счёт на оплату"),
+                        ("iso-8859-2", "Faktura č. 5 k úhradě")):
+        raw = (f"Subject: x\r\nContent-Type: text/plain; charset={label}\r\n\r\n".encode()
+               + text.encode(label) + b"\r\n")
+        v = MessageView(raw)
+        assert (v.body_text, v.charset_notes) == (text + "\n", []), label
 
 
 def test_unknown_charset_is_guessed_and_a_defect() -> None:

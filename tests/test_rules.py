@@ -312,6 +312,21 @@ def test_non_ascii_folder_on_lmtp_mailbox_is_a_load_error() -> None:
         in str(exc.value)
 
 
+@pytest.mark.parametrize("folder", ["Sales..Q1", "../../etc", "Archive/", ".Hidden"])
+def test_folder_that_no_maildir_can_hold_is_a_load_error(folder: str) -> None:
+    """A folder the Maildir store refuses was loaded and checked 'ok', and then every
+    message the rule took got 451 4.3.0 and a traceback (delivery_crashed), for ever. It is
+    refused where it is written, with file:line, by check and by a reload alike."""
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: mailbox:fin\n", "book.yaml")
+    rules = routing_file(f"rules:\n  - name: r\n    then: {{mailbox: fin, folder: '{folder}'}}\n",
+                         "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, rules, book=None)
+    assert f"{rules}:3:" in str(exc.value) and f"folder {folder!r} has an empty level" \
+        in str(exc.value)
+
+
 WORD_FORMS = [
     # (needle, subject, matches?): a word ending in * matches every word it begins
     ("договор*", "Договор №5", True),

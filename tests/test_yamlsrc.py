@@ -253,6 +253,32 @@ def test_tab_in_a_routing_file_through_load(tmp_path: Any) -> None:
     assert str(info.value) == f"{p}:3:1: {TAB}"
 
 
+@pytest.mark.parametrize("text, line, col", [
+    ("rules:\n  - name: \"a\x00b\"\n", 2, 13),
+    ("# Счёт, фактура\nrules:\n  - name: \"Счёт\x01\"\n", 3, 16),   # libyaml counts bytes
+    ("a: \ufffe\n", 1, 4),
+])
+def test_a_character_yaml_refuses_is_named_with_its_line(text: str, line: int, col: int) -> None:
+    """A NUL or other control character (a binary paste, a bad editor) was 'YAML:
+    unacceptable character #x0000 ... position 4716', with no line to look at."""
+    char = next(c for c in text if c in "\x00\x01\ufffe")
+    want = (f"ConfigError: f.yaml:{line}:{col}: character #x{ord(char):04x} is not allowed in "
+            "YAML; delete it: routing files are plain text")
+    assert error(loads, text) == want
+    assert error(nodes, text) == want
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Any) -> None:
+    """A routing file saved as windows-1251 or latin-1: the line and column of its first
+    byte that is not UTF-8, not only its offset in bytes."""
+    p = tmp_path / "routing.yaml"
+    p.write_bytes("rules:\n  - name: Счёт\n".encode("utf-8") + "# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        yamlsrc.load(p)
+    assert str(info.value) == (f"{p}:3:6: not UTF-8 text (byte 0xe9: invalid continuation "
+                               "byte); save the file as UTF-8")
+
+
 def test_tabs_that_are_not_indentation_are_fine() -> None:
     """Tabs inside a line or a flow collection are valid YAML and load as before."""
     assert loads("a: b\t# c\nd: [1,\n\t2]\n") == {"a": "b", "d": [1, 2]}

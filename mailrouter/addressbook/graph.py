@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from ..values import Target
+from ..values import Target, folder_problem
 from .canon import canonical, canonicaliser
 from .errs import Collector, did_you_mean
 from .parse import Parts, define
@@ -36,9 +36,15 @@ def _end(targets: tuple[Target, ...], at: Any) -> Edge:
     return Edge(None, targets, at, tuple(t.key for t in targets))
 
 
-def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any) -> list[Edge]:
+def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any,
+             folder_at: Any = None) -> list[Edge]:
     if name not in p.mailboxes:
         c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes"))
+        return []
+    problem = folder_problem(folder) if folder is not None else None
+    if problem is not None:
+        c.add(f"folder {folder!r} of mailbox {name!r} has {problem}",
+              at if folder_at is None else folder_at, "fix the folder name")
         return []
     step = f"mailbox:{name}/{folder}" if folder else f"mailbox:{name}"
     return [_end((Target(name, folder, None, (step,)),), at)]
@@ -129,7 +135,7 @@ def _mapping_target(c: Collector, p: Parts, src: str, value: Mapping[Any, Any]) 
         return []
     folder = value.get("folder")
     return _mailbox(c, p, str(value["mailbox"]), str(folder) if folder else None,
-                    value["mailbox"])
+                    value["mailbox"], folder)
 
 
 _new_edge = tuple.__new__

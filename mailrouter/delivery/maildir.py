@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import StorageFullError, TemporaryDeliveryError
+from ..values import folder_problem
 
 __all__ = ["Maildir", "PRIOR", "Place", "Prior", "encode_mutf7", "folder_dirname", "stored"]
 
@@ -101,10 +102,10 @@ def encode_mutf7(name: str) -> str:
 def folder_dirname(folder: str) -> str:
     """'Finance/2026' -> '.Finance.2026' (Maildir++), each level in modified UTF-7.
     Made once per folder name (every copy and every intent asks)."""
-    parts = [p for p in folder.replace(".", "/").split("/")]
-    if not parts or any(p in ("", "..") or any(c in p for c in "\0\r\n") for p in parts):
-        raise ValueError(f"bad folder name {folder!r}")
-    return "." + ".".join(encode_mutf7(p) for p in parts)
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ValueError(f"bad folder name {folder!r}: {problem}")
+    return "." + ".".join(encode_mutf7(p) for p in folder.replace(".", "/").split("/"))
 
 
 class Maildir:

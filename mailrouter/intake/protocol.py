@@ -366,6 +366,17 @@ class Protocol(SMTP):
         register = getattr(self.event_handler, "register", None)
         if register is not None:
             register(self)
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.add_done_callback(self._session_over)
+
+    def _session_over(self, _task: asyncio.Task[None]) -> None:
+        """The session's task has ended: close the socket if it is still open.  aiosmtpd
+        cancels the task on EOF and closes the socket from inside it; a task cancelled before
+        it ran (a client that connects and closes at once: a port scanner, a TCP health check)
+        or while the greeting waits never did, so the socket stayed in CLOSE-WAIT and the
+        session counted against max_connections until command_timeout."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         unregister = getattr(self.event_handler, "unregister", None)

@@ -37,6 +37,7 @@ from ..values import (
     Decision,
     RuleMatch,
     Target,
+    folder_problem,
 )
 from ..yamlsrc import where
 from .conditions import Node, did_you_mean, parse_condition
@@ -133,6 +134,10 @@ class _Builder:
         if spec.get("sla") is not None:
             sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
         folder = spec.get("folder")
+        problem = folder_problem(str(folder)) if folder is not None else None
+        if problem is not None:
+            self.err(f"rule {name!r}: folder {str(folder)!r} has {problem}", folder, spec,
+                     "fix the folder name")
         box = self.book.mailboxes.get(mailbox) if mailbox else None
         if (folder is not None and box is not None and box.kind == "lmtp"
                 and not box.sieve_folders and not str(folder).isascii()):
