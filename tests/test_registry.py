@@ -262,6 +262,27 @@ async def test_sqlite_locked_raises_then_recovers(tmp_path: Path,
         await reg.close()
 
 
+async def test_a_record_not_committed_in_time_fails_and_the_next_one_works(
+        tmp_path: Path) -> None:
+    """record() answers RegistryError once its deadline passes without a commit (here the
+    batch is held in its transaction by an `after` step), and the writer goes on."""
+    import threading
+    reg = await Registry.open(f"sqlite:///{tmp_path / 'slow.db'}", timeout=0.5)
+    release = threading.Event()
+    try:
+        async with asyncio.timeout(30):  # guard against a hang only
+            with pytest.raises(RegistryError) as info:
+                await reg.record(message(), [decision()], [delivery()],
+                                 after=lambda conn: release.wait(20) and None)
+            assert type(info.value) is RegistryError
+            release.set()
+            await reg.record(message("b" * 64), [decision()], [delivery()])
+            assert await reg.delivered_targets("b" * 64) == {"maildir:finance/.Finance"}
+    finally:
+        release.set()
+        await reg.close()
+
+
 @pytest.fixture
 def readonly_dir() -> Iterator[Path]:
     """A directory with an existing registry, then made read-only (0555/0444)."""

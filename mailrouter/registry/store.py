@@ -426,13 +426,18 @@ class Registry:
         (execution control opens or joins the message's request there)."""
         if self._closed:
             raise RegistryError("registry is closed")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._queue.put_nowait(_Pending(message, decisions, deliveries, future, after, outgoing))
+        # the deadline as one timer on the future (asyncio.timeout's context manager and
+        # its task bookkeeping cost more, once per message); the writer skips a done future
+        timer = loop.call_later(self._timeout, _expire, future)
         try:
-            async with asyncio.timeout(self._timeout):
-                await future
+            await future
         except TimeoutError:
             raise _failure("record", TimeoutError("no commit within timeout")) from None
+        finally:
+            timer.cancel()
 
     async def record_loop(self, key: str, rcpt: str, evidence: str) -> None:
         """Note a mail loop caught at run time for message ``key`` and recipient ``rcpt``."""
@@ -834,6 +839,11 @@ def _delivered_targets(conn: Connection, keys: list[str]) -> list[Any]:
         raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
     finally:
         cursor.close()
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _settle(items: Sequence[_Pending], error: RegistryError | None) -> None:
