@@ -20,8 +20,9 @@ second (rename(2) would silently replace), so exactly one copy is stored; the
 loser drops its tmp/ file and reports the copy as delivered. Copies written by
 earlier versions (`mr<id>.<host>`) are recognised in cur/ and, for this
 instance's own host name, in new/.
-Cost: each new copy lists its folder's cur/ once, in a worker thread (about 5 ms
-per 10,000 files on ext4). Copies go to the writer threads in batches, as the registry's
+Cost: each new copy looks its name up in its folder's cur/, in a worker thread: a
+listing (about 5 ms per 10,000 files on ext4) made again only when cur/ has changed since
+the last one (listing.py). Copies go to the writer threads in batches, as the registry's
 commits do: the copies asked for while earlier batches are being written go together,
 one thread hand-off and one fsync of each folder's new/ for the batch (bench/README.md).
 Known limit: a reader that moves the other instance's copy from new/ to cur/
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import StorageFullError, TemporaryDeliveryError
+from .listing import joined_names
 
 __all__ = ["Maildir", "PRIOR", "Place", "Prior", "encode_mutf7", "folder_dirname", "stored"]
 
@@ -354,8 +356,9 @@ def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
 def _in_cur(cur: str | Path, name: str) -> str | None:
     """The copy `name` after a reader moved it to cur/: `NAME:2,FLAGS` with any flags, or an
     earlier version's `NAME.HOST[:2,FLAGS]`."""
-    # One C-level search over the joined listing: a Python loop per entry doubles the cost
-    joined = "\0" + "\0".join(os.listdir(cur)) + "\0"
+    # One C-level search over the joined listing: a Python loop per entry doubles the cost;
+    # the listing is made again only when cur/ has changed (listing.py)
+    joined = joined_names(os.fspath(cur))
     at = joined.find("\0" + name)
     while at >= 0:
         end = at + 1 + len(name)
