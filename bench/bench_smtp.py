@@ -434,6 +434,18 @@ def start_all(a: argparse.Namespace, tmp: Path, started: list[Server],
     return servers
 
 
+def fill_cur(mail: Path, n: int) -> int:
+    """`n` empty read messages (`NAME:2,S`) in every cur/ under `mail`, cur/ then dated a
+    minute back (a mailbox nobody touched lately, as after a day of reading); how many cur/."""
+    curs = [d for d in mail.rglob("cur") if d.is_dir()]
+    for cur in curs:
+        for i in range(n):
+            (cur / f"1700000000.M{i}P1.bench:2,S").touch()
+        st = os.stat(cur)
+        os.utime(cur, ns=(st.st_atime_ns, st.st_mtime_ns - 60 * 10**9))
+    return len(curs)
+
+
 def median(values: list[float]) -> float:
     values = sorted(v for v in values if v == v)
     if not values:
@@ -458,6 +470,12 @@ def run(a: argparse.Namespace, tmp: Path, started: list[Server]) -> None:
     sink = start_sink(sink_port, started)
     servers = start_all(a, tmp, started, sink_port)
     names = [n for n, _, _ in servers]
+    if a.read:
+        for name, srv, port in servers:
+            if name.startswith(("mr", "old:mr")):
+                blast(port, 1, 1, a.size, a.rcpt, srv)       # makes the recipient's folders
+                n = fill_cur(tmp / slug(name) / "var" / "mail", a.read)
+                print(f"# {name}: {a.read} read messages in each of {n} cur/")
     cg = "cgroup v2 cpu.stat" if sink.cgroup is not None else "/proc utime+stime+cutime+cstime"
     print(f"# {os.cpu_count()} CPUs, {a.messages} msgs of {a.size} B per level, new session per "
           f"message; smtp-source -s C -m {a.messages} -l {a.size}; CPU from {cg}; "
@@ -573,6 +591,9 @@ def main() -> int:
                     help="also run the mailrouter of another checkout (old:* rows, new/old ratios)")
     ap.add_argument("--asyncio-too", action="store_true",
                     help="each mailrouter row twice: on uvloop and with MAILROUTER_LOOP=asyncio")
+    ap.add_argument("--read", type=int, default=0, metavar="N",
+                    help="before the levels, N read messages in each mailrouter's recipient "
+                         "folders' cur/ (a mailbox in use; each new copy looks its name up there)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of every level; summary gives best-of and medians (1)")
     a = ap.parse_args()
