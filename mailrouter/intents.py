@@ -152,9 +152,8 @@ class Intents:
         """The intent of a message's Maildir copies, to be written by the Maildir writer thread
         before the first of them (delivery.maildir.PRIOR); settle it once the message is
         answered. OSError when its journal cannot be opened."""
-        line = json.dumps({"key": key, "record": _record_json(record),
-                           "copies": [_place_values(p) for p in places]},
-                          ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
+        line = _ENCODE({"key": key, "record": _record_json(record),
+                        "copies": [_place_values(p) for p in places]}).encode("utf-8", "surrogateescape")
         f = self._current()
         f.open_intents += 1
         f.size += len(line) + 3
@@ -253,6 +252,10 @@ def _append_synced(by_file: dict[int, list[bytes]]) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fdatasync(fd)
+
+
+# json.dumps with these options builds a JSONEncoder per call; the same text from one
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _record_json(record: MessageRecord) -> dict[str, object]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 from pathlib import Path
 
@@ -41,6 +42,10 @@ ATTRIBUTES = {
 MODULE_GLOBALS = {
     "inspect": ("inspect.getmembers(", "inspect.signature("),
     "dir": ("dir(",),
+}
+# ... and the one that SMTP._handle_client calls for every command line
+HANDLE_CLIENT_GLOBALS = {
+    "sanitized_log": ("sanitized_log(log.debug,", "sanitized_log(log.info,"),
 }
 
 
@@ -125,6 +130,36 @@ def test_the_patched_module_globals_are_still_what_smtp_init_looks_up() -> None:
               "protocol.py caches the auth_ names per class")
 
 
+def test_the_command_log_still_goes_through_sanitized_log() -> None:
+    """protocol.py replaces aiosmtpd.smtp's `sanitized_log` with one that asks the logger's
+    level first; that only helps while _handle_client calls it through the module's globals
+    with a logger's bound debug/info method."""
+    source = inspect.getsource(SMTP._handle_client)
+    for call in HANDLE_CLIENT_GLOBALS["sanitized_log"]:
+        if call not in source:
+            _fail("aiosmtpd.smtp.sanitized_log", f"_handle_client no longer calls {call}...)",
+                  "protocol.py skips it when the level is off")
+    assert aiosmtpd.smtp.sanitized_log is protocol._sanitized_log
+
+
+def test_the_command_log_is_written_as_before_when_its_level_is_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With mail.log at DEBUG the command lines are logged, an AUTH secret masked by aiosmtpd's
+    sanitize; at WARNING (the daemon's setting) nothing is."""
+    log = logging.getLogger("mail.log")
+    line = b"AUTH PLAIN c2VjcmV0\r\n"
+    with caplog.at_level(logging.WARNING, logger="mail.log"):
+        protocol._sanitized_log(log.debug, "_handle_client readline: %r", line)
+        protocol._sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), line)
+    assert caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger="mail.log"):
+        protocol._sanitized_log(log.debug, "_handle_client readline: %r", line)
+        protocol._sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), line)
+    assert [r.getMessage() for r in caplog.records] == [
+        "_handle_client readline: b'AUTH PLAIN ********\\r\\n'",
+        "('127.0.0.1', 1) >> b'AUTH PLAIN ********\\r\\n'"]
+
+
 def test_help_still_reads_the_syntax_attributes_the_command_wrapper_copies() -> None:
     """protocol.py wraps each command and copies aiosmtpd's @syntax attributes onto the
     wrapper so HELP keeps working: they must still be there under those names."""
@@ -147,6 +182,6 @@ def test_every_private_aiosmtpd_name_protocol_py_uses_is_checked_here() -> None:
     assert not missing, (f"intake/protocol.py uses aiosmtpd's private {', '.join(missing)}: add them to "
                          f"tests/test_aiosmtpd_contract.py ({HINT})")
     patched = set(re.findall(r"_aiosmtpd_smtp\.(\w+)\s*=", text))
-    assert patched == set(MODULE_GLOBALS), (f"intake/protocol.py patches aiosmtpd.smtp.{patched}: "
-                                            f"list them in MODULE_GLOBALS ({HINT})")
+    assert patched == set(MODULE_GLOBALS) | set(HANDLE_CLIENT_GLOBALS), (f"intake/protocol.py patches aiosmtpd.smtp.{patched}: "
+                                            f"list them in MODULE_GLOBALS or HANDLE_CLIENT_GLOBALS ({HINT})")
 

@@ -128,16 +128,20 @@ async def test_delivered_targets(registry: Registry) -> None:
 
 
 async def test_concurrent_lookups_share_queries_and_get_their_own_answers(
-        registry: Registry) -> None:
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     """500 concurrent dedupe lookups (more than one IN (...) holds) each get their own
     key's targets, and they are answered by a few queries, not 500."""
+    from mailrouter.registry import store
     await registry.record(message("1" * 64), [decision()], [delivery("maildir:one")])
     await registry.record(message("2" * 64), [decision()],
                           [delivery("maildir:two"), delivery("lmtp:x@mx")])
-    queries: list[object] = []     # one connection checkout per query (SQLite runs it on
-    engine = registry.commit_engine if registry.engine.dialect.name == "sqlite" \
-        else registry.engine.sync_engine      # the driver's cursor: no cursor events)
-    event.listen(engine, "checkout", lambda *a: queries.append(a))
+    queries: list[object] = []
+    if registry.engine.dialect.name == "sqlite":   # the driver's cursor, on a connection the
+        lookup = store._delivered_targets           # thread keeps: count the calls
+        monkeypatch.setattr(store, "_delivered_targets",
+                            lambda conn, keys: queries.append(keys) or lookup(conn, keys))
+    else:                                           # asyncpg: one checkout per query
+        event.listen(registry.engine.sync_engine, "checkout", lambda *a: queries.append(a))
     keys = ["1" * 64, "2" * 64, "3" * 64] * 167
     got = await asyncio.gather(*(registry.delivered_targets(k) for k in keys))
     expected = {"1" * 64: {"maildir:one"}, "2" * 64: {"maildir:two", "lmtp:x@mx"}, "3" * 64: set()}
@@ -258,6 +262,27 @@ async def test_sqlite_locked_raises_then_recovers(tmp_path: Path,
         await reg.close()
 
 
+async def test_a_record_not_committed_in_time_fails_and_the_next_one_works(
+        tmp_path: Path) -> None:
+    """record() answers RegistryError once its deadline passes without a commit (here the
+    batch is held in its transaction by an `after` step), and the writer goes on."""
+    import threading
+    reg = await Registry.open(f"sqlite:///{tmp_path / 'slow.db'}", timeout=0.5)
+    release = threading.Event()
+    try:
+        async with asyncio.timeout(30):  # guard against a hang only
+            with pytest.raises(RegistryError) as info:
+                await reg.record(message(), [decision()], [delivery()],
+                                 after=lambda conn: release.wait(20) and None)
+            assert type(info.value) is RegistryError
+            release.set()
+            await reg.record(message("b" * 64), [decision()], [delivery()])
+            assert await reg.delivered_targets("b" * 64) == {"maildir:finance/.Finance"}
+    finally:
+        release.set()
+        await reg.close()
+
+
 @pytest.fixture
 def readonly_dir() -> Iterator[Path]:
     """A directory with an existing registry, then made read-only (0555/0444)."""
@@ -365,6 +390,35 @@ async def test_hostile_lengths_are_recorded(registry: Registry) -> None:
     row = await registry.message("a" * 64)
     assert row is not None and row["from_addr"] == long_addr
     assert row["decisions"][0]["sla"] == sla
+
+
+async def test_sqlite_threads_keep_their_connections_and_close_returns_them(
+        tmp_path: Path) -> None:
+    """On SQLite each registry thread keeps its connection between calls (no pool checkout
+    per look-up or batch); a failed call gives its connection back and the next call works
+    on another; close() returns every one of them to the pool."""
+    reg = await Registry.open(f"sqlite:///{tmp_path / 'held.db'}")
+    engine = reg.commit_engine
+    checkouts: list[object] = []
+    checkins: list[object] = []
+    event.listen(engine, "checkout", lambda *a: checkouts.append(a))
+    event.listen(engine, "checkin", lambda *a: checkins.append(a))
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(reg.record(message(f"{n:064x}"), [decision()], [delivery()])
+                                   for n in range(20)),
+                                 *(reg.delivered_targets(f"{n:064x}") for n in range(20)))
+        assert await reg.count_messages() == 20
+        assert len(checkouts) <= 5 and checkins == []      # one writer, at most four readers
+        with pytest.raises(RegistryError):
+            await reg.read("bad", lambda conn: conn.exec_driver_sql("SELECT * FROM no_such_table"))
+        assert len(checkins) == 1                           # the failed read's, given back
+        assert await reg.count_messages() == 20
+        held = engine.pool.checkedout()
+        assert held >= 2
+    finally:
+        await reg.close()
+    assert len(checkins) == 1 + held
 
 
 async def test_sqlite_sync_setting_reaches_the_connections(tmp_path: Path) -> None:

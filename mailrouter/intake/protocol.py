@@ -200,6 +200,26 @@ def _cached_dir(obj: Any) -> list[str]:
 _aiosmtpd_smtp.dir = _cached_dir  # type: ignore[attr-defined]
 
 
+_SANITIZED_LOG = _aiosmtpd_smtp.sanitized_log
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+
+
+def _sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's `_handle_client` calls `sanitized_log(log.debug, ...)` and
+    `sanitized_log(log.info, ...)` for every command line, and each builds a list and runs
+    its AUTH regex over the line before the logger looks at its level (the daemon keeps
+    aiosmtpd's `mail.log` at WARNING: nothing is written). Ask the logger first; when the
+    level is on, aiosmtpd's own function logs the line as it did."""
+    logger = getattr(func, "__self__", None)
+    level = _LEVELS.get(getattr(func, "__name__", ""))
+    if level is not None and isinstance(logger, logging.Logger) and not logger.isEnabledFor(level):
+        return
+    _SANITIZED_LOG(func, msg, *args, **kwargs)
+
+
+_aiosmtpd_smtp.sanitized_log = _sanitized_log
+
+
 class Protocol(SMTP):
     """aiosmtpd's SMTP with the hardening in the module docstring."""
 
@@ -265,7 +285,8 @@ class Protocol(SMTP):
     def unread(self) -> bytes:
         """Bytes the client sent that no command has read yet (asyncio.StreamReader's
         private buffer: there is no public way to peek at it)."""
-        return bytes(self._reader._buffer)  # type: ignore[attr-defined]
+        buffer = self._reader._buffer  # type: ignore[attr-defined]
+        return bytes(buffer) if buffer else b""    # asked before most commands: mostly empty
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Fast path for the plain `<local@domain> PARAMS` form; anything else goes to
