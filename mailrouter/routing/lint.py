@@ -148,6 +148,7 @@ def lint_rules(rules: Sequence[Any]) -> list[str]:
     """Every warning for a compiled rule list, in rule order."""
     out: list[str] = []
     seen: dict[str, Any] = {}
+    shadowing = _Shadowing(rules)
     for i, rule in enumerate(rules):
         at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
         if rule.name in seen:
@@ -155,14 +156,110 @@ def lint_rules(rules: Sequence[Any]) -> list[str]:
             out.append(f"{at}: the name is also used at {first.file}:{first.line}; "
                        "explanations would be ambiguous")
         seen.setdefault(rule.name, rule)
-        for earlier in rules[:i]:
-            if _shadows(earlier, rule):
-                out.append(f"{at}: never matches: rule {earlier.name!r} ({earlier.file}:"
-                           f"{earlier.line}) matches every message it matches and stops; "
-                           "move it above or add 'continue: true' to the earlier rule")
-                break
+        earlier = shadowing.first_over(i)
+        if earlier is not None:
+            out.append(f"{at}: never matches: rule {earlier.name!r} ({earlier.file}:"
+                       f"{earlier.line}) matches every message it matches and stops; "
+                       "move it above or add 'continue: true' to the earlier rule")
         out.extend(f"{at}: {w}" for w in _unmatchable(rule))
     return out
+
+
+# The shadow search. Trying every earlier rule against every later one took 115 s for
+# 10,000 rules. A rule can only be shadowed by an earlier one whose every conjunct its own
+# condition implies, and `_implies(b, a)` needs b to hold a leaf with a's field, operator and
+# a needle (or key) in common, or the same `not`: `_need(a)` names those signatures,
+# `_offers(b)` the ones b holds. Each earlier rule is filed under the signatures of its most
+# selective conjunct; a later rule tries only the rules filed under what it offers (and the
+# ones no signature can rule out), in rule order, with `_shadows` deciding as before.
+
+_ANY = ("any",)          # offered by a condition that implies everything (an empty any:)
+
+
+def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    if isinstance(node, Leaf):
+        if node.op in _SET_OPS:
+            into.update((node.field, node.op, "n", str(n)) for n in node.needles)
+            into.update((node.field, node.op, "k", str(k)) for k in node.keys)
+            if not node.needles or not node.keys:       # an empty set is within any set
+                into.add((node.field, node.op, "*"))
+        else:
+            into.add((node.field, node.op, "=", tuple(map(str, node.needles))))
+    elif isinstance(node, (AllOf, AnyOf)):
+        if isinstance(node, AnyOf) and not node.parts:
+            into.add(_ANY)
+        for p in node.parts:
+            _offers(p, into)
+    elif isinstance(node, Not):
+        into.add(("not", node.text))
+        _offers(node.part, into)
+    return into
+
+
+def _need(node: Node) -> set[tuple[Any, ...]] | None:
+    """Signatures one of which any condition implying `node` offers; None: no such bound."""
+    if isinstance(node, Leaf):
+        if node.op in _SET_OPS:
+            return ({(node.field, node.op, "n", str(n)) for n in node.needles}
+                    | {(node.field, node.op, "k", str(k)) for k in node.keys}
+                    | {(node.field, node.op, "*")})
+        return {(node.field, node.op, "=", tuple(map(str, node.needles)))}
+    if isinstance(node, AnyOf):
+        out: set[tuple[Any, ...]] = set()
+        for p in node.parts:
+            need = _need(p)
+            if need is None:
+                return None
+            out |= need
+        return out
+    if isinstance(node, AllOf):
+        return _need(node.parts[0]) if node.parts else None
+    if isinstance(node, Not):
+        return {("not", node.text)}
+    return set()                  # a node _implies never holds
+
+
+class _Shadowing:
+    """Which earlier rule, if any, shadows rule i (`first_over`), asked for i in order."""
+
+    def __init__(self, rules: Sequence[Any]) -> None:
+        self.rules = rules
+        self.offers = [_offers(r.when, set()) if r.when is not None else set() for r in rules]
+        self.common: dict[tuple[Any, ...], int] = {}
+        for offer in self.offers:
+            for sig in offer:
+                self.common[sig] = self.common.get(sig, 0) + 1
+        self.filed: dict[tuple[Any, ...], list[int]] = {}
+        self.unbounded: list[int] = []       # earlier rules no signature rules out
+        self.done = 0
+
+    def first_over(self, i: int) -> Any | None:
+        assert i == self.done, "asked in rule order"
+        rule = self.rules[i]
+        if _ANY in self.offers[i]:
+            tried: set[int] = set(range(i))
+        else:                           # (no `when`: only the unbounded can shadow it)
+            tried = set(self.unbounded)
+            for sig in self.offers[i]:
+                tried.update(self.filed.get(sig, ()))
+        found = next((self.rules[j] for j in sorted(tried)
+                      if _shadows(self.rules[j], rule)), None)
+        self._file(i)
+        return found
+
+    def _file(self, i: int) -> None:
+        self.done = i + 1
+        rule = self.rules[i]
+        if rule.cont:
+            return                      # never shadows
+        needs = [_need(c) for c in _conjuncts(rule.when)]
+        bounded = [n for n in needs if n is not None]     # None: implied by anything
+        if not bounded:
+            self.unbounded.append(i)
+            return
+        best = min(bounded, key=lambda n: sum(self.common.get(s, 0) for s in n))
+        for sig in best:
+            self.filed.setdefault(sig, []).append(i)
 
 
 # Notes: where the word-forms syntax would help.
