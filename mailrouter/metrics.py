@@ -115,7 +115,7 @@ for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
 for _r in ("ok", "tempfail", "permfail"):
     RECIPIENTS.labels(_r)
-for _r in ("unknown", "too_many", "loop"):
+for _r in ("unknown", "too_many", "loop", "syntax"):
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)

@@ -172,6 +172,18 @@ async def test_non_ascii_address_needs_smtputf8(make_app, tmp_path, proto, hello
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_an_empty_recipient_is_a_syntax_error_not_an_unknown_user(make_app, proto, hello):
+    """`RCPT TO:<>` names no mailbox: 501 5.1.3, as Postfix answers, not 550 5.1.1 (a user
+    unknown, which a harvester would count); the transaction goes on."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<client@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<>")).startswith("501 5.1.3")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_early_talker_is_refused_and_dropped(make_app, proto, hello):
     """A client that sends EHLO and MAIL without waiting for the greeting (a bot; Postfix 3.9's
     pregreet check) gets 554 5.5.0 and is disconnected; one that waits is greeted and served."""

@@ -30,6 +30,7 @@ from ..values import (
     REPLY_NEED_SMTPUTF8,
     REPLY_OK,
     REPLY_PROCESS_TIMEOUT,
+    REPLY_REFUSED_ADDRESS,
     REPLY_SENDER_OK,
     REPLY_TOO_MANY_RCPTS,
     Reply,
@@ -119,6 +120,9 @@ class Handler:
                           address: str, options: list[str]) -> str:
         if not envelope.smtp_utf8 and not address.isascii():
             return _need_smtputf8(session, "rcpt", address)
+        if address == "<>":               # RCPT TO:<> names no mailbox: syntax, as Postfix says
+            metrics.RCPT_REFUSED.labels("syntax").inc()
+            return str(REPLY_REFUSED_ADDRESS)
         if len(envelope.rcpt_tos) >= self.app.limits.max_recipients:
             metrics.RCPT_REFUSED.labels("too_many").inc()
             return TOO_MANY
