@@ -50,10 +50,10 @@ from .outbox import OutboxWorker, Outgoing
 from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
-from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot
+from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot, prepare
 from .values import Downstream, Reply, Transaction
 from .web import start_web
-from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, bind, in_child,
+from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, bind, start_child,
                       in_new_process, supervise)
 
 __all__ = ["App", "run", "loop_factory", "run_loop"]
@@ -547,17 +547,23 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
     100,000 aliases cost 522 MB over the workers, not 192). The heap is frozen out of the
     cyclic collector before the fork, so a collection in a worker does not write to, and so
     unshare, the pages holding it. The address book is built in a child process and sent
-    back (workers.in_child): built here, its objects and the rules' sat among the load's
+    back (workers.start_child): built here, its objects and the rules' sat among the load's
     million short-lived ones and pinned ~20 memory arenas that the workers then wrote into
     (bench/README.md, sixth pass); the child builds only the book (`load_book`), the rules
     are compiled here. Errors are found and reported by the load here as before. A reload
     that changes the files gives each worker its own snapshot, its book built in a new
     process (`_load`). `book`: that child, started before the daemon's imports (cli.cmd_run:
-    it builds while this process imports), or None to start it here."""
+    it builds while this process imports), or None to start it here. Meanwhile this process
+    reads the files and compiles the rules' conditions (routing.snapshot.prepare): waiting
+    for the book it did nothing for ~1.2 s of a 2.5 s start (bench/README.md, eighth pass)."""
     try:
-        built = (book.result() if book is not None
-                 else in_child(lambda: load_book(config.routing, config.limits)))
-        snap = load_snapshot(config.routing, config.limits, config.hostname, built)
+        child = book if book is not None else start_child(
+            lambda: load_book(config.routing, config.limits))
+        # the rules' half of the load, made while the child builds the book
+        prepared = prepare(config.routing) if child is not None else None
+        built = child.result() if child is not None else None
+        snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
+        del prepared, built       # the files' YAML: not kept for the life of the supervisor
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", exc)
         return START_FAILED

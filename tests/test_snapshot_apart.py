@@ -18,7 +18,7 @@ from mailrouter.addresses import AddressBook
 from mailrouter.config import Limits, load_config
 from mailrouter.errors import ConfigErrors
 from mailrouter.routing import snapshot as snapshot_module
-from mailrouter.routing.snapshot import load_book, load_snapshot
+from mailrouter.routing.snapshot import load_book, load_snapshot, prepare
 from mailrouter.workers import in_child, in_new_process, start_child
 from mailrouter.yamlsrc import loads, where as yamlsrc_where
 
@@ -106,7 +106,7 @@ def test_the_daemon_takes_the_book_started_before_it(tmp_path: Path, monkeypatch
     config = load_config(cfg)
     seen: list[object] = []
 
-    def load(patterns, limits, hostname, built=None):  # type: ignore[no-untyped-def]
+    def load(patterns, limits, hostname, built=None, prepared=None):  # type: ignore[no-untyped-def]
         seen.append(built)
         raise _Stop
 
@@ -114,7 +114,7 @@ def test_the_daemon_takes_the_book_started_before_it(tmp_path: Path, monkeypatch
         raise AssertionError("a second child built the book")
 
     monkeypatch.setattr(daemon, "load_snapshot", load)
-    monkeypatch.setattr(daemon, "in_child", no_second_child)
+    monkeypatch.setattr(daemon, "start_child", no_second_child)
     child = start_child(lambda: load_book(config.routing, config.limits))
     assert child is not None
     with pytest.raises(_Stop):
@@ -220,6 +220,45 @@ class _Stop(Exception):
     pass
 
 
+def test_a_load_takes_the_prepared_rules_only_for_the_files_the_book_was_made_of(
+        tmp_path: Path) -> None:
+    """`prepare` reads the files and compiles the rules' conditions while a child builds the
+    book; the load takes them when the book was made of the very same files, and reads
+    the files again when they changed in between (or when they have an error)."""
+    rules = _rules(tmp_path)
+    pattern = [str(rules / "*.yaml")]
+    prepared = prepare(pattern)
+    assert prepared is not None
+    snap = load_snapshot(pattern, Limits(), "mx.test", load_book(pattern, Limits()), prepared)
+    plain = load_snapshot(pattern, Limits(), "mx.test")
+    assert snap.hash == plain.hash
+    assert [r.name for r in snap.rules.rules] == [r.name for r in plain.rules.rules]
+    assert all(r.when is w for r, w in zip(snap.rules.rules, prepared.conditions.whens,
+                                            strict=True))
+
+    def late(name: str, subject: str) -> None:
+        (rules / "z.yaml").write_text(f"rules:\n  - {{name: {name}, when: {{subject: {subject}}}, "
+                                      "then: {folder: Late}}\n")
+
+    late("late", "zzz")                              # a file more than were prepared
+    changed = load_snapshot(pattern, Limits(), "mx.test", load_book(pattern, Limits()), prepared)
+    assert changed.hash == load_snapshot(pattern, Limits(), "mx.test").hash != plain.hash
+    assert changed.rules.rules[-1].name == "late"
+    stale = prepare(pattern)
+    assert stale is not None
+    late("later", "yyy")                             # the same files, one changed
+    changed = load_snapshot(pattern, Limits(), "mx.test", load_book(pattern, Limits()), stale)
+    assert changed.hash == load_snapshot(pattern, Limits(), "mx.test").hash != stale.digest
+    assert changed.rules.rules[-1].name == "later"
+    assert not any(r.when is w for r, w in zip(changed.rules.rules, stale.conditions.whens))
+
+    (rules / "z.yaml").write_text("rules:\n  - {name: bad, when: {subjekt: x}, "
+                                  "then: {folder: Bad}}\n")
+    assert prepare(pattern) is None
+    with pytest.raises(ConfigErrors, match="subjekt"):
+        load_snapshot(pattern, Limits(), "mx.test", load_book(pattern, Limits()), stale)
+
+
 def test_the_supervisor_takes_the_book_made_in_a_child(tmp_path: Path, monkeypatch) -> None:
     """run_workers builds no address book itself: the snapshot its workers are forked with
     holds the one a child process made and sent back."""
@@ -255,9 +294,13 @@ def test_the_supervisor_takes_the_book_made_in_a_child(tmp_path: Path, monkeypat
     with pytest.raises(_Stop):
         daemon.run_workers(load_config(cfg))
     assert len(seen) == 1
-    (built,), snap = seen[0]
+    (built, prepared), snap = seen[0]
     assert built is not None and snap.book is built[1] and built[0] == snap.hash
     assert built_here == []
+    # the rules' conditions were compiled while the child built the book, and taken
+    whens = [r.when for r in snap.rules.rules]
+    assert any(w is not None for w in whens)
+    assert all(a is b for a, b in zip(whens, prepared.conditions.whens, strict=True))
 
 
 DOC = """\

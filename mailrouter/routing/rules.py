@@ -45,7 +45,7 @@ from .facts import Facts
 from .index import RuleIndex
 from .sla_spec import Sla, parse_sla
 
-__all__ = ["Rule", "Then", "RuleSet", "REPLY_RULE_REJECT", "REPLY_RULE_DEFER"]
+__all__ = ["Conditions", "Rule", "Then", "RuleSet", "REPLY_RULE_REJECT", "REPLY_RULE_DEFER"]
 
 RULE_KEYS = ("name", "when", "then", "continue")
 THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action", "autoreply",
@@ -82,9 +82,11 @@ class _Builder:
     """Checks and compiles the `rules:` items; collects every error."""
 
     def __init__(self, book: Any, calendars: Mapping[str, Calendar],
-                 responders: Sequence[str] | None = None) -> None:
+                 responders: Sequence[str] | None = None,
+                 whens: Sequence[Node | None] | None = None) -> None:
         self.book, self.calendars = book, calendars
         self.responders = responders       # None: names not checked (tests of rules alone)
+        self.whens = whens                 # each rule's condition, compiled (Conditions)
         self.errors: list[ConfigError] = []
 
     def err(self, msg: str, node: Any, parent: Any = None, hint: str = "") -> None:
@@ -102,7 +104,9 @@ class _Builder:
         if "name" not in spec:
             self.err(f"rule {name!r} has no name", spec, parent, "add 'name:' so explanations can cite it")
         when = None
-        if spec.get("when") is not None:
+        if self.whens is not None:
+            when = self.whens[pos]
+        elif spec.get("when") is not None:
             when = parse_condition(spec["when"], self.errors, self.calendars, name, spec)
         then = self.then(name, spec.get("then"), spec)
         cont = spec.get("continue", False)
@@ -213,6 +217,38 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Conditions:
+    """The `when:` of every rule in `rules` compiled, with the calendars they name: the part
+    of RuleSet.build that needs no address book (daemon.run_workers compiles it while a child
+    builds the book). Only made when every rule is a mapping and no condition has an error;
+    RuleSet.build reports those as before."""
+
+    rules: Sequence[Any]
+    calendars: Mapping[str, Calendar]
+    whens: tuple[Node | None, ...]
+
+    @classmethod
+    def of(cls, rules: Sequence[Any], calendars: Mapping[str, Any] | None) -> Conditions | None:
+        errors: list[ConfigError] = []
+        try:
+            cals = build_calendars(calendars)
+        except ConfigErrors:
+            return None
+        whens: list[Node | None] = []
+        for pos, spec in enumerate(rules or ()):
+            if not isinstance(spec, Mapping):
+                return None
+            when = None
+            if spec.get("when") is not None:
+                name = str(spec.get("name") or f"#{pos + 1}")
+                when = parse_condition(spec["when"], errors, cals, name, spec)
+                if errors:
+                    return None
+            whens.append(when)
+        return cls(rules, cals, tuple(whens))
+
+
 class RuleSet:
     """The compiled rules of all routing files, in file order. Immutable once built."""
 
@@ -225,14 +261,21 @@ class RuleSet:
     @classmethod
     def build(cls, rules: Sequence[Any], book: Any,
               calendars: Mapping[str, Any] | None = None,
-              responders: Sequence[str] | None = None) -> "RuleSet":
+              responders: Sequence[str] | None = None,
+              prepared: Conditions | None = None) -> "RuleSet":
+        """`prepared`: the conditions of these very `rules` compiled beforehand (`Conditions.of`:
+        they need no address book, so they compile while a child process builds it)."""
         errors: list[ConfigError] = []
-        try:
-            cals = build_calendars(calendars)
-        except ConfigErrors as exc:
-            errors.extend(exc.errors)
-            cals = {}
-        b = _Builder(book, cals, responders)
+        whens = None
+        if prepared is not None and prepared.rules is rules:
+            cals, whens = prepared.calendars, prepared.whens
+        else:
+            try:
+                cals = build_calendars(calendars)
+            except ConfigErrors as exc:
+                errors.extend(exc.errors)
+                cals = {}
+        b = _Builder(book, cals, responders, whens)
         marks = getattr(rules, "item_marks", None)
         compiled = []
         for pos, spec in enumerate(rules or ()):
