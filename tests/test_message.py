@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailrouter.charsets import guess_decode, resolve_charset
+from mailrouter.charsets import (CYRILLIC_BODY_CANDIDATES, decode_bytes, guess_decode, inspect_bytes,
+                                 resolve_charset)
 from mailrouter.message import Attachment, MessageView, _parse_body, decode_header_value
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -340,6 +341,35 @@ def test_8bit_text_under_its_own_label_is_trusted() -> None:
                + text.encode(label) + b"\r\n")
         v = MessageView(raw)
         assert (v.body_text, v.charset_notes) == (text + "\n", []), label
+
+
+@pytest.mark.parametrize(("label", "sent"), [("koi8-r", "cp1251"), ("windows-1251", "koi8-r")])
+def test_the_other_cyrillic_charset_under_a_label_is_read_as_what_it_is(label: str,
+                                                                      sent: str) -> None:
+    """A mailer that declares koi8-r whatever it sends (or windows-1251): the letters sit on
+    the same bytes in another order, and the rules read 'дНАПШИ ДЕМЭ! оПНЬС...'. When the
+    other charset reads clearly better the label is overruled and noted, in the body (whole
+    and a piece at a time) and in an encoded subject."""
+    subject = base64.b64encode("Счёт на оплату по договору поставки".encode(sent)).decode()
+    raw = (f"From: a@b.test\r\nSubject: =?{label}?B?{subject}?=\r\n"
+           f"Content-Type: text/plain; charset={label}\r\n\r\n").encode() + \
+        (RU_TEXT + "\r\n").encode(sent)
+    v = MessageView(raw)
+    assert v.subject == "Счёт на оплату по договору поставки"
+    assert (v.body_text, v.body_charset) == (RU_TEXT + "\n", sent)
+    assert v.charset_notes == [f"Subject: declared {label} but bytes are {sent}",
+                               f"Body: declared {label} but bytes are {sent}"]
+    long = (RU_TEXT + "\n").encode(sent) * 400
+    assert inspect_bytes(long, label, CYRILLIC_BODY_CANDIDATES, size=4096).charset == sent
+
+
+def test_a_rightly_labelled_cyrillic_subject_is_never_overruled() -> None:
+    """Each of RU_SUBJECTS under its own label stays as it is, the two capitals 'КП' and
+    all-capital words included: the other charset must read better by a clear margin."""
+    for text in RU_SUBJECTS:
+        for label in ("koi8-r", "windows-1251"):
+            d = decode_bytes(text.encode(label), label)
+            assert (d.text, d.notes) == (text, []), (text, label)
 
 
 def test_unknown_charset_is_guessed_and_a_defect() -> None:
