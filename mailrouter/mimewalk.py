@@ -26,7 +26,7 @@ from email import errors, policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 
-__all__ = ["Leaf", "decoded_payload", "leaves"]
+__all__ = ["Leaf", "decoded_payload", "leaves", "transfer_encoding"]
 
 _PIECE = 1 << 18                              # bytes decoded or checked at a time
 _MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
@@ -46,8 +46,7 @@ class Leaf:
 
     @property
     def cte(self) -> str:
-        # as Message.get_payload reads it
-        return str(self.headers.get("content-transfer-encoding", "")).lower()
+        return transfer_encoding(self.headers)
 
     def decoded(self) -> bytes:
         """The payload with its transfer encoding undone, as get_payload(decode=True)."""
@@ -108,6 +107,15 @@ class Leaf:
         return (chars + pad) // 4 * 3 - pad
 
 
+def transfer_encoding(headers: Message) -> str:
+    """The Content-Transfer-Encoding as Message.get_payload reads it, less what some mailers
+    write after the value: 'base64 ', 'Base64; charset=utf-8', 'quoted-printable (ok)' are
+    base64 and quoted-printable to mail readers, and the stdlib left them encoded (the
+    rules read the base64 text)."""
+    value = str(headers.get("content-transfer-encoding", ""))
+    return value.split(";", 1)[0].split("(", 1)[0].strip().lower()
+
+
 def _stdlib_decode(headers: Message, data: bytes) -> bytes:
     part = Message()
     part._headers = headers._headers            # type: ignore[attr-defined]  # shared, not changed
@@ -123,6 +131,18 @@ def decoded_payload(part: Message) -> bytes:
     than a multiple of 4 (a message cut short in transit, a mangled line): the stdlib gives
     such base64 back undecoded (bpo-27397), so the rules would read the base64 text itself;
     it is decoded here up to its last whole byte, as mail readers show it."""
+    cte = transfer_encoding(part)
+    if (cte in ("base64", "quoted-printable") and not part.is_multipart()
+            and cte != str(part.get("content-transfer-encoding", "")).lower()):
+        text = part.get_payload()            # the stdlib would not undo this one: done here
+        data = text.encode("ascii", "surrogateescape") if isinstance(text, str) else b""
+        if cte == "quoted-printable":
+            return binascii.a2b_qp(data)
+        try:
+            return binascii.a2b_base64(data)
+        except binascii.Error:               # cut short: up to its last whole byte, as below
+            chars = _NOT_B64.sub(b"", data.split(b"=", 1)[0])
+            return binascii.a2b_base64(chars[:len(chars) // 4 * 4])
     before = len(part.defects)
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):

@@ -372,6 +372,29 @@ def test_a_rightly_labelled_cyrillic_subject_is_never_overruled() -> None:
             assert (d.text, d.notes) == (text, []), (text, label)
 
 
+@pytest.mark.parametrize("cte", ["base64; charset=utf-8", "Base64 (sent by X)",
+                                 "quoted-printable; x=y"])
+@pytest.mark.parametrize("eol", ["\r\n", "\n"], ids=["crlf", "bare-lf"])
+@pytest.mark.parametrize("multipart", [False, True], ids=["single", "multipart"])
+def test_a_transfer_encoding_with_words_after_it_is_undone(cte: str, eol: str,
+                                                           multipart: bool) -> None:
+    """'Content-Transfer-Encoding: base64; charset=utf-8' and the like: mail readers decode
+    them; the stdlib left the part encoded and the rules read 'INCU0L7QsdGA...'. Both
+    readings of a message (the raw-bytes walk and the stdlib's, for bare LF) undo it."""
+    text = "Добрый день, счёт во вложении"
+    if cte.lower().startswith("base64"):
+        payload = base64.b64encode(text.encode()).decode()
+    else:
+        escaped = "".join(f"={b:02X}" for b in text.encode())
+        payload = escaped[:69] + "=" + eol + escaped[69:]          # a soft line break
+    part = (f"Content-Type: text/plain; charset=utf-8{eol}Content-Transfer-Encoding: {cte}{eol}"
+            f"{eol}{payload}{eol}")
+    raw = f"Subject: x{eol}MIME-Version: 1.0{eol}" + (
+        f"Content-Type: multipart/mixed; boundary=B{eol}{eol}--B{eol}{part}--B--{eol}"
+        if multipart else part)
+    assert MessageView(raw.encode()).body_text.rstrip("\n") == text
+
+
 def test_unknown_charset_is_guessed_and_a_defect() -> None:
     """charset=foo-bar falls back to guessing and is reported as a defect."""
     v = view("unknown_charset.eml")
