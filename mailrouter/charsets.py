@@ -338,6 +338,26 @@ def _choose_charset(label: str | None, guess: Callable[[], str],
 
 
 @functools.lru_cache(maxsize=None)
+def _multi_byte_ascii(codec: str) -> bool:
+    """A multi-byte codec that reads ASCII as ASCII, other than UTF-8 (gb2312, big5,
+    shift_jis, euc-kr...): a LF byte ends a character there (no trail byte is 0x0A)."""
+    if codecs.lookup(codec).name == "utf-8" or _single_byte(codec):
+        return False
+    try:
+        return "a\n".encode(codec) == b"a\n"
+    except (UnicodeError, LookupError):
+        return False
+
+
+def _decodes(data: bytes, codec: str) -> bool:
+    try:
+        data.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
 def _single_byte(codec: str) -> bool:
     """One character per byte (koi8-r, cp1251, iso8859-2 ...), not a multi-byte codec."""
     return len(bytes(range(256)).decode(codec, "replace")) == 256
@@ -347,8 +367,9 @@ def _mislabelled(data: bytes, codec: str) -> bool:
     """Mail clients label windows-1251 and KOI8-R text as us-ascii or iso-8859-1; UTF-8 labels
     also arrive on 8-bit Cyrillic text, and 8-bit labels (koi8-r, windows-1251, a script's
     fixed header) on UTF-8 text, which 8-bit text almost never is by chance: two Cyrillic
-    letters in a row are never a valid UTF-8 sequence.  Such labels are not trusted when the
-    bytes disagree."""
+    letters in a row are never a valid UTF-8 sequence; so do multi-byte labels (gb2312,
+    shift_jis...) on UTF-8 text that does not decode in them.  Such labels are not trusted
+    when the bytes disagree."""
     if data.isascii():
         return False
     if codec == "ascii":
@@ -357,6 +378,8 @@ def _mislabelled(data: bytes, codec: str) -> bool:
         return _valid_utf8(data) is None and not _damaged_utf8(*_utf8_counts(data))
     if _single_byte(codec) and _valid_utf8(data) is not None:
         return True
+    if _multi_byte_ascii(codec) and _valid_utf8(data) is not None:
+        return not _decodes(data, codec)      # gb2312, shift_jis... on UTF-8 text
     if codec in _CYRILLIC_PAIR:
         sample = data[:PAIR_SAMPLE]
         return looks_cyrillic(sample) and _other_reads_better(
@@ -596,6 +619,8 @@ def _mislabelled_pieces(data: bytes, start: int, end: int, size: int, codec: str
             data, start, end, size)
     if _single_byte(codec) and _is_utf8(data, start, end, size):
         return True
+    if _multi_byte_ascii(codec) and _is_utf8(data, start, end, size):
+        return not all(_decodes(p, codec) for p in _byte_pieces(data, start, end, size))
     if codec in _CYRILLIC_PAIR:       # on the first PAIR_SAMPLE bytes, as _mislabelled
         return _mislabelled(data[start:min(end, start + PAIR_SAMPLE)], codec)
     return codec in _LATIN_LABELS and _looks_cyrillic_pieces(data, start, end, size)

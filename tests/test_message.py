@@ -284,6 +284,24 @@ def test_utf8_under_an_8bit_label_is_read_as_utf8_and_noted(label: str) -> None:
                                f"Body: declared {label} but bytes are utf-8"]
 
 
+@pytest.mark.parametrize("label", ["gb2312", "big5", "shift_jis", "euc-kr"])
+def test_utf8_under_a_multibyte_label_is_read_as_utf8(label: str) -> None:
+    """A fixed gb2312 (big5, shift_jis...) label on UTF-8 text the bytes do not fit: read as
+    UTF-8 and noted, instead of replacement characters; text in the label's own charset is
+    still read in it (it is not UTF-8)."""
+    text = "Прошу выставить счёт, faktura č. 5"
+    raw = (f"Subject: x\r\nContent-Type: text/plain; charset={label}\r\n\r\n".encode()
+           + text.encode() + b"\r\n")
+    v = MessageView(raw)
+    assert (v.body_text, v.body_charset) == (text + "\n", "utf-8")
+    assert v.charset_notes == [f"Body: declared {label} but bytes are utf-8"]
+    assert inspect_bytes((text + "\n").encode() * 2000, label, size=4096).charset == "utf-8"
+    own = {"gb2312": "发票已开具，请查收附件。", "big5": "發票已開具，請查收附件。",
+           "shift_jis": "請求書を添付いたします。", "euc-kr": "청구서를 첨부합니다."}[label]
+    d = decode_bytes(own.encode(label), label)
+    assert (d.text, d.notes) == (own, [])
+
+
 RU_TEXT = "Добрый день! Прошу выставить счёт на оплату по договору поставки."
 
 
