@@ -602,7 +602,11 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
         size = leaf.decoded_size() if leaf is not None else len(_payload(part))
         body.attachments.append(Attachment(name, ctype, size))
         return
-    kind = "text/html" if ctype == "text/html" else "text/plain"
+    # a multipart left whole (no boundary, or no first boundary line: a nested multipart
+    # that reuses its parent's boundary, as Zimbra and Outlook Express wrote) is read as
+    # text only when the message has no text part (the parent's parts follow it)
+    kind = "text/html" if ctype == "text/html" else (
+        "multipart" if ctype.startswith("multipart/") else "text/plain")
     if kind not in texts:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
@@ -620,10 +624,11 @@ def _payload(part: Message) -> bytes:
 
 def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:
     """text/plain if there is one, else the text of the HTML part (RFC 2046 section 5.1.4:
-    the plainest alternative carries the same content). Its charset and what was guessed or
-    wrong are found here, a piece at a time; the text is decoded when it is read."""
-    kind = "text/plain" if "text/plain" in texts else "text/html"
-    if kind not in texts:
+    the plainest alternative carries the same content), else a multipart left whole. Its
+    charset and what was guessed or wrong are found here, a piece at a time; the text is
+    decoded when it is read."""
+    kind = next((k for k in ("text/plain", "text/html", "multipart") if k in texts), "")
+    if not kind:
         return
     source, label = texts.pop(kind)
     texts.clear()                 # the other kind's bytes are not read: let them go now

@@ -749,3 +749,18 @@ def test_byte_walk_takes_the_well_formed_cases() -> None:
 def test_byte_walk_agrees_on_multipart_junk(chunks: list[bytes]) -> None:
     raw = b"Content-Type: multipart/mixed; boundary=x\r\n\r\n" + b"".join(chunks)
     assert _viewed(raw) == _walked(raw)
+
+
+def test_nested_multipart_reusing_the_outer_boundary_keeps_the_text() -> None:
+    """A multipart/alternative that reuses its parent's boundary (Outlook Express for Mac,
+    Zimbra: msg_15.txt of CPython's email tests, mail_malformed_1 of the mail-parser sdist)
+    has no first boundary line of its own; the stdlib leaves it whole and empty, before the
+    text parts that follow. It claimed the text slot: the body read ''."""
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+           b'Content-Type: multipart/alternative; boundary="B"\r\n\r\n\r\n--B\r\n'
+           b"Content-Type: text/plain\r\n\r\nSent from my iPhone\r\n--B\r\n"
+           b"Content-Type: text/html\r\n\r\n<div>Sent from my iPhone</div>\r\n--B--\r\n")
+    v = MessageView(raw)
+    assert v.body_text == "Sent from my iPhone"
+    assert v.defects == ["StartBoundaryNotFoundDefect"]
