@@ -302,6 +302,19 @@ def test_utf8_under_a_multibyte_label_is_read_as_utf8(label: str) -> None:
     assert (d.text, d.notes) == (own, [])
 
 
+def test_gb2312_label_on_gbk_text_is_read_as_gbk() -> None:
+    """Outlook and Foxmail label GBK text gb2312 (mail readers read the label as GBK): a
+    letter outside GB2312 ("喆" in a name; "屄" in a subject and body of mail_test_9 of the
+    mail-parser 4.8.0 sdist) was a replacement character and a defect, header and body."""
+    name = "张喆 / 李堃, 付款通知"
+    word = base64.b64encode(name.encode("gbk")).decode()
+    raw = (f"Subject: =?gb2312?B?{word}?=\r\nContent-Type: text/plain; charset=gb2312\r\n"
+           f"\r\n").encode() + name.encode("gbk") + b"\r\n"
+    v = MessageView(raw)
+    assert (v.subject, v.body_text, v.body_charset) == (name, name + "\n", "gbk")
+    assert v.defects == [] and v.charset_notes == []
+
+
 RU_TEXT = "Добрый день! Прошу выставить счёт на оплату по договору поставки."
 
 
