@@ -511,11 +511,12 @@ def _parse_body(raw: bytes) -> _Body:
     body = _Body()
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        # the leaves, and the forwarded messages (message/rfc822 below the top) in walk order:
-        # a forwarded message is listed as an attachment before the files inside it
-        parts = [p for p in msg.walk() if not p.is_multipart()
-                 or p is not msg and p.get_content_type() == "message/rfc822"]
-        for part in msg.walk():
+        walked = list(_walk(msg))
+        # the leaves, and the message/* parts below the top in walk order: a forwarded
+        # message is listed as an attachment before the files inside it
+        parts = [p for p in walked if not p.is_multipart()
+                 or p is not msg and p.get_content_maintype() == "message"]
+        for part in walked:
             body.defects += [_describe(d) for d in part.defects if _describe(d) not in body.defects]
     except Exception as exc:  # never raise: the parser is not ours (deep nesting, odd bytes)
         body.defects.append(f"body: {_describe(exc)}")
@@ -523,7 +524,9 @@ def _parse_body(raw: bytes) -> _Body:
     texts: dict[str, tuple[_Bytes, str | None]] = {}
     for part in parts:
         try:
-            if part.is_multipart():
+            if part.is_multipart() and part.get_content_type() != "message/rfc822":
+                _read_report_part(part, body)
+            elif part.is_multipart():
                 _read_forwarded(part, body)
             else:
                 _read_leaf(part, body, texts)
@@ -531,6 +534,32 @@ def _parse_body(raw: bytes) -> _Body:
             body.defects.append(f"body part: {_describe(exc)}")
     _choose_text(body, texts)
     return body
+
+
+def _walk(part: Message) -> Iterator[Message]:
+    """Message.walk, but not inside a message/* part other than message/rfc822: the parser
+    reads the header blocks of a message/delivery-status (message/rfc822-headers,
+    message/disposition-notification) as parts of their own, and they took the text/plain
+    place of a bounce whose human-readable part is HTML (body_text was '') and gave the
+    defects of the returned headers' Content-Type (StartBoundaryNotFoundDefect)."""
+    yield part
+    if part.is_multipart() and (part.get_content_maintype() != "message"
+                                or part.get_content_type() == "message/rfc822"):
+        for sub in part.get_payload():
+            if isinstance(sub, Message):
+                yield from _walk(sub)
+
+
+def _read_report_part(part: Message, body: _Body) -> None:
+    """A message/* part other than message/rfc822 (a bounce's message/delivery-status) is
+    an attachment when it names a file (`filename="DSN57BAC498.txt"`), as mail readers show
+    it; its size is that of its header blocks."""
+    name = _file_name(_part_header(part, "Content-Type"),
+                      _part_header(part, "Content-Disposition"), body)
+    if name:
+        blocks = [p for p in part.get_payload() if isinstance(p, Message)]
+        size = sum(len(p.as_bytes(policy=_CRLF)) for p in blocks)
+        body.attachments.append(Attachment(name, part.get_content_type(), size))
 
 
 def _part_header(part: Message, name: str) -> Message | None:

@@ -777,3 +777,30 @@ def test_nested_multipart_reusing_the_outer_boundary_keeps_the_text() -> None:
     v = MessageView(raw)
     assert v.body_text == "Sent from my iPhone"
     assert v.defects == ["StartBoundaryNotFoundDefect"]
+
+
+_DSN = (b"From: postmaster@mx.example.com\r\nSubject: Delivery failure\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="R"\r\n\r\n'
+        b"--R\r\n%s\r\n--R\r\nContent-Type: message/delivery-status\r\n%s\r\n"
+        b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+        b"Final-Recipient: rfc822; abh@example.com\r\nAction: failed\r\nStatus: 4.2.2\r\n\r\n"
+        b"--R\r\nContent-Type: message/rfc822-headers\r\n\r\n"
+        b"From: a@example.org\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative; boundary="X"\r\n\r\n--R--\r\n')
+
+
+def test_bounce_report_parts_are_not_read_as_text() -> None:
+    """The header blocks inside message/delivery-status and message/rfc822-headers are no
+    text parts: they took the text/plain place of a bounce whose human-readable part is HTML
+    (body_text was ''), and the returned headers' multipart Content-Type gave a
+    StartBoundaryNotFoundDefect. The delivery-status part named a file in mail_malformed_2 of
+    the mail-parser 4.8.0 sdist (a real MailSite bounce), a name that was lost."""
+    v = MessageView(_DSN % (b"Content-Type: text/plain\r\n\r\nUser's mailbox quota exceeded",
+                            b'Content-Disposition: attachment; filename="DSN57BAC498.txt"\r\n'))
+    assert v.body_text == "User's mailbox quota exceeded"
+    assert [a.filename for a in v.attachments] == ["DSN57BAC498.txt"]
+    assert v.attachments[0].content_type == "message/delivery-status"
+    assert v.defects == []
+    v = MessageView(_DSN % (b"Content-Type: text/html\r\n\r\n<p>Address not found</p>", b""))
+    assert v.body_text == "Address not found"
+    assert v.attachments == [] and v.defects == []
