@@ -514,40 +514,45 @@ def _parse_body(raw: bytes) -> _Body:
         walked = list(_walk(msg))
         # the leaves, and the message/* parts below the top in walk order: a forwarded
         # message is listed as an attachment before the files inside it
-        parts = [p for p in walked if not p.is_multipart()
+        parts = [(p, inside) for p, inside in walked if not p.is_multipart()
                  or p is not msg and p.get_content_maintype() == "message"]
-        for part in walked:
+        for part, _ in walked:
             body.defects += [_describe(d) for d in part.defects if _describe(d) not in body.defects]
     except Exception as exc:  # never raise: the parser is not ours (deep nesting, odd bytes)
         body.defects.append(f"body: {_describe(exc)}")
         return body
+    # the text of a forwarded message (a bounce's returned one) is the body only when the
+    # message has no text of its own: an HTML bounce read as the returned text/plain
     texts: dict[str, tuple[_Bytes, str | None]] = {}
-    for part in parts:
+    forwarded_texts: dict[str, tuple[_Bytes, str | None]] = {}
+    for part, inside in parts:
         try:
             if part.is_multipart() and part.get_content_type() != "message/rfc822":
                 _read_report_part(part, body)
             elif part.is_multipart():
                 _read_forwarded(part, body)
             else:
-                _read_leaf(part, body, texts)
+                _read_leaf(part, body, forwarded_texts if inside else texts)
         except Exception as exc:  # one broken part must not hide the others
             body.defects.append(f"body part: {_describe(exc)}")
-    _choose_text(body, texts)
+    _choose_text(body, texts or forwarded_texts)
     return body
 
 
-def _walk(part: Message) -> Iterator[Message]:
-    """Message.walk, but not inside a message/* part other than message/rfc822: the parser
+def _walk(part: Message, inside: bool = False) -> Iterator[tuple[Message, bool]]:
+    """Message.walk, with whether each part is inside a forwarded message (message/rfc822),
+    but not inside a message/* part other than message/rfc822: the parser
     reads the header blocks of a message/delivery-status (message/rfc822-headers,
     message/disposition-notification) as parts of their own, and they took the text/plain
     place of a bounce whose human-readable part is HTML (body_text was '') and gave the
     defects of the returned headers' Content-Type (StartBoundaryNotFoundDefect)."""
-    yield part
+    yield part, inside
     if part.is_multipart() and (part.get_content_maintype() != "message"
                                 or part.get_content_type() == "message/rfc822"):
+        inside = inside or part.get_content_maintype() == "message"
         for sub in part.get_payload():
             if isinstance(sub, Message):
-                yield from _walk(sub)
+                yield from _walk(sub, inside)
 
 
 def _read_report_part(part: Message, body: _Body) -> None:

@@ -804,3 +804,20 @@ def test_bounce_report_parts_are_not_read_as_text() -> None:
     v = MessageView(_DSN % (b"Content-Type: text/html\r\n\r\n<p>Address not found</p>", b""))
     assert v.body_text == "Address not found"
     assert v.attachments == [] and v.defects == []
+
+
+def test_html_body_is_not_replaced_by_the_forwarded_text() -> None:
+    """A bounce whose own text is HTML (GroupWise, xinnet: groupwise_02.txt and simple_25.txt
+    of the flufl.bounce 6.0.0 sdist) with the returned message attached: body_text was the
+    returned message's text/plain, not the bounce. A forwarded message's text is the body
+    only when the message has no text of its own."""
+    inner = b"From: a@example.org\r\nSubject: hello\r\n\r\nreturned text\r\n"
+    raw = (b"From: postmaster@example.com\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+           b"Content-Type: text/html\r\n\r\n<p>No such user</p>\r\n--B\r\n"
+           b"Content-Type: message/rfc822\r\n\r\n" + inner + b"--B--\r\n")
+    v = MessageView(raw)
+    assert v.body_text == "No such user"
+    assert [a.filename for a in v.attachments] == ["hello.eml"]
+    alone = raw.replace(b"Content-Type: text/html\r\n\r\n<p>No such user</p>\r\n--B\r\n", b"")
+    assert MessageView(alone).body_text == "returned text"
