@@ -333,8 +333,15 @@ def _choose_charset(label: str | None, guess: Callable[[], str],
         notes.append(f"declared {label} but bytes are {guessed}")
         codec = guessed
     else:
-        return codec, False, notes, defects
+        return _SUPERSETS.get(codec, codec), False, notes, defects
     return codec, True, notes, defects
+
+
+# Labels that mailers put on text in a superset of the charset they name: Outlook and Foxmail
+# label GBK text gb2312 (mail readers, and the WHATWG Encoding Standard, read gb2312 as GBK;
+# Python's strict gb2312 codec gave replacement characters for "拢" and the like). The check
+# for UTF-8 under the label (_mislabelled) is made with the label's own codec first.
+_SUPERSETS = {"gb2312": "gbk"}
 
 
 @functools.lru_cache(maxsize=None)

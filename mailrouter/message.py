@@ -511,26 +511,60 @@ def _parse_body(raw: bytes) -> _Body:
     body = _Body()
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        # the leaves, and the forwarded messages (message/rfc822 below the top) in walk order:
-        # a forwarded message is listed as an attachment before the files inside it
-        parts = [p for p in msg.walk() if not p.is_multipart()
-                 or p is not msg and p.get_content_type() == "message/rfc822"]
-        for part in msg.walk():
+        walked = list(_walk(msg))
+        # the leaves, and the message/* parts below the top in walk order: a forwarded
+        # message is listed as an attachment before the files inside it
+        parts = [(p, inside) for p, inside in walked if not p.is_multipart()
+                 or p is not msg and p.get_content_maintype() == "message"]
+        for part, _ in walked:
             body.defects += [_describe(d) for d in part.defects if _describe(d) not in body.defects]
     except Exception as exc:  # never raise: the parser is not ours (deep nesting, odd bytes)
         body.defects.append(f"body: {_describe(exc)}")
         return body
+    # the text of a forwarded message (a bounce's returned one) is the body only when the
+    # message has no text of its own: an HTML bounce read as the returned text/plain
     texts: dict[str, tuple[_Bytes, str | None]] = {}
-    for part in parts:
+    forwarded_texts: dict[str, tuple[_Bytes, str | None]] = {}
+    for part, inside in parts:
         try:
-            if part.is_multipart():
+            if part.is_multipart() and part.get_content_type() != "message/rfc822":
+                _read_report_part(part, body)
+            elif part.is_multipart():
                 _read_forwarded(part, body)
             else:
-                _read_leaf(part, body, texts)
+                _read_leaf(part, body, forwarded_texts if inside else texts)
         except Exception as exc:  # one broken part must not hide the others
             body.defects.append(f"body part: {_describe(exc)}")
-    _choose_text(body, texts)
+    _choose_text(body, texts or forwarded_texts)
     return body
+
+
+def _walk(part: Message, inside: bool = False) -> Iterator[tuple[Message, bool]]:
+    """Message.walk, with whether each part is inside a forwarded message (message/rfc822),
+    but not inside a message/* part other than message/rfc822: the parser
+    reads the header blocks of a message/delivery-status (message/rfc822-headers,
+    message/disposition-notification) as parts of their own, and they took the text/plain
+    place of a bounce whose human-readable part is HTML (body_text was '') and gave the
+    defects of the returned headers' Content-Type (StartBoundaryNotFoundDefect)."""
+    yield part, inside
+    if part.is_multipart() and (part.get_content_maintype() != "message"
+                                or part.get_content_type() == "message/rfc822"):
+        inside = inside or part.get_content_maintype() == "message"
+        for sub in part.get_payload():
+            if isinstance(sub, Message):
+                yield from _walk(sub, inside)
+
+
+def _read_report_part(part: Message, body: _Body) -> None:
+    """A message/* part other than message/rfc822 (a bounce's message/delivery-status) is
+    an attachment when it names a file (`filename="DSN57BAC498.txt"`), as mail readers show
+    it; its size is that of its header blocks."""
+    name = _file_name(_part_header(part, "Content-Type"),
+                      _part_header(part, "Content-Disposition"), body)
+    if name:
+        blocks = [p for p in part.get_payload() if isinstance(p, Message)]
+        size = sum(len(p.as_bytes(policy=_CRLF)) for p in blocks)
+        body.attachments.append(Attachment(name, part.get_content_type(), size))
 
 
 def _part_header(part: Message, name: str) -> Message | None:
@@ -602,7 +636,11 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
         size = leaf.decoded_size() if leaf is not None else len(_payload(part))
         body.attachments.append(Attachment(name, ctype, size))
         return
-    kind = "text/html" if ctype == "text/html" else "text/plain"
+    # a multipart left whole (no boundary, or no first boundary line: a nested multipart
+    # that reuses its parent's boundary, as Zimbra and Outlook Express wrote) is read as
+    # text only when the message has no text part (the parent's parts follow it)
+    kind = "text/html" if ctype == "text/html" else (
+        "multipart" if ctype.startswith("multipart/") else "text/plain")
     if kind not in texts:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
@@ -620,10 +658,11 @@ def _payload(part: Message) -> bytes:
 
 def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:
     """text/plain if there is one, else the text of the HTML part (RFC 2046 section 5.1.4:
-    the plainest alternative carries the same content). Its charset and what was guessed or
-    wrong are found here, a piece at a time; the text is decoded when it is read."""
-    kind = "text/plain" if "text/plain" in texts else "text/html"
-    if kind not in texts:
+    the plainest alternative carries the same content), else a multipart left whole. Its
+    charset and what was guessed or wrong are found here, a piece at a time; the text is
+    decoded when it is read."""
+    kind = next((k for k in ("text/plain", "text/html", "multipart") if k in texts), "")
+    if not kind:
         return
     source, label = texts.pop(kind)
     texts.clear()                 # the other kind's bytes are not read: let them go now

@@ -302,6 +302,19 @@ def test_utf8_under_a_multibyte_label_is_read_as_utf8(label: str) -> None:
     assert (d.text, d.notes) == (own, [])
 
 
+def test_gb2312_label_on_gbk_text_is_read_as_gbk() -> None:
+    """Outlook and Foxmail label GBK text gb2312 (mail readers read the label as GBK): a
+    letter outside GB2312 ("喆" in a name; "屄" in a subject and body of mail_test_9 of the
+    mail-parser 4.8.0 sdist) was a replacement character and a defect, header and body."""
+    name = "张喆 / 李堃, 付款通知"
+    word = base64.b64encode(name.encode("gbk")).decode()
+    raw = (f"Subject: =?gb2312?B?{word}?=\r\nContent-Type: text/plain; charset=gb2312\r\n"
+           f"\r\n").encode() + name.encode("gbk") + b"\r\n"
+    v = MessageView(raw)
+    assert (v.subject, v.body_text, v.body_charset) == (name, name + "\n", "gbk")
+    assert v.defects == [] and v.charset_notes == []
+
+
 RU_TEXT = "Добрый день! Прошу выставить счёт на оплату по договору поставки."
 
 
@@ -749,3 +762,62 @@ def test_byte_walk_takes_the_well_formed_cases() -> None:
 def test_byte_walk_agrees_on_multipart_junk(chunks: list[bytes]) -> None:
     raw = b"Content-Type: multipart/mixed; boundary=x\r\n\r\n" + b"".join(chunks)
     assert _viewed(raw) == _walked(raw)
+
+
+def test_nested_multipart_reusing_the_outer_boundary_keeps_the_text() -> None:
+    """A multipart/alternative that reuses its parent's boundary (Outlook Express for Mac,
+    Zimbra: msg_15.txt of CPython's email tests, mail_malformed_1 of the mail-parser sdist)
+    has no first boundary line of its own; the stdlib leaves it whole and empty, before the
+    text parts that follow. It claimed the text slot: the body read ''."""
+    raw = (b"Subject: x\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+           b'Content-Type: multipart/alternative; boundary="B"\r\n\r\n\r\n--B\r\n'
+           b"Content-Type: text/plain\r\n\r\nSent from my iPhone\r\n--B\r\n"
+           b"Content-Type: text/html\r\n\r\n<div>Sent from my iPhone</div>\r\n--B--\r\n")
+    v = MessageView(raw)
+    assert v.body_text == "Sent from my iPhone"
+    assert v.defects == ["StartBoundaryNotFoundDefect"]
+
+
+_DSN = (b"From: postmaster@mx.example.com\r\nSubject: Delivery failure\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="R"\r\n\r\n'
+        b"--R\r\n%s\r\n--R\r\nContent-Type: message/delivery-status\r\n%s\r\n"
+        b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+        b"Final-Recipient: rfc822; abh@example.com\r\nAction: failed\r\nStatus: 4.2.2\r\n\r\n"
+        b"--R\r\nContent-Type: message/rfc822-headers\r\n\r\n"
+        b"From: a@example.org\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative; boundary="X"\r\n\r\n--R--\r\n')
+
+
+def test_bounce_report_parts_are_not_read_as_text() -> None:
+    """The header blocks inside message/delivery-status and message/rfc822-headers are no
+    text parts: they took the text/plain place of a bounce whose human-readable part is HTML
+    (body_text was ''), and the returned headers' multipart Content-Type gave a
+    StartBoundaryNotFoundDefect. The delivery-status part named a file in mail_malformed_2 of
+    the mail-parser 4.8.0 sdist (a real MailSite bounce), a name that was lost."""
+    v = MessageView(_DSN % (b"Content-Type: text/plain\r\n\r\nUser's mailbox quota exceeded",
+                            b'Content-Disposition: attachment; filename="DSN57BAC498.txt"\r\n'))
+    assert v.body_text == "User's mailbox quota exceeded"
+    assert [a.filename for a in v.attachments] == ["DSN57BAC498.txt"]
+    assert v.attachments[0].content_type == "message/delivery-status"
+    assert v.defects == []
+    v = MessageView(_DSN % (b"Content-Type: text/html\r\n\r\n<p>Address not found</p>", b""))
+    assert v.body_text == "Address not found"
+    assert v.attachments == [] and v.defects == []
+
+
+def test_html_body_is_not_replaced_by_the_forwarded_text() -> None:
+    """A bounce whose own text is HTML (GroupWise, xinnet: groupwise_02.txt and simple_25.txt
+    of the flufl.bounce 6.0.0 sdist) with the returned message attached: body_text was the
+    returned message's text/plain, not the bounce. A forwarded message's text is the body
+    only when the message has no text of its own."""
+    inner = b"From: a@example.org\r\nSubject: hello\r\n\r\nreturned text\r\n"
+    raw = (b"From: postmaster@example.com\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+           b"Content-Type: text/html\r\n\r\n<p>No such user</p>\r\n--B\r\n"
+           b"Content-Type: message/rfc822\r\n\r\n" + inner + b"--B--\r\n")
+    v = MessageView(raw)
+    assert v.body_text == "No such user"
+    assert [a.filename for a in v.attachments] == ["hello.eml"]
+    alone = raw.replace(b"Content-Type: text/html\r\n\r\n<p>No such user</p>\r\n--B\r\n", b"")
+    assert MessageView(alone).body_text == "returned text"
