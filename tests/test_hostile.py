@@ -171,6 +171,30 @@ async def test_non_ascii_address_needs_smtputf8(make_app, tmp_path, proto, hello
     assert [m["mail_from"] for m in await app.registry.recent(5)] == ["счета@пример.рф"]
 
 
+NOT_UTF8 = "501 5.5.2 Syntax error: invalid UTF-8 in command"
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_an_address_that_is_not_utf8_is_refused_at_once(make_app, tmp_path, proto, hello):
+    """Under SMTPUTF8 a sender or recipient holding bytes that are not UTF-8 (Latin-1 from a
+    broken client) is 501 5.5.2 at MAIL or RCPT: such a sender could never be recorded, and
+    taking it meant 451 after DATA on every retry. The transaction goes on with good ones."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"MAIL FROM:<caf\xe9@outside.test> SMTPUTF8\r\n")
+        assert await w.line() == NOT_UTF8
+        assert (await w.cmd("MAIL FROM:<client@outside.test> SMTPUTF8")).startswith("250")
+        await w.send(b"RCPT TO:<sales+\xe9t\xe9@example.com>\r\n")
+        assert await w.line() == NOT_UTF8
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: ok\r\n\r\nok\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert [m["mail_from"] for m in await app.registry.recent(5)] == ["client@outside.test"]
+
+
 @pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_an_empty_recipient_is_a_syntax_error_not_an_unknown_user(make_app, proto, hello):
     """`RCPT TO:<>` names no mailbox: 501 5.1.3, as Postfix answers, not 550 5.1.1 (a user

@@ -13,7 +13,7 @@ What this adds to aiosmtpd's SMTP class:
   octets are accepted as they are (as Postfix does); oversize mail is read to the
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
-- control characters in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
+- control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
@@ -59,6 +59,7 @@ from ..values import (
     REPLY_LMTP_NO_EHLO,
     REPLY_LMTP_NO_HELO,
     REPLY_NEED_RCPT,
+    REPLY_NOT_UTF8,
     REPLY_SHUTTING_DOWN,
     REPLY_START_DATA,
     REPLY_STORAGE_FULL,
@@ -81,6 +82,7 @@ TOO_BIG = str(REPLY_TOO_BIG)
 DATA_TOO_SLOW = str(REPLY_DATA_TOO_SLOW)
 NO_ROOM = str(REPLY_STORAGE_FULL)
 CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
+NOT_UTF8 = str(REPLY_NOT_UTF8)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
@@ -91,6 +93,10 @@ _NOT_ERRORS = (b"421", b"452 4.5.3")
 _TAKEN = re.compile(rb"(?:^|\n)2")             # a 2xx line in the replies after DATA
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
 # in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
+# aiosmtpd decodes an argument as UTF-8 with surrogateescape (we enable SMTPUTF8): a byte that
+# is not UTF-8 becomes U+DC80..U+DCFF. No address or name holds one, and a sender holding one
+# could never be recorded (the registry stores UTF-8): a 451 the MTA would retry forever
+_NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
 
 
 # What one byte of DATA costs in memory until its transaction is answered: the bytes as
@@ -342,6 +348,9 @@ class Protocol(SMTP):
                 return
             if isinstance(arg, str) and _CONTROL.search(arg):
                 await self.push(CONTROL_CHAR)
+                return
+            if isinstance(arg, str) and _NOT_UTF8.search(arg):
+                await self.push(NOT_UTF8)
                 return
             self.busy = True
             try:
