@@ -87,6 +87,7 @@ REPLY_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message 
 REPLY_SYNC_ERROR = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")   # Postfix's text
 # Postfix's text; "{}" is our hostname, filled in by the intake (str.format)
 REPLY_TOO_MANY_ERRORS = Reply(421, "4.7.0", "{} Error: too many errors")
+REPLY_TIMEOUT = Reply(421, "4.4.2", "{} Error: timeout exceeded")    # Postfix's text, "{}" as above
 
 # Recipient replies: the address book, the rules, the loop defence.
 REPLY_OK = Reply(250, "2.1.5", "Ok")

@@ -18,6 +18,7 @@ from tests.support.daemon import maildir_files
 from tests.support.wire import Wire
 
 pytestmark = pytest.mark.asyncio
+TIMED_OUT = "421 4.4.2 mx.test Error: timeout exceeded"
 
 
 def mail(subject: str = "Hello", body: str = "Just a test.", frm: str = "client@outside.test",
@@ -347,12 +348,24 @@ async def test_retry_is_not_delivered_twice(make_app, tmp_path):
     assert await app.registry.count_messages() == 1
 
 
-async def test_idle_session_times_out(make_app):
-    """A client that says nothing is disconnected after command_timeout."""
-    app = await make_app(limits={"command_timeout": 1})
+async def test_idle_session_times_out(make_app, tmp_path):
+    """A client that says nothing is told 421 4.4.2 and disconnected after command_timeout;
+    one silent inside DATA the same after data_timeout, and nothing of its message is kept."""
+    app = await make_app(limits={"command_timeout": 1, "data_timeout": 1})
     async with Wire(app.bound["smtp"][1]) as w:
         await w.greet()
+        assert await w.line() == TIMED_OUT
         assert await w.closed()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<idle@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: half\r\n\r\nhalf a message\r\n")
+        assert await w.line() == TIMED_OUT
+        assert await w.closed()
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    assert await app.registry.count_messages() == 0
 
 
 async def test_trickling_data_is_cut_at_the_deadline(make_app, tmp_path):

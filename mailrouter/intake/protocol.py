@@ -13,6 +13,8 @@ What this adds to aiosmtpd's SMTP class:
   octets are accepted as they are (as Postfix does); oversize mail is read to the
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
+- a session silent past command_timeout (data_timeout inside DATA) is told 421 4.4.2
+  before it is closed, as Postfix does;
 - control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
@@ -64,6 +66,7 @@ from ..values import (
     REPLY_START_DATA,
     REPLY_STORAGE_FULL,
     REPLY_SYNC_ERROR,
+    REPLY_TIMEOUT,
     REPLY_TOO_BIG,
     REPLY_TOO_MANY_ERRORS,
     REPLY_TOO_MANY_SESSIONS,
@@ -85,6 +88,7 @@ CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
 NOT_UTF8 = str(REPLY_NOT_UTF8)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
+TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
@@ -287,6 +291,16 @@ class Protocol(SMTP):
         if self.transport is not None:
             self.transport.close()   # stops reading first, then the buffer is dropped
         self._reader._buffer.clear()  # type: ignore[attr-defined]
+
+    def _timeout_cb(self) -> None:
+        """command_timeout (or data_timeout inside DATA) passed in silence: say 421 4.4.2, as
+        Postfix does, then let aiosmtpd close. aiosmtpd closes without a word, and the client
+        cannot tell a timeout from a crash (RFC 5321 3.8: a server closing says 421)."""
+        if not self._hung_up and self.transport is not None and not self.transport.is_closing():
+            log.info("event=session_timeout peer=%s", self.session and self.session.peer)
+            self._hung_up = True
+            self._writer.write(TIMEOUT.format(self.hostname).encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def unread(self) -> bytes:
         """Bytes the client sent that no command has read yet (asyncio.StreamReader's
