@@ -29,7 +29,7 @@ METHODS = {
     "_handle_client": (True, [], "overridden to greet 421 when draining; then super()._handle_client"),
     "_set_post_data_state": (False, [], "called after our own DATA reading"),
     "_call_handler_hook": (True, ["command", "args"], "called with 'DATA' to run the handler"),
-    "_reset_timeout": (False, ["duration"], "re-armed with the DATA timeout while reading DATA"),
+    "_reset_timeout": (False, ["duration"], "re-armed with the DATA timeout while reading DATA, longer while processing it"),
     "_timeout_cb": (False, [], "overridden to say 421 4.4.2 first; then super()._timeout_cb closes"),
 }
 # Attributes set on a live session: name -> (type, what protocol.py does with it)

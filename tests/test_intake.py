@@ -368,6 +368,26 @@ async def test_idle_session_times_out(make_app, tmp_path):
     assert await app.registry.count_messages() == 0
 
 
+async def test_a_message_processed_longer_than_command_timeout_is_answered(make_app, tmp_path,
+                                                                         monkeypatch):
+    """The client waits for the reply to its final dot in silence: processing that takes longer
+    than command_timeout (a slow disk, well inside process_timeout) is answered 250, not cut
+    by the idle timer with the message stored and no answer given; the session goes on."""
+    app = await make_app(limits={"command_timeout": 0.5, "process_timeout": 10})
+    process = app.process
+
+    async def slow(txn):
+        await asyncio.sleep(1.5)
+        return await process(txn)
+    monkeypatch.setattr(app, "process", slow)
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        r = await w.transaction("a@outside.test", ["sales@example.com"], data(mail()))
+        assert r[0].startswith("250 2.0.0")
+        assert (await w.cmd("NOOP")).startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail" / "sales")) == 1
+
+
 async def test_trickling_data_is_cut_at_the_deadline(make_app, tmp_path):
     """A client that keeps sending a line of DATA every 0.3 s, never idle long enough for
     data_timeout, is stopped at data_deadline: 421 4.4.2, closed, nothing delivered."""

@@ -483,6 +483,10 @@ class Protocol(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = self.envelope.original_content = content
+        # The client waits in silence for our reply: the idle timer (command_timeout) must not
+        # cut the processing, which process_timeout bounds (and answers 451 itself); re-armed
+        # for the next command once there is a reply.
+        self._reset_timeout(self.limits.process_timeout + self.limits.command_timeout)
         try:
             status = await self._call_handler_hook("DATA")
         except asyncio.CancelledError:
@@ -490,6 +494,7 @@ class Protocol(SMTP):
         except Exception as exc:
             log.error("event=data_error error=%r", exc, exc_info=exc)
             status = self._replies(INTERNAL_ERROR)
+        self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status, final=True)
 
