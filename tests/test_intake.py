@@ -124,9 +124,18 @@ async def test_help_lists_the_commands(make_app):
         await w.greet()
         listing = await w.cmd("HELP")
         assert listing.startswith("250") and "MAIL" in listing and "RCPT" in listing
+        # our own EHLO, HELO and DATA too (they keep aiosmtpd's @syntax); not AUTH or LHLO
+        assert {"DATA", "EHLO", "HELO"} <= set(listing.split()) and "AUTH" not in listing
+        assert "LHLO" not in listing
         assert (await w.cmd("HELP MAIL")).startswith("250 2.0.0 Syntax: MAIL FROM: <address>")
+        assert await w.cmd("HELP DATA") == "250 2.0.0 Syntax: DATA"
+        assert await w.cmd("HELP EHLO") == "250 2.0.0 Syntax: EHLO hostname"
         # AUTH is not offered, and says so plainly (not aiosmtpd's 538 "encryption required")
         assert (await w.cmd("AUTH PLAIN AGFAAGI=")).startswith("502 5.5.1")
+    async with Wire(app.bound["lmtp"][1]) as w:       # LMTP: LHLO and DATA, never EHLO/HELO
+        await w.greet("LHLO")
+        listing = set((await w.cmd("HELP")).split())
+        assert {"DATA", "LHLO", "MAIL"} <= listing and not {"EHLO", "HELO"} & listing
 
 
 @pytest.mark.parametrize("cmd", [b"EHLO evil\rX-Injected: yes", b"HELO a\x00b",

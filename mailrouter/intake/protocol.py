@@ -48,7 +48,7 @@ from typing import Any, Awaitable
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from ..config import Limits
 from ..values import (
@@ -324,9 +324,12 @@ class Protocol(SMTP):
         finally:
             self._ehlo_in_progress = False
 
+    # The overrides below keep aiosmtpd's @syntax: HELP lists a command only when it has one
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         await self._greeting(super().smtp_EHLO(hostname))
 
+    @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
         await self._greeting(super().smtp_HELO(hostname))
 
@@ -448,6 +451,7 @@ class Protocol(SMTP):
         assert self.envelope is not None
         return "\r\n".join([status] * max(1, len(self.envelope.rcpt_tos)))
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -646,6 +650,7 @@ class LMTPProtocol(Protocol, LMTP):
 
     lmtp = True
 
+    @syntax("LHLO hostname")
     async def smtp_LHLO(self, arg: str) -> None:
         await self._greeting(SMTP.smtp_EHLO(self, arg))
 
