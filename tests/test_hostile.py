@@ -195,6 +195,19 @@ async def test_an_address_that_is_not_utf8_is_refused_at_once(make_app, tmp_path
     assert [m["mail_from"] for m in await app.registry.recent(5)] == ["client@outside.test"]
 
 
+@pytest.mark.parametrize("verb, shown", [(b"NO\x00OP", "NO?OP"), (b"NO\rOP", "NO?OP"),
+                                         (b"X\x1b[31mY", "X?[31MY")], ids=["NUL", "CR", "ESC"])
+async def test_an_unknown_verb_is_not_echoed_with_its_control_bytes(make_app, verb, shown):
+    """aiosmtpd's 500 quotes an unknown verb as it came: a NUL, an ESC or a bare CR (which
+    ends a line for some clients) would be sent back inside the reply text. They read '?'."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.send(verb + b"\r\n")
+        assert await w.line() == f'500 5.5.2 Error: command "{shown}" not recognized'
+        assert (await w.cmd("NOOP")).startswith("250")
+
+
 @pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_an_empty_recipient_is_a_syntax_error_not_an_unknown_user(make_app, proto, hello):
     """`RCPT TO:<>` names no mailbox: 501 5.1.3, as Postfix answers, not 550 5.1.1 (a user

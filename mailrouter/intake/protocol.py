@@ -97,6 +97,8 @@ _NOT_ERRORS = (b"421", b"452 4.5.3")
 _TAKEN = re.compile(rb"(?:^|\n)2")             # a 2xx line in the replies after DATA
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
 # in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
+# RFC 5321 4.2: reply text is HT and SP..~ only (a bare CR would split a reply line)
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # aiosmtpd decodes an argument as UTF-8 with surrogateescape (we enable SMTPUTF8): a byte that
 # is not UTF-8 becomes U+DC80..U+DCFF. No address or name holds one, and a sender holding one
 # could never be recorded (the registry stores UTF-8): a 451 the MTA would retry forever
@@ -265,6 +267,8 @@ class Protocol(SMTP):
                 return
             data, self._pending = b"\r\n".join(self._pending), []
         elif not data.startswith((b"220", b"354")):
+            if data.startswith(b"500 "):   # aiosmtpd's 'command "VERB" not recognized' echoes
+                data = _NOT_TEXT.sub(b"?", data)  # the verb as sent: a CR, NUL or ESC included
             data = b"\r\n".join(with_enhanced_code(line) for line in data.split(b"\r\n"))
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
