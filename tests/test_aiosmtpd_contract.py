@@ -171,6 +171,15 @@ def test_help_still_reads_the_syntax_attributes_the_command_wrapper_copies() -> 
         _fail("SMTP.smtp_HELP", "no longer reads __smtp_syntax__", "Protocol._guarded copies it for HELP")
 
 
+def test_the_goodbye_to_unknown_commands_is_still_the_text_push_replaces() -> None:
+    """SMTP._handle_client answers the BOGUS_LIMIT-th unknown command with a 502 and closes;
+    Protocol.push recognises that reply by its text and says 421 4.7.0 instead."""
+    source = inspect.getsource(SMTP._handle_client)
+    if protocol.BOGUS_GOODBYE not in source or not isinstance(aiosmtpd.smtp.BOGUS_LIMIT, int):
+        _fail("SMTP._handle_client", f"no longer sends {protocol.BOGUS_GOODBYE!r}",
+              "Protocol.push turns it into 421 4.7.0")
+
+
 def test_every_private_aiosmtpd_name_protocol_py_uses_is_checked_here() -> None:
     """The private names protocol.py reaches through self/super() that aiosmtpd's SMTP has are
     all in this file's lists, so a new use cannot slip past the version bound unchecked."""

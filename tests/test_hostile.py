@@ -112,6 +112,21 @@ async def test_recipient_harvesting_is_cut_at_max_errors(make_app, proto, hello)
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_unknown_commands_are_cut_with_a_421(make_app, proto, hello):
+    """aiosmtpd hangs up on the fifth unknown command; the client is told so with 421 4.7.0
+    (RFC 5321 3.8: a server closes only after a 421), not with a 502 it would take for one
+    refused command."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"".join(b"JUNK%d\r\n" % n for n in range(5)))
+        replies = [await w.line() for _ in range(5)]
+        assert all(r.startswith("500 5.5.2") for r in replies[:4]), replies
+        assert replies[4] == "421 4.7.0 mx.test Error: too many errors"
+        assert await w.closed()
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_a_message_taken_forgives_earlier_errors(make_app, tmp_path, proto, hello):
     """An MTA reusing one connection meets an unknown recipient now and then: a message taken
     resets the count (as in Postfix), so only errors with no mail in between add up."""

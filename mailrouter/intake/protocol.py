@@ -89,6 +89,7 @@ NOT_UTF8 = str(REPLY_NOT_UTF8)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
+BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands"   # aiosmtpd's, then it closes
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
@@ -256,6 +257,13 @@ class Protocol(SMTP):
         """Send a reply; `final` marks the replies after DATA (a 2xx among them resets
         the error count). Counts errors, waits past soft_errors, hangs up at max_errors."""
         if self._hung_up:            # we said goodbye: nothing more reaches the client
+            return
+        if isinstance(status, str) and status.startswith(BOGUS_GOODBYE):
+            # aiosmtpd's answer to the fifth unknown command, before it closes: a server that
+            # closes says 421 (RFC 5321 3.8), and this is our too-many-errors hang-up
+            log.warning("event=too_many_errors peer=%s unknown_commands=%d", self.session and
+                        self.session.peer, _aiosmtpd_smtp.BOGUS_LIMIT)
+            await self.hang_up(TOO_MANY_ERRORS.format(self.hostname))
             return
         data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace") \
             if isinstance(status, str) else status
