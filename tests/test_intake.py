@@ -304,12 +304,18 @@ async def test_lmtp_one_reply_per_recipient_in_order(make_app, tmp_path):
 
 
 async def test_lmtp_refuses_ehlo_and_helo(make_app):
-    """LMTP speaks LHLO only (RFC 2033 4.1)."""
+    """LMTP speaks LHLO only (RFC 2033 4.1), and a command before it is told to send LHLO
+    (not aiosmtpd's 'send HELO first', which would get the 500 above)."""
     app = await make_app()
     async with Wire(app.bound["lmtp"][1]) as w:
         assert (await w.line()).startswith("220")
         assert (await w.cmd("EHLO x")).startswith("500 5.5.1")
         assert (await w.cmd("HELO x")).startswith("500 5.5.1")
+        for cmd in ("MAIL FROM:<a@outside.test>", "RCPT TO:<sales@example.com>", "DATA"):
+            assert await w.cmd(cmd) == "503 5.5.1 Error: send LHLO first"
+    async with Wire(app.bound["smtp"][1]) as w:        # SMTP still asks for HELO
+        assert (await w.line()).startswith("220")
+        assert await w.cmd("MAIL FROM:<a@outside.test>") == "503 5.5.1 Error: send HELO first"
 
 
 async def test_lmtp_errors_are_per_recipient(make_app):

@@ -666,6 +666,10 @@ class LMTPProtocol(Protocol, LMTP):
     async def smtp_LHLO(self, arg: str) -> None:
         await self._greeting(SMTP.smtp_EHLO(self, arg))
 
+    async def check_helo_needed(self, helo: str = "LHLO") -> bool:
+        # MAIL, RCPT and DATA before LHLO: aiosmtpd would say "send HELO first", which LMTP refuses
+        return await super().check_helo_needed("LHLO")
+
     async def smtp_EHLO(self, arg: str) -> None:
         await self.push(str(REPLY_LMTP_NO_EHLO))
 
