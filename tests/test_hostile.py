@@ -127,6 +127,35 @@ async def test_unknown_commands_are_cut_with_a_421(make_app, proto, hello):
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_a_half_closed_session_is_answered_then_closed(make_app, tmp_path, proto, hello):
+    """A client that sends its message and QUIT and then shuts its sending side (`nc -N`, a
+    script) still reads: what it sent whole is answered (250, 221) and the session closed.
+    One that half-closes inside DATA is closed with nothing stored."""
+    app = await make_app()
+    port = app.bound[proto][1]
+    async with Wire(port) as w:
+        await w.greet(hello)
+        await w.cmd("MAIL FROM:<script@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: half-closed\r\n\r\nwhole\r\n.\r\nQUIT\r\n")
+        w.writer.write_eof()
+        assert (await w.line()).startswith("250 2.0.0")
+        assert (await w.line()).startswith("221")
+        assert await w.closed()
+    async with Wire(port) as w:
+        await w.greet(hello)
+        await w.cmd("MAIL FROM:<script@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: cut\r\n\r\nhalf a mess")
+        w.writer.write_eof()
+        assert await w.closed()
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert await app.registry.count_messages() == 1
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_a_message_taken_forgives_earlier_errors(make_app, tmp_path, proto, hello):
     """An MTA reusing one connection meets an unknown recipient now and then: a message taken
     resets the count (as in Postfix), so only errors with no mail in between add up."""

@@ -247,6 +247,7 @@ class Protocol(SMTP):
         self.limits = limits or Limits()
         self.errors = 0                # refused commands since the last message taken
         self._hung_up = False
+        self._half_closed = False      # the client shut its sending side; we still write
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
         self.busy = False
@@ -351,6 +352,13 @@ class Protocol(SMTP):
         await self.push(str(REPLY_AUTH_NOT_IMPLEMENTED))
 
     async def handle_exception(self, error: Exception) -> str:
+        if self._half_closed and isinstance(error, asyncio.IncompleteReadError):
+            # everything the half-closed client sent whole is answered: end the session (the
+            # CancelledError passes aiosmtpd's handler; its push of no status is dropped)
+            self._hung_up = True
+            if self.transport is not None:
+                self.transport.close()
+            raise asyncio.CancelledError()
         log.error("event=session_error peer=%s error=%r", self.session and self.session.peer,
                   error, exc_info=error)
         return INTERNAL_ERROR
@@ -436,6 +444,18 @@ class Protocol(SMTP):
         session counted against max_connections until command_timeout."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side. aiosmtpd cancels the session at once, dropping
+        unanswered what arrived whole (a message and QUIT from `nc -N` or a script, which
+        still reads). With something unread or a command running, let the reader end after
+        what it holds instead: those commands are answered, a DATA cut short ends as a client
+        gone (nothing stored), and the next read ends the session (handle_exception)."""
+        if not (self.busy or self.unread()):
+            return super().eof_received()
+        self._half_closed = True
+        asyncio.StreamReaderProtocol.eof_received(self)   # the reader's EOF, after its buffer
+        return True                                        # keep our side open for the replies
 
     def connection_lost(self, error: Exception | None) -> None:
         unregister = getattr(self.event_handler, "unregister", None)
