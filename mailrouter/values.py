@@ -70,6 +70,7 @@ REPLY_SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again late
 REPLY_TOO_MANY_SESSIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 REPLY_DATA_TOO_SLOW = Reply(421, "4.4.2", "DATA took too long, closing connection")
 REPLY_CONTROL_CHAR = Reply(501, "5.5.2", "Syntax error: control character in command")
+REPLY_NOT_UTF8 = Reply(501, "5.5.2", "Syntax error: invalid UTF-8 in command")
 REPLY_AUTH_NOT_IMPLEMENTED = Reply(502, "5.5.1", 'Error: command "AUTH" not implemented')
 REPLY_NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 REPLY_DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
@@ -86,6 +87,7 @@ REPLY_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message 
 REPLY_SYNC_ERROR = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")   # Postfix's text
 # Postfix's text; "{}" is our hostname, filled in by the intake (str.format)
 REPLY_TOO_MANY_ERRORS = Reply(421, "4.7.0", "{} Error: too many errors")
+REPLY_TIMEOUT = Reply(421, "4.4.2", "{} Error: timeout exceeded")    # Postfix's text, "{}" as above
 
 # Recipient replies: the address book, the rules, the loop defence.
 REPLY_OK = Reply(250, "2.1.5", "Ok")

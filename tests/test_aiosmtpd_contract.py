@@ -29,7 +29,8 @@ METHODS = {
     "_handle_client": (True, [], "overridden to greet 421 when draining; then super()._handle_client"),
     "_set_post_data_state": (False, [], "called after our own DATA reading"),
     "_call_handler_hook": (True, ["command", "args"], "called with 'DATA' to run the handler"),
-    "_reset_timeout": (False, ["duration"], "re-armed with the DATA timeout while reading DATA"),
+    "_reset_timeout": (False, ["duration"], "re-armed with the DATA timeout while reading DATA, longer while processing it"),
+    "_timeout_cb": (False, [], "overridden to say 421 4.4.2 first; then super()._timeout_cb closes"),
 }
 # Attributes set on a live session: name -> (type, what protocol.py does with it)
 ATTRIBUTES = {
@@ -168,6 +169,15 @@ def test_help_still_reads_the_syntax_attributes_the_command_wrapper_copies() -> 
             _fail(f"SMTP.smtp_MAIL.{attr}", "is gone", "Protocol._guarded copies it for HELP")
     if "__smtp_syntax__" not in inspect.getsource(SMTP.smtp_HELP):
         _fail("SMTP.smtp_HELP", "no longer reads __smtp_syntax__", "Protocol._guarded copies it for HELP")
+
+
+def test_the_goodbye_to_unknown_commands_is_still_the_text_push_replaces() -> None:
+    """SMTP._handle_client answers the BOGUS_LIMIT-th unknown command with a 502 and closes;
+    Protocol.push recognises that reply by its text and says 421 4.7.0 instead."""
+    source = inspect.getsource(SMTP._handle_client)
+    if protocol.BOGUS_GOODBYE not in source or not isinstance(aiosmtpd.smtp.BOGUS_LIMIT, int):
+        _fail("SMTP._handle_client", f"no longer sends {protocol.BOGUS_GOODBYE!r}",
+              "Protocol.push turns it into 421 4.7.0")
 
 
 def test_every_private_aiosmtpd_name_protocol_py_uses_is_checked_here() -> None:

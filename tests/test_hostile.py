@@ -112,6 +112,50 @@ async def test_recipient_harvesting_is_cut_at_max_errors(make_app, proto, hello)
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_unknown_commands_are_cut_with_a_421(make_app, proto, hello):
+    """aiosmtpd hangs up on the fifth unknown command; the client is told so with 421 4.7.0
+    (RFC 5321 3.8: a server closes only after a 421), not with a 502 it would take for one
+    refused command."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"".join(b"JUNK%d\r\n" % n for n in range(5)))
+        replies = [await w.line() for _ in range(5)]
+        assert all(r.startswith("500 5.5.2") for r in replies[:4]), replies
+        assert replies[4] == "421 4.7.0 mx.test Error: too many errors"
+        assert await w.closed()
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_a_half_closed_session_is_answered_then_closed(make_app, tmp_path, proto, hello):
+    """A client that sends its message and QUIT and then shuts its sending side (`nc -N`, a
+    script) still reads: what it sent whole is answered (250, 221) and the session closed.
+    One that half-closes inside DATA is closed with nothing stored."""
+    app = await make_app()
+    port = app.bound[proto][1]
+    async with Wire(port) as w:
+        await w.greet(hello)
+        await w.cmd("MAIL FROM:<script@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: half-closed\r\n\r\nwhole\r\n.\r\nQUIT\r\n")
+        w.writer.write_eof()
+        assert (await w.line()).startswith("250 2.0.0")
+        assert (await w.line()).startswith("221")
+        assert await w.closed()
+    async with Wire(port) as w:
+        await w.greet(hello)
+        await w.cmd("MAIL FROM:<script@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: cut\r\n\r\nhalf a mess")
+        w.writer.write_eof()
+        assert await w.closed()
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert await app.registry.count_messages() == 1
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_a_message_taken_forgives_earlier_errors(make_app, tmp_path, proto, hello):
     """An MTA reusing one connection meets an unknown recipient now and then: a message taken
     resets the count (as in Postfix), so only errors with no mail in between add up."""
@@ -169,6 +213,43 @@ async def test_non_ascii_address_needs_smtputf8(make_app, tmp_path, proto, hello
         assert (await w.line()).startswith("250 2.0.0")
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     assert [m["mail_from"] for m in await app.registry.recent(5)] == ["счета@пример.рф"]
+
+
+NOT_UTF8 = "501 5.5.2 Syntax error: invalid UTF-8 in command"
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_an_address_that_is_not_utf8_is_refused_at_once(make_app, tmp_path, proto, hello):
+    """Under SMTPUTF8 a sender or recipient holding bytes that are not UTF-8 (Latin-1 from a
+    broken client) is 501 5.5.2 at MAIL or RCPT: such a sender could never be recorded, and
+    taking it meant 451 after DATA on every retry. The transaction goes on with good ones."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"MAIL FROM:<caf\xe9@outside.test> SMTPUTF8\r\n")
+        assert await w.line() == NOT_UTF8
+        assert (await w.cmd("MAIL FROM:<client@outside.test> SMTPUTF8")).startswith("250")
+        await w.send(b"RCPT TO:<sales+\xe9t\xe9@example.com>\r\n")
+        assert await w.line() == NOT_UTF8
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: ok\r\n\r\nok\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert [m["mail_from"] for m in await app.registry.recent(5)] == ["client@outside.test"]
+
+
+@pytest.mark.parametrize("verb, shown", [(b"NO\x00OP", "NO?OP"), (b"NO\rOP", "NO?OP"),
+                                         (b"X\x1b[31mY", "X?[31MY")], ids=["NUL", "CR", "ESC"])
+async def test_an_unknown_verb_is_not_echoed_with_its_control_bytes(make_app, verb, shown):
+    """aiosmtpd's 500 quotes an unknown verb as it came: a NUL, an ESC or a bare CR (which
+    ends a line for some clients) would be sent back inside the reply text. They read '?'."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.send(verb + b"\r\n")
+        assert await w.line() == f'500 5.5.2 Error: command "{shown}" not recognized'
+        assert (await w.cmd("NOOP")).startswith("250")
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)

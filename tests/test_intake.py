@@ -18,6 +18,7 @@ from tests.support.daemon import maildir_files
 from tests.support.wire import Wire
 
 pytestmark = pytest.mark.asyncio
+TIMED_OUT = "421 4.4.2 mx.test Error: timeout exceeded"
 
 
 def mail(subject: str = "Hello", body: str = "Just a test.", frm: str = "client@outside.test",
@@ -123,9 +124,18 @@ async def test_help_lists_the_commands(make_app):
         await w.greet()
         listing = await w.cmd("HELP")
         assert listing.startswith("250") and "MAIL" in listing and "RCPT" in listing
+        # our own EHLO, HELO and DATA too (they keep aiosmtpd's @syntax); not AUTH or LHLO
+        assert {"DATA", "EHLO", "HELO"} <= set(listing.split()) and "AUTH" not in listing
+        assert "LHLO" not in listing
         assert (await w.cmd("HELP MAIL")).startswith("250 2.0.0 Syntax: MAIL FROM: <address>")
+        assert await w.cmd("HELP DATA") == "250 2.0.0 Syntax: DATA"
+        assert await w.cmd("HELP EHLO") == "250 2.0.0 Syntax: EHLO hostname"
         # AUTH is not offered, and says so plainly (not aiosmtpd's 538 "encryption required")
         assert (await w.cmd("AUTH PLAIN AGFAAGI=")).startswith("502 5.5.1")
+    async with Wire(app.bound["lmtp"][1]) as w:       # LMTP: LHLO and DATA, never EHLO/HELO
+        await w.greet("LHLO")
+        listing = set((await w.cmd("HELP")).split())
+        assert {"DATA", "LHLO", "MAIL"} <= listing and not {"EHLO", "HELO"} & listing
 
 
 @pytest.mark.parametrize("cmd", [b"EHLO evil\rX-Injected: yes", b"HELO a\x00b",
@@ -294,12 +304,18 @@ async def test_lmtp_one_reply_per_recipient_in_order(make_app, tmp_path):
 
 
 async def test_lmtp_refuses_ehlo_and_helo(make_app):
-    """LMTP speaks LHLO only (RFC 2033 4.1)."""
+    """LMTP speaks LHLO only (RFC 2033 4.1), and a command before it is told to send LHLO
+    (not aiosmtpd's 'send HELO first', which would get the 500 above)."""
     app = await make_app()
     async with Wire(app.bound["lmtp"][1]) as w:
         assert (await w.line()).startswith("220")
         assert (await w.cmd("EHLO x")).startswith("500 5.5.1")
         assert (await w.cmd("HELO x")).startswith("500 5.5.1")
+        for cmd in ("MAIL FROM:<a@outside.test>", "RCPT TO:<sales@example.com>", "DATA"):
+            assert await w.cmd(cmd) == "503 5.5.1 Error: send LHLO first"
+    async with Wire(app.bound["smtp"][1]) as w:        # SMTP still asks for HELO
+        assert (await w.line()).startswith("220")
+        assert await w.cmd("MAIL FROM:<a@outside.test>") == "503 5.5.1 Error: send HELO first"
 
 
 async def test_lmtp_errors_are_per_recipient(make_app):
@@ -347,12 +363,44 @@ async def test_retry_is_not_delivered_twice(make_app, tmp_path):
     assert await app.registry.count_messages() == 1
 
 
-async def test_idle_session_times_out(make_app):
-    """A client that says nothing is disconnected after command_timeout."""
-    app = await make_app(limits={"command_timeout": 1})
+async def test_idle_session_times_out(make_app, tmp_path):
+    """A client that says nothing is told 421 4.4.2 and disconnected after command_timeout;
+    one silent inside DATA the same after data_timeout, and nothing of its message is kept."""
+    app = await make_app(limits={"command_timeout": 1, "data_timeout": 1})
     async with Wire(app.bound["smtp"][1]) as w:
         await w.greet()
+        assert await w.line() == TIMED_OUT
         assert await w.closed()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<idle@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: half\r\n\r\nhalf a message\r\n")
+        assert await w.line() == TIMED_OUT
+        assert await w.closed()
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    assert await app.registry.count_messages() == 0
+
+
+async def test_a_message_processed_longer_than_command_timeout_is_answered(make_app, tmp_path,
+                                                                         monkeypatch):
+    """The client waits for the reply to its final dot in silence: processing that takes longer
+    than command_timeout (a slow disk, well inside process_timeout) is answered 250, not cut
+    by the idle timer with the message stored and no answer given; the session goes on."""
+    app = await make_app(limits={"command_timeout": 0.5, "process_timeout": 10})
+    process = app.process
+
+    async def slow(txn):
+        await asyncio.sleep(1.5)
+        return await process(txn)
+    monkeypatch.setattr(app, "process", slow)
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        r = await w.transaction("a@outside.test", ["sales@example.com"], data(mail()))
+        assert r[0].startswith("250 2.0.0")
+        assert (await w.cmd("NOOP")).startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail" / "sales")) == 1
 
 
 async def test_trickling_data_is_cut_at_the_deadline(make_app, tmp_path):

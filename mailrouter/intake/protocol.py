@@ -13,7 +13,9 @@ What this adds to aiosmtpd's SMTP class:
   octets are accepted as they are (as Postfix does); oversize mail is read to the
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
-- control characters in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
+- a session silent past command_timeout (data_timeout inside DATA) is told 421 4.4.2
+  before it is closed, as Postfix does;
+- control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
@@ -46,7 +48,7 @@ from typing import Any, Awaitable
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from ..config import Limits
 from ..values import (
@@ -59,10 +61,12 @@ from ..values import (
     REPLY_LMTP_NO_EHLO,
     REPLY_LMTP_NO_HELO,
     REPLY_NEED_RCPT,
+    REPLY_NOT_UTF8,
     REPLY_SHUTTING_DOWN,
     REPLY_START_DATA,
     REPLY_STORAGE_FULL,
     REPLY_SYNC_ERROR,
+    REPLY_TIMEOUT,
     REPLY_TOO_BIG,
     REPLY_TOO_MANY_ERRORS,
     REPLY_TOO_MANY_SESSIONS,
@@ -81,8 +85,11 @@ TOO_BIG = str(REPLY_TOO_BIG)
 DATA_TOO_SLOW = str(REPLY_DATA_TOO_SLOW)
 NO_ROOM = str(REPLY_STORAGE_FULL)
 CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
+NOT_UTF8 = str(REPLY_NOT_UTF8)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
+TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
+BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands"   # aiosmtpd's, then it closes
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
@@ -91,6 +98,12 @@ _NOT_ERRORS = (b"421", b"452 4.5.3")
 _TAKEN = re.compile(rb"(?:^|\n)2")             # a 2xx line in the replies after DATA
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
 # in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
+# RFC 5321 4.2: reply text is HT and SP..~ only (a bare CR would split a reply line)
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# aiosmtpd decodes an argument as UTF-8 with surrogateescape (we enable SMTPUTF8): a byte that
+# is not UTF-8 becomes U+DC80..U+DCFF. No address or name holds one, and a sender holding one
+# could never be recorded (the registry stores UTF-8): a 451 the MTA would retry forever
+_NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
 
 
 # What one byte of DATA costs in memory until its transaction is answered: the bytes as
@@ -234,6 +247,7 @@ class Protocol(SMTP):
         self.limits = limits or Limits()
         self.errors = 0                # refused commands since the last message taken
         self._hung_up = False
+        self._half_closed = False      # the client shut its sending side; we still write
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
         self.busy = False
@@ -245,6 +259,13 @@ class Protocol(SMTP):
         the error count). Counts errors, waits past soft_errors, hangs up at max_errors."""
         if self._hung_up:            # we said goodbye: nothing more reaches the client
             return
+        if isinstance(status, str) and status.startswith(BOGUS_GOODBYE):
+            # aiosmtpd's answer to the fifth unknown command, before it closes: a server that
+            # closes says 421 (RFC 5321 3.8), and this is our too-many-errors hang-up
+            log.warning("event=too_many_errors peer=%s unknown_commands=%d", self.session and
+                        self.session.peer, _aiosmtpd_smtp.BOGUS_LIMIT)
+            await self.hang_up(TOO_MANY_ERRORS.format(self.hostname))
+            return
         data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace") \
             if isinstance(status, str) else status
         if self._ehlo_in_progress:
@@ -255,6 +276,8 @@ class Protocol(SMTP):
                 return
             data, self._pending = b"\r\n".join(self._pending), []
         elif not data.startswith((b"220", b"354")):
+            if data.startswith(b"500 "):   # aiosmtpd's 'command "VERB" not recognized' echoes
+                data = _NOT_TEXT.sub(b"?", data)  # the verb as sent: a CR, NUL or ESC included
             data = b"\r\n".join(with_enhanced_code(line) for line in data.split(b"\r\n"))
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
@@ -282,6 +305,16 @@ class Protocol(SMTP):
             self.transport.close()   # stops reading first, then the buffer is dropped
         self._reader._buffer.clear()  # type: ignore[attr-defined]
 
+    def _timeout_cb(self) -> None:
+        """command_timeout (or data_timeout inside DATA) passed in silence: say 421 4.4.2, as
+        Postfix does, then let aiosmtpd close. aiosmtpd closes without a word, and the client
+        cannot tell a timeout from a crash (RFC 5321 3.8: a server closing says 421)."""
+        if not self._hung_up and self.transport is not None and not self.transport.is_closing():
+            log.info("event=session_timeout peer=%s", self.session and self.session.peer)
+            self._hung_up = True
+            self._writer.write(TIMEOUT.format(self.hostname).encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
     def unread(self) -> bytes:
         """Bytes the client sent that no command has read yet (asyncio.StreamReader's
         private buffer: there is no public way to peek at it)."""
@@ -304,9 +337,12 @@ class Protocol(SMTP):
         finally:
             self._ehlo_in_progress = False
 
+    # The overrides below keep aiosmtpd's @syntax: HELP lists a command only when it has one
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         await self._greeting(super().smtp_EHLO(hostname))
 
+    @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
         await self._greeting(super().smtp_HELO(hostname))
 
@@ -316,6 +352,13 @@ class Protocol(SMTP):
         await self.push(str(REPLY_AUTH_NOT_IMPLEMENTED))
 
     async def handle_exception(self, error: Exception) -> str:
+        if self._half_closed and isinstance(error, asyncio.IncompleteReadError):
+            # everything the half-closed client sent whole is answered: end the session (the
+            # CancelledError passes aiosmtpd's handler; its push of no status is dropped)
+            self._hung_up = True
+            if self.transport is not None:
+                self.transport.close()
+            raise asyncio.CancelledError()
         log.error("event=session_error peer=%s error=%r", self.session and self.session.peer,
                   error, exc_info=error)
         return INTERNAL_ERROR
@@ -342,6 +385,9 @@ class Protocol(SMTP):
                 return
             if isinstance(arg, str) and _CONTROL.search(arg):
                 await self.push(CONTROL_CHAR)
+                return
+            if isinstance(arg, str) and _NOT_UTF8.search(arg):
+                await self.push(NOT_UTF8)
                 return
             self.busy = True
             try:
@@ -399,6 +445,18 @@ class Protocol(SMTP):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side. aiosmtpd cancels the session at once, dropping
+        unanswered what arrived whole (a message and QUIT from `nc -N` or a script, which
+        still reads). With something unread or a command running, let the reader end after
+        what it holds instead: those commands are answered, a DATA cut short ends as a client
+        gone (nothing stored), and the next read ends the session (handle_exception)."""
+        if not (self.busy or self.unread()):
+            return super().eof_received()
+        self._half_closed = True
+        asyncio.StreamReaderProtocol.eof_received(self)   # the reader's EOF, after its buffer
+        return True                                        # keep our side open for the replies
+
     def connection_lost(self, error: Exception | None) -> None:
         unregister = getattr(self.event_handler, "unregister", None)
         if unregister is not None:
@@ -425,6 +483,7 @@ class Protocol(SMTP):
         assert self.envelope is not None
         return "\r\n".join([status] * max(1, len(self.envelope.rcpt_tos)))
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -460,6 +519,10 @@ class Protocol(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = self.envelope.original_content = content
+        # The client waits in silence for our reply: the idle timer (command_timeout) must not
+        # cut the processing, which process_timeout bounds (and answers 451 itself); re-armed
+        # for the next command once there is a reply.
+        self._reset_timeout(self.limits.process_timeout + self.limits.command_timeout)
         try:
             status = await self._call_handler_hook("DATA")
         except asyncio.CancelledError:
@@ -467,6 +530,7 @@ class Protocol(SMTP):
         except Exception as exc:
             log.error("event=data_error error=%r", exc, exc_info=exc)
             status = self._replies(INTERNAL_ERROR)
+        self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status, final=True)
 
@@ -618,8 +682,13 @@ class LMTPProtocol(Protocol, LMTP):
 
     lmtp = True
 
+    @syntax("LHLO hostname")
     async def smtp_LHLO(self, arg: str) -> None:
         await self._greeting(SMTP.smtp_EHLO(self, arg))
+
+    async def check_helo_needed(self, helo: str = "LHLO") -> bool:
+        # MAIL, RCPT and DATA before LHLO: aiosmtpd would say "send HELO first", which LMTP refuses
+        return await super().check_helo_needed("LHLO")
 
     async def smtp_EHLO(self, arg: str) -> None:
         await self.push(str(REPLY_LMTP_NO_EHLO))
