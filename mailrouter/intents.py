@@ -39,6 +39,7 @@ import json
 import logging
 import operator
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -265,11 +266,23 @@ def _record_json(record: MessageRecord) -> dict[str, object]:
 
 
 def _record_of(data: dict[str, object]) -> MessageRecord:
-    values = dict(data)
+    values = {k: _text(v) for k, v in data.items()}
     values["received_at"] = datetime.fromisoformat(str(values["received_at"]))
-    values["rcpts"] = tuple(values["rcpts"])          # type: ignore[arg-type]
-    values["defects"] = tuple(values["defects"])      # type: ignore[arg-type]
+    values["rcpts"] = tuple(map(_text, values["rcpts"]))      # type: ignore[call-overload]
+    values["defects"] = tuple(map(_text, values["defects"]))  # type: ignore[call-overload]
     return MessageRecord(**values)  # type: ignore[arg-type]
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
+def _text(value: object) -> object:
+    """A string with the bytes that were not UTF-8 (kept as surrogateescape's U+DC80..U+DCFF
+    when the intent was written) read as U+FFFD: the registry stores UTF-8 only, and a
+    journal of an earlier version holding such a sender failed every reconcile pass."""
+    if isinstance(value, str) and _ESCAPED.search(value):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
 
 
 def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:

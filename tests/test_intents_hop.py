@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from pathlib import Path
 
 from mailrouter import intents
 from mailrouter.delivery.maildir import Maildir
@@ -99,3 +100,41 @@ def test_a_new_journal_is_never_seen_unlocked(tmp_path, monkeypatch):
     finally:
         os.close(other)
         os.close(journal.fd)
+
+
+async def test_a_journal_holding_bytes_that_are_not_utf8_is_reconciled(tmp_path):
+    """A journal written before command arguments were checked for UTF-8 (a sender
+    'caf\\xe9@...' under SMTPUTF8) held a record the registry cannot store: every reconcile
+    pass failed with a traceback, forever, and the copy stayed unrecorded. Such bytes are now
+    read as U+FFFD and the copy is recorded."""
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from mailrouter.delivery.maildir import Place
+    from mailrouter.registry import MessageRecord, Registry
+
+    box = tmp_path / "mail" / "sales"
+    md = Maildir(box, "mx.test")
+    await md.deliver(b"Subject: x\r\n\r\nbody\r\n", "k" * 16)
+    record = MessageRecord(
+        key="k" * 64, received_at=datetime(2026, 12, 1, tzinfo=timezone.utc), protocol="smtp",
+        peer="127.0.0.1", mail_from="caf\udce9@outside.test", rcpts=("sales@example.com",),
+        message_id=None, from_name="", from_addr="", subject="x", size=20,
+        content_hash="c" * 64, defects=(), ruleset_hash="r" * 16, status="delivered")
+    place = Place("maildir:sales", str(box), "mr" + "k" * 16)
+    journals = tmp_path / "intents"
+    journals.mkdir()
+    line = intents._ENCODE({"key": record.key, "record": intents._record_json(record),
+                            "copies": [dataclasses.astuple(place)]})
+    (journals / "99999.0.abcdef.jrn").write_bytes(
+        b"I " + line.encode("utf-8", "surrogateescape") + b"\n")  # as the writer writes it
+    registry = await Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        with_bytes = intents.Intents(journals, lambda p: (Path(p.box) / "new" / p.name).exists())
+        assert await with_bytes.reconcile(registry) == 1
+        assert list(journals.iterdir()) == []
+        (row,) = await registry.recent(5)
+        assert row["mail_from"] == "caf\ufffd@outside.test" and row["status"] == "unanswered"
+        assert await registry.delivered_targets(record.key) == {"maildir:sales"}
+    finally:
+        await registry.close()
