@@ -279,7 +279,8 @@ _LATIN_LABELS = {"ascii", "latin-1", "iso8859-1", "cp1252", "iso8859-15"}
 _CYRILLIC_PAIR = {"koi8-r": "cp1251", "cp1251": "koi8-r"}
 OTHER_WINS = 6.0
 OTHER_WINS_PER_BYTE = 0.25
-PAIR_SAMPLE = 8192        # bytes read to decide: a body's first pages tell as well as all of it
+PAIR_SAMPLE = 8192        # bytes whose letters' case is counted: a body's first pages tell
+PAIR_SCORED = 2048        # bytes scored when that count says capitals (as all of it would)
 
 
 def _other_reads_better(declared: float, other: float, high: int) -> bool:
@@ -388,12 +389,27 @@ def _mislabelled(data: bytes, codec: str) -> bool:
     if _multi_byte_ascii(codec) and _valid_utf8(data) is not None:
         return not _decodes(data, codec)      # gb2312, shift_jis... on UTF-8 text
     if codec in _CYRILLIC_PAIR:
-        sample = data[:PAIR_SAMPLE]
+        if not _mostly_capitals(data[:PAIR_SAMPLE], codec):
+            return False                       # as prose is, in the charset it is in
+        sample = data[:PAIR_SCORED]
         return looks_cyrillic(sample) and _other_reads_better(
             score_russian(sample.decode(codec, "replace")),
             score_russian(sample.decode(_CYRILLIC_PAIR[codec], "replace")),
             len(sample) - len(sample.decode("ascii", "ignore")))
     return codec in _LATIN_LABELS and looks_cyrillic(data)
+
+
+_C0_DF, _E0_FF = bytes(range(0xC0, 0xE0)), bytes(range(0xE0, 0x100))
+
+
+def _mostly_capitals(data: bytes, codec: str) -> bool:
+    """More capital letters than small ones in `data` read as `codec` (koi8-r: capitals at
+    0xE0-0xFF; windows-1251: at 0xC0-0xDF), counted at C speed: text in the other charset
+    reads as capitals ('дНАПШИ ДЕМЭ'), prose in its own mostly as small letters. Only such
+    text (or real capitals, which the scores then keep) is scored: 2.8 ms for 10 KB."""
+    c0 = len(data) - len(data.translate(None, _C0_DF))
+    e0 = len(data) - len(data.translate(None, _E0_FF))
+    return (e0 > c0) if codec == "koi8-r" else (c0 > e0)
 
 
 # RFC 2047 header values
