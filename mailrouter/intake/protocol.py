@@ -52,6 +52,7 @@ from aiosmtpd.smtp import SMTP, syntax
 
 from ..config import Limits
 from ..values import (
+    AIOSMTPD_BOGUS_GOODBYE,
     REPLY_AUTH_NOT_IMPLEMENTED,
     REPLY_BAD_BYTES,
     REPLY_CONTROL_CHAR,
@@ -89,7 +90,7 @@ NOT_UTF8 = str(REPLY_NOT_UTF8)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
-BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands"   # aiosmtpd's, then it closes
+BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
