@@ -134,25 +134,27 @@ async def test_a_half_closed_session_is_answered_then_closed(make_app, tmp_path,
     app = await make_app()
     port = app.bound[proto][1]
     async with Wire(port) as w:
-        await w.greet(hello)
-        await w.cmd("MAIL FROM:<script@outside.test>")
-        await w.cmd("RCPT TO:<sales@example.com>")
-        assert (await w.cmd("DATA")).startswith("354")
+        await _in_data(w, hello)
         await w.send(b"Subject: half-closed\r\n\r\nwhole\r\n.\r\nQUIT\r\n")
         w.writer.write_eof()
         assert (await w.line()).startswith("250 2.0.0")
         assert (await w.line()).startswith("221")
         assert await w.closed()
     async with Wire(port) as w:
-        await w.greet(hello)
-        await w.cmd("MAIL FROM:<script@outside.test>")
-        await w.cmd("RCPT TO:<sales@example.com>")
-        assert (await w.cmd("DATA")).startswith("354")
+        await _in_data(w, hello)
         await w.send(b"Subject: cut\r\n\r\nhalf a mess")
         w.writer.write_eof()
         assert await w.closed()
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     assert await app.registry.count_messages() == 1
+
+
+async def _in_data(w: Wire, hello: str) -> None:
+    """Greeted, one sender and one recipient taken, DATA answered 354."""
+    await w.greet(hello)
+    await w.cmd("MAIL FROM:<script@outside.test>")
+    await w.cmd("RCPT TO:<sales@example.com>")
+    assert (await w.cmd("DATA")).startswith("354")
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)
