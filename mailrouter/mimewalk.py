@@ -140,17 +140,21 @@ def decoded_payload(part: Message) -> bytes:
             return binascii.a2b_qp(data)
         try:
             return binascii.a2b_base64(data)
-        except binascii.Error:               # cut short: up to its last whole byte, as below
-            chars = _NOT_B64.sub(b"", data.split(b"=", 1)[0])
-            return binascii.a2b_base64(chars[:len(chars) // 4 * 4])
+        except binascii.Error:               # cut short
+            return _whole_bytes(data)
     before = len(part.defects)
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return b""
     if any(isinstance(d, errors.InvalidBase64LengthDefect) for d in part.defects[before:]):
-        chars = _NOT_B64.sub(b"", payload.split(b"=", 1)[0])
-        return binascii.a2b_base64(chars[:len(chars) // 4 * 4])
+        return _whole_bytes(payload)
     return payload
+
+
+def _whole_bytes(b64: bytes) -> bytes:
+    """Base64 cut short, decoded up to its last whole byte."""
+    chars = _NOT_B64.sub(b"", b64.split(b"=", 1)[0])
+    return binascii.a2b_base64(chars[:len(chars) // 4 * 4])
 
 
 def leaves(raw: bytes, top: Message, body_start: int) -> list[Leaf] | None:
