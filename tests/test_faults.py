@@ -125,6 +125,29 @@ async def test_full_maildir_lmtp_is_452_per_recipient(make_app, tmpfs):
     assert maildir_files(tmpfs) == []
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_our_outage_is_not_the_clients_error(make_app, tmpfs, proto, hello):
+    """An MTA that keeps one connection through our disk-full outage gets 452 4.3.1 for each
+    message, however many: those are not its errors, so no tarpit and no 421 at max_errors.
+    Once there is room, the same connection's next message is taken."""
+    app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs),
+                         limits={"max_errors": 3, "soft_errors": 1, "error_delay": 0})
+    await asyncio.to_thread(fill, tmpfs / "filler")
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for n in range(6):
+            replies = await w.transaction(SENDER, ["sales@example.com"],
+                                          data(mail(f"outage-{n}", body="z" * 2000)),
+                                          lmtp=proto == "lmtp")
+            assert replies == [str(REPLY_STORAGE_FULL)], (n, replies)
+        assert (await w.cmd("NOOP")).startswith("250")
+        (tmpfs / "filler").unlink()
+        replies = await w.transaction(SENDER, ["sales@example.com"], data(mail("after")),
+                                      lmtp=proto == "lmtp")
+        assert replies[0].startswith("250 2.0.0"), replies
+    assert len(maildir_files(tmpfs)) == 1
+
+
 async def test_readonly_maildir_is_451_then_retry_delivers_once(make_app, tmpfs):
     """Maildir remounted read-only: 451 4.3.0 (not 452, not 5xx); rw again: 250, one copy."""
     app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs))

@@ -24,10 +24,12 @@ What this adds to aiosmtpd's SMTP class:
   HELO, or sends anything behind a command that must end a pipelined group (RFC
   2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
   included, gets 554 5.5.0 and is disconnected; what it sent is never read;
-- errors (Postfix's smtpd_soft/hard_error_limit): every 4xx/5xx reply but 421 and
-  the recipient-limit 452 4.5.3 counts one; past `limits.soft_errors` each reply
-  waits `limits.error_delay` (asyncio.sleep: that session only); the reply that
-  reaches `limits.max_errors` is followed by 421 4.7.0 and a hang-up (recipient
+- errors (Postfix's smtpd_soft/hard_error_limit): every 4xx/5xx reply counts one,
+  except 421, the recipient-limit 452 4.5.3, and a 4xx after DATA other than a
+  policy one (X.7.X): that is our outage or a downstream's (disk full, registry
+  down), not the client's error; past `limits.soft_errors` each reply waits
+  `limits.error_delay` (asyncio.sleep: that session only); the reply that reaches
+  `limits.max_errors` is followed by 421 4.7.0 and a hang-up (recipient
   harvesting); a message taken after DATA resets the count;
 - LMTP (RFC 2033 4.2): after DATA one reply per accepted recipient, in RCPT
   order, on every path, errors included;
@@ -96,6 +98,10 @@ LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
 # control (RFC 5321 4.5.3.1.10: the client sends the rest in another transaction)
 _NOT_ERRORS = (b"421", b"452 4.5.3")
+# A 4xx after DATA whose enhanced code is not a policy one (X.7.X, a rule's deferral) is our
+# outage or a downstream's (disk full, registry down, downstream unreachable): not the
+# client's error, and counting it would tarpit and then cut the MTA that retries it.
+_OUR_FAULT = re.compile(rb"4\d\d 4\.[0-689]\.")
 _TAKEN = re.compile(rb"(?:^|\n)2")             # a 2xx line in the replies after DATA
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
 # in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
@@ -284,7 +290,8 @@ class Protocol(SMTP):
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
         if final and _TAKEN.search(data):
             self.errors, slow = 0, False
-        elif data[:1] in (b"4", b"5") and not data.startswith(_NOT_ERRORS):
+        elif data[:1] in (b"4", b"5") and not data.startswith(_NOT_ERRORS) \
+                and not (final and _OUR_FAULT.match(data)):
             self.errors += 1
         if slow:                     # the tarpit: this session waits, no other does
             await asyncio.sleep(limits.error_delay)
@@ -516,7 +523,7 @@ class Protocol(SMTP):
                 self.transport.close()
             return
         if problem:
-            await self.push(self._replies(problem))
+            await self.push(self._replies(problem), final=True)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = self.envelope.original_content = content
