@@ -303,6 +303,7 @@ def decode_bytes(data: bytes, label: str | None,
     if guessed:
         text = guessed_text[0]
     else:
+        codec = _latin1_read_as(codec, data, 0, len(data))
         try:
             text = data.decode(codec)
         except UnicodeDecodeError:
@@ -343,6 +344,21 @@ def _choose_charset(label: str | None, guess: Callable[[], str],
 # Python's strict gb2312 codec gave replacement characters for "拢" and the like). The check
 # for UTF-8 under the label (_mislabelled) is made with the label's own codec first.
 _SUPERSETS = {"gb2312": "gbk"}
+
+
+# Mailers label windows-1252 text iso-8859-1: its curly quotes, dashes and euro sign sit in
+# 0x80-0x9F, where ISO-8859-1 has C1 controls that no text holds. Mail readers (and the
+# WHATWG Encoding Standard) read the label as windows-1252; so do we, when such bytes are
+# there and windows-1252 defines them all (Python's cp1252 leaves five undefined).
+_C1 = re.compile(rb"[\x80-\x9f]")
+_NOT_IN_1252 = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
+
+
+def _latin1_read_as(codec: str, data: bytes, start: int, end: int) -> str:
+    if codec == "iso8859-1" and _C1.search(data, start, end) \
+            and not _NOT_IN_1252.search(data, start, end):
+        return "cp1252"
+    return codec
 
 
 @functools.lru_cache(maxsize=None)
@@ -593,9 +609,11 @@ def inspect_bytes(data: bytes, label: str | None,
     end = len(data) if end is None else end
     if end - start <= size:
         return decode_bytes(data[start:end], label, candidates)
-    codec, _, notes, defects = _choose_charset(
+    codec, guessed, notes, defects = _choose_charset(
         label, lambda: _guess_pieces(data, start, end, size, candidates),
         lambda c: _mislabelled_pieces(data, start, end, size, c))
+    if not guessed:
+        codec = _latin1_read_as(codec, data, start, end)
     if codec != "ascii" and not defects and any(     # ascii: only ASCII bytes get here
             "\ufffd" in t for t in decode_pieces(data, codec, start, end, size)):
         defects.append(f"bytes not valid in {codec}, replaced")

@@ -315,6 +315,26 @@ def test_gb2312_label_on_gbk_text_is_read_as_gbk() -> None:
     assert v.defects == [] and v.charset_notes == []
 
 
+def test_iso_8859_1_label_on_windows_1252_text_is_read_as_windows_1252() -> None:
+    """Mailers label windows-1252 text iso-8859-1: curly quotes, dashes and the euro sign
+    (0x80-0x9F) came out as C1 control characters, in the subject and in the body, small or
+    read a piece at a time. Bytes windows-1252 leaves undefined keep the label's reading."""
+    text = "“Invoice” – total 100€, café …"
+    word = "".join(f"={b:02X}" for b in text.encode("cp1252"))
+    raw = (f"Subject: =?iso-8859-1?Q?{word}?=\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+           f"\r\n").encode() + text.encode("cp1252") + b"\r\n"
+    v = MessageView(raw)
+    assert (v.subject, v.body_text, v.body_charset) == (text, text + "\n", "cp1252")
+    assert v.defects == [] and v.charset_notes == []
+    long = inspect_bytes((text + "\n").encode("cp1252") * 2000, "iso-8859-1", size=4096)
+    assert (long.charset, long.defects) == ("cp1252", [])
+    odd = "Le caf\u00e9 cr\u00e8me br\u00fbl\u00e9e est pr\u00eat \x81\x93"    # 0x81: not in windows-1252
+    got = decode_bytes(odd.encode("latin-1"), "iso-8859-1")
+    assert (got.text, got.charset, got.defects) == (odd, "iso8859-1", [])
+    plain = decode_bytes("café".encode("latin-1"), "iso-8859-1")
+    assert (plain.text, plain.charset) == ("café", "iso8859-1")
+
+
 RU_TEXT = "Добрый день! Прошу выставить счёт на оплату по договору поставки."
 
 
