@@ -31,7 +31,8 @@ __all__ = [
     "REPLY_NEED_SMTPUTF8", "REPLY_NO_DOWNSTREAM", "REPLY_OK", "REPLY_PROCESS_TIMEOUT",
     "REPLY_REFUSED_ADDRESS", "REPLY_REFUSED_BARE_EOL", "REPLY_REFUSED_UTF8",
     "REPLY_REGISTRY_UNAVAILABLE", "REPLY_RULE_DEFER", "REPLY_RULE_REJECT", "REPLY_SENDER_OK",
-    "REPLY_SHUTTING_DOWN", "REPLY_START_DATA", "REPLY_STORAGE_FULL", "REPLY_SYNC_ERROR",
+    "REPLY_SHUTTING_DOWN", "REPLY_STARTTLS_NOT_IMPLEMENTED", "REPLY_START_DATA", "REPLY_STORAGE_FULL",
+    "REPLY_SYNC_ERROR",
     "REPLY_TEMPFAIL", "REPLY_TOO_BIG", "REPLY_TOO_MANY_ERRORS", "REPLY_TOO_MANY_RCPTS",
     "REPLY_TOO_MANY_SESSIONS", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
     "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
@@ -72,6 +73,7 @@ REPLY_DATA_TOO_SLOW = Reply(421, "4.4.2", "DATA took too long, closing connectio
 REPLY_CONTROL_CHAR = Reply(501, "5.5.2", "Syntax error: control character in command")
 REPLY_NOT_UTF8 = Reply(501, "5.5.2", "Syntax error: invalid UTF-8 in command")
 REPLY_AUTH_NOT_IMPLEMENTED = Reply(502, "5.5.1", 'Error: command "AUTH" not implemented')
+REPLY_STARTTLS_NOT_IMPLEMENTED = Reply(502, "5.5.1", 'Error: command "STARTTLS" not implemented')
 REPLY_NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 REPLY_DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
 REPLY_START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")

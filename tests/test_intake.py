@@ -132,6 +132,11 @@ async def test_help_lists_the_commands(make_app):
         assert await w.cmd("HELP EHLO") == "250 2.0.0 Syntax: EHLO hostname"
         # AUTH is not offered, and says so plainly (not aiosmtpd's 538 "encryption required")
         assert (await w.cmd("AUTH PLAIN AGFAAGI=")).startswith("502 5.5.1")
+        # no TLS here at all: not aiosmtpd's 454 "not available", which a client reads as
+        # "try again later" (Postfix without TLS says 502 too)
+        assert "STARTTLS" not in await w.cmd("EHLO client.test")
+        assert await w.cmd("STARTTLS") == '502 5.5.1 Error: command "STARTTLS" not implemented'
+        assert (await w.cmd("NOOP")).startswith("250")
     async with Wire(app.bound["lmtp"][1]) as w:       # LMTP: LHLO and DATA, never EHLO/HELO
         await w.greet("LHLO")
         listing = set((await w.cmd("HELP")).split())

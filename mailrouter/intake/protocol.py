@@ -56,6 +56,7 @@ from ..config import Limits
 from ..values import (
     AIOSMTPD_BOGUS_GOODBYE,
     REPLY_AUTH_NOT_IMPLEMENTED,
+    REPLY_STARTTLS_NOT_IMPLEMENTED,
     REPLY_BAD_BYTES,
     REPLY_CONTROL_CHAR,
     REPLY_DATA_SYNTAX,
@@ -358,6 +359,11 @@ class Protocol(SMTP):
         # Not offered in EHLO: mailrouter takes mail from its MTA, not from users. aiosmtpd
         # would answer 538 "encryption required", which suggests it could work over TLS.
         await self.push(str(REPLY_AUTH_NOT_IMPLEMENTED))
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # Not offered either (TLS is the MTA's in front). aiosmtpd's 454 "TLS not available"
+        # is a temporary failure (RFC 3207 4): a client requiring TLS would retry forever.
+        await self.push(str(REPLY_STARTTLS_NOT_IMPLEMENTED))
 
     async def handle_exception(self, error: Exception) -> str:
         if self._half_closed and isinstance(error, asyncio.IncompleteReadError):
