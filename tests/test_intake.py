@@ -202,6 +202,26 @@ async def test_oversize_data_refused(make_app, tmp_path):
     assert maildir_files(tmp_path / "var" / "mail") == []
 
 
+async def test_size_limit_counts_the_message_not_its_dot_stuffing(make_app, tmp_path):
+    """RFC 1870: the size is the message's, without the doubled dots. A message under the
+    limit whose stuffed lines carry it over (a quoted text of '.' lines) is taken; one byte
+    more than the limit is not, stuffed or not."""
+    app = await make_app(limits={"max_message_size": 1000})
+    head = mail(body="")
+    raw = head + b".\r\n" * ((1000 - len(head) - 10) // 3)
+    raw += b"x" * (1000 - len(raw) - 2) + b"\r\n"
+    assert len(raw) == 1000 and len(data(raw)) > 1200
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        replies = await w.transaction("a@outside.test", ["sales@example.com"], data(raw))
+        assert replies[0].startswith("250 2.0.0"), replies
+        over = raw[:-2] + b"x\r\n"
+        replies = await w.transaction("a@outside.test", ["sales@example.com"], data(over))
+        assert replies[0].startswith("552 5.3.4"), replies
+    files = maildir_files(tmp_path / "var" / "mail")
+    assert len(files) == 1 and files[0].read_bytes().endswith(raw)
+
+
 async def test_data_held_at_once_is_bounded(make_app, tmp_path):
     """With 200 KB of DATA memory per process (two per byte): while one session holds 60 KB mid-DATA, a
     second 60 KB message is read to its end and answered 452 4.3.1 (SMTP) or one 452 per

@@ -598,19 +598,24 @@ class Protocol(SMTP):
                 body.write(chunk)
             total += len(chunk)
             tail = (tail + chunk[-4:])[-4:]
-            over = limit is not None and limit > 0 and total > limit
+            # RFC 1870: the limit is on the message, not its dot-stuffing, which adds at
+            # most a byte to a line of three ('.' CRLF): past a third more, it cannot fit
+            over = limit is not None and limit > 0 and total > limit + limit // 3 + 1
             if (over or no_room) and body is not None:
                 # Too big (or no room): read to the end (RFC 5321 4.2.5) but hold only a tail.
                 body = None
             too_big = too_big or over
         self._reset_timeout()
-        if too_big or (limit and total > limit):
+        if too_big:
             return TOO_BIG, b""
         if no_room or body is None:
             log.warning("event=data_budget_full peer=%s limit=%d", self.session and
                         self.session.peer, budget.limit if budget else 0)
             return NO_ROOM, b""
-        return _content(body)
+        problem, content = _content(body)
+        if limit and len(content) > limit:
+            return TOO_BIG, b""
+        return problem, content
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
