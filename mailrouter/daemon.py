@@ -44,7 +44,8 @@ from .dnscheck import DomainCheck
 from .errors import ConfigErrors, ListenError, RegistryError
 from .health import Readiness
 from .intake.handler import Handler
-from .intake.protocol import COMMAND_LIMITS, DataBudget, LMTPProtocol, Protocol
+from .intake.data import DataBudget
+from .intake.protocol import COMMAND_LIMITS, LMTPProtocol, Protocol
 from .autoreply import DEFAULT_ROBOT_SENDERS, Policy
 from .outbox import OutboxWorker, Outgoing
 from .intents import Intents

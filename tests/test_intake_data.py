@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailrouter.intake import protocol
-from mailrouter.intake.protocol import BAD_BYTES, Protocol
+from mailrouter.intake import data
+from mailrouter.intake.data import BAD_BYTES
+from mailrouter.intake.protocol import Protocol
 
 
 def reference(stream: bytes) -> tuple[str | None, bytes, bytes]:
@@ -79,12 +80,12 @@ def test_any_reads_give_the_reference_message(parts: list[bytes], cuts: list[int
             at += n
     chunks.append(stream[at:])
     chunks = [c for c in chunks if c]
-    old = protocol._PIECE
-    protocol._PIECE = piece                  # many pieces in the checks and the un-stuffing
+    old = data._PIECE
+    data._PIECE = piece                  # many pieces in the checks and the un-stuffing
     try:
         (problem, content), back = asyncio.run(_read(chunks))
     finally:
-        protocol._PIECE = old
+        data._PIECE = old
     want = reference(stream)
     assert (problem, content, back) == want
 
