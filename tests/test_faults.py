@@ -11,6 +11,7 @@ never 5xx; after the fault is gone the MTA's retry of the same message must get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -20,6 +21,7 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -29,6 +31,7 @@ from mailrouter.values import (
     REPLY_DELIVERY_TEMPFAIL,
     REPLY_REGISTRY_UNAVAILABLE,
     REPLY_STORAGE_FULL,
+    REPLY_TEMPFAIL,
 )
 from tests.support.daemon import maildir_files
 from tests.support.pg import PgCluster, pg_bin
@@ -166,6 +169,45 @@ async def test_readonly_maildir_is_451_then_retry_delivers_once(make_app, tmpfs)
     assert len(files) == 2
     assert sum(f.read_bytes().endswith(raw) for f in files) == 1
     assert await app.registry.count_messages() == 2
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """`path` read-only for new opens (a read-only bind mount over itself); files already
+    open stay writable, so a remount cannot fail with EBUSY as tmpfs's does."""
+    res = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot bind-mount (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+async def test_journal_rotation_on_readonly_var_keeps_the_old_journal(make_app, tmp_path,
+                                                                     monkeypatch):
+    """var/intents read-only just when the journal is due for a new file: the new one cannot
+    be made, so the message gets 451 and the old journal stays open. It was closed before the
+    new one was tried, then closed again at every later try: that closed whatever file had
+    been given its number since (here `other`), or failed with EBADF for good. Writable
+    again: the next message gets 250 at once and `other` is still open."""
+    monkeypatch.setattr("mailrouter.intents.ROTATE_AT", 0)     # every message rotates
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    assert (await send(port, mail("rot-1")))[0].startswith("250 2.0.0")
+    with read_only(tmp_path / "var" / "intents"):
+        assert await send(port, mail("rot-2")) == [str(REPLY_TEMPFAIL)]
+        other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)
+        assert await send(port, mail("rot-3")) == [str(REPLY_TEMPFAIL)]
+    try:
+        raw = mail("rot-4")
+        assert (await send(port, raw))[0].startswith("250 2.0.0")
+        assert os.fstat(other).st_ino == (tmp_path / "other").stat().st_ino
+    finally:
+        os.close(other)
+    assert (await app.registry.message(message_key(SENDER, raw)))["status"] == "delivered"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
 
 
 # -- the registry ---------------------------------------------------------------------
