@@ -245,6 +245,34 @@ async def test_sqlite_locked_is_451_then_retry_finds_first_copy(make_app, tmp_pa
     assert row["status"] == "delivered" and len(row["deliveries"]) == 1
 
 
+def rows_in_file(db: Path) -> set[str]:
+    """Message-IDs recorded in the SQLite file at `db`, read by a connection of our own."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {m for (m,) in conn.execute("SELECT message_id FROM messages")}
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_registry_file_deleted_or_replaced_while_running(make_app, tmp_path, how):
+    """The SQLite registry file is deleted (or replaced by an empty file) while the daemon
+    runs: SQLite went on committing to the unlinked file without an error, so each later
+    message got 250 and its record was lost at exit. Now the record is in the file at the
+    registry's path (its schema created, as a restart would), and the dedupe reads it."""
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    db = tmp_path / "var" / "registry.db"
+    assert (await send(port, mail("before-rm")))[0].startswith("250 2.0.0")
+    for name in ("registry.db-wal", "registry.db-shm", "registry.db"):
+        (tmp_path / "var" / name).unlink(missing_ok=True)
+    if how == "replaced":
+        db.write_bytes(b"")
+    raw = mail("after-rm")
+    assert (await send(port, raw))[0].startswith("250 2.0.0")
+    assert rows_in_file(db) == {"<fault-after-rm@outside.test>"}
+    assert (await send(port, raw))[0].startswith("250 2.0.0")       # the retry: one copy
+    assert (await app.registry.message(message_key(SENDER, raw)))["attempts"] == 2
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+
+
 @pytest.fixture
 async def pg_cluster():
     bindir = pg_bin()
