@@ -342,8 +342,11 @@ class Registry:
 
     @classmethod
     async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
-                   create: bool = True, synchronous: str = "FULL") -> Registry:
-        """Open (and with ``create``, create or upgrade) the registry at ``url``."""
+                   create: bool = True, synchronous: str = "FULL",
+                   follow: bool | None = None) -> Registry:
+        """Open (and with ``create``, create or upgrade) the registry at ``url``. With
+        ``follow`` (default: ``create``; a daemon's workers, which the parent migrated,
+        pass it) a SQLite file deleted or replaced while open is reopened (_SqliteFile)."""
         parsed = _url(url)
         if not create and sqlite_missing(parsed):
             # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
@@ -359,7 +362,8 @@ class Registry:
                        sync_engine=_make_sync_engine(parsed, timeout, synchronous))
         try:
             await registry._read("open", lambda conn: conn.execute(select(1)).all())
-            if create and registry._sync is not None and not sqlite_missing(parsed):
+            if (create if follow is None else follow) and registry._sync is not None \
+                    and not sqlite_missing(parsed):
                 registry._file = _SqliteFile(parsed, synchronous)
                 await asyncio.to_thread(registry._file.take)
         except RegistryError:
