@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import resource
+import shutil
 import smtplib
 import socket
 import sqlite3
@@ -36,7 +37,8 @@ from mailrouter.values import (
     REPLY_STORAGE_FULL,
     REPLY_TEMPFAIL,
 )
-from tests.support.daemon import maildir_files, test_config
+from tests.support.daemon import maildir_files
+from tests.support.daemon import test_config as config_for   # not collected as a test
 from tests.support.pg import PgCluster, pg_bin
 from tests.support.wire import Wire
 
@@ -213,6 +215,29 @@ async def test_journal_rotation_on_readonly_var_keeps_the_old_journal(make_app, 
     assert len(maildir_files(tmp_path / "var" / "mail")) == 2
 
 
+async def test_intents_removed_while_running_still_reconciled(make_app, tmp_path):
+    """var/intents removed while the daemon runs (a clean-up): the journal it was writing is
+    unlinked, so the intent of a copy whose record then failed was found by no reconcile
+    and the copy stayed without a registry row. Now a new journal is started in its place:
+    the next start records the copy (`unanswered`)."""
+    app = await make_app(registry=RegistryConfig(sqlite_url(tmp_path), timeout=3.0))
+    port = app.bound["smtp"][1]
+    assert (await send(port, mail("rm-1")))[0].startswith("250 2.0.0")
+    shutil.rmtree(tmp_path / "var" / "intents")
+    raw = mail("rm-2")
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "registry.db",
+                                            isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        assert await send(port, raw) == [str(REPLY_REGISTRY_UNAVAILABLE)]
+        locker.execute("ROLLBACK")
+    assert sum(f.read_bytes().endswith(raw) for f in maildir_files(tmp_path / "var" / "mail")) == 1
+    app.request_stop()
+    await app.wait_stopped()
+    again = await make_app()                  # its start reconciles the journals left
+    row = await again.registry.message(message_key(SENDER, raw))
+    assert row is not None and row["status"] == "unanswered"
+
+
 # -- the registry ---------------------------------------------------------------------
 
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -262,7 +287,7 @@ async def make_worker_app(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitabl
 
     async def make() -> App:
         await upgrade(sqlite_url(tmp_path))
-        cfg = test_config(tmp_path)
+        cfg = config_for(tmp_path)
         app = App(cfg, load_snapshot(cfg.routing, cfg.limits, cfg.hostname), worker=1)
         await app.start()
         apps.append(app)
