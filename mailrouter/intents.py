@@ -134,8 +134,9 @@ class Intents:
     def _current(self) -> _File:
         f = self._file
         if f is None or f.size > ROTATE_AT or os.fstat(f.fd).st_nlink == 0:
-            # st_nlink 0: var/intents was removed under us (a clean-up); intents in that
-            # journal are found by no reconcile, so a crash would leave copies unrecorded
+            # A new journal also when this one has no name left (var/intents removed under
+            # us): no reconcile would find its intents, and a crash would leave their copies
+            # unrecorded.
             # The new journal first, the old one retired only once it exists: when the new
             # one cannot be made (var/ read-only, disk full) the old one stays current and
             # open. Retired first, its descriptor was closed again at every later try, which
