@@ -152,7 +152,8 @@ class App:
         self.registry = await Registry.open(cfg.registry.url, batch_max=cfg.registry.batch_max,
                                             timeout=cfg.registry.timeout,
                                             synchronous=cfg.registry.sync.upper(),
-                                            create=self.worker is None)  # else: migrated by parent
+                                            create=self.worker is None,  # else: migrated by parent
+                                            follow=True)
         control = None
         if cfg.control is not None:
             from .control.service import Control

@@ -133,16 +133,29 @@ class Intents:
     # -- writing ---------------------------------------------------------------------------
     def _current(self) -> _File:
         f = self._file
-        if f is None or f.size > ROTATE_AT:
+        if f is None or f.size > ROTATE_AT or os.fstat(f.fd).st_nlink == 0:
+            # A new journal also when this one has no name left (var/intents removed under
+            # us): no reconcile would find its intents, and a crash would leave their copies
+            # unrecorded.
+            # The new journal first, the old one retired only once it exists: when the new
+            # one cannot be made (var/ read-only, disk full) the old one stays current and
+            # open. Retired first, its descriptor was closed again at every later try, which
+            # closed whatever file had been given that number since (and failed with EBADF
+            # for good once none had): intents refused long after var/ was writable again.
             self.directory.mkdir(parents=True, exist_ok=True)
+            new = _File(self.directory)
+            try:
+                dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)      # the journal's name is durable before anything in it
+                finally:
+                    os.close(dfd)
+            except OSError:
+                os.close(new.fd)       # left empty and unlocked: a reconcile removes it
+                raise
             if f is not None and f.open_intents == 0:
                 self._retire(f)
-            f = self._file = _File(self.directory)
-            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)          # the journal's name is durable before anything in it
-            finally:
-                os.close(dfd)
+            f = self._file = new
         return f
 
     def _retire(self, f: _File) -> None:

@@ -357,6 +357,31 @@ async def test_silent_downstream_times_out(kind: str) -> None:
     assert accepted
 
 
+async def test_reply_after_the_timeout_never_answers_the_next_message(sink: SinkFactory) -> None:
+    """A server that stalls after the final dot and answers once our timeout has passed:
+    that message is temporary, and its connection is not used again (its late 250 would
+    be read as the reply to the next message's MAIL, one reply out of step from then on):
+    the next message goes out on a new connection and is answered by its own reply."""
+    s = await sink()
+    gate = asyncio.Event()
+
+    async def stall(server: SMTP) -> None:
+        s.on_data = None   # only once
+        await gate.wait()
+
+    s.on_data = stall
+    client = SMTPClient(s.downstream(timeout=0.5))
+    with pytest.raises(TemporaryDeliveryError, match="timed out"):
+        await client.deliver("a@example.org", ["b@example.test"], b"1\r\n")
+    gate.set()                                 # the late 250 goes to the old connection
+    s.data_reply = "250 2.0.0 OK: second"
+    replies = await client.deliver("a@example.org", ["b@example.test"], b"2\r\n")
+    assert replies["b@example.test"].ok
+    assert s.connections == 2
+    assert [e.original_content for e in s.envelopes] == [b"1\r\n", b"2\r\n"]
+    await client.close()
+
+
 async def test_connection_broken_after_data_is_temporary(sink: SinkFactory) -> None:
     """The server drops the connection before answering the final dot."""
     s = await sink()

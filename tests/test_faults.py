@@ -11,26 +11,34 @@ never 5xx; after the fault is gone the MTA's retry of the same message must get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
+import shutil
 import smtplib
 import socket
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from mailrouter.config import DeliveryConfig, Downstream, RegistryConfig
+from mailrouter.daemon import App
 from mailrouter.pipeline import message_key
+from mailrouter.registry.store import upgrade
+from mailrouter.routing.snapshot import load_snapshot
 from mailrouter.values import (
     REPLY_DELIVERY_TEMPFAIL,
     REPLY_REGISTRY_UNAVAILABLE,
     REPLY_STORAGE_FULL,
+    REPLY_TEMPFAIL,
 )
 from tests.support.daemon import maildir_files
+from tests.support.daemon import test_config as config_for   # not collected as a test
 from tests.support.pg import PgCluster, pg_bin
 from tests.support.wire import Wire
 
@@ -168,6 +176,68 @@ async def test_readonly_maildir_is_451_then_retry_delivers_once(make_app, tmpfs)
     assert await app.registry.count_messages() == 2
 
 
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """`path` read-only for new opens (a read-only bind mount over itself); files already
+    open stay writable, so a remount cannot fail with EBUSY as tmpfs's does."""
+    res = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot bind-mount (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+async def test_journal_rotation_on_readonly_var_keeps_the_old_journal(make_app, tmp_path,
+                                                                     monkeypatch):
+    """var/intents read-only just when the journal is due for a new file: the new one cannot
+    be made, so the message gets 451 and the old journal stays open. It was closed before the
+    new one was tried, then closed again at every later try: that closed whatever file had
+    been given its number since (here `other`), or failed with EBADF for good. Writable
+    again: the next message gets 250 at once and `other` is still open."""
+    monkeypatch.setattr("mailrouter.intents.ROTATE_AT", 0)     # every message rotates
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    assert (await send(port, mail("rot-1")))[0].startswith("250 2.0.0")
+    with read_only(tmp_path / "var" / "intents"):
+        assert await send(port, mail("rot-2")) == [str(REPLY_TEMPFAIL)]
+        other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)
+        assert await send(port, mail("rot-3")) == [str(REPLY_TEMPFAIL)]
+    try:
+        raw = mail("rot-4")
+        assert (await send(port, raw))[0].startswith("250 2.0.0")
+        assert os.fstat(other).st_ino == (tmp_path / "other").stat().st_ino
+    finally:
+        os.close(other)
+    assert (await app.registry.message(message_key(SENDER, raw)))["status"] == "delivered"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+
+
+async def test_intents_removed_while_running_still_reconciled(make_app, tmp_path):
+    """var/intents removed while the daemon runs (a clean-up): the journal it was writing is
+    unlinked, so the intent of a copy whose record then failed was found by no reconcile
+    and the copy stayed without a registry row. Now a new journal is started in its place:
+    the next start records the copy (`unanswered`)."""
+    app = await make_app(registry=RegistryConfig(sqlite_url(tmp_path), timeout=3.0))
+    port = app.bound["smtp"][1]
+    assert (await send(port, mail("rm-1")))[0].startswith("250 2.0.0")
+    shutil.rmtree(tmp_path / "var" / "intents")
+    raw = mail("rm-2")
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "registry.db",
+                                            isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        assert await send(port, raw) == [str(REPLY_REGISTRY_UNAVAILABLE)]
+        locker.execute("ROLLBACK")
+    assert sum(f.read_bytes().endswith(raw) for f in maildir_files(tmp_path / "var" / "mail")) == 1
+    app.request_stop()
+    await app.wait_stopped()
+    again = await make_app()                  # its start reconciles the journals left
+    row = await again.registry.message(message_key(SENDER, raw))
+    assert row is not None and row["status"] == "unanswered"
+
+
 # -- the registry ---------------------------------------------------------------------
 
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -201,6 +271,57 @@ async def test_sqlite_locked_is_451_then_retry_finds_first_copy(make_app, tmp_pa
     assert await app.registry.count_messages() == 1
     row = await app.registry.message(message_key(SENDER, raw))
     assert row["status"] == "delivered" and len(row["deliveries"]) == 1
+
+
+def rows_in_file(db: Path) -> set[str]:
+    """Message-IDs recorded in the SQLite file at `db`, read by a connection of our own."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {m for (m,) in conn.execute("SELECT message_id FROM messages")}
+
+
+@pytest.fixture
+async def make_worker_app(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[App]]]:
+    """The App of worker 1 of `workers: 2`: its registry was migrated by the parent (here:
+    `upgrade`), so it opens it without create."""
+    apps: list[App] = []
+
+    async def make() -> App:
+        await upgrade(sqlite_url(tmp_path))
+        cfg = config_for(tmp_path)
+        app = App(cfg, load_snapshot(cfg.routing, cfg.limits, cfg.hostname), worker=1)
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.request_stop()
+        await app.wait_stopped()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+@pytest.mark.parametrize("process", ["single", "worker"])
+async def test_registry_file_deleted_or_replaced_while_running(make_app, make_worker_app, tmp_path,
+                                                               how, process):
+    """The SQLite registry file is deleted (or replaced by an empty file) while the daemon
+    runs: SQLite went on committing to the unlinked file without an error, so each later
+    message got 250 and its record was lost at exit. Now the record is in the file at the
+    registry's path (its schema created, as a restart would), and the dedupe reads it;
+    in a worker process too (it opens the registry without create)."""
+    app = await (make_worker_app() if process == "worker" else make_app())
+    port = app.bound["smtp"][1]
+    db = tmp_path / "var" / "registry.db"
+    assert (await send(port, mail("before-rm")))[0].startswith("250 2.0.0")
+    for name in ("registry.db-wal", "registry.db-shm", "registry.db"):
+        (tmp_path / "var" / name).unlink(missing_ok=True)
+    if how == "replaced":
+        db.write_bytes(b"")
+    raw = mail("after-rm")
+    assert (await send(port, raw))[0].startswith("250 2.0.0")
+    assert rows_in_file(db) == {"<fault-after-rm@outside.test>"}
+    assert (await send(port, raw))[0].startswith("250 2.0.0")       # the retry: one copy
+    assert (await app.registry.message(message_key(SENDER, raw)))["attempts"] == 2
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ Known limits: a caller that times out may still see its record committed later
 on a private event loop in a worker thread (Alembic is synchronous and reads its
 scripts from disk); a timed-out upgrade thread finishes on its own. An in-memory
 SQLite URL gives each pooled connection its own database: use a file.
+A SQLite file deleted or replaced while open is noticed before each commit (one stat) and
+the file then at the path is opened instead (`_SqliteFile`); the old file's rows stay in it.
 """
 
 from __future__ import annotations
@@ -277,6 +279,44 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
     return err
 
 
+class FileMovedError(OSError):
+    """The SQLite file at the registry's path is no longer the one its connections have
+    open (deleted, or replaced by another file): a commit would go to an unlinked inode."""
+
+
+@dataclass(slots=True)
+class _SqliteFile:
+    """A SQLite registry's file as its connections opened it: path and (device, inode).
+
+    Why: SQLite in WAL mode goes on committing to a file that was deleted or replaced
+    while open, with no error; every record from then on is lost when the process exits,
+    though each of those messages was answered 250. The writer compares before each
+    commit (one stat(2)) and, when the file changed, opens the one now at the path
+    (creating the schema, as a restart would) before it commits there."""
+
+    url: URL
+    synchronous: str
+    ident: tuple[int, int] = (0, 0)
+    generation: int = 0        # bumped at each reopen: older thread connections are let go
+
+    @property
+    def path(self) -> Path:
+        return Path(self.url.database or "").expanduser()
+
+    def take(self) -> None:
+        """Remember the file now at the path as the one connections open from now on."""
+        st = os.stat(self.path)
+        self.ident = (st.st_dev, st.st_ino)
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise FileMovedError(errno.ENOENT, "registry file deleted while open") from None
+        if (st.st_dev, st.st_ino) != self.ident:
+            raise FileMovedError(errno.ESTALE, "registry file replaced while open")
+
+
 class Registry:
     """The message registry on one engine; create with ``await Registry.open(url)``."""
 
@@ -298,11 +338,15 @@ class Registry:
         self._local = threading.local()          # each worker thread's connection
         self._held: set[Connection] = set()      # all of them, for close()
         self._held_lock = threading.Lock()
+        self._file: _SqliteFile | None = None   # SQLite file opened by `open`
 
     @classmethod
     async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
-                   create: bool = True, synchronous: str = "FULL") -> Registry:
-        """Open (and with ``create``, create or upgrade) the registry at ``url``."""
+                   create: bool = True, synchronous: str = "FULL",
+                   follow: bool | None = None) -> Registry:
+        """Open (and with ``create``, create or upgrade) the registry at ``url``. With
+        ``follow`` (default: ``create``; a daemon's workers, which the parent migrated,
+        pass it) a SQLite file deleted or replaced while open is reopened (_SqliteFile)."""
         parsed = _url(url)
         if not create and sqlite_missing(parsed):
             # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
@@ -318,9 +362,16 @@ class Registry:
                        sync_engine=_make_sync_engine(parsed, timeout, synchronous))
         try:
             await registry._read("open", lambda conn: conn.execute(select(1)).all())
+            if (create if follow is None else follow) and registry._sync is not None \
+                    and not sqlite_missing(parsed):
+                registry._file = _SqliteFile(parsed, synchronous)
+                await asyncio.to_thread(registry._file.take)
         except RegistryError:
             await registry.close()
             raise
+        except OSError as exc:
+            await registry.close()
+            raise _failure("open", exc) from None
         return registry
 
     async def ping(self, timeout: float) -> None:
@@ -365,12 +416,19 @@ class Registry:
         rollback) is done here. On any failure the connection goes back to the pool, as
         it did, and the next call checks out another (an invalidated one is replaced)."""
         conn: Connection | None = getattr(self._local, "conn", None)
+        generation = self._file.generation if self._file is not None else 0
+        if conn is not None and self._local.generation != generation:
+            self._let_go(conn)                   # it has the file we reopened away from
+            conn = None
         if conn is None:
             assert self._sync is not None
             conn = self._local.conn = self._sync.connect()
+            self._local.generation = generation
             with self._held_lock:
                 self._held.add(conn)
         try:
+            if write and self._file is not None:
+                self._file.check()
             if write:
                 with conn.begin():
                     return fn(conn)
@@ -654,7 +712,11 @@ class Registry:
             return
         started, metrics = time.perf_counter(), _metrics()
         try:
-            await self._write_batch(live)
+            try:
+                await self._write_batch(live)
+            except FileMovedError as exc:
+                await self._reopen(exc)
+                await self._write_batch(live)
             metrics.REGISTRY_COMMIT.observe(time.perf_counter() - started)
             metrics.REGISTRY_BATCH.observe(len(live))
         except Exception as exc:  # the writer must survive anything a batch throws
@@ -709,6 +771,17 @@ class Registry:
                 if params:
                     conn.execute(stmt, params)
         await self._run(write, write=True)
+
+    async def _reopen(self, why: FileMovedError) -> None:
+        """Open the SQLite file now at the registry's path (see _SqliteFile): create or
+        upgrade its schema, then let every connection to the old file go."""
+        assert self._file is not None and self._sync is not None
+        log.error("event=registry_reopened path=%s reason=%r", self._file.path, why.strerror)
+        await _prepare(self._file.url)
+        await _upgrade(self._file.url, self._timeout, self._file.synchronous)
+        await asyncio.to_thread(self._file.take)
+        self._file.generation += 1
+        await asyncio.to_thread(self._sync.dispose)   # pooled ones; threads drop their own
 
     async def close(self) -> None:
         """Commit whatever is pending, stop the writer and release the connections."""
