@@ -61,6 +61,7 @@ class LocList(list[Any]):
     line: int = 0
     column: int = 0
     item_marks: list[tuple[int, int]]
+    item_where: list[tuple[str, int, int]]      # a merged list: each item's file, line, column
 
 
 def where(value: Any, default: Any = None) -> tuple[str, int, int]:

@@ -205,6 +205,41 @@ def test_build_reports_every_error_with_position_and_hint() -> None:
     ]]
 
 
+SHAPES = """\
+rules:
+  - 5
+  -
+  - name: [a, b]
+    when: {subject: null, size: null}
+    then: {mailbox: sales, tags: [{a: 1}, ok]}
+  - name: x
+    then: {owner: [smirnov], folder: {a: 1}, autoreply: [moved]}
+"""
+
+
+def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
+    """A list or mapping where one name goes (the owner check crashed with 'unhashable
+    type', a folder or rule name became the text "['a', 'b']"), and items and shorthands
+    with no position of their own (a number, null): each an error with file:line:column."""
+    path = routing_file(SHAPES, "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [f"{path}:{e}" for e in [
+        "2:5: a rule must be a mapping with name, when, then; "
+        "write '- name: ...' with when: and then: under it",
+        "3:4: a rule must be a mapping with name, when, then; "
+        "write '- name: ...' with when: and then: under it",
+        "4:11: rule '#3': 'name' must be text, not ['a', 'b']; "
+        "write e.g. name: invoices (explanations and the registry cite it)",
+        "5:12: rule '#3': 'contains' takes a string or a list of strings",
+        "5:27: rule '#3': 'equals' needs a number or a size like 10MB, not None",
+        "6:35: rule '#3': a tag must be text, not {'a': 1}; write e.g. tags: [invoice, urgent]",
+        "8:38: rule 'x': 'folder' takes one value, not a mapping; write e.g. folder: Finance",
+        "8:19: rule 'x': 'owner' takes one value, not a list; write e.g. owner: ivanov",
+        "8:57: rule 'x': 'autoreply' takes one value, not a list; write e.g. autoreply: closed",
+    ]]
+
+
 def test_hash_changes_with_rules_only() -> None:
     """The rule-set hash is stable for the same rules and changes when a rule changes."""
     assert ruleset(RULES).rules.hash == ruleset(RULES).rules.hash

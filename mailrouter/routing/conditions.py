@@ -281,9 +281,9 @@ class _Parser:
 
     def field(self, field: str, value: Any, at: Any) -> Node | None:
         numeric = field in NUM_FIELDS
-        if not isinstance(value, Mapping):
-            shorthand = "equals" if numeric or field in ADDR_FIELDS else "contains"
-            value = {shorthand: value}
+        shorthand = not isinstance(value, Mapping)
+        if shorthand:
+            value = {"equals" if numeric or field in ADDR_FIELDS else "contains": value}
         ops = NUM_OPS if numeric else TEXT_OPS
         parts: list[Node] = []
         for op, needle in value.items():
@@ -291,7 +291,8 @@ class _Parser:
                 self.error(f"unknown operator '{op}' for '{field.replace('header:', '')}'", op, at,
                            did_you_mean(str(op), ops))
                 continue
-            leaf = self.leaf(field, str(op), needle, op)
+            # a shorthand's operator was never written: errors and the leaf point at the field
+            leaf = self.leaf(field, str(op), needle, at if shorthand else op)
             if leaf is not None:
                 parts.append(leaf)
         if len(parts) != len(value):

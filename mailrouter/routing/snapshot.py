@@ -136,6 +136,8 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
     for k in MAP_SECTIONS:
         merged[k].key_marks = {}
     merged.update({k: yamlsrc.LocList() for k in LIST_SECTIONS})
+    for k in LIST_SECTIONS:     # (file, line, column) of each item, from whichever file
+        merged[k].item_where = []
     for path, doc in docs:
         if doc is None:
             continue
@@ -158,6 +160,8 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
                                           f"write each entry on its own '- ' line under '{key}:'"))
                 continue
             merged[key].extend(value)
+            marks = getattr(value, "item_marks", None) or [(0, 0)] * len(value)
+            merged[key].item_where.extend((path, line, col) for line, col in marks)
     return merged
 
 
