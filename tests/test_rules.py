@@ -152,6 +152,26 @@ def test_sla_without_calendar_is_elapsed_time() -> None:
     assert d.sla == "first_response=1h30m first_response_due=2027-01-17T00:30:00+00:00"
 
 
+def test_an_sla_longer_than_a_year_is_a_load_error() -> None:
+    """A term whose due time cannot be computed (999999999d: past datetime's range; on a
+    calendar, beyond the years add_business_hours searches) passed `check` and then
+    failed every message the rule matched; now it is refused at load. A year is fine."""
+    head = "calendars: {msk: {timezone: Europe/Moscow}}\nrules:\n"
+    path = routing_file(head + "  - {name: a, then: {sla: {first_response: 999999999d}}}\n"
+                        "  - {name: b, then: {sla: {resolve: 261d, calendar: msk}}}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:3:44: rule 'a': first_response 999999999d is more than a year; "
+        "an SLA term is at most a year; write a shorter one, e.g. 30d",
+        f"{path}:4:37: rule 'b': resolve 261d is more than a year of working time on calendar "
+        "'msk'; an SLA term is at most a year; write a shorter one, e.g. 30d"]
+    ok = ruleset(head + "  - {name: a, then: {sla: {first_response: 366d}}}\n"
+                 "  - {name: b, when: {subject: x}, then: {sla: {resolve: 260d, calendar: msk}}}\n")
+    assert route(ok, mail(), "sales@example.com").sla == (
+        "first_response=366d first_response_due=2028-01-12T07:00:00+00:00")
+
+
 def test_reject_and_defer_actions() -> None:
     """action: reject / defer turn the decision into a refusal with a named reply."""
     rs = ruleset("""\
