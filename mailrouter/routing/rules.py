@@ -311,7 +311,10 @@ class RuleSet:
                 cals = build_calendars(calendars)
             except ConfigErrors as exc:
                 errors.extend(exc.errors)
-                cals = {}
+                # a calendar with an error is still defined: rules naming it are not told
+                # "unknown calendar 'msk' (known: none defined)" as well (never used: errors)
+                defined: dict[str, Any] = dict.fromkeys(map(str, calendars or {}))
+                cals = defined
         b = _Builder(book, cals, responders, whens)
         marks = getattr(rules, "item_marks", None)
         spots = getattr(rules, "item_where", None)     # the merged list of all files

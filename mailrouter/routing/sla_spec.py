@@ -104,8 +104,8 @@ def parse_sla(spec: Any, calendars: Mapping[str, Any], who: str, errors: list[Co
     if cal is not None and str(cal) not in calendars:
         known = ", ".join(calendars) or "none defined"
         err(f"unknown calendar {cal!r}", cal, f"define it under 'calendars:' (known: {known})")
-    elif len(errors) == before:
-        calendar = calendars.get(str(cal)) if cal is not None else None
+    elif len(errors) == before and (cal is None or calendars[str(cal)] is not None):
+        calendar = calendars[str(cal)] if cal is not None else None
         for key, text, days, hours in terms:
             if _too_long(days, hours, calendar):
                 of = f" of working time on calendar {cal!r}" if calendar is not None else ""
