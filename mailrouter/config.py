@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,8 +197,15 @@ class _Checker:
         self.path = path
         self.errors: list[ConfigError] = []
 
-    def error(self, value: Any, message: str, hint: str = "", parent: Any = None) -> None:
-        _, line, col = yamlsrc.where(value, parent)
+    def error(self, value: Any, message: str, hint: str = "", parent: Any = None,
+              key: Any = None) -> None:
+        """At `value`; one without a position (a number, true, null) at its `key` in
+        `parent`, else at `parent` (which named the section's first line, not the bad one)."""
+        marks = getattr(parent, "key_marks", None)
+        if key is not None and marks and key in marks and not getattr(value, "line", 0):
+            line, col = marks[key]
+        else:
+            _, line, col = yamlsrc.where(value, parent)
         self.errors.append(ConfigError(message, self.path, line, col, hint))
 
     def section(self, doc: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
@@ -215,8 +223,8 @@ class _Checker:
                minimum: float = 0) -> Any:
         value = sec.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            self.error(sec, f"'{key}' must be a number >= {minimum}, not {value!r}",
-                       f"for example '{key}: {default}'", sec)
+            self.error(value, f"'{key}' must be a number >= {minimum}, not {value!r}",
+                       f"for example '{key}: {default}'", sec, key)
             return default
         return kind(value)
 
@@ -229,7 +237,7 @@ class _Checker:
         host, _, port = str(value).rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             self.error(value, f"'{key}' must be HOST:PORT, not {value!r}",
-                       f"for example '{key}: 127.0.0.1:2525', or '{key}: null' to disable", sec)
+                       f"for example '{key}: 127.0.0.1:2525', or '{key}: null' to disable", sec, key)
             return default
         return Listener(host.strip("[]"), int(port))
 
@@ -290,8 +298,8 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigErrors([ConfigError("the file must be a mapping of settings", str(p), 1, 1,
                                         "see config.example.yaml")])
     cfg = _build(doc, p, c)
-    if c.errors:
-        raise ConfigErrors(c.errors)
+    if c.errors:        # in the file's order, as the address book's are
+        raise ConfigErrors(sorted(c.errors, key=lambda e: (e.line, e.column)))
     return cfg
 
 
@@ -308,13 +316,13 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
     admin = c.listener(listen, "admin", dflt.admin)
     web = c.listener(listen, "web", None)      # a config file turns the web view on itself
     return Config(
-        path=str(p), hostname=str(doc.get("hostname") or dflt.hostname),
+        path=str(p), hostname=_hostname(doc, dflt.hostname, c),
         smtp=c.listener(listen, "smtp", dflt.smtp), lmtp=c.listener(listen, "lmtp", dflt.lmtp),
         admin=admin, admin_token=_admin_token(doc, listen, admin, base, c), limits=limits,
         registry=_registry(doc, base, c), delivery=_delivery(doc, base, c),
         routing=_routing(doc, base, c),
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
-        log_level=str(doc.get("log_level", "INFO")).upper(), log_format=_log_format(doc, c),
+        log_level=_log_level(doc, c), log_format=_log_format(doc, c),
         workdir=base,
         workers=_workers(doc, c), control=_control(doc, c),
         outbox=_outbox(doc, c), autoreply=_autoreply(doc, c),
@@ -380,7 +388,7 @@ def _postfix_maps(doc: dict[str, Any], base: Path, c: _Checker) -> PostfixMapsCo
                 "for example 'kind: hash' (see `postconf -m`)", sec)
     for key in ("postmap", "on_reload"):
         if not isinstance(sec.get(key, False), bool):
-            c.error(sec.get(key), f"'postfix_maps.{key}' must be true or false", "", sec)
+            c.error(sec.get(key), f"'postfix_maps.{key}' must be true or false", "", sec, key)
     d = Path(sec["dir"])
     return PostfixMapsConfig(d if d.is_absolute() else base / d, mode, str(sec.get("nexthop", "")),
                              sec.get("postmap") is True,
@@ -409,11 +417,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(doc: dict[str, Any], c: _Checker) -> str:
+    """One of LOG_LEVELS, any case. Anything else used to become INFO without a word."""
+    value = doc.get("log_level", "INFO")
+    level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(str(value).upper(), str(value).upper())
+    if level not in LOG_LEVELS:
+        close = difflib.get_close_matches(level, LOG_LEVELS, n=1)
+        c.error(value, f"'log_level' must be one of {', '.join(LOG_LEVELS)}, not {value!r}",
+                f"did you mean '{close[0]}'?" if close else "for example 'log_level: INFO'",
+                doc, "log_level")
+        return "INFO"
+    return level
+
+
+# A host name as the greeting, Received: and the loop-guard header carry it: labels of
+# letters, digits, '-' and '_' between dots. A space split it into several words there.
+_HOSTNAME = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.?")
+
+
+def _hostname(doc: dict[str, Any], default: str, c: _Checker) -> str:
+    value = doc.get("hostname")
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        c.error(value, f"'hostname' must be a host name, not {value!r}",
+                "for example 'hostname: mx.example.com' (in the greeting and Received: headers)",
+                doc, "hostname")
+        return default
+    return value
+
+
 def _log_format(doc: dict[str, Any], c: _Checker) -> str:
     value = doc.get("log_format", "kv")
     if value not in ("kv", "json"):
         c.error(value, f"'log_format' must be kv or json, not {value!r}",
-                "kv: key=value lines; json: one JSON object per line", doc)
+                "kv: key=value lines; json: one JSON object per line", doc, "log_format")
         return "kv"
     return str(value)
 
@@ -510,7 +551,7 @@ def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _
     ttl = _duration(sec, "session_ttl", 8 * 3600.0, c, "web")
     if ttl <= 0:
         c.error(sec.get("session_ttl"), "'web.session_ttl' must be longer than 0",
-                "for example 'session_ttl: 8h'", sec)
+                "for example 'session_ttl: 8h'", sec, "session_ttl")
         ttl = 8 * 3600.0
     return WebConfig(tuple(admins), header.strip() if isinstance(header, str) else None, ttl)
 
@@ -571,7 +612,7 @@ def _workers(doc: dict[str, Any], c: _Checker) -> int:
         return auto_workers()
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
         c.error(value, f"'workers' must be a number from 1 to 64 or 'auto', not {value!r}",
-                "for example 'workers: auto' (one process per core)", doc)
+                "for example 'workers: auto' (one process per core)", doc, "workers")
         return 1
     return value
 
@@ -633,7 +674,7 @@ def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker,
     if text[:-1].isdigit() and text[-1:] in _UNITS:
         return float(int(text[:-1]) * _UNITS[text[-1]])
     c.error(value, f"'{section}.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
-            f"for example '{key}: 1d' (0 turns it off)", sec)
+            f"for example '{key}: 1d' (0 turns it off)", sec, key)
     return default
 
 
@@ -641,8 +682,8 @@ def _routing(doc: dict[str, Any], base: Path, c: _Checker) -> tuple[str, ...]:
     value = doc.get("routing", ["rules/*.yaml"])
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         c.error(value, "'routing' must be a list of file paths or glob patterns",
-                "for example 'routing: [rules/*.yaml]'", doc)
+                "for example 'routing: [rules/*.yaml]'", doc, "routing")
         return ()
     return tuple(v if Path(v).is_absolute() else str(base / v) for v in value)
