@@ -617,6 +617,16 @@ def _workers(doc: dict[str, Any], c: _Checker) -> int:
     return value
 
 
+# The drivers the registry runs on (registry/store.py): aiosqlite, asyncpg. Another one
+# ('sqlite+pysqlite', 'postgresql+psycopg2') failed at start with an internal error.
+REGISTRY_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgres", "postgresql+asyncpg")
+
+
+def _masked(url: str) -> str:
+    """The url without its password: an error is printed and may be pasted into a ticket."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
     sec = c.section(doc, "registry", ("url", "batch_max", "timeout", "sync"))
     sync = str(sec.get("sync", "full")).lower()
@@ -625,13 +635,20 @@ def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
                 "full: each commit survives a power cut; normal: survives a crash of mailrouter", sec)
         sync = "full"
     url = str(sec.get("url") or f"sqlite+aiosqlite:///{base / 'var' / 'registry.db'}")
-    if url.startswith("sqlite") and ":///" in url:
-        scheme, _, file = url.partition(":///")
-        if file and not file.startswith("/") and file != ":memory:":
+    scheme = url.partition("://")[0]
+    if scheme in REGISTRY_SCHEMES and scheme.startswith("sqlite"):
+        file = url.partition(":///")[2] if url.startswith(f"{scheme}:///") else ""
+        if not file or file.startswith(":memory:") or file.startswith("?"):
+            # SQLAlchemy takes these for a database in memory: every record lost at exit
+            # (and its pool took no pool_size: the daemon died with a TypeError traceback)
+            c.error(sec.get("url"), f"the SQLite registry url {_masked(url)!r} names no file",
+                    "write sqlite+aiosqlite:///var/registry.db (relative to this file) or "
+                    "sqlite+aiosqlite:////abs/path/registry.db", sec, "url")
+        elif not file.startswith("/"):
             url = f"{scheme}:///{base / file}"
-    elif not url.startswith(("postgresql", "sqlite")):
-        c.error(sec.get("url"), f"unsupported registry url {url!r}",
-                "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db", sec)
+    elif scheme not in REGISTRY_SCHEMES:
+        c.error(sec.get("url"), f"unsupported registry url {_masked(url)!r}",
+                "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db", sec, "url")
     return RegistryConfig(url, c.number(sec, "batch_max", 256, int, 1),
                           c.number(sec, "timeout", 10.0, float, 0.1), sync)
 
