@@ -220,10 +220,12 @@ class _Checker:
         return value
 
     def number(self, sec: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any] = int,
-               minimum: float = 0) -> Any:
+               minimum: float = 0, maximum: float | None = None) -> Any:
         value = sec.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            self.error(value, f"'{key}' must be a number >= {minimum}, not {value!r}",
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum \
+                or maximum is not None and value > maximum:
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            self.error(value, f"'{key}' must be a number {bounds}, not {value!r}",
                        f"for example '{key}: {default}'", sec, key)
             return default
         return kind(value)
@@ -359,7 +361,10 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
     head = sec.get("head")
 
     def dur(key: str, default: float) -> float:
-        return _duration(sec, key, default, c, "control")
+        # remind_after and escalate_after count a calendar's working time, which
+        # add_business_hours looks for within 3 years: 30d of it fits any real calendar
+        most = 30 * 86400.0 if key in ("remind_after", "escalate_after") else MAX_DURATION
+        return _duration(sec, key, default, c, "control", most)
     return ControlConfig(
         tuple(_located(r, r.strip().lower()) for r in replies), number, join,
         str(marker) if marker else None, dur("close_after", d.close_after),
@@ -663,7 +668,7 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
         return None
     for k, hint in unknown_keys(value, ("host", "port", "timeout", "pool_size")):
         c.error(k, f"unknown key '{k}' in 'delivery.{key}'", hint, value)
-    port = c.number(value, "port", 24 if key == "lmtp" else 25, int, 1)
+    port = c.number(value, "port", 24 if key == "lmtp" else 25, int, 1, 65535)
     return Downstream(str(value.get("host", "127.0.0.1")), port,
                       c.number(value, "timeout", 30.0, float, 0.1), c.number(value, "pool_size", 4, int, 1))
 
@@ -681,18 +686,31 @@ def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# The longest duration a setting takes. Past it a time computed from it left datetime's
+# range (session_ttl: 99999999d failed every sign-in with OverflowError).
+MAX_DURATION = 366 * 86400.0
+
+
 def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker,
-              section: str = "delivery") -> float:
+              section: str = "delivery", most: float = MAX_DURATION) -> float:
     """Seconds from a number or a text like 30s, 15m, 12h, 1d (0 turns it off)."""
     value = sec.get(key, default)
+    seconds: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    text = str(value).strip().lower()
-    if text[:-1].isdigit() and text[-1:] in _UNITS:
-        return float(int(text[:-1]) * _UNITS[text[-1]])
-    c.error(value, f"'{section}.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
-            f"for example '{key}: 1d' (0 turns it off)", sec, key)
-    return default
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text[:-1].isdigit() and text[-1:] in _UNITS:
+            seconds = float(int(text[:-1]) * _UNITS[text[-1]])
+    if seconds is None:
+        c.error(value, f"'{section}.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
+                f"for example '{key}: 1d' (0 turns it off)", sec, key)
+        return default
+    if seconds > most:
+        c.error(value, f"'{section}.{key}' must be at most {int(most // 86400)}d, not {value!r}",
+                f"for example '{key}: 1d'", sec, key)
+        return default
+    return seconds
 
 
 def _routing(doc: dict[str, Any], base: Path, c: _Checker) -> tuple[str, ...]:
