@@ -36,6 +36,18 @@ def test_help_on_every_command(cmd):
     assert "usage: mailrouter" in out.stdout and "-h, --help" in out.stdout
 
 
+def test_python_dash_m_mailrouter_is_the_command():
+    """`python -m mailrouter` (no script on PATH: a venv not activated) was "No module named
+    mailrouter.__main__"; it is the same command line as the `mailrouter` script."""
+    out = subprocess.run([sys.executable, "-m", "mailrouter", "check", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: mailrouter check")
+    version = subprocess.run([sys.executable, "-m", "mailrouter", "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == f"mailrouter {mailrouter.__version__}"
+
+
 def test_check_reports_config_errors_with_file_line_and_fix(tmp_path):
     """A typo'd key and a bad listener: exit 1, every error named with file:line and a fix."""
     cfg = tmp_path / "config.yaml"
