@@ -78,6 +78,9 @@ def _parse_options(c: Collector, section: Any) -> Options:
     return Options(**opts)
 
 
+_NOT_IN_DOMAIN = frozenset('<>()[],;:\\"/')
+
+
 def _parse_domains(c: Collector, section: Any, p: Parts) -> None:
     items = section if isinstance(section, list) else [] if section is None else [section]
     for item in items:
@@ -87,8 +90,14 @@ def _parse_domains(c: Collector, section: Any, p: Parts) -> None:
             if "@" in d:
                 c.add(f"domain {d!r} contains '@'", item, "list bare domains: [example.com]")
                 continue
-            dom = canonical("x@" + d, p.options)
-            p.domains.add(dom.partition("@")[2] if dom else d.lower())
+            dom = (canonical("x@" + d, p.options) or "").partition("@")[2]
+            if not dom or "" in dom.split(".") or any(ch.isspace() or ch in _NOT_IN_DOMAIN
+                                                       for ch in dom):
+                # 'example .com', 'a..b': no address on it could ever be ours
+                c.add(f"domain {d!r} is not a domain name", item, "list domains as [example.com]",
+                      section)
+                continue
+            p.domains.add(dom)
 
 
 def _parse_mailboxes(c: Collector, section: Any, p: Parts) -> None:
@@ -152,10 +161,12 @@ def _parse_person(c: Collector, key: Any, value: Any, p: Parts) -> Person | None
     c.unknown_keys(value, PERSON_KEYS, f"person {str(key)!r}")
     address = None
     if "address" in value:
-        address = canonical(str(value["address"]), p.options)
+        raw = value["address"]
+        # str() of a list made "['a@example.com']" an address on the domain "example.com']"
+        address = canonical(raw, p.options) if isinstance(raw, str) else None
         if address is None:
-            c.add(f"person {str(key)!r}: {value['address']!r} is not an address", value["address"],
-                  "write local@domain", value)
+            c.add(f"person {str(key)!r}: {raw!r} is not an address", raw,
+                  "write one address, local@domain", value)
     mailbox = value.get("mailbox")
     if mailbox is None:
         mailbox = PERSON_MAILBOX_PREFIX + str(key)
