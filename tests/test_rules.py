@@ -260,6 +260,29 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
     ]]
 
 
+@pytest.mark.parametrize("when, hint", [
+    # names from other filters that difflib turned into another field or operator
+    ("{sender: a@b.example}", "unknown condition 'sender'; did you mean 'mail_from'?"),
+    ("{to_addr: a@b.example}", "unknown condition 'to_addr'; did you mean 'to'?"),
+    ("{subject: {match: '^x'}}", "unknown operator 'match' for 'subject'; did you mean 'regex'?"),
+    ("{size: {gte: 10MB}}", "unknown operator 'gte' for 'size'; did you mean 'ge'?"),
+    # 'contains' for 'not_contains' would have matched exactly the mail it was to skip
+    ("{subject: {not_contains: x}}", "unknown operator 'not_contains' for 'subject'; "
+     "to negate, wrap the condition: not: {subject: {contains: ...}}"),
+    ("{header: {List-Id: {not_exists: true}}}", "unknown operator 'not_exists' for 'list-id'; "
+     "to negate, wrap the condition: not: {header: {list-id: {exists: ...}}}"),
+    ("{subject: {foo: x}}", "unknown operator 'foo' for 'subject'; known operators: equals, "
+     "contains, starts_with, ends_with, glob, regex, exists"),
+])
+def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
+    """An unknown field or operator gets the suggestion an admin coming from Sieve or
+    Exchange rules needs, never the opposite of what they wrote."""
+    path = routing_file(f"rules:\n  - {{name: r, when: {when}, then: {{folder: X}}}}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [e.message + "; " + e.hint for e in info.value.errors] == [f"rule 'r': {hint}"]
+
+
 def test_hash_changes_with_rules_only() -> None:
     """The rule-set hash is stable for the same rules and changes when a rule changes."""
     assert ruleset(RULES).rules.hash == ruleset(RULES).rules.hash

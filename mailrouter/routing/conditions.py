@@ -46,6 +46,44 @@ FIELDS = TEXT_FIELDS + NUM_FIELDS + SPECIAL
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
 
+# Names people bring from other filters (Sieve, procmail, Exchange rules, SQL), which
+# difflib would "correct" into another field or operator: 'sender' is not 'header', and
+# 'not_contains' must not become 'contains'.
+FIELD_SYNONYMS = {"sender": "mail_from", "envelope_from": "mail_from", "return_path": "mail_from",
+                  "recipient": "rcpt", "envelope_to": "rcpt", "to_addr": "to", "to_address": "to",
+                  "cc_addr": "cc", "from_address": "from_addr", "from_email": "from_addr",
+                  "has_attachment": "attachment_count", "attachments": "attachment",
+                  "filename": "attachment", "content_type": "attachment_type"}
+OP_SYNONYMS = {"is": "equals", "eq": "equals", "==": "equals", "in": "equals",
+               "match": "regex", "matches": "regex", "re": "regex", "regexp": "regex",
+               "like": "glob", "wildcard": "glob", "startswith": "starts_with",
+               "endswith": "ends_with", "has": "contains", "includes": "contains",
+               "gte": "ge", ">=": "ge", "lte": "le", "<=": "le", ">": "gt", "<": "lt",
+               "greater_than": "gt", "less_than": "lt", "more_than": "gt"}
+
+
+def suggest_op(op: str, ops: tuple[str, ...], field: str) -> str:
+    """The hint for an unknown operator: a negation is `not:`, a synonym its name here."""
+    low = op.lower()
+    base = re.sub(r"^(?:not|does_?not|doesnt|no)[_-]|[_-]not$", "", low)
+    if base != low:
+        inner = OP_SYNONYMS.get(base, base)
+        inner = f"{{{inner if inner in ops else ops[1]}: ...}}"
+        if field.startswith("header:"):
+            inner = f"{{{field[7:]}: {inner}}}"
+        return f"to negate, wrap the condition: not: {{{field.partition(':')[0]}: {inner}}}"
+    same = OP_SYNONYMS.get(low)
+    if same in ops:
+        return f"did you mean '{same}'?" + (" (a list of values means any of them)"
+                                            if low == "in" else "")
+    return did_you_mean(op, ops).replace("known keys", "known operators")
+
+
+def suggest_field(key: str, known: tuple[str, ...]) -> str:
+    same = FIELD_SYNONYMS.get(key.lower())
+    return f"did you mean '{same}'?" if same in known else did_you_mean(key.lower(), known)
+
+
 def did_you_mean(word: str, known: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(word, list(known), n=1)
     return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
@@ -264,7 +302,7 @@ class _Parser:
             return Leaf("business_hours", "in", (str(value),), (str(value),), _check_hours,
                         *where(at)[:2])
         if key not in FIELDS:
-            self.error(f"unknown condition '{key}'", at, None, did_you_mean(key, FIELDS + COMBINATORS))
+            self.error(f"unknown condition '{key}'", at, None, suggest_field(key, FIELDS + COMBINATORS))
             return None
         return self.field(key, value, at)
 
@@ -289,7 +327,7 @@ class _Parser:
         for op, needle in value.items():
             if op not in ops:
                 self.error(f"unknown operator '{op}' for '{field.replace('header:', '')}'", op, at,
-                           did_you_mean(str(op), ops))
+                           suggest_op(str(op), ops, field))
                 continue
             # a shorthand's operator was never written: errors and the leaf point at the field
             leaf = self.leaf(field, str(op), needle, at if shorthand else op)
