@@ -283,6 +283,20 @@ def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     assert [e.message + "; " + e.hint for e in info.value.errors] == [f"rule 'r': {hint}"]
 
 
+def test_unknown_rule_and_action_keys_suggest_what_was_meant() -> None:
+    """'condition:' was "did you mean 'continue'?" (difflib); the names of other filters
+    ('if', 'assignee', 'fileinto', 'reject' as a key) get our name for the same thing."""
+    path = routing_file("rules:\n  - name: r\n    condition: {subject: x}\n"
+                        "    then: {assignee: ivanov, fileinto: X, reject: yes}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [e.message + "; " + e.hint for e in info.value.errors] == [
+        "rule 'r': unknown key 'condition'; did you mean 'when'?",
+        "rule 'r': unknown action 'assignee'; did you mean 'owner'?",
+        "rule 'r': unknown action 'fileinto'; did you mean 'folder'?",
+        "rule 'r': unknown action 'reject'; did you mean 'action: reject'?"]
+
+
 def test_hash_changes_with_rules_only() -> None:
     """The rule-set hash is stable for the same rules and changes when a rule changes."""
     assert ruleset(RULES).rules.hash == ruleset(RULES).rules.hash

@@ -55,6 +55,15 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 ONE_VALUE = {"mailbox": "finance", "folder": "Finance", "owner": "ivanov", "priority": "high",
              "action": "reject", "autoreply": "closed"}
 ACTIONS = ("deliver", "reject", "defer")
+# What other filters call a rule's parts (difflib made 'condition' into 'continue')
+RULE_SYNONYMS = {"if": "when", "condition": "when", "conditions": "when", "match": "when",
+                 "do": "then", "actions": "then", "action": "then", "title": "name",
+                 "id": "name", "stop": "continue", "final": "continue", "last": "continue"}
+THEN_SYNONYMS = {"assign": "owner", "assignee": "owner", "assign_to": "owner",
+                 "fileinto": "folder", "move_to": "folder", "move": "folder",
+                 "deliver_to": "mailbox", "to": "mailbox", "label": "tags", "labels": "tags",
+                 "reject": "action: reject", "defer": "action: defer",
+                 "reply": "autoreply", "vacation": "autoreply", "due": "sla"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +122,8 @@ class _Builder:
                      "write e.g. name: invoices (explanations and the registry cite it)")
         for key in spec:
             if key not in RULE_KEYS:
-                self.err(f"rule {name!r}: unknown key '{key}'", key, spec, did_you_mean(str(key), RULE_KEYS))
+                self.err(f"rule {name!r}: unknown key '{key}'", key, spec,
+                         _suggest(str(key), RULE_KEYS, RULE_SYNONYMS))
         if "name" not in spec:
             self.err(f"rule {name!r} has no name", spec, parent, "add 'name:' so explanations can cite it")
         when = None
@@ -135,7 +145,8 @@ class _Builder:
             return None
         for key in spec:
             if key not in THEN_KEYS:
-                self.err(f"rule {name!r}: unknown action '{key}'", key, spec, did_you_mean(str(key), THEN_KEYS))
+                self.err(f"rule {name!r}: unknown action '{key}'", key, spec,
+                         _suggest(str(key), THEN_KEYS, THEN_SYNONYMS))
         for key, example in ONE_VALUE.items():
             value = spec.get(key)
             if isinstance(value, (Mapping, list)):
@@ -211,6 +222,15 @@ class _Builder:
                      value, spec)
             return None
         return str(value) if value is not None else None
+
+
+def _suggest(key: str, known: tuple[str, ...], synonyms: Mapping[str, str]) -> str:
+    same = synonyms.get(key.lower())
+    if same is None:
+        return did_you_mean(key, known)
+    if same == "continue":    # first match stops unless continue: true
+        return "a matching rule stops the others already; 'continue: true' lets later ones add"
+    return f"did you mean '{same}'?"
 
 
 def _is_text(value: Any) -> bool:
