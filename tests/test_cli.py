@@ -119,6 +119,20 @@ def test_run_with_a_port_taken_says_which_and_exits_2(tmp_path, workers, taken):
     assert "Traceback" not in out.stderr
 
 
+def test_run_on_an_address_this_host_lacks_says_so(tmp_path):
+    """listen.smtp on an address of no interface of this host (192.0.2.1, TEST-NET-1) was
+    told "another program may hold it"; the reply names what is wrong. Exit 2."""
+    smtp = free_port()
+    cfg = write_config(tmp_path / "config.yaml", smtp, free_port(), free_port(), "workers: 1\n")
+    cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{smtp}", f"192.0.2.1:{smtp}"))
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert (f"cannot listen on 192.0.2.1:{smtp} for smtp (" in out.stderr
+            and "this host has no address 192.0.2.1" in out.stderr
+            and "may hold it" not in out.stderr), out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_run_with_the_registry_or_the_mail_store_unusable_says_why_and_exits_2(tmp_path):
     """A PostgreSQL registry that refuses connections, or a Maildir root that cannot be
     created: the reason in one line, exit 2."""
