@@ -133,9 +133,10 @@ def _parse_at(text: str | None) -> datetime | None:
         return None
     try:
         at = datetime.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(f"mailrouter explain: --at {text!r} is not an ISO time "
-                         "(e.g. 2026-11-23T10:30+03:00)") from None
+    except ValueError:      # exit 2 as for every other bad argument (SystemExit(str) is 1)
+        print(f"mailrouter explain: --at {text!r} is not an ISO time (e.g. 2026-11-23T10:30+03:00)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 

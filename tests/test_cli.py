@@ -170,6 +170,16 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("no messages in the registry yet"), out
 
 
+def test_explain_with_a_bad_time_exits_2():
+    """`--at tomorrow` is a bad argument: exit 2 as the help promises ("1 check found errors
+    or a rule test failed"), not 1, which a script would read as a failed check."""
+    out = mr("explain", "--at", "tomorrow", str(RULES / "samples" / "newsletter.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 2, out
+    assert out.stderr.strip() == ("mailrouter explain: --at 'tomorrow' is not an ISO time "
+                                  "(e.g. 2026-11-23T10:30+03:00)")
+
+
 def test_explain_null_sender_is_a_robot():
     """--from '<>' (a bounce's envelope) makes the message a robot, with the reason; the same
     message from a person is not."""
