@@ -273,6 +273,11 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
      "to negate, wrap the condition: not: {header: {list-id: {exists: ...}}}"),
     ("{subject: {foo: x}}", "unknown operator 'foo' for 'subject'; known operators: equals, "
      "contains, starts_with, ends_with, glob, regex, exists"),
+    # a header name as written in the message ('Subject:') or with a space never matched
+    ("{header: {'Subject:': x}}", "'Subject:' is not a header name; write the name without "
+     "':' or spaces, e.g. header: {Subject: ...}"),
+    ("{header: {List Id: {exists: true}}}", "'List Id' is not a header name; write the name "
+     "without ':' or spaces, e.g. header: {List-Id: ...}"),
 ])
 def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     """An unknown field or operator gets the suggestion an admin coming from Sieve or

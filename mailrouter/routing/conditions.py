@@ -101,6 +101,10 @@ def parse_size(value: Any) -> int:
     return int(m[1]) * _UNITS[m[2].lower()]
 
 
+# RFC 5322 section 2.2: a field name is printable ASCII but ':' and space
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+
+
 class Node:
     def test(self, facts: Facts) -> str | None:
         raise NotImplementedError
@@ -311,6 +315,13 @@ class _Parser:
             self.error("'header' takes a mapping of header names to operators", value, at,
                        "write e.g. header: {List-Id: {exists: true}}")
             return None
+        for name in value:
+            if not _FIELD_NAME.fullmatch(str(name)):
+                # 'Subject:' or 'List Id' is no header's name: the condition never held
+                fixed = re.sub(r"\s+", "-", str(name).strip().rstrip(":").strip()) or "List-Id"
+                self.error(f"{str(name)!r} is not a header name", name, at,
+                           f"write the name without ':' or spaces, e.g. header: {{{fixed}: ...}}")
+                return None
         parts = [self.field(f"header:{str(name).lower()}", v, name) for name, v in value.items()]
         good = tuple(p for p in parts if p is not None)
         if len(good) != len(parts):
