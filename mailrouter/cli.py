@@ -93,9 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config, code=1)
     snap = _snapshot(cfg, code=1)
-    from .control.checks import check_control
-    crossed = check_control(cfg.control, snap.book, cfg.path)
-    if crossed:      # names in config.yaml's control: that the routing files do not define
+    from .control.checks import check_control, check_web
+    crossed = check_control(cfg.control, snap.book, cfg.path) + check_web(cfg.webui, snap.book,
+                                                                          cfg.path)
+    if crossed:      # names in config.yaml that the routing files do not define
         print(f"mailrouter: configuration has {len(crossed)} error(s):", file=sys.stderr)
         for err in crossed:
             print(f"  {err}", file=sys.stderr)
