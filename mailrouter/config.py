@@ -196,6 +196,7 @@ class _Checker:
     def __init__(self, path: str) -> None:
         self.path = path
         self.errors: list[ConfigError] = []
+        self.sections: dict[str, tuple[str, ...]] = {}     # each section read: its keys
 
     def error(self, value: Any, message: str, hint: str = "", parent: Any = None,
               key: Any = None) -> None:
@@ -209,6 +210,7 @@ class _Checker:
         self.errors.append(ConfigError(message, self.path, line, col, hint))
 
     def section(self, doc: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
+        self.sections.setdefault(key, known)
         value = doc.get(key) if isinstance(doc, dict) else None
         if value is None:
             return {}
@@ -305,9 +307,32 @@ def load_config(path: str | Path | None) -> Config:
     return cfg
 
 
+# Sections of the routing files, written in config.yaml by mistake
+ROUTING_SECTIONS = ("rules", "aliases", "mailboxes", "people", "teams", "moved", "calendars",
+                    "autoreplies", "departments", "domains", "tests", "address_options")
+
+
+def _top_hint(key: Any, hint: str, c: _Checker) -> str:
+    """For an unknown top-level key: the section it belongs under ('smtp' is listen.smtp,
+    not "did you mean 'admin'?"), or the routing files for a routing section."""
+    name = str(key)
+    if name in ROUTING_SECTIONS:
+        return (f"'{name}:' belongs in a routing file (the files 'routing:' names, e.g. "
+                "rules/*.yaml), not in config.yaml")
+    if name.lower() in ("database", "db", "database_url", "db_url"):
+        return "did you mean 'registry: {url: ...}'?"
+    homes = [section for section, keys in c.sections.items() if name in keys]
+    return f"did you mean '{homes[0]}: {{{name}: ...}}'?" if homes else hint
+
+
 def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
-    for key, hint in unknown_keys(doc, TOP_KEYS):
-        c.error(key, f"unknown key '{key}'", hint, doc)
+    cfg = _build_sections(doc, p, c)
+    for key, hint in unknown_keys(doc, TOP_KEYS):   # after: c.sections knows every section's keys
+        c.error(key, f"unknown key '{key}'", _top_hint(key, hint, c), doc)
+    return cfg
+
+
+def _build_sections(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
     base = p.parent
     dflt = Config.embedded(base)
     listen = c.section(doc, "listen", ("smtp", "lmtp", "admin", "web"))
