@@ -48,6 +48,24 @@ def test_python_dash_m_mailrouter_is_the_command():
     assert version.stdout.strip() == f"mailrouter {mailrouter.__version__}"
 
 
+def test_every_argument_of_every_command_has_help():
+    """Each positional and option of every command and subcommand says what it is:
+    `request --help` listed '{show,close,wait}' and 'N', `registry history --help`
+    'ADDRESS|DOMAIN', `registry search --help` '--since DATE' with no word on them."""
+    import argparse
+    from mailrouter.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif action.help in (None, "") and action.dest != "help":
+                yield f"{path}: {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(walk(build_parser(), "mailrouter")) == []
+
+
 def test_check_reports_config_errors_with_file_line_and_fix(tmp_path):
     """A typo'd key and a bad listener: exit 1, every error named with file:line and a fix."""
     cfg = tmp_path / "config.yaml"
