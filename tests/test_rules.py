@@ -302,6 +302,22 @@ def test_unknown_rule_and_action_keys_suggest_what_was_meant() -> None:
         "rule 'r': unknown action 'reject'; did you mean 'action: reject'?"]
 
 
+def test_conditions_nested_too_deep_are_a_load_error() -> None:
+    """400 nested `not:` (YAML takes up to 1000 levels) made `check` die with RecursionError;
+    32 levels load and decide, one more is an error at the rule's condition."""
+    def rule(levels: int) -> str:
+        return ("rules:\n  - name: deep\n    when: " + "{not: " * levels + "{subject: x}"
+                + "}" * levels + "\n    then: {folder: X}\n")
+    assert route(ruleset(rule(31)), mail("hello"), "sales@example.com").folder == "X"
+    for levels in (32, 400):
+        path = routing_file(rule(levels), "r.yaml")
+        with pytest.raises(ConfigErrors) as info:
+            load(path)
+        assert [str(e) for e in info.value.errors] == [
+            f"{path}:3:203: rule 'deep': conditions nest deeper than 32 levels; flatten them: "
+            "any: and all: take lists, not: {not: X} is X"]
+
+
 def test_hash_changes_with_rules_only() -> None:
     """The rule-set hash is stable for the same rules and changes when a rule changes."""
     assert ruleset(RULES).rules.hash == ruleset(RULES).rules.hash

@@ -38,6 +38,7 @@ from .patterns import PatternError, compile_glob, compile_regex, utf8
 __all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
            "TEXT_OPS", "NUM_OPS", "Gate", "gate_of", "parse_size", "WordForms", "contains_key"]
 
+MAX_DEPTH = 32          # any/all/not levels in one rule's condition
 TEXT_OPS = ("equals", "contains", "starts_with", "ends_with", "glob", "regex", "exists")
 NUM_OPS = ("equals", "gt", "ge", "lt", "le", "exists")
 COMBINATORS = ("any", "all", "not")
@@ -258,6 +259,7 @@ class _Parser:
 
     def __init__(self, errors: list[ConfigError], calendars: Mapping[str, Any], rule: str) -> None:
         self.errors, self.calendars, self.rule = errors, calendars, rule
+        self.depth = 0          # conditions open around the one being parsed
 
     def error(self, msg: str, node: Any, parent: Any = None, hint: str = "") -> None:
         path, line, col = where(node, parent)
@@ -268,11 +270,21 @@ class _Parser:
             self.error("a condition must be a non-empty mapping", spec, parent,
                        "write e.g. {subject: {contains: invoice}}")
             return None
+        if self.depth >= MAX_DEPTH:
+            # 400 nested not: took `check` down with RecursionError; deep enough to load,
+            # a rule would have failed every message it was tried on
+            self.error(f"conditions nest deeper than {MAX_DEPTH} levels", spec, parent,
+                       "flatten them: any: and all: take lists, not: {not: X} is X")
+            return None
+        self.depth += 1
         parts: list[Node] = []
-        for key, value in spec.items():
-            node = self.one(str(key), value, key)
-            if node is not None:
-                parts.append(node)
+        try:
+            for key, value in spec.items():
+                node = self.one(str(key), value, key)
+                if node is not None:
+                    parts.append(node)
+        finally:
+            self.depth -= 1
         if len(parts) != len(spec):
             return None
         return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
