@@ -235,9 +235,15 @@ def _parse_teams(c: Collector, section: Any, p: Parts) -> None:
             continue
         if isinstance(value, Mapping):
             c.unknown_keys(value, TEAM_KEYS, f"team {name!r}")
-        if not isinstance(value, Mapping) or not isinstance(value.get("members"), list):
+        if not isinstance(value, Mapping) or not isinstance(value.get("members"), list) \
+                or not value["members"]:    # [] loaded: its requests had no owner, unsaid
             c.add(f"team {name!r} needs members: [person, ...]", value,
                   f"write {name}: {{members: [{next(iter(p.people), 'someone')}]}}", key)
+            continue
+        if name in p.people:
+            # `owner: NAME` took the team and an alias target NAME the person: one name, two
+            c.add(f"team {name!r} has the name of a person", key,
+                  "give the team a name of its own (owner: and alias targets name either)", box)
             continue
         for m in value["members"]:
             if str(m) not in p.people:
