@@ -105,6 +105,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .routing.folders import folder_warnings
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
     warnings += folder_warnings(snap.book, snap.rules.rules)
+    from .routing.recipients import recipient_warnings
+    warnings += recipient_warnings(snap.book, snap.rules.rules)
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes
