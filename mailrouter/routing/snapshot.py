@@ -140,6 +140,11 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
         merged[k].item_where = []
     for path, doc in docs:
         if doc is None:
+            # A file emptied by mistake, or caught by the watcher mid-save (truncated, not
+            # yet written): it loaded as "no rules", and mail went by the book's defaults
+            errors.append(ConfigError("the routing file is empty", path, 1, 1,
+                                      "write its sections (rules:, aliases: ...), or move it "
+                                      "out of what 'routing:' matches"))
             continue
         if not isinstance(doc, dict):
             errors.append(ConfigError("a routing file must be a mapping of sections", path, 1, 1,
