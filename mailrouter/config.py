@@ -342,9 +342,11 @@ def _build_sections(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
                        for k in Limits.__dataclass_fields__})
     admin = c.listener(listen, "admin", dflt.admin)
     web = c.listener(listen, "web", None)      # a config file turns the web view on itself
+    smtp, lmtp = c.listener(listen, "smtp", dflt.smtp), c.listener(listen, "lmtp", dflt.lmtp)
+    _distinct_listeners({"smtp": smtp, "lmtp": lmtp, "admin": admin, "web": web}, listen, c)
     return Config(
         path=str(p), hostname=_hostname(doc, dflt.hostname, c),
-        smtp=c.listener(listen, "smtp", dflt.smtp), lmtp=c.listener(listen, "lmtp", dflt.lmtp),
+        smtp=smtp, lmtp=lmtp,
         admin=admin, admin_token=_admin_token(doc, listen, admin, base, c), limits=limits,
         registry=_registry(doc, base, c), delivery=_delivery(doc, base, c),
         routing=_routing(doc, base, c),
@@ -354,6 +356,26 @@ def _build_sections(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
         workers=_workers(doc, c), control=_control(doc, c),
         outbox=_outbox(doc, c), autoreply=_autoreply(doc, c),
         postfix_maps=_postfix_maps(doc, base, c), web=web, webui=_web(doc, listen, web, c))
+
+
+_ANY_HOST = ("0.0.0.0", "::", "*", "")
+
+
+def _distinct_listeners(listeners: Mapping[str, Listener | None], listen: dict[str, Any],
+                        c: _Checker) -> None:
+    """Two listeners on one port (of one address, or one of them on every address) passed
+    check; `run` then failed to bind the second, blaming 'another program'."""
+    seen: list[tuple[str, Listener]] = []
+    for name, mine in listeners.items():
+        if mine is None or mine.port == 0:
+            continue
+        for other, theirs in seen:
+            if mine.port == theirs.port and (mine.host == theirs.host or mine.host in _ANY_HOST
+                                             or theirs.host in _ANY_HOST):
+                c.error(listen.get(name), f"listen.{name} {mine} is the port of listen.{other} "
+                        f"{theirs}", f"give listen.{name} a port of its own", listen, name)
+                break
+        seen.append((name, mine))
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
