@@ -327,6 +327,7 @@ def _top_hint(key: Any, hint: str, c: _Checker) -> str:
 
 def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
     cfg = _build_sections(doc, p, c)
+    _not_ourselves(cfg, doc, c)
     for key, hint in unknown_keys(doc, TOP_KEYS):   # after: c.sections knows every section's keys
         c.error(key, f"unknown key '{key}'", _top_hint(key, hint, c), doc)
     return cfg
@@ -376,6 +377,32 @@ def _distinct_listeners(listeners: Mapping[str, Listener | None], listen: dict[s
                         f"{theirs}", f"give listen.{name} a port of its own", listen, name)
                 break
         seen.append((name, mine))
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _same_place(a: Any, b: Listener) -> bool:
+    """Would a connection to `a` (host, port) reach our listener `b`?"""
+    if a.port != b.port or b.port == 0:
+        return False
+    return a.host == b.host or b.host in _ANY_HOST or (a.host in _LOOPBACK and b.host in _LOOPBACK)
+
+
+def _not_ourselves(cfg: Config, doc: dict[str, Any], c: _Checker) -> None:
+    """delivery.lmtp/smtp or outbox.relay on our own smtp/lmtp listener: every copy (every
+    autoreply) came back to us instead of the mail store (the MTA)."""
+    delivery, outbox = doc.get("delivery"), doc.get("outbox")
+    targets = (("delivery.lmtp", cfg.delivery.lmtp, delivery, "lmtp"),
+               ("delivery.smtp", cfg.delivery.smtp, delivery, "smtp"),
+               ("outbox.relay", cfg.outbox.relay, outbox, "relay"))
+    for what, to, sec, key in targets:
+        for name, ours in (("smtp", cfg.smtp), ("lmtp", cfg.lmtp)):
+            if to is not None and ours is not None and _same_place(to, ours):
+                at = sec.get(key) if isinstance(sec, dict) else None
+                c.error(at, f"{what} {to.host}:{to.port} is mailrouter's own listen.{name}",
+                        f"point {what} at the mail store or the MTA (e.g. Dovecot's LMTP, "
+                        "Postfix's RETURN_PORT), not back at mailrouter", sec, key)
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
