@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .errors import ConfigError, ConfigErrors
 from .yamlsrc import where
@@ -169,28 +169,31 @@ def parse_hours(text: str) -> tuple[tuple[int, int, int], ...]:
 
 
 def parse_calendar(name: str, spec: Any) -> Calendar:
-    """One `calendars:` entry -> Calendar; raises ConfigErrors with every problem."""
-    path, line, col = where(spec)
+    """One `calendars:` entry -> Calendar; raises ConfigErrors with every problem.
+    `name` may be the loaded key: a value with no position of its own (null) is named there."""
+    path, line, col = where(spec, name)
     errors: list[ConfigError] = []
     if not isinstance(spec, Mapping):
-        raise ConfigErrors([ConfigError(f"calendar {name!r} must be a mapping", path, line, col,
+        raise ConfigErrors([ConfigError(f"calendar {str(name)!r} must be a mapping", path, line, col,
                                         'write {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00"}')])
 
-    def err(key: str, msg: str, hint: str) -> None:
-        kl = spec.key_line(key) if hasattr(spec, "key_line") else line
-        errors.append(ConfigError(f"calendar {name!r}: {msg}", path, kl, 0, hint))
+    def err(key: str, msg: str, hint: str, node: Any = None) -> None:
+        """At the value (`node`, else spec[key]) when it has a position, else at the key."""
+        _, vl, vc = where(node if node is not None else spec.get(key))
+        if not vl:
+            vl, vc = (spec.key_line(key) if hasattr(spec, "key_line") else line), 0
+        errors.append(ConfigError(f"calendar {str(name)!r}: {msg}", path, vl, vc, hint))
 
     for key in spec:
         if key not in _KEYS:
             close = difflib.get_close_matches(str(key), _KEYS, n=1)
             err(key, f"unknown key '{key}'",
-                f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(_KEYS))
+                f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(_KEYS), key)
     tz: ZoneInfo | None = None
     try:
         tz = ZoneInfo(str(spec.get("timezone", "UTC")))
     except (ZoneInfoNotFoundError, ValueError):
-        err("timezone", f"unknown time zone {spec.get('timezone')!r}",
-            "use an IANA name such as Europe/Moscow")
+        err("timezone", f"unknown time zone {spec.get('timezone')!r}", _zone_hint(spec.get("timezone")))
     spans: tuple[tuple[int, int, int], ...] = ()
     try:
         spans = parse_hours(spec.get("hours", "Mon-Fri 09:00-18:00"))
@@ -202,10 +205,16 @@ def parse_calendar(name: str, spec: Any) -> Calendar:
         try:
             holidays.add(h if isinstance(h, date) else date.fromisoformat(str(h)))
         except ValueError:
-            err("holidays", f"cannot read holiday {h!r}", "write dates as YYYY-MM-DD")
+            err("holidays", f"cannot read holiday {h!r}", "write dates as YYYY-MM-DD", h)
     if errors or tz is None:
         raise ConfigErrors(errors)
     return Calendar(str(name), tz, spans, frozenset(holidays))
+
+
+def _zone_hint(name: Any) -> str:
+    """'Europe/Moskow' -> did you mean 'Europe/Moscow'? (the zones of this host's tzdata)."""
+    close = difflib.get_close_matches(str(name), sorted(available_timezones()), n=1, cutoff=0.8)
+    return f"did you mean '{close[0]}'?" if close else "use an IANA name such as Europe/Moscow"
 
 
 def build_calendars(spec: Mapping[str, Any] | None) -> dict[str, Calendar]:
@@ -214,7 +223,7 @@ def build_calendars(spec: Mapping[str, Any] | None) -> dict[str, Calendar]:
     errors: list[ConfigError] = []
     for name, body in (spec or {}).items():
         try:
-            result[str(name)] = parse_calendar(str(name), body)
+            result[str(name)] = parse_calendar(name, body)
         except ConfigErrors as exc:
             errors.extend(exc.errors)
     if errors:

@@ -93,9 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config, code=1)
     snap = _snapshot(cfg, code=1)
-    from .control.checks import check_control
-    crossed = check_control(cfg.control, snap.book, cfg.path)
-    if crossed:      # names in config.yaml's control: that the routing files do not define
+    from .control.checks import check_control, check_web
+    crossed = check_control(cfg.control, snap.book, cfg.path) + check_web(cfg.webui, snap.book,
+                                                                          cfg.path)
+    if crossed:      # names in config.yaml that the routing files do not define
         print(f"mailrouter: configuration has {len(crossed)} error(s):", file=sys.stderr)
         for err in crossed:
             print(f"  {err}", file=sys.stderr)
@@ -104,6 +105,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .routing.folders import folder_warnings
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
     warnings += folder_warnings(snap.book, snap.rules.rules)
+    from .routing.recipients import recipient_warnings
+    warnings += recipient_warnings(snap.book, snap.rules.rules)
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes
@@ -133,9 +136,10 @@ def _parse_at(text: str | None) -> datetime | None:
         return None
     try:
         at = datetime.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(f"mailrouter explain: --at {text!r} is not an ISO time "
-                         "(e.g. 2026-11-23T10:30+03:00)") from None
+    except ValueError:      # exit 2 as for every other bad argument (SystemExit(str) is 1)
+        print(f"mailrouter explain: --at {text!r} is not an ISO time (e.g. 2026-11-23T10:30+03:00)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,12 +196,21 @@ class _Checker:
     def __init__(self, path: str) -> None:
         self.path = path
         self.errors: list[ConfigError] = []
+        self.sections: dict[str, tuple[str, ...]] = {}     # each section read: its keys
 
-    def error(self, value: Any, message: str, hint: str = "", parent: Any = None) -> None:
-        _, line, col = yamlsrc.where(value, parent)
+    def error(self, value: Any, message: str, hint: str = "", parent: Any = None,
+              key: Any = None) -> None:
+        """At `value`; one without a position (a number, true, null) at its `key` in
+        `parent`, else at `parent` (which named the section's first line, not the bad one)."""
+        marks = getattr(parent, "key_marks", None)
+        if key is not None and marks and key in marks and not getattr(value, "line", 0):
+            line, col = marks[key]
+        else:
+            _, line, col = yamlsrc.where(value, parent)
         self.errors.append(ConfigError(message, self.path, line, col, hint))
 
     def section(self, doc: Any, key: str, known: tuple[str, ...]) -> dict[str, Any]:
+        self.sections.setdefault(key, known)
         value = doc.get(key) if isinstance(doc, dict) else None
         if value is None:
             return {}
@@ -212,11 +222,13 @@ class _Checker:
         return value
 
     def number(self, sec: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any] = int,
-               minimum: float = 0) -> Any:
+               minimum: float = 0, maximum: float | None = None) -> Any:
         value = sec.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            self.error(sec, f"'{key}' must be a number >= {minimum}, not {value!r}",
-                       f"for example '{key}: {default}'", sec)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum \
+                or maximum is not None and value > maximum:
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            self.error(value, f"'{key}' must be a number {bounds}, not {value!r}",
+                       f"for example '{key}: {default}'", sec, key)
             return default
         return kind(value)
 
@@ -229,7 +241,7 @@ class _Checker:
         host, _, port = str(value).rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             self.error(value, f"'{key}' must be HOST:PORT, not {value!r}",
-                       f"for example '{key}: 127.0.0.1:2525', or '{key}: null' to disable", sec)
+                       f"for example '{key}: 127.0.0.1:2525', or '{key}: null' to disable", sec, key)
             return default
         return Listener(host.strip("[]"), int(port))
 
@@ -290,14 +302,38 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigErrors([ConfigError("the file must be a mapping of settings", str(p), 1, 1,
                                         "see config.example.yaml")])
     cfg = _build(doc, p, c)
-    if c.errors:
-        raise ConfigErrors(c.errors)
+    if c.errors:        # in the file's order, as the address book's are
+        raise ConfigErrors(sorted(c.errors, key=lambda e: (e.line, e.column)))
     return cfg
 
 
+# Sections of the routing files, written in config.yaml by mistake
+ROUTING_SECTIONS = ("rules", "aliases", "mailboxes", "people", "teams", "moved", "calendars",
+                    "autoreplies", "departments", "domains", "tests", "address_options")
+
+
+def _top_hint(key: Any, hint: str, c: _Checker) -> str:
+    """For an unknown top-level key: the section it belongs under ('smtp' is listen.smtp,
+    not "did you mean 'admin'?"), or the routing files for a routing section."""
+    name = str(key)
+    if name in ROUTING_SECTIONS:
+        return (f"'{name}:' belongs in a routing file (the files 'routing:' names, e.g. "
+                "rules/*.yaml), not in config.yaml")
+    if name.lower() in ("database", "db", "database_url", "db_url"):
+        return "did you mean 'registry: {url: ...}'?"
+    homes = [section for section, keys in c.sections.items() if name in keys]
+    return f"did you mean '{homes[0]}: {{{name}: ...}}'?" if homes else hint
+
+
 def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
-    for key, hint in unknown_keys(doc, TOP_KEYS):
-        c.error(key, f"unknown key '{key}'", hint, doc)
+    cfg = _build_sections(doc, p, c)
+    _not_ourselves(cfg, doc, c)
+    for key, hint in unknown_keys(doc, TOP_KEYS):   # after: c.sections knows every section's keys
+        c.error(key, f"unknown key '{key}'", _top_hint(key, hint, c), doc)
+    return cfg
+
+
+def _build_sections(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
     base = p.parent
     dflt = Config.embedded(base)
     listen = c.section(doc, "listen", ("smtp", "lmtp", "admin", "web"))
@@ -307,18 +343,66 @@ def _build(doc: dict[str, Any], p: Path, c: _Checker) -> Config:
                        for k in Limits.__dataclass_fields__})
     admin = c.listener(listen, "admin", dflt.admin)
     web = c.listener(listen, "web", None)      # a config file turns the web view on itself
+    smtp, lmtp = c.listener(listen, "smtp", dflt.smtp), c.listener(listen, "lmtp", dflt.lmtp)
+    _distinct_listeners({"smtp": smtp, "lmtp": lmtp, "admin": admin, "web": web}, listen, c)
     return Config(
-        path=str(p), hostname=str(doc.get("hostname") or dflt.hostname),
-        smtp=c.listener(listen, "smtp", dflt.smtp), lmtp=c.listener(listen, "lmtp", dflt.lmtp),
+        path=str(p), hostname=_hostname(doc, dflt.hostname, c),
+        smtp=smtp, lmtp=lmtp,
         admin=admin, admin_token=_admin_token(doc, listen, admin, base, c), limits=limits,
         registry=_registry(doc, base, c), delivery=_delivery(doc, base, c),
         routing=_routing(doc, base, c),
         shutdown_grace=float(c.number(doc, "shutdown_grace", 30.0, float)),
-        log_level=str(doc.get("log_level", "INFO")).upper(), log_format=_log_format(doc, c),
+        log_level=_log_level(doc, c), log_format=_log_format(doc, c),
         workdir=base,
         workers=_workers(doc, c), control=_control(doc, c),
         outbox=_outbox(doc, c), autoreply=_autoreply(doc, c),
         postfix_maps=_postfix_maps(doc, base, c), web=web, webui=_web(doc, listen, web, c))
+
+
+_ANY_HOST = ("0.0.0.0", "::", "*", "")
+
+
+def _distinct_listeners(listeners: Mapping[str, Listener | None], listen: dict[str, Any],
+                        c: _Checker) -> None:
+    """Two listeners on one port (of one address, or one of them on every address) passed
+    check; `run` then failed to bind the second, blaming 'another program'."""
+    seen: list[tuple[str, Listener]] = []
+    for name, mine in listeners.items():
+        if mine is None or mine.port == 0:
+            continue
+        for other, theirs in seen:
+            if mine.port == theirs.port and (mine.host == theirs.host or mine.host in _ANY_HOST
+                                             or theirs.host in _ANY_HOST):
+                c.error(listen.get(name), f"listen.{name} {mine} is the port of listen.{other} "
+                        f"{theirs}", f"give listen.{name} a port of its own", listen, name)
+                break
+        seen.append((name, mine))
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _same_place(a: Any, b: Listener) -> bool:
+    """Would a connection to `a` (host, port) reach our listener `b`?"""
+    if a.port != b.port or b.port == 0:
+        return False
+    return a.host == b.host or b.host in _ANY_HOST or (a.host in _LOOPBACK and b.host in _LOOPBACK)
+
+
+def _not_ourselves(cfg: Config, doc: dict[str, Any], c: _Checker) -> None:
+    """delivery.lmtp/smtp or outbox.relay on our own smtp/lmtp listener: every copy (every
+    autoreply) came back to us instead of the mail store (the MTA)."""
+    delivery, outbox = doc.get("delivery"), doc.get("outbox")
+    targets = (("delivery.lmtp", cfg.delivery.lmtp, delivery, "lmtp"),
+               ("delivery.smtp", cfg.delivery.smtp, delivery, "smtp"),
+               ("outbox.relay", cfg.outbox.relay, outbox, "relay"))
+    for what, to, sec, key in targets:
+        for name, ours in (("smtp", cfg.smtp), ("lmtp", cfg.lmtp)):
+            if to is not None and ours is not None and _same_place(to, ours):
+                at = sec.get(key) if isinstance(sec, dict) else None
+                c.error(at, f"{what} {to.host}:{to.port} is mailrouter's own listen.{name}",
+                        f"point {what} at the mail store or the MTA (e.g. Dovecot's LMTP, "
+                        "Postfix's RETURN_PORT), not back at mailrouter", sec, key)
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
@@ -351,7 +435,10 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
     head = sec.get("head")
 
     def dur(key: str, default: float) -> float:
-        return _duration(sec, key, default, c, "control")
+        # remind_after and escalate_after count a calendar's working time, which
+        # add_business_hours looks for within 3 years: 30d of it fits any real calendar
+        most = 30 * 86400.0 if key in ("remind_after", "escalate_after") else MAX_DURATION
+        return _duration(sec, key, default, c, "control", most)
     return ControlConfig(
         tuple(_located(r, r.strip().lower()) for r in replies), number, join,
         str(marker) if marker else None, dur("close_after", d.close_after),
@@ -380,7 +467,7 @@ def _postfix_maps(doc: dict[str, Any], base: Path, c: _Checker) -> PostfixMapsCo
                 "for example 'kind: hash' (see `postconf -m`)", sec)
     for key in ("postmap", "on_reload"):
         if not isinstance(sec.get(key, False), bool):
-            c.error(sec.get(key), f"'postfix_maps.{key}' must be true or false", "", sec)
+            c.error(sec.get(key), f"'postfix_maps.{key}' must be true or false", "", sec, key)
     d = Path(sec["dir"])
     return PostfixMapsConfig(d if d.is_absolute() else base / d, mode, str(sec.get("nexthop", "")),
                              sec.get("postmap") is True,
@@ -409,11 +496,44 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(doc: dict[str, Any], c: _Checker) -> str:
+    """One of LOG_LEVELS, any case. Anything else used to become INFO without a word."""
+    value = doc.get("log_level", "INFO")
+    level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(str(value).upper(), str(value).upper())
+    if level not in LOG_LEVELS:
+        close = difflib.get_close_matches(level, LOG_LEVELS, n=1)
+        c.error(value, f"'log_level' must be one of {', '.join(LOG_LEVELS)}, not {value!r}",
+                f"did you mean '{close[0]}'?" if close else "for example 'log_level: INFO'",
+                doc, "log_level")
+        return "INFO"
+    return level
+
+
+# A host name as the greeting, Received: and the loop-guard header carry it: labels of
+# letters, digits, '-' and '_' between dots. A space split it into several words there.
+_HOSTNAME = re.compile(r"[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.?")
+
+
+def _hostname(doc: dict[str, Any], default: str, c: _Checker) -> str:
+    value = doc.get("hostname")
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        c.error(value, f"'hostname' must be a host name, not {value!r}",
+                "for example 'hostname: mx.example.com' (in the greeting and Received: headers)",
+                doc, "hostname")
+        return default
+    return value
+
+
 def _log_format(doc: dict[str, Any], c: _Checker) -> str:
     value = doc.get("log_format", "kv")
     if value not in ("kv", "json"):
         c.error(value, f"'log_format' must be kv or json, not {value!r}",
-                "kv: key=value lines; json: one JSON object per line", doc)
+                "kv: key=value lines; json: one JSON object per line", doc, "log_format")
         return "kv"
     return str(value)
 
@@ -510,7 +630,7 @@ def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _
     ttl = _duration(sec, "session_ttl", 8 * 3600.0, c, "web")
     if ttl <= 0:
         c.error(sec.get("session_ttl"), "'web.session_ttl' must be longer than 0",
-                "for example 'session_ttl: 8h'", sec)
+                "for example 'session_ttl: 8h'", sec, "session_ttl")
         ttl = 8 * 3600.0
     return WebConfig(tuple(admins), header.strip() if isinstance(header, str) else None, ttl)
 
@@ -571,9 +691,19 @@ def _workers(doc: dict[str, Any], c: _Checker) -> int:
         return auto_workers()
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
         c.error(value, f"'workers' must be a number from 1 to 64 or 'auto', not {value!r}",
-                "for example 'workers: auto' (one process per core)", doc)
+                "for example 'workers: auto' (one process per core)", doc, "workers")
         return 1
     return value
+
+
+# The drivers the registry runs on (registry/store.py): aiosqlite, asyncpg. Another one
+# ('sqlite+pysqlite', 'postgresql+psycopg2') failed at start with an internal error.
+REGISTRY_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgres", "postgresql+asyncpg")
+
+
+def _masked(url: str) -> str:
+    """The url without its password: an error is printed and may be pasted into a ticket."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
@@ -584,13 +714,20 @@ def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
                 "full: each commit survives a power cut; normal: survives a crash of mailrouter", sec)
         sync = "full"
     url = str(sec.get("url") or f"sqlite+aiosqlite:///{base / 'var' / 'registry.db'}")
-    if url.startswith("sqlite") and ":///" in url:
-        scheme, _, file = url.partition(":///")
-        if file and not file.startswith("/") and file != ":memory:":
+    scheme = url.partition("://")[0]
+    if scheme in REGISTRY_SCHEMES and scheme.startswith("sqlite"):
+        file = url.partition(":///")[2] if url.startswith(f"{scheme}:///") else ""
+        if not file or file.startswith(":memory:") or file.startswith("?"):
+            # SQLAlchemy takes these for a database in memory: every record lost at exit
+            # (and its pool took no pool_size: the daemon died with a TypeError traceback)
+            c.error(sec.get("url"), f"the SQLite registry url {_masked(url)!r} names no file",
+                    "write sqlite+aiosqlite:///var/registry.db (relative to this file) or "
+                    "sqlite+aiosqlite:////abs/path/registry.db", sec, "url")
+        elif not file.startswith("/"):
             url = f"{scheme}:///{base / file}"
-    elif not url.startswith(("postgresql", "sqlite")):
-        c.error(sec.get("url"), f"unsupported registry url {url!r}",
-                "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db", sec)
+    elif scheme not in REGISTRY_SCHEMES:
+        c.error(sec.get("url"), f"unsupported registry url {_masked(url)!r}",
+                "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db", sec, "url")
     return RegistryConfig(url, c.number(sec, "batch_max", 256, int, 1),
                           c.number(sec, "timeout", 10.0, float, 0.1), sync)
 
@@ -605,7 +742,7 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
         return None
     for k, hint in unknown_keys(value, ("host", "port", "timeout", "pool_size")):
         c.error(k, f"unknown key '{k}' in 'delivery.{key}'", hint, value)
-    port = c.number(value, "port", 24 if key == "lmtp" else 25, int, 1)
+    port = c.number(value, "port", 24 if key == "lmtp" else 25, int, 1, 65535)
     return Downstream(str(value.get("host", "127.0.0.1")), port,
                       c.number(value, "timeout", 30.0, float, 0.1), c.number(value, "pool_size", 4, int, 1))
 
@@ -623,26 +760,39 @@ def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+# The longest duration a setting takes. Past it a time computed from it left datetime's
+# range (session_ttl: 99999999d failed every sign-in with OverflowError).
+MAX_DURATION = 366 * 86400.0
+
+
 def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker,
-              section: str = "delivery") -> float:
+              section: str = "delivery", most: float = MAX_DURATION) -> float:
     """Seconds from a number or a text like 30s, 15m, 12h, 1d (0 turns it off)."""
     value = sec.get(key, default)
+    seconds: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    text = str(value).strip().lower()
-    if text[:-1].isdigit() and text[-1:] in _UNITS:
-        return float(int(text[:-1]) * _UNITS[text[-1]])
-    c.error(value, f"'{section}.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
-            f"for example '{key}: 1d' (0 turns it off)", sec)
-    return default
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text[:-1].isdigit() and text[-1:] in _UNITS:
+            seconds = float(int(text[:-1]) * _UNITS[text[-1]])
+    if seconds is None:
+        c.error(value, f"'{section}.{key}' must be a duration such as 30m, 12h or 1d, not {value!r}",
+                f"for example '{key}: 1d' (0 turns it off)", sec, key)
+        return default
+    if seconds > most:
+        c.error(value, f"'{section}.{key}' must be at most {int(most // 86400)}d, not {value!r}",
+                f"for example '{key}: 1d'", sec, key)
+        return default
+    return seconds
 
 
 def _routing(doc: dict[str, Any], base: Path, c: _Checker) -> tuple[str, ...]:
     value = doc.get("routing", ["rules/*.yaml"])
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         c.error(value, "'routing' must be a list of file paths or glob patterns",
-                "for example 'routing: [rules/*.yaml]'", doc)
+                "for example 'routing: [rules/*.yaml]'", doc, "routing")
         return ()
     return tuple(v if Path(v).is_absolute() else str(base / v) for v in value)

@@ -18,6 +18,8 @@ an internal fault must make the sending MTA retry, never bounce the mail.
 
 from __future__ import annotations
 
+import errno
+
 from .values import (
     REPLY_DELIVERY_TEMPFAIL,
     REPLY_DOWNSTREAM_REFUSED,
@@ -71,9 +73,17 @@ class ListenError(MailrouterError):
 
     @classmethod
     def of(cls, what: str, host: str, port: int, exc: OSError) -> "ListenError":
+        """The fix depends on the errno: 'another program may hold it' was said for an
+        address this host does not have (EADDRNOTAVAIL) and a port below 1024 too."""
+        if exc.errno == errno.EADDRNOTAVAIL:
+            why = f"this host has no address {host}: use one of its own (ip -br addr)"
+        elif exc.errno == errno.EACCES:
+            why = (f"port {port} needs privileges: use a port from 1024, or give the service "
+                   "CAP_NET_BIND_SERVICE (AmbientCapabilities= in the systemd unit)")
+        else:
+            why = "another program (a second mailrouter, an MTA) may hold it: stop it"
         return cls(f"cannot listen on {host}:{port} for {what} ({exc.strerror or exc}); "
-                   f"another program (a second mailrouter, an MTA) may hold it: stop it or "
-                   f"change listen.{what} in the config")
+                   f"{why} or change listen.{what} in the config")
 
 
 class AddressError(MailrouterError):

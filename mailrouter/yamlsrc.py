@@ -61,6 +61,7 @@ class LocList(list[Any]):
     line: int = 0
     column: int = 0
     item_marks: list[tuple[int, int]]
+    item_where: list[tuple[str, int, int]]      # a merged list: each item's file, line, column
 
 
 def where(value: Any, default: Any = None) -> tuple[str, int, int]:
@@ -141,7 +142,22 @@ def _plain(value: str, resolvers: tuple[tuple[str, Any], ...], mark: Any,
     construct = _SCALARS.get(tag)
     if construct is None:       # '<<' (merge), '=' (value)
         raise _Fallback
-    return construct(_SAFE, yaml.ScalarNode(tag, value, mark, mark))
+    try:
+        return construct(_SAFE, yaml.ScalarNode(tag, value, mark, mark))
+    except ValueError as exc:
+        raise _bad_scalar(tag, value, exc, source, mark) from None
+
+
+def _bad_scalar(tag: str, value: str, exc: ValueError, source: str, mark: Any) -> ConfigError:
+    """A plain scalar the resolver took for a date, a time or a number that is none
+    (`2027-02-30`, `T25:00`, `0b_`): PyYAML raises a bare ValueError, which named no file."""
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+    if tag.endswith(":timestamp"):
+        return ConfigError(f"no such date or time {value!r} ({exc})", source, line, col,
+                           "write a real date as YYYY-MM-DD (a time as YYYY-MM-DDTHH:MM:SS+03:00), "
+                           "or quote the value to keep it text")
+    return ConfigError(f"cannot read {value!r} as a number ({exc})", source, line, col,
+                       "write the number out, or quote the value to keep it text")
 
 
 def _anchor(anchors: dict[str, Any], name: str, entry: Any, mark: Any) -> None:
@@ -407,7 +423,17 @@ def _construct_list(loader: _Loader, node: yaml.SequenceNode) -> LocList:
     return result
 
 
+def _construct_checked(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    """A date, time or number as SafeConstructor makes it, or a ConfigError at its mark."""
+    try:
+        return yaml.constructor.SafeConstructor.yaml_constructors[node.tag](loader, node)
+    except ValueError as exc:
+        raise _bad_scalar(node.tag, node.value, exc, loader.source, node.start_mark) from None
+
+
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+for _tag in ("int", "float", "timestamp"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_checked)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_list)
 

@@ -100,6 +100,8 @@ def test_unknown_placeholder_is_an_error_with_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spec, message", [
     ("{period: 12h, body: {en: x}}", "period '12h' is under one day"),
     ("{period: soon, body: {en: x}}", "period 'soon' is not a duration"),
+    # the outbox looks back one period: past datetime's range every answer failed
+    ("{period: 999999999d, body: {en: x}}", "period '999999999d' is more than a year"),
     ("{body: {en: '{old!r}'}}", "placeholder {old} takes no format or conversion"),
     ("{body: {en: 'a { b'}}", "write a literal brace as {{ or }}"),
     ("{body: {}}", "needs body:"),

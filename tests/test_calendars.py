@@ -99,10 +99,31 @@ def test_bad_calendars_report_every_error() -> None:
     with pytest.raises(ConfigErrors) as info:
         build_calendars(doc)
     assert [str(e) for e in info.value.errors] == [
-        "cal.yaml:5: calendar 'x': unknown key 'tz'; known keys: timezone, hours, holidays",
-        "cal.yaml:2: calendar 'x': unknown time zone 'Europe/Mosow'; use an IANA name such as "
-        "Europe/Moscow",
-        "cal.yaml:3: calendar 'x': cannot read working hours 'Mon-Fry 9-18'; "
+        "cal.yaml:5:3: calendar 'x': unknown key 'tz'; known keys: timezone, hours, holidays",
+        "cal.yaml:2:13: calendar 'x': unknown time zone 'Europe/Mosow'; did you mean 'Europe/Moscow'?",
+        "cal.yaml:3:10: calendar 'x': cannot read working hours 'Mon-Fry 9-18'; "
         'write e.g. "Mon-Fri 09:00-18:00, Sat 10:00-14:00"',
-        "cal.yaml:4: calendar 'x': cannot read holiday '2027-01-xx'; write dates as YYYY-MM-DD",
+        "cal.yaml:4:14: calendar 'x': cannot read holiday '2027-01-xx'; write dates as YYYY-MM-DD",
     ]
+
+
+def test_a_calendar_with_an_error_is_not_also_unknown_to_the_rules(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One typo in a calendar was reported once, then again as "unknown calendar 'msk'
+    (known: none defined)" for every rule naming any calendar, the good ones too; a
+    calendar that is null was named '<config>'. Now: the calendar's own errors, at their place."""
+    from mailrouter.config import Limits
+    from mailrouter.routing.snapshot import load_snapshot
+    path = tmp_path / "r.yaml"
+    path.write_text("domains: [example.com]\nmailboxes: {s: {maildir: s}}\n"
+                    "aliases: {a@example.com: mailbox:s}\n"
+                    "calendars:\n  msk: {timezone: Europe/Moscow}\n  spb: {timezone: Moscow}\n"
+                    "  ekb:\n"
+                    "rules:\n  - {name: r, when: {business_hours: spb},\n"
+                    "     then: {sla: {first_response: 4h, calendar: msk}}}\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(path),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:6:19: calendar 'spb': unknown time zone 'Moscow'; use an IANA name such as "
+        "Europe/Moscow",
+        f"{path}:7:3: calendar 'ekb' must be a mapping; "
+        'write {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00"}']

@@ -36,6 +36,36 @@ def test_help_on_every_command(cmd):
     assert "usage: mailrouter" in out.stdout and "-h, --help" in out.stdout
 
 
+def test_python_dash_m_mailrouter_is_the_command():
+    """`python -m mailrouter` (no script on PATH: a venv not activated) was "No module named
+    mailrouter.__main__"; it is the same command line as the `mailrouter` script."""
+    out = subprocess.run([sys.executable, "-m", "mailrouter", "check", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: mailrouter check")
+    version = subprocess.run([sys.executable, "-m", "mailrouter", "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == f"mailrouter {mailrouter.__version__}"
+
+
+def test_every_argument_of_every_command_has_help():
+    """Each positional and option of every command and subcommand says what it is:
+    `request --help` listed '{show,close,wait}' and 'N', `registry history --help`
+    'ADDRESS|DOMAIN', `registry search --help` '--since DATE' with no word on them."""
+    import argparse
+    from mailrouter.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif action.help in (None, "") and action.dest != "help":
+                yield f"{path}: {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(walk(build_parser(), "mailrouter")) == []
+
+
 def test_check_reports_config_errors_with_file_line_and_fix(tmp_path):
     """A typo'd key and a bad listener: exit 1, every error named with file:line and a fix."""
     cfg = tmp_path / "config.yaml"
@@ -107,6 +137,20 @@ def test_run_with_a_port_taken_says_which_and_exits_2(tmp_path, workers, taken):
     assert "Traceback" not in out.stderr
 
 
+def test_run_on_an_address_this_host_lacks_says_so(tmp_path):
+    """listen.smtp on an address of no interface of this host (192.0.2.1, TEST-NET-1) was
+    told "another program may hold it"; the reply names what is wrong. Exit 2."""
+    smtp = free_port()
+    cfg = write_config(tmp_path / "config.yaml", smtp, free_port(), free_port(), "workers: 1\n")
+    cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{smtp}", f"192.0.2.1:{smtp}"))
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert (f"cannot listen on 192.0.2.1:{smtp} for smtp (" in out.stderr
+            and "this host has no address 192.0.2.1" in out.stderr
+            and "may hold it" not in out.stderr), out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_run_with_the_registry_or_the_mail_store_unusable_says_why_and_exits_2(tmp_path):
     """A PostgreSQL registry that refuses connections, or a Maildir root that cannot be
     created: the reason in one line, exit 2."""
@@ -142,6 +186,16 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
     assert mr("db", "upgrade", "-c", str(sqlite)).returncode == 0
     out = mr("registry", "-c", str(sqlite))
     assert out.returncode == 0 and out.stdout.startswith("no messages in the registry yet"), out
+
+
+def test_explain_with_a_bad_time_exits_2():
+    """`--at tomorrow` is a bad argument: exit 2 as the help promises ("1 check found errors
+    or a rule test failed"), not 1, which a script would read as a failed check."""
+    out = mr("explain", "--at", "tomorrow", str(RULES / "samples" / "newsletter.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 2, out
+    assert out.stderr.strip() == ("mailrouter explain: --at 'tomorrow' is not an ISO time "
+                                  "(e.g. 2026-11-23T10:30+03:00)")
 
 
 def test_explain_null_sender_is_a_robot():

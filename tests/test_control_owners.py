@@ -164,14 +164,14 @@ def test_control_config_section(tmp_path: Path) -> None:
                    encoding="utf-8")
     with pytest.raises(ConfigErrors) as info:
         load_config(bad)
-    assert [str(e).split(": ", 1)[1] for e in info.value.errors] == [
-        "unknown key 'replys' in 'control'; did you mean 'replies'?",
-        "'control.number' must contain {n} once, not '#N'; for example 'number: \"[#{n}]\"', "
-        "or null to match by references only",
+    assert [str(e).split(": ", 1)[1] for e in info.value.errors] == [     # in the file's order
         "'control.join' must be address, domain or off, not 'everyone'; address: only a "
         "participant's address may join a request; domain: their domain",
+        "'control.number' must contain {n} once, not '#N'; for example 'number: \"[#{n}]\"', "
+        "or null to match by references only",
         "'control.close_after' must be a duration such as 30m, 12h or 1d, not 'soon'; "
-        "for example 'close_after: 1d' (0 turns it off)"]
+        "for example 'close_after: 1d' (0 turns it off)",
+        "unknown key 'replys' in 'control'; did you mean 'replies'?"]
 
 
 def test_business_hours_between() -> None:

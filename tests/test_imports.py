@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipeline", "explain", "intake", "admin", "workers", "web", "backlog"),
     ("daemon",),
     ("cli",),
+    ("__main__",),                               # python -m mailrouter
 ]
 # addresses.py is the address book's public face: one group with addressbook/.
 SAME_GROUP = {"addresses": "addressbook"}

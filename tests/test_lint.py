@@ -339,3 +339,29 @@ def test_folder_warnings_resolve_no_address_when_no_mailbox_can_lose_a_folder(
     monkeypatch.setattr(AddressBook, "resolve", counted)
     assert folder_warnings(snap.book, snap.rules.rules) == []
     assert calls == []
+
+
+def test_check_warns_about_a_rule_on_a_recipient_the_book_refuses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rcpt: suport@example.com` (a typo) loaded and never matched: mail to an address the
+    book does not know is refused at RCPT. `check` now says so, with the address meant;
+    an address of another domain, one under `not:` and a known one are not warned about."""
+    from mailrouter.cli import main
+    from tests.support.rules import COMPANY
+    rules = routing_file("""\
+rules:
+  - {name: typo, when: {rcpt: suport@example.com}, then: {folder: X}}
+  - {name: dom, when: {rcpt_domain: [exmaple.com, Example.COM]}, then: {folder: X}}
+  - {name: fine, when: {rcpt: [Sales@example.com, x@other.example], not: {rcpt: no@example.com}},
+     then: {folder: X}}
+""", "r.yaml")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
+    assert main(["check", "-c", str(cfg)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {rules}:2: rule 'typo': rcpt 'suport@example.com' is not an address of the "
+        "address book: mail to it is refused at RCPT and never reaches the rules; did you mean "
+        "'support@example.com'?",
+        f"warning: {rules}:3: rule 'dom': rcpt_domain 'exmaple.com' is not one of our domains "
+        "(domains: example.com): mail to it is refused at RCPT and never reaches the rules"]

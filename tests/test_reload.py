@@ -235,3 +235,18 @@ def test_anchor_bomb_saved_while_running_is_refused(daemon_process, tmp_path):
     assert "Traceback" not in log and "MemoryError" not in log
     _send(proc.smtp, 2)
     assert _routed_to(tmp_path, "finance", "A") == 2
+
+
+async def test_a_routing_file_emptied_is_refused_and_the_rules_keep_routing(make_app, tmp_path):
+    """`> rules/ping.yaml`, or the watcher catching an editor's save between truncate and
+    write: an empty file loaded as "no rules" and mail went to the book's default (sales)
+    until the next change. It is refused like any broken file; the ping rule still routes."""
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    (d / "ping.yaml").write_text("", encoding="utf-8")
+    ok, detail = await app.reload()
+    assert (ok, detail) == (False, "ping.yaml:1:1: the routing file is empty; write its sections "
+                            "(rules:, aliases: ...), or move it out of what 'routing:' matches")
+    await asyncio.to_thread(_send, app.bound["smtp"][1], 1)
+    assert _routed_to(tmp_path, "finance", "A") == 1
+    assert maildir_files(tmp_path / "var" / "mail" / "sales") == []

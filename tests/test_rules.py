@@ -152,6 +152,26 @@ def test_sla_without_calendar_is_elapsed_time() -> None:
     assert d.sla == "first_response=1h30m first_response_due=2027-01-17T00:30:00+00:00"
 
 
+def test_an_sla_longer_than_a_year_is_a_load_error() -> None:
+    """A term whose due time cannot be computed (999999999d: past datetime's range; on a
+    calendar, beyond the years add_business_hours searches) passed `check` and then
+    failed every message the rule matched; now it is refused at load. A year is fine."""
+    head = "calendars: {msk: {timezone: Europe/Moscow}}\nrules:\n"
+    path = routing_file(head + "  - {name: a, then: {sla: {first_response: 999999999d}}}\n"
+                        "  - {name: b, then: {sla: {resolve: 261d, calendar: msk}}}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:3:44: rule 'a': first_response 999999999d is more than a year; "
+        "an SLA term is at most a year; write a shorter one, e.g. 30d",
+        f"{path}:4:37: rule 'b': resolve 261d is more than a year of working time on calendar "
+        "'msk'; an SLA term is at most a year; write a shorter one, e.g. 30d"]
+    ok = ruleset(head + "  - {name: a, then: {sla: {first_response: 366d}}}\n"
+                 "  - {name: b, when: {subject: x}, then: {sla: {resolve: 260d, calendar: msk}}}\n")
+    assert route(ok, mail(), "sales@example.com").sla == (
+        "first_response=366d first_response_due=2028-01-12T07:00:00+00:00")
+
+
 def test_reject_and_defer_actions() -> None:
     """action: reject / defer turn the decision into a refusal with a named reply."""
     rs = ruleset("""\
@@ -203,6 +223,99 @@ def test_build_reports_every_error_with_position_and_hint() -> None:
         "10:38: rule 'c': copy_to_owner takes true or false, not 'maybe'; write "
         "copy_to_owner: true to also deliver to the owner's own address",
     ]]
+
+
+SHAPES = """\
+rules:
+  - 5
+  -
+  - name: [a, b]
+    when: {subject: null, size: null}
+    then: {mailbox: sales, tags: [{a: 1}, ok]}
+  - name: x
+    then: {owner: [smirnov], folder: {a: 1}, autoreply: [moved]}
+"""
+
+
+def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
+    """A list or mapping where one name goes (the owner check crashed with 'unhashable
+    type', a folder or rule name became the text "['a', 'b']"), and items and shorthands
+    with no position of their own (a number, null): each an error with file:line:column."""
+    path = routing_file(SHAPES, "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [f"{path}:{e}" for e in [
+        "2:5: a rule must be a mapping with name, when, then; "
+        "write '- name: ...' with when: and then: under it",
+        "3:4: a rule must be a mapping with name, when, then; "
+        "write '- name: ...' with when: and then: under it",
+        "4:11: rule '#3': 'name' must be text, not ['a', 'b']; "
+        "write e.g. name: invoices (explanations and the registry cite it)",
+        "5:12: rule '#3': 'contains' takes a string or a list of strings",
+        "5:27: rule '#3': 'equals' needs a number or a size like 10MB, not None",
+        "6:35: rule '#3': a tag must be text, not {'a': 1}; write e.g. tags: [invoice, urgent]",
+        "8:38: rule 'x': 'folder' takes one value, not a mapping; write e.g. folder: Finance",
+        "8:19: rule 'x': 'owner' takes one value, not a list; write e.g. owner: ivanov",
+        "8:57: rule 'x': 'autoreply' takes one value, not a list; write e.g. autoreply: closed",
+    ]]
+
+
+@pytest.mark.parametrize("when, hint", [
+    # names from other filters that difflib turned into another field or operator
+    ("{sender: a@b.example}", "unknown condition 'sender'; did you mean 'mail_from'?"),
+    ("{to_addr: a@b.example}", "unknown condition 'to_addr'; did you mean 'to'?"),
+    ("{subject: {match: '^x'}}", "unknown operator 'match' for 'subject'; did you mean 'regex'?"),
+    ("{size: {gte: 10MB}}", "unknown operator 'gte' for 'size'; did you mean 'ge'?"),
+    # 'contains' for 'not_contains' would have matched exactly the mail it was to skip
+    ("{subject: {not_contains: x}}", "unknown operator 'not_contains' for 'subject'; "
+     "to negate, wrap the condition: not: {subject: {contains: ...}}"),
+    ("{header: {List-Id: {not_exists: true}}}", "unknown operator 'not_exists' for 'list-id'; "
+     "to negate, wrap the condition: not: {header: {list-id: {exists: ...}}}"),
+    ("{subject: {foo: x}}", "unknown operator 'foo' for 'subject'; known operators: equals, "
+     "contains, starts_with, ends_with, glob, regex, exists"),
+    # a header name as written in the message ('Subject:') or with a space never matched
+    ("{header: {'Subject:': x}}", "'Subject:' is not a header name; write the name without "
+     "':' or spaces, e.g. header: {Subject: ...}"),
+    ("{header: {List Id: {exists: true}}}", "'List Id' is not a header name; write the name "
+     "without ':' or spaces, e.g. header: {List-Id: ...}"),
+])
+def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
+    """An unknown field or operator gets the suggestion an admin coming from Sieve or
+    Exchange rules needs, never the opposite of what they wrote."""
+    path = routing_file(f"rules:\n  - {{name: r, when: {when}, then: {{folder: X}}}}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [e.message + "; " + e.hint for e in info.value.errors] == [f"rule 'r': {hint}"]
+
+
+def test_unknown_rule_and_action_keys_suggest_what_was_meant() -> None:
+    """'condition:' was "did you mean 'continue'?" (difflib); the names of other filters
+    ('if', 'assignee', 'fileinto', 'reject' as a key) get our name for the same thing."""
+    path = routing_file("rules:\n  - name: r\n    condition: {subject: x}\n"
+                        "    then: {assignee: ivanov, fileinto: X, reject: yes}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [e.message + "; " + e.hint for e in info.value.errors] == [
+        "rule 'r': unknown key 'condition'; did you mean 'when'?",
+        "rule 'r': unknown action 'assignee'; did you mean 'owner'?",
+        "rule 'r': unknown action 'fileinto'; did you mean 'folder'?",
+        "rule 'r': unknown action 'reject'; did you mean 'action: reject'?"]
+
+
+def test_conditions_nested_too_deep_are_a_load_error() -> None:
+    """400 nested `not:` (YAML takes up to 1000 levels) made `check` die with RecursionError;
+    32 levels load and decide, one more is an error at the rule's condition."""
+    def rule(levels: int) -> str:
+        return ("rules:\n  - name: deep\n    when: " + "{not: " * levels + "{subject: x}"
+                + "}" * levels + "\n    then: {folder: X}\n")
+    assert route(ruleset(rule(31)), mail("hello"), "sales@example.com").folder == "X"
+    for levels in (32, 400):
+        path = routing_file(rule(levels), "r.yaml")
+        with pytest.raises(ConfigErrors) as info:
+            load(path)
+        assert [str(e) for e in info.value.errors] == [
+            f"{path}:3:203: rule 'deep': conditions nest deeper than 32 levels; flatten them: "
+            "any: and all: take lists, not: {not: X} is X"]
 
 
 def test_hash_changes_with_rules_only() -> None:

@@ -102,6 +102,38 @@ tests:
     ]
 
 
+def test_cases_of_the_wrong_shape_say_what_is_wrong_and_where(tmp_path: Path) -> None:
+    """`headers:` as a list crashed its case ("AttributeError: 'LocList' object has no
+    attribute 'items'"), a mapping in `rcpt:` was decided as the address "{'a': 1}", an
+    item that is not a mapping was named at '<dir>:0', and a case whose recipient the
+    address book refuses said only "mailbox expected 'finance', got None"."""
+    lines = run("""\
+tests:
+  - 5
+  - name: headers
+    headers: [Subject, x]
+    rcpt: sales@example.com
+    expect: {folder: X}
+  - name: rcpt
+    headers: {Subject: x}
+    rcpt: [{a: 1}]
+    expect: {folder: X}
+  - name: refused
+    headers: {Subject: счет}
+    rcpt: nobody@example.com
+    expect: {mailbox: finance}
+""", tmp_path)
+    path = tmp_path / "routing.yaml"
+    assert lines == [
+        f"{path}:5: test #1: a test must be a mapping with message/headers, rcpt and expect",
+        f"{path}:6: test headers: 'headers' must be a mapping of header names to values; "
+        "write e.g. headers: {From: a@b.example, Subject: Invoice}",
+        f"{path}:10: test rcpt: 'rcpt' must be an address or a list of addresses, not [{{'a': 1}}]",
+        f"{path}:14: test refused: mailbox expected 'finance', got None; the recipient was "
+        "answered 550 5.1.1 Recipient address rejected: no such address here (action reject)",
+    ]
+
+
 def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path) -> None:
     """`check` (without running anything) names each case that cannot run, with its line;
     a rule pasted under `tests:` is called what it is."""

@@ -77,7 +77,7 @@ def error(load: Any, text: str) -> str:
         load(text, "f.yaml")
     except ConfigError as exc:
         return f"ConfigError: {exc}"
-    except Exception as exc:    # e.g. ValueError from an impossible date, as SafeLoader raises
+    except Exception as exc:    # anything else escaped (a bug: check names no file)
         return f"{type(exc).__name__}: {exc}"
     raise AssertionError(f"no error for {text!r}")
 
@@ -642,3 +642,19 @@ def test_a_skipped_section_of_many_lines_costs_no_memory_to_pass_over() -> None:
     assert peak < len(text)            # less than the text itself: no copy per line
     # the same text read whole still gets every alias
     assert len(loads(text, "f.yaml", bare=("aliases",))["aliases"]) == 200_000
+
+
+@pytest.mark.parametrize("text, line, col, value", [
+    ("holidays: [2027-01-01, 2027-02-30]\n", 1, 24, "2027-02-30"),
+    ("tests:\n  - at: 2027-01-11T25:00:00\n", 2, 9, "2027-01-11T25:00:00"),
+    ("a: {b: 2027-13-01}\n", 1, 8, "2027-13-01"),
+])
+def test_a_date_the_calendar_lacks_is_named_with_its_line(text: str, line: int, col: int,
+                                                          value: str) -> None:
+    """A plain scalar shaped as a date but not one (Feb 30, hour 25) is a ConfigError at its
+    line and column on every path, not PyYAML's bare ValueError (a traceback in `check`)."""
+    head = f"ConfigError: f.yaml:{line}:{col}: no such date or time '{value}'"
+    assert error(loads, text).startswith(head)
+    assert error(nodes, text).startswith(head)
+    assert error(lambda t, s: loads(t, s, bare=("holidays", "tests", "a")), text).startswith(
+        "ConfigError: f.yaml:")

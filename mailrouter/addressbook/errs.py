@@ -39,6 +39,7 @@ class Collector:
         self.errors: list[ConfigError] = []
         self._said: set[tuple[str, str, int, int]] = set()
         self.fail_fast = fail_fast      # raise at the first error (a load that will be redone)
+        self.entry: Any = None          # the alias key being read: where a null in it is named
 
     def add(self, message: str, at: Any, hint: str = "", default: Any = None) -> None:
         """Record one error; the same message at the same place again is dropped (a value

@@ -123,7 +123,8 @@ def parse_target(c: Collector, p: Parts, src: str, value: Any) -> list[Edge]:
     if isinstance(value, Mapping):
         return _mapping_target(c, p, src, value)
     c.add(f"alias {src}: target {value!r} is not an address, mailbox or person", value,
-          "write an address, mailbox:NAME, team:NAME, a person key, or a list of these")
+          "write an address, mailbox:NAME, team:NAME, a person key, or a list of these",
+          c.entry)      # a null or a number in a group has no position of its own
     return []
 
 
@@ -271,6 +272,12 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
                     ours[key] = src
                 elif not define(c, p, src, "an alias", key):
                     continue
+            if value is None:     # `a@example.com:` and nothing: no position of its own
+                c.add(f"alias {src} has no target", key, "write an address, mailbox:NAME, "
+                      "team:NAME, a person key, or a list of these after the colon", box)
+                nodes[src] = []
+                continue
+            c.entry = key
             edges = edges_of(src, value)
             if src in by_address:
                 edges = _alias_node(c, p, src, key, edges)
@@ -280,6 +287,7 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
                         edges = _alias_node(c, p, src, key, edges)
                         break
             nodes[src] = edges
+    c.entry = None
     for address, person in p.by_address.items():
         nodes.setdefault(address, [person_edge(p, person, None)])
     return nodes

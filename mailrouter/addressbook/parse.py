@@ -78,6 +78,9 @@ def _parse_options(c: Collector, section: Any) -> Options:
     return Options(**opts)
 
 
+_NOT_IN_DOMAIN = frozenset('<>()[],;:\\"/')
+
+
 def _parse_domains(c: Collector, section: Any, p: Parts) -> None:
     items = section if isinstance(section, list) else [] if section is None else [section]
     for item in items:
@@ -87,8 +90,14 @@ def _parse_domains(c: Collector, section: Any, p: Parts) -> None:
             if "@" in d:
                 c.add(f"domain {d!r} contains '@'", item, "list bare domains: [example.com]")
                 continue
-            dom = canonical("x@" + d, p.options)
-            p.domains.add(dom.partition("@")[2] if dom else d.lower())
+            dom = (canonical("x@" + d, p.options) or "").partition("@")[2]
+            if not dom or "" in dom.split(".") or any(ch.isspace() or ch in _NOT_IN_DOMAIN
+                                                       for ch in dom):
+                # 'example .com', 'a..b': no address on it could ever be ours
+                c.add(f"domain {d!r} is not a domain name", item, "list domains as [example.com]",
+                      section)
+                continue
+            p.domains.add(dom)
 
 
 def _parse_mailboxes(c: Collector, section: Any, p: Parts) -> None:
@@ -152,10 +161,12 @@ def _parse_person(c: Collector, key: Any, value: Any, p: Parts) -> Person | None
     c.unknown_keys(value, PERSON_KEYS, f"person {str(key)!r}")
     address = None
     if "address" in value:
-        address = canonical(str(value["address"]), p.options)
+        raw = value["address"]
+        # str() of a list made "['a@example.com']" an address on the domain "example.com']"
+        address = canonical(raw, p.options) if isinstance(raw, str) else None
         if address is None:
-            c.add(f"person {str(key)!r}: {value['address']!r} is not an address", value["address"],
-                  "write local@domain", value)
+            c.add(f"person {str(key)!r}: {raw!r} is not an address", raw,
+                  "write one address, local@domain", value)
     mailbox = value.get("mailbox")
     if mailbox is None:
         mailbox = PERSON_MAILBOX_PREFIX + str(key)
@@ -224,9 +235,15 @@ def _parse_teams(c: Collector, section: Any, p: Parts) -> None:
             continue
         if isinstance(value, Mapping):
             c.unknown_keys(value, TEAM_KEYS, f"team {name!r}")
-        if not isinstance(value, Mapping) or not isinstance(value.get("members"), list):
+        if not isinstance(value, Mapping) or not isinstance(value.get("members"), list) \
+                or not value["members"]:    # [] loaded: its requests had no owner, unsaid
             c.add(f"team {name!r} needs members: [person, ...]", value,
                   f"write {name}: {{members: [{next(iter(p.people), 'someone')}]}}", key)
+            continue
+        if name in p.people:
+            # `owner: NAME` took the team and an alias target NAME the person: one name, two
+            c.add(f"team {name!r} has the name of a person", key,
+                  "give the team a name of its own (owner: and alias targets name either)", box)
             continue
         for m in value["members"]:
             if str(m) not in p.people:

@@ -7,7 +7,9 @@ once both are loaded, and refuses, with config.yaml's file:line:column:
 - `control.head` that is not a person of the address book (escalations would have
   nobody to go to: the scheduler records them as sent to nobody);
 - an address in `control.replies` the address book does not know (the MTA would get
-  550 5.1.1 for every reply-tracking copy, and no request would ever be answered).
+  550 5.1.1 for every reply-tracking copy, and no request would ever be answered);
+- a `web.admins` key that is not a person (`check_web`: a typo there silently left the
+  admin with the rights of anyone else).
 
 Known limit: the daemon does not run this check at start or reload; a head removed
 from the address book later is reported by the next `mailrouter check`.
@@ -18,11 +20,11 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from ..config import ControlConfig
+from ..config import ControlConfig, WebConfig
 from ..errors import ConfigError
 from ..yamlsrc import where
 
-__all__ = ["check_control"]
+__all__ = ["check_control", "check_web"]
 
 
 def _near(word: str, known: list[str], what: str) -> str:
@@ -53,3 +55,16 @@ def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[
                 "add it under aliases: (e.g. 'replies@example.com: mailbox:replies') so the "
                 "MTA can deliver the copies of outgoing mail to mailrouter")
     return sorted(errors, key=lambda e: (e.line, e.column))
+
+
+def check_web(cfg: WebConfig | None, book: Any, path: str = "") -> list[ConfigError]:
+    """Every `web.admins` key that is not a person of `book`, with its position."""
+    errors = []
+    for admin in cfg.admins if cfg is not None else ():
+        if admin not in book.people:
+            file, line, col = where(admin)
+            errors.append(ConfigError(
+                f"web.admins {admin!r} is not a person of the address book", file or path, line,
+                col, _near(admin, list(book.people), "people")
+                + "; people are defined under 'people:' in the routing files"))
+    return errors

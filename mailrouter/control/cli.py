@@ -236,19 +236,24 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                              ("--subject", "subject", "words in the subject (ё = е, any case)"),
                              ("--tag", "tag", "tag"), ("--owner", "owner", "owner (person or team)")):
         s.add_argument(flag, dest=dest, help=what)
-    s.add_argument("--since", type=_when, metavar="DATE")
-    s.add_argument("--until", type=_when, metavar="DATE")
+    s.add_argument("--since", type=_when, metavar="DATE", help="received from (2027-01-11 or "
+                   "2027-01-11T10:00+03:00)")
+    s.add_argument("--until", type=_when, metavar="DATE", help="received before")
     s.add_argument("--status", choices=STATUSES, help="status of the message's request")
     s.add_argument("-n", type=int, default=50, metavar="N", help="at most N (0: all; default 50)")
     _formats(s, config=True)
-    h = rsub.add_parser("history", help="everything with one address or domain")
+    h = rsub.add_parser("history", help="everything with one address or domain",
+                        description="every request and message with one counterparty")
     h.set_defaults(func=cmd_history, **loaders)
-    h.add_argument("who", metavar="ADDRESS|DOMAIN")
+    h.add_argument("who", metavar="ADDRESS|DOMAIN",
+                   help="a sender or recipient address, or a domain for all of its addresses")
     h.add_argument("-n", type=int, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
     req = add("request", cmd_request, "show one request, close it, or mark it waiting "
               "for the customer")
-    req.add_argument("action", choices=["show", "close", "wait"])
-    req.add_argument("number", type=int, metavar="N")
+    req.add_argument("action", choices=["show", "close", "wait"],
+                     help="show: messages, owner changes, replies, reminders; close: close it; "
+                     "wait: mark it waiting for the customer (their reply reopens it)")
+    req.add_argument("number", type=int, metavar="N", help="the request number ([#N] in subjects)")
     _formats(req)
     req.set_defaults(**loaders)

@@ -38,12 +38,51 @@ from .patterns import PatternError, compile_glob, compile_regex, utf8
 __all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
            "TEXT_OPS", "NUM_OPS", "Gate", "gate_of", "parse_size", "WordForms", "contains_key"]
 
+MAX_DEPTH = 32          # any/all/not levels in one rule's condition
 TEXT_OPS = ("equals", "contains", "starts_with", "ends_with", "glob", "regex", "exists")
 NUM_OPS = ("equals", "gt", "ge", "lt", "le", "exists")
 COMBINATORS = ("any", "all", "not")
 SPECIAL = ("header", "robot", "business_hours")
 FIELDS = TEXT_FIELDS + NUM_FIELDS + SPECIAL
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+# Names people bring from other filters (Sieve, procmail, Exchange rules, SQL), which
+# difflib would "correct" into another field or operator: 'sender' is not 'header', and
+# 'not_contains' must not become 'contains'.
+FIELD_SYNONYMS = {"sender": "mail_from", "envelope_from": "mail_from", "return_path": "mail_from",
+                  "recipient": "rcpt", "envelope_to": "rcpt", "to_addr": "to", "to_address": "to",
+                  "cc_addr": "cc", "from_address": "from_addr", "from_email": "from_addr",
+                  "has_attachment": "attachment_count", "attachments": "attachment",
+                  "filename": "attachment", "content_type": "attachment_type"}
+OP_SYNONYMS = {"is": "equals", "eq": "equals", "==": "equals", "in": "equals",
+               "match": "regex", "matches": "regex", "re": "regex", "regexp": "regex",
+               "like": "glob", "wildcard": "glob", "startswith": "starts_with",
+               "endswith": "ends_with", "has": "contains", "includes": "contains",
+               "gte": "ge", ">=": "ge", "lte": "le", "<=": "le", ">": "gt", "<": "lt",
+               "greater_than": "gt", "less_than": "lt", "more_than": "gt"}
+
+
+def suggest_op(op: str, ops: tuple[str, ...], field: str) -> str:
+    """The hint for an unknown operator: a negation is `not:`, a synonym its name here."""
+    low = op.lower()
+    base = re.sub(r"^(?:not|does_?not|doesnt|no)[_-]|[_-]not$", "", low)
+    if base != low:
+        inner = OP_SYNONYMS.get(base, base)
+        inner = f"{{{inner if inner in ops else ops[1]}: ...}}"
+        if field.startswith("header:"):
+            inner = f"{{{field[7:]}: {inner}}}"
+        return f"to negate, wrap the condition: not: {{{field.partition(':')[0]}: {inner}}}"
+    same = OP_SYNONYMS.get(low)
+    if same in ops:
+        return f"did you mean '{same}'?" + (" (a list of values means any of them)"
+                                            if low == "in" else "")
+    return did_you_mean(op, ops).replace("known keys", "known operators")
+
+
+def suggest_field(key: str, known: tuple[str, ...]) -> str:
+    same = FIELD_SYNONYMS.get(key.lower())
+    return f"did you mean '{same}'?" if same in known else did_you_mean(key.lower(), known)
 
 
 def did_you_mean(word: str, known: tuple[str, ...] | list[str]) -> str:
@@ -61,6 +100,10 @@ def parse_size(value: Any) -> int:
     if not m or m[2].lower() not in _UNITS:
         raise ValueError(value)
     return int(m[1]) * _UNITS[m[2].lower()]
+
+
+# RFC 5322 section 2.2: a field name is printable ASCII but ':' and space
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
 
 
 class Node:
@@ -216,6 +259,7 @@ class _Parser:
 
     def __init__(self, errors: list[ConfigError], calendars: Mapping[str, Any], rule: str) -> None:
         self.errors, self.calendars, self.rule = errors, calendars, rule
+        self.depth = 0          # conditions open around the one being parsed
 
     def error(self, msg: str, node: Any, parent: Any = None, hint: str = "") -> None:
         path, line, col = where(node, parent)
@@ -226,11 +270,21 @@ class _Parser:
             self.error("a condition must be a non-empty mapping", spec, parent,
                        "write e.g. {subject: {contains: invoice}}")
             return None
+        if self.depth >= MAX_DEPTH:
+            # 400 nested not: took `check` down with RecursionError; deep enough to load,
+            # a rule would have failed every message it was tried on
+            self.error(f"conditions nest deeper than {MAX_DEPTH} levels", spec, parent,
+                       "flatten them: any: and all: take lists, not: {not: X} is X")
+            return None
+        self.depth += 1
         parts: list[Node] = []
-        for key, value in spec.items():
-            node = self.one(str(key), value, key)
-            if node is not None:
-                parts.append(node)
+        try:
+            for key, value in spec.items():
+                node = self.one(str(key), value, key)
+                if node is not None:
+                    parts.append(node)
+        finally:
+            self.depth -= 1
         if len(parts) != len(spec):
             return None
         return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
@@ -264,7 +318,7 @@ class _Parser:
             return Leaf("business_hours", "in", (str(value),), (str(value),), _check_hours,
                         *where(at)[:2])
         if key not in FIELDS:
-            self.error(f"unknown condition '{key}'", at, None, did_you_mean(key, FIELDS + COMBINATORS))
+            self.error(f"unknown condition '{key}'", at, None, suggest_field(key, FIELDS + COMBINATORS))
             return None
         return self.field(key, value, at)
 
@@ -273,6 +327,13 @@ class _Parser:
             self.error("'header' takes a mapping of header names to operators", value, at,
                        "write e.g. header: {List-Id: {exists: true}}")
             return None
+        for name in value:
+            if not _FIELD_NAME.fullmatch(str(name)):
+                # 'Subject:' or 'List Id' is no header's name: the condition never held
+                fixed = re.sub(r"\s+", "-", str(name).strip().rstrip(":").strip()) or "List-Id"
+                self.error(f"{str(name)!r} is not a header name", name, at,
+                           f"write the name without ':' or spaces, e.g. header: {{{fixed}: ...}}")
+                return None
         parts = [self.field(f"header:{str(name).lower()}", v, name) for name, v in value.items()]
         good = tuple(p for p in parts if p is not None)
         if len(good) != len(parts):
@@ -281,17 +342,18 @@ class _Parser:
 
     def field(self, field: str, value: Any, at: Any) -> Node | None:
         numeric = field in NUM_FIELDS
-        if not isinstance(value, Mapping):
-            shorthand = "equals" if numeric or field in ADDR_FIELDS else "contains"
-            value = {shorthand: value}
+        shorthand = not isinstance(value, Mapping)
+        if shorthand:
+            value = {"equals" if numeric or field in ADDR_FIELDS else "contains": value}
         ops = NUM_OPS if numeric else TEXT_OPS
         parts: list[Node] = []
         for op, needle in value.items():
             if op not in ops:
                 self.error(f"unknown operator '{op}' for '{field.replace('header:', '')}'", op, at,
-                           did_you_mean(str(op), ops))
+                           suggest_op(str(op), ops, field))
                 continue
-            leaf = self.leaf(field, str(op), needle, op)
+            # a shorthand's operator was never written: errors and the leaf point at the field
+            leaf = self.leaf(field, str(op), needle, at if shorthand else op)
             if leaf is not None:
                 parts.append(leaf)
         if len(parts) != len(value):

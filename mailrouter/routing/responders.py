@@ -44,6 +44,9 @@ PLACEHOLDERS = ("old", "new", "subject", "sender")
 DEFAULT_SUBJECT = "Auto: {subject}"
 DEFAULT_PERIOD = timedelta(days=7)
 MIN_PERIOD = timedelta(days=1)
+# The outbox looks back `period` for the last answer: 999999999d went past datetime's range
+# (OverflowError for every message to a moved address)
+MAX_PERIOD = timedelta(days=366)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,10 @@ class _Checker:
         if period < MIN_PERIOD:
             self.err(f"autoreply {name!r}: period {value!r} is under one day", value, spec,
                      "RFC 5230 asks for at least 1d between answers to one sender; write 1d or more")
+            return None
+        if period > MAX_PERIOD:
+            self.err(f"autoreply {name!r}: period {value!r} is more than a year", value, spec,
+                     "write 366d or less")
             return None
         return period
 

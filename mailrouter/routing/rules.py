@@ -51,7 +51,19 @@ RULE_KEYS = ("name", "when", "then", "continue")
 THEN_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "sla", "action", "autoreply",
              "copy_to_owner")
 PRIORITIES = ("low", "normal", "high", "urgent")
+# The `then:` keys that name one thing, with an example for the error that gets a list
+ONE_VALUE = {"mailbox": "finance", "folder": "Finance", "owner": "ivanov", "priority": "high",
+             "action": "reject", "autoreply": "closed"}
 ACTIONS = ("deliver", "reject", "defer")
+# What other filters call a rule's parts (difflib made 'condition' into 'continue')
+RULE_SYNONYMS = {"if": "when", "condition": "when", "conditions": "when", "match": "when",
+                 "do": "then", "actions": "then", "action": "then", "title": "name",
+                 "id": "name", "stop": "continue", "final": "continue", "last": "continue"}
+THEN_SYNONYMS = {"assign": "owner", "assignee": "owner", "assign_to": "owner",
+                 "fileinto": "folder", "move_to": "folder", "move": "folder",
+                 "deliver_to": "mailbox", "to": "mailbox", "label": "tags", "labels": "tags",
+                 "reject": "action: reject", "defer": "action: defer",
+                 "reply": "autoreply", "vacation": "autoreply", "due": "sla"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +105,25 @@ class _Builder:
         path, line, col = where(node, parent)
         self.errors.append(ConfigError(msg, path, line, col, hint))
 
-    def rule(self, spec: Any, pos: int, parent: Any) -> Rule | None:
+    def rule(self, spec: Any, pos: int, parent: Any, at: tuple[str, int, int] | None = None) -> Rule | None:
+        """`at`: where the item is, for one that carries no position (a number, null)."""
         if not isinstance(spec, Mapping):
-            self.err("a rule must be a mapping with name, when, then", spec, parent)
+            msg, hint = ("a rule must be a mapping with name, when, then",
+                         "write '- name: ...' with when: and then: under it")
+            if at is not None and not getattr(spec, "line", 0):
+                self.errors.append(ConfigError(msg, *at, hint))
+            else:
+                self.err(msg, spec, parent, hint)
             return None
-        name = str(spec.get("name") or f"#{pos + 1}")
+        raw_name = spec.get("name")
+        name = str(raw_name if _is_text(raw_name) else f"#{pos + 1}")
+        if "name" in spec and not _is_text(raw_name):
+            self.err(f"rule {name!r}: 'name' must be text, not {raw_name!r}", raw_name, spec,
+                     "write e.g. name: invoices (explanations and the registry cite it)")
         for key in spec:
             if key not in RULE_KEYS:
-                self.err(f"rule {name!r}: unknown key '{key}'", key, spec, did_you_mean(str(key), RULE_KEYS))
+                self.err(f"rule {name!r}: unknown key '{key}'", key, spec,
+                         _suggest(str(key), RULE_KEYS, RULE_SYNONYMS))
         if "name" not in spec:
             self.err(f"rule {name!r} has no name", spec, parent, "add 'name:' so explanations can cite it")
         when = None
@@ -122,22 +145,33 @@ class _Builder:
             return None
         for key in spec:
             if key not in THEN_KEYS:
-                self.err(f"rule {name!r}: unknown action '{key}'", key, spec, did_you_mean(str(key), THEN_KEYS))
+                self.err(f"rule {name!r}: unknown action '{key}'", key, spec,
+                         _suggest(str(key), THEN_KEYS, THEN_SYNONYMS))
+        for key, example in ONE_VALUE.items():
+            value = spec.get(key)
+            if isinstance(value, (Mapping, list)):
+                self.err(f"rule {name!r}: '{key}' takes one value, not a "
+                         f"{'list' if isinstance(value, list) else 'mapping'}", value, spec,
+                         f"write e.g. {key}: {example}")
         mailbox = self.ref(name, spec, "mailbox", self.book.mailboxes, "mailboxes")
-        owner = spec.get("owner")
+        owner = _one(spec, "owner")
         if owner is not None and owner not in self.book.people and owner not in self.book.teams:
             known = list(self.book.people) + list(self.book.teams)
             self.err(f"rule {name!r}: unknown owner {owner!r}", owner, spec,
                      did_you_mean(str(owner), known).replace("known keys", "known people and teams"))
         raw_tags = spec.get("tags")
         raw_tags = [] if raw_tags is None else raw_tags if isinstance(raw_tags, list) else [raw_tags]
+        for t in raw_tags:
+            if not _is_text(t):
+                self.err(f"rule {name!r}: a tag must be text, not {t!r}", t, spec,
+                         "write e.g. tags: [invoice, urgent]")
         tags = tuple(str(t) for t in raw_tags)
         priority = self.choice(name, spec, "priority", PRIORITIES)
         action = self.choice(name, spec, "action", ACTIONS)
         sla = None
         if spec.get("sla") is not None:
             sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
-        folder = spec.get("folder")
+        folder = _one(spec, "folder")
         problem = folder_problem(str(folder)) if folder is not None else None
         if problem is not None:
             self.err(f"rule {name!r}: folder {str(folder)!r} has {problem}", folder, spec,
@@ -154,7 +188,7 @@ class _Builder:
                     self.responder(name, spec), self.flag(name, spec, "copy_to_owner"))
 
     def responder(self, name: str, spec: Mapping[str, Any]) -> str | None:
-        value = spec.get("autoreply")
+        value = _one(spec, "autoreply")
         if value is None:
             return None
         if self.responders is not None and str(value) not in self.responders:
@@ -164,7 +198,7 @@ class _Builder:
         return str(value)
 
     def ref(self, name: str, spec: Mapping[str, Any], key: str, known: Any, section: str) -> str | None:
-        value = spec.get(key)
+        value = _one(spec, key)
         if value is None:
             return None
         if value not in known:
@@ -182,12 +216,35 @@ class _Builder:
         return value
 
     def choice(self, name: str, spec: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
-        value = spec.get(key)
+        value = _one(spec, key)
         if value is not None and value not in allowed:
             self.err(f"rule {name!r}: {key} must be one of {', '.join(allowed)}, not {value!r}",
                      value, spec)
             return None
         return str(value) if value is not None else None
+
+
+def _suggest(key: str, known: tuple[str, ...], synonyms: Mapping[str, str]) -> str:
+    same = synonyms.get(key.lower())
+    if same is None:
+        return did_you_mean(key, known)
+    if same == "continue":    # first match stops unless continue: true
+        return "a matching rule stops the others already; 'continue: true' lets later ones add"
+    return f"did you mean '{same}'?"
+
+
+def _is_text(value: Any) -> bool:
+    """A name or label as written: a string (not empty) or a number, never a list, a
+    mapping, null or true/false (str() of those made rule names like "['a', 'b']")."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _one(spec: Mapping[str, Any], key: str) -> Any:
+    """spec[key], or None when missing or a list or mapping (reported once, in `then`)."""
+    value = spec.get(key)
+    return None if isinstance(value, (Mapping, list)) else value
 
 
 def _digest(rules: Any, calendars: Any) -> str:
@@ -274,12 +331,16 @@ class RuleSet:
                 cals = build_calendars(calendars)
             except ConfigErrors as exc:
                 errors.extend(exc.errors)
-                cals = {}
+                # a calendar with an error is still defined: rules naming it are not told
+                # "unknown calendar 'msk' (known: none defined)" as well (never used: errors)
+                defined: dict[str, Any] = dict.fromkeys(map(str, calendars or {}))
+                cals = defined
         b = _Builder(book, cals, responders, whens)
         marks = getattr(rules, "item_marks", None)
+        spots = getattr(rules, "item_where", None)     # the merged list of all files
         compiled = []
         for pos, spec in enumerate(rules or ()):
-            rule = b.rule(spec, pos, rules)
+            rule = b.rule(spec, pos, rules, spots[pos] if spots else None)
             if rule is not None and marks and not getattr(spec, "line", 0):
                 rule = replace(rule, line=marks[pos][0], file=getattr(rules, "path", rule.file))
             if rule is not None:

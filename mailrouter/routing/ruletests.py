@@ -122,10 +122,17 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
     if bad:
         raise _CaseError(f"unknown expect key '{bad[0]}'; {did_you_mean(str(bad[0]), EXPECT_KEYS)}")
     rcpts = case.get("rcpt")
-    rcpts = [str(r) for r in (rcpts if isinstance(rcpts, list) else [rcpts] if rcpts else [])]
+    rcpts = rcpts if isinstance(rcpts, list) else [rcpts] if rcpts else []
     if not rcpts:
         raise _CaseError("needs 'rcpt:'")
-    return expect, rcpts
+    if any(not isinstance(r, str) for r in rcpts):
+        raise _CaseError("'rcpt' must be an address or a list of addresses, not "
+                         f"{case.get('rcpt')!r}")
+    if case.get("headers") is not None and not isinstance(case["headers"], Mapping):
+        # a list here crashed the case with "AttributeError: 'LocList' object has no attribute"
+        raise _CaseError("'headers' must be a mapping of header names to values; write e.g. "
+                         "headers: {From: a@b.example, Subject: Invoice}")
+    return expect, [str(r) for r in rcpts]
 
 
 def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
@@ -139,6 +146,9 @@ def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
     lines = []
     for rcpt, d in zip(rcpts, decisions):
         diffs = _compare(d, expect)
+        if diffs and d.action.value != "deliver" and "action" not in expect:
+            # "mailbox expected 'sales', got None" alone hid why: an unknown address, a loop
+            diffs.append(f"the recipient was answered {d.reply} (action {d.action.value})")
         if diffs:
             lines.append((f"rcpt {rcpt}: " if len(rcpts) > 1 else "") + "; ".join(diffs))
     return lines
@@ -147,7 +157,9 @@ def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
 def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tuple[str, Path]:
     """'file:line: test NAME: ' for case number i, and the directory its files are under."""
     path, line, _ = where(case, tests)
-    if not line and (marks := getattr(tests, "item_marks", None)):
+    if not line and (spots := getattr(tests, "item_where", None)):
+        path, line, _ = spots[i]           # the merged list of all files: a `- 5` item
+    elif not line and (marks := getattr(tests, "item_marks", None)):
         line = marks[i][0]
     base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
     name = str(case.get("name") or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"

@@ -21,6 +21,10 @@ from ..yamlsrc import where
 __all__ = ["Sla", "parse_sla", "parse_duration"]
 
 SLA_KEYS = ("first_response", "resolve", "calendar")
+# The longest term: a year (366 days) of elapsed time, or 52 weeks of a calendar's working
+# time. Past it a due time fell outside datetime (999999999d: OverflowError) or beyond the
+# horizon add_business_hours searches: every message the rule matched failed at decision time.
+MAX_DAYS, MAX_WEEKS = 366, 52
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+)m)?")
 
 
@@ -38,6 +42,14 @@ def parse_duration(text: Any) -> tuple[float, float]:
     if days + hours <= 0:
         raise ValueError(text)
     return days, hours
+
+
+def _too_long(days: float, hours: float, calendar: Any) -> bool:
+    if calendar is None or not hasattr(calendar, "spans"):
+        return days * 24 + hours > MAX_DAYS * 24
+    week: float = sum(end - start for _, start, end in calendar.spans) / 60
+    need: float = days * calendar.day_hours + hours
+    return need > MAX_WEEKS * week
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +104,13 @@ def parse_sla(spec: Any, calendars: Mapping[str, Any], who: str, errors: list[Co
     if cal is not None and str(cal) not in calendars:
         known = ", ".join(calendars) or "none defined"
         err(f"unknown calendar {cal!r}", cal, f"define it under 'calendars:' (known: {known})")
+    elif len(errors) == before and (cal is None or calendars[str(cal)] is not None):
+        calendar = calendars[str(cal)] if cal is not None else None
+        for key, text, days, hours in terms:
+            if _too_long(days, hours, calendar):
+                of = f" of working time on calendar {cal!r}" if calendar is not None else ""
+                err(f"{key} {text} is more than a year{of}", spec[key],
+                    "an SLA term is at most a year; write a shorter one, e.g. 30d")
     if len(errors) != before:
         return None
     return Sla(tuple(terms), str(cal) if cal is not None else None)

@@ -136,8 +136,15 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
     for k in MAP_SECTIONS:
         merged[k].key_marks = {}
     merged.update({k: yamlsrc.LocList() for k in LIST_SECTIONS})
+    for k in LIST_SECTIONS:     # (file, line, column) of each item, from whichever file
+        merged[k].item_where = []
     for path, doc in docs:
         if doc is None:
+            # A file emptied by mistake, or caught by the watcher mid-save (truncated, not
+            # yet written): it loaded as "no rules", and mail went by the book's defaults
+            errors.append(ConfigError("the routing file is empty", path, 1, 1,
+                                      "write its sections (rules:, aliases: ...), or move it "
+                                      "out of what 'routing:' matches"))
             continue
         if not isinstance(doc, dict):
             errors.append(ConfigError("a routing file must be a mapping of sections", path, 1, 1,
@@ -158,6 +165,8 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
                                           f"write each entry on its own '- ' line under '{key}:'"))
                 continue
             merged[key].extend(value)
+            marks = getattr(value, "item_marks", None) or [(0, 0)] * len(value)
+            merged[key].item_where.extend((path, line, col) for line, col in marks)
     return merged
 
 

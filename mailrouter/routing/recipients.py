@@ -1,0 +1,54 @@
+"""Warnings for rules keyed on a recipient the address book refuses (`mailrouter check`).
+
+Mail to an address the book does not know is refused at RCPT (550 5.1.1) and never
+routed, so a rule requiring `rcpt: suport@example.com` (a typo of support@) or
+`rcpt_domain: exmaple.com` loads fine and never matches. Only `equals` needles on our
+own domains are checked, and never under `not:` (there such a needle always holds);
+a needle on another domain is left alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+
+from ..addressbook.canon import canonical_domain
+from ..addresses import AddressBook
+from .conditions import AllOf, AnyOf, Leaf, Node
+from .rules import Rule
+
+__all__ = ["recipient_warnings"]
+
+_ADDRESS_FIELDS = ("rcpt", "rcpt_resolved", "rcpt_original")
+
+
+def _required(node: Node | None) -> Iterator[Leaf]:
+    """The leaves a match needs to hold, `not:` excluded."""
+    if isinstance(node, Leaf):
+        yield node
+    elif isinstance(node, (AllOf, AnyOf)):
+        for part in node.parts:
+            yield from _required(part)
+
+
+def recipient_warnings(book: AddressBook, rules: Sequence[Rule]) -> list[str]:
+    """One line per rule needle naming a recipient address or domain the book refuses."""
+    out: list[str] = []
+    for rule in rules:
+        at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
+        for leaf in _required(rule.when):
+            if leaf.op != "equals":
+                continue
+            for needle in map(str, leaf.needles):
+                if leaf.field == "rcpt_domain" and canonical_domain(needle) not in book.domains:
+                    out.append(f"{at}: rcpt_domain {needle!r} is not one of our domains "
+                               f"(domains: {', '.join(sorted(book.domains))}): mail to it is "
+                               "refused at RCPT and never reaches the rules")
+                elif (leaf.field in _ADDRESS_FIELDS and "@" in needle
+                      and canonical_domain(needle.rpartition("@")[2]) in book.domains
+                      and not book.knows(needle)):
+                    near = difflib.get_close_matches(needle.lower(), sorted(book.addresses()), n=1)
+                    out.append(f"{at}: {leaf.field} {needle!r} is not an address of the address "
+                               "book: mail to it is refused at RCPT and never reaches the rules"
+                               + (f"; did you mean '{near[0]}'?" if near else ""))
+    return out
