@@ -180,6 +180,21 @@ async def test_language_by_accept_language_and_by_the_switch(client: Any) -> Non
     assert (await c.get("/lang?to=en&next=//evil.test/"))[2]["Location"] == "/"
 
 
+async def test_a_next_with_a_tab_or_a_line_break_goes_to_the_start_page(client: Any) -> None:
+    """Browsers drop tabs and line breaks from a Location, so `/<TAB>/evil.test` would be
+    //evil.test, another site; a line break would split the header (the server dropped the
+    connection). Both, after the language switch and after sign-in, go to `/`."""
+    c = client()
+    for bad in ("/%09/evil.test", "/%0d%0aSet-Cookie:x=1", "/%0a/evil.test", "/%20/evil.test"):
+        status, _, headers = await c.get(f"/lang?to=en&next={bad}")
+        assert status == 303 and headers["Location"] == "/", bad
+    _, page, _ = await c.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    status, _, headers = await c.post("/login", {"csrf": token, "person": "ivanov",
+                                                 "password": PASSWORD, "next": "/\t/evil.test"})
+    assert status == 303 and headers["Location"] == "/"
+
+
 async def test_bad_dates_get_a_clear_answer_and_the_report_a_csv(client: Any) -> None:
     """since=31.12.2026 is 400 naming the field and the form; the report draws an SVG
     chart and its CSV has one row per day and mailbox."""

@@ -86,8 +86,13 @@ def find_person(snap: Snapshot, given: str) -> str | None:
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after sign-in: a path of ours, never another site (//evil, http:...)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after sign-in: a path of ours, never another site (//evil, http:...).
+
+    Browsers drop tabs and line breaks from a Location before reading it, so `/<TAB>/evil`
+    would go to //evil; a line break would also split the header. Any control character
+    or space sends one to the start page instead."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in target)):
         return "/"
     return target
 
