@@ -211,6 +211,20 @@ async def test_bad_dates_get_a_clear_answer_and_the_report_a_csv(client: Any) ->
     assert {l.split(",")[1] for l in lines[1:]} == {"finance", "sales"}
 
 
+async def test_a_date_at_the_end_of_the_calendar_is_400_not_503(client: Any) -> None:
+    """The search and the report run to the midnight after `until`; for 9999-12-31 that is
+    past what a datetime holds, which was an OverflowError answered 503 "registry
+    unavailable". It is 400 naming the field; a report from year 1 draws the last 92 days."""
+    c = client()
+    assert await c.login("petrova") == 303
+    for path in ("/search?until=9999-12-31", "/search?since=9999-12-31", "/report?until=9999-12-31",
+                 "/report?since=2026-01-01&until=9999-12-31&format=csv"):
+        status, page, _ = await c.get(path)
+        assert status == 400 and "9999-12-30" in page, (path, status)
+    status, page, _ = await c.get("/report?since=0001-01-01&until=9999-12-30")
+    assert status == 200 and page.count('<rect class="bar"') == 92
+
+
 def test_passwords_are_salted_scrypt_and_short_ones_refused() -> None:
     """Two hashes of one password differ; each verifies; a 7-character password is refused."""
     a, b = hash_password(PASSWORD), hash_password(PASSWORD)

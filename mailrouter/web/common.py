@@ -10,7 +10,7 @@ the server; a file outside it (an older rule set elsewhere) is shown as recorded
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,11 @@ HERE = Path(__file__).resolve().parent
 LANG_COOKIE = "mailrouter_lang"
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                           autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+# The last day a period may end on: queries run to the midnight after `until`, and the
+# midnight after 9999-12-31 is past what a datetime holds (OverflowError, once a 503).
+LAST_DAY = date.max - timedelta(days=1)
 
 
 class BadInput(ValueError):
@@ -57,9 +62,12 @@ def day(request: web.Request, name: str, default: date | None = None) -> date | 
     if not text:
         return default
     try:
-        return date.fromisoformat(text)
+        value = date.fromisoformat(text)
     except ValueError:
         raise BadInput(f"{name}={text[:40]!r}: " + translate(lang_of(request), "bad_date")) from None
+    if value > LAST_DAY:
+        raise BadInput(f"{name}={text[:40]!r}: " + translate(lang_of(request), "date_range"))
+    return value
 
 
 def bad(request: web.Request, what: str, status: int = 400) -> web.Response:
