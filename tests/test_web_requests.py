@@ -94,6 +94,18 @@ async def test_the_board_shows_each_head_their_requests_with_sla_time_left(site:
     assert re.search(r"Пётр Иванов</a></td><td>1</td><td>1</td><td>1</td>", page)
 
 
+async def test_a_board_page_key_out_of_range_is_400_not_503(client: Any) -> None:
+    """`after=` is the next-page key DUE,ID from the board's own link; a number past a
+    64-bit integer, or a time with no UTC equivalent, made the registry fail (503
+    "registry unavailable"). Both are 400; the greatest valid key still answers."""
+    petrova = await client("petrova")
+    for key in (",99999999999999999999999", ",-1", "0001-01-01T00:00:00%2B01:00,1",
+                "9999-12-31T23:59:59-10:00,1"):
+        status, page, _ = await petrova.get(f"/board?after={key}")
+        assert status == 400 and "after" in page, (key, status)
+    assert (await petrova.get("/board?after=,9223372036854775807"))[0] == 200
+
+
 async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_routing_dir(
         site: Any, client: Any) -> None:
     """The finance request shows its message (decoded subject, From), the decision with
