@@ -13,6 +13,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import aiosmtplib
@@ -127,6 +128,20 @@ async def test_search_finds_a_cyrillic_subject_word_in_another_case_and_with_e_f
     assert re.search(r"<code>[0-9a-f]{16}</code>", story)           # the rule set's hash
     status, page, _ = await c.get("/search?words=%D1%81%D1%87%D0%B5%D1%82+%D0%BD%D0%BE%D1%8F%D0%B1%D1%80%D1%8C")
     assert "Счёт №42" not in page                                   # every word must be there
+
+
+async def test_a_pasted_reply_subject_finds_the_message_in_czech_and_russian(client: Any,
+                                                                              site: Any) -> None:
+    """Subjects are indexed as the rules see them, reply prefixes stripped; a query is read
+    the same way, so pasting "RE: Přihláška" or "Fwd: Re: СЧЁТ*" finds the message (the
+    query's "re" was a word no subject has: nothing found). Czech case folds as Russian."""
+    await _deliver(site[0], "invoices@example.com", "Re: Přihláška na školení")
+    c = client()
+    assert await c.login("petrova") == 303
+    for words, want in (("RE: PŘIHLÁŠKA", "Přihláška na školení"), ("škol*", "Přihláška na"),
+                        ("Fwd: Re: СЧЁТ* декабрь", "Счёт №42 за декабрь")):
+        status, page, _ = await c.get("/search?" + urlencode({"words": words}))
+        assert status == 200 and want in page, words
 
 
 async def test_a_head_sees_their_department_only_even_by_link(client: Any, site: Any) -> None:
