@@ -9,6 +9,7 @@ of the web settings. The browser tests are in test_web_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +105,19 @@ async def test_pages_need_a_session_and_carry_the_security_headers(client: Any) 
     assert "<script" not in page
     status, _, headers = await c.get("/static/style.css")
     assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_session_cookie_of_stray_bytes_sends_one_to_sign_in(site: Any) -> None:
+    """A cookie whose bytes are not UTF-8 (the server reads them as surrogates) failed to
+    hash in the registry thread: 503 "registry unavailable" and a registry_bug in the log.
+    It is no session: 303 to sign in, like any unknown token."""
+    host, port = site[1].removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /search HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n"
+                 b"Cookie: mailrouter_session=\xff\xfe\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 303 ") and b"Location: /login?next=/search" in answer
 
 
 async def test_wrong_password_and_unknown_person_get_the_same_answer(client: Any) -> None:

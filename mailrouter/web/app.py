@@ -35,7 +35,7 @@ from ..registry.models import MESSAGE_STATUSES
 from ..registry.queries import Scope, counterparty, message_story, search
 from ..routing.snapshot import Snapshot
 from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person,
-                   headers, safe_next, set_session_cookie, signed_in)
+                   headers, safe_next, session_token, set_session_cookie, signed_in)
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
                      redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
@@ -87,7 +87,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    token = request.cookies.get(COOKIE, "")
+    token = session_token(request)
     await request.app[REGISTRY].write("web sign-out", lambda c: close_session(c, token))
     resp = redirect("/login")
     resp.del_cookie(COOKIE, path="/")

@@ -37,7 +37,8 @@ from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
 
 __all__ = ["Viewer", "viewer_for", "headers", "signed_in", "csrf", "find_person", "set_session_cookie",
-           "COOKIE", "LOGIN_CSRF", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS", "SNAPSHOT", "ERRORS", "VIEWER"]
+           "COOKIE", "session_token", "LOGIN_CSRF", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
+           "SNAPSHOT", "ERRORS", "VIEWER"]
 
 COOKIE = "mailrouter_session"
 LOGIN_CSRF = "mailrouter_login"
@@ -133,7 +134,7 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     registry, settings = request.app[REGISTRY], request.app[SETTINGS]
     snap = request.app[SNAPSHOT]()
     now = datetime.now(timezone.utc)
-    token = request.cookies.get(COOKIE, "")
+    token = session_token(request)
     session = await registry.read("web session", lambda c: find_session(c, token, now)) if token else None
     new_token = None
     if settings.trusted_header is not None:
@@ -153,6 +154,14 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     if new_token is not None:
         set_session_cookie(resp, request, new_token, settings.session_ttl)
     return resp
+
+
+def session_token(request: web.Request) -> str:
+    """The session cookie's token, or "" for one we never gave: ours are short and ASCII
+    (token_urlsafe), and a cookie of other bytes (decoded as surrogates) failed to hash in
+    the registry thread, answered 503 and logged as a registry bug."""
+    token = request.cookies.get(COOKIE, "")
+    return token if token.isascii() and len(token) <= 128 else ""
 
 
 def _quote(text: str) -> str:
