@@ -178,6 +178,18 @@ async def test_a_head_sees_their_department_only_even_by_link(client: Any, site:
     assert (await petrova.get(link))[0] == 200
 
 
+async def test_a_counterparty_domain_is_matched_as_typed_not_as_a_pattern(client: Any) -> None:
+    """`who` without @ is a domain: "%" (every sender) and "outside_test" (_ as any
+    character) were LIKE wildcards; they find nothing, while outside.test finds its mail."""
+    c = client()
+    assert await c.login("petrova") == 303
+    for who in ("%25", "outside_test", "%25.test", "_utside.test"):
+        status, page, _ = await c.get(f"/counterparty?who={who}")
+        assert status == 200 and 'class="empty"' in page and "Счёт" not in page, who
+    _, page, _ = await c.get("/counterparty?who=OUTSIDE.test")
+    assert "Счёт №42" in page and "Вопрос о цене" in page
+
+
 async def test_a_form_without_its_csrf_token_is_refused(client: Any) -> None:
     """Sign-out without the token, with another session's token or from a foreign Origin
     is 403 and the session lives on; with its own token it ends the session."""
