@@ -209,6 +209,21 @@ async def test_a_form_without_its_csrf_token_is_refused(client: Any) -> None:
     assert status == 403                                             # sign-in needs its token too
 
 
+async def test_a_method_a_page_does_not_take_is_405_with_allow_not_a_stale_form(client: Any) -> None:
+    """OPTIONS or PUT on a page, a POST to a page of GETs, or a POST to a path we do not
+    serve was 403 "the form was stale or came from elsewhere" (the CSRF check ran first).
+    It is 405 naming the methods there are, or 404; a POST without its token stays 403."""
+    c = client()
+    assert await c.login("petrova") == 303
+    for method, path in (("OPTIONS", "/board"), ("PUT", "/search"), ("POST", "/board"),
+                         ("DELETE", "/logout")):
+        async with c.http.request(method, c.base + path, allow_redirects=False) as r:
+            assert r.status == 405 and "Allow" in r.headers, (method, path, r.status)
+            assert "Content-Security-Policy" in r.headers
+    assert (await c.post("/nowhere", {}))[0] == 404
+    assert (await c.post("/logout", {}))[0] == 403
+
+
 async def test_language_by_accept_language_and_by_the_switch(client: Any) -> None:
     """Accept-Language ru gives Russian; the switch sets English for later pages."""
     c = client("ru-RU,ru;q=0.9,en;q=0.8")

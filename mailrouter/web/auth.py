@@ -12,7 +12,9 @@ Middlewares, outermost first:
   A person no longer in the address book is signed out. Without a session a GET goes to
   /login and a POST is refused;
 - `csrf`: a POST whose Origin is not this site, or whose form lacks the session's CSRF
-  token (for /login: the token of its own cookie), gets 403 and changes nothing.
+  token (for /login: the token of its own cookie), gets 403 and changes nothing. A path
+  we do not serve, or a method it does not take (OPTIONS, PUT, POST /board), is 404 or 405
+  with Allow first: the form was not stale, there is none.
 
 Rights (`viewer_for`): an admin (`web.admins`) sees everything; a head of department the
 mail of the department's mailboxes; everybody also the mail they own or that lands in
@@ -114,6 +116,8 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status >= 400:
             resp = request.app[ERRORS](request, exc.status, exc.text or "")
+            if "Allow" in exc.headers:      # a 405 names the methods there are
+                resp.headers["Allow"] = exc.headers["Allow"]
         else:           # a redirect
             resp = web.Response(status=exc.status, headers={"Location": exc.headers["Location"]})
     except RegistryError:
@@ -170,6 +174,9 @@ def _quote(text: str) -> str:
 
 @web.middleware
 async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+    refused = request.match_info.http_exception
+    if refused is not None:     # no such page, or not by this method: 404/405, not "stale form"
+        raise refused
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("Origin")
         if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
