@@ -9,10 +9,12 @@ of the web settings. The browser tests are in test_web_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import aiosmtplib
@@ -105,6 +107,19 @@ async def test_pages_need_a_session_and_carry_the_security_headers(client: Any) 
     assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
 
 
+async def test_a_session_cookie_of_stray_bytes_sends_one_to_sign_in(site: Any) -> None:
+    """A cookie whose bytes are not UTF-8 (the server reads them as surrogates) failed to
+    hash in the registry thread: 503 "registry unavailable" and a registry_bug in the log.
+    It is no session: 303 to sign in, like any unknown token."""
+    host, port = site[1].removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /search HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n"
+                 b"Cookie: mailrouter_session=\xff\xfe\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 303 ") and b"Location: /login?next=/search" in answer
+
+
 async def test_wrong_password_and_unknown_person_get_the_same_answer(client: Any) -> None:
     """A wrong password and an unknown person both get 401 with one message; no cookie."""
     c = client()
@@ -129,6 +144,20 @@ async def test_search_finds_a_cyrillic_subject_word_in_another_case_and_with_e_f
     assert "Счёт №42" not in page                                   # every word must be there
 
 
+async def test_a_pasted_reply_subject_finds_the_message_in_czech_and_russian(client: Any,
+                                                                              site: Any) -> None:
+    """Subjects are indexed as the rules see them, reply prefixes stripped; a query is read
+    the same way, so pasting "RE: Přihláška" or "Fwd: Re: СЧЁТ*" finds the message (the
+    query's "re" was a word no subject has: nothing found). Czech case folds as Russian."""
+    await _deliver(site[0], "invoices@example.com", "Re: Přihláška na školení")
+    c = client()
+    assert await c.login("petrova") == 303
+    for words, want in (("RE: PŘIHLÁŠKA", "Přihláška na školení"), ("škol*", "Přihláška na"),
+                        ("Fwd: Re: СЧЁТ* декабрь", "Счёт №42 за декабрь")):
+        status, page, _ = await c.get("/search?" + urlencode({"words": words}))
+        assert status == 200 and want in page, words
+
+
 async def test_a_head_sees_their_department_only_even_by_link(client: Any, site: Any) -> None:
     """smirnov heads sales: he finds the sales message, not the finance one, and the
     finance message's link answers 404 to him; petrova (admin) sees both."""
@@ -147,6 +176,18 @@ async def test_a_head_sees_their_department_only_even_by_link(client: Any, site:
     _, page, _ = await petrova.get("/search")
     assert "Вопрос о цене" in page and "Счёт №42" in page
     assert (await petrova.get(link))[0] == 200
+
+
+async def test_a_counterparty_domain_is_matched_as_typed_not_as_a_pattern(client: Any) -> None:
+    """`who` without @ is a domain: "%" (every sender) and "outside_test" (_ as any
+    character) were LIKE wildcards; they find nothing, while outside.test finds its mail."""
+    c = client()
+    assert await c.login("petrova") == 303
+    for who in ("%25", "outside_test", "%25.test", "_utside.test"):
+        status, page, _ = await c.get(f"/counterparty?who={who}")
+        assert status == 200 and 'class="empty"' in page and "Счёт" not in page, who
+    _, page, _ = await c.get("/counterparty?who=OUTSIDE.test")
+    assert "Счёт №42" in page and "Вопрос о цене" in page
 
 
 async def test_a_form_without_its_csrf_token_is_refused(client: Any) -> None:
@@ -168,6 +209,21 @@ async def test_a_form_without_its_csrf_token_is_refused(client: Any) -> None:
     assert status == 403                                             # sign-in needs its token too
 
 
+async def test_a_method_a_page_does_not_take_is_405_with_allow_not_a_stale_form(client: Any) -> None:
+    """OPTIONS or PUT on a page, a POST to a page of GETs, or a POST to a path we do not
+    serve was 403 "the form was stale or came from elsewhere" (the CSRF check ran first).
+    It is 405 naming the methods there are, or 404; a POST without its token stays 403."""
+    c = client()
+    assert await c.login("petrova") == 303
+    for method, path in (("OPTIONS", "/board"), ("PUT", "/search"), ("POST", "/board"),
+                         ("DELETE", "/logout")):
+        async with c.http.request(method, c.base + path, allow_redirects=False) as r:
+            assert r.status == 405 and "Allow" in r.headers, (method, path, r.status)
+            assert "Content-Security-Policy" in r.headers
+    assert (await c.post("/nowhere", {}))[0] == 404
+    assert (await c.post("/logout", {}))[0] == 403
+
+
 async def test_language_by_accept_language_and_by_the_switch(client: Any) -> None:
     """Accept-Language ru gives Russian; the switch sets English for later pages."""
     c = client("ru-RU,ru;q=0.9,en;q=0.8")
@@ -178,6 +234,21 @@ async def test_language_by_accept_language_and_by_the_switch(client: Any) -> Non
     _, page, _ = await c.get("/login")
     assert 'lang="en"' in page and "Password" in page
     assert (await c.get("/lang?to=en&next=//evil.test/"))[2]["Location"] == "/"
+
+
+async def test_a_next_with_a_tab_or_a_line_break_goes_to_the_start_page(client: Any) -> None:
+    """Browsers drop tabs and line breaks from a Location, so `/<TAB>/evil.test` would be
+    //evil.test, another site; a line break would split the header (the server dropped the
+    connection). Both, after the language switch and after sign-in, go to `/`."""
+    c = client()
+    for bad in ("/%09/evil.test", "/%0d%0aSet-Cookie:x=1", "/%0a/evil.test", "/%20/evil.test"):
+        status, _, headers = await c.get(f"/lang?to=en&next={bad}")
+        assert status == 303 and headers["Location"] == "/", bad
+    _, page, _ = await c.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    status, _, headers = await c.post("/login", {"csrf": token, "person": "ivanov",
+                                                 "password": PASSWORD, "next": "/\t/evil.test"})
+    assert status == 303 and headers["Location"] == "/"
 
 
 async def test_bad_dates_get_a_clear_answer_and_the_report_a_csv(client: Any) -> None:
@@ -194,6 +265,20 @@ async def test_bad_dates_get_a_clear_answer_and_the_report_a_csv(client: Any) ->
     lines = body.strip().splitlines()
     assert lines[0] == "day,mailbox,owner,messages,trouble"
     assert {l.split(",")[1] for l in lines[1:]} == {"finance", "sales"}
+
+
+async def test_a_date_at_the_end_of_the_calendar_is_400_not_503(client: Any) -> None:
+    """The search and the report run to the midnight after `until`; for 9999-12-31 that is
+    past what a datetime holds, which was an OverflowError answered 503 "registry
+    unavailable". It is 400 naming the field; a report from year 1 draws the last 92 days."""
+    c = client()
+    assert await c.login("petrova") == 303
+    for path in ("/search?until=9999-12-31", "/search?since=9999-12-31", "/report?until=9999-12-31",
+                 "/report?since=2026-01-01&until=9999-12-31&format=csv"):
+        status, page, _ = await c.get(path)
+        assert status == 400 and "9999-12-30" in page, (path, status)
+    status, page, _ = await c.get("/report?since=0001-01-01&until=9999-12-30")
+    assert status == 200 and page.count('<rect class="bar"') == 92
 
 
 def test_passwords_are_salted_scrypt_and_short_ones_refused() -> None:

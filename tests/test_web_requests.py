@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from mailrouter.config import ControlConfig, Listener, WebConfig
+from mailrouter.config import ControlConfig, Listener, RegistryConfig, WebConfig
 from mailrouter.control.queries import report
 from mailrouter.control.tables import request_events, requests
 from mailrouter.registry.accounts import hash_password, set_password
 from mailrouter.web.throttle import Throttle
 from tests.support.daemon import RULES
+from tests.test_registry_pg_daemon import pg_db  # noqa: F401  (a fresh PostgreSQL database)
 from tests.test_web import PASSWORD, Client, _deliver
 
 
@@ -92,6 +93,46 @@ async def test_the_board_shows_each_head_their_requests_with_sla_time_left(site:
     assert late and 80 <= float(late[1]) <= 15 * 9 + 1, row   # 3 weeks of 9-hour days, holidays aside
     assert re.search(rf'<tr class="late" id="req-{fin}">', page)
     assert re.search(r"Пётр Иванов</a></td><td>1</td><td>1</td><td>1</td>", page)
+
+
+async def test_a_board_page_key_out_of_range_is_400_not_503(client: Any) -> None:
+    """`after=` is the next-page key DUE,ID from the board's own link; a number past a
+    64-bit integer, or a time with no UTC equivalent, made the registry fail (503
+    "registry unavailable"). Both are 400; the greatest valid key still answers."""
+    petrova = await client("petrova")
+    for key in (",99999999999999999999999", ",-1", "0001-01-01T00:00:00%2B01:00,1",
+                "9999-12-31T23:59:59-10:00,1"):
+        status, page, _ = await petrova.get(f"/board?after={key}")
+        assert status == 400 and "after" in page, (key, status)
+    assert (await petrova.get("/board?after=,9223372036854775807"))[0] == 200
+
+
+async def test_a_nul_character_is_400_on_postgresql_not_a_registry_outage(make_app: Any,
+                                                                          pg_db: str,  # noqa: F811
+                                                                          ) -> None:
+    """PostgreSQL refuses NUL in any string: /search?sender=%00 (and the board, a message
+    link, a note) failed in the registry, answered 503 and counted as an outage. Each is
+    400 now, and the note is not written."""
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), registry=RegistryConfig(url=pg_db))
+    hashed, now = hash_password(PASSWORD), datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "petrova", hashed, now))
+    await _deliver(app, "invoices@example.com", "Счёт №42 за декабрь")
+    host, port = app.bound["web"]
+    c = Client(f"http://{host}:{port}")
+    try:
+        assert await c.login("petrova") == 303
+        for path in ("/search?sender=%00", "/search?words=a&mailbox=x%00", "/board?owner=%00",
+                     "/counterparty?who=a%00", "/message/%00"):
+            status, page, _ = await c.get(path)
+            assert status == 400 and "NUL" in page, (path, status)
+        status, _, _ = await c.post("/request/1/note", {"csrf": await c.csrf(), "text": "a\x00b"})
+        assert status == 400
+        notes = await app.registry.read("test", lambda conn: conn.execute(
+            select(request_events.c.id).where(request_events.c.kind == "note")).all())
+        assert notes == []
+    finally:
+        await c.http.close()
 
 
 async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_routing_dir(

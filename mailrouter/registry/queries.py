@@ -18,6 +18,7 @@ serves.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -65,7 +66,9 @@ def _sender(who: str) -> Any:
     who = who.strip().lower()
     if "@" in who:
         return or_(func.lower(messages.c.from_addr) == who, func.lower(messages.c.mail_from) == who)
-    return func.lower(messages.c.from_addr).like(f"%@{who.lstrip('@')}")
+    # a domain is matched as typed: "%" or "_" in it are not LIKE wildcards ("%" was everyone)
+    domain = re.sub(r"([\\%_])", r"\\\1", who.lstrip("@"))
+    return func.lower(messages.c.from_addr).like(f"%@{domain}", escape="\\")
 
 
 def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..routing.normalize import normalize, normalize_subject
+from ..routing.normalize import normalize_subject
 from .models import UTCDateTime, messages, metadata
 
 __all__ = ["subject_words", "words_of_subject", "word_rows", "Word", "parse_words", "newest",
@@ -89,9 +89,11 @@ class Word:
 
 
 def parse_words(text: str | None) -> list[Word]:
-    """Query words normalised as subjects are; a trailing `*` makes a word form."""
+    """Query words normalised as subjects are (reply prefixes too: a pasted subject
+    "Re: Счёт" finds the message, whose "re" the index never holds); a trailing `*`
+    makes a word form."""
     found: dict[Word, None] = {}
-    for tok in _STARRED.findall(normalize(text or "")):
+    for tok in _STARRED.findall(normalize_subject(text or "")):
         star = tok.endswith("*")
         word = tok.rstrip("*")[:MAX_WORD]
         found[Word(word, star and len(word) < MAX_WORD)] = None

@@ -10,8 +10,9 @@ purpose).
 
 Refused: see auth.py (no session, no CSRF token, foreign Origin); sign-in is throttled
 (throttle.py: too many failures for one name or from one address answer 429). Bad input
-(a date that is not YYYY-MM-DD) is answered 400 with the reason on the page; an unknown
-message or one outside the viewer's rights is 404, the same answer for both, so a link says nothing.
+(a date that is not YYYY-MM-DD, a NUL character anywhere: common.no_nul) is answered 400
+with the reason on the page; an unknown message or one outside the viewer's rights is 404,
+the same answer for both, so a link says nothing.
 Forms are limited to 64 KiB.
 """
 
@@ -35,9 +36,9 @@ from ..registry.models import MESSAGE_STATUSES
 from ..registry.queries import Scope, counterparty, message_story, search
 from ..routing.snapshot import Snapshot
 from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person,
-                   headers, safe_next, set_session_cookie, signed_in)
+                   headers, safe_next, session_token, set_session_cookie, signed_in)
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
-                     redirect, render, snap, viewer)
+                     no_nul, redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
 from .reports import report_page
 from .requests import act, board_page, request_page
@@ -87,7 +88,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    token = request.cookies.get(COOKIE, "")
+    token = session_token(request)
     await request.app[REGISTRY].write("web sign-out", lambda c: close_session(c, token))
     resp = redirect("/login")
     resp.del_cookie(COOKIE, path="/")
@@ -154,7 +155,7 @@ async def counterparty_page(request: web.Request) -> web.Response:
 
 def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: WebConfig,
              throttle: Throttle | None = None) -> web.Application:
-    app = web.Application(middlewares=[headers, signed_in, csrf], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[headers, signed_in, no_nul, csrf], client_max_size=64 * 1024)
     app[REGISTRY], app[SNAPSHOT], app[SETTINGS], app[ERRORS] = registry, snapshot, settings, error_page
     app[THROTTLE] = throttle or Throttle()
     app.router.add_get("/", index)

@@ -12,7 +12,9 @@ Middlewares, outermost first:
   A person no longer in the address book is signed out. Without a session a GET goes to
   /login and a POST is refused;
 - `csrf`: a POST whose Origin is not this site, or whose form lacks the session's CSRF
-  token (for /login: the token of its own cookie), gets 403 and changes nothing.
+  token (for /login: the token of its own cookie), gets 403 and changes nothing. A path
+  we do not serve, or a method it does not take (OPTIONS, PUT, POST /board), is 404 or 405
+  with Allow first: the form was not stale, there is none.
 
 Rights (`viewer_for`): an admin (`web.admins`) sees everything; a head of department the
 mail of the department's mailboxes; everybody also the mail they own or that lands in
@@ -37,7 +39,8 @@ from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
 
 __all__ = ["Viewer", "viewer_for", "headers", "signed_in", "csrf", "find_person", "set_session_cookie",
-           "COOKIE", "LOGIN_CSRF", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS", "SNAPSHOT", "ERRORS", "VIEWER"]
+           "COOKIE", "session_token", "LOGIN_CSRF", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
+           "SNAPSHOT", "ERRORS", "VIEWER"]
 
 COOKIE = "mailrouter_session"
 LOGIN_CSRF = "mailrouter_login"
@@ -86,8 +89,13 @@ def find_person(snap: Snapshot, given: str) -> str | None:
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after sign-in: a path of ours, never another site (//evil, http:...)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after sign-in: a path of ours, never another site (//evil, http:...).
+
+    Browsers drop tabs and line breaks from a Location before reading it, so `/<TAB>/evil`
+    would go to //evil; a line break would also split the header. Any control character
+    or space sends one to the start page instead."""
+    if (not target or not target.startswith("/") or target.startswith("//") or "\\" in target
+            or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in target)):
         return "/"
     return target
 
@@ -108,6 +116,8 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status >= 400:
             resp = request.app[ERRORS](request, exc.status, exc.text or "")
+            if "Allow" in exc.headers:      # a 405 names the methods there are
+                resp.headers["Allow"] = exc.headers["Allow"]
         else:           # a redirect
             resp = web.Response(status=exc.status, headers={"Location": exc.headers["Location"]})
     except RegistryError:
@@ -128,7 +138,7 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     registry, settings = request.app[REGISTRY], request.app[SETTINGS]
     snap = request.app[SNAPSHOT]()
     now = datetime.now(timezone.utc)
-    token = request.cookies.get(COOKIE, "")
+    token = session_token(request)
     session = await registry.read("web session", lambda c: find_session(c, token, now)) if token else None
     new_token = None
     if settings.trusted_header is not None:
@@ -150,12 +160,23 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     return resp
 
 
+def session_token(request: web.Request) -> str:
+    """The session cookie's token, or "" for one we never gave: ours are short and ASCII
+    (token_urlsafe), and a cookie of other bytes (decoded as surrogates) failed to hash in
+    the registry thread, answered 503 and logged as a registry bug."""
+    token = request.cookies.get(COOKIE, "")
+    return token if token.isascii() and len(token) <= 128 else ""
+
+
 def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
 @web.middleware
 async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+    refused = request.match_info.http_exception
+    if refused is not None:     # no such page, or not by this method: 404/405, not "stale form"
+        raise refused
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("Origin")
         if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):

@@ -10,7 +10,8 @@ the server; a file outside it (an older rule set elsewhere) is shown as recorded
 from __future__ import annotations
 
 import os
-from datetime import date
+from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..routing.snapshot import Snapshot
 from .auth import SNAPSHOT, VIEWER, Viewer
 from .i18n import LANGUAGES, pick_language, translate
 
-__all__ = ["HERE", "LANG_COOKIE", "BadInput", "lang_of", "render", "error_page", "day", "bad",
+__all__ = ["HERE", "LANG_COOKIE", "BadInput", "no_nul", "lang_of", "render", "error_page", "day", "bad",
            "redirect", "viewer", "snap", "RulePlaces"]
 
 HERE = Path(__file__).resolve().parent
@@ -30,8 +31,31 @@ _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                           autoescape=True, undefined=jinja2.StrictUndefined)
 
 
+# The last day a period may end on: queries run to the midnight after `until`, and the
+# midnight after 9999-12-31 is past what a datetime holds (OverflowError, once a 503).
+LAST_DAY = date.max - timedelta(days=1)
+
+
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class BadInput(ValueError):
     """A query parameter that cannot be read; the page says which and how to write it."""
+
+
+@web.middleware
+async def no_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """400 for a NUL character in the path, the query or a form field. No text of ours
+    has one, and PostgreSQL refuses it in any string: the query failed, was answered 503
+    and counted as a registry outage (mailrouter_registry_errors_total) for one %00."""
+    texts = [request.path, *request.query.keys(), *request.query.values()]
+    if request.method == "POST" and request.content_type in _FORMS:
+        form = await request.post()
+        texts += [*form.keys(), *(v for v in form.values() if isinstance(v, str))]
+    if any("\x00" in text for text in texts):
+        raise web.HTTPBadRequest(text="a NUL character (%00) in the address or the form")
+    return await handler(request)
 
 
 def lang_of(request: web.Request) -> str:
@@ -57,9 +81,12 @@ def day(request: web.Request, name: str, default: date | None = None) -> date | 
     if not text:
         return default
     try:
-        return date.fromisoformat(text)
+        value = date.fromisoformat(text)
     except ValueError:
         raise BadInput(f"{name}={text[:40]!r}: " + translate(lang_of(request), "bad_date")) from None
+    if value > LAST_DAY:
+        raise BadInput(f"{name}={text[:40]!r}: " + translate(lang_of(request), "date_range"))
+    return value
 
 
 def bad(request: web.Request, what: str, status: int = 400) -> web.Response:

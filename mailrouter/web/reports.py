@@ -66,7 +66,8 @@ async def report_page(request: web.Request) -> web.StreamResponse:
         per_day[r["day"]] = per_day.get(r["day"], 0) + r["messages"]
         per_box[r["mailbox"] or "-"] = per_box.get(r["mailbox"] or "-", 0) + r["messages"]
         per_owner[r["owner"] or "-"] = per_owner.get(r["owner"] or "-", 0) + r["messages"]
-    days = [(since + timedelta(days=i)).isoformat() for i in range((until - since).days + 1)][-92:]
+    first = max(since, until - timedelta(days=91))          # the chart shows 92 days at most
+    days = [(first + timedelta(days=i)).isoformat() for i in range((until - first).days + 1)]
     lang = lang_of(request)
     people = s.book.people
 

@@ -67,7 +67,14 @@ def _after(text: str) -> tuple[datetime | None, int] | None:
     at = datetime.fromisoformat(due) if due else None
     if at is not None and at.tzinfo is None:
         raise ValueError("a time without its zone")
-    return at, int(rid)
+    try:        # the registry stores UTC; 0001-01-01T00:00+01:00 has no UTC time
+        at = at.astimezone(timezone.utc) if at is not None else None
+    except OverflowError:
+        raise ValueError("a time out of range") from None
+    number = int(rid)
+    if not 0 <= number < 2**63:     # a request id is a 64-bit integer in the registry
+        raise ValueError("a request number out of range")
+    return at, number
 
 
 def _history(doc: dict[str, Any]) -> list[dict[str, Any]]:
