@@ -131,6 +131,14 @@ class App:
         d = self.config.delivery
         return {k: v for k, v in (("lmtp", d.lmtp), ("smtp", d.smtp)) if v is not None}
 
+    @property
+    def stores(self) -> dict[str, Path]:
+        """Directories every Maildir copy writes to: the root, and the intents' journals."""
+        if self.intents is None:
+            return {}
+        return {"maildir_root": Path(self.config.delivery.maildir_root),
+                "intents": self.intents.directory}
+
     def ruleset_hash(self) -> str | None:
         return self._snapshot.hash if self._snapshot is not None else None
 

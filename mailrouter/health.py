@@ -11,7 +11,10 @@ Four checks, each one line of the /readyz body (`ok NAME: detail` or `FAIL NAME:
   says so instead);
 - downstreams: each configured LMTP/SMTP downstream answers a TCP connect with a
   2xx greeting within `timeout` (we then say QUIT). The result is kept `ttl` seconds
-  (5 s), so a probe every second costs a downstream one connection every 5 s.
+  (5 s), so a probe every second costs a downstream one connection every 5 s;
+- store: the Maildir root and the intents' journal directory take a 4 KB file (made,
+  written and removed; its free space is named): read-only, full or gone, every Maildir
+  copy would get 451/452. Kept `ttl` seconds as well.
 Liveness (/healthz) is separate and checks none of this: a process that answers is
 alive; restarting it cures neither a database nor a Dovecot outage.
 
@@ -24,9 +27,11 @@ catches a locked or broken database but not a file made unreadable after start
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from .values import Downstream
@@ -63,6 +68,8 @@ class ReadyHost(Protocol):
     def registry(self) -> Pingable | None: ...
     @property
     def downstreams(self) -> Mapping[str, Downstream]: ...
+    @property
+    def stores(self) -> Mapping[str, Path]: ...
     def ruleset_hash(self) -> str | None: ...
 
 
@@ -90,16 +97,46 @@ async def probe_downstream(ds: Downstream, timeout: float) -> str:
             writer.close()
 
 
+PROBE_BYTES = 4096
+
+
+def probe_store(directory: Path) -> str:
+    """'' when `directory` takes a file of PROBE_BYTES (made, written, removed); otherwise
+    what went wrong. Blocking: run it in a thread."""
+    probe = directory / f".mailrouter-ready-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)     # as the writers make it
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return ""
+
+
+def _free(directory: Path) -> str:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return ""
+    return f", {st.f_bavail * st.f_frsize / 2**30:.1f} GiB free"
+
+
 class Readiness:
     def __init__(self, app: ReadyHost, timeout: float = 2.0, ttl: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.app, self.timeout, self.ttl, self.clock = app, timeout, ttl, clock
         self._downstream: dict[str, tuple[float, Check]] = {}
+        self._store: tuple[float, Check] | None = None
 
     async def checks(self) -> list[Check]:
         downstreams = await asyncio.gather(
             *(self._probe(k, d) for k, d in sorted(self.app.downstreams.items())))
-        return [self._listeners(), await self._registry(), self._rules(), *downstreams]
+        stores = [await self._stores()] if self.app.stores else []
+        return [self._listeners(), await self._registry(), self._rules(), *downstreams, *stores]
 
     def _listeners(self) -> Check:
         if self.app.draining:
@@ -135,6 +172,24 @@ class Readiness:
         check = Check(f"downstream {kind}", not why,
                       f"{where} greeted" if not why else f"{where} {why}")
         self._downstream[kind] = (now, check)
+        return check
+
+
+    async def _stores(self) -> Check:
+        now = self.clock()
+        if self._store is not None and now - self._store[0] < self.ttl:
+            return self._store[1]
+
+        def probe_all() -> Check:
+            for name, directory in sorted(self.app.stores.items()):
+                why = probe_store(directory)
+                if why:
+                    return Check("store", False, f"{name} {directory}: {why}")
+            return Check("store", True, ", ".join(
+                f"{n} writable{_free(d)}" for n, d in sorted(self.app.stores.items())))
+
+        check = await asyncio.to_thread(probe_all)
+        self._store = (now, check)
         return check
 
 

@@ -13,6 +13,7 @@ import pytest
 from mailrouter.config import DeliveryConfig, RegistryConfig
 from tests.support.pg import PgCluster, pg_bin
 from tests.test_delivery_smtp import Sink, sink  # noqa: F401 (fixture)
+from tests.test_faults import fill, tmpfs  # noqa: F401 (fixture)
 
 
 def _get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
@@ -51,7 +52,8 @@ async def test_ready_with_every_check_named(make_app):
     status, body = await get(port, "/readyz")
     assert status == 200, body
     names = [line.split(":")[0] for line in body.splitlines()]
-    assert names == ["ok listeners", "ok registry", "ok rules"], body
+    assert names == ["ok listeners", "ok registry", "ok rules", "ok store"], body
+    assert "maildir_root writable" in body and "intents writable" in body
     assert f"rule set {app.snapshot().hash}" in body
     assert await get(port, "/healthz") == (200, "ok\n")
 
@@ -114,3 +116,26 @@ async def test_readyz_503_while_draining(make_app):
     app.draining = False
     assert status == 503 and "FAIL listeners: draining" in body
 
+
+
+async def test_readyz_names_a_full_or_read_only_store(make_app, tmpfs):  # noqa: F811
+    """The Maildir root on a real tmpfs: full, /readyz is 503 naming it and the cause (every
+    copy would get 452); read-only, the same with 451's cause; writable again, 200."""
+    import subprocess
+    app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs))
+    app.readiness.ttl = 0                  # every probe looks again (no waiting on the clock)
+    port = app.bound["admin"][1]
+    assert (await get(port, "/readyz"))[0] == 200
+    await asyncio.to_thread(fill, tmpfs / "filler")
+    status, body = await get(port, "/readyz")
+    assert status == 503 and f"FAIL store: maildir_root {tmpfs}: No space left on device" in body
+    (tmpfs / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    try:
+        status, body = await get(port, "/readyz")
+        assert status == 503 and f"FAIL store: maildir_root {tmpfs}: Read-only file system" in body
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+    status, body = await get(port, "/readyz")
+    assert status == 200 and "maildir_root writable" in body, body
+    assert not [p for p in tmpfs.iterdir() if p.name.startswith(".mailrouter-ready")]
