@@ -107,6 +107,26 @@ async def test_pages_need_a_session_and_carry_the_security_headers(client: Any) 
     assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
 
 
+async def test_cookies_are_secure_behind_https(client: Any) -> None:
+    """Behind a TLS proxy (X-Forwarded-Proto: https) both the sign-in form's CSRF cookie and
+    the session cookie are Secure; over plain HTTP on loopback neither is (it would be lost)."""
+    c = client()
+    _, _, plain = await c.get("/login")
+    assert "secure" not in plain["Set-Cookie"].lower()
+    async with c.http.get(c.base + "/login", headers={"X-Forwarded-Proto": "https"},
+                          allow_redirects=False) as r:
+        page, form_cookie = await r.text(), r.headers["Set-Cookie"]
+    assert form_cookie.startswith("mailrouter_login=") and "; secure" in form_cookie.lower()
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    async with aiohttp.ClientSession() as browser:    # over TLS the browser would send it back
+        r = await browser.post(c.base + "/login", data={"csrf": token, "person": "ivanov",
+                                                        "password": PASSWORD, "next": "/"},
+                               headers={"X-Forwarded-Proto": "https",
+                                        "Cookie": form_cookie.split(";")[0]},
+                               allow_redirects=False)
+        assert r.status == 303 and "; secure" in r.headers["Set-Cookie"].lower(), r.headers
+
+
 async def test_a_session_cookie_of_stray_bytes_sends_one_to_sign_in(site: Any) -> None:
     """A cookie whose bytes are not UTF-8 (the server reads them as surrogates) failed to
     hash in the registry thread: 503 "registry unavailable" and a registry_bug in the log.

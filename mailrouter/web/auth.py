@@ -102,10 +102,11 @@ def safe_next(target: str | None) -> str:
 
 def set_session_cookie(resp: web.StreamResponse, request: web.Request, token: str, ttl: float) -> None:
     resp.set_cookie(COOKIE, token, max_age=int(ttl), httponly=True, samesite="Strict", path="/",
-                    secure=_https(request))
+                    secure=https(request))
 
 
-def _https(request: web.Request) -> bool:
+def https(request: web.Request) -> bool:
+    """Served over TLS, here or at a proxy that says so: cookies are then Secure."""
     return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
