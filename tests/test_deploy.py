@@ -178,3 +178,24 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
     assert "postfix/to-mailrouter" in await asyncio.to_thread(mta.wait_log, "to-mailrouter")
+
+
+def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
+    """docs/install.md step 3 copies the routing files to /etc/mailrouter/rules; its `cp`
+    lines, run with that path moved under tmp_path, leave a folder whose rule tests all pass
+    (`mailrouter test`, the step's next command), so the sample messages they read came too."""
+    text = (REPO / "docs" / "install.md").read_text(encoding="utf-8")
+    step = text.split("## 3.", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    etc = tmp_path / "etc" / "mailrouter"
+    (etc / "rules").mkdir(parents=True)
+    copies = [line.split("#", 1)[0].replace("/etc/mailrouter", str(etc))
+              for line in step.splitlines() if line.startswith("cp ")]
+    assert copies, step
+    for line in copies:
+        subprocess.run(["sh", "-c", line], cwd=REPO, check=True, timeout=60)
+    cfg = etc / "config.yaml"
+    cfg.write_text("routing: [rules/*.yaml]\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "mailrouter.cli", "test", "-c", str(cfg)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stdout + done.stderr
