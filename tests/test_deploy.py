@@ -16,6 +16,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,20 @@ def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_container_run_line_mounts_the_routing_files_the_config_names():
+    """The `podman run` line in the Containerfile mounts a config at /etc/mailrouter/config.yaml;
+    the routing files config.example.yaml names, relative to that file, must be mounted too,
+    else the container stops at "no routing files match /etc/mailrouter/rules/*.yaml"."""
+    text = (DEPLOY / "Containerfile").read_text()
+    run = re.search(r"^# Run:(.*?)mailrouter\n", text, re.S | re.M)
+    assert run is not None
+    line = re.sub(r"\\\n#\s*", " ", run.group(1))
+    targets = [m.split(":")[1] for m in re.findall(r"-v (\S+)", line)]
+    assert "/etc/mailrouter/config.yaml" in targets
+    routing = load_config(REPO / "config.example.yaml").routing
+    assert routing
+    for pattern in routing:
+        inside = "/etc/mailrouter/" + str(Path(pattern).relative_to(REPO))
+        assert any(inside.startswith(t.rstrip("/") + "/") for t in targets), (inside, targets)
