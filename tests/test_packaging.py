@@ -139,7 +139,8 @@ def test_license_is_the_one_pyproject_names():
     assert "END OF TERMS AND CONDITIONS" in text
 
 
-DOCUMENTS = ["README.md", "docs/README.md", "docs/architecture.md", "docs/performance.md", "bench/README.md",
+DOCUMENTS = ["README.md", "docs/README.md", "docs/architecture.md", "docs/install.md", "docs/performance.md",
+             "bench/README.md",
              "mailrouter/defaults/rules/README.md"]
 
 
