@@ -361,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  mailrouter reload -c /etc/mailrouter/config.yaml\n"
                "Every command takes -c FILE and --help. Without -c, the config is\n"
                f"${CONFIG_ENV} if set, else {SYSTEM_CONFIG} if it exists, else the embedded\n"
-               "default: listeners on 127.0.0.1:2525 (SMTP), :2524 (LMTP), :9125 (admin), a SQLite\n"
-               "registry and Maildirs under ./var, the routing files ./rules/*.yaml, or the example\n"
-               "rules shipped in the package when there is no ./rules (a note on stderr says so).\n"
+               "default: listeners on 127.0.0.1:2525 (SMTP), :2524 (LMTP), :9125 (admin), :9126 (the\n"
+               "web view), a SQLite registry and Maildirs under ./var, the routing files ./rules/*.yaml,\n"
+               "or the example rules shipped in the package when there is no ./rules (a note on stderr\n"
+               "says so).\n"
                "Only `run` and `db upgrade` create the registry or the mail store.\n"
                "Exit codes: 0 ok, 1 check found errors or a rule test failed, 2 another command\n"
                "could not load its configuration or do its job.")

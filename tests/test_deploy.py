@@ -16,6 +16,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +179,41 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
     assert "postfix/to-mailrouter" in await asyncio.to_thread(mta.wait_log, "to-mailrouter")
+
+
+def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
+    """docs/install.md step 3 copies the routing files to /etc/mailrouter/rules; its `cp`
+    lines, run with that path moved under tmp_path, leave a folder whose rule tests all pass
+    (`mailrouter test`, the step's next command), so the sample messages they read came too."""
+    text = (REPO / "docs" / "install.md").read_text(encoding="utf-8")
+    step = text.split("## 3.", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    etc = tmp_path / "etc" / "mailrouter"
+    (etc / "rules").mkdir(parents=True)
+    copies = [line.split("#", 1)[0].replace("/etc/mailrouter", str(etc))
+              for line in step.splitlines() if line.startswith("cp ")]
+    assert copies, step
+    for line in copies:
+        subprocess.run(["sh", "-c", line], cwd=REPO, check=True, timeout=60)
+    cfg = etc / "config.yaml"
+    cfg.write_text("routing: [rules/*.yaml]\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "mailrouter.cli", "test", "-c", str(cfg)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_container_run_line_mounts_the_routing_files_the_config_names():
+    """The `podman run` line in the Containerfile mounts a config at /etc/mailrouter/config.yaml;
+    the routing files config.example.yaml names, relative to that file, must be mounted too,
+    else the container stops at "no routing files match /etc/mailrouter/rules/*.yaml"."""
+    text = (DEPLOY / "Containerfile").read_text()
+    run = re.search(r"^# Run:(.*?)mailrouter\n", text, re.S | re.M)
+    assert run is not None
+    line = re.sub(r"\\\n#\s*", " ", run.group(1))
+    targets = [m.split(":")[1] for m in re.findall(r"-v (\S+)", line)]
+    assert "/etc/mailrouter/config.yaml" in targets
+    routing = load_config(REPO / "config.example.yaml").routing
+    assert routing
+    for pattern in routing:
+        inside = "/etc/mailrouter/" + str(Path(pattern).relative_to(REPO))
+        assert any(inside.startswith(t.rstrip("/") + "/") for t in targets), (inside, targets)

@@ -139,7 +139,8 @@ def test_license_is_the_one_pyproject_names():
     assert "END OF TERMS AND CONDITIONS" in text
 
 
-DOCUMENTS = ["README.md", "docs/README.md", "docs/architecture.md", "docs/performance.md", "bench/README.md",
+DOCUMENTS = ["README.md", "docs/README.md", "docs/architecture.md", "docs/install.md", "docs/performance.md",
+             "bench/README.md",
              "mailrouter/defaults/rules/README.md"]
 
 
@@ -157,6 +158,45 @@ def test_documents_point_only_inside_the_repository(doc):
         assert resolved.is_relative_to(REPO), f"{doc}: link to {target} leaves the repository"
     assert not re.search(r"DESIGN\.md|shared notes|/work/", text), f"{doc} points outside the repository"
 
+
+
+def _config_keys() -> set[str]:
+    """Every key config.py accepts: the top-level keys and the known-keys argument of each
+    `c.section(doc, NAME, KEYS)` and `unknown_keys(value, KEYS)` call, evaluated in the
+    module (a name assigned in the same function, as `keys = tuple(...)`, is followed)."""
+    import mailrouter.config as module
+
+    source = (PACKAGE / "config.py").read_text(encoding="utf-8")
+    keys = set(module.TOP_KEYS)
+    for func in ast.walk(ast.parse(source)):
+        if not isinstance(func, ast.FunctionDef):
+            continue
+        local = {t.id: n.value for n in ast.walk(func) if isinstance(n, ast.Assign)
+                 for t in n.targets if isinstance(t, ast.Name)}
+        for call in ast.walk(func):
+            if not isinstance(call, ast.Call):
+                continue
+            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            if name not in ("section", "unknown_keys") or len(call.args) < 2:
+                continue
+            known = call.args[-1]
+            if isinstance(known, ast.Name) and known.id in {a.arg for a in func.args.args}:
+                continue     # the helper itself, `section(self, doc, key, known)`
+            if isinstance(known, ast.Name) and known.id in local:
+                known = local[known.id]
+            keys.update(eval(compile(ast.Expression(known), "config.py", "eval"), vars(module)))  # noqa: S307
+    return keys
+
+
+def test_config_example_names_every_key_the_config_accepts():
+    """config.example.yaml "lists every key with a comment" (README, Configuration): each key
+    config.py accepts appears in it as `key:`, set or commented out."""
+    keys = _config_keys()
+    assert {"listen", "smtp", "token_file", "max_errors", "sync", "pool_size", "check",
+            "scan_every", "on_reload", "session_ttl"} <= keys   # the walk found the sections
+    example = (REPO / "config.example.yaml").read_text(encoding="utf-8")
+    missing = sorted(k for k in keys if not re.search(rf"(^|[\s{{,#]){re.escape(k)}:", example, re.M))
+    assert missing == [], f"config.example.yaml does not name: {missing}"
 
 # -- PostgreSQL without its extra -----------------------------------------------------------
 
