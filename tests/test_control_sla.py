@@ -221,6 +221,9 @@ async def test_cli_on_the_week(make_app, tmp_path):
     assert "first_response_hours" in out and code == 0
     code, out = await cli("report", "--since", "yesterday", "-c", str(cfg))
     assert code == 2
+    code, out = await cli("report", "--since", "2030-01-01", "--until", "2030-01-02", "-c", str(cfg))
+    assert code == 0 and "None" not in out, out         # nothing in the period: '-', not None
+    assert "0 answered, median -, p90 -" in out and "share kept -" in out
 
 
 async def test_reminder_mail_reaches_the_relay_once_across_a_restart(make_app, tmp_path,

@@ -118,9 +118,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         for k in ("mailbox", "rule", "owner", "day"):
             print(f"  per {k}: " + ", ".join(f"{r[k]}={r['requests']}" for r in doc[f"volume_per_{k}"]))
         fr, sla = doc["first_response_hours"], doc["sla"]
-        print(f"  first response (business hours): {fr['answered']} answered, median {fr['median']}, "
-              f"p90 {fr['p90']}")
-        print(f"  SLA: kept {sla['kept']}, missed {sla['missed']}, share kept {sla['share_kept']}")
+        none = "-"              # nothing answered or due in the period: no figure, not "None"
+        print(f"  first response (business hours): {fr['answered']} answered, "
+              f"median {fr['median'] if fr['median'] is not None else none}, "
+              f"p90 {fr['p90'] if fr['p90'] is not None else none}")
+        share = sla["share_kept"]
+        print(f"  SLA: kept {sla['kept']}, missed {sla['missed']}, "
+              f"share kept {share if share is not None else none}")
         for r in doc["open_per_owner"]:
             print(f"  {r['owner'] or '(nobody)'}: {r['open']} open, {r['overdue']} overdue")
     _emit(args, doc, rows, text)
