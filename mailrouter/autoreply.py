@@ -11,12 +11,14 @@ so the first reason found is the one recorded):
 - no responder named; the recipient was refused;
 - a null reverse-path `<>` (bounces, notices: RFC 5321 4.5.5), or none at all;
 - mail we generated (our trace header `X-Mailrouter-Loop: HOST; generated=...`);
-- `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress;
+- `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress; the older
+  markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`);
 - `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces;
-- any `List-*` header (RFC 2369, RFC 2919); `Precedence: bulk | junk | list`;
+- any `List-*` header (RFC 2369, RFC 2919); `Precedence: bulk | junk | list | auto_reply`;
 - `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
 - a robot sender, envelope or From local part, matched against `robot_senders`
-  (MAILER-DAEMON, LISTSERV, majordomo, owner-*, *-request, noreply... ; configurable);
+  (MAILER-DAEMON, postmaster, LISTSERV, majordomo, owner-*, *-request, noreply... ;
+  configurable; a +detail of the local part is ignored);
 - a sender on one of our own domains (two responders would answer each other);
 - this responder already answered this sender within its period (RFC 3834 2, RFC
   5230 4.1), or this sender got `daily_cap` answers in the last 24 hours.
@@ -47,11 +49,22 @@ from .routing.responders import Responder
 __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
            "choose_language", "generated_trace", "period_bucket", "reason_kind", "verdict"]
 
-DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "listserv", "majordomo", "owner-*", "*-request",
-                         "noreply", "no-reply", "no_reply", "donotreply", "do-not-reply",
+# "postmaster": the From of most non-DSN bounces (Exchange, GroupWise, SMTP32), which reach
+# us with a non-null envelope sender when a forwarder rewrote it. The noreply family also
+# as a word of a longer local part (gmail-noreply@google.com, noreply.alerts@), not
+# inside one (noreplyfan@ is a person); a +detail is cut off before matching.
+DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo", "owner-*",
+                         "*-request", "noreply", "no-reply", "no_reply", "donotreply",
+                         "do-not-reply", "*[-_.]noreply", "noreply[-_.]*", "*[-_.]no-reply",
+                         "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
                          "*-bounces", "bounce", "bounces")
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
-_BULK = frozenset({"bulk", "junk", "list"})
+# auto_reply: set by vacation responders (Mail.ru, vacation(1) clones) instead of Auto-Submitted
+_BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
+# Autoresponders that predate RFC 3834 mark their answers with these instead of Auto-Submitted
+# (X-Autoreply: yes from Yandex, Mail.ru and many vacation scripts; X-Autorespond from Outlook
+# rules and cPanel); any value but "no" counts
+_AUTOREPLY_MARKERS = ("X-Autoreply", "X-Autorespond")
 _CYRILLIC_CHARSETS = frozenset({"koi8-r", "koi8-u", "cp1251", "windows-1251", "cp866",
                                 "mac-cyrillic", "iso8859-5", "iso-8859-5"})
 
@@ -138,6 +151,7 @@ def verdict(responder: Responder | None, view: View, mail_from: str, *,
 # reasons are sentences with addresses in them, the kinds a fixed set.
 _KINDS = (("the message was refused", "refused"), ("null reverse-path", "null_sender"),
           ("mail we generated", "generated"), ("Auto-Submitted", "auto_submitted"),
+          ("an auto-reply", "auto_submitted"),
           ("a report", "report"), ("mailing list", "list"), ("Precedence", "precedence"),
           ("X-Auto-Response-Suppress", "suppress_header"), ("robot sender", "robot_sender"),
           ("our own address", "own_domain"), ("answered once for this message", "duplicate"))
@@ -158,14 +172,15 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
     sender = bare(mail_from)
     if not sender:
         return "null reverse-path <> (bounces and notices are never answered)"
-    for checks in (_generated, _auto_submitted, _report, _list, _precedence, _suppress):
+    for checks in (_generated, _auto_submitted, _autoreply_marker, _report, _list, _precedence,
+                   _suppress):
         why = checks(view)
         if why:
             return why
     for who, address in (("envelope sender", sender), ("From", bare(view.from_addr or ""))):
         local = address.rpartition("@")[0]
-        hit = next((p for p in policy.robot_senders if fnmatch.fnmatchcase(local, p.lower())),
-                   None)
+        hit = next((p for p in policy.robot_senders for part in {local, local.split("+", 1)[0]}
+                    if fnmatch.fnmatchcase(part, p.lower())), None)
         if local and hit is not None:
             return f"robot sender: {who} {address} matches {hit!r}"
     if sender.rpartition("@")[2] in our_domains:
@@ -183,6 +198,14 @@ def _generated(view: View) -> str:
 def _auto_submitted(view: View) -> str:
     value = (view.header("Auto-Submitted") or "").split(";", 1)[0].strip().lower()
     return f"Auto-Submitted: {value}" if value and value != "no" else ""
+
+
+def _autoreply_marker(view: View) -> str:
+    for name in _AUTOREPLY_MARKERS:
+        value = view.header(name)
+        if value is not None and value.strip().lower() != "no":
+            return f"an auto-reply ({name}: {value.strip()})"
+    return ""
 
 
 def _report(view: View) -> str:

@@ -15,6 +15,7 @@ from mailrouter.autoreply import (
     Policy,
     choose_language,
     period_bucket,
+    reason_kind,
     verdict,
 )
 from mailrouter.cli import main
@@ -84,6 +85,26 @@ CASES = [
     ("no-reply", msg(), "No-Reply@shop.example", "robot sender"),
     ("a robot From with a person's envelope", msg(sender="MAILER-DAEMON@mx.client.example"),
      "ann@client.example", "From mailer-daemon@mx.client.example"),
+    # vacation responders older than RFC 3834 (Yandex, Mail.ru, cPanel, Outlook rules)
+    ("X-Autoreply: yes", msg("X-Autoreply: yes"), "ann@client.example",
+     "an auto-reply (X-Autoreply: yes)"),
+    ("X-Autorespond", msg("X-Autorespond: Out of office"), "ann@client.example",
+     "an auto-reply (X-Autorespond"),
+    ("X-Autoreply: no does not suppress", msg("X-Autoreply: no"), "ann@client.example", ""),
+    ("Precedence: auto_reply", msg("Precedence: auto_reply"), "ann@client.example",
+     "Precedence: auto_reply"),
+    # bounces of Exchange/GroupWise/SMTP32 (flufl.bounce's microsoft_01, groupwise_02) come
+    # from postmaster@; forwarded, their envelope sender is the forwarder's
+    ("a postmaster bounce with a non-null envelope",
+     msg(sender="System Administrator <postmaster@ikon.example>"), "fwd@client.example",
+     "From postmaster@ikon.example matches 'postmaster'"),
+    ("noreply as a word: gmail-noreply (mikel/mail fixture)",
+     msg(sender="Gmail Team <gmail-noreply@google.com>"), "gmail-noreply@google.com",
+     "robot sender"),
+    ("noreply.alerts", msg(), "noreply.alerts@shop.example", "robot sender"),
+    ("no-reply-orders", msg(), "no-reply-orders@shop.example", "robot sender"),
+    ("noreply with a +detail", msg(), "noreply+x7@shop.example", "matches 'noreply'"),
+    ("a person whose name ends in reply", msg(), "anoreply@client.example", ""),
     ("our own address", msg(), "sales@example.com", "our own address"),
     ("mail we generated", msg("X-Mailrouter-Loop: mx.test; generated=autoreply"),
      "ann@client.example", "mail we generated"),
@@ -180,3 +201,9 @@ def test_explain_json_shows_autoreply(tmp_path: Path, capsys: pytest.CaptureFixt
         {"responder": None, "send": False, "reason": "no autoreply for this recipient"}]
     [bounce, _] = explain_json(capsys, eml, "--from", "<>", *rcpts)
     assert bounce["send"] is False and "null reverse-path" in str(bounce["reason"])
+
+
+def test_autoreply_markers_count_as_auto_submitted() -> None:
+    """The metric label of an X-Autoreply verdict is a kind of the fixed set, not `other`."""
+    _, why = check(msg("X-Autoreply: yes"))
+    assert reason_kind(why) == "auto_submitted"
