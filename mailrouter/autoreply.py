@@ -9,7 +9,8 @@ answer's bytes. The daemon records every verdict with the decision; the outbox s
 When not to answer (RFC 3834 section 2 and 3.1; the order is the order of the checks,
 so the first reason found is the one recorded):
 - no responder named; the recipient was refused;
-- a null reverse-path `<>` (bounces, notices: RFC 5321 4.5.5), or none at all;
+- a null reverse-path `<>` (bounces, notices: RFC 5321 4.5.5), or none at all, also when
+  the first `Return-Path: <>` header says so (a bounce forwarded by a mailbox);
 - mail we generated (our trace header `X-Mailrouter-Loop: HOST; generated=...`);
 - `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress; the older
   markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`);
@@ -172,6 +173,9 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
     sender = bare(mail_from)
     if not sender:
         return "null reverse-path <> (bounces and notices are never answered)"
+    if bare(view.header("Return-Path") or "x") == "":
+        # a bounce delivered to a mailbox and forwarded from there: the forwarder's envelope
+        return "null reverse-path <> in Return-Path (a bounce, forwarded)"
     for checks in (_generated, _auto_submitted, _autoreply_marker, _report, _list, _precedence,
                    _suppress):
         why = checks(view)
