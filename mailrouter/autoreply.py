@@ -17,7 +17,7 @@ so the first reason found is the one recorded):
 - `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces;
 - any `List-*` header (RFC 2369, RFC 2919); `Precedence: bulk | junk | list | auto_reply`;
 - `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
-- a robot sender, envelope or From local part, matched against `robot_senders`
+- a robot sender, envelope, From or Return-Path local part, matched against `robot_senders`
   (MAILER-DAEMON, postmaster, LISTSERV, majordomo, owner-*, *-request, noreply... ;
   configurable; a +detail of the local part is ignored);
 - a sender on one of our own domains (two responders would answer each other);
@@ -181,7 +181,9 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
         why = checks(view)
         if why:
             return why
-    for who, address in (("envelope sender", sender), ("From", bare(view.from_addr or ""))):
+    # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*)
+    for who, address in (("envelope sender", sender), ("From", bare(view.from_addr or "")),
+                         ("Return-Path", bare(view.header("Return-Path") or ""))):
         local = address.rpartition("@")[0]
         hit = next((p for p in policy.robot_senders for part in {local, local.split("+", 1)[0]}
                     if fnmatch.fnmatchcase(part, p.lower())), None)

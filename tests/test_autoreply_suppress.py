@@ -110,6 +110,10 @@ CASES = [
     ("no-reply-orders", msg(), "no-reply-orders@shop.example", "robot sender"),
     ("noreply with a +detail", msg(), "noreply+x7@shop.example", "matches 'noreply'"),
     ("a person whose name ends in reply", msg(), "anoreply@client.example", ""),
+    # a LISTSERV message forwarded by a mailbox (mikel/mail content_transfer_encoding_x_uuencode)
+    ("a list's owner-* in Return-Path, forwarded",
+     msg("Return-Path: owner-rrga-l@list.rtowest.example"), "fwd@relay.example",
+     "Return-Path owner-rrga-l@list.rtowest.example matches 'owner-*'"),
     ("our own address", msg(), "sales@example.com", "our own address"),
     ("mail we generated", msg("X-Mailrouter-Loop: mx.test; generated=autoreply"),
      "ann@client.example", "mail we generated"),
