@@ -297,7 +297,7 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     msg = EmailMessage(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
     msg["From"] = sender
     msg["To"] = to.strip("<>")
-    msg["Subject"] = responder.subject.format(**values)
+    msg["Subject"] = responder.subject_for(language).format(**values)
     msg["Date"] = format_datetime(at)
     msg["Message-ID"] = message_id or make_msgid(domain=hostname)
     original = _MSGID.search(view.message_id or "")

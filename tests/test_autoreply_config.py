@@ -80,6 +80,23 @@ def test_responders_parsed_with_defaults(tmp_path: Path) -> None:
     assert closed.body("de") == "Мы не работаем."      # unknown language: the default
 
 
+def test_subject_per_language(tmp_path: Path) -> None:
+    """`subject:` may be given per language, as `body:` is: a Russian answer gets a Russian
+    subject; a language without its own gets the default language's; errors name the language."""
+    doc = BOOK + textwrap.dedent("""\
+        autoreplies:
+          moved:
+            subject: {en: "Auto: {subject}", ru: "Автоответ: {subject}"}
+            body: {en: "Write to {new}.", ru: "Пишите на {new}.", de: "Schreiben Sie an {new}."}
+        """)
+    moved = snap_of(tmp_path, doc).responders["moved"]
+    assert [moved.subject_for(lang) for lang in ("ru", "en", "de")] == [
+        "Автоответ: {subject}", "Auto: {subject}", "Auto: {subject}"]
+    bad = doc.replace('ru: "Автоответ: {subject}"', 'ru: "Ответ: {subjekt}"')
+    errs = errors_of(tmp_path, bad)
+    assert len(errs) == 1 and "autoreply 'moved' subject ru: unknown placeholder {subjekt}" in errs[0]
+
+
 def test_unknown_placeholder_is_an_error_with_line(tmp_path: Path) -> None:
     """`check` names file:line for an unknown placeholder and suggests the close one."""
     bad = BOOK + textwrap.dedent("""\

@@ -76,6 +76,15 @@ def test_utf8_body_and_encoded_subject() -> None:
                                        "пишите на sales@example.com.")
 
 
+def test_subject_in_the_answers_language() -> None:
+    """With a subject per language, Russian mail gets the Russian one, other mail the default."""
+    both = Responder("moved", None, "Auto: {subject}", timedelta(days=7), "en", MOVED.bodies,
+                     subjects=(("en", "Auto: {subject}"), ("ru", "Автоответ: {subject}")))
+    assert reply(incoming("Вопрос по счёту", body="Здравствуйте"), responder=both)[1][
+        "Subject"] == "Автоответ: Вопрос по счёту"
+    assert reply(incoming("Question"), responder=both)[1]["Subject"] == "Auto: Question"
+
+
 def test_encoded_incoming_subject_is_decoded_into_the_answer() -> None:
     """A KOI8-R RFC 2047 subject is decoded, then re-encoded as UTF-8."""
     encoded = "=?koi8-r?B?" + __import__("base64").b64encode("Счёт".encode("koi8-r")).decode() + "?="

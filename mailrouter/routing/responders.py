@@ -3,7 +3,7 @@
     autoreplies:
       moved:
         from: old                      # the address written to (default), or an address
-        subject: "Auto: {subject}"     # the default
+        subject: "Auto: {subject}"     # the default; or per language, as body
         period: 7d                     # one answer per sender per period; at least 1d
         language: en                   # the default language (else the first body's)
         body:
@@ -59,9 +59,14 @@ class Responder:
     bodies: tuple[tuple[str, str], ...]  # (language, template), in file order
     file: str = ""
     line: int = 0
+    subjects: tuple[tuple[str, str], ...] = ()   # (language, template) when given per language
 
     def body(self, language: str) -> str:
         return dict(self.bodies).get(language) or dict(self.bodies)[self.language]
+
+    def subject_for(self, language: str) -> str:
+        """The subject template for a reply in `language`: its own, else `subject`."""
+        return dict(self.subjects).get(language) or self.subject
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -111,15 +116,27 @@ class _Checker:
                 self.err(f"autoreply {name!r}: unknown key '{k}'", k, spec,
                          did_you_mean(str(k), list(RESPONDER_KEYS)))
         sender = self.sender(name, spec)
-        subject = self.template(f"autoreply {name!r} subject",
-                                spec.get("subject", DEFAULT_SUBJECT), spec)
-        if subject is not None and ("\n" in subject.strip() or "\r" in subject):
-            self.err(f"autoreply {name!r}: subject must be one line", spec.get("subject"), spec,
-                     "write it in quotes on one line")
-            subject = None
+        given = spec.get("subject", DEFAULT_SUBJECT)
+        subjects: list[tuple[str, str]] = []
+        subject: str | None = None
+        if isinstance(given, Mapping):      # per language, as body: (Russian mail, Russian subject)
+            ok = bool(given)
+            if not ok:
+                self.err(f"autoreply {name!r}: subject is empty", given, spec,
+                         'write subject: "Auto: {subject}" or {en: ..., ru: ...}')
+            for lang, text in given.items():
+                one = self.subject_line(f"autoreply {name!r} subject {lang}", text, given)
+                ok = ok and one is not None
+                if one is not None:
+                    subjects.append((str(lang), one))
+        else:
+            subject = self.subject_line(f"autoreply {name!r} subject", given, spec)
         period = self.period(name, spec)
         bodies = self.bodies(name, spec)
         language = str(spec.get("language") or (bodies[0][0] if bodies else ""))
+        if isinstance(given, Mapping):
+            # a language without its own subject gets the default language's, else the default
+            subject = dict(subjects).get(language, DEFAULT_SUBJECT) if ok else None
         if bodies and language not in dict(bodies):
             self.err(f"autoreply {name!r}: default language {language!r} has no body",
                      spec.get("language"), spec,
@@ -129,7 +146,15 @@ class _Checker:
                 or period is None or not bodies:
             return None
         path, line, _ = where(key, spec)
-        return Responder(name, sender, subject.strip(), period, language, bodies, path, line)
+        return Responder(name, sender, subject, period, language, bodies, path, line,
+                         tuple(subjects))
+
+    def subject_line(self, what: str, text: Any, parent: Any) -> str | None:
+        subject = self.template(what, text, parent)
+        if subject is not None and ("\n" in subject.strip() or "\r" in subject):
+            self.err(f"{what} must be one line", text, parent, "write it in quotes on one line")
+            return None
+        return subject.strip() if subject is not None else None
 
     def sender(self, name: str, spec: Mapping[str, Any]) -> str | None | bool:
         """The From address; None for "old" (the address written to); False when bad."""
