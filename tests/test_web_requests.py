@@ -247,6 +247,19 @@ async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any) -> None:
     assert await (await client()).login("smirnov") == 303
 
 
+async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(client: Any) -> None:
+    """Behind a reverse proxy on this host every sign-in comes from 127.0.0.1: twenty failures
+    from one client (X-Forwarded-For, the proxy's last entry) locked everyone out. Now that
+    client is locked and another behind the same proxy still signs in."""
+    guesser, other = await client(), await client()
+    guesser.http.headers["X-Forwarded-For"] = "198.51.100.7"
+    other.http.headers["X-Forwarded-For"] = "203.0.113.9, 192.0.2.44"   # the proxy appended .44
+    for n in range(20):
+        assert await guesser.login(f"nobody{n}", "wrong password!") == 401
+    assert await guesser.login("ivanov") == 429
+    assert await other.login("ivanov") == 303
+
+
 def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -> None:
     """Clock-driven: 3 failures lock the name for 60 s from the last; success forgets the
     name's failures; 4 failures from one address lock the address for any name; failures

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import Connection
 
-from ..config import WebConfig
+from ..config import WebConfig, is_loopback
 from ..control.queries import request_of
 from ..registry import Registry
 from ..registry.accounts import close_session, open_session, password_hash, verify_password
@@ -62,10 +62,23 @@ async def login_form(request: web.Request, error: str = "", status: int = 200) -
     return resp
 
 
+def client_address(request: web.Request) -> str:
+    """Whom sign-in failures count against: the peer, or behind a reverse proxy on this host
+    (a loopback peer) the address that proxy appended last to X-Forwarded-For. Counted
+    against the proxy's own address, 20 failures from anyone locked everyone out."""
+    peer = request.remote or "?"
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded and is_loopback(peer):
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last[:64]
+    return peer
+
+
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     registry, settings, throttle = request.app[REGISTRY], request.app[SETTINGS], request.app[THROTTLE]
-    typed, ip = str(form.get("person", ""))[:200], request.remote or "?"
+    typed, ip = str(form.get("person", ""))[:200], client_address(request)
     wait = throttle.wait(typed, ip)
     if wait > 0:
         resp = await login_form(request, translate(lang_of(request), "throttled",

@@ -1,7 +1,8 @@
 """Sign-in throttling: failed attempts per person and per client address lock them a while.
 
 A failed sign-in counts against the name typed (case-folded, whether or not such a person
-exists, so the lock says nothing about who exists) and against the client's IP address.
+exists, so the lock says nothing about who exists) and against the client's IP address
+(behind a reverse proxy on this host, the last X-Forwarded-For entry: app.client_address).
 After `per_person` failures of one name, or `per_ip` failures from one address, within
 `window` seconds, that name or address is locked for `lock` seconds from the last failure:
 sign-in answers 429 with Retry-After without even checking the password, so guessing
