@@ -164,6 +164,20 @@ async def test_search_finds_a_cyrillic_subject_word_in_another_case_and_with_e_f
     assert "Счёт №42" not in page                                   # every word must be there
 
 
+async def test_bidi_controls_in_a_subject_are_shown_not_obeyed(client: Any, site: Any) -> None:
+    """A right-to-left override in a subject ('счет' RLO 'fdp.exe' reads as 'счетexe.pdf' on
+    the page) is shown as a visible U+FFFD on the search page and in the message's story."""
+    await _deliver(site[0], "invoices@example.com", "Счет\u202efdp.exe")
+    c = client()
+    assert await c.login("petrova") == 303
+    status, page, _ = await c.get("/search?" + urlencode({"words": "счет*"}))
+    assert status == 200 and "Счет\ufffdfdp.exe" in page and "\u202e" not in page
+    key = re.search(r'href="/message/([0-9a-f]{64})"[^>]*>Счет\ufffd', page)
+    assert key, page
+    status, story, _ = await c.get(f"/message/{key.group(1)}")
+    assert status == 200 and "Счет\ufffdfdp.exe" in story and "\u202e" not in story
+
+
 async def test_a_pasted_reply_subject_finds_the_message_in_czech_and_russian(client: Any,
                                                                               site: Any) -> None:
     """Subjects are indexed as the rules see them, reply prefixes stripped; a query is read

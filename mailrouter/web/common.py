@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from aiohttp import web
 
 from ..routing.snapshot import Snapshot
@@ -27,8 +28,21 @@ __all__ = ["HERE", "LANG_COOKIE", "BadInput", "no_nul", "lang_of", "render", "er
 
 HERE = Path(__file__).resolve().parent
 LANG_COOKIE = "mailrouter_lang"
+# Bidi embedding, override and isolate controls in a subject, a sender's name or a file name
+# reorder what follows them on the page ("счет\u202efdp.exe" shows as "счетexe.pdf"): every
+# value a page shows has them made visible, as U+FFFD, before it is escaped.
+_BIDI = str.maketrans(dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
+                                    "\ufffd"))
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return value.translate(_BIDI)
+    return value
+
+
 _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                          autoescape=True, undefined=jinja2.StrictUndefined)
+                          autoescape=True, undefined=jinja2.StrictUndefined, finalize=_shown)
 
 
 # The last day a period may end on: queries run to the midnight after `until`, and the
