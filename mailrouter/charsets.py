@@ -46,6 +46,7 @@ import email.header
 import functools
 import math
 import re
+from collections import Counter
 from typing import Callable, Iterator
 
 __all__ = [
@@ -225,30 +226,51 @@ _IN_WORD = math.log(0.01)            # extra, for a sign glued to the letter aft
 _INVALID = math.log(1e-7)            # C1 controls, bytes the codec does not define
 
 
-def score_latin(text: str, lang: str, score: float | None = None) -> float:
-    """How well ``text`` reads as language ``lang``, from its non-ASCII characters.
-    ``score`` is the score of the text before it (a long text is scored a piece at a time)."""
-    prior, table = _LATIN_LOG[lang]
-    score = prior if score is None else score
-    for i, ch in enumerate(text):
-        if ch < "\x80":
-            continue
-        low = ch.lower()
-        if low in table:
-            score += table[low]
-        elif ch == "\ufffd" or ch <= "\x9f":
-            score += _INVALID
-        elif ch.isalpha():
-            score += _FOREIGN_LETTER
-        else:
-            score += _SYMBOL if ch in _SYMBOLS else _RARE_SYMBOL
-            # glued to the letters after it ("®ádost", "lu»oučký"; a sign between, as in
-            # "©»astný", too), unless it may open a word there ("»Ano«")
-            after = text[i + 1:i + 3]
-            glued = after[:1].isalpha() or (after[:1] in _SYMBOLS and after[1:].isalpha())
-            if glued and (ch not in _OPENERS or (i and text[i - 1].isalpha())):
-                score += _IN_WORD
-    return score
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+class LatinCounts:
+    """What the Latin scores are made of, counted in one pass for every language: each
+    letter (lower case) and how often, and the rest's score, which no language changes
+    (signs, C1 controls and replacement characters). Counts of pieces add up."""
+
+    __slots__ = ("letters", "rest")
+
+    def __init__(self, text: str = "") -> None:
+        self.letters: Counter[str] = Counter()
+        self.rest = 0.0
+        for found in _NOT_ASCII.finditer(text):   # at C speed past the ASCII, most of any text
+            i, ch = found.start(), found.group()
+            if ch == "\ufffd" or ch <= "\x9f":
+                self.rest += _INVALID
+            elif ch.isalpha():
+                self.letters[ch.lower()] += 1
+            else:
+                self.rest += _SYMBOL if ch in _SYMBOLS else _RARE_SYMBOL
+                # glued to the letters after it ("®ádost", "lu»oučký"; a sign between, as in
+                # "©»astný", too), unless it may open a word there ("»Ano«")
+                after = text[i + 1:i + 3]
+                glued = after[:1].isalpha() or (after[:1] in _SYMBOLS and after[1:].isalpha())
+                if glued and (ch not in _OPENERS or (i and text[i - 1].isalpha())):
+                    self.rest += _IN_WORD
+
+    def add(self, other: "LatinCounts") -> None:
+        self.letters.update(other.letters)
+        self.rest += other.rest
+
+    def score(self, lang: str) -> float:
+        """How well the text reads as language `lang` (its prior included)."""
+        prior, table = _LATIN_LOG[lang]
+        return prior + self.rest + sum(n * table.get(low, _FOREIGN_LETTER)
+                                       for low, n in self.letters.items())
+
+    def best(self) -> float:
+        return max(self.score(lang) for lang in _LATIN_LOG)
+
+
+def score_latin(text: str, lang: str) -> float:
+    """How well ``text`` reads as language ``lang``, from its non-ASCII characters."""
+    return LatinCounts(text).score(lang)
 
 
 def guess_latin(data: bytes) -> tuple[str, str]:
@@ -256,7 +278,7 @@ def guess_latin(data: bytes) -> tuple[str, str]:
     read as each language of _LATIN_LANGS; the best pair wins ("fakturu \xe8." is "č" in
     Czech, "très" in French: the rest of the text decides, then the order above)."""
     readings = [(data.decode(codec, "replace"), codec) for codec in LATIN_CANDIDATES]
-    return max(readings, key=lambda r: max(score_latin(r[0], lang) for lang in _LATIN_LOG))
+    return max(readings, key=lambda r: LatinCounts(r[0]).best())
 
 
 # Decoding labelled and unlabelled bytes
@@ -392,8 +414,7 @@ def _latin_read_as(codec: str, data: bytes, start: int, end: int) -> str:
     sample = data[start:min(end, start + PAIR_SCORED)]
 
     def best(c: str) -> float:
-        text = sample.decode(c, "replace")
-        return max(score_latin(text, lang) for lang in _LATIN_LOG)
+        return LatinCounts(sample.decode(c, "replace")).best()
 
     margin = max(OTHER_WINS, LATIN_WINS_PER_BYTE * len(differ.findall(sample)))
     return other if best(other) - best(codec) >= margin else codec
@@ -708,25 +729,29 @@ def _mislabelled_pieces(data: bytes, start: int, end: int, size: int, codec: str
     return codec in _LATIN_LABELS and _looks_cyrillic_pieces(data, start, end, size)
 
 
+# An unlabelled body's letters are scored (in Python, per character and candidate) on its
+# first GUESS_SCORED bytes: a mailer writes a whole body in one charset, and scoring all of
+# a 25 MB body took ~10 s of CPU (bench/README.md, ninth pass).
+GUESS_SCORED = 256 * 1024
+
+
 def _guess_pieces(data: bytes, start: int, end: int, size: int,
                   candidates: tuple[str, ...]) -> str:
-    """The codec guess_decode picks, a piece at a time (same order, same scores)."""
+    """The codec guess_decode picks, a piece at a time (same order, same scores; the
+    letters are scored on the first GUESS_SCORED bytes, the checks before read all)."""
     if _is_ascii(data, start, end, size):
         return "ascii"
     if _is_utf8(data, start, end, size) or _damaged_utf8_pieces(data, start, end, size):
         return "utf-8"
+    scored = min(end, start + GUESS_SCORED)
     if not _looks_cyrillic_pieces(data, start, end, size):
-        latin: dict[tuple[str, str], float | None] = {
-            (c, lang): None for c in LATIN_CANDIDATES for lang in _LATIN_LOG}
-        for piece in _byte_pieces(data, start, end, size):
+        latin = {c: LatinCounts() for c in LATIN_CANDIDATES}
+        for piece in _byte_pieces(data, start, scored, size):
             for codec in LATIN_CANDIDATES:
-                text = piece.decode(codec, "replace")
-                for lang in _LATIN_LOG:
-                    latin[codec, lang] = score_latin(text, lang, latin[codec, lang])
-        return max(LATIN_CANDIDATES,
-                   key=lambda c: max(latin[c, lang] or 0.0 for lang in _LATIN_LOG))  # never None
+                latin[codec].add(LatinCounts(piece.decode(codec, "replace")))
+        return max(LATIN_CANDIDATES, key=lambda c: latin[c].best())
     russian = dict.fromkeys(candidates, 0.0)
-    for piece in _byte_pieces(data, start, end, size):
+    for piece in _byte_pieces(data, start, scored, size):
         for codec in candidates:
             russian[codec] = score_russian(piece.decode(codec, "replace"), russian[codec])
     return max(candidates, key=lambda c: russian[c])
