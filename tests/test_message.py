@@ -373,6 +373,36 @@ def test_central_european_labels_swapped_are_read_as_what_they_are(name: str) ->
     assert decode_bytes(text.encode("iso8859-2"), None).text == text       # unlabelled
 
 
+WEST_TEXTS = [
+    "Très bien, à bientôt. Je vous envoie la facture détaillée pour l'année écoulée.",
+    "Ça coûte cher, mais c'est la vérité: nous étions déjà là-bas, où il fait froid.",
+    "Grüße aus München, die Überweisung für März ist erledigt. Schöne Grüße, Jürgen Weiß",
+    "Mañana por la mañana enviaré la información del año pasado. Saludos, José Peña",
+    "La città più bella è Firenze; però non so perché così tante persone ci vanno.",
+    "Ação necessária: a fatura não foi paga. Obrigado, João Conceição",
+    "Hej! Vi ses på måndag. Mvh Björn Öström, Göteborg. Smørrebrød og ærter.",
+    "Café crème, naïve façade, coöperatie, résumé, piñata, São Paulo, Ørsted, Århus",
+]
+
+
+@pytest.mark.parametrize("name", CE_TEXTS)
+def test_central_european_text_under_a_western_label(name: str) -> None:
+    """Czech, Polish and Slovak text under iso-8859-1 ('Pøíští týden', 'sluby') is read in
+    the Central European charset it is in; Western text under iso-8859-1 or windows-1252
+    never is (tests/test_message.py's subjects and texts; WEST_TEXTS)."""
+    text = CE_TEXTS[name]
+    for codec in ("cp1250", "iso8859-2"):
+        got = decode_bytes(text.encode(codec), "iso-8859-1")
+        if (name, codec) == ("sk-ľ", "cp1250"):     # ľ and ž swap places: ž reads better
+            assert got.notes == ["declared iso-8859-1 but bytes are iso8859-2"]
+            continue
+        assert (got.text, got.notes) == (text, [f"declared iso-8859-1 but bytes are {codec}"])
+    for west in WEST_SUBJECTS + WEST_TEXTS:
+        for codec, label in (("cp1252", "iso-8859-1"), ("cp1252", "windows-1252")):
+            got = decode_bytes(west.encode(codec), label)
+            assert (got.text, got.notes) == (west, []), (west, label)
+
+
 def test_short_polish_word_keeps_its_label() -> None:
     """'mąka' in windows-1250 reads 'mška' in ISO-8859-2: as plausible, so the label is kept."""
     for codec, label in (("cp1250", "windows-1250"), ("iso8859-2", "iso-8859-2")):
