@@ -139,19 +139,19 @@ def looks_cyrillic(data: bytes) -> bool:
     return own_word * 2 > high
 
 
+# A run of 8-bit bytes with no ASCII letter on either side (a word of its own), and one
+# such byte alone: "č.", "20 €", "© 2026" say nothing either way and do not count.
+_OWN_WORD = re.compile(rb"(?<![A-Za-z\x80-\xff])[\x80-\xff]+(?![A-Za-z\x80-\xff])")
+_OWN_BYTE = re.compile(rb"(?<![A-Za-z\x80-\xff])[\x80-\xff](?![A-Za-z\x80-\xff])")
+_ASCII = bytes(range(0x80))
+
+
 def _cyrillic_counts(data: bytes) -> tuple[int, int]:
-    """(8-bit bytes that count, those of them in words of their own) for looks_cyrillic."""
-    high = own_word = 0
-    for match in re.finditer(rb"[\x80-\xff]+", data):
-        before = data[match.start() - 1:match.start()]
-        after = data[match.end():match.end() + 1]
-        alone = not before.isalpha() and not after.isalpha()
-        if alone and len(match.group(0)) == 1:
-            continue    # "č.", "20 €", "© 2026": one byte on its own says nothing either way
-        high += len(match.group(0))
-        if alone:
-            own_word += len(match.group(0))
-    return high, own_word
+    """(8-bit bytes that count, those of them in words of their own) for looks_cyrillic,
+    counted at C speed (a loop over the runs took 1.5 ms per 12 KB of accented text)."""
+    alone = len(_OWN_BYTE.findall(data))
+    high = len(data.translate(None, _ASCII))          # the 8-bit bytes
+    return high - alone, len(b"".join(_OWN_WORD.findall(data))) - alone
 
 
 def _valid_utf8(data: bytes) -> str | None:
