@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailrouter.charsets import (CYRILLIC_BODY_CANDIDATES, decode_bytes, guess_decode, inspect_bytes,
+from mailrouter.charsets import (CYRILLIC_BODY_CANDIDATES, _cyrillic_counts, decode_bytes, guess_decode, inspect_bytes,
                                  resolve_charset)
 from mailrouter.message import Attachment, MessageView, _parse_body, decode_header_value
 
@@ -401,6 +402,27 @@ def test_central_european_text_under_a_western_label(name: str) -> None:
         for codec, label in (("cp1252", "iso-8859-1"), ("cp1252", "windows-1252")):
             got = decode_bytes(west.encode(codec), label)
             assert (got.text, got.notes) == (west, []), (west, label)
+
+
+def _cyrillic_counts_reference(data: bytes) -> tuple[int, int]:
+    """The counts as first written: a loop over the runs of 8-bit bytes."""
+    high = own_word = 0
+    for match in re.finditer(rb"[\x80-\xff]+", data):
+        before, after = data[match.start() - 1:match.start()], data[match.end():match.end() + 1]
+        alone = not before.isalpha() and not after.isalpha()
+        if alone and len(match.group(0)) == 1:
+            continue
+        high += len(match.group(0))
+        own_word += len(match.group(0)) if alone else 0
+    return high, own_word
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"Z", b" ", b".", b"1", b"\n", b"\xe9", b"\xc0", b"\xff",
+                                 b"\x80", b"-"]), max_size=16).map(b"".join))
+def test_cyrillic_counts_at_c_speed_count_as_the_loop_did(data: bytes) -> None:
+    """looks_cyrillic's counts, made with two regexes, equal the loop's on any bytes."""
+    assert _cyrillic_counts(data) == _cyrillic_counts_reference(data)
 
 
 def test_short_polish_word_keeps_its_label() -> None:
