@@ -192,3 +192,61 @@ async def test_waiting_marker_cli_wait_and_customer_follow_up(make_app, tmp_path
     assert kinds == ["open -> waiting: waiting marker in the reply",
                      "waiting -> open: the customer wrote",
                      "open -> waiting: mailrouter request wait"]
+
+
+def _hold_records_until_planned(app, n: int, first: str | None = None) -> None:
+    """Make `n` messages arrive together: no record commits before all `n` are planned,
+    and none before the record of the message whose Message-ID is `first`."""
+    import asyncio
+    planned, first_done = asyncio.Event(), asyncio.Event()
+    control, registry = app.pipeline.control, app.pipeline.registry
+    plan, record, count = control.plan, registry.record, [0]
+    if first is None:
+        first_done.set()
+
+    async def counting_plan(*a, **k):
+        try:
+            return await plan(*a, **k)
+        finally:
+            count[0] += 1
+            if count[0] >= n:
+                planned.set()
+
+    async def held_record(message, *a, **k):
+        await asyncio.wait_for(planned.wait(), 10)
+        if message.message_id != first:
+            await asyncio.wait_for(first_done.wait(), 10)
+        try:
+            return await record(message, *a, **k)
+        finally:
+            if message.message_id == first:
+                first_done.set()
+    control.plan, registry.record = counting_plan, held_record
+
+
+async def test_messages_of_one_thread_arriving_together_open_one_request(make_app, tmp_path,
+                                                                         registry_url):
+    """Both are planned before either is recorded: the same message in two SMTP transactions
+    (an MTA splitting recipients) is one request, and a follow-up naming the first message
+    joins its request instead of opening a second one."""
+    import asyncio
+    app, port = await start(make_app, tmp_path, registry_url)
+    _hold_records_until_planned(app, 2)
+    first = mail("client@bigco.example", "printer", "c1@bigco")
+    await asyncio.gather(send(port, first, "client@bigco.example"),
+                         send(port, first, "client@bigco.example"))
+    assert [(r["id"], r["owner"]) for r in await rows(app, requests)] == [(1, "ivanov")]
+    assert len(await rows(app, request_messages)) == 1
+
+    _hold_records_until_planned(app, 3, first="<s1@x>")
+    second = mail("other@x.example", "scanner", "s1@x")
+    follow = mail("other@x.example", "Re: scanner", "s2@x", "<s1@x>")
+    stranger = mail("evil@attacker.example", "Re: scanner", "e1@evil", "<s1@x>")
+    await asyncio.gather(send(port, second, "other@x.example"),
+                         send(port, follow, "other@x.example"),
+                         send(port, stranger, "evil@attacker.example"))
+    reqs = await rows(app, requests)
+    assert [(r["id"], r["counterparty"]) for r in reqs] == [
+        (1, "client@bigco.example"), (2, "other@x.example"), (3, "evil@attacker.example")]
+    linked = await rows(app, request_messages, request_messages.c.request_id == 2)
+    assert [m["message_id"] for m in linked] == ["<s1@x>", "<s2@x>"]

@@ -88,10 +88,11 @@ class Control:
             refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
                                  f"(join check: {self.cfg.join}); named it by {how}; "
                                  "opened a request of its own"))
-        return self._open(conn, sender, view, decisions, snap, at, tuple(refused))
+        return self._open(conn, sender, view, decisions, snap, at, tuple(refused), refs)
 
     def _open(self, conn: Connection, sender: str, view: Any, decisions: Sequence[Decision],
-              snap: Any, at: datetime, refused: tuple[tuple[int, str], ...]) -> Plan:
+              snap: Any, at: datetime, refused: tuple[tuple[int, str], ...],
+              refs: tuple[str, ...]) -> Plan:
         d = next((d for d in decisions if d.action is Action.DELIVER and d.rules
                   and (d.owner or d.sla)), None)
         if d is None:
@@ -103,7 +104,7 @@ class Control:
         return Plan("open", sender, view.message_id, None, choice.owner, choice.team,
                     choice.member, choice.why, d.mailbox, d.rules[0].name, view.subject,
                     d.priority, d.tags, sla_terms(d.sla).get("calendar"), sla_due(d.sla),
-                    refused=refused)
+                    refused=refused, refs=refs, join=self.cfg.join)
 
     def copy_to_owner(self, plan: Plan, decisions: Sequence[Decision], snap: Any) -> list[Decision]:
         """`decisions`, those with `copy_to_owner` carrying the owner's copy as a target too."""

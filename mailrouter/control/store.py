@@ -12,16 +12,22 @@ threads.took_part) does not join it; the refusal is an event on that request
 (`join_refused`) and the message opens a request of its own. Robot mail (bounces,
 auto-replies, lists) neither opens nor reopens a request.
 
-Known limit: two instances that receive the very same new message at the same
-moment may open two requests for it (each plans before either commits); a team's
-round-robin cursor may then also give two messages arriving together to one member.
+Messages arriving together: the plan is read before delivery and written after it, so
+a second transaction of the very same message (an MTA splitting recipients), or a
+follow-up naming a message whose request is not committed yet, may plan "open" too.
+`apply_plan` looks again inside the write: the same message already in a request adds
+nothing; a follow-up whose references now name a request it may join joins it (its
+delivered copies keep the owner header planned before). Known limit: on PostgreSQL two
+transactions committing at the same moment do not see each other, so two requests may
+still open; a team's round-robin cursor may then also give two messages arriving together
+to one member.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +35,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .tables import (OPEN_STATUSES, request_events, request_messages, requests, team_picks)
-from .threads import domain_of
+from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event"]
 
@@ -57,6 +63,8 @@ class Plan:
     close: bool = False                        # a reply carrying the close marker
     wait: bool = False                         # a reply carrying the waiting marker
     refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
+    refs: tuple[str, ...] = ()                 # In-Reply-To/References, looked up again at write
+    join: str = "address"                      # control.join, for that second look
 
 
 class DbTeamState:
@@ -131,6 +139,10 @@ def _link(conn: Connection, plan: Plan, request_id: int, key: str, direction: st
 
 def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
     """Write `plan` for message `key` (inside the record transaction); the request number."""
+    if plan.kind == "open":
+        late = _opened_meanwhile(conn, plan, key)
+        if late is not None:
+            return late if isinstance(late, int) else apply_plan(conn, late, key, at)
     for rid, why in plan.refused:
         add_event(conn, rid, at, "join_refused", why, plan.sender)
     if plan.kind == "open":
@@ -153,6 +165,21 @@ def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | No
             _reply(conn, plan, rid, at)
         return rid
     return plan.request_id
+
+
+def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | None:
+    """What committed since `plan` (an open) was read: the request already holding this very
+    message (its number), or a join of the request its references now name (a Plan)."""
+    rid = known_message(conn, key)
+    if rid is not None:
+        return rid
+    for rid in find_by_refs(conn, plan.refs):
+        row = request_row(conn, rid)
+        if row is not None and took_part(plan.sender, participants(conn, rid), plan.join):
+            return replace(plan, kind="join", request_id=rid, owner=row["owner"],
+                           team=row["team"], picked=None,
+                           reopen=row["status"] if row["status"] != "open" else None)
+    return None
 
 
 def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
