@@ -250,3 +250,42 @@ async def test_messages_of_one_thread_arriving_together_open_one_request(make_ap
         (1, "client@bigco.example"), (2, "other@x.example"), (3, "evil@attacker.example")]
     linked = await rows(app, request_messages, request_messages.c.request_id == 2)
     assert [m["message_id"] for m in linked] == ["<s1@x>", "<s2@x>"]
+
+
+async def test_number_no_request_can_have_is_no_number(make_app, tmp_path, registry_url):
+    """A `[#N]` past the 32-bit request numbers (PostgreSQL's INTEGER id) in a customer's
+    subject or in a reply copy's is no request's number: the customer's message opens a
+    request, the copy answers none; before, the lookup failed and both got 451 for ever."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("client@bigco.example", "Re: [#99999999999] printer", "c1@bigco"),
+               "client@bigco.example")
+    await send(port, mail("ivanov@example.com", "Re: [#2147483648] printer", "r1@example.com"),
+               "ivanov@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["id"], r["status"], r["subject"]) == (1, "open", "Re: [#99999999999] printer")
+    # such a number by hand: no such request (exit 1), not a registry failure (exit 2)
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from mailrouter.control.actions import reopen
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            return main([*argv, "-c", str(cfg)]), err.getvalue()
+    assert await asyncio.to_thread(cli, "request", "show", "99999999999") == (
+        1, "mailrouter request show: no request #99999999999\n")
+    assert await asyncio.to_thread(cli, "request", "close", "99999999999") == (
+        1, "mailrouter request close: request #99999999999 not changed: no such request\n")
+
+    def web_reopen(conn):
+        try:
+            return reopen(conn, 2**31, "smirnov", MONDAY, "web")
+        except LookupError as exc:
+            return str(exc)
+    assert await app.registry.write("t", web_reopen) == "no request #2147483648"

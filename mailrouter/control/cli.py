@@ -28,6 +28,7 @@ from sqlalchemy import Connection, select, update
 from ..errors import RegistryError
 from .store import add_event
 from .tables import STATUSES, requests
+from .threads import MAX_NUMBER
 
 __all__ = ["add_commands", "ask_registry"]
 
@@ -158,6 +159,8 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
     allowed = ("open", "answered", "waiting") if status == "closed" else ("open", "answered")
 
     def change(conn: Connection) -> str | None:
+        if not 0 < args.number <= MAX_NUMBER:   # PostgreSQL would fail the query
+            return "missing"
         now = datetime.now(timezone.utc)
         before = conn.execute(select(requests.c.status).where(
             requests.c.id == args.number)).scalar_one_or_none()
