@@ -103,9 +103,20 @@ def _print_messages(msgs: list[dict[str, Any]]) -> None:
             print(f"      copy {c['target']}: {c['state']} {c['detail']}")
 
 
+def _period(what: str, since: datetime | None, until: datetime | None) -> None:
+    """Exit 2 on a period that ends before it starts: it would print "nothing in the
+    period" as if the registry had nothing, for what is a mistyped date."""
+    if since is not None and until is not None and since >= until:
+        print(f"mailrouter {what}: --since {since.isoformat()} is not before --until "
+              f"{until.isoformat()} (--until is the end of the period, not included)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .queries import report
     now = datetime.now(timezone.utc)
+    _period("report", args.since, args.until or (now if args.since else None))
     until = args.until or now
     since = args.since or until - timedelta(days=30)
     cfg = args.load_config(args.config)
@@ -134,6 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .queries import search
+    _period("registry search", args.since, args.until)
     found = _run(args, "registry search", lambda conn: search(
         conn, sender=args.sender, rcpt=args.rcpt, words=args.subject, since=args.since,
         until=args.until, tag=args.tag, owner=args.owner, status=args.status,
