@@ -289,3 +289,18 @@ async def test_number_no_request_can_have_is_no_number(make_app, tmp_path, regis
         except LookupError as exc:
             return str(exc)
     assert await app.registry.write("t", web_reopen) == "no request #2147483648"
+
+
+async def test_a_burst_of_new_messages_is_spread_over_the_team(make_app, tmp_path, registry_url):
+    """Six new messages planned before any is recorded (an MTA flushing its queue) go three
+    to ivanov and three to petrova, and the next one continues the turn; before, all six
+    read the same cursor from the registry and went to ivanov."""
+    import asyncio
+    app, port = await start(make_app, tmp_path, registry_url)
+    _hold_records_until_planned(app, 6)
+    await asyncio.gather(*[send(port, mail(f"c{i}@x.example", "hi", f"b{i}@x"), f"c{i}@x.example")
+                           for i in range(6)])
+    owners = [r["owner"] for r in await rows(app, requests)]
+    assert sorted(owners) == ["ivanov"] * 3 + ["petrova"] * 3
+    await send(port, mail("late@x.example", "hi", "late@x"), "late@x.example")
+    assert (await rows(app, requests))[-1]["owner"] == "ivanov"

@@ -16,6 +16,7 @@ planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -29,7 +30,7 @@ from ..config import ControlConfig
 from ..loops import header_text
 from ..registry import Registry
 from ..values import Action, Decision
-from .owners import choose_owner, owner_targets
+from .owners import OwnerChoice, choose_owner, owner_targets
 from .store import (DbTeamState, Plan, apply_plan, find_by_refs, known_message, participants,
                     request_row)
 from .threads import NumberTag, references, sla_due, sla_terms, took_part
@@ -37,12 +38,22 @@ from .threads import NumberTag, references, sla_due, sla_terms, took_part
 __all__ = ["Control", "OWNER_HEADER"]
 
 OWNER_HEADER = "X-Mailrouter-Owner"
+_CHOSEN = 10_000        # team choices remembered per message key, for the MTA's retries
 
 
 class Control:
     def __init__(self, cfg: ControlConfig, registry: Registry) -> None:
         self.cfg, self.registry = cfg, registry
         self.tag = NumberTag(cfg.number) if cfg.number else None
+        # Each team's last pick in this process, committed or not: messages planned
+        # together (a burst, an MTA flushing its queue) all read the registry's cursor
+        # before any of them commits, and all went to one member. A thread lock: SQLite
+        # plans run on reader threads. `_chosen`: the choice per message key, so the MTA's
+        # retry of a message that got 4xx (nothing recorded) gets the same owner again
+        # instead of the next member.
+        self._picks: dict[str, tuple[str, datetime]] = {}
+        self._chosen: dict[str, OwnerChoice] = {}
+        self._picking = threading.Lock()
 
     async def plan(self, mail_from: str, rcpts: Sequence[str], view: Any,
                    decisions: Sequence[Decision], snap: Any, key: str, at: datetime) -> Plan:
@@ -88,10 +99,10 @@ class Control:
             refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
                                  f"(join check: {self.cfg.join}); named it by {how}; "
                                  "opened a request of its own"))
-        return self._open(conn, sender, view, decisions, snap, at, tuple(refused), refs)
+        return self._open(conn, sender, view, decisions, snap, key, at, tuple(refused), refs)
 
     def _open(self, conn: Connection, sender: str, view: Any, decisions: Sequence[Decision],
-              snap: Any, at: datetime, refused: tuple[tuple[int, str], ...],
+              snap: Any, key: str, at: datetime, refused: tuple[tuple[int, str], ...],
               refs: tuple[str, ...]) -> Plan:
         d = next((d for d in decisions if d.action is Action.DELIVER and d.rules
                   and (d.owner or d.sla)), None)
@@ -99,8 +110,18 @@ class Control:
             return Plan("none", sender, view.message_id, refused=refused)
         book = snap.book
         team = book.teams.get(d.owner) if d.owner else None
-        state = DbTeamState(conn, team.members if team else ())
-        choice = choose_owner(book.people, book.teams, snap.rules.calendars, d.owner, at, state)
+        state = DbTeamState(conn, team.members if team else (), team.key if team else None)
+        with self._picking:         # no I/O inside: the state is read, the pick is pure
+            choice = self._chosen.get(key)
+            if choice is None or choice.team != d.owner or choice.owner not in book.people:
+                state.prefer(self._picks)
+                choice = choose_owner(book.people, book.teams, snap.rules.calendars, d.owner,
+                                      at, state)
+                if choice.team is not None and choice.member is not None:
+                    self._picks[choice.team] = (choice.member, at)
+                    if len(self._chosen) >= _CHOSEN:
+                        del self._chosen[next(iter(self._chosen))]     # the oldest
+                    self._chosen[key] = choice
         return Plan("open", sender, view.message_id, None, choice.owner, choice.team,
                     choice.member, choice.why, d.mailbox, d.rules[0].name, view.subject,
                     d.priority, d.tags, sla_terms(d.sla).get("calendar"), sla_due(d.sla),

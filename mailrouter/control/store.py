@@ -19,8 +19,9 @@ follow-up naming a message whose request is not committed yet, may plan "open" t
 nothing; a follow-up whose references now name a request it may join joins it (its
 delivered copies keep the owner header planned before). Known limit: on PostgreSQL two
 transactions committing at the same moment do not see each other, so two requests may
-still open; a team's round-robin cursor may then also give two messages arriving together
-to one member.
+still open. A team's cursor: each process lays its own picks not yet committed over the
+registry's (service.py), so a burst of new messages is spread; two instances picking at
+the same moment may still give two messages to one member.
 """
 
 from __future__ import annotations
@@ -68,10 +69,12 @@ class Plan:
 
 
 class DbTeamState:
-    """TeamState from the registry: the last pick per team, open requests per person."""
+    """TeamState from the registry: the last pick of `team`, open requests per person.
 
-    def __init__(self, conn: Connection, members: Iterable[str]) -> None:
-        self.conn = conn
+    Everything is read here, so the pick itself does no I/O and may run under a lock.
+    `prefer` lays over it the picks this process made but has not committed yet."""
+
+    def __init__(self, conn: Connection, members: Iterable[str], team: str | None = None) -> None:
         members = list(members)
         self.counts: dict[str, int] = {}
         if members:
@@ -79,10 +82,24 @@ class DbTeamState:
                     requests.c.owner.in_(members), requests.c.status.in_(OPEN_STATUSES))
                     .group_by(requests.c.owner)):
                 self.counts[owner] = int(count)
+        self.picks: dict[str, tuple[str, datetime]] = {}
+        if team is not None:
+            row = conn.execute(select(team_picks.c.member, team_picks.c.at).where(
+                team_picks.c.team == team)).first()
+            if row is not None:
+                self.picks[team] = (row.member, row.at)
+
+    def prefer(self, pending: Mapping[str, tuple[str, datetime]]) -> None:
+        """Take a pick of `pending` over the registry's unless the registry's is newer
+        (another instance picked later)."""
+        for team, (member, at) in pending.items():
+            stored = self.picks.get(team)
+            if stored is None or stored[1] <= at:
+                self.picks[team] = (member, at)
 
     def last_pick(self, team: str) -> str | None:
-        found = self.conn.execute(select(team_picks.c.member).where(team_picks.c.team == team))
-        return found.scalar_one_or_none()
+        found = self.picks.get(team)
+        return found[0] if found else None
 
     def open_count(self, person: str) -> int:
         return self.counts.get(person, 0)
@@ -200,8 +217,10 @@ def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
 
 def _set_pick(conn: Connection, team: str, member: str, at: datetime) -> None:
     ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(team_picks)
+    # a pick planned earlier but committed later must not move the cursor back
     conn.execute(ins.values(team=team, member=member, at=at).on_conflict_do_update(
-        index_elements=["team"], set_={"member": member, "at": at}))
+        index_elements=["team"], set_={"member": member, "at": at},
+        where=team_picks.c.at <= at))
 
 
 def _reply(conn: Connection, plan: Plan, rid: int, at: datetime) -> None:
