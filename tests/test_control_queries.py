@@ -85,3 +85,41 @@ async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_
     code, out, _ = await asyncio.to_thread(cli, "report", "--since", "2027-01-01",
                                            "--until", "2027-01-02")
     assert code == 0 and "0 answered, median -, p90 -" in out
+
+
+async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):
+    """A request with no owner, no team and no SLA (a rule with `sla:` on no calendar, or
+    an owner since removed): report, history and request show print '(nobody)' and '-'
+    where they printed 'None'."""
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from mailrouter.control.store import Plan, apply_plan
+    from tests.control_support import write_routing
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    reg = await Registry.open(url)
+    await reg.write("t", lambda c: apply_plan(c, Plan("open", "c@x.example", "<1@x>",
+                                                      mailbox="support", rule="support",
+                                                      subject="Привет"), "k1", AT))
+    await reg.close()
+    write_routing(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(io.StringIO()):
+            assert main([*argv, "-c", str(cfg)]) == 0
+        return out.getvalue()
+    report = await asyncio.to_thread(cli, "report", "--since", "2027-01-11", "--until", "2027-01-12")
+    assert "per owner: (nobody)=1" in report and "(nobody): 1 open, 0 overdue" in report
+    history = await asyncio.to_thread(cli, "registry", "history", "c@x.example")
+    assert history.startswith("#1 2027-01-11T09:00 open     owner=-  'Привет'")
+    show = await asyncio.to_thread(cli, "request", "show", "1")
+    assert show.startswith("#1 open owner=- team=- from c@x.example  'Привет'\n"
+                           "  opened 2027-01-11T09:00:00+00:00, first response due - (no SLA), "
+                           "answered -\n")
+    assert "None" not in report + history

@@ -103,6 +103,11 @@ def _print_messages(msgs: list[dict[str, Any]]) -> None:
             print(f"      copy {c['target']}: {c['state']} {c['detail']}")
 
 
+def _or(value: Any, none: str = "-") -> Any:
+    """`value`, or `none` in its place in text output: a person reads '-', not 'None'."""
+    return none if value is None else value
+
+
 def _period(what: str, since: datetime | None, until: datetime | None) -> None:
     """Exit 2 on a period that ends before it starts: it would print "nothing in the
     period" as if the registry had nothing, for what is a mistyped date."""
@@ -128,7 +133,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     def text() -> None:
         print(f"requests opened {doc['since'][:16]} .. {doc['until'][:16]}")
         for k in ("mailbox", "rule", "owner", "day"):
-            print(f"  per {k}: " + ", ".join(f"{r[k]}={r['requests']}" for r in doc[f"volume_per_{k}"]))
+            print(f"  per {k}: " + ", ".join(f"{_or(r[k], '(nobody)' if k == 'owner' else '-')}"
+                                             f"={r['requests']}" for r in doc[f"volume_per_{k}"]))
         fr, sla = doc["first_response_hours"], doc["sla"]
         none = "-"              # nothing answered or due in the period: no figure, not "None"
         print(f"  first response (business hours): {fr['answered']} answered, "
@@ -160,7 +166,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     def text() -> None:
         for r in doc["requests"]:
-            print(f"#{r['id']} {r['opened_at'][:16]} {r['status']:8} owner={r['owner']}  {r['subject']!r}")
+            print(f"#{r['id']} {r['opened_at'][:16]} {r['status']:8} owner={_or(r['owner'])}  "
+                  f"{r['subject']!r}")
         _print_messages(doc["messages"])
     _emit(args, doc, _copy_rows(doc["messages"]), text)
     return 0
@@ -210,10 +217,11 @@ def cmd_request(args: argparse.Namespace) -> int:
                           "detail": a["subject"]} for a in doc["alerts"]], key=lambda r: r["at"])
 
     def text() -> None:
-        print(f"#{doc['id']} {doc['status']} owner={doc['owner']} team={doc['team']} "
+        print(f"#{doc['id']} {doc['status']} owner={_or(doc['owner'])} team={_or(doc['team'])} "
               f"from {doc['counterparty']}  {doc['subject']!r}")
-        print(f"  opened {doc['opened_at']}, first response due {doc['first_response_due']}, "
-              f"answered {doc['first_response_at']}")
+        print(f"  opened {doc['opened_at']}, first response due "
+              f"{_or(doc['first_response_due'], '- (no SLA)')}, "
+              f"answered {_or(doc['first_response_at'])}")
         for r in timeline:
             print(f"  {r['at'][:19]} {r['what']:12} {r['who'] or '-'}  {r['detail']}")
         for m in doc["messages"]:
