@@ -238,6 +238,12 @@ async def test_messages_of_one_thread_arriving_together_open_one_request(make_ap
     assert [(r["id"], r["owner"]) for r in await rows(app, requests)] == [(1, "ivanov")]
     assert len(await rows(app, request_messages)) == 1
 
+    # As in two worker processes, which do not see each other's messages in flight
+    # (test_a_thread_in_flight_is_planned_in_order): the record's second look joins them.
+    class Unshared(dict):
+        def __setitem__(self, key, value):
+            pass
+    app.pipeline.control._flight = Unshared()
     _hold_records_until_planned(app, 3, first="<s1@x>")
     second = mail("other@x.example", "scanner", "s1@x")
     follow = mail("other@x.example", "Re: scanner", "s2@x", "<s1@x>")
@@ -304,3 +310,47 @@ async def test_a_burst_of_new_messages_is_spread_over_the_team(make_app, tmp_pat
     assert sorted(owners) == ["ivanov"] * 3 + ["petrova"] * 3
     await send(port, mail("late@x.example", "hi", "late@x"), "late@x.example")
     assert (await rows(app, requests))[-1]["owner"] == "ivanov"
+
+
+async def test_a_thread_in_flight_is_planned_in_order(make_app, tmp_path, registry_url):
+    """Two messages of one thread in flight at once, whichever is planned first and whichever
+    would record first: one request. (1) The original is planned first and its record is
+    held until the follow-up is being planned: the follow-up waits for it and joins. (2) The
+    follow-up is planned first (it reached the end of DATA first) and its record is held
+    until the original is being planned: the original waits, then joins the request the
+    follow-up opened. Before, each case opened two requests."""
+    import asyncio
+    app, port = await start(make_app, tmp_path, registry_url)
+    control, registry = app.pipeline.control, app.pipeline.registry
+    plan, record = control.plan, registry.record
+    entered: dict[str, asyncio.Event] = {}
+
+    async def noting_plan(mail_from, rcpts, view, *a, **k):
+        entered.setdefault(view.message_id, asyncio.Event()).set()
+        return await plan(mail_from, rcpts, view, *a, **k)
+    hold: dict[str, str] = {}           # a message's record waits for another's plan to begin
+
+    async def held_record(message, *a, **k):
+        other = hold.get(message.message_id)
+        if other is not None:
+            await asyncio.wait_for(entered.setdefault(other, asyncio.Event()).wait(), 10)
+        return await record(message, *a, **k)
+    control.plan, registry.record = noting_plan, held_record
+
+    async def together(first: bytes, first_id: str, second: bytes, second_id: str) -> None:
+        hold[first_id] = second_id
+        one = asyncio.ensure_future(send(port, first, "client@bigco.example"))
+        await asyncio.wait_for(entered.setdefault(first_id, asyncio.Event()).wait(), 10)
+        await asyncio.gather(one, send(port, second, "client@bigco.example"))
+
+    await together(mail("client@bigco.example", "printer", "a1@bigco"), "<a1@bigco>",
+                   mail("client@bigco.example", "Re: printer", "a2@bigco", "<a1@bigco>"),
+                   "<a2@bigco>")
+    await together(mail("client@bigco.example", "Re: scanner", "b2@bigco", "<b1@bigco>"),
+                   "<b2@bigco>", mail("client@bigco.example", "scanner", "b1@bigco"), "<b1@bigco>")
+    reqs = await rows(app, requests)
+    assert [(r["id"], r["subject"]) for r in reqs] == [(1, "printer"), (2, "Re: scanner")]
+    linked = await rows(app, request_messages)
+    assert [(m["request_id"], m["message_id"]) for m in linked] == [
+        (1, "<a1@bigco>"), (1, "<a2@bigco>"), (2, "<b2@bigco>"), (2, "<b1@bigco>")]
+    assert control._flight == {}

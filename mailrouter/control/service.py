@@ -16,6 +16,7 @@ planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -39,6 +40,7 @@ __all__ = ["Control", "OWNER_HEADER"]
 
 OWNER_HEADER = "X-Mailrouter-Owner"
 _CHOSEN = 10_000        # team choices remembered per message key, for the MTA's retries
+_THREAD_WAIT = 30.0     # seconds a message waits for another of its thread in flight
 
 
 class Control:
@@ -54,22 +56,61 @@ class Control:
         self._picks: dict[str, tuple[str, datetime]] = {}
         self._chosen: dict[str, OwnerChoice] = {}
         self._picking = threading.Lock()
+        # Message-ID -> (its references, done when its record is): see plan().
+        self._flight: dict[str, tuple[tuple[str, ...], asyncio.Future[None]]] = {}
 
     async def plan(self, mail_from: str, rcpts: Sequence[str], view: Any,
                    decisions: Sequence[Decision], snap: Any, key: str, at: datetime) -> Plan:
-        return await self.registry.read("plan_request", partial(
-            self._plan, mail_from, rcpts, view, decisions, snap, key, at))
+        """The message's plan; call `settle(plan)` once its record is done (or failed).
+
+        Messages of one thread in flight in this process at once are planned in order:
+        one whose references name a message still in flight waits for it (then joins its
+        request), and one that a follow-up planned before it names waits for that
+        follow-up (then joins the request the follow-up opened): one request either way."""
+        mid, refs = view.message_id, references(view)
+        waits, follows = [], []
+        for other, (their_refs, done) in list(self._flight.items()):
+            if other in refs:
+                waits.append(done)
+            elif mid and mid in their_refs and other != mid:
+                waits.append(done)
+                follows.append(other)
+        mine: asyncio.Future[None] | None = None
+        if mid and mid not in self._flight:
+            mine = asyncio.get_running_loop().create_future()
+            self._flight[mid] = (refs, mine)
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=_THREAD_WAIT)
+            plan = await self.registry.read("plan_request", partial(
+                self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
+        except BaseException:
+            self._release(mid, mine)
+            raise
+        return replace(plan, flight=mine)
+
+    def settle(self, plan: Plan) -> None:
+        """The plan's message is recorded (or failed): messages waiting for it go on."""
+        self._release(plan.message_id, plan.flight)
+
+    def _release(self, mid: str | None, mine: Any) -> None:
+        if mine is None or mid is None:
+            return
+        if self._flight.get(mid, (None, None))[1] is mine:
+            del self._flight[mid]
+        if not mine.done():
+            mine.set_result(None)
 
     def _plan(self, mail_from: str, rcpts: Sequence[str], view: Any,
               decisions: Sequence[Decision], snap: Any, key: str, at: datetime,
-              conn: Connection) -> Plan:
+              follows: tuple[str, ...], conn: Connection) -> Plan:
         sender = (view.from_addr or mail_from or "").strip().lower()
         base = Plan("none", sender, view.message_id)
         known = known_message(conn, key)
         if known is not None:                       # a retry of a message already recorded
             row = request_row(conn, known)
             return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
-        refs = references(view)
+        refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
         if any(_bare(r) in self.cfg.replies for r in rcpts):
             rid = next(iter(find_by_refs(conn, refs)), None)

@@ -15,13 +15,18 @@ auto-replies, lists) neither opens nor reopens a request.
 Messages arriving together: the plan is read before delivery and written after it, so
 a second transaction of the very same message (an MTA splitting recipients), or a
 follow-up naming a message whose request is not committed yet, may plan "open" too.
-`apply_plan` looks again inside the write: the same message already in a request adds
-nothing; a follow-up whose references now name a request it may join joins it (its
-delivered copies keep the owner header planned before). Known limit: on PostgreSQL two
-transactions committing at the same moment do not see each other, so two requests may
-still open. A team's cursor: each process lays its own picks not yet committed over the
-registry's (service.py), so a burst of new messages is spread; two instances picking at
-the same moment may still give two messages to one member.
+Within one process, Control.plan orders the messages of a thread in flight (a follow-up
+waits for the message it names, or that message for a follow-up planned before it).
+Across processes (workers, instances) `apply_plan` looks again inside the write: the
+same message already in a request adds nothing; a follow-up whose references now name a
+request it may join joins it (its delivered copies keep the owner header planned
+before). Known limits: across processes, an original recorded after its follow-up still
+opens a request of its own, as does one arriving after a follow-up was recorded (the
+references of recorded messages are not kept); on PostgreSQL two transactions
+committing at the same moment do not see each other. A team's cursor: each process
+lays its own picks not yet committed over the registry's (service.py), so a burst of
+new messages is spread; two instances picking at the same moment may still give two
+messages to one member.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Plan:
     refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
     refs: tuple[str, ...] = ()                 # In-Reply-To/References, looked up again at write
     join: str = "address"                      # control.join, for that second look
+    flight: Any = field(default=None, compare=False)   # Control.settle's token
 
 
 class DbTeamState:
