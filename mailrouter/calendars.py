@@ -1,23 +1,29 @@
 """Business calendars: when a company works, for rule conditions and SLA due times.
 
-A calendar is a time zone (IANA name, via zoneinfo), weekly working hours and
-holidays::
+A calendar is a time zone (IANA name, via zoneinfo), weekly working hours,
+holidays and working-day shifts (`workdays`: a day off made a working day, as a
+production calendar moves a Monday's work to a Saturday)::
 
     calendars:
-      msk: {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00", holidays: [2027-01-01]}
+      msk: {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00", holidays: [2027-01-01],
+            workdays: [2027-02-20]}
       night: {timezone: Asia/Yekaterinburg, hours: "Mon-Fri 09:00-18:00, Sat-Sun 22:00-06:00"}
 
 `hours` is a comma-separated list of `DAYS HH:MM-HH:MM` spans; DAYS is a day
 (`Mon`), a range (`Mon-Fri`, wrapping allowed: `Fri-Mon`) or `Daily`. A span whose end
 is not after its start runs overnight into the next day and belongs to the day it
 starts on: a holiday cancels the spans that start on it. `24:00` is allowed as an end.
+A `workdays` date works the hours of the first working weekday (the day whose length is
+one business `d`), in place of its own weekday's (none).
 
 Naive datetimes are taken as UTC: the daemon's clock is UTC and rule tests may
 write `at:` with or without an offset. Results are aware datetimes in the
 calendar's zone. Across a DST change a span lasts its real (elapsed) length.
 
-Refused at load: unknown time zone, unparsable hours, days or holidays, a
-calendar with no working time at all (an SLA on it would never fall due).
+Refused at load: unknown time zone, unparsable hours, days, holidays or workdays, a
+calendar with no working time at all (an SLA on it would never fall due), a workday
+that is also a holiday or whose weekday already has working hours (a typo, or a
+shift written the wrong way round).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ __all__ = ["Calendar", "parse_calendar", "build_calendars"]
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPAN = re.compile(r"^\s*(?P<days>[A-Za-z]+(?:\s*-\s*[A-Za-z]+)?)\s+"
                    r"(?P<h1>\d{1,2}):(?P<m1>\d\d)\s*-\s*(?P<h2>\d{1,2}):(?P<m2>\d\d)\s*$")
-_KEYS = ("timezone", "hours", "holidays")
+_KEYS = ("timezone", "hours", "holidays", "workdays")
 # How far ahead add_business_hours looks before giving up (a calendar whose every
 # day is a holiday for years is a configuration mistake, not a reason to hang).
 _HORIZON_DAYS = 3 * 366
@@ -52,6 +58,7 @@ class Calendar:
     tz: ZoneInfo
     spans: tuple[tuple[int, int, int], ...]     # (weekday, start minute, end minute; end may pass 1440)
     holidays: frozenset[date] = frozenset()
+    workdays: frozenset[date] = frozenset()     # days off worked with the first weekday's hours
 
     def local(self, at: datetime) -> datetime:
         if at.tzinfo is None:
@@ -118,7 +125,7 @@ class Calendar:
 def _day_spans(cal: Calendar, day: date) -> tuple[tuple[datetime, datetime], ...]:
     if day in cal.holidays:
         return ()
-    wd = day.weekday()
+    wd = min(s[0] for s in cal.spans) if day in cal.workdays else day.weekday()
     midnight = datetime.combine(day, time(0), cal.tz)
     # In UTC: aware datetimes sharing one tzinfo subtract as wall clocks (DST).
     return tuple((_wall(midnight, start, cal.tz).astimezone(timezone.utc),
@@ -206,9 +213,32 @@ def parse_calendar(name: str, spec: Any) -> Calendar:
             holidays.add(h if isinstance(h, date) else date.fromisoformat(str(h)))
         except ValueError:
             err("holidays", f"cannot read holiday {h!r}", "write dates as YYYY-MM-DD", h)
+    workdays = _workdays(spec, spans, holidays, err)
     if errors or tz is None:
         raise ConfigErrors(errors)
-    return Calendar(str(name), tz, spans, frozenset(holidays))
+    return Calendar(str(name), tz, spans, frozenset(holidays), frozenset(workdays))
+
+
+def _workdays(spec: Mapping[str, Any], spans: tuple[tuple[int, int, int], ...],
+              holidays: set[date], err: Any) -> set[date]:
+    """The `workdays:` dates; each problem goes to `err` at its date."""
+    found: set[date] = set()
+    raw = spec.get("workdays") or []
+    working = {wd for wd, _, _ in spans}
+    for w in raw if isinstance(raw, list) else [raw]:
+        try:
+            day = w if isinstance(w, date) else date.fromisoformat(str(w))
+        except ValueError:
+            err("workdays", f"cannot read workday {w!r}", "write dates as YYYY-MM-DD", w)
+            continue
+        if day in holidays:
+            err("workdays", f"{day} is both a holiday and a workday", "keep it in one list", w)
+        elif day.weekday() in working:
+            err("workdays", f"workday {day} is a {DAYS[day.weekday()].title()}, which already "
+                "has working hours", "list only days off that are worked (a Saturday)", w)
+        else:
+            found.add(day)
+    return found
 
 
 def _zone_hint(name: Any) -> str:

@@ -139,6 +139,8 @@ class Pipeline:
                 except OSError as exc:   # no copy without its intent: the MTA retries
                     log.error("event=intent_failed qid=%s error=%r", qid, str(exc))
                     metrics.MESSAGES.labels("deferred").inc()
+                    if self.control is not None and plan is not None:
+                        self.control.settle(plan)
                     return [REPLY_TEMPFAIL] * len(txn.rcpts)
         recorded = [False]
         try:
@@ -147,6 +149,8 @@ class Pipeline:
         finally:     # a failed or cancelled record leaves the intent open for a reconcile
             if token is not None and self.intents is not None:
                 self.intents.settle(token, key if recorded[0] else None)
+            if self.control is not None and plan is not None:   # its thread may go on
+                self.control.settle(plan)
         metrics.observe_message(replies, time.perf_counter() - started)
         return replies
 

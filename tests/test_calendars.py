@@ -99,7 +99,7 @@ def test_bad_calendars_report_every_error() -> None:
     with pytest.raises(ConfigErrors) as info:
         build_calendars(doc)
     assert [str(e) for e in info.value.errors] == [
-        "cal.yaml:5:3: calendar 'x': unknown key 'tz'; known keys: timezone, hours, holidays",
+        "cal.yaml:5:3: calendar 'x': unknown key 'tz'; known keys: timezone, hours, holidays, workdays",
         "cal.yaml:2:13: calendar 'x': unknown time zone 'Europe/Mosow'; did you mean 'Europe/Moscow'?",
         "cal.yaml:3:10: calendar 'x': cannot read working hours 'Mon-Fry 9-18'; "
         'write e.g. "Mon-Fri 09:00-18:00, Sat 10:00-14:00"',
@@ -127,3 +127,32 @@ def test_a_calendar_with_an_error_is_not_also_unknown_to_the_rules(tmp_path) -> 
         "Europe/Moscow",
         f"{path}:7:3: calendar 'ekb' must be a mapping; "
         'write {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00"}']
+
+
+def test_working_day_shift() -> None:
+    """A Saturday made a working day (`workdays:`) works Monday's hours: SLA time counts it,
+    is_business_time sees it, the Saturday after does not; the Monday off it replaces is a
+    holiday. Before, a calendar could not say so and every due time over it was a day late."""
+    c = cal('{timezone: Europe/Moscow, hours: "Mon-Thu 09:00-18:00, Fri 09:00-16:45",'
+            ' holidays: [2027-01-11], workdays: [2027-01-09]}')
+    friday = datetime(2027, 1, 8, 16, 0, tzinfo=MSK)
+    assert c.add_business_hours(friday, 4) == datetime(2027, 1, 9, 12, 15, tzinfo=MSK)
+    assert c.is_business_time(datetime(2027, 1, 9, 17, 59, tzinfo=MSK))
+    assert not c.is_business_time(datetime(2027, 1, 16, 12, 0, tzinfo=MSK))
+    assert c.business_hours_between(friday, datetime(2027, 1, 12, 9, 0, tzinfo=MSK)) == 9.75
+    assert c.add_business_days(friday, 1) == datetime(2027, 1, 9, 17, 15, tzinfo=MSK)
+
+
+def test_bad_workdays_are_refused_at_their_line() -> None:
+    doc = yamlsrc.loads(
+        "x:\n  hours: Mon-Fri 09:00-18:00\n  holidays: [2027-01-09]\n"
+        "  workdays: [2027-01-09, 2027-01-08, 2027-02-3x]\n", "cal.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        build_calendars(doc)
+    assert [str(e) for e in info.value.errors] == [
+        "cal.yaml:4: calendar 'x': 2027-01-09 is both a holiday and a workday; "
+        "keep it in one list",
+        "cal.yaml:4: calendar 'x': workday 2027-01-08 is a Fri, which already has working "
+        "hours; list only days off that are worked (a Saturday)",
+        "cal.yaml:4:38: calendar 'x': cannot read workday '2027-02-3x'; write dates as YYYY-MM-DD",
+    ]

@@ -138,6 +138,8 @@ def test_references_number_and_join_check() -> None:
     assert tag.find(view.subject) == 42 and tag.find("order 42") is None
     assert tag.tag("invoice", 7) == "[#7] invoice" and tag.tag("[#7] invoice", 7) == "[#7] invoice"
     assert NumberTag("(req {n})").find("Re: (req 9) x") == 9
+    assert tag.find("[#2147483647]") == 2**31 - 1 and tag.find("[#2147483648]") is None
+    assert NumberTag("#{n}").find("#12345678901234567890") is None
     who = ["client@bigco.example", "ivanov@example.com"]
     assert took_part("Client@BigCo.example", who, "address")
     assert not took_part("boss@bigco.example", who, "address")

@@ -47,3 +47,79 @@ async def test_search_pages_whole_registry_and_finds_every_spelling(registry_url
         assert await reg.read("none", lambda c: search(c, words="накладная", limit=None)) == []
     finally:
         await reg.close()
+
+
+async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_path):
+    """`--since` after `--until` (or after now, without `--until`) is exit 2 with a message
+    naming both dates; before, it printed an empty report, as for a quiet month. A period
+    with nothing in it still prints '-' figures and exit 0."""
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from tests.control_support import write_routing
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    await (await Registry.open(url)).close()
+    write_routing(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main([*argv, "-c", str(cfg)])
+            except SystemExit as exc:
+                code = exc.code
+        return code, out.getvalue(), err.getvalue()
+    code, out, err = await asyncio.to_thread(cli, "report", "--since", "2027-02-01",
+                                             "--until", "2027-01-01")
+    assert (code, out) == (2, "") and err == (
+        "mailrouter report: --since 2027-02-01T00:00:00+00:00 is not before --until "
+        "2027-01-01T00:00:00+00:00 (--until is the end of the period, not included)\n")
+    assert (await asyncio.to_thread(cli, "report", "--since", "2999-01-01"))[0] == 2
+    assert (await asyncio.to_thread(cli, "registry", "search", "--since", "2027-01-02",
+                                    "--until", "2027-01-01"))[0] == 2
+    code, out, _ = await asyncio.to_thread(cli, "report", "--since", "2027-01-01",
+                                           "--until", "2027-01-02")
+    assert code == 0 and "0 answered, median -, p90 -" in out
+
+
+async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):
+    """A request with no owner, no team and no SLA (a rule with `sla:` on no calendar, or
+    an owner since removed): report, history and request show print '(nobody)' and '-'
+    where they printed 'None'."""
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from mailrouter.control.store import Plan, apply_plan
+    from tests.control_support import write_routing
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    reg = await Registry.open(url)
+    await reg.write("t", lambda c: apply_plan(c, Plan("open", "c@x.example", "<1@x>",
+                                                      mailbox="support", rule="support",
+                                                      subject="Привет"), "k1", AT))
+    await reg.close()
+    write_routing(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(io.StringIO()):
+            assert main([*argv, "-c", str(cfg)]) == 0
+        return out.getvalue()
+    report = await asyncio.to_thread(cli, "report", "--since", "2027-01-11", "--until", "2027-01-12")
+    assert "per owner: (nobody)=1" in report and "(nobody): 1 open, 0 overdue" in report
+    history = await asyncio.to_thread(cli, "registry", "history", "c@x.example")
+    assert history.startswith("#1 2027-01-11T09:00 open     owner=-  'Привет'")
+    show = await asyncio.to_thread(cli, "request", "show", "1")
+    assert show.startswith("#1 open owner=- team=- from c@x.example  'Привет'\n"
+                           "  opened 2027-01-11T09:00:00+00:00, first response due - (no SLA), "
+                           "answered -\n")
+    assert "None" not in report + history

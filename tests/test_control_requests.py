@@ -192,3 +192,165 @@ async def test_waiting_marker_cli_wait_and_customer_follow_up(make_app, tmp_path
     assert kinds == ["open -> waiting: waiting marker in the reply",
                      "waiting -> open: the customer wrote",
                      "open -> waiting: mailrouter request wait"]
+
+
+def _hold_records_until_planned(app, n: int, first: str | None = None) -> None:
+    """Make `n` messages arrive together: no record commits before all `n` are planned,
+    and none before the record of the message whose Message-ID is `first`."""
+    import asyncio
+    planned, first_done = asyncio.Event(), asyncio.Event()
+    control, registry = app.pipeline.control, app.pipeline.registry
+    plan, record, count = control.plan, registry.record, [0]
+    if first is None:
+        first_done.set()
+
+    async def counting_plan(*a, **k):
+        try:
+            return await plan(*a, **k)
+        finally:
+            count[0] += 1
+            if count[0] >= n:
+                planned.set()
+
+    async def held_record(message, *a, **k):
+        await asyncio.wait_for(planned.wait(), 10)
+        if message.message_id != first:
+            await asyncio.wait_for(first_done.wait(), 10)
+        try:
+            return await record(message, *a, **k)
+        finally:
+            if message.message_id == first:
+                first_done.set()
+    control.plan, registry.record = counting_plan, held_record
+
+
+async def test_messages_of_one_thread_arriving_together_open_one_request(make_app, tmp_path,
+                                                                         registry_url):
+    """Both are planned before either is recorded: the same message in two SMTP transactions
+    (an MTA splitting recipients) is one request, and a follow-up naming the first message
+    joins its request instead of opening a second one."""
+    import asyncio
+    app, port = await start(make_app, tmp_path, registry_url)
+    _hold_records_until_planned(app, 2)
+    first = mail("client@bigco.example", "printer", "c1@bigco")
+    await asyncio.gather(send(port, first, "client@bigco.example"),
+                         send(port, first, "client@bigco.example"))
+    assert [(r["id"], r["owner"]) for r in await rows(app, requests)] == [(1, "ivanov")]
+    assert len(await rows(app, request_messages)) == 1
+
+    # As in two worker processes, which do not see each other's messages in flight
+    # (test_a_thread_in_flight_is_planned_in_order): the record's second look joins them.
+    class Unshared(dict):
+        def __setitem__(self, key, value):
+            pass
+    app.pipeline.control._flight = Unshared()
+    _hold_records_until_planned(app, 3, first="<s1@x>")
+    second = mail("other@x.example", "scanner", "s1@x")
+    follow = mail("other@x.example", "Re: scanner", "s2@x", "<s1@x>")
+    stranger = mail("evil@attacker.example", "Re: scanner", "e1@evil", "<s1@x>")
+    await asyncio.gather(send(port, second, "other@x.example"),
+                         send(port, follow, "other@x.example"),
+                         send(port, stranger, "evil@attacker.example"))
+    reqs = await rows(app, requests)
+    assert [(r["id"], r["counterparty"]) for r in reqs] == [
+        (1, "client@bigco.example"), (2, "other@x.example"), (3, "evil@attacker.example")]
+    linked = await rows(app, request_messages, request_messages.c.request_id == 2)
+    assert [m["message_id"] for m in linked] == ["<s1@x>", "<s2@x>"]
+
+
+async def test_number_no_request_can_have_is_no_number(make_app, tmp_path, registry_url):
+    """A `[#N]` past the 32-bit request numbers (PostgreSQL's INTEGER id) in a customer's
+    subject or in a reply copy's is no request's number: the customer's message opens a
+    request, the copy answers none; before, the lookup failed and both got 451 for ever."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("client@bigco.example", "Re: [#99999999999] printer", "c1@bigco"),
+               "client@bigco.example")
+    await send(port, mail("ivanov@example.com", "Re: [#2147483648] printer", "r1@example.com"),
+               "ivanov@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["id"], r["status"], r["subject"]) == (1, "open", "Re: [#99999999999] printer")
+    # such a number by hand: no such request (exit 1), not a registry failure (exit 2)
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from mailrouter.control.actions import reopen
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            return main([*argv, "-c", str(cfg)]), err.getvalue()
+    assert await asyncio.to_thread(cli, "request", "show", "99999999999") == (
+        1, "mailrouter request show: no request #99999999999\n")
+    assert await asyncio.to_thread(cli, "request", "close", "99999999999") == (
+        1, "mailrouter request close: request #99999999999 not changed: no such request\n")
+
+    def web_reopen(conn):
+        try:
+            return reopen(conn, 2**31, "smirnov", MONDAY, "web")
+        except LookupError as exc:
+            return str(exc)
+    assert await app.registry.write("t", web_reopen) == "no request #2147483648"
+
+
+async def test_a_burst_of_new_messages_is_spread_over_the_team(make_app, tmp_path, registry_url):
+    """Six new messages planned before any is recorded (an MTA flushing its queue) go three
+    to ivanov and three to petrova, and the next one continues the turn; before, all six
+    read the same cursor from the registry and went to ivanov."""
+    import asyncio
+    app, port = await start(make_app, tmp_path, registry_url)
+    _hold_records_until_planned(app, 6)
+    await asyncio.gather(*[send(port, mail(f"c{i}@x.example", "hi", f"b{i}@x"), f"c{i}@x.example")
+                           for i in range(6)])
+    owners = [r["owner"] for r in await rows(app, requests)]
+    assert sorted(owners) == ["ivanov"] * 3 + ["petrova"] * 3
+    await send(port, mail("late@x.example", "hi", "late@x"), "late@x.example")
+    assert (await rows(app, requests))[-1]["owner"] == "ivanov"
+
+
+async def test_a_thread_in_flight_is_planned_in_order(make_app, tmp_path, registry_url):
+    """Two messages of one thread in flight at once, whichever is planned first and whichever
+    would record first: one request. (1) The original is planned first and its record is
+    held until the follow-up is being planned: the follow-up waits for it and joins. (2) The
+    follow-up is planned first (it reached the end of DATA first) and its record is held
+    until the original is being planned: the original waits, then joins the request the
+    follow-up opened. Before, each case opened two requests."""
+    import asyncio
+    app, port = await start(make_app, tmp_path, registry_url)
+    control, registry = app.pipeline.control, app.pipeline.registry
+    plan, record = control.plan, registry.record
+    entered: dict[str, asyncio.Event] = {}
+
+    async def noting_plan(mail_from, rcpts, view, *a, **k):
+        entered.setdefault(view.message_id, asyncio.Event()).set()
+        return await plan(mail_from, rcpts, view, *a, **k)
+    hold: dict[str, str] = {}           # a message's record waits for another's plan to begin
+
+    async def held_record(message, *a, **k):
+        other = hold.get(message.message_id)
+        if other is not None:
+            await asyncio.wait_for(entered.setdefault(other, asyncio.Event()).wait(), 10)
+        return await record(message, *a, **k)
+    control.plan, registry.record = noting_plan, held_record
+
+    async def together(first: bytes, first_id: str, second: bytes, second_id: str) -> None:
+        hold[first_id] = second_id
+        one = asyncio.ensure_future(send(port, first, "client@bigco.example"))
+        await asyncio.wait_for(entered.setdefault(first_id, asyncio.Event()).wait(), 10)
+        await asyncio.gather(one, send(port, second, "client@bigco.example"))
+
+    await together(mail("client@bigco.example", "printer", "a1@bigco"), "<a1@bigco>",
+                   mail("client@bigco.example", "Re: printer", "a2@bigco", "<a1@bigco>"),
+                   "<a2@bigco>")
+    await together(mail("client@bigco.example", "Re: scanner", "b2@bigco", "<b1@bigco>"),
+                   "<b2@bigco>", mail("client@bigco.example", "scanner", "b1@bigco"), "<b1@bigco>")
+    reqs = await rows(app, requests)
+    assert [(r["id"], r["subject"]) for r in reqs] == [(1, "printer"), (2, "Re: scanner")]
+    linked = await rows(app, request_messages)
+    assert [(m["request_id"], m["message_id"]) for m in linked] == [
+        (1, "<a1@bigco>"), (1, "<a2@bigco>"), (2, "<b2@bigco>"), (2, "<b1@bigco>")]
+    assert control._flight == {}

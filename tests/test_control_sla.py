@@ -295,3 +295,28 @@ async def test_reminder_mail_reaches_the_relay_once_across_a_restart(make_app, t
         assert alerts == [("remind", "queued"), ("escalate", "queued")]
     finally:
         await sink.stop()
+
+
+async def test_escalation_skips_a_deputy_who_is_away(make_app, tmp_path):
+    """ivanov owns the request and had the reminder; on the escalation's day his deputy
+    petrova is away (and has no deputy of her own): the escalation goes to the team's head
+    smirnov, not into the mailbox of someone on leave. Before, it went to petrova."""
+    from tests.control_support import ROUTING
+    routing = write_routing(tmp_path)
+    with open(routing[0], "w", encoding="utf-8") as f:
+        f.write(ROUTING.replace("petrova: {address: petrova@example.com, name: Анна Петрова}",
+                                "petrova: {address: petrova@example.com, name: Анна Петрова,"
+                                " away: [\"2027-01-12\"]}"))
+    app = await make_app(routing=routing, control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    app.pipeline.clock = lambda: msk(11, 16)
+    await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
+               "c@client.example")
+    assert await sched.tick(msk(12, 10, 59)) == []     # due Tuesday 11:00 (2h + 2h)
+    [remind] = await sched.tick(msk(12, 11))
+    assert (remind.stage, remind.recipient) == ("remind", "ivanov")
+    [escalate] = await sched.tick(msk(12, 13))
+    assert (escalate.stage, escalate.recipient, escalate.address) == (
+        "escalate", "smirnov", "smirnov@example.com")

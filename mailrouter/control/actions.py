@@ -20,6 +20,7 @@ from sqlalchemy import Connection, select, update
 
 from .store import add_event
 from .tables import requests
+from .threads import MAX_NUMBER
 
 __all__ = ["reassign", "close", "reopen", "add_note", "MAX_NOTE"]
 
@@ -27,6 +28,8 @@ MAX_NOTE = 4000
 
 
 def _status(conn: Connection, number: int) -> tuple[str, str | None]:
+    if not 0 < number <= MAX_NUMBER:      # PostgreSQL would fail the query, not find nothing
+        raise LookupError(f"no request #{number}")
     row = conn.execute(select(requests.c.status, requests.c.owner).where(
         requests.c.id == number)).first()
     if row is None:

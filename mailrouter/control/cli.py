@@ -28,6 +28,7 @@ from sqlalchemy import Connection, select, update
 from ..errors import RegistryError
 from .store import add_event
 from .tables import STATUSES, requests
+from .threads import MAX_NUMBER
 
 __all__ = ["add_commands", "ask_registry"]
 
@@ -102,9 +103,25 @@ def _print_messages(msgs: list[dict[str, Any]]) -> None:
             print(f"      copy {c['target']}: {c['state']} {c['detail']}")
 
 
+def _or(value: Any, none: str = "-") -> Any:
+    """`value`, or `none` in its place in text output: a person reads '-', not 'None'."""
+    return none if value is None else value
+
+
+def _period(what: str, since: datetime | None, until: datetime | None) -> None:
+    """Exit 2 on a period that ends before it starts: it would print "nothing in the
+    period" as if the registry had nothing, for what is a mistyped date."""
+    if since is not None and until is not None and since >= until:
+        print(f"mailrouter {what}: --since {since.isoformat()} is not before --until "
+              f"{until.isoformat()} (--until is the end of the period, not included)",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .queries import report
     now = datetime.now(timezone.utc)
+    _period("report", args.since, args.until or (now if args.since else None))
     until = args.until or now
     since = args.since or until - timedelta(days=30)
     cfg = args.load_config(args.config)
@@ -116,7 +133,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     def text() -> None:
         print(f"requests opened {doc['since'][:16]} .. {doc['until'][:16]}")
         for k in ("mailbox", "rule", "owner", "day"):
-            print(f"  per {k}: " + ", ".join(f"{r[k]}={r['requests']}" for r in doc[f"volume_per_{k}"]))
+            print(f"  per {k}: " + ", ".join(f"{_or(r[k], '(nobody)' if k == 'owner' else '-')}"
+                                             f"={r['requests']}" for r in doc[f"volume_per_{k}"]))
         fr, sla = doc["first_response_hours"], doc["sla"]
         none = "-"              # nothing answered or due in the period: no figure, not "None"
         print(f"  first response (business hours): {fr['answered']} answered, "
@@ -133,6 +151,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .queries import search
+    _period("registry search", args.since, args.until)
     found = _run(args, "registry search", lambda conn: search(
         conn, sender=args.sender, rcpt=args.rcpt, words=args.subject, since=args.since,
         until=args.until, tag=args.tag, owner=args.owner, status=args.status,
@@ -147,7 +166,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     def text() -> None:
         for r in doc["requests"]:
-            print(f"#{r['id']} {r['opened_at'][:16]} {r['status']:8} owner={r['owner']}  {r['subject']!r}")
+            print(f"#{r['id']} {r['opened_at'][:16]} {r['status']:8} owner={_or(r['owner'])}  "
+                  f"{r['subject']!r}")
         _print_messages(doc["messages"])
     _emit(args, doc, _copy_rows(doc["messages"]), text)
     return 0
@@ -158,6 +178,8 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
     allowed = ("open", "answered", "waiting") if status == "closed" else ("open", "answered")
 
     def change(conn: Connection) -> str | None:
+        if not 0 < args.number <= MAX_NUMBER:   # PostgreSQL would fail the query
+            return "missing"
         now = datetime.now(timezone.utc)
         before = conn.execute(select(requests.c.status).where(
             requests.c.id == args.number)).scalar_one_or_none()
@@ -195,10 +217,11 @@ def cmd_request(args: argparse.Namespace) -> int:
                           "detail": a["subject"]} for a in doc["alerts"]], key=lambda r: r["at"])
 
     def text() -> None:
-        print(f"#{doc['id']} {doc['status']} owner={doc['owner']} team={doc['team']} "
+        print(f"#{doc['id']} {doc['status']} owner={_or(doc['owner'])} team={_or(doc['team'])} "
               f"from {doc['counterparty']}  {doc['subject']!r}")
-        print(f"  opened {doc['opened_at']}, first response due {doc['first_response_due']}, "
-              f"answered {doc['first_response_at']}")
+        print(f"  opened {doc['opened_at']}, first response due "
+              f"{_or(doc['first_response_due'], '- (no SLA)')}, "
+              f"answered {_or(doc['first_response_at'])}")
         for r in timeline:
             print(f"  {r['at'][:19]} {r['what']:12} {r['who'] or '-'}  {r['detail']}")
         for m in doc["messages"]:

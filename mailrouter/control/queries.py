@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, selec
 from ..registry.models import decisions, deliveries, messages
 from ..registry.queries import Scope
 from ..registry.words import newest, parse_words
+from .threads import MAX_NUMBER
 from .tables import (
     OPEN_STATUSES, request_alerts, request_events, request_messages, requests,
 )
@@ -286,6 +287,8 @@ def _plain(row: Any) -> dict[str, Any]:
 def show_request(conn: Connection, number: int, scope: Scope | None = None) -> dict[str, Any] | None:
     """A request with its messages (and each decision's explanation), history and alerts;
     None when there is no such request or `scope` may not see it."""
+    if not 0 < number <= MAX_NUMBER:       # PostgreSQL would fail the query, not find nothing
+        return None
     row = conn.execute(select(requests).where(requests.c.id == number, requests_in(scope))).first()
     if row is None:
         return None

@@ -16,6 +16,8 @@ planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -29,7 +31,7 @@ from ..config import ControlConfig
 from ..loops import header_text
 from ..registry import Registry
 from ..values import Action, Decision
-from .owners import choose_owner, owner_targets
+from .owners import OwnerChoice, choose_owner, owner_targets
 from .store import (DbTeamState, Plan, apply_plan, find_by_refs, known_message, participants,
                     request_row)
 from .threads import NumberTag, references, sla_due, sla_terms, took_part
@@ -37,28 +39,78 @@ from .threads import NumberTag, references, sla_due, sla_terms, took_part
 __all__ = ["Control", "OWNER_HEADER"]
 
 OWNER_HEADER = "X-Mailrouter-Owner"
+_CHOSEN = 10_000        # team choices remembered per message key, for the MTA's retries
+_THREAD_WAIT = 30.0     # seconds a message waits for another of its thread in flight
 
 
 class Control:
     def __init__(self, cfg: ControlConfig, registry: Registry) -> None:
         self.cfg, self.registry = cfg, registry
         self.tag = NumberTag(cfg.number) if cfg.number else None
+        # Each team's last pick in this process, committed or not: messages planned
+        # together (a burst, an MTA flushing its queue) all read the registry's cursor
+        # before any of them commits, and all went to one member. A thread lock: SQLite
+        # plans run on reader threads. `_chosen`: the choice per message key, so the MTA's
+        # retry of a message that got 4xx (nothing recorded) gets the same owner again
+        # instead of the next member.
+        self._picks: dict[str, tuple[str, datetime]] = {}
+        self._chosen: dict[str, OwnerChoice] = {}
+        self._picking = threading.Lock()
+        # Message-ID -> (its references, done when its record is): see plan().
+        self._flight: dict[str, tuple[tuple[str, ...], asyncio.Future[None]]] = {}
 
     async def plan(self, mail_from: str, rcpts: Sequence[str], view: Any,
                    decisions: Sequence[Decision], snap: Any, key: str, at: datetime) -> Plan:
-        return await self.registry.read("plan_request", partial(
-            self._plan, mail_from, rcpts, view, decisions, snap, key, at))
+        """The message's plan; call `settle(plan)` once its record is done (or failed).
+
+        Messages of one thread in flight in this process at once are planned in order:
+        one whose references name a message still in flight waits for it (then joins its
+        request), and one that a follow-up planned before it names waits for that
+        follow-up (then joins the request the follow-up opened): one request either way."""
+        mid, refs = view.message_id, references(view)
+        waits, follows = [], []
+        for other, (their_refs, done) in list(self._flight.items()):
+            if other in refs:
+                waits.append(done)
+            elif mid and mid in their_refs and other != mid:
+                waits.append(done)
+                follows.append(other)
+        mine: asyncio.Future[None] | None = None
+        if mid and mid not in self._flight:
+            mine = asyncio.get_running_loop().create_future()
+            self._flight[mid] = (refs, mine)
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=_THREAD_WAIT)
+            plan = await self.registry.read("plan_request", partial(
+                self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
+        except BaseException:
+            self._release(mid, mine)
+            raise
+        return replace(plan, flight=mine)
+
+    def settle(self, plan: Plan) -> None:
+        """The plan's message is recorded (or failed): messages waiting for it go on."""
+        self._release(plan.message_id, plan.flight)
+
+    def _release(self, mid: str | None, mine: Any) -> None:
+        if mine is None or mid is None:
+            return
+        if self._flight.get(mid, (None, None))[1] is mine:
+            del self._flight[mid]
+        if not mine.done():
+            mine.set_result(None)
 
     def _plan(self, mail_from: str, rcpts: Sequence[str], view: Any,
               decisions: Sequence[Decision], snap: Any, key: str, at: datetime,
-              conn: Connection) -> Plan:
+              follows: tuple[str, ...], conn: Connection) -> Plan:
         sender = (view.from_addr or mail_from or "").strip().lower()
         base = Plan("none", sender, view.message_id)
         known = known_message(conn, key)
         if known is not None:                       # a retry of a message already recorded
             row = request_row(conn, known)
             return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
-        refs = references(view)
+        refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
         if any(_bare(r) in self.cfg.replies for r in rcpts):
             rid = next(iter(find_by_refs(conn, refs)), None)
@@ -88,22 +140,33 @@ class Control:
             refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
                                  f"(join check: {self.cfg.join}); named it by {how}; "
                                  "opened a request of its own"))
-        return self._open(conn, sender, view, decisions, snap, at, tuple(refused))
+        return self._open(conn, sender, view, decisions, snap, key, at, tuple(refused), refs)
 
     def _open(self, conn: Connection, sender: str, view: Any, decisions: Sequence[Decision],
-              snap: Any, at: datetime, refused: tuple[tuple[int, str], ...]) -> Plan:
+              snap: Any, key: str, at: datetime, refused: tuple[tuple[int, str], ...],
+              refs: tuple[str, ...]) -> Plan:
         d = next((d for d in decisions if d.action is Action.DELIVER and d.rules
                   and (d.owner or d.sla)), None)
         if d is None:
             return Plan("none", sender, view.message_id, refused=refused)
         book = snap.book
         team = book.teams.get(d.owner) if d.owner else None
-        state = DbTeamState(conn, team.members if team else ())
-        choice = choose_owner(book.people, book.teams, snap.rules.calendars, d.owner, at, state)
+        state = DbTeamState(conn, team.members if team else (), team.key if team else None)
+        with self._picking:         # no I/O inside: the state is read, the pick is pure
+            choice = self._chosen.get(key)
+            if choice is None or choice.team != d.owner or choice.owner not in book.people:
+                state.prefer(self._picks)
+                choice = choose_owner(book.people, book.teams, snap.rules.calendars, d.owner,
+                                      at, state)
+                if choice.team is not None and choice.member is not None:
+                    self._picks[choice.team] = (choice.member, at)
+                    if len(self._chosen) >= _CHOSEN:
+                        del self._chosen[next(iter(self._chosen))]     # the oldest
+                    self._chosen[key] = choice
         return Plan("open", sender, view.message_id, None, choice.owner, choice.team,
                     choice.member, choice.why, d.mailbox, d.rules[0].name, view.subject,
                     d.priority, d.tags, sla_terms(d.sla).get("calendar"), sla_due(d.sla),
-                    refused=refused)
+                    refused=refused, refs=refs, join=self.cfg.join)
 
     def copy_to_owner(self, plan: Plan, decisions: Sequence[Decision], snap: Any) -> list[Decision]:
         """`decisions`, those with `copy_to_owner` carrying the owner's copy as a target too."""

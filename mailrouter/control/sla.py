@@ -10,8 +10,9 @@ own clock) one write transaction:
   elapsed time without one) after the due time, a reminder to the owner, or the
   owner's deputy when the owner is away that day (address book `away:`);
 - `escalate`: `control.escalate_after` of working time after the reminder, to the
-  owner's deputy, or when the deputy is the one who got the reminder (or there is
-  none) to the team's `head:`, else `control.head`;
+  owner's deputy (down the chain of those away), or when the deputy is the one who
+  got the reminder, is away with every deputy after, or there is none, to the
+  team's `head:`, else `control.head`;
 - closes answered/waiting requests quiet for `control.close_after`.
 
 Each stage is a row of `request_alerts`, unique per (request, stage), inserted with
@@ -130,17 +131,24 @@ class Scheduler:
 
     def _recipient(self, snap: Any, r: dict[str, Any], stage: str, now: datetime,
                    reminded: str | None) -> str | None:
+        """Remind: the owner, or the deputy on duty. Escalate: the owner's deputy on duty
+        unless that one had the reminder or is away (the whole chain away: on_duty gives
+        the first back), else the team's head or control.head; an away deputy only when
+        there is no head at all."""
         people, owner = snap.book.people, r["owner"]
         if stage == "remind" and owner in people:
             return on_duty(people, owner, now)[0]
         deputy = people[owner].deputy if owner in people else None
+        away = None
         if deputy is not None:
             deputy = on_duty(people, deputy, now)[0]
             if deputy != reminded:
-                return str(deputy)
+                if not people[deputy].is_away(now.astimezone(timezone.utc).date()):
+                    return str(deputy)
+                away = str(deputy)
         team = snap.book.teams.get(r["team"]) if r["team"] else None
         head = team.head if team is not None and team.head else self.cfg.head
-        return head if head in people else None
+        return head if head in people else away
 
     def _alert(self, conn: Connection, snap: Any, r: dict[str, Any], stage: str, now: datetime,
                reminded: str | None) -> list[Alert]:

@@ -12,16 +12,28 @@ threads.took_part) does not join it; the refusal is an event on that request
 (`join_refused`) and the message opens a request of its own. Robot mail (bounces,
 auto-replies, lists) neither opens nor reopens a request.
 
-Known limit: two instances that receive the very same new message at the same
-moment may open two requests for it (each plans before either commits); a team's
-round-robin cursor may then also give two messages arriving together to one member.
+Messages arriving together: the plan is read before delivery and written after it, so
+a second transaction of the very same message (an MTA splitting recipients), or a
+follow-up naming a message whose request is not committed yet, may plan "open" too.
+Within one process, Control.plan orders the messages of a thread in flight (a follow-up
+waits for the message it names, or that message for a follow-up planned before it).
+Across processes (workers, instances) `apply_plan` looks again inside the write: the
+same message already in a request adds nothing; a follow-up whose references now name a
+request it may join joins it (its delivered copies keep the owner header planned
+before). Known limits: across processes, an original recorded after its follow-up still
+opens a request of its own, as does one arriving after a follow-up was recorded (the
+references of recorded messages are not kept); on PostgreSQL two transactions
+committing at the same moment do not see each other. A team's cursor: each process
+lays its own picks not yet committed over the registry's (service.py), so a burst of
+new messages is spread; two instances picking at the same moment may still give two
+messages to one member.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +41,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .tables import (OPEN_STATUSES, request_events, request_messages, requests, team_picks)
-from .threads import domain_of
+from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event"]
 
@@ -57,13 +69,18 @@ class Plan:
     close: bool = False                        # a reply carrying the close marker
     wait: bool = False                         # a reply carrying the waiting marker
     refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
+    refs: tuple[str, ...] = ()                 # In-Reply-To/References, looked up again at write
+    join: str = "address"                      # control.join, for that second look
+    flight: Any = field(default=None, compare=False)   # Control.settle's token
 
 
 class DbTeamState:
-    """TeamState from the registry: the last pick per team, open requests per person."""
+    """TeamState from the registry: the last pick of `team`, open requests per person.
 
-    def __init__(self, conn: Connection, members: Iterable[str]) -> None:
-        self.conn = conn
+    Everything is read here, so the pick itself does no I/O and may run under a lock.
+    `prefer` lays over it the picks this process made but has not committed yet."""
+
+    def __init__(self, conn: Connection, members: Iterable[str], team: str | None = None) -> None:
         members = list(members)
         self.counts: dict[str, int] = {}
         if members:
@@ -71,10 +88,24 @@ class DbTeamState:
                     requests.c.owner.in_(members), requests.c.status.in_(OPEN_STATUSES))
                     .group_by(requests.c.owner)):
                 self.counts[owner] = int(count)
+        self.picks: dict[str, tuple[str, datetime]] = {}
+        if team is not None:
+            row = conn.execute(select(team_picks.c.member, team_picks.c.at).where(
+                team_picks.c.team == team)).first()
+            if row is not None:
+                self.picks[team] = (row.member, row.at)
+
+    def prefer(self, pending: Mapping[str, tuple[str, datetime]]) -> None:
+        """Take a pick of `pending` over the registry's unless the registry's is newer
+        (another instance picked later)."""
+        for team, (member, at) in pending.items():
+            stored = self.picks.get(team)
+            if stored is None or stored[1] <= at:
+                self.picks[team] = (member, at)
 
     def last_pick(self, team: str) -> str | None:
-        found = self.conn.execute(select(team_picks.c.member).where(team_picks.c.team == team))
-        return found.scalar_one_or_none()
+        found = self.picks.get(team)
+        return found[0] if found else None
 
     def open_count(self, person: str) -> int:
         return self.counts.get(person, 0)
@@ -131,6 +162,10 @@ def _link(conn: Connection, plan: Plan, request_id: int, key: str, direction: st
 
 def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
     """Write `plan` for message `key` (inside the record transaction); the request number."""
+    if plan.kind == "open":
+        late = _opened_meanwhile(conn, plan, key)
+        if late is not None:
+            return late if isinstance(late, int) else apply_plan(conn, late, key, at)
     for rid, why in plan.refused:
         add_event(conn, rid, at, "join_refused", why, plan.sender)
     if plan.kind == "open":
@@ -155,6 +190,21 @@ def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | No
     return plan.request_id
 
 
+def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | None:
+    """What committed since `plan` (an open) was read: the request already holding this very
+    message (its number), or a join of the request its references now name (a Plan)."""
+    rid = known_message(conn, key)
+    if rid is not None:
+        return rid
+    for rid in find_by_refs(conn, plan.refs):
+        row = request_row(conn, rid)
+        if row is not None and took_part(plan.sender, participants(conn, rid), plan.join):
+            return replace(plan, kind="join", request_id=rid, owner=row["owner"],
+                           team=row["team"], picked=None,
+                           reopen=row["status"] if row["status"] != "open" else None)
+    return None
+
+
 def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
     rid = int(conn.execute(insert(requests).values(
         opened_at=at, message_key=key, counterparty=plan.sender,
@@ -173,8 +223,10 @@ def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
 
 def _set_pick(conn: Connection, team: str, member: str, at: datetime) -> None:
     ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(team_picks)
+    # a pick planned earlier but committed later must not move the cursor back
     conn.execute(ins.values(team=team, member=member, at=at).on_conflict_do_update(
-        index_elements=["team"], set_={"member": member, "at": at}))
+        index_elements=["team"], set_={"member": member, "at": at},
+        where=team_picks.c.at <= at))
 
 
 def _reply(conn: Connection, plan: Plan, rid: int, at: datetime) -> None:

@@ -28,6 +28,9 @@ __all__ = ["NumberTag", "references", "took_part", "domain_of", "sla_terms", "JO
 JOIN_MODES = ("address", "domain", "off")
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _MAX_REFS = 50          # References of a long thread: the newest are enough
+# The largest request number: `requests.id` is a 32-bit INTEGER on PostgreSQL, and a
+# larger number in a lookup fails the whole query (the message got 451 for ever).
+MAX_NUMBER = 2**31 - 1
 
 
 def references(view: Any) -> tuple[str, ...]:
@@ -49,11 +52,12 @@ class NumberTag:
     @property
     def pattern(self) -> re.Pattern[str]:
         before, _, after = self.template.partition("{n}")
-        return re.compile(re.escape(before) + r"(\d{1,18})" + re.escape(after))
+        return re.compile(re.escape(before) + r"(?<!\d)(\d{1,18})(?!\d)" + re.escape(after))
 
     def find(self, subject: str) -> int | None:
+        """The number, or None: none there, or one no request can have (over MAX_NUMBER)."""
         m = self.pattern.search(subject or "")
-        return int(m[1]) if m else None
+        return int(m[1]) if m and int(m[1]) <= MAX_NUMBER else None
 
     def tag(self, subject: str, number: int) -> str:
         """`subject` with our number in front, once."""
