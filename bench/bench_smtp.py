@@ -310,15 +310,16 @@ def start_mailrouter(tmp: Path, py: str, profile: str | None, workers: str,
     return srv, smtp
 
 
-def relay_rules(tmp: Path) -> str:
-    """The relay row's routing files: the example company with every mailbox `{smtp: ...}`
-    (to the downstream, smtp-sink), 1,000 aliases, and 100 rules (bench_rules.rules_yaml:
-    the example rules, then by recipient, by subject word, by header)."""
+def relay_rules(tmp: Path, tree: Path = REPO) -> str:
+    """The relay row's routing files: the example company of checkout `tree` with every
+    mailbox `{smtp: ...}` (to the downstream, smtp-sink), 1,000 aliases, and 100 rules
+    (bench_rules.rules_yaml: the example rules, then by recipient, by subject word, by
+    header)."""
     import yaml
     from bench_rules import rules_yaml
-    rules = tmp / "relay-rules"
+    rules = tmp / ("relay-rules" if tree == REPO else f"relay-rules-{tree.name}")
     rules.mkdir(parents=True, exist_ok=True)
-    company = yaml.safe_load((REPO / "rules" / "company.yaml").read_text(encoding="utf-8"))
+    company = yaml.safe_load((tree / "rules" / "company.yaml").read_text(encoding="utf-8"))
     company["mailboxes"] = {name: {"smtp": f"{name}@sink.test"} for name in company["mailboxes"]}
     boxes = sorted(company["mailboxes"])
     extra = 1000 - len(company["aliases"])
@@ -407,10 +408,10 @@ def start_all(a: argparse.Namespace, tmp: Path, started: list[Server],
     """Every server of the run, named: `mr/W` (embedded default: Maildir + SQLite) and
     `mr-relay/W` per workers setting, `:asyncio` for the paired run without uvloop,
     `old:` for the checkout given with --old; then postfix and aiosmtpd-noop."""
-    relay = relay_rules(tmp) if a.relay else None
     trees = [("", REPO)] + ([("old:", Path(a.old).resolve())] if a.old else [])
     servers: list[tuple[str, Server, int]] = []
     for label, tree in trees:
+        relay = relay_rules(tmp, tree) if a.relay else None
         loops = ["", ":asyncio"] if a.asyncio_too and not label else [""]
         for loop in loops:
             env = dict(os.environ, PYTHONPATH=str(tree))
@@ -418,7 +419,10 @@ def start_all(a: argparse.Namespace, tmp: Path, started: list[Server],
             if loop:
                 env["MAILROUTER_LOOP"] = "asyncio"
             for w in a.workers:
-                kinds = [("mr", None, None)] + ([("mr-relay", relay, sink_port)] if relay else [])
+                # each checkout with its own example rules: an older one may not read the
+                # newer files (a key added since: it would refuse to start)
+                own = str(tree / "rules" / "*.yaml")
+                kinds = [("mr", own, None)] + ([("mr-relay", relay, sink_port)] if relay else [])
                 for kind, routing, down in kinds:
                     name = f"{label}{kind}/{w}{loop}"
                     if a.cur and kind == "mr":
