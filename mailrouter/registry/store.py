@@ -298,6 +298,7 @@ class _SqliteFile:
     synchronous: str
     ident: tuple[int, int] = (0, 0)
     generation: int = 0        # bumped at each reopen: older thread connections are let go
+    where: str = ""            # the path as a str, made once: check() runs at every commit
 
     @property
     def path(self) -> Path:
@@ -305,12 +306,13 @@ class _SqliteFile:
 
     def take(self) -> None:
         """Remember the file now at the path as the one connections open from now on."""
-        st = os.stat(self.path)
+        self.where = str(self.path)
+        st = os.stat(self.where)
         self.ident = (st.st_dev, st.st_ino)
 
     def check(self) -> None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(self.where)
         except FileNotFoundError:
             raise FileMovedError(errno.ENOENT, "registry file deleted while open") from None
         if (st.st_dev, st.st_ino) != self.ident:
