@@ -56,17 +56,22 @@ def _queried(exprs: list[str]) -> set[str]:
     return set(re.findall(r"mailrouter_\w+", " ".join(exprs)))
 
 
-async def test_rules_and_dashboard_query_real_names(make_app):
-    """Every `mailrouter_*` name in an alert expression or a dashboard panel is on /metrics
-    (a renamed family would leave a silent alert or an empty panel)."""
+async def _metrics_and_queries(make_app) -> tuple[str, list[str], list[str]]:
+    """A fresh daemon's /metrics text, the alert rules' expressions, the dashboard's."""
     app = await make_app()
     status, text = await asyncio.to_thread(_get, app.bound["admin"][1], "/metrics")
     assert status == 200
-    names = exposed_names(text)
     rules = [r["expr"] for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
              for r in g["rules"]]
     panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
-    dashboard = [t["expr"] for p in panels for t in p["targets"]]
+    return text, rules, [t["expr"] for p in panels for t in p["targets"]]
+
+
+async def test_rules_and_dashboard_query_real_names(make_app):
+    """Every `mailrouter_*` name in an alert expression or a dashboard panel is on /metrics
+    (a renamed family would leave a silent alert or an empty panel)."""
+    text, rules, dashboard = await _metrics_and_queries(make_app)
+    names = exposed_names(text)
     for what, used in (("rules", _queried(rules)), ("dashboard", _queried(dashboard))):
         assert len(used) >= 7, (what, used)
         assert used <= names, (what, used - names)
@@ -98,16 +103,11 @@ async def test_rules_and_dashboard_use_real_labels_and_values(make_app):
     that value on /metrics, and a `by (...)` label is one of its series' labels: a renamed
     label or value would leave a silent alert or an empty panel as a renamed family would.
     Series without samples yet (no open request) are checked by name only, above."""
-    app = await make_app()
-    status, text = await asyncio.to_thread(_get, app.bound["admin"][1], "/metrics")
-    assert status == 200
+    text, rules, dashboard = await _metrics_and_queries(make_app)
     labels = exposed_labels(text)
-    rules = [r["expr"] for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
-             for r in g["rules"]]
-    panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
     wrong: list[str] = []
     matched = 0
-    for expr in rules + [t["expr"] for p in panels for t in p["targets"]]:
+    for expr in rules + dashboard:
         matchers, grouped, series = _label_uses(expr)
         for name, key, value in matchers:
             matched += 1
