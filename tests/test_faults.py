@@ -22,15 +22,13 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 from mailrouter.config import DeliveryConfig, Downstream, RegistryConfig
-from mailrouter.daemon import App
 from mailrouter.pipeline import message_key
 from mailrouter.registry.store import upgrade
-from mailrouter.routing.snapshot import load_snapshot
 from mailrouter.values import (
     REPLY_DELIVERY_TEMPFAIL,
     REPLY_REGISTRY_UNAVAILABLE,
@@ -38,7 +36,6 @@ from mailrouter.values import (
     REPLY_TEMPFAIL,
 )
 from tests.support.daemon import maildir_files
-from tests.support.daemon import test_config as config_for   # not collected as a test
 from tests.support.pg import PgCluster, pg_bin
 from tests.support.wire import Wire
 
@@ -279,36 +276,17 @@ def rows_in_file(db: Path) -> set[str]:
         return {m for (m,) in conn.execute("SELECT message_id FROM messages")}
 
 
-@pytest.fixture
-async def make_worker_app(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[App]]]:
-    """The App of worker 1 of `workers: 2`: its registry was migrated by the parent (here:
-    `upgrade`), so it opens it without create."""
-    apps: list[App] = []
-
-    async def make() -> App:
-        await upgrade(sqlite_url(tmp_path))
-        cfg = config_for(tmp_path)
-        app = App(cfg, load_snapshot(cfg.routing, cfg.limits, cfg.hostname), worker=1)
-        await app.start()
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.request_stop()
-        await app.wait_stopped()
-
-
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 @pytest.mark.parametrize("process", ["single", "worker"])
-async def test_registry_file_deleted_or_replaced_while_running(make_app, make_worker_app, tmp_path,
-                                                               how, process):
+async def test_registry_file_deleted_or_replaced_while_running(make_app, tmp_path, how, process):
     """The SQLite registry file is deleted (or replaced by an empty file) while the daemon
     runs: SQLite went on committing to the unlinked file without an error, so each later
     message got 250 and its record was lost at exit. Now the record is in the file at the
     registry's path (its schema created, as a restart would), and the dedupe reads it;
     in a worker process too (it opens the registry without create)."""
-    app = await (make_worker_app() if process == "worker" else make_app())
+    if process == "worker":          # worker 1 of `workers: 2`: the parent migrated
+        await upgrade(sqlite_url(tmp_path))
+    app = await make_app(worker=1 if process == "worker" else None)
     port = app.bound["smtp"][1]
     db = tmp_path / "var" / "registry.db"
     assert (await send(port, mail("before-rm")))[0].startswith("250 2.0.0")

@@ -52,10 +52,12 @@ def test_config(tmp_path: Path, routing: tuple[str, ...] | None = None, **over: 
 async def make_app(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[App]]]:
     apps: list[App] = []
 
-    async def make(**over: Any) -> App:
+    async def make(worker: int | None = None, **over: Any) -> App:
+        """`worker`: the App of that worker of `workers: N` (the parent migrated the
+        registry: the worker opens it without create)."""
         cfg = test_config(tmp_path, **over)
         snap = load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
-        app = App(cfg, snap)
+        app = App(cfg, snap, worker=worker)
         await app.start()
         apps.append(app)
         return app
