@@ -77,18 +77,19 @@ def _shadows(earlier: Any, later: Any) -> bool:
                for ep in _conjuncts(earlier.when))
 
 
-def _leaves(node: Node | None) -> Iterator[Leaf]:
+def leaves(node: Node | None, under_not: bool = True) -> Iterator[Leaf]:
+    """The condition's leaves; without `under_not`, only those a match needs to hold."""
     if isinstance(node, Leaf):
         yield node
     elif isinstance(node, (AllOf, AnyOf)):
         for p in node.parts:
-            yield from _leaves(p)
-    elif isinstance(node, Not):
-        yield from _leaves(node.part)
+            yield from leaves(p, under_not)
+    elif isinstance(node, Not) and under_not:
+        yield from leaves(node.part)
 
 
 def _unmatchable(rule: Any) -> Iterator[str]:
-    for leaf in _leaves(rule.when):
+    for leaf in leaves(rule.when):
         for needle in leaf.needles:
             text = str(needle)
             if leaf.op == "contains" and not words_of(normalize(text)).strip():
@@ -298,7 +299,7 @@ def lint_notes(rules: Sequence[Any]) -> list[str]:
     starred = False
     for rule in rules:
         at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
-        for leaf in _leaves(rule.when):
+        for leaf in leaves(rule.when):
             if leaf.op != "contains":
                 continue
             texts = [str(n) for n in leaf.needles]

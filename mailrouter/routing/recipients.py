@@ -10,11 +10,11 @@ a needle on another domain is left alone.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from ..addressbook.canon import canonical_domain
 from ..addresses import AddressBook
-from .conditions import AllOf, AnyOf, Leaf, Node
+from .lint import leaves
 from .rules import Rule
 
 __all__ = ["recipient_warnings"]
@@ -22,21 +22,12 @@ __all__ = ["recipient_warnings"]
 _ADDRESS_FIELDS = ("rcpt", "rcpt_resolved", "rcpt_original")
 
 
-def _required(node: Node | None) -> Iterator[Leaf]:
-    """The leaves a match needs to hold, `not:` excluded."""
-    if isinstance(node, Leaf):
-        yield node
-    elif isinstance(node, (AllOf, AnyOf)):
-        for part in node.parts:
-            yield from _required(part)
-
-
 def recipient_warnings(book: AddressBook, rules: Sequence[Rule]) -> list[str]:
     """One line per rule needle naming a recipient address or domain the book refuses."""
     out: list[str] = []
     for rule in rules:
         at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
-        for leaf in _required(rule.when):
+        for leaf in leaves(rule.when, under_not=False):
             if leaf.op != "equals":
                 continue
             for needle in map(str, leaf.needles):
