@@ -80,12 +80,13 @@ def suggest_op(op: str, ops: tuple[str, ...], field: str) -> str:
     return did_you_mean(op, ops).replace("known keys", "known operators")
 
 
-def suggest_field(key: str, known: tuple[str, ...]) -> str:
-    same = FIELD_SYNONYMS.get(key.lower())
-    return f"did you mean '{same}'?" if same in known else did_you_mean(key.lower(), known)
-
-
-def did_you_mean(word: str, known: tuple[str, ...] | list[str]) -> str:
+def did_you_mean(word: str, known: tuple[str, ...] | list[str],
+                 synonyms: Mapping[str, str] | None = None) -> str:
+    """The hint for an unknown `word`: its name here when `synonyms` has it (another
+    filter's word: difflib would pick a wrong one), else the closest known one."""
+    same = synonyms.get(word.lower()) if synonyms else None
+    if same is not None:
+        return f"did you mean '{same}'?"
     close = difflib.get_close_matches(word, list(known), n=1)
     return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
 
@@ -318,7 +319,8 @@ class _Parser:
             return Leaf("business_hours", "in", (str(value),), (str(value),), _check_hours,
                         *where(at)[:2])
         if key not in FIELDS:
-            self.error(f"unknown condition '{key}'", at, None, suggest_field(key, FIELDS + COMBINATORS))
+            self.error(f"unknown condition '{key}'", at, None,
+                       did_you_mean(key.lower(), FIELDS + COMBINATORS, FIELD_SYNONYMS))
             return None
         return self.field(key, value, at)
 

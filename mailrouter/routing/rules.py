@@ -225,12 +225,9 @@ class _Builder:
 
 
 def _suggest(key: str, known: tuple[str, ...], synonyms: Mapping[str, str]) -> str:
-    same = synonyms.get(key.lower())
-    if same is None:
-        return did_you_mean(key, known)
-    if same == "continue":    # first match stops unless continue: true
+    if synonyms.get(key.lower()) == "continue":    # first match stops unless continue: true
         return "a matching rule stops the others already; 'continue: true' lets later ones add"
-    return f"did you mean '{same}'?"
+    return did_you_mean(key, known, synonyms)
 
 
 def _is_text(value: Any) -> bool:
