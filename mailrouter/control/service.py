@@ -32,8 +32,8 @@ from ..loops import header_text
 from ..registry import Registry
 from ..values import Action, Decision
 from .owners import OwnerChoice, choose_owner, owner_targets
-from .store import (DbTeamState, Plan, apply_plan, find_by_refs, known_message, participants,
-                    request_row)
+from .store import (DbTeamState, Plan, apply_plan, find_by_refs, joining, known_message,
+                    participants, request_row)
 from .threads import NumberTag, references, sla_due, sla_terms, took_part
 
 __all__ = ["Control", "OWNER_HEADER"]
@@ -133,9 +133,7 @@ class Control:
             if took_part(sender, participants(conn, rid), self.cfg.join):
                 row = request_row(conn, rid)
                 assert row is not None
-                return Plan("join", sender, view.message_id, rid, row["owner"], row["team"],
-                            reopen=row["status"] if row["status"] != "open" else None,
-                            refused=tuple(refused))
+                return joining(replace(base, refused=tuple(refused)), rid, row)
             how = "number" if by_number and rid == number else "reference"
             refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
                                  f"(join check: {self.cfg.join}); named it by {how}; "

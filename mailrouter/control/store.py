@@ -43,7 +43,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .tables import (OPEN_STATUSES, request_events, request_messages, requests, team_picks)
 from .threads import domain_of, took_part
 
-__all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event"]
+__all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event",
+           "joining"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +200,15 @@ def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | No
     for rid in find_by_refs(conn, plan.refs):
         row = request_row(conn, rid)
         if row is not None and took_part(plan.sender, participants(conn, rid), plan.join):
-            return replace(plan, kind="join", request_id=rid, owner=row["owner"],
-                           team=row["team"], picked=None,
-                           reopen=row["status"] if row["status"] != "open" else None)
+            return joining(plan, rid, row)
     return None
+
+
+def joining(plan: Plan, rid: int, row: Mapping[str, Any]) -> Plan:
+    """`plan` made a join of request `rid` (its `row`): its owner and team, reopened when
+    it is not open."""
+    return replace(plan, kind="join", request_id=rid, owner=row["owner"], team=row["team"],
+                   picked=None, reopen=row["status"] if row["status"] != "open" else None)
 
 
 def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
