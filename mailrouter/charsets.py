@@ -396,43 +396,15 @@ _NOT_IN_1252 = re.compile(rb"[\x81\x8d\x8f\x90\x9d]")
 # ISO-8859-2 reads as ž), and a short Polish "mąka" reads about as well either way and
 # keeps its label.
 LATIN_WINS_PER_BYTE = 2.0
-_LATIN_PAIR = {"iso8859-2": ("cp1250", _C1),
-               "cp1250": ("iso8859-2", re.compile(rb"[\xa1\xa5\xa6\xa9\xab\xac\xae\xb1\xb5\xb6"
-                                                  rb"\xb9\xbb\xbc\xbe]"))}
-
-
-def _latin_read_as(codec: str, data: bytes, start: int, end: int) -> str:
-    """The codec a Latin label's bytes are read in: the label's, or the one the notes above
-    say it stands for."""
-    if codec in _WESTERN:
-        if codec == "iso8859-1" and _C1.search(data, start, end) \
-                and not _NOT_IN_1252.search(data, start, end):
-            codec = "cp1252"
-        return _central_european(codec, data, start, end)
-    other, differ = _LATIN_PAIR.get(codec, (None, None))
-    if other is None or differ is None or not differ.search(data, start, end):
-        return codec
-    sample = data[start:min(end, start + PAIR_SCORED)]
-
-    def best(c: str) -> float:
-        return LatinCounts(sample.decode(c, "replace")).best()
-
-    margin = max(OTHER_WINS, LATIN_WINS_PER_BYTE * len(differ.findall(sample)))
-    return other if best(other) - best(codec) >= margin else codec
-
 
 # Czech and Polish text under a Western label (a webmail's form, a script's fixed header):
 # windows-1250's ř č ě ů ň read as ø è ì ù ò in windows-1252 ("Pøíští týden"). The other
-# Central European reading wins by the pair's margin, per byte the two read differently.
-# Measured on tests/test_message.py's Western subjects and texts: the best other reading
-# stays at least 5.3 under that margin; Czech and Polish prose passes it (short subjects
-# with one or two such letters keep the label).
-_WESTERN = ("iso8859-1", "cp1252")
-_CENTRAL = ("cp1250", "iso8859-2")
-_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+# Central European readings win by the same margin, per byte each reads differently from
+# the label's. Measured on tests/test_message.py's Western subjects and texts: the best
+# other reading stays at least 5.3 under that margin; Czech and Polish prose passes it
+# (short subjects with one or two such letters keep the label).
 
 
-@functools.lru_cache(maxsize=None)
 def _differ(codec: str, other: str) -> re.Pattern[bytes]:
     """The bytes `codec` and `other` read differently."""
     diff = [b for b in range(0x80, 0x100)
@@ -440,14 +412,31 @@ def _differ(codec: str, other: str) -> re.Pattern[bytes]:
     return re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in diff) + b"]")
 
 
-def _central_european(codec: str, data: bytes, start: int, end: int) -> str:
-    if not _HIGH_BYTE.search(data, start, end):
+# label's codec -> the other readings scored against it, each with the bytes that count
+# (and must be there): the pair's as measured above, every differing byte under a Western label
+_OTHER_READINGS: dict[str, tuple[tuple[str, re.Pattern[bytes]], ...]] = {
+    "iso8859-2": (("cp1250", _C1),),
+    "cp1250": (("iso8859-2", re.compile(rb"[\xa1\xa5\xa6\xa9\xab\xac\xae\xb1\xb5\xb6"
+                                        rb"\xb9\xbb\xbc\xbe]")),),
+    **{western: tuple((other, _differ(western, other)) for other in ("cp1250", "iso8859-2"))
+       for western in ("iso8859-1", "cp1252")},
+}
+
+
+def _latin_read_as(codec: str, data: bytes, start: int, end: int) -> str:
+    """The codec a Latin label's bytes are read in: the label's, or the one the notes above
+    say it stands for."""
+    if codec == "iso8859-1" and _C1.search(data, start, end) \
+            and not _NOT_IN_1252.search(data, start, end):
+        codec = "cp1252"
+    others = _OTHER_READINGS.get(codec, ())
+    if not any(differ.search(data, start, end) for _, differ in others):
         return codec
     sample = data[start:min(end, start + PAIR_SCORED)]
     declared = LatinCounts(sample.decode(codec, "replace")).best()
     best, top = codec, declared
-    for other in _CENTRAL:          # of those that pass the margin, the one that reads best
-        n = len(_differ(codec, other).findall(sample))
+    for other, differ in others:     # of those that pass the margin, the one that reads best
+        n = len(differ.findall(sample))
         score = LatinCounts(sample.decode(other, "replace")).best() if n else declared
         if score - declared >= max(OTHER_WINS, LATIN_WINS_PER_BYTE * n) and score > top:
             best, top = other, score
