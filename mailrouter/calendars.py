@@ -33,7 +33,7 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .errors import ConfigError, ConfigErrors
@@ -206,31 +206,32 @@ def parse_calendar(name: str, spec: Any) -> Calendar:
         spans = parse_hours(spec.get("hours", "Mon-Fri 09:00-18:00"))
     except ValueError as exc:
         err("hours", str(exc), 'write e.g. "Mon-Fri 09:00-18:00, Sat 10:00-14:00"')
-    holidays: set[date] = set()
-    raw_h = spec.get("holidays") or []
-    for h in raw_h if isinstance(raw_h, list) else [raw_h]:
-        try:
-            holidays.add(h if isinstance(h, date) else date.fromisoformat(str(h)))
-        except ValueError:
-            err("holidays", f"cannot read holiday {h!r}", "write dates as YYYY-MM-DD", h)
+    holidays = {day for day, _ in _dates(spec, "holidays", err)}
     workdays = _workdays(spec, spans, holidays, err)
     if errors or tz is None:
         raise ConfigErrors(errors)
     return Calendar(str(name), tz, spans, frozenset(holidays), frozenset(workdays))
 
 
-def _workdays(spec: Mapping[str, Any], spans: tuple[tuple[int, int, int], ...],
-              holidays: set[date], err: Any) -> set[date]:
-    """The `workdays:` dates; each problem goes to `err` at its date."""
-    found: set[date] = set()
-    raw = spec.get("workdays") or []
-    working = {wd for wd, _, _ in spans}
+def _dates(spec: Mapping[str, Any], key: str, err: Any) -> Iterator[tuple[date, Any]]:
+    """The dates listed under `key` (holidays, workdays), each with the value written, in
+    the list's order; one that cannot be read goes to `err` at its place."""
+    raw = spec.get(key) or []
     for w in raw if isinstance(raw, list) else [raw]:
         try:
             day = w if isinstance(w, date) else date.fromisoformat(str(w))
         except ValueError:
-            err("workdays", f"cannot read workday {w!r}", "write dates as YYYY-MM-DD", w)
+            err(key, f"cannot read {key[:-1]} {w!r}", "write dates as YYYY-MM-DD", w)
             continue
+        yield day, w
+
+
+def _workdays(spec: Mapping[str, Any], spans: tuple[tuple[int, int, int], ...],
+              holidays: set[date], err: Any) -> set[date]:
+    """The `workdays:` dates; each problem goes to `err` at its date."""
+    found: set[date] = set()
+    working = {wd for wd, _, _ in spans}
+    for day, w in _dates(spec, "workdays", err):
         if day in holidays:
             err("workdays", f"{day} is both a holiday and a workday", "keep it in one list", w)
         elif day.weekday() in working:
