@@ -136,13 +136,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"  per {k}: " + ", ".join(f"{_or(r[k], '(nobody)' if k == 'owner' else '-')}"
                                              f"={r['requests']}" for r in doc[f"volume_per_{k}"]))
         fr, sla = doc["first_response_hours"], doc["sla"]
-        none = "-"              # nothing answered or due in the period: no figure, not "None"
+        # nothing answered or due in the period: no figure, '-'
         print(f"  first response (business hours): {fr['answered']} answered, "
-              f"median {fr['median'] if fr['median'] is not None else none}, "
-              f"p90 {fr['p90'] if fr['p90'] is not None else none}")
-        share = sla["share_kept"]
-        print(f"  SLA: kept {sla['kept']}, missed {sla['missed']}, "
-              f"share kept {share if share is not None else none}")
+              f"median {_or(fr['median'])}, p90 {_or(fr['p90'])}")
+        print(f"  SLA: kept {sla['kept']}, missed {sla['missed']}, share kept {_or(sla['share_kept'])}")
         for r in doc["open_per_owner"]:
             print(f"  {r['owner'] or '(nobody)'}: {r['open']} open, {r['overdue']} overdue")
     _emit(args, doc, rows, text)
