@@ -10,7 +10,6 @@ the server; a file outside it (an older rule set elsewhere) is shown as recorded
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import markupsafe
 from aiohttp import web
 
 from ..routing.snapshot import Snapshot
-from .auth import SNAPSHOT, VIEWER, Viewer
+from .auth import SNAPSHOT, VIEWER, Handler, Viewer
 from .i18n import LANGUAGES, pick_language, translate
 
 __all__ = ["HERE", "LANG_COOKIE", "BadInput", "no_nul", "lang_of", "render", "error_page", "day", "bad",
@@ -51,7 +50,6 @@ LAST_DAY = date.max - timedelta(days=1)
 
 
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class BadInput(ValueError):
