@@ -487,13 +487,19 @@ MIN_TOKEN = 16
 
 
 def is_loopback(host: str) -> bool:
-    """Is a listener on this host reachable only from this machine?"""
+    """Is a listener on this host (or a peer at this address) on this machine?
+
+    An IPv4 peer on a dual-stack socket arrives as ``::ffff:127.0.0.1``, which Python
+    before 3.13 does not call loopback: it is read as the IPv4 address it maps.
+    """
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

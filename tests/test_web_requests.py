@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from mailrouter.config import ControlConfig, Listener, RegistryConfig, WebConfig
+from mailrouter.config import ControlConfig, Listener, RegistryConfig, WebConfig, is_loopback
 from mailrouter.control.queries import report
 from mailrouter.control.tables import request_events, requests
 from mailrouter.registry.accounts import hash_password, set_password
@@ -258,6 +258,18 @@ async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(clie
         assert await guesser.login(f"nobody{n}", "wrong password!") == 401
     assert await guesser.login("ivanov") == 429
     assert await other.login("ivanov") == 303
+
+
+@pytest.mark.parametrize("peer, local", [
+    ("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("::ffff:127.0.0.1", True), ("::ffff:127.8.9.1", True),
+    ("::ffff:192.0.2.1", False), ("192.0.2.1", False), ("2001:db8::1", False), ("?", False)])
+def test_a_proxy_seen_through_a_dual_stack_socket_is_on_this_host(peer: str, local: bool) -> None:
+    """A web view bound to ``::`` sees a proxy on 127.0.0.1 as ``::ffff:127.0.0.1``, which
+    Python 3.11's ipaddress does not call loopback: X-Forwarded-For was then ignored and all
+    sign-in failures behind the proxy counted against it (and the greeting delay for local
+    clients was not applied). The mapped IPv4 address is what decides."""
+    assert is_loopback(peer) is local
 
 
 def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -> None:
