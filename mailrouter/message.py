@@ -638,9 +638,10 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
         return
     # a multipart left whole (no boundary, or no first boundary line: a nested multipart
     # that reuses its parent's boundary, as Zimbra and Outlook Express wrote) is read as
-    # text only when the message has no text part (the parent's parts follow it)
-    kind = "text/html" if ctype == "text/html" else (
-        "multipart" if ctype.startswith("multipart/") else "text/plain")
+    # text only when the message has no text part (the parent's parts follow it); other
+    # text (text/calendar beside the HTML of an invitation) only when there is no HTML
+    kind = ctype if ctype in ("text/plain", "text/html") else (
+        "multipart" if ctype.startswith("multipart/") else "text")
     if kind not in texts:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
@@ -658,10 +659,12 @@ def _payload(part: Message) -> bytes:
 
 def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:
     """text/plain if there is one, else the text of the HTML part (RFC 2046 section 5.1.4:
-    the plainest alternative carries the same content), else a multipart left whole. Its
+    the plainest alternative carries the same content), else other text (text/calendar,
+    text/enriched: what a reader shows as the body only when it is all there is), else a
+    multipart left whole. Its
     charset and what was guessed or wrong are found here, a piece at a time; the text is
     decoded when it is read."""
-    kind = next((k for k in ("text/plain", "text/html", "multipart") if k in texts), "")
+    kind = next((k for k in ("text/plain", "text/html", "text", "multipart") if k in texts), "")
     if not kind:
         return
     source, label = texts.pop(kind)
