@@ -75,7 +75,16 @@ _ALIASES: dict[str, str] = {
     "ibm-866": "cp866", "x-ibm866": "cp866", "dos-866": "cp866", "cp-866": "cp866",
     "unicode-1-1-utf-8": "utf-8", "x-unicode20utf8": "utf-8", "utf-8-sig": "utf-8",
     "x-user-defined": "cp1252", "windows-874": "cp874", "ks_c_5601": "euc_kr",
+    # WHATWG Encoding Standard labels (what mail readers decode) that Python does not know;
+    # iso-8859-N with -i or -e, or without dashes, is matched in resolve_charset
+    "windows-31j": "cp932", "cseucpkdfmtjapanese": "euc_jp", "cn-big5": "big5",
+    "x-x-big5": "big5", "gb_2312": "gb2312", "gb_2312-80": "gb2312", "ksc_5601": "euc_kr",
+    "ks_c_5601-1989": "euc_kr", "csksc56011987": "euc_kr", "iso-ir-149": "euc_kr",
+    "dos-874": "cp874", "sun_eu_greek": "iso8859-7", "csisolatin9": "iso8859-15",
+    "logical": "iso8859-8", "visual": "iso8859-8", "mac": "mac-roman",
 }
+# "ISO-8859-8-I" (Hebrew in logical order: its letters are ISO-8859-8's), "iso88592"
+_ISO_8859 = re.compile(r"^(?:cs)?iso[-_]?8859[-_]?(\d{1,2})(?:-?[ie])?$")
 _REFUSED = {"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode", "mbcs",
             "oem", "utf-8-sig"}
 _LANG_TAG = re.compile(r"\*.*$")  # RFC 2231 section 5: charset*language
@@ -86,7 +95,7 @@ def resolve_charset(label: str | None) -> str | None:
     if not label:
         return None
     name = _LANG_TAG.sub("", label.strip().strip("\"'").lower()).strip()
-    name = _ALIASES.get(name, name)
+    name = _ALIASES.get(name, _ISO_8859.sub(r"iso8859-\1", name))
     for candidate in (name, re.sub(r"^(?:x-|cs)", "", name),
                       re.sub(r"^(?:x-)?win(?:dows)?-?(\d{3,4})$", r"cp\1", name)):
         try:

@@ -6,6 +6,11 @@ corpus (named in the test's docstring with its licence); the bytes here are writ
 
 from __future__ import annotations
 
+import base64
+
+import pytest
+
+from mailrouter.charsets import resolve_charset
 from mailrouter.message import MessageView
 
 _INVITE = (b"From: TEST <test@example.com>\r\nSubject: Calendar invite\r\nMIME-Version: 1.0\r\n"
@@ -34,3 +39,20 @@ def test_html_beside_a_calendar_is_the_body() -> None:
     assert MessageView(alone).body_text == "BEGIN:VCALENDAR\nEND:VCALENDAR\n"
     plain = _INVITE.replace(b"text/html", b"text/plain").replace(b"<p>", b"").replace(b"</p>", b"")
     assert MessageView(plain).body_text == "You are invited to a meeting."
+
+
+@pytest.mark.parametrize(("label", "text"), [
+    ("iso-8859-8-i", "מענה 'אני לא נמצא': Invoice 02722027"),
+    ("csISO88598I", "מענה"), ("iso-8859-6-e", "مرحبا"), ("iso88592", "Příliš žluťoučký"),
+    ("windows-31j", "請求書①"), ("ks_c_5601-1989", "청구서"),
+])
+def test_charset_labels_mail_readers_know(label: str, text: str) -> None:
+    """Labels of the WHATWG Encoding Standard that Python's codec registry does not know.
+    An out-of-office reply's Subject =?iso-8859-8-i?B?...?= (php-mime-mail-parser's
+    tests/mails/issue149, MIT) was an 'unknown charset', guessed windows-1251: Hebrew read
+    as Cyrillic letters ("отрд 'арй ма роца'")."""
+    codec = resolve_charset(label)
+    assert codec is not None
+    word = base64.b64encode(text.encode(codec)).decode()
+    v = MessageView(f"Subject: =?{label}?B?{word}?=\r\n\r\nx\r\n".encode())
+    assert (v.subject, v.charset_notes, v.defects) == (text, [], [])
