@@ -56,3 +56,29 @@ def test_charset_labels_mail_readers_know(label: str, text: str) -> None:
     word = base64.b64encode(text.encode(codec)).decode()
     v = MessageView(f"Subject: =?{label}?B?{word}?=\r\n\r\nx\r\n".encode())
     assert (v.subject, v.charset_notes, v.defects) == (text, [], [])
+
+
+def test_iso_2022_jp_with_the_windows_rows() -> None:
+    """ISO-2022-JP as Windows mailers write it: "ЖД№41 от 28.09.2016" with № from the NEC
+    row (php-mime-mail-parser's tests/mails/issue116, MIT) read "ЖД\\ufffd41", Python's
+    iso2022_jp knowing JIS X 0208 alone; mail readers (CP50220, WHATWG) read it. A body of
+    more than a piece (read a piece at a time) keeps its double-byte mode across pieces."""
+    v = MessageView(b"Subject: =?iso-2022-jp?B?GyRCJygnJS1iGyhCNDEgGyRCJ2AnZBsoQiAyOC4wOS4yMDE2?=\r\n"
+                    b"Content-Type: text/plain; charset=iso-2022-jp\r\n\r\n"
+                    + b"\x1b$B-!$N7o\x1b(B\r\n\x1b$B-\"\r\n-#\x1b(B\r\n" * 8000)
+    assert v.subject == "ЖД№41 от 28.09.2016"
+    assert v.body_text == "①の件\n②\n③\n" * 8000
+    assert v.defects == [] and v.charset_notes == []
+    assert MessageView(b"Subject: =?iso-2022-jp?B?" + base64.b64encode(b"\x1b$B$3\x1b(B\xff")
+                       + b"?=\r\n\r\n").subject == "こ\ufffd"
+
+
+@pytest.mark.parametrize(("label", "text", "codec"), [
+    ("shift_jis", "①番 ㈱テスト", "cp932"), ("euc-kr", "똠방각하", "cp949"),
+])
+def test_labels_read_as_the_windows_superset(label: str, text: str, codec: str) -> None:
+    """Shift_JIS and EUC-KR labels on windows-31j and windows-949 text (① and ㈱; Hangul
+    syllables outside KS X 1001), as Outlook sends them and mail readers show them."""
+    v = MessageView(f"Content-Type: text/plain; charset={label}\r\n\r\n".encode()
+                    + text.encode(codec))
+    assert (v.body_text, v.body_charset, v.defects) == (text, codec, [])
