@@ -44,7 +44,7 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from mailrouter.mimewalk import Leaf, decoded_payload, leaves
+from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     PIECE_BYTES,
@@ -148,7 +148,7 @@ class MessageView:
     @cached_property
     def _header_msg(self) -> Message:
         try:
-            return BytesHeaderParser(policy=policy.compat32).parsebytes(self.header_block)
+            return BytesHeaderParser(policy=UNFOLDED).parsebytes(self.header_block)
         except Exception as exc:  # never raise: the parser is not ours
             msg = Message()
             msg.defects.append(exc)  # type: ignore[arg-type]
@@ -510,7 +510,7 @@ class _Body:
 def _parse_body(raw: bytes) -> _Body:
     body = _Body()
     try:
-        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+        msg = BytesParser(policy=UNFOLDED).parsebytes(raw)
         walked = list(_walk(msg))
         # the leaves, and the message/* parts below the top in walk order: a forwarded
         # message is listed as an attachment before the files inside it

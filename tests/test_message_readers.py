@@ -82,3 +82,22 @@ def test_labels_read_as_the_windows_superset(label: str, text: str, codec: str) 
     v = MessageView(f"Content-Type: text/plain; charset={label}\r\n\r\n".encode()
                     + text.encode(codec))
     assert (v.body_text, v.body_charset, v.defects) == (text, codec, [])
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])      # the byte walk, and the stdlib's parse
+def test_boundary_folded_inside_its_quotes(eol: bytes) -> None:
+    """RFC 2046's sample message folds its boundary inside the quotes
+    (`boundary="simple<CRLF> boundary"`; james-mime4j's mimetools-testmsgs/multi-simple.msg,
+    Apache-2.0): the compat32 parser kept the line break in the boundary, matched no
+    boundary line, and read the whole message, MIME lines and all, as one text part."""
+    raw = eol.join([
+        b"From: Nathaniel Borenstein <nsb@example.com>", b"Subject: Sample message",
+        b"MIME-Version: 1.0", b'Content-type: multipart/mixed; boundary="simple',
+        b' boundary"', b"", b"This is the preamble.", b"--simple boundary", b"",
+        b"This is implicitly typed plain ASCII text.", b"--simple boundary",
+        b'Content-Type: application/pdf; name="a.pdf"', b"", b"%PDF-1.4",
+        b"--simple boundary--", b""])
+    v = MessageView(raw)
+    assert v.body_text == "This is implicitly typed plain ASCII text."
+    assert [(a.filename, a.content_type) for a in v.attachments] == [("a.pdf", "application/pdf")]
+    assert v.defects == []
