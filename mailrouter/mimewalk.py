@@ -23,6 +23,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from email import errors, policy
+from email.header import Header
 from email.message import Message
 from email.parser import BytesHeaderParser
 
@@ -44,7 +45,7 @@ class _Unfolded(policy.Compat32):
     message, `boundary="simple<CRLF> boundary"`) kept the line break and matched no
     boundary line, and the whole message was read as one text part."""
 
-    def header_fetch_parse(self, name: str, value: str) -> str:
+    def header_fetch_parse(self, name: str, value: str) -> str | Header:
         return super().header_fetch_parse(name, _FOLD.sub("", value) if isinstance(value, str)
                                           else value)
 
