@@ -45,7 +45,8 @@ class _Unfolded(policy.Compat32):
     message, `boundary="simple<CRLF> boundary"`) kept the line break and matched no
     boundary line, and the whole message was read as one text part."""
 
-    def header_fetch_parse(self, name: str, value: str) -> str | Header:
+    def header_fetch_parse(  # type: ignore[override]  # as Compat32 (typeshed: Policy says str)
+            self, name: str, value: str) -> str | Header:
         return super().header_fetch_parse(name, _FOLD.sub("", value) if isinstance(value, str)
                                           else value)
 
