@@ -38,13 +38,14 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from email import policy
+from email.errors import InvalidMultipartContentTransferEncodingDefect
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves
+from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves, transfer_encoding
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     PIECE_BYTES,
@@ -547,12 +548,29 @@ def _walk(part: Message, inside: bool = False) -> Iterator[tuple[Message, bool]]
     place of a bounce whose human-readable part is HTML (body_text was '') and gave the
     defects of the returned headers' Content-Type (StartBoundaryNotFoundDefect)."""
     yield part, inside
+    if part.get_content_type() == "message/rfc822" and transfer_encoding(part) == "base64":
+        _parse_base64_message(part)
     if part.is_multipart() and (part.get_content_maintype() != "message"
                                 or part.get_content_type() == "message/rfc822"):
         inside = inside or part.get_content_maintype() == "message"
         for sub in part.get_payload():
             if isinstance(sub, Message):
                 yield from _walk(sub, inside)
+
+
+def _parse_base64_message(part: Message) -> None:
+    """A forwarded message in base64 (RFC 2046 section 5.2.1 allows 7bit, 8bit and binary
+    alone; mail readers decode it): the parser read the base64 lines as the body of a
+    message without headers, and the rules read them as its text. Its decoded bytes are
+    parsed instead, and the part keeps a defect."""
+    inner = part.get_payload(0) if part.is_multipart() else None
+    if not isinstance(inner, Message) or inner.keys() or inner.is_multipart():
+        return
+    encoded = Message()
+    encoded["Content-Transfer-Encoding"] = "base64"
+    encoded.set_payload(inner.get_payload())
+    part.set_payload([BytesParser(policy=UNFOLDED).parsebytes(decoded_payload(encoded))])
+    part.defects.append(InvalidMultipartContentTransferEncodingDefect())
 
 
 def _read_report_part(part: Message, body: _Body) -> None:

@@ -101,3 +101,29 @@ def test_boundary_folded_inside_its_quotes(eol: bytes) -> None:
     assert v.body_text == "This is implicitly typed plain ASCII text."
     assert [(a.filename, a.content_type) for a in v.attachments] == [("a.pdf", "application/pdf")]
     assert v.defects == []
+
+
+_INNER = (b"From: a@example.org\r\nSubject: =?utf-8?B?" + base64.b64encode("Счёт 145".encode())
+          + b"?=\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n"
+          b"--i\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + "Оплатите.".encode()
+          + b"\r\n--i\r\nContent-Type: application/pdf\r\n"
+          b'Content-Disposition: attachment; filename="invoice.pdf"\r\n\r\n%PDF\r\n--i--\r\n')
+
+
+def test_forwarded_message_in_base64_is_read() -> None:
+    """A message/rfc822 part in base64, as SwiftMailer attaches an .eml
+    (php-mime-mail-parser's tests/mails/issue274.eml, MIT; james-mime4j's
+    testmsgs/base64encoded-rfc822message.msg, Apache-2.0): the parser read its base64 lines
+    as a body, so the rules read base64 and the files inside were lost. Mail readers decode
+    it; so does the view, and notes the encoding RFC 2046 does not allow there."""
+    encoded = base64.encodebytes(_INNER).replace(b"\n", b"\r\n")
+    part = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
+    raw = (b"Subject: Fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n"
+           b"--o\r\nContent-Type: text/plain\r\n\r\nSee below.\r\n--o\r\n" + part + b"--o--\r\n")
+    v = MessageView(raw)
+    assert v.body_text == "See below."
+    assert [a.filename for a in v.attachments] == ["Счёт 145.eml", "invoice.pdf"]
+    assert v.defects == ["InvalidMultipartContentTransferEncodingDefect"]
+    alone = MessageView(b"Subject: Fwd\r\nMIME-Version: 1.0\r\n" + part)
+    assert alone.body_text == "Оплатите."
+    assert [a.filename for a in alone.attachments] == ["invoice.pdf"]
