@@ -1,7 +1,9 @@
 """Charset names and charset guessing for the message view.
 
 What it does: maps the charset labels found in real mail (``cp1251``, ``x-cp1251``, ``win-1251``,
-``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs, and guesses the
+``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs (a label naming a
+charset whose Windows superset mailers send is read as that: gb2312 as gbk, shift_jis as cp932,
+euc-kr as cp949, iso-2022-jp as ``cp50220``, a codec registered here), and guesses the
 charset of unlabelled or mislabelled 8-bit bytes: valid UTF-8 first, then a Russian
 letter-frequency / case-pattern scorer over the Cyrillic single-byte charsets, and for bytes
 that look like accented Latin text an accented-letter scorer over cp1252, cp1250 and ISO-8859-2
