@@ -29,7 +29,8 @@ Known limits (the stdlib parser's, kept on purpose):
 - a multipart with no boundary parameter is read as one text/plain body, its MIME lines included;
 - an HTML body's charset comes from its Content-Type, never from ``<meta charset>``;
 - ``body_charset`` and guessed charsets are Python codec names (``koi8-r``, ``cp1251``,
-  ``cp866``, ``mac-cyrillic``, ``iso8859-2``, ``cp1250``, ``utf-8``).
+  ``cp866``, ``mac-cyrillic``, ``iso8859-2``, ``cp1250``, ``utf-8``; ``cp50220`` for
+  iso-2022-jp is registered by ``mailrouter.charsets``).
 """
 
 from __future__ import annotations
