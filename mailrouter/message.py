@@ -21,7 +21,9 @@ recording, for the same reason.  Decoded header values never contain CR, LF or N
 
 Attachments are the parts that name a file or are not text, and every forwarded message
 (``message/rfc822`` below the top): it is listed itself, named by its file name or else by its
-decoded Subject + ``.eml``, before the files inside it, which are listed too.
+decoded Subject + ``.eml``, before the files inside it, which are listed too. Files uuencoded
+into a text/plain part without a transfer encoding are listed after it (their lines stay
+in ``body_text``).
 
 Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
@@ -36,6 +38,7 @@ Known limits (the stdlib parser's, kept on purpose):
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import re
 from dataclasses import dataclass, field
 from email import policy
@@ -365,15 +368,19 @@ class MessageView:
     def _is_plain_single_part(self) -> bool:
         """True when the top-level headers alone show a single text part that is not an
         attachment (no multipart, no message/*, no filename or name, no disposition
-        `attachment`): most mail, and the whole body walk would only confirm it."""
+        `attachment`) and holds no uuencoded file: most mail, and the whole body walk would
+        only confirm it."""
         ctype = _part_header(self._header_msg, "Content-Type")
         if ctype is not None and (ctype.get_content_maintype() != "text"
                                   or ctype.get_param("name") is not None):
             return False
         disposition = _part_header(self._header_msg, "Content-Disposition")
-        return disposition is None or (
-            disposition.get_content_disposition() != "attachment"
-            and disposition.get_param("filename", header="content-disposition") is None)
+        if disposition is not None and (
+                disposition.get_content_disposition() == "attachment"
+                or disposition.get_param("filename", header="content-disposition") is not None):
+            return False
+        return not (ctype is None or ctype.get_content_type() == "text/plain") or next(
+            _uu_blocks(self._header_msg, self.raw, len(self.header_block), self.size), None) is None
 
     # Reports
 
@@ -661,6 +668,8 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
     # text (text/calendar beside the HTML of an invitation) only when there is no HTML
     kind = ctype if ctype in ("text/plain", "text/html") else (
         "multipart" if ctype.startswith("multipart/") else "text")
+    if kind == "text/plain":
+        _uu_attachments(part, leaf.source() if leaf is not None else _whole(_payload(part)), body)
     if kind not in texts:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
@@ -674,6 +683,43 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
 
 def _payload(part: Message) -> bytes:
     return decoded_payload(part)
+
+
+def _whole(data: bytes) -> tuple[bytes, int, int]:
+    return data, 0, len(data)
+
+
+# A file uuencoded inside a text part (`uuencode report.pdf report.pdf | mail`, Outlook
+# Express, scanners): mail readers list it as an attachment. Looked for in text/plain parts
+# without a transfer encoding, whose bytes are a range of the raw message (no copy).
+_UU_BEGIN = re.compile(rb"^begin [0-7]{3,4} +([^\r\n]*[^\s])[ \t]*\r?$", re.M)
+_UU_END = re.compile(rb"^end[ \t]*\r?$", re.M)
+
+
+def _uu_blocks(part: Message, data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(file name, start, end) of each uuencoded block (`begin 644 NAME` to `end`)."""
+    if transfer_encoding(part) not in ("", "7bit", "8bit", "binary") \
+            or data.find(b"begin ", start, end) < 0:
+        return
+    while (begin := _UU_BEGIN.search(data, start, end)) is not None:
+        stop = _UU_END.search(data, begin.end(), end)
+        if stop is None:
+            return
+        yield begin.group(1), begin.start(), stop.end()
+        start = stop.end()
+
+
+def _uu_attachments(part: Message, source: tuple[bytes, int, int], body: _Body) -> None:
+    """Each uuencoded file of a text part: an attachment named as its `begin` line names it,
+    its type guessed from that name (as mail readers do), its size decoded by the stdlib."""
+    for raw_name, start, end in _uu_blocks(part, *source):
+        encoded = Message()
+        encoded["Content-Transfer-Encoding"] = "x-uuencode"
+        encoded.set_payload(source[0][start:end].decode("ascii", "surrogateescape"))
+        name = decode_header_bytes(raw_name)
+        body.record("Attachment name", name)
+        ctype = mimetypes.guess_type(name.text, strict=False)[0] or "application/octet-stream"
+        body.attachments.append(Attachment(name.text, ctype, len(decoded_payload(encoded))))
 
 
 def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:

@@ -7,6 +7,7 @@ corpus (named in the test's docstring with its licence); the bytes here are writ
 from __future__ import annotations
 
 import base64
+import binascii
 
 import pytest
 
@@ -127,3 +128,30 @@ def test_forwarded_message_in_base64_is_read() -> None:
     alone = MessageView(b"Subject: Fwd\r\nMIME-Version: 1.0\r\n" + part)
     assert alone.body_text == "Оплатите."
     assert [a.filename for a in alone.attachments] == ["invoice.pdf"]
+
+
+def _uuencoded(name: bytes, data: bytes) -> bytes:
+    lines = [binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45)]
+    return b"begin 644 " + name + b"\n" + b"".join(lines) + b"`\nend\n"
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])      # the byte walk, and the stdlib's parse
+def test_uuencoded_files_in_the_text_are_attachments(eol: bytes) -> None:
+    """Files uuencoded into the text (`uuencode scan.pdf | mail`, Outlook Express; horde/Mime's
+    test/Unnamespaced/fixtures/uudecode.txt, LGPL-2.1, james-mime4j's uu-zeegee.msg,
+    Apache-2.0): mail readers list them, the view listed nothing, so no attachment rule
+    saw them. Named by the `begin` line (raw 8-bit names guessed as header bytes are)."""
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 3
+    text = (b"Scan attached.\n\n" + _uuencoded("Счёт 145.pdf".encode("cp1251"), pdf)
+            + b"\nbegin the meeting at 10\n" + _uuencoded(b"a.txt", b"hello"))
+    single = b"Subject: scan\nContent-Type: text/plain\n\n" + text
+    multi = (b'Subject: scan\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n'
+             b"--b\nContent-Type: text/plain\n\n" + text + b"--b--\n")
+    for raw in (single, multi):
+        v = MessageView(raw.replace(b"\n", eol))
+        assert [(a.filename, a.content_type, a.size) for a in v.attachments] == [
+            ("Счёт 145.pdf", "application/pdf", len(pdf)), ("a.txt", "text/plain", 5)]
+        assert "Attachment name: raw 8-bit guessed cp1251" in v.charset_notes
+    plain = MessageView(b"Subject: x\r\n\r\nbegin 644 notes.txt, then end\r\nend\r\n")
+    assert [a.filename for a in plain.attachments] == ["notes.txt, then end"]
+    assert MessageView(b"Subject: x\r\n\r\nbegin 644 a.txt\r\nno end line\r\n").attachments == []
