@@ -1,7 +1,9 @@
 """Charset names and charset guessing for the message view.
 
 What it does: maps the charset labels found in real mail (``cp1251``, ``x-cp1251``, ``win-1251``,
-``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs, and guesses the
+``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs (a label naming a
+charset whose Windows superset mailers send is read as that: gb2312 as gbk, shift_jis as cp932,
+euc-kr as cp949, iso-2022-jp as ``cp50220``, a codec registered here), and guesses the
 charset of unlabelled or mislabelled 8-bit bytes: valid UTF-8 first, then a Russian
 letter-frequency / case-pattern scorer over the Cyrillic single-byte charsets, and for bytes
 that look like accented Latin text an accented-letter scorer over cp1252, cp1250 and ISO-8859-2
@@ -75,7 +77,16 @@ _ALIASES: dict[str, str] = {
     "ibm-866": "cp866", "x-ibm866": "cp866", "dos-866": "cp866", "cp-866": "cp866",
     "unicode-1-1-utf-8": "utf-8", "x-unicode20utf8": "utf-8", "utf-8-sig": "utf-8",
     "x-user-defined": "cp1252", "windows-874": "cp874", "ks_c_5601": "euc_kr",
+    # WHATWG Encoding Standard labels (what mail readers decode) that Python does not know;
+    # iso-8859-N with -i or -e, or without dashes, is matched in resolve_charset
+    "windows-31j": "cp932", "cseucpkdfmtjapanese": "euc_jp", "cn-big5": "big5",
+    "x-x-big5": "big5", "gb_2312": "gb2312", "gb_2312-80": "gb2312", "ksc_5601": "euc_kr",
+    "ks_c_5601-1989": "euc_kr", "csksc56011987": "euc_kr", "iso-ir-149": "euc_kr",
+    "dos-874": "cp874", "sun_eu_greek": "iso8859-7", "csisolatin9": "iso8859-15",
+    "logical": "iso8859-8", "visual": "iso8859-8", "mac": "mac-roman",
 }
+# "ISO-8859-8-I" (Hebrew in logical order: its letters are ISO-8859-8's), "iso88592"
+_ISO_8859 = re.compile(r"^(?:cs)?iso[-_]?8859[-_]?(\d{1,2})(?:-?[ie])?$")
 _REFUSED = {"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode", "mbcs",
             "oem", "utf-8-sig"}
 _LANG_TAG = re.compile(r"\*.*$")  # RFC 2231 section 5: charset*language
@@ -86,7 +97,7 @@ def resolve_charset(label: str | None) -> str | None:
     if not label:
         return None
     name = _LANG_TAG.sub("", label.strip().strip("\"'").lower()).strip()
-    name = _ALIASES.get(name, name)
+    name = _ALIASES.get(name, _ISO_8859.sub(r"iso8859-\1", name))
     for candidate in (name, re.sub(r"^(?:x-|cs)", "", name),
                       re.sub(r"^(?:x-)?win(?:dows)?-?(\d{3,4})$", r"cp\1", name)):
         try:
@@ -374,7 +385,67 @@ def _choose_charset(label: str | None, guess: Callable[[], str],
 # label GBK text gb2312 (mail readers, and the WHATWG Encoding Standard, read gb2312 as GBK;
 # Python's strict gb2312 codec gave replacement characters for "拢" and the like). The check
 # for UTF-8 under the label (_mislabelled) is made with the label's own codec first.
-_SUPERSETS = {"gb2312": "gbk"}
+_SUPERSETS = {"gb2312": "gbk", "euc_kr": "cp949", "shift_jis": "cp932", "iso2022_jp": "cp50220"}
+
+
+# ISO-2022-JP as mail readers read it (the WHATWG decoder; Microsoft's CP50220): Windows
+# mailers write the NEC and IBM rows of windows-31j in its double-byte runs (① № ㈱ Ⅱ 髙),
+# which Python's iso2022_jp refuses: "ЖД№41" from a Japanese mailer read "ЖД\ufffd41".
+# "cp50220" is Python's iso2022_jp with an error handler that reads each pair it refuses
+# as that pair's windows-31j bytes (the handler runs for those pairs alone).
+@functools.lru_cache(maxsize=1)
+def _jis_pairs() -> dict[bytes, str]:
+    """The double-byte pairs windows-31j reads and iso2022_jp does not (built once)."""
+    table: dict[bytes, str] = {}
+    for j1 in range(0x21, 0x7F):
+        for j2 in range(0x21, 0x7F):
+            s2 = j2 + 0x1F + (j2 >= 0x60) if j1 % 2 else j2 + 0x7E
+            try:
+                text = bytes([(j1 + 1) // 2 + (0x70 if j1 < 0x5F else 0xB0), s2]).decode("cp932")
+            except UnicodeDecodeError:
+                continue
+            table[bytes([j1, j2])] = text
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def _jis_errors(errors: str) -> str:
+    """The name of an error handler: a refused pair's windows-31j reading, else `errors`."""
+    name = f"mailrouter-cp50220-{errors}"
+
+    def handler(exc: UnicodeError) -> tuple[str, int]:
+        if isinstance(exc, UnicodeDecodeError):
+            text = _jis_pairs().get(exc.object[exc.start:exc.end])
+            if text is not None:
+                return text, exc.end
+        return codecs.lookup_error(errors)(exc)    # type: ignore[return-value]
+
+    codecs.register_error(name, handler)
+    return name
+
+
+class _JisDecoder(codecs.IncrementalDecoder):
+    def __init__(self, errors: str = "strict") -> None:
+        super().__init__(errors)
+        self._inner = codecs.getincrementaldecoder("iso2022_jp")(_jis_errors(errors))
+
+    def decode(self, input: bytes, final: bool = False) -> str:  # type: ignore[override]  # bytes
+        return self._inner.decode(input, final)
+
+    def reset(self) -> None:
+        self._inner.reset()
+
+
+def _find_cp50220(name: str) -> codecs.CodecInfo | None:
+    if name != "cp50220":
+        return None
+    jis = codecs.lookup("iso2022_jp")
+    return codecs.CodecInfo(
+        name="cp50220", encode=jis.encode, incrementaldecoder=_JisDecoder,
+        decode=lambda data, errors="strict": jis.decode(data, _jis_errors(errors)))
+
+
+codecs.register(_find_cp50220)
 
 
 # Mailers label windows-1252 text iso-8859-1: its curly quotes, dashes and euro sign sit in
@@ -465,8 +536,12 @@ def _decodes(data: bytes, codec: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _single_byte(codec: str) -> bool:
-    """One character per byte (koi8-r, cp1251, iso8859-2 ...), not a multi-byte codec."""
-    return len(bytes(range(256)).decode(codec, "replace")) == 256
+    """One character per byte (koi8-r, cp1251, iso8859-2 ...), each read alone: not a
+    multi-byte codec, nor one whose escapes change how the bytes after them read (hz,
+    cp50220; the latter reads bytes(range(256)) as 256 characters)."""
+    probe = bytes(range(256)) + b"\x1b$B$3\x1b(B~{<:~}"      # ISO-2022 and HZ escapes
+    return probe.decode(codec, "replace") == "".join(
+        bytes([b]).decode(codec, "replace") for b in probe)
 
 
 def _mislabelled(data: bytes, codec: str) -> bool:
@@ -676,7 +751,7 @@ def _cut_at_lf(codec: str) -> bool:
     if codecs.lookup(codec).name == "utf-8":
         return True
     try:
-        return len(bytes(range(256)).decode(codec, "replace")) == 256
+        return _single_byte(codec)
     except (LookupError, ValueError, TypeError):
         return False
 

@@ -21,7 +21,9 @@ recording, for the same reason.  Decoded header values never contain CR, LF or N
 
 Attachments are the parts that name a file or are not text, and every forwarded message
 (``message/rfc822`` below the top): it is listed itself, named by its file name or else by its
-decoded Subject + ``.eml``, before the files inside it, which are listed too.
+decoded Subject + ``.eml``, before the files inside it, which are listed too. Files uuencoded
+into a text/plain part without a transfer encoding are listed after it (their lines stay
+in ``body_text``).
 
 Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
@@ -29,22 +31,25 @@ Known limits (the stdlib parser's, kept on purpose):
 - a multipart with no boundary parameter is read as one text/plain body, its MIME lines included;
 - an HTML body's charset comes from its Content-Type, never from ``<meta charset>``;
 - ``body_charset`` and guessed charsets are Python codec names (``koi8-r``, ``cp1251``,
-  ``cp866``, ``mac-cyrillic``, ``iso8859-2``, ``cp1250``, ``utf-8``).
+  ``cp866``, ``mac-cyrillic``, ``iso8859-2``, ``cp1250``, ``utf-8``; ``cp50220`` for
+  iso-2022-jp is registered by ``mailrouter.charsets``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import re
 from dataclasses import dataclass, field
 from email import policy
+from email.errors import InvalidMultipartContentTransferEncodingDefect
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from mailrouter.mimewalk import Leaf, decoded_payload, leaves
+from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves, transfer_encoding
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     PIECE_BYTES,
@@ -148,7 +153,7 @@ class MessageView:
     @cached_property
     def _header_msg(self) -> Message:
         try:
-            return BytesHeaderParser(policy=policy.compat32).parsebytes(self.header_block)
+            return BytesHeaderParser(policy=UNFOLDED).parsebytes(self.header_block)
         except Exception as exc:  # never raise: the parser is not ours
             msg = Message()
             msg.defects.append(exc)  # type: ignore[arg-type]
@@ -363,15 +368,19 @@ class MessageView:
     def _is_plain_single_part(self) -> bool:
         """True when the top-level headers alone show a single text part that is not an
         attachment (no multipart, no message/*, no filename or name, no disposition
-        `attachment`): most mail, and the whole body walk would only confirm it."""
+        `attachment`) and holds no uuencoded file: most mail, and the whole body walk would
+        only confirm it."""
         ctype = _part_header(self._header_msg, "Content-Type")
         if ctype is not None and (ctype.get_content_maintype() != "text"
                                   or ctype.get_param("name") is not None):
             return False
         disposition = _part_header(self._header_msg, "Content-Disposition")
-        return disposition is None or (
-            disposition.get_content_disposition() != "attachment"
-            and disposition.get_param("filename", header="content-disposition") is None)
+        if disposition is not None and (
+                disposition.get_content_disposition() == "attachment"
+                or disposition.get_param("filename", header="content-disposition") is not None):
+            return False
+        return not (ctype is None or ctype.get_content_type() == "text/plain") or next(
+            _uu_blocks(self._header_msg, self.raw, len(self.header_block), self.size), None) is None
 
     # Reports
 
@@ -510,7 +519,7 @@ class _Body:
 def _parse_body(raw: bytes) -> _Body:
     body = _Body()
     try:
-        msg = BytesParser(policy=policy.compat32).parsebytes(raw)
+        msg = BytesParser(policy=UNFOLDED).parsebytes(raw)
         walked = list(_walk(msg))
         # the leaves, and the message/* parts below the top in walk order: a forwarded
         # message is listed as an attachment before the files inside it
@@ -547,12 +556,29 @@ def _walk(part: Message, inside: bool = False) -> Iterator[tuple[Message, bool]]
     place of a bounce whose human-readable part is HTML (body_text was '') and gave the
     defects of the returned headers' Content-Type (StartBoundaryNotFoundDefect)."""
     yield part, inside
+    if part.get_content_type() == "message/rfc822" and transfer_encoding(part) == "base64":
+        _parse_base64_message(part)
     if part.is_multipart() and (part.get_content_maintype() != "message"
                                 or part.get_content_type() == "message/rfc822"):
         inside = inside or part.get_content_maintype() == "message"
         for sub in part.get_payload():
             if isinstance(sub, Message):
                 yield from _walk(sub, inside)
+
+
+def _parse_base64_message(part: Message) -> None:
+    """A forwarded message in base64 (RFC 2046 section 5.2.1 allows 7bit, 8bit and binary
+    alone; mail readers decode it): the parser read the base64 lines as the body of a
+    message without headers, and the rules read them as its text. Its decoded bytes are
+    parsed instead, and the part keeps a defect."""
+    inner = part.get_payload(0) if part.is_multipart() else None
+    if not isinstance(inner, Message) or inner.keys() or inner.is_multipart():
+        return
+    encoded = Message()
+    encoded["Content-Transfer-Encoding"] = "base64"
+    encoded.set_payload(inner.get_payload())
+    part.set_payload([BytesParser(policy=UNFOLDED).parsebytes(decoded_payload(encoded))])
+    part.defects.append(InvalidMultipartContentTransferEncodingDefect())
 
 
 def _read_report_part(part: Message, body: _Body) -> None:
@@ -638,9 +664,12 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
         return
     # a multipart left whole (no boundary, or no first boundary line: a nested multipart
     # that reuses its parent's boundary, as Zimbra and Outlook Express wrote) is read as
-    # text only when the message has no text part (the parent's parts follow it)
-    kind = "text/html" if ctype == "text/html" else (
-        "multipart" if ctype.startswith("multipart/") else "text/plain")
+    # text only when the message has no text part (the parent's parts follow it); other
+    # text (text/calendar beside the HTML of an invitation) only when there is no HTML
+    kind = ctype if ctype in ("text/plain", "text/html") else (
+        "multipart" if ctype.startswith("multipart/") else "text")
+    if kind == "text/plain":
+        _uu_attachments(part, leaf.source() if leaf is not None else _whole(_payload(part)), body)
     if kind not in texts:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
@@ -656,12 +685,51 @@ def _payload(part: Message) -> bytes:
     return decoded_payload(part)
 
 
+def _whole(data: bytes) -> tuple[bytes, int, int]:
+    return data, 0, len(data)
+
+
+# A file uuencoded inside a text part (`uuencode report.pdf report.pdf | mail`, Outlook
+# Express, scanners): mail readers list it as an attachment. Looked for in text/plain parts
+# without a transfer encoding, whose bytes are a range of the raw message (no copy).
+_UU_BEGIN = re.compile(rb"^begin [0-7]{3,4} +([^\r\n]*[^\s])[ \t]*\r?$", re.M)
+_UU_END = re.compile(rb"^end[ \t]*\r?$", re.M)
+
+
+def _uu_blocks(part: Message, data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(file name, start, end) of each uuencoded block (`begin 644 NAME` to `end`)."""
+    if transfer_encoding(part) not in ("", "7bit", "8bit", "binary") \
+            or data.find(b"begin ", start, end) < 0:
+        return
+    while (begin := _UU_BEGIN.search(data, start, end)) is not None:
+        stop = _UU_END.search(data, begin.end(), end)
+        if stop is None:
+            return
+        yield begin.group(1), begin.start(), stop.end()
+        start = stop.end()
+
+
+def _uu_attachments(part: Message, source: tuple[bytes, int, int], body: _Body) -> None:
+    """Each uuencoded file of a text part: an attachment named as its `begin` line names it,
+    its type guessed from that name (as mail readers do), its size decoded by the stdlib."""
+    for raw_name, start, end in _uu_blocks(part, *source):
+        encoded = Message()
+        encoded["Content-Transfer-Encoding"] = "x-uuencode"
+        encoded.set_payload(source[0][start:end].decode("ascii", "surrogateescape"))
+        name = decode_header_bytes(raw_name)
+        body.record("Attachment name", name)
+        ctype = mimetypes.guess_type(name.text, strict=False)[0] or "application/octet-stream"
+        body.attachments.append(Attachment(name.text, ctype, len(decoded_payload(encoded))))
+
+
 def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:
     """text/plain if there is one, else the text of the HTML part (RFC 2046 section 5.1.4:
-    the plainest alternative carries the same content), else a multipart left whole. Its
+    the plainest alternative carries the same content), else other text (text/calendar,
+    text/enriched: what a reader shows as the body only when it is all there is), else a
+    multipart left whole. Its
     charset and what was guessed or wrong are found here, a piece at a time; the text is
     decoded when it is read."""
-    kind = next((k for k in ("text/plain", "text/html", "multipart") if k in texts), "")
+    kind = next((k for k in ("text/plain", "text/html", "text", "multipart") if k in texts), "")
     if not kind:
         return
     source, label = texts.pop(kind)

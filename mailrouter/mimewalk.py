@@ -23,16 +23,35 @@ import binascii
 import re
 from dataclasses import dataclass
 from email import errors, policy
+from email.header import Header
 from email.message import Message
 from email.parser import BytesHeaderParser
 
-__all__ = ["Leaf", "decoded_payload", "leaves", "transfer_encoding"]
+__all__ = ["Leaf", "UNFOLDED", "decoded_payload", "leaves", "transfer_encoding"]
 
 _PIECE = 1 << 18                              # bytes decoded or checked at a time
 _MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/\r\n"
 _BOUNDARY_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\Z)")
 _UU = ("x-uuencode", "uuencode", "uue", "x-uue")
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+class _Unfolded(policy.Compat32):
+    """compat32, but a header value is unfolded when read (RFC 5322 section 2.2.3), as
+    policy.default reads it: a boundary folded inside its quotes (RFC 2046's own sample
+    message, `boundary="simple<CRLF> boundary"`) kept the line break and matched no
+    boundary line, and the whole message was read as one text part."""
+
+    def header_fetch_parse(  # type: ignore[override]  # as Compat32 (typeshed: Policy says str)
+            self, name: str, value: str) -> str | Header:
+        return super().header_fetch_parse(name, _FOLD.sub("", value) if isinstance(value, str)
+                                          else value)
+
+
+UNFOLDED = _Unfolded()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +244,7 @@ def _subpart(raw: bytes, start: int, boundary_at: int, out: list[Leaf], depth: i
             return False
         head_end = blank + 4
     try:
-        headers = BytesHeaderParser(policy=policy.compat32).parsebytes(raw[start:head_end])
+        headers = BytesHeaderParser(policy=UNFOLDED).parsebytes(raw[start:head_end])
     except Exception:  # noqa: BLE001 (the stdlib decides, and records what it objects to)
         return False
     if headers.defects:
