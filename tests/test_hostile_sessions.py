@@ -1,0 +1,81 @@
+"""Sessions that end or misbehave around a transaction, seen from the outside with a raw
+socket: a reset after the final dot, DATA with no recipient left, commands after QUIT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+
+import pytest
+
+from tests.support.daemon import maildir_files
+from tests.support.wire import Wire
+
+RAW = b"Subject: reset after the dot\r\nMessage-ID: <reset@outside.test>\r\n\r\nbody\r\n.\r\n"
+
+
+def reset(w: Wire) -> None:
+    """Close with an RST, not a FIN (SO_LINGER 0): what a crashed or killed client sends."""
+    sock = w.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.writer.transport.abort()
+
+
+async def until(check, tries: int = 200) -> bool:
+    """Poll an async condition the server reaches on its own schedule (no wall-clock assert)."""
+    for _ in range(tries):
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_reset_after_the_final_dot_still_records_the_message_once(
+        make_app, tmp_path, monkeypatch, caplog, proto, hello):
+    """The client resets the connection while its message is being processed (after the final
+    dot, before the reply). The session is cancelled; the message must still be stored and
+    recorded, once: before, the cancel cut the pipeline between the Maildir copies and their
+    record, leaving copies the registry did not know (and a second copy downstream on retry).
+    The retry is then answered 250 and counted as a retry of the same row."""
+    app = await make_app()
+    entered, release = asyncio.Event(), asyncio.Event()
+    record = app.registry.record
+
+    async def held_record(*args, **kwargs):
+        entered.set()
+        await release.wait()
+        return await record(*args, **kwargs)
+    monkeypatch.setattr(app.registry, "record", held_record)
+    port = app.bound[proto][1]
+    async with Wire(port) as w:
+        await w.greet(hello)
+        for cmd in ("MAIL FROM:<reset@outside.test>", "RCPT TO:<sales@example.com>"):
+            assert (await w.cmd(cmd)).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(RAW)
+        await asyncio.wait_for(entered.wait(), 15)
+        reset(w)
+        assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
+    release.set()
+    monkeypatch.setattr(app.registry, "record", record)
+
+    async def recorded() -> bool:
+        return await app.registry.count_messages() == 1
+    assert await until(recorded), "stored but never recorded"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    async with Wire(port) as w:                 # the MTA, never answered, retries
+        await w.greet(hello)
+        r = await w.transaction("reset@outside.test", ["sales@example.com"], RAW,
+                                lmtp=proto == "lmtp")
+        assert r[0].startswith("250 2.0.0"), r
+    [row] = await app.registry.recent(5)
+    assert row["attempts"] == 2 and row["status"] == "delivered"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def _no_sessions(app) -> bool:
+    return not app.sessions
