@@ -79,3 +79,25 @@ async def test_a_reset_after_the_final_dot_still_records_the_message_once(
 
 async def _no_sessions(app) -> bool:
     return not app.sessions
+
+
+@pytest.mark.parametrize("proto, hello, after_mail", [("smtp", "EHLO", "554 5.5.1"),
+                                                      ("lmtp", "LHLO", "503 5.5.1")])
+async def test_data_when_every_recipient_was_refused(make_app, tmp_path, proto, hello, after_mail):
+    """MAIL, RCPTs all refused, DATA (pipelined, as an MTA sends them): SMTP answers Postfix's
+    554 5.5.1 "no valid recipients" (RFC 5321 3.3), not 503 "need RCPT command", which
+    told the client it had skipped a command; LMTP keeps 503 (RFC 2033 4.2). DATA with no
+    MAIL at all is 503 on both. Nothing is read as message text or stored."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<nobody@example.com>\r\n"
+                     b"RCPT TO:<>\r\nDATA\r\n")
+        replies = [await w.line() for _ in range(4)]
+        assert [r[:9] for r in replies] == ["250 2.1.0", "550 5.1.1", "501 5.1.3", after_mail]
+        if proto == "smtp":
+            assert replies[3] == "554 5.5.1 Error: no valid recipients"
+        assert (await w.cmd("RSET")).startswith("250")
+        assert await w.cmd("DATA") == "503 5.5.1 Error: need RCPT command"
+        assert (await w.cmd("NOOP")).startswith("250")
+    assert maildir_files(tmp_path / "var" / "mail") == []

@@ -65,6 +65,7 @@ from ..values import (
     REPLY_LMTP_NO_EHLO,
     REPLY_LMTP_NO_HELO,
     REPLY_NEED_RCPT,
+    REPLY_NO_VALID_RCPTS,
     REPLY_NOT_UTF8,
     REPLY_SHUTTING_DOWN,
     REPLY_START_DATA,
@@ -477,7 +478,7 @@ class Protocol(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push(str(REPLY_NEED_RCPT))
+            await self.push(self._no_rcpt_reply())
             return
         if arg:
             await self.push(str(REPLY_DATA_SYNTAX))
@@ -489,6 +490,16 @@ class Protocol(SMTP):
             if self.data_budget is not None:   # the content is gone with the transaction
                 self.data_budget.give(self._held)
             self._held = 0
+
+    def _no_rcpt_reply(self) -> str:
+        """DATA with no accepted recipient. After MAIL whose every RCPT was refused: 554 5.5.1
+        "no valid recipients", as Postfix says (RFC 5321 3.3 allows it): the transaction is
+        in order, it has nowhere to go; a 503 "need RCPT" told a client whose RCPTs were
+        all refused that it had skipped a command. Without MAIL, 503. LMTP keeps 503 in both
+        cases: RFC 2033 4.2 requires it."""
+        if self.lmtp or not self.in_transaction:
+            return str(REPLY_NEED_RCPT)
+        return str(REPLY_NO_VALID_RCPTS)
 
     async def _data_transaction(self) -> None:
         assert self.envelope is not None
