@@ -101,3 +101,22 @@ async def test_data_when_every_recipient_was_refused(make_app, tmp_path, proto, 
         assert await w.cmd("DATA") == "503 5.5.1 Error: need RCPT command"
         assert (await w.cmd("NOOP")).startswith("250")
     assert maildir_files(tmp_path / "var" / "mail") == []
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_nothing_after_quit_is_run(make_app, caplog, proto, hello):
+    """QUIT ends the session (RFC 5321 4.1.1.10): what a sloppy client pipelines behind it is
+    neither answered nor run. aiosmtpd went on running the buffered commands until a write
+    noticed the close: a RCPT was looked up and logged as refused, each NOOP logged an
+    improper-pipelining warning, though the client had said goodbye."""
+    app = await make_app()
+    caplog.set_level(logging.INFO)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        await w.send(b"QUIT\r\nRCPT TO:<nobody@example.com>\r\nNOOP\r\nNOOP\r\nRSET\r\n")
+        assert (await w.line()).startswith("221 2.0.0")
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
+    assert not [m for m in seen if "rcpt_refused" in m or "improper_pipelining" in m], seen

@@ -330,6 +330,17 @@ class Protocol(SMTP):
     async def smtp_HELO(self, hostname: str) -> None:
         await self._greeting(super().smtp_HELO(hostname))
 
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        """221 and close, then nothing more: aiosmtpd's loop went on running what the client
+        pipelined behind QUIT (a RCPT looked up and logged, NOOPs logged as improper
+        pipelining) until a write noticed the close. The session is over (RFC 5321
+        4.1.1.10): what follows is dropped unread, as after any hang-up."""
+        await super().smtp_QUIT(arg)
+        if not arg:
+            self._hung_up = True
+            self._reader._buffer.clear()  # type: ignore[attr-defined]
+
     async def smtp_AUTH(self, arg: str) -> None:
         # Not offered in EHLO: mailrouter takes mail from its MTA, not from users. aiosmtpd
         # would answer 538 "encryption required", which suggests it could work over TLS.
