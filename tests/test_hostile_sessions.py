@@ -120,3 +120,36 @@ async def test_nothing_after_quit_is_run(make_app, caplog, proto, hello):
     assert await until(lambda: _no_sessions(app))
     seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
     assert not [m for m in seen if "rcpt_refused" in m or "improper_pipelining" in m], seen
+
+
+async def test_a_client_that_never_reads_is_dropped_at_the_timeout(make_app):
+    """A client pipelines commands and never reads the replies (RSET is not limited): our
+    writes fill the socket and the session waits in a write. command_timeout then fires,
+    but closing a transport waits for its buffer to drain, which never happens: the session
+    kept its max_connections slot as long as the client kept the socket open. Past the
+    timeout it is now cut (RST), and the slot is free."""
+    app = await make_app(limits={"command_timeout": 1})
+    port = app.bound["smtp"][1]
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a small window: fills fast
+    client.settimeout(10)
+    try:
+        await asyncio.to_thread(client.connect, ("127.0.0.1", port))
+        assert (await asyncio.to_thread(client.recv, 100)).startswith(b"220")
+        [session] = app.sessions
+        session.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await asyncio.to_thread(client.sendall, b"EHLO client.test\r\n")
+
+        def flood() -> bool:            # until the server stops reading, blocked in its write
+            client.settimeout(3)
+            try:
+                for _ in range(100):
+                    client.sendall(b"RSET\r\n" * 10_000)
+            except OSError:             # timed out (it stopped reading), or cut by the fix
+                return True
+            return False
+        assert await asyncio.to_thread(flood), "the server read 6 MB of RSETs unanswered"
+        assert await until(lambda: _no_sessions(app)), "the session kept its slot"
+    finally:
+        client.close()

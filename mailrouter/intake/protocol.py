@@ -46,7 +46,7 @@ import io
 import ipaddress
 import logging
 import re
-from typing import Any, Awaitable
+from typing import Any, Awaitable, cast
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
@@ -297,6 +297,14 @@ class Protocol(SMTP):
             log.info("event=session_timeout peer=%s", self.session and self.session.peer)
             self._hung_up = True
             self._writer.write(TIMEOUT.format(self.hostname).encode() + b"\r\n")
+        transport = cast(asyncio.Transport | None, self.transport)   # uvloop's is no subclass
+        if transport is not None and transport.get_write_buffer_size():
+            # Replies the client never read (it pipelines and does not read): close() would
+            # wait for them to drain, forever, and the session would keep its max_connections
+            # slot. Postfix's smtpd_timeout bounds writes too: cut it (RST).
+            log.info("event=session_unread peer=%s", self.session and self.session.peer)
+            transport.abort()
+            return
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def unread(self) -> bytes:
