@@ -153,3 +153,33 @@ async def test_a_client_that_never_reads_is_dropped_at_the_timeout(make_app):
         assert await until(lambda: _no_sessions(app)), "the session kept its slot"
     finally:
         client.close()
+
+
+MALFORMED = "553 5.1.3 Error: malformed address"
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_path_readable_only_by_repairing_it_is_refused(make_app, tmp_path, proto, hello):
+    """An unquoted space in a local part or a missing '>' is a syntax error (Postfix: 501
+    5.1.7 / 5.1.3). aiosmtpd's RFC 5322 parser repaired them: `<a b@outside.test>` was taken
+    as the sender `"a b"@outside.test` (recorded, and autoreplies would go there), `<a@out
+    side.test>` as `a@out`. Forms Postfix takes stay taken: comments, a space before '@', a
+    quoted local part, a source route, a dot-atom's stray dot (real Japanese mobile senders)."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for bad in ("<a b@outside.test>", "<a@outside.test", "<a@out side.test>"):
+            assert await w.cmd(f"MAIL FROM:{bad}") == MALFORMED, bad
+        for good in ("<taro.@docomo.ne.jp>", "<a(comment)@outside.test>", "<\"a b\"@outside.test>",
+                     "<@relay.test:a@outside.test>"):
+            assert (await w.cmd(f"MAIL FROM:{good}")).startswith("250 2.1.0"), good
+            assert (await w.cmd("RSET")).startswith("250")
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        for bad in ("<sal es@example.com>", "<sales@example.com"):
+            assert await w.cmd(f"RCPT TO:{bad}") == MALFORMED, bad
+        assert (await w.cmd("RCPT TO:<sales @example.com>")).startswith("250 2.1.5")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: repaired\r\n\r\nx\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    assert [m["mail_from"] for m in await app.registry.recent(5)] == ["a@outside.test"]
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1

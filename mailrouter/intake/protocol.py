@@ -46,6 +46,8 @@ import io
 import ipaddress
 import logging
 import re
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any, Awaitable, cast
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
@@ -318,7 +320,10 @@ class Protocol(SMTP):
         aiosmtpd's RFC 5322 parser (quoted local parts, source routes, comments)."""
         m = _SIMPLE_PATH.match(arg)
         if m is None:
-            return super()._getaddr(arg)
+            address, rest = super()._getaddr(arg)
+            if address and _repaired(arg):
+                return None, None          # aiosmtpd's 553 5.1.3 "malformed address"
+            return address, rest
         return m.group(1) or "<>", m.group(2)
 
     async def _greeting(self, reply: Awaitable[None]) -> None:
@@ -623,6 +628,22 @@ class Protocol(SMTP):
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
+# The RFC 5322 parser's defects for a path it had to repair to read: an unquoted space in a
+# local part (`<a b@x>` became `"a b"@x`) and a missing `>` (`<a@x`). Not the obsolete route,
+# nor a dot-atom's stray dot (`taro.@docomo.ne.jp` is real, and Postfix takes it).
+_REPAIRS = ("missing '.' between words", "missing trailing '>'")
+
+
+def _repaired(arg: str) -> bool:
+    """True when aiosmtpd's parser read the path only by repairing it: Postfix refuses both
+    (501 5.1.7 / 5.1.3), and taking them stored the mail under an address nobody sent
+    (`"a b"@x` for `<a b@x>`) or took a truncated one (`<a@out side.test>` as `a@out`)."""
+    parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+    try:
+        token, _ = parse(arg)
+    except HeaderParseError:
+        return False
+    return any(str(d).startswith(_REPAIRS) for d in token.all_defects)
 
 
 def is_loopback(peer: Any) -> bool:
