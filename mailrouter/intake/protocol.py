@@ -14,7 +14,10 @@ What this adds to aiosmtpd's SMTP class:
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
 - a session silent past command_timeout (data_timeout inside DATA) is told 421 4.4.2
-  before it is closed, as Postfix does;
+  before it is closed, as Postfix does; one that does not read our replies is cut (RST)
+  then, since a close would wait for them forever; nothing sent after QUIT is run;
+- DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
+  a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
 - control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
