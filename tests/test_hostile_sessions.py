@@ -39,7 +39,8 @@ async def test_a_reset_after_the_final_dot_still_records_the_message_once(
     dot, before the reply). The session is cancelled; the message must still be stored and
     recorded, once: before, the cancel cut the pipeline between the Maildir copies and their
     record, leaving copies the registry did not know (and a second copy downstream on retry).
-    The retry is then answered 250 and counted as a retry of the same row."""
+    Its DATA memory stays counted until it is done. The retry is then answered 250 and
+    counted as a retry of the same row."""
     app = await make_app()
     entered, release = asyncio.Event(), asyncio.Event()
     record = app.registry.record
@@ -59,6 +60,7 @@ async def test_a_reset_after_the_final_dot_still_records_the_message_once(
         await asyncio.wait_for(entered.wait(), 15)
         reset(w)
         assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
+    assert app.data_budget.used > 0          # the message is still held: still counted
     release.set()
     monkeypatch.setattr(app.registry, "record", record)
 
@@ -66,6 +68,7 @@ async def test_a_reset_after_the_final_dot_still_records_the_message_once(
         return await app.registry.count_messages() == 1
     assert await until(recorded), "stored but never recorded"
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert await until(lambda: _budget_free(app))
     async with Wire(port) as w:                 # the MTA, never answered, retries
         await w.greet(hello)
         r = await w.transaction("reset@outside.test", ["sales@example.com"], RAW,
@@ -79,6 +82,10 @@ async def test_a_reset_after_the_final_dot_still_records_the_message_once(
 
 async def _no_sessions(app) -> bool:
     return not app.sessions
+
+
+async def _budget_free(app) -> bool:
+    return app.data_budget.used == 0
 
 
 @pytest.mark.parametrize("proto, hello, after_mail", [("smtp", "EHLO", "554 5.5.1"),

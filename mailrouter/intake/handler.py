@@ -18,7 +18,6 @@ running App, nothing more, so the intake never imports `daemon`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 from typing import Protocol as Interface
@@ -145,7 +144,8 @@ class Handler:
                 mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos),
                 raw=envelope.original_content or b"",
                 smtputf8=bool(envelope.smtp_utf8))
-            replies = await self._process(txn, session)
+            async with asyncio.timeout(self.app.limits.process_timeout):
+                replies = await self.app.process(txn)
         except TimeoutError:   # a hung disk or downstream: the MTA keeps the mail and retries
             log.error("event=process_timeout peer=%s rcpts=%d", session.peer, n)
             replies = [REPLY_PROCESS_TIMEOUT] * n
@@ -157,36 +157,6 @@ class Handler:
         if self.protocol == "lmtp":
             return "\r\n".join(str(r) for r in replies)
         return str(fold(replies)) if replies else INTERNAL_ERROR
-
-    async def _process(self, txn: Transaction, session: Session) -> list[Reply]:
-        """The pipeline under process_timeout, shielded from the session's end.
-
-        A client that resets the connection after its final dot cancels the session (aiosmtpd's
-        connection_lost), and that cancel reached the pipeline between the copies and their
-        record: copies stored, the message unrecorded, and the retry gave an LMTP/SMTP
-        downstream a second copy. Now a message read to its end is processed to its record
-        (the retry finds it delivered: one copy, one row), as Postfix keeps a message whose
-        dot it read. A timeout, or a shutdown past its grace, still cancels it as before."""
-        work = asyncio.ensure_future(self.app.process(txn))
-        try:
-            async with asyncio.timeout(self.app.limits.process_timeout):
-                return await asyncio.shield(work)
-        except TimeoutError:
-            work.cancel()
-            raise
-        except asyncio.CancelledError:
-            if self.draining:
-                work.cancel()
-            else:
-                work.add_done_callback(functools.partial(_unheard, session.peer))
-            raise
-
-
-def _unheard(peer: Any, work: asyncio.Future[list[Reply]]) -> None:
-    """What processing raised with no session left to answer: logged, not asyncio's 'never
-    retrieved' (the pipeline turns its own faults into replies; this is a bug's traceback)."""
-    if not work.cancelled() and work.exception() is not None:
-        log.error("event=process_crashed peer=%s", peer, exc_info=work.exception())
 
 
 def fold(replies: list[Reply]) -> Reply:

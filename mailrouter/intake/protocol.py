@@ -549,9 +549,11 @@ class Protocol(SMTP):
         # cut the processing, which process_timeout bounds (and answers 451 itself); re-armed
         # for the next command once there is a reply.
         self._reset_timeout(self.limits.process_timeout + self.limits.command_timeout)
+        work = asyncio.ensure_future(self._call_handler_hook("DATA"))
         try:
-            status = await self._call_handler_hook("DATA")
+            status = await asyncio.shield(work)
         except asyncio.CancelledError:
+            self._unheard(work)
             raise
         except Exception as exc:
             log.error("event=data_error error=%r", exc, exc_info=exc)
@@ -559,6 +561,28 @@ class Protocol(SMTP):
         self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status, final=True)
+
+    def _unheard(self, work: asyncio.Future[Any]) -> None:
+        """The session was cancelled while its message was processed: the client reset the
+        connection after its final dot (aiosmtpd's connection_lost cancels the session).
+        That cancel used to reach the pipeline between the Maildir copies and their record:
+        copies stored, the message unrecorded, and the MTA's retry gave an LMTP/SMTP
+        downstream a second copy. The shielded work goes on to its record, as Postfix keeps
+        a message whose dot it read; the retry then finds it delivered (one copy, one row).
+        Its DATA memory stays counted until it ends. A shutdown past its grace still
+        cancels it; process_timeout still bounds it (the handler's)."""
+        if getattr(self.event_handler, "draining", False):
+            work.cancel()
+            return
+        budget, held, self._held = self.data_budget, self._held, 0
+        peer = self.session and self.session.peer
+
+        def done(task: asyncio.Future[Any]) -> None:
+            if budget is not None:
+                budget.give(held)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("event=data_error peer=%s", peer, exc_info=task.exception())
+        work.add_done_callback(done)
 
     async def _read_data(self) -> tuple[str | None, bytes]:
         """Read to CRLF.CRLF; return (refusal or None, un-dot-stuffed content).
