@@ -190,3 +190,22 @@ async def test_a_path_readable_only_by_repairing_it_is_refused(make_app, tmp_pat
         assert (await w.line()).startswith("250 2.0.0")
     assert [m["mail_from"] for m in await app.registry.recent(5)] == ["a@outside.test"]
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_nothing_after_the_junk_command_limit_is_run(make_app, caplog, proto, hello):
+    """The 101st HELP gets aiosmtpd's 421 4.7.0 and the connection is closed; what was
+    pipelined behind it must not run (aiosmtpd's loop went on: a RCPT behind it
+    was looked up and logged, though the client had been told goodbye)."""
+    app = await make_app()
+    caplog.set_level(logging.INFO)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        await w.send(b"HELP\r\n" * 101 + b"RCPT TO:<nobody@example.com>\r\n")
+        replies = [await w.line() for _ in range(101)]
+        assert replies[-1] == "421 4.7.0 HELP sent too many times", replies[-2:]
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
+    assert not [m for m in seen if "rcpt_refused" in m], seen

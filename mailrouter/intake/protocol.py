@@ -99,6 +99,8 @@ SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
+# aiosmtpd's answer past a command's call limit (COMMAND_LIMITS), then it closes
+OVER_LIMIT = re.compile(r"421 4\.7\.0 [A-Z]+ sent too many times\Z")
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
@@ -253,6 +255,11 @@ class Protocol(SMTP):
             log.warning("event=too_many_errors peer=%s unknown_commands=%d", self.session and
                         self.session.peer, _aiosmtpd_smtp.BOGUS_LIMIT)
             await self.hang_up(TOO_MANY_ERRORS.format(self.hostname))
+            return
+        if isinstance(status, str) and OVER_LIMIT.match(status):
+            # aiosmtpd closes after it but its loop went on running what the client had
+            # pipelined behind (a RCPT looked up and logged): a hang-up runs nothing more
+            await self.hang_up(status)
             return
         data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace") \
             if isinstance(status, str) else status
