@@ -209,3 +209,33 @@ async def test_nothing_after_the_junk_command_limit_is_run(make_app, caplog, pro
     assert await until(lambda: _no_sessions(app))
     seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
     assert not [m for m in seen if "rcpt_refused" in m], seen
+
+
+async def test_message_text_after_the_data_deadline_is_never_run_as_commands(make_app, caplog):
+    """A client trickling DATA past data_deadline gets 421 4.4.2 and is closed. The 421 waited
+    for the tarpit (this session had an error) while more message text arrived, and once
+    DATA returned aiosmtpd's loop read that text as commands: a line 'RCPT TO:<...>' in
+    the message was looked up and logged. The 421 now hangs up: nothing after it is read."""
+    app = await make_app(limits={"data_timeout": 5, "data_deadline": 1, "soft_errors": 1,
+                                 "error_delay": 0.5})
+    caplog.set_level(logging.INFO)
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<slow@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<typo@example.com>")).startswith("550")    # one error
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        reply = None
+        for _ in range(100):                     # a line every 0.1 s until the 421
+            try:
+                await w.send(b"RCPT TO:<smuggled@example.com>\r\n")
+                reply = await asyncio.wait_for(w.line(), 0.1)
+                break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+        assert reply is not None and reply.startswith("421 4.4.2"), reply
+    assert await until(lambda: _no_sessions(app))
+    seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
+    assert not [m for m in seen if "smuggled@" in m], seen

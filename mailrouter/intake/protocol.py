@@ -541,11 +541,11 @@ class Protocol(SMTP):
         if problem is DATA_TOO_SLOW:
             # The client is still sending: there is no reply it would read in the right
             # place, so say why and hang up (RFC 5321 3.8); the message was not accepted.
+            # A hang-up, not push and close: push waited for the tarpit while more text came,
+            # and aiosmtpd's loop then ran that message text as commands.
             log.warning("event=data_deadline peer=%s deadline=%s", self.session and
                         self.session.peer, self.data_deadline)
-            await self.push(DATA_TOO_SLOW)
-            if self.transport is not None:
-                self.transport.close()
+            await self.hang_up(DATA_TOO_SLOW)
             return
         if problem:
             await self.push(self._replies(problem), final=True)
