@@ -180,6 +180,16 @@ def test_the_goodbye_to_unknown_commands_is_still_the_text_push_replaces() -> No
               "Protocol.push turns it into 421 4.7.0")
 
 
+def test_the_goodbye_past_a_call_limit_is_still_the_text_push_replaces() -> None:
+    """SMTP._handle_client answers a command past its call limit with '421 4.7.0 VERB sent
+    too many times' and closes; Protocol.push recognises that text and hangs up instead."""
+    source = inspect.getsource(SMTP._handle_client)
+    if 'f"421 4.7.0 {command} sent too many times"' not in source \
+            or not protocol.OVER_LIMIT.match("421 4.7.0 NOOP sent too many times"):
+        _fail("SMTP._handle_client", "no longer sends '421 4.7.0 {command} sent too many times'",
+              "Protocol.push hangs up on it")
+
+
 def test_every_private_aiosmtpd_name_protocol_py_uses_is_checked_here() -> None:
     """The private names protocol.py reaches through self/super() that aiosmtpd's SMTP has are
     all in this file's lists, so a new use cannot slip past the version bound unchecked."""

@@ -271,8 +271,9 @@ async def test_bare_line_endings_and_nul_refused(make_app, tmp_path, bad):
     assert maildir_files(tmp_path / "var" / "mail") == []
 
 
-@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n"],
-                         ids=["LF.LF", "CR.CR", "LF.CRLF", "CRLF.LF"])
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r\n.\r",
+                                      b"\r\n.\r\r\n"],
+                         ids=["LF.LF", "CR.CR", "LF.CRLF", "CRLF.LF", "CRLF.CR", "CRLF.CRCRLF"])
 async def test_smtp_smuggling_is_not_end_of_data(make_app, tmp_path, fake_end):
     """Only CRLF.CRLF ends DATA: a smuggled second transaction is never executed."""
     app = await make_app()

@@ -14,7 +14,10 @@ What this adds to aiosmtpd's SMTP class:
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
 - a session silent past command_timeout (data_timeout inside DATA) is told 421 4.4.2
-  before it is closed, as Postfix does;
+  before it is closed, as Postfix does; one that does not read our replies is cut (RST)
+  then, since a close would wait for them forever; nothing sent after QUIT is run;
+- DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
+  a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
 - control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
@@ -46,7 +49,9 @@ import io
 import ipaddress
 import logging
 import re
-from typing import Any, Awaitable
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
+from typing import Any, Awaitable, cast
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
@@ -65,6 +70,7 @@ from ..values import (
     REPLY_LMTP_NO_EHLO,
     REPLY_LMTP_NO_HELO,
     REPLY_NEED_RCPT,
+    REPLY_NO_VALID_RCPTS,
     REPLY_NOT_UTF8,
     REPLY_SHUTTING_DOWN,
     REPLY_START_DATA,
@@ -93,6 +99,8 @@ SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
+# aiosmtpd's answer past a command's call limit (COMMAND_LIMITS), then it closes
+OVER_LIMIT = re.compile(r"421 4\.7\.0 [A-Z]+ sent too many times\Z")
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
@@ -248,6 +256,11 @@ class Protocol(SMTP):
                         self.session.peer, _aiosmtpd_smtp.BOGUS_LIMIT)
             await self.hang_up(TOO_MANY_ERRORS.format(self.hostname))
             return
+        if isinstance(status, str) and OVER_LIMIT.match(status):
+            # aiosmtpd closes after it but its loop went on running what the client had
+            # pipelined behind (a RCPT looked up and logged): a hang-up runs nothing more
+            await self.hang_up(status)
+            return
         data = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace") \
             if isinstance(status, str) else status
         if self._ehlo_in_progress:
@@ -296,6 +309,14 @@ class Protocol(SMTP):
             log.info("event=session_timeout peer=%s", self.session and self.session.peer)
             self._hung_up = True
             self._writer.write(TIMEOUT.format(self.hostname).encode() + b"\r\n")
+        transport = cast(asyncio.Transport | None, self.transport)   # uvloop's is no subclass
+        if transport is not None and transport.get_write_buffer_size():
+            # Replies the client never read (it pipelines and does not read): close() would
+            # wait for them to drain, forever, and the session would keep its max_connections
+            # slot. Postfix's smtpd_timeout bounds writes too: cut it (RST).
+            log.info("event=session_unread peer=%s", self.session and self.session.peer)
+            transport.abort()
+            return
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def unread(self) -> bytes:
@@ -309,7 +330,10 @@ class Protocol(SMTP):
         aiosmtpd's RFC 5322 parser (quoted local parts, source routes, comments)."""
         m = _SIMPLE_PATH.match(arg)
         if m is None:
-            return super()._getaddr(arg)
+            address, rest = super()._getaddr(arg)
+            if address and _repaired(arg):
+                return None, None          # aiosmtpd's 553 5.1.3 "malformed address"
+            return address, rest
         return m.group(1) or "<>", m.group(2)
 
     async def _greeting(self, reply: Awaitable[None]) -> None:
@@ -328,6 +352,17 @@ class Protocol(SMTP):
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
         await self._greeting(super().smtp_HELO(hostname))
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        """221 and close, then nothing more: aiosmtpd's loop went on running what the client
+        pipelined behind QUIT (a RCPT looked up and logged, NOOPs logged as improper
+        pipelining) until a write noticed the close. The session is over (RFC 5321
+        4.1.1.10): what follows is dropped unread, as after any hang-up."""
+        await super().smtp_QUIT(arg)
+        if not arg:
+            self._hung_up = True
+            self._reader._buffer.clear()  # type: ignore[attr-defined]
 
     async def smtp_AUTH(self, arg: str) -> None:
         # Not offered in EHLO: mailrouter takes mail from its MTA, not from users. aiosmtpd
@@ -477,7 +512,7 @@ class Protocol(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push(str(REPLY_NEED_RCPT))
+            await self.push(self._no_rcpt_reply())
             return
         if arg:
             await self.push(str(REPLY_DATA_SYNTAX))
@@ -490,17 +525,27 @@ class Protocol(SMTP):
                 self.data_budget.give(self._held)
             self._held = 0
 
+    def _no_rcpt_reply(self) -> str:
+        """DATA with no accepted recipient. After MAIL whose every RCPT was refused: 554 5.5.1
+        "no valid recipients", as Postfix says (RFC 5321 3.3 allows it): the transaction is
+        in order, it has nowhere to go; a 503 "need RCPT" told a client whose RCPTs were
+        all refused that it had skipped a command. Without MAIL, 503. LMTP keeps 503 in both
+        cases: RFC 2033 4.2 requires it."""
+        if self.lmtp or not self.in_transaction:
+            return str(REPLY_NEED_RCPT)
+        return str(REPLY_NO_VALID_RCPTS)
+
     async def _data_transaction(self) -> None:
         assert self.envelope is not None
         problem, content = await self._read_data()
         if problem is DATA_TOO_SLOW:
             # The client is still sending: there is no reply it would read in the right
             # place, so say why and hang up (RFC 5321 3.8); the message was not accepted.
+            # A hang-up, not push and close: push waited for the tarpit while more text came,
+            # and aiosmtpd's loop then ran that message text as commands.
             log.warning("event=data_deadline peer=%s deadline=%s", self.session and
                         self.session.peer, self.data_deadline)
-            await self.push(DATA_TOO_SLOW)
-            if self.transport is not None:
-                self.transport.close()
+            await self.hang_up(DATA_TOO_SLOW)
             return
         if problem:
             await self.push(self._replies(problem), final=True)
@@ -511,9 +556,11 @@ class Protocol(SMTP):
         # cut the processing, which process_timeout bounds (and answers 451 itself); re-armed
         # for the next command once there is a reply.
         self._reset_timeout(self.limits.process_timeout + self.limits.command_timeout)
+        work = asyncio.ensure_future(self._call_handler_hook("DATA"))
         try:
-            status = await self._call_handler_hook("DATA")
+            status = await asyncio.shield(work)
         except asyncio.CancelledError:
+            self._unheard(work)
             raise
         except Exception as exc:
             log.error("event=data_error error=%r", exc, exc_info=exc)
@@ -521,6 +568,28 @@ class Protocol(SMTP):
         self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status, final=True)
+
+    def _unheard(self, work: asyncio.Future[Any]) -> None:
+        """The session was cancelled while its message was processed: the client reset the
+        connection after its final dot (aiosmtpd's connection_lost cancels the session).
+        That cancel used to reach the pipeline between the Maildir copies and their record:
+        copies stored, the message unrecorded, and the MTA's retry gave an LMTP/SMTP
+        downstream a second copy. The shielded work goes on to its record, as Postfix keeps
+        a message whose dot it read; the retry then finds it delivered (one copy, one row).
+        Its DATA memory stays counted until it ends. A shutdown past its grace still
+        cancels it; process_timeout still bounds it (the handler's)."""
+        if getattr(self.event_handler, "draining", False):
+            work.cancel()
+            return
+        budget, held, self._held = self.data_budget, self._held, 0
+        peer = self.session and self.session.peer
+
+        def done(task: asyncio.Future[Any]) -> None:
+            if budget is not None:
+                budget.give(held)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("event=data_error peer=%s", peer, exc_info=task.exception())
+        work.add_done_callback(done)
 
     async def _read_data(self) -> tuple[str | None, bytes]:
         """Read to CRLF.CRLF; return (refusal or None, un-dot-stuffed content).
@@ -593,6 +662,22 @@ class Protocol(SMTP):
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
+# The RFC 5322 parser's defects for a path it had to repair to read: an unquoted space in a
+# local part (`<a b@x>` became `"a b"@x`) and a missing `>` (`<a@x`). Not the obsolete route,
+# nor a dot-atom's stray dot (`taro.@docomo.ne.jp` is real, and Postfix takes it).
+_REPAIRS = ("missing '.' between words", "missing trailing '>'")
+
+
+def _repaired(arg: str) -> bool:
+    """True when aiosmtpd's parser read the path only by repairing it: Postfix refuses both
+    (501 5.1.7 / 5.1.3), and taking them stored the mail under an address nobody sent
+    (`"a b"@x` for `<a b@x>`) or took a truncated one (`<a@out side.test>` as `a@out`)."""
+    parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+    try:
+        token, _ = parse(arg)
+    except HeaderParseError:
+        return False
+    return any(str(d).startswith(_REPAIRS) for d in token.all_defects)
 
 
 def is_loopback(peer: Any) -> bool:

@@ -1,0 +1,241 @@
+"""Sessions that end or misbehave around a transaction, seen from the outside with a raw
+socket: a reset after the final dot, DATA with no recipient left, commands after QUIT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+
+import pytest
+
+from tests.support.daemon import maildir_files
+from tests.support.wire import Wire
+
+RAW = b"Subject: reset after the dot\r\nMessage-ID: <reset@outside.test>\r\n\r\nbody\r\n.\r\n"
+
+
+def reset(w: Wire) -> None:
+    """Close with an RST, not a FIN (SO_LINGER 0): what a crashed or killed client sends."""
+    sock = w.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.writer.transport.abort()
+
+
+async def until(check, tries: int = 200) -> bool:
+    """Poll an async condition the server reaches on its own schedule (no wall-clock assert)."""
+    for _ in range(tries):
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_reset_after_the_final_dot_still_records_the_message_once(
+        make_app, tmp_path, monkeypatch, caplog, proto, hello):
+    """The client resets the connection while its message is being processed (after the final
+    dot, before the reply). The session is cancelled; the message must still be stored and
+    recorded, once: before, the cancel cut the pipeline between the Maildir copies and their
+    record, leaving copies the registry did not know (and a second copy downstream on retry).
+    Its DATA memory stays counted until it is done. The retry is then answered 250 and
+    counted as a retry of the same row."""
+    app = await make_app()
+    entered, release = asyncio.Event(), asyncio.Event()
+    record = app.registry.record
+
+    async def held_record(*args, **kwargs):
+        entered.set()
+        await release.wait()
+        return await record(*args, **kwargs)
+    monkeypatch.setattr(app.registry, "record", held_record)
+    port = app.bound[proto][1]
+    async with Wire(port) as w:
+        await w.greet(hello)
+        for cmd in ("MAIL FROM:<reset@outside.test>", "RCPT TO:<sales@example.com>"):
+            assert (await w.cmd(cmd)).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(RAW)
+        await asyncio.wait_for(entered.wait(), 15)
+        reset(w)
+        assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
+    assert app.data_budget.used > 0          # the message is still held: still counted
+    release.set()
+    monkeypatch.setattr(app.registry, "record", record)
+
+    async def recorded() -> bool:
+        return await app.registry.count_messages() == 1
+    assert await until(recorded), "stored but never recorded"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert await until(lambda: _budget_free(app))
+    async with Wire(port) as w:                 # the MTA, never answered, retries
+        await w.greet(hello)
+        r = await w.transaction("reset@outside.test", ["sales@example.com"], RAW,
+                                lmtp=proto == "lmtp")
+        assert r[0].startswith("250 2.0.0"), r
+    [row] = await app.registry.recent(5)
+    assert row["attempts"] == 2 and row["status"] == "delivered"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def _no_sessions(app) -> bool:
+    return not app.sessions
+
+
+async def _budget_free(app) -> bool:
+    return app.data_budget.used == 0
+
+
+@pytest.mark.parametrize("proto, hello, after_mail", [("smtp", "EHLO", "554 5.5.1"),
+                                                      ("lmtp", "LHLO", "503 5.5.1")])
+async def test_data_when_every_recipient_was_refused(make_app, tmp_path, proto, hello, after_mail):
+    """MAIL, RCPTs all refused, DATA (pipelined, as an MTA sends them): SMTP answers Postfix's
+    554 5.5.1 "no valid recipients" (RFC 5321 3.3), not 503 "need RCPT command", which
+    told the client it had skipped a command; LMTP keeps 503 (RFC 2033 4.2). DATA with no
+    MAIL at all is 503 on both. Nothing is read as message text or stored."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<nobody@example.com>\r\n"
+                     b"RCPT TO:<>\r\nDATA\r\n")
+        replies = [await w.line() for _ in range(4)]
+        assert [r[:9] for r in replies] == ["250 2.1.0", "550 5.1.1", "501 5.1.3", after_mail]
+        if proto == "smtp":
+            assert replies[3] == "554 5.5.1 Error: no valid recipients"
+        assert (await w.cmd("RSET")).startswith("250")
+        assert await w.cmd("DATA") == "503 5.5.1 Error: need RCPT command"
+        assert (await w.cmd("NOOP")).startswith("250")
+    assert maildir_files(tmp_path / "var" / "mail") == []
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_nothing_after_quit_is_run(make_app, caplog, proto, hello):
+    """QUIT ends the session (RFC 5321 4.1.1.10): what a sloppy client pipelines behind it is
+    neither answered nor run. aiosmtpd went on running the buffered commands until a write
+    noticed the close: a RCPT was looked up and logged as refused, each NOOP logged an
+    improper-pipelining warning, though the client had said goodbye."""
+    app = await make_app()
+    caplog.set_level(logging.INFO)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        await w.send(b"QUIT\r\nRCPT TO:<nobody@example.com>\r\nNOOP\r\nNOOP\r\nRSET\r\n")
+        assert (await w.line()).startswith("221 2.0.0")
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
+    assert not [m for m in seen if "rcpt_refused" in m or "improper_pipelining" in m], seen
+
+
+async def test_a_client_that_never_reads_is_dropped_at_the_timeout(make_app):
+    """A client pipelines commands and never reads the replies (RSET is not limited): our
+    writes fill the socket and the session waits in a write. command_timeout then fires,
+    but closing a transport waits for its buffer to drain, which never happens: the session
+    kept its max_connections slot as long as the client kept the socket open. Past the
+    timeout it is now cut (RST), and the slot is free."""
+    app = await make_app(limits={"command_timeout": 1})
+    port = app.bound["smtp"][1]
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a small window: fills fast
+    client.settimeout(10)
+    try:
+        await asyncio.to_thread(client.connect, ("127.0.0.1", port))
+        assert (await asyncio.to_thread(client.recv, 100)).startswith(b"220")
+        [session] = app.sessions
+        session.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await asyncio.to_thread(client.sendall, b"EHLO client.test\r\n")
+
+        def flood() -> bool:            # until the server stops reading, blocked in its write
+            client.settimeout(3)
+            try:
+                for _ in range(100):
+                    client.sendall(b"RSET\r\n" * 10_000)
+            except OSError:             # timed out (it stopped reading), or cut by the fix
+                return True
+            return False
+        assert await asyncio.to_thread(flood), "the server read 6 MB of RSETs unanswered"
+        assert await until(lambda: _no_sessions(app)), "the session kept its slot"
+    finally:
+        client.close()
+
+
+MALFORMED = "553 5.1.3 Error: malformed address"
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_path_readable_only_by_repairing_it_is_refused(make_app, tmp_path, proto, hello):
+    """An unquoted space in a local part or a missing '>' is a syntax error (Postfix: 501
+    5.1.7 / 5.1.3). aiosmtpd's RFC 5322 parser repaired them: `<a b@outside.test>` was taken
+    as the sender `"a b"@outside.test` (recorded, and autoreplies would go there), `<a@out
+    side.test>` as `a@out`. Forms Postfix takes stay taken: comments, a space before '@', a
+    quoted local part, a source route, a dot-atom's stray dot (real Japanese mobile senders)."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for bad in ("<a b@outside.test>", "<a@outside.test", "<a@out side.test>"):
+            assert await w.cmd(f"MAIL FROM:{bad}") == MALFORMED, bad
+        for good in ("<taro.@docomo.ne.jp>", "<a(comment)@outside.test>", "<\"a b\"@outside.test>",
+                     "<@relay.test:a@outside.test>"):
+            assert (await w.cmd(f"MAIL FROM:{good}")).startswith("250 2.1.0"), good
+            assert (await w.cmd("RSET")).startswith("250")
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        for bad in ("<sal es@example.com>", "<sales@example.com"):
+            assert await w.cmd(f"RCPT TO:{bad}") == MALFORMED, bad
+        assert (await w.cmd("RCPT TO:<sales @example.com>")).startswith("250 2.1.5")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: repaired\r\n\r\nx\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    assert [m["mail_from"] for m in await app.registry.recent(5)] == ["a@outside.test"]
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_nothing_after_the_junk_command_limit_is_run(make_app, caplog, proto, hello):
+    """The 101st HELP gets aiosmtpd's 421 4.7.0 and the connection is closed; what was
+    pipelined behind it must not run (aiosmtpd's loop went on: a RCPT behind it
+    was looked up and logged, though the client had been told goodbye)."""
+    app = await make_app()
+    caplog.set_level(logging.INFO)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        await w.send(b"HELP\r\n" * 101 + b"RCPT TO:<nobody@example.com>\r\n")
+        replies = [await w.line() for _ in range(101)]
+        assert replies[-1] == "421 4.7.0 HELP sent too many times", replies[-2:]
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
+    assert not [m for m in seen if "rcpt_refused" in m], seen
+
+
+async def test_message_text_after_the_data_deadline_is_never_run_as_commands(make_app, caplog):
+    """A client trickling DATA past data_deadline gets 421 4.4.2 and is closed. The 421 waited
+    for the tarpit (this session had an error) while more message text arrived, and once
+    DATA returned aiosmtpd's loop read that text as commands: a line 'RCPT TO:<...>' in
+    the message was looked up and logged. The 421 now hangs up: nothing after it is read."""
+    app = await make_app(limits={"data_timeout": 5, "data_deadline": 1, "soft_errors": 1,
+                                 "error_delay": 0.5})
+    caplog.set_level(logging.INFO)
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<slow@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<typo@example.com>")).startswith("550")    # one error
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        reply = None
+        for _ in range(100):                     # a line every 0.1 s until the 421
+            try:
+                await w.send(b"RCPT TO:<smuggled@example.com>\r\n")
+                reply = await asyncio.wait_for(w.line(), 0.1)
+                break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+        assert reply is not None and reply.startswith("421 4.4.2"), reply
+    assert await until(lambda: _no_sessions(app))
+    seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
+    assert not [m for m in seen if "smuggled@" in m], seen
