@@ -495,7 +495,7 @@ def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        address = ipaddress.ip_address(host.strip("[]").partition("%")[0])   # no zone
     except ValueError:
         return False
     mapped = getattr(address, "ipv4_mapped", None)

@@ -263,7 +263,7 @@ async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(clie
 @pytest.mark.parametrize("peer, local", [
     ("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
     ("::ffff:127.0.0.1", True), ("::ffff:127.8.9.1", True),
-    ("::ffff:192.0.2.1", False), ("192.0.2.1", False), ("2001:db8::1", False), ("?", False)])
+    ("::ffff:192.0.2.1", False), ("::1%lo", True), ("fe80::1%eth0", False), ("192.0.2.1", False), ("2001:db8::1", False), ("?", False)])
 def test_a_proxy_seen_through_a_dual_stack_socket_is_on_this_host(peer: str, local: bool) -> None:
     """A web view bound to ``::`` sees a proxy on 127.0.0.1 as ``::ffff:127.0.0.1``, which
     Python 3.11's ipaddress does not call loopback: X-Forwarded-For was then ignored and all

@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
-import ipaddress
 import logging
 import re
 from email._header_value_parser import get_addr_spec, get_angle_addr
@@ -57,7 +56,7 @@ import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, syntax
 
-from ..config import Limits
+from ..config import Limits, is_loopback
 from .data import MEMORY_PER_BYTE, DataBudget, content
 from ..values import (
     AIOSMTPD_BOGUS_GOODBYE,
@@ -437,7 +436,8 @@ class Protocol(SMTP):
                 self.transport.close()
             return
         peer = self.session.peer if self.session else None
-        delay = self.limits.greet_delay_loopback if is_loopback(peer) else self.limits.greet_delay
+        host = peer[0] if isinstance(peer, tuple) and peer else peer
+        delay = self.limits.greet_delay_loopback if is_loopback(str(host)) else self.limits.greet_delay
         if delay > 0:
             await asyncio.sleep(delay)
         if self.unread():
@@ -678,17 +678,6 @@ def _repaired(arg: str) -> bool:
     except HeaderParseError:
         return False
     return any(str(d).startswith(_REPAIRS) for d in token.all_defects)
-
-
-def is_loopback(peer: Any) -> bool:
-    """True for a (host, port) peer on 127.0.0.0/8 or ::1 (IPv4-mapped included)."""
-    host = peer[0] if isinstance(peer, tuple) and peer else peer
-    try:
-        ip = ipaddress.ip_address(str(host).partition("%")[0])
-    except ValueError:
-        return False
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return (mapped or ip).is_loopback
 
 
 class _GuardedMethods(dict[str, Any]):
