@@ -19,8 +19,10 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 import mailrouter.intake.protocol as protocol
+import mailrouter.intake.speedups as speedups
 
 PROTOCOL_PY = Path(protocol.__file__)
+SPEEDUPS_PY = Path(speedups.__file__)
 HINT = "re-check mailrouter/intake/protocol.py against aiosmtpd " + aiosmtpd.__version__
 
 # Methods: name -> (coroutine?, parameter names after self, what protocol.py does with it)
@@ -39,7 +41,7 @@ ATTRIBUTES = {
     "_writer": (asyncio.StreamWriter, "the 421 to idle sessions is written to it"),
     "_handler_coroutine": (asyncio.Task, "its end closes a socket left open (EOF before greeting)"),
 }
-# Globals of aiosmtpd.smtp that protocol.py replaces to speed up SMTP.__init__
+# Globals of aiosmtpd.smtp that speedups.py replaces to speed up SMTP.__init__
 MODULE_GLOBALS = {
     "inspect": ("inspect.getmembers(", "inspect.signature("),
     "dir": ("dir(",),
@@ -107,7 +109,7 @@ def test_private_attributes_exist_on_a_live_session() -> None:
 
 
 def test_the_patched_module_globals_are_still_what_smtp_init_looks_up() -> None:
-    """protocol.py replaces aiosmtpd.smtp's `inspect` and `dir` with cached versions; that only
+    """speedups.py replaces aiosmtpd.smtp's `inspect` and `dir` with cached versions; that only
     works while SMTP.__init__ calls them through the module's globals. A session built now
     must have gone through our caches."""
     source = inspect.getsource(SMTP.__init__)
@@ -115,15 +117,15 @@ def test_the_patched_module_globals_are_still_what_smtp_init_looks_up() -> None:
         for call in calls:
             if call not in source:
                 _fail(f"aiosmtpd.smtp.{name}", f"SMTP.__init__ no longer calls {call}...)",
-                      "protocol.py replaces the module global to cache per class")
-    assert isinstance(aiosmtpd.smtp.inspect, protocol._CachedInspect)
-    assert aiosmtpd.smtp.dir is protocol._cached_dir    # type: ignore[attr-defined]
+                      "speedups.py replaces the module global to cache per class")
+    assert isinstance(aiosmtpd.smtp.inspect, speedups._CachedInspect)
+    assert aiosmtpd.smtp.dir is speedups._cached_dir    # type: ignore[attr-defined]
 
     class Probe(SMTP):
         pass
 
     Probe(object(), loop=asyncio.new_event_loop())
-    if Probe not in protocol._DIR_NAMES:
+    if Probe not in speedups._DIR_NAMES:
         _fail("aiosmtpd.smtp.dir", "SMTP.__init__ did not call the module's dir()",
               "protocol.py caches the smtp_/handle_ names per class")
     if Probe not in aiosmtpd.smtp.inspect._names:   # type: ignore[attr-defined]
@@ -132,7 +134,7 @@ def test_the_patched_module_globals_are_still_what_smtp_init_looks_up() -> None:
 
 
 def test_the_command_log_still_goes_through_sanitized_log() -> None:
-    """protocol.py replaces aiosmtpd.smtp's `sanitized_log` with one that asks the logger's
+    """speedups.py replaces aiosmtpd.smtp's `sanitized_log` with one that asks the logger's
     level first; that only helps while _handle_client calls it through the module's globals
     with a logger's bound debug/info method."""
     source = inspect.getsource(SMTP._handle_client)
@@ -140,7 +142,7 @@ def test_the_command_log_still_goes_through_sanitized_log() -> None:
         if call not in source:
             _fail("aiosmtpd.smtp.sanitized_log", f"_handle_client no longer calls {call}...)",
                   "protocol.py skips it when the level is off")
-    assert aiosmtpd.smtp.sanitized_log is protocol._sanitized_log
+    assert aiosmtpd.smtp.sanitized_log is speedups._sanitized_log
 
 
 def test_the_command_log_is_written_as_before_when_its_level_is_on(
@@ -150,12 +152,12 @@ def test_the_command_log_is_written_as_before_when_its_level_is_on(
     log = logging.getLogger("mail.log")
     line = b"AUTH PLAIN c2VjcmV0\r\n"
     with caplog.at_level(logging.WARNING, logger="mail.log"):
-        protocol._sanitized_log(log.debug, "_handle_client readline: %r", line)
-        protocol._sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), line)
+        speedups._sanitized_log(log.debug, "_handle_client readline: %r", line)
+        speedups._sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), line)
     assert caplog.records == []
     with caplog.at_level(logging.DEBUG, logger="mail.log"):
-        protocol._sanitized_log(log.debug, "_handle_client readline: %r", line)
-        protocol._sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), line)
+        speedups._sanitized_log(log.debug, "_handle_client readline: %r", line)
+        speedups._sanitized_log(log.info, "%r >> %r", ("127.0.0.1", 1), line)
     assert [r.getMessage() for r in caplog.records] == [
         "_handle_client readline: b'AUTH PLAIN ********\\r\\n'",
         "('127.0.0.1', 1) >> b'AUTH PLAIN ********\\r\\n'"]
@@ -201,7 +203,8 @@ def test_every_private_aiosmtpd_name_protocol_py_uses_is_checked_here() -> None:
     missing = sorted(theirs - checked)
     assert not missing, (f"intake/protocol.py uses aiosmtpd's private {', '.join(missing)}: add them to "
                          f"tests/test_aiosmtpd_contract.py ({HINT})")
-    patched = set(re.findall(r"_aiosmtpd_smtp\.(\w+)\s*=", text))
-    assert patched == set(MODULE_GLOBALS) | set(HANDLE_CLIENT_GLOBALS), (f"intake/protocol.py patches aiosmtpd.smtp.{patched}: "
+    patched = set(re.findall(r"_aiosmtpd_smtp\.(\w+)\s*=",
+                             text + SPEEDUPS_PY.read_text(encoding="utf-8")))
+    assert patched == set(MODULE_GLOBALS) | set(HANDLE_CLIENT_GLOBALS), (f"intake/ patches aiosmtpd.smtp.{patched}: "
                                             f"list them in MODULE_GLOBALS or HANDLE_CLIENT_GLOBALS ({HINT})")
 
