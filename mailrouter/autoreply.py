@@ -16,10 +16,15 @@ so the first reason found is the one recorded):
   markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`);
 - `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces;
 - any `List-*` header (RFC 2369, RFC 2919); `Precedence: bulk | junk | list | auto_reply`;
+  a bulk sender's campaign header (Mailchimp's X-MC-User, X-Campaign; Mail.ru's X-Mailru-Msgtype);
 - `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
 - a robot sender, envelope, From or Return-Path local part, matched against `robot_senders`
   (MAILER-DAEMON, postmaster, LISTSERV, majordomo, owner-*, *-request, noreply... ;
-  configurable; a +detail of the local part is ignored);
+  configurable; a +detail of the local part is ignored; a bare `MAILER-DAEMON` without a
+  domain counts), or the null address in From (`From: MAILER-DAEMON <>`: only MTAs write it);
+- a subject that starts the way bounces and out-of-office replies do (`Undeliverable:`,
+  `Mail delivery failed`, `Недоставленное сообщение`, `Automatic reply:`, ...): for bounces
+  that carry no robot header and reach us with a forwarder's envelope sender;
 - a sender on one of our own domains (two responders would answer each other);
 - this responder already answered this sender within its period (RFC 3834 2, RFC
   5230 4.1), or this sender got `daily_cap` answers in the last 24 hours.
@@ -27,7 +32,11 @@ The sender's domain without MX or A/AAAA is checked by the outbox (dnscheck.py),
 which needs the network; the registry's unique (sender, responder, period bucket)
 makes the period hold across restarts and instances.
 
-Known limits: the robot patterns are shell globs on the local part, case-insensitive;
+Known limits: Feedback-ID and X-SES-Outgoing are not robot signs: Amazon WorkMail puts
+X-SES-Outgoing on a person's mail (sisimai's set-of-emails, lhost-amazonworkmail-*), and
+SES adds Feedback-ID to all it sends. A subject test misses bounces in other languages
+and wording, and never looks past a `Re:`/`Fwd:` (a person forwarding a bounce is answered).
+The robot patterns are shell globs on the local part, case-insensitive;
 the language is guessed from Content-Language, then the body's charset, then the
 letters of the subject and the text (Cyrillic or Latin), then the responder's default.
 """
@@ -58,7 +67,7 @@ DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo",
                          "*-request", "noreply", "no-reply", "no_reply", "donotreply",
                          "do-not-reply", "*[-_.]noreply", "noreply[-_.]*", "*[-_.]no-reply",
                          "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
-                         "*-bounces", "bounce", "bounces")
+                         "*-bounces", "bounce", "bounces", "post_master")
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
 # auto_reply: set by vacation responders (Mail.ru, vacation(1) clones) instead of Auto-Submitted
 _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
@@ -66,6 +75,26 @@ _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
 # (X-Autoreply: yes from Yandex, Mail.ru and many vacation scripts; X-Autorespond from Outlook
 # rules and cPanel); any value but "no" counts
 _AUTOREPLY_MARKERS = ("X-Autoreply", "X-Autorespond")
+# Headers that only bulk senders set: Mailchimp's account and campaign ids; Mail.ru's
+# postmaster asks mass mailers for X-Mailru-Msgtype (X-Postmaster-Msgtype, its successor).
+_BULK_HEADERS = ("X-MC-User", "X-Campaign", "X-CampaignID", "X-Mailru-Msgtype",
+                 "X-Postmaster-Msgtype")
+# The first words of bounce subjects that come without a DSN or a robot header (SpamAssassin's
+# 20_vbounce.cf, sisimai's set-of-emails, flufl.bounce's test data): Exchange's "Undeliverable:"
+# and its translations, Postfix, Exim, Sendmail, qmail, Gmail, Yandex, Mail.ru. Each names mail,
+# a message or a DSN, so a customer's "Delivery failed for order 12" is still answered.
+_BOUNCE_SUBJECT = re.compile(
+    r"(?:undeliverable(?:\s+(?:mail|message))?\s*(?:[:-]|$)|undelivered mail returned to sender"
+    r"|returned mail\s*(?:[:-]|$)|mail delivery (?:failed|failure|warning)|message delivery failure"
+    r"|delivery (?:status|failure) notification|failure notice$|mail could not be delivered"
+    r"|(?:sorry, )?your message could not be delivered|postmaster notify:"
+    r"|(?:non remis|unzustellbar|onbestelbaar|non recapitabile|no se puede entregar|не доставлено)\s*:"
+    r"|недоставленное сообщение|ваше сообщение не доставлено)", re.IGNORECASE)
+# Out-of-office subjects of responders that set no header: Apple iCloud's "Auto reply:" (sisimai
+# rfc3834-03), Outlook's "Automatic reply:" in English, German, French and Russian.
+_AUTOREPLY_SUBJECT = re.compile(
+    r"(?:auto(?:matic)?[- ]?reply|out of (?:the )?office(?: auto-?reply)?|automatische antwort"
+    r"|abwesenheitsnotiz|réponse automatique|автоматический ответ|автоответ)\s*:", re.IGNORECASE)
 _CYRILLIC_CHARSETS = frozenset({"koi8-r", "koi8-u", "cp1251", "windows-1251", "cp866",
                                 "mac-cyrillic", "iso8859-5", "iso-8859-5"})
 
@@ -153,7 +182,8 @@ def verdict(responder: Responder | None, view: View, mail_from: str, *,
 _KINDS = (("the message was refused", "refused"), ("null reverse-path", "null_sender"),
           ("mail we generated", "generated"), ("Auto-Submitted", "auto_submitted"),
           ("an auto-reply", "auto_submitted"),
-          ("a report", "report"), ("mailing list", "list"), ("Precedence", "precedence"),
+          ("a report", "report"), ("a bounce", "report"), ("null address in From", "null_sender"),
+          ("mailing list", "list"), ("bulk mail", "list"), ("Precedence", "precedence"),
           ("X-Auto-Response-Suppress", "suppress_header"), ("robot sender", "robot_sender"),
           ("our own address", "own_domain"), ("answered once for this message", "duplicate"))
 
@@ -176,19 +206,22 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
     if bare(view.header("Return-Path") or "x") == "":
         # a bounce delivered to a mailbox and forwarded from there: the forwarder's envelope
         return "null reverse-path <> in Return-Path (a bounce, forwarded)"
-    for checks in (_generated, _auto_submitted, _autoreply_marker, _report, _list, _precedence,
-                   _suppress):
+    for checks in (_generated, _auto_submitted, _autoreply_marker, _report, _list, _bulk_sender,
+                   _precedence, _suppress):
         why = checks(view)
         if why:
             return why
     # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*)
     for who, address in (("envelope sender", sender), ("From", bare(view.from_addr or "")),
                          ("Return-Path", bare(view.header("Return-Path") or ""))):
-        local = address.rpartition("@")[0]
+        local = address.rpartition("@")[0] if "@" in address else address  # <MAILER-DAEMON>
         hit = next((p for p in policy.robot_senders for part in {local, local.split("+", 1)[0]}
                     if fnmatch.fnmatchcase(part, p.lower())), None)
         if local and hit is not None:
             return f"robot sender: {who} {address} matches {hit!r}"
+    why = _null_from(view) or _robot_subject(view)
+    if why:
+        return why
     if sender.rpartition("@")[2] in our_domains:
         return f"our own address {sender}"
     return ""
@@ -222,6 +255,33 @@ def _report(view: View) -> str:
 def _list(view: View) -> str:
     names = [n for n, _ in view.raw_headers() if n.lower().startswith("list-")]
     return f"mailing list ({names[0]} present)" if names else ""
+
+
+def _bulk_sender(view: View) -> str:
+    for name in _BULK_HEADERS:
+        if view.header(name) is not None:
+            return f"bulk mail ({name} present)"
+    return ""
+
+
+def _null_from(view: View) -> str:
+    """`From: <>` or `From: MAILER-DAEMON <>`: the null address, which only mail systems
+    write (the DragonFly, McAfee and mFilter bounces of sisimai's set-of-emails)."""
+    value = view.header("From")
+    if value is not None and re.search(r"<\s*>", value) and not bare(view.from_addr or ""):
+        return f"null address in From: {' '.join(value.split())[:80]}"
+    return ""
+
+
+def _robot_subject(view: View) -> str:
+    """A subject that begins like a bounce or an out-of-office reply; a `Re:` or `Fwd:` before
+    it means a person wrote it, so only the start of the subject is tested."""
+    subject = " ".join((view.subject or "").split())
+    if _BOUNCE_SUBJECT.match(subject):
+        return f"a bounce (Subject: {subject[:80]})"
+    if _AUTOREPLY_SUBJECT.match(subject):
+        return f"an auto-reply (Subject: {subject[:80]})"
+    return ""
 
 
 def _precedence(view: View) -> str:
