@@ -34,7 +34,7 @@ makes the period hold across restarts and instances.
 
 Known limits: Feedback-ID and X-SES-Outgoing are not robot signs: Amazon WorkMail puts
 X-SES-Outgoing on a person's mail (sisimai's set-of-emails, lhost-amazonworkmail-*), and
-SES adds Feedback-ID to all it sends. A subject test misses bounces in other languages
+SES's own Feedback-ID is on mail of every kind it relays. A subject test misses bounces in other languages
 and wording, and never looks past a `Re:`/`Fwd:` (a person forwarding a bounce is answered).
 The robot patterns are shell globs on the local part, case-insensitive;
 the language is guessed from Content-Language, then the body's charset, then the
@@ -76,7 +76,7 @@ _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
 # rules and cPanel); any value but "no" counts
 _AUTOREPLY_MARKERS = ("X-Autoreply", "X-Autorespond")
 # Headers that only bulk senders set: Mailchimp's account and campaign ids; Mail.ru's
-# postmaster asks mass mailers for X-Mailru-Msgtype (X-Postmaster-Msgtype, its successor).
+# postmaster asks mass mailers for X-Mailru-Msgtype (X-Postmaster-Msgtype goes with it).
 _BULK_HEADERS = ("X-MC-User", "X-Campaign", "X-CampaignID", "X-Mailru-Msgtype",
                  "X-Postmaster-Msgtype")
 # The first words of bounce subjects that come without a DSN or a robot header (SpamAssassin's

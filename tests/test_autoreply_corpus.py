@@ -126,6 +126,10 @@ PEOPLE = [
     ("Amazon WorkMail: X-SES-Outgoing on a person's mail (sisimai lhost-amazonworkmail-02)",
      ("From: =?utf-8?Q?shironeko?= <shironeko@nyaan.example.awsapps.com>", "Subject: Nyaaaan",
       "X-Mailer: Amazon WorkMail", "X-Ses-Outgoing: 2016.01.14-54.240.27.80"), "Hi"),
+    ("flufl.bounce groupwise_03: a person's Outlook reply that asks for a read receipt",
+     ('From: "Ivette" <reservas@yyyyy.example>', "Subject: RE: Vuille  - (PO28169) - IND",
+      "X-Mailer: Microsoft Office Outlook, Build 11.0.5510",
+      'Disposition-Notification-To: "Ivette" <reservas@yyyyy.example>'), "Solicitudes de Reservas"),
     ("an empty display name in angle brackets", ("From: <ann@client.example>",
                                                  "Subject: Question"), "Hi"),
 ]
