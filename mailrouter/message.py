@@ -360,7 +360,7 @@ class MessageView:
 
     @cached_property
     def attachments(self) -> list[Attachment]:
-        if self._is_plain_single_part:
+        if "_body" not in self.__dict__ and self._is_plain_single_part:
             return []          # what the MIME walk would find, without walking the body
         return list(self._body.attachments)
 

@@ -47,8 +47,9 @@ class _Unfolded(policy.Compat32):
 
     def header_fetch_parse(  # type: ignore[override]  # as Compat32 (typeshed: Policy says str)
             self, name: str, value: str) -> str | Header:
-        return super().header_fetch_parse(name, _FOLD.sub("", value) if isinstance(value, str)
-                                          else value)
+        if isinstance(value, str) and "\n" in value:    # most values are one line: no regex
+            value = _FOLD.sub("", value)
+        return super().header_fetch_parse(name, value)
 
 
 UNFOLDED = _Unfolded()
