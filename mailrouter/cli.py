@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from .config import CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config, load_config
+from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config,
+                     load_config, owned_errors)
 from .errors import ConfigErrors, RegistryError
 
 __all__ = ["main"]
@@ -61,7 +62,8 @@ def _snapshot(cfg: Config, code: int = 2) -> Any:
     from .routing.snapshot import load_snapshot
     try:
         return load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
-    except ConfigErrors as exc:
+    except ConfigErrors as raised:
+        exc = owned_errors(raised, cfg)
         print(f"mailrouter: routing files have {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)

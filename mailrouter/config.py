@@ -32,7 +32,7 @@ from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
            "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "WebConfig",
-           "find_config", "load_config", "unknown_keys", "is_loopback"]
+           "find_config", "load_config", "unknown_keys", "is_loopback", "owned_errors"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -305,6 +305,17 @@ def load_config(path: str | Path | None) -> Config:
     if c.errors:        # in the file's order, as the address book's are
         raise ConfigErrors(sorted(c.errors, key=lambda e: (e.line, e.column)))
     return cfg
+
+
+def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:
+    """`exc` with the config file named on each error that has no file of its own: "no
+    routing files match ..." is about config.yaml's `routing:`, and was printed as
+    "<config>: ...", which named no file the admin could open."""
+    name = cfg.path or "the embedded default config (no -c FILE)"
+    if all(e.path for e in exc.errors):
+        return exc
+    return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line, e.column, e.hint)
+                         for e in exc.errors])
 
 
 # Sections of the routing files, written in config.yaml by mistake

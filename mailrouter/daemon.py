@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from . import logs, metrics, postfixmaps
 from .addressbook import AddressBook
 from .admin import serve_admin
-from .config import Config, Limits, Listener
+from .config import Config, Limits, Listener, owned_errors
 from .delivery.deliverer import Deliverer
 from .dnscheck import DomainCheck
 from .errors import ConfigErrors, ListenError, RegistryError
@@ -414,7 +414,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
         snap = snapshot if snapshot is not None and _still_current(snapshot, config) else \
             await asyncio.to_thread(_load, config, worker is not None)
     except ConfigErrors as exc:
-        log.error("routing files have errors; not starting:\n%s", exc)
+        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
         return START_FAILED
     app = App(config, snap, sockets, worker)
     try:
@@ -575,7 +575,7 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
         snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
         del prepared, built       # the files' YAML: not kept for the life of the supervisor
     except ConfigErrors as exc:
-        log.error("routing files have errors; not starting:\n%s", exc)
+        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
         return START_FAILED
     gc.collect()        # then frozen: a collection in a worker never writes to these pages
     gc.freeze()
