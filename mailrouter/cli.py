@@ -103,6 +103,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         for err in crossed:
             print(f"  {err}", file=sys.stderr)
         return 1
+    from .health import unwritable
+    unusable = unwritable(cfg, create=False)      # what `run` would refuse to start on
+    if unusable:
+        print(f"mailrouter: the daemon could not write in {len(unusable)} of its "
+              "directories:", file=sys.stderr)
+        for line in unusable:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     from .routing.ruletests import check_rule_tests
     from .routing.folders import folder_warnings
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())

@@ -85,6 +85,7 @@ class DeliveryConfig:
     smtp: Downstream | None = None
     max_connections_per_downstream: int = 10     # open at once to one LMTP/SMTP downstream
     hold_permanent_failures: float = 86400.0     # seconds a 5xx for a configured mailbox is 451
+    intents_dir: Path | None = None              # None: var/intents beside the config file
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,24 @@ class Config:
     postfix_maps: PostfixMapsConfig | None = None
     web: Listener | None = None                  # the web view; on by default only when embedded
     webui: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def intents_dir(self) -> Path:
+        """Where the intent journals go (intents.py): delivery.intents_dir, else var/intents
+        beside the config file, which for /etc/mailrouter/config.yaml is a directory the
+        systemd unit keeps read-only (ProtectSystem=strict): give it under the state dir."""
+        return self.delivery.intents_dir or self.workdir / "var" / "intents"
+
+    def written_dirs(self) -> dict[str, Path]:
+        """The directories the daemon writes in, by the key that sets each: checked at start
+        and by `mailrouter check`, so that a read-only or foreign one is refused there and
+        not met by the first message (451 for every Maildir copy, or every message)."""
+        dirs = {"delivery.maildir_root": Path(self.delivery.maildir_root),
+                "delivery.intents_dir": self.intents_dir}
+        scheme, _, rest = self.registry.url.partition(":///")
+        if scheme in ("sqlite", "sqlite+aiosqlite") and rest.startswith("/"):
+            dirs["registry.url"] = Path(rest.partition("?")[0]).parent
+        return dirs
 
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":
@@ -765,13 +784,15 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
 
 
 def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
-    sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp",
+    sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp", "intents_dir",
                                       "max_connections_per_downstream", "hold_permanent_failures"))
     root = Path(str(sec.get("maildir_root", "var/mail")))
+    intents = Path(str(sec.get("intents_dir", "var/intents")))
     return DeliveryConfig(root if root.is_absolute() else base / root,
                           _downstream(sec, "lmtp", c), _downstream(sec, "smtp", c),
                           c.number(sec, "max_connections_per_downstream", 10, int, 1),
-                          _duration(sec, "hold_permanent_failures", 86400.0, c))
+                          _duration(sec, "hold_permanent_failures", 86400.0, c),
+                          intents if intents.is_absolute() else base / intents)
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .config import Config
 from .values import Downstream
 
-__all__ = ["Check", "Readiness", "probe_downstream"]
+__all__ = ["Check", "Readiness", "probe_downstream", "unwritable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,41 @@ def probe_store(directory: Path) -> str:
     except OSError as exc:
         return exc.strerror or type(exc).__name__
     return ""
+
+
+def _may_write(directory: Path) -> str:
+    """'' when files could be made in `directory` or in the folders that would hold it,
+    without making anything (`mailrouter check` creates nothing): the nearest existing
+    one must be a directory this user may write, on a file system mounted read-write."""
+    here = directory
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is not a directory"
+    if not os.access(here, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(here).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        return (f"{here}: read-only file system" if read_only
+                else f"{here}: permission denied to uid {os.geteuid()}")
+    return ""
+
+
+def unwritable(cfg: Config, create: bool) -> list[str]:
+    """One line per directory the daemon writes in (Config.written_dirs) that it could not:
+    made and probed with a 4 KB file when `create` (at start, as the writers would make
+    it), else judged by its permissions only (`mailrouter check`). Each names the key,
+    the path and the fix."""
+    out = []
+    for key, directory in cfg.written_dirs().items():
+        why = probe_store(directory) if create else _may_write(directory)
+        if why:
+            where = f" in {cfg.path}" if cfg.path else ""
+            out.append(f"{key} {directory} is not writable ({why}): make it writable by the "
+                       f"user mailrouter runs as, or set {key}{where} to a directory that is "
+                       "(with deploy/mailrouter.service: under /var/lib/mailrouter)")
+    return out
 
 
 def _free(directory: Path) -> str:

@@ -3,10 +3,18 @@ subprocess): errors that name the file to open, start-up refusals in one line.""
 
 from __future__ import annotations
 
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.support.daemon import free_port, write_config
-from tests.test_cli import mr
+import pytest
+
+from tests.support.daemon import RULES, free_port, maildir_files, write_config
+from tests.test_cli import CLI, mr
 
 
 def test_no_routing_files_names_the_config_file(tmp_path: Path) -> None:
@@ -20,3 +28,105 @@ def test_no_routing_files_names_the_config_file(tmp_path: Path) -> None:
     run = mr("run", "-c", str(cfg))
     assert run.returncode == 2 and want in run.stderr, run.stderr
     assert "<config>" not in check.stderr + run.stderr
+
+
+# -- directories the daemon writes in: refused at start and by check ----------------
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[], Path]]:
+    """A tmpfs under tmp_path, filled by the test and then made read-only by calling
+    the fixture's value: what ProtectSystem=strict makes of /etc, or a full-stop mount."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+
+    def freeze() -> Path:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        return mnt
+    try:
+        yield freeze
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("key", ["delivery.maildir_root", "registry.url"])
+def test_unwritable_store_or_registry_is_refused_by_check_and_run(tmp_path: Path, read_only,
+                                                                   key: str) -> None:
+    """A Maildir root or SQLite registry on a read-only file system: `check` exits 1 and
+    `run` exits 2, each naming the key, the path and the fix in one line. The daemon used
+    to start and answer the first message 451 (Maildir) or fail to open the registry
+    with a stray aiosqlite traceback."""
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
+                       "workers: 1\n")
+    place = read_only() / "sub"
+    old = {"delivery.maildir_root": f"maildir_root: '{tmp_path / 'var' / 'mail'}'",
+           "registry.url": f"///{tmp_path / 'var' / 'registry.db'}'"}[key]
+    new = {"delivery.maildir_root": f"maildir_root: '{place}'",
+           "registry.url": f"///{place / 'registry.db'}'"}[key]
+    cfg.write_text(cfg.read_text().replace(old, new))
+    want = f"{key} {place} is not writable ("
+    check = mr("check", "-c", str(cfg))
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert f"{want}{place.parent}: read-only file system): " in check.stderr, check.stderr
+    assert f"set {key} in {cfg} to a directory that is" in check.stderr
+    run = mr("run", "-c", str(cfg))
+    assert run.returncode == 2, run.stderr
+    assert f"{want}Read-only file system)" in run.stderr and "Traceback" not in run.stderr
+
+
+def _smtp_send(port: int, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail("client@outside.test")
+        s.rcpt(rcpt)
+        return s.data(b"From: client@outside.test\r\nTo: " + rcpt.encode()
+                      + b"\r\nSubject: ro etc\r\n\r\nhello\r\n")
+
+
+def test_config_in_a_read_only_etc_needs_intents_dir(tmp_path: Path, read_only) -> None:
+    """docs/install.md's layout under the unit's ProtectSystem=strict: config.yaml in a
+    read-only /etc/mailrouter, registry and Maildirs under a writable state directory.
+    The intent journals went to var/ beside the config file, so the daemon started and
+    every Maildir copy got 451 (the intent could not be written). Now `run` refuses to
+    start naming delivery.intents_dir; with it set under the state directory mail flows."""
+    state = tmp_path / "state"
+    etc = tmp_path / "ro"
+    smtp = free_port()
+    text = (f"hostname: mx.test\nworkers: 1\n"
+            f"listen: {{smtp: '127.0.0.1:{smtp}', lmtp: null, admin: null}}\n"
+            f"routing: ['{RULES / '*.yaml'}']\n"
+            f"registry: {{url: 'sqlite+aiosqlite:///{state / 'registry.db'}'}}\n"
+            f"shutdown_grace: 5\n")
+    (etc / "config.yaml").write_text(text + f"delivery: {{maildir_root: '{state / 'mail'}'}}\n")
+    (etc / "fixed.yaml").write_text(text + f"delivery: {{maildir_root: '{state / 'mail'}', "
+                                    f"intents_dir: '{state / 'intents'}'}}\n")
+    read_only()
+    refused = mr("run", "-c", str(etc / "config.yaml"))
+    assert refused.returncode == 2, refused.stderr
+    assert f"delivery.intents_dir {etc / 'var' / 'intents'} is not writable (Read-only file " \
+           f"system): " in refused.stderr
+    assert f"set delivery.intents_dir in {etc / 'config.yaml'}" in refused.stderr
+    assert mr("check", "-c", str(etc / "fixed.yaml")).returncode == 0
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*CLI, "run", "-c", str(etc / "fixed.yaml")], cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", smtp), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        code, _ = _smtp_send(smtp, "sales@example.com")
+        assert code == 250, log.read_text()
+        assert len(maildir_files(state / "mail")) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
