@@ -358,6 +358,43 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+# An example for each command's --help, checked to parse by the tests: a help that lists
+# options but shows no command line left the admin to guess how they combine.
+C = "-c /etc/mailrouter/config.yaml"
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "run": (f"mailrouter run {C}", "mailrouter run                # the embedded default"),
+    "check": (f"mailrouter check {C} && systemctl reload mailrouter",),
+    "test": (f"mailrouter test {C}",),
+    "explain": ("mailrouter explain --rcpt invoices@example.com rules/samples/invoice-koi8r.eml",
+                "mailrouter explain --from '<>' --at 2026-12-31T18:00+03:00 --json bounce.eml"),
+    "reload": (f"mailrouter reload {C}",),
+    "registry": (f"mailrouter registry {C} -n 20",),
+    "registry search": ("mailrouter registry search --subject 'счет*' --since 2027-01-01 --csv",),
+    "registry history": ("mailrouter registry history client@outside.test --json",),
+    "report": ("mailrouter report --since 2027-01-01 --until 2027-02-01 --csv",),
+    "request": ("mailrouter request show 42", "mailrouter request close 42"),
+    "outbox": (f"mailrouter outbox {C} -n 20",),
+    "address": ("mailrouter address sales+Quotes@example.com", "mailrouter address export --csv"),
+    "postfix": (f"mailrouter postfix {C} --dir /etc/postfix/mailrouter --postmap",),
+    "web": ("mailrouter web passwd petrova", "echo 'a long passphrase' | mailrouter web passwd "
+            "petrova --password-stdin"),
+    "db": (f"mailrouter db upgrade {C}",),
+}
+
+
+def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every (sub)command its examples and make it the one that reports a stray
+    argument: argparse's top-level parser did, with the program's usage, not the command's."""
+    parser.set_defaults(_parser=parser)
+    if path in EXAMPLES:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "example:\n" + "\n".join(f"  {e}" for e in EXAMPLES[path])
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _explain_usage(sub, f"{path} {name}".strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -430,11 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the password from the first line of stdin (no prompt)")
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
+    for name, sp in sub.choices.items():
+        _explain_usage(sp, name)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, stray = parser.parse_known_args(argv)
+    if stray:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(stray)}")
     if args.command != "run":    # the commands print their own errors; no log lines twice
         logging.getLogger("mailrouter").setLevel(logging.ERROR)
     try:

@@ -130,3 +130,52 @@ def test_config_in_a_read_only_etc_needs_intents_dir(tmp_path: Path, read_only) 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def _commands() -> list[str]:
+    """Every command path of the parser ('check', 'registry search', ...)."""
+    import argparse
+
+    from mailrouter.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> Iterator[str]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{path} {name}".strip()
+                    yield from walk(sub, f"{path} {name}".strip())
+    return list(walk(build_parser(), ""))
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_help_shows_an_example_that_parses(command: str) -> None:
+    """`mailrouter COMMAND --help` says what it does, lists its options and ends with an
+    example; each example is a command line this parser takes, for that very command
+    (none had one: the admin had to guess how the options combine)."""
+    import shlex
+
+    from mailrouter.cli import build_parser
+    out = mr(*command.split(), "--help")
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.startswith(f"usage: mailrouter {command}") and "options:" in out.stdout
+    assert "\nexample:\n" in out.stdout, out.stdout
+    examples = out.stdout.split("\nexample:\n", 1)[1].strip().splitlines()
+    assert examples
+    for line in examples:
+        words = shlex.split(line.split("&&")[0].split("#")[0].split("|")[-1])
+        assert words[0] == "mailrouter", line
+        args = build_parser().parse_args(words[1:])
+        assert args._parser.prog == f"mailrouter {command}", line
+
+
+def test_a_stray_argument_is_reported_by_its_command() -> None:
+    """`mailrouter check --bogus` showed the program's usage ("COMMAND ...") as if no
+    command had been given; it is the command's usage and name, exit 2, no traceback."""
+    out = mr("check", "--bogus")
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == ["usage: mailrouter check [-h] [-c FILE]",
+                                       "mailrouter check: error: unrecognized arguments: --bogus"]
+    out = mr("registry", "search", "--subject", "x", "extra")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == ("mailrouter registry search: error: unrecognized "
+                                           "arguments: extra")
