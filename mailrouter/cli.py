@@ -192,8 +192,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
             print(f"mailrouter reload: {url}: {exc.code} {raw.decode('utf-8', 'replace').strip()}",
                   file=sys.stderr)
             return 2
-    except OSError as exc:
-        print(f"mailrouter reload: cannot reach {url}: {exc}", file=sys.stderr)
+    except OSError as exc:    # URLError wraps the socket's error: "<urlopen error [Errno 111] ...>"
+        why = getattr(exc, "reason", exc)
+        why = getattr(why, "strerror", None) or str(why)
+        print(f"mailrouter reload: cannot reach {url}: {why}; is the daemon running with "
+              "this config (systemctl status mailrouter)?", file=sys.stderr)
         return 2
     print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
           + str(body.get("detail")))

@@ -179,3 +179,15 @@ def test_a_stray_argument_is_reported_by_its_command() -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.splitlines()[-1] == ("mailrouter registry search: error: unrecognized "
                                            "arguments: extra")
+
+
+def test_reload_with_no_daemon_says_so_in_one_line(tmp_path: Path) -> None:
+    """`mailrouter reload` with nothing on the admin port: one line with the reason and what
+    to look at, exit 2 (it printed "<urlopen error [Errno 111] Connection refused>")."""
+    admin = free_port()
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), admin)
+    out = mr("reload", "-c", str(cfg))
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"mailrouter reload: cannot reach http://127.0.0.1:{admin}/-/reload: Connection refused; "
+        "is the daemon running with this config (systemctl status mailrouter)?"]
