@@ -16,6 +16,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,90 @@ def test_container_run_line_mounts_the_routing_files_the_config_names():
     for pattern in routing:
         inside = "/etc/mailrouter/" + str(Path(pattern).relative_to(REPO))
         assert any(inside.startswith(t.rstrip("/") + "/") for t in targets), (inside, targets)
+
+
+DOVECOT_CONF = DEPLOY / "dovecot" / "mailrouter.conf"
+DOVECOT_ROUTING = """\
+domains: [example.com]
+mailboxes:
+  fin: {lmtp: finance@mail.internal, sieve_folders: true}
+aliases:
+  finance@example.com: {mailbox: fin, folder: Finance}
+  finansy@example.com: {mailbox: fin, folder: Финансы}
+  fin@example.com:     mailbox:fin
+"""
+
+
+def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[bytes], int]:
+    """A private Dovecot that includes deploy/dovecot/mailrouter.conf as install.md step 6
+    does (its port and users file moved), with one user in the format the file's comments
+    give and the compiled Sieve script: (its directory, its process, its LMTP port)."""
+    from tests.support.dovecot import free_port as dovecot_port, wait_for_greeting
+    d = Path(tempfile.mkdtemp(prefix="dovecot."))   # not under tmp_path (0700): Dovecot's
+    d.chmod(0o755)                                     # auth runs as its own user
+    for sub in ("run", "state", "vmail", "sieve"):
+        (d / sub).mkdir()
+    shutil.chown(d / "vmail", "nobody", "nogroup")
+    port = dovecot_port()
+    users = d / "mailrouter-users"
+    snippet = DOVECOT_CONF.read_text()
+    assert "port = 24\n" in snippet and "/etc/dovecot/mailrouter-users" in snippet
+    (d / "99-mailrouter.conf").write_text(
+        snippet.replace("port = 24\n", f"port = {port}\n")
+        .replace("/etc/dovecot/mailrouter-users", str(users)))
+    script = d / "sieve" / "mailrouter-folders.sieve"
+    shutil.copy(DEPLOY / "dovecot" / "mailrouter-folders.sieve", script)
+    subprocess.run([sievec, str(script)], check=True, timeout=60)
+    script.with_suffix(".svbin").chmod(0o644)
+    crypt = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", "secret"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    users.write_text(f"finance@mail.internal:{crypt}:nobody:nogroup::{d / 'vmail' / 'finance'}"
+                     f"::userdb_sieve_before={script}\n")
+    # the distribution's dovecot.conf, reduced to what a private instance needs
+    (d / "dovecot.conf").write_text(
+        f"protocols =\nlisten = 127.0.0.1\nssl = no\nbase_dir = {d}/run\n"
+        f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n!include {d}/99-mailrouter.conf\n")
+    proc = subprocess.Popen([dovecot, "-F", "-c", str(d / "dovecot.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_for_greeting(port, proc, d / "dovecot.log")
+    return d, proc, port
+
+
+async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_path):
+    """deploy/dovecot/mailrouter.conf included as install.md step 6 does (only its port and
+    the users file moved into a private instance), with a users line in the format its
+    comments give (named uid/gid, SHA512-CRYPT password, userdb_sieve_before) and the
+    compiled mailrouter-folders.sieve: mailrouter's LMTP copies land in INBOX, in .Finance
+    (user+Finance@) and in «Финансы» (the Sieve header). The other e2e tests run Dovecot
+    from a config of their own, so a broken line in the shipped file went unseen."""
+    dovecot, sievec = shutil.which("dovecot"), shutil.which("sievec")
+    if dovecot is None or sievec is None:
+        pytest.skip("dovecot or sievec not found (apt-get install dovecot-lmtpd dovecot-sieve)")
+    from mailrouter.config import DeliveryConfig, Downstream
+    from tests.support.proc import stop_process
+    d, proc, port = await asyncio.to_thread(_shipped_dovecot, dovecot, sievec)
+    try:
+        routing = tmp_path / "routing.yaml"
+        routing.write_text(DOVECOT_ROUTING, encoding="utf-8")
+        app = await make_app(routing=(str(routing),), delivery=DeliveryConfig(
+            maildir_root=tmp_path / "var" / "mail", lmtp=Downstream("127.0.0.1", port, timeout=10)))
+
+        def send(rcpt: str, subject: str) -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", app.bound["smtp"][1], timeout=30) as s:
+                s.ehlo("client.test")
+                s.mail("client@outside.test")
+                s.rcpt(rcpt)
+                return s.data(f"From: client@outside.test\r\nSubject: {subject}\r\n\r\nhi\r\n"
+                              .encode())
+        for rcpt, subject in (("finance@example.com", "one"), ("finansy@example.com", "two"),
+                              ("fin@example.com", "three")):
+            code, text = await asyncio.to_thread(send, rcpt, subject)
+            assert code == 250, (text, (d / "dovecot.log").read_text()[-2000:])
+        home = d / "vmail" / "finance" / "Maildir"
+        got = {path.parent.parent.name: path.read_bytes() for path in maildir_files(home)}
+        assert set(got) == {"Maildir", ".Finance", ".&BCQEOAQ9BDAEPQRBBEs-"}, got
+        assert b"Subject: one" in got[".Finance"] and b"Subject: three" in got["Maildir"]
+        assert b"Subject: two" in got[".&BCQEOAQ9BDAEPQRBBEs-"]
+    finally:
+        await asyncio.to_thread(stop_process, proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
