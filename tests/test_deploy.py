@@ -305,3 +305,28 @@ async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_p
     finally:
         await asyncio.to_thread(stop_process, proc, 15)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_install_config_writes_only_where_the_unit_lets_it(tmp_path):
+    """The settings docs/install.md step 3 puts in /etc/mailrouter/config.yaml: every
+    directory the daemon writes in (Config.written_dirs) is under the unit's ReadWritePaths
+    or StateDirectory, the only places ProtectSystem=strict leaves writable. The intent
+    journal went to var/intents beside the config file, /etc/mailrouter/var/intents, and
+    every Maildir copy got 4xx under the unit."""
+    text = (DEPLOY.parent / "docs" / "install.md").read_text(encoding="utf-8")
+    step3 = text.split("## 3.", 1)[1].split("## 4.", 1)[0].replace("\n", " ")
+    settings = [m for m in re.findall(r"`([a-z_]+: [\[{].*?[\]}])`", step3)]
+    keys = {s.split(":", 1)[0] for s in settings}
+    assert {"routing", "registry", "delivery", "outbox"} <= keys, settings
+    etc = tmp_path / "etc" / "mailrouter"          # as /etc/mailrouter: relative paths land here
+    (etc / "rules").mkdir(parents=True)
+    cfg = etc / "config.yaml"
+    cfg.write_text("\n".join(settings) + "\n", encoding="utf-8")
+    written = load_config(cfg).written_dirs()
+    assert set(written) == {"delivery.maildir_root", "delivery.intents_dir", "registry.url"}
+    unit = unit_settings()
+    allowed = [Path(p) for line in unit.get("ReadWritePaths", []) for p in line.split()]
+    allowed += [Path("/var/lib") / d for line in unit.get("StateDirectory", []) for d in line.split()]
+    outside = {k: str(p) for k, p in written.items()
+               if not any(p == a or a in p.parents for a in allowed)}
+    assert outside == {}, f"the unit lets mailrouter write only in {allowed}"
