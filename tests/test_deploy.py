@@ -23,6 +23,7 @@ import pytest
 
 from mailrouter.config import load_config, usable_cpus
 from tests.support.daemon import REPO, maildir_files
+from tests.test_delivery_smtp import Sink
 
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "mailrouter.service"
@@ -135,12 +136,16 @@ def test_usable_cpus_cgroup_v1(tmp_path):
 async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     """The set-up script on a Postfix that already routes other.test through its own
     transport table: afterwards the old transport_maps and relay_domains entries are still
-    there, ours are added, `postfix check` passes, the return listener greets, an unknown
-    address is refused at RCPT and sales@ reaches mailrouter through the new transport."""
+    there, ours are added, `postfix check` passes, an unknown address is refused at RCPT
+    and sales@ reaches mailrouter through the new transport; and the return listener
+    (outbox.relay, delivery.smtp) takes a bounce-style <> message from loopback for
+    other.test and Postfix relays it on: before, the test only saw that port greet."""
     app = await make_app()
     mta = await asyncio.to_thread(postfix, relay_port=1)
+    outside = Sink()       # the world beyond Postfix, for other.test
+    await outside.start()
     other = mta.etc / "other_transport"
-    other.write_text("other.test smtp:[127.0.0.1]:1\n")
+    other.write_text(f"other.test smtp:[127.0.0.1]:{outside.port}\n")
     await asyncio.to_thread(subprocess.run, ["postmap", "-c", str(mta.etc), f"hash:{other}"],
                             check=True)
     mta.postconf(f"transport_maps = hash:{other}", "relay_domains = other.test")
@@ -162,24 +167,34 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit" not in main_cf
     await asyncio.to_thread(mta.reload)
 
-    def talk() -> tuple[int, int, bytes]:
-        with socket.create_connection(("127.0.0.1", ret_port), timeout=30) as s:
-            greet = s.recv(512)
+    def talk() -> tuple[int, int, int]:
+        with smtplib.SMTP("127.0.0.1", ret_port, timeout=30) as s:   # as the outbox does
+            s.ehlo("mx.test")
+            s.mail("<>")
+            s.rcpt("someone@other.test")
+            returned = s.data(b"Subject: autoreply via return port\r\n\r\nhi\r\n")[0]
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
             s.ehlo("client.test")
             s.mail("client@outside.test")
             unknown = s.rcpt("nobody@example.com")[0]
             known = s.rcpt("sales@example.com")[0]
             s.data(b"Subject: via script\r\n\r\nhi\r\n")
-        return unknown, known, greet
-    unknown, known, greet = await asyncio.to_thread(talk)
-    assert (unknown, known) == (550, 250) and greet.startswith(b"220")
+        return unknown, known, returned
+    unknown, known, returned = await asyncio.to_thread(talk)
+    assert (unknown, known, returned) == (550, 250, 250)
     box = tmp_path / "var" / "mail" / "sales"
     end = asyncio.get_running_loop().time() + 30
     while not maildir_files(box):
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
     assert "postfix/to-mailrouter" in await asyncio.to_thread(mta.wait_log, "to-mailrouter")
+    while not outside.envelopes:
+        assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
+        await asyncio.sleep(0.05)
+    [env] = outside.envelopes
+    assert (env.mail_from, env.rcpt_tos) == ("<>", ["someone@other.test"])   # aiosmtpd keeps "<>"
+    assert "postfix/from-mailrouter" in mta.maillog
+    await outside.stop()
 
 
 def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
