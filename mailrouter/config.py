@@ -193,6 +193,9 @@ class Config:
         scheme, _, rest = self.registry.url.partition(":///")
         if scheme in ("sqlite", "sqlite+aiosqlite") and rest.startswith("/"):
             dirs["registry.url"] = Path(rest.partition("?")[0]).parent
+        if self.postfix_maps is not None and self.postfix_maps.on_reload:
+            # stale tables make Postfix refuse each new address of the book with 550
+            dirs["postfix_maps.dir"] = self.postfix_maps.dir
         return dirs
 
     @classmethod

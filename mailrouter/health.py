@@ -137,6 +137,10 @@ def _may_write(directory: Path) -> str:
     return ""
 
 
+# Where deploy/mailrouter.service lets the daemon write, for the keys that differ
+UNIT_FIX = {"postfix_maps.dir": "uncomment its ReadWritePaths=/etc/postfix/mailrouter"}
+
+
 def unwritable(cfg: Config, create: bool) -> list[str]:
     """One line per directory the daemon writes in (Config.written_dirs) that it could not:
     made and probed with a 4 KB file when `create` (at start, as the writers would make
@@ -147,9 +151,10 @@ def unwritable(cfg: Config, create: bool) -> list[str]:
         why = probe_store(directory) if create else _may_write(directory)
         if why:
             where = f" in {cfg.path}" if cfg.path else ""
+            unit = UNIT_FIX.get(key, "under /var/lib/mailrouter")
             out.append(f"{key} {directory} is not writable ({why}): make it writable by the "
                        f"user mailrouter runs as, or set {key}{where} to a directory that is "
-                       "(with deploy/mailrouter.service: under /var/lib/mailrouter)")
+                       f"(with deploy/mailrouter.service: {unit})")
     return out
 
 

@@ -52,20 +52,23 @@ def read_only(tmp_path: Path) -> Iterator[Callable[[], Path]]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-@pytest.mark.parametrize("key", ["delivery.maildir_root", "registry.url"])
+@pytest.mark.parametrize("key", ["delivery.maildir_root", "registry.url", "postfix_maps.dir"])
 def test_unwritable_store_or_registry_is_refused_by_check_and_run(tmp_path: Path, read_only,
                                                                    key: str) -> None:
-    """A Maildir root or SQLite registry on a read-only file system: `check` exits 1 and
+    """A Maildir root, SQLite registry or the Postfix tables the daemon rewrites on each
+    reload (postfix_maps.on_reload) on a read-only file system: `check` exits 1 and
     `run` exits 2, each naming the key, the path and the fix in one line. The daemon used
-    to start and answer the first message 451 (Maildir) or fail to open the registry
-    with a stray aiosqlite traceback."""
-    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
-                       "workers: 1\n")
+    to start and answer the first message 451 (Maildir), fail to open the registry with a
+    stray aiosqlite traceback, or log postfix_maps_failed at each reload while Postfix kept
+    tables that refuse every new address with 550."""
     place = read_only() / "sub"
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
+                       "workers: 1\n" + (f"postfix_maps: {{dir: '{place}', on_reload: true}}\n"
+                                          if key == "postfix_maps.dir" else ""))
     old = {"delivery.maildir_root": f"maildir_root: '{tmp_path / 'var' / 'mail'}'",
-           "registry.url": f"///{tmp_path / 'var' / 'registry.db'}'"}[key]
+           "registry.url": f"///{tmp_path / 'var' / 'registry.db'}'"}.get(key, "")
     new = {"delivery.maildir_root": f"maildir_root: '{place}'",
-           "registry.url": f"///{place / 'registry.db'}'"}[key]
+           "registry.url": f"///{place / 'registry.db'}'"}.get(key, "")
     cfg.write_text(cfg.read_text().replace(old, new))
     want = f"{key} {place} is not writable ("
     check = mr("check", "-c", str(cfg))
