@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -246,13 +247,31 @@ class _Checker:
     def number(self, sec: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any] = int,
                minimum: float = 0, maximum: float | None = None) -> Any:
         value = sec.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum \
-                or maximum is not None and value > maximum:
+        # .inf and .nan are YAML floats: int() of them was a traceback, and a nan timeout
+        # or shutdown grace passed every comparison; 2.5 for a count was cut to 2 unsaid
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < minimum \
+                or maximum is not None and value > maximum \
+                or kind is int and value != int(value):
             bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-            self.error(value, f"'{key}' must be a number {bounds}, not {value!r}",
+            fraction = kind is int and isinstance(value, float) and math.isfinite(value) \
+                and value != int(value)
+            whole = "a whole number" if fraction else "a number"
+            self.error(value, f"'{key}' must be {whole} {bounds}, not {value!r}",
                        f"for example '{key}: {default}'", sec, key)
             return default
         return kind(value)
+
+    def directory(self, sec: dict[str, Any], key: str, default: str, base: Path) -> Path:
+        """A directory setting, relative to the config file. null, '' or a list used to
+        become a folder named 'None', the config's own folder or "['a']"."""
+        value = sec.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            self.error(value, f"'{key}' must be a directory path, not {value!r}",
+                       f"for example '{key}: {default}' (relative to this file)", sec, key)
+            value = default
+        path = Path(value)
+        return path if path.is_absolute() else base / path
 
     def listener(self, sec: dict[str, Any], key: str, default: Listener | None) -> Listener | None:
         if key not in sec:
@@ -789,13 +808,11 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
 def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
     sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp", "intents_dir",
                                       "max_connections_per_downstream", "hold_permanent_failures"))
-    root = Path(str(sec.get("maildir_root", "var/mail")))
-    intents = Path(str(sec.get("intents_dir", "var/intents")))
-    return DeliveryConfig(root if root.is_absolute() else base / root,
+    return DeliveryConfig(c.directory(sec, "maildir_root", "var/mail", base),
                           _downstream(sec, "lmtp", c), _downstream(sec, "smtp", c),
                           c.number(sec, "max_connections_per_downstream", 10, int, 1),
                           _duration(sec, "hold_permanent_failures", 86400.0, c),
-                          intents if intents.is_absolute() else base / intents)
+                          c.directory(sec, "intents_dir", "var/intents", base))
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
