@@ -104,7 +104,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  {err}", file=sys.stderr)
         return 1
     from .health import unwritable
-    unusable = unwritable(cfg, create=False)      # what `run` would refuse to start on
+    denied: list[str] = []          # to this user only: the daemon's may be another
+    unusable = unwritable(cfg, create=False, others=denied)   # what `run` refuses to start on
     if unusable:
         print(f"mailrouter: the daemon could not write in {len(unusable)} of its "
               "directories:", file=sys.stderr)
@@ -117,6 +118,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
+    warnings += [f"{line}; fine if the daemon runs as a user who can" for line in denied]
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes

@@ -194,3 +194,42 @@ def test_reload_with_no_daemon_says_so_in_one_line(tmp_path: Path) -> None:
     assert out.stderr.splitlines() == [
         f"mailrouter reload: cannot reach http://127.0.0.1:{admin}/-/reload: Connection refused; "
         "is the daemon running with this config (systemctl status mailrouter)?"]
+
+
+def test_check_as_another_user_warns_on_permissions_only(tmp_path: Path) -> None:
+    """An admin who is not the daemon's user runs `check` (docs: check, test, then reload):
+    a directory only the daemon's user may write is a warning for them, not an error
+    (`run` still refuses it as the daemon's user); a read-only one stays an error. Run in
+    a forked child with the euid of nobody: root may write anywhere."""
+    import json
+    import os
+
+    from mailrouter.config import load_config
+    from mailrouter.health import unwritable
+    store = tmp_path / "store"
+    store.mkdir(mode=0o755)                  # root's: nobody may not write in it
+    path = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
+    path.write_text(path.read_text().replace(
+        f"maildir_root: '{tmp_path / 'var' / 'mail'}'",
+        f"maildir_root: '{store / 'mail'}', intents_dir: '{store / 'intents'}'"))
+    cfg = load_config(path)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the child: say what check would, then leave
+        try:
+            os.setegid(65534)
+            os.seteuid(65534)
+            denied: list[str] = []
+            errors = unwritable(cfg, create=False, others=denied)
+            os.write(write, json.dumps([errors, denied]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as got:
+        errors, denied = json.loads(got.read() or "[[], []]")
+    os.waitpid(pid, 0)
+    assert errors == []
+    assert sorted(line.split(" ", 1)[0] for line in denied) == [
+        "delivery.intents_dir", "delivery.maildir_root", "registry.url"]
+    assert "permission denied to uid 65534" in denied[0]
+    assert unwritable(cfg, create=False) == []        # root: nothing to say
