@@ -226,7 +226,12 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     snap = _snapshot(cfg)
     try:
         written = postfixmaps.refresh(cfg, snap.book)
-    except (OSError, RuntimeError) as exc:
+    except OSError as exc:     # str() was "[Errno 20] Not a directory: '...'"
+        which = f" ({exc.filename})" if exc.filename and Path(exc.filename) != pm.dir else ""
+        print(f"mailrouter postfix: cannot write the tables in {pm.dir}: "
+              f"{exc.strerror or exc}{which}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
         print(f"mailrouter postfix: {exc}", file=sys.stderr)
         return 2
     print(f"{len(written)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "

@@ -233,3 +233,15 @@ def test_check_as_another_user_warns_on_permissions_only(tmp_path: Path) -> None
         "delivery.intents_dir", "delivery.maildir_root", "registry.url"]
     assert "permission denied to uid 65534" in denied[0]
     assert unwritable(cfg, create=False) == []        # root: nothing to say
+
+
+def test_postfix_tables_in_an_impossible_directory_say_where_and_why(tmp_path: Path) -> None:
+    """`mailrouter postfix --dir` under a file: one line naming the directory and the
+    reason, exit 2 (it printed Python's "[Errno 20] Not a directory: '...'")."""
+    (tmp_path / "file").write_text("")
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
+    out = mr("postfix", "-c", str(cfg), "--dir", str(tmp_path / "file" / "maps"))
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"mailrouter postfix: cannot write the tables in {tmp_path / 'file' / 'maps'}: "
+        "Not a directory"]
