@@ -39,6 +39,9 @@ def _config(path: str | None, code: int = 2) -> Config:
         print(f"mailrouter: configuration has {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
+        if not path and os.environ.get(CONFIG_ENV):    # else the admin looks for a -c never given
+            print(f"  (the file named by ${CONFIG_ENV}; give -c FILE or unset it)",
+                  file=sys.stderr)
         raise SystemExit(code) from None
     if not cfg.path and Path(cfg.routing[0]).parent == PACKAGE_RULES:
         # Outside a project folder (no ./rules) the embedded default runs the packaged

@@ -245,3 +245,15 @@ def test_postfix_tables_in_an_impossible_directory_say_where_and_why(tmp_path: P
     assert out.stderr.splitlines() == [
         f"mailrouter postfix: cannot write the tables in {tmp_path / 'file' / 'maps'}: "
         "Not a directory"]
+
+
+def test_a_missing_config_from_the_environment_says_where_it_came_from(tmp_path: Path) -> None:
+    """$MAILROUTER_CONFIG naming a missing file: the error says the name came from there
+    (an admin who typed no -c was told only "/x.yaml: file not found")."""
+    missing = tmp_path / "nope.yaml"
+    out = mr("check", env={"MAILROUTER_CONFIG": str(missing)})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        "mailrouter: configuration has 1 error(s):",
+        f"  {missing}: file not found; check the path",
+        "  (the file named by $MAILROUTER_CONFIG; give -c FILE or unset it)"]
