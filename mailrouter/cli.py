@@ -496,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args))
         sys.stdout.flush()
         return code
+    except KeyboardInterrupt:
+        # Ctrl-C at `web passwd`'s prompt or during a long `report`: the admin asked for
+        # it; a traceback through getpass said nothing more. 130 = 128 + SIGINT, as shells.
+        print(f"\nmailrouter {args.command}: interrupted; nothing more done", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `mailrouter registry -n 500 | head`: the reader left; that is not an error.
         # Point stdout at /dev/null so the interpreter's final flush stays quiet.

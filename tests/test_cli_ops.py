@@ -257,3 +257,24 @@ def test_a_missing_config_from_the_environment_says_where_it_came_from(tmp_path:
         "mailrouter: configuration has 1 error(s):",
         f"  {missing}: file not found; check the path",
         "  (the file named by $MAILROUTER_CONFIG; give -c FILE or unset it)"]
+
+
+def test_ctrl_c_at_the_password_prompt_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C at `web passwd`'s prompt: exit 130 and one line, not a KeyboardInterrupt
+    traceback through getpass; no password is set."""
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
+    assert mr("db", "upgrade", "-c", str(cfg)).returncode == 0
+    proc = subprocess.Popen([*CLI, "web", "passwd", "petrova", "-c", str(cfg)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    prompt = b""
+    while b"new password: " not in prompt:          # getpass without a tty: on stderr
+        chunk = proc.stderr.read1(1024)
+        assert chunk, prompt
+        prompt += chunk
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read().decode()
+    assert proc.wait(30) == 130
+    assert "Traceback" not in rest
+    assert rest.strip() == "mailrouter web: interrupted; nothing more done"
