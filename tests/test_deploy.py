@@ -252,6 +252,7 @@ def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[
     does (its port and users file moved), with one user in the format the file's comments
     give and the compiled Sieve script: (its directory, its process, its LMTP port)."""
     from tests.support.dovecot import free_port as dovecot_port, wait_for_greeting
+    from tests.support.proc import stop_process
     d = Path(tempfile.mkdtemp(prefix="dovecot."))   # not under tmp_path (0700): Dovecot's
     d.chmod(0o755)                                     # auth runs as its own user
     for sub in ("run", "state", "vmail", "sieve"):
@@ -278,7 +279,12 @@ def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[
         f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n!include {d}/99-mailrouter.conf\n")
     proc = subprocess.Popen([dovecot, "-F", "-c", str(d / "dovecot.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_for_greeting(port, proc, d / "dovecot.log")
+    try:
+        wait_for_greeting(port, proc, d / "dovecot.log")
+    except BaseException:          # pytest.fail: stop what we started, by its PID
+        stop_process(proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
+        raise
     return d, proc, port
 
 
