@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from .config import CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config, load_config
+from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config,
+                     load_config, owned_errors)
 from .errors import ConfigErrors, RegistryError
 
 __all__ = ["main"]
@@ -38,6 +39,9 @@ def _config(path: str | None, code: int = 2) -> Config:
         print(f"mailrouter: configuration has {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
+        if not path and os.environ.get(CONFIG_ENV):    # else the admin looks for a -c never given
+            print(f"  (the file named by ${CONFIG_ENV}; give -c FILE or unset it)",
+                  file=sys.stderr)
         raise SystemExit(code) from None
     if not cfg.path and Path(cfg.routing[0]).parent == PACKAGE_RULES:
         # Outside a project folder (no ./rules) the embedded default runs the packaged
@@ -61,7 +65,8 @@ def _snapshot(cfg: Config, code: int = 2) -> Any:
     from .routing.snapshot import load_snapshot
     try:
         return load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
-    except ConfigErrors as exc:
+    except ConfigErrors as raised:
+        exc = owned_errors(raised, cfg)
         print(f"mailrouter: routing files have {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
@@ -101,12 +106,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         for err in crossed:
             print(f"  {err}", file=sys.stderr)
         return 1
+    from .health import unwritable
+    denied: list[str] = []          # to this user only: the daemon's may be another
+    unusable = unwritable(cfg, create=False, others=denied)   # what `run` refuses to start on
+    if unusable:
+        print(f"mailrouter: the daemon could not write in {len(unusable)} of its "
+              "directories:", file=sys.stderr)
+        for line in unusable:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     from .routing.ruletests import check_rule_tests
     from .routing.folders import folder_warnings
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
+    warnings += [f"{line}; fine if the daemon runs as a user who can" for line in denied]
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes
@@ -182,8 +197,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
             print(f"mailrouter reload: {url}: {exc.code} {raw.decode('utf-8', 'replace').strip()}",
                   file=sys.stderr)
             return 2
-    except OSError as exc:
-        print(f"mailrouter reload: cannot reach {url}: {exc}", file=sys.stderr)
+    except OSError as exc:    # URLError wraps the socket's error: "<urlopen error [Errno 111] ...>"
+        why = getattr(exc, "reason", exc)
+        why = getattr(why, "strerror", None) or str(why)
+        print(f"mailrouter reload: cannot reach {url}: {why}; is the daemon running with "
+              "this config (systemctl status mailrouter)?", file=sys.stderr)
         return 2
     print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
           + str(body.get("detail")))
@@ -211,7 +229,12 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     snap = _snapshot(cfg)
     try:
         written = postfixmaps.refresh(cfg, snap.book)
-    except (OSError, RuntimeError) as exc:
+    except OSError as exc:     # str() was "[Errno 20] Not a directory: '...'"
+        which = f" ({exc.filename})" if exc.filename and Path(exc.filename) != pm.dir else ""
+        print(f"mailrouter postfix: cannot write the tables in {pm.dir}: "
+              f"{exc.strerror or exc}{which}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
         print(f"mailrouter postfix: {exc}", file=sys.stderr)
         return 2
     print(f"{len(written)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
@@ -348,6 +371,43 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+# An example for each command's --help, checked to parse by the tests: a help that lists
+# options but shows no command line left the admin to guess how they combine.
+C = "-c /etc/mailrouter/config.yaml"
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "run": (f"mailrouter run {C}", "mailrouter run                # the embedded default"),
+    "check": (f"mailrouter check {C} && systemctl reload mailrouter",),
+    "test": (f"mailrouter test {C}",),
+    "explain": ("mailrouter explain --rcpt invoices@example.com rules/samples/invoice-koi8r.eml",
+                "mailrouter explain --from '<>' --at 2026-12-31T18:00+03:00 --json bounce.eml"),
+    "reload": (f"mailrouter reload {C}",),
+    "registry": (f"mailrouter registry {C} -n 20",),
+    "registry search": ("mailrouter registry search --subject 'счет*' --since 2027-01-01 --csv",),
+    "registry history": ("mailrouter registry history client@outside.test --json",),
+    "report": ("mailrouter report --since 2027-01-01 --until 2027-02-01 --csv",),
+    "request": ("mailrouter request show 42", "mailrouter request close 42"),
+    "outbox": (f"mailrouter outbox {C} -n 20",),
+    "address": ("mailrouter address sales+Quotes@example.com", "mailrouter address export --csv"),
+    "postfix": (f"mailrouter postfix {C} --dir /etc/postfix/mailrouter --postmap",),
+    "web": ("mailrouter web passwd petrova", "echo 'a long passphrase' | mailrouter web passwd "
+            "petrova --password-stdin"),
+    "db": (f"mailrouter db upgrade {C}",),
+}
+
+
+def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every (sub)command its examples and make it the one that reports a stray
+    argument: argparse's top-level parser did, with the program's usage, not the command's."""
+    parser.set_defaults(_parser=parser)
+    if path in EXAMPLES:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "example:\n" + "\n".join(f"  {e}" for e in EXAMPLES[path])
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _explain_usage(sub, f"{path} {name}".strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -420,17 +480,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the password from the first line of stdin (no prompt)")
     db = add("db", cmd_db, "registry database maintenance")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate the schema to the latest")
+    for name, sp in sub.choices.items():
+        _explain_usage(sp, name)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, stray = parser.parse_known_args(argv)
+    if stray:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(stray)}")
     if args.command != "run":    # the commands print their own errors; no log lines twice
         logging.getLogger("mailrouter").setLevel(logging.ERROR)
     try:
         code = int(args.func(args))
         sys.stdout.flush()
         return code
+    except KeyboardInterrupt:
+        # Ctrl-C at `web passwd`'s prompt or during a long `report`: the admin asked for
+        # it; a traceback through getpass said nothing more. 130 = 128 + SIGINT, as shells.
+        print(f"\nmailrouter {args.command}: interrupted; nothing more done", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `mailrouter registry -n 500 | head`: the reader left; that is not an error.
         # Point stdout at /dev/null so the interpreter's final flush stays quiet.

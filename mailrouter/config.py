@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -32,7 +33,7 @@ from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
            "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "WebConfig",
-           "find_config", "load_config", "unknown_keys", "is_loopback"]
+           "find_config", "load_config", "unknown_keys", "is_loopback", "owned_errors"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -85,6 +86,7 @@ class DeliveryConfig:
     smtp: Downstream | None = None
     max_connections_per_downstream: int = 10     # open at once to one LMTP/SMTP downstream
     hold_permanent_failures: float = 86400.0     # seconds a 5xx for a configured mailbox is 451
+    intents_dir: Path | None = None              # None: var/intents beside the config file
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,27 @@ class Config:
     web: Listener | None = None                  # the web view; on by default only when embedded
     webui: WebConfig = field(default_factory=WebConfig)
 
+    @property
+    def intents_dir(self) -> Path:
+        """Where the intent journals go (intents.py): delivery.intents_dir, else var/intents
+        beside the config file, which for /etc/mailrouter/config.yaml is a directory the
+        systemd unit keeps read-only (ProtectSystem=strict): give it under the state dir."""
+        return self.delivery.intents_dir or self.workdir / "var" / "intents"
+
+    def written_dirs(self) -> dict[str, Path]:
+        """The directories the daemon writes in, by the key that sets each: checked at start
+        and by `mailrouter check`, so that a read-only or foreign one is refused there and
+        not met by the first message (451 for every Maildir copy, or every message)."""
+        dirs = {"delivery.maildir_root": Path(self.delivery.maildir_root),
+                "delivery.intents_dir": self.intents_dir}
+        scheme, _, rest = self.registry.url.partition(":///")
+        if scheme in ("sqlite", "sqlite+aiosqlite") and rest.startswith("/"):
+            dirs["registry.url"] = Path(rest.partition("?")[0]).parent
+        if self.postfix_maps is not None and self.postfix_maps.on_reload:
+            # stale tables make Postfix refuse each new address of the book with 550
+            dirs["postfix_maps.dir"] = self.postfix_maps.dir
+        return dirs
+
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":
         base = (base or Path.cwd()).resolve()
@@ -224,13 +247,31 @@ class _Checker:
     def number(self, sec: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any] = int,
                minimum: float = 0, maximum: float | None = None) -> Any:
         value = sec.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum \
-                or maximum is not None and value > maximum:
+        # .inf and .nan are YAML floats: int() of them was a traceback, and a nan timeout
+        # or shutdown grace passed every comparison; 2.5 for a count was cut to 2 unsaid
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < minimum \
+                or maximum is not None and value > maximum \
+                or kind is int and value != int(value):
             bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-            self.error(value, f"'{key}' must be a number {bounds}, not {value!r}",
+            fraction = kind is int and isinstance(value, float) and math.isfinite(value) \
+                and value != int(value)
+            whole = "a whole number" if fraction else "a number"
+            self.error(value, f"'{key}' must be {whole} {bounds}, not {value!r}",
                        f"for example '{key}: {default}'", sec, key)
             return default
         return kind(value)
+
+    def directory(self, sec: dict[str, Any], key: str, default: str, base: Path) -> Path:
+        """A directory setting, relative to the config file. null, '' or a list used to
+        become a folder named 'None', the config's own folder or "['a']"."""
+        value = sec.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            self.error(value, f"'{key}' must be a directory path, not {value!r}",
+                       f"for example '{key}: {default}' (relative to this file)", sec, key)
+            value = default
+        path = Path(value)
+        return path if path.is_absolute() else base / path
 
     def listener(self, sec: dict[str, Any], key: str, default: Listener | None) -> Listener | None:
         if key not in sec:
@@ -305,6 +346,17 @@ def load_config(path: str | Path | None) -> Config:
     if c.errors:        # in the file's order, as the address book's are
         raise ConfigErrors(sorted(c.errors, key=lambda e: (e.line, e.column)))
     return cfg
+
+
+def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:
+    """`exc` with the config file named on each error that has no file of its own: "no
+    routing files match ..." is about config.yaml's `routing:`, and was printed as
+    "<config>: ...", which named no file the admin could open."""
+    name = cfg.path or "the embedded default config (no -c FILE)"
+    if all(e.path for e in exc.errors):
+        return exc
+    return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line, e.column, e.hint)
+                         for e in exc.errors])
 
 
 # Sections of the routing files, written in config.yaml by mistake
@@ -754,13 +806,13 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
 
 
 def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
-    sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp",
+    sec = c.section(doc, "delivery", ("maildir_root", "lmtp", "smtp", "intents_dir",
                                       "max_connections_per_downstream", "hold_permanent_failures"))
-    root = Path(str(sec.get("maildir_root", "var/mail")))
-    return DeliveryConfig(root if root.is_absolute() else base / root,
+    return DeliveryConfig(c.directory(sec, "maildir_root", "var/mail", base),
                           _downstream(sec, "lmtp", c), _downstream(sec, "smtp", c),
                           c.number(sec, "max_connections_per_downstream", 10, int, 1),
-                          _duration(sec, "hold_permanent_failures", 86400.0, c))
+                          _duration(sec, "hold_permanent_failures", 86400.0, c),
+                          c.directory(sec, "intents_dir", "var/intents", base))
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

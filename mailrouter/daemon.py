@@ -38,11 +38,11 @@ from typing import Any, TypeVar
 from . import logs, metrics, postfixmaps
 from .addressbook import AddressBook
 from .admin import serve_admin
-from .config import Config, Limits, Listener
+from .config import Config, Limits, Listener, owned_errors
 from .delivery.deliverer import Deliverer
 from .dnscheck import DomainCheck
 from .errors import ConfigErrors, ListenError, RegistryError
-from .health import Readiness
+from .health import Readiness, unwritable
 from .intake.handler import Handler
 from .intake.data import DataBudget
 from .intake.protocol import COMMAND_LIMITS, LMTPProtocol, Protocol
@@ -173,7 +173,7 @@ class App:
                               wake=self._wake_outbox).run(self._stop),
                     name="sla-scheduler")
         # copies a crash left unrecorded are recorded before any new mail is taken (intents.py)
-        self.intents = Intents(cfg.workdir / "var" / "intents", self.deliverer.stored)
+        self.intents = Intents(cfg.intents_dir, self.deliverer.stored)
         await self.intents.reconcile(self.registry)
         self.intents.start(self.registry)
         self.pipeline = Pipeline(self.snapshot, self.registry, self.deliverer, control,
@@ -414,7 +414,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
         snap = snapshot if snapshot is not None and _still_current(snapshot, config) else \
             await asyncio.to_thread(_load, config, worker is not None)
     except ConfigErrors as exc:
-        log.error("routing files have errors; not starting:\n%s", exc)
+        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
         return START_FAILED
     app = App(config, snap, sockets, worker)
     try:
@@ -469,12 +469,9 @@ def run(config: Config, book: Child[tuple[str, AddressBook] | None] | None = Non
 def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None) -> int:
     logs.setup(config.log_level, config.log_format)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
-    try:
-        Path(config.delivery.maildir_root).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return _start_failed(f"cannot create delivery.maildir_root "
-                             f"{config.delivery.maildir_root} ({exc.strerror}); create it or "
-                             f"point the config elsewhere")
+    unusable = unwritable(config, create=True)
+    if unusable:     # else the daemon started and every message got 451 (or the registry failed)
+        return _start_failed("; and ".join(unusable))
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
         return run_loop(serve(config))
@@ -489,7 +486,7 @@ async def reconcile_intents(config: Config) -> None:
                                    synchronous=cfg.sync.upper(), create=False)
     deliverer = Deliverer(config.delivery, config.hostname)
     try:
-        await Intents(config.workdir / "var" / "intents", deliverer.stored).reconcile(registry)
+        await Intents(config.intents_dir, deliverer.stored).reconcile(registry)
     finally:
         await deliverer.close()
         await registry.close()
@@ -575,7 +572,7 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
         snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
         del prepared, built       # the files' YAML: not kept for the life of the supervisor
     except ConfigErrors as exc:
-        log.error("routing files have errors; not starting:\n%s", exc)
+        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
         return START_FAILED
     gc.collect()        # then frozen: a collection in a worker never writes to these pages
     gc.freeze()

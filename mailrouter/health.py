@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .config import Config
 from .values import Downstream
 
-__all__ = ["Check", "Readiness", "probe_downstream"]
+__all__ = ["Check", "Readiness", "probe_downstream", "unwritable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,51 @@ def probe_store(directory: Path) -> str:
     except OSError as exc:
         return exc.strerror or type(exc).__name__
     return ""
+
+
+def _may_write(directory: Path) -> tuple[str, bool]:
+    """('', _) when files could be made in `directory` or in the folders that would hold
+    it, without making anything (`mailrouter check` creates nothing): the nearest existing
+    one must be a directory this user may write, on a file system mounted read-write.
+    Else (why, for_anyone): False when only this user's permissions are wanting."""
+    here = directory
+    while not os.path.exists(here) and here != here.parent:   # False on EACCES, unlike
+        here = here.parent                                     # Path.exists (3.11)
+    if not os.path.isdir(here):
+        return f"{here} is not a directory", True
+    if not os.access(here, os.W_OK | os.X_OK,
+                     effective_ids=os.access in os.supports_effective_ids):
+        try:
+            read_only = bool(os.statvfs(here).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        if read_only:
+            return f"{here}: read-only file system", True
+        return f"{here}: permission denied to uid {os.geteuid()}", False
+    return "", True
+
+
+# Where deploy/mailrouter.service lets the daemon write, for the keys that differ
+UNIT_FIX = {"postfix_maps.dir": "uncomment its ReadWritePaths=/etc/postfix/mailrouter"}
+
+
+def unwritable(cfg: Config, create: bool, others: list[str] | None = None) -> list[str]:
+    """One line per directory the daemon writes in (Config.written_dirs) that it could not:
+    made and probed with a 4 KB file when `create` (at start, as the writers would make
+    it), else judged by its permissions only (`mailrouter check`). Each names the key,
+    the path and the fix. With `others`, a directory only this user may not write goes
+    there instead: `check` is also run by an admin who is not the daemon's user."""
+    out: list[str] = []
+    for key, directory in cfg.written_dirs().items():
+        why, anyone = (probe_store(directory), True) if create else _may_write(directory)
+        if why:
+            where = f" in {cfg.path}" if cfg.path else ""
+            unit = UNIT_FIX.get(key, "under /var/lib/mailrouter")
+            line = (f"{key} {directory} is not writable ({why}): make it writable by the "
+                    f"user mailrouter runs as, or set {key}{where} to a directory that is "
+                    f"(with deploy/mailrouter.service: {unit})")
+            (out if anyone or others is None else others).append(line)
+    return out
 
 
 def _free(directory: Path) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "REPLY_TEMPFAIL", "REPLY_TOO_BIG", "REPLY_TOO_MANY_ERRORS", "REPLY_TOO_MANY_RCPTS",
     "REPLY_TOO_MANY_SESSIONS", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
     "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
+    "maildir_problem",
 ]
 
 
@@ -167,6 +168,23 @@ def folder_problem(folder: str) -> str | None:
                 "(levels are written 'Finance/2026' or 'Finance.2026')")
     if any(c in folder for c in "\0\r\n"):
         return "a NUL, CR or LF in it"
+    return None
+
+
+def maildir_problem(where: str) -> str | None:
+    """Why `where` cannot be a Maildir under delivery.maildir_root (`{maildir: sales}` is
+    MAILDIR_ROOT/sales), or None when it can. An absolute path or a '..' segment wrote mail
+    outside the root (`maildir: ../x`, a person key '../../etc'), beside the registry or
+    anywhere the daemon's user may write; '.' or '' made the root itself a mailbox."""
+    if "\0" in where:
+        return "has a NUL in it"
+    if where.startswith("/"):
+        return "is an absolute path; mailboxes live under delivery.maildir_root"
+    parts = where.split("/")
+    if ".." in parts:
+        return "has a '..' segment: it would leave delivery.maildir_root"
+    if all(part in ("", ".") for part in parts):
+        return "names delivery.maildir_root itself"
     return None
 
 

@@ -168,7 +168,7 @@ def test_run_with_the_registry_or_the_mail_store_unusable_says_why_and_exits_2(t
                                            f"maildir_root: '{tmp_path / 'file' / 'mail'}'"))
     out = mr("run", "-c", str(cfg), timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    assert f"cannot create delivery.maildir_root {tmp_path / 'file' / 'mail'} (" in out.stderr
+    assert f"delivery.maildir_root {tmp_path / 'file' / 'mail'} is not writable (" in out.stderr
 
 
 def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):

@@ -16,12 +16,14 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from mailrouter.config import load_config, usable_cpus
 from tests.support.daemon import REPO, maildir_files
+from tests.test_delivery_smtp import Sink
 
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "mailrouter.service"
@@ -134,12 +136,16 @@ def test_usable_cpus_cgroup_v1(tmp_path):
 async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     """The set-up script on a Postfix that already routes other.test through its own
     transport table: afterwards the old transport_maps and relay_domains entries are still
-    there, ours are added, `postfix check` passes, the return listener greets, an unknown
-    address is refused at RCPT and sales@ reaches mailrouter through the new transport."""
+    there, ours are added, `postfix check` passes, an unknown address is refused at RCPT
+    and sales@ reaches mailrouter through the new transport; and the return listener
+    (outbox.relay, delivery.smtp) takes a bounce-style <> message from loopback for
+    other.test and Postfix relays it on: before, the test only saw that port greet."""
     app = await make_app()
     mta = await asyncio.to_thread(postfix, relay_port=1)
+    outside = Sink()       # the world beyond Postfix, for other.test
+    await outside.start()
     other = mta.etc / "other_transport"
-    other.write_text("other.test smtp:[127.0.0.1]:1\n")
+    other.write_text(f"other.test smtp:[127.0.0.1]:{outside.port}\n")
     await asyncio.to_thread(subprocess.run, ["postmap", "-c", str(mta.etc), f"hash:{other}"],
                             check=True)
     mta.postconf(f"transport_maps = hash:{other}", "relay_domains = other.test")
@@ -161,24 +167,34 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit" not in main_cf
     await asyncio.to_thread(mta.reload)
 
-    def talk() -> tuple[int, int, bytes]:
-        with socket.create_connection(("127.0.0.1", ret_port), timeout=30) as s:
-            greet = s.recv(512)
+    def talk() -> tuple[int, int, int]:
+        with smtplib.SMTP("127.0.0.1", ret_port, timeout=30) as s:   # as the outbox does
+            s.ehlo("mx.test")
+            s.mail("<>")
+            s.rcpt("someone@other.test")
+            returned = s.data(b"Subject: autoreply via return port\r\n\r\nhi\r\n")[0]
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
             s.ehlo("client.test")
             s.mail("client@outside.test")
             unknown = s.rcpt("nobody@example.com")[0]
             known = s.rcpt("sales@example.com")[0]
             s.data(b"Subject: via script\r\n\r\nhi\r\n")
-        return unknown, known, greet
-    unknown, known, greet = await asyncio.to_thread(talk)
-    assert (unknown, known) == (550, 250) and greet.startswith(b"220")
+        return unknown, known, returned
+    unknown, known, returned = await asyncio.to_thread(talk)
+    assert (unknown, known, returned) == (550, 250, 250)
     box = tmp_path / "var" / "mail" / "sales"
     end = asyncio.get_running_loop().time() + 30
     while not maildir_files(box):
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
     assert "postfix/to-mailrouter" in await asyncio.to_thread(mta.wait_log, "to-mailrouter")
+    while not outside.envelopes:
+        assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
+        await asyncio.sleep(0.05)
+    [env] = outside.envelopes
+    assert (env.mail_from, env.rcpt_tos) == ("<>", ["someone@other.test"])   # aiosmtpd keeps "<>"
+    assert "postfix/from-mailrouter" in mta.maillog
+    await outside.stop()
 
 
 def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
@@ -217,3 +233,121 @@ def test_container_run_line_mounts_the_routing_files_the_config_names():
     for pattern in routing:
         inside = "/etc/mailrouter/" + str(Path(pattern).relative_to(REPO))
         assert any(inside.startswith(t.rstrip("/") + "/") for t in targets), (inside, targets)
+
+
+DOVECOT_CONF = DEPLOY / "dovecot" / "mailrouter.conf"
+DOVECOT_ROUTING = """\
+domains: [example.com]
+mailboxes:
+  fin: {lmtp: finance@mail.internal, sieve_folders: true}
+aliases:
+  finance@example.com: {mailbox: fin, folder: Finance}
+  finansy@example.com: {mailbox: fin, folder: Финансы}
+  fin@example.com:     mailbox:fin
+"""
+
+
+def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[bytes], int]:
+    """A private Dovecot that includes deploy/dovecot/mailrouter.conf as install.md step 6
+    does (its port and users file moved), with one user in the format the file's comments
+    give and the compiled Sieve script: (its directory, its process, its LMTP port)."""
+    from tests.support.dovecot import free_port as dovecot_port, wait_for_greeting
+    from tests.support.proc import stop_process
+    d = Path(tempfile.mkdtemp(prefix="dovecot."))   # not under tmp_path (0700): Dovecot's
+    d.chmod(0o755)                                     # auth runs as its own user
+    for sub in ("run", "state", "vmail", "sieve"):
+        (d / sub).mkdir()
+    shutil.chown(d / "vmail", "nobody", "nogroup")
+    port = dovecot_port()
+    users = d / "mailrouter-users"
+    snippet = DOVECOT_CONF.read_text()
+    assert "port = 24\n" in snippet and "/etc/dovecot/mailrouter-users" in snippet
+    (d / "99-mailrouter.conf").write_text(
+        snippet.replace("port = 24\n", f"port = {port}\n")
+        .replace("/etc/dovecot/mailrouter-users", str(users)))
+    script = d / "sieve" / "mailrouter-folders.sieve"
+    shutil.copy(DEPLOY / "dovecot" / "mailrouter-folders.sieve", script)
+    subprocess.run([sievec, str(script)], check=True, timeout=60)
+    script.with_suffix(".svbin").chmod(0o644)
+    crypt = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", "secret"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    users.write_text(f"finance@mail.internal:{crypt}:nobody:nogroup::{d / 'vmail' / 'finance'}"
+                     f"::userdb_sieve_before={script}\n")
+    # the distribution's dovecot.conf, reduced to what a private instance needs
+    (d / "dovecot.conf").write_text(
+        f"protocols =\nlisten = 127.0.0.1\nssl = no\nbase_dir = {d}/run\n"
+        f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n!include {d}/99-mailrouter.conf\n")
+    proc = subprocess.Popen([dovecot, "-F", "-c", str(d / "dovecot.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_greeting(port, proc, d / "dovecot.log")
+    except BaseException:          # pytest.fail: stop what we started, by its PID
+        stop_process(proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return d, proc, port
+
+
+async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_path):
+    """deploy/dovecot/mailrouter.conf included as install.md step 6 does (only its port and
+    the users file moved into a private instance), with a users line in the format its
+    comments give (named uid/gid, SHA512-CRYPT password, userdb_sieve_before) and the
+    compiled mailrouter-folders.sieve: mailrouter's LMTP copies land in INBOX, in .Finance
+    (user+Finance@) and in «Финансы» (the Sieve header). The other e2e tests run Dovecot
+    from a config of their own, so a broken line in the shipped file went unseen."""
+    dovecot, sievec = shutil.which("dovecot"), shutil.which("sievec")
+    if dovecot is None or sievec is None:
+        pytest.skip("dovecot or sievec not found (apt-get install dovecot-lmtpd dovecot-sieve)")
+    from mailrouter.config import DeliveryConfig, Downstream
+    from tests.support.proc import stop_process
+    d, proc, port = await asyncio.to_thread(_shipped_dovecot, dovecot, sievec)
+    try:
+        routing = tmp_path / "routing.yaml"
+        routing.write_text(DOVECOT_ROUTING, encoding="utf-8")
+        app = await make_app(routing=(str(routing),), delivery=DeliveryConfig(
+            maildir_root=tmp_path / "var" / "mail", lmtp=Downstream("127.0.0.1", port, timeout=10)))
+
+        def send(rcpt: str, subject: str) -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", app.bound["smtp"][1], timeout=30) as s:
+                s.ehlo("client.test")
+                s.mail("client@outside.test")
+                s.rcpt(rcpt)
+                return s.data(f"From: client@outside.test\r\nSubject: {subject}\r\n\r\nhi\r\n"
+                              .encode())
+        for rcpt, subject in (("finance@example.com", "one"), ("finansy@example.com", "two"),
+                              ("fin@example.com", "three")):
+            code, text = await asyncio.to_thread(send, rcpt, subject)
+            assert code == 250, (text, (d / "dovecot.log").read_text()[-2000:])
+        home = d / "vmail" / "finance" / "Maildir"
+        got = {path.parent.parent.name: path.read_bytes() for path in maildir_files(home)}
+        assert set(got) == {"Maildir", ".Finance", ".&BCQEOAQ9BDAEPQRBBEs-"}, got
+        assert b"Subject: one" in got[".Finance"] and b"Subject: three" in got["Maildir"]
+        assert b"Subject: two" in got[".&BCQEOAQ9BDAEPQRBBEs-"]
+    finally:
+        await asyncio.to_thread(stop_process, proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_install_config_writes_only_where_the_unit_lets_it(tmp_path):
+    """The settings docs/install.md step 3 puts in /etc/mailrouter/config.yaml: every
+    directory the daemon writes in (Config.written_dirs) is under the unit's ReadWritePaths
+    or StateDirectory, the only places ProtectSystem=strict leaves writable. The intent
+    journal went to var/intents beside the config file, /etc/mailrouter/var/intents, and
+    every Maildir copy got 4xx under the unit."""
+    text = (DEPLOY.parent / "docs" / "install.md").read_text(encoding="utf-8")
+    step3 = text.split("## 3.", 1)[1].split("## 4.", 1)[0].replace("\n", " ")
+    settings = [m for m in re.findall(r"`([a-z_]+: [\[{].*?[\]}])`", step3)]
+    keys = {s.split(":", 1)[0] for s in settings}
+    assert {"routing", "registry", "delivery", "outbox"} <= keys, settings
+    etc = tmp_path / "etc" / "mailrouter"          # as /etc/mailrouter: relative paths land here
+    (etc / "rules").mkdir(parents=True)
+    cfg = etc / "config.yaml"
+    cfg.write_text("\n".join(settings) + "\n", encoding="utf-8")
+    written = load_config(cfg).written_dirs()
+    assert set(written) == {"delivery.maildir_root", "delivery.intents_dir", "registry.url"}
+    unit = unit_settings()
+    allowed = [Path(p) for line in unit.get("ReadWritePaths", []) for p in line.split()]
+    allowed += [Path("/var/lib") / d for line in unit.get("StateDirectory", []) for d in line.split()]
+    outside = {k: str(p) for k, p in written.items()
+               if not any(p == a or a in p.parents for a in allowed)}
+    assert outside == {}, f"the unit lets mailrouter write only in {allowed}"

@@ -191,3 +191,52 @@ async def test_autoreply_verdicts_counted_by_reason_kind(make_app):
                    'mailrouter_autoreplies_total{reason="",result="queued"}'):
         assert _value(after, series) == _value(before, series) + 1, series
     assert "outside.test" not in after
+
+
+# Labels that would carry one series per sender, recipient or message: unbounded.
+PER_MESSAGE_LABELS = {"sender", "from", "mail_from", "rcpt", "recipient", "to", "address",
+                      "subject", "message_id", "qid", "client", "peer", "helo"}
+
+
+async def test_dashboard_and_alerts_match_metrics_after_mail_with_bounded_labels(make_app):
+    """After real mail (to a folder, to a +detail, refused at RCPT, a loop), every series the
+    Grafana dashboard and the alert rules group or match by has those labels and values on
+    /metrics; the label check without mail skipped series with no samples yet (decisions
+    per mailbox and rule). And no family has a per-message label: no label named after a
+    sender/recipient/subject and no value with an '@' (each would be a series per address)."""
+    import yaml
+
+    from tests.test_alerts import DASHBOARD, RULES, _label_uses, exposed_labels
+    app = await make_app()
+    for rcpt, headers in (("invoices@example.com", b"Subject: invoice 1\r\n"),
+                          ("sales+Zq9x7@example.com", b"Subject: hello Wq4k\r\n"),
+                          ("sales@example.com", b"Received: x\r\n" * 60 + b"Subject: loop\r\n")):
+        async with Wire(app.bound["smtp"][1]) as w:
+            await w.greet()
+            await w.cmd("MAIL FROM:<client@outside.test>")
+            await w.cmd("RCPT TO:<nobody@example.com>")
+            assert (await w.cmd(f"RCPT TO:<{rcpt}>")).startswith("250")
+            await w.cmd("DATA")
+            await w.send(headers + b"\r\nx\r\n.\r\n")
+            await w.line()
+    status, text = await asyncio.to_thread(_get, app.bound["admin"][1], "/metrics")
+    assert status == 200
+    rules = [r["expr"] for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+             for r in g["rules"]]
+    dashboard = [t["expr"] for p in json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+                 for t in p["targets"]]
+    labels = exposed_labels(text)
+    assert {"mailbox", "rule", "action"} <= set(labels["mailrouter_decisions_total"]), labels
+    missing = []
+    for expr in rules + dashboard:
+        matchers, grouped, series = _label_uses(expr)
+        have = {k for s in series for k in labels.get(s, {})} | {"le", "instance", "job"}
+        if series & set(labels) and not grouped <= have:
+            missing.append(f"by {sorted(grouped - have)} in {expr!r}")
+    assert missing == []
+    per_message = {(name, key) for name, keys in labels.items() for key in keys
+                   if key in PER_MESSAGE_LABELS}
+    addresses = {(name, key, v) for name, keys in labels.items() for key, values in keys.items()
+                 for v in values if "@" in v}
+    assert per_message == set() and addresses == set()
+    assert not re.search(r"Zq9x7|Wq4k|outside\.test", text)    # +detail, subject, sender

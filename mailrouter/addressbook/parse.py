@@ -14,6 +14,7 @@ from typing import Any
 
 from .canon import canonical
 from .errs import Collector, at_line, did_you_mean
+from ..values import maildir_problem
 from .model import (PERSON_MAILBOX_PREFIX, PERSON_MAILDIR_PREFIX, Mailbox, Moved, Options,
                     Person, Team)
 
@@ -125,7 +126,12 @@ def _parse_mailboxes(c: Collector, section: Any, p: Parts) -> None:
                   sieve, "write sieve_folders: true next to lmtp: (see deploy/dovecot)", value)
             continue
         target = _string(c, where_, f"mailbox {name!r} {kind}:", value)
-        if target is not None:
+        problem = maildir_problem(target) if target is not None and kind == "maildir" else None
+        if problem:
+            c.add(f"mailbox {name!r} maildir: {target!r} {problem}", where_,
+                  f"write a path under the root, e.g. {{maildir: {name}}}; move it with "
+                  "delivery.maildir_root in config.yaml", value)
+        if target is not None:      # kept though refused: no "unknown mailbox" for each use
             p.mailboxes[name] = Mailbox(name, str(kind), target, sieve)
 
 
@@ -170,6 +176,11 @@ def _parse_person(c: Collector, key: Any, value: Any, p: Parts) -> Person | None
     mailbox = value.get("mailbox")
     if mailbox is None:
         mailbox = PERSON_MAILBOX_PREFIX + str(key)
+        problem = maildir_problem(PERSON_MAILDIR_PREFIX + str(key))
+        if problem:     # the key names the person's own Maildir, people/KEY
+            c.add(f"person {str(key)!r}: their Maildir {PERSON_MAILDIR_PREFIX + str(key)!r} "
+                  f"{problem}", key, "use a key of letters, digits, '-' or '_', or give "
+                  "'mailbox:'", value)
         p.mailboxes[mailbox] = Mailbox(mailbox, "maildir", PERSON_MAILDIR_PREFIX + str(key))
     elif str(mailbox) not in p.mailboxes:
         c.add(f"person {str(key)!r} names unknown mailbox {str(mailbox)!r}", mailbox,
