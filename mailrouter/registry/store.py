@@ -115,12 +115,31 @@ def sqlite_missing(url: str | URL) -> bool:
 
 def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEngine:
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(
+        engine = create_async_engine(
             url, pool_pre_ping=True,
             connect_args={"timeout": timeout, "command_timeout": timeout})
+        event.listen(engine.sync_engine, "connect", _pg_durable_commit)
+        return engine
     engine = create_async_engine(url)
     _sqlite_pragmas(engine.sync_engine, timeout, synchronous)
     return engine
+
+
+# A server (or role, or database) set to synchronous_commit = off answers COMMIT before the
+# WAL is written: a crash of PostgreSQL then loses records of messages already answered 250
+# (their copies stay in the store with no row, and their intents are settled). Our sessions
+# commit synchronously; a stronger setting (remote_write, remote_apply) is left as it is.
+_DURABLE_COMMIT = ("SELECT set_config('synchronous_commit', 'on', false) "
+                   "WHERE current_setting('synchronous_commit') = 'off'")
+
+
+def _pg_durable_commit(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(_DURABLE_COMMIT)
+    finally:
+        cursor.close()
+    dbapi_conn.commit()     # a SET is undone with its transaction: the driver opened one
 
 
 def _make_sync_engine(url: URL, timeout: float, synchronous: str) -> Engine | None:
