@@ -9,16 +9,19 @@ message that got 250 is in the registry once, and every Maildir copy has its row
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 
 import pytest
+from sqlalchemy import text
 
 from mailrouter.config import RegistryConfig
 from tests.support.daemon import maildir_files
 from tests.support.pg import PgCluster, pg_bin
 from tests.test_faults import mail, send
+from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.asyncio
 
@@ -83,3 +86,35 @@ async def test_record_answered_250_survives_a_postgresql_crash(make_app, cluster
     assert len(maildir_files(tmp_path / "var" / "mail")) == 2
     app.request_stop()
     await app.wait_stopped()
+
+
+async def test_stalled_instance_does_not_hold_a_row_from_the_other(make_app, pg_db, tmp_path):  # noqa: F811
+    """Two instances on one PostgreSQL; A stalls in the middle of a transaction that has
+    written a message's row (a paused VM, a SIGSTOP, a network cut that leaves the session
+    open: PostgreSQL keeps it `idle in transaction`, its locks held, for as long as TCP
+    does not notice, hours). The MTA retries that message at B: B's batch waited on A's
+    lock until the registry timeout and answered 451, and so did every message committed
+    with it, at every retry, for as long as A stayed stalled. The registry's sessions now
+    end a transaction left idle longer than the registry timeout, so A's lock goes and
+    B's retry is taken; one copy, one row."""
+    a = await make_app(registry=RegistryConfig(pg_db, timeout=1.0))
+    b = await make_app(registry=RegistryConfig(pg_db, timeout=1.0))
+    raw = mail("stalled")
+    assert (await send(a.bound["smtp"][1], raw))[0].startswith("250 2.0.0")
+    stalled = await a.registry.engine.connect()          # A's own pooled session
+    await stalled.begin()
+    await stalled.execute(text("UPDATE messages SET status = status WHERE message_id = :m"),
+                          {"m": "<fault-stalled@outside.test>"})
+    replies = []
+    for _ in range(20):          # the MTA's retries at B, while A never comes back
+        replies.append((await send(b.bound["smtp"][1], raw))[0])
+        if replies[-1].startswith("250"):
+            break
+        await asyncio.sleep(0.2)
+    with contextlib.suppress(Exception):   # the server ended it: closing may raise
+        await stalled.close()
+    assert replies[-1].startswith("250 2.0.0"), replies
+    assert all(r.startswith(("250", "451")) for r in replies), replies
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    rows = await fetch(pg_db, "SELECT attempts FROM messages")
+    assert [r["attempts"] for r in rows] == [2]

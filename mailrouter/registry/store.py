@@ -118,28 +118,43 @@ def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEn
         engine = create_async_engine(
             url, pool_pre_ping=True,
             connect_args={"timeout": timeout, "command_timeout": timeout})
-        event.listen(engine.sync_engine, "connect", _pg_durable_commit)
+        event.listen(engine.sync_engine, "connect", _pg_session(timeout))
         return engine
     engine = create_async_engine(url)
     _sqlite_pragmas(engine.sync_engine, timeout, synchronous)
     return engine
 
 
-# A server (or role, or database) set to synchronous_commit = off answers COMMIT before the
-# WAL is written: a crash of PostgreSQL then loses records of messages already answered 250
-# (their copies stay in the store with no row, and their intents are settled). Our sessions
-# commit synchronously; a stronger setting (remote_write, remote_apply) is left as it is.
-_DURABLE_COMMIT = ("SELECT set_config('synchronous_commit', 'on', false) "
-                   "WHERE current_setting('synchronous_commit') = 'off'")
+# Settings of each PostgreSQL session, made when it connects (one round trip):
+# - synchronous_commit: a server (role, database) set to `off` answers COMMIT before the
+#   WAL is written, and a crash of PostgreSQL then loses records of messages already
+#   answered 250 (their copies stay in the store with no row, their intents settled).
+#   Ours commit synchronously; a stronger setting (remote_write, remote_apply) is kept.
+# - idle_in_transaction_session_timeout: an instance that stalls in a transaction (paused
+#   VM, SIGSTOP, a network cut TCP does not notice for hours) keeps its row locks, and a
+#   sibling instance writing the same row (the MTA's retry of that message, the same
+#   autoreply bucket) waits its registry timeout and answers 451 for its whole batch,
+#   at every retry. No transaction of ours is idle for longer than the registry timeout
+#   (every await runs under it), so the server ends one that is; a shorter setting is kept.
+_SESSION = """SELECT set_config('synchronous_commit', 'on', false)
+    WHERE current_setting('synchronous_commit') = 'off'
+UNION ALL
+SELECT set_config('idle_in_transaction_session_timeout', '{ms}', false)
+    WHERE current_setting('idle_in_transaction_session_timeout')::interval
+          NOT BETWEEN '1 ms' AND '{ms} ms'"""
 
 
-def _pg_durable_commit(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    try:
-        cursor.execute(_DURABLE_COMMIT)
-    finally:
-        cursor.close()
-    dbapi_conn.commit()     # a SET is undone with its transaction: the driver opened one
+def _pg_session(timeout: float) -> Callable[[Any, Any], None]:
+    sql = _SESSION.format(ms=max(1000, int(timeout * 1000)))
+
+    def settings(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+        dbapi_conn.commit()     # a SET is undone with its transaction: the driver opened one
+    return settings
 
 
 def _make_sync_engine(url: URL, timeout: float, synchronous: str) -> Engine | None:
