@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from mailrouter.config import RegistryConfig
-from tests.support.daemon import maildir_files
+from tests.support.daemon import DaemonProcess, maildir_files
 from tests.support.pg import PgCluster, pg_bin
 from tests.test_faults import mail, send
 from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
@@ -118,3 +118,49 @@ async def test_stalled_instance_does_not_hold_a_row_from_the_other(make_app, pg_
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     rows = await fetch(pg_db, "SELECT attempts FROM messages")
     assert [r["attempts"] for r in rows] == [2]
+
+
+def _pg_daemon(tmp_path, url: str) -> DaemonProcess:
+    d = DaemonProcess(tmp_path)
+    d.config.write_text("\n".join(f"registry: {{url: '{url}', timeout: 3}}"
+                                  if line.startswith("registry:") else line
+                                  for line in d.config.read_text().splitlines())
+                        + "\nworkers: 2\n")
+    return d
+
+
+async def test_worker_dying_while_postgresql_is_down_is_replaced_once_it_is_up(cluster,
+                                                                                tmp_path):
+    """`workers: 2` on PostgreSQL, which goes down; both workers then die (the OOM killer).
+    Their replacements cannot open the registry: the supervisor took that for a broken
+    start and stopped the whole daemon (exit 2), so the port refused connections until an
+    operator restarted it, long after PostgreSQL was back. Now it tries them again: once
+    PostgreSQL is up, mail is taken with no restart."""
+    d = _pg_daemon(tmp_path, cluster.url).start(60.0)
+    try:
+        assert (await send(d.smtp, mail("w-before")))[0].startswith("250 2.0.0")
+        await asyncio.to_thread(cluster.stop)
+        assert d.proc is not None
+        kids = subprocess.run(["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True)
+        workers = [int(p) for p in kids.stdout.split()]
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(600):         # a replacement has tried, and failed, to start
+            if d.log.read_text().count("event=start_failed") >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert d.log.read_text().count("event=start_failed") >= 2, d.log.read_text()[-3000:]
+        assert d.proc.poll() is None, d.log.read_text()[-3000:]
+        await asyncio.to_thread(cluster.start)
+        raw, replies = mail("w-after"), []
+        for _ in range(100):         # the MTA's retries, until a replacement serves
+            with contextlib.suppress(OSError, AssertionError, asyncio.IncompleteReadError):
+                replies.append((await send(d.smtp, raw))[0])
+                if replies[-1].startswith("250"):
+                    break
+            await asyncio.sleep(0.2)
+        assert replies and replies[-1].startswith("250 2.0.0"), (replies, d.log.read_text()[-3000:])
+    finally:
+        d.stop()
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2
