@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from collections import Counter
@@ -22,7 +23,7 @@ from sqlalchemy import text
 from mailrouter.config import RegistryConfig
 from tests.support.daemon import DaemonProcess, maildir_files
 from tests.support.pg import PgCluster, pg_bin
-from tests.test_faults import SENDER, mail, send
+from tests.test_faults import SENDER, fill, mail, send
 from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.asyncio
@@ -239,3 +240,43 @@ async def test_two_instances_through_a_postgresql_crash_under_load(cluster, tmp_
     assert len(rows) == total and {r["copies"] for r in rows} == {1}
     for d in daemons:
         assert "Traceback" not in d.log.read_text(), d.log.read_text()[-3000:]
+
+
+@pytest.fixture
+def pg_tmpfs(cluster: PgCluster):
+    """A 48 MiB tmpfs owned by postgres inside the cluster's directory (a tablespace must be
+    reachable by the postgres user; tmp_path is not), unmounted at teardown."""
+    mnt = cluster.root / "space"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        (mnt / "ts").mkdir()
+        shutil.chown(mnt / "ts", "postgres", "postgres")
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_postgresql_tablespace_full_is_452_then_retry_delivers_once(make_app, cluster,
+                                                                          pg_tmpfs, tmp_path):
+    """The registry's database lives in a tablespace whose filesystem fills up: PostgreSQL
+    refuses to extend a table (SQLSTATE 53100, disk full). The reply is 452 4.3.1, as for a
+    full SQLite file or mail store, not 451 "registry unavailable" (the database answers;
+    an operator must make room); room made: 250, one copy, one row."""
+    await sql(cluster, f"CREATE TABLESPACE full_ts LOCATION '{pg_tmpfs / 'ts'}'")
+    await sql(cluster, "CREATE DATABASE onfull TABLESPACE full_ts")
+    url = cluster.url.rsplit("/", 1)[0] + "/onfull"
+    app = await make_app(registry=RegistryConfig(url, timeout=5.0))
+    port = app.bound["smtp"][1]
+    await asyncio.to_thread(fill, pg_tmpfs / "filler")
+    raw = mail("pg-full", body="z" * 300)
+    assert (await send(port, raw))[0].startswith("452 4.3.1")   # the first row needs a page
+    (pg_tmpfs / "filler").unlink()
+    assert (await send(port, raw))[0].startswith("250 2.0.0")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert await app.registry.count_messages() == 1
+    app.request_stop()
+    await app.wait_stopped()

@@ -292,6 +292,9 @@ def _metrics() -> Any:
     return metrics
 
 
+_PG_DISK_FULL = "53100"     # PostgreSQL could not extend a file: its disk (tablespace) is full
+
+
 def _failure(what: str, exc: BaseException) -> RegistryError:
     """The RegistryError for `exc`, logged once: one line for an outage, the traceback
     for anything else (a bug must not hide behind 'registry unavailable')."""
@@ -305,7 +308,8 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
     log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     inner = getattr(exc, "orig", None) or exc
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-            or "disk is full" in str(inner))        # SQLITE_FULL
+            or "disk is full" in str(inner)         # SQLITE_FULL
+            or getattr(inner, "sqlstate", None) == _PG_DISK_FULL)
     metrics.REGISTRY_ERRORS.labels(what, "full" if full else "outage").inc()
     err = (RegistryFullError if full else RegistryError)(
         f"registry {what} failed ({_describe(exc)})")
