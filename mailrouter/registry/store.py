@@ -25,6 +25,9 @@ scripts from disk); a timed-out upgrade thread finishes on its own. An in-memory
 SQLite URL gives each pooled connection its own database: use a file.
 A SQLite file deleted or replaced while open is noticed before each commit (one stat) and
 the file then at the path is opened instead (`_SqliteFile`); the old file's rows stay in it.
+Each PostgreSQL session sets synchronous_commit and idle_in_transaction_session_timeout
+when it connects (`_SESSION`); behind a PgBouncer in transaction mode those settings stay
+on whichever server connection ran them: use session mode.
 """
 
 from __future__ import annotations
