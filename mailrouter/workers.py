@@ -12,7 +12,9 @@ hands each new connection to one of them), and then only supervises:
   a burst into at most two reloads); a reload asked of worker 0 through the
   admin endpoint is passed on the same way, before worker 0 starts its own;
 - a worker that dies unexpectedly is logged and replaced (at most once a
-  second); the parent's death kills the workers (PR_SET_PDEATHSIG), so a
+  second); a replacement that cannot start (the registry down) is tried
+  again, a little later each time, where a first worker that cannot start
+  stops them all; the parent's death kills the workers (PR_SET_PDEATHSIG), so a
   crashed supervisor never leaves orphans holding the ports.
 
 Only worker 0 serves the admin endpoint; /metrics adds up every worker's
@@ -251,6 +253,7 @@ def supervise(config: Config, child: Callable[[int], int],
         if not stopping:
             start(index)
     code, last_restart = 0, 0.0
+    replaced: dict[int, int] = {}     # index -> replacements that could not start, in a row
     while workers:
         try:
             pid, status = os.wait()
@@ -266,15 +269,22 @@ def supervise(config: Config, child: Callable[[int], int],
         if stopping:
             code = max(code, abs(exit_code))
             continue
-        if exit_code == START_FAILED:
-            # It could not start (a port taken, the registry unreachable): its siblings and
-            # its replacements would fail the same way, forever. Stop everything, say so.
+        if exit_code == START_FAILED and index not in replaced:
+            # A first worker could not start (a port taken, a broken file): its siblings
+            # would fail the same way, forever. Stop everything, say so.
             log.error("event=worker_start_failed worker=%d pid=%d; stopping", index, pid)
             stopping, code = True, START_FAILED
             forward(signal.SIGTERM)
             continue
-        log.error("event=worker_died worker=%d pid=%d code=%d, restarting", index, pid, exit_code)
-        time.sleep(max(0.0, last_restart + 1.0 - time.monotonic()))
+        # A replacement that cannot start met what the first workers did not (the registry
+        # went down after they started, and one died meanwhile): the outage passes. Stopping
+        # took every listener down with it, until an operator came; tried again instead,
+        # waiting up to 5 s more each time, while its siblings answer 451.
+        failed = replaced.get(index, -1) + 1 if exit_code == START_FAILED else 0
+        replaced[index] = failed
+        log.error("event=%s worker=%d pid=%d code=%d, restarting",
+                  "worker_start_failed" if failed else "worker_died", index, pid, exit_code)
+        time.sleep(max(0.0, last_restart + min(1.0 + failed, 5.0) - time.monotonic()))
         last_restart = time.monotonic()
         if not stopping:
             start(index)

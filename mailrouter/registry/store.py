@@ -25,6 +25,9 @@ scripts from disk); a timed-out upgrade thread finishes on its own. An in-memory
 SQLite URL gives each pooled connection its own database: use a file.
 A SQLite file deleted or replaced while open is noticed before each commit (one stat) and
 the file then at the path is opened instead (`_SqliteFile`); the old file's rows stay in it.
+Each PostgreSQL session sets synchronous_commit and idle_in_transaction_session_timeout
+when it connects (`_SESSION`); behind a PgBouncer in transaction mode those settings stay
+on whichever server connection ran them: use session mode.
 """
 
 from __future__ import annotations
@@ -115,12 +118,46 @@ def sqlite_missing(url: str | URL) -> bool:
 
 def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEngine:
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(
+        engine = create_async_engine(
             url, pool_pre_ping=True,
             connect_args={"timeout": timeout, "command_timeout": timeout})
+        event.listen(engine.sync_engine, "connect", _pg_session(timeout))
+        return engine
     engine = create_async_engine(url)
     _sqlite_pragmas(engine.sync_engine, timeout, synchronous)
     return engine
+
+
+# Settings of each PostgreSQL session, made when it connects (one round trip):
+# - synchronous_commit: a server (role, database) set to `off` answers COMMIT before the
+#   WAL is written, and a crash of PostgreSQL then loses records of messages already
+#   answered 250 (their copies stay in the store with no row, their intents settled).
+#   Ours commit synchronously; a stronger setting (remote_write, remote_apply) is kept.
+# - idle_in_transaction_session_timeout: an instance that stalls in a transaction (paused
+#   VM, SIGSTOP, a network cut TCP does not notice for hours) keeps its row locks, and a
+#   sibling instance writing the same row (the MTA's retry of that message, the same
+#   autoreply bucket) waits its registry timeout and answers 451 for its whole batch,
+#   at every retry. No transaction of ours is idle for longer than the registry timeout
+#   (every await runs under it), so the server ends one that is; a shorter setting is kept.
+_SESSION = """SELECT set_config('synchronous_commit', 'on', false)
+    WHERE current_setting('synchronous_commit') = 'off'
+UNION ALL
+SELECT set_config('idle_in_transaction_session_timeout', '{ms}', false)
+    WHERE current_setting('idle_in_transaction_session_timeout')::interval
+          NOT BETWEEN '1 ms' AND '{ms} ms'"""
+
+
+def _pg_session(timeout: float) -> Callable[[Any, Any], None]:
+    sql = _SESSION.format(ms=max(1000, int(timeout * 1000)))
+
+    def settings(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+        dbapi_conn.commit()     # a SET is undone with its transaction: the driver opened one
+    return settings
 
 
 def _make_sync_engine(url: URL, timeout: float, synchronous: str) -> Engine | None:
@@ -258,6 +295,9 @@ def _metrics() -> Any:
     return metrics
 
 
+_PG_DISK_FULL = "53100"     # PostgreSQL could not extend a file: its disk (tablespace) is full
+
+
 def _failure(what: str, exc: BaseException) -> RegistryError:
     """The RegistryError for `exc`, logged once: one line for an outage, the traceback
     for anything else (a bug must not hide behind 'registry unavailable')."""
@@ -271,7 +311,8 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
     log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     inner = getattr(exc, "orig", None) or exc
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-            or "disk is full" in str(inner))        # SQLITE_FULL
+            or "disk is full" in str(inner)         # SQLITE_FULL
+            or getattr(inner, "sqlstate", None) == _PG_DISK_FULL)
     metrics.REGISTRY_ERRORS.labels(what, "full" if full else "outage").inc()
     err = (RegistryFullError if full else RegistryError)(
         f"registry {what} failed ({_describe(exc)})")
