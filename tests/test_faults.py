@@ -36,7 +36,6 @@ from mailrouter.values import (
     REPLY_TEMPFAIL,
 )
 from tests.support.daemon import maildir_files
-from tests.support.pg import PgCluster, pg_bin
 from tests.support.wire import Wire
 
 pytestmark = pytest.mark.asyncio
@@ -302,36 +301,22 @@ async def test_registry_file_deleted_or_replaced_while_running(make_app, tmp_pat
     assert len(maildir_files(tmp_path / "var" / "mail")) == 2
 
 
-@pytest.fixture
-async def pg_cluster():
-    bindir = pg_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (Debian package postgresql)")
-    cluster = PgCluster(bindir)
-    try:
-        await asyncio.to_thread(cluster.init)
-        await asyncio.to_thread(cluster.start)
-        yield cluster
-    finally:
-        await asyncio.to_thread(cluster.remove)
-
-
-async def test_postgresql_stopped_is_451_then_restarted_delivers(make_app, pg_cluster, tmp_path,
+async def test_postgresql_stopped_is_451_then_restarted_delivers(make_app, private_pg, tmp_path,
                                                                  caplog):
     """The PostgreSQL registry stops mid-run: 451 4.3.0, logged as the one-line
     registry_unavailable (no traceback: an outage, not a bug); back up: the next retry gets
     250 (stale pooled connections are not handed out), one copy, one row."""
-    app = await make_app(registry=RegistryConfig(pg_cluster.url, timeout=3.0))
+    app = await make_app(registry=RegistryConfig(private_pg.url, timeout=3.0))
     port = app.bound["smtp"][1]
     assert (await send(port, mail("pg-before")))[0].startswith("250 2.0.0")
-    await asyncio.to_thread(pg_cluster.stop)
+    await asyncio.to_thread(private_pg.stop)
     raw = mail("pg-down")
     replies = await send(port, raw)
     assert replies == [str(REPLY_REGISTRY_UNAVAILABLE)]
     assert any(m.startswith("mailrouter.decision: event=registry_unavailable ")
                for m in errors(caplog))
     assert tracebacks(caplog) == []
-    await asyncio.to_thread(pg_cluster.start)
+    await asyncio.to_thread(private_pg.start)
     assert (await send(port, raw))[0].startswith("250 2.0.0")
     files = maildir_files(tmp_path / "var" / "mail")
     assert len(files) == 2 and sum(f.read_bytes().endswith(raw) for f in files) == 1

@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from mailrouter.config import RegistryConfig
 from tests.support.daemon import DaemonProcess, maildir_files
-from tests.support.pg import PgCluster, pg_bin
+from tests.support.pg import PgCluster
 from tests.test_faults import SENDER, fill, mail, send
 from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
 
@@ -30,19 +30,9 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-async def cluster():
-    """A private cluster (the test crashes it), started as the suite's are: fsync,
-    full_page_writes and synchronous_commit off."""
-    bindir = pg_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (Debian package postgresql)")
-    c = PgCluster(bindir)
-    try:
-        await asyncio.to_thread(c.init)
-        await asyncio.to_thread(c.start)
-        yield c
-    finally:
-        await asyncio.to_thread(c.remove)
+def cluster(private_pg: PgCluster) -> PgCluster:
+    """A private cluster: these tests crash, stop and fill it."""
+    return private_pg
 
 
 async def sql(c: PgCluster, query: str) -> list[dict]:

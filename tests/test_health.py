@@ -6,12 +6,9 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
 
 from mailrouter.config import DeliveryConfig, RegistryConfig
-from tests.support.pg import PgCluster, pg_bin
 from tests.test_delivery_smtp import Sink, sink  # noqa: F401 (fixture)
 from tests.test_faults import fill, tmpfs  # noqa: F401 (fixture)
 
@@ -29,20 +26,6 @@ def _get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
 
 async def get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
     return await asyncio.to_thread(_get, port, path, token)
-
-
-@pytest.fixture
-def private_pg() -> Iterator[PgCluster]:
-    bindir = pg_bin()
-    if bindir is None:
-        pytest.skip("needs PostgreSQL server binaries in /usr/lib/postgresql/*/bin")
-    cluster = PgCluster(bindir)
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.remove()
 
 
 async def test_ready_with_every_check_named(make_app):

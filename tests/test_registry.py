@@ -31,7 +31,7 @@ from mailrouter.registry import (
 )
 from mailrouter.registry.models import loops, reloads
 from mailrouter.values import REPLY_INTERNAL_ERROR, REPLY_REGISTRY_UNAVAILABLE
-from tests.support.pg import PgCluster, pg_bin
+from tests.support.pg import PgCluster
 
 WHEN = datetime(2027, 1, 11, 9, 30, tzinfo=timezone.utc)
 
@@ -346,20 +346,6 @@ def test_sqlite_readonly_raises(readonly_dir: Path, name: str) -> None:
 
 
 # Faults: PostgreSQL
-
-@pytest.fixture
-def private_pg() -> Iterator[PgCluster]:
-    bindir = pg_bin()
-    if bindir is None:
-        pytest.skip("needs PostgreSQL server binaries in /usr/lib/postgresql/*/bin")
-    cluster = PgCluster(bindir)
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.remove()
-
 
 async def test_postgresql_down_raises_then_recovers(private_pg: PgCluster) -> None:
     """With PostgreSQL stopped every call raises RegistryError; after restart it works."""

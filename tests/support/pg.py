@@ -114,6 +114,22 @@ class PgCluster:
         return path.read_text(errors="replace")[-2000:] if path.exists() else "(no log)"
 
 
+@pytest.fixture
+def private_pg() -> Iterator[PgCluster]:
+    """A PostgreSQL cluster of the test's own, for tests that stop, crash or fill it; started
+    as the suite's are (fsync, full_page_writes and synchronous_commit off)."""
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("needs PostgreSQL server binaries (Debian package postgresql)")
+    cluster = PgCluster(bindir)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL (postgresql+asyncpg://...) for the whole session."""
