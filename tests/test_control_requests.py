@@ -354,3 +354,29 @@ async def test_a_thread_in_flight_is_planned_in_order(make_app, tmp_path, regist
     assert [(m["request_id"], m["message_id"]) for m in linked] == [
         (1, "<a1@bigco>"), (1, "<a2@bigco>"), (2, "<b2@bigco>"), (2, "<b1@bigco>")]
     assert control._flight == {}
+
+
+async def test_an_original_recorded_after_its_follow_up_joins_its_request(make_app, tmp_path,
+                                                                          registry_url):
+    """The follow-up is recorded first (the MTA held the original back, or another worker or
+    instance took it): the original joins the request the follow-up opened, found by its own
+    Message-ID among the ones the follow-up named, and so does a reply to the original alone.
+    Before, the follow-up's references were not kept and the original opened a second one."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    await send(port, mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who)
+    await send(port, mail(who, "printer", "a1@bigco"), who)
+    await send(port, mail(who, "Re: printer", "a3@bigco", "<a1@bigco>"), who)
+    assert [(r["id"], r["subject"]) for r in await rows(app, requests)] == [(1, "Re: printer")]
+    assert [m["message_id"] for m in await rows(app, request_messages)] == [
+        "<a2@bigco>", "<a1@bigco>", "<a3@bigco>"]
+    assert [e["kind"] for e in await rows(app, request_events)] == [
+        "opened", "owner", "joined", "joined"]
+    # planned as a join, the original's copy names the request's owner (no new team pick)
+    heads = {}
+    for f in maildir_files(tmp_path / "var" / "mail" / "support"):
+        msg = email.message_from_bytes(f.read_bytes())
+        heads[msg["Message-ID"]] = str(make_header(decode_header(msg["X-Mailrouter-Owner"])))
+    assert set(heads.values()) == {"Пётр Иванов <ivanov@example.com>"}, heads
+    await send(port, mail("new@x.example", "toner", "b1@x"), "new@x.example")
+    assert (await rows(app, requests))[-1]["owner"] == "petrova"    # the team's next turn

@@ -124,7 +124,8 @@ class Control:
         if view.robot[0]:
             return base
         refused: list[tuple[int, str]] = []
-        candidates = find_by_refs(conn, refs)
+        # its own Message-ID too: a follow-up another instance recorded first named it
+        candidates = find_by_refs(conn, refs + ((view.message_id,) if view.message_id else ()))
         by_number = False
         if number is not None and number not in candidates and request_row(conn, number):
             candidates.append(number)
@@ -133,7 +134,7 @@ class Control:
             if took_part(sender, participants(conn, rid), self.cfg.join):
                 row = request_row(conn, rid)
                 assert row is not None
-                return joining(replace(base, refused=tuple(refused)), rid, row)
+                return joining(replace(base, refused=tuple(refused), refs=refs), rid, row)
             how = "number" if by_number and rid == number else "reference"
             refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
                                  f"(join check: {self.cfg.join}); named it by {how}; "

@@ -17,16 +17,17 @@ a second transaction of the very same message (an MTA splitting recipients), or 
 follow-up naming a message whose request is not committed yet, may plan "open" too.
 Within one process, Control.plan orders the messages of a thread in flight (a follow-up
 waits for the message it names, or that message for a follow-up planned before it).
-Across processes (workers, instances) `apply_plan` looks again inside the write: the
-same message already in a request adds nothing; a follow-up whose references now name a
-request it may join joins it (its delivered copies keep the owner header planned
-before). Known limits: across processes, an original recorded after its follow-up still
-opens a request of its own, as does one arriving after a follow-up was recorded (the
-references of recorded messages are not kept); on PostgreSQL two transactions
-committing at the same moment do not see each other. A team's cursor: each process
-lays its own picks not yet committed over the registry's (service.py), so a burst of
-new messages is spread; two instances picking at the same moment may still give two
-messages to one member.
+Across processes (workers, instances) `apply_plan` looks again inside the write, after
+waiting for every other transaction writing requests (_one_at_a_time): the same message
+already in a request adds nothing; an open whose references, or its own Message-ID,
+now name a request it may join joins it (its delivered copies keep the owner header
+planned before). Every Message-ID a request's messages carry or name is kept
+(`request_threads`), so an original recorded after its follow-up joins too. Known
+limit: when two instances plan one thread at the same moment, the copies delivered by
+the one whose open became a join name the owner it picked, not the request's. A team's
+cursor: each process lays its own picks not yet committed over the registry's
+(service.py), so a burst of new messages is spread; two instances picking at the same
+moment may still give two messages to one member.
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .tables import (OPEN_STATUSES, request_events, request_messages, requests, team_picks)
+from .tables import (OPEN_STATUSES, request_events, request_messages, request_threads, requests,
+                     team_picks)
 from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event",
            "joining"]
+
+_REQUESTS_LOCK = 0x6D725251      # pg_advisory_xact_lock key of _one_at_a_time ("mrRQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +117,20 @@ class DbTeamState:
 
 
 def find_by_refs(conn: Connection, refs: Sequence[str]) -> list[int]:
-    """Requests holding any of the Message-IDs `refs`, in the order of `refs`."""
+    """Requests holding any of the Message-IDs `refs`, in the order of `refs`: a request
+    holding the message itself first, else one whose thread names it (request_threads)."""
     if not refs:
         return []
-    rows = conn.execute(select(request_messages.c.message_id, request_messages.c.request_id)
-                        .where(request_messages.c.message_id.in_(list(refs))))
     by_id: dict[str, int] = {}
-    for mid, rid in rows:
+    for mid, rid in conn.execute(select(request_messages.c.message_id, request_messages.c.request_id)
+                                 .where(request_messages.c.message_id.in_(list(refs)))
+                                 .order_by(request_messages.c.id)):
         by_id.setdefault(mid, rid)
+    rest = [r for r in refs if r not in by_id]
+    if rest:
+        by_id.update((m, r) for m, r in conn.execute(
+            select(request_threads.c.message_id, request_threads.c.request_id)
+            .where(request_threads.c.message_id.in_(rest))))
     return list(dict.fromkeys(by_id[r] for r in refs if r in by_id))
 
 
@@ -163,18 +173,23 @@ def _link(conn: Connection, plan: Plan, request_id: int, key: str, direction: st
 
 def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
     """Write `plan` for message `key` (inside the record transaction); the request number."""
-    if plan.kind == "open":
+    _one_at_a_time(conn)
+    if plan.kind in ("open", "join"):
         late = _opened_meanwhile(conn, plan, key)
-        if late is not None:
-            return late if isinstance(late, int) else apply_plan(conn, late, key, at)
+        if isinstance(late, int):
+            return late
+        plan = late or plan
     for rid, why in plan.refused:
         add_event(conn, rid, at, "join_refused", why, plan.sender)
     if plan.kind == "open":
-        return _open(conn, plan, key, at)
+        rid = _open(conn, plan, key, at)
+        _claim(conn, rid, plan.refs + (plan.message_id,))
+        return rid
     if plan.kind in ("join", "reply") and plan.request_id is not None:
         rid = plan.request_id
         if not _link(conn, plan, rid, key, "out" if plan.kind == "reply" else "in", at):
             return rid
+        _claim(conn, rid, (plan.message_id,) + (plan.refs if plan.kind == "join" else ()))
         if plan.kind == "join":
             values: dict[str, Any] = {"last_in_at": at}
             if plan.reopen:
@@ -191,13 +206,38 @@ def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | No
     return plan.request_id
 
 
+def _one_at_a_time(conn: Connection) -> None:
+    """Wait until no other transaction is writing requests, so the looks below see what
+    they committed (PostgreSQL, read committed: each statement sees every commit made
+    before it began). Before, two instances recording an original and its follow-up, or
+    one message twice, at the same moment each opened a request: neither saw the other.
+    One lock for all threads, not one per thread: a batch holds many messages, and locks
+    per thread taken in batch order by two instances deadlock. Released at commit or
+    rollback. SQLite needs nothing: its writers take turns on the file, and a write
+    transaction always reads the newest commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_REQUESTS_LOCK)))
+
+
+def _claim(conn: Connection, rid: int, ids: Iterable[str | None]) -> None:
+    """Note the Message-IDs `ids` as request `rid`'s thread; one already noted keeps its
+    request (a stranger's reference does not move it)."""
+    rows = [{"message_id": m, "request_id": rid} for m in dict.fromkeys(ids) if m]
+    if rows:
+        ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
+        conn.execute(ins(request_threads).on_conflict_do_nothing(), rows)
+
+
 def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | None:
-    """What committed since `plan` (an open) was read: the request already holding this very
-    message (its number), or a join of the request its references now name (a Plan)."""
+    """What committed since `plan` (an open or a join) was read: the request already holding
+    this very message (its number); for an open, a join of the request its references or
+    its own Message-ID (named by a follow-up recorded before it) now name (a Plan)."""
     rid = known_message(conn, key)
     if rid is not None:
         return rid
-    for rid in find_by_refs(conn, plan.refs):
+    if plan.kind != "open":
+        return None
+    for rid in find_by_refs(conn, plan.refs + ((plan.message_id,) if plan.message_id else ())):
         row = request_row(conn, rid)
         if row is not None and took_part(plan.sender, participants(conn, rid), plan.join):
             return joining(plan, rid, row)
