@@ -1,4 +1,5 @@
-"""Execution control with two daemons on one PostgreSQL registry (scale-out, issue 10).
+"""Execution control with two daemons on one PostgreSQL registry (scale-out, issue 10), or
+with two worker processes (`workers: 2`) on one SQLite file.
 
 Two real `mailrouter run -c` processes share the registry and the Maildir root. For
 each thread the original goes to one instance while, at the same moment, its reply
@@ -6,19 +7,23 @@ each thread the original goes to one instance while, at the same moment, its rep
 to the other too; afterwards two subject-only follow-ups ("Re: [#N] ...", no
 references) go to both at once. Whatever order the transactions commit in, the
 registry must hold one request per thread, holding each message once, with one owner
-and its history in order. A 4xx is allowed (the test resends, as the MTA would).
+and its history in order, and every delivered copy must name that owner
+(X-Mailrouter-Owner). A 4xx is allowed (the test resends, as the MTA would).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email
+import sqlite3
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 
+from mailrouter.control.service import OWNER_HEADER
 from tests.control_support import mail, write_routing
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, maildir_files
 from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.asyncio
@@ -26,7 +31,8 @@ pytestmark = pytest.mark.asyncio
 THREADS = 40
 
 
-def _config(d: DaemonProcess, name: str, registry: str, mail_root: Path, routing: str) -> None:
+def _config(d: DaemonProcess, name: str, registry: str, mail_root: Path, routing: str,
+            workers: int) -> None:
     d.config.write_text(
         f"hostname: {name}\n"
         f"listen: {{smtp: '127.0.0.1:{d.smtp}', lmtp: '127.0.0.1:{d.lmtp}', "
@@ -35,7 +41,7 @@ def _config(d: DaemonProcess, name: str, registry: str, mail_root: Path, routing
         f"registry: {{url: '{registry}'}}\n"
         f"delivery: {{maildir_root: '{mail_root}'}}\n"
         f"control: {{replies: replies@example.com}}\n"
-        f"workers: 1\nshutdown_grace: 10\nlog_level: WARNING\n", encoding="utf-8")
+        f"workers: {workers}\nshutdown_grace: 10\nlog_level: WARNING\n", encoding="utf-8")
 
 
 async def _send(port: int, raw: bytes, sender: str) -> None:
@@ -50,26 +56,41 @@ async def _send(port: int, raw: bytes, sender: str) -> None:
     raise AssertionError(f"never accepted: {raw[:80]!r}")
 
 
-@pytest.fixture
-async def two(pg_db, tmp_path):  # noqa: F811
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def cluster(request, pg_db, tmp_path):  # noqa: F811
+    """(registry URL, two SMTP ports): two daemons on one PostgreSQL database, or one daemon
+    with `workers: 2` (two processes on one listener) on one SQLite file."""
     routing = write_routing(tmp_path)[0]
+    if request.param == "postgresql":
+        url, setups = pg_db, [("mx-a.test", 1), ("mx-b.test", 1)]
+    else:
+        url, setups = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", [("mx.test", 2)]
     daemons = []
-    for name in ("mx-a.test", "mx-b.test"):
+    for name, workers in setups:
         (tmp_path / name).mkdir()
         d = DaemonProcess(tmp_path / name)
-        _config(d, name, pg_db, tmp_path / "mail", routing)
+        _config(d, name, url, tmp_path / "mail", routing, workers)
         daemons.append(d)
     try:
         for d in daemons:        # one after the other: both would create the schema at once
             await asyncio.to_thread(d.start, 60.0)
-        yield daemons
+        ports = [d.smtp for d in daemons]
+        yield url, (ports * 2)[:2]
     finally:
         for d in daemons:
             await asyncio.to_thread(d.stop)
 
 
-async def test_a_thread_sent_to_two_instances_at_once_is_one_request(two, pg_db, tmp_path):  # noqa: F811
-    a, b = (d.smtp for d in two)
+async def _rows(url: str, sql: str) -> list[dict]:
+    if url.startswith("postgresql"):
+        return await fetch(url, sql)
+    with sqlite3.connect(url.partition(":///")[2]) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute(sql)]
+
+
+async def test_a_thread_sent_to_two_instances_at_once_is_one_request(cluster, tmp_path):
+    url, (a, b) = cluster
 
     async def thread(n: int) -> None:
         who = f"client{n}@bigco.example"
@@ -80,7 +101,7 @@ async def test_a_thread_sent_to_two_instances_at_once_is_one_request(two, pg_db,
                              _send(other, first, who))
 
     await asyncio.gather(*(thread(n) for n in range(THREADS)))
-    reqs = await fetch(pg_db, "SELECT id, counterparty, owner, subject FROM requests ORDER BY id")
+    reqs = await _rows(url, "SELECT id, counterparty, owner, subject FROM requests ORDER BY id")
     by_who: dict[str, list[int]] = {}
     for r in reqs:
         by_who.setdefault(r["counterparty"], []).append(r["id"])
@@ -93,7 +114,7 @@ async def test_a_thread_sent_to_two_instances_at_once_is_one_request(two, pg_db,
         await asyncio.gather(_send(a, again, who), _send(b, again, who))
     await asyncio.gather(*(subject_only(r) for r in reqs))
 
-    linked = await fetch(pg_db, "SELECT request_id, message_key, message_id FROM request_messages"
+    linked = await _rows(url, "SELECT request_id, message_key, message_id FROM request_messages"
                                 " ORDER BY id")
     per_req: dict[int, list[str]] = {}
     for m in linked:
@@ -103,10 +124,20 @@ async def test_a_thread_sent_to_two_instances_at_once_is_one_request(two, pg_db,
         n = int(r["counterparty"][6:].partition("@")[0])
         assert sorted(per_req[r["id"]]) == sorted(
             [f"<o{n}@bigco>", f"<r{n}@bigco>", f"<s{r['id']}@bigco>"]), r
-    events = await fetch(pg_db, "SELECT request_id, kind, detail FROM request_events ORDER BY id")
+    events = await _rows(url, "SELECT request_id, kind, detail FROM request_events ORDER BY id")
     kinds: dict[int, list[str]] = {}
     for e in events:
         kinds.setdefault(e["request_id"], []).append(e["kind"])
     for rid, ks in kinds.items():      # opened first, one owner, then the two follow-ups
         assert ks == ["opened", "owner", "joined", "joined"], (rid, ks)
     assert {r["owner"] for r in reqs} <= {"ivanov", "petrova"}
+    # every delivered copy of a thread names the request's owner
+    owners = {f"client{int(r['counterparty'][6:].partition('@')[0])}@bigco.example": r["owner"]
+              for r in reqs}
+    wrong = []
+    for path in maildir_files(tmp_path / "mail"):
+        msg = email.message_from_bytes(path.read_bytes())
+        who, head = msg["From"], str(msg.get(OWNER_HEADER, ""))
+        if f"{owners[who]}@example.com" not in head:
+            wrong.append((who, msg["Message-ID"], head))
+    assert wrong == []

@@ -32,7 +32,7 @@ from ..loops import header_text
 from ..registry import Registry
 from ..values import Action, Decision
 from .owners import OwnerChoice, choose_owner, owner_targets
-from .store import (DbTeamState, Plan, apply_plan, find_by_refs, joining, known_message,
+from .store import (DbTeamState, Plan, apply_plan, claim_thread, find_by_refs, joining, known_message,
                     participants, request_row)
 from .threads import NumberTag, references, sla_due, sla_terms, took_part
 
@@ -66,7 +66,9 @@ class Control:
         Messages of one thread in flight in this process at once are planned in order:
         one whose references name a message still in flight waits for it (then joins its
         request), and one that a follow-up planned before it names waits for that
-        follow-up (then joins the request the follow-up opened): one request either way."""
+        follow-up (then joins the request the follow-up opened): one request either way.
+        Across processes a new request's thread is claimed in the registry before delivery
+        (store.claim_thread): the owner another process planned for it is taken."""
         mid, refs = view.message_id, references(view)
         waits, follows = [], []
         for other, (their_refs, done) in list(self._flight.items()):
@@ -84,6 +86,9 @@ class Control:
                 await asyncio.wait(waits, timeout=_THREAD_WAIT)
             plan = await self.registry.read("plan_request", partial(
                 self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
+            if plan.kind == "open" and plan.owner is not None:   # another instance's?
+                plan = await self.registry.write("claim_thread",
+                                                 partial(claim_thread, plan=plan, key=key))
         except BaseException:
             self._release(mid, mine)
             raise

@@ -16,7 +16,9 @@
 - `request_threads` (0007): every Message-ID a request's thread is known by: its
   messages' own and those their In-Reply-To/References name. The key is unique: a
   Message-ID belongs to one request, so an original recorded after its follow-up (by
-  another instance) finds the request the follow-up opened.
+  another instance) finds the request the follow-up opened. A message about to open a
+  request claims its IDs before delivery (no request yet, the owner it planned), so
+  another instance planning the same thread at that moment takes the same owner.
 """
 
 from __future__ import annotations
@@ -115,6 +117,11 @@ team_picks = Table(
 request_threads = Table(
     "request_threads", metadata,
     Column("message_id", Text, primary_key=True),
-    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    # NULL while only claimed: the message naming it is planned but not recorded yet
+    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE")),
+    Column("message_key", String(64)),                   # the message that claimed it
+    Column("sender", Text),
+    Column("owner", String(255)),                        # the owner that message planned
+    Column("team", String(255)),
     Index(None, "request_id"),
 )

@@ -1,6 +1,7 @@
 """Execution control: the Message-IDs each request's thread is known by (control/tables.py).
 
-One row per Message-ID, unique: the request a message of that thread joins. Filled here
+One row per Message-ID, unique: the request a message of that thread joins, or (no
+request yet) the owner the message claiming it planned. Filled here
 from the messages requests already hold (a Message-ID held by two requests, as the
 instance race before this revision could leave, goes to the older one).
 
@@ -23,7 +24,11 @@ def upgrade() -> None:
     op.create_table(
         "request_threads",
         sa.Column("message_id", sa.Text, nullable=False),
-        sa.Column("request_id", sa.Integer, nullable=False),
+        sa.Column("request_id", sa.Integer),
+        sa.Column("message_key", sa.String(64)),
+        sa.Column("sender", sa.Text),
+        sa.Column("owner", sa.String(255)),
+        sa.Column("team", sa.String(255)),
         sa.PrimaryKeyConstraint("message_id", name="pk_request_threads"),
         sa.ForeignKeyConstraint(["request_id"], ["requests.id"], ondelete="CASCADE",
                                 name="fk_request_threads_request_id_requests"),
