@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import aiosmtplib
@@ -75,7 +78,7 @@ async def cluster(request, pg_db, tmp_path):  # noqa: F811
         for d in daemons:        # one after the other: both would create the schema at once
             await asyncio.to_thread(d.start, 60.0)
         ports = [d.smtp for d in daemons]
-        yield url, (ports * 2)[:2]
+        yield url, (ports * 2)[:2], daemons[0].config
     finally:
         for d in daemons:
             await asyncio.to_thread(d.stop)
@@ -90,7 +93,7 @@ async def _rows(url: str, sql: str) -> list[dict]:
 
 
 async def test_a_thread_sent_to_two_instances_at_once_is_one_request(cluster, tmp_path):
-    url, (a, b) = cluster
+    url, (a, b), config = cluster
 
     async def thread(n: int) -> None:
         who = f"client{n}@bigco.example"
@@ -134,10 +137,31 @@ async def test_a_thread_sent_to_two_instances_at_once_is_one_request(cluster, tm
     # every delivered copy of a thread names the request's owner
     owners = {f"client{int(r['counterparty'][6:].partition('@')[0])}@bigco.example": r["owner"]
               for r in reqs}
-    wrong = []
+    wrong, stored = [], []
     for path in maildir_files(tmp_path / "mail"):
         msg = email.message_from_bytes(path.read_bytes())
+        stored.append(msg["Message-ID"])
         who, head = msg["From"], str(msg.get(OWNER_HEADER, ""))
         if f"{owners[who]}@example.com" not in head:
             wrong.append((who, msg["Message-ID"], head))
     assert wrong == []
+    assert len(stored) == len(set(stored)) == 3 * THREADS      # each message stored once
+
+    # as a head of department sees it: the report counts each thread once, and a search
+    # finds each message of a thread once, in that one request
+    report = json.loads(await asyncio.to_thread(_cli, config, "report", "--json"))
+    assert sum(r["requests"] for r in report["volume_per_owner"]) == THREADS, report
+    assert sum(r["open"] for r in report["open_per_owner"]) == THREADS
+    [seven] = [r["id"] for r in reqs if r["counterparty"] == "client7@bigco.example"]
+    found = json.loads(await asyncio.to_thread(_cli, config, "registry", "search", "--from",
+                                               "client7@bigco.example", "--json"))
+    assert sorted((m["message_id"], m["request"]) for m in found) == [
+        ("<o7@bigco>", seven), ("<r7@bigco>", seven), (f"<s{seven}@bigco>", seven)], found
+
+
+def _cli(config: Path, *argv: str) -> str:
+    """`mailrouter ARGV -c CONFIG` as a process: its standard output."""
+    done = subprocess.run([sys.executable, "-m", "mailrouter.cli", *argv, "-c", str(config)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
