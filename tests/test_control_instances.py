@@ -8,7 +8,9 @@ to the other too; afterwards two subject-only follow-ups ("Re: [#N] ...", no
 references) go to both at once. Whatever order the transactions commit in, the
 registry must hold one request per thread, holding each message once, with one owner
 and its history in order, and every delivered copy must name that owner
-(X-Mailrouter-Owner). A 4xx is allowed (the test resends, as the MTA would).
+(X-Mailrouter-Owner). A 4xx is allowed (the test resends, as the MTA would). The
+last test makes the race certain with two in-process apps whose records wait until both
+messages are planned.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import json
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiosmtplib
 import pytest
+from sqlalchemy import select
 
+from mailrouter.config import ControlConfig, RegistryConfig
 from mailrouter.control.service import OWNER_HEADER
-from tests.control_support import mail, write_routing
+from mailrouter.control.tables import requests, team_picks
+from tests.control_support import mail, send, write_routing
 from tests.support.daemon import DaemonProcess, maildir_files
 from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
 
@@ -165,3 +171,63 @@ def _cli(config: Path, *argv: str) -> str:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+async def test_two_processes_planning_one_thread_at_once_name_one_owner(make_app, tmp_path,
+                                                                        registry_url):
+    """Deterministic form of the race above: two apps on one registry (as two instances, each
+    with its own in-process thread order), an original at one and its reply at the other,
+    both planned before either is recorded. A's clock is Monday (ivanov's turn), B's the
+    Wednesday ivanov is away (petrova's turn): each would head its copy with its own pick.
+    The thread is claimed before delivery, so both copies name A's owner (A claimed first),
+    who owns the one request; B records first and opens it, and the team's turn is still
+    A's pick (before the claim moved it, nobody's pick moved it)."""
+    apps = []
+    for day in (11, 13):
+        app = await make_app(routing=write_routing(tmp_path), registry=RegistryConfig(registry_url),
+                             control=ControlConfig(replies=("replies@example.com",)))
+        app.pipeline.clock = lambda day=day: datetime(2027, 1, day, 7, 0, tzinfo=timezone.utc)
+        apps.append(app)
+    # A plans (and claims) first, B plans second; B records first, A after it: the
+    # message that takes the claimed owner is the one that opens the request
+    a_planned, b_planned, b_recorded = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    for app, (after_plan, before_plan, before_record, after_record) in zip(apps, [
+            (a_planned, None, b_recorded, None), (b_planned, a_planned, b_planned, b_recorded)]):
+        control, registry = app.pipeline.control, app.pipeline.registry
+
+        async def ordered_plan(*a, plan=control.plan, done=after_plan, wait=before_plan, **k):
+            if wait is not None:
+                await asyncio.wait_for(wait.wait(), 10)
+            try:
+                return await plan(*a, **k)
+            finally:
+                done.set()
+
+        async def ordered_record(*a, record=registry.record, wait=before_record,
+                                 done=after_record, **k):
+            await asyncio.wait_for(wait.wait(), 10)
+            try:
+                return await record(*a, **k)
+            finally:
+                if done is not None:
+                    done.set()
+        control.plan, registry.record = ordered_plan, ordered_record
+    who = "client@bigco.example"
+    await asyncio.gather(
+        send(apps[0].bound["smtp"][1], mail(who, "printer", "a1@bigco"), who),
+        send(apps[1].bound["smtp"][1], mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who))
+
+    def requests_rows(conn):
+        return [dict(r._mapping) for r in conn.execute(select(requests))]
+    [req] = await apps[0].registry.read("t", requests_rows)
+    heads = {}
+    for path in maildir_files(tmp_path / "var" / "mail"):
+        msg = email.message_from_bytes(path.read_bytes())
+        heads[msg["Message-ID"]] = str(msg[OWNER_HEADER])
+    assert sorted(heads) == ["<a1@bigco>", "<a2@bigco>"]
+    assert (req["owner"], req["subject"]) == ("ivanov", "Re: printer")    # B opened it
+    assert {"ivanov@example.com" in h for h in heads.values()} == {True}, (req, heads)
+
+    def picks(conn):
+        return [tuple(r) for r in conn.execute(select(team_picks.c.member))]
+    assert await apps[0].registry.read("t", picks) == [("ivanov",)]

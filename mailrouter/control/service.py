@@ -88,7 +88,7 @@ class Control:
                 self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
             if plan.kind == "open" and plan.owner is not None:   # another instance's?
                 plan = await self.registry.write("claim_thread",
-                                                 partial(claim_thread, plan=plan, key=key))
+                                                 partial(claim_thread, plan=plan, key=key, at=at))
         except BaseException:
             self._release(mid, mine)
             raise

@@ -235,7 +235,7 @@ def _claim(conn: Connection, plan: Plan, rid: int, key: str, ids: Iterable[str |
             where=request_threads.c.request_id.is_(None)), rows)
 
 
-def claim_thread(conn: Connection, plan: Plan, key: str) -> Plan:
+def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime) -> Plan:
     """Before delivery, in a transaction of its own: claim the thread of `plan` (an open)
     for its owner, or take the owner of the request or claim another message of the
     thread holds (another instance planned it at the same moment, or recorded it since).
@@ -244,7 +244,8 @@ def claim_thread(conn: Connection, plan: Plan, key: str) -> Plan:
     instances planning an original and its follow-up together each picked an owner and
     one thread's copies named two people. Taken in turn with every write of requests
     (_one_at_a_time); on SQLite the insert comes first, so the transaction holds the
-    file's write lock before it reads."""
+    file's write lock before it reads. A claim that stands moves the team's turn here: the
+    message that takes its owner may be the one that opens the request, with no pick."""
     ids = list(dict.fromkeys(m for m in plan.refs + (plan.message_id,) if m))
     if not ids or plan.kind != "open":
         return plan
@@ -269,6 +270,8 @@ def claim_thread(conn: Connection, plan: Plan, key: str) -> Plan:
             return replace(plan, owner=r.owner, team=r.team, picked=None, why=(
                 f"the thread's message {r.message_id} was planned at the same moment "
                 f"for {r.owner}: the same owner",))
+    if plan.team and plan.picked:       # the turn moves now: the adopter may open the request
+        _set_pick(conn, plan.team, plan.picked, at)
     return plan
 
 
