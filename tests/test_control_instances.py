@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from mailrouter.config import ControlConfig, RegistryConfig
 from mailrouter.control.service import OWNER_HEADER
-from mailrouter.control.tables import requests, team_picks
+from mailrouter.control.tables import request_messages, requests, team_picks
 from tests.control_support import mail, send, write_routing
 from tests.support.daemon import DaemonProcess, maildir_files
 from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
@@ -231,3 +231,43 @@ async def test_two_processes_planning_one_thread_at_once_name_one_owner(make_app
     def picks(conn):
         return [tuple(r) for r in conn.execute(select(team_picks.c.member))]
     assert await apps[0].registry.read("t", picks) == [("ivanov",)]
+
+
+async def test_two_processes_recording_one_thread_at_once_open_one_request(make_app, tmp_path,
+                                                                            registry_url):
+    """Two apps on one registry, an original at one and its reply at the other, both planned
+    (as opens) before either is recorded, then recorded together: one request. On
+    PostgreSQL each record transaction saw nothing of the other's uncommitted request
+    and both opened one, until request writes took turns (store._one_at_a_time)."""
+    apps = []
+    for _ in range(2):
+        app = await make_app(routing=write_routing(tmp_path), registry=RegistryConfig(registry_url),
+                             control=ControlConfig(replies=("replies@example.com",)))
+        app.pipeline.clock = lambda: datetime(2027, 1, 11, 7, 0, tzinfo=timezone.utc)
+        apps.append(app)
+    planned, count = asyncio.Event(), [0]
+    for app in apps:
+        control, registry = app.pipeline.control, app.pipeline.registry
+
+        async def counting_plan(*a, plan=control.plan, **k):
+            try:
+                return await plan(*a, **k)
+            finally:
+                count[0] += 1
+                if count[0] == 2:
+                    planned.set()
+
+        async def held_record(*a, record=registry.record, **k):
+            await asyncio.wait_for(planned.wait(), 10)
+            return await record(*a, **k)
+        control.plan, registry.record = counting_plan, held_record
+    who = "client@bigco.example"
+    await asyncio.gather(
+        send(apps[0].bound["smtp"][1], mail(who, "printer", "a1@bigco"), who),
+        send(apps[1].bound["smtp"][1], mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who))
+
+    def linked(conn):
+        return sorted(tuple(r) for r in conn.execute(select(request_messages.c.request_id,
+                                                            request_messages.c.message_id)))
+    [(one, _), (other, _)] = await apps[0].registry.read("t", linked)
+    assert one == other
