@@ -19,16 +19,16 @@ Within one process, Control.plan orders the messages of a thread in flight (a fo
 waits for the message it names, or that message for a follow-up planned before it).
 Across processes (workers, instances) `apply_plan` looks again inside the write, after
 waiting for every other transaction writing requests (_one_at_a_time): the same message
-already in a request adds nothing; an open whose references, or its own Message-ID,
-now name a request it may join joins it (its delivered copies keep the owner header
-planned before). Every Message-ID a request's messages carry or name is kept
-(`request_threads`), so an original recorded after its follow-up joins too. Before
-delivery an open claims its thread's Message-IDs with the owner it planned
-(`claim_thread`), so two instances planning one thread at the same moment deliver
-copies naming one owner, and the team's turn moves once. A team's
-cursor: each process lays its own picks not yet committed over the registry's
-(service.py), so a burst of new messages is spread; two instances picking at the same
-moment may still give two messages to one member.
+already in a request adds nothing; an open whose references, or its own Message-ID, now
+name a request it may join joins it. Every Message-ID a request's messages carry or name
+is kept (`request_threads`), so an original recorded after its follow-up joins too.
+Before delivery an open claims its thread's Message-IDs with the owner it planned
+(`claim_thread`, `thread_claims`), so two instances planning one thread at the same
+moment head its copies with one owner, and the team's turn moves once. A team's cursor:
+each process lays its own picks not yet committed over the registry's (service.py), so
+a burst of new messages is spread; two instances picking at the same moment may still
+give two messages to one member. A claim whose message is never recorded stays (a row
+per Message-ID); a later message of its thread takes its owner.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .tables import (OPEN_STATUSES, request_events, request_messages, request_threads, requests,
-                     team_picks)
+                     team_picks, thread_claims)
 from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event",
@@ -131,8 +131,7 @@ def find_by_refs(conn: Connection, refs: Sequence[str]) -> list[int]:
     if rest:
         by_id.update((m, r) for m, r in conn.execute(
             select(request_threads.c.message_id, request_threads.c.request_id)
-            .where(request_threads.c.message_id.in_(rest),
-                   request_threads.c.request_id.is_not(None))))
+            .where(request_threads.c.message_id.in_(rest))))
     return list(dict.fromkeys(by_id[r] for r in refs if r in by_id))
 
 
@@ -185,14 +184,13 @@ def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | No
         add_event(conn, rid, at, "join_refused", why, plan.sender)
     if plan.kind == "open":
         rid = _open(conn, plan, key, at)
-        _claim(conn, plan, rid, key, plan.refs + (plan.message_id,))
+        _claim(conn, rid, plan.refs + (plan.message_id,))
         return rid
     if plan.kind in ("join", "reply") and plan.request_id is not None:
         rid = plan.request_id
         if not _link(conn, plan, rid, key, "out" if plan.kind == "reply" else "in", at):
             return rid
-        _claim(conn, plan, rid, key,
-               (plan.message_id,) + (plan.refs if plan.kind == "join" else ()))
+        _claim(conn, rid, (plan.message_id,) + (plan.refs if plan.kind == "join" else ()))
         if plan.kind == "join":
             values: dict[str, Any] = {"last_in_at": at}
             if plan.reopen:
@@ -222,55 +220,50 @@ def _one_at_a_time(conn: Connection) -> None:
         conn.execute(select(func.pg_advisory_xact_lock(_REQUESTS_LOCK)))
 
 
-def _claim(conn: Connection, plan: Plan, rid: int, key: str, ids: Iterable[str | None]) -> None:
-    """Note the Message-IDs `ids` as request `rid`'s thread. One already noted keeps its
-    request (a stranger's reference does not move it); one only claimed gets `rid`."""
-    rows = [{"message_id": m, "request_id": rid, "message_key": key, "sender": plan.sender,
-             "owner": plan.owner, "team": plan.team} for m in dict.fromkeys(ids) if m]
+def _claim(conn: Connection, rid: int, ids: Iterable[str | None]) -> None:
+    """Note the Message-IDs `ids` as request `rid`'s thread; one already noted keeps its
+    request (a stranger's reference does not move it)."""
+    rows = [{"message_id": m, "request_id": rid} for m in dict.fromkeys(ids) if m]
     if rows:
-        ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
-        stmt = ins(request_threads)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=["message_id"], set_={"request_id": stmt.excluded.request_id},
-            where=request_threads.c.request_id.is_(None)), rows)
+        conn.execute(_insert(conn, request_threads).on_conflict_do_nothing(), rows)
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime) -> Plan:
     """Before delivery, in a transaction of its own: claim the thread of `plan` (an open)
-    for its owner, or take the owner of the request or claim another message of the
-    thread holds (another instance planned it at the same moment, or recorded it since).
+    for its owner, or take the owner another message's claim holds: another instance
+    planned the thread at the same moment (or recorded it since: its claim stays).
 
     The copies are delivered with the owner header before the record; without this, two
     instances planning an original and its follow-up together each picked an owner and
-    one thread's copies named two people. Taken in turn with every write of requests
-    (_one_at_a_time); on SQLite the insert comes first, so the transaction holds the
-    file's write lock before it reads. A claim that stands moves the team's turn here: the
-    message that takes its owner may be the one that opens the request, with no pick."""
+    one thread's copies named two people. The claims go in first, in Message-ID order: a
+    second claim of one ID waits for the first to commit (unique key), then sees it, and
+    two claims never wait on each other in a circle; on SQLite the insert takes the
+    file's write lock before anything is read. A claim that stands moves the team's turn
+    here: the message that takes its owner may be the one that opens the request."""
     ids = list(dict.fromkeys(m for m in plan.refs + (plan.message_id,) if m))
     if not ids or plan.kind != "open":
         return plan
-    _one_at_a_time(conn)
-    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
-    conn.execute(ins(request_threads).on_conflict_do_nothing(), [
-        {"message_id": m, "request_id": None, "message_key": key, "sender": plan.sender,
-         "owner": plan.owner, "team": plan.team} for m in ids])
-    found = conn.execute(select(request_threads).where(request_threads.c.message_id.in_(ids)))
-    for r in sorted(found, key=lambda r: (r.request_id is None, ids.index(r.message_id))):
-        if r.request_id is not None:
-            row = request_row(conn, r.request_id)
-            if row is not None and took_part(plan.sender, participants(conn, r.request_id),
-                                             plan.join):
-                return joining(plan, r.request_id, row)
-        elif (r.owner is not None and (r.owner, r.team) != (plan.owner, plan.team)
-              and took_part(plan.sender, [r.sender or ""], plan.join)):
-            # (the very same message at two instances claims with one key: compare owners)
-            conn.execute(update(request_threads).where(
-                request_threads.c.message_key == key, request_threads.c.message_id.in_(ids),
-                request_threads.c.request_id.is_(None)).values(owner=r.owner, team=r.team))
+    mine = set(conn.execute(_insert(conn, thread_claims).values([
+        {"message_id": m, "message_key": key, "sender": plan.sender, "owner": plan.owner,
+         "team": plan.team} for m in sorted(ids)]).on_conflict_do_nothing()
+        .returning(thread_claims.c.message_id)).scalars())
+    theirs = [m for m in ids if m not in mine]       # none: nobody else claimed any
+    found = list(conn.execute(select(thread_claims).where(
+        thread_claims.c.message_id.in_(theirs)))) if theirs else []
+    for r in sorted(found, key=lambda r: ids.index(r.message_id)):
+        # the very same message at two instances claims with one key: compare owners
+        if ((r.owner, r.team) != (plan.owner, plan.team) and r.owner is not None
+                and took_part(plan.sender, [r.sender], plan.join)):
+            conn.execute(update(thread_claims).where(thread_claims.c.message_id.in_(mine))
+                         .values(owner=r.owner, team=r.team))
             return replace(plan, owner=r.owner, team=r.team, picked=None, why=(
                 f"the thread's message {r.message_id} was planned at the same moment "
                 f"for {r.owner}: the same owner",))
-    if plan.team and plan.picked:       # the turn moves now: the adopter may open the request
+    if plan.team and plan.picked:
         _set_pick(conn, plan.team, plan.picked, at)
     return plan
 
