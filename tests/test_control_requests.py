@@ -380,3 +380,43 @@ async def test_an_original_recorded_after_its_follow_up_joins_its_request(make_a
     assert set(heads.values()) == {"Пётр Иванов <ivanov@example.com>"}, heads
     await send(port, mail("new@x.example", "toner", "b1@x"), "new@x.example")
     assert (await rows(app, requests))[-1]["owner"] == "petrova"    # the team's next turn
+
+
+async def test_migration_0007_keeps_old_requests_findable(tmp_path, make_app):
+    """A registry at 0006 whose requests hold messages (one Message-ID in two requests, as
+    the instance race could leave): opening it fills request_threads, the older request
+    keeps the shared ID, and a follow-up naming the original joins it."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, insert
+
+    from mailrouter.registry.store import MIGRATIONS
+    path = tmp_path / "registry.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("path_separator", "os")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+        conn.execute(insert(requests), [dict(
+            opened_at=MONDAY, message_key=k, counterparty="client@bigco.example",
+            counterparty_domain="bigco.example", owner="ivanov", team="duty", status="open",
+            subject="printer", tags=[], last_in_at=MONDAY) for k in ("k1", "k2")])
+        conn.execute(insert(request_messages), [dict(
+            request_id=rid, message_key=k, message_id="<a1@bigco>", direction="in", at=MONDAY,
+            sender="client@bigco.example") for rid, k in ((1, "k1"), (2, "k2"))])
+    engine.dispose()
+    from mailrouter.control.tables import request_threads
+    app, port = await start(make_app, tmp_path, f"sqlite+aiosqlite:///{path}")
+    assert [(r["message_id"], r["request_id"]) for r in await rows_by(app, request_threads)] == [
+        ("<a1@bigco>", 1)]
+    who = "client@bigco.example"
+    await send(port, mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who)
+    assert [m["request_id"] for m in await rows(app, request_messages)] == [1, 2, 1]
+
+
+async def rows_by(app, table):
+    def q(conn):
+        return [dict(r._mapping) for r in conn.execute(select(table).order_by(*table.primary_key))]
+    return await app.registry.read("test", q)
