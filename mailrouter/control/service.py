@@ -2,7 +2,8 @@
 
 `Control.plan` (before delivery, one registry read) decides whether the message is a
 copy of our own outgoing reply (it was sent to a `control.replies` address), a
-follow-up that joins a request, or a new request with an owner chosen now;
+follow-up that joins a request, or a new request with an owner chosen now (then one
+small write claims its thread for that owner, store.claim_thread);
 `Control.header` is the `X-Mailrouter-Owner:` line prepended to every delivered copy;
 `Control.writer` is what the registry runs inside the message's record transaction.
 `Control.copy_to_owner` adds the owner's own address as one more target of the decisions
