@@ -125,7 +125,7 @@ async def test_absent_person_gives_the_deputy_and_robots_open_nothing(make_app, 
 
 
 async def test_migration_matches_the_tables(registry_url):
-    """Revision 0004 creates exactly the tables control/tables.py declares (columns, indexes,
+    """Revisions 0004 and 0007 create exactly the tables control/tables.py declares (columns, indexes,
     constraints), on SQLite and PostgreSQL: Alembic's comparison finds nothing to add."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -138,7 +138,7 @@ async def test_migration_matches_the_tables(registry_url):
         def diff(conn):
             ctx = MigrationContext.configure(conn, opts={"compare_type": False})
             return [d for d in compare_metadata(ctx, tables.metadata)
-                    if any(t in repr(d) for t in ("request", "team_picks"))]
+                    if any(t in repr(d) for t in ("request", "team_picks", "thread_claims"))]
         assert await reg.read("diff", diff) == []
     finally:
         await reg.close()
@@ -354,3 +354,69 @@ async def test_a_thread_in_flight_is_planned_in_order(make_app, tmp_path, regist
     assert [(m["request_id"], m["message_id"]) for m in linked] == [
         (1, "<a1@bigco>"), (1, "<a2@bigco>"), (2, "<b2@bigco>"), (2, "<b1@bigco>")]
     assert control._flight == {}
+
+
+async def test_an_original_recorded_after_its_follow_up_joins_its_request(make_app, tmp_path,
+                                                                          registry_url):
+    """The follow-up is recorded first (the MTA held the original back, or another worker or
+    instance took it): the original joins the request the follow-up opened, found by its own
+    Message-ID among the ones the follow-up named, and so does a reply to the original alone.
+    Before, the follow-up's references were not kept and the original opened a second one."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    await send(port, mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who)
+    await send(port, mail(who, "printer", "a1@bigco"), who)
+    await send(port, mail(who, "Re: printer", "a3@bigco", "<a1@bigco>"), who)
+    assert [(r["id"], r["subject"]) for r in await rows(app, requests)] == [(1, "Re: printer")]
+    assert [m["message_id"] for m in await rows(app, request_messages)] == [
+        "<a2@bigco>", "<a1@bigco>", "<a3@bigco>"]
+    assert [e["kind"] for e in await rows(app, request_events)] == [
+        "opened", "owner", "joined", "joined"]
+    # planned as a join, the original's copy names the request's owner (no new team pick)
+    heads = {}
+    for f in maildir_files(tmp_path / "var" / "mail" / "support"):
+        msg = email.message_from_bytes(f.read_bytes())
+        heads[msg["Message-ID"]] = str(make_header(decode_header(msg["X-Mailrouter-Owner"])))
+    assert set(heads.values()) == {"Пётр Иванов <ivanov@example.com>"}, heads
+    await send(port, mail("new@x.example", "toner", "b1@x"), "new@x.example")
+    assert (await rows(app, requests))[-1]["owner"] == "petrova"    # the team's next turn
+
+
+async def test_migration_0007_keeps_old_requests_findable(tmp_path, make_app):
+    """A registry at 0006 whose requests hold messages (one Message-ID in two requests, as
+    the instance race could leave): opening it fills request_threads, the older request
+    keeps the shared ID, and a follow-up naming the original joins it."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, insert
+
+    from mailrouter.registry.store import MIGRATIONS
+    path = tmp_path / "registry.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("path_separator", "os")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+        conn.execute(insert(requests), [dict(
+            opened_at=MONDAY, message_key=k, counterparty="client@bigco.example",
+            counterparty_domain="bigco.example", owner="ivanov", team="duty", status="open",
+            subject="printer", tags=[], last_in_at=MONDAY) for k in ("k1", "k2")])
+        conn.execute(insert(request_messages), [dict(
+            request_id=rid, message_key=k, message_id="<a1@bigco>", direction="in", at=MONDAY,
+            sender="client@bigco.example") for rid, k in ((1, "k1"), (2, "k2"))])
+    engine.dispose()
+    from mailrouter.control.tables import request_threads
+    app, port = await start(make_app, tmp_path, f"sqlite+aiosqlite:///{path}")
+    assert [(r["message_id"], r["request_id"]) for r in await rows_by(app, request_threads)] == [
+        ("<a1@bigco>", 1)]
+    who = "client@bigco.example"
+    await send(port, mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who)
+    assert [m["request_id"] for m in await rows(app, request_messages)] == [1, 2, 1]
+
+
+async def rows_by(app, table):
+    def q(conn):
+        return [dict(r._mapping) for r in conn.execute(select(table).order_by(*table.primary_key))]
+    return await app.registry.read("test", q)

@@ -2,7 +2,8 @@
 
 `Control.plan` (before delivery, one registry read) decides whether the message is a
 copy of our own outgoing reply (it was sent to a `control.replies` address), a
-follow-up that joins a request, or a new request with an owner chosen now;
+follow-up that joins a request, or a new request with an owner chosen now (then one
+small write claims its thread for that owner, store.claim_thread);
 `Control.header` is the `X-Mailrouter-Owner:` line prepended to every delivered copy;
 `Control.writer` is what the registry runs inside the message's record transaction.
 `Control.copy_to_owner` adds the owner's own address as one more target of the decisions
@@ -32,7 +33,7 @@ from ..loops import header_text
 from ..registry import Registry
 from ..values import Action, Decision
 from .owners import OwnerChoice, choose_owner, owner_targets
-from .store import (DbTeamState, Plan, apply_plan, find_by_refs, joining, known_message,
+from .store import (DbTeamState, Plan, apply_plan, claim_thread, find_by_refs, joining, known_message,
                     participants, request_row)
 from .threads import NumberTag, references, sla_due, sla_terms, took_part
 
@@ -66,7 +67,9 @@ class Control:
         Messages of one thread in flight in this process at once are planned in order:
         one whose references name a message still in flight waits for it (then joins its
         request), and one that a follow-up planned before it names waits for that
-        follow-up (then joins the request the follow-up opened): one request either way."""
+        follow-up (then joins the request the follow-up opened): one request either way.
+        Across processes a new request's thread is claimed in the registry before delivery
+        (store.claim_thread): the owner another process planned for it is taken."""
         mid, refs = view.message_id, references(view)
         waits, follows = [], []
         for other, (their_refs, done) in list(self._flight.items()):
@@ -84,6 +87,9 @@ class Control:
                 await asyncio.wait(waits, timeout=_THREAD_WAIT)
             plan = await self.registry.read("plan_request", partial(
                 self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
+            if plan.kind == "open" and plan.owner is not None:   # another instance's?
+                plan = await self.registry.write("claim_thread",
+                                                 partial(claim_thread, plan=plan, key=key, at=at))
         except BaseException:
             self._release(mid, mine)
             raise
@@ -124,7 +130,8 @@ class Control:
         if view.robot[0]:
             return base
         refused: list[tuple[int, str]] = []
-        candidates = find_by_refs(conn, refs)
+        # its own Message-ID too: a follow-up another instance recorded first named it
+        candidates = find_by_refs(conn, refs + ((view.message_id,) if view.message_id else ()))
         by_number = False
         if number is not None and number not in candidates and request_row(conn, number):
             candidates.append(number)
@@ -133,7 +140,7 @@ class Control:
             if took_part(sender, participants(conn, rid), self.cfg.join):
                 row = request_row(conn, rid)
                 assert row is not None
-                return joining(replace(base, refused=tuple(refused)), rid, row)
+                return joining(replace(base, refused=tuple(refused), refs=refs), rid, row)
             how = "number" if by_number and rid == number else "reference"
             refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
                                  f"(join check: {self.cfg.join}); named it by {how}; "

@@ -17,16 +17,18 @@ a second transaction of the very same message (an MTA splitting recipients), or 
 follow-up naming a message whose request is not committed yet, may plan "open" too.
 Within one process, Control.plan orders the messages of a thread in flight (a follow-up
 waits for the message it names, or that message for a follow-up planned before it).
-Across processes (workers, instances) `apply_plan` looks again inside the write: the
-same message already in a request adds nothing; a follow-up whose references now name a
-request it may join joins it (its delivered copies keep the owner header planned
-before). Known limits: across processes, an original recorded after its follow-up still
-opens a request of its own, as does one arriving after a follow-up was recorded (the
-references of recorded messages are not kept); on PostgreSQL two transactions
-committing at the same moment do not see each other. A team's cursor: each process
-lays its own picks not yet committed over the registry's (service.py), so a burst of
-new messages is spread; two instances picking at the same moment may still give two
-messages to one member.
+Across processes (workers, instances) `apply_plan` looks again inside the write, after
+waiting for every other transaction writing requests (_one_at_a_time): the same message
+already in a request adds nothing; an open whose references, or its own Message-ID, now
+name a request it may join joins it. Every Message-ID a request's messages carry or name
+is kept (`request_threads`), so an original recorded after its follow-up joins too.
+Before delivery an open claims its thread's Message-IDs with the owner it planned
+(`claim_thread`, `thread_claims`), so two instances planning one thread at the same
+moment head its copies with one owner, and the team's turn moves once. A team's cursor:
+each process lays its own picks not yet committed over the registry's (service.py), so
+a burst of new messages is spread; two instances picking at the same moment may still
+give two messages to one member. A claim whose message is never recorded stays (a row
+per Message-ID); a later message of its thread takes its owner.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .tables import (OPEN_STATUSES, request_events, request_messages, requests, team_picks)
+from .tables import (OPEN_STATUSES, request_events, request_messages, request_threads, requests,
+                     team_picks, thread_claims)
 from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event",
-           "joining"]
+           "claim_thread", "joining"]
+
+_REQUESTS_LOCK = 0x6D725251      # pg_advisory_xact_lock key of _one_at_a_time ("mrRQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +118,20 @@ class DbTeamState:
 
 
 def find_by_refs(conn: Connection, refs: Sequence[str]) -> list[int]:
-    """Requests holding any of the Message-IDs `refs`, in the order of `refs`."""
+    """Requests holding any of the Message-IDs `refs`, in the order of `refs`: a request
+    holding the message itself first, else one whose thread names it (request_threads)."""
     if not refs:
         return []
-    rows = conn.execute(select(request_messages.c.message_id, request_messages.c.request_id)
-                        .where(request_messages.c.message_id.in_(list(refs))))
     by_id: dict[str, int] = {}
-    for mid, rid in rows:
+    for mid, rid in conn.execute(select(request_messages.c.message_id, request_messages.c.request_id)
+                                 .where(request_messages.c.message_id.in_(list(refs)))
+                                 .order_by(request_messages.c.id)):
         by_id.setdefault(mid, rid)
+    rest = [r for r in refs if r not in by_id]
+    if rest:
+        by_id.update((m, r) for m, r in conn.execute(
+            select(request_threads.c.message_id, request_threads.c.request_id)
+            .where(request_threads.c.message_id.in_(rest))))
     return list(dict.fromkeys(by_id[r] for r in refs if r in by_id))
 
 
@@ -163,18 +174,23 @@ def _link(conn: Connection, plan: Plan, request_id: int, key: str, direction: st
 
 def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
     """Write `plan` for message `key` (inside the record transaction); the request number."""
-    if plan.kind == "open":
+    _one_at_a_time(conn)
+    if plan.kind in ("open", "join"):
         late = _opened_meanwhile(conn, plan, key)
-        if late is not None:
-            return late if isinstance(late, int) else apply_plan(conn, late, key, at)
+        if isinstance(late, int):
+            return late
+        plan = late or plan
     for rid, why in plan.refused:
         add_event(conn, rid, at, "join_refused", why, plan.sender)
     if plan.kind == "open":
-        return _open(conn, plan, key, at)
+        rid = _open(conn, plan, key, at)
+        _claim(conn, rid, plan.refs + (plan.message_id,))
+        return rid
     if plan.kind in ("join", "reply") and plan.request_id is not None:
         rid = plan.request_id
         if not _link(conn, plan, rid, key, "out" if plan.kind == "reply" else "in", at):
             return rid
+        _claim(conn, rid, (plan.message_id,) + (plan.refs if plan.kind == "join" else ()))
         if plan.kind == "join":
             values: dict[str, Any] = {"last_in_at": at}
             if plan.reopen:
@@ -191,13 +207,77 @@ def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | No
     return plan.request_id
 
 
+def _one_at_a_time(conn: Connection) -> None:
+    """Wait until no other transaction is writing requests, so the looks below see what
+    they committed (PostgreSQL, read committed: each statement sees every commit made
+    before it began). Before, two instances recording an original and its follow-up, or
+    one message twice, at the same moment each opened a request: neither saw the other.
+    One lock for all threads, not one per thread: a batch holds many messages, and locks
+    per thread taken in batch order by two instances deadlock. Released at commit or
+    rollback. SQLite needs nothing: its writers take turns on the file, and a write
+    transaction always reads the newest commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_REQUESTS_LOCK)))
+
+
+def _claim(conn: Connection, rid: int, ids: Iterable[str | None]) -> None:
+    """Note the Message-IDs `ids` as request `rid`'s thread; one already noted keeps its
+    request (a stranger's reference does not move it)."""
+    rows = [{"message_id": m, "request_id": rid} for m in dict.fromkeys(ids) if m]
+    if rows:
+        conn.execute(_insert(conn, request_threads).on_conflict_do_nothing(), rows)
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime) -> Plan:
+    """Before delivery, in a transaction of its own: claim the thread of `plan` (an open)
+    for its owner, or take the owner another message's claim holds: another instance
+    planned the thread at the same moment (or recorded it since: its claim stays).
+
+    The copies are delivered with the owner header before the record; without this, two
+    instances planning an original and its follow-up together each picked an owner and
+    one thread's copies named two people. The claims go in first, in Message-ID order: a
+    second claim of one ID waits for the first to commit (unique key), then sees it, and
+    two claims never wait on each other in a circle; on SQLite the insert takes the
+    file's write lock before anything is read. A claim that stands moves the team's turn
+    here: the message that takes its owner may be the one that opens the request."""
+    ids = list(dict.fromkeys(m for m in plan.refs + (plan.message_id,) if m))
+    if not ids or plan.kind != "open":
+        return plan
+    mine = set(conn.execute(_insert(conn, thread_claims).values([
+        {"message_id": m, "message_key": key, "sender": plan.sender, "owner": plan.owner,
+         "team": plan.team} for m in sorted(ids)]).on_conflict_do_nothing()
+        .returning(thread_claims.c.message_id)).scalars())
+    theirs = [m for m in ids if m not in mine]       # none: nobody else claimed any
+    found = list(conn.execute(select(thread_claims).where(
+        thread_claims.c.message_id.in_(theirs)))) if theirs else []
+    for r in sorted(found, key=lambda r: ids.index(r.message_id)):
+        # the very same message at two instances claims with one key: compare owners
+        if ((r.owner, r.team) != (plan.owner, plan.team) and r.owner is not None
+                and took_part(plan.sender, [r.sender], plan.join)):
+            conn.execute(update(thread_claims).where(thread_claims.c.message_id.in_(mine))
+                         .values(owner=r.owner, team=r.team))
+            return replace(plan, owner=r.owner, team=r.team, picked=None, why=(
+                f"the thread's message {r.message_id} was planned at the same moment "
+                f"for {r.owner}: the same owner",))
+    if plan.team and plan.picked:
+        _set_pick(conn, plan.team, plan.picked, at)
+    return plan
+
+
 def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | None:
-    """What committed since `plan` (an open) was read: the request already holding this very
-    message (its number), or a join of the request its references now name (a Plan)."""
+    """What committed since `plan` (an open or a join) was read: the request already holding
+    this very message (its number); for an open, a join of the request its references or
+    its own Message-ID (named by a follow-up recorded before it) now name (a Plan)."""
     rid = known_message(conn, key)
     if rid is not None:
         return rid
-    for rid in find_by_refs(conn, plan.refs):
+    if plan.kind != "open":
+        return None
+    for rid in find_by_refs(conn, plan.refs + ((plan.message_id,) if plan.message_id else ())):
         row = request_row(conn, rid)
         if row is not None and took_part(plan.sender, participants(conn, rid), plan.join):
             return joining(plan, rid, row)

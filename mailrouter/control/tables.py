@@ -13,6 +13,15 @@
   goes into the outbox in the same transaction (`queued`; the outbox row, dedupe
   `sla:<request>:<stage>`, says when it was sent), or nowhere (`no_address`).
 - `team_picks`: the member each team picked last (round-robin cursor).
+- `request_threads` (0007): every Message-ID a request's thread is known by: its
+  messages' own and those their In-Reply-To/References name. The key is unique: a
+  Message-ID belongs to one request, so an original recorded after its follow-up (by
+  another instance) finds the request the follow-up opened.
+- `thread_claims` (0007): the same Message-IDs, claimed before delivery by a message
+  about to open a request, with the owner it planned: another instance planning the
+  thread at that moment takes the same owner. Apart from request_threads, so a claim
+  (before delivery, no lock) and a record (under the requests lock) never wait on
+  each other's rows.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, String, Table, 
 from ..registry.models import UTCDateTime, metadata
 
 __all__ = ["STATUSES", "request_alerts", "request_events", "request_messages", "requests",
-           "team_picks", "OPEN_STATUSES"]
+           "request_threads", "team_picks", "thread_claims", "OPEN_STATUSES"]
 
 STATUSES = ("open", "answered", "waiting", "closed")
 OPEN_STATUSES = ("open", "answered", "waiting")      # not closed: counts for fewest-open
@@ -106,4 +115,20 @@ team_picks = Table(
     Column("team", String(255), primary_key=True),
     Column("member", String(255), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
+)
+
+request_threads = Table(
+    "request_threads", metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
+    Index(None, "request_id"),
+)
+
+thread_claims = Table(
+    "thread_claims", metadata,
+    Column("message_id", Text, primary_key=True),
+    Column("message_key", String(64), nullable=False),   # the message that claimed it
+    Column("sender", Text, nullable=False),
+    Column("owner", String(255)),                        # the owner that message planned
+    Column("team", String(255)),
 )
