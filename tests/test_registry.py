@@ -17,9 +17,10 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import event, inspect, select, text
+from sqlalchemy import event, insert, inspect, select, text
 
 from mailrouter.errors import RegistryBugError, RegistryError
 from mailrouter.registry import (
@@ -417,6 +418,29 @@ async def test_sqlite_sync_setting_reaches_the_connections(tmp_path: Path) -> No
                 assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == expected
         finally:
             await reg.close()
+
+
+async def test_a_lazy_write_commits_unsynced_and_the_next_writes_are_synced_again(
+        registry: Registry) -> None:
+    """Registry.write(lazy=True) (the thread claim before delivery) commits without waiting
+    for the disk: SQLite runs that one transaction at synchronous=NORMAL (the WAL's next
+    FULL commit syncs it, before any 250), PostgreSQL with synchronous_commit off. Its row
+    is visible to the next read at once, and the writes after it are synced again."""
+    def setting(conn: Any) -> str:
+        if registry.dialect == "sqlite":
+            return str(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+        return str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+    def lazy(conn: Any) -> str:
+        conn.execute(insert(reloads).values(at=WHEN, ruleset_hash="0" * 64, ok=True,
+                                            detail="lazy"))
+        return setting(conn)
+
+    unsynced, synced = ("1", "2") if registry.dialect == "sqlite" else ("off", "on")
+    assert await registry.write("lazy", lazy, lazy=True) == unsynced
+    assert await registry.write("after", setting) == synced
+    assert await registry.read("seen", lambda c: c.execute(
+        select(reloads.c.detail).where(reloads.c.detail == "lazy")).scalar_one()) == "lazy"
 
 
 async def test_sqlite_group_commit_runs_compiled_statements_with_sqlalchemys_rows(

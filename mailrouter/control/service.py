@@ -88,8 +88,8 @@ class Control:
             plan = await self.registry.read("plan_request", partial(
                 self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
             if plan.kind == "open" and plan.owner is not None:   # another instance's?
-                plan = await self.registry.write("claim_thread",
-                                                 partial(claim_thread, plan=plan, key=key, at=at))
+                plan = await self.registry.write(     # synced by the record's commit
+                    "claim_thread", partial(claim_thread, plan=plan, key=key, at=at), lazy=True)
         except BaseException:
             self._release(mid, mine)
             raise

@@ -33,6 +33,7 @@ on whichever server connection ran them: use session mode.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 import errno
 import functools
 import importlib
@@ -172,6 +173,15 @@ def _make_sync_engine(url: URL, timeout: float, synchronous: str) -> Engine | No
     engine = create_engine(url.set(drivername="sqlite"), pool_size=8, max_overflow=8)
     _sqlite_pragmas(engine, timeout, synchronous)
     return engine
+
+
+_SYNCED = ("FULL", "EXTRA")        # the settings that sync the WAL at each commit
+
+
+def _asynchronous_commit(fn: Callable[[Connection], T], conn: Connection) -> T:
+    """`fn` in a PostgreSQL transaction whose COMMIT does not wait for its WAL flush."""
+    conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
+    return fn(conn)
 
 
 def _sqlite_pragmas(engine: Engine, timeout: float, synchronous: str) -> None:
@@ -438,17 +448,20 @@ class Registry:
         """The (sync) engine whose connections commit the group batches."""
         return self._sync or self._engine.sync_engine
 
-    async def _run(self, fn: Callable[[Connection], T], write: bool) -> T:
-        """Run `fn(connection)` in a transaction (write) or a plain connection (read)."""
+    async def _run(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
+        """Run `fn(connection)` in a transaction (write) or a plain connection (read); a lazy
+        write's commit is not waited onto the disk (see `write`)."""
         async with asyncio.timeout(self._timeout):
             if self._sync is not None:
                 pool = self._wexec if write else self._rexec
                 return await asyncio.get_running_loop().run_in_executor(
-                    pool, self._run_sync, fn, write)
+                    pool, self._run_sync, fn, write, lazy)
+            if lazy and write:
+                fn = partial(_asynchronous_commit, fn)
             async with (self._engine.begin() if write else self._engine.connect()) as conn:
                 return await conn.run_sync(fn)
 
-    def _run_sync(self, fn: Callable[[Connection], T], write: bool) -> T:
+    def _run_sync(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
         """`fn` on this worker thread's own connection, kept between calls.
 
         A checkout and checkin of the pool per call (the Connection, its events, the
@@ -473,8 +486,18 @@ class Registry:
             if write and self._file is not None:
                 self._file.check()
             if write:
-                with conn.begin():
-                    return fn(conn)
+                relax = lazy and self._file is not None and self._file.synchronous.upper() in _SYNCED
+                if relax:       # WAL: this commit is synced by the next FULL one's fsync
+                    conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+                        "PRAGMA synchronous=NORMAL")
+                try:
+                    with conn.begin():
+                        return fn(conn)
+                finally:
+                    if relax:
+                        assert self._file is not None
+                        conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+                            f"PRAGMA synchronous={self._file.synchronous}")
             try:
                 return fn(conn)
             finally:
@@ -654,10 +677,17 @@ class Registry:
         """Run `fn(connection)` outside a write transaction; any failure is a RegistryError."""
         return await self._read(what, fn)
 
-    async def write(self, what: str, fn: Callable[[Connection], T]) -> T:
-        """Run `fn(connection)` in its own transaction; any failure is a RegistryError."""
+    async def write(self, what: str, fn: Callable[[Connection], T], *, lazy: bool = False) -> T:
+        """Run `fn(connection)` in its own transaction; any failure is a RegistryError.
+
+        `lazy`: the commit is visible to every other connection at once but not waited onto
+        the disk (SQLite WAL: synchronous=NORMAL for this one transaction; PostgreSQL:
+        synchronous_commit off for it). For what a later durable commit of the same message
+        makes durable with it: a WAL is synced in order, so the record's fsync (before any
+        250) covers this commit too, and a crash before that loses only a write whose
+        message was never answered (the thread claim before delivery, control/store.py)."""
         try:
-            return await self._run(fn, write=True)
+            return await self._run(fn, write=True, lazy=lazy)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
