@@ -8,6 +8,7 @@ ignores file modes), and a private PostgreSQL cluster stopped and restarted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -418,6 +419,32 @@ async def test_sqlite_sync_setting_reaches_the_connections(tmp_path: Path) -> No
                 assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == expected
         finally:
             await reg.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_read_first_after_the_file_is_deleted_or_replaced_reads_the_new_file(
+        tmp_path: Path, how: str) -> None:
+    """Only commits looked for a registry file deleted or replaced while open: a read that
+    came first, on a reader thread's new connection, met the empty file ('no such table:
+    deliveries', 451 for the retry look-up: CI, test_faults worker-replaced), and on an old
+    connection it read the deleted file. Now a read reopens it as a commit does (schema
+    made), finds nothing of the old file, and the write after it lands in the new file."""
+    db = tmp_path / "var" / "registry.db"
+    reg = await Registry.open(f"sqlite+aiosqlite:///{db}")
+    try:
+        await reg.record(message(), [decision()], [delivery()])
+        for name in ("registry.db-wal", "registry.db-shm", "registry.db"):
+            (db.parent / name).unlink(missing_ok=True)
+        if how == "replaced":
+            db.write_bytes(b"")
+        assert await reg.delivered_targets("a" * 64) == set()
+        assert await reg.message("a" * 64) is None
+        await reg.record(message(), [decision()], [delivery()])
+        assert (await reg.message("a" * 64))["status"] == "delivered"
+    finally:
+        await reg.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (1,)
 
 
 async def test_a_lazy_write_commits_unsynced_and_the_next_writes_are_synced_again(

@@ -392,6 +392,7 @@ class Registry:
         self._held: set[Connection] = set()      # all of them, for close()
         self._held_lock = threading.Lock()
         self._file: _SqliteFile | None = None   # SQLite file opened by `open`
+        self._reopening = asyncio.Lock()           # a reader and the writer may both find it
 
     @classmethod
     async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
@@ -483,7 +484,7 @@ class Registry:
             with self._held_lock:
                 self._held.add(conn)
         try:
-            if write and self._file is not None:
+            if self._file is not None:   # a read too: a new connection found no tables
                 self._file.check()
             if write:
                 relax = lazy and self._file is not None and self._file.synchronous.upper() in _SYNCED
@@ -687,7 +688,11 @@ class Registry:
         250) covers this commit too, and a crash before that loses only a write whose
         message was never answered (the thread claim before delivery, control/store.py)."""
         try:
-            return await self._run(fn, write=True, lazy=lazy)
+            try:
+                return await self._run(fn, write=True, lazy=lazy)
+            except FileMovedError as exc:    # deleted or replaced under us: as a commit does
+                await self._reopen(exc)
+                return await self._run(fn, write=True, lazy=lazy)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
@@ -697,7 +702,11 @@ class Registry:
 
     async def _read(self, what: str, fn: Callable[[Connection], T]) -> T:
         try:
-            return await self._run(fn, write=False)
+            try:
+                return await self._run(fn, write=False)
+            except FileMovedError as exc:    # deleted or replaced under us: as a commit does
+                await self._reopen(exc)
+                return await self._run(fn, write=False)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
@@ -849,12 +858,18 @@ class Registry:
         """Open the SQLite file now at the registry's path (see _SqliteFile): create or
         upgrade its schema, then let every connection to the old file go."""
         assert self._file is not None and self._sync is not None
-        log.error("event=registry_reopened path=%s reason=%r", self._file.path, why.strerror)
-        await _prepare(self._file.url)
-        await _upgrade(self._file.url, self._timeout, self._file.synchronous)
-        await asyncio.to_thread(self._file.take)
-        self._file.generation += 1
-        await asyncio.to_thread(self._sync.dispose)   # pooled ones; threads drop their own
+        async with self._reopening:
+            try:
+                await asyncio.to_thread(self._file.check)
+                return                  # the writer or another read reopened it meanwhile
+            except FileMovedError:
+                pass
+            log.error("event=registry_reopened path=%s reason=%r", self._file.path, why.strerror)
+            await _prepare(self._file.url)
+            await _upgrade(self._file.url, self._timeout, self._file.synchronous)
+            await asyncio.to_thread(self._file.take)
+            self._file.generation += 1
+            await asyncio.to_thread(self._sync.dispose)   # pooled ones; threads drop their own
 
     async def close(self) -> None:
         """Commit whatever is pending, stop the writer and release the connections."""
