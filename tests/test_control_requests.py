@@ -386,19 +386,13 @@ async def test_migration_0007_keeps_old_requests_findable(tmp_path, make_app):
     """A registry at 0006 whose requests hold messages (one Message-ID in two requests, as
     the instance race could leave): opening it fills request_threads, the older request
     keeps the shared ID, and a follow-up naming the original joins it."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import create_engine, insert
 
-    from mailrouter.registry.store import MIGRATIONS
+    from mailrouter.registry.store import _alembic_upgrade
     path = tmp_path / "registry.db"
     engine = create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.set_main_option("path_separator", "os")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0006")
+        _alembic_upgrade(conn, "0006")
         conn.execute(insert(requests), [dict(
             opened_at=MONDAY, message_key=k, counterparty="client@bigco.example",
             counterparty_domain="bigco.example", owner="ivanov", team="duty", status="open",

@@ -13,15 +13,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, func, insert, select
 
 from mailrouter.control.queries import search
 from mailrouter.registry import DecisionRecord, MessageRecord, Registry
 from mailrouter.registry import queries as webq
 from mailrouter.registry.models import messages
-from mailrouter.registry.store import MIGRATIONS
+from mailrouter.registry.store import _alembic_upgrade
 from mailrouter.registry.words import subject_words
 
 pytestmark = pytest.mark.asyncio
@@ -88,11 +86,7 @@ async def test_migration_backfills_an_existing_sqlite_file(tmp_path: Path):
     path = tmp_path / "registry.db"
     engine = create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.set_main_option("path_separator", "os")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0005")
+        _alembic_upgrade(conn, "0005")
         conn.execute(insert(messages), [dict(
             dataclasses.asdict(msg(i, SUBJECTS[0] if i in (0, 5002) else f"привет {i}")),
             updated_at=AT, attempts=1) for i in range(5003)])

@@ -1048,9 +1048,10 @@ async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
         await engine.dispose()
 
 
-def _alembic_upgrade(connection: Connection) -> None:
+def _alembic_upgrade(connection: Connection, revision: str = "head") -> None:
+    """Alembic's upgrade on `connection` (tests stop at an older `revision`)."""
     config = Config()
     config.set_main_option("script_location", os.fspath(MIGRATIONS))
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
