@@ -98,6 +98,15 @@ async def _rows(url: str, sql: str) -> list[dict]:
         return [dict(r) for r in db.execute(sql)]
 
 
+async def original_and_reply_at_once(apps: list) -> None:
+    """An original to the first app and its reply (In-Reply-To the original) to the second,
+    sent together."""
+    who = "client@bigco.example"
+    await asyncio.gather(
+        send(apps[0].bound["smtp"][1], mail(who, "printer", "a1@bigco"), who),
+        send(apps[1].bound["smtp"][1], mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who))
+
+
 async def test_a_thread_sent_to_two_instances_at_once_is_one_request(cluster, tmp_path):
     url, (a, b), config = cluster
 
@@ -212,10 +221,7 @@ async def test_two_processes_planning_one_thread_at_once_name_one_owner(make_app
                 if done is not None:
                     done.set()
         control.plan, registry.record = ordered_plan, ordered_record
-    who = "client@bigco.example"
-    await asyncio.gather(
-        send(apps[0].bound["smtp"][1], mail(who, "printer", "a1@bigco"), who),
-        send(apps[1].bound["smtp"][1], mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who))
+    await original_and_reply_at_once(apps)
 
     def requests_rows(conn):
         return [dict(r._mapping) for r in conn.execute(select(requests))]
@@ -261,10 +267,7 @@ async def test_two_processes_recording_one_thread_at_once_open_one_request(make_
             await asyncio.wait_for(planned.wait(), 10)
             return await record(*a, **k)
         control.plan, registry.record = counting_plan, held_record
-    who = "client@bigco.example"
-    await asyncio.gather(
-        send(apps[0].bound["smtp"][1], mail(who, "printer", "a1@bigco"), who),
-        send(apps[1].bound["smtp"][1], mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who))
+    await original_and_reply_at_once(apps)
 
     def linked(conn):
         return sorted(tuple(r) for r in conn.execute(select(request_messages.c.request_id,
