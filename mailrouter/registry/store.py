@@ -33,7 +33,6 @@ on whichever server connection ran them: use session mode.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 import errno
 import functools
 import importlib
@@ -433,7 +432,7 @@ class Registry:
         answer. Not logged: a probe every few seconds would fill the log during an outage."""
         try:
             async with asyncio.timeout(timeout):
-                await self._run(lambda conn: conn.execute(select(1)).all(), write=False)
+                await self._run_once(lambda conn: conn.execute(select(1)).all(), write=False)
         except TimeoutError:
             raise RegistryError(f"registry did not answer SELECT 1 within {timeout:g}s") from None
         except Exception as exc:  # any driver/pool/OS error: not ready
@@ -450,6 +449,15 @@ class Registry:
         return self._sync or self._engine.sync_engine
 
     async def _run(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
+        """`_run_once`, again after reopening a SQLite file deleted or replaced under us
+        (_SqliteFile): every read and write meets it, not only the group commit."""
+        try:
+            return await self._run_once(fn, write, lazy)
+        except FileMovedError as exc:
+            await self._reopen(exc)
+            return await self._run_once(fn, write, lazy)
+
+    async def _run_once(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
         """Run `fn(connection)` in a transaction (write) or a plain connection (read); a lazy
         write's commit is not waited onto the disk (see `write`)."""
         async with asyncio.timeout(self._timeout):
@@ -458,7 +466,7 @@ class Registry:
                 return await asyncio.get_running_loop().run_in_executor(
                     pool, self._run_sync, fn, write, lazy)
             if lazy and write:
-                fn = partial(_asynchronous_commit, fn)
+                fn = functools.partial(_asynchronous_commit, fn)
             async with (self._engine.begin() if write else self._engine.connect()) as conn:
                 return await conn.run_sync(fn)
 
@@ -688,11 +696,7 @@ class Registry:
         250) covers this commit too, and a crash before that loses only a write whose
         message was never answered (the thread claim before delivery, control/store.py)."""
         try:
-            try:
-                return await self._run(fn, write=True, lazy=lazy)
-            except FileMovedError as exc:    # deleted or replaced under us: as a commit does
-                await self._reopen(exc)
-                return await self._run(fn, write=True, lazy=lazy)
+            return await self._run(fn, write=True, lazy=lazy)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
@@ -702,11 +706,7 @@ class Registry:
 
     async def _read(self, what: str, fn: Callable[[Connection], T]) -> T:
         try:
-            try:
-                return await self._run(fn, write=False)
-            except FileMovedError as exc:    # deleted or replaced under us: as a commit does
-                await self._reopen(exc)
-                return await self._run(fn, write=False)
+            return await self._run(fn, write=False)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
             raise _failure(what, exc) from None
 
@@ -794,11 +794,7 @@ class Registry:
             return
         started, metrics = time.perf_counter(), _metrics()
         try:
-            try:
-                await self._write_batch(live)
-            except FileMovedError as exc:
-                await self._reopen(exc)
-                await self._write_batch(live)
+            await self._write_batch(live)       # a moved file is reopened in _run
             metrics.REGISTRY_COMMIT.observe(time.perf_counter() - started)
             metrics.REGISTRY_BATCH.observe(len(live))
         except Exception as exc:  # the writer must survive anything a batch throws
