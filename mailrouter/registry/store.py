@@ -432,7 +432,7 @@ class Registry:
         answer. Not logged: a probe every few seconds would fill the log during an outage."""
         try:
             async with asyncio.timeout(timeout):
-                await self._run_once(lambda conn: conn.execute(select(1)).all(), write=False)
+                await self._run(lambda conn: conn.execute(select(1)).all(), write=False)
         except TimeoutError:
             raise RegistryError(f"registry did not answer SELECT 1 within {timeout:g}s") from None
         except Exception as exc:  # any driver/pool/OS error: not ready
@@ -450,7 +450,9 @@ class Registry:
 
     async def _run(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
         """`_run_once`, again after reopening a SQLite file deleted or replaced under us
-        (_SqliteFile): every read and write meets it, not only the group commit."""
+        (_SqliteFile): every read, write and /readyz ping meets it, not only the group
+        commit (a ping that met it before anything else said 'unreachable' until a message
+        came; before any read checked the file it read the deleted one and said ok)."""
         try:
             return await self._run_once(fn, write, lazy)
         except FileMovedError as exc:
