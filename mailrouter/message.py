@@ -49,7 +49,7 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves, transfer_encoding
+from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves, transfer_encoding, unfold
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     PIECE_BYTES,
@@ -64,7 +64,6 @@ from mailrouter.charsets import (
 __all__ = ["Attachment", "MessageView", "decode_header_value"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
 _LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines splits at
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
@@ -203,12 +202,12 @@ class MessageView:
     @cached_property
     def message_id(self) -> str | None:
         values = self._by_name.get("message-id")
-        return _FOLD.sub("", values[0].decode("ascii", "replace")).strip() if values else None
+        return unfold(values[0].decode("ascii", "replace")).strip() if values else None
 
     def _addresses(self, name: str) -> list[tuple[str, str]]:
         # Split on the encoded form (RFC 2047 section 5: words never hide a comma or a bracket),
         # then decode each display name; latin-1 keeps raw 8-bit bytes one char each.
-        values = [_FOLD.sub("", v.decode("latin-1")) for v in self._by_name.get(name.lower(), [])]
+        values = [unfold(v.decode("latin-1")) for v in self._by_name.get(name.lower(), [])]
         pairs: list[tuple[str, str]] = []
         if not values:
             return pairs        # no such header: nothing to parse
@@ -267,7 +266,7 @@ class MessageView:
 
     def _plain(self, name: str) -> str:
         values = self._by_name.get(name.lower())
-        return _FOLD.sub("", values[0].decode("latin-1")).strip() if values else ""
+        return unfold(values[0].decode("latin-1")).strip() if values else ""
 
     def _bounce_reason(self) -> str:
         value = self._plain("Content-Type")
@@ -597,7 +596,7 @@ def _part_header(part: Message, name: str) -> Message | None:
     want = name.lower()
     for key, value in part.raw_items():
         if key.lower() == want:
-            return _param_message(name, _FOLD.sub("", _to_bytes(value).decode("latin-1")))
+            return _param_message(name, unfold(_to_bytes(value).decode("latin-1")))
     return None
 
 

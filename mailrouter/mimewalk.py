@@ -27,7 +27,7 @@ from email.header import Header
 from email.message import Message
 from email.parser import BytesHeaderParser
 
-__all__ = ["Leaf", "UNFOLDED", "decoded_payload", "leaves", "transfer_encoding"]
+__all__ = ["Leaf", "UNFOLDED", "decoded_payload", "leaves", "transfer_encoding", "unfold"]
 
 _PIECE = 1 << 18                              # bytes decoded or checked at a time
 _MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
@@ -39,6 +39,12 @@ _UU = ("x-uuencode", "uuencode", "uue", "x-uue")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
+def unfold(value: str) -> str:
+    """A header value unfolded (RFC 5322 2.2.3: each line break before white space goes);
+    most values are one line and skip the regex."""
+    return _FOLD.sub("", value) if "\n" in value else value
+
+
 class _Unfolded(policy.Compat32):
     """compat32, but a header value is unfolded when read (RFC 5322 section 2.2.3), as
     policy.default reads it: a boundary folded inside its quotes (RFC 2046's own sample
@@ -47,9 +53,7 @@ class _Unfolded(policy.Compat32):
 
     def header_fetch_parse(  # type: ignore[override]  # as Compat32 (typeshed: Policy says str)
             self, name: str, value: str) -> str | Header:
-        if isinstance(value, str) and "\n" in value:    # most values are one line: no regex
-            value = _FOLD.sub("", value)
-        return super().header_fetch_parse(name, value)
+        return super().header_fetch_parse(name, unfold(value) if isinstance(value, str) else value)
 
 
 UNFOLDED = _Unfolded()
