@@ -149,12 +149,24 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
   - name: no rcpt
     headers: {Subject: x}
     expect: {folder: X}
+  - name: sample kept
+    message: samples/kept.eml
+    rcpt: sales@example.com
+    expect: {folder: X}
+  - name: sample gone
+    message: samples/gone.eml
+    rcpt: sales@example.com
+    expect: {folder: X}
 """, encoding="utf-8")
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "kept.eml").write_bytes(b"Subject: x\r\n\r\nbody\r\n")
     lines = check_rule_tests(yamlsrc.load(path)["tests"], tmp_path)
     assert lines == [
         f"{path}:9: test pasted rule: unknown key 'when': this looks like a rule; rules go "
         "under 'rules:', this entry is under 'tests:'",
         f"{path}:12: test no rcpt: needs 'rcpt:'",
+        f"{path}:19: test sample gone: cannot read message "
+        f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory",
     ]
 
 

@@ -170,9 +170,11 @@ def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".") -> list[s
     """One line per test case that could not run (its shape, not its outcome): for check."""
     problems: list[str] = []
     for i, case in enumerate(tests or ()):
-        head, _ = _head(tests, i, case, base_dir)
+        head, base = _head(tests, i, case, base_dir)
         try:
             _validate(case)
+            if case.get("message") is not None:
+                _raw(case, base)     # a missing .eml: `check` says so, not only `test`
         except _CaseError as exc:
             problems.append(head + str(exc))
     return problems
