@@ -8,7 +8,8 @@ own clock) one write transaction:
   instance scanning at the same moment skips them instead of waiting;
 - `remind`: `control.remind_after` of working time (the request's SLA calendar;
   elapsed time without one) after the due time, a reminder to the owner, or the
-  owner's deputy when the owner is away that day (address book `away:`);
+  owner's deputy when the owner is away that day (address book `away:`, the day in
+  the person's zone: control/owners.py Zones);
 - `escalate`: `control.escalate_after` of working time after the reminder, to the
   owner's deputy (down the chain of those away), or when the deputy is the one who
   got the reminder, is away with every deputy after, or there is none, to the
@@ -43,7 +44,7 @@ from ..errors import RegistryError
 from ..registry import Registry
 from ..registry.models import outbox_insert
 from .notice import build_notice
-from .owners import on_duty
+from .owners import Zones, on_duty
 from .store import add_event
 from .tables import request_alerts, requests
 
@@ -136,14 +137,15 @@ class Scheduler:
         the first back), else the team's head or control.head; an away deputy only when
         there is no head at all."""
         people, owner = snap.book.people, r["owner"]
+        zones = Zones.of(snap.book.teams, snap.rules.calendars)
         if stage == "remind" and owner in people:
-            return on_duty(people, owner, now)[0]
+            return on_duty(people, owner, now, zones)[0]
         deputy = people[owner].deputy if owner in people else None
         away = None
         if deputy is not None:
-            deputy = on_duty(people, deputy, now)[0]
+            deputy = on_duty(people, deputy, now, zones)[0]
             if deputy != reminded:
-                if not people[deputy].is_away(now.astimezone(timezone.utc).date()):
+                if not zones.is_away(people[deputy], now):
                     return str(deputy)
                 away = str(deputy)
         team = snap.book.teams.get(r["team"]) if r["team"] else None
