@@ -20,6 +20,11 @@ Naive datetimes are taken as UTC: the daemon's clock is UTC and rule tests may
 write `at:` with or without an offset. Results are aware datetimes in the
 calendar's zone. Across a DST change a span lasts its real (elapsed) length.
 
+The company's zone (`company_zone`): the zone of the calendar named `default`, else the
+one zone every calendar names, else UTC. It says on which day a moment falls for
+`away:` dates (control/owners.py) and for report days (registry/queries.py), so a
+company in Moscow with only `msk` calendars gets Moscow days without writing anything.
+
 Refused at load: unknown time zone, unparsable hours, days, holidays or workdays, a
 calendar with no working time at all (an SLA on it would never fall due), a workday
 that is also a holiday or whose weekday already has working hours (a typo, or a
@@ -39,7 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from .errors import ConfigError, ConfigErrors
 from .yamlsrc import where
 
-__all__ = ["Calendar", "parse_calendar", "build_calendars"]
+__all__ = ["Calendar", "parse_calendar", "build_calendars", "company_zone", "DEFAULT_CALENDAR"]
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPAN = re.compile(r"^\s*(?P<days>[A-Za-z]+(?:\s*-\s*[A-Za-z]+)?)\s+"
@@ -48,6 +53,9 @@ _KEYS = ("timezone", "hours", "holidays", "workdays")
 # How far ahead add_business_hours looks before giving up (a calendar whose every
 # day is a holiday for years is a configuration mistake, not a reason to hang).
 _HORIZON_DAYS = 3 * 366
+# The calendar whose zone is the company's when the calendars name several zones.
+DEFAULT_CALENDAR = "default"
+UTC = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,3 +268,12 @@ def build_calendars(spec: Mapping[str, Any] | None) -> dict[str, Calendar]:
     if errors:
         raise ConfigErrors(errors)
     return result
+
+
+def company_zone(calendars: Mapping[str, Calendar]) -> ZoneInfo:
+    """The zone whose dates `away:` and report days are read in: the `default` calendar's,
+    else the one zone all calendars share, else UTC (the daemon's clock; nothing to go by)."""
+    if DEFAULT_CALENDAR in calendars:
+        return calendars[DEFAULT_CALENDAR].tz
+    zones = {c.tz.key: c.tz for c in calendars.values()}
+    return next(iter(zones.values())) if len(zones) == 1 else UTC

@@ -77,8 +77,8 @@ async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_
     code, out, err = await asyncio.to_thread(cli, "report", "--since", "2027-02-01",
                                              "--until", "2027-01-01")
     assert (code, out) == (2, "") and err == (
-        "mailrouter report: --since 2027-02-01T00:00:00+00:00 is not before --until "
-        "2027-01-01T00:00:00+00:00 (--until is the end of the period, not included)\n")
+        "mailrouter report: --since 2027-02-01T00:00:00+03:00 is not before --until "
+        "2027-01-01T00:00:00+03:00 (--until is the end of the period, not included)\n")
     assert (await asyncio.to_thread(cli, "report", "--since", "2999-01-01"))[0] == 2
     assert (await asyncio.to_thread(cli, "registry", "search", "--since", "2027-01-02",
                                     "--until", "2027-01-01"))[0] == 2

@@ -8,6 +8,9 @@ header line. Exit codes: 0 done, 1 no such request or one the change does not ap
 (close: already closed; wait: closed or already waiting), 2 the configuration or the
 registry could not be read.
 
+A date or time without an offset (`--since 2027-01-11`) is the company's
+(calendars.company_zone), as the web report's days and `away:` dates are.
+
 Refused with a clear message (exit 2): a date that is not ISO (`2027-01-11` or with a
 time), an unknown status. The registry is opened without creating or migrating it.
 """
@@ -25,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from ..calendars import company_zone
 from ..errors import RegistryError
 from .store import add_event
 from .tables import STATUSES, requests
@@ -34,12 +38,21 @@ __all__ = ["add_commands", "ask_registry"]
 
 
 def _when(text: str) -> datetime:
+    """An ISO date or time; without an offset it stays naive until `_local` knows the zone."""
     try:
-        at = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date (e.g. 2027-01-11 or "
                                          "2027-01-11T10:00+03:00)") from None
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def _local(args: argparse.Namespace, cfg: Any) -> tuple[Any, datetime | None, datetime | None]:
+    """(the snapshot, --since, --until), naive ones taken in the company's zone."""
+    snap = args.load_snapshot(cfg)
+    zone = company_zone(snap.rules.calendars)
+    since, until = ((at.replace(tzinfo=zone) if at is not None and at.tzinfo is None else at)
+                    for at in (args.since, args.until))
+    return snap, since, until
 
 
 def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -121,12 +134,14 @@ def _period(what: str, since: datetime | None, until: datetime | None) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .queries import report
     now = datetime.now(timezone.utc)
-    _period("report", args.since, args.until or (now if args.since else None))
-    until = args.until or now
-    since = args.since or until - timedelta(days=30)
     cfg = args.load_config(args.config)
-    cals = args.load_snapshot(cfg).rules.calendars
-    doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals), cfg=cfg)
+    snap, since_at, until_at = _local(args, cfg)
+    _period("report", since_at, until_at or (now if since_at else None))
+    until = until_at or now
+    since = since_at or until - timedelta(days=30)
+    cals = snap.rules.calendars
+    doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals,
+                                                   zone=company_zone(cals)), cfg=cfg)
     rows = [{"section": k, **r} for k, v in doc.items() if isinstance(v, list) for r in v]
     rows += [{"section": k, **v} for k, v in doc.items() if isinstance(v, dict)]
 
@@ -148,11 +163,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .queries import search
-    _period("registry search", args.since, args.until)
+    cfg = args.load_config(args.config)
+    _, since, until = _local(args, cfg) if args.since or args.until else (None, None, None)
+    _period("registry search", since, until)
     found = _run(args, "registry search", lambda conn: search(
-        conn, sender=args.sender, rcpt=args.rcpt, words=args.subject, since=args.since,
-        until=args.until, tag=args.tag, owner=args.owner, status=args.status,
-        limit=args.n or None))
+        conn, sender=args.sender, rcpt=args.rcpt, words=args.subject, since=since,
+        until=until, tag=args.tag, owner=args.owner, status=args.status,
+        limit=args.n or None), cfg=cfg)
     _emit(args, found, _copy_rows(found), lambda: _print_messages(found))
     return 0
 

@@ -4,8 +4,8 @@ Pure: the registry's view (the last member a team picked, each person's open req
 comes in as a `TeamState`, the time as an argument, so a test can replay a hundred
 picks without a database. The store (control/store.py) gives the real state.
 
-- A person who is away (`away:` in the address book, on the day of `at` in UTC) is
-  replaced by their deputy, and so on down the chain. Loops are refused when the
+- A person who is away (`away:` in the address book, on the day of `at` in their zone)
+  is replaced by their deputy, and so on down the chain. Loops are refused when the
   address book loads, so the walk ends; when everybody on the chain is away, the
   request stays with the first person (someone must own it) and the reason says so.
 - A team picks among members who are not away (if all are, among all of them):
@@ -15,6 +15,10 @@ picks without a database. The store (control/store.py) gives the real state.
   working hours at `at`, or, when nobody is, the one whose shift starts first, then
   round-robin among those. The picked member then goes through the absence walk.
 
+A person's zone (`Zones`) is the zone of the calendar a team schedule gives them (when
+all their schedules agree), else the company's (calendars.company_zone): `away:
+2026-12-07` in Moscow starts at 00:00 MSK, 21:00 UTC the day before, not at 03:00 MSK.
+
 Refused: nothing at run time (unknown names are load-time errors); an owner key that
 is neither a person nor a team gives no owner.
 """
@@ -22,15 +26,15 @@ is neither a person nor a team gives no owner.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone, tzinfo
 from typing import Any, Protocol
 
 from ..addressbook.model import Person, Team
-from ..calendars import Calendar
+from ..calendars import Calendar, company_zone
 from ..values import Target
 
-__all__ = ["OwnerChoice", "TeamState", "choose_owner", "on_duty", "owner_targets", "pick_member"]
+__all__ = ["OwnerChoice", "TeamState", "Zones", "choose_owner", "on_duty", "owner_targets", "pick_member"]
 
 
 class TeamState(Protocol):
@@ -49,19 +53,46 @@ class OwnerChoice:
     member: str | None = None          # the member the team picked (before any deputy)
 
 
-def _day(at: datetime) -> date:
-    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).date()
+@dataclass(frozen=True, slots=True)
+class Zones:
+    """In which zone each person's `away:` dates are read: `people` (from team schedules),
+    else `default`. UTC for everybody is what the daemon did before it knew better."""
+
+    default: tzinfo = timezone.utc
+    people: Mapping[str, tzinfo] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, teams: Mapping[str, Team], calendars: Mapping[str, Calendar]) -> Zones:
+        found: dict[str, dict[str, tzinfo]] = {}
+        for team in teams.values():
+            for member, cal in team.schedule:
+                if cal in calendars:
+                    found.setdefault(member, {})[calendars[cal].tz.key] = calendars[cal].tz
+        # two schedules in two zones: no way to tell which one is home; the company's
+        return cls(company_zone(calendars),
+                   {m: next(iter(z.values())) for m, z in found.items() if len(z) == 1})
+
+    def day(self, person: str, at: datetime) -> date:
+        """The date `at` falls on where `person` works (naive `at` is UTC)."""
+        aware = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        return aware.astimezone(self.people.get(person, self.default)).date()
+
+    def is_away(self, person: Person, at: datetime) -> bool:
+        return person.is_away(self.day(person.key, at))
 
 
-def on_duty(people: Mapping[str, Person], key: str, at: datetime) -> tuple[str, tuple[str, ...]]:
+def on_duty(people: Mapping[str, Person], key: str, at: datetime,
+            zones: Zones) -> tuple[str, tuple[str, ...]]:
     """`key`, or the first deputy down the chain who is not away at `at`."""
-    day, chain, why = _day(at), [key], []
-    while people[chain[-1]].is_away(day):
+    chain: list[str] = [key]
+    why: list[str] = []
+    while zones.is_away(people[chain[-1]], at):
         deputy = people[chain[-1]].deputy
         if deputy is None or deputy in chain:
-            why.append(f"{key} and every deputy after are away on {day}: {key} keeps it")
+            why.append(f"{key} and every deputy after are away on {zones.day(key, at)}: "
+                       f"{key} keeps it")
             return key, tuple(why)
-        why.append(f"{chain[-1]} is away on {day}: deputy {deputy}")
+        why.append(f"{chain[-1]} is away on {zones.day(chain[-1], at)}: deputy {deputy}")
         chain.append(deputy)
     return chain[-1], tuple(why)
 
@@ -74,10 +105,10 @@ def _after(members: Sequence[str], last: str | None, among: Sequence[str]) -> st
 
 
 def pick_member(team: Team, people: Mapping[str, Person], calendars: Mapping[str, Calendar],
-                at: datetime, state: TeamState) -> tuple[str, str]:
+                at: datetime, state: TeamState, zones: Zones | None = None) -> tuple[str, str]:
     """(member, why) for one new request to `team`."""
-    day = _day(at)
-    present = [m for m in team.members if not people[m].is_away(day)] or list(team.members)
+    zones = zones or Zones.of({team.key: team}, calendars)
+    present = [m for m in team.members if not zones.is_away(people[m], at)] or list(team.members)
     last = state.last_pick(team.key)
     if team.pick == "least-open":
         counts = {m: state.open_count(m) for m in present}
@@ -106,17 +137,18 @@ def choose_owner(people: Mapping[str, Person], teams: Mapping[str, Team],
     if key is None:
         return OwnerChoice(None)
     team: Any = teams.get(key)
+    zones = Zones.of(teams, calendars)
     why: list[str] = []
     member = None
     if team is not None:
         if not team.members:
             return OwnerChoice(None, key, (f"team {key} has no members",))
-        key, reason = pick_member(team, people, calendars, at, state)
+        key, reason = pick_member(team, people, calendars, at, state, zones)
         member = key
         why.append(reason)
     if key not in people:
         return OwnerChoice(None, team.key if team else None, (f"no person {key!r}",))
-    owner, absent = on_duty(people, key, at)
+    owner, absent = on_duty(people, key, at, zones)
     return OwnerChoice(owner, team.key if team else None, tuple(why) + absent, member)
 
 

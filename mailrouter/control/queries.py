@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
-from datetime import datetime, time, timedelta
+from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, true
@@ -73,25 +73,32 @@ def _response(rows: list[Any], now: datetime, calendars: Mapping[str, Any]) -> d
 
 
 def report(conn: Connection, since: datetime, until: datetime, now: datetime,
-           calendars: Mapping[str, Any], scope: Scope | None = None) -> dict[str, Any]:
+           calendars: Mapping[str, Any], scope: Scope | None = None,
+           zone: tzinfo = timezone.utc) -> dict[str, Any]:
     """Volume per mailbox/rule/owner/day, first-response times and SLA kept (overall, per
-    mailbox, per owner), open and overdue per owner; only the requests `scope` may see."""
+    mailbox, per owner), open and overdue per owner; only the requests `scope` may see.
+    A day is a date in `zone` (calendars.company_zone), counted here from the opening
+    times read below, not by the database's date(): PostgreSQL's follows its TimeZone."""
     span = and_(requests.c.opened_at >= since, requests.c.opened_at < until, requests_in(scope))
     out: dict[str, Any] = {"since": since.isoformat(), "until": until.isoformat()}
     for name, col in (("mailbox", requests.c.mailbox), ("rule", requests.c.rule),
-                      ("owner", requests.c.owner), ("day", func.date(requests.c.opened_at))):
+                      ("owner", requests.c.owner)):
         rows = conn.execute(select(col, func.count()).where(span).group_by(col).order_by(col))
         out[f"volume_per_{name}"] = [{name: str(k) if k is not None else None, "requests": int(n)}
                                      for k, n in rows]
     every: list[Any] = []
     per_box: dict[str | None, list[Any]] = {}
     per_owner: dict[str | None, list[Any]] = {}
+    per_day: dict[str, int] = {}
     for opened, first, due, cal, box, owner in conn.execute(select(
             requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
             requests.c.sla_calendar, requests.c.mailbox, requests.c.owner).where(span)):
         every.append((opened, first, due, cal))
         per_box.setdefault(box, []).append(every[-1])
         per_owner.setdefault(owner, []).append(every[-1])
+        day = opened.astimezone(zone).date().isoformat()
+        per_day[day] = per_day.get(day, 0) + 1
+    out["volume_per_day"] = [{"day": d, "requests": n} for d, n in sorted(per_day.items())]
     whole = _response(every, now, calendars)
     out["first_response_hours"] = {k: whole[k] for k in ("answered", "median", "p90")}
     out["sla"] = {k: whole[k] for k in ("kept", "missed", "share_kept")}

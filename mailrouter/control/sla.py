@@ -8,12 +8,19 @@ own clock) one write transaction:
   instance scanning at the same moment skips them instead of waiting;
 - `remind`: `control.remind_after` of working time (the request's SLA calendar;
   elapsed time without one) after the due time, a reminder to the owner, or the
-  owner's deputy when the owner is away that day (address book `away:`);
+  owner's deputy when the owner is away that day (address book `away:`, the day in
+  the person's zone: control/owners.py Zones);
 - `escalate`: `control.escalate_after` of working time after the reminder, to the
   owner's deputy (down the chain of those away), or when the deputy is the one who
   got the reminder, is away with every deputy after, or there is none, to the
   team's `head:`, else `control.head`;
 - closes answered/waiting requests quiet for `control.close_after`.
+- deletes thread claims (control/store.py claim_thread) of messages never recorded: the
+  process died, or the registry failed, between the claim and the record. A retry of
+  such a message (Postfix keeps it 5 days) should take the claimed owner, so a claim
+  goes after CLAIM_MAX_AGE (a week). The table holds no time: the week counts from the
+  scan that first saw the claim unrecorded, in this scheduler's memory (a restart
+  starts it again; two instances delete the same rows, which is harmless).
 
 Each stage is a row of `request_alerts`, unique per (request, stage), inserted with
 ON CONFLICT DO NOTHING: whatever restarts or instances do, only the insert that
@@ -41,16 +48,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..config import ControlConfig
 from ..errors import RegistryError
 from ..registry import Registry
-from ..registry.models import outbox_insert
+from ..registry.models import messages, outbox_insert
 from .notice import build_notice
-from .owners import on_duty
+from .owners import Zones, on_duty
 from .store import add_event
-from .tables import request_alerts, requests
+from .tables import request_alerts, requests, thread_claims
 
 __all__ = ["Alert", "Scheduler"]
 
 log = logging.getLogger("mailrouter.control")
 _BATCH = 500            # requests per scan; the next scan takes the rest
+CLAIM_MAX_AGE = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,7 @@ class Scheduler:
         self.hostname = hostname
         self.sender = cfg.sender or f"mailrouter@{hostname}"
         self.wake = wake            # the outbox worker's: new rows, send now
+        self._unrecorded: dict[str, datetime] = {}   # claim -> first scan that saw it unrecorded
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan until `stop` is set; a registry outage is logged and retried next time."""
@@ -127,6 +136,7 @@ class Scheduler:
             elif self._later(snap, r["sla_calendar"], done.at, self.cfg.escalate_after) <= now:
                 made += self._alert(conn, snap, r, "escalate", now, done.recipient)
         self._quiet_close(conn, now)
+        self._purge_claims(conn, now)
         return made
 
     def _recipient(self, snap: Any, r: dict[str, Any], stage: str, now: datetime,
@@ -136,14 +146,15 @@ class Scheduler:
         the first back), else the team's head or control.head; an away deputy only when
         there is no head at all."""
         people, owner = snap.book.people, r["owner"]
+        zones = Zones.of(snap.book.teams, snap.rules.calendars)
         if stage == "remind" and owner in people:
-            return on_duty(people, owner, now)[0]
+            return on_duty(people, owner, now, zones)[0]
         deputy = people[owner].deputy if owner in people else None
         away = None
         if deputy is not None:
-            deputy = on_duty(people, deputy, now)[0]
+            deputy = on_duty(people, deputy, now, zones)[0]
             if deputy != reminded:
-                if not people[deputy].is_away(now.astimezone(timezone.utc).date()):
+                if not zones.is_away(people[deputy], now):
                     return str(deputy)
                 away = str(deputy)
         team = snap.book.teams.get(r["team"]) if r["team"] else None
@@ -197,6 +208,20 @@ class Scheduler:
             "message_key": r["message_key"], "mail_from": self.sender, "rcpt": address,
             "raw": raw, "state": "queued", "attempts": 0, "created_at": real, "next_try": real,
             "sent_at": None, "last_error": ""}])
+
+    def _purge_claims(self, conn: Connection, now: datetime) -> None:
+        """Delete the claims of messages seen unrecorded for CLAIM_MAX_AGE (and still so)."""
+        unrecorded = ~exists().where(messages.c.key == thread_claims.c.message_key)
+        ids = conn.execute(select(thread_claims.c.message_id).where(unrecorded)
+                           .order_by(thread_claims.c.message_id).limit(_BATCH)).scalars()
+        self._unrecorded = {m: self._unrecorded.get(m, now) for m in ids}
+        old = [m for m, seen in self._unrecorded.items() if now - seen >= CLAIM_MAX_AGE]
+        if old:
+            conn.execute(thread_claims.delete().where(thread_claims.c.message_id.in_(old),
+                                                      unrecorded))
+            for m in old:
+                del self._unrecorded[m]
+            log.info("event=thread_claims_purged count=%d", len(old))
 
     def _quiet_close(self, conn: Connection, now: datetime) -> None:
         if self.cfg.close_after <= 0:

@@ -21,7 +21,8 @@
   about to open a request, with the owner it planned: another instance planning the
   thread at that moment takes the same owner. Apart from request_threads, so a claim
   (before delivery, no lock) and a record (under the requests lock) never wait on
-  each other's rows.
+  each other's rows. Claims of messages never recorded are deleted by the SLA scan
+  after a week (control/sla.py); those of recorded messages stay.
 """
 
 from __future__ import annotations

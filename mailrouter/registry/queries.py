@@ -10,6 +10,12 @@ prefixes stripped): "СЧЕТ" finds "Счёт №42", through the subject-word 
 (words.py); the walk goes newest first and stops at `limit` hits. Only a tag is
 tested in Python; a search with a tag stops after SCAN_MAX messages (the answer says so).
 
+Days are the company's (calendars.company_zone): `volume` counts a message on the date
+its time falls on in that zone, and the period runs from local midnight to local
+midnight, whatever the database server's own TimeZone (PostgreSQL's date() or
+date_trunc would use it; SQLite's is UTC). The day is a CASE over the local midnights
+as bound UTC instants, compared as every other time here, so both backends agree.
+
 Known limits: attachments' names are not recorded in the registry, so the story of a
 message has none; a counterparty's domain is matched with a LIKE suffix, which no index
 serves.
@@ -21,16 +27,16 @@ import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, exists, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, case, exists, func, literal_column, or_, select
 
 from .models import decisions, deliveries, messages
 from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
-           "SCAN_MAX"]
+           "local_midnight", "day_of", "SCAN_MAX"]
 
 SCAN_MAX = 200_000        # rows a subject-word search reads before it gives up
 _CHUNK = 2000
@@ -85,7 +91,8 @@ def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any
 def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", words: str = "",
            since: date | None = None, until: date | None = None, tag: str = "", status: str = "",
            mailbox: str = "", owner: str = "", limit: int = 100) -> SearchResult:
-    """Messages, newest first, each with its decisions and deliveries. `until` is inclusive.
+    """Messages, newest first, each with its decisions and deliveries. `until` is inclusive;
+    `since` and `until` are UTC days (web/app.py's search page passes no zone yet).
     `words`: every word in the subject (whole words; `счет*` for every word it begins)."""
     q = scope.where(select(messages.c.key, messages.c.received_at))
     if sender.strip():
@@ -100,8 +107,8 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
             q = q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
     want_tag = tag.strip()
     walk = newest(conn, q, parse_words(words), page=_CHUNK,
-                  since=None if since is None else _midnight(since),
-                  until=None if until is None else _midnight(until, 1))
+                  since=None if since is None else local_midnight(since, timezone.utc),
+                  until=None if until is None else local_midnight(until, timezone.utc, 1))
     hits: list[dict[str, Any]] = []
     scanned = 0
     while len(hits) < limit and scanned < SCAN_MAX:
@@ -121,8 +128,30 @@ def _in_order(conn: Connection, keys: list[str]) -> list[Any]:
     return [found[k] for k in keys]
 
 
-def _midnight(day: date, plus: int = 0) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=plus)
+def local_midnight(day: date, zone: tzinfo, plus: int = 0) -> datetime:
+    """The UTC instant `day` (+ `plus` days) begins in `zone`. Across a DST change a day
+    lasts 23 or 25 hours; where midnight itself is skipped the day begins at the jump."""
+    local = datetime.combine(day + timedelta(days=plus), time(0), zone)
+    try:
+        return local.astimezone(timezone.utc)
+    except OverflowError:           # year 1 east of Greenwich, 9999 west of it: the ends
+        return (datetime.min if local.year == 1 else datetime.max).replace(tzinfo=timezone.utc)
+
+
+def day_of(column: Any, zone: tzinfo, first: date, last: date) -> tuple[Any, list[date]]:
+    """(an SQL expression giving the index of the local day `column` falls on, the days):
+    for rows with first's midnight <= column < the midnight after `last`. A binary tree of
+    CASEs over the bound midnights: log2(days) comparisons per row, integer labels, one
+    bound parameter per day, the same answer on every backend."""
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    starts = [local_midnight(d, zone) for d in days]
+
+    def tree(lo: int, hi: int) -> Any:             # the days lo..hi-1
+        if hi - lo == 1:
+            return literal_column(str(lo))
+        mid = (lo + hi) // 2
+        return case((column < starts[mid], tree(lo, mid)), else_=tree(mid, hi))
+    return tree(0, len(days)), days
 
 
 def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | None:
@@ -141,21 +170,34 @@ def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500) -> 
     return _with_decisions(conn, rows)
 
 
-def volume(conn: Connection, scope: Scope, since: date, until: date) -> list[dict[str, Any]]:
-    """Messages per day, mailbox and owner (a message to two mailboxes counts in each),
-    with how many were deferred or rejected; `until` inclusive."""
-    day = func.date(messages.c.received_at)
-    q = (select(day.label("day"), decisions.c.mailbox, decisions.c.owner,
-                func.count(func.distinct(messages.c.key)).label("messages"),
-                func.count(func.distinct(messages.c.key)).filter(
-                    messages.c.status.in_(("deferred", "rejected", "partial"))).label("trouble"))
-         .join(decisions, decisions.c.message_key == messages.c.key)
-         .where(messages.c.received_at >= _midnight(since),
-                messages.c.received_at < _midnight(until, 1)))
+def volume(conn: Connection, scope: Scope, since: date, until: date,
+           zone: tzinfo = timezone.utc) -> list[dict[str, Any]]:
+    """Messages per day of `zone`, mailbox and owner (a message to two mailboxes counts in
+    each), with how many were deferred or rejected; `until` inclusive."""
+    start, end = local_midnight(since, zone), local_midnight(until, zone, 1)
+    span = (messages.c.received_at >= start, messages.c.received_at < end)
+    # the days that hold mail (two index lookups), not every day asked for: a period
+    # from year 1 would be a million-branch CASE
+    low, high = conn.execute(select(func.min(messages.c.received_at),
+                                    func.max(messages.c.received_at)).where(*span)).one()
+    if low is None:
+        return []
+    first, last = low.astimezone(zone).date(), high.astimezone(zone).date()
+    index, days = day_of(messages.c.received_at, zone, first, last)
+    rows = (select(index.label("day"), messages.c.key, messages.c.status, decisions.c.mailbox,
+                   decisions.c.owner)
+            .join(decisions, decisions.c.message_key == messages.c.key).where(*span))
     if not scope.everything:
         cond = decisions.c.mailbox.in_(sorted(scope.mailboxes))
-        q = q.where(or_(cond, decisions.c.owner == scope.owner) if scope.owner else cond)
-    q = q.group_by(day, decisions.c.mailbox, decisions.c.owner).order_by(
-        day, decisions.c.mailbox, decisions.c.owner)
-    return [{"day": str(r.day), "mailbox": r.mailbox, "owner": r.owner, "messages": int(r.messages),
-             "trouble": int(r.trouble)} for r in conn.execute(q)]
+        rows = rows.where(or_(cond, decisions.c.owner == scope.owner) if scope.owner else cond)
+    # grouped outside: PostgreSQL does not see a CASE with bound parameters in the select
+    # list and the same CASE in GROUP BY as one expression
+    sub = rows.subquery()
+    q = (select(sub.c.day, sub.c.mailbox, sub.c.owner,
+                func.count(func.distinct(sub.c.key)).label("messages"),
+                func.count(func.distinct(sub.c.key)).filter(
+                    sub.c.status.in_(("deferred", "rejected", "partial"))).label("trouble"))
+         .group_by(sub.c.day, sub.c.mailbox, sub.c.owner)
+         .order_by(sub.c.day, sub.c.mailbox, sub.c.owner))
+    return [{"day": days[int(r.day)].isoformat(), "mailbox": r.mailbox, "owner": r.owner,
+             "messages": int(r.messages), "trouble": int(r.trouble)} for r in conn.execute(q)]

@@ -8,6 +8,10 @@ for the requests opened in the period. Charts are SVG drawn here (charts.py); th
 download is `?format=csv` (messages per day, mailbox, owner) or `?format=csv&part=response`
 (one row per mailbox and per owner, the columns of the tables).
 
+Days are the company's (calendars.company_zone, the zone `away:` dates are read in): a
+period runs from local midnight to local midnight and a message counts on its local
+date, on SQLite and PostgreSQL alike; "today" is today there.
+
 Refused: a date that is not YYYY-MM-DD (400 naming the field), a period that ends
 before it starts (400).
 """
@@ -16,13 +20,14 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
 
+from ..calendars import company_zone
 from ..control.queries import report
-from ..registry.queries import volume
+from ..registry.queries import local_midnight, volume
 from .auth import REGISTRY
 from .charts import bar_chart
 from .common import BadInput, bad, day, lang_of, render, snap, viewer
@@ -34,12 +39,10 @@ RESPONSE_FIELDS = ["section", "name", "requests", "answered", "median", "p90", "
                    "share_kept"]
 
 
-def _midnight(d: date, plus: int = 0) -> datetime:
-    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc) + timedelta(days=plus)
-
-
 async def report_page(request: web.Request) -> web.StreamResponse:
-    today = datetime.now(timezone.utc).date()
+    s = snap(request)
+    zone = company_zone(s.rules.calendars)
+    today = datetime.now(zone).date()
     try:
         since = day(request, "since", today - timedelta(days=29)) or today
         until = day(request, "until", today) or today
@@ -47,12 +50,13 @@ async def report_page(request: web.Request) -> web.StreamResponse:
         return bad(request, str(exc))
     if until < since:
         return bad(request, f"until={until} is before since={since}")
-    scope, s = viewer(request).scope, snap(request)
+    scope = viewer(request).scope
     now = datetime.now(timezone.utc)
 
     def read(conn: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return volume(conn, scope, since, until), report(
-            conn, _midnight(since), _midnight(until, 1), now, s.rules.calendars, scope)
+        return volume(conn, scope, since, until, zone), report(
+            conn, local_midnight(since, zone), local_midnight(until, zone, 1), now,
+            s.rules.calendars, scope, zone)
     rows, doc = await request.app[REGISTRY].read("web report", read)
     name = f"mailrouter-{since}-{until}"
     if request.query.get("format") == "csv":
