@@ -135,7 +135,8 @@ async def test_report_days_are_local_on_postgresql_in_another_timezone(private_p
 
 async def test_web_report_and_cli_periods_are_moscow_days(make_app, tmp_path):
     """With only a Moscow calendar, a message received at 01:00 MSK on 2026-12-07 (22:00 UTC
-    on the 6th) is in the web report of the 7th (CSV and request figures), not of the 6th;
+    on the 6th) is in the web report and search of the 7th (CSV and request figures), not
+    of the 6th;
     `mailrouter report --since 2026-12-07 --until 2026-12-08` counts it too."""
     import asyncio
     import io
@@ -177,6 +178,11 @@ async def test_web_report_and_cli_periods_are_moscow_days(make_app, tmp_path):
         assert await csv("2026-12-06") == []
         [box] = [r for r in await csv("2026-12-07", "&part=response") if r.startswith("mailbox")]
         assert box.split(",")[:3] == ["mailbox", "support", "1"]
+        # the search page's days are the same Moscow days
+        for day, hits in (("2026-12-07", 1), ("2026-12-06", 0)):
+            async with http.get(f"{base}/search?since={day}&until={day}") as r:
+                assert r.status == 200
+                assert (await r.text()).count('href="/message/') == hits, day
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{db}'}}\n"
                    f"routing: ['{tmp_path}/rules/*.yaml']\ncontrol: {{}}\n", encoding="utf-8")

@@ -90,9 +90,10 @@ def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any
 
 def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", words: str = "",
            since: date | None = None, until: date | None = None, tag: str = "", status: str = "",
-           mailbox: str = "", owner: str = "", limit: int = 100) -> SearchResult:
+           mailbox: str = "", owner: str = "", limit: int = 100,
+           zone: tzinfo = timezone.utc) -> SearchResult:
     """Messages, newest first, each with its decisions and deliveries. `until` is inclusive;
-    `since` and `until` are UTC days (web/app.py's search page passes no zone yet).
+    `since` and `until` are days of `zone` (the web view passes the company's).
     `words`: every word in the subject (whole words; `счет*` for every word it begins)."""
     q = scope.where(select(messages.c.key, messages.c.received_at))
     if sender.strip():
@@ -107,8 +108,8 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
             q = q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
     want_tag = tag.strip()
     walk = newest(conn, q, parse_words(words), page=_CHUNK,
-                  since=None if since is None else local_midnight(since, timezone.utc),
-                  until=None if until is None else local_midnight(until, timezone.utc, 1))
+                  since=None if since is None else local_midnight(since, zone),
+                  until=None if until is None else local_midnight(until, zone, 1))
     hits: list[dict[str, Any]] = []
     scanned = 0
     while len(hits) < limit and scanned < SCAN_MAX:

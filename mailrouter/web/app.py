@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import Connection
 
+from ..calendars import company_zone
 from ..config import WebConfig, is_loopback
 from ..control.queries import request_of
 from ..registry import Registry
@@ -137,9 +138,9 @@ async def search_page(request: web.Request) -> web.Response:
         return bad(request, str(exc))
     fields = {k: q.get(k, "")[:200] for k in ("sender", "rcpt", "words", "tag", "status", "mailbox",
                                               "owner")}
-    scope = viewer(request).scope
+    scope, zone = viewer(request).scope, company_zone(snap(request).rules.calendars)
     found = await request.app[REGISTRY].read("web search", lambda c: search(
-        c, scope, since=since, until=until, limit=100, **fields))
+        c, scope, since=since, until=until, limit=100, zone=zone, **fields))
     return render(request, "search.html", found=found, q=fields, since=q.get("since", ""),
                   until=q.get("until", ""), statuses=sorted(MESSAGE_STATUSES),
                   mailboxes=_visible_mailboxes(request), people=snap(request).book.people)
