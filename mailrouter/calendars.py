@@ -44,7 +44,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from .errors import ConfigError, ConfigErrors
 from .yamlsrc import where
 
-__all__ = ["Calendar", "parse_calendar", "build_calendars", "company_zone", "DEFAULT_CALENDAR"]
+__all__ = ["Calendar", "parse_calendar", "build_calendars", "company_zone", "zone_warnings",
+           "DEFAULT_CALENDAR"]
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPAN = re.compile(r"^\s*(?P<days>[A-Za-z]+(?:\s*-\s*[A-Za-z]+)?)\s+"
@@ -268,6 +269,18 @@ def build_calendars(spec: Mapping[str, Any] | None) -> dict[str, Calendar]:
     if errors:
         raise ConfigErrors(errors)
     return result
+
+
+def zone_warnings(calendars: Mapping[str, Calendar]) -> list[str]:
+    """For `check`: calendars in several zones and none named `default` leave company_zone
+    at UTC, which a company in Moscow and Yekaterinburg would not guess."""
+    zones = sorted({c.tz.key for c in calendars.values()})
+    if DEFAULT_CALENDAR in calendars or len(zones) < 2:
+        return []
+    named = ", ".join(f"{name}: {cal.tz.key}" for name, cal in sorted(calendars.items()))
+    return [f"calendars name {len(zones)} time zones ({named}) and none is called "
+            f"'{DEFAULT_CALENDAR}': away: dates and report days are read in UTC; add a "
+            f"calendar named '{DEFAULT_CALENDAR}' in the company's zone"]
 
 
 def company_zone(calendars: Mapping[str, Calendar]) -> ZoneInfo:

@@ -389,3 +389,28 @@ def test_help_says_where_the_config_comes_from():
     assert ("Without -c, the config is $MAILROUTER_CONFIG if set, else /etc/mailrouter/config.yaml "
             "if it exists, else the embedded default") in text
     assert "$MAILROUTER_CONFIG, else /etc/mailrouter/config.yaml" in " ".join(mr("check", "--help").stdout.split())
+
+
+def test_check_warns_when_calendars_in_several_zones_have_no_default(tmp_path):
+    """Calendars in Moscow and Yekaterinburg and none named `default`: away: dates and report
+    days fall back to UTC, which `check` says, naming the calendars and the fix; with a
+    `default` calendar the warning goes."""
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    routing = rules / "routing.yaml"
+    text = routing.read_text(encoding="utf-8")
+    assert "calendars:\n" in text
+    two = text.replace("calendars:\n", "calendars:\n  ekb: {timezone: Asia/Yekaterinburg, "
+                                       "hours: \"Mon-Fri 09:00-18:00\"}\n", 1)
+    routing.write_text(two, encoding="utf-8")
+    cfg = write_config(tmp_path / "config.yaml", 1, 2, 3, routing=str(rules / "*.yaml"))
+    out = mr("check", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert ("warning: calendars name 2 time zones (ekb: Asia/Yekaterinburg, msk: Europe/Moscow) "
+            "and none is called 'default': away: dates and report days are read in UTC; add a "
+            "calendar named 'default' in the company's zone") in out.stdout.splitlines()
+    routing.write_text(two.replace("calendars:\n", "calendars:\n  default: {timezone: "
+                                   "Europe/Moscow, hours: \"Mon-Fri 09:00-18:00\"}\n", 1),
+                       encoding="utf-8")
+    out = mr("check", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 0 and "time zones" not in out.stdout, out.stdout + out.stderr
