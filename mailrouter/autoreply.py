@@ -14,8 +14,11 @@ so the first reason found is the one recorded):
 - mail we generated (our trace header `X-Mailrouter-Loop: HOST; generated=...`);
 - `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress; the older
   markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`);
-- `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces;
-- any `List-*` header (RFC 2369, RFC 2919); `Precedence: bulk | junk | list | auto_reply`;
+- `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces; a complaint report
+  that is not one: an ARF part (RFC 5965) inside another multipart, or Hotmail's older
+  format (`X-HmXmrOriginalRecipient` in the returned message; `MessageView.complaint`);
+- any `List-*` header (RFC 2369, RFC 2919), or a list manager's own (`Mailing-List`,
+  `X-Mailing-List`, `X-ML-Name`, fml's `X-MLServer`); `Precedence: bulk | junk | list | auto_reply`;
   a bulk sender's campaign header (Mailchimp's X-MC-User, X-Campaign; Mail.ru's X-Mailru-Msgtype);
 - `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
 - a robot sender, envelope, From or Return-Path local part, matched against `robot_senders`
@@ -24,7 +27,10 @@ so the first reason found is the one recorded):
   domain counts), or the null address in From (`From: MAILER-DAEMON <>`: only MTAs write it);
 - a subject that starts the way bounces and out-of-office replies do (`Undeliverable:`,
   `Mail delivery failed`, `Недоставленное сообщение`, `Automatic reply:`, ...): for bounces
-  that carry no robot header and reach us with a forwarder's envelope sender;
+  that carry no robot header and reach us with a forwarder's envelope sender; a subject
+  that is only an MTA's words (`Delivery Failure`, `failure delivery`, `Mail Error`) when
+  the body's start also reads like an MTA's (an SMTP reply code, `Remote host said`,
+  `Failed Recipient:`, `recipient(s)`, `Original message follows`);
 - a sender on one of our own domains (two responders would answer each other);
 - this responder already answered this sender within its period (RFC 3834 2, RFC
   5230 4.1), or this sender got `daily_cap` answers in the last 24 hours.
@@ -34,7 +40,10 @@ makes the period hold across restarts and instances.
 
 Known limits: Feedback-ID and X-SES-Outgoing are not robot signs: Amazon WorkMail puts
 X-SES-Outgoing on a person's mail (sisimai's set-of-emails, lhost-amazonworkmail-*), and
-SES's own Feedback-ID is on mail of every kind it relays. A subject test misses bounces in other languages
+SES's own Feedback-ID is on mail of every kind it relays; nor are Yandex's X-Yandex-* trace
+headers, which are on a person's mail too (imap_tools' test messages). What Yandex's and
+Mail.ru's own out-of-office responders send is not known here: the public corpora hold
+their bounces, not their auto-replies. A subject test misses bounces in other languages
 and wording, and never looks past a `Re:`/`Fwd:` (a person forwarding a bounce is answered).
 The robot patterns are shell globs on the local part, case-insensitive;
 the language is guessed from Content-Language, then the body's charset, then the
@@ -54,6 +63,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
 from .loops import TRACE_HEADER
+from .message import LIST_MANAGER_HEADERS
 from .routing.responders import Responder
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
@@ -69,11 +79,12 @@ DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo",
                          "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
                          "*-bounces", "bounce", "bounces", "post_master")
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
-# auto_reply: set by vacation responders (Mail.ru, vacation(1) clones) instead of Auto-Submitted
+# auto_reply: set by cPanel's and BoxTrapper's responders instead of Auto-Submitted
 _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
 # Autoresponders that predate RFC 3834 mark their answers with these instead of Auto-Submitted
-# (X-Autoreply: yes from Yandex, Mail.ru and many vacation scripts; X-Autorespond from Outlook
-# rules and cPanel); any value but "no" counts
+# (X-Autoreply: yes from Gmail's vacation responder and Exchange mailbox rules, beside
+# Auto-Submitted; X-Autorespond from cPanel); any value but "no" counts. What Yandex's and
+# Mail.ru's responders send is not confirmed by any sample we found.
 _AUTOREPLY_MARKERS = ("X-Autoreply", "X-Autorespond")
 # Headers that only bulk senders set: Mailchimp's account and campaign ids; Mail.ru's
 # postmaster asks mass mailers for X-Mailru-Msgtype (X-Postmaster-Msgtype goes with it).
@@ -90,6 +101,24 @@ _BOUNCE_SUBJECT = re.compile(
     r"|(?:sorry, )?your message could not be delivered|postmaster notify:"
     r"|(?:non remis|unzustellbar|onbestelbaar|non recapitabile|no se puede entregar|не доставлено)\s*:"
     r"|недоставленное сообщение|ваше сообщение не доставлено)", re.IGNORECASE)
+# A whole subject that is only an MTA's words (flufl.bounce simple_36: Exchange 6.5's
+# "Delivery Failure" from "System Administrator"@; Yahoo's "failure delivery"; AOL's "Mail
+# Delivery Problem"). A person may write these too ("Delivery failure" of a parcel), so they
+# count only with an MTA's wording at the start of the body (_MTA_BODY).
+_BARE_BOUNCE_SUBJECT = re.compile(
+    r"(?:permanent\s+)?delivery\s+(?:failure|failed|problem|report|status|notification)"
+    r"|fail(?:ed|ure)\s+delivery|(?:undelivered|undeliverable|returned|failed)\s+mail"
+    r"|mail\s+(?:not\s+delivered|error|failure|delivery\s+problem)"
+    r"|non-?delivery(?:\s+(?:report|notification))?", re.IGNORECASE)
+# What MTAs write at the top of such a bounce and people do not: an SMTP reply with an enhanced
+# status code (RFC 3463), the remote server's words, the failed recipient named, software's
+# "(s)" plurals, the returned message announced.
+_MTA_BODY = re.compile(
+    r"\b[45]\d\d[ -]#?[245]\.\d{1,3}\.\d{1,3}\b|\bremote (?:host|server|system|mta) said\b"
+    r"|\b(?:failed|final)[ -]recipient\b|\bfollowing recipients?\b"
+    r"|recipient\(s\)|address\(es\)|\boriginal message follows\b|\breturned mail follows\b"
+    r"|\bbelow this line is a copy of the message\b", re.IGNORECASE)
+_MTA_BODY_CHARS = 3000
 # Out-of-office subjects of responders that set no header: Apple iCloud's "Auto reply:" (sisimai
 # rfc3834-03), Outlook's "Automatic reply:" in English, German, French and Russian.
 _AUTOREPLY_SUBJECT = re.compile(
@@ -106,6 +135,8 @@ class View(Protocol):
     def subject(self) -> str: ...
     @property
     def from_addr(self) -> str: ...
+    @property
+    def complaint(self) -> str: ...
     @property
     def body_text(self) -> str: ...
     @property
@@ -249,11 +280,17 @@ def _autoreply_marker(view: View) -> str:
 
 def _report(view: View) -> str:
     ctype = (view.header("Content-Type") or "").split(";", 1)[0].strip().lower()
-    return f"a report ({ctype}: a DSN or MDN)" if ctype == "multipart/report" else ""
+    if ctype == "multipart/report":
+        return f"a report ({ctype}: a DSN or MDN)"
+    return f"a report ({view.complaint})" if view.complaint else ""
+
+
+_LIST_MANAGER = frozenset(h.lower() for h in LIST_MANAGER_HEADERS)
 
 
 def _list(view: View) -> str:
-    names = [n for n, _ in view.raw_headers() if n.lower().startswith("list-")]
+    names = [n for n, _ in view.raw_headers()
+             if n.lower().startswith("list-") or n.lower() in _LIST_MANAGER]
     return f"mailing list ({names[0]} present)" if names else ""
 
 
@@ -279,6 +316,10 @@ def _robot_subject(view: View) -> str:
     subject = " ".join((view.subject or "").split())
     if _BOUNCE_SUBJECT.match(subject):
         return f"a bounce (Subject: {subject[:80]})"
+    if _BARE_BOUNCE_SUBJECT.fullmatch(subject.rstrip(" .!:")):
+        found = _MTA_BODY.search(view.body_head(_MTA_BODY_CHARS))
+        if found is not None:
+            return f"a bounce (Subject: {subject[:80]}; body: {' '.join(found[0].split())})"
     if _AUTOREPLY_SUBJECT.match(subject):
         return f"an auto-reply (Subject: {subject[:80]})"
     return ""

@@ -61,12 +61,22 @@ from mailrouter.charsets import (
     inspect_bytes,
 )
 
-__all__ = ["Attachment", "MessageView", "decode_header_value"]
+__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "decode_header_value"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
 _LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines splits at
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
+# What list managers put on every message besides or instead of RFC 2369's List-*: ezmlm-weed(1)
+# names Mailing-List (ezmlm), X-Mailing-List (SmartList) and X-ML-Name; fml writes X-MLServer
+# even on its own notices (sisimai set-of-emails lhost-fml-03, a "Loop Alert" from <ml>-admin).
+LIST_MANAGER_HEADERS = ("Mailing-List", "X-Mailing-List", "X-ML-Name", "X-MLServer")
+# A complaint report names the complainer in this header of the message it returns: Hotmail's
+# JMRP format, which predates ARF (RFC 5965) and is multipart/mixed (sisimai arf-22..24).
+_HOTMAIL_COMPLAINT = "x-hmxmroriginalrecipient"
+_HOTMAIL_LINE = re.compile(rb"(?:\A|\n)x-hmxmroriginalrecipient[ \t]*:", re.IGNORECASE)
+_PARTS_PEEKED = 64 * 1024        # bytes of a body searched for a report's attached message
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
 _T = TypeVar("_T")
@@ -275,8 +285,67 @@ class MessageView:
         if ctype is not None and ctype.get_content_type() == "multipart/report":
             report = str(ctype.get_param("report-type") or "").lower()
             return f"bounce: multipart/report; report-type={report}"
+        if self.complaint:
+            return f"bounce: {self.complaint}"
         local = self.from_addr.split("@", 1)[0].lower()
         return f"bounce: From {self.from_addr}" if local in _BOUNCE_SENDERS else ""
+
+    @cached_property
+    def complaint(self) -> str:
+        """What makes this a complaint (feedback) report that is not a top-level
+        multipart/report: an ARF part (RFC 5965 message/feedback-report) inside another
+        multipart, or Hotmail's older JMRP format, which returns the complained-of message as
+        message/rfc822 with X-HmXmrOriginalRecipient in it. '' for anything else. Only the
+        first two parts, in the first 64 KB of the body, are looked at, without a MIME walk:
+        the samples have the returned message first, or an explanation and then the report."""
+        if _HOTMAIL_COMPLAINT in self._by_name:
+            return "Hotmail complaint: X-HmXmrOriginalRecipient"
+        for ctype, attached in self._first_parts():
+            if ctype == "message/feedback-report":
+                return "complaint report: a message/feedback-report part"
+            if _HOTMAIL_LINE.search(attached):
+                return "Hotmail complaint: X-HmXmrOriginalRecipient in the attached message"
+        return ""
+
+    def _first_parts(self, most: int = 2) -> Iterator[tuple[str, bytes]]:
+        """(content type, header block of the message it carries: b'' but for message/rfc822)
+        of the first parts of a multipart message; a part that does not parse ends the search.
+        Only a part whose headers name a message/* type is parsed (the rest cannot matter)."""
+        value = self._plain("Content-Type")
+        if not value.lower().startswith("multipart/"):
+            return
+        boundary = _param_message("Content-Type", value).get_boundary()
+        start = len(self.header_block)
+        body = self.raw[start:start + _PARTS_PEEKED]
+        if not boundary or not body:
+            return
+        sep = b"--" + boundary.encode("latin-1", "replace")
+
+        def line_after(offset: int) -> int:     # the next boundary line's start, or -1
+            hit = body.find(b"\n" + sep, offset)
+            return hit + 1 if hit >= 0 else -1
+
+        at = 0 if body.startswith(sep) else line_after(0)
+        for count in range(most):
+            if count:
+                at = line_after(at)
+            line_end = body.find(b"\n", at) if at >= 0 else -1
+            if line_end < 0 or body[at + len(sep):line_end].strip():
+                return                  # none, cut off, the closing boundary or another line
+            head = _BLANK_LINE.search(body, line_end - 1)   # from the boundary line's own end
+            if head is None:
+                return
+            block, ctype, attached = body[line_end + 1:head.end()], "text/plain", b""
+            if b"message/" in block.lower():
+                try:
+                    ctype = BytesHeaderParser(policy=UNFOLDED).parsebytes(block).get_content_type()
+                except Exception:  # never raise: the parser is not ours
+                    return
+            if ctype == "message/rfc822":
+                inner = _BLANK_LINE.search(body, head.end())
+                attached = body[head.end():inner.end() if inner is not None else len(body)]
+            yield ctype, attached
+            at = head.end() - 1
 
     def _autoreply_reason(self) -> str:
         auto = self._plain("Auto-Submitted").split(";", 1)[0].strip().lower()
@@ -293,7 +362,7 @@ class MessageView:
         return ""
 
     def _list_reason(self) -> str:
-        for name in ("List-Id", "List-Unsubscribe"):
+        for name in ("List-Id", "List-Unsubscribe", *LIST_MANAGER_HEADERS):
             if name.lower() in self._by_name:
                 return f"list: {name} present"
         precedence = self._plain("Precedence").lower()

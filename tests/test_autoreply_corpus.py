@@ -89,6 +89,14 @@ ROBOTS = [
       "X-Mailer: MailChimp Mailer - **CID19457665f39d65e762ff**",
       "X-Campaign: mailchimp68b329da9893e34099c7d8ad5.19457665f3"),
      "bulk mail (X-Campaign present)", "list"),
+    ("sisimai lhost-fml-03: fml's Loop Alert, From <ml>-admin", (
+        "From: neko-admin@example.co.jp", "Subject: Loop Alert: Duplicated Message-ID (neko ML)",
+        "X-MLServer: fml [fml 4.0.3 release (20011202/4.0.3)]"),
+     "mailing list (X-MLServer present)", "list"),
+    ("ezmlm-weed(1)'s list sign: Mailing-List", (
+        "From: Ann <ann@client.example>", "Subject: Re: the meeting",
+        "Mailing-List: contact team-help@lists.client.example; run by ezmlm"),
+     "mailing list (Mailing-List present)", "list"),
 ]
 
 
