@@ -1,5 +1,6 @@
-"""Execution control: the Message-IDs each request's thread is known by, and the threads
-claimed before delivery (control/tables.py).
+"""Execution control: request threads' Message-IDs and threads claimed before delivery.
+
+The tables are described in control/tables.py.
 
 request_threads: one row per Message-ID, unique: the request a message of that thread
 joins. thread_claims: the owner the message about to open its request planned. The first
