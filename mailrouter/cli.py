@@ -31,8 +31,12 @@ __all__ = ["main"]
 CONFIG_HELP = f"config file; without it: {DISCOVERY}"
 
 
-def _config(path: str | None, code: int = 2) -> Config:
-    """The configuration, or its errors on stderr and exit `code` (check: 1, others: 2)."""
+def _config(path: str | None, code: int = 2, routing: Sequence[str] | None = None) -> Config:
+    """The configuration, or its errors on stderr and exit `code` (check: 1, others: 2).
+
+    `routing`: the --routing globs of check, test and explain, read instead of the config's
+    `routing:` (a copy of the rules being edited, tried against the live config).
+    """
     try:
         cfg = load_config(find_config(path))
     except ConfigErrors as exc:
@@ -43,6 +47,8 @@ def _config(path: str | None, code: int = 2) -> Config:
             print(f"  (the file named by ${CONFIG_ENV}; give -c FILE or unset it)",
                   file=sys.stderr)
         raise SystemExit(code) from None
+    if routing:
+        return _routed(cfg, routing, code)
     if not cfg.path and Path(cfg.routing[0]).parent == PACKAGE_RULES:
         # Outside a project folder (no ./rules) the embedded default runs the packaged
         # example: say so, or `check` and `test` pass on rules the user never wrote.
@@ -50,6 +56,19 @@ def _config(path: str | None, code: int = 2) -> Config:
               f"(routing files: {cfg.routing[0]}; registry and mail under {cfg.workdir / 'var'})",
               file=sys.stderr)
     return cfg
+
+
+def _routed(cfg: Config, globs: Sequence[str], code: int) -> Config:
+    """`cfg` reading the routing files `globs` name (relative to the current folder)."""
+    import dataclasses
+    import glob
+    patterns = tuple(str(Path(g).expanduser().absolute()) for g in globs)
+    for given, pattern in zip(globs, patterns):
+        if not glob.glob(pattern):
+            print(f"mailrouter: --routing {given!r} matches no file (a routing file or a glob "
+                  "such as 'rules.new/*.yaml', relative to the current folder)", file=sys.stderr)
+            raise SystemExit(code)
+    return dataclasses.replace(cfg, routing=patterns)
 
 
 def _shown(path: str | Path) -> str:
@@ -96,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = _config(args.config, code=1)
+    cfg = _config(args.config, code=1, routing=args.routing)
     snap = _snapshot(cfg, code=1)
     from .control.checks import check_control, check_web
     crossed = check_control(cfg.control, snap.book, cfg.path) + check_web(cfg.webui, snap.book,
@@ -138,7 +157,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from .routing.ruletests import run_rule_tests
-    snap = _snapshot(_config(args.config))
+    snap = _snapshot(_config(args.config, routing=args.routing))
     tests = snap.sections.get("tests") or []
     failures = run_rule_tests(tests, snap.decide, Path.cwd())
     for line in failures:
@@ -162,7 +181,7 @@ def _parse_at(text: str | None) -> datetime | None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
-    snap = _snapshot(_config(args.config))
+    snap = _snapshot(_config(args.config, routing=args.routing))
     try:
         raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
     except OSError as exc:
@@ -378,8 +397,10 @@ def cmd_web(args: argparse.Namespace) -> int:
 C = "-c /etc/mailrouter/config.yaml"
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "run": (f"mailrouter run {C}", "mailrouter run                # the embedded default"),
-    "check": (f"mailrouter check {C} && systemctl reload mailrouter",),
-    "test": (f"mailrouter test {C}",),
+    "check": (f"mailrouter check {C} && systemctl reload mailrouter",
+              f"mailrouter check {C} --routing 'rules.new/*.yaml'   # an edited copy"),
+    "test": (f"mailrouter test {C}",
+             f"mailrouter test {C} --routing 'rules.new/*.yaml'    # before it goes live"),
     "explain": ("mailrouter explain --rcpt invoices@example.com rules/samples/invoice-koi8r.eml",
                 "mailrouter explain --from '<>' --at 2026-12-31T18:00+03:00 --json bounce.eml"),
     "reload": (f"mailrouter reload {C}",),
@@ -441,9 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     add("run", cmd_run, "run the daemon until SIGTERM (SIGHUP reloads the routing files)")
-    add("check", cmd_check, "validate the configuration and routing files; exit 1 on errors")
-    add("test", cmd_test, "run the rule tests in the routing files; exit 1 on any failure")
+    ck = add("check", cmd_check, "validate the configuration and routing files; exit 1 on errors")
+    ts = add("test", cmd_test, "run the rule tests in the routing files; exit 1 on any failure")
     ex = add("explain", cmd_explain, "show the decision for one message, without delivering it")
+    for sp in (ck, ts, ex):     # try an edited copy before it goes live (the daemon watches its own)
+        sp.add_argument("--routing", action="append", metavar="GLOB",
+                        help="read these routing files instead of the config's 'routing:' "
+                             "(repeatable; e.g. an edited copy: --routing 'rules.new/*.yaml')")
     ex.add_argument("file", metavar="FILE.eml", help="the message ('-' for stdin)")
     ex.add_argument("--rcpt", action="append", metavar="ADDR",
                     help="envelope recipient (repeatable; default: the To/Cc addresses)")

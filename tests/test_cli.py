@@ -414,3 +414,41 @@ def test_check_warns_when_calendars_in_several_zones_have_no_default(tmp_path):
                        encoding="utf-8")
     out = mr("check", "-c", str(cfg), cwd=tmp_path)
     assert out.returncode == 0 and "time zones" not in out.stdout, out.stdout + out.stderr
+
+
+def test_routing_option_tries_an_edited_copy_against_the_live_config(tmp_path):
+    """An ops team edits a copy of the routing files and tries it before it goes live (the
+    daemon watches its own files): `check`, `test` and `explain --routing GLOB` read the copy
+    with the live config; the live files are not read, and a glob matching nothing says so."""
+    cfg = write_config(tmp_path / "config.yaml", 1, 2, 3)       # live: the shipped rules
+    copy = tmp_path / "rules.new"
+    shutil.copytree(RULES, copy)
+    routing = copy / "routing.yaml"
+    # the edit: invoices go to sales now, which the copy's own rule tests catch
+    text = routing.read_text(encoding="utf-8")
+    assert "mailbox: finance" in text
+    routing.write_text(text.replace("mailbox: finance", "mailbox: sales", 1), encoding="utf-8")
+
+    live = mr("test", "-c", str(cfg), cwd=tmp_path)
+    assert live.returncode == 0, live.stdout + live.stderr
+    tried = mr("test", "-c", str(cfg), "--routing", "rules.new/*.yaml", cwd=tmp_path)
+    assert tried.returncode == 1 and "expected 'finance'" in tried.stdout, tried.stdout
+
+    explained = mr("explain", "-c", str(cfg), "--routing", "rules.new/*.yaml", "--json",
+                   "--rcpt", "invoices@example.com", str(RULES / "samples" / "invoice-koi8r.eml"),
+                   cwd=tmp_path)
+    assert explained.returncode == 0, explained.stderr
+    assert json.loads(explained.stdout)["recipients"][0]["mailbox"] == "sales"
+
+    checked = mr("check", "-c", str(cfg), "--routing", "rules.new/*.yaml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert ("routing files: rules.new/company.yaml, rules.new/routing.yaml"
+            in checked.stdout.splitlines())
+    routing.write_text("rules:\n  - name: broken\n    if: {subject: {contians: x}}\n",
+                       encoding="utf-8")
+    broken = mr("check", "-c", str(cfg), "--routing", "rules.new/*.yaml", cwd=tmp_path)
+    assert broken.returncode == 1 and "rules.new/routing.yaml:3" in broken.stderr, broken.stderr
+
+    missing = mr("check", "-c", str(cfg), "--routing", "nothing/*.yaml", cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "--routing 'nothing/*.yaml' matches no file" in missing.stderr
