@@ -37,7 +37,7 @@ from ..registry.models import MESSAGE_STATUSES
 from ..registry.queries import Scope, counterparty, message_story, search
 from ..routing.snapshot import Snapshot
 from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person,
-                   headers, https, safe_next, session_token, set_session_cookie, signed_in)
+                   headers, https, login_token, safe_next, session_token, set_session_cookie, signed_in)
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
                      no_nul, redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
@@ -55,7 +55,7 @@ THROTTLE: web.AppKey[Throttle] = web.AppKey("throttle")
 async def login_form(request: web.Request, error: str = "", status: int = 200) -> web.Response:
     if request.app[SETTINGS].trusted_header is not None:
         raise web.HTTPSeeOther("/")
-    token = request.cookies.get(LOGIN_CSRF) or secrets.token_urlsafe(32)
+    token = login_token(request) or secrets.token_urlsafe(32)
     resp = render(request, "login.html", status=status, csrf_token=token, error=error,
                   next=safe_next(request.query.get("next")))
     resp.set_cookie(LOGIN_CSRF, token, httponly=True, samesite="Strict", path="/login",

@@ -24,6 +24,7 @@ their own mailbox.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,12 +40,13 @@ from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
 
 __all__ = ["Viewer", "viewer_for", "headers", "signed_in", "csrf", "find_person", "set_session_cookie",
-           "COOKIE", "session_token", "LOGIN_CSRF", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
+           "COOKIE", "session_token", "LOGIN_CSRF", "login_token", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
            "SNAPSHOT", "ERRORS", "VIEWER"]
 
 COOKIE = "mailrouter_session"
 LOGIN_CSRF = "mailrouter_login"
 PUBLIC = ("/login", "/lang", "/static/")
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -169,6 +171,14 @@ def session_token(request: web.Request) -> str:
     return token if token.isascii() and len(token) <= 128 else ""
 
 
+def login_token(request: web.Request) -> str:
+    """The sign-in form's CSRF cookie, or "" for one we never gave: ours are 43 characters
+    of token_urlsafe(32). A cookie of other bytes (decoded as surrogates) failed to encode,
+    answering the sign-in page and form 500."""
+    token = request.cookies.get(LOGIN_CSRF, "")
+    return token if _LOGIN_TOKEN.fullmatch(token) else ""
+
+
 def _quote(text: str) -> str:
     return quote(text, safe="")
 
@@ -185,7 +195,7 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
         form = await request.post()
         given = str(form.get("csrf", ""))
         viewer = request.get(VIEWER)
-        want = viewer.session.csrf if viewer is not None else request.cookies.get(LOGIN_CSRF, "")
+        want = viewer.session.csrf if viewer is not None else login_token(request)
         if not want or not hmac.compare_digest(given.encode(), want.encode()):
             raise web.HTTPForbidden(text="missing or stale CSRF token")
     return await handler(request)
