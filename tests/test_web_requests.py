@@ -9,6 +9,7 @@ owner (smirnov heads sales and support); petrova is an admin.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -247,6 +248,36 @@ async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any) -> None:
     assert await (await client()).login("smirnov") == 303
 
 
+async def test_sign_ins_sent_at_once_are_throttled_as_one_after_another(client: Any) -> None:
+    """Twelve wrong passwords for ivanov sent at once all passed the throttle (each was counted
+    only after its tens of milliseconds of scrypt): all twelve were checked, 401. Now each try
+    counts before the check: five are checked, seven get 429, and then so does the right one."""
+    guessers = [await client() for _ in range(12)]
+    tokens = []
+    for c in guessers:
+        _, page, _ = await c.get("/login")
+        tokens.append(re.search(r'name="csrf" value="([^"]+)"', page)[1])
+    answers = await asyncio.gather(*(c.post("/login", {"csrf": t, "person": "ivanov", "next": "/",
+                                                       "password": f"wrong password {i}"})
+                                     for i, (c, t) in enumerate(zip(guessers, tokens))))
+    assert sorted(a[0] for a in answers) == [401] * 5 + [429] * 7
+    assert await guessers[0].login("ivanov") == 429
+
+
+async def test_a_person_is_locked_by_key_and_by_address_alike(client: Any) -> None:
+    """One signs in with the key or the address: five failures for "ivanov" locked that name
+    only, and his address, with the right password, still signed in (five more guesses per
+    lock). Both names are one person's: the address is locked too, and the other way round."""
+    c = await client()
+    for _ in range(5):
+        assert await c.login("ivanov", "wrong password!") == 401
+    assert await c.login("p.ivanov@example.com") == 429
+    for _ in range(5):
+        assert await c.login("S.Smirnov@example.com", "wrong password!") == 401
+    assert await c.login("smirnov") == 429
+    assert await c.login("petrova") == 303
+
+
 async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(client: Any) -> None:
     """Behind a reverse proxy on this host every sign-in comes from 127.0.0.1: twenty failures
     from one client (X-Forwarded-For, the proxy's last entry) locked everyone out. Now that
@@ -274,8 +305,9 @@ def test_a_proxy_seen_through_a_dual_stack_socket_is_on_this_host(peer: str, loc
 
 def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -> None:
     """Clock-driven: 3 failures lock the name for 60 s from the last; success forgets the
-    name's failures; 4 failures from one address lock the address for any name; failures
-    spread wider than the window do not lock."""
+    name's failures; 4 failures from one address lock the address for any name; a try
+    counted as failed and then taken back by its success does not count for the address;
+    failures spread wider than the window do not lock."""
     now = [1000.0]
     t = Throttle(per_person=3, per_ip=4, window=100.0, lock=60.0, clock=lambda: now[0])
     for _ in range(3):
@@ -290,6 +322,11 @@ def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -
     assert t.wait("smirnov", "10.0.0.1") > 0 and t.wait("smirnov", "10.0.0.3") == 0
     t.succeeded("petrova")
     assert t.wait("petrova", "10.0.0.3") == 0
+    tried = Throttle(per_person=3, per_ip=2, window=100.0, lock=60.0, clock=lambda: now[0])
+    at = tried.failed("ivanov", "10.0.0.9")          # counted before the check, taken back
+    tried.succeeded("ivanov", "10.0.0.9", at)
+    tried.failed("smirnov", "10.0.0.9")
+    assert tried.wait("petrova", "10.0.0.9") == 0
     slow = Throttle(per_person=3, per_ip=100, window=100.0, lock=60.0, clock=lambda: now[0])
     for _ in range(3):
         slow.failed("x", "ip")

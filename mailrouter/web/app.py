@@ -80,19 +80,22 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     registry, settings, throttle = request.app[REGISTRY], request.app[SETTINGS], request.app[THROTTLE]
     typed, ip = str(form.get("person", ""))[:200], client_address(request)
-    wait = throttle.wait(typed, ip)
+    person = find_person(snap(request), typed)
+    # a person's failures count together whether they typed the key or the address
+    name = person if person is not None else typed
+    wait = throttle.wait(name, ip)
     if wait > 0:
         resp = await login_form(request, translate(lang_of(request), "throttled",
                                                    minutes=math.ceil(wait / 60)), 429)
         resp.headers["Retry-After"] = str(math.ceil(wait))
         return resp
-    person = find_person(snap(request), typed)
+    # counted as failed before the check (tens of ms of scrypt): tries sent at once see each other
+    at = throttle.failed(name, ip)
     stored = await registry.read("web sign-in", lambda c: password_hash(c, person)) if person else None
     ok = await asyncio.to_thread(verify_password, str(form.get("password", "")), stored)
     if not ok or person is None:
-        throttle.failed(typed, ip)
         return await login_form(request, translate(lang_of(request), "bad_login"), 401)
-    throttle.succeeded(typed)
+    throttle.succeeded(name, ip, at)
     now = datetime.now(timezone.utc)
     token, _ = await registry.write("web sign-in",
                                     lambda c: open_session(c, person, now, settings.session_ttl))

@@ -1,13 +1,17 @@
 """Sign-in throttling: failed attempts per person and per client address lock them a while.
 
-A failed sign-in counts against the name typed (case-folded, whether or not such a person
-exists, so the lock says nothing about who exists) and against the client's IP address
+A failed sign-in counts against the person signing in (by key or by address alike: both
+lock the person), or against the name typed (case-folded) when it is nobody's, so the lock
+comes alike whether or not such a person exists; and against the client's IP address
 (behind a reverse proxy on this host, the last X-Forwarded-For entry: app.client_address).
 After `per_person` failures of one name, or `per_ip` failures from one address, within
 `window` seconds, that name or address is locked for `lock` seconds from the last failure:
 sign-in answers 429 with Retry-After without even checking the password, so guessing
 costs an attacker `lock` seconds per few tries. A successful sign-in forgets the name's
 failures (not the address's: one right password must not unlock a guesser's address).
+Sign-in counts each try as a failure before it checks the password and takes it back when
+the password was right, so tries sent at once cannot all pass `wait` before the first is
+counted.
 
 Known limits: the counts live in the serving process's memory (the web view runs in one
 process: worker 0), so a restart forgets them and two instances count separately; at
@@ -55,7 +59,8 @@ class Throttle:
                 longest = max(longest, times[-1] + self.lock - now)
         return max(0.0, longest)
 
-    def failed(self, person: str, ip: str) -> None:
+    def failed(self, person: str, ip: str) -> float:
+        """Count a failure now; the time it was counted at, for `succeeded`."""
         now = self.clock()
         for key, _ in self._keys(person, ip):
             self._fails.setdefault(key, []).append(now)
@@ -63,6 +68,13 @@ class Throttle:
             del self._fails[key][:-max(self.per_person, self.per_ip)]
         while len(self._fails) > self.max_keys:
             self._fails.popitem(last=False)
+        return now
 
-    def succeeded(self, person: str) -> None:
-        self._fails.pop(self._keys(person, "")[0][0], None)
+    def succeeded(self, person: str, ip: str = "", at: float | None = None) -> None:
+        """Forget the name's failures, and take back the address's failure counted `at`
+        (sign-in counts each try as failed before it checks the password)."""
+        keys = self._keys(person, ip)
+        self._fails.pop(keys[0][0], None)
+        times = self._fails.get(keys[1][0])
+        if at is not None and times is not None and at in times:
+            times.remove(at)
