@@ -313,6 +313,23 @@ async def test_a_method_a_page_does_not_take_is_405_with_allow_not_a_stale_form(
     assert (await c.post("/logout", {}))[0] == 403
 
 
+async def test_without_a_session_head_is_get_and_a_method_no_page_takes_is_405(client: Any) -> None:
+    """Without a session only GET went to sign in: HEAD /search was 403 "sign in first",
+    and so were OPTIONS, TRACE or PUT on a page and a POST to a path we do not serve, as if
+    there were something to sign in for. HEAD goes to sign in as GET does; the others are
+    405 with Allow, or 404, as for the signed in."""
+    c = client()
+    async with c.http.head(c.base + "/search?words=x", allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/login?next=/search?words%3Dx"
+    for method, path, allow in (("OPTIONS", "/board", "GET,HEAD"), ("TRACE", "/search", "GET,HEAD"),
+                                ("PUT", "/search", "GET,HEAD"), ("TRACE", "/login", "GET,HEAD,POST")):
+        async with c.http.request(method, c.base + path, allow_redirects=False) as r:
+            assert r.status == 405 and r.headers["Allow"] == allow, (method, path, r.status)
+            assert "Content-Security-Policy" in r.headers
+    assert (await c.post("/nowhere", {}))[0] == 404
+    assert (await c.post("/logout", {}))[0] == 403                  # a page, but no session
+
+
 async def test_language_by_accept_language_and_by_the_switch(client: Any) -> None:
     """Accept-Language ru gives Russian; the switch sets English for later pages."""
     c = client("ru-RU,ru;q=0.9,en;q=0.8")

@@ -9,12 +9,12 @@ Middlewares, outermost first:
 - `signed_in`: a page needs a live session. With `web.trusted_header` the reverse proxy
   names the person in that header and a session is opened for them on the spot; else
   the session cookie must name a live row of `web_sessions` (registry/accounts.py).
-  A person no longer in the address book is signed out. Without a session a GET goes to
-  /login and a POST is refused;
+  A person no longer in the address book is signed out. Without a session a GET (or HEAD)
+  goes to /login and a POST is refused. A path we do not serve, or a method it does not
+  take (OPTIONS, TRACE, PUT, POST /board), is 404 or 405 with Allow before all that,
+  signed in or not: there is no such page to sign in for, and no form to be stale;
 - `csrf`: a POST whose Origin is not this site, or whose form lacks the session's CSRF
-  token (for /login: the token of its own cookie), gets 403 and changes nothing. A path
-  we do not serve, or a method it does not take (OPTIONS, PUT, POST /board), is 404 or 405
-  with Allow first: the form was not stale, there is none.
+  token (for /login: the token of its own cookie), gets 403 and changes nothing.
 
 Rights (`viewer_for`): an admin (`web.admins`) sees everything; a head of department the
 mail of the department's mailboxes; everybody also the mail they own or that lands in
@@ -136,6 +136,9 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
+    refused = request.match_info.http_exception
+    if refused is not None:     # no such page, or not by this method: 404/405, signed in or not
+        raise refused
     if request.path.startswith(PUBLIC):
         return await handler(request)
     registry, settings = request.app[REGISTRY], request.app[SETTINGS]
@@ -153,7 +156,7 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
                 "web sign-in", lambda c: open_session(c, named, now, settings.session_ttl))
     viewer = viewer_for(snap, settings, session) if session is not None else None
     if viewer is None:
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             raise web.HTTPSeeOther("/login?next=" + _quote(request.path_qs))
         raise web.HTTPForbidden(text="sign in first")
     request[VIEWER] = viewer
@@ -185,9 +188,6 @@ def _quote(text: str) -> str:
 
 @web.middleware
 async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
-    refused = request.match_info.http_exception
-    if refused is not None:     # no such page, or not by this method: 404/405, not "stale form"
-        raise refused
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("Origin")
         if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
