@@ -291,6 +291,20 @@ async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(clie
     assert await other.login("ivanov") == 303
 
 
+async def test_one_ipv6_network_counts_as_one_client(client: Any) -> None:
+    """Failures counted per address, and a host owns a whole IPv6 /64 (2**64 addresses):
+    a guesser took a fresh address every 20 tries and was never locked. The /64 counts as
+    one client; another /64 behind the same proxy still signs in."""
+    guesser, other = await client(), await client()
+    other.http.headers["X-Forwarded-For"] = "2001:db8:0:2::1"
+    for n in range(20):
+        guesser.http.headers["X-Forwarded-For"] = f"2001:db8:0:1::{n + 1:x}"
+        assert await guesser.login(f"nobody{n}", "wrong password!") == 401
+    guesser.http.headers["X-Forwarded-For"] = "2001:db8:0:1:ffff::99"
+    assert await guesser.login("ivanov") == 429
+    assert await other.login("ivanov") == 303
+
+
 @pytest.mark.parametrize("peer, local", [
     ("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
     ("::ffff:127.0.0.1", True), ("::ffff:127.8.9.1", True),
@@ -307,7 +321,8 @@ def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -
     """Clock-driven: 3 failures lock the name for 60 s from the last; success forgets the
     name's failures; 4 failures from one address lock the address for any name; a try
     counted as failed and then taken back by its success does not count for the address;
-    failures spread wider than the window do not lock."""
+    an IPv6 /64 is one address, a mapped IPv4 address its IPv4 one; failures spread wider
+    than the window do not lock."""
     now = [1000.0]
     t = Throttle(per_person=3, per_ip=4, window=100.0, lock=60.0, clock=lambda: now[0])
     for _ in range(3):
@@ -327,6 +342,13 @@ def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -
     tried.succeeded("ivanov", "10.0.0.9", at)
     tried.failed("smirnov", "10.0.0.9")
     assert tried.wait("petrova", "10.0.0.9") == 0
+    v6 = Throttle(per_person=100, per_ip=2, window=100.0, lock=60.0, clock=lambda: now[0])
+    v6.failed("a", "2001:db8::1")
+    v6.failed("b", "[2001:db8::2]")
+    assert v6.wait("c", "2001:db8::ffff:1") > 0 and v6.wait("c", "2001:db8:0:1::1") == 0
+    v6.failed("a", "::ffff:192.0.2.1")                   # a mapped IPv4 address is that address
+    v6.failed("b", "192.0.2.1")
+    assert v6.wait("c", "192.0.2.1") > 0 and v6.wait("c", "192.0.2.2") == 0
     slow = Throttle(per_person=3, per_ip=100, window=100.0, lock=60.0, clock=lambda: now[0])
     for _ in range(3):
         slow.failed("x", "ip")

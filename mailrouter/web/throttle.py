@@ -3,7 +3,8 @@
 A failed sign-in counts against the person signing in (by key or by address alike: both
 lock the person), or against the name typed (case-folded) when it is nobody's, so the lock
 comes alike whether or not such a person exists; and against the client's IP address
-(behind a reverse proxy on this host, the last X-Forwarded-For entry: app.client_address).
+(behind a reverse proxy on this host, the last X-Forwarded-For entry: app.client_address;
+an IPv6 address counts as its /64, which one host may fill with addresses of its own).
 After `per_person` failures of one name, or `per_ip` failures from one address, within
 `window` seconds, that name or address is locked for `lock` seconds from the last failure:
 sign-in answers 429 with Retry-After without even checking the password, so guessing
@@ -20,12 +21,28 @@ most `max_keys` names and addresses are kept, the oldest dropped first.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Throttle"]
+
+
+def _network(ip: str) -> str:
+    """What failures from `ip` count against: the address, or for IPv6 its /64. One host
+    is given a whole /64 (SLAAC, privacy addresses): per address, it had 2**64 fresh
+    addresses of 20 tries each."""
+    try:
+        addr = ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 @dataclass
@@ -39,7 +56,7 @@ class Throttle:
     _fails: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
 
     def _keys(self, person: str, ip: str) -> tuple[tuple[str, int], tuple[str, int]]:
-        return (("p:" + person.strip().casefold(), self.per_person), ("ip:" + ip, self.per_ip))
+        return (("p:" + person.strip().casefold(), self.per_person), ("ip:" + _network(ip), self.per_ip))
 
     def _recent(self, key: str, now: float) -> list[float]:
         times = [t for t in self._fails.get(key, ()) if now - t < max(self.window, self.lock)]
