@@ -264,6 +264,15 @@ async def test_sign_ins_sent_at_once_are_throttled_as_one_after_another(client: 
     assert await guessers[0].login("ivanov") == 429
 
 
+async def test_sign_ins_the_registry_could_not_check_do_not_lock(site: Any, client: Any) -> None:
+    """A try counts as failed before its password is checked; when the registry cannot be
+    read (here: its accounts table is gone) the answer is 503 and the try is taken back:
+    six tries are six 503s, not five and a lock."""
+    await site[0].registry.write("test", lambda c: c.exec_driver_sql("DROP TABLE web_accounts"))
+    c = await client()
+    assert [await c.login("ivanov") for _ in range(6)] == [503] * 6
+
+
 async def test_a_person_is_locked_by_key_and_by_address_alike(client: Any) -> None:
     """One signs in with the key or the address: five failures for "ivanov" locked that name
     only, and his address, with the right password, still signed in (five more guesses per
@@ -341,6 +350,8 @@ def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -
     at = tried.failed("ivanov", "10.0.0.9")          # counted before the check, taken back
     tried.succeeded("ivanov", "10.0.0.9", at)
     tried.failed("smirnov", "10.0.0.9")
+    assert tried.wait("petrova", "10.0.0.9") == 0
+    tried.unknown("petrova", "10.0.0.9", tried.failed("petrova", "10.0.0.9"))    # not checked
     assert tried.wait("petrova", "10.0.0.9") == 0
     v6 = Throttle(per_person=100, per_ip=2, window=100.0, lock=60.0, clock=lambda: now[0])
     v6.failed("a", "2001:db8::1")

@@ -91,8 +91,12 @@ async def login(request: web.Request) -> web.StreamResponse:
         return resp
     # counted as failed before the check (tens of ms of scrypt): tries sent at once see each other
     at = throttle.failed(name, ip)
-    stored = await registry.read("web sign-in", lambda c: password_hash(c, person)) if person else None
-    ok = await asyncio.to_thread(verify_password, str(form.get("password", "")), stored)
+    try:
+        stored = await registry.read("web sign-in", lambda c: password_hash(c, person)) if person else None
+        ok = await asyncio.to_thread(verify_password, str(form.get("password", "")), stored)
+    except BaseException:           # an outage is no wrong password: five would lock the person
+        throttle.unknown(name, ip, at)
+        raise
     if not ok or person is None:
         return await login_form(request, translate(lang_of(request), "bad_login"), 401)
     throttle.succeeded(name, ip, at)

@@ -11,8 +11,8 @@ sign-in answers 429 with Retry-After without even checking the password, so gues
 costs an attacker `lock` seconds per few tries. A successful sign-in forgets the name's
 failures (not the address's: one right password must not unlock a guesser's address).
 Sign-in counts each try as a failure before it checks the password and takes it back when
-the password was right, so tries sent at once cannot all pass `wait` before the first is
-counted.
+the password was right or could not be checked (registry unavailable), so tries sent at
+once cannot all pass `wait` before the first is counted.
 
 Known limits: the counts live in the serving process's memory (the web view runs in one
 process: worker 0), so a restart forgets them and two instances count separately; at
@@ -92,6 +92,16 @@ class Throttle:
         (sign-in counts each try as failed before it checks the password)."""
         keys = self._keys(person, ip)
         self._fails.pop(keys[0][0], None)
-        times = self._fails.get(keys[1][0])
-        if at is not None and times is not None and at in times:
+        if at is not None:
+            self._take_back(keys[1][0], at)
+
+    def unknown(self, person: str, ip: str, at: float) -> None:
+        """Take back the failure counted `at`: the try could not be checked (the registry
+        was unavailable), which says nothing about the password."""
+        for key, _ in self._keys(person, ip):
+            self._take_back(key, at)
+
+    def _take_back(self, key: str, at: float) -> None:
+        times = self._fails.get(key)
+        if times is not None and at in times:
             times.remove(at)
