@@ -16,6 +16,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import aiosmtplib
 import pytest
 from sqlalchemy import select, update
 
@@ -134,6 +135,37 @@ async def test_a_nul_character_is_400_on_postgresql_not_a_registry_outage(make_a
         assert notes == []
     finally:
         await c.http.close()
+
+
+async def test_markup_in_a_mail_is_shown_as_text_on_every_page(site: Any, client: Any) -> None:
+    """A subject, a From name (plain and RFC 2047-encoded) and a Message-ID carrying markup
+    open a request and are shown as text, escaped, on the search, counterparty, board,
+    request and message pages: no tag or attribute of theirs reaches any page."""
+    app, base, _, _ = site
+    host, port = app.bound["smtp"]
+    mails = [('"<img src=x onerror=alert(1)>" <evil@outside.test>', 'urgent <script>alert(1)</script> "q"'),
+             ("=?utf-8?b?PHN2ZyBvbmxvYWQ9YWxlcnQoMik+?= <evil@outside.test>",
+              "=?utf-8?q?urgent_=3Ca_href=3D=22javascript:alert=283=29=22=3Ex=3C/a=3E?=")]
+    for n, (sender, subject) in enumerate(mails):
+        await aiosmtplib.send((f"From: {sender}\r\nTo: support@example.com\r\nSubject: {subject}\r\n"
+                               f'Message-ID: <{n}"><script>alert(4)</script>@outside.test>\r\n\r\nhi\r\n').encode(),
+                              sender="evil@outside.test", recipients=["support@example.com"],
+                              hostname=host, port=port)
+    petrova = await client("petrova")
+    _, board, _ = await petrova.get("/board")
+    _, found, _ = await petrova.get("/search?sender=evil%40outside.test")
+    pages = [board, found] + [(await petrova.get(path))[1] for path in
+                              {*re.findall(r'href="(/request/\d+)"', board),
+                               *re.findall(r'href="(/message/[0-9a-f]{64})"', found),
+                               "/counterparty?who=outside.test"}]
+    assert len(pages) >= 7
+    assert board.count("&lt;script&gt;alert(1)&lt;/script&gt; &#34;q&#34;") == 1
+    assert sum("&lt;img src=x onerror=alert(1)&gt;" in p for p in pages) >= 4
+    assert any("&lt;svg onload=alert(2)&gt;" in p for p in pages)
+    assert any("&lt;a href=&#34;javascript:alert(3)&#34;&gt;x&lt;/a&gt;" in p for p in pages)
+    assert any("&lt;script&gt;alert(4)&lt;/script&gt;" in p for p in pages)
+    for page in pages:
+        assert not re.search(r"<(script|img|svg onload|a href=\"javascript)|onerror=alert\(1\)[^&]", page)
 
 
 async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_routing_dir(
