@@ -14,7 +14,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_from_bytes, urlencode
 
 import aiohttp
 import aiosmtplib
@@ -140,6 +140,61 @@ async def test_a_session_cookie_of_stray_bytes_sends_one_to_sign_in(site: Any) -
     assert answer.startswith(b"HTTP/1.1 303 ") and b"Location: /login?next=/search" in answer
 
 
+async def _raw(base: str, request: bytes) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+async def test_a_sign_in_cookie_of_stray_bytes_gets_a_fresh_form_not_500(site: Any) -> None:
+    """The sign-in form reused its CSRF cookie whatever it held: bytes that are not UTF-8
+    (read as surrogates) failed to encode, and the form and the sign-in both answered 500.
+    The form now gives a fresh token of its own; the sign-in with that cookie is 403."""
+    host = site[1].removeprefix("http://").encode()
+    for cookie in (b"\xff\xfe", b"a", b'a"b'):
+        answer = await _raw(site[1], b"GET /login HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+                            b"Cookie: mailrouter_login=" + cookie + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), (cookie, answer[:200])
+        given = re.search(rb"Set-Cookie: mailrouter_login=([A-Za-z0-9_-]+);", answer)
+        assert given and len(given[1]) == 43 and b'value="' + given[1] + b'"' in answer, cookie
+        form = b"csrf=" + quote_from_bytes(cookie).encode() + b"&person=ivanov&password=x&next=/"
+        answer = await _raw(site[1], b"POST /login HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+                            b"Cookie: mailrouter_login=" + cookie + b"\r\n"
+                            b"Content-Type: application/x-www-form-urlencoded\r\n"
+                            b"Content-Length: " + str(len(form)).encode() + b"\r\n\r\n" + form)
+        assert answer.startswith(b"HTTP/1.1 403 "), (cookie, answer[:200])
+
+
+async def test_a_form_that_cannot_be_read_is_400_not_500(client: Any, site: Any) -> None:
+    """A form body that is not UTF-8, names an unknown charset, is a broken multipart body
+    or has a Content-Encoding that does not decode raised out of the handler: 500. It is 400
+    with the security headers, signed in or not, and the session lives on."""
+    c = client()
+    assert await c.login("ivanov") == 303
+    token = (await c.csrf()).encode()
+    bodies = [("application/x-www-form-urlencoded", b"csrf=" + token + b"&x=\xff\xfe"),
+              ("application/x-www-form-urlencoded; charset=no-such-charset", b"csrf=" + token),
+              ("multipart/form-data", b"--x\r\n"),
+              ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n"),
+              ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n'
+               + token)]
+    for path in ("/logout", "/login"):
+        for ctype, body in bodies:
+            async with c.http.post(c.base + path, data=body, allow_redirects=False,
+                                   headers={"Content-Type": ctype}) as r:
+                assert r.status == 400, (path, ctype, body, r.status)
+                assert "Content-Security-Policy" in r.headers
+    assert (await c.get("/search"))[0] == 200
+    body = b"csrf=" + token                  # not gzip: the server closes the connection after it
+    answer = await _raw(site[1], b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                        b"Content-Type: application/x-www-form-urlencoded\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Content-Security-Policy" in answer, answer[:200]
+
+
 async def test_wrong_password_and_unknown_person_get_the_same_answer(client: Any) -> None:
     """A wrong password and an unknown person both get 401 with one message; no cookie."""
     c = client()
@@ -256,6 +311,23 @@ async def test_a_method_a_page_does_not_take_is_405_with_allow_not_a_stale_form(
             assert "Content-Security-Policy" in r.headers
     assert (await c.post("/nowhere", {}))[0] == 404
     assert (await c.post("/logout", {}))[0] == 403
+
+
+async def test_without_a_session_head_is_get_and_a_method_no_page_takes_is_405(client: Any) -> None:
+    """Without a session only GET went to sign in: HEAD /search was 403 "sign in first",
+    and so were OPTIONS, TRACE or PUT on a page and a POST to a path we do not serve, as if
+    there were something to sign in for. HEAD goes to sign in as GET does; the others are
+    405 with Allow, or 404, as for the signed in."""
+    c = client()
+    async with c.http.head(c.base + "/search?words=x", allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/login?next=/search?words%3Dx"
+    for method, path, allow in (("OPTIONS", "/board", "GET,HEAD"), ("TRACE", "/search", "GET,HEAD"),
+                                ("PUT", "/search", "GET,HEAD"), ("TRACE", "/login", "GET,HEAD,POST")):
+        async with c.http.request(method, c.base + path, allow_redirects=False) as r:
+            assert r.status == 405 and r.headers["Allow"] == allow, (method, path, r.status)
+            assert "Content-Security-Policy" in r.headers
+    assert (await c.post("/nowhere", {}))[0] == 404
+    assert (await c.post("/logout", {}))[0] == 403                  # a page, but no session
 
 
 async def test_language_by_accept_language_and_by_the_switch(client: Any) -> None:

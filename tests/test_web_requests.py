@@ -9,12 +9,14 @@ owner (smirnov heads sales and support); petrova is an admin.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import aiosmtplib
 import pytest
 from sqlalchemy import select, update
 
@@ -135,6 +137,37 @@ async def test_a_nul_character_is_400_on_postgresql_not_a_registry_outage(make_a
         await c.http.close()
 
 
+async def test_markup_in_a_mail_is_shown_as_text_on_every_page(site: Any, client: Any) -> None:
+    """A subject, a From name (plain and RFC 2047-encoded) and a Message-ID carrying markup
+    open a request and are shown as text, escaped, on the search, counterparty, board,
+    request and message pages: no tag or attribute of theirs reaches any page."""
+    app, base, _, _ = site
+    host, port = app.bound["smtp"]
+    mails = [('"<img src=x onerror=alert(1)>" <evil@outside.test>', 'urgent <script>alert(1)</script> "q"'),
+             ("=?utf-8?b?PHN2ZyBvbmxvYWQ9YWxlcnQoMik+?= <evil@outside.test>",
+              "=?utf-8?q?urgent_=3Ca_href=3D=22javascript:alert=283=29=22=3Ex=3C/a=3E?=")]
+    for n, (sender, subject) in enumerate(mails):
+        await aiosmtplib.send((f"From: {sender}\r\nTo: support@example.com\r\nSubject: {subject}\r\n"
+                               f'Message-ID: <{n}"><script>alert(4)</script>@outside.test>\r\n\r\nhi\r\n').encode(),
+                              sender="evil@outside.test", recipients=["support@example.com"],
+                              hostname=host, port=port)
+    petrova = await client("petrova")
+    _, board, _ = await petrova.get("/board")
+    _, found, _ = await petrova.get("/search?sender=evil%40outside.test")
+    pages = [board, found] + [(await petrova.get(path))[1] for path in
+                              {*re.findall(r'href="(/request/\d+)"', board),
+                               *re.findall(r'href="(/message/[0-9a-f]{64})"', found),
+                               "/counterparty?who=outside.test"}]
+    assert len(pages) >= 7
+    assert board.count("&lt;script&gt;alert(1)&lt;/script&gt; &#34;q&#34;") == 1
+    assert sum("&lt;img src=x onerror=alert(1)&gt;" in p for p in pages) >= 4
+    assert any("&lt;svg onload=alert(2)&gt;" in p for p in pages)
+    assert any("&lt;a href=&#34;javascript:alert(3)&#34;&gt;x&lt;/a&gt;" in p for p in pages)
+    assert any("&lt;script&gt;alert(4)&lt;/script&gt;" in p for p in pages)
+    for page in pages:
+        assert not re.search(r"<(script|img|svg onload|a href=\"javascript)|onerror=alert\(1\)[^&]", page)
+
+
 async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_routing_dir(
         site: Any, client: Any) -> None:
     """The finance request shows its message (decoded subject, From), the decision with
@@ -247,6 +280,45 @@ async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any) -> None:
     assert await (await client()).login("smirnov") == 303
 
 
+async def test_sign_ins_sent_at_once_are_throttled_as_one_after_another(client: Any) -> None:
+    """Twelve wrong passwords for ivanov sent at once all passed the throttle (each was counted
+    only after its tens of milliseconds of scrypt): all twelve were checked, 401. Now each try
+    counts before the check: five are checked, seven get 429, and then so does the right one."""
+    guessers = [await client() for _ in range(12)]
+    tokens = []
+    for c in guessers:
+        _, page, _ = await c.get("/login")
+        tokens.append(re.search(r'name="csrf" value="([^"]+)"', page)[1])
+    answers = await asyncio.gather(*(c.post("/login", {"csrf": t, "person": "ivanov", "next": "/",
+                                                       "password": f"wrong password {i}"})
+                                     for i, (c, t) in enumerate(zip(guessers, tokens))))
+    assert sorted(a[0] for a in answers) == [401] * 5 + [429] * 7
+    assert await guessers[0].login("ivanov") == 429
+
+
+async def test_sign_ins_the_registry_could_not_check_do_not_lock(site: Any, client: Any) -> None:
+    """A try counts as failed before its password is checked; when the registry cannot be
+    read (here: its accounts table is gone) the answer is 503 and the try is taken back:
+    six tries are six 503s, not five and a lock."""
+    await site[0].registry.write("test", lambda c: c.exec_driver_sql("DROP TABLE web_accounts"))
+    c = await client()
+    assert [await c.login("ivanov") for _ in range(6)] == [503] * 6
+
+
+async def test_a_person_is_locked_by_key_and_by_address_alike(client: Any) -> None:
+    """One signs in with the key or the address: five failures for "ivanov" locked that name
+    only, and his address, with the right password, still signed in (five more guesses per
+    lock). Both names are one person's: the address is locked too, and the other way round."""
+    c = await client()
+    for _ in range(5):
+        assert await c.login("ivanov", "wrong password!") == 401
+    assert await c.login("p.ivanov@example.com") == 429
+    for _ in range(5):
+        assert await c.login("S.Smirnov@example.com", "wrong password!") == 401
+    assert await c.login("smirnov") == 429
+    assert await c.login("petrova") == 303
+
+
 async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(client: Any) -> None:
     """Behind a reverse proxy on this host every sign-in comes from 127.0.0.1: twenty failures
     from one client (X-Forwarded-For, the proxy's last entry) locked everyone out. Now that
@@ -256,6 +328,20 @@ async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(clie
     other.http.headers["X-Forwarded-For"] = "203.0.113.9, 192.0.2.44"   # the proxy appended .44
     for n in range(20):
         assert await guesser.login(f"nobody{n}", "wrong password!") == 401
+    assert await guesser.login("ivanov") == 429
+    assert await other.login("ivanov") == 303
+
+
+async def test_one_ipv6_network_counts_as_one_client(client: Any) -> None:
+    """Failures counted per address, and a host owns a whole IPv6 /64 (2**64 addresses):
+    a guesser took a fresh address every 20 tries and was never locked. The /64 counts as
+    one client; another /64 behind the same proxy still signs in."""
+    guesser, other = await client(), await client()
+    other.http.headers["X-Forwarded-For"] = "2001:db8:0:2::1"
+    for n in range(20):
+        guesser.http.headers["X-Forwarded-For"] = f"2001:db8:0:1::{n + 1:x}"
+        assert await guesser.login(f"nobody{n}", "wrong password!") == 401
+    guesser.http.headers["X-Forwarded-For"] = "2001:db8:0:1:ffff::99"
     assert await guesser.login("ivanov") == 429
     assert await other.login("ivanov") == 303
 
@@ -274,8 +360,10 @@ def test_a_proxy_seen_through_a_dual_stack_socket_is_on_this_host(peer: str, loc
 
 def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -> None:
     """Clock-driven: 3 failures lock the name for 60 s from the last; success forgets the
-    name's failures; 4 failures from one address lock the address for any name; failures
-    spread wider than the window do not lock."""
+    name's failures; 4 failures from one address lock the address for any name; a try
+    counted as failed and then taken back by its success does not count for the address;
+    an IPv6 /64 is one address, a mapped IPv4 address its IPv4 one; failures spread wider
+    than the window do not lock."""
     now = [1000.0]
     t = Throttle(per_person=3, per_ip=4, window=100.0, lock=60.0, clock=lambda: now[0])
     for _ in range(3):
@@ -290,6 +378,20 @@ def test_the_throttle_counts_per_name_and_address_and_unlocks_after_the_lock() -
     assert t.wait("smirnov", "10.0.0.1") > 0 and t.wait("smirnov", "10.0.0.3") == 0
     t.succeeded("petrova")
     assert t.wait("petrova", "10.0.0.3") == 0
+    tried = Throttle(per_person=3, per_ip=2, window=100.0, lock=60.0, clock=lambda: now[0])
+    at = tried.failed("ivanov", "10.0.0.9")          # counted before the check, taken back
+    tried.succeeded("ivanov", "10.0.0.9", at)
+    tried.failed("smirnov", "10.0.0.9")
+    assert tried.wait("petrova", "10.0.0.9") == 0
+    tried.unknown("petrova", "10.0.0.9", tried.failed("petrova", "10.0.0.9"))    # not checked
+    assert tried.wait("petrova", "10.0.0.9") == 0
+    v6 = Throttle(per_person=100, per_ip=2, window=100.0, lock=60.0, clock=lambda: now[0])
+    v6.failed("a", "2001:db8::1")
+    v6.failed("b", "[2001:db8::2]")
+    assert v6.wait("c", "2001:db8::ffff:1") > 0 and v6.wait("c", "2001:db8:0:1::1") == 0
+    v6.failed("a", "::ffff:192.0.2.1")                   # a mapped IPv4 address is that address
+    v6.failed("b", "192.0.2.1")
+    assert v6.wait("c", "192.0.2.1") > 0 and v6.wait("c", "192.0.2.2") == 0
     slow = Throttle(per_person=3, per_ip=100, window=100.0, lock=60.0, clock=lambda: now[0])
     for _ in range(3):
         slow.failed("x", "ip")

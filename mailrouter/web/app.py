@@ -37,7 +37,7 @@ from ..registry.models import MESSAGE_STATUSES
 from ..registry.queries import Scope, counterparty, message_story, search
 from ..routing.snapshot import Snapshot
 from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person,
-                   headers, https, safe_next, session_token, set_session_cookie, signed_in)
+                   headers, https, login_token, safe_next, session_token, set_session_cookie, signed_in)
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
                      no_nul, redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
@@ -55,7 +55,7 @@ THROTTLE: web.AppKey[Throttle] = web.AppKey("throttle")
 async def login_form(request: web.Request, error: str = "", status: int = 200) -> web.Response:
     if request.app[SETTINGS].trusted_header is not None:
         raise web.HTTPSeeOther("/")
-    token = request.cookies.get(LOGIN_CSRF) or secrets.token_urlsafe(32)
+    token = login_token(request) or secrets.token_urlsafe(32)
     resp = render(request, "login.html", status=status, csrf_token=token, error=error,
                   next=safe_next(request.query.get("next")))
     resp.set_cookie(LOGIN_CSRF, token, httponly=True, samesite="Strict", path="/login",
@@ -80,19 +80,26 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     registry, settings, throttle = request.app[REGISTRY], request.app[SETTINGS], request.app[THROTTLE]
     typed, ip = str(form.get("person", ""))[:200], client_address(request)
-    wait = throttle.wait(typed, ip)
+    person = find_person(snap(request), typed)
+    # a person's failures count together whether they typed the key or the address
+    name = person if person is not None else typed
+    wait = throttle.wait(name, ip)
     if wait > 0:
         resp = await login_form(request, translate(lang_of(request), "throttled",
                                                    minutes=math.ceil(wait / 60)), 429)
         resp.headers["Retry-After"] = str(math.ceil(wait))
         return resp
-    person = find_person(snap(request), typed)
-    stored = await registry.read("web sign-in", lambda c: password_hash(c, person)) if person else None
-    ok = await asyncio.to_thread(verify_password, str(form.get("password", "")), stored)
+    # counted as failed before the check (tens of ms of scrypt): tries sent at once see each other
+    at = throttle.failed(name, ip)
+    try:
+        stored = await registry.read("web sign-in", lambda c: password_hash(c, person)) if person else None
+        ok = await asyncio.to_thread(verify_password, str(form.get("password", "")), stored)
+    except BaseException:           # an outage is no wrong password: five would lock the person
+        throttle.unknown(name, ip, at)
+        raise
     if not ok or person is None:
-        throttle.failed(typed, ip)
         return await login_form(request, translate(lang_of(request), "bad_login"), 401)
-    throttle.succeeded(typed)
+    throttle.succeeded(name, ip, at)
     now = datetime.now(timezone.utc)
     token, _ = await registry.write("web sign-in",
                                     lambda c: open_session(c, person, now, settings.session_ttl))

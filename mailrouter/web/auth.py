@@ -9,12 +9,12 @@ Middlewares, outermost first:
 - `signed_in`: a page needs a live session. With `web.trusted_header` the reverse proxy
   names the person in that header and a session is opened for them on the spot; else
   the session cookie must name a live row of `web_sessions` (registry/accounts.py).
-  A person no longer in the address book is signed out. Without a session a GET goes to
-  /login and a POST is refused;
+  A person no longer in the address book is signed out. Without a session a GET (or HEAD)
+  goes to /login and a POST is refused. A path we do not serve, or a method it does not
+  take (OPTIONS, TRACE, PUT, POST /board), is 404 or 405 with Allow before all that,
+  signed in or not: there is no such page to sign in for, and no form to be stale;
 - `csrf`: a POST whose Origin is not this site, or whose form lacks the session's CSRF
-  token (for /login: the token of its own cookie), gets 403 and changes nothing. A path
-  we do not serve, or a method it does not take (OPTIONS, PUT, POST /board), is 404 or 405
-  with Allow first: the form was not stale, there is none.
+  token (for /login: the token of its own cookie), gets 403 and changes nothing.
 
 Rights (`viewer_for`): an admin (`web.admins`) sees everything; a head of department the
 mail of the department's mailboxes; everybody also the mail they own or that lands in
@@ -24,6 +24,7 @@ their own mailbox.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,12 +40,13 @@ from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
 
 __all__ = ["Viewer", "viewer_for", "headers", "signed_in", "csrf", "find_person", "set_session_cookie",
-           "COOKIE", "session_token", "LOGIN_CSRF", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
+           "COOKIE", "session_token", "LOGIN_CSRF", "login_token", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
            "SNAPSHOT", "ERRORS", "VIEWER"]
 
 COOKIE = "mailrouter_session"
 LOGIN_CSRF = "mailrouter_login"
 PUBLIC = ("/login", "/lang", "/static/")
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -134,6 +136,9 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
+    refused = request.match_info.http_exception
+    if refused is not None:     # no such page, or not by this method: 404/405, signed in or not
+        raise refused
     if request.path.startswith(PUBLIC):
         return await handler(request)
     registry, settings = request.app[REGISTRY], request.app[SETTINGS]
@@ -151,7 +156,7 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
                 "web sign-in", lambda c: open_session(c, named, now, settings.session_ttl))
     viewer = viewer_for(snap, settings, session) if session is not None else None
     if viewer is None:
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             raise web.HTTPSeeOther("/login?next=" + _quote(request.path_qs))
         raise web.HTTPForbidden(text="sign in first")
     request[VIEWER] = viewer
@@ -169,15 +174,20 @@ def session_token(request: web.Request) -> str:
     return token if token.isascii() and len(token) <= 128 else ""
 
 
+def login_token(request: web.Request) -> str:
+    """The sign-in form's CSRF cookie, or "" for one we never gave: ours are 43 characters
+    of token_urlsafe(32). A cookie of other bytes (decoded as surrogates) failed to encode,
+    answering the sign-in page and form 500."""
+    token = request.cookies.get(LOGIN_CSRF, "")
+    return token if _LOGIN_TOKEN.fullmatch(token) else ""
+
+
 def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
 @web.middleware
 async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
-    refused = request.match_info.http_exception
-    if refused is not None:     # no such page, or not by this method: 404/405, not "stale form"
-        raise refused
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("Origin")
         if origin is not None and (origin == "null" or urlsplit(origin).netloc != request.host):
@@ -185,7 +195,7 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
         form = await request.post()
         given = str(form.get("csrf", ""))
         viewer = request.get(VIEWER)
-        want = viewer.session.csrf if viewer is not None else request.cookies.get(LOGIN_CSRF, "")
+        want = viewer.session.csrf if viewer is not None else login_token(request)
         if not want or not hmac.compare_digest(given.encode(), want.encode()):
             raise web.HTTPForbidden(text="missing or stale CSRF token")
     return await handler(request)

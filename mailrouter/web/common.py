@@ -60,10 +60,16 @@ class BadInput(ValueError):
 async def no_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
     """400 for a NUL character in the path, the query or a form field. No text of ours
     has one, and PostgreSQL refuses it in any string: the query failed, was answered 503
-    and counted as a registry outage (mailrouter_registry_errors_total) for one %00."""
+    and counted as a registry outage (mailrouter_registry_errors_total) for one %00.
+    A POSTed form that cannot be read at all is 400 here too, before any handler."""
     texts = [request.path, *request.query.keys(), *request.query.values()]
     if request.method == "POST" and request.content_type in _FORMS:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError, web.RequestPayloadError):
+            # bytes that are not UTF-8, an unknown charset, a broken multipart body or
+            # Content-Encoding: each was an exception out of the handler, answered 500
+            raise web.HTTPBadRequest(text="a form that cannot be read (not UTF-8, or malformed)") from None
         texts += [*form.keys(), *(v for v in form.values() if isinstance(v, str))]
     if any("\x00" in text for text in texts):
         raise web.HTTPBadRequest(text="a NUL character (%00) in the address or the form")
