@@ -149,6 +149,7 @@ class WebConfig:
     admins: tuple[str, ...] = ()                 # person keys of the address book who see everything
     trusted_header: str | None = None            # e.g. X-Remote-User, set by a reverse proxy
     session_ttl: float = 8 * 3600.0              # seconds a sign-in lasts
+    hosts: tuple[str, ...] = ()                  # Host header values answered (lower case); () any
 
 
 WEB_PORT = 9126         # the embedded default: beside the admin endpoint's 9125
@@ -664,11 +665,14 @@ def _autoreply(doc: dict[str, Any], c: _Checker) -> AutoreplyConfig:
 
 
 def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _Checker) -> WebConfig:
-    """`web: {admins: [person, ...], trusted_header: X-Remote-User, session_ttl: 8h}`.
+    """`web: {admins: [person, ...], trusted_header: X-Remote-User, session_ttl: 8h,
+    hosts: [mail-control.example.com]}`.
 
     A trusted header is believed only from a reverse proxy on this host: the web listener
-    must then be on loopback, or anyone who can connect could name themselves."""
-    sec = c.section(doc, "web", ("admins", "trusted_header", "session_ttl"))
+    must then be on loopback, or anyone who can connect could name themselves, and `hosts`
+    must name what the proxy forwards as Host: a page in a browser on this host that points
+    its own name at 127.0.0.1 (DNS rebinding) could otherwise send the header itself."""
+    sec = c.section(doc, "web", ("admins", "trusted_header", "session_ttl", "hosts"))
     admins = sec.get("admins", [])
     if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
         c.error(admins, "'web.admins' must be a list of person keys of the address book",
@@ -690,7 +694,21 @@ def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _
         c.error(sec.get("session_ttl"), "'web.session_ttl' must be longer than 0",
                 "for example 'session_ttl: 8h'", sec, "session_ttl")
         ttl = 8 * 3600.0
-    return WebConfig(tuple(admins), header.strip() if isinstance(header, str) else None, ttl)
+    hosts = sec.get("hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() and " " not in h.strip()
+                                              for h in hosts):
+        c.error(hosts, "'web.hosts' must be a list of host names (the Host header the browser or "
+                "the reverse proxy sends, with ':PORT' when it is not 80 or 443)",
+                "for example 'hosts: [mail-control.example.com]'", sec)
+        hosts = []
+    if header is not None and not hosts:
+        c.error(sec.get("trusted_header"), "'web.trusted_header' needs 'web.hosts': a page in a "
+                f"browser on this host could point its name at the loopback listener and send "
+                f"{header.strip()} itself (DNS rebinding)",
+                "list the names the reverse proxy forwards as Host, e.g. "
+                "'hosts: [mail-control.example.com]'", sec)
+    return WebConfig(tuple(admins), header.strip() if isinstance(header, str) else None, ttl,
+                     tuple(h.strip().lower() for h in hosts))
 
 
 def auto_workers() -> int:

@@ -399,7 +399,7 @@ def test_passwords_are_salted_scrypt_and_short_ones_refused() -> None:
 def test_a_trusted_header_needs_a_loopback_web_listener(tmp_path: Path) -> None:
     """web.trusted_header with listen.web off loopback is refused with file:line and a fix."""
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("listen: {web: '0.0.0.0:9126'}\nweb: {trusted_header: X-Remote-User}\n",
+    cfg.write_text("listen: {web: '0.0.0.0:9126'}\nweb: {trusted_header: X-Remote-User, hosts: [a]}\n",
                    encoding="utf-8")
     with pytest.raises(ConfigErrors) as info:
         load_config(cfg)
@@ -458,3 +458,48 @@ async def test_a_trusted_proxy_header_signs_people_in(make_app: Any) -> None:
         status, page = await get("/search", "smirnov")
         assert status == 200 and "Счёт №7" not in page and "Сергей Смирнов" in page
         assert (await get("/login", "smirnov"))[0] == 303
+
+
+def test_a_trusted_header_needs_the_hosts_the_proxy_forwards(tmp_path: Path) -> None:
+    """web.trusted_header without web.hosts is refused with file:line and a fix: any Host
+    would be answered, so a page rebinding its own name to the loopback listener could send
+    the header itself; web.hosts that is not a list of names is refused too."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("web:\n  trusted_header: X-Remote-User\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert [str(e) for e in info.value.errors] == [
+        f"{cfg}:2:19: 'web.trusted_header' needs 'web.hosts': a page in a browser on this host "
+        "could point its name at the loopback listener and send X-Remote-User itself (DNS "
+        "rebinding); list the names the reverse proxy forwards as Host, e.g. "
+        "'hosts: [mail-control.example.com]'"]
+    cfg.write_text("web:\n  hosts: mail-control.example.com\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert [e.line for e in info.value.errors] == [2]
+    assert "'web.hosts' must be a list of host names" in str(info.value.errors[0])
+    cfg.write_text("web: {trusted_header: X-Remote-User, hosts: [Mail-Control.example.com]}\n",
+                   encoding="utf-8")
+    assert load_config(cfg).webui.hosts == ("mail-control.example.com",)
+
+
+async def test_a_rebound_host_name_cannot_sign_in_through_the_trusted_header(make_app: Any) -> None:
+    """DNS rebinding: a page whose name now points at the loopback listener sends its own
+    name as Host and the trusted header itself. With web.hosts only the names listed are
+    answered: another Host is 400 with no session given; the proxy's Host signs in."""
+    app = await make_app(web=Listener("127.0.0.1", 0),
+                         webui=WebConfig(trusted_header="X-Remote-User",
+                                         hosts=("mail-control.example.com",)))
+    host, port = app.bound["web"]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async def get(name: str) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
+            hdrs = {"X-Remote-User": "petrova", "Host": name}
+            async with http.get(f"http://{host}:{port}/search", headers=hdrs,
+                                allow_redirects=False) as r:
+                return r.status, await r.text(), r.headers
+        status, page, hdrs = await get(f"evil.example:{port}")
+        assert status == 400 and "web.hosts" in page
+        assert "Set-Cookie" not in hdrs and hdrs["X-Frame-Options"] == "DENY"
+        assert (await get(f"127.0.0.1:{port}"))[0] == 400
+        status, page, hdrs = await get("Mail-Control.example.com")
+        assert status == 200 and "Set-Cookie" in hdrs

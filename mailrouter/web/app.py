@@ -37,7 +37,8 @@ from ..registry.models import MESSAGE_STATUSES
 from ..registry.queries import Scope, counterparty, message_story, search
 from ..routing.snapshot import Snapshot
 from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person,
-                   headers, https, login_token, safe_next, session_token, set_session_cookie, signed_in)
+                   headers, https, known_host, login_token, safe_next, session_token, set_session_cookie,
+                   signed_in)
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
                      no_nul, redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
@@ -177,7 +178,7 @@ async def counterparty_page(request: web.Request) -> web.Response:
 
 def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: WebConfig,
              throttle: Throttle | None = None) -> web.Application:
-    app = web.Application(middlewares=[headers, signed_in, no_nul, csrf], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[headers, known_host, signed_in, no_nul, csrf], client_max_size=64 * 1024)
     app[REGISTRY], app[SNAPSHOT], app[SETTINGS], app[ERRORS] = registry, snapshot, settings, error_page
     app[THROTTLE] = throttle or Throttle()
     app.router.add_get("/", index)

@@ -39,7 +39,7 @@ from ..registry.accounts import Session, find_session, open_session
 from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
 
-__all__ = ["Viewer", "viewer_for", "headers", "signed_in", "csrf", "find_person", "set_session_cookie",
+__all__ = ["Viewer", "viewer_for", "headers", "known_host", "signed_in", "csrf", "find_person", "set_session_cookie",
            "COOKIE", "session_token", "LOGIN_CSRF", "login_token", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
            "SNAPSHOT", "ERRORS", "VIEWER"]
 
@@ -132,6 +132,18 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/static/"):
         resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+@web.middleware
+async def known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """400 for a Host that `web.hosts` does not list (when it lists any): a page whose name
+    was pointed at our listener (DNS rebinding) sends its own name, and with
+    `web.trusted_header` could otherwise sign itself in as anyone."""
+    hosts = request.app[SETTINGS].hosts
+    if hosts and request.headers.get("Host", "").strip().lower() not in hosts:
+        raise web.HTTPBadRequest(text="this web view does not answer to that host name "
+                                      "(web.hosts in config.yaml lists the ones it does)")
+    return await handler(request)
 
 
 @web.middleware
