@@ -228,8 +228,14 @@ _LATIN_LANGS: dict[str, tuple[float, str]] = {
 _LATIN_LOG = {lang: (prior, {e[0]: math.log(float(e[1:]) / 1000) for e in table.split()})
               for lang, (prior, table) in _LATIN_LANGS.items()}
 LATIN_CANDIDATES = ("cp1252", "cp1250", "iso8859-2")      # ties go to the first
-_SYMBOLS = set("€©®«»–—“”„‘’•…°±§·×")
-_OPENERS = set("«»“”„‘’–—(")         # may stand right before a word
+_SYMBOLS = set("€©®«»–—“”„‘’•…°±§·×¡")
+_OPENERS = set("«»“”„‘’–—(¡")         # may stand right before a word
+# Common signs too, but not glued to a letter: a price list under iso-8859-1 ("from \xa3 6.25",
+# SpamAssassin's t/data/welcomelists/ryanairmail.com) read as Polish "from Ł 6.25" while £
+# was a rare sign, and "\xa3\xf3d\xbc" is still "Łódź". ¡ opens a Spanish sentence
+# ("\xa1Hola, se\xf1or!" was ISO-8859-2 "ĄHola, seńor!"); ¿ does not count as one: it is
+# Polish ż in windows-1250 and ISO-8859-2, and "¿e" is "że".
+_PRICE_SIGNS = set("£¥¢")
 _FOREIGN_LETTER = math.log(0.0001)   # a letter the language does not write
 _SYMBOL = math.log(0.01)             # common punctuation and signs
 _RARE_SYMBOL = math.log(0.001)
@@ -257,11 +263,12 @@ class LatinCounts:
             elif ch.isalpha():
                 self.letters[ch.lower()] += 1
             else:
-                self.rest += _SYMBOL if ch in _SYMBOLS else _RARE_SYMBOL
                 # glued to the letters after it ("®ádost", "lu»oučký"; a sign between, as in
                 # "©»astný", too), unless it may open a word there ("»Ano«")
                 after = text[i + 1:i + 3]
                 glued = after[:1].isalpha() or (after[:1] in _SYMBOLS and after[1:].isalpha())
+                common = ch in _SYMBOLS or (ch in _PRICE_SIGNS and not glued)
+                self.rest += _SYMBOL if common else _RARE_SYMBOL
                 if glued and (ch not in _OPENERS or (i and text[i - 1].isalpha())):
                     self.rest += _IN_WORD
 
