@@ -31,8 +31,10 @@ one of those is treated as unknown.
 
 Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
 whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
-than French "è"; "\\xef" alone is "ď" rather than "ï"), and Slovak and Hungarian letters are not
-in the tables; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent,
+than French "è"; "\\xef" alone is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than
+Norwegian "ø"), Hungarian letters are not in the tables, and a short Czech text under a Western
+label whose only Czech letters are ř and í ("Jiøí Øehoø") keeps the label (it reads as
+Norwegian about as well); a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent,
 or the reverse) is trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few
 capitals alone carry too little to overrule a label), and other pairs (koi8-r declared, cp866
 sent) are trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
@@ -215,6 +217,10 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
 # with a prior per language: Czech and the western languages alike, Polish a little less
 # (it shares cp1250 with Czech and would otherwise read Spanish "mañana" as "mańana"), and
 # Slovak (rough figures; without it ISO-8859-2 Slovak was guessed windows-1252) between.
+# Danish/Norwegian and Swedish as Polish: without them ø, å and æ were letters of no language
+# and windows-1250's ř, ĺ and ć won ("Jřrn Střylen" for an iso-8859-1 "Jørn Støylen", the
+# mail gem's spec/fixtures/emails/error_emails/header_fields_with_empty_values.eml); less
+# than Czech, so a Czech "při" with nothing else to tell stays Czech.
 _LATIN_LANGS: dict[str, tuple[float, str]] = {
     "cs": (0.0, "á8.7 č4.6 ď0.2 é6.3 ě12.2 í16.4 ň0.1 ó0.2 ř3.8 š6.9 ť0.1 ú0.5 ů2.0 ý10 ž7.2"),
     "pl": (-1.0, "ą7 ć4 ę10 ł21 ń3.6 ó11 ś6.6 ź0.8 ż7"),
@@ -224,6 +230,8 @@ _LATIN_LANGS: dict[str, tuple[float, str]] = {
     "es": (0.0, "á5 é4.3 í7.3 ñ3.1 ó8.3 ú1.7 ü0.1"),
     "it": (0.0, "à6.4 è2.6 é0.3 ì0.3 ò0.2 ù1.7"),
     "pt": (0.0, "á5 à0.7 â1 ã7 ç5 é3.4 ê4 í1.3 ó2.6 ô1 õ1 ú1"),
+    "no": (-1.0, "æ8.7 ø9.4 å11.9 é0.1"),
+    "sv": (-1.0, "å13.4 ä18 ö13.1 é0.1"),
 }
 _LATIN_LOG = {lang: (prior, {e[0]: math.log(float(e[1:]) / 1000) for e in table.split()})
               for lang, (prior, table) in _LATIN_LANGS.items()}

@@ -42,3 +42,15 @@ def test_spanish_under_an_unknown_charset() -> None:
     assert v.header("Subject-X") == "FAMILY eCarsharing GAUTING STA-CL51E - Buchung geändert Text"
     assert v.to == [("Müller Müzner", "muzner@example.com")]
     assert v.cc == [("Andreas Müzner", "andreas.muzner@example.com")]
+
+
+def test_norwegian_under_iso_8859_1() -> None:
+    """'=?iso-8859-1?Q?J=F8rn_St=F8ylen?=' and the same name in the iso-8859-1 body (the mail
+    gem's header_fields_with_empty_values.eml) were read as windows-1250, 'Jřrn Střylen':
+    ø was a letter of no language in the tables, Czech ř a common one."""
+    v = view("real_norwegian_iso8859_1.eml")
+    assert v.from_name == "Jørn Støylen"
+    assert "Jørn Støylen -- http://www.prikkprikkprikk.no" in v.body_text
+    assert (v.body_charset, v.charset_notes) == ("iso8859-1", [])
+    for text in ("Møte på fredag", "Blåbærsyltetøy", "Kære Søren"):     # unlabelled
+        assert decode_bytes(text.encode("cp1252"), None).text == text
