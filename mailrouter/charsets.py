@@ -58,6 +58,7 @@ __all__ = [
     "CYRILLIC_BODY_CANDIDATES",
     "resolve_charset",
     "looks_cyrillic",
+    "reads_cyrillic",
     "score_russian",
     "guess_decode",
     "Decoded",
@@ -207,10 +208,33 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
         return text, "utf-8"
     if _damaged_utf8(*_utf8_counts(data)):
         return data.decode("utf-8", "replace"), "utf-8"
-    if not looks_cyrillic(data):
+    if not looks_cyrillic(data) or not reads_cyrillic(data[:PAIR_SCORED], candidates):
         return guess_latin(data)
     best = max(candidates, key=lambda c: score_russian(data.decode(c, "replace")))
     return data.decode(best, "replace"), best
+
+
+# Words of 8-bit bytes alone (looks_cyrillic) are also Latin text's own: a Finnish
+# "skandeja \xf6\xf6\xf6" (SpamAssassin's t.rules/SUBJ_ILLEGAL_CHARS/fp-bug4352-att2882), a
+# file "attachment.\xe4\xf6\xfc" under iso-8859-1 (james-mime4j's
+# attachment-filename-encoding-Latin1.msg), a line of "\xb7\xb8\xb8\xb7\xb4\xaf`" were read
+# as windows-1251 ("ццц", "attachment.дць", "·ёё·ґЇ`"). The best Cyrillic reading must also
+# beat the best Latin one by CYRILLIC_WINS_PER_BYTE per 8-bit byte: on the 120 RU_SUBJECTS
+# cases of tests/test_message.py it does by 1.74 at least ("Щит" in KOI8-R), short capitals
+# in cp866 or mac-cyrillic ("УФНС") by 1.1, and those three samples by 0.8 at most.
+CYRILLIC_WINS_PER_BYTE = 1.0
+
+
+def reads_cyrillic(sample: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES
+                   ) -> bool:
+    """True when `sample` (bytes that look Cyrillic) reads better in one of `candidates`
+    than in any Latin charset, by CYRILLIC_WINS_PER_BYTE per 8-bit byte."""
+    high = len(sample.translate(None, _ASCII))
+    if not high:
+        return False
+    russian = max(score_russian(sample.decode(c, "replace")) for c in candidates)
+    latin = max(LatinCounts(sample.decode(c, "replace")).best() for c in LATIN_CANDIDATES)
+    return russian - latin >= CYRILLIC_WINS_PER_BYTE * high
 
 
 # Accented letters in per mille of all letters (Wikipedia's letter-frequency tables, rounded),
@@ -584,7 +608,8 @@ def _mislabelled(data: bytes, codec: str) -> bool:
             score_russian(sample.decode(codec, "replace")),
             score_russian(sample.decode(_CYRILLIC_PAIR[codec], "replace")),
             len(sample) - len(sample.decode("ascii", "ignore")))
-    return codec in _LATIN_LABELS and looks_cyrillic(data)
+    return codec in _LATIN_LABELS and looks_cyrillic(data) and reads_cyrillic(
+        data[:PAIR_SCORED], CYRILLIC_BODY_CANDIDATES)
 
 
 _C0_DF, _E0_FF = bytes(range(0xC0, 0xE0)), bytes(range(0xE0, 0x100))
@@ -839,7 +864,8 @@ def _mislabelled_pieces(data: bytes, start: int, end: int, size: int, codec: str
         return not all(_decodes(p, codec) for p in _byte_pieces(data, start, end, size))
     if codec in _CYRILLIC_PAIR:       # on the first PAIR_SAMPLE bytes, as _mislabelled
         return _mislabelled(data[start:min(end, start + PAIR_SAMPLE)], codec)
-    return codec in _LATIN_LABELS and _looks_cyrillic_pieces(data, start, end, size)
+    return codec in _LATIN_LABELS and _looks_cyrillic_pieces(data, start, end, size) and \
+        reads_cyrillic(data[start:min(end, start + PAIR_SCORED)], CYRILLIC_BODY_CANDIDATES)
 
 
 # An unlabelled body's letters are scored (in Python, per character and candidate) on its
@@ -857,7 +883,8 @@ def _guess_pieces(data: bytes, start: int, end: int, size: int,
     if _is_utf8(data, start, end, size) or _damaged_utf8_pieces(data, start, end, size):
         return "utf-8"
     scored = min(end, start + GUESS_SCORED)
-    if not _looks_cyrillic_pieces(data, start, end, size):
+    if not _looks_cyrillic_pieces(data, start, end, size) or not reads_cyrillic(
+            data[start:min(end, start + PAIR_SCORED)], candidates):
         latin = {c: LatinCounts() for c in LATIN_CANDIDATES}
         for piece in _byte_pieces(data, start, scored, size):
             for codec in LATIN_CANDIDATES:

@@ -54,3 +54,34 @@ def test_norwegian_under_iso_8859_1() -> None:
     assert (v.body_charset, v.charset_notes) == ("iso8859-1", [])
     for text in ("Møte på fredag", "Blåbærsyltetøy", "Kære Søren"):     # unlabelled
         assert decode_bytes(text.encode("cp1252"), None).text == text
+
+
+def test_words_of_latin_letters_alone_are_not_cyrillic() -> None:
+    """Words of 8-bit bytes alone, which looks_cyrillic counts, in Latin text: a file name
+    'attachment.äöü' in ISO-8859-1 (james-mime4j's attachment-filename-encoding-Latin1.msg)
+    was 'attachment.дць', a Finnish raw 8-bit Subject and us-ascii body (SpamAssassin's
+    fp-bug4352-att2882) read 'tдssд on jotain skandeja ццц', and a newsletter's border
+    (SpamAssassin's welcomelists/linuxplanet) '·ёё·ґЇ`'."""
+    latin1 = view("real_latin1_filename_umlauts.eml")
+    assert ([a.filename for a in latin1.attachments], latin1.charset_notes) == (
+        ["attachment.äöü"], [])
+    finnish = view("real_finnish_raw_8bit.eml")
+    assert finnish.subject == "tässä on jotain skandeja ööö"
+    assert "öäöäöäöäöä ruåtsalainen åå." in finnish.body_text
+    assert finnish.charset_notes == ["Subject: raw 8-bit guessed cp1252",
+                                     "Body: declared us-ascii but bytes are cp1252"]
+    border = view("real_latin1_decorations.eml")
+    assert "P L A N E T\n·¸¸·´¯`·¸¸·´¯`" in border.body_text
+    assert border.body_charset == "cp1252"
+
+
+def test_short_cyrillic_still_reads_cyrillic() -> None:
+    """The Latin reading competes and loses on short Cyrillic: capitals in the body-only
+    charsets, Ukrainian and Bulgarian, under no label and under Western ones."""
+    body = ("koi8-r", "cp1251", "cp866", "mac-cyrillic")
+    for text, codec in (("УФНС", "cp866"), ("Уже", "mac-cyrillic"), ("Рахунок", "cp1251"),
+                        ("Здравейте, изпращам фактурата.", "koi8-r"), ("Щит", "koi8-r")):
+        data = text.encode(codec)
+        assert decode_bytes(data, None, body).text == text
+        assert decode_bytes(data, "us-ascii", body).text == text
+    assert decode_bytes("Счет на оплату".encode("cp1251"), "iso-8859-1").text == "Счет на оплату"
