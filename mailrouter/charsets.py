@@ -641,8 +641,10 @@ def decode_header_value(raw: bytes | str) -> tuple[str, list[str]]:
     return result.text, result.notes + [d for d in result.defects if d not in result.notes]
 
 
-def decode_header_bytes(raw: bytes | str) -> Decoded:
-    """Like decode_header_value, but keeps guesses (notes) and problems (defects) apart."""
+def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decoded:
+    """Like decode_header_value, but keeps guesses (notes) and problems (defects) apart.
+    ``fallback``: the charset the message declares for its text; raw 8-bit bytes are read in
+    it when it is a multi-byte one they decode in (see _read_in_fallback)."""
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
     data = _FOLD.sub(b"", data).replace(b"\r", b"").replace(b"\n", b"")
     notes: list[str] = []
@@ -657,7 +659,9 @@ def decode_header_bytes(raw: bytes | str) -> Decoded:
     else:
         parts = _merge(_split_words(data, defects))
     for chunk, label in parts:
-        decoded = decode_bytes(chunk, label)
+        decoded = _read_in_fallback(chunk, fallback) if label is None and fallback else None
+        if decoded is None:
+            decoded = decode_bytes(chunk, label)
         pieces.append(decoded.text)
         notes += [n for n in decoded.notes if n not in notes]
         defects += [d for d in decoded.defects if d not in defects]
@@ -668,6 +672,24 @@ def decode_header_bytes(raw: bytes | str) -> Decoded:
         text = _UNSAFE.sub(" ", text)
         defects.append("CR, LF or NUL in a decoded value replaced by spaces")
     return Decoded(text.strip(), None, notes, defects)
+
+
+def _read_in_fallback(chunk: bytes, label: str) -> Decoded | None:
+    """Raw 8-bit header bytes read in the multi-byte charset the message declares for its
+    text (gb2312, big5, shift_jis, euc-kr...), when they decode in it and are not UTF-8. The
+    guess knows single-byte charsets only: a GB2312 Subject and From of a message whose text
+    is gb2312 (SpamAssassin's t/data/nice/cjk/gb2312.1) read as KOI8-R ('х╚пбт╜в╟╫Ь'), a Big5
+    one (nice/cjk/big5-base64.1) as ISO-8859-2."""
+    codec = resolve_charset(label)
+    if codec is None or chunk.isascii() or not _multi_byte_ascii(codec) \
+            or _valid_utf8(chunk) is not None:
+        return None
+    codec = _SUPERSETS.get(codec, codec)
+    try:
+        text = chunk.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    return Decoded(text, codec, [f"raw 8-bit read as {codec}, the message's charset"], [])
 
 
 def _plain_ascii(data: bytes) -> bool:

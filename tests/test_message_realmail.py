@@ -85,3 +85,27 @@ def test_short_cyrillic_still_reads_cyrillic() -> None:
         assert decode_bytes(data, None, body).text == text
         assert decode_bytes(data, "us-ascii", body).text == text
     assert decode_bytes("Счет на оплату".encode("cp1251"), "iso-8859-1").text == "Счет на оплату"
+
+
+def test_raw_cjk_headers_are_read_in_the_message_charset() -> None:
+    """Raw 8-bit Chinese Subject and From of messages whose text is labelled gb2312 or big5
+    (SpamAssassin's t/data/nice/cjk/gb2312.1 and big5-base64.1) were guessed in a
+    single-byte charset: 'х╚пбт╜в╟╫Ь©зё╛' (KOI8-R), '[SLAT-talk] šdĂű6¤ë17' (ISO-8859-2)."""
+    gb = view("real_gb2312_raw_headers.eml")
+    assert gb.subject == "全新原装进口，送货上门，货到付款－台湾鑫龙商贸集团公司向您拜年!"
+    assert gb.from_name == "台湾鑫龙商贸集团公司"
+    assert gb.header("Subject") == gb.subject
+    assert gb.charset_notes == ["Subject: raw 8-bit read as gbk, the message's charset",
+                                "From: raw 8-bit read as gbk, the message's charset"]
+    big5 = view("real_big5_raw_subject.eml")
+    assert big5.subject.startswith("[SLAT-talk] 鉅靡6月17日新片又到.如有重複寄發.敬請原諒!")
+
+
+def test_a_single_byte_message_charset_leaves_the_guess_alone() -> None:
+    """Only a multi-byte charset is tried for raw header bytes: a raw windows-1251 Subject of
+    a koi8-r message is still guessed (and a raw UTF-8 one is UTF-8 under gb2312)."""
+    raw = "Subject: Счет на оплату\r\nContent-Type: text/plain; charset=koi8-r\r\n\r\nx\r\n"
+    v = MessageView(raw.encode("cp1251"))
+    assert (v.subject, v.charset_notes) == ("Счет на оплату", ["Subject: raw 8-bit guessed cp1251"])
+    utf8 = MessageView("Subject: 你好\r\nContent-Type: text/plain; charset=gb2312\r\n\r\nx\r\n".encode())
+    assert (utf8.subject, utf8.charset_notes) == ("你好", ["Subject: raw 8-bit guessed utf-8"])
