@@ -377,7 +377,8 @@ def decode_bytes(data: bytes, label: str | None,
         return codec
 
     codec, guessed, notes, defects = _choose_charset(
-        label, guess, lambda c: _mislabelled(data, c))
+        label, guess, lambda c: _mislabelled(data, c),
+        lambda c: len(data.translate(None, _ASCII)) > 1 and _decodes(data, c))
     if guessed:
         text = guessed_text[0]
     else:
@@ -396,10 +397,13 @@ def decode_bytes(data: bytes, label: str | None,
 
 
 def _choose_charset(label: str | None, guess: Callable[[], str],
-                    mislabelled: Callable[[str], bool]) -> tuple[str, bool, list[str], list[str]]:
+                    mislabelled: Callable[[str], bool], decodes: Callable[[str], bool]
+                    ) -> tuple[str, bool, list[str], list[str]]:
     """(codec, whether it was guessed, notes, defects) for bytes declared as ``label``: the
-    label's codec unless it is absent, unknown or `mislabelled`, else `guess()`; for
-    decode_bytes (whole bytes) and inspect_bytes (a piece at a time) alike."""
+    label's codec unless it is absent, unknown or `mislabelled`, else `guess()`; a 7-bit
+    label's 8-bit form (_EIGHT_BIT_FORMS) when `decodes` (two 8-bit bytes or more, that
+    decode in it) says so of it and not of the label's; for decode_bytes (whole bytes) and
+    inspect_bytes (a piece at a time) alike."""
     notes: list[str] = []
     defects: list[str] = []
     codec = resolve_charset(label)
@@ -416,8 +420,26 @@ def _choose_charset(label: str | None, guess: Callable[[], str],
         notes.append(f"declared {label} but bytes are {guessed}")
         codec = guessed
     else:
+        if codec in _EIGHT_BIT_FORMS and not decodes(codec):
+            form = next((f for f in _EIGHT_BIT_FORMS[codec] if decodes(f)), None)
+            if form is not None:
+                notes.append(f"declared {label} but bytes are {form}")
+                return form, False, notes, defects
         return _SUPERSETS.get(codec, codec), False, notes, defects
     return codec, True, notes, defects
+
+
+# ISO-2022-JP and ISO-2022-KR are 7-bit: Japanese and Korean mailers (and gateways that
+# convert the text, not the label) send EUC-JP or Shift_JIS, EUC-KR, under them. Such 8-bit
+# bytes decoded as replacement characters from end to end (sisimai's set-of-emails
+# lhost-ezweb-02.eml, a bounce in EUC-JP labelled iso-2022-jp; SpamAssassin's
+# t.rules/PLING_QUERY/fp_bug6149_thomas_4480). The first form they decode in is read, EUC-JP
+# before Shift_JIS: EUC-JP text often decodes as Shift_JIS too (as half-width katakana),
+# Shift_JIS text almost never as EUC-JP. One 8-bit byte alone is not taken for a character
+# ("Dij\x8aat.", the mail gem's attachment_with_encoded_name.eml, stays "Dij\ufffdat.").
+_EIGHT_BIT_FORMS = {"iso2022_jp": ("euc_jp", "cp932"), "iso2022_jp_1": ("euc_jp", "cp932"),
+                    "iso2022_jp_2": ("euc_jp", "cp932"), "iso2022_jp_3": ("euc_jis_2004",),
+                    "iso2022_jp_2004": ("euc_jis_2004",), "iso2022_kr": ("cp949",)}
 
 
 # Labels that mailers put on text in a superset of the charset they name: Outlook and Foxmail
@@ -830,7 +852,10 @@ def inspect_bytes(data: bytes, label: str | None,
         return decode_bytes(data[start:end], label, candidates)
     codec, guessed, notes, defects = _choose_charset(
         label, lambda: _guess_pieces(data, start, end, size, candidates),
-        lambda c: _mislabelled_pieces(data, start, end, size, c))
+        lambda c: _mislabelled_pieces(data, start, end, size, c),
+        lambda c: sum(len(p.translate(None, _ASCII)) for p in _byte_pieces(
+            data, start, end, size)) > 1 and all(
+            _decodes(p, c) for p in _byte_pieces(data, start, end, size)))
     if not guessed:
         read_as = _latin_read_as(codec, data, start, end)
         if read_as not in (codec, "cp1252"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailrouter.charsets import decode_bytes
+from mailrouter.charsets import decode_bytes, inspect_bytes
 from mailrouter.message import MessageView
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -109,3 +109,24 @@ def test_a_single_byte_message_charset_leaves_the_guess_alone() -> None:
     assert (v.subject, v.charset_notes) == ("Счет на оплату", ["Subject: raw 8-bit guessed cp1251"])
     utf8 = MessageView("Subject: 你好\r\nContent-Type: text/plain; charset=gb2312\r\n\r\nx\r\n".encode())
     assert (utf8.subject, utf8.charset_notes) == ("你好", ["Subject: raw 8-bit guessed utf-8"])
+
+
+def test_eight_bit_japanese_under_a_7_bit_label() -> None:
+    """ISO-2022-JP is 7-bit; EUC-JP (sisimai's lhost-ezweb-02.eml, a bounce) and Shift_JIS
+    (SpamAssassin's fp_bug6149_thomas_4480) under its label were replacement characters
+    from end to end. A 7-bit ISO-2022-JP text keeps its label, and one stray 8-bit byte is
+    not taken for a character (the mail gem's 'Dij\\x8aat.' under iso-2022-jp)."""
+    euc = view("real_eucjp_under_iso2022jp.eml")
+    assert euc.body_text.startswith("次のあて先へのメッセージはエラーのため送信できませんでした。")
+    assert euc.body_charset == "euc_jp"
+    assert "Body: declared iso-2022-jp but bytes are euc_jp" in euc.charset_notes
+    sjis = view("real_sjis_under_iso2022jp.eml")
+    assert sjis.body_text.startswith("●お名前\nテスト by Interwave\n")
+    assert (sjis.body_charset, sjis.charset_notes) == (
+        "cp932", ["Body: declared ISO-2022-JP but bytes are cp932"])
+    body = sjis.body_text.encode("euc_jp", "replace") * 300        # read a piece at a time
+    assert inspect_bytes(body, "iso-2022-jp", size=4096).charset == "euc_jp"
+    jis = decode_bytes("お名前 テスト".encode("iso2022_jp"), "iso-2022-jp")
+    assert (jis.text, jis.charset, jis.notes) == ("お名前 テスト", "cp50220", [])
+    stray = decode_bytes(b"01 Quien Te Dij\x8aat. Pitbull.mp3", "iso-2022-jp")
+    assert stray.text == "01 Quien Te Dij\ufffdat. Pitbull.mp3"
