@@ -51,7 +51,7 @@ import functools
 import math
 import re
 from collections import Counter
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 __all__ = [
     "CYRILLIC_HEADER_CANDIDATES",
@@ -198,8 +198,9 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
                  ) -> tuple[str, str]:
     """Decode bytes of unknown charset; return (text, codec used).
 
-    Order: pure ASCII, valid UTF-8, the best-scoring Cyrillic candidate when the bytes look
-    Cyrillic, else the best Latin one (cp1252, cp1250, ISO-8859-2).  Never raises.
+    Order: pure ASCII, valid UTF-8, Japanese (EUC-JP, Shift_JIS) when the bytes decode in it
+    and read as kana, the best-scoring Cyrillic candidate when the bytes look Cyrillic, else
+    the best Latin one (cp1252, cp1250, ISO-8859-2).  Never raises.
     """
     if data.isascii():
         return data.decode("ascii"), "ascii"
@@ -208,10 +209,42 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
         return text, "utf-8"
     if _damaged_utf8(*_utf8_counts(data)):
         return data.decode("utf-8", "replace"), "utf-8"
+    japanese = _japanese(lambda: (data,))
+    if japanese is not None:
+        return data.decode(japanese, "replace"), japanese
     if not looks_cyrillic(data) or not reads_cyrillic(data[:PAIR_SCORED], candidates):
         return guess_latin(data)
     best = max(candidates, key=lambda c: score_russian(data.decode(c, "replace")))
     return data.decode(best, "replace"), best
+
+
+# Japanese text without a usable label (Shift_JIS under us-ascii: SpamAssassin's
+# t/data/spam/008, read as windows-1252 "‚ð‚²Šó–]") is told by its kana: hiragana and
+# katakana are two-byte characters whose first byte (Shift_JIS 0x82 0x83, EUC-JP 0xA4 0xA5)
+# Russian text in KOI8-R, windows-1251 or cp866 almost never has where a pair would start,
+# nor does Russian text decode in either (the spam above has two bad pairs in 1081 chars:
+# up to one in JAPANESE_BAD is let through). KANA_SHARE of the non-ASCII characters must
+# be kana (Japanese prose: a half or more; the spam above: 0.3).
+JAPANESE_CANDIDATES = ("euc_jp", "cp932")      # EUC-JP text may decode as Shift_JIS too
+KANA_SHARE = 0.2
+JAPANESE_BAD = 50
+_KANA = re.compile("[\u3041-\u30fa\u30fc]")
+_WIDE = re.compile("[^\x00-\x7f]")
+
+
+def _japanese(pieces: Callable[[], Iterable[bytes]]) -> str | None:
+    """The Japanese codec `pieces` decode in (but for one bad pair in JAPANESE_BAD
+    characters) and read as kana in, if any."""
+    for codec in JAPANESE_CANDIDATES:
+        kana = wide = bad = 0
+        for piece in pieces():
+            text = piece.decode(codec, "replace")
+            kana += len(_KANA.findall(text))
+            wide += len(_WIDE.findall(text))
+            bad += text.count("\ufffd")
+        if kana >= 2 and kana >= KANA_SHARE * wide and bad * JAPANESE_BAD <= wide:
+            return codec
+    return None
 
 
 # Words of 8-bit bytes alone (looks_cyrillic) are also Latin text's own: a Finnish
@@ -929,6 +962,9 @@ def _guess_pieces(data: bytes, start: int, end: int, size: int,
         return "ascii"
     if _is_utf8(data, start, end, size) or _damaged_utf8_pieces(data, start, end, size):
         return "utf-8"
+    japanese = _japanese(lambda: _byte_pieces(data, start, end, size))
+    if japanese is not None:
+        return japanese
     scored = min(end, start + GUESS_SCORED)
     if not _looks_cyrillic_pieces(data, start, end, size) or not reads_cyrillic(
             data[start:min(end, start + PAIR_SCORED)], candidates):

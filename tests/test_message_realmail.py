@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailrouter.charsets import decode_bytes, inspect_bytes
+from mailrouter.charsets import CYRILLIC_BODY_CANDIDATES, decode_bytes, guess_decode, inspect_bytes
 from mailrouter.message import MessageView
+from tests.test_message import RU_SUBJECTS
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -130,3 +131,18 @@ def test_eight_bit_japanese_under_a_7_bit_label() -> None:
     assert (jis.text, jis.charset, jis.notes) == ("お名前 テスト", "cp50220", [])
     stray = decode_bytes(b"01 Quien Te Dij\x8aat. Pitbull.mp3", "iso-2022-jp")
     assert stray.text == "01 Quien Te Dij\ufffdat. Pitbull.mp3"
+
+
+def test_japanese_without_a_usable_label() -> None:
+    """Shift_JIS text under us-ascii (SpamAssassin's t/data/spam/008) was guessed
+    windows-1252 ('“dŽqƒ�[ƒ‹�L��ŽÐ'): the guess knew no Japanese. Kana tell it, two bad
+    pairs in a thousand characters notwithstanding; Russian text never reads as kana."""
+    v = view("real_sjis_under_us_ascii.eml")
+    assert "電子メール広告社\n\n今後、広告をご希望されない方はここへ" in v.body_text
+    assert v.charset_notes == ["Body: declared us-ascii but bytes are cp932"]
+    body = v.body_text.encode("cp932", "replace") * 100                 # a piece at a time
+    assert inspect_bytes(body, None, CYRILLIC_BODY_CANDIDATES, size=4096).charset == "cp932"
+    assert guess_decode("今後、広告をご希望".encode("euc_jp")) == ("今後、広告をご希望", "euc_jp")
+    prose = " ".join(RU_SUBJECTS)
+    for codec in CYRILLIC_BODY_CANDIDATES:
+        assert guess_decode(prose.encode(codec), CYRILLIC_BODY_CANDIDATES)[1] == codec
