@@ -3,11 +3,14 @@
 What it does: maps the charset labels found in real mail (``cp1251``, ``x-cp1251``, ``win-1251``,
 ``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs (a label naming a
 charset whose Windows superset mailers send is read as that: gb2312 as gbk, shift_jis as cp932,
-euc-kr as cp949, iso-2022-jp as ``cp50220``, a codec registered here), and guesses the
-charset of unlabelled or mislabelled 8-bit bytes: valid UTF-8 first, then a Russian
-letter-frequency / case-pattern scorer over the Cyrillic single-byte charsets, and for bytes
-that look like accented Latin text an accented-letter scorer over cp1252, cp1250 and ISO-8859-2
-(Czech, Polish, German, French, Spanish, Italian, Portuguese letter frequencies).
+euc-kr as cp949, iso-2022-jp as ``cp50220``, a codec registered here; 8-bit bytes under
+the 7-bit iso-2022-jp or -kr as EUC-JP or Shift_JIS, EUC-KR), and guesses the charset of
+unlabelled or mislabelled 8-bit bytes: valid UTF-8 first, then Japanese (EUC-JP, Shift_JIS)
+told by its kana, then a Russian letter-frequency / case-pattern scorer over the Cyrillic
+single-byte charsets for bytes that look Cyrillic and read better so than as Latin text, else
+an accented-letter scorer over cp1252, cp1250 and ISO-8859-2 (Czech, Polish, Slovak, German,
+French, Spanish, Italian, Portuguese, Danish/Norwegian, Swedish letter frequencies). Raw
+8-bit header bytes are read in the message's own charset when that is a multi-byte one.
 
 The scorer, not charset-normalizer.  Measured on the 60 short Russian subjects of
 ``tests/test_message.py`` (``RU_SUBJECTS``), each encoded in KOI8-R and in windows-1251, 120 cases
