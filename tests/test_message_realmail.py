@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mailrouter.charsets import CYRILLIC_BODY_CANDIDATES, decode_bytes, guess_decode, inspect_bytes
+from mailrouter.explain import explain
 from mailrouter.message import MessageView
+from mailrouter.routing.snapshot import Snapshot
+from tests.support.rules import ROOT, load
 from tests.test_message import RU_SUBJECTS
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -146,3 +151,17 @@ def test_japanese_without_a_usable_label() -> None:
     prose = " ".join(RU_SUBJECTS)
     for codec in CYRILLIC_BODY_CANDIDATES:
         assert guess_decode(prose.encode(codec), CYRILLIC_BODY_CANDIDATES)[1] == codec
+
+
+@pytest.fixture(scope="module")
+def example_rules() -> Snapshot:
+    return load(ROOT / "rules" / "routing.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("real_*.eml")), ids=lambda p: p.name)
+def test_explain_and_routing_read_every_real_sample(path: Path, example_rules: Snapshot) -> None:
+    """`mailrouter explain` on the example rules decides for every real sample, reading every
+    property without a failure of its own ('cannot decode' in its defects)."""
+    report = explain(example_rules, path.read_bytes(), ["support@example.com"], None)
+    assert len(report["recipients"]) == 1
+    assert not [d for d in report["defects"] if "cannot decode" in d]
