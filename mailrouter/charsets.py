@@ -1008,10 +1008,10 @@ def _guess_pieces(data: bytes, start: int, end: int, size: int,
         return "ascii"
     if _is_utf8(data, start, end, size) or _damaged_utf8_pieces(data, start, end, size):
         return "utf-8"
-    japanese = _japanese(lambda: _byte_pieces(data, start, end, size))
+    scored = min(end, start + GUESS_SCORED)
+    japanese = _japanese(lambda: _byte_pieces(data, start, scored, size))
     if japanese is not None:
         return japanese
-    scored = min(end, start + GUESS_SCORED)
     if not _looks_cyrillic_pieces(data, start, end, size) or not reads_cyrillic(
             data[start:min(end, start + PAIR_SCORED)], candidates):
         latin = {c: LatinCounts() for c in LATIN_CANDIDATES}
