@@ -35,12 +35,15 @@ one of those is treated as unknown.
 Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
 whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
 than French "è"; "\\xef" alone is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than
-Norwegian "ø"), Hungarian letters are not in the tables, and a short Czech text under a Western
-label whose only Czech letters are ř and í ("Jiøí Øehoø") keeps the label (it reads as
-Norwegian about as well); a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent,
-or the reverse) is trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few
-capitals alone carry too little to overrule a label), and other pairs (koi8-r declared, cp866
-sent) are trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
+Norwegian "ø"; "\\xbf" before a word is Polish "ż", not Spanish "¿"), Hungarian letters are not
+in the tables, and a short Czech text under a Western label whose only Czech letters are ř and
+í ("Jiøí Øehoø") keeps the label (it reads as Norwegian about as well); unlabelled Chinese
+(GBK, Big5) and Korean text is not recognised (only Japanese is, by its kana), and raw 8-bit
+headers are read in the message's charset only when the top Content-Type names one; a label
+that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent, or the reverse) is
+trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few capitals alone
+carry too little to overrule a label), and other pairs (koi8-r declared, cp866 sent) are
+trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
 mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
 mac-cyrillic text is read as cp1251 (identical result for those letters).
 """
@@ -323,16 +326,6 @@ _LATIN_PRIORS = [prior for prior, _ in _LATIN_LOG.values()]
 _LATIN_ROWS = {letter: [table.get(letter, _FOREIGN_LETTER) for _, table in _LATIN_LOG.values()]
                for _, table in _LATIN_LOG.values() for letter in table}
 _FOREIGN_ROW = [_FOREIGN_LETTER] * len(_LATIN_PRIORS)
-# Each letter the Latin candidates read, in either case, scored in the language that writes
-# it most: summed over a text's letters, at least LatinCounts(text).best() (no prior is above
-# 0, signs and the rest add less than 0; a letter not here counts 0), at C speed.
-_LATIN_CHAR_BEST = {ch: max(_LATIN_ROWS.get(ch.lower(), _FOREIGN_ROW)) for ch in "".join(
-    bytes(range(0x80, 0x100)).decode(c, "replace") for c in LATIN_CANDIDATES) if ch.isalpha()}
-
-
-def _latin_bound(text: str) -> float:
-    return sum(map(_LATIN_CHAR_BEST.get, filter(str.isalpha, _NOT_ASCII.findall(text)),
-                   repeat(0.0)))
 _SYMBOL = math.log(0.01)             # common punctuation and signs
 _RARE_SYMBOL = math.log(0.001)
 _IN_WORD = math.log(0.01)            # extra, for a sign glued to the letter after it ("®ádost")
@@ -344,6 +337,17 @@ _NOT_ASCII = re.compile(r"[^\x00-\x7f]")
 _LATIN_SIGNS = re.compile("[" + re.escape("".join(sorted({
     ch for codec in LATIN_CANDIDATES for ch in bytes(range(0x80, 0x100)).decode(codec, "replace")
     if not ch.isalpha()}))) + "]")
+# Each letter the Latin candidates read, in either case, scored in the language that writes
+# it most: summed over a text's letters, at least LatinCounts(text).best() (no prior is above
+# 0, signs and the rest add less than 0; a letter not here counts 0), at C speed.
+_LATIN_CHAR_BEST = {ch: max(_LATIN_ROWS.get(ch.lower(), _FOREIGN_ROW)) for ch in "".join(
+    bytes(range(0x80, 0x100)).decode(c, "replace") for c in LATIN_CANDIDATES) if ch.isalpha()}
+
+
+def _latin_bound(text: str) -> float:
+    """At least LatinCounts(text).best(), for reads_cyrillic."""
+    return sum(map(_LATIN_CHAR_BEST.get, filter(str.isalpha, _NOT_ASCII.findall(text)),
+                   repeat(0.0)))
 
 
 class LatinCounts:
