@@ -9,7 +9,8 @@ parsed by ``email.parser.BytesParser`` only when ``body_text``, ``attachments``,
 when ``body_text`` or ``body_pieces`` is read (the latter a piece at a time, never whole:
 the reports and a word search cost no decoded copy of a large body).  Header values are
 decoded by ``mailrouter.charsets`` (RFC 2047 words, RFC 2231 parameters, raw 8-bit KOI8-R /
-windows-1251 / UTF-8 guessed and recorded).
+windows-1251 / UTF-8 guessed and recorded; read in the charset of the top Content-Type
+when that is a multi-byte one, gb2312, big5, shift_jis..., and they decode in it).
 
 What it refuses: it never raises and never re-serialises the bytes.  Whatever the parser or a
 decoder objects to becomes a line in ``defects``; every guess becomes a line in ``charset_notes``
@@ -181,8 +182,23 @@ class MessageView:
 
     # Decoded headers
 
+    @cached_property
+    def _text_charset(self) -> str | None:
+        """The charset parameter of the top Content-Type: raw 8-bit header bytes are read
+        in it when it is a multi-byte one (charsets.decode_header_bytes)."""
+        try:
+            value = self._header_msg.get_param("charset")
+        except Exception:  # never raise: the parser is not ours
+            return None
+        if isinstance(value, tuple):        # RFC 2231: (charset, language, value)
+            value = value[2]
+        return value if isinstance(value, str) else None
+
+    def _header_bytes(self, value: bytes) -> Decoded:
+        return decode_header_bytes(value, None if value.isascii() else self._text_charset)
+
     def _decode(self, name: str, value: bytes) -> Decoded:
-        decoded = decode_header_bytes(value)
+        decoded = self._header_bytes(value)
         self._record(name, decoded)
         return decoded
 
@@ -195,12 +211,12 @@ class MessageView:
 
     def headers(self, name: str) -> list[str]:
         """Every occurrence of header ``name``, decoded and unfolded."""
-        return [decode_header_bytes(v).text for v in self._by_name.get(name.lower(), [])]
+        return [self._header_bytes(v).text for v in self._by_name.get(name.lower(), [])]
 
     def header(self, name: str) -> str | None:
         """First occurrence of header ``name``, decoded and unfolded; None if absent."""
         values = self._by_name.get(name.lower())
-        return decode_header_bytes(values[0]).text if values else None
+        return self._header_bytes(values[0]).text if values else None
 
     @cached_property
     def subject(self) -> str:
