@@ -34,6 +34,8 @@ What this adds to aiosmtpd's SMTP class:
   `limits.error_delay` (asyncio.sleep: that session only); the reply that reaches
   `limits.max_errors` is followed by 421 4.7.0 and a hang-up (recipient
   harvesting); a message taken after DATA resets the count;
+- BDAT (CHUNKING is not offered, RFC 3030): 521 5.5.1 and a hang-up, as Postfix; its chunk
+  is never read as commands;
 - LMTP (RFC 2033 4.2): after DATA one reply per accepted recipient, in RCPT
   order, on every path, errors included;
 - no exception text ever reaches a client: any internal error is 451 4.3.0;
@@ -61,6 +63,7 @@ from .data import MEMORY_PER_BYTE, DataBudget, content
 from ..values import (
     AIOSMTPD_BOGUS_GOODBYE,
     REPLY_AUTH_NOT_IMPLEMENTED,
+    REPLY_BDAT_NOT_OFFERED,
     REPLY_STARTTLS_NOT_IMPLEMENTED,
     REPLY_CONTROL_CHAR,
     REPLY_DATA_SYNTAX,
@@ -303,6 +306,17 @@ class Protocol(SMTP):
         # is a temporary failure (RFC 3207 4): a client requiring TLS would retry forever.
         await self.push(str(REPLY_STARTTLS_NOT_IMPLEMENTED))
 
+    async def smtp_BDAT(self, arg: str) -> None:
+        """CHUNKING (RFC 3030) is not offered, and a client that sends BDAT anyway follows it
+        with its chunk: message text, not commands. aiosmtpd answered 500 and read the chunk
+        as commands, so a chunk holding RSET, MAIL, RCPT and DATA was run and a message taken
+        from them (SMTP smuggling by BDAT). As Postfix: 521 5.5.1 and hang up, the chunk
+        unread. No @syntax: HELP does not list it. _guarded runs it before any other check
+        (a refusal that kept the session open would read the chunk as commands)."""
+        log.warning("event=bdat_refused peer=%s arg=%r", self.session and self.session.peer,
+                    (arg or "")[:50])
+        await self.hang_up(str(REPLY_BDAT_NOT_OFFERED))
+
     async def handle_exception(self, error: Exception) -> str:
         if self._half_closed and isinstance(error, asyncio.IncompleteReadError):
             # everything the half-closed client sent whole is answered: end the session (the
@@ -324,6 +338,9 @@ class Protocol(SMTP):
     def _guarded(self, name: str, method: Any) -> Any:
         async def run(arg: Any) -> None:
             if self._hung_up:
+                return
+            if name == "BDAT":       # its chunk follows: nothing after it is read as commands
+                await method(arg)
                 return
             if (getattr(self.event_handler, "draining", False) and not self.in_transaction
                     and name != "QUIT"):
