@@ -268,3 +268,29 @@ async def test_bdat_chunk_is_never_run_as_commands(make_app, tmp_path, caplog, p
     assert await app.registry.count_messages() == 0
     seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
     assert not [m for m in seen if "evil@" in m or "support@" in m], seen
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_command_line_not_ended_by_crlf_is_not_run(make_app, tmp_path, proto, hello):
+    """aiosmtpd read a command up to LF and stripped every CR and LF at its end, so commands
+    ended by a bare LF or by CR CR LF were run, though DATA refuses the same bytes in a
+    message (and Postfix with smtpd_forbid_bare_newline = reject refuses them). Each gets
+    500 5.5.2 and is not run; the same commands with CRLF then work."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        assert (await w.line()).startswith("220")
+        await w.send(hello.encode() + b" client.test\n")
+        assert (await w.line()).startswith("500 5.5.2 Error: bare <CR> or <LF>")
+        await w.send(hello.encode() + b" client.test\r\n")
+        assert (await w.reply())[-1].startswith("250")
+        for line in (b"MAIL FROM:<a@outside.test>\n", b"MAIL FROM:<a@outside.test>\r\r\n",
+                     b"MAIL FROM:<a@outside.test>\n\r\n"):
+            await w.send(line)
+            assert (await w.line()).startswith("500 5.5.2"), line
+            if line.endswith(b"\n\r\n"):          # the CRLF after the bare LF is an empty line
+                assert (await w.line()).startswith("500 5.5.2"), line
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("503")   # no MAIL ran
+        r = await w.transaction("a@outside.test", ["sales@example.com"],
+                                b"Subject: ok\r\n\r\nok\r\n.\r\n", lmtp=proto == "lmtp")
+        assert r[0].startswith("250 2.0.0"), r
+    assert await app.registry.count_messages() == 1

@@ -18,6 +18,7 @@ What this adds to aiosmtpd's SMTP class:
   then, since a close would wait for them forever; nothing sent after QUIT is run;
 - DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
   a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
+- a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
 - control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
@@ -63,6 +64,7 @@ from .data import MEMORY_PER_BYTE, DataBudget, content
 from ..values import (
     AIOSMTPD_BOGUS_GOODBYE,
     REPLY_AUTH_NOT_IMPLEMENTED,
+    REPLY_BARE_LINE_END,
     REPLY_BDAT_NOT_OFFERED,
     REPLY_STARTTLS_NOT_IMPLEMENTED,
     REPLY_CONTROL_CHAR,
@@ -97,6 +99,7 @@ DATA_TOO_SLOW = str(REPLY_DATA_TOO_SLOW)
 NO_ROOM = str(REPLY_STORAGE_FULL)
 CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
 NOT_UTF8 = str(REPLY_NOT_UTF8)
+BARE_LINE_END = str(REPLY_BARE_LINE_END)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
@@ -172,6 +175,7 @@ class Protocol(SMTP):
         self._half_closed = False      # the client shut its sending side; we still write
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
+        self._bare_line_end = False    # the command line just read did not end in one CRLF
         self.busy = False
         self._wrap_commands()
 
@@ -342,6 +346,9 @@ class Protocol(SMTP):
             if name == "BDAT":       # its chunk follows: nothing after it is read as commands
                 await method(arg)
                 return
+            if self._bare_line_end:
+                await self.push(BARE_LINE_END)
+                return
             if (getattr(self.event_handler, "draining", False) and not self.in_transaction
                     and name != "QUIT"):
                 await self.push(SHUTTING_DOWN)
@@ -397,6 +404,21 @@ class Protocol(SMTP):
         log.warning("event=improper_pipelining peer=%s where=%r input=%r",
                     self.session and self.session.peer, where, self.unread()[:100])
         await self.hang_up(SYNC_ERROR)
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """aiosmtpd reads a command line up to LF and strips every CR and LF at its end, so a
+        line ended by a bare LF (or CR CR LF) was run as a command, though DATA refuses the
+        same bytes in a message. Note how each command line ended; _guarded refuses one that
+        did not end in a single CRLF (RFC 5321 2.3.8, 4.1.1), as Postfix's
+        smtpd_forbid_bare_newline = reject does."""
+        super()._cb_client_connected(reader, writer)
+        readuntil = reader.readuntil
+
+        async def read_line(separator: bytes = b"\n") -> bytes:
+            line = await readuntil(separator)
+            self._bare_line_end = line[-2:] != b"\r\n" or line[-3:-2] == b"\r"
+            return line
+        reader.readuntil = read_line  # type: ignore[method-assign, assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
