@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "AIOSMTPD_BOGUS_GOODBYE", "REPLIES", "REPLY_ALREADY_DELIVERED", "REPLY_AUTH_NOT_IMPLEMENTED", "REPLY_BAD_BYTES",
+    "REPLY_BARE_LINE_END", "REPLY_BDAT_NOT_OFFERED",
     "REPLY_CONTROL_CHAR", "REPLY_COPY_DELIVERED", "REPLY_DATA_SYNTAX", "REPLY_DATA_TOO_SLOW",
     "REPLY_DELIVERED", "REPLY_DELIVERED_TO", "REPLY_DELIVERY_TEMPFAIL",
     "REPLY_DOWNSTREAM_REFUSED", "REPLY_INTERNAL_ERROR", "REPLY_LMTP_NO_EHLO",
@@ -75,6 +76,13 @@ REPLY_CONTROL_CHAR = Reply(501, "5.5.2", "Syntax error: control character in com
 REPLY_NOT_UTF8 = Reply(501, "5.5.2", "Syntax error: invalid UTF-8 in command")
 REPLY_AUTH_NOT_IMPLEMENTED = Reply(502, "5.5.1", 'Error: command "AUTH" not implemented')
 REPLY_STARTTLS_NOT_IMPLEMENTED = Reply(502, "5.5.1", 'Error: command "STARTTLS" not implemented')
+# BDAT without CHUNKING (RFC 3030): the chunk that follows is not commands; said, then hang up
+# (Postfix's code: 521, the connection is closed)
+REPLY_BDAT_NOT_OFFERED = Reply(521, "5.5.1", 'Error: command "BDAT" not implemented '
+                                             "(CHUNKING is not offered), closing connection")
+# A command line not ended by a single CRLF (RFC 5321 2.3.8, 4.1.1): it is not run
+REPLY_BARE_LINE_END = Reply(500, "5.5.2", "Error: bare <CR> or <LF> received; "
+                                          "end command lines with <CR><LF>")
 REPLY_NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 # DATA after MAIL whose every RCPT was refused (RFC 5321 3.3 allows 554; Postfix's text)
 REPLY_NO_VALID_RCPTS = Reply(554, "5.5.1", "Error: no valid recipients")

@@ -33,6 +33,8 @@ METHODS = {
     "_call_handler_hook": (True, ["command", "args"], "called with 'DATA' to run the handler"),
     "_reset_timeout": (False, ["duration"], "re-armed with the DATA timeout while reading DATA, longer while processing it"),
     "_timeout_cb": (False, [], "overridden to say 421 4.4.2 first; then super()._timeout_cb closes"),
+    "_cb_client_connected": (False, ["reader", "writer"],
+                             "overridden to wrap the reader's readuntil: how each command line ended"),
 }
 # Attributes set on a live session: name -> (type, what protocol.py does with it)
 ATTRIBUTES = {
@@ -208,3 +210,13 @@ def test_every_private_aiosmtpd_name_protocol_py_uses_is_checked_here() -> None:
     assert patched == set(MODULE_GLOBALS) | set(HANDLE_CLIENT_GLOBALS), (f"intake/ patches aiosmtpd.smtp.{patched}: "
                                             f"list them in MODULE_GLOBALS or HANDLE_CLIENT_GLOBALS ({HINT})")
 
+
+
+def test_command_lines_are_read_with_readuntil_to_lf() -> None:
+    """Protocol._cb_client_connected wraps the reader's readuntil to see how each command line
+    ended (a bare LF is refused): SMTP._handle_client must still read them that way, and
+    strip the line end itself."""
+    source = inspect.getsource(SMTP._handle_client)
+    if "self._reader.readuntil()" not in source or "rstrip(b'\\r\\n')" not in source:
+        _fail("SMTP._handle_client", "no longer reads command lines with readuntil() up to LF",
+              "Protocol._cb_client_connected notes a line not ended by CRLF")

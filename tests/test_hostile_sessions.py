@@ -239,3 +239,58 @@ async def test_message_text_after_the_data_deadline_is_never_run_as_commands(mak
     assert await until(lambda: _no_sessions(app))
     seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
     assert not [m for m in seen if "smuggled@" in m], seen
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+@pytest.mark.parametrize("bdat", [b"BDAT 86 LAST", b"bdat 86", b"BDAT 86 LAST\x00"])
+async def test_bdat_chunk_is_never_run_as_commands(make_app, tmp_path, caplog, proto, hello, bdat):
+    """CHUNKING is not offered; a client that sends BDAT anyway follows it with its chunk.
+    aiosmtpd answered 500 and read the chunk as commands: a chunk holding RSET, MAIL, RCPT
+    and DATA was run and a message from evil@ to support@ taken from it (what Postfix, which
+    says 521 and hangs up, never does). Now: 521 5.5.1, the connection is closed, nothing in
+    the chunk is run or stored, whatever the BDAT line looks like."""
+    app = await make_app()
+    caplog.set_level(logging.INFO)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        await w.send(bdat + b"\r\nRSET\r\nMAIL FROM:<evil@outside.test>\r\n"
+                     b"RCPT TO:<support@example.com>\r\nDATA\r\n")
+        assert (await w.line()).startswith("521 5.5.1 Error: command \"BDAT\" not implemented")
+        try:
+            await w.send(b"Subject: smuggled\r\n\r\nx\r\n.\r\n")
+        except ConnectionError:
+            pass
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    assert await app.registry.count_messages() == 0
+    seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
+    assert not [m for m in seen if "evil@" in m or "support@" in m], seen
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_command_line_not_ended_by_crlf_is_not_run(make_app, tmp_path, proto, hello):
+    """aiosmtpd read a command up to LF and stripped every CR and LF at its end, so commands
+    ended by a bare LF or by CR CR LF were run, though DATA refuses the same bytes in a
+    message (and Postfix with smtpd_forbid_bare_newline = reject refuses them). Each gets
+    500 5.5.2 and is not run; the same commands with CRLF then work."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        assert (await w.line()).startswith("220")
+        await w.send(hello.encode() + b" client.test\n")
+        assert (await w.line()).startswith("500 5.5.2 Error: bare <CR> or <LF>")
+        await w.send(hello.encode() + b" client.test\r\n")
+        assert (await w.reply())[-1].startswith("250")
+        for line in (b"MAIL FROM:<a@outside.test>\n", b"MAIL FROM:<a@outside.test>\r\r\n",
+                     b"MAIL FROM:<a@outside.test>\n\r\n"):
+            await w.send(line)
+            assert (await w.line()).startswith("500 5.5.2"), line
+            if line.endswith(b"\n\r\n"):          # the CRLF after the bare LF is an empty line
+                assert (await w.line()).startswith("500 5.5.2"), line
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("503")   # no MAIL ran
+        r = await w.transaction("a@outside.test", ["sales@example.com"],
+                                b"Subject: ok\r\n\r\nok\r\n.\r\n", lmtp=proto == "lmtp")
+        assert r[0].startswith("250 2.0.0"), r
+    assert await app.registry.count_messages() == 1

@@ -18,6 +18,7 @@ What this adds to aiosmtpd's SMTP class:
   then, since a close would wait for them forever; nothing sent after QUIT is run;
 - DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
   a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
+- a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
 - control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
@@ -34,6 +35,8 @@ What this adds to aiosmtpd's SMTP class:
   `limits.error_delay` (asyncio.sleep: that session only); the reply that reaches
   `limits.max_errors` is followed by 421 4.7.0 and a hang-up (recipient
   harvesting); a message taken after DATA resets the count;
+- BDAT (CHUNKING is not offered, RFC 3030): 521 5.5.1 and a hang-up, as Postfix; its chunk
+  is never read as commands;
 - LMTP (RFC 2033 4.2): after DATA one reply per accepted recipient, in RCPT
   order, on every path, errors included;
 - no exception text ever reaches a client: any internal error is 451 4.3.0;
@@ -61,6 +64,8 @@ from .data import MEMORY_PER_BYTE, DataBudget, content
 from ..values import (
     AIOSMTPD_BOGUS_GOODBYE,
     REPLY_AUTH_NOT_IMPLEMENTED,
+    REPLY_BARE_LINE_END,
+    REPLY_BDAT_NOT_OFFERED,
     REPLY_STARTTLS_NOT_IMPLEMENTED,
     REPLY_CONTROL_CHAR,
     REPLY_DATA_SYNTAX,
@@ -94,6 +99,7 @@ DATA_TOO_SLOW = str(REPLY_DATA_TOO_SLOW)
 NO_ROOM = str(REPLY_STORAGE_FULL)
 CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
 NOT_UTF8 = str(REPLY_NOT_UTF8)
+BARE_LINE_END = str(REPLY_BARE_LINE_END)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
@@ -169,6 +175,7 @@ class Protocol(SMTP):
         self._half_closed = False      # the client shut its sending side; we still write
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
+        self._bare_line_end = False    # the command line just read did not end in one CRLF
         self.busy = False
         self._wrap_commands()
 
@@ -303,6 +310,17 @@ class Protocol(SMTP):
         # is a temporary failure (RFC 3207 4): a client requiring TLS would retry forever.
         await self.push(str(REPLY_STARTTLS_NOT_IMPLEMENTED))
 
+    async def smtp_BDAT(self, arg: str) -> None:
+        """CHUNKING (RFC 3030) is not offered, and a client that sends BDAT anyway follows it
+        with its chunk: message text, not commands. aiosmtpd answered 500 and read the chunk
+        as commands, so a chunk holding RSET, MAIL, RCPT and DATA was run and a message taken
+        from them (SMTP smuggling by BDAT). As Postfix: 521 5.5.1 and hang up, the chunk
+        unread. No @syntax: HELP does not list it. _guarded runs it before any other check
+        (a refusal that kept the session open would read the chunk as commands)."""
+        log.warning("event=bdat_refused peer=%s arg=%r", self.session and self.session.peer,
+                    (arg or "")[:50])
+        await self.hang_up(str(REPLY_BDAT_NOT_OFFERED))
+
     async def handle_exception(self, error: Exception) -> str:
         if self._half_closed and isinstance(error, asyncio.IncompleteReadError):
             # everything the half-closed client sent whole is answered: end the session (the
@@ -324,6 +342,12 @@ class Protocol(SMTP):
     def _guarded(self, name: str, method: Any) -> Any:
         async def run(arg: Any) -> None:
             if self._hung_up:
+                return
+            if name == "BDAT":       # its chunk follows: nothing after it is read as commands
+                await method(arg)
+                return
+            if self._bare_line_end:
+                await self.push(BARE_LINE_END)
                 return
             if (getattr(self.event_handler, "draining", False) and not self.in_transaction
                     and name != "QUIT"):
@@ -380,6 +404,21 @@ class Protocol(SMTP):
         log.warning("event=improper_pipelining peer=%s where=%r input=%r",
                     self.session and self.session.peer, where, self.unread()[:100])
         await self.hang_up(SYNC_ERROR)
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """aiosmtpd reads a command line up to LF and strips every CR and LF at its end, so a
+        line ended by a bare LF (or CR CR LF) was run as a command, though DATA refuses the
+        same bytes in a message. Note how each command line ended; _guarded refuses one that
+        did not end in a single CRLF (RFC 5321 2.3.8, 4.1.1), as Postfix's
+        smtpd_forbid_bare_newline = reject does."""
+        super()._cb_client_connected(reader, writer)
+        readuntil = reader.readuntil
+
+        async def read_line(separator: bytes = b"\n") -> bytes:
+            line = await readuntil(separator)
+            self._bare_line_end = line[-2:] != b"\r\n" or line[-3:-2] == b"\r"
+            return line
+        reader.readuntil = read_line  # type: ignore[method-assign, assignment]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
