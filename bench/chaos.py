@@ -27,9 +27,13 @@ as an MTA's queue does. For `--seconds`, faults are injected one at a time, at r
   relay-hang        the relay stops answering after the final dot
   relay-down        the relay's port refuses connections
 
+With --give-up P a client never sends again, with chance P, a message that got a 4xx
+(its sender gave up, or its queue bounced it days later).
+
 Then the faults stop, the clients retry until every message has its 250 (--recover
-seconds at most), the supervisor is SIGKILLed and started once more, and every message
-is checked against the invariant:
+seconds at most); while the daemon still runs every copy in the store must be in the
+registry within --settle seconds; the supervisor is SIGKILLed and started once more, and
+every message is checked against the invariant:
 
   - no reply ever a 5xx; no final-dot reply later than process_timeout + 5 s, but while a
     worker was stopped (SIGSTOP is not something a process can answer through);
@@ -64,7 +68,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiosmtplib
 
@@ -341,14 +345,15 @@ class Run:
     windows: list[tuple[str, float, float, str]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     stopped: list[tuple[float, float]] = field(default_factory=list)   # SIGSTOP windows
+    given_up: set[int] = field(default_factory=set)    # 4xx and never sent again
 
     def violation(self, text: str) -> None:
         self.violations.append(text)
         print(f"VIOLATION {text}", flush=True)
 
 
-async def client(port: int, queue: asyncio.Queue[int], run: Run, retry: list[int],
-                 ) -> None:
+async def client(port: Callable[[], int], queue: asyncio.Queue[int], run: Run,
+                 retry: list[int], give_up: float) -> None:
     smtp: aiosmtplib.SMTP | None = None
     while True:
         i = await queue.get()
@@ -381,6 +386,8 @@ async def client(port: int, queue: asyncio.Queue[int], run: Run, retry: list[int
             run.acked.add(i)
         elif outcome.startswith("5xx"):
             pass                          # a bounce: a violation, reported at the end
+        elif random.random() < give_up:
+            run.given_up.add(i)           # a sender that never comes back (bounced, gone)
         else:
             retry.append(i)               # an MTA's queue: tried again a little later
         queue.task_done()
@@ -588,7 +595,7 @@ async def main(args: argparse.Namespace) -> int:
         queue: asyncio.Queue[int] = asyncio.Queue()
         retry: list[int] = []
         d = daemon
-        clients = [asyncio.create_task(client(lambda: d.smtp, queue, run, retry))
+        clients = [asyncio.create_task(client(lambda: d.smtp, queue, run, retry, args.give_up))
                    for _ in range(args.clients)]
         todo = list(range(args.messages))
         stop_feeding = asyncio.Event()
@@ -630,13 +637,27 @@ async def main(args: argparse.Namespace) -> int:
         while todo:
             await asyncio.sleep(0.2)
         deadline = time.monotonic() + args.recover
-        while time.monotonic() < deadline and len(run.acked) < args.messages:
+        while time.monotonic() < deadline and \
+                len(run.acked) + len(run.given_up) < args.messages:
             await asyncio.sleep(0.5)
         stop_feeding.set()
         await feeder
         for _ in clients:
             queue.put_nowait(-1)
         await asyncio.wait(clients, timeout=60)
+        # the daemon running: every copy in the store recorded within `settle` s, those of
+        # messages that got a 4xx and were never sent again included
+        deadline = time.monotonic() + args.settle
+        while True:
+            before = await asyncio.to_thread(store_copies, store)
+            msgs, dels = await registry.rows()
+            missing = unrecorded(before, msgs, dels)
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if missing:
+            run.violation(f"running: {len(missing)} copies unrecorded {args.settle:.0f} s "
+                          f"after the faults: {missing[:5]}")
         # one more crash: copies must all be recorded within `settle` s of the restart
         await asyncio.to_thread(daemon.kill)
         before = await asyncio.to_thread(store_copies, store)
@@ -690,6 +711,8 @@ def check(run: Run, total: int, copies: collections.Counter[tuple[str, str]],
             late = a.t1 - a.t0 > PROCESS_TIMEOUT + 5
             if late and not any(s0 - 1 <= a.t1 and a.t0 <= s1 + 1 for s0, s1 in stopped):
                 run.violation(f"{mid}: a reply after {a.t1 - a.t0:.1f} s ({a.outcome})")
+        if i not in run.acked and i in run.given_up:
+            continue                      # checked with every copy in the store
         if i not in run.acked:
             run.violation(f"{mid}: no 250 after {len(tries)} tries: "
                           f"{[a.outcome for a in tries[-3:]]}")
@@ -743,6 +766,8 @@ if __name__ == "__main__":
     p.add_argument("--faults", help=f"comma-separated subset of {','.join(ALL_FAULTS)}")
     p.add_argument("--pg", action="store_true", help="a private PostgreSQL cluster as registry")
     p.add_argument("--tmpfs", default="16m", help="size of the Maildir's tmpfs")
+    p.add_argument("--give-up", type=float, default=0.0,
+                   help="chance that a client never sends again a message that got a 4xx")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     sys.exit(asyncio.run(main(p.parse_args())))
