@@ -27,6 +27,9 @@ as an MTA's queue does. For `--seconds`, faults are injected one at a time, at r
   relay-hang        the relay stops answering after the final dot
   relay-down        the relay's port refuses connections
 
+With --overlap P, two faults of different kinds run at the same time, with chance P
+(a worker killed while the registry is locked, say). After each kill-worker every copy in
+the store at the kill must be recorded within the fault's hold + --settle seconds.
 With --give-up P a client never sends again, with chance P, a message that got a 4xx
 (its sender gave up, or its queue bounced it days later).
 
@@ -422,6 +425,7 @@ class Faults:
                  pg: Any, settle: float) -> None:
         self.d, self.relay, self.store, self.run = daemon, relay, store, run
         self.registry, self.pg, self.settle = registry, pg, settle
+        self.checks: list[asyncio.Task[None]] = []
 
     async def inject(self, name: str, hold: float) -> str:
         """Apply `name` for about `hold` seconds, undo it; a note for the summary."""
@@ -433,8 +437,30 @@ class Faults:
             return "no worker"
         victim = random.choice(workers)
         os.kill(victim, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        before = await asyncio.to_thread(store_copies, self.store)
+        self.checks.append(asyncio.create_task(self._recorded_after(
+            before, hold + self.settle, f"kill-worker {victim}")))
         await asyncio.sleep(hold)
         return f"pid {victim}"
+
+    async def _recorded_after(self, before: collections.Counter[tuple[str, str]], wait: float,
+                              what: str) -> None:
+        """Every copy of `before` recorded within `wait` s (the dead worker's journal is
+        reconciled by its replacement; a live one records its own failed records)."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                msgs, dels = await self.registry.rows()
+            except Exception:  # noqa: BLE001 (PostgreSQL stopped by another fault)
+                msgs, dels = {}, set()
+            missing = unrecorded(before, msgs, dels)
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if missing:
+            self.run.violation(f"{what}: {len(missing)} copies unrecorded {wait:.0f} s "
+                               f"after: {missing[:5]}")
 
     async def f_stop_worker(self, hold: float) -> str:
         workers = self.d.workers()
@@ -618,16 +644,24 @@ async def main(args: argparse.Namespace) -> int:
         end = time.monotonic() + args.seconds
         await asyncio.sleep(2)
         while time.monotonic() < end:
-            name = random.choice(faults_on)
-            hold = random.uniform(1.5, args.hold)
-            t0 = time.monotonic()
-            print(f"[{t0 - run.t_start:6.1f}] fault {name} for {hold:.1f} s", flush=True)
-            try:
-                note = await faults.inject(name, hold)
-            except Exception as exc:  # noqa: BLE001 (a harness failure is reported, not fatal)
-                note = f"harness error {exc!r}"
-            run.windows.append((name, t0, time.monotonic(), note))
-            print(f"[{time.monotonic() - run.t_start:6.1f}]   {name}: {note}", flush=True)
+            names = [random.choice(faults_on)]
+            if random.random() < args.overlap:       # two at once, different kinds
+                names.append(random.choice([f for f in faults_on if f != names[0]
+                                            and f != "kill-supervisor"] or names))
+                names = sorted(set(names), key=lambda n: n == "kill-supervisor")
+
+            async def one(name: str) -> None:
+                hold = random.uniform(1.5, args.hold)
+                t0 = time.monotonic()
+                print(f"[{t0 - run.t_start:6.1f}] fault {name} for {hold:.1f} s", flush=True)
+                try:
+                    note = await faults.inject(name, hold)
+                except Exception as exc:  # noqa: BLE001 (a harness failure: reported)
+                    note = f"harness error {exc!r}"
+                run.windows.append((name, t0, time.monotonic(), note))
+                print(f"[{time.monotonic() - run.t_start:6.1f}]   {name}: {note}", flush=True)
+            await asyncio.gather(*(one(n) for n in names))
+            name = "+".join(names)
             if daemon.proc is not None and daemon.proc.poll() is not None:
                 run.violation(f"the supervisor exited ({daemon.proc.returncode}) after {name}")
                 daemon.start()
@@ -645,6 +679,7 @@ async def main(args: argparse.Namespace) -> int:
         for _ in clients:
             queue.put_nowait(-1)
         await asyncio.wait(clients, timeout=60)
+        await asyncio.gather(*faults.checks)
         # the daemon running: every copy in the store recorded within `settle` s, those of
         # messages that got a 4xx and were never sent again included
         deadline = time.monotonic() + args.settle
@@ -768,6 +803,8 @@ if __name__ == "__main__":
     p.add_argument("--tmpfs", default="16m", help="size of the Maildir's tmpfs")
     p.add_argument("--give-up", type=float, default=0.0,
                    help="chance that a client never sends again a message that got a 4xx")
+    p.add_argument("--overlap", type=float, default=0.0,
+                   help="chance that a second fault of another kind runs at the same time")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     sys.exit(asyncio.run(main(p.parse_args())))

@@ -17,7 +17,10 @@ journal whose process is gone (its flock is free; a live process holds its own) 
 each intent without a done line whose copies the registry does not list as delivered has
 the copies that exist (new/NAME or cur/NAME:2,*, one folder each, never a whole store)
 recorded: the message as `unanswered` (stored, no answer given), each copy found as
-`delivered`. Then the journal is removed. A later retry of the message finds those copies
+`delivered`. Then the journal is removed. A pass that met a registry outage (a journal
+kept) is run again every `RETRY_OWN` seconds until one gets through, not `interval`
+seconds later: a worker killed while the registry was locked had its copies recorded up
+to 30 s after the lock went. A later retry of the message finds those copies
 (dedupe), answers 250 and records the message as delivered.
 
 A message of a process still running whose record failed (the registry locked or down:
@@ -147,6 +150,7 @@ class Intents:
         # key -> (the intent, passes that found none of its copies)
         self._unrecorded: dict[str, tuple[Intent, int]] = {}
         self._busy: dict[str, int] = {}        # key -> transactions in flight here
+        self._deferred = False         # a journal was kept for a registry outage: soon again
 
     # -- writing ---------------------------------------------------------------------------
     def _current(self) -> _File:
@@ -232,7 +236,7 @@ class Intents:
         while True:
             await asyncio.sleep(min(RETRY_OWN, max(0.0, due - loop.time())))
             try:
-                if loop.time() >= due:
+                if loop.time() >= due or self._deferred:
                     due = loop.time() + self.interval
                     await self.reconcile(registry)
                 elif self._unrecorded:
@@ -264,6 +268,7 @@ class Intents:
                                 len(found), intent.file.path.name)
             except RegistryError as exc:
                 log.error("event=reconcile_deferred key=%s error=%r", key[:12], str(exc))
+                self._deferred = True
                 return recorded
             if self._unrecorded.get(key, (None, 0))[0] is not intent:
                 continue
@@ -279,6 +284,7 @@ class Intents:
     async def reconcile(self, registry: Registry) -> int:
         """One pass over the journals of processes gone, and over this process's messages
         whose record failed; returns the messages recorded."""
+        self._deferred = False
         recorded = await self._record_own(registry)
         try:
             paths = sorted(self.directory.glob("*.jrn"))
@@ -319,8 +325,9 @@ class Intents:
                 log.warning("event=copy_reconciled key=%s copies=%d journal=%s", key,
                             len(found), path.name)
             await asyncio.to_thread(path.unlink, missing_ok=True)
-        except RegistryError as exc:
+        except RegistryError as exc:     # tried again every RETRY_OWN s, not in `interval`
             log.error("event=reconcile_deferred journal=%s error=%r", path.name, str(exc))
+            self._deferred = True
         finally:
             os.close(fd)
         return recorded

@@ -653,3 +653,36 @@ async def test_copy_of_a_failed_record_is_recorded_while_the_process_runs(make_a
     assert (await send(port, raw))[0].startswith("250 2.0.0")        # a late retry
     assert sum(f.read_bytes().endswith(raw) for f in maildir_files(mail_root)) == 1
     assert (await app.registry.message(key))["status"] == "delivered"
+
+
+async def test_journal_kept_for_a_registry_outage_is_tried_again_soon(make_app, tmp_path):
+    """A process gone (here: stopped while its record failed) left an open intent; another
+    process's reconcile pass meets the registry locked and keeps the journal. The next pass
+    came `interval` (30 s) later, so copies of a worker killed during a registry outage
+    stayed unrecorded up to 30 s after it ended. Now a deferred pass is tried again every
+    RETRY_OWN seconds: the copy is recorded soon after the lock goes, without a restart."""
+    url = sqlite_url(tmp_path)
+    first = await make_app(registry=RegistryConfig(url, timeout=1.0))
+    second = await make_app(registry=RegistryConfig(url, timeout=1.0))
+    raw = mail("dead-journal")
+    key = message_key(SENDER, raw)
+    locker = sqlite3.connect(tmp_path / "var" / "registry.db", isolation_level=None,
+                             check_same_thread=False)
+    try:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        assert await send(first.bound["smtp"][1], raw) == [str(REPLY_REGISTRY_UNAVAILABLE)]
+        first.request_stop()
+        await first.wait_stopped()        # its journal, intent open, unlocked: a process gone
+        assert await second.intents.reconcile(second.registry) == 0     # deferred: locked
+        await asyncio.to_thread(locker.execute, "ROLLBACK")
+    finally:
+        locker.close()
+    row = None
+    for _ in range(200):
+        row = await second.registry.message(key)
+        if row is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert row is not None, "the dead process's copy is still unknown to the registry"
+    assert row["status"] == "unanswered"
+    assert [d["state"] for d in row["deliveries"]] == ["delivered"]
