@@ -17,8 +17,19 @@ journal whose process is gone (its flock is free; a live process holds its own) 
 each intent without a done line whose copies the registry does not list as delivered has
 the copies that exist (new/NAME or cur/NAME:2,*, one folder each, never a whole store)
 recorded: the message as `unanswered` (stored, no answer given), each copy found as
-`delivered`. Then the journal is removed. A later retry of the message finds those copies
+`delivered`. Then the journal is removed. A pass that met a registry outage (a journal
+kept) is run again every `RETRY_OWN` seconds until one gets through, not `interval`
+seconds later: a worker killed while the registry was locked had its copies recorded up
+to 30 s after the lock went. A later retry of the message finds those copies
 (dedupe), answers 250 and records the message as delivered.
+
+A message of a process still running whose record failed (the registry locked or down:
+its sender got 451) leaves copies too, and its sender may never come back (it gives up,
+or its queue bounces the message days later): the process keeps such intents and records
+them the same way, `unanswered`, from its own reconcile task, every `RETRY_OWN` seconds
+while it has any (never while a transaction of the same message is in flight here), then
+writes their done line. Before, they waited for the process to exit: a worker running for
+weeks kept copies users saw and the registry did not know.
 
 Refused: a journal line that does not parse is skipped and logged (a torn last line after a
 crash); an intent that cannot be written (disk full) refuses each of its Maildir copies
@@ -54,6 +65,9 @@ __all__ = ["Intent", "Intents", "Place", "UNANSWERED"]
 log = logging.getLogger(__name__)
 UNANSWERED = "unanswered"          # messages.status: copies stored, the sender got no answer
 ROTATE_AT = 1 << 20                # bytes: past this a new journal is started
+RETRY_OWN = 2.0                    # seconds between passes over this process's failed records
+OWN_MISSES = 3                     # passes finding no copy before one is let go (a restart's
+                                   # reconcile still reads its journal line)
 _run = itertools.count()
 
 
@@ -79,6 +93,7 @@ class _File:
             making.unlink(missing_ok=True)
             raise
         self.size, self.open_intents = 0, 0
+        self.closed = False           # retired: its descriptor number may be another file's
 
 
 _WRITING = threading.Lock()      # writer threads write intents one group at a time
@@ -90,10 +105,12 @@ class Intent:
     with the other intents of the copies in the same batch (one write and one fdatasync per
     journal). A message's copies may be in two batches: whichever comes first writes it."""
 
-    __slots__ = ("file", "key", "line", "written", "error")
+    __slots__ = ("file", "key", "line", "written", "error", "record", "places")
 
-    def __init__(self, f: _File, key: str, line: bytes) -> None:
+    def __init__(self, f: _File, key: str, line: bytes, record: MessageRecord,
+                 places: Sequence[Place]) -> None:
         self.file, self.key, self.line = f, key, line
+        self.record, self.places = record, list(places)
         self.written = False
         self.error: OSError | None = None
 
@@ -129,6 +146,11 @@ class Intents:
         self._file: _File | None = None
         self._task: asyncio.Task[None] | None = None
         self.passes = 0                # reconcile passes run (tests count them, not seconds)
+        # this process's messages whose record failed after their intent was written:
+        # key -> (the intent, passes that found none of its copies)
+        self._unrecorded: dict[str, tuple[Intent, int]] = {}
+        self._busy: dict[str, int] = {}        # key -> transactions in flight here
+        self._deferred = False         # a journal was kept for a registry outage: soon again
 
     # -- writing ---------------------------------------------------------------------------
     def _current(self) -> _File:
@@ -160,6 +182,7 @@ class Intents:
 
     def _retire(self, f: _File) -> None:
         """A full journal with nothing in flight: unlocked, so a reconcile settles it."""
+        f.closed = True
         os.close(f.fd)
 
     def prepare(self, key: str, record: MessageRecord, places: Sequence[Place]) -> Intent:
@@ -171,21 +194,35 @@ class Intents:
         f = self._current()
         f.open_intents += 1
         f.size += len(line) + 3
-        return Intent(f, key, b"I " + line + b"\n")
+        self._busy[key] = self._busy.get(key, 0) + 1
+        return Intent(f, key, b"I " + line + b"\n", record, places)
 
     def settle(self, token: object, key: str | None) -> None:
         """The message is answered: recorded (`key` given: a done line) or not (None: the
         intent stays open for a reconcile). Lets a rotated journal go when its last settles."""
         assert isinstance(token, Intent)
         f = token.file
+        busy = self._busy.get(token.key, 1) - 1
+        if busy:
+            self._busy[token.key] = busy
+        else:
+            self._busy.pop(token.key, None)
         if key is not None and token.written:
-            try:
-                os.write(f.fd, b"D " + key.encode() + b"\n")   # O_APPEND: one whole line
-            except OSError as exc:   # a reconcile will look the message up instead
-                log.warning("event=intent_done_unwritten key=%s error=%r", key, str(exc))
+            self._done(f, key)
+        elif key is None and token.written:   # copies may exist: recorded by _record_own
+            self._unrecorded[token.key] = (token, 0)
         f.open_intents -= 1
         if f is not self._file and f.open_intents == 0:
             self._retire(f)
+
+    @staticmethod
+    def _done(f: _File, key: str) -> None:
+        if f.closed:                 # retired: a reconcile of its journal looks it up
+            return
+        try:
+            os.write(f.fd, b"D " + key.encode() + b"\n")   # O_APPEND: one whole line
+        except OSError as exc:   # a reconcile will look the message up instead
+            log.warning("event=intent_done_unwritten key=%s error=%r", key, str(exc))
 
     # -- reconcile ---------------------------------------------------------------------------
     def start(self, registry: Registry) -> None:
@@ -194,16 +231,61 @@ class Intents:
                                                             name="intents-reconcile")
 
     async def _every(self, registry: Registry) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.interval
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(min(RETRY_OWN, max(0.0, due - loop.time())))
             try:
-                await self.reconcile(registry)
+                if loop.time() >= due or self._deferred:
+                    due = loop.time() + self.interval
+                    await self.reconcile(registry)
+                elif self._unrecorded:
+                    await self._record_own(registry)
             except Exception:  # noqa: BLE001 (logged; the next pass tries again)
                 log.exception("event=reconcile_crashed")
 
-    async def reconcile(self, registry: Registry) -> int:
-        """One pass over the journals of processes gone; returns the messages recorded."""
+    async def _record_own(self, registry: Registry) -> int:
+        """Record the copies of this process's messages whose record failed (see the module
+        docstring) as `unanswered`; returns the messages recorded. A registry still down
+        leaves them for the next pass."""
         recorded = 0
+        for key, (intent, misses) in list(self._unrecorded.items()):
+            if key in self._busy:
+                continue                  # its retry is in flight here: that one records it
+            try:
+                have = await registry.delivered_targets(key)
+                todo = [p for p in intent.places if p.target not in have]
+                found = [p for p in todo if await asyncio.to_thread(self.stored, p)]
+                if key in self._busy or self._unrecorded.get(key, (None, 0))[0] is not intent:
+                    continue              # a retry started meanwhile
+                if found:
+                    await registry.record(
+                        dataclasses.replace(intent.record, status=UNANSWERED), [],
+                        [DeliveryRecord(p.target, "delivered", "stored; the sender got no answer")
+                         for p in found], None, [])
+                    recorded += 1
+                    log.warning("event=copy_reconciled key=%s copies=%d journal=%s (own)", key,
+                                len(found), intent.file.path.name)
+            except RegistryError as exc:
+                log.error("event=reconcile_deferred key=%s error=%r", key[:12], str(exc))
+                self._deferred = True
+                return recorded
+            if self._unrecorded.get(key, (None, 0))[0] is not intent:
+                continue
+            if len(found) == len(todo):          # every copy it listed is recorded
+                del self._unrecorded[key]
+                self._done(intent.file, key)
+            elif misses + 1 >= OWN_MISSES:       # never made; its journal line stays open
+                del self._unrecorded[key]
+            else:
+                self._unrecorded[key] = (intent, misses + 1)
+        return recorded
+
+    async def reconcile(self, registry: Registry) -> int:
+        """One pass over the journals of processes gone, and over this process's messages
+        whose record failed; returns the messages recorded."""
+        self._deferred = False
+        recorded = await self._record_own(registry)
         try:
             paths = sorted(self.directory.glob("*.jrn"))
         except OSError:
@@ -243,8 +325,9 @@ class Intents:
                 log.warning("event=copy_reconciled key=%s copies=%d journal=%s", key,
                             len(found), path.name)
             await asyncio.to_thread(path.unlink, missing_ok=True)
-        except RegistryError as exc:
+        except RegistryError as exc:     # tried again every RETRY_OWN s, not in `interval`
             log.error("event=reconcile_deferred journal=%s error=%r", path.name, str(exc))
+            self._deferred = True
         finally:
             os.close(fd)
         return recorded

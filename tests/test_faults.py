@@ -619,3 +619,70 @@ async def test_registry_lock_under_load_loses_and_doubles_nothing(make_app, tmp_
     ids = [next(l for l in s.split(b"\r\n") if l.startswith(b"Message-ID:")) for s in stored]
     assert len(ids) == 80 and len(set(ids)) == 80
     assert await app.registry.count_messages() == 80
+
+
+async def test_copy_of_a_failed_record_is_recorded_while_the_process_runs(make_app, tmp_path):
+    """The registry locked: the message's Maildir copy is made, its record fails, the sender
+    gets 451 and never comes back (found by bench/chaos.py --give-up). The copy stayed
+    without a registry row for as long as the process ran: only the journals of processes
+    gone were reconciled. Now the process's own reconcile task records it (`unanswered`)
+    within seconds of the registry's return, writes its done line, and a late retry finds
+    the copy: 250, no second copy, the message delivered."""
+    app = await make_app(registry=RegistryConfig(sqlite_url(tmp_path), timeout=1.0))
+    port = app.bound["smtp"][1]
+    raw = mail("given-up")
+    key = message_key(SENDER, raw)
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "registry.db",
+                                            isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        assert await send(port, raw) == [str(REPLY_REGISTRY_UNAVAILABLE)]
+        locker.execute("ROLLBACK")
+    mail_root = tmp_path / "var" / "mail"
+    assert sum(f.read_bytes().endswith(raw) for f in maildir_files(mail_root)) == 1
+    row = None
+    for _ in range(200):                  # the task's passes come every RETRY_OWN seconds
+        row = await app.registry.message(key)
+        if row is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert row is not None, "the copy is still unknown to the registry"
+    assert row["status"] == "unanswered"
+    assert [d["state"] for d in row["deliveries"]] == ["delivered"]
+    journals = list((tmp_path / "var" / "intents").glob("*.jrn"))
+    assert any(f"D {key}".encode() in j.read_bytes() for j in journals)
+    assert (await send(port, raw))[0].startswith("250 2.0.0")        # a late retry
+    assert sum(f.read_bytes().endswith(raw) for f in maildir_files(mail_root)) == 1
+    assert (await app.registry.message(key))["status"] == "delivered"
+
+
+async def test_journal_kept_for_a_registry_outage_is_tried_again_soon(make_app, tmp_path):
+    """A process gone (here: stopped while its record failed) left an open intent; another
+    process's reconcile pass meets the registry locked and keeps the journal. The next pass
+    came `interval` (30 s) later, so copies of a worker killed during a registry outage
+    stayed unrecorded up to 30 s after it ended. Now a deferred pass is tried again every
+    RETRY_OWN seconds: the copy is recorded soon after the lock goes, without a restart."""
+    url = sqlite_url(tmp_path)
+    first = await make_app(registry=RegistryConfig(url, timeout=1.0))
+    second = await make_app(registry=RegistryConfig(url, timeout=1.0))
+    raw = mail("dead-journal")
+    key = message_key(SENDER, raw)
+    locker = sqlite3.connect(tmp_path / "var" / "registry.db", isolation_level=None,
+                             check_same_thread=False)
+    try:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        assert await send(first.bound["smtp"][1], raw) == [str(REPLY_REGISTRY_UNAVAILABLE)]
+        first.request_stop()
+        await first.wait_stopped()        # its journal, intent open, unlocked: a process gone
+        assert await second.intents.reconcile(second.registry) == 0     # deferred: locked
+        await asyncio.to_thread(locker.execute, "ROLLBACK")
+    finally:
+        locker.close()
+    row = None
+    for _ in range(200):
+        row = await second.registry.message(key)
+        if row is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert row is not None, "the dead process's copy is still unknown to the registry"
+    assert row["status"] == "unanswered"
+    assert [d["state"] for d in row["deliveries"]] == ["delivered"]
