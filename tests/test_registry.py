@@ -111,6 +111,23 @@ async def test_retry_upserts_and_never_downgrades_delivered(registry: Registry) 
     assert await registry.count_messages() == 1
 
 
+async def test_a_late_reconcile_leaves_an_answered_message_answered(registry: Registry) -> None:
+    """A process's reconcile records a copy whose record failed as `unanswered`; when the
+    sender's retry was recorded as delivered meanwhile (by another worker or instance), that
+    late `unanswered` replaced the status of a message whose sender got its 250. Not now:
+    an answered record stays as it was; an unanswered one still replaces a deferred one."""
+    await registry.record(message(status="delivered"), [decision()], [delivery()])
+    await registry.record(message(status="unanswered", subject="late"), [],
+                          [delivery(state="delivered")])
+    row = await registry.message("a" * 64)
+    assert row is not None
+    assert (row["status"], row["subject"], row["attempts"]) == ("delivered", "Счёт №5", 1)
+    await registry.record(message("b" * 64, status="deferred"), [decision()], [])
+    await registry.record(message("b" * 64, status="unanswered"), [], [delivery()])
+    row = await registry.message("b" * 64)
+    assert row is not None and (row["status"], row["attempts"]) == ("unanswered", 2)
+
+
 async def test_same_key_twice_in_one_batch(registry: Registry) -> None:
     """Two concurrent records of one key land in one batch and still count as a retry."""
     await asyncio.gather(registry.record(message(), [decision()], [delivery()]),

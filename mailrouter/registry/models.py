@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import (
     JSON, Boolean, Column, DateTime, Dialect, ForeignKey, Index, Insert, Integer, LargeBinary,
     MetaData,
-    String, Table, Text, UniqueConstraint, case,
+    String, Table, Text, UniqueConstraint, and_, case, or_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.types import TypeDecorator
@@ -215,8 +215,14 @@ def _insert(dialect: str, table: Any) -> Any:
 def message_upsert(dialect: str) -> Insert:
     stmt = _insert(dialect, messages)
     keep = {"key", "received_at", "attempts"}
-    updates = {c.name: stmt.excluded[c.name] for c in messages.c if c.name not in keep}
-    updates["attempts"] = messages.c.attempts + 1
+    # A reconcile's `unanswered` (intents.py: copies stored, the record failed) that lands
+    # after the sender's retry was recorded as delivered, by another process, leaves the
+    # answered record as it is: the sender got its 250.
+    answered = and_(stmt.excluded.status == "unanswered",
+                    or_(messages.c.status == "delivered", messages.c.status == "partial"))
+    updates = {c.name: case((answered, messages.c[c.name]), else_=stmt.excluded[c.name])
+               for c in messages.c if c.name not in keep}
+    updates["attempts"] = case((answered, messages.c.attempts), else_=messages.c.attempts + 1)
     return stmt.on_conflict_do_update(index_elements=["key"], set_=updates)  # type: ignore[no-any-return]
 
 
