@@ -425,7 +425,7 @@ class Faults:
                  pg: Any, settle: float) -> None:
         self.d, self.relay, self.store, self.run = daemon, relay, store, run
         self.registry, self.pg, self.settle = registry, pg, settle
-        self.checks: list[asyncio.Task[None]] = []
+        self.checks: list[asyncio.Task[int]] = []
 
     async def inject(self, name: str, hold: float) -> str:
         """Apply `name` for about `hold` seconds, undo it; a note for the summary."""
@@ -445,7 +445,7 @@ class Faults:
         return f"pid {victim}"
 
     async def _recorded_after(self, before: collections.Counter[tuple[str, str]], wait: float,
-                              what: str) -> None:
+                              what: str) -> int:
         """Every copy of `before` recorded within `wait` s (the dead worker's journal is
         reconciled by its replacement; a live one records its own failed records)."""
         deadline = time.monotonic() + wait
@@ -461,6 +461,7 @@ class Faults:
         if missing:
             self.run.violation(f"{what}: {len(missing)} copies unrecorded {wait:.0f} s "
                                f"after: {missing[:5]}")
+        return len(missing)
 
     async def f_stop_worker(self, hold: float) -> str:
         workers = self.d.workers()
@@ -483,17 +484,8 @@ class Faults:
         before = await asyncio.to_thread(store_copies, self.store)
         took = await asyncio.to_thread(self.d.start)
         # every copy in the store when it started must be recorded within `settle` s
-        deadline = time.monotonic() + self.settle
-        while True:
-            msgs, dels = await self.registry.rows()
-            missing = unrecorded(before, msgs, dels)
-            if not missing or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        if missing:
-            self.run.violation(f"kill-supervisor: {len(missing)} copies unrecorded "
-                               f"{self.settle:.0f} s after the restart: {missing[:5]}")
-        return f"restart in {took:.1f} s, {sum(before.values())} copies, unrecorded {len(missing)}"
+        missing = await self._recorded_after(before, self.settle, "kill-supervisor (restart)")
+        return f"restart in {took:.1f} s, {sum(before.values())} copies, unrecorded {missing}"
 
     async def f_maildir_ro(self, hold: float) -> str:
         root = str(self.store)
