@@ -176,7 +176,7 @@ def test_a_stray_argument_is_reported_by_its_command() -> None:
     command had been given; it is the command's usage and name, exit 2, no traceback."""
     out = mr("check", "--bogus")
     assert out.returncode == 2
-    assert out.stderr.splitlines() == ["usage: mailrouter check [-h] [-c FILE]",
+    assert out.stderr.splitlines() == ["usage: mailrouter check [-h] [-c FILE] [--routing GLOB]",
                                        "mailrouter check: error: unrecognized arguments: --bogus"]
     out = mr("registry", "search", "--subject", "x", "extra")
     assert out.returncode == 2 and "Traceback" not in out.stderr
