@@ -253,19 +253,13 @@ class Intents:
             if key in self._busy:
                 continue                  # its retry is in flight here: that one records it
             try:
-                have = await registry.delivered_targets(key)
-                todo = [p for p in intent.places if p.target not in have]
-                found = [p for p in todo if await asyncio.to_thread(self.stored, p)]
+                todo, found = await self._copies(registry, key, intent.places)
                 if key in self._busy or self._unrecorded.get(key, (None, 0))[0] is not intent:
                     continue              # a retry started meanwhile
                 if found:
-                    await registry.record(
-                        dataclasses.replace(intent.record, status=UNANSWERED), [],
-                        [DeliveryRecord(p.target, "delivered", "stored; the sender got no answer")
-                         for p in found], None, [])
+                    await _record_unanswered(registry, intent.record, found,
+                                             f"{intent.file.path.name} (own)")
                     recorded += 1
-                    log.warning("event=copy_reconciled key=%s copies=%d journal=%s (own)", key,
-                                len(found), intent.file.path.name)
             except RegistryError as exc:
                 log.error("event=reconcile_deferred key=%s error=%r", key[:12], str(exc))
                 self._deferred = True
@@ -310,20 +304,11 @@ class Intents:
                 return 0                             # its process lives, or another reconciles
             intents = _read(path)
             for key, (record, places) in intents.items():
-                have = await registry.delivered_targets(key)
-                todo = [p for p in places if p.target not in have]
-                if not todo:
-                    continue
-                found = [p for p in todo if await asyncio.to_thread(self.stored, p)]
+                _, found = await self._copies(registry, key, places)
                 if not found:
                     continue          # nothing was stored: the sender's retry brings it
-                await registry.record(
-                    dataclasses.replace(record, status=UNANSWERED), [],
-                    [DeliveryRecord(p.target, "delivered", "stored; the sender got no answer")
-                     for p in found], None, [])
+                await _record_unanswered(registry, record, found, path.name)
                 recorded += 1
-                log.warning("event=copy_reconciled key=%s copies=%d journal=%s", key,
-                            len(found), path.name)
             await asyncio.to_thread(path.unlink, missing_ok=True)
         except RegistryError as exc:     # tried again every RETRY_OWN s, not in `interval`
             log.error("event=reconcile_deferred journal=%s error=%r", path.name, str(exc))
@@ -331,6 +316,14 @@ class Intents:
         finally:
             os.close(fd)
         return recorded
+
+    async def _copies(self, registry: Registry, key: str,
+                      places: Sequence[Place]) -> tuple[list[Place], list[Place]]:
+        """The places of `key` the registry does not list as delivered, and those of them
+        that hold a copy."""
+        have = await registry.delivered_targets(key)
+        todo = [p for p in places if p.target not in have]
+        return todo, [p for p in todo if await asyncio.to_thread(self.stored, p)]
 
     async def close(self) -> None:
         if self._task is not None:
@@ -353,6 +346,17 @@ def _append_synced(by_file: dict[int, list[bytes]]) -> None:
 
 # json.dumps with these options builds a JSONEncoder per call; the same text from one
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+async def _record_unanswered(registry: Registry, record: MessageRecord, found: Sequence[Place],
+                             journal: str) -> None:
+    """The message stored at `found` with no answer given: recorded as `unanswered`."""
+    await registry.record(
+        dataclasses.replace(record, status=UNANSWERED), [],
+        [DeliveryRecord(p.target, "delivered", "stored; the sender got no answer") for p in found],
+        None, [])
+    log.warning("event=copy_reconciled key=%s copies=%d journal=%s", record.key, len(found),
+                journal)
 
 
 def _record_json(record: MessageRecord) -> dict[str, object]:
