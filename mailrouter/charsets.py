@@ -461,7 +461,7 @@ def decode_bytes(data: bytes, label: str | None,
 
     codec, guessed, notes, defects = _choose_charset(
         label, guess, lambda c: _mislabelled(data, c),
-        lambda c: len(data.translate(None, _ASCII)) > 1 and _decodes(data, c))
+        lambda c: _decodes_eight_bit((data,), c))
     if guessed:
         text = guessed_text[0]
     else:
@@ -676,6 +676,17 @@ def _decodes(data: bytes, codec: str) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _decodes_eight_bit(pieces: Iterable[bytes], codec: str) -> bool:
+    """`pieces` hold two 8-bit bytes or more and every piece decodes in `codec`: what
+    _choose_charset asks of a 7-bit label's 8-bit forms (one pass over the pieces)."""
+    high = 0
+    for piece in pieces:
+        if not _decodes(piece, codec):
+            return False
+        high += len(piece.translate(None, _ASCII))
+    return high > 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -936,9 +947,7 @@ def inspect_bytes(data: bytes, label: str | None,
     codec, guessed, notes, defects = _choose_charset(
         label, lambda: _guess_pieces(data, start, end, size, candidates),
         lambda c: _mislabelled_pieces(data, start, end, size, c),
-        lambda c: sum(len(p.translate(None, _ASCII)) for p in _byte_pieces(
-            data, start, end, size)) > 1 and all(
-            _decodes(p, c) for p in _byte_pieces(data, start, end, size)))
+        lambda c: _decodes_eight_bit(_byte_pieces(data, start, end, size), c))
     if not guessed:
         read_as = _latin_read_as(codec, data, start, end)
         if read_as not in (codec, "cp1252"):
