@@ -689,15 +689,7 @@ async def main(args: argparse.Namespace) -> int:
         await asyncio.to_thread(daemon.kill)
         before = await asyncio.to_thread(store_copies, store)
         await asyncio.to_thread(daemon.start)
-        deadline = time.monotonic() + args.settle
-        while True:
-            msgs, dels = await registry.rows()
-            missing = unrecorded(before, msgs, dels)
-            if not missing or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        if missing:
-            run.violation(f"final restart: {len(missing)} copies unrecorded: {missing[:5]}")
+        await faults._recorded_after(before, args.settle, "final restart")
         code = daemon.stop()
         if code != 0:
             run.violation(f"SIGTERM exit code {code}")

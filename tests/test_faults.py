@@ -621,6 +621,16 @@ async def test_registry_lock_under_load_loses_and_doubles_nothing(make_app, tmp_
     assert await app.registry.count_messages() == 80
 
 
+async def _recorded(registry, key: str, tries: int = 200):
+    """The registry's row of `key` once there is one (up to `tries` x 0.1 s), else None."""
+    for _ in range(tries):
+        row = await registry.message(key)
+        if row is not None:
+            return row
+        await asyncio.sleep(0.1)
+    return None
+
+
 async def test_copy_of_a_failed_record_is_recorded_while_the_process_runs(make_app, tmp_path):
     """The registry locked: the message's Maildir copy is made, its record fails, the sender
     gets 451 and never comes back (found by bench/chaos.py --give-up). The copy stayed
@@ -639,12 +649,7 @@ async def test_copy_of_a_failed_record_is_recorded_while_the_process_runs(make_a
         locker.execute("ROLLBACK")
     mail_root = tmp_path / "var" / "mail"
     assert sum(f.read_bytes().endswith(raw) for f in maildir_files(mail_root)) == 1
-    row = None
-    for _ in range(200):                  # the task's passes come every RETRY_OWN seconds
-        row = await app.registry.message(key)
-        if row is not None:
-            break
-        await asyncio.sleep(0.1)
+    row = await _recorded(app.registry, key)     # passes come every RETRY_OWN seconds
     assert row is not None, "the copy is still unknown to the registry"
     assert row["status"] == "unanswered"
     assert [d["state"] for d in row["deliveries"]] == ["delivered"]
@@ -677,12 +682,7 @@ async def test_journal_kept_for_a_registry_outage_is_tried_again_soon(make_app, 
         await asyncio.to_thread(locker.execute, "ROLLBACK")
     finally:
         locker.close()
-    row = None
-    for _ in range(200):
-        row = await second.registry.message(key)
-        if row is not None:
-            break
-        await asyncio.sleep(0.1)
+    row = await _recorded(second.registry, key)
     assert row is not None, "the dead process's copy is still unknown to the registry"
     assert row["status"] == "unanswered"
     assert [d["state"] for d in row["deliveries"]] == ["delivered"]
