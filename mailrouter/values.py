@@ -26,7 +26,7 @@ __all__ = [
     "AIOSMTPD_BOGUS_GOODBYE", "REPLIES", "REPLY_ALREADY_DELIVERED", "REPLY_AUTH_NOT_IMPLEMENTED", "REPLY_BAD_BYTES",
     "REPLY_BARE_LINE_END", "REPLY_BDAT_NOT_OFFERED",
     "REPLY_CONTROL_CHAR", "REPLY_COPY_DELIVERED", "REPLY_DATA_SYNTAX", "REPLY_DATA_TOO_SLOW",
-    "REPLY_DELIVERED", "REPLY_DELIVERED_TO", "REPLY_DELIVERY_TEMPFAIL",
+    "REPLY_DELIVERED", "REPLY_DELIVERED_TO", "REPLY_DELIVERY_TEMPFAIL", "REPLY_HELP", "REPLY_HELP_UNKNOWN",
     "REPLY_DOWNSTREAM_REFUSED", "REPLY_INTERNAL_ERROR", "REPLY_LMTP_NO_EHLO",
     "REPLY_LMTP_NO_HELO", "REPLY_LOOP", "REPLY_MAILBOX_HELD", "REPLY_MOVED", "REPLY_NEED_RCPT",
     "REPLY_NEED_SMTPUTF8", "REPLY_NO_DOWNSTREAM", "REPLY_NO_VALID_RCPTS", "REPLY_OK", "REPLY_PROCESS_TIMEOUT",
@@ -83,6 +83,8 @@ REPLY_BDAT_NOT_OFFERED = Reply(521, "5.5.1", 'Error: command "BDAT" not implemen
 # A command line not ended by a single CRLF (RFC 5321 2.3.8, 4.1.1): it is not run
 REPLY_BARE_LINE_END = Reply(500, "5.5.2", "Error: bare <CR> or <LF> received; "
                                           "end command lines with <CR><LF>")
+REPLY_HELP = Reply(214, "2.0.0", "Supported commands")      # RFC 5321 4.2.1: 214 is help
+REPLY_HELP_UNKNOWN = Reply(504, "5.5.4", "No help for that topic; HELP alone lists the commands")
 REPLY_NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 # DATA after MAIL whose every RCPT was refused (RFC 5321 3.3 allows 554; Postfix's text)
 REPLY_NO_VALID_RCPTS = Reply(554, "5.5.1", "Error: no valid recipients")

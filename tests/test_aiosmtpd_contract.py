@@ -33,6 +33,7 @@ METHODS = {
     "_call_handler_hook": (True, ["command", "args"], "called with 'DATA' to run the handler"),
     "_reset_timeout": (False, ["duration"], "re-armed with the DATA timeout while reading DATA, longer while processing it"),
     "_timeout_cb": (False, [], "overridden to say 421 4.4.2 first; then super()._timeout_cb closes"),
+    "_syntax_available": (False, ["method"], "our smtp_HELP (214) lists the commands it says are available"),
     "_cb_client_connected": (False, ["reader", "writer"],
                              "overridden to wrap the reader's readuntil: how each command line ended"),
 }

@@ -123,13 +123,15 @@ async def test_help_lists_the_commands(make_app):
     async with Wire(app.bound["smtp"][1]) as w:
         await w.greet()
         listing = await w.cmd("HELP")
-        assert listing.startswith("250") and "MAIL" in listing and "RCPT" in listing
+        assert listing.startswith("214 2.0.0 ") and "MAIL" in listing and "RCPT" in listing
         # our own EHLO, HELO and DATA too (they keep aiosmtpd's @syntax); not AUTH or LHLO
         assert {"DATA", "EHLO", "HELO"} <= set(listing.split()) and "AUTH" not in listing
         assert "LHLO" not in listing
-        assert (await w.cmd("HELP MAIL")).startswith("250 2.0.0 Syntax: MAIL FROM: <address>")
-        assert await w.cmd("HELP DATA") == "250 2.0.0 Syntax: DATA"
-        assert await w.cmd("HELP EHLO") == "250 2.0.0 Syntax: EHLO hostname"
+        assert (await w.cmd("HELP MAIL")).startswith("214 2.0.0 Syntax: MAIL FROM: <address>")
+        assert await w.cmd("HELP DATA") == "214 2.0.0 Syntax: DATA"
+        assert await w.cmd("HELP EHLO") == "214 2.0.0 Syntax: EHLO hostname"
+        # RFC 5321 4.2.1: 504 for a topic that is not a command, and the topic never echoed
+        assert await w.cmd("HELP <script>") == "504 5.5.4 No help for that topic; HELP alone lists the commands"
         # AUTH is not offered, and says so plainly (not aiosmtpd's 538 "encryption required")
         assert (await w.cmd("AUTH PLAIN AGFAAGI=")).startswith("502 5.5.1")
         # no TLS here at all: not aiosmtpd's 454 "not available", which a client reads as

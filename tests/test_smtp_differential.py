@@ -265,7 +265,7 @@ CASES = [
     Case("vrfy", [E, 1, b"VRFY sales@example.com\r\n", 1, b"VRFY nobody@example.com\r\n", 1,
                   b"VRFY\r\n", 1]),
     Case("expn", [E, 1, b"EXPN sales@example.com\r\n", 1]),
-    Case("help", [E, 1, b"HELP\r\n", 1, b"HELP MAIL\r\n", 1]),
+    Case("help", [E, 1, b"HELP\r\n", 1, b"HELP MAIL\r\n", 1, b"HELP FOO\r\n", 1]),
     Case("quit_arg", [E, 1, b"QUIT now\r\n", 1]),
     Case("quit_then_more", [E, 1, b"QUIT\r\nNOOP\r\n", 2], drop=True),
     # MAIL parameters
@@ -461,7 +461,7 @@ ANSWERS = {
     "noop_arg": "220 | 250 | 250 2.0.0 | 221 2.0.0 | closed | stored=0",
     "vrfy": "220 | 250 | 252 2.5.0 | 252 2.5.0 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "expn": "220 | 250 | 502 5.5.1 | 221 2.0.0 | closed | stored=0",
-    "help": "220 | 250 | 250 2.0.0 | 250 2.0.0 | 221 2.0.0 | closed | stored=0",
+    "help": "220 | 250 | 214 2.0.0 | 214 2.0.0 | 504 5.5.4 | 221 2.0.0 | closed | stored=0",
     "quit_arg": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "quit_then_more": "220 | 250 | 221 2.0.0 | closed | stored=0",
     "size_over": "220 | 250 | 552 5.3.4 | 221 2.0.0 | closed | stored=0",
@@ -587,10 +587,11 @@ POSTFIX_DIFFERS = {
         "RFC 5321 4.5.3.1 asks servers to avoid length limits where they can: we take the path (the "
         "registry stores it whole). Postfix refuses a domain past its hostname check's 255 "
         "octets and 63 per label (RFC 1035 2.3.4), a DNS limit, not SMTP's."),
-    "early_talker": ("220 | 250 | 221 2.0.0 | closed | stored=0",
+    "early_talker": ("220 | 250 | 221 2.0.0 | closed | stored=0 || 554 5.5.0 | closed | stored=0",
         "RFC 5321 4.3.1, RFC 2920 3.1: a client waits for the 220. With limits.greet_delay we refuse "
         "one that talks first (554 5.5.0, hang-up), as Postfix's postscreen pregreet test does; "
-        "Postfix's smtpd alone does not test it."),
+        "Postfix's smtpd alone (smtpd_forbid_unauth_pipelining) sees it only when the EHLO is "
+        "there before its 220 goes out, which is a race: either answer is Postfix's."),
     "unknown_x25": ("220 | 250 | 500 5.5.2 *20 | 421 4.7.0 | closed | stored=0",
         "aiosmtpd hangs up at the fifth unknown command (421 4.7.0, our text for its goodbye), "
         "Postfix at smtpd_hard_error_limit (20). An MTA never sends a command we did not offer; "
@@ -602,8 +603,9 @@ POSTFIX_DIFFERS = {
     "expn": ("220 | 250 | 500 5.5.2 | 221 2.0.0 | closed | stored=0",
         "RFC 5321 3.5.2 makes EXPN optional; 502 is the reply for a command known but not "
         "implemented. Postfix does not know it (500)."),
-    "help": ("220 | 250 | 500 5.5.2 | 500 5.5.2 | 221 2.0.0 | closed | stored=0",
-        "RFC 5321 4.5.1 does not require HELP; we implement it, Postfix does not (500)."),
+    "help": ("220 | 250 | 500 5.5.2 | 500 5.5.2 | 500 5.5.2 | 221 2.0.0 | closed | stored=0",
+        "RFC 5321 4.5.1 does not require HELP; we implement it (214, RFC 5321 4.2.1; 504 for a "
+        "topic that is not a command), Postfix does not (500)."),
     "quit_arg": ("220 | 250 | 221 2.0.0 | closed | stored=0",
         "RFC 5321 4.1.1.10: QUIT takes no argument, so 501 and the session goes on; Postfix ignores "
         "the argument and closes."),
@@ -704,7 +706,8 @@ async def test_differential(case: Case, postfix_mta: Postfix, make_app: Any, tmp
     _record(case.name, ours, theirs, said)
     assert ours == transcript(ANSWERS[case.name]), said[0]
     differs = POSTFIX_DIFFERS.get(case.name)
-    assert theirs == transcript(differs[0] if differs else ANSWERS[case.name]), said[1]
+    expected = differs[0] if differs else ANSWERS[case.name]     # " || ": Postfix races
+    assert theirs in [transcript(one) for one in expected.split(" || ")], said[1]
 
 
 @pytest.mark.parametrize("case", LMTP_CASES, ids=lambda c: c.name)

@@ -70,6 +70,8 @@ from ..values import (
     REPLY_CONTROL_CHAR,
     REPLY_DATA_SYNTAX,
     REPLY_DATA_TOO_SLOW,
+    REPLY_HELP,
+    REPLY_HELP_UNKNOWN,
     REPLY_INTERNAL_ERROR,
     REPLY_LMTP_NO_EHLO,
     REPLY_LMTP_NO_HELO,
@@ -288,6 +290,25 @@ class Protocol(SMTP):
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
         await self._greeting(super().smtp_HELO(hostname))
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        """RFC 5321 4.1.1.8 and 4.2.1: help text is a 214 (aiosmtpd says 250), and a topic
+        that is not a command here a 504 (aiosmtpd: 501 and the list). The topic is never
+        echoed back."""
+        if arg:
+            method = self._smtp_methods.get(arg.upper())
+            if not (method and self._syntax_available(method)):
+                await self.push(str(REPLY_HELP_UNKNOWN))
+                return
+            text = method.__smtp_syntax__
+            if self.session is not None and self.session.extended_smtp:
+                text += method.__smtp_syntax_extended__ or ""
+            await self.push(str(REPLY_HELP.with_text(f"Syntax: {text}")))
+            return
+        names = sorted(name for name, method in self._smtp_methods.items()
+                       if self._syntax_available(method))
+        await self.push(str(REPLY_HELP.with_text(f"Supported commands: {' '.join(names)}")))
 
     @syntax("QUIT")
     async def smtp_QUIT(self, arg: str) -> None:
