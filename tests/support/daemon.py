@@ -23,15 +23,10 @@ import pytest
 from mailrouter.config import AutoreplyConfig, Config, Limits, Listener
 from mailrouter.daemon import App
 from mailrouter.routing.snapshot import load_snapshot
+from .ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "rules"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_config(tmp_path: Path, routing: tuple[str, ...] | None = None, **over: Any) -> Config:

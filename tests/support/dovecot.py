@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.proc import stop_process
+from .ports import free_port
 
 __all__ = ["DovecotServer", "dovecot", "free_port"]
 
@@ -87,13 +88,6 @@ def _binary() -> str | None:
     if found is None and Path("/usr/sbin/dovecot").exists():
         found = "/usr/sbin/dovecot"
     return found
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the usual small race is accepted)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_greeting(port: int, proc: subprocess.Popen[bytes], log: Path,
