@@ -10,6 +10,7 @@ of the web settings. The browser tests are in test_web_browser.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from mailrouter.config import Listener, WebConfig, load_config
 from mailrouter.errors import ConfigErrors
+from mailrouter.logs import Formatter
 from mailrouter.registry.accounts import hash_password, set_password, verify_password
 from mailrouter.routing.snapshot import load_snapshot
 from tests.support.daemon import RULES
@@ -105,6 +107,9 @@ async def test_pages_need_a_session_and_carry_the_security_headers(client: Any) 
     assert "<script" not in page
     status, _, headers = await c.get("/static/style.css")
     assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
+    # no aiohttp name and version for a scanner to match against its advisories
+    for path in ("/login", "/static/style.css", "/no-such-page"):
+        assert (await c.get(path))[2].getall("Server") == ["mailrouter"], path
 
 
 async def test_cookies_are_secure_behind_https(client: Any) -> None:
@@ -195,12 +200,21 @@ async def test_a_form_that_cannot_be_read_is_400_not_500(client: Any, site: Any)
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Content-Security-Policy" in answer, answer[:200]
 
 
-async def test_wrong_password_and_unknown_person_get_the_same_answer(client: Any) -> None:
-    """A wrong password and an unknown person both get 401 with one message; no cookie."""
+async def test_wrong_password_and_unknown_person_get_the_same_answer(client: Any, caplog: Any) -> None:
+    """A wrong password and an unknown person both get 401 with one message; no cookie. The
+    log has each try, one line, the name as typed quoted (for fail2ban and the like)."""
     c = client()
-    assert await c.login("ivanov", "wrong password!") == 401
-    assert await c.login("nobody", PASSWORD) == 401
-    assert (await c.get("/search"))[0] == 303
+    with caplog.at_level(logging.INFO, logger="mailrouter.web"):
+        assert await c.login("ivanov", "wrong password!") == 401
+        assert await c.login('nobody" peer=10.0.0.1\nx', PASSWORD) == 401
+        assert (await c.get("/search"))[0] == 303
+        assert await c.login("ivanov") == 303
+    lines = [Formatter().format(r).split(" ", 4)[4] for r in caplog.records
+             if r.name == "mailrouter.web.app"]
+    assert lines == [
+        "event=web_signin_failed person=ivanov peer=127.0.0.1 known=True",
+        'event=web_signin_failed person="nobody\\" peer=10.0.0.1\\nx" peer=127.0.0.1 known=False',
+        "event=web_signin person=ivanov peer=127.0.0.1"], lines
 
 
 async def test_search_finds_a_cyrillic_subject_word_in_another_case_and_with_e_for_yo(client: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -265,17 +266,22 @@ async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: 
     assert status == 400 and "is before" in page
 
 
-async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any) -> None:
+async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any, caplog: Any) -> None:
     """Five wrong passwords for ivanov: the sixth try, even with the right password, is
-    429 with Retry-After and no session; another person from the same address still signs in."""
+    429 with Retry-After and no session, and logged; another person from the same address
+    still signs in."""
     c = await client()
     for _ in range(5):
         assert await c.login("ivanov", "wrong password!") == 401
     _, page, _ = await c.get("/login")
     token = re.search(r'name="csrf" value="([^"]+)"', page)[1]
-    status, page, headers = await c.post("/login", {"csrf": token, "person": "IVANOV",
-                                                    "password": PASSWORD, "next": "/"})
+    with caplog.at_level(logging.WARNING, logger="mailrouter.web"):
+        status, page, headers = await c.post("/login", {"csrf": token, "person": "IVANOV",
+                                                        "password": PASSWORD, "next": "/"})
     assert status == 429 and int(headers["Retry-After"]) > 0 and "try again in" in page
+    throttled = [r for r in caplog.records if r.getMessage() == "event=web_signin_throttled"]
+    assert [r.fields["person"] for r in throttled] == ["IVANOV"]      # as typed
+    assert throttled[0].fields["retry_after"] == int(headers["Retry-After"])
     assert (await c.get("/board"))[0] == 303
     assert await (await client()).login("smirnov") == 303
 

@@ -19,6 +19,7 @@ Forms are limited to 64 KiB.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from .throttle import Throttle
 __all__ = ["make_app", "start_web"]
 
 THROTTLE: web.AppKey[Throttle] = web.AppKey("throttle")
+log = logging.getLogger(__name__)
 
 
 # -- sign-in, sign-out, language -------------------------------------------------------
@@ -85,7 +87,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     # a person's failures count together whether they typed the key or the address
     name = person if person is not None else typed
     wait = throttle.wait(name, ip)
+    # logged for fail2ban and the like; the name as typed, quoted by the log formatter
+    seen = {"person": name, "peer": ip}
     if wait > 0:
+        log.warning("event=web_signin_throttled", extra={"fields": seen | {"retry_after": math.ceil(wait)}})
         resp = await login_form(request, translate(lang_of(request), "throttled",
                                                    minutes=math.ceil(wait / 60)), 429)
         resp.headers["Retry-After"] = str(math.ceil(wait))
@@ -99,8 +104,10 @@ async def login(request: web.Request) -> web.StreamResponse:
         throttle.unknown(name, ip, at)
         raise
     if not ok or person is None:
+        log.warning("event=web_signin_failed", extra={"fields": seen | {"known": person is not None}})
         return await login_form(request, translate(lang_of(request), "bad_login"), 401)
     throttle.succeeded(name, ip, at)
+    log.info("event=web_signin", extra={"fields": seen})
     now = datetime.now(timezone.utc)
     token, _ = await registry.write("web sign-in",
                                     lambda c: open_session(c, person, now, settings.session_ttl))

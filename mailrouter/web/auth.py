@@ -128,7 +128,8 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     resp.headers.update({
         "Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
-        "Cross-Origin-Opener-Policy": "same-origin"})
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Server": "mailrouter"})           # not aiohttp's name and version (it only sets a missing one)
     if not request.path.startswith("/static/"):
         resp.headers["Cache-Control"] = "no-store"
     return resp
