@@ -92,12 +92,34 @@ def _snapshot(cfg: Config, code: int = 2) -> Any:
         raise SystemExit(code) from None
 
 
+METRICS_DIR_PREFIX = "mailrouter-metrics."
+
+
+def metrics_dir() -> str:
+    """A new directory for the workers' shared counters, named after this process
+    (mailrouter-metrics.PID.XXXX in the temp dir). Those of our earlier supervisors that died
+    without removing theirs (SIGKILL, OOM) are removed first: their PID is gone."""
+    tmp = Path(tempfile.gettempdir())
+    for old in tmp.glob(METRICS_DIR_PREFIX + "*"):
+        pid = old.name[len(METRICS_DIR_PREFIX):].partition(".")[0]
+        try:
+            st = old.lstat()
+            if not pid.isdigit() or st.st_uid != os.getuid() or not old.is_dir() or old.is_symlink():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:         # gone meanwhile, or another user's process: alive
+            continue
+    return tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}.")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     made = None
     if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # before prometheus_client is imported: workers share their counters through files
-        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailrouter-metrics.")
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir()
     book = None
     if cfg.workers > 1:
         # The address book, the longest part of a big start, is built in a child forked now,

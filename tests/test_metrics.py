@@ -161,6 +161,33 @@ def test_every_family_on_two_workers_and_a_reload_counted_once(daemon_process, t
     assert _value(text, "mailrouter_config_last_reload_successful") == 1
 
 
+def test_a_killed_supervisors_counter_dir_is_removed_at_the_next_start(daemon_process, tmp_path,
+                                                                        monkeypatch):
+    """With workers > 1 the counters live in a temp dir named after the supervisor; one killed
+    by SIGKILL could not remove its own. The next start removes it (its PID is gone) and
+    leaves a live process's and a name that is not ours alone; a clean stop removes its own."""
+    import os
+    import signal
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    first = daemon_process(extra="workers: 2\n")
+    [killed] = tmp.glob(f"mailrouter-metrics.{first.proc.pid}.*")
+    first.signal(signal.SIGKILL)
+    first.wait()
+    assert killed.is_dir()
+    live = tmp / f"mailrouter-metrics.{os.getpid()}.x"
+    other = tmp / "mailrouter-metrics.notapid"
+    live.mkdir()
+    other.mkdir()
+    second = daemon_process(extra="workers: 2\n")
+    assert not killed.exists() and live.is_dir() and other.is_dir()
+    [own] = tmp.glob(f"mailrouter-metrics.{second.proc.pid}.*")
+    second.stop()
+    assert second.proc.returncode == 0 and not own.exists()
+
+
 def test_cli_import_leaves_prometheus_client_alone():
     """`mailrouter run` sets PROMETHEUS_MULTIPROC_DIR after importing the CLI; prometheus_client
     reads it once, at its import, so nothing the CLI imports may import it (a registry
