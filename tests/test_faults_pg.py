@@ -90,8 +90,10 @@ async def test_stalled_instance_does_not_hold_a_row_from_the_other(make_app, pg_
     with it, at every retry, for as long as A stayed stalled. The registry's sessions now
     end a transaction left idle longer than the registry timeout, so A's lock goes and
     B's retry is taken; one copy, one row."""
-    a = await make_app(registry=RegistryConfig(pg_db, timeout=1.0))
-    b = await make_app(registry=RegistryConfig(pg_db, timeout=1.0))
+    # 2.5 s, not 1: the registry opens within its timeout, and a loaded test machine took
+    # longer than 1 s to connect and check the schema
+    a = await make_app(registry=RegistryConfig(pg_db, timeout=2.5))
+    b = await make_app(registry=RegistryConfig(pg_db, timeout=2.5))
     raw = mail("stalled")
     assert (await send(a.bound["smtp"][1], raw))[0].startswith("250 2.0.0")
     stalled = await a.registry.engine.connect()          # A's own pooled session
