@@ -29,6 +29,7 @@ on LMTP (every recipient got its own reply), a DSN when the transaction was defe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -224,10 +225,11 @@ class OutboxWorker:
                 await self.send_rows(rows)
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), poll)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for took a stop's cancellation
+            # that came with a wake for the event's result, and the stop waited forever
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
 
     async def send_rows(self, rows: list[dict[str, Any]]) -> None:
         smtp: aiosmtplib.SMTP | None = None

@@ -256,3 +256,20 @@ async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_
     await asyncio.sleep(0.3)
     assert len(sink.envelopes) == 1
     assert len(await rows(a)) == 1
+
+
+async def test_stop_right_after_a_wake_stops_the_worker(make_app: Any, relay: Any) -> None:
+    """New rows committed (wake) in the same turn as the daemon stops the worker: on Python
+    3.11, asyncio.wait_for around the wake event took the stop's cancellation for the event's
+    result, the worker went on polling, and the daemon's shutdown waited for it forever."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    worker = app.outbox
+    assert worker is not None
+    for _ in range(5):               # the worker waits on its event, as when idle
+        await asyncio.sleep(0.1)
+        worker.wake()
+        stopped = asyncio.ensure_future(worker.stop())
+        done, _ = await asyncio.wait([stopped], timeout=10)   # only to fail, not a speed check
+        assert done, "the outbox worker did not stop"
+        worker.start()
