@@ -653,8 +653,14 @@ async def test_copy_of_a_failed_record_is_recorded_while_the_process_runs(make_a
     assert row is not None, "the copy is still unknown to the registry"
     assert row["status"] == "unanswered"
     assert [d["state"] for d in row["deliveries"]] == ["delivered"]
-    journals = list((tmp_path / "var" / "intents").glob("*.jrn"))
-    assert any(f"D {key}".encode() in j.read_bytes() for j in journals)
+    def done_line() -> bool:     # written just after the record: wait for it as for the row
+        return any(f"D {key}".encode() in j.read_bytes()
+                   for j in (tmp_path / "var" / "intents").glob("*.jrn"))
+    for _ in range(100):
+        if done_line():
+            break
+        await asyncio.sleep(0.1)
+    assert done_line()
     assert (await send(port, raw))[0].startswith("250 2.0.0")        # a late retry
     assert sum(f.read_bytes().endswith(raw) for f in maildir_files(mail_root)) == 1
     assert (await app.registry.message(key))["status"] == "delivered"
