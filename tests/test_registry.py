@@ -286,7 +286,9 @@ async def test_a_record_not_committed_in_time_fails_and_the_next_one_works(
     """record() answers RegistryError once its deadline passes without a commit (here the
     batch is held in its transaction by an `after` step), and the writer goes on."""
     import threading
-    reg = await Registry.open(f"sqlite:///{tmp_path / 'slow.db'}", timeout=0.5)
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    await _create(url)    # the schema first: a loaded machine took more than 0.5 s to make it
+    reg = await Registry.open(url, timeout=0.5)
     release = threading.Event()
     try:
         async with asyncio.timeout(30):  # guard against a hang only
