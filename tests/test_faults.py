@@ -66,6 +66,13 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}"
 
 
+async def short_deadline(url: str) -> RegistryConfig:
+    """A registry with a 1 s deadline per operation, its schema made first, as the daemon's
+    supervisor makes it (under its own 60 s): a loaded machine's migrations took longer than 1 s."""
+    await upgrade(url)
+    return RegistryConfig(url, timeout=1.0)
+
+
 # -- the Maildir on a small tmpfs ---------------------------------------------------
 
 @pytest.fixture
@@ -244,7 +251,7 @@ async def test_sqlite_locked_is_451_then_retry_finds_first_copy(make_app, tmp_pa
     """Another connection holds BEGIN EXCLUSIVE: 451 4.3.0 within the registry timeout. After
     release the retry gets 250; the Maildir copy of the first attempt is found by its name, so
     there is one copy and one registry row. The outage is logged in one line, no traceback."""
-    app = await make_app(registry=RegistryConfig(sqlite_url(tmp_path), timeout=1.0))
+    app = await make_app(registry=await short_deadline(sqlite_url(tmp_path)))
     port = app.bound["smtp"][1]
     raw = mail("locked")
     locker = sqlite3.connect(tmp_path / "var" / "registry.db", isolation_level=None,
@@ -590,7 +597,7 @@ async def test_registry_lock_under_load_loses_and_doubles_nothing(make_app, tmp_
     for 1.5 s at a time: every message ends with one 250, never a 5xx; one copy and one
     registry row each."""
     url = sqlite_url(tmp_path)
-    app = await make_app(registry=RegistryConfig(url, timeout=1.0))
+    app = await make_app(registry=await short_deadline(url))
     port = app.bound["smtp"][1]
     batches = [{f"R{c}-{i}": mail(f"R{c}-{i}") for i in range(20)} for c in range(4)]
     outcome: dict[str, list[str]] = {}
@@ -638,7 +645,7 @@ async def test_copy_of_a_failed_record_is_recorded_while_the_process_runs(make_a
     gone were reconciled. Now the process's own reconcile task records it (`unanswered`)
     within seconds of the registry's return, writes its done line, and a late retry finds
     the copy: 250, no second copy, the message delivered."""
-    app = await make_app(registry=RegistryConfig(sqlite_url(tmp_path), timeout=1.0))
+    app = await make_app(registry=await short_deadline(sqlite_url(tmp_path)))
     port = app.bound["smtp"][1]
     raw = mail("given-up")
     key = message_key(SENDER, raw)
@@ -673,8 +680,8 @@ async def test_journal_kept_for_a_registry_outage_is_tried_again_soon(make_app, 
     stayed unrecorded up to 30 s after it ended. Now a deferred pass is tried again every
     RETRY_OWN seconds: the copy is recorded soon after the lock goes, without a restart."""
     url = sqlite_url(tmp_path)
-    first = await make_app(registry=RegistryConfig(url, timeout=1.0))
-    second = await make_app(registry=RegistryConfig(url, timeout=1.0))
+    first = await make_app(registry=await short_deadline(url))
+    second = await make_app(registry=await short_deadline(url))
     raw = mail("dead-journal")
     key = message_key(SENDER, raw)
     locker = sqlite3.connect(tmp_path / "var" / "registry.db", isolation_level=None,
