@@ -62,7 +62,7 @@ from mailrouter.charsets import (
     inspect_bytes,
 )
 
-__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "decode_header_value"]
+__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "decode_header_value", "msg_ids"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
@@ -78,6 +78,21 @@ _HOTMAIL_COMPLAINT = "x-hmxmroriginalrecipient"
 _HOTMAIL_LINE = re.compile(rb"(?:\A|\n)x-hmxmroriginalrecipient[ \t]*:", re.IGNORECASE)
 _PARTS_PEEKED = 64 * 1024        # bytes of a body searched for a report's attached message
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_MSG_ID = re.compile(r"<([^<>]*)>")
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def msg_ids(value: str) -> list[str]:
+    """The Message-IDs a Message-ID, In-Reply-To or References value names, each written
+    `<id>` as a follow-up names it: every `<...>` in it (blanks inside dropped, empty ones
+    skipped), so `<id@host> (added by the gateway)` is `<id@host>`; a value with none that
+    is one word with an `@` (`id@host`: scripts and some webmail write it so) is that word
+    in brackets. Other text names nothing (`In-Reply-To: your message of Monday`)."""
+    found = ["<" + "".join(m.split()) + ">" for m in _MSG_ID.findall(value) if m.strip()]
+    if found:
+        return found
+    words = [w.strip("<>") for w in _COMMENT.sub(" ", value).split()]
+    return [f"<{words[0]}>"] if len(words) == 1 and "@" in words[0] else []
 
 
 _T = TypeVar("_T")
@@ -227,8 +242,14 @@ class MessageView:
 
     @cached_property
     def message_id(self) -> str | None:
+        """The first Message-ID header as `<id>` (`msg_ids`: a comment after it or missing
+        brackets are not part of it, or a follow-up naming it would not match); its text
+        as it is when it names no id."""
         values = self._by_name.get("message-id")
-        return unfold(values[0].decode("ascii", "replace")).strip() if values else None
+        if not values:
+            return None
+        text = unfold(values[0].decode("ascii", "replace")).strip()
+        return next(iter(msg_ids(text)), text)
 
     def _addresses(self, name: str) -> list[tuple[str, str]]:
         # Split on the encoded form (RFC 2047 section 5: words never hide a comma or a bracket),

@@ -414,3 +414,31 @@ async def rows_by(app, table):
     def q(conn):
         return [dict(r._mapping) for r in conn.execute(select(table).order_by(*table.primary_key))]
     return await app.registry.read("test", q)
+
+
+async def test_follow_ups_name_ids_the_way_clients_write_them(make_app, tmp_path, registry_url):
+    """A Message-ID with a comment after it (a gateway's note) and one without angle
+    brackets (scripts, some webmail) are recorded as `<id>`, so a follow-up naming them the
+    usual way joins the request; a follow-up whose In-Reply-To has a comment after the id,
+    or no brackets, joins too. Before, the header's whole text was recorded and each
+    follow-up opened a request of its own."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+
+    def head(*lines: str) -> bytes:
+        return ("\r\n".join((f"From: {who}", "To: support@example.com") + lines)
+                + "\r\n\r\nhello\r\n").encode()
+    await send(port, head("Subject: fax", "Message-ID: <fax1@bigco.example> (added by gw)"), who)
+    await send(port, head("Subject: Re: fax", "Message-ID: <fax2@bigco.example>",
+                          "In-Reply-To: <fax1@bigco.example>"), who)
+    await send(port, head("Subject: scanner", "Message-ID: scan1@bigco.example"), who)
+    await send(port, head("Subject: Re: scanner", "Message-ID: <scan2@bigco.example>",
+                          "In-Reply-To: <scan1@bigco.example> (Client's message of Monday)"), who)
+    await send(port, head("Subject: Re: scanner", "Message-ID: <scan3@bigco.example>",
+                          "In-Reply-To: scan2@bigco.example"), who)
+    assert [(r["id"], r["subject"]) for r in await rows(app, requests)] == [
+        (1, "fax"), (2, "scanner")]
+    assert [(m["request_id"], m["message_id"]) for m in await rows(app, request_messages)] == [
+        (1, "<fax1@bigco.example>"), (1, "<fax2@bigco.example>"), (2, "<scan1@bigco.example>"),
+        (2, "<scan2@bigco.example>"), (2, "<scan3@bigco.example>")]
+

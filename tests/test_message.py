@@ -637,6 +637,19 @@ def test_robot_headers(headers: bytes, expected: tuple[bool, str]) -> None:
     assert MessageView(headers + b"Subject: x\r\n\r\nbody\r\n").robot == expected
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"<a1@client.example>", "<a1@client.example>"),
+    (b"<a1@client.example> (added by the gateway)", "<a1@client.example>"),
+    (b"a1@client.example", "<a1@client.example>"),
+    (b"\r\n  <a1@\r\n client.example>", "<a1@client.example>"),
+    (b"no id here", "no id here"),
+    (b"", ""),
+])
+def test_message_id_is_the_id(value: bytes, expected: str) -> None:
+    """The Message-ID is the `<id>` a follow-up names, not the header's whole text."""
+    assert MessageView(b"Message-ID: " + value + b"\r\nSubject: x\r\n\r\nbody\r\n").message_id == expected
+
+
 @pytest.mark.parametrize(("raw", "text"), [
     (b"=?UTF-8?B?0J/RgA==?= =?utf-8?b?0LjQsg==?= tail", "Прив tail"),
     (b"=?UTF-8?B?0J/R?=\r\n =?UTF-8?B?gNC40LI=?=", "Прив"),
