@@ -140,6 +140,10 @@ def test_references_number_and_join_check() -> None:
     assert references(odd) == ("<a@x>", "<c@x>", "<b@x>")
     assert references(MessageView(b"In-Reply-To: a@x\r\n\r\n")) == ("<a@x>",)
     assert references(MessageView(b"In-Reply-To: your message of Monday\r\n\r\n")) == ()
+    # a long thread: the newest and the root
+    long = " ".join(f"<{i}@x>" for i in range(200))
+    refs = references(MessageView(f"In-Reply-To: <199@x>\r\nReferences: {long}\r\n\r\n".encode()))
+    assert refs == tuple(f"<{i}@x>" for i in range(199, 150, -1)) + ("<0@x>",)
     tag = NumberTag()
     assert tag.find(view.subject) == 42 and tag.find("order 42") is None
     assert tag.tag("invoice", 7) == "[#7] invoice" and tag.tag("[#7] invoice", 7) == "[#7] invoice"

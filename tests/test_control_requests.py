@@ -442,3 +442,17 @@ async def test_follow_ups_name_ids_the_way_clients_write_them(make_app, tmp_path
         (1, "<fax1@bigco.example>"), (1, "<fax2@bigco.example>"), (2, "<scan1@bigco.example>"),
         (2, "<scan2@bigco.example>"), (2, "<scan3@bigco.example>")]
 
+
+async def test_a_long_thread_keeps_its_root(make_app, tmp_path, registry_url):
+    """A follow-up deep in a long thread: its References name the request's message first
+    and then 200 messages we never saw (the customer's colleagues wrote among themselves).
+    Only the newest 50 references were looked up, so it opened a second request; the root
+    (the first of References) is looked up too."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    await send(port, mail(who, "printer", "root@bigco"), who)
+    refs = "<root@bigco> " + " ".join(f"<x{i}@bigco>" for i in range(200))
+    await send(port, mail(who, "Re: printer", "deep@bigco", refs), who)
+    assert [r["id"] for r in await rows(app, requests)] == [1]
+    assert [m["message_id"] for m in await rows(app, request_messages)] == [
+        "<root@bigco>", "<deep@bigco>"]
