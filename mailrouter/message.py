@@ -385,15 +385,15 @@ class MessageView:
             at = head.end() - 1
 
     def _autoreply_reason(self) -> str:
+        # Not X-Auto-Response-Suppress: it asks others not to auto-answer this message
+        # ([MS-OXCMAIL] 2.1.3.2.20) and Exchange puts it on people's mail too (every
+        # message of some organisations: `DR, OOF, AutoReply`); autoreply.py honours it.
         auto = self._plain("Auto-Submitted").split(";", 1)[0].strip().lower()
         if auto and auto != "no":
             return f"auto-reply: Auto-Submitted: {auto}"
         for name in ("X-Autoreply", "X-Autorespond"):
             if name.lower() in self._by_name:
                 return f"auto-reply: {name} present"
-        suppress = self._plain("X-Auto-Response-Suppress")
-        if {t.strip().lower() for t in suppress.split(",")} & {"all", "oof"}:
-            return f"auto-reply: X-Auto-Response-Suppress: {suppress}"
         if self._plain("Precedence").lower() == "auto_reply":
             return "auto-reply: Precedence: auto_reply"
         return ""

@@ -456,3 +456,29 @@ async def test_a_long_thread_keeps_its_root(make_app, tmp_path, registry_url):
     assert [r["id"] for r in await rows(app, requests)] == [1]
     assert [m["message_id"] for m in await rows(app, request_messages)] == [
         "<root@bigco>", "<deep@bigco>"]
+
+
+async def test_mail_from_exchange_with_auto_response_suppress_opens_a_request(
+        make_app, tmp_path, registry_url):
+    """A person's message sent through an Exchange organisation that marks all its outgoing
+    mail `X-Auto-Response-Suppress: DR, OOF, AutoReply` (as Cisco's does, on Outlook replies
+    and git-send-email alike) is a person's: it opens a request with an owner, and the reply
+    to it joins. Before, the header made it robot mail and it opened nothing."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "danielwa@cisco.example"
+
+    def outlook(subject: str, msgid: str, *more: str) -> bytes:
+        return ("\r\n".join((f'From: "Daniel Walker (danielwa)" <{who}>',
+                             "To: support@example.com", f"Subject: {subject}",
+                             f"Thread-Topic: {subject}", "Thread-Index: AQHZbVA/W/PiGCKJbkGjA==",
+                             f"Message-ID: <{msgid}>", *more, "Content-Language: en-US",
+                             "X-MS-Has-Attach: ", "X-Auto-Response-Suppress: DR, OOF, AutoReply",
+                             "X-MS-TNEF-Correlator: "))
+                + "\r\n\r\nThe router does not boot.\r\n").encode()
+    await send(port, outlook("router", "d1@cisco.example"), who)
+    await send(port, outlook("RE: router", "d2@cisco.example", "In-Reply-To: <d1@cisco.example>"),
+               who)
+    [r] = await rows(app, requests)
+    assert (r["owner"], r["counterparty"], r["status"]) == ("ivanov", who, "open")
+    assert [m["message_id"] for m in await rows(app, request_messages)] == [
+        "<d1@cisco.example>", "<d2@cisco.example>"]

@@ -623,8 +623,9 @@ def test_html_only() -> None:
     (b"Auto-Submitted: auto-generated; owner=x\r\n", (True, "auto-reply: Auto-Submitted: auto-generated")),
     (b"X-Autoreply: yes\r\n", (True, "auto-reply: X-Autoreply present")),
     (b"X-Autorespond: yes\r\n", (True, "auto-reply: X-Autorespond present")),
-    (b"X-Auto-Response-Suppress: DR, OOF\r\n", (True, "auto-reply: X-Auto-Response-Suppress: DR, OOF")),
-    (b"X-Auto-Response-Suppress: DR\r\n", (False, "")),
+    # a request not to be auto-answered, on people's mail too (Exchange): no robot sign
+    (b"X-Auto-Response-Suppress: DR, OOF, AutoReply\r\n", (False, "")),
+    (b"X-Auto-Response-Suppress: All\r\n", (False, "")),
     (b"Precedence: auto_reply\r\n", (True, "auto-reply: Precedence: auto_reply")),
     (b"Precedence: Bulk\r\n", (True, "list: Precedence: bulk")),
     (b"Precedence: junk\r\n", (True, "list: Precedence: junk")),
