@@ -482,3 +482,35 @@ async def test_mail_from_exchange_with_auto_response_suppress_opens_a_request(
     assert (r["owner"], r["counterparty"], r["status"]) == ("ivanov", who, "open")
     assert [m["message_id"] for m in await rows(app, request_messages)] == [
         "<d1@cisco.example>", "<d2@cisco.example>"]
+
+
+async def test_robot_copies_of_our_outgoing_mail_answer_nothing(make_app, tmp_path, registry_url):
+    """The owner is away and their mailbox answers the customer with an out-of-office reply;
+    a reminder goes out from an address that sender_bcc_maps copies too: both copies reach
+    replies@ and name the request (by In-Reply-To, by [#1]). Neither is a response: the
+    request stays open, its clock running, until the owner's own reply. Before, the
+    out-of-office reply stopped the clock (answered)."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    await send(port, mail(who, "printer", "c1@bigco"), who)
+    oof = ("From: =?utf-8?b?0J/RkdGC0YAg0JjQstCw0L3QvtCy?= <ivanov@example.com>\r\n"
+           f"To: {who}\r\nSubject: Automatic reply: printer\r\nIn-Reply-To: <c1@bigco>\r\n"
+           "References: <c1@bigco>\r\nMessage-ID: <oof1@example.com>\r\n"
+           "Auto-Submitted: auto-replied\r\nX-Auto-Response-Suppress: All\r\n"
+           "\r\nI am out of the office until Monday.\r\n").encode()
+    await send(port, oof, "ivanov@example.com", "replies@example.com")
+    reminder = ("From: helpdesk@example.com\r\nTo: ivanov@example.com\r\n"
+                "Subject: [#1] reminder: first response due\r\nMessage-ID: <rem1@example.com>\r\n"
+                "Auto-Submitted: auto-generated\r\nX-Mailrouter-Loop: mx.test; generated=sla\r\n"
+                "\r\nRequest #1 waits for its first response.\r\n").encode()
+    await send(port, reminder, "helpdesk@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("open", None)
+    t1 = datetime(2027, 1, 11, 9, 0, tzinfo=timezone.utc)
+    app.pipeline.clock = lambda: t1
+    await send(port, mail("petrova@example.com", "Re: printer", "r1@example.com", "<c1@bigco>",
+                          to=who), "petrova@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("answered", t1)
+    assert [(m["direction"], m["message_id"]) for m in await rows(app, request_messages)] == [
+        ("in", "<c1@bigco>"), ("out", "<r1@example.com>")]
