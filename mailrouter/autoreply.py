@@ -67,7 +67,8 @@ from .message import LIST_MANAGER_HEADERS
 from .routing.responders import Responder
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
-           "choose_language", "generated_trace", "period_bucket", "reason_kind", "verdict"]
+           "choose_language", "generated_trace", "period_bucket", "reason_kind", "sender_key",
+           "verdict"]
 
 # "postmaster": the From of most non-DSN bounces (Exchange, GroupWise, SMTP32), which reach
 # us with a non-null envelope sender when a forwarder rewrote it. The noreply family also
@@ -190,6 +191,19 @@ def bare(address: str) -> str:
     return address.strip().strip("<>").strip().lower()
 
 
+# BATV (draft-levine-smtp-batv: `prvs=TAG=local@domain`, the tag a key digit, a day and a
+# hash; Barracuda's `btv1==TAG==local@domain`): gateways sign every message's envelope
+# sender anew, so one person's address differs from message to message.
+_BATV = re.compile(r"\A(?:prvs=[0-9a-z]+=|btv1==[0-9a-z]+==)(?=[^@=]+@)")
+
+
+def sender_key(address: str) -> str:
+    """The sender an answer's period and daily cap count for: `bare`, without a BATV
+    signature (`prvs=0123abcdef=ann@x` is ann@x). The answer still goes to the address
+    as given: the gateway accepts mail only for its signed addresses."""
+    return _BATV.sub("", bare(address))
+
+
 def period_bucket(at: datetime, period: timedelta) -> int:
     """The period a time falls in: (sender, responder, bucket) is unique in the registry,
     so two instances racing on one sender insert one answer, not two."""
@@ -204,7 +218,7 @@ def verdict(responder: Responder | None, view: View, mail_from: str, *,
         return Verdict(None, False, "no autoreply for this recipient")
     reason = ("the message was refused for this recipient" if refused
               else _robot_reason(view, mail_from, our_domains, policy)
-              or _history_reason(responder, bare(mail_from), history, at, policy))
+              or _history_reason(responder, sender_key(mail_from), history, at, policy))
     return Verdict(responder.name, not reason, reason)
 
 
@@ -243,7 +257,8 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
         if why:
             return why
     # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*)
-    for who, address in (("envelope sender", sender), ("From", bare(view.from_addr or "")),
+    for who, address in (("envelope sender", sender_key(sender)),
+                         ("From", bare(view.from_addr or "")),
                          ("Return-Path", bare(view.header("Return-Path") or ""))):
         local = address.rpartition("@")[0] if "@" in address else address  # <MAILER-DAEMON>
         hit = next((p for p in policy.robot_senders for part in {local, local.split("+", 1)[0]}
