@@ -13,7 +13,8 @@ so the first reason found is the one recorded):
   the first `Return-Path: <>` header says so (a bounce forwarded by a mailbox);
 - mail we generated (our trace header `X-Mailrouter-Loop: HOST; generated=...`);
 - `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress; the older
-  markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`);
+  markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`), and `X-Loop:` (procmail
+  responders and lists, OTRS and Zammad: `X-Loop: yes`);
 - `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces; a complaint report
   that is not one: an ARF part (RFC 5965) inside another multipart, or Hotmail's older
   format (`X-HmXmrOriginalRecipient` in the returned message; `MessageView.complaint`);
@@ -87,6 +88,10 @@ _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
 # Auto-Submitted; X-Autorespond from cPanel); any value but "no" counts. What Yandex's and
 # Mail.ru's responders send is not confirmed by any sample we found.
 _AUTOREPLY_MARKERS = ("X-Autoreply", "X-Autorespond")
+# X-Loop (any value): what procmail responders and lists (SmartList) and helpdesks (OTRS,
+# Zammad: `X-Loop: yes`) put on what they send, so that no responder answers it; those
+# helpdesks answer no mail that carries it either.
+_LOOP_MARKER = "X-Loop"
 # Headers that only bulk senders set: Mailchimp's account and campaign ids; Mail.ru's
 # postmaster asks mass mailers for X-Mailru-Msgtype (X-Postmaster-Msgtype goes with it).
 _BULK_HEADERS = ("X-MC-User", "X-Campaign", "X-CampaignID", "X-Mailru-Msgtype",
@@ -290,6 +295,9 @@ def _autoreply_marker(view: View) -> str:
         value = view.header(name)
         if value is not None and value.strip().lower() != "no":
             return f"an auto-reply ({name}: {value.strip()})"
+    value = view.header(_LOOP_MARKER)
+    if value is not None:
+        return f"an auto-reply or list ({_LOOP_MARKER}: {' '.join(value.split())[:80]})"
     return ""
 
 
