@@ -514,3 +514,36 @@ async def test_robot_copies_of_our_outgoing_mail_answer_nothing(make_app, tmp_pa
     assert (r["status"], r["first_response_at"]) == ("answered", t1)
     assert [(m["direction"], m["message_id"]) for m in await rows(app, request_messages)] == [
         ("in", "<c1@bigco>"), ("out", "<r1@example.com>")]
+
+
+async def test_request_show_prints_no_control_characters(make_app, tmp_path, registry_url):
+    """A customer's subject carrying terminal escapes (RFC 2047 hides any byte: ESC ] 0;
+    retitles the terminal, ESC [2J clears it) is printed by `request show` and `registry
+    search` with the escapes written out, Cyrillic as it is. Before, the timeline printed
+    the subject raw into the terminal of whoever ran the command."""
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    raw = (f"From: {who}\r\nTo: support@example.com\r\nMessage-ID: <e1@bigco>\r\n"
+           "Subject: =?utf-8?q?=D0=9F=D1=80=D0=B8=D0=BD=D1=82=D0=B5=D1=80=1B]0;owned=07=1B[2J?=\r\n"
+           "\r\nhi\r\n").encode()
+    await send(port, raw, who)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(out):
+            return main([*argv, "-c", str(cfg)]), out.getvalue()
+    for argv in (("request", "show", "1"), ("registry", "search", "--from", who),
+                 ("registry", "history", who)):
+        code, text = await asyncio.to_thread(cli, *argv)
+        assert code == 0 and "Принтер" in text, (argv, text)
+        assert not any(c in text for c in "\x1b\x07"), (argv, text)
+    assert "message in   client@bigco.example  Принтер\\x1b]0;owned\\x07\\x1b[2J\n" in \
+        (await asyncio.to_thread(cli, "request", "show", "1"))[1]
