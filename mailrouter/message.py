@@ -244,12 +244,14 @@ class MessageView:
     def message_id(self) -> str | None:
         """The first Message-ID header as `<id>` (`msg_ids`: a comment after it or missing
         brackets are not part of it, or a follow-up naming it would not match); its text
-        as it is when it names no id."""
+        as it is when that is not one id (and comments)."""
         values = self._by_name.get("message-id")
         if not values:
             return None
         text = unfold(values[0].decode("ascii", "replace")).strip()
-        return next(iter(msg_ids(text)), text)
+        ids = msg_ids(text)
+        rest = _COMMENT.sub("", _MSG_ID.sub("", text, count=1)) if "<" in text else ""
+        return ids[0] if ids and not rest.strip() else text
 
     def _addresses(self, name: str) -> list[tuple[str, str]]:
         # Split on the encoded form (RFC 2047 section 5: words never hide a comma or a bracket),

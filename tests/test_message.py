@@ -644,6 +644,7 @@ def test_robot_headers(headers: bytes, expected: tuple[bool, str]) -> None:
     (b"a1@client.example", "<a1@client.example>"),
     (b"\r\n  <a1@\r\n client.example>", "<a1@client.example>"),
     (b"no id here", "no id here"),
+    (b'<0"><script>x</script>@evil.example>', '<0"><script>x</script>@evil.example>'),
     (b"", ""),
 ])
 def test_message_id_is_the_id(value: bytes, expected: str) -> None:
