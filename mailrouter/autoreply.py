@@ -427,8 +427,10 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     original = _MSGID.search(view.message_id or "")
     if original is not None:
         msg["In-Reply-To"] = original[0]
-        refs = _MSGID.findall(view.header("References") or "")[-20:]
-        msg["References"] = " ".join([r for r in refs if r != original[0]] + [original[0]])
+        refs = [r for r in _MSGID.findall(view.header("References") or "") if r != original[0]]
+        if len(refs) > 20:      # trimmed as RFC 5322 3.6.4 trims: the thread's root stays
+            refs = refs[:1] + refs[-19:]
+        msg["References"] = " ".join(refs + [original[0]])
     msg["Auto-Submitted"] = "auto-replied"
     msg["X-Auto-Response-Suppress"] = "All"
     msg[TRACE_HEADER] = generated_trace(hostname, f"autoreply; responder={responder.name}")
