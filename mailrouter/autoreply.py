@@ -13,7 +13,8 @@ so the first reason found is the one recorded):
   the first `Return-Path: <>` header says so (a bounce forwarded by a mailbox);
 - mail we generated (our trace header `X-Mailrouter-Loop: HOST; generated=...`);
 - `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress; the older
-  markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`);
+  markers `X-Autoreply:` and `X-Autorespond:` (anything but `no`), and `X-Loop:` (procmail
+  responders and lists, OTRS and Zammad: `X-Loop: yes`);
 - `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces; a complaint report
   that is not one: an ARF part (RFC 5965) inside another multipart, or Hotmail's older
   format (`X-HmXmrOriginalRecipient` in the returned message; `MessageView.complaint`);
@@ -67,7 +68,8 @@ from .message import LIST_MANAGER_HEADERS
 from .routing.responders import Responder
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
-           "choose_language", "generated_trace", "period_bucket", "reason_kind", "verdict"]
+           "choose_language", "generated_trace", "period_bucket", "reason_kind", "sender_key",
+           "verdict"]
 
 # "postmaster": the From of most non-DSN bounces (Exchange, GroupWise, SMTP32), which reach
 # us with a non-null envelope sender when a forwarder rewrote it. The noreply family also
@@ -86,6 +88,10 @@ _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
 # Auto-Submitted; X-Autorespond from cPanel); any value but "no" counts. What Yandex's and
 # Mail.ru's responders send is not confirmed by any sample we found.
 _AUTOREPLY_MARKERS = ("X-Autoreply", "X-Autorespond")
+# X-Loop (any value): what procmail responders and lists (SmartList) and helpdesks (OTRS,
+# Zammad: `X-Loop: yes`) put on what they send, so that no responder answers it; those
+# helpdesks answer no mail that carries it either.
+_LOOP_MARKER = "X-Loop"
 # Headers that only bulk senders set: Mailchimp's account and campaign ids; Mail.ru's
 # postmaster asks mass mailers for X-Mailru-Msgtype (X-Postmaster-Msgtype goes with it).
 _BULK_HEADERS = ("X-MC-User", "X-Campaign", "X-CampaignID", "X-Mailru-Msgtype",
@@ -190,6 +196,19 @@ def bare(address: str) -> str:
     return address.strip().strip("<>").strip().lower()
 
 
+# BATV (draft-levine-smtp-batv: `prvs=TAG=local@domain`, the tag a key digit, a day and a
+# hash; Barracuda's `btv1==TAG==local@domain`): gateways sign every message's envelope
+# sender anew, so one person's address differs from message to message.
+_BATV = re.compile(r"\A(?:prvs=[0-9a-z]+=|btv1==[0-9a-z]+==)(?=[^@=]+@)")
+
+
+def sender_key(address: str) -> str:
+    """The sender an answer's period and daily cap count for: `bare`, without a BATV
+    signature (`prvs=0123abcdef=ann@x` is ann@x). The answer still goes to the address
+    as given: the gateway accepts mail only for its signed addresses."""
+    return _BATV.sub("", bare(address))
+
+
 def period_bucket(at: datetime, period: timedelta) -> int:
     """The period a time falls in: (sender, responder, bucket) is unique in the registry,
     so two instances racing on one sender insert one answer, not two."""
@@ -204,7 +223,7 @@ def verdict(responder: Responder | None, view: View, mail_from: str, *,
         return Verdict(None, False, "no autoreply for this recipient")
     reason = ("the message was refused for this recipient" if refused
               else _robot_reason(view, mail_from, our_domains, policy)
-              or _history_reason(responder, bare(mail_from), history, at, policy))
+              or _history_reason(responder, sender_key(mail_from), history, at, policy))
     return Verdict(responder.name, not reason, reason)
 
 
@@ -243,7 +262,8 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
         if why:
             return why
     # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*)
-    for who, address in (("envelope sender", sender), ("From", bare(view.from_addr or "")),
+    for who, address in (("envelope sender", sender_key(sender)),
+                         ("From", bare(view.from_addr or "")),
                          ("Return-Path", bare(view.header("Return-Path") or ""))):
         local = address.rpartition("@")[0] if "@" in address else address  # <MAILER-DAEMON>
         hit = next((p for p in policy.robot_senders for part in {local, local.split("+", 1)[0]}
@@ -275,6 +295,9 @@ def _autoreply_marker(view: View) -> str:
         value = view.header(name)
         if value is not None and value.strip().lower() != "no":
             return f"an auto-reply ({name}: {value.strip()})"
+    value = view.header(_LOOP_MARKER)
+    if value is not None:
+        return f"an auto-reply or list ({_LOOP_MARKER}: {' '.join(value.split())[:80]})"
     return ""
 
 
@@ -404,8 +427,10 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     original = _MSGID.search(view.message_id or "")
     if original is not None:
         msg["In-Reply-To"] = original[0]
-        refs = _MSGID.findall(view.header("References") or "")[-20:]
-        msg["References"] = " ".join([r for r in refs if r != original[0]] + [original[0]])
+        refs = [r for r in _MSGID.findall(view.header("References") or "") if r != original[0]]
+        if len(refs) > 20:      # trimmed as RFC 5322 3.6.4 trims: the thread's root stays
+            refs = refs[:1] + refs[-19:]
+        msg["References"] = " ".join(refs + [original[0]])
     msg["Auto-Submitted"] = "auto-replied"
     msg["X-Auto-Response-Suppress"] = "All"
     msg[TRACE_HEADER] = generated_trace(hostname, f"autoreply; responder={responder.name}")

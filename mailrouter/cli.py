@@ -333,10 +333,12 @@ def cmd_registry(args: argparse.Namespace) -> int:
     found: list[dict[str, Any]] = _ask_registry(cfg, "registry", lambda reg: reg.recent(args.n or None))
     if not found:
         print(f"no messages in the registry yet ({_where(cfg.registry.url)})")
+    from .control.cli import printable
     for m in found:
         retries = f"  (received {m['attempts']} times: retries)" if m.get("attempts", 1) > 1 else ""
-        print(f"{m['received_at']:%Y-%m-%d %H:%M:%S} {m['status']:9} {m['from_addr'] or m['mail_from']}"
-              f"  {m['subject']!r}  {m['message_id'] or ''}{retries}")
+        print(f"{m['received_at']:%Y-%m-%d %H:%M:%S} {m['status']:9} "
+              f"{printable(m['from_addr'] or m['mail_from'])}"
+              f"  {m['subject']!r}  {printable(m['message_id'] or '')}{retries}")
         for d in m["decisions"]:
             where = (d["mailbox"] or "-") + (f"/{d['folder']}" if d["folder"] else "")
             extra = "".join(f" {k}={d[k]}" for k in ("owner", "priority") if d[k])

@@ -62,7 +62,7 @@ from mailrouter.charsets import (
     inspect_bytes,
 )
 
-__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "decode_header_value"]
+__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "decode_header_value", "msg_ids"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
@@ -78,6 +78,21 @@ _HOTMAIL_COMPLAINT = "x-hmxmroriginalrecipient"
 _HOTMAIL_LINE = re.compile(rb"(?:\A|\n)x-hmxmroriginalrecipient[ \t]*:", re.IGNORECASE)
 _PARTS_PEEKED = 64 * 1024        # bytes of a body searched for a report's attached message
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_MSG_ID = re.compile(r"<([^<>]*)>")
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def msg_ids(value: str) -> list[str]:
+    """The Message-IDs a Message-ID, In-Reply-To or References value names, each written
+    `<id>` as a follow-up names it: every `<...>` in it (blanks inside dropped, empty ones
+    skipped), so `<id@host> (added by the gateway)` is `<id@host>`; a value with none that
+    is one word with an `@` (`id@host`: scripts and some webmail write it so) is that word
+    in brackets. Other text names nothing (`In-Reply-To: your message of Monday`)."""
+    found = ["<" + "".join(m.split()) + ">" for m in _MSG_ID.findall(value) if m.strip()]
+    if found:
+        return found
+    words = [w.strip("<>") for w in _COMMENT.sub(" ", value).split()]
+    return [f"<{words[0]}>"] if len(words) == 1 and "@" in words[0] else []
 
 
 _T = TypeVar("_T")
@@ -227,8 +242,16 @@ class MessageView:
 
     @cached_property
     def message_id(self) -> str | None:
+        """The first Message-ID header as `<id>` (`msg_ids`: a comment after it or missing
+        brackets are not part of it, or a follow-up naming it would not match); its text
+        as it is when that is not one id (and comments)."""
         values = self._by_name.get("message-id")
-        return unfold(values[0].decode("ascii", "replace")).strip() if values else None
+        if not values:
+            return None
+        text = unfold(values[0].decode("ascii", "replace")).strip()
+        ids = msg_ids(text)
+        rest = _COMMENT.sub("", _MSG_ID.sub("", text, count=1)) if "<" in text else ""
+        return ids[0] if ids and not rest.strip() else text
 
     def _addresses(self, name: str) -> list[tuple[str, str]]:
         # Split on the encoded form (RFC 2047 section 5: words never hide a comma or a bracket),
@@ -364,15 +387,15 @@ class MessageView:
             at = head.end() - 1
 
     def _autoreply_reason(self) -> str:
+        # Not X-Auto-Response-Suppress: it asks others not to auto-answer this message
+        # ([MS-OXCMAIL] 2.1.3.2.20) and Exchange puts it on people's mail too (every
+        # message of some organisations: `DR, OOF, AutoReply`); autoreply.py honours it.
         auto = self._plain("Auto-Submitted").split(";", 1)[0].strip().lower()
         if auto and auto != "no":
             return f"auto-reply: Auto-Submitted: {auto}"
         for name in ("X-Autoreply", "X-Autorespond"):
             if name.lower() in self._by_name:
                 return f"auto-reply: {name} present"
-        suppress = self._plain("X-Auto-Response-Suppress")
-        if {t.strip().lower() for t in suppress.split(",")} & {"all", "oof"}:
-            return f"auto-reply: X-Auto-Response-Suppress: {suppress}"
         if self._plain("Precedence").lower() == "auto_reply":
             return "auto-reply: Precedence: auto_reply"
         return ""

@@ -49,6 +49,7 @@ from .autoreply import (
     generated_trace,
     period_bucket,
     reason_kind,
+    sender_key,
     verdict,
 )
 from .config import OutboxConfig
@@ -119,7 +120,7 @@ class Outgoing:
     async def _history(self, registry: Registry, snap: Snapshot, mail_from: str,
                        now: datetime) -> History:
         longest = max((r.period for r in snap.responders.values()), default=timedelta(days=7))
-        last, today = await registry.autoreply_history(bare(mail_from), now - longest,
+        last, today = await registry.autoreply_history(sender_key(mail_from), now - longest,
                                                        now - timedelta(days=1))
         return History(last, today)
 
@@ -131,7 +132,7 @@ class Outgoing:
         to = mail_from.strip().strip("<>")
         raw = build_reply(responder, view, to=to, old=old, new=new, hostname=self.hostname,
                           at=now)
-        sender, bucket = bare(mail_from), period_bucket(now, responder.period)
+        sender, bucket = sender_key(mail_from), period_bucket(now, responder.period)
         envelope = "" if self.policy.envelope_from == "<>" else self.policy.envelope_from
         return OutboxRecord(f"autoreply:{responder.name}:{sender}:{bucket}", "autoreply",
                             envelope, to, raw, responder.name, sender, bucket)

@@ -52,6 +52,16 @@ def test_reply_headers() -> None:
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
 
 
+def test_long_references_keep_the_thread_root() -> None:
+    """An answer to a message deep in a long thread names the thread's root first (mail
+    readers thread by it), then the newest 19 and the message itself; before, the root was
+    cut off with the oldest."""
+    chain = " ".join(f"<{i}@x.example>" for i in range(40))
+    _, m = reply(incoming("Question", f"References: {chain}"))
+    assert m["References"].split() == (["<0@x.example>"] + [f"<{i}@x.example>" for i in range(21, 40)]
+                                       + ["<q1@client.example>"])
+
+
 def test_fresh_message_id_each_time() -> None:
     """Two answers never share a Message-ID."""
     assert reply(incoming())[1]["Message-ID"] != reply(incoming())[1]["Message-ID"]

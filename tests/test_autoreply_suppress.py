@@ -96,6 +96,12 @@ CASES = [
     ("X-Autorespond", msg("X-Autorespond: Out of office"), "ann@client.example",
      "an auto-reply (X-Autorespond"),
     ("X-Autoreply: no does not suppress", msg("X-Autoreply: no"), "ann@client.example", ""),
+    # procmail's vacation recipe (procmailex(5)) and SmartList mark what they send with
+    # X-Loop; OTRS and Zammad write `X-Loop: yes` and answer no mail that carries it
+    ("X-Loop: yes (a helpdesk's)", msg("X-Loop: yes"), "ann@client.example",
+     "an auto-reply or list (X-Loop: yes)"),
+    ("X-Loop: an address (procmail)", msg("X-Loop: ann@client.example"), "ann@client.example",
+     "an auto-reply or list (X-Loop: ann@client.example)"),
     ("Precedence: auto_reply", msg("Precedence: auto_reply"), "ann@client.example",
      "Precedence: auto_reply"),
     # bounces of Exchange/GroupWise/SMTP32 (flufl.bounce's microsoft_01, groupwise_02) come

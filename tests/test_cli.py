@@ -294,15 +294,20 @@ def test_run_on_embedded_default(tmp_path):
 
 
 def test_registry_command_lists_recorded_decisions(daemon_process, tmp_path):
-    """After a delivery, `mailrouter registry` shows the message and where it went."""
+    """After a delivery, `mailrouter registry` shows the message and where it went; the
+    control characters of a Message-ID are written out (before, they reached the terminal)."""
     import smtplib
     proc = daemon_process()
     with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
         s.sendmail("a@outside.test", ["invoices@example.com"],
                    "Subject: Счёт №7\r\n\r\nhello\r\n".encode())
+        # ESC in a Message-ID (a byte no rule refuses) is written out, not sent to the terminal
+        s.sendmail("b@outside.test", ["invoices@example.com"],
+                   b"Message-ID: <\x1b]0;owned\x07\x1b[2J@outside.test>\r\nSubject: x\r\n\r\nhi\r\n")
     out = mr("registry", "-c", str(proc.config))
     assert out.returncode == 0, out.stderr
     assert "'Счёт №7'" in out.stdout
+    assert "\x1b" not in out.stdout and "<\\x1b]0;owned\\x07\\x1b[2J@outside.test>" in out.stdout
     assert "invoices@example.com -> finance/Finance" in out.stdout and "250 2.0.0" in out.stdout
 
 

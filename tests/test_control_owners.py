@@ -134,6 +134,16 @@ def test_references_number_and_join_check() -> None:
                        b"Subject: Re: [#42] invoice\r\n\r\nhi\r\n")
     assert references(view) == ("<c@x>", "<b@x>", "<a@x>")
     assert references(MessageView(b"Subject: x\r\n\r\n")) == ()
+    # no brackets, a comment, garbage: each id as a follow-up names it, nothing else
+    odd = MessageView(b"In-Reply-To: a@x (your message of Monday)\r\n"
+                      b"References: garbage <<>> < > <b@x> <c @x>\r\n\r\n")
+    assert references(odd) == ("<a@x>", "<c@x>", "<b@x>")
+    assert references(MessageView(b"In-Reply-To: a@x\r\n\r\n")) == ("<a@x>",)
+    assert references(MessageView(b"In-Reply-To: your message of Monday\r\n\r\n")) == ()
+    # a long thread: the newest and the root
+    long = " ".join(f"<{i}@x>" for i in range(200))
+    refs = references(MessageView(f"In-Reply-To: <199@x>\r\nReferences: {long}\r\n\r\n".encode()))
+    assert refs == tuple(f"<{i}@x>" for i in range(199, 150, -1)) + ("<0@x>",)
     tag = NumberTag()
     assert tag.find(view.subject) == 42 and tag.find("order 42") is None
     assert tag.tag("invoice", 7) == "[#7] invoice" and tag.tag("[#7] invoice", 7) == "[#7] invoice"

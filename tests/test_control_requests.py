@@ -414,3 +414,136 @@ async def rows_by(app, table):
     def q(conn):
         return [dict(r._mapping) for r in conn.execute(select(table).order_by(*table.primary_key))]
     return await app.registry.read("test", q)
+
+
+async def test_follow_ups_name_ids_the_way_clients_write_them(make_app, tmp_path, registry_url):
+    """A Message-ID with a comment after it (a gateway's note) and one without angle
+    brackets (scripts, some webmail) are recorded as `<id>`, so a follow-up naming them the
+    usual way joins the request; a follow-up whose In-Reply-To has a comment after the id,
+    or no brackets, joins too. Before, the header's whole text was recorded and each
+    follow-up opened a request of its own."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+
+    def head(*lines: str) -> bytes:
+        return ("\r\n".join((f"From: {who}", "To: support@example.com") + lines)
+                + "\r\n\r\nhello\r\n").encode()
+    await send(port, head("Subject: fax", "Message-ID: <fax1@bigco.example> (added by gw)"), who)
+    await send(port, head("Subject: Re: fax", "Message-ID: <fax2@bigco.example>",
+                          "In-Reply-To: <fax1@bigco.example>"), who)
+    await send(port, head("Subject: scanner", "Message-ID: scan1@bigco.example"), who)
+    await send(port, head("Subject: Re: scanner", "Message-ID: <scan2@bigco.example>",
+                          "In-Reply-To: <scan1@bigco.example> (Client's message of Monday)"), who)
+    await send(port, head("Subject: Re: scanner", "Message-ID: <scan3@bigco.example>",
+                          "In-Reply-To: scan2@bigco.example"), who)
+    assert [(r["id"], r["subject"]) for r in await rows(app, requests)] == [
+        (1, "fax"), (2, "scanner")]
+    assert [(m["request_id"], m["message_id"]) for m in await rows(app, request_messages)] == [
+        (1, "<fax1@bigco.example>"), (1, "<fax2@bigco.example>"), (2, "<scan1@bigco.example>"),
+        (2, "<scan2@bigco.example>"), (2, "<scan3@bigco.example>")]
+
+
+async def test_a_long_thread_keeps_its_root(make_app, tmp_path, registry_url):
+    """A follow-up deep in a long thread: its References name the request's message first
+    and then 200 messages we never saw (the customer's colleagues wrote among themselves).
+    Only the newest 50 references were looked up, so it opened a second request; the root
+    (the first of References) is looked up too."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    await send(port, mail(who, "printer", "root@bigco"), who)
+    refs = "<root@bigco> " + " ".join(f"<x{i}@bigco>" for i in range(200))
+    await send(port, mail(who, "Re: printer", "deep@bigco", refs), who)
+    assert [r["id"] for r in await rows(app, requests)] == [1]
+    assert [m["message_id"] for m in await rows(app, request_messages)] == [
+        "<root@bigco>", "<deep@bigco>"]
+
+
+async def test_mail_from_exchange_with_auto_response_suppress_opens_a_request(
+        make_app, tmp_path, registry_url):
+    """A person's message sent through an Exchange organisation that marks all its outgoing
+    mail `X-Auto-Response-Suppress: DR, OOF, AutoReply` (as Cisco's does, on Outlook replies
+    and git-send-email alike) is a person's: it opens a request with an owner, and the reply
+    to it joins. Before, the header made it robot mail and it opened nothing."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "danielwa@cisco.example"
+
+    def outlook(subject: str, msgid: str, *more: str) -> bytes:
+        return ("\r\n".join((f'From: "Daniel Walker (danielwa)" <{who}>',
+                             "To: support@example.com", f"Subject: {subject}",
+                             f"Thread-Topic: {subject}", "Thread-Index: AQHZbVA/W/PiGCKJbkGjA==",
+                             f"Message-ID: <{msgid}>", *more, "Content-Language: en-US",
+                             "X-MS-Has-Attach: ", "X-Auto-Response-Suppress: DR, OOF, AutoReply",
+                             "X-MS-TNEF-Correlator: "))
+                + "\r\n\r\nThe router does not boot.\r\n").encode()
+    await send(port, outlook("router", "d1@cisco.example"), who)
+    await send(port, outlook("RE: router", "d2@cisco.example", "In-Reply-To: <d1@cisco.example>"),
+               who)
+    [r] = await rows(app, requests)
+    assert (r["owner"], r["counterparty"], r["status"]) == ("ivanov", who, "open")
+    assert [m["message_id"] for m in await rows(app, request_messages)] == [
+        "<d1@cisco.example>", "<d2@cisco.example>"]
+
+
+async def test_robot_copies_of_our_outgoing_mail_answer_nothing(make_app, tmp_path, registry_url):
+    """The owner is away and their mailbox answers the customer with an out-of-office reply;
+    a reminder goes out from an address that sender_bcc_maps copies too: both copies reach
+    replies@ and name the request (by In-Reply-To, by [#1]). Neither is a response: the
+    request stays open, its clock running, until the owner's own reply. Before, the
+    out-of-office reply stopped the clock (answered)."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    await send(port, mail(who, "printer", "c1@bigco"), who)
+    oof = ("From: =?utf-8?b?0J/RkdGC0YAg0JjQstCw0L3QvtCy?= <ivanov@example.com>\r\n"
+           f"To: {who}\r\nSubject: Automatic reply: printer\r\nIn-Reply-To: <c1@bigco>\r\n"
+           "References: <c1@bigco>\r\nMessage-ID: <oof1@example.com>\r\n"
+           "Auto-Submitted: auto-replied\r\nX-Auto-Response-Suppress: All\r\n"
+           "\r\nI am out of the office until Monday.\r\n").encode()
+    await send(port, oof, "ivanov@example.com", "replies@example.com")
+    reminder = ("From: helpdesk@example.com\r\nTo: ivanov@example.com\r\n"
+                "Subject: [#1] reminder: first response due\r\nMessage-ID: <rem1@example.com>\r\n"
+                "Auto-Submitted: auto-generated\r\nX-Mailrouter-Loop: mx.test; generated=sla\r\n"
+                "\r\nRequest #1 waits for its first response.\r\n").encode()
+    await send(port, reminder, "helpdesk@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("open", None)
+    t1 = datetime(2027, 1, 11, 9, 0, tzinfo=timezone.utc)
+    app.pipeline.clock = lambda: t1
+    await send(port, mail("petrova@example.com", "Re: printer", "r1@example.com", "<c1@bigco>",
+                          to=who), "petrova@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("answered", t1)
+    assert [(m["direction"], m["message_id"]) for m in await rows(app, request_messages)] == [
+        ("in", "<c1@bigco>"), ("out", "<r1@example.com>")]
+
+
+async def test_request_show_prints_no_control_characters(make_app, tmp_path, registry_url):
+    """A customer's subject carrying terminal escapes (RFC 2047 hides any byte: ESC ] 0;
+    retitles the terminal, ESC [2J clears it) is printed by `request show` and `registry
+    search` with the escapes written out, Cyrillic as it is. Before, the timeline printed
+    the subject raw into the terminal of whoever ran the command."""
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    app, port = await start(make_app, tmp_path, registry_url)
+    who = "client@bigco.example"
+    raw = (f"From: {who}\r\nTo: support@example.com\r\nMessage-ID: <e1@bigco>\r\n"
+           "Subject: =?utf-8?q?=D0=9F=D1=80=D0=B8=D0=BD=D1=82=D0=B5=D1=80=1B]0;owned=07=1B[2J?=\r\n"
+           "\r\nhi\r\n").encode()
+    await send(port, raw, who)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(out):
+            return main([*argv, "-c", str(cfg)]), out.getvalue()
+    for argv in (("request", "show", "1"), ("registry", "search", "--from", who),
+                 ("registry", "history", who)):
+        code, text = await asyncio.to_thread(cli, *argv)
+        assert code == 0 and "Принтер" in text, (argv, text)
+        assert not any(c in text for c in "\x1b\x07"), (argv, text)
+    assert "message in   client@bigco.example  Принтер\\x1b]0;owned\\x07\\x1b[2J\n" in \
+        (await asyncio.to_thread(cli, "request", "show", "1"))[1]

@@ -623,8 +623,9 @@ def test_html_only() -> None:
     (b"Auto-Submitted: auto-generated; owner=x\r\n", (True, "auto-reply: Auto-Submitted: auto-generated")),
     (b"X-Autoreply: yes\r\n", (True, "auto-reply: X-Autoreply present")),
     (b"X-Autorespond: yes\r\n", (True, "auto-reply: X-Autorespond present")),
-    (b"X-Auto-Response-Suppress: DR, OOF\r\n", (True, "auto-reply: X-Auto-Response-Suppress: DR, OOF")),
-    (b"X-Auto-Response-Suppress: DR\r\n", (False, "")),
+    # a request not to be auto-answered, on people's mail too (Exchange): no robot sign
+    (b"X-Auto-Response-Suppress: DR, OOF, AutoReply\r\n", (False, "")),
+    (b"X-Auto-Response-Suppress: All\r\n", (False, "")),
     (b"Precedence: auto_reply\r\n", (True, "auto-reply: Precedence: auto_reply")),
     (b"Precedence: Bulk\r\n", (True, "list: Precedence: bulk")),
     (b"Precedence: junk\r\n", (True, "list: Precedence: junk")),
@@ -635,6 +636,20 @@ def test_html_only() -> None:
 def test_robot_headers(headers: bytes, expected: tuple[bool, str]) -> None:
     """Each RFC 3834 robot marker is recognised on its own, and ordinary mail is not."""
     assert MessageView(headers + b"Subject: x\r\n\r\nbody\r\n").robot == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"<a1@client.example>", "<a1@client.example>"),
+    (b"<a1@client.example> (added by the gateway)", "<a1@client.example>"),
+    (b"a1@client.example", "<a1@client.example>"),
+    (b"\r\n  <a1@\r\n client.example>", "<a1@client.example>"),
+    (b"no id here", "no id here"),
+    (b'<0"><script>x</script>@evil.example>', '<0"><script>x</script>@evil.example>'),
+    (b"", ""),
+])
+def test_message_id_is_the_id(value: bytes, expected: str) -> None:
+    """The Message-ID is the `<id>` a follow-up names, not the header's whole text."""
+    assert MessageView(b"Message-ID: " + value + b"\r\nSubject: x\r\n\r\nbody\r\n").message_id == expected
 
 
 @pytest.mark.parametrize(("raw", "text"), [

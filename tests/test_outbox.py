@@ -106,6 +106,30 @@ async def test_hundred_messages_one_reply(make_app: Any, relay: Any) -> None:
     assert any("not sent: ann@client.example already answered by moved" in r for r in last)
 
 
+async def test_batv_signed_sender_is_answered_once(make_app: Any, relay: Any) -> None:
+    """A gateway signs each message's envelope sender anew (BATV, `prvs=TAG=ann@`, as
+    IronPort and Exim do; Barracuda's `btv1==TAG==`): one person, one answer per period,
+    to the signed address the first message came from (the gateway takes no other). A
+    signed noreply@ is still a robot. Before, every message got its own answer."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    for n, env in enumerate(("prvs=1306b4cea1=ann@client.example",
+                             "prvs=1307c0ffee=ann@client.example",
+                             "btv1==3a4f5e6d7c8==Ann@client.example", "ann@client.example")):
+        await send(app, env, ["old-sales@example.com"], mail(msgid=f"b{n}"))
+    await send(app, "prvs=1306b4cea1=noreply@shop.example", ["old-sales@example.com"],
+               mail(msgid="shop1", sender="orders@shop.example"))
+    await until(lambda: settled(app), "the outbox to settle")
+    [env] = sink.envelopes
+    assert (env.mail_from, env.rcpt_tos) == ("<>", ["prvs=1306b4cea1=ann@client.example"])
+    recent = await app.registry.recent(5)                      # type: ignore[union-attr]
+    reasons = [m["decisions"][0]["reasons"][-1] for m in recent]
+    assert reasons[0].startswith("autoreply moved: not sent: robot sender: envelope sender "
+                                 "noreply@shop.example matches 'noreply'"), reasons
+    assert all(r.startswith("autoreply moved: not sent: ann@client.example already answered")
+               for r in reasons[1:4]), reasons
+
+
 async def test_mta_retry_sends_no_second_reply(make_app: Any, relay: Any) -> None:
     """The same message retried by the MTA is not answered again."""
     sink = await relay()

@@ -34,7 +34,7 @@ from .store import add_event
 from .tables import STATUSES, requests
 from .threads import MAX_NUMBER
 
-__all__ = ["add_commands", "ask_registry"]
+__all__ = ["add_commands", "ask_registry", "printable"]
 
 
 def _when(text: str) -> datetime:
@@ -107,13 +107,23 @@ def _copy_rows(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _print_messages(msgs: list[dict[str, Any]]) -> None:
     for m in msgs:
         req = f"  [#{m['request']}]" if m["request"] else ""
-        print(f"{m['received_at'][:19]} {m['status']:9} {m['from']}  {m['subject']!r}{req}")
+        print(f"{m['received_at'][:19]} {m['status']:9} {printable(m['from'])}  {m['subject']!r}{req}")
         for d in m["recipients"]:
             where = (d["mailbox"] or "-") + (f"/{d['folder']}" if d["folder"] else "")
-            print(f"    {d['rcpt']} -> {where}{' owner=' + d['owner'] if d['owner'] else ''}"
+            print(f"    {printable(d['rcpt'])} -> {where}{' owner=' + d['owner'] if d['owner'] else ''}"
                   f"  [{d['reply']}]")
         for c in m["copies"]:
-            print(f"      copy {c['target']}: {c['state']} {c['detail']}")
+            print(f"      copy {c['target']}: {c['state']} {printable(c['detail'])}")
+
+
+def printable(value: Any) -> str:
+    """Text from mail (a subject, an address, a reason quoting a header) for a terminal:
+    control characters written as escapes (`\\x1b`), so a customer's subject cannot clear
+    the screen, hide lines or retitle the terminal of whoever runs the command;
+    Cyrillic and other letters stay as they are."""
+    text = str(value)
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _or(value: Any, none: str = "-") -> Any:
@@ -232,16 +242,17 @@ def cmd_request(args: argparse.Namespace) -> int:
 
     def text() -> None:
         print(f"#{doc['id']} {doc['status']} owner={_or(doc['owner'])} team={_or(doc['team'])} "
-              f"from {doc['counterparty']}  {doc['subject']!r}")
+              f"from {printable(doc['counterparty'])}  {doc['subject']!r}")
         print(f"  opened {doc['opened_at']}, first response due "
               f"{_or(doc['first_response_due'], '- (no SLA)')}, "
               f"answered {_or(doc['first_response_at'])}")
         for r in timeline:
-            print(f"  {r['at'][:19]} {r['what']:12} {r['who'] or '-'}  {r['detail']}")
+            print(f"  {r['at'][:19]} {r['what']:12} {printable(r['who'] or '-')}  "
+                  f"{printable(r['detail'])}")
         for m in doc["messages"]:
             for d in m["recipients"]:
                 for why in d["reasons"]:
-                    print(f"  why {m['message_id']} {d['rcpt']}: {why}")
+                    print(f"  why {printable(m['message_id'])} {printable(d['rcpt'])}: {printable(why)}")
     _emit(args, doc, timeline, text)
     return 0
 

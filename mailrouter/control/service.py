@@ -119,6 +119,8 @@ class Control:
         refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
         if any(_bare(r) in self.cfg.replies for r in rcpts):
+            if view.robot[0]:       # an out-of-office of ours, a reminder: no one answered
+                return base
             rid = next(iter(find_by_refs(conn, refs)), None)
             if rid is None and number is not None and request_row(conn, number) is not None:
                 rid = number

@@ -10,7 +10,8 @@ commit together or not at all.
 Refused: a follow-up whose sender took no part in the request it names (see
 threads.took_part) does not join it; the refusal is an event on that request
 (`join_refused`) and the message opens a request of its own. Robot mail (bounces,
-auto-replies, lists) neither opens nor reopens a request.
+auto-replies, lists) neither opens nor reopens a request, nor, as a copy of our outgoing
+mail, answers one (an out-of-office reply, a reminder copied by sender_bcc_maps).
 
 Messages arriving together: the plan is read before delivery and written after it, so
 a second transaction of the very same message (an MTA splitting recipients), or a

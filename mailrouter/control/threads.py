@@ -3,7 +3,10 @@
 Pure helpers the store uses to match a message to a request:
 
 - `references(view)`: the Message-IDs named by In-Reply-To and References, newest
-  first (RFC 5322 3.6.4); a follow-up joins the request that holds any of them.
+  first (RFC 5322 3.6.4), written as `message.msg_ids` writes them; a follow-up joins
+  the request that holds any of them. Of a long References (a thread of hundreds) the
+  newest are kept and its first, the thread's root (RFC 5322 3.6.4: References starts
+  with the parent's first; clients that trim it keep that one too).
 - `NumberTag`: the request number we put into subjects ourselves (`[#123]` by
   default, `control.number` in config.yaml); used only when no reference matched,
   because a customer's client may drop In-Reply-To but keeps the subject.
@@ -23,11 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..message import msg_ids
+
 __all__ = ["NumberTag", "references", "took_part", "domain_of", "sla_terms", "JOIN_MODES"]
 
 JOIN_MODES = ("address", "domain", "off")
-_MSGID = re.compile(r"<([^<>\s]+)>")
-_MAX_REFS = 50          # References of a long thread: the newest are enough
+_MAX_REFS = 50          # References of a long thread: the newest and the root are enough
 # The largest request number: `requests.id` is a 32-bit INTEGER on PostgreSQL, and a
 # larger number in a lookup fails the whole query (the message got 451 for ever).
 MAX_NUMBER = 2**31 - 1
@@ -36,11 +40,18 @@ MAX_NUMBER = 2**31 - 1
 def references(view: Any) -> tuple[str, ...]:
     """Message-IDs (with angle brackets) from In-Reply-To, then References newest first."""
     found: list[str] = []
+    root: str | None = None
     for name in ("In-Reply-To", "References"):
         for value in view.headers(name):
-            ids = [f"<{m}>" for m in _MSGID.findall(value)]
-            found.extend(reversed(ids) if name == "References" else ids)
-    return tuple(dict.fromkeys(found))[:_MAX_REFS]
+            ids = msg_ids(value)
+            if name == "References" and ids:
+                root = root or ids[0]
+                ids.reverse()
+            found.extend(ids)
+    unique = tuple(dict.fromkeys(found))
+    if len(unique) <= _MAX_REFS or root is None or root in unique[:_MAX_REFS]:
+        return unique[:_MAX_REFS]
+    return unique[:_MAX_REFS - 1] + (root,)
 
 
 @dataclass(frozen=True, slots=True)
