@@ -595,6 +595,10 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
         for sig, handler in before.items():
             signal.signal(sig, handler)
         return _start_failed(str(exc))
+    # This process only supervises: its live gauges (created at import, the reload time 0)
+    # are no worker's, and counted in livemin they pinned the reload time at 0 (1970).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):     # set by `mailrouter run` (cli.py)
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
     return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,
