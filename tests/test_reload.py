@@ -250,3 +250,22 @@ async def test_a_routing_file_emptied_is_refused_and_the_rules_keep_routing(make
     await asyncio.to_thread(_send, app.bound["smtp"][1], 1)
     assert _routed_to(tmp_path, "finance", "A") == 1
     assert maildir_files(tmp_path / "var" / "mail" / "sales") == []
+
+
+async def test_the_address_book_file_removed_is_refused_and_mail_keeps_flowing(make_app, tmp_path):
+    """company.yaml moved away (or left out of the glob) while the rules name no mailbox: the
+    reload took an empty address book and every recipient got 550 5.1.1 (mail bounced). It
+    is refused, saying what is missing; mail is still delivered by the old book."""
+    d = routing_dir(tmp_path)
+    (d / "ping.yaml").write_text("rules:\n  - name: ping\n    when: {subject: {contains: ping}}\n"
+                                 "    then: {folder: A, tags: [ping]}\n", encoding="utf-8")
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    await asyncio.to_thread(_send, app.bound["smtp"][1], 1)
+    assert _routed_to(tmp_path, "sales", "A") == 1
+    (d / "company.yaml").rename(tmp_path / "company.yaml")
+    ok, detail = await app.reload()
+    assert not ok
+    assert "the routing files define no mailbox and no person" in detail
+    assert "missing from the files read" in detail and "ping.yaml" in detail
+    await asyncio.to_thread(_send, app.bound["smtp"][1], 2)
+    assert _routed_to(tmp_path, "sales", "A") == 2

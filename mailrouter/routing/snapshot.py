@@ -431,6 +431,15 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         raise _NotSame
     if bare and errors:
         raise _NeedPositions
+    if not errors and (not built[1].mailboxes if skip and built is not None
+                       else not merged["mailboxes"] and not merged["people"]):
+        # The address book's file deleted, moved or left out of --routing: every recipient
+        # would be refused 550 5.1.1 (mail bounced), or, when rules name mailboxes, each
+        # name was reported unknown ("known mailboxes: " and nothing) and the cause hidden.
+        errors.append(ConfigError(
+            "the routing files define no mailbox and no person: every recipient would be "
+            "refused (550 5.1.1)", hint="the file with the address book (mailboxes:, people:, "
+            "aliases:) is missing from the files read: " + ", ".join(files)))
     complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
