@@ -8,7 +8,8 @@ remember where they came from: `LocStr`, `LocMap` and `LocList` carry `.path`,
 Refused: a tab in the indentation (YAML indents with spaces only; the error says so
 rather than PyYAML's "found character that cannot start any token"), duplicate keys
 in one mapping (PyYAML silently keeps the last one, which hides a typo'd second
-definition of an alias), YAML tags that construct objects, and alias bombs: a
+definition of an alias; a key that overrides one merged in by `<<: *base` is none, that
+is what merge keys are for), YAML tags that construct objects, and alias bombs: a
 document whose aliases (`*name`, and `<<: *name` merges) would repeat more than
 `ALIAS_BUDGET` values in all. An alias is the anchored object itself, not a copy,
 so loading stays small; but whoever walks the result (the address book flattening
@@ -398,17 +399,26 @@ def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> LocStr:
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LocMap:
     result: LocMap = _mark(LocMap(), node, loader.source)
     result.key_marks = {}
+    own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
+    # flatten_mapping puts the merged pairs first, in the order that lets a later one win
+    # (the mapping's own keys override merged ones, an earlier merged mapping a later one):
+    # what `<<:` is for. Only a key written twice in the mapping itself is refused.
+    merged, from_merge = len(node.value) - own, set()
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise ConfigError("a mapping key must be a plain value", loader.source,
                               key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-        if key in result:
+        if key in result and key not in from_merge:
             first = result.key_line(key)
             raise ConfigError(f"key {key!r} is defined twice (first on line {first})", loader.source,
                               key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                               "keep one definition")
+        if i < merged:
+            from_merge.add(key)
+        else:
+            from_merge.discard(key)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_marks[key] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
     return result

@@ -111,6 +111,9 @@ SNIPPETS = [
     "base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  z: 3\n",
     "a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 3}\n",
     "c: {<<: {x: 1}, z: 3}\n",
+    # a key of the mapping overrides a merged one, an earlier merged mapping a later one
+    "x: &a {k: 1, j: 1}\ny: {<<: *a, k: 2}\n",
+    "x: &a {k: 1}\ny: &b {k: 2, j: 2}\nz: {<<: [*a, *b], j: 3}\n",
     "=: 1\n",
     "a: !!str 12\nb: !!int '12'\nc: !!float '1'\nd: !!binary aGVsbG8=\ne: ! 12\n",
     "s: !!set {a, b}\n",
@@ -197,7 +200,7 @@ BROKEN = [
     "a: 2023-02-30\n",
     "a: 0b_\n",
     "a: \x01\n",
-    "x: &a {k: 1}\ny: {<<: *a, k: 2}\n",
+    "x: &a {k: 1}\ny: {<<: *a, k: 2, k: 3}\n",
     "y: {<<: 3}\n",
     # an error while building, then a syntax error later: the syntax error is reported
     "a: {b: 1, b: 2}\nc: [\n",
@@ -658,3 +661,13 @@ def test_a_date_the_calendar_lacks_is_named_with_its_line(text: str, line: int, 
     assert error(nodes, text).startswith(head)
     assert error(lambda t, s: loads(t, s, bare=("holidays", "tests", "a")), text).startswith(
         "ConfigError: f.yaml:")
+
+
+def test_a_merge_key_overridden_is_no_key_defined_twice() -> None:
+    """`<<: *base` and then a key of its own is what merge keys are for (YAML's merge type:
+    the mapping's own keys override): it was refused as "key 'k' is defined twice"."""
+    got = loads("base: &b {folder: A, tags: [x]}\nrule:\n  <<: *b\n  folder: B\n", "f.yaml")
+    assert got["rule"] == {"folder": "B", "tags": ["x"]}
+    assert got["rule"].key_line("folder") == 4
+    assert error(loads, "b: &b {k: 1}\nr: {<<: *b, k: 2, k: 3}\n") == (
+        "ConfigError: f.yaml:2:19: key 'k' is defined twice (first on line 2); keep one definition")
