@@ -452,3 +452,10 @@ def test_routing_option_tries_an_edited_copy_against_the_live_config(tmp_path):
     missing = mr("check", "-c", str(cfg), "--routing", "nothing/*.yaml", cwd=tmp_path)
     assert missing.returncode == 1
     assert "--routing 'nothing/*.yaml' matches no file" in missing.stderr
+
+    # the folder instead of its files: said so, with the glob to write ("cannot read: Is a
+    # directory" was all)
+    folder = mr("check", "-c", str(cfg), "--routing", "rules.new", cwd=tmp_path)
+    assert folder.returncode == 1 and "Traceback" not in folder.stderr
+    assert (f"{copy}: a directory, not a routing file; name its files with a glob: "
+            f"{copy}/*.yaml") in folder.stderr, folder.stderr

@@ -401,6 +401,9 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
             docs.append((f, yamlsrc.load(f, bare, skip)))
         except ConfigError as exc:
             errors.append(exc)
+        except IsADirectoryError:
+            errors.append(ConfigError("a directory, not a routing file", f,
+                                      hint=f"name its files with a glob: {f.rstrip('/')}/*.yaml"))
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
     return docs, digest.hexdigest()[:16]
