@@ -125,3 +125,18 @@ def test_control_names_the_book_defines_pass(tmp_path: Path,
                    "control: {replies: Replies@example.com, head: smirnov}\n", encoding="utf-8")
     assert main(["check", "-c", str(cfg)]) == 0
     assert capsys.readouterr().out.startswith("ok: 1 routing file(s)")
+
+
+def test_one_domain_written_without_brackets_is_one_error(tmp_path: Path) -> None:
+    """`domains: example.com` (no list): refused, and that is all; every address on it was
+    also "not on one of our domains; add example.com under domains:" (17 lines for the
+    example book), hiding the one mistake under advice to do what the file already did."""
+    routing = tmp_path / "r.yaml"
+    routing.write_text("domains: example.com\nmailboxes: {s: {maildir: s}}\n"
+                       "aliases:\n  a@example.com: mailbox:s\n  b@example.com: a@example.com\n",
+                       encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(routing),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{routing}:1:10: 'domains' must be a list; write each entry on its own '- ' line "
+        "under 'domains:', or 'domains: [example.com]'"]

@@ -162,7 +162,14 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
             if not isinstance(value, list):
                 _, line, col = yamlsrc.where(value, doc)
                 errors.append(ConfigError(f"'{key}' must be a list", path, line, col,
-                                          f"write each entry on its own '- ' line under '{key}:'"))
+                                          f"write each entry on its own '- ' line under '{key}:'"
+                                          + (f", or '{key}: [{value}]'" if key == "domains"
+                                             and isinstance(value, str) else "")))
+                if key == "domains" and isinstance(value, str):
+                    # meant as one domain: taken as such, or every address on it was
+                    # "not on one of our domains; add it under domains:" as well
+                    merged[key].append(value)
+                    merged[key].item_where.append((path, line, col))
                 continue
             merged[key].extend(value)
             marks = getattr(value, "item_marks", None) or [(0, 0)] * len(value)
