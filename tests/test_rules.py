@@ -278,6 +278,12 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
      "':' or spaces, e.g. header: {Subject: ...}"),
     ("{header: {List Id: {exists: true}}}", "'List Id' is not a header name; write the name "
      "without ':' or spaces, e.g. header: {List-Id: ...}"),
+    # a value of the wrong kind: said so, not "unknown calendar True; known keys: ..." or
+    # "a condition must be a non-empty mapping"
+    ("{business_hours: true}", "'business_hours' takes the name of a calendar, not True; "
+     "write e.g. business_hours: msk (known calendars: none defined under 'calendars:')"),
+    ("{not: [{subject: x}, {subject: y}]}", "'not' takes one condition, not a list; write "
+     "not: {any: [...]} for none of several, not: {all: [...]} for not all of them"),
 ])
 def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     """An unknown field or operator gets the suggestion an admin coming from Sieve or
