@@ -45,6 +45,20 @@ rules:
     assert warnings[0].startswith(f"{path}:3: rule 'narrow': never matches: rule 'broad' ({path}:2)")
 
 
+def test_a_rule_on_a_domain_shadows_a_later_rule_on_an_address_in_it() -> None:
+    """Mail to team@example.com is mail to example.com: a rule on the recipient after one on
+    its domain never fired, and check said nothing."""
+    path, warnings = lint("""\
+rules:
+  - {name: domain, when: {rcpt_domain: EXAMPLE.com}, then: {folder: X}}
+  - {name: team, when: {rcpt: team@example.com}, then: {folder: Y}}
+  - {name: two, when: {rcpt: [sales@example.com, a@other.example]}, then: {folder: Z}}
+""")
+    assert warnings == [
+        f"{path}:3: rule 'team': never matches: rule 'domain' ({path}:2) matches every message it "
+        "matches and stops; move it above or add 'continue: true' to the earlier rule"]
+
+
 def test_any_branch_shadowing() -> None:
     """A later rule implied by one branch of an earlier `any` is shadowed."""
     path, warnings = lint("""\
