@@ -718,8 +718,23 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
         if tab:
             raise ConfigError("a tab in the indentation", source, line, tab,
                               "YAML indents with spaces only — replace the tab with spaces") from None
+        if exc.context == "while scanning a quoted scalar" and exc.context_mark is not None:
+            # "found unexpected end of stream" named the last line of the file
+            m = exc.context_mark
+            raise ConfigError("this quote is never closed: the value runs to the end of the file",
+                              source, m.line + 1, m.column + 1,
+                              "close the quote on its line, or remove it") from None
+        if exc.problem == "but found another document":
+            raise ConfigError("a second YAML document ('---') in a routing file", source, line,
+                              col, "one file holds one document: remove the '---' line, or "
+                              "move what follows it into a file of its own") from None
+        hint = "check indentation and quoting on that line"
+        opened = _quote_ending_at(text, line)
+        if opened is not None:
+            hint = (f"the quote opened on line {opened[0]}, column {opened[1]} is closed only "
+                    "here: close it on its own line")
         raise ConfigError(f"YAML syntax: {exc.problem or exc.context}", source, line, col,
-                          "check indentation and quoting on that line") from None
+                          hint) from None
     except yaml.reader.ReaderError as exc:     # a character YAML refuses: no mark, a position
         at = exc.position          # libyaml counts UTF-8 bytes, PyYAML's own reader characters
         if exc.encoding != "unicode":
@@ -733,6 +748,24 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
     finally:
         if collecting:
             gc.enable()
+
+
+def _quote_ending_at(text: str, line: int) -> tuple[int, int] | None:
+    """(line, column) where a quoted value that runs over several lines and ends on `line`
+    begins, or None: a quote left open on one line is closed by the next quote in the file,
+    and the syntax error comes there, far from the mistake."""
+    found = None
+    try:
+        for tok in yaml.scan(text, Loader=_BaseLoader):
+            start, end = tok.start_mark.line + 1, tok.end_mark.line + 1
+            if start > line:
+                break
+            if (type(tok) is yaml.ScalarToken and tok.style in ("'", '"') and start < end
+                    and end == line):
+                found = (start, tok.start_mark.column + 1)
+    except yaml.YAMLError:
+        pass
+    return found
 
 
 def _line_col(text: str | bytes, at: int) -> tuple[int, int]:

@@ -671,3 +671,22 @@ def test_a_merge_key_overridden_is_no_key_defined_twice() -> None:
     assert got["rule"].key_line("folder") == 4
     assert error(loads, "b: &b {k: 1}\nr: {<<: *b, k: 2, k: 3}\n") == (
         "ConfigError: f.yaml:2:19: key 'k' is defined twice (first on line 2); keep one definition")
+
+
+def test_a_quote_left_open_is_named_where_it_opens() -> None:
+    """An unclosed quote: the error came at the end of the file ("found unexpected end of
+    stream") or at the next quote, lines below; it now names the quote, or says where it
+    opened. A '---' second document is said to be one."""
+    text = "a:\n  x: 'open\n  y: b\n  z: c\n"
+    assert error(loads, text) == (
+        "ConfigError: f.yaml:2:6: this quote is never closed: the value runs to the end of the "
+        "file; close the quote on its line, or remove it")
+    text = 'a:\n  x: "open\n  y: b\n  z: "c"\n'
+    assert error(loads, text) == (
+        "ConfigError: f.yaml:4:7: YAML syntax: did not find expected key; the quote opened on "
+        "line 2, column 6 is closed only here: close it on its own line")
+    assert error(loads, "a: 1\n---\nb: 2\n") == (
+        "ConfigError: f.yaml:2:1: a second YAML document ('---') in a routing file; one file "
+        "holds one document: remove the '---' line, or move what follows it into a file of its own")
+    # a quoted value over several lines that is fine stays fine
+    assert loads('a: "one\n  two"\nb: c\n') == {"a": "one two", "b": "c"}
