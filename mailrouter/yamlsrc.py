@@ -775,6 +775,20 @@ def _line_col(text: str | bytes, at: int) -> tuple[int, int]:
     return text.count(nl, 0, at) + 1, at - start + 1      # type: ignore[arg-type]
 
 
+def _cyrillic_8bit(raw: bytes) -> str | None:
+    """'windows-1251' or 'KOI8-R' when the 8-bit bytes of `raw` read as Russian text in it
+    (Cyrillic letters are 0xC0-0xFF in both; lower case, most of any text, is 0xE0-0xFF in
+    windows-1251 and 0xC0-0xDF in KOI8-R), else None. Russian words are runs of such
+    bytes; the accented letters of Latin-1 or windows-1250 text mostly stand alone."""
+    high = sum(1 for b in raw if b >= 0x80)
+    words = b"".join(re.findall(rb"[\xa3\xa8\xb3\xb8\xc0-\xff]{3,}", raw))    # with ё, Ё
+    letters = [b for b in words if b >= 0xC0]
+    if len(words) < 0.7 * high or not letters:
+        return None
+    upper_half = sum(1 for b in letters if b >= 0xE0)
+    return "windows-1251" if upper_half * 2 >= len(letters) else "KOI8-R"
+
+
 def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = ()) -> Any:
     """Read and parse one YAML file (`bare`, `skip`: see `loads`)."""
     p = Path(path)
@@ -784,8 +798,12 @@ def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = (
         raise ConfigError("file not found", str(p), hint="check the path") from None
     except UnicodeDecodeError as exc:
         line, col = _line_col(exc.object, exc.start)
+        hint = "save the file as UTF-8"
+        legacy = _cyrillic_8bit(exc.object)
+        if legacy is not None:
+            hint += f"; it looks like {legacy}: iconv -f {legacy} -t UTF-8 {p.name} > {p.name}.new"
         raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
-                          str(p), line, col, "save the file as UTF-8") from None
+                          str(p), line, col, hint) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", str(p)) from None
     return loads(text, str(p), bare, skip)

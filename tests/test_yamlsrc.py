@@ -282,6 +282,21 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Any) -> None:
                                "byte); save the file as UTF-8")
 
 
+@pytest.mark.parametrize("encoding", ["windows-1251", "KOI8-R"])
+def test_a_file_in_a_russian_8bit_charset_gets_the_command_to_convert_it(
+        tmp_path: Any, encoding: str) -> None:
+    """The usual mistake of a Russian office: the file saved by an editor in windows-1251 or
+    KOI8-R. The hint names the charset and the iconv line (which charset it was, the admin
+    could not tell from "save the file as UTF-8")."""
+    p = tmp_path / "company.yaml"
+    p.write_bytes("people:\n  ivanov: {address: p.ivanov@example.com, name: Пётр Иванов}\n"
+                  .encode(encoding))
+    with pytest.raises(ConfigError) as info:
+        yamlsrc.load(p)
+    assert str(info.value).endswith(f"; save the file as UTF-8; it looks like {encoding}: "
+                                    f"iconv -f {encoding} -t UTF-8 company.yaml > company.yaml.new")
+
+
 def test_tabs_that_are_not_indentation_are_fine() -> None:
     """Tabs inside a line or a flow collection are valid YAML and load as before."""
     assert loads("a: b\t# c\nd: [1,\n\t2]\n") == {"a": "b", "d": [1, 2]}
