@@ -330,6 +330,10 @@ class _Parser:
                 return None
             return Leaf("business_hours", "in", (str(value),), (str(value),), _check_hours,
                         *where(at)[:2])
+        if key in ("continue", "then", "name"):
+            self.error(f"'{key}' is a key of the rule, not a condition", at, None,
+                       f"move it out of when:, beside it ('{key}:' at the indentation of 'when:')")
+            return None
         if key not in FIELDS:
             self.error(f"unknown condition '{key}'", at, None,
                        did_you_mean(key.lower(), FIELDS + COMBINATORS, FIELD_SYNONYMS))

@@ -144,7 +144,12 @@ class _Builder:
                      "write e.g. then: {mailbox: finance, folder: Finance}")
             return None
         for key in spec:
-            if key not in THEN_KEYS:
+            if key in ("continue", "when", "name"):
+                # `then: {..., continue: true}`: "known keys: mailbox, ..." did not say where
+                self.err(f"rule {name!r}: '{key}' is a key of the rule, not an action", key,
+                         spec, f"move it out of then:, beside it ('{key}:' at the indentation "
+                         "of 'then:')")
+            elif key not in THEN_KEYS:
                 self.err(f"rule {name!r}: unknown action '{key}'", key, spec,
                          _suggest(str(key), THEN_KEYS, THEN_SYNONYMS))
         for key, example in ONE_VALUE.items():
