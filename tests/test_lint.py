@@ -96,7 +96,11 @@ rules:
      "subject starts_with 'договор*': '*' is a word-form marker only in contains; here it is a "
      "literal star; use glob for a wildcard"),
     ("{subject: {contains: 'договор* на подпись'}}", None),
-    ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}", None),
+    # one recipient cannot be two: whether the second is written in an `all` or beside it
+    ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}",
+     "requires two different recipients at once and can never match"),
+    ("{rcpt: sales@example.com, all: [{rcpt: [support@example.com, sales@example.com]}]}", None),
+    ("{rcpt: sales@example.com, any: [{rcpt: support@example.com}, {subject: x}]}", None),
     ("{all: [{rcpt: sales@example.com}, {rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
 ])

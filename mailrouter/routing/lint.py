@@ -113,10 +113,21 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                        "subject, prefixes included, but other operators do not; check this is meant")
     for node in _all_nodes(rule.when):
         if isinstance(node, AllOf):
-            rcpts = [lf for lf in node.parts if isinstance(lf, Leaf) and lf.field == "rcpt"
+            # `{rcpt: a@, all: [{rcpt: b@}]}` is one conjunction too: the `all` flattened
+            rcpts = [lf for lf in _conjoined(node) if isinstance(lf, Leaf) and lf.field == "rcpt"
                      and lf.op == "equals"]
             if len(rcpts) > 1 and not set.intersection(*(set(lf.keys) for lf in rcpts)):
                 yield "requires two different recipients at once and can never match"
+                break
+
+
+def _conjoined(node: AllOf) -> Iterator[Node]:
+    """The parts of an `all`, those of an `all` inside it in its place."""
+    for part in node.parts:
+        if isinstance(part, AllOf):
+            yield from _conjoined(part)
+        else:
+            yield part
 
 
 _STARRED = re.compile(r"\w+\*")
