@@ -140,3 +140,17 @@ def test_one_domain_written_without_brackets_is_one_error(tmp_path: Path) -> Non
     assert [str(e) for e in info.value.errors] == [
         f"{routing}:1:10: 'domains' must be a list; write each entry on its own '- ' line "
         "under 'domains:', or 'domains: [example.com]'"]
+
+
+def test_a_routing_file_of_only_comments_is_not_called_empty(tmp_path: Path) -> None:
+    """A file whose every line is commented out was refused as "the routing file is empty",
+    which the admin looking at its 40 lines could not square; it says what it holds."""
+    book = tmp_path / "a.yaml"
+    book.write_text("domains: [example.com]\nmailboxes: {s: {maildir: s}}\n", encoding="utf-8")
+    off = tmp_path / "b.yaml"
+    off.write_text("# rules:\n#   - name: x\n\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(tmp_path / "*.yaml"),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{off}:1:1: the routing file holds only comments, no section; write its sections "
+        "(rules:, aliases: ...), or move it out of what 'routing:' matches"]

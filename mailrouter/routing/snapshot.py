@@ -142,8 +142,13 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
         if doc is None:
             # A file emptied by mistake, or caught by the watcher mid-save (truncated, not
             # yet written): it loaded as "no rules", and mail went by the book's defaults
-            errors.append(ConfigError("the routing file is empty", path, 1, 1,
-                                      "write its sections (rules:, aliases: ...), or move it "
+            try:
+                blank = not Path(path).read_bytes().strip()
+            except OSError:
+                blank = True
+            errors.append(ConfigError("the routing file is empty" if blank else
+                                      "the routing file holds only comments, no section", path, 1,
+                                      1, "write its sections (rules:, aliases: ...), or move it "
                                       "out of what 'routing:' matches"))
             continue
         if not isinstance(doc, dict):
