@@ -297,6 +297,18 @@ def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     assert [e.message + "; " + e.hint for e in info.value.errors] == [f"rule 'r': {hint}"]
 
 
+def test_an_empty_when_is_refused_not_taken_for_every_message() -> None:
+    """`when:` with nothing under it (its conditions not yet written) loaded as a rule for
+    every message: saved, it went live and the rules after it never fired again."""
+    path = routing_file("rules:\n  - name: r\n    when:\n    then: {folder: X}\n"
+                        "  - name: all\n    then: {folder: Y}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:3:5: rule 'r': 'when' is empty; write its conditions under it, or remove the "
+        "'when:' line for a rule that matches every message"]
+
+
 def test_continue_inside_then_says_where_it_goes() -> None:
     """`then: {folder: X, continue: true}` was "unknown action 'continue'; known keys:
     mailbox, folder, ..." as if continue did not exist."""

@@ -126,6 +126,12 @@ class _Builder:
                          _suggest(str(key), RULE_KEYS, RULE_SYNONYMS))
         if "name" not in spec:
             self.err(f"rule {name!r} has no name", spec, parent, "add 'name:' so explanations can cite it")
+        if "when" in spec and spec["when"] is None:
+            # `when:` left with nothing under it (an edit half done) matched every message,
+            # went live at the next save, and took all mail from the rules after it
+            self.err(f"rule {name!r}: 'when' is empty", next(k for k in spec if k == "when"), spec,
+                     "write its conditions under it, or remove the 'when:' line for a rule "
+                     "that matches every message")
         when = None
         if self.whens is not None:
             when = self.whens[pos]
