@@ -154,3 +154,17 @@ def test_a_routing_file_of_only_comments_is_not_called_empty(tmp_path: Path) -> 
     assert [str(e) for e in info.value.errors] == [
         f"{off}:1:1: the routing file holds only comments, no section; write its sections "
         "(rules:, aliases: ...), or move it out of what 'routing:' matches"]
+
+
+def test_a_routing_file_that_is_a_dangling_symlink_says_so(tmp_path: Path) -> None:
+    """rules/aliases.yaml -> /srv/shared/aliases.yaml after the share moved: "cannot read:
+    No such file or directory" of a file the admin sees in `ls`; it names the link's target."""
+    book = tmp_path / "a.yaml"
+    book.write_text("domains: [example.com]\nmailboxes: {s: {maildir: s}}\n", encoding="utf-8")
+    link = tmp_path / "b.yaml"
+    link.symlink_to(tmp_path / "gone" / "aliases.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(tmp_path / "*.yaml"),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{link}: a symlink to {tmp_path / 'gone' / 'aliases.yaml'}, which does not exist; "
+        "point it at the file, or remove it"]

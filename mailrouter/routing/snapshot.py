@@ -413,6 +413,12 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
             docs.append((f, yamlsrc.load(f, bare, skip)))
         except ConfigError as exc:
             errors.append(exc)
+        except FileNotFoundError:
+            target = Path(f).readlink() if Path(f).is_symlink() else None
+            errors.append(ConfigError(
+                "file not found" if target is None else
+                f"a symlink to {target}, which does not exist", f,
+                hint="check the path" if target is None else "point it at the file, or remove it"))
         except IsADirectoryError:
             errors.append(ConfigError("a directory, not a routing file", f,
                                       hint=f"name its files with a glob: {f.rstrip('/')}/*.yaml"))
