@@ -165,6 +165,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .calendars import zone_warnings
     warnings += zone_warnings(snap.rules.calendars)
     warnings += [f"{line}; fine if the daemon runs as a user who can" for line in denied]
+    import glob
+    # a glob of `routing:` that matches nothing is skipped (an empty drop-in folder may be
+    # meant), so a typo in it dropped a file of rules or aliases without a word
+    warnings += [f"routing: {_shown(p)!r} matches no file; its rules and addresses, if any, "
+                 "are not loaded" for p in cfg.routing if glob.has_magic(p) and not glob.glob(p)]
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes

@@ -112,6 +112,7 @@ class App:
         self.outbox: OutboxWorker | None = None
         self._stop = asyncio.Event()
         self._mtimes = self._routing_mtimes()
+        self._settling: dict[str, tuple[int, int]] | None = None   # changed, not yet loaded
         self.bound: dict[str, tuple[str, int]] = {}
         self.listeners: dict[str, asyncio.Server] = {}    # smtp, lmtp: for /readyz
         self.readiness = Readiness(self)
@@ -302,13 +303,14 @@ class App:
         log.info("event=stopped")
 
     # -- reload ------------------------------------------------------------------------
-    def _routing_mtimes(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def _routing_mtimes(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
         for f in _files(self.config.routing):
             try:
-                out[f] = os.stat(f).st_mtime_ns
+                st = os.stat(f)
+                out[f] = (st.st_mtime_ns, st.st_size)
             except OSError:
-                out[f] = -1
+                out[f] = (-1, -1)
         return out
 
     def request_reload(self) -> asyncio.Future[tuple[bool, str]]:
@@ -399,10 +401,24 @@ class App:
     async def watch(self, interval: float = 1.0) -> None:
         while not self.draining:
             await asyncio.sleep(interval)
-            mtimes = await asyncio.to_thread(self._routing_mtimes)
-            if mtimes != self._mtimes:
-                self._mtimes = mtimes
-                await self.reload()
+            await self.look_at_routing_files()
+
+    async def look_at_routing_files(self) -> bool:
+        """One look of the watcher: reload (True) when the routing files changed and have
+        not changed since the last look. A file seen changing may be mid-save (an editor or
+        `cp` writing it in place): cut at a line, it was valid YAML with half the aliases,
+        loaded, and their mail refused 550 until the next look."""
+        mtimes = await asyncio.to_thread(self._routing_mtimes)
+        if mtimes == self._mtimes:
+            self._settling = None
+            return False
+        if mtimes != self._settling:
+            self._settling = mtimes
+            return False
+        self._settling = None
+        self._mtimes = mtimes
+        await self.reload()
+        return True
 
 
 async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.socket] | None = None,
@@ -595,6 +611,10 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
         for sig, handler in before.items():
             signal.signal(sig, handler)
         return _start_failed(str(exc))
+    # This process only supervises: its live gauges (created at import, the reload time 0)
+    # are no worker's, and counted in livemin they pinned the reload time at 0 (1970).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):     # set by `mailrouter run` (cli.py)
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
     return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,

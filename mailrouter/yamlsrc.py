@@ -8,7 +8,8 @@ remember where they came from: `LocStr`, `LocMap` and `LocList` carry `.path`,
 Refused: a tab in the indentation (YAML indents with spaces only; the error says so
 rather than PyYAML's "found character that cannot start any token"), duplicate keys
 in one mapping (PyYAML silently keeps the last one, which hides a typo'd second
-definition of an alias), YAML tags that construct objects, and alias bombs: a
+definition of an alias; a key that overrides one merged in by `<<: *base` is none, that
+is what merge keys are for), YAML tags that construct objects, and alias bombs: a
 document whose aliases (`*name`, and `<<: *name` merges) would repeat more than
 `ALIAS_BUDGET` values in all. An alias is the anchored object itself, not a copy,
 so loading stays small; but whoever walks the result (the address book flattening
@@ -398,17 +399,26 @@ def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> LocStr:
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LocMap:
     result: LocMap = _mark(LocMap(), node, loader.source)
     result.key_marks = {}
+    own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
+    # flatten_mapping puts the merged pairs first, in the order that lets a later one win
+    # (the mapping's own keys override merged ones, an earlier merged mapping a later one):
+    # what `<<:` is for. Only a key written twice in the mapping itself is refused.
+    merged, from_merge = len(node.value) - own, set()
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise ConfigError("a mapping key must be a plain value", loader.source,
                               key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-        if key in result:
+        if key in result and key not in from_merge:
             first = result.key_line(key)
             raise ConfigError(f"key {key!r} is defined twice (first on line {first})", loader.source,
                               key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                               "keep one definition")
+        if i < merged:
+            from_merge.add(key)
+        else:
+            from_merge.discard(key)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_marks[key] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
     return result
@@ -708,8 +718,23 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
         if tab:
             raise ConfigError("a tab in the indentation", source, line, tab,
                               "YAML indents with spaces only — replace the tab with spaces") from None
+        if exc.context == "while scanning a quoted scalar" and exc.context_mark is not None:
+            # "found unexpected end of stream" named the last line of the file
+            m = exc.context_mark
+            raise ConfigError("this quote is never closed: the value runs to the end of the file",
+                              source, m.line + 1, m.column + 1,
+                              "close the quote on its line, or remove it") from None
+        if exc.problem == "but found another document":
+            raise ConfigError("a second YAML document ('---') in a routing file", source, line,
+                              col, "one file holds one document: remove the '---' line, or "
+                              "move what follows it into a file of its own") from None
+        hint = "check indentation and quoting on that line"
+        opened = _quote_ending_at(text, line)
+        if opened is not None:
+            hint = (f"the quote opened on line {opened[0]}, column {opened[1]} is closed only "
+                    "here: close it on its own line")
         raise ConfigError(f"YAML syntax: {exc.problem or exc.context}", source, line, col,
-                          "check indentation and quoting on that line") from None
+                          hint) from None
     except yaml.reader.ReaderError as exc:     # a character YAML refuses: no mark, a position
         at = exc.position          # libyaml counts UTF-8 bytes, PyYAML's own reader characters
         if exc.encoding != "unicode":
@@ -725,11 +750,43 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
             gc.enable()
 
 
+def _quote_ending_at(text: str, line: int) -> tuple[int, int] | None:
+    """(line, column) where a quoted value that runs over several lines and ends on `line`
+    begins, or None: a quote left open on one line is closed by the next quote in the file,
+    and the syntax error comes there, far from the mistake."""
+    found = None
+    try:
+        for tok in yaml.scan(text, Loader=_BaseLoader):
+            start, end = tok.start_mark.line + 1, tok.end_mark.line + 1
+            if start > line:
+                break
+            if (type(tok) is yaml.ScalarToken and tok.style in ("'", '"') and start < end
+                    and end == line):
+                found = (start, tok.start_mark.column + 1)
+    except yaml.YAMLError:
+        pass
+    return found
+
+
 def _line_col(text: str | bytes, at: int) -> tuple[int, int]:
     """1-based line and column of offset `at` in `text`."""
     nl = "\n" if isinstance(text, str) else b"\n"
     start = text.rfind(nl, 0, at) + 1      # type: ignore[arg-type]
     return text.count(nl, 0, at) + 1, at - start + 1      # type: ignore[arg-type]
+
+
+def _cyrillic_8bit(raw: bytes) -> str | None:
+    """'windows-1251' or 'KOI8-R' when the 8-bit bytes of `raw` read as Russian text in it
+    (Cyrillic letters are 0xC0-0xFF in both; lower case, most of any text, is 0xE0-0xFF in
+    windows-1251 and 0xC0-0xDF in KOI8-R), else None. Russian words are runs of such
+    bytes; the accented letters of Latin-1 or windows-1250 text mostly stand alone."""
+    high = sum(1 for b in raw if b >= 0x80)
+    words = b"".join(re.findall(rb"[\xa3\xa8\xb3\xb8\xc0-\xff]{3,}", raw))    # with ё, Ё
+    letters = [b for b in words if b >= 0xC0]
+    if len(words) < 0.7 * high or not letters:
+        return None
+    upper_half = sum(1 for b in letters if b >= 0xE0)
+    return "windows-1251" if upper_half * 2 >= len(letters) else "KOI8-R"
 
 
 def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = ()) -> Any:
@@ -741,8 +798,12 @@ def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = (
         raise ConfigError("file not found", str(p), hint="check the path") from None
     except UnicodeDecodeError as exc:
         line, col = _line_col(exc.object, exc.start)
+        hint = "save the file as UTF-8"
+        legacy = _cyrillic_8bit(exc.object)
+        if legacy is not None:
+            hint += f"; it looks like {legacy}: iconv -f {legacy} -t UTF-8 {p.name} > {p.name}.new"
         raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
-                          str(p), line, col, "save the file as UTF-8") from None
+                          str(p), line, col, hint) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", str(p)) from None
     return loads(text, str(p), bare, skip)

@@ -373,6 +373,19 @@ def test_check_names_the_files_it_validated(tmp_path):
     assert "embedded default" not in out.stderr
 
 
+def test_check_warns_about_a_routing_glob_that_matches_nothing(tmp_path):
+    """`routing: [rules/*.yaml, extra/*.yaml]` with nothing in extra/ (a typo, a folder not
+    copied): the glob was skipped without a word; check warns, naming it."""
+    cfg = write_config(tmp_path / "config.yaml", 1, 2, 3)
+    text = cfg.read_text(encoding="utf-8")
+    line = next(l for l in text.splitlines() if l.startswith("routing: "))
+    cfg.write_text(text.replace(line, line[:-1] + ", 'extra/*.yaml']"), encoding="utf-8")
+    out = mr("check", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert ("warning: routing: 'extra/*.yaml' matches no file; its rules and addresses, if any, "
+            "are not loaded") in out.stdout.splitlines(), out.stdout
+
+
 def test_config_comes_from_the_environment_unless_c_is_given(tmp_path):
     """$MAILROUTER_CONFIG names the config when there is no -c; -c wins over it; a file it
     names that does not exist is an error naming that file, not a silent default."""
@@ -457,3 +470,10 @@ def test_routing_option_tries_an_edited_copy_against_the_live_config(tmp_path):
     missing = mr("check", "-c", str(cfg), "--routing", "nothing/*.yaml", cwd=tmp_path)
     assert missing.returncode == 1
     assert "--routing 'nothing/*.yaml' matches no file" in missing.stderr
+
+    # the folder instead of its files: said so, with the glob to write ("cannot read: Is a
+    # directory" was all)
+    folder = mr("check", "-c", str(cfg), "--routing", "rules.new", cwd=tmp_path)
+    assert folder.returncode == 1 and "Traceback" not in folder.stderr
+    assert (f"{copy}: a directory, not a routing file; name its files with a glob: "
+            f"{copy}/*.yaml") in folder.stderr, folder.stderr

@@ -125,3 +125,46 @@ def test_control_names_the_book_defines_pass(tmp_path: Path,
                    "control: {replies: Replies@example.com, head: smirnov}\n", encoding="utf-8")
     assert main(["check", "-c", str(cfg)]) == 0
     assert capsys.readouterr().out.startswith("ok: 1 routing file(s)")
+
+
+def test_one_domain_written_without_brackets_is_one_error(tmp_path: Path) -> None:
+    """`domains: example.com` (no list): refused, and that is all; every address on it was
+    also "not on one of our domains; add example.com under domains:" (17 lines for the
+    example book), hiding the one mistake under advice to do what the file already did."""
+    routing = tmp_path / "r.yaml"
+    routing.write_text("domains: example.com\nmailboxes: {s: {maildir: s}}\n"
+                       "aliases:\n  a@example.com: mailbox:s\n  b@example.com: a@example.com\n",
+                       encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(routing),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{routing}:1:10: 'domains' must be a list; write each entry on its own '- ' line "
+        "under 'domains:', or 'domains: [example.com]'"]
+
+
+def test_a_routing_file_of_only_comments_is_not_called_empty(tmp_path: Path) -> None:
+    """A file whose every line is commented out was refused as "the routing file is empty",
+    which the admin looking at its 40 lines could not square; it says what it holds."""
+    book = tmp_path / "a.yaml"
+    book.write_text("domains: [example.com]\nmailboxes: {s: {maildir: s}}\n", encoding="utf-8")
+    off = tmp_path / "b.yaml"
+    off.write_text("# rules:\n#   - name: x\n\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(tmp_path / "*.yaml"),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{off}:1:1: the routing file holds only comments, no section; write its sections "
+        "(rules:, aliases: ...), or move it out of what 'routing:' matches"]
+
+
+def test_a_routing_file_that_is_a_dangling_symlink_says_so(tmp_path: Path) -> None:
+    """rules/aliases.yaml -> /srv/shared/aliases.yaml after the share moved: "cannot read:
+    No such file or directory" of a file the admin sees in `ls`; it names the link's target."""
+    book = tmp_path / "a.yaml"
+    book.write_text("domains: [example.com]\nmailboxes: {s: {maildir: s}}\n", encoding="utf-8")
+    link = tmp_path / "b.yaml"
+    link.symlink_to(tmp_path / "gone" / "aliases.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load_snapshot((str(tmp_path / "*.yaml"),), Limits(), "mx.test")
+    assert [str(e) for e in info.value.errors] == [
+        f"{link}: a symlink to {tmp_path / 'gone' / 'aliases.yaml'}, which does not exist; "
+        "point it at the file, or remove it"]

@@ -45,6 +45,20 @@ rules:
     assert warnings[0].startswith(f"{path}:3: rule 'narrow': never matches: rule 'broad' ({path}:2)")
 
 
+def test_a_rule_on_a_domain_shadows_a_later_rule_on_an_address_in_it() -> None:
+    """Mail to team@example.com is mail to example.com: a rule on the recipient after one on
+    its domain never fired, and check said nothing."""
+    path, warnings = lint("""\
+rules:
+  - {name: domain, when: {rcpt_domain: EXAMPLE.com}, then: {folder: X}}
+  - {name: team, when: {rcpt: team@example.com}, then: {folder: Y}}
+  - {name: two, when: {rcpt: [sales@example.com, a@other.example]}, then: {folder: Z}}
+""")
+    assert warnings == [
+        f"{path}:3: rule 'team': never matches: rule 'domain' ({path}:2) matches every message it "
+        "matches and stops; move it above or add 'continue: true' to the earlier rule"]
+
+
 def test_any_branch_shadowing() -> None:
     """A later rule implied by one branch of an earlier `any` is shadowed."""
     path, warnings = lint("""\
@@ -82,7 +96,11 @@ rules:
      "subject starts_with 'договор*': '*' is a word-form marker only in contains; here it is a "
      "literal star; use glob for a wildcard"),
     ("{subject: {contains: 'договор* на подпись'}}", None),
-    ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}", None),
+    # one recipient cannot be two: whether the second is written in an `all` or beside it
+    ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}",
+     "requires two different recipients at once and can never match"),
+    ("{rcpt: sales@example.com, all: [{rcpt: [support@example.com, sales@example.com]}]}", None),
+    ("{rcpt: sales@example.com, any: [{rcpt: support@example.com}, {subject: x}]}", None),
     ("{all: [{rcpt: sales@example.com}, {rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
 ])

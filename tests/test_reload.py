@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -258,3 +259,53 @@ async def test_a_routing_file_emptied_is_refused_and_the_rules_keep_routing(make
     await asyncio.to_thread(_send, app.bound["smtp"][1], 1)
     assert _routed_to(tmp_path, "finance", "A") == 1
     assert maildir_files(tmp_path / "var" / "mail" / "sales") == []
+
+
+async def test_the_address_book_file_removed_is_refused_and_mail_keeps_flowing(make_app, tmp_path):
+    """company.yaml moved away (or left out of the glob) while the rules name no mailbox: the
+    reload took an empty address book and every recipient got 550 5.1.1 (mail bounced). It
+    is refused, saying what is missing; mail is still delivered by the old book."""
+    d = routing_dir(tmp_path)
+    (d / "ping.yaml").write_text("rules:\n  - name: ping\n    when: {subject: {contains: ping}}\n"
+                                 "    then: {folder: A, tags: [ping]}\n", encoding="utf-8")
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    await asyncio.to_thread(_send, app.bound["smtp"][1], 1)
+    assert _routed_to(tmp_path, "sales", "A") == 1
+    (d / "company.yaml").rename(tmp_path / "company.yaml")
+    ok, detail = await app.reload()
+    assert not ok
+    assert "the routing files define no mailbox and no person" in detail
+    assert "missing from the files read" in detail and "ping.yaml" in detail
+    await asyncio.to_thread(_send, app.bound["smtp"][1], 2)
+    assert _routed_to(tmp_path, "sales", "A") == 2
+
+
+def _send_to(port: int, rcpt: str, i: int) -> None:
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        s.sendmail("c@outside.test", [rcpt], mail(i)[:-3])
+
+
+async def test_the_watcher_loads_a_file_only_once_it_has_stopped_changing(make_app, tmp_path):
+    """company.yaml caught by the watcher mid-save, cut after its first alias: valid YAML
+    without support@, which was loaded and refused 550 (mail bounced) until the next look.
+    A change is loaded once a look finds the files as the one before did."""
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    port = app.bound["smtp"][1]
+    company = d / "company.yaml"
+    whole = company.read_text(encoding="utf-8").replace(
+        "aliases:\n", "aliases:\n  new@example.com: mailbox:support\n", 1)
+    half = whole[:whole.index("  support@example.com:")]
+    company.write_text(half, encoding="utf-8")
+    assert await app.look_at_routing_files() is False     # seen changing: not loaded
+    await asyncio.to_thread(_send_to, port, "support@example.com", 1)    # the old book
+    company.write_text(whole, encoding="utf-8")           # the save completes
+    st = company.stat()
+    os.utime(company, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))   # a later save
+    assert await app.look_at_routing_files() is False     # changed again since the last look
+    assert await app.look_at_routing_files() is True      # unchanged since: loaded
+    assert await app.look_at_routing_files() is False     # and only once
+    await asyncio.to_thread(_send_to, port, "new@example.com", 2)
+    await asyncio.to_thread(_send_to, port, "support@example.com", 3)
+    assert _routed_to(tmp_path, "finance", "A") == 3     # by the ping rule, all three

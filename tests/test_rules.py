@@ -278,6 +278,15 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
      "':' or spaces, e.g. header: {Subject: ...}"),
     ("{header: {List Id: {exists: true}}}", "'List Id' is not a header name; write the name "
      "without ':' or spaces, e.g. header: {List-Id: ...}"),
+    # a value of the wrong kind: said so, not "unknown calendar True; known keys: ..." or
+    # "a condition must be a non-empty mapping"
+    ("{business_hours: true}", "'business_hours' takes the name of a calendar, not True; "
+     "write e.g. business_hours: msk (known calendars: none defined under 'calendars:')"),
+    # a key of the rule indented one level too deep
+    ("{subject: x, continue: true}", "'continue' is a key of the rule, not a condition; move "
+     "it out of when:, beside it ('continue:' at the indentation of 'when:')"),
+    ("{not: [{subject: x}, {subject: y}]}", "'not' takes one condition, not a list; write "
+     "not: {any: [...]} for none of several, not: {all: [...]} for not all of them"),
 ])
 def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     """An unknown field or operator gets the suggestion an admin coming from Sieve or
@@ -286,6 +295,30 @@ def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     with pytest.raises(ConfigErrors) as info:
         load(path)
     assert [e.message + "; " + e.hint for e in info.value.errors] == [f"rule 'r': {hint}"]
+
+
+def test_an_empty_when_is_refused_not_taken_for_every_message() -> None:
+    """`when:` with nothing under it (its conditions not yet written) loaded as a rule for
+    every message: saved, it went live and the rules after it never fired again."""
+    path = routing_file("rules:\n  - name: r\n    when:\n    then: {folder: X}\n"
+                        "  - name: all\n    then: {folder: Y}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:3:5: rule 'r': 'when' is empty; write its conditions under it, or remove the "
+        "'when:' line for a rule that matches every message"]
+
+
+def test_continue_inside_then_says_where_it_goes() -> None:
+    """`then: {folder: X, continue: true}` was "unknown action 'continue'; known keys:
+    mailbox, folder, ..." as if continue did not exist."""
+    path = routing_file("rules:\n  - name: r\n    when: {subject: x}\n"
+                        "    then: {folder: X, continue: true}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:4:23: rule 'r': 'continue' is a key of the rule, not an action; move it out "
+        "of then:, beside it ('continue:' at the indentation of 'then:')"]
 
 
 def test_unknown_rule_and_action_keys_suggest_what_was_meant() -> None:

@@ -157,6 +157,11 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
     message: samples/gone.eml
     rcpt: sales@example.com
     expect: {folder: X}
+  - name: no such time
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    at: next monday
+    expect: {folder: X}
 """, encoding="utf-8")
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "kept.eml").write_bytes(b"Subject: x\r\n\r\nbody\r\n")
@@ -167,6 +172,8 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
         f"{path}:12: test no rcpt: needs 'rcpt:'",
         f"{path}:19: test sample gone: cannot read message "
         f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory",
+        f"{path}:23: test no such time: cannot read time 'next monday'; "
+        "write e.g. 2027-01-11T10:00:00+03:00",
     ]
 
 

@@ -44,8 +44,11 @@ def _wait_log(proc, text: str, count: int, timeout: float = 20) -> int:
 def test_two_workers_deliver_everything_once_and_add_up_metrics(daemon_process, tmp_path):
     """300 messages over 10 connections to 2 workers: all 250, each stored and recorded once,
     /metrics (served by worker 0) counts all 300, SIGTERM exits 0."""
+    before = time.time()
     proc = daemon_process(extra="workers: 2\n")
     assert _wait_log(proc, "event=started", 2) == 2
+    # the rule set's load time is the workers', not 0 from the supervisor's gauge (1970)
+    assert _metric(proc.admin, "mailrouter_config_last_reload_success_timestamp_seconds") >= before
     with ThreadPoolExecutor(10) as pool:
         codes = list(pool.map(lambda i: _send(proc.smtp, i), range(300)))
     assert codes == [250] * 300

@@ -111,6 +111,9 @@ SNIPPETS = [
     "base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  z: 3\n",
     "a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 3}\n",
     "c: {<<: {x: 1}, z: 3}\n",
+    # a key of the mapping overrides a merged one, an earlier merged mapping a later one
+    "x: &a {k: 1, j: 1}\ny: {<<: *a, k: 2}\n",
+    "x: &a {k: 1}\ny: &b {k: 2, j: 2}\nz: {<<: [*a, *b], j: 3}\n",
     "=: 1\n",
     "a: !!str 12\nb: !!int '12'\nc: !!float '1'\nd: !!binary aGVsbG8=\ne: ! 12\n",
     "s: !!set {a, b}\n",
@@ -197,7 +200,7 @@ BROKEN = [
     "a: 2023-02-30\n",
     "a: 0b_\n",
     "a: \x01\n",
-    "x: &a {k: 1}\ny: {<<: *a, k: 2}\n",
+    "x: &a {k: 1}\ny: {<<: *a, k: 2, k: 3}\n",
     "y: {<<: 3}\n",
     # an error while building, then a syntax error later: the syntax error is reported
     "a: {b: 1, b: 2}\nc: [\n",
@@ -277,6 +280,21 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Any) -> None:
         yamlsrc.load(p)
     assert str(info.value) == (f"{p}:3:6: not UTF-8 text (byte 0xe9: invalid continuation "
                                "byte); save the file as UTF-8")
+
+
+@pytest.mark.parametrize("encoding", ["windows-1251", "KOI8-R"])
+def test_a_file_in_a_russian_8bit_charset_gets_the_command_to_convert_it(
+        tmp_path: Any, encoding: str) -> None:
+    """The usual mistake of a Russian office: the file saved by an editor in windows-1251 or
+    KOI8-R. The hint names the charset and the iconv line (which charset it was, the admin
+    could not tell from "save the file as UTF-8")."""
+    p = tmp_path / "company.yaml"
+    p.write_bytes("people:\n  ivanov: {address: p.ivanov@example.com, name: Пётр Иванов}\n"
+                  .encode(encoding))
+    with pytest.raises(ConfigError) as info:
+        yamlsrc.load(p)
+    assert str(info.value).endswith(f"; save the file as UTF-8; it looks like {encoding}: "
+                                    f"iconv -f {encoding} -t UTF-8 company.yaml > company.yaml.new")
 
 
 def test_tabs_that_are_not_indentation_are_fine() -> None:
@@ -658,3 +676,32 @@ def test_a_date_the_calendar_lacks_is_named_with_its_line(text: str, line: int, 
     assert error(nodes, text).startswith(head)
     assert error(lambda t, s: loads(t, s, bare=("holidays", "tests", "a")), text).startswith(
         "ConfigError: f.yaml:")
+
+
+def test_a_merge_key_overridden_is_no_key_defined_twice() -> None:
+    """`<<: *base` and then a key of its own is what merge keys are for (YAML's merge type:
+    the mapping's own keys override): it was refused as "key 'k' is defined twice"."""
+    got = loads("base: &b {folder: A, tags: [x]}\nrule:\n  <<: *b\n  folder: B\n", "f.yaml")
+    assert got["rule"] == {"folder": "B", "tags": ["x"]}
+    assert got["rule"].key_line("folder") == 4
+    assert error(loads, "b: &b {k: 1}\nr: {<<: *b, k: 2, k: 3}\n") == (
+        "ConfigError: f.yaml:2:19: key 'k' is defined twice (first on line 2); keep one definition")
+
+
+def test_a_quote_left_open_is_named_where_it_opens() -> None:
+    """An unclosed quote: the error came at the end of the file ("found unexpected end of
+    stream") or at the next quote, lines below; it now names the quote, or says where it
+    opened. A '---' second document is said to be one."""
+    text = "a:\n  x: 'open\n  y: b\n  z: c\n"
+    assert error(loads, text) == (
+        "ConfigError: f.yaml:2:6: this quote is never closed: the value runs to the end of the "
+        "file; close the quote on its line, or remove it")
+    text = 'a:\n  x: "open\n  y: b\n  z: "c"\n'
+    assert error(loads, text) == (
+        "ConfigError: f.yaml:4:7: YAML syntax: did not find expected key; the quote opened on "
+        "line 2, column 6 is closed only here: close it on its own line")
+    assert error(loads, "a: 1\n---\nb: 2\n") == (
+        "ConfigError: f.yaml:2:1: a second YAML document ('---') in a routing file; one file "
+        "holds one document: remove the '---' line, or move what follows it into a file of its own")
+    # a quoted value over several lines that is fine stays fine
+    assert loads('a: "one\n  two"\nb: c\n') == {"a": "one two", "b": "c"}

@@ -206,7 +206,12 @@ def _parse_people(c: Collector, section: Any, p: Parts) -> None:
     deputies: dict[str, Any] = {}
     for key, value, _box in entries(section):
         deputy = value.get("deputy") if isinstance(value, Mapping) else None
-        if deputy is not None and str(deputy) not in p.people:
+        if isinstance(deputy, (list, Mapping)):
+            # "names unknown deputy \"['ivanov']\"; did you mean 'ivanov'?" before
+            c.add(f"person {str(key)!r}: 'deputy' takes one person, not a "
+                  f"{'list' if isinstance(deputy, list) else 'mapping'}", deputy,
+                  "write e.g. deputy: petrova (one person key from people:)", value)
+        elif deputy is not None and str(deputy) not in p.people:
             c.add(f"person {str(key)!r} names unknown deputy {str(deputy)!r}", deputy,
                   did_you_mean(str(deputy), p.people, "people"), value)
         elif deputy is not None:

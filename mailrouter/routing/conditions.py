@@ -301,6 +301,11 @@ class _Parser:
             good = tuple(p for p in parts if p is not None)
             return AnyOf(good) if key == "any" else AllOf(good)
         if key == "not":
+            if isinstance(value, list):
+                self.error("'not' takes one condition, not a list", value, at,
+                           "write not: {any: [...]} for none of several, "
+                           "not: {all: [...]} for not all of them")
+                return None
             part = self.condition(value, at)
             return Not(part, _describe(value)) if part is not None else None
         if key == "header":
@@ -311,13 +316,24 @@ class _Parser:
                 return None
             return Leaf("robot", "is", (value,), (value,), _check_robot, *where(at)[:2])
         if key == "business_hours":
-            if str(value) not in self.calendars:
+            if not isinstance(value, str):
+                # `business_hours: true` read "unknown calendar True; known keys: msk"
+                known = ", ".join(self.calendars) or "none defined under 'calendars:'"
+                self.error(f"'business_hours' takes the name of a calendar, not {value!r}",
+                           value, at, f"write e.g. business_hours: msk (known calendars: {known})")
+                return None
+            if value not in self.calendars:
                 self.error(f"unknown calendar {value!r}", value, at,
-                           did_you_mean(str(value), list(self.calendars)) if self.calendars
+                           did_you_mean(value, list(self.calendars)).replace(
+                               "known keys", "known calendars") if self.calendars
                            else "define it under 'calendars:'")
                 return None
             return Leaf("business_hours", "in", (str(value),), (str(value),), _check_hours,
                         *where(at)[:2])
+        if key in ("continue", "then", "name"):
+            self.error(f"'{key}' is a key of the rule, not a condition", at, None,
+                       f"move it out of when:, beside it ('{key}:' at the indentation of 'when:')")
+            return None
         if key not in FIELDS:
             self.error(f"unknown condition '{key}'", at, None,
                        did_you_mean(key.lower(), FIELDS + COMBINATORS, FIELD_SYNONYMS))

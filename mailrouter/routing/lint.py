@@ -2,7 +2,8 @@
 
 - shadowed: an earlier rule without `continue` matches every message a later
   rule matches (no `when`, or its conditions are a subset of the later rule's,
-  with needle lists that cover the later one's), so the later rule never fires;
+  with needle lists that cover the later one's; `rcpt: a@example.com` is within
+  `rcpt_domain: example.com`), so the later rule never fires;
 - unmatchable: a `contains` needle with no letters or digits (contains matches
   whole words), a subject `equals`/`starts_with`/`contains` needle that begins
   with a reply prefix (subjects are matched without Re:, Fwd:, AW:, Отв: ...), a regex on the subject that
@@ -46,6 +47,10 @@ def _conjuncts(node: Node | None) -> tuple[Node, ...]:
 def _implies(b: Node, a: Node) -> bool:
     """True when b holding guarantees a holds (syntactically; never a false positive)."""
     if isinstance(a, Leaf) and isinstance(b, Leaf):
+        if (a.field, a.op, b.field, b.op) == ("rcpt_domain", "equals", "rcpt", "equals"):
+            # mail to team@example.com is mail to the domain example.com
+            domains = {str(k) for k in a.keys}
+            return all(str(k).rpartition("@")[2] in domains for k in b.keys)
         if (a.field, a.op) != (b.field, b.op):
             return False
         if a.op in _SET_OPS:
@@ -108,10 +113,21 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                        "subject, prefixes included, but other operators do not; check this is meant")
     for node in _all_nodes(rule.when):
         if isinstance(node, AllOf):
-            rcpts = [lf for lf in node.parts if isinstance(lf, Leaf) and lf.field == "rcpt"
+            # `{rcpt: a@, all: [{rcpt: b@}]}` is one conjunction too: the `all` flattened
+            rcpts = [lf for lf in _conjoined(node) if isinstance(lf, Leaf) and lf.field == "rcpt"
                      and lf.op == "equals"]
             if len(rcpts) > 1 and not set.intersection(*(set(lf.keys) for lf in rcpts)):
                 yield "requires two different recipients at once and can never match"
+                break
+
+
+def _conjoined(node: AllOf) -> Iterator[Node]:
+    """The parts of an `all`, those of an `all` inside it in its place."""
+    for part in node.parts:
+        if isinstance(part, AllOf):
+            yield from _conjoined(part)
+        else:
+            yield part
 
 
 _STARRED = re.compile(r"\w+\*")
@@ -182,6 +198,9 @@ def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
         if node.op in _SET_OPS:
             into.update((node.field, node.op, "n", str(n)) for n in node.needles)
             into.update((node.field, node.op, "k", str(k)) for k in node.keys)
+            if (node.field, node.op) == ("rcpt", "equals"):     # see _implies
+                into.update(("rcpt_domain", "equals", "k", str(k).rpartition("@")[2])
+                            for k in node.keys)
             if not node.needles or not node.keys:       # an empty set is within any set
                 into.add((node.field, node.op, "*"))
         else:

@@ -126,6 +126,12 @@ class _Builder:
                          _suggest(str(key), RULE_KEYS, RULE_SYNONYMS))
         if "name" not in spec:
             self.err(f"rule {name!r} has no name", spec, parent, "add 'name:' so explanations can cite it")
+        if "when" in spec and spec["when"] is None:
+            # `when:` left with nothing under it (an edit half done) matched every message,
+            # went live at the next save, and took all mail from the rules after it
+            self.err(f"rule {name!r}: 'when' is empty", next(k for k in spec if k == "when"), spec,
+                     "write its conditions under it, or remove the 'when:' line for a rule "
+                     "that matches every message")
         when = None
         if self.whens is not None:
             when = self.whens[pos]
@@ -144,7 +150,12 @@ class _Builder:
                      "write e.g. then: {mailbox: finance, folder: Finance}")
             return None
         for key in spec:
-            if key not in THEN_KEYS:
+            if key in ("continue", "when", "name"):
+                # `then: {..., continue: true}`: "known keys: mailbox, ..." did not say where
+                self.err(f"rule {name!r}: '{key}' is a key of the rule, not an action", key,
+                         spec, f"move it out of then:, beside it ('{key}:' at the indentation "
+                         "of 'then:')")
+            elif key not in THEN_KEYS:
                 self.err(f"rule {name!r}: unknown action '{key}'", key, spec,
                          _suggest(str(key), THEN_KEYS, THEN_SYNONYMS))
         for key, example in ONE_VALUE.items():

@@ -173,6 +173,7 @@ def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".") -> list[s
         head, base = _head(tests, i, case, base_dir)
         try:
             _validate(case)
+            _at(case.get("at"))      # `test` would fail it: `check` says so first
             if case.get("message") is not None:
                 _raw(case, base)     # a missing .eml: `check` says so, not only `test`
         except _CaseError as exc:

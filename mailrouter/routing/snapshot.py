@@ -142,8 +142,13 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
         if doc is None:
             # A file emptied by mistake, or caught by the watcher mid-save (truncated, not
             # yet written): it loaded as "no rules", and mail went by the book's defaults
-            errors.append(ConfigError("the routing file is empty", path, 1, 1,
-                                      "write its sections (rules:, aliases: ...), or move it "
+            try:
+                blank = not Path(path).read_bytes().strip()
+            except OSError:
+                blank = True
+            errors.append(ConfigError("the routing file is empty" if blank else
+                                      "the routing file holds only comments, no section", path, 1,
+                                      1, "write its sections (rules:, aliases: ...), or move it "
                                       "out of what 'routing:' matches"))
             continue
         if not isinstance(doc, dict):
@@ -162,7 +167,14 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
             if not isinstance(value, list):
                 _, line, col = yamlsrc.where(value, doc)
                 errors.append(ConfigError(f"'{key}' must be a list", path, line, col,
-                                          f"write each entry on its own '- ' line under '{key}:'"))
+                                          f"write each entry on its own '- ' line under '{key}:'"
+                                          + (f", or '{key}: [{value}]'" if key == "domains"
+                                             and isinstance(value, str) else "")))
+                if key == "domains" and isinstance(value, str):
+                    # meant as one domain: taken as such, or every address on it was
+                    # "not on one of our domains; add it under domains:" as well
+                    merged[key].append(value)
+                    merged[key].item_where.append((path, line, col))
                 continue
             merged[key].extend(value)
             marks = getattr(value, "item_marks", None) or [(0, 0)] * len(value)
@@ -401,6 +413,15 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
             docs.append((f, yamlsrc.load(f, bare, skip)))
         except ConfigError as exc:
             errors.append(exc)
+        except FileNotFoundError:
+            target = Path(f).readlink() if Path(f).is_symlink() else None
+            errors.append(ConfigError(
+                "file not found" if target is None else
+                f"a symlink to {target}, which does not exist", f,
+                hint="check the path" if target is None else "point it at the file, or remove it"))
+        except IsADirectoryError:
+            errors.append(ConfigError("a directory, not a routing file", f,
+                                      hint=f"name its files with a glob: {f.rstrip('/')}/*.yaml"))
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
     return docs, digest.hexdigest()[:16]
@@ -431,6 +452,15 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         raise _NotSame
     if bare and errors:
         raise _NeedPositions
+    if not errors and (not built[1].mailboxes if skip and built is not None
+                       else not merged["mailboxes"] and not merged["people"]):
+        # The address book's file deleted, moved or left out of --routing: every recipient
+        # would be refused 550 5.1.1 (mail bounced), or, when rules name mailboxes, each
+        # name was reported unknown ("known mailboxes: " and nothing) and the cause hidden.
+        errors.append(ConfigError(
+            "the routing files define no mailbox and no person: every recipient would be "
+            "refused (550 5.1.1)", hint="the file with the address book (mailboxes:, people:, "
+            "aliases:) is missing from the files read: " + ", ".join(files)))
     complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
