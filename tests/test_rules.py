@@ -5,6 +5,7 @@ explanations, build errors, index. Every case loads a real snapshot from YAML te
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -297,14 +298,20 @@ def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     assert [e.message + "; " + e.hint for e in info.value.errors] == [f"rule 'r': {hint}"]
 
 
+def _refused(text: str) -> tuple[Path, list[str]]:
+    """The routing file `text` (as r.yaml) and the errors its load is refused with."""
+    path = routing_file(text, "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    return path, [str(e) for e in info.value.errors]
+
+
 def test_an_empty_when_is_refused_not_taken_for_every_message() -> None:
     """`when:` with nothing under it (its conditions not yet written) loaded as a rule for
     every message: saved, it went live and the rules after it never fired again."""
-    path = routing_file("rules:\n  - name: r\n    when:\n    then: {folder: X}\n"
-                        "  - name: all\n    then: {folder: Y}\n", "r.yaml")
-    with pytest.raises(ConfigErrors) as info:
-        load(path)
-    assert [str(e) for e in info.value.errors] == [
+    path, errors = _refused("rules:\n  - name: r\n    when:\n    then: {folder: X}\n"
+                            "  - name: all\n    then: {folder: Y}\n")
+    assert errors == [
         f"{path}:3:5: rule 'r': 'when' is empty; write its conditions under it, or remove the "
         "'when:' line for a rule that matches every message"]
 
@@ -312,11 +319,9 @@ def test_an_empty_when_is_refused_not_taken_for_every_message() -> None:
 def test_continue_inside_then_says_where_it_goes() -> None:
     """`then: {folder: X, continue: true}` was "unknown action 'continue'; known keys:
     mailbox, folder, ..." as if continue did not exist."""
-    path = routing_file("rules:\n  - name: r\n    when: {subject: x}\n"
-                        "    then: {folder: X, continue: true}\n", "r.yaml")
-    with pytest.raises(ConfigErrors) as info:
-        load(path)
-    assert [str(e) for e in info.value.errors] == [
+    path, errors = _refused("rules:\n  - name: r\n    when: {subject: x}\n"
+                            "    then: {folder: X, continue: true}\n")
+    assert errors == [
         f"{path}:4:23: rule 'r': 'continue' is a key of the rule, not an action; move it out "
         "of then:, beside it ('continue:' at the indentation of 'then:')"]
 
