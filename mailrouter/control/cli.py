@@ -34,7 +34,7 @@ from .store import add_event
 from .tables import STATUSES, requests
 from .threads import MAX_NUMBER
 
-__all__ = ["add_commands", "ask_registry", "printable"]
+__all__ = ["add_commands", "ask_registry", "printable", "spreadsheet_cell"]
 
 
 def _when(text: str) -> datetime:
@@ -87,10 +87,22 @@ def _emit(args: argparse.Namespace, doc: Any, rows: list[dict[str, Any]],
         fields = list(dict.fromkeys(k for r in rows for k in r))
         w = csv.DictWriter(sys.stdout, fields, lineterminator="\n")
         w.writeheader()
-        w.writerows({k: ("; ".join(map(str, v)) if isinstance(v, list) else v)
+        w.writerows({k: spreadsheet_cell("; ".join(map(str, v)) if isinstance(v, list) else v)
                      for k, v in r.items()} for r in rows)
     else:
         text()
+
+
+# What Excel and LibreOffice read as the start of a formula (a tab or CR too: some strip it)
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet opens as the text it is: a string that starts like a formula
+    (a customer's subject `=HYPERLINK(...)`, `+7 495 ...`, `@SUM(...)`) gets a leading
+    apostrophe, which Excel and LibreOffice hide and which stops the formula. Numbers,
+    None and other strings are left as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA) else value
 
 
 def _copy_rows(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:

