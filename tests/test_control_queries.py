@@ -117,9 +117,10 @@ async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):
     report = await asyncio.to_thread(cli, "report", "--since", "2027-01-11", "--until", "2027-01-12")
     assert "per owner: (nobody)=1" in report and "(nobody): 1 open, 0 overdue" in report
     history = await asyncio.to_thread(cli, "registry", "history", "c@x.example")
-    assert history.startswith("#1 2027-01-11T09:00 open     owner=-  'Привет'")
+    # times in the company's zone (the routing's only calendar is Moscow's): 09:00 UTC
+    assert history.startswith("#1 2027-01-11 12:00+03:00 open     owner=-  'Привет'")
     show = await asyncio.to_thread(cli, "request", "show", "1")
     assert show.startswith("#1 open owner=- team=- from c@x.example  'Привет'\n"
-                           "  opened 2027-01-11T09:00:00+00:00, first response due - (no SLA), "
+                           "  opened 2027-01-11 12:00:00+03:00, first response due - (no SLA), "
                            "answered -\n")
     assert "None" not in report + history

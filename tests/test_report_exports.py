@@ -67,3 +67,36 @@ async def test_csv_cells_from_mail_never_become_formulas(make_app, tmp_path):
     assert rows[0]["detail"] == "'" + subjects[0]
     code, out = await _cli("registry", "history", "client.example", "--csv", "-c", str(cfg))
     assert "'@SUM(A1:A9)" in out and "\n@SUM" not in out and ",@SUM" not in out
+
+
+async def test_a_requests_story_is_told_in_the_companys_zone(make_app, tmp_path):
+    """Monday 2027-01-11 in Moscow: the message at 10:00, the reminder at the due time 14:00
+    (4 business hours), the reply at 15:30. `request show`, `registry history` and
+    `registry search` print those Moscow times with their offset, in that order; before,
+    they printed the UTC wall clock (07:00, 11:00, 12:30) with no zone."""
+    from mailrouter.control.sla import Scheduler
+    app, cfg = await _daemon(make_app, tmp_path)
+    port = app.bound["smtp"][1]
+    app.pipeline.clock = lambda: datetime(2027, 1, 11, 10, 0, tzinfo=MSK)
+    await send(port, mail("anna@client.example", "Счёт 17", "q1@client"), "anna@client.example")
+    alerts = await Scheduler(app.registry, CONTROL, app.snapshot).tick(
+        datetime(2027, 1, 11, 14, 0, tzinfo=MSK))
+    assert [a.stage for a in alerts] == ["remind"]
+    app.pipeline.clock = lambda: datetime(2027, 1, 11, 15, 30, tzinfo=MSK)
+    await send(port, mail("ivanov@example.com", "Re: Счёт 17", "r1@example.com", "<q1@client>"),
+               "ivanov@example.com", "replies@example.com")
+    code, out = await _cli("request", "show", "1", "-c", str(cfg))
+    assert code == 0
+    assert ("opened 2027-01-11 10:00:00+03:00, first response due 2027-01-11 14:00:00+03:00, "
+            "answered 2027-01-11 15:30:00+03:00") in out
+    story = [line.split()[:3] for line in out.splitlines() if line.startswith("  2027")]
+    assert [(day, at) for day, at, _ in story][0] == ("2027-01-11", "10:00:00+03:00")
+    assert [(at, what) for _, at, what in story if what in ("message", "reminder")] == [
+        ("10:00:00+03:00", "message"), ("14:00:00+03:00", "reminder"),
+        ("15:30:00+03:00", "message")]
+    code, out = await _cli("registry", "history", "anna@client.example", "-c", str(cfg))
+    assert out.startswith("#1 2027-01-11 10:00+03:00 answered"), out
+    assert "2027-01-11 10:00:00+03:00 " in out
+    code, out = await _cli("registry", "search", "--subject", "счет", "-c", str(cfg))
+    assert out.splitlines()[0].startswith("2027-01-11 15:30:00+03:00 "), out
+    assert out.count("+03:00 ") == 2

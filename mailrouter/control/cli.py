@@ -10,6 +10,8 @@ registry could not be read.
 
 A date or time without an offset (`--since 2027-01-11`) is the company's
 (calendars.company_zone), as the web report's days and `away:` dates are.
+Times in text output are the company's too, with their offset; --json and --csv keep
+the registry's UTC. In --csv a text cell that starts like a formula gets a leading `'`.
 
 Refused with a clear message (exit 2): a date that is not ISO (`2027-01-11` or with a
 time), an unknown status. The registry is opened without creating or migrating it.
@@ -23,7 +25,7 @@ import csv
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import Connection, select, update
@@ -116,10 +118,18 @@ def _copy_rows(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _print_messages(msgs: list[dict[str, Any]]) -> None:
+def _at(iso: str | None, zone: tzinfo, timespec: str = "minutes") -> str:
+    """A registry time (ISO, UTC) as text: the company's wall clock with its offset, so a
+    head in Moscow reads 12:00+03:00, not a bare 09:00 that is UTC."""
+    if not iso:
+        return "-"
+    return datetime.fromisoformat(iso).astimezone(zone).isoformat(sep=" ", timespec=timespec)
+
+
+def _print_messages(msgs: list[dict[str, Any]], zone: tzinfo) -> None:
     for m in msgs:
         req = f"  [#{m['request']}]" if m["request"] else ""
-        print(f"{m['received_at'][:19]} {m['status']:9} {printable(m['from'])}  {m['subject']!r}{req}")
+        print(f"{_at(m['received_at'], zone, 'seconds')} {m['status']:9} {printable(m['from'])}  {m['subject']!r}{req}")
         for d in m["recipients"]:
             where = (d["mailbox"] or "-") + (f"/{d['folder']}" if d["folder"] else "")
             print(f"    {printable(d['rcpt'])} -> {where}{' owner=' + d['owner'] if d['owner'] else ''}"
@@ -186,25 +196,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .queries import search
     cfg = args.load_config(args.config)
-    _, since, until = _local(args, cfg) if args.since or args.until else (None, None, None)
+    snap, since, until = _local(args, cfg)
     _period("registry search", since, until)
     found = _run(args, "registry search", lambda conn: search(
         conn, sender=args.sender, rcpt=args.rcpt, words=args.subject, since=since,
         until=until, tag=args.tag, owner=args.owner, status=args.status,
         limit=args.n or None), cfg=cfg)
-    _emit(args, found, _copy_rows(found), lambda: _print_messages(found))
+    zone = company_zone(snap.rules.calendars)
+    _emit(args, found, _copy_rows(found), lambda: _print_messages(found, zone))
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     from .queries import history
-    doc = _run(args, "registry history", lambda conn: history(conn, args.who, args.n or None))
+    cfg = args.load_config(args.config)
+    zone = company_zone(args.load_snapshot(cfg).rules.calendars)
+    doc = _run(args, "registry history", lambda conn: history(conn, args.who, args.n or None),
+               cfg=cfg)
 
     def text() -> None:
         for r in doc["requests"]:
-            print(f"#{r['id']} {r['opened_at'][:16]} {r['status']:8} owner={_or(r['owner'])}  "
+            print(f"#{r['id']} {_at(r['opened_at'], zone)} {r['status']:8} owner={_or(r['owner'])}  "
                   f"{r['subject']!r}")
-        _print_messages(doc["messages"])
+        _print_messages(doc["messages"], zone)
     _emit(args, doc, _copy_rows(doc["messages"]), text)
     return 0
 
@@ -241,7 +255,9 @@ def cmd_request(args: argparse.Namespace) -> int:
     from .queries import show_request
     if args.action in ("close", "wait"):
         return _set_status(args, "closed" if args.action == "close" else "waiting")
-    doc = _run(args, "request show", lambda conn: show_request(conn, args.number))
+    cfg = args.load_config(args.config)
+    zone = company_zone(args.load_snapshot(cfg).rules.calendars)
+    doc = _run(args, "request show", lambda conn: show_request(conn, args.number), cfg=cfg)
     if doc is None:
         print(f"mailrouter request show: no request #{args.number}", file=sys.stderr)
         return 1
@@ -255,11 +271,12 @@ def cmd_request(args: argparse.Namespace) -> int:
     def text() -> None:
         print(f"#{doc['id']} {doc['status']} owner={_or(doc['owner'])} team={_or(doc['team'])} "
               f"from {printable(doc['counterparty'])}  {doc['subject']!r}")
-        print(f"  opened {doc['opened_at']}, first response due "
-              f"{_or(doc['first_response_due'], '- (no SLA)')}, "
-              f"answered {_or(doc['first_response_at'])}")
+        due = doc["first_response_due"]
+        print(f"  opened {_at(doc['opened_at'], zone, 'seconds')}, first response due "
+              f"{_at(due, zone, 'seconds') if due else '- (no SLA)'}, "
+              f"answered {_at(doc['first_response_at'], zone, 'seconds')}")
         for r in timeline:
-            print(f"  {r['at'][:19]} {r['what']:12} {printable(r['who'] or '-')}  "
+            print(f"  {_at(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
                   f"{printable(r['detail'])}")
         for m in doc["messages"]:
             for d in m["recipients"]:
