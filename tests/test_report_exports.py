@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -100,3 +101,28 @@ async def test_a_requests_story_is_told_in_the_companys_zone(make_app, tmp_path)
     code, out = await _cli("registry", "search", "--subject", "счет", "-c", str(cfg))
     assert out.splitlines()[0].startswith("2027-01-11 15:30:00+03:00 "), out
     assert out.count("+03:00 ") == 2
+
+
+async def test_a_counterpartys_history_by_either_form_of_an_idn_domain(make_app, tmp_path):
+    """Mail from anna@xn--e1afmkfd.xn--p1ai (пример.рф as it travels) is found by
+    `registry history` and by the web's counterparty query whether the head types the
+    domain (or the address) in Cyrillic or in punycode, in any case; `%` is no wildcard
+    in the CLI either (it listed everyone)."""
+    from mailrouter.registry.queries import Scope, counterparty
+    app, cfg = await _daemon(make_app, tmp_path)
+    port = app.bound["smtp"][1]
+    app.pipeline.clock = lambda: datetime(2027, 1, 11, 10, 0, tzinfo=MSK)
+    await send(port, mail("anna@xn--e1afmkfd.xn--p1ai", "Счёт", "q1@idn"),
+               "anna@xn--e1afmkfd.xn--p1ai")
+    await send(port, mail("boris@client.example", "Другое", "q2@client"), "boris@client.example")
+    for who in ("пример.рф", "ПРИМЕР.РФ", "xn--e1afmkfd.xn--p1ai", "anna@пример.рф",
+                "Anna@XN--E1AFMKFD.XN--P1AI"):
+        code, out = await _cli("registry", "history", who, "--json", "-c", str(cfg))
+        doc = json.loads(out)
+        assert code == 0 and [r["id"] for r in doc["requests"]] == [1], who
+        assert [m["subject"] for m in doc["messages"]] == ["Счёт"], who
+        web = await app.registry.read("t", lambda c, who=who: counterparty(
+            c, Scope(everything=True), who))
+        assert [m["subject"] for m in web] == ["Счёт"], who
+    code, out = await _cli("registry", "history", "%", "--json", "-c", str(cfg))
+    assert code == 0 and json.loads(out)["messages"] == [] and json.loads(out)["requests"] == []

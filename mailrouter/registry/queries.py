@@ -36,7 +36,7 @@ from .models import decisions, deliveries, messages
 from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
-           "local_midnight", "day_of", "SCAN_MAX"]
+           "local_midnight", "day_of", "idn_forms", "SCAN_MAX"]
 
 SCAN_MAX = 200_000        # rows a subject-word search reads before it gives up
 _CHUNK = 2000
@@ -68,13 +68,31 @@ class SearchResult:
     complete: bool            # False: the scan stopped at SCAN_MAX before `limit` hits
 
 
+def idn_forms(who: str) -> list[str]:
+    """`who` (an address or a domain, lower case) with its domain as typed and in its other
+    IDNA form: пример.рф and xn--e1afmkfd.xn--p1ai are one domain, stored as it came."""
+    local, at, domain = who.rpartition("@")
+    forms = {who}
+    for codec in ("to ascii", "to unicode"):
+        try:
+            other = (domain.encode("idna").decode("ascii") if codec == "to ascii"
+                     else domain.encode("ascii").decode("idna"))
+        except (UnicodeError, ValueError):
+            continue
+        forms.add(f"{local}{at}{other.lower()}")
+    return sorted(forms)
+
+
 def _sender(who: str) -> Any:
-    who = who.strip().lower()
-    if "@" in who:
-        return or_(func.lower(messages.c.from_addr) == who, func.lower(messages.c.mail_from) == who)
+    """From (or the envelope sender) an address, or an address of a domain, in either
+    IDNA form of its domain."""
+    forms = idn_forms(who.strip().lower().lstrip("@"))
+    if "@" in forms[0]:
+        return or_(func.lower(messages.c.from_addr).in_(forms),
+                   func.lower(messages.c.mail_from).in_(forms))
     # a domain is matched as typed: "%" or "_" in it are not LIKE wildcards ("%" was everyone)
-    domain = re.sub(r"([\\%_])", r"\\\1", who.lstrip("@"))
-    return func.lower(messages.c.from_addr).like(f"%@{domain}", escape="\\")
+    return or_(*(func.lower(messages.c.from_addr).like(
+        "%@" + re.sub(r"([\\%_])", r"\\\1", f), escape="\\") for f in forms))
 
 
 def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any]]:
