@@ -126,3 +126,54 @@ async def test_a_counterpartys_history_by_either_form_of_an_idn_domain(make_app,
         assert [m["subject"] for m in web] == ["Счёт"], who
     code, out = await _cli("registry", "history", "%", "--json", "-c", str(cfg))
     assert code == 0 and json.loads(out)["messages"] == [] and json.loads(out)["requests"] == []
+
+
+async def test_web_pages_show_times_in_the_companys_zone(make_app, tmp_path):
+    """A message at 22:00 UTC on 2026-12-06 is 01:00 on the 7th in Moscow, the company's
+    day the search page finds it under: the search list, the message, the board and the
+    request page show 2026-12-07 01:00+03:00 (and the request's history the reminder at
+    its Moscow time), not the UTC wall clock of the day before with no zone."""
+    import re
+
+    import aiohttp
+
+    from mailrouter.config import Listener, WebConfig
+    from mailrouter.control.sla import Scheduler
+    from mailrouter.registry.accounts import hash_password, set_password
+    utc = timezone.utc
+    app = await make_app(routing=write_routing(tmp_path), web=Listener("127.0.0.1", 0),
+                         webui=WebConfig(admins=("petrova",)), control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    await app.registry.write("pw", lambda c: set_password(c, "petrova", hash_password("x" * 12),
+                                                          datetime(2026, 12, 1, tzinfo=utc)))
+    app.pipeline.clock = lambda: datetime(2026, 12, 6, 22, 0, tzinfo=utc)
+    await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
+               "c@client.example")
+    # due Monday 13:00 Moscow (4 business hours from 09:00); reminded at 13:00 = 10:00 UTC
+    assert [a.stage for a in await Scheduler(app.registry, CONTROL, app.snapshot).tick(
+        datetime(2026, 12, 7, 10, 0, tzinfo=utc))] == ["remind"]
+    host, port = app.bound["web"]
+    base = f"http://{host}:{port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(base + "/login") as r:
+            token = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        async with http.post(base + "/login", data={"csrf": token, "person": "petrova",
+                                                    "password": "x" * 12, "next": "/"},
+                             allow_redirects=False) as r:
+            assert r.status == 303
+
+        async def page(path: str) -> str:
+            async with http.get(base + path) as r:
+                assert r.status == 200, path
+                return await r.text()
+        found = await page("/search?since=2026-12-07&until=2026-12-07")
+        key = re.search(r'href="/message/(\w+)"', found)[1]
+        for path in ("/search?since=2026-12-07&until=2026-12-07", f"/message/{key}", "/board",
+                     "/request/1"):
+            text = await page(path)
+            assert "2026-12-07 01:00" in text and "2026-12-06 22:00" not in text, path
+        story = await page("/request/1")
+        assert "2026-12-07 13:00+03:00" in story                  # the due time
+        assert "2026-12-07 13:00:00+03:00" in story               # the reminder, in the history
+        assert "UTC" not in story
