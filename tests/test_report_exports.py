@@ -22,9 +22,14 @@ MSK = timezone(timedelta(hours=3))
 CONTROL = ControlConfig(replies=("replies@example.com",), remind_after=0, escalate_after=7200)
 
 
-async def _daemon(make_app: Any, tmp_path: Any, url: str) -> tuple[Any, Any]:
-    """The daemon on `url` (a SQLite file, or a PostgreSQL database) and a config for the CLI."""
-    app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
+async def _daemon(make_app: Any, tmp_path: Any, url: str,
+                  rules: str | None = None) -> tuple[Any, Any]:
+    """The daemon on `url` (a SQLite file, or a PostgreSQL database) and a config for the
+    CLI; `rules`: routing in place of control_support.ROUTING."""
+    routing = write_routing(tmp_path)
+    if rules is not None:
+        (tmp_path / "rules" / "company.yaml").write_text(rules, encoding="utf-8")
+    app = await make_app(routing=routing, control=CONTROL,
                          registry=RegistryConfig(url))
     app.sla_task.cancel()
     cfg = tmp_path / "config.yaml"
@@ -178,3 +183,31 @@ async def test_web_pages_show_times_in_the_companys_zone(make_app, tmp_path, reg
         assert "2026-12-07 13:00+03:00" in story                  # the due time
         assert "2026-12-07 13:00:00+03:00" in story               # the reminder, in the history
         assert "UTC" not in story
+
+
+async def test_search_by_tag_gives_n_tagged_messages_not_the_tagged_among_the_newest_n(
+        make_app, tmp_path, registry_url):
+    """Two urgent messages, then three ordinary ones: `registry search --tag urgent -n 2`
+    lists both urgent ones (it listed none: the tag was checked on the newest two only),
+    `-n 1` the newer; no tag, `-n 2` the two newest."""
+    from tests.control_support import ROUTING
+    rules = ROUTING.replace("rules:\n", "rules:\n  - name: urgent\n"
+                            "    when: {rcpt: support@example.com, subject: {contains: [срочно]}}\n"
+                            "    then: {tags: [urgent]}\n    continue: true\n")
+    assert rules != ROUTING
+    app, cfg = await _daemon(make_app, tmp_path, registry_url, rules)
+    port = app.bound["smtp"][1]
+    for i, subject in enumerate(["Срочно: сервер", "срочно принтер", "вопрос 1", "вопрос 2",
+                                 "вопрос 3"]):
+        app.pipeline.clock = lambda i=i: datetime(2027, 1, 11, 10, i, tzinfo=MSK)
+        await send(port, mail(f"c{i}@client.example", subject, f"m{i}@client"),
+                   f"c{i}@client.example")
+
+    async def subjects(*argv: str) -> list[str]:
+        code, out = await _cli("registry", "search", *argv, "--json", "-c", str(cfg))
+        assert code == 0
+        return [m["subject"] for m in json.loads(out)]
+    assert await subjects("--tag", "urgent", "-n", "2") == ["срочно принтер", "Срочно: сервер"]
+    assert await subjects("--tag", "urgent", "-n", "1") == ["срочно принтер"]
+    assert await subjects("--tag", "urgent", "-n", "0") == ["срочно принтер", "Срочно: сервер"]
+    assert await subjects("-n", "2") == ["вопрос 3", "вопрос 2"]

@@ -13,6 +13,7 @@ LIKE suffix match, which no index serves; requests by domain are indexed.
 
 from __future__ import annotations
 
+import itertools
 import re
 import statistics
 from collections.abc import Mapping
@@ -254,14 +255,27 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
     if status:
         q = q.where(in_request(requests.c.status == status))
     picked: list[str] = []
-    for r in newest(conn, q, parse_words(words), since=since, until=until):
-        picked.append(r.key)
-        if limit is not None and len(picked) >= limit:
+    walk = newest(conn, q, parse_words(words), since=since, until=until)
+    while limit is None or len(picked) < limit:
+        # with a tag, walk on until `limit` tagged ones: not the tagged among the first `limit`
+        want = 500 if tag or limit is None else limit - len(picked)
+        keys = [r.key for r in itertools.islice(walk, want)]
+        if tag:
+            picked += _tagged(conn, keys, tag)
+        else:
+            picked += keys
+        if len(keys) < want:
             break
-    rows = _message_rows(conn, _whole(conn, picked))
-    if tag:
-        rows = [r for r in rows if any(tag in (d["tags"] or []) for d in r["recipients"])]
-    return rows
+    return _message_rows(conn, _whole(conn, picked[:limit]))
+
+
+def _tagged(conn: Connection, keys: list[str], tag: str) -> list[str]:
+    """`keys`, in their order, of the messages a decision of which has `tag` (JSON tags:
+    read here, the same on SQLite and PostgreSQL)."""
+    has = {d.message_key for d in conn.execute(select(decisions.c.message_key, decisions.c.tags)
+                                               .where(decisions.c.message_key.in_(keys)))
+           if tag in (d.tags or [])} if keys else set()
+    return [k for k in keys if k in has]
 
 
 def _whole(conn: Connection, keys: list[str]) -> list[Any]:
