@@ -354,3 +354,27 @@ def test_install_config_writes_only_where_the_unit_lets_it(tmp_path):
     outside = {k: str(p) for k, p in written.items()
                if not any(p == a or a in p.parents for a in allowed)}
     assert outside == {}, f"the unit lets mailrouter write only in {allowed}"
+
+
+def test_install_guide_upgrades_as_the_daemons_user():
+    """docs/install.md had no upgrade step, and README's `mailrouter db upgrade` run as
+    root made a SQLite registry root's, 0644: the daemon (User=mailrouter) then answered
+    every message 451. The guide's upgrade step restarts the service (a reload keeps the
+    old code and config.yaml), runs every `mailrouter db upgrade` and `check` after the
+    service exists as the mailrouter user, and copies files that exist in the repository."""
+    text = (DEPLOY.parent / "docs" / "install.md").read_text(encoding="utf-8")
+    upgrade = text.split("## 8. Upgrading", 1)[1]
+    block = upgrade.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "systemctl restart mailrouter" in block
+    copied = next(line for line in block.splitlines() if line.startswith("cp "))
+    for name in copied.split()[1:-1]:
+        assert (DEPLOY.parent / name).is_file(), name
+    flat = " ".join(text.split("## 4.", 1)[1].split())          # after the unit is installed
+    for cmd in re.findall(r"(\S+ \S+ \S+ \S+ /opt/mailrouter/bin/mailrouter (?:db upgrade|check))",
+                          flat):
+        assert cmd.lstrip("`").startswith("runuser -u mailrouter --"), cmd
+    assert len(re.findall(r"runuser -u mailrouter -- /opt/mailrouter/bin/mailrouter db upgrade",
+                          flat)) == 1
+    step5 = " ".join(text.split("## 5.", 1)[1].split("## 6.", 1)[0].split())
+    assert "systemctl restart mailrouter" in step5.split("postfix_maps:", 1)[1]
+
