@@ -331,6 +331,42 @@ async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_p
         shutil.rmtree(d, ignore_errors=True)
 
 
+async def test_dovecot_reads_a_maildir_mailbox_as_its_example_line_says():
+    """install.md step 1, Maildir mailboxes read by Dovecot: the users line the shipped
+    mailrouter.conf gives for one (uid/gid mailrouter here nobody, home the Maildir
+    mailrouter writes). Its userdb's default mail=maildir:~/Maildir made Dovecot read (and
+    create) an empty <maildir>/Maildir beside mailrouter's copies: IMAP showed nothing."""
+    dovecot, sievec = shutil.which("dovecot"), shutil.which("sievec")
+    if dovecot is None or sievec is None:
+        pytest.skip("dovecot or sievec not found (apt-get install dovecot-lmtpd dovecot-sieve)")
+    from mailrouter.delivery.maildir import Maildir
+    from tests.support.proc import stop_process
+    [line] = [ln[1:].strip() for ln in DOVECOT_CONF.read_text().splitlines()
+              if ln.startswith("#") and ":mailrouter:mailrouter::" in ln]
+    d, proc, _ = await asyncio.to_thread(_shipped_dovecot, dovecot, sievec)
+    try:
+        user, _, rest = line.partition(":")
+        home = d / "mailrouter" / "mail" / "archive"
+        assert rest.split(":")[4] == "/var/lib/mailrouter/mail/archive", line
+        crypt = (d / "mailrouter-users").read_text().split(":")[1]
+        fields = rest.split(":")
+        fields[0:5] = [crypt, "nobody", "nogroup", "", str(home)]
+        with open(d / "mailrouter-users", "a") as users:
+            users.write(f"{user}:{':'.join(fields)}\n")
+        await Maildir(home, "mx.test").deliver(b"Subject: archived\r\n\r\nkept\r\n", "c1",
+                                                "Archive")
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(d / "mailrouter")], check=True)
+        got = await asyncio.to_thread(
+            subprocess.run, ["doveadm", "-c", str(d / "dovecot.conf"), "fetch", "-u", user,
+                             "hdr.subject", "mailbox", "Archive", "ALL"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert "archived" in got.stdout, got.stdout + got.stderr
+        assert not (home / "Maildir").exists()
+    finally:
+        await asyncio.to_thread(stop_process, proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_install_config_writes_only_where_the_unit_lets_it(tmp_path):
     """The settings docs/install.md step 3 puts in /etc/mailrouter/config.yaml: every
     directory the daemon writes in (Config.written_dirs) is under the unit's ReadWritePaths
