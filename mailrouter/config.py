@@ -192,13 +192,20 @@ class Config:
         not met by the first message (451 for every Maildir copy, or every message)."""
         dirs = {"delivery.maildir_root": Path(self.delivery.maildir_root),
                 "delivery.intents_dir": self.intents_dir}
-        scheme, _, rest = self.registry.url.partition(":///")
-        if scheme in ("sqlite", "sqlite+aiosqlite") and rest.startswith("/"):
-            dirs["registry.url"] = Path(rest.partition("?")[0]).parent
+        sqlite = self.sqlite_file()
+        if sqlite is not None:
+            dirs["registry.url"] = sqlite.parent
         if self.postfix_maps is not None and self.postfix_maps.on_reload:
             # stale tables make Postfix refuse each new address of the book with 550
             dirs["postfix_maps.dir"] = self.postfix_maps.dir
         return dirs
+
+    def sqlite_file(self) -> Path | None:
+        """The SQLite registry's database file, None for PostgreSQL."""
+        scheme, _, rest = self.registry.url.partition(":///")
+        if scheme in ("sqlite", "sqlite+aiosqlite") and rest.startswith("/"):
+            return Path(rest.partition("?")[0])
+        return None
 
     @classmethod
     def embedded(cls, base: Path | None = None) -> "Config":

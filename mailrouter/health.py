@@ -118,6 +118,25 @@ def probe_store(directory: Path) -> str:
     return ""
 
 
+def _may_write_sqlite(db: Path) -> tuple[str, bool]:
+    """('', _) when this user may write each of the SQLite files that exist (the database,
+    its WAL, shared memory, rollback journal); else (why, False). A registry made by root
+    (`mailrouter db upgrade` run as root before the first start) passed the directory's
+    test, and the daemon started and answered every message 451."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = db.with_name(db.name + suffix)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{path}: {exc.strerror or type(exc).__name__}", True
+        if not os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+            return (f"{path.name} is uid {st.st_uid}'s, mode {st.st_mode & 0o777:04o}: permission "
+                    f"denied to uid {os.geteuid()}"), False
+    return "", True
+
+
 def _may_write(directory: Path) -> tuple[str, bool]:
     """('', _) when files could be made in `directory` or in the folders that would hold
     it, without making anything (`mailrouter check` creates nothing): the nearest existing
@@ -153,6 +172,10 @@ def unwritable(cfg: Config, create: bool, others: list[str] | None = None) -> li
     out: list[str] = []
     for key, directory in cfg.written_dirs().items():
         why, anyone = (probe_store(directory), True) if create else _may_write(directory)
+        sqlite = cfg.sqlite_file() if key == "registry.url" else None
+        if not why and sqlite is not None:
+            why, anyone = _may_write_sqlite(sqlite)
+            directory = sqlite if why else directory
         if why:
             where = f" in {cfg.path}" if cfg.path else ""
             unit = UNIT_FIX.get(key, "under /var/lib/mailrouter")

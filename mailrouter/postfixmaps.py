@@ -171,7 +171,10 @@ def write_maps(maps: PostfixMaps, directory: Path, postmap: str | None = None,
         if changed:
             written.append(name)
         index = path.with_name(name + _INDEX_SUFFIX.get(kind, ".db"))
-        if postmap and (changed or not index.exists()):
+        # an index older than its table: a postmap that failed after the table was written
+        # (the next run found the table unchanged and Postfix kept refusing its new addresses)
+        if postmap and (changed or not index.exists()
+                        or index.stat().st_mtime_ns < path.stat().st_mtime_ns):
             cmd = [postmap] + (["-c", postfix_config] if postfix_config else []) + [f"{kind}:{path}"]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                                   check=False)

@@ -235,6 +235,64 @@ def test_check_as_another_user_warns_on_permissions_only(tmp_path: Path) -> None
     assert unwritable(cfg, create=False) == []        # root: nothing to say
 
 
+def test_registry_made_by_root_is_refused_for_the_daemons_user() -> None:
+    """docs/install.md, as root: `mailrouter db upgrade` before the first start makes
+    /var/lib/mailrouter/registry.db root's, 0644. The directory test passed, so `check`
+    said ok and the daemon (User=mailrouter) started, /readyz said ok, and every message
+    got 451 "Registry temporarily unavailable". Now, as the daemon's user, `run` refuses
+    to start naming the file (`check` warns: the daemon's user may be another)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from mailrouter.config import load_config
+    from mailrouter.health import unwritable
+    top = Path(tempfile.mkdtemp(prefix="mr-regroot."))     # tmp_path is 0700: nobody
+    try:                                                    # could not reach the state dir
+        top.chmod(0o755)
+        state = top / "state"
+        state.mkdir()
+        shutil.chown(state, 65534, 65534)
+        path = write_config(top / "config.yaml", free_port(), free_port(), free_port())
+        path.write_text(path.read_text().replace(
+            f"maildir_root: '{top / 'var' / 'mail'}'", f"maildir_root: '{top / 'var' / 'mail'}', "
+            f"intents_dir: '{top / 'var' / 'intents'}'").replace(str(top / "var"), str(state)))
+        upgrade = mr("db", "upgrade", "-c", str(path))
+        assert upgrade.returncode == 0, upgrade.stderr
+        db = state / "registry.db"
+        assert db.stat().st_uid == 0
+        cfg = load_config(path)
+
+        def as_nobody() -> tuple[list[str], list[str], list[str]]:
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setegid(65534)
+                    os.seteuid(65534)
+                    denied: list[str] = []
+                    checked = unwritable(cfg, create=False, others=denied)
+                    os.write(write, json.dumps([unwritable(cfg, create=True), checked,
+                                                denied]).encode())
+                finally:
+                    os._exit(0)
+            os.close(write)
+            with os.fdopen(read) as got:
+                out = json.loads(got.read() or "[[], [], []]")
+            os.waitpid(pid, 0)
+            return out[0], out[1], out[2]
+        run, check, denied = as_nobody()
+        want = (f"registry.url {db} is not writable (registry.db is uid 0's, mode 0644: "
+                f"permission denied to uid 65534): make it writable by the user")
+        assert len(run) == 1 and run[0].startswith(want), run
+        assert check == [] and len(denied) == 1 and denied[0].startswith(want), denied
+        shutil.chown(db, 65534, 65534)                   # the fix the line names
+        assert as_nobody() == ([], [], [])
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def test_postfix_tables_in_an_impossible_directory_say_where_and_why(tmp_path: Path) -> None:
     """`mailrouter postfix --dir` under a file: one line naming the directory and the
     reason, exit 2 (it printed Python's "[Errno 20] Not a directory: '...'")."""

@@ -161,6 +161,9 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
                                    capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+    # `mailrouter postfix` tells to add the tables with postconf -e, which the script has
+    # done: an admin who ran those lines too (install.md step 5) listed each table twice
+    assert "postconf -e" not in done.stdout and "add them to main.cf" not in done.stdout
     main_cf = (mta.etc / "main.cf").read_text()
     assert re.search(rf"transport_maps = hash:{other} hash:{tmp_path}/maps/transport", main_cf)
     assert re.search(rf"relay_domains = other.test hash:{tmp_path}/maps/domains", main_cf)
@@ -328,6 +331,42 @@ async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_p
         shutil.rmtree(d, ignore_errors=True)
 
 
+async def test_dovecot_reads_a_maildir_mailbox_as_its_example_line_says():
+    """install.md step 1, Maildir mailboxes read by Dovecot: the users line the shipped
+    mailrouter.conf gives for one (uid/gid mailrouter here nobody, home the Maildir
+    mailrouter writes). Its userdb's default mail=maildir:~/Maildir made Dovecot read (and
+    create) an empty <maildir>/Maildir beside mailrouter's copies: IMAP showed nothing."""
+    dovecot, sievec = shutil.which("dovecot"), shutil.which("sievec")
+    if dovecot is None or sievec is None:
+        pytest.skip("dovecot or sievec not found (apt-get install dovecot-lmtpd dovecot-sieve)")
+    from mailrouter.delivery.maildir import Maildir
+    from tests.support.proc import stop_process
+    [line] = [ln[1:].strip() for ln in DOVECOT_CONF.read_text().splitlines()
+              if ln.startswith("#") and ":mailrouter:mailrouter::" in ln]
+    d, proc, _ = await asyncio.to_thread(_shipped_dovecot, dovecot, sievec)
+    try:
+        user, _, rest = line.partition(":")
+        home = d / "mailrouter" / "mail" / "archive"
+        assert rest.split(":")[4] == "/var/lib/mailrouter/mail/archive", line
+        crypt = (d / "mailrouter-users").read_text().split(":")[1]
+        fields = rest.split(":")
+        fields[0:5] = [crypt, "nobody", "nogroup", "", str(home)]
+        with open(d / "mailrouter-users", "a") as users:
+            users.write(f"{user}:{':'.join(fields)}\n")
+        await Maildir(home, "mx.test").deliver(b"Subject: archived\r\n\r\nkept\r\n", "c1",
+                                                "Archive")
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(d / "mailrouter")], check=True)
+        got = await asyncio.to_thread(
+            subprocess.run, ["doveadm", "-c", str(d / "dovecot.conf"), "fetch", "-u", user,
+                             "hdr.subject", "mailbox", "Archive", "ALL"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert "archived" in got.stdout, got.stdout + got.stderr
+        assert not (home / "Maildir").exists()
+    finally:
+        await asyncio.to_thread(stop_process, proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_install_config_writes_only_where_the_unit_lets_it(tmp_path):
     """The settings docs/install.md step 3 puts in /etc/mailrouter/config.yaml: every
     directory the daemon writes in (Config.written_dirs) is under the unit's ReadWritePaths
@@ -351,3 +390,27 @@ def test_install_config_writes_only_where_the_unit_lets_it(tmp_path):
     outside = {k: str(p) for k, p in written.items()
                if not any(p == a or a in p.parents for a in allowed)}
     assert outside == {}, f"the unit lets mailrouter write only in {allowed}"
+
+
+def test_install_guide_upgrades_as_the_daemons_user():
+    """docs/install.md had no upgrade step, and README's `mailrouter db upgrade` run as
+    root made a SQLite registry root's, 0644: the daemon (User=mailrouter) then answered
+    every message 451. The guide's upgrade step restarts the service (a reload keeps the
+    old code and config.yaml), runs every `mailrouter db upgrade` and `check` after the
+    service exists as the mailrouter user, and copies files that exist in the repository."""
+    text = (DEPLOY.parent / "docs" / "install.md").read_text(encoding="utf-8")
+    upgrade = text.split("## 8. Upgrading", 1)[1]
+    block = upgrade.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "systemctl restart mailrouter" in block
+    copied = next(line for line in block.splitlines() if line.startswith("cp "))
+    for name in copied.split()[1:-1]:
+        assert (DEPLOY.parent / name).is_file(), name
+    flat = " ".join(text.split("## 4.", 1)[1].split())          # after the unit is installed
+    for cmd in re.findall(r"(\S+ \S+ \S+ \S+ /opt/mailrouter/bin/mailrouter (?:db upgrade|check))",
+                          flat):
+        assert cmd.lstrip("`").startswith("runuser -u mailrouter --"), cmd
+    assert len(re.findall(r"runuser -u mailrouter -- /opt/mailrouter/bin/mailrouter db upgrade",
+                          flat)) == 1
+    step5 = " ".join(text.split("## 5.", 1)[1].split("## 6.", 1)[0].split())
+    assert "systemctl restart mailrouter" in step5.split("postfix_maps:", 1)[1]
+

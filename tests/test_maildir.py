@@ -43,6 +43,22 @@ async def test_delivery_is_idempotent_and_leaves_no_tmp(tmp_path):
     assert list((box / "tmp").iterdir()) == [] and (box / "maildirfolder").exists()
 
 
+@pytest.mark.parametrize("umask", [0o027, 0o022, 0o077])
+async def test_copy_modes_follow_the_units_umask(tmp_path, umask):
+    """docs/install.md step 1 and the unit's UMask=0027: Maildir files 0640, directories
+    0750, the mailrouter group (backups) reads. Copies were made 0600 whatever the umask,
+    so the group read nothing. A laxer umask (0022) still gives no one else the mail."""
+    old = os.umask(umask)
+    try:
+        md = Maildir(tmp_path / "box", "mx.test")
+        path = await md.deliver(b"Subject: a\r\n\r\nx\r\n", "c0ffee", "Finance")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o640 & ~umask)
+    assert oct(os.stat(tmp_path / "box" / ".Finance" / "new").st_mode & 0o777) == \
+        oct(0o777 & ~umask)
+
+
 async def test_copy_moved_to_cur_by_a_client_is_not_delivered_again(tmp_path):
     """After an IMAP client marks the copy seen (new/NAME -> cur/NAME:2,S) a retry adds nothing."""
     md = Maildir(tmp_path / "box", "mx.test")

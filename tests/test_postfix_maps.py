@@ -104,6 +104,32 @@ def test_write_maps_rewrites_only_what_changed(tmp_path):
     assert "c++@example.com" not in (tmp_path / "relay_recipients").read_text()
 
 
+def test_postmap_that_failed_is_run_again_next_time(tmp_path):
+    """The daemon's reload wrote relay_recipients with a new address, then postmap failed
+    (here: a postfix_config without main.cf; under the unit, a directory it cannot see).
+    The next refresh found the table unchanged and its .db there, ran no postmap, and
+    Postfix kept answering 550 5.1.1 for the new address until the book changed again."""
+    postmap = "/usr/sbin/postmap"
+    if not Path(postmap).exists():
+        pytest.skip("postmap not found (apt-get install postfix)")
+    etc = tmp_path / "etc"                                       # a Postfix config
+    etc.mkdir()
+    (etc / "main.cf").write_text("compatibility_level = 3.6\n")
+    tables = tmp_path / "maps"
+    maps = build_maps(AddressBook.build(BOOK), "smtp:[127.0.0.1]:2525")
+    write_maps(maps, tables, postmap, str(etc))
+    book2 = AddressBook.build(dict(BOOK, aliases={**BOOK["aliases"],
+                                                  "new@example.com": "mailbox:sales"}))
+    maps2 = build_maps(book2, "smtp:[127.0.0.1]:2525")
+    with pytest.raises(RuntimeError, match="main.cf"):
+        write_maps(maps2, tables, postmap, str(tmp_path / "nothere"))
+    assert write_maps(maps2, tables, postmap, str(etc)) == []     # the tables were written
+    found = subprocess.run([postmap, "-c", str(etc), "-q", "new@example.com",
+                            f"hash:{tables / 'relay_recipients'}"],
+                           capture_output=True, text=True, check=False)
+    assert found.returncode == 0, found.stderr
+
+
 def test_postfix_command_without_a_directory_says_so(tmp_path):
     """`mailrouter postfix` with neither --dir nor postfix_maps.dir: exit 2 and what to write."""
     out = subprocess.run([*CLI, "postfix"], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)

@@ -24,7 +24,9 @@ postconf -e "mailrouter_destination_recipient_limit = 100"
 
 # 2. The tables from the address book: our domains to mailrouter, unknown addresses
 #    refused by Postfix at RCPT (no backscatter), moved addresses answered 551 5.1.6.
-$MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap
+#    (Its advice to add them to main.cf is what the lines below do: not shown.)
+$MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null
+echo "tables written in $MAPS and added to main.cf"
 postconf -e "transport_maps = $(postconf -h transport_maps) hash:$MAPS/transport"
 postconf -e "relay_domains = $(postconf -h relay_domains) hash:$MAPS/domains"
 postconf -e "relay_recipient_maps = $(postconf -h relay_recipient_maps) hash:$MAPS/relay_recipients"

@@ -192,7 +192,9 @@ class Maildir:
                 return known, dfd   # fsync'd: a crash may have come before the name was durable
         # tmp/ names are unique per writer: another instance (or thread) may write this copy now
         tmp = os.path.join(box, "tmp", f"{name}.{self.host}.{os.getpid()}.{next(self._tmp_ids)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o600)
+        # 0640 under the unit's UMask=0027: the group (backups, docs/install.md) reads; never
+        # more than that whatever the umask
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o640)
         try:
             try:
                 _write_all(fd, [data] if isinstance(data, bytes) else data)
