@@ -132,6 +132,8 @@ def test_postmap_that_failed_is_run_again_next_time(tmp_path):
 
 def test_postfix_command_without_a_directory_says_so(tmp_path):
     """`mailrouter postfix` with neither --dir nor postfix_maps.dir: exit 2 and what to write."""
+    if Path("/etc/mailrouter/config.yaml").exists():     # found without -c: it may name a dir
+        pytest.skip("/etc/mailrouter/config.yaml exists on this machine")
     out = subprocess.run([*CLI, "postfix"], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
     assert out.returncode == 2 and "--dir DIR" in out.stderr
 
