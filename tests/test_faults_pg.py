@@ -112,7 +112,11 @@ async def test_stalled_instance_does_not_hold_a_row_from_the_other(make_app, pg_
     assert all(r.startswith(("250", "451")) for r in replies), replies
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     rows = await fetch(pg_db, "SELECT attempts FROM messages")
-    assert [r["attempts"] for r in rows] == [2]
+    # the first send, the retry taken, and a 451 retry when its count got in before its
+    # deadline: A's lock goes and B's deadline passes at about the same time (both are the
+    # registry timeout), so the first retry may be a 451, counted or not
+    [attempts] = [r["attempts"] for r in rows]
+    assert 2 <= attempts <= 1 + len(replies), (attempts, replies)
 
 
 def _pg_daemon(tmp_path, url: str) -> DaemonProcess:
