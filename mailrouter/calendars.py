@@ -37,15 +37,15 @@ import difflib
 import functools
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .errors import ConfigError, ConfigErrors
 from .yamlsrc import where
 
-__all__ = ["Calendar", "parse_calendar", "build_calendars", "company_zone", "zone_warnings",
-           "DEFAULT_CALENDAR"]
+__all__ = ["Calendar", "parse_calendar", "build_calendars", "company_zone", "company_time",
+           "zone_warnings", "DEFAULT_CALENDAR"]
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPAN = re.compile(r"^\s*(?P<days>[A-Za-z]+(?:\s*-\s*[A-Za-z]+)?)\s+"
@@ -281,6 +281,18 @@ def zone_warnings(calendars: Mapping[str, Calendar]) -> list[str]:
     return [f"calendars name {len(zones)} time zones ({named}) and none is called "
             f"'{DEFAULT_CALENDAR}': away: dates and report days are read in UTC; add a "
             f"calendar named '{DEFAULT_CALENDAR}' in the company's zone"]
+
+
+def company_time(at: datetime | str | None, zone: tzinfo, timespec: str = "minutes") -> str:
+    """A registry time (aware, naive UTC, or ISO) as `zone`'s wall clock with the offset
+    (`2027-01-11 12:00+03:00`), as the CLI and the web view show it: a head in Moscow reads
+    12:00+03:00, not a bare 09:00 that is UTC. "-" for none."""
+    if not at:
+        return "-"
+    t = datetime.fromisoformat(at) if isinstance(at, str) else at
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(zone).isoformat(sep=" ", timespec=timespec)
 
 
 def company_zone(calendars: Mapping[str, Calendar]) -> ZoneInfo:

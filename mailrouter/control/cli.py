@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from ..calendars import company_zone
+from ..calendars import company_time, company_zone
 from ..errors import RegistryError
 from .store import add_event
 from .tables import STATUSES, requests
@@ -118,18 +118,11 @@ def _copy_rows(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _at(iso: str | None, zone: tzinfo, timespec: str = "minutes") -> str:
-    """A registry time (ISO, UTC) as text: the company's wall clock with its offset, so a
-    head in Moscow reads 12:00+03:00, not a bare 09:00 that is UTC."""
-    if not iso:
-        return "-"
-    return datetime.fromisoformat(iso).astimezone(zone).isoformat(sep=" ", timespec=timespec)
-
-
 def _print_messages(msgs: list[dict[str, Any]], zone: tzinfo) -> None:
     for m in msgs:
         req = f"  [#{m['request']}]" if m["request"] else ""
-        print(f"{_at(m['received_at'], zone, 'seconds')} {m['status']:9} {printable(m['from'])}  {m['subject']!r}{req}")
+        print(f"{company_time(m['received_at'], zone, 'seconds')} {m['status']:9} "
+              f"{printable(m['from'])}  {m['subject']!r}{req}")
         for d in m["recipients"]:
             where = (d["mailbox"] or "-") + (f"/{d['folder']}" if d["folder"] else "")
             print(f"    {printable(d['rcpt'])} -> {where}{' owner=' + d['owner'] if d['owner'] else ''}"
@@ -216,7 +209,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     def text() -> None:
         for r in doc["requests"]:
-            print(f"#{r['id']} {_at(r['opened_at'], zone)} {r['status']:8} owner={_or(r['owner'])}  "
+            print(f"#{r['id']} {company_time(r['opened_at'], zone)} {r['status']:8} owner={_or(r['owner'])}  "
                   f"{r['subject']!r}")
         _print_messages(doc["messages"], zone)
     _emit(args, doc, _copy_rows(doc["messages"]), text)
@@ -272,11 +265,11 @@ def cmd_request(args: argparse.Namespace) -> int:
         print(f"#{doc['id']} {doc['status']} owner={_or(doc['owner'])} team={_or(doc['team'])} "
               f"from {printable(doc['counterparty'])}  {doc['subject']!r}")
         due = doc["first_response_due"]
-        print(f"  opened {_at(doc['opened_at'], zone, 'seconds')}, first response due "
-              f"{_at(due, zone, 'seconds') if due else '- (no SLA)'}, "
-              f"answered {_at(doc['first_response_at'], zone, 'seconds')}")
+        print(f"  opened {company_time(doc['opened_at'], zone, 'seconds')}, first response due "
+              f"{company_time(due, zone, 'seconds') if due else '- (no SLA)'}, "
+              f"answered {company_time(doc['first_response_at'], zone, 'seconds')}")
         for r in timeline:
-            print(f"  {_at(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
+            print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
                   f"{printable(r['detail'])}")
         for m in doc["messages"]:
             for d in m["recipients"]:

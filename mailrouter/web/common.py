@@ -10,7 +10,7 @@ the server; a file outside it (an older rule set elsewhere) is shown as recorded
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
-from ..calendars import company_zone
+from ..calendars import company_time, company_zone
 from ..routing.snapshot import Snapshot
 from .auth import SNAPSHOT, VIEWER, Handler, Viewer
 from .i18n import LANGUAGES, pick_language, translate
@@ -87,20 +87,8 @@ def render(request: web.Request, template: str, status: int = 200, **ctx: Any) -
     body = _ENV.get_template(template).render(
         t=lambda key, **v: translate(lang, key, **v), lang=lang, languages=LANGUAGES,
         viewer=request.get(VIEWER), here=request.path_qs,
-        when=lambda at, timespec="minutes": when(at, zone, timespec), **ctx)
+        when=lambda at, timespec="minutes": company_time(at, zone, timespec), **ctx)
     return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
-
-
-def when(at: datetime | str | None, zone: tzinfo, timespec: str = "minutes") -> str:
-    """A registry time (aware, or ISO with its offset) as the company's wall clock with the
-    offset (`2027-01-11 12:00+03:00`): the days the search and report pages take are that
-    zone's, so the times they list are too, as `mailrouter request show` prints them."""
-    if not at:
-        return "-"
-    t = datetime.fromisoformat(at) if isinstance(at, str) else at
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(zone).isoformat(sep=" ", timespec=timespec)
 
 
 def error_page(request: web.Request, status: int, text: str) -> web.StreamResponse:
