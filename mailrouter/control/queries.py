@@ -14,7 +14,6 @@ LIKE suffix match, which no index serves; requests by domain are indexed.
 from __future__ import annotations
 
 import itertools
-import re
 import statistics
 from collections.abc import Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
@@ -23,7 +22,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, true
 
 from ..registry.models import decisions, deliveries, messages
-from ..registry.queries import Scope, idn_forms
+from ..registry.queries import Scope, from_domain, idn_forms
 from ..registry.words import newest, parse_words
 from .threads import MAX_NUMBER
 from .tables import (
@@ -299,9 +298,7 @@ def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, A
         mq = messages.c.from_addr.in_(sorted({*forms, original}))
     else:
         rq = requests.c.counterparty_domain.in_(forms)
-        # as typed: "%" or "_" in it are not LIKE wildcards ("%" was everyone)
-        mq = or_(*(func.lower(messages.c.from_addr).like(
-            "%@" + re.sub(r"([\\%_])", r"\\\1", f), escape="\\") for f in forms))
+        mq = from_domain(forms)
     reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]
     msgs = list(conn.execute(select(messages).where(mq).order_by(messages.c.received_at.desc())
                              .limit(limit)).all())

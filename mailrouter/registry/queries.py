@@ -36,7 +36,7 @@ from .models import decisions, deliveries, messages
 from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
-           "local_midnight", "day_of", "idn_forms", "SCAN_MAX"]
+           "local_midnight", "day_of", "idn_forms", "from_domain", "SCAN_MAX"]
 
 SCAN_MAX = 200_000        # rows a subject-word search reads before it gives up
 _CHUNK = 2000
@@ -90,9 +90,14 @@ def _sender(who: str) -> Any:
     if "@" in forms[0]:
         return or_(func.lower(messages.c.from_addr).in_(forms),
                    func.lower(messages.c.mail_from).in_(forms))
-    # a domain is matched as typed: "%" or "_" in it are not LIKE wildcards ("%" was everyone)
+    return from_domain(forms)
+
+
+def from_domain(domains: list[str]) -> Any:
+    """From an address of one of `domains` (lower case), each matched as typed: "%" or "_"
+    in it are not LIKE wildcards ("%" was everyone)."""
     return or_(*(func.lower(messages.c.from_addr).like(
-        "%@" + re.sub(r"([\\%_])", r"\\\1", f), escape="\\") for f in forms))
+        "%@" + re.sub(r"([\\%_])", r"\\\1", d), escape="\\") for d in domains))
 
 
 def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any]]:
