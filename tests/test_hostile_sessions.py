@@ -211,6 +211,30 @@ async def test_nothing_after_the_junk_command_limit_is_run(make_app, caplog, pro
     assert not [m for m in seen if "rcpt_refused" in m], seen
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_session_of_resets_without_mail_is_closed(make_app, tmp_path, proto, hello):
+    """MAIL and RSET in a loop take no message and make no error: the session was held for
+    ever. Past 100 RSETs since the last message taken it gets 421 and is closed (Postfix
+    counts RSET as junk); a message taken starts the count again, so an MTA that resets
+    between the messages of one connection is never cut."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRSET\r\n" * 60)
+        assert [(await w.line())[:3] for _ in range(120)] == ["250"] * 120
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: taken\r\n\r\nbody\r\n.\r\n")
+        assert (await w.line()).startswith("250")
+        await w.send(b"RSET\r\n" * 100)
+        assert [(await w.line())[:3] for _ in range(100)] == ["250"] * 100
+        assert await w.cmd("RSET") == "421 4.7.0 RSET sent too many times"
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
 async def test_message_text_after_the_data_deadline_is_never_run_as_commands(make_app, caplog):
     """A client trickling DATA past data_deadline gets 421 4.4.2 and is closed. The 421 waited
     for the tarpit (this session had an error) while more message text arrived, and once

@@ -20,7 +20,7 @@ What this adds to aiosmtpd's SMTP class:
   a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
 - a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
 - control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
-  HELP, EHLO...) at most 100 per session; the memory DATA holds in all sessions
+  HELP, EHLO...) at most 100 per session, RSET 100 since the last message taken; the memory DATA holds in all sessions
   (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
   client that talks before the 220 greeting (which waits `limits.greet_delay`, or
@@ -130,7 +130,10 @@ _NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
 
 # Commands that deliver nothing, per session (Postfix's smtpd_junk_command_limit is 100): a
 # client that keeps a session alive with them gets 421 and is disconnected. Transactions
-# (MAIL, RCPT, DATA, RSET) are not limited: an MTA reuses one connection for many messages.
+# (MAIL, RCPT, DATA) are not limited: an MTA reuses one connection for many messages. RSET
+# is counted since the last message taken (Postfix counts it as junk): a client that sends
+# MAIL and RSET in a loop, taking no message, no longer holds its session for ever.
+RESETS_WITHOUT_MAIL = 100
 COMMAND_LIMITS = {"NOOP": 100, "VRFY": 100, "EXPN": 100, "HELP": 100, "EHLO": 100,
                   "HELO": 100, "LHLO": 100, "*": 10**9}
 
@@ -173,6 +176,7 @@ class Protocol(SMTP):
         self.data_budget, self._held = data_budget, 0
         self.limits = limits or Limits()
         self.errors = 0                # refused commands since the last message taken
+        self.resets = 0                # RSETs since the last message taken
         self._hung_up = False
         self._half_closed = False      # the client shut its sending side; we still write
         self._ehlo_in_progress = False
@@ -215,7 +219,7 @@ class Protocol(SMTP):
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
         if final and _TAKEN.search(data):
-            self.errors, slow = 0, False
+            self.errors, self.resets, slow = 0, 0, False
         elif data[:1] in (b"4", b"5") and not data.startswith(_NOT_ERRORS) \
                 and not (final and _OUR_FAULT.match(data)):
             self.errors += 1
@@ -386,6 +390,11 @@ class Protocol(SMTP):
             if isinstance(arg, str) and _NOT_UTF8.search(arg):
                 await self.push(NOT_UTF8)
                 return
+            if name == "RSET":
+                self.resets += 1
+                if self.resets > RESETS_WITHOUT_MAIL:
+                    await self.push("421 4.7.0 RSET sent too many times")   # OVER_LIMIT: hang up
+                    return
             self.busy = True
             try:
                 await method(arg)
