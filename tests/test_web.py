@@ -173,6 +173,21 @@ async def test_a_sign_in_cookie_of_stray_bytes_gets_a_fresh_form_not_500(site: A
         assert answer.startswith(b"HTTP/1.1 403 "), (cookie, answer[:200])
 
 
+async def test_a_request_aiohttp_cannot_parse_is_400_and_one_warning_line(site: Any, caplog: Any) -> None:
+    """A request line aiohttp's parser refuses (a scanner, a TLS hello sent to the port) got
+    its 400 and an ERROR with a traceback in the daemon's log, one per request: alerts fired
+    on noise. It is one warning line naming the peer and the reason."""
+    caplog.set_level(logging.DEBUG)
+    for request in (b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+        answer = await _raw(site[1], request)
+        assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not noisy, [r.getMessage() for r in noisy]
+    warned = [r.getMessage() for r in caplog.records if "event=web_bad_request" in r.getMessage()]
+    assert len(warned) == 2 and all("peer=127.0.0.1 status=400 reason=" in m for m in warned), warned
+
+
 async def test_a_form_that_cannot_be_read_is_400_not_500(client: Any, site: Any) -> None:
     """A form body that is not UTF-8, names an unknown charset, is a broken multipart body
     or has a Content-Encoding that does not decode raised out of the handler: 500. It is 400

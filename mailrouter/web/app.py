@@ -22,11 +22,13 @@ import asyncio
 import logging
 import math
 import secrets
+import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import Connection
 
 from ..calendars import company_zone
@@ -204,11 +206,27 @@ def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: Web
     return app
 
 
+class ProtocolLog(logging.Logger):
+    """aiohttp's own errors: a request it cannot parse (any scanner, a TLS hello sent to the
+    port) is one warning line naming the peer and the reason, where aiohttp logged an
+    ERROR with a traceback for each. A failure that is not the client's keeps its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            reason = (exc.message or "").strip().splitlines()
+            log.warning("event=web_bad_request peer=%s status=%d reason=%s",
+                        args[0] if args else "-", exc.code, reason[0].rstrip(":") if reason else "-")
+        else:
+            log.error(msg, *args, exc_info=exc_info, **kw)
+
+
 async def start_web(host: str, port: int, registry: Registry, snapshot: Callable[[], Snapshot],
                     settings: WebConfig) -> tuple[web.AppRunner, tuple[str, int]]:
     """Serve the web view on this event loop; the runner to clean up, and the bound address."""
     runner = web.AppRunner(make_app(registry, snapshot, settings), access_log=None,
-                           handle_signals=False, shutdown_timeout=5.0)
+                           handle_signals=False, shutdown_timeout=5.0,
+                           logger=ProtocolLog(__name__ + ".protocol"))
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
