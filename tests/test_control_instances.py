@@ -274,3 +274,25 @@ async def test_two_processes_recording_one_thread_at_once_open_one_request(make_
                                                             request_messages.c.message_id)))
     [(one, _), (other, _)] = await apps[0].registry.read("t", linked)
     assert one == other
+
+
+async def test_new_requests_sent_to_both_instances_at_once_alternate_owners(cluster):
+    """A team picks one owner per request, fairly, whatever instance takes the message: 2N
+    new requests (no thread between them) sent at once, half to each instance (or each
+    worker), go N to ivanov and N to petrova, and each member's requests are every other
+    one in the team's turn. Before, each instance read the team's turn before either moved
+    it and both gave their message to the same member (one process's own picks were laid
+    over the registry's, another's were not seen until committed)."""
+    url, (a, b), _ = cluster
+    pairs = 40
+
+    async def one(n: int, port: int) -> None:
+        who = f"new{n}@bigco.example"
+        await _send(port, mail(who, f"question {n}", f"q{n}@bigco"), who)
+    await asyncio.gather(*(one(n, (a, b)[n % 2]) for n in range(2 * pairs)))
+    reqs = await _rows(url, "SELECT owner FROM requests ORDER BY id")
+    owners = [r["owner"] for r in reqs]
+    assert len(owners) == 2 * pairs
+    assert (owners.count("ivanov"), owners.count("petrova")) == (pairs, pairs), owners
+    picks = await _rows(url, "SELECT detail FROM request_events WHERE kind = 'owner' ORDER BY id")
+    assert len(picks) == 2 * pairs
