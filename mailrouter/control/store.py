@@ -25,11 +25,10 @@ name a request it may join joins it. Every Message-ID a request's messages carry
 is kept (`request_threads`), so an original recorded after its follow-up joins too.
 Before delivery an open claims its thread's Message-IDs with the owner it planned
 (`claim_thread`, `thread_claims`), so two instances planning one thread at the same
-moment head its copies with one owner, and the team's turn moves once. A team's cursor:
-each process lays its own picks not yet committed over the registry's (service.py), so
-a burst of new messages is spread; two instances picking at the same moment may still
-give two messages to one member. A claim whose message is never recorded stays (a row
-per Message-ID); a later message of its thread takes its owner.
+moment head its copies with one owner, and the team's turn moves once. A team's pick is
+made in that same transaction, the team's turn taken in the registry (_team_turn), so
+picks at any number of processes follow one cursor. A claim whose message is never
+recorded stays a week (a row per Message-ID); a later message of its thread takes its owner.
 """
 
 from __future__ import annotations
