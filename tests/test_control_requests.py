@@ -547,3 +547,26 @@ async def test_request_show_prints_no_control_characters(make_app, tmp_path, reg
         assert not any(c in text for c in "\x1b\x07"), (argv, text)
     assert "message in   client@bigco.example  Принтер\\x1b]0;owned\\x07\\x1b[2J\n" in \
         (await asyncio.to_thread(cli, "request", "show", "1"))[1]
+
+
+async def test_reply_copy_to_a_subaddress_of_the_replies_address_answers(make_app, tmp_path,
+                                                                        registry_url):
+    """A copy of our reply sent to `replies+detail@` (a ticket flow or a client adding a
+    detail; the address book delivers it to the replies mailbox as `replies@`) or written in
+    another case answers the request, as a copy to `replies@` does. Before, only the exact
+    configured address was reply tracking: the copy opened nothing, answered nothing, and
+    the request went on to its reminder."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("client@bigco.example", "printer", "c1@bigco"), "client@bigco.example")
+    await send(port, mail("ivanov@example.com", "Re: printer", "r1@example.com", "<c1@bigco>",
+                          to="client@bigco.example"), "ivanov@example.com",
+               "replies+ticket-1@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("answered", MONDAY)
+    await send(port, mail("ivanov@example.com", "Re: [#1] printer", "r2@example.com",
+                          body="[closed] done"), "ivanov@example.com", "Replies+x@Example.COM")
+    [r] = await rows(app, requests)
+    assert r["status"] == "closed"
+    links = await rows(app, request_messages)
+    assert [(m["direction"], m["message_id"]) for m in links] == [
+        ("in", "<c1@bigco>"), ("out", "<r1@example.com>"), ("out", "<r2@example.com>")]

@@ -27,6 +27,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from ..addressbook.canon import canonical, detail_split
+from ..addressbook.model import Options
 from ..config import ControlConfig
 from ..loops import header_text
 from ..registry import Registry
@@ -51,6 +53,9 @@ class Control:
         # Message-ID that got 4xx (nothing recorded, nothing claimed) gets the same owner
         # again instead of the next member. A message with one finds its own claim.
         self._chosen: dict[str, OwnerChoice] = {}
+        # control.replies as the current address book's options read them (a reload may
+        # change the options: recomputed when they do)
+        self._replies: tuple[Options | None, frozenset[str]] = (None, frozenset())
         # Message-ID -> (its references, done when its record is): see plan().
         self._flight: dict[str, tuple[tuple[str, ...], asyncio.Future[None]]] = {}
 
@@ -115,7 +120,7 @@ class Control:
             return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
         refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
-        if any(_bare(r) in self.cfg.replies for r in rcpts):
+        if any(self._to_replies(r, snap.book.options) for r in rcpts):
             if view.robot[0]:       # an out-of-office of ours, a reminder: no one answered
                 return base
             rid = next(iter(find_by_refs(conn, refs)), None)
@@ -176,6 +181,14 @@ class Control:
             self._chosen[key] = choice
         return choice
 
+    def _to_replies(self, rcpt: str, options: Options) -> bool:
+        """Is `rcpt` a `control.replies` address, as the address book reads addresses:
+        `replies+detail@` and `Replies@` are `replies@` (they are delivered there too)."""
+        if options != self._replies[0]:
+            self._replies = (options, frozenset(b for r in self.cfg.replies
+                                                if (b := _base(r, options))))
+        return _base(rcpt, options) in self._replies[1]
+
     def copy_to_owner(self, plan: Plan, decisions: Sequence[Decision], snap: Any) -> list[Decision]:
         """`decisions`, those with `copy_to_owner` carrying the owner's copy as a target too."""
         out = list(decisions)
@@ -220,5 +233,11 @@ def _marked(view: Any, marker: str | None) -> bool:
     return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
 
 
-def _bare(rcpt: str) -> str:
-    return rcpt.strip().strip("<>").lower()
+def _base(address: str, options: Options) -> str | None:
+    """`address` as the address book matches it: canonical (case, IDNA), detail dropped."""
+    found = canonical(address, options)
+    if found is None:
+        return None
+    local, _, domain = found.rpartition("@")
+    split = detail_split(local, options)
+    return f"{split[0] if split else local}@{domain}"
