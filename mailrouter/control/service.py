@@ -21,6 +21,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from email.utils import formataddr
 from functools import partial
 from typing import Any
@@ -31,6 +33,7 @@ from ..addressbook.canon import canonical, detail_split
 from ..addressbook.model import Options
 from ..config import ControlConfig
 from ..loops import header_text
+from ..message import msg_ids
 from ..registry import Registry
 from ..values import Action, Decision
 from .owners import OwnerChoice, TeamState, choose_owner, owner_targets
@@ -216,12 +219,18 @@ class Control:
             who = formataddr((person.name or plan.owner, person.address), charset="utf-8")
         return f"{OWNER_HEADER}: {header_text(who)}\r\n".encode("utf-8", "surrogateescape")
 
-    def writer(self, plan: Plan, key: str, at: datetime) -> Callable[[Connection], None] | None:
+    def writer(self, plan: Plan, key: str, at: datetime,
+               outgoing: Sequence[Any] = ()) -> Callable[[Connection], None] | None:
+        """What the record transaction runs for the message's request. `outgoing`: the
+        mail we send in answer to the message (autoreplies, DSNs; OutboxRecord): their
+        Message-IDs join the request's thread, so the customer's answer to our autoreply,
+        naming only its Message-ID (In-Reply-To), joins the request the message is in."""
         if plan.kind in ("none", "known") and not plan.refused:
             return None
+        ours = tuple(m for o in outgoing for m in _message_ids(o.raw))
 
         def write(conn: Connection) -> None:
-            apply_plan(conn, plan, key, at)
+            apply_plan(conn, plan, key, at, ours)
         return write
 
 
@@ -231,6 +240,12 @@ def _marked(view: Any, marker: str | None) -> bool:
         return False
     first = next((ln for ln in view.body_lines() if ln.strip()), "")   # read no further
     return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
+
+
+def _message_ids(raw: bytes) -> list[str]:
+    """The Message-ID of mail we built (its header block only is read)."""
+    head = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+    return msg_ids(str(head.get("Message-ID", "")))
 
 
 def _base(address: str, options: Options) -> str | None:

@@ -182,8 +182,18 @@ def _link(conn: Connection, plan: Plan, request_id: int, key: str, direction: st
     return bool(done.rowcount)
 
 
-def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
-    """Write `plan` for message `key` (inside the record transaction); the request number."""
+def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime,
+               answers: Sequence[str] = ()) -> int | None:
+    """Write `plan` for message `key` (inside the record transaction); the request number.
+    `answers`: the Message-IDs of the mail we send in answer to it (an autoreply): they
+    name the request too, so the customer's answer to our answer joins it."""
+    rid = _apply(conn, plan, key, at)
+    if rid is not None and answers and plan.kind != "none":
+        _claim(conn, rid, answers)
+    return rid
+
+
+def _apply(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
     _one_at_a_time(conn)
     if plan.kind in ("open", "join"):
         late = _opened_meanwhile(conn, plan, key)
