@@ -291,7 +291,9 @@ def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime,
                    f"the thread's message {r.message_id} was planned for {r.owner}")
             return replace(plan, owner=r.owner, team=r.team, picked=None,
                            why=(f"{why}: the same owner",))
-    state = DbTeamState(conn, team.members if team else (), team.key if team else None, at)
+    # the open counts only where they decide (least-open): two aggregates saved per pick
+    counted = team.members if team is not None and team.pick == "least-open" else ()
+    state = DbTeamState(conn, counted, team.key if team else None, at)
     choice = choose(state)
     if choice.team is not None and choice.member is not None:
         _set_pick(conn, choice.team, choice.member, at)
