@@ -17,8 +17,8 @@ from mailrouter.config import ControlConfig, RegistryConfig
 from mailrouter.control import actions
 from mailrouter.control.service import OWNER_HEADER
 from mailrouter.control.sla import Scheduler
-from mailrouter.control.tables import request_events, requests
-from tests.control_support import mail, send, write_routing
+from mailrouter.control.tables import request_events, requests, team_picks
+from tests.control_support import ROUTING, mail, send, write_routing
 from tests.support.daemon import maildir_files
 
 pytestmark = pytest.mark.asyncio
@@ -118,3 +118,41 @@ async def test_a_requests_life_across_restarts(make_app, tmp_path, registry_url)
         "<n1@y>": "petrova@example.com", "<c2@bigco>": "ivanov@example.com",
         "<l1@z>": "ivanov@example.com", "<c3@bigco>": "smirnov@example.com",
         "<c4@bigco>": "smirnov@example.com"}
+
+
+
+def _with_urgent(tmp_path) -> tuple[str, ...]:
+    """The company's routing with urgent@ (support's mailbox) owned by ivanov himself."""
+    path = tmp_path / "rules" / "company.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ROUTING.replace(
+        "  replies@example.com: mailbox:replies\n",
+        "  replies@example.com: mailbox:replies\n  urgent@example.com: mailbox:support\n")
+        + "  - name: urgent\n    when: {rcpt: urgent@example.com}\n    then: {owner: ivanov}\n",
+        encoding="utf-8")
+    return (str(path),)
+
+
+async def test_a_person_owner_away_gives_the_deputy_and_keeps_the_thread(make_app, tmp_path,
+                                                                         registry_url):
+    """A rule naming a person (not a team): on the day ivanov is away the request goes to
+    his deputy petrova and the team's turn does not move; the customer's follow-up the
+    next day, with ivanov back, stays petrova's; a new request that day is ivanov's."""
+    app = await make_app(routing=_with_urgent(tmp_path), registry=RegistryConfig(registry_url),
+                         control=CONTROL)
+    port, who = app.bound["smtp"][1], "client@bigco.example"
+    app.pipeline.clock = lambda: msk(13, 10)
+    await send(port, mail(who, "down", "u1@bigco", to="urgent@example.com"), who,
+               "urgent@example.com")
+    app.pipeline.clock = lambda: msk(14, 10)
+    await send(port, mail(who, "Re: down", "u2@bigco", "<u1@bigco>", to="urgent@example.com"),
+               who, "urgent@example.com")
+    await send(port, mail("b@x.example", "other", "u3@x", to="urgent@example.com"),
+               "b@x.example", "urgent@example.com")
+
+    def state(conn):
+        return ([(r.id, r.owner, r.team) for r in conn.execute(
+                    select(requests).order_by(requests.c.id))],
+                conn.execute(select(team_picks)).all())
+    assert await app.registry.read("t", state) == (
+        [(1, "petrova", None), (2, "ivanov", None)], [])
