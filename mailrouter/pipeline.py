@@ -161,14 +161,15 @@ class Pipeline:
                                   intent: Intent | None = None) -> list[Reply]:
         results = await self._deliver(txn, snap, copies, key, done, qid, head, intent)
         replies = [self._reply(d, results) for d in decisions]
-        after = self.control.writer(plan, key, now) if self.control and plan and any(
-            r.ok for r in replies) else None
         try:
             outgoing: list[OutboxRecord] = []
             noted = decisions
             if self.outgoing is not None:     # same transaction as the record (outbox.py)
                 outgoing, noted = await self.outgoing.plan(
                     self.registry, snap, txn.protocol, txn.mail_from, view, decisions, replies, key)
+            # the request's write, told what we answer (an answer to our answer joins it)
+            after = self.control.writer(plan, key, now, outgoing) if self.control and plan and \
+                any(r.ok for r in replies) else None
             await self.registry.record(
                 self._message_record(txn, view, snap, key, replies, now),
                 [_decision_record(d, r) for d, r in zip(noted, replies)],

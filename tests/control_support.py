@@ -30,10 +30,11 @@ rules:
 """
 
 
-def write_routing(tmp_path: Path) -> tuple[str, ...]:
+def write_routing(tmp_path: Path, extra: str = "") -> tuple[str, ...]:
+    """ROUTING, and `extra` after it, as tmp_path/rules/company.yaml."""
     path = tmp_path / "rules" / "company.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(ROUTING, encoding="utf-8")
+    path.write_text(ROUTING + extra, encoding="utf-8")
     return (str(path),)
 
 

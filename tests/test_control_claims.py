@@ -62,3 +62,24 @@ async def test_claims_of_unrecorded_messages_go_after_a_week(registry_url):
         assert await left(T0 + 13 * DAY) == ["<a@x>", "<c@x>"]
     finally:
         await reg.close()
+
+
+async def test_a_claims_week_survives_a_restart(registry_url):
+    """The week counts from the claim's time in the registry, not from a scheduler's memory:
+    a scheduler started afresh every day (a daemon restarted daily) still deletes an
+    unrecorded claim made on day 0 at the first scan of day 7, and keeps one made on day 3.
+    Before, each new scheduler saw the claim for the first time and the week started again:
+    a daemon restarted more often than weekly kept every claim for ever."""
+    reg = await Registry.open(registry_url)
+    try:
+        await reg.write("claims", lambda conn: conn.execute(insert(thread_claims), [
+            claim("<old@x>", "o" * 64) | {"claimed_at": T0},
+            claim("<new@x>", "n" * 64) | {"claimed_at": T0 + 3 * DAY}]))
+        left = []
+        for day in range(8):
+            await Scheduler(reg, ControlConfig(close_after=0), lambda: None).tick(T0 + day * DAY)
+            left.append(await reg.read("claims", lambda conn: sorted(conn.execute(
+                select(thread_claims.c.message_id)).scalars())))
+        assert left == [["<new@x>", "<old@x>"]] * 7 + [["<new@x>"]]
+    finally:
+        await reg.close()

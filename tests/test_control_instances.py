@@ -274,3 +274,70 @@ async def test_two_processes_recording_one_thread_at_once_open_one_request(make_
                                                             request_messages.c.message_id)))
     [(one, _), (other, _)] = await apps[0].registry.read("t", linked)
     assert one == other
+
+
+async def test_new_requests_sent_to_both_instances_at_once_alternate_owners(cluster):
+    """A team picks one owner per request, fairly, whatever instance takes the message: 2N
+    new requests (no thread between them) sent at once, half to each instance (or each
+    worker), go N to ivanov and N to petrova, and each member's requests are every other
+    one in the team's turn. Before, each instance read the team's turn before either moved
+    it and both gave their message to the same member (one process's own picks were laid
+    over the registry's, another's were not seen until committed)."""
+    url, (a, b), _ = cluster
+    pairs = 40
+
+    async def one(n: int, port: int) -> None:
+        who = f"new{n}@bigco.example"
+        await _send(port, mail(who, f"question {n}", f"q{n}@bigco"), who)
+    await asyncio.gather(*(one(n, (a, b)[n % 2]) for n in range(2 * pairs)))
+    reqs = await _rows(url, "SELECT owner FROM requests ORDER BY id")
+    owners = [r["owner"] for r in reqs]
+    assert len(owners) == 2 * pairs
+    assert (owners.count("ivanov"), owners.count("petrova")) == (pairs, pairs), owners
+    picks = await _rows(url, "SELECT detail FROM request_events WHERE kind = 'owner' ORDER BY id")
+    assert len(picks) == 2 * pairs
+
+
+async def test_least_open_counts_what_another_instance_is_delivering(make_app, tmp_path,
+                                                                     registry_url):
+    """A `least-open` team, petrova with one open request and ivanov with none; two new
+    requests reach two instances and both are picked before either is recorded: the
+    second pick counts the first (claimed, in delivery) as ivanov's, so one each. Before,
+    the second read the committed requests alone and ivanov got both (2 against 1)."""
+    from tests.control_support import ROUTING
+    path = tmp_path / "rules" / "company.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(ROUTING.replace("pick: round-robin", "pick: least-open"), encoding="utf-8")
+    apps = []
+    for _ in range(2):
+        app = await make_app(routing=(str(path),), registry=RegistryConfig(registry_url),
+                             control=ControlConfig(replies=("replies@example.com",)))
+        app.pipeline.clock = lambda: datetime(2027, 1, 11, 7, 0, tzinfo=timezone.utc)
+        apps.append(app)
+    await apps[0].registry.write("petrova's", lambda conn: conn.execute(requests.insert().values(
+        opened_at=datetime(2027, 1, 4, tzinfo=timezone.utc), message_key="k" * 64,
+        counterparty="old@x.example", counterparty_domain="x.example", owner="petrova",
+        team="duty", status="open", subject="old", tags=[],
+        last_in_at=datetime(2027, 1, 4, tzinfo=timezone.utc))))
+    planned, count = asyncio.Event(), [0]
+    for app in apps:
+        control, registry = app.pipeline.control, app.pipeline.registry
+
+        async def counting_plan(*a, plan=control.plan, **k):
+            try:
+                return await plan(*a, **k)
+            finally:
+                count[0] += 1
+                if count[0] == 2:
+                    planned.set()
+
+        async def held_record(*a, record=registry.record, **k):
+            await asyncio.wait_for(planned.wait(), 10)
+            return await record(*a, **k)
+        control.plan, registry.record = counting_plan, held_record
+    await asyncio.gather(*(send(app.bound["smtp"][1], mail(f"n{i}@y.example", "new", f"n{i}@y"),
+                                f"n{i}@y.example") for i, app in enumerate(apps)))
+
+    def owners(conn):
+        return sorted(r.owner for r in conn.execute(select(requests.c.owner)))
+    assert await apps[0].registry.read("t", owners) == ["ivanov", "petrova", "petrova"]

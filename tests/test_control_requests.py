@@ -547,3 +547,68 @@ async def test_request_show_prints_no_control_characters(make_app, tmp_path, reg
         assert not any(c in text for c in "\x1b\x07"), (argv, text)
     assert "message in   client@bigco.example  Принтер\\x1b]0;owned\\x07\\x1b[2J\n" in \
         (await asyncio.to_thread(cli, "request", "show", "1"))[1]
+
+
+async def test_reply_copy_to_a_subaddress_of_the_replies_address_answers(make_app, tmp_path,
+                                                                        registry_url):
+    """A copy of our reply sent to `replies+detail@` (a ticket flow or a client adding a
+    detail; the address book delivers it to the replies mailbox as `replies@`) or written in
+    another case answers the request, as a copy to `replies@` does. Before, only the exact
+    configured address was reply tracking: the copy opened nothing, answered nothing, and
+    the request went on to its reminder."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("client@bigco.example", "printer", "c1@bigco"), "client@bigco.example")
+    await send(port, mail("ivanov@example.com", "Re: printer", "r1@example.com", "<c1@bigco>",
+                          to="client@bigco.example"), "ivanov@example.com",
+               "replies+ticket-1@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("answered", MONDAY)
+    await send(port, mail("ivanov@example.com", "Re: [#1] printer", "r2@example.com",
+                          body="[closed] done"), "ivanov@example.com", "Replies+x@Example.COM")
+    [r] = await rows(app, requests)
+    assert r["status"] == "closed"
+    links = await rows(app, request_messages)
+    assert [(m["direction"], m["message_id"]) for m in links] == [
+        ("in", "<c1@bigco>"), ("out", "<r1@example.com>"), ("out", "<r2@example.com>")]
+
+
+MOVED = """\
+moved:
+  old-support@example.com: {now: support@example.com, deliver: true, autoreply: moved}
+autoreplies:
+  moved:
+    from: old
+    subject: "Auto: {subject}"
+    period: 7d
+    body: "{old} is no longer in use; please write to {new}."
+"""
+
+
+@pytest.mark.parametrize("refs", ["in-reply-to", "references"])
+async def test_an_answer_to_our_autoreply_joins_the_request_it_answered(make_app, tmp_path,
+                                                                        registry_url, refs):
+    """The customer writes to a moved address, which opens request 1 and answers with the
+    'moved' autoreply; the customer answers the autoreply, naming only its Message-ID
+    (In-Reply-To alone, as some clients do, or References of the autoreply's own ID): the
+    answer joins request 1 with its owner, as a follow-up of the customer's first message
+    does. Before, the autoreply's Message-ID led nowhere and the answer opened request 2
+    (for the team's next member)."""
+    from mailrouter.registry.models import outbox
+    app = await make_app(routing=write_routing(tmp_path, MOVED), registry=RegistryConfig(registry_url),
+                         control=ControlConfig(replies=("replies@example.com",)))
+    app.pipeline.clock = lambda: MONDAY
+    port = app.bound["smtp"][1]
+    who = "client@bigco.example"
+    await send(port, mail(who, "printer", "c1@bigco", to="old-support@example.com"), who,
+               "old-support@example.com")
+    [row] = await rows(app, outbox)
+    ours = email.message_from_bytes(row["raw"])["Message-ID"]
+    answer = mail(who, "Re: Auto: printer", "c2@bigco", to="old-support@example.com")
+    header = (f"In-Reply-To: {ours}\r\n" if refs == "in-reply-to" else f"References: {ours}\r\n")
+    await send(port, answer.replace(b"\r\n\r\n", f"\r\n{header}\r\n".encode(), 1), who,
+               "old-support@example.com")
+    reqs = await rows(app, requests)
+    assert [(r["id"], r["owner"]) for r in reqs] == [(1, "ivanov")], reqs
+    links = await rows(app, request_messages)
+    assert [(m["request_id"], m["message_id"]) for m in links] == [
+        (1, "<c1@bigco>"), (1, "<c2@bigco>")]

@@ -18,22 +18,26 @@ planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from email.utils import formataddr
 from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
 
+from ..addressbook.canon import canonical, detail_split
+from ..addressbook.model import Options
 from ..config import ControlConfig
 from ..loops import header_text
+from ..message import msg_ids
 from ..registry import Registry
 from ..values import Action, Decision
-from .owners import OwnerChoice, choose_owner, owner_targets
-from .store import (DbTeamState, Plan, apply_plan, claim_thread, find_by_refs, joining, known_message,
+from .owners import OwnerChoice, TeamState, choose_owner, owner_targets
+from .store import (Plan, apply_plan, claim_thread, find_by_refs, joining, known_message,
                     participants, request_row)
 from .threads import NumberTag, references, sla_due, sla_terms, took_part
 
@@ -48,15 +52,13 @@ class Control:
     def __init__(self, cfg: ControlConfig, registry: Registry) -> None:
         self.cfg, self.registry = cfg, registry
         self.tag = NumberTag(cfg.number) if cfg.number else None
-        # Each team's last pick in this process, committed or not: messages planned
-        # together (a burst, an MTA flushing its queue) all read the registry's cursor
-        # before any of them commits, and all went to one member. A thread lock: SQLite
-        # plans run on reader threads. `_chosen`: the choice per message key, so the MTA's
-        # retry of a message that got 4xx (nothing recorded) gets the same owner again
-        # instead of the next member.
-        self._picks: dict[str, tuple[str, datetime]] = {}
+        # `_chosen`: the choice per message key, so the MTA's retry of a message without a
+        # Message-ID that got 4xx (nothing recorded, nothing claimed) gets the same owner
+        # again instead of the next member. A message with one finds its own claim.
         self._chosen: dict[str, OwnerChoice] = {}
-        self._picking = threading.Lock()
+        # control.replies as the current address book's options read them (a reload may
+        # change the options: recomputed when they do)
+        self._replies: tuple[Options | None, frozenset[str]] = (None, frozenset())
         # Message-ID -> (its references, done when its record is): see plan().
         self._flight: dict[str, tuple[tuple[str, ...], asyncio.Future[None]]] = {}
 
@@ -87,9 +89,12 @@ class Control:
                 await asyncio.wait(waits, timeout=_THREAD_WAIT)
             plan = await self.registry.read("plan_request", partial(
                 self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
-            if plan.kind == "open" and plan.owner is not None:   # another instance's?
+            if plan.kind == "open" and plan.owner_key is not None:
+                team = snap.book.teams.get(plan.owner_key)
                 plan = await self.registry.write(     # synced by the record's commit
-                    "claim_thread", partial(claim_thread, plan=plan, key=key, at=at), lazy=True)
+                    "claim_thread", partial(claim_thread, plan=plan, key=key, at=at, team=team,
+                                            choose=partial(self._choose, snap, plan, key, at)),
+                    lazy=True)
         except BaseException:
             self._release(mid, mine)
             raise
@@ -118,7 +123,7 @@ class Control:
             return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
         refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
-        if any(_bare(r) in self.cfg.replies for r in rcpts):
+        if any(self._to_replies(r, snap.book.options) for r in rcpts):
             if view.robot[0]:       # an out-of-office of ours, a reminder: no one answered
                 return base
             rid = next(iter(find_by_refs(conn, refs)), None)
@@ -156,24 +161,36 @@ class Control:
                   and (d.owner or d.sla)), None)
         if d is None:
             return Plan("none", sender, view.message_id, refused=refused)
+        return Plan("open", sender, view.message_id, None, None, None, None, (), d.mailbox,
+                    d.rules[0].name, view.subject, d.priority, d.tags,
+                    sla_terms(d.sla).get("calendar"), sla_due(d.sla), refused=refused,
+                    refs=refs, join=self.cfg.join, owner_key=d.owner)
+
+    def _choose(self, snap: Any, plan: Plan, key: str, at: datetime,
+                state: TeamState) -> OwnerChoice:
+        """The owner of `plan` (an open) for its rule's owner key, with the team's state
+        read under its turn (store.claim_thread). A choice remembered for this message
+        key (a retry) is given again without moving the team's turn (member None)."""
         book = snap.book
-        team = book.teams.get(d.owner) if d.owner else None
-        state = DbTeamState(conn, team.members if team else (), team.key if team else None)
-        with self._picking:         # no I/O inside: the state is read, the pick is pure
-            choice = self._chosen.get(key)
-            if choice is None or choice.team != d.owner or choice.owner not in book.people:
-                state.prefer(self._picks)
-                choice = choose_owner(book.people, book.teams, snap.rules.calendars, d.owner,
-                                      at, state)
-                if choice.team is not None and choice.member is not None:
-                    self._picks[choice.team] = (choice.member, at)
-                    if len(self._chosen) >= _CHOSEN:
-                        del self._chosen[next(iter(self._chosen))]     # the oldest
-                    self._chosen[key] = choice
-        return Plan("open", sender, view.message_id, None, choice.owner, choice.team,
-                    choice.member, choice.why, d.mailbox, d.rules[0].name, view.subject,
-                    d.priority, d.tags, sla_terms(d.sla).get("calendar"), sla_due(d.sla),
-                    refused=refused, refs=refs, join=self.cfg.join)
+        choice = self._chosen.get(key)
+        if (choice is not None and choice.team == plan.owner_key
+                and choice.owner in book.people):
+            return replace(choice, member=None)
+        choice = choose_owner(book.people, book.teams, snap.rules.calendars, plan.owner_key,
+                              at, state)
+        if choice.team is not None and choice.member is not None:
+            if len(self._chosen) >= _CHOSEN:
+                del self._chosen[next(iter(self._chosen))]     # the oldest
+            self._chosen[key] = choice
+        return choice
+
+    def _to_replies(self, rcpt: str, options: Options) -> bool:
+        """Is `rcpt` a `control.replies` address, as the address book reads addresses:
+        `replies+detail@` and `Replies@` are `replies@` (they are delivered there too)."""
+        if options != self._replies[0]:
+            self._replies = (options, frozenset(b for r in self.cfg.replies
+                                                if (b := _base(r, options))))
+        return _base(rcpt, options) in self._replies[1]
 
     def copy_to_owner(self, plan: Plan, decisions: Sequence[Decision], snap: Any) -> list[Decision]:
         """`decisions`, those with `copy_to_owner` carrying the owner's copy as a target too."""
@@ -202,12 +219,18 @@ class Control:
             who = formataddr((person.name or plan.owner, person.address), charset="utf-8")
         return f"{OWNER_HEADER}: {header_text(who)}\r\n".encode("utf-8", "surrogateescape")
 
-    def writer(self, plan: Plan, key: str, at: datetime) -> Callable[[Connection], None] | None:
+    def writer(self, plan: Plan, key: str, at: datetime,
+               outgoing: Sequence[Any] = ()) -> Callable[[Connection], None] | None:
+        """What the record transaction runs for the message's request. `outgoing`: the
+        mail we send in answer to the message (autoreplies, DSNs; OutboxRecord): their
+        Message-IDs join the request's thread, so the customer's answer to our autoreply,
+        naming only its Message-ID (In-Reply-To), joins the request the message is in."""
         if plan.kind in ("none", "known") and not plan.refused:
             return None
+        ours = tuple(m for o in outgoing for m in _message_ids(o.raw))
 
         def write(conn: Connection) -> None:
-            apply_plan(conn, plan, key, at)
+            apply_plan(conn, plan, key, at, ours)
         return write
 
 
@@ -219,5 +242,17 @@ def _marked(view: Any, marker: str | None) -> bool:
     return marker.lower() in view.subject.lower() or marker.lower() in first.lower()
 
 
-def _bare(rcpt: str) -> str:
-    return rcpt.strip().strip("<>").lower()
+def _message_ids(raw: bytes) -> list[str]:
+    """The Message-ID of mail we built (its header block only is read)."""
+    head = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
+    return msg_ids(str(head.get("Message-ID", "")))
+
+
+def _base(address: str, options: Options) -> str | None:
+    """`address` as the address book matches it: canonical (case, IDNA), detail dropped."""
+    found = canonical(address, options)
+    if found is None:
+        return None
+    local, _, domain = found.rpartition("@")
+    split = detail_split(local, options)
+    return f"{split[0] if split else local}@{domain}"

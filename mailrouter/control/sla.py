@@ -18,9 +18,9 @@ own clock) one write transaction:
 - deletes thread claims (control/store.py claim_thread) of messages never recorded: the
   process died, or the registry failed, between the claim and the record. A retry of
   such a message (Postfix keeps it 5 days) should take the claimed owner, so a claim
-  goes after CLAIM_MAX_AGE (a week). The table holds no time: the week counts from the
-  scan that first saw the claim unrecorded, in this scheduler's memory (a restart
-  starts it again; two instances delete the same rows, which is harmless).
+  goes CLAIM_MAX_AGE (a week) after its `claimed_at` (revision 0008). Before, the week
+  counted in this scheduler's memory from the first scan that saw the claim, and a
+  restart started it again: a daemon restarted weekly kept every claim for ever.
 
 Each stage is a row of `request_alerts`, unique per (request, stage), inserted with
 ON CONFLICT DO NOTHING: whatever restarts or instances do, only the insert that
@@ -82,7 +82,6 @@ class Scheduler:
         self.hostname = hostname
         self.sender = cfg.sender or f"mailrouter@{hostname}"
         self.wake = wake            # the outbox worker's: new rows, send now
-        self._unrecorded: dict[str, datetime] = {}   # claim -> first scan that saw it unrecorded
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan until `stop` is set; a registry outage is logged and retried next time."""
@@ -210,17 +209,18 @@ class Scheduler:
             "sent_at": None, "last_error": ""}])
 
     def _purge_claims(self, conn: Connection, now: datetime) -> None:
-        """Delete the claims of messages seen unrecorded for CLAIM_MAX_AGE (and still so)."""
+        """Delete the claims of messages still unrecorded CLAIM_MAX_AGE after the claim.
+        A claim without a time (made by a daemon older than revision 0008 during an
+        upgrade) gets this scan's: its week starts now."""
+        conn.execute(update(thread_claims).where(thread_claims.c.claimed_at.is_(None))
+                     .values(claimed_at=now))
         unrecorded = ~exists().where(messages.c.key == thread_claims.c.message_key)
-        ids = conn.execute(select(thread_claims.c.message_id).where(unrecorded)
-                           .order_by(thread_claims.c.message_id).limit(_BATCH)).scalars()
-        self._unrecorded = {m: self._unrecorded.get(m, now) for m in ids}
-        old = [m for m, seen in self._unrecorded.items() if now - seen >= CLAIM_MAX_AGE]
+        old = list(conn.execute(select(thread_claims.c.message_id).where(
+            thread_claims.c.claimed_at <= now - CLAIM_MAX_AGE, unrecorded)
+            .order_by(thread_claims.c.message_id).limit(_BATCH)).scalars())
         if old:
             conn.execute(thread_claims.delete().where(thread_claims.c.message_id.in_(old),
                                                       unrecorded))
-            for m in old:
-                del self._unrecorded[m]
             log.info("event=thread_claims_purged count=%d", len(old))
 
     def _quiet_close(self, conn: Connection, now: datetime) -> None:

@@ -25,23 +25,26 @@ name a request it may join joins it. Every Message-ID a request's messages carry
 is kept (`request_threads`), so an original recorded after its follow-up joins too.
 Before delivery an open claims its thread's Message-IDs with the owner it planned
 (`claim_thread`, `thread_claims`), so two instances planning one thread at the same
-moment head its copies with one owner, and the team's turn moves once. A team's cursor:
-each process lays its own picks not yet committed over the registry's (service.py), so
-a burst of new messages is spread; two instances picking at the same moment may still
-give two messages to one member. A claim whose message is never recorded stays (a row
-per Message-ID); a later message of its thread takes its owner.
+moment head its copies with one owner, and the team's turn moves once. A team's pick is
+made in that same transaction, the team's turn taken in the registry (_team_turn), so
+picks at any number of processes follow one cursor. A claim whose message is never
+recorded stays a week (a row per Message-ID); a later message of its thread takes its owner.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+
+from ..addressbook.model import Team
+from ..registry.models import messages
+from .owners import OwnerChoice, TeamState
 
 from .tables import (OPEN_STATUSES, request_events, request_messages, request_threads, requests,
                      team_picks, thread_claims)
@@ -51,6 +54,8 @@ __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", 
            "claim_thread", "joining"]
 
 _REQUESTS_LOCK = 0x6D725251      # pg_advisory_xact_lock key of _one_at_a_time ("mrRQ")
+_PICK_LOCK = 0x6D725450          # first key of _team_turn's lock, the team's hash second ("mrTP")
+PENDING = timedelta(minutes=15)  # a claim of an unrecorded message counts as open this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +83,20 @@ class Plan:
     refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
     refs: tuple[str, ...] = ()                 # In-Reply-To/References, looked up again at write
     join: str = "address"                      # control.join, for that second look
+    owner_key: str | None = None               # an open's rule's owner: person or team
     flight: Any = field(default=None, compare=False)   # Control.settle's token
 
 
 class DbTeamState:
     """TeamState from the registry: the last pick of `team`, open requests per person.
 
-    Everything is read here, so the pick itself does no I/O and may run under a lock.
-    `prefer` lays over it the picks this process made but has not committed yet."""
+    Read by `claim_thread` under the team's turn lock, so the pick itself does no I/O and
+    the next pick, at any instance, reads this one's cursor. An open count adds the claims
+    of messages not recorded yet, made in the last PENDING (in delivery here or at another
+    instance): two picks a moment apart see each other's load."""
 
-    def __init__(self, conn: Connection, members: Iterable[str], team: str | None = None) -> None:
+    def __init__(self, conn: Connection, members: Iterable[str], team: str | None = None,
+                 at: datetime | None = None) -> None:
         members = list(members)
         self.counts: dict[str, int] = {}
         if members:
@@ -95,24 +104,24 @@ class DbTeamState:
                     requests.c.owner.in_(members), requests.c.status.in_(OPEN_STATUSES))
                     .group_by(requests.c.owner)):
                 self.counts[owner] = int(count)
-        self.picks: dict[str, tuple[str, datetime]] = {}
+            if at is not None:
+                for owner, count in conn.execute(
+                        select(thread_claims.c.owner,
+                               func.count(thread_claims.c.message_key.distinct()))
+                        .where(thread_claims.c.owner.in_(members),
+                               thread_claims.c.claimed_at >= at - PENDING,
+                               ~exists().where(messages.c.key == thread_claims.c.message_key))
+                        .group_by(thread_claims.c.owner)):
+                    self.counts[owner] = self.counts.get(owner, 0) + int(count)
+        self.picks: dict[str, str] = {}
         if team is not None:
-            row = conn.execute(select(team_picks.c.member, team_picks.c.at).where(
-                team_picks.c.team == team)).first()
-            if row is not None:
-                self.picks[team] = (row.member, row.at)
-
-    def prefer(self, pending: Mapping[str, tuple[str, datetime]]) -> None:
-        """Take a pick of `pending` over the registry's unless the registry's is newer
-        (another instance picked later)."""
-        for team, (member, at) in pending.items():
-            stored = self.picks.get(team)
-            if stored is None or stored[1] <= at:
-                self.picks[team] = (member, at)
+            member = conn.execute(select(team_picks.c.member).where(
+                team_picks.c.team == team)).scalar_one_or_none()
+            if member is not None:
+                self.picks[team] = member
 
     def last_pick(self, team: str) -> str | None:
-        found = self.picks.get(team)
-        return found[0] if found else None
+        return self.picks.get(team)
 
     def open_count(self, person: str) -> int:
         return self.counts.get(person, 0)
@@ -173,8 +182,18 @@ def _link(conn: Connection, plan: Plan, request_id: int, key: str, direction: st
     return bool(done.rowcount)
 
 
-def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
-    """Write `plan` for message `key` (inside the record transaction); the request number."""
+def apply_plan(conn: Connection, plan: Plan, key: str, at: datetime,
+               answers: Sequence[str] = ()) -> int | None:
+    """Write `plan` for message `key` (inside the record transaction); the request number.
+    `answers`: the Message-IDs of the mail we send in answer to it (an autoreply): they
+    name the request too, so the customer's answer to our answer joins it."""
+    rid = _apply(conn, plan, key, at)
+    if rid is not None and answers and plan.kind != "none":
+        _claim(conn, rid, answers)
+    return rid
+
+
+def _apply(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
     _one_at_a_time(conn)
     if plan.kind in ("open", "join"):
         late = _opened_meanwhile(conn, plan, key)
@@ -233,40 +252,72 @@ def _insert(conn: Connection, table: Any) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime) -> Plan:
-    """Before delivery, in a transaction of its own: claim the thread of `plan` (an open)
-    for its owner, or take the owner another message's claim holds: another instance
-    planned the thread at the same moment (or recorded it since: its claim stays).
+def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime,
+                 choose: Callable[[TeamState], OwnerChoice], team: Team | None) -> Plan:
+    """Before delivery, in a transaction of its own: the owner of `plan` (an open). Taken
+    from another message's claim on its thread (another instance planned the thread at
+    the same moment, or recorded it since, or this very message got 4xx before), else
+    chosen now by `choose` (owners.choose_owner) with `team`'s turn read and moved here;
+    then the thread's Message-IDs are claimed for that owner.
 
-    The copies are delivered with the owner header before the record; without this, two
+    Team picks take turns (_team_turn): each reads the cursor the previous one moved and
+    committed, at whichever instance it ran. Before, each process read the cursor at
+    plan time and laid its own uncommitted picks over it: two instances taking new
+    messages at once gave both to one member, and one member got most of a burst.
+
+    The claims go in before anything is read, in Message-ID order: a second claim of one
+    ID waits for the first to commit (unique key), then sees it, and two claims never
+    wait on each other in a circle (a transaction takes at most one team's turn, before
+    any claim). On SQLite the first statement takes the file's write lock. The copies
+    are delivered with the owner header before the record; without the claim, two
     instances planning an original and its follow-up together each picked an owner and
-    one thread's copies named two people. The claims go in first, in Message-ID order: a
-    second claim of one ID waits for the first to commit (unique key), then sees it, and
-    two claims never wait on each other in a circle; on SQLite the insert takes the
-    file's write lock before anything is read. A claim that stands moves the team's turn
-    here: the message that takes its owner may be the one that opens the request."""
+    one thread's copies named two people."""
+    if team is not None:
+        _team_turn(conn, team.key)
     ids = list(dict.fromkeys(m for m in plan.refs + (plan.message_id,) if m))
-    if not ids or plan.kind != "open":
-        return plan
-    mine = set(conn.execute(_insert(conn, thread_claims).values([
-        {"message_id": m, "message_key": key, "sender": plan.sender, "owner": plan.owner,
-         "team": plan.team} for m in sorted(ids)]).on_conflict_do_nothing()
-        .returning(thread_claims.c.message_id)).scalars())
+    mine: set[str] = set()
+    if ids:
+        mine = set(conn.execute(_insert(conn, thread_claims).values([
+            {"message_id": m, "message_key": key, "sender": plan.sender, "owner": None,
+             "team": None, "claimed_at": at} for m in sorted(ids)]).on_conflict_do_nothing()
+            .returning(thread_claims.c.message_id)).scalars())
     theirs = [m for m in ids if m not in mine]       # none: nobody else claimed any
     found = list(conn.execute(select(thread_claims).where(
         thread_claims.c.message_id.in_(theirs)))) if theirs else []
     for r in sorted(found, key=lambda r: ids.index(r.message_id)):
-        # the very same message at two instances claims with one key: compare owners
-        if ((r.owner, r.team) != (plan.owner, plan.team) and r.owner is not None
-                and took_part(plan.sender, [r.sender], plan.join)):
-            conn.execute(update(thread_claims).where(thread_claims.c.message_id.in_(mine))
-                         .values(owner=r.owner, team=r.team))
-            return replace(plan, owner=r.owner, team=r.team, picked=None, why=(
-                f"the thread's message {r.message_id} was planned at the same moment "
-                f"for {r.owner}: the same owner",))
-    if plan.team and plan.picked:
-        _set_pick(conn, plan.team, plan.picked, at)
-    return plan
+        if r.owner is not None and took_part(plan.sender, [r.sender], plan.join):
+            _own(conn, mine, r.owner, r.team)
+            why = ("this message was given to it before (a retry)" if r.message_key == key else
+                   f"the thread's message {r.message_id} was planned for {r.owner}")
+            return replace(plan, owner=r.owner, team=r.team, picked=None,
+                           why=(f"{why}: the same owner",))
+    # the open counts only where they decide (least-open): two aggregates saved per pick
+    counted = team.members if team is not None and team.pick == "least-open" else ()
+    state = DbTeamState(conn, counted, team.key if team else None, at)
+    choice = choose(state)
+    if choice.team is not None and choice.member is not None:
+        _set_pick(conn, choice.team, choice.member, at)
+    _own(conn, mine, choice.owner, choice.team)
+    return replace(plan, owner=choice.owner, team=choice.team, picked=choice.member,
+                   why=choice.why)
+
+
+def _own(conn: Connection, mine: set[str], owner: str | None, team: str | None) -> None:
+    if mine:
+        conn.execute(update(thread_claims).where(thread_claims.c.message_id.in_(mine))
+                     .values(owner=owner, team=team))
+
+
+def _team_turn(conn: Connection, team: str) -> None:
+    """Wait until no other transaction is picking from `team` (until its commit): the
+    cursor and counts read next are the previous pick's. PostgreSQL: a transaction-level
+    advisory lock per team. SQLite: a write (even of no row) takes the file's write lock,
+    and a transaction whose first statement is a write reads the newest commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_PICK_LOCK, func.hashtext(team))))
+    else:
+        conn.execute(update(team_picks).where(team_picks.c.team == team)
+                     .values(member=team_picks.c.member))
 
 
 def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | None:
@@ -303,17 +354,14 @@ def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
     add_event(conn, rid, at, "opened", f"rule {plan.rule}" if plan.rule else "opened", plan.sender)
     add_event(conn, rid, at, "owner", json.dumps({"from": None, "to": plan.owner,
                                                   "why": list(plan.why)}, ensure_ascii=False))
-    if plan.team and plan.picked:
-        _set_pick(conn, plan.team, plan.picked, at)
     return rid
 
 
 def _set_pick(conn: Connection, team: str, member: str, at: datetime) -> None:
-    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(team_picks)
-    # a pick planned earlier but committed later must not move the cursor back
-    conn.execute(ins.values(team=team, member=member, at=at).on_conflict_do_update(
-        index_elements=["team"], set_={"member": member, "at": at},
-        where=team_picks.c.at <= at))
+    """Move `team`'s cursor to `member` (under the team's turn: the newest pick)."""
+    conn.execute(_insert(conn, team_picks).values(team=team, member=member, at=at)
+                 .on_conflict_do_update(index_elements=["team"],
+                                        set_={"member": member, "at": at}))
 
 
 def _reply(conn: Connection, plan: Plan, rid: int, at: datetime) -> None:

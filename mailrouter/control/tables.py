@@ -22,7 +22,7 @@
   thread at that moment takes the same owner. Apart from request_threads, so a claim
   (before delivery, no lock) and a record (under the requests lock) never wait on
   each other's rows. Claims of messages never recorded are deleted by the SLA scan
-  after a week (control/sla.py); those of recorded messages stay.
+  a week after `claimed_at` (0008; control/sla.py); those of recorded messages stay.
 """
 
 from __future__ import annotations
@@ -132,4 +132,6 @@ thread_claims = Table(
     Column("sender", Text, nullable=False),
     Column("owner", String(255)),                        # the owner that message planned
     Column("team", String(255)),
+    Column("claimed_at", UTCDateTime()),                # when (0008); NULL never written now
+    Index(None, "claimed_at"),
 )
