@@ -133,8 +133,8 @@ async def test_two_instances_create_each_alert_once(pg_url, tmp_path):
     await _admin(pg_url, f'CREATE DATABASE "{name}"')
     url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     snap = load_snapshot(write_routing(tmp_path), Limits(), "mx.test")
-    a = await Registry.open(url)
-    b = await Registry.open(url, create=False)
+    a = await Registry.open(url, timeout=60)     # the fill's 200 requests in one transaction
+    b = await Registry.open(url, create=False, timeout=60)   # outlast a loaded machine's 10 s
     try:
         opened = msk(11, 10)
 
