@@ -212,7 +212,8 @@ def test_build_reports_every_error_with_position_and_hint() -> None:
         "(define it under 'mailboxes:')",
         "6:29: rule 'b': bad regex '(unclosed': missing ) at position 0; "
         "fix the pattern (RE2 syntax, see rules/README.md)",
-        "6:54: rule 'b': 'gt' needs a number or a size like 10MB, not 'lots'",
+        "6:54: rule 'b': 'gt' needs a number or a size like 10MB, not 'lots'; units: k or KB, "
+        "M or MB, G or GB (1024-based; KiB, MiB, GiB mean the same)",
         "7:19: rule 'b': unknown owner 'nobody'; known people and teams: ivanov, petrova, "
         "smirnov, finance-duty",
         "7:37: rule 'b': priority must be one of low, normal, high, urgent, not 'extreme'",
