@@ -96,6 +96,11 @@ rules:
      "subject starts_with 'договор*': '*' is a word-form marker only in contains; here it is a "
      "literal star; use glob for a wildcard"),
     ("{subject: {contains: 'договор* на подпись'}}", None),
+    # a set left open: fnmatch takes the '[' literally, so '*[12.pdf' matched no invoice_1.pdf
+    ("{attachment: {glob: '*[12.pdf'}}",
+     "attachment glob '*[12.pdf': a '[' that no ']' closes is a literal '[', not a set; close "
+     "the set ('[abc]'), or write '[[]' for a literal '['"),
+    ("{attachment: {glob: ['*[12].pdf', '[]]x', '[!]]x', '[[]x', 'a]b']}}", None),
     # one recipient cannot be two: whether the second is written in an `all` or beside it
     ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
