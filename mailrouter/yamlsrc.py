@@ -800,7 +800,12 @@ def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = (
         line, col = _line_col(exc.object, exc.start)
         hint = "save the file as UTF-8"
         legacy = _cyrillic_8bit(exc.object)
-        if legacy is not None:
+        if exc.object.startswith((b"\xff\xfe", b"\xfe\xff")):
+            # Windows Notepad's "Unicode": its line and column are of no use (line 1 or a
+            # NUL byte's count of newlines), the charset is what to say
+            line, col = 1, 1
+            hint += f"; it is UTF-16: iconv -f UTF-16 -t UTF-8 {p.name} > {p.name}.new"
+        elif legacy is not None:
             hint += f"; it looks like {legacy}: iconv -f {legacy} -t UTF-8 {p.name} > {p.name}.new"
         raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
                           str(p), line, col, hint) from None
