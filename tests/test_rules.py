@@ -289,6 +289,13 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
      "it out of when:, beside it ('continue:' at the indentation of 'when:')"),
     ("{not: [{subject: x}, {subject: y}]}", "'not' takes one condition, not a list; write "
      "not: {any: [...]} for none of several, not: {all: [...]} for not all of them"),
+    # YAML 1.1 booleans: `X-Country: NO` looked for the text 'false' and never matched
+    ("{header: {X-Country: NO}}", "'contains' takes text, but YAML read this value as false "
+     "(no, yes, on, off, y, n are booleans to YAML); put the text in quotes as written: 'NO', "
+     "'yes', 'on'"),
+    ("{subject: {equals: [ok, On]}}", "'equals' takes text, but YAML read this value as true "
+     "(no, yes, on, off, y, n are booleans to YAML); put the text in quotes as written: 'NO', "
+     "'yes', 'on'"),
 ])
 def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     """An unknown field or operator gets the suggestion an admin coming from Sieve or

@@ -400,6 +400,14 @@ class _Parser:
         if not needles or any(isinstance(n, (Mapping, list)) or n is None for n in needles):
             self.error(f"'{op}' takes a string or a list of strings", needle, at)
             return None
+        flag = next((n for n in needles if isinstance(n, bool)), None)
+        if flag is not None:
+            # YAML 1.1 reads NO, yes, on, off, y, n as booleans: `header: {X-Country: NO}`
+            # looked for the text 'false' and never matched
+            self.error(f"'{op}' takes text, but YAML read this value as {str(flag).lower()} "
+                       "(no, yes, on, off, y, n are booleans to YAML)", needle, at,
+                       "put the text in quotes as written: 'NO', 'yes', 'on'")
+            return None
         if op == "regex":
             return self.regex(field, needles, at, pos)
         norm = normalize_needle(field, op, needles)
