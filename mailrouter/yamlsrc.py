@@ -729,6 +729,14 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                               col, "one file holds one document: remove the '---' line, or "
                               "move what follows it into a file of its own") from None
         hint = "check indentation and quoting on that line"
+        problem = exc.problem or ""
+        if problem.startswith("mapping values are not allowed"):
+            # `new@x: mailbox: sales`, `subject: Re: invoice`: a ': ' inside a plain value
+            hint = ("a ': ' inside a value starts a mapping: quote the value "
+                    "(subject: 'Re: invoice') or drop the space (mailbox:sales)")
+        elif problem.startswith("did not find expected ',' or '}'"):
+            hint = ("in {...}, put a value holding ': ' in quotes ({subject: 'Re: invoice'}) "
+                    "and separate the entries with ','")
         opened = _quote_ending_at(text, line)
         if opened is not None:
             hint = (f"the quote opened on line {opened[0]}, column {opened[1]} is closed only "

@@ -310,6 +310,21 @@ def test_a_file_saved_as_utf16_is_said_so(tmp_path: Any, encoding: str) -> None:
                                     "iconv -f UTF-16 -t UTF-8 company.yaml > company.yaml.new")
 
 
+@pytest.mark.parametrize("text, want", [
+    ("aliases:\n  new@example.com: mailbox: sales\n",
+     "f.yaml:2:27: YAML syntax: mapping values are not allowed in this context; a ': ' inside a "
+     "value starts a mapping: quote the value (subject: 'Re: invoice') or drop the space "
+     "(mailbox:sales)"),
+    ("rules:\n  - {name: t, when: {subject: Re: invoice}}\n",
+     "f.yaml:2:33: YAML syntax: did not find expected ',' or '}'; in {...}, put a value holding "
+     "': ' in quotes ({subject: 'Re: invoice'}) and separate the entries with ','"),
+])
+def test_a_colon_inside_a_value_gets_the_quotes_to_write(text: str, want: str) -> None:
+    """`mailbox: sales` for mailbox:sales, `subject: Re: invoice` unquoted: the commonest
+    YAML slip of an ops edit was told only "check indentation and quoting on that line"."""
+    assert error(loads, text) == f"ConfigError: {want}"
+
+
 def test_tabs_that_are_not_indentation_are_fine() -> None:
     """Tabs inside a line or a flow collection are valid YAML and load as before."""
     assert loads("a: b\t# c\nd: [1,\n\t2]\n") == {"a": "b", "d": [1, 2]}
