@@ -289,6 +289,9 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
      "it out of when:, beside it ('continue:' at the indentation of 'when:')"),
     ("{not: [{subject: x}, {subject: y}]}", "'not' takes one condition, not a list; write "
      "not: {any: [...]} for none of several, not: {all: [...]} for not all of them"),
+    # conditions as '- ' items: all or any of them? (was "must be a non-empty mapping")
+    ("[{subject: x}, {subject: y}]", "a condition must be a mapping, not a list; for every "
+     "one of these write all: [...] (or the keys in one mapping), for one of them any: [...]"),
     # YAML 1.1 booleans: `X-Country: NO` looked for the text 'false' and never matched
     ("{header: {X-Country: NO}}", "'contains' takes text, but YAML read this value as false "
      "(no, yes, on, off, y, n are booleans to YAML); put the text in quotes as written: 'NO', "

@@ -255,6 +255,12 @@ class _Parser:
         self.errors.append(ConfigError(f"rule {self.rule!r}: {msg}", path, line, col, hint))
 
     def condition(self, spec: Any, parent: Any = None) -> Node | None:
+        if isinstance(spec, list) and spec:
+            # `when:` with '- ' items under it: every one, or one of them? Said, not guessed
+            self.error("a condition must be a mapping, not a list", spec, parent,
+                       "for every one of these write all: [...] (or the keys in one mapping), "
+                       "for one of them any: [...]")
+            return None
         if not isinstance(spec, Mapping) or not spec:
             self.error("a condition must be a non-empty mapping", spec, parent,
                        "write e.g. {subject: {contains: invoice}}")
