@@ -337,6 +337,16 @@ def test_continue_inside_then_says_where_it_goes() -> None:
         "of then:, beside it ('continue:' at the indentation of 'then:')"]
 
 
+def test_an_owner_that_is_a_mailbox_says_what_an_owner_is() -> None:
+    """`owner: sales` (the sales desk) was "unknown owner 'sales'; known people and teams:
+    ..." without saying sales is a mailbox and where a mailbox goes."""
+    path, errors = _refused("rules:\n  - {name: r, when: {subject: x}, then: {owner: sales}}\n")
+    assert errors == [
+        f"{path}:2:49: rule 'r': unknown owner 'sales'; 'sales' is a mailbox; an owner is a "
+        "person (people:) or a team (teams:), and the mailbox goes in 'mailbox: sales'; known "
+        "people and teams: ivanov, petrova, smirnov, finance-duty"]
+
+
 def test_unknown_rule_and_action_keys_suggest_what_was_meant() -> None:
     """'condition:' was "did you mean 'continue'?" (difflib); the names of other filters
     ('if', 'assignee', 'fileinto', 'reject' as a key) get our name for the same thing."""
