@@ -279,8 +279,12 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
             continue
         done[node] = plan
         keys[node] = found_keys
+    led: dict[str, list[tuple[int, str]]] = {}      # too deep -> (hops, address) above it
+    for a, (first, hops, _) in behind.items():
+        if first in too_deep:
+            led.setdefault(first, []).append((hops, a))
     for node, edges in too_deep.items():
-        _report_deep(c, nodes, depth, behind, node, edges, max_depth)
+        _report_deep(c, nodes, depth, behind, node, edges, max_depth, led.get(node, []))
     return done
 
 
@@ -295,10 +299,9 @@ SHOWN_CHAIN = 40     # addresses of a chain an error lists; a longer one is cut 
 
 def _report_deep(c: Collector, nodes: Graph, depth: dict[str, int],
                  behind: dict[str, tuple[str, int, str]], node: str, edges: list[Edge],
-                 max_depth: int) -> None:
+                 max_depth: int, above: list[tuple[int, str]]) -> None:
     """One error for the chain that crosses `max_depth` at `node`: at the start the admin
     wrote (the address furthest above `node`), with the whole chain down to its end."""
-    above = [(hops, a) for a, (first, hops, _) in behind.items() if first == node]
     hops, start = min(above, key=lambda h: (-h[0], h[1]), default=(0, node))
     chain = [start]
     while chain[-1] != node:
