@@ -729,6 +729,14 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                               col, "one file holds one document: remove the '---' line, or "
                               "move what follows it into a file of its own") from None
         hint = "check indentation and quoting on that line"
+        problem = exc.problem or ""
+        if problem.startswith("mapping values are not allowed"):
+            # `new@x: mailbox: sales`, `subject: Re: invoice`: a ': ' inside a plain value
+            hint = ("a ': ' inside a value starts a mapping: quote the value "
+                    "(subject: 'Re: invoice') or drop the space (mailbox:sales)")
+        elif problem.startswith("did not find expected ',' or '}'"):
+            hint = ("in {...}, put a value holding ': ' in quotes ({subject: 'Re: invoice'}) "
+                    "and separate the entries with ','")
         opened = _quote_ending_at(text, line)
         if opened is not None:
             hint = (f"the quote opened on line {opened[0]}, column {opened[1]} is closed only "
@@ -800,7 +808,12 @@ def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = (
         line, col = _line_col(exc.object, exc.start)
         hint = "save the file as UTF-8"
         legacy = _cyrillic_8bit(exc.object)
-        if legacy is not None:
+        if exc.object.startswith((b"\xff\xfe", b"\xfe\xff")):
+            # Windows Notepad's "Unicode": its line and column are of no use (line 1 or a
+            # NUL byte's count of newlines), the charset is what to say
+            line, col = 1, 1
+            hint += f"; it is UTF-16: iconv -f UTF-16 -t UTF-8 {p.name} > {p.name}.new"
+        elif legacy is not None:
             hint += f"; it looks like {legacy}: iconv -f {legacy} -t UTF-8 {p.name} > {p.name}.new"
         raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
                           str(p), line, col, hint) from None

@@ -70,7 +70,7 @@ def errors_of(tmp_path: Path, *docs: str) -> list[str]:
 
 def test_responders_parsed_with_defaults(tmp_path: Path) -> None:
     """A responder gets `Auto: {subject}`, 7 days, its first body's language by default."""
-    snap = snap_of(tmp_path, BOOK + RESPONDERS)
+    snap = snap_of(tmp_path, BOOK + RESPONDERS + "rules: []\n")     # no rules, on purpose
     moved, closed = snap.responders["moved"], snap.responders["closed"]
     assert (moved.sender, moved.subject, moved.period, moved.language) == (
         None, "Auto: {subject}", timedelta(days=7), "en")
@@ -88,6 +88,7 @@ def test_subject_per_language(tmp_path: Path) -> None:
           moved:
             subject: {en: "Auto: {subject}", ru: "Автоответ: {subject}"}
             body: {en: "Write to {new}.", ru: "Пишите на {new}.", de: "Schreiben Sie an {new}."}
+        rules: []
         """)
     moved = snap_of(tmp_path, doc).responders["moved"]
     assert [moved.subject_for(lang) for lang in ("ru", "en", "de")] == [

@@ -96,6 +96,11 @@ rules:
      "subject starts_with 'договор*': '*' is a word-form marker only in contains; here it is a "
      "literal star; use glob for a wildcard"),
     ("{subject: {contains: 'договор* на подпись'}}", None),
+    # a set left open: fnmatch takes the '[' literally, so '*[12.pdf' matched no invoice_1.pdf
+    ("{attachment: {glob: '*[12.pdf'}}",
+     "attachment glob '*[12.pdf': a '[' that no ']' closes is a literal '[', not a set; close "
+     "the set ('[abc]'), or write '[[]' for a literal '['"),
+    ("{attachment: {glob: ['*[12].pdf', '[]]x', '[!]]x', '[[]x', 'a]b']}}", None),
     # one recipient cannot be two: whether the second is written in an `all` or beside it
     ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
@@ -363,7 +368,8 @@ def test_check_warns_about_a_rule_on_a_recipient_the_book_refuses(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`rcpt: suport@example.com` (a typo) loaded and never matched: mail to an address the
     book does not know is refused at RCPT. `check` now says so, with the address meant;
-    an address of another domain, one under `not:` and a known one are not warned about."""
+    an address of another domain, one under `not:` and a known one are not warned about;
+    nor is a mailbox the book defines (`resolved_mailbox: salse` is)."""
     from mailrouter.cli import main
     from tests.support.rules import COMPANY
     rules = routing_file("""\
@@ -372,6 +378,7 @@ rules:
   - {name: dom, when: {rcpt_domain: [exmaple.com, Example.COM]}, then: {folder: X}}
   - {name: fine, when: {rcpt: [Sales@example.com, x@other.example], not: {rcpt: no@example.com}},
      then: {folder: X}}
+  - {name: box, when: {resolved_mailbox: [salse, Finance, person:ivanov]}, then: {folder: X}}
 """, "r.yaml")
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
@@ -382,4 +389,7 @@ rules:
         "address book: mail to it is refused at RCPT and never reaches the rules; did you mean "
         "'support@example.com'?",
         f"warning: {rules}:3: rule 'dom': rcpt_domain 'exmaple.com' is not one of our domains "
-        "(domains: example.com): mail to it is refused at RCPT and never reaches the rules"]
+        "(domains: example.com): mail to it is refused at RCPT and never reaches the rules",
+        # a mailbox no recipient resolves to (it loaded and never matched)
+        f"warning: {rules}:6: rule 'box': resolved_mailbox 'salse' is no mailbox of the address "
+        "book: no recipient resolves to it, the condition never holds; did you mean 'sales'?"]

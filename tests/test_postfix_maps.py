@@ -234,7 +234,7 @@ async def test_daemon_rewrites_tables_on_reload(make_app, tmp_path):
     rules.mkdir()
     (rules / "book.yaml").write_text(
         "domains: [example.com]\nmailboxes: {sales: {maildir: sales}}\n"
-        "aliases: {sales@example.com: mailbox:sales}\n", encoding="utf-8")
+        "aliases: {sales@example.com: mailbox:sales}\nrules: []\n", encoding="utf-8")
     out = tmp_path / "maps"
     app = await make_app(routing=(str(rules / "*.yaml"),),
                          postfix_maps=PostfixMapsConfig(out, on_reload=True))
@@ -244,8 +244,8 @@ async def test_daemon_rewrites_tables_on_reload(make_app, tmp_path):
         "example.com": f"smtp:[127.0.0.1]:{app.config.smtp.port}"}
     (rules / "book.yaml").write_text(
         "domains: [example.com]\nmailboxes: {sales: {maildir: sales}}\n"
-        "aliases: {sales@example.com: mailbox:sales, quotes@example.com: sales@example.com}\n",
-        encoding="utf-8")
+        "aliases: {sales@example.com: mailbox:sales, quotes@example.com: sales@example.com}\n"
+        "rules: []\n", encoding="utf-8")
     ok, _ = await app.reload()
     assert ok
     assert set(table((out / "relay_recipients").read_text())) == {"sales@example.com",

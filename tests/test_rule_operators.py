@@ -86,6 +86,11 @@ TABLE = [
     # message size
     ("{size: {lt: 10KB}}", "product-a.eml", "sales@example.com", "", True),
     ("{size: {gt: 1MB}}", "product-a.eml", "sales@example.com", "", False),
+    # IEC units mean what the 1024-based ones do (10MiB was refused as not a size)
+    ("{size: {lt: 10KiB}}", "product-a.eml", "sales@example.com", "", True),
+    ("{size: {gt: 1 MiB}}", "product-a.eml", "sales@example.com", "", False),
+    ("{size: {gt: 100, lt: 10k}}", "product-a.eml", "sales@example.com", "", True),
+    ("{attachment_count: {le: 0}}", "product-a.eml", "sales@example.com", "", True),
     # envelope recipient: original, domain, resolved address and mailbox
     ("{rcpt: Sales@Example.com}", "product-a.eml", "sales@example.com", "", True),
     ("{rcpt: {ends_with: '@example.com'}}", "product-a.eml", "sales@example.com", "", True),
@@ -241,3 +246,51 @@ def test_a_long_matched_value_is_quoted_short() -> None:
     assert matched.startswith("body regex 'хвост' (value: 'строка тела письма 0123456789")
     assert re.search(r"'… \(\d{6,} characters\)\)$", matched), matched[-80:]
     assert len(matched) < 300
+
+
+@pytest.mark.parametrize("cond, error", [
+    # a needle below zero: gt/ge held for every message, lt/le/equals for none
+    ("{size: {gt: -5}}", "3:19: rule 'r': 'gt: -5' is below zero: size is never negative, "
+     "so it holds for every message; remove the condition"),
+    ("{attachment_size: {lt: -1k}}", "3:34: rule 'r': 'lt: -1k' is below zero: attachment_size "
+     "is never negative, so it holds for no message; write e.g. lt: 1MB"),
+    ("{size: -1}", "3:12: rule 'r': 'equals: -1' is below zero: size is never negative, so it "
+     "holds for no message; write e.g. equals: 1MB"),
+    ("{size: {lt: 0}}", "3:12: rule 'r': 'size: {lt: 0}' holds for no message: size is never "
+     "below 0; remove the condition"),
+    ("{attachment_count: {lt: 0}}", "3:12: rule 'r': 'attachment_count: {lt: 0}' holds for no "
+     "message: attachment_count is never below 0; write equals: 0 for none at all"),
+    # bounds the wrong way round, or meeting at no value
+    ("{size: {gt: 10MB, lt: 1MB}}", "3:12: rule 'r': 'size: {gt: 10MB, lt: 1MB}' holds for no "
+     "message: no size is all of these at once (every operator under one field must hold); "
+     "swap the bounds if they are the wrong way round; for either one, write "
+     "any: [{size: {lt: ...}}, {size: {gt: ...}}]"),
+    ("{size: {gt: 10k, le: 10k}}", "3:12: rule 'r': 'size: {gt: 10k, le: 10k}' holds for no "
+     "message: no size is all of these at once (every operator under one field must hold); "
+     "swap the bounds if they are the wrong way round; for either one, write "
+     "any: [{size: {lt: ...}}, {size: {gt: ...}}]"),
+    ("{attachment_count: {equals: 1, ge: 2}}", "3:12: rule 'r': 'attachment_count: {equals: 1, "
+     "ge: 2}' holds for no message: no attachment_count is all of these at once (every "
+     "operator under one field must hold); swap the bounds if they are the wrong way round; "
+     "for either one, write any: [{attachment_count: {lt: ...}}, {attachment_count: {gt: ...}}]"),
+    # a unit that is none of ours, and a unit on a count
+    ("{size: {gt: 10 MBs}}", "3:23: rule 'r': 'gt' needs a number or a size like 10MB, not "
+     "'10 MBs'; units: k or KB, M or MB, G or GB (1024-based; KiB, MiB, GiB mean the same)"),
+    ("{attachment_count: {gt: 1MB}}", "3:35: rule 'r': 'attachment_count' is a number of "
+     "attachments, not a size: '1MB'; write a whole number, e.g. gt: 2 (a size is "
+     "attachment_size)"),
+    ("{attachment_count: {gt: 1.5}}", "3:31: rule 'r': 'gt' needs a whole number, not 1.5; "
+     "write e.g. gt: 2"),
+])
+def test_a_number_no_size_or_count_can_meet_is_a_load_error(cond: str, error: str) -> None:
+    """A size or count condition that holds for every message or for none (a negative
+    needle, lt: 0, an empty range) was taken at load; it is refused at its file:line:column
+    with the fix."""
+    from mailrouter.errors import ConfigErrors
+    from tests.support.rules import load, routing_file
+
+    path = routing_file(f"rules:\n  - name: r\n    when: {cond}\n    then: {{tags: [hit]}}\n",
+                        "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [f"{path}:{error}"]

@@ -212,7 +212,8 @@ def test_build_reports_every_error_with_position_and_hint() -> None:
         "(define it under 'mailboxes:')",
         "6:29: rule 'b': bad regex '(unclosed': missing ) at position 0; "
         "fix the pattern (RE2 syntax, see rules/README.md)",
-        "6:54: rule 'b': 'gt' needs a number or a size like 10MB, not 'lots'",
+        "6:54: rule 'b': 'gt' needs a number or a size like 10MB, not 'lots'; units: k or KB, "
+        "M or MB, G or GB (1024-based; KiB, MiB, GiB mean the same)",
         "7:19: rule 'b': unknown owner 'nobody'; known people and teams: ivanov, petrova, "
         "smirnov, finance-duty",
         "7:37: rule 'b': priority must be one of low, normal, high, urgent, not 'extreme'",
@@ -288,6 +289,16 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
      "it out of when:, beside it ('continue:' at the indentation of 'when:')"),
     ("{not: [{subject: x}, {subject: y}]}", "'not' takes one condition, not a list; write "
      "not: {any: [...]} for none of several, not: {all: [...]} for not all of them"),
+    # conditions as '- ' items: all or any of them? (was "must be a non-empty mapping")
+    ("[{subject: x}, {subject: y}]", "a condition must be a mapping, not a list; for every "
+     "one of these write all: [...] (or the keys in one mapping), for one of them any: [...]"),
+    # YAML 1.1 booleans: `X-Country: NO` looked for the text 'false' and never matched
+    ("{header: {X-Country: NO}}", "'contains' takes text, but YAML read this value as false "
+     "(no, yes, on, off, y, n are booleans to YAML); put the text in quotes as written: 'NO', "
+     "'yes', 'on'"),
+    ("{subject: {equals: [ok, On]}}", "'equals' takes text, but YAML read this value as true "
+     "(no, yes, on, off, y, n are booleans to YAML); put the text in quotes as written: 'NO', "
+     "'yes', 'on'"),
 ])
 def test_unknown_names_suggest_what_was_meant(when: str, hint: str) -> None:
     """An unknown field or operator gets the suggestion an admin coming from Sieve or
@@ -324,6 +335,16 @@ def test_continue_inside_then_says_where_it_goes() -> None:
     assert errors == [
         f"{path}:4:23: rule 'r': 'continue' is a key of the rule, not an action; move it out "
         "of then:, beside it ('continue:' at the indentation of 'then:')"]
+
+
+def test_an_owner_that_is_a_mailbox_says_what_an_owner_is() -> None:
+    """`owner: sales` (the sales desk) was "unknown owner 'sales'; known people and teams:
+    ..." without saying sales is a mailbox and where a mailbox goes."""
+    path, errors = _refused("rules:\n  - {name: r, when: {subject: x}, then: {owner: sales}}\n")
+    assert errors == [
+        f"{path}:2:49: rule 'r': unknown owner 'sales'; 'sales' is a mailbox; an owner is a "
+        "person (people:) or a team (teams:), and the mailbox goes in 'mailbox: sales'; known "
+        "people and teams: ivanov, petrova, smirnov, finance-duty"]
 
 
 def test_unknown_rule_and_action_keys_suggest_what_was_meant() -> None:

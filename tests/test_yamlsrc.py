@@ -297,6 +297,34 @@ def test_a_file_in_a_russian_8bit_charset_gets_the_command_to_convert_it(
                                     f"iconv -f {encoding} -t UTF-8 company.yaml > company.yaml.new")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_a_file_saved_as_utf16_is_said_so(tmp_path: Any, encoding: str) -> None:
+    """Windows Notepad's "Unicode" (UTF-16 with its byte-order mark): "invalid start byte"
+    at line 1 and "save the file as UTF-8" did not say what the file was, nor how to convert."""
+    p = tmp_path / "company.yaml"
+    p.write_bytes("\ufeffrules: []\naliases: {a@example.com: mailbox:s}\n".encode(encoding))
+    with pytest.raises(ConfigError) as info:
+        yamlsrc.load(p)
+    assert str(info.value).startswith(f"{p}:1:1: not UTF-8 text (byte 0x")
+    assert str(info.value).endswith("; save the file as UTF-8; it is UTF-16: "
+                                    "iconv -f UTF-16 -t UTF-8 company.yaml > company.yaml.new")
+
+
+@pytest.mark.parametrize("text, want", [
+    ("aliases:\n  new@example.com: mailbox: sales\n",
+     "f.yaml:2:27: YAML syntax: mapping values are not allowed in this context; a ': ' inside a "
+     "value starts a mapping: quote the value (subject: 'Re: invoice') or drop the space "
+     "(mailbox:sales)"),
+    ("rules:\n  - {name: t, when: {subject: Re: invoice}}\n",
+     "f.yaml:2:33: YAML syntax: did not find expected ',' or '}'; in {...}, put a value holding "
+     "': ' in quotes ({subject: 'Re: invoice'}) and separate the entries with ','"),
+])
+def test_a_colon_inside_a_value_gets_the_quotes_to_write(text: str, want: str) -> None:
+    """`mailbox: sales` for mailbox:sales, `subject: Re: invoice` unquoted: the commonest
+    YAML slip of an ops edit was told only "check indentation and quoting on that line"."""
+    assert error(loads, text) == f"ConfigError: {want}"
+
+
 def test_tabs_that_are_not_indentation_are_fine() -> None:
     """Tabs inside a line or a flow collection are valid YAML and load as before."""
     assert loads("a: b\t# c\nd: [1,\n\t2]\n") == {"a": "b", "d": [1, 2]}

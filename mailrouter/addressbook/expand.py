@@ -5,7 +5,8 @@ exactly once from its children's expansions; only when it meets a cycle does Tar
 strongly connected components (iterative: no recursion limit) run, to report each
 cycle once and order the rest the same way. An address whose
 expansion is refused (in a cycle, too deep, too wide) makes everything that
-reaches it refused too, but only the first place is reported.
+reaches it refused too, but only the first place is reported; a chain too deep is
+reported at its start (the address furthest above that place), with the whole chain.
 
 Refused as well: a book whose expansion as a whole takes more than
 `EXPANSION_BUDGET` steps (a step is one target of a child merged into a group;
@@ -207,6 +208,10 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
     done: dict[str, Plan] = {}
     keys: dict[str, tuple[str, ...]] = {}
     depth: dict[str, int] = {}
+    # Refused through a child: address -> (the refused address it reaches, hops to it, the
+    # child on the way). A chain too deep is reported at its start, not where it crosses.
+    behind: dict[str, tuple[str, int, str]] = {}
+    too_deep: dict[str, list[Edge]] = {}
     max_depth, max_width = limits.max_depth, limits.max_width
     budget = EXPANSION_BUDGET
     order = acyclic_order(nodes)
@@ -227,7 +232,8 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
             if dest is not None:
                 found_keys = keys.get(dest)   # type: ignore[assignment]
                 if found_keys is None:
-                    continue             # reaches something already refused
+                    _blame(behind, node, dest)   # reaches something already refused
+                    continue
                 plan = dest
                 deep = depth[dest]
         else:
@@ -237,6 +243,7 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
                 if dest is not None:
                     found_keys = keys.get(dest)   # type: ignore[assignment]
                     if found_keys is None:
+                        _blame(behind, node, dest)
                         break
                     src = dest
                     if depth[dest] > deep:
@@ -262,12 +269,7 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
                   "deliver: false", _first_at(edges), "point it at the new address instead")
             continue
         if deep == max_depth + 1:
-            done[node] = plan           # for a moment: the path of the first target
-            path = materialize(done, {}, node)[0].path
-            del done[node]
-            c.add(f"alias chain from {node} is {deep} addresses deep "
-                  f"(limit {max_depth}): {' -> '.join(path[:-1])}", _first_at(edges),
-                  "shorten the chain: point the first alias straight at the final target")
+            too_deep[node] = edges
         elif width > max_width and all(
                 len(keys.get(e.dest, ())) <= max_width for e in edges if e.dest):
             c.add(f"alias {node} expands to {width} targets "
@@ -277,7 +279,51 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
             continue
         done[node] = plan
         keys[node] = found_keys
+    led: dict[str, list[tuple[int, str]]] = {}      # too deep -> (hops, address) above it
+    for a, (first, hops, _) in behind.items():
+        if first in too_deep:
+            led.setdefault(first, []).append((hops, a))
+    for node, edges in too_deep.items():
+        _report_deep(c, nodes, depth, behind, node, edges, max_depth, led.get(node, []))
     return done
+
+
+def _blame(behind: dict[str, tuple[str, int, str]], node: str, dest: str) -> None:
+    """`node` is refused because `dest` is: remember the first refused place it reaches."""
+    first, hops, _ = behind.get(dest, (dest, 0, ""))
+    behind[node] = (first, hops + 1, dest)
+
+
+SHOWN_CHAIN = 40     # addresses of a chain an error lists; a longer one is cut in the middle
+
+
+def _report_deep(c: Collector, nodes: Graph, depth: dict[str, int],
+                 behind: dict[str, tuple[str, int, str]], node: str, edges: list[Edge],
+                 max_depth: int, above: list[tuple[int, str]]) -> None:
+    """One error for the chain that crosses `max_depth` at `node`: at the start the admin
+    wrote (the address furthest above `node`), with the whole chain down to its end."""
+    hops, start = min(above, key=lambda h: (-h[0], h[1]), default=(0, node))
+    chain = [start]
+    while chain[-1] != node:
+        chain.append(behind[chain[-1]][2])
+    while True:                         # below node: the deepest way down
+        below = [e.dest for e in nodes[chain[-1]] if e.dest is not None and e.dest in depth]
+        if not below:
+            break
+        chain.append(max(below, key=lambda d: depth[d]))
+    shown = chain if len(chain) <= SHOWN_CHAIN else (
+        chain[:SHOWN_CHAIN // 2] + [f"({len(chain) - SHOWN_CHAIN} more)"]
+        + chain[-SHOWN_CHAIN // 2:])
+    where = (f"; it passes the limit at {node} ({at_line(_first_at(edges))})"
+             if start != node else "")
+    others = len(above) - hops
+    also = (f"; {others} other address(es) lead into it and are refused with it"
+            if others > 0 else "")
+    c.add(f"alias chain from {start} is {len(chain)} addresses deep "
+          f"(limit {max_depth}): {' -> '.join(shown)}{where}{also}",
+          _first_at(nodes[start]) if start != node else _first_at(edges),
+          f"shorten the chain: point {start} straight at the final target "
+          "(the limit is limits.max_alias_depth in config.yaml)")
 
 
 def materialize(plans: dict[str, Plan], made: dict[str, tuple[Target, ...]],

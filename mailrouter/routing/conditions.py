@@ -34,6 +34,7 @@ from ..yamlsrc import where
 from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
 from .normalize import normalize
 from .patterns import PatternError, compile_glob, compile_regex, utf8
+from .sizes import check_needle, empty_range, parse_size
 
 __all__ = ["Node", "Leaf", "AllOf", "AnyOf", "Not", "parse_condition", "did_you_mean", "FIELDS",
            "TEXT_OPS", "NUM_OPS", "Gate", "gate_of", "parse_size", "WordForms", "contains_key"]
@@ -44,7 +45,6 @@ NUM_OPS = ("equals", "gt", "ge", "lt", "le", "exists")
 COMBINATORS = ("any", "all", "not")
 SPECIAL = ("header", "robot", "business_hours")
 FIELDS = TEXT_FIELDS + NUM_FIELDS + SPECIAL
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
 
 
 # Names people bring from other filters (Sieve, procmail, Exchange rules, SQL), which
@@ -89,18 +89,6 @@ def did_you_mean(word: str, known: tuple[str, ...] | list[str],
         return f"did you mean '{same}'?"
     close = difflib.get_close_matches(word, list(known), n=1)
     return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
-
-
-def parse_size(value: Any) -> int:
-    """100, '100k', '10MB' -> bytes (binary units); ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m[2].lower() not in _UNITS:
-        raise ValueError(value)
-    return int(m[1]) * _UNITS[m[2].lower()]
 
 
 # RFC 5322 section 2.2: a field name is printable ASCII but ':' and space
@@ -267,6 +255,12 @@ class _Parser:
         self.errors.append(ConfigError(f"rule {self.rule!r}: {msg}", path, line, col, hint))
 
     def condition(self, spec: Any, parent: Any = None) -> Node | None:
+        if isinstance(spec, list) and spec:
+            # `when:` with '- ' items under it: every one, or one of them? Said, not guessed
+            self.error("a condition must be a mapping, not a list", spec, parent,
+                       "for every one of these write all: [...] (or the keys in one mapping), "
+                       "for one of them any: [...]")
+            return None
         if not isinstance(spec, Mapping) or not spec:
             self.error("a condition must be a non-empty mapping", spec, parent,
                        "write e.g. {subject: {contains: invoice}}")
@@ -376,7 +370,24 @@ class _Parser:
                 parts.append(leaf)
         if len(parts) != len(value):
             return None
+        bounds = [p for p in parts if numeric and isinstance(p, Leaf) and p.op != "exists"]
+        if empty_range({p.op: p.keys[0] for p in bounds}):
+            # taken at load, the rule never matched: {gt: 10MB, lt: 1MB} was meant the other way
+            self.empty(field, bounds, at)
+            return None
         return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+
+    def empty(self, field: str, leaves: list[Leaf], at: Any) -> None:
+        shown = f"'{field}: {{" + ", ".join(f"{p.op}: {p.needles[0]}" for p in leaves) + "}'"
+        if len(leaves) == 1:        # lt: 0 (a negative needle is refused before)
+            self.error(f"{shown} holds for no message: {field} is never below 0", at, None,
+                       "write equals: 0 for none at all" if field != "size" else
+                       "remove the condition")
+            return
+        self.error(f"{shown} holds for no message: no {field} is all of these at once "
+                   "(every operator under one field must hold)", at, None,
+                   "swap the bounds if they are the wrong way round; for either one, write "
+                   f"any: [{{{field}: {{lt: ...}}}}, {{{field}: {{gt: ...}}}}]")
 
     def leaf(self, field: str, op: str, needle: Any, at: Any) -> Leaf | None:
         pos = where(at)[:2]
@@ -386,15 +397,22 @@ class _Parser:
                 return None
             return Leaf(field, op, (needle,), (needle,), _check_exists, *pos)
         if field in NUM_FIELDS:
-            try:
-                n = parse_size(needle)
-            except ValueError:
-                self.error(f"'{op}' needs a number or a size like 10MB, not {needle!r}", needle, at)
+            n, msg, hint = check_needle(field, op, needle)
+            if n is None:
+                self.error(msg, needle, at, hint)
                 return None
             return Leaf(field, op, (needle,), (n,), _check_num, *pos)
         needles = tuple(needle) if isinstance(needle, list) else (needle,)
         if not needles or any(isinstance(n, (Mapping, list)) or n is None for n in needles):
             self.error(f"'{op}' takes a string or a list of strings", needle, at)
+            return None
+        flag = next((n for n in needles if isinstance(n, bool)), None)
+        if flag is not None:
+            # YAML 1.1 reads NO, yes, on, off, y, n as booleans: `header: {X-Country: NO}`
+            # looked for the text 'false' and never matched
+            self.error(f"'{op}' takes text, but YAML read this value as {str(flag).lower()} "
+                       "(no, yes, on, off, y, n are booleans to YAML)", needle, at,
+                       "put the text in quotes as written: 'NO', 'yes', 'on'")
             return None
         if op == "regex":
             return self.regex(field, needles, at, pos)

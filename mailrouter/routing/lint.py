@@ -107,6 +107,9 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                        + f": subjects are matched without reply prefixes; write "
                        f"{strip_reply_prefixes(text)!r}")
             yield from _star_misuse(leaf, text)
+            if leaf.op == "glob" and _unclosed_set(text):
+                yield (f"{leaf.label} glob {text!r}: a '[' that no ']' closes is a literal '[', "
+                       "not a set; close the set ('[abc]'), or write '[[]' for a literal '['")
             if leaf.field == "subject" and leaf.op == "regex" and \
                     text.lstrip("^").lower().startswith(("re:", "re\\:", "fwd", "(re", "(?i)re")):
                 yield (f"subject regex {text!r} looks for a reply prefix: regexes see the decoded "
@@ -148,6 +151,22 @@ def _star_misuse(leaf: Leaf, text: str) -> Iterator[str]:
     elif leaf.op in ("equals", "starts_with", "ends_with"):
         yield (f"{leaf.label} {leaf.op} {text!r}: '*' is a word-form marker only in contains; "
                "here it is a literal star; use glob for a wildcard")
+
+
+def _unclosed_set(glob: str) -> bool:
+    """A '[' of a glob that opens no set (patterns._glob's scan: '[!]...]' and '[]...]' hold
+    their first ']'), taken literally as fnmatch does: mostly a ']' left out."""
+    i, n = 0, len(glob)
+    while i < n:
+        if glob[i] == "[":
+            j = i + 1 + (i + 1 < n and glob[i + 1] == "!")
+            j += j < n and glob[j] == "]"
+            j = glob.find("]", j)
+            if j < 0:
+                return True
+            i = j
+        i += 1
+    return False
 
 
 def _all_nodes(node: Node | None) -> Iterator[Node]:

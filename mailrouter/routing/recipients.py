@@ -4,7 +4,8 @@ Mail to an address the book does not know is refused at RCPT (550 5.1.1) and nev
 routed, so a rule requiring `rcpt: suport@example.com` (a typo of support@) or
 `rcpt_domain: exmaple.com` loads fine and never matches. Only `equals` needles on our
 own domains are checked, and never under `not:` (there such a needle always holds);
-a needle on another domain is left alone.
+a needle on another domain is left alone. So is `resolved_mailbox: salse`, a mailbox the
+book does not define: no recipient ever resolves to it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from ..addressbook.canon import canonical_domain
 from ..addresses import AddressBook
 from .lint import leaves
+from .normalize import normalize
 from .rules import Rule
 
 __all__ = ["recipient_warnings"]
@@ -31,7 +33,15 @@ def recipient_warnings(book: AddressBook, rules: Sequence[Rule]) -> list[str]:
             if leaf.op != "equals":
                 continue
             for needle in map(str, leaf.needles):
-                if leaf.field == "rcpt_domain" and canonical_domain(needle) not in book.domains:
+                if leaf.field == "resolved_mailbox" and not _is_mailbox(book, needle):
+                    names = sorted(book.mailboxes)
+                    near = difflib.get_close_matches(needle, names, n=1)
+                    out.append(f"{at}: resolved_mailbox {needle!r} is no mailbox of the address "
+                               "book: no recipient resolves to it, the condition never holds"
+                               + (f"; did you mean '{near[0]}'?" if near else
+                                  "; known mailboxes: " + ", ".join(names[:8])
+                                  + (", ..." if len(names) > 8 else "")))
+                elif leaf.field == "rcpt_domain" and canonical_domain(needle) not in book.domains:
                     out.append(f"{at}: rcpt_domain {needle!r} is not one of our domains "
                                f"(domains: {', '.join(sorted(book.domains))}): mail to it is "
                                "refused at RCPT and never reaches the rules")
@@ -43,3 +53,9 @@ def recipient_warnings(book: AddressBook, rules: Sequence[Rule]) -> list[str]:
                                "book: mail to it is refused at RCPT and never reaches the rules"
                                + (f"; did you mean '{near[0]}'?" if near else ""))
     return out
+
+
+def _is_mailbox(book: AddressBook, needle: str) -> bool:
+    """The needle names a mailbox: compared as the rule compares it (normalised text)."""
+    want = normalize(needle)
+    return any(normalize(name) == want for name in book.mailboxes)

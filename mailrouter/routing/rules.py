@@ -168,8 +168,12 @@ class _Builder:
         owner = _one(spec, "owner")
         if owner is not None and owner not in self.book.people and owner not in self.book.teams:
             known = list(self.book.people) + list(self.book.teams)
-            self.err(f"rule {name!r}: unknown owner {owner!r}", owner, spec,
-                     did_you_mean(str(owner), known).replace("known keys", "known people and teams"))
+            hint = did_you_mean(str(owner), known).replace("known keys", "known people and teams")
+            if owner in self.book.mailboxes:
+                # `owner: sales` meant the sales desk: said what an owner is, not "did you mean"
+                hint = (f"{owner!r} is a mailbox; an owner is a person (people:) or a team "
+                        f"(teams:), and the mailbox goes in 'mailbox: {owner}'; {hint}")
+            self.err(f"rule {name!r}: unknown owner {owner!r}", owner, spec, hint)
         raw_tags = spec.get("tags")
         raw_tags = [] if raw_tags is None else raw_tags if isinstance(raw_tags, list) else [raw_tags]
         for t in raw_tags:
