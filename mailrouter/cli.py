@@ -3,8 +3,9 @@
 Every command runs the daemon's own code (as amtool does for Alertmanager):
 `check` loads exactly what `run` loads, `explain` and `test` call the same
 `Snapshot.decide` the daemon calls after DATA. Exit codes: 0 fine, 1 a check
-(errors in the configuration or routing files) or a rule test failed, 2 another
-command could not load its configuration.
+(errors in the configuration or routing files) or a rule test failed, or the daemon
+refused a reload, 2 another command could not load its configuration, 3 `reload`
+reloaded the rules but could not rebuild Postfix's tables (postfix_maps.on_reload).
 """
 
 from __future__ import annotations
@@ -223,6 +224,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables were not
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     if cfg.admin is None:
@@ -253,7 +257,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 2
     print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
           + str(body.get("detail")))
-    return 0 if body.get("ok") else 1
+    if not body.get("ok"):
+        return 1
+    if body.get("postfix_maps"):     # the rules run; Postfix refuses their new addresses
+        print("mailrouter reload: the rules were reloaded, but Postfix's tables were not "
+              f"rebuilt (Postfix still answers from the old ones):\n  {body['postfix_maps']}\n"
+              "then run `mailrouter reload` again", file=sys.stderr)
+        return RELOAD_MAPS_FAILED
+    return 0
 
 
 def cmd_postfix(args: argparse.Namespace) -> int:
@@ -285,8 +296,10 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"mailrouter postfix: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(written)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
-          f"{postfixmaps.default_nexthop(cfg)})" + ("" if pm.postmap else "; run postmap on each"))
+    stale = [n for n in written.indexed if n not in written.changed]
+    print(f"{len(written.changed)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
+          f"{postfixmaps.default_nexthop(cfg)})" + ("" if pm.postmap else "; run postmap on each")
+          + (f"; index rebuilt for {', '.join(stale)}" if stale else ""))
     print("add them to main.cf once (these add to what is there), then `postfix reload`:")
     for line in postfixmaps.postconf_lines(pm.dir, pm.mode, snap.book.options.detail_separator,
                                            pm.kind):
@@ -478,8 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
                "or the example rules shipped in the package when there is no ./rules (a note on stderr\n"
                "says so).\n"
                "Only `run` and `db upgrade` create the registry or the mail store.\n"
-               "Exit codes: 0 ok, 1 check found errors or a rule test failed, 2 another command\n"
-               "could not load its configuration or do its job.")
+               "Exit codes: 0 ok, 1 check found errors, a rule test failed or the daemon refused\n"
+               "a reload, 2 another command could not load its configuration or do its job, 3\n"
+               "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not.")
     from . import __version__
     p.add_argument("--version", action="version", version=f"mailrouter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -61,6 +61,9 @@ __all__ = ["App", "run", "loop_factory", "run_loop"]
 
 log = logging.getLogger("mailrouter")
 T = TypeVar("T")
+# A reload's result: ok, the new hash or the errors (admin reply), and why Postfix's
+# tables (postfix_maps.on_reload) were not rebuilt after it, or None
+Reloaded = tuple[bool, str, str | None]
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -105,7 +108,7 @@ class App:
         self.registry: Registry | None = None
         self.deliverer = Deliverer(config.delivery, config.hostname)
         self.pipeline: Pipeline | None = None
-        self._next_reload: asyncio.Future[tuple[bool, str]] | None = None  # the one to run next
+        self._next_reload: asyncio.Future[Reloaded] | None = None  # the one to run next
         self._reloader: asyncio.Task[None] | None = None     # runs reloads while any is asked
         self.sla_task: asyncio.Task[None] | None = None
         self.intents: Intents | None = None
@@ -313,7 +316,7 @@ class App:
                 out[f] = (-1, -1)
         return out
 
-    def request_reload(self) -> asyncio.Future[tuple[bool, str]]:
+    def request_reload(self) -> asyncio.Future[Reloaded]:
         """Ask for a reload (SIGHUP, the watcher, POST): the result of the next one to
         start. While one runs, every request joins the single one that follows it."""
         if self._next_reload is None:
@@ -323,6 +326,12 @@ class App:
         return self._next_reload
 
     async def reload(self) -> tuple[bool, str]:
+        """(ok, the hash or the errors) of the next reload."""
+        ok, public, _ = await self.reload_all()
+        return ok, public
+
+    async def reload_all(self) -> Reloaded:
+        """(ok, the hash or the errors, why Postfix's tables were not rebuilt or None)."""
         return await asyncio.shield(self.request_reload())   # a caller gone stops nothing
 
     async def _run_reloads(self) -> None:
@@ -335,8 +344,9 @@ class App:
                 raise
             waiting.set_result(result)
 
-    async def _reload_once(self) -> tuple[bool, str]:
+    async def _reload_once(self) -> Reloaded:
         cfg = self.config
+        maps_error = None
         self._mtimes = await asyncio.to_thread(self._routing_mtimes)   # the watcher's too
         try:
             # The same files byte for byte (a SIGHUP, a touch, a tool rewriting them): keep the
@@ -356,7 +366,7 @@ class App:
             self._snapshot, ok, detail = snap, True, snap.hash
             public = detail
             log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
-            await self.write_postfix_maps()
+            maps_error = await self.write_postfix_maps()
         # Every worker reloads; one reload is counted once, by the admin worker (issue 14:
         # 3 reloads over 2 workers showed failed=6). The gauges are per worker (livemin).
         if self.worker in (None, 0):
@@ -370,7 +380,7 @@ class App:
                 await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
-        return ok, public
+        return ok, public, maps_error
 
     async def refresh_metrics(self) -> None:
         """Before a scrape: the outbox backlog and open requests from the registry."""
@@ -378,25 +388,29 @@ class App:
             from .backlog import read_backlog
             await read_backlog(self.registry, self.state)
 
-    async def write_postfix_maps(self) -> None:
+    async def write_postfix_maps(self) -> str | None:
         """postfix_maps.on_reload: Postfix's tables follow the address book (one process
-        writes them). A failure is logged; mail keeps flowing, Postfix keeps the old tables."""
+        writes them). A failure is logged and returned, for the reply to `mailrouter
+        reload`: the file, the error and the fix. Mail keeps flowing, Postfix keeps the old
+        tables (and so refuses the book's new addresses with 550 until they are rebuilt)."""
         pm = self.config.postfix_maps
         if pm is None or not pm.on_reload or self.worker not in (None, 0):
-            return
+            return None
         try:
             written = await asyncio.to_thread(postfixmaps.refresh, self.config, self._snapshot.book)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            log.error("event=postfix_maps_failed dir=%s error=%r", pm.dir, str(exc))
-        else:
-            log.info("event=postfix_maps dir=%s changed=%s", pm.dir, ",".join(written) or "-")
+            why = postfixmaps.failure(exc, pm.dir)
+            log.error("event=postfix_maps_failed dir=%s error=%r", pm.dir, why)
+            return why
+        log.info("event=postfix_maps dir=%s %s", pm.dir, written.summary())
+        return None
 
-    async def admin_reload(self) -> tuple[bool, str]:
+    async def admin_reload(self) -> Reloaded:
         """POST /-/reload: have the supervisor reload the other workers, and reload here.
         The signal goes first, so that all workers coalesce over the same burst."""
         if self.worker is not None:
             os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
-        return await self.reload()
+        return await self.reload_all()
 
     async def watch(self, interval: float = 1.0) -> None:
         while not self.draining:
