@@ -479,3 +479,29 @@ def test_routing_option_tries_an_edited_copy_against_the_live_config(tmp_path):
     assert folder.returncode == 1 and "Traceback" not in folder.stderr
     assert (f"{copy}: a directory, not a routing file; name its files with a glob: "
             f"{copy}/*.yaml") in folder.stderr, folder.stderr
+
+
+MALFORMED_AND_NOT = ["a b@example.com", "sales@", "@example.com", "sales@@example.com",
+                     "<sales@example.com", '"a b"@example.com', "no-at-sign", "<>",
+                     "sales@example.com", "<sales@example.com>", "nobody@example.com"]
+
+
+async def test_explain_answers_a_recipient_as_the_daemons_rcpt_does(make_app):
+    """explain --rcpt says the reply the daemon gives that address at RCPT: 553 5.1.3 for
+    a malformed path (explain said 550 5.1.1, the address book's answer to a string it was
+    never given by the daemon), 501 for <>, and the book's answer for the rest."""
+    from tests.support.wire import Wire
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    async with Wire(port) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<x@outside.test>")).startswith("250")
+        daemon = [await w.cmd("RCPT TO:" + (a if a.startswith("<") else f"<{a}>"))
+                  for a in MALFORMED_AND_NOT]
+    args = [a for rcpt in MALFORMED_AND_NOT for a in ("--rcpt", rcpt)]
+    out = mr("explain", "--json", *args, str(RULES / "samples" / "invoice-koi8r.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    explained = [r["reply"] for r in json.loads(out.stdout)["recipients"]]
+    assert explained == daemon
+    assert explained[0] == daemon[0] == "553 5.1.3 Error: malformed address"
