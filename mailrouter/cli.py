@@ -346,15 +346,24 @@ def _ask_registry(cfg: Config, what: str, ask: Callable[[Any], Awaitable[Any]]) 
     return ask_registry(cfg, what, ask)
 
 
+def _zone(cfg: Config) -> Any:
+    """The company's zone (calendars.company_zone of the routing files): the CLI's text
+    prints registry times in it with the offset, as `request show` and the web view do."""
+    from .calendars import company_zone
+    return company_zone(_snapshot(cfg).rules.calendars)
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
+    from .calendars import company_time
     cfg = _config(args.config)
+    zone = _zone(cfg)
     found: list[dict[str, Any]] = _ask_registry(cfg, "registry", lambda reg: reg.recent(args.n or None))
     if not found:
         print(f"no messages in the registry yet ({_where(cfg.registry.url)})")
     from .control.cli import printable
     for m in found:
         retries = f"  (received {m['attempts']} times: retries)" if m.get("attempts", 1) > 1 else ""
-        print(f"{m['received_at']:%Y-%m-%d %H:%M:%S} {m['status']:9} "
+        print(f"{company_time(m['received_at'], zone, 'seconds')} {m['status']:9} "
               f"{printable(m['from_addr'] or m['mail_from'])}"
               f"  {m['subject']!r}  {printable(m['message_id'] or '')}{retries}")
         for d in m["decisions"]:
@@ -371,6 +380,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         print(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
                            for k, v in r.items()} for r in rows], ensure_ascii=False, indent=2))
         return 0
+    from .calendars import company_time
+    zone = _zone(cfg)
     relay = cfg.outbox.relay
     print(f"relay: {relay or 'none (outbox.relay is not set: messages wait here)'}")
     if not rows:
@@ -378,7 +389,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     for r in rows:
         when = r["sent_at"] if r["state"] == "sent" else r["next_try"]
         print(f"{r['id']:>6} {r['kind']:9} {r['state']:10} {r['rcpt']}  attempts={r['attempts']} "
-              f"{'sent' if r['state'] == 'sent' else 'next'}={when:%Y-%m-%d %H:%M:%S}"
+              f"{'sent' if r['state'] == 'sent' else 'next'}={company_time(when, zone, 'seconds')}"
               + (f"  {r['last_error']}" if r["last_error"] else ""))
     return 0
 

@@ -505,3 +505,22 @@ async def test_explain_answers_a_recipient_as_the_daemons_rcpt_does(make_app):
     explained = [r["reply"] for r in json.loads(out.stdout)["recipients"]]
     assert explained == daemon
     assert explained[0] == daemon[0] == "553 5.1.3 Error: malformed address"
+
+
+def test_registry_and_outbox_print_times_in_the_companys_zone(daemon_process):
+    """`mailrouter registry` and `mailrouter outbox` print registry times as the company's
+    wall clock with its offset (the example rules' one calendar is Moscow's), as `request
+    show`, `registry history` and `registry search` do; they printed the bare UTC clock."""
+    import re
+    import smtplib
+    proc = daemon_process(extra="autoreply: {dns: {check: false}}\n")
+    with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
+        s.sendmail("ann@client.example", ["old-sales@example.com"],
+                   b"From: ann@client.example\r\nSubject: hello\r\nMessage-ID: <z1@client>\r\n\r\nhi\r\n")
+    out = mr("registry", "-c", str(proc.config))
+    assert out.returncode == 0, out.stderr
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+03:00 delivered ", out.stdout), out.stdout
+    out = mr("outbox", "-c", str(proc.config))
+    assert out.returncode == 0, out.stderr
+    assert re.search(r" autoreply +queued +ann@client.example  attempts=0 "
+                     r"next=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+03:00", out.stdout), out.stdout
