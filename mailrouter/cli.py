@@ -116,6 +116,9 @@ def metrics_dir() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # first thing: a SIGTERM from here on stops the start cleanly (exit 0), see workers.Starting
+    from .workers import Starting
+    starting = Starting().install()
     cfg = _config(args.config)
     made = None
     if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -129,9 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .routing.snapshot import load_book
         from .workers import start_child
         book = start_child(lambda: load_book(cfg.routing, cfg.limits))
+        starting.child = book        # a SIGTERM during the imports below kills it
     from .daemon import run
     try:
-        return run(cfg, book)
+        return run(cfg, book, starting)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)

@@ -54,8 +54,8 @@ from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot, prepare
 from .values import Downstream, Reply, Transaction
 from .web import start_web
-from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, bind, start_child,
-                      in_new_process, supervise)
+from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, Starting, bind,
+                      start_child, in_new_process, supervise)
 
 __all__ = ["App", "run", "loop_factory", "run_loop"]
 
@@ -436,16 +436,21 @@ class App:
 
 
 async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.socket] | None = None,
-                worker: int | None = None, snapshot: Snapshot | None = None) -> int:
+                worker: int | None = None, snapshot: Snapshot | None = None,
+                starting: Starting | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the exit code. A worker gets the `snapshot` its
     supervisor loaded before forking, shared copy-on-write; it is used while the routing
-    files still hold what it was built from (a worker replaced after a change loads them)."""
+    files still hold what it was built from (a worker replaced after a change loads them).
+    `starting`: the signals noted since `mailrouter run` began (the only process of
+    `workers: 1`), acted on once the loop handles them."""
     try:
         snap = snapshot if snapshot is not None and _still_current(snapshot, config) else \
             await asyncio.to_thread(_load, config, worker is not None)
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
         return START_FAILED
+    if starting is not None and starting.stopping:
+        return _stopped_during_start(starting, "loading the routing files")
     app = App(config, snap, sockets, worker)
     try:
         await app.start()
@@ -457,6 +462,13 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
     loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)   # a worker is born with them blocked
+    if starting is not None and starting.got:    # came during app.start(): the loop's now
+        if starting.stopping:       # the listeners may have taken a session: drain it
+            log.info("event=stopped_during_start step=starting signal=%s",
+                     starting.signal_name())
+            app.request_stop()
+        elif signal.SIGHUP in starting.got:
+            _ = app.request_reload()      # its result is logged; nobody waits for it
     # Everything loaded so far (rules, address book, SQLAlchemy, aiosmtpd) lives for the
     # whole run: move it out of the cyclic collector's sight, so full collections scan
     # only per-message garbage instead of the whole heap.
@@ -485,18 +497,29 @@ def _public(exc: ConfigErrors, patterns: tuple[str, ...]) -> str:
     return text.replace(root + "/", "") if root.startswith("/") and root != "/" else text
 
 
-def run(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None) -> int:
+def run(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None,
+        starting: Starting | None = None) -> int:
     """Run the daemon until it is stopped; its exit code. `book`: the address book of the
     routing files being built in a child since before this module was imported (cli.cmd_run,
-    with workers), for run_workers."""
+    with workers), for run_workers. `starting`: the signals noted since then (cli.cmd_run
+    installs it first thing); None: noted from here on. A SIGTERM at any moment of the
+    start stops it: exit 0, event=stopped_during_start, the book's child reaped."""
+    mine = starting is None
+    starting = starting or Starting().install()
+    if book is not None and not book.reaped:
+        starting.child = book
     try:
-        return _run(config, book)
+        return _run(config, book, starting)
     finally:
+        starting.child = None
         if book is not None and not book.taken:
             book.cancel()
+        if mine:
+            starting.restore()
 
 
-def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None) -> int:
+def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
+         starting: Starting) -> int:
     logs.setup(config.log_level, config.log_format)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     unusable = unwritable(config, create=True)
@@ -504,8 +527,8 @@ def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None) -> 
         return _start_failed("; and ".join(unusable))
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
-        return run_loop(serve(config))
-    return run_workers(config, book)
+        return run_loop(serve(config, starting=starting))
+    return run_workers(config, book, starting)
 
 
 async def reconcile_intents(config: Config) -> None:
@@ -520,6 +543,14 @@ async def reconcile_intents(config: Config) -> None:
     finally:
         await deliverer.close()
         await registry.close()
+
+
+def _stopped_during_start(starting: Starting, step: str) -> int:
+    """A SIGTERM/SIGINT came while starting (workers.Starting): stop before the next step.
+    Nothing listens yet, so no mail is at stake: a clean stop, exit 0."""
+    log.info("event=stopped_during_start step=%r signal=%s; not starting", step,
+             starting.signal_name())
+    return 0
 
 
 def _start_failed(why: str) -> int:
@@ -576,7 +607,8 @@ def _size(files: list[str]) -> int:
     return total
 
 
-def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None) -> int:
+def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None,
+                starting: Starting | None = None) -> int:
     """Bind once, migrate once, then fork the workers (see workers.py).
 
     The routing snapshot is built here, once, and the workers inherit it: the address book
@@ -592,39 +624,23 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
     process (`_load`). `book`: that child, started before the daemon's imports (cli.cmd_run:
     it builds while this process imports), or None to start it here. Meanwhile this process
     reads the files and compiles the rules' conditions (routing.snapshot.prepare): waiting
-    for the book it did nothing for ~1.2 s of a 2.5 s start (bench/README.md, eighth pass)."""
-    try:
-        child = book if book is not None else start_child(
-            lambda: load_book(config.routing, config.limits))
-        # the rules' half of the load, made while the child builds the book
-        prepared = prepare(config.routing) if child is not None else None
-        built = child.result() if child is not None else None
-        snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
-        del prepared, built       # the files' YAML: not kept for the life of the supervisor
-    except ConfigErrors as exc:
-        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
-        return START_FAILED
-    gc.collect()        # then frozen: a collection in a worker never writes to these pages
-    gc.freeze()
+    for the book it did nothing for ~1.2 s of a 2.5 s start (bench/README.md, eighth pass).
+
+    Signals (`starting`, workers.Starting): from the start on a SIGTERM is noted, kills the
+    book's child, and the start stops at the next step below (exit 0); arriving before, it
+    killed the supervisor outright (exit -15). From the bind on, a client may connect: the
+    signals are handed to supervise once it has its handlers, which drain the workers. A
+    handler, not a blocked mask: a thread the registry left behind would take a signal the
+    main thread blocks."""
+    mine = starting is None
+    starting = starting or Starting().install()
+    started = _start_supervisor(config, book, starting)
+    if not isinstance(started, tuple):      # stopped, or could not start
+        if mine:
+            starting.restore()
+        return started
+    snap, sockets = started
     from prometheus_client import multiprocess
-    early: list[int] = []
-    before: dict[int, Any] = {}
-    try:
-        asyncio.run(upgrade(config.registry.url))
-        asyncio.run(reconcile_intents(config))   # before the listeners: see intents.py
-        # From the moment the listeners exist a client may connect, and a SIGTERM may come
-        # (a test, an init system): noted here and handed to supervise once it has its
-        # handlers, which drain the workers; arriving before, it killed the supervisor
-        # outright (exit -15). A handler, not a blocked mask: a thread the registry left
-        # behind would take a signal the main thread blocks.
-        before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig))
-                  for sig in HANDLED}
-        sockets = {name: bind(lst.host, lst.port, name)
-                   for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
-    except (ListenError, RegistryError) as exc:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-        return _start_failed(str(exc))
     # This process only supervises: its live gauges (created at import, the reload time 0)
     # are no worker's, and counted in livemin they pinned the reload time at 0 (1970).
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):     # set by `mailrouter run` (cli.py)
@@ -634,4 +650,50 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
     return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,
                                                       snapshot=snap)),
                      on_exit=lambda pid: multiprocess.mark_process_dead(pid),  # type: ignore[no-untyped-call]
-                     early=early)
+                     early=starting.got)
+
+
+def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
+                      starting: Starting) -> int | tuple[Snapshot, dict[str, socket.socket]]:
+    """run_workers' start: the snapshot and the bound listeners, or the exit code."""
+    child = book
+    try:
+        child = child if child is not None else start_child(
+            lambda: load_book(config.routing, config.limits))
+        if child is not None and not child.reaped:
+            starting.child = child       # a SIGTERM kills it: result() is None at once
+        # the rules' half of the load, made while the child builds the book
+        prepared = prepare(config.routing) if child is not None else None
+        built = child.result() if child is not None and not starting.stopping else None
+        starting.child = None
+        if starting.stopping:
+            return _stopped_during_start(starting, "building the address book")
+        snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
+        del prepared, built       # the files' YAML: not kept for the life of the supervisor
+    except ConfigErrors as exc:
+        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
+        return START_FAILED
+    finally:
+        starting.child = None
+        if child is not None and not child.taken:
+            child.cancel()
+    gc.collect()        # then frozen: a collection in a worker never writes to these pages
+    gc.freeze()
+    steps: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+        ("migrating the registry", lambda: upgrade(config.registry.url)),
+        # before the listeners: see intents.py
+        ("recording the copies a crash left", lambda: reconcile_intents(config))]
+    try:
+        for step, work in [("loading the routing files", None), *steps]:
+            if work is not None:
+                asyncio.run(work())
+            if starting.stopping:
+                return _stopped_during_start(starting, step)
+        sockets = {name: bind(lst.host, lst.port, name)
+                   for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
+    except (ListenError, RegistryError) as exc:
+        return _start_failed(str(exc))
+    if starting.stopping:      # supervise starts no worker: say why it stops
+        log.info("event=stopped_during_start step='binding the listeners' signal=%s",
+                 starting.signal_name())
+    return snap, sockets
