@@ -336,3 +336,21 @@ def test_ctrl_c_at_the_password_prompt_is_one_line(tmp_path: Path) -> None:
     assert proc.wait(30) == 130
     assert "Traceback" not in rest
     assert rest.strip() == "mailrouter web: interrupted; nothing more done"
+
+
+def test_the_install_guide_says_which_listeners_the_example_config_opens() -> None:
+    """docs/install.md step 4 (the service starts with config.example.yaml as copied in
+    step 3) names each listener the example opens, on loopback, the web view included:
+    it was on at 127.0.0.1:9126 and the guide said nothing of it."""
+    from mailrouter.config import load_config
+    root = RULES.parent
+    cfg = load_config(root / "config.example.yaml")
+    guide = (root / "docs" / "install.md").read_text(encoding="utf-8")
+    step4 = " ".join(guide.split("## 4.", 1)[1].split("## 5.", 1)[0].split())
+    assert cfg.web is not None and cfg.web.host == "127.0.0.1"        # loopback, never 0.0.0.0
+    for name, lst in (("smtp", cfg.smtp), ("lmtp", cfg.lmtp), ("admin", cfg.admin),
+                      ("web", cfg.web)):
+        assert lst is not None and lst.host == "127.0.0.1", name
+        assert f":{lst.port}" in step4, (name, lst)
+    assert f"{cfg.web.host}:{cfg.web.port}" in step4 and "web: null" in step4
+    assert "mailrouter web passwd" in step4
