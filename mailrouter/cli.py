@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -234,8 +234,9 @@ RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables w
 def cmd_reload(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     if cfg.admin is None:
-        print("mailrouter reload: no admin listener configured; send SIGHUP to the daemon",
-              file=sys.stderr)
+        print(f"mailrouter reload: {_shown(cfg.path) if cfg.path else 'the config'} has no admin "
+              "listener (listen.admin: null): send SIGHUP to the daemon (systemctl kill -s HUP "
+              "mailrouter), or set listen.admin, e.g. 127.0.0.1:9125", file=sys.stderr)
         return 2
     host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
     url = f"http://{host}:{cfg.admin.port}/-/reload"
@@ -292,13 +293,9 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     snap = _snapshot(cfg)
     try:
         written = postfixmaps.refresh(cfg, snap.book)
-    except OSError as exc:     # str() was "[Errno 20] Not a directory: '...'"
-        which = f" ({exc.filename})" if exc.filename and Path(exc.filename) != pm.dir else ""
-        print(f"mailrouter postfix: cannot write the tables in {pm.dir}: "
-              f"{exc.strerror or exc}{which}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"mailrouter postfix: {exc}", file=sys.stderr)
+    except (OSError, RuntimeError) as exc:     # str() was "[Errno 20] Not a directory: '...'"
+        print(f"mailrouter postfix: the tables were not written: {postfixmaps.failure(exc, pm.dir)}",
+              file=sys.stderr)
         return 2
     stale = [n for n in written.indexed if n not in written.changed]
     print(f"{len(written.changed)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
@@ -322,6 +319,10 @@ def cmd_address(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(addressquery.export_csv(book))
         return 0
+    if not args.query.strip():
+        print("mailrouter address: give an address, e.g. sales@example.com, or 'export'",
+              file=sys.stderr)
+        return 2
     found = addressquery.describe(book, args.query)
     print(json.dumps(found, ensure_ascii=False, indent=2) if args.json
           else addressquery.format_text(found))
@@ -329,7 +330,9 @@ def cmd_address(args: argparse.Namespace) -> int:
 
 
 def _where(url: str) -> str:
-    """A registry URL without its user and password, for messages."""
+    """A registry for messages: a SQLite file's path, else the URL without user and password."""
+    if url.startswith("sqlite") and ":///" in url:
+        return url.split(":///", 1)[1] or url
     return url.split("@")[-1]
 
 
@@ -338,8 +341,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     try:
         asyncio.run(upgrade(cfg.registry.url))
-    except RegistryError as exc:
-        print(f"mailrouter db upgrade: {exc}", file=sys.stderr)
+    except RegistryError as exc:     # the error alone did not say which database
+        print(f"mailrouter db upgrade: {_where(cfg.registry.url)}: {exc} (registry.url in "
+              f"{_shown(cfg.path) if cfg.path else 'the embedded default'})", file=sys.stderr)
         return 2
     print(f"registry schema is up to date: {_where(cfg.registry.url)}")
     return 0
@@ -350,18 +354,26 @@ def _ask_registry(cfg: Config, what: str, ask: Callable[[Any], Awaitable[Any]]) 
     return ask_registry(cfg, what, ask)
 
 
-def _zone(cfg: Config) -> Any:
+def _zone(cfg: Config, command: str) -> tzinfo:
     """The company's zone (calendars.company_zone of the routing files): the CLI's text
-    prints registry times in it with the offset, as `request show` and the web view do."""
+    prints registry times in it with the offset, as `request show` and the web view do.
+    Routing files with errors must not hide the registry (what came in, while the admin
+    mends them): then UTC, and a note on stderr."""
     from .calendars import company_zone
-    return company_zone(_snapshot(cfg).rules.calendars)
+    from .routing.snapshot import load_snapshot
+    try:
+        return company_zone(load_snapshot(cfg.routing, cfg.limits, cfg.hostname).rules.calendars)
+    except ConfigErrors as exc:
+        print(f"mailrouter {command}: times in UTC: the routing files, which give the company's "
+              f"zone, have {len(exc.errors)} error(s) (mailrouter check)", file=sys.stderr)
+        return timezone.utc
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
     from .calendars import company_time
     cfg = _config(args.config)
-    zone = _zone(cfg)
     found: list[dict[str, Any]] = _ask_registry(cfg, "registry", lambda reg: reg.recent(args.n or None))
+    zone = _zone(cfg, "registry") if found else timezone.utc
     if not found:
         print(f"no messages in the registry yet ({_where(cfg.registry.url)})")
     from .control.cli import printable
@@ -379,13 +391,13 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
-    rows: list[dict[str, Any]] = _ask_registry(cfg, "outbox", lambda reg: reg.outbox_list(args.n))
+    rows: list[dict[str, Any]] = _ask_registry(cfg, "outbox", lambda reg: reg.outbox_list(args.n or 2**31))
     if args.json:
         print(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
                            for k, v in r.items()} for r in rows], ensure_ascii=False, indent=2))
         return 0
     from .calendars import company_time
-    zone = _zone(cfg)
+    zone = _zone(cfg, "outbox") if rows else timezone.utc
     relay = cfg.outbox.relay
     print(f"relay: {relay or 'none (outbox.relay is not set: messages wait here)'}")
     if not rows:
@@ -488,6 +500,17 @@ def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
                 _explain_usage(sub, f"{path} {name}".strip())
 
 
+def _count(text: str) -> int:
+    """-n N: a whole number, 0 or more (-1 listed everything, as SQLite's LIMIT -1 does)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more; 0: all)")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -536,11 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     add("reload", cmd_reload, "ask the running daemon to reload its routing files")
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")
-    reg.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10; 0: all)")
+    reg.add_argument("-n", type=_count, default=10, metavar="N", help="how many (default 10; 0: all)")
     from .control.cli import add_commands
     add_commands(sub, add, reg, _config, _snapshot)
     ob = add("outbox", cmd_outbox, "list the outgoing mail (autoreplies, DSNs) and its state")
-    ob.add_argument("-n", type=int, default=50, metavar="N", help="how many (default 50)")
+    ob.add_argument("-n", type=_count, default=50, metavar="N", help="how many (default 50; 0: all)")
     ob.add_argument("--json", action="store_true", help="machine-readable output")
     ad = add("address", cmd_address, "what the address book does with one address (exit 1 "
              "when unknown), or 'export' for every address")

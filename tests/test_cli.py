@@ -180,8 +180,10 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
         out = mr(*cmd, "-c", str(cfg))
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.strip().splitlines() == [
-            f"mailrouter {' '.join(cmd)}: registry {'open' if cmd == ['registry'] else 'upgrade'}"
-            " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"]
+            f"mailrouter {' '.join(cmd)}: " + ("" if cmd == ["registry"] else "127.0.0.1:1/mr: ")
+            + f"registry {'open' if cmd == ['registry'] else 'upgrade'}"
+            " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"
+            + ("" if cmd == ["registry"] else f" (registry.url in {cfg})")]
     sqlite = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
     assert mr("db", "upgrade", "-c", str(sqlite)).returncode == 0
     out = mr("registry", "-c", str(sqlite))
@@ -507,13 +509,17 @@ async def test_explain_answers_a_recipient_as_the_daemons_rcpt_does(make_app):
     assert explained[0] == daemon[0] == "553 5.1.3 Error: malformed address"
 
 
-def test_registry_and_outbox_print_times_in_the_companys_zone(daemon_process):
+def test_registry_and_outbox_print_times_in_the_companys_zone(daemon_process, tmp_path):
     """`mailrouter registry` and `mailrouter outbox` print registry times as the company's
     wall clock with its offset (the example rules' one calendar is Moscow's), as `request
-    show`, `registry history` and `registry search` do; they printed the bare UTC clock."""
+    show`, `registry history` and `registry search` do; they printed the bare UTC clock.
+    Routing files with an error do not hide the registry: UTC then, and a note."""
     import re
     import smtplib
-    proc = daemon_process(extra="autoreply: {dns: {check: false}}\n")
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    proc = daemon_process(extra="autoreply: {dns: {check: false}}\n",
+                          routing=str(rules / "*.yaml"))
     with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
         s.sendmail("ann@client.example", ["old-sales@example.com"],
                    b"From: ann@client.example\r\nSubject: hello\r\nMessage-ID: <z1@client>\r\n\r\nhi\r\n")
@@ -524,3 +530,9 @@ def test_registry_and_outbox_print_times_in_the_companys_zone(daemon_process):
     assert out.returncode == 0, out.stderr
     assert re.search(r" autoreply +queued +ann@client.example  attempts=0 "
                      r"next=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+03:00", out.stdout), out.stdout
+    (rules / "zz-broken.yaml").write_text("bogus_section: 1\n")
+    out = mr("registry", "-c", str(proc.config))
+    assert out.returncode == 0, out.stderr
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00 delivered ", out.stdout), out.stdout
+    assert out.stderr.startswith("mailrouter registry: times in UTC: the routing files, which "
+                                 "give the company's zone, have 1 error(s) (mailrouter check)")
