@@ -3,8 +3,9 @@
 Every command runs the daemon's own code (as amtool does for Alertmanager):
 `check` loads exactly what `run` loads, `explain` and `test` call the same
 `Snapshot.decide` the daemon calls after DATA. Exit codes: 0 fine, 1 a check
-(errors in the configuration or routing files) or a rule test failed, 2 another
-command could not load its configuration.
+(errors in the configuration or routing files) or a rule test failed, or the daemon
+refused a reload, 2 another command could not load its configuration, 3 `reload`
+reloaded the rules but could not rebuild Postfix's tables (postfix_maps.on_reload).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -115,6 +116,9 @@ def metrics_dir() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # first thing: a SIGTERM from here on stops the start cleanly (exit 0), see workers.Starting
+    from .workers import Starting
+    starting = Starting().install()
     cfg = _config(args.config)
     made = None
     if cfg.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -128,9 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .routing.snapshot import load_book
         from .workers import start_child
         book = start_child(lambda: load_book(cfg.routing, cfg.limits))
+        starting.child = book        # a SIGTERM during the imports below kills it
     from .daemon import run
     try:
-        return run(cfg, book)
+        return run(cfg, book, starting)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)
@@ -223,11 +228,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables were not
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     if cfg.admin is None:
-        print("mailrouter reload: no admin listener configured; send SIGHUP to the daemon",
-              file=sys.stderr)
+        print(f"mailrouter reload: {_shown(cfg.path) if cfg.path else 'the config'} has no admin "
+              "listener (listen.admin: null): send SIGHUP to the daemon (systemctl kill -s HUP "
+              "mailrouter), or set listen.admin, e.g. 127.0.0.1:9125", file=sys.stderr)
         return 2
     host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
     url = f"http://{host}:{cfg.admin.port}/-/reload"
@@ -253,7 +262,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 2
     print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
           + str(body.get("detail")))
-    return 0 if body.get("ok") else 1
+    if not body.get("ok"):
+        return 1
+    if body.get("postfix_maps"):     # the rules run; Postfix refuses their new addresses
+        print("mailrouter reload: the rules were reloaded, but Postfix's tables were not "
+              f"rebuilt (Postfix still answers from the old ones):\n  {body['postfix_maps']}\n"
+              "then run `mailrouter reload` again", file=sys.stderr)
+        return RELOAD_MAPS_FAILED
+    return 0
 
 
 def cmd_postfix(args: argparse.Namespace) -> int:
@@ -277,16 +293,14 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     snap = _snapshot(cfg)
     try:
         written = postfixmaps.refresh(cfg, snap.book)
-    except OSError as exc:     # str() was "[Errno 20] Not a directory: '...'"
-        which = f" ({exc.filename})" if exc.filename and Path(exc.filename) != pm.dir else ""
-        print(f"mailrouter postfix: cannot write the tables in {pm.dir}: "
-              f"{exc.strerror or exc}{which}", file=sys.stderr)
+    except (OSError, RuntimeError) as exc:     # str() was "[Errno 20] Not a directory: '...'"
+        print(f"mailrouter postfix: the tables were not written: {postfixmaps.failure(exc, pm.dir)}",
+              file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        print(f"mailrouter postfix: {exc}", file=sys.stderr)
-        return 2
-    print(f"{len(written)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
-          f"{postfixmaps.default_nexthop(cfg)})" + ("" if pm.postmap else "; run postmap on each"))
+    stale = [n for n in written.indexed if n not in written.changed]
+    print(f"{len(written.changed)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
+          f"{postfixmaps.default_nexthop(cfg)})" + ("" if pm.postmap else "; run postmap on each")
+          + (f"; index rebuilt for {', '.join(stale)}" if stale else ""))
     print("add them to main.cf once (these add to what is there), then `postfix reload`:")
     for line in postfixmaps.postconf_lines(pm.dir, pm.mode, snap.book.options.detail_separator,
                                            pm.kind):
@@ -305,6 +319,10 @@ def cmd_address(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(addressquery.export_csv(book))
         return 0
+    if not args.query.strip():
+        print("mailrouter address: give an address, e.g. sales@example.com, or 'export'",
+              file=sys.stderr)
+        return 2
     found = addressquery.describe(book, args.query)
     print(json.dumps(found, ensure_ascii=False, indent=2) if args.json
           else addressquery.format_text(found))
@@ -312,7 +330,9 @@ def cmd_address(args: argparse.Namespace) -> int:
 
 
 def _where(url: str) -> str:
-    """A registry URL without its user and password, for messages."""
+    """A registry for messages: a SQLite file's path, else the URL without user and password."""
+    if url.startswith("sqlite") and ":///" in url:
+        return url.split(":///", 1)[1] or url
     return url.split("@")[-1]
 
 
@@ -321,8 +341,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     try:
         asyncio.run(upgrade(cfg.registry.url))
-    except RegistryError as exc:
-        print(f"mailrouter db upgrade: {exc}", file=sys.stderr)
+    except RegistryError as exc:     # the error alone did not say which database
+        print(f"mailrouter db upgrade: {_where(cfg.registry.url)}: {exc} (registry.url in "
+              f"{_shown(cfg.path) if cfg.path else 'the embedded default'})", file=sys.stderr)
         return 2
     print(f"registry schema is up to date: {_where(cfg.registry.url)}")
     return 0
@@ -333,15 +354,32 @@ def _ask_registry(cfg: Config, what: str, ask: Callable[[Any], Awaitable[Any]]) 
     return ask_registry(cfg, what, ask)
 
 
+def _zone(cfg: Config, command: str) -> tzinfo:
+    """The company's zone (calendars.company_zone of the routing files): the CLI's text
+    prints registry times in it with the offset, as `request show` and the web view do.
+    Routing files with errors must not hide the registry (what came in, while the admin
+    mends them): then UTC, and a note on stderr."""
+    from .calendars import company_zone
+    from .routing.snapshot import load_snapshot
+    try:
+        return company_zone(load_snapshot(cfg.routing, cfg.limits, cfg.hostname).rules.calendars)
+    except ConfigErrors as exc:
+        print(f"mailrouter {command}: times in UTC: the routing files, which give the company's "
+              f"zone, have {len(exc.errors)} error(s) (mailrouter check)", file=sys.stderr)
+        return timezone.utc
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
+    from .calendars import company_time
     cfg = _config(args.config)
     found: list[dict[str, Any]] = _ask_registry(cfg, "registry", lambda reg: reg.recent(args.n or None))
+    zone = _zone(cfg, "registry") if found else timezone.utc
     if not found:
         print(f"no messages in the registry yet ({_where(cfg.registry.url)})")
     from .control.cli import printable
     for m in found:
         retries = f"  (received {m['attempts']} times: retries)" if m.get("attempts", 1) > 1 else ""
-        print(f"{m['received_at']:%Y-%m-%d %H:%M:%S} {m['status']:9} "
+        print(f"{company_time(m['received_at'], zone, 'seconds')} {m['status']:9} "
               f"{printable(m['from_addr'] or m['mail_from'])}"
               f"  {m['subject']!r}  {printable(m['message_id'] or '')}{retries}")
         for d in m["decisions"]:
@@ -353,11 +391,13 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
-    rows: list[dict[str, Any]] = _ask_registry(cfg, "outbox", lambda reg: reg.outbox_list(args.n))
+    rows: list[dict[str, Any]] = _ask_registry(cfg, "outbox", lambda reg: reg.outbox_list(args.n or 2**31))
     if args.json:
         print(json.dumps([{k: (v.isoformat() if isinstance(v, datetime) else v)
                            for k, v in r.items()} for r in rows], ensure_ascii=False, indent=2))
         return 0
+    from .calendars import company_time
+    zone = _zone(cfg, "outbox") if rows else timezone.utc
     relay = cfg.outbox.relay
     print(f"relay: {relay or 'none (outbox.relay is not set: messages wait here)'}")
     if not rows:
@@ -365,7 +405,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     for r in rows:
         when = r["sent_at"] if r["state"] == "sent" else r["next_try"]
         print(f"{r['id']:>6} {r['kind']:9} {r['state']:10} {r['rcpt']}  attempts={r['attempts']} "
-              f"{'sent' if r['state'] == 'sent' else 'next'}={when:%Y-%m-%d %H:%M:%S}"
+              f"{'sent' if r['state'] == 'sent' else 'next'}={company_time(when, zone, 'seconds')}"
               + (f"  {r['last_error']}" if r["last_error"] else ""))
     return 0
 
@@ -460,6 +500,17 @@ def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
                 _explain_usage(sub, f"{path} {name}".strip())
 
 
+def _count(text: str) -> int:
+    """-n N: a whole number, 0 or more (-1 listed everything, as SQLite's LIMIT -1 does)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more; 0: all)")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -478,8 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
                "or the example rules shipped in the package when there is no ./rules (a note on stderr\n"
                "says so).\n"
                "Only `run` and `db upgrade` create the registry or the mail store.\n"
-               "Exit codes: 0 ok, 1 check found errors or a rule test failed, 2 another command\n"
-               "could not load its configuration or do its job.")
+               "Exit codes: 0 ok, 1 check found errors, a rule test failed or the daemon refused\n"
+               "a reload, 2 another command could not load its configuration or do its job, 3\n"
+               "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not.")
     from . import __version__
     p.add_argument("--version", action="version", version=f"mailrouter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -507,11 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     add("reload", cmd_reload, "ask the running daemon to reload its routing files")
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")
-    reg.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10; 0: all)")
+    reg.add_argument("-n", type=_count, default=10, metavar="N", help="how many (default 10; 0: all)")
     from .control.cli import add_commands
     add_commands(sub, add, reg, _config, _snapshot)
     ob = add("outbox", cmd_outbox, "list the outgoing mail (autoreplies, DSNs) and its state")
-    ob.add_argument("-n", type=int, default=50, metavar="N", help="how many (default 50)")
+    ob.add_argument("-n", type=_count, default=50, metavar="N", help="how many (default 50; 0: all)")
     ob.add_argument("--json", action="store_true", help="machine-readable output")
     ad = add("address", cmd_address, "what the address book does with one address (exit 1 "
              "when unknown), or 'export' for every address")

@@ -54,13 +54,16 @@ from .registry import Registry, upgrade
 from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot, prepare
 from .values import Downstream, Reply, Transaction
 from .web import start_web
-from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, bind, start_child,
-                      in_new_process, supervise)
+from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, Starting, bind,
+                      start_child, in_new_process, supervise)
 
 __all__ = ["App", "run", "loop_factory", "run_loop"]
 
 log = logging.getLogger("mailrouter")
 T = TypeVar("T")
+# A reload's result: ok, the new hash or the errors (admin reply), and why Postfix's
+# tables (postfix_maps.on_reload) were not rebuilt after it, or None
+Reloaded = tuple[bool, str, str | None]
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -105,7 +108,7 @@ class App:
         self.registry: Registry | None = None
         self.deliverer = Deliverer(config.delivery, config.hostname)
         self.pipeline: Pipeline | None = None
-        self._next_reload: asyncio.Future[tuple[bool, str]] | None = None  # the one to run next
+        self._next_reload: asyncio.Future[Reloaded] | None = None  # the one to run next
         self._reloader: asyncio.Task[None] | None = None     # runs reloads while any is asked
         self.sla_task: asyncio.Task[None] | None = None
         self.intents: Intents | None = None
@@ -313,7 +316,7 @@ class App:
                 out[f] = (-1, -1)
         return out
 
-    def request_reload(self) -> asyncio.Future[tuple[bool, str]]:
+    def request_reload(self) -> asyncio.Future[Reloaded]:
         """Ask for a reload (SIGHUP, the watcher, POST): the result of the next one to
         start. While one runs, every request joins the single one that follows it."""
         if self._next_reload is None:
@@ -323,6 +326,12 @@ class App:
         return self._next_reload
 
     async def reload(self) -> tuple[bool, str]:
+        """(ok, the hash or the errors) of the next reload."""
+        ok, public, _ = await self.reload_all()
+        return ok, public
+
+    async def reload_all(self) -> Reloaded:
+        """(ok, the hash or the errors, why Postfix's tables were not rebuilt or None)."""
         return await asyncio.shield(self.request_reload())   # a caller gone stops nothing
 
     async def _run_reloads(self) -> None:
@@ -335,8 +344,9 @@ class App:
                 raise
             waiting.set_result(result)
 
-    async def _reload_once(self) -> tuple[bool, str]:
+    async def _reload_once(self) -> Reloaded:
         cfg = self.config
+        maps_error = None
         self._mtimes = await asyncio.to_thread(self._routing_mtimes)   # the watcher's too
         try:
             # The same files byte for byte (a SIGHUP, a touch, a tool rewriting them): keep the
@@ -356,7 +366,7 @@ class App:
             self._snapshot, ok, detail = snap, True, snap.hash
             public = detail
             log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
-            await self.write_postfix_maps()
+            maps_error = await self.write_postfix_maps()
         # Every worker reloads; one reload is counted once, by the admin worker (issue 14:
         # 3 reloads over 2 workers showed failed=6). The gauges are per worker (livemin).
         if self.worker in (None, 0):
@@ -370,7 +380,7 @@ class App:
                 await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
-        return ok, public
+        return ok, public, maps_error
 
     async def refresh_metrics(self) -> None:
         """Before a scrape: the outbox backlog and open requests from the registry."""
@@ -378,25 +388,29 @@ class App:
             from .backlog import read_backlog
             await read_backlog(self.registry, self.state)
 
-    async def write_postfix_maps(self) -> None:
+    async def write_postfix_maps(self) -> str | None:
         """postfix_maps.on_reload: Postfix's tables follow the address book (one process
-        writes them). A failure is logged; mail keeps flowing, Postfix keeps the old tables."""
+        writes them). A failure is logged and returned, for the reply to `mailrouter
+        reload`: the file, the error and the fix. Mail keeps flowing, Postfix keeps the old
+        tables (and so refuses the book's new addresses with 550 until they are rebuilt)."""
         pm = self.config.postfix_maps
         if pm is None or not pm.on_reload or self.worker not in (None, 0):
-            return
+            return None
         try:
             written = await asyncio.to_thread(postfixmaps.refresh, self.config, self._snapshot.book)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            log.error("event=postfix_maps_failed dir=%s error=%r", pm.dir, str(exc))
-        else:
-            log.info("event=postfix_maps dir=%s changed=%s", pm.dir, ",".join(written) or "-")
+            why = postfixmaps.failure(exc, pm.dir)
+            log.error("event=postfix_maps_failed dir=%s error=%r", pm.dir, why)
+            return why
+        log.info("event=postfix_maps dir=%s %s", pm.dir, written.summary())
+        return None
 
-    async def admin_reload(self) -> tuple[bool, str]:
+    async def admin_reload(self) -> Reloaded:
         """POST /-/reload: have the supervisor reload the other workers, and reload here.
         The signal goes first, so that all workers coalesce over the same burst."""
         if self.worker is not None:
             os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
-        return await self.reload()
+        return await self.reload_all()
 
     async def watch(self, interval: float = 1.0) -> None:
         while not self.draining:
@@ -422,16 +436,21 @@ class App:
 
 
 async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.socket] | None = None,
-                worker: int | None = None, snapshot: Snapshot | None = None) -> int:
+                worker: int | None = None, snapshot: Snapshot | None = None,
+                starting: Starting | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the exit code. A worker gets the `snapshot` its
     supervisor loaded before forking, shared copy-on-write; it is used while the routing
-    files still hold what it was built from (a worker replaced after a change loads them)."""
+    files still hold what it was built from (a worker replaced after a change loads them).
+    `starting`: the signals noted since `mailrouter run` began (the only process of
+    `workers: 1`), acted on once the loop handles them."""
     try:
         snap = snapshot if snapshot is not None and _still_current(snapshot, config) else \
             await asyncio.to_thread(_load, config, worker is not None)
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
         return START_FAILED
+    if starting is not None and starting.stopping:
+        return _stopped_during_start(starting, "loading the routing files")
     app = App(config, snap, sockets, worker)
     try:
         await app.start()
@@ -443,6 +462,13 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
     loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)   # a worker is born with them blocked
+    if starting is not None and starting.got:    # came during app.start(): the loop's now
+        if starting.stopping:       # the listeners may have taken a session: drain it
+            log.info("event=stopped_during_start step=starting signal=%s",
+                     starting.signal_name())
+            app.request_stop()
+        elif signal.SIGHUP in starting.got:
+            _ = app.request_reload()      # its result is logged; nobody waits for it
     # Everything loaded so far (rules, address book, SQLAlchemy, aiosmtpd) lives for the
     # whole run: move it out of the cyclic collector's sight, so full collections scan
     # only per-message garbage instead of the whole heap.
@@ -471,18 +497,29 @@ def _public(exc: ConfigErrors, patterns: tuple[str, ...]) -> str:
     return text.replace(root + "/", "") if root.startswith("/") and root != "/" else text
 
 
-def run(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None) -> int:
+def run(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None,
+        starting: Starting | None = None) -> int:
     """Run the daemon until it is stopped; its exit code. `book`: the address book of the
     routing files being built in a child since before this module was imported (cli.cmd_run,
-    with workers), for run_workers."""
+    with workers), for run_workers. `starting`: the signals noted since then (cli.cmd_run
+    installs it first thing); None: noted from here on. A SIGTERM at any moment of the
+    start stops it: exit 0, event=stopped_during_start, the book's child reaped."""
+    mine = starting is None
+    starting = starting or Starting().install()
+    if book is not None and not book.reaped:
+        starting.child = book
     try:
-        return _run(config, book)
+        return _run(config, book, starting)
     finally:
+        starting.child = None
         if book is not None and not book.taken:
             book.cancel()
+        if mine:
+            starting.restore()
 
 
-def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None) -> int:
+def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
+         starting: Starting) -> int:
     logs.setup(config.log_level, config.log_format)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     unusable = unwritable(config, create=True)
@@ -490,8 +527,8 @@ def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None) -> 
         return _start_failed("; and ".join(unusable))
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
-        return run_loop(serve(config))
-    return run_workers(config, book)
+        return run_loop(serve(config, starting=starting))
+    return run_workers(config, book, starting)
 
 
 async def reconcile_intents(config: Config) -> None:
@@ -506,6 +543,14 @@ async def reconcile_intents(config: Config) -> None:
     finally:
         await deliverer.close()
         await registry.close()
+
+
+def _stopped_during_start(starting: Starting, step: str) -> int:
+    """A SIGTERM/SIGINT came while starting (workers.Starting): stop before the next step.
+    Nothing listens yet, so no mail is at stake: a clean stop, exit 0."""
+    log.info("event=stopped_during_start step=%r signal=%s; not starting", step,
+             starting.signal_name())
+    return 0
 
 
 def _start_failed(why: str) -> int:
@@ -562,7 +607,8 @@ def _size(files: list[str]) -> int:
     return total
 
 
-def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None) -> int:
+def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | None = None,
+                starting: Starting | None = None) -> int:
     """Bind once, migrate once, then fork the workers (see workers.py).
 
     The routing snapshot is built here, once, and the workers inherit it: the address book
@@ -578,39 +624,23 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
     process (`_load`). `book`: that child, started before the daemon's imports (cli.cmd_run:
     it builds while this process imports), or None to start it here. Meanwhile this process
     reads the files and compiles the rules' conditions (routing.snapshot.prepare): waiting
-    for the book it did nothing for ~1.2 s of a 2.5 s start (bench/README.md, eighth pass)."""
-    try:
-        child = book if book is not None else start_child(
-            lambda: load_book(config.routing, config.limits))
-        # the rules' half of the load, made while the child builds the book
-        prepared = prepare(config.routing) if child is not None else None
-        built = child.result() if child is not None else None
-        snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
-        del prepared, built       # the files' YAML: not kept for the life of the supervisor
-    except ConfigErrors as exc:
-        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
-        return START_FAILED
-    gc.collect()        # then frozen: a collection in a worker never writes to these pages
-    gc.freeze()
+    for the book it did nothing for ~1.2 s of a 2.5 s start (bench/README.md, eighth pass).
+
+    Signals (`starting`, workers.Starting): from the start on a SIGTERM is noted, kills the
+    book's child, and the start stops at the next step below (exit 0); arriving before, it
+    killed the supervisor outright (exit -15). From the bind on, a client may connect: the
+    signals are handed to supervise once it has its handlers, which drain the workers. A
+    handler, not a blocked mask: a thread the registry left behind would take a signal the
+    main thread blocks."""
+    mine = starting is None
+    starting = starting or Starting().install()
+    started = _start_supervisor(config, book, starting)
+    if not isinstance(started, tuple):      # stopped, or could not start
+        if mine:
+            starting.restore()
+        return started
+    snap, sockets = started
     from prometheus_client import multiprocess
-    early: list[int] = []
-    before: dict[int, Any] = {}
-    try:
-        asyncio.run(upgrade(config.registry.url))
-        asyncio.run(reconcile_intents(config))   # before the listeners: see intents.py
-        # From the moment the listeners exist a client may connect, and a SIGTERM may come
-        # (a test, an init system): noted here and handed to supervise once it has its
-        # handlers, which drain the workers; arriving before, it killed the supervisor
-        # outright (exit -15). A handler, not a blocked mask: a thread the registry left
-        # behind would take a signal the main thread blocks.
-        before = {sig: signal.signal(sig, lambda sig, _frame: early.append(sig))
-                  for sig in HANDLED}
-        sockets = {name: bind(lst.host, lst.port, name)
-                   for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
-    except (ListenError, RegistryError) as exc:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-        return _start_failed(str(exc))
     # This process only supervises: its live gauges (created at import, the reload time 0)
     # are no worker's, and counted in livemin they pinned the reload time at 0 (1970).
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):     # set by `mailrouter run` (cli.py)
@@ -620,4 +650,50 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
     return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,
                                                       snapshot=snap)),
                      on_exit=lambda pid: multiprocess.mark_process_dead(pid),  # type: ignore[no-untyped-call]
-                     early=early)
+                     early=starting.got)
+
+
+def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
+                      starting: Starting) -> int | tuple[Snapshot, dict[str, socket.socket]]:
+    """run_workers' start: the snapshot and the bound listeners, or the exit code."""
+    child = book
+    try:
+        child = child if child is not None else start_child(
+            lambda: load_book(config.routing, config.limits))
+        if child is not None and not child.reaped:
+            starting.child = child       # a SIGTERM kills it: result() is None at once
+        # the rules' half of the load, made while the child builds the book
+        prepared = prepare(config.routing) if child is not None else None
+        built = child.result() if child is not None and not starting.stopping else None
+        starting.child = None
+        if starting.stopping:
+            return _stopped_during_start(starting, "building the address book")
+        snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
+        del prepared, built       # the files' YAML: not kept for the life of the supervisor
+    except ConfigErrors as exc:
+        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
+        return START_FAILED
+    finally:
+        starting.child = None
+        if child is not None and not child.taken:
+            child.cancel()
+    gc.collect()        # then frozen: a collection in a worker never writes to these pages
+    gc.freeze()
+    steps: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+        ("migrating the registry", lambda: upgrade(config.registry.url)),
+        # before the listeners: see intents.py
+        ("recording the copies a crash left", lambda: reconcile_intents(config))]
+    try:
+        for step, work in [("loading the routing files", None), *steps]:
+            if work is not None:
+                asyncio.run(work())
+            if starting.stopping:
+                return _stopped_during_start(starting, step)
+        sockets = {name: bind(lst.host, lst.port, name)
+                   for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
+    except (ListenError, RegistryError) as exc:
+        return _start_failed(str(exc))
+    if starting.stopping:      # supervise starts no worker: say why it stops
+        log.info("event=stopped_during_start step='binding the listeners' signal=%s",
+                 starting.signal_name())
+    return snap, sockets

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any, Callable, Sequence
 
 from .autoreply import Policy, verdict
+from .intake.handler import rcpt_path
 from .message import MessageView
-from .values import Action, Decision
+from .values import Action, Decision, Reply
 from .routing.facts import robot_of
 from .routing.snapshot import Snapshot, envelope_sender
 
@@ -51,7 +52,7 @@ def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None
     if not rcpts:
         rcpts = [a for _, a in _safe(defects, "To", lambda: view.to + view.cc, []) if a]
     envelope_from = envelope_sender(sender, view)   # the From address unless --from
-    decisions = snap.decide(view, envelope_from, list(rcpts), at)
+    decisions = _decide(snap, view, envelope_from, rcpts, at)
     robot = _safe(defects, "robot", lambda: robot_of(view, envelope_from), (False, ""))
     return {
         "subject": _safe(defects, "Subject", lambda: view.subject, ""),
@@ -69,6 +70,22 @@ def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None
         "defects": defects,
         "ruleset": snap.hash,
     }
+
+
+def _decide(snap: Snapshot, view: MessageView, sender: str, rcpts: Sequence[str],
+            at: datetime | None) -> list[Decision]:
+    """The daemon's decisions: a path its RCPT refuses before asking the address book (553
+    5.1.3 for `a b@example.com`) is refused here as there; the others go to the snapshot as
+    the daemon reads them (`<sales@example.com>` is sales@example.com)."""
+    paths = [rcpt_path(r) for r in rcpts]
+    decided = iter(snap.decide(view, sender, [a for a, refused in paths if refused is None], at))
+    return [next(decided) if refused is None else _refused(given, refused)
+            for given, (_, refused) in zip(rcpts, paths)]
+
+
+def _refused(rcpt: str, reply: Reply) -> Decision:
+    return Decision(rcpt, Action.REJECT, reply,
+                    reasons=(f"RCPT: {reply.text} (refused before the address book is asked)",))
 
 
 def format_text(report: dict[str, Any]) -> str:

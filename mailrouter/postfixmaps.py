@@ -33,6 +33,7 @@ quoted local part) cannot be a table key and is listed as a comment instead.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -43,8 +44,8 @@ from pathlib import Path
 from .addresses import AddressBook
 from .config import Config
 
-__all__ = ["MAP_NAMES", "MODES", "PostfixMaps", "build_maps", "default_nexthop", "postconf_lines",
-           "refresh", "write_maps"]
+__all__ = ["MAP_NAMES", "MODES", "PostfixMaps", "Written", "build_maps", "default_nexthop",
+           "failure", "postconf_lines", "refresh", "write_maps"]
 
 MODES = ("relay", "virtual")
 _INDEX_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
@@ -59,6 +60,19 @@ class PostfixMaps:
     files: dict[str, str]
     skipped: tuple[str, ...]
     delimiter: str
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What `write_maps` did: the tables whose text changed, and those postmap indexed
+    (the changed ones, and any whose index was missing or older than its table)."""
+
+    changed: list[str]
+    indexed: list[str]
+
+    def summary(self) -> str:
+        """`changed=A,B indexed=A,B` for the log line, `none` for an empty list."""
+        return f"changed={','.join(self.changed) or 'none'} indexed={','.join(self.indexed) or 'none'}"
 
 
 def _ace(domain: str) -> str:
@@ -159,12 +173,12 @@ def _write_atomic(path: Path, text: str) -> bool:
 
 
 def write_maps(maps: PostfixMaps, directory: Path, postmap: str | None = None,
-               postfix_config: str | None = None, kind: str = "hash") -> list[str]:
+               postfix_config: str | None = None, kind: str = "hash") -> Written:
     """Write every file into `directory`; with `postmap` (its path), index each one that
-    changed or has no index yet. Returns the names written. Raises OSError, or
+    changed or has no index yet. Returns the names written and indexed. Raises OSError, or
     RuntimeError with postmap's own message when postmap fails."""
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, indexed = [], []
     for name, text in maps.files.items():
         path = directory / name
         changed = _write_atomic(path, text)
@@ -180,7 +194,8 @@ def write_maps(maps: PostfixMaps, directory: Path, postmap: str | None = None,
                                   check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
-    return written
+            indexed.append(name)
+    return Written(written, indexed)
 
 
 def default_nexthop(cfg: Config) -> str:
@@ -194,11 +209,33 @@ def default_nexthop(cfg: Config) -> str:
     return "smtp:[127.0.0.1]:2525"
 
 
-def refresh(cfg: Config, book: AddressBook) -> list[str]:
+def refresh(cfg: Config, book: AddressBook) -> Written:
     """Write the tables `cfg.postfix_maps` describes (start and reload with on_reload)."""
     pm = cfg.postfix_maps
     if pm is None:
-        return []
+        return Written([], [])
     maps = build_maps(book, default_nexthop(cfg), pm.mode)
     postmap = (shutil.which("postmap") or "/usr/sbin/postmap") if pm.postmap else None
     return write_maps(maps, pm.dir, postmap, pm.postfix_config, pm.kind)
+
+
+def failure(exc: BaseException, directory: Path) -> str:
+    """Why `refresh` failed, for a person: the file, the error and the fix."""
+    if isinstance(exc, OSError):
+        where = str(exc.filename or directory)
+        why = exc.strerror or str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = (f"make {directory} and its tables writable by the daemon's user (chown -R "
+                   f"mailrouter {directory}; under the systemd unit also ReadWritePaths="
+                   f"{directory}: docs/install.md step 5)")
+        elif exc.errno == errno.ENOENT and os.path.basename(where) == "postmap":
+            fix = "install Postfix's postmap, or set postfix_maps.postmap: false"
+        elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            fix = "set postfix_maps.dir to a directory"
+        else:
+            fix = "fix that"
+        return f"{where}: {why}; {fix}"
+    if isinstance(exc, RuntimeError):      # postmap's own message names the table
+        return (f"{exc}; fix what postmap says (postfix_maps.postfix_config is the directory "
+                "of Postfix's main.cf, given as postmap -c)")
+    return f"{exc}; postmap did not finish"

@@ -39,7 +39,7 @@ from .config import Config
 from .errors import ListenError
 
 __all__ = ["bind", "supervise", "Child", "start_child", "in_child", "in_new_process",
-           "PARENT_RELOAD_SIGNAL", "HANDLED"]
+           "PARENT_RELOAD_SIGNAL", "HANDLED", "STOPS", "Starting"]
 
 log = logging.getLogger("mailrouter.workers")
 PARENT_RELOAD_SIGNAL = signal.SIGUSR1      # worker 0 -> parent: "reload the others"
@@ -77,7 +77,8 @@ class Child(Generic[T]):
 
     def __init__(self, pid: int, read: int) -> None:
         self.pid, self._read = pid, read
-        self.taken = False                # result() or cancel() called: reaped
+        self.taken = False                # result() or cancel() called
+        self.reaped = False               # waited for: its pid may be another process's
 
     def result(self) -> T | None:
         """Its result; None when it raised, its result could not be pickled, or it died."""
@@ -85,6 +86,7 @@ class Child(Generic[T]):
         with os.fdopen(self._read, "rb") as got:
             data = got.read()
         _, status = os.waitpid(self.pid, 0)
+        self.reaped = True
         if os.waitstatus_to_exitcode(status) != 0 or not data:
             return None
         try:
@@ -102,6 +104,7 @@ class Child(Generic[T]):
             pass
         os.close(self._read)
         os.waitpid(self.pid, 0)
+        self.reaped = True
 
 
 def start_child(work: Callable[[], T]) -> Child[T] | None:
@@ -125,6 +128,8 @@ def start_child(work: Callable[[], T]) -> Child[T] | None:
         code = 1
         try:
             _die_with_parent()
+            for sig in HANDLED:      # not the parent's Starting: a SIGTERM to the group ends it
+                signal.signal(sig, signal.SIG_DFL)
             data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
             with os.fdopen(write, "wb") as out:
                 out.write(data)
@@ -183,6 +188,50 @@ def _run_sent_work() -> int:
 
 
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL}
+STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Starting:
+    """The signals that come while the daemon starts, before the handlers of its run
+    (supervise's, or the event loop's) are in place: noted (`got`), never the default
+    action. A SIGTERM then killed the supervisor outright (exit -15) in the middle of its
+    migrations or of the address book's build, whose child was left to PR_SET_PDEATHSIG.
+    A SIGTERM or SIGINT also kills `child` (the address book being built: no longer
+    wanted), and the start stops at its next step (`stopping`; daemon.py logs
+    event=stopped_during_start and exits 0). No mail is at stake: no listener is open
+    before the last step, and from then on the signals are handed to the run's handlers.
+    Install it first thing (`install`): a signal before that still has its default action."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self.child: Child[Any] | None = None
+        self._before: dict[int, Any] = {}
+
+    def install(self) -> Starting:
+        self._before = {sig: signal.signal(sig, self._note) for sig in HANDLED}
+        return self
+
+    def restore(self) -> None:
+        """The handlers there were before `install`."""
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before = {}
+
+    def _note(self, sig: int, _frame: object) -> None:
+        self.got.append(sig)
+        child = self.child
+        if sig in STOPS and child is not None and not child.reaped:
+            try:
+                os.kill(child.pid, signal.SIGKILL)     # result() then sees it gone: None
+            except ProcessLookupError:
+                pass
+
+    @property
+    def stopping(self) -> bool:
+        return any(sig in STOPS for sig in self.got)
+
+    def signal_name(self) -> str:
+        return next((signal.Signals(s).name for s in self.got if s in STOPS), "")
 
 
 def _spawn(index: int, child: Callable[[int], int]) -> int:

@@ -180,8 +180,10 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
         out = mr(*cmd, "-c", str(cfg))
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.strip().splitlines() == [
-            f"mailrouter {' '.join(cmd)}: registry {'open' if cmd == ['registry'] else 'upgrade'}"
-            " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"]
+            f"mailrouter {' '.join(cmd)}: " + ("" if cmd == ["registry"] else "127.0.0.1:1/mr: ")
+            + f"registry {'open' if cmd == ['registry'] else 'upgrade'}"
+            " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"
+            + ("" if cmd == ["registry"] else f" (registry.url in {cfg})")]
     sqlite = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
     assert mr("db", "upgrade", "-c", str(sqlite)).returncode == 0
     out = mr("registry", "-c", str(sqlite))
@@ -479,3 +481,58 @@ def test_routing_option_tries_an_edited_copy_against_the_live_config(tmp_path):
     assert folder.returncode == 1 and "Traceback" not in folder.stderr
     assert (f"{copy}: a directory, not a routing file; name its files with a glob: "
             f"{copy}/*.yaml") in folder.stderr, folder.stderr
+
+
+MALFORMED_AND_NOT = ["a b@example.com", "sales@", "@example.com", "sales@@example.com",
+                     "<sales@example.com", '"a b"@example.com', "no-at-sign", "<>",
+                     "sales@example.com", "<sales@example.com>", "nobody@example.com"]
+
+
+async def test_explain_answers_a_recipient_as_the_daemons_rcpt_does(make_app):
+    """explain --rcpt says the reply the daemon gives that address at RCPT: 553 5.1.3 for
+    a malformed path (explain said 550 5.1.1, the address book's answer to a string it was
+    never given by the daemon), 501 for <>, and the book's answer for the rest."""
+    from tests.support.wire import Wire
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    async with Wire(port) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<x@outside.test>")).startswith("250")
+        daemon = [await w.cmd("RCPT TO:" + (a if a.startswith("<") else f"<{a}>"))
+                  for a in MALFORMED_AND_NOT]
+    args = [a for rcpt in MALFORMED_AND_NOT for a in ("--rcpt", rcpt)]
+    out = mr("explain", "--json", *args, str(RULES / "samples" / "invoice-koi8r.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    explained = [r["reply"] for r in json.loads(out.stdout)["recipients"]]
+    assert explained == daemon
+    assert explained[0] == daemon[0] == "553 5.1.3 Error: malformed address"
+
+
+def test_registry_and_outbox_print_times_in_the_companys_zone(daemon_process, tmp_path):
+    """`mailrouter registry` and `mailrouter outbox` print registry times as the company's
+    wall clock with its offset (the example rules' one calendar is Moscow's), as `request
+    show`, `registry history` and `registry search` do; they printed the bare UTC clock.
+    Routing files with an error do not hide the registry: UTC then, and a note."""
+    import re
+    import smtplib
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    proc = daemon_process(extra="autoreply: {dns: {check: false}}\n",
+                          routing=str(rules / "*.yaml"))
+    with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
+        s.sendmail("ann@client.example", ["old-sales@example.com"],
+                   b"From: ann@client.example\r\nSubject: hello\r\nMessage-ID: <z1@client>\r\n\r\nhi\r\n")
+    out = mr("registry", "-c", str(proc.config))
+    assert out.returncode == 0, out.stderr
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+03:00 delivered ", out.stdout), out.stdout
+    out = mr("outbox", "-c", str(proc.config))
+    assert out.returncode == 0, out.stderr
+    assert re.search(r" autoreply +queued +ann@client.example  attempts=0 "
+                     r"next=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+03:00", out.stdout), out.stdout
+    (rules / "zz-broken.yaml").write_text("bogus_section: 1\n")
+    out = mr("registry", "-c", str(proc.config))
+    assert out.returncode == 0, out.stderr
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00 delivered ", out.stdout), out.stdout
+    assert out.stderr.startswith("mailrouter registry: times in UTC: the routing files, which "
+                                 "give the company's zone, have 1 error(s) (mailrouter check)")

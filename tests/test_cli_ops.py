@@ -301,8 +301,13 @@ def test_postfix_tables_in_an_impossible_directory_say_where_and_why(tmp_path: P
     out = mr("postfix", "-c", str(cfg), "--dir", str(tmp_path / "file" / "maps"))
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
-        f"mailrouter postfix: cannot write the tables in {tmp_path / 'file' / 'maps'}: "
-        "Not a directory"]
+        f"mailrouter postfix: the tables were not written: {tmp_path / 'file' / 'maps'}: "
+        "Not a directory; set postfix_maps.dir to a directory"]
+    out = mr("postfix", "-c", str(cfg), "--dir", str(tmp_path / "file"))    # a file: the fix
+    assert out.returncode == 2                                              # (was "File exists")
+    assert out.stderr.splitlines() == [
+        f"mailrouter postfix: the tables were not written: {tmp_path / 'file'}: "
+        "File exists; set postfix_maps.dir to a directory"]
 
 
 def test_a_missing_config_from_the_environment_says_where_it_came_from(tmp_path: Path) -> None:
@@ -336,3 +341,47 @@ def test_ctrl_c_at_the_password_prompt_is_one_line(tmp_path: Path) -> None:
     assert proc.wait(30) == 130
     assert "Traceback" not in rest
     assert rest.strip() == "mailrouter web: interrupted; nothing more done"
+
+
+def test_the_install_guide_says_which_listeners_the_example_config_opens() -> None:
+    """docs/install.md step 4 (the service starts with config.example.yaml as copied in
+    step 3) names each listener the example opens, on loopback, the web view included:
+    it was on at 127.0.0.1:9126 and the guide said nothing of it."""
+    from mailrouter.config import load_config
+    root = RULES.parent
+    cfg = load_config(root / "config.example.yaml")
+    guide = (root / "docs" / "install.md").read_text(encoding="utf-8")
+    step4 = " ".join(guide.split("## 4.", 1)[1].split("## 5.", 1)[0].split())
+    assert cfg.web is not None and cfg.web.host == "127.0.0.1"        # loopback, never 0.0.0.0
+    for name, lst in (("smtp", cfg.smtp), ("lmtp", cfg.lmtp), ("admin", cfg.admin),
+                      ("web", cfg.web)):
+        assert lst is not None and lst.host == "127.0.0.1", name
+        assert f":{lst.port}" in step4, (name, lst)
+    assert f"{cfg.web.host}:{cfg.web.port}" in step4 and "web: null" in step4
+    assert "mailrouter web passwd" in step4
+
+
+def test_error_paths_a_new_admin_meets_name_the_file_and_the_fix(tmp_path: Path) -> None:
+    """One line each, exit 2, no traceback: a negative -n (it listed everything, SQLite's
+    LIMIT -1), `reload` with listen.admin: null (it named no file or key), `db upgrade` on
+    a file that is no database (it did not say which), an empty address (": unknown")."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen: {smtp: 127.0.0.1:0, lmtp: null, admin: null, web: null}\n"
+                   f"routing: ['{RULES / '*.yaml'}']\n"
+                   f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'registry.db'}'}}\n")
+    for cmd in (["registry", "-n", "-1"], ["outbox", "-n", "-3"], ["outbox", "-n", "x"]):
+        out = mr(*cmd, "-c", str(cfg))
+        assert out.returncode == 2 and "is not a count (0 or more; 0: all)" in out.stderr, cmd
+    out = mr("reload", "-c", str(cfg), cwd=tmp_path)
+    assert (out.returncode, out.stderr.splitlines()) == (2, [
+        "mailrouter reload: config.yaml has no admin listener (listen.admin: null): send SIGHUP "
+        "to the daemon (systemctl kill -s HUP mailrouter), or set listen.admin, e.g. "
+        "127.0.0.1:9125"])
+    (tmp_path / "registry.db").write_text("not a database\n")
+    out = mr("db", "upgrade", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f"mailrouter db upgrade: {tmp_path / 'registry.db'}: ")
+    assert out.stderr.rstrip().endswith("(registry.url in config.yaml)")
+    out = mr("address", "", "-c", str(cfg))
+    assert (out.returncode, out.stdout) == (2, ""), out.stdout
+    assert "give an address, e.g. sales@example.com, or 'export'" in out.stderr

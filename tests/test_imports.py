@@ -37,8 +37,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("routing",),                                # the rules engine: pure, no I/O
     ("registry", "delivery", "autoreply", "postfixmaps", "dnscheck", "health"),  # the I/O stages
     ("control", "outbox", "intents"),            # requests, SLA; outgoing mail; copy intents
-    ("pipeline", "explain", "intake", "admin", "workers", "web", "backlog"),
-    ("daemon",),
+    ("pipeline", "intake", "admin", "workers", "web", "backlog"),
+    ("daemon", "explain"),                       # explain: what the intake and rules answer
     ("cli",),
     ("__main__",),                               # python -m mailrouter
 ]

@@ -95,11 +95,11 @@ def test_write_maps_rewrites_only_what_changed(tmp_path):
     """A second run with the same book changes nothing (so postmap and Postfix's table
     reopen are not triggered for nothing); a changed book rewrites the changed tables."""
     maps = build_maps(AddressBook.build(BOOK), "smtp:[127.0.0.1]:2525")
-    assert sorted(write_maps(maps, tmp_path)) == sorted(maps.files)
-    assert write_maps(maps, tmp_path) == []
+    assert sorted(write_maps(maps, tmp_path).changed) == sorted(maps.files)
+    assert write_maps(maps, tmp_path).changed == []
     book2 = AddressBook.build(dict(BOOK, aliases={"sales@example.com": "mailbox:sales",
                                                   "Счета@пример.рф": "mailbox:sales"}))
-    changed = write_maps(build_maps(book2, "smtp:[127.0.0.1]:2525"), tmp_path)
+    changed = write_maps(build_maps(book2, "smtp:[127.0.0.1]:2525"), tmp_path).changed
     assert changed == ["relay_recipients"]
     assert "c++@example.com" not in (tmp_path / "relay_recipients").read_text()
 
@@ -123,7 +123,10 @@ def test_postmap_that_failed_is_run_again_next_time(tmp_path):
     maps2 = build_maps(book2, "smtp:[127.0.0.1]:2525")
     with pytest.raises(RuntimeError, match="main.cf"):
         write_maps(maps2, tables, postmap, str(tmp_path / "nothere"))
-    assert write_maps(maps2, tables, postmap, str(etc)) == []     # the tables were written
+    again = write_maps(maps2, tables, postmap, str(etc))
+    assert again.changed == []                                   # the tables were written,
+    assert again.indexed == ["relay_recipients"]                 # the stale index rebuilt
+    assert again.summary() == "changed=none indexed=relay_recipients"   # the log says so
     found = subprocess.run([postmap, "-c", str(etc), "-q", "new@example.com",
                             f"hash:{tables / 'relay_recipients'}"],
                            capture_output=True, text=True, check=False)
@@ -255,3 +258,30 @@ async def test_daemon_rewrites_tables_on_reload(make_app, tmp_path):
     ok, _ = await app.reload()
     assert not ok
     assert "quotes@example.com" in (out / "relay_recipients").read_text()
+
+
+def test_reload_says_when_postfix_tables_were_not_rebuilt(daemon_process, tmp_path):
+    """`mailrouter reload` with postfix_maps.on_reload, when the tables cannot be written
+    (here their directory became a file): the rules are reloaded, and the command says the
+    tables were not, naming the place, the error and the fix, and exits 3. It said
+    "reloaded" and exited 0, the failure only an ERROR line in the log, so `reload && ...`
+    went on while Postfix refused the book's new addresses."""
+    proc = daemon_process(extra="workers: 1\npostfix_maps: {dir: maps, on_reload: true}\n")
+    maps = tmp_path / "maps"
+    assert (maps / "relay_recipients").exists()          # written at start
+    for f in maps.iterdir():
+        f.unlink()
+    maps.rmdir()
+    maps.write_text("not a directory\n")
+    out = subprocess.run(CLI + ["reload", "-c", str(proc.config)], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    assert out.stdout.startswith("reloaded: ")
+    assert "the rules were reloaded, but Postfix's tables were not rebuilt" in out.stderr
+    assert f"{maps}: File exists; set postfix_maps.dir to a directory" in out.stderr
+    maps.unlink()                                         # fixed: reload is quiet again
+    out = subprocess.run(CLI + ["reload", "-c", str(proc.config)], capture_output=True,
+                         text=True, check=False)
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr
+    assert (maps / "relay_recipients").exists()
+    assert "event=postfix_maps dir=" in proc.log.read_text()

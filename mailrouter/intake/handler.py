@@ -36,9 +36,10 @@ from ..values import (
     Reply,
     Transaction,
 )
-from .protocol import INTERNAL_ERROR, Protocol
+from .protocol import (INTERNAL_ERROR, REPLY_MALFORMED_PATH, REPLY_RCPT_SYNTAX, Protocol,
+                       read_path)
 
-__all__ = ["Handler", "Host", "IntakeLimits", "RcptCheck", "RcptChecker"]
+__all__ = ["Handler", "Host", "IntakeLimits", "RcptCheck", "RcptChecker", "rcpt_path"]
 
 log = logging.getLogger(__name__)
 TOO_MANY = str(REPLY_TOO_MANY_RCPTS)
@@ -120,7 +121,7 @@ class Handler:
                           address: str, options: list[str]) -> str:
         if not envelope.smtp_utf8 and not address.isascii():
             return _need_smtputf8(session, "rcpt", address)
-        if address == "<>":               # RCPT TO:<> names no mailbox: syntax, as Postfix says
+        if _names_no_mailbox(address):
             metrics.RCPT_REFUSED.labels("syntax").inc()
             return str(REPLY_REFUSED_ADDRESS)
         if len(envelope.rcpt_tos) >= self.app.limits.max_recipients:
@@ -157,6 +158,26 @@ class Handler:
         if self.protocol == "lmtp":
             return "\r\n".join(str(r) for r in replies)
         return str(fold(replies)) if replies else INTERNAL_ERROR
+
+
+def _names_no_mailbox(address: str) -> bool:
+    """RCPT TO:<> names no mailbox: a syntax error (REPLY_REFUSED_ADDRESS), as Postfix says."""
+    return address == "<>"
+
+
+def rcpt_path(given: str) -> tuple[str, Reply | None]:
+    """(the address RCPT TO:<given> hands the address book, the reply that refuses it
+    before the book is asked, or None), for `mailrouter explain`: the path read as the
+    protocol reads it (`read_path`), then the checks handle_RCPT makes first. `given` is a
+    bare address (sales@example.com) or a path (<sales@example.com>)."""
+    address, rest = read_path(given if given.lstrip().startswith("<") else f"<{given}>")
+    if address is None:
+        return given, REPLY_MALFORMED_PATH
+    if not address or rest:
+        return given, REPLY_RCPT_SYNTAX
+    if _names_no_mailbox(address):
+        return address, REPLY_REFUSED_ADDRESS
+    return address, None
 
 
 def fold(replies: list[Reply]) -> Reply:

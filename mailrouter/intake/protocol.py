@@ -86,11 +86,17 @@ from ..values import (
     REPLY_TOO_BIG,
     REPLY_TOO_MANY_ERRORS,
     REPLY_TOO_MANY_SESSIONS,
+    Reply,
 )
 
-__all__ = ["Protocol", "LMTPProtocol", "INTERNAL_ERROR", "SHUTTING_DOWN"]
+__all__ = ["Protocol", "LMTPProtocol", "INTERNAL_ERROR", "SHUTTING_DOWN", "REPLY_MALFORMED_PATH",
+           "REPLY_RCPT_SYNTAX", "read_path"]
 
 log = logging.getLogger(__name__)
+# aiosmtpd's own replies to a path `read_path` refuses, and to RCPT with text after the path
+# that is no parameter (`RCPT TO:<a@b>>`), as its smtp_RCPT sends them (with ESMTP)
+REPLY_MALFORMED_PATH = Reply(553, "5.1.3", "Error: malformed address")
+REPLY_RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-parameters>]")
 
 # aiosmtpd sends strings: the reply table's constants (values.py), as text
 INTERNAL_ERROR = str(REPLY_INTERNAL_ERROR)
@@ -268,15 +274,8 @@ class Protocol(SMTP):
         return bytes(buffer) if buffer else b""    # asked before most commands: mostly empty
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """Fast path for the plain `<local@domain> PARAMS` form; anything else goes to
-        aiosmtpd's RFC 5322 parser (quoted local parts, source routes, comments)."""
-        m = _SIMPLE_PATH.match(arg)
-        if m is None:
-            address, rest = super()._getaddr(arg)
-            if address and _repaired(arg):
-                return None, None          # aiosmtpd's 553 5.1.3 "malformed address"
-            return address, rest
-        return m.group(1) or "<>", m.group(2)
+        """The path of MAIL and RCPT, read by `read_path` (None: aiosmtpd's 553 5.1.3)."""
+        return read_path(arg, self.local_part_limit)
 
     async def _greeting(self, reply: Awaitable[None]) -> None:
         """Run EHLO/HELO/LHLO with push() gathering their reply lines into one send."""
@@ -665,6 +664,29 @@ _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is
 # local part (`<a b@x>` became `"a b"@x`) and a missing `>` (`<a@x`). Not the obsolete route,
 # nor a dot-atom's stray dot (`taro.@docomo.ne.jp` is real, and Postfix takes it).
 _REPAIRS = ("missing '.' between words", "missing trailing '>'")
+
+
+def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
+    """(address, parameters) of a MAIL FROM: or RCPT TO: argument, as this server reads
+    it; (None, None) for a malformed path, which gets REPLY_MALFORMED_PATH (aiosmtpd's
+    553 5.1.3). The plain `<local@domain> PARAMS` form takes a fast path; anything else goes
+    to the RFC 5322 parser aiosmtpd uses (quoted local parts, source routes, comments), and
+    a path it reads only by repairing it is malformed. `mailrouter explain` asks this too."""
+    m = _SIMPLE_PATH.match(arg)
+    if m is not None:
+        return m.group(1) or "<>", m.group(2)
+    if not arg:
+        return "", ""
+    try:
+        token, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
+    except HeaderParseError:
+        return None, None
+    address = str(token.addr_spec)
+    if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
+        return None, None
+    if address and _repaired(arg):
+        return None, None
+    return address, rest
 
 
 def _repaired(arg: str) -> bool:
