@@ -35,7 +35,9 @@ one of those is treated as unknown.
 Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
 whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
 than French "è"; "\\xef" alone is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than
-Norwegian "ø"; "\\xbf" before a word is Polish "ż", not Spanish "¿"), Hungarian letters are not
+Norwegian "ø"; "\\xbf" before a small letter with no "?" after it is Polish "ż", not Spanish
+"¿", and one before a small letter with a "?" after it is "¿": a Polish question whose only
+Polish letter is the ż of "że" reads as Spanish), Hungarian letters are not
 in the tables, and a short Czech text under a Western label whose only Czech letters are ř and
 í ("Jiøí Øehoø") keeps the label (it reads as Norwegian about as well); unlabelled Chinese
 (GBK, Big5) and Korean text is not recognised (only Japanese is, by its kana), and raw 8-bit
@@ -317,9 +319,13 @@ _OPENERS = set("«»“”„‘’–—(¡")         # may stand right before 
 # Common signs too, but not glued to a letter: a price list under iso-8859-1 ("from \xa3 6.25",
 # SpamAssassin's t/data/welcomelists/ryanairmail.com) read as Polish "from Ł 6.25" while £
 # was a rare sign, and "\xa3\xf3d\xbc" is still "Łódź". ¡ opens a Spanish sentence
-# ("\xa1Hola, se\xf1or!" was ISO-8859-2 "ĄHola, seńor!"); ¿ does not count as one: it is
-# Polish ż in windows-1250 and ISO-8859-2, and "¿e" is "że".
+# ("\xa1Hola, se\xf1or!" was ISO-8859-2 "ĄHola, seńor!"). ¿ is Polish ż in windows-1250 and
+# ISO-8859-2 ("¿e" is "że"), so it opens a question (_QUESTION) only where ż cannot be or a
+# question follows: before a capital ("¿Qué", which would be "żQué"), or before a word with a
+# "?" after it ("Hola, ¿vienes mañana?"). Otherwise, as before, it is a rare sign glued to
+# its word: unlabelled Spanish read as windows-1250, "żQué tal? żCómo estás?", "seńor".
 _PRICE_SIGNS = set("£¥¢")
+_QUESTION = math.log(0.005)        # ¿ before a small letter, a "?" after it ("że" scores -6)
 _FOREIGN_LETTER = math.log(0.0001)   # a letter the language does not write
 # every language's log frequency of a letter, in _LATIN_LOG's order (LatinCounts.best)
 _LATIN_PRIORS = [prior for prior, _ in _LATIN_LOG.values()]
@@ -342,6 +348,16 @@ _LATIN_SIGNS = re.compile("[" + re.escape("".join(sorted({
 # 0, signs and the rest add less than 0; a letter not here counts 0), at C speed.
 _LATIN_CHAR_BEST = {ch: max(_LATIN_ROWS.get(ch.lower(), _FOREIGN_ROW)) for ch in "".join(
     bytes(range(0x80, 0x100)).decode(c, "replace") for c in LATIN_CANDIDATES) if ch.isalpha()}
+
+
+def _opens_question(text: str, i: int) -> float | None:
+    """The score of the ¿ at text[i] as a Spanish question's opener, None if it is not one."""
+    after = text[i + 1:i + 2]
+    if (i and text[i - 1].isalpha()) or not after.isalpha():
+        return None
+    if after.isupper():
+        return _SYMBOL
+    return _QUESTION if "?" in text[i + 2:] else None
 
 
 def _latin_bound(text: str) -> float:
@@ -371,6 +387,8 @@ class LatinCounts:
             i, ch = found.start(), found.group()
             if ch == "\ufffd" or ch <= "\x9f":
                 self.rest += _INVALID
+            elif ch == "¿" and (opens := _opens_question(text, i)) is not None:
+                self.rest += opens
             else:
                 # glued to the letters after it ("®ádost", "lu»oučký"; a sign between, as in
                 # "©»astný", too), unless it may open a word there ("»Ano«")

@@ -681,7 +681,7 @@ def test_latin_raw_8bit_is_not_cyrillic() -> None:
 
 
 # Unlabelled 8-bit Latin subjects: Czech in windows-1250 and ISO-8859-2, western languages in
-# cp1252, Polish in windows-1250. Reading all of them as cp1252 (the old rule) got 37 of 79.
+# cp1252, Polish in windows-1250. Reading all of them as cp1252 (an old rule) got 37 of the first 79.
 CZ_SUBJECTS = [
     "Faktura č. 2026/15", "Žádost o schůzku", "Objednávka zboží", "Příští týden",
     "Dobrý den, posílám fakturu", "Upomínka - neuhrazená faktura", "Nabídka služeb",
@@ -695,10 +695,15 @@ WEST_SUBJECTS = [
     "Fattura n. 12 è pronta", "Café com açúcar", "Überweisung für März", "Prix spécial",
     "Año nuevo", "Déjà vu", "Bon appétit", "Straße", "Façade", "Señor García", "Città più bella",
     "Ação necessária", "100€ Rabatt", "© 2026 Firma", "Déclaration d'impôts", "Crème brûlée",
-    "Über uns", "«Bonjour»", "Microsoft® Office", "Preis: 20 € – inkl.", "Ärger", "Öl"]
+    "Über uns", "«Bonjour»", "Microsoft® Office", "Preis: 20 € – inkl.", "Ärger", "Öl",
+    # ¿ is Polish ż in the other two: these read "żQué tal? żCómo estás?", "seńor"
+    "¿Qué tal? ¿Cómo estás?", "¿Tienes la factura?", "Hola, ¿vienes mañana?", "¿es urgente?",
+    "¿Cuándo llega el pedido? Gracias, señor", "¿Dónde?"]
 PL_SUBJECTS = ["Zażółć gęślą jaźń", "Faktura za październik", "Proszę o kontakt",
-               "Spotkanie w środę"]
+               "Spotkanie w środę", "Wiem, że tak", "że", "Proszę, żeby pan zadzwonił",
+               "Czy to prawda, że będzie jutro?", "Może jutro?"]
 LATIN_KNOWN_MISSES = {
+    ("Czy to prawda, że jutro?", "cp1250"),  # "¿e jutro?": a question whose only letter is ż
     ("Ťuk", "iso8859-2"),                   # '«uk'
     ("Fattura n. 12 è pronta", "cp1252"),   # a lone \xe8 is Czech č rather than è
     ("Proszę o kontakt", "cp1250"),         # a lone \xea is Portuguese/French ê
@@ -706,11 +711,23 @@ LATIN_KNOWN_MISSES = {
 
 
 def test_latin_guess_on_short_unlabelled_subjects() -> None:
-    """cp1252 / cp1250 / ISO-8859-2 are told apart by their accented letters: 76 of 79."""
+    """cp1252 / cp1250 / ISO-8859-2 are told apart by their accented letters: 87 of 91."""
     cases = ([(t, "cp1250") for t in CZ_SUBJECTS] + [(t, "iso8859-2") for t in CZ_SUBJECTS]
-             + [(t, "cp1252") for t in WEST_SUBJECTS] + [(t, "cp1250") for t in PL_SUBJECTS])
+             + [(t, "cp1252") for t in WEST_SUBJECTS] + [(t, "cp1250") for t in PL_SUBJECTS]
+             + [("Czy to prawda, że jutro?", "cp1250")])
     misses = {(t, enc) for t, enc in cases if guess_decode(t.encode(enc))[0] != t}
     assert misses == LATIN_KNOWN_MISSES
+
+
+def test_unlabelled_spanish_body_keeps_its_question_marks() -> None:
+    """A text/plain body with no charset, in windows-1252 Spanish, reads ¿ and ñ (it read
+    as windows-1250: "żPodría ... seńor"); a Polish one with że keeps it."""
+    head = b"Subject: pedido\r\nContent-Type: text/plain\r\n\r\n"
+    v = MessageView(head + "¿Podría enviarme la factura? Gracias, señor.\r\n".encode("cp1252"))
+    assert v.body_text == "¿Podría enviarme la factura? Gracias, señor.\n"
+    assert v.charset_notes == ["Body: raw 8-bit guessed cp1252"]
+    v = MessageView(head + "Wiem, że faktura jest gotowa.\r\n".encode("cp1250"))
+    assert v.body_text == "Wiem, że faktura jest gotowa.\n"
 
 
 def test_unlabelled_czech_subject_in_a_message() -> None:
