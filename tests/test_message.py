@@ -730,6 +730,40 @@ def test_unlabelled_spanish_body_keeps_its_question_marks() -> None:
     assert v.body_text == "Wiem, że faktura jest gotowa.\n"
 
 
+# Unlabelled Chinese (GBK, Big5) and Korean (EUC-KR): read as KOI8-R or windows-1252 before
+# ("╧ьсз╥╒ф╠╣днйлБ" for 关于发票的问题), every byte a Cyrillic or Latin letter.
+ZH_SUBJECTS = ["关于发票的问题，请尽快回复。谢谢！", "会议通知", "请查收附件中的合同",
+               "您好，我们公司想订购一批产品，请报价。", "发票", "明天下午三点开会", "订单确认", "价格表"]
+ZHT_SUBJECTS = ["關於發票的問題，請儘快回覆。謝謝！", "會議通知", "請查收附件中的合約",
+                "您好，我們公司想訂購一批產品，請報價。", "發票", "明天下午三點開會", "訂單確認", "價格表"]
+KO_SUBJECTS = ["안녕하세요. 송장에 대해 문의드립니다.", "회의 안내", "첨부 파일을 확인해 주세요",
+               "견적서 요청", "감사합니다", "내일 오후 3시 회의", "주문 확인", "가격표", "배송 지연 안내",
+               "비밀번호 변경"]
+CJK_KNOWN_MISSES = {
+    ("价格表", "gbk"),        # reads as Korean "송목깊": three characters, two frequent syllables
+    ("가격표", "euc_kr"),     # reads as Chinese: one of three syllables frequent
+}
+
+
+def test_unlabelled_chinese_and_korean_subjects() -> None:
+    """GBK, Big5 and EUC-KR text with no label reads in its charset (24 of 26), and never
+    as Cyrillic; the Russian subjects keep their reading (test_scorer_on_short_russian_subjects)."""
+    cases = ([(t, "gbk") for t in ZH_SUBJECTS] + [(t, "big5") for t in ZHT_SUBJECTS]
+             + [(t, "euc_kr") for t in KO_SUBJECTS])
+    got = {(t, enc): guess_decode(t.encode(enc))[0] for t, enc in cases}
+    assert {case for case, text in got.items() if text != case[0]} == CJK_KNOWN_MISSES
+    assert not [text for text in got.values() if re.search("[\u0400-\u04ff]", text)]
+
+
+@pytest.mark.parametrize("repeat", [1, 3000])         # 3000: over PIECE_BYTES, read in pieces
+def test_unlabelled_chinese_body_reads_as_gbk(repeat: int) -> None:
+    """A text/plain body with no charset in GBK reads as Chinese, short or long."""
+    text = "您好，我们公司想订购一批产品，请报价。\n" * repeat
+    v = MessageView(b"Subject: x\r\nContent-Type: text/plain\r\n\r\n" + text.encode("gbk"))
+    assert v.body_text == text
+    assert v.charset_notes == ["Body: raw 8-bit guessed gbk"]
+
+
 def test_unlabelled_czech_subject_in_a_message() -> None:
     """A raw 8-bit windows-1250 Subject reads as Czech, and the guess is noted."""
     v = MessageView("Subject: Faktura č. 15 - příští týden\r\n\r\nx\r\n".encode("cp1250"))
