@@ -764,6 +764,28 @@ def test_unlabelled_chinese_body_reads_as_gbk(repeat: int) -> None:
     assert v.charset_notes == ["Body: raw 8-bit guessed gbk"]
 
 
+FOOTER = (b"_______________________________________________\r\nFirma-list mailing list\r\n"
+          b"Firma-list@lists.example\r\nhttps://lists.example/mailman/listinfo/firma-list\r\n")
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "koi8-r"])
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_footer_after_a_base64_body_is_not_decoded_into_it(charset: str, multipart: bool) -> None:
+    """A list server's footer after a base64 body with no '=' padding: its letters were
+    decoded as base64 too, and the UTF-8 body so damaged read as windows-1251 («РџСЂРѕС€Сѓ»)."""
+    text = "Прошу оплатить счёт до пятницы, договор 5."        # 3 * n bytes in both: no padding
+    encoded = base64.encodebytes(text.encode(charset)).replace(b"\n", b"\r\n")
+    assert not encoded.rstrip().endswith(b"=")
+    leaf = (f"Content-Type: text/plain; charset={charset}\r\n".encode()
+            + b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + FOOTER)
+    raw = b"Subject: x\r\nMIME-Version: 1.0\r\n" + (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n' + leaf + b"\r\n--b--\r\n"
+        if multipart else leaf)
+    v = MessageView(raw)
+    assert v.body_text.rstrip("\r\n") == text
+    assert v.charset_notes == []
+
+
 def test_unlabelled_czech_subject_in_a_message() -> None:
     """A raw 8-bit windows-1250 Subject reads as Czech, and the guess is noted."""
     v = MessageView("Subject: Faktura č. 15 - příští týden\r\n\r\nx\r\n".encode("cp1250"))
