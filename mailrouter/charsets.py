@@ -105,6 +105,10 @@ _ISO_8859 = re.compile(r"^(?:cs)?iso[-_]?8859[-_]?(\d{1,2})(?:-?[ie])?$")
 _REFUSED = {"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode", "mbcs",
             "oem", "utf-8-sig"}
 _LANG_TAG = re.compile(r"\*.*$")  # RFC 2231 section 5: charset*language
+# RFC 5322 3.2.2 comments, which the stdlib's get_param leaves in a parameter's value:
+# 'charset=windows-1251 (Cyrillic)' was an unknown charset, and the guess read "Ёж" as
+# cp866 "иц"
+_COMMENT = re.compile(r"\([^()]*\)")
 
 
 @functools.lru_cache(maxsize=512)
@@ -114,7 +118,8 @@ def resolve_charset(label: str | None) -> str | None:
     up to three codec lookups) was a quarter of decoding an encoded-word (~4 of 18 us)."""
     if not label:
         return None
-    name = _LANG_TAG.sub("", label.strip().strip("\"'").lower()).strip()
+    name = _COMMENT.sub("", label) if "(" in label else label
+    name = _LANG_TAG.sub("", name.strip().strip("\"'").lower()).strip()
     name = _ALIASES.get(name, _ISO_8859.sub(r"iso8859-\1", name))
     for candidate in (name, re.sub(r"^(?:x-|cs)", "", name),
                       re.sub(r"^(?:x-)?win(?:dows)?-?(\d{3,4})$", r"cp\1", name)):

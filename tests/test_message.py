@@ -798,6 +798,7 @@ def test_unlabelled_czech_subject_in_a_message() -> None:
     ("koi8r", "koi8-r"), ("KOI8-R", "koi8-r"), ("ibm866", "cp866"), ("x-mac-cyrillic", "mac-cyrillic"),
     ("windows-1250", "cp1250"), ("ISO-8859-2", "iso8859-2"), ("utf-8*ru", "utf-8"),
     ("foo-bar", None), ("base64", None), ("unicode_escape", None), ("undefined", None), ("", None),
+    ("windows-1251 (Cyrillic)", "cp1251"), ('"koi8-r" (Cyrillic)', "koi8-r"), ("(x) utf-8", "utf-8"),
 ])
 def test_resolve_charset(label: str, codec: str | None) -> None:
     """Charset labels from real mail map to Python codecs; non-text codecs are refused."""
