@@ -36,6 +36,9 @@ from tests.test_rules import mail, route, ruleset
     ("и\u0306од", "йод"),                  # decomposed й composes and stays
     ("Ґанок, їжак", "ґанок, їжак"),       # Ukrainian letters too
     ("Ελληνικά", "ελληνικά"),              # Greek keeps its accents
+    ("关于发票的问题", "关 于 发 票 的 问 题"),   # no spaces in Chinese: each ideograph a word
+    ("請求書について", "請 求 書 に つ い て"),   # Japanese kanji and hiragana too
+    ("カタカナ 회의 안내", "カタカナ 회의 안내"),    # katakana and Hangul words stay whole
     ("Straße", "strasse"),
     ("ﬁle\u00a0name", "file name"),
     ("  \r\n ", ""),
@@ -76,6 +79,9 @@ rules:
   - name: jiri
     when: {mail_from: {equals: jiří@příklad.cz}}
     then: {tags: [jiri]}
+  - name: fapiao
+    when: {subject: {contains: 发票}}
+    then: {tags: [fapiao]}
 """
 
 
@@ -91,6 +97,8 @@ rules:
     ("Иод", "text", "a@b.example", None),                       # й is not и
     ("x", "text", "jiří@příklad.cz", "jiri"),
     ("x", "text", "jiri@priklad.cz", None),                     # another mailbox
+    ("关于发票的问题", "text", "a@b.example", "fapiao"),         # a word inside a run
+    ("关于发的票问题", "text", "a@b.example", None),             # its characters apart
 ])
 def test_rules_match_text_with_and_without_accents(subject: str, body: str, mail_from: str,
                                                     rule: str | None) -> None:
@@ -138,7 +146,7 @@ def test_strip_reply_prefixes_is_idempotent(text: str) -> None:
 
 
 _MIXED = st.text(alphabet=st.sampled_from(list(
-    "aZ ё\u0308е\u0301\t\n\u00a0\u3000.,-_ЁÅ\u212b\ufb01ß\u0130Σς1čŁ№™\u030cй")))
+    "aZ ё\u0308е\u0301\t\n\u00a0\u3000.,-_ЁÅ\u212b\ufb01ß\u0130Σς1čŁ№™\u030cй发の")))
 
 
 @given(_MIXED, st.integers(1, 8))

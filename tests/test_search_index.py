@@ -109,10 +109,12 @@ async def test_migration_backfills_an_existing_sqlite_file(tmp_path: Path):
 
 async def test_czech_words_found_without_accents_and_numbers_after_the_number_sign(registry_url):
     """'priloha' finds «Příloha smlouvy» and 'příloha' finds «Priloha» (typed without
-    accents), as the rules compare them; '5', '№5' and '№ 5' find «Счёт №5»; й stays й."""
+    accents), as the rules compare them; '5', '№5' and '№ 5' find «Счёт №5»; й stays й;
+    '发票' finds «关于发票的问题» (each ideograph a word)."""
     reg = await Registry.open(registry_url)
     try:
-        subjects = ["Příloha smlouvy", "Priloha k fakture", "Счёт №5", "Счёт № 15", "Йод", "Иод"]
+        subjects = ["Příloha smlouvy", "Priloha k fakture", "Счёт №5", "Счёт № 15", "Йод", "Иод",
+                    "关于发票的问题"]
         for i, s in enumerate(subjects):
             await reg.record(msg(i, s), [dec("finance")], [])
 
@@ -125,6 +127,7 @@ async def test_czech_words_found_without_accents_and_numbers_after_the_number_si
         assert await found("№5") == [2]
         assert await found("счет № 5") == [2]
         assert await found("йод") == [4]
+        assert await found("发票") == [6]              # a word inside a run of ideographs
     finally:
         await reg.close()
 

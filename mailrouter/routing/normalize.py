@@ -5,7 +5,8 @@ their base letters (č -> c, ř -> r, ł -> l, ß -> ss), reads № and ™ as s
 collapses whitespace, so "СЧЁТ  на оплату" and "счет на оплату" match, and so do "Příloha" and
 "priloha" (Czech and Slovak users, and some mailers, write without the accents); "Счёт №5" is
 the words счет, 5 (NFKC alone made №5 one word "no5", which neither "№ 5" nor "5" found).
-Cyrillic keeps its letters (й is not и; only ё is е). Addresses (``normalize_address``) keep
+Cyrillic keeps its letters (й is not и; only ё is е). A Chinese or Japanese ideograph
+(and hiragana) is a word of its own: those scripts space no words. Addresses (``normalize_address``) keep
 their accents: jiří@ and jiri@ are two mailboxes, příklad.cz and priklad.cz two domains.
 ``strip_reply_prefixes`` removes the reply and forward markers mail clients put in front of a
 subject (Re, RE[2], Fwd, Fw, AW, WG, SV, VS, Отв, Ответ, Пересл, Переслать, Fwd[3],
@@ -41,8 +42,11 @@ _SPACE = re.compile(r"\s+")
 # "no5", "Acme™" "acmetm"): each is a space here, so the number is a word of its own.
 _SIGN_CHARS = "\u2116\u2122\u2120\u2121\u213b\u20a8"      # № ™ ℠ ℡ ℻ ₨
 _SIGNS = re.compile(f"[{_SIGN_CHARS}]")
-# a cut inside a run of whitespace (and those signs, spaces too) would leave two spaces
-_RUN_START = re.compile(rf"(?<![\s{_SIGN_CHARS}])[\s{_SIGN_CHARS}]")
+# Ideographs (see _IDEOGRAPH below) get a space on either side.
+_IDEOGRAPHS = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# A cut inside a run of whitespace (and those signs, spaces too), or after an ideograph,
+# would leave two spaces.
+_RUN_START = re.compile(rf"(?<![\s{_SIGN_CHARS}{_IDEOGRAPHS}])[\s{_SIGN_CHARS}]")
 
 
 # A long text (a body) is worked on in pieces of about this many characters, cut where
@@ -102,6 +106,12 @@ def _latin_base() -> dict[int, str]:
 
 _LATIN_BASE = _latin_base()
 _FOLDABLE = re.compile("[" + "".join(map(chr, sorted(_LATIN_BASE))) + "]")
+# Chinese and Japanese write no spaces between words, and a run of ideographs was one word:
+# `contains: 发票` never matched «关于发票的问题», nor did a search for 发票. Each ideograph
+# (and hiragana, which writes Japanese endings and particles) is a word of its own here, as
+# in Lucene's StandardTokenizer; a word of several is then the phrase of its characters,
+# which `contains` finds in order. Katakana and Hangul (Korean spaces its words) stay words.
+_IDEOGRAPH = re.compile(f"([{_IDEOGRAPHS}])")
 # marks NFKC found no precomposed letter for ("q\u030c"), left after a Latin letter
 _MARKS = re.compile("(?<=[a-z])[\u0300-\u036f]+")
 
@@ -121,6 +131,8 @@ def _normal(text: str, fold: bool = True) -> str:
             folded = folded.translate(_LATIN_BASE)
         if _MARKS.search(folded):
             folded = _MARKS.sub("", folded)
+        if _IDEOGRAPH.search(folded):
+            folded = _IDEOGRAPH.sub(r" \1 ", folded)
     return _SPACE.sub(" ", folded)
 
 

@@ -1,7 +1,10 @@
-"""Subject words again, in the rules' new normal form: Latin accents folded, № a sign.
+"""Subject words again, in the rules' new normal form: Latin accents folded, № a sign,
+an ideograph a word.
 
 The rules' normalising (routing/normalize.py) now folds Latin letters to their base letters
-("příloha" is "priloha") and reads № and ™ as signs ("№5" is the word "5", no longer "no5").
+("příloha" is "priloha"), reads № and ™ as signs ("№5" is the word "5", no longer "no5") and
+each Chinese or Japanese ideograph as a word ("发票" is 发, 票: it was part of one word
+with every ideograph around it).
 The index held the old words, which a query, normalised the new way, no longer names: the
 words of every message whose subject is not ASCII (the only subjects whose words changed)
 are made again here, BATCH messages at a time in key order.
