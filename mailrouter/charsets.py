@@ -1,16 +1,18 @@
 """Charset names and charset guessing for the message view.
 
-What it does: maps the charset labels found in real mail (``cp1251``, ``x-cp1251``, ``win-1251``,
-``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs (a label naming a
-charset whose Windows superset mailers send is read as that: gb2312 as gbk, shift_jis as cp932,
-euc-kr as cp949, iso-2022-jp as ``cp50220``, a codec registered here; 8-bit bytes under
-the 7-bit iso-2022-jp or -kr as EUC-JP or Shift_JIS, EUC-KR), and guesses the charset of
-unlabelled or mislabelled 8-bit bytes: valid UTF-8 first, then Japanese (EUC-JP, Shift_JIS)
-told by its kana, then a Russian letter-frequency / case-pattern scorer over the Cyrillic
-single-byte charsets for bytes that look Cyrillic and read better so than as Latin text, else
-an accented-letter scorer over cp1252, cp1250 and ISO-8859-2 (Czech, Polish, Slovak, German,
-French, Spanish, Italian, Portuguese, Danish/Norwegian, Swedish letter frequencies). Raw
-8-bit header bytes are read in the message's own charset when that is a multi-byte one.
+What it does: maps the charset labels found in real mail (``cp1251``, ``x-cp1251``,
+``win-1251``, ``koi8r``, ``x-mac-cyrillic``, ``ibm866``, ``windows-1250`` ...) to Python codecs
+(a label naming a charset whose Windows superset mailers send is read as that: gb2312 as gbk,
+shift_jis as cp932, euc-kr as cp949, iso-2022-jp as ``cp50220``, a codec registered here; 8-bit
+bytes under the 7-bit iso-2022-jp or -kr as EUC-JP or Shift_JIS, EUC-KR), and guesses the
+charset of unlabelled or mislabelled 8-bit bytes: valid UTF-8 first, then Japanese (EUC-JP,
+Shift_JIS) told by its kana, then Chinese (GBK, Big5) and Korean (EUC-KR) told by their common
+characters where the bytes read badly as Russian, then a Russian letter-frequency / case-pattern
+scorer over the Cyrillic single-byte charsets for bytes that look Cyrillic and read better so
+than as Latin text, else an accented-letter scorer over cp1252, cp1250 and ISO-8859-2 (Czech,
+Polish, Slovak, German, French, Spanish, Italian, Portuguese, Danish/Norwegian, Swedish letter
+frequencies). Raw 8-bit header bytes are read in the message's own charset when that is a
+multi-byte one.
 
 The scorer, not charset-normalizer.  Measured on the 60 short Russian subjects of
 ``tests/test_message.py`` (``RU_SUBJECTS``), each encoded in KOI8-R and in windows-1251, 120 cases
@@ -35,10 +37,13 @@ one of those is treated as unknown.
 Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
 whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
 than French "è"; "\\xef" alone is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than
-Norwegian "ø"; "\\xbf" before a word is Polish "ż", not Spanish "¿"), Hungarian letters are not
+Norwegian "ø"; "\\xbf" before a small letter with no "?" after it is Polish "ż", not Spanish
+"¿", and one before a small letter with a "?" after it is "¿": a Polish question whose only
+Polish letter is the ż of "że" reads as Spanish), Hungarian letters are not
 in the tables, and a short Czech text under a Western label whose only Czech letters are ř and
 í ("Jiøí Øehoø") keeps the label (it reads as Norwegian about as well); unlabelled Chinese
-(GBK, Big5) and Korean text is not recognised (only Japanese is, by its kana), and raw 8-bit
+(GBK, Big5) and Korean (EUC-KR) text is told by its common characters, and a text of two or
+three characters may go to the other one ("价格表" reads as Korean), and raw 8-bit
 headers are read in the message's charset only when the top Content-Type names one; a label
 that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent, or the reverse) is
 trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few capitals alone
@@ -100,6 +105,10 @@ _ISO_8859 = re.compile(r"^(?:cs)?iso[-_]?8859[-_]?(\d{1,2})(?:-?[ie])?$")
 _REFUSED = {"undefined", "unicode-escape", "raw-unicode-escape", "idna", "punycode", "mbcs",
             "oem", "utf-8-sig"}
 _LANG_TAG = re.compile(r"\*.*$")  # RFC 2231 section 5: charset*language
+# RFC 5322 3.2.2 comments, which the stdlib's get_param leaves in a parameter's value:
+# 'charset=windows-1251 (Cyrillic)' was an unknown charset, and the guess read "Ёж" as
+# cp866 "иц"
+_COMMENT = re.compile(r"\([^()]*\)")
 
 
 @functools.lru_cache(maxsize=512)
@@ -109,7 +118,8 @@ def resolve_charset(label: str | None) -> str | None:
     up to three codec lookups) was a quarter of decoding an encoded-word (~4 of 18 us)."""
     if not label:
         return None
-    name = _LANG_TAG.sub("", label.strip().strip("\"'").lower()).strip()
+    name = _COMMENT.sub("", label) if "(" in label else label
+    name = _LANG_TAG.sub("", name.strip().strip("\"'").lower()).strip()
     name = _ALIASES.get(name, _ISO_8859.sub(r"iso8859-\1", name))
     for candidate in (name, re.sub(r"^(?:x-|cs)", "", name),
                       re.sub(r"^(?:x-)?win(?:dows)?-?(\d{3,4})$", r"cp\1", name)):
@@ -222,6 +232,9 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
     japanese = _japanese(lambda: (data,))
     if japanese is not None:
         return data.decode(japanese, "replace"), japanese
+    cjk = _chinese_korean(lambda: (data,))
+    if cjk is not None:
+        return data.decode(cjk, "replace"), cjk
     if not looks_cyrillic(data):
         return guess_latin(data)
     scores = {c: score_russian(data.decode(c, "replace")) for c in candidates}
@@ -259,6 +272,95 @@ def _japanese(pieces: Callable[[], Iterable[bytes]]) -> str | None:
         if kana >= 2 and kana >= KANA_SHARE * wide and bad * JAPANESE_BAD <= wide:
             return codec
     return None
+
+
+# Chinese (GB2312/GBK, Big5) and Korean (EUC-KR) without a label read as KOI8-R
+# ("关于发票的问题" was "╧ьсз╥╒ф╠╣днйлБ"), or as windows-1252 ("Ãö©óµo²¼"): every byte
+# a Cyrillic or Latin letter or sign, words a Russian rule could match by chance. They are
+# told by their common characters: the text must decode in the codec (up to one bad pair in
+# JAPANESE_BAD characters) and CJK_SHARE of its non-ASCII characters be of the rows people
+# write most (GB2312 level 1 and punctuation; Big5 level 1 and symbols; the 2350 Hangul
+# syllables of KS X 1001 and punctuation). Russian words of an even length decode in GBK too
+# (KOI8-R "Счет на оплату" is 0.83 level-1 hanzi), so the bytes must also read badly as
+# Russian: under CJK_RUSSIAN_FLOOR per 8-bit byte in every Cyrillic charset (the 120
+# RU_SUBJECTS cases of tests/test_message.py score -3.75 at worst, Chinese and Korean
+# subjects -5.3 at best). Korean text is also common GB2312 (Hangul rows B0-C8 are hanzi
+# level 1 there); Chinese text reads mostly as hanja in EUC-KR, but a short one may read as
+# Hangul: when both pass, Korean needs half its syllables among _HANGUL_FREQUENT. A line of
+# Latin-1 signs ("·¸¸·´¯`" repeated, SpamAssassin's linuxplanet newsletter) is common GB2312
+# too ("犯阜疮`"), but no text repeats three characters: half of them, or CJK_DISTINCT, must
+# be different.
+CJK_CANDIDATES = ("gbk", "big5", "cp949")      # ties go to the first
+CJK_SHARE = 0.9
+CJK_DISTINCT = 16
+CJK_RUSSIAN_FLOOR = -4.5
+_HANGUL = re.compile("[\uac00-\ud7a3]")
+# frequent syllables of Korean (particles, endings, common business words)
+_HANGUL_FREQUENT = frozenset(
+    "이다는에하의고을가서지로기한사리를도자니어아대수시들나해으게요인정일적보주전부상세라"
+    "우만것있제문과여스오구소내장면안미되성원비그화분동개생국위공중트관거현회신경마계방조무"
+    "드연발행실물합할했습입감확청견첨파후께님립까및년월각당저희려씀결재송금액품목번호")
+
+
+@functools.lru_cache(maxsize=1)
+def _cjk_common() -> dict[str, frozenset[str]]:
+    """The characters of each CJK candidate's most written rows (built once, ~10 ms)."""
+    def rows(codec: str, leads: Iterable[int], top: bytes = b"\xff\xff") -> frozenset[str]:
+        out = set()
+        for lead in leads:
+            for trail in range(0x40, 0xFF):
+                pair = bytes([lead, trail])
+                if pair <= top:
+                    try:
+                        out.add(pair.decode(codec))
+                    except UnicodeDecodeError:
+                        pass
+        return frozenset(out)
+    return {"gbk": rows("gb2312", [*range(0xA1, 0xA4), *range(0xB0, 0xD8)]),
+            "big5": rows("big5", range(0xA1, 0xC7), b"\xc6\x7e"),
+            "cp949": rows("euc_kr", [*range(0xA1, 0xA4), *range(0xB0, 0xC9)])}
+
+
+def _chinese_korean(pieces: Callable[[], Iterable[bytes]]) -> str | None:
+    """The Chinese or Korean codec `pieces` read as (see above), if any."""
+    common = _cjk_common()
+    passed: dict[str, float] = {}
+    frequent = hangul = 0
+    for codec in CJK_CANDIDATES:
+        wide = bad = known = 0
+        seen: set[str] = set()
+        for piece in pieces():
+            text = piece.decode(codec, "replace")
+            chars = _WIDE.findall(text)
+            wide += len(chars)
+            if len(seen) < CJK_DISTINCT:
+                seen.update(chars)
+            bad += text.count("\ufffd")
+            known += sum(1 for ch in chars if ch in common[codec])
+            if codec == "cp949":
+                syllables = _HANGUL.findall(text)
+                hangul += len(syllables)
+                frequent += sum(1 for ch in syllables if ch in _HANGUL_FREQUENT)
+        if wide >= 2 and bad * JAPANESE_BAD <= wide and known >= CJK_SHARE * wide \
+                and len(seen) >= min(wide / 2, CJK_DISTINCT):
+            passed[codec] = known / wide
+    if not passed or not _reads_badly_as_russian(pieces):
+        return None
+    if "cp949" in passed and len(passed) > 1 and 2 * frequent < hangul:
+        del passed["cp949"]
+    if "cp949" in passed and 2 * frequent >= hangul:
+        return "cp949"
+    return max(passed, key=lambda c: (passed[c], -CJK_CANDIDATES.index(c)))
+
+
+def _reads_badly_as_russian(pieces: Callable[[], Iterable[bytes]]) -> bool:
+    high = 0
+    scores = dict.fromkeys(CYRILLIC_BODY_CANDIDATES, 0.0)
+    for piece in pieces():
+        high += len(piece.translate(None, _ASCII))
+        for codec in CYRILLIC_BODY_CANDIDATES:
+            scores[codec] = score_russian(piece.decode(codec, "replace"), scores[codec])
+    return max(scores.values()) < CJK_RUSSIAN_FLOOR * high
 
 
 # Words of 8-bit bytes alone (looks_cyrillic) are also Latin text's own: a Finnish
@@ -317,9 +419,13 @@ _OPENERS = set("«»“”„‘’–—(¡")         # may stand right before 
 # Common signs too, but not glued to a letter: a price list under iso-8859-1 ("from \xa3 6.25",
 # SpamAssassin's t/data/welcomelists/ryanairmail.com) read as Polish "from Ł 6.25" while £
 # was a rare sign, and "\xa3\xf3d\xbc" is still "Łódź". ¡ opens a Spanish sentence
-# ("\xa1Hola, se\xf1or!" was ISO-8859-2 "ĄHola, seńor!"); ¿ does not count as one: it is
-# Polish ż in windows-1250 and ISO-8859-2, and "¿e" is "że".
+# ("\xa1Hola, se\xf1or!" was ISO-8859-2 "ĄHola, seńor!"). ¿ is Polish ż in windows-1250 and
+# ISO-8859-2 ("¿e" is "że"), so it opens a question (_QUESTION) only where ż cannot be or a
+# question follows: before a capital ("¿Qué", which would be "żQué"), or before a word with a
+# "?" after it ("Hola, ¿vienes mañana?"). Otherwise, as before, it is a rare sign glued to
+# its word: unlabelled Spanish read as windows-1250, "żQué tal? żCómo estás?", "seńor".
 _PRICE_SIGNS = set("£¥¢")
+_QUESTION = math.log(0.005)        # ¿ before a small letter, a "?" after it ("że" scores -6)
 _FOREIGN_LETTER = math.log(0.0001)   # a letter the language does not write
 # every language's log frequency of a letter, in _LATIN_LOG's order (LatinCounts.best)
 _LATIN_PRIORS = [prior for prior, _ in _LATIN_LOG.values()]
@@ -342,6 +448,16 @@ _LATIN_SIGNS = re.compile("[" + re.escape("".join(sorted({
 # 0, signs and the rest add less than 0; a letter not here counts 0), at C speed.
 _LATIN_CHAR_BEST = {ch: max(_LATIN_ROWS.get(ch.lower(), _FOREIGN_ROW)) for ch in "".join(
     bytes(range(0x80, 0x100)).decode(c, "replace") for c in LATIN_CANDIDATES) if ch.isalpha()}
+
+
+def _opens_question(text: str, i: int) -> float | None:
+    """The score of the ¿ at text[i] as a Spanish question's opener, None if it is not one."""
+    after = text[i + 1:i + 2]
+    if (i and text[i - 1].isalpha()) or not after.isalpha():
+        return None
+    if after.isupper():
+        return _SYMBOL
+    return _QUESTION if "?" in text[i + 2:] else None
 
 
 def _latin_bound(text: str) -> float:
@@ -371,6 +487,8 @@ class LatinCounts:
             i, ch = found.start(), found.group()
             if ch == "\ufffd" or ch <= "\x9f":
                 self.rest += _INVALID
+            elif ch == "¿" and (opens := _opens_question(text, i)) is not None:
+                self.rest += opens
             else:
                 # glued to the letters after it ("®ádost", "lu»oučký"; a sign between, as in
                 # "©»astný", too), unless it may open a word there ("»Ano«")
@@ -1025,6 +1143,9 @@ def _guess_pieces(data: bytes, start: int, end: int, size: int,
     japanese = _japanese(lambda: _byte_pieces(data, start, scored, size))
     if japanese is not None:
         return japanese
+    cjk = _chinese_korean(lambda: _byte_pieces(data, start, scored, size))
+    if cjk is not None:
+        return cjk
     if not _looks_cyrillic_pieces(data, start, end, size) or not reads_cyrillic(
             data[start:min(end, start + PAIR_SCORED)], candidates):
         latin = {c: LatinCounts() for c in LATIN_CANDIDATES}

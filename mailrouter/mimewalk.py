@@ -154,8 +154,16 @@ def decoded_payload(part: Message) -> bytes:
     """part.get_payload(decode=True), except for base64 whose data characters are one more
     than a multiple of 4 (a message cut short in transit, a mangled line): the stdlib gives
     such base64 back undecoded (bpo-27397), so the rules would read the base64 text itself;
-    it is decoded here up to its last whole byte, as mail readers show it."""
+    it is decoded here up to its last whole byte, as mail readers show it. Lines of text
+    among the base64 (_text_lines) are left out."""
     cte = transfer_encoding(part)
+    if cte == "base64" and not part.is_multipart():
+        kept = _text_lines(part.get_payload())
+        if kept is not None:
+            try:
+                return binascii.a2b_base64(kept)
+            except binascii.Error:           # cut short
+                return _whole_bytes(kept)
     if (cte in ("base64", "quoted-printable") and not part.is_multipart()
             and cte != str(part.get("content-transfer-encoding", "")).lower()):
         text = part.get_payload()            # the stdlib would not undo this one: done here
@@ -173,6 +181,25 @@ def decoded_payload(part: Message) -> bytes:
     if any(isinstance(d, errors.InvalidBase64LengthDefect) for d in part.defects[before:]):
         return _whole_bytes(payload)
     return payload
+
+
+# A line with a character base64 has not, other than white space ("_____", "Firma-list
+# mailing list", a URL): text a list server or a gateway appended to a base64 body (a
+# footer, a disclaimer). The stdlib decodes its letters as base64 too: after a body with no
+# "=" padding they became bytes of no charset at its end, and a UTF-8 body so damaged was
+# read as windows-1251 from its first letter ("РџСЂРѕС€Сѓ" for «Прошу»).
+_BASE64_LINE = re.compile(rb"[A-Za-z0-9+/=]*")
+
+
+def _text_lines(payload: object) -> bytes | None:
+    """The base64 lines of a payload that has lines of text too (those are left out);
+    None when it has none (or is not text)."""
+    if not isinstance(payload, str):
+        return None
+    data = payload.encode("ascii", "surrogateescape")
+    lines = data.split(b"\n")
+    kept = [line for line in lines if _BASE64_LINE.fullmatch(line.strip())]
+    return b"\n".join(kept) if len(kept) < len(lines) else None
 
 
 def _whole_bytes(b64: bytes) -> bytes:

@@ -7,15 +7,15 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailrouter.charsets import (_IN_WORD, _INVALID, _LATIN_LOG, _OPENERS, _PRICE_SIGNS, _RARE_SYMBOL,
-                                 _SYMBOL, _SYMBOLS, LATIN_CANDIDATES, LatinCounts, _latin_bound,
-                                 resolve_charset)
+from mailrouter.charsets import (_IN_WORD, _INVALID, _LATIN_LOG, _OPENERS, _PRICE_SIGNS, _QUESTION,
+                                 _RARE_SYMBOL, _SYMBOL, _SYMBOLS, LATIN_CANDIDATES, LatinCounts,
+                                 _latin_bound, resolve_charset)
 
 # Texts as the Latin candidates read 8-bit bytes: ASCII and every character of their upper
 # halves (letters, signs, C1 controls, replacement characters), plus a few from elsewhere.
 _CHARS = sorted({ch for codec in LATIN_CANDIDATES
                  for ch in bytes(range(0x80, 0x100)).decode(codec, "replace")})
-TEXTS = st.text(st.sampled_from(_CHARS + list("ab .,-(«1") + ["İ", "ẞ", "ф", "½", "→", "✓"]), max_size=40)
+TEXTS = st.text(st.sampled_from(_CHARS + list("ab .,-(«1?Q") + ["İ", "ẞ", "ф", "½", "→", "✓"]), max_size=40)
 
 
 @settings(max_examples=400, deadline=None)
@@ -44,6 +44,11 @@ def _counts_reference(text: str) -> tuple[Counter[str], float]:
             continue
         if ch == "\ufffd" or ch <= "\x9f":
             rest += _INVALID
+        elif ch == "¿" and not (i and text[i - 1].isalpha()) and text[i + 1:i + 2].isupper():
+            rest += _SYMBOL          # "¿Qué": a question opens
+        elif ch == "¿" and not (i and text[i - 1].isalpha()) and text[i + 1:i + 2].isalpha() \
+                and "?" in text[i + 2:]:
+            rest += _QUESTION        # "¿vienes mañana?"
         elif ch.isalpha():
             letters[ch.lower()] += 1
         else:

@@ -681,7 +681,7 @@ def test_latin_raw_8bit_is_not_cyrillic() -> None:
 
 
 # Unlabelled 8-bit Latin subjects: Czech in windows-1250 and ISO-8859-2, western languages in
-# cp1252, Polish in windows-1250. Reading all of them as cp1252 (the old rule) got 37 of 79.
+# cp1252, Polish in windows-1250. Reading all of them as cp1252 (an old rule) got 37 of the first 79.
 CZ_SUBJECTS = [
     "Faktura č. 2026/15", "Žádost o schůzku", "Objednávka zboží", "Příští týden",
     "Dobrý den, posílám fakturu", "Upomínka - neuhrazená faktura", "Nabídka služeb",
@@ -695,10 +695,15 @@ WEST_SUBJECTS = [
     "Fattura n. 12 è pronta", "Café com açúcar", "Überweisung für März", "Prix spécial",
     "Año nuevo", "Déjà vu", "Bon appétit", "Straße", "Façade", "Señor García", "Città più bella",
     "Ação necessária", "100€ Rabatt", "© 2026 Firma", "Déclaration d'impôts", "Crème brûlée",
-    "Über uns", "«Bonjour»", "Microsoft® Office", "Preis: 20 € – inkl.", "Ärger", "Öl"]
+    "Über uns", "«Bonjour»", "Microsoft® Office", "Preis: 20 € – inkl.", "Ärger", "Öl",
+    # ¿ is Polish ż in the other two: these read "żQué tal? żCómo estás?", "seńor"
+    "¿Qué tal? ¿Cómo estás?", "¿Tienes la factura?", "Hola, ¿vienes mañana?", "¿es urgente?",
+    "¿Cuándo llega el pedido? Gracias, señor", "¿Dónde?"]
 PL_SUBJECTS = ["Zażółć gęślą jaźń", "Faktura za październik", "Proszę o kontakt",
-               "Spotkanie w środę"]
+               "Spotkanie w środę", "Wiem, że tak", "że", "Proszę, żeby pan zadzwonił",
+               "Czy to prawda, że będzie jutro?", "Może jutro?"]
 LATIN_KNOWN_MISSES = {
+    ("Czy to prawda, że jutro?", "cp1250"),  # "¿e jutro?": a question whose only letter is ż
     ("Ťuk", "iso8859-2"),                   # '«uk'
     ("Fattura n. 12 è pronta", "cp1252"),   # a lone \xe8 is Czech č rather than è
     ("Proszę o kontakt", "cp1250"),         # a lone \xea is Portuguese/French ê
@@ -706,11 +711,79 @@ LATIN_KNOWN_MISSES = {
 
 
 def test_latin_guess_on_short_unlabelled_subjects() -> None:
-    """cp1252 / cp1250 / ISO-8859-2 are told apart by their accented letters: 76 of 79."""
+    """cp1252 / cp1250 / ISO-8859-2 are told apart by their accented letters: 87 of 91."""
     cases = ([(t, "cp1250") for t in CZ_SUBJECTS] + [(t, "iso8859-2") for t in CZ_SUBJECTS]
-             + [(t, "cp1252") for t in WEST_SUBJECTS] + [(t, "cp1250") for t in PL_SUBJECTS])
+             + [(t, "cp1252") for t in WEST_SUBJECTS] + [(t, "cp1250") for t in PL_SUBJECTS]
+             + [("Czy to prawda, że jutro?", "cp1250")])
     misses = {(t, enc) for t, enc in cases if guess_decode(t.encode(enc))[0] != t}
     assert misses == LATIN_KNOWN_MISSES
+
+
+def test_unlabelled_spanish_body_keeps_its_question_marks() -> None:
+    """A text/plain body with no charset, in windows-1252 Spanish, reads ¿ and ñ (it read
+    as windows-1250: "żPodría ... seńor"); a Polish one with że keeps it."""
+    head = b"Subject: pedido\r\nContent-Type: text/plain\r\n\r\n"
+    v = MessageView(head + "¿Podría enviarme la factura? Gracias, señor.\r\n".encode("cp1252"))
+    assert v.body_text == "¿Podría enviarme la factura? Gracias, señor.\n"
+    assert v.charset_notes == ["Body: raw 8-bit guessed cp1252"]
+    v = MessageView(head + "Wiem, że faktura jest gotowa.\r\n".encode("cp1250"))
+    assert v.body_text == "Wiem, że faktura jest gotowa.\n"
+
+
+# Unlabelled Chinese (GBK, Big5) and Korean (EUC-KR): read as KOI8-R or windows-1252 before
+# ("╧ьсз╥╒ф╠╣днйлБ" for 关于发票的问题), every byte a Cyrillic or Latin letter.
+ZH_SUBJECTS = ["关于发票的问题，请尽快回复。谢谢！", "会议通知", "请查收附件中的合同",
+               "您好，我们公司想订购一批产品，请报价。", "发票", "明天下午三点开会", "订单确认", "价格表"]
+ZHT_SUBJECTS = ["關於發票的問題，請儘快回覆。謝謝！", "會議通知", "請查收附件中的合約",
+                "您好，我們公司想訂購一批產品，請報價。", "發票", "明天下午三點開會", "訂單確認", "價格表"]
+KO_SUBJECTS = ["안녕하세요. 송장에 대해 문의드립니다.", "회의 안내", "첨부 파일을 확인해 주세요",
+               "견적서 요청", "감사합니다", "내일 오후 3시 회의", "주문 확인", "가격표", "배송 지연 안내",
+               "비밀번호 변경"]
+CJK_KNOWN_MISSES = {
+    ("价格表", "gbk"),        # reads as Korean "송목깊": three characters, two frequent syllables
+    ("가격표", "euc_kr"),     # reads as Chinese: one of three syllables frequent
+}
+
+
+def test_unlabelled_chinese_and_korean_subjects() -> None:
+    """GBK, Big5 and EUC-KR text with no label reads in its charset (24 of 26), and never
+    as Cyrillic; the Russian subjects keep their reading (test_scorer_on_short_russian_subjects)."""
+    cases = ([(t, "gbk") for t in ZH_SUBJECTS] + [(t, "big5") for t in ZHT_SUBJECTS]
+             + [(t, "euc_kr") for t in KO_SUBJECTS])
+    got = {(t, enc): guess_decode(t.encode(enc))[0] for t, enc in cases}
+    assert {case for case, text in got.items() if text != case[0]} == CJK_KNOWN_MISSES
+    assert not [text for text in got.values() if re.search("[\u0400-\u04ff]", text)]
+
+
+@pytest.mark.parametrize("repeat", [1, 3000])         # 3000: over PIECE_BYTES, read in pieces
+def test_unlabelled_chinese_body_reads_as_gbk(repeat: int) -> None:
+    """A text/plain body with no charset in GBK reads as Chinese, short or long."""
+    text = "您好，我们公司想订购一批产品，请报价。\n" * repeat
+    v = MessageView(b"Subject: x\r\nContent-Type: text/plain\r\n\r\n" + text.encode("gbk"))
+    assert v.body_text == text
+    assert v.charset_notes == ["Body: raw 8-bit guessed gbk"]
+
+
+FOOTER = (b"_______________________________________________\r\nFirma-list mailing list\r\n"
+          b"Firma-list@lists.example\r\nhttps://lists.example/mailman/listinfo/firma-list\r\n")
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "koi8-r"])
+@pytest.mark.parametrize("multipart", [False, True])
+def test_a_footer_after_a_base64_body_is_not_decoded_into_it(charset: str, multipart: bool) -> None:
+    """A list server's footer after a base64 body with no '=' padding: its letters were
+    decoded as base64 too, and the UTF-8 body so damaged read as windows-1251 («РџСЂРѕС€Сѓ»)."""
+    text = "Прошу оплатить счёт до пятницы, договор 5."        # 3 * n bytes in both: no padding
+    encoded = base64.encodebytes(text.encode(charset)).replace(b"\n", b"\r\n")
+    assert not encoded.rstrip().endswith(b"=")
+    leaf = (f"Content-Type: text/plain; charset={charset}\r\n".encode()
+            + b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + FOOTER)
+    raw = b"Subject: x\r\nMIME-Version: 1.0\r\n" + (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n' + leaf + b"\r\n--b--\r\n"
+        if multipart else leaf)
+    v = MessageView(raw)
+    assert v.body_text.rstrip("\r\n") == text
+    assert v.charset_notes == []
 
 
 def test_unlabelled_czech_subject_in_a_message() -> None:
@@ -725,6 +798,7 @@ def test_unlabelled_czech_subject_in_a_message() -> None:
     ("koi8r", "koi8-r"), ("KOI8-R", "koi8-r"), ("ibm866", "cp866"), ("x-mac-cyrillic", "mac-cyrillic"),
     ("windows-1250", "cp1250"), ("ISO-8859-2", "iso8859-2"), ("utf-8*ru", "utf-8"),
     ("foo-bar", None), ("base64", None), ("unicode_escape", None), ("undefined", None), ("", None),
+    ("windows-1251 (Cyrillic)", "cp1251"), ('"koi8-r" (Cyrillic)', "koi8-r"), ("(x) utf-8", "utf-8"),
 ])
 def test_resolve_charset(label: str, codec: str | None) -> None:
     """Charset labels from real mail map to Python codecs; non-text codecs are refused."""

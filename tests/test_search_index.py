@@ -69,7 +69,7 @@ async def test_words_found_in_another_case_with_e_for_yo_after_reply_prefix(regi
         assert await reg.read("s", lambda c: search(c, words="накладная", limit=None)) == []
         n = await reg.read("n", lambda c: c.execute(select(func.count()).select_from(
             subject_words).where(subject_words.c.message_key == f"{0:064x}")).scalar_one())
-        assert n == 4                                  # счет no5 (NFKC of №5) за октябрь, once
+        assert n == 4                                  # счет 5 (№ is a sign) за октябрь, once
         head = webq.Scope(mailboxes=frozenset({"sales"}))
         found = await reg.read("w", lambda c: webq.search(c, head, words="сче*"))
         assert [r["message_id"] for r in found.rows] == ["<1@x>"]
@@ -103,6 +103,62 @@ async def test_migration_backfills_an_existing_sqlite_file(tmp_path: Path):
         n = await reg.read("n", lambda c: c.execute(select(func.count(func.distinct(
             subject_words.c.message_key)))).scalar_one())
         assert n == 5003
+    finally:
+        await reg.close()
+
+
+async def test_czech_words_found_without_accents_and_numbers_after_the_number_sign(registry_url):
+    """'priloha' finds «Příloha smlouvy» and 'příloha' finds «Priloha» (typed without
+    accents), as the rules compare them; '5', '№5' and '№ 5' find «Счёт №5»; й stays й;
+    '发票' finds «关于发票的问题» (each ideograph a word)."""
+    reg = await Registry.open(registry_url)
+    try:
+        subjects = ["Příloha smlouvy", "Priloha k fakture", "Счёт №5", "Счёт № 15", "Йод", "Иод",
+                    "关于发票的问题"]
+        for i, s in enumerate(subjects):
+            await reg.record(msg(i, s), [dec("finance")], [])
+
+        async def found(words: str) -> list[int]:
+            return ids(await reg.read("s", lambda c: search(c, words=words, limit=None)))
+        assert await found("priloha") == [1, 0]
+        assert await found("PŘÍLOHA") == [1, 0]
+        assert await found("faktuře") == [1]
+        assert await found("5") == [2]
+        assert await found("№5") == [2]
+        assert await found("счет № 5") == [2]
+        assert await found("йод") == [4]
+        assert await found("发票") == [6]              # a word inside a run of ideographs
+    finally:
+        await reg.close()
+
+
+async def test_revision_0009_makes_the_old_words_again_in_the_folded_form(tmp_path: Path):
+    """A SQLite file at revision 0007 whose index holds the words as the code before wrote
+    them (accents kept, №5 as 'no5') is found by the new queries once opened: the words of
+    its non-ASCII subjects are made again; an ASCII subject keeps its rows."""
+    path = tmp_path / "registry.db"
+    engine = create_engine(f"sqlite:///{path}")
+    old = {0: ("Příloha smlouvy", ["příloha", "smlouvy"]), 1: ("Счёт №5", ["счет", "no5"]),
+           2: ("plain words", ["plain", "words"])}
+    with engine.begin() as conn:
+        _alembic_upgrade(conn, "0007")
+        for i, (subject, words) in old.items():
+            m = msg(i, subject)
+            conn.execute(insert(messages), [dict(dataclasses.asdict(m), updated_at=AT, attempts=1)])
+            conn.execute(insert(subject_words), [
+                {"message_key": m.key, "word": w, "received_at": m.received_at} for w in words])
+    engine.dispose()
+    reg = await Registry.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        async def found(words: str) -> list[int]:
+            return ids(await reg.read("s", lambda c: search(c, words=words, limit=None)))
+        assert await found("příloha") == [0]
+        assert await found("priloha") == [0]
+        assert await found("№5") == [1]
+        assert await found("plain") == [2]
+        rows = await reg.read("w", lambda c: c.execute(
+            select(subject_words.c.word).order_by(subject_words.c.word)).scalars().all())
+        assert rows == ["5", "plain", "priloha", "smlouvy", "words", "счет"]
     finally:
         await reg.close()
 

@@ -4,7 +4,7 @@ returns plain rows (dicts), so the CLI prints them as text, JSON or CSV.
 
 Every query is bounded by an index: requests by opened_at, owner/status,
 status/first_response_due, counterparty or its domain; messages by received_at or
-from_addr; subject words (normalised as the rules do: NFKC, case-folded, ё = е, reply
+from_addr; subject words (normalised as the rules do: NFKC, case-folded, ё = е, č = c, reply
 prefixes stripped) by the subject-word index (registry/words.py).
 
 Known limits: `history DOMAIN` finds messages by the From address's domain with a

@@ -5,7 +5,7 @@ and the command line can share them (run with `Registry.read`). Every query take
 `Scope`: what the asker may see (everything, or the mail of some mailboxes plus the mail
 they own); a message outside it is simply not found.
 
-Subject words are matched with the rules' normalising (NFKC, case-folded, ё = е, reply
+Subject words are matched with the rules' normalising (NFKC, case-folded, ё = е, č = c, reply
 prefixes stripped): "СЧЕТ" finds "Счёт №42", through the subject-word index
 (words.py); the walk goes newest first and stops at `limit` hits. Only a tag is
 tested in Python; a search with a tag stops after SCAN_MAX messages (the answer says so).

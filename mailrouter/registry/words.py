@@ -2,8 +2,10 @@
 
 `subject_words` holds one row per (message, word): the `\\w+` words of the subject after
 the rules' normalising (`normalize_subject`: reply prefixes stripped, NFKC, case-folded,
-ё = е), so "RE: СЧЁТ №5" is indexed as `счет`, `5`. The store writes them in the
-transaction of the message (store.py); revision 0006 made them for the messages before it.
+ё = е, Latin accents folded, № a sign, an ideograph a word), so "RE: СЧЁТ №5" is indexed
+as `счет`, `5`, "Příloha" as `priloha` and "发票" as `发`, `票`. The store writes them in the
+transaction of the message (store.py); revision 0006 made them for the messages before it,
+0009 made them again in this form.
 
 `newest` is the one walk every subject search uses (`registry search`, the web search):
 messages newest first in keyset pages, narrowed by the words through the index. A query

@@ -6,9 +6,10 @@ A condition is a mapping. Each key is a field (`subject: {contains: счёт}`),
 takes an operator mapping, or a shorthand: a string or list means `equals` on
 address fields and `contains` on text fields, a number means `equals`.
 
-Text operators compare the normalised form (NFKC, case-folded, ё->е, subjects
-without Re:/Fwd: prefixes) with a needle normalised the same way; `contains`
-matches whole words in order, `glob` the whole value. A `contains` word ending
+Text operators compare the normalised form (NFKC, case-folded, ё->е, Latin
+accents folded except in address fields, № a sign, subjects without Re:/Fwd:
+prefixes) with a needle normalised the same way; `contains` matches whole words
+in order, `glob` the whole value. A `contains` word ending
 in `*` matches every word it begins (word forms: `договор*` matches договор,
 договора, договоров; `faktur*` faktura, faktury, fakturu). `regex` searches the
 decoded text as written. `regex` and `glob` run on RE2 (patterns.py): linear
@@ -32,7 +33,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..yamlsrc import where
 from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
-from .normalize import normalize
+from .normalize import normalize, normalize_address
 from .patterns import PatternError, compile_glob, compile_regex, utf8
 from .sizes import check_needle, empty_range, parse_size
 
@@ -484,8 +485,10 @@ def contains_key(needle: str) -> str | WordForms:
 
 
 def normalize_needle(field: str, op: str, needles: tuple[Any, ...]) -> tuple[str, ...]:
-    """Needles get the same normal form as the values they are compared with."""
-    return tuple(normalize(str(n)) for n in needles)
+    """Needles get the same normal form as the values they are compared with (a subject
+    needle keeps a leading "Re:", as it always has: only the values lose theirs)."""
+    fn = normalize_address if field in ADDR_FIELDS else normalize
+    return tuple(fn(str(n)) for n in needles)
 
 
 def _describe(spec: Any) -> str:

@@ -12,10 +12,11 @@ import re
 from datetime import datetime
 from typing import Any, Callable, Mapping, cast
 
-from .normalize import PIECE, normalize, normalize_subject, pieces
+from .normalize import PIECE, normalize, normalize_address, normalize_subject, pieces
 from .patterns import utf8
 
-__all__ = ["Facts", "TEXT_FIELDS", "ADDR_FIELDS", "NUM_FIELDS", "FIELD_COST", "words_of"]
+__all__ = ["Facts", "TEXT_FIELDS", "ADDR_FIELDS", "NUM_FIELDS", "FIELD_COST", "words_of",
+           "normalize_of"]
 
 _WORD = re.compile(r"\w+")
 _NOT_WORD = re.compile(r"\W")
@@ -85,6 +86,14 @@ FIELD_COST = {"subject": 0, "from": 1, "from_name": 1, "from_addr": 1, "to": 2, 
               "attachment": 4, "attachment_type": 4, "body": 5}
 
 
+def normalize_of(field: str) -> Callable[[str], str]:
+    """How a field's values (and the needles compared with them) are normalised: a subject
+    without its reply prefixes, an address with its accents, other text folded."""
+    if field == "subject":
+        return normalize_subject
+    return normalize_address if field in ADDR_FIELDS else normalize
+
+
 class Facts:
     """The lazily read, cached values of one (message, recipient) pair."""
 
@@ -135,7 +144,7 @@ class Facts:
     def norm(self, field: str) -> tuple[str, ...]:
         got = self._norm.get(field)
         if got is None:
-            fn = normalize_subject if field == "subject" else normalize
+            fn = normalize_of(field)
             got = self._norm[field] = tuple(fn(str(v)) for v in self.raw(field))
         return got
 
