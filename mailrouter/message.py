@@ -24,7 +24,8 @@ Attachments are the parts that name a file or are not text, and every forwarded 
 (``message/rfc822`` below the top): it is listed itself, named by its file name or else by its
 decoded Subject + ``.eml``, before the files inside it, which are listed too. Files uuencoded
 into a text/plain part without a transfer encoding are listed after it (their lines stay
-in ``body_text``).
+in ``body_text``); the files inside Outlook's TNEF wrapper (``winmail.dat``,
+``application/ms-tnef``: tnef.py) are listed after it.
 
 Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
@@ -51,6 +52,7 @@ from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves, transfer_encoding, unfold
+from mailrouter.tnef import files as tnef_files
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
     PIECE_BYTES,
@@ -768,6 +770,8 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
         # an attachment's size, counted without holding its decoded bytes when it can be
         size = leaf.decoded_size() if leaf is not None else len(_payload(part))
         body.attachments.append(Attachment(name, ctype, size))
+        if ctype in TNEF_TYPES or name.lower() == "winmail.dat":
+            _tnef_attachments(leaf.decoded() if leaf is not None else _payload(part), body)
         return
     # a multipart left whole (no boundary, or no first boundary line: a nested multipart
     # that reuses its parent's boundary, as Zimbra and Outlook Express wrote) is read as
@@ -786,6 +790,17 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
             payload = _payload(part)
             source = lambda: (payload, 0, len(payload))  # noqa: E731
         texts[kind] = (source, str(label) if label else None)
+
+
+# Outlook's wrapper: a reader other than Outlook shows winmail.dat alone; the files inside
+# are attachments too, listed after it, so a rule on attachment names sees them (tnef.py)
+TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
+
+
+def _tnef_attachments(data: bytes, body: _Body) -> None:
+    for name, size in tnef_files(data):
+        ctype = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+        body.attachments.append(Attachment(name, ctype, size))
 
 
 def _payload(part: Message) -> bytes:

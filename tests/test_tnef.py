@@ -1,0 +1,88 @@
+"""The files inside Outlook's TNEF wrapper (winmail.dat): tnef.files on real streams from
+another project's corpus (tests/corpus/README.md), on every cut and on damaged bytes, and
+through MessageView and the rules: a rule on attachment names sees the files inside it."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pytest
+
+from mailrouter.message import MessageView
+from mailrouter.tnef import files
+from tests.support.rules import route, snapshot
+from tests.test_rules import ROOT
+
+CORPUS = ROOT / "tests" / "corpus" / "tnef"
+
+# the names tnefparse's own tests expect of these streams, and the sizes of their data
+EXPECTED = {
+    "two-files": [("AUTHORS", 244), ("README", 893)],
+    "long-filename": [("allproductsmar2000.dat", 279)],
+    "unicode-mapi-attr": [("example.dat", 1024)],
+    "data-before-name": [("AUTOEXEC.BAT", 0), ("CONFIG.SYS", 0), ("boot.ini", 289)],
+    "umlaut": [("TBZ PARIV GmbH.jpg", 44764), ("image003.jpg", 1001), ("UmlautAnhang-äüö.txt", 14)],
+    "garbage-at-end": [],
+    "multi-name-property": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_real_streams_give_their_files(name: str) -> None:
+    assert files((CORPUS / f"{name}.tnef").read_bytes()) == EXPECTED[name]
+
+
+def test_a_stream_cut_anywhere_gives_the_files_read_before_the_cut() -> None:
+    data = (CORPUS / "two-files.tnef").read_bytes()
+    whole = files(data)
+    for end in range(len(data)):
+        got = files(data[:end])
+        done = max(len(got) - 1, 0)          # the last one may be cut in its name or data
+        assert len(got) <= len(whole), end
+        assert [n for n, _ in got[:done]] == [n for n, _ in whole[:done]], end
+    assert files(data[:-2]) == whole          # the last checksum is not needed
+
+
+def test_damaged_bytes_never_raise() -> None:
+    data = bytearray((CORPUS / "umlaut.tnef").read_bytes())
+    rng = random.Random(2027)
+    for _ in range(300):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            damaged[rng.randrange(6, len(damaged))] = rng.randrange(256)
+        assert isinstance(files(bytes(damaged)), list)
+    assert files(b"") == files(b"not tnef at all") == files(b"\x78\x9f\x3e\x22") == []
+
+
+def _with_winmail(stream: bytes, ctype: str = "application/ms-tnef") -> bytes:
+    encoded = base64.encodebytes(stream).replace(b"\n", b"\r\n")
+    return (b"From: Outlook User <user@corp.example>\r\nTo: invoices@example.com\r\n"
+            b"Subject: documents\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+            b"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            b"--b\r\nContent-Type: " + ctype.encode() + b'; name="winmail.dat"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n"
+            b'Content-Disposition: attachment; filename="winmail.dat"\r\n\r\n'
+            + encoded + b"--b--\r\n")
+
+
+@pytest.mark.parametrize("ctype", ["application/ms-tnef", "application/octet-stream"])
+def test_the_files_inside_winmail_dat_are_attachments_after_it(ctype: str) -> None:
+    view = MessageView(_with_winmail((CORPUS / "umlaut.tnef").read_bytes(), ctype))
+    got = [(a.filename, a.content_type, a.size) for a in view.attachments]
+    assert got == [("winmail.dat", ctype, 60314),
+                   ("TBZ PARIV GmbH.jpg", "image/jpeg", 44764),
+                   ("image003.jpg", "image/jpeg", 1001),
+                   ("UmlautAnhang-äüö.txt", "text/plain", 14)]
+
+
+def test_a_rule_on_attachment_names_sees_the_files_inside_winmail_dat() -> None:
+    snap = snapshot("""\
+rules:
+  - {name: txt, when: {attachment: {glob: '*anhang*.txt'}, attachment_count: 4}, then: {folder: Attached}}
+""")
+    raw = _with_winmail((CORPUS / "umlaut.tnef").read_bytes())
+    assert route(snap, raw, "sales@example.com").folder == "Attached"
+    plain = _with_winmail(b"\x78\x9f\x3e\x22 cut short")
+    assert route(snap, plain, "sales@example.com").folder != "Attached"
