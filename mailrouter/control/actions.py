@@ -14,11 +14,13 @@ book, is the caller's check (the web view: rights by department).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from .store import add_event
+from .store import add_event, reopened, request_row
 from .tables import requests
 from .threads import MAX_NUMBER
 
@@ -53,22 +55,23 @@ def close(conn: Connection, number: int, actor: str, at: datetime, how: str) -> 
     if status == "closed":
         raise ValueError(f"request #{number} is already closed")
     conn.execute(update(requests).where(requests.c.id == number)
-                 .values(status="closed", closed_at=at))
+                 .values(status="closed", closed_at=at, response_due=None))
     add_event(conn, number, at, "status", f"{status} -> closed: closed by {actor} ({how})", actor)
 
 
-def reopen(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:
-    """Back to open; a request that had its first response goes back to `answered`,
-    so the SLA clock (first response) is not restarted."""
+def reopen(conn: Connection, number: int, actor: str, at: datetime, how: str,
+           calendars: Mapping[str, Any]) -> None:
+    """Back to `open`, as when the customer writes: a closed request reopened is one
+    someone owes the customer an answer on, due its SLA term from now on the request's
+    calendar (`calendars`: the snapshot's), reminded and escalated like the first one.
+    Before, a request that had had its first response went back to `answered`, which no
+    clock watched, while the customer's own reopen gave `open`."""
     status, _ = _status(conn, number)
     if status != "closed":
         raise ValueError(f"request #{number} is not closed (it is {status})")
-    answered = conn.execute(select(requests.c.first_response_at).where(
-        requests.c.id == number)).scalar_one()
-    new = "answered" if answered is not None else "open"
-    conn.execute(update(requests).where(requests.c.id == number)
-                 .values(status=new, closed_at=None))
-    add_event(conn, number, at, "status", f"closed -> {new}: reopened by {actor} ({how})", actor)
+    row = request_row(conn, number)
+    assert row is not None
+    reopened(conn, number, row, at, calendars, f"reopened by {actor} ({how})", actor)
 
 
 def add_note(conn: Connection, number: int, text: str, actor: str, at: datetime) -> None:
