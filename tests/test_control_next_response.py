@@ -231,3 +231,29 @@ async def test_migration_0010_gives_open_requests_their_due_and_term(make_app, t
     await co.reply(msk(11, 16), "r1@example.com", "<c1@bigco>")
     await co.customer(msk(11, 17), "c2@bigco", "<c1@bigco> <r1@example.com>")
     assert (await co.request())["response_due"] == msk(12, 12)
+
+
+async def test_a_request_given_to_another_team_escalates_to_that_teams_head(make_app, tmp_path):
+    """The web view's reassign of duty's request to popov (team sales, head kuznetsova):
+    the request moves to sales, so when popov (no deputy) lets it go unanswered, the
+    escalation goes to kuznetsova. Before, the request kept team duty and the escalation
+    went to smirnov, head of a team that no longer had it; the history says the team moved."""
+    from tests.control_support import ROUTING
+    co = Company(make_app, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    path = tmp_path / "rules" / "company.yaml"       # the company's, with team sales
+    path.write_text(ROUTING.replace(
+        "  smirnov: {", "  popov: {address: popov@example.com}\n"
+        "  kuznetsova: {address: kuznetsova@example.com}\n  smirnov: {").replace(
+        "teams:\n", "teams:\n  sales: {members: [popov], head: kuznetsova}\n"), encoding="utf-8")
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    teams = co.app.snapshot().book.teams
+    await co.app.registry.write("t", lambda conn: actions.reassign(
+        conn, 1, "popov", "smirnov", msk(11, 10, 30), "web view", teams))
+    r = await co.request()
+    assert (r["owner"], r["team"]) == ("popov", "sales")
+    assert await co.tick(msk(11, 14)) == [("remind", "popov")]
+    assert await co.tick(msk(11, 16)) == [("escalate", "kuznetsova")]
+    shown = await co.show()
+    moved = json.loads([e for e in shown["events"] if e["kind"] == "owner"][-1]["detail"])
+    assert moved["team"] == {"from": "duty", "to": "sales"}

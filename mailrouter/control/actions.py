@@ -39,15 +39,27 @@ def _status(conn: Connection, number: int) -> tuple[str, str | None]:
     return str(row.status), row.owner
 
 
-def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, how: str) -> None:
-    """Make `to` the owner; the event keeps the old owner, the new one and who did it."""
+def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, how: str,
+             teams: Mapping[str, Any] | None = None) -> None:
+    """Make `to` the owner; the event keeps the old owner, the new one and who did it.
+    With `teams` (the address book's): a new owner outside the request's team moves it to
+    the one team `to` is a member of, so the SLA's escalation goes to the head over the
+    new owner, not to the old team's head, who no longer has the request. One in no team
+    (a specialist, a head) or in several keeps the request's team and its head."""
     _, old = _status(conn, number)
     if old == to:
         raise ValueError(f"{to} already owns request #{number}")
-    conn.execute(update(requests).where(requests.c.id == number).values(owner=to))
-    add_event(conn, number, at, "owner", json.dumps(
-        {"from": old, "to": to, "why": [f"reassigned by {actor} ({how})"]}, ensure_ascii=False),
-        actor)
+    row = request_row(conn, number)
+    assert row is not None
+    team = row["team"]
+    if teams is not None and (team not in teams or to not in teams[team].members):
+        mine = [k for k, t in teams.items() if to in t.members]
+        team = mine[0] if len(mine) == 1 else team
+    conn.execute(update(requests).where(requests.c.id == number).values(owner=to, team=team))
+    change: dict[str, Any] = {"from": old, "to": to, "why": [f"reassigned by {actor} ({how})"]}
+    if team != row["team"]:
+        change["team"] = {"from": row["team"], "to": team}
+    add_event(conn, number, at, "owner", json.dumps(change, ensure_ascii=False), actor)
 
 
 def close(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:

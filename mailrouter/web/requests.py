@@ -128,7 +128,7 @@ async def act(request: web.Request) -> web.Response:
         try:
             _mine(conn, me.scope, number)
             if what == "owner":
-                actions.reassign(conn, number, to, me.person, now, HOW)
+                actions.reassign(conn, number, to, me.person, now, HOW, s.book.teams)
             elif what == "close":
                 actions.close(conn, number, me.person, now, HOW)
             elif what == "reopen":
