@@ -78,7 +78,6 @@ class Plan:
     tags: tuple[str, ...] = ()
     calendar: str | None = None
     due: datetime | None = None
-    reopen: str | None = None                  # the status a join reopens from
     close: bool = False                        # a reply carrying the close marker
     wait: bool = False                         # a reply carrying the waiting marker
     refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
@@ -368,10 +367,10 @@ def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | No
 
 
 def joining(plan: Plan, rid: int, row: Mapping[str, Any]) -> Plan:
-    """`plan` made a join of request `rid` (its `row`): its owner and team, reopened when
-    it is not open."""
+    """`plan` made a join of request `rid` (its `row`): its owner and team. Whether it
+    reopens the request is read when it is written (_apply), under the requests lock."""
     return replace(plan, kind="join", request_id=rid, owner=row["owner"], team=row["team"],
-                   picked=None, reopen=row["status"] if row["status"] != "open" else None)
+                   picked=None)
 
 
 def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
