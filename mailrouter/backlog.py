@@ -40,8 +40,7 @@ def _fetch(conn: Connection) -> tuple[dict[str, tuple[int, float]],
             oldest = oldest.replace(tzinfo=UTC)
         queued[kind] = (int(n), max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
     per: dict[tuple[str, str], tuple[int, int]] = {}
-    overdue = and_(requests.c.status == "open", requests.c.first_response_at.is_(None),
-                   requests.c.first_response_due <= now)
+    overdue = and_(requests.c.status == "open", requests.c.response_due <= now)
     key = (requests.c.mailbox, requests.c.owner)
     for mailbox, owner, n in conn.execute(select(*key, func.count()).where(
             requests.c.status != "closed").group_by(*key)):

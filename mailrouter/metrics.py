@@ -176,8 +176,8 @@ class State(Collector):
                                   "Requests not closed, per mailbox and owner ('-' for none)",
                                   labels=["mailbox", "owner"])
         overdue = GaugeMetricFamily("mailrouter_requests_overdue",
-                                    "Open requests past their first-response due time, "
-                                    "per mailbox and owner", labels=["mailbox", "owner"])
+                                    "Open requests past the due time of the answer owed "
+                                    "(first or next), per mailbox and owner", labels=["mailbox", "owner"])
         for (mailbox, owner), (n_open, n_overdue) in sorted(self.requests.items()):
             open_.add_metric([mailbox, owner], n_open)
             overdue.add_metric([mailbox, owner], n_overdue)

@@ -107,7 +107,8 @@ async def test_a_requests_life_across_restarts(make_app, tmp_path, registry_url)
             request_events.c.request_id == 1).order_by(request_events.c.id))])
     assert [k for k, _ in events] == ["opened", "owner", "joined", "reminder", "owner", "joined",
                                       "reply", "status", "joined", "status"]
-    assert events[-1][1] == "closed -> open: the customer wrote"
+    # Monday 09:05 + 4 business hours
+    assert events[-1][1] == "closed -> open: the customer wrote; answer due 2027-01-18T13:05:00+03:00"
 
     heads = {}
     for path in maildir_files(tmp_path / "var" / "mail" / "support"):

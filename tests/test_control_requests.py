@@ -104,7 +104,8 @@ async def test_reply_copy_answers_and_customer_reopens(make_app, tmp_path, regis
     kinds = [e["kind"] + ":" + e["detail"] for e in await rows(app, request_events)
              if e["kind"] in ("reply", "status")]
     assert kinds == ["reply:first response <r1@example.com>", "status:open -> answered: we replied",
-                     "status:answered -> open: the customer wrote", "reply:reply <r2@example.com>",
+                     "status:answered -> open: the customer wrote; answer due "
+                     "2027-01-11T16:00:00+03:00", "reply:reply <r2@example.com>",
                      "status:open -> closed: close marker in the reply"]
     links = await rows(app, request_messages)
     assert [(m["direction"], m["message_id"]) for m in links] == [
@@ -190,7 +191,7 @@ async def test_waiting_marker_cli_wait_and_customer_follow_up(make_app, tmp_path
     assert r["status"] == "waiting"
     kinds = [e["detail"] for e in await rows(app, request_events) if e["kind"] == "status"]
     assert kinds == ["open -> waiting: waiting marker in the reply",
-                     "waiting -> open: the customer wrote",
+                     "waiting -> open: the customer wrote; answer due 2027-01-11T15:30:00+03:00",
                      "open -> waiting: mailrouter request wait"]
 
 
@@ -291,7 +292,7 @@ async def test_number_no_request_can_have_is_no_number(make_app, tmp_path, regis
 
     def web_reopen(conn):
         try:
-            return reopen(conn, 2**31, "smirnov", MONDAY, "web")
+            return reopen(conn, 2**31, "smirnov", MONDAY, "web", {})
         except LookupError as exc:
             return str(exc)
     assert await app.registry.write("t", web_reopen) == "no request #2147483648"

@@ -250,7 +250,7 @@ async def test_schema_on_first_open_and_upgrade_idempotent(registry_url: str) ->
         assert {"messages", "decisions", "deliveries", "loops", "reloads", "requests",
                 "outbox", "autoreply_log", "web_accounts", "web_sessions",
                 "subject_words"} <= tables
-        assert version == [("0009",)]
+        assert version == [("0010",)]
     finally:
         await reg.close()
 

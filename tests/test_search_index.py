@@ -193,6 +193,7 @@ async def test_board_counts_and_pages_through_every_awaiting_request(registry_ur
                     counterparty_domain="x.example", mailbox=box, rule="r", owner=owner,
                     team=None, status=status, subject=f"s{i}", priority=None, tags=[],
                     sla_calendar=None, first_response_due=due, first_response_at=None,
+                    response_due=due,
                     last_in_at=AT, last_out_at=None, closed_at=None)
     now = AT + timedelta(hours=5)
     due = [AT + timedelta(hours=h) for h in (3, 1, 3, 9)]

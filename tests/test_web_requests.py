@@ -89,7 +89,7 @@ async def test_the_board_shows_each_head_their_requests_with_sla_time_left(site:
 
     due = datetime.now(timezone.utc) - timedelta(days=21)
     await app.registry.write("test", lambda c: c.execute(update(requests).where(
-        requests.c.id == fin).values(first_response_due=due)))
+        requests.c.id == fin).values(first_response_due=due, response_due=due)))
     _, page, _ = await ivanov.get("/board")
     row = _board_rows(page)[str(fin)]
     late = re.search(r"overdue by ([\d.]+) business h", row)
@@ -236,6 +236,8 @@ async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department
     _, page, _ = await ivanov.get(f"/request/{fin}")
     assert re.search(r"Пётр Иванов → Анна Петрова · reassigned by ivanov \(web view\)", page)
     assert "Позвонить клиенту" in page and 'id="status">open<' in page
+    # reopened by hand: open, with the next answer due on the request's calendar
+    assert re.search(r'id="next-due">[^<]+\(reopened\)<', page)
 
 
 async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,

@@ -14,11 +14,13 @@ book, is the caller's check (the web view: rights by department).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from .store import add_event
+from .store import add_event, reopened, request_row
 from .tables import requests
 from .threads import MAX_NUMBER
 
@@ -37,15 +39,27 @@ def _status(conn: Connection, number: int) -> tuple[str, str | None]:
     return str(row.status), row.owner
 
 
-def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, how: str) -> None:
-    """Make `to` the owner; the event keeps the old owner, the new one and who did it."""
+def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, how: str,
+             teams: Mapping[str, Any] | None = None) -> None:
+    """Make `to` the owner; the event keeps the old owner, the new one and who did it.
+    With `teams` (the address book's): a new owner outside the request's team moves it to
+    the one team `to` is a member of, so the SLA's escalation goes to the head over the
+    new owner, not to the old team's head, who no longer has the request. One in no team
+    (a specialist, a head) or in several keeps the request's team and its head."""
     _, old = _status(conn, number)
     if old == to:
         raise ValueError(f"{to} already owns request #{number}")
-    conn.execute(update(requests).where(requests.c.id == number).values(owner=to))
-    add_event(conn, number, at, "owner", json.dumps(
-        {"from": old, "to": to, "why": [f"reassigned by {actor} ({how})"]}, ensure_ascii=False),
-        actor)
+    row = request_row(conn, number)
+    assert row is not None
+    team = row["team"]
+    if teams is not None and (team not in teams or to not in teams[team].members):
+        mine = [k for k, t in teams.items() if to in t.members]
+        team = mine[0] if len(mine) == 1 else team
+    conn.execute(update(requests).where(requests.c.id == number).values(owner=to, team=team))
+    change: dict[str, Any] = {"from": old, "to": to, "why": [f"reassigned by {actor} ({how})"]}
+    if team != row["team"]:
+        change["team"] = {"from": row["team"], "to": team}
+    add_event(conn, number, at, "owner", json.dumps(change, ensure_ascii=False), actor)
 
 
 def close(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:
@@ -53,22 +67,23 @@ def close(conn: Connection, number: int, actor: str, at: datetime, how: str) -> 
     if status == "closed":
         raise ValueError(f"request #{number} is already closed")
     conn.execute(update(requests).where(requests.c.id == number)
-                 .values(status="closed", closed_at=at))
+                 .values(status="closed", closed_at=at, response_due=None))
     add_event(conn, number, at, "status", f"{status} -> closed: closed by {actor} ({how})", actor)
 
 
-def reopen(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:
-    """Back to open; a request that had its first response goes back to `answered`,
-    so the SLA clock (first response) is not restarted."""
+def reopen(conn: Connection, number: int, actor: str, at: datetime, how: str,
+           calendars: Mapping[str, Any]) -> None:
+    """Back to `open`, as when the customer writes: a closed request reopened is one
+    someone owes the customer an answer on, due its SLA term from now on the request's
+    calendar (`calendars`: the snapshot's), reminded and escalated like the first one.
+    Before, a request that had had its first response went back to `answered`, which no
+    clock watched, while the customer's own reopen gave `open`."""
     status, _ = _status(conn, number)
     if status != "closed":
         raise ValueError(f"request #{number} is not closed (it is {status})")
-    answered = conn.execute(select(requests.c.first_response_at).where(
-        requests.c.id == number)).scalar_one()
-    new = "answered" if answered is not None else "open"
-    conn.execute(update(requests).where(requests.c.id == number)
-                 .values(status=new, closed_at=None))
-    add_event(conn, number, at, "status", f"closed -> {new}: reopened by {actor} ({how})", actor)
+    row = request_row(conn, number)
+    assert row is not None
+    reopened(conn, number, row, at, calendars, f"reopened by {actor} ({how})", actor)
 
 
 def add_note(conn: Connection, number: int, text: str, actor: str, at: datetime) -> None:

@@ -107,8 +107,7 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
                                    for k, v in sorted(per_box.items(), key=lambda i: str(i[0]))]
     out["response_per_owner"] = [{"owner": k} | _response(v, now, calendars)
                                  for k, v in sorted(per_owner.items(), key=lambda i: str(i[0]))]
-    overdue = and_(requests.c.status == "open", requests.c.first_response_at.is_(None),
-                   requests.c.first_response_due <= now)
+    overdue = and_(requests.c.status == "open", requests.c.response_due <= now)
     per: dict[str | None, dict[str, Any]] = {}
     for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
             requests.c.status != "closed", requests_in(scope)).group_by(requests.c.owner)):
@@ -122,7 +121,7 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
 
 def sla_left(calendars: Mapping[str, Any], cal: str | None, due: datetime | None,
              now: datetime, cache: dict[Any, float] | None = None) -> float | None:
-    """Business hours until the first response is due; negative when overdue by that much.
+    """Business hours until `due` (the answer owed); negative when overdue by that much.
 
     `cache` (one dict per `now`) keeps the working hours from the midnight after a due day
     to `now`, so a board of many requests overdue since the same days walks each day once."""
@@ -145,16 +144,21 @@ def sla_left(calendars: Mapping[str, Any], cal: str | None, due: datetime | None
 def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
           scope: Scope | None = None, owner: str | None = None, mailbox: str | None = None,
           limit: int = 200, after: tuple[datetime | None, int] | None = None) -> dict[str, Any]:
-    """Requests not closed, per owner and per mailbox (open, awaiting a first response,
-    overdue), and the `limit` awaiting a first response soonest due (overdue first), each
-    with its SLA time left in business hours; `owner`/`mailbox` narrow the list, `after`
-    (the last row's first_response_due and id, `next` of the answer) gives the next page.
+    """Requests not closed, per owner and per mailbox (not closed, awaiting an answer,
+    overdue), and the `limit` awaiting an answer soonest due (overdue first), each with its
+    SLA time left in business hours; `owner`/`mailbox` narrow the list, `after` (the last
+    row's response_due and id, `next` of the answer) gives the next page.
+
+    Awaiting an answer is `open`: a new request (its first response) or one reopened by
+    its customer or by hand (the next answer, `response_round` > 1), due `response_due`.
+    Before, only requests without a first response were listed and counted overdue: a
+    reopened one looked fine however long its customer waited.
 
     The counts are one GROUP BY in the order of the requests (status, mailbox, owner,
-    first_response_at, first_response_due) index, read from the index alone."""
+    response_due) index, read from the index alone."""
     live = and_(requests.c.status.in_(OPEN_STATUSES), requests_in(scope))
-    waiting = and_(requests.c.status == "open", requests.c.first_response_at.is_(None))
-    late = and_(waiting, requests.c.first_response_due <= now)
+    waiting = requests.c.status == "open"
+    late = and_(waiting, requests.c.response_due <= now)
     out: dict[str, Any] = {"now": now}
     per: dict[str, dict[Any, dict[str, Any]]] = {"owner": {}, "mailbox": {}}
     q = select(requests.c.status, requests.c.mailbox, requests.c.owner, func.count(),
@@ -173,7 +177,7 @@ def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
         q = q.where(requests.c.owner == owner)
     if mailbox:
         q = q.where(requests.c.mailbox == mailbox)
-    due, rid = requests.c.first_response_due, requests.c.id
+    due, rid = requests.c.response_due, requests.c.id
     if after is not None:           # keyset: below the last row, in (no due last, due, id)
         last_due, last_id = after
         q = q.where(or_(due.is_(None), due > last_due, and_(due == last_due, rid > last_id))
@@ -181,11 +185,11 @@ def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
     q = q.order_by(due.is_(None), due, rid).limit(limit)
     cache: dict[Any, float] = {}
     out["requests"] = [dict(r._mapping) | {
-        "left": sla_left(calendars, r.sla_calendar, r.first_response_due, now, cache),
-        "overdue": r.first_response_due is not None and r.first_response_due <= now}
+        "left": sla_left(calendars, r.sla_calendar, r.response_due, now, cache),
+        "overdue": r.response_due is not None and r.response_due <= now}
         for r in conn.execute(q)]
     last = out["requests"][-1] if len(out["requests"]) == limit else None
-    out["next"] = (last["first_response_due"], last["id"]) if last else None
+    out["next"] = (last["response_due"], last["id"]) if last else None
     return out
 
 

@@ -89,6 +89,7 @@ class Control:
                 await asyncio.wait(waits, timeout=_THREAD_WAIT)
             plan = await self.registry.read("plan_request", partial(
                 self._plan, mail_from, rcpts, view, decisions, snap, key, at, tuple(follows)))
+            plan = replace(plan, calendars=snap.rules.calendars)   # a reopen's due is counted on them
             if plan.kind == "open" and plan.owner_key is not None:
                 team = snap.book.teams.get(plan.owner_key)
                 plan = await self.registry.write(     # synced by the record's commit
@@ -164,7 +165,8 @@ class Control:
         return Plan("open", sender, view.message_id, None, None, None, None, (), d.mailbox,
                     d.rules[0].name, view.subject, d.priority, d.tags,
                     sla_terms(d.sla).get("calendar"), sla_due(d.sla), refused=refused,
-                    refs=refs, join=self.cfg.join, owner_key=d.owner)
+                    refs=refs, join=self.cfg.join, owner_key=d.owner,
+                    term=sla_terms(d.sla).get("first_response"))
 
     def _choose(self, snap: Any, plan: Plan, key: str, at: datetime,
                 state: TeamState) -> OwnerChoice:

@@ -3,8 +3,9 @@
 Every `control.scan_every` seconds (and whenever a test calls `tick(now)` with its
 own clock) one write transaction:
 
-- takes the open requests still waiting for their first response whose due time
-  has passed, locked with `FOR UPDATE SKIP LOCKED` on PostgreSQL so a second
+- takes the open requests whose answer owed (`response_due`: the first response, or
+  the next one after the customer, or a person, reopened the request) is past due and
+  not yet escalated in that round, locked with `FOR UPDATE SKIP LOCKED` on PostgreSQL so a second
   instance scanning at the same moment skips them instead of waiting;
 - `remind`: `control.remind_after` of working time (the request's SLA calendar;
   elapsed time without one) after the due time, a reminder to the owner, or the
@@ -22,12 +23,15 @@ own clock) one write transaction:
   counted in this scheduler's memory from the first scan that saw the claim, and a
   restart started it again: a daemon restarted weekly kept every claim for ever.
 
-Each stage is a row of `request_alerts`, unique per (request, stage), inserted with
+Each stage is a row of `request_alerts`, unique per (request, round, stage): each
+answer owed (`requests.response_round`, revision 0010) gets its own reminder and
+escalation (before, a reopened request was never reminded again), inserted with
 ON CONFLICT DO NOTHING: whatever restarts or instances do, only the insert that
 wins creates the alert. The same transaction puts its mail (control/notice.py) into
 the outbox (outbox.py sends it through the relay, retrying) under the dedupe key
-`sla:<request>:<stage>`, and marks the alert `queued`; an alert whose recipient has no
-address is marked `no_address` and sent nowhere. So each reminder is created, and
+`sla:<request>:<stage>` (`:<round>` added after the first), and marks the alert
+`queued`; an alert whose recipient has no address is marked `no_address` and sent
+nowhere. So each reminder is created, and
 sent, once: a crash before the commit leaves neither row, after it both.
 
 Refused: nothing; a request whose owner left the address book is reminded to the head.
@@ -112,24 +116,25 @@ class Scheduler:
         return due.astimezone(timezone.utc)
 
     def _scan(self, conn: Connection, now: datetime, snap: Any) -> list[Alert]:
-        escalated = exists().where(and_(request_alerts.c.request_id == requests.c.id,
-                                        request_alerts.c.stage == "escalate"))
+        this_round = and_(request_alerts.c.request_id == requests.c.id,
+                          request_alerts.c.round == requests.c.response_round)
+        escalated = exists().where(this_round, request_alerts.c.stage == "escalate")
         query = (select(requests).where(
-            requests.c.status == "open", requests.c.first_response_at.is_(None),
-            requests.c.first_response_due <= now, ~escalated)
-            .order_by(requests.c.first_response_due).limit(_BATCH))
+            requests.c.status == "open", requests.c.response_due <= now, ~escalated)
+            .order_by(requests.c.response_due).limit(_BATCH))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True, of=requests)
         rows = [dict(r._mapping) for r in conn.execute(query)]
-        reminded = {r.request_id: r for r in conn.execute(
-            select(request_alerts.c.request_id, request_alerts.c.at, request_alerts.c.recipient)
+        reminded = {(r.request_id, r.round): r for r in conn.execute(
+            select(request_alerts.c.request_id, request_alerts.c.round, request_alerts.c.at,
+                   request_alerts.c.recipient)
             .where(request_alerts.c.request_id.in_([r["id"] for r in rows]),
                    request_alerts.c.stage == "remind"))} if rows else {}
         made: list[Alert] = []
         for r in rows:
-            done = reminded.get(r["id"])
+            done = reminded.get((r["id"], r["response_round"]))
             if done is None:
-                if self._later(snap, r["sla_calendar"], r["first_response_due"],
+                if self._later(snap, r["sla_calendar"], r["response_due"],
                                self.cfg.remind_after) <= now:
                     made += self._alert(conn, snap, r, "remind", now, None)
             elif self._later(snap, r["sla_calendar"], done.at, self.cfg.escalate_after) <= now:
@@ -166,10 +171,12 @@ class Scheduler:
         person = snap.book.people.get(who) if who else None
         address = person.address if person is not None else None
         word = "Reminder" if stage == "remind" else "Escalation"
-        subject = f"[#{r['id']}] {word}: no first response yet: {r['subject']}"
+        what = "no first response yet" if r["response_round"] == 1 else "the customer wrote again"
+        subject = f"[#{r['id']}] {word}: {what}: {r['subject']}"
         body = self._body(snap, r, stage, reminded)
         ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_alerts)
-        done = conn.execute(ins.values(request_id=r["id"], stage=stage, at=now, recipient=who,
+        done = conn.execute(ins.values(request_id=r["id"], round=r["response_round"],
+                                       stage=stage, at=now, recipient=who,
                                        address=address, subject=subject, body=body,
                                        state="queued" if address else "no_address")
                             .on_conflict_do_nothing())
@@ -184,13 +191,15 @@ class Scheduler:
         return [Alert(r["id"], stage, now, who, address)]
 
     def _body(self, snap: Any, r: dict[str, Any], stage: str, reminded: str | None) -> str:
-        due = r["first_response_due"]
+        due, first = r["response_due"], r["response_round"] == 1
         cal = snap.rules.calendars.get(r["sla_calendar"]) if r["sla_calendar"] else None
         local = f"{cal.local(due):%Y-%m-%d %H:%M} ({cal.tz.key})" if cal else ""
-        return (f"Request #{r['id']} has had no answer.\n\n"
+        return (f"Request #{r['id']} has had no answer"
+                + ("" if first else " since the customer wrote again") + ".\n\n"
                 f"From: {r['counterparty']}\nSubject: {r['subject']}\n"
                 f"Owner: {r['owner'] or 'nobody'}\n"
-                f"First response was due: {local or due.isoformat()}"
+                + ("First response" if first else f"Answer {r['response_round']}")
+                + f" was due: {local or due.isoformat()}"
                 + (f" = {due.isoformat()}" if local else "") + "\n"
                 + (f"Reminder sent to: {reminded}\n" if stage == "escalate" else "")
                 + f"\nmailrouter request show {r['id']}\n")
@@ -203,7 +212,9 @@ class Scheduler:
                            body=body, hostname=self.hostname, at=now)
         real = _utc()
         conn.execute(outbox_insert(conn.dialect.name), [{
-            "dedupe": f"sla:{r['id']}:{stage}", "kind": f"sla-{stage}",
+            "dedupe": f"sla:{r['id']}:{stage}" + (f":{r['response_round']}"
+                                                   if r["response_round"] > 1 else ""),
+            "kind": f"sla-{stage}",
             "message_key": r["message_key"], "mail_from": self.sender, "rcpt": address,
             "raw": raw, "state": "queued", "attempts": 0, "created_at": real, "next_try": real,
             "sent_at": None, "last_error": ""}])

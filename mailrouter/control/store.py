@@ -44,6 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..addressbook.model import Team
 from ..registry.models import messages
+from ..routing.sla_spec import parse_duration
 from .owners import OwnerChoice, TeamState
 
 from .tables import (OPEN_STATUSES, request_events, request_messages, request_threads, requests,
@@ -51,7 +52,7 @@ from .tables import (OPEN_STATUSES, request_events, request_messages, request_th
 from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event",
-           "claim_thread", "joining"]
+           "claim_thread", "joining", "next_due", "reopened"]
 
 _REQUESTS_LOCK = 0x6D725251      # pg_advisory_xact_lock key of _one_at_a_time ("mrRQ")
 _PICK_LOCK = 0x6D725450          # first key of _team_turn's lock, the team's hash second ("mrTP")
@@ -77,14 +78,46 @@ class Plan:
     tags: tuple[str, ...] = ()
     calendar: str | None = None
     due: datetime | None = None
-    reopen: str | None = None                  # the status a join reopens from
     close: bool = False                        # a reply carrying the close marker
     wait: bool = False                         # a reply carrying the waiting marker
     refused: tuple[tuple[int, str], ...] = field(default=())   # (request, why) joins refused
     refs: tuple[str, ...] = ()                 # In-Reply-To/References, looked up again at write
     join: str = "address"                      # control.join, for that second look
     owner_key: str | None = None               # an open's rule's owner: person or team
+    term: str | None = None                    # an open's SLA first_response ("4h")
+    calendars: Any = field(default=None, compare=False)  # the snapshot's, for a reopen's due
     flight: Any = field(default=None, compare=False)   # Control.settle's token
+
+
+def next_due(calendars: Mapping[str, Any] | None, calendar: str | None, term: str | None,
+             at: datetime) -> datetime | None:
+    """When an answer owed from `at` is due: the SLA `term` ("4h", "1d") on `calendar`'s
+    working time (elapsed time without one, or when the routing files no longer name it);
+    None without a term."""
+    if not term:
+        return None
+    try:
+        days, hours = parse_duration(term)
+    except ValueError:
+        return None
+    cal = (calendars or {}).get(calendar) if calendar else None
+    if cal is None:
+        return at + timedelta(days=days, hours=hours)
+    due: datetime = cal.add_business_hours(at, days * cal.day_hours + hours)
+    return due
+
+
+def reopened(conn: Connection, rid: int, row: Mapping[str, Any], at: datetime,
+             calendars: Mapping[str, Any] | None, why: str, actor: str | None) -> None:
+    """Request `rid` (its `row`, not open) is open again: someone owes the customer an
+    answer, due its SLA term from `at` (a new round: its own reminder and escalation).
+    The customer's mail and a person's `reopen` alike."""
+    due = next_due(calendars, row["sla_calendar"], row["sla_term"], at)
+    conn.execute(update(requests).where(requests.c.id == rid).values(
+        status="open", closed_at=None, response_due=due,
+        response_round=requests.c.response_round + 1))
+    add_event(conn, rid, at, "status", f"{row['status']} -> open: {why}; "
+              + (f"answer due {due.isoformat()}" if due else "no SLA"), actor)
 
 
 class DbTeamState:
@@ -212,15 +245,12 @@ def _apply(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
             return rid
         _claim(conn, rid, (plan.message_id,) + (plan.refs if plan.kind == "join" else ()))
         if plan.kind == "join":
-            values: dict[str, Any] = {"last_in_at": at}
-            if plan.reopen:
-                values |= {"status": "open", "closed_at": None}
-            conn.execute(update(requests).where(requests.c.id == rid).values(values))
+            conn.execute(update(requests).where(requests.c.id == rid).values(last_in_at=at))
             add_event(conn, rid, at, "joined", f"follow-up {plan.message_id or key[:12]}",
                       plan.sender)
-            if plan.reopen:
-                add_event(conn, rid, at, "status", f"{plan.reopen} -> open: the customer wrote",
-                          plan.sender)
+            row = request_row(conn, rid)        # as it is now, not as planned
+            if row is not None and row["status"] != "open":
+                reopened(conn, rid, row, at, plan.calendars, "the customer wrote", plan.sender)
         else:
             _reply(conn, plan, rid, at)
         return rid
@@ -337,10 +367,10 @@ def _opened_meanwhile(conn: Connection, plan: Plan, key: str) -> int | Plan | No
 
 
 def joining(plan: Plan, rid: int, row: Mapping[str, Any]) -> Plan:
-    """`plan` made a join of request `rid` (its `row`): its owner and team, reopened when
-    it is not open."""
+    """`plan` made a join of request `rid` (its `row`): its owner and team. Whether it
+    reopens the request is read when it is written (_apply), under the requests lock."""
     return replace(plan, kind="join", request_id=rid, owner=row["owner"], team=row["team"],
-                   picked=None, reopen=row["status"] if row["status"] != "open" else None)
+                   picked=None)
 
 
 def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
@@ -349,7 +379,8 @@ def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
         counterparty_domain=domain_of(plan.sender), mailbox=plan.mailbox, rule=plan.rule,
         owner=plan.owner, team=plan.team, status="open", subject=plan.subject,
         priority=plan.priority, tags=list(plan.tags), sla_calendar=plan.calendar,
-        first_response_due=plan.due, last_in_at=at).returning(requests.c.id)).scalar_one())
+        first_response_due=plan.due, response_due=plan.due, sla_term=plan.term,
+        last_in_at=at).returning(requests.c.id)).scalar_one())
     _link(conn, plan, rid, key, "in", at)
     add_event(conn, rid, at, "opened", f"rule {plan.rule}" if plan.rule else "opened", plan.sender)
     add_event(conn, rid, at, "owner", json.dumps({"from": None, "to": plan.owner,
@@ -376,6 +407,7 @@ def _reply(conn: Connection, plan: Plan, rid: int, at: datetime) -> None:
            else "answered" if row["status"] == "open" else row["status"])
     if new != row["status"]:
         values["status"] = new
+        values["response_due"] = None       # the answer owed is given (or none is owed)
         if new == "closed":
             values["closed_at"] = at
     conn.execute(update(requests).where(requests.c.id == rid).values(values))

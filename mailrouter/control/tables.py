@@ -1,15 +1,19 @@
 """The registry tables of execution control (revision 0004_requests mirrors them by hand).
 
 - `requests`: one conversation; `id` is the request number people see (`[#123]`).
-  Status is open -> answered (our first reply) -> closed; waiting (for the customer)
+  Status is open -> answered (our reply) -> closed; waiting (for the customer)
   is set by a reply carrying `control.waiting_marker` or by `mailrouter request wait`;
-  a customer follow-up reopens anything but open.
+  a customer follow-up reopens anything but open, and so does `reopen` by hand.
+  `open` always means we owe the customer an answer: `response_due` is when it is due
+  (the first response's due, then, after each reopen, the reopen's time plus `sla_term`
+  on the request's calendar), `response_round` which answer it is (0010).
 - `request_messages`: every message of a request, in (customer) and out (our reply,
   seen through the reply-tracking copy), with its Message-ID for follow-up matching.
 - `request_events`: the history: opened, joined, owner changes, replies, status
   changes, refused joins (hijack attempts), reminders and escalations.
-- `request_alerts`: reminders and escalations to send, one row per (request, stage),
-  unique: a stage happens at most once whatever restarts or instances do. Its mail
+- `request_alerts`: reminders and escalations to send, one row per (request, round,
+  stage), unique: a stage happens at most once per answer owed (round, 0010) whatever
+  restarts or instances do. Its mail
   goes into the outbox in the same transaction (`queued`; the outbox row, dedupe
   `sla:<request>:<stage>`, says when it was sent), or nowhere (`no_address`).
 - `team_picks`: the member each team picked last (round-robin cursor).
@@ -58,15 +62,21 @@ requests = Table(
     Column("last_in_at", UTCDateTime(), nullable=False),
     Column("last_out_at", UTCDateTime()),
     Column("closed_at", UTCDateTime()),
+    # The answer the customer waits for now (0010): its due time (NULL when none is owed,
+    # or without an SLA), which one it is (1: the first response; each reopen adds one),
+    # and the SLA term it is counted with (the rule's first_response, as written: "4h").
+    Column("response_due", UTCDateTime()),
+    Column("response_round", Integer, nullable=False, server_default="1"),
+    Column("sla_term", String(32)),
     Index(None, "owner", "status"),
     Index(None, "status", "first_response_due"),
     Index(None, "counterparty"),
     Index(None, "counterparty_domain"),
     Index(None, "opened_at"),
     Index(None, "mailbox", "opened_at"),
-    # the board's counts from one walk of the index alone (0006)
-    Index("ix_requests_board", "status", "mailbox", "owner", "first_response_at",
-          "first_response_due"),
+    # the board's counts from one walk of the index alone (0006; 0010: the current answer's due)
+    Index("ix_requests_board", "status", "mailbox", "owner", "response_due"),
+    Index(None, "status", "response_due"),
 )
 
 request_messages = Table(
@@ -100,6 +110,7 @@ request_alerts = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("request_id", Integer, ForeignKey("requests.id", ondelete="CASCADE"), nullable=False),
     Column("stage", String(16), nullable=False),          # remind | escalate
+    Column("round", Integer, nullable=False, server_default="1"),   # requests.response_round
     Column("at", UTCDateTime(), nullable=False),
     Column("recipient", String(255)),                     # person key
     Column("address", Text),
@@ -107,7 +118,7 @@ request_alerts = Table(
     Column("body", Text, nullable=False),
     Column("state", String(16), nullable=False),          # queued | no_address
     Column("sent_at", UTCDateTime()),
-    UniqueConstraint("request_id", "stage"),
+    UniqueConstraint("request_id", "round", "stage"),
     Index(None, "state", "at"),
 )
 

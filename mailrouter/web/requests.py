@@ -1,7 +1,7 @@
 """The request board, a request's page, and the actions on a request.
 
-- `/board`: requests not closed per owner and per mailbox (open, awaiting a first
-  response, overdue), then those awaiting a first response, soonest due first, each
+- `/board`: requests not closed per owner and per mailbox (open, awaiting an answer:
+  the first, or the next after a reopen; overdue), then those awaiting one, soonest due first, each
   with its SLA time left in business hours of its calendar (negative and marked when
   overdue); `?owner=` / `?mailbox=` narrow the list. The same query as
   `control.queries.board`, scoped by the viewer's rights.
@@ -100,9 +100,9 @@ async def request_page(request: web.Request) -> web.Response:
     if doc is None:
         raise web.HTTPNotFound()
     left = None
-    if doc["status"] == "open" and doc["first_response_at"] is None and doc["first_response_due"]:
+    if doc["status"] == "open" and doc["response_due"]:      # the answer owed now
         left = sla_left(s.rules.calendars, doc["sla_calendar"],
-                        datetime.fromisoformat(doc["first_response_due"]), datetime.now(timezone.utc))
+                        datetime.fromisoformat(doc["response_due"]), datetime.now(timezone.utc))
     return render(request, "request.html", r=doc, history=_history(doc), left=left,
                   people=s.book.people, places=RulePlaces(s))
 
@@ -128,11 +128,11 @@ async def act(request: web.Request) -> web.Response:
         try:
             _mine(conn, me.scope, number)
             if what == "owner":
-                actions.reassign(conn, number, to, me.person, now, HOW)
+                actions.reassign(conn, number, to, me.person, now, HOW, s.book.teams)
             elif what == "close":
                 actions.close(conn, number, me.person, now, HOW)
             elif what == "reopen":
-                actions.reopen(conn, number, me.person, now, HOW)
+                actions.reopen(conn, number, me.person, now, HOW, s.rules.calendars)
             else:
                 actions.add_note(conn, number, text, me.person, now)
         except LookupError:

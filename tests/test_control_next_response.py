@@ -1,0 +1,259 @@
+"""The answer a request owes after it is reopened: by the customer's new mail (on an
+answered, waiting or quiet-closed request) or by a person's `reopen`, a new response clock
+starts on the request's business calendar, reminded and escalated like the first one,
+shown on the board and in `request show`, across daemon restarts. Real daemons on
+loopback, real SMTP clients, SQLite and PostgreSQL registries.
+
+The company of tests/control_support.py: Moscow calendar Mon-Fri 09:00-18:00, team `duty`
+= ivanov, petrova round-robin (ivanov's deputy is petrova), first response 4 business
+hours; reminder at the due time, escalation two business hours later."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from mailrouter.config import ControlConfig, RegistryConfig
+from mailrouter.control import actions
+from mailrouter.control.queries import board
+from mailrouter.control.sla import Scheduler
+from mailrouter.control.tables import request_alerts, requests
+from mailrouter.registry.models import outbox
+from tests.control_support import mail, send, write_routing
+
+pytestmark = pytest.mark.asyncio
+MSK = timezone(timedelta(hours=3))
+CONTROL = ControlConfig(replies=("replies@example.com",), remind_after=0,
+                        escalate_after=2 * 3600, close_after=3 * 86400)
+WHO = "client@bigco.example"
+
+
+def msk(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2027, 1, day, hour, minute, tzinfo=MSK).astimezone(timezone.utc)
+
+
+class Company:
+    """A daemon of the company on one registry, restarted at will, with its clock."""
+
+    def __init__(self, make_app, tmp_path, url: str) -> None:
+        self.make_app, self.tmp_path, self.url = make_app, tmp_path, url
+        self.routing = write_routing(tmp_path)
+        self.app = None
+        self.port = 0
+
+    async def start(self, at: datetime) -> None:
+        """A daemon started afresh (the one before stopped) whose clock says `at`."""
+        if self.app is not None:
+            self.app.request_stop()
+            await self.app.wait_stopped()
+        self.app = await self.make_app(routing=self.routing, registry=RegistryConfig(self.url),
+                                       control=CONTROL)
+        self.app.sla_task.cancel()      # the test's scheduler ticks with the test's clock
+        self.at(at)
+        self.port = self.app.bound["smtp"][1]
+
+    def at(self, when: datetime) -> None:
+        self.app.pipeline.clock = lambda: when
+
+    async def customer(self, when: datetime, msgid: str, refs: str = "") -> None:
+        self.at(when)
+        await send(self.port, mail(WHO, "Re: printer" if refs else "printer", msgid, refs), WHO)
+
+    async def reply(self, when: datetime, msgid: str, refs: str, marker: str = "") -> None:
+        """ivanov's answer, as the reply-tracking copy sender_bcc_maps sends us."""
+        self.at(when)
+        await send(self.port, mail("ivanov@example.com", f"Re: [#1] {marker}printer", msgid, refs,
+                                   to=WHO, body="answer"), "ivanov@example.com",
+                   "replies@example.com")
+
+    async def tick(self, when: datetime) -> list[tuple[str, str | None]]:
+        made = await Scheduler(self.app.registry, CONTROL, self.app.snapshot).tick(when)
+        return [(a.stage, a.recipient) for a in made]
+
+    async def request(self) -> dict:
+        [row] = await self.app.registry.read("t", lambda conn: [
+            dict(r._mapping) for r in conn.execute(select(requests))])
+        return row
+
+    async def board(self, when: datetime) -> dict:
+        cals = self.app.snapshot().rules.calendars
+        return await self.app.registry.read("t", lambda conn: board(conn, when, cals))
+
+    async def show(self) -> dict:
+        """`mailrouter request show 1 --json`, the command line's own output."""
+        from mailrouter.cli import main
+        cfg = self.tmp_path / "config.yaml"
+        cfg.write_text(f"registry: {{url: '{self.url}'}}\n"
+                       f"routing: ['{self.tmp_path}/rules/*.yaml']\n", encoding="utf-8")
+        out = io.StringIO()
+
+        def go() -> int:
+            with redirect_stdout(out), redirect_stderr(io.StringIO()):
+                return main(["request", "show", "1", "--json", "-c", str(cfg)])
+        assert await asyncio.to_thread(go) == 0
+        return json.loads(out.getvalue())
+
+
+async def test_the_customers_new_mail_starts_a_new_response_clock(make_app, tmp_path,
+                                                                   registry_url):
+    """Answered on Monday within the SLA; the customer writes again Monday 15:00: the
+    request is open again with an answer due Tuesday 10:00 (3 business hours on Monday, 1
+    on Tuesday). Restart. The board lists it overdue at 10:30, `request show` says which
+    answer is due when; the scan reminds ivanov at 10:00 and escalates to his deputy at
+    12:00, each once and each mailed under its own outbox key (the first response's
+    reminder key unchanged). Our answer stops the clock: nothing more is sent, the board
+    no longer lists it. Before, the reopened request was never reminded and the board
+    showed it as fine."""
+    co = Company(make_app, tmp_path, registry_url)
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    await co.reply(msk(11, 11), "r1@example.com", "<c1@bigco>")
+    assert await co.tick(msk(11, 14)) == []                 # answered before its due time
+    await co.customer(msk(11, 15), "c2@bigco", "<c1@bigco> <r1@example.com>")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"], r["first_response_at"]) == (
+        "open", 2, msk(12, 10), msk(11, 11))
+    assert await co.tick(msk(11, 17)) == []
+
+    await co.start(msk(12, 10, 30))
+    b = await co.board(msk(12, 10, 30))
+    assert [(x["id"], x["response_round"], x["overdue"], x["left"]) for x in b["requests"]] == [
+        (1, 2, True, -0.5)]
+    assert b["per_owner"] == [{"owner": "ivanov", "open": 1, "awaiting": 1, "overdue": 1}]
+    shown = await co.show()
+    assert (shown["status"], shown["response_round"], shown["response_due"]) == (
+        "open", 2, msk(12, 10).isoformat())
+    assert shown["events"][-1]["detail"] == (
+        "answered -> open: the customer wrote; answer due 2027-01-12T10:00:00+03:00")
+
+    assert await co.tick(msk(12, 10)) == [("remind", "ivanov")]
+    assert await co.tick(msk(12, 11, 59)) == []
+    assert await co.tick(msk(12, 12)) == [("escalate", "petrova")]
+    assert await co.tick(msk(12, 13)) == []
+    alerts = await co.app.registry.read("t", lambda conn: [
+        (a.round, a.stage, a.subject) for a in conn.execute(
+            select(request_alerts).order_by(request_alerts.c.id))])
+    assert alerts == [(2, "remind", "[#1] Reminder: the customer wrote again: printer"),
+                      (2, "escalate", "[#1] Escalation: the customer wrote again: printer")]
+    keys = await co.app.registry.read("t", lambda conn: sorted(
+        conn.execute(select(outbox.c.dedupe).where(outbox.c.kind.like("sla-%"))).scalars()))
+    assert keys == ["sla:1:escalate:2", "sla:1:remind:2"]
+
+    await co.reply(msk(12, 13), "r2@example.com", "<c2@bigco>")
+    r = await co.request()
+    assert (r["status"], r["response_due"]) == ("answered", None)
+    assert (await co.board(msk(12, 14)))["requests"] == []
+    assert await co.tick(msk(13, 18)) == []
+
+
+async def test_a_waiting_or_quiet_closed_request_and_a_reopen_by_hand_owe_an_answer(
+        make_app, tmp_path, registry_url):
+    """Every way back to `open` starts a clock: the customer answering our `[waiting]`
+    question (due 4 business hours later, reminded then); the customer writing after the
+    request was closed for quiet (control.close_after); a person reopening a request closed
+    by hand (the web view's action: `open`, not `answered` as before, due 4 business hours
+    from the reopen). Each round has its own reminder; a restart between them changes
+    nothing."""
+    co = Company(make_app, tmp_path, registry_url)
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    await co.reply(msk(11, 11), "r1@example.com", "<c1@bigco>", marker="[waiting] ")
+    assert (await co.request())["status"] == "waiting"
+    await co.customer(msk(11, 12), "c2@bigco", "<c1@bigco> <r1@example.com>")
+    assert (await co.request())["response_due"] == msk(11, 16)
+    assert await co.tick(msk(11, 16)) == [("remind", "ivanov")]
+    await co.reply(msk(11, 16, 30), "r2@example.com", "<c2@bigco>")
+
+    await co.start(msk(14, 17))
+    assert await co.tick(msk(14, 17)) == []                 # quiet for 3 days: closed
+    assert (await co.request())["status"] == "closed"
+    await co.customer(msk(18, 9), "c3@bigco", "<c2@bigco> <r2@example.com>")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("open", 3, msk(18, 13))
+    assert await co.tick(msk(18, 13)) == [("remind", "ivanov")]
+    await co.reply(msk(18, 13, 30), "r3@example.com", "<c3@bigco>")
+
+    await co.start(msk(18, 14))
+    cals = co.app.snapshot().rules.calendars
+    await co.app.registry.write("t", lambda conn: actions.close(
+        conn, 1, "smirnov", msk(18, 14), "web view"))
+    await co.app.registry.write("t", lambda conn: actions.reopen(
+        conn, 1, "smirnov", msk(18, 14, 30), "web view", cals))
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("open", 4, msk(19, 9, 30))
+    assert [x["id"] for x in (await co.board(msk(18, 15)))["requests"]] == [1]
+    assert await co.tick(msk(18, 18)) == []
+    assert await co.tick(msk(19, 9, 30)) == [("remind", "ivanov")]
+    rounds = await co.app.registry.read("t", lambda conn: [
+        (a.round, a.stage) for a in conn.execute(select(request_alerts).order_by(
+            request_alerts.c.id))])
+    assert rounds == [(2, "remind"), (3, "remind"), (4, "remind")]
+
+
+async def test_migration_0010_gives_open_requests_their_due_and_term(make_app, tmp_path):
+    """A registry brought down to 0009 and up again: an open request without a first
+    response owes it (response_due = first_response_due) and gets its SLA term from the
+    opening message's decision, so a later reopen has a clock; an answered one owes
+    nothing. Reminders made before the downgrade of round 1 are kept."""
+    from alembic import command
+    from alembic.config import Config
+
+    from mailrouter.registry.store import MIGRATIONS, _alembic_upgrade
+    path = tmp_path / "registry.db"
+    co = Company(make_app, tmp_path, f"sqlite+aiosqlite:///{path}")
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    assert await co.tick(msk(11, 14)) == [("remind", "ivanov")]
+    co.app.request_stop()
+    await co.app.wait_stopped()
+    co.app = None
+
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("path_separator", "os")
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0009")
+        _alembic_upgrade(conn)
+    engine.dispose()
+
+    await co.start(msk(11, 15))
+    r = await co.request()
+    assert (r["response_due"], r["response_round"], r["sla_term"]) == (msk(11, 14), 1, "4h")
+    assert await co.tick(msk(11, 16)) == [("escalate", "petrova")]
+    await co.reply(msk(11, 16), "r1@example.com", "<c1@bigco>")
+    await co.customer(msk(11, 17), "c2@bigco", "<c1@bigco> <r1@example.com>")
+    assert (await co.request())["response_due"] == msk(12, 12)
+
+
+async def test_a_request_given_to_another_team_escalates_to_that_teams_head(make_app, tmp_path):
+    """The web view's reassign of duty's request to popov (team sales, head kuznetsova):
+    the request moves to sales, so when popov (no deputy) lets it go unanswered, the
+    escalation goes to kuznetsova. Before, the request kept team duty and the escalation
+    went to smirnov, head of a team that no longer had it; the history says the team moved."""
+    from tests.control_support import ROUTING
+    co = Company(make_app, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    path = tmp_path / "rules" / "company.yaml"       # the company's, with team sales
+    path.write_text(ROUTING.replace(
+        "  smirnov: {", "  popov: {address: popov@example.com}\n"
+        "  kuznetsova: {address: kuznetsova@example.com}\n  smirnov: {").replace(
+        "teams:\n", "teams:\n  sales: {members: [popov], head: kuznetsova}\n"), encoding="utf-8")
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    teams = co.app.snapshot().book.teams
+    await co.app.registry.write("t", lambda conn: actions.reassign(
+        conn, 1, "popov", "smirnov", msk(11, 10, 30), "web view", teams))
+    r = await co.request()
+    assert (r["owner"], r["team"]) == ("popov", "sales")
+    assert await co.tick(msk(11, 14)) == [("remind", "popov")]
+    assert await co.tick(msk(11, 16)) == [("escalate", "kuznetsova")]
+    shown = await co.show()
+    moved = json.loads([e for e in shown["events"] if e["kind"] == "owner"][-1]["detail"])
+    assert moved["team"] == {"from": "duty", "to": "sales"}
