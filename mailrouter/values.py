@@ -34,7 +34,8 @@ __all__ = [
     "REPLY_REGISTRY_UNAVAILABLE", "REPLY_RULE_DEFER", "REPLY_RULE_REJECT", "REPLY_SENDER_OK",
     "REPLY_SHUTTING_DOWN", "REPLY_STARTTLS_NOT_IMPLEMENTED", "REPLY_START_DATA", "REPLY_STORAGE_FULL",
     "REPLY_SYNC_ERROR",
-    "REPLY_TEMPFAIL", "REPLY_TOO_BIG", "REPLY_TOO_MANY_ERRORS", "REPLY_TOO_MANY_RCPTS",
+    "REPLY_TEMPFAIL", "REPLY_TOO_BIG", "REPLY_TOO_MANY_ERRORS",
+    "REPLY_TOO_MANY_RESETS", "REPLY_MALFORMED_PATH", "REPLY_RCPT_SYNTAX", "REPLY_TOO_MANY_RCPTS",
     "REPLY_TOO_MANY_SESSIONS", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
     "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
     "maildir_problem",
@@ -102,6 +103,14 @@ REPLY_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message 
 REPLY_SYNC_ERROR = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")   # Postfix's text
 # Postfix's text; "{}" is our hostname, filled in by the intake (str.format)
 REPLY_TOO_MANY_ERRORS = Reply(421, "4.7.0", "{} Error: too many errors")
+# RSETs since the last message taken past intake's limit: aiosmtpd's words for its own
+# per-command limits, so the intake hangs up on it as on theirs
+REPLY_TOO_MANY_RESETS = Reply(421, "4.7.0", "RSET sent too many times")
+# aiosmtpd's own replies to a path intake's `read_path` refuses, and to RCPT with text after
+# the path that is no parameter (`RCPT TO:<a@b>>`), as its smtp_RCPT sends them (with ESMTP):
+# `explain` gives them too
+REPLY_MALFORMED_PATH = Reply(553, "5.1.3", "Error: malformed address")
+REPLY_RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-parameters>]")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "{} Error: timeout exceeded")    # Postfix's text, "{}" as above
 # Not ours: aiosmtpd's answer to the fifth unknown command before it closes, which the intake
 # recognises and replaces with REPLY_TOO_MANY_ERRORS (tests/test_aiosmtpd_contract.py pins it)

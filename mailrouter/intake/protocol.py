@@ -85,18 +85,16 @@ from ..values import (
     REPLY_TIMEOUT,
     REPLY_TOO_BIG,
     REPLY_TOO_MANY_ERRORS,
+    REPLY_TOO_MANY_RESETS,
+    REPLY_MALFORMED_PATH,
+    REPLY_RCPT_SYNTAX,
     REPLY_TOO_MANY_SESSIONS,
-    Reply,
 )
 
 __all__ = ["Protocol", "LMTPProtocol", "INTERNAL_ERROR", "SHUTTING_DOWN", "REPLY_MALFORMED_PATH",
            "REPLY_RCPT_SYNTAX", "read_path"]
 
 log = logging.getLogger(__name__)
-# aiosmtpd's own replies to a path `read_path` refuses, and to RCPT with text after the path
-# that is no parameter (`RCPT TO:<a@b>>`), as its smtp_RCPT sends them (with ESMTP)
-REPLY_MALFORMED_PATH = Reply(553, "5.1.3", "Error: malformed address")
-REPLY_RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-parameters>]")
 
 # aiosmtpd sends strings: the reply table's constants (values.py), as text
 INTERNAL_ERROR = str(REPLY_INTERNAL_ERROR)
@@ -392,7 +390,7 @@ class Protocol(SMTP):
             if name == "RSET":
                 self.resets += 1
                 if self.resets > RESETS_WITHOUT_MAIL:
-                    await self.push("421 4.7.0 RSET sent too many times")   # OVER_LIMIT: hang up
+                    await self.push(str(REPLY_TOO_MANY_RESETS))   # OVER_LIMIT: hang up
                     return
             self.busy = True
             try:
