@@ -34,7 +34,9 @@ weeks kept copies users saw and the registry did not know.
 Refused: a journal line that does not parse is skipped and logged (a torn last line after a
 crash); an intent that cannot be written (disk full) refuses each of its Maildir copies
 with 4xx before any is made (a downstream copy of the same message may still go: those are
-at-least-once, see below). A journal is kept when the registry is unavailable, and tried again.
+at-least-once, see below), and the part of its line a short write left is cut off again, so
+the next intent starts a line of its own (appended to that part, it could not be read).
+A journal is kept when the registry is unavailable, and tried again.
 Known limit: copies to LMTP/SMTP downstreams are not listed (nothing of theirs can be
 looked at); they are at-least-once as before.
 """
@@ -94,6 +96,7 @@ class _File:
             raise
         self.size, self.open_intents = 0, 0
         self.closed = False           # retired: its descriptor number may be another file's
+        self.torn = False             # ends in part of a line a failed write left (see below)
 
 
 _WRITING = threading.Lock()      # writer threads write intents one group at a time
@@ -117,9 +120,9 @@ class Intent:
     def write_group(self, group: Sequence[Prior]) -> None:
         with _WRITING:
             todo = [i for i in group if isinstance(i, Intent) and not i.written and i.error is None]
-            by_file: dict[int, list[bytes]] = {}
+            by_file: dict[_File, list[bytes]] = {}
             for i in todo:
-                by_file.setdefault(i.file.fd, []).append(i.line)
+                by_file.setdefault(i.file, []).append(i.line)
             try:
                 _append_synced(by_file)
             except OSError as exc:   # no copy without its intent: each copy gets a 4xx
@@ -336,12 +339,25 @@ class Intents:
                 f.path.unlink(missing_ok=True)      # everything in it was recorded
 
 
-def _append_synced(by_file: dict[int, list[bytes]]) -> None:
-    for fd, lines in by_file.items():
-        view = memoryview(b"".join(lines))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fdatasync(fd)
+def _append_synced(by_file: dict[_File, list[bytes]]) -> None:
+    for f, lines in by_file.items():
+        start = os.fstat(f.fd).st_size
+        view = memoryview(b"".join([b"\n"] * f.torn + lines))
+        try:
+            while view:
+                view = view[os.write(f.fd, view):]
+            os.fdatasync(f.fd)
+        except OSError:
+            # A full disk takes part of a line (a short write, then ENOSPC). Left there, the
+            # next intent was appended to it, on the same line, and no reconcile could read
+            # it: a copy of that message made before a crash was never recorded. The part
+            # is cut off; if even that fails, the next write starts on a new line.
+            try:
+                os.ftruncate(f.fd, start)
+            except OSError:
+                f.torn = True
+            raise
+        f.torn = False
 
 
 # json.dumps with these options builds a JSONEncoder per call; the same text from one
@@ -394,6 +410,8 @@ def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
         return open_
     for n, line in enumerate(lines, 1):
         try:
+            if not line:
+                continue                  # the new line after a torn one (_append_synced)
             if line.startswith(b"D "):
                 open_.pop(line[2:].decode(), None)
             elif line.startswith(b"I "):
