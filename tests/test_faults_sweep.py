@@ -76,6 +76,44 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+def daemon_with(tmp_path: Path, like: DaemonProcess | None = None) -> DaemonProcess:
+    """One worker (one journal), a registry deadline of 2 s; `like`: its config again, on
+    new ports (the restart of a killed one)."""
+    before = like.config.read_text() if like is not None else ""    # the same file
+    d = DaemonProcess(tmp_path, extra="workers: 1\n")
+    db = tmp_path / "var" / "registry.db"
+    text = d.config.read_text().replace(f"{db}'}}", f"{db}', timeout: 2}}")
+    if like is not None:
+        text = before
+        for old, new in ((like.smtp, d.smtp), (like.lmtp, d.lmtp), (like.admin, d.admin)):
+            text = text.replace(f":{old}'", f":{new}'")
+    assert "timeout: 2}" in text and "workers: 1" in text
+    d.config.write_text(text)
+    return d.start()
+
+
+async def copy_left_by_a_kill_is_recorded(tmp_path: Path, daemon: DaemonProcess) -> None:
+    """A message copied while the registry is locked (451), the daemon SIGKILLed before the
+    lock goes: the restart's reconcile records the copy (`unanswered`), and the sender's
+    retry is answered without a second copy."""
+    db = tmp_path / "var" / "registry.db"
+    with locked(db):
+        reply = await send(daemon.smtp, mail("next"))     # copied, then its record fails
+        assert reply.startswith("451 "), reply
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 2        # first, next
+        daemon.proc.kill()                                               # type: ignore[union-attr]
+        await asyncio.to_thread(daemon.wait)
+    second = daemon_with(tmp_path, like=daemon)    # listening: its first reconcile pass is done
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+        assert rows.get("<sweep-next@outside.test>") == "unanswered", rows
+        assert (await send(second.smtp, mail("next"))).startswith("250 ")
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+    finally:
+        second.stop()
+
+
 async def test_an_intent_torn_by_a_full_disk_does_not_hide_the_next_ones_copy(
         intents_tmpfs: Path, tmp_path: Path) -> None:
     """The intent journal's filesystem full cut an intent line short (a short write, then
@@ -83,14 +121,8 @@ async def test_an_intent_torn_by_a_full_disk_does_not_hide_the_next_ones_copy(
     restart's reconcile could not read it. A copy of that next message made before a
     registry outage and a SIGKILL was then never recorded: in the Maildir, not in the
     registry. Now the torn bytes are cut off again, and the restart records the copy."""
-    db = tmp_path / "var" / "registry.db"
-    daemon = DaemonProcess(tmp_path, extra="workers: 1\n")   # one journal
-    text = daemon.config.read_text()
-    daemon.config.write_text(text.replace(f"{db}'}}", f"{db}', timeout: 2}}"))
-    assert "timeout: 2" in daemon.config.read_text()
-    second: DaemonProcess | None = None
+    daemon = daemon_with(tmp_path)
     try:
-        daemon.start()
         assert (await send(daemon.smtp, mail("first"))).startswith("250 ")
         filler = await asyncio.to_thread(fill, intents_tmpfs)
         # its intent line (> 4 KiB with this subject) fills the journal's last page, then
@@ -98,24 +130,24 @@ async def test_an_intent_torn_by_a_full_disk_does_not_hide_the_next_ones_copy(
         reply = await send(daemon.smtp, mail("torn", subject_words=800))
         assert reply[:1] == "4", reply
         filler.unlink()
-        with locked(db):
-            reply = await send(daemon.smtp, mail("next"))   # copied, then its record fails
-            assert reply.startswith("451 "), reply
-            assert len(maildir_files(tmp_path / "var" / "mail")) == 2     # first, next
-            daemon.proc.kill()                                           # type: ignore[union-attr]
-            await asyncio.to_thread(daemon.wait)
-        second = DaemonProcess(tmp_path)
-        second.config.write_text(daemon.config.read_text().replace(
-            str(daemon.smtp), str(second.smtp)).replace(str(daemon.lmtp), str(second.lmtp))
-            .replace(str(daemon.admin), str(second.admin)))
-        second.start()      # listening: its first reconcile pass is done
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
-        assert rows.get("<sweep-next@outside.test>") == "unanswered", rows
-        # the sender's retry finds the copy and is answered; still one copy
-        assert (await send(second.smtp, mail("next"))).startswith("250 ")
-        assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+        await copy_left_by_a_kill_is_recorded(tmp_path, daemon)
     finally:
         daemon.stop()
-        if second is not None:
-            second.stop()
+
+
+async def test_an_intent_after_a_done_line_cut_short_is_read(tmp_path: Path) -> None:
+    """A done line's write on a full disk can be short without an error (os.write wrote
+    what fitted): the next intent was appended to that part of a line, read as a done line
+    of no message, and the copy it named, left by a kill during a registry outage, was never
+    recorded. Now an intent starts a line of its own. The short write is made here as the
+    disk made it: the journal ends in part of a done line."""
+    daemon = daemon_with(tmp_path)
+    try:
+        assert (await send(daemon.smtp, mail("first"))).startswith("250 ")
+        [journal] = (tmp_path / "var" / "intents").glob("*.jrn")
+        assert journal.read_bytes().endswith(b"\n")
+        with open(journal, "ab") as f:
+            f.write(b"D 3f5a0c")                       # what fitted of the next done line
+        await copy_left_by_a_kill_is_recorded(tmp_path, daemon)
+    finally:
+        daemon.stop()
