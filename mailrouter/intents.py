@@ -34,7 +34,10 @@ weeks kept copies users saw and the registry did not know.
 Refused: a journal line that does not parse is skipped and logged (a torn last line after a
 crash); an intent that cannot be written (disk full) refuses each of its Maildir copies
 with 4xx before any is made (a downstream copy of the same message may still go: those are
-at-least-once, see below). A journal is kept when the registry is unavailable, and tried again.
+at-least-once, see below), and the part of its line a short write left is cut off again;
+an intent starts a line of its own after a line cut short (a done line's short write on a
+full disk): appended to that part, it could not be read.
+A journal is kept when the registry is unavailable, and tried again.
 Known limit: copies to LMTP/SMTP downstreams are not listed (nothing of theirs can be
 looked at); they are at-least-once as before.
 """
@@ -42,6 +45,7 @@ looked at); they are at-least-once as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -84,7 +88,7 @@ class _File:
         # flock failed (EAGAIN: 451 to the message) and it removed our new journal.
         self.path = directory / f"{os.getpid()}.{next(_run)}.{os.urandom(3).hex()}.jrn"
         making = self.path.with_name(self.path.name + ".new")
-        self.fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        self.fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # ours while we live
             os.rename(making, self.path)
@@ -117,9 +121,9 @@ class Intent:
     def write_group(self, group: Sequence[Prior]) -> None:
         with _WRITING:
             todo = [i for i in group if isinstance(i, Intent) and not i.written and i.error is None]
-            by_file: dict[int, list[bytes]] = {}
+            by_file: dict[_File, list[bytes]] = {}
             for i in todo:
-                by_file.setdefault(i.file.fd, []).append(i.line)
+                by_file.setdefault(i.file, []).append(i.line)
             try:
                 _append_synced(by_file)
             except OSError as exc:   # no copy without its intent: each copy gets a 4xx
@@ -336,12 +340,24 @@ class Intents:
                 f.path.unlink(missing_ok=True)      # everything in it was recorded
 
 
-def _append_synced(by_file: dict[int, list[bytes]]) -> None:
-    for fd, lines in by_file.items():
-        view = memoryview(b"".join(lines))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fdatasync(fd)
+def _append_synced(by_file: dict[_File, list[bytes]]) -> None:
+    for f, lines in by_file.items():
+        # A full disk takes part of a line (a short write: an intent's, then ENOSPC, or a
+        # done line's, silently). The next intent appended to that part was on the same
+        # line, and no reconcile could read it: a copy of that message made before a crash
+        # was never recorded. So an intent starts a line of its own, and what a failed
+        # write of intents left is cut off again.
+        start = os.fstat(f.fd).st_size
+        lead = [b"\n"] if start and os.pread(f.fd, 1, start - 1) != b"\n" else []
+        view = memoryview(b"".join(lead + lines))
+        try:
+            while view:
+                view = view[os.write(f.fd, view):]
+            os.fdatasync(f.fd)
+        except OSError:
+            with contextlib.suppress(OSError):      # else the next write's lead ends it
+                os.ftruncate(f.fd, start)
+            raise
 
 
 # json.dumps with these options builds a JSONEncoder per call; the same text from one

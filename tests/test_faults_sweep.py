@@ -1,0 +1,153 @@
+"""Faults found by the fault sweep (a real `mailrouter run`, real clients, real faults).
+
+Each test reproduces one way a fault lost a message or its record, from outside: the
+daemon as a process, a real SMTP client, a full tmpfs, a SQLite registry locked by
+another process, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.daemon import DaemonProcess, maildir_files
+from tests.support.wire import Wire
+
+pytestmark = pytest.mark.asyncio
+
+SENDER = "sweep@outside.test"
+
+
+def mail(n: str, subject_words: int = 3) -> bytes:
+    # a long subject is folded into lines of about 70 characters; it goes whole into
+    # the message's intent line (intents.py), which it makes longer than a page
+    words = [f"word{i:04d}" for i in range(subject_words)]
+    folded = "\r\n ".join(" ".join(words[i:i + 7]) for i in range(0, len(words), 7))
+    return (f"From: <{SENDER}>\r\nTo: sales@example.com\r\nSubject: {folded}\r\n"
+            f"Message-ID: <sweep-{n}@outside.test>\r\n\r\nbody of {n}\r\n").encode()
+
+
+async def send(port: int, raw: bytes) -> str:
+    async with Wire(port, timeout=60) as w:
+        await w.greet()
+        return (await w.transaction(SENDER, ["sales@example.com"], raw + b".\r\n"))[0]
+
+
+@pytest.fixture
+def intents_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """var/intents on a tmpfs of its own (1 MiB), unmounted at teardown."""
+    mnt = tmp_path / "var" / "intents"
+    mnt.mkdir(parents=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@contextlib.contextmanager
+def locked(db: Path) -> Iterator[None]:
+    """Another process's view of the registry: BEGIN EXCLUSIVE held until the block ends."""
+    conn = sqlite3.connect(db, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def fill(directory: Path) -> Path:
+    """Write a file in `directory` until its filesystem says ENOSPC; the file."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    return filler
+
+
+def daemon_with(tmp_path: Path, like: DaemonProcess | None = None) -> DaemonProcess:
+    """One worker (one journal), a registry deadline of 2 s; `like`: its config again, on
+    new ports (the restart of a killed one)."""
+    before = like.config.read_text() if like is not None else ""    # the same file
+    d = DaemonProcess(tmp_path, extra="workers: 1\n")
+    db = tmp_path / "var" / "registry.db"
+    text = d.config.read_text().replace(f"{db}'}}", f"{db}', timeout: 2}}")
+    if like is not None:
+        text = before
+        for old, new in ((like.smtp, d.smtp), (like.lmtp, d.lmtp), (like.admin, d.admin)):
+            text = text.replace(f":{old}'", f":{new}'")
+    assert "timeout: 2}" in text and "workers: 1" in text
+    d.config.write_text(text)
+    return d.start()
+
+
+async def copy_left_by_a_kill_is_recorded(tmp_path: Path, daemon: DaemonProcess) -> None:
+    """A message copied while the registry is locked (451), the daemon SIGKILLed before the
+    lock goes: the restart's reconcile records the copy (`unanswered`), and the sender's
+    retry is answered without a second copy."""
+    db = tmp_path / "var" / "registry.db"
+    with locked(db):
+        reply = await send(daemon.smtp, mail("next"))     # copied, then its record fails
+        assert reply.startswith("451 "), reply
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 2        # first, next
+        daemon.proc.kill()                                               # type: ignore[union-attr]
+        await asyncio.to_thread(daemon.wait)
+    second = daemon_with(tmp_path, like=daemon)    # listening: its first reconcile pass is done
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+        assert rows.get("<sweep-next@outside.test>") == "unanswered", rows
+        assert (await send(second.smtp, mail("next"))).startswith("250 ")
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 2
+    finally:
+        second.stop()
+
+
+async def test_an_intent_torn_by_a_full_disk_does_not_hide_the_next_ones_copy(
+        intents_tmpfs: Path, tmp_path: Path) -> None:
+    """The intent journal's filesystem full cut an intent line short (a short write, then
+    ENOSPC); the next intent was appended after those bytes, on the same line, and a
+    restart's reconcile could not read it. A copy of that next message made before a
+    registry outage and a SIGKILL was then never recorded: in the Maildir, not in the
+    registry. Now the torn bytes are cut off again, and the restart records the copy."""
+    daemon = daemon_with(tmp_path)
+    try:
+        assert (await send(daemon.smtp, mail("first"))).startswith("250 ")
+        filler = await asyncio.to_thread(fill, intents_tmpfs)
+        # its intent line (> 4 KiB with this subject) fills the journal's last page, then
+        # ENOSPC: the message is refused, and part of its line is in the journal
+        reply = await send(daemon.smtp, mail("torn", subject_words=800))
+        assert reply[:1] == "4", reply
+        filler.unlink()
+        await copy_left_by_a_kill_is_recorded(tmp_path, daemon)
+    finally:
+        daemon.stop()
+
+
+async def test_an_intent_after_a_done_line_cut_short_is_read(tmp_path: Path) -> None:
+    """A done line's write on a full disk can be short without an error (os.write wrote
+    what fitted): the next intent was appended to that part of a line, read as a done line
+    of no message, and the copy it named, left by a kill during a registry outage, was never
+    recorded. Now an intent starts a line of its own. The short write is made here as the
+    disk made it: the journal ends in part of a done line."""
+    daemon = daemon_with(tmp_path)
+    try:
+        assert (await send(daemon.smtp, mail("first"))).startswith("250 ")
+        [journal] = (tmp_path / "var" / "intents").glob("*.jrn")
+        assert journal.read_bytes().endswith(b"\n")
+        with open(journal, "ab") as f:
+            f.write(b"D 3f5a0c")                       # what fitted of the next done line
+        await copy_left_by_a_kill_is_recorded(tmp_path, daemon)
+    finally:
+        daemon.stop()
