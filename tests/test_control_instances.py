@@ -107,6 +107,27 @@ async def original_and_reply_at_once(apps: list) -> None:
         send(apps[1].bound["smtp"][1], mail(who, "Re: printer", "a2@bigco", "<a1@bigco>"), who))
 
 
+def hold_records_until_both_planned(apps: list) -> None:
+    """Each instance's record waits until both instances have planned their message: the
+    two transactions overlap, as two MTAs' deliveries at one moment do."""
+    planned, count = asyncio.Event(), [0]
+    for app in apps:
+        control, registry = app.pipeline.control, app.pipeline.registry
+
+        async def counting_plan(*a, plan=control.plan, **k):
+            try:
+                return await plan(*a, **k)
+            finally:
+                count[0] += 1
+                if count[0] == 2:
+                    planned.set()
+
+        async def held_record(*a, record=registry.record, **k):
+            await asyncio.wait_for(planned.wait(), 10)
+            return await record(*a, **k)
+        control.plan, registry.record = counting_plan, held_record
+
+
 async def test_a_thread_sent_to_two_instances_at_once_is_one_request(cluster, tmp_path):
     url, (a, b), config = cluster
 
@@ -251,22 +272,7 @@ async def test_two_processes_recording_one_thread_at_once_open_one_request(make_
                              control=ControlConfig(replies=("replies@example.com",)))
         app.pipeline.clock = lambda: datetime(2027, 1, 11, 7, 0, tzinfo=timezone.utc)
         apps.append(app)
-    planned, count = asyncio.Event(), [0]
-    for app in apps:
-        control, registry = app.pipeline.control, app.pipeline.registry
-
-        async def counting_plan(*a, plan=control.plan, **k):
-            try:
-                return await plan(*a, **k)
-            finally:
-                count[0] += 1
-                if count[0] == 2:
-                    planned.set()
-
-        async def held_record(*a, record=registry.record, **k):
-            await asyncio.wait_for(planned.wait(), 10)
-            return await record(*a, **k)
-        control.plan, registry.record = counting_plan, held_record
+    hold_records_until_both_planned(apps)
     await original_and_reply_at_once(apps)
 
     def linked(conn):
@@ -319,22 +325,7 @@ async def test_least_open_counts_what_another_instance_is_delivering(make_app, t
         counterparty="old@x.example", counterparty_domain="x.example", owner="petrova",
         team="duty", status="open", subject="old", tags=[],
         last_in_at=datetime(2027, 1, 4, tzinfo=timezone.utc))))
-    planned, count = asyncio.Event(), [0]
-    for app in apps:
-        control, registry = app.pipeline.control, app.pipeline.registry
-
-        async def counting_plan(*a, plan=control.plan, **k):
-            try:
-                return await plan(*a, **k)
-            finally:
-                count[0] += 1
-                if count[0] == 2:
-                    planned.set()
-
-        async def held_record(*a, record=registry.record, **k):
-            await asyncio.wait_for(planned.wait(), 10)
-            return await record(*a, **k)
-        control.plan, registry.record = counting_plan, held_record
+    hold_records_until_both_planned(apps)
     await asyncio.gather(*(send(app.bound["smtp"][1], mail(f"n{i}@y.example", "new", f"n{i}@y"),
                                 f"n{i}@y.example") for i, app in enumerate(apps)))
 

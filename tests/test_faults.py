@@ -36,6 +36,7 @@ from mailrouter.values import (
     REPLY_TEMPFAIL,
 )
 from tests.support.daemon import maildir_files
+from tests.support.tmpfs import tmpfs_on
 from tests.support.wire import Wire
 
 pytestmark = pytest.mark.asyncio
@@ -79,17 +80,8 @@ async def short_deadline(url: str) -> RegistryConfig:
 def tmpfs(tmp_path: Path, request: pytest.FixtureRequest):
     """A small tmpfs (256 KiB, or @pytest.mark.parametrize('tmpfs', [SIZE], indirect=True))
     mounted under tmp_path, unmounted at teardown."""
-    size = getattr(request, "param", "256k")
-    mnt = tmp_path / "store"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
-    try:
+    with tmpfs_on(tmp_path / "store", getattr(request, "param", "256k")) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(path: Path) -> None:

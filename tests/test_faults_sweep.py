@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.support.daemon import DaemonProcess, maildir_files
+from tests.support.tmpfs import tmpfs_on
 from tests.support.wire import Wire
 
 pytestmark = pytest.mark.asyncio
@@ -42,16 +42,8 @@ async def send(port: int, raw: bytes) -> str:
 @pytest.fixture
 def intents_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """var/intents on a tmpfs of its own (1 MiB), unmounted at teardown."""
-    mnt = tmp_path / "var" / "intents"
-    mnt.mkdir(parents=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {res.stderr.strip()}")
-    try:
+    with tmpfs_on(tmp_path / "var" / "intents", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @contextlib.contextmanager
