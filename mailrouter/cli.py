@@ -161,9 +161,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in unusable:
             print(f"  {line}", file=sys.stderr)
         return 1
-    from .routing.ruletests import check_rule_tests
+    from .routing.ruletests import Names, check_rule_tests
     from .routing.folders import folder_warnings
-    warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
+    warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd(),
+                                                    Names.of(snap.book, snap.rules.rules))
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)

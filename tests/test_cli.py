@@ -251,6 +251,38 @@ def test_rule_tests_pass_and_a_failing_one_is_reported(tmp_path):
     assert len(lines) == 1 and "expected 'finance'" in lines[0] and "'sales'" in lines[0]
 
 
+def test_check_warns_about_a_rule_test_expecting_a_name_that_does_not_exist(tmp_path):
+    """A rule test whose expect: names a mailbox, owner, rule, folder or priority no decision
+    can give (a typo) only showed at `mailrouter test` ("expected 'salse', got 'sales'"); check
+    warns, at the expect line, with the name meant. Names that exist give no warning."""
+    routing = tmp_path / "rules"
+    shutil.copytree(RULES, routing)
+    (routing / "zz-typos.yaml").write_text(
+        "tests:\n  - name: typos\n    headers: {Subject: hello}\n    rcpt: product-a@example.com\n"
+        "    expect:\n      mailbox: salse\n      owner: smirnow\n      rule: sale\n"
+        "      folder: PRODUCT-B\n      priority: hihg\n"
+        "  - name: all known\n    headers: {Subject: hello}\n    rcpt: product-a@example.com\n"
+        "    expect: {mailbox: support, owner: finance-duty, rule: sales, folder: PRODUCT-A,"
+        " priority: high, action: reject}\n", encoding="utf-8")
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
+                       routing=str(routing / "*.yaml"))
+    out = mr("check", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    warned = [l for l in out.stdout.splitlines() if "test " in l]
+    at = f"warning: {routing / 'zz-typos.yaml'}"
+    assert warned == [
+        f"{at}:6: test typos: expect mailbox 'salse' is no mailbox of the address book, so the "
+        "test can only fail; did you mean 'sales'?",
+        f"{at}:7: test typos: expect owner 'smirnow' is no person (people:) or team (teams:) of "
+        "the address book, so the test can only fail; did you mean 'smirnov'?",
+        f"{at}:8: test typos: expect rule 'sale' is no rule of the routing files, so the test can "
+        "only fail; did you mean 'sales'?",
+        f"{at}:9: test typos: expect folder 'PRODUCT-B' is set by no rule and by no alias of "
+        "product-a@example.com, so the test can only fail; did you mean 'PRODUCT-A'?",
+        f"{at}:10: test typos: expect priority 'hihg' is not a priority (low, normal, high, "
+        "urgent), so the test can only fail; did you mean 'high'?"], out.stdout
+
+
 def test_db_upgrade_creates_schema(tmp_path):
     """`mailrouter db upgrade` creates the registry tables in a new SQLite file."""
     cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
