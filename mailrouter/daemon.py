@@ -41,7 +41,7 @@ from .admin import serve_admin
 from .config import Config, Limits, Listener, owned_errors
 from .delivery.deliverer import Deliverer
 from .dnscheck import DomainCheck
-from .errors import ConfigErrors, ListenError, RegistryError
+from .errors import ConfigError, ConfigErrors, ListenError, RegistryError
 from .health import Readiness, unwritable
 from .intake.handler import Handler
 from .intake.data import DataBudget
@@ -354,8 +354,11 @@ class App:
             # worker its own copy (issue 15: 100,000 aliases at 2.6x the memory of 1,000).
             snap = self._snapshot if await asyncio.to_thread(_still_current, self._snapshot, cfg) \
                 else await asyncio.to_thread(_load, cfg, self.worker is not None)
-        except ConfigErrors as exc:
-            ok, detail, public = False, str(exc), _public(exc, cfg.routing)
+        except ConfigErrors as raised:
+            # "no routing files match ..." is config.yaml's `routing:`: named so, as `check`
+            # and a refused start name it (it was "<config>: ...", no file to open)
+            exc = owned_errors(raised, cfg)
+            ok, detail, public = False, str(exc), _public(exc, cfg.routing, cfg.path)
             log.error("event=reload_failed errors=%d kept=%s\n%s", len(exc.errors),
                       self._snapshot.hash, detail)
         except Exception as exc:  # a bug in loading must not take the daemon down
@@ -485,12 +488,14 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
 PUBLIC_ERRORS = 50      # errors named in a reload reply; the log has them all
 
 
-def _public(exc: ConfigErrors, patterns: tuple[str, ...]) -> str:
+def _public(exc: ConfigErrors, patterns: tuple[str, ...], config: str = "") -> str:
     """The errors of a failed reload for the admin reply: file:line relative to the
-    routing directory, and no other path of this machine."""
+    routing directory, the config file by its name, and no other path of this machine."""
     dirs = [os.path.dirname(re.split(r"[*?\[]", p, maxsplit=1)[0] + "x") for p in patterns]
     root = os.path.commonpath(dirs) if dirs else ""
-    lines = [str(e) for e in exc.errors[:PUBLIC_ERRORS]]
+    lines = [str(ConfigError(e.message, os.path.basename(config), e.line, e.column, e.hint)
+                 if config and e.path == config else e)
+             for e in exc.errors[:PUBLIC_ERRORS]]
     if len(exc.errors) > PUBLIC_ERRORS:
         lines.append(f"... and {len(exc.errors) - PUBLIC_ERRORS} more (see the daemon's log)")
     text = "\n".join(lines)
