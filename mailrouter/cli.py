@@ -331,10 +331,9 @@ def cmd_address(args: argparse.Namespace) -> int:
 
 
 def _where(url: str) -> str:
-    """A registry for messages: a SQLite file's path, else the URL without user and password."""
-    if url.startswith("sqlite") and ":///" in url:
-        return url.split(":///", 1)[1] or url
-    return url.split("@")[-1]
+    """A registry for messages: a SQLite file's path, else the URL without its password."""
+    from .registry.store import registry_location
+    return registry_location(url)
 
 
 def cmd_db(args: argparse.Namespace) -> int:

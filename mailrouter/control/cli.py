@@ -59,11 +59,22 @@ def _local(args: argparse.Namespace, cfg: Any) -> tuple[Any, datetime | None, da
 
 def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> Any:
     """`ask(registry)` on the existing registry (a look never creates one); on a registry
-    error, one line `mailrouter WHAT: …` on stderr and exit 2."""
+    error, one line on stderr, `mailrouter WHAT: FILE-OR-URL: the error; the fix`, and exit 2
+    ("registry open failed (DatabaseError: file is not a database)" named no file)."""
     from ..registry import Registry
+    from ..registry.store import registry_location, sqlite_missing
+
+    url = cfg.registry.url
+    where = registry_location(url)
+    named = f"registry.url in {cfg.path}" if cfg.path else "registry.url of the config (-c FILE)"
+    if sqlite_missing(url):
+        print(f"mailrouter {what}: no registry at {where}" + (f" ({named})" if cfg.path else "")
+              + "; start the daemon first (it creates it), or give -c with the daemon's config",
+              file=sys.stderr)
+        raise SystemExit(2)
 
     async def go() -> Any:
-        reg = await Registry.open(cfg.registry.url, create=False)
+        reg = await Registry.open(url, create=False)
         try:
             return await ask(reg)
         finally:
@@ -71,8 +82,27 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
     try:
         return asyncio.run(go())
     except RegistryError as exc:
-        print(f"mailrouter {what}: {exc}", file=sys.stderr)
+        print(f"mailrouter {what}: {where}: {exc}; {_registry_fix(exc, named)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _registry_fix(exc: RegistryError, named: str) -> str:
+    """What to do about a registry that could not be read, from the driver's error."""
+    inner = exc.__cause__ or exc.__context__     # `raise ... from None` keeps the context
+    inner = getattr(inner, "orig", None) or inner
+    text = str(inner)
+    if "file is not a database" in text:
+        return f"the file is not a SQLite database: make {named} the daemon's registry file"
+    if "no such table" in text or "no such column" in text or type(inner).__name__ in (
+            "UndefinedTableError", "UndefinedColumnError", "CommandError"):
+        return ("its schema is missing or not this version's: run `mailrouter db upgrade` "
+                f"(with the daemon's config), or check {named}")
+    if "unable to open database file" in text:
+        return f"it cannot be opened (a folder, or no permission to read it): check {named}"
+    if isinstance(inner, OSError):       # refused, no such host, timed out: PostgreSQL
+        return (f"the database server cannot be reached (not running, or a wrong host or "
+                f"port): check it and {named}")
+    return f"check {named}"
 
 
 def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
