@@ -134,6 +134,7 @@ def test_run_with_a_port_taken_says_which_and_exits_2(tmp_path, workers, taken):
     assert out.returncode == 2, out.stderr
     assert (f"cannot listen on 127.0.0.1:{ports[taken]} for {taken} (" in out.stderr
             and f"change listen.{taken} in the config" in out.stderr), out.stderr
+    assert f" config='{cfg}'; not starting" in out.stderr, out.stderr     # which config
     assert "Traceback" not in out.stderr
 
 
@@ -183,8 +184,8 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
             f"mailrouter {' '.join(cmd)}: postgresql+asyncpg://mr@127.0.0.1:1/mr: "
             f"registry {'open' if cmd == ['registry'] else 'upgrade'}"
             " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"
-            + ("; the database server cannot be reached (not running, or a wrong host or port): "
-               f"check it and registry.url in {cfg}" if cmd == ["registry"]
+            + ("; the database server cannot be reached (not running, or a wrong host or port); "
+               f"check registry.url in {cfg}" if cmd == ["registry"]
                else f" (registry.url in {cfg})")]
     sqlite = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
     assert mr("db", "upgrade", "-c", str(sqlite)).returncode == 0
@@ -203,10 +204,10 @@ def test_registry_commands_name_the_registry_file_and_the_fix(tmp_path):
     (var / "empty.db").write_bytes(b"")
     expected = {
         "junk.db": "registry open failed (DatabaseError: file is not a database); the file is "
-                   "not a SQLite database: make registry.url in {cfg} the daemon's registry file",
+                   "not a SQLite database; check registry.url in {cfg}",
         "empty.db": "registry {op} failed (OperationalError: no such table: {table}); its schema "
-                    "is missing or not this version's: run `mailrouter db upgrade` (with the "
-                    "daemon's config), or check registry.url in {cfg}",
+                    "is missing or not this version's: run `mailrouter db upgrade` with the "
+                    "daemon's config; check registry.url in {cfg}",
     }
     for name, text in expected.items():
         cfg = tmp_path / f"{name}.yaml"

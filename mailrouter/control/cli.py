@@ -98,7 +98,7 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
     error, one line on stderr, `mailrouter WHAT: FILE-OR-URL: the error; the fix`, and exit 2
     ("registry open failed (DatabaseError: file is not a database)" named no file)."""
     from ..registry import Registry
-    from ..registry.store import registry_location, sqlite_missing
+    from ..registry.store import registry_advice, registry_location, sqlite_missing
 
     url = cfg.registry.url
     where = registry_location(url)
@@ -118,27 +118,11 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
     try:
         return asyncio.run(go())
     except RegistryError as exc:
-        print(f"mailrouter {what}: {where}: {exc}; {_registry_fix(exc, named)}", file=sys.stderr)
+        advice = registry_advice(exc)
+        print(f"mailrouter {what}: {where}: {exc}; " + (f"{advice}; " if advice else "")
+              + f"check {named}", file=sys.stderr)
         raise SystemExit(2) from None
 
-
-def _registry_fix(exc: RegistryError, named: str) -> str:
-    """What to do about a registry that could not be read, from the driver's error."""
-    inner = exc.__cause__ or exc.__context__     # `raise ... from None` keeps the context
-    inner = getattr(inner, "orig", None) or inner
-    text = str(inner)
-    if "file is not a database" in text:
-        return f"the file is not a SQLite database: make {named} the daemon's registry file"
-    if "no such table" in text or "no such column" in text or type(inner).__name__ in (
-            "UndefinedTableError", "UndefinedColumnError", "CommandError"):
-        return ("its schema is missing or not this version's: run `mailrouter db upgrade` "
-                f"(with the daemon's config), or check {named}")
-    if "unable to open database file" in text:
-        return f"it cannot be opened (a folder, or no permission to read it): check {named}"
-    if isinstance(inner, OSError):       # refused, no such host, timed out: PostgreSQL
-        return (f"the database server cannot be reached (not running, or a wrong host or "
-                f"port): check it and {named}")
-    return f"check {named}"
 
 
 def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
