@@ -420,3 +420,20 @@ def test_a_start_refused_by_the_registry_names_it_and_the_fix(tmp_path: Path, wo
         f"error='{tmp_path / 'var' / 'registry.db'}: registry {op} failed (DatabaseError: "
         f"file is not a database); the file is not a SQLite database; check registry.url in "
         f"{cfg}' config='{cfg}'; not starting"), out.stderr
+
+
+def test_a_listener_on_a_name_that_does_not_resolve_says_so(tmp_path: Path) -> None:
+    """listen.smtp on a host name that does not resolve (RFC 6761 .invalid): the fix given
+    was "another program (a second mailrouter, an MTA) may hold it: stop it"; it says the
+    name does not resolve and to use an address of this host. Exit 2, one line."""
+    smtp = free_port()
+    cfg = write_config(tmp_path / "config.yaml", smtp, free_port(), free_port(), "workers: 1\n")
+    cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{smtp}", f"mx.nowhere.invalid:{smtp}"))
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    failed = [line for line in out.stderr.splitlines() if "event=start_failed" in line]
+    assert len(failed) == 1, out.stderr
+    assert (f"cannot listen on mx.nowhere.invalid:{smtp} for smtp (" in failed[0]
+            and "; the name mx.nowhere.invalid does not resolve here: use one of this host's "
+                "addresses (ip -br addr) or change listen.smtp in the config" in failed[0]
+            and "may hold it" not in failed[0]), failed[0]
