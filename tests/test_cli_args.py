@@ -10,7 +10,7 @@ import pytest
 from tests.support.daemon import RULES
 from tests.test_cli import mr
 
-NUMBER = "is not a request number (the N of [#N] in a subject: 1 to 2147483647)"
+NUMBER = "is not a request number (the N of [#N] in a subject: 1 or more)"
 WHO = "is not an address or a domain (e.g. client@outside.test or outside.test)"
 
 
@@ -25,7 +25,8 @@ WHO = "is not an address or a domain (e.g. client@outside.test or outside.test)"
     # said "no request #-5" (exit 1), as if there might have been one
     (["request", "show", "-5"], f"argument N: '-5' {NUMBER}"),
     (["request", "close", "-1"], f"argument N: '-1' {NUMBER}"),
-    (["request", "wait", "99999999999"], f"argument N: '99999999999' {NUMBER}"),
+    (["request", "wait", "0"], f"argument N: '0' {NUMBER}"),
+    (["request", "show", "#5"], f"argument N: '#5' {NUMBER}"),
 ])
 def test_a_bad_argument_is_a_usage_error(tmp_path: Path, args: list[str], error: str) -> None:
     """Exit 2 with the command's usage and one line saying what is wrong; nothing on stdout,

@@ -14,7 +14,7 @@ Times in text output are the company's too, with their offset; --json and --csv 
 the registry's UTC. In --csv a text cell that starts like a formula gets a leading `'`.
 
 Refused with a clear message (exit 2): a date that is not ISO (`2027-01-11` or with a
-time), an unknown status, a request number that is not 1 to 2**31-1, a `history` of no
+time), an unknown status, a request number below 1 (or not a number), a `history` of no
 address or domain (''), a negative -n. The registry is opened without creating or
 migrating it; one that cannot be read is named (its file, or its URL without the
 password) with what to do.
@@ -63,14 +63,15 @@ def count(text: str) -> int:
 
 
 def _number(text: str) -> int:
-    """A request's N: `request show -5` said "no request #-5", as if one might have been."""
+    """A request's N: `request show -5` said "no request #-5", as if one might have been.
+    A number past the last one (even past MAX_NUMBER) is a request that is not there: exit 1."""
     try:
         n = int(text)
     except ValueError:
         n = 0
-    if not 0 < n <= MAX_NUMBER:
+    if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a request number (the N of [#N] in "
-                                         f"a subject: 1 to {MAX_NUMBER})")
+                                         "a subject: 1 or more)")
     return n
 
 
