@@ -161,9 +161,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in unusable:
             print(f"  {line}", file=sys.stderr)
         return 1
-    from .routing.ruletests import check_rule_tests
+    from .routing.ruletests import Names, check_rule_tests
     from .routing.folders import folder_warnings
-    warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd())
+    warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd(),
+                                                    Names.of(snap.book, snap.rules.rules))
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
@@ -330,10 +331,9 @@ def cmd_address(args: argparse.Namespace) -> int:
 
 
 def _where(url: str) -> str:
-    """A registry for messages: a SQLite file's path, else the URL without user and password."""
-    if url.startswith("sqlite") and ":///" in url:
-        return url.split(":///", 1)[1] or url
-    return url.split("@")[-1]
+    """A registry for messages: a SQLite file's path, else the URL without its password."""
+    from .registry.store import registry_location
+    return registry_location(url)
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -500,17 +500,6 @@ def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
                 _explain_usage(sub, f"{path} {name}".strip())
 
 
-def _count(text: str) -> int:
-    """-n N: a whole number, 0 or more (-1 listed everything, as SQLite's LIMIT -1 does)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more; 0: all)")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailrouter", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -533,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                "a reload, 2 another command could not load its configuration or do its job, 3\n"
                "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not.")
     from . import __version__
+    from .control.cli import count as _count
     p.add_argument("--version", action="version", version=f"mailrouter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

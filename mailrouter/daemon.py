@@ -41,7 +41,7 @@ from .admin import serve_admin
 from .config import Config, Limits, Listener, owned_errors
 from .delivery.deliverer import Deliverer
 from .dnscheck import DomainCheck
-from .errors import ConfigErrors, ListenError, RegistryError
+from .errors import ConfigError, ConfigErrors, ListenError, RegistryError
 from .health import Readiness, unwritable
 from .intake.handler import Handler
 from .intake.data import DataBudget
@@ -51,6 +51,7 @@ from .outbox import OutboxWorker, Outgoing
 from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
+from .registry.store import registry_advice, registry_location
 from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot, prepare
 from .values import Downstream, Reply, Transaction
 from .web import start_web
@@ -354,8 +355,11 @@ class App:
             # worker its own copy (issue 15: 100,000 aliases at 2.6x the memory of 1,000).
             snap = self._snapshot if await asyncio.to_thread(_still_current, self._snapshot, cfg) \
                 else await asyncio.to_thread(_load, cfg, self.worker is not None)
-        except ConfigErrors as exc:
-            ok, detail, public = False, str(exc), _public(exc, cfg.routing)
+        except ConfigErrors as raised:
+            # "no routing files match ..." is config.yaml's `routing:`: named so, as `check`
+            # and a refused start name it (it was "<config>: ...", no file to open)
+            exc = owned_errors(raised, cfg)
+            ok, detail, public = False, str(exc), _public(exc, cfg.routing, cfg.path)
             log.error("event=reload_failed errors=%d kept=%s\n%s", len(exc.errors),
                       self._snapshot.hash, detail)
         except Exception as exc:  # a bug in loading must not take the daemon down
@@ -456,7 +460,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
         await app.start()
     except (ListenError, RegistryError) as exc:
         await app.close()
-        return _start_failed(str(exc))
+        return _start_failed(_why(exc, config), config)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
@@ -485,12 +489,14 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
 PUBLIC_ERRORS = 50      # errors named in a reload reply; the log has them all
 
 
-def _public(exc: ConfigErrors, patterns: tuple[str, ...]) -> str:
+def _public(exc: ConfigErrors, patterns: tuple[str, ...], config: str = "") -> str:
     """The errors of a failed reload for the admin reply: file:line relative to the
-    routing directory, and no other path of this machine."""
+    routing directory, the config file by its name, and no other path of this machine."""
     dirs = [os.path.dirname(re.split(r"[*?\[]", p, maxsplit=1)[0] + "x") for p in patterns]
     root = os.path.commonpath(dirs) if dirs else ""
-    lines = [str(e) for e in exc.errors[:PUBLIC_ERRORS]]
+    lines = [str(ConfigError(e.message, os.path.basename(config), e.line, e.column, e.hint)
+                 if config and e.path == config else e)
+             for e in exc.errors[:PUBLIC_ERRORS]]
     if len(exc.errors) > PUBLIC_ERRORS:
         lines.append(f"... and {len(exc.errors) - PUBLIC_ERRORS} more (see the daemon's log)")
     text = "\n".join(lines)
@@ -524,7 +530,7 @@ def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     unusable = unwritable(config, create=True)
     if unusable:     # else the daemon started and every message got 451 (or the registry failed)
-        return _start_failed("; and ".join(unusable))
+        return _start_failed("; and ".join(unusable), config)
     raise_fd_limit(config.limits.max_connections)
     if config.workers <= 1:
         return run_loop(serve(config, starting=starting))
@@ -553,9 +559,23 @@ def _stopped_during_start(starting: Starting, step: str) -> int:
     return 0
 
 
-def _start_failed(why: str) -> int:
-    log.error("event=start_failed error=%r; not starting", why)
+def _start_failed(why: str, config: Config) -> int:
+    """One line: why, and the config file to change ("change listen.smtp in the config"
+    named no file when -c was not given)."""
+    log.error("event=start_failed error=%r config=%r; not starting", why,
+              config.path or "embedded-default")
     return START_FAILED
+
+
+def _why(exc: Exception, config: Config) -> str:
+    """A start refused by the registry names it (its file, or its URL without the password)
+    and what to do: it was "registry upgrade failed (ConnectionRefusedError: ...)", no
+    database named, nothing to check."""
+    if not isinstance(exc, RegistryError):
+        return str(exc)
+    advice = registry_advice(exc)
+    return (f"{registry_location(config.registry.url)}: {exc}; " + (f"{advice}; " if advice else "")
+            + f"check registry.url in {config.path or 'the embedded default config (no -c FILE)'}")
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -692,7 +712,7 @@ def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None
         sockets = {name: bind(lst.host, lst.port, name)
                    for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
     except (ListenError, RegistryError) as exc:
-        return _start_failed(str(exc))
+        return _start_failed(_why(exc, config), config)
     if starting.stopping:      # supervise starts no worker: say why it stops
         log.info("event=stopped_during_start step='binding the listeners' signal=%s",
                  starting.signal_name())

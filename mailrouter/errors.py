@@ -19,6 +19,7 @@ an internal fault must make the sending MTA retry, never bounce the mail.
 from __future__ import annotations
 
 import errno
+import socket
 
 from .values import (
     REPLY_DELIVERY_TEMPFAIL,
@@ -74,8 +75,11 @@ class ListenError(MailrouterError):
     @classmethod
     def of(cls, what: str, host: str, port: int, exc: OSError) -> "ListenError":
         """The fix depends on the errno: 'another program may hold it' was said for an
-        address this host does not have (EADDRNOTAVAIL) and a port below 1024 too."""
-        if exc.errno == errno.EADDRNOTAVAIL:
+        address this host does not have (EADDRNOTAVAIL), a host name that does not resolve
+        and a port below 1024 too."""
+        if isinstance(exc, socket.gaierror):      # a name: "another program may hold it" was said
+            why = f"the name {host} does not resolve here: use one of this host's addresses (ip -br addr)"
+        elif exc.errno == errno.EADDRNOTAVAIL:
             why = f"this host has no address {host}: use one of its own (ip -br addr)"
         elif exc.errno == errno.EACCES:
             why = (f"port {port} needs privileges: use a port from 1024, or give the service "

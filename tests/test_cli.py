@@ -134,6 +134,7 @@ def test_run_with_a_port_taken_says_which_and_exits_2(tmp_path, workers, taken):
     assert out.returncode == 2, out.stderr
     assert (f"cannot listen on 127.0.0.1:{ports[taken]} for {taken} (" in out.stderr
             and f"change listen.{taken} in the config" in out.stderr), out.stderr
+    assert f" config='{cfg}'; not starting" in out.stderr, out.stderr     # which config
     assert "Traceback" not in out.stderr
 
 
@@ -175,19 +176,72 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
     """`mailrouter registry` and `db upgrade` against a PostgreSQL that refuses: one line
     each with the driver's reason, exit 2, no traceback; an empty registry says so."""
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("registry: {url: 'postgresql+asyncpg://mr@127.0.0.1:1/mr', timeout: 3}\n")
+    cfg.write_text("registry: {url: 'postgresql+asyncpg://mr:s3cret@127.0.0.1:1/mr', timeout: 3}\n")
     for cmd in (["registry"], ["db", "upgrade"]):
         out = mr(*cmd, "-c", str(cfg))
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.strip().splitlines() == [
-            f"mailrouter {' '.join(cmd)}: " + ("" if cmd == ["registry"] else "127.0.0.1:1/mr: ")
-            + f"registry {'open' if cmd == ['registry'] else 'upgrade'}"
+            f"mailrouter {' '.join(cmd)}: postgresql+asyncpg://mr@127.0.0.1:1/mr: "
+            f"registry {'open' if cmd == ['registry'] else 'upgrade'}"
             " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"
-            + ("" if cmd == ["registry"] else f" (registry.url in {cfg})")]
+            + ("; the database server cannot be reached (not running, or a wrong host or port); "
+               f"check registry.url in {cfg}" if cmd == ["registry"]
+               else f" (registry.url in {cfg})")]
     sqlite = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
     assert mr("db", "upgrade", "-c", str(sqlite)).returncode == 0
     out = mr("registry", "-c", str(sqlite))
     assert out.returncode == 0 and out.stdout.startswith("no messages in the registry yet"), out
+
+
+def test_registry_commands_name_the_registry_file_and_the_fix(tmp_path):
+    """A registry.url naming a file that is not a database, one without the schema, or one
+    that does not exist: each read command said "registry open failed (DatabaseError: file
+    is not a database)" or "no registry at sqlite+aiosqlite:////...", naming no file (or the
+    file in a URL). One line each: the file's path, the driver's error, what to do."""
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "junk.db").write_text("not a database, a text file written by mistake\n" * 20)
+    (var / "empty.db").write_bytes(b"")
+    expected = {
+        "junk.db": "registry open failed (DatabaseError: file is not a database); the file is "
+                   "not a SQLite database; check registry.url in {cfg}",
+        "empty.db": "registry {op} failed (OperationalError: no such table: {table}); its schema "
+                    "is missing or not this version's: run `mailrouter db upgrade` with the "
+                    "daemon's config; check registry.url in {cfg}",
+    }
+    for name, text in expected.items():
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(f"routing: ['{RULES / '*.yaml'}']\n"
+                       f"registry: {{url: 'sqlite+aiosqlite:///{var / name}'}}\n")
+        for cmd, op, table in ((["registry"], "recent", "messages"),
+                               (["request", "show", "1"], "request show", "requests")):
+            out = mr(*cmd, "-c", str(cfg))
+            assert out.returncode == 2, out
+            assert out.stderr.splitlines() == [
+                f"mailrouter {' '.join(cmd[:2 if cmd[0] == 'request' else 1])}: {var / name}: "
+                + text.format(cfg=cfg, op=op, table=table)], out.stderr
+    cfg = tmp_path / "none.yaml"
+    cfg.write_text(f"routing: ['{RULES / '*.yaml'}']\n"
+                   f"registry: {{url: 'sqlite+aiosqlite:///{var / 'none.db'}'}}\n")
+    out = mr("outbox", "-c", str(cfg))
+    assert out.returncode == 2 and out.stderr.splitlines() == [
+        f"mailrouter outbox: no registry at {var / 'none.db'} (registry.url in {cfg}); start the "
+        "daemon first (it creates it), or give -c with the daemon's config"], out.stderr
+    assert sorted(p.name for p in var.iterdir()) == ["empty.db", "junk.db"]
+
+
+def test_a_look_at_a_registry_that_is_not_there_names_its_file(tmp_path):
+    """Registry.open(create=False) on a missing SQLite file: the error names the file's
+    path, not the URL it hides in, and what creates it."""
+    import asyncio
+    from mailrouter.errors import RegistryError
+    from mailrouter.registry import Registry
+    db = tmp_path / "var" / "registry.db"
+    with pytest.raises(RegistryError) as raised:
+        asyncio.run(Registry.open(f"sqlite+aiosqlite:///{db}", create=False))
+    assert str(raised.value) == (f"no registry at {db}; start the daemon (it creates it) or "
+                                 "`mailrouter db upgrade` first, or give -c with the daemon's config")
+    assert not db.parent.exists()
 
 
 def test_explain_with_a_bad_time_exits_2():
@@ -249,6 +303,38 @@ def test_rule_tests_pass_and_a_failing_one_is_reported(tmp_path):
     assert out.returncode == 1
     lines = [l for l in out.stdout.splitlines() if "wrong-expectation" in l]
     assert len(lines) == 1 and "expected 'finance'" in lines[0] and "'sales'" in lines[0]
+
+
+def test_check_warns_about_a_rule_test_expecting_a_name_that_does_not_exist(tmp_path):
+    """A rule test whose expect: names a mailbox, owner, rule, folder or priority no decision
+    can give (a typo) only showed at `mailrouter test` ("expected 'salse', got 'sales'"); check
+    warns, at the expect line, with the name meant. Names that exist give no warning."""
+    routing = tmp_path / "rules"
+    shutil.copytree(RULES, routing)
+    (routing / "zz-typos.yaml").write_text(
+        "tests:\n  - name: typos\n    headers: {Subject: hello}\n    rcpt: product-a@example.com\n"
+        "    expect:\n      mailbox: salse\n      owner: smirnow\n      rule: sale\n"
+        "      folder: PRODUCT-B\n      priority: hihg\n"
+        "  - name: all known\n    headers: {Subject: hello}\n    rcpt: product-a@example.com\n"
+        "    expect: {mailbox: support, owner: finance-duty, rule: sales, folder: PRODUCT-A,"
+        " priority: high, action: reject}\n", encoding="utf-8")
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
+                       routing=str(routing / "*.yaml"))
+    out = mr("check", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    warned = [l for l in out.stdout.splitlines() if "test " in l]
+    at = f"warning: {routing / 'zz-typos.yaml'}"
+    assert warned == [
+        f"{at}:6: test typos: expect mailbox 'salse' is no mailbox of the address book, so the "
+        "test can only fail; did you mean 'sales'?",
+        f"{at}:7: test typos: expect owner 'smirnow' is no person (people:) or team (teams:) of "
+        "the address book, so the test can only fail; did you mean 'smirnov'?",
+        f"{at}:8: test typos: expect rule 'sale' is no rule of the routing files, so the test can "
+        "only fail; did you mean 'sales'?",
+        f"{at}:9: test typos: expect folder 'PRODUCT-B' is set by no rule and by no alias of "
+        "product-a@example.com, so the test can only fail; did you mean 'PRODUCT-A'?",
+        f"{at}:10: test typos: expect priority 'hihg' is not a priority (low, normal, high, "
+        "urgent), so the test can only fail; did you mean 'high'?"], out.stdout
 
 
 def test_db_upgrade_creates_schema(tmp_path):
@@ -348,10 +434,11 @@ def test_commands_outside_a_project_folder_say_which_files_and_create_nothing(tm
     assert f"(routing files: {PACKAGE_RULES / '*.yaml'}; registry and mail under " in notes[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.eml"]
     if cmd[0] in ("registry", "outbox", "report"):
-        where = f"sqlite+aiosqlite:///{tmp_path.resolve() / 'var' / 'registry.db'}"
+        where = tmp_path.resolve() / 'var' / 'registry.db'
         assert out.returncode == 2
-        assert (f"mailrouter {cmd[0]}: no registry at {where}; start the daemon first or give -c"
-                in out.stderr.splitlines()), out.stderr
+        assert (f"mailrouter {cmd[0]}: no registry at {where}; start the daemon first (it "
+                "creates it), or give -c with the daemon's config" in out.stderr.splitlines()), \
+            out.stderr
     else:
         assert out.returncode == 0, out.stderr
 

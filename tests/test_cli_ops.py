@@ -385,3 +385,55 @@ def test_error_paths_a_new_admin_meets_name_the_file_and_the_fix(tmp_path: Path)
     out = mr("address", "", "-c", str(cfg))
     assert (out.returncode, out.stdout) == (2, ""), out.stdout
     assert "give an address, e.g. sales@example.com, or 'export'" in out.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_start_refused_by_the_registry_names_it_and_the_fix(tmp_path: Path, workers: int) -> None:
+    """`run` with a PostgreSQL that is down, or a SQLite registry.url naming a file that is
+    no database: the one start_failed line said "registry open failed (ConnectionRefused...)"
+    with no database named and nothing to do; it names the registry (the URL without its
+    password), what is wrong, the key and the config file. Exit 2, no traceback."""
+    cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
+                       f"workers: {workers}\n")
+    sqlite = f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}'}}"
+    text = cfg.read_text()
+    # workers: 1 opens the registry in serve(); more migrate it first, in the supervisor
+    op = "open" if workers == 1 else "upgrade"
+    cfg.write_text(text.replace(sqlite, "registry: {url: 'postgresql+asyncpg://mr:s3cret@"
+                                        "127.0.0.1:1/mr', timeout: 3}"))
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    failed = [line for line in out.stderr.splitlines() if "event=start_failed" in line]
+    assert len(failed) == 1 and failed[0].endswith(
+        f"error=\"postgresql+asyncpg://mr@127.0.0.1:1/mr: registry {op} failed "
+        "(ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1)); the "
+        "database server cannot be reached (not running, or a wrong host or port); check "
+        f"registry.url in {cfg}\" config='{cfg}'; not starting"), out.stderr
+    assert "s3cret" not in out.stderr
+    (tmp_path / "var").mkdir(exist_ok=True)
+    (tmp_path / "var" / "registry.db").write_text("a text file, not a database\n" * 10)
+    cfg.write_text(text)
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    failed = [line for line in out.stderr.splitlines() if "event=start_failed" in line]
+    assert len(failed) == 1 and failed[0].endswith(
+        f"error='{tmp_path / 'var' / 'registry.db'}: registry {op} failed (DatabaseError: "
+        f"file is not a database); the file is not a SQLite database; check registry.url in "
+        f"{cfg}' config='{cfg}'; not starting"), out.stderr
+
+
+def test_a_listener_on_a_name_that_does_not_resolve_says_so(tmp_path: Path) -> None:
+    """listen.smtp on a host name that does not resolve (RFC 6761 .invalid): the fix given
+    was "another program (a second mailrouter, an MTA) may hold it: stop it"; it says the
+    name does not resolve and to use an address of this host. Exit 2, one line."""
+    smtp = free_port()
+    cfg = write_config(tmp_path / "config.yaml", smtp, free_port(), free_port(), "workers: 1\n")
+    cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{smtp}", f"mx.nowhere.invalid:{smtp}"))
+    out = mr("run", "-c", str(cfg), timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    failed = [line for line in out.stderr.splitlines() if "event=start_failed" in line]
+    assert len(failed) == 1, out.stderr
+    assert (f"cannot listen on mx.nowhere.invalid:{smtp} for smtp (" in failed[0]
+            and "; the name mx.nowhere.invalid does not resolve here: use one of this host's "
+                "addresses (ip -br addr) or change listen.smtp in the config" in failed[0]
+            and "may hold it" not in failed[0]), failed[0]

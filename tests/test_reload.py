@@ -309,3 +309,26 @@ async def test_the_watcher_loads_a_file_only_once_it_has_stopped_changing(make_a
     await asyncio.to_thread(_send_to, port, "new@example.com", 2)
     await asyncio.to_thread(_send_to, port, "support@example.com", 3)
     assert _routed_to(tmp_path, "finance", "A") == 3     # by the ping rule, all three
+
+
+def test_a_reload_refused_for_config_yaml_names_config_yaml(daemon_process, tmp_path):
+    """The routing folder moved away: the reload is refused because of config.yaml's
+    `routing:`. The log and the admin reply said "<config>: no routing files match ...",
+    no file to open; they name config.yaml, as `check` and a refused start do (the reply by
+    its name only: it shows no path of this machine outside the routing folder)."""
+    d = routing_dir(tmp_path)
+    proc = daemon_process(routing=str(d / "*.yaml"))
+    deadline = time.monotonic() + 20      # started listens on SMTP; admin may follow
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", proc.admin), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    d.rename(tmp_path / "rules.off")
+    reply = _post_reload(proc.admin)
+    assert reply["ok"] is False
+    assert reply["detail"].startswith("config.yaml: no routing files match "), reply
+    log = proc.log.read_text()
+    assert f"{proc.config}: no routing files match {d}/*.yaml" in log, log
+    assert "<config>" not in log + reply["detail"]

@@ -14,7 +14,10 @@ Times in text output are the company's too, with their offset; --json and --csv 
 the registry's UTC. In --csv a text cell that starts like a formula gets a leading `'`.
 
 Refused with a clear message (exit 2): a date that is not ISO (`2027-01-11` or with a
-time), an unknown status. The registry is opened without creating or migrating it.
+time), an unknown status, a request number below 1 (or not a number), a `history` of no
+address or domain (''), a negative -n. The registry is opened without creating or
+migrating it; one that cannot be read is named (its file, or its URL without the
+password) with what to do.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .store import add_event
 from .tables import STATUSES, requests
 from .threads import MAX_NUMBER
 
-__all__ = ["add_commands", "ask_registry", "printable", "spreadsheet_cell"]
+__all__ = ["add_commands", "ask_registry", "count", "printable", "spreadsheet_cell"]
 
 
 def _when(text: str) -> datetime:
@@ -46,6 +49,40 @@ def _when(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date (e.g. 2027-01-11 or "
                                          "2027-01-11T10:00+03:00)") from None
+
+
+def count(text: str) -> int:
+    """-n N: a whole number, 0 or more (-1 listed everything, as SQLite's LIMIT -1 does)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more; 0: all)")
+    return n
+
+
+def _number(text: str) -> int:
+    """A request's N: `request show -5` said "no request #-5", as if one might have been.
+    A number past the last one (even past MAX_NUMBER) is a request that is not there: exit 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a request number (the N of [#N] in "
+                                         "a subject: 1 or more)")
+    return n
+
+
+def _who(text: str) -> str:
+    """An address or a domain: `registry history ''` printed nothing and exited 0, as if
+    the registry had nothing with a counterparty never given."""
+    bare = text.strip().lstrip("@")
+    if not bare or any(c.isspace() for c in bare) or bare.endswith("@"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address or a domain (e.g. "
+                                         "client@outside.test or outside.test)")
+    return text
 
 
 def _local(args: argparse.Namespace, cfg: Any) -> tuple[Any, datetime | None, datetime | None]:
@@ -59,11 +96,22 @@ def _local(args: argparse.Namespace, cfg: Any) -> tuple[Any, datetime | None, da
 
 def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> Any:
     """`ask(registry)` on the existing registry (a look never creates one); on a registry
-    error, one line `mailrouter WHAT: …` on stderr and exit 2."""
+    error, one line on stderr, `mailrouter WHAT: FILE-OR-URL: the error; the fix`, and exit 2
+    ("registry open failed (DatabaseError: file is not a database)" named no file)."""
     from ..registry import Registry
+    from ..registry.store import registry_advice, registry_location, sqlite_missing
+
+    url = cfg.registry.url
+    where = registry_location(url)
+    named = f"registry.url in {cfg.path}" if cfg.path else "registry.url of the config (-c FILE)"
+    if sqlite_missing(url):
+        print(f"mailrouter {what}: no registry at {where}" + (f" ({named})" if cfg.path else "")
+              + "; start the daemon first (it creates it), or give -c with the daemon's config",
+              file=sys.stderr)
+        raise SystemExit(2)
 
     async def go() -> Any:
-        reg = await Registry.open(cfg.registry.url, create=False)
+        reg = await Registry.open(url, create=False)
         try:
             return await ask(reg)
         finally:
@@ -71,8 +119,11 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
     try:
         return asyncio.run(go())
     except RegistryError as exc:
-        print(f"mailrouter {what}: {exc}", file=sys.stderr)
+        advice = registry_advice(exc)
+        print(f"mailrouter {what}: {where}: {exc}; " + (f"{advice}; " if advice else "")
+              + f"check {named}", file=sys.stderr)
         raise SystemExit(2) from None
+
 
 
 def _run(args: argparse.Namespace, what: str, fn: Callable[[Connection], Any],
@@ -314,20 +365,20 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                    "2027-01-11T10:00+03:00)")
     s.add_argument("--until", type=_when, metavar="DATE", help="received before")
     s.add_argument("--status", choices=STATUSES, help="status of the message's request")
-    s.add_argument("-n", type=int, default=50, metavar="N", help="at most N (0: all; default 50)")
+    s.add_argument("-n", type=count, default=50, metavar="N", help="at most N (0: all; default 50)")
     _formats(s, config=True)
     h = rsub.add_parser("history", help="everything with one address or domain",
                         description="every request and message with one counterparty")
     h.set_defaults(func=cmd_history, **loaders)
-    h.add_argument("who", metavar="ADDRESS|DOMAIN",
+    h.add_argument("who", type=_who, metavar="ADDRESS|DOMAIN",
                    help="a sender or recipient address, or a domain for all of its addresses")
-    h.add_argument("-n", type=int, default=0, metavar="N", help="at most N messages (0: all)")
+    h.add_argument("-n", type=count, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
     req = add("request", cmd_request, "show one request, close it, or mark it waiting "
               "for the customer")
     req.add_argument("action", choices=["show", "close", "wait"],
                      help="show: messages, owner changes, replies, reminders; close: close it; "
                      "wait: mark it waiting for the customer (their reply reopens it)")
-    req.add_argument("number", type=int, metavar="N", help="the request number ([#N] in subjects)")
+    req.add_argument("number", type=_number, metavar="N", help="the request number ([#N] in subjects)")
     _formats(req)
     req.set_defaults(**loaders)

@@ -70,7 +70,7 @@ from mailrouter.registry.models import (
     OutboxRecord, autoreply_log, autoreply_log_insert, outbox, outbox_insert,
 )
 
-__all__ = ["Registry", "upgrade"]
+__all__ = ["Registry", "registry_advice", "registry_location", "upgrade"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,6 +106,38 @@ async def _prepare(url: URL) -> None:
         if not url.database.startswith("file:"):
             parent = Path(url.database).expanduser().parent  # noqa: ASYNC240 (no I/O)
             await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
+
+
+def registry_location(url: str | URL) -> str:
+    """The registry as an admin finds it in messages: a SQLite file's path, else the URL
+    without its password ("sqlite+aiosqlite:////var/lib/..." hid the path in a URL)."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except Exception:          # not a URL at all: config.py refuses it; say it as given
+        return str(url).rpartition("@")[2]
+    db = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite":
+        return db if db not in ("", ":memory:") else str(url)
+    return parsed._replace(password=None).render_as_string(hide_password=False)
+
+
+def registry_advice(exc: BaseException) -> str:
+    """What to do about a RegistryError, from the driver's error under it ('' when there is
+    nothing to say beyond checking registry.url)."""
+    inner = exc.__cause__ or exc.__context__ or exc    # `raise ... from None` keeps the context
+    inner = getattr(inner, "orig", None) or inner
+    text = str(inner)
+    if "file is not a database" in text:
+        return "the file is not a SQLite database"
+    if "no such table" in text or "no such column" in text or type(inner).__name__ in (
+            "UndefinedTableError", "UndefinedColumnError"):
+        return ("its schema is missing or not this version's: run `mailrouter db upgrade` "
+                "with the daemon's config")
+    if "unable to open database file" in text:
+        return "it cannot be opened (a folder, or no permission to read it)"
+    if isinstance(inner, OSError):       # refused, no such host, timed out: PostgreSQL
+        return "the database server cannot be reached (not running, or a wrong host or port)"
+    return ""
 
 
 def sqlite_missing(url: str | URL) -> bool:
@@ -403,7 +435,9 @@ class Registry:
         parsed = _url(url)
         if not create and sqlite_missing(parsed):
             # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
-            raise RegistryError(f"no registry at {url}; start the daemon first or give -c")
+            raise RegistryError(f"no registry at {registry_location(parsed)}; start the daemon "
+                                "(it creates it) or `mailrouter db upgrade` first, or give -c "
+                                "with the daemon's config")
         try:
             if create:
                 await _prepare(parsed)

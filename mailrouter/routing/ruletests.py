@@ -20,10 +20,18 @@ matched, or null for none). The runner calls the daemon's own decide function,
 so a test exercises exactly what the daemon would do. It never raises: a case
 that cannot run (missing file, unknown key) is a failure line too. One line per
 failing case and recipient: "file:line: test NAME: folder expected 'X', got 'Y'".
+
+`check_rule_tests`, given the snapshot's names (`Names.of`), also warns about an
+`expect:` no decision can give: a mailbox the address book does not define, an owner
+that is no person or team, a rule no file defines, a folder that no rule sets and
+the case's recipients' aliases do not give, a priority or action outside their sets.
+Such a case can only fail `mailrouter test`; `check` says so with the did-you-mean.
 """
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -33,9 +41,10 @@ from typing import Any, Callable, Mapping, Sequence
 from ..values import Decision
 from ..yamlsrc import where
 from .conditions import did_you_mean
+from .rules import ACTIONS, PRIORITIES, Rule
 from .snapshot import envelope_sender
 
-__all__ = ["run_rule_tests", "TEST_KEYS", "EXPECT_KEYS"]
+__all__ = ["check_rule_tests", "run_rule_tests", "Names", "TEST_KEYS", "EXPECT_KEYS"]
 
 TEST_KEYS = ("name", "message", "headers", "body", "mail_from", "rcpt", "at", "expect")
 EXPECT_KEYS = ("mailbox", "folder", "owner", "tags", "priority", "action", "sla", "rule")
@@ -162,22 +171,97 @@ def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tupl
     elif not line and (marks := getattr(tests, "item_marks", None)):
         line = marks[i][0]
     base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
+    return f"{path or base_dir}:{line}: {_label(case, i)}", base
+
+
+def _label(case: Any, i: int) -> str:
     name = str(case.get("name") or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"
-    return f"{path or base_dir}:{line}: test {name}: ", base
+    return f"test {name}: "
 
 
-def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".") -> list[str]:
-    """One line per test case that could not run (its shape, not its outcome): for check."""
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What an `expect:` may name: the snapshot's mailboxes, owners, rules and the folders
+    its rules set; `folders_of` gives those an address's aliases give (None: unknown)."""
+    mailboxes: frozenset[str]
+    owners: frozenset[str]
+    rules: frozenset[str]
+    folders: frozenset[str]
+    folders_of: Callable[[str], "frozenset[str] | None"]
+
+    @classmethod
+    def of(cls, book: Any, rules: Sequence[Rule]) -> "Names":
+        def folders_of(rcpt: str) -> frozenset[str] | None:
+            res = book.resolve(rcpt)
+            if res.reply is not None:
+                return frozenset()
+            found = {t.folder for t in res.targets if t.folder is not None}
+            while res.moved is not None and res.moved.deliver:   # routed as mail to `now`
+                res = book.resolve(res.moved.now)
+                if res.reply is not None or res.address == rcpt:
+                    break
+                found |= {t.folder for t in res.targets if t.folder is not None}
+            return frozenset(found)
+        return cls(frozenset(book.mailboxes), frozenset(book.people) | frozenset(book.teams),
+                   frozenset(r.name for r in rules),
+                   frozenset(r.then.folder for r in rules if r.then.folder is not None),
+                   folders_of)
+
+
+_NAMED = {"mailbox": ("mailboxes", "is no mailbox of the address book"),
+          "owner": ("owners", "is no person (people:) or team (teams:) of the address book"),
+          "rule": ("rules", "is no rule of the routing files")}
+
+
+def _unknown_names(expect: Mapping[str, Any], rcpts: list[str],
+                   names: Names) -> list[tuple[Any, str]]:
+    """(value, text) per name in `expect` that no decision can give, with the closest known."""
+    out = []
+    for key, want in expect.items():
+        if want is None or isinstance(want, (list, Mapping)):
+            continue
+        text = str(want)
+        if key in _NAMED:
+            field, why = _NAMED[str(key)]
+            known: Any = getattr(names, field)
+        elif key == "folder":
+            known = set(names.folders)
+            for rcpt in rcpts:
+                known |= names.folders_of(rcpt) or set()
+            why = "is set by no rule and by no alias of " + ", ".join(rcpts)
+        elif key in ("priority", "action"):
+            known = PRIORITIES if key == "priority" else ACTIONS
+            why = f"is not a {key} ({', '.join(known)})"
+        else:
+            continue
+        if text in known:
+            continue
+        near = difflib.get_close_matches(text, sorted(known), n=1)
+        out.append((want, f"expect {key} {text!r} {why}, so the test can only fail"
+                   + (f"; did you mean '{near[0]}'?" if near else
+                      f"; known: {', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}"
+                      if known else "")))
+    return out
+
+
+def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".",
+                     names: Names | None = None) -> list[str]:
+    """One line per test case that could not run (its shape, not its outcome), and, with
+    `names`, per expected name no decision can give: for check."""
     problems: list[str] = []
     for i, case in enumerate(tests or ()):
         head, base = _head(tests, i, case, base_dir)
         try:
-            _validate(case)
+            expect, rcpts = _validate(case)
             _at(case.get("at"))      # `test` would fail it: `check` says so first
             if case.get("message") is not None:
                 _raw(case, base)     # a missing .eml: `check` says so, not only `test`
         except _CaseError as exc:
             problems.append(head + str(exc))
+            continue
+        for value, text in _unknown_names(expect, rcpts, names) if names is not None else ():
+            path, line, _ = where(value)      # the expect line, when the case spans several
+            problems.append((f"{path}:{line}: {_label(case, i)}" if line else head) + text)
     return problems
 
 
