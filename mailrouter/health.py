@@ -179,9 +179,13 @@ def unwritable(cfg: Config, create: bool, others: list[str] | None = None) -> li
         if why:
             where = f" in {cfg.path}" if cfg.path else ""
             unit = UNIT_FIX.get(key, "under /var/lib/mailrouter")
-            line = (f"{key} {directory} is not writable ({why}): make it writable by the "
-                    f"user mailrouter runs as, or set {key}{where} to a directory that is "
-                    f"(with deploy/mailrouter.service: {unit})")
+            if "No space left" in why or "Disk quota" in why:
+                line = (f"{key} {directory} is full ({why}{_free(Path(directory))}): free space "
+                        f"on its file system, or set {key}{where} to a directory on another")
+            else:
+                line = (f"{key} {directory} is not writable ({why}): make it writable by the "
+                        f"user mailrouter runs as, or set {key}{where} to a directory that is "
+                        f"(with deploy/mailrouter.service: {unit})")
             (out if anyone or others is None else others).append(line)
     return out
 

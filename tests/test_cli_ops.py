@@ -437,3 +437,22 @@ def test_a_listener_on_a_name_that_does_not_resolve_says_so(tmp_path: Path) -> N
             and "; the name mx.nowhere.invalid does not resolve here: use one of this host's "
                 "addresses (ip -br addr) or change listen.smtp in the config" in failed[0]
             and "may hold it" not in failed[0]), failed[0]
+
+
+def test_a_full_maildir_disk_at_start_says_full_not_unwritable(tmp_path: Path) -> None:
+    """A Maildir file system with no space left: `run` refuses to start (exit 2), as it
+    does for one it cannot write. It said "is not writable (No space left on device): make
+    it writable by the user mailrouter runs as", the wrong fix; it now says the file system
+    is full, how much is free, and to free space there."""
+    from tests.support.tmpfs import tmpfs_on
+    from tests.test_faults import fill
+    with tmpfs_on(tmp_path / "store", "256k") as store:
+        fill(store / "filler")
+        cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(), "workers: 1\n")
+        cfg.write_text(cfg.read_text().replace(f"maildir_root: '{tmp_path / 'var' / 'mail'}'",
+                                               f"maildir_root: '{store / 'mail'}'"))
+        run = mr("run", "-c", str(cfg))
+    assert run.returncode == 2, run.stderr
+    assert f"delivery.maildir_root {store / 'mail'} is full (No space left on device, 0.0 GiB free): " \
+           f"free space on its file system, or set delivery.maildir_root in {cfg}" in run.stderr, run.stderr
+    assert "make it writable" not in run.stderr and "Traceback" not in run.stderr

@@ -85,8 +85,9 @@ class Company:
         cals = self.app.snapshot().rules.calendars
         return await self.app.registry.read("t", lambda conn: board(conn, when, cals))
 
-    async def show(self) -> dict:
-        """`mailrouter request show 1 --json`, the command line's own output."""
+    async def show(self, text: bool = False) -> dict:
+        """`mailrouter request show 1 --json`, the command line's own output (`text`: its
+        text output, as {"text": ...})."""
         from mailrouter.cli import main
         cfg = self.tmp_path / "config.yaml"
         cfg.write_text(f"registry: {{url: '{self.url}'}}\n"
@@ -95,9 +96,9 @@ class Company:
 
         def go() -> int:
             with redirect_stdout(out), redirect_stderr(io.StringIO()):
-                return main(["request", "show", "1", "--json", "-c", str(cfg)])
+                return main(["request", "show", "1", *([] if text else ["--json"]), "-c", str(cfg)])
         assert await asyncio.to_thread(go) == 0
-        return json.loads(out.getvalue())
+        return {"text": out.getvalue()} if text else json.loads(out.getvalue())
 
 
 async def test_the_customers_new_mail_starts_a_new_response_clock(make_app, tmp_path,
@@ -131,6 +132,8 @@ async def test_the_customers_new_mail_starts_a_new_response_clock(make_app, tmp_
         "open", 2, msk(12, 10).isoformat())
     assert shown["events"][-1]["detail"] == (
         "answered -> open: the customer wrote; answer due 2027-01-12T10:00:00+03:00")
+    assert "  the customer wrote again: answer 2 due 2027-01-12 10:00:00+03:00\n" in (
+        await co.show(text=True))["text"]
 
     assert await co.tick(msk(12, 10)) == [("remind", "ivanov")]
     assert await co.tick(msk(12, 11, 59)) == []

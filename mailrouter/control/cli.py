@@ -319,6 +319,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         print(f"  opened {company_time(doc['opened_at'], zone, 'seconds')}, first response due "
               f"{company_time(due, zone, 'seconds') if due else '- (no SLA)'}, "
               f"answered {company_time(doc['first_response_at'], zone, 'seconds')}")
+        if doc.get("response_round", 1) > 1 and doc["status"] == "open" and doc.get("response_due"):
+            print(f"  the customer wrote again: answer {doc['response_round']} due "
+                  f"{company_time(doc['response_due'], zone, 'seconds')}")
         for r in timeline:
             print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
                   f"{printable(r['detail'])}")
