@@ -13,6 +13,7 @@ import asyncio
 import os
 import smtplib
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -268,7 +269,11 @@ def test_reload_says_when_postfix_tables_were_not_rebuilt(daemon_process, tmp_pa
     went on while Postfix refused the book's new addresses."""
     proc = daemon_process(extra="workers: 1\npostfix_maps: {dir: maps, on_reload: true}\n")
     maps = tmp_path / "maps"
-    assert (maps / "relay_recipients").exists()          # written at start
+    for _ in range(300):              # written at start, just after the listeners open
+        if "event=postfix_maps dir=" in proc.log.read_text():
+            break
+        time.sleep(0.1)
+    assert (maps / "relay_recipients").exists()
     for f in maps.iterdir():
         f.unlink()
     maps.rmdir()
