@@ -141,8 +141,9 @@ def registry_advice(exc: BaseException) -> str:
 
 
 def sqlite_missing(url: str | URL) -> bool:
-    """A SQLite registry file that does not exist (opening it would create an empty one)."""
-    parsed = _url(url) if isinstance(url, str) else url
+    """A SQLite registry file that does not exist (opening it would create an empty one).
+    The URL is only parsed: a PostgreSQL one without asyncpg is refused where it is opened."""
+    parsed = make_url(url) if isinstance(url, str) else url
     db = parsed.database or ""
     return (parsed.get_backend_name() == "sqlite" and db not in ("", ":memory:")
             and not db.startswith("file:") and not Path(db).expanduser().exists())
