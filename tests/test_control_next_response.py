@@ -85,6 +85,21 @@ class Company:
         cals = self.app.snapshot().rules.calendars
         return await self.app.registry.read("t", lambda conn: board(conn, when, cals))
 
+    async def cli(self, *argv: str) -> tuple[int, str, str]:
+        """`mailrouter ARGV -c config.yaml` against this company's registry and rules:
+        (exit code, stdout, stderr)."""
+        from mailrouter.cli import main
+        cfg = self.tmp_path / "config.yaml"
+        cfg.write_text(f"registry: {{url: '{self.url}'}}\n"
+                       f"routing: ['{self.tmp_path}/rules/*.yaml']\n", encoding="utf-8")
+        out, err = io.StringIO(), io.StringIO()
+
+        def go() -> int:
+            with redirect_stdout(out), redirect_stderr(err):
+                return main([*argv, "-c", str(cfg)])
+        code = await asyncio.to_thread(go)
+        return code, out.getvalue(), err.getvalue()
+
     async def show(self, text: bool = False) -> dict:
         """`mailrouter request show 1 --json`, the command line's own output (`text`: its
         text output, as {"text": ...})."""
@@ -190,6 +205,10 @@ async def test_a_waiting_or_quiet_closed_request_and_a_reopen_by_hand_owe_an_ans
         conn, 1, "smirnov", msk(18, 14, 30), "web view", cals))
     r = await co.request()
     assert (r["status"], r["response_round"], r["response_due"]) == ("open", 4, msk(19, 9, 30))
+    assert await co.cli("request", "reopen", "1") == (
+        1, "", "mailrouter request reopen: request #1 not changed: request #1 is not closed (it is open)\n")
+    assert await co.cli("request", "reopen", "7") == (
+        1, "", "mailrouter request reopen: request #7 not changed: no request #7\n")
     assert [x["id"] for x in (await co.board(msk(18, 15)))["requests"]] == [1]
     assert await co.tick(msk(18, 18)) == []
     assert await co.tick(msk(19, 9, 30)) == [("remind", "ivanov")]
@@ -197,6 +216,12 @@ async def test_a_waiting_or_quiet_closed_request_and_a_reopen_by_hand_owe_an_ans
         (a.round, a.stage) for a in conn.execute(select(request_alerts).order_by(
             request_alerts.c.id))])
     assert rounds == [(2, "remind"), (3, "remind"), (4, "remind")]
+    assert (await co.cli("request", "close", "1"))[:2] == (0, "request #1 closed\n")
+    assert await co.cli("request", "reopen", "1") == (0, "request #1 open\n", "")
+    r = await co.request()
+    assert (r["status"], r["response_round"]) == ("open", 5) and r["response_due"] is not None
+    assert (await co.show())["events"][-1]["detail"].startswith(
+        "closed -> open: reopened by cli (mailrouter request reopen); answer due ")
 
 
 async def test_migration_0010_gives_open_requests_their_due_and_term(make_app, tmp_path):

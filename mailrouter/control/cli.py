@@ -1,11 +1,13 @@
-"""Commands of execution control: report, registry search/history, request show/close/wait.
+"""Commands of execution control: report, registry search/history, request show/close/wait/reopen.
 
 `mailrouter report [--since D] [--until D]`, `mailrouter registry search [filters]`,
 `mailrouter registry history ADDRESS|DOMAIN`, `mailrouter request show N`, `mailrouter
-request close N`, `mailrouter request wait N` (waiting for the customer). Each read
+request close N`, `mailrouter request wait N` (waiting for the customer), `mailrouter request
+reopen N` (a closed one: open, an answer due from now, as the web view's reopen). Each read
 command prints text, or with `--json` one JSON document, or with `--csv` rows with a
 header line. Exit codes: 0 done, 1 no such request or one the change does not apply to
-(close: already closed; wait: closed or already waiting), 2 the configuration or the
+(close: already closed; wait: closed or already waiting; reopen: not closed), 2 the
+configuration or the
 registry could not be read.
 
 A date or time without an offset (`--since 2027-01-11`) is the company's
@@ -295,10 +297,37 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
     return 0
 
 
+def _reopen(args: argparse.Namespace) -> int:
+    """`request reopen N`: a closed request back to `open`, owing the customer an answer
+    due its SLA term from now on its calendar, as the web view's reopen (actions.reopen)."""
+    from .actions import reopen
+    cfg = args.load_config(args.config)
+    calendars = args.load_snapshot(cfg).rules.calendars
+
+    def change(conn: Connection) -> str | None:
+        if not 0 < args.number <= MAX_NUMBER:   # PostgreSQL would fail the query
+            return "no such request"
+        try:
+            reopen(conn, args.number, "cli", datetime.now(timezone.utc), "mailrouter request reopen",
+                   calendars)
+        except (LookupError, ValueError) as exc:
+            return str(exc.args[0]) if exc.args else "no such request"
+        return None
+    refused = _run(args, "request reopen", change, write=True, cfg=cfg)
+    if refused is not None:
+        print(f"mailrouter request reopen: request #{args.number} not changed: {refused}",
+              file=sys.stderr)
+        return 1
+    print(f"request #{args.number} open")
+    return 0
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     from .queries import show_request
     if args.action in ("close", "wait"):
         return _set_status(args, "closed" if args.action == "close" else "waiting")
+    if args.action == "reopen":
+        return _reopen(args)
     cfg = args.load_config(args.config)
     zone = company_zone(args.load_snapshot(cfg).rules.calendars)
     doc = _run(args, "request show", lambda conn: show_request(conn, args.number), cfg=cfg)
@@ -377,11 +406,12 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                    help="a sender or recipient address, or a domain for all of its addresses")
     h.add_argument("-n", type=count, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
-    req = add("request", cmd_request, "show one request, close it, or mark it waiting "
-              "for the customer")
-    req.add_argument("action", choices=["show", "close", "wait"],
+    req = add("request", cmd_request, "show one request, close it, mark it waiting "
+              "for the customer, or reopen it")
+    req.add_argument("action", choices=["show", "close", "wait", "reopen"],
                      help="show: messages, owner changes, replies, reminders; close: close it; "
-                     "wait: mark it waiting for the customer (their reply reopens it)")
+                     "wait: mark it waiting for the customer (their reply reopens it); "
+                     "reopen: a closed request, an answer due its SLA term from now")
     req.add_argument("number", type=_number, metavar="N", help="the request number ([#N] in subjects)")
     _formats(req)
     req.set_defaults(**loaders)
