@@ -263,7 +263,8 @@ async def test_sqlite_locked_raises_then_recovers(tmp_path: Path,
     without a traceback (an outage, not a bug); then writes work again."""
     caplog.set_level(logging.WARNING, logger="mailrouter.registry.store")
     path = tmp_path / "registry.db"
-    reg = await Registry.open(f"sqlite:///{path}", timeout=1.0)
+    await (await Registry.open(f"sqlite:///{path}")).close()   # the schema first: a loaded
+    reg = await Registry.open(f"sqlite:///{path}", timeout=1.0)  # machine took over 1 s for it
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")
