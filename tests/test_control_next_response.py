@@ -103,17 +103,9 @@ class Company:
     async def show(self, text: bool = False) -> dict:
         """`mailrouter request show 1 --json`, the command line's own output (`text`: its
         text output, as {"text": ...})."""
-        from mailrouter.cli import main
-        cfg = self.tmp_path / "config.yaml"
-        cfg.write_text(f"registry: {{url: '{self.url}'}}\n"
-                       f"routing: ['{self.tmp_path}/rules/*.yaml']\n", encoding="utf-8")
-        out = io.StringIO()
-
-        def go() -> int:
-            with redirect_stdout(out), redirect_stderr(io.StringIO()):
-                return main(["request", "show", "1", *([] if text else ["--json"]), "-c", str(cfg)])
-        assert await asyncio.to_thread(go) == 0
-        return {"text": out.getvalue()} if text else json.loads(out.getvalue())
+        code, out, err = await self.cli("request", "show", "1", *([] if text else ["--json"]))
+        assert code == 0, err
+        return {"text": out} if text else json.loads(out)
 
 
 async def test_the_customers_new_mail_starts_a_new_response_clock(make_app, tmp_path,
