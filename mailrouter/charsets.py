@@ -645,9 +645,14 @@ _EIGHT_BIT_FORMS = {"iso2022_jp": ("euc_jp", "cp932"), "iso2022_jp_1": ("euc_jp"
 
 # Labels that mailers put on text in a superset of the charset they name: Outlook and Foxmail
 # label GBK text gb2312 (mail readers, and the WHATWG Encoding Standard, read gb2312 as GBK;
-# Python's strict gb2312 codec gave replacement characters for "拢" and the like). The check
-# for UTF-8 under the label (_mislabelled) is made with the label's own codec first.
-_SUPERSETS = {"gb2312": "gbk", "euc_kr": "cp949", "shift_jis": "cp932", "iso2022_jp": "cp50220"}
+# Python's strict gb2312 codec gave replacement characters for "拢" and the like). GBK reads
+# as GB18030 (WHATWG's gbk decoder is its gb18030 decoder; Python's gb18030 reads every pair
+# its gbk reads the same): Chinese mailers send GB18030 under a gbk or gb2312 label, and its
+# four-byte letters (Uyghur, Tibetan, rare hanzi such as "𠀀") and "€" (A2E3) were replacement
+# characters. The check for UTF-8 under the label (_mislabelled) is made with the label's own
+# codec first.
+_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932",
+              "iso2022_jp": "cp50220"}
 
 
 # ISO-2022-JP as mail readers read it (the WHATWG decoder; Microsoft's CP50220): Windows

@@ -312,8 +312,22 @@ def test_gb2312_label_on_gbk_text_is_read_as_gbk() -> None:
     raw = (f"Subject: =?gb2312?B?{word}?=\r\nContent-Type: text/plain; charset=gb2312\r\n"
            f"\r\n").encode() + name.encode("gbk") + b"\r\n"
     v = MessageView(raw)
-    assert (v.subject, v.body_text, v.body_charset) == (name, name + "\n", "gbk")
+    assert (v.subject, v.body_text, v.body_charset) == (name, name + "\n", "gb18030")
     assert v.defects == [] and v.charset_notes == []
+
+
+@pytest.mark.parametrize("label", ["gb2312", "gbk", "GBK"])
+def test_gb2312_and_gbk_labels_on_gb18030_text_read_as_gb18030(label: str) -> None:
+    """Chinese mailers send GB18030 under a gbk or gb2312 label (mail readers decode both
+    labels as GB18030): its four-byte letters (a rare hanzi, Uyghur) and the euro sign were
+    replacement characters and a defect, in an encoded word and in the body."""
+    text = "发票 𠀀 ئۇيغۇر 100€"
+    word = base64.b64encode(text.encode("gb18030")).decode()
+    raw = (f"Subject: =?{label}?B?{word}?=\r\nContent-Type: text/plain; charset={label}\r\n"
+           f"\r\n").encode() + text.encode("gb18030") + b"\r\n"
+    v = MessageView(raw)
+    assert (v.subject, v.body_text) == (text, text + "\n")
+    assert v.defects == []
 
 
 def test_iso_8859_1_label_on_windows_1252_text_is_read_as_windows_1252() -> None:
