@@ -38,8 +38,13 @@ __all__ = [
     "REPLY_TOO_MANY_RESETS", "REPLY_MALFORMED_PATH", "REPLY_RCPT_SYNTAX", "REPLY_TOO_MANY_RCPTS",
     "REPLY_TOO_MANY_SESSIONS", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
     "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
-    "maildir_problem",
+    "maildir_problem", "REQUEST_STATUSES", "OPEN_REQUEST_STATUSES",
 ]
+
+# A request's statuses (execution control): here, not beside the table that stores them, so
+# the command line names them in its --help without importing SQLAlchemy.
+REQUEST_STATUSES = ("open", "answered", "waiting", "closed")
+OPEN_REQUEST_STATUSES = ("open", "answered", "waiting")      # not closed: counts for fewest-open
 
 
 @dataclass(frozen=True, slots=True)

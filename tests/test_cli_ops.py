@@ -327,9 +327,13 @@ def test_ctrl_c_at_the_password_prompt_is_one_line(tmp_path: Path) -> None:
     traceback through getpass; no password is set."""
     cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
     assert mr("db", "upgrade", "-c", str(cfg)).returncode == 0
+    # SIGINT back to its default in the child: a suite started in the background by a
+    # non-interactive shell inherits it ignored, and the child then waited at its prompt
+    # until the test's timeout
     proc = subprocess.Popen([*CLI, "web", "passwd", "petrova", "-c", str(cfg)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None and proc.stderr is not None
     prompt = b""
     while b"new password: " not in prompt:          # getpass without a tty: on stderr

@@ -124,3 +124,35 @@ async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):
                            "  opened 2027-01-11 12:00:00+03:00, first response due - (no SLA), "
                            "answered -\n")
     assert "None" not in report + history
+
+
+async def test_search_and_history_with_nothing_found_say_so_on_stderr(tmp_path):
+    """`registry history X` and `registry search` that found nothing printed nothing at all,
+    exit 0, as if the command had not run: the text output says so on stderr; stdout stays
+    empty, and --json still prints the empty document."""
+    import asyncio
+    import io
+    import json
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from tests.control_support import write_routing
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    await (await Registry.open(url)).close()
+    write_routing(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([*argv, "-c", str(cfg)])
+        return code, out.getvalue(), err.getvalue()
+    assert await asyncio.to_thread(cli, "registry", "history", "nobody@x.example") == (
+        0, "", "mailrouter registry history: no request or message from 'nobody@x.example'\n")
+    assert await asyncio.to_thread(cli, "registry", "search", "--from", "nobody@x.example") == (
+        0, "", "mailrouter registry search: no message matches\n")
+    code, out, err = await asyncio.to_thread(cli, "registry", "history", "nobody@x.example",
+                                             "--json")
+    assert (code, err) == (0, "") and json.loads(out)["requests"] == []

@@ -547,3 +547,18 @@ async def test_sqlite_registry_opens_and_records_when_the_compiled_statements_ca
         assert await reg.delivered_targets("a" * 64) == {"maildir:finance/.Finance"}
     finally:
         await reg.close()
+
+
+async def test_a_registry_at_an_unknown_revision_is_refused_as_a_registry_error(
+        tmp_path: Path) -> None:
+    """A registry written by a newer mailrouter (its alembic revision unknown here) is a
+    RegistryError naming the revision, not a traceback; alembic's CommandError is known as
+    an outage though alembic is now imported by the upgrade alone."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    await (await Registry.open(url)).close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "r.db")) as db, db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(RegistryError) as info:
+        await Registry.open(url)
+    assert type(info.value) is RegistryError
+    assert "CommandError: Can't locate revision identified by '9999'" in str(info.value)

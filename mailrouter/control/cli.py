@@ -31,15 +31,19 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any
-
-from sqlalchemy import Connection, select, update
+from typing import TYPE_CHECKING, Any
 
 from ..calendars import company_time, company_zone
 from ..errors import RegistryError
-from .store import add_event
-from .tables import STATUSES, requests
+from ..values import REQUEST_STATUSES
 from .threads import MAX_NUMBER
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+# SQLAlchemy (and the registry's tables) are imported by the commands that read the registry:
+# every `mailrouter` command builds this module's parsers, and `mailrouter --help`,
+# `explain` or `address` took a second more to start importing them.
 
 __all__ = ["add_commands", "ask_registry", "count", "printable", "spreadsheet_cell"]
 
@@ -249,8 +253,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         until=until, tag=args.tag, owner=args.owner, status=args.status,
         limit=args.n or None), cfg=cfg)
     zone = company_zone(snap.rules.calendars)
-    _emit(args, found, _copy_rows(found), lambda: _print_messages(found, zone))
+
+    def text() -> None:
+        _print_messages(found, zone)
+        _none_found(found, "registry search: no message matches")
+    _emit(args, found, _copy_rows(found), text)
     return 0
+
+
+def _none_found(found: Any, what: str) -> None:
+    """In text output, an empty answer says so on stderr (stdout stays empty for scripts),
+    where it printed nothing at all and looked like a command that did not run."""
+    if not found:
+        print(f"mailrouter {what}", file=sys.stderr)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -265,12 +280,18 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(f"#{r['id']} {company_time(r['opened_at'], zone)} {r['status']:8} owner={_or(r['owner'])}  "
                   f"{r['subject']!r}")
         _print_messages(doc["messages"], zone)
+        _none_found(doc["requests"] or doc["messages"],
+                    f"registry history: no request or message from {printable(args.who)!r}")
     _emit(args, doc, _copy_rows(doc["messages"]), text)
     return 0
 
 
 def _set_status(args: argparse.Namespace, status: str) -> int:
     """`request close N` (any status but closed) or `request wait N` (open or answered)."""
+    from sqlalchemy import select, update
+
+    from .store import add_event
+    from .tables import requests
     allowed = ("open", "answered", "waiting") if status == "closed" else ("open", "answered")
 
     def change(conn: Connection) -> str | None:
@@ -396,7 +417,7 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     s.add_argument("--since", type=_when, metavar="DATE", help="received from (2027-01-11 or "
                    "2027-01-11T10:00+03:00)")
     s.add_argument("--until", type=_when, metavar="DATE", help="received before")
-    s.add_argument("--status", choices=STATUSES, help="status of the message's request")
+    s.add_argument("--status", choices=REQUEST_STATUSES, help="status of the message's request")
     s.add_argument("-n", type=count, default=50, metavar="N", help="at most N (0: all; default 50)")
     _formats(s, config=True)
     h = rsub.add_parser("history", help="everything with one address or domain",

@@ -39,6 +39,7 @@ import importlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,9 +48,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select
@@ -312,21 +310,28 @@ def _describe(exc: BaseException) -> str:
 
 
 # What counts as "the registry is unavailable": the OS, the database and its drivers,
-# the pool, time. Alembic's CommandError is the database at a revision we do not know.
+# the pool, time; alembic's CommandError (known by its module, below) is the database at a
+# revision we do not know.
 _OUTAGES: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, DBAPIError, PoolTimeoutError, DisconnectionError, sqlite3.Error,
-    CommandError)
+    OSError, TimeoutError, DBAPIError, PoolTimeoutError, DisconnectionError, sqlite3.Error)
 
 
 def _is_outage(exc: BaseException) -> bool:
     """True for a database or I/O failure; False for a bug of ours (TypeError, KeyError...).
-    asyncpg's own errors (raised unwrapped while connecting) are known by their module,
-    so SQLite-only installs do not import asyncpg here."""
+    asyncpg's own errors (raised unwrapped while connecting) and alembic's CommandError are
+    known by their module: SQLite-only installs do not import asyncpg here, and alembic is
+    imported by the upgrade alone (it took a third of a second of every command's start)."""
     for e in (exc, getattr(exc, "orig", None)):
-        if isinstance(e, _OUTAGES) or (
-                e is not None and type(e).__module__.startswith("asyncpg.")):
+        if isinstance(e, _OUTAGES) or (e is not None and (
+                type(e).__module__.startswith("asyncpg.") or _alembic_error(e))):
             return True
     return False
+
+
+def _alembic_error(exc: BaseException) -> bool:
+    """Alembic's CommandError, when alembic was imported (only an upgrade raises it)."""
+    util = sys.modules.get("alembic.util")
+    return util is not None and isinstance(exc, util.CommandError)
 
 
 def _metrics() -> Any:
@@ -1083,6 +1088,8 @@ async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
 
 def _alembic_upgrade(connection: Connection, revision: str = "head") -> None:
     """Alembic's upgrade on `connection` (tests stop at an older `revision`)."""
+    from alembic import command
+    from alembic.config import Config
     config = Config()
     config.set_main_option("script_location", os.fspath(MIGRATIONS))
     config.set_main_option("path_separator", "os")
