@@ -655,7 +655,7 @@ def book_sections(draw: Any) -> str:
     return "".join(out)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(book_sections(), st.sampled_from(["aliases:", "aliases:  # big", "people:"]),
        st.sampled_from(["", "rules:\n  - {name: r}\n", "zz: 1\n"]))
 def test_generated_book_sections_by_the_expression(body: str, head: str, tail: str) -> None:
