@@ -11,6 +11,7 @@ from tests.support.daemon import RULES
 from tests.test_cli import mr
 
 NUMBER = "is not a request number (the N of [#N] in a subject: 1 or more)"
+EMPTY = "an empty value filters nothing; give a value or leave the option out"
 WHO = "is not an address or a domain (e.g. client@outside.test or outside.test)"
 
 
@@ -22,6 +23,9 @@ WHO = "is not an address or a domain (e.g. client@outside.test or outside.test)"
     (["registry", "history", "outside.test", "-n", "-2"],
      "argument -n: '-2' is not a count (0 or more; 0: all)"),
     (["registry", "search", "-n", "-3"], "argument -n: '-3' is not a count (0 or more; 0: all)"),
+    # listed every message, as if no filter had been given
+    (["registry", "search", "--from", ""], f"argument --from: {EMPTY}"),
+    (["registry", "search", "--subject", "  "], f"argument --subject: {EMPTY}"),
     # said "no request #-5" (exit 1), as if there might have been one
     (["request", "show", "-5"], f"argument N: '-5' {NUMBER}"),
     (["request", "close", "-1"], f"argument N: '-1' {NUMBER}"),

@@ -91,6 +91,15 @@ def _who(text: str) -> str:
     return text
 
 
+def _filter(text: str) -> str:
+    """A search filter's value: `registry search --from ''` listed every message, as if no
+    filter had been given; an empty or blank value is a usage error."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value filters nothing; give a value or "
+                                         "leave the option out")
+    return text
+
+
 def _local(args: argparse.Namespace, cfg: Any) -> tuple[Any, datetime | None, datetime | None]:
     """(the snapshot, --since, --until), naive ones taken in the company's zone."""
     snap = args.load_snapshot(cfg)
@@ -413,7 +422,7 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     for flag, dest, what in (("--from", "sender", "sender address"), ("--rcpt", "rcpt", "recipient"),
                              ("--subject", "subject", "words in the subject (ё = е, any case)"),
                              ("--tag", "tag", "tag"), ("--owner", "owner", "owner (person or team)")):
-        s.add_argument(flag, dest=dest, help=what)
+        s.add_argument(flag, dest=dest, type=_filter, help=what)
     s.add_argument("--since", type=_when, metavar="DATE", help="received from (2027-01-11 or "
                    "2027-01-11T10:00+03:00)")
     s.add_argument("--until", type=_when, metavar="DATE", help="received before")
