@@ -367,8 +367,17 @@ class App:
             public = "internal error while loading the routing files; see the daemon's log"
             log.exception("event=reload_crashed")
         else:
+            # A routing file no longer read (deleted, renamed, moved out of the glob) takes its
+            # aliases and rules with it, and the load of the rest can be valid: said in the log
+            # and in `mailrouter reload`'s answer, where a whole file's addresses went quietly
+            # (their mail refused 550 from then on).
+            gone = sorted(set(self._snapshot.files) - set(snap.files))
             self._snapshot, ok, detail = snap, True, snap.hash
             public = detail
+            if gone:
+                public += "; no longer read: " + ", ".join(_shown_files(gone, cfg.routing))
+            for name in gone:
+                log.warning("event=routing_file_gone file=%s hash=%s", name, snap.hash)
             log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
             maps_error = await self.write_postfix_maps()
         # Every worker reloads; one reload is counted once, by the admin worker (issue 14:
@@ -489,11 +498,24 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
 PUBLIC_ERRORS = 50      # errors named in a reload reply; the log has them all
 
 
+def _routing_root(patterns: tuple[str, ...]) -> str:
+    """The directory all the routing globs start in ("" when none)."""
+    dirs = [os.path.dirname(re.split(r"[*?\[]", p, maxsplit=1)[0] + "x") for p in patterns]
+    return os.path.commonpath(dirs) if dirs else ""
+
+
+def _shown_files(files: list[str], patterns: tuple[str, ...]) -> list[str]:
+    """Routing files for the admin reply: relative to the routing directory."""
+    root = _routing_root(patterns)
+    if not root.startswith("/") or root == "/":
+        return files
+    return [f.removeprefix(root + "/") for f in files]
+
+
 def _public(exc: ConfigErrors, patterns: tuple[str, ...], config: str = "") -> str:
     """The errors of a failed reload for the admin reply: file:line relative to the
     routing directory, the config file by its name, and no other path of this machine."""
-    dirs = [os.path.dirname(re.split(r"[*?\[]", p, maxsplit=1)[0] + "x") for p in patterns]
-    root = os.path.commonpath(dirs) if dirs else ""
+    root = _routing_root(patterns)
     lines = [str(ConfigError(e.message, os.path.basename(config), e.line, e.column, e.hint)
                  if config and e.path == config else e)
              for e in exc.errors[:PUBLIC_ERRORS]]

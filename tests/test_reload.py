@@ -332,3 +332,22 @@ def test_a_reload_refused_for_config_yaml_names_config_yaml(daemon_process, tmp_
     log = proc.log.read_text()
     assert f"{proc.config}: no routing files match {d}/*.yaml" in log, log
     assert "<config>" not in log + reply["detail"]
+
+
+async def test_a_routing_file_deleted_while_others_remain_is_said_in_the_log_and_the_reply(
+        make_app, tmp_path, caplog):
+    """One of several files under the glob deleted (or renamed out of it), the rest valid:
+    the reload took effect with the file's rules and aliases gone and said nothing. It still
+    takes effect (a file may be removed on purpose), and the log and `mailrouter reload`'s
+    answer name the file no longer read, relative to the routing directory."""
+    d = routing_dir(tmp_path)
+    (d / "extra.yaml").write_text("aliases:\n  extra@example.com: mailbox:sales\n",
+                                  encoding="utf-8")
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    assert await app.reload() == (True, app.snapshot().hash)          # nothing gone: the hash
+    (d / "extra.yaml").unlink()
+    with caplog.at_level("WARNING", logger="mailrouter"):
+        ok, detail = await app.reload()
+    assert ok and detail == f"{app.snapshot().hash}; no longer read: extra.yaml"
+    gone = [r.getMessage() for r in caplog.records if "routing_file_gone" in r.getMessage()]
+    assert gone == [f"event=routing_file_gone file={d / 'extra.yaml'} hash={app.snapshot().hash}"]
