@@ -206,13 +206,18 @@ class OutboxWorker:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """End the sending task. It is cancelled again until it ends: on Python 3.11 a
+        cancellation can be lost, as asyncio.wait_for (aiosmtplib reads every reply of the
+        relay with it) returns a result that came in the same turn and drops the cancel; the
+        worker went on polling and the daemon's shutdown waited for it for ever."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event=outbox_failed error=%r", task.exception())
 
     async def _run(self) -> None:
         poll = min(5.0, self.config.retry_min)

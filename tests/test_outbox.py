@@ -297,3 +297,35 @@ async def test_stop_right_after_a_wake_stops_the_worker(make_app: Any, relay: An
         done, _ = await asyncio.wait([stopped], timeout=10)   # only to fail, not a speed check
         assert done, "the outbox worker did not stop"
         worker.start()
+
+
+async def test_stop_ends_the_worker_when_a_cancellation_is_lost(make_app: Any,
+                                                                relay: Any) -> None:
+    """aiosmtplib reads each reply of the relay with asyncio.wait_for, which on Python 3.11
+    drops a cancellation that comes in the same turn as the reply: the worker went on
+    polling and the daemon's shutdown waited for it for ever (a loaded suite hung 300 s in
+    close). The claim below drops one cancellation as wait_for does; stop() still ends it."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    worker, registry = app.outbox, app.registry
+    assert worker is not None and registry is not None
+    await worker.stop()
+    real, lost = registry.outbox_claim, []
+
+    async def claim(limit: int, lease: float) -> list[dict[str, Any]]:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if lost:
+                raise
+            lost.append(True)
+            return await real(limit, lease)     # the cancellation dropped, a result instead
+        return []
+    entered = asyncio.Event()
+    registry.outbox_claim = claim  # type: ignore[method-assign]
+    worker.start()
+    await asyncio.wait_for(entered.wait(), 10)
+    stopped = asyncio.ensure_future(worker.stop())
+    done, _ = await asyncio.wait([stopped], timeout=10)      # only to fail, not a speed check
+    assert done and lost == [True], "the outbox worker did not stop"
