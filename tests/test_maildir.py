@@ -126,6 +126,8 @@ def test_same_copy_written_at_once_is_stored_once(tmp_path):
             t.start()
         for t in threads:
             t.join()
+        for md in writers:
+            md.close()       # each keeps new/ open: 400 descriptors left to the worker
         assert set(paths) == {str(box / "new" / f"mrr{round_}")}
         assert inodes == {os.stat(paths[0]).st_ino}
     assert len(list((box / "new").iterdir())) == 51
