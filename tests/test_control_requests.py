@@ -573,6 +573,30 @@ async def test_reply_copy_to_a_subaddress_of_the_replies_address_answers(make_ap
         ("in", "<c1@bigco>"), ("out", "<r1@example.com>"), ("out", "<r2@example.com>")]
 
 
+
+async def test_an_outsider_writing_to_the_replies_address_answers_and_closes_nothing(
+        make_app, tmp_path, registry_url):
+    """Anyone can write to replies@: a customer (or anyone who guessed the address) sending
+    "[#1] ... [closed]" there marked request 1 answered and closed it. A copy counts as our
+    reply only when its envelope sender is an address of the book's domains (the senders
+    Postfix's sender_bcc_maps copies); the outsider's leaves an event on the request."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("client@bigco.example", "printer", "c1@bigco"), "client@bigco.example")
+    await send(port, mail("ivanov@example.com", "Re: [#1] printer", "x1@evil", "<c1@bigco>",
+                          body="[closed] done"), "mallory@evil.example", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("open", None)
+    events = [(e["kind"], e["detail"]) for e in await rows(app, request_events)]
+    assert ("join_refused", "a copy to replies@example.com from mallory@evil.example: not "
+            "counted as our reply (its envelope sender is not an address of the address "
+            "book's domains)") in events
+    await send(port, mail("ivanov@example.com", "Re: [#1] printer", "r1@example.com",
+                          "<c1@bigco>", body="[closed] done"), "ivanov@example.com",
+               "replies@example.com")
+    [r] = await rows(app, requests)
+    assert r["status"] == "closed"
+
+
 MOVED = """\
 moved:
   old-support@example.com: {now: support@example.com, deliver: true, autoreply: moved}

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ..addressbook.canon import canonical, detail_split
+from ..addressbook.canon import canonical, canonical_domain, detail_split
 from ..addressbook.model import Options
 from ..config import ControlConfig
 from ..loops import header_text
@@ -124,7 +124,8 @@ class Control:
             return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
         refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
-        if any(self._to_replies(r, snap.book.options) for r in rcpts):
+        to = next((r for r in rcpts if self._to_replies(r, snap.book.options)), None)
+        if to is not None:
             if view.robot[0]:       # an out-of-office of ours, a reminder: no one answered
                 return base
             rid = next(iter(find_by_refs(conn, refs)), None)
@@ -132,6 +133,12 @@ class Control:
                 rid = number
             if rid is None:
                 return base
+            if not self._ours(mail_from, snap.book.domains):
+                # anyone can write to replies@: an outsider's "[#5] [closed]" closed request 5
+                return replace(base, refused=((rid, (
+                    f"a copy to {to} from {mail_from or '<>'}: not counted as "
+                    "our reply (its envelope sender is not an address of the address book's "
+                    "domains)")),))
             return Plan("reply", sender, view.message_id, rid,
                         close=_marked(view, self.cfg.close_marker),
                         wait=_marked(view, self.cfg.waiting_marker))
@@ -185,6 +192,14 @@ class Control:
                 del self._chosen[next(iter(self._chosen))]     # the oldest
             self._chosen[key] = choice
         return choice
+
+    @staticmethod
+    def _ours(mail_from: str, domains: frozenset[str]) -> bool:
+        """Is the envelope sender an address of our domains? Postfix's sender_bcc_maps copies
+        the company's outgoing mail to replies@ under its sender's own address; the MTA keeps
+        outsiders from sending as those (SPF, smtpd_sender_login_maps)."""
+        local, at, domain = mail_from.strip().strip("<>").rpartition("@")
+        return bool(at and local) and canonical_domain(domain) in domains
 
     def _to_replies(self, rcpt: str, options: Options) -> bool:
         """Is `rcpt` a `control.replies` address, as the address book reads addresses:
