@@ -49,11 +49,9 @@ async def test_search_pages_whole_registry_and_finds_every_spelling(registry_url
         await reg.close()
 
 
-async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_path):
-    """`--since` after `--until` (or after now, without `--until`) is exit 2 with a message
-    naming both dates; before, it printed an empty report, as for a quiet month. A period
-    with nothing in it still prints '-' figures and exit 0."""
-    import asyncio
+async def empty_registry_cli(tmp_path):
+    """`cli(*argv)`: (exit code, stdout, stderr) of `mailrouter ARGV -c CONFIG` run in this
+    process, on a new empty SQLite registry and the control routing files."""
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
@@ -74,6 +72,15 @@ async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_
             except SystemExit as exc:
                 code = exc.code
         return code, out.getvalue(), err.getvalue()
+    return cli
+
+
+async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_path):
+    """`--since` after `--until` (or after now, without `--until`) is exit 2 with a message
+    naming both dates; before, it printed an empty report, as for a quiet month. A period
+    with nothing in it still prints '-' figures and exit 0."""
+    import asyncio
+    cli = await empty_registry_cli(tmp_path)
     code, out, err = await asyncio.to_thread(cli, "report", "--since", "2027-02-01",
                                              "--until", "2027-01-01")
     assert (code, out) == (2, "") and err == (
@@ -131,24 +138,8 @@ async def test_search_and_history_with_nothing_found_say_so_on_stderr(tmp_path):
     exit 0, as if the command had not run: the text output says so on stderr; stdout stays
     empty, and --json still prints the empty document."""
     import asyncio
-    import io
     import json
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from mailrouter.cli import main
-    from tests.control_support import write_routing
-    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
-    await (await Registry.open(url)).close()
-    write_routing(tmp_path)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
-
-    def cli(*argv):
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main([*argv, "-c", str(cfg)])
-        return code, out.getvalue(), err.getvalue()
+    cli = await empty_registry_cli(tmp_path)
     assert await asyncio.to_thread(cli, "registry", "history", "nobody@x.example") == (
         0, "", "mailrouter registry history: no request or message from 'nobody@x.example'\n")
     assert await asyncio.to_thread(cli, "registry", "search", "--from", "nobody@x.example") == (
