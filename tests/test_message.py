@@ -982,6 +982,23 @@ def test_byte_walk_agrees_on_multipart_junk(chunks: list[bytes]) -> None:
     assert _viewed(raw) == _walked(raw)
 
 
+def test_every_inline_text_part_of_a_mixed_message_is_body_text() -> None:
+    """Apple Mail writes text, file, text when a file sits inside the text (mail gem's
+    raw_email7.eml): a reader shows both texts, and the second (here the signature, in
+    another charset) was not body text, so a body rule never saw it. Read as the walk and
+    as the stdlib (LF line ends) alike."""
+    signature = ("Content-Type: text/plain; charset=koi8-r\r\nContent-Transfer-Encoding: 8bit"
+                 "\r\n\r\nС уважением, ООО Ромашка\r\n").encode("koi8-r")
+    raw = _H + _mp(b"Apple-Mail-1", [_TXT, _PDF, signature])
+    for message in (raw, raw.replace(b"\r\n", b"\n")):
+        v = MessageView(message)
+        assert v.body_text.startswith(MessageView(_H + _TXT).body_text.rstrip("\n") + "\n")
+        assert v.body_text.endswith("\nС уважением, ООО Ромашка\n")
+        assert list(v.body_lines())[-1] == "С уважением, ООО Ромашка"
+        assert [a.filename for a in v.attachments] == ["a.pdf"]
+    assert _viewed(raw) == _walked(raw)
+
+
 def test_nested_multipart_reusing_the_outer_boundary_keeps_the_text() -> None:
     """A multipart/alternative that reuses its parent's boundary (Outlook Express for Mac,
     Zimbra: msg_15.txt of CPython's email tests, mail_malformed_1 of the mail-parser sdist)
