@@ -101,8 +101,8 @@ def test_raw_cjk_headers_are_read_in_the_message_charset() -> None:
     assert gb.subject == "全新原装进口，送货上门，货到付款－台湾鑫龙商贸集团公司向您拜年!"
     assert gb.from_name == "台湾鑫龙商贸集团公司"
     assert gb.header("Subject") == gb.subject
-    assert gb.charset_notes == ["Subject: raw 8-bit read as gbk, the message's charset",
-                                "From: raw 8-bit read as gbk, the message's charset"]
+    assert gb.charset_notes == ["Subject: raw 8-bit read as gb18030, the message's charset",
+                                "From: raw 8-bit read as gb18030, the message's charset"]
     big5 = view("real_big5_raw_subject.eml")
     assert big5.subject.startswith("[SLAT-talk] 鉅靡6月17日新片又到.如有重複寄發.敬請原諒!")
 
