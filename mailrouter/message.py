@@ -873,13 +873,15 @@ def _choose_text(body: _Body, texts: _Texts) -> None:
         return
     chosen = texts.pop(kind)
     texts.clear()                 # the other kind's bytes are not read: let them go now
+    kept = 0                      # decoded text held: up to a piece in all, the rest decoded again
     for source, label in chosen:
         data, start, end = source()
         decoded = inspect_bytes(data, label, CYRILLIC_BODY_CANDIDATES, start, end, PIECE_BYTES)
         body.record("Body", decoded)
         if decoded.charset is None:
             continue
-        small = decoded.text if end - start <= PIECE_BYTES else None
+        small = decoded.text if kept + end - start <= PIECE_BYTES else None
+        kept += len(small or "")
         body.segments.append(_Segment(source, decoded.charset, small))
     if body.segments:
         body.charset, body.html = body.segments[0].charset, kind == "text/html"

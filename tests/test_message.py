@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -997,6 +998,24 @@ def test_every_inline_text_part_of_a_mixed_message_is_body_text() -> None:
         assert list(v.body_lines())[-1] == "С уважением, ООО Ромашка"
         assert [a.filename for a in v.attachments] == ["a.pdf"]
     assert _viewed(raw) == _walked(raw)
+
+
+def test_many_text_parts_hold_no_decoded_copy() -> None:
+    """A message of many text parts (a list digest sent as text/plain parts, a forwarded
+    chat log) holds the decoded text of up to a piece, not of every part, once its body is
+    inspected: the text is decoded again when read. Reading it gives every part."""
+    line = ("Счёт " * 10 + "\r\n").encode()
+    part = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + line * 400
+    raw = _H + _mp(b"B", [part] * 100)
+    v = MessageView(raw)
+    tracemalloc.start()
+    try:
+        assert v.body_charset == "utf-8"
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < len(raw) // 4
+    assert sum(p.count("Счёт") for p in v.body_pieces()) == 100 * 400 * 10
 
 
 def test_nested_multipart_reusing_the_outer_boundary_keeps_the_text() -> None:
