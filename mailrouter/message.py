@@ -64,7 +64,8 @@ from mailrouter.charsets import (
     inspect_bytes,
 )
 
-__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "decode_header_value", "msg_ids"]
+__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "auto_submitted",
+           "decode_header_value", "msg_ids"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
@@ -82,6 +83,18 @@ _PARTS_PEEKED = 64 * 1024        # bytes of a body searched for a report's attac
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _MSG_ID = re.compile(r"<([^<>]*)>")
 _COMMENT = re.compile(r"\([^()]*\)")
+
+
+def auto_submitted(value: str) -> str:
+    """The keyword of an Auto-Submitted value, lower-cased, without its parameters and
+    comments (RFC 3834 section 5: CFWS around the keyword; `No (sent by a person)` is
+    `no`); '' when there is none."""
+    while "(" in value:                 # nested comments: the innermost first
+        stripped = _COMMENT.sub(" ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return " ".join(value.split(";", 1)[0].split()).lower()
 
 
 def msg_ids(value: str) -> list[str]:
@@ -392,7 +405,7 @@ class MessageView:
         # Not X-Auto-Response-Suppress: it asks others not to auto-answer this message
         # ([MS-OXCMAIL] 2.1.3.2.20) and Exchange puts it on people's mail too (every
         # message of some organisations: `DR, OOF, AutoReply`); autoreply.py honours it.
-        auto = self._plain("Auto-Submitted").split(";", 1)[0].strip().lower()
+        auto = auto_submitted(self._plain("Auto-Submitted"))
         if auto and auto != "no":
             return f"auto-reply: Auto-Submitted: {auto}"
         for name in ("X-Autoreply", "X-Autorespond"):

@@ -636,6 +636,11 @@ def test_html_only() -> None:
 @pytest.mark.parametrize(("headers", "expected"), [
     (b"Auto-Submitted: no\r\n", (False, "")),
     (b"Auto-Submitted: auto-generated; owner=x\r\n", (True, "auto-reply: Auto-Submitted: auto-generated")),
+    # RFC 3834 section 5: comments around the keyword (they made `no` a robot sign)
+    (b"Auto-Submitted: No (sent by a person)\r\n", (False, "")),
+    (b"Auto-Submitted: (x) no\r\n", (False, "")),
+    (b"Auto-Submitted: auto-replied (zimbra; vacation)\r\n",
+     (True, "auto-reply: Auto-Submitted: auto-replied")),
     (b"X-Autoreply: yes\r\n", (True, "auto-reply: X-Autoreply present")),
     (b"X-Autorespond: yes\r\n", (True, "auto-reply: X-Autorespond present")),
     # a request not to be auto-answered, on people's mail too (Exchange): no robot sign
