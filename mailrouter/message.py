@@ -637,6 +637,13 @@ class _Body:
         self.notes += [f"{where}: {n}" for n in decoded.notes]
         self.defects += [f"{where}: {d}" for d in decoded.defects]
 
+    def record_once(self, where: str, decoded: Decoded) -> None:
+        """As record, less what is already recorded: the body's text parts say once what
+        several of them share (each part of a list digest guessed windows-1251)."""
+        self.notes += [n for n in (f"{where}: {n}" for n in decoded.notes) if n not in self.notes]
+        self.defects += [d for d in (f"{where}: {d}" for d in decoded.defects)
+                         if d not in self.defects]
+
     @property
     def text(self) -> str:
         return "".join(self.text_pieces())
@@ -890,7 +897,7 @@ def _choose_text(body: _Body, texts: _Texts) -> None:
     for source, label in chosen:
         data, start, end = source()
         decoded = inspect_bytes(data, label, CYRILLIC_BODY_CANDIDATES, start, end, PIECE_BYTES)
-        body.record("Body", decoded)
+        body.record_once("Body", decoded)
         if decoded.charset is None:
             continue
         small = decoded.text if kept + end - start <= PIECE_BYTES else None

@@ -1005,6 +1005,15 @@ def test_every_inline_text_part_of_a_mixed_message_is_body_text() -> None:
     assert _viewed(raw) == _walked(raw)
 
 
+def test_text_parts_sharing_a_guess_note_it_once() -> None:
+    """Three unlabelled windows-1251 text parts are read alike and noted once, not three
+    times (explain printed one Charset line per part)."""
+    part = b"Content-Type: text/plain\r\n\r\n" + "Счёт на оплату".encode("cp1251")
+    v = MessageView(_H + _mp(b"B", [part] * 3))
+    assert v.body_text == "\n".join(["Счёт на оплату"] * 3)
+    assert v.charset_notes == ["Body: raw 8-bit guessed cp1251"]
+
+
 def test_many_text_parts_hold_no_decoded_copy() -> None:
     """A message of many text parts (a list digest sent as text/plain parts, a forwarded
     chat log) holds the decoded text of up to a piece, not of every part, once its body is
