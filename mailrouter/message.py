@@ -20,6 +20,10 @@ saw); ``header_defects`` is the cheap header-only part.  The reports cover Subje
 Cc, the body and attachment names; ``header(name)`` of any other header decodes without
 recording, for the same reason.  Decoded header values never contain CR, LF or NUL.
 
+The body text is every inline text/plain part, in order, each in its own charset (a
+multipart/mixed shows them all: the text after an attachment, a list's footer part), else
+the text of the HTML parts, else other text; ``body_charset`` is the first part's.
+
 Attachments are the parts that name a file or are not text, and every forwarded message
 (``message/rfc822`` below the top): it is listed itself, named by its file name or else by its
 decoded Subject + ``.eml``, before the files inside it, which are listed too. Files uuencoded
