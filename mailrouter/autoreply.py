@@ -64,7 +64,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
 from .loops import TRACE_HEADER
-from .message import LIST_MANAGER_HEADERS
+from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
@@ -286,7 +286,7 @@ def _generated(view: View) -> str:
 
 
 def _auto_submitted(view: View) -> str:
-    value = (view.header("Auto-Submitted") or "").split(";", 1)[0].strip().lower()
+    value = auto_submitted(view.header("Auto-Submitted") or "")
     return f"Auto-Submitted: {value}" if value and value != "no" else ""
 
 

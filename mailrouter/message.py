@@ -20,6 +20,10 @@ saw); ``header_defects`` is the cheap header-only part.  The reports cover Subje
 Cc, the body and attachment names; ``header(name)`` of any other header decodes without
 recording, for the same reason.  Decoded header values never contain CR, LF or NUL.
 
+The body text is every inline text/plain part, in order, each in its own charset (a
+multipart/mixed shows them all: the text after an attachment, a list's footer part), else
+the text of the HTML parts, else other text; ``body_charset`` is the first part's.
+
 Attachments are the parts that name a file or are not text, and every forwarded message
 (``message/rfc822`` below the top): it is listed itself, named by its file name or else by its
 decoded Subject + ``.eml``, before the files inside it, which are listed too. Files uuencoded
@@ -64,7 +68,8 @@ from mailrouter.charsets import (
     inspect_bytes,
 )
 
-__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "decode_header_value", "msg_ids"]
+__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "auto_submitted",
+           "decode_header_value", "msg_ids"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
@@ -82,6 +87,18 @@ _PARTS_PEEKED = 64 * 1024        # bytes of a body searched for a report's attac
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _MSG_ID = re.compile(r"<([^<>]*)>")
 _COMMENT = re.compile(r"\([^()]*\)")
+
+
+def auto_submitted(value: str) -> str:
+    """The keyword of an Auto-Submitted value, lower-cased, without its parameters and
+    comments (RFC 3834 section 5: CFWS around the keyword; `No (sent by a person)` is
+    `no`); '' when there is none."""
+    while "(" in value:                 # nested comments: the innermost first
+        stripped = _COMMENT.sub(" ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return " ".join(value.split(";", 1)[0].split()).lower()
 
 
 def msg_ids(value: str) -> list[str]:
@@ -392,7 +409,7 @@ class MessageView:
         # Not X-Auto-Response-Suppress: it asks others not to auto-answer this message
         # ([MS-OXCMAIL] 2.1.3.2.20) and Exchange puts it on people's mail too (every
         # message of some organisations: `DR, OOF, AutoReply`); autoreply.py honours it.
-        auto = self._plain("Auto-Submitted").split(";", 1)[0].strip().lower()
+        auto = auto_submitted(self._plain("Auto-Submitted"))
         if auto and auto != "no":
             return f"auto-reply: Auto-Submitted: {auto}"
         for name in ("X-Autoreply", "X-Autorespond"):
@@ -419,7 +436,7 @@ class MessageView:
         if found is None:       # anything the walk does not vouch for: the stdlib decides
             return _parse_body(self.raw)
         body = _Body()
-        texts: dict[str, tuple[_Bytes, str | None]] = {}
+        texts: _Texts = {}
         for leaf in found:
             try:
                 _read_leaf(leaf.headers, body, texts, leaf)
@@ -577,42 +594,28 @@ def html_to_text(markup: str | Iterable[str]) -> str:
 # The bytes of a text part as (bytes, start, end), fetched when needed: a range of the raw
 # message when no transfer encoding is undone, else decoded again each time.
 _Bytes = Callable[[], tuple[bytes, int, int]]
+# The text parts found, per kind (text/plain, text/html, text, multipart), in order
+_Texts = dict[str, list[tuple[_Bytes, str | None]]]
+# the kinds whose every inline part is body text; of the others only the first is read
+_EVERY_PART = frozenset({"text/plain", "text/html"})
 
 
-@dataclass
-class _Body:
-    charset: str | None = None
-    attachments: list[Attachment] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    defects: list[str] = field(default_factory=list)
-    source: _Bytes | None = None      # the chosen text part's bytes, read as `charset`
-    html: bool = False
-    small: str | None = None          # its text, already decoded (a part of up to a piece)
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """One text part of the body: its bytes, read as `charset`; `small` is its text, already
+    decoded (a part of up to a piece)."""
 
-    def record(self, where: str, decoded: Decoded) -> None:
-        self.notes += [f"{where}: {n}" for n in decoded.notes]
-        self.defects += [f"{where}: {d}" for d in decoded.defects]
+    source: _Bytes
+    charset: str
+    small: str | None = None
 
-    @property
-    def text(self) -> str:
-        return "".join(self.text_pieces())
-
-    def text_pieces(self) -> Iterator[str]:
-        """The body text in pieces: decoded, line ends made LF, HTML made text (at once)."""
-        if self.source is None or self.charset is None:
-            return
-        if self.html:
-            yield html_to_text(self._lf_pieces())
-        else:
-            yield from self._lf_pieces()
-
-    def _lf_pieces(self) -> Iterator[str]:
+    def lf_pieces(self) -> Iterator[str]:
         """CRLF and lone CR -> LF, a piece at a time (a CR ending a piece waits for the next)."""
         if self.small is not None:
             decoded: Iterable[str] = (self.small,)
         else:
-            data, start, end = self.source()  # type: ignore[misc]
-            decoded = decode_pieces(data, self.charset, start, end, PIECE_BYTES)  # type: ignore[arg-type]
+            data, start, end = self.source()
+            decoded = decode_pieces(data, self.charset, start, end, PIECE_BYTES)
         carry = ""
         for piece in decoded:
             if carry:
@@ -623,6 +626,42 @@ class _Body:
                 yield piece.replace("\r\n", "\n").replace("\r", "\n")
         if carry:
             yield "\n"
+
+
+@dataclass
+class _Body:
+    charset: str | None = None        # the first text part's
+    attachments: list[Attachment] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+    segments: list[_Segment] = field(default_factory=list)   # the text parts, in order
+    html: bool = False
+
+    def record(self, where: str, decoded: Decoded) -> None:
+        self.notes += [f"{where}: {n}" for n in decoded.notes]
+        self.defects += [f"{where}: {d}" for d in decoded.defects]
+
+    def record_once(self, where: str, decoded: Decoded) -> None:
+        """As record, less what is already recorded: the body's text parts say once what
+        several of them share (each part of a list digest guessed windows-1251)."""
+        self.notes += [n for n in (f"{where}: {n}" for n in decoded.notes) if n not in self.notes]
+        self.defects += [d for d in (f"{where}: {d}" for d in decoded.defects)
+                         if d not in self.defects]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_pieces())
+
+    def text_pieces(self) -> Iterator[str]:
+        """The body text in pieces: decoded, line ends made LF, HTML made text (at once);
+        each text part begins on a line of its own."""
+        for n, segment in enumerate(self.segments):
+            if n:
+                yield "\n"
+            if self.html:
+                yield html_to_text(segment.lf_pieces())
+            else:
+                yield from segment.lf_pieces()
 
 
 def _parse_body(raw: bytes) -> _Body:
@@ -641,8 +680,8 @@ def _parse_body(raw: bytes) -> _Body:
         return body
     # the text of a forwarded message (a bounce's returned one) is the body only when the
     # message has no text of its own: an HTML bounce read as the returned text/plain
-    texts: dict[str, tuple[_Bytes, str | None]] = {}
-    forwarded_texts: dict[str, tuple[_Bytes, str | None]] = {}
+    texts: _Texts = {}
+    forwarded_texts: _Texts = {}
     for part, inside in parts:
         try:
             if part.is_multipart() and part.get_content_type() != "message/rfc822":
@@ -755,10 +794,10 @@ def _read_forwarded(part: Message, body: _Body) -> None:
     body.attachments.append(Attachment(name, "message/rfc822", size))
 
 
-def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | None]],
+def _read_leaf(part: Message, body: _Body, texts: _Texts,
                leaf: Leaf | None = None) -> None:
-    """One leaf: an attachment (its decoded size) or a text part (its decoded bytes, the
-    first of each kind). `leaf` gives the payload as a range of the raw bytes (the walk);
+    """One leaf: an attachment (its decoded size) or a text part (its decoded bytes: every
+    plain or HTML one, the first of the other kinds). `leaf` gives the payload as a range of the raw bytes (the walk);
     without it the payload is the parsed part's."""
     ctype_msg = _part_header(part, "Content-Type")
     disposition = _part_header(part, "Content-Disposition")
@@ -781,7 +820,7 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
         "multipart" if ctype.startswith("multipart/") else "text")
     if kind == "text/plain":
         _uu_attachments(part, leaf.source() if leaf is not None else _whole(_payload(part)), body)
-    if kind not in texts:
+    if kind not in texts or kind in _EVERY_PART:
         charset = ctype_msg.get_param("charset") if ctype_msg else None
         label = charset[2] if isinstance(charset, tuple) else charset
         if leaf is not None:
@@ -789,7 +828,7 @@ def _read_leaf(part: Message, body: _Body, texts: dict[str, tuple[_Bytes, str | 
         else:
             payload = _payload(part)
             source = lambda: (payload, 0, len(payload))  # noqa: E731
-        texts[kind] = (source, str(label) if label else None)
+        texts.setdefault(kind, []).append((source, str(label) if label else None))
 
 
 # Outlook's wrapper: a reader other than Outlook shows winmail.dat alone; the files inside
@@ -844,21 +883,29 @@ def _uu_attachments(part: Message, source: tuple[bytes, int, int], body: _Body) 
         body.attachments.append(Attachment(name.text, ctype, len(decoded_payload(encoded))))
 
 
-def _choose_text(body: _Body, texts: dict[str, tuple[_Bytes, str | None]]) -> None:
+def _choose_text(body: _Body, texts: _Texts) -> None:
     """text/plain if there is one, else the text of the HTML part (RFC 2046 section 5.1.4:
     the plainest alternative carries the same content), else other text (text/calendar,
     text/enriched: what a reader shows as the body only when it is all there is), else a
-    multipart left whole. Its
-    charset and what was guessed or wrong are found here, a piece at a time; the text is
-    decoded when it is read."""
+    multipart left whole. Every inline part of the kind chosen is read, in order: a
+    multipart/mixed shows each of its parts (RFC 2046 section 5.1.3), so the text after an
+    attachment (Apple Mail's text, file, text) and a list's footer part are body text too.
+    Each part's charset and what was guessed or wrong are found here, a piece at a time;
+    the text is decoded when it is read."""
     kind = next((k for k in ("text/plain", "text/html", "text", "multipart") if k in texts), "")
     if not kind:
         return
-    source, label = texts.pop(kind)
+    chosen = texts.pop(kind)
     texts.clear()                 # the other kind's bytes are not read: let them go now
-    data, start, end = source()
-    decoded = inspect_bytes(data, label, CYRILLIC_BODY_CANDIDATES, start, end, PIECE_BYTES)
-    body.record("Body", decoded)
-    body.charset, body.source, body.html = decoded.charset, source, kind == "text/html"
-    if end - start <= PIECE_BYTES:
-        body.small = decoded.text
+    kept = 0                      # decoded text held: up to a piece in all, the rest decoded again
+    for source, label in chosen:
+        data, start, end = source()
+        decoded = inspect_bytes(data, label, CYRILLIC_BODY_CANDIDATES, start, end, PIECE_BYTES)
+        body.record_once("Body", decoded)
+        if decoded.charset is None:
+            continue
+        small = decoded.text if kept + end - start <= PIECE_BYTES else None
+        kept += len(small or "")
+        body.segments.append(_Segment(source, decoded.charset, small))
+    if body.segments:
+        body.charset, body.html = body.segments[0].charset, kind == "text/html"

@@ -1,7 +1,7 @@
 """The MIME leaves of a well-formed message, found on its raw bytes without copying them.
 
 What it is for: `MessageView` needs each leaf's headers, the decoded size of every
-attachment and the decoded bytes of the first text parts. The stdlib feedparser gives
+attachment and the decoded bytes of the text parts. The stdlib feedparser gives
 those by holding every line of the message as a string, every payload joined again, and
 each attachment decoded in full: 7-9 times the message in memory for a 25 MB PDF. Here
 a leaf is a range of the raw bytes; an attachment's decoded size is counted in 1 MB

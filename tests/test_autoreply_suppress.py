@@ -47,6 +47,11 @@ def check(view: MessageView, mail_from: str = "ann@client.example", *,
 CASES = [
     ("plain mail from a person", msg(), "ann@client.example", ""),
     ("Auto-Submitted: no does not suppress", msg("Auto-Submitted: no"), "ann@client.example", ""),
+    # RFC 3834 section 5 allows comments around the keyword: they made `no` suppress
+    ("Auto-Submitted: no with a comment", msg("Auto-Submitted: No (sent by a person)"),
+     "ann@client.example", ""),
+    ("Auto-Submitted: a comment before the keyword", msg("Auto-Submitted: (x) auto-replied"),
+     "ann@client.example", "Auto-Submitted: auto-replied"),
     ("Precedence: first-class is not bulk", msg("Precedence: first-class"), "ann@client.example", ""),
     ("X-Auto-Response-Suppress for read receipts only", msg("X-Auto-Response-Suppress: RN, NRN"),
      "ann@client.example", ""),

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from email.header import decode_header, make_header
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 from sqlalchemy import select
 
@@ -123,6 +124,19 @@ async def test_absent_person_gives_the_deputy_and_robots_open_nothing(make_app, 
         b"Subject:", b"Auto-Submitted: auto-replied\r\nSubject:")
     await send(port, robot, "c9@x.example")
     assert [r["owner"] for r in await rows(app, requests)] == ["petrova"] * 3
+
+
+async def test_null_sender_mail_opens_no_request(make_app, tmp_path):
+    """An Exchange 2010 out-of-office reply (sisimai's rfc3834-04: no Auto-Submitted, only
+    X-Auto-Response-Suppress, which is no robot sign) comes with MAIL FROM:<>, as bounces and
+    other notices do (RFC 5321 4.5.5, RFC 3834 2): robot mail, as the rules' `robot: true`
+    says. It opened a request with an owner and an SLA; a person's mail still opens one."""
+    app, port = await start(make_app, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    oof = (Path(__file__).parent / "corpus" / "real_exchange_oof_null_sender.eml").read_bytes()
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) as client:
+        await client.sendmail("", ["support@example.com"], oof.replace(b"\n", b"\r\n"))
+    await send(port, mail("c1@x.example", "hi", "a1@x"), "c1@x.example")
+    assert [r["counterparty"] for r in await rows(app, requests)] == ["c1@x.example"]
 
 
 async def test_migration_matches_the_tables(registry_url):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -635,6 +636,11 @@ def test_html_only() -> None:
 @pytest.mark.parametrize(("headers", "expected"), [
     (b"Auto-Submitted: no\r\n", (False, "")),
     (b"Auto-Submitted: auto-generated; owner=x\r\n", (True, "auto-reply: Auto-Submitted: auto-generated")),
+    # RFC 3834 section 5: comments around the keyword (they made `no` a robot sign)
+    (b"Auto-Submitted: No (sent by a person)\r\n", (False, "")),
+    (b"Auto-Submitted: (x) no\r\n", (False, "")),
+    (b"Auto-Submitted: auto-replied (zimbra; vacation)\r\n",
+     (True, "auto-reply: Auto-Submitted: auto-replied")),
     (b"X-Autoreply: yes\r\n", (True, "auto-reply: X-Autoreply present")),
     (b"X-Autorespond: yes\r\n", (True, "auto-reply: X-Autorespond present")),
     # a request not to be auto-answered, on people's mail too (Exchange): no robot sign
@@ -980,6 +986,50 @@ def test_byte_walk_takes_the_well_formed_cases() -> None:
 def test_byte_walk_agrees_on_multipart_junk(chunks: list[bytes]) -> None:
     raw = b"Content-Type: multipart/mixed; boundary=x\r\n\r\n" + b"".join(chunks)
     assert _viewed(raw) == _walked(raw)
+
+
+def test_every_inline_text_part_of_a_mixed_message_is_body_text() -> None:
+    """Apple Mail writes text, file, text when a file sits inside the text (mail gem's
+    raw_email7.eml): a reader shows both texts, and the second (here the signature, in
+    another charset) was not body text, so a body rule never saw it. Read as the walk and
+    as the stdlib (LF line ends) alike."""
+    signature = ("Content-Type: text/plain; charset=koi8-r\r\nContent-Transfer-Encoding: 8bit"
+                 "\r\n\r\nС уважением, ООО Ромашка\r\n").encode("koi8-r")
+    raw = _H + _mp(b"Apple-Mail-1", [_TXT, _PDF, signature])
+    for message in (raw, raw.replace(b"\r\n", b"\n")):
+        v = MessageView(message)
+        assert v.body_text.startswith(MessageView(_H + _TXT).body_text.rstrip("\n") + "\n")
+        assert v.body_text.endswith("\nС уважением, ООО Ромашка\n")
+        assert list(v.body_lines())[-1] == "С уважением, ООО Ромашка"
+        assert [a.filename for a in v.attachments] == ["a.pdf"]
+    assert _viewed(raw) == _walked(raw)
+
+
+def test_text_parts_sharing_a_guess_note_it_once() -> None:
+    """Three unlabelled windows-1251 text parts are read alike and noted once, not three
+    times (explain printed one Charset line per part)."""
+    part = b"Content-Type: text/plain\r\n\r\n" + "Счёт на оплату".encode("cp1251")
+    v = MessageView(_H + _mp(b"B", [part] * 3))
+    assert v.body_text == "\n".join(["Счёт на оплату"] * 3)
+    assert v.charset_notes == ["Body: raw 8-bit guessed cp1251"]
+
+
+def test_many_text_parts_hold_no_decoded_copy() -> None:
+    """A message of many text parts (a list digest sent as text/plain parts, a forwarded
+    chat log) holds the decoded text of up to a piece, not of every part, once its body is
+    inspected: the text is decoded again when read. Reading it gives every part."""
+    line = ("Счёт " * 10 + "\r\n").encode()
+    part = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + line * 400
+    raw = _H + _mp(b"B", [part] * 100)
+    v = MessageView(raw)
+    tracemalloc.start()
+    try:
+        assert v.body_charset == "utf-8"
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < len(raw) // 4
+    assert sum(p.count("Счёт") for p in v.body_pieces()) == 100 * 400 * 10
 
 
 def test_nested_multipart_reusing_the_outer_boundary_keeps_the_text() -> None:

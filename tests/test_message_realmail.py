@@ -165,3 +165,14 @@ def test_explain_and_routing_read_every_real_sample(path: Path, example_rules: S
     report = explain(example_rules, path.read_bytes(), ["support@example.com"], None)
     assert len(report["recipients"]) == 1
     assert not [d for d in report["defects"] if "cannot decode" in d]
+
+
+def test_both_text_parts_of_rfc2046s_sample() -> None:
+    """RFC 2046 section 5.1.1's sample multipart/mixed (MIME-tools' multi-simple.msg, via
+    james-mime4j): two text parts, both shown by a reader; the second was not body text."""
+    v = view("real_rfc2046_two_text_parts.eml")
+    assert v.body_text == ("This is implicitly typed plain ASCII text.\n"
+                           "It does NOT end with a linebreak.\n"
+                           "This is explicitly typed plain ASCII text.\n"
+                           "It DOES end with a linebreak.\n")
+    assert "preamble" not in v.body_text and "epilogue" not in v.body_text

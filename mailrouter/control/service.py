@@ -35,6 +35,7 @@ from ..config import ControlConfig
 from ..loops import header_text
 from ..message import msg_ids
 from ..registry import Registry
+from ..routing.facts import robot_of
 from ..values import Action, Decision
 from .owners import OwnerChoice, TeamState, choose_owner, owner_targets
 from .store import (Plan, apply_plan, claim_thread, find_by_refs, joining, known_message,
@@ -124,9 +125,13 @@ class Control:
             return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
         refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
+        # robot mail as the rules' `robot: true` reads it: what the headers say, or the
+        # null envelope sender of bounces and notices (an out-of-office reply without
+        # Auto-Submitted: Exchange 2010's carries X-Auto-Response-Suppress alone)
+        robot = robot_of(view, mail_from)[0]
         to = next((r for r in rcpts if self._to_replies(r, snap.book.options)), None)
         if to is not None:
-            if view.robot[0]:       # an out-of-office of ours, a reminder: no one answered
+            if robot:               # an out-of-office of ours, a reminder: no one answered
                 return base
             rid = next(iter(find_by_refs(conn, refs)), None)
             if rid is None and number is not None and request_row(conn, number) is not None:
@@ -142,7 +147,7 @@ class Control:
             return Plan("reply", sender, view.message_id, rid,
                         close=_marked(view, self.cfg.close_marker),
                         wait=_marked(view, self.cfg.waiting_marker))
-        if view.robot[0]:
+        if robot:
             return base
         refused: list[tuple[int, str]] = []
         # its own Message-ID too: a follow-up another instance recorded first named it
