@@ -19,11 +19,11 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from mailrouter.config import ControlConfig, Listener, RegistryConfig, WebConfig, is_loopback
 from mailrouter.control.queries import report
-from mailrouter.control.tables import request_events, requests
+from mailrouter.control.tables import request_events, request_messages, requests
 from mailrouter.registry.accounts import hash_password, set_password
 from mailrouter.web.throttle import Throttle
 from tests.support.daemon import RULES
@@ -190,6 +190,40 @@ async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_rout
     _, story, _ = await ivanov.get(f"/message/{key}")
     assert f'<a id="request" href="/request/{fin}">' in story
     assert str(RULES) not in story
+
+
+async def test_a_long_thread_is_shown_a_hundred_messages_a_page(site: Any, client: Any) -> None:
+    """A request of 251 messages (a customer's autoresponder answering each reminder) shows
+    them 100 a page, in order, with where one is and links to the pages before and after;
+    every message is on one page. The page listed all of them, each with its decisions'
+    explanations: megabytes for a thread of thousands. A page that is no number is 400."""
+    app, _, fin, _ = site
+
+    def answer_250_times(conn: Any) -> None:
+        first = conn.execute(select(request_messages).where(request_messages.c.request_id == fin)).one()
+        at = first.at
+        conn.execute(insert(request_messages), [
+            {"request_id": fin, "message_key": f"auto{i:04d}", "message_id": f"<auto{i}@outside.test>",
+             "direction": "in", "at": at + timedelta(minutes=i + 1), "sender": first.sender}
+            for i in range(250)])
+    await app.registry.write("test", answer_250_times)
+    ivanov = await client("ivanov")
+    seen, path = [], f"/request/{fin}"
+    while path:
+        status, page, _ = await ivanov.get(path)
+        assert status == 200, page
+        shown = re.findall(r'<section class="decision msg-in">.*?<small>[^<]*· ([^<]+)</small>', page, re.S)
+        assert 0 < len(shown) <= 100, len(shown)
+        first = len(seen) + 1
+        assert f"Messages {first}–{first + len(shown) - 1} of 251" in page
+        assert ('class="prev-page"' in page) == (first > 1)
+        seen += shown
+        more = re.search(r'class="next-page" href="([^"]+)"', page)
+        path = more[1] if more else ""
+    assert len(seen) == 251 and seen == sorted(seen)
+    for bad in ("0", "x", "-1", "١"):
+        status, page, _ = await ivanov.get(f"/request/{fin}?page={bad}")
+        assert status == 400 and "page=" in page, bad
 
 
 async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department(

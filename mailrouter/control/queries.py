@@ -313,20 +313,27 @@ def _plain(row: Any) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
 
 
-def show_request(conn: Connection, number: int, scope: Scope | None = None) -> dict[str, Any] | None:
+def show_request(conn: Connection, number: int, scope: Scope | None = None, skip: int = 0,
+                 limit: int | None = None) -> dict[str, Any] | None:
     """A request with its messages (and each decision's explanation), history and alerts;
-    None when there is no such request or `scope` may not see it."""
+    None when there is no such request or `scope` may not see it. `skip`/`limit`: those
+    of its messages, in order (the web view's pages of a long thread), and with a limit
+    `message_count`, how many it has."""
     if not 0 < number <= MAX_NUMBER:       # PostgreSQL would fail the query, not find nothing
         return None
     row = conn.execute(select(requests).where(requests.c.id == number, requests_in(scope))).first()
     if row is None:
         return None
-    links = conn.execute(select(request_messages).where(request_messages.c.request_id == number)
-                         .order_by(request_messages.c.id)).all()
+    mine = request_messages.c.request_id == number
+    links = conn.execute(select(request_messages).where(mine).order_by(request_messages.c.id)
+                         .offset(skip).limit(limit)).all()
     keys = [ln.message_key for ln in links]
     msgs = {m.key: m for m in conn.execute(select(messages).where(messages.c.key.in_(keys)))}
     extra = _copies(conn, keys)
     out = _plain(row)
+    if limit is not None:
+        out["message_count"] = (len(links) if not skip and len(links) < limit else
+                                conn.execute(select(func.count()).where(mine)).scalar_one())
     out["messages"] = [{"direction": ln.direction, "at": ln.at.isoformat(), "from": ln.sender,
                         "message_id": ln.message_id, "key": ln.message_key}
                        | _message_facts(msgs.get(ln.message_key)) | extra[ln.message_key]
