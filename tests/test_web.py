@@ -584,3 +584,28 @@ async def test_a_search_and_a_history_longer_than_a_page_go_on_to_the_next(clien
         assert pages == -(-1205 // page_size), path
     status, page, _ = await c.get("/search?before=2026-01-01T00:00,x")
     assert status == 400 and "before=" in page                          # a time without its zone
+
+
+async def test_an_unexpected_error_is_a_plain_500_with_our_headers_and_a_logged_traceback(
+        client: Any, site: Any, caplog: Any) -> None:
+    """A bug in a page (here: a snapshot without its departments) is answered 500 with the
+    error page and every security header, Server "mailrouter", no-store; the traceback is
+    in the log as event=web_error. aiohttp's own 500 had no CSP, no nosniff, no no-store
+    and named itself and its version in Server."""
+    import dataclasses
+    app = site[0]
+    c = client()
+    assert await c.login("petrova") == 303
+    good = app._snapshot
+    app._snapshot = dataclasses.replace(good, departments=None)
+    try:
+        with caplog.at_level(logging.ERROR, logger="mailrouter.web"):
+            status, page, headers = await c.get("/board")
+    finally:
+        app._snapshot = good
+    assert status == 500 and "internal error" in page and "Traceback" not in page
+    assert headers.getall("Server") == ["mailrouter"] and headers["Cache-Control"] == "no-store"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    logged = [r for r in caplog.records if "event=web_error" in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "path=/board" in logged[0].getMessage()

@@ -5,7 +5,9 @@ Middlewares, outermost first:
   styles and images from us only, no framing), X-Frame-Options DENY, nosniff,
   Referrer-Policy same-origin (no address of ours leaks to another site; not no-referrer,
   with which browsers send `Origin: null` on our own forms) and Cache-Control no-store
-  (the pages show private mail);
+  (the pages show private mail). An unexpected error is logged with its traceback
+  (event=web_error) and answered 500 with a plain page and these headers: aiohttp's own
+  500 had none of them and named its version in Server;
 - `signed_in`: a page needs a live session. With `web.trusted_header` the reverse proxy
   names the person in that header and a session is opened for them on the spot; else
   the session cookie must name a live row of `web_sessions` (registry/accounts.py).
@@ -24,6 +26,7 @@ their own mailbox.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -57,6 +60,7 @@ SETTINGS: web.AppKey[WebConfig] = web.AppKey("settings")
 SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
 ERRORS: web.AppKey[ErrorPage] = web.AppKey("errors")
 VIEWER: web.RequestKey[Viewer] = web.RequestKey("viewer")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,9 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
             resp = web.Response(status=exc.status, headers={"Location": exc.headers["Location"]})
     except RegistryError:
         resp = request.app[ERRORS](request, 503, "registry unavailable")
+    except Exception:       # a bug: logged with its traceback, answered as every error is
+        log.exception("event=web_error method=%s path=%s", request.method, request.path[:200])
+        resp = _internal_error(request)
     resp.headers.update({
         "Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
@@ -133,6 +140,14 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/static/"):
         resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+def _internal_error(request: web.Request) -> web.StreamResponse:
+    text = "internal error; the server's log (event=web_error) says why"
+    try:
+        return request.app[ERRORS](request, 500, text)
+    except Exception:       # the error page itself failed (a template, the snapshot)
+        return web.Response(status=500, text=text)
 
 
 @web.middleware
