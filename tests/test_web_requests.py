@@ -302,6 +302,22 @@ async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: 
     assert status == 400 and "is before" in page
 
 
+async def test_the_reports_messages_per_owner_name_people_as_its_response_tables_do(
+        site: Any, client: Any) -> None:
+    """The report's messages-per-owner table names a person as the first-response tables
+    below it do ("Пётр Иванов"), a team or an owner outside the address book by its key;
+    it showed every owner by key ("ivanov" above "Пётр Иванов")."""
+    from mailrouter.registry.models import decisions
+    app = site[0]
+    await app.registry.write("test", lambda c: c.execute(update(decisions).where(
+        decisions.c.mailbox == "finance").values(owner="ivanov")))
+    ivanov = await client("ivanov")
+    status, page, _ = await ivanov.get("/report")
+    per_owner = page.split("<h2>Per owner</h2>", 1)[1].split("</table>", 1)[0]
+    assert status == 200 and "<td>Пётр Иванов</td><td>1</td>" in per_owner, per_owner
+    assert "<td>ivanov</td>" not in per_owner
+
+
 async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any, caplog: Any) -> None:
     """Five wrong passwords for ivanov: the sixth try, even with the right password, is
     429 with Retry-After and no session, and logged; another person from the same address
