@@ -318,6 +318,48 @@ async def test_the_reports_messages_per_owner_name_people_as_its_response_tables
     assert "<td>ivanov</td>" not in per_owner
 
 
+async def test_slow_reports_leave_the_daemon_registry_reads_of_its_own(
+        site: Any, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six reports whose query hangs (a report over years of requests, a head pressing
+    reload) hold at most two of the registry's read threads; an incoming message's read
+    (first_seen, as a retry asks it) is answered meanwhile, and every report answers once
+    its query is done. Each report took a thread: four took them all, and the daemon's own
+    reads waited behind them (an SMTP reply 14 s late beside twelve reports of 20000
+    requests; past the registry timeout a 451)."""
+    import threading
+
+    from mailrouter.web import reports as web_reports
+    app = site[0]
+    release, lock = threading.Event(), threading.Lock()
+    running, most = [0], [0]
+    real = web_reports.report
+
+    def slow_report(*args: Any, **kw: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            release.wait(60)
+            return real(*args, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+    monkeypatch.setattr(web_reports, "report", slow_report)
+    heads = [await client(person) for person in ("petrova", "ivanov", "smirnov") * 2]
+    pages = [asyncio.create_task(c.get("/report")) for c in heads]
+    try:
+        for _ in range(400):                    # until the reports hold what they may
+            if running[0] >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(app.registry.first_seen("no-such-message"), 5) is None
+        assert most[0] == 2, most
+    finally:
+        release.set()
+    assert [status for status, _, _ in await asyncio.gather(*pages)] == [200] * 6
+    assert most[0] == 2, most
+
+
 async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any, caplog: Any) -> None:
     """Five wrong passwords for ivanov: the sixth try, even with the right password, is
     429 with Retry-After and no session, and logged; another person from the same address

@@ -48,6 +48,7 @@ from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csr
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
                      no_nul, redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
+from .reads import WebRegistry
 from .reports import report_page
 from .requests import act, board_page, request_page
 from .throttle import Throttle
@@ -230,7 +231,8 @@ async def counterparty_page(request: web.Request) -> web.Response:
 def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: WebConfig,
              throttle: Throttle | None = None) -> web.Application:
     app = web.Application(middlewares=[headers, known_host, signed_in, no_nul, csrf], client_max_size=64 * 1024)
-    app[REGISTRY], app[SNAPSHOT], app[SETTINGS], app[ERRORS] = registry, snapshot, settings, error_page
+    app[REGISTRY], app[SNAPSHOT], app[SETTINGS] = WebRegistry(registry), snapshot, settings
+    app[ERRORS] = error_page
     app[THROTTLE] = throttle or Throttle()
     app.router.add_get("/", index)
     app.router.add_get("/login", login_form)

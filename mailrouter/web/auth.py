@@ -37,10 +37,10 @@ from aiohttp import web
 
 from ..config import WebConfig
 from ..errors import RegistryError
-from ..registry import Registry
 from ..registry.accounts import Session, find_session, open_session
 from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
+from .reads import WebRegistry
 
 __all__ = ["Viewer", "viewer_for", "headers", "known_host", "signed_in", "csrf", "find_person", "set_session_cookie",
            "COOKIE", "session_token", "LOGIN_CSRF", "login_token", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
@@ -55,7 +55,7 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ErrorPage = Callable[[web.Request, int, str], web.StreamResponse]
 
-REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+REGISTRY: web.AppKey[WebRegistry] = web.AppKey("registry")
 SETTINGS: web.AppKey[WebConfig] = web.AppKey("settings")
 SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
 ERRORS: web.AppKey[ErrorPage] = web.AppKey("errors")
