@@ -196,7 +196,8 @@ async def test_a_long_thread_is_shown_a_hundred_messages_a_page(site: Any, clien
     """A request of 251 messages (a customer's autoresponder answering each reminder) shows
     them 100 a page, in order, with where one is and links to the pages before and after;
     every message is on one page. The page listed all of them, each with its decisions'
-    explanations: megabytes for a thread of thousands. A page that is no number is 400."""
+    explanations: megabytes for a thread of thousands. A page that is no number is 400,
+    one past the last 404."""
     app, _, fin, _ = site
 
     def answer_250_times(conn: Any) -> None:
@@ -221,6 +222,7 @@ async def test_a_long_thread_is_shown_a_hundred_messages_a_page(site: Any, clien
         more = re.search(r'class="next-page" href="([^"]+)"', page)
         path = more[1] if more else ""
     assert len(seen) == 251 and seen == sorted(seen)
+    assert (await ivanov.get(f"/request/{fin}?page=4"))[0] == 404        # past the last
     for bad in ("0", "x", "-1", "١"):
         status, page, _ = await ivanov.get(f"/request/{fin}?page={bad}")
         assert status == 400 and "page=" in page, bad

@@ -110,6 +110,8 @@ async def request_page(request: web.Request) -> web.Response:
     if doc is None:
         raise web.HTTPNotFound()
     pages = max(1, -(-doc["message_count"] // THREAD_PAGE))
+    if page > pages:            # past the thread's last message: no such page
+        raise web.HTTPNotFound()
     thread = {"page": page, "pages": pages, "count": doc["message_count"],
               "first": (page - 1) * THREAD_PAGE + 1, "last": (page - 1) * THREAD_PAGE + len(doc["messages"])}
     left = None
