@@ -77,6 +77,19 @@ async def test_rules_and_dashboard_query_real_names(make_app):
         assert used <= names, (what, used - names)
 
 
+async def test_every_metric_family_is_on_the_dashboard(make_app):
+    """The reverse: each `mailrouter_*` family on /metrics is queried by a dashboard panel,
+    so what the daemon counts can be seen. mailrouter_downstream_replies_total (LMTP/SMTP
+    downstream answers per recipient) was on none."""
+    text, _, dashboard = await _metrics_and_queries(make_app)
+    families = {f for f in re.findall(r"^# TYPE (mailrouter_\w+) \w+$", text, re.M)
+                if not f.endswith("_created")}      # prometheus_client's creation times
+    # a counter's family is declared without _total; a histogram is queried by its _bucket
+    used = {re.sub(r"_(total|bucket|sum|count|info)$", "", n) for n in _queried(dashboard)}
+    assert len(families) >= 20
+    assert {re.sub(r"_(total|info)$", "", f) for f in families} - used == set()
+
+
 def exposed_labels(text: str) -> dict[str, dict[str, set[str]]]:
     """For each series name with samples on /metrics: label name -> the values it takes."""
     out: dict[str, dict[str, set[str]]] = {}

@@ -147,3 +147,39 @@ async def test_search_and_history_with_nothing_found_say_so_on_stderr(tmp_path):
     code, out, err = await asyncio.to_thread(cli, "registry", "history", "nobody@x.example",
                                              "--json")
     assert (code, err) == (0, "") and json.loads(out)["requests"] == []
+
+
+async def test_the_report_counts_each_requests_business_hours_once(tmp_path):
+    """Every request is in three groups of the report (all, its mailbox, its owner); its
+    business hours to the first response are counted once, not once per group (a report
+    over years of requests spent most of its time on the calendar three times over). The
+    figures stay: three answered requests of 1, 2 and 4 working hours, one missed SLA."""
+    from mailrouter.calendars import build_calendars
+    from mailrouter.control.queries import report
+    from mailrouter.control.tables import requests
+
+    class Counted:
+        def __init__(self, calendar):
+            self.calendar, self.calls = calendar, 0
+
+        def business_hours_between(self, start, end):
+            self.calls += 1
+            return self.calendar.business_hours_between(start, end)
+
+    cal = Counted(build_calendars({"office": {"timezone": "UTC", "hours": "mon-fri 09:00-18:00"}})["office"])
+    reg = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    try:
+        opened = AT                                 # Monday 09:00 UTC
+        await reg.write("fill", lambda c: c.execute(insert(requests), [dict(
+            opened_at=opened, message_key=f"k{n}", counterparty="a@x.example",
+            counterparty_domain="x.example", mailbox="finance", owner="ivanov", status="answered",
+            subject="s", tags=[], sla_calendar="office", first_response_due=opened + timedelta(hours=3),
+            first_response_at=opened + timedelta(hours=n), last_in_at=opened) for n in (1, 2, 4)]))
+        doc = await reg.read("report", lambda c: report(
+            c, AT - timedelta(days=1), AT + timedelta(days=1), AT + timedelta(days=1), {"office": cal}))
+    finally:
+        await reg.close()
+    assert doc["first_response_hours"] == {"answered": 3, "median": 2.0, "p90": 3.6}
+    assert doc["sla"] == {"kept": 2, "missed": 1, "share_kept": 0.6667}
+    assert doc["response_per_mailbox"][0]["median"] == doc["response_per_owner"][0]["median"] == 2.0
+    assert cal.calls == 3

@@ -196,3 +196,40 @@ async def test_web_report_and_cli_periods_are_moscow_days(make_app, tmp_path):
                                                            "--until", "2026-12-08"))
     assert doc["since"] == "2026-12-07T00:00:00+03:00"
     assert doc["volume_per_day"] == [{"day": "2026-12-07", "requests": 1}]
+
+
+async def test_the_cli_reports_period_is_printed_on_the_company_clock(tmp_path):
+    """`mailrouter report --since D` (text) prints its period from the company's midnight to
+    now, both on the company's clock with the offset; the end (now, by default) was printed
+    in UTC without its offset beside a start in Moscow time, three hours off."""
+    import asyncio
+    import io
+    import re
+    from contextlib import redirect_stdout
+
+    from mailrouter.calendars import company_zone
+    from mailrouter.cli import main
+    from mailrouter.config import Limits
+    from mailrouter.routing.snapshot import load_snapshot
+    from tests.support.daemon import RULES
+    db = tmp_path / "r.db"
+    reg = await Registry.open(f"sqlite+aiosqlite:///{db}")
+    await reg.close()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{db}'}}\nrouting: ['{RULES}/*.yaml']\n",
+                   encoding="utf-8")
+    zone = company_zone(load_snapshot((f"{RULES}/*.yaml",), Limits(), "mx.test").rules.calendars)
+    assert zone == MSK
+    out = io.StringIO()
+
+    def cli() -> None:
+        with redirect_stdout(out):
+            assert main(["report", "--since", "2026-12-01", "-c", str(cfg)]) == 0
+    await asyncio.to_thread(cli)
+    before = datetime.now(MSK)
+    first = out.getvalue().splitlines()[0]
+    found = re.fullmatch(r"requests opened 2026-12-01 00:00\+03:00 \.\. (\S+ \S+)", first)
+    assert found, first
+    end = datetime.fromisoformat(found[1])
+    assert end.utcoffset() == timedelta(hours=3)
+    assert abs((end - before).total_seconds()) < 600, (end, before)     # now, not 3 h off

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes, urlencode
@@ -532,3 +532,80 @@ async def test_a_rebound_host_name_cannot_sign_in_through_the_trusted_header(mak
         assert (await get(f"127.0.0.1:{port}"))[0] == 400
         status, page, hdrs = await get("Mail-Control.example.com")
         assert status == 200 and "Set-Cookie" in hdrs
+
+
+def _copies_of_the_invoice(conn: Any, n: int, start: datetime) -> None:
+    """`n` copies of the delivered invoice (its decisions and subject words too), one a
+    minute back from `start`, keys c0000.. ; two share each time, so a page may end between them."""
+    from sqlalchemy import insert, select
+
+    from mailrouter.registry.models import decisions, messages
+    from mailrouter.registry.words import subject_words
+    first = conn.execute(select(messages).where(messages.c.subject == "Счёт №42 за декабрь")).one()._mapping
+    decs = [{k: v for k, v in d._mapping.items() if k != "id"} for d in conn.execute(
+        select(decisions).where(decisions.c.message_key == first["key"]))]
+    words = [{k: v for k, v in w._mapping.items() if k != "id"} for w in conn.execute(
+        select(subject_words).where(subject_words.c.message_key == first["key"]))]
+    for i in range(n):
+        key, at = f"c{i:04d}", start - timedelta(minutes=i // 2)
+        conn.execute(insert(messages), [dict(first) | {"key": key, "received_at": at, "updated_at": at}])
+        conn.execute(insert(decisions), [d | {"message_key": key} for d in decs])
+        conn.execute(insert(subject_words), [w | {"message_key": key, "received_at": at} for w in words])
+
+
+async def _walk_pages(c: Client, path: str) -> tuple[int, list[str]]:
+    """Every message key listed on `path` and the pages after it (its "Next page" links)."""
+    keys: list[str] = []
+    pages = 0
+    while path:
+        status, page, _ = await c.get(path)
+        assert status == 200, (path, page)
+        pages += 1
+        keys += re.findall(r'href="/message/(\w+)"', page)
+        more = re.search(r'id="next-page" href="([^"]+)"', page)
+        path = more.group(1).replace("&amp;", "&") if more else ""
+    return pages, keys
+
+
+async def test_a_search_and_a_history_longer_than_a_page_go_on_to_the_next(client: Any, site: Any) -> None:
+    """A search (by subject word, by sender) and a counterparty's history with more
+    messages than a page holds link to the next page, which lists the older ones, each
+    message once. The pages ended at 100 and 500 rows, saying nothing of the rest: a head
+    read a customer's last 500 messages as all of them."""
+    newest = datetime.now(timezone.utc) - timedelta(hours=1)
+    await site[0].registry.write("test", lambda conn: _copies_of_the_invoice(conn, 1204, newest))
+    c = client()
+    assert await c.login("ivanov") == 303
+    for path, page_size in (("/search?" + urlencode({"words": "СЧЕТ"}), 100),
+                            ("/search?sender=client%40outside.test&until=2999-01-01", 100),
+                            ("/counterparty?who=outside.test", 500)):
+        pages, keys = await _walk_pages(c, path)
+        assert len(keys) == len(set(keys)) == 1205, path           # the copies and the invoice
+        assert pages == -(-1205 // page_size), path
+    status, page, _ = await c.get("/search?before=2026-01-01T00:00,x")
+    assert status == 400 and "before=" in page                          # a time without its zone
+
+
+async def test_an_unexpected_error_is_a_plain_500_with_our_headers_and_a_logged_traceback(
+        client: Any, site: Any, caplog: Any) -> None:
+    """A bug in a page (here: a snapshot without its departments) is answered 500 with the
+    error page and every security header, Server "mailrouter", no-store; the traceback is
+    in the log as event=web_error. aiohttp's own 500 had no CSP, no nosniff, no no-store
+    and named itself and its version in Server."""
+    import dataclasses
+    app = site[0]
+    c = client()
+    assert await c.login("petrova") == 303
+    good = app._snapshot
+    app._snapshot = dataclasses.replace(good, departments=None)
+    try:
+        with caplog.at_level(logging.ERROR, logger="mailrouter.web"):
+            status, page, headers = await c.get("/board")
+    finally:
+        app._snapshot = good
+    assert status == 500 and "internal error" in page and "Traceback" not in page
+    assert headers.getall("Server") == ["mailrouter"] and headers["Cache-Control"] == "no-store"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    logged = [r for r in caplog.records if "event=web_error" in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "path=/board" in logged[0].getMessage()

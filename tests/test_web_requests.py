@@ -19,11 +19,11 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from mailrouter.config import ControlConfig, Listener, RegistryConfig, WebConfig, is_loopback
 from mailrouter.control.queries import report
-from mailrouter.control.tables import request_events, requests
+from mailrouter.control.tables import request_events, request_messages, requests
 from mailrouter.registry.accounts import hash_password, set_password
 from mailrouter.web.throttle import Throttle
 from tests.support.daemon import RULES
@@ -192,6 +192,42 @@ async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_rout
     assert str(RULES) not in story
 
 
+async def test_a_long_thread_is_shown_a_hundred_messages_a_page(site: Any, client: Any) -> None:
+    """A request of 251 messages (a customer's autoresponder answering each reminder) shows
+    them 100 a page, in order, with where one is and links to the pages before and after;
+    every message is on one page. The page listed all of them, each with its decisions'
+    explanations: megabytes for a thread of thousands. A page that is no number is 400,
+    one past the last 404."""
+    app, _, fin, _ = site
+
+    def answer_250_times(conn: Any) -> None:
+        first = conn.execute(select(request_messages).where(request_messages.c.request_id == fin)).one()
+        at = first.at
+        conn.execute(insert(request_messages), [
+            {"request_id": fin, "message_key": f"auto{i:04d}", "message_id": f"<auto{i}@outside.test>",
+             "direction": "in", "at": at + timedelta(minutes=i + 1), "sender": first.sender}
+            for i in range(250)])
+    await app.registry.write("test", answer_250_times)
+    ivanov = await client("ivanov")
+    seen, path = [], f"/request/{fin}"
+    while path:
+        status, page, _ = await ivanov.get(path)
+        assert status == 200, page
+        shown = re.findall(r'<section class="decision msg-in">.*?<small>[^<]*· ([^<]+)</small>', page, re.S)
+        assert 0 < len(shown) <= 100, len(shown)
+        first = len(seen) + 1
+        assert f"Messages {first}–{first + len(shown) - 1} of 251" in page
+        assert ('class="prev-page"' in page) == (first > 1)
+        seen += shown
+        more = re.search(r'class="next-page" href="([^"]+)"', page)
+        path = more[1] if more else ""
+    assert len(seen) == 251 and seen == sorted(seen)
+    assert (await ivanov.get(f"/request/{fin}?page=4"))[0] == 404        # past the last
+    for bad in ("0", "x", "-1", "١"):
+        status, page, _ = await ivanov.get(f"/request/{fin}?page={bad}")
+        assert status == 400 and "page=" in page, bad
+
+
 async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department(
         site: Any, client: Any) -> None:
     """ivanov reassigns his request to petrova, adds a note, closes and reopens it: each is
@@ -266,6 +302,64 @@ async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: 
     assert ("mailbox", "finance", "1") in [(g["section"], g["name"], g["answered"]) for g in got]
     status, page, _ = await petrova.get("/report?since=2027-02-01&until=2027-01-01")
     assert status == 400 and "is before" in page
+
+
+async def test_the_reports_messages_per_owner_name_people_as_its_response_tables_do(
+        site: Any, client: Any) -> None:
+    """The report's messages-per-owner table names a person as the first-response tables
+    below it do ("Пётр Иванов"), a team or an owner outside the address book by its key;
+    it showed every owner by key ("ivanov" above "Пётр Иванов")."""
+    from mailrouter.registry.models import decisions
+    app = site[0]
+    await app.registry.write("test", lambda c: c.execute(update(decisions).where(
+        decisions.c.mailbox == "finance").values(owner="ivanov")))
+    ivanov = await client("ivanov")
+    status, page, _ = await ivanov.get("/report")
+    per_owner = page.split("<h2>Per owner</h2>", 1)[1].split("</table>", 1)[0]
+    assert status == 200 and "<td>Пётр Иванов</td><td>1</td>" in per_owner, per_owner
+    assert "<td>ivanov</td>" not in per_owner
+
+
+async def test_slow_reports_leave_the_daemon_registry_reads_of_its_own(
+        site: Any, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six reports whose query hangs (a report over years of requests, a head pressing
+    reload) hold at most two of the registry's read threads; an incoming message's read
+    (first_seen, as a retry asks it) is answered meanwhile, and every report answers once
+    its query is done. Each report took a thread: four took them all, and the daemon's own
+    reads waited behind them (an SMTP reply 14 s late beside twelve reports of 20000
+    requests; past the registry timeout a 451)."""
+    import threading
+
+    from mailrouter.web import reports as web_reports
+    app = site[0]
+    release, lock = threading.Event(), threading.Lock()
+    running, most = [0], [0]
+    real = web_reports.report
+
+    def slow_report(*args: Any, **kw: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            release.wait(60)
+            return real(*args, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+    monkeypatch.setattr(web_reports, "report", slow_report)
+    heads = [await client(person) for person in ("petrova", "ivanov", "smirnov") * 2]
+    pages = [asyncio.create_task(c.get("/report")) for c in heads]
+    try:
+        for _ in range(400):                    # until the reports hold what they may
+            if running[0] >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(app.registry.first_seen("no-such-message"), 5) is None
+        assert most[0] == 2, most
+    finally:
+        release.set()
+    assert [status for status, _, _ in await asyncio.gather(*pages)] == [200] * 6
+    assert most[0] == 2, most
 
 
 async def test_failed_sign_ins_lock_the_name_for_a_while(client: Any, caplog: Any) -> None:

@@ -231,13 +231,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     until = until_at or now
     since = since_at or until - timedelta(days=30)
     cals = snap.rules.calendars
-    doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals,
-                                                   zone=company_zone(cals)), cfg=cfg)
+    zone = company_zone(cals)
+    doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals, zone=zone), cfg=cfg)
     rows = [{"section": k, **r} for k, v in doc.items() if isinstance(v, list) for r in v]
     rows += [{"section": k, **v} for k, v in doc.items() if isinstance(v, dict)]
 
     def text() -> None:
-        print(f"requests opened {doc['since'][:16]} .. {doc['until'][:16]}")
+        # both ends on the company's clock, as every time printed: the default end (now)
+        # was UTC cut to 16 characters, beside a start in local time
+        print(f"requests opened {company_time(doc['since'], zone)} .. {company_time(doc['until'], zone)}")
         for k in ("mailbox", "rule", "owner", "day"):
             print(f"  per {k}: " + ", ".join(f"{_or(r[k], '(nobody)' if k == 'owner' else '-')}"
                                              f"={r['requests']}" for r in doc[f"volume_per_{k}"]))

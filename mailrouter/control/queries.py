@@ -57,12 +57,13 @@ def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: 
     return max(0.0, (end - start).total_seconds() / 3600)
 
 
-def _response(rows: list[Any], now: datetime, calendars: Mapping[str, Any]) -> dict[str, Any]:
-    """First response (median, p90 in business hours) and SLA kept of (opened, first, due, cal)."""
+def _response(rows: list[Any], now: datetime) -> dict[str, Any]:
+    """First response (median, p90 in business hours) and SLA kept of (first, due, hours to
+    the first response or None)."""
     hours, kept, missed = [], 0, 0
-    for opened, first, due, cal in rows:
-        if first is not None:
-            hours.append(_hours(calendars, cal, opened, first))
+    for first, due, took in rows:
+        if took is not None:
+            hours.append(took)
         if due is not None and (first is not None or due <= now):
             if first is not None and first <= due:
                 kept += 1
@@ -94,18 +95,19 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
     for opened, first, due, cal, box, owner in conn.execute(select(
             requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
             requests.c.sla_calendar, requests.c.mailbox, requests.c.owner).where(span)):
-        every.append((opened, first, due, cal))
+        # the business hours once per request: every request is in three of the groups
+        every.append((first, due, None if first is None else _hours(calendars, cal, opened, first)))
         per_box.setdefault(box, []).append(every[-1])
         per_owner.setdefault(owner, []).append(every[-1])
         day = opened.astimezone(zone).date().isoformat()
         per_day[day] = per_day.get(day, 0) + 1
     out["volume_per_day"] = [{"day": d, "requests": n} for d, n in sorted(per_day.items())]
-    whole = _response(every, now, calendars)
+    whole = _response(every, now)
     out["first_response_hours"] = {k: whole[k] for k in ("answered", "median", "p90")}
     out["sla"] = {k: whole[k] for k in ("kept", "missed", "share_kept")}
-    out["response_per_mailbox"] = [{"mailbox": k} | _response(v, now, calendars)
+    out["response_per_mailbox"] = [{"mailbox": k} | _response(v, now)
                                    for k, v in sorted(per_box.items(), key=lambda i: str(i[0]))]
-    out["response_per_owner"] = [{"owner": k} | _response(v, now, calendars)
+    out["response_per_owner"] = [{"owner": k} | _response(v, now)
                                  for k, v in sorted(per_owner.items(), key=lambda i: str(i[0]))]
     overdue = and_(requests.c.status == "open", requests.c.response_due <= now)
     per: dict[str | None, dict[str, Any]] = {}
@@ -313,20 +315,27 @@ def _plain(row: Any) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
 
 
-def show_request(conn: Connection, number: int, scope: Scope | None = None) -> dict[str, Any] | None:
+def show_request(conn: Connection, number: int, scope: Scope | None = None, skip: int = 0,
+                 limit: int | None = None) -> dict[str, Any] | None:
     """A request with its messages (and each decision's explanation), history and alerts;
-    None when there is no such request or `scope` may not see it."""
+    None when there is no such request or `scope` may not see it. `skip`/`limit`: those
+    of its messages, in order (the web view's pages of a long thread), and with a limit
+    `message_count`, how many it has."""
     if not 0 < number <= MAX_NUMBER:       # PostgreSQL would fail the query, not find nothing
         return None
     row = conn.execute(select(requests).where(requests.c.id == number, requests_in(scope))).first()
     if row is None:
         return None
-    links = conn.execute(select(request_messages).where(request_messages.c.request_id == number)
-                         .order_by(request_messages.c.id)).all()
+    mine = request_messages.c.request_id == number
+    links = conn.execute(select(request_messages).where(mine).order_by(request_messages.c.id)
+                         .offset(skip).limit(limit)).all()
     keys = [ln.message_key for ln in links]
     msgs = {m.key: m for m in conn.execute(select(messages).where(messages.c.key.in_(keys)))}
     extra = _copies(conn, keys)
     out = _plain(row)
+    if limit is not None:
+        out["message_count"] = (len(links) if not skip and len(links) < limit else
+                                conn.execute(select(func.count()).where(mine)).scalar_one())
     out["messages"] = [{"direction": ln.direction, "at": ln.at.isoformat(), "from": ln.sender,
                         "message_id": ln.message_id, "key": ln.message_key}
                        | _message_facts(msgs.get(ln.message_key)) | extra[ln.message_key]

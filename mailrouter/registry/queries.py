@@ -114,10 +114,11 @@ def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any
 def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", words: str = "",
            since: date | None = None, until: date | None = None, tag: str = "", status: str = "",
            mailbox: str = "", owner: str = "", limit: int = 100,
-           zone: tzinfo = timezone.utc) -> SearchResult:
+           zone: tzinfo = timezone.utc, before: tuple[datetime, str] | None = None) -> SearchResult:
     """Messages, newest first, each with its decisions and deliveries. `until` is inclusive;
     `since` and `until` are days of `zone` (the web view passes the company's).
-    `words`: every word in the subject (whole words; `счет*` for every word it begins)."""
+    `words`: every word in the subject (whole words; `счет*` for every word it begins).
+    `before`: (received_at, key) of the last message of the page shown; the next page."""
     q = scope.where(select(messages.c.key, messages.c.received_at))
     if sender.strip():
         q = q.where(_sender(sender))
@@ -132,7 +133,7 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
     want_tag = tag.strip()
     walk = newest(conn, q, parse_words(words), page=_CHUNK,
                   since=None if since is None else local_midnight(since, zone),
-                  until=None if until is None else local_midnight(until, zone, 1))
+                  until=None if until is None else local_midnight(until, zone, 1), before=before)
     hits: list[dict[str, Any]] = []
     scanned = 0
     while len(hits) < limit and scanned < SCAN_MAX:
@@ -185,12 +186,17 @@ def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | 
     return _with_decisions(conn, [row])[0] if row is not None else None
 
 
-def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500) -> list[dict[str, Any]]:
-    """Every message from one address, or from anyone at a domain, newest first."""
+def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
+                 before: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+    """The messages from one address, or from anyone at a domain, newest first: `limit`
+    of them, after `before` (received_at, key of the last one of the page shown)."""
     if not who.strip():
         return []
     q = scope.where(select(messages)).where(_sender(who))
-    rows = conn.execute(q.order_by(messages.c.received_at.desc()).limit(limit)).all()
+    at, key = messages.c.received_at, messages.c.key
+    if before is not None:
+        q = q.where(at <= before[0], or_(at < before[0], key < before[1]))
+    rows = conn.execute(q.order_by(at.desc(), key.desc()).limit(limit)).all()
     return _with_decisions(conn, rows)
 
 

@@ -113,9 +113,10 @@ def _has(word: Word, key: Any) -> ColumnElement[bool]:
 
 def newest(conn: Connection, q: Select[Any], words: Sequence[Word], *,
            since: datetime | None = None, until: datetime | None = None,
-           page: int = 2000) -> Iterator[Any]:
+           page: int = 2000, before: tuple[datetime, str] | None = None) -> Iterator[Any]:
     """The rows of `q` (a select over `messages` with its filters, which must select
-    messages.key and messages.received_at) newest first, keyset-paged, having every word."""
+    messages.key and messages.received_at) newest first, keyset-paged, having every word;
+    with `before` (received_at, key of the last row of a page shown) the rows after it."""
     counts = sorted(((_count(conn, w), n, w) for n, w in enumerate(words)),
                     key=lambda t: (t[0], t[2].prefix, t[1]))
     if counts and counts[0][0] == 0:
@@ -136,13 +137,13 @@ def newest(conn: Connection, q: Select[Any], words: Sequence[Word], *,
     if until is not None:
         q = q.where(at < until)
     q = q.add_columns(at.label("_at"), key.label("_key")).order_by(at.desc(), key.desc())
-    after: Any = None
+    after = before
     last = None     # a word form may find one message by two of its words: once
     while True:
         # each page starts below the last row of the one before (the `<=` is implied by
         # the OR, but only with it does SQLite seek the index)
         cur = q if after is None else q.where(
-            at <= after._at, or_(at < after._at, key < after._key))
+            at <= after[0], or_(at < after[0], key < after[1]))
         chunk = conn.execute(cur.limit(page)).all()
         for row in chunk:
             if row._key != last:
@@ -150,4 +151,4 @@ def newest(conn: Connection, q: Select[Any], words: Sequence[Word], *,
             last = row._key
         if len(chunk) < page:
             return
-        after = chunk[-1]
+        after = (chunk[-1]._at, chunk[-1]._key)

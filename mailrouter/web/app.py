@@ -13,19 +13,22 @@ Refused: see auth.py (no session, no CSRF token, foreign Origin); sign-in is thr
 (a date that is not YYYY-MM-DD, a NUL character anywhere: common.no_nul) is answered 400
 with the reason on the page; an unknown message or one outside the viewer's rights is 404,
 the same answer for both, so a link says nothing.
-Forms are limited to 64 KiB.
+Forms are limited to 64 KiB. A search shows 100 messages a page and a counterparty's history
+500, newest first; a "Next page" link (`before=TIME,KEY`, the last row's) goes on from there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -45,6 +48,7 @@ from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csr
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
                      no_nul, redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
+from .reads import WebRegistry
 from .reports import report_page
 from .requests import act, board_page, request_page
 from .throttle import Throttle
@@ -147,19 +151,52 @@ def _visible_mailboxes(request: web.Request) -> list[str]:
     return sorted(boxes if me.admin else (b for b in me.scope.mailboxes if b in boxes))
 
 
+# Messages per page of a search and of a counterparty's history; the page after is by
+# `before=TIME,KEY` (the last row's), newest first as the rows are.
+SEARCH_PAGE, HISTORY_PAGE = 100, 500
+
+
+def _before(request: web.Request) -> tuple[datetime, str] | None:
+    """The `before` of a next-page link: the last message shown, its time (ISO, with its zone) and key."""
+    text = request.query.get("before", "")
+    if not text:
+        return None
+    at, _, key = text.rpartition(",")
+    try:
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None or not key or len(key) > 64:
+            raise ValueError(text)
+        return when.astimezone(timezone.utc), key
+    except (ValueError, OverflowError):
+        raise BadInput(f"before={text[:80]!r}") from None
+
+
+def _older(request: web.Request, rows: Sequence[Mapping[str, Any]], size: int) -> str | None:
+    """The query of the page after `rows` (one more than `size` asked: there is one), or None."""
+    if len(rows) <= size:
+        return None
+    last = rows[size - 1]
+    at = last["received_at"]
+    at = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+    keep = {k: v for k, v in request.query.items() if k != "before" and v}
+    return urlencode(keep | {"before": f"{at.isoformat()},{last['key']}"})
+
+
 async def search_page(request: web.Request) -> web.Response:
     q = request.query
     try:
-        since, until = day(request, "since"), day(request, "until")
+        since, until, before = day(request, "since"), day(request, "until"), _before(request)
     except BadInput as exc:
         return bad(request, str(exc))
     fields = {k: q.get(k, "")[:200] for k in ("sender", "rcpt", "words", "tag", "status", "mailbox",
                                               "owner")}
     scope, zone = viewer(request).scope, company_zone(snap(request).rules.calendars)
     found = await request.app[REGISTRY].read("web search", lambda c: search(
-        c, scope, since=since, until=until, limit=100, zone=zone, **fields))
+        c, scope, since=since, until=until, limit=SEARCH_PAGE + 1, zone=zone, before=before, **fields))
+    more = _older(request, found.rows, SEARCH_PAGE)
+    found = dataclasses.replace(found, rows=found.rows[:SEARCH_PAGE])
     return render(request, "search.html", found=found, q=fields, since=q.get("since", ""),
-                  until=q.get("until", ""), statuses=sorted(MESSAGE_STATUSES),
+                  until=q.get("until", ""), statuses=sorted(MESSAGE_STATUSES), more=more,
                   mailboxes=_visible_mailboxes(request), people=snap(request).book.people)
 
 
@@ -179,8 +216,14 @@ def _story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | None:
 
 async def counterparty_page(request: web.Request) -> web.Response:
     who, scope = request.query.get("who", "").strip()[:200], viewer(request).scope
-    found = await request.app[REGISTRY].read("web counterparty", lambda c: counterparty(c, scope, who))
-    return render(request, "counterparty.html", who=who, found=found)
+    try:
+        before = _before(request)
+    except BadInput as exc:
+        return bad(request, str(exc))
+    found = await request.app[REGISTRY].read("web counterparty", lambda c: counterparty(
+        c, scope, who, limit=HISTORY_PAGE + 1, before=before))
+    return render(request, "counterparty.html", who=who, found=found[:HISTORY_PAGE],
+                  more=_older(request, found, HISTORY_PAGE))
 
 
 # -- the application -------------------------------------------------------------------
@@ -188,7 +231,8 @@ async def counterparty_page(request: web.Request) -> web.Response:
 def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: WebConfig,
              throttle: Throttle | None = None) -> web.Application:
     app = web.Application(middlewares=[headers, known_host, signed_in, no_nul, csrf], client_max_size=64 * 1024)
-    app[REGISTRY], app[SNAPSHOT], app[SETTINGS], app[ERRORS] = registry, snapshot, settings, error_page
+    app[REGISTRY], app[SNAPSHOT], app[SETTINGS] = WebRegistry(registry), snapshot, settings
+    app[ERRORS] = error_page
     app[THROTTLE] = throttle or Throttle()
     app.router.add_get("/", index)
     app.router.add_get("/login", login_form)

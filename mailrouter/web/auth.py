@@ -5,7 +5,9 @@ Middlewares, outermost first:
   styles and images from us only, no framing), X-Frame-Options DENY, nosniff,
   Referrer-Policy same-origin (no address of ours leaks to another site; not no-referrer,
   with which browsers send `Origin: null` on our own forms) and Cache-Control no-store
-  (the pages show private mail);
+  (the pages show private mail). An unexpected error is logged with its traceback
+  (event=web_error) and answered 500 with a plain page and these headers: aiohttp's own
+  500 had none of them and named its version in Server;
 - `signed_in`: a page needs a live session. With `web.trusted_header` the reverse proxy
   names the person in that header and a session is opened for them on the spot; else
   the session cookie must name a live row of `web_sessions` (registry/accounts.py).
@@ -24,6 +26,7 @@ their own mailbox.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,10 +37,10 @@ from aiohttp import web
 
 from ..config import WebConfig
 from ..errors import RegistryError
-from ..registry import Registry
 from ..registry.accounts import Session, find_session, open_session
 from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
+from .reads import WebRegistry
 
 __all__ = ["Viewer", "viewer_for", "headers", "known_host", "signed_in", "csrf", "find_person", "set_session_cookie",
            "COOKIE", "session_token", "LOGIN_CSRF", "login_token", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
@@ -52,11 +55,12 @@ CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ErrorPage = Callable[[web.Request, int, str], web.StreamResponse]
 
-REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+REGISTRY: web.AppKey[WebRegistry] = web.AppKey("registry")
 SETTINGS: web.AppKey[WebConfig] = web.AppKey("settings")
 SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
 ERRORS: web.AppKey[ErrorPage] = web.AppKey("errors")
 VIEWER: web.RequestKey[Viewer] = web.RequestKey("viewer")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,9 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
             resp = web.Response(status=exc.status, headers={"Location": exc.headers["Location"]})
     except RegistryError:
         resp = request.app[ERRORS](request, 503, "registry unavailable")
+    except Exception:       # a bug: logged with its traceback, answered as every error is
+        log.exception("event=web_error method=%s path=%s", request.method, request.path[:200])
+        resp = _internal_error(request)
     resp.headers.update({
         "Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
@@ -133,6 +140,14 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/static/"):
         resp.headers["Cache-Control"] = "no-store"
     return resp
+
+
+def _internal_error(request: web.Request) -> web.StreamResponse:
+    text = "internal error; the server's log (event=web_error) says why"
+    try:
+        return request.app[ERRORS](request, 500, text)
+    except Exception:       # the error page itself failed (a template, the snapshot)
+        return web.Response(status=500, text=text)
 
 
 @web.middleware

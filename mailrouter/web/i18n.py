@@ -21,7 +21,8 @@ _WORDS: dict[str, dict[str, str]] = {
         "since": "From date", "until": "To date", "tag": "Tag", "status": "Status",
         "mailbox": "Mailbox", "owner": "Owner", "find": "Find", "any": "any",
         "received": "Received", "from": "From", "subject": "Subject", "decisions": "Decisions",
-        "next_page": "Next page",
+        "next_page": "Next page", "prev_page": "Previous page",
+        "messages_of": "Messages {first}–{last} of {n}",
         "nothing": "Nothing found.", "scan_stopped": "The search stopped after {n} messages; "
         "narrow it with dates.", "shown": "{n} shown",
         "message": "Message", "message_id": "Message-ID", "envelope": "Envelope sender",
@@ -75,7 +76,8 @@ _WORDS: dict[str, dict[str, str]] = {
         "since": "С даты", "until": "По дату", "tag": "Метка", "status": "Статус",
         "mailbox": "Ящик", "owner": "Ответственный", "find": "Найти", "any": "любой",
         "received": "Получено", "from": "От", "subject": "Тема", "decisions": "Решения",
-        "next_page": "Следующая страница",
+        "next_page": "Следующая страница", "prev_page": "Предыдущая страница",
+        "messages_of": "Письма {first}–{last} из {n}",
         "nothing": "Ничего не найдено.", "scan_stopped": "Поиск остановлен после {n} писем; "
         "уточните даты.", "shown": "показано: {n}",
         "message": "Письмо", "message_id": "Message-ID", "envelope": "Отправитель конверта",

@@ -6,7 +6,7 @@
   overdue); `?owner=` / `?mailbox=` narrow the list. The same query as
   `control.queries.board`, scoped by the viewer's rights.
 - `/request/N`: `control.queries.show_request`, the query of `mailrouter request show`:
-  its messages in order (decoded subject, From, each decision with its rule, file:line
+  its messages in order (100 a page, `?page=2` on) (decoded subject, From, each decision with its rule, file:line
   relative to the routing directory, the rule set's hash and the reasons), then the
   history (owner changes, replies, status changes, reminders, escalations, notes).
 - `POST /request/N/owner|close|reopen|note`: control/actions.py, with the viewer as actor.
@@ -94,16 +94,31 @@ def _history(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda i: str(i["at"]))
 
 
+# A request's messages per page, in order (each with every decision's explanation): a
+# thread of thousands (a customer's autoresponder) was one page of megabytes.
+THREAD_PAGE = 100
+
+
 async def request_page(request: web.Request) -> web.Response:
     number, scope, s = int(request.match_info["number"]), viewer(request).scope, snap(request)
-    doc = await request.app[REGISTRY].read("web request", lambda c: show_request(c, number, scope))
+    text = request.query.get("page", "1")
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 10**6):
+        return bad(request, f"page={text[:40]!r}")
+    page = int(text)
+    doc = await request.app[REGISTRY].read("web request", lambda c: show_request(
+        c, number, scope, skip=(page - 1) * THREAD_PAGE, limit=THREAD_PAGE))
     if doc is None:
         raise web.HTTPNotFound()
+    pages = max(1, -(-doc["message_count"] // THREAD_PAGE))
+    if page > pages:            # past the thread's last message: no such page
+        raise web.HTTPNotFound()
+    thread = {"page": page, "pages": pages, "count": doc["message_count"],
+              "first": (page - 1) * THREAD_PAGE + 1, "last": (page - 1) * THREAD_PAGE + len(doc["messages"])}
     left = None
     if doc["status"] == "open" and doc["response_due"]:      # the answer owed now
         left = sla_left(s.rules.calendars, doc["sla_calendar"],
                         datetime.fromisoformat(doc["response_due"]), datetime.now(timezone.utc))
-    return render(request, "request.html", r=doc, history=_history(doc), left=left,
+    return render(request, "request.html", r=doc, history=_history(doc), left=left, thread=thread,
                   people=s.book.people, places=RulePlaces(s))
 
 
