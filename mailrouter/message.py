@@ -293,8 +293,22 @@ class MessageView:
 
     @cached_property
     def _from(self) -> tuple[str, str]:
+        """The From's (name, address). An unquoted '<' in the name (`<b>Sales</b>
+        <ivan@x.ru>`, spam's `<script>...`) splits one mailbox into several for the parser,
+        and the first "address" was `b` or `script`: the sender, and a request's
+        counterparty, was a word. Then the first address with an '@' is the sender, and
+        what the header says before it is the name."""
         pairs = self._addresses("From")
-        return pairs[0] if pairs else ("", "")
+        if not pairs:
+            return "", ""
+        if "@" in pairs[0][1]:
+            return pairs[0]
+        addr = next((a for _, a in pairs if "@" in a), None)
+        if addr is None:
+            return pairs[0]
+        text = self.header("From") or ""
+        cut = text.rfind("<" + addr)
+        return (text[:cut].strip() if cut > 0 else ""), addr
 
     @cached_property
     def from_name(self) -> str:

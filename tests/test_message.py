@@ -1089,3 +1089,19 @@ def test_html_body_is_not_replaced_by_the_forwarded_text() -> None:
     assert [a.filename for a in v.attachments] == ["hello.eml"]
     alone = raw.replace(b"Content-Type: text/html\r\n\r\n<p>No such user</p>\r\n--B\r\n", b"")
     assert MessageView(alone).body_text == "returned text"
+
+
+@pytest.mark.parametrize("value, name, addr", [
+    ("<script>alert(1)</script> <evil@outside.test>", "<script>alert(1)</script>",
+     "evil@outside.test"),
+    ("<b>Sales</b> <ivan@x.example>", "<b>Sales</b>", "ivan@x.example"),
+    ("Иван <script> <ivan@x.example>", "Иван <script>", "ivan@x.example"),
+    ("=?utf-8?B?0JjQstCw0L0=?= <ivan@x.example>", "Иван", "ivan@x.example"),   # unchanged
+    ("undisclosed", "", "undisclosed"),                                         # unchanged
+])
+def test_an_unquoted_angle_bracket_in_the_from_name_keeps_the_sender(value: str, name: str,
+                                                                      addr: str) -> None:
+    """An unquoted '<' in the From's name split the mailbox for the parser: the sender (a
+    request's counterparty, a history's key) was `script` or `b`, not the address."""
+    v = MessageView(f"From: {value}\r\nSubject: x\r\n\r\nx\r\n".encode())
+    assert (v.from_name, v.from_addr) == (name, addr)
