@@ -296,6 +296,30 @@ async def test_a_head_sees_their_department_only_even_by_link(client: Any, site:
     assert (await petrova.get(link))[0] == 200
 
 
+async def test_a_message_to_two_departments_shows_each_head_their_own_decision(
+        client: Any, site: Any) -> None:
+    """One message to invoices@ (finance) and sales@: smirnov (head of sales) saw on its
+    page the finance decision too, its owner, rules and reasons, and its copy. Each head
+    now sees the decisions and copies of their department; the admin sees both."""
+    app, _ = site
+    host, port = app.bound["smtp"]
+    msg = ("From: Client <client@outside.test>\r\nTo: invoices@example.com, sales@example.com"
+           "\r\nSubject: both departments\r\n\r\nhello\r\n")
+    await aiosmtplib.send(msg.encode(), sender="client@outside.test", hostname=host, port=port,
+                          recipients=["invoices@example.com", "sales@example.com"])
+    smirnov, petrova = client(), client()
+    for c, who in ((smirnov, "smirnov"), (petrova, "petrova")):
+        assert await c.login(who) == 303
+    _, page, _ = await smirnov.get("/search?subject=both")
+    link = re.search(r'href="(/message/[0-9a-f]{64})"', page).group(1)
+    status, page, _ = await smirnov.get(link)
+    assert status == 200 and "sales@example.com → deliver" in page
+    assert "invoices@example.com → " not in page and "<td>finance" not in page
+    _, page, _ = await petrova.get(link)
+    assert "sales@example.com → deliver" in page and "invoices@example.com → deliver" in page
+    assert "<td>finance" in page
+
+
 async def test_a_counterparty_domain_is_matched_as_typed_not_as_a_pattern(client: Any) -> None:
     """`who` without @ is a domain: "%" (every sender) and "outside_test" (_ as any
     character) were LIKE wildcards; they find nothing, while outside.test finds its mail."""

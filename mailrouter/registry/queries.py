@@ -100,7 +100,11 @@ def from_domain(domains: list[str]) -> Any:
         "%@" + re.sub(r"([\\%_])", r"\\\1", d), escape="\\") for d in domains))
 
 
-def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any]]:
+def _with_decisions(conn: Connection, rows: Iterable[Any],
+                    scope: Scope | None = None) -> list[dict[str, Any]]:
+    """The messages of `rows`, each with its decisions and deliveries: those of `scope`
+    only (a message to two departments showed a head the other department's decision,
+    its owner, rules and reasons, and its copy)."""
     found = {r.key: dict(r._mapping) | {"decisions": [], "deliveries": []} for r in rows}
     if found:
         keys = list(found)
@@ -108,6 +112,13 @@ def _with_decisions(conn: Connection, rows: Iterable[Any]) -> list[dict[str, Any
             for d in conn.execute(select(table).where(table.c.message_key.in_(keys))
                                   .order_by(table.c.id)):
                 found[d.message_key][name].append(dict(d._mapping))
+    if scope is not None and not scope.everything:
+        for m in found.values():
+            m["decisions"] = [d for d in m["decisions"] if d["mailbox"] in scope.mailboxes
+                              or (scope.owner and d["owner"] == scope.owner)]
+            places = {p for d in m["decisions"] if d["mailbox"]
+                      for p in (d["mailbox"], f"{d['mailbox']}/{d['folder']}")}
+            m["deliveries"] = [c for c in m["deliveries"] if c["target"] in places]
     return list(found.values())
 
 
@@ -139,7 +150,7 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
     while len(hits) < limit and scanned < SCAN_MAX:
         keys = [r.key for r in itertools.islice(walk, limit - len(hits) if not want_tag else _CHUNK)]
         scanned += len(keys)
-        for row in _with_decisions(conn, _in_order(conn, keys)):
+        for row in _with_decisions(conn, _in_order(conn, keys), scope):
             if not want_tag or any(want_tag in (d["tags"] or []) for d in row["decisions"]):
                 hits.append(row)
         if not keys or (not want_tag and len(hits) < limit):
@@ -183,7 +194,7 @@ def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | 
     """One message with every decision (and its explanation) and every delivery, or None
     when there is no such message or it is outside the scope."""
     row = conn.execute(scope.where(select(messages).where(messages.c.key == key))).first()
-    return _with_decisions(conn, [row])[0] if row is not None else None
+    return _with_decisions(conn, [row], scope)[0] if row is not None else None
 
 
 def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
@@ -197,7 +208,7 @@ def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
     if before is not None:
         q = q.where(at <= before[0], or_(at < before[0], key < before[1]))
     rows = conn.execute(q.order_by(at.desc(), key.desc()).limit(limit)).all()
-    return _with_decisions(conn, rows)
+    return _with_decisions(conn, rows, scope)
 
 
 def volume(conn: Connection, scope: Scope, since: date, until: date,
