@@ -383,6 +383,26 @@ async def test_without_a_session_head_is_get_and_a_method_no_page_takes_is_405(c
     assert (await c.post("/logout", {}))[0] == 403                  # a page, but no session
 
 
+async def test_statuses_and_the_registry_down_page_are_in_the_readers_language(
+        client: Any, site: Any) -> None:
+    """The Russian pages showed statuses in English ("delivered" among Russian words) and
+    a registry that was down as "registry unavailable": both are in the reader's language,
+    and the search's status filter still sends the status itself."""
+    app, _ = site
+    ru, en = client("ru"), client("en")
+    for c in (ru, en):
+        assert await c.login("petrova") == 303
+    _, page, _ = await ru.get("/search")
+    assert "<td>доставлено</td>" in page and "<td>delivered</td>" not in page
+    assert '<option value="delivered">доставлено</option>' in page
+    _, page, _ = await ru.get("/search?status=delivered")
+    assert '<option value="delivered" selected>доставлено</option>' in page
+    assert "<td>delivered</td>" in (await en.get("/search"))[1]
+    await app.registry.close()                     # the registry gone under the web view
+    status, page, _ = await ru.get("/search")
+    assert status == 503 and "Реестр недоступен" in page
+
+
 async def test_language_by_accept_language_and_by_the_switch(client: Any) -> None:
     """Accept-Language ru gives Russian; the switch sets English for later pages."""
     c = client("ru-RU,ru;q=0.9,en;q=0.8")

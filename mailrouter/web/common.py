@@ -92,7 +92,7 @@ def render(request: web.Request, template: str, status: int = 200, **ctx: Any) -
 
 
 def error_page(request: web.Request, status: int, text: str) -> web.StreamResponse:
-    key = {403: "forbidden", 404: "not_found"}.get(status)
+    key = {403: "forbidden", 404: "not_found", 503: "unavailable"}.get(status)
     return render(request, "error.html", status=status, status_code=status,
                   message=translate(lang_of(request), key) if key else text)
 
