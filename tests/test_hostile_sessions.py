@@ -318,3 +318,34 @@ async def test_a_command_line_not_ended_by_crlf_is_not_run(make_app, tmp_path, p
                                 b"Subject: ok\r\n\r\nok\r\n.\r\n", lmtp=proto == "lmtp")
         assert r[0].startswith("250 2.0.0"), r
     assert await app.registry.count_messages() == 1
+
+
+RCPT_OVERSHOOT = 1000       # protocol.RCPT_OVERSHOOT, Postfix's smtpd_recipient_overshoot_limit
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_rcpts_past_the_limit_do_not_hold_a_session_for_ever(make_app, tmp_path, proto, hello):
+    """A RCPT past max_recipients gets 452 4.5.3, flow control and not an error, and it is a
+    command that restarts the idle timer: a client that kept sending RCPT and never DATA held
+    its session for ever. Past RCPT_OVERSHOOT of them since the last message taken each counts
+    as an error (Postfix's smtpd_recipient_overshoot_limit), so max_errors closes it; a
+    message taken starts the count again."""
+    app = await make_app(limits={"max_recipients": 1, "max_errors": 5})
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        # an MTA that overshoots, then sends the message: no error counted, the count restarts
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                     + b"RCPT TO:<support@example.com>\r\n" * RCPT_OVERSHOOT + b"DATA\r\n")
+        replies = [(await w.line())[:9] for _ in range(RCPT_OVERSHOOT + 3)]
+        assert replies == ["250 2.1.0", "250 2.1.5"] + ["452 4.5.3"] * RCPT_OVERSHOOT + ["354 End d"]
+        await w.send(b"Subject: taken\r\n\r\nbody\r\n.\r\n")
+        assert (await w.line()).startswith("250")
+        # a client that only ever overshoots: cut at max_errors, what follows never run
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                     + b"RCPT TO:<support@example.com>\r\n" * (RCPT_OVERSHOOT + 5) + b"NOOP\r\n")
+        replies = [(await w.line())[:9] for _ in range(RCPT_OVERSHOOT + 8)]
+        assert replies == ["250 2.1.0", "250 2.1.5"] + ["452 4.5.3"] * (RCPT_OVERSHOOT + 5) \
+            + ["421 4.7.0"], replies[-3:]
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1

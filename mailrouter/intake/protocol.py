@@ -29,7 +29,8 @@ What this adds to aiosmtpd's SMTP class:
   2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
   included, gets 554 5.5.0 and is disconnected; what it sent is never read;
 - errors (Postfix's smtpd_soft/hard_error_limit): every 4xx/5xx reply counts one,
-  except 421, the recipient-limit 452 4.5.3, and a 4xx after DATA other than a
+  except 421, the recipient-limit 452 4.5.3 (up to RCPT_OVERSHOOT since the last message
+  taken, as Postfix's smtpd_recipient_overshoot_limit), and a 4xx after DATA other than a
   policy one (X.7.X): that is our outage or a downstream's (disk full, registry
   down), not the client's error; past `limits.soft_errors` each reply waits
   `limits.error_delay` (asyncio.sleep: that session only); the reply that reaches
@@ -115,8 +116,10 @@ OVER_LIMIT = re.compile(r"421 4\.7\.0 [A-Z]+ sent too many times\Z")
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
-# control (RFC 5321 4.5.3.1.10: the client sends the rest in another transaction)
-_NOT_ERRORS = (b"421", b"452 4.5.3")
+# control (RFC 5321 4.5.3.1.10: the client sends the rest in another transaction), up to
+# RCPT_OVERSHOOT of it
+_OVERSHOOT = b"452 4.5.3"
+_NOT_ERRORS = (b"421", _OVERSHOOT)
 # A 4xx after DATA whose enhanced code is not a policy one (X.7.X, a rule's deferral) is our
 # outage or a downstream's (disk full, registry down, downstream unreachable): not the
 # client's error, and counting it would tarpit and then cut the MTA that retries it.
@@ -138,6 +141,12 @@ _NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
 # is counted since the last message taken (Postfix counts it as junk): a client that sends
 # MAIL and RSET in a loop, taking no message, no longer holds its session for ever.
 RESETS_WITHOUT_MAIL = 100
+# RCPTs past max_recipients get 452 4.5.3: flow control, no error (RFC 5321 4.5.3.1.10: the
+# client sends the rest in another transaction). A client that never does kept sending RCPT,
+# each a command that restarts the idle timer, and held its session for ever. Past this many
+# since the last message taken each one counts as an error (Postfix's
+# smtpd_recipient_overshoot_limit, 1000), so max_errors ends the session.
+RCPT_OVERSHOOT = 1000
 COMMAND_LIMITS = {"NOOP": 100, "VRFY": 100, "EXPN": 100, "HELP": 100, "EHLO": 100,
                   "HELO": 100, "LHLO": 100, "*": 10**9}
 
@@ -181,6 +190,7 @@ class Protocol(SMTP):
         self.limits = limits or Limits()
         self.errors = 0                # refused commands since the last message taken
         self.resets = 0                # RSETs since the last message taken
+        self.overshoot = 0             # 452 4.5.3 (RCPT past the limit) since then
         self._hung_up = False
         self._half_closed = False      # the client shut its sending side; we still write
         self._ehlo_in_progress = False
@@ -223,7 +233,10 @@ class Protocol(SMTP):
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
         if final and _TAKEN.search(data):
-            self.errors, self.resets, slow = 0, 0, False
+            self.errors, self.resets, self.overshoot, slow = 0, 0, 0, False
+        elif data.startswith(_OVERSHOOT):
+            self.overshoot += 1
+            self.errors += self.overshoot > RCPT_OVERSHOOT
         elif data[:1] in (b"4", b"5") and not data.startswith(_NOT_ERRORS) \
                 and not (final and _OUR_FAULT.match(data)):
             self.errors += 1
