@@ -318,6 +318,20 @@ async def test_every_reply_has_enhanced_code(make_app):
         assert (await w.cmd("RSET")).startswith("250 2.0.0")
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("smtp", "HELO"), ("lmtp", "LHLO")])
+async def test_a_greeting_without_a_name_is_501_with_its_code_and_verb(make_app, proto, hello):
+    """EHLO, HELO or LHLO with no name: 501 5.5.4 naming the verb sent, before and after a
+    greeting that offered ENHANCEDSTATUSCODES (RFC 2034: every reply carries a code). It was
+    aiosmtpd's "501 Syntax: EHLO hostname", no code (the greeting's reply lines skip
+    the code filler), and LMTP's LHLO was told the syntax of EHLO."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        assert (await w.line()).startswith("220")
+        assert await w.cmd(hello) == f"501 5.5.4 Syntax: {hello} hostname"
+        assert (await w.cmd(f"{hello} client.test")).startswith("250 ")
+        assert await w.cmd(f"{hello} ") == f"501 5.5.4 Syntax: {hello} hostname"
+
+
 async def test_lmtp_one_reply_per_recipient_in_order(make_app, tmp_path):
     """LMTP: after DATA one reply per accepted recipient, in RCPT order."""
     app = await make_app()

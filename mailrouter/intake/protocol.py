@@ -74,6 +74,7 @@ from ..values import (
     REPLY_HELP,
     REPLY_HELP_UNKNOWN,
     REPLY_INTERNAL_ERROR,
+    REPLY_LHLO_SYNTAX,
     REPLY_LMTP_NO_EHLO,
     REPLY_LMTP_NO_HELO,
     REPLY_NEED_RCPT,
@@ -108,6 +109,7 @@ CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
 NOT_UTF8 = str(REPLY_NOT_UTF8)
 BARE_LINE_END = str(REPLY_BARE_LINE_END)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
+LHLO_SYNTAX = str(REPLY_LHLO_SYNTAX)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
@@ -226,6 +228,8 @@ class Protocol(SMTP):
             if data[3:4] == b"-":
                 return
             data, self._pending = b"\r\n".join(self._pending), []
+            if data[:1] in (b"4", b"5"):   # aiosmtpd's "501 Syntax: EHLO hostname" has no code
+                data = with_enhanced_code(data)
         elif not data.startswith((b"220", b"354")):
             if data.startswith(b"500 "):   # aiosmtpd's 'command "VERB" not recognized' echoes
                 data = _NOT_TEXT.sub(b"?", data)  # the verb as sent: a CR, NUL or ESC included
@@ -731,6 +735,9 @@ class LMTPProtocol(Protocol, LMTP):
 
     @syntax("LHLO hostname")
     async def smtp_LHLO(self, arg: str) -> None:
+        if not arg:                # aiosmtpd's EHLO would say "Syntax: EHLO hostname"
+            await self.push(LHLO_SYNTAX)
+            return
         await self._greeting(SMTP.smtp_EHLO(self, arg))
 
     async def check_helo_needed(self, helo: str = "LHLO") -> bool:
