@@ -21,7 +21,7 @@ What this adds to aiosmtpd's SMTP class:
 - a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
 - control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
   HELP, EHLO...) at most 100 per session, RSET 100 since the last message taken; the memory DATA holds in all sessions
-  (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
+  (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it; 552 5.3.4 for a message it could never hold);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
   client that talks before the 220 greeting (which waits `limits.greet_delay`, or
   `greet_delay_loopback` for a loopback peer), pipelines before EHLO/LHLO or after
@@ -662,7 +662,10 @@ class Protocol(SMTP):
                 body = None
             too_big = too_big or over
         self._reset_timeout()
-        if too_big:
+        # More than the DATA memory of all sessions could ever hold (max_data_in_flight set
+        # below twice max_message_size): no retry would ever fit, so not 452 "try later"
+        # until the sender's queue gives up days later, but too big, as past the size limit.
+        if too_big or (budget is not None and total * MEMORY_PER_BYTE > budget.limit):
             return TOO_BIG, b""
         if no_room or body is None:
             log.warning("event=data_budget_full peer=%s limit=%d", self.session and
