@@ -254,6 +254,24 @@ async def test_an_unknown_verb_is_not_echoed_with_its_control_bytes(make_app, ve
         assert (await w.cmd("NOOP")).startswith("250")
 
 
+@pytest.mark.parametrize("line", [b"X" * 508, b"VRFY " + "\u00e9 ".encode() * 167],
+                         ids=["verb", "vrfy"])
+async def test_a_reply_quoting_the_client_fits_in_512_octets(make_app, line):
+    """RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF. aiosmtpd's 500
+    quotes an unknown verb and its 502 VRFY's argument: a command line at the 512 limit made a
+    reply of 552 octets. The quote is cut ("...") where it would not fit, never inside a
+    UTF-8 letter."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.send(line + b"\r\n")
+        raw = await w.reader.readline()
+        assert len(raw) <= 512 and raw.endswith(b'...\r\n'), raw
+        assert raw[:9] in (b"500 5.5.2", b"502 5.5.1"), raw
+        raw.decode("utf-8")
+        assert (await w.cmd("NOOP")).startswith("250")
+
+
 @pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_an_empty_recipient_is_a_syntax_error_not_an_unknown_user(make_app, proto, hello):
     """`RCPT TO:<>` names no mailbox: 501 5.1.3, as Postfix answers, not 550 5.1.1 (a user

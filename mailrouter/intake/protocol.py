@@ -40,7 +40,8 @@ What this adds to aiosmtpd's SMTP class:
   is never read as commands;
 - LMTP (RFC 2033 4.2): after DATA one reply per accepted recipient, in RCPT
   order, on every path, errors included;
-- no exception text ever reaches a client: any internal error is 451 4.3.0;
+- no exception text ever reaches a client: any internal error is 451 4.3.0; a reply line
+  quoting the client is cut to RFC 5321's 512 octets;
 - graceful shutdown: while draining, new connections and idle sessions get
   421 4.3.2, a transaction in progress is allowed to finish.
 """
@@ -166,6 +167,17 @@ _DEFAULT_STATUS = {
 }
 
 
+# RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF. aiosmtpd's replies that
+# quote the client (an unknown verb of up to 510 octets, VRFY's argument) went past it.
+_REPLY_LINE = 510
+
+
+def _fit(line: bytes) -> bytes:
+    if len(line) <= _REPLY_LINE:
+        return line
+    return line[:_REPLY_LINE - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
+
+
 def with_enhanced_code(line: bytes) -> bytes:
     code, sep, rest = line[:3], line[3:4], line[4:]
     if sep not in (b" ", b"-", b"") or code[:1] not in b"245" or _ENHANCED.match(rest):
@@ -233,7 +245,7 @@ class Protocol(SMTP):
         elif not data.startswith((b"220", b"354")):
             if data.startswith(b"500 "):   # aiosmtpd's 'command "VERB" not recognized' echoes
                 data = _NOT_TEXT.sub(b"?", data)  # the verb as sent: a CR, NUL or ESC included
-            data = b"\r\n".join(with_enhanced_code(line) for line in data.split(b"\r\n"))
+            data = b"\r\n".join(_fit(with_enhanced_code(line)) for line in data.split(b"\r\n"))
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
         if final and _TAKEN.search(data):
