@@ -19,9 +19,11 @@ What this adds to aiosmtpd's SMTP class:
 - DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
   a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
 - a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
-- control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
-  HELP, EHLO...) at most 100 per session, RSET 100 since the last message taken; the memory DATA holds in all sessions
-  (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it; 552 5.3.4 for a message it could never hold);
+- control characters (C0, DEL, C1, U+2028/9) or bytes that are not UTF-8 in a command
+  argument: 501 5.5.2; junk commands (NOOP, VRFY, HELP, EHLO...) at most 100 per session,
+  RSET 100 since the last message taken; the memory DATA holds in all sessions
+  (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it; 552 5.3.4 for a message it could
+  never hold);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
   client that talks before the 220 greeting (which waits `limits.greet_delay`, or
   `greet_delay_loopback` for a loopback peer), pipelines before EHLO/LHLO or after
@@ -128,8 +130,13 @@ _NOT_ERRORS = (b"421", _OVERSHOOT)
 # client's error, and counting it would tarpit and then cut the MTA that retries it.
 _OUR_FAULT = re.compile(rb"4\d\d 4\.[0-689]\.")
 _TAKEN = re.compile(rb"(?:^|\n)2")             # a 2xx line in the replies after DATA
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
-# in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
+# In an argument: never legitimate, and a bare CR in EHLO or in a +detail would otherwise reach
+# our Received: / Delivered-To: headers. With SMTPUTF8 the C1 controls and U+2028/U+2029 too:
+# Python's str.splitlines, and so the email package, ends a line at NEL (U+0085), LINE and
+# PARAGRAPH SEPARATOR. A sender holding one crashed the autoreply's To: (ValueError, 451 on
+# every retry), and a message re-written by Python split our headers there (RFC 5198: C1
+# controls never belong in text on the net).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # RFC 5321 4.2: reply text is HT and SP..~ only (a bare CR would split a reply line)
 _NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # aiosmtpd decodes an argument as UTF-8 with surrogateescape (we enable SMTPUTF8): a byte that
