@@ -701,6 +701,12 @@ _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is
 # local part (`<a b@x>` became `"a b"@x`) and a missing `>` (`<a@x`). Not the obsolete route,
 # nor a dot-atom's stray dot (`taro.@docomo.ne.jp` is real, and Postfix takes it).
 _REPAIRS = ("missing '.' between words", "missing trailing '>'")
+# An RFC 2047 encoded word, which the header parser decodes in a quoted local part or in a
+# word of an obsolete one (RFC 2047 5 forbids both; a path never holds one): the sender
+# `<"=?utf-8?b?DQpYOiB5?="@x>` was "\r\nX: y"@x, past the control-character check, and
+# crashed the autoreply's To: (451 on every retry); `<"=?utf-8?b?c2FsZXM=?="@example.com>` was
+# delivered to sales@. A path whose address lost an encoded word it was sent with is malformed.
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 
 
 def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
@@ -722,6 +728,9 @@ def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | No
     if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
         return None, None
     if address and _repaired(arg):
+        return None, None
+    path = arg[:len(arg) - len(rest)] if rest and arg.endswith(rest) else arg
+    if any(word not in address for word in _ENCODED_WORD.findall(path)):
         return None, None
     return address, rest
 
