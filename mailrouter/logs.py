@@ -43,7 +43,9 @@ __all__ = ["Formatter", "setup", "upstream_id", "journal_stream"]
 
 PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
             logging.DEBUG: 7}
-_KV = re.compile(r"""([A-Za-z_][\w.]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
+# A pair starts the message or follows a space: a client's text that aiosmtpd logs as sent
+# ("unrecognised: X<TAB>EVENT=MESSAGE<TAB>QID=FORGED") made fields of its own in JSON
+_KV = re.compile(r"""(?<![^ ])([A-Za-z_][\w.]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
 _PLAIN = re.compile(r"[^\s\"'=\\]+\Z")
 
 
@@ -128,10 +130,11 @@ class Formatter(logging.Formatter):
         return "\n".join(prefix + _one_line(line) for line in lines)
 
 
-# What must not reach the log raw: line ends (a record is one line), NUL, ESC and the other
-# C0 controls and DEL (terminal escapes, truncated reads: a client's command is logged by
-# aiosmtpd as it came, "unrecognised: MA\x00IL"), and the line separators other tools split at.
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+# What must not reach the log raw: line ends (a record is one line), NUL, ESC, TAB and the
+# other C0 controls and DEL (terminal escapes, truncated reads: a client's command is logged by
+# aiosmtpd as it came, "unrecognised: MA\x00IL"; a TAB separates fields for logfmt readers), and
+# the line separators other tools split at.
+_UNSAFE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 _NAMED = {"\r": "\\r", "\n": "\\n"}
 
 

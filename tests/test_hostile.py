@@ -217,6 +217,32 @@ async def test_non_ascii_address_needs_smtputf8(make_app, tmp_path, proto, hello
     assert [m["mail_from"] for m in await app.registry.recent(5)] == ["счета@пример.рф"]
 
 
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"], ids=["LS", "PS", "NEL"])
+async def test_a_unicode_line_separator_in_an_argument_is_refused(make_app, tmp_path, caplog, sep):
+    """Under SMTPUTF8 a sender holding LINE SEPARATOR (or PARAGRAPH SEPARATOR, or NEL) was
+    taken; Python's email package ends a header line there, so the autoreply to a moved
+    address (To: the envelope sender) raised ValueError: a traceback, and 451 4.3.0 on every
+    retry. In EHLO or a +detail it reached our Received: and Delivered-To: lines, split there
+    by any Python that re-writes the message. Each is 501 5.5.2, as a C0 control is; the
+    session goes on and a clean sender's mail to the moved address is answered 250."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        for cmd in (f"EHLO a{sep}X-Injected: yes", f'MAIL FROM:<"a{sep}Bcc: v@evil.test"@x.test> SMTPUTF8',
+                    f"MAIL FROM:<b{sep}c@outside.test> SMTPUTF8", f"MAIL FROM:<b@out{sep}side.test> SMTPUTF8"):
+            assert await w.cmd(cmd) == "501 5.5.2 Syntax error: control character in command", cmd
+        assert (await w.cmd("MAIL FROM:<b@outside.test> SMTPUTF8")).startswith("250")
+        assert await w.cmd(f"RCPT TO:<sales+{sep}X-Evil@example.com>") \
+            == "501 5.5.2 Syntax error: control character in command"
+        assert (await w.cmd("RSET")).startswith("250")
+        r = await w.transaction("c@outside.test", ["old-sales@example.com"],
+                                b"Subject: moved\r\nMessage-ID: <sep@outside.test>\r\n\r\nhi\r\n.\r\n")
+        assert r[-1].startswith("250 2.0.0"), r
+    assert not [rec for rec in caplog.records if rec.levelno >= 40], caplog.text
+    stored = b"".join(f.read_bytes() for f in maildir_files(tmp_path / "var" / "mail"))
+    assert sep.encode() not in stored
+
+
 NOT_UTF8 = "501 5.5.2 Syntax error: invalid UTF-8 in command"
 
 
@@ -251,6 +277,24 @@ async def test_an_unknown_verb_is_not_echoed_with_its_control_bytes(make_app, ve
         await w.greet()
         await w.send(verb + b"\r\n")
         assert await w.line() == f'500 5.5.2 Error: command "{shown}" not recognized'
+        assert (await w.cmd("NOOP")).startswith("250")
+
+
+@pytest.mark.parametrize("line", [b"X" * 508, b"VRFY " + "\u00e9 ".encode() * 167],
+                         ids=["verb", "vrfy"])
+async def test_a_reply_quoting_the_client_fits_in_512_octets(make_app, line):
+    """RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF. aiosmtpd's 500
+    quotes an unknown verb and its 502 VRFY's argument: a command line at the 512 limit made a
+    reply of 552 octets. The quote is cut ("...") where it would not fit, never inside a
+    UTF-8 letter."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.send(line + b"\r\n")
+        raw = await w.reader.readline()
+        assert len(raw) <= 512 and raw.endswith(b'...\r\n'), raw
+        assert raw[:9] in (b"500 5.5.2", b"502 5.5.1"), raw
+        raw.decode("utf-8")
         assert (await w.cmd("NOOP")).startswith("250")
 
 

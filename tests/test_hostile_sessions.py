@@ -193,6 +193,37 @@ async def test_a_path_readable_only_by_repairing_it_is_refused(make_app, tmp_pat
 
 
 @pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_an_encoded_word_in_a_quoted_local_part_is_refused_not_decoded(
+        make_app, tmp_path, caplog, proto, hello):
+    """The RFC 5322 parser decodes an RFC 2047 encoded word inside a quoted local part (RFC
+    2047 5 forbids one there; no path holds one), and one in a word of an obsolete local part
+    (`"a".=?..?=`). `<"=?utf-8?b?DQpYLUluamVjdGVkOiB5ZXM=?="@..>`
+    was the sender "\r\nX-Injected: yes"@.., a CR LF past the control-character check: mail
+    from it to a moved address crashed the autoreply (a traceback, 451 on every retry).
+    `<"=?utf-8?b?c2FsZXM=?="@example.com>` was delivered to sales@. Both are 553 5.1.3, a
+    path read only by changing it; the same text unquoted is an address like any other."""
+    crlf = "=?utf-8?b?DQpYLUluamVjdGVkOiB5ZXM=?="           # "\r\nX-Injected: yes"
+    sales = "=?utf-8?b?c2FsZXM=?="                           # "sales"
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for bad in (f'<"{crlf}"@outside.test>', f'<"a {sales} b"@outside.test>',
+                    f'<"a".{crlf}@outside.test>', f'<{sales}."a"@outside.test>'):
+            assert await w.cmd(f"MAIL FROM:{bad}") == MALFORMED, bad
+        assert (await w.cmd(f"MAIL FROM:<{sales}@outside.test>")).startswith("250 2.1.0")
+        assert await w.cmd(f'RCPT TO:<"{sales}"@example.com>') == MALFORMED
+        assert await w.cmd(f'RCPT TO:<"{crlf}"@example.com>') == MALFORMED
+        assert (await w.cmd(f"RCPT TO:<{sales}@example.com>")).startswith("550 5.1.1")
+        assert (await w.cmd("RCPT TO:<old-sales@example.com>")).startswith("250 2.1.5")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: encoded\r\nMessage-ID: <ew@outside.test>\r\n\r\nx\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    assert [m["mail_from"] for m in await app.registry.recent(5)] == [f"{sales}@outside.test"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
 async def test_nothing_after_the_junk_command_limit_is_run(make_app, caplog, proto, hello):
     """The 101st HELP gets aiosmtpd's 421 4.7.0 and the connection is closed; what was
     pipelined behind it must not run (aiosmtpd's loop went on: a RCPT behind it
@@ -318,3 +349,34 @@ async def test_a_command_line_not_ended_by_crlf_is_not_run(make_app, tmp_path, p
                                 b"Subject: ok\r\n\r\nok\r\n.\r\n", lmtp=proto == "lmtp")
         assert r[0].startswith("250 2.0.0"), r
     assert await app.registry.count_messages() == 1
+
+
+RCPT_OVERSHOOT = 1000       # protocol.RCPT_OVERSHOOT, Postfix's smtpd_recipient_overshoot_limit
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_rcpts_past_the_limit_do_not_hold_a_session_for_ever(make_app, tmp_path, proto, hello):
+    """A RCPT past max_recipients gets 452 4.5.3, flow control and not an error, and it is a
+    command that restarts the idle timer: a client that kept sending RCPT and never DATA held
+    its session for ever. Past RCPT_OVERSHOOT of them since the last message taken each counts
+    as an error (Postfix's smtpd_recipient_overshoot_limit), so max_errors closes it; a
+    message taken starts the count again."""
+    app = await make_app(limits={"max_recipients": 1, "max_errors": 5})
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        # an MTA that overshoots, then sends the message: no error counted, the count restarts
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                     + b"RCPT TO:<support@example.com>\r\n" * RCPT_OVERSHOOT + b"DATA\r\n")
+        replies = [(await w.line())[:9] for _ in range(RCPT_OVERSHOOT + 3)]
+        assert replies == ["250 2.1.0", "250 2.1.5"] + ["452 4.5.3"] * RCPT_OVERSHOOT + ["354 End d"]
+        await w.send(b"Subject: taken\r\n\r\nbody\r\n.\r\n")
+        assert (await w.line()).startswith("250")
+        # a client that only ever overshoots: cut at max_errors, what follows never run
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                     + b"RCPT TO:<support@example.com>\r\n" * (RCPT_OVERSHOOT + 5) + b"NOOP\r\n")
+        replies = [(await w.line())[:9] for _ in range(RCPT_OVERSHOOT + 8)]
+        assert replies == ["250 2.1.0", "250 2.1.5"] + ["452 4.5.3"] * (RCPT_OVERSHOOT + 5) \
+            + ["421 4.7.0"], replies[-3:]
+        assert await w.closed()
+    assert await until(lambda: _no_sessions(app))
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1

@@ -261,6 +261,31 @@ async def test_data_held_at_once_is_bounded(make_app, tmp_path):
     assert len(maildir_files(tmp_path / "var" / "mail")) == 2
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_message_the_data_memory_can_never_hold_is_552_not_452(make_app, tmp_path,
+                                                                      proto, hello):
+    """limits.max_data_in_flight lowered below twice max_message_size (docs/install.md: lower
+    it before MemoryMax): a message under the size limit but larger than the whole DATA memory
+    could ever hold was answered 452 4.3.1 "try again later" with no other session running,
+    and every retry the same until the sender's queue gave up days later. It is 552 5.3.4 (one
+    per recipient for LMTP), as a message past max_message_size; one that fits still goes."""
+    app = await make_app(limits={"max_message_size": 100_000, "max_data_in_flight": 100_000})
+    body = ("z" * 78 + "\r\n") * 750                       # 60,000 bytes: 120,000 in memory
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        await w.send(b"MAIL FROM:<a@outside.test>\r\nRCPT TO:<sales@example.com>\r\n"
+                     b"RCPT TO:<support@example.com>\r\nDATA\r\n")
+        assert [(await w.line())[:3] for _ in range(4)] == ["250", "250", "250", "354"]
+        await w.send(data(mail("never fits", body=body)))
+        n = 2 if proto == "lmtp" else 1
+        assert [(await w.line())[:9] for _ in range(n)] == ["552 5.3.4"] * n
+        r = await w.transaction("a@outside.test", ["sales@example.com"],
+                                data(mail("fits", body="small\r\n")), lmtp=proto == "lmtp")
+        assert r[-1].startswith("250 2.0.0")
+    assert app.data_budget.used == 0
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
 @pytest.mark.parametrize("bad", [b"bare\nLF", b"bare\rCR", b"nul\0byte"], ids=["LF", "CR", "NUL"])
 async def test_bare_line_endings_and_nul_refused(make_app, tmp_path, bad):
     """Bare LF, bare CR and NUL in content: 550 5.6.0 after the final dot; nothing stored."""
@@ -316,6 +341,20 @@ async def test_every_reply_has_enhanced_code(make_app):
         assert (await w.cmd("RCPT TO:")).startswith("501 5.5.4")
         assert (await w.cmd("BOGUS")).startswith("500 5.5.2")
         assert (await w.cmd("RSET")).startswith("250 2.0.0")
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("smtp", "HELO"), ("lmtp", "LHLO")])
+async def test_a_greeting_without_a_name_is_501_with_its_code_and_verb(make_app, proto, hello):
+    """EHLO, HELO or LHLO with no name: 501 5.5.4 naming the verb sent, before and after a
+    greeting that offered ENHANCEDSTATUSCODES (RFC 2034: every reply carries a code). It was
+    aiosmtpd's "501 Syntax: EHLO hostname", no code (the greeting's reply lines skip
+    the code filler), and LMTP's LHLO was told the syntax of EHLO."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        assert (await w.line()).startswith("220")
+        assert await w.cmd(hello) == f"501 5.5.4 Syntax: {hello} hostname"
+        assert (await w.cmd(f"{hello} client.test")).startswith("250 ")
+        assert await w.cmd(f"{hello} ") == f"501 5.5.4 Syntax: {hello} hostname"
 
 
 async def test_lmtp_one_reply_per_recipient_in_order(make_app, tmp_path):

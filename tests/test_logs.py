@@ -186,3 +186,30 @@ def test_a_clients_control_bytes_never_reach_the_log_raw(daemon_process, fmt):
         assert "MA\x00IL\x1b[2J\x7fX" in json.loads(lines[0])["msg"]
     else:
         assert "MA\\u0000IL\\u001b[2J\\u007fX" in lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_a_clients_tab_cannot_make_fields_of_its_own(daemon_process, fmt):
+    """aiosmtpd logs an unknown verb as sent, and a verb may hold a TAB (only a space ends
+    it): "X<TAB>EVENT=MESSAGE<TAB>QID=FORGED" became fields EVENT and QID in JSON, and a raw
+    TAB, a field separator to logfmt readers, in kv. The TAB is written escaped, and a pair
+    counts only at the start of the message or after a space."""
+    proc = daemon_process(extra=f"log_format: {fmt}\nworkers: 1\n")
+    with socket.create_connection(("127.0.0.1", proc.smtp), timeout=10) as s:
+        s.recv(100)
+        s.sendall(b"EHLO x\r\n")
+        s.recv(1000)
+        s.sendall(b"X\tEVENT=MESSAGE\tQID=FORGED\r\n")
+        s.recv(1000)
+        s.sendall(b"QUIT\r\n")
+        while s.recv(1000):
+            pass
+    lines = _lines(proc, "unrecognised")
+    assert lines, proc.log.read_text(encoding="utf-8")
+    assert b"\t" not in proc.log.read_bytes()
+    if fmt == "json":
+        obj = json.loads(lines[0])
+        assert "EVENT" not in obj and "QID" not in obj, obj
+        assert obj["msg"].endswith("unrecognised: X\tEVENT=MESSAGE\tQID=FORGED"), obj
+    else:
+        assert lines[0].endswith("unrecognised: X\\u0009EVENT=MESSAGE\\u0009QID=FORGED")

@@ -441,7 +441,7 @@ ANSWERS = {
     "double_mail": "220 | 250 | 250 2.1.0 | 503 5.5.1 | 221 2.0.0 | closed | stored=0",
     "ehlo_resets_txn": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 250 | 503 5.5.1 | 221 2.0.0 | closed | stored=0",
     "helo_then_ehlo": "220 | 250 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0",
-    "ehlo_no_arg": "220 | 501 | 501 | 221 2.0.0 | closed | stored=0",
+    "ehlo_no_arg": "220 | 501 5.5.4 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "data_with_arg": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "pipelined_txn": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 354 | 250 2.0.0 | 221 2.0.0 | closed | stored=1",
     "pipelined_body_before_354": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 554 5.5.0 | closed | stored=0",
@@ -587,6 +587,10 @@ POSTFIX_DIFFERS = {
         "RFC 5321 4.5.3.1 asks servers to avoid length limits where they can: we take the path (the "
         "registry stores it whole). Postfix refuses a domain past its hostname check's 255 "
         "octets and 63 per label (RFC 1035 2.3.4), a DNS limit, not SMTP's."),
+    "ehlo_no_arg": ("220 | 501 | 501 | 221 2.0.0 | closed | stored=0",
+        "RFC 2034 3: once ENHANCEDSTATUSCODES is offered every reply carries a code, and ours all "
+        "do, before EHLO too (as Postfix's 503 5.5.1 for MAIL before HELO). Postfix's '501 Syntax: "
+        "EHLO hostname' is its one reply without, after an EHLO that offered them as well."),
     "early_talker": ("220 | 250 | 221 2.0.0 | closed | stored=0 || 554 5.5.0 | closed | stored=0",
         "RFC 5321 4.3.1, RFC 2920 3.1: a client waits for the 220. With limits.greet_delay we refuse "
         "one that talks first (554 5.5.0, hang-up), as Postfix's postscreen pregreet test does; "

@@ -19,9 +19,11 @@ What this adds to aiosmtpd's SMTP class:
 - DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
   a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
 - a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
-- control characters or bytes that are not UTF-8 in a command argument: 501 5.5.2; junk commands (NOOP, VRFY,
-  HELP, EHLO...) at most 100 per session, RSET 100 since the last message taken; the memory DATA holds in all sessions
-  (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it);
+- control characters (C0, DEL, C1, U+2028/9) or bytes that are not UTF-8 in a command
+  argument: 501 5.5.2; junk commands (NOOP, VRFY, HELP, EHLO...) at most 100 per session,
+  RSET 100 since the last message taken; the memory DATA holds in all sessions
+  (MEMORY_PER_BYTE per byte) is bounded (452 4.3.1 past it; 552 5.3.4 for a message it could
+  never hold);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
   client that talks before the 220 greeting (which waits `limits.greet_delay`, or
   `greet_delay_loopback` for a loopback peer), pipelines before EHLO/LHLO or after
@@ -29,7 +31,8 @@ What this adds to aiosmtpd's SMTP class:
   2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
   included, gets 554 5.5.0 and is disconnected; what it sent is never read;
 - errors (Postfix's smtpd_soft/hard_error_limit): every 4xx/5xx reply counts one,
-  except 421, the recipient-limit 452 4.5.3, and a 4xx after DATA other than a
+  except 421, the recipient-limit 452 4.5.3 (up to RCPT_OVERSHOOT since the last message
+  taken, as Postfix's smtpd_recipient_overshoot_limit), and a 4xx after DATA other than a
   policy one (X.7.X): that is our outage or a downstream's (disk full, registry
   down), not the client's error; past `limits.soft_errors` each reply waits
   `limits.error_delay` (asyncio.sleep: that session only); the reply that reaches
@@ -39,7 +42,8 @@ What this adds to aiosmtpd's SMTP class:
   is never read as commands;
 - LMTP (RFC 2033 4.2): after DATA one reply per accepted recipient, in RCPT
   order, on every path, errors included;
-- no exception text ever reaches a client: any internal error is 451 4.3.0;
+- no exception text ever reaches a client: any internal error is 451 4.3.0; a reply line
+  quoting the client is cut to RFC 5321's 512 octets;
 - graceful shutdown: while draining, new connections and idle sessions get
   421 4.3.2, a transaction in progress is allowed to finish.
 """
@@ -73,6 +77,7 @@ from ..values import (
     REPLY_HELP,
     REPLY_HELP_UNKNOWN,
     REPLY_INTERNAL_ERROR,
+    REPLY_LHLO_SYNTAX,
     REPLY_LMTP_NO_EHLO,
     REPLY_LMTP_NO_HELO,
     REPLY_NEED_RCPT,
@@ -107,6 +112,7 @@ CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
 NOT_UTF8 = str(REPLY_NOT_UTF8)
 BARE_LINE_END = str(REPLY_BARE_LINE_END)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
+LHLO_SYNTAX = str(REPLY_LHLO_SYNTAX)
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
@@ -115,15 +121,22 @@ OVER_LIMIT = re.compile(r"421 4\.7\.0 [A-Z]+ sent too many times\Z")
 # RFC 2920 3.1: these end a pipelined group; nothing may follow them before our reply
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "LHLO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
 # Replies that are not the client's error: a hang-up, and the recipient limit's flow
-# control (RFC 5321 4.5.3.1.10: the client sends the rest in another transaction)
-_NOT_ERRORS = (b"421", b"452 4.5.3")
+# control (RFC 5321 4.5.3.1.10: the client sends the rest in another transaction), up to
+# RCPT_OVERSHOOT of it
+_OVERSHOOT = b"452 4.5.3"
+_NOT_ERRORS = (b"421", _OVERSHOOT)
 # A 4xx after DATA whose enhanced code is not a policy one (X.7.X, a rule's deferral) is our
 # outage or a downstream's (disk full, registry down, downstream unreachable): not the
 # client's error, and counting it would tarpit and then cut the MTA that retries it.
 _OUR_FAULT = re.compile(rb"4\d\d 4\.[0-689]\.")
 _TAKEN = re.compile(rb"(?:^|\n)2")             # a 2xx line in the replies after DATA
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")   # in an argument: never legitimate, and a bare CR
-# in EHLO or in a +detail would otherwise reach our Received: / Delivered-To: headers
+# In an argument: never legitimate, and a bare CR in EHLO or in a +detail would otherwise reach
+# our Received: / Delivered-To: headers. With SMTPUTF8 the C1 controls and U+2028/U+2029 too:
+# Python's str.splitlines, and so the email package, ends a line at NEL (U+0085), LINE and
+# PARAGRAPH SEPARATOR. A sender holding one crashed the autoreply's To: (ValueError, 451 on
+# every retry), and a message re-written by Python split our headers there (RFC 5198: C1
+# controls never belong in text on the net).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # RFC 5321 4.2: reply text is HT and SP..~ only (a bare CR would split a reply line)
 _NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # aiosmtpd decodes an argument as UTF-8 with surrogateescape (we enable SMTPUTF8): a byte that
@@ -138,6 +151,12 @@ _NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
 # is counted since the last message taken (Postfix counts it as junk): a client that sends
 # MAIL and RSET in a loop, taking no message, no longer holds its session for ever.
 RESETS_WITHOUT_MAIL = 100
+# RCPTs past max_recipients get 452 4.5.3: flow control, no error (RFC 5321 4.5.3.1.10: the
+# client sends the rest in another transaction). A client that never does kept sending RCPT,
+# each a command that restarts the idle timer, and held its session for ever. Past this many
+# since the last message taken each one counts as an error (Postfix's
+# smtpd_recipient_overshoot_limit, 1000), so max_errors ends the session.
+RCPT_OVERSHOOT = 1000
 COMMAND_LIMITS = {"NOOP": 100, "VRFY": 100, "EXPN": 100, "HELP": 100, "EHLO": 100,
                   "HELO": 100, "LHLO": 100, "*": 10**9}
 
@@ -153,6 +172,17 @@ _DEFAULT_STATUS = {
     b"504": b"5.5.4", b"530": b"5.7.0", b"550": b"5.0.0", b"552": b"5.3.4",
     b"553": b"5.1.3", b"554": b"5.3.0", b"555": b"5.5.4",
 }
+
+
+# RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF. aiosmtpd's replies that
+# quote the client (an unknown verb of up to 510 octets, VRFY's argument) went past it.
+_REPLY_LINE = 510
+
+
+def _fit(line: bytes) -> bytes:
+    if len(line) <= _REPLY_LINE:
+        return line
+    return line[:_REPLY_LINE - 3].decode("utf-8", "ignore").encode("utf-8") + b"..."
 
 
 def with_enhanced_code(line: bytes) -> bytes:
@@ -181,6 +211,7 @@ class Protocol(SMTP):
         self.limits = limits or Limits()
         self.errors = 0                # refused commands since the last message taken
         self.resets = 0                # RSETs since the last message taken
+        self.overshoot = 0             # 452 4.5.3 (RCPT past the limit) since then
         self._hung_up = False
         self._half_closed = False      # the client shut its sending side; we still write
         self._ehlo_in_progress = False
@@ -216,14 +247,19 @@ class Protocol(SMTP):
             if data[3:4] == b"-":
                 return
             data, self._pending = b"\r\n".join(self._pending), []
+            if data[:1] in (b"4", b"5"):   # aiosmtpd's "501 Syntax: EHLO hostname" has no code
+                data = with_enhanced_code(data)
         elif not data.startswith((b"220", b"354")):
             if data.startswith(b"500 "):   # aiosmtpd's 'command "VERB" not recognized' echoes
                 data = _NOT_TEXT.sub(b"?", data)  # the verb as sent: a CR, NUL or ESC included
-            data = b"\r\n".join(with_enhanced_code(line) for line in data.split(b"\r\n"))
+            data = b"\r\n".join(_fit(with_enhanced_code(line)) for line in data.split(b"\r\n"))
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
         if final and _TAKEN.search(data):
-            self.errors, self.resets, slow = 0, 0, False
+            self.errors, self.resets, self.overshoot, slow = 0, 0, 0, False
+        elif data.startswith(_OVERSHOOT):
+            self.overshoot += 1
+            self.errors += self.overshoot > RCPT_OVERSHOOT
         elif data[:1] in (b"4", b"5") and not data.startswith(_NOT_ERRORS) \
                 and not (final and _OUR_FAULT.match(data)):
             self.errors += 1
@@ -645,7 +681,10 @@ class Protocol(SMTP):
                 body = None
             too_big = too_big or over
         self._reset_timeout()
-        if too_big:
+        # More than the DATA memory of all sessions could ever hold (max_data_in_flight set
+        # below twice max_message_size): no retry would ever fit, so not 452 "try later"
+        # until the sender's queue gives up days later, but too big, as past the size limit.
+        if too_big or (budget is not None and total * MEMORY_PER_BYTE > budget.limit):
             return TOO_BIG, b""
         if no_room or body is None:
             log.warning("event=data_budget_full peer=%s limit=%d", self.session and
@@ -662,6 +701,12 @@ _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is
 # local part (`<a b@x>` became `"a b"@x`) and a missing `>` (`<a@x`). Not the obsolete route,
 # nor a dot-atom's stray dot (`taro.@docomo.ne.jp` is real, and Postfix takes it).
 _REPAIRS = ("missing '.' between words", "missing trailing '>'")
+# An RFC 2047 encoded word, which the header parser decodes in a quoted local part or in a
+# word of an obsolete one (RFC 2047 5 forbids both; a path never holds one): the sender
+# `<"=?utf-8?b?DQpYOiB5?="@x>` was "\r\nX: y"@x, past the control-character check, and
+# crashed the autoreply's To: (451 on every retry); `<"=?utf-8?b?c2FsZXM=?="@example.com>` was
+# delivered to sales@. A path whose address lost an encoded word it was sent with is malformed.
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 
 
 def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
@@ -683,6 +728,9 @@ def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | No
     if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
         return None, None
     if address and _repaired(arg):
+        return None, None
+    path = arg[:len(arg) - len(rest)] if rest and arg.endswith(rest) else arg
+    if any(word not in address for word in _ENCODED_WORD.findall(path)):
         return None, None
     return address, rest
 
@@ -718,6 +766,9 @@ class LMTPProtocol(Protocol, LMTP):
 
     @syntax("LHLO hostname")
     async def smtp_LHLO(self, arg: str) -> None:
+        if not arg:                # aiosmtpd's EHLO would say "Syntax: EHLO hostname"
+            await self.push(LHLO_SYNTAX)
+            return
         await self._greeting(SMTP.smtp_EHLO(self, arg))
 
     async def check_helo_needed(self, helo: str = "LHLO") -> bool:
