@@ -101,16 +101,27 @@ class Outgoing:
                             policy=self.policy, history=history, at=now)
             if v.send and responder.name in queued:
                 v = replace(v, send=False, reason="answered once for this message already")
+            if v.send:
+                try:
+                    out.append(self._reply(snap, responder, view, mail_from, d, key, now))
+                except Exception as exc:  # the message is stored: no answer, not a 451 for ever
+                    log.exception("event=autoreply_not_built responder=%s", responder.name)
+                    v = replace(v, send=False, reason=f"cannot write the answer: {_why(exc)}")
             metrics.AUTOREPLIES.labels(*(("queued", "") if v.send
                                          else ("suppressed", reason_kind(v.reason)))).inc()
             if v.send:
-                out.append(self._reply(snap, responder, view, mail_from, d, key, now))
                 queued.add(responder.name)
                 if history is not None:
                     history = History(dict(history.last) | {responder.name: now},
                                       history.today + 1)
             noted[i] = replace(d, reasons=d.reasons + (v.describe(),))
-        dsn = self._dsn(protocol, mail_from, view, decisions, replies, key, now)
+        try:
+            dsn = self._dsn(protocol, mail_from, view, decisions, replies, key, now)
+        except Exception as exc:  # as for an autoreply: the DSN is lost, the message is not
+            log.exception("event=dsn_not_built")
+            dsn = None
+            noted = [replace(d, reasons=d.reasons + (f"dsn: cannot write it: {_why(exc)}",))
+                     if not r.ok else d for d, r in zip(noted, replies, strict=True)]
         if dsn is not None:
             out.append(dsn)
             noted = [replace(d, reasons=d.reasons + (f"dsn: queued to {mail_from}",))
@@ -154,6 +165,12 @@ class Outgoing:
         to = mail_from.strip().strip("<>")
         raw = build_dsn(view, to=to, failed=failed, hostname=self.hostname, at=now)
         return OutboxRecord(f"dsn:{key}", "dsn", "", to, raw)
+
+
+def _why(exc: Exception) -> str:
+    """One line for a reason: the error's type and first line."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200]
 
 
 def build_dsn(view: MessageView, *, to: str, failed: Sequence[tuple[str, Reply]],

@@ -329,3 +329,26 @@ async def test_stop_ends_the_worker_when_a_cancellation_is_lost(make_app: Any,
     stopped = asyncio.ensure_future(worker.stop())
     done, _ = await asyncio.wait([stopped], timeout=10)      # only to fail, not a speed check
     assert done and lost == [True], "the outbox worker did not stop"
+
+
+async def test_an_answer_that_cannot_be_written_is_skipped_not_a_451_for_ever(
+        make_app: Any, relay: Any, caplog: Any) -> None:
+    """A sender Python's email package refuses in a header (a LINE SEPARATOR: the intake
+    refuses it now, this is the second line of defence) made building the autoreply raise:
+    a traceback and 451 on every retry though the copy was stored. The answer is skipped,
+    said in the decision's reasons and the log; the message is delivered, 250."""
+    from mailrouter.values import Transaction
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    txn = Transaction(protocol="smtp", peer="127.0.0.1:1", helo="mx.outside.test",
+                      mail_from="b\u2028c@outside.test", rcpts=("old-sales@example.com",),
+                      raw=mail(msgid="sep"), smtputf8=True)
+    with caplog.at_level(logging.ERROR, logger="mailrouter.outbox"):
+        replies = await app.pipeline.process(txn)
+    assert [r.ok for r in replies] == [True], replies
+    assert await rows(app) == []
+    assert any("event=autoreply_not_built" in r.getMessage() for r in caplog.records)
+    assert app.registry is not None
+    [d] = (await app.registry.recent(1))[0]["decisions"]
+    assert any(line.startswith("autoreply moved: not sent: cannot write the answer: ValueError")
+               for line in d["reasons"]), d["reasons"]
