@@ -517,3 +517,13 @@ def test_the_boards_shortcut_for_long_overdue_requests_gives_the_same_hours() ->
             due = now - timedelta(hours=i, minutes=13)
             assert sla_left(cals, cal, due, now, cache) == sla_left(cals, cal, due, now), (cal, due)
     assert len(cache) > 10
+
+
+async def test_a_request_page_in_russian_names_its_status_and_its_letters(site: Any,
+                                                                          client: Any) -> None:
+    """The Russian request page showed the status in English ("open") and headed its thread
+    "Писем" (the report's count column, "of letters"): "открыт" and "Письма"."""
+    _, _, fin, _ = site
+    ivanov = await client("ivanov", lang="ru")
+    status, page, _ = await ivanov.get(f"/request/{fin}")
+    assert status == 200 and 'id="status">открыт<' in page and "<h2>Письма</h2>" in page
