@@ -92,6 +92,8 @@ async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_
     code, out, _ = await asyncio.to_thread(cli, "report", "--since", "2027-01-01",
                                            "--until", "2027-01-02")
     assert code == 0 and "0 answered, median -, p90 -" in out
+    # an empty period says "-", not a line ending in "per mailbox: " and a space
+    assert "  per mailbox: -\n" in out and "  per owner: -\n" in out and ": \n" not in out
 
 
 async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):

@@ -241,8 +241,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         # was UTC cut to 16 characters, beside a start in local time
         print(f"requests opened {company_time(doc['since'], zone)} .. {company_time(doc['until'], zone)}")
         for k in ("mailbox", "rule", "owner", "day"):
-            print(f"  per {k}: " + ", ".join(f"{_or(r[k], '(nobody)' if k == 'owner' else '-')}"
-                                             f"={r['requests']}" for r in doc[f"volume_per_{k}"]))
+            # no request in the period: '-' (the line ended in "per mailbox: " and a space)
+            print(f"  per {k}: " + (", ".join(f"{_or(r[k], '(nobody)' if k == 'owner' else '-')}"
+                                              f"={r['requests']}" for r in doc[f"volume_per_{k}"])
+                                    or "-"))
         fr, sla = doc["first_response_hours"], doc["sla"]
         # nothing answered or due in the period: no figure, '-'
         print(f"  first response (business hours): {fr['answered']} answered, "
