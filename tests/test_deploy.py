@@ -414,3 +414,31 @@ def test_install_guide_upgrades_as_the_daemons_user():
     step5 = " ".join(text.split("## 5.", 1)[1].split("## 6.", 1)[0].split())
     assert "systemctl restart mailrouter" in step5.split("postfix_maps:", 1)[1]
 
+
+
+def _uncommented_control(example: str) -> str:
+    """config.example.yaml with its `# control:` section turned on as an admin does: the
+    `# ` before each of its lines removed."""
+    head, tail = example.split("\n# control:\n", 1)
+    lines = tail.splitlines()
+    body = [line.replace("#   ", "  ", 1) for line in lines if line.startswith("#   ")]
+    assert body, "config.example.yaml has no commented control: section"
+    return head + "\ncontrol:\n" + "\n".join(body) + "\n"
+
+
+def test_example_control_section_on_the_example_rules_names_the_fix(tmp_path):
+    """README "Reply tracking": `check` refuses a control.replies address the address book
+    lacks. config.example.yaml's control section turned on, beside the shipped example rules
+    (which have no replies@): the one error names the fix, adding the alias. It said "did you
+    mean 'sales@example.com'?": pointing reply tracking at the sales mailbox."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(_uncommented_control((REPO / "config.example.yaml").read_text("utf-8")),
+                   encoding="utf-8")
+    (tmp_path / "rules").symlink_to(REPO / "rules")
+    done = subprocess.run([sys.executable, "-m", "mailrouter.cli", "check", "-c", str(cfg)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 1, done.stdout + done.stderr
+    [error] = [line for line in done.stderr.splitlines() if "control.replies" in line]
+    assert "'replies@example.com' is not an address of the address book" in error, error
+    assert "did you mean" not in error and "add it under aliases:" in error, error
