@@ -302,9 +302,16 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     print(f"{len(written.changed)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
           f"{postfixmaps.default_nexthop(cfg)})" + ("" if pm.postmap else "; run postmap on each")
           + (f"; index rebuilt for {', '.join(stale)}" if stale else ""))
+    # an admin who reran the command after an edit ran these lines again: each table
+    # listed twice in main.cf (Postfix takes it, and each lookup is made twice)
+    lines = postfixmaps.postconf_lines(pm.dir, pm.mode, snap.book.options.detail_separator,
+                                       pm.kind, postfixmaps.main_cf(pm.postfix_config))
+    if not lines:
+        print("main.cf already lists them: nothing to add (Postfix notices a changed table "
+              "by itself)")
+        return 0
     print("add them to main.cf once (these add to what is there), then `postfix reload`:")
-    for line in postfixmaps.postconf_lines(pm.dir, pm.mode, snap.book.options.detail_separator,
-                                           pm.kind):
+    for line in lines:
         print(f"  {line}")
     return 0
 

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -332,7 +333,41 @@ def find_config(given: str | None, environ: Mapping[str, str] | None = None) -> 
     named = (os.environ if environ is None else environ).get(CONFIG_ENV)
     if named:
         return Path(named)
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+    try:
+        return SYSTEM_CONFIG if stat.S_ISREG(SYSTEM_CONFIG.stat().st_mode) else None
+    except PermissionError:
+        # /etc/mailrouter is root:mailrouter 0750 (install.md): it is there but not this
+        # user's to read. Path.is_file raised (a traceback); the embedded default would run
+        # beside the real config. load_config says what is in the way instead.
+        return SYSTEM_CONFIG
+    except OSError:
+        return None
+
+
+def _unreadable(p: Path) -> ConfigError | None:
+    """The config file given as its directory, or one this user may not read (install.md
+    keeps it root:mailrouter 0640 in a 0750 /etc/mailrouter): what stands in the way and
+    the fix. Both said only "cannot read: Is a directory" or "... Permission denied"."""
+    if os.path.isdir(p):              # not Path.is_dir: it raises on EACCES (3.11)
+        return ConfigError("a directory, not a config file", str(p),
+                           hint=f"name the file: -c {p / 'config.yaml'}")
+    effective = os.access in os.supports_effective_ids
+    blocked = next((d for d in reversed(p.parents)
+                    if not os.access(d, os.X_OK, effective_ids=effective)), None)
+    if blocked is None and (not os.path.exists(p)
+                            or os.access(p, os.R_OK, effective_ids=effective)):
+        return None
+    where = blocked or p
+    try:
+        st = os.stat(where)
+    except OSError:
+        return None
+    return ConfigError(
+        "cannot read: permission denied", str(p),
+        hint=f"{where} is uid {st.st_uid}'s, gid {st.st_gid}'s, mode {st.st_mode & 0o777:04o}: "
+             f"uid {os.geteuid()} may not {'enter' if blocked else 'read'} it; run the command "
+             "as the user mailrouter runs as (runuser -u mailrouter -- mailrouter ...) or as "
+             "root, or let that user's group read it")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -340,6 +375,9 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config.embedded()
     p = Path(path).resolve()
+    unreadable = _unreadable(p)
+    if unreadable is not None:
+        raise ConfigErrors([unreadable])
     try:
         doc = yamlsrc.load(p)
     except ConfigError as exc:

@@ -45,7 +45,7 @@ from .addresses import AddressBook
 from .config import Config
 
 __all__ = ["MAP_NAMES", "MODES", "PostfixMaps", "Written", "build_maps", "default_nexthop",
-           "failure", "postconf_lines", "refresh", "write_maps"]
+           "failure", "main_cf", "postconf_lines", "refresh", "write_maps"]
 
 MODES = ("relay", "virtual")
 _INDEX_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
@@ -133,22 +133,44 @@ def build_maps(book: AddressBook, nexthop: str, mode: str = "relay") -> PostfixM
     return PostfixMaps(files, tuple(skipped), delim)
 
 
-def postconf_lines(directory: Path, mode: str, delimiter: str, kind: str = "hash") -> list[str]:
-    """The `postconf` commands that add these tables to main.cf, keeping what is there."""
+MAIN_CF_KEYS = ("transport_maps", "smtpd_recipient_restrictions", "relay_domains",
+                "relay_recipient_maps", "virtual_alias_maps", "recipient_delimiter")
+
+
+def postconf_lines(directory: Path, mode: str, delimiter: str, kind: str = "hash",
+                   current: dict[str, str] | None = None) -> list[str]:
+    """The `postconf` commands that add these tables to main.cf, keeping what is there;
+    with `current` (main_cf()), only those for a table main.cf does not list yet."""
     d = f"{kind}:{directory}"
+    now = current or {}
     add = 'postconf -e "{key} = $(postconf -h {key}) {value}"'
-    lines = [add.format(key="transport_maps", value=f"{d}/transport"),
-             add.format(key="smtpd_recipient_restrictions",
-                        value=f"check_recipient_access {d}/recipient_access")]
+    wanted = [("transport_maps", f"{d}/transport"),
+              ("smtpd_recipient_restrictions", f"check_recipient_access {d}/recipient_access")]
     if mode == "relay":
-        lines += [add.format(key="relay_domains", value=f"{d}/domains"),
-                  add.format(key="relay_recipient_maps", value=f"{d}/relay_recipients")]
+        wanted += [("relay_domains", f"{d}/domains"), ("relay_recipient_maps", f"{d}/relay_recipients")]
     else:   # the domains stay in mydestination or virtual_mailbox_domains
-        lines += [add.format(key="virtual_alias_maps", value=f"{d}/virtual")]
-    if delimiter:
+        wanted += [("virtual_alias_maps", f"{d}/virtual")]
+    lines = [add.format(key=key, value=value) for key, value in wanted
+             if value.split()[-1] not in now.get(key, "").replace(",", " ").split()]
+    if delimiter and delimiter not in now.get("recipient_delimiter", ""):
         lines.append(f"postconf -e 'recipient_delimiter = {delimiter}'   "
                      "# check `postconf -h recipient_delimiter` first")
     return lines
+
+
+def main_cf(postfix_config: str | None) -> dict[str, str]:
+    """What main.cf says for the keys postconf_lines adds to (`postconf -h`, with -c DIR
+    when given, else Postfix's default or $MAIL_CONFIG); {} when postconf cannot say."""
+    postconf = shutil.which("postconf") or "/usr/sbin/postconf"
+    cmd = [postconf] + (["-c", postfix_config] if postfix_config else []) + ["-h", *MAIN_CF_KEYS]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = done.stdout.splitlines()
+    if done.returncode != 0 or len(values) != len(MAIN_CF_KEYS):
+        return {}
+    return dict(zip(MAIN_CF_KEYS, values))
 
 
 def _write_atomic(path: Path, text: str) -> bool:

@@ -414,3 +414,98 @@ def test_install_guide_upgrades_as_the_daemons_user():
     step5 = " ".join(text.split("## 5.", 1)[1].split("## 6.", 1)[0].split())
     assert "systemctl restart mailrouter" in step5.split("postfix_maps:", 1)[1]
 
+
+
+def _uncommented_control(example: str) -> str:
+    """config.example.yaml with its `# control:` section turned on as an admin does: the
+    `# ` before each of its lines removed."""
+    head, tail = example.split("\n# control:\n", 1)
+    lines = tail.splitlines()
+    body = [line.replace("#   ", "  ", 1) for line in lines if line.startswith("#   ")]
+    assert body, "config.example.yaml has no commented control: section"
+    return head + "\ncontrol:\n" + "\n".join(body) + "\n"
+
+
+def test_example_control_section_on_the_example_rules_names_the_fix(tmp_path):
+    """README "Reply tracking": `check` refuses a control.replies address the address book
+    lacks. config.example.yaml's control section turned on, beside the shipped example rules
+    (which have no replies@): the one error names the fix, adding the alias. It said "did you
+    mean 'sales@example.com'?": pointing reply tracking at the sales mailbox."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(_uncommented_control((REPO / "config.example.yaml").read_text("utf-8")),
+                   encoding="utf-8")
+    (tmp_path / "rules").symlink_to(REPO / "rules")
+    done = subprocess.run([sys.executable, "-m", "mailrouter.cli", "check", "-c", str(cfg)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 1, done.stdout + done.stderr
+    [error] = [line for line in done.stderr.splitlines() if "control.replies" in line]
+    assert "'replies@example.com' is not an address of the address book" in error, error
+    assert "did you mean" not in error and "add it under aliases:" in error, error
+
+
+def _load_as_nobody(path: Path | None) -> str:
+    """load_config(path) in a forked child with the euid of nobody: its error, or ''. With
+    None, the file find_config picks without -c (any exception is said too)."""
+    import json
+    from mailrouter.config import find_config
+    from mailrouter.errors import ConfigErrors
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setegid(65534)
+            os.seteuid(65534)
+            try:
+                load_config(path or find_config(None, {}))
+                said = ""
+            except ConfigErrors as exc:
+                said = str(exc.errors[0])
+            except Exception as exc:                     # noqa: BLE001 (said to the parent)
+                said = f"raised {exc!r}"
+            os.write(write, json.dumps(said).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as got:
+        out = json.loads(got.read() or '"child died"')
+    os.waitpid(pid, 0)
+    return str(out)
+
+
+def test_a_config_the_user_may_not_read_names_what_and_the_fix(tmp_path, monkeypatch):
+    """install.md step 3 makes /etc/mailrouter root:mailrouter 0750 and config.yaml 0640; an
+    admin who runs `mailrouter check -c /etc/mailrouter/config.yaml` as someone else got
+    "cannot read: Permission denied", and `-c /etc/mailrouter` "cannot read: Is a directory";
+    without -c, every command died in a PermissionError traceback (Path.is_file on the
+    /etc/mailrouter/config.yaml it could not see). Now each names the folder or file in the
+    way, its owner and mode, and the fix."""
+    import mailrouter.config
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to read as nobody")
+    top = Path(tempfile.mkdtemp(prefix="mr-etc."))       # tmp_path is 0700: nobody could
+    try:                                                 # not reach anything under it
+        top.chmod(0o755)
+        etc = top / "etc" / "mailrouter"
+        etc.mkdir(parents=True)
+        etc.chmod(0o750)                                 # root's group: nobody is not in it
+        cfg = etc / "config.yaml"
+        cfg.write_text("workers: 1\n", encoding="utf-8")
+        cfg.chmod(0o640)
+        said = _load_as_nobody(cfg)
+        assert said.startswith(f"{cfg}: cannot read: permission denied; {etc} is uid 0's, "
+                               "gid 0's, mode 0750: uid 65534 may not enter it; run the command "
+                               "as the user mailrouter runs as (runuser -u mailrouter --"), said
+        monkeypatch.setattr(mailrouter.config, "SYSTEM_CONFIG", cfg)     # no -c: found, and
+        assert _load_as_nobody(None) == said                           # the same said
+        etc.chmod(0o755)
+        said = _load_as_nobody(cfg)
+        assert f"; {cfg} is uid 0's, gid 0's, mode 0640: uid 65534 may not read it;" in said
+        cfg.chmod(0o644)
+        assert _load_as_nobody(cfg) == ""
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    with pytest.raises(Exception) as info:
+        load_config(tmp_path)
+    assert str(info.value.errors[0]) == (                # type: ignore[attr-defined]
+        f"{tmp_path}: a directory, not a config file; name the file: -c {tmp_path / 'config.yaml'}")

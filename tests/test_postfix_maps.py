@@ -211,6 +211,14 @@ async def test_postfix_refuses_unknown_at_rcpt_and_relays_known(make_app, postfi
     await asyncio.to_thread(mta.reload)
     main_cf = (mta.etc / "main.cf").read_text()
     assert f"hash:{maps}/transport" in main_cf
+    # run again (after an edit of the book): the lines were printed again, and an admin who
+    # ran them listed every table twice in main.cf
+    again = await asyncio.to_thread(
+        subprocess.run, [*CLI, "postfix", "--dir", str(maps), "--mode", mode, "--postmap",
+                         "--postfix-config", str(mta.etc), "--nexthop", f"smtp:[127.0.0.1]:{port}"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert again.returncode == 0 and "postconf" not in again.stdout, again.stdout
+    assert "main.cf already lists them: nothing to add" in again.stdout, again.stdout
 
     replies = await asyncio.to_thread(rcpt_replies, mta.port, [
         "nobody@example.com", "sales+Quotes@example.com", "SALES@example.com"])

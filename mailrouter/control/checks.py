@@ -34,6 +34,17 @@ def _near(word: str, known: list[str], what: str) -> str:
     return f"known {what}: {', '.join(sorted(known)) or 'none defined'}"
 
 
+def _near_address(address: str, known: list[str]) -> str | None:
+    """A typo's intended address: close as a whole and in its local part. The domain they
+    share made 'sales@example.com' "close" to 'replies@example.com', and the hint sent the
+    admin to point reply tracking at the sales mailbox instead of adding the alias."""
+    local = address.partition("@")[0]
+    for candidate in difflib.get_close_matches(address, known, n=5):
+        if difflib.SequenceMatcher(None, local, candidate.partition("@")[0]).ratio() >= 0.75:
+            return candidate
+    return None
+
+
 def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[ConfigError]:
     """Every name in `cfg` that `book` (an AddressBook) does not define, with its position."""
     if cfg is None:
@@ -49,9 +60,9 @@ def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[
             + "; people are defined under 'people:' in the routing files")
     for address in cfg.replies:
         if not book.knows(address):
-            close = difflib.get_close_matches(address, sorted(book.addresses()), n=1)
+            close = _near_address(address, sorted(book.addresses()))
             err(address, f"control.replies {address!r} is not an address of the address book",
-                f"did you mean '{close[0]}'?" if close else
+                f"did you mean '{close}'?" if close else
                 "add it under aliases: (e.g. 'replies@example.com: mailbox:replies') so the "
                 "MTA can deliver the copies of outgoing mail to mailrouter")
     return sorted(errors, key=lambda e: (e.line, e.column))

@@ -1,0 +1,95 @@
+"""The commands and files the install documents name, against the program and the tree.
+
+README.md's and docs/install.md's shell blocks are what an admin pastes: every `mailrouter`
+command in them (and in the systemd unit's Exec lines and the Postfix script) must parse
+with the CLI's own parser, and every deploy/ or docs/ file they name must exist, so a
+renamed option, subcommand or file fails here instead of on the admin's terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mailrouter.cli import build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "docs/install.md"]
+
+
+def _shell_commands(text: str) -> list[list[str]]:
+    """Each simple command of each ```sh block (continuations joined, comments dropped)."""
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"(^|\s)#.*", "", line)
+            for part in re.split(r"&&|\|\||;|\|", line):
+                if part.strip():
+                    out.append(shlex.split(part))
+    return out
+
+
+def _mailrouter_args(words: list[str]) -> list[str] | None:
+    """The arguments after the program, when `words` runs mailrouter (as itself, from a
+    venv's bin/, or behind `runuser -u USER --`)."""
+    for i, word in enumerate(words):
+        if re.search(r"(^|/)bin/mailrouter$", word) or (word == "mailrouter" and i == 0):
+            return words[i + 1:]
+    return None
+
+
+def _doc_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for doc in DOCS:
+        for words in _shell_commands((REPO / doc).read_text(encoding="utf-8")):
+            args = _mailrouter_args(words)
+            if args is not None:
+                found.append((doc, args))
+    unit = (REPO / "deploy" / "mailrouter.service").read_text(encoding="utf-8")
+    for line in re.findall(r"^Exec\w*=(.*)$", unit, re.M):
+        found.append(("deploy/mailrouter.service", _mailrouter_args(shlex.split(line)) or ["?"]))
+    script = (REPO / "deploy" / "postfix" / "mailrouter-postfix.sh").read_text(encoding="utf-8")
+    for line in re.findall(r"^\$MAILROUTER (.*?)(?:>.*)?$", script, re.M):
+        found.append(("deploy/postfix/mailrouter-postfix.sh", shlex.split(line)))
+    return found
+
+
+COMMANDS = _doc_commands()
+
+
+def test_the_documents_show_commands():
+    """The walk finds what an admin runs: the tour's and install.md's, the unit's, the
+    script's (a change to the block format must not leave the test checking nothing)."""
+    docs = {doc for doc, _ in COMMANDS}
+    assert docs == {*DOCS, "deploy/mailrouter.service", "deploy/postfix/mailrouter-postfix.sh"}
+    assert {args[0] for _, args in COMMANDS} >= {"run", "check", "test", "explain", "registry",
+                                                 "address", "postfix", "reload", "--version"}
+
+
+@pytest.mark.parametrize("doc, args", COMMANDS, ids=[f"{d}:{' '.join(a)}" for d, a in COMMANDS])
+def test_each_documented_command_parses(doc, args):
+    """argparse takes the command as written: subcommand, options, their values."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(args)
+    except SystemExit as exc:
+        assert exc.code == 0, f"{doc}: mailrouter {' '.join(args)}: {err.getvalue()}"
+
+
+@pytest.mark.parametrize("doc", DOCS + ["deploy/mailrouter.service", "deploy/Containerfile",
+                                        "deploy/postfix/mailrouter-postfix.sh",
+                                        "deploy/dovecot/mailrouter.conf"])
+def test_each_repository_file_the_document_names_exists(doc):
+    """deploy/..., docs/... and config.example.yaml as the documents name them, in prose or
+    in commands (`cp deploy/dovecot/mailrouter.conf ...`)."""
+    text = (REPO / doc).read_text(encoding="utf-8")
+    named = set(re.findall(r"(?<![\w/.])((?:deploy|docs)/[\w./-]*\w|config\.example\.yaml)", text))
+    assert named or doc.startswith("deploy/"), doc
+    missing = sorted(p for p in named if not (REPO / p).exists())
+    assert missing == [], f"{doc} names files that do not exist: {missing}"
