@@ -550,6 +550,8 @@ def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
          starting: Starting) -> int:
     logs.setup(config.log_level, config.log_format)
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
+    # alembic's "setup plugin ..." (seven lines at every start); its "Running upgrade" stays
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     unusable = unwritable(config, create=True)
     if unusable:     # else the daemon started and every message got 451 (or the registry failed)
         return _start_failed("; and ".join(unusable), config)

@@ -63,6 +63,8 @@ def test_kv_one_line_per_message_with_every_recipient(daemon_process):
         assert f'reply.{n}="250 ' in line
     assert "mailbox.0=sales" in line and "mailbox.1=support" in line
     assert "Subject" not in line and "hi" not in line.split()
+    # alembic's seven "setup plugin ..." lines at every start were noise
+    assert "setup plugin" not in proc.log.read_text(encoding="utf-8")
 
 
 def test_json_every_line_is_an_object(daemon_process):
