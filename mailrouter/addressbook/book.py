@@ -172,6 +172,12 @@ class AddressBook:
             return address
         return f"{local.lower() if self.options.fold_local else local}@{canonical_domain(domain)}"
 
+    def without_postmaster(self) -> list[str]:
+        """Our domains where RCPT TO:<postmaster@DOMAIN> is refused, sorted. RFC 5321 4.5.1:
+        every domain we take mail for MUST take it for postmaster (`mailrouter check` warns);
+        a bare <postmaster> is the first domain's that has one (`_lookup`)."""
+        return [d for d in sorted(self.domains) if self.resolve(f"postmaster@{d}").reply]
+
     def addresses(self) -> frozenset[str]:
         """Every address known, canonical (for `mailrouter check` listings and tests)."""
         return frozenset(self._expansions)
