@@ -153,6 +153,16 @@ def test_a_domain_with_an_invisible_character_is_refused_at_load() -> None:
         "plain characters (or its xn-- form)"]
 
 
+def test_an_address_with_two_at_signs_is_not_an_address() -> None:
+    """`x@y@example.com` as an alias or a target was read as local part `x@y`, then its
+    domain checked from the first '@': "not on one of our domains; add y@example.com under
+    domains:" (or, for a target, "define a mailbox {smtp: ...}"), a fix that cannot work.
+    An unquoted '@' in a local part makes no address (RFC 5321 4.1.2): said so."""
+    assert errors("  x@y@example.com: mailbox:sales\n  a@example.com: b@c@example.com\n") == [
+        "t.yaml:14:3: alias 'x@y@example.com' is not an address; write local@domain",
+        "t.yaml:15:18: 'b@c@example.com' is not an address; write local@domain"]
+
+
 def test_case_insensitive_by_default_and_sensitive_when_asked() -> None:
     """Local parts fold by default; local_part_case: sensitive keeps them apart."""
     b = book("  Sales@EXAMPLE.com: mailbox:sales\n")

@@ -86,8 +86,8 @@ def _local_domain(address: str, options: Options) -> tuple[str, str] | None:
     if a[:1] == "<" and a[-1:] == ">":
         a = a[1:-1]
     local, at, domain = a.rpartition("@")
-    if not at or not local or not domain:
-        return None
+    if not at or not local or not domain or ("@" in local and local[0] != '"'):
+        return None     # a@b@example.com: an unquoted '@' in the local part is no address
     if options.local_part_case == "insensitive":
         local = local.lower()
     return local, canonical_domain(domain)
@@ -117,7 +117,7 @@ def canonicaliser(options: Options) -> Callable[[str], str | None]:
     def canon(text: str) -> str | None:
         local, _, domain = text.rpartition("@")
         if not local or not domain or local[0] == "<" or local[0].isspace() \
-                or domain[-1].isspace():
+                or domain[-1].isspace() or "@" in local:
             return canonical(text, options)
         d = domains.get(domain)
         if d is None:
