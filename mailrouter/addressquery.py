@@ -16,6 +16,7 @@ import io
 from typing import Any
 
 from .addresses import AddressBook
+from .values import spreadsheet_cell
 
 __all__ = ["CSV_FIELDS", "describe", "export", "export_csv", "format_text"]
 
@@ -73,16 +74,18 @@ def export(book: AddressBook) -> list[dict[str, Any]]:
 
 
 def export_csv(book: AddressBook) -> str:
-    """One CSV row per address; targets as `mailbox[/folder]` joined by spaces."""
+    """One CSV row per address; targets as `mailbox[/folder]` joined by spaces. A cell that
+    starts like a formula (`+cmd@example.com`, `-ops@`, `=x@`: legal local parts) gets a
+    leading `'`, as the registry's and report's CSV do, so a spreadsheet shows the text."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_FIELDS)
     for d in export(book):
         m = d["moved"] or {}
-        w.writerow([d["address"],
+        w.writerow([spreadsheet_cell(cell) for cell in (d["address"],
                     " ".join(t["mailbox"] + (f"/{t['folder']}" if t["folder"] else "")
                              for t in d["targets"]),
                     d["person"] or "", m.get("now", ""),
                     "" if not m else ("yes" if m["deliver"] else "no"),
-                    m.get("autoreply") or "", d["reply"] or ""])
+                    m.get("autoreply") or "", d["reply"] or "")])
     return out.getvalue()

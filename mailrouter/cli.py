@@ -168,6 +168,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
+    warnings += [f"domain {d}: RCPT TO:<postmaster@{d}> is refused, but RFC 5321 "
+                 "4.5.1 requires every mail domain to take mail for postmaster; add "
+                 f"'postmaster@{d}: {_postmaster_target(snap.book)}' under aliases:"
+                 for d in snap.book.without_postmaster()]
     from .calendars import zone_warnings
     warnings += zone_warnings(snap.rules.calendars)
     warnings += [f"{line}; fine if the daemon runs as a user who can" for line in denied]
@@ -186,6 +190,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
     print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     return 0
+
+
+def _postmaster_target(book: Any) -> str:
+    """What a missing postmaster@ could point at: another domain's postmaster, a mailbox
+    named postmaster, else a person or mailbox to choose."""
+    for d in sorted(book.domains):
+        if not book.resolve(f"postmaster@{d}").reply:
+            return f"postmaster@{d}"
+    return "mailbox:postmaster" if "postmaster" in book.mailboxes else "<a person or mailbox:NAME>"
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -27,9 +27,16 @@ and `detect_loop` checks an incoming message for one envelope recipient:
   life of the message) is ignored, as is our trace header from another host
   (a sibling instance: the loop, if any, is caught when it reaches us again).
 
-Addresses are compared with the domain in canonical Unicode form and the local
-part lower-cased. Known limit: with `local_part_case: sensitive`, two addresses
-differing only in case are treated as one here (a false 554 at worst).
+Addresses are compared with the domain in canonical Unicode form, the local
+part lower-cased and a `+detail` dropped: delivery writes the recipient as it was
+given (sales+Quotes@), while `detect_loop` is asked about the canonical address
+the book resolved (sales@), so a forward loop through sales+Quotes@ (an outside
+mailbox forwarding back to it) was never recognised by our own trace header: each
+round was delivered again until the Received count ran out (50 copies). Known
+limits: with `local_part_case: sensitive`, two addresses differing only in case
+are treated as one here, and with an alias whose own local part holds the
+separator (c++@), a copy delivered to it that comes back to c@ too (a false 554
+at worst, for mail that did go round through an outside system).
 """
 
 from __future__ import annotations
@@ -64,10 +71,18 @@ def header_text(text: str) -> str:
     return _CONTROLS.sub("", text).strip()
 
 
-def _norm(address: str) -> str:
+def _norm(address: str, detail_separator: str = "") -> str:
     a = address.strip().strip("<>").strip()
     local, at, domain = a.rpartition("@")
+    if detail_separator and local.find(detail_separator) > 0:
+        local = local.partition(detail_separator)[0]
     return f"{local.lower()}@{canonical_domain(domain)}" if at else a.lower()
+
+
+def _same(address: str, me: str, detail_separator: str) -> bool:
+    """`address` (a header's, maybe with a detail) names the recipient `me` (canonical)."""
+    norm = _norm(address)
+    return norm == me or (bool(detail_separator) and _norm(address, detail_separator) == me)
 
 
 def trace_headers(hostname: str, rcpt: str) -> bytes:
@@ -78,30 +93,33 @@ def trace_headers(hostname: str, rcpt: str) -> bytes:
 
 
 def _parse_trace(value: str) -> tuple[str, str] | None:
+    """(host, rcpt as written) of one of our trace headers."""
     host, sep, rest = value.partition(";")
     if not sep:
         return None
     for param in rest.split(";"):
         name, eq, addr = param.strip().partition("=")
         if eq and name.strip().lower() == "rcpt":
-            return host.strip().lower(), _norm(addr)
+            return host.strip().lower(), addr
     return None
 
 
-def detect_loop(view: HeaderView, rcpt: str, *, hostname: str,
-                max_received: int) -> LoopEvidence | None:
+def detect_loop(view: HeaderView, rcpt: str, *, hostname: str, max_received: int,
+                detail_separator: str = "+") -> LoopEvidence | None:
     """The evidence when this message, for this recipient, looks like it has been here
-    before; its `.reply` is 554 5.4.6 (REPLY_LOOP, or REPLY_DELIVERED_TO for a Delivered-To)."""
+    before; its `.reply` is 554 5.4.6 (REPLY_LOOP, or REPLY_DELIVERED_TO for a Delivered-To).
+    `rcpt` is the canonical address (the book's `Resolution.address`); a header naming it
+    with a detail (`detail_separator`, the book's `address_options`) names it too."""
     me, host = _norm(rcpt), header_text(hostname).lower()
     for value in view.headers(TRACE_HEADER):
         parsed = _parse_trace(value)
-        if parsed == (host, me):
+        if parsed is not None and parsed[0] == host and _same(parsed[1], me, detail_separator):
             return LoopEvidence(LoopKind.TRACE, f"{TRACE_HEADER}: {value.strip()} "
                                                 "(this copy was delivered here before)")
     count = view.received_count
     if count > max_received:
         return LoopEvidence(LoopKind.HOPS, f"{count} Received headers (limit {max_received})")
-    if any(_norm(d) == me for d in view.delivered_to):
+    if any(_same(d, me, detail_separator) for d in view.delivered_to):
         return LoopEvidence(LoopKind.DELIVERED_TO, f"Delivered-To: {me} without our "
                                                    f"{TRACE_HEADER} (stale header or foreign loop)")
     return None

@@ -38,7 +38,7 @@ __all__ = [
     "REPLY_TOO_MANY_RESETS", "REPLY_MALFORMED_PATH", "REPLY_RCPT_SYNTAX", "REPLY_TOO_MANY_RCPTS",
     "REPLY_TOO_MANY_SESSIONS", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
     "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
-    "maildir_problem", "REQUEST_STATUSES", "OPEN_REQUEST_STATUSES",
+    "maildir_problem", "REQUEST_STATUSES", "OPEN_REQUEST_STATUSES", "spreadsheet_cell",
 ]
 
 # A request's statuses (execution control): here, not beside the table that stores them, so
@@ -194,6 +194,19 @@ def folder_problem(folder: str) -> str | None:
     if any(c in folder for c in "\0\r\n"):
         return "a NUL, CR or LF in it"
     return None
+
+
+# What Excel and LibreOffice read as the start of a formula (a tab or CR too: some strip it)
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet opens as the text it is: a string that starts like a formula
+    (a customer's subject `=HYPERLINK(...)`, `+7 495 ...`, `@SUM(...)`, an alias
+    `+cmd@example.com`) gets a leading apostrophe, which Excel and LibreOffice hide and which
+    stops the formula. Numbers, None and other strings are left as they are. Here, at the
+    bottom, so that every CSV export (`registry`, `report`, `address export`) can use it."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA) else value
 
 
 def maildir_problem(where: str) -> str | None:

@@ -117,6 +117,52 @@ def test_idn_both_forms() -> None:
     assert b.knows("продажи@xn--e1afmkfd.xn--p1ai")
 
 
+def test_invisible_and_look_alike_characters_in_the_domain_are_refused_not_mapped() -> None:
+    """IDNA 2003's nameprep maps U+200B and its kin to nothing and full-width letters to
+    ASCII: `sales@example.com<U+200B>` was sales@ (delivered, though a rule naming
+    sales@example.com did not see it). Such a domain is none of ours and RCPT says what is
+    wrong with it, 501 5.1.3; the plain forms (case, A-label, U-label, one root '.') still
+    resolve, and a local part holding one is simply unknown."""
+    b = book("  sales@example.com: mailbox:sales\n  продажи@пример.рф: mailbox:sales\n")
+    bad = {"sales@example.com\u200b": "the invisible character U+200B (ZERO WIDTH SPACE)",
+           "sales@exa\u00admple.com": "the invisible character U+00AD (SOFT HYPHEN)",
+           "sales@example.com\ufeff": "the invisible character U+FEFF",
+           "продажи@при\u200dмер.рф": "the invisible character U+200D (ZERO WIDTH JOINER)",
+           "sales@\uff45xample.com": "the compatibility character U+FF45 (FULLWIDTH LATIN SMALL "
+                                     "LETTER E) in the domain, for 'e'",
+           "sales@example\u3002com": "U+3002 (IDEOGRAPHIC FULL STOP) in the domain where a '.'",
+           "sales@example.com..": "an empty label", "sales@.example.com": "an empty label"}
+    for rcpt, why in bad.items():
+        res = b.resolve(rcpt)
+        assert not b.knows(rcpt) and res.targets == (), rcpt
+        assert (res.reply.code, res.reply.status) == (501, "5.1.3"), rcpt
+        assert res.reply.text.startswith("Bad recipient address syntax: " + why), res.reply
+        assert res.reply.text.isascii()
+    for rcpt in ("SALES@Example.COM.", "продажи@XN--E1AFMKFD.xn--p1ai", "ПРОДАЖИ@Пример.РФ"):
+        assert keys(b, rcpt) == ["sales"], rcpt
+    assert b.resolve("sal\u200bes@example.com").reply == REPLY_UNKNOWN
+
+
+def test_a_domain_with_an_invisible_character_is_refused_at_load() -> None:
+    """`domains: [example.com<U+200B>]` names a domain no RCPT can match: said at load."""
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.build(loads("domains: [example.com, \"ex\u200bample.org\"]\n", "d.yaml"))
+    assert [str(e) for e in info.value.errors] == [
+        "d.yaml:1:24: domain 'ex\\u200bample.org' is not a domain name: the invisible character "
+        "U+200B (ZERO WIDTH SPACE) in the domain; write the domain as it is registered, in "
+        "plain characters (or its xn-- form)"]
+
+
+def test_an_address_with_two_at_signs_is_not_an_address() -> None:
+    """`x@y@example.com` as an alias or a target was read as local part `x@y`, then its
+    domain checked from the first '@': "not on one of our domains; add y@example.com under
+    domains:" (or, for a target, "define a mailbox {smtp: ...}"), a fix that cannot work.
+    An unquoted '@' in a local part makes no address (RFC 5321 4.1.2): said so."""
+    assert errors("  x@y@example.com: mailbox:sales\n  a@example.com: b@c@example.com\n") == [
+        "t.yaml:14:3: alias 'x@y@example.com' is not an address; write local@domain",
+        "t.yaml:15:18: 'b@c@example.com' is not an address; write local@domain"]
+
+
 def test_case_insensitive_by_default_and_sensitive_when_asked() -> None:
     """Local parts fold by default; local_part_case: sensitive keeps them apart."""
     b = book("  Sales@EXAMPLE.com: mailbox:sales\n")

@@ -75,8 +75,47 @@ def test_address_export_csv_and_json_list_every_address():
     assert mr("address", "export", "--csv").stdout == out.stdout
 
 
+def test_address_export_csv_opens_in_a_spreadsheet_as_text(tmp_path):
+    """`+cmd@`, `-ops@`, `=x@` and `@x@` are legal local parts (RFC 5321 atext) and an alias
+    key is any of them: the CSV cell gets a leading ' (as the registry's CSV does), so
+    Excel or LibreOffice shows the address instead of running it as a formula."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com]\nmailboxes: {sales: {maildir: sales}}\nrules: []\n"
+        "people: {eve: {address: '=SUM(1+1)@example.com'}}\n"
+        "aliases:\n  '+cmd@example.com': mailbox:sales\n  '-ops@example.com': mailbox:sales\n"
+        "  'sales@example.com': mailbox:sales\n", encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(f"routing: ['{tmp_path / 'book.yaml'}']\n",
+                                          encoding="utf-8")
+    out = mr("address", "-c", str(tmp_path / "config.yaml"), "export", "--csv")
+    assert out.returncode == 0, out.stderr
+    cells = [r["address"] for r in csv.DictReader(io.StringIO(out.stdout))]
+    assert cells == ["'+cmd@example.com", "'-ops@example.com",
+                     "'=sum(1+1)@example.com", "sales@example.com"]
+    # JSON is data, not a spreadsheet: the addresses as they are
+    js = json.loads(mr("address", "-c", str(tmp_path / "config.yaml"), "export", "--json").stdout)
+    assert js[0]["address"] == "+cmd@example.com"
+
+
 def test_version_matches_the_package():
     """--version prints the version pyproject.toml declares."""
     out = mr("--version")
     want = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert out.returncode == 0 and out.stdout.strip() == f"mailrouter {want}"
+
+
+def test_check_warns_about_a_domain_without_postmaster(tmp_path):
+    """RFC 5321 4.5.1: every domain we take mail for MUST take it for postmaster. A second
+    domain added without postmaster@ loaded silently and RCPT TO:<postmaster@пример.рф>
+    got 550 5.1.1; `check` names the domain and the line to add (pointing at the
+    postmaster another domain has). The example book has one for each: no warning."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com, пример.рф]\nmailboxes: {sales: {maildir: sales}}\nrules: []\n"
+        "aliases:\n  sales@example.com: mailbox:sales\n  продажи@пример.рф: mailbox:sales\n"
+        "  postmaster@example.com: mailbox:sales\n", encoding="utf-8")
+    out = mr("check", "--routing", str(tmp_path / "book.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert [line for line in out.stdout.splitlines() if line.startswith("warning:")] == [
+        "warning: domain пример.рф: RCPT TO:<postmaster@пример.рф> is refused, but RFC 5321 "
+        "4.5.1 requires every mail domain to take mail for postmaster; add "
+        "'postmaster@пример.рф: postmaster@example.com' under aliases:"]
+    assert "warning:" not in mr("check").stdout

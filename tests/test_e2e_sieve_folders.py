@@ -163,6 +163,7 @@ aliases:
   a@example.com: {mailbox: plain, folder: Финансы}
   b@example.com: {mailbox: sieved, folder: Финансы}
   c@example.com: {mailbox: plain, folder: Finance}
+  postmaster@example.com: mailbox:plain
 rules:
   - name: cyr-folder
     when: {subject: счет}
@@ -187,7 +188,7 @@ async def test_check_warns_for_a_non_ascii_folder_an_lmtp_mailbox_cannot_reach(t
     warnings = [l for l in out.stdout.splitlines() if l.startswith("warning:")]
     assert any(l.startswith("warning: a@example.com: folder 'Финансы' of LMTP mailbox 'plain' "
                             "goes to the inbox") and "sieve_folders: true" in l for l in warnings)
-    assert any(f"{routing}:10: rule 'cyr-folder': folder 'Счета' goes to the inbox for LMTP "
+    assert any(f"{routing}:11: rule 'cyr-folder': folder 'Счета' goes to the inbox for LMTP "
                "mailboxes plain;" in l for l in warnings), warnings
     assert not any("b@example.com" in l or "c@example.com" in l or "Акты" in l for l in warnings)
     assert len(warnings) == 2, warnings

@@ -217,6 +217,30 @@ async def test_non_ascii_address_needs_smtputf8(make_app, tmp_path, proto, hello
     assert [m["mail_from"] for m in await app.registry.recent(5)] == ["счета@пример.рф"]
 
 
+async def test_an_invisible_or_full_width_character_in_the_domain_is_no_domain_of_ours(
+        make_app, tmp_path):
+    """Under SMTPUTF8, RCPT TO:<sales@example.com + U+200B> was taken as sales@ (IDNA 2003's
+    nameprep drops U+200B) and delivered, out of sight of every rule naming sales@; the
+    full-width `ｅｘａｍｐｌｅ.com` too. Each is 501 5.1.3 naming the character; nothing is
+    stored, and the plain address in the same session is served."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<client@outside.test> SMTPUTF8")).startswith("250")
+        assert await w.cmd("RCPT TO:<sales@example.com\u200b>") == (
+            "501 5.1.3 Bad recipient address syntax: the invisible character U+200B "
+            "(ZERO WIDTH SPACE) in the domain")
+        assert (await w.cmd("RCPT TO:<sales@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com>")
+                ).startswith("501 5.1.3 Bad recipient address syntax: the compatibility character")
+        assert await w.cmd("DATA") == "554 5.5.1 Error: no valid recipients"
+        assert (await w.cmd("RSET")).startswith("250")
+        r = await w.transaction("client@outside.test", ["sales@example.com"],
+                                b"Subject: plain\r\n\r\nhi\r\n.\r\n")
+        assert r[-1].startswith("250 2.0.0"), r
+    assert len(await app.registry.recent(5)) == 1
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
 @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"], ids=["LS", "PS", "NEL"])
 async def test_a_unicode_line_separator_in_an_argument_is_refused(make_app, tmp_path, caplog, sep):
     """Under SMTPUTF8 a sender holding LINE SEPARATOR (or PARAGRAPH SEPARATOR, or NEL) was

@@ -59,3 +59,24 @@ async def test_loop_between_two_instances_is_refused_with_554(make_app, tmp_path
         reply = await w.transaction("sender@outside.test", ["ok@a.example"],
                                     b"Subject: fine\r\n\r\nhello\r\n.\r\n")
     assert reply[0].startswith("250") and len(maildir_files(tmp_path / "a" / "mail")) == 1
+
+
+async def test_a_loop_through_a_detail_address_is_caught_at_the_second_round(make_app, tmp_path):
+    """An outside mailbox that forwards back to loop+news@ (here: the instance's own SMTP
+    port). Delivery writes the recipient as given in our trace header (rcpt=loop+news@),
+    the loop check was asked about the canonical loop@: the trace never matched, and each
+    round was forwarded again, 50 deep, until the Received count said 554. Now the second
+    round sees the first's trace: one forward, one loop recorded, evidence our header."""
+    port = free_port()
+    await make_app(**instance(tmp_path, "a", "a.example", "LOOP+news@a.example", port, port))
+    async with Wire(port) as w:
+        await w.greet()
+        reply = await w.transaction("sender@outside.test", ["loop+news@a.example"],
+                                    b"Subject: round and round\r\n\r\nhello\r\n.\r\n")
+    assert reply[0] == str(REPLY_LOOP)
+    db = sqlite3.connect(tmp_path / "a" / "registry.db")
+    loops = db.execute("select rcpt, evidence from loops").fetchall()
+    assert len(loops) == 1 and loops[0][0] == "LOOP+news@a.example", loops
+    assert "X-Mailrouter-Loop: a.test; rcpt=loop+news@a.example" in loops[0][1]
+    assert db.execute("select count(*) from decisions").fetchone() == (2,)
+    assert maildir_files(tmp_path / "a" / "mail") == []

@@ -92,6 +92,25 @@ def test_idn_rcpt_matches_either_form() -> None:
     assert verdict(raw, rcpt="info@пример.рф") is not None
 
 
+def test_a_header_naming_the_rcpt_with_a_detail_names_it() -> None:
+    """Delivery writes the recipient as given (Sales+Quotes@); the check is asked about the
+    canonical sales@: our trace and a Delivered-To with the detail are this recipient's.
+    Another address that merely starts the same (salesforce@, sales-team@) is not, nor is a
+    detail when the book has none (`detail_separator: ""`)."""
+    raw = trace_headers(HOST, "Sales+Quotes@example.com") + BODY
+    v = verdict(raw)
+    assert v is not None and v.kind is LoopKind.TRACE
+    v = verdict(b"Delivered-To: sales+quotes@example.com\r\n" + BODY)
+    assert v is not None and v.kind is LoopKind.DELIVERED_TO
+    for other in ("salesforce@example.com", "sales-team@example.com", "+sales@example.com"):
+        assert verdict(trace_headers(HOST, other) + BODY) is None, other
+    assert detect_loop(MessageView(raw), "sales@example.com", hostname=HOST, max_received=30,
+                       detail_separator="") is None
+    assert detect_loop(MessageView(trace_headers(HOST, "sales-x@example.com") + BODY),
+                       "sales@example.com", hostname=HOST, max_received=30,
+                       detail_separator="-") is not None
+
+
 def test_decision_carries_loop_evidence_as_a_value(tmp_path: Path) -> None:
     """The snapshot's decision holds the LoopEvidence itself (nothing to parse back out of
     a reason string); explain still shows it as the first reason, as before."""

@@ -38,6 +38,10 @@ Decisions:
   `address_options: {local_part_case: sensitive}`. `user+detail@` resolves like
   `user@` (after trying the whole local part), the detail kept as given.
 - IDN domains: A-label and U-label forms are one domain; canonical form is U-label.
+  A domain holding an invisible character (U+200B, U+00AD, U+FEFF...), a full-width
+  or other compatibility character, a '.' look-alike or an empty label is not mapped
+  to ours: RCPT gets 501 5.1.3 naming the character (canon.py), and such a domain
+  under `domains:` is refused at load.
 
 Refused at build (ConfigErrors, all at once, each with file:line and a fix):
 cycles (the whole cycle, file:line per edge), references to unknown mailboxes,

@@ -10,9 +10,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..values import REPLY_MOVED, REPLY_UNKNOWN
+from ..values import REPLY_MOVED, REPLY_REFUSED_ADDRESS, REPLY_UNKNOWN, Reply
 from ..yamlsrc import load
-from .canon import canonical_domain, detail_split
+from .canon import canonical_domain, detail_split, domain_problem
 from .errs import Collector
 from .compact import Expansions
 from .expand import expand_all, make_target
@@ -22,6 +22,17 @@ from .parse import SECTIONS, _parse_moved, parse_parts
 from .records import mailbox_map, people_map, text_map
 
 __all__ = ["AddressBook"]
+
+
+def _unknown_reply(address: str) -> Reply:
+    """550 5.1.1; or 501 5.1.3 naming what is wrong with the domain when it is not a domain
+    name as written (an invisible or full-width character, `example.com..`: canon.py), as a
+    careful MTA answers instead of guessing which of its domains was meant."""
+    local, at, domain = address.strip().strip("<>").rpartition("@")
+    problem = domain_problem(domain) if at and local and domain else None
+    if problem is None:
+        return REPLY_UNKNOWN
+    return REPLY_REFUSED_ADDRESS.with_text(f"Bad recipient address syntax: {problem}")
 
 
 @contextmanager
@@ -145,7 +156,8 @@ class AddressBook:
         """The final targets of one envelope recipient, or the reply refusing it."""
         found = self._lookup(address)
         if found is None:
-            return Resolution(address, self._best_effort(address), None, (), reply=REPLY_UNKNOWN)
+            return Resolution(address, self._best_effort(address), None, (),
+                              reply=_unknown_reply(address))
         key, canon, detail = found
         moved = self.moved.get(key)
         reply = None
@@ -159,6 +171,12 @@ class AddressBook:
         if not local:
             return address
         return f"{local.lower() if self.options.fold_local else local}@{canonical_domain(domain)}"
+
+    def without_postmaster(self) -> list[str]:
+        """Our domains where RCPT TO:<postmaster@DOMAIN> is refused, sorted. RFC 5321 4.5.1:
+        every domain we take mail for MUST take it for postmaster (`mailrouter check` warns);
+        a bare <postmaster> is the first domain's that has one (`_lookup`)."""
+        return [d for d in sorted(self.domains) if self.resolve(f"postmaster@{d}").reply]
 
     def addresses(self) -> frozenset[str]:
         """Every address known, canonical (for `mailrouter check` listings and tests)."""

@@ -7,26 +7,72 @@ the `+detail` split off and returned separately.
 
 Known limits: quoted local parts (`"a b"@x`) are kept as written, quotes included;
 IDNA 2003, not 2008 (the stdlib has no 2008 codec): the few labels the two
-disagree on (ß, ς, ZWJ) map as 2003 does. A domain the codec refuses is only
+disagree on (ß, ς) map as 2003 does. A domain the codec refuses is only
 lower-cased, so such an address is simply unknown, never a crash.
+
+Not mapped, though IDNA 2003's nameprep would (`domain_problem` says why): an invisible
+character (U+200B ZERO WIDTH SPACE, U+00AD SOFT HYPHEN, U+FEFF, a joiner, a variation
+selector: nameprep maps them to nothing), a compatibility character (full-width
+`ｅｘａｍｐｌｅ`, the Kelvin sign), a '.' look-alike (U+3002, U+FF0E, U+FF61), an empty
+label (`example.com..`). `sales@example.com<U+200B>` was sales@example.com: delivered to
+sales while a rule naming `rcpt: sales@example.com` did not see it, and a sender learned
+nothing of the typo. IDNA 2008 (RFC 5891 5.4) refuses all of these in a U-label, as
+an SMTPUTF8 domain must be (RFC 6531 3.2); such a domain is left unmapped, so it is
+none of ours, and RCPT says what is wrong with it (501 5.1.3). One trailing '.' (the
+root) is dropped.
 """
 
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (registers the "idna" codec)
+import stringprep
+import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 
 from .model import Options
 
-__all__ = ["canonical_domain", "split_address", "canonical", "canonicaliser"]
+__all__ = ["canonical_domain", "domain_problem", "split_address", "canonical", "canonicaliser"]
+
+_DOT_LIKE = frozenset("\u3002\uff0e\uff61")      # IDNA 2003 reads each as a '.'
+
+
+def _root_dot(domain: str) -> str:
+    d = domain.strip()
+    return d[:-1] if d.endswith(".") else d
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why `domain` is not a domain name as written (ASCII text for a reply), or None.
+
+    An empty label, or a character IDNA 2003 would silently map to another one or to
+    nothing (module docstring); a character the codec refuses outright is no problem
+    here: the domain simply matches none of ours."""
+    d = _root_dot(domain)
+    if not d or "" in d.split("."):
+        return "an empty label in the domain"
+    if d.isascii():
+        return None
+    for ch in d:
+        name = f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+        if ch in _DOT_LIKE:
+            return f"{name} in the domain where a '.' belongs"
+        if stringprep.in_table_b1(ch) or unicodedata.category(ch) == "Cf":
+            return f"the invisible character {name} in the domain"
+        if unicodedata.normalize("NFKC", ch) != ch:
+            return (f"the compatibility character {name} in the domain, for "
+                    f"{unicodedata.normalize('NFKC', ch).encode('ascii', 'backslashreplace').decode()!r}")
+    return None
 
 
 @lru_cache(maxsize=4096)
 def canonical_domain(domain: str) -> str:
-    """The domain in lower-case Unicode labels; A-labels and U-labels meet here."""
-    d = domain.strip().rstrip(".").lower()
+    """The domain in lower-case Unicode labels; A-labels and U-labels meet here. A domain
+    with a `domain_problem` is only lower-cased (so it is none of ours)."""
+    d = _root_dot(domain).lower()
     if d.isascii() and "xn--" not in d:
+        return d
+    if domain_problem(d) is not None:
         return d
     try:
         return d.encode("idna").decode("idna").lower()
@@ -40,8 +86,8 @@ def _local_domain(address: str, options: Options) -> tuple[str, str] | None:
     if a[:1] == "<" and a[-1:] == ">":
         a = a[1:-1]
     local, at, domain = a.rpartition("@")
-    if not at or not local or not domain:
-        return None
+    if not at or not local or not domain or ("@" in local and local[0] != '"'):
+        return None     # a@b@example.com: an unquoted '@' in the local part is no address
     if options.local_part_case == "insensitive":
         local = local.lower()
     return local, canonical_domain(domain)
@@ -71,7 +117,7 @@ def canonicaliser(options: Options) -> Callable[[str], str | None]:
     def canon(text: str) -> str | None:
         local, _, domain = text.rpartition("@")
         if not local or not domain or local[0] == "<" or local[0].isspace() \
-                or domain[-1].isspace():
+                or domain[-1].isspace() or "@" in local:
             return canonical(text, options)
         d = domains.get(domain)
         if d is None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .canon import canonical
+from .canon import canonical, domain_problem
 from .errs import Collector, at_line, did_you_mean
 from ..values import maildir_problem
 from .model import (PERSON_MAILBOX_PREFIX, PERSON_MAILDIR_PREFIX, Mailbox, Moved, Options,
@@ -90,6 +90,12 @@ def _parse_domains(c: Collector, section: Any, p: Parts) -> None:
         elif (d := _string(c, item, "a domain", section)) is not None:
             if "@" in d:
                 c.add(f"domain {d!r} contains '@'", item, "list bare domains: [example.com]")
+                continue
+            problem = None if d.isascii() else domain_problem(d)
+            if problem is not None:     # RCPT refuses it written so: no address could match
+                c.add(f"domain {d!r} is not a domain name: {problem}", item,
+                      "write the domain as it is registered, in plain characters (or its "
+                      "xn-- form)", section)
                 continue
             dom = (canonical("x@" + d, p.options) or "").partition("@")[2]
             if not dom or "" in dom.split(".") or any(ch.isspace() or ch in _NOT_IN_DOMAIN

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..calendars import company_time, company_zone
 from ..errors import RegistryError
-from ..values import REQUEST_STATUSES
+from ..values import REQUEST_STATUSES, spreadsheet_cell
 from .threads import MAX_NUMBER
 
 if TYPE_CHECKING:
@@ -159,18 +159,6 @@ def _emit(args: argparse.Namespace, doc: Any, rows: list[dict[str, Any]],
                      for k, v in r.items()} for r in rows)
     else:
         text()
-
-
-# What Excel and LibreOffice read as the start of a formula (a tab or CR too: some strip it)
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_cell(value: Any) -> Any:
-    """A CSV cell a spreadsheet opens as the text it is: a string that starts like a formula
-    (a customer's subject `=HYPERLINK(...)`, `+7 495 ...`, `@SUM(...)`) gets a leading
-    apostrophe, which Excel and LibreOffice hide and which stops the formula. Numbers,
-    None and other strings are left as they are."""
-    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA) else value
 
 
 def _copy_rows(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
