@@ -130,3 +130,16 @@ def test_decision_carries_loop_evidence_as_a_value(tmp_path: Path) -> None:
     [clean] = snap.decide(MessageView(BODY), "a@example.org", ["sales@example.com"])
     assert clean.loop is None and explain(snap, BODY, ["sales@example.com"], None)[
         "recipients"][0]["loop"] is None
+
+
+def test_the_snapshot_asks_the_loop_check_with_the_books_detail_separator(tmp_path: Path) -> None:
+    """A book with `detail_separator: "-"`: our trace naming sales-news@ is a loop of sales@
+    (the snapshot asked with the default '+', and such a loop went round)."""
+    book = tmp_path / "book.yaml"
+    book.write_text("domains: [example.com]\naddress_options: {detail_separator: '-'}\n"
+                    "mailboxes:\n  sales: {maildir: sales}\n"
+                    "aliases:\n  sales@example.com: mailbox:sales\n", encoding="utf-8")
+    snap = load_snapshot([str(book)], Limits(), HOST)
+    raw = trace_headers(HOST, "sales-news@example.com") + BODY
+    [d] = snap.decide(MessageView(raw), "a@example.org", ["sales-news@example.com"])
+    assert d.reply == REPLY_LOOP and d.loop is not None and d.loop.kind is LoopKind.TRACE

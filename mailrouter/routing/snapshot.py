@@ -73,7 +73,8 @@ class Snapshot:
             action = Action.DEFER if res.reply.temporary else Action.REJECT
             return Decision(rcpt, action, res.reply, reasons=(f"address: {res.reply.text}",))
         loop = detect_loop(view, res.address, hostname=self.hostname,
-                           max_received=self.limits.max_received)
+                           max_received=self.limits.max_received,
+                           detail_separator=self.book.options.detail_separator)
         if loop is not None:
             action = Action.DEFER if loop.reply.temporary else Action.REJECT
             return Decision(rcpt, action, loop.reply, loop=loop)
