@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from mailrouter.errors import ConfigErrors
 from mailrouter.routing import lint as lint_module
-from tests.support.rules import load, routing_file
+from mailrouter.message import MessageView
+from mailrouter.routing.facts import Facts
+from tests.support.rules import MONDAY_10_MSK, load, mail, routing_file
 
 
 def lint(text: str) -> tuple[str, list[str]]:
@@ -57,6 +59,60 @@ rules:
     assert warnings == [
         f"{path}:3: rule 'team': never matches: rule 'domain' ({path}:2) matches every message it "
         "matches and stops; move it above or add 'continue: true' to the earlier rule"]
+
+
+def test_a_rule_within_the_words_or_ends_of_an_earlier_one_is_shadowed() -> None:
+    """A general rule above a narrower one is the usual way a rule stops firing: `contains:
+    invoice` takes every subject `contains: 'invoice overdue'` wants, `счет* на оплат*` every
+    «счета на оплату», `ends_with: '@bigclient.example'` the boss's address. Only the same
+    needle counted, and check said nothing."""
+    path, warnings = lint("""\
+rules:
+  - {name: invoice, when: {subject: {contains: invoice}}, then: {folder: A}}
+  - {name: overdue, when: {subject: {contains: 'Invoice overdue'}}, then: {folder: B}}
+  - {name: exact, when: {subject: {equals: 'Срочно: invoice №5'}}, then: {folder: B}}
+  - {name: forms, when: {body: {contains: 'счёт* на оплат*'}}, then: {folder: C}}
+  - {name: spelled, when: {body: {contains: ['выставить счета на оплату', 'счетов* на оплату']}},
+     then: {folder: D}}
+  - {name: client, when: {mail_from: {ends_with: '@bigclient.example'}}, then: {folder: E}}
+  - {name: boss, when: {mail_from: ceo@bigclient.example}, then: {folder: F}}
+  - {name: prefix, when: {from_name: {starts_with: 'ООО Ромашка'}}, then: {folder: G}}
+  - {name: fine1, when: {subject: {contains: invoices}}, then: {folder: H}}
+  - {name: fine2, when: {body: {contains: ['счет* за услуги', 'на оплату счета']}}, then: {folder: I}}
+  - {name: fine3, when: {from_name: {starts_with: ООО}}, then: {folder: J}}
+  - {name: fine4, when: {body: {contains: 'сче* на оплату'}}, then: {folder: K}}
+""")
+    assert [(w.split("rule '")[1].split("'")[0], w.split("never matches: rule '")[1].split("'")[0])
+            for w in warnings] == [("overdue", "invoice"), ("exact", "invoice"),
+                                   ("spelled", "forms"), ("boss", "client")]
+    assert warnings[0] == (
+        f"{path}:3: rule 'overdue': never matches: rule 'invoice' ({path}:2) matches every message "
+        "it matches and stops; move it above or add 'continue: true' to the earlier rule")
+
+
+_PHRASES = ["invoice", "Invoice overdue", "overdue invoice", "inv*", "invoice*", "счёт*",
+            "счета на оплату", "счет* на оплат*", "на оплату", "счет", "*"]
+_TEXTS = ["Invoice", "invoice overdue", "Overdue invoice", "invoices", "Re: invoice 5",
+          "Счёт на оплату", "счета на оплату", "счет", "пересчёт на оплату", "inv", "in voice", "",
+          "на оплату счет"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["contains", "equals", "starts_with", "ends_with"]), st.sampled_from(_PHRASES),
+       st.sampled_from(["contains", "equals", "starts_with", "ends_with"]), st.sampled_from(_PHRASES))
+def test_a_shadow_warning_is_never_wrong(a_op: str, a: str, b_op: str, b: str) -> None:
+    """Whenever check says rule b is within rule a, every subject b matches a matches."""
+    rules = load(routing_file(f"""\
+rules:
+  - {{name: a, when: {{subject: {{{a_op}: '{a}'}}}}, then: {{folder: A}}}}
+  - {{name: b, when: {{subject: {{{b_op}: '{b}'}}}}, then: {{folder: B}}}}
+""", "r.yaml")).rules.rules
+    if not lint_module._shadows(rules[0], rules[1]):
+        return
+    for text in _TEXTS:
+        facts = Facts(MessageView(mail(text)), "", "sales@example.com", None, MONDAY_10_MSK, {})
+        if rules[1].when.test(facts) is not None:
+            assert rules[0].when.test(facts) is not None, text
 
 
 def test_any_branch_shadowing() -> None:
@@ -286,6 +342,10 @@ _CONDS = [
     "{rcpt: support@example.com}", "{rcpt: [sales@example.com, support@example.com]}",
     "{attachment: {glob: '*.pdf'}}", "{header: {X-Mailer: {regex: '^bulk'}}}",
     "{from_name: {glob: '*отдел*'}}", "{not: {subject: invoice}}", "{not: {rcpt: sales@example.com}}",
+    "{subject: 'invoice overdue'}", "{subject: {contains: 'счёт* на оплат*'}}",
+    "{subject: 'счета на оплату'}", "{subject: {equals: 'invoice 5'}}",
+    "{from_name: {starts_with: отдел}}", "{from_name: {starts_with: 'отдел продаж'}}",
+    "{mail_from: {ends_with: '@bigclient.example'}}", "{mail_from: ceo@bigclient.example}",
 ]
 
 

@@ -3,7 +3,9 @@
 - shadowed: an earlier rule without `continue` matches every message a later
   rule matches (no `when`, or its conditions are a subset of the later rule's,
   with needle lists that cover the later one's; `rcpt: a@example.com` is within
-  `rcpt_domain: example.com`), so the later rule never fires;
+  `rcpt_domain: example.com`, `contains: 'invoice overdue'` within `contains: invoice`,
+  `счета на оплату` within `счет* на оплат*`, `equals`/`starts_with` x within
+  `starts_with` a beginning of x, and so for ends), so the later rule never fires;
 - unmatchable: a `contains` needle with no letters or digits (contains matches
   whole words), a subject `equals`/`starts_with`/`contains` needle that begins
   with a reply prefix (subjects are matched without Re:, Fwd:, AW:, Отв: ...), a regex on the subject that
@@ -51,12 +53,17 @@ def _implies(b: Node, a: Node) -> bool:
             # mail to team@example.com is mail to the domain example.com
             domains = {str(k) for k in a.keys}
             return all(str(k).rpartition("@")[2] in domains for k in b.keys)
-        if (a.field, a.op) != (b.field, b.op):
+        if a.field != b.field:
             return False
-        if a.op in _SET_OPS:
-            return set(map(str, b.needles)) <= set(map(str, a.needles)) or \
-                {str(k) for k in b.keys} <= {str(k) for k in a.keys}
-        return list(map(str, a.needles)) == list(map(str, b.needles)) and a.keys == b.keys
+        if a.op in _SET_OPS and b.op in _SET_OPS:
+            if a.op == b.op and (set(map(str, b.needles)) <= set(map(str, a.needles))
+                                 or {str(k) for k in b.keys} <= {str(k) for k in a.keys}):
+                return True
+            # each of b's needles within one of a's: 'invoice overdue' is 'invoice' too
+            return bool(b.keys) and all(any(_key_implies(b.op, bk, a.op, ak) for ak in a.keys)
+                                        for bk in b.keys)
+        return (a.op == b.op and list(map(str, a.needles)) == list(map(str, b.needles))
+                and a.keys == b.keys)
     if isinstance(a, AnyOf):
         return any(_implies(b, p) for p in a.parts)
     if isinstance(b, AnyOf):
@@ -68,6 +75,32 @@ def _implies(b: Node, a: Node) -> bool:
     if isinstance(a, Not) and isinstance(b, Not):
         return a.text == b.text
     return False
+
+
+def _tokens(op: str, key: Any) -> list[str]:
+    """The words a `contains` (' w1 w2* ') or `equals` key needs, in order; 'w*' a word form."""
+    return str(key).split() if op == "contains" else words_of(str(key)).split()
+
+
+def _word_within(a: str, b: str) -> bool:
+    """Any word b's token matches, a's token matches: the same word, or a stem that begins
+    b's word or stem (`счет*` matches every word `счета` or `счета*` does)."""
+    if a.endswith("*"):
+        return b.rstrip("*").startswith(a[:-1])
+    return a == b
+
+
+def _key_implies(b_op: str, b_key: Any, a_op: str, a_key: Any) -> bool:
+    """True when a value that meets `b_op b_key` surely meets `a_op a_key` (one field)."""
+    if a_op == "contains" and b_op in ("contains", "equals"):
+        need, have = _tokens(a_op, a_key), _tokens(b_op, b_key)
+        return bool(need) and any(
+            all(_word_within(w, have[i + j]) for j, w in enumerate(need))
+            for i in range(len(have) - len(need) + 1))
+    if a_op in ("starts_with", "ends_with") and b_op in (a_op, "equals"):
+        return str(b_key).startswith(str(a_key)) if a_op == "starts_with" \
+            else str(b_key).endswith(str(a_key))
+    return a_op == b_op == "equals" and str(a_key) == str(b_key)
 
 
 def _shadows(earlier: Any, later: Any) -> bool:
@@ -222,6 +255,8 @@ def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
                             for k in node.keys)
             if not node.needles or not node.keys:       # an empty set is within any set
                 into.add((node.field, node.op, "*"))
+            for key in node.keys:                       # see _key_implies
+                _offer_parts(node.field, node.op, key, into)
         else:
             into.add((node.field, node.op, "=", tuple(map(str, node.needles))))
     elif isinstance(node, (AllOf, AnyOf)):
@@ -235,13 +270,41 @@ def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
     return into
 
 
+def _offer_parts(field: str, op: str, key: Any, into: set[tuple[Any, ...]]) -> None:
+    """What a key offers to the keys it may imply of other operators: its words and their
+    beginnings (for `contains`), its own beginnings and ends (for starts_with, ends_with)."""
+    if op in ("contains", "equals"):
+        for word in _tokens(op, key):
+            stem = word.rstrip("*")
+            if stem == word:
+                into.add((field, "word", word))
+            into.update((field, "stem", stem[:n]) for n in range(1, len(stem) + 1))
+    if op in ("starts_with", "equals"):
+        into.update((field, "starts", str(key)[:n]) for n in range(len(str(key)) + 1))
+    if op in ("ends_with", "equals"):
+        into.update((field, "ends", str(key)[n:]) for n in range(len(str(key)) + 1))
+
+
+def _needs_part(field: str, op: str, key: Any) -> set[tuple[Any, ...]]:
+    """The part one of which a key that implies `op key` offers (_offer_parts)."""
+    if op == "contains":
+        words = _tokens(op, key)
+        if not words:
+            return set()
+        return {(field, "stem", words[0][:-1]) if words[0].endswith("*") else (field, "word", words[0])}
+    if op in ("starts_with", "ends_with"):
+        return {(field, "starts" if op == "starts_with" else "ends", str(key))}
+    return set()
+
+
 def _need(node: Node) -> set[tuple[Any, ...]] | None:
     """Signatures one of which any condition implying `node` offers; None: no such bound."""
     if isinstance(node, Leaf):
         if node.op in _SET_OPS:
             return ({(node.field, node.op, "n", str(n)) for n in node.needles}
                     | {(node.field, node.op, "k", str(k)) for k in node.keys}
-                    | {(node.field, node.op, "*")})
+                    | {(node.field, node.op, "*")}
+                    | {part for k in node.keys for part in _needs_part(node.field, node.op, k)})
         return {(node.field, node.op, "=", tuple(map(str, node.needles)))}
     if isinstance(node, AnyOf):
         out: set[tuple[Any, ...]] = set()
