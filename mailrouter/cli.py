@@ -168,6 +168,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
+    from .routing.lint import control_warnings
+    warnings += control_warnings(snap.rules.rules, cfg.control is not None)
     from .calendars import zone_warnings
     warnings += zone_warnings(snap.rules.calendars)
     warnings += [f"{line}; fine if the daemon runs as a user who can" for line in denied]

@@ -12,7 +12,7 @@ from mailrouter.errors import ConfigErrors
 from mailrouter.routing import lint as lint_module
 from mailrouter.message import MessageView
 from mailrouter.routing.facts import Facts
-from tests.support.rules import MONDAY_10_MSK, load, mail, routing_file
+from tests.support.rules import COMPANY, MONDAY_10_MSK, load, mail, routing_file
 
 
 def lint(text: str) -> tuple[str, list[str]]:
@@ -453,3 +453,29 @@ rules:
         # a mailbox no recipient resolves to (it loaded and never matched)
         f"warning: {rules}:6: rule 'box': resolved_mailbox 'salse' is no mailbox of the address "
         "book: no recipient resolves to it, the condition never holds; did you mean 'sales'?"]
+
+
+def test_check_warns_about_copy_to_owner_without_control(tmp_path: Path) -> None:
+    """The owner's copy is made by execution control only: with no `control:` in config.yaml
+    a rule's `copy_to_owner: true` gave no copy, and check, the daemon and the log said nothing."""
+    import subprocess
+    import sys
+    rules = routing_file("""\
+rules:
+  - {name: sales, when: {rcpt: sales@example.com},
+     then: {mailbox: sales, owner: smirnov, copy_to_owner: true}}
+  - {name: plain, when: {rcpt: support@example.com}, then: {mailbox: support, copy_to_owner: false}}
+""", "r.yaml")
+    cfg = tmp_path / "config.yaml"
+    outs = []
+    for extra in ("", "control: {}\n"):
+        cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n" + extra, encoding="utf-8")
+        outs.append(subprocess.run([sys.executable, "-m", "mailrouter.cli", "check", "-c", str(cfg)],
+                                   capture_output=True, text=True, timeout=60, check=False))
+    assert outs[0].returncode == 0, outs[0].stderr
+    assert [line for line in outs[0].stdout.splitlines() if line.startswith("warning:")] == [
+        f"warning: {rules}:2: rule 'sales': copy_to_owner: true does nothing: config.yaml has no "
+        "'control:' section, and only execution control makes the owner's copy; add control: "
+        "(README, Execution control) or remove copy_to_owner"]
+    assert outs[1].returncode == 0, outs[1].stderr
+    assert "warning" not in outs[1].stdout

@@ -13,6 +13,7 @@
   there, but only when the message is a reply: it warns so the author checks),
   `all` with two different `rcpt` equals;
 - two rules with one name (explanations would be ambiguous);
+- `copy_to_owner: true` with no `control:` in config.yaml (`control_warnings`: no copy);
 - word forms misused: a `*` that ends no word in `contains` (ignored), a stem of
   one or two letters (`с*` matches every word beginning so), a `*` in
   equals/starts_with/ends_with (a literal star there; glob is the wildcard).
@@ -35,7 +36,7 @@ from .conditions import AllOf, AnyOf, Leaf, Node, Not
 from .facts import words_of
 from .normalize import normalize, strip_reply_prefixes
 
-__all__ = ["lint_notes", "lint_rules"]
+__all__ = ["control_warnings", "lint_notes", "lint_rules"]
 
 _SET_OPS = ("equals", "contains", "starts_with", "ends_with", "glob")
 
@@ -232,6 +233,17 @@ def lint_rules(rules: Sequence[Any]) -> list[str]:
                        "move it above or add 'continue: true' to the earlier rule")
         out.extend(f"{at}: {w}" for w in _unmatchable(rule))
     return out
+
+
+def control_warnings(rules: Sequence[Any], control: bool) -> list[str]:
+    """`copy_to_owner: true` without `control:` in config.yaml: the daemon makes the copy only
+    under execution control, so the owner silently got none."""
+    if control:
+        return []
+    return [f"{r.file}:{r.line}: rule {r.name!r}: copy_to_owner: true does nothing: config.yaml "
+            "has no 'control:' section, and only execution control makes the owner's copy; add "
+            "control: (README, Execution control) or remove copy_to_owner"
+            for r in rules if r.then.copy_to_owner]
 
 
 # The shadow search. Trying every earlier rule against every later one took 115 s for
