@@ -164,6 +164,21 @@ rules:
     ("{rcpt: sales@example.com, any: [{rcpt: support@example.com}, {subject: x}]}", None),
     ("{all: [{rcpt: sales@example.com}, {rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
+    # the sender as a mail client shows it: the fields hold the bare address
+    ("{mail_from: 'Boss <boss@bigclient.example>'}",
+     "mail_from equals 'Boss <boss@bigclient.example>' can never match: mail_from is the bare "
+     "address, without a name or <>; write 'boss@bigclient.example'"),
+    ("{from_addr: [ok@x.example, '<boss@x.example>']}",
+     "from_addr equals '<boss@x.example>' can never match: from_addr is the bare address, "
+     "without a name or <>; write 'boss@x.example'"),
+    ("{mail_from: {ends_with: '@bigclient.example>'}}",
+     "mail_from ends_with '@bigclient.example>' can never match: mail_from is the bare address, "
+     "without a name or <>; write '@bigclient.example'"),
+    ("{mail_from: '< >'}",
+     "mail_from equals '< >' can never match: mail_from is the bare address, without a name or "
+     "<>; write '<>' for a bounce's null sender"),
+    ("{mail_from: '<>', from_addr: {starts_with: 'boss '}}", None),
+    ("{mail_from: '\"john doe\"@x.example'}", None),
 ])
 def test_unmatchable_conditions(cond: str, warning: str | None) -> None:
     """Conditions that can never match the normalised text are reported with a fix."""

@@ -11,7 +11,8 @@
   with a reply prefix (subjects are matched without Re:, Fwd:, AW:, Отв: ...), a regex on the subject that
   requires a reply prefix (regexes see the decoded subject; the prefix may be
   there, but only when the message is a reply: it warns so the author checks),
-  `all` with two different `rcpt` equals;
+  `all` with two different `rcpt` equals, a `mail_from`/`from_addr` needle written with a
+  name or <> (`Boss <boss@x.com>`: the fields hold the bare address);
 - two rules with one name (explanations would be ambiguous);
 - `copy_to_owner: true` with no `control:` in config.yaml (`control_warnings`: no copy);
 - word forms misused: a `*` that ends no word in `contains` (ignored), a stem of
@@ -141,6 +142,12 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                        + f": subjects are matched without reply prefixes; write "
                        f"{strip_reply_prefixes(text)!r}")
             yield from _star_misuse(leaf, text)
+            if leaf.field in _BARE and leaf.op in ("equals", "starts_with", "ends_with") \
+                    and _not_bare(leaf.field, text):
+                yield (f"{leaf.field} {leaf.op} {text!r} can never match: {leaf.field} is the "
+                       "bare address, without a name or <>; write "
+                       + (repr(_bare(text)) if _bare(text) else "'<>' for a bounce's null sender"
+                          if leaf.field == "mail_from" else "robot: true for a bounce"))
             if leaf.op == "glob" and _unclosed_set(text):
                 yield (f"{leaf.label} glob {text!r}: a '[' that no ']' closes is a literal '[', "
                        "not a set; close the set ('[abc]'), or write '[[]' for a literal '['")
@@ -156,6 +163,23 @@ def _unmatchable(rule: Any) -> Iterator[str]:
             if len(rcpts) > 1 and not set.intersection(*(set(lf.keys) for lf in rcpts)):
                 yield "requires two different recipients at once and can never match"
                 break
+
+
+_BARE = ("mail_from", "from_addr")      # an address as given, nothing around it
+
+
+def _not_bare(field: str, text: str) -> bool:
+    """A needle of an address field with a name, <> or spaces (`Boss <boss@x.com>`, as a
+    mail client shows it): the field never holds one. `<>` alone is mail_from's null sender."""
+    if field == "mail_from" and text.strip() == "<>":
+        return False
+    return any(c in text for c in "<>") or (" " in text.strip() and '"' not in text)
+
+
+def _bare(text: str) -> str:
+    inside = re.search(r"<([^<>]*)>?", text)
+    got = inside.group(1) if inside else next((w for w in text.split() if "@" in w), text)
+    return got.strip("<> ")
 
 
 def _conjoined(node: AllOf) -> Iterator[Node]:
