@@ -420,6 +420,28 @@ def test_check_does_not_try_every_pair_of_rules(monkeypatch: pytest.MonkeyPatch)
     assert 0 < len(calls) <= 2 * len(rules)
 
 
+def test_rules_sharing_a_word_are_not_tried_against_each_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule within the words of an earlier one is shadowed: the search looks an earlier
+    rule up by one of its words, the rarest; by the first, 'invoice' in 3,000 rules made
+    every rule try every earlier one (check ran for minutes)."""
+    lines = ["rules:"] + [
+        f"  - {{name: r{n}, when: {{subject: {{contains: 'invoice topic{n}'}}}}, then: {{folder: F}}}}"
+        for n in range(3000)]
+    lines.append("  - {name: later, when: {subject: 'invoice topic9 overdue'}, then: {folder: M}}")
+    rules = load(routing_file("\n".join(lines) + "\n", "r.yaml")).rules.rules
+    calls = []
+    real = lint_module._shadows
+
+    def counted(earlier: object, later: object) -> bool:
+        calls.append(1)
+        return real(earlier, later)
+    monkeypatch.setattr(lint_module, "_shadows", counted)
+    warnings = [w for w in lint_module.lint_rules(rules) if "never matches" in w]
+    assert len(warnings) == 1 and "rule 'later'" in warnings[0] and "rule 'r9'" in warnings[0]
+    assert 0 < len(calls) <= 2 * len(rules)
+
+
 def test_folder_warnings_resolve_no_address_when_no_mailbox_can_lose_a_folder(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Only an LMTP mailbox without sieve_folders loses a non-ASCII folder: with none in the

@@ -276,12 +276,19 @@ def control_warnings(rules: Sequence[Any], control: bool) -> list[str]:
 # a needle (or key) in common, or the same `not`: `_need(a)` names those signatures,
 # `_offers(b)` the ones b holds. Each earlier rule is filed under the signatures of its most
 # selective conjunct; a later rule tries only the rules filed under what it offers (and the
-# ones no signature can rule out), in rule order, with `_shadows` deciding as before.
+# ones no signature can rule out), in rule order, with `_shadows` deciding as before. A key
+# implied by another operator's (`contains: invoice` by `contains: 'invoice overdue'`) is
+# filed under its rarest word, stem, beginning or end (_parts_needed), which every key that
+# implies it offers (_offer_parts).
 
 _ANY = ("any",)          # offered by a condition that implies everything (an empty any:)
 
 
-def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+Sig = tuple[Any, ...]
+
+
+def _offers(node: Node, into: set[Sig], wanted: set[Sig]) -> set[Sig]:
+    """The signatures `node` holds; of the parts of its keys (_offer_parts), the `wanted` ones."""
     if isinstance(node, Leaf):
         if node.op in _SET_OPS:
             into.update((node.field, node.op, "n", str(n)) for n in node.needles)
@@ -292,66 +299,68 @@ def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
             if not node.needles or not node.keys:       # an empty set is within any set
                 into.add((node.field, node.op, "*"))
             for key in node.keys:                       # see _key_implies
-                _offer_parts(node.field, node.op, key, into)
+                into.update(p for p in _offer_parts(node.field, node.op, key) if p in wanted)
         else:
             into.add((node.field, node.op, "=", tuple(map(str, node.needles))))
     elif isinstance(node, (AllOf, AnyOf)):
         if isinstance(node, AnyOf) and not node.parts:
             into.add(_ANY)
         for p in node.parts:
-            _offers(p, into)
+            _offers(p, into, wanted)
     elif isinstance(node, Not):
         into.add(("not", node.text))
-        _offers(node.part, into)
+        _offers(node.part, into, wanted)
     return into
 
 
-def _offer_parts(field: str, op: str, key: Any, into: set[tuple[Any, ...]]) -> None:
+def _offer_parts(field: str, op: str, key: Any) -> Iterator[Sig]:
     """What a key offers to the keys it may imply of other operators: its words and their
-    beginnings (for `contains`), its own beginnings and ends (for starts_with, ends_with)."""
+    beginnings (for `contains`), its own beginnings and ends (for starts_with, ends_with).
+    Many; only those some rule needs (_parts_needed) are kept."""
     if op in ("contains", "equals"):
         for word in _tokens(op, key):
             stem = word.rstrip("*")
             if stem == word:
-                into.add((field, "word", word))
-            into.update((field, "stem", stem[:n]) for n in range(1, len(stem) + 1))
+                yield field, "word", word
+            yield from ((field, "stem", stem[:n]) for n in range(1, len(stem) + 1))
     if op in ("starts_with", "equals"):
-        into.update((field, "starts", str(key)[:n]) for n in range(len(str(key)) + 1))
+        yield from ((field, "starts", str(key)[:n]) for n in range(len(str(key)) + 1))
     if op in ("ends_with", "equals"):
-        into.update((field, "ends", str(key)[n:]) for n in range(len(str(key)) + 1))
+        yield from ((field, "ends", str(key)[n:]) for n in range(len(str(key)) + 1))
 
 
-def _needs_part(field: str, op: str, key: Any) -> set[tuple[Any, ...]]:
-    """The part one of which a key that implies `op key` offers (_offer_parts)."""
+def _parts_needed(field: str, op: str, key: Any) -> list[Sig]:
+    """The parts a key that implies `op key` offers every one of (_offer_parts): for a
+    `contains` key each of its words (a stem for a word form), else its beginning or end."""
     if op == "contains":
-        words = _tokens(op, key)
-        if not words:
-            return set()
-        return {(field, "stem", words[0][:-1]) if words[0].endswith("*") else (field, "word", words[0])}
+        return [(field, "stem", w[:-1]) if w.endswith("*") else (field, "word", w)
+                for w in _tokens(op, key)]
     if op in ("starts_with", "ends_with"):
-        return {(field, "starts" if op == "starts_with" else "ends", str(key))}
-    return set()
+        return [(field, "starts" if op == "starts_with" else "ends", str(key))]
+    return []
 
 
-def _need(node: Node) -> set[tuple[Any, ...]] | None:
-    """Signatures one of which any condition implying `node` offers; None: no such bound."""
+def _need(node: Node, common: dict[Sig, int]) -> set[Sig] | None:
+    """Signatures one of which any condition implying `node` offers; None: no such bound.
+    Of a key's parts the least `common` is enough: 'invoice' may be in every rule."""
     if isinstance(node, Leaf):
         if node.op in _SET_OPS:
+            parts = (_parts_needed(node.field, node.op, k) for k in node.keys)
             return ({(node.field, node.op, "n", str(n)) for n in node.needles}
                     | {(node.field, node.op, "k", str(k)) for k in node.keys}
                     | {(node.field, node.op, "*")}
-                    | {part for k in node.keys for part in _needs_part(node.field, node.op, k)})
+                    | {min(p, key=lambda s: common.get(s, 0)) for p in parts if p})
         return {(node.field, node.op, "=", tuple(map(str, node.needles)))}
     if isinstance(node, AnyOf):
         out: set[tuple[Any, ...]] = set()
         for p in node.parts:
-            need = _need(p)
+            need = _need(p, common)
             if need is None:
                 return None
             out |= need
         return out
     if isinstance(node, AllOf):
-        return _need(node.parts[0]) if node.parts else None
+        return _need(node.parts[0], common) if node.parts else None
     if isinstance(node, Not):
         return {("not", node.text)}
     return set()                  # a node _implies never holds
@@ -362,7 +371,10 @@ class _Shadowing:
 
     def __init__(self, rules: Sequence[Any]) -> None:
         self.rules = rules
-        self.offers = [_offers(r.when, set()) if r.when is not None else set() for r in rules]
+        wanted = {part for r in rules for lf in leaves(r.when) if lf.op in _SET_OPS
+                  for k in lf.keys for part in _parts_needed(lf.field, lf.op, k)}
+        self.offers = [_offers(r.when, set(), wanted) if r.when is not None else set()
+                       for r in rules]
         self.common: dict[tuple[Any, ...], int] = {}
         for offer in self.offers:
             for sig in offer:
@@ -390,7 +402,7 @@ class _Shadowing:
         rule = self.rules[i]
         if rule.cont:
             return                      # never shadows
-        needs = [_need(c) for c in _conjuncts(rule.when)]
+        needs = [_need(c, self.common) for c in _conjuncts(rule.when)]
         bounded = [n for n in needs if n is not None]     # None: implied by anything
         if not bounded:
             self.unbounded.append(i)
