@@ -72,6 +72,18 @@ tests:
         "tags expected ['a'], got []"]
 
 
+def test_tags_null_expects_no_tags(tmp_path: Path) -> None:
+    """`tags: null` reads as `folder: null` does: none. It expected the tag 'None', so a case
+    saying "no tags" failed ("tags expected ['None'], got []") and one with a tag passed no
+    better."""
+    lines = run("""\
+tests:
+  - {name: none, headers: {Subject: hello}, rcpt: sales@example.com, expect: {tags: null}}
+  - {name: one, headers: {Subject: hello}, rcpt: product-a@example.com, expect: {tags: null}}
+""", tmp_path)
+    assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']"]]
+
+
 def test_broken_cases_are_failure_lines_not_crashes(tmp_path: Path) -> None:
     """A missing file, an unknown key and a bad time each give one line; the run goes on."""
     lines = run("""\
