@@ -84,6 +84,27 @@ tests:
     assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']"]]
 
 
+def test_a_day_without_a_time_is_refused(tmp_path: Path) -> None:
+    """`at: 2027-01-11` (YAML's date, or the text) was taken as 00:00 UTC, so a case meant for
+    Monday's working hours ran at 03:00 Moscow time and failed or passed for that reason."""
+    for at in ("2027-01-11", "'2027-01-11'"):
+        lines = run(f"""\
+tests:
+  - {{name: monday, headers: {{Subject: hello}}, rcpt: sales@example.com, at: {at},
+     expect: {{rule: null}}}}
+""", tmp_path)
+        assert [ln.split(": ", 2)[2] for ln in lines] == [
+            "'at: 2027-01-11' is a day without a time of day; write the time too, e.g. "
+            "2027-01-11T10:00:00+03:00"]
+    assert run("""\
+tests:
+  - {name: monday, headers: {Subject: hello}, rcpt: sales@example.com,
+     at: 2027-01-11T10:00:00+03:00, expect: {rule: null}}
+  - {name: naive, headers: {Subject: hello}, rcpt: sales@example.com, at: '2027-01-11 10:00',
+     expect: {rule: null}}
+""", tmp_path) == []
+
+
 def test_broken_cases_are_failure_lines_not_crashes(tmp_path: Path) -> None:
     """A missing file, an unknown key and a bad time each give one line; the run goes on."""
     lines = run("""\

@@ -5,7 +5,8 @@
         message: samples/invoice-koi8r.eml      # relative to this routing file
         mail_from: billing@vendor.example
         rcpt: invoices@example.com               # or a list
-        at: 2027-01-11T10:00:00+03:00            # optional; naive times are UTC
+        at: 2027-01-11T10:00:00+03:00            # optional (now); naive times are UTC; a day
+                                                 # alone (2027-01-11) is refused
         expect: {mailbox: finance, folder: Finance, owner: finance-duty, priority: high}
 
 Without `mail_from:` the envelope sender is the message's From address, as in
@@ -31,8 +32,9 @@ Such a case can only fail `mailrouter test`; `check` says so with the did-you-me
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -78,6 +80,10 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
 def _at(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
+    if isinstance(value, date) or re.fullmatch(r"\s*\d{4}-\d\d-\d\d\s*", str(value)):
+        # taken as 00:00 UTC: a business-hours rule tested "on Monday" never matched
+        raise _CaseError(f"'at: {value}' is a day without a time of day; write the time too, "
+                         f"e.g. {str(value).strip()}T10:00:00+03:00")
     try:
         return datetime.fromisoformat(str(value))
     except ValueError:
