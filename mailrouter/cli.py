@@ -164,7 +164,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .routing.ruletests import Names, check_rule_tests
     from .routing.folders import folder_warnings
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd(),
-                                                    Names.of(snap.book, snap.rules.rules))
+                                                    Names.of(snap.book, snap.rules.rules),
+                                                    snap.decide)
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from mailrouter import yamlsrc
 from mailrouter.config import Limits
@@ -208,6 +210,54 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
         f"{path}:23: test no such time: cannot read time 'next monday'; "
         "write e.g. 2027-01-11T10:00:00+03:00",
     ]
+
+
+_HOURS = """\
+calendars:
+  msk: {timezone: Europe/Moscow}
+rules:
+  - {name: office, when: {rcpt: sales@example.com, business_hours: msk}, then: {folder: Office}}
+tests:
+  - {name: written at 11:00, headers: {Subject: x}, rcpt: sales@example.com, expect: {rule: office}}
+  - {name: written at night, headers: {Subject: x}, rcpt: sales@example.com, expect: {rule: null}}
+  - {name: no clock, headers: {Subject: x}, rcpt: support@example.com, expect: {rule: null}}
+  - {name: pinned, headers: {Subject: x}, rcpt: sales@example.com, at: 2027-01-16T12:00:00+03:00,
+     expect: {rule: null}}
+"""
+SUNDAY_NIGHT = datetime(2027, 1, 17, 0, 30, tzinfo=timezone.utc)    # 03:30 in Moscow
+
+
+def _at_sunday_night(path: Path) -> tuple[Any, Any]:
+    """(the tests, the snapshot's decide with "now" at SUNDAY_NIGHT): the present time fixed."""
+    snap = load(path)
+
+    def decide(view: Any, sender: str, rcpts: list[str], at: datetime | None) -> Any:
+        return snap.decide(view, sender, rcpts, at or SUNDAY_NIGHT)
+    return snap.sections["tests"], decide
+
+
+def test_a_case_that_fails_for_the_time_it_runs_at_says_so(tmp_path: Path) -> None:
+    """A case without `at:` is decided now: written at 11:00 for a business-hours rule, it
+    failed at night with "rule expected 'office', got None" and no word of why."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(_HOURS, encoding="utf-8")
+    tests, decide = _at_sunday_night(path)
+    assert run_rule_tests(tests, decide, tmp_path) == [
+        f"{path}:6: test written at 11:00: rule expected 'office', got None; with at: "
+        "2027-01-11T06:00:00+00:00 it passes: a rule reads the time, and a case without 'at:' "
+        "is decided at the present one; give the case an at:"]
+
+
+def test_check_warns_about_a_case_that_passes_only_at_the_time_it_runs(tmp_path: Path) -> None:
+    """A case without `at:` that passes when written and fails in the morning's CI run."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(_HOURS, encoding="utf-8")
+    tests, decide = _at_sunday_night(path)
+    assert check_rule_tests(tests, tmp_path, None, decide) == [
+        f"{path}:7: test written at night: passes now but fails with at: "
+        "2027-01-11T06:00:00+00:00: a rule reads the time, and a case without 'at:' is decided "
+        "at the present one (a test run at night or at the weekend fails); give the case the "
+        "at: it was written for"]
 
 
 def test_example_rules_pass_through_the_daemons_decide() -> None:
