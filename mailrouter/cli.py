@@ -164,7 +164,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .routing.ruletests import Names, check_rule_tests
     from .routing.folders import folder_warnings
     warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd(),
-                                                    Names.of(snap.book, snap.rules.rules))
+                                                    Names.of(snap.book, snap.rules.rules),
+                                                    snap.decide)
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
@@ -172,6 +173,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                  "4.5.1 requires every mail domain to take mail for postmaster; add "
                  f"'postmaster@{d}: {_postmaster_target(snap.book)}' under aliases:"
                  for d in snap.book.without_postmaster()]
+    from .routing.lint import control_warnings
+    warnings += control_warnings(snap.rules.rules, cfg.control is not None)
     from .calendars import zone_warnings
     warnings += zone_warnings(snap.rules.calendars)
     warnings += [f"{line}; fine if the daemon runs as a user who can" for line in denied]

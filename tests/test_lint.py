@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from mailrouter.errors import ConfigErrors
 from mailrouter.routing import lint as lint_module
-from tests.support.rules import load, routing_file
+from mailrouter.message import MessageView
+from mailrouter.routing.facts import Facts
+from tests.support.rules import COMPANY, MONDAY_10_MSK, load, mail, routing_file
 
 
 def lint(text: str) -> tuple[str, list[str]]:
@@ -57,6 +59,60 @@ rules:
     assert warnings == [
         f"{path}:3: rule 'team': never matches: rule 'domain' ({path}:2) matches every message it "
         "matches and stops; move it above or add 'continue: true' to the earlier rule"]
+
+
+def test_a_rule_within_the_words_or_ends_of_an_earlier_one_is_shadowed() -> None:
+    """A general rule above a narrower one is the usual way a rule stops firing: `contains:
+    invoice` takes every subject `contains: 'invoice overdue'` wants, `счет* на оплат*` every
+    «счета на оплату», `ends_with: '@bigclient.example'` the boss's address. Only the same
+    needle counted, and check said nothing."""
+    path, warnings = lint("""\
+rules:
+  - {name: invoice, when: {subject: {contains: invoice}}, then: {folder: A}}
+  - {name: overdue, when: {subject: {contains: 'Invoice overdue'}}, then: {folder: B}}
+  - {name: exact, when: {subject: {equals: 'Срочно: invoice №5'}}, then: {folder: B}}
+  - {name: forms, when: {body: {contains: 'счёт* на оплат*'}}, then: {folder: C}}
+  - {name: spelled, when: {body: {contains: ['выставить счета на оплату', 'счетов* на оплату']}},
+     then: {folder: D}}
+  - {name: client, when: {mail_from: {ends_with: '@bigclient.example'}}, then: {folder: E}}
+  - {name: boss, when: {mail_from: ceo@bigclient.example}, then: {folder: F}}
+  - {name: prefix, when: {from_name: {starts_with: 'ООО Ромашка'}}, then: {folder: G}}
+  - {name: fine1, when: {subject: {contains: invoices}}, then: {folder: H}}
+  - {name: fine2, when: {body: {contains: ['счет* за услуги', 'на оплату счета']}}, then: {folder: I}}
+  - {name: fine3, when: {from_name: {starts_with: ООО}}, then: {folder: J}}
+  - {name: fine4, when: {body: {contains: 'сче* на оплату'}}, then: {folder: K}}
+""")
+    assert [(w.split("rule '")[1].split("'")[0], w.split("never matches: rule '")[1].split("'")[0])
+            for w in warnings] == [("overdue", "invoice"), ("exact", "invoice"),
+                                   ("spelled", "forms"), ("boss", "client")]
+    assert warnings[0] == (
+        f"{path}:3: rule 'overdue': never matches: rule 'invoice' ({path}:2) matches every message "
+        "it matches and stops; move it above or add 'continue: true' to the earlier rule")
+
+
+_PHRASES = ["invoice", "Invoice overdue", "overdue invoice", "inv*", "invoice*", "счёт*",
+            "счета на оплату", "счет* на оплат*", "на оплату", "счет", "*"]
+_TEXTS = ["Invoice", "invoice overdue", "Overdue invoice", "invoices", "Re: invoice 5",
+          "Счёт на оплату", "счета на оплату", "счет", "пересчёт на оплату", "inv", "in voice", "",
+          "на оплату счет"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["contains", "equals", "starts_with", "ends_with"]), st.sampled_from(_PHRASES),
+       st.sampled_from(["contains", "equals", "starts_with", "ends_with"]), st.sampled_from(_PHRASES))
+def test_a_shadow_warning_is_never_wrong(a_op: str, a: str, b_op: str, b: str) -> None:
+    """Whenever check says rule b is within rule a, every subject b matches a matches."""
+    rules = load(routing_file(f"""\
+rules:
+  - {{name: a, when: {{subject: {{{a_op}: '{a}'}}}}, then: {{folder: A}}}}
+  - {{name: b, when: {{subject: {{{b_op}: '{b}'}}}}, then: {{folder: B}}}}
+""", "r.yaml")).rules.rules
+    if not lint_module._shadows(rules[0], rules[1]):
+        return
+    for text in _TEXTS:
+        facts = Facts(MessageView(mail(text)), "", "sales@example.com", None, MONDAY_10_MSK, {})
+        if rules[1].when.test(facts) is not None:
+            assert rules[0].when.test(facts) is not None, text
 
 
 def test_any_branch_shadowing() -> None:
@@ -108,6 +164,21 @@ rules:
     ("{rcpt: sales@example.com, any: [{rcpt: support@example.com}, {subject: x}]}", None),
     ("{all: [{rcpt: sales@example.com}, {rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
+    # the sender as a mail client shows it: the fields hold the bare address
+    ("{mail_from: 'Boss <boss@bigclient.example>'}",
+     "mail_from equals 'Boss <boss@bigclient.example>' can never match: mail_from is the bare "
+     "address, without a name or <>; write 'boss@bigclient.example'"),
+    ("{from_addr: [ok@x.example, '<boss@x.example>']}",
+     "from_addr equals '<boss@x.example>' can never match: from_addr is the bare address, "
+     "without a name or <>; write 'boss@x.example'"),
+    ("{mail_from: {ends_with: '@bigclient.example>'}}",
+     "mail_from ends_with '@bigclient.example>' can never match: mail_from is the bare address, "
+     "without a name or <>; write '@bigclient.example'"),
+    ("{mail_from: '< >'}",
+     "mail_from equals '< >' can never match: mail_from is the bare address, without a name or "
+     "<>; write '<>' for a bounce's null sender"),
+    ("{mail_from: '<>', from_addr: {starts_with: 'boss '}}", None),
+    ("{mail_from: '\"john doe\"@x.example'}", None),
 ])
 def test_unmatchable_conditions(cond: str, warning: str | None) -> None:
     """Conditions that can never match the normalised text are reported with a fix."""
@@ -286,6 +357,10 @@ _CONDS = [
     "{rcpt: support@example.com}", "{rcpt: [sales@example.com, support@example.com]}",
     "{attachment: {glob: '*.pdf'}}", "{header: {X-Mailer: {regex: '^bulk'}}}",
     "{from_name: {glob: '*отдел*'}}", "{not: {subject: invoice}}", "{not: {rcpt: sales@example.com}}",
+    "{subject: 'invoice overdue'}", "{subject: {contains: 'счёт* на оплат*'}}",
+    "{subject: 'счета на оплату'}", "{subject: {equals: 'invoice 5'}}",
+    "{from_name: {starts_with: отдел}}", "{from_name: {starts_with: 'отдел продаж'}}",
+    "{mail_from: {ends_with: '@bigclient.example'}}", "{mail_from: ceo@bigclient.example}",
 ]
 
 
@@ -345,6 +420,28 @@ def test_check_does_not_try_every_pair_of_rules(monkeypatch: pytest.MonkeyPatch)
     assert 0 < len(calls) <= 2 * len(rules)
 
 
+def test_rules_sharing_a_word_are_not_tried_against_each_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule within the words of an earlier one is shadowed: the search looks an earlier
+    rule up by one of its words, the rarest; by the first, 'invoice' in 3,000 rules made
+    every rule try every earlier one (check ran for minutes)."""
+    lines = ["rules:"] + [
+        f"  - {{name: r{n}, when: {{subject: {{contains: 'invoice topic{n}'}}}}, then: {{folder: F}}}}"
+        for n in range(3000)]
+    lines.append("  - {name: later, when: {subject: 'invoice topic9 overdue'}, then: {folder: M}}")
+    rules = load(routing_file("\n".join(lines) + "\n", "r.yaml")).rules.rules
+    calls = []
+    real = lint_module._shadows
+
+    def counted(earlier: object, later: object) -> bool:
+        calls.append(1)
+        return real(earlier, later)
+    monkeypatch.setattr(lint_module, "_shadows", counted)
+    warnings = [w for w in lint_module.lint_rules(rules) if "never matches" in w]
+    assert len(warnings) == 1 and "rule 'later'" in warnings[0] and "rule 'r9'" in warnings[0]
+    assert 0 < len(calls) <= 2 * len(rules)
+
+
 def test_folder_warnings_resolve_no_address_when_no_mailbox_can_lose_a_folder(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Only an LMTP mailbox without sieve_folders loses a non-ASCII folder: with none in the
@@ -393,3 +490,29 @@ rules:
         # a mailbox no recipient resolves to (it loaded and never matched)
         f"warning: {rules}:6: rule 'box': resolved_mailbox 'salse' is no mailbox of the address "
         "book: no recipient resolves to it, the condition never holds; did you mean 'sales'?"]
+
+
+def test_check_warns_about_copy_to_owner_without_control(tmp_path: Path) -> None:
+    """The owner's copy is made by execution control only: with no `control:` in config.yaml
+    a rule's `copy_to_owner: true` gave no copy, and check, the daemon and the log said nothing."""
+    import subprocess
+    import sys
+    rules = routing_file("""\
+rules:
+  - {name: sales, when: {rcpt: sales@example.com},
+     then: {mailbox: sales, owner: smirnov, copy_to_owner: true}}
+  - {name: plain, when: {rcpt: support@example.com}, then: {mailbox: support, copy_to_owner: false}}
+""", "r.yaml")
+    cfg = tmp_path / "config.yaml"
+    outs = []
+    for extra in ("", "control: {}\n"):
+        cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n" + extra, encoding="utf-8")
+        outs.append(subprocess.run([sys.executable, "-m", "mailrouter.cli", "check", "-c", str(cfg)],
+                                   capture_output=True, text=True, timeout=60, check=False))
+    assert outs[0].returncode == 0, outs[0].stderr
+    assert [line for line in outs[0].stdout.splitlines() if line.startswith("warning:")] == [
+        f"warning: {rules}:2: rule 'sales': copy_to_owner: true does nothing: config.yaml has no "
+        "'control:' section, and only execution control makes the owner's copy; add control: "
+        "(README, Execution control) or remove copy_to_owner"]
+    assert outs[1].returncode == 0, outs[1].stderr
+    assert "warning" not in outs[1].stdout

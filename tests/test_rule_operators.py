@@ -188,7 +188,32 @@ def test_regex_means_what_it_meant_under_python_re(pattern: str, text: str) -> N
     assert compile_regex(pattern).search(text) is expected
 
 
+# RE2's POSIX classes are ASCII-only there: `[[:alpha:]]+` matched no Cyrillic word, though
+# rules/README.md lists them among the extras that work and \w beside them is Unicode.
+POSIX = [
+    ("^[[:alpha:]]+$", "Счёт", True), ("^[[:alpha:]]+$", "příloha", True), ("[[:alpha:]]", "5", False),
+    ("^[[:alnum:]]+$", "Счёт5", True), ("[[:digit:]]", "٣", True), ("^[[:upper:]]", "Ж", True),
+    ("^[[:upper:]]", "ж", False), ("^[[:lower:]]+$", "счёт", True), ("^[[:word:]]+$", "ящик_1", True),
+    ("a[[:space:]]b", "a\u00a0b", True), ("[[:punct:]]", "«", True), ("[[:punct:]]", "ж", False),
+    ("[[:^alpha:]]", "Ж", False), ("[[:^alpha:]]", "5", True), ("^[[:xdigit:]]+$", "ab12", True),
+    ("^[[:xdigit:]]+$", "Ф", False), ("[^[:alpha:]]", "Счёт", False),
+]
+
+
+@pytest.mark.parametrize("pattern, text, hit", POSIX, ids=[f"{p}:{t}" for p, t, _ in POSIX])
+def test_posix_classes_have_the_unicode_meaning_w_has(pattern: str, text: str, hit: bool) -> None:
+    from mailrouter.routing.patterns import compile_regex
+    assert compile_regex(pattern).search(text) is hit
+
+
+def test_a_posix_class_rule_matches_a_cyrillic_subject() -> None:
+    rs = ruleset("rules:\n  - {name: r, when: {subject: {regex: '^[[:alpha:]]+ №'}}, "
+                 "then: {tags: [hit]}}\n")
+    assert "hit" in route(rs, mail("Счёт №5"), "sales@example.com", at=MONDAY_10_MSK).tags
+
+
 REFUSED = [
+    ("[[:^alnum:]]", "RE2 cannot put [:^alnum:] inside [...] with its Unicode meaning at position 1"),
     ("(a)\\1", "RE2 has no backreferences at position 3"),
     ("(?P<x>a)(?P=x)", "RE2 has no backreferences at position 8"),
     ("foo(?=bar)", "RE2 has no lookahead or lookbehind at position 3"),

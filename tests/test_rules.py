@@ -347,6 +347,28 @@ def test_an_owner_that_is_a_mailbox_says_what_an_owner_is() -> None:
         "people and teams: ivanov, petrova, smirnov, finance-duty"]
 
 
+def test_an_owner_or_mailbox_written_as_an_address_or_a_name_names_the_key() -> None:
+    """`owner: s.smirnov@example.com`, `owner: Сергей Смирнов` and `mailbox:
+    support@example.com`, as a mail client shows them, got "known people and teams: ..." and
+    "known mailboxes: ..." (hundreds of keys in a real book), never the key meant."""
+    path, errors = _refused("""\
+rules:
+  - {name: a, when: {subject: a}, then: {owner: S.Smirnov@example.com}}
+  - {name: b, when: {subject: b}, then: {owner: Петр Иванов}}
+  - {name: c, when: {subject: c}, then: {mailbox: support@example.com}}
+  - {name: d, when: {subject: d}, then: {mailbox: team@example.com}}
+""")
+    assert errors[:3] == [
+        f"{path}:2:49: rule 'a': unknown owner 'S.Smirnov@example.com'; 'S.Smirnov@example.com' "
+        "is the address of person 'smirnov'; an owner is written by its key: owner: smirnov",
+        f"{path}:3:49: rule 'b': unknown owner 'Петр Иванов'; 'Петр Иванов' is the name of "
+        "person 'ivanov'; an owner is written by its key: owner: ivanov",
+        f"{path}:4:51: rule 'c': unknown mailbox 'support@example.com'; 'support@example.com' is "
+        "an address, which leads to mailbox 'support'; write mailbox: support"]
+    # team@ leads to three people's mailboxes: no one of them is meant
+    assert errors[3].endswith("(define it under 'mailboxes:')")
+
+
 def test_unknown_rule_and_action_keys_suggest_what_was_meant() -> None:
     """'condition:' was "did you mean 'continue'?" (difflib); the names of other filters
     ('if', 'assignee', 'fileinto', 'reject' as a key) get our name for the same thing."""

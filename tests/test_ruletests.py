@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from mailrouter import yamlsrc
 from mailrouter.config import Limits
@@ -70,6 +72,39 @@ tests:
     assert [ln.split(": ", 2)[2] for ln in lines] == [
         "rcpt sales@example.com: folder expected 'PRODUCT-A', got None; "
         "tags expected ['a'], got []"]
+
+
+def test_tags_null_expects_no_tags(tmp_path: Path) -> None:
+    """`tags: null` reads as `folder: null` does: none. It expected the tag 'None', so a case
+    saying "no tags" failed ("tags expected ['None'], got []") and one with a tag passed no
+    better."""
+    lines = run("""\
+tests:
+  - {name: none, headers: {Subject: hello}, rcpt: sales@example.com, expect: {tags: null}}
+  - {name: one, headers: {Subject: hello}, rcpt: product-a@example.com, expect: {tags: null}}
+""", tmp_path)
+    assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']"]]
+
+
+def test_a_day_without_a_time_is_refused(tmp_path: Path) -> None:
+    """`at: 2027-01-11` (YAML's date, or the text) was taken as 00:00 UTC, so a case meant for
+    Monday's working hours ran at 03:00 Moscow time and failed or passed for that reason."""
+    for at in ("2027-01-11", "'2027-01-11'"):
+        lines = run(f"""\
+tests:
+  - {{name: monday, headers: {{Subject: hello}}, rcpt: sales@example.com, at: {at},
+     expect: {{rule: null}}}}
+""", tmp_path)
+        assert [ln.split(": ", 2)[2] for ln in lines] == [
+            "'at: 2027-01-11' is a day without a time of day; write the time too, e.g. "
+            "2027-01-11T10:00:00+03:00"]
+    assert run("""\
+tests:
+  - {name: monday, headers: {Subject: hello}, rcpt: sales@example.com,
+     at: 2027-01-11T10:00:00+03:00, expect: {rule: null}}
+  - {name: naive, headers: {Subject: hello}, rcpt: sales@example.com, at: '2027-01-11 10:00',
+     expect: {rule: null}}
+""", tmp_path) == []
 
 
 def test_broken_cases_are_failure_lines_not_crashes(tmp_path: Path) -> None:
@@ -175,6 +210,54 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
         f"{path}:23: test no such time: cannot read time 'next monday'; "
         "write e.g. 2027-01-11T10:00:00+03:00",
     ]
+
+
+_HOURS = """\
+calendars:
+  msk: {timezone: Europe/Moscow}
+rules:
+  - {name: office, when: {rcpt: sales@example.com, business_hours: msk}, then: {folder: Office}}
+tests:
+  - {name: written at 11:00, headers: {Subject: x}, rcpt: sales@example.com, expect: {rule: office}}
+  - {name: written at night, headers: {Subject: x}, rcpt: sales@example.com, expect: {rule: null}}
+  - {name: no clock, headers: {Subject: x}, rcpt: support@example.com, expect: {rule: null}}
+  - {name: pinned, headers: {Subject: x}, rcpt: sales@example.com, at: 2027-01-16T12:00:00+03:00,
+     expect: {rule: null}}
+"""
+SUNDAY_NIGHT = datetime(2027, 1, 17, 0, 30, tzinfo=timezone.utc)    # 03:30 in Moscow
+
+
+def _at_sunday_night(path: Path) -> tuple[Any, Any]:
+    """(the tests, the snapshot's decide with "now" at SUNDAY_NIGHT): the present time fixed."""
+    snap = load(path)
+
+    def decide(view: Any, sender: str, rcpts: list[str], at: datetime | None) -> Any:
+        return snap.decide(view, sender, rcpts, at or SUNDAY_NIGHT)
+    return snap.sections["tests"], decide
+
+
+def test_a_case_that_fails_for_the_time_it_runs_at_says_so(tmp_path: Path) -> None:
+    """A case without `at:` is decided now: written at 11:00 for a business-hours rule, it
+    failed at night with "rule expected 'office', got None" and no word of why."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(_HOURS, encoding="utf-8")
+    tests, decide = _at_sunday_night(path)
+    assert run_rule_tests(tests, decide, tmp_path) == [
+        f"{path}:6: test written at 11:00: rule expected 'office', got None; with at: "
+        "2027-01-11T06:00:00+00:00 it passes: a rule reads the time, and a case without 'at:' "
+        "is decided at the present one; give the case an at:"]
+
+
+def test_check_warns_about_a_case_that_passes_only_at_the_time_it_runs(tmp_path: Path) -> None:
+    """A case without `at:` that passes when written and fails in the morning's CI run."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(_HOURS, encoding="utf-8")
+    tests, decide = _at_sunday_night(path)
+    assert check_rule_tests(tests, tmp_path, None, decide) == [
+        f"{path}:7: test written at night: passes now but fails with at: "
+        "2027-01-11T06:00:00+00:00: a rule reads the time, and a case without 'at:' is decided "
+        "at the present one (a test run at night or at the weekend fails); give the case the "
+        "at: it was written for"]
 
 
 def test_example_rules_pass_through_the_daemons_decide() -> None:

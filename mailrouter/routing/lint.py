@@ -3,14 +3,18 @@
 - shadowed: an earlier rule without `continue` matches every message a later
   rule matches (no `when`, or its conditions are a subset of the later rule's,
   with needle lists that cover the later one's; `rcpt: a@example.com` is within
-  `rcpt_domain: example.com`), so the later rule never fires;
+  `rcpt_domain: example.com`, `contains: 'invoice overdue'` within `contains: invoice`,
+  `счета на оплату` within `счет* на оплат*`, `equals`/`starts_with` x within
+  `starts_with` a beginning of x, and so for ends), so the later rule never fires;
 - unmatchable: a `contains` needle with no letters or digits (contains matches
   whole words), a subject `equals`/`starts_with`/`contains` needle that begins
   with a reply prefix (subjects are matched without Re:, Fwd:, AW:, Отв: ...), a regex on the subject that
   requires a reply prefix (regexes see the decoded subject; the prefix may be
   there, but only when the message is a reply: it warns so the author checks),
-  `all` with two different `rcpt` equals;
+  `all` with two different `rcpt` equals, a `mail_from`/`from_addr` needle written with a
+  name or <> (`Boss <boss@x.com>`: the fields hold the bare address);
 - two rules with one name (explanations would be ambiguous);
+- `copy_to_owner: true` with no `control:` in config.yaml (`control_warnings`: no copy);
 - word forms misused: a `*` that ends no word in `contains` (ignored), a stem of
   one or two letters (`с*` matches every word beginning so), a `*` in
   equals/starts_with/ends_with (a literal star there; glob is the wildcard).
@@ -33,7 +37,7 @@ from .conditions import AllOf, AnyOf, Leaf, Node, Not
 from .facts import words_of
 from .normalize import normalize, strip_reply_prefixes
 
-__all__ = ["lint_notes", "lint_rules"]
+__all__ = ["control_warnings", "lint_notes", "lint_rules"]
 
 _SET_OPS = ("equals", "contains", "starts_with", "ends_with", "glob")
 
@@ -51,12 +55,17 @@ def _implies(b: Node, a: Node) -> bool:
             # mail to team@example.com is mail to the domain example.com
             domains = {str(k) for k in a.keys}
             return all(str(k).rpartition("@")[2] in domains for k in b.keys)
-        if (a.field, a.op) != (b.field, b.op):
+        if a.field != b.field:
             return False
-        if a.op in _SET_OPS:
-            return set(map(str, b.needles)) <= set(map(str, a.needles)) or \
-                {str(k) for k in b.keys} <= {str(k) for k in a.keys}
-        return list(map(str, a.needles)) == list(map(str, b.needles)) and a.keys == b.keys
+        if a.op in _SET_OPS and b.op in _SET_OPS:
+            if a.op == b.op and (set(map(str, b.needles)) <= set(map(str, a.needles))
+                                 or {str(k) for k in b.keys} <= {str(k) for k in a.keys}):
+                return True
+            # each of b's needles within one of a's: 'invoice overdue' is 'invoice' too
+            return bool(b.keys) and all(any(_key_implies(b.op, bk, a.op, ak) for ak in a.keys)
+                                        for bk in b.keys)
+        return (a.op == b.op and list(map(str, a.needles)) == list(map(str, b.needles))
+                and a.keys == b.keys)
     if isinstance(a, AnyOf):
         return any(_implies(b, p) for p in a.parts)
     if isinstance(b, AnyOf):
@@ -68,6 +77,32 @@ def _implies(b: Node, a: Node) -> bool:
     if isinstance(a, Not) and isinstance(b, Not):
         return a.text == b.text
     return False
+
+
+def _tokens(op: str, key: Any) -> list[str]:
+    """The words a `contains` (' w1 w2* ') or `equals` key needs, in order; 'w*' a word form."""
+    return str(key).split() if op == "contains" else words_of(str(key)).split()
+
+
+def _word_within(a: str, b: str) -> bool:
+    """Any word b's token matches, a's token matches: the same word, or a stem that begins
+    b's word or stem (`счет*` matches every word `счета` or `счета*` does)."""
+    if a.endswith("*"):
+        return b.rstrip("*").startswith(a[:-1])
+    return a == b
+
+
+def _key_implies(b_op: str, b_key: Any, a_op: str, a_key: Any) -> bool:
+    """True when a value that meets `b_op b_key` surely meets `a_op a_key` (one field)."""
+    if a_op == "contains" and b_op in ("contains", "equals"):
+        need, have = _tokens(a_op, a_key), _tokens(b_op, b_key)
+        return bool(need) and any(
+            all(_word_within(w, have[i + j]) for j, w in enumerate(need))
+            for i in range(len(have) - len(need) + 1))
+    if a_op in ("starts_with", "ends_with") and b_op in (a_op, "equals"):
+        return str(b_key).startswith(str(a_key)) if a_op == "starts_with" \
+            else str(b_key).endswith(str(a_key))
+    return a_op == b_op == "equals" and str(a_key) == str(b_key)
 
 
 def _shadows(earlier: Any, later: Any) -> bool:
@@ -107,6 +142,12 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                        + f": subjects are matched without reply prefixes; write "
                        f"{strip_reply_prefixes(text)!r}")
             yield from _star_misuse(leaf, text)
+            if leaf.field in _BARE and leaf.op in ("equals", "starts_with", "ends_with") \
+                    and _not_bare(leaf.field, text):
+                yield (f"{leaf.field} {leaf.op} {text!r} can never match: {leaf.field} is the "
+                       "bare address, without a name or <>; write "
+                       + (repr(_bare(text)) if _bare(text) else "'<>' for a bounce's null sender"
+                          if leaf.field == "mail_from" else "robot: true for a bounce"))
             if leaf.op == "glob" and _unclosed_set(text):
                 yield (f"{leaf.label} glob {text!r}: a '[' that no ']' closes is a literal '[', "
                        "not a set; close the set ('[abc]'), or write '[[]' for a literal '['")
@@ -122,6 +163,23 @@ def _unmatchable(rule: Any) -> Iterator[str]:
             if len(rcpts) > 1 and not set.intersection(*(set(lf.keys) for lf in rcpts)):
                 yield "requires two different recipients at once and can never match"
                 break
+
+
+_BARE = ("mail_from", "from_addr")      # an address as given, nothing around it
+
+
+def _not_bare(field: str, text: str) -> bool:
+    """A needle of an address field with a name, <> or spaces (`Boss <boss@x.com>`, as a
+    mail client shows it): the field never holds one. `<>` alone is mail_from's null sender."""
+    if field == "mail_from" and text.strip() == "<>":
+        return False
+    return any(c in text for c in "<>") or (" " in text.strip() and '"' not in text)
+
+
+def _bare(text: str) -> str:
+    inside = re.search(r"<([^<>]*)>?", text)
+    got = inside.group(1) if inside else next((w for w in text.split() if "@" in w), text)
+    return got.strip("<> ")
 
 
 def _conjoined(node: AllOf) -> Iterator[Node]:
@@ -201,18 +259,36 @@ def lint_rules(rules: Sequence[Any]) -> list[str]:
     return out
 
 
+def control_warnings(rules: Sequence[Any], control: bool) -> list[str]:
+    """`copy_to_owner: true` without `control:` in config.yaml: the daemon makes the copy only
+    under execution control, so the owner silently got none."""
+    if control:
+        return []
+    return [f"{r.file}:{r.line}: rule {r.name!r}: copy_to_owner: true does nothing: config.yaml "
+            "has no 'control:' section, and only execution control makes the owner's copy; add "
+            "control: (README, Execution control) or remove copy_to_owner"
+            for r in rules if r.then.copy_to_owner]
+
+
 # The shadow search. Trying every earlier rule against every later one took 115 s for
 # 10,000 rules. A rule can only be shadowed by an earlier one whose every conjunct its own
 # condition implies, and `_implies(b, a)` needs b to hold a leaf with a's field, operator and
 # a needle (or key) in common, or the same `not`: `_need(a)` names those signatures,
 # `_offers(b)` the ones b holds. Each earlier rule is filed under the signatures of its most
 # selective conjunct; a later rule tries only the rules filed under what it offers (and the
-# ones no signature can rule out), in rule order, with `_shadows` deciding as before.
+# ones no signature can rule out), in rule order, with `_shadows` deciding as before. A key
+# implied by another operator's (`contains: invoice` by `contains: 'invoice overdue'`) is
+# filed under its rarest word, stem, beginning or end (_parts_needed), which every key that
+# implies it offers (_offer_parts).
 
 _ANY = ("any",)          # offered by a condition that implies everything (an empty any:)
 
 
-def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+Sig = tuple[Any, ...]
+
+
+def _offers(node: Node, into: set[Sig], wanted: set[Sig]) -> set[Sig]:
+    """The signatures `node` holds; of the parts of its keys (_offer_parts), the `wanted` ones."""
     if isinstance(node, Leaf):
         if node.op in _SET_OPS:
             into.update((node.field, node.op, "n", str(n)) for n in node.needles)
@@ -222,37 +298,69 @@ def _offers(node: Node, into: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
                             for k in node.keys)
             if not node.needles or not node.keys:       # an empty set is within any set
                 into.add((node.field, node.op, "*"))
+            for key in node.keys:                       # see _key_implies
+                into.update(p for p in _offer_parts(node.field, node.op, key) if p in wanted)
         else:
             into.add((node.field, node.op, "=", tuple(map(str, node.needles))))
     elif isinstance(node, (AllOf, AnyOf)):
         if isinstance(node, AnyOf) and not node.parts:
             into.add(_ANY)
         for p in node.parts:
-            _offers(p, into)
+            _offers(p, into, wanted)
     elif isinstance(node, Not):
         into.add(("not", node.text))
-        _offers(node.part, into)
+        _offers(node.part, into, wanted)
     return into
 
 
-def _need(node: Node) -> set[tuple[Any, ...]] | None:
-    """Signatures one of which any condition implying `node` offers; None: no such bound."""
+def _offer_parts(field: str, op: str, key: Any) -> Iterator[Sig]:
+    """What a key offers to the keys it may imply of other operators: its words and their
+    beginnings (for `contains`), its own beginnings and ends (for starts_with, ends_with).
+    Many; only those some rule needs (_parts_needed) are kept."""
+    if op in ("contains", "equals"):
+        for word in _tokens(op, key):
+            stem = word.rstrip("*")
+            if stem == word:
+                yield field, "word", word
+            yield from ((field, "stem", stem[:n]) for n in range(1, len(stem) + 1))
+    if op in ("starts_with", "equals"):
+        yield from ((field, "starts", str(key)[:n]) for n in range(len(str(key)) + 1))
+    if op in ("ends_with", "equals"):
+        yield from ((field, "ends", str(key)[n:]) for n in range(len(str(key)) + 1))
+
+
+def _parts_needed(field: str, op: str, key: Any) -> list[Sig]:
+    """The parts a key that implies `op key` offers every one of (_offer_parts): for a
+    `contains` key each of its words (a stem for a word form), else its beginning or end."""
+    if op == "contains":
+        return [(field, "stem", w[:-1]) if w.endswith("*") else (field, "word", w)
+                for w in _tokens(op, key)]
+    if op in ("starts_with", "ends_with"):
+        return [(field, "starts" if op == "starts_with" else "ends", str(key))]
+    return []
+
+
+def _need(node: Node, common: dict[Sig, int]) -> set[Sig] | None:
+    """Signatures one of which any condition implying `node` offers; None: no such bound.
+    Of a key's parts the least `common` is enough: 'invoice' may be in every rule."""
     if isinstance(node, Leaf):
         if node.op in _SET_OPS:
+            parts = (_parts_needed(node.field, node.op, k) for k in node.keys)
             return ({(node.field, node.op, "n", str(n)) for n in node.needles}
                     | {(node.field, node.op, "k", str(k)) for k in node.keys}
-                    | {(node.field, node.op, "*")})
+                    | {(node.field, node.op, "*")}
+                    | {min(p, key=lambda s: common.get(s, 0)) for p in parts if p})
         return {(node.field, node.op, "=", tuple(map(str, node.needles)))}
     if isinstance(node, AnyOf):
         out: set[tuple[Any, ...]] = set()
         for p in node.parts:
-            need = _need(p)
+            need = _need(p, common)
             if need is None:
                 return None
             out |= need
         return out
     if isinstance(node, AllOf):
-        return _need(node.parts[0]) if node.parts else None
+        return _need(node.parts[0], common) if node.parts else None
     if isinstance(node, Not):
         return {("not", node.text)}
     return set()                  # a node _implies never holds
@@ -263,7 +371,10 @@ class _Shadowing:
 
     def __init__(self, rules: Sequence[Any]) -> None:
         self.rules = rules
-        self.offers = [_offers(r.when, set()) if r.when is not None else set() for r in rules]
+        wanted = {part for r in rules for lf in leaves(r.when) if lf.op in _SET_OPS
+                  for k in lf.keys for part in _parts_needed(lf.field, lf.op, k)}
+        self.offers = [_offers(r.when, set(), wanted) if r.when is not None else set()
+                       for r in rules]
         self.common: dict[tuple[Any, ...], int] = {}
         for offer in self.offers:
             for sig in offer:
@@ -291,7 +402,7 @@ class _Shadowing:
         rule = self.rules[i]
         if rule.cont:
             return                      # never shadows
-        needs = [_need(c) for c in _conjuncts(rule.when)]
+        needs = [_need(c, self.common) for c in _conjuncts(rule.when)]
         bounded = [n for n in needs if n is not None]     # None: implied by anything
         if not bounded:
             self.unbounded.append(i)

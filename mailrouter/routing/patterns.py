@@ -8,8 +8,10 @@ releases the GIL while it runs.
 The dialect is RE2's, written as the rule authors wrote Python's: the patterns both
 accept mean the same here. Where the two differ, the pattern is rewritten:
 `\\w \\d \\s` (and `\\W \\D \\S`) keep Python's Unicode meaning (RE2's are ASCII-only),
-`\\Z` is RE2's `\\z`, `\\uXXXX` is `\\x{XXXX}`, and `$` without `(?m)` also matches
-before a final newline, as Python's does.
+`\\Z` is RE2's `\\z`, `\\uXXXX` is `\\x{XXXX}`, `$` without `(?m)` also matches
+before a final newline, as Python's does, and RE2's POSIX classes `[[:alpha:]]`, `[[:alnum:]]`,
+`[[:digit:]]`, `[[:upper:]]`, `[[:lower:]]`, `[[:word:]]`, `[[:space:]]`, `[[:punct:]]` (ASCII
+there) take the Unicode meaning \\w has.
 
 What it refuses (`PatternError`, with the position and why): what RE2 has no
 linear-time form for — backreferences, lookahead and lookbehind, atomic groups,
@@ -248,6 +250,23 @@ class PatternSet:
         return [i - 1 for i in got if i]
 
 
+# RE2's [:alpha:] and its kin are ASCII-only: `[[:alpha:]]+` matched no Cyrillic word. They
+# get the Unicode meaning \w has here; the others (xdigit, cntrl, blank ...) are ASCII anyway.
+_POSIX = {"alpha": r"\p{L}", "alnum": r"\p{L}\p{N}", "digit": r"\p{Nd}", "upper": r"\p{Lu}",
+          "lower": r"\p{Ll}", "word": _WORD, "space": _SPACE, "punct": r"!-/:-@\[-`{-~\p{P}"}
+_POSIX_NOT = {"alpha": r"\P{L}", "digit": r"\P{Nd}", "upper": r"\P{Lu}", "lower": r"\P{Ll}"}
+
+
+def _posix(name: str, at: int) -> str | None:
+    """The Unicode form of POSIX class `name` (`^alpha` negated) inside [...], if it has one."""
+    if not name.startswith("^"):
+        return _POSIX.get(name)
+    if name[1:] in _POSIX and name[1:] not in _POSIX_NOT:
+        raise PatternError(f"RE2 cannot put [:{name}:] inside [...] with its Unicode meaning", at,
+                           f"write a negated class, e.g. [^{_POSIX[name[1:]]}]; " + _README)
+    return _POSIX_NOT.get(name[1:])
+
+
 def _translate(p: str, wide: bool = False) -> str:
     """The RE2 form of Python pattern `p`; with `wide`, the prefilter form (module docstring)."""
     outside = _WIDE_OUTSIDE if wide else _OUTSIDE
@@ -286,7 +305,9 @@ def _translate(p: str, wide: bool = False) -> str:
         if cls >= 0:
             if c == "[" and p.startswith(":", i + 1) and p.find(":]", i + 2) >= 0:
                 end = p.find(":]", i + 2) + 2          # [:alpha:] inside a class
-                out.append(p[i:end])
+                name = p[i + 2:end - 2]
+                out.append(_posix(name, i) or p[i:end])
+                wordish = wordish or name.lstrip("^") in _POSIX
                 i = end
                 continue
             if c == "]" and i > cls:

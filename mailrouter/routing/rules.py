@@ -43,6 +43,7 @@ from ..yamlsrc import where
 from .conditions import Node, did_you_mean, parse_condition
 from .facts import Facts
 from .index import RuleIndex
+from .normalize import normalize
 from .sla_spec import Sla, parse_sla
 
 __all__ = ["Conditions", "Rule", "Then", "RuleSet", "REPLY_RULE_REJECT", "REPLY_RULE_DEFER"]
@@ -173,6 +174,11 @@ class _Builder:
                 # `owner: sales` meant the sales desk: said what an owner is, not "did you mean"
                 hint = (f"{owner!r} is a mailbox; an owner is a person (people:) or a team "
                         f"(teams:), and the mailbox goes in 'mailbox: {owner}'; {hint}")
+            whose = self.person_by(str(owner))
+            if whose is not None:
+                # the address or the name as a mail client shows the person: among 300 people
+                # "known people and teams: ..." did not say which key was meant
+                hint = f"{whose[1]}; an owner is written by its key: owner: {whose[0]}"
             self.err(f"rule {name!r}: unknown owner {owner!r}", owner, spec, hint)
         raw_tags = spec.get("tags")
         raw_tags = [] if raw_tags is None else raw_tags if isinstance(raw_tags, list) else [raw_tags]
@@ -217,10 +223,29 @@ class _Builder:
         if value is None:
             return None
         if value not in known:
-            self.err(f"rule {name!r}: unknown {key} {value!r}", value, spec,
-                     did_you_mean(str(value), list(known)).replace("known keys", f"known {section}")
-                     + f" (define it under '{section}:')")
+            hint = (did_you_mean(str(value), list(known)).replace("known keys", f"known {section}")
+                    + f" (define it under '{section}:')")
+            boxes = self.mailboxes_of(str(value)) if key == "mailbox" else []
+            if len(boxes) == 1:
+                # `mailbox: support@example.com`: the address, not the mailbox it leads to
+                hint = (f"{str(value)!r} is an address, which leads to mailbox {boxes[0]!r}; "
+                        f"write mailbox: {boxes[0]}")
+            self.err(f"rule {name!r}: unknown {key} {value!r}", value, spec, hint)
         return str(value)
+
+    def person_by(self, text: str) -> tuple[str, str] | None:
+        """(key, why) of the one person whose address or name `text` is, if any."""
+        folded = normalize(text.strip().strip("<>"))      # Петр is Пётр, case folded
+        found = {(k, f"{text!r} is the {'address' if '@' in folded else 'name'} of person {k!r}")
+                 for k, p in self.book.people.items()
+                 if folded in (normalize(p.address or ""), normalize(p.name or ""))}
+        return found.pop() if len(found) == 1 else None
+
+    def mailboxes_of(self, address: str) -> list[str]:
+        """The mailboxes mail to `address` goes to, when the book knows the address."""
+        if "@" not in address or not self.book.knows(address):
+            return []
+        return sorted({t.mailbox for t in self.book.resolve(address).targets})
 
     def flag(self, name: str, spec: Mapping[str, Any], key: str) -> bool | None:
         value = spec.get(key)

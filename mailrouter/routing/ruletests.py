@@ -5,7 +5,8 @@
         message: samples/invoice-koi8r.eml      # relative to this routing file
         mail_from: billing@vendor.example
         rcpt: invoices@example.com               # or a list
-        at: 2027-01-11T10:00:00+03:00            # optional; naive times are UTC
+        at: 2027-01-11T10:00:00+03:00            # optional (now); naive times are UTC; a day
+                                                 # alone (2027-01-11) is refused
         expect: {mailbox: finance, folder: Finance, owner: finance-duty, priority: high}
 
 Without `mail_from:` the envelope sender is the message's From address, as in
@@ -31,8 +32,9 @@ Such a case can only fail `mailrouter test`; `check` says so with the did-you-me
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -78,6 +80,10 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
 def _at(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
+    if isinstance(value, date) or re.fullmatch(r"\s*\d{4}-\d\d-\d\d\s*", str(value)):
+        # taken as 00:00 UTC: a business-hours rule tested "on Monday" never matched
+        raise _CaseError(f"'at: {value}' is a day without a time of day; write the time too, "
+                         f"e.g. {str(value).strip()}T10:00:00+03:00")
     try:
         return datetime.fromisoformat(str(value))
     except ValueError:
@@ -98,8 +104,9 @@ def _compare(d: Decision, expect: Mapping[str, Any]) -> list[str]:
     out = []
     for key, want in expect.items():
         got = _actual(d, str(key))
-        if key == "tags":
-            want = sorted(str(t) for t in (want if isinstance(want, list) else [want]))
+        if key == "tags":       # null: none (it was the tag 'None')
+            want = sorted(str(t) for t in (want if isinstance(want, list) else
+                                           [] if want is None else [want]))
             ok = want == got
         elif key == "sla":
             ok = want is None and got is None or want is not None and str(want) in (got or "")
@@ -144,14 +151,15 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
     return expect, [str(r) for r in rcpts]
 
 
-def _run_case(case: Any, decide: Decide, base: Path) -> list[str]:
-    """Mismatch texts per recipient: [(rcpt, text)] flattened into lines by the caller."""
+def _run_case(case: Any, decide: Decide, base: Path, at: datetime | None = None) -> list[str]:
+    """Mismatch texts per recipient: [(rcpt, text)] flattened into lines by the caller.
+    `at`: decide at this time instead of the case's `at:` (or now)."""
     expect, rcpts = _validate(case)
     from ..message import MessageView
     view = MessageView(_raw(case, base))
     given = case.get("mail_from")
     sender = envelope_sender(None if given is None else str(given), view)
-    decisions = decide(view, sender, rcpts, _at(case.get("at")))
+    decisions = decide(view, sender, rcpts, at or _at(case.get("at")))
     lines = []
     for rcpt, d in zip(rcpts, decisions):
         diffs = _compare(d, expect)
@@ -245,9 +253,10 @@ def _unknown_names(expect: Mapping[str, Any], rcpts: list[str],
 
 
 def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".",
-                     names: Names | None = None) -> list[str]:
+                     names: Names | None = None, decide: Decide | None = None) -> list[str]:
     """One line per test case that could not run (its shape, not its outcome), and, with
-    `names`, per expected name no decision can give: for check."""
+    `names`, per expected name no decision can give, with `decide`, per case without `at:`
+    that passes now and fails at another time of the week: for check."""
     problems: list[str] = []
     for i, case in enumerate(tests or ()):
         head, base = _head(tests, i, case, base_dir)
@@ -262,7 +271,36 @@ def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".",
         for value, text in _unknown_names(expect, rcpts, names) if names is not None else ():
             path, line, _ = where(value)      # the expect line, when the case spans several
             problems.append((f"{path}:{line}: {_label(case, i)}" if line else head) + text)
+        if decide is not None and case.get("at") is None:
+            problems.extend(head + text for text in _clock_bound(case, decide, base))
     return problems
+
+
+def _clock_bound(case: Any, decide: Decide, base: Path) -> list[str]:
+    """The warning for a case without `at:` that passes now and fails at another time."""
+    try:
+        if _run_case(case, decide, base):
+            return []           # failing now: `test` says so, with a time it passes at
+        when = next((at for at in _WEEK if _run_case(case, decide, base, at)), None)
+    except Exception:   # noqa: BLE001 (a case that cannot run is reported by `test`)
+        return []
+    if when is None:
+        return []
+    return [f"passes now but fails with at: {when.isoformat()}: a rule reads the time, and a "
+            "case without 'at:' is decided at the present one (a test run at night or at the "
+            "weekend fails); give the case the at: it was written for"]
+
+
+# A case without `at:` is decided now, so where a rule reads business hours its outcome
+# follows the clock: written at 11:00, it failed at night with "rule expected 'support', got
+# None" and no word of why. A failing one is tried at every third hour of a week (UTC).
+_WEEK = tuple(datetime(2027, 1, 11, tzinfo=timezone.utc) + timedelta(hours=3 * i)
+              for i in range(56))
+
+
+def _passes_at(case: Any, decide: Decide, base: Path) -> datetime | None:
+    """A time of the probe week at which a case without `at:` passes, if any."""
+    return next((at for at in _WEEK if not _run_case(case, decide, base, at)), None)
 
 
 def run_rule_tests(tests: Sequence[Any], decide: Decide, base_dir: str | Path = ".") -> list[str]:
@@ -271,7 +309,12 @@ def run_rule_tests(tests: Sequence[Any], decide: Decide, base_dir: str | Path = 
     for i, case in enumerate(tests or ()):
         head, base = _head(tests, i, case, base_dir)
         try:
-            failures.extend(head + text for text in _run_case(case, decide, base))
+            lines = _run_case(case, decide, base)
+            if lines and case.get("at") is None and (when := _passes_at(case, decide, base)):
+                lines[-1] += (f"; with at: {when.isoformat()} it passes: a rule reads the time, "
+                              "and a case without 'at:' is decided at the present one; give "
+                              "the case an at:")
+            failures.extend(head + text for text in lines)
         except _CaseError as exc:
             failures.append(head + str(exc))
         except Exception as exc:   # a crash in one case must not hide the others
