@@ -610,3 +610,24 @@ rules:
     assert (d.tags, d.folder, [r.name for r in d.rules]) == (("forwarded",), "F", ["fwd", "two"])
     report = explain(rs, raw, ["invoices@example.com"], None)
     assert report["attachments"] == ["Счёт 145 от 12.03.eml", "Счёт 145.pdf"]
+
+
+def test_an_address_with_the_roots_dot_matches_the_rules_naming_it() -> None:
+    """RCPT TO:<sales@example.com.> (the DNS root's dot: MTAs and the address book accept
+    it) missed the rule `rcpt: sales@example.com`, and the message took the book's default
+    (a second copy in sales/ beside sales/.Inbound/). The rules read it without the dot,
+    the sender too; a domain ending in two dots is left as it is."""
+    from mailrouter.config import Limits
+    from mailrouter.routing.snapshot import load_snapshot
+    from tests.support.daemon import RULES as REPO_RULES
+    snap = load_snapshot([str(REPO_RULES / "*.yaml")], Limits(), "mx.test")
+    raw = MessageView(b"From: c@outside.test\r\nSubject: hello\r\n\r\nhi\r\n")
+    plain, rooted = (snap.decide(raw, "c@outside.test", [r])[0]
+                     for r in ("sales@example.com", "sales@example.com."))
+    assert [m.name for m in rooted.rules] == [m.name for m in plain.rules] == ["sales"]
+    assert (rooted.mailbox, rooted.folder) == (plain.mailbox, plain.folder) == ("sales", "Inbound")
+    at = datetime(2027, 1, 11, 9, tzinfo=timezone.utc)
+    f = Facts(raw, "boss@x.example.", "sales@example.com.", None, at, {})
+    assert (f.raw("mail_from"), f.raw("rcpt"), f.raw("rcpt_domain")) == (
+        ("boss@x.example",), ("sales@example.com",), ("example.com",))
+    assert Facts(raw, "", "a@b..", None, at, {}).raw("rcpt") == ("a@b..",)

@@ -94,6 +94,15 @@ def normalize_of(field: str) -> Callable[[str], str]:
     return normalize_address if field in ADDR_FIELDS else normalize
 
 
+def _unrooted(address: str) -> str:
+    """`sales@example.com.` as `sales@example.com`: the DNS root's dot, which MTAs (and the
+    address book) accept on a domain; a rule naming the address or its domain missed it, and
+    the message took the book's default."""
+    if address.endswith(".") and not address.endswith("..") and "@" in address:
+        return address[:-1]
+    return address
+
+
 class Facts:
     """The lazily read, cached values of one (message, recipient) pair."""
 
@@ -112,7 +121,7 @@ class Facts:
 
     def __init__(self, view: Any, mail_from: str, rcpt: str, resolution: Any, at: datetime,
                  calendars: Mapping[str, Any], original: str | None = None) -> None:
-        self.view, self.mail_from, self.rcpt = view, mail_from or "", rcpt or ""
+        self.view, self.mail_from, self.rcpt = view, _unrooted(mail_from or ""), _unrooted(rcpt or "")
         self.original = original        # the recipient as given, when rcpt is its new address
         self.resolution, self.at, self.calendars = resolution, at, calendars
         self._raw: dict[str, tuple[Any, ...]] = {}
