@@ -344,7 +344,7 @@ def find_config(given: str | None, environ: Mapping[str, str] | None = None) -> 
         return None
 
 
-def _unreadable(p: Path) -> ConfigError | None:
+def unreadable(p: Path) -> ConfigError | None:
     """The config file given as its directory, or one this user may not read (install.md
     keeps it root:mailrouter 0640 in a 0750 /etc/mailrouter): what stands in the way and
     the fix. Both said only "cannot read: Is a directory" or "... Permission denied"."""
@@ -375,9 +375,9 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config.embedded()
     p = Path(path).resolve()
-    unreadable = _unreadable(p)
-    if unreadable is not None:
-        raise ConfigErrors([unreadable])
+    refused = unreadable(p)
+    if refused is not None:
+        raise ConfigErrors([refused])
     try:
         doc = yamlsrc.load(p)
     except ConfigError as exc:

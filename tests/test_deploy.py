@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailrouter.config import load_config, usable_cpus
-from tests.support.daemon import REPO, maildir_files
+from tests.support.daemon import REPO, RULES, maildir_files
 from tests.test_delivery_smtp import Sink
 
 DEPLOY = REPO / "deploy"
@@ -447,8 +448,13 @@ def test_example_control_section_on_the_example_rules_names_the_fix(tmp_path):
 def _load_as_nobody(path: Path | None) -> str:
     """load_config(path) in a forked child with the euid of nobody: its error, or ''. With
     None, the file find_config picks without -c (any exception is said too)."""
-    import json
     from mailrouter.config import find_config
+    return _as_nobody(lambda: load_config(path or find_config(None, {})))
+
+
+def _as_nobody(load: Any) -> str:
+    """`load()` in a forked child with the euid of nobody: its first ConfigError, or ''."""
+    import json
     from mailrouter.errors import ConfigErrors
     read, write = os.pipe()
     pid = os.fork()
@@ -457,7 +463,7 @@ def _load_as_nobody(path: Path | None) -> str:
             os.setegid(65534)
             os.seteuid(65534)
             try:
-                load_config(path or find_config(None, {}))
+                load()
                 said = ""
             except ConfigErrors as exc:
                 said = str(exc.errors[0])
@@ -509,3 +515,28 @@ def test_a_config_the_user_may_not_read_names_what_and_the_fix(tmp_path, monkeyp
         load_config(tmp_path)
     assert str(info.value.errors[0]) == (                # type: ignore[attr-defined]
         f"{tmp_path}: a directory, not a config file; name the file: -c {tmp_path / 'config.yaml'}")
+
+
+def test_a_routing_file_the_user_may_not_read_names_what_and_the_fix() -> None:
+    """A routing file (or its folder) this user may not read said only "cannot read:
+    Permission denied" at check, start and reload: it names what is in the way and the
+    fix, as the config file's error does."""
+    from mailrouter.config import Limits
+    from mailrouter.routing.snapshot import load_snapshot
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to read as nobody")
+    top = Path(tempfile.mkdtemp(prefix="mr-rules."))
+    try:
+        top.chmod(0o755)
+        rules = top / "rules"
+        rules.mkdir()
+        shutil.copy(RULES / "company.yaml", rules / "company.yaml")
+        secret = rules / "routing.yaml"
+        secret.write_text("rules: []\n", encoding="utf-8")
+        secret.chmod(0o600)
+        said = _as_nobody(lambda: load_snapshot([str(rules / "*.yaml")], Limits(), "mx.test"))
+        assert said.startswith(f"{secret}: cannot read: permission denied; {secret} is uid "
+                               "0's, gid 0's, mode 0600: uid 65534 may not read it; run the "
+                               "command as the user mailrouter runs as"), said
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

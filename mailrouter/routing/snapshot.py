@@ -25,7 +25,7 @@ from .. import yamlsrc
 from ..addressbook.departments import Department, parse_departments
 from ..addressbook.model import PERSON_MAILBOX_PREFIX
 from ..addresses import AddressBook, Limits as BookLimits, Resolution
-from ..config import Limits, unknown_keys
+from ..config import Limits, unknown_keys, unreadable
 from ..errors import ConfigError, ConfigErrors
 from ..loops import detect_loop
 from ..message import MessageView
@@ -444,6 +444,9 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
         except IsADirectoryError:
             errors.append(ConfigError("a directory, not a routing file", f,
                                       hint=f"name its files with a glob: {f.rstrip('/')}/*.yaml"))
+        except PermissionError as exc:
+            # said only "cannot read: Permission denied": what is in the way, and the fix
+            errors.append(unreadable(Path(f)) or ConfigError(f"cannot read: {exc.strerror}", f))
         except OSError as exc:
             errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
     return docs, digest.hexdigest()[:16]
