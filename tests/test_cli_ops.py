@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import RULES, free_port, maildir_files, write_config
+from tests.support.nobody import as_nobody
 from tests.test_cli import CLI, mr
 
 
@@ -241,8 +242,6 @@ def test_registry_made_by_root_is_refused_for_the_daemons_user() -> None:
     said ok and the daemon (User=mailrouter) started, /readyz said ok, and every message
     got 451 "Registry temporarily unavailable". Now, as the daemon's user, `run` refuses
     to start naming the file (`check` warns: the daemon's user may be another)."""
-    import json
-    import os
     import shutil
     import tempfile
 
@@ -264,31 +263,17 @@ def test_registry_made_by_root_is_refused_for_the_daemons_user() -> None:
         assert db.stat().st_uid == 0
         cfg = load_config(path)
 
-        def as_nobody() -> tuple[list[str], list[str], list[str]]:
-            read, write = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.setegid(65534)
-                    os.seteuid(65534)
-                    denied: list[str] = []
-                    checked = unwritable(cfg, create=False, others=denied)
-                    os.write(write, json.dumps([unwritable(cfg, create=True), checked,
-                                                denied]).encode())
-                finally:
-                    os._exit(0)
-            os.close(write)
-            with os.fdopen(read) as got:
-                out = json.loads(got.read() or "[[], [], []]")
-            os.waitpid(pid, 0)
-            return out[0], out[1], out[2]
-        run, check, denied = as_nobody()
+        def checks() -> list[list[str]]:
+            denied: list[str] = []
+            checked = unwritable(cfg, create=False, others=denied)
+            return [unwritable(cfg, create=True), checked, denied]
+        run, check, denied = as_nobody(checks, None)
         want = (f"registry.url {db} is not writable (registry.db is uid 0's, mode 0644: "
                 f"permission denied to uid 65534): make it writable by the user")
         assert len(run) == 1 and run[0].startswith(want), run
         assert check == [] and len(denied) == 1 and denied[0].startswith(want), denied
         shutil.chown(db, 65534, 65534)                   # the fix the line names
-        assert as_nobody() == ([], [], [])
+        assert as_nobody(checks, None) == [[], [], []]   # (None: the child died)
     finally:
         shutil.rmtree(top, ignore_errors=True)
 

@@ -454,29 +454,18 @@ def _load_as_nobody(path: Path | None) -> str:
 
 def _as_nobody(load: Any) -> str:
     """`load()` in a forked child with the euid of nobody: its first ConfigError, or ''."""
-    import json
     from mailrouter.errors import ConfigErrors
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+    from tests.support.nobody import as_nobody
+
+    def said() -> str:
         try:
-            os.setegid(65534)
-            os.seteuid(65534)
-            try:
-                load()
-                said = ""
-            except ConfigErrors as exc:
-                said = str(exc.errors[0])
-            except Exception as exc:                     # noqa: BLE001 (said to the parent)
-                said = f"raised {exc!r}"
-            os.write(write, json.dumps(said).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as got:
-        out = json.loads(got.read() or '"child died"')
-    os.waitpid(pid, 0)
-    return str(out)
+            load()
+        except ConfigErrors as exc:
+            return str(exc.errors[0])
+        except Exception as exc:                         # noqa: BLE001 (said to the parent)
+            return f"raised {exc!r}"
+        return ""
+    return str(as_nobody(said, "child died"))
 
 
 def test_a_config_the_user_may_not_read_names_what_and_the_fix(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -405,19 +406,25 @@ def test_check_does_not_try_every_pair_of_rules(monkeypatch: pytest.MonkeyPatch)
         for n in range(3000)]
     lines.append("  - {name: late, when: {subject: [topic7, other]}, then: {folder: L}}")
     lines.append("  - {name: later, when: {subject: topic9}, then: {folder: M}}")
+    rules, warnings, calls = _shadow_lint_counted(lines, monkeypatch)
+    # 'late' also takes 'other': r7 does not cover it; r9 covers 'later'
+    assert [w.split(": rule ")[1].split(":")[0] for w in warnings] == ["'later'"]
+    assert "rule 'r9'" in warnings[0]
+    assert 0 < len(calls) <= 2 * len(rules)
+
+
+def _shadow_lint_counted(lines: list[str], monkeypatch: pytest.MonkeyPatch
+                         ) -> tuple[Any, list[str], list[int]]:
+    """(the rules of `lines`, lint's never-matches warnings, one entry per pair tried)."""
     rules = load(routing_file("\n".join(lines) + "\n", "r.yaml")).rules.rules
-    calls = []
+    calls: list[int] = []
     real = lint_module._shadows
 
     def counted(earlier: object, later: object) -> bool:
         calls.append(1)
         return real(earlier, later)
     monkeypatch.setattr(lint_module, "_shadows", counted)
-    warnings = [w for w in lint_module.lint_rules(rules) if "never matches" in w]
-    # 'late' also takes 'other': r7 does not cover it; r9 covers 'later'
-    assert [w.split(": rule ")[1].split(":")[0] for w in warnings] == ["'later'"]
-    assert "rule 'r9'" in warnings[0]
-    assert 0 < len(calls) <= 2 * len(rules)
+    return rules, [w for w in lint_module.lint_rules(rules) if "never matches" in w], calls
 
 
 def test_rules_sharing_a_word_are_not_tried_against_each_other(
@@ -429,15 +436,7 @@ def test_rules_sharing_a_word_are_not_tried_against_each_other(
         f"  - {{name: r{n}, when: {{subject: {{contains: 'invoice topic{n}'}}}}, then: {{folder: F}}}}"
         for n in range(3000)]
     lines.append("  - {name: later, when: {subject: 'invoice topic9 overdue'}, then: {folder: M}}")
-    rules = load(routing_file("\n".join(lines) + "\n", "r.yaml")).rules.rules
-    calls = []
-    real = lint_module._shadows
-
-    def counted(earlier: object, later: object) -> bool:
-        calls.append(1)
-        return real(earlier, later)
-    monkeypatch.setattr(lint_module, "_shadows", counted)
-    warnings = [w for w in lint_module.lint_rules(rules) if "never matches" in w]
+    rules, warnings, calls = _shadow_lint_counted(lines, monkeypatch)
     assert len(warnings) == 1 and "rule 'later'" in warnings[0] and "rule 'r9'" in warnings[0]
     assert 0 < len(calls) <= 2 * len(rules)
 

@@ -12,6 +12,7 @@ import smtplib
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,17 +170,7 @@ def test_a_clients_control_bytes_never_reach_the_log_raw(daemon_process, fmt):
     """aiosmtpd logs an unknown command as the client sent it ("unrecognised: ..."): a NUL,
     an ESC (a terminal escape) or DEL in it is written escaped, so the log stays one clean
     line per record; in JSON the line still parses to the same text."""
-    proc = daemon_process(extra=f"log_format: {fmt}\nworkers: 1\n")
-    with socket.create_connection(("127.0.0.1", proc.smtp), timeout=10) as s:
-        s.recv(100)
-        s.sendall("EHLO x\r\n".encode())
-        s.recv(1000)
-        s.sendall(b"MA\x00IL\x1b[2J\x7fX\r\n")
-        s.recv(1000)
-        s.sendall(b"QUIT\r\n")
-        while s.recv(1000):
-            pass
-    lines = _lines(proc, "unrecognised")
+    proc, lines = _unrecognised(daemon_process, fmt, b"MA\x00IL\x1b[2J\x7fX")
     assert lines, proc.log.read_text(encoding="utf-8")
     raw = proc.log.read_bytes()
     for bad in (b"\x00", b"\x1b", b"\x7f"):
@@ -190,23 +181,29 @@ def test_a_clients_control_bytes_never_reach_the_log_raw(daemon_process, fmt):
         assert "MA\\u0000IL\\u001b[2J\\u007fX" in lines[0]
 
 
+def _unrecognised(daemon_process: Any, fmt: str, verb: bytes) -> tuple[Any, list[str]]:
+    """A daemon logging in `fmt`, sent the command line `verb` after EHLO: (the daemon,
+    its log lines saying 'unrecognised')."""
+    proc = daemon_process(extra=f"log_format: {fmt}\nworkers: 1\n")
+    with socket.create_connection(("127.0.0.1", proc.smtp), timeout=10) as s:
+        s.recv(100)
+        s.sendall(b"EHLO x\r\n")
+        s.recv(1000)
+        s.sendall(verb + b"\r\n")
+        s.recv(1000)
+        s.sendall(b"QUIT\r\n")
+        while s.recv(1000):
+            pass
+    return proc, _lines(proc, "unrecognised")
+
+
 @pytest.mark.parametrize("fmt", ["kv", "json"])
 def test_a_clients_tab_cannot_make_fields_of_its_own(daemon_process, fmt):
     """aiosmtpd logs an unknown verb as sent, and a verb may hold a TAB (only a space ends
     it): "X<TAB>EVENT=MESSAGE<TAB>QID=FORGED" became fields EVENT and QID in JSON, and a raw
     TAB, a field separator to logfmt readers, in kv. The TAB is written escaped, and a pair
     counts only at the start of the message or after a space."""
-    proc = daemon_process(extra=f"log_format: {fmt}\nworkers: 1\n")
-    with socket.create_connection(("127.0.0.1", proc.smtp), timeout=10) as s:
-        s.recv(100)
-        s.sendall(b"EHLO x\r\n")
-        s.recv(1000)
-        s.sendall(b"X\tEVENT=MESSAGE\tQID=FORGED\r\n")
-        s.recv(1000)
-        s.sendall(b"QUIT\r\n")
-        while s.recv(1000):
-            pass
-    lines = _lines(proc, "unrecognised")
+    proc, lines = _unrecognised(daemon_process, fmt, b"X\tEVENT=MESSAGE\tQID=FORGED")
     assert lines, proc.log.read_text(encoding="utf-8")
     assert b"\t" not in proc.log.read_bytes()
     if fmt == "json":
