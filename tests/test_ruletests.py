@@ -303,3 +303,27 @@ tests:
     snap = load(*sorted((tmp_path / "rules").glob("*.yaml")), book=None)
     case = [c for c in snap.sections["tests"] if c["name"] == "same as explain"]
     assert run_rule_tests(case, snap.decide, tmp_path / "rules") == []
+
+
+def test_two_tests_of_one_name_are_a_warning(tmp_path: Path) -> None:
+    """Two rule tests under one name: a failure names the case, so which of the two failed
+    could not be told; check says so, naming where the first is."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """\
+tests:
+  - name: invoice
+    headers: {Subject: счет}
+    rcpt: sales@example.com
+    expect: {rule: inv}
+  - name: invoice
+    headers: {Subject: счет 2}
+    rcpt: sales@example.com
+    expect: {rule: inv}
+  - name: other
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expect: {rule: null}
+""", encoding="utf-8")
+    assert check_rule_tests(yamlsrc.load(path)["tests"], tmp_path) == [
+        f"{path}:9: test invoice: the name is also the test's at {path}:5; give each test "
+        "a name of its own"]

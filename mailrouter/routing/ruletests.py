@@ -258,8 +258,16 @@ def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".",
     `names`, per expected name no decision can give, with `decide`, per case without `at:`
     that passes now and fails at another time of the week: for check."""
     problems: list[str] = []
+    named: dict[str, str] = {}          # a test's name -> where the first of that name is
     for i, case in enumerate(tests or ()):
         head, base = _head(tests, i, case, base_dir)
+        name = case.get("name") if isinstance(case, Mapping) else None
+        if isinstance(name, str) and name:
+            if name in named:           # a failure names the case: two could not be told apart
+                problems.append(head + f"the name is also the test's at {named[name]}; give "
+                                "each test a name of its own")
+            else:
+                named[name] = head.rsplit(": test ", 1)[0]
         try:
             expect, rcpts = _validate(case)
             _at(case.get("at"))      # `test` would fail it: `check` says so first
