@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..calendars import company_time, company_zone
 from ..errors import RegistryError
-from ..values import REQUEST_STATUSES, spreadsheet_cell
+from ..values import OPEN_REQUEST_STATUSES, REQUEST_STATUSES, spreadsheet_cell
 from .threads import MAX_NUMBER
 
 if TYPE_CHECKING:
@@ -293,7 +293,7 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
 
     from .store import add_event
     from .tables import requests
-    allowed = ("open", "answered", "waiting") if status == "closed" else ("open", "answered")
+    allowed = OPEN_REQUEST_STATUSES if status == "closed" else ("open", "answered")
 
     def change(conn: Connection) -> str | None:
         if not 0 < args.number <= MAX_NUMBER:   # PostgreSQL would fail the query

@@ -24,10 +24,9 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, selec
 from ..registry.models import decisions, deliveries, messages
 from ..registry.queries import Scope, from_domain, idn_forms
 from ..registry.words import newest, parse_words
+from ..values import OPEN_REQUEST_STATUSES
 from .threads import MAX_NUMBER
-from .tables import (
-    OPEN_STATUSES, request_alerts, request_events, request_messages, requests,
-)
+from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
            "requests_in"]
@@ -158,7 +157,7 @@ def board(conn: Connection, now: datetime, calendars: Mapping[str, Any],
 
     The counts are one GROUP BY in the order of the requests (status, mailbox, owner,
     response_due) index, read from the index alone."""
-    live = and_(requests.c.status.in_(OPEN_STATUSES), requests_in(scope))
+    live = and_(requests.c.status.in_(OPEN_REQUEST_STATUSES), requests_in(scope))
     waiting = requests.c.status == "open"
     late = and_(waiting, requests.c.response_due <= now)
     out: dict[str, Any] = {"now": now}

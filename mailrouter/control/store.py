@@ -45,10 +45,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..addressbook.model import Team
 from ..registry.models import messages
 from ..routing.sla_spec import parse_duration
+from ..values import OPEN_REQUEST_STATUSES
 from .owners import OwnerChoice, TeamState
 
-from .tables import (OPEN_STATUSES, request_events, request_messages, request_threads, requests,
-                     team_picks, thread_claims)
+from .tables import (request_events, request_messages, request_threads, requests, team_picks,
+                     thread_claims)
 from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event",
@@ -134,7 +135,7 @@ class DbTeamState:
         self.counts: dict[str, int] = {}
         if members:
             for owner, count in conn.execute(select(requests.c.owner, func.count()).where(
-                    requests.c.owner.in_(members), requests.c.status.in_(OPEN_STATUSES))
+                    requests.c.owner.in_(members), requests.c.status.in_(OPEN_REQUEST_STATUSES))
                     .group_by(requests.c.owner)):
                 self.counts[owner] = int(count)
             if at is not None:

@@ -34,13 +34,9 @@ from __future__ import annotations
 from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
 
 from ..registry.models import UTCDateTime, metadata
-from ..values import OPEN_REQUEST_STATUSES, REQUEST_STATUSES
 
-__all__ = ["STATUSES", "request_alerts", "request_events", "request_messages", "requests",
-           "request_threads", "team_picks", "thread_claims", "OPEN_STATUSES"]
-
-STATUSES = REQUEST_STATUSES
-OPEN_STATUSES = OPEN_REQUEST_STATUSES
+__all__ = ["request_alerts", "request_events", "request_messages", "requests",
+           "request_threads", "team_picks", "thread_claims"]
 
 requests = Table(
     "requests", metadata,
