@@ -46,7 +46,7 @@ from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csr
                    headers, https, known_host, login_token, safe_next, session_token, set_session_cookie,
                    signed_in)
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
-                     no_nul, redirect, render, snap, viewer)
+                     no_nul, page_key, redirect, render, snap, viewer)
 from .i18n import LANGUAGES, translate
 from .reads import WebRegistry
 from .reports import report_page
@@ -161,13 +161,12 @@ def _before(request: web.Request) -> tuple[datetime, str] | None:
     text = request.query.get("before", "")
     if not text:
         return None
-    at, _, key = text.rpartition(",")
     try:
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None or not key or len(key) > 64:
+        when, key = page_key(text)
+        if when is None or not key or len(key) > 64:
             raise ValueError(text)
-        return when.astimezone(timezone.utc), key
-    except (ValueError, OverflowError):
+        return when, key
+    except ValueError:
         raise BadInput(f"before={text[:80]!r}") from None
 
 

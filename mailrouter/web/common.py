@@ -10,7 +10,7 @@ the server; a file outside it (an older rule set elsewhere) is shown as recorded
 from __future__ import annotations
 
 import os
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..routing.snapshot import Snapshot
 from .auth import SNAPSHOT, VIEWER, Handler, Viewer
 from .i18n import LANGUAGES, pick_language, translate
 
-__all__ = ["HERE", "LANG_COOKIE", "BadInput", "no_nul", "lang_of", "render", "error_page", "day", "bad",
+__all__ = ["HERE", "LANG_COOKIE", "BadInput", "no_nul", "lang_of", "render", "error_page", "day", "page_key", "bad",
            "redirect", "viewer", "snap", "RulePlaces"]
 
 HERE = Path(__file__).resolve().parent
@@ -108,6 +108,19 @@ def day(request: web.Request, name: str, default: date | None = None) -> date | 
     if value > LAST_DAY:
         raise BadInput(f"{name}={text[:40]!r}: " + translate(lang_of(request), "date_range"))
     return value
+
+
+def page_key(text: str) -> tuple[datetime | None, str]:
+    """A next-page link's `TIME,KEY`: the time (ISO with its zone, in UTC; None when empty)
+    and the key as text. ValueError for a time without its zone or past UTC's range."""
+    at_text, _, key = text.rpartition(",")
+    at = datetime.fromisoformat(at_text) if at_text else None
+    if at is not None and at.tzinfo is None:
+        raise ValueError("a time without its zone")
+    try:        # the registry stores UTC; 0001-01-01T00:00+01:00 has no UTC time
+        return (at.astimezone(timezone.utc) if at is not None else None), key
+    except OverflowError:
+        raise ValueError("a time out of range") from None
 
 
 def bad(request: web.Request, what: str, status: int = 400) -> web.Response:

@@ -33,7 +33,7 @@ from ..control.queries import board, requests_in, show_request, sla_left
 from ..control.tables import requests
 from ..registry.queries import Scope
 from .auth import REGISTRY
-from .common import RulePlaces, bad, redirect, render, snap, viewer
+from .common import RulePlaces, bad, page_key, redirect, render, snap, viewer
 
 __all__ = ["board_page", "request_page", "act"]
 
@@ -63,14 +63,7 @@ def _after(text: str) -> tuple[datetime | None, int] | None:
     """The board's next-page key `DUE,ID` (DUE an ISO time with its zone, or empty)."""
     if not text:
         return None
-    due, _, rid = text.rpartition(",")
-    at = datetime.fromisoformat(due) if due else None
-    if at is not None and at.tzinfo is None:
-        raise ValueError("a time without its zone")
-    try:        # the registry stores UTC; 0001-01-01T00:00+01:00 has no UTC time
-        at = at.astimezone(timezone.utc) if at is not None else None
-    except OverflowError:
-        raise ValueError("a time out of range") from None
+    at, rid = page_key(text)
     number = int(rid)
     if not 0 <= number < 2**63:     # a request id is a 64-bit integer in the registry
         raise ValueError("a request number out of range")
