@@ -169,6 +169,12 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     assert re.search(rf"transport_maps = hash:{other} hash:{tmp_path}/maps/transport", main_cf)
     assert re.search(rf"relay_domains = other.test hash:{tmp_path}/maps/domains", main_cf)
     assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit" not in main_cf
+    # run again (after a failed `postfix check`, say): main.cf names each table once, as
+    # after one run; before, every run appended them all again
+    again = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                    capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (mta.etc / "main.cf").read_text() == main_cf
     await asyncio.to_thread(mta.reload)
 
     def talk() -> tuple[int, int, int]:
@@ -199,6 +205,32 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     assert (env.mail_from, env.rcpt_tos) == ("<>", ["someone@other.test"])   # aiosmtpd keeps "<>"
     assert "postfix/from-mailrouter" in mta.maillog
     await outside.stop()
+
+
+def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
+    """`postfix check` prints its reason only to a terminal: run by a provisioning tool the
+    script stopped with exit 1 and no word. It now says that the check failed and where
+    Postfix wrote why (here its maillog_file)."""
+    if shutil.which("postfix") is None and not Path("/usr/sbin/postfix").exists():
+        pytest.skip("postfix not installed (apt-get install postfix)")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(f"compatibility_level = 3.6\n"
+                                 f"queue_directory = {tmp_path}/no-such-queue\n"
+                                 f"data_directory = {tmp_path}\n"
+                                 f"maillog_file = {tmp_path}/maillog\n"
+                                 f"maillog_file_prefixes = {tmp_path}\n")
+    shutil.copy("/usr/share/postfix/master.cf.dist", etc / "master.cf")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    env = dict(os.environ, MAIL_CONFIG=str(etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               PATH=os.environ.get("PATH", "") + ":/usr/sbin")
+    done = subprocess.run(["sh", str(SCRIPT)], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "postfix check failed" in done.stderr, done.stderr
+    assert f"{tmp_path}/maillog" in done.stderr, done.stderr
 
 
 def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):

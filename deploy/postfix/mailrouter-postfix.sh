@@ -27,10 +27,19 @@ postconf -e "mailrouter_destination_recipient_limit = 100"
 #    (Its advice to add them to main.cf is what the lines below do: not shown.)
 $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null
 echo "tables written in $MAPS and added to main.cf"
-postconf -e "transport_maps = $(postconf -h transport_maps) hash:$MAPS/transport"
-postconf -e "relay_domains = $(postconf -h relay_domains) hash:$MAPS/domains"
-postconf -e "relay_recipient_maps = $(postconf -h relay_recipient_maps) hash:$MAPS/relay_recipients"
-postconf -e "smtpd_recipient_restrictions = $(postconf -h smtpd_recipient_restrictions) check_recipient_access hash:$MAPS/recipient_access"
+# Each table is added once: running the script again (after a failed `postfix check`, or
+# to move MAPS) leaves main.cf as one run did.
+add() {
+    now=$(postconf -h "$1")
+    case " $(printf '%s' "$now" | tr ',\t\n' '   ') " in
+        *" $2 "*) ;;
+        *) postconf -e "$1 = ${now:+$now }$2" ;;
+    esac
+}
+add transport_maps "hash:$MAPS/transport"
+add relay_domains "hash:$MAPS/domains"
+add relay_recipient_maps "hash:$MAPS/relay_recipients"
+add smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_access"
 # +detail: Postfix strips it as mailrouter does (left alone if you already have one):
 [ -n "$(postconf -h recipient_delimiter)" ] || postconf -e "recipient_delimiter = +"
 
@@ -46,6 +55,13 @@ for o in syslog_name=postfix/from-mailrouter content_filter= \
     postconf -P "127.0.0.1:$RETURN_PORT/inet/$o"
 done
 
-postfix check
+# `postfix check` says why it failed only on a terminal; elsewhere (a provisioning tool,
+# ssh without -t) only in the mail log, so say where.
+if ! postfix check </dev/null; then
+    echo "postfix check failed: the lines above are in main.cf/master.cf. Postfix logged why" \
+         "to $(postconf -h maillog_file | grep . || echo 'syslog (journalctl -t postfix/postfix-script, /var/log/mail.log)');" \
+         "or run 'postfix check' in a terminal. Fix it, then run this script again." >&2
+    exit 1
+fi
 echo "done: run 'postfix reload'. message_size_limit is $(postconf -h message_size_limit);" \
      "keep mailrouter's limits.max_message_size at least that."
