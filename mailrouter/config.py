@@ -27,6 +27,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from . import yamlsrc
 from .errors import ConfigError, ConfigErrors
@@ -151,6 +152,7 @@ class WebConfig:
     trusted_header: str | None = None            # e.g. X-Remote-User, set by a reverse proxy
     session_ttl: float = 8 * 3600.0              # seconds a sign-in lasts
     hosts: tuple[str, ...] = ()                  # Host header values answered (lower case); () any
+    url: str | None = None                       # where people open it; reminders link there
 
 
 WEB_PORT = 9126         # the embedded default: beside the admin endpoint's 9125
@@ -717,7 +719,7 @@ def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _
     must then be on loopback, or anyone who can connect could name themselves, and `hosts`
     must name what the proxy forwards as Host: a page in a browser on this host that points
     its own name at 127.0.0.1 (DNS rebinding) could otherwise send the header itself."""
-    sec = c.section(doc, "web", ("admins", "trusted_header", "session_ttl", "hosts"))
+    sec = c.section(doc, "web", ("admins", "trusted_header", "session_ttl", "hosts", "url"))
     admins = sec.get("admins", [])
     if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
         c.error(admins, "'web.admins' must be a list of person keys of the address book",
@@ -752,8 +754,39 @@ def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _
                 f"{header.strip()} itself (DNS rebinding)",
                 "list the names the reverse proxy forwards as Host, e.g. "
                 "'hosts: [mail-control.example.com]'", sec)
+    hosts = [h.strip().lower() for h in hosts]
     return WebConfig(tuple(admins), header.strip() if isinstance(header, str) else None, ttl,
-                     tuple(h.strip().lower() for h in hosts))
+                     tuple(hosts), _web_url(sec, hosts, c))
+
+
+def _web_url(sec: dict[str, Any], hosts: list[str], c: _Checker) -> str | None:
+    """`web.url`: the address people open the web view at (through the reverse proxy), so
+    reminders can link to the request. http(s), a host, no query; its host must be one
+    `web.hosts` answers, or every link would be refused."""
+    url = sec.get("url")
+    if url is None:
+        return None
+    hint = "for example 'url: https://mail-control.example.com' (as people open it)"
+    if not isinstance(url, str) or not url.isprintable() or " " in url:
+        c.error(url, f"'web.url' must be an address like https://mail-control.example.com, not {url!r}",
+                hint, sec, "url")
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        parts.port                       # noqa: B018 (a bad port raises here)
+    except ValueError as exc:
+        c.error(url, f"'web.url' {url!r} is not an address: {exc}", hint, sec, "url")
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        c.error(url, f"'web.url' {url!r} must be http:// or https://, a host and an optional path, "
+                "without ?query or #fragment", hint, sec, "url")
+        return None
+    if hosts and parts.netloc.lower() not in hosts:
+        c.error(url, f"'web.url' names {parts.netloc.lower()}, which 'web.hosts' does not answer "
+                "(its links would be refused)", f"add '{parts.netloc.lower()}' to 'web.hosts'",
+                sec, "url")
+        return None
+    return url.strip().rstrip("/")
 
 
 def auto_workers() -> int:

@@ -175,7 +175,7 @@ class App:
                 from .control.sla import Scheduler
                 self.sla_task = asyncio.get_running_loop().create_task(
                     Scheduler(self.registry, cfg.control, self.snapshot, hostname=cfg.hostname,
-                              wake=self._wake_outbox).run(self._stop),
+                              wake=self._wake_outbox, web_url=cfg.webui.url).run(self._stop),
                     name="sla-scheduler")
         # copies a crash left unrecorded are recorded before any new mail is taken (intents.py)
         self.intents = Intents(cfg.intents_dir, self.deliverer.stored)

@@ -248,7 +248,7 @@ async def test_reminder_mail_reaches_the_relay_once_across_a_restart(make_app, t
                              registry=RegistryConfig(registry_url))
         app.sla_task.cancel()   # the test ticks its own scheduler on the simulated clock
         return app, Scheduler(app.registry, CONTROL, app.snapshot, hostname="mx.test",
-                              wake=app.outbox.wake)
+                              wake=app.outbox.wake, web_url="https://mc.example.com")
 
     async def sent(n):
         loop = asyncio.get_running_loop()
@@ -285,7 +285,8 @@ async def test_reminder_mail_reaches_the_relay_once_across_a_restart(make_app, t
         assert remind["Auto-Submitted"] == "auto-generated"
         body = remind.get_content()
         for part in ("Request #1", "client@bigco.example", "принтер сломался", "Owner: ivanov",
-                     "2027-01-11 14:00 (Europe/Moscow)"):
+                     "2027-01-11 14:00 (Europe/Moscow)",
+                     "\nhttps://mc.example.com/request/1\r\n"):   # web.url: the request's page
             assert part in body
         escalate = message_from_bytes(sink.envelopes[1].content, policy=policy.default)
         assert escalate["Subject"].startswith("[#1] Escalation:")

@@ -486,6 +486,33 @@ def test_a_trusted_header_needs_a_loopback_web_listener(tmp_path: Path) -> None:
     assert len(info.value.errors) == 2
 
 
+@pytest.mark.parametrize("url, error", [
+    ("https://mail-control.example.com/", None),
+    ("https://Mail-Control.example.com:8443/mr", None),
+    ("ftp://mail-control.example.com", "must be http:// or https://"),
+    ("https://mail-control.example.com/?a=1", "without ?query"),
+    ("mail-control.example.com", "must be http:// or https://"),
+    ("https://mail-control.example.com:99999", "is not an address"),
+    ("https://other.example.com", "which 'web.hosts' does not answer"),
+    ("https://mail control", "must be an address like"),
+])
+def test_web_url_is_an_address_the_web_view_answers(tmp_path: Path, url: str, error: str | None) -> None:
+    """web.url (where reminders link to): http(s), a host that web.hosts answers, no query;
+    a bad one is refused at its line with an example."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("web:\n  hosts: [mail-control.example.com, mail-control.example.com:8443]\n"
+                   f"  url: '{url}'\n", encoding="utf-8")
+    if error is None:
+        assert load_config(cfg).webui.url == url.rstrip("/")
+        return
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    [e] = info.value.errors
+    fix = ("; add 'other.example.com' to 'web.hosts'" if "hosts" in error
+           else "; for example 'url: https://mail-control.example.com'")
+    assert str(e).startswith(f"{cfg}:3:") and error in str(e) and fix in str(e), str(e)
+
+
 def test_a_config_file_leaves_the_web_view_off_unless_it_sets_it(tmp_path: Path) -> None:
     """The embedded default serves the web view on 127.0.0.1:9126; a config file does
     not, unless listen.web is set."""

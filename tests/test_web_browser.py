@@ -256,3 +256,48 @@ def test_head_of_department_finds_reads_and_is_kept_to_their_department(
     assert not browser.find_elements(By.ID, f"req-{number}") and "Счёт" not in browser.page_source
     visit.page("other-head-board")
     assert len(list((tmp_path / "shots").glob("*.png"))) == visit.n
+
+
+def test_a_link_from_another_site_opens_signed_in_and_its_post_is_refused(
+        daemon: DaemonProcess, browser: Any) -> None:
+    """A reminder's link (web.url) is opened from a mail client: another site. Signed in,
+    the link opens the request page, not the sign-in form (the session cookie is
+    SameSite=Lax; under Strict the browser left it out). A form on that other site that
+    posts "close" to the request carries no cookie and changes nothing."""
+    import http.server
+    import threading
+
+    from selenium.webdriver.common.by import By
+    base = f"http://127.0.0.1:{daemon.web}"
+    page = (f'<a id="go" href="{base}/request/1">[#1]</a>'
+            f'<form id="evil" method="post" action="{base}/request/1/close">'
+            f'<button id="close">close</button></form>').encode()
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        _sign_in(browser, base, "ivanov")
+        elsewhere = f"http://localhost:{other.server_address[1]}/"     # another site
+        browser.get(elsewhere)
+        _click(browser, By.ID, "go")
+        assert urlsplit(browser.current_url).path == "/request/1", browser.current_url
+        assert browser.find_element(By.ID, "subject").text == "#1 Счёт №42 за декабрь"
+        status = browser.find_element(By.ID, "status").text
+        assert status and "closed" not in status.lower(), status
+        browser.get(elsewhere)
+        _click(browser, By.ID, "close")
+        browser.get(base + "/request/1")
+        assert browser.find_element(By.ID, "status").text == status
+        browser.get_log("browser")          # the refused post is logged by the console
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -81,9 +81,9 @@ def _utc() -> datetime:
 class Scheduler:
     def __init__(self, registry: Registry, cfg: ControlConfig, snapshot: Callable[[], Any],
                  clock: Callable[[], datetime] = _utc, hostname: str = "localhost",
-                 wake: Callable[[], None] | None = None) -> None:
+                 wake: Callable[[], None] | None = None, web_url: str | None = None) -> None:
         self.registry, self.cfg, self.snapshot, self.clock = registry, cfg, snapshot, clock
-        self.hostname = hostname
+        self.hostname, self.web_url = hostname, web_url
         self.sender = cfg.sender or f"mailrouter@{hostname}"
         self.wake = wake            # the outbox worker's: new rows, send now
 
@@ -202,6 +202,7 @@ class Scheduler:
                 + f" was due: {local or due.isoformat()}"
                 + (f" = {due.isoformat()}" if local else "") + "\n"
                 + (f"Reminder sent to: {reminded}\n" if stage == "escalate" else "")
+                + (f"\n{self.web_url}/request/{r['id']}\n" if self.web_url else "")
                 + f"\nmailrouter request show {r['id']}\n")
 
     def _enqueue(self, conn: Connection, r: dict[str, Any], stage: str, address: str,

@@ -107,7 +107,10 @@ def safe_next(target: str | None) -> str:
 
 
 def set_session_cookie(resp: web.StreamResponse, request: web.Request, token: str, ttl: float) -> None:
-    resp.set_cookie(COOKIE, token, max_age=int(ttl), httponly=True, samesite="Strict", path="/",
+    """SameSite=Lax: a reminder's link opened from a mail client (another site) comes signed
+    in, as a top-level GET; under Strict it met the sign-in form. A POST from another site
+    still carries no cookie, and the CSRF token and the Origin check refuse it anyway."""
+    resp.set_cookie(COOKIE, token, max_age=int(ttl), httponly=True, samesite="Lax", path="/",
                     secure=https(request))
 
 
