@@ -54,6 +54,8 @@ class Limits:
     max_message_size: int = 25 * 1024 * 1024     # SIZE; larger mail gets 552 5.3.4
     max_recipients: int = 100                    # more RCPTs get 452 4.5.3
     max_connections: int = 1000                  # more open sessions are greeted 421 4.7.0
+    max_connections_per_client: int = 50         # per worker from one address; more 421 4.7.0; 0: none
+    max_connections_per_loopback_client: int = 0  # the same for 127.0.0.0/8 and ::1 (the local MTA)
     max_received: int = 50                       # Received headers before 554 5.4.6 (Postfix hopcount_limit)
     command_timeout: float = 300.0               # idle time allowed between commands (RFC 5321 4.5.3.2.7)
     data_timeout: float = 180.0                  # idle time allowed between DATA chunks (RFC 5321 4.5.3.2.6)
@@ -70,7 +72,8 @@ class Limits:
 
 
 # Limits that may be 0 (no delay); every other limit is at least 1.
-ZERO_OK_LIMITS = frozenset({"error_delay", "greet_delay", "greet_delay_loopback"})
+ZERO_OK_LIMITS = frozenset({"error_delay", "greet_delay", "greet_delay_loopback",
+                            "max_connections_per_client", "max_connections_per_loopback_client"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ __all__ = [
     "REPLY_SYNC_ERROR",
     "REPLY_TEMPFAIL", "REPLY_TOO_BIG", "REPLY_TOO_MANY_ERRORS",
     "REPLY_TOO_MANY_RESETS", "REPLY_MALFORMED_PATH", "REPLY_RCPT_SYNTAX", "REPLY_TOO_MANY_RCPTS",
-    "REPLY_TOO_MANY_SESSIONS", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
+    "REPLY_TOO_MANY_SESSIONS", "REPLY_TOO_MANY_FROM_CLIENT", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
     "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
     "maildir_problem", "REQUEST_STATUSES", "OPEN_REQUEST_STATUSES", "spreadsheet_cell",
 ]
@@ -77,6 +77,7 @@ class Reply:
 # Session and command replies (intake/protocol.py, intake/handler.py).
 REPLY_SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 REPLY_TOO_MANY_SESSIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+REPLY_TOO_MANY_FROM_CLIENT = Reply(421, "4.7.0", "Too many connections from your address, try again later")
 REPLY_DATA_TOO_SLOW = Reply(421, "4.4.2", "DATA took too long, closing connection")
 REPLY_CONTROL_CHAR = Reply(501, "5.5.2", "Syntax error: control character in command")
 REPLY_NOT_UTF8 = Reply(501, "5.5.2", "Syntax error: invalid UTF-8 in command")

@@ -468,6 +468,49 @@ async def test_a_client_gone_before_the_greeting_frees_its_session(make_app, pro
         assert (await w.line()).startswith("220")
 
 
+@pytest.mark.parametrize("proto", ["smtp", "lmtp"])
+async def test_one_address_cannot_hold_every_session(make_app, proto, caplog):
+    """Past limits.max_connections_per_client (for the loopback peers of a test,
+    max_connections_per_loopback_client) open sessions from one address, the next is
+    greeted 421 4.7.0 and closed, and the log names the setting; a session freed makes
+    room again. Before, one client could take all max_connections and lock everyone out."""
+    app = await make_app(limits={"max_connections_per_loopback_client": 2})
+    port = app.bound[proto][1]
+    async with Wire(port) as a, Wire(port) as b:
+        assert (await a.line()).startswith("220") and (await b.line()).startswith("220")
+        async with Wire(port) as c:
+            assert await c.line() == ("421 4.7.0 Too many connections from your address, "
+                                      "try again later")
+            assert await c.closed()
+        assert "event=client_connection_limit peer=127.0.0.1 limit=2 " \
+               "setting=limits.max_connections_per_loopback_client" in caplog.text
+        assert (await a.cmd("QUIT")).startswith("221")
+        for _ in range(100):             # the server sees it go on its own schedule
+            if len(app.sessions) < 2:
+                break
+            await asyncio.sleep(0.05)
+        async with Wire(port) as d:
+            assert (await d.line()).startswith("220")
+        assert (await b.cmd("NOOP")).startswith("250")
+
+
+async def test_the_local_mta_is_not_limited_per_address_by_default(make_app):
+    """By default a loopback peer (the MTA in front) may open as many sessions as it likes
+    up to max_connections, as Postfix exempts its own networks; others 50 per worker."""
+    app = await make_app()
+    assert (app.config.limits.max_connections_per_client,
+            app.config.limits.max_connections_per_loopback_client) == (50, 0)
+    port = app.bound["smtp"][1]
+    wires = [Wire(port) for _ in range(60)]
+    try:
+        for w in wires:
+            await w.__aenter__()
+        assert {(await w.line())[:3] for w in wires} == {"220"}
+    finally:
+        for w in wires:
+            await w.__aexit__(None, None, None)
+
+
 def test_connect_and_close_at_once_does_not_fill_the_daemon(daemon_process):
     """The same on the daemon as `mailrouter run` starts it (uvloop when installed): ten
     connect-and-close clients, then a real one is greeted 220, not 421 4.7.0."""

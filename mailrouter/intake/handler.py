@@ -86,6 +86,11 @@ class Host(Interface):
 class Handler:
     def __init__(self, app: Host, protocol: str) -> None:
         self.app, self.protocol = app, protocol
+        self._from: dict[str, int] = {}     # open sessions per client address
+
+    def sessions_from(self, host: str) -> int:
+        """Open sessions of this worker from `host`, this one included."""
+        return self._from.get(host, 0)
 
     @property
     def draining(self) -> bool:
@@ -98,11 +103,19 @@ class Handler:
     def register(self, proto: Protocol) -> None:
         self.app.sessions.add(proto)
         metrics.SESSIONS.inc()
+        host = proto.peer_host()
+        self._from[host] = self._from.get(host, 0) + 1
 
     def unregister(self, proto: Protocol) -> None:
         if proto in self.app.sessions:
             self.app.sessions.discard(proto)
             metrics.SESSIONS.dec()
+            host = proto.peer_host()
+            left = self._from.get(host, 0) - 1
+            if left > 0:
+                self._from[host] = left
+            else:
+                self._from.pop(host, None)
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:

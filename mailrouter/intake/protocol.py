@@ -93,6 +93,7 @@ from ..values import (
     REPLY_TOO_MANY_RESETS,
     REPLY_MALFORMED_PATH,
     REPLY_RCPT_SYNTAX,
+    REPLY_TOO_MANY_FROM_CLIENT,
     REPLY_TOO_MANY_SESSIONS,
 )
 
@@ -105,6 +106,7 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = str(REPLY_INTERNAL_ERROR)
 SHUTTING_DOWN = str(REPLY_SHUTTING_DOWN)
 TOO_MANY_SESSIONS = str(REPLY_TOO_MANY_SESSIONS)
+TOO_MANY_FROM_CLIENT = str(REPLY_TOO_MANY_FROM_CLIENT)
 TOO_BIG = str(REPLY_TOO_BIG)
 DATA_TOO_SLOW = str(REPLY_DATA_TOO_SLOW)
 NO_ROOM = str(REPLY_STORAGE_FULL)
@@ -452,15 +454,33 @@ class Protocol(SMTP):
                 await self.push(TOO_MANY_SESSIONS)
                 self.transport.close()
             return
-        peer = self.session.peer if self.session else None
-        host = peer[0] if isinstance(peer, tuple) and peer else peer
-        delay = self.limits.greet_delay_loopback if is_loopback(str(host)) else self.limits.greet_delay
+        host = self.peer_host()
+        local = is_loopback(host)
+        cap = (self.limits.max_connections_per_loopback_client if local
+               else self.limits.max_connections_per_client)
+        count = getattr(self.event_handler, "sessions_from", None)
+        if cap and count is not None and count(host) > cap:
+            # one address holding every session (a flood, a stuck client); Postfix's
+            # smtpd_client_connection_count_limit, which exempts its own networks
+            log.warning("event=client_connection_limit peer=%s limit=%d setting=limits.%s",
+                        host, cap, "max_connections_per_loopback_client" if local
+                        else "max_connections_per_client")
+            if self.transport is not None and not self.transport.is_closing():
+                await self.push(TOO_MANY_FROM_CLIENT)
+                self.transport.close()
+            return
+        delay = self.limits.greet_delay_loopback if local else self.limits.greet_delay
         if delay > 0:
             await asyncio.sleep(delay)
         if self.unread():
             await self._out_of_sync("before greeting")   # a bot that does not wait for 220
             return
         await super()._handle_client()
+
+    def peer_host(self) -> str:
+        """The client's address as text ('' before the connection is made)."""
+        peer = self.session.peer if self.session else None
+        return str(peer[0] if isinstance(peer, tuple) and peer else peer or "")
 
     async def _out_of_sync(self, where: str) -> None:
         """RFC 5321 4.3.1 / RFC 2920 3.1 broken: 554 5.5.0 and hang up (Postfix 3.9)."""
