@@ -109,6 +109,7 @@ class ControlConfig:
     scan_every: float = 60.0                 # seconds between scheduler runs
     sender: str = ""                         # From of reminders (default: mailrouter@hostname)
     waiting_marker: str | None = "[waiting]"  # a reply that has it: waiting for the customer
+    language: str = "en"                     # of reminders and escalations: en | ru
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,7 +510,8 @@ def _not_ourselves(cfg: Config, doc: dict[str, Any], c: _Checker) -> None:
 
 
 CONTROL_KEYS = ("replies", "number", "join", "close_marker", "close_after", "remind_after",
-                "escalate_after", "head", "scan_every", "sender", "waiting_marker")
+                "escalate_after", "head", "scan_every", "sender", "waiting_marker", "language")
+NOTICE_LANGUAGES = ("en", "ru")
 
 
 def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
@@ -536,6 +538,12 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
     marker = sec.get("close_marker", d.close_marker)
     waiting = sec.get("waiting_marker", d.waiting_marker)
     head = sec.get("head")
+    language = sec.get("language", d.language)
+    if language not in NOTICE_LANGUAGES:
+        c.error(language, f"'control.language' must be en or ru, not {language!r}",
+                "the language of reminders and escalations, for example 'language: ru'", sec,
+                "language")
+        language = d.language
 
     def dur(key: str, default: float) -> float:
         # remind_after and escalate_after count a calendar's working time, which
@@ -548,7 +556,7 @@ def _control(doc: dict[str, Any], c: _Checker) -> ControlConfig | None:
         dur("remind_after", d.remind_after), dur("escalate_after", d.escalate_after),
         _located(head, str(head)) if head is not None else None,
         dur("scan_every", d.scan_every) or d.scan_every,
-        str(sec.get("sender") or ""), str(waiting) if waiting else None)
+        str(sec.get("sender") or ""), str(waiting) if waiting else None, str(language))
 
 
 def _postfix_maps(doc: dict[str, Any], base: Path, c: _Checker) -> PostfixMapsConfig | None:

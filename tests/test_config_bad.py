@@ -168,3 +168,17 @@ def test_a_routing_file_that_is_a_dangling_symlink_says_so(tmp_path: Path) -> No
     assert [str(e) for e in info.value.errors] == [
         f"{link}: a symlink to {tmp_path / 'gone' / 'aliases.yaml'}, which does not exist; "
         "point it at the file, or remove it"]
+
+
+def test_control_language_is_en_or_ru(tmp_path):
+    """Any other control.language is refused at its line, naming the two."""
+    from mailrouter.config import load_config
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("control:\n  language: ru\n", encoding="utf-8")
+    assert load_config(cfg).control.language == "ru"
+    cfg.write_text("control:\n  language: de\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert [str(e) for e in info.value.errors] == [
+        f"{cfg}:2:13: 'control.language' must be en or ru, not 'de'; the language of reminders "
+        "and escalations, for example 'language: ru'"]

@@ -321,3 +321,30 @@ async def test_escalation_skips_a_deputy_who_is_away(make_app, tmp_path):
     [escalate] = await sched.tick(msk(12, 13))
     assert (escalate.stage, escalate.recipient, escalate.address) == (
         "escalate", "smirnov", "smirnov@example.com")
+
+
+async def test_notices_in_russian_carry_the_configured_number(make_app, tmp_path):
+    """control.language: ru writes the reminder and the escalation in Russian, and their
+    subject carries the request number as control.number spells it (it was always "[#N]",
+    which a reply could not be matched by when the number is "[REQ-N]")."""
+    from dataclasses import replace
+    control = replace(CONTROL, language="ru", number="[REQ-{n}]")
+    app = await make_app(routing=write_routing(tmp_path), control=control,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    sched = Scheduler(app.registry, control, app.snapshot)
+    app.pipeline.clock = lambda: msk(11, 10)
+    await send(app.bound["smtp"][1], mail("c@client.example", "принтер", "p1@client"),
+               "c@client.example")
+    assert [a.stage for a in await sched.tick(msk(11, 14))] == ["remind"]
+    assert [a.stage for a in await sched.tick(msk(11, 16))] == ["escalate"]
+    rows = await app.registry.read("alerts", lambda c: [tuple(r) for r in c.execute(
+        select(request_alerts.c.subject, request_alerts.c.body).order_by(request_alerts.c.at))])
+    (remind, remind_body), (escalate, escalate_body) = rows
+    assert remind == "[REQ-1] Напоминание: нет первого ответа: принтер"
+    assert escalate == "[REQ-1] Эскалация: нет первого ответа: принтер"
+    assert remind_body.startswith("Запрос №1 остаётся без ответа.\n\nОт: c@client.example\n"
+                                  "Тема: принтер\nОтветственный: ivanov\n"
+                                  "Срок первого ответа: 2027-01-11 14:00 (Europe/Moscow)")
+    assert "Напоминание отправлено: ivanov\n" in escalate_body
+

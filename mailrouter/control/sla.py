@@ -74,6 +74,21 @@ class Alert:
     address: str | None
 
 
+# The notices' words, by control.language
+_WORDS: dict[str, dict[str, str]] = {
+    "en": {"remind": "Reminder", "escalate": "Escalation", "no_first": "no first response yet",
+           "wrote_again": "the customer wrote again", "no_answer": "Request #{n} has had no answer",
+           "since": " since the customer wrote again", "from": "From", "subject": "Subject",
+           "owner": "Owner", "nobody": "nobody", "first_due": "First response was due",
+           "answer_due": "Answer {n} was due", "reminded": "Reminder sent to"},
+    "ru": {"remind": "Напоминание", "escalate": "Эскалация", "no_first": "нет первого ответа",
+           "wrote_again": "клиент написал снова", "no_answer": "Запрос №{n} остаётся без ответа",
+           "since": " после нового письма клиента", "from": "От", "subject": "Тема",
+           "owner": "Ответственный", "nobody": "не назначен", "first_due": "Срок первого ответа",
+           "answer_due": "Срок ответа {n}", "reminded": "Напоминание отправлено"},
+}
+
+
 def _utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -170,9 +185,10 @@ class Scheduler:
         who = self._recipient(snap, r, stage, now, reminded)
         person = snap.book.people.get(who) if who else None
         address = person.address if person is not None else None
-        word = "Reminder" if stage == "remind" else "Escalation"
-        what = "no first response yet" if r["response_round"] == 1 else "the customer wrote again"
-        subject = f"[#{r['id']}] {word}: {what}: {r['subject']}"
+        w = _WORDS[self.cfg.language]
+        what = w["no_first"] if r["response_round"] == 1 else w["wrote_again"]
+        tag = self.cfg.number.replace("{n}", str(r["id"])) if self.cfg.number else f"#{r['id']}"
+        subject = f"{tag} {w[stage]}: {what}: {r['subject']}"
         body = self._body(snap, r, stage, reminded)
         ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_alerts)
         done = conn.execute(ins.values(request_id=r["id"], round=r["response_round"],
@@ -191,17 +207,17 @@ class Scheduler:
         return [Alert(r["id"], stage, now, who, address)]
 
     def _body(self, snap: Any, r: dict[str, Any], stage: str, reminded: str | None) -> str:
-        due, first = r["response_due"], r["response_round"] == 1
+        due, first, w = r["response_due"], r["response_round"] == 1, _WORDS[self.cfg.language]
         cal = snap.rules.calendars.get(r["sla_calendar"]) if r["sla_calendar"] else None
         local = f"{cal.local(due):%Y-%m-%d %H:%M} ({cal.tz.key})" if cal else ""
-        return (f"Request #{r['id']} has had no answer"
-                + ("" if first else " since the customer wrote again") + ".\n\n"
-                f"From: {r['counterparty']}\nSubject: {r['subject']}\n"
-                f"Owner: {r['owner'] or 'nobody'}\n"
-                + ("First response" if first else f"Answer {r['response_round']}")
-                + f" was due: {local or due.isoformat()}"
+        return (w["no_answer"].format(n=r["id"])
+                + ("" if first else w["since"]) + ".\n\n"
+                f"{w['from']}: {r['counterparty']}\n{w['subject']}: {r['subject']}\n"
+                f"{w['owner']}: {r['owner'] or w['nobody']}\n"
+                + (w["first_due"] if first else w["answer_due"].format(n=r["response_round"]))
+                + f": {local or due.isoformat()}"
                 + (f" = {due.isoformat()}" if local else "") + "\n"
-                + (f"Reminder sent to: {reminded}\n" if stage == "escalate" else "")
+                + (f"{w['reminded']}: {reminded}\n" if stage == "escalate" else "")
                 + (f"\n{self.web_url}/request/{r['id']}\n" if self.web_url else "")
                 + f"\nmailrouter request show {r['id']}\n")
 
