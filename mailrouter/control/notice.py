@@ -1,9 +1,10 @@
 """The reminder or escalation mail of one SLA alert, built with the stdlib email package.
 
 To the person (their name RFC 2047-encoded when not ASCII), From `control.sender` or
-`mailrouter@<hostname>`, a subject carrying the request number (`[#N]`, so a reply
-to it joins the request's thread by number), a UTF-8 text body naming the request,
-the counterparty, the subject, the owner and the due time in the calendar's zone.
+`mailrouter@<hostname>`, a subject carrying the request number (as `control.number`
+spells it, so a reply to it joins the request's thread by number), a UTF-8 text body
+naming the request, the counterparty, the subject, the owner, the due time in the
+calendar's zone and the request's page (`web.url`), in `control.language`.
 It is marked as machine mail: `Auto-Submitted: auto-generated` (RFC 3834 section 5)
 and our trace header with `generated=sla`, so neither our autoreplies nor another
 system's answer it, and when it comes back to mailrouter (the owner's address is
