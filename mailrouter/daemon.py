@@ -198,9 +198,12 @@ class App:
             self.servers.append(srv)
             self.bound["admin"] = srv.sockets[0].getsockname()[:2]
         if cfg.web is not None and self.worker in (None, 0):     # one web view, as one admin
+            from .control.notice import Notices
+            notices = Notices.of(cfg.control, cfg.hostname, cfg.webui.url) if cfg.control else None
             try:
                 self.web_runner, self.bound["web"] = await start_web(
-                    cfg.web.host, cfg.web.port, self.registry, self.snapshot, cfg.webui)
+                    cfg.web.host, cfg.web.port, self.registry, self.snapshot, cfg.webui,
+                    notices)
             except OSError as exc:
                 raise ListenError.of("web", cfg.web.host, cfg.web.port, exc) from None
         metrics.RELOAD_OK.set(1)   # per process: a forked worker starts with its own series

@@ -276,6 +276,32 @@ async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department
     assert re.search(r'id="next-due">[^<]+\(reopened\)<', page)
 
 
+async def test_a_request_given_to_someone_else_is_mailed_to_them(site: Any, client: Any) -> None:
+    """ivanov gives his request to petrova: one notice for her in the outbox, in the
+    reassign's transaction, saying who gave it, with the request's number, counterparty and
+    subject. Taking a request oneself, or a refused reassign, mails nobody. Before, the new
+    owner learnt of it only from the board."""
+    from email import message_from_bytes, policy
+
+    from mailrouter.registry.models import outbox
+    app, _, fin, sup = site
+    ivanov, petrova = await client("ivanov"), await client("petrova")
+    assert (await ivanov.post(f"/request/{fin}/owner", {"csrf": await ivanov.csrf(),
+                                                        "owner": "petrova"}))[0] == 303
+    token = await petrova.csrf()
+    assert (await petrova.post(f"/request/{fin}/owner", {"csrf": token, "owner": "petrova"}))[0] == 409
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": token, "owner": "petrova"}))[0] == 303
+    rows = await app.registry.read("test", lambda c: c.execute(
+        select(outbox.c.kind, outbox.c.rcpt, outbox.c.raw).where(outbox.c.kind == "assign")).all())
+    assert [(k, r) for k, r, _ in rows] == [("assign", "a.petrova@example.com")]
+    mail = message_from_bytes(rows[0][2], policy=policy.default)
+    assert mail["Subject"] == f"[#{fin}] Assigned to you: Счёт №42 за декабрь"
+    assert mail["Auto-Submitted"] == "auto-generated"
+    body = mail.get_content().replace("\r\n", "\n")
+    assert body.startswith(f"Request #{fin} is now yours: assigned by Пётр Иванов.\n\n"
+                           "From: client@outside.test\nSubject: Счёт №42 за декабрь\n"), body
+
+
 async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,
                                                                           client: Any) -> None:
     """First response per mailbox and owner, with SVG charts; the response CSV has the

@@ -10,20 +10,106 @@ and our trace header with `generated=sla`, so neither our autoreplies nor anothe
 system's answer it, and when it comes back to mailrouter (the owner's address is
 ours) it opens no request (robot mail).
 
+The assignment notice tells a person that a request was given to them by hand (the web
+view's reassign): the request, the counterparty, the subject, the answer's due time and
+its page. `Notices` holds what every notice shares (sender, language, the number's
+spelling, the web view's address) and writes each kind's subject and body.
+
 Refused: nothing; header values lose CR/LF and other controls (header injection).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
 
-from ..loops import TRACE_HEADER, header_text
+from typing import Any
 
-__all__ = ["build_notice"]
+from sqlalchemy import Connection
+
+from ..loops import TRACE_HEADER, header_text
+from ..registry.models import outbox_insert
+
+__all__ = ["Notices", "build_notice", "queue_notice"]
+
+# The notices' words, by control.language
+_WORDS: dict[str, dict[str, str]] = {
+    "en": {"remind": "Reminder", "escalate": "Escalation", "no_first": "no first response yet",
+           "wrote_again": "the customer wrote again", "no_answer": "Request #{n} has had no answer",
+           "since": " since the customer wrote again", "from": "From", "subject": "Subject",
+           "owner": "Owner", "nobody": "nobody", "first_due": "First response was due",
+           "answer_due": "Answer {n} was due", "reminded": "Reminder sent to",
+           "assigned": "Assigned to you", "yours": "Request #{n} is now yours: assigned by {who}.",
+           "due": "Answer due"},
+    "ru": {"remind": "Напоминание", "escalate": "Эскалация", "no_first": "нет первого ответа",
+           "wrote_again": "клиент написал снова", "no_answer": "Запрос №{n} остаётся без ответа",
+           "since": " после нового письма клиента", "from": "От", "subject": "Тема",
+           "owner": "Ответственный", "nobody": "не назначен", "first_due": "Срок первого ответа",
+           "answer_due": "Срок ответа {n}", "reminded": "Напоминание отправлено",
+           "assigned": "Назначено вам", "yours": "Запрос №{n} теперь ваш: назначил {who}.",
+           "due": "Срок ответа"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Notices:
+    """What every notice of this daemon shares; `r` below is a request's row."""
+
+    sender: str                      # From and MAIL FROM
+    hostname: str
+    language: str = "en"             # control.language
+    number: str | None = "[#{n}]"    # control.number
+    web_url: str | None = None       # web.url: the request's page is WEB_URL/request/N
+
+    @classmethod
+    def of(cls, control: Any, hostname: str, web_url: str | None) -> "Notices":
+        """From config.ControlConfig."""
+        return cls(control.sender or f"mailrouter@{hostname}", hostname, control.language,
+                   control.number, web_url)
+
+    def _tag(self, n: int) -> str:
+        return self.number.replace("{n}", str(n)) if self.number else f"#{n}"
+
+    def _due(self, r: dict[str, Any], calendars: Any) -> str:
+        due = r["response_due"]
+        cal = calendars.get(r["sla_calendar"]) if r["sla_calendar"] else None
+        if cal is None:
+            return str(due.isoformat())
+        return f"{cal.local(due):%Y-%m-%d %H:%M} ({cal.tz.key}) = {due.isoformat()}"
+
+    def _end(self, n: int) -> str:
+        return (f"\n{self.web_url}/request/{n}\n" if self.web_url else "") + \
+            f"\nmailrouter request show {n}\n"
+
+    def alert(self, r: dict[str, Any], stage: str, reminded: str | None,
+              calendars: Any) -> tuple[str, str]:
+        """The reminder's (stage "remind") or escalation's subject and body."""
+        w, first = _WORDS[self.language], r["response_round"] == 1
+        what = w["no_first"] if first else w["wrote_again"]
+        subject = f"{self._tag(r['id'])} {w[stage]}: {what}: {r['subject']}"
+        body = (w["no_answer"].format(n=r["id"]) + ("" if first else w["since"]) + ".\n\n"
+                f"{w['from']}: {r['counterparty']}\n{w['subject']}: {r['subject']}\n"
+                f"{w['owner']}: {r['owner'] or w['nobody']}\n"
+                + (w["first_due"] if first else w["answer_due"].format(n=r["response_round"]))
+                + f": {self._due(r, calendars)}\n"
+                + (f"{w['reminded']}: {reminded}\n" if stage == "escalate" else "")
+                + self._end(r["id"]))
+        return subject, body
+
+    def assigned(self, r: dict[str, Any], by: str, calendars: Any) -> tuple[str, str]:
+        """The subject and body telling the new owner that `by` gave them the request."""
+        w = _WORDS[self.language]
+        subject = f"{self._tag(r['id'])} {w['assigned']}: {r['subject']}"
+        body = (w["yours"].format(n=r["id"], who=by) + "\n\n"
+                f"{w['from']}: {r['counterparty']}\n{w['subject']}: {r['subject']}\n"
+                + (f"{w['due']}: {self._due(r, calendars)}\n"
+                   if r["status"] == "open" and r["response_due"] else "")
+                + self._end(r["id"]))
+        return subject, body
 
 
 def build_notice(*, sender: str, to: str, to_name: str | None, subject: str, body: str,
@@ -41,3 +127,16 @@ def build_notice(*, sender: str, to: str, to_name: str | None, subject: str, bod
     msg[TRACE_HEADER] = f"{header_text(hostname)}; generated=sla"
     msg.set_content(body, charset="utf-8", cte="quoted-printable")
     return msg.as_bytes()
+
+
+def queue_notice(conn: Connection, notices: Notices, dedupe: str, kind: str, message_key: str,
+                 address: str, name: str | None, subject: str, body: str, at: datetime) -> None:
+    """The notice's mail into the outbox, in the caller's transaction (once per `dedupe`).
+    `at` is its Date; the outbox sends by the wall clock, which a scan's `at` may not be."""
+    raw = build_notice(sender=notices.sender, to=address, to_name=name, subject=subject,
+                       body=body, hostname=notices.hostname, at=at)
+    real = datetime.now(timezone.utc)
+    conn.execute(outbox_insert(conn.dialect.name), [{
+        "dedupe": dedupe, "kind": kind, "message_key": message_key,
+        "mail_from": notices.sender, "rcpt": address, "raw": raw, "state": "queued",
+        "attempts": 0, "created_at": real, "next_try": real, "sent_at": None, "last_error": ""}])

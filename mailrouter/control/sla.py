@@ -52,8 +52,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..config import ControlConfig
 from ..errors import RegistryError
 from ..registry import Registry
-from ..registry.models import messages, outbox_insert
-from .notice import build_notice
+from ..registry.models import messages
+from .notice import Notices, queue_notice
 from .owners import Zones, on_duty
 from .store import add_event
 from .tables import request_alerts, requests, thread_claims
@@ -74,21 +74,6 @@ class Alert:
     address: str | None
 
 
-# The notices' words, by control.language
-_WORDS: dict[str, dict[str, str]] = {
-    "en": {"remind": "Reminder", "escalate": "Escalation", "no_first": "no first response yet",
-           "wrote_again": "the customer wrote again", "no_answer": "Request #{n} has had no answer",
-           "since": " since the customer wrote again", "from": "From", "subject": "Subject",
-           "owner": "Owner", "nobody": "nobody", "first_due": "First response was due",
-           "answer_due": "Answer {n} was due", "reminded": "Reminder sent to"},
-    "ru": {"remind": "Напоминание", "escalate": "Эскалация", "no_first": "нет первого ответа",
-           "wrote_again": "клиент написал снова", "no_answer": "Запрос №{n} остаётся без ответа",
-           "since": " после нового письма клиента", "from": "От", "subject": "Тема",
-           "owner": "Ответственный", "nobody": "не назначен", "first_due": "Срок первого ответа",
-           "answer_due": "Срок ответа {n}", "reminded": "Напоминание отправлено"},
-}
-
-
 def _utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -98,8 +83,7 @@ class Scheduler:
                  clock: Callable[[], datetime] = _utc, hostname: str = "localhost",
                  wake: Callable[[], None] | None = None, web_url: str | None = None) -> None:
         self.registry, self.cfg, self.snapshot, self.clock = registry, cfg, snapshot, clock
-        self.hostname, self.web_url = hostname, web_url
-        self.sender = cfg.sender or f"mailrouter@{hostname}"
+        self.notices = Notices.of(cfg, hostname, web_url)
         self.wake = wake            # the outbox worker's: new rows, send now
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -185,11 +169,7 @@ class Scheduler:
         who = self._recipient(snap, r, stage, now, reminded)
         person = snap.book.people.get(who) if who else None
         address = person.address if person is not None else None
-        w = _WORDS[self.cfg.language]
-        what = w["no_first"] if r["response_round"] == 1 else w["wrote_again"]
-        tag = self.cfg.number.replace("{n}", str(r["id"])) if self.cfg.number else f"#{r['id']}"
-        subject = f"{tag} {w[stage]}: {what}: {r['subject']}"
-        body = self._body(snap, r, stage, reminded)
+        subject, body = self.notices.alert(r, stage, reminded, snap.rules.calendars)
         ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_alerts)
         done = conn.execute(ins.values(request_id=r["id"], round=r["response_round"],
                                        stage=stage, at=now, recipient=who,
@@ -206,35 +186,13 @@ class Scheduler:
         log.info("event=sla_%s request=%d recipient=%s", stage, r["id"], who)
         return [Alert(r["id"], stage, now, who, address)]
 
-    def _body(self, snap: Any, r: dict[str, Any], stage: str, reminded: str | None) -> str:
-        due, first, w = r["response_due"], r["response_round"] == 1, _WORDS[self.cfg.language]
-        cal = snap.rules.calendars.get(r["sla_calendar"]) if r["sla_calendar"] else None
-        local = f"{cal.local(due):%Y-%m-%d %H:%M} ({cal.tz.key})" if cal else ""
-        return (w["no_answer"].format(n=r["id"])
-                + ("" if first else w["since"]) + ".\n\n"
-                f"{w['from']}: {r['counterparty']}\n{w['subject']}: {r['subject']}\n"
-                f"{w['owner']}: {r['owner'] or w['nobody']}\n"
-                + (w["first_due"] if first else w["answer_due"].format(n=r["response_round"]))
-                + f": {local or due.isoformat()}"
-                + (f" = {due.isoformat()}" if local else "") + "\n"
-                + (f"{w['reminded']}: {reminded}\n" if stage == "escalate" else "")
-                + (f"\n{self.web_url}/request/{r['id']}\n" if self.web_url else "")
-                + f"\nmailrouter request show {r['id']}\n")
-
     def _enqueue(self, conn: Connection, r: dict[str, Any], stage: str, address: str,
                  name: str | None, subject: str, body: str, now: datetime) -> None:
         """The alert's mail into the outbox, in the scan's transaction. Its times are the
         wall clock's, not the scan's: the outbox worker sends by real time."""
-        raw = build_notice(sender=self.sender, to=address, to_name=name, subject=subject,
-                           body=body, hostname=self.hostname, at=now)
-        real = _utc()
-        conn.execute(outbox_insert(conn.dialect.name), [{
-            "dedupe": f"sla:{r['id']}:{stage}" + (f":{r['response_round']}"
-                                                   if r["response_round"] > 1 else ""),
-            "kind": f"sla-{stage}",
-            "message_key": r["message_key"], "mail_from": self.sender, "rcpt": address,
-            "raw": raw, "state": "queued", "attempts": 0, "created_at": real, "next_try": real,
-            "sent_at": None, "last_error": ""}])
+        queue_notice(conn, self.notices, f"sla:{r['id']}:{stage}" + (
+            f":{r['response_round']}" if r["response_round"] > 1 else ""), f"sla-{stage}",
+            r["message_key"], address, name, subject, body, now)
 
     def _purge_claims(self, conn: Connection, now: datetime) -> None:
         """Delete the claims of messages still unrecorded CLAIM_MAX_AGE after the claim.

@@ -36,6 +36,7 @@ from sqlalchemy import Connection
 
 from ..calendars import company_zone
 from ..config import WebConfig, is_loopback
+from ..control.notice import Notices
 from ..control.queries import request_of
 from ..registry import Registry
 from ..registry.accounts import close_session, open_session, password_hash, verify_password
@@ -50,7 +51,7 @@ from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_pa
 from .i18n import LANGUAGES, translate
 from .reads import WebRegistry
 from .reports import report_page
-from .requests import act, board_page, request_page
+from .requests import NOTICES, act, board_page, request_page
 from .throttle import Throttle
 
 __all__ = ["make_app", "start_web"]
@@ -228,9 +229,11 @@ async def counterparty_page(request: web.Request) -> web.Response:
 # -- the application -------------------------------------------------------------------
 
 def make_app(registry: Registry, snapshot: Callable[[], Snapshot], settings: WebConfig,
-             throttle: Throttle | None = None) -> web.Application:
+             throttle: Throttle | None = None, notices: Notices | None = None) -> web.Application:
+    """`notices`: how to tell a person a request was given to them (None: control is off)."""
     app = web.Application(middlewares=[headers, known_host, signed_in, no_nul, csrf], client_max_size=64 * 1024)
     app[REGISTRY], app[SNAPSHOT], app[SETTINGS] = WebRegistry(registry), snapshot, settings
+    app[NOTICES] = notices
     app[ERRORS] = error_page
     app[THROTTLE] = throttle or Throttle()
     app.router.add_get("/", index)
@@ -265,9 +268,10 @@ class ProtocolLog(logging.Logger):
 
 
 async def start_web(host: str, port: int, registry: Registry, snapshot: Callable[[], Snapshot],
-                    settings: WebConfig) -> tuple[web.AppRunner, tuple[str, int]]:
+                    settings: WebConfig, notices: Notices | None = None
+                    ) -> tuple[web.AppRunner, tuple[str, int]]:
     """Serve the web view on this event loop; the runner to clean up, and the bound address."""
-    runner = web.AppRunner(make_app(registry, snapshot, settings), access_log=None,
+    runner = web.AppRunner(make_app(registry, snapshot, settings, notices=notices), access_log=None,
                            handle_signals=False, shutdown_timeout=5.0,
                            logger=ProtocolLog(__name__ + ".protocol"))
     await runner.setup()

@@ -29,7 +29,9 @@ from aiohttp import web
 from sqlalchemy import Connection, select
 
 from ..control import actions
+from ..control.notice import Notices, queue_notice
 from ..control.queries import board, requests_in, show_request, sla_left
+from ..control.store import request_row
 from ..control.tables import requests
 from ..registry.queries import Scope
 from .auth import REGISTRY
@@ -115,6 +117,26 @@ async def request_page(request: web.Request) -> web.Response:
                   people=s.book.people, places=RulePlaces(s))
 
 
+NOTICES: web.AppKey[Notices | None] = web.AppKey("notices")
+
+
+def _tell_new_owner(request: web.Request, conn: Connection, number: int, to: str,
+                    at: datetime) -> None:
+    """Mail the new owner that the request is theirs now, in the reassign's transaction
+    (a reassign that fails sends nothing). Not to whoever took it themselves, nor to a
+    person without an address; nothing when control is off."""
+    notices, me, s = request.app[NOTICES], viewer(request), snap(request)
+    person = s.book.people.get(to)
+    if notices is None or to == me.person or person is None or not person.address:
+        return
+    row = request_row(conn, number)
+    assert row is not None
+    by = s.book.people[me.person].name if me.person in s.book.people else None
+    subject, body = notices.assigned(dict(row), by or me.person, s.rules.calendars)
+    queue_notice(conn, notices, f"assign:{number}:{at.isoformat()}", "assign", row["message_key"],
+                 person.address, person.name, subject, body, at)
+
+
 def _mine(conn: Connection, scope: Scope, number: int) -> None:
     if conn.execute(select(requests.c.id).where(requests.c.id == number,
                                                 requests_in(scope))).first() is None:
@@ -137,6 +159,7 @@ async def act(request: web.Request) -> web.Response:
             _mine(conn, me.scope, number)
             if what == "owner":
                 actions.reassign(conn, number, to, me.person, now, HOW, s.book.teams)
+                _tell_new_owner(request, conn, number, to, now)
             elif what == "close":
                 actions.close(conn, number, me.person, now, HOW)
             elif what == "reopen":
