@@ -1,9 +1,10 @@
 """Admin HTTP endpoint: GET /metrics, GET /healthz, GET /readyz, POST /-/reload.
 
-POST /-/reload answers JSON `{"ok", "detail", "postfix_maps"}`: ok and the new rule
-set's hash (200), or the errors that kept the old one (400); `postfix_maps` is null, or
+POST /-/reload answers JSON `{"ok", "detail", "postfix_maps", "config"}`: ok and the new
+rule set's hash (200), or the errors that kept the old one (400); `postfix_maps` is null, or
 why Postfix's tables (postfix_maps.on_reload) were not rebuilt after a reload that
-succeeded (`mailrouter reload` exits 3 then).
+succeeded (`mailrouter reload` exits 3 then); `config` is null, or the keys of config.yaml
+changed since the start (or its errors), which a reload does not apply (exit 4).
 
 /healthz is liveness: 200 "ok" (or "draining") while the process answers at all.
 /readyz is readiness (health.py): 200 when listeners, registry, rules and
@@ -51,7 +52,7 @@ __all__ = ["serve_admin"]
 
 log = logging.getLogger(__name__)
 # (ok, the new hash or the errors, why Postfix's tables were not rebuilt or None)
-Reloader = Callable[[], Awaitable[tuple[bool, str, str | None]]]
+Reloader = Callable[[], Awaitable[tuple[bool, str, str | None, str | None]]]
 Ready = Callable[[], Awaitable[Sequence[Check]]]
 Refresh = Callable[[], Awaitable[None]]
 OPEN_PATHS = ("/healthz", "/readyz")
@@ -146,9 +147,9 @@ class _Admin:
                 elif req.method == "GET" and req.path == "/readyz" and self.ready is not None:
                     await self._readyz(writer, self.authorized(req))
                 elif req.method == "POST" and req.path == "/-/reload":
-                    ok, detail, maps_error = await self.reload()
-                    body = json.dumps({"ok": ok, "detail": detail,
-                                       "postfix_maps": maps_error}, ensure_ascii=False).encode()
+                    ok, detail, maps_error, config = await self.reload()
+                    body = json.dumps({"ok": ok, "detail": detail, "postfix_maps": maps_error,
+                                       "config": config}, ensure_ascii=False).encode()
                     await _respond(writer, "200 OK" if ok else "400 Bad Request", body,
                                    "application/json")
                 else:

@@ -5,7 +5,8 @@ Every command runs the daemon's own code (as amtool does for Alertmanager):
 `Snapshot.decide` the daemon calls after DATA. Exit codes: 0 fine, 1 a check
 (errors in the configuration or routing files) or a rule test failed, or the daemon
 refused a reload, 2 another command could not load its configuration, 3 `reload`
-reloaded the rules but could not rebuild Postfix's tables (postfix_maps.on_reload).
+reloaded the rules but could not rebuild Postfix's tables (postfix_maps.on_reload),
+4 `reload` reloaded the rules but config.yaml changed since the start (read only then).
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables were not
+RELOAD_NEEDS_RESTART = 4  # `reload`: the rules were reloaded, config.yaml's changes need a restart
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -279,6 +281,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 2
     print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
           + str(body.get("detail")))
+    if body.get("config"):    # an edited config.yaml is not applied by a reload: said, not hidden
+        print(f"mailrouter reload: {body['config']}", file=sys.stderr)
     if not body.get("ok"):
         return 1
     if body.get("postfix_maps"):     # the rules run; Postfix refuses their new addresses
@@ -286,7 +290,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
               f"rebuilt (Postfix still answers from the old ones):\n  {body['postfix_maps']}\n"
               "then run `mailrouter reload` again", file=sys.stderr)
         return RELOAD_MAPS_FAILED
-    return 0
+    return RELOAD_NEEDS_RESTART if body.get("config") else 0
 
 
 def cmd_postfix(args: argparse.Namespace) -> int:
@@ -543,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
                "Only `run` and `db upgrade` create the registry or the mail store.\n"
                "Exit codes: 0 ok, 1 check found errors, a rule test failed or the daemon refused\n"
                "a reload, 2 another command could not load its configuration or do its job, 3\n"
-               "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not.")
+               "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not, 4\n"
+               "reload: the rules were reloaded but config.yaml changed since the start (restart).")
     from . import __version__
     from .control.cli import count as _count
     p.add_argument("--version", action="version", version=f"mailrouter {__version__}")

@@ -24,7 +24,7 @@ import os
 import re
 import socket
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -35,7 +35,8 @@ from .values import Downstream
 
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
            "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "WebConfig",
-           "find_config", "load_config", "unknown_keys", "is_loopback", "owned_errors"]
+           "find_config", "load_config", "unknown_keys", "is_loopback", "owned_errors",
+           "changed_keys"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -409,6 +410,34 @@ def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:
         return exc
     return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line, e.column, e.hint)
                          for e in exc.errors])
+
+
+# Config's fields under the key config.yaml writes them with; those not named are top keys.
+# `path` and `workdir` are where the file is, not what it says.
+_KEY_OF = {"smtp": "listen.smtp", "lmtp": "listen.lmtp", "admin": "listen.admin",
+           "web": "listen.web", "admin_token": "admin.token", "webui": "web"}
+_SECTIONS = frozenset({"limits", "registry", "delivery", "control", "outbox", "autoreply",
+                       "postfix_maps", "webui"})
+
+
+def changed_keys(running: Config, edited: Config) -> list[str]:
+    """The config.yaml keys whose values differ between the config a daemon started with and
+    the file as it is now (`limits.max_recipients`, `listen.smtp`): what a reload does not
+    apply (it reads only the routing files), so that it can say so instead of "reloaded"."""
+    out: list[str] = []
+    for f in fields(Config):
+        if f.name in ("path", "workdir"):
+            continue
+        old, new = getattr(running, f.name), getattr(edited, f.name)
+        if old == new:
+            continue
+        key = _KEY_OF.get(f.name, f.name)
+        if f.name in _SECTIONS and is_dataclass(old) and type(old) is type(new):
+            out += [f"{key}.{sub.name}" for sub in fields(old)
+                    if getattr(old, sub.name) != getattr(new, sub.name)]
+        else:
+            out.append(key)
+    return out
 
 
 # Sections of the routing files, written in config.yaml by mistake

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from . import logs, metrics, postfixmaps
 from .addressbook import AddressBook
 from .admin import serve_admin
-from .config import Config, Limits, Listener, owned_errors
+from .config import Config, Limits, Listener, changed_keys, load_config, owned_errors
 from .delivery.deliverer import Deliverer
 from .dnscheck import DomainCheck
 from .errors import ConfigError, ConfigErrors, ListenError, RegistryError
@@ -62,9 +62,10 @@ __all__ = ["App", "run", "loop_factory", "run_loop"]
 
 log = logging.getLogger("mailrouter")
 T = TypeVar("T")
-# A reload's result: ok, the new hash or the errors (admin reply), and why Postfix's
-# tables (postfix_maps.on_reload) were not rebuilt after it, or None
-Reloaded = tuple[bool, str, str | None]
+# A reload's result: ok, the new hash or the errors (admin reply), why Postfix's tables
+# (postfix_maps.on_reload) were not rebuilt after it, or None, and what of config.yaml
+# changed since the start without being applied (a reload reads only the routing files), or None
+Reloaded = tuple[bool, str, str | None, str | None]
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -331,11 +332,12 @@ class App:
 
     async def reload(self) -> tuple[bool, str]:
         """(ok, the hash or the errors) of the next reload."""
-        ok, public, _ = await self.reload_all()
+        ok, public, _, _ = await self.reload_all()
         return ok, public
 
     async def reload_all(self) -> Reloaded:
-        """(ok, the hash or the errors, why Postfix's tables were not rebuilt or None)."""
+        """(ok, the hash or the errors, why Postfix's tables were not rebuilt or None, what of
+        config.yaml needs a restart or None)."""
         return await asyncio.shield(self.request_reload())   # a caller gone stops nothing
 
     async def _run_reloads(self) -> None:
@@ -396,7 +398,32 @@ class App:
                 await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
-        return ok, public, maps_error
+        return ok, public, maps_error, await self.config_not_applied()
+
+    async def config_not_applied(self) -> str | None:
+        """What a reload leaves as it was: config.yaml is read only at start. An edited one
+        was ignored without a word (`mailrouter reload` said "reloaded" and the old
+        limits, listeners and delivery settings kept running); now its changed keys, or its
+        errors (a restart would fail), are logged and returned for the reply. One process
+        (the admin worker) says it: every worker runs the config it started with."""
+        if not self.config.path or self.worker not in (None, 0):
+            return None
+        try:
+            edited = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigErrors as exc:
+            why = (f"{self.config.path} has errors; the daemon runs with the settings it started "
+                   f"with, and would not start again until they are fixed "
+                   f"(mailrouter check -c {self.config.path}):\n{exc}")
+            log.error("event=config_not_applied errors=%d\n%s", len(exc.errors), exc)
+            return why
+        changed = changed_keys(self.config, edited)
+        if not changed:
+            return None
+        log.warning("event=config_not_applied keys=%s: config.yaml is read only at start; "
+                    "restart to apply", ",".join(changed))
+        return (f"{self.config.path}: {', '.join(changed)} changed, but config.yaml is read only "
+                "at start (a reload reads the routing files): the daemon still runs with the "
+                "values it started with; restart it to apply them (systemctl restart mailrouter)")
 
     async def refresh_metrics(self) -> None:
         """Before a scrape: the outbox backlog and open requests from the registry."""

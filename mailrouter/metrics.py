@@ -90,7 +90,8 @@ REGISTRY_ERRORS = Counter("mailrouter_registry_errors_total",
                           ["op", "kind"], registry=REGISTRY)
 TEMPFAILS = Counter("mailrouter_tempfails_total",
                     "4xx answers after DATA by cause: per recipient (registry, timeout, "
-                    "internal) or per copy (maildir, downstream, held)",
+                    "internal, rule: a rule's action defer) or per copy (maildir, downstream, "
+                    "held)",
                     ["cause"], registry=REGISTRY)
 LOOPS = Counter("mailrouter_loops_total", "Mail loops refused at run time, by kind",
                 ["kind"], registry=REGISTRY)
@@ -105,7 +106,7 @@ OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
                           "(sent, retry, failed, suppressed)", ["kind", "result"],
                           registry=REGISTRY)
 
-TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal")
+TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule")
 AUTOREPLY_REASONS = ("refused", "null_sender", "generated", "auto_submitted", "report", "list",
                      "precedence", "suppress_header", "robot_sender", "own_domain", "period",
                      "daily_cap", "duplicate", "other")

@@ -123,6 +123,11 @@ class Pipeline:
             metrics.MESSAGES.labels("deferred").inc()
             metrics.TEMPFAILS.labels("registry").inc(len(txn.rcpts))
             return [exc.reply] * len(txn.rcpts)
+        # A rule's `action: defer` (451 4.7.1) is a 4xx of its own cause: counted only under
+        # recipients "tempfail", the deferred-rate alert fired with every cause at 0
+        deferred = sum(d.action is Action.DEFER for d in decisions)
+        if deferred:
+            metrics.child(metrics.TEMPFAILS, "rule").inc(deferred)
         if self.control is not None and plan is not None:   # copy_to_owner: one more target
             decisions = self.control.copy_to_owner(plan, decisions, snap)
         await self._record_loops(decisions, key, qid)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import smtplib
 import time
 import urllib.error
 import urllib.request
 
 from tests.control_support import ROUTING as CONTROL_ROUTING
+from tests.support.daemon import RULES
 from tests.support.wire import Wire
 
 
@@ -269,3 +271,49 @@ async def test_dashboard_and_alerts_match_metrics_after_mail_with_bounded_labels
                  for v in values if "@" in v}
     assert per_message == set() and addresses == set()
     assert not re.search(r"Zq9x7|Wq4k|outside\.test", text)    # +detail, subject, sender
+
+
+DEFER_RULES = """
+rules:
+  - name: hold-quotes
+    when: {subject: {contains: quote}}
+    then: {action: defer}
+"""
+
+
+def test_recipients_deferred_by_a_rule_have_a_tempfail_cause(daemon_process, tmp_path):
+    """workers: 2; 6 messages taken, 4 deferred by a rule's `action: defer` (451 4.7.1),
+    3 rejected by it (RCPT 550): the counters add up to what the clients were answered, over
+    both workers. The deferred ones were counted as recipients "tempfail" but under no cause
+    of mailrouter_tempfails_total, the family the dashboard's panel and the
+    MailrouterDeferredRateHigh alert send the admin to: they count as cause "rule"."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(RULES / "company.yaml", rules / "company.yaml")
+    (rules / "hold.yaml").write_text(DEFER_RULES, encoding="utf-8")
+    proc = daemon_process(extra="workers: 2\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started", 2) == 2
+    _, before = _get(proc.admin, "/metrics")
+    answers: list[int] = []
+    for i, subject in enumerate(["hello"] * 6 + ["a quote please"] * 4):
+        with smtplib.SMTP("127.0.0.1", proc.smtp, timeout=30) as s:    # a session each: both workers
+            s.ehlo()
+            s.mail(f"client{i}@outside.test")
+            if i < 3:
+                assert s.rcpt(f"nobody{i}@example.com")[0] == 550
+            assert s.rcpt("sales@example.com")[0] == 250
+            answers.append(s.data(f"Subject: {subject}\r\nMessage-ID: <d{i}@outside.test>\r\n"
+                                  "\r\nx\r\n")[0])
+    assert answers == [250] * 6 + [451] * 4
+    _, after = _get(proc.admin, "/metrics")
+
+    def moved(series: str) -> float:
+        return _value(after, series) - _value(before, series)
+    assert moved('mailrouter_messages_total{result="delivered"}') == 6
+    assert moved('mailrouter_messages_total{result="deferred"}') == 4
+    assert moved('mailrouter_recipients_total{result="tempfail"}') == 4
+    assert moved('mailrouter_rcpt_refused_total{reason="unknown"}') == 3
+    assert moved("mailrouter_message_seconds_count") == 10
+    assert moved('mailrouter_message_seconds_bucket{le="+Inf"}') == 10
+    assert moved('mailrouter_tempfails_total{cause="rule"}') == 4
+    assert _sum(after, "mailrouter_tempfails_total") - _sum(before, "mailrouter_tempfails_total") == 4

@@ -351,3 +351,51 @@ async def test_a_routing_file_deleted_while_others_remain_is_said_in_the_log_and
     assert ok and detail == f"{app.snapshot().hash}; no longer read: extra.yaml"
     gone = [r.getMessage() for r in caplog.records if "routing_file_gone" in r.getMessage()]
     assert gone == [f"event=routing_file_gone file={d / 'extra.yaml'} hash={app.snapshot().hash}"]
+
+
+def _wait_admin(port: int) -> None:
+    deadline = time.monotonic() + 20      # started listens on SMTP; admin may follow
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def test_a_reload_says_what_of_an_edited_config_yaml_it_did_not_apply(daemon_process, tmp_path):
+    """config.yaml edited (limits.max_recipients 2 -> 1, shutdown_grace) and `mailrouter
+    reload` run, workers: 2: config.yaml is read only at start, and the reload answered
+    "reloaded", exit 0, with the old limit still taking two recipients. It now exits 4
+    naming the changed keys and the restart (the log says it once), and an edit that broke
+    config.yaml is named with its file:line, as the start it would fail."""
+    import smtplib
+    import subprocess
+    import sys
+    proc = daemon_process(extra="workers: 2\nlimits: {max_recipients: 2}\n")
+    _wait_admin(proc.admin)
+    cli = [sys.executable, "-m", "mailrouter.cli", "reload", "-c", str(proc.config)]
+    same = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert (same.returncode, same.stderr) == (0, ""), same
+    started = proc.config.read_text()
+    proc.config.write_text(started.replace("max_recipients: 2", "max_recipients: 1")
+                           .replace("shutdown_grace: 10", "shutdown_grace: 5"), encoding="utf-8")
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4, out
+    assert out.stdout.startswith("reloaded: "), out
+    assert "limits.max_recipients, shutdown_grace changed" in out.stderr, out.stderr
+    assert "restart it to apply them" in out.stderr, out.stderr
+    with smtplib.SMTP("127.0.0.1", proc.smtp) as s:       # the running limit is still 2
+        s.ehlo()
+        s.mail("c@outside.test")
+        assert s.rcpt("sales@example.com")[0] == 250
+        assert s.rcpt("support@example.com")[0] == 250
+    assert proc.log.read_text().count(
+        "event=config_not_applied keys=limits.max_recipients,shutdown_grace") == 1
+    proc.config.write_text(started + "limits_typo: 1\n", encoding="utf-8")
+    reply = _post_reload(proc.admin)
+    assert reply["ok"] is True and reply["config"] is not None, reply
+    assert f"{proc.config}:9:1: unknown key 'limits_typo'" in reply["config"], reply
+    assert "would not start again" in reply["config"], reply
+    proc.config.write_text(started, encoding="utf-8")
+    assert _post_reload(proc.admin)["config"] is None
