@@ -32,7 +32,8 @@ so the first reason found is the one recorded):
   that is only an MTA's words (`Delivery Failure`, `failure delivery`, `Mail Error`) when
   the body's start also reads like an MTA's (an SMTP reply code, `Remote host said`,
   `Failed Recipient:`, `recipient(s)`, `Original message follows`);
-- a sender on one of our own domains (two responders would answer each other);
+- a sender on one of our own domains, in any form the book reads as it (xn--, Unicode,
+  any case: addressbook.canon.on_our_domains; two responders would answer each other);
 - this responder already answered this sender within its period (RFC 3834 2, RFC
   5230 4.1), or this sender got `daily_cap` answers in the last 24 hours.
 The sender's domain without MX or A/AAAA is checked by the outbox (dnscheck.py),
@@ -63,6 +64,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
+from .addressbook.canon import on_our_domains
 from .loops import TRACE_HEADER
 from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
@@ -273,7 +275,7 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
     why = _null_from(view) or _robot_subject(view)
     if why:
         return why
-    if sender.rpartition("@")[2] in our_domains:
+    if on_our_domains(sender, our_domains):     # xn--, upper case and Unicode alike
         return f"our own address {sender}"
     return ""
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -68,6 +68,8 @@ class Calendar:
     spans: tuple[tuple[int, int, int], ...]     # (weekday, start minute, end minute; end may pass 1440)
     holidays: frozenset[date] = frozenset()
     workdays: frozenset[date] = frozenset()     # days off worked with the first weekday's hours
+    file: str = field(default="", compare=False)    # where it is defined, for check's warnings
+    line: int = field(default=0, compare=False)
 
     def local(self, at: datetime) -> datetime:
         if at.tzinfo is None:
@@ -219,7 +221,8 @@ def parse_calendar(name: str, spec: Any) -> Calendar:
     workdays = _workdays(spec, spans, holidays, err)
     if errors or tz is None:
         raise ConfigErrors(errors)
-    return Calendar(str(name), tz, spans, frozenset(holidays), frozenset(workdays))
+    at, at_line, _ = where(name, spec)
+    return Calendar(str(name), tz, spans, frozenset(holidays), frozenset(workdays), at, at_line)
 
 
 def _dates(spec: Mapping[str, Any], key: str, err: Any) -> Iterator[tuple[date, Any]]:
@@ -273,12 +276,15 @@ def build_calendars(spec: Mapping[str, Any] | None) -> dict[str, Calendar]:
 
 def zone_warnings(calendars: Mapping[str, Calendar]) -> list[str]:
     """For `check`: calendars in several zones and none named `default` leave company_zone
-    at UTC, which a company in Moscow and Yekaterinburg would not guess."""
+    at UTC, which a company in Moscow and Yekaterinburg would not guess. Said at the first
+    calendar written (where `default` would go beside it), as file:line."""
     zones = sorted({c.tz.key for c in calendars.values()})
     if DEFAULT_CALENDAR in calendars or len(zones) < 2:
         return []
     named = ", ".join(f"{name}: {cal.tz.key}" for name, cal in sorted(calendars.items()))
-    return [f"calendars name {len(zones)} time zones ({named}) and none is called "
+    first = min(calendars.values(), key=lambda c: (c.file, c.line))
+    at = f"{first.file}:{first.line}: " if first.line else f"{first.file}: " if first.file else ""
+    return [f"{at}calendars name {len(zones)} time zones ({named}) and none is called "
             f"'{DEFAULT_CALENDAR}': away: dates and report days are read in UTC; add a "
             f"calendar named '{DEFAULT_CALENDAR}' in the company's zone"]
 

@@ -33,7 +33,8 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["LocStr", "LocMap", "LocList", "load", "loads", "where", "ALIAS_BUDGET"]
+__all__ = ["LocStr", "LocInt", "LocFloat", "LocMap", "LocList", "load", "loads", "where",
+           "as_written", "ALIAS_BUDGET"]
 
 # Values that aliases may repeat in one document, all aliases together (an alias of a
 # 500-address group used in 20 places repeats 10,000). Far above what a hand-written
@@ -45,6 +46,17 @@ class LocStr(str):
     path: str = ""
     line: int = 0
     column: int = 0
+
+
+class LocInt(int):
+    """A number read from a plain scalar, with its `text` as written: YAML 1.1 reads 00123
+    as 83, 0x1F as 31, 1_000 as 1000 and 10:30 as 630 (base 60)."""
+    text: str = ""
+
+
+class LocFloat(float):
+    """A float read from a plain scalar (1.50, .5, 1e+3), with its `text` as LocInt."""
+    text: str = ""
 
 
 class LocMap(dict[Any, Any]):
@@ -71,6 +83,29 @@ def where(value: Any, default: Any = None) -> tuple[str, int, int]:
         if getattr(v, "line", 0):
             return v.path, v.line, v.column
     return getattr(default, "path", ""), 0, 0
+
+
+def as_written(value: Any) -> Any:
+    """A number as the file wrote it, for a place that takes text: `contains: 00123` is the
+    text '00123', not '83' (a str: its position is the key's). Any other value as it is."""
+    if isinstance(value, (LocInt, LocFloat)) and value.text:
+        return value.text
+    return value
+
+
+def _number(value: Any, text: str) -> Any:
+    """An int or float that keeps its text (a bool is an int too: kept as is; NaN stays
+    SafeConstructor's one object, the only NaN equal to itself as a key). Its position is
+    not kept: an error about a number names the key it is under, as before."""
+    t = type(value)
+    if t is int:
+        value = LocInt(value)
+    elif t is float and value == value:
+        value = LocFloat(value)
+    else:
+        return value
+    value.__dict__ = {"text": text}
+    return value
 
 
 # CSafeLoader exists only when PyYAML was built with libyaml; mypy checks against
@@ -128,7 +163,8 @@ _OPEN: Any = object()       # an anchored collection not yet complete
 def _plain(value: str, resolvers: tuple[tuple[str, Any], ...], mark: Any,
            source: str, line: int, column: int) -> Any:
     """A plain scalar that may not be a string: the first resolver that matches decides.
-    `line` 0: a string is returned as a str, without its position."""
+    `line` 0: a string is returned as a str, without its position. A number keeps its
+    text as written (LocInt, LocFloat: see `as_written`), with or without `line`."""
     for tag, regexp in resolvers:  # noqa: B007 (tag is read after the loop)
         if regexp.match(value):
             break
@@ -144,9 +180,10 @@ def _plain(value: str, resolvers: tuple[tuple[str, Any], ...], mark: Any,
     if construct is None:       # '<<' (merge), '=' (value)
         raise _Fallback
     try:
-        return construct(_SAFE, yaml.ScalarNode(tag, value, mark, mark))
+        obj = construct(_SAFE, yaml.ScalarNode(tag, value, mark, mark))
     except ValueError as exc:
         raise _bad_scalar(tag, value, exc, source, mark) from None
+    return _number(obj, value)
 
 
 def _bad_scalar(tag: str, value: str, exc: ValueError, source: str, mark: Any) -> ConfigError:
@@ -436,9 +473,10 @@ def _construct_list(loader: _Loader, node: yaml.SequenceNode) -> LocList:
 def _construct_checked(loader: _Loader, node: yaml.ScalarNode) -> Any:
     """A date, time or number as SafeConstructor makes it, or a ConfigError at its mark."""
     try:
-        return yaml.constructor.SafeConstructor.yaml_constructors[node.tag](loader, node)
+        obj = yaml.constructor.SafeConstructor.yaml_constructors[node.tag](loader, node)
     except ValueError as exc:
         raise _bad_scalar(node.tag, node.value, exc, loader.source, node.start_mark) from None
+    return _number(obj, node.value)
 
 
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mailrouter.addressbook.canon import on_our_domains
 from mailrouter.addresses import REPLY_MOVED, AddressBook, Limits
 from mailrouter.errors import ConfigError, ConfigErrors
 from mailrouter.values import REPLY_UNKNOWN
@@ -115,6 +116,16 @@ def test_idn_both_forms() -> None:
         res = b.resolve(rcpt)
         assert (res.address, keys(b, rcpt)) == ("продажи@пример.рф", ["sales"]), rcpt
     assert b.knows("продажи@xn--e1afmkfd.xn--p1ai")
+
+
+def test_our_own_address_in_any_form_of_our_domain() -> None:
+    """on_our_domains (the autoresponder's and control's one test of "ours") reads the domain
+    as the book reads its domains: A-label, U-label, case and a root '.' alike."""
+    b = book("  продажи@пример.рф: mailbox:sales\n")
+    for sender in ("ann@пример.рф", "<Ann@XN--E1AFMKFD.xn--p1ai>", "ann@ПРИМЕР.РФ.", "a@example.com"):
+        assert on_our_domains(sender, b.domains), sender
+    for sender in ("ann@client.example", "пример.рф", "@пример.рф", "ann@пример.рф\u200b", ""):
+        assert not on_our_domains(sender, b.domains), sender
 
 
 def test_invisible_and_look_alike_characters_in_the_domain_are_refused_not_mapped() -> None:

@@ -223,6 +223,43 @@ def test_explain_json_shows_autoreply(tmp_path: Path, capsys: pytest.CaptureFixt
     assert bounce["send"] is False and "null reverse-path" in str(bounce["reason"])
 
 
+IDN_BOOK = """\
+domains: [{domain}]
+mailboxes: {{sales: {{maildir: sales}}, postmaster: {{maildir: postmaster}}}}
+aliases: {{sales@{domain}: mailbox:sales, postmaster@{domain}: mailbox:postmaster}}
+moved: {{old@{domain}: {{now: sales@{domain}, autoreply: moved}}}}
+autoreplies: {{moved: {{subject: "Auto: {{subject}}", body: "moved to {{new}}"}}}}
+rules: []
+"""
+
+
+@pytest.mark.parametrize("ours, sender", [
+    ("пример.рф", "ann@xn--e1afmkfd.xn--p1ai"),          # answered before: ourselves
+    ("пример.рф", "Ann@XN--E1AFMKFD.XN--P1AI"),
+    ("пример.рф", "ann@ПРИМЕР.РФ."),
+    ("xn--e1afmkfd.xn--p1ai", "ann@xn--e1afmkfd.xn--p1ai"),   # answered before too
+    ("xn--e1afmkfd.xn--p1ai", "ann@пример.рф"),
+    ("XN--E1AFMKFD.XN--P1AI", "ann@Пример.рф"),
+])
+def test_our_own_domain_in_another_form_is_not_answered(
+        ours: str, sender: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An envelope sender on our domain, written as an A-label (xn--) or in Unicode or
+    another case than the book's `domains:`, is our own address: the autoresponder compared
+    the domain as written and answered a@xn--e1afmkfd.xn--p1ai though пример.рф is ours
+    (control's reply check already read it as the book does; both now ask one helper)."""
+    (tmp_path / "book.yaml").write_text(IDN_BOOK.format(domain=ours), encoding="utf-8")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(b"From: Ann <ann@client.example>\r\nSubject: Hi\r\n\r\nHello\r\n")
+    monkeypatch.delenv("MAILROUTER_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["--routing", str(tmp_path / "book.yaml"), "--rcpt", "old@пример.рф"]
+    [outside] = explain_json(capsys, eml, *args, "--from", "ann@client.example")
+    assert outside == {"responder": "moved", "send": True, "reason": None}
+    [own] = explain_json(capsys, eml, *args, "--from", sender)
+    assert own["send"] is False and str(own["reason"]).startswith("our own address"), own
+
+
 def test_autoreply_markers_count_as_auto_submitted() -> None:
     """The metric label of an X-Autoreply verdict is a kind of the fixed set, not `other`."""
     _, why = check(msg("X-Autoreply: yes"))

@@ -502,8 +502,8 @@ def test_help_says_where_the_config_comes_from():
 
 def test_check_warns_when_calendars_in_several_zones_have_no_default(tmp_path):
     """Calendars in Moscow and Yekaterinburg and none named `default`: away: dates and report
-    days fall back to UTC, which `check` says, naming the calendars and the fix; with a
-    `default` calendar the warning goes."""
+    days fall back to UTC, which `check` says at the first calendar's file:line (it named no
+    place), naming the calendars and the fix; with a `default` calendar the warning goes."""
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
     routing = rules / "routing.yaml"
@@ -515,7 +515,9 @@ def test_check_warns_when_calendars_in_several_zones_have_no_default(tmp_path):
     cfg = write_config(tmp_path / "config.yaml", 1, 2, 3, routing=str(rules / "*.yaml"))
     out = mr("check", "-c", str(cfg), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert ("warning: calendars name 2 time zones (ekb: Asia/Yekaterinburg, msk: Europe/Moscow) "
+    line = text.splitlines().index("calendars:") + 2     # ekb's, the first calendar written
+    assert (f"warning: {routing}:{line}: calendars name 2 time zones (ekb: Asia/Yekaterinburg, "
+            "msk: Europe/Moscow) "
             "and none is called 'default': away: dates and report days are read in UTC; add a "
             "calendar named 'default' in the company's zone") in out.stdout.splitlines()
     routing.write_text(two.replace("calendars:\n", "calendars:\n  default: {timezone: "

@@ -165,6 +165,23 @@ rules:
     ("{rcpt: sales@example.com, any: [{rcpt: support@example.com}, {subject: x}]}", None),
     ("{all: [{rcpt: sales@example.com}, {rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
+    # an attachment bigger than its message: the bounds were meant the other way round
+    ("{attachment_size: {gt: 10MB}, size: {lt: 1MB}}",
+     "attachment_size gt 10MB with size lt 1MB can never match: an attachment is part of the "
+     "message, so no attachment is larger than the message; check which bound is meant"),
+    ("{all: [{size: {le: 100k, gt: 1k}}, {all: [{attachment_size: {ge: 200k}}, {subject: x}]}]}",
+     "attachment_size ge 200k with size le 100k can never match: an attachment is part of the "
+     "message, so no attachment is larger than the message; check which bound is meant"),
+    ("{size: 1000, attachment_size: {ge: 1001}}",
+     "attachment_size ge 1001 with size equals 1000 can never match: an attachment is part of "
+     "the message, so no attachment is larger than the message; check which bound is meant"),
+    ("{size: {lt: 1MB}, any: [{attachment_size: {gt: 10MB}}, {subject: x}]}", None),
+    ("{attachment_size: {gt: 1MB}, size: {lt: 10MB}}", None),
+    ("{attachment_size: {gt: 1000}, size: {le: 1001}}", None),
+    ("{attachment_size: {gt: 1000}, size: {lt: 1001}}",
+     "attachment_size gt 1000 with size lt 1001 can never match: an attachment is part of the "
+     "message, so no attachment is larger than the message; check which bound is meant"),
+    ("{not: {attachment_size: {gt: 10MB}}, size: {lt: 1MB}}", None),
     # the sender as a mail client shows it: the fields hold the bare address
     ("{mail_from: 'Boss <boss@bigclient.example>'}",
      "mail_from equals 'Boss <boss@bigclient.example>' can never match: mail_from is the bare "

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from mailrouter.errors import ConfigErrors
+from tests.support.rules import load, routing_file
 from tests.test_rules import MONDAY_10_MSK, mail, route, ruleset
 
 CAL = 'calendars:\n  msk: {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00", holidays: [2027-01-07]}\n'
@@ -150,6 +152,40 @@ def test_matched_explains_condition_and_value(cond: str, matched: str) -> None:
     """RuleMatch.matched names the condition and the decoded value it matched on."""
     rs = ruleset(f"rules:\n  - name: r\n    when: {cond}\n    then: {{tags: [hit]}}\n")
     assert route(rs, "invoice-koi8r.eml", "sales@example.com").rules[0].matched == matched
+
+
+@pytest.mark.parametrize("needle, subject", [
+    ("00123", "Order 00123"), ("0x1F", "code 0x1F"), ("1_000", "1_000 pcs"),
+    ("10:30", "call at 10:30"), ("1.50", "price 1.50"), ("2027-01-11", "on 2027-01-11")])
+def test_a_needle_yaml_reads_as_a_number_is_the_text_as_written(needle: str, subject: str) -> None:
+    """`contains: 00123` is the text 00123: YAML 1.1 reads it as the number 83, and the rule
+    matched 'Order 83' and not 'Order 00123', with no word from check."""
+    for cond in (f"{{subject: {{contains: {needle}}}}}", f"{{subject: {needle}}}",
+                 f"{{subject: {{equals: [{needle}]}}}}", f"{{header: {{X-Ref: {{glob: {needle}}}}}}}"):
+        rs = ruleset(f"rules:\n  - name: r\n    when: {cond}\n    then: {{tags: [hit]}}\n")
+        d = route(rs, mail(needle if "equals" in cond else subject, X_Ref=needle),
+                  "sales@example.com")
+        assert "hit" in d.tags, (cond, d.reasons)
+        assert f"'{needle}'" in d.rules[0].matched
+        assert "hit" not in route(rs, mail("83", X_Ref="83"), "sales@example.com").tags
+
+
+def test_rule_name_tags_and_folder_yaml_reads_as_numbers_are_as_written() -> None:
+    """A rule's name, tags and folder written as 00123 are '00123', not '83'."""
+    rs = ruleset("rules:\n  - {name: 007, when: {subject: x}, then: {tags: [0x1F], folder: 00123}}\n")
+    d = route(rs, mail("x"), "sales@example.com")
+    assert (d.rules[0].name, d.tags, d.folder) == ("007", ("0x1F",), "00123")
+
+
+def test_a_date_and_time_as_a_text_needle_is_refused_with_the_quotes_to_write() -> None:
+    """YAML reads 2027-01-11 10:00:00 as a date and time, whose text it does not keep."""
+    path = routing_file("rules:\n  - name: r\n    when: {subject: 2027-01-11 10:00:00}\n"
+                        "    then: {tags: [x]}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:3:12: rule 'r': 'contains' takes text, but YAML read this value as a date and "
+        "time (2027-01-11T10:00:00); put the text in quotes as written: '2027-01-11T10:00:00'"]
 
 
 def test_shorthand_string_is_contains_on_text_and_equals_on_addresses() -> None:

@@ -86,6 +86,18 @@ tests:
     assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']"]]
 
 
+def test_expected_rule_tags_and_folder_read_as_numbers_are_as_written(tmp_path: Path) -> None:
+    """A case's headers and its expected rule name, tags and folder written as 00123 are the
+    text 00123, as the rules' are (YAML 1.1 reads 00123 as 83: the case sent 'Subject: 83'
+    and expected the folder '83')."""
+    (tmp_path / "more.yaml").write_text(
+        "rules:\n  - {name: '007', when: {subject: '00123'}, then: {tags: ['0x1F'], folder: '00123'}}\n"
+        "tests:\n  - {name: n, headers: {Subject: 00123}, rcpt: sales@example.com,\n"
+        "     expect: {rule: 007, tags: [0x1F], folder: 00123}}\n", encoding="utf-8")
+    snap = load(tmp_path / "more.yaml")
+    assert run_rule_tests(snap.sections["tests"], snap.decide, tmp_path) == []
+
+
 def test_a_day_without_a_time_is_refused(tmp_path: Path) -> None:
     """`at: 2027-01-11` (YAML's date, or the text) was taken as 00:00 UTC, so a case meant for
     Monday's working hours ran at 03:00 Moscow time and failed or passed for that reason."""

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from mailrouter import yamlsrc
 from mailrouter.errors import ConfigError
-from mailrouter.yamlsrc import LocList, LocMap, LocStr, loads, where
+from mailrouter.yamlsrc import LocFloat, LocInt, LocList, LocMap, LocStr, loads, where
 
 
 def nodes(text: str, source: str = "<string>") -> Any:
@@ -37,6 +37,9 @@ def fast(text: str, source: str = "<string>") -> Any:
     return yamlsrc._load_events(text, source)
 
 
+NUMBER: dict[type, type] = {int: LocInt, float: LocFloat}
+
+
 def same_as_safe(got: Any, want: Any) -> None:
     """Equal values with the types SafeLoader gives (str/dict/list as LocStr/LocMap/LocList)."""
     if isinstance(want, str):
@@ -52,6 +55,8 @@ def same_as_safe(got: Any, want: Any) -> None:
             same_as_safe(g, w)
     elif isinstance(want, float) and want != want:
         assert type(got) is float and got != got
+    elif type(want) in (int, float):    # a number keeps its text as written
+        assert type(got) is NUMBER[type(want)] and got == want and got.text, (got, want)
     else:
         assert type(got) is type(want) and got == want, (got, want)
 
@@ -61,6 +66,8 @@ def same_positions(a: Any, b: Any) -> None:
     assert type(a) is type(b) and a == b or (a != a and b != b)
     if isinstance(a, (LocStr, LocMap, LocList)):
         assert (a.path, a.line, a.column) == (b.path, b.line, b.column)
+    if isinstance(a, (LocInt, LocFloat)):
+        assert a.text == b.text
     if isinstance(a, LocMap):
         assert a.key_marks == b.key_marks
         for (ak, av), (bk, bv) in zip(a.items(), b.items()):
@@ -175,6 +182,19 @@ def test_types_of_plain_scalars() -> None:
     doc = loads("a: 2024-03-01\nb: 2024-03-01 10:00:00\nc: 0o17\nd: 017\ne: 1_0\n")
     assert doc == {"a": datetime.date(2024, 3, 1), "b": datetime.datetime(2024, 3, 1, 10),
                    "c": "0o17", "d": 15, "e": 10}   # 0o is not YAML 1.1: a string, as SafeLoader
+
+
+@pytest.mark.parametrize("bare", [(), ("a",)])
+def test_a_number_keeps_its_text_as_written(bare: tuple[str, ...]) -> None:
+    """YAML 1.1 reads 00123 as 83, 0x1F as 31, 1_000 as 1000 and 10:30 as 630: the number
+    keeps the text it was written as, for the places that take text. Before, nothing was
+    left of '00123' but 83."""
+    doc = loads("a:\n  k: [00123, 0x1F, 1_000, 10:30, 1.50, 7]\nb: !!int 017\n", bare=bare)
+    got = doc["a"]["k"]
+    assert got == [83, 31, 1000, 630, 1.5, 7]
+    assert [yamlsrc.as_written(v) for v in got] == ["00123", "0x1F", "1_000", "10:30", "1.50", "7"]
+    assert (doc["b"], yamlsrc.as_written(doc["b"])) == (15, "017")      # the node path
+    assert yamlsrc.as_written(True) is True and yamlsrc.as_written("x") == "x"
 
 
 BROKEN = [
@@ -423,7 +443,10 @@ def test_aliases_under_the_budget_load(load: Any) -> None:
 def same_bare(got: Any, want: Any) -> None:
     """Equal values; every string, mapping and list a plain str, dict and list."""
     assert got == want or (got != got and want != want)
-    assert type(got) in (str, dict, list) or type(got) is type(want), (got, want)
+    assert type(got) in (str, dict, list) or type(got) is NUMBER.get(type(want), type(want)), \
+        (got, want)
+    if type(got) in (LocInt, LocFloat):     # its text
+        assert got.text
     if isinstance(got, dict):
         assert type(got) is dict
         assert all(type(k) is not LocStr for k in got)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import encodings.idna  # noqa: F401  (registers the "idna" codec)
 import stringprep
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import lru_cache
 
 from .model import Options
 
-__all__ = ["canonical_domain", "domain_problem", "split_address", "canonical", "canonicaliser"]
+__all__ = ["canonical_domain", "domain_problem", "split_address", "canonical", "canonicaliser",
+           "on_our_domains"]
 
 _DOT_LIKE = frozenset("\u3002\uff0e\uff61")      # IDNA 2003 reads each as a '.'
 
@@ -78,6 +79,17 @@ def canonical_domain(domain: str) -> str:
         return d.encode("idna").decode("idna").lower()
     except UnicodeError:
         return d
+
+
+def on_our_domains(address: str, domains: Collection[str]) -> bool:
+    """Is `address` (bare or in <>) local@domain on one of `domains` (the book's, canonical)?
+    Its domain is read as the book reads domains: upper case, an A-label (xn--) and the
+    Unicode form of one domain are that domain. The one test of "our own address": the
+    autoresponder's (never answer ourselves) and control's (a reply of ours) were two, and
+    the autoresponder's, comparing the domain as written, answered a@xn--e1afmkfd.xn--p1ai
+    though пример.рф is ours."""
+    local, at, domain = address.strip().strip("<>").strip().rpartition("@")
+    return bool(at and local) and canonical_domain(domain) in domains
 
 
 def _local_domain(address: str, options: Options) -> tuple[str, str] | None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..values import Target, folder_problem
+from ..yamlsrc import as_written
 from .canon import canonical, canonicaliser
 from .errs import Collector, did_you_mean
 from .parse import Parts, define
@@ -134,7 +135,7 @@ def _mapping_target(c: Collector, p: Parts, src: str, value: Mapping[Any, Any]) 
         c.add(f"alias {src}: a mapping target needs mailbox:", value,
               "write {mailbox: NAME, folder: FOLDER}")
         return []
-    folder = value.get("folder")
+    folder = as_written(value.get("folder"))        # folder: 00123 is '00123', not '83'
     return _mailbox(c, p, str(value["mailbox"]), str(folder) if folder else None,
                     value["mailbox"], folder)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ..addressbook.canon import canonical, canonical_domain, detail_split
+from ..addressbook.canon import canonical, detail_split, on_our_domains
 from ..addressbook.model import Options
 from ..config import ControlConfig
 from ..loops import header_text
@@ -203,8 +203,7 @@ class Control:
         """Is the envelope sender an address of our domains? Postfix's sender_bcc_maps copies
         the company's outgoing mail to replies@ under its sender's own address; the MTA keeps
         outsiders from sending as those (SPF, smtpd_sender_login_maps)."""
-        local, at, domain = mail_from.strip().strip("<>").rpartition("@")
-        return bool(at and local) and canonical_domain(domain) in domains
+        return on_our_domains(mail_from, domains)
 
     def _to_replies(self, rcpt: str, options: Options) -> bool:
         """Is `rcpt` a `control.replies` address, as the address book reads addresses:

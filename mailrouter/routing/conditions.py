@@ -23,6 +23,7 @@ Every test returns the explanation of the match ("subject contains 'счет'
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from ..yamlsrc import where
+from ..yamlsrc import as_written, where
 from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
 from .normalize import normalize, normalize_address
 from .patterns import PatternError, compile_glob, compile_regex, utf8
@@ -403,9 +404,19 @@ class _Parser:
                 self.error(msg, needle, at, hint)
                 return None
             return Leaf(field, op, (needle,), (n,), _check_num, *pos)
-        needles = tuple(needle) if isinstance(needle, list) else (needle,)
+        # a number is its text as written: YAML 1.1 reads 00123 as 83 and 10:30 as 630
+        needles = tuple(as_written(n) for n in (needle if isinstance(needle, list) else [needle]))
         if not needles or any(isinstance(n, (Mapping, list)) or n is None for n in needles):
             self.error(f"'{op}' takes a string or a list of strings", needle, at)
+            return None
+        stamp = next((n for n in needles if isinstance(n, dt.datetime)), None)
+        if stamp is None:       # a day is its text: 2027-01-11 is the only way YAML reads one
+            needles = tuple(str(n) if isinstance(n, dt.date) else n for n in needles)
+        else:
+            # the loader keeps no text for a date and time: its str() is another spelling
+            self.error(f"'{op}' takes text, but YAML read this value as a date and time "
+                       f"({stamp.isoformat()})", needle, at,
+                       "put the text in quotes as written: '2027-01-11T10:00:00'")
             return None
         flag = next((n for n in needles if isinstance(n, bool)), None)
         if flag is not None:

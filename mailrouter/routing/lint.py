@@ -11,8 +11,10 @@
   with a reply prefix (subjects are matched without Re:, Fwd:, AW:, Отв: ...), a regex on the subject that
   requires a reply prefix (regexes see the decoded subject; the prefix may be
   there, but only when the message is a reply: it warns so the author checks),
-  `all` with two different `rcpt` equals, a `mail_from`/`from_addr` needle written with a
-  name or <> (`Boss <boss@x.com>`: the fields hold the bare address);
+  `all` with two different `rcpt` equals, an `attachment_size` lower bound above a `size`
+  upper bound in one conjunction (no attachment is larger than its message), a
+  `mail_from`/`from_addr` needle written with a name or <> (`Boss <boss@x.com>`: the
+  fields hold the bare address);
 - two rules with one name (explanations would be ambiguous);
 - `copy_to_owner: true` with no `control:` in config.yaml (`control_warnings`: no copy);
 - word forms misused: a `*` that ends no word in `contains` (ignored), a stem of
@@ -163,6 +165,37 @@ def _unmatchable(rule: Any) -> Iterator[str]:
             if len(rcpts) > 1 and not set.intersection(*(set(lf.keys) for lf in rcpts)):
                 yield "requires two different recipients at once and can never match"
                 break
+    for node in _all_nodes(rule.when):
+        if isinstance(node, AllOf) and (why := _bigger_than_message(node)):
+            yield why
+            break
+
+
+def _bigger_than_message(node: AllOf) -> str | None:
+    """`attachment_size: {gt: 10MB}` with `size: {lt: 1MB}` in one conjunction: an attachment
+    is part of the message (its decoded size is at most its encoded one), so none is larger
+    than the message. The bounds under one field are checked at load (sizes.empty_range)."""
+    low: Leaf | None = None          # the attachment_size bound asking the most
+    high: Leaf | None = None         # the size bound allowing the least
+    for lf in _conjoined(node):
+        if not isinstance(lf, Leaf) or lf.op == "exists":
+            continue
+        n = lf.keys[0]
+        if lf.field == "attachment_size" and lf.op in ("gt", "ge", "equals"):
+            at_least = n + (lf.op == "gt")
+            if low is None or at_least > low.keys[0] + (low.op == "gt"):
+                low = lf
+        elif lf.field == "size" and lf.op in ("lt", "le", "equals"):
+            at_most = n - (lf.op == "lt")
+            if high is None or at_most < high.keys[0] - (high.op == "lt"):
+                high = lf
+    if low is None or high is None:
+        return None
+    if low.keys[0] + (low.op == "gt") <= high.keys[0] - (high.op == "lt"):
+        return None
+    return (f"attachment_size {low.op} {low.needles[0]} with size {high.op} {high.needles[0]} "
+            "can never match: an attachment is part of the message, so no attachment is larger "
+            "than the message; check which bound is meant")
 
 
 _BARE = ("mail_from", "from_addr")      # an address as given, nothing around it

@@ -39,7 +39,7 @@ from ..values import (
     Target,
     folder_problem,
 )
-from ..yamlsrc import where
+from ..yamlsrc import as_written, where
 from .conditions import Node, did_you_mean, parse_condition
 from .facts import Facts
 from .index import RuleIndex
@@ -117,7 +117,7 @@ class _Builder:
                 self.err(msg, spec, parent, hint)
             return None
         raw_name = spec.get("name")
-        name = str(raw_name if _is_text(raw_name) else f"#{pos + 1}")
+        name = str(as_written(raw_name) if _is_text(raw_name) else f"#{pos + 1}")
         if "name" in spec and not _is_text(raw_name):
             self.err(f"rule {name!r}: 'name' must be text, not {raw_name!r}", raw_name, spec,
                      "write e.g. name: invoices (explanations and the registry cite it)")
@@ -186,13 +186,13 @@ class _Builder:
             if not _is_text(t):
                 self.err(f"rule {name!r}: a tag must be text, not {t!r}", t, spec,
                          "write e.g. tags: [invoice, urgent]")
-        tags = tuple(str(t) for t in raw_tags)
+        tags = tuple(str(as_written(t)) for t in raw_tags)
         priority = self.choice(name, spec, "priority", PRIORITIES)
         action = self.choice(name, spec, "action", ACTIONS)
         sla = None
         if spec.get("sla") is not None:
             sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
-        folder = _one(spec, "folder")
+        folder = as_written(_one(spec, "folder"))        # 00123, not 83
         problem = folder_problem(str(folder)) if folder is not None else None
         if problem is not None:
             self.err(f"rule {name!r}: folder {str(folder)!r} has {problem}", folder, spec,
@@ -335,7 +335,7 @@ class Conditions:
                 return None
             when = None
             if spec.get("when") is not None:
-                name = str(spec.get("name") or f"#{pos + 1}")
+                name = str(as_written(spec.get("name")) or f"#{pos + 1}")
                 when = parse_condition(spec["when"], errors, cals, name, spec)
                 if errors:
                     return None

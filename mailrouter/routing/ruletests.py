@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..values import Decision
-from ..yamlsrc import where
+from ..yamlsrc import as_written, where
 from .conditions import did_you_mean
 from .rules import ACTIONS, PRIORITIES, Rule
 from .snapshot import envelope_sender
@@ -60,7 +60,7 @@ class _CaseError(Exception):
 def _build_message(case: Mapping[str, Any]) -> bytes:
     msg = EmailMessage(policy=SMTP)
     for name, value in (case.get("headers") or {}).items():
-        msg[str(name)] = str(value)
+        msg[str(name)] = str(as_written(value))     # Subject: 00123, not 83
     msg.set_content(str(case.get("body") or ""))
     return msg.as_bytes()
 
@@ -105,13 +105,15 @@ def _compare(d: Decision, expect: Mapping[str, Any]) -> list[str]:
     for key, want in expect.items():
         got = _actual(d, str(key))
         if key == "tags":       # null: none (it was the tag 'None')
-            want = sorted(str(t) for t in (want if isinstance(want, list) else
+            want = sorted(str(as_written(t)) for t in (want if isinstance(want, list) else
                                            [] if want is None else [want]))
             ok = want == got
         elif key == "sla":
             ok = want is None and got is None or want is not None and str(want) in (got or "")
         else:
-            want = None if want is None else str(want)
+            # the rule's name and folder are text as written; a mailbox or owner is a key,
+            # read as YAML reads the key it names (both 83 for 00123)
+            want = None if want is None else str(as_written(want) if key in _TEXT else want)
             ok = want == got
         if not ok:
             out.append(f"{key} expected {want!r}, got {got!r}")
@@ -183,7 +185,7 @@ def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tupl
 
 
 def _label(case: Any, i: int) -> str:
-    name = str(case.get("name") or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"
+    name = str(as_written(case.get("name")) or f"#{i + 1}") if isinstance(case, Mapping) else f"#{i + 1}"
     return f"test {name}: "
 
 
@@ -216,6 +218,7 @@ class Names:
                    folders_of)
 
 
+_TEXT = ("rule", "folder")      # expect keys that are text as written (and tags)
 _NAMED = {"mailbox": ("mailboxes", "is no mailbox of the address book"),
           "owner": ("owners", "is no person (people:) or team (teams:) of the address book"),
           "rule": ("rules", "is no rule of the routing files")}
@@ -228,7 +231,7 @@ def _unknown_names(expect: Mapping[str, Any], rcpts: list[str],
     for key, want in expect.items():
         if want is None or isinstance(want, (list, Mapping)):
             continue
-        text = str(want)
+        text = str(as_written(want) if key in _TEXT else want)
         if key in _NAMED:
             field, why = _NAMED[str(key)]
             known: Any = getattr(names, field)
