@@ -143,3 +143,35 @@ async def test_an_intent_after_a_done_line_cut_short_is_read(tmp_path: Path) -> 
         await copy_left_by_a_kill_is_recorded(tmp_path, daemon)
     finally:
         daemon.stop()
+
+
+async def test_records_made_after_the_wal_was_deleted_survive_a_sigkill(tmp_path: Path) -> None:
+    """The SQLite registry's write-ahead log (registry.db-wal) is deleted while the daemon
+    runs, then the daemon is SIGKILLed. SQLite went on committing to the unlinked log
+    with no error: every message got 250, and after the restart the registry held none
+    of the records made since the last checkpoint, the ones before the deletion included
+    (their copies were in the Maildir, their intents settled: nothing named them). Now
+    the daemon notices the log is gone at its next registry call, copies its commits
+    into the registry file, says so in the log, and goes on with a new log."""
+    daemon = DaemonProcess(tmp_path, extra="workers: 1\n").start()
+    db = tmp_path / "var" / "registry.db"
+    try:
+        for n in range(5):
+            assert (await send(daemon.smtp, mail(f"wal-before-{n}"))).startswith("250 ")
+        (tmp_path / "var" / "registry.db-wal").unlink()
+        for n in range(5):
+            assert (await send(daemon.smtp, mail(f"wal-after-{n}"))).startswith("250 ")
+        assert daemon.proc is not None
+        daemon.proc.kill()
+        await asyncio.to_thread(daemon.wait)
+        daemon.start()
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+        want = {f"<sweep-wal-{when}-{n}@outside.test>" for when in ("before", "after")
+                for n in range(5)}
+        assert rows == dict.fromkeys(want, "delivered")
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 10
+        assert "event=registry_reopened" in daemon.log.read_text()
+        assert "registry.db-wal deleted while open" in daemon.log.read_text()
+    finally:
+        daemon.stop()
