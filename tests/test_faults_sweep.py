@@ -175,3 +175,32 @@ async def test_records_made_after_the_wal_was_deleted_survive_a_sigkill(tmp_path
         assert "registry.db-wal deleted while open" in daemon.log.read_text()
     finally:
         daemon.stop()
+
+
+async def test_a_full_intents_dir_is_named_in_the_log_not_the_maildir(tmp_path: Path) -> None:
+    """`delivery.intents_dir` on a disk that fills up while the Maildir's has room: the
+    sender gets 452 4.3.1 (right), but the log said `delivery_failed ... error='maildir
+    /var/mail/sales: No space left on device'` and `intent_failed` named neither file nor
+    setting: the admin freed the wrong disk. Now both lines name the intent journal and
+    `delivery.intents_dir`; freed, the retry is stored once."""
+    with tmpfs_on(tmp_path / "intents", "256k") as intents:
+        daemon = DaemonProcess(tmp_path, extra="workers: 1\n")
+        text = daemon.config.read_text()
+        daemon.config.write_text(text.replace("delivery: {", f"delivery: {{intents_dir: '{intents}', "))
+        daemon.start()
+        try:
+            filler = fill(intents)
+            raw = mail("intents-full")
+            assert (await send(daemon.smtp, raw)).startswith("452 4.3.1")
+            log = daemon.log.read_text()
+            failed = [ln for ln in log.splitlines() if "event=delivery_failed" in ln]
+            assert failed and all("intent journal " + str(intents) in ln and "maildir" not in ln
+                                  for ln in failed), failed
+            said = [ln for ln in log.splitlines() if "event=intent_failed" in ln]
+            assert said and all(f"journal={intents}/" in ln for ln in said), said
+            assert "free space in delivery.intents_dir" in log
+            filler.unlink()
+            assert (await send(daemon.smtp, raw)).startswith("250 ")
+            assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+        finally:
+            daemon.stop()
