@@ -204,3 +204,27 @@ async def test_a_full_intents_dir_is_named_in_the_log_not_the_maildir(tmp_path: 
             assert len(maildir_files(tmp_path / "var" / "mail")) == 1
         finally:
             daemon.stop()
+
+
+async def test_a_registry_locked_by_another_process_is_named_with_the_fix(tmp_path: Path) -> None:
+    """Another process holds the SQLite registry's lock (a sqlite3 shell in BEGIN
+    EXCLUSIVE) for longer than registry.timeout: the sender gets 451 (right), but the log
+    said only `error='OperationalError: database is locked'`: not which file, not who,
+    not what to do. Now the line names the file and the way to find the holder; once it
+    lets go, the retry is stored once and recorded."""
+    daemon = daemon_with(tmp_path)
+    db = tmp_path / "var" / "registry.db"
+    try:
+        raw = mail("locked")
+        with locked(db):
+            assert (await send(daemon.smtp, raw)).startswith("451 ")
+        said = [ln for ln in daemon.log.read_text().splitlines()
+                if "event=registry_error" in ln and "database is locked" in ln]
+        assert said and all(f"file={db}" in ln and f"`fuser {db}` names it" in ln
+                            and "messages get 451" in ln for ln in said), said
+        assert (await send(daemon.smtp, raw)).startswith("250 ")
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT status FROM messages").fetchall() == [("delivered",)]
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    finally:
+        daemon.stop()

@@ -346,9 +346,18 @@ def _metrics() -> Any:
 _PG_DISK_FULL = "53100"     # PostgreSQL could not extend a file: its disk (tablespace) is full
 
 
-def _failure(what: str, exc: BaseException) -> RegistryError:
+# SQLite's errors name no file and no cause: what the admin should look at, by error text.
+_SQLITE_HINTS = (
+    ("database is locked", "another process holds the SQLite registry's lock for longer "
+     "than registry.timeout (a sqlite3 shell or a backup in a transaction?); `fuser {db}` "
+     "names it, end its transaction"),
+)
+
+
+def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
     """The RegistryError for `exc`, logged once: one line for an outage, the traceback
-    for anything else (a bug must not hide behind 'registry unavailable')."""
+    for anything else (a bug must not hide behind 'registry unavailable'). `db`: the
+    SQLite file, named with the fix when another process holds its lock."""
     metrics = _metrics()
     if not _is_outage(exc):
         metrics.REGISTRY_ERRORS.labels(what, "bug").inc()
@@ -356,8 +365,13 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
         bug = RegistryBugError(f"registry {what} failed on an internal error ({_describe(exc)})")
         bug.__cause__ = exc
         return bug
-    log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     inner = getattr(exc, "orig", None) or exc
+    hint = next((h for text, h in _SQLITE_HINTS if text in str(inner)), None) if db else None
+    if hint is not None:
+        log.warning("event=registry_error op=%s error=%r file=%s: %s; messages get 451 until "
+                    "then", what, _describe(exc), db, hint.format(db=db))
+    else:
+        log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             or "disk is full" in str(inner)         # SQLITE_FULL
             or getattr(inner, "sqlstate", None) == _PG_DISK_FULL)
@@ -546,6 +560,11 @@ class Registry:
             raise RegistryError(f"registry unreachable ({_describe(exc)})") from None
 
     @property
+    def _db(self) -> str:
+        """The SQLite file, for error lines ('' for PostgreSQL or before it was taken)."""
+        return str(self._file.path) if self._file is not None else ""
+
+    @property
     def engine(self) -> AsyncEngine:
         """The engine, for event listeners in tests and metrics; do not write through it."""
         return self._engine
@@ -680,7 +699,7 @@ class Registry:
         try:
             await future
         except TimeoutError:
-            raise _failure("record", TimeoutError("no commit within timeout")) from None
+            raise _failure("record", TimeoutError("no commit within timeout"), self._db) from None
         finally:
             timer.cancel()
 
@@ -698,7 +717,7 @@ class Registry:
         try:
             await self._run(lambda conn: conn.execute(stmt), write=True)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
-            raise _failure(what, exc) from None
+            raise _failure(what, exc, self._db) from None
 
     # Reads
 
@@ -810,7 +829,7 @@ class Registry:
         try:
             return await self._run(fn, write=True, lazy=lazy)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
-            raise _failure(what, exc) from None
+            raise _failure(what, exc, self._db) from None
 
     @property
     def dialect(self) -> str:
@@ -820,7 +839,7 @@ class Registry:
         try:
             return await self._run(fn, write=False)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
-            raise _failure(what, exc) from None
+            raise _failure(what, exc, self._db) from None
 
     # The outbox (issue 11): history for the autoreply verdict, claim, settle, list.
 
@@ -859,7 +878,7 @@ class Registry:
         try:
             return await self._run(claim, write=True)
         except Exception as exc:  # any driver/pool/OS error is a registry outage
-            raise _failure("outbox_claim", exc) from None
+            raise _failure("outbox_claim", exc, self._db) from None
 
     async def outbox_settle(self, row_id: int, state: str, error: str = "",
                             retry_at: datetime | None = None) -> None:
@@ -911,7 +930,7 @@ class Registry:
             metrics.REGISTRY_BATCH.observe(len(live))
         except Exception as exc:  # the writer must survive anything a batch throws
             if len(live) == 1 or not _is_bad_record(exc):
-                _settle(live, _failure("record", exc))
+                _settle(live, _failure("record", exc, self._db))
                 return
             await self._commit_one_by_one(live)
         else:
@@ -922,7 +941,7 @@ class Registry:
             try:
                 await self._write_batch([item])
             except Exception as exc:  # see _commit
-                error = _failure("record", exc)       # logged once, whoever shares it
+                error = _failure("record", exc, self._db)       # logged once, whoever shares it
                 _settle([item], error)
                 if not _is_bad_record(exc):  # the database went away: fail the rest now
                     _settle(live[n + 1:], error)
