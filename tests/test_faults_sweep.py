@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -228,3 +231,43 @@ async def test_a_registry_locked_by_another_process_is_named_with_the_fix(tmp_pa
         assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     finally:
         daemon.stop()
+
+
+async def test_a_bus_error_in_the_registry_says_so_and_the_retry_is_stored_once(
+        tmp_path: Path) -> None:
+    """The registry's files made immutable (`chattr +i`, as a disk remounted read-only
+    after errors is) while the daemon runs: SQLite's write to its memory-mapped -shm is a
+    SIGBUS, and the daemon died with not one line in its log. Now the log says `Fatal
+    Python error: Bus error` with the stacks, the registry's among them; the message was
+    not answered 250, and after a restart the retry is stored once and recorded."""
+    daemon = daemon_with(tmp_path)
+    var = tmp_path / "var"
+    db = var / "registry.db"
+    names = [str(p) for p in sorted(var.glob("registry.db*"))]
+    assert (await send(daemon.smtp, mail("first"))).startswith("250 ")
+    shm = os.open(var / "registry.db-shm", os.O_RDONLY)
+    os.fsync(shm)          # its mapped pages written back: the next write to them faults
+    os.close(shm)
+    if subprocess.run(["chattr", "+i", *names], capture_output=True).returncode != 0:
+        daemon.stop()
+        pytest.skip("chattr +i refused (not root, or a file system without it)")
+    raw = mail("bus")
+    try:
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            assert not (await send(daemon.smtp, raw)).startswith("250")
+        assert await asyncio.to_thread(daemon.wait) == -signal.SIGBUS
+    finally:
+        subprocess.run(["chattr", "-i", *names], check=True)
+        daemon.stop()
+    log = daemon.log.read_text()
+    assert "Fatal Python error: Bus error" in log
+    assert "mailrouter/registry/store.py" in log.split("Fatal Python error: Bus error")[1]
+    second = daemon_with(tmp_path, like=daemon)
+    try:
+        assert (await send(second.smtp, raw)).startswith("250 ")
+    finally:
+        second.stop()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+    assert rows["<sweep-bus@outside.test>"] == "delivered"
+    assert len(maildir_files(var / "mail")) == 2
