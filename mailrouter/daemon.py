@@ -22,6 +22,7 @@ flush the registry, close, exit 0.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import logging
 import os
@@ -579,6 +580,12 @@ def run(config: Config, book: Child[tuple[str, AddressBook] | None] | None = Non
 def _run(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
          starting: Starting) -> int:
     logs.setup(config.log_level, config.log_format)
+    # A fatal signal in C code (SIGBUS: SQLite's -shm is memory-mapped, and a write to it on
+    # a file made immutable or a disk remounted read-only after errors is a bus error) ended
+    # the process with no line at all; now stderr has the error and each thread's stack
+    # (the registry's among them), inherited by the workers. Such a death answers nothing
+    # (the client retries); a supervisor or systemd's Restart= starts the process again.
+    faulthandler.enable()
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's per-command chatter
     # alembic's "setup plugin ..." (seven lines at every start); its "Running upgrade" stays
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

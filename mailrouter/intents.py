@@ -60,7 +60,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from .delivery.maildir import Place, Prior
+from .delivery.maildir import Place, Prior, PriorError
 from .errors import RegistryError
 from .registry import DeliveryRecord, MessageRecord, Registry
 
@@ -127,10 +127,14 @@ class Intent:
             try:
                 _append_synced(by_file)
             except OSError as exc:   # no copy without its intent: each copy gets a 4xx
-                log.error("event=intent_failed keys=%s error=%r", ",".join(i.key[:12] for i in todo),
-                          str(exc))
+                journal = str(exc.filename)
+                log.error("event=intent_failed journal=%s keys=%s error=%r: no Maildir copy is "
+                          "made without its intent, so messages get 4xx until it can be "
+                          "written; free space in delivery.intents_dir or give it another "
+                          "disk", journal, ",".join(i.key[:12] for i in todo), exc.strerror)
+                error = PriorError(exc.errno, exc.strerror, journal)
                 for i in todo:
-                    i.error = exc
+                    i.error = error
                 return
             for i in todo:
                 i.written = True
@@ -354,10 +358,10 @@ def _append_synced(by_file: dict[_File, list[bytes]]) -> None:
             while view:
                 view = view[os.write(f.fd, view):]
             os.fdatasync(f.fd)
-        except OSError:
+        except OSError as exc:
             with contextlib.suppress(OSError):      # else the next write's lead ends it
                 os.ftruncate(f.fd, start)
-            raise
+            raise OSError(exc.errno, exc.strerror, str(f.path)) from exc
 
 
 # json.dumps with these options builds a JSONEncoder per call; the same text from one

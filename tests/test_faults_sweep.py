@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -143,3 +146,128 @@ async def test_an_intent_after_a_done_line_cut_short_is_read(tmp_path: Path) -> 
         await copy_left_by_a_kill_is_recorded(tmp_path, daemon)
     finally:
         daemon.stop()
+
+
+async def test_records_made_after_the_wal_was_deleted_survive_a_sigkill(tmp_path: Path) -> None:
+    """The SQLite registry's write-ahead log (registry.db-wal) is deleted while the daemon
+    runs, then the daemon is SIGKILLed. SQLite went on committing to the unlinked log
+    with no error: every message got 250, and after the restart the registry held none
+    of the records made since the last checkpoint, the ones before the deletion included
+    (their copies were in the Maildir, their intents settled: nothing named them). Now
+    the daemon notices the log is gone at its next registry call, copies its commits
+    into the registry file, says so in the log, and goes on with a new log."""
+    daemon = DaemonProcess(tmp_path, extra="workers: 1\n").start()
+    db = tmp_path / "var" / "registry.db"
+    try:
+        for n in range(5):
+            assert (await send(daemon.smtp, mail(f"wal-before-{n}"))).startswith("250 ")
+        (tmp_path / "var" / "registry.db-wal").unlink()
+        for n in range(5):
+            assert (await send(daemon.smtp, mail(f"wal-after-{n}"))).startswith("250 ")
+        assert daemon.proc is not None
+        daemon.proc.kill()
+        await asyncio.to_thread(daemon.wait)
+        daemon.start()
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+        want = {f"<sweep-wal-{when}-{n}@outside.test>" for when in ("before", "after")
+                for n in range(5)}
+        assert rows == dict.fromkeys(want, "delivered")
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 10
+        assert "event=registry_reopened" in daemon.log.read_text()
+        assert "registry.db-wal deleted while open" in daemon.log.read_text()
+    finally:
+        daemon.stop()
+
+
+async def test_a_full_intents_dir_is_named_in_the_log_not_the_maildir(tmp_path: Path) -> None:
+    """`delivery.intents_dir` on a disk that fills up while the Maildir's has room: the
+    sender gets 452 4.3.1 (right), but the log said `delivery_failed ... error='maildir
+    /var/mail/sales: No space left on device'` and `intent_failed` named neither file nor
+    setting: the admin freed the wrong disk. Now both lines name the intent journal and
+    `delivery.intents_dir`; freed, the retry is stored once."""
+    with tmpfs_on(tmp_path / "intents", "256k") as intents:
+        daemon = DaemonProcess(tmp_path, extra="workers: 1\n")
+        text = daemon.config.read_text()
+        daemon.config.write_text(text.replace("delivery: {", f"delivery: {{intents_dir: '{intents}', "))
+        daemon.start()
+        try:
+            filler = fill(intents)
+            raw = mail("intents-full")
+            assert (await send(daemon.smtp, raw)).startswith("452 4.3.1")
+            log = daemon.log.read_text()
+            failed = [ln for ln in log.splitlines() if "event=delivery_failed" in ln]
+            assert failed and all("intent journal " + str(intents) in ln and "maildir" not in ln
+                                  for ln in failed), failed
+            said = [ln for ln in log.splitlines() if "event=intent_failed" in ln]
+            assert said and all(f"journal={intents}/" in ln for ln in said), said
+            assert "free space in delivery.intents_dir" in log
+            filler.unlink()
+            assert (await send(daemon.smtp, raw)).startswith("250 ")
+            assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+        finally:
+            daemon.stop()
+
+
+async def test_a_registry_locked_by_another_process_is_named_with_the_fix(tmp_path: Path) -> None:
+    """Another process holds the SQLite registry's lock (a sqlite3 shell in BEGIN
+    EXCLUSIVE) for longer than registry.timeout: the sender gets 451 (right), but the log
+    said only `error='OperationalError: database is locked'`: not which file, not who,
+    not what to do. Now the line names the file and the way to find the holder; once it
+    lets go, the retry is stored once and recorded."""
+    daemon = daemon_with(tmp_path)
+    db = tmp_path / "var" / "registry.db"
+    try:
+        raw = mail("locked")
+        with locked(db):
+            assert (await send(daemon.smtp, raw)).startswith("451 ")
+        said = [ln for ln in daemon.log.read_text().splitlines()
+                if "event=registry_error" in ln and "database is locked" in ln]
+        assert said and all(f"file={db}" in ln and f"`fuser {db}` names it" in ln
+                            and "messages get 451" in ln for ln in said), said
+        assert (await send(daemon.smtp, raw)).startswith("250 ")
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("SELECT status FROM messages").fetchall() == [("delivered",)]
+        assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    finally:
+        daemon.stop()
+
+
+async def test_a_bus_error_in_the_registry_says_so_and_the_retry_is_stored_once(
+        tmp_path: Path) -> None:
+    """The registry's files made immutable (`chattr +i`, as a disk remounted read-only
+    after errors is) while the daemon runs: SQLite's write to its memory-mapped -shm is a
+    SIGBUS, and the daemon died with not one line in its log. Now the log says `Fatal
+    Python error: Bus error` with the stacks, the registry's among them; the message was
+    not answered 250, and after a restart the retry is stored once and recorded."""
+    daemon = daemon_with(tmp_path)
+    var = tmp_path / "var"
+    db = var / "registry.db"
+    names = [str(p) for p in sorted(var.glob("registry.db*"))]
+    assert (await send(daemon.smtp, mail("first"))).startswith("250 ")
+    shm = os.open(var / "registry.db-shm", os.O_RDONLY)
+    os.fsync(shm)          # its mapped pages written back: the next write to them faults
+    os.close(shm)
+    if subprocess.run(["chattr", "+i", *names], capture_output=True).returncode != 0:
+        daemon.stop()
+        pytest.skip("chattr +i refused (not root, or a file system without it)")
+    raw = mail("bus")
+    try:
+        with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+            assert not (await send(daemon.smtp, raw)).startswith("250")
+        assert await asyncio.to_thread(daemon.wait) == -signal.SIGBUS
+    finally:
+        subprocess.run(["chattr", "-i", *names], check=True)
+        daemon.stop()
+    log = daemon.log.read_text()
+    assert "Fatal Python error: Bus error" in log
+    assert "mailrouter/registry/store.py" in log.split("Fatal Python error: Bus error")[1]
+    second = daemon_with(tmp_path, like=daemon)
+    try:
+        assert (await send(second.smtp, raw)).startswith("250 ")
+    finally:
+        second.stop()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+    assert rows["<sweep-bus@outside.test>"] == "delivered"
+    assert len(maildir_files(var / "mail")) == 2

@@ -54,7 +54,7 @@ from typing import Protocol
 from ..errors import StorageFullError, TemporaryDeliveryError
 from ..values import folder_problem
 
-__all__ = ["Maildir", "PRIOR", "Place", "Prior", "encode_mutf7", "folder_dirname", "stored"]
+__all__ = ["Maildir", "PRIOR", "Place", "Prior", "PriorError", "encode_mutf7", "folder_dirname", "stored"]
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 # The writer threads: each takes a batch of copies (`_Batches`), at most IN_FLIGHT per loop.
@@ -70,6 +70,11 @@ class Prior(Protocol):
 
     def check(self) -> None:
         """Raise the OSError that kept this one from being written, if one did."""
+
+
+class PriorError(OSError):
+    """A copy's prior (its intent) could not be written, so the copy was not made: the
+    fault is in the file named by `filename` (the intent journal), not in the Maildir."""
 
 
 # Set by the pipeline around a message's delivery: every Maildir copy made in that context
@@ -128,9 +133,11 @@ class Maildir:
         try:
             return await _batches(loop).put(self, data, copy_id, folder, PRIOR.get())
         except OSError as exc:
+            where = (f"intent journal {exc.filename} (delivery.intents_dir)"
+                     if isinstance(exc, PriorError) else f"maildir {self.root}")
             if exc.errno in _FULL:
-                raise StorageFullError(f"maildir {self.root}: {exc.strerror}") from exc
-            raise TemporaryDeliveryError(f"maildir {self.root}: {exc.strerror}") from exc
+                raise StorageFullError(f"{where}: {exc.strerror}") from exc
+            raise TemporaryDeliveryError(f"{where}: {exc.strerror}") from exc
 
     def box(self, folder: str | None) -> Path:
         """The folder's directory (the root for None); ValueError for a bad folder name."""

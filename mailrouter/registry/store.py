@@ -33,6 +33,7 @@ on whichever server connection ran them: use session mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import importlib
@@ -345,9 +346,18 @@ def _metrics() -> Any:
 _PG_DISK_FULL = "53100"     # PostgreSQL could not extend a file: its disk (tablespace) is full
 
 
-def _failure(what: str, exc: BaseException) -> RegistryError:
+# SQLite's errors name no file and no cause: what the admin should look at, by error text.
+_SQLITE_HINTS = (
+    ("database is locked", "another process holds the SQLite registry's lock for longer "
+     "than registry.timeout (a sqlite3 shell or a backup in a transaction?); `fuser {db}` "
+     "names it, end its transaction"),
+)
+
+
+def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
     """The RegistryError for `exc`, logged once: one line for an outage, the traceback
-    for anything else (a bug must not hide behind 'registry unavailable')."""
+    for anything else (a bug must not hide behind 'registry unavailable'). `db`: the
+    SQLite file, named with the fix when another process holds its lock."""
     metrics = _metrics()
     if not _is_outage(exc):
         metrics.REGISTRY_ERRORS.labels(what, "bug").inc()
@@ -355,8 +365,13 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
         bug = RegistryBugError(f"registry {what} failed on an internal error ({_describe(exc)})")
         bug.__cause__ = exc
         return bug
-    log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     inner = getattr(exc, "orig", None) or exc
+    hint = next((h for text, h in _SQLITE_HINTS if text in str(inner)), None) if db else None
+    if hint is not None:
+        log.warning("event=registry_error op=%s error=%r file=%s: %s; messages get 451 until "
+                    "then", what, _describe(exc), db, hint.format(db=db))
+    else:
+        log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             or "disk is full" in str(inner)         # SQLITE_FULL
             or getattr(inner, "sqlstate", None) == _PG_DISK_FULL)
@@ -370,6 +385,11 @@ def _failure(what: str, exc: BaseException) -> RegistryError:
 class FileMovedError(OSError):
     """The SQLite file at the registry's path is no longer the one its connections have
     open (deleted, or replaced by another file): a commit would go to an unlinked inode."""
+
+
+class LogMovedError(FileMovedError):
+    """The SQLite file's write-ahead log was deleted or replaced while open; its commits
+    were copied into the file, the connections must open a new log."""
 
 
 @dataclass(slots=True)
@@ -387,6 +407,7 @@ class _SqliteFile:
     ident: tuple[int, int] = (0, 0)
     generation: int = 0        # bumped at each reopen: older thread connections are let go
     where: str = ""            # the path as a str, made once: check() runs at every commit
+    wal_ident: tuple[int, int] | None = None   # (device, inode) of the -wal file last seen
 
     @property
     def path(self) -> Path:
@@ -397,6 +418,9 @@ class _SqliteFile:
         self.where = str(self.path)
         st = os.stat(self.where)
         self.ident = (st.st_dev, st.st_ino)
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.where + "-wal")
+            self.wal_ident = (st.st_dev, st.st_ino)
 
     def check(self) -> None:
         try:
@@ -405,6 +429,63 @@ class _SqliteFile:
             raise FileMovedError(errno.ENOENT, "registry file deleted while open") from None
         if (st.st_dev, st.st_ino) != self.ident:
             raise FileMovedError(errno.ESTALE, "registry file replaced while open")
+
+    def check_log(self, dbapi_conn: Any) -> None:
+        """The write-ahead log at `<file>-wal` is still the one our connections write to.
+
+        Why: WAL mode commits go to the -wal file until a checkpoint copies them into the
+        database file. One deleted while open (a cleanup of 'log files', a backup script)
+        is written on with no error, and a crash or SIGKILL then loses every record since
+        the last checkpoint, though each of those messages was answered 250 (and its intent
+        settled, so no reconcile names its copies); a new reader meets 'disk I/O error'.
+        One stat(2) per call; when the log at the path is not the one last seen and this
+        process still holds that one open with no name left (`/proc/self/fd`), every
+        commit in it is copied into the database file through `dbapi_conn` (which has it
+        open) and LogMovedError has the connections opened afresh, on a new log. Otherwise
+        SQLite itself removed it (every connection closed) and made a new one: taken."""
+        wal = self.where + "-wal"
+        try:
+            st = os.stat(wal)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now == self.wal_ident:
+            return
+        if self.wal_ident is None or not _open_unlinked(wal, self.wal_ident):
+            self.wal_ident = now
+            return
+        busy, _frames, _copied = dbapi_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:     # not all copied: keep the connections on the old log, try at the next call
+            raise OSError(errno.EBUSY, f"registry's write-ahead log {wal} was deleted while "
+                          "open and its commits could not be copied into the file yet")
+        raise LogMovedError(errno.ENOENT, f"write-ahead log {wal} deleted while open (its "
+                            "commits were copied into the registry file)")
+
+
+def _open_unlinked(path: str, ident: tuple[int, int]) -> bool:
+    """Whether this process holds the file `ident` (device, inode), once at `path`, open
+    although no name is left to it."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:            # no /proc: nothing to tell by
+        return False
+    for fd in fds:
+        link = f"/proc/self/fd/{fd}"
+        try:
+            if not os.readlink(link).startswith(path):
+                continue
+            st = os.stat(link)
+        except OSError:        # closed meanwhile
+            continue
+        if (st.st_dev, st.st_ino) == ident and st.st_nlink == 0:
+            return True
+    return False
+
+
+# Reopens in one call: the old file's last connection, closing, removes the log at the
+# path (SQLite deletes `<file>-wal` by name), which is by then the new file's: the next
+# check finds the new file's log gone, copies it in and reopens once more.
+_REOPENS = 3
 
 
 class Registry:
@@ -479,6 +560,11 @@ class Registry:
             raise RegistryError(f"registry unreachable ({_describe(exc)})") from None
 
     @property
+    def _db(self) -> str:
+        """The SQLite file, for error lines ('' for PostgreSQL or before it was taken)."""
+        return str(self._file.path) if self._file is not None else ""
+
+    @property
     def engine(self) -> AsyncEngine:
         """The engine, for event listeners in tests and metrics; do not write through it."""
         return self._engine
@@ -493,11 +579,13 @@ class Registry:
         (_SqliteFile): every read, write and /readyz ping meets it, not only the group
         commit (a ping that met it before anything else said 'unreachable' until a message
         came; before any read checked the file it read the deleted one and said ok)."""
-        try:
-            return await self._run_once(fn, write, lazy)
-        except FileMovedError as exc:
-            await self._reopen(exc)
-            return await self._run_once(fn, write, lazy)
+        for _ in range(_REOPENS):
+            generation = self._file.generation if self._file is not None else 0
+            try:
+                return await self._run_once(fn, write, lazy)
+            except FileMovedError as exc:
+                await self._reopen(exc, generation)
+        return await self._run_once(fn, write, lazy)
 
     async def _run_once(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
         """Run `fn(connection)` in a transaction (write) or a plain connection (read); a lazy
@@ -536,6 +624,7 @@ class Registry:
         try:
             if self._file is not None:   # a read too: a new connection found no tables
                 self._file.check()
+                self._file.check_log(conn.connection.dbapi_connection)
             if write:
                 relax = lazy and self._file is not None and self._file.synchronous.upper() in _SYNCED
                 if relax:       # WAL: this commit is synced by the next FULL one's fsync
@@ -610,7 +699,7 @@ class Registry:
         try:
             await future
         except TimeoutError:
-            raise _failure("record", TimeoutError("no commit within timeout")) from None
+            raise _failure("record", TimeoutError("no commit within timeout"), self._db) from None
         finally:
             timer.cancel()
 
@@ -628,7 +717,7 @@ class Registry:
         try:
             await self._run(lambda conn: conn.execute(stmt), write=True)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
-            raise _failure(what, exc) from None
+            raise _failure(what, exc, self._db) from None
 
     # Reads
 
@@ -740,7 +829,7 @@ class Registry:
         try:
             return await self._run(fn, write=True, lazy=lazy)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
-            raise _failure(what, exc) from None
+            raise _failure(what, exc, self._db) from None
 
     @property
     def dialect(self) -> str:
@@ -750,7 +839,7 @@ class Registry:
         try:
             return await self._run(fn, write=False)
         except Exception as exc:  # any driver/pool/OS error is a registry outage: 4xx
-            raise _failure(what, exc) from None
+            raise _failure(what, exc, self._db) from None
 
     # The outbox (issue 11): history for the autoreply verdict, claim, settle, list.
 
@@ -789,7 +878,7 @@ class Registry:
         try:
             return await self._run(claim, write=True)
         except Exception as exc:  # any driver/pool/OS error is a registry outage
-            raise _failure("outbox_claim", exc) from None
+            raise _failure("outbox_claim", exc, self._db) from None
 
     async def outbox_settle(self, row_id: int, state: str, error: str = "",
                             retry_at: datetime | None = None) -> None:
@@ -841,7 +930,7 @@ class Registry:
             metrics.REGISTRY_BATCH.observe(len(live))
         except Exception as exc:  # the writer must survive anything a batch throws
             if len(live) == 1 or not _is_bad_record(exc):
-                _settle(live, _failure("record", exc))
+                _settle(live, _failure("record", exc, self._db))
                 return
             await self._commit_one_by_one(live)
         else:
@@ -852,7 +941,7 @@ class Registry:
             try:
                 await self._write_batch([item])
             except Exception as exc:  # see _commit
-                error = _failure("record", exc)       # logged once, whoever shares it
+                error = _failure("record", exc, self._db)       # logged once, whoever shares it
                 _settle([item], error)
                 if not _is_bad_record(exc):  # the database went away: fail the rest now
                     _settle(live[n + 1:], error)
@@ -892,14 +981,17 @@ class Registry:
                     conn.execute(stmt, params)
         await self._run(write, write=True)
 
-    async def _reopen(self, why: FileMovedError) -> None:
+    async def _reopen(self, why: FileMovedError, generation: int) -> None:
         """Open the SQLite file now at the registry's path (see _SqliteFile): create or
-        upgrade its schema, then let every connection to the old file go."""
+        upgrade its schema, then let every connection to the old file (or log) go."""
         assert self._file is not None and self._sync is not None
         async with self._reopening:
+            if self._file.generation != generation:
+                return                  # the writer or another read reopened it meanwhile
             try:
                 await asyncio.to_thread(self._file.check)
-                return                  # the writer or another read reopened it meanwhile
+                if not isinstance(why, LogMovedError):
+                    return              # the file is back (a reopen of an older generation)
             except FileMovedError:
                 pass
             log.error("event=registry_reopened path=%s reason=%r", self._file.path, why.strerror)
