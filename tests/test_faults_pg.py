@@ -290,3 +290,16 @@ async def test_postgresql_tablespace_full_is_452_then_retry_delivers_once(make_a
     assert await app.registry.count_messages() == 1
     app.request_stop()
     await app.wait_stopped()
+
+
+async def test_a_postgresql_outage_names_the_registry_in_the_log(caplog):
+    """A PostgreSQL that does not answer: the registry_error line names which registry
+    (the URL without its password), not only "Connection refused"."""
+    from tests.support.ports import free_port
+    port = free_port()
+    url = f"postgresql+asyncpg://mr:secret@127.0.0.1:{port}/registry"
+    with pytest.raises(RegistryError):
+        await Registry.open(url, timeout=5)
+    [line] = [r.getMessage() for r in caplog.records if "event=registry_error" in r.getMessage()]
+    assert line.endswith(f" registry=postgresql+asyncpg://mr@127.0.0.1:{port}/registry"), line
+    assert "secret" not in caplog.text

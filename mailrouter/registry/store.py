@@ -357,7 +357,8 @@ _SQLITE_HINTS = (
 def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
     """The RegistryError for `exc`, logged once: one line for an outage, the traceback
     for anything else (a bug must not hide behind 'registry unavailable'). `db`: the
-    SQLite file, named with the fix when another process holds its lock."""
+    registry (registry_location), named in the line; a SQLite file with the fix when
+    another process holds its lock."""
     metrics = _metrics()
     if not _is_outage(exc):
         metrics.REGISTRY_ERRORS.labels(what, "bug").inc()
@@ -370,8 +371,9 @@ def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
     if hint is not None:
         log.warning("event=registry_error op=%s error=%r file=%s: %s; messages get 451 until "
                     "then", what, _describe(exc), db, hint.format(db=db))
-    else:
-        log.warning("event=registry_error op=%s error=%r", what, _describe(exc))
+    else:       # `db` names which registry: a PostgreSQL outage said only "Connection refused"
+        log.warning("event=registry_error op=%s error=%r%s", what, _describe(exc),
+                    f" registry={db}" if db else "")
     full = (getattr(inner, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             or "disk is full" in str(inner)         # SQLITE_FULL
             or getattr(inner, "sqlstate", None) == _PG_DISK_FULL)
@@ -510,6 +512,7 @@ class Registry:
         self._held: set[Connection] = set()      # all of them, for close()
         self._held_lock = threading.Lock()
         self._file: _SqliteFile | None = None   # SQLite file opened by `open`
+        self._where = registry_location(engine.url)
         self._reopening = asyncio.Lock()           # a reader and the writer may both find it
 
     @classmethod
@@ -530,7 +533,7 @@ class Registry:
                 await _prepare(parsed)
                 await _upgrade(parsed, timeout, synchronous)
         except Exception as exc:
-            raise _failure("open", exc) from None
+            raise _failure("open", exc, registry_location(parsed)) from None
         engine = _make_engine(parsed, timeout, synchronous)
         registry = cls(engine, batch_max=batch_max, timeout=timeout,
                        sync_engine=_make_sync_engine(parsed, timeout, synchronous))
@@ -545,7 +548,7 @@ class Registry:
             raise
         except OSError as exc:
             await registry.close()
-            raise _failure("open", exc) from None
+            raise _failure("open", exc, registry_location(parsed)) from None
         return registry
 
     async def ping(self, timeout: float) -> None:
@@ -561,8 +564,8 @@ class Registry:
 
     @property
     def _db(self) -> str:
-        """The SQLite file, for error lines ('' for PostgreSQL or before it was taken)."""
-        return str(self._file.path) if self._file is not None else ""
+        """The registry for error lines: the SQLite file, a PostgreSQL URL without password."""
+        return str(self._file.path) if self._file is not None else self._where
 
     @property
     def engine(self) -> AsyncEngine:
@@ -1160,7 +1163,7 @@ async def upgrade(url: str, *, timeout: float = 60.0) -> None:
         await _prepare(parsed)
         await _upgrade(parsed, timeout, "FULL")
     except Exception as exc:  # any driver/Alembic/OS error: report, never a traceback
-        raise _failure("upgrade", exc) from None
+        raise _failure("upgrade", exc, registry_location(parsed)) from None
 
 
 async def _upgrade(url: URL, timeout: float, synchronous: str) -> None:
