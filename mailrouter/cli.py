@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
@@ -99,21 +98,9 @@ METRICS_DIR_PREFIX = "mailrouter-metrics."
 
 def metrics_dir() -> str:
     """A new directory for the workers' shared counters, named after this process
-    (mailrouter-metrics.PID.XXXX in the temp dir). Those of our earlier supervisors that died
-    without removing theirs (SIGKILL, OOM) are removed first: their PID is gone."""
-    tmp = Path(tempfile.gettempdir())
-    for old in tmp.glob(METRICS_DIR_PREFIX + "*"):
-        pid = old.name[len(METRICS_DIR_PREFIX):].partition(".")[0]
-        try:
-            st = old.lstat()
-            if not pid.isdigit() or st.st_uid != os.getuid() or not old.is_dir() or old.is_symlink():
-                continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(old, ignore_errors=True)
-        except OSError:         # gone meanwhile, or another user's process: alive
-            continue
-    return tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}.")
+    (mailrouter-metrics.PID.XXXX in the temp dir; workers.private_dir)."""
+    from .workers import private_dir
+    return private_dir(METRICS_DIR_PREFIX)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,8 +57,8 @@ from .registry.store import registry_advice, registry_location
 from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot, prepare
 from .values import Downstream, Reply, Transaction
 from .web import start_web
-from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, Starting, bind,
-                      start_child, in_new_process, supervise)
+from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, LastGood, Starting,
+                      bind, start_child, in_new_process, private_dir, supervise)
 
 __all__ = ["App", "run", "loop_factory", "run_loop"]
 
@@ -97,8 +98,10 @@ class App:
     """The running daemon; the intake sees it as an `intake.handler.Host`."""
 
     def __init__(self, config: Config, snapshot: Snapshot,
-                 sockets: dict[str, socket.socket] | None = None, worker: int | None = None) -> None:
+                 sockets: dict[str, socket.socket] | None = None, worker: int | None = None,
+                 kept: LastGood | None = None) -> None:
         self.config = config
+        self.kept = kept                  # the last routing files that loaded (workers)
         self.sockets = sockets or {}      # pre-bound listeners shared by worker processes
         self.worker = worker              # None: the only process
         self._snapshot = snapshot
@@ -378,6 +381,8 @@ class App:
             # and in `mailrouter reload`'s answer, where a whole file's addresses went quietly
             # (their mail refused 550 from then on).
             gone = sorted(set(self._snapshot.files) - set(snap.files))
+            if snap is not self._snapshot:
+                await asyncio.to_thread(_keep, self.kept, snap)
             self._snapshot, ok, detail = snap, True, snap.hash
             public = detail
             if gone:
@@ -481,26 +486,42 @@ class App:
 
 async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.socket] | None = None,
                 worker: int | None = None, snapshot: Snapshot | None = None,
-                starting: Starting | None = None) -> int:
+                starting: Starting | None = None, kept: LastGood | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the exit code. A worker gets the `snapshot` its
     supervisor loaded before forking, shared copy-on-write; it is used while the routing
     files still hold what it was built from (a worker replaced after a change loads them).
     `starting`: the signals noted since `mailrouter run` began (the only process of
-    `workers: 1`), acted on once the loop handles them."""
+    `workers: 1`), acted on once the loop handles them. `kept`: the last routing files that
+    loaded (workers.LastGood), a worker's start when the files on disk are broken."""
+    fallback = None
     try:
-        snap = snapshot if snapshot is not None and _still_current(snapshot, config) else \
-            await asyncio.to_thread(_load, config, worker is not None)
+        if snapshot is not None and _still_current(snapshot, config):
+            snap = snapshot
+        else:
+            snap = await asyncio.to_thread(_load, config, worker is not None)
+            await asyncio.to_thread(_keep, kept, snap)
     except ConfigErrors as exc:
-        log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
-        return START_FAILED
+        errors = owned_errors(exc, config)
+        fallback = await asyncio.to_thread(_last_good, config, kept, snapshot)
+        if fallback is None:
+            log.error("routing files have errors; not starting:\n%s", errors)
+            return START_FAILED
+        snap = fallback
+        first = errors.errors[0]
+        log.error("event=started_on_last_good hash=%s broken=%s:%d: the routing files on disk "
+                  "have errors, so this worker runs the last rules that loaded, as the others "
+                  "do (a reload refused the files); fix them and reload:\n%s",
+                  snap.hash, first.path, first.line, errors)
     if starting is not None and starting.stopping:
         return _stopped_during_start(starting, "loading the routing files")
-    app = App(config, snap, sockets, worker)
+    app = App(config, snap, sockets, worker, kept)
     try:
         await app.start()
     except (ListenError, RegistryError) as exc:
         await app.close()
         return _start_failed(_why(exc, config), config)
+    if fallback is not None:      # as the others: their last reload failed
+        metrics.RELOAD_OK.set(0)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
     loop.add_signal_handler(signal.SIGINT, app.request_stop)
@@ -661,6 +682,44 @@ def _still_current(snap: Snapshot, config: Config) -> bool:
     return files == snap.files and _digest(files) == snap.hash
 
 
+def _keep(kept: LastGood | None, snap: Snapshot) -> None:
+    """Keep `snap`'s files as the last that loaded (workers.LastGood), for a worker that
+    starts while they are broken on disk. Not kept when they changed since they were read:
+    the next load of them keeps them."""
+    if kept is None:
+        return
+    try:
+        saved = kept.save(snap.files, snap.hash)
+    except OSError as exc:
+        log.warning("event=last_good_not_kept hash=%s error=%r: a worker that starts while "
+                    "the routing files are broken will not start", snap.hash, str(exc))
+        return
+    if not saved:
+        log.info("event=last_good_not_kept hash=%s: the files changed since they loaded",
+                 snap.hash)
+
+
+def _last_good(config: Config, kept: LastGood | None, inherited: Snapshot | None
+               ) -> Snapshot | None:
+    """The snapshot of the last routing files that loaded (`kept`), None when none was
+    kept. `inherited` (the supervisor's, shared copy-on-write) when it is that one."""
+    got = kept.read() if kept is not None else None
+    if got is None:
+        return None
+    digest, texts = got
+    if inherited is not None and inherited.hash == digest and inherited.files == tuple(texts):
+        return inherited
+    try:
+        snap = load_snapshot(config.routing, config.limits, config.hostname, texts=texts)
+    except (ConfigErrors, ValueError) as exc:     # loaded once: a bug, not the files
+        log.error("event=last_good_failed hash=%s error=%r", digest, str(exc))
+        return None
+    return snap
+
+
+ROUTING_DIR_PREFIX = "mailrouter-routing."     # LastGood's directory, PID.XXXX after it
+
+
 # Routing files from this size on (about 20,000 aliases) are a book worth building apart
 BUILD_APART_FROM = 1 << 20
 
@@ -728,10 +787,18 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
-    return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,
-                                                      snapshot=snap)),
-                     on_exit=lambda pid: multiprocess.mark_process_dead(pid),  # type: ignore[no-untyped-call]
-                     early=starting.got)
+    # The last routing files that loaded, for a worker started while they are broken on
+    # disk (workers.LastGood): in a directory of this run's own, gone with it.
+    private = private_dir(ROUTING_DIR_PREFIX)
+    kept = LastGood(private)
+    _keep(kept, snap)
+    try:
+        return supervise(config, lambda i: run_loop(serve(config, sockets=sockets, worker=i,
+                                                          snapshot=snap, kept=kept)),
+                         on_exit=lambda pid: multiprocess.mark_process_dead(pid),  # type: ignore[no-untyped-call]
+                         early=starting.got)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None] | None,

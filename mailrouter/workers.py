@@ -15,7 +15,9 @@ hands each new connection to one of them), and then only supervises:
   second); a replacement that cannot start (the registry down) is tried
   again, a little later each time, where a first worker that cannot start
   stops them all; the parent's death kills the workers (PR_SET_PDEATHSIG), so a
-  crashed supervisor never leaves orphans holding the ports.
+  crashed supervisor never leaves orphans holding the ports; a replacement
+  that finds the routing files broken on disk starts on the last ones that
+  loaded (`LastGood`), as its siblings run.
 
 Only worker 0 serves the admin endpoint; /metrics adds up every worker's
 counters through prometheus_client's multiprocess mode.
@@ -24,22 +26,30 @@ Known limit: Linux only (fork, PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import glob
+import hashlib
+import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from .config import Config
 from .errors import ListenError
 
 __all__ = ["bind", "supervise", "Child", "start_child", "in_child", "in_new_process",
-           "PARENT_RELOAD_SIGNAL", "HANDLED", "STOPS", "Starting"]
+           "PARENT_RELOAD_SIGNAL", "HANDLED", "STOPS", "Starting", "LastGood",
+           "private_dir"]
 
 log = logging.getLogger("mailrouter.workers")
 PARENT_RELOAD_SIGNAL = signal.SIGUSR1      # worker 0 -> parent: "reload the others"
@@ -185,6 +195,89 @@ def _run_sent_work() -> int:
     sys.stdout.buffer.write(pickle.dumps(work(*args), protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
     return 0
+
+
+class LastGood:
+    """The last routing files that loaded, kept (their bytes) for a worker that starts while
+    the files on disk are broken: a replacement for one that died (a kill, OOM, a bug) after
+    a reload refused them. It loaded them from the disk, refused to start, and was tried
+    again every few seconds until they were fixed: one worker fewer, and with worker 0 gone
+    no /metrics and no reload endpoint. The supervisor's own snapshot is the one of the start,
+    stale after any good reload, so not what the siblings run.
+
+    One file in a directory private to this supervisor's run (`directory`), written by each
+    load that succeeds (the supervisor's at start, a worker's reload) and replaced whole
+    (os.replace): every worker reads the same set, the last one a load accepted. A load
+    whose files changed before they were read again here saves nothing (`save`: False):
+    their bytes are not the ones that loaded. Format: one JSON line (hash, paths, sizes),
+    then the files' bytes in order."""
+
+    NAME = "routing-last-good"
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.path = os.path.join(directory, self.NAME)
+
+    def save(self, files: Sequence[str], digest: str) -> bool:
+        """Keep `files` if they still hold what hashed as `digest` (a Snapshot's hash).
+        Copied 64 KiB at a time: read whole, a 5 MB book file was 5 MB written to the heap
+        a worker shares with the others (routing.snapshot._digest)."""
+        tmp = f"{self.path}.{os.getpid()}"
+        with contextlib.ExitStack() as stack:
+            sources = [stack.enter_context(open(name, "rb")) for name in files]
+            sizes = [os.fstat(src.fileno()).st_size for src in sources]
+            head = json.dumps({"hash": digest, "files": [list(p) for p in zip(files, sizes)]})
+            hashed = hashlib.sha256()
+            with open(tmp, "wb") as out:
+                out.write(head.encode() + b"\n")
+                for src, size in zip(sources, sizes):
+                    while size and (chunk := src.read(min(size, 1 << 16))):
+                        hashed.update(chunk)
+                        out.write(chunk)
+                        size -= len(chunk)
+            if hashed.hexdigest()[:16] != digest:     # changed since they loaded
+                os.unlink(tmp)
+                return False
+            os.replace(tmp, self.path)
+            return True
+
+    def read(self) -> tuple[str, dict[str, bytes]] | None:
+        """(hash, {path: bytes} in order) of the set kept last; None when none is, or it
+        does not hash as it says."""
+        try:
+            with open(self.path, "rb") as src:
+                head = json.loads(src.readline())
+                texts = {str(f): src.read(int(size)) for f, size in head["files"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (head["hash"], texts) if _hash(texts.values()) == head["hash"] else None
+
+
+def private_dir(prefix: str) -> str:
+    """A new directory of this process's own, PREFIX + PID.XXXX in the temp dir (mode 0700),
+    for the workers: the metrics' (cli.metrics_dir), the last good routing files'
+    (LastGood). Those of our earlier supervisors that died without removing theirs
+    (SIGKILL, OOM) are removed first: their PID is gone."""
+    tmp = tempfile.gettempdir()
+    for old in glob.glob(os.path.join(glob.escape(tmp), glob.escape(prefix) + "*")):
+        pid = os.path.basename(old)[len(prefix):].partition(".")[0]
+        try:
+            st = os.lstat(old)
+            if not pid.isdigit() or st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:         # gone meanwhile, or another user's process: alive
+            continue
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.")
+
+
+def _hash(blobs: Iterable[bytes]) -> str:
+    """The hash a Snapshot of files with these bytes has (routing.snapshot._read)."""
+    digest = hashlib.sha256()
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()[:16]
 
 
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL}

@@ -262,6 +262,11 @@ REFUSED = [
     ("[\\W\\d]", "RE2 cannot put \\W inside [...] at position 1"),
     ("\\bсчёт\\b", "RE2's \\b and \\B know only ASCII letters and digits"),
     ("(unclosed", "missing ) at position 0"),
+    # RE2 names no offset; Python's re does (it said position 0: RE2 names the whole pattern)
+    ("foo(bar", "missing ) at position 3"),
+    ("foo)bar", "unexpected ) at position 3"),
+    ("\\p{Greek}+ foo(", "missing ) at position 14"),     # not at the \p re does not know
+    ("x{2,1}", "invalid repetition size at position 2"),     # not "RE2 repeats at most 1000"
 ]
 
 

@@ -200,3 +200,128 @@ def test_supervise_handles_the_early_signals_first(tmp_path):
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert not marker.exists()
+
+
+def _reload(port: int) -> dict[str, object]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return dict(json.loads(r.read()))
+    except urllib.error.HTTPError as refused:     # a failed reload: 4xx, its errors in JSON
+        return dict(json.loads(refused.read()))
+
+
+def _ruleset(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return next(line.split('"')[1] for line in r.read().decode().splitlines()
+                    if line.startswith("mailrouter_ruleset_info{"))
+
+
+def test_workers_killed_while_the_files_are_broken_start_on_the_last_good_rules(
+        daemon_process, tmp_path):
+    """A good reload (new@ added), a broken file (reload refused: the workers keep new@),
+    then kill -9 of both workers, worker 0 (/metrics, reload) among them. The replacements
+    start on the last rules that loaded: /metrics answers with their hash, mail to new@ is
+    delivered and recorded under it. They loaded the broken files, refused to start and were
+    retried until an operator fixed them. Fixed, a reload reaches them. A new start with
+    broken files is still refused (exit 2, file:line)."""
+    from tests.support.daemon import RULES, DaemonProcess
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("company.yaml", "routing.yaml"):
+        (rules / name).write_bytes((RULES / name).read_bytes())
+    proc = daemon_process(extra="workers: 2\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started", 2) == 2
+    start = _ruleset(proc.admin)
+    company = rules / "company.yaml"
+    company.write_text(company.read_text().replace(
+        "aliases:\n", "aliases:\n  new@example.com: mailbox:support\n", 1))
+    good = _reload(proc.admin)
+    assert good["ok"] is True and good["detail"] != start
+    assert _wait_log(proc, "event=reloaded", 2) == 2
+    routing = rules / "routing.yaml"
+    fine = routing.read_text()
+    routing.write_text(fine + "\n  - name: [broken\n")
+    refused = _reload(proc.admin)
+    assert refused["ok"] is False and "routing.yaml:" in str(refused["detail"])
+    assert _wait_log(proc, "event=reload_failed", 2) == 2
+    pids = [int(l.split("pid=")[1]) for l in proc.log.read_text().splitlines()
+            if "event=worker_started" in l]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert _wait_log(proc, "event=started_on_last_good", 2) == 2, proc.log.read_text()
+    assert _wait_log(proc, "event=started loop=", 4) == 4, proc.log.read_text()
+    assert f"hash={good['detail']} broken={routing}:" in proc.log.read_text()
+    assert _ruleset(proc.admin) == good["detail"]
+    assert _metric(proc.admin, "mailrouter_config_last_reload_successful") == 0
+    codes = []
+    for i in range(20):
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", proc.smtp, timeout=30) as s:
+            s.ehlo()
+            s.mail("a@outside.test")
+            s.rcpt("new@example.com")
+            codes.append(s.data(f"Subject: n{i}\r\nMessage-ID: <n{i}@outside.test>\r\n\r\n"
+                                f"body {i}\r\n".encode())[0])
+    assert codes == [250] * 20
+    db = sqlite3.connect(tmp_path / "var" / "registry.db")
+    assert db.execute("select ruleset_hash, count(*) from messages group by ruleset_hash"
+                      ).fetchall() == [(good["detail"], 20)]
+    routing.write_text(fine + "\n")           # fixed (and changed: a new hash)
+    fixed = _reload(proc.admin)
+    assert fixed["ok"] is True and fixed["detail"] not in (start, good["detail"])
+    assert _wait_log(proc, f"event=reloaded hash={fixed['detail']}", 2) == 2
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0
+    routing.write_text(fine + "\n  - name: [broken\n")
+    again = DaemonProcess(tmp_path, extra="workers: 2\n", routing=str(rules / "*.yaml"))
+    try:
+        again.start()
+    except RuntimeError as refused_start:
+        assert "daemon exited 2" in str(refused_start)
+    else:
+        raise AssertionError("a start with broken routing files was not refused")
+    finally:
+        again.stop()
+    assert "routing files have errors; not starting" in again.log.read_text()
+
+
+def test_last_good_keeps_only_the_bytes_that_loaded(tmp_path):
+    """LastGood.save keeps files only while they hash as the load did: changed since (a
+    save caught mid-way), the set kept before stays, and a replacement reads that one."""
+    from mailrouter.workers import LastGood, _hash
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_bytes(b"aliases: {}\n")
+    b.write_bytes(b"rules: []\n")
+    kept = LastGood(tmp_path)
+    assert kept.read() is None
+    loaded = _hash([a.read_bytes(), b.read_bytes()])
+    assert kept.save([str(a), str(b)], loaded)
+    b.write_bytes(b"rules: [\n")                      # changed after the load read it
+    assert not kept.save([str(a), str(b)], loaded)
+    assert kept.read() == (loaded, {str(a): b"aliases: {}\n", str(b): b"rules: []\n"})
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(LastGood.NAME)] == [
+        LastGood.NAME]
+
+
+def test_the_last_good_rules_directory_is_removed_by_the_next_start(daemon_process, tmp_path,
+                                                                    monkeypatch):
+    """The supervisor's private directory of the last good routing files: a clean stop
+    removes it; one a SIGKILLed supervisor left is removed by the next start (not one of a
+    live process)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    first = daemon_process(extra="workers: 2\n")
+    assert _wait_log(first, "event=started loop=", 2) == 2
+    [killed] = tmp.glob(f"mailrouter-routing.{first.proc.pid}.*")
+    assert (killed / "routing-last-good").is_file()
+    first.signal(signal.SIGKILL)
+    first.wait()
+    live = tmp / f"mailrouter-routing.{os.getpid()}.x"
+    live.mkdir()
+    second = daemon_process(extra="workers: 2\n")
+    assert not killed.exists() and live.is_dir()
+    [own] = tmp.glob(f"mailrouter-routing.{second.proc.pid}.*")
+    second.stop()
+    assert second.proc.returncode == 0 and not own.exists()

@@ -19,6 +19,9 @@ possessive quantifiers, conditionals — plus `(?x)` verbose mode, `(?#...)` com
 repeats above 1000, programs above RE2's memory limit (8 MiB), `\\W`/`\\S` inside
 `[...]`, and `\\b`/`\\B` in a pattern with non-ASCII letters or `\\w`/`\\p{..}`: RE2's
 word boundary knows only ASCII, so there it would silently never match.
+RE2 names no offset in a pattern, only a fragment (for an unclosed group the whole
+pattern): a regex Python's `re` refuses too gets `re`'s position, and one RE2 alone refuses
+the fragment's place, or no position when RE2's fragment cannot tell.
 
 Globs are `fnmatch` globs (`*`, `?`, `[...]`, `[!...]`), translated here to RE2 rather
 than through `fnmatch.translate`, whose output (atomic groups, `\\Z`) RE2 cannot take.
@@ -42,6 +45,7 @@ pattern matches; the exact pattern then decides.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +85,10 @@ _WHY: tuple[tuple[str, str], ...] = (
     (r"\{\d*,?\d*\}$", "RE2 repeats at most 1000 times, nested repeats multiplied"),
     (r"\\N", "RE2 has no \\N{NAME}; write \\x{HEX}"),
 )
+
+
+# RE2's complaints whose fragment is the whole pattern: it says nothing about where.
+_WHOLE = frozenset({"missing )", "unexpected )"})
 
 
 class PatternError(ValueError):
@@ -172,13 +180,16 @@ def probe_form(pattern: str) -> str:
     return pattern
 
 
-def _checked(pattern: str, source: str, whole: bool) -> Callable[[bytes], bool]:
-    """A tester for `pattern`, or PatternError now: parsed at load, compiled when first used."""
+def _checked(pattern: str, source: str, whole: bool,
+             regex: bool = False) -> Callable[[bytes], bool]:
+    """A tester for `pattern`, or PatternError now: parsed at load, compiled when first used.
+    `regex`: `source` is a rule's regex (Python's dialect), not a glob."""
     probe = re2.Set(re2._Anchor.ANCHOR_BOTH if whole else re2._Anchor.UNANCHORED, _options())
     try:
         probe.Add(probe_form(pattern))
     except re2.error:
-        return _tester(_re2(pattern, source), whole)       # raises the PatternError that says why
+        # raises the PatternError that says why
+        return _tester(_re2(pattern, source, regex), whole)
     if _MAYBE_LARGE.search(source):
         return _tester(_re2(pattern, source), whole)
     return _Lazy(pattern, source, whole)
@@ -191,28 +202,69 @@ def _options() -> Any:
     return opts
 
 
-def _re2(pattern: str, source: str) -> Any:
+def _re2(pattern: str, source: str, regex: bool = False) -> Any:
     try:
         return re2.compile(pattern, _options())
     except re2.error as exc:
         raw = exc.args[0] if exc.args else ""
         msg = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         kind, _, frag = msg.rpartition(": ")
+        # Where: RE2 gives no offset, only a fragment, and for an unclosed or unopened group
+        # the whole pattern ('foo(bar' was "missing ) at position 0"). A regex Python's re
+        # refuses too is malformed in its own right, not a construct RE2 lacks (_WHY): RE2's
+        # words, re's position. Else the fragment's place when RE2 named a part of the
+        # pattern, or no position rather than a wrong one.
+        refused, pos = _python_refuses(source) if regex else (False, None)
+        if refused:
+            raise PatternError(kind or msg, pos,
+                               "fix the pattern (RE2 syntax, " + _README + ")") from None
         if frag == "(?P" and "(?P=" in source:     # RE2 names only "(?P" for a (?P=name) reference
             frag = "(?P="
-        pos = source.find(frag) if frag else -1
+        found = source.find(frag) if frag and kind not in _WHOLE else -1
+        pos = found if found >= 0 else None
         why = next((w for rx, w in _WHY if re.search(rx, frag)), None)
         if "too large" in msg:
             why = "the pattern is larger than RE2's memory limit allows"
         if why is None:
-            raise PatternError(kind or msg, pos if pos >= 0 else None,
+            raise PatternError(kind or msg, pos,
                                "fix the pattern (RE2 syntax, " + _README + ")") from None
-        raise PatternError(why, pos if pos >= 0 else None) from None
+        raise PatternError(why, pos) from None
+
+
+# RE2's extras (rules/README.md) that Python's re refuses at once ('bad escape \\p'), so its
+# position would name them and not the pattern's error: written over, for re only, with as
+# many characters it takes (a flag group stays a group).
+_RE2_ONLY = re.compile(r"\\Q.*?(?:\\E|$)|\\[pP](?:\{[^}]*\}|[A-Za-z])|\\x\{[0-9A-Fa-f]*\}"
+                       r"|\\[zC]|\(\?[imsU-]*U[imsU-]*[:)]", re.S)
+
+
+def _python_refuses(source: str) -> tuple[bool, int | None]:
+    """(True, where) when Python's re refuses `source` too, its RE2 extras aside: its
+    position, or None when it names none or names a place it was written over."""
+    spans: list[tuple[int, int]] = []
+
+    def neutral(m: re.Match[str]) -> str:
+        spans.append(m.span())
+        text = m.group()
+        if text.startswith("(?"):        # (?U) -> (?:), (?U: -> (?:x
+            return ("(?:)" if text.endswith(")") else "(?:").ljust(len(text), "x")
+        return "x" * len(text)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # FutureWarning: "Possible nested set"
+        try:
+            re.compile(_RE2_ONLY.sub(neutral, source))
+        except re.error as exc:
+            inside = exc.pos is not None and any(a <= exc.pos < b for a, b in spans)
+            return True, None if inside else exc.pos
+        except (RecursionError, OverflowError, ValueError):   # nothing to say where
+            return False, None
+    return False, None
 
 
 def compile_regex(source: str) -> Regex:
     """The RE2 form of a rule's regex, with Python's Unicode meaning kept; PatternError if none."""
-    return Regex(source, _checked(_translate(source), source, whole=False),
+    return Regex(source, _checked(_translate(source), source, whole=False, regex=True),
                  _translate(source, wide=True))
 
 

@@ -16,6 +16,7 @@ import ctypes
 import gc
 import glob
 import hashlib
+import io
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -256,7 +257,8 @@ def _check_schedules(teams: Any, calendars: Any) -> list[ConfigError]:
 
 def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
                   built: tuple[str, AddressBook] | None = None,
-                  prepared: Prepared | None = None) -> Snapshot:
+                  prepared: Prepared | None = None,
+                  texts: Mapping[str, bytes] | None = None) -> Snapshot:
     """Load, check and compile every routing file. Raises ConfigErrors listing all problems.
 
     Every file's problems are reported in one load: a file that cannot be read or parsed
@@ -280,6 +282,9 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     child process and sent back, see there); anything else builds the book as before.
     `prepared`: the rules' half of this load made while that child built the book
     (`prepare`), taken when it read the very files the book was made of.
+    `texts`: the files' bytes, in their order, read from here and not from the disk (a
+    replacement worker starting from the last routing files that loaded, daemon.serve):
+    the snapshot names the files by their paths, as when they were read there.
     """
     collecting = gc.isenabled()
     gc.disable()
@@ -287,10 +292,10 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         try:
             try:
                 return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, built,
-                                      prepared)
+                                      prepared, texts)
             except _NeedPositions:
                 pass
-            return _load_snapshot(patterns, limits, hostname, (), built)
+            return _load_snapshot(patterns, limits, hostname, (), built, texts=texts)
         except _NotSame:
             pass
         try:
@@ -425,12 +430,20 @@ def _digest(files: Sequence[str]) -> str | None:
 
 
 def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
-          errors: list[ConfigError]) -> tuple[list[tuple[str, Any]], str]:
+          errors: list[ConfigError], texts: Mapping[str, bytes] | None = None
+          ) -> tuple[list[tuple[str, Any]], str]:
     """Each file parsed (yamlsrc.load's `bare` and `skip`), and their hash as a Snapshot's;
-    a file that cannot be read or parsed is an error in `errors`, the others are read."""
+    a file that cannot be read or parsed is an error in `errors`, the others are read.
+    `texts`: the files' bytes (load_snapshot), not read from the disk."""
     docs, digest = [], hashlib.sha256()
     for f in files:
         try:
+            if texts is not None:
+                digest.update(texts[f])
+                # decoded as yamlsrc.load reads a file (read_text: universal newlines)
+                text = io.TextIOWrapper(io.BytesIO(texts[f]), encoding="utf-8").read()
+                docs.append((f, yamlsrc.loads(text, f, bare, skip)))
+                continue
             digest.update(Path(f).read_bytes())
             docs.append((f, yamlsrc.load(f, bare, skip)))
         except ConfigError as exc:
@@ -454,8 +467,9 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
 
 def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
                    bare: Sequence[str], built: tuple[str, AddressBook] | None = None,
-                   prepared: Prepared | None = None) -> Snapshot:
-    files = _files(patterns)
+                   prepared: Prepared | None = None,
+                   texts: Mapping[str, bytes] | None = None) -> Snapshot:
+    files = list(texts) if texts is not None else _files(patterns)
     errors: list[ConfigError] = []
     if not files:
         raise ConfigErrors([ConfigError(f"no routing files match {', '.join(patterns)}",
@@ -470,7 +484,7 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     else:
         # the book's sections are not even read when the book is given for these very files
         skip = BARE_SECTIONS if built is not None and _digest(files) == built[0] else ()
-        docs, digest = _read(files, bare, skip, errors)
+        docs, digest = _read(files, bare, skip, errors, texts)
         merged = _merge(docs, errors)
     same = built is not None and not errors and built[0] == digest
     if skip and not same:
