@@ -15,6 +15,7 @@ from pathlib import Path
 
 
 from tests.support.daemon import RULES, maildir_files
+from tests.support.ports import wait_port
 from tests.support.wire import Wire
 
 RULE = """
@@ -353,16 +354,6 @@ async def test_a_routing_file_deleted_while_others_remain_is_said_in_the_log_and
     assert gone == [f"event=routing_file_gone file={d / 'extra.yaml'} hash={app.snapshot().hash}"]
 
 
-def _wait_admin(port: int) -> None:
-    deadline = time.monotonic() + 20      # started listens on SMTP; admin may follow
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-
-
 def test_a_reload_says_what_of_an_edited_config_yaml_it_did_not_apply(daemon_process, tmp_path):
     """config.yaml edited (limits.max_recipients 2 -> 1, shutdown_grace) and `mailrouter
     reload` run, workers: 2: config.yaml is read only at start, and the reload answered
@@ -373,7 +364,7 @@ def test_a_reload_says_what_of_an_edited_config_yaml_it_did_not_apply(daemon_pro
     import subprocess
     import sys
     proc = daemon_process(extra="workers: 2\nlimits: {max_recipients: 2}\n")
-    _wait_admin(proc.admin)
+    wait_port(proc.admin)
     cli = [sys.executable, "-m", "mailrouter.cli", "reload", "-c", str(proc.config)]
     same = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert (same.returncode, same.stderr) == (0, ""), same

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import smtplib
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from email.header import Header
@@ -26,6 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from tests.support.daemon import REPO, DaemonProcess
+from tests.support.ports import wait_port
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PASSWORD = "correct horse battery"
@@ -50,17 +49,6 @@ def _passwd(d: DaemonProcess, person: str) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Any:
     d = DaemonProcess(tmp_path, extra="workers: 1\nweb: {admins: [petrova]}\ncontrol: {join: address}\n",
@@ -68,7 +56,7 @@ def daemon(tmp_path: Path) -> Any:
     d.start()
     try:
         assert d.web is not None
-        _wait_port(d.web)
+        wait_port(d.web)
         for person in ("ivanov", "smirnov"):
             _passwd(d, person)
         _send(d.smtp, "invoices@example.com", "Счёт №42 за декабрь")

@@ -1,4 +1,5 @@
-"""`free_port()`: a TCP port free on 127.0.0.1, for a server a test starts.
+"""`free_port()`: a TCP port free on 127.0.0.1, for a server a test starts;
+`wait_port(port)`: until something listens there.
 
 Found by binding port 0 and closing the socket, so another process may take it before the
 server binds it (the usual small race, accepted). What is not accepted: the kernel may hand
@@ -10,8 +11,9 @@ test process.
 from __future__ import annotations
 
 import socket
+import time
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "wait_port"]
 
 _given: set[int] = set()
 
@@ -24,3 +26,16 @@ def free_port() -> int:
         if port not in _given:
             _given.add(port)
             return port
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    """Until something accepts on 127.0.0.1:`port` (a daemon's listener that may open after
+    the one the test waited for); AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
