@@ -883,7 +883,8 @@ def decode_header_value(raw: bytes | str) -> tuple[str, list[str]]:
 def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decoded:
     """Like decode_header_value, but keeps guesses (notes) and problems (defects) apart.
     ``fallback``: the charset the message declares for its text; raw 8-bit bytes are read in
-    it when it is a multi-byte one they decode in (see _read_in_fallback)."""
+    it when it is a multi-byte one they decode in (see _read_in_fallback), and a Cyrillic
+    single-byte one is a candidate of the guess (_header_candidates)."""
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
     data = _FOLD.sub(b"", data).replace(b"\r", b"").replace(b"\n", b"")
     notes: list[str] = []
@@ -897,10 +898,11 @@ def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decode
         parts: list[_PART] = []
     else:
         parts = _merge(_split_words(data, defects))
+    candidates = _header_candidates(fallback)
     for chunk, label in parts:
         decoded = _read_in_fallback(chunk, fallback) if label is None and fallback else None
         if decoded is None:
-            decoded = decode_bytes(chunk, label)
+            decoded = decode_bytes(chunk, label, candidates)
         pieces.append(decoded.text)
         notes += [n for n in decoded.notes if n not in notes]
         defects += [d for d in decoded.defects if d not in defects]
@@ -911,6 +913,28 @@ def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decode
         text = _UNSAFE.sub(" ", text)
         defects.append("CR, LF or NUL in a decoded value replaced by spaces")
     return Decoded(text.strip(), None, notes, defects)
+
+
+# Cyrillic single-byte charsets a message may declare for its text. Raw 8-bit header bytes
+# are guessed among KOI8-R and windows-1251 alone (CYRILLIC_HEADER_CANDIDATES: more
+# candidates, more wrong guesses on a few short words); a DOS or ISO mailer writes its
+# Subject and From in its own charset, and a message declaring IBM866 or ISO-8859-5 had them
+# read as windows-1251 ("‘зсв \xad\xa0 ®Ї«\xa0вг" for «Счёт на оплату»). Mail readers read
+# such headers in the charset of the top Content-Type (Thunderbird), so that charset is a
+# candidate too, first (ties go to it); the scores still decide: the other Cyrillic charset
+# under a koi8-r or windows-1251 label is read as what it is, as in a body.
+_DECLARED_CYRILLIC = frozenset({"koi8-r", "koi8-u", "cp1251", "cp866", "iso8859-5",
+                                "mac-cyrillic"})
+
+
+@functools.lru_cache(maxsize=64)
+def _header_candidates(fallback: str | None) -> tuple[str, ...]:
+    """The charsets raw 8-bit header bytes are guessed among, in a message whose text is
+    declared as `fallback`."""
+    codec = resolve_charset(fallback) if fallback else None
+    if codec not in _DECLARED_CYRILLIC:
+        return CYRILLIC_HEADER_CANDIDATES
+    return (codec, *(c for c in CYRILLIC_HEADER_CANDIDATES if c != codec))
 
 
 def _read_in_fallback(chunk: bytes, label: str) -> Decoded | None:
