@@ -23,7 +23,7 @@ import pytest
 
 from mailrouter.message import MessageView
 from mailrouter.routing.snapshot import Snapshot
-from tests.support.rules import route, snapshot
+from tests.support.rules import mail, route, snapshot
 
 RULES = """
 rules:
@@ -239,3 +239,20 @@ def test_raw_headers_are_read_in_the_declared_cyrillic_charset(
     assert view.from_name == TEXT[lang]["frm"]
     tags = set(route(snap, raw, "sales@example.com", "acc@client.example").tags)
     assert tags == WANT[lang] - {f"{lang}_att"} | ({"starts"} if lang == "ru" else set())
+
+
+# Characters a reader shows as nothing (soft hyphen, zero-width space and joiners, word
+# joiner, direction marks, byte order mark) cut the word they were in: "опла\u00adтить" was
+# "опла" and "тить", and a subject after a BOM did not start with its first word.
+@pytest.mark.parametrize("ch", ["\u00ad", "\u200b", "\u200c", "\u200d", "\u2060", "\u200e",
+                                "\u202a", "\ufeff"])
+def test_invisible_characters_do_not_cut_words(snap: Snapshot, ch: str) -> None:
+    raw = mail(f"{ch}Re: {ch}Счёт на оп{ch}лату №42", f"Просим опла{ch}тить до пят{ch}ницы")
+    raw = raw.replace(b"Content-Type: text/plain; charset=utf-8\r\n",
+                      b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+                      b"Content-Type: text/plain; charset=utf-8\r\n")
+    name = f"До{ch}говор по{ch}ставки.pdf".encode()
+    raw += (b"--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename*=utf-8''"
+            + urllib.parse.quote(name, safe="").encode() + b"\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n")
+    tags = set(route(snap, raw, "sales@example.com").tags)
+    assert tags == {"ru_subject", "ru_body", "ru_att", "starts"}
