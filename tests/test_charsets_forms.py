@@ -256,3 +256,24 @@ def test_invisible_characters_do_not_cut_words(snap: Snapshot, ch: str) -> None:
             + urllib.parse.quote(name, safe="").encode() + b"\r\n\r\nJVBERi0xLjQK\r\n--B--\r\n")
     tags = set(route(snap, raw, "sales@example.com").tags)
     assert tags == {"ru_subject", "ru_body", "ru_att", "starts"}
+
+
+# windows-1251 text whose only capital is Э (and with no я) read as x-mac-cyrillic, «Ёто
+# тест.»: Ё scores a little better than Э; a Mac Cyrillic text must now show itself.
+@pytest.mark.parametrize("label", [None, "utf-8", "koi8-r"])     # unlabelled, or a label it contradicts
+@pytest.mark.parametrize(("text", "codec"), [
+    ("Это тест.", "cp1251"),
+    ("Это сообщение отправлено автоматически, отвечать на него не нужно.", "cp1251"),
+    ("Эх, ладно.\r\n" * 400, "cp1251"),          # over a piece: read a piece at a time
+    ("Я рад. Это тест.", "cp1251"),              # Я is a byte of Mac's own (я), yet
+    ("Привет, это тест Мака.", "mac-cyrillic"),  # its capitals still tell a Mac text
+    ("Это Мак, мягкий и ясный.", "mac-cyrillic"),
+])
+def test_windows_1251_with_only_e_capitals_is_not_mac_cyrillic(text: str, codec: str,
+                                                               label: str | None) -> None:
+    head = "Content-Type: text/plain" + (f"; charset={label}" if label else "")
+    raw = (f"From: a@b.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n{head}\r\n\r\n".encode()
+           + text.encode(codec) + b"\r\n")
+    view = MessageView(raw)
+    expected = text.replace("\r\n", "\n").rstrip("\n")
+    assert (view.body_charset, view.body_text.rstrip("\n")) == (codec, expected)
