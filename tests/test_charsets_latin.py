@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailrouter.charsets import (_IN_WORD, _INVALID, _LATIN_LOG, _OPENERS, _PRICE_SIGNS, _QUESTION,
@@ -63,10 +63,12 @@ def _counts_reference(text: str) -> tuple[Counter[str], float]:
 
 @settings(max_examples=400, deadline=None)
 @given(TEXTS)
+@example("ÉÎÎ")      # x + x and 2 * x differ in the last bit: the bound was 1e-14 under
 def test_latin_bound_is_a_bound(text: str) -> None:
     """reads_cyrillic skips the Latin scores when their bound already loses: the bound must
-    never be under the best score."""
-    assert _latin_bound(text) >= LatinCounts(text).best()
+    never be under the best score (but for rounding: the two add the same logarithms in
+    another order)."""
+    assert _latin_bound(text) >= LatinCounts(text).best() - 1e-9
 
 
 def test_resolve_charset_is_cached() -> None:

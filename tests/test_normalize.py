@@ -5,7 +5,7 @@ real snapshot."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mailrouter.routing.normalize import (
@@ -146,10 +146,12 @@ def test_strip_reply_prefixes_is_idempotent(text: str) -> None:
 
 
 _MIXED = st.text(alphabet=st.sampled_from(list(
-    "aZ ё\u0308е\u0301\t\n\u00a0\u3000.,-_ЁÅ\u212b\ufb01ß\u0130Σς1čŁ№™\u030cй发の")))
+    "aZ ё\u0308е\u0301\t\n\u00a0\u3000.,-_ЁÅ\u212b\ufb01ß\u0130Σς1čŁ№™\u030cй发の"
+    "\u00ad\u200b\ufeff")))
 
 
 @given(_MIXED, st.integers(1, 8))
+@example("a \u200b b", 2)      # a cut after an invisible character left two spaces
 def test_normalize_in_pieces_is_normalize_of_the_whole(text: str, size: int) -> None:
     """A long text (a body) is normalised piece by piece, cut at whitespace runs: the same
     text as normalising it in one go, whatever the cuts."""

@@ -1,6 +1,8 @@
 """Text normalisation for matching: the form rules compare, never the form shown.
 
-What it does: ``normalize`` applies Unicode NFKC, case folding, ё -> е, folds Latin letters to
+What it does: ``normalize`` removes characters a reader shows as nothing (soft hyphen,
+zero-width space and joiners, direction marks, the byte order mark), applies Unicode NFKC,
+case folding, ё -> е, folds Latin letters to
 their base letters (č -> c, ř -> r, ł -> l, ß -> ss), reads № and ™ as signs between words, and
 collapses whitespace, so "СЧЁТ  на оплату" and "счет на оплату" match, and so do "Příloha" and
 "priloha" (Czech and Slovak users, and some mailers, write without the accents); "Счёт №5" is
@@ -31,22 +33,39 @@ __all__ = ["normalize", "normalize_address", "strip_reply_prefixes", "normalize_
 
 _PREFIX_WORDS = ("re", "fwd", "fw", "aw", "wg", "sv", "vs", "tr", "отв", "ответ", "пересл",
                  "переслать", "переслано")
-# "Re:", "RE[2]:", "Re(2):", "Re^2:", "Fwd :", and fullwidth colons; case-insensitive.
-_PREFIX = re.compile(
-    r"^\s*(?:" + "|".join(re.escape(w) for w in _PREFIX_WORDS) + r")"
-    r"\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*",
-    re.IGNORECASE,
-)
+
 _SPACE = re.compile(r"\s+")
 # Signs that NFKC spells with letters, glued to the word or number beside them ("№5" was
 # "no5", "Acme™" "acmetm"): each is a space here, so the number is a word of its own.
 _SIGN_CHARS = "\u2116\u2122\u2120\u2121\u213b\u20a8"      # № ™ ℠ ℡ ℻ ₨
 _SIGNS = re.compile(f"[{_SIGN_CHARS}]")
+# Characters a mail reader shows as nothing: the soft hyphen (Word and Outlook put one where
+# a word may break: "опла\u00adтить"), zero-width space, non-joiner and joiner (HTML mail
+# breaks long words with them; spam hides words behind them), the word joiner, the
+# direction marks and embeddings (Outlook writes them around Hebrew and Arabic, and next to
+# Latin or Cyrillic text too), the byte order mark (a UTF-8 text saved by Notepad begins
+# with it, and so did its subject), the combining grapheme joiner, the Mongolian vowel
+# separator and variation selectors. They were not letters, so they cut the word they were
+# in: "опла\u00adтить" was the words "опла" and "тить", and `contains: оплатить`,
+# `starts_with: счёт` (after a BOM) and `glob: "договор*"` missed text the reader shows
+# whole. They are removed, as Unicode's default-ignorable code points are in search
+# (ICU's and Lucene's folding).
+_INVISIBLE_CHARS = ("\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                    "\u2066-\u206f\ufe00-\ufe0f\ufeff")
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+# "Re:", "RE[2]:", "Re(2):", "Re^2:", "Fwd :", and fullwidth colons; case-insensitive; after
+# a byte order mark or another invisible character too.
+_PREFIX = re.compile(
+    rf"^[\s{_INVISIBLE_CHARS}]*(?:" + "|".join(re.escape(w) for w in _PREFIX_WORDS) + r")"
+    r"\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*",
+    re.IGNORECASE,
+)
 # Ideographs (see _IDEOGRAPH below) get a space on either side.
 _IDEOGRAPHS = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# A cut inside a run of whitespace (and those signs, spaces too), or after an ideograph,
-# would leave two spaces.
-_RUN_START = re.compile(rf"(?<![\s{_SIGN_CHARS}{_IDEOGRAPHS}])[\s{_SIGN_CHARS}]")
+# A cut inside a run of whitespace (and those signs, spaces too), or after an ideograph or
+# an invisible character (removed: the whitespace before it joins the run), would leave
+# two spaces.
+_RUN_START = re.compile(rf"(?<![\s{_SIGN_CHARS}{_IDEOGRAPHS}{_INVISIBLE_CHARS}])[\s{_SIGN_CHARS}]")
 
 
 # A long text (a body) is worked on in pieces of about this many characters, cut where
@@ -117,6 +136,8 @@ _MARKS = re.compile("(?<=[a-z])[\u0300-\u036f]+")
 
 
 def _normal(text: str, fold: bool = True) -> str:
+    if not text.isascii() and _INVISIBLE.search(text):
+        text = _INVISIBLE.sub("", text)
     if _SIGNS.search(text):
         text = _SIGNS.sub(" ", text)
     # NFKC again after casefold (Unicode's NFKC_Casefold recipe): folding can undo composition.
