@@ -773,7 +773,15 @@ def _file_name(ctype_msg: Message | None, disposition: Message | None, body: _Bo
         raw_name = _param(ctype_msg, "name", "content-type")
     name = decode_param_value(raw_name)
     body.record("Attachment name", name)
-    return name.text
+    return base_name(name.text)
+
+
+def base_name(name: str) -> str:
+    """A file name without the directories a sender's mailer left in it
+    (`C:\\Мои документы\\Договор.pdf`, `/home/ivan/scan.pdf`): RFC 2183 2.3 tells readers to
+    ignore them, readers save and show the last part, and a rule on `Договор*` meets that."""
+    last = max(name.rfind("/"), name.rfind("\\"))
+    return name[last + 1:] if 0 <= last < len(name) - 1 else name
 
 
 def _param(msg: Message, name: str, header: str) -> str | tuple[str, str, str] | None:
@@ -853,6 +861,7 @@ TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 
 def _tnef_attachments(data: bytes, body: _Body) -> None:
     for name, size in tnef_files(data):
+        name = base_name(name)
         ctype = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
         body.attachments.append(Attachment(name, ctype, size))
 
@@ -894,8 +903,9 @@ def _uu_attachments(part: Message, source: tuple[bytes, int, int], body: _Body) 
         encoded.set_payload(source[0][start:end].decode("ascii", "surrogateescape"))
         name = decode_header_bytes(raw_name)
         body.record("Attachment name", name)
-        ctype = mimetypes.guess_type(name.text, strict=False)[0] or "application/octet-stream"
-        body.attachments.append(Attachment(name.text, ctype, len(decoded_payload(encoded))))
+        file = base_name(name.text)
+        ctype = mimetypes.guess_type(file, strict=False)[0] or "application/octet-stream"
+        body.attachments.append(Attachment(file, ctype, len(decoded_payload(encoded))))
 
 
 def _choose_text(body: _Body, texts: _Texts) -> None:

@@ -231,6 +231,22 @@ def test_rfc2231_filename_wins_over_its_plain_fallback(params: bytes, header: by
     assert [a.filename for a in MessageView(raw).attachments] == ["Счёт 5.pdf"]
 
 
+@pytest.mark.parametrize("given", [
+    "C:\\Мои документы\\Договор поставки.pdf", "/home/ivan/Договор поставки.pdf",
+    "..\\..\\Договор поставки.pdf", "Договор поставки.pdf"])
+def test_a_file_name_loses_the_directories_the_sender_left_in_it(given: str) -> None:
+    """RFC 2183 2.3: a reader ignores a path in filename=; readers show the last part, and a
+    rule on the name (`Договор*`) must see that. Before, the path stayed and the glob missed."""
+    from email.message import EmailMessage
+    msg = EmailMessage()
+    msg["From"], msg["Subject"] = "a@b.test", "s"
+    msg.set_content("hi")
+    msg.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename=given)
+    v = MessageView(msg.as_bytes())
+    assert [a.filename for a in v.attachments] == ["Договор поставки.pdf"]
+    assert v.attachments == v._body.attachments
+
+
 def test_raw_8bit_filename() -> None:
     """A raw cp1251 filename is guessed and the guess recorded."""
     v = view("raw8bit_filename.eml")
