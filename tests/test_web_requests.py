@@ -302,6 +302,36 @@ async def test_a_request_given_to_someone_else_is_mailed_to_them(site: Any, clie
                            "From: client@outside.test\nSubject: Счёт №42 за декабрь\n"), body
 
 
+async def test_the_owner_of_a_request_sees_its_messages_whoever_the_rule_named(
+        site: Any, client: Any) -> None:
+    """The support request (sales: smirnov's department, no owner by its rule) is given to
+    ivanov, head of finance only: its page, the message it links to, a search by its
+    subject and its counterparty's history show him the message and the decision that
+    opened it; given back to smirnov, it is "not found" for ivanov again. Before, the
+    owner of a request picked by a team, covered as a deputy or reassigned got its page,
+    but each of its messages was 404: the messages were scoped by the rule's owner."""
+    app, _, _, sup = site
+    ivanov, petrova = await client("ivanov"), await client("petrova")
+    _, page, _ = await petrova.get(f"/request/{sup}")
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    assert (await ivanov.get(f"/message/{key}"))[0] == 404
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "ivanov"}))[0] == 303
+    status, page, _ = await ivanov.get(f"/request/{sup}")
+    assert status == 200 and f'href="/message/{key}"' in page
+    status, page, _ = await ivanov.get(f"/message/{key}")
+    assert status == 200 and "принтер не печатает" in page and "support@example.com" in page
+    _, page, _ = await ivanov.get("/search?words=принтер")
+    assert f"/message/{key}" in page
+    _, page, _ = await ivanov.get("/counterparty?who=client@outside.test")
+    assert f"/message/{key}" in page and "Счёт №42" in page
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "smirnov"}))[0] == 303
+    assert (await ivanov.get(f"/message/{key}"))[0] == 404
+    _, page, _ = await ivanov.get("/search?words=принтер")
+    assert f"/message/{key}" not in page
+
+
 async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,
                                                                           client: Any) -> None:
     """First response per mailbox and owner, with SVG charts; the response CSV has the

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -29,7 +29,7 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in"]
+           "requests_in", "owned_by"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -46,6 +46,15 @@ def requests_in(scope: Scope | None) -> ColumnElement[bool]:
         return true()
     cond: ColumnElement[bool] = requests.c.mailbox.in_(sorted(scope.mailboxes))
     return or_(cond, requests.c.owner == scope.owner) if scope.owner else cond
+
+
+def owned_by(person: str) -> Callable[[Any], ColumnElement[bool]]:
+    """For registry.queries.Scope.owns: a message key of a request `person` owns now."""
+    def owns(key: Any) -> ColumnElement[bool]:
+        return exists().where(request_messages.c.message_key == key,
+                              requests.c.id == request_messages.c.request_id,
+                              requests.c.owner == person)
+    return owns
 
 
 def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: datetime) -> float:

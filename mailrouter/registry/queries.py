@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, case, exists, func, literal_column, or_, select
+from sqlalchemy import (ColumnElement, Connection, Select, and_, case, exists, func, literal_column,
+                        or_, select)
 
 from .models import decisions, deliveries, messages
 from .words import newest, parse_words
@@ -44,11 +45,18 @@ _CHUNK = 2000
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What one person may see: everything, or the mail of `mailboxes` and of `owner`."""
+    """What one person may see: everything, or the mail of `mailboxes` and of `owner`.
+
+    `owns` (a condition on a message key): the messages of the requests `owner` owns now.
+    A decision names the rule's owner (a team, or the person before any deputy), not the
+    member the team picked, the deputy, or whom a request was reassigned to: without it a
+    team member opened their own request's page and its messages were "not found". The
+    requests are control/'s, a layer above: the web view passes control.queries.owned_by."""
 
     everything: bool = False
     mailboxes: frozenset[str] = frozenset()
     owner: str | None = None
+    owns: Callable[[Any], ColumnElement[bool]] | None = field(default=None, compare=False)
 
     def where(self, q: Select[Any]) -> Select[Any]:
         if self.everything:
@@ -58,7 +66,17 @@ class Scope:
             cond = or_(cond, decisions.c.owner == self.owner)
         # correlated EXISTS: one lookup in the (message_key, mailbox, owner) index per
         # message walked; `key IN (SELECT ... WHERE mailbox IN ...)` made SQLite scan
-        return q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
+        seen: ColumnElement[bool] = exists().where(decisions.c.message_key == messages.c.key, cond)
+        if self.owner and self.owns is not None:
+            seen = or_(seen, self.owns(messages.c.key))
+        return q.where(seen)
+
+    def owned(self, conn: Connection, keys: list[str]) -> set[str]:
+        """Those of `keys` seen through `owns` (a request of `owner`'s)."""
+        if not keys or self.everything or not self.owner or self.owns is None:
+            return set()
+        return set(conn.execute(select(messages.c.key).where(
+            messages.c.key.in_(keys), self.owns(messages.c.key))).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +131,12 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
                                   .order_by(table.c.id)):
                 found[d.message_key][name].append(dict(d._mapping))
     if scope is not None and not scope.everything:
-        for m in found.values():
+        # a message of a request the viewer owns: the decisions that gave it an owner
+        owned = scope.owned(conn, list(found))
+        for key, m in found.items():
             m["decisions"] = [d for d in m["decisions"] if d["mailbox"] in scope.mailboxes
-                              or (scope.owner and d["owner"] == scope.owner)]
+                              or (scope.owner and d["owner"] == scope.owner)
+                              or (key in owned and d["owner"] is not None)]
             places = {p for d in m["decisions"] if d["mailbox"]
                       for p in (d["mailbox"], f"{d['mailbox']}/{d['folder']}")}
             m["deliveries"] = [c for c in m["deliveries"] if c["target"] in places]
@@ -229,8 +250,12 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
                    decisions.c.owner)
             .join(decisions, decisions.c.message_key == messages.c.key).where(*span))
     if not scope.everything:
-        cond = decisions.c.mailbox.in_(sorted(scope.mailboxes))
-        rows = rows.where(or_(cond, decisions.c.owner == scope.owner) if scope.owner else cond)
+        cond: ColumnElement[bool] = decisions.c.mailbox.in_(sorted(scope.mailboxes))
+        if scope.owner:
+            cond = or_(cond, decisions.c.owner == scope.owner)
+            if scope.owns is not None:     # as _with_decisions shows an owned message
+                cond = or_(cond, and_(scope.owns(messages.c.key), decisions.c.owner.is_not(None)))
+        rows = rows.where(cond)
     # grouped outside: PostgreSQL does not see a CASE with bound parameters in the select
     # list and the same CASE in GROUP BY as one expression
     sub = rows.subquery()
