@@ -323,6 +323,37 @@ async def test_escalation_skips_a_deputy_who_is_away(make_app, tmp_path):
         "escalate", "smirnov", "smirnov@example.com")
 
 
+async def test_a_request_due_at_the_lunch_break_is_reminded_when_it_falls_due(make_app,
+                                                                               tmp_path):
+    """On a calendar with a lunch break (09:00-13:00, 14:00-18:00), a request written Monday
+    at 10:00 with a 3h first response is due at 13:00, as the lunch starts; with
+    remind_after 0 its reminder goes at 13:00, and the escalation two working hours after
+    it, 16:00. One written at 16:00 is due Tuesday 10:00 and reminded then. Before, the due
+    time at the end of a span was reminded at the next span's start (14:00), an hour after
+    the board showed it overdue (a due time of 18:00: the next morning)."""
+    from tests.control_support import ROUTING
+    routing = write_routing(tmp_path)
+    with open(routing[0], "w", encoding="utf-8") as f:
+        f.write(ROUTING.replace('hours: "Mon-Fri 09:00-18:00"',
+                                'hours: "Mon-Fri 09:00-13:00, Mon-Fri 14:00-18:00"')
+                .replace("first_response: 4h", "first_response: 3h"))
+    app = await make_app(routing=routing, control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    for at, who in ((msk(11, 10), "a"), (msk(11, 16), "b")):
+        app.pipeline.clock = lambda at=at: at
+        await send(app.bound["smtp"][1], mail(f"{who}@client.example", f"printer {who}",
+                                              f"{who}@client"), f"{who}@client.example")
+    got = []
+    at = msk(11, 12)
+    while at <= msk(12, 18):
+        got += [(a.request, a.stage, a.at) for a in await sched.tick(at)]
+        at += timedelta(minutes=15)
+    assert got == [(1, "remind", msk(11, 13)), (1, "escalate", msk(11, 16)),
+                   (2, "remind", msk(12, 10)), (2, "escalate", msk(12, 12))]
+
+
 async def test_notices_in_russian_carry_the_configured_number(make_app, tmp_path):
     """control.language: ru writes the reminder and the escalation in Russian, and their
     subject carries the request number as control.number spells it (it was always "[#N]",

@@ -108,8 +108,12 @@ class Scheduler:
         return made
 
     def _later(self, snap: Any, calendar: str | None, start: datetime, seconds: float) -> datetime:
+        """`seconds` of working time after `start`; none (remind_after: 0) is `start` itself.
+        The calendar's "0 hours after" a due time at the end of a span (12:00 before lunch,
+        18:00) is the next span's start: the reminder came an hour, or a night, after the
+        request fell due, while one due a minute earlier was reminded on time."""
         cal = snap.rules.calendars.get(calendar) if calendar else None
-        if cal is None:
+        if cal is None or seconds <= 0:
             return start + timedelta(seconds=seconds)
         due: datetime = cal.add_business_hours(start, seconds / 3600)
         return due.astimezone(timezone.utc)
