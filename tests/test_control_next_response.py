@@ -277,3 +277,38 @@ async def test_a_request_given_to_another_team_escalates_to_that_teams_head(make
     shown = await co.show()
     moved = json.loads([e for e in shown["events"] if e["kind"] == "owner"][-1]["detail"])
     assert moved["team"] == {"from": "duty", "to": "sales"}
+
+
+async def test_one_of_ours_forwarding_a_request_to_the_team_does_not_reopen_it(
+        make_app, tmp_path, registry_url):
+    """ivanov answers the customer, then forwards the thread ("Fwd: [#1] printer") to
+    support@ from his own address: the forward joins the request, which stays answered (a
+    "stays answered" event names him), with no answer due and nothing reminded. The
+    customer's own next mail reopens it; so does a stranger's From: ivanov@ sent from
+    outside our domains (one of ours is known by the envelope sender too, as a reply's
+    copy is). Before, the owner's forward reopened the request as if the customer had
+    written, and the owner was reminded that "the customer wrote again"."""
+    co = Company(make_app, tmp_path, registry_url)
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    await co.reply(msk(11, 11), "r1@example.com", "<c1@bigco>")
+    co.at(msk(11, 12))
+    await send(co.port, mail("ivanov@example.com", "Fwd: [#1] printer", "fw1@example.com",
+                             body="see below"), "ivanov@example.com")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("answered", 1, None)
+    shown = await co.show()
+    assert [m["message_id"] for m in shown["messages"]] == [
+        "<c1@bigco>", "<r1@example.com>", "<fw1@example.com>"]
+    assert shown["events"][-1]["detail"] == "stays answered: ivanov is one of ours, not the customer"
+    assert await co.tick(msk(12, 18)) == []
+
+    await co.customer(msk(13, 10), "c2@bigco", "<c1@bigco> <r1@example.com>")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("open", 2, msk(13, 14))
+    await co.reply(msk(13, 11), "r2@example.com", "<c2@bigco>")
+    co.at(msk(13, 12))
+    await send(co.port, mail("ivanov@example.com", "Fwd: [#1] printer", "forged@elsewhere"),
+               "someone@elsewhere.example")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("open", 3, msk(13, 16))

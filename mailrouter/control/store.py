@@ -11,7 +11,9 @@ Refused: a follow-up whose sender took no part in the request it names (see
 threads.took_part) does not join it; the refusal is an event on that request
 (`join_refused`) and the message opens a request of its own. Robot mail (bounces,
 auto-replies, lists) neither opens nor reopens a request, nor, as a copy of our outgoing
-mail, answers one (an out-of-office reply, a reminder copied by sender_bcc_maps).
+mail, answers one (an out-of-office reply, a reminder copied by sender_bcc_maps). A follow-up
+from one of ours (a person of the address book writing from our domains, not the request's
+customer: the owner forwarding the thread to the team's address) joins without reopening it.
 
 Messages arriving together: the plan is read before delivery and written after it, so
 a second transaction of the very same message (an MTA splitting recipients), or a
@@ -88,6 +90,7 @@ class Plan:
     term: str | None = None                    # an open's SLA first_response ("4h")
     calendars: Any = field(default=None, compare=False)  # the snapshot's, for a reopen's due
     flight: Any = field(default=None, compare=False)   # Control.settle's token
+    staff: str | None = None                   # a join's sender is this person of ours
 
 
 def next_due(calendars: Mapping[str, Any] | None, calendar: str | None, term: str | None,
@@ -251,7 +254,11 @@ def _apply(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
                       plan.sender)
             row = request_row(conn, rid)        # as it is now, not as planned
             if row is not None and row["status"] != "open":
-                reopened(conn, rid, row, at, plan.calendars, "the customer wrote", plan.sender)
+                if plan.staff is None or plan.sender == row["counterparty"]:
+                    reopened(conn, rid, row, at, plan.calendars, "the customer wrote", plan.sender)
+                else:       # one of ours (a forward to the team's address): no answer owed
+                    add_event(conn, rid, at, "status", f"stays {row['status']}: "
+                              f"{plan.staff} is one of ours, not the customer", plan.sender)
         else:
             _reply(conn, plan, rid, at)
         return rid
