@@ -312,3 +312,44 @@ async def test_one_of_ours_forwarding_a_request_to_the_team_does_not_reopen_it(
                "someone@elsewhere.example")
     r = await co.request()
     assert (r["status"], r["response_round"], r["response_due"]) == ("open", 3, msk(13, 16))
+
+
+async def test_closed_or_waiting_by_the_command_line_owes_no_answer(make_app, tmp_path,
+                                                                     registry_url):
+    """The customer writes again on an answered request (answer 2 due); `mailrouter request
+    wait 1` and `request close 1` each leave no answer due, as a reply's marker and the web
+    view's close do, and the request's page in the web view shows no "next answer due".
+    Before, the due time stayed on the waiting or closed request, and its page still said
+    when the next answer was due."""
+    from mailrouter.config import Listener, WebConfig
+    from mailrouter.registry.accounts import hash_password, set_password
+    from tests.test_web import PASSWORD, Client
+    co = Company(make_app, tmp_path, registry_url)
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    await co.reply(msk(11, 11), "r1@example.com", "<c1@bigco>")
+    await co.customer(msk(11, 15), "c2@bigco", "<c1@bigco> <r1@example.com>")
+    assert (await co.request())["response_due"] == msk(12, 10)
+    assert (await co.cli("request", "wait", "1"))[0] == 0
+    r = await co.request()
+    assert (r["status"], r["response_due"]) == ("waiting", None)
+    await co.customer(msk(11, 16), "c3@bigco", "<c2@bigco>")
+    assert (await co.request())["response_due"] == msk(12, 11)
+    assert (await co.cli("request", "close", "1"))[0] == 0
+    r = await co.request()
+    assert (r["status"], r["response_due"]) == ("closed", None)
+
+    co.app.request_stop()
+    await co.app.wait_stopped()
+    app = await make_app(routing=co.routing, registry=RegistryConfig(co.url), control=CONTROL,
+                         web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("ivanov",)))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("t", lambda c: set_password(c, "ivanov", hash_password(PASSWORD), now))
+    host, port = app.bound["web"]
+    web = Client(f"http://{host}:{port}")
+    try:
+        assert await web.login("ivanov") == 303
+        status, page, _ = await web.get("/request/1")
+        assert status == 200 and 'id="status">closed<' in page and 'id="next-due"' not in page
+    finally:
+        await web.http.close()

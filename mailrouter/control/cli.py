@@ -301,9 +301,12 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
         now = datetime.now(timezone.utc)
         before = conn.execute(select(requests.c.status).where(
             requests.c.id == args.number)).scalar_one_or_none()
+        # no answer is owed once closed or waiting for the customer (as a reply with a
+        # marker, and the web view's close): the due time stayed, and the web view's page
+        # of the request closed here showed its "next answer due"
         done = conn.execute(update(requests).where(
             requests.c.id == args.number, requests.c.status.in_(allowed)).values(
-            status=status, closed_at=now if status == "closed" else None))
+            status=status, closed_at=now if status == "closed" else None, response_due=None))
         if not done.rowcount:
             return before or "missing"
         add_event(conn, args.number, now, "status",
