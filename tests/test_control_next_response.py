@@ -202,12 +202,21 @@ async def test_a_waiting_or_quiet_closed_request_and_a_reopen_by_hand_owe_an_ans
     assert await co.cli("request", "reopen", "7") == (
         1, "", "mailrouter request reopen: request #7 not changed: no request #7\n")
     assert [x["id"] for x in (await co.board(msk(18, 15)))["requests"]] == [1]
+    # a person reopened it: said so, not "the customer wrote again" (what it said before)
+    assert "  reopened by smirnov: answer 4 due 2027-01-19 09:30:00+03:00\n" in (
+        await co.show(text=True))["text"]
     assert await co.tick(msk(18, 18)) == []
     assert await co.tick(msk(19, 9, 30)) == [("remind", "ivanov")]
     rounds = await co.app.registry.read("t", lambda conn: [
-        (a.round, a.stage) for a in conn.execute(select(request_alerts).order_by(
-            request_alerts.c.id))])
-    assert rounds == [(2, "remind"), (3, "remind"), (4, "remind")]
+        (a.round, a.stage, a.subject, a.body.split("\n")[0]) for a in conn.execute(
+            select(request_alerts).order_by(request_alerts.c.id))])
+    assert rounds == [
+        (2, "remind", "[#1] Reminder: the customer wrote again: printer",
+         "Request #1 has had no answer since the customer wrote again."),
+        (3, "remind", "[#1] Reminder: the customer wrote again: printer",
+         "Request #1 has had no answer since the customer wrote again."),
+        (4, "remind", "[#1] Reminder: reopened by smirnov: printer",
+         "Request #1 has had no answer since smirnov reopened it.")]
     assert (await co.cli("request", "close", "1"))[:2] == (0, "request #1 closed\n")
     assert await co.cli("request", "reopen", "1") == (0, "request #1 open\n", "")
     r = await co.request()

@@ -349,6 +349,7 @@ def _reopen(args: argparse.Namespace) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     from .queries import show_request
+    from .store import reopened_by
     if args.action in ("close", "wait"):
         return _set_status(args, "closed" if args.action == "close" else "waiting")
     if args.action == "reopen":
@@ -374,7 +375,9 @@ def cmd_request(args: argparse.Namespace) -> int:
               f"{company_time(due, zone, 'seconds') if due else '- (no SLA)'}, "
               f"answered {company_time(doc['first_response_at'], zone, 'seconds')}")
         if doc.get("response_round", 1) > 1 and doc["status"] == "open" and doc.get("response_due"):
-            print(f"  the customer wrote again: answer {doc['response_round']} due "
+            by = reopened_by(doc["events"])
+            print(f"  {f'reopened by {by}' if by else 'the customer wrote again'}: "
+                  f"answer {doc['response_round']} due "
                   f"{company_time(doc['response_due'], zone, 'seconds')}")
         for r in timeline:
             print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
