@@ -118,8 +118,8 @@ async def test_simulated_week(make_app, tmp_path):
     assert doc["first_response_hours"] == {"answered": 4, "median": 3.25, "p90": 4.85}
     # kept: A, F; missed: C, G (late), B, D, E (overdue); H is not due yet
     assert doc["sla"] == {"kept": 2, "missed": 5, "share_kept": 0.2857}
-    assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 2, "overdue": 1},
-                                     {"owner": "petrova", "open": 2, "overdue": 2}]
+    assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 2, "awaiting": 2, "overdue": 1},
+                                     {"owner": "petrova", "open": 2, "awaiting": 2, "overdue": 2}]
 
 
 async def test_two_instances_create_each_alert_once(pg_url, tmp_path):

@@ -238,8 +238,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  first response (business hours): {fr['answered']} answered, "
               f"median {_or(fr['median'])}, p90 {_or(fr['p90'])}")
         print(f"  SLA: kept {sla['kept']}, missed {sla['missed']}, share kept {_or(sla['share_kept'])}")
+        # as the board's columns: "2 open" counted answered and waiting requests, while a
+        # request's status `open` means an answer is owed
         for r in doc["open_per_owner"]:
-            print(f"  {r['owner'] or '(nobody)'}: {r['open']} open, {r['overdue']} overdue")
+            print(f"  {r['owner'] or '(nobody)'}: {r['open']} not closed, {r['awaiting']} "
+                  f"awaiting an answer, {r['overdue']} overdue")
     _emit(args, doc, rows, text)
     return 0
 

@@ -117,14 +117,16 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
                                    for k, v in sorted(per_box.items(), key=lambda i: str(i[0]))]
     out["response_per_owner"] = [{"owner": k} | _response(v, now)
                                  for k, v in sorted(per_owner.items(), key=lambda i: str(i[0]))]
-    overdue = and_(requests.c.status == "open", requests.c.response_due <= now)
+    # "open" is every request not closed (answered and waiting too), as ever; "awaiting"
+    # the status open, an answer owed, which the text and the board call awaiting an answer
+    awaiting = requests.c.status == "open"
+    overdue = and_(awaiting, requests.c.response_due <= now)
     per: dict[str | None, dict[str, Any]] = {}
-    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
+    for owner, n, w, o in conn.execute(select(
+            requests.c.owner, func.count(), func.count().filter(awaiting),
+            func.count().filter(overdue)).where(
             requests.c.status != "closed", requests_in(scope)).group_by(requests.c.owner)):
-        per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["open"] = int(n)
-    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
-            overdue, requests_in(scope)).group_by(requests.c.owner)):
-        per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["overdue"] = int(n)
+        per[owner] = {"owner": owner, "open": int(n), "awaiting": int(w), "overdue": int(o)}
     out["open_per_owner"] = sorted(per.values(), key=lambda r: str(r["owner"]))
     return out
 
