@@ -211,7 +211,11 @@ async def test_cli_on_the_week(make_app, tmp_path):
     assert out.count("question ") == 5 + out.count("Re: question ")
     code, out = await cli("registry", "history", "client.example", "--json", "-c", str(cfg))
     doc = json.loads(out)
-    assert len(doc["requests"]) == 8 and len(doc["messages"]) == 8
+    # the customers' 8 and our 4 replies in their requests (only theirs were listed before)
+    assert len(doc["requests"]) == 8 and len(doc["messages"]) == 12
+    code, out = await cli("registry", "history", "a@client.example", "--json", "-c", str(cfg))
+    assert [(m["from"], m["subject"], m["request"]) for m in json.loads(out)["messages"]] == [
+        ("ivanov@example.com", "Re: question A", 1), ("a@client.example", "question A", 1)]
     code, out = await cli("registry", "history", "b@client.example", "-c", str(cfg))
     assert out.startswith("#2 ") and "question B" in out
     code, out = await cli("registry", "-n", "0", "-c", str(cfg))

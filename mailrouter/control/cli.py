@@ -434,7 +434,8 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                         description="every request and message with one counterparty")
     h.set_defaults(func=cmd_history, **loaders)
     h.add_argument("who", type=_who, metavar="ADDRESS|DOMAIN",
-                   help="a sender or recipient address, or a domain for all of its addresses")
+                   help="a counterparty's address (their mail, and every message of their "
+                   "requests: our replies too), or a domain for all of its addresses")
     h.add_argument("-n", type=count, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
     req = add("request", cmd_request, "show one request, close it, mark it waiting "

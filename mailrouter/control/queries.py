@@ -304,7 +304,10 @@ def _whole(conn: Connection, keys: list[str]) -> list[Any]:
 
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:
     """Every request and message with one counterparty: an address, or a whole domain
-    (either IDNA form of it)."""
+    (either IDNA form of it). The messages are theirs (From) and every message of their
+    requests: our replies (the copies to control.replies) and the rest of each thread.
+    Before, only their own mail was listed: the history of a customer never showed an
+    answer."""
     original, who = who.strip(), who.strip().lower().lstrip("@")
     forms = idn_forms(who)
     rq: ColumnElement[bool]
@@ -316,8 +319,10 @@ def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, A
         rq = requests.c.counterparty_domain.in_(forms)
         mq = from_domain(forms)
     reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]
-    msgs = list(conn.execute(select(messages).where(mq).order_by(messages.c.received_at.desc())
-                             .limit(limit)).all())
+    theirs = exists().where(request_messages.c.message_key == messages.c.key,
+                            request_messages.c.request_id.in_(select(requests.c.id).where(rq)))
+    msgs = list(conn.execute(select(messages).where(or_(mq, theirs))
+                             .order_by(messages.c.received_at.desc()).limit(limit)).all())
     return {"counterparty": who, "requests": reqs, "messages": _message_rows(conn, msgs)}
 
 
