@@ -225,3 +225,32 @@ async def test_the_reports_open_count_per_owner_tells_answered_from_awaiting(tmp
     assert "  ivanov: 2 not closed, 1 awaiting an answer, 0 overdue\n" in text
     doc = json.loads(await asyncio.to_thread(cli, "report", *period, "--json"))
     assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 2, "awaiting": 1, "overdue": 0}]
+
+
+async def test_a_request_closed_unanswered_before_it_fell_due_is_neither_kept_nor_missed(
+        registry_url):
+    """Three requests due 4 hours after opening: one answered in an hour (kept), one
+    closed unanswered after five minutes (spam: no answer was owed), one closed unanswered
+    after five hours (it was overdue: missed). The report, read once the due times have
+    passed, says kept 1, missed 1. Before, the spam closed by hand counted as missed from
+    its due time on: a head's share fell hours after the close."""
+    from mailrouter.control.actions import close
+    from mailrouter.control.queries import report
+    from mailrouter.control.store import Plan, apply_plan
+    reg = await Registry.open(registry_url)
+    try:
+        for n in (1, 2, 3):
+            await reg.write("t", lambda c, n=n: apply_plan(c, Plan(
+                "open", f"c{n}@x.example", f"<{n}@x>", owner="ivanov", mailbox="support",
+                rule="support", subject=f"q{n}", due=AT + timedelta(hours=4)), f"k{n}", AT))
+        await reg.write("t", lambda c: apply_plan(c, Plan("reply", "ivanov@example.com", "<r1@e>",
+                                                          request_id=1), "r1", AT + timedelta(hours=1)))
+        await reg.write("t", lambda c: close(c, 2, "smirnov", AT + timedelta(minutes=5), "web view"))
+        await reg.write("t", lambda c: close(c, 3, "smirnov", AT + timedelta(hours=5), "web view"))
+        doc = await reg.read("t", lambda c: report(c, AT - timedelta(days=1), AT + timedelta(days=1),
+                                                   AT + timedelta(hours=6), {}))
+        assert doc["sla"] == {"kept": 1, "missed": 1, "share_kept": 0.5}
+        assert [(r["owner"], r["requests"], r["kept"], r["missed"])
+                for r in doc["response_per_owner"]] == [("ivanov", 3, 1, 1)]
+    finally:
+        await reg.close()

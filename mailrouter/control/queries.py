@@ -67,11 +67,15 @@ def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: 
 
 def _response(rows: list[Any], now: datetime) -> dict[str, Any]:
     """First response (median, p90 in business hours) and SLA kept of (first, due, hours to
-    the first response or None)."""
+    the first response or None, closed_at). One closed unanswered before it fell due (spam,
+    a misdirected mail closed by hand) owed no answer: neither kept nor missed. Before, it
+    counted as missed from its due time on, and a head's share fell hours after the close."""
     hours, kept, missed = [], 0, 0
-    for first, due, took in rows:
+    for first, due, took, closed in rows:
         if took is not None:
             hours.append(took)
+        if first is None and closed is not None and due is not None and closed < due:
+            continue
         if due is not None and (first is not None or due <= now):
             if first is not None and first <= due:
                 kept += 1
@@ -100,11 +104,13 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
     per_box: dict[str | None, list[Any]] = {}
     per_owner: dict[str | None, list[Any]] = {}
     per_day: dict[str, int] = {}
-    for opened, first, due, cal, box, owner in conn.execute(select(
+    for opened, first, due, cal, box, owner, closed in conn.execute(select(
             requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
-            requests.c.sla_calendar, requests.c.mailbox, requests.c.owner).where(span)):
+            requests.c.sla_calendar, requests.c.mailbox, requests.c.owner,
+            requests.c.closed_at).where(span)):
         # the business hours once per request: every request is in three of the groups
-        every.append((first, due, None if first is None else _hours(calendars, cal, opened, first)))
+        every.append((first, due, None if first is None else _hours(calendars, cal, opened, first),
+                      closed))
         per_box.setdefault(box, []).append(every[-1])
         per_owner.setdefault(owner, []).append(every[-1])
         day = opened.astimezone(zone).date().isoformat()
