@@ -583,3 +583,33 @@ async def test_a_request_page_in_russian_names_its_status_and_its_letters(site: 
     ivanov = await client("ivanov", lang="ru")
     status, page, _ = await ivanov.get(f"/request/{fin}")
     assert status == 200 and 'id="status">открыт<' in page and "<h2>Письма</h2>" in page
+
+
+async def test_a_head_opens_every_message_of_a_request_in_the_department_our_replies_too(
+        make_app: Any, tmp_path: Any) -> None:
+    """smirnov heads the support mailbox. A customer writes to support@ (the team `duty`
+    picks ivanov), ivanov's answer comes back as the copy to replies@ (the replies
+    mailbox, no department's): on the request's page both messages are linked and both
+    open for smirnov. Before, the reply's copy was "not found" for the head whose
+    department's request it answered (messages were scoped by their own mailbox)."""
+    from tests.control_support import mail, send, write_routing
+    routing = write_routing(tmp_path, "departments:\n  support: {head: smirnov, mailboxes: [support]}\n")
+    app = await make_app(routing=routing, web=Listener("127.0.0.1", 0), webui=WebConfig(),
+                         control=ControlConfig(replies=("replies@example.com",)))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("t", lambda c: set_password(c, "smirnov", hash_password(PASSWORD), now))
+    port = app.bound["smtp"][1]
+    await send(port, mail("c@client.example", "printer", "c1@client"), "c@client.example")
+    await send(port, mail("ivanov@example.com", "Re: printer", "r1@example.com", "<c1@client>",
+                          to="c@client.example"), "ivanov@example.com", "replies@example.com")
+    host, web_port = app.bound["web"]
+    head = Client(f"http://{host}:{web_port}")
+    try:
+        assert await head.login("smirnov") == 303
+        status, page, _ = await head.get("/request/1")
+        keys = re.findall(r'href="/message/([0-9a-f]{64})"', page)
+        assert status == 200 and len(set(keys)) == 2
+        for key in dict.fromkeys(keys):
+            assert (await head.get(f"/message/{key}"))[0] == 200, key
+    finally:
+        await head.http.close()

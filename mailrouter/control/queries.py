@@ -29,7 +29,7 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in", "owned_by"]
+           "requests_in", "through_requests"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -48,12 +48,15 @@ def requests_in(scope: Scope | None) -> ColumnElement[bool]:
     return or_(cond, requests.c.owner == scope.owner) if scope.owner else cond
 
 
-def owned_by(person: str) -> Callable[[Any], ColumnElement[bool]]:
-    """For registry.queries.Scope.owns: a message key of a request `person` owns now."""
+def through_requests(mailboxes: frozenset[str], person: str | None
+                     ) -> Callable[[Any], ColumnElement[bool]]:
+    """For registry.queries.Scope.owns: a message key of a request of `mailboxes`, or
+    owned by `person` now (the requests a viewer with those rights sees: requests_in)."""
+    seen = requests_in(Scope(mailboxes=mailboxes, owner=person))
+
     def owns(key: Any) -> ColumnElement[bool]:
         return exists().where(request_messages.c.message_key == key,
-                              requests.c.id == request_messages.c.request_id,
-                              requests.c.owner == person)
+                              requests.c.id == request_messages.c.request_id, seen)
     return owns
 
 

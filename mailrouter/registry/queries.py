@@ -47,11 +47,13 @@ _CHUNK = 2000
 class Scope:
     """What one person may see: everything, or the mail of `mailboxes` and of `owner`.
 
-    `owns` (a condition on a message key): the messages of the requests `owner` owns now.
-    A decision names the rule's owner (a team, or the person before any deputy), not the
-    member the team picked, the deputy, or whom a request was reassigned to: without it a
-    team member opened their own request's page and its messages were "not found". The
-    requests are control/'s, a layer above: the web view passes control.queries.owned_by."""
+    `owns` (a condition on a message key): the messages of the requests this viewer may
+    see (of `mailboxes`, or owned by `owner` now). A decision names the rule's owner (a
+    team, or the person before any deputy), not the member the team picked, the deputy, or
+    whom a request was reassigned to, and our replies' copies land in the replies mailbox:
+    without it a team member opened their own request's page and its messages were "not
+    found", and a head the replies in their department's requests. The requests are
+    control/'s, a layer above: the web view passes control.queries.through_requests."""
 
     everything: bool = False
     mailboxes: frozenset[str] = frozenset()
@@ -67,13 +69,13 @@ class Scope:
         # correlated EXISTS: one lookup in the (message_key, mailbox, owner) index per
         # message walked; `key IN (SELECT ... WHERE mailbox IN ...)` made SQLite scan
         seen: ColumnElement[bool] = exists().where(decisions.c.message_key == messages.c.key, cond)
-        if self.owner and self.owns is not None:
+        if self.owns is not None:
             seen = or_(seen, self.owns(messages.c.key))
         return q.where(seen)
 
     def owned(self, conn: Connection, keys: list[str]) -> set[str]:
-        """Those of `keys` seen through `owns` (a request of `owner`'s)."""
-        if not keys or self.everything or not self.owner or self.owns is None:
+        """Those of `keys` seen through `owns` (a request this viewer may see)."""
+        if not keys or self.everything or self.owns is None:
             return set()
         return set(conn.execute(select(messages.c.key).where(
             messages.c.key.in_(keys), self.owns(messages.c.key))).scalars())
@@ -131,7 +133,7 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
                                   .order_by(table.c.id)):
                 found[d.message_key][name].append(dict(d._mapping))
     if scope is not None and not scope.everything:
-        # a message of a request the viewer owns: the decisions that gave it an owner
+        # a message of a request the viewer may see: the decisions that gave it an owner
         owned = scope.owned(conn, list(found))
         for key, m in found.items():
             m["decisions"] = [d for d in m["decisions"] if d["mailbox"] in scope.mailboxes
@@ -253,8 +255,8 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
         cond: ColumnElement[bool] = decisions.c.mailbox.in_(sorted(scope.mailboxes))
         if scope.owner:
             cond = or_(cond, decisions.c.owner == scope.owner)
-            if scope.owns is not None:     # as _with_decisions shows an owned message
-                cond = or_(cond, and_(scope.owns(messages.c.key), decisions.c.owner.is_not(None)))
+        if scope.owns is not None:     # as _with_decisions shows a message of a request
+            cond = or_(cond, and_(scope.owns(messages.c.key), decisions.c.owner.is_not(None)))
         rows = rows.where(cond)
     # grouped outside: PostgreSQL does not see a CASE with bound parameters in the select
     # list and the same CASE in GROUP BY as one expression

@@ -36,7 +36,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..config import WebConfig
-from ..control.queries import owned_by
+from ..control.queries import through_requests
 from ..errors import RegistryError
 from ..registry.accounts import Session, find_session, open_session
 from ..registry.queries import Scope
@@ -82,7 +82,7 @@ def viewer_for(snap: Snapshot, settings: WebConfig, session: Session) -> Viewer 
     boxes = {person.mailbox} | {box for d in snap.departments.values() if d.head == session.person
                                 for box in d.mailboxes}
     scope = Scope(everything=admin, mailboxes=frozenset(boxes), owner=session.person,
-                  owns=owned_by(session.person))
+                  owns=through_requests(frozenset(boxes), session.person))
     return Viewer(session.person, person.name or session.person, admin, scope, session)
 
 
