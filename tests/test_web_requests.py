@@ -611,5 +611,10 @@ async def test_a_head_opens_every_message_of_a_request_in_the_department_our_rep
         assert status == 200 and len(set(keys)) == 2
         for key in dict.fromkeys(keys):
             assert (await head.get(f"/message/{key}"))[0] == 200, key
+        # the customer's history lists our answer too, as `registry history` does (it
+        # listed only the customer's own mail)
+        for who in ("c@client.example", "client.example"):
+            _, page, _ = await head.get(f"/counterparty?who={who}")
+            assert all(f"/message/{key}" in page for key in keys), who
     finally:
         await head.http.close()

@@ -29,7 +29,7 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in", "through_requests"]
+           "requests_in", "through_requests", "counterparty_threads"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -311,6 +311,23 @@ def _whole(conn: Connection, keys: list[str]) -> list[Any]:
     return [found[k] for k in keys]
 
 
+def _counterparty(who: str) -> ColumnElement[bool]:
+    """The requests of one counterparty: an address, or a domain (either IDNA form)."""
+    forms = idn_forms(who.strip().lower().lstrip("@"))
+    return (requests.c.counterparty.in_(forms) if "@" in forms[0]
+            else requests.c.counterparty_domain.in_(forms))
+
+
+def counterparty_threads(who: str) -> Callable[[Any], ColumnElement[bool]]:
+    """For registry.queries.counterparty: a message key of a request of `who`'s."""
+    theirs = select(requests.c.id).where(_counterparty(who))
+
+    def cond(key: Any) -> ColumnElement[bool]:
+        return exists().where(request_messages.c.message_key == key,
+                              request_messages.c.request_id.in_(theirs))
+    return cond
+
+
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:
     """Every request and message with one counterparty: an address, or a whole domain
     (either IDNA form of it). The messages are theirs (From) and every message of their
@@ -321,16 +338,13 @@ def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, A
     forms = idn_forms(who)
     rq: ColumnElement[bool]
     mq: ColumnElement[bool]
+    rq = _counterparty(who)
     if "@" in who:
-        rq = requests.c.counterparty.in_(forms)
         mq = messages.c.from_addr.in_(sorted({*forms, original}))
     else:
-        rq = requests.c.counterparty_domain.in_(forms)
         mq = from_domain(forms)
     reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]
-    theirs = exists().where(request_messages.c.message_key == messages.c.key,
-                            request_messages.c.request_id.in_(select(requests.c.id).where(rq)))
-    msgs = list(conn.execute(select(messages).where(or_(mq, theirs))
+    msgs = list(conn.execute(select(messages).where(or_(mq, counterparty_threads(who)(messages.c.key)))
                              .order_by(messages.c.received_at.desc()).limit(limit)).all())
     return {"counterparty": who, "requests": reqs, "messages": _message_rows(conn, msgs)}
 

@@ -221,12 +221,19 @@ def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | 
 
 
 def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
-                 before: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+                 before: tuple[datetime, str] | None = None,
+                 threads: Callable[[Any], ColumnElement[bool]] | None = None
+                 ) -> list[dict[str, Any]]:
     """The messages from one address, or from anyone at a domain, newest first: `limit`
-    of them, after `before` (received_at, key of the last one of the page shown)."""
+    of them, after `before` (received_at, key of the last one of the page shown).
+    `threads` (a condition on a message key, control.queries.counterparty_threads): also
+    the messages of their requests, our replies among them, as `registry history` lists."""
     if not who.strip():
         return []
-    q = scope.where(select(messages)).where(_sender(who))
+    found = _sender(who)
+    if threads is not None:
+        found = or_(found, threads(messages.c.key))
+    q = scope.where(select(messages)).where(found)
     at, key = messages.c.received_at, messages.c.key
     if before is not None:
         q = q.where(at <= before[0], or_(at < before[0], key < before[1]))
