@@ -202,12 +202,21 @@ async def test_a_waiting_or_quiet_closed_request_and_a_reopen_by_hand_owe_an_ans
     assert await co.cli("request", "reopen", "7") == (
         1, "", "mailrouter request reopen: request #7 not changed: no request #7\n")
     assert [x["id"] for x in (await co.board(msk(18, 15)))["requests"]] == [1]
+    # a person reopened it: said so, not "the customer wrote again" (what it said before)
+    assert "  reopened by smirnov: answer 4 due 2027-01-19 09:30:00+03:00\n" in (
+        await co.show(text=True))["text"]
     assert await co.tick(msk(18, 18)) == []
     assert await co.tick(msk(19, 9, 30)) == [("remind", "ivanov")]
     rounds = await co.app.registry.read("t", lambda conn: [
-        (a.round, a.stage) for a in conn.execute(select(request_alerts).order_by(
-            request_alerts.c.id))])
-    assert rounds == [(2, "remind"), (3, "remind"), (4, "remind")]
+        (a.round, a.stage, a.subject, a.body.split("\n")[0]) for a in conn.execute(
+            select(request_alerts).order_by(request_alerts.c.id))])
+    assert rounds == [
+        (2, "remind", "[#1] Reminder: the customer wrote again: printer",
+         "Request #1 has had no answer since the customer wrote again."),
+        (3, "remind", "[#1] Reminder: the customer wrote again: printer",
+         "Request #1 has had no answer since the customer wrote again."),
+        (4, "remind", "[#1] Reminder: reopened by smirnov: printer",
+         "Request #1 has had no answer since smirnov reopened it.")]
     assert (await co.cli("request", "close", "1"))[:2] == (0, "request #1 closed\n")
     assert await co.cli("request", "reopen", "1") == (0, "request #1 open\n", "")
     r = await co.request()
@@ -277,3 +286,79 @@ async def test_a_request_given_to_another_team_escalates_to_that_teams_head(make
     shown = await co.show()
     moved = json.loads([e for e in shown["events"] if e["kind"] == "owner"][-1]["detail"])
     assert moved["team"] == {"from": "duty", "to": "sales"}
+
+
+async def test_one_of_ours_forwarding_a_request_to_the_team_does_not_reopen_it(
+        make_app, tmp_path, registry_url):
+    """ivanov answers the customer, then forwards the thread ("Fwd: [#1] printer") to
+    support@ from his own address: the forward joins the request, which stays answered (a
+    "stays answered" event names him), with no answer due and nothing reminded. The
+    customer's own next mail reopens it; so does a stranger's From: ivanov@ sent from
+    outside our domains (one of ours is known by the envelope sender too, as a reply's
+    copy is). Before, the owner's forward reopened the request as if the customer had
+    written, and the owner was reminded that "the customer wrote again"."""
+    co = Company(make_app, tmp_path, registry_url)
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    await co.reply(msk(11, 11), "r1@example.com", "<c1@bigco>")
+    co.at(msk(11, 12))
+    await send(co.port, mail("ivanov@example.com", "Fwd: [#1] printer", "fw1@example.com",
+                             body="see below"), "ivanov@example.com")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("answered", 1, None)
+    shown = await co.show()
+    assert [m["message_id"] for m in shown["messages"]] == [
+        "<c1@bigco>", "<r1@example.com>", "<fw1@example.com>"]
+    assert shown["events"][-1]["detail"] == "stays answered: ivanov is one of ours, not the customer"
+    assert await co.tick(msk(12, 18)) == []
+
+    await co.customer(msk(13, 10), "c2@bigco", "<c1@bigco> <r1@example.com>")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("open", 2, msk(13, 14))
+    await co.reply(msk(13, 11), "r2@example.com", "<c2@bigco>")
+    co.at(msk(13, 12))
+    await send(co.port, mail("ivanov@example.com", "Fwd: [#1] printer", "forged@elsewhere"),
+               "someone@elsewhere.example")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("open", 3, msk(13, 16))
+
+
+async def test_closed_or_waiting_by_the_command_line_owes_no_answer(make_app, tmp_path,
+                                                                     registry_url):
+    """The customer writes again on an answered request (answer 2 due); `mailrouter request
+    wait 1` and `request close 1` each leave no answer due, as a reply's marker and the web
+    view's close do, and the request's page in the web view shows no "next answer due".
+    Before, the due time stayed on the waiting or closed request, and its page still said
+    when the next answer was due."""
+    from mailrouter.config import Listener, WebConfig
+    from mailrouter.registry.accounts import hash_password, set_password
+    from tests.test_web import PASSWORD, Client
+    co = Company(make_app, tmp_path, registry_url)
+    await co.start(msk(11, 10))
+    await co.customer(msk(11, 10), "c1@bigco")
+    await co.reply(msk(11, 11), "r1@example.com", "<c1@bigco>")
+    await co.customer(msk(11, 15), "c2@bigco", "<c1@bigco> <r1@example.com>")
+    assert (await co.request())["response_due"] == msk(12, 10)
+    assert (await co.cli("request", "wait", "1"))[0] == 0
+    r = await co.request()
+    assert (r["status"], r["response_due"]) == ("waiting", None)
+    await co.customer(msk(11, 16), "c3@bigco", "<c2@bigco>")
+    assert (await co.request())["response_due"] == msk(12, 11)
+    assert (await co.cli("request", "close", "1"))[0] == 0
+    r = await co.request()
+    assert (r["status"], r["response_due"]) == ("closed", None)
+
+    co.app.request_stop()
+    await co.app.wait_stopped()
+    app = await make_app(routing=co.routing, registry=RegistryConfig(co.url), control=CONTROL,
+                         web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("ivanov",)))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("t", lambda c: set_password(c, "ivanov", hash_password(PASSWORD), now))
+    host, port = app.bound["web"]
+    web = Client(f"http://{host}:{port}")
+    try:
+        assert await web.login("ivanov") == 303
+        status, page, _ = await web.get("/request/1")
+        assert status == 200 and 'id="status">closed<' in page and 'id="next-due"' not in page
+    finally:
+        await web.http.close()

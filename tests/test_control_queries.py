@@ -124,7 +124,8 @@ async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):
             assert main([*argv, "-c", str(cfg)]) == 0
         return out.getvalue()
     report = await asyncio.to_thread(cli, "report", "--since", "2027-01-11", "--until", "2027-01-12")
-    assert "per owner: (nobody)=1" in report and "(nobody): 1 open, 0 overdue" in report
+    assert "per owner: (nobody)=1" in report
+    assert "(nobody): 1 not closed, 1 awaiting an answer, 0 overdue" in report
     history = await asyncio.to_thread(cli, "registry", "history", "c@x.example")
     # times in the company's zone (the routing's only calendar is Moscow's): 09:00 UTC
     assert history.startswith("#1 2027-01-11 12:00+03:00 open     owner=-  'Привет'")
@@ -185,3 +186,71 @@ async def test_the_report_counts_each_requests_business_hours_once(tmp_path):
     assert doc["sla"] == {"kept": 2, "missed": 1, "share_kept": 0.6667}
     assert doc["response_per_mailbox"][0]["median"] == doc["response_per_owner"][0]["median"] == 2.0
     assert cal.calls == 3
+
+
+async def test_the_reports_open_count_per_owner_tells_answered_from_awaiting(tmp_path):
+    """ivanov has two requests not closed, one of them answered: the report says "2 not
+    closed, 1 awaiting an answer" (and "awaiting": 1 in --json), as the board's columns
+    do. Before, it printed "2 open", while a request's status `open` means an answer is
+    owed: a head read two customers waiting where one was."""
+    import asyncio
+    import io
+    import json
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from mailrouter.control.store import Plan, apply_plan
+    from tests.control_support import write_routing
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    reg = await Registry.open(url)
+    for n in (1, 2):
+        await reg.write("t", lambda c, n=n: apply_plan(c, Plan(
+            "open", f"c{n}@x.example", f"<{n}@x>", owner="ivanov", mailbox="support",
+            rule="support", subject=f"q{n}"), f"k{n}", AT))
+    await reg.write("t", lambda c: apply_plan(c, Plan("reply", "ivanov@example.com", "<r1@e>",
+                                                      request_id=1), "r1", AT + timedelta(hours=1)))
+    await reg.close()
+    write_routing(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(io.StringIO()):
+            assert main([*argv, "-c", str(cfg)]) == 0
+        return out.getvalue()
+    period = ("--since", "2027-01-11", "--until", "2027-01-12")
+    text = await asyncio.to_thread(cli, "report", *period)
+    assert "  ivanov: 2 not closed, 1 awaiting an answer, 0 overdue\n" in text
+    doc = json.loads(await asyncio.to_thread(cli, "report", *period, "--json"))
+    assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 2, "awaiting": 1, "overdue": 0}]
+
+
+async def test_a_request_closed_unanswered_before_it_fell_due_is_neither_kept_nor_missed(
+        registry_url):
+    """Three requests due 4 hours after opening: one answered in an hour (kept), one
+    closed unanswered after five minutes (spam: no answer was owed), one closed unanswered
+    after five hours (it was overdue: missed). The report, read once the due times have
+    passed, says kept 1, missed 1. Before, the spam closed by hand counted as missed from
+    its due time on: a head's share fell hours after the close."""
+    from mailrouter.control.actions import close
+    from mailrouter.control.queries import report
+    from mailrouter.control.store import Plan, apply_plan
+    reg = await Registry.open(registry_url)
+    try:
+        for n in (1, 2, 3):
+            await reg.write("t", lambda c, n=n: apply_plan(c, Plan(
+                "open", f"c{n}@x.example", f"<{n}@x>", owner="ivanov", mailbox="support",
+                rule="support", subject=f"q{n}", due=AT + timedelta(hours=4)), f"k{n}", AT))
+        await reg.write("t", lambda c: apply_plan(c, Plan("reply", "ivanov@example.com", "<r1@e>",
+                                                          request_id=1), "r1", AT + timedelta(hours=1)))
+        await reg.write("t", lambda c: close(c, 2, "smirnov", AT + timedelta(minutes=5), "web view"))
+        await reg.write("t", lambda c: close(c, 3, "smirnov", AT + timedelta(hours=5), "web view"))
+        doc = await reg.read("t", lambda c: report(c, AT - timedelta(days=1), AT + timedelta(days=1),
+                                                   AT + timedelta(hours=6), {}))
+        assert doc["sla"] == {"kept": 1, "missed": 1, "share_kept": 0.5}
+        assert [(r["owner"], r["requests"], r["kept"], r["missed"])
+                for r in doc["response_per_owner"]] == [("ivanov", 3, 1, 1)]
+    finally:
+        await reg.close()

@@ -118,8 +118,8 @@ async def test_simulated_week(make_app, tmp_path):
     assert doc["first_response_hours"] == {"answered": 4, "median": 3.25, "p90": 4.85}
     # kept: A, F; missed: C, G (late), B, D, E (overdue); H is not due yet
     assert doc["sla"] == {"kept": 2, "missed": 5, "share_kept": 0.2857}
-    assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 2, "overdue": 1},
-                                     {"owner": "petrova", "open": 2, "overdue": 2}]
+    assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 2, "awaiting": 2, "overdue": 1},
+                                     {"owner": "petrova", "open": 2, "awaiting": 2, "overdue": 2}]
 
 
 async def test_two_instances_create_each_alert_once(pg_url, tmp_path):
@@ -211,7 +211,11 @@ async def test_cli_on_the_week(make_app, tmp_path):
     assert out.count("question ") == 5 + out.count("Re: question ")
     code, out = await cli("registry", "history", "client.example", "--json", "-c", str(cfg))
     doc = json.loads(out)
-    assert len(doc["requests"]) == 8 and len(doc["messages"]) == 8
+    # the customers' 8 and our 4 replies in their requests (only theirs were listed before)
+    assert len(doc["requests"]) == 8 and len(doc["messages"]) == 12
+    code, out = await cli("registry", "history", "a@client.example", "--json", "-c", str(cfg))
+    assert [(m["from"], m["subject"], m["request"]) for m in json.loads(out)["messages"]] == [
+        ("ivanov@example.com", "Re: question A", 1), ("a@client.example", "question A", 1)]
     code, out = await cli("registry", "history", "b@client.example", "-c", str(cfg))
     assert out.startswith("#2 ") and "question B" in out
     code, out = await cli("registry", "-n", "0", "-c", str(cfg))
@@ -321,6 +325,37 @@ async def test_escalation_skips_a_deputy_who_is_away(make_app, tmp_path):
     [escalate] = await sched.tick(msk(12, 13))
     assert (escalate.stage, escalate.recipient, escalate.address) == (
         "escalate", "smirnov", "smirnov@example.com")
+
+
+async def test_a_request_due_at_the_lunch_break_is_reminded_when_it_falls_due(make_app,
+                                                                               tmp_path):
+    """On a calendar with a lunch break (09:00-13:00, 14:00-18:00), a request written Monday
+    at 10:00 with a 3h first response is due at 13:00, as the lunch starts; with
+    remind_after 0 its reminder goes at 13:00, and the escalation two working hours after
+    it, 16:00. One written at 16:00 is due Tuesday 10:00 and reminded then. Before, the due
+    time at the end of a span was reminded at the next span's start (14:00), an hour after
+    the board showed it overdue (a due time of 18:00: the next morning)."""
+    from tests.control_support import ROUTING
+    routing = write_routing(tmp_path)
+    with open(routing[0], "w", encoding="utf-8") as f:
+        f.write(ROUTING.replace('hours: "Mon-Fri 09:00-18:00"',
+                                'hours: "Mon-Fri 09:00-13:00, Mon-Fri 14:00-18:00"')
+                .replace("first_response: 4h", "first_response: 3h"))
+    app = await make_app(routing=routing, control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    for at, who in ((msk(11, 10), "a"), (msk(11, 16), "b")):
+        app.pipeline.clock = lambda at=at: at
+        await send(app.bound["smtp"][1], mail(f"{who}@client.example", f"printer {who}",
+                                              f"{who}@client"), f"{who}@client.example")
+    got = []
+    at = msk(11, 12)
+    while at <= msk(12, 18):
+        got += [(a.request, a.stage, a.at) for a in await sched.tick(at)]
+        at += timedelta(minutes=15)
+    assert got == [(1, "remind", msk(11, 13)), (1, "escalate", msk(11, 16)),
+                   (2, "remind", msk(12, 10)), (2, "escalate", msk(12, 12))]
 
 
 async def test_notices_in_russian_carry_the_configured_number(make_app, tmp_path):

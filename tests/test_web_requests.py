@@ -302,6 +302,36 @@ async def test_a_request_given_to_someone_else_is_mailed_to_them(site: Any, clie
                            "From: client@outside.test\nSubject: Счёт №42 за декабрь\n"), body
 
 
+async def test_the_owner_of_a_request_sees_its_messages_whoever_the_rule_named(
+        site: Any, client: Any) -> None:
+    """The support request (sales: smirnov's department, no owner by its rule) is given to
+    ivanov, head of finance only: its page, the message it links to, a search by its
+    subject and its counterparty's history show him the message and the decision that
+    opened it; given back to smirnov, it is "not found" for ivanov again. Before, the
+    owner of a request picked by a team, covered as a deputy or reassigned got its page,
+    but each of its messages was 404: the messages were scoped by the rule's owner."""
+    app, _, _, sup = site
+    ivanov, petrova = await client("ivanov"), await client("petrova")
+    _, page, _ = await petrova.get(f"/request/{sup}")
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    assert (await ivanov.get(f"/message/{key}"))[0] == 404
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "ivanov"}))[0] == 303
+    status, page, _ = await ivanov.get(f"/request/{sup}")
+    assert status == 200 and f'href="/message/{key}"' in page
+    status, page, _ = await ivanov.get(f"/message/{key}")
+    assert status == 200 and "принтер не печатает" in page and "support@example.com" in page
+    _, page, _ = await ivanov.get("/search?words=принтер")
+    assert f"/message/{key}" in page
+    _, page, _ = await ivanov.get("/counterparty?who=client@outside.test")
+    assert f"/message/{key}" in page and "Счёт №42" in page
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "smirnov"}))[0] == 303
+    assert (await ivanov.get(f"/message/{key}"))[0] == 404
+    _, page, _ = await ivanov.get("/search?words=принтер")
+    assert f"/message/{key}" not in page
+
+
 async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,
                                                                           client: Any) -> None:
     """First response per mailbox and owner, with SVG charts; the response CSV has the
@@ -553,3 +583,38 @@ async def test_a_request_page_in_russian_names_its_status_and_its_letters(site: 
     ivanov = await client("ivanov", lang="ru")
     status, page, _ = await ivanov.get(f"/request/{fin}")
     assert status == 200 and 'id="status">открыт<' in page and "<h2>Письма</h2>" in page
+
+
+async def test_a_head_opens_every_message_of_a_request_in_the_department_our_replies_too(
+        make_app: Any, tmp_path: Any) -> None:
+    """smirnov heads the support mailbox. A customer writes to support@ (the team `duty`
+    picks ivanov), ivanov's answer comes back as the copy to replies@ (the replies
+    mailbox, no department's): on the request's page both messages are linked and both
+    open for smirnov. Before, the reply's copy was "not found" for the head whose
+    department's request it answered (messages were scoped by their own mailbox)."""
+    from tests.control_support import mail, send, write_routing
+    routing = write_routing(tmp_path, "departments:\n  support: {head: smirnov, mailboxes: [support]}\n")
+    app = await make_app(routing=routing, web=Listener("127.0.0.1", 0), webui=WebConfig(),
+                         control=ControlConfig(replies=("replies@example.com",)))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("t", lambda c: set_password(c, "smirnov", hash_password(PASSWORD), now))
+    port = app.bound["smtp"][1]
+    await send(port, mail("c@client.example", "printer", "c1@client"), "c@client.example")
+    await send(port, mail("ivanov@example.com", "Re: printer", "r1@example.com", "<c1@client>",
+                          to="c@client.example"), "ivanov@example.com", "replies@example.com")
+    host, web_port = app.bound["web"]
+    head = Client(f"http://{host}:{web_port}")
+    try:
+        assert await head.login("smirnov") == 303
+        status, page, _ = await head.get("/request/1")
+        keys = re.findall(r'href="/message/([0-9a-f]{64})"', page)
+        assert status == 200 and len(set(keys)) == 2
+        for key in dict.fromkeys(keys):
+            assert (await head.get(f"/message/{key}"))[0] == 200, key
+        # the customer's history lists our answer too, as `registry history` does (it
+        # listed only the customer's own mail)
+        for who in ("c@client.example", "client.example"):
+            _, page, _ = await head.get(f"/counterparty?who={who}")
+            assert all(f"/message/{key}" in page for key in keys), who
+    finally:
+        await head.http.close()

@@ -238,8 +238,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  first response (business hours): {fr['answered']} answered, "
               f"median {_or(fr['median'])}, p90 {_or(fr['p90'])}")
         print(f"  SLA: kept {sla['kept']}, missed {sla['missed']}, share kept {_or(sla['share_kept'])}")
+        # as the board's columns: "2 open" counted answered and waiting requests, while a
+        # request's status `open` means an answer is owed
         for r in doc["open_per_owner"]:
-            print(f"  {r['owner'] or '(nobody)'}: {r['open']} open, {r['overdue']} overdue")
+            print(f"  {r['owner'] or '(nobody)'}: {r['open']} not closed, {r['awaiting']} "
+                  f"awaiting an answer, {r['overdue']} overdue")
     _emit(args, doc, rows, text)
     return 0
 
@@ -301,9 +304,12 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
         now = datetime.now(timezone.utc)
         before = conn.execute(select(requests.c.status).where(
             requests.c.id == args.number)).scalar_one_or_none()
+        # no answer is owed once closed or waiting for the customer (as a reply with a
+        # marker, and the web view's close): the due time stayed, and the web view's page
+        # of the request closed here showed its "next answer due"
         done = conn.execute(update(requests).where(
             requests.c.id == args.number, requests.c.status.in_(allowed)).values(
-            status=status, closed_at=now if status == "closed" else None))
+            status=status, closed_at=now if status == "closed" else None, response_due=None))
         if not done.rowcount:
             return before or "missing"
         add_event(conn, args.number, now, "status",
@@ -346,6 +352,7 @@ def _reopen(args: argparse.Namespace) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     from .queries import show_request
+    from .store import reopened_by
     if args.action in ("close", "wait"):
         return _set_status(args, "closed" if args.action == "close" else "waiting")
     if args.action == "reopen":
@@ -371,7 +378,9 @@ def cmd_request(args: argparse.Namespace) -> int:
               f"{company_time(due, zone, 'seconds') if due else '- (no SLA)'}, "
               f"answered {company_time(doc['first_response_at'], zone, 'seconds')}")
         if doc.get("response_round", 1) > 1 and doc["status"] == "open" and doc.get("response_due"):
-            print(f"  the customer wrote again: answer {doc['response_round']} due "
+            by = reopened_by(doc["events"])
+            print(f"  {f'reopened by {by}' if by else 'the customer wrote again'}: "
+                  f"answer {doc['response_round']} due "
                   f"{company_time(doc['response_due'], zone, 'seconds')}")
         for r in timeline:
             print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
@@ -425,7 +434,8 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                         description="every request and message with one counterparty")
     h.set_defaults(func=cmd_history, **loaders)
     h.add_argument("who", type=_who, metavar="ADDRESS|DOMAIN",
-                   help="a sender or recipient address, or a domain for all of its addresses")
+                   help="a counterparty's address (their mail, and every message of their "
+                   "requests: our replies too), or a domain for all of its addresses")
     h.add_argument("-n", type=count, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
     req = add("request", cmd_request, "show one request, close it, mark it waiting "

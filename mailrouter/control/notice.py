@@ -44,14 +44,16 @@ _WORDS: dict[str, dict[str, str]] = {
            "owner": "Owner", "nobody": "nobody", "first_due": "First response was due",
            "answer_due": "Answer {n} was due", "reminded": "Reminder sent to",
            "assigned": "Assigned to you", "yours": "Request #{n} is now yours: assigned by {who}.",
-           "due": "Answer due"},
+           "due": "Answer due", "reopened": "reopened by {who}",
+           "since_reopened": " since {who} reopened it"},
     "ru": {"remind": "Напоминание", "escalate": "Эскалация", "no_first": "нет первого ответа",
            "wrote_again": "клиент написал снова", "no_answer": "Запрос №{n} остаётся без ответа",
            "since": " после нового письма клиента", "from": "От", "subject": "Тема",
            "owner": "Ответственный", "nobody": "не назначен", "first_due": "Срок первого ответа",
            "answer_due": "Срок ответа {n}", "reminded": "Напоминание отправлено",
            "assigned": "Назначено вам", "yours": "Запрос №{n} теперь ваш: назначил {who}.",
-           "due": "Срок ответа"},
+           "due": "Срок ответа", "reopened": "переоткрыт ({who})",
+           "since_reopened": " после переоткрытия ({who})"},
 }
 
 
@@ -86,12 +88,16 @@ class Notices:
             f"\nmailrouter request show {n}\n"
 
     def alert(self, r: dict[str, Any], stage: str, reminded: str | None,
-              calendars: Any) -> tuple[str, str]:
-        """The reminder's (stage "remind") or escalation's subject and body."""
+              calendars: Any, reopened_by: str | None = None) -> tuple[str, str]:
+        """The reminder's (stage "remind") or escalation's subject and body; `reopened_by`:
+        the person who reopened the request by hand (else the customer wrote again)."""
         w, first = _WORDS[self.language], r["response_round"] == 1
-        what = w["no_first"] if first else w["wrote_again"]
+        what = (w["no_first"] if first else w["reopened"].format(who=reopened_by)
+                if reopened_by else w["wrote_again"])
+        since = ("" if first else w["since_reopened"].format(who=reopened_by)
+                 if reopened_by else w["since"])
         subject = f"{self._tag(r['id'])} {w[stage]}: {what}: {r['subject']}"
-        body = (w["no_answer"].format(n=r["id"]) + ("" if first else w["since"]) + ".\n\n"
+        body = (w["no_answer"].format(n=r["id"]) + since + ".\n\n"
                 f"{w['from']}: {r['counterparty']}\n{w['subject']}: {r['subject']}\n"
                 f"{w['owner']}: {r['owner'] or w['nobody']}\n"
                 + (w["first_due"] if first else w["answer_due"].format(n=r["response_round"]))

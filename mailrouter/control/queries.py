@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -29,7 +29,7 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in"]
+           "requests_in", "through_requests", "counterparty_threads"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -48,6 +48,18 @@ def requests_in(scope: Scope | None) -> ColumnElement[bool]:
     return or_(cond, requests.c.owner == scope.owner) if scope.owner else cond
 
 
+def through_requests(mailboxes: frozenset[str], person: str | None
+                     ) -> Callable[[Any], ColumnElement[bool]]:
+    """For registry.queries.Scope.owns: a message key of a request of `mailboxes`, or
+    owned by `person` now (the requests a viewer with those rights sees: requests_in)."""
+    seen = requests_in(Scope(mailboxes=mailboxes, owner=person))
+
+    def owns(key: Any) -> ColumnElement[bool]:
+        return exists().where(request_messages.c.message_key == key,
+                              requests.c.id == request_messages.c.request_id, seen)
+    return owns
+
+
 def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: datetime) -> float:
     """Working hours from `start` to `end` on the request's calendar (elapsed without one)."""
     c = calendars.get(cal) if cal else None
@@ -58,11 +70,15 @@ def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: 
 
 def _response(rows: list[Any], now: datetime) -> dict[str, Any]:
     """First response (median, p90 in business hours) and SLA kept of (first, due, hours to
-    the first response or None)."""
+    the first response or None, closed_at). One closed unanswered before it fell due (spam,
+    a misdirected mail closed by hand) owed no answer: neither kept nor missed. Before, it
+    counted as missed from its due time on, and a head's share fell hours after the close."""
     hours, kept, missed = [], 0, 0
-    for first, due, took in rows:
+    for first, due, took, closed in rows:
         if took is not None:
             hours.append(took)
+        if first is None and closed is not None and due is not None and closed < due:
+            continue
         if due is not None and (first is not None or due <= now):
             if first is not None and first <= due:
                 kept += 1
@@ -91,11 +107,13 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
     per_box: dict[str | None, list[Any]] = {}
     per_owner: dict[str | None, list[Any]] = {}
     per_day: dict[str, int] = {}
-    for opened, first, due, cal, box, owner in conn.execute(select(
+    for opened, first, due, cal, box, owner, closed in conn.execute(select(
             requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
-            requests.c.sla_calendar, requests.c.mailbox, requests.c.owner).where(span)):
+            requests.c.sla_calendar, requests.c.mailbox, requests.c.owner,
+            requests.c.closed_at).where(span)):
         # the business hours once per request: every request is in three of the groups
-        every.append((first, due, None if first is None else _hours(calendars, cal, opened, first)))
+        every.append((first, due, None if first is None else _hours(calendars, cal, opened, first),
+                      closed))
         per_box.setdefault(box, []).append(every[-1])
         per_owner.setdefault(owner, []).append(every[-1])
         day = opened.astimezone(zone).date().isoformat()
@@ -108,14 +126,16 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
                                    for k, v in sorted(per_box.items(), key=lambda i: str(i[0]))]
     out["response_per_owner"] = [{"owner": k} | _response(v, now)
                                  for k, v in sorted(per_owner.items(), key=lambda i: str(i[0]))]
-    overdue = and_(requests.c.status == "open", requests.c.response_due <= now)
+    # "open" is every request not closed (answered and waiting too), as ever; "awaiting"
+    # the status open, an answer owed, which the text and the board call awaiting an answer
+    awaiting = requests.c.status == "open"
+    overdue = and_(awaiting, requests.c.response_due <= now)
     per: dict[str | None, dict[str, Any]] = {}
-    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
+    for owner, n, w, o in conn.execute(select(
+            requests.c.owner, func.count(), func.count().filter(awaiting),
+            func.count().filter(overdue)).where(
             requests.c.status != "closed", requests_in(scope)).group_by(requests.c.owner)):
-        per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["open"] = int(n)
-    for owner, n in conn.execute(select(requests.c.owner, func.count()).where(
-            overdue, requests_in(scope)).group_by(requests.c.owner)):
-        per.setdefault(owner, {"owner": owner, "open": 0, "overdue": 0})["overdue"] = int(n)
+        per[owner] = {"owner": owner, "open": int(n), "awaiting": int(w), "overdue": int(o)}
     out["open_per_owner"] = sorted(per.values(), key=lambda r: str(r["owner"]))
     return out
 
@@ -291,22 +311,41 @@ def _whole(conn: Connection, keys: list[str]) -> list[Any]:
     return [found[k] for k in keys]
 
 
+def _counterparty(who: str) -> ColumnElement[bool]:
+    """The requests of one counterparty: an address, or a domain (either IDNA form)."""
+    forms = idn_forms(who.strip().lower().lstrip("@"))
+    return (requests.c.counterparty.in_(forms) if "@" in forms[0]
+            else requests.c.counterparty_domain.in_(forms))
+
+
+def counterparty_threads(who: str) -> Callable[[Any], ColumnElement[bool]]:
+    """For registry.queries.counterparty: a message key of a request of `who`'s."""
+    theirs = select(requests.c.id).where(_counterparty(who))
+
+    def cond(key: Any) -> ColumnElement[bool]:
+        return exists().where(request_messages.c.message_key == key,
+                              request_messages.c.request_id.in_(theirs))
+    return cond
+
+
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:
     """Every request and message with one counterparty: an address, or a whole domain
-    (either IDNA form of it)."""
+    (either IDNA form of it). The messages are theirs (From) and every message of their
+    requests: our replies (the copies to control.replies) and the rest of each thread.
+    Before, only their own mail was listed: the history of a customer never showed an
+    answer."""
     original, who = who.strip(), who.strip().lower().lstrip("@")
     forms = idn_forms(who)
     rq: ColumnElement[bool]
     mq: ColumnElement[bool]
+    rq = _counterparty(who)
     if "@" in who:
-        rq = requests.c.counterparty.in_(forms)
         mq = messages.c.from_addr.in_(sorted({*forms, original}))
     else:
-        rq = requests.c.counterparty_domain.in_(forms)
         mq = from_domain(forms)
     reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]
-    msgs = list(conn.execute(select(messages).where(mq).order_by(messages.c.received_at.desc())
-                             .limit(limit)).all())
+    msgs = list(conn.execute(select(messages).where(or_(mq, counterparty_threads(who)(messages.c.key)))
+                             .order_by(messages.c.received_at.desc()).limit(limit)).all())
     return {"counterparty": who, "requests": reqs, "messages": _message_rows(conn, msgs)}
 
 

@@ -60,6 +60,8 @@ class Control:
         # control.replies as the current address book's options read them (a reload may
         # change the options: recomputed when they do)
         self._replies: tuple[Options | None, frozenset[str]] = (None, frozenset())
+        # people's addresses -> person key, for the address book's people of the snapshot
+        self._people: tuple[Any, dict[str, str]] = (None, {})
         # Message-ID -> (its references, done when its record is): see plan().
         self._flight: dict[str, tuple[tuple[str, ...], asyncio.Future[None]]] = {}
 
@@ -156,11 +158,13 @@ class Control:
         if number is not None and number not in candidates and request_row(conn, number):
             candidates.append(number)
             by_number = True
+        staff = self._staff(sender, mail_from, snap.book)
         for rid in candidates:
             if took_part(sender, participants(conn, rid), self.cfg.join):
                 row = request_row(conn, rid)
                 assert row is not None
-                return joining(replace(base, refused=tuple(refused), refs=refs), rid, row)
+                return joining(replace(base, refused=tuple(refused), refs=refs, staff=staff),
+                               rid, row)
             how = "number" if by_number and rid == number else "reference"
             refused.append((rid, f"{sender or '<>'} took no part in request #{rid} "
                                  f"(join check: {self.cfg.join}); named it by {how}; "
@@ -204,6 +208,18 @@ class Control:
         the company's outgoing mail to replies@ under its sender's own address; the MTA keeps
         outsiders from sending as those (SPF, smtpd_sender_login_maps)."""
         return on_our_domains(mail_from, domains)
+
+    def _staff(self, sender: str, mail_from: str, book: Any) -> str | None:
+        """The person of the address book whose address `sender` (From) is, when the mail
+        comes from our domains (the envelope sender, as for a reply's copy): one of ours
+        writing in a request's thread (a forward to the team's address, a word to a
+        colleague) is not its customer writing again (store._apply)."""
+        if not sender or not self._ours(mail_from, book.domains):
+            return None
+        if self._people[0] is not book.people:
+            self._people = (book.people, {p.address.lower(): k for k, p in book.people.items()
+                                          if p.address})
+        return self._people[1].get(sender)
 
     def _to_replies(self, rcpt: str, options: Options) -> bool:
         """Is `rcpt` a `control.replies` address, as the address book reads addresses:

@@ -55,8 +55,8 @@ from ..registry import Registry
 from ..registry.models import messages
 from .notice import Notices, queue_notice
 from .owners import Zones, on_duty
-from .store import add_event
-from .tables import request_alerts, requests, thread_claims
+from .store import add_event, reopened_by
+from .tables import request_alerts, request_events, requests, thread_claims
 
 __all__ = ["Alert", "Scheduler"]
 
@@ -108,8 +108,12 @@ class Scheduler:
         return made
 
     def _later(self, snap: Any, calendar: str | None, start: datetime, seconds: float) -> datetime:
+        """`seconds` of working time after `start`; none (remind_after: 0) is `start` itself.
+        The calendar's "0 hours after" a due time at the end of a span (12:00 before lunch,
+        18:00) is the next span's start: the reminder came an hour, or a night, after the
+        request fell due, while one due a minute earlier was reminded on time."""
         cal = snap.rules.calendars.get(calendar) if calendar else None
-        if cal is None:
+        if cal is None or seconds <= 0:
             return start + timedelta(seconds=seconds)
         due: datetime = cal.add_business_hours(start, seconds / 3600)
         return due.astimezone(timezone.utc)
@@ -169,7 +173,11 @@ class Scheduler:
         who = self._recipient(snap, r, stage, now, reminded)
         person = snap.book.people.get(who) if who else None
         address = person.address if person is not None else None
-        subject, body = self.notices.alert(r, stage, reminded, snap.rules.calendars)
+        by = reopened_by([dict(e._mapping) for e in conn.execute(
+            select(request_events.c.kind, request_events.c.detail, request_events.c.actor)
+            .where(request_events.c.request_id == r["id"], request_events.c.kind == "status")
+            .order_by(request_events.c.id))]) if r["response_round"] > 1 else None
+        subject, body = self.notices.alert(r, stage, reminded, snap.rules.calendars, by)
         ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_alerts)
         done = conn.execute(ins.values(request_id=r["id"], round=r["response_round"],
                                        stage=stage, at=now, recipient=who,

@@ -11,7 +11,9 @@ Refused: a follow-up whose sender took no part in the request it names (see
 threads.took_part) does not join it; the refusal is an event on that request
 (`join_refused`) and the message opens a request of its own. Robot mail (bounces,
 auto-replies, lists) neither opens nor reopens a request, nor, as a copy of our outgoing
-mail, answers one (an out-of-office reply, a reminder copied by sender_bcc_maps).
+mail, answers one (an out-of-office reply, a reminder copied by sender_bcc_maps). A follow-up
+from one of ours (a person of the address book writing from our domains, not the request's
+customer: the owner forwarding the thread to the team's address) joins without reopening it.
 
 Messages arriving together: the plan is read before delivery and written after it, so
 a second transaction of the very same message (an MTA splitting recipients), or a
@@ -53,7 +55,7 @@ from .tables import (request_events, request_messages, request_threads, requests
 from .threads import domain_of, took_part
 
 __all__ = ["Plan", "DbTeamState", "find_by_refs", "participants", "apply_plan", "add_event",
-           "claim_thread", "joining", "next_due", "reopened"]
+           "claim_thread", "joining", "next_due", "reopened", "reopened_by", "CUSTOMER_WROTE"]
 
 _REQUESTS_LOCK = 0x6D725251      # pg_advisory_xact_lock key of _one_at_a_time ("mrRQ")
 _PICK_LOCK = 0x6D725450          # first key of _team_turn's lock, the team's hash second ("mrTP")
@@ -88,6 +90,7 @@ class Plan:
     term: str | None = None                    # an open's SLA first_response ("4h")
     calendars: Any = field(default=None, compare=False)  # the snapshot's, for a reopen's due
     flight: Any = field(default=None, compare=False)   # Control.settle's token
+    staff: str | None = None                   # a join's sender is this person of ours
 
 
 def next_due(calendars: Mapping[str, Any] | None, calendar: str | None, term: str | None,
@@ -106,6 +109,22 @@ def next_due(calendars: Mapping[str, Any] | None, calendar: str | None, term: st
         return at + timedelta(days=days, hours=hours)
     due: datetime = cal.add_business_hours(at, days * cal.day_hours + hours)
     return due
+
+
+CUSTOMER_WROTE = "the customer wrote"     # the why of a reopen by the customer's mail
+
+
+def reopened_by(events: Iterable[Mapping[str, Any]]) -> str | None:
+    """Who reopened the request by hand for the answer owed now (the actor of its last
+    reopen, in `events`: request_events rows in order), or None when the customer wrote.
+    A reminder or `request show` said "the customer wrote again" after a head's reopen."""
+    last = None
+    for e in events:
+        if e["kind"] == "status" and " -> open: " in (e["detail"] or ""):
+            last = e
+    if last is None or f" -> open: {CUSTOMER_WROTE}" in last["detail"]:
+        return None
+    return str(last["actor"] or "?")
 
 
 def reopened(conn: Connection, rid: int, row: Mapping[str, Any], at: datetime,
@@ -251,7 +270,11 @@ def _apply(conn: Connection, plan: Plan, key: str, at: datetime) -> int | None:
                       plan.sender)
             row = request_row(conn, rid)        # as it is now, not as planned
             if row is not None and row["status"] != "open":
-                reopened(conn, rid, row, at, plan.calendars, "the customer wrote", plan.sender)
+                if plan.staff is None or plan.sender == row["counterparty"]:
+                    reopened(conn, rid, row, at, plan.calendars, CUSTOMER_WROTE, plan.sender)
+                else:       # one of ours (a forward to the team's address): no answer owed
+                    add_event(conn, rid, at, "status", f"stays {row['status']}: "
+                              f"{plan.staff} is one of ours, not the customer", plan.sender)
         else:
             _reply(conn, plan, rid, at)
         return rid

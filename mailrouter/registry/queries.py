@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, case, exists, func, literal_column, or_, select
+from sqlalchemy import (ColumnElement, Connection, Select, and_, case, exists, func, literal_column,
+                        or_, select)
 
 from .models import decisions, deliveries, messages
 from .words import newest, parse_words
@@ -44,11 +45,20 @@ _CHUNK = 2000
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What one person may see: everything, or the mail of `mailboxes` and of `owner`."""
+    """What one person may see: everything, or the mail of `mailboxes` and of `owner`.
+
+    `owns` (a condition on a message key): the messages of the requests this viewer may
+    see (of `mailboxes`, or owned by `owner` now). A decision names the rule's owner (a
+    team, or the person before any deputy), not the member the team picked, the deputy, or
+    whom a request was reassigned to, and our replies' copies land in the replies mailbox:
+    without it a team member opened their own request's page and its messages were "not
+    found", and a head the replies in their department's requests. The requests are
+    control/'s, a layer above: the web view passes control.queries.through_requests."""
 
     everything: bool = False
     mailboxes: frozenset[str] = frozenset()
     owner: str | None = None
+    owns: Callable[[Any], ColumnElement[bool]] | None = field(default=None, compare=False)
 
     def where(self, q: Select[Any]) -> Select[Any]:
         if self.everything:
@@ -58,7 +68,17 @@ class Scope:
             cond = or_(cond, decisions.c.owner == self.owner)
         # correlated EXISTS: one lookup in the (message_key, mailbox, owner) index per
         # message walked; `key IN (SELECT ... WHERE mailbox IN ...)` made SQLite scan
-        return q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
+        seen: ColumnElement[bool] = exists().where(decisions.c.message_key == messages.c.key, cond)
+        if self.owns is not None:
+            seen = or_(seen, self.owns(messages.c.key))
+        return q.where(seen)
+
+    def owned(self, conn: Connection, keys: list[str]) -> set[str]:
+        """Those of `keys` seen through `owns` (a request this viewer may see)."""
+        if not keys or self.everything or self.owns is None:
+            return set()
+        return set(conn.execute(select(messages.c.key).where(
+            messages.c.key.in_(keys), self.owns(messages.c.key))).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +133,12 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
                                   .order_by(table.c.id)):
                 found[d.message_key][name].append(dict(d._mapping))
     if scope is not None and not scope.everything:
-        for m in found.values():
+        # a message of a request the viewer may see: the decisions that gave it an owner
+        owned = scope.owned(conn, list(found))
+        for key, m in found.items():
             m["decisions"] = [d for d in m["decisions"] if d["mailbox"] in scope.mailboxes
-                              or (scope.owner and d["owner"] == scope.owner)]
+                              or (scope.owner and d["owner"] == scope.owner)
+                              or (key in owned and d["owner"] is not None)]
             places = {p for d in m["decisions"] if d["mailbox"]
                       for p in (d["mailbox"], f"{d['mailbox']}/{d['folder']}")}
             m["deliveries"] = [c for c in m["deliveries"] if c["target"] in places]
@@ -198,12 +221,19 @@ def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | 
 
 
 def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
-                 before: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+                 before: tuple[datetime, str] | None = None,
+                 threads: Callable[[Any], ColumnElement[bool]] | None = None
+                 ) -> list[dict[str, Any]]:
     """The messages from one address, or from anyone at a domain, newest first: `limit`
-    of them, after `before` (received_at, key of the last one of the page shown)."""
+    of them, after `before` (received_at, key of the last one of the page shown).
+    `threads` (a condition on a message key, control.queries.counterparty_threads): also
+    the messages of their requests, our replies among them, as `registry history` lists."""
     if not who.strip():
         return []
-    q = scope.where(select(messages)).where(_sender(who))
+    found = _sender(who)
+    if threads is not None:
+        found = or_(found, threads(messages.c.key))
+    q = scope.where(select(messages)).where(found)
     at, key = messages.c.received_at, messages.c.key
     if before is not None:
         q = q.where(at <= before[0], or_(at < before[0], key < before[1]))
@@ -229,8 +259,12 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
                    decisions.c.owner)
             .join(decisions, decisions.c.message_key == messages.c.key).where(*span))
     if not scope.everything:
-        cond = decisions.c.mailbox.in_(sorted(scope.mailboxes))
-        rows = rows.where(or_(cond, decisions.c.owner == scope.owner) if scope.owner else cond)
+        cond: ColumnElement[bool] = decisions.c.mailbox.in_(sorted(scope.mailboxes))
+        if scope.owner:
+            cond = or_(cond, decisions.c.owner == scope.owner)
+        if scope.owns is not None:     # as _with_decisions shows a message of a request
+            cond = or_(cond, and_(scope.owns(messages.c.key), decisions.c.owner.is_not(None)))
+        rows = rows.where(cond)
     # grouped outside: PostgreSQL does not see a CASE with bound parameters in the select
     # list and the same CASE in GROUP BY as one expression
     sub = rows.subquery()

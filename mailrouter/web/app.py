@@ -37,7 +37,7 @@ from sqlalchemy import Connection
 from ..calendars import company_zone
 from ..config import WebConfig, is_loopback
 from ..control.notice import Notices
-from ..control.queries import request_of
+from ..control.queries import counterparty_threads, request_of
 from ..registry import Registry
 from ..registry.accounts import close_session, open_session, password_hash, verify_password
 from ..registry.models import MESSAGE_STATUSES
@@ -221,7 +221,8 @@ async def counterparty_page(request: web.Request) -> web.Response:
     except BadInput as exc:
         return bad(request, str(exc))
     found = await request.app[REGISTRY].read("web counterparty", lambda c: counterparty(
-        c, scope, who, limit=HISTORY_PAGE + 1, before=before))
+        c, scope, who, limit=HISTORY_PAGE + 1, before=before,
+        threads=counterparty_threads(who) if who else None))
     return render(request, "counterparty.html", who=who, found=found[:HISTORY_PAGE],
                   more=_older(request, found, HISTORY_PAGE))
 

@@ -36,6 +36,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..config import WebConfig
+from ..control.queries import through_requests
 from ..errors import RegistryError
 from ..registry.accounts import Session, find_session, open_session
 from ..registry.queries import Scope
@@ -80,7 +81,8 @@ def viewer_for(snap: Snapshot, settings: WebConfig, session: Session) -> Viewer 
     admin = session.person in settings.admins
     boxes = {person.mailbox} | {box for d in snap.departments.values() if d.head == session.person
                                 for box in d.mailboxes}
-    scope = Scope(everything=admin, mailboxes=frozenset(boxes), owner=session.person)
+    scope = Scope(everything=admin, mailboxes=frozenset(boxes), owner=session.person,
+                  owns=through_requests(frozenset(boxes), session.person))
     return Viewer(session.person, person.name or session.person, admin, scope, session)
 
 
