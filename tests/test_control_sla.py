@@ -103,6 +103,12 @@ async def test_simulated_week(make_app, tmp_path):
                     ("petrova", "closed"), ("ivanov", "open")]
     assert first_alert == ("petrova@example.com",
                            "[#2] Reminder: no first response yet: question B")
+    # E's reminder reached petrova for ivanov, who is away: it says so; B's is her own
+    bodies = await app.registry.read("t", lambda conn: {r.request_id: r.body for r in conn.execute(
+        select(request_alerts.c.request_id, request_alerts.c.body)
+        .where(request_alerts.c.stage == "remind"))})
+    assert "Owner: ivanov\nYou get this for ivanov, who is away.\n" in bodies[ids["E"]]
+    assert "You get this" not in bodies[ids["B"]]
     # a restart (a new scheduler) scanning again creates nothing more
     assert await Scheduler(app.registry, CONTROL, app.snapshot).tick(msk(18, 0)) == []
     doc = await app.registry.read("t", lambda conn: report(

@@ -43,6 +43,7 @@ _WORDS: dict[str, dict[str, str]] = {
            "since": " since the customer wrote again", "from": "From", "subject": "Subject",
            "owner": "Owner", "nobody": "nobody", "first_due": "First response was due",
            "answer_due": "Answer {n} was due", "reminded": "Reminder sent to",
+           "covering": "You get this for {who}, who is away.",
            "assigned": "Assigned to you", "yours": "Request #{n} is now yours: assigned by {who}.",
            "due": "Answer due", "reopened": "reopened by {who}",
            "since_reopened": " since {who} reopened it"},
@@ -51,6 +52,7 @@ _WORDS: dict[str, dict[str, str]] = {
            "since": " после нового письма клиента", "from": "От", "subject": "Тема",
            "owner": "Ответственный", "nobody": "не назначен", "first_due": "Срок первого ответа",
            "answer_due": "Срок ответа {n}", "reminded": "Напоминание отправлено",
+           "covering": "Вы получили его вместо {who} (отсутствует).",
            "assigned": "Назначено вам", "yours": "Запрос №{n} теперь ваш: назначил {who}.",
            "due": "Срок ответа", "reopened": "переоткрыт ({who})",
            "since_reopened": " после переоткрытия ({who})"},
@@ -88,9 +90,11 @@ class Notices:
             f"\nmailrouter request show {n}\n"
 
     def alert(self, r: dict[str, Any], stage: str, reminded: str | None,
-              calendars: Any, reopened_by: str | None = None) -> tuple[str, str]:
+              calendars: Any, reopened_by: str | None = None,
+              to: str | None = None) -> tuple[str, str]:
         """The reminder's (stage "remind") or escalation's subject and body; `reopened_by`:
-        the person who reopened the request by hand (else the customer wrote again)."""
+        the person who reopened the request by hand (else the customer wrote again); `to`:
+        the person it goes to, told when a reminder reaches them for an absent owner."""
         w, first = _WORDS[self.language], r["response_round"] == 1
         what = (w["no_first"] if first else w["reopened"].format(who=reopened_by)
                 if reopened_by else w["wrote_again"])
@@ -100,6 +104,8 @@ class Notices:
         body = (w["no_answer"].format(n=r["id"]) + since + ".\n\n"
                 f"{w['from']}: {r['counterparty']}\n{w['subject']}: {r['subject']}\n"
                 f"{w['owner']}: {r['owner'] or w['nobody']}\n"
+                + (w["covering"].format(who=r["owner"]) + "\n"
+                   if stage == "remind" and to and r["owner"] and to != r["owner"] else "")
                 + (w["first_due"] if first else w["answer_due"].format(n=r["response_round"]))
                 + f": {self._due(r, calendars)}\n"
                 + (f"{w['reminded']}: {reminded}\n" if stage == "escalate" else "")

@@ -177,7 +177,7 @@ class Scheduler:
             select(request_events.c.kind, request_events.c.detail, request_events.c.actor)
             .where(request_events.c.request_id == r["id"], request_events.c.kind == "status")
             .order_by(request_events.c.id))]) if r["response_round"] > 1 else None
-        subject, body = self.notices.alert(r, stage, reminded, snap.rules.calendars, by)
+        subject, body = self.notices.alert(r, stage, reminded, snap.rules.calendars, by, who)
         ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(request_alerts)
         done = conn.execute(ins.values(request_id=r["id"], round=r["response_round"],
                                        stage=stage, at=now, recipient=who,
