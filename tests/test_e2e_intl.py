@@ -1,0 +1,75 @@
+"""Internationalised mail through the chain a mail admin deploys: a real Postfix in front of
+mailrouter and a real Postfix as the outbox's return relay (tests/support/postfix.py), SMTPUTF8
+clients, and what the sender, the registry and the next hop see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+from typing import Any
+
+import pytest
+
+from mailrouter.config import DeliveryConfig
+from mailrouter.registry.queries import Scope, search
+from tests.test_e2e_postfix import start_postfix, until
+from tests.test_outbox import relay_to
+from tests.test_report_exports import _cli
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
+
+ROUTING = """\
+domains: [example.com, пример.рф]
+mailboxes:
+  sales: {maildir: sales}
+aliases:
+  продажи@пример.рф: mailbox:sales
+moved:
+  старый@пример.рф: {now: продажи@пример.рф, deliver: true, autoreply: moved}
+autoreplies:
+  moved:
+    from: old
+    subject: "Auto: {subject}"
+    body: "Пишите на {new}"
+"""
+
+
+def _smtputf8(port: int, sender: str, rcpt: str, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail(sender, [rcpt], raw, mail_options=["SMTPUTF8"])
+
+
+async def _app(make_app: Any, tmp_path: Any, relay: int | None = None) -> Any:
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING, encoding="utf-8")
+    over = {"outbox": relay_to(relay)} if relay is not None else {}
+    return await make_app(routing=(str(routing),),
+                          delivery=DeliveryConfig(tmp_path / "var" / "mail"), **over)
+
+
+async def test_a_recipient_is_found_in_either_idna_form_of_its_domain(make_app, postfix, tmp_path):
+    """Postfix passes the RCPT as the client wrote it: one message to продажи@пример.рф, one
+    to продажи@xn--e1afmkfd.xn--p1ai. `registry search --rcpt` and the web search find both
+    by either form, in any case, and `--from` finds the sender by either form (each found
+    only the form it was typed in)."""
+    app = await _app(make_app, tmp_path)
+    mta = await start_postfix(postfix, app.bound["smtp"][1])
+    for n, rcpt in enumerate(("продажи@пример.рф", "продажи@xn--e1afmkfd.xn--p1ai")):
+        await asyncio.to_thread(_smtputf8, mta.port, "иван@клиент.рф", rcpt,
+                                f"Subject: s{n}\r\n\r\nbody\r\n".encode())
+    await until(lambda: mta.maillog.count("status=sent") == 2, what=mta.maillog)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}'}}\n"
+                   f"routing: ['{tmp_path / 'routing.yaml'}']\n", encoding="utf-8")
+    for who in ("продажи@пример.рф", "продажи@xn--e1afmkfd.xn--p1ai",
+                "продажи@XN--E1AFMKFD.XN--P1AI"):
+        code, out = await _cli("registry", "search", "--rcpt", who, "--json", "-c", str(cfg))
+        assert code == 0, (who, out)
+        assert sorted(m["subject"] for m in json.loads(out)) == ["s0", "s1"], who
+        web = await app.registry.read("t", lambda c, who=who: search(
+            c, Scope(everything=True), rcpt=who))
+        assert sorted(m["subject"] for m in web.rows) == ["s0", "s1"], who
+    for who in ("иван@клиент.рф", "иван@xn--e1affem4a.xn--p1ai"):     # and the sender
+        code, out = await _cli("registry", "search", "--from", who, "--json", "-c", str(cfg))
+        assert code == 0 and len(json.loads(out)) == 2, (who, out)
