@@ -286,6 +286,8 @@ class OutboxWorker:
                                        timeout=self.config.timeout, start_tls=False,
                                        local_hostname=self.hostname)
                 await smtp.connect()
+                await smtp.ehlo()    # the extensions are known only after EHLO: without it
+                #                      BODY=8BITMIME was never declared on a new connection
             options = [] if row["rcpt"].isascii() and row["mail_from"].isascii() else ["SMTPUTF8"]
             if not bytes(row["raw"]).isascii() and smtp.supports_extension("8bitmime"):
                 options.append("BODY=8BITMIME")

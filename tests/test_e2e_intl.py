@@ -14,7 +14,8 @@ import pytest
 from mailrouter.config import DeliveryConfig
 from mailrouter.registry.queries import Scope, search
 from tests.test_e2e_postfix import start_postfix, until
-from tests.test_outbox import relay_to
+from tests.test_delivery_smtp import Sink
+from tests.test_outbox import relay_to, rows, settled
 from tests.test_report_exports import _cli
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
@@ -73,3 +74,32 @@ async def test_a_recipient_is_found_in_either_idna_form_of_its_domain(make_app, 
     for who in ("иван@клиент.рф", "иван@xn--e1affem4a.xn--p1ai"):     # and the sender
         code, out = await _cli("registry", "search", "--from", who, "--json", "-c", str(cfg))
         assert code == 0 and len(json.loads(out)) == 2, (who, out)
+
+
+async def _answered(app: Any, sender: str, raw: bytes) -> dict[str, Any]:
+    """`sender` writes to the moved старый@пример.рф; the outbox row of the answer, settled."""
+    await asyncio.to_thread(_smtputf8, app.bound["smtp"][1], sender, "старый@пример.рф", raw)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while not (await rows(app) and await settled(app)):
+        assert loop.time() < end, await rows(app)
+        await asyncio.sleep(0.05)
+    [row] = await rows(app)
+    return row
+
+
+async def test_an_answer_declares_8bitmime_on_a_new_connection(make_app, tmp_path):
+    """The answer to иван@клиент.рф is UTF-8 (headers and body): the outbox's MAIL carries
+    SMTPUTF8 and BODY=8BITMIME on the connection it has just opened (the extensions were
+    read before EHLO: BODY=8BITMIME only went out on a reused connection)."""
+    sink = Sink()
+    await sink.start()
+    try:
+        app = await _app(make_app, tmp_path, sink.port)
+        row = await _answered(app, "иван@клиент.рф", "Subject: вопрос\r\n\r\nтело\r\n".encode())
+        assert row["state"] == "sent", row
+        [env] = sink.envelopes
+        assert env.rcpt_tos == ["иван@клиент.рф"]
+        assert "BODY=8BITMIME" in env.mail_options and "SMTPUTF8" in env.mail_options
+    finally:
+        await sink.stop()
