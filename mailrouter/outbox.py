@@ -288,11 +288,16 @@ class OutboxWorker:
                 await smtp.connect()
                 await smtp.ehlo()    # the extensions are known only after EHLO: without it
                 #                      BODY=8BITMIME was never declared on a new connection
-            options = [] if row["rcpt"].isascii() and row["mail_from"].isascii() else ["SMTPUTF8"]
-            if not bytes(row["raw"]).isascii() and smtp.supports_extension("8bitmime"):
+            raw = bytes(row["raw"])
+            head = raw.split(b"\r\n\r\n", 1)[0]
+            options: list[str] = []
+            if not (row["rcpt"].isascii() and row["mail_from"].isascii() and head.isascii()):
+                # RFC 6531 3.4: a non-ASCII address or a raw UTF-8 header (RFC 6532, the
+                # From of an answer from старый@пример.рф to an ASCII sender) needs SMTPUTF8
+                options.append("SMTPUTF8")
+            if not raw.isascii() and smtp.supports_extension("8bitmime"):
                 options.append("BODY=8BITMIME")
-            await smtp.sendmail(row["mail_from"], [row["rcpt"]], bytes(row["raw"]),
-                                mail_options=options)
+            await smtp.sendmail(row["mail_from"], [row["rcpt"]], raw, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return await self._refused(row, smtp, exc.recipients[0].code, str(exc.recipients[0]))
         except aiosmtplib.SMTPResponseException as exc:

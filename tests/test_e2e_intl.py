@@ -103,3 +103,28 @@ async def test_an_answer_declares_8bitmime_on_a_new_connection(make_app, tmp_pat
         assert "BODY=8BITMIME" in env.mail_options and "SMTPUTF8" in env.mail_options
     finally:
         await sink.stop()
+
+
+async def test_an_answer_from_a_unicode_address_to_an_ascii_sender_goes_as_smtputf8(
+        make_app, postfix, tmp_path):
+    """ivan@client.test writes to старый@пример.рф: the answer's envelope is ASCII but its
+    From is старый@пример.рф as raw UTF-8 (RFC 6532), so the outbox declares SMTPUTF8 and
+    Postfix takes it, and relays it, as such (it went without SMTPUTF8: Postfix passed a
+    UTF-8 header to the next hop in a plain ESMTP transaction)."""
+    sink = Sink()
+    await sink.start()
+    try:
+        mta = await asyncio.to_thread(postfix, relay_port=sink.port)
+        app = await _app(make_app, tmp_path, mta.port)
+        row = await _answered(app, "ivan@client.test", b"Subject: q\r\n\r\nbody\r\n")
+        assert row["state"] == "sent", row
+        await until(lambda: sink.envelopes, what="Postfix relays the answer\n" + mta.maillog)
+        [env] = sink.envelopes
+        assert (env.mail_from, env.rcpt_tos) == ("<>", ["ivan@client.test"])
+        assert "SMTPUTF8" in env.mail_options, env.mail_options
+        head = env.content.split(b"\r\n\r\n", 1)[0].decode()
+        assert "by upstream.example.test (Postfix) with UTF8SMTP" in head, head
+        assert "From: старый@пример.рф" in head.splitlines()
+    finally:
+        await sink.stop()
+
