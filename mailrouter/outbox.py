@@ -294,6 +294,8 @@ class OutboxWorker:
             if not (row["rcpt"].isascii() and row["mail_from"].isascii() and head.isascii()):
                 # RFC 6531 3.4: a non-ASCII address or a raw UTF-8 header (RFC 6532, the
                 # From of an answer from старый@пример.рф to an ASCII sender) needs SMTPUTF8
+                if not smtp.supports_extension("smtputf8"):
+                    return await self._no_smtputf8(row, smtp)
                 options.append("SMTPUTF8")
             if not raw.isascii() and smtp.supports_extension("8bitmime"):
                 options.append("BODY=8BITMIME")
@@ -309,6 +311,20 @@ class OutboxWorker:
         # copy is a crash between that 250 and this commit.
         await self._settle(row, "sent", "")
         log.info("event=outbox_sent id=%s kind=%s rcpt=%s", row["id"], row["kind"], row["rcpt"])
+        return smtp
+
+    async def _no_smtputf8(self, row: dict[str, Any],
+                           smtp: aiosmtplib.SMTP) -> aiosmtplib.SMTP:
+        """The relay does not offer SMTPUTF8 and this mail needs it: a permanent failure with
+        the fix (it was retried until outbox.max_age with aiosmtplib's SMTPNotSupported)."""
+        error = (f"relay {self.relay} does not offer SMTPUTF8, which this {row['kind']} to "
+                 f"{row['rcpt']} needs (a non-ASCII address or header, RFC 6531): set "
+                 f"smtputf8_enable = yes in the relay's Postfix main.cf (outbox.relay in "
+                 f"config.yaml names the relay)")
+        await self._settle(row, "failed", error)
+        log.warning("event=outbox_no_smtputf8 id=%s kind=%s rcpt=%s error=%r", row["id"],
+                    row["kind"],
+                    row["rcpt"], error)
         return smtp
 
     async def _refused(self, row: dict[str, Any], smtp: aiosmtplib.SMTP | None, code: int,

@@ -128,3 +128,23 @@ async def test_an_answer_from_a_unicode_address_to_an_ascii_sender_goes_as_smtpu
     finally:
         await sink.stop()
 
+
+async def test_an_answer_needing_smtputf8_to_a_relay_without_it_fails_once_saying_why(
+        make_app, postfix, tmp_path):
+    """The return Postfix has smtputf8_enable = no: the answer to иван@клиент.рф cannot go
+    out. It fails at the first attempt, naming the relay and the setting that fixes it (it
+    was retried as a relay outage until outbox.max_age, with aiosmtplib's words only)."""
+    sink = Sink()
+    await sink.start()
+    try:
+        mta = await asyncio.to_thread(postfix, relay_port=sink.port)
+        await asyncio.to_thread(mta.postconf, "smtputf8_enable = no")
+        await asyncio.to_thread(mta.reload)
+        app = await _app(make_app, tmp_path, mta.port)
+        row = await _answered(app, "иван@клиент.рф", b"Subject: q\r\n\r\nbody\r\n")
+        assert (row["state"], row["attempts"]) == ("failed", 1), row
+        assert f"relay 127.0.0.1:{mta.port} does not offer SMTPUTF8" in row["last_error"]
+        assert "smtputf8_enable = yes" in row["last_error"]
+        assert sink.envelopes == [] and await asyncio.to_thread(mta.queue_ids) == []
+    finally:
+        await sink.stop()
