@@ -49,6 +49,14 @@ async def _app(make_app: Any, tmp_path: Any, relay: int | None = None) -> Any:
                           delivery=DeliveryConfig(tmp_path / "var" / "mail"), **over)
 
 
+def _config(tmp_path: Any) -> Any:
+    """A config.yaml for the CLI on the daemon's registry."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}'}}\n"
+                   f"routing: ['{tmp_path / 'routing.yaml'}']\n", encoding="utf-8")
+    return cfg
+
+
 async def test_a_recipient_is_found_in_either_idna_form_of_its_domain(make_app, postfix, tmp_path):
     """Postfix passes the RCPT as the client wrote it: one message to продажи@пример.рф, one
     to продажи@xn--e1afmkfd.xn--p1ai. `registry search --rcpt` and the web search find both
@@ -60,9 +68,7 @@ async def test_a_recipient_is_found_in_either_idna_form_of_its_domain(make_app, 
         await asyncio.to_thread(_smtputf8, mta.port, "иван@клиент.рф", rcpt,
                                 f"Subject: s{n}\r\n\r\nbody\r\n".encode())
     await until(lambda: mta.maillog.count("status=sent") == 2, what=mta.maillog)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: 'sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}'}}\n"
-                   f"routing: ['{tmp_path / 'routing.yaml'}']\n", encoding="utf-8")
+    cfg = _config(tmp_path)
     for who in ("продажи@пример.рф", "продажи@xn--e1afmkfd.xn--p1ai",
                 "продажи@XN--E1AFMKFD.XN--P1AI"):
         code, out = await _cli("registry", "search", "--rcpt", who, "--json", "-c", str(cfg))
@@ -146,5 +152,29 @@ async def test_an_answer_needing_smtputf8_to_a_relay_without_it_fails_once_sayin
         assert f"relay 127.0.0.1:{mta.port} does not offer SMTPUTF8" in row["last_error"]
         assert "smtputf8_enable = yes" in row["last_error"]
         assert sink.envelopes == [] and await asyncio.to_thread(mta.queue_ids) == []
+    finally:
+        await sink.stop()
+
+
+async def test_one_answer_per_period_whichever_idna_form_the_sender_is_written_in(
+        make_app, postfix, tmp_path):
+    """иван@клиент.рф writes twice to the moved старый@пример.рф through Postfix, the
+    second time as иван@xn--e1affem4a.xn--p1ai (another client, the same mailbox): one
+    answer in the period, the second decision says why not (each form had its own period
+    and daily cap: two answers)."""
+    sink = Sink()
+    await sink.start()
+    try:
+        app = await _app(make_app, tmp_path, sink.port)
+        mta = await start_postfix(postfix, app.bound["smtp"][1])
+        for n, sender in enumerate(("иван@клиент.рф", "иван@xn--e1affem4a.xn--p1ai")):
+            await asyncio.to_thread(_smtputf8, mta.port, sender, "старый@пример.рф",
+                                    f"Subject: q{n}\r\n\r\nbody\r\n".encode())
+            await until(lambda n=n: mta.maillog.count("status=sent") == n + 1, what=mta.maillog)
+        assert [r["rcpt"] for r in await rows(app)] == ["иван@клиент.рф"]
+        code, out = await _cli("registry", "search", "--subject", "q1", "--json", "-c",
+                               str(_config(tmp_path)))
+        [second] = json.loads(out)
+        assert "autoreply moved: not sent" in json.dumps(second, ensure_ascii=False), second
     finally:
         await sink.stop()
