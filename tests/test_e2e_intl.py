@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from mailrouter.config import DeliveryConfig
+from email import message_from_bytes, policy
+
+from mailrouter.config import DeliveryConfig, Downstream
 from mailrouter.registry.queries import Scope, search
 from tests.test_e2e_postfix import start_postfix, until
 from tests.test_delivery_smtp import Sink
@@ -24,8 +26,10 @@ ROUTING = """\
 domains: [example.com, пример.рф]
 mailboxes:
   sales: {maildir: sales}
+  relay: {smtp: desk@downstream.test}
 aliases:
   продажи@пример.рф: mailbox:sales
+  отдел@пример.рф: mailbox:relay
 moved:
   старый@пример.рф: {now: продажи@пример.рф, deliver: true, autoreply: moved}
 autoreplies:
@@ -41,12 +45,14 @@ def _smtputf8(port: int, sender: str, rcpt: str, raw: bytes) -> None:
         client.sendmail(sender, [rcpt], raw, mail_options=["SMTPUTF8"])
 
 
-async def _app(make_app: Any, tmp_path: Any, relay: int | None = None) -> Any:
+async def _app(make_app: Any, tmp_path: Any, relay: int | None = None,
+               downstream: int = 1) -> Any:
+    """The daemon; `relay`: the outbox's, `downstream`: the SMTP mailbox's server."""
     routing = tmp_path / "routing.yaml"
     routing.write_text(ROUTING, encoding="utf-8")
     over = {"outbox": relay_to(relay)} if relay is not None else {}
-    return await make_app(routing=(str(routing),),
-                          delivery=DeliveryConfig(tmp_path / "var" / "mail"), **over)
+    return await make_app(routing=(str(routing),), delivery=DeliveryConfig(
+        tmp_path / "var" / "mail", smtp=Downstream("127.0.0.1", downstream, timeout=10)), **over)
 
 
 def _config(tmp_path: Any) -> Any:
@@ -178,3 +184,39 @@ async def test_one_answer_per_period_whichever_idna_form_the_sender_is_written_i
         assert "autoreply moved: not sent" in json.dumps(second, ensure_ascii=False), second
     finally:
         await sink.stop()
+
+
+async def test_a_dsn_for_a_unicode_recipient_is_a_global_delivery_status(
+        make_app, postfix, tmp_path):
+    """иван@клиент.рф writes through Postfix to продажи@пример.рф (a Maildir) and отдел@пример.рф
+    (an SMTP downstream without SMTPUTF8: refused 5.6.7). The DSN that goes back through the
+    return Postfix is RFC 6533's: message/global-delivery-status with `Final-Recipient: utf-8;`
+    and the original UTF-8 headers as message/global-headers, as Postfix writes its own
+    (it was message/delivery-status and text/rfc822-headers with raw UTF-8 in them, which
+    RFC 3464 and 6522 parsers read as ASCII)."""
+    back, downstream = Sink(), Sink(smtputf8=False)
+    await back.start()
+    await downstream.start()
+    try:
+        ret = await asyncio.to_thread(postfix, relay_port=back.port)
+        app = await _app(make_app, tmp_path, ret.port, downstream.port)
+        mta = await start_postfix(postfix, app.bound["smtp"][1])
+        with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as client:
+            client.sendmail("иван@клиент.рф", ["продажи@пример.рф", "отдел@пример.рф"],
+                            "From: Иван <иван@клиент.рф>\r\nSubject: Счёт\r\n\r\nтело\r\n"
+                            .encode(), mail_options=["SMTPUTF8"])
+        await until(lambda: back.envelopes, what="the DSN through Postfix\n" + ret.maillog)
+        [env] = back.envelopes
+        assert env.rcpt_tos == ["иван@клиент.рф"] and "SMTPUTF8" in env.mail_options
+        dsn = message_from_bytes(env.content, policy=policy.SMTPUTF8)
+        parts = {p.get_content_type(): p for p in dsn.iter_parts()}
+        assert set(parts) == {"text/plain", "message/global-delivery-status",
+                              "message/global-headers"}, list(parts)
+        status = parts["message/global-delivery-status"].as_bytes().decode()
+        assert "Final-Recipient: utf-8; отдел@пример.рф" in status, status
+        assert "Status: 5.6.7" in status, status
+        assert "Subject: Счёт" in parts["message/global-headers"].as_bytes().decode()
+        assert parts["message/global-headers"]["Content-Transfer-Encoding"] == "8bit"
+    finally:
+        await back.stop()
+        await downstream.stop()
