@@ -64,7 +64,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
-from .addressbook.canon import on_our_domains
+from .addressbook.canon import canonical_domain, on_our_domains
 from .loops import TRACE_HEADER
 from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
@@ -206,9 +206,12 @@ _BATV = re.compile(r"\A(?:prvs=[0-9a-z]+=|btv1==[0-9a-z]+==)(?=[^@=]+@)")
 
 def sender_key(address: str) -> str:
     """The sender an answer's period and daily cap count for: `bare`, without a BATV
-    signature (`prvs=0123abcdef=ann@x` is ann@x). The answer still goes to the address
-    as given: the gateway accepts mail only for its signed addresses."""
-    return _BATV.sub("", bare(address))
+    signature (`prvs=0123abcdef=ann@x` is ann@x), the domain in Unicode as the book
+    reads it (иван@xn--e1affem4a.xn--p1ai is иван@клиент.рф: each form had its own
+    period). The answer still goes to the address as given: the gateway accepts mail
+    only for its signed addresses."""
+    local, at, domain = _BATV.sub("", bare(address)).rpartition("@")
+    return f"{local}{at}{canonical_domain(domain)}" if at else domain
 
 
 def period_bucket(at: datetime, period: timedelta) -> int:

@@ -173,19 +173,29 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"[:200]
 
 
+def _cte8(ascii_only: bool) -> str:
+    """The header line a part of raw UTF-8 needs (RFC 6532 3.5), or nothing."""
+    return "" if ascii_only else "Content-Transfer-Encoding: 8bit\r\n"
+
+
 def build_dsn(view: MessageView, *, to: str, failed: Sequence[tuple[str, Reply]],
               hostname: str, at: datetime) -> bytes:
     """An RFC 3464 delivery status notification: multipart/report with a human part, a
     message/delivery-status part (one block per refused recipient) and the original
-    headers (text/rfc822-headers, RFC 6522)."""
+    headers (text/rfc822-headers, RFC 6522). When a refused address or the original
+    headers are not ASCII: RFC 6533's message/global-delivery-status (`Final-Recipient:
+    utf-8; отдел@пример.рф`) and message/global-headers, as Postfix writes its own."""
     boundary = f"=_mailrouter_{secrets.token_hex(12)}"
     human = (f"This is the mail system at host {hostname}.\r\n\r\n"
              "Your message was delivered to some of its recipients, but could not be\r\n"
              "delivered to the ones below. The reason is given after each address.\r\n\r\n"
              + "".join(f"<{rcpt}>: {reply}\r\n" for rcpt, reply in failed))
     status = f"Reporting-MTA: dns; {hostname}\r\nArrival-Date: {format_datetime(at)}\r\n"
+    original = view.header_block.rstrip(b"\r\n") + b"\r\n"
+    utf8 = not (original.isascii() and all(rcpt.isascii() for rcpt, _ in failed))
     for rcpt, reply in failed:
-        status += (f"\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: failed\r\n"
+        kind = "rfc822" if rcpt.isascii() else "utf-8"
+        status += (f"\r\nFinal-Recipient: {kind}; {rcpt}\r\nAction: failed\r\n"
                    f"Status: {reply.status}\r\nDiagnostic-Code: smtp; {reply}\r\n")
     head = (f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\nTo: {to}\r\n"
             "Subject: Undelivered Mail Returned to Sender\r\n"
@@ -194,12 +204,15 @@ def build_dsn(view: MessageView, *, to: str, failed: Sequence[tuple[str, Reply]]
             f"{TRACE_HEADER}: {generated_trace(hostname, 'dsn')}\r\nMIME-Version: 1.0\r\n"
             f"Content-Type: multipart/report; report-type=delivery-status;\r\n"
             f" boundary=\"{boundary}\"\r\n\r\n")
-    original = view.header_block.rstrip(b"\r\n") + b"\r\n"
     cte = "7bit" if human.isascii() else "8bit"
+    status_type, headers_type = (("message/global-delivery-status", "message/global-headers")
+                                 if utf8 else ("message/delivery-status", "text/rfc822-headers"))
     return (head.encode() + f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n"
             f"Content-Transfer-Encoding: {cte}\r\n\r\n{human}\r\n".encode()
-            + f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n{status}\r\n"
-            .encode() + f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n".encode()
+            + f"--{boundary}\r\nContent-Type: {status_type}\r\n{_cte8(status.isascii())}\r\n"
+            f"{status}\r\n".encode()
+            + f"--{boundary}\r\nContent-Type: {headers_type}\r\n{_cte8(original.isascii())}\r\n"
+            .encode()
             + original + f"\r\n--{boundary}--\r\n".encode())
 
 
@@ -286,11 +299,20 @@ class OutboxWorker:
                                        timeout=self.config.timeout, start_tls=False,
                                        local_hostname=self.hostname)
                 await smtp.connect()
-            options = [] if row["rcpt"].isascii() and row["mail_from"].isascii() else ["SMTPUTF8"]
-            if not bytes(row["raw"]).isascii() and smtp.supports_extension("8bitmime"):
+                await smtp.ehlo()    # the extensions are known only after EHLO: without it
+                #                      BODY=8BITMIME was never declared on a new connection
+            raw = bytes(row["raw"])
+            head = raw.split(b"\r\n\r\n", 1)[0]
+            options: list[str] = []
+            if not (row["rcpt"].isascii() and row["mail_from"].isascii() and head.isascii()):
+                # RFC 6531 3.4: a non-ASCII address or a raw UTF-8 header (RFC 6532, the
+                # From of an answer from старый@пример.рф to an ASCII sender) needs SMTPUTF8
+                if not smtp.supports_extension("smtputf8"):
+                    return await self._no_smtputf8(row, smtp)
+                options.append("SMTPUTF8")
+            if not raw.isascii() and smtp.supports_extension("8bitmime"):
                 options.append("BODY=8BITMIME")
-            await smtp.sendmail(row["mail_from"], [row["rcpt"]], bytes(row["raw"]),
-                                mail_options=options)
+            await smtp.sendmail(row["mail_from"], [row["rcpt"]], raw, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return await self._refused(row, smtp, exc.recipients[0].code, str(exc.recipients[0]))
         except aiosmtplib.SMTPResponseException as exc:
@@ -302,6 +324,20 @@ class OutboxWorker:
         # copy is a crash between that 250 and this commit.
         await self._settle(row, "sent", "")
         log.info("event=outbox_sent id=%s kind=%s rcpt=%s", row["id"], row["kind"], row["rcpt"])
+        return smtp
+
+    async def _no_smtputf8(self, row: dict[str, Any],
+                           smtp: aiosmtplib.SMTP) -> aiosmtplib.SMTP:
+        """The relay does not offer SMTPUTF8 and this mail needs it: a permanent failure with
+        the fix (it was retried until outbox.max_age with aiosmtplib's SMTPNotSupported)."""
+        error = (f"relay {self.relay} does not offer SMTPUTF8, which this {row['kind']} to "
+                 f"{row['rcpt']} needs (a non-ASCII address or header, RFC 6531): set "
+                 f"smtputf8_enable = yes in the relay's Postfix main.cf (outbox.relay in "
+                 f"config.yaml names the relay)")
+        await self._settle(row, "failed", error)
+        log.warning("event=outbox_no_smtputf8 id=%s kind=%s rcpt=%s error=%r", row["id"],
+                    row["kind"],
+                    row["rcpt"], error)
         return smtp
 
     async def _refused(self, row: dict[str, Any], smtp: aiosmtplib.SMTP | None, code: int,

@@ -262,7 +262,10 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
     q = select(messages.c.key, messages.c.received_at)
     if sender:
         # as written and lower case: the (from_addr, received_at) index serves both
-        q = q.where(messages.c.from_addr.in_(list({sender.strip(), sender.strip().lower()})))
+        # and with its domain in the other IDNA form (the xn-- form was not found by the
+        # Cyrillic one, nor the other way round)
+        forms = {sender.strip(), *idn_forms(sender.strip()), *idn_forms(sender.strip().lower())}
+        q = q.where(messages.c.from_addr.in_(sorted(forms)))
     # Correlated EXISTS, not IN (subquery): walking messages newest first, each row is
     # checked by an index lookup and the walk stops at `limit`; an IN list would first
     # collect every message of the owner or status (a sixth of a million-message registry).
@@ -273,7 +276,7 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
     def decided(*where: Any) -> Any:
         return exists().where(decisions.c.message_key == messages.c.key, *where)
     if rcpt:
-        q = q.where(decided(func.lower(decisions.c.rcpt) == rcpt.strip().lower()))
+        q = q.where(decided(func.lower(decisions.c.rcpt).in_(idn_forms(rcpt.strip().lower()))))
     if owner:       # the rule's owner (a person or team) or the request's (the team's pick)
         q = q.where(or_(decided(decisions.c.owner == owner), in_request(requests.c.owner == owner)))
     if status:

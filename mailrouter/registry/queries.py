@@ -161,8 +161,10 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
     for column, value in ((decisions.c.rcpt, rcpt), (decisions.c.mailbox, mailbox),
                           (decisions.c.owner, owner)):
         if value.strip():
-            cond = (func.lower(column) == value.strip().lower() if column is decisions.c.rcpt
-                    else column == value.strip())
+            # a recipient in either IDNA form of its domain: the decision keeps the RCPT as
+            # Postfix passed it (продажи@xn--e1afmkfd.xn--p1ai was not found as @пример.рф)
+            cond = (func.lower(column).in_(idn_forms(value.strip().lower()))
+                    if column is decisions.c.rcpt else column == value.strip())
             q = q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
     want_tag = tag.strip()
     walk = newest(conn, q, parse_words(words), page=_CHUNK,
