@@ -1145,3 +1145,39 @@ async def test_a_parameter_of_a_megabyte_of_semicolons_is_read_in_time(make_app,
                           hostname="127.0.0.1", port=app.bound["smtp"][1], timeout=120)
     from tests.support.daemon import maildir_files
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+def _comments_out_again_and_again(value):
+    """auto_submitted's earlier way: the innermost comments out, until none is left."""
+    while "(" in value:
+        stripped = re.sub(r"\([^()]*\)", " ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return value
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="() a;", max_size=30))
+def test_comments_are_taken_out_as_they_were(value):
+    """The one-pass without_comments gives what taking the innermost out again and again
+    gave, unbalanced parentheses included."""
+    from mailrouter.message import without_comments
+    assert without_comments(value) == _comments_out_again_and_again(value)
+
+
+async def test_an_auto_submitted_of_deeply_nested_comments_is_read_in_time(make_app, tmp_path):
+    """`Auto-Submitted:` with 500,000 '(' then as many ')' (1 MB): the innermost comment
+    was taken out once per level, each time over the whole value, minutes of one worker
+    past process_timeout, so 451 on every retry (the example rules ask `robot:` of every
+    message). The message is taken, and is no robot's (the keyword is `no`)."""
+    import aiosmtplib
+    app = await make_app(limits={"process_timeout": 60})
+    d = 500_000
+    raw = b"Subject: q\r\nAuto-Submitted: " + b"(" * d + b")" * d + b" no\r\n\r\nhello\r\n"
+    await aiosmtplib.send(raw, sender="client@outside.test", recipients=["sales@example.com"],
+                          hostname="127.0.0.1", port=app.bound["smtp"][1], timeout=120)
+    from tests.support.daemon import maildir_files
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    [row] = await app.registry.recent(1)
+    assert not any(r["name"] == "robots" for d in row["decisions"] for r in d["rules"])
