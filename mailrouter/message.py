@@ -97,6 +97,16 @@ def auto_submitted(value: str) -> str:
     return " ".join(without_comments(value).split(";", 1)[0].split()).lower()
 
 
+def _address_of(value: str) -> str:
+    """parseaddr's address, '' when it finds none or cannot read the value at all: the
+    stdlib recurses once per nested '(' and raised RecursionError for `Delivered-To:`
+    and 1,000 of them, out of the loop check, so 451 on every retry of that message."""
+    try:
+        return parseaddr(value)[1]
+    except Exception:  # never raise: the parser is not ours
+        return ""
+
+
 _PAREN = re.compile(r"[()]")
 
 
@@ -357,7 +367,7 @@ class MessageView:
     @cached_property
     def delivered_to(self) -> list[str]:
         values = [v.decode("latin-1").strip() for v in self._by_name.get("delivered-to", [])]
-        return [(parseaddr(v)[1] or v).lower() for v in values]
+        return [(_address_of(v) or v).lower() for v in values]
 
     # Robots (RFC 3834 section 2)
 

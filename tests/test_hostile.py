@@ -543,3 +543,19 @@ async def test_a_subject_of_many_encoded_words_is_decoded_in_time(make_app, tmp_
     [row] = await app.registry.recent(1)
     assert row["subject"].startswith("a" * 100) and set(row["subject"]) == {"a"}
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("header", ["Delivered-To", "From", "To", "Cc", "Reply-To"])
+async def test_an_address_header_of_nested_parentheses_is_taken(make_app, tmp_path, header):
+    """The stdlib's address parser recurses once per nested '(': `Delivered-To:` and 1,200
+    of them raised RecursionError out of the loop check, answered 451 on every retry of
+    the MTA (the message could never be delivered). It is read as an address that names
+    nothing, and the message is stored."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        r = await w.transaction("client@outside.test", ["sales@example.com"],
+                                f"Subject: q\r\n{header}: ".encode() + b"(" * 1200
+                                + b"x@outside.test\r\n\r\nhi\r\n.\r\n")
+    assert r[-1].startswith("250 2.0.0"), r
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
