@@ -535,7 +535,7 @@ async def test_a_subject_of_many_encoded_words_is_decoded_in_time(make_app, tmp_
     n = 300_000
     app = await make_app(limits={"process_timeout": 60})
     subject = b" ".join([b"=?utf-8?q?a?="] * n)
-    async with Wire(app.bound["smtp"][1]) as w:
+    async with Wire(app.bound["smtp"][1], timeout=120) as w:   # process_timeout decides
         await w.greet()
         r = await w.transaction("client@outside.test", ["sales@example.com"],
                                 b"Subject: " + subject + b"\r\n\r\nhi\r\n.\r\n")
@@ -559,3 +559,35 @@ async def test_an_address_header_of_nested_parentheses_is_taken(make_app, tmp_pa
                                 + b"x@outside.test\r\n\r\nhi\r\n.\r\n")
     assert r[-1].startswith("250 2.0.0"), r
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+async def test_chains_of_forwarded_messages_are_read_in_time(make_app, tmp_path):
+    """20 chains of 900 forwarded messages each inside the next (message/rfc822, 1 MB):
+    each forwarded message's size was counted by writing it again with all inside it, so
+    each chain cost the square of its length (and every level past Python's recursion
+    limit failed only at its bottom): minutes, past process_timeout, 451 on every retry.
+    Sizes are counted five levels deep; the message is taken and every forward listed."""
+    app = await make_app(limits={"process_timeout": 60})
+    chain = (b"Content-Type: message/rfc822\r\n\r\nSubject: in\r\nMIME-Version: 1.0\r\n" * 900
+             + b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    raw = (b"Subject: forwards\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+           + b"".join(b"--B\r\n" + chain for _ in range(20)) + b"--B--\r\n.\r\n")
+    async with Wire(app.bound["smtp"][1], timeout=120) as w:   # process_timeout decides
+        await w.greet()
+        r = await w.transaction("client@outside.test", ["sales@example.com"], raw)
+    assert r[-1].startswith("250 2.0.0"), r
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+def test_a_forwarded_message_five_deep_has_its_size():
+    """Inside five forwards a forwarded message still has the size of its bytes; the one
+    inside it (six deep) is listed with size 0."""
+    from mailrouter.message import MessageView
+    raw, wrapped = b"Subject: last\r\n\r\nhello\r\n", {}
+    for n in range(7):
+        raw = (f"Subject: fwd{n}\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+               .encode() + raw)
+        wrapped[f"fwd{n}.eml"] = len(raw)
+    sizes = {a.filename: a.size for a in MessageView(raw).attachments}
+    # fwd6 is the message itself (a message/rfc822 of its own), fwd5 the part it is
+    assert sizes == {f"fwd{n}.eml": wrapped[f"fwd{n}.eml"] for n in range(5)} | {"last.eml": 0}
