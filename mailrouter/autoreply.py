@@ -65,7 +65,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Protocol
 
 from .addressbook.canon import canonical_domain, on_our_domains
-from .loops import TRACE_HEADER
+from .loops import TRACE_HEADER, header_text
 from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
 
@@ -426,7 +426,7 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     msg = EmailMessage(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
     msg["From"] = sender
     msg["To"] = to.strip("<>")
-    msg["Subject"] = responder.subject_for(language).format(**values)
+    msg["Subject"] = header_text(responder.subject_for(language).format(**values))   # a customer's U+2028
     msg["Date"] = format_datetime(at)
     msg["Message-ID"] = message_id or make_msgid(domain=hostname)
     original = _MSGID.search(view.message_id or "")

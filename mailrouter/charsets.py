@@ -1029,14 +1029,21 @@ def _plain_ascii(data: bytes) -> bool:
     return data.isascii() and b"=?" not in data
 
 
+# More encoded-words than a person's mailer writes in one header (an Outlook Subject of 998
+# characters is about 40): past this, they are decoded one by one (_split_words).
+_MANY_WORDS = 256
+
+
 def _split_words(data: bytes, defects: list[str]) -> list[_PART]:
     """Split into (bytes, charset label) with the stdlib; latin-1 keeps every byte one char."""
     text = data.decode("latin-1")
-    try:
-        return _as_bytes(email.header.decode_header(text))
-    except (email.errors.HeaderParseError, ValueError, TypeError):
-        pass
-    # One broken encoded-word must not lose the others: decode word by word.
+    if text.count("=?") <= _MANY_WORDS:
+        try:
+            return _as_bytes(email.header.decode_header(text))
+        except (email.errors.HeaderParseError, ValueError, TypeError):
+            pass
+    # One broken encoded-word must not lose the others: decode word by word. So are many
+    # words: the stdlib's decode_header takes time quadratic in their number (list.pop(0)).
     parts: list[_PART] = []
     pos = 0
     # ecre is the stdlib's encoded-word pattern; typeshed does not declare it.
@@ -1072,14 +1079,15 @@ def _drop_space_between_words(parts: list[_PART]) -> list[_PART]:
 def _merge(parts: list[_PART]) -> list[_PART]:
     """Join adjacent words of one charset before decoding: a UTF-8 character may be split
     across two encoded-words (RFC 2047 forbids it, Outlook and others do it), and
-    ``UTF-8*ru`` and ``utf-8`` are one charset."""
-    merged: list[_PART] = []
+    ``UTF-8*ru`` and ``utf-8`` are one charset. Joined once per run (adding each word to
+    the bytes so far was quadratic in the run's length)."""
+    merged: list[tuple[list[bytes], str | None]] = []
     for chunk, label in parts:
         if merged and label and merged[-1][1] and _same(merged[-1][1], label):
-            merged[-1] = (merged[-1][0] + chunk, merged[-1][1])
+            merged[-1][0].append(chunk)
         else:
-            merged.append((chunk, label))
-    return merged
+            merged.append(([chunk], label))
+    return [(b"".join(chunks), label) for chunks, label in merged]
 
 
 def _same(a: str | None, b: str) -> bool:

@@ -69,7 +69,7 @@ from mailrouter.charsets import (
     inspect_bytes,
 )
 
-__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "auto_submitted",
+__all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "auto_submitted", "without_comments",
            "decode_header_value", "msg_ids"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
@@ -94,12 +94,45 @@ def auto_submitted(value: str) -> str:
     """The keyword of an Auto-Submitted value, lower-cased, without its parameters and
     comments (RFC 3834 section 5: CFWS around the keyword; `No (sent by a person)` is
     `no`); '' when there is none."""
-    while "(" in value:                 # nested comments: the innermost first
-        stripped = _COMMENT.sub(" ", value)
-        if stripped == value:
-            break
-        value = stripped
-    return " ".join(value.split(";", 1)[0].split()).lower()
+    return " ".join(without_comments(value).split(";", 1)[0].split()).lower()
+
+
+def _address_of(value: str) -> str:
+    """parseaddr's address, '' when it finds none or cannot read the value at all: the
+    stdlib recurses once per nested '(' and raised RecursionError for `Delivered-To:`
+    and 1,000 of them, out of the loop check, so 451 on every retry of that message."""
+    try:
+        return parseaddr(value)[1]
+    except Exception:  # never raise: the parser is not ours
+        return ""
+
+
+_PAREN = re.compile(r"[()]")
+
+
+def without_comments(value: str) -> str:
+    """Each comment, nested ones whole, replaced by one space; a parenthesis that closes
+    nothing, or is never closed, stays. One pass: taking the innermost comments out again
+    and again, as before, took time quadratic in the nesting (an Auto-Submitted of 1 MB of
+    '(' then ')' kept a worker busy past process_timeout, 451 on every retry)."""
+    if "(" not in value:
+        return value
+    out: list[str] = []
+    opened: list[int] = []              # where in `out` each comment still open began
+    pos = 0
+    for paren in _PAREN.finditer(value):
+        out.append(value[pos:paren.start()])
+        pos = paren.end()
+        if paren.group() == "(":
+            opened.append(len(out))
+            out.append("(")
+        elif opened:
+            del out[opened.pop():]
+            out.append(" ")
+        else:
+            out.append(")")
+    out.append(value[pos:])
+    return "".join(out)
 
 
 def msg_ids(value: str) -> list[str]:
@@ -334,7 +367,7 @@ class MessageView:
     @cached_property
     def delivered_to(self) -> list[str]:
         values = [v.decode("latin-1").strip() for v in self._by_name.get("delivered-to", [])]
-        return [(parseaddr(v)[1] or v).lower() for v in values]
+        return [(_address_of(v) or v).lower() for v in values]
 
     # Robots (RFC 3834 section 2)
 
@@ -686,7 +719,7 @@ def _parse_body(raw: bytes) -> _Body:
         walked = list(_walk(msg))
         # the leaves, and the message/* parts below the top in walk order: a forwarded
         # message is listed as an attachment before the files inside it
-        parts = [(p, inside) for p, inside in walked if not p.is_multipart()
+        parts = [(p, depth) for p, depth in walked if not p.is_multipart()
                  or p is not msg and p.get_content_maintype() == "message"]
         for part, _ in walked:
             body.defects += [_describe(d) for d in part.defects if _describe(d) not in body.defects]
@@ -697,36 +730,36 @@ def _parse_body(raw: bytes) -> _Body:
     # message has no text of its own: an HTML bounce read as the returned text/plain
     texts: _Texts = {}
     forwarded_texts: _Texts = {}
-    for part, inside in parts:
+    for part, depth in parts:
         try:
             if part.is_multipart() and part.get_content_type() != "message/rfc822":
                 _read_report_part(part, body)
             elif part.is_multipart():
-                _read_forwarded(part, body)
+                _read_forwarded(part, body, depth)
             else:
-                _read_leaf(part, body, forwarded_texts if inside else texts)
+                _read_leaf(part, body, forwarded_texts if depth else texts)
         except Exception as exc:  # one broken part must not hide the others
             body.defects.append(f"body part: {_describe(exc)}")
     _choose_text(body, texts or forwarded_texts)
     return body
 
 
-def _walk(part: Message, inside: bool = False) -> Iterator[tuple[Message, bool]]:
-    """Message.walk, with whether each part is inside a forwarded message (message/rfc822),
-    but not inside a message/* part other than message/rfc822: the parser
+def _walk(part: Message, depth: int = 0) -> Iterator[tuple[Message, int]]:
+    """Message.walk, with how many forwarded messages (message/rfc822) each part is inside
+    (0: none), but not inside a message/* part other than message/rfc822: the parser
     reads the header blocks of a message/delivery-status (message/rfc822-headers,
     message/disposition-notification) as parts of their own, and they took the text/plain
     place of a bounce whose human-readable part is HTML (body_text was '') and gave the
     defects of the returned headers' Content-Type (StartBoundaryNotFoundDefect)."""
-    yield part, inside
+    yield part, depth
     if part.get_content_type() == "message/rfc822" and transfer_encoding(part) == "base64":
         _parse_base64_message(part)
     if part.is_multipart() and (part.get_content_maintype() != "message"
                                 or part.get_content_type() == "message/rfc822"):
-        inside = inside or part.get_content_maintype() == "message"
+        depth += part.get_content_maintype() == "message"
         for sub in part.get_payload():
             if isinstance(sub, Message):
-                yield from _walk(sub, inside)
+                yield from _walk(sub, depth)
 
 
 def _parse_base64_message(part: Message) -> None:
@@ -795,10 +828,19 @@ def _param(msg: Message, name: str, header: str) -> str | tuple[str, str, str] |
 _CRLF = policy.compat32.clone(linesep="\r\n")     # the forwarded message as it travelled
 
 
-def _read_forwarded(part: Message, body: _Body) -> None:
+# Forwarded messages inside others whose size is counted: one inside more is listed with
+# size 0. Counting writes the message and all inside it again, so each level cost the
+# whole of what it holds: 20 chains of 900 forwards (1 MB) took minutes, past
+# process_timeout (451 on every retry of the MTA); now each byte is written at most this
+# many times.
+_SIZED_DEPTH = 5
+
+
+def _read_forwarded(part: Message, body: _Body, depth: int = 0) -> None:
     """A forwarded message (message/rfc822) is an attachment too, beside the files inside it:
     named by the part's file name, else by its own decoded Subject + '.eml'; its size is its
-    bytes as parsed (headers and body of the forwarded message)."""
+    bytes as parsed (headers and body of the forwarded message), 0 when it is inside more
+    than _SIZED_DEPTH others (`depth` of them)."""
     name = _file_name(_part_header(part, "Content-Type"),
                       _part_header(part, "Content-Disposition"), body)
     inner = part.get_payload(0)
@@ -811,7 +853,7 @@ def _read_forwarded(part: Message, body: _Body) -> None:
             body.record("Attachment name", decoded)
         name = ((decoded.text.strip() if decoded else "") or "forwarded message") + ".eml"
     try:
-        size = len(inner.as_bytes(policy=_CRLF))
+        size = len(inner.as_bytes(policy=_CRLF)) if depth <= _SIZED_DEPTH else 0
     except Exception:  # noqa: BLE001 (a message the generator cannot write back: size unknown)
         size = 0
     body.attachments.append(Attachment(name, "message/rfc822", size))

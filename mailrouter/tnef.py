@@ -124,6 +124,11 @@ def _properties(data: memoryview) -> list[tuple[int, int, memoryview]]:
             if kind & _MULTI:
                 kind &= ~_MULTI
                 values, at = _u32(data, _need(data, at, 4))[0], at + 4
+                # as many values as the bytes left can hold (a fixed-size value is not read
+                # through _need): a count of 2**32 - 1 of 0 or 8 bytes each was that many
+                # loops, each keeping a tuple, gigabytes for a 100-byte winmail.dat
+                if kind in _FIXED and (_FIXED[kind] == 0 or values * _FIXED[kind] > len(data) - at):
+                    raise _Damaged
             elif kind in _VARIABLE:
                 at += 4                            # the count of a single value (always 1)
             for _ in range(values):

@@ -291,3 +291,24 @@ def test_raw_subjects_with_abbreviations_read_in_their_charset(subject: str, cod
     assert MessageView(raw).subject == subject
     long_body = (subject + "\r\n").encode(codec) * 3000        # read a piece at a time
     assert MessageView(b"From: a@b.example\r\n\r\n" + long_body).body_text.split("\n")[0] == subject
+
+
+def test_many_encoded_words_decode_as_few_do(monkeypatch):
+    """Past _MANY_WORDS encoded-words a header is decoded word by word (the stdlib's
+    decode_header is quadratic in their number); the text is the one the stdlib gives:
+    adjacent words joined without the space between, a split UTF-8 character rejoined,
+    plain text and its spaces kept."""
+    import random
+
+    from mailrouter import charsets
+    words = [b"=?utf-8?b?0KHRh9GR0YI=?=", b"=?koi8-r?q?=F3=DE=C5=D4?=", b"plain", b"=?UTF-8?Q?a_b?=",
+             b"=?utf-8?q?=D0?=", b"=?utf-8?q?=A1?=", b"(x)", b"=?iso-8859-1?q?caf=E9?="]
+    rnd = random.Random(7)
+    for _ in range(200):
+        seq = [rnd.choice(words) for _ in range(rnd.randint(1, 40))]
+        data = seq[0] + b"".join(rnd.choice([b" ", b"  ", b"\t", b" - "]) + w for w in seq[1:])
+        few = charsets.decode_header_bytes(data)
+        monkeypatch.setattr(charsets, "_MANY_WORDS", 0)
+        many = charsets.decode_header_bytes(data)
+        monkeypatch.undo()
+        assert (many.text, many.notes, many.defects) == (few.text, few.notes, few.defects), data

@@ -389,3 +389,32 @@ async def test_notices_in_russian_carry_the_configured_number(make_app, tmp_path
                                   "Срок первого ответа: 2027-01-11 14:00 (Europe/Moscow)")
     assert "Напоминание отправлено: ivanov\n" in escalate_body
 
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"], ids=["LS", "PS", "NEL"])
+async def test_a_line_separator_in_a_customers_subject_stops_no_reminder(make_app, tmp_path, sep):
+    """A customer's Subject whose RFC 2047 word decodes to LINE SEPARATOR (or PARAGRAPH
+    SEPARATOR, or NEL) reached the reminder's Subject: Python's email package refused it
+    (ValueError, "Header values may not contain linefeed"), which failed the whole scan, so
+    no request got its reminder or escalation, on every scan, for as long as that request
+    stayed open. The reminders go out; the separator is a space in the header, no line."""
+    import base64
+
+    from mailrouter.registry.models import outbox
+    app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    app.pipeline.clock = lambda: msk(11, 10)
+    word = base64.b64encode(f"Счёт{sep}Bcc: victim@evil.test".encode()).decode()
+    await send(app.bound["smtp"][1], mail("c@client.example", f"=?utf-8?b?{word}?=", "p1@client"),
+               "c@client.example")
+    await send(app.bound["smtp"][1], mail("d@client.example", "printer", "p2@client"),
+               "d@client.example")
+    assert sorted(a.request for a in await sched.tick(msk(11, 14))) == [1, 2]
+    raws = await app.registry.read("outbox", lambda c: [r for (r,) in c.execute(
+        select(outbox.c.raw).where(outbox.c.kind == "sla-remind").order_by(outbox.c.id))])
+    assert len(raws) == 2
+    head = raws[0].split(b"\r\n\r\n")[0].decode("ascii")
+    assert "\nBcc:" not in head and sep.encode() not in raws[0]
+    assert head.count("\nSubject:") == 1

@@ -525,3 +525,69 @@ def test_connect_and_close_at_once_does_not_fill_the_daemon(daemon_process):
             break
         time.sleep(0.05)
     assert greeting.startswith(b"220"), greeting
+
+
+async def test_a_subject_of_many_encoded_words_is_decoded_in_time(make_app, tmp_path):
+    """A Subject of 300,000 one-letter RFC 2047 words (4 MB, under the size limit) took the
+    stdlib's decode_header quadratic time (list.pop(0) per word), and joining them one by
+    one more: minutes of one worker's CPU, past process_timeout, so 451 on every retry of
+    the MTA, each retry burning the same minutes. It is decoded word by word, and stored."""
+    n = 300_000
+    app = await make_app(limits={"process_timeout": 60})
+    subject = b" ".join([b"=?utf-8?q?a?="] * n)
+    async with Wire(app.bound["smtp"][1], timeout=120) as w:   # process_timeout decides
+        await w.greet()
+        r = await w.transaction("client@outside.test", ["sales@example.com"],
+                                b"Subject: " + subject + b"\r\n\r\nhi\r\n.\r\n")
+    assert r[-1].startswith("250 2.0.0"), r
+    [row] = await app.registry.recent(1)
+    assert row["subject"].startswith("a" * 100) and set(row["subject"]) == {"a"}
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("header", ["Delivered-To", "From", "To", "Cc", "Reply-To"])
+async def test_an_address_header_of_nested_parentheses_is_taken(make_app, tmp_path, header):
+    """The stdlib's address parser recurses once per nested '(': `Delivered-To:` and 1,200
+    of them raised RecursionError out of the loop check, answered 451 on every retry of
+    the MTA (the message could never be delivered). It is read as an address that names
+    nothing, and the message is stored."""
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        r = await w.transaction("client@outside.test", ["sales@example.com"],
+                                f"Subject: q\r\n{header}: ".encode() + b"(" * 1200
+                                + b"x@outside.test\r\n\r\nhi\r\n.\r\n")
+    assert r[-1].startswith("250 2.0.0"), r
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+async def test_chains_of_forwarded_messages_are_read_in_time(make_app, tmp_path):
+    """20 chains of 900 forwarded messages each inside the next (message/rfc822, 1 MB):
+    each forwarded message's size was counted by writing it again with all inside it, so
+    each chain cost the square of its length (and every level past Python's recursion
+    limit failed only at its bottom): minutes, past process_timeout, 451 on every retry.
+    Sizes are counted five levels deep; the message is taken and every forward listed."""
+    app = await make_app(limits={"process_timeout": 60})
+    chain = (b"Content-Type: message/rfc822\r\n\r\nSubject: in\r\nMIME-Version: 1.0\r\n" * 900
+             + b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    raw = (b"Subject: forwards\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+           + b"".join(b"--B\r\n" + chain for _ in range(20)) + b"--B--\r\n.\r\n")
+    async with Wire(app.bound["smtp"][1], timeout=120) as w:   # process_timeout decides
+        await w.greet()
+        r = await w.transaction("client@outside.test", ["sales@example.com"], raw)
+    assert r[-1].startswith("250 2.0.0"), r
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+def test_a_forwarded_message_five_deep_has_its_size():
+    """Inside five forwards a forwarded message still has the size of its bytes; the one
+    inside it (six deep) is listed with size 0."""
+    from mailrouter.message import MessageView
+    raw, wrapped = b"Subject: last\r\n\r\nhello\r\n", {}
+    for n in range(7):
+        raw = (f"Subject: fwd{n}\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n"
+               .encode() + raw)
+        wrapped[f"fwd{n}.eml"] = len(raw)
+    sizes = {a.filename: a.size for a in MessageView(raw).attachments}
+    # fwd6 is the message itself (a message/rfc822 of its own), fwd5 the part it is
+    assert sizes == {f"fwd{n}.eml": wrapped[f"fwd{n}.eml"] for n in range(5)} | {"last.eml": 0}

@@ -1121,3 +1121,63 @@ def test_an_unquoted_angle_bracket_in_the_from_name_keeps_the_sender(value: str,
     request's counterparty, a history's key) was `script` or `b`, not the address."""
     v = MessageView(f"From: {value}\r\nSubject: x\r\n\r\nx\r\n".encode())
     assert (v.from_name, v.from_addr) == (name, addr)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=';"\\= aB\t\u0430', max_size=40))
+def test_parameters_are_split_as_the_stdlib_splits_them(value):
+    """mimewalk's linear _parseparam, installed in the stdlib's place, gives the stdlib's
+    (3.11's, quadratic) result for any mix of ';', quotes, backslashes and '='."""
+    from mailrouter import mimewalk
+    assert mimewalk._parseparam(value) == mimewalk.STDLIB_PARSEPARAM(value)
+
+
+async def test_a_parameter_of_a_megabyte_of_semicolons_is_read_in_time(make_app, tmp_path):
+    """`Content-Type: text/plain; name="` and 1 MB of ';' (an open quote: every ';' is
+    tried as the parameter's end): the stdlib's _parseparam counted the quotes again from
+    the start at each, minutes of one worker's CPU past process_timeout, so 451 on every
+    retry of the MTA. The message is taken and stored."""
+    import aiosmtplib
+    app = await make_app(limits={"process_timeout": 60})
+    raw = (b"Subject: q\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; name=\"" + b";" * 1_000_000
+           + b"\r\n\r\nhello\r\n")
+    await aiosmtplib.send(raw, sender="client@outside.test", recipients=["sales@example.com"],
+                          hostname="127.0.0.1", port=app.bound["smtp"][1], timeout=120)
+    from tests.support.daemon import maildir_files
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+def _comments_out_again_and_again(value):
+    """auto_submitted's earlier way: the innermost comments out, until none is left."""
+    while "(" in value:
+        stripped = re.sub(r"\([^()]*\)", " ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return value
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="() a;", max_size=30))
+def test_comments_are_taken_out_as_they_were(value):
+    """The one-pass without_comments gives what taking the innermost out again and again
+    gave, unbalanced parentheses included."""
+    from mailrouter.message import without_comments
+    assert without_comments(value) == _comments_out_again_and_again(value)
+
+
+async def test_an_auto_submitted_of_deeply_nested_comments_is_read_in_time(make_app, tmp_path):
+    """`Auto-Submitted:` with 500,000 '(' then as many ')' (1 MB): the innermost comment
+    was taken out once per level, each time over the whole value, minutes of one worker
+    past process_timeout, so 451 on every retry (the example rules ask `robot:` of every
+    message). The message is taken, and is no robot's (the keyword is `no`)."""
+    import aiosmtplib
+    app = await make_app(limits={"process_timeout": 60})
+    d = 500_000
+    raw = b"Subject: q\r\nAuto-Submitted: " + b"(" * d + b")" * d + b" no\r\n\r\nhello\r\n"
+    await aiosmtplib.send(raw, sender="client@outside.test", recipients=["sales@example.com"],
+                          hostname="127.0.0.1", port=app.bound["smtp"][1], timeout=120)
+    from tests.support.daemon import maildir_files
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    [row] = await app.registry.recent(1)
+    assert not any(r["name"] == "robots" for d in row["decisions"] for r in d["rules"])

@@ -352,3 +352,27 @@ async def test_an_answer_that_cannot_be_written_is_skipped_not_a_451_for_ever(
     [d] = (await app.registry.recent(1))[0]["decisions"]
     assert any(line.startswith("autoreply moved: not sent: cannot write the answer: ValueError")
                for line in d["reasons"]), d["reasons"]
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085"], ids=["LS", "PS", "NEL"])
+async def test_a_line_separator_in_the_subject_is_answered(make_app: Any, relay: Any,
+                                                             caplog: Any, sep: str) -> None:
+    """A Subject whose RFC 2047 word decodes to LINE SEPARATOR (or PARAGRAPH SEPARATOR, or
+    NEL) went as it was into the answer's "Auto: {subject}": Python's email package refused
+    it (ValueError), so the customer got no answer and the log a traceback, for one
+    character any sender can put there. The answer goes, its Subject one line, no header
+    of the customer's making in it."""
+    import base64
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    word = base64.b64encode(f"Invoice{sep}Bcc: victim@evil.test".encode()).decode()
+    with caplog.at_level(logging.ERROR, logger="mailrouter.outbox"):
+        await send(app, "ann@client.example", ["old-sales@example.com"],
+                   mail(f"=?utf-8?b?{word}?="))
+        await until(lambda: settled(app), "the outbox to settle")
+    assert not any("autoreply_not_built" in r.getMessage() for r in caplog.records)
+    [env] = sink.envelopes
+    assert env.rcpt_tos == ["ann@client.example"]
+    m = message_from_bytes(env.content, policy=policy.default)
+    assert m["Subject"] == "Auto: Invoice Bcc: victim@evil.test"
+    assert m["Bcc"] is None and sep.encode() not in env.content

@@ -562,3 +562,31 @@ async def test_a_registry_at_an_unknown_revision_is_refused_as_a_registry_error(
         await Registry.open(url)
     assert type(info.value) is RegistryError
     assert "CommandError: Can't locate revision identified by '9999'" in str(info.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+async def test_the_registry_file_gives_no_one_else_the_mail(tmp_path: Path, umask: int) -> None:
+    """The registry holds every subject, sender and recipient, the outbox's mail and the web
+    view's password hashes. SQLite made its file (and so its -wal and -shm, which take its
+    mode) 0644 under the usual umask 0022: any local user read it, where a Maildir copy is
+    0640 whatever the umask. It is made 0640 & ~umask, as the copies are, at the start and
+    when it is made again after being deleted while open."""
+    db = tmp_path / "var" / "registry.db"
+    old = os.umask(umask)
+    try:
+        reg = await Registry.open(f"sqlite+aiosqlite:///{db}")
+        try:
+            await reg.record(message(), [decision()], [delivery()])
+            made = {p.name: p.stat().st_mode & 0o777 for p in db.parent.iterdir()}
+            for name in ("registry.db-wal", "registry.db-shm", "registry.db"):
+                (db.parent / name).unlink(missing_ok=True)
+            await reg.record(message(), [decision()], [delivery()])
+            again = {p.name: p.stat().st_mode & 0o777 for p in db.parent.iterdir()}
+        finally:
+            await reg.close()
+    finally:
+        os.umask(old)
+    assert "registry.db" in made and "registry.db" in again
+    want = 0o640 & ~umask
+    assert {n: oct(m) for n, m in made.items()} == {n: oct(want) for n in made}
+    assert {n: oct(m) for n, m in again.items()} == {n: oct(want) for n in again}

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import base64
 import random
+import struct
 
 import pytest
 
 from mailrouter.message import MessageView
-from mailrouter.tnef import files
+from mailrouter.tnef import SIGNATURE, files
 from tests.support.rules import route, snapshot
 from tests.test_rules import ROOT
 
@@ -86,3 +87,22 @@ rules:
     assert route(snap, raw, "sales@example.com").folder == "Attached"
     plain = _with_winmail(b"\x78\x9f\x3e\x22 cut short")
     assert route(snap, plain, "sales@example.com").folder != "Attached"
+
+
+def _attribute(level: int, attr: int, data: bytes) -> bytes:
+    return bytes([level]) + struct.pack("<II", attr, len(data)) + data + b"\0\0"
+
+
+@pytest.mark.parametrize("kind", [0x1001, 0x1003, 0x1014], ids=["MV_NULL", "MV_LONG", "MV_I8"])
+def test_a_multi_value_count_past_the_stream_is_damage(kind: int) -> None:
+    """A MAPI multi-valued property of a fixed-size type whose count says 2**32 - 1 in a
+    100-byte winmail.dat: its values were read without looking at the bytes left (0 bytes
+    each for PT_NULL), one loop and one kept tuple per value, gigabytes of memory and
+    minutes per message, each retry of the MTA again. It is damage: the files read before
+    it are listed, with the title they had."""
+    props = struct.pack("<IHHI", 1, kind, 0x0001, 0xFFFFFFFF)
+    stream = (SIGNATURE + b"\x01\x00" + _attribute(2, 0x00069002, b"\x01\x00")
+              + _attribute(2, 0x00018010, b"invoice.pdf\0") + _attribute(2, 0x00069005, props))
+    assert files(stream) == [("invoice.pdf", 0)]
+    view = MessageView(_with_winmail(stream))
+    assert [a.filename for a in view.attachments] == ["winmail.dat", "invoice.pdf"]

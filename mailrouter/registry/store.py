@@ -100,11 +100,20 @@ def _need_asyncpg(url: URL) -> None:
 
 
 async def _prepare(url: URL) -> None:
-    """Create the parent directory of a SQLite file, off the event loop."""
+    """Create a SQLite file's parent directory, and the file itself, off the event loop."""
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         if not url.database.startswith("file:"):
-            parent = Path(url.database).expanduser().parent  # noqa: ASYNC240 (no I/O)
-            await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
+            path = Path(url.database).expanduser()  # noqa: ASYNC240 (no I/O)
+            await asyncio.to_thread(_make_file, path)
+
+
+def _make_file(path: Path) -> None:
+    """An empty file, 0640 & ~umask as a Maildir copy is, when there is none: SQLite made it
+    0644 under the usual umask (and its -wal and -shm, which take the file's mode), so any
+    local user read every subject, correspondent, outbox mail and password hash in it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
 
 
 def registry_location(url: str | URL) -> str:
