@@ -158,9 +158,11 @@ class WebConfig:
     session_ttl: float = 8 * 3600.0              # seconds a sign-in lasts
     hosts: tuple[str, ...] = ()                  # Host header values answered (lower case); () any
     url: str | None = None                       # where people open it; reminders link there
+    proxy_secret: str | None = None              # the proxy sends it in PROXY_SECRET_HEADER
 
 
 WEB_PORT = 9126         # the embedded default: beside the admin endpoint's 9125
+PROXY_SECRET_HEADER = "X-Mailrouter-Proxy-Secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,7 +761,8 @@ def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _
     must then be on loopback, or anyone who can connect could name themselves, and `hosts`
     must name what the proxy forwards as Host: a page in a browser on this host that points
     its own name at 127.0.0.1 (DNS rebinding) could otherwise send the header itself."""
-    sec = c.section(doc, "web", ("admins", "trusted_header", "session_ttl", "hosts", "url"))
+    sec = c.section(doc, "web", ("admins", "trusted_header", "session_ttl", "hosts", "url",
+                                 "proxy_secret"))
     admins = sec.get("admins", [])
     if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
         c.error(admins, "'web.admins' must be a list of person keys of the address book",
@@ -796,7 +799,29 @@ def _web(doc: dict[str, Any], listen: dict[str, Any], web: Listener | None, c: _
                 "'hosts: [mail-control.example.com]'", sec)
     hosts = [h.strip().lower() for h in hosts]
     return WebConfig(tuple(admins), header.strip() if isinstance(header, str) else None, ttl,
-                     tuple(hosts), _web_url(sec, hosts, c))
+                     tuple(hosts), _web_url(sec, hosts, c), _proxy_secret(sec, header, c))
+
+
+def _proxy_secret(sec: dict[str, Any], header: Any, c: _Checker) -> str | None:
+    """`web.proxy_secret`: what the reverse proxy sends in X-Mailrouter-Proxy-Secret, so that
+    the trusted header is believed from the proxy alone. Loopback keeps the network out, not
+    the other users of this host: any of them could connect and name themselves anyone."""
+    secret = sec.get("proxy_secret")
+    hint = ("set 'proxy_secret:' to a long random string (openssl rand -hex 32) and have the "
+            f"proxy send it: proxy_set_header {PROXY_SECRET_HEADER} \"SECRET\"; "
+            "(deploy/nginx/mailrouter-web.conf)")
+    if secret is None:
+        if header is not None:
+            c.error(sec.get("trusted_header"), "'web.trusted_header' needs 'web.proxy_secret': "
+                    "any user of this host could connect to the loopback listener and send "
+                    f"{str(header).strip()} itself", hint, sec, "trusted_header")
+        return None
+    if not isinstance(secret, str) or len(secret) < 16 or not secret.isascii() \
+            or not secret.isprintable() or " " in secret:
+        c.error(secret, "'web.proxy_secret' must be 16 or more printable ASCII characters "
+                "without spaces", hint, sec, "proxy_secret")
+        return None
+    return secret
 
 
 def _web_url(sec: dict[str, Any], hosts: list[str], c: _Checker) -> str | None:

@@ -18,10 +18,11 @@ from typing import Any
 from urllib.parse import quote_from_bytes, urlencode
 
 import aiohttp
+from yarl import URL
 import aiosmtplib
 import pytest
 
-from mailrouter.config import Listener, WebConfig, load_config
+from mailrouter.config import PROXY_SECRET_HEADER, Listener, WebConfig, load_config
 from mailrouter.errors import ConfigErrors
 from mailrouter.logs import Formatter
 from mailrouter.registry.accounts import hash_password, set_password, verify_password
@@ -29,6 +30,7 @@ from mailrouter.routing.snapshot import load_snapshot
 from tests.support.daemon import RULES
 
 PASSWORD = "correct horse battery"
+SECRET = "5f0c2b7e9a1d4c3b8e6f"          # web.proxy_secret of the trusted-header tests
 
 
 async def _deliver(app: Any, rcpt: str, subject: str) -> None:
@@ -472,7 +474,8 @@ def test_passwords_are_salted_scrypt_and_short_ones_refused() -> None:
 def test_a_trusted_header_needs_a_loopback_web_listener(tmp_path: Path) -> None:
     """web.trusted_header with listen.web off loopback is refused with file:line and a fix."""
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("listen: {web: '0.0.0.0:9126'}\nweb: {trusted_header: X-Remote-User, hosts: [a]}\n",
+    cfg.write_text("listen: {web: '0.0.0.0:9126'}\nweb: {trusted_header: X-Remote-User, hosts: [a], "
+                   f"proxy_secret: {SECRET}}}\n",
                    encoding="utf-8")
     with pytest.raises(ConfigErrors) as info:
         load_config(cfg)
@@ -542,13 +545,13 @@ async def test_a_trusted_proxy_header_signs_people_in(make_app: Any) -> None:
     is asked; without it, or naming nobody of the address book, the answer is 401; a
     session follows the header when the proxy names someone else."""
     app = await make_app(web=Listener("127.0.0.1", 0),
-                         webui=WebConfig(trusted_header="X-Remote-User"))
+                         webui=WebConfig(trusted_header="X-Remote-User", proxy_secret=SECRET))
     await _deliver(app, "invoices@example.com", "Счёт №7")
     host, port = app.bound["web"]
     base = f"http://{host}:{port}"
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async def get(path: str, who: str | None) -> tuple[int, str]:
-            hdrs = {"X-Remote-User": who} if who is not None else {}
+            hdrs = {PROXY_SECRET_HEADER: SECRET} | ({"X-Remote-User": who} if who is not None else {})
             async with http.get(base + path, headers=hdrs, allow_redirects=False) as r:
                 return r.status, await r.text()
         assert (await get("/search", None))[0] == 401
@@ -560,12 +563,56 @@ async def test_a_trusted_proxy_header_signs_people_in(make_app: Any) -> None:
         assert (await get("/login", "smirnov"))[0] == 303
 
 
+async def test_only_the_proxy_may_name_the_person(make_app: Any, caplog: Any) -> None:
+    """The loopback listener keeps the network out, not the other users of this host: one
+    of them sent X-Remote-User: petrova (an admin) and was signed in as her. Without the
+    proxy's web.proxy_secret in X-Mailrouter-Proxy-Secret, or with a wrong one, the answer
+    is 403 and no session is given; with it, the person is signed in."""
+    app = await make_app(web=Listener("127.0.0.1", 0),
+                         webui=WebConfig(trusted_header="X-Remote-User", proxy_secret=SECRET,
+                                         admins=("petrova",)))
+    host, port = app.bound["web"]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async def get(secret: str | None) -> tuple[int, str]:
+            hdrs = {"X-Remote-User": "petrova"} | ({PROXY_SECRET_HEADER: secret} if secret else {})
+            async with http.get(f"http://{host}:{port}/search", headers=hdrs,
+                                allow_redirects=False) as r:
+                return r.status, await r.text()
+        for wrong in (None, "", SECRET[:-1], SECRET + "x"):
+            assert (await get(wrong))[0] == 403, wrong
+            assert not http.cookie_jar.filter_cookies(URL(f"http://{host}:{port}/"))
+        assert (await get(SECRET))[0] == 200
+    refused = [r.getMessage() for r in caplog.records if "web_not_from_proxy" in r.getMessage()]
+    assert len(refused) == 4 and "X-Mailrouter-Proxy-Secret missing" in refused[0], refused
+    assert "X-Mailrouter-Proxy-Secret wrong" in refused[2] and SECRET not in caplog.text
+
+
+def test_a_trusted_header_needs_a_proxy_secret(tmp_path: Path) -> None:
+    """web.trusted_header without web.proxy_secret, or with a short one, is refused at its
+    line with the fix (how the proxy sends it)."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("web:\n  trusted_header: X-Remote-User\n  hosts: [a]\n", encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert [str(e) for e in info.value.errors] == [
+        f"{cfg}:2:19: 'web.trusted_header' needs 'web.proxy_secret': any user of this host could "
+        "connect to the loopback listener and send X-Remote-User itself; set 'proxy_secret:' to "
+        "a long random string (openssl rand -hex 32) and have the proxy send it: "
+        'proxy_set_header X-Mailrouter-Proxy-Secret "SECRET"; (deploy/nginx/mailrouter-web.conf)']
+    cfg.write_text("web:\n  trusted_header: X-Remote-User\n  hosts: [a]\n  proxy_secret: short\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(cfg)
+    assert [(e.line, e.message) for e in info.value.errors] == [
+        (4, "'web.proxy_secret' must be 16 or more printable ASCII characters without spaces")]
+
+
 def test_a_trusted_header_needs_the_hosts_the_proxy_forwards(tmp_path: Path) -> None:
     """web.trusted_header without web.hosts is refused with file:line and a fix: any Host
     would be answered, so a page rebinding its own name to the loopback listener could send
     the header itself; web.hosts that is not a list of names is refused too."""
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("web:\n  trusted_header: X-Remote-User\n", encoding="utf-8")
+    cfg.write_text(f"web:\n  trusted_header: X-Remote-User\n  proxy_secret: {SECRET}\n", encoding="utf-8")
     with pytest.raises(ConfigErrors) as info:
         load_config(cfg)
     assert [str(e) for e in info.value.errors] == [
@@ -578,7 +625,8 @@ def test_a_trusted_header_needs_the_hosts_the_proxy_forwards(tmp_path: Path) -> 
         load_config(cfg)
     assert [e.line for e in info.value.errors] == [2]
     assert "'web.hosts' must be a list of host names" in str(info.value.errors[0])
-    cfg.write_text("web: {trusted_header: X-Remote-User, hosts: [Mail-Control.example.com]}\n",
+    cfg.write_text("web: {trusted_header: X-Remote-User, hosts: [Mail-Control.example.com], "
+                   f"proxy_secret: {SECRET}}}\n",
                    encoding="utf-8")
     assert load_config(cfg).webui.hosts == ("mail-control.example.com",)
 
@@ -588,12 +636,12 @@ async def test_a_rebound_host_name_cannot_sign_in_through_the_trusted_header(mak
     name as Host and the trusted header itself. With web.hosts only the names listed are
     answered: another Host is 400 with no session given; the proxy's Host signs in."""
     app = await make_app(web=Listener("127.0.0.1", 0),
-                         webui=WebConfig(trusted_header="X-Remote-User",
+                         webui=WebConfig(trusted_header="X-Remote-User", proxy_secret=SECRET,
                                          hosts=("mail-control.example.com",)))
     host, port = app.bound["web"]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async def get(name: str) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
-            hdrs = {"X-Remote-User": "petrova", "Host": name}
+            hdrs = {"X-Remote-User": "petrova", "Host": name, PROXY_SECRET_HEADER: SECRET}
             async with http.get(f"http://{host}:{port}/search", headers=hdrs,
                                 allow_redirects=False) as r:
                 return r.status, await r.text(), r.headers

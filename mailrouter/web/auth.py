@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from ..config import WebConfig
+from ..config import PROXY_SECRET_HEADER, WebConfig
 from ..control.queries import through_requests
 from ..errors import RegistryError
 from ..registry.accounts import Session, find_session, open_session
@@ -181,6 +181,15 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     session = await registry.read("web session", lambda c: find_session(c, token, now)) if token else None
     new_token = None
     if settings.trusted_header is not None:
+        given = request.headers.get(PROXY_SECRET_HEADER, "").encode("utf-8", "surrogateescape")
+        if not settings.proxy_secret or not hmac.compare_digest(
+                given, settings.proxy_secret.encode()):
+            # not the proxy: another user of this host on the loopback listener
+            log.warning("event=web_not_from_proxy peer=%s path=%s: %s %s; the proxy must send "
+                        "web.proxy_secret", request.remote, request.path[:100],
+                        PROXY_SECRET_HEADER, "wrong" if given else "missing")
+            raise web.HTTPForbidden(text=f"not from the reverse proxy ({PROXY_SECRET_HEADER} "
+                                         "missing or wrong: web.proxy_secret)")
         named = find_person(snap, request.headers.get(settings.trusted_header, ""))
         if named is None:
             raise web.HTTPUnauthorized(text="the reverse proxy did not name a person of the address book")
