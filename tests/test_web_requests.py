@@ -490,6 +490,31 @@ async def test_behind_a_local_proxy_failures_count_per_client_not_per_proxy(clie
     assert await other.login("ivanov") == 303
 
 
+async def test_with_a_proxy_secret_only_the_proxy_names_the_client(make_app: Any) -> None:
+    """With web.proxy_secret, X-Forwarded-For counts only on a request that carries it:
+    another user of this host rotating X-Forwarded-For on the loopback listener had twenty
+    fresh failures per made-up address. Now theirs count against 127.0.0.1 and are locked;
+    a client behind the real proxy still signs in."""
+    from tests.test_web import SECRET
+    from mailrouter.config import PROXY_SECRET_HEADER
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(proxy_secret=SECRET))
+    await app.registry.write("test", lambda c: set_password(
+        c, "ivanov", hash_password(PASSWORD), datetime.now(timezone.utc)))
+    host, port = app.bound["web"]
+    guesser, proxied = Client(f"http://{host}:{port}", "en"), Client(f"http://{host}:{port}", "en")
+    try:
+        for n in range(20):
+            guesser.http.headers["X-Forwarded-For"] = f"198.51.100.{n}"
+            assert await guesser.login(f"nobody{n}", "wrong password!") == 401
+        guesser.http.headers["X-Forwarded-For"] = "198.51.100.200"
+        assert await guesser.login("ivanov") == 429
+        proxied.http.headers.update({"X-Forwarded-For": "203.0.113.9", PROXY_SECRET_HEADER: SECRET})
+        assert await proxied.login("ivanov") == 303
+    finally:
+        await guesser.http.close()
+        await proxied.http.close()
+
+
 async def test_one_ipv6_network_counts_as_one_client(client: Any) -> None:
     """Failures counted per address, and a host owns a whole IPv6 /64 (2**64 addresses):
     a guesser took a fresh address every 20 tries and was never locked. The /64 counts as

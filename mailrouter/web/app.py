@@ -43,7 +43,7 @@ from ..registry.accounts import close_session, open_session, password_hash, veri
 from ..registry.models import MESSAGE_STATUSES
 from ..registry.queries import Scope, counterparty, message_story, search
 from ..routing.snapshot import Snapshot
-from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person,
+from .auth import (COOKIE, ERRORS, LOGIN_CSRF, REGISTRY, SETTINGS, SNAPSHOT, csrf, find_person, from_proxy,
                    headers, https, known_host, login_token, safe_next, session_token, set_session_cookie,
                    signed_in)
 from .common import (HERE, LANG_COOKIE, BadInput, RulePlaces, bad, day, error_page, lang_of,
@@ -76,10 +76,12 @@ async def login_form(request: web.Request, error: str = "", status: int = 200) -
 def client_address(request: web.Request) -> str:
     """Whom sign-in failures count against: the peer, or behind a reverse proxy on this host
     (a loopback peer) the address that proxy appended last to X-Forwarded-For. Counted
-    against the proxy's own address, 20 failures from anyone locked everyone out."""
+    against the proxy's own address, 20 failures from anyone locked everyone out. With
+    `web.proxy_secret` set, only a request carrying it is the proxy's: another user of this
+    host sending X-Forwarded-For of their choice counts against the loopback peer."""
     peer = request.remote or "?"
     forwarded = request.headers.get("X-Forwarded-For", "")
-    if forwarded and is_loopback(peer):
+    if forwarded and is_loopback(peer) and from_proxy(request):
         last = forwarded.rsplit(",", 1)[-1].strip()
         if last:
             return last[:64]

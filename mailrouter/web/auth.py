@@ -43,7 +43,8 @@ from ..registry.queries import Scope
 from ..routing.snapshot import Snapshot
 from .reads import WebRegistry
 
-__all__ = ["Viewer", "viewer_for", "headers", "known_host", "signed_in", "csrf", "find_person", "set_session_cookie",
+__all__ = ["Viewer", "viewer_for", "headers", "known_host", "signed_in", "csrf", "find_person", "from_proxy",
+           "set_session_cookie",
            "COOKIE", "session_token", "LOGIN_CSRF", "login_token", "PUBLIC", "safe_next", "REGISTRY", "SETTINGS",
            "SNAPSHOT", "ERRORS", "VIEWER"]
 
@@ -167,6 +168,15 @@ async def known_host(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+def from_proxy(request: web.Request) -> bool:
+    """The request carries `web.proxy_secret` (True when none is set: nothing to tell by)."""
+    secret = request.app[SETTINGS].proxy_secret
+    if not secret:
+        return True
+    given = request.headers.get(PROXY_SECRET_HEADER, "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, secret.encode())
+
+
 @web.middleware
 async def signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
     refused = request.match_info.http_exception
@@ -181,13 +191,12 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     session = await registry.read("web session", lambda c: find_session(c, token, now)) if token else None
     new_token = None
     if settings.trusted_header is not None:
-        given = request.headers.get(PROXY_SECRET_HEADER, "").encode("utf-8", "surrogateescape")
-        if not settings.proxy_secret or not hmac.compare_digest(
-                given, settings.proxy_secret.encode()):
+        if not settings.proxy_secret or not from_proxy(request):
             # not the proxy: another user of this host on the loopback listener
             log.warning("event=web_not_from_proxy peer=%s path=%s: %s %s; the proxy must send "
                         "web.proxy_secret", request.remote, request.path[:100],
-                        PROXY_SECRET_HEADER, "wrong" if given else "missing")
+                        PROXY_SECRET_HEADER,
+                        "wrong" if request.headers.get(PROXY_SECRET_HEADER) else "missing")
             raise web.HTTPForbidden(text=f"not from the reverse proxy ({PROXY_SECRET_HEADER} "
                                          "missing or wrong: web.proxy_secret)")
         named = find_person(snap, request.headers.get(settings.trusted_header, ""))
