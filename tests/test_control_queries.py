@@ -101,28 +101,15 @@ async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):
     an owner since removed): report, history and request show print '(nobody)' and '-'
     where they printed 'None'."""
     import asyncio
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
 
-    from mailrouter.cli import main
     from mailrouter.control.store import Plan, apply_plan
-    from tests.control_support import write_routing
     url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
     reg = await Registry.open(url)
     await reg.write("t", lambda c: apply_plan(c, Plan("open", "c@x.example", "<1@x>",
                                                       mailbox="support", rule="support",
                                                       subject="Привет"), "k1", AT))
     await reg.close()
-    write_routing(tmp_path)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
-
-    def cli(*argv):
-        out = io.StringIO()
-        with redirect_stdout(out), redirect_stderr(io.StringIO()):
-            assert main([*argv, "-c", str(cfg)]) == 0
-        return out.getvalue()
+    cli = _cli_on(tmp_path, url)
     report = await asyncio.to_thread(cli, "report", "--since", "2027-01-11", "--until", "2027-01-12")
     assert "per owner: (nobody)=1" in report
     assert "(nobody): 1 not closed, 1 awaiting an answer, 0 overdue" in report
@@ -194,13 +181,9 @@ async def test_the_reports_open_count_per_owner_tells_answered_from_awaiting(tmp
     do. Before, it printed "2 open", while a request's status `open` means an answer is
     owed: a head read two customers waiting where one was."""
     import asyncio
-    import io
     import json
-    from contextlib import redirect_stderr, redirect_stdout
 
-    from mailrouter.cli import main
     from mailrouter.control.store import Plan, apply_plan
-    from tests.control_support import write_routing
     url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
     reg = await Registry.open(url)
     for n in (1, 2):
@@ -210,16 +193,7 @@ async def test_the_reports_open_count_per_owner_tells_answered_from_awaiting(tmp
     await reg.write("t", lambda c: apply_plan(c, Plan("reply", "ivanov@example.com", "<r1@e>",
                                                       request_id=1), "r1", AT + timedelta(hours=1)))
     await reg.close()
-    write_routing(tmp_path)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
-
-    def cli(*argv):
-        out = io.StringIO()
-        with redirect_stdout(out), redirect_stderr(io.StringIO()):
-            assert main([*argv, "-c", str(cfg)]) == 0
-        return out.getvalue()
+    cli = _cli_on(tmp_path, url)
     period = ("--since", "2027-01-11", "--until", "2027-01-12")
     text = await asyncio.to_thread(cli, "report", *period)
     assert "  ivanov: 2 not closed, 1 awaiting an answer, 0 overdue\n" in text
@@ -254,3 +228,24 @@ async def test_a_request_closed_unanswered_before_it_fell_due_is_neither_kept_no
                 for r in doc["response_per_owner"]] == [("ivanov", 3, 1, 1)]
     finally:
         await reg.close()
+
+
+def _cli_on(tmp_path, url):
+    """`mailrouter ARGV -c CONFIG` on the registry at `url` with the control example's
+    routing files, as a function returning what it printed (and asserting exit 0)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from tests.control_support import write_routing
+    write_routing(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(io.StringIO()):
+            assert main([*argv, "-c", str(cfg)]) == 0
+        return out.getvalue()
+    return cli
