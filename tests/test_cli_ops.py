@@ -261,6 +261,8 @@ def test_registry_made_by_root_is_refused_for_the_daemons_user() -> None:
         assert upgrade.returncode == 0, upgrade.stderr
         db = state / "registry.db"
         assert db.stat().st_uid == 0
+        mode = db.stat().st_mode & 0o777
+        assert not mode & 0o007, oct(mode)          # 0640 & ~umask: no one else reads the mail
         cfg = load_config(path)
 
         def checks() -> list[list[str]]:
@@ -268,7 +270,7 @@ def test_registry_made_by_root_is_refused_for_the_daemons_user() -> None:
             checked = unwritable(cfg, create=False, others=denied)
             return [unwritable(cfg, create=True), checked, denied]
         run, check, denied = as_nobody(checks, None)
-        want = (f"registry.url {db} is not writable (registry.db is uid 0's, mode 0644: "
+        want = (f"registry.url {db} is not writable (registry.db is uid 0's, mode {mode:04o}: "
                 f"permission denied to uid 65534): make it writable by the user")
         assert len(run) == 1 and run[0].startswith(want), run
         assert check == [] and len(denied) == 1 and denied[0].startswith(want), denied

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import quote_from_bytes, urlencode
 
 import aiohttp
-from yarl import URL
 import aiosmtplib
 import pytest
 
@@ -580,7 +579,7 @@ async def test_only_the_proxy_may_name_the_person(make_app: Any, caplog: Any) ->
                 return r.status, await r.text()
         for wrong in (None, "", SECRET[:-1], SECRET + "x"):
             assert (await get(wrong))[0] == 403, wrong
-            assert not http.cookie_jar.filter_cookies(URL(f"http://{host}:{port}/"))
+            assert len(http.cookie_jar) == 0
         assert (await get(SECRET))[0] == 200
     refused = [r.getMessage() for r in caplog.records if "web_not_from_proxy" in r.getMessage()]
     assert len(refused) == 4 and "X-Mailrouter-Proxy-Secret missing" in refused[0], refused
