@@ -367,9 +367,13 @@ async def test_the_reports_messages_per_owner_name_people_as_its_response_tables
     it showed every owner by key ("ivanov" above "Пётр Иванов")."""
     from mailrouter.registry.models import decisions
     app = site[0]
+    ivanov = await client("ivanov")
+    # a team the rule named is shown as a team, not as if it were a person's key
+    status, page, _ = await ivanov.get("/report")
+    per_owner = page.split("<h2>Per owner</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<td>finance-duty (team)</td><td>1</td>" in per_owner, per_owner
     await app.registry.write("test", lambda c: c.execute(update(decisions).where(
         decisions.c.mailbox == "finance").values(owner="ivanov")))
-    ivanov = await client("ivanov")
     status, page, _ = await ivanov.get("/report")
     per_owner = page.split("<h2>Per owner</h2>", 1)[1].split("</table>", 1)[0]
     assert status == 200 and "<td>Пётр Иванов</td><td>1</td>" in per_owner, per_owner

@@ -73,10 +73,14 @@ async def report_page(request: web.Request) -> web.StreamResponse:
     first = max(since, until - timedelta(days=91))          # the chart shows 92 days at most
     days = [(first + timedelta(days=i)).isoformat() for i in range((until - first).days + 1)]
     lang = lang_of(request)
-    people = s.book.people
+    people, teams = s.book.people, s.book.teams
 
     def who(key: str | None) -> str:
+        """A person by name, a team as a team (a rule naming a team owns its messages
+        until a member is picked: `duty` read like a person's key), anyone else by key."""
         p = people.get(key) if key else None
+        if p is None and key in teams:
+            return translate(lang, "team_of").format(team=key)
         return (p.name or str(key)) if p is not None else (key or "-")
     charts = {
         "per_day": bar_chart([(d[5:], per_day.get(d, 0)) for d in days], translate(lang, "per_day")),
