@@ -185,20 +185,20 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     if request.path.startswith(PUBLIC):
         return await handler(request)
     registry, settings = request.app[REGISTRY], request.app[SETTINGS]
+    if settings.trusted_header is not None and (not settings.proxy_secret or not from_proxy(request)):
+        # not the proxy: another user of this host on the loopback listener (refused before
+        # the session is looked up: nothing of theirs is worth a registry read)
+        log.warning("event=web_not_from_proxy peer=%s path=%s: %s %s; the proxy must send "
+                    "web.proxy_secret", request.remote, request.path[:100], PROXY_SECRET_HEADER,
+                    "wrong" if request.headers.get(PROXY_SECRET_HEADER) else "missing")
+        raise web.HTTPForbidden(text=f"not from the reverse proxy ({PROXY_SECRET_HEADER} "
+                                     "missing or wrong: web.proxy_secret)")
     snap = request.app[SNAPSHOT]()
     now = datetime.now(timezone.utc)
     token = session_token(request)
     session = await registry.read("web session", lambda c: find_session(c, token, now)) if token else None
     new_token = None
     if settings.trusted_header is not None:
-        if not settings.proxy_secret or not from_proxy(request):
-            # not the proxy: another user of this host on the loopback listener
-            log.warning("event=web_not_from_proxy peer=%s path=%s: %s %s; the proxy must send "
-                        "web.proxy_secret", request.remote, request.path[:100],
-                        PROXY_SECRET_HEADER,
-                        "wrong" if request.headers.get(PROXY_SECRET_HEADER) else "missing")
-            raise web.HTTPForbidden(text=f"not from the reverse proxy ({PROXY_SECRET_HEADER} "
-                                         "missing or wrong: web.proxy_secret)")
         named = find_person(snap, request.headers.get(settings.trusted_header, ""))
         if named is None:
             raise web.HTTPUnauthorized(text="the reverse proxy did not name a person of the address book")
