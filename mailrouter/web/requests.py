@@ -131,8 +131,7 @@ def _tell_new_owner(request: web.Request, conn: Connection, number: int, to: str
         return
     row = request_row(conn, number)
     assert row is not None
-    by = s.book.people[me.person].name if me.person in s.book.people else None
-    subject, body = notices.assigned(dict(row), by or me.person, s.rules.calendars)
+    subject, body = notices.assigned(dict(row), me.name, s.rules.calendars)
     queue_notice(conn, notices, f"assign:{number}:{at.isoformat()}", "assign", row["message_key"],
                  person.address, person.name, subject, body, at)
 
