@@ -26,7 +26,6 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, make_msgid
-
 from typing import Any
 
 from sqlalchemy import Connection
