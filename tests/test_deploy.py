@@ -309,9 +309,11 @@ def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[
                            capture_output=True, text=True, check=True).stdout.strip()
     users.write_text(f"finance@mail.internal:{crypt}:nobody:nogroup::{d / 'vmail' / 'finance'}"
                      f"::userdb_sieve_before={script}\n")
-    # the distribution's dovecot.conf, reduced to what a private instance needs
+    # the distribution's dovecot.conf, reduced to what a private instance needs (its
+    # protocols.d turns LMTP on: the snippet does not add it again)
     (d / "dovecot.conf").write_text(
-        f"protocols =\nlisten = 127.0.0.1\nssl = no\nbase_dir = {d}/run\n"
+        f"protocols =\n!include_try /usr/share/dovecot/protocols.d/*.protocol\n"
+        f"listen = 127.0.0.1\nssl = no\nbase_dir = {d}/run\n"
         f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n!include {d}/99-mailrouter.conf\n")
     proc = subprocess.Popen([dovecot, "-F", "-c", str(d / "dovecot.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -359,6 +361,10 @@ async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_p
         assert set(got) == {"Maildir", ".Finance", ".&BCQEOAQ9BDAEPQRBBEs-"}, got
         assert b"Subject: one" in got[".Finance"] and b"Subject: three" in got["Maildir"]
         assert b"Subject: two" in got[".&BCQEOAQ9BDAEPQRBBEs-"]
+        # LMTP is listed once: the snippet adds nothing to what dovecot-lmtpd turns on
+        protocols = subprocess.run(["doveconf", "-c", str(d / "dovecot.conf"), "-h", "protocols"],
+                                   capture_output=True, text=True, check=True).stdout.split()
+        assert protocols.count("lmtp") == 1, protocols
     finally:
         await asyncio.to_thread(stop_process, proc, 15)
         shutil.rmtree(d, ignore_errors=True)
