@@ -73,8 +73,11 @@ def _routed(cfg: Config, globs: Sequence[str], code: int) -> Config:
 
 
 def _shown(path: str | Path) -> str:
-    """A path as the user would type it: relative to the current folder when inside it."""
+    """A path as the user would type it: relative to the current folder when inside it
+    (not when that folder is /, as for a service: /etc/x, not etc/x)."""
     p = Path(path)
+    if Path.cwd() == Path("/"):
+        return str(p)
     try:
         return str(p.relative_to(Path.cwd()))
     except ValueError:
@@ -290,7 +293,9 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     pm = cfg.postfix_maps or PostfixMapsConfig(Path(args.dir or "."))
     given: dict[str, Any] = {k: v for k, v in (
         ("dir", Path(args.dir).resolve() if args.dir else None), ("mode", args.mode),
-        ("nexthop", args.nexthop), ("postfix_config", args.postfix_config),
+        ("nexthop", args.nexthop or (postfixmaps.default_nexthop(cfg, args.transport)
+                                     if args.transport else None)),
+        ("postfix_config", args.postfix_config),
         ("postmap", True if args.postmap else None)) if v is not None}
     pm = dataclasses.replace(pm, **given)
     if not args.dir and cfg.postfix_maps is None:
@@ -584,6 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="relay: relay_recipient_maps (default); virtual: virtual_alias_maps")
     pf.add_argument("--nexthop", metavar="TRANSPORT",
                     help="Postfix transport to mailrouter (default: smtp:[listen.smtp])")
+    pf.add_argument("--transport", metavar="NAME",
+                    help="the Postfix transport (master.cf) that reaches listen.smtp, when "
+                         "--nexthop is not given: NAME:[listen.smtp] (the set-up script's "
+                         "'mailrouter')")
     pf.add_argument("--postmap", action="store_true", help="run postmap on each changed table")
     pf.add_argument("--postfix-config", metavar="DIR", help="postmap -c DIR")
     w = add("web", cmd_web, "web view accounts: web passwd PERSON sets a person's password")

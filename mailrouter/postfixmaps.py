@@ -220,12 +220,13 @@ def write_maps(maps: PostfixMaps, directory: Path, postmap: str | None = None,
     return Written(written, indexed)
 
 
-def default_nexthop(cfg: Config) -> str:
-    """Postfix's transport to us: our SMTP listener, else our LMTP listener."""
+def default_nexthop(cfg: Config, transport: str = "smtp") -> str:
+    """Postfix's transport to us: our SMTP listener (through Postfix's `transport`, an
+    smtp(8) client such as the set-up script's `mailrouter`), else our LMTP listener."""
     if cfg.postfix_maps is not None and cfg.postfix_maps.nexthop:
         return cfg.postfix_maps.nexthop
     if cfg.smtp is not None:
-        return f"smtp:[{cfg.smtp.host}]:{cfg.smtp.port}"
+        return f"{transport}:[{cfg.smtp.host}]:{cfg.smtp.port}"
     if cfg.lmtp is not None:
         return f"lmtp:inet:{cfg.lmtp.host}:{cfg.lmtp.port}"
     return "smtp:[127.0.0.1]:2525"

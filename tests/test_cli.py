@@ -625,3 +625,12 @@ def test_registry_and_outbox_print_times_in_the_companys_zone(daemon_process, tm
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00 delivered ", out.stdout), out.stdout
     assert out.stderr.startswith("mailrouter registry: times in UTC: the routing files, which "
                                  "give the company's zone, have 1 error(s) (mailrouter check)")
+
+
+def test_check_run_from_the_root_folder_names_absolute_paths(tmp_path):
+    """From / (a provisioning tool, `cd /`), the files were named relative to it:
+    'config: etc/mailrouter/config.yaml', a path that exists nowhere but in /."""
+    cfg = write_config(tmp_path / "config.yaml", 1, 2, 3)
+    out = mr("check", "-c", str(cfg), cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert f"config: {cfg}" in out.stdout.splitlines(), out.stdout

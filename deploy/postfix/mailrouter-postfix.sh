@@ -7,13 +7,12 @@
 #   MAILROUTER   the mailrouter program        (/opt/mailrouter/bin/mailrouter)
 #   CONFIG       mailrouter's config           (/etc/mailrouter/config.yaml)
 #   MAPS         where the tables are written  (/etc/postfix/mailrouter)
-#   TO_MR        mailrouter's SMTP listener    ([127.0.0.1]:2525, listen.smtp)
+#   TO_MR        mailrouter's SMTP listener    (listen.smtp of CONFIG, e.g. [127.0.0.1]:2525)
 #   RETURN_PORT  mail from mailrouter back to Postfix (10027, outbox.relay, delivery.smtp.port)
 set -eu
 MAILROUTER=${MAILROUTER:-/opt/mailrouter/bin/mailrouter}
 CONFIG=${CONFIG:-/etc/mailrouter/config.yaml}
 MAPS=${MAPS:-/etc/postfix/mailrouter}
-TO_MR=${TO_MR:-[127.0.0.1]:2525}
 RETURN_PORT=${RETURN_PORT:-10027}
 
 # 1. A transport of its own, so its limits apply to mail for mailrouter only:
@@ -25,7 +24,9 @@ postconf -e "mailrouter_destination_recipient_limit = 100"
 # 2. The tables from the address book: our domains to mailrouter, unknown addresses
 #    refused by Postfix at RCPT (no backscatter), moved addresses answered 551 5.1.6.
 #    (Its advice to add them to main.cf is what the lines below do: not shown.)
-$MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null
+# (to listen.smtp of CONFIG unless TO_MR says otherwise)
+if [ -n "${TO_MR:-}" ]; then set -- --nexthop "mailrouter:$TO_MR"; else set -- --transport mailrouter; fi
+$MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" "$@" --postmap >/dev/null
 echo "tables written in $MAPS and added to main.cf"
 # Each table is added once: running the script again (after a failed `postfix check`, or
 # to move MAPS) leaves main.cf as one run did.
