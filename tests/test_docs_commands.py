@@ -54,7 +54,7 @@ def _doc_commands() -> list[tuple[str, list[str]]]:
     for line in re.findall(r"^Exec\w*=(.*)$", unit, re.M):
         found.append(("deploy/mailrouter.service", _mailrouter_args(shlex.split(line)) or ["?"]))
     script = (REPO / "deploy" / "postfix" / "mailrouter-postfix.sh").read_text(encoding="utf-8")
-    for line in re.findall(r"^\$MAILROUTER (.*?)(?:>.*)?$", script, re.M):
+    for line in re.findall(r"^\s*\$MAILROUTER (.*?)(?:>.*)?$", script, re.M):
         found.append(("deploy/postfix/mailrouter-postfix.sh", shlex.split(line)))
     return found
 

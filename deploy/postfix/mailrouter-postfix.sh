@@ -25,8 +25,11 @@ postconf -e "mailrouter_destination_recipient_limit = 100"
 #    refused by Postfix at RCPT (no backscatter), moved addresses answered 551 5.1.6.
 #    (Its advice to add them to main.cf is what the lines below do: not shown.)
 # (to listen.smtp of CONFIG unless TO_MR says otherwise)
-if [ -n "${TO_MR:-}" ]; then set -- --nexthop "mailrouter:$TO_MR"; else set -- --transport mailrouter; fi
-$MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" "$@" --postmap >/dev/null
+if [ -n "${TO_MR:-}" ]; then
+    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null
+else
+    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --transport mailrouter --postmap >/dev/null
+fi
 echo "tables written in $MAPS and added to main.cf"
 # Each table is added once: running the script again (after a failed `postfix check`, or
 # to move MAPS) leaves main.cf as one run did.
