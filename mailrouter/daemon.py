@@ -37,7 +37,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import logs, metrics, postfixmaps
+from . import logs, metrics, postfixmaps, yamlsrc
 from .addressbook import AddressBook
 from .admin import serve_admin
 from .config import Config, Limits, Listener, changed_keys, load_config, owned_errors
@@ -54,7 +54,7 @@ from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .registry.store import registry_advice, registry_location
-from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot, prepare
+from .routing.snapshot import Snapshot, _files, load_book, load_snapshot, prepare
 from .values import Downstream, Reply, Transaction
 from .web import start_web
 from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, LastGood, Starting,
@@ -679,7 +679,7 @@ def raise_fd_limit(max_connections: int) -> None:
 def _still_current(snap: Snapshot, config: Config) -> bool:
     """True when the routing files are the ones `snap` was built from, byte for byte."""
     files = tuple(_files(config.routing))
-    return files == snap.files and _digest(files) == snap.hash
+    return files == snap.files and yamlsrc.hash_files(files) == snap.hash
 
 
 def _keep(kept: LastGood | None, snap: Snapshot) -> None:

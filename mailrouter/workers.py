@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -42,10 +41,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from .config import Config
 from .errors import ListenError
+from .yamlsrc import FilesHash, files_hash
 
 __all__ = ["bind", "supervise", "Child", "start_child", "in_child", "in_new_process",
            "PARENT_RELOAD_SIGNAL", "HANDLED", "STOPS", "Starting", "LastGood",
@@ -220,21 +220,18 @@ class LastGood:
     def save(self, files: Sequence[str], digest: str) -> bool:
         """Keep `files` if they still hold what hashed as `digest` (a Snapshot's hash).
         Copied 64 KiB at a time: read whole, a 5 MB book file was 5 MB written to the heap
-        a worker shares with the others (routing.snapshot._digest)."""
+        a worker shares with the others (yamlsrc.FilesHash.add_file)."""
         tmp = f"{self.path}.{os.getpid()}"
         with contextlib.ExitStack() as stack:
             sources = [stack.enter_context(open(name, "rb")) for name in files]
             sizes = [os.fstat(src.fileno()).st_size for src in sources]
             head = json.dumps({"hash": digest, "files": [list(p) for p in zip(files, sizes)]})
-            hashed = hashlib.sha256()
+            hashed = FilesHash()
             with open(tmp, "wb") as out:
                 out.write(head.encode() + b"\n")
-                for src, size in zip(sources, sizes):
-                    while size and (chunk := src.read(min(size, 1 << 16))):
-                        hashed.update(chunk)
-                        out.write(chunk)
-                        size -= len(chunk)
-            if hashed.hexdigest()[:16] != digest:     # changed since they loaded
+                for name, src, size in zip(files, sources, sizes):
+                    hashed.add_chunks(name, _copy(src, out, size))
+            if hashed.hexdigest() != digest:     # changed since they loaded
                 os.unlink(tmp)
                 return False
             os.replace(tmp, self.path)
@@ -249,7 +246,15 @@ class LastGood:
                 texts = {str(f): src.read(int(size)) for f, size in head["files"]}
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return (head["hash"], texts) if _hash(texts.values()) == head["hash"] else None
+        return (head["hash"], texts) if files_hash(texts.items()) == head["hash"] else None
+
+
+def _copy(src: Any, out: Any, size: int) -> Iterator[bytes]:
+    """Up to `size` bytes of `src` written to `out` 64 KiB at a time, each piece yielded."""
+    while size and (chunk := src.read(min(size, 1 << 16))):
+        out.write(chunk)
+        size -= len(chunk)
+        yield chunk
 
 
 def private_dir(prefix: str) -> str:
@@ -270,14 +275,6 @@ def private_dir(prefix: str) -> str:
         except OSError:         # gone meanwhile, or another user's process: alive
             continue
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.")
-
-
-def _hash(blobs: Iterable[bytes]) -> str:
-    """The hash a Snapshot of files with these bytes has (routing.snapshot._read)."""
-    digest = hashlib.sha256()
-    for blob in blobs:
-        digest.update(blob)
-    return digest.hexdigest()[:16]
 
 
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL}

@@ -85,6 +85,45 @@ async def test_reload_under_load_is_atomic_and_keeps_old_rules_on_error(make_app
     assert "unknown condition 'subjet'; did you mean 'subject'?" in detail and "ping.yaml:3" in detail
 
 
+async def test_a_file_saved_while_a_reload_reads_it_gives_the_rules_its_hash_names(
+        make_app, tmp_path, monkeypatch):
+    """An editor saves ping.yaml (folder A -> B) the moment the reload has read it. The
+    snapshot is of the bytes read, and its hash is theirs: the files were read once to hash
+    them and again to parse them, so the rules of B ran under A's hash, and A saved back
+    (an undo) was "unchanged": the reload kept B's rules running."""
+    from mailrouter.yamlsrc import files_hash
+    from tests.support.rules import route
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    ping = d / "ping.yaml"
+    a, b = RULE.format(mailbox="finance", folder="A"), RULE.format(mailbox="finance", folder="B")
+    ping.write_text(a + "\n", encoding="utf-8")       # changed: the reload reads it
+    real = Path.read_bytes
+    saved: list[bytes] = []
+
+    def read_then_save(self: Path) -> bytes:      # the editor's save, right after the read
+        data = real(self)
+        if self == ping and not saved:
+            saved.append(data)
+            ping.write_text(b, encoding="utf-8")
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_save)
+    ok, digest = await app.reload()
+    monkeypatch.undo()
+    assert ok and saved
+    company = str(d / "company.yaml")
+    assert digest == files_hash([(company, (d / "company.yaml").read_bytes()),
+                                 (str(ping), saved[0])])
+    assert route(app.snapshot(), mail(1), "sales@example.com").folder == "A"
+    ping.write_text(a + "\n", encoding="utf-8")       # the same bytes as loaded: unchanged
+    assert await app.reload() == (True, digest)
+    ping.write_text(b, encoding="utf-8")
+    ok, other = await app.reload()
+    assert ok and other != digest
+    assert route(app.snapshot(), mail(2), "sales@example.com").folder == "B"
+
+
 def _post_reload(port: int) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST", data=b"")
     try:

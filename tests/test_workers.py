@@ -289,13 +289,14 @@ def test_workers_killed_while_the_files_are_broken_start_on_the_last_good_rules(
 def test_last_good_keeps_only_the_bytes_that_loaded(tmp_path):
     """LastGood.save keeps files only while they hash as the load did: changed since (a
     save caught mid-way), the set kept before stays, and a replacement reads that one."""
-    from mailrouter.workers import LastGood, _hash
+    from mailrouter.workers import LastGood
+    from mailrouter.yamlsrc import files_hash
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_bytes(b"aliases: {}\n")
     b.write_bytes(b"rules: []\n")
     kept = LastGood(tmp_path)
     assert kept.read() is None
-    loaded = _hash([a.read_bytes(), b.read_bytes()])
+    loaded = files_hash([(str(a), a.read_bytes()), (str(b), b.read_bytes())])
     assert kept.save([str(a), str(b)], loaded)
     b.write_bytes(b"rules: [\n")                      # changed after the load read it
     assert not kept.save([str(a), str(b)], loaded)
