@@ -22,6 +22,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 from .. import yamlsrc
 from ..addressbook.departments import Department, parse_departments
+from ..addressbook.canon import canonical
 from ..addressbook.model import PERSON_MAILBOX_PREFIX
 from ..addresses import AddressBook, Limits as BookLimits, Resolution
 from ..config import Limits, unknown_keys, unreadable
@@ -55,6 +56,8 @@ class Snapshot:
     limits: Limits
     responders: Mapping[str, Responder] = field(default_factory=dict)
     departments: dict[str, Department] = field(default_factory=dict)   # the web view's rights
+    # (file, line) of each of `domains:` (as the book has it), for `check`'s warnings
+    domain_where: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
     def check_rcpt(self, address: str) -> Resolution:
         """Resolution of one RCPT; `.reply` is set when the address is refused."""
@@ -552,4 +555,15 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
     return Snapshot(book, rules, digest, tuple(files), {"tests": merged["tests"]},
-                    hostname, limits, responders, departments)
+                    hostname, limits, responders, departments,
+                    _domain_where(merged["domains"], book))
+
+
+def _domain_where(domains: Any, book: AddressBook) -> dict[str, tuple[str, int]]:
+    """Where each domain of the book is written (the first place, in file order)."""
+    where: dict[str, tuple[str, int]] = {}
+    for item, (path, line, _) in zip(domains, getattr(domains, "item_where", ())):
+        if isinstance(item, str):
+            dom = (canonical("x@" + item, book.options) or "").partition("@")[2]
+            where.setdefault(dom, (path, line))
+    return where
