@@ -174,6 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings += [f"{_at(cfg.path or '', lines.get(p, 0))}routing: {_shown(p)!r} matches no "
                  "file; its rules and addresses, if any, are not loaded"
                  for p in cfg.routing if glob.has_magic(p) and not glob.glob(p)]
+    warnings += _skipped_warnings(cfg, lines)
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes
@@ -184,6 +185,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
     print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     return 0
+
+
+def _skipped_warnings(cfg: Config, lines: dict[str, int]) -> list[str]:
+    """A warning per backup file a `routing:` glob matches (skipped, routing.snapshot), naming
+    the file and the config's line of the glob."""
+    from fnmatch import fnmatch
+    from .routing.snapshot import routing_files
+    out = []
+    for f in routing_files(cfg.routing)[1]:
+        pattern = next((p for p in cfg.routing if fnmatch(f, p)), "")
+        where = f"{cfg.path}:{lines[pattern]}" if cfg.path and lines.get(pattern) else \
+            cfg.path or "routing:"
+        out.append(f"{f}: skipped: an editor's backup or a package manager's leftover, as "
+                   f"run-parts skips them; the glob {_shown(pattern)!r} ({where}) matches it; "
+                   "remove it, or rename it to load it")
+    return out
 
 
 def _at(path: str, line: int) -> str:

@@ -55,7 +55,8 @@ from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .registry.store import registry_advice, registry_location
-from .routing.snapshot import Snapshot, _files, load_book, load_snapshot, prepare, read_files
+from .routing.snapshot import (Snapshot, _files, load_book, load_snapshot, prepare, read_files,
+                               routing_files)
 from .values import Downstream, Reply, Transaction
 from .web import start_web
 from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, LastGood, Starting,
@@ -635,6 +636,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
             return START_FAILED
     else:
         try:
+            await asyncio.to_thread(_skipping, config)
             snap = snapshot if snapshot is not None and _still_current(snapshot, config) \
                 else await asyncio.to_thread(_load, config, worker is not None)
         except ConfigErrors as exc:
@@ -897,6 +899,16 @@ def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None) -
     return load_snapshot(config.routing, config.limits, config.hostname, built, texts=texts)
 
 
+def _skipping(config: Config) -> list[str]:
+    """The routing files, each backup file a glob matched (skipped) logged."""
+    files, skipped = routing_files(config.routing)
+    for name in skipped:
+        log.warning("event=routing_file_skipped file=%s: an editor's backup or a package "
+                    "manager's leftover, which a routing: glob matches, is not loaded (as "
+                    "run-parts skips them); remove it, or rename it to load it", name)
+    return files
+
+
 def _reload_snapshot(current: Snapshot, config: Config, worker: bool
                      ) -> tuple[Snapshot, dict[str, bytes] | None]:
     """A reload's snapshot and the bytes it was made of: `current` when the files are still
@@ -904,7 +916,7 @@ def _reload_snapshot(current: Snapshot, config: Config, worker: bool
     again when they hash as it does). Raises ConfigErrors."""
     if _still_current(current, config):
         return current, None
-    files = _files(config.routing)
+    files = _skipping(config)
     errors: list[ConfigError] = []
     texts = read_files(files, errors)
     if errors or not files:        # the load names every file's problem, this one's too
@@ -996,6 +1008,7 @@ def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None
         starting.child = None
         if starting.stopping:
             return _stopped_during_start(starting, "building the address book")
+        _skipping(config)
         snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
         del prepared, built       # the files' YAML: not kept for the life of the supervisor
     except ConfigErrors as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import glob
+import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ from .responders import Responder, build_responders, check_responder_names
 from .rules import Conditions, RuleSet
 
 __all__ = ["Prepared", "Snapshot", "load_snapshot", "load_book", "prepare", "envelope_sender",
-           "SECTIONS"]
+           "SECTIONS", "routing_files", "is_backup", "read_files"]
 
 MAP_SECTIONS = ("mailboxes", "people", "teams", "aliases", "moved", "calendars", "autoreplies",
                 "address_options", "departments")
@@ -126,12 +127,44 @@ def envelope_sender(given: str | None, view: MessageView) -> str:
         return ""
 
 
-def _files(patterns: Sequence[str]) -> list[str]:
+# What editors and package managers leave beside a file they change: loaded by a glob like
+# `rules/*`, a backup defined every name twice (refused) or, a file renamed, old rules beside
+# the new. Skipped when a glob matches them, as run-parts and systemd skip them (`check`
+# warns, the daemon logs event=routing_file_skipped); a file named on its own is loaded.
+BACKUP_SUFFIXES = ("~", ".bak", ".orig", ".rej", ".swp", ".swo", ".swx", ".tmp", ",v",
+                   ".dpkg-old", ".dpkg-dist", ".dpkg-new", ".dpkg-tmp", ".dpkg-bak",
+                   ".ucf-old", ".ucf-dist", ".ucf-new", ".rpmnew", ".rpmsave", ".rpmorig",
+                   ".cfsaved")
+
+
+def is_backup(path: str) -> bool:
+    """An editor's backup, swap, lock or autosave file, or a package manager's leftover:
+    foo.yaml~, .#foo.yaml, #foo.yaml#, foo.yaml.swp, foo.yaml.orig, foo.yaml.dpkg-old ..."""
+    name = os.path.basename(path)
+    return (name.startswith(".#") or (len(name) > 1 and name.startswith("#") and name.endswith("#"))
+            or name.endswith(BACKUP_SUFFIXES))
+
+
+def routing_files(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the files the patterns name, in order; the backups their globs matched, skipped)."""
     found: list[str] = []
+    skipped: list[str] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        found.extend(m for m in matches if m not in found)
-    return found
+        if not glob.has_magic(pattern):
+            if pattern not in found:
+                found.append(pattern)
+            continue
+        for m in sorted(glob.glob(pattern)):
+            if is_backup(m):
+                if m not in skipped:
+                    skipped.append(m)
+            elif m not in found:
+                found.append(m)
+    return found, [m for m in skipped if m not in found]
+
+
+def _files(patterns: Sequence[str]) -> list[str]:
+    return routing_files(patterns)[0]
 
 
 def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError],
@@ -484,8 +517,12 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     files = list(texts) if texts is not None else _files(patterns)
     errors: list[ConfigError] = []
     if not files:
-        raise ConfigErrors([ConfigError(f"no routing files match {', '.join(patterns)}",
-                                        hint="set 'routing:' in config.yaml to your rules/*.yaml")])
+        skipped = routing_files(patterns)[1]
+        raise ConfigErrors([ConfigError(
+            f"no routing files match {', '.join(patterns)}" + (
+                f" (only backups, skipped: {', '.join(skipped)})" if skipped else ""),
+            hint="set 'routing:' in config.yaml to your rules/*.yaml" + (
+                "; rename a backup to load it" if skipped else ""))])
     conditions = None
     if (prepared is not None and built is not None and bare == BARE_SECTIONS
             and prepared.files == tuple(files) and prepared.digest == built[0]):
