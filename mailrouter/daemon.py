@@ -107,7 +107,8 @@ class App:
         self.sockets = sockets or {}      # pre-bound listeners shared by worker processes
         self.worker = worker              # None: the only process
         self._snapshot = snapshot
-        self._previous: Snapshot | None = None   # a follower's set before its last reload
+        # the supervisor's snapshot (workers): shared copy-on-write, kept to go back to
+        self.inherited: Snapshot | None = None
         self.draining = False
         self.sessions: set[Protocol] = set()
         self.in_flight = 0
@@ -461,7 +462,8 @@ class App:
         why = "; ".join(failed)
         if snap is current:
             raise _Disagreed(f"not every worker runs the rule set {snap.hash}: {why}")
-        # back to the set they all ran: its bytes when kept, else a follower's previous one
+        # back to the set they all ran: its bytes when kept (else the supervisor's snapshot,
+        # when it is that set)
         before = await asyncio.to_thread(kept.before)
         back = before.texts if before is not None and before.hash == current.hash else None
         seq = await asyncio.to_thread(kept.put, back, current.hash)
@@ -512,13 +514,13 @@ class App:
                 error = "the staged routing set cannot be read"
             elif staged.hash == current.hash:
                 pass
-            elif self._previous is not None and self._previous.hash == staged.hash:
-                self._snapshot, self._previous = self._previous, current
+            elif self.inherited is not None and self.inherited.hash == staged.hash and \
+                    self.inherited.files == tuple(staged.texts or self.inherited.files):
+                self._snapshot = self.inherited
             elif staged.texts is None:
                 error = f"the routing set {staged.hash} is not kept"
             else:
-                snap = await asyncio.to_thread(_load, self.config, True, staged.texts)
-                self._snapshot, self._previous = snap, current
+                self._snapshot = await asyncio.to_thread(_load, self.config, True, staged.texts)
         except ConfigErrors as exc:        # loaded in worker 0: not the files' fault
             error = f"{len(exc.errors)} error(s): {exc.errors[0]}"
         except Exception as exc:  # noqa: BLE001 (reported to worker 0, which refuses the reload)
@@ -645,6 +647,7 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     if starting is not None and starting.stopping:
         return _stopped_during_start(starting, "loading the routing files")
     app = App(config, snap, sockets, worker, kept)
+    app.inherited = snapshot
     try:
         await app.start()
     except (ListenError, RegistryError) as exc:

@@ -255,8 +255,8 @@ class LastGood:
 
     def put(self, texts: Mapping[str, bytes] | None, digest: str) -> int:
         """Keep these bytes (they hash as `digest`) as the set every worker is to run; None:
-        the set of that hash whose bytes are not at hand (a worker that ran it before goes
-        back to it). Its number, one more than the set kept before, which stays readable
+        the set of that hash whose bytes are not at hand (the supervisor's snapshot, which
+        every worker has). Its number, one more than the set kept before, which stays readable
         (`before`) until the next `put`."""
         tmp = f"{self.path}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):

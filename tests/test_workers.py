@@ -325,6 +325,29 @@ def test_last_good_keeps_only_the_bytes_that_loaded(tmp_path):
         LastGood.NAME]
 
 
+def test_the_kept_set_is_numbered_and_the_one_before_stays_readable(tmp_path):
+    """Each set worker 0 keeps (`put`: the very bytes it loaded) is one more than the last;
+    the set before stays readable (a reload one worker could not take goes back to it); a
+    set named by its hash only has no bytes; the workers' reports are read back."""
+    from mailrouter.workers import LastGood, Staged
+    from mailrouter.yamlsrc import files_hash
+    kept = LastGood(tmp_path)
+    one = {"r/a.yaml": b"aliases: {}\n", "r/b.yaml": b"rules: []\n"}
+    two = {"r/a.yaml": b"aliases: {}\n", "r/b.yaml": b"rules: [] # 2\n"}
+    assert kept.put(one, files_hash(one.items())) == 1
+    assert kept.put(two, files_hash(two.items())) == 2
+    assert kept.staged() == Staged(2, files_hash(two.items()), two)
+    assert kept.head() == (2, files_hash(two.items()))
+    assert kept.before() == Staged(1, files_hash(one.items()), one)
+    assert kept.put(None, "0123456789abcdef") == 3
+    assert kept.staged() == Staged(3, "0123456789abcdef", None) and kept.read() is None
+    kept.report(1, 3, "0123456789abcdef")
+    kept.report(2, 2, files_hash(two.items()), "worker-specific trouble")
+    assert kept.reported(1) == (3, "0123456789abcdef", None)
+    assert kept.reported(2) == (2, files_hash(two.items()), "worker-specific trouble")
+    assert kept.reported(3) is None
+
+
 def test_the_last_good_rules_directory_is_removed_by_the_next_start(daemon_process, tmp_path,
                                                                     monkeypatch):
     """The supervisor's private directory of the last good routing files: a clean stop
