@@ -129,7 +129,7 @@ class _Admin:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(10) as limit:
                 req = _Request(await reader.readuntil(b"\r\n\r\n"))
                 refused = self.refusal(req)
                 if refused is not None:
@@ -147,7 +147,12 @@ class _Admin:
                 elif req.method == "GET" and req.path == "/readyz" and self.ready is not None:
                     await self._readyz(writer, self.authorized(req))
                 elif req.method == "POST" and req.path == "/-/reload":
+                    # as long as the load takes (and, with workers, the others' loads): the
+                    # connection was closed after 10 s with no answer (mailrouter reload
+                    # waits 60 s)
+                    limit.reschedule(None)
                     ok, detail, maps_error, config = await self.reload()
+                    limit.reschedule(asyncio.get_running_loop().time() + 10)
                     body = json.dumps({"ok": ok, "detail": detail, "postfix_maps": maps_error,
                                        "config": config}, ensure_ascii=False).encode()
                     await _respond(writer, "200 OK" if ok else "400 Bad Request", body,

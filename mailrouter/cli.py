@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config,
                      load_config, owned_errors)
-from .errors import ConfigErrors, RegistryError
+from .errors import ConfigError, ConfigErrors, RegistryError
 
 __all__ = ["main"]
 
@@ -160,8 +160,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings += folder_warnings(snap.book, snap.rules.rules)
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
-    warnings += [f"domain {d}: RCPT TO:<postmaster@{d}> is refused, but RFC 5321 "
-                 "4.5.1 requires every mail domain to take mail for postmaster; add "
+    warnings += [f"{_at(*snap.domain_where.get(d, ('', 0)))}domain {d}: RCPT "
+                 f"TO:<postmaster@{d}> is refused, but RFC 5321 4.5.1 requires every mail "
+                 f"domain to take mail for postmaster; add "
                  f"'postmaster@{d}: {_postmaster_target(snap.book)}' under aliases:"
                  for d in snap.book.without_postmaster()]
     from .routing.lint import control_warnings
@@ -172,8 +173,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     import glob
     # a glob of `routing:` that matches nothing is skipped (an empty drop-in folder may be
     # meant), so a typo in it dropped a file of rules or aliases without a word
-    warnings += [f"routing: {_shown(p)!r} matches no file; its rules and addresses, if any, "
-                 "are not loaded" for p in cfg.routing if glob.has_magic(p) and not glob.glob(p)]
+    lines = _routing_lines(cfg)
+    warnings += [f"{_at(cfg.path or '', lines.get(p, 0))}routing: {_shown(p)!r} matches no "
+                 "file; its rules and addresses, if any, are not loaded"
+                 for p in cfg.routing if glob.has_magic(p) and not glob.glob(p)]
+    warnings += _skipped_warnings(cfg, lines)
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes
@@ -184,6 +188,51 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
     print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     return 0
+
+
+def _skipped_warnings(cfg: Config, lines: dict[str, int]) -> list[str]:
+    """A warning per backup file a `routing:` glob matches (skipped, routing.snapshot), naming
+    the file and the config's line of the glob."""
+    from fnmatch import fnmatch
+    from .routing.snapshot import routing_files
+    out = []
+    for f in routing_files(cfg.routing)[1]:
+        pattern = next((p for p in cfg.routing if fnmatch(f, p)), "")
+        where = f"{cfg.path}:{lines[pattern]}" if cfg.path and lines.get(pattern) else \
+            cfg.path or "routing:"
+        out.append(f"{f}: skipped: an editor's backup or a package manager's leftover, as "
+                   f"run-parts skips them; the glob {_shown(pattern)!r} ({where}) matches it; "
+                   "remove it, or rename it to load it")
+    return out
+
+
+def _at(path: str, line: int) -> str:
+    """'FILE:LINE: ' before a warning, as errors and the rules' warnings begin ('' when
+    unknown)."""
+    return f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+
+
+def _routing_lines(cfg: Config) -> dict[str, int]:
+    """config.yaml's line of each `routing:` pattern (absolute, as Config holds them): the
+    item's, else the key's. Empty without a config file, or when it cannot be read again."""
+    from . import yamlsrc
+    if not cfg.path:
+        return {}
+    try:
+        doc = yamlsrc.load(cfg.path)
+    except ConfigError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    key_line = doc.key_line("routing") if isinstance(doc, yamlsrc.LocMap) else 0
+    value = doc.get("routing")
+    base = Path(cfg.path).resolve().parent
+    lines = {}
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str):
+            path = item if Path(item).is_absolute() else str(base / item)
+            lines[path] = getattr(item, "line", 0) or key_line
+    return lines
 
 
 def _postmaster_target(book: Any) -> str:

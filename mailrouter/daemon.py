@@ -5,7 +5,8 @@
 with), the registry, the deliverer and the SMTP/LMTP/admin servers.
 
 Reload (SIGHUP, a change of a routing file, POST /-/reload) loads, validates and
-compiles the whole rule set in a worker thread, then swaps one reference; a bad
+compiles the whole rule set in a worker thread, then swaps one reference (with
+workers, once every worker has loaded the same bytes: App._agree); a bad
 file keeps the old snapshot running, is logged with every error, sets
 mailrouter_config_last_reload_successful to 0 and is recorded in the registry.
 Reloads are coalesced: a request while one runs marks "reload again once", so a
@@ -37,7 +38,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import logs, metrics, postfixmaps
+from . import logs, metrics, postfixmaps, yamlsrc
 from .addressbook import AddressBook
 from .admin import serve_admin
 from .config import Config, Limits, Listener, changed_keys, load_config, owned_errors
@@ -54,7 +55,8 @@ from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .registry.store import registry_advice, registry_location
-from .routing.snapshot import Snapshot, _digest, _files, load_book, load_snapshot, prepare
+from .routing.snapshot import (Snapshot, _files, load_book, load_snapshot, prepare, read_files,
+                               routing_files)
 from .values import Downstream, Reply, Transaction
 from .web import start_web
 from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, LastGood, Starting,
@@ -105,6 +107,8 @@ class App:
         self.sockets = sockets or {}      # pre-bound listeners shared by worker processes
         self.worker = worker              # None: the only process
         self._snapshot = snapshot
+        # the supervisor's snapshot (workers): shared copy-on-write, kept to go back to
+        self.inherited: Snapshot | None = None
         self.draining = False
         self.sessions: set[Protocol] = set()
         self.in_flight = 0
@@ -354,7 +358,14 @@ class App:
                 raise
             waiting.set_result(result)
 
+    @property
+    def follower(self) -> bool:
+        """A worker other than worker 0: it loads the set worker 0 staged, never the files."""
+        return self.kept is not None and self.worker not in (None, 0)
+
     async def _reload_once(self) -> Reloaded:
+        if self.follower:
+            return await self._follow()
         cfg = self.config
         maps_error = None
         self._mtimes = await asyncio.to_thread(self._routing_mtimes)   # the watcher's too
@@ -362,8 +373,10 @@ class App:
             # The same files byte for byte (a SIGHUP, a touch, a tool rewriting them): keep the
             # snapshot the supervisor built and the workers share; a load here would give each
             # worker its own copy (issue 15: 100,000 aliases at 2.6x the memory of 1,000).
-            snap = self._snapshot if await asyncio.to_thread(_still_current, self._snapshot, cfg) \
-                else await asyncio.to_thread(_load, cfg, self.worker is not None)
+            snap, texts = await asyncio.to_thread(_reload_snapshot, self._snapshot, cfg,
+                                                  self.worker is not None)
+            if self.kept is not None:        # workers: every one takes it, or none does
+                await self._agree(snap, texts)
         except ConfigErrors as raised:
             # "no routing files match ..." is config.yaml's `routing:`: named so, as `check`
             # and a refused start name it (it was "<config>: ...", no file to open)
@@ -371,6 +384,10 @@ class App:
             ok, detail, public = False, str(exc), _public(exc, cfg.routing, cfg.path)
             log.error("event=reload_failed errors=%d kept=%s\n%s", len(exc.errors),
                       self._snapshot.hash, detail)
+        except _Disagreed as exc:
+            ok, detail = False, str(exc)
+            public = _relative(detail, cfg.routing)
+            log.error("event=reload_failed kept=%s %s", self._snapshot.hash, detail)
         except Exception as exc:  # a bug in loading must not take the daemon down
             ok, detail = False, f"internal error: {exc!r}"
             public = "internal error while loading the routing files; see the daemon's log"
@@ -381,8 +398,6 @@ class App:
             # and in `mailrouter reload`'s answer, where a whole file's addresses went quietly
             # (their mail refused 550 from then on).
             gone = sorted(set(self._snapshot.files) - set(snap.files))
-            if snap is not self._snapshot:
-                await asyncio.to_thread(_keep, self.kept, snap)
             self._snapshot, ok, detail = snap, True, snap.hash
             public = detail
             if gone:
@@ -391,6 +406,8 @@ class App:
                 log.warning("event=routing_file_gone file=%s hash=%s", name, snap.hash)
             log.info("event=reloaded hash=%s files=%d", snap.hash, len(snap.files))
             maps_error = await self.write_postfix_maps()
+        if self.kept is not None:     # for a worker that starts: the last reload's outcome
+            await asyncio.to_thread(self._report, None if ok else detail)
         # Every worker reloads; one reload is counted once, by the admin worker (issue 14:
         # 3 reloads over 2 workers showed failed=6). The gauges are per worker (livemin).
         if self.worker in (None, 0):
@@ -405,6 +422,127 @@ class App:
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
         return ok, public, maps_error, await self.config_not_applied()
+
+    def _report(self, error: str | None) -> None:
+        assert self.kept is not None and self.worker is not None
+        head = self.kept.head()
+        try:
+            self.kept.report(self.worker, head[0] if head is not None else 0,
+                             self._snapshot.hash, error)
+        except OSError as exc:
+            log.warning("event=reload_not_reported error=%r", str(exc))
+
+    async def _agree(self, snap: Snapshot, texts: dict[str, bytes] | None) -> None:
+        """Worker 0's reload with workers: the other workers load the bytes `snap` was made
+        of (staged in `kept`), and `snap` is taken (returns) only when every one of them runs
+        it. A worker that could not load them, or did not answer in FOLLOW_TIMEOUT, has
+        them all go back to the set they ran, and the reload is refused (_Disagreed)."""
+        kept = self.kept
+        assert kept is not None
+        current = self._snapshot
+        head = await asyncio.to_thread(kept.head)
+        followers = range(1, self.config.workers)
+
+        def all_run(seq: int, digest: str) -> bool:
+            return all((got := kept.reported(i)) is not None and got[0] >= seq
+                       and got[1] == digest for i in followers)
+
+        if snap is current and head is not None and head[1] == snap.hash and \
+                await asyncio.to_thread(all_run, head[0], snap.hash):
+            return                      # unchanged, and every worker runs it
+        if texts is None and head is not None and head[1] == snap.hash:
+            staged = await asyncio.to_thread(kept.staged)
+            texts = staged.texts if staged is not None else None
+        seq = await asyncio.to_thread(kept.put, texts, snap.hash)
+        log.info("event=reload_staged hash=%s seq=%d workers=%d", snap.hash, seq,
+                 len(followers))
+        failed = await self._followers_at(seq, snap.hash)
+        if not failed:
+            return
+        why = "; ".join(failed)
+        if snap is current:
+            raise _Disagreed(f"not every worker runs the rule set {snap.hash}: {why}")
+        # back to the set they all ran: its bytes when kept (else the supervisor's snapshot,
+        # when it is that set)
+        before = await asyncio.to_thread(kept.before)
+        back = before.texts if before is not None and before.hash == current.hash else None
+        seq = await asyncio.to_thread(kept.put, back, current.hash)
+        log.error("event=reload_reverted hash=%s seq=%d refused=%s: %s", current.hash, seq,
+                  snap.hash, why)
+        still = await self._followers_at(seq, current.hash)
+        if still:
+            raise _Disagreed(
+                f"the new rule set {snap.hash} was refused ({why}), and going back to "
+                f"{current.hash} failed too ({'; '.join(still)}): the workers may run "
+                "different rules; fix the cause and reload again, or restart the daemon")
+        raise _Disagreed(f"the new rule set {snap.hash} loaded here but not in every worker "
+                         f"({why}); every worker kept {current.hash}")
+
+    async def _followers_at(self, seq: int, digest: str) -> list[str]:
+        """Have the other workers take set `seq` (SIGUSR1 to the supervisor, which sends
+        them SIGHUP) and wait until each reports it runs `digest`; what went wrong, per
+        worker (empty: all of them run it)."""
+        assert self.kept is not None
+        os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FOLLOW_TIMEOUT
+        waiting = set(range(1, self.config.workers))
+        failed: list[str] = []
+        while waiting:
+            for i in sorted(waiting):
+                got = await asyncio.to_thread(self.kept.reported, i)
+                if got is None or got[0] < seq:
+                    continue
+                waiting.discard(i)
+                if got[2] is not None or got[1] != digest:
+                    failed.append(f"worker {i} runs {got[1]}: {got[2] or 'another set'}")
+            if not waiting or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        failed += [f"worker {i} did not answer in {FOLLOW_TIMEOUT:.0f} s" for i in sorted(waiting)]
+        return failed
+
+    async def _follow(self) -> Reloaded:
+        """A follower's reload: take the set worker 0 staged (its bytes, not the files on
+        the disk), or go back to the one run before; report what runs now."""
+        assert self.kept is not None
+        staged = await asyncio.to_thread(self.kept.staged)
+        error = None
+        current = self._snapshot
+        try:
+            if staged is None:
+                error = "the staged routing set cannot be read"
+            elif staged.hash == current.hash:
+                pass
+            elif self.inherited is not None and self.inherited.hash == staged.hash and \
+                    self.inherited.files == tuple(staged.texts or self.inherited.files):
+                self._snapshot = self.inherited
+            elif staged.texts is None:
+                error = f"the routing set {staged.hash} is not kept"
+            else:
+                self._snapshot = await asyncio.to_thread(_load, self.config, True, staged.texts)
+        except ConfigErrors as exc:        # loaded in worker 0: not the files' fault
+            error = f"{len(exc.errors)} error(s): {exc.errors[0]}"
+        except Exception as exc:  # noqa: BLE001 (reported to worker 0, which refuses the reload)
+            log.exception("event=reload_crashed")
+            error = f"internal error: {exc!r}"
+        head = await asyncio.to_thread(self.kept.head) if staged is None else None
+        try:
+            await asyncio.to_thread(self.kept.report, self.worker or 0,
+                                    staged.seq if staged is not None else
+                                    head[0] if head is not None else 0, self._snapshot.hash, error)
+        except OSError as exc:
+            log.warning("event=reload_not_reported error=%r", str(exc))
+        if error is not None:
+            log.error("event=reload_failed kept=%s error=%r", self._snapshot.hash, error)
+        elif self._snapshot is not current:
+            log.info("event=reloaded hash=%s files=%d", self._snapshot.hash,
+                     len(self._snapshot.files))
+        metrics.RELOAD_OK.set(0 if error is not None else 1)
+        if error is None and self._snapshot is not current:
+            metrics.RELOAD_TIME.set(time.time())
+        self.state.ruleset = self._snapshot.hash
+        return error is None, error or self._snapshot.hash, None, None
 
     async def config_not_applied(self) -> str | None:
         """What a reload leaves as it was: config.yaml is read only at start. An edited one
@@ -455,9 +593,10 @@ class App:
         return None
 
     async def admin_reload(self) -> Reloaded:
-        """POST /-/reload: have the supervisor reload the other workers, and reload here.
-        The signal goes first, so that all workers coalesce over the same burst."""
-        if self.worker is not None:
+        """POST /-/reload: reload here; with workers (`kept`), worker 0's reload has the
+        others take the set it loaded (`_agree`). A worker without that set has the
+        supervisor reload the others first, so that all coalesce over the same burst."""
+        if self.worker is not None and self.kept is None:
             os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
         return await self.reload_all()
 
@@ -491,36 +630,31 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     supervisor loaded before forking, shared copy-on-write; it is used while the routing
     files still hold what it was built from (a worker replaced after a change loads them).
     `starting`: the signals noted since `mailrouter run` began (the only process of
-    `workers: 1`), acted on once the loop handles them. `kept`: the last routing files that
-    loaded (workers.LastGood), a worker's start when the files on disk are broken."""
-    fallback = None
-    try:
-        if snapshot is not None and _still_current(snapshot, config):
-            snap = snapshot
-        else:
-            snap = await asyncio.to_thread(_load, config, worker is not None)
-            await asyncio.to_thread(_keep, kept, snap)
-    except ConfigErrors as exc:
-        errors = owned_errors(exc, config)
-        fallback = await asyncio.to_thread(_last_good, config, kept, snapshot)
-        if fallback is None:
-            log.error("routing files have errors; not starting:\n%s", errors)
+    `workers: 1`), acted on once the loop handles them. `kept`: the routing set every worker
+    runs (workers.LastGood): a worker of several starts on it, not on the files on the disk."""
+    if kept is not None:           # a worker of several: the set the others run
+        snap = await asyncio.to_thread(_worker_snapshot, config, kept, snapshot, worker)
+        if snap is None:
             return START_FAILED
-        snap = fallback
-        first = errors.errors[0]
-        log.error("event=started_on_last_good hash=%s broken=%s:%d: the routing files on disk "
-                  "have errors, so this worker runs the last rules that loaded, as the others "
-                  "do (a reload refused the files); fix them and reload:\n%s",
-                  snap.hash, first.path, first.line, errors)
+    else:
+        try:
+            await asyncio.to_thread(_skipping, config)
+            snap = snapshot if snapshot is not None and _still_current(snapshot, config) \
+                else await asyncio.to_thread(_load, config, worker is not None)
+        except ConfigErrors as exc:
+            log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
+            return START_FAILED
     if starting is not None and starting.stopping:
         return _stopped_during_start(starting, "loading the routing files")
     app = App(config, snap, sockets, worker, kept)
+    app.inherited = snapshot
     try:
         await app.start()
     except (ListenError, RegistryError) as exc:
         await app.close()
         return _start_failed(_why(exc, config), config)
-    if fallback is not None:      # as the others: their last reload failed
+    last = kept.reported(0) if kept is not None else None
+    if last is not None and last[2] is not None:     # as the others: their last reload failed
         metrics.RELOAD_OK.set(0)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.request_stop)
@@ -539,11 +673,13 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     # only per-message garbage instead of the whole heap.
     gc.collect()
     gc.freeze()
-    watcher = loop.create_task(app.watch())
+    # worker 0 alone reads the files (App._agree): the others' reloads follow it
+    watcher = loop.create_task(app.watch()) if not app.follower else None
     if ready is not None:
         ready(app)
     await app.wait_stopped()
-    watcher.cancel()
+    if watcher is not None:
+        watcher.cancel()
     return 0
 
 
@@ -567,13 +703,17 @@ def _shown_files(files: list[str], patterns: tuple[str, ...]) -> list[str]:
 def _public(exc: ConfigErrors, patterns: tuple[str, ...], config: str = "") -> str:
     """The errors of a failed reload for the admin reply: file:line relative to the
     routing directory, the config file by its name, and no other path of this machine."""
-    root = _routing_root(patterns)
     lines = [str(ConfigError(e.message, os.path.basename(config), e.line, e.column, e.hint)
                  if config and e.path == config else e)
              for e in exc.errors[:PUBLIC_ERRORS]]
     if len(exc.errors) > PUBLIC_ERRORS:
         lines.append(f"... and {len(exc.errors) - PUBLIC_ERRORS} more (see the daemon's log)")
-    text = "\n".join(lines)
+    return _relative("\n".join(lines), patterns)
+
+
+def _relative(text: str, patterns: tuple[str, ...]) -> str:
+    """`text` with the routing directory left out of the paths it names."""
+    root = _routing_root(patterns)
     return text.replace(root + "/", "") if root.startswith("/") and root != "/" else text
 
 
@@ -679,42 +819,65 @@ def raise_fd_limit(max_connections: int) -> None:
 def _still_current(snap: Snapshot, config: Config) -> bool:
     """True when the routing files are the ones `snap` was built from, byte for byte."""
     files = tuple(_files(config.routing))
-    return files == snap.files and _digest(files) == snap.hash
+    return files == snap.files and yamlsrc.hash_files(files) == snap.hash
 
 
-def _keep(kept: LastGood | None, snap: Snapshot) -> None:
-    """Keep `snap`'s files as the last that loaded (workers.LastGood), for a worker that
-    starts while they are broken on disk. Not kept when they changed since they were read:
-    the next load of them keeps them."""
-    if kept is None:
-        return
+def _keep(kept: LastGood, snap: Snapshot) -> None:
+    """Keep the supervisor's `snap` files as the set every worker runs (workers.LastGood).
+    Not kept when they changed since they were read: the workers then start on `snap`
+    itself, and a reload that a worker cannot take goes back to it by its hash."""
     try:
         saved = kept.save(snap.files, snap.hash)
     except OSError as exc:
-        log.warning("event=last_good_not_kept hash=%s error=%r: a worker that starts while "
-                    "the routing files are broken will not start", snap.hash, str(exc))
-        return
+        log.warning("event=last_good_not_kept hash=%s error=%r", snap.hash, str(exc))
+        saved = False
     if not saved:
         log.info("event=last_good_not_kept hash=%s: the files changed since they loaded",
                  snap.hash)
+        kept.put(None, snap.hash)
 
 
-def _last_good(config: Config, kept: LastGood | None, inherited: Snapshot | None
-               ) -> Snapshot | None:
-    """The snapshot of the last routing files that loaded (`kept`), None when none was
-    kept. `inherited` (the supervisor's, shared copy-on-write) when it is that one."""
-    got = kept.read() if kept is not None else None
-    if got is None:
+def _worker_snapshot(config: Config, kept: LastGood, inherited: Snapshot | None,
+                     worker: int | None) -> Snapshot | None:
+    """A worker's start with several: the set the others run (`kept`: the supervisor's
+    at start, worker 0's last reload that every worker took), not the files on the disk,
+    which may have changed or broken since; `inherited` (the supervisor's, shared
+    copy-on-write) when it is that set. None: it cannot start (logged)."""
+    staged = kept.staged()
+    snap = inherited
+    if staged is not None and staged.texts is not None and (
+            inherited is None or inherited.hash != staged.hash
+            or inherited.files != tuple(staged.texts)):
+        try:
+            snap = _load(config, True, staged.texts)
+        except (ConfigErrors, ValueError) as exc:     # loaded once: a bug, not the files
+            log.error("event=last_good_failed hash=%s error=%r", staged.hash, str(exc))
+            snap = inherited
+    if snap is None:
+        log.error("event=start_failed error='no routing set to run'; not starting")
         return None
-    digest, texts = got
-    if inherited is not None and inherited.hash == digest and inherited.files == tuple(texts):
-        return inherited
-    try:
-        snap = load_snapshot(config.routing, config.limits, config.hostname, texts=texts)
-    except (ConfigErrors, ValueError) as exc:     # loaded once: a bug, not the files
-        log.error("event=last_good_failed hash=%s error=%r", digest, str(exc))
-        return None
+    if worker not in (None, 0):
+        try:
+            kept.report(worker, staged.seq if staged is not None else 0, snap.hash)
+        except OSError as exc:
+            log.warning("event=reload_not_reported error=%r", str(exc))
+    if not _still_current(snap, config):
+        last = kept.reported(0)
+        refused = (last[2] or "").strip().splitlines()[:1] if last is not None else []
+        log.warning("event=started_on_last_good hash=%s: the routing files on the disk are "
+                    "not the ones the other workers run (changed or broken since the last "
+                    "reload%s), so this worker runs the set they run; fix them if need be and "
+                    "reload (mailrouter reload)", snap.hash,
+                    f", which was refused: {refused[0]}" if refused else "")
     return snap
+
+
+class _Disagreed(Exception):
+    """Not every worker could take a reload's new routing set (App._agree)."""
+
+
+# How long worker 0 waits for the others to load a reload's set (mailrouter reload waits 60 s)
+FOLLOW_TIMEOUT = 45.0
 
 
 ROUTING_DIR_PREFIX = "mailrouter-routing."     # LastGood's directory, PID.XXXX after it
@@ -724,17 +887,49 @@ ROUTING_DIR_PREFIX = "mailrouter-routing."     # LastGood's directory, PID.XXXX 
 BUILD_APART_FROM = 1 << 20
 
 
-def _load(config: Config, worker: bool) -> Snapshot:
-    """load_snapshot of the routing files. In a worker, with big files, the address book is
+def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None) -> Snapshot:
+    """load_snapshot of the routing files (`texts`: of these bytes, read once). In a
+    worker, with big files, the address book is
     built in a new process and sent back (workers.in_new_process), as the supervisor's is
     at start: built here, the book's temporaries (a million objects at 100,000 aliases)
     leave the worker's heap fragmented, ~30 MB more in each worker (bench_memory.py
     --reload: 1.84x the memory of 1,000 aliases, 1.26x apart). A small book is built here:
     a new interpreter costs more than it would save."""
     built = None
-    if worker and _size(_files(config.routing)) >= BUILD_APART_FROM:
-        built = in_new_process(load_book, config.routing, config.limits)
-    return load_snapshot(config.routing, config.limits, config.hostname, built)
+    size = sum(map(len, texts.values())) if texts is not None else _size(_files(config.routing))
+    if worker and size >= BUILD_APART_FROM:
+        built = in_new_process(load_book, config.routing, config.limits, texts)
+    return load_snapshot(config.routing, config.limits, config.hostname, built, texts=texts)
+
+
+def _skipping(config: Config) -> list[str]:
+    """The routing files, each backup file a glob matched (skipped) logged."""
+    files, skipped = routing_files(config.routing)
+    for name in skipped:
+        log.warning("event=routing_file_skipped file=%s: an editor's backup or a package "
+                    "manager's leftover, which a routing: glob matches, is not loaded (as "
+                    "run-parts skips them); remove it, or rename it to load it", name)
+    return files
+
+
+def _reload_snapshot(current: Snapshot, config: Config, worker: bool
+                     ) -> tuple[Snapshot, dict[str, bytes] | None]:
+    """A reload's snapshot and the bytes it was made of: `current` when the files are still
+    the ones it was made of (bytes None), else the files read once and loaded (`current`
+    again when they hash as it does). Raises ConfigErrors."""
+    if _still_current(current, config):
+        return current, None
+    files = _skipping(config)
+    errors: list[ConfigError] = []
+    texts = read_files(files, errors)
+    if errors or not files:        # the load names every file's problem, this one's too
+        load_snapshot(config.routing, config.limits, config.hostname)
+        raise ConfigErrors(errors or [ConfigError(
+            f"no routing files match {', '.join(config.routing)}")])   # fixed meanwhile: again
+    snap = _load(config, worker, texts)
+    if snap.hash == current.hash and snap.files == current.files:
+        return current, texts
+    return snap, texts
 
 
 def _size(files: list[str]) -> int:
@@ -816,6 +1011,7 @@ def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None
         starting.child = None
         if starting.stopping:
             return _stopped_during_start(starting, "building the address book")
+        _skipping(config)
         snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
         del prepared, built       # the files' YAML: not kept for the life of the supervisor
     except ConfigErrors as exc:

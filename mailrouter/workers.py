@@ -8,16 +8,17 @@ hands each new connection to one of them), and then only supervises:
 - SIGTERM/SIGINT go to every worker; each drains as a single daemon would
   (421 4.3.2 to new work, transactions in flight finish) and the parent exits
   0 once all have exited 0;
-- SIGHUP goes to every worker (each reloads its routing snapshot, coalescing
-  a burst into at most two reloads); a reload asked of worker 0 through the
-  admin endpoint is passed on the same way, before worker 0 starts its own;
+- SIGHUP goes to worker 0, which reads the routing files once, loads them and
+  has the others load those very bytes (`LastGood`): a reload is taken by every
+  worker or by none. Worker 0 asks for the others' reload with SIGUSR1, which
+  the supervisor passes to them as SIGHUP;
 - a worker that dies unexpectedly is logged and replaced (at most once a
   second); a replacement that cannot start (the registry down) is tried
   again, a little later each time, where a first worker that cannot start
   stops them all; the parent's death kills the workers (PR_SET_PDEATHSIG), so a
   crashed supervisor never leaves orphans holding the ports; a replacement
-  that finds the routing files broken on disk starts on the last ones that
-  loaded (`LastGood`), as its siblings run.
+  starts on the routing set its siblings run (`LastGood`), not on the files on
+  the disk (changed or broken since the last reload).
 
 Only worker 0 serves the admin endpoint; /metrics adds up every worker's
 counters through prometheus_client's multiprocess mode.
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -42,13 +42,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
 from .config import Config
 from .errors import ListenError
+from .yamlsrc import FilesHash, files_hash
 
 __all__ = ["bind", "supervise", "Child", "start_child", "in_child", "in_new_process",
-           "PARENT_RELOAD_SIGNAL", "HANDLED", "STOPS", "Starting", "LastGood",
+           "PARENT_RELOAD_SIGNAL", "HANDLED", "STOPS", "Starting", "LastGood", "Staged",
            "private_dir"]
 
 log = logging.getLogger("mailrouter.workers")
@@ -197,59 +199,142 @@ def _run_sent_work() -> int:
     return 0
 
 
-class LastGood:
-    """The last routing files that loaded, kept (their bytes) for a worker that starts while
-    the files on disk are broken: a replacement for one that died (a kill, OOM, a bug) after
-    a reload refused them. It loaded them from the disk, refused to start, and was tried
-    again every few seconds until they were fixed: one worker fewer, and with worker 0 gone
-    no /metrics and no reload endpoint. The supervisor's own snapshot is the one of the start,
-    stale after any good reload, so not what the siblings run.
+@dataclass(frozen=True)
+class Staged:
+    """The routing set every worker is to run (`LastGood.staged`): its number, hash and
+    bytes by path in order (None: the set is named by its hash only, its bytes not kept)."""
 
-    One file in a directory private to this supervisor's run (`directory`), written by each
-    load that succeeds (the supervisor's at start, a worker's reload) and replaced whole
-    (os.replace): every worker reads the same set, the last one a load accepted. A load
-    whose files changed before they were read again here saves nothing (`save`: False):
-    their bytes are not the ones that loaded. Format: one JSON line (hash, paths, sizes),
-    then the files' bytes in order."""
+    seq: int
+    hash: str
+    texts: dict[str, bytes] | None
+
+
+class LastGood:
+    """The routing files every worker runs, kept (their bytes) in a directory private to
+    this supervisor's run, with each worker's report of the set it runs.
+
+    The workers run one set. Worker 0 alone reads the routing files (at a reload: SIGHUP,
+    `mailrouter reload`, its watcher); it loads them, keeps their very bytes here (`put`,
+    numbered one more than the set before) and has the others load exactly those bytes
+    (daemon.App._agree): they read the files themselves, and a file saved between two
+    workers' reads, or a load that failed in one of them, left the workers running different
+    rules while `mailrouter reload` said "reloaded". Each of the others then writes the set
+    it runs (`report`); worker 0 takes the new set only when every one runs it, and otherwise
+    has them go back to the set kept before. A worker that starts (a replacement for one that
+    died: a kill, OOM, a bug) runs the set kept here, not the files on the disk: those may
+    have changed, or be broken, since the last reload.
+
+    The supervisor keeps its own set at start (`save`: read again, kept only when they
+    still hash as its load did). Format: one JSON line (seq, hash, paths, sizes), then the
+    files' bytes in order; replaced whole (os.replace)."""
 
     NAME = "routing-last-good"
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = os.fspath(directory)
         self.path = os.path.join(directory, self.NAME)
 
     def save(self, files: Sequence[str], digest: str) -> bool:
         """Keep `files` if they still hold what hashed as `digest` (a Snapshot's hash).
         Copied 64 KiB at a time: read whole, a 5 MB book file was 5 MB written to the heap
-        a worker shares with the others (routing.snapshot._digest)."""
+        a worker shares with the others (yamlsrc.FilesHash.add_file)."""
         tmp = f"{self.path}.{os.getpid()}"
         with contextlib.ExitStack() as stack:
             sources = [stack.enter_context(open(name, "rb")) for name in files]
             sizes = [os.fstat(src.fileno()).st_size for src in sources]
-            head = json.dumps({"hash": digest, "files": [list(p) for p in zip(files, sizes)]})
-            hashed = hashlib.sha256()
+            hashed = FilesHash()
             with open(tmp, "wb") as out:
-                out.write(head.encode() + b"\n")
-                for src, size in zip(sources, sizes):
-                    while size and (chunk := src.read(min(size, 1 << 16))):
-                        hashed.update(chunk)
-                        out.write(chunk)
-                        size -= len(chunk)
-            if hashed.hexdigest()[:16] != digest:     # changed since they loaded
+                out.write(self._head(digest, list(zip(files, sizes))))
+                for name, src, size in zip(files, sources, sizes):
+                    hashed.add_chunks(name, _copy(src, out, size))
+            if hashed.hexdigest() != digest:     # changed since they loaded
                 os.unlink(tmp)
                 return False
             os.replace(tmp, self.path)
             return True
 
-    def read(self) -> tuple[str, dict[str, bytes]] | None:
-        """(hash, {path: bytes} in order) of the set kept last; None when none is, or it
-        does not hash as it says."""
+    def put(self, texts: Mapping[str, bytes] | None, digest: str) -> int:
+        """Keep these bytes (they hash as `digest`) as the set every worker is to run; None:
+        the set of that hash whose bytes are not at hand (the supervisor's snapshot, which
+        every worker has). Its number, one more than the set kept before, which stays readable
+        (`before`) until the next `put`."""
+        tmp = f"{self.path}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path + ".before")
+        with contextlib.suppress(FileNotFoundError):
+            os.link(self.path, self.path + ".before")       # the same bytes: no copy
+        with open(tmp, "wb") as out:
+            out.write(self._head(digest, [(f, len(b)) for f, b in (texts or {}).items()],
+                                 kept=texts is not None))
+            for data in (texts or {}).values():
+                out.write(data)
+        os.replace(tmp, self.path)
+        return self._seq
+
+    def _head(self, digest: str, files: list[tuple[str, int]], kept: bool = True) -> bytes:
+        before = self.head()
+        self._seq = (before[0] if before is not None else 0) + 1
+        return json.dumps({"seq": self._seq, "hash": digest, "kept": kept,
+                           "files": [list(p) for p in files]}).encode() + b"\n"
+
+    def head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the set every worker is to run, its bytes not read; None: none."""
         try:
             with open(self.path, "rb") as src:
                 head = json.loads(src.readline())
-                texts = {str(f): src.read(int(size)) for f, size in head["files"]}
+            return int(head.get("seq", 0)), str(head["hash"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return (head["hash"], texts) if _hash(texts.values()) == head["hash"] else None
+
+    def before(self) -> Staged | None:
+        """The set kept before the last `put` (a reload not every worker took goes back
+        to it)."""
+        return self.staged(self.path + ".before")
+
+    def staged(self, path: str | None = None) -> Staged | None:
+        """The set every worker is to run; None when none is kept, or it does not hash as
+        it says."""
+        try:
+            with open(path or self.path, "rb") as src:
+                head = json.loads(src.readline())
+                texts = {str(f): src.read(int(size)) for f, size in head["files"]}
+                seq, digest = int(head.get("seq", 0)), str(head["hash"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not head.get("kept", True):
+            return Staged(seq, digest, None)
+        return Staged(seq, digest, texts) if files_hash(texts.items()) == digest else None
+
+    def read(self) -> tuple[str, dict[str, bytes]] | None:
+        """(hash, {path: bytes} in order) of the set kept last; None when none is, or it
+        does not hash as it says, or its bytes are not kept."""
+        got = self.staged()
+        return (got.hash, got.texts) if got is not None and got.texts is not None else None
+
+    def report(self, worker: int, seq: int, digest: str, error: str | None = None) -> None:
+        """Worker `worker` runs the set `digest` since it took (or failed to take, `error`)
+        the set numbered `seq`."""
+        path = os.path.join(self.directory, f"worker-{worker}")
+        with open(f"{path}.{os.getpid()}", "w", encoding="utf-8") as out:
+            json.dump({"seq": seq, "hash": digest, "error": error}, out)
+        os.replace(f"{path}.{os.getpid()}", path)
+
+    def reported(self, worker: int) -> tuple[int, str, str | None] | None:
+        """(seq, hash, error) of `worker`'s last report; None when it made none."""
+        try:
+            with open(os.path.join(self.directory, f"worker-{worker}"), encoding="utf-8") as f:
+                got = json.load(f)
+            return int(got["seq"]), str(got["hash"]), got.get("error")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _copy(src: Any, out: Any, size: int) -> Iterator[bytes]:
+    """Up to `size` bytes of `src` written to `out` 64 KiB at a time, each piece yielded."""
+    while size and (chunk := src.read(min(size, 1 << 16))):
+        out.write(chunk)
+        size -= len(chunk)
+        yield chunk
 
 
 def private_dir(prefix: str) -> str:
@@ -270,14 +355,6 @@ def private_dir(prefix: str) -> str:
         except OSError:         # gone meanwhile, or another user's process: alive
             continue
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.")
-
-
-def _hash(blobs: Iterable[bytes]) -> str:
-    """The hash a Snapshot of files with these bytes has (routing.snapshot._read)."""
-    digest = hashlib.sha256()
-    for blob in blobs:
-        digest.update(blob)
-    return digest.hexdigest()[:16]
 
 
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, PARENT_RELOAD_SIGNAL}
@@ -363,9 +440,9 @@ def supervise(config: Config, child: Callable[[int], int],
     workers: dict[int, int] = {}            # pid -> index
     stopping = False
 
-    def forward(sig: int, only_others: bool = False) -> None:
+    def forward(sig: int, only_others: bool = False, only_first: bool = False) -> None:
         for pid, index in list(workers.items()):
-            if not (only_others and index == 0):
+            if not (only_others and index == 0) and not (only_first and index != 0):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
@@ -376,8 +453,8 @@ def supervise(config: Config, child: Callable[[int], int],
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
             forward(signal.SIGTERM)
-        elif sig == signal.SIGHUP:
-            forward(signal.SIGHUP)
+        elif sig == signal.SIGHUP:      # worker 0 reads the files; the others follow it
+            forward(signal.SIGHUP, only_first=True)
         elif sig == PARENT_RELOAD_SIGNAL:
             forward(signal.SIGHUP, only_others=True)
 

@@ -466,15 +466,23 @@ def test_check_names_the_files_it_validated(tmp_path):
 
 def test_check_warns_about_a_routing_glob_that_matches_nothing(tmp_path):
     """`routing: [rules/*.yaml, extra/*.yaml]` with nothing in extra/ (a typo, a folder not
-    copied): the glob was skipped without a word; check warns, naming it."""
+    copied): the glob was skipped without a word; check warns, naming it and its
+    config.yaml:line (the warning named no file: the admin had to find it)."""
     cfg = write_config(tmp_path / "config.yaml", 1, 2, 3)
     text = cfg.read_text(encoding="utf-8")
     line = next(l for l in text.splitlines() if l.startswith("routing: "))
     cfg.write_text(text.replace(line, line[:-1] + ", 'extra/*.yaml']"), encoding="utf-8")
     out = mr("check", "-c", str(cfg), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert ("warning: routing: 'extra/*.yaml' matches no file; its rules and addresses, if any, "
-            "are not loaded") in out.stdout.splitlines(), out.stdout
+    at = text.splitlines().index(line) + 1
+    assert (f"warning: {cfg}:{at}: routing: 'extra/*.yaml' matches no file; its rules and "
+            "addresses, if any, are not loaded") in out.stdout.splitlines(), out.stdout
+    # written as a block list: the line of the item
+    cfg.write_text(text.replace(line, f"routing:\n  - '{RULES / '*.yaml'}'\n  - extra/*.yaml"),
+                   encoding="utf-8")
+    out = mr("check", "-c", str(cfg), cwd=tmp_path)
+    assert (f"warning: {cfg}:{at + 2}: routing: 'extra/*.yaml' matches no file; its rules and "
+            "addresses, if any, are not loaded") in out.stdout.splitlines(), out.stdout
 
 
 def test_config_comes_from_the_environment_unless_c_is_given(tmp_path):

@@ -106,16 +106,18 @@ def test_version_matches_the_package():
 def test_check_warns_about_a_domain_without_postmaster(tmp_path):
     """RFC 5321 4.5.1: every domain we take mail for MUST take it for postmaster. A second
     domain added without postmaster@ loaded silently and RCPT TO:<postmaster@пример.рф>
-    got 550 5.1.1; `check` names the domain and the line to add (pointing at the
-    postmaster another domain has). The example book has one for each: no warning."""
+    got 550 5.1.1; `check` names the domain, where it is listed (file:line, as errors do)
+    and the line to add (pointing at the postmaster another domain has). The example book
+    has one for each: no warning."""
     (tmp_path / "book.yaml").write_text(
-        "domains: [example.com, пример.рф]\nmailboxes: {sales: {maildir: sales}}\nrules: []\n"
+        "domains:\n  - example.com\n  - пример.рф\nmailboxes: {sales: {maildir: sales}}\nrules: []\n"
         "aliases:\n  sales@example.com: mailbox:sales\n  продажи@пример.рф: mailbox:sales\n"
         "  postmaster@example.com: mailbox:sales\n", encoding="utf-8")
     out = mr("check", "--routing", str(tmp_path / "book.yaml"))
     assert out.returncode == 0, out.stderr
     assert [line for line in out.stdout.splitlines() if line.startswith("warning:")] == [
-        "warning: domain пример.рф: RCPT TO:<postmaster@пример.рф> is refused, but RFC 5321 "
+        f"warning: {tmp_path / 'book.yaml'}:3: domain пример.рф: RCPT "
+        "TO:<postmaster@пример.рф> is refused, but RFC 5321 "
         "4.5.1 requires every mail domain to take mail for postmaster; add "
         "'postmaster@пример.рф: postmaster@example.com' under aliases:"]
     assert "warning:" not in mr("check").stdout

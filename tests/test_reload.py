@@ -85,6 +85,45 @@ async def test_reload_under_load_is_atomic_and_keeps_old_rules_on_error(make_app
     assert "unknown condition 'subjet'; did you mean 'subject'?" in detail and "ping.yaml:3" in detail
 
 
+async def test_a_file_saved_while_a_reload_reads_it_gives_the_rules_its_hash_names(
+        make_app, tmp_path, monkeypatch):
+    """An editor saves ping.yaml (folder A -> B) the moment the reload has read it. The
+    snapshot is of the bytes read, and its hash is theirs: the files were read once to hash
+    them and again to parse them, so the rules of B ran under A's hash, and A saved back
+    (an undo) was "unchanged": the reload kept B's rules running."""
+    from mailrouter.yamlsrc import files_hash
+    from tests.support.rules import route
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    ping = d / "ping.yaml"
+    a, b = RULE.format(mailbox="finance", folder="A"), RULE.format(mailbox="finance", folder="B")
+    ping.write_text(a + "\n", encoding="utf-8")       # changed: the reload reads it
+    real = Path.read_bytes
+    saved: list[bytes] = []
+
+    def read_then_save(self: Path) -> bytes:      # the editor's save, right after the read
+        data = real(self)
+        if self == ping and not saved:
+            saved.append(data)
+            ping.write_text(b, encoding="utf-8")
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_save)
+    ok, digest = await app.reload()
+    monkeypatch.undo()
+    assert ok and saved
+    company = str(d / "company.yaml")
+    assert digest == files_hash([(company, (d / "company.yaml").read_bytes()),
+                                 (str(ping), saved[0])])
+    assert route(app.snapshot(), mail(1), "sales@example.com").folder == "A"
+    ping.write_text(a + "\n", encoding="utf-8")       # the same bytes as loaded: unchanged
+    assert await app.reload() == (True, digest)
+    ping.write_text(b, encoding="utf-8")
+    ok, other = await app.reload()
+    assert ok and other != digest
+    assert route(app.snapshot(), mail(2), "sales@example.com").folder == "B"
+
+
 def _post_reload(port: int) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST", data=b"")
     try:
@@ -115,7 +154,8 @@ def test_sighup_file_watch_and_admin_reload(daemon_process, tmp_path):
     (d / "ping.yaml").write_text(RULE.format(mailbox="support", folder="B"), encoding="utf-8")
     proc.signal(signal.SIGHUP)
     # the watcher may win the race; either applies it, in every worker (one per core by
-    # default: each reloads on its own, and the next message may go to any of them)
+    # default: worker 0 reads the files, the others load what it read, and the next
+    # message may go to any of them)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and (lambda log: log.count("event=reloaded")
                                            < log.count("event=started"))(proc.log.read_text()):
@@ -390,3 +430,43 @@ def test_a_reload_says_what_of_an_edited_config_yaml_it_did_not_apply(daemon_pro
     assert "would not start again" in reply["config"], reply
     proc.config.write_text(started, encoding="utf-8")
     assert _post_reload(proc.admin)["config"] is None
+
+
+BACKUPS = ("ping.yaml~", "#ping.yaml#", "ping.yaml.swp", "ping.yaml.orig",
+           "company.yaml.dpkg-old", "company.yaml.dpkg-dist", "company.yaml.rpmnew")
+
+
+def test_backup_files_a_routing_glob_matches_are_skipped(daemon_process, tmp_path):
+    """`routing: [rules/*]` with an editor's backups and a package manager's leftovers beside
+    the files: each defined every name a second time (or ran old rules beside the new) and
+    the daemon refused to start. They are skipped, each logged at start and at a reload,
+    as run-parts skips them; `check` names each with the config's line of the glob."""
+    import subprocess
+    import sys
+    d = routing_dir(tmp_path)
+    for name in BACKUPS + (".#ping.yaml",):     # Emacs' lock: a dot file, which * does not match
+        source = d / ("company.yaml" if name.startswith("company") else "ping.yaml")
+        (d / name).write_bytes(source.read_bytes())
+    proc = daemon_process(routing=str(d / "*"), extra="workers: 1\n")
+    _send(proc.smtp, 1)
+    assert _routed_to(tmp_path, "finance", "A") == 1
+    (d / "ping.yaml").write_text(RULE.format(mailbox="support", folder="B"), encoding="utf-8")
+    reply = _post_reload(proc.admin)
+    assert reply["ok"] is True, reply
+    log = proc.log.read_text()
+    for name in BACKUPS:
+        assert log.count(f"event=routing_file_skipped file={d / name}:") == 2, (name, log)
+    _send(proc.smtp, 2)
+    assert _routed_to(tmp_path, "support", "B") == 1
+    check = subprocess.run([sys.executable, "-m", "mailrouter.cli", "check", "-c",
+                            str(proc.config)], capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    at = next(n for n, line in enumerate(proc.config.read_text().splitlines(), 1)
+              if line.startswith("routing:"))
+    warned = [line for line in check.stdout.splitlines() if "skipped" in line]
+    assert warned == [
+        f"warning: {d / name}: skipped: an editor's backup or a package manager's leftover, "
+        f"as run-parts skips them; the glob 'rules/*' ({proc.config}:{at}) matches it; "
+        "remove it, or rename it to load it" for name in sorted(BACKUPS)], check.stdout
+    assert "routing files: rules/company.yaml, rules/ping.yaml" in check.stdout.splitlines()
+    assert ".#ping.yaml" not in log + check.stdout

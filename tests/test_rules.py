@@ -399,39 +399,6 @@ def test_conditions_nested_too_deep_are_a_load_error() -> None:
             "any: and all: take lists, not: {not: X} is X"]
 
 
-def test_hash_changes_with_rules_only() -> None:
-    """The rule-set hash is stable for the same rules and changes when a rule changes."""
-    assert ruleset(RULES).rules.hash == ruleset(RULES).rules.hash
-    assert ruleset(RULES).rules.hash != ruleset(RULES.replace("Inbound", "In")).rules.hash
-
-
-def test_hash_reads_the_loaded_yaml_as_before() -> None:
-    """The hash is the loaded rules and calendars as JSON, keys sorted, dates as ISO text,
-    also for mappings JSON could not sort itself (keys of several types)."""
-    import hashlib
-    import json
-
-    from mailrouter.routing.rules import _digest
-    from mailrouter.yamlsrc import loads
-
-    def before(rules: Any, calendars: Any) -> str:
-        def plain(v: Any) -> Any:
-            if isinstance(v, dict):
-                return {str(k): plain(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [plain(x) for x in v]
-            return v.isoformat() if hasattr(v, "isoformat") else v
-        return hashlib.sha256(json.dumps([plain(list(rules)), plain(dict(calendars))],
-                                         sort_keys=True, ensure_ascii=False,
-                                         default=str).encode()).hexdigest()[:16]
-
-    doc = loads("rules:\n  - {name: a, when: {subject: x}, then: {folder: F}}\n"
-                "calendars:\n  c: {holidays: [2024-01-01, 2024-05-09 10:00:00]}\n", "r.yaml")
-    assert _digest(doc["rules"], doc["calendars"]) == before(doc["rules"], doc["calendars"])
-    mixed = loads("rules:\n  - {name: a, 1: b, ~: c}\n", "r.yaml")
-    assert _digest(mixed["rules"], {}) == before(mixed["rules"], {})
-
-
 def test_compiled_rules_keep_none_of_the_loaded_yaml() -> None:
     """The loaded rules (every value with its position: at 10,000 rules 300,000 objects that
     the cyclic collector walks and that pin memory) are dropped once compiled."""

@@ -339,7 +339,8 @@ def test_a_section_whose_end_the_rest_does_not_confirm_is_read_whole() -> None:
 
 
 def test_a_load_given_the_hash_of_files_with_errors_reports_them_as_before(tmp_path: Path) -> None:
-    from mailrouter.routing.snapshot import _digest, _files
+    from mailrouter.routing.snapshot import _files
+    from mailrouter.yamlsrc import hash_files
     rules = _rules(tmp_path)
     pattern = [str(rules / "*.yaml")]
     made = load_snapshot(pattern, Limits(), "mx.test").book
@@ -347,7 +348,7 @@ def test_a_load_given_the_hash_of_files_with_errors_reports_them_as_before(tmp_p
     routing.write_text(routing.read_text().replace("rules:", "rules:\n  - {name: x, bogus: 1}", 1))
     with pytest.raises(ConfigErrors) as without:
         load_snapshot(pattern, Limits(), "mx.test")
-    digest = _digest(_files(pattern))
+    digest = hash_files(_files(pattern))
     assert digest is not None
     with pytest.raises(ConfigErrors) as given:
         load_snapshot(pattern, Limits(), "mx.test", (digest, made))

@@ -61,16 +61,31 @@ def test_two_workers_deliver_everything_once_and_add_up_metrics(daemon_process, 
     assert proc.wait() == 0
 
 
-def test_reload_reaches_every_worker(daemon_process):
-    """SIGHUP to the supervisor and POST /-/reload to worker 0 both reload both workers."""
-    proc = daemon_process(extra="workers: 2\n")
+def test_reload_reaches_every_worker(daemon_process, tmp_path):
+    """SIGHUP to the supervisor and POST /-/reload to worker 0 both have both workers run
+    the changed files (worker 0 reads them, the other loads the bytes it read); files
+    unchanged are no reload for the other worker."""
+    from mailrouter.yamlsrc import files_hash
+    from tests.support.daemon import RULES
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("company.yaml", "routing.yaml"):
+        (rules / name).write_bytes((RULES / name).read_bytes())
+    proc = daemon_process(extra="workers: 2\n", routing=str(rules / "*.yaml"))
     _wait_log(proc, "event=started", 2)
+    start = _ruleset(proc.admin)
     proc.signal(signal.SIGHUP)
-    assert _wait_log(proc, "event=reloaded", 2) == 2
-    req = urllib.request.Request(f"http://127.0.0.1:{proc.admin}/-/reload", method="POST", data=b"")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert json.loads(r.read())["ok"] is True
-    assert _wait_log(proc, "event=reloaded", 4) == 4
+    assert _wait_log(proc, f"event=reloaded hash={start}", 1) == 1
+    routing = rules / "routing.yaml"
+    routing.write_text(routing.read_text() + "\n")
+    changed = files_hash((str(p), p.read_bytes()) for p in sorted(rules.glob("*.yaml")))
+    proc.signal(signal.SIGHUP)
+    assert _wait_log(proc, f"event=reloaded hash={changed}", 2) == 2
+    routing.write_text(routing.read_text() + "\n")
+    posted = _reload(proc.admin)
+    assert posted["ok"] is True and posted["detail"] not in (start, changed)
+    assert _wait_log(proc, f"event=reloaded hash={posted['detail']}", 2) == 2
+    assert proc.log.read_text().count("event=reloaded hash=") == 5
 
 
 def test_dead_worker_is_replaced_and_dead_supervisor_takes_workers_along(daemon_process):
@@ -221,9 +236,11 @@ def test_workers_killed_while_the_files_are_broken_start_on_the_last_good_rules(
         daemon_process, tmp_path):
     """A good reload (new@ added), a broken file (reload refused: the workers keep new@),
     then kill -9 of both workers, worker 0 (/metrics, reload) among them. The replacements
-    start on the last rules that loaded: /metrics answers with their hash, mail to new@ is
-    delivered and recorded under it. They loaded the broken files, refused to start and were
-    retried until an operator fixed them. Fixed, a reload reaches them. A new start with
+    start on the rules their siblings ran, the last that loaded, and say the files on the
+    disk are not those, with the refused reload's file:line: /metrics answers with their
+    hash, mail to new@ is delivered and recorded under it. They loaded the broken files,
+    refused to start and were retried until an operator fixed them. Fixed, a reload
+    reaches them. A new start with
     broken files is still refused (exit 2, file:line)."""
     from tests.support.daemon import RULES, DaemonProcess
     rules = tmp_path / "rules"
@@ -244,14 +261,17 @@ def test_workers_killed_while_the_files_are_broken_start_on_the_last_good_rules(
     routing.write_text(fine + "\n  - name: [broken\n")
     refused = _reload(proc.admin)
     assert refused["ok"] is False and "routing.yaml:" in str(refused["detail"])
-    assert _wait_log(proc, "event=reload_failed", 2) == 2
+    assert _wait_log(proc, "event=reload_failed", 1) == 1
     pids = [int(l.split("pid=")[1]) for l in proc.log.read_text().splitlines()
             if "event=worker_started" in l]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     assert _wait_log(proc, "event=started_on_last_good", 2) == 2, proc.log.read_text()
     assert _wait_log(proc, "event=started loop=", 4) == 4, proc.log.read_text()
-    assert f"hash={good['detail']} broken={routing}:" in proc.log.read_text()
+    [line] = {l.split(" mailrouter ", 1)[1] for l in proc.log.read_text().splitlines()
+              if "event=started_on_last_good" in l}
+    assert line.startswith(f"event=started_on_last_good hash={good['detail']}: ")
+    assert f"which was refused: {routing}:" in line, line
     assert _ruleset(proc.admin) == good["detail"]
     assert _metric(proc.admin, "mailrouter_config_last_reload_successful") == 0
     codes = []
@@ -289,19 +309,43 @@ def test_workers_killed_while_the_files_are_broken_start_on_the_last_good_rules(
 def test_last_good_keeps_only_the_bytes_that_loaded(tmp_path):
     """LastGood.save keeps files only while they hash as the load did: changed since (a
     save caught mid-way), the set kept before stays, and a replacement reads that one."""
-    from mailrouter.workers import LastGood, _hash
+    from mailrouter.workers import LastGood
+    from mailrouter.yamlsrc import files_hash
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_bytes(b"aliases: {}\n")
     b.write_bytes(b"rules: []\n")
     kept = LastGood(tmp_path)
     assert kept.read() is None
-    loaded = _hash([a.read_bytes(), b.read_bytes()])
+    loaded = files_hash([(str(a), a.read_bytes()), (str(b), b.read_bytes())])
     assert kept.save([str(a), str(b)], loaded)
     b.write_bytes(b"rules: [\n")                      # changed after the load read it
     assert not kept.save([str(a), str(b)], loaded)
     assert kept.read() == (loaded, {str(a): b"aliases: {}\n", str(b): b"rules: []\n"})
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(LastGood.NAME)] == [
         LastGood.NAME]
+
+
+def test_the_kept_set_is_numbered_and_the_one_before_stays_readable(tmp_path):
+    """Each set worker 0 keeps (`put`: the very bytes it loaded) is one more than the last;
+    the set before stays readable (a reload one worker could not take goes back to it); a
+    set named by its hash only has no bytes; the workers' reports are read back."""
+    from mailrouter.workers import LastGood, Staged
+    from mailrouter.yamlsrc import files_hash
+    kept = LastGood(tmp_path)
+    one = {"r/a.yaml": b"aliases: {}\n", "r/b.yaml": b"rules: []\n"}
+    two = {"r/a.yaml": b"aliases: {}\n", "r/b.yaml": b"rules: [] # 2\n"}
+    assert kept.put(one, files_hash(one.items())) == 1
+    assert kept.put(two, files_hash(two.items())) == 2
+    assert kept.staged() == Staged(2, files_hash(two.items()), two)
+    assert kept.head() == (2, files_hash(two.items()))
+    assert kept.before() == Staged(1, files_hash(one.items()), one)
+    assert kept.put(None, "0123456789abcdef") == 3
+    assert kept.staged() == Staged(3, "0123456789abcdef", None) and kept.read() is None
+    kept.report(1, 3, "0123456789abcdef")
+    kept.report(2, 2, files_hash(two.items()), "worker-specific trouble")
+    assert kept.reported(1) == (3, "0123456789abcdef", None)
+    assert kept.reported(2) == (2, files_hash(two.items()), "worker-specific trouble")
+    assert kept.reported(3) is None
 
 
 def test_the_last_good_rules_directory_is_removed_by_the_next_start(daemon_process, tmp_path,
@@ -325,3 +369,109 @@ def test_the_last_good_rules_directory_is_removed_by_the_next_start(daemon_proce
     [own] = tmp.glob(f"mailrouter-routing.{second.proc.pid}.*")
     second.stop()
     assert second.proc.returncode == 0 and not own.exists()
+
+
+def _rules_copy(tmp_path):
+    from tests.support.daemon import RULES
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("company.yaml", "routing.yaml"):
+        (rules / name).write_bytes((RULES / name).read_bytes())
+    return rules
+
+
+def _with_alias(text: str, address: str) -> str:
+    return text.replace("aliases:\n", f"aliases:\n  {address}: mailbox:support\n", 1)
+
+
+def _rcpt_codes(port: int, rcpt: str, n: int) -> list[int]:
+    import smtplib
+    codes = []
+    for _ in range(n):             # new connections: the kernel spreads them over the workers
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo()
+            s.mail("a@outside.test")
+            codes.append(s.rcpt(rcpt)[0])
+    return codes
+
+
+def _worker_pids(proc) -> list[int]:
+    return [int(l.split("pid=")[1]) for l in proc.log.read_text().splitlines()
+            if "event=worker_started" in l]
+
+
+def test_a_reload_gives_every_worker_the_bytes_worker_0_read(daemon_process, tmp_path):
+    """Worker 1 is stopped while `mailrouter reload` runs; the file is saved again (new@
+    gone) once worker 0 has read it, then worker 1 goes on. Every worker runs what worker 0
+    read, and the reply names that hash: each worker read the files itself, so worker 1 ran
+    the second save (new@ refused 550 on its connections) while the reply said the first."""
+    import subprocess
+    import sys
+    rules = _rules_copy(tmp_path)
+    proc = daemon_process(extra="workers: 2\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started loop=", 2) == 2
+    company = rules / "company.yaml"
+    original = company.read_text()
+    company.write_text(_with_alias(original, "new@example.com"))
+    os.kill(_worker_pids(proc)[1], signal.SIGSTOP)
+    try:
+        reload = subprocess.Popen([sys.executable, "-m", "mailrouter.cli", "reload", "-c",
+                                   str(proc.config)], stdout=subprocess.PIPE, text=True)
+        # worker 0 has read the files (and staged them: it answers once all run them)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                e in proc.log.read_text() for e in ("event=reload_staged", "event=reloaded")):
+            time.sleep(0.05)
+        company.write_text(_with_alias(original, "other@example.com"))    # new@ gone
+    finally:
+        os.kill(_worker_pids(proc)[1], signal.SIGCONT)
+    out, _ = reload.communicate(timeout=60)
+    assert reload.returncode == 0, out
+    digest = out.split("reloaded: ")[1].split()[0]
+    assert _wait_log(proc, f"event=reloaded hash={digest}", 2) == 2, proc.log.read_text()
+    assert proc.log.read_text().count("event=reloaded hash=") == 2
+    assert _rcpt_codes(proc.smtp, "new@example.com", 20) == [250] * 20
+
+
+def test_a_reload_one_worker_cannot_take_is_refused_and_none_takes_it(daemon_process,
+                                                                      tmp_path, monkeypatch):
+    """The set worker 0 loaded cannot be read by worker 1 (its kept copy damaged while
+    worker 1 was stopped): worker 1 says so, worker 0 has it back on the set it ran and
+    keeps that set itself, and `mailrouter reload` says the reload was refused (exit 1),
+    naming the worker and why. It said "reloaded", and the workers ran different rules."""
+    import subprocess
+    import sys
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    rules = _rules_copy(tmp_path)
+    proc = daemon_process(extra="workers: 2\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started loop=", 2) == 2
+    start = _ruleset(proc.admin)
+    [kept] = tmp.glob(f"mailrouter-routing.{proc.proc.pid}.*/routing-last-good")
+    company = rules / "company.yaml"
+    company.write_text(_with_alias(company.read_text(), "new@example.com"))
+    os.kill(_worker_pids(proc)[1], signal.SIGSTOP)
+    try:
+        reload = subprocess.Popen([sys.executable, "-m", "mailrouter.cli", "reload", "-c",
+                                   str(proc.config)], stdout=subprocess.PIPE, text=True)
+        assert _wait_log(proc, "event=reload_staged", 1) == 1, proc.log.read_text()
+        data = bytearray(kept.read_bytes())
+        data[-2] ^= 0x20                        # one byte of the set's files
+        kept.write_bytes(bytes(data))
+    finally:
+        os.kill(_worker_pids(proc)[1], signal.SIGCONT)
+    out, _ = reload.communicate(timeout=60)
+    assert reload.returncode == 1, out
+    assert out.startswith("reload refused, old rules kept:"), out
+    assert "worker 1 runs" in out and "the staged routing set cannot be read" in out, out
+    assert f"every worker kept {start}" in out, out
+    assert _wait_log(proc, "event=reload_reverted", 1) == 1
+    assert "event=reloaded" not in proc.log.read_text()
+    assert _ruleset(proc.admin) == start
+    assert _metric(proc.admin, "mailrouter_config_last_reload_successful") == 0
+    assert _rcpt_codes(proc.smtp, "new@example.com", 20) == [550] * 20
+    fixed = _reload(proc.admin)         # the same files again: every worker takes them
+    assert fixed["ok"] is True and fixed["detail"] != start
+    assert _wait_log(proc, f"event=reloaded hash={fixed['detail']}", 2) == 2
+    assert _rcpt_codes(proc.smtp, "new@example.com", 20) == [250] * 20

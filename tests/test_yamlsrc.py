@@ -756,3 +756,55 @@ def test_a_quote_left_open_is_named_where_it_opens() -> None:
         "holds one document: remove the '---' line, or move what follows it into a file of its own")
     # a quoted value over several lines that is fine stays fine
     assert loads('a: "one\n  two"\nb: c\n') == {"a": "one two", "b": "c"}
+
+
+def test_the_files_hash_is_over_each_files_name_length_and_bytes() -> None:
+    """A routing set's hash changes whenever a file's bytes, its name or where one file ends
+    and the next begins change: over the bytes alone, renaming a file, or moving a line from
+    the end of one file to the start of the next, hashed as before. 00123 and 83 parse to
+    the same number (YAML 1.1 octal) but are other bytes."""
+    from mailrouter.yamlsrc import files_hash
+    a, b = "rules/10-a.yaml", "rules/20-b.yaml"
+    base = files_hash([(a, b"x: 00123\n"), (b, b"y: 1\n")])
+    assert loads("x: 00123\n") == loads("x: 83\n")
+    assert files_hash([(a, b"x: 83\n"), (b, b"y: 1\n")]) != base
+    assert files_hash([(a, b"x: 00123\ny"), (b, b": 1\n")]) != base          # boundary moved
+    assert files_hash([(a, b"x: 00123\n"), ("rules/30-b.yaml", b"y: 1\n")]) != base   # renamed
+    assert files_hash([(b, b"y: 1\n"), (a, b"x: 00123\n")]) != base          # other order
+    assert files_hash([(a, b"x: 00123\n"), (b, b"y: 1\n")]) == base
+
+
+def test_files_hash_read_from_the_disk_or_in_pieces_is_the_same(tmp_path: Any) -> None:
+    """hash_files (read 64 KiB at a time: a worker's check) and FilesHash.add_chunks give
+    what files_hash of the same bytes gives: one hash, whoever computes it."""
+    from mailrouter.yamlsrc import FilesHash, files_hash, hash_files
+    big, small = tmp_path / "big.yaml", tmp_path / "small.yaml"
+    big.write_bytes(b"aliases:\n" + b"".join(b"  a%d@x: b\n" % i for i in range(20000)))
+    small.write_bytes(b"rules: []\n")
+    paths = [str(big), str(small)]
+    want = files_hash([(p, open(p, "rb").read()) for p in paths])
+    assert hash_files(paths) == want
+    pieces = FilesHash()
+    for p in paths:
+        data = open(p, "rb").read()
+        pieces.add_chunks(p, iter([data[:7], data[7:70000], data[70000:]]))
+    assert pieces.hexdigest() == want
+    assert hash_files([str(big), str(tmp_path / "gone.yaml")]) is None
+
+
+def test_load_bytes_reads_as_load_does(tmp_path: Any) -> None:
+    """load_bytes (the bytes a caller hashed) parses as load (the file) does: universal
+    newlines, and bytes that are not UTF-8 named by line with the charset they look like."""
+    from mailrouter.yamlsrc import load, load_bytes
+    f = tmp_path / "r.yaml"
+    for raw in (b"a: 1\r\nb: [x,\r y]\r\n", "name: Счёт\n".encode("cp1251")):
+        f.write_bytes(raw)
+        try:
+            want: Any = load(f)
+        except ConfigError as exc:
+            want = str(exc)
+        try:
+            got: Any = load_bytes(raw, str(f))
+        except ConfigError as exc:
+            got = str(exc)
+        assert got == want

@@ -21,10 +21,8 @@ durations and due times in sla_spec.py, lint warnings in lint.py.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -284,33 +282,6 @@ def _one(spec: Mapping[str, Any], key: str) -> Any:
     return None if isinstance(value, (Mapping, list)) else value
 
 
-def _digest(rules: Any, calendars: Any) -> str:
-    """The rule set's hash: its loaded YAML as JSON, keys sorted. JSON takes the loaded
-    mappings and lists as they are (2x faster than copying them first) unless a mapping
-    has keys of several types, which it cannot sort."""
-    try:
-        text = json.dumps([list(rules or ()), dict(calendars or {})], sort_keys=True,
-                          ensure_ascii=False, default=_iso)
-    except TypeError:
-        text = json.dumps([_plain(list(rules or ())), _plain(dict(calendars or {}))],
-                          sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, (date, datetime)) else str(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    return value
-
-
 @dataclass(frozen=True)
 class Conditions:
     """The `when:` of every rule in `rules` compiled, with the calendars they name: the part
@@ -346,10 +317,9 @@ class Conditions:
 class RuleSet:
     """The compiled rules of all routing files, in file order. Immutable once built."""
 
-    def __init__(self, rules: Sequence[Rule], calendars: Mapping[str, Calendar], hash: str) -> None:
+    def __init__(self, rules: Sequence[Rule], calendars: Mapping[str, Calendar]) -> None:
         self.rules = tuple(rules)
         self.calendars = dict(calendars)
-        self.hash = hash
         self.index = RuleIndex(self.rules)
 
     @classmethod
@@ -385,7 +355,7 @@ class RuleSet:
         errors.extend(b.errors)
         if errors:
             raise ConfigErrors(errors)
-        return cls(compiled, cals, _digest(rules, calendars))
+        return cls(compiled, cals)
 
     def apply(self, view: Any, mail_from: str, rcpt: str, resolution: Any, default: Decision,
               at: datetime, original: str | None = None) -> Decision:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import ctypes
 import gc
 import glob
-import hashlib
-import io
+import os
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from .. import yamlsrc
 from ..addressbook.departments import Department, parse_departments
+from ..addressbook.canon import canonical
 from ..addressbook.model import PERSON_MAILBOX_PREFIX
 from ..addresses import AddressBook, Limits as BookLimits, Resolution
 from ..config import Limits, unknown_keys, unreadable
@@ -35,7 +35,7 @@ from .responders import Responder, build_responders, check_responder_names
 from .rules import Conditions, RuleSet
 
 __all__ = ["Prepared", "Snapshot", "load_snapshot", "load_book", "prepare", "envelope_sender",
-           "SECTIONS"]
+           "SECTIONS", "routing_files", "is_backup", "read_files"]
 
 MAP_SECTIONS = ("mailboxes", "people", "teams", "aliases", "moved", "calendars", "autoreplies",
                 "address_options", "departments")
@@ -57,6 +57,8 @@ class Snapshot:
     limits: Limits
     responders: Mapping[str, Responder] = field(default_factory=dict)
     departments: dict[str, Department] = field(default_factory=dict)   # the web view's rights
+    # (file, line) of each of `domains:` (as the book has it), for `check`'s warnings
+    domain_where: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
     def check_rcpt(self, address: str) -> Resolution:
         """Resolution of one RCPT; `.reply` is set when the address is refused."""
@@ -125,15 +127,48 @@ def envelope_sender(given: str | None, view: MessageView) -> str:
         return ""
 
 
-def _files(patterns: Sequence[str]) -> list[str]:
+# What editors and package managers leave beside a file they change: loaded by a glob like
+# `rules/*`, a backup defined every name twice (refused) or, a file renamed, old rules beside
+# the new. Skipped when a glob matches them, as run-parts and systemd skip them (`check`
+# warns, the daemon logs event=routing_file_skipped); a file named on its own is loaded.
+BACKUP_SUFFIXES = ("~", ".bak", ".orig", ".rej", ".swp", ".swo", ".swx", ".tmp", ",v",
+                   ".dpkg-old", ".dpkg-dist", ".dpkg-new", ".dpkg-tmp", ".dpkg-bak",
+                   ".ucf-old", ".ucf-dist", ".ucf-new", ".rpmnew", ".rpmsave", ".rpmorig",
+                   ".cfsaved")
+
+
+def is_backup(path: str) -> bool:
+    """An editor's backup, swap, lock or autosave file, or a package manager's leftover:
+    foo.yaml~, .#foo.yaml, #foo.yaml#, foo.yaml.swp, foo.yaml.orig, foo.yaml.dpkg-old ..."""
+    name = os.path.basename(path)
+    return (name.startswith(".#") or (len(name) > 1 and name.startswith("#") and name.endswith("#"))
+            or name.endswith(BACKUP_SUFFIXES))
+
+
+def routing_files(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the files the patterns name, in order; the backups their globs matched, skipped)."""
     found: list[str] = []
+    skipped: list[str] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        found.extend(m for m in matches if m not in found)
-    return found
+        if not glob.has_magic(pattern):
+            if pattern not in found:
+                found.append(pattern)
+            continue
+        for m in sorted(glob.glob(pattern)):
+            if is_backup(m):
+                if m not in skipped:
+                    skipped.append(m)
+            elif m not in found:
+                found.append(m)
+    return found, [m for m in skipped if m not in found]
 
 
-def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, Any]:
+def _files(patterns: Sequence[str]) -> list[str]:
+    return routing_files(patterns)[0]
+
+
+def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError],
+           blank: Collection[str] = ()) -> dict[str, Any]:
     merged: dict[str, Any] = {k: yamlsrc.LocMap() for k in MAP_SECTIONS}
     for k in MAP_SECTIONS:
         merged[k].key_marks = {}
@@ -144,11 +179,7 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError]) -> dict[str, 
         if doc is None:
             # A file emptied by mistake, or caught by the watcher mid-save (truncated, not
             # yet written): it loaded as "no rules", and mail went by the book's defaults
-            try:
-                blank = not Path(path).read_bytes().strip()
-            except OSError:
-                blank = True
-            errors.append(ConfigError("the routing file is empty" if blank else
+            errors.append(ConfigError("the routing file is empty" if path in blank else
                                       "the routing file holds only comments, no section", path, 1,
                                       1, "write its sections (rules:, aliases: ...), or move it "
                                       "out of what 'routing:' matches"))
@@ -299,10 +330,10 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         except _NotSame:
             pass
         try:
-            return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS)
+            return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, texts=texts)
         except _NeedPositions:
             pass
-        return _load_snapshot(patterns, limits, hostname, ())
+        return _load_snapshot(patterns, limits, hostname, (), texts=texts)
     finally:
         if collecting:
             gc.enable()
@@ -332,8 +363,9 @@ def prepare(patterns: Sequence[str]) -> Prepared | None:
     try:
         files = _files(patterns)
         errors: list[ConfigError] = []
-        docs, digest = _read(files, BARE_SECTIONS, BARE_SECTIONS, errors)
-        merged = _merge(docs, errors)
+        got = _read(files, BARE_SECTIONS, BARE_SECTIONS, errors)
+        docs, digest = got.docs, got.digest
+        merged = _merge(docs, errors, got.blank)
         if not files or errors:
             return None
         conditions = Conditions.of(merged["rules"], merged["calendars"])
@@ -344,20 +376,23 @@ def prepare(patterns: Sequence[str]) -> Prepared | None:
             gc.enable()
 
 
-def load_book(patterns: Sequence[str], limits: Limits) -> tuple[str, AddressBook] | None:
+def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes] | None = None
+              ) -> tuple[str, AddressBook] | None:
     """Only the address book of the routing files, and the hash a Snapshot of them would
     have: `load_snapshot(..., built=)`'s `built`. None when the files cannot be read or the
     book's load finds an error: `load_snapshot` then loads them whole and reports it.
 
     For a process that builds the book to send it to another (daemon: the supervisor's
-    child at start, a new process at a worker's reload): the rules are not compiled."""
+    child at start, a new process at a worker's reload): the rules are not compiled.
+    `texts`: the files' bytes, as load_snapshot's."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        files = _files(patterns)
+        files = list(texts) if texts is not None else _files(patterns)
         errors: list[ConfigError] = []
-        docs, digest = _read(files, BARE_SECTIONS, (), errors)
-        merged = _merge(docs, errors)
+        got = _read(files, BARE_SECTIONS, (), errors, texts)
+        digest = got.digest
+        merged = _merge(got.docs, errors, got.blank)
         if not files or errors:
             return None
         try:
@@ -414,55 +449,65 @@ class _NotSame(Exception):
     the book was made of, or have an error: to be loaded whole."""
 
 
-def _digest(files: Sequence[str]) -> str | None:
-    """The files' hash as a Snapshot's, None when one cannot be read. Read in small
-    pieces: a worker checking a 5 MB book file with `read_bytes` wrote 5 MB of the heap it
-    shares with the others (glibc serves it from the heap once bigger blocks were freed)."""
-    digest = hashlib.sha256()
+def read_files(files: Sequence[str], errors: list[ConfigError]) -> dict[str, bytes]:
+    """Each file's bytes, read once: what is hashed is what is parsed (`_read`). A file
+    that cannot be read is an error in `errors` and is left out."""
+    raws: dict[str, bytes] = {}
+    for f in files:
+        raw = _read_one(f, errors)
+        if raw is not None:
+            raws[f] = raw
+    return raws
+
+
+def _read_one(f: str, errors: list[ConfigError]) -> bytes | None:
     try:
-        for f in files:
-            with open(f, "rb") as src:
-                while chunk := src.read(1 << 16):
-                    digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()[:16]
+        return Path(f).read_bytes()
+    except FileNotFoundError:
+        target = Path(f).readlink() if Path(f).is_symlink() else None
+        errors.append(ConfigError(
+            "file not found" if target is None else
+            f"a symlink to {target}, which does not exist", f,
+            hint="check the path" if target is None else "point it at the file, or remove it"))
+    except IsADirectoryError:
+        errors.append(ConfigError("a directory, not a routing file", f,
+                                  hint=f"name its files with a glob: {f.rstrip('/')}/*.yaml"))
+    except PermissionError as exc:
+        # said only "cannot read: Permission denied": what is in the way, and the fix
+        errors.append(unreadable(Path(f)) or ConfigError(f"cannot read: {exc.strerror}", f))
+    except OSError as exc:
+        errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
+    return None
+
+
+@dataclass
+class _Read:
+    docs: list[tuple[str, Any]]
+    digest: str
+    blank: frozenset[str]        # files with nothing but white space
 
 
 def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
-          errors: list[ConfigError], texts: Mapping[str, bytes] | None = None
-          ) -> tuple[list[tuple[str, Any]], str]:
-    """Each file parsed (yamlsrc.load's `bare` and `skip`), and their hash as a Snapshot's;
-    a file that cannot be read or parsed is an error in `errors`, the others are read.
-    `texts`: the files' bytes (load_snapshot), not read from the disk."""
-    docs, digest = [], hashlib.sha256()
+          errors: list[ConfigError], texts: Mapping[str, bytes] | None = None) -> _Read:
+    """Each file read once and parsed (yamlsrc.load_bytes' `bare` and `skip`), and the hash
+    of the very bytes parsed (yamlsrc.files_hash): read twice, a file saved between the
+    reads gave a snapshot whose hash was not of the rules that ran, and a later reload of
+    these bytes was kept as "unchanged". A file that cannot be read or parsed is an error
+    in `errors`, the others are read. `texts`: the files' bytes (load_snapshot), not read
+    from the disk."""
+    raws: dict[str, bytes] = {}
+    docs = []
     for f in files:
+        raw = texts.get(f) if texts is not None else _read_one(f, errors)
+        if raw is None:
+            continue
+        raws[f] = raw
         try:
-            if texts is not None:
-                digest.update(texts[f])
-                # decoded as yamlsrc.load reads a file (read_text: universal newlines)
-                text = io.TextIOWrapper(io.BytesIO(texts[f]), encoding="utf-8").read()
-                docs.append((f, yamlsrc.loads(text, f, bare, skip)))
-                continue
-            digest.update(Path(f).read_bytes())
-            docs.append((f, yamlsrc.load(f, bare, skip)))
+            docs.append((f, yamlsrc.load_bytes(raw, f, bare, skip)))
         except ConfigError as exc:
             errors.append(exc)
-        except FileNotFoundError:
-            target = Path(f).readlink() if Path(f).is_symlink() else None
-            errors.append(ConfigError(
-                "file not found" if target is None else
-                f"a symlink to {target}, which does not exist", f,
-                hint="check the path" if target is None else "point it at the file, or remove it"))
-        except IsADirectoryError:
-            errors.append(ConfigError("a directory, not a routing file", f,
-                                      hint=f"name its files with a glob: {f.rstrip('/')}/*.yaml"))
-        except PermissionError as exc:
-            # said only "cannot read: Permission denied": what is in the way, and the fix
-            errors.append(unreadable(Path(f)) or ConfigError(f"cannot read: {exc.strerror}", f))
-        except OSError as exc:
-            errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
-    return docs, digest.hexdigest()[:16]
+    return _Read(docs, yamlsrc.files_hash(raws.items()),
+                 frozenset(f for f, raw in raws.items() if not raw.strip()))
 
 
 def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
@@ -472,8 +517,12 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     files = list(texts) if texts is not None else _files(patterns)
     errors: list[ConfigError] = []
     if not files:
-        raise ConfigErrors([ConfigError(f"no routing files match {', '.join(patterns)}",
-                                        hint="set 'routing:' in config.yaml to your rules/*.yaml")])
+        skipped = routing_files(patterns)[1]
+        raise ConfigErrors([ConfigError(
+            f"no routing files match {', '.join(patterns)}" + (
+                f" (only backups, skipped: {', '.join(skipped)})" if skipped else ""),
+            hint="set 'routing:' in config.yaml to your rules/*.yaml" + (
+                "; rename a backup to load it" if skipped else ""))])
     conditions = None
     if (prepared is not None and built is not None and bare == BARE_SECTIONS
             and prepared.files == tuple(files) and prepared.digest == built[0]):
@@ -482,10 +531,14 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         docs, digest, merged = prepared.docs, prepared.digest, prepared.merged
         conditions = prepared.conditions
     else:
+        if built is not None and texts is None:     # read once: hashed, then parsed
+            texts = read_files(files, errors)
         # the book's sections are not even read when the book is given for these very files
-        skip = BARE_SECTIONS if built is not None and _digest(files) == built[0] else ()
-        docs, digest = _read(files, bare, skip, errors, texts)
-        merged = _merge(docs, errors)
+        skip = BARE_SECTIONS if built is not None and texts is not None and \
+            yamlsrc.files_hash(texts.items()) == built[0] else ()
+        got = _read(files, bare, skip, errors, texts)
+        docs, digest = got.docs, got.digest
+        merged = _merge(docs, errors, got.blank)
     same = built is not None and not errors and built[0] == digest
     if skip and not same:
         raise _NotSame
@@ -539,4 +592,15 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     if errors or book is None or rules is None:
         raise ConfigErrors(errors)
     return Snapshot(book, rules, digest, tuple(files), {"tests": merged["tests"]},
-                    hostname, limits, responders, departments)
+                    hostname, limits, responders, departments,
+                    _domain_where(merged["domains"], book))
+
+
+def _domain_where(domains: Any, book: AddressBook) -> dict[str, tuple[str, int]]:
+    """Where each domain of the book is written (the first place, in file order)."""
+    where: dict[str, tuple[str, int]] = {}
+    for item, (path, line, _) in zip(domains, getattr(domains, "item_where", ())):
+        if isinstance(item, str):
+            dom = (canonical("x@" + item, book.options) or "").partition("@")[2]
+            where.setdefault(dom, (path, line))
+    return where
