@@ -585,3 +585,36 @@ async def test_lines_longer_than_998_are_accepted_as_received(make_app, tmp_path
         assert r[0].startswith("250 2.0.0")
     stored = maildir_files(tmp_path / "var" / "mail")
     assert len(stored) == 1 and stored[0].read_bytes().endswith(body)
+
+
+DETAIL_BOOK = """\
+domains: [example.com]
+mailboxes: {sales: {maildir: sales}}
+people: {bob: {address: bob@example.com, name: Bob}}
+aliases:
+  orders@example.com: Bob+Orders@example.com
+  desk@example.com: [bob, bob+desk@example.com, sales+desk@example.com]
+  sales@example.com: mailbox:sales
+rules: []
+"""
+
+
+async def test_an_alias_to_a_detail_address_delivers_to_the_person(make_app, tmp_path):
+    """An alias whose target carries a +detail (orders@: bob+orders@) was refused at load;
+    over real SMTP it now delivers where RCPT bob+orders@ does: to Bob's own Maildir (the
+    person found), Delivered-To naming the recipient given; a group naming Bob twice, once
+    with a detail, gives him one copy."""
+    routing = tmp_path / "book.yaml"
+    routing.write_text(DETAIL_BOOK, encoding="utf-8")
+    app = await make_app(routing=(str(routing),))
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        for rcpt in ("orders@example.com", "desk@example.com"):
+            reply = await w.transaction("client@outside.test", [rcpt], data(mail(rcpt)))
+            assert reply == [str(REPLY_DELIVERED)], reply
+    bob = maildir_files(tmp_path / "var" / "mail" / "people" / "bob")
+    sales = maildir_files(tmp_path / "var" / "mail" / "sales")
+    assert len(bob) == 2 and len(sales) == 1
+    delivered_to = sorted(line for f in bob for line in f.read_bytes().split(b"\r\n")
+                          if line.startswith(b"Delivered-To:"))
+    assert delivered_to == [b"Delivered-To: desk@example.com", b"Delivered-To: orders@example.com"]
