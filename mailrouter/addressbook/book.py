@@ -154,6 +154,13 @@ class AddressBook:
         base = f"{split[0].lower() if fold else split[0]}@{domain}"
         return (base, base, split[1]) if base in known else None
 
+    def key_of(self, address: str) -> str | None:
+        """The canonical address `address` is, as an envelope recipient (detail dropped
+        when it is not an address of its own); None when it is none of ours. `loops.py`
+        asks it of the addresses in a message's trace headers."""
+        found = self._lookup(address)
+        return None if found is None else found[0]
+
     def knows(self, address: str) -> bool:
         """Is this an address we take mail for (RCPT time)? Moved-and-refused ones too."""
         return self._lookup(address) is not None
