@@ -192,6 +192,28 @@ async def test_size_declared_too_big(make_app):
         assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=5000")).startswith("552 5.3.4")
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_parameter_given_twice_is_a_syntax_error(make_app, tmp_path, proto, hello):
+    """MAIL FROM:<a@b> SIZE=1 SIZE=2 (or BODY= twice, any case) was taken, aiosmtpd keeping
+    the last value; now 501 5.5.4 naming the parameter, on MAIL and on RCPT, and the session
+    goes on: the same transaction with each parameter once is delivered."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for args in ("SIZE=1 SIZE=2", "BODY=7BIT body=8BITMIME", "SMTPUTF8 SIZE=10 SMTPUTF8"):
+            name = args.split()[-1].partition("=")[0].upper()
+            assert await w.cmd(f"MAIL FROM:<a@outside.test> {args}") == (
+                f"501 5.5.4 Syntax error in parameters: {name} given twice")
+        assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=100 BODY=8BITMIME")).startswith("250")
+        assert await w.cmd("RCPT TO:<sales@example.com> NOTIFY=NEVER NOTIFY=SUCCESS") == (
+            "501 5.5.4 Syntax error in parameters: NOTIFY given twice")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(data(mail("twice")))
+        assert (await w.line()).startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
 async def test_oversize_data_refused(make_app, tmp_path):
     """A message larger than the limit is read to the end and refused 552 5.3.4; nothing stored."""
     app = await make_app(limits={"max_message_size": 1000})

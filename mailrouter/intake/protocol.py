@@ -19,6 +19,8 @@ What this adds to aiosmtpd's SMTP class:
 - DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
   a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
 - a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
+- MAIL/RCPT naming one parameter twice (`SIZE=1 SIZE=2`): 501 5.5.4 naming it (aiosmtpd
+  kept the last one);
 - control characters (C0, DEL, C1, U+2028/9) or bytes that are not UTF-8 in a command
   argument: 501 5.5.2; junk commands (NOOP, VRFY, HELP, EHLO...) at most 100 per session,
   RSET 100 since the last message taken; the memory DATA holds in all sessions
@@ -56,7 +58,7 @@ import logging
 import re
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import Any, Awaitable, cast
+from typing import Any, Awaitable, Sequence, cast
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
@@ -83,6 +85,7 @@ from ..values import (
     REPLY_NEED_RCPT,
     REPLY_NO_VALID_RCPTS,
     REPLY_NOT_UTF8,
+    REPLY_PARAM_TWICE,
     REPLY_SHUTTING_DOWN,
     REPLY_START_DATA,
     REPLY_STORAGE_FULL,
@@ -115,6 +118,7 @@ NOT_UTF8 = str(REPLY_NOT_UTF8)
 BARE_LINE_END = str(REPLY_BARE_LINE_END)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 LHLO_SYNTAX = str(REPLY_LHLO_SYNTAX)
+PARAM_TWICE = str(REPLY_PARAM_TWICE)                    # {} = the parameter
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
@@ -219,6 +223,7 @@ class Protocol(SMTP):
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
         self._bare_line_end = False    # the command line just read did not end in one CRLF
+        self._param_twice: str | None = None   # MAIL/RCPT named this parameter twice
         self.busy = False
         self._wrap_commands()
 
@@ -235,6 +240,9 @@ class Protocol(SMTP):
                         self.session.peer, _aiosmtpd_smtp.BOGUS_LIMIT)
             await self.hang_up(TOO_MANY_ERRORS.format(self.hostname))
             return
+        if self._param_twice is not None and isinstance(status, str) and status[:4] == "501 ":
+            # aiosmtpd's "501 Syntax: MAIL FROM: <address> ..." for our _getparams' None
+            status, self._param_twice = PARAM_TWICE.format(self._param_twice), None
         if isinstance(status, str) and OVER_LIMIT.match(status):
             # aiosmtpd closes after it but its loop went on running what the client had
             # pipelined behind (a RCPT looked up and logged): a hang-up runs nothing more
@@ -308,6 +316,22 @@ class Protocol(SMTP):
         private buffer: there is no public way to peek at it)."""
         buffer = self._reader._buffer  # type: ignore[attr-defined]
         return bytes(buffer) if buffer else b""    # asked before most commands: mostly empty
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), and None for a parameter
+        given twice too (`SIZE=1 SIZE=2`, `BODY=7BIT BODY=8BITMIME`; names are upper-cased
+        before this): aiosmtpd kept the last one silently, so which one counted was anyone's
+        guess. `push` turns aiosmtpd's 501 into REPLY_PARAM_TWICE naming it."""
+        result = super()._getparams(params)
+        if result is not None and len(result) < len(params):
+            seen: set[str] = set()
+            for param in params:
+                name = param.partition("=")[0]
+                if name in seen:
+                    self._param_twice = name
+                    return None
+                seen.add(name)
+        return result
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of MAIL and RCPT, read by `read_path` (None: aiosmtpd's 553 5.1.3)."""
