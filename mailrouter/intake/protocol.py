@@ -28,7 +28,8 @@ What this adds to aiosmtpd's SMTP class:
   never hold);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
   client that talks before the 220 greeting (which waits `limits.greet_delay`, or
-  `greet_delay_loopback` for a loopback peer), pipelines before EHLO/LHLO or after
+  `greet_delay_loopback` for a loopback peer; what it sent is looked for in the socket
+  too, so bytes there before the 220 is written are always caught), pipelines before EHLO/LHLO or after
   HELO, or sends anything behind a command that must end a pipelined group (RFC
   2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
   included, gets 554 5.5.0 and is disconnected; what it sent is never read;
@@ -56,6 +57,7 @@ import asyncio
 import io
 import logging
 import re
+import socket
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
 from typing import Any, Awaitable, Sequence, cast
@@ -163,6 +165,8 @@ RESETS_WITHOUT_MAIL = 100
 # since the last message taken each one counts as an error (Postfix's
 # smtpd_recipient_overshoot_limit, 1000), so max_errors ends the session.
 RCPT_OVERSHOOT = 1000
+# 64 KiB reads of a hung-up client's input dropped before the close (see hang_up)
+HANG_UP_DRAIN = 16
 COMMAND_LIMITS = {"NOOP": 100, "VRFY": 100, "EXPN": 100, "HELP": 100, "EHLO": 100,
                   "HELO": 100, "LHLO": 100, "*": 10**9}
 
@@ -289,6 +293,12 @@ class Protocol(SMTP):
             return
         self._hung_up = True
         await SMTP.push(self, reply)
+        # A socket closed with input unread is reset (RST), and the client's system may drop
+        # our last reply with it: what waits in the socket is read and dropped first (an
+        # early talker's whole session is still there when it is refused)
+        for _ in range(HANG_UP_DRAIN):
+            if not self._socket_input(1 << 16):
+                break
         if self.transport is not None:
             self.transport.close()   # stops reading first, then the buffer is dropped
         self._reader._buffer.clear()  # type: ignore[attr-defined]
@@ -496,20 +506,38 @@ class Protocol(SMTP):
         delay = self.limits.greet_delay_loopback if local else self.limits.greet_delay
         if delay > 0:
             await asyncio.sleep(delay)
-        if self.unread():
-            await self._out_of_sync("before greeting")   # a bot that does not wait for 220
+        # What the client sent before our 220, read by the loop or still in the socket (the
+        # session's first step runs before the loop first reads a new socket: looking only
+        # at what it had read, `greet_delay_loopback: 0`, the default, never caught one)
+        early = self.unread() or self._socket_input(100, socket.MSG_PEEK)
+        if early:
+            await self._out_of_sync("before greeting", early)   # a bot that does not wait
             return
-        await super()._handle_client()
+        await super()._handle_client()   # its 220 is written with no await in between
+
+    def _socket_input(self, size: int, flags: int = 0) -> bytes:
+        """Up to `size` bytes the client sent that the loop has not read yet, from the socket
+        itself (through a dup of it): peeked with MSG_PEEK, else taken. b"" when there are
+        none (it never waits) or the client is gone."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return b""
+        try:
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+                return dup.recv(size, flags | socket.MSG_DONTWAIT)
+        except OSError:          # nothing there (EAGAIN), or the client is gone already
+            return b""
 
     def peer_host(self) -> str:
         """The client's address as text ('' before the connection is made)."""
         peer = self.session.peer if self.session else None
         return str(peer[0] if isinstance(peer, tuple) and peer else peer or "")
 
-    async def _out_of_sync(self, where: str) -> None:
+    async def _out_of_sync(self, where: str, seen: bytes = b"") -> None:
         """RFC 5321 4.3.1 / RFC 2920 3.1 broken: 554 5.5.0 and hang up (Postfix 3.9)."""
         log.warning("event=improper_pipelining peer=%s where=%r input=%r",
-                    self.session and self.session.peer, where, self.unread()[:100])
+                    self.session and self.session.peer, where, (seen or self.unread())[:100])
         await self.hang_up(SYNC_ERROR)
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
