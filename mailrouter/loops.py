@@ -27,16 +27,23 @@ and `detect_loop` checks an incoming message for one envelope recipient:
   life of the message) is ignored, as is our trace header from another host
   (a sibling instance: the loop, if any, is caught when it reaches us again).
 
-Addresses are compared with the domain in canonical Unicode form, the local
-part lower-cased and a `+detail` dropped: delivery writes the recipient as it was
-given (sales+Quotes@), while `detect_loop` is asked about the canonical address
-the book resolved (sales@), so a forward loop through sales+Quotes@ (an outside
-mailbox forwarding back to it) was never recognised by our own trace header: each
-round was delivered again until the Received count ran out (50 copies). Known
-limits: with `local_part_case: sensitive`, two addresses differing only in case
-are treated as one here, and with an alias whose own local part holds the
-separator (c++@), a copy delivered to it that comes back to c@ too (a false 554
-at worst, for mail that did go round through an outside system).
+A header's address names the recipient when it is the same address of the book:
+delivery writes the recipient as it was given (sales+Quotes@), while `detect_loop` is
+asked about the canonical address the book resolved (sales@), so a forward loop through
+sales+Quotes@ (an outside mailbox forwarding back to it) was never recognised by our own
+trace header: each round was delivered again until the Received count ran out (50 copies).
+Given the address book (`book=`), the header's address is resolved as an envelope
+recipient is (`AddressBook.key_of`: the whole address first, then the part before the
+detail separator), so c++@, an address of its own beside c@, is never c@: a copy delivered
+to c++@ and passed on to c@ (a forward, a list) was refused with a false 554 5.4.6, and its
+sender got a bounce for mail that never went round. Without the book the address is
+compared with the domain in canonical Unicode form, the local part lower-cased and a
+`+detail` dropped, but not a "detail" that is empty or begins with the separator (c+@,
+c++@: a name, as far as anyone can tell without the book). Known limits without the book:
+with `local_part_case: sensitive`, two addresses differing only in case are treated as one,
+an alias of its own holding the separator mid-word (sales+eu@ beside sales@) is read as
+sales@, and a loop through c++@ that the book reads as c@ is left to the Received count.
+With it: a Delivered-To is still compared lower-cased (`MessageView.delivered_to`).
 """
 
 from __future__ import annotations
@@ -47,10 +54,16 @@ from typing import Protocol
 from .addressbook.canon import canonical_domain
 from .values import REPLY_DELIVERED_TO, LoopEvidence, LoopKind
 
-__all__ = ["TRACE_HEADER", "REPLY_DELIVERED_TO", "LoopEvidence", "trace_headers", "detect_loop",
-           "header_text"]
+__all__ = ["TRACE_HEADER", "REPLY_DELIVERED_TO", "AddressKeys", "LoopEvidence", "trace_headers",
+           "detect_loop", "header_text"]
 
 TRACE_HEADER = "X-Mailrouter-Loop"
+
+
+class AddressKeys(Protocol):
+    """What detect_loop asks of the address book (`addressbook.AddressBook`)."""
+
+    def key_of(self, address: str) -> str | None: ...
 
 
 class HeaderView(Protocol):
@@ -79,13 +92,17 @@ def header_text(text: str) -> str:
 def _norm(address: str, detail_separator: str = "") -> str:
     a = address.strip().strip("<>").strip()
     local, at, domain = a.rpartition("@")
-    if detail_separator and local.find(detail_separator) > 0:
-        local = local.partition(detail_separator)[0]
+    if detail_separator:
+        base, found, detail = local.partition(detail_separator)
+        if found and base and detail and not detail.startswith(detail_separator):
+            local = base
     return f"{local.lower()}@{canonical_domain(domain)}" if at else a.lower()
 
 
-def _same(address: str, me: str, detail_separator: str) -> bool:
+def _same(address: str, me: str, detail_separator: str, book: AddressKeys | None) -> bool:
     """`address` (a header's, maybe with a detail) names the recipient `me` (canonical)."""
+    if book is not None:
+        return book.key_of(address) == me
     norm = _norm(address)
     return norm == me or (bool(detail_separator) and _norm(address, detail_separator) == me)
 
@@ -110,21 +127,25 @@ def _parse_trace(value: str) -> tuple[str, str] | None:
 
 
 def detect_loop(view: HeaderView, rcpt: str, *, hostname: str, max_received: int,
-                detail_separator: str = "+") -> LoopEvidence | None:
+                detail_separator: str = "+", book: AddressKeys | None = None
+                ) -> LoopEvidence | None:
     """The evidence when this message, for this recipient, looks like it has been here
     before; its `.reply` is 554 5.4.6 (REPLY_LOOP, or REPLY_DELIVERED_TO for a Delivered-To).
     `rcpt` is the canonical address (the book's `Resolution.address`); a header naming it
-    with a detail (`detail_separator`, the book's `address_options`) names it too."""
-    me, host = _norm(rcpt), header_text(hostname).lower()
+    with a detail (`detail_separator`, the book's `address_options`) names it too. With
+    `book`, a header's address names `rcpt` when the book resolves it to `rcpt`."""
+    host = header_text(hostname).lower()
+    me = (book.key_of(rcpt) if book is not None else None) or _norm(rcpt)
     for value in view.headers(TRACE_HEADER):
         parsed = _parse_trace(value)
-        if parsed is not None and parsed[0] == host and _same(parsed[1], me, detail_separator):
+        if parsed is not None and parsed[0] == host and _same(parsed[1], me, detail_separator,
+                                                              book):
             return LoopEvidence(LoopKind.TRACE, f"{TRACE_HEADER}: {value.strip()} "
                                                 "(this copy was delivered here before)")
     count = view.received_count
     if count > max_received:
         return LoopEvidence(LoopKind.HOPS, f"{count} Received headers (limit {max_received})")
-    if any(_same(d, me, detail_separator) for d in view.delivered_to):
+    if any(_same(d, me, detail_separator, book) for d in view.delivered_to):
         return LoopEvidence(LoopKind.DELIVERED_TO, f"Delivered-To: {me} without our "
                                                    f"{TRACE_HEADER} (stale header or foreign loop)")
     return None

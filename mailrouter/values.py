@@ -29,7 +29,8 @@ __all__ = [
     "REPLY_DELIVERED", "REPLY_DELIVERED_TO", "REPLY_DELIVERY_TEMPFAIL", "REPLY_HELP", "REPLY_HELP_UNKNOWN",
     "REPLY_DOWNSTREAM_REFUSED", "REPLY_INTERNAL_ERROR", "REPLY_LHLO_SYNTAX", "REPLY_LMTP_NO_EHLO",
     "REPLY_LMTP_NO_HELO", "REPLY_LOOP", "REPLY_MAILBOX_HELD", "REPLY_MOVED", "REPLY_NEED_RCPT",
-    "REPLY_NEED_SMTPUTF8", "REPLY_NO_DOWNSTREAM", "REPLY_NO_VALID_RCPTS", "REPLY_OK", "REPLY_PROCESS_TIMEOUT",
+    "REPLY_NEED_SMTPUTF8", "REPLY_NO_DOWNSTREAM", "REPLY_NO_VALID_RCPTS", "REPLY_OK", "REPLY_PARAM_TWICE",
+    "REPLY_PROCESS_TIMEOUT",
     "REPLY_REFUSED_ADDRESS", "REPLY_REFUSED_BARE_EOL", "REPLY_REFUSED_UTF8",
     "REPLY_REGISTRY_UNAVAILABLE", "REPLY_RULE_DEFER", "REPLY_RULE_REJECT", "REPLY_SENDER_OK",
     "REPLY_SHUTTING_DOWN", "REPLY_STARTTLS_NOT_IMPLEMENTED", "REPLY_START_DATA", "REPLY_STORAGE_FULL",
@@ -118,6 +119,9 @@ REPLY_TOO_MANY_RESETS = Reply(421, "4.7.0", "RSET sent too many times")
 # `explain` gives them too
 REPLY_MALFORMED_PATH = Reply(553, "5.1.3", "Error: malformed address")
 REPLY_RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-parameters>]")
+# MAIL/RCPT naming one parameter twice (SIZE=1 SIZE=2): which counts is anyone's guess; RFC
+# 5321 4.2.3's "syntax error in parameters". "{}" is the parameter, filled in by the intake
+REPLY_PARAM_TWICE = Reply(501, "5.5.4", "Syntax error in parameters: {} given twice")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "{} Error: timeout exceeded")    # Postfix's text, "{}" as above
 # Not ours: aiosmtpd's answer to the fifth unknown command before it closes, which the intake
 # recognises and replaces with REPLY_TOO_MANY_ERRORS (tests/test_aiosmtpd_contract.py pins it)

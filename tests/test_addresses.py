@@ -109,6 +109,43 @@ def test_subaddress_resolves_like_base_with_detail() -> None:
     assert b.resolve("+x@example.com").reply == REPLY_UNKNOWN
 
 
+def test_an_alias_target_with_a_detail_goes_where_that_rcpt_goes() -> None:
+    """orders@: Ivanov+Orders@ was refused at load ("points to unknown address") though RCPT
+    TO:<p.ivanov+orders@> is Ivanov's. Now such a target resolves as that recipient does:
+    the person found (whole address first, then the part before the first '+'), the form
+    written kept in the path, one copy when the person is reached twice; the form is no
+    address of its own (RCPT p.ivanov+orders@ is still p.ivanov@ with detail 'orders')."""
+    b = book("  orders@example.com: P.Ivanov+Orders@example.com\n"
+             "  all@example.com: [ivanov, p.ivanov+x@example.com, sales+quotes@example.com]\n"
+             "  sales@example.com: mailbox:sales\n",
+             "moved:\n  old@example.com: {now: sales+old@example.com}\n")
+    (t,) = b.resolve("orders@example.com").targets
+    assert (t.mailbox, t.person, t.folder) == ("person:ivanov", "ivanov", None)
+    assert t.path == ("orders@example.com", "p.ivanov+orders@example.com",
+                      "p.ivanov@example.com", "person:ivanov")
+    assert keys(b, "all@example.com") == ["person:ivanov", "sales"]
+    assert keys(b, "old@example.com") == ["sales"]
+    res = b.resolve("p.ivanov+orders@example.com")
+    assert (res.address, res.detail, res.person) == ("p.ivanov@example.com", "orders", "ivanov")
+    assert "p.ivanov+orders@example.com" not in b.addresses()
+    assert "orders@example.com" in b.addresses()
+
+
+def test_a_detail_target_meets_whole_addresses_first_and_loops_are_refused() -> None:
+    """c++@ defined beside c@ is c++@, never c@ with detail '+'; c@ pointing at c+x@ (c@
+    with a detail) is a loop, refused at load as Postfix's recipient_delimiter reads it;
+    a detail form of no known address is still an unknown address."""
+    b = book("  c@example.com: c++@example.com\n  c++@example.com: mailbox:support\n")
+    assert [t.path for t in b.resolve("c@example.com").targets] == [
+        ("c@example.com", "c++@example.com", "mailbox:support")]
+    assert errors("  c@example.com: [mailbox:sales, c+x@example.com]\n") == [
+        "t.yaml:14:34: alias loop of 2: c+x@example.com -> c@example.com (t.yaml:14) -> "
+        "c+x@example.com (t.yaml:14); break the loop: point one of these at a mailbox, a person "
+        "or a team"]
+    errs = errors("  a@example.com: nobody+x@example.com\n")
+    assert len(errs) == 1 and "points to unknown address nobody+x@example.com" in errs[0]
+
+
 def test_idn_both_forms() -> None:
     """An IDN domain answers in U-label and A-label form; canonical form is U-label."""
     b = book("  продажи@пример.рф: mailbox:sales\n")

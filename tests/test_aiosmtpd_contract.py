@@ -28,6 +28,8 @@ HINT = "re-check mailrouter/intake/protocol.py against aiosmtpd " + aiosmtpd.__v
 # Methods: name -> (coroutine?, parameter names after self, what protocol.py does with it)
 METHODS = {
     "_getaddr": (False, ["arg"], "overridden with a fast path; falls back to super()._getaddr"),
+    "_getparams": (False, ["params"], "overridden to refuse a parameter given twice: its None makes "
+                   "smtp_MAIL/smtp_RCPT push their 501 at once, which push names it in"),
     "_handle_client": (True, [], "overridden to greet 421 when draining; then super()._handle_client"),
     "_set_post_data_state": (False, [], "called after our own DATA reading"),
     "_call_handler_hook": (True, ["command", "args"], "called with 'DATA' to run the handler"),

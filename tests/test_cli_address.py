@@ -46,6 +46,24 @@ def test_address_query_detail_case_and_moved():
     assert js["moved"] == {"now": "sales@example.com", "deliver": True, "autoreply": "moved"}
 
 
+def test_address_query_follows_an_alias_target_with_a_detail(tmp_path):
+    """orders@: bob+orders@ (Bob a person) made `mailrouter address` exit 2 with "points to
+    unknown address bob+orders@example.com". Now it shows Bob found and the form written in
+    the path; the form is no address of its own in `export`."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com]\nrules: []\npeople: {bob: {address: bob@example.com}}\n"
+        "aliases:\n  orders@example.com: bob+orders@example.com\n", encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(f"routing: ['{tmp_path / 'book.yaml'}']\n",
+                                          encoding="utf-8")
+    out = mr("address", "-c", str(tmp_path / "config.yaml"), "orders@example.com")
+    assert out.returncode == 0, out.stderr
+    assert ("-> person:bob [maildir: people/bob] for bob  via orders@example.com -> "
+            "bob+orders@example.com -> bob@example.com -> person:bob") in out.stdout
+    export = mr("address", "-c", str(tmp_path / "config.yaml"), "export", "--json")
+    assert [d["address"] for d in json.loads(export.stdout)] == ["bob@example.com",
+                                                                "orders@example.com"]
+
+
 def test_address_query_unknown_exits_1_with_the_reply():
     """An unknown or malformed address is an answer, not a crash: exit 1 (as postmap -q),
     with the 550 5.1.1 the daemon would give at RCPT."""

@@ -26,6 +26,7 @@ import pytest
 from mailrouter.config import DeliveryConfig, Downstream
 from tests.support.daemon import maildir_files
 from tests.support.dovecot import DovecotServer
+from tests.support.wire import Wire
 
 pytestmark = pytest.mark.asyncio
 
@@ -132,6 +133,31 @@ async def test_long_line_reaches_dovecot_unchanged(make_app, dovecot, tmp_path):
     await asyncio.to_thread(send)
     got = new(dv, "user@example.test")
     assert len(got) == 1 and line in got[0].read_bytes(), dv.log
+
+
+async def test_a_non_ascii_helo_name_reaches_dovecot_as_ascii(make_app, dovecot, tmp_path):
+    """EHLO пример.рф (or any UTF-8 name) was copied raw into our Received: line: an 8-bit
+    header in a message sent without SMTPUTF8. As Postfix, the name is taken and the line made
+    safe: an IDN as its A-label, other non-ASCII and the characters that would change the
+    line's syntax as '?'. Every header Dovecot stores is ASCII; the message is delivered."""
+    app, dv = await start(make_app, dovecot, tmp_path)
+    helos = {"пример.рф": b"from xn--e1afmkfd.xn--p1ai (127.0.0.1:",
+             "Ünïcödé (by forged.example) <x>": b"from ?n?c?d???by?forged.example???x? (127.0.0.1:"}
+    async with Wire(app.bound["smtp"][1]) as w:
+        assert (await w.line()).startswith("220")
+        for n, helo in enumerate(helos):
+            assert (await w.cmd(f"EHLO {helo}")).startswith("250")
+            reply = await w.transaction("client@outside.test", ["plain@example.com"],
+                                        MSG % (b"helo", b"h%d" % n) + b".\r\n")
+            assert reply[0].startswith("250"), (reply, dv.log)
+    got = [f.read_bytes() for f in new(dv, "user@example.test")]
+    assert len(got) == 2, dv.log
+    for raw in got:
+        head = raw.partition(b"\n\n")[0]
+        assert head.isascii(), head
+    ours = sorted(line for raw in got for line in raw.split(b"\n") if b"(127.0.0.1:" in line)
+    assert [line.partition(b"(127.0.0.1:")[0] + b"(127.0.0.1:" for line in ours] == sorted(
+        b"Received: " + want for want in helos.values())
 
 
 async def test_non_ascii_folder_over_lmtp_lands_in_inbox(make_app, dovecot, tmp_path, caplog):

@@ -349,6 +349,28 @@ async def test_early_talker_is_refused_and_dropped(make_app, proto, hello):
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_early_talker_is_refused_without_a_greet_delay(make_app, tmp_path, proto, hello):
+    """With greet_delay_loopback 0 (the default) an early talker was greeted and served: the
+    session looked only at what the loop had read, and it had read nothing yet. A raw socket
+    connects and sends its whole session before the server's loop runs at all (the bytes
+    wait in the kernel): always 554 5.5.0 and a hang-up, nothing run, no 220 before it."""
+    app = await make_app(limits={"greet_delay_loopback": 0})
+    port = app.bound[proto][1]
+    raw = socket.create_connection(("127.0.0.1", port))     # blocking: the loop does not run
+    raw.sendall(f"{hello} bot.test\r\nMAIL FROM:<bot@outside.test>\r\nRCPT TO:<sales@example.com>"
+                "\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\n".encode())
+    reader, writer = await asyncio.open_connection(sock=raw)
+    try:
+        async with asyncio.timeout(15):
+            assert await reader.read() == SYNC.encode() + b"\r\n"     # all it got, then EOF
+    finally:
+        writer.close()
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    async with Wire(port) as w:
+        assert (await w.greet(hello))[-1].startswith("250")
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_pipelining_before_ehlo_is_refused_and_dropped(make_app, tmp_path, proto, hello):
     """Commands pipelined before PIPELINING was offered (EHLO/LHLO and MAIL... in one write) get
     554 5.5.0 and a hang-up, as Postfix 3.9's smtpd_forbid_unauth_pipelining; none is run."""

@@ -192,6 +192,28 @@ async def test_size_declared_too_big(make_app):
         assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=5000")).startswith("552 5.3.4")
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_parameter_given_twice_is_a_syntax_error(make_app, tmp_path, proto, hello):
+    """MAIL FROM:<a@b> SIZE=1 SIZE=2 (or BODY= twice, any case) was taken, aiosmtpd keeping
+    the last value; now 501 5.5.4 naming the parameter, on MAIL and on RCPT, and the session
+    goes on: the same transaction with each parameter once is delivered."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for args in ("SIZE=1 SIZE=2", "BODY=7BIT body=8BITMIME", "SMTPUTF8 SIZE=10 SMTPUTF8"):
+            name = args.split()[-1].partition("=")[0].upper()
+            assert await w.cmd(f"MAIL FROM:<a@outside.test> {args}") == (
+                f"501 5.5.4 Syntax error in parameters: {name} given twice")
+        assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=100 BODY=8BITMIME")).startswith("250")
+        assert await w.cmd("RCPT TO:<sales@example.com> NOTIFY=NEVER NOTIFY=SUCCESS") == (
+            "501 5.5.4 Syntax error in parameters: NOTIFY given twice")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(data(mail("twice")))
+        assert (await w.line()).startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
 async def test_oversize_data_refused(make_app, tmp_path):
     """A message larger than the limit is read to the end and refused 552 5.3.4; nothing stored."""
     app = await make_app(limits={"max_message_size": 1000})
@@ -585,3 +607,36 @@ async def test_lines_longer_than_998_are_accepted_as_received(make_app, tmp_path
         assert r[0].startswith("250 2.0.0")
     stored = maildir_files(tmp_path / "var" / "mail")
     assert len(stored) == 1 and stored[0].read_bytes().endswith(body)
+
+
+DETAIL_BOOK = """\
+domains: [example.com]
+mailboxes: {sales: {maildir: sales}}
+people: {bob: {address: bob@example.com, name: Bob}}
+aliases:
+  orders@example.com: Bob+Orders@example.com
+  desk@example.com: [bob, bob+desk@example.com, sales+desk@example.com]
+  sales@example.com: mailbox:sales
+rules: []
+"""
+
+
+async def test_an_alias_to_a_detail_address_delivers_to_the_person(make_app, tmp_path):
+    """An alias whose target carries a +detail (orders@: bob+orders@) was refused at load;
+    over real SMTP it now delivers where RCPT bob+orders@ does: to Bob's own Maildir (the
+    person found), Delivered-To naming the recipient given; a group naming Bob twice, once
+    with a detail, gives him one copy."""
+    routing = tmp_path / "book.yaml"
+    routing.write_text(DETAIL_BOOK, encoding="utf-8")
+    app = await make_app(routing=(str(routing),))
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        for rcpt in ("orders@example.com", "desk@example.com"):
+            reply = await w.transaction("client@outside.test", [rcpt], data(mail(rcpt)))
+            assert reply == [str(REPLY_DELIVERED)], reply
+    bob = maildir_files(tmp_path / "var" / "mail" / "people" / "bob")
+    sales = maildir_files(tmp_path / "var" / "mail" / "sales")
+    assert len(bob) == 2 and len(sales) == 1
+    delivered_to = sorted(line for f in bob for line in f.read_bytes().split(b"\r\n")
+                          if line.startswith(b"Delivered-To:"))
+    assert delivered_to == [b"Delivered-To: desk@example.com", b"Delivered-To: orders@example.com"]

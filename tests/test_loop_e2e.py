@@ -80,3 +80,29 @@ async def test_a_loop_through_a_detail_address_is_caught_at_the_second_round(mak
     assert "X-Mailrouter-Loop: a.test; rcpt=loop+news@a.example" in loops[0][1]
     assert db.execute("select count(*) from decisions").fetchone() == (2,)
     assert maildir_files(tmp_path / "a" / "mail") == []
+
+
+async def test_a_forward_from_c_plus_plus_to_c_is_no_loop(make_app, tmp_path):
+    """c++@ (an address of its own, forwarded by an outside mailbox: here the instance's own
+    SMTP port) to c@: the copy carries our trace for c++@, and the '+' was read as a detail
+    separator, so c@ answered 554 5.4.6 "loop" and the sender got a bounce for mail that
+    never went round. Now it is delivered to c@, once, and no loop is recorded."""
+    port = free_port()
+    d = tmp_path / "a"
+    d.mkdir()
+    (d / "book.yaml").write_text(
+        "domains: [a.example]\nmailboxes:\n  fwd: {smtp: c@a.example}\n  local: {maildir: local}\n"
+        "aliases:\n  c++@a.example: mailbox:fwd\n  c@a.example: mailbox:local\n", encoding="utf-8")
+    from mailrouter.config import Listener
+    await make_app(hostname="a.test", routing=(str(d / "book.yaml"),),
+                   smtp=Listener("127.0.0.1", port), lmtp=None, admin=None,
+                   registry=RegistryConfig(f"sqlite+aiosqlite:///{d / 'registry.db'}"),
+                   delivery=DeliveryConfig(d / "mail", smtp=Downstream("127.0.0.1", port, timeout=20)))
+    async with Wire(port) as w:
+        await w.greet()
+        reply = await w.transaction("sender@outside.test", ["c++@a.example"],
+                                    b"Subject: not a loop\r\n\r\nhello\r\n.\r\n")
+    assert reply[0].startswith("250"), reply
+    [copy] = maildir_files(d / "mail")
+    assert b"X-Mailrouter-Loop: a.test; rcpt=c++@a.example\r\n" in copy.read_bytes()
+    assert sqlite3.connect(d / "registry.db").execute("select count(*) from loops").fetchone() == (0,)

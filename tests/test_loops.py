@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mailrouter.addresses import AddressBook
 from mailrouter.config import Limits
 from mailrouter.explain import explain, format_text
 from mailrouter.loops import TRACE_HEADER, detect_loop, trace_headers
 from mailrouter.message import MessageView
 from mailrouter.routing.snapshot import load_snapshot
 from mailrouter.values import REPLY_DELIVERED_TO, REPLY_LOOP, LoopEvidence, LoopKind
+from mailrouter.yamlsrc import loads
 
 HOST = "mx1.example.com"
 BODY = (b"Received: from out.example.org (out.example.org [192.0.2.7])\r\n\tby mx1.example.com;"
@@ -143,3 +145,46 @@ def test_the_snapshot_asks_the_loop_check_with_the_books_detail_separator(tmp_pa
     raw = trace_headers(HOST, "sales-news@example.com") + BODY
     [d] = snap.decide(MessageView(raw), "a@example.org", ["sales-news@example.com"])
     assert d.reply == REPLY_LOOP and d.loop is not None and d.loop.kind is LoopKind.TRACE
+
+
+def test_an_address_holding_the_separator_is_not_another_ones_detail() -> None:
+    """c++@ (or c+@) beside c@: a copy delivered to c++@ that reaches c@ (a forward, a list)
+    was a 554 "loop" of c@, the '+' read as a detail separator, and its sender got a bounce
+    for mail that never went round. Without the book, a "detail" that is empty or begins
+    with the separator is taken as part of the name; a real detail still names the base."""
+    for other in ("c++@example.com", "c+@example.com"):
+        assert verdict(trace_headers(HOST, other) + BODY, rcpt="c@example.com") is None, other
+        assert verdict(b"Delivered-To: %s\r\n" % other.encode() + BODY,
+                       rcpt="c@example.com") is None, other
+    assert verdict(trace_headers(HOST, "c+news@example.com") + BODY, rcpt="c@example.com")
+    assert verdict(trace_headers(HOST, "c++@example.com") + BODY, rcpt="c++@example.com")
+
+
+def test_with_the_book_a_header_names_the_rcpt_the_book_resolves_it_to() -> None:
+    """Given the address book, a header's address is resolved as an envelope recipient is:
+    sales+eu@, an alias of its own, is not sales@; sales+Quotes@ (no address of its own)
+    is; c+x@ is c@ while c++@ is c++@; with local_part_case: sensitive, our trace for Sales@
+    is not sales@'s."""
+    book = AddressBook.build(loads(
+        "domains: [example.com]\nmailboxes: {m: {maildir: m}}\naliases:\n"
+        "  sales@example.com: mailbox:m\n  sales+eu@example.com: mailbox:m\n"
+        "  c@example.com: mailbox:m\n  c++@example.com: mailbox:m\n", "t.yaml"))
+
+    def loop(header: str, rcpt: str, b: AddressBook = book) -> bool:
+        raw = trace_headers(HOST, header) + BODY
+        return detect_loop(MessageView(raw), rcpt, hostname=HOST, max_received=30,
+                           book=b) is not None
+    assert not loop("sales+eu@example.com", "sales@example.com")
+    assert loop("Sales+Quotes@example.com", "sales@example.com")
+    assert loop("sales+EU@example.com", "sales+eu@example.com")
+    assert loop("c+x@example.com", "c@example.com") and not loop("c++@example.com", "c@example.com")
+    assert loop("c++@example.com", "c++@example.com")
+    assert not loop("sales@other.example", "sales@example.com")
+    strict = AddressBook.build(loads(
+        "domains: [example.com]\naddress_options: {local_part_case: sensitive}\n"
+        "mailboxes: {m: {maildir: m}}\naliases:\n  sales@example.com: mailbox:m\n"
+        "  Sales@example.com: mailbox:m\n", "t.yaml"))
+    ours = trace_headers(HOST, "Sales@example.com").split(b"\r\n")[0] + b"\r\n" + BODY
+    assert detect_loop(MessageView(ours), "sales@example.com", hostname=HOST, max_received=30,
+                       book=strict) is None      # (MessageView reads Delivered-To lower-cased)
+    assert loop("sales+x@example.com", "sales@example.com", strict)

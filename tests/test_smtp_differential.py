@@ -402,6 +402,11 @@ NOT_A_RELAY = (
     "says 554 5.7.1 (relay access denied) for a domain it does not serve.")
 
 # What mailrouter answers, case by case ('X *N': N replies X in a row).
+PARAM_TWICE = (
+    "No extension says what a parameter given twice means (RFC 5321 4.1.1.11 leaves a parameter "
+    "to its extension): which value counts is a guess, and two hops may guess apart (SIZE=10 "
+    "SIZE=20000000). Postfix takes one silently; we refuse the command as a syntax error in its "
+    "parameters (501 5.5.4, RFC 5321 4.2.3, RFC 3463), naming the parameter.")
 ANSWERS = {
     "plain": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 354 | 250 2.0.0 | 221 2.0.0 | closed | stored=1",
     "smuggle_lf_dot_lf": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 354 | 550 5.6.0 | 221 2.0.0 | closed | stored=0",
@@ -468,16 +473,16 @@ ANSWERS = {
     "size_ok": "220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0",
     "size_junk": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "size_huge": "220 | 250 | 552 5.3.4 | 221 2.0.0 | closed | stored=0",
-    "size_twice": "220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0",
+    "size_twice": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "body_8bitmime": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 354 | 250 2.0.0 | 221 2.0.0 | closed | stored=1",
     "body_7bit": "220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0",
     "body_binarymime": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
-    "body_twice": "220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0",
+    "body_twice": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "unknown_param": "220 | 250 | 555 5.5.4 | 221 2.0.0 | closed | stored=0",
     "rcpt_param": "220 | 250 | 250 2.1.0 | 555 5.5.4 | 221 2.0.0 | closed | stored=0",
     "smtputf8": "220 | 250 | 250 2.1.0 | 250 2.1.5 | 354 | 250 2.0.0 | 221 2.0.0 | closed | stored=1",
     "smtputf8_rcpt_unknown": "220 | 250 | 250 2.1.0 | 550 5.1.1 | 221 2.0.0 | closed | stored=0",
-    "smtputf8_twice": "220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0",
+    "smtputf8_twice": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "smtputf8_arg": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "helo_with_size": "220 | 250 | 501 5.5.4 | 221 2.0.0 | closed | stored=0",
     "source_route_mail": "220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0",
@@ -539,6 +544,9 @@ ANSWERS = {
 
 # Where Postfix answers otherwise: its transcript, and why ours stands (by RFC).
 POSTFIX_DIFFERS = {
+    "size_twice": ("220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0", PARAM_TWICE),
+    "body_twice": ("220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0", PARAM_TWICE),
+    "smtputf8_twice": ("220 | 250 | 250 2.1.0 | 221 2.0.0 | closed | stored=0", PARAM_TWICE),
     "smuggle_lf_dot_lf": ("220 | 250 | 250 2.1.0 | 250 2.1.5 | 354 | 550 5.5.2 | 221 2.0.0 | closed | stored=0",
         BARE_IN_DATA),
     "smuggle_cr_dot_lf": ("220 | 250 | 250 2.1.0 | 250 2.1.5 | 354 | 550 5.5.2 | 221 2.0.0 | closed | stored=0",

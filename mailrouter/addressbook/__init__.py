@@ -36,7 +36,14 @@ Decisions:
   551 5.1.6 naming the new address, RFC 5321 section 3.4.
 - Case: domains always case-insensitive; local parts too unless
   `address_options: {local_part_case: sensitive}`. `user+detail@` resolves like
-  `user@` (after trying the whole local part), the detail kept as given.
+  `user@` (after trying the whole local part), the detail kept as given. The split is
+  Postfix's recipient_delimiter one: at the first separator, never leaving an empty local
+  part (`+x@` is not split), an empty detail allowed (`c+@` is c@ with detail ''), so
+  `c++@` is c@ with detail '+' unless c++@ is an address of its own, which always wins.
+- An alias target (or a moved `now`) may be such a form of a known address
+  (`orders@: bob+orders@example.com`): it goes where that recipient goes (the person
+  found, no folder from the detail), the form written shown in the path
+  (`graph.add_detail_forms`); one that leads back to its alias (`c@: c+x@`) is a loop.
 - IDN domains: A-label and U-label forms are one domain; canonical form is U-label.
   A domain holding an invisible character (U+200B, U+00AD, U+FEFF...), a full-width
   or other compatibility character, a '.' look-alike or an empty label is not mapped

@@ -16,7 +16,7 @@ from .canon import canonical_domain, detail_split, domain_problem
 from .errs import Collector
 from .compact import Expansions
 from .expand import expand_all, make_target
-from .graph import add_moved, check_dangling, parse_aliases
+from .graph import add_detail_forms, add_moved, check_dangling, parse_aliases
 from .model import Limits, Mailbox, Moved, Options, Person, Resolution, Team
 from .parse import SECTIONS, _parse_moved, parse_parts
 from .records import mailbox_map, people_map, text_map
@@ -52,12 +52,13 @@ class AddressBook:
     """Immutable after build; `knows` and `resolve` are dictionary lookups."""
 
     __slots__ = ("domains", "mailboxes", "people", "teams", "moved", "options", "limits",
-                 "_expansions", "_by_address")
+                 "_expansions", "_by_address", "_detail_forms")
 
     def __init__(self, domains: frozenset[str], mailboxes: Mapping[str, Mailbox],
                  people: Mapping[str, Person], teams: Mapping[str, Team],
                  moved: Mapping[str, Moved], options: Options, limits: Limits,
-                 expansions: Expansions, by_address: Mapping[str, str]) -> None:
+                 expansions: Expansions, by_address: Mapping[str, str],
+                 detail_forms: frozenset[str] = frozenset()) -> None:
         self.domains = domains
         # people and mailboxes (a person's own among them) in a few big objects (records.py)
         self.mailboxes: Mapping[str, Mailbox] = mailbox_map(mailboxes)
@@ -67,6 +68,9 @@ class AddressBook:
         self.options, self.limits = options, limits
         self._expansions = expansions       # every address and its targets (compact.py)
         self._by_address = text_map(by_address)
+        # alias targets written with a +detail (graph.add_detail_forms): nodes of the alias
+        # graph, not addresses of their own (RCPT bob+sales@ is bob@ with detail 'sales')
+        self._detail_forms = detail_forms
 
     def __getstate__(self) -> tuple[Any, ...]:
         """A book pickles (without its caches): daemon.run_workers has it built in a child
@@ -74,11 +78,12 @@ class AddressBook:
         the book's few objects packed together instead of each pinning one of the arenas of
         the load's million short-lived objects."""
         return (self.domains, self.mailboxes, self.people, dict(self.teams), dict(self.moved),
-                self.options, self.limits, self._expansions, self._by_address)
+                self.options, self.limits, self._expansions, self._by_address,
+                self._detail_forms)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.domains, self.mailboxes, self.people, teams, moved, self.options, self.limits,
-         self._expansions, self._by_address) = state
+         self._expansions, self._by_address, self._detail_forms) = state
         self.teams, self.moved = MappingProxyType(teams), MappingProxyType(moved)
         self._expansions.use(make_target)
 
@@ -97,12 +102,13 @@ class AddressBook:
         nodes = parse_aliases(c, p, sections.get("aliases"))
         _parse_moved(c, sections.get("moved"), p)
         add_moved(c, p, nodes)
+        forms = add_detail_forms(p, nodes)
         check_dangling(c, nodes)
         plans = expand_all(c, nodes, limits) if not c.errors else {}
         c.raise_if_any()
         del nodes                   # the edges hold the loaded values (file:line): errors only
         return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,
-                   limits, Expansions(plans, make_target), p.by_address)
+                   limits, Expansions(plans, make_target), p.by_address, forms)
 
     @classmethod
     def load(cls, *paths: str | Path, limits: Limits = Limits()) -> AddressBook:
@@ -140,13 +146,20 @@ class AddressBook:
         fold = self.options.fold_local
         whole = f"{local.lower() if fold else local}@{domain}"
         known = self._expansions
-        if whole in known:
+        if whole in known and whole not in self._detail_forms:
             return whole, whole, None
         split = detail_split(local, self.options)
         if split is None:
             return None
         base = f"{split[0].lower() if fold else split[0]}@{domain}"
         return (base, base, split[1]) if base in known else None
+
+    def key_of(self, address: str) -> str | None:
+        """The canonical address `address` is, as an envelope recipient (detail dropped
+        when it is not an address of its own); None when it is none of ours. `loops.py`
+        asks it of the addresses in a message's trace headers."""
+        found = self._lookup(address)
+        return None if found is None else found[0]
 
     def knows(self, address: str) -> bool:
         """Is this an address we take mail for (RCPT time)? Moved-and-refused ones too."""
@@ -180,4 +193,4 @@ class AddressBook:
 
     def addresses(self) -> frozenset[str]:
         """Every address known, canonical (for `mailrouter check` listings and tests)."""
-        return frozenset(self._expansions)
+        return frozenset(self._expansions).difference(self._detail_forms)

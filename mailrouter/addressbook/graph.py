@@ -16,11 +16,12 @@ from typing import Any, NamedTuple
 
 from ..values import Target, folder_problem
 from ..yamlsrc import as_written
-from .canon import canonical, canonicaliser
+from .canon import canonical, canonicaliser, detail_split
 from .errs import Collector, did_you_mean
 from .parse import Parts, define
 
-__all__ = ["Edge", "parse_target", "parse_aliases", "add_moved", "check_dangling"]
+__all__ = ["Edge", "parse_target", "parse_aliases", "add_moved", "add_detail_forms",
+           "check_dangling"]
 
 PREFIXES = ("mailbox:", "person:", "team:")
 
@@ -295,17 +296,53 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
 
 
 def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
-    """Moved addresses that still deliver follow their `now` address."""
+    """Moved addresses that still deliver follow their `now` address (which may carry a
+    +detail of a known address: `add_detail_forms` follows it)."""
     for old, moved in p.moved.items():
         if not moved.deliver:
             nodes[old] = []
-        elif moved.now not in nodes:
+        elif moved.now not in nodes and _detail_base(p, nodes, moved.now) is None:
             at = p.moved_at[old]
             c.add(f"moved address {old} delivers to {moved.now}, which is not a known address",
                   at, f"define {moved.now} (an alias or a person's address), "
                   "or set deliver: false")
         else:
             nodes[old] = [Edge(moved.now, (), p.moved_at[old])]
+
+
+def _detail_base(p: Parts, nodes: dict[str, list[Edge]], address: str) -> str | None:
+    """The known address `address` (canonical, not itself known) is a +detail form of, as
+    `AddressBook.resolve` reads an envelope recipient: `bob+sales@` is `bob@` (split at the
+    first separator, never leaving an empty local part); None when it is none."""
+    local, _, domain = address.rpartition("@")
+    split = detail_split(local, p.options)
+    if split is None:
+        return None
+    base = f"{split[0]}@{domain}"
+    return base if base in nodes else None
+
+
+def add_detail_forms(p: Parts, nodes: dict[str, list[Edge]]) -> frozenset[str]:
+    """An alias target (or a moved address's `now`) that is not an address of its own but a
+    +detail form of one (`orders@: bob+sales@example.com`, bob@ a person) goes where mail to
+    it goes at RCPT: to bob@, the person found. Each such form becomes a node forwarding to
+    its base, so the alias path shows it as written (orders@ -> bob+sales@ -> bob@ -> person:bob)
+    and a form that leads back to its alias is refused as a loop (`c@: c+x@`), as Postfix's
+    recipient_delimiter reads it. Returned: the forms added; `resolve` does not answer them
+    as addresses of their own (RCPT bob+sales@ is still bob@ with detail 'sales').
+    Whole addresses win: c++@ defined beside c@ is c++@, never c@ with detail '+'.
+    Before, such a target was refused as an unknown address though RCPT took it."""
+    forms: dict[str, list[Edge]] = {}
+    for edges in nodes.values():
+        for edge in edges:
+            dest = edge.dest
+            if dest is None or dest in nodes or dest in forms:
+                continue
+            base = _detail_base(p, nodes, dest)
+            if base is not None:
+                forms[dest] = [Edge(base, (), edge.at)]
+    nodes.update(forms)
+    return frozenset(forms)
 
 
 def check_dangling(c: Collector, nodes: dict[str, list[Edge]]) -> None:

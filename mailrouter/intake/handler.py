@@ -13,18 +13,28 @@ when nothing was delivered, the first refusal.
 
 The handler knows the daemon only through `Host` (below): what it reads of the
 running App, nothing more, so the intake never imports `daemon`.
+
+The EHLO/HELO name goes into our Received: line (`received_helo`) in ASCII: a non-ASCII
+name was copied there raw, an 8-bit header in a message that may not be SMTPUTF8 (RFC 6532
+allows one only then), which a downstream may refuse or mangle. Like Postfix, the name is
+taken whatever it is (a HELO name is no proof of anything) and the Received line made safe:
+an internationalised domain name as its A-label (xn--...), any other non-ASCII character as
+'?', and the characters that would change the line's syntax (space, <>()\";@: Postfix's
+NEUTER_CHARACTERS) as '?' too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 from typing import Protocol as Interface
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import metrics
+from ..addressbook.canon import domain_problem
 from ..values import (
     REPLY_INTERNAL_ERROR,
     REPLY_NEED_SMTPUTF8,
@@ -39,7 +49,8 @@ from ..values import (
 from .protocol import (INTERNAL_ERROR, REPLY_MALFORMED_PATH, REPLY_RCPT_SYNTAX, Protocol,
                        read_path)
 
-__all__ = ["Handler", "Host", "IntakeLimits", "RcptCheck", "RcptChecker", "rcpt_path"]
+__all__ = ["Handler", "Host", "IntakeLimits", "RcptCheck", "RcptChecker", "rcpt_path",
+           "received_helo"]
 
 log = logging.getLogger(__name__)
 TOO_MANY = str(REPLY_TOO_MANY_RCPTS)
@@ -154,7 +165,8 @@ class Handler:
         n = len(envelope.rcpt_tos)
         try:
             txn = Transaction(
-                protocol=self.protocol, peer=_peer(session.peer), helo=session.host_name or "unknown",
+                protocol=self.protocol, peer=_peer(session.peer),
+                helo=received_helo(session.host_name or "unknown"),
                 mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos),
                 raw=envelope.original_content or b"",
                 smtputf8=bool(envelope.smtp_utf8))
@@ -171,6 +183,29 @@ class Handler:
         if self.protocol == "lmtp":
             return "\r\n".join(str(r) for r in replies)
         return str(fold(replies)) if replies else INTERNAL_ERROR
+
+
+# Postfix's NEUTER_CHARACTERS (smtpd.c) and whitespace: in a HELO name they would change the
+# syntax of the Received: line it goes into ("from x (by forged) <y> (peer)")
+_NEUTER = re.compile(r'[\s<>()\\";@]')
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def received_helo(name: str) -> str:
+    """The EHLO/HELO name as our Received: line shows it: ASCII (module docstring)."""
+    if not name.isascii():
+        name = _a_label(name) or _NON_ASCII.sub("?", name)
+    return _NEUTER.sub("?", name)
+
+
+def _a_label(name: str) -> str | None:
+    """пример.рф -> xn--e1afmkfd.xn--p1ai; None for a name that is no domain name."""
+    if _NEUTER.search(name) or domain_problem(name) is not None:
+        return None
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 def _names_no_mailbox(address: str) -> bool:

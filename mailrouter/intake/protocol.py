@@ -19,6 +19,8 @@ What this adds to aiosmtpd's SMTP class:
 - DATA after MAIL whose every RCPT was refused: 554 5.5.1 (Postfix; LMTP: 503, RFC 2033);
   a path the address parser reads only by repairing it (`<a b@x>`, no `>`): 553 5.1.3;
 - a command line not ended by a single CRLF (bare LF, CR CR LF): 500 5.5.2, not run;
+- MAIL/RCPT naming one parameter twice (`SIZE=1 SIZE=2`): 501 5.5.4 naming it (aiosmtpd
+  kept the last one);
 - control characters (C0, DEL, C1, U+2028/9) or bytes that are not UTF-8 in a command
   argument: 501 5.5.2; junk commands (NOOP, VRFY, HELP, EHLO...) at most 100 per session,
   RSET 100 since the last message taken; the memory DATA holds in all sessions
@@ -26,7 +28,8 @@ What this adds to aiosmtpd's SMTP class:
   never hold);
 - protocol synchronization, as Postfix 3.9's smtpd_forbid_unauth_pipelining: a
   client that talks before the 220 greeting (which waits `limits.greet_delay`, or
-  `greet_delay_loopback` for a loopback peer), pipelines before EHLO/LHLO or after
+  `greet_delay_loopback` for a loopback peer; what it sent is looked for in the socket
+  too, so bytes there before the 220 is written are always caught), pipelines before EHLO/LHLO or after
   HELO, or sends anything behind a command that must end a pipelined group (RFC
   2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
   included, gets 554 5.5.0 and is disconnected; what it sent is never read;
@@ -54,9 +57,10 @@ import asyncio
 import io
 import logging
 import re
+import socket
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import Any, Awaitable, cast
+from typing import Any, Awaitable, Sequence, cast
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
@@ -83,6 +87,7 @@ from ..values import (
     REPLY_NEED_RCPT,
     REPLY_NO_VALID_RCPTS,
     REPLY_NOT_UTF8,
+    REPLY_PARAM_TWICE,
     REPLY_SHUTTING_DOWN,
     REPLY_START_DATA,
     REPLY_STORAGE_FULL,
@@ -115,6 +120,7 @@ NOT_UTF8 = str(REPLY_NOT_UTF8)
 BARE_LINE_END = str(REPLY_BARE_LINE_END)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 LHLO_SYNTAX = str(REPLY_LHLO_SYNTAX)
+PARAM_TWICE = str(REPLY_PARAM_TWICE)                    # {} = the parameter
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
@@ -159,6 +165,8 @@ RESETS_WITHOUT_MAIL = 100
 # since the last message taken each one counts as an error (Postfix's
 # smtpd_recipient_overshoot_limit, 1000), so max_errors ends the session.
 RCPT_OVERSHOOT = 1000
+# 64 KiB reads of a hung-up client's input dropped before the close (see hang_up)
+HANG_UP_DRAIN = 16
 COMMAND_LIMITS = {"NOOP": 100, "VRFY": 100, "EXPN": 100, "HELP": 100, "EHLO": 100,
                   "HELO": 100, "LHLO": 100, "*": 10**9}
 
@@ -219,6 +227,7 @@ class Protocol(SMTP):
         self._ehlo_in_progress = False
         self._pending: list[bytes] = []
         self._bare_line_end = False    # the command line just read did not end in one CRLF
+        self._param_twice: str | None = None   # MAIL/RCPT named this parameter twice
         self.busy = False
         self._wrap_commands()
 
@@ -235,6 +244,9 @@ class Protocol(SMTP):
                         self.session.peer, _aiosmtpd_smtp.BOGUS_LIMIT)
             await self.hang_up(TOO_MANY_ERRORS.format(self.hostname))
             return
+        if self._param_twice is not None and isinstance(status, str) and status[:4] == "501 ":
+            # aiosmtpd's "501 Syntax: MAIL FROM: <address> ..." for our _getparams' None
+            status, self._param_twice = PARAM_TWICE.format(self._param_twice), None
         if isinstance(status, str) and OVER_LIMIT.match(status):
             # aiosmtpd closes after it but its loop went on running what the client had
             # pipelined behind (a RCPT looked up and logged): a hang-up runs nothing more
@@ -281,6 +293,12 @@ class Protocol(SMTP):
             return
         self._hung_up = True
         await SMTP.push(self, reply)
+        # A socket closed with input unread is reset (RST), and the client's system may drop
+        # our last reply with it: what waits in the socket is read and dropped first (an
+        # early talker's whole session is still there when it is refused)
+        for _ in range(HANG_UP_DRAIN):
+            if not self._socket_input(1 << 16):
+                break
         if self.transport is not None:
             self.transport.close()   # stops reading first, then the buffer is dropped
         self._reader._buffer.clear()  # type: ignore[attr-defined]
@@ -308,6 +326,22 @@ class Protocol(SMTP):
         private buffer: there is no public way to peek at it)."""
         buffer = self._reader._buffer  # type: ignore[attr-defined]
         return bytes(buffer) if buffer else b""    # asked before most commands: mostly empty
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), and None for a parameter
+        given twice too (`SIZE=1 SIZE=2`, `BODY=7BIT BODY=8BITMIME`; names are upper-cased
+        before this): aiosmtpd kept the last one silently, so which one counted was anyone's
+        guess. `push` turns aiosmtpd's 501 into REPLY_PARAM_TWICE naming it."""
+        result = super()._getparams(params)
+        if result is not None and len(result) < len(params):
+            seen: set[str] = set()
+            for param in params:
+                name = param.partition("=")[0]
+                if name in seen:
+                    self._param_twice = name
+                    return None
+                seen.add(name)
+        return result
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of MAIL and RCPT, read by `read_path` (None: aiosmtpd's 553 5.1.3)."""
@@ -472,20 +506,38 @@ class Protocol(SMTP):
         delay = self.limits.greet_delay_loopback if local else self.limits.greet_delay
         if delay > 0:
             await asyncio.sleep(delay)
-        if self.unread():
-            await self._out_of_sync("before greeting")   # a bot that does not wait for 220
+        # What the client sent before our 220, read by the loop or still in the socket (the
+        # session's first step runs before the loop first reads a new socket: looking only
+        # at what it had read, `greet_delay_loopback: 0`, the default, never caught one)
+        early = self.unread() or self._socket_input(100, socket.MSG_PEEK)
+        if early:
+            await self._out_of_sync("before greeting", early)   # a bot that does not wait
             return
-        await super()._handle_client()
+        await super()._handle_client()   # its 220 is written with no await in between
+
+    def _socket_input(self, size: int, flags: int = 0) -> bytes:
+        """Up to `size` bytes the client sent that the loop has not read yet, from the socket
+        itself (through a dup of it): peeked with MSG_PEEK, else taken. b"" when there are
+        none (it never waits) or the client is gone."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return b""
+        try:
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+                return dup.recv(size, flags | socket.MSG_DONTWAIT)
+        except OSError:          # nothing there (EAGAIN), or the client is gone already
+            return b""
 
     def peer_host(self) -> str:
         """The client's address as text ('' before the connection is made)."""
         peer = self.session.peer if self.session else None
         return str(peer[0] if isinstance(peer, tuple) and peer else peer or "")
 
-    async def _out_of_sync(self, where: str) -> None:
+    async def _out_of_sync(self, where: str, seen: bytes = b"") -> None:
         """RFC 5321 4.3.1 / RFC 2920 3.1 broken: 554 5.5.0 and hang up (Postfix 3.9)."""
         log.warning("event=improper_pipelining peer=%s where=%r input=%r",
-                    self.session and self.session.peer, where, self.unread()[:100])
+                    self.session and self.session.peer, where, (seen or self.unread())[:100])
         await self.hang_up(SYNC_ERROR)
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
