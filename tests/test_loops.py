@@ -147,6 +147,24 @@ def test_the_snapshot_asks_the_loop_check_with_the_books_detail_separator(tmp_pa
     assert d.reply == REPLY_LOOP and d.loop is not None and d.loop.kind is LoopKind.TRACE
 
 
+def test_the_snapshot_asks_the_loop_check_with_the_book(tmp_path: Path) -> None:
+    """sales+eu@ an address of its own beside sales@: a copy delivered to sales+eu@ (our
+    trace) that reaches sales@ (a forward) is no loop of sales@, and one to sales+Quotes@
+    (a detail of sales@) is one of sales@. The snapshot asked without the book: the first
+    was a false 554 5.4.6, bounced to its sender."""
+    book = tmp_path / "book.yaml"
+    book.write_text("domains: [example.com]\nmailboxes:\n  sales: {maildir: sales}\n"
+                    "  eu: {maildir: eu}\naliases:\n  sales@example.com: mailbox:sales\n"
+                    "  sales+eu@example.com: mailbox:eu\n", encoding="utf-8")
+    snap = load_snapshot([str(book)], Limits(), HOST)
+    [d] = snap.decide(MessageView(trace_headers(HOST, "sales+eu@example.com") + BODY),
+                      "a@example.org", ["sales@example.com"])
+    assert d.loop is None and d.mailbox == "sales", d
+    [d] = snap.decide(MessageView(trace_headers(HOST, "sales+Quotes@example.com") + BODY),
+                      "a@example.org", ["sales@example.com"])
+    assert d.reply == REPLY_LOOP and d.loop is not None
+
+
 def test_an_address_holding_the_separator_is_not_another_ones_detail() -> None:
     """c++@ (or c+@) beside c@: a copy delivered to c++@ that reaches c@ (a forward, a list)
     was a 554 "loop" of c@, the '+' read as a detail separator, and its sender got a bounce

@@ -77,7 +77,7 @@ class Snapshot:
             return Decision(rcpt, action, res.reply, reasons=(f"address: {res.reply.text}",))
         loop = detect_loop(view, res.address, hostname=self.hostname,
                            max_received=self.limits.max_received,
-                           detail_separator=self.book.options.detail_separator)
+                           detail_separator=self.book.options.detail_separator, book=self.book)
         if loop is not None:
             action = Action.DEFER if loop.reply.temporary else Action.REJECT
             return Decision(rcpt, action, loop.reply, loop=loop)
