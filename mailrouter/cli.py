@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")
     reg.add_argument("-n", type=_count, default=10, metavar="N", help="how many (default 10; 0: all)")
     from .control.cli import add_commands
-    add_commands(sub, add, reg, _config, _snapshot)
+    add_commands(sub, add, reg, _config, _snapshot, _zone)
     ob = add("outbox", cmd_outbox, "list the outgoing mail (autoreplies, DSNs) and its state")
     ob.add_argument("-n", type=_count, default=50, metavar="N", help="how many (default 50; 0: all)")
     ob.add_argument("--json", action="store_true", help="machine-readable output")

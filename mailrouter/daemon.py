@@ -401,7 +401,8 @@ class App:
         self.state.ruleset = self._snapshot.hash
         if self.registry is not None:
             try:
-                await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
+                await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000],
+                                                   worker=self.worker)
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
         return ok, public, maps_error, await self.config_not_applied()

@@ -390,3 +390,34 @@ def test_a_reload_says_what_of_an_edited_config_yaml_it_did_not_apply(daemon_pro
     assert "would not start again" in reply["config"], reply
     proc.config.write_text(started, encoding="utf-8")
     assert _post_reload(proc.admin)["config"] is None
+
+
+def test_each_workers_reload_is_recorded_with_the_process_that_made_it(daemon_process, tmp_path):
+    """Two workers, a broken file, SIGHUP: each worker refuses it and writes its own row;
+    `mailrouter registry reloads` names each row's process (host, pid, worker) as the log's
+    `event=worker_started worker= pid=` does. Before, the rows had no process: with one
+    worker refusing and another taking the files, no one could tell which."""
+    import re
+    import subprocess
+    import sys
+    d = routing_dir(tmp_path)
+    proc = daemon_process(routing=str(d / "*.yaml"), extra="workers: 2\n")
+    (d / "ping.yaml").write_text(BROKEN, encoding="utf-8")
+    proc.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    db = sqlite3.connect(tmp_path / "var" / "registry.db")
+    while time.monotonic() < deadline and db.execute(
+            "select count(*) from reloads where ok = 0").fetchone()[0] < 2:
+        time.sleep(0.1)
+    pids = {int(w): int(p) for w, p in re.findall(r"event=worker_started worker=(\d+) pid=(\d+)",
+                                                  proc.log.read_text())}
+    out = subprocess.run([sys.executable, "-m", "mailrouter.cli", "registry", "reloads", "--json",
+                          "-c", str(proc.config)], capture_output=True, text=True, check=True)
+    rows = [r for r in json.loads(out.stdout) if not r["ok"]]
+    assert sorted(r["instance"] for r in rows) == [
+        f"{socket.gethostname()} pid={pids[w]} worker={w}" for w in (0, 1)]
+    assert all("unknown condition 'subjet'" in r["detail"] for r in rows)
+    text = subprocess.run([sys.executable, "-m", "mailrouter.cli", "registry", "reloads",
+                           "-c", str(proc.config)], capture_output=True, text=True, check=True)
+    assert sum("FAILED" in line and f"pid={pids[w]} worker={w}" in line
+               for line in text.stdout.splitlines() for w in (0, 1)) == 2

@@ -39,6 +39,7 @@ import functools
 import importlib
 import logging
 import os
+import socket
 import sqlite3
 import sys
 import threading
@@ -222,6 +223,13 @@ def _asynchronous_commit(fn: Callable[[Connection], T], conn: Connection) -> T:
     """`fn` in a PostgreSQL transaction whose COMMIT does not wait for its WAL flush."""
     conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
     return fn(conn)
+
+
+def instance_name(worker: int | None = None) -> str:
+    """This process as the registry names it: "HOST pid=PID", and " worker=N" when a
+    supervisor forked it (the keys the log lines use: `event=worker_started worker= pid=`)."""
+    return f"{socket.gethostname()} pid={os.getpid()}" + (
+        f" worker={worker}" if worker is not None else "")
 
 
 def unicode_lower(value: Any) -> Any:
@@ -732,10 +740,21 @@ class Registry:
         row = {"detected_at": _now(), "message_key": key, "rcpt": rcpt, "evidence": evidence}
         await self._write_one("record_loop", loops.insert().values(row))
 
-    async def record_reload(self, ruleset_hash: str, ok: bool, detail: str) -> None:
-        """Note one rule-set reload attempt and its result."""
-        row = {"at": _now(), "ruleset_hash": ruleset_hash, "ok": ok, "detail": detail}
+    async def record_reload(self, ruleset_hash: str, ok: bool, detail: str,
+                            worker: int | None = None) -> None:
+        """Note one rule-set reload attempt and its result, and which process made it
+        (`instance`: this host, pid and `worker`, as log lines name them; every worker
+        reloads, so a failure in one was not told from the others' successes)."""
+        row = {"at": _now(), "ruleset_hash": ruleset_hash, "ok": ok, "detail": detail,
+               "instance": instance_name(worker)}
         await self._write_one("record_reload", reloads.insert().values(row))
+
+    async def reloads(self, limit: int | None = 20) -> list[dict[str, Any]]:
+        """The newest reloads first: at, ruleset_hash, ok, detail, instance."""
+        def fetch(conn: Connection) -> list[dict[str, Any]]:
+            return [dict(r._mapping) for r in conn.execute(
+                select(reloads).order_by(reloads.c.at.desc(), reloads.c.id.desc()).limit(limit))]
+        return await self.read("reloads", fetch)
 
     async def _write_one(self, what: str, stmt: Any) -> None:
         try:
