@@ -656,8 +656,9 @@ def _why(exc: Exception, config: Config) -> str:
     database named, nothing to check."""
     if not isinstance(exc, RegistryError):
         return str(exc)
-    advice = registry_advice(exc)
-    return (f"{registry_location(config.registry.url)}: {exc}; " + (f"{advice}; " if advice else "")
+    where = registry_location(config.registry.url)
+    advice = registry_advice(exc, where)
+    return (f"{where}: {exc}; " + (f"{advice}; " if advice else "")
             + f"check registry.url in {config.path or 'the embedded default config (no -c FILE)'}")
 
 

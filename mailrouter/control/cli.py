@@ -135,7 +135,7 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
     try:
         return asyncio.run(go())
     except RegistryError as exc:
-        advice = registry_advice(exc)
+        advice = registry_advice(exc, where)
         print(f"mailrouter {what}: {where}: {exc}; " + (f"{advice}; " if advice else "")
               + f"check {named}", file=sys.stderr)
         raise SystemExit(2) from None

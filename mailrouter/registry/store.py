@@ -130,20 +130,20 @@ def registry_location(url: str | URL) -> str:
     return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
-def registry_advice(exc: BaseException) -> str:
+def registry_advice(exc: BaseException, db: str = "") -> str:
     """What to do about a RegistryError, from the driver's error under it ('' when there is
-    nothing to say beyond checking registry.url)."""
+    nothing to say beyond checking registry.url); `db` (registry_location) names the file
+    in the fix (`fuser FILE`)."""
     inner = exc.__cause__ or exc.__context__ or exc    # `raise ... from None` keeps the context
     inner = getattr(inner, "orig", None) or inner
     text = str(inner)
-    if "file is not a database" in text:
-        return "the file is not a SQLite database"
+    hint = sqlite_hint(text, db)
+    if hint:
+        return hint
     if "no such table" in text or "no such column" in text or type(inner).__name__ in (
             "UndefinedTableError", "UndefinedColumnError"):
         return ("its schema is missing or not this version's: run `mailrouter db upgrade` "
                 "with the daemon's config")
-    if "unable to open database file" in text:
-        return "it cannot be opened (a folder, or no permission to read it)"
     if isinstance(inner, OSError):       # refused, no such host, timed out: PostgreSQL
         return "the database server cannot be reached (not running, or a wrong host or port)"
     return ""
@@ -375,12 +375,31 @@ def _metrics() -> Any:
 _PG_DISK_FULL = "53100"     # PostgreSQL could not extend a file: its disk (tablespace) is full
 
 
-# SQLite's errors name no file and no cause: what the admin should look at, by error text.
+# SQLite's errors name no file and no cause: what the admin should look at, by error text
+# ({db}: the file). One table for the daemon's log line (_failure) and the commands' and
+# the start's message (registry_advice).
 _SQLITE_HINTS = (
     ("database is locked", "another process holds the SQLite registry's lock for longer "
      "than registry.timeout (a sqlite3 shell or a backup in a transaction?); `fuser {db}` "
      "names it, end its transaction"),
+    ("database table is locked", "another process holds the SQLite registry's lock for "
+     "longer than registry.timeout; `fuser {db}` names it, end its transaction"),
+    ("file is not a database", "the file is not a SQLite database"),
+    ("unable to open database file", "it cannot be opened (a folder, or no permission to "
+     "read it or its folder): `ls -ld {db} {db}-wal {db}-shm`"),
+    ("attempt to write a readonly database", "this user may not write it (the file, its "
+     "-wal or -shm, or its folder owned by another user, or a read-only file system): "
+     "`ls -ld {db} {db}-wal {db}-shm`; give them to the daemon's user"),
+    ("database disk image is malformed", "the file is damaged: stop the daemon, keep a "
+     "copy, then `sqlite3 {db} .recover` into a new file and put it in its place"),
+    ("disk I/O error", "the file system under it failed (gone, read-only or full?): "
+     "`df {db}`, `dmesg`"),
 )
+
+
+def sqlite_hint(text: str, db: str = "") -> str:
+    """The fix for a SQLite error text ('' for another error), naming the file `db`."""
+    return next((h.format(db=db or "FILE") for t, h in _SQLITE_HINTS if t in text), "")
 
 
 def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
@@ -396,10 +415,10 @@ def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
         bug.__cause__ = exc
         return bug
     inner = getattr(exc, "orig", None) or exc
-    hint = next((h for text, h in _SQLITE_HINTS if text in str(inner)), None) if db else None
-    if hint is not None:
+    hint = sqlite_hint(str(inner), db) if db else ""
+    if hint:
         log.warning("event=registry_error op=%s error=%r file=%s: %s; messages get 451 until "
-                    "then", what, _describe(exc), db, hint.format(db=db))
+                    "then", what, _describe(exc), db, hint)
     else:       # `db` names which registry: a PostgreSQL outage said only "Connection refused"
         log.warning("event=registry_error op=%s error=%r%s", what, _describe(exc),
                     f" registry={db}" if db else "")
