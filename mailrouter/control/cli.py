@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from ..calendars import company_time, company_zone
+from ..calendars import company_time, company_times, company_zone
 from ..errors import RegistryError
 from ..values import OPEN_REQUEST_STATUSES, REQUEST_STATUSES, spreadsheet_cell
 from .threads import MAX_NUMBER
@@ -386,10 +386,11 @@ def cmd_request(args: argparse.Namespace) -> int:
     if doc is None:
         print(f"mailrouter request show: no request #{args.number}", file=sys.stderr)
         return 1
+    events = [{"at": e["at"], "what": e["kind"], "who": e["actor"], "detail": e["detail"]}
+              for e in doc["events"]]
     timeline = sorted([{"at": m["at"], "what": f"message {m['direction']}", "who": m["from"],
                         "detail": m["subject"]} for m in doc["messages"]]
-                      + [{"at": e["at"], "what": e["kind"], "who": e["actor"], "detail": e["detail"]}
-                         for e in doc["events"]]
+                      + events
                       + [{"at": a["at"], "what": a["stage"], "who": a["recipient"],
                           "detail": a["subject"]} for a in doc["alerts"]], key=lambda r: r["at"])
 
@@ -405,9 +406,11 @@ def cmd_request(args: argparse.Namespace) -> int:
             print(f"  {f'reopened by {by}' if by else 'the customer wrote again'}: "
                   f"answer {doc['response_round']} due "
                   f"{company_time(doc['response_due'], zone, 'seconds')}")
+        ours = {id(e) for e in events}     # times in an event's detail: the company's too
         for r in timeline:
+            detail = company_times(r["detail"], zone) if id(r) in ours else r["detail"]
             print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
-                  f"{printable(r['detail'])}")
+                  f"{printable(detail)}")
         for m in doc["messages"]:
             for d in m["recipients"]:
                 for why in d["reasons"]:
