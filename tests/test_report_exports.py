@@ -211,3 +211,54 @@ async def test_search_by_tag_gives_n_tagged_messages_not_the_tagged_among_the_ne
     assert await subjects("--tag", "urgent", "-n", "1") == ["срочно принтер"]
     assert await subjects("--tag", "urgent", "-n", "0") == ["срочно принтер", "Срочно: сервер"]
     assert await subjects("-n", "2") == ["вопрос 3", "вопрос 2"]
+
+
+async def test_the_web_reports_csv_cells_never_become_formulas(make_app, tmp_path):
+    """A mailbox `=sales` and an owner `-ivanov` (names the routing files accept): the web
+    report's two CSV downloads write them `'=sales` and `'-ivanov`, as `mailrouter report
+    --csv` does (one writer, values.write_csv). Before, the web view wrote them as they are
+    and a spreadsheet opening the download ran them as formulas."""
+    import aiohttp
+
+    from mailrouter.config import Listener, RegistryConfig, WebConfig
+    from mailrouter.registry.accounts import hash_password, set_password
+    routing = write_routing(tmp_path, "")
+    text = (tmp_path / "rules" / "company.yaml").read_text(encoding="utf-8")
+    text = (text.replace("  support: {maildir: support}", '  "=sales": {maildir: sales}')
+            .replace("support@example.com: mailbox:support", 'support@example.com: "mailbox:=sales"')
+            .replace("then: {owner: duty, ", 'then: {owner: "-ivanov", ')
+            .replace("  ivanov:  {address", '  "-ivanov": {address').replace("[ivanov, petrova]",
+                                                                          "[petrova]"))
+    (tmp_path / "rules" / "company.yaml").write_text(text, encoding="utf-8")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    app = await make_app(routing=routing, web=Listener("127.0.0.1", 0), control=CONTROL,
+                         webui=WebConfig(admins=("petrova",)), registry=RegistryConfig(url))
+    app.sla_task.cancel()
+    now = datetime.now(timezone.utc)
+    await app.registry.write("pw", lambda c: set_password(c, "petrova", hash_password("x" * 12), now))
+    await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
+               "c@client.example")
+    host, port = app.bound["web"]
+    base = f"http://{host}:{port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(base + "/login") as r:
+            token = __import__("re").search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        async with http.post(base + "/login", data={"csrf": token, "person": "petrova",
+                                                    "password": "x" * 12, "next": "/"},
+                             allow_redirects=False) as r:
+            assert r.status == 303
+        got = {}
+        for part in ("", "&part=response"):
+            async with http.get(f"{base}/report?format=csv{part}") as r:
+                assert r.status == 200
+                got[part] = list(csv.DictReader(io.StringIO(await r.text())))
+    assert [(r["mailbox"], r["owner"]) for r in got[""]] == [("'=sales", "'-ivanov")]
+    assert {(r["section"], r["name"]) for r in got["&part=response"]} == {
+        ("mailbox", "'=sales"), ("owner", "'-ivanov")}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path / 'rules' / '*.yaml'}']\n",
+                   encoding="utf-8")
+    code, out = await _cli("report", "--csv", "-c", str(cfg))
+    assert code == 0
+    cells = {v for r in csv.DictReader(io.StringIO(out)) for v in r.values()}
+    assert {"'=sales", "'-ivanov"} <= cells and not {"=sales", "-ivanov"} & cells

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..calendars import company_time, company_times, company_zone
 from ..errors import RegistryError
-from ..values import OPEN_REQUEST_STATUSES, REQUEST_STATUSES, spreadsheet_cell
+from ..values import OPEN_REQUEST_STATUSES, REQUEST_STATUSES, spreadsheet_cell, write_csv
 from .threads import MAX_NUMBER
 
 if TYPE_CHECKING:
@@ -153,11 +152,7 @@ def _emit(args: argparse.Namespace, doc: Any, rows: list[dict[str, Any]],
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
     elif args.csv:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(sys.stdout, fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: spreadsheet_cell("; ".join(map(str, v)) if isinstance(v, list) else v)
-                     for k, v in r.items()} for r in rows)
+        write_csv(sys.stdout, rows, lineterminator="\n")
     else:
         text()
 
