@@ -262,3 +262,39 @@ async def test_the_web_reports_csv_cells_never_become_formulas(make_app, tmp_pat
     assert code == 0
     cells = {v for r in csv.DictReader(io.StringIO(out)) for v in r.values()}
     assert {"'=sales", "'-ivanov"} <= cells and not {"=sales", "-ivanov"} & cells
+
+
+async def test_a_years_report_counts_each_team_pick_for_the_person_picked(
+        make_app, tmp_path, registry_url):
+    """Four customers over a year (the company's first and last minutes of 2026 in Moscow
+    among them), each request picked from the team `duty` in turn: `mailrouter report`
+    over the whole year counts them for ivanov and petrova, two each, never for the team,
+    in volume, response and open per owner; every message is on its Moscow day, and the
+    web report's daily volume over the year agrees, on SQLite and PostgreSQL alike."""
+    from mailrouter.calendars import company_zone
+    from mailrouter.registry.queries import Scope, volume
+    app, cfg = await _daemon(make_app, tmp_path, registry_url)
+    port = app.bound["smtp"][1]
+    times = [datetime(2026, 1, 1, 0, 5, tzinfo=MSK), datetime(2026, 3, 29, 12, 0, tzinfo=MSK),
+             datetime(2026, 10, 25, 3, 0, tzinfo=MSK), datetime(2026, 12, 31, 23, 55, tzinfo=MSK)]
+    for i, at in enumerate(times):
+        app.pipeline.clock = lambda at=at: at
+        await send(port, mail(f"c{i}@client.example", f"q{i}", f"y{i}@client"), f"c{i}@client.example")
+    code, out = await _cli("report", "--since", "2026-01-01", "--until", "2027-01-01", "--json",
+                           "-c", str(cfg))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["volume_per_owner"] == [{"owner": "ivanov", "requests": 2},
+                                       {"owner": "petrova", "requests": 2}]
+    assert [r["owner"] for r in doc["response_per_owner"]] == ["ivanov", "petrova"]
+    assert [(r["owner"], r["open"]) for r in doc["open_per_owner"]] == [("ivanov", 2), ("petrova", 2)]
+    days = ["2026-01-01", "2026-03-29", "2026-10-25", "2026-12-31"]
+    assert doc["volume_per_day"] == [{"day": d, "requests": 1} for d in days]
+    zone = company_zone(app.snapshot().rules.calendars)
+    rows = await app.registry.read("t", lambda c: volume(
+        c, Scope(everything=True), times[0].date(), times[-1].date(), zone))
+    assert [(r["day"], r["mailbox"], r["messages"]) for r in rows] == [
+        (d, "support", 1) for d in days]
+    code, out = await _cli("report", "--since", "2026-01-02", "--until", "2026-12-31", "--json",
+                           "-c", str(cfg))
+    assert [r["day"] for r in json.loads(out)["volume_per_day"]] == days[1:3]
