@@ -301,6 +301,23 @@ def company_time(at: datetime | str | None, zone: tzinfo, timespec: str = "minut
     return t.astimezone(zone).isoformat(sep=" ", timespec=timespec)
 
 
+# An instant as the registry writes one into a text (an event's detail: "answer due
+# 2027-01-11T09:00:00.123456+00:00", a team pick's "starts first (...)"): with its offset.
+_INSTANT = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d{1,6})?)?(?:Z|[+-]\d\d:\d\d)")
+
+
+def company_times(text: str | None, zone: tzinfo, timespec: str = "seconds") -> str:
+    """`text` with every instant the registry wrote into it (ISO, with an offset) shown as
+    company_time shows the rest: a reopen's "answer due 2027-01-11T12:00:00.81+03:00"
+    stood beside times printed "2027-01-11 12:00:00+03:00". '' for None."""
+    def local(m: re.Match[str]) -> str:
+        try:
+            return company_time(datetime.fromisoformat(m.group()), zone, timespec)
+        except ValueError:      # 2027-13-45T...: not a time after all, left as written
+            return m.group()
+    return _INSTANT.sub(local, text) if text else ""
+
+
 def company_zone(calendars: Mapping[str, Calendar]) -> ZoneInfo:
     """The zone whose dates `away:` and report days are read in: the `default` calendar's,
     else the one zone all calendars share, else UTC (the daemon's clock; nothing to go by)."""

@@ -410,7 +410,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     try:
         asyncio.run(upgrade(cfg.registry.url))
     except RegistryError as exc:     # the error alone did not say which database
-        print(f"mailrouter db upgrade: {_where(cfg.registry.url)}: {exc} (registry.url in "
+        from .registry.store import registry_advice
+        advice = registry_advice(exc, _where(cfg.registry.url))
+        print(f"mailrouter db upgrade: {_where(cfg.registry.url)}: {exc}"
+              + (f"; {advice}" if advice else "") + " (registry.url in "
               f"{_shown(cfg.path) if cfg.path else 'the embedded default'})", file=sys.stderr)
         return 2
     print(f"registry schema is up to date: {_where(cfg.registry.url)}")
@@ -490,7 +493,6 @@ def _read_password(from_stdin: bool) -> str:
 
 def cmd_web(args: argparse.Namespace) -> int:
     """`web passwd PERSON`: set the web view password of a person of the address book."""
-    from .registry import Registry
     from .registry.accounts import hash_password, set_password
     cfg = _config(args.config)
     snap = _snapshot(cfg)
@@ -512,19 +514,11 @@ def cmd_web(args: argparse.Namespace) -> int:
         print(f"mailrouter web passwd: {exc}; nothing changed", file=sys.stderr)
         return 2
 
-    async def store() -> None:
-        reg = await Registry.open(cfg.registry.url, create=False)
-        try:
-            now = datetime.now(timezone.utc)
-            await reg.write("web passwd", lambda conn: set_password(conn, args.person, hashed, now))
-        finally:
-            await reg.close()
-    try:
-        asyncio.run(store())
-    except RegistryError as exc:
-        print(f"mailrouter web passwd: {exc} (is the schema current? `mailrouter db upgrade`)",
-              file=sys.stderr)
-        return 2
+    # a registry error: its file, the error and the fix (a lock held by a sqlite3 shell
+    # said "database is locked" with "is the schema current?", and no file)
+    now = datetime.now(timezone.utc)
+    _ask_registry(cfg, "web passwd", lambda reg: reg.write(
+        "web passwd", lambda conn: set_password(conn, args.person, hashed, now)))
     print(f"password set for {args.person}; their other sessions are signed out")
     return 0
 
@@ -544,6 +538,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "registry": (f"mailrouter registry {C} -n 20",),
     "registry search": ("mailrouter registry search --subject 'счет*' --since 2027-01-01 --csv",),
     "registry history": ("mailrouter registry history client@outside.test --json",),
+    "registry reloads": ("mailrouter registry reloads -n 10",),
     "report": ("mailrouter report --since 2027-01-01 --until 2027-02-01 --csv",),
     "request": ("mailrouter request show 42", "mailrouter request close 42"),
     "outbox": (f"mailrouter outbox {C} -n 20",),
@@ -620,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")
     reg.add_argument("-n", type=_count, default=10, metavar="N", help="how many (default 10; 0: all)")
     from .control.cli import add_commands
-    add_commands(sub, add, reg, _config, _snapshot)
+    add_commands(sub, add, reg, _config, _snapshot, _zone)
     ob = add("outbox", cmd_outbox, "list the outgoing mail (autoreplies, DSNs) and its state")
     ob.add_argument("-n", type=_count, default=50, metavar="N", help="how many (default 50; 0: all)")
     ob.add_argument("--json", action="store_true", help="machine-readable output")

@@ -418,7 +418,8 @@ class App:
         self.state.ruleset = self._snapshot.hash
         if self.registry is not None:
             try:
-                await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000])
+                await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000],
+                                                   worker=self.worker)
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))
         return ok, public, maps_error, await self.config_not_applied()
@@ -795,8 +796,9 @@ def _why(exc: Exception, config: Config) -> str:
     database named, nothing to check."""
     if not isinstance(exc, RegistryError):
         return str(exc)
-    advice = registry_advice(exc)
-    return (f"{registry_location(config.registry.url)}: {exc}; " + (f"{advice}; " if advice else "")
+    where = registry_location(config.registry.url)
+    advice = registry_advice(exc, where)
+    return (f"{where}: {exc}; " + (f"{advice}; " if advice else "")
             + f"check registry.url in {config.path or 'the embedded default config (no -c FILE)'}")
 
 

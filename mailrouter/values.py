@@ -18,8 +18,10 @@ What this module refuses: nothing; it only defines values.
 
 from __future__ import annotations
 
+import csv
 import enum
 from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -212,6 +214,20 @@ def spreadsheet_cell(value: Any) -> Any:
     stops the formula. Numbers, None and other strings are left as they are. Here, at the
     bottom, so that every CSV export (`registry`, `report`, `address export`) can use it."""
     return "'" + value if isinstance(value, str) and value.startswith(_FORMULA) else value
+
+
+def write_csv(out: Any, rows: Iterable[Mapping[str, Any]], fields: Sequence[str] | None = None,
+              lineterminator: str = "\r\n") -> None:
+    """`rows` as CSV on `out` (a text stream) with a header line, every cell through
+    spreadsheet_cell and a list joined with "; ": the one writer of the CLI's `--csv` and
+    the web view's CSV downloads (the web view's wrote a mailbox `=sales` or an owner
+    `-ops` as a formula). `fields`: the columns, in order (default: every key met)."""
+    rows = list(rows)
+    names = list(fields) if fields is not None else list(dict.fromkeys(k for r in rows for k in r))
+    w = csv.DictWriter(out, names, lineterminator=lineterminator)
+    w.writeheader()
+    w.writerows({k: spreadsheet_cell("; ".join(map(str, v)) if isinstance(v, list) else v)
+                 for k, v in r.items()} for r in rows)
 
 
 def maildir_problem(where: str) -> str | None:

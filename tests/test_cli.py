@@ -21,11 +21,12 @@ CLI = [sys.executable, "-m", "mailrouter.cli"]
 
 
 def mr(*args: str, cwd: Path | None = None, timeout: float = 60,
-       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+       env: dict[str, str] | None = None, stdin: str | None = None
+       ) -> subprocess.CompletedProcess[str]:
     """Run the CLI; $MAILROUTER_CONFIG from the caller's shell is not passed on unless in `env`."""
     full = {k: v for k, v in os.environ.items() if k != "MAILROUTER_CONFIG"} | (env or {})
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env=full)
+                          env=full, input=stdin)
 
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["check"], ["test"], ["explain"], ["reload"], ["db"], ["registry"]])
@@ -184,8 +185,8 @@ def test_registry_commands_with_the_database_down_say_why_and_exit_2(tmp_path):
             f"mailrouter {' '.join(cmd)}: postgresql+asyncpg://mr@127.0.0.1:1/mr: "
             f"registry {'open' if cmd == ['registry'] else 'upgrade'}"
             " failed (ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"
-            + ("; the database server cannot be reached (not running, or a wrong host or port); "
-               f"check registry.url in {cfg}" if cmd == ["registry"]
+            + "; the database server cannot be reached (not running, or a wrong host or port)"
+            + (f"; check registry.url in {cfg}" if cmd == ["registry"]
                else f" (registry.url in {cfg})")]
     sqlite = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port())
     assert mr("db", "upgrade", "-c", str(sqlite)).returncode == 0
@@ -228,6 +229,38 @@ def test_registry_commands_name_the_registry_file_and_the_fix(tmp_path):
         f"mailrouter outbox: no registry at {var / 'none.db'} (registry.url in {cfg}); start the "
         "daemon first (it creates it), or give -c with the daemon's config"], out.stderr
     assert sorted(p.name for p in var.iterdir()) == ["empty.db", "junk.db"]
+
+
+def test_a_registry_file_locked_by_another_process_is_named_with_the_fix(tmp_path):
+    """Another process holds the registry in BEGIN EXCLUSIVE (as a sqlite3 shell would):
+    `request close` and `web passwd` each exit 2 with one line naming the file, "database
+    is locked" and the fix (`fuser FILE`, end its transaction), as the daemon's log does.
+    Before, `request close` gave no fix, and `web passwd` no file and asked "is the schema
+    current?"."""
+    var = tmp_path / "var"
+    var.mkdir()
+    db = var / "registry.db"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{RULES / '*.yaml'}']\n"
+                   f"registry: {{url: 'sqlite+aiosqlite:///{db}', timeout: 2}}\n")
+    assert mr("db", "upgrade", "-c", str(cfg)).returncode == 0
+    shell = sqlite3.connect(db, isolation_level=None)
+    try:
+        shell.execute("BEGIN EXCLUSIVE")
+        shell.execute("INSERT INTO loops (detected_at, message_key, rcpt, evidence) "
+                      "VALUES ('2027-01-11', 'k', 'r', 'e')")
+        fix = (f"another process holds the SQLite registry's lock for longer than "
+               f"registry.timeout (a sqlite3 shell or a backup in a transaction?); `fuser {db}` "
+               "names it, end its transaction")
+        for argv, what in ((("request", "close", "1"), "request close"),
+                           (("web", "passwd", "petrova", "--password-stdin"), "web passwd")):
+            out = mr(*argv, "-c", str(cfg), stdin="a long passphrase\n")
+            assert out.returncode == 2 and out.stderr.splitlines() == [
+                f"mailrouter {what}: {db}: registry {what} failed (OperationalError: database "
+                f"is locked); {fix}; check registry.url in {cfg}"], out.stderr
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
 
 
 def test_a_look_at_a_registry_that_is_not_there_names_its_file(tmp_path):

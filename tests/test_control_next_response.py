@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
 
@@ -202,9 +203,14 @@ async def test_a_waiting_or_quiet_closed_request_and_a_reopen_by_hand_owe_an_ans
     assert await co.cli("request", "reopen", "7") == (
         1, "", "mailrouter request reopen: request #7 not changed: no request #7\n")
     assert [x["id"] for x in (await co.board(msk(18, 15)))["requests"]] == [1]
-    # a person reopened it: said so, not "the customer wrote again" (what it said before)
-    assert "  reopened by smirnov: answer 4 due 2027-01-19 09:30:00+03:00\n" in (
-        await co.show(text=True))["text"]
+    # a person reopened it: said so, not "the customer wrote again" (what it said before);
+    # the reopen's line in the history gives its due time as every other time is printed
+    # (it was ISO, "2027-01-19T09:30:00+03:00", the registry's text of the event)
+    shown = (await co.show(text=True))["text"]
+    assert "  reopened by smirnov: answer 4 due 2027-01-19 09:30:00+03:00\n" in shown
+    assert ("2027-01-18 14:30:00+03:00 status       smirnov  closed -> open: reopened by "
+            "smirnov (web view); answer due 2027-01-19 09:30:00+03:00\n") in shown
+    assert not re.search(r"\d\d-\d\dT\d\d:", shown), shown
     assert await co.tick(msk(18, 18)) == []
     assert await co.tick(msk(19, 9, 30)) == [("remind", "ivanov")]
     rounds = await co.app.registry.read("t", lambda conn: [

@@ -249,3 +249,44 @@ def _cli_on(tmp_path, url):
             assert main([*argv, "-c", str(cfg)]) == 0
         return out.getvalue()
     return cli
+
+
+async def test_search_and_history_find_a_sender_in_any_case_of_any_letters(registry_url, tmp_path):
+    """Mail from Иван@Пример.рф and Žofie@Příklad.cz is found by the address or the domain
+    in any case, in either IDNA form, by `registry search --from`, `registry history` and
+    the web view's search and counterparty pages, the same on SQLite and PostgreSQL.
+    Before, SQLite's lower() folded A-Z only (the web view found them on PostgreSQL only)
+    and the CLI matched the address as typed or in lower case (neither was as it came)."""
+    import asyncio
+    import json
+
+    from mailrouter.registry.queries import Scope, counterparty
+    from mailrouter.registry.queries import search as web_search
+    reg = await Registry.open(registry_url)
+    try:
+        senders = {1: "Иван@Пример.рф", 2: "Žofie@Příklad.cz", 3: "ivan@example.com"}
+        await reg.write("fill", lambda c: c.execute(insert(messages), [
+            row(i) | {"from_addr": a, "mail_from": a} for i, a in senders.items()]))
+    finally:
+        await reg.close()
+    cli = _cli_on(tmp_path, registry_url)
+    for who, want in (("иван@пример.рф", 1), ("ИВАН@ПРИМЕР.РФ", 1), ("иван@xn--e1afmkfd.xn--p1ai", 1),
+                      ("ŽOFIE@PŘÍKLAD.CZ", 2), ("žofie@příklad.cz", 2)):
+        for argv in (("registry", "search", "--from", who), ("registry", "history", who)):
+            found = json.loads(await asyncio.to_thread(cli, *argv, "--json"))
+            found = found["messages"] if argv[1] == "history" else found
+            assert [m["message_id"] for m in found] == [f"<{want}@x>"], (argv, found)
+    for domain, want in (("ПРИМЕР.РФ", 1), ("příklad.cz", 2), ("PŘÍKLAD.CZ", 2)):
+        found = json.loads(await asyncio.to_thread(cli, "registry", "history", domain, "--json"))
+        assert [m["message_id"] for m in found["messages"]] == [f"<{want}@x>"], domain
+    reg = await Registry.open(registry_url)
+    try:
+        every = Scope(everything=True)
+        for who, want in (("ИВАН@пример.рф", 1), ("пример.рф", 1), ("ŽOFIE@příklad.cz", 2),
+                          ("PŘÍKLAD.CZ", 2)):
+            hits = await reg.read("web", lambda c, who=who: web_search(c, every, sender=who))
+            assert [m["message_id"] for m in hits.rows] == [f"<{want}@x>"], who
+            seen = await reg.read("web", lambda c, who=who: counterparty(c, every, who))
+            assert [m["message_id"] for m in seen] == [f"<{want}@x>"], who
+    finally:
+        await reg.close()

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import shutil
 import sqlite3
 import tempfile
@@ -229,11 +230,12 @@ async def test_close_flushes_pending(registry_url: str) -> None:
 async def test_loops_and_reloads(registry: Registry) -> None:
     """Loop detections and reloads are written to their tables."""
     await registry.record_loop("a" * 64, "sales@example.com", "Delivered-To: sales@example.com")
-    await registry.record_reload("r" * 64, False, "rules.yaml:3:1: unknown key")
+    await registry.record_reload("r" * 64, False, "rules.yaml:3:1: unknown key", worker=3)
     async with registry.engine.connect() as conn:
         assert (await conn.execute(select(loops.c.rcpt))).scalars().all() == ["sales@example.com"]
-        assert (await conn.execute(select(reloads.c.ok, reloads.c.detail))).all() == [
-            (False, "rules.yaml:3:1: unknown key")]
+        assert (await conn.execute(select(reloads.c.ok, reloads.c.detail, reloads.c.instance))
+                ).all() == [(False, "rules.yaml:3:1: unknown key",
+                             f"{socket.gethostname()} pid={os.getpid()} worker=3")]
 
 
 async def test_schema_on_first_open_and_upgrade_idempotent(registry_url: str) -> None:
@@ -250,7 +252,7 @@ async def test_schema_on_first_open_and_upgrade_idempotent(registry_url: str) ->
         assert {"messages", "decisions", "deliveries", "loops", "reloads", "requests",
                 "outbox", "autoreply_log", "web_accounts", "web_sessions",
                 "subject_words"} <= tables
-        assert version == [("0010",)]
+        assert version == [("0011",)]
     finally:
         await reg.close()
 

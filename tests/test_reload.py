@@ -470,3 +470,34 @@ def test_backup_files_a_routing_glob_matches_are_skipped(daemon_process, tmp_pat
         "remove it, or rename it to load it" for name in sorted(BACKUPS)], check.stdout
     assert "routing files: rules/company.yaml, rules/ping.yaml" in check.stdout.splitlines()
     assert ".#ping.yaml" not in log + check.stdout
+
+
+def test_each_reload_is_recorded_with_the_process_that_made_it(daemon_process, tmp_path):
+    """Two workers, a broken file, SIGHUP: worker 0 reads the files for all (the others take
+    what it loaded, or none does) and writes one row; `mailrouter registry reloads` names the
+    row's process (host, pid, worker) as the log's `event=worker_started worker= pid=` does,
+    so rows of instances sharing one registry are told apart. Before, rows had no process."""
+    import re
+    import subprocess
+    import sys
+    d = routing_dir(tmp_path)
+    proc = daemon_process(routing=str(d / "*.yaml"), extra="workers: 2\n")
+    (d / "ping.yaml").write_text(BROKEN, encoding="utf-8")
+    proc.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    db = sqlite3.connect(tmp_path / "var" / "registry.db")
+    while time.monotonic() < deadline and db.execute(
+            "select count(*) from reloads where ok = 0").fetchone()[0] < 1:
+        time.sleep(0.1)
+    time.sleep(0.5)                 # a second row, were one written, would be there by now
+    pids = {int(w): int(p) for w, p in re.findall(r"event=worker_started worker=(\d+) pid=(\d+)",
+                                                  proc.log.read_text())}
+    out = subprocess.run([sys.executable, "-m", "mailrouter.cli", "registry", "reloads", "--json",
+                          "-c", str(proc.config)], capture_output=True, text=True, check=True)
+    rows = [r for r in json.loads(out.stdout) if not r["ok"]]
+    assert [r["instance"] for r in rows] == [f"{socket.gethostname()} pid={pids[0]} worker=0"]
+    assert "unknown condition 'subjet'" in rows[0]["detail"]
+    text = subprocess.run([sys.executable, "-m", "mailrouter.cli", "registry", "reloads",
+                           "-c", str(proc.config)], capture_output=True, text=True, check=True)
+    assert sum("FAILED" in line and f"pid={pids[0]} worker=0" in line
+               for line in text.stdout.splitlines()) == 1

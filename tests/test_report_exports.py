@@ -211,3 +211,90 @@ async def test_search_by_tag_gives_n_tagged_messages_not_the_tagged_among_the_ne
     assert await subjects("--tag", "urgent", "-n", "1") == ["срочно принтер"]
     assert await subjects("--tag", "urgent", "-n", "0") == ["срочно принтер", "Срочно: сервер"]
     assert await subjects("-n", "2") == ["вопрос 3", "вопрос 2"]
+
+
+async def test_the_web_reports_csv_cells_never_become_formulas(make_app, tmp_path):
+    """A mailbox `=sales` and an owner `-ivanov` (names the routing files accept): the web
+    report's two CSV downloads write them `'=sales` and `'-ivanov`, as `mailrouter report
+    --csv` does (one writer, values.write_csv). Before, the web view wrote them as they are
+    and a spreadsheet opening the download ran them as formulas."""
+    import aiohttp
+
+    from mailrouter.config import Listener, RegistryConfig, WebConfig
+    from mailrouter.registry.accounts import hash_password, set_password
+    routing = write_routing(tmp_path, "")
+    text = (tmp_path / "rules" / "company.yaml").read_text(encoding="utf-8")
+    text = (text.replace("  support: {maildir: support}", '  "=sales": {maildir: sales}')
+            .replace("support@example.com: mailbox:support", 'support@example.com: "mailbox:=sales"')
+            .replace("then: {owner: duty, ", 'then: {owner: "-ivanov", ')
+            .replace("  ivanov:  {address", '  "-ivanov": {address').replace("[ivanov, petrova]",
+                                                                          "[petrova]"))
+    (tmp_path / "rules" / "company.yaml").write_text(text, encoding="utf-8")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    app = await make_app(routing=routing, web=Listener("127.0.0.1", 0), control=CONTROL,
+                         webui=WebConfig(admins=("petrova",)), registry=RegistryConfig(url))
+    app.sla_task.cancel()
+    now = datetime.now(timezone.utc)
+    await app.registry.write("pw", lambda c: set_password(c, "petrova", hash_password("x" * 12), now))
+    await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
+               "c@client.example")
+    host, port = app.bound["web"]
+    base = f"http://{host}:{port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(base + "/login") as r:
+            token = __import__("re").search(r'name="csrf" value="([^"]+)"', await r.text())[1]
+        async with http.post(base + "/login", data={"csrf": token, "person": "petrova",
+                                                    "password": "x" * 12, "next": "/"},
+                             allow_redirects=False) as r:
+            assert r.status == 303
+        got = {}
+        for part in ("", "&part=response"):
+            async with http.get(f"{base}/report?format=csv{part}") as r:
+                assert r.status == 200
+                got[part] = list(csv.DictReader(io.StringIO(await r.text())))
+    assert [(r["mailbox"], r["owner"]) for r in got[""]] == [("'=sales", "'-ivanov")]
+    assert {(r["section"], r["name"]) for r in got["&part=response"]} == {
+        ("mailbox", "'=sales"), ("owner", "'-ivanov")}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path / 'rules' / '*.yaml'}']\n",
+                   encoding="utf-8")
+    code, out = await _cli("report", "--csv", "-c", str(cfg))
+    assert code == 0
+    cells = {v for r in csv.DictReader(io.StringIO(out)) for v in r.values()}
+    assert {"'=sales", "'-ivanov"} <= cells and not {"=sales", "-ivanov"} & cells
+
+
+async def test_a_years_report_counts_each_team_pick_for_the_person_picked(
+        make_app, tmp_path, registry_url):
+    """Four customers over a year (the company's first and last minutes of 2026 in Moscow
+    among them), each request picked from the team `duty` in turn: `mailrouter report`
+    over the whole year counts them for ivanov and petrova, two each, never for the team,
+    in volume, response and open per owner; every message is on its Moscow day, and the
+    web report's daily volume over the year agrees, on SQLite and PostgreSQL alike."""
+    from mailrouter.calendars import company_zone
+    from mailrouter.registry.queries import Scope, volume
+    app, cfg = await _daemon(make_app, tmp_path, registry_url)
+    port = app.bound["smtp"][1]
+    times = [datetime(2026, 1, 1, 0, 5, tzinfo=MSK), datetime(2026, 3, 29, 12, 0, tzinfo=MSK),
+             datetime(2026, 10, 25, 3, 0, tzinfo=MSK), datetime(2026, 12, 31, 23, 55, tzinfo=MSK)]
+    for i, at in enumerate(times):
+        app.pipeline.clock = lambda at=at: at
+        await send(port, mail(f"c{i}@client.example", f"q{i}", f"y{i}@client"), f"c{i}@client.example")
+    code, out = await _cli("report", "--since", "2026-01-01", "--until", "2027-01-01", "--json",
+                           "-c", str(cfg))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["volume_per_owner"] == [{"owner": "ivanov", "requests": 2},
+                                       {"owner": "petrova", "requests": 2}]
+    assert [r["owner"] for r in doc["response_per_owner"]] == ["ivanov", "petrova"]
+    assert [(r["owner"], r["open"]) for r in doc["open_per_owner"]] == [("ivanov", 2), ("petrova", 2)]
+    days = ["2026-01-01", "2026-03-29", "2026-10-25", "2026-12-31"]
+    assert doc["volume_per_day"] == [{"day": d, "requests": 1} for d in days]
+    zone = company_zone(app.snapshot().rules.calendars)
+    rows = await app.registry.read("t", lambda c: volume(
+        c, Scope(everything=True), times[0].date(), times[-1].date(), zone))
+    assert [(r["day"], r["mailbox"], r["messages"]) for r in rows] == [
+        (d, "support", 1) for d in days]
+    code, out = await _cli("report", "--since", "2026-01-02", "--until", "2026-12-31", "--json",
+                           "-c", str(cfg))
+    assert [r["day"] for r in json.loads(out)["volume_per_day"]] == days[1:3]

@@ -274,6 +274,10 @@ async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department
     assert "Позвонить клиенту" in page and 'id="status">open<' in page
     # reopened by hand: open, with the next answer due on the request's calendar
     assert re.search(r'id="next-due">[^<]+\(reopened\)<', page)
+    # the reopen's history line gives that time as the page's other times, not ISO
+    # ("answer due 2027-01-11T12:00:00.123456+03:00", the text the registry keeps)
+    due = re.search(r"reopened by ivanov \(web view\); answer due ([^<]+)<", page)
+    assert due and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d", due.group(1)), due
 
 
 async def test_a_request_given_to_someone_else_is_mailed_to_them(site: Any, client: Any) -> None:

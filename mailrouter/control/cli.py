@@ -1,7 +1,8 @@
-"""Commands of execution control: report, registry search/history, request show/close/wait/reopen.
+"""Commands of execution control: report, registry search/history/reloads, request show/close/wait/reopen.
 
 `mailrouter report [--since D] [--until D]`, `mailrouter registry search [filters]`,
-`mailrouter registry history ADDRESS|DOMAIN`, `mailrouter request show N`, `mailrouter
+`mailrouter registry history ADDRESS|DOMAIN`, `mailrouter registry reloads` (which process
+made each reload), `mailrouter request show N`, `mailrouter
 request close N`, `mailrouter request wait N` (waiting for the customer), `mailrouter request
 reopen N` (a closed one: open, an answer due from now, as the web view's reopen). Each read
 command prints text, or with `--json` one JSON document, or with `--csv` rows with a
@@ -26,16 +27,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from ..calendars import company_time, company_zone
+from ..calendars import company_time, company_times, company_zone
 from ..errors import RegistryError
-from ..values import OPEN_REQUEST_STATUSES, REQUEST_STATUSES, spreadsheet_cell
+from ..values import OPEN_REQUEST_STATUSES, REQUEST_STATUSES, spreadsheet_cell, write_csv
 from .threads import MAX_NUMBER
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
     try:
         return asyncio.run(go())
     except RegistryError as exc:
-        advice = registry_advice(exc)
+        advice = registry_advice(exc, where)
         print(f"mailrouter {what}: {where}: {exc}; " + (f"{advice}; " if advice else "")
               + f"check {named}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -152,11 +152,7 @@ def _emit(args: argparse.Namespace, doc: Any, rows: list[dict[str, Any]],
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
     elif args.csv:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(sys.stdout, fields, lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: spreadsheet_cell("; ".join(map(str, v)) if isinstance(v, list) else v)
-                     for k, v in r.items()} for r in rows)
+        write_csv(sys.stdout, rows, lineterminator="\n")
     else:
         text()
 
@@ -290,6 +286,28 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reloads(args: argparse.Namespace) -> int:
+    """The newest routing reloads, each with the process that made it: every worker (and
+    every instance on one PostgreSQL) reloads and records its own, so one that refused the
+    files is told from the others that took them."""
+    cfg = args.load_config(args.config)
+    rows = ask_registry(cfg, "registry reloads", lambda reg: reg.reloads(args.n or None))
+    doc = [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()
+            if k != "id"} for r in rows]
+
+    def text() -> None:
+        zone = args.company_zone(cfg, "registry reloads")
+        for r in rows:
+            detail = r["detail"].splitlines()[0] if r["detail"] else ""
+            print(f"{company_time(r['at'], zone, 'seconds')} {'ok    ' if r['ok'] else 'FAILED'} "
+                  f"{r['ruleset_hash']}  {_or(r['instance'])}  {printable(detail)}")
+        if not rows:
+            print("mailrouter registry reloads: no reload recorded yet (one is recorded at "
+                  "each SIGHUP, `mailrouter reload` or changed routing file)", file=sys.stderr)
+    _emit(args, doc, doc, text)
+    return 0
+
+
 def _set_status(args: argparse.Namespace, status: str) -> int:
     """`request close N` (any status but closed) or `request wait N` (open or answered)."""
     from sqlalchemy import select, update
@@ -363,10 +381,11 @@ def cmd_request(args: argparse.Namespace) -> int:
     if doc is None:
         print(f"mailrouter request show: no request #{args.number}", file=sys.stderr)
         return 1
+    events = [{"at": e["at"], "what": e["kind"], "who": e["actor"], "detail": e["detail"]}
+              for e in doc["events"]]
     timeline = sorted([{"at": m["at"], "what": f"message {m['direction']}", "who": m["from"],
                         "detail": m["subject"]} for m in doc["messages"]]
-                      + [{"at": e["at"], "what": e["kind"], "who": e["actor"], "detail": e["detail"]}
-                         for e in doc["events"]]
+                      + events
                       + [{"at": a["at"], "what": a["stage"], "who": a["recipient"],
                           "detail": a["subject"]} for a in doc["alerts"]], key=lambda r: r["at"])
 
@@ -382,9 +401,11 @@ def cmd_request(args: argparse.Namespace) -> int:
             print(f"  {f'reopened by {by}' if by else 'the customer wrote again'}: "
                   f"answer {doc['response_round']} due "
                   f"{company_time(doc['response_due'], zone, 'seconds')}")
+        ours = {id(e) for e in events}     # times in an event's detail: the company's too
         for r in timeline:
+            detail = company_times(r["detail"], zone) if id(r) in ours else r["detail"]
             print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
-                  f"{printable(r['detail'])}")
+                  f"{printable(detail)}")
         for m in doc["messages"]:
             for d in m["recipients"]:
                 for why in d["reasons"]:
@@ -404,19 +425,21 @@ def _formats(p: argparse.ArgumentParser, config: bool = False) -> None:
 
 def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                  registry: argparse.ArgumentParser, load_config: Callable[[str | None], Any],
-                 load_snapshot: Callable[[Any], Any]) -> None:
-    """Register report, registry search/history and request show/close on the CLI.
+                 load_snapshot: Callable[[Any], Any],
+                 zone: Callable[[Any, str], tzinfo]) -> None:
+    """Register report, registry search/history/reloads and request show/close on the CLI.
 
-    `load_config`/`load_snapshot` are the CLI's own (errors printed, exit 2): this module
-    sits below cli.py and does not import it."""
-    loaders = {"load_config": load_config, "load_snapshot": load_snapshot}
+    `load_config`/`load_snapshot` are the CLI's own (errors printed, exit 2), `zone` its
+    company zone that falls back to UTC on routing files with errors: this module sits
+    below cli.py and does not import it."""
+    loaders = {"load_config": load_config, "load_snapshot": load_snapshot, "company_zone": zone}
     registry.set_defaults(**loaders)
     rep = add("report", cmd_report, "requests per mailbox/rule/owner/day, response times, SLA")
     rep.add_argument("--since", type=_when, metavar="DATE", help="from (default: 30 days ago)")
     rep.add_argument("--until", type=_when, metavar="DATE", help="to (default: now)")
     _formats(rep)
     rep.set_defaults(**loaders)
-    rsub = registry.add_subparsers(dest="registry_command", metavar="[search|history]")
+    rsub = registry.add_subparsers(dest="registry_command", metavar="[search|history|reloads]")
     s = rsub.add_parser("search", help="find messages", description="find messages; every "
                         "recipient and copy is shown, refused ones with their reply")
     s.set_defaults(func=cmd_search, **loaders)
@@ -438,6 +461,12 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
                    "requests: our replies too), or a domain for all of its addresses")
     h.add_argument("-n", type=count, default=0, metavar="N", help="at most N messages (0: all)")
     _formats(h, config=True)
+    rl = rsub.add_parser("reloads", help="the newest routing reloads and which process made each",
+                         description="the newest routing reloads: time, ok or FAILED, the rule "
+                         "set's hash, the process (host, pid, worker) and the first error")
+    rl.set_defaults(func=cmd_reloads, **loaders)
+    rl.add_argument("-n", type=count, default=20, metavar="N", help="at most N (0: all; default 20)")
+    _formats(rl, config=True)
     req = add("request", cmd_request, "show one request, close it, mark it waiting "
               "for the customer, or reopen it")
     req.add_argument("action", choices=["show", "close", "wait", "reopen"],

@@ -3,12 +3,17 @@
 returns plain rows (dicts), so the CLI prints them as text, JSON or CSV.
 
 Every query is bounded by an index: requests by opened_at, owner/status,
-status/first_response_due, counterparty or its domain; messages by received_at or
-from_addr; subject words (normalised as the rules do: NFKC, case-folded, ё = е, č = c, reply
+status/first_response_due, counterparty or its domain; messages by received_at (a
+sender by the walk, below); subject words (normalised as the rules do: NFKC, case-folded, ё = е, č = c, reply
 prefixes stripped) by the subject-word index (registry/words.py).
 
+Addresses are matched in any case of any alphabet: lower() on both sides (Python's on
+SQLite, registry.store.unicode_lower; PostgreSQL's in a UTF-8 locale), so both backends agree.
+
 Known limits: `history DOMAIN` finds messages by the From address's domain with a
-LIKE suffix match, which no index serves; requests by domain are indexed.
+LIKE suffix match, which no index serves; requests by domain are indexed. A sender is
+matched through lower(from_addr), which the (from_addr, received_at) index does not
+serve: `search --from` walks the messages newest first until it has its `-n`.
 """
 
 from __future__ import annotations
@@ -261,11 +266,10 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
     # the walk reads the key and time only; the picked rows are read whole below
     q = select(messages.c.key, messages.c.received_at)
     if sender:
-        # as written and lower case: the (from_addr, received_at) index serves both
-        # and with its domain in the other IDNA form (the xn-- form was not found by the
-        # Cyrillic one, nor the other way round)
-        forms = {sender.strip(), *idn_forms(sender.strip()), *idn_forms(sender.strip().lower())}
-        q = q.where(messages.c.from_addr.in_(sorted(forms)))
+        # in any case (lower() on both sides: Unicode on SQLite too, store.unicode_lower; the
+        # address as typed or in lower case missed Иван@Пример.рф as it came) and with its
+        # domain in the other IDNA form (the xn-- form was not found by the Cyrillic one)
+        q = q.where(func.lower(messages.c.from_addr).in_(idn_forms(sender.strip().lower())))
     # Correlated EXISTS, not IN (subquery): walking messages newest first, each row is
     # checked by an index lookup and the walk stops at `limit`; an IN list would first
     # collect every message of the owner or status (a sixth of a million-message registry).
@@ -337,13 +341,13 @@ def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, A
     requests: our replies (the copies to control.replies) and the rest of each thread.
     Before, only their own mail was listed: the history of a customer never showed an
     answer."""
-    original, who = who.strip(), who.strip().lower().lstrip("@")
+    who = who.strip().lower().lstrip("@")
     forms = idn_forms(who)
     rq: ColumnElement[bool]
     mq: ColumnElement[bool]
     rq = _counterparty(who)
-    if "@" in who:
-        mq = messages.c.from_addr.in_(sorted({*forms, original}))
+    if "@" in who:      # From in any case (Иван@Пример.рф for иван@пример.рф), as search
+        mq = func.lower(messages.c.from_addr).in_(forms)
     else:
         mq = from_domain(forms)
     reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]

@@ -9,7 +9,7 @@ rules: a message row keeps its first received_at and counts attempts; a
 decision is replaced per (message, rcpt); a delivery per (message, target)
 unless it is already 'delivered', which never goes back.
 
-Tables here: messages, decisions, deliveries, loops, reloads (0001), outbox and
+Tables here: messages, decisions, deliveries, loops, reloads (0001; which process: 0011), outbox and
 autoreply_log (0003: outgoing mail claimed with FOR UPDATE SKIP LOCKED, and the
 cluster-wide per-sender autoreply limit as a unique key). The request tables of
 execution control (0004) are defined in `control/`.
@@ -201,6 +201,7 @@ reloads = Table(
     Column("ruleset_hash", String(64), nullable=False),
     Column("ok", Boolean, nullable=False),
     Column("detail", Text, nullable=False),
+    Column("instance", Text),       # "HOST pid=PID worker=N" (0011); NULL before it
     Index(None, "at"),
 )
 

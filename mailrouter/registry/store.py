@@ -39,6 +39,7 @@ import functools
 import importlib
 import logging
 import os
+import socket
 import sqlite3
 import sys
 import threading
@@ -129,20 +130,20 @@ def registry_location(url: str | URL) -> str:
     return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
-def registry_advice(exc: BaseException) -> str:
+def registry_advice(exc: BaseException, db: str = "") -> str:
     """What to do about a RegistryError, from the driver's error under it ('' when there is
-    nothing to say beyond checking registry.url)."""
+    nothing to say beyond checking registry.url); `db` (registry_location) names the file
+    in the fix (`fuser FILE`)."""
     inner = exc.__cause__ or exc.__context__ or exc    # `raise ... from None` keeps the context
     inner = getattr(inner, "orig", None) or inner
     text = str(inner)
-    if "file is not a database" in text:
-        return "the file is not a SQLite database"
+    hint = sqlite_hint(text, db)
+    if hint:
+        return hint
     if "no such table" in text or "no such column" in text or type(inner).__name__ in (
             "UndefinedTableError", "UndefinedColumnError"):
         return ("its schema is missing or not this version's: run `mailrouter db upgrade` "
                 "with the daemon's config")
-    if "unable to open database file" in text:
-        return "it cannot be opened (a folder, or no permission to read it)"
     if isinstance(inner, OSError):       # refused, no such host, timed out: PostgreSQL
         return "the database server cannot be reached (not running, or a wrong host or port)"
     return ""
@@ -224,11 +225,30 @@ def _asynchronous_commit(fn: Callable[[Connection], T], conn: Connection) -> T:
     return fn(conn)
 
 
+def instance_name(worker: int | None = None) -> str:
+    """This process as the registry names it: "HOST pid=PID", and " worker=N" when a
+    supervisor forked it (the keys the log lines use: `event=worker_started worker= pid=`)."""
+    return f"{socket.gethostname()} pid={os.getpid()}" + (
+        f" worker={worker}" if worker is not None else "")
+
+
+def unicode_lower(value: Any) -> Any:
+    """SQL lower() on SQLite as PostgreSQL's (a UTF-8 database) and Python's: every letter.
+    SQLite's own folds A-Z only, so a search for иван@пример.рф or žofie@příklad.cz missed
+    Иван@Пример.рф and Žofie@Příklad.cz there that PostgreSQL found."""
+    if isinstance(value, str):
+        return value.lower()
+    return value if value is None or isinstance(value, bytes) else str(value).lower()
+
+
 def _sqlite_pragmas(engine: Engine, timeout: float, synchronous: str) -> None:
     busy_ms = max(1, int(timeout * 500))  # half the deadline: SQLite answers first
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # every connection's lower(): no index or view uses it, so a sqlite3 shell's
+        # ASCII lower() on the same file changes no stored value
+        dbapi_conn.create_function("lower", 1, unicode_lower, deterministic=True)
         cursor = dbapi_conn.cursor()
         for pragma in (f"busy_timeout={busy_ms}", "journal_mode=WAL",
                        f"synchronous={synchronous}", "foreign_keys=ON"):
@@ -355,12 +375,31 @@ def _metrics() -> Any:
 _PG_DISK_FULL = "53100"     # PostgreSQL could not extend a file: its disk (tablespace) is full
 
 
-# SQLite's errors name no file and no cause: what the admin should look at, by error text.
+# SQLite's errors name no file and no cause: what the admin should look at, by error text
+# ({db}: the file). One table for the daemon's log line (_failure) and the commands' and
+# the start's message (registry_advice).
 _SQLITE_HINTS = (
     ("database is locked", "another process holds the SQLite registry's lock for longer "
      "than registry.timeout (a sqlite3 shell or a backup in a transaction?); `fuser {db}` "
      "names it, end its transaction"),
+    ("database table is locked", "another process holds the SQLite registry's lock for "
+     "longer than registry.timeout; `fuser {db}` names it, end its transaction"),
+    ("file is not a database", "the file is not a SQLite database"),
+    ("unable to open database file", "it cannot be opened (a folder, or no permission to "
+     "read it or its folder): `ls -ld {db} {db}-wal {db}-shm`"),
+    ("attempt to write a readonly database", "this user may not write it (the file, its "
+     "-wal or -shm, or its folder owned by another user, or a read-only file system): "
+     "`ls -ld {db} {db}-wal {db}-shm`; give them to the daemon's user"),
+    ("database disk image is malformed", "the file is damaged: stop the daemon, keep a "
+     "copy, then `sqlite3 {db} .recover` into a new file and put it in its place"),
+    ("disk I/O error", "the file system under it failed (gone, read-only or full?): "
+     "`df {db}`, `dmesg`"),
 )
+
+
+def sqlite_hint(text: str, db: str = "") -> str:
+    """The fix for a SQLite error text ('' for another error), naming the file `db`."""
+    return next((h.format(db=db or "FILE") for t, h in _SQLITE_HINTS if t in text), "")
 
 
 def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
@@ -376,10 +415,10 @@ def _failure(what: str, exc: BaseException, db: str = "") -> RegistryError:
         bug.__cause__ = exc
         return bug
     inner = getattr(exc, "orig", None) or exc
-    hint = next((h for text, h in _SQLITE_HINTS if text in str(inner)), None) if db else None
-    if hint is not None:
+    hint = sqlite_hint(str(inner), db) if db else ""
+    if hint:
         log.warning("event=registry_error op=%s error=%r file=%s: %s; messages get 451 until "
-                    "then", what, _describe(exc), db, hint.format(db=db))
+                    "then", what, _describe(exc), db, hint)
     else:       # `db` names which registry: a PostgreSQL outage said only "Connection refused"
         log.warning("event=registry_error op=%s error=%r%s", what, _describe(exc),
                     f" registry={db}" if db else "")
@@ -720,10 +759,21 @@ class Registry:
         row = {"detected_at": _now(), "message_key": key, "rcpt": rcpt, "evidence": evidence}
         await self._write_one("record_loop", loops.insert().values(row))
 
-    async def record_reload(self, ruleset_hash: str, ok: bool, detail: str) -> None:
-        """Note one rule-set reload attempt and its result."""
-        row = {"at": _now(), "ruleset_hash": ruleset_hash, "ok": ok, "detail": detail}
+    async def record_reload(self, ruleset_hash: str, ok: bool, detail: str,
+                            worker: int | None = None) -> None:
+        """Note one rule-set reload attempt and its result, and which process made it
+        (`instance`: this host, pid and `worker`, as log lines name them: instances sharing
+        one registry each write their own rows; with workers, worker 0's row stands for all)."""
+        row = {"at": _now(), "ruleset_hash": ruleset_hash, "ok": ok, "detail": detail,
+               "instance": instance_name(worker)}
         await self._write_one("record_reload", reloads.insert().values(row))
+
+    async def reloads(self, limit: int | None = 20) -> list[dict[str, Any]]:
+        """The newest reloads first: at, ruleset_hash, ok, detail, instance."""
+        def fetch(conn: Connection) -> list[dict[str, Any]]:
+            return [dict(r._mapping) for r in conn.execute(
+                select(reloads).order_by(reloads.c.at.desc(), reloads.c.id.desc()).limit(limit))]
+        return await self.read("reloads", fetch)
 
     async def _write_one(self, what: str, stmt: Any) -> None:
         try:

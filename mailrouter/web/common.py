@@ -18,7 +18,7 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
-from ..calendars import company_time, company_zone
+from ..calendars import company_time, company_times, company_zone
 from ..routing.snapshot import Snapshot
 from .auth import SNAPSHOT, VIEWER, Handler, Viewer
 from .i18n import LANGUAGES, pick_language, translate
@@ -87,7 +87,8 @@ def render(request: web.Request, template: str, status: int = 200, **ctx: Any) -
     body = _ENV.get_template(template).render(
         t=lambda key, **v: translate(lang, key, **v), lang=lang, languages=LANGUAGES,
         viewer=request.get(VIEWER), here=request.path_qs,
-        when=lambda at, timespec="minutes": company_time(at, zone, timespec), **ctx)
+        when=lambda at, timespec="minutes": company_time(at, zone, timespec),
+        times=lambda text: company_times(text, zone), **ctx)
     return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
 

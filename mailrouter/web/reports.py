@@ -18,7 +18,6 @@ before it starts (400).
 
 from __future__ import annotations
 
-import csv
 import io
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -28,6 +27,7 @@ from aiohttp import web
 from ..calendars import company_zone
 from ..control.queries import report
 from ..registry.queries import local_midnight, volume
+from ..values import write_csv
 from .auth import REGISTRY
 from .charts import bar_chart
 from .common import BadInput, bad, day, lang_of, render, snap, viewer
@@ -110,8 +110,6 @@ def _response_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _csv(rows: list[dict[str, Any]], fields: list[str], name: str) -> web.Response:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fields)
-    writer.writeheader()
-    writer.writerows(rows)
+    write_csv(out, rows, fields)      # as the CLI's --csv: no cell opens as a formula
     return web.Response(body=out.getvalue().encode("utf-8"), content_type="text/csv", charset="utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -76,7 +76,8 @@ def _history(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Events and alerts in time order; an owner change's JSON read into from/to/why."""
     out = []
     for e in doc["events"]:
-        item = {"at": e["at"], "kind": e["kind"], "actor": e["actor"], "detail": e["detail"]}
+        item = {"at": e["at"], "kind": e["kind"], "actor": e["actor"], "detail": e["detail"],
+                "event": True}      # its detail's times are shown in the company's zone
         if e["kind"] == "owner":
             try:
                 item["owner"] = json.loads(e["detail"])
