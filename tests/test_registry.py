@@ -592,3 +592,30 @@ async def test_the_registry_file_gives_no_one_else_the_mail(tmp_path: Path, umas
     want = 0o640 & ~umask
     assert {n: oct(m) for n, m in made.items()} == {n: oct(want) for n in made}
     assert {n: oct(m) for n, m in again.items()} == {n: oct(want) for n in again}
+
+
+@pytest.mark.parametrize("ctype, warned", [("C", True), ("C.UTF-8", False)])
+async def test_a_postgresql_database_that_folds_ascii_only_is_named_at_start(
+        pg_url: str, caplog: Any, ctype: str, warned: bool) -> None:
+    """lower() in a database of LC_CTYPE C folds A-Z only: searches by a Cyrillic or Czech
+    address found only the case typed, where SQLite's registry finds every case, and nothing
+    said why. The start now warns, naming the registry and the fix; a UTF-8 one is quiet."""
+    import secrets
+
+    from sqlalchemy.engine import make_url
+
+    from tests.support.pg import _admin
+    name = f"t_{secrets.token_hex(6)}"
+    await _admin(pg_url, f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' "
+                         f"LC_CTYPE '{ctype}' LC_COLLATE '{ctype}'")
+    try:
+        url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+        with caplog.at_level(logging.WARNING, logger="mailrouter.registry.store"):
+            reg = await Registry.open(url)
+            await reg.close()
+        said = [r.getMessage() for r in caplog.records if "registry_ascii_case" in r.getMessage()]
+        assert len(said) == (1 if warned else 0), said
+        if warned:
+            assert f"/{name}" in said[0] and "lc_ctype=C:" in said[0] and "LC_CTYPE 'C.UTF-8'" in said[0]
+    finally:
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     DataError, DBAPIError, DisconnectionError, IntegrityError, StatementError,
@@ -538,6 +538,12 @@ def _open_unlinked(path: str, ident: tuple[int, int]) -> bool:
 _REOPENS = 3
 
 
+def _pg_ctype(conn: Connection) -> str:
+    """The LC_CTYPE of the PostgreSQL database `conn` is in (what its lower() folds by)."""
+    return str(conn.execute(text("SELECT datctype FROM pg_database "
+                                 "WHERE datname = current_database()")).scalar_one())
+
+
 class Registry:
     """The message registry on one engine; create with ``await Registry.open(url)``."""
 
@@ -587,6 +593,16 @@ class Registry:
                        sync_engine=_make_sync_engine(parsed, timeout, synchronous))
         try:
             await registry._read("open", lambda conn: conn.execute(select(1)).all())
+            if create and registry._dialect == "postgresql":
+                ctype = await registry._read("open", _pg_ctype)
+                if ctype in ("C", "POSIX"):
+                    log.warning(
+                        "event=registry_ascii_case registry=%s lc_ctype=%s: PostgreSQL folds "
+                        "only A-Z in this database, so a search by address finds "
+                        "Иван@пример.рф or Žofie@ only as typed (SQLite folds every letter); "
+                        "create the registry's database with a UTF-8 LC_CTYPE (CREATE DATABASE "
+                        "... TEMPLATE template0 LC_CTYPE 'C.UTF-8') and move the data there",
+                        registry_location(parsed), ctype)
             if (create if follow is None else follow) and registry._sync is not None \
                     and not sqlite_missing(parsed):
                 registry._file = _SqliteFile(parsed, synchronous)
