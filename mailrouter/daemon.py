@@ -649,6 +649,13 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
         return _stopped_during_start(starting, "loading the routing files")
     app = App(config, snap, sockets, worker, kept)
     app.inherited = snapshot
+    if worker == 0 and kept is not None and \
+            not await asyncio.to_thread(_still_current, snap, config):
+        # Worker 0 (re)started on the set the others run while the files on the disk differ:
+        # saved while it was down (only it watches them) or with a SIGHUP that reached it
+        # dead. Its watcher took the disk's state as seen and never loaded them: the first
+        # look now finds them changed and reloads, as it would have.
+        app._mtimes = {}
     try:
         await app.start()
     except (ListenError, RegistryError) as exc:

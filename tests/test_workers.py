@@ -475,3 +475,25 @@ def test_a_reload_one_worker_cannot_take_is_refused_and_none_takes_it(daemon_pro
     assert fixed["ok"] is True and fixed["detail"] != start
     assert _wait_log(proc, f"event=reloaded hash={fixed['detail']}", 2) == 2
     assert _rcpt_codes(proc.smtp, "new@example.com", 20) == [250] * 20
+
+
+def test_files_saved_while_worker_0_is_down_are_loaded_when_it_is_back(daemon_process, tmp_path):
+    """Worker 0 alone watches the routing files. Killed, and the files saved (with a SIGHUP)
+    before the supervisor replaced it: the new worker 0 started on the set the others run,
+    took the disk's state as already seen, and never loaded the new files (the SIGHUP had
+    gone to the dead process): new@ was refused 550 until the next edit. Now it reloads."""
+    rules = _rules_copy(tmp_path)
+    proc = daemon_process(extra="workers: 2\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started loop=", 2) == 2
+    company = rules / "company.yaml"
+    os.kill(proc.proc.pid, signal.SIGSTOP)              # the supervisor: no replacement yet
+    try:
+        os.kill(_worker_pids(proc)[0], signal.SIGKILL)
+        time.sleep(0.2)
+        company.write_text(_with_alias(company.read_text(), "new@example.com"))
+        os.kill(proc.proc.pid, signal.SIGHUP)           # pending: handled on SIGCONT
+    finally:
+        os.kill(proc.proc.pid, signal.SIGCONT)
+    assert _wait_log(proc, "event=worker_started worker=0", 2) == 2
+    assert _wait_log(proc, "event=reloaded hash=", 2, timeout=30) == 2, proc.log.read_text()
+    assert _rcpt_codes(proc.smtp, "new@example.com", 20) == [250] * 20
