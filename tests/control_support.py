@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
@@ -49,3 +51,21 @@ def mail(sender: str, subject: str, msgid: str, refs: str = "", to: str = "suppo
 async def send(port: int, raw: bytes, sender: str, rcpt: str = "support@example.com") -> None:
     await aiosmtplib.send(raw, sender=sender, recipients=[rcpt], hostname="127.0.0.1", port=port,
                           timeout=30)
+
+
+async def sign_in(http: Any, app: Any, when: Any, person: str = "petrova") -> str:
+    """Give `person` a web password (set at `when`) and sign them in to `app`'s web view
+    through its login form (aiohttp session `http`, which keeps the cookie); its base URL."""
+    from mailrouter.registry.accounts import hash_password, set_password
+    password = "x" * 12
+    await app.registry.write("pw", lambda c: set_password(c, person, hash_password(password), when))
+    host, port = app.bound["web"]
+    base = f"http://{host}:{port}"
+    async with http.get(base + "/login") as r:
+        token = re.search(r'name="csrf" value="([^"]+)"', await r.text())
+    assert token is not None
+    async with http.post(base + "/login", data={"csrf": token[1], "person": person,
+                                                "password": password, "next": "/"},
+                         allow_redirects=False) as r:
+        assert r.status == 303
+    return base

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mailrouter.config import ControlConfig, RegistryConfig
-from tests.control_support import mail, send, write_routing
+from tests.control_support import mail, send, sign_in, write_routing
 
 pytestmark = pytest.mark.asyncio
 MSK = timezone(timedelta(hours=3))
@@ -221,7 +221,6 @@ async def test_the_web_reports_csv_cells_never_become_formulas(make_app, tmp_pat
     import aiohttp
 
     from mailrouter.config import Listener, RegistryConfig, WebConfig
-    from mailrouter.registry.accounts import hash_password, set_password
     routing = write_routing(tmp_path, "")
     text = (tmp_path / "rules" / "company.yaml").read_text(encoding="utf-8")
     text = (text.replace("  support: {maildir: support}", '  "=sales": {maildir: sales}')
@@ -234,19 +233,10 @@ async def test_the_web_reports_csv_cells_never_become_formulas(make_app, tmp_pat
     app = await make_app(routing=routing, web=Listener("127.0.0.1", 0), control=CONTROL,
                          webui=WebConfig(admins=("petrova",)), registry=RegistryConfig(url))
     app.sla_task.cancel()
-    now = datetime.now(timezone.utc)
-    await app.registry.write("pw", lambda c: set_password(c, "petrova", hash_password("x" * 12), now))
     await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
                "c@client.example")
-    host, port = app.bound["web"]
-    base = f"http://{host}:{port}"
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        async with http.get(base + "/login") as r:
-            token = __import__("re").search(r'name="csrf" value="([^"]+)"', await r.text())[1]
-        async with http.post(base + "/login", data={"csrf": token, "person": "petrova",
-                                                    "password": "x" * 12, "next": "/"},
-                             allow_redirects=False) as r:
-            assert r.status == 303
+        base = await sign_in(http, app, datetime.now(timezone.utc))
         got = {}
         for part in ("", "&part=response"):
             async with http.get(f"{base}/report?format=csv{part}") as r:

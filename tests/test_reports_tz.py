@@ -146,28 +146,18 @@ async def test_web_report_and_cli_periods_are_moscow_days(make_app, tmp_path):
 
     from mailrouter.cli import main
     from mailrouter.config import ControlConfig, Listener, RegistryConfig, WebConfig
-    from mailrouter.registry.accounts import hash_password, set_password
-    from tests.control_support import mail, send, write_routing
+    from tests.control_support import mail, send, sign_in, write_routing
     db = tmp_path / "r.db"
     app = await make_app(routing=write_routing(tmp_path), web=Listener("127.0.0.1", 0),
                          webui=WebConfig(admins=("petrova",)),
                          control=ControlConfig(replies=("replies@example.com",)),
                          registry=RegistryConfig(f"sqlite+aiosqlite:///{db}"))
     app.sla_task.cancel()
-    await app.registry.write("pw", lambda c: set_password(c, "petrova", hash_password("x" * 12),
-                                                          utc(2026, 12, 1)))
     app.pipeline.clock = lambda: utc(2026, 12, 6, 22, 0)
     await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
                "c@client.example")
-    host, port = app.bound["web"]
-    base = f"http://{host}:{port}"
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        async with http.get(base + "/login") as r:
-            token = __import__("re").search(r'name="csrf" value="([^"]+)"', await r.text())[1]
-        async with http.post(base + "/login", data={"csrf": token, "person": "petrova",
-                                                    "password": "x" * 12, "next": "/"},
-                             allow_redirects=False) as r:
-            assert r.status == 303
+        base = await sign_in(http, app, utc(2026, 12, 1))
 
         async def csv(day: str, part: str = "") -> list[str]:
             async with http.get(f"{base}/report?since={day}&until={day}&format=csv{part}") as r:
