@@ -488,13 +488,14 @@ class _Read:
 
 
 def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
-          errors: list[ConfigError], texts: Mapping[str, bytes] | None = None) -> _Read:
+          errors: list[ConfigError], texts: Mapping[str, bytes] | None = None,
+          digest: str | None = None) -> _Read:
     """Each file read once and parsed (yamlsrc.load_bytes' `bare` and `skip`), and the hash
     of the very bytes parsed (yamlsrc.files_hash): read twice, a file saved between the
     reads gave a snapshot whose hash was not of the rules that ran, and a later reload of
     these bytes was kept as "unchanged". A file that cannot be read or parsed is an error
     in `errors`, the others are read. `texts`: the files' bytes (load_snapshot), not read
-    from the disk."""
+    from the disk; `digest`: their files_hash, when the caller has it already."""
     raws: dict[str, bytes] = {}
     docs = []
     for f in files:
@@ -506,7 +507,7 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
             docs.append((f, yamlsrc.load_bytes(raw, f, bare, skip)))
         except ConfigError as exc:
             errors.append(exc)
-    return _Read(docs, yamlsrc.files_hash(raws.items()),
+    return _Read(docs, digest if digest is not None else yamlsrc.files_hash(raws.items()),
                  frozenset(f for f, raw in raws.items() if not raw.strip()))
 
 
@@ -534,9 +535,12 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
         if built is not None and texts is None:     # read once: hashed, then parsed
             texts = read_files(files, errors)
         # the book's sections are not even read when the book is given for these very files
-        skip = BARE_SECTIONS if built is not None and texts is not None and \
-            yamlsrc.files_hash(texts.items()) == built[0] else ()
-        got = _read(files, bare, skip, errors, texts)
+        # (their hash, the one _read would make again: texts are `files` in order, those
+        # that could be read)
+        given = yamlsrc.files_hash(texts.items()) if built is not None and texts is not None \
+            else None
+        skip = BARE_SECTIONS if built is not None and given == built[0] else ()
+        got = _read(files, bare, skip, errors, texts, given)
         docs, digest = got.docs, got.digest
         merged = _merge(docs, errors, got.blank)
     same = built is not None and not errors and built[0] == digest
