@@ -305,12 +305,6 @@ class LastGood:
             return Staged(seq, digest, None)
         return Staged(seq, digest, texts) if files_hash(texts.items()) == digest else None
 
-    def read(self) -> tuple[str, dict[str, bytes]] | None:
-        """(hash, {path: bytes} in order) of the set kept last; None when none is, or it
-        does not hash as it says, or its bytes are not kept."""
-        got = self.staged()
-        return (got.hash, got.texts) if got is not None and got.texts is not None else None
-
     def report(self, worker: int, seq: int, digest: str, error: str | None = None) -> None:
         """Worker `worker` runs the set `digest` since it took (or failed to take, `error`)
         the set numbered `seq`."""

@@ -309,18 +309,18 @@ def test_workers_killed_while_the_files_are_broken_start_on_the_last_good_rules(
 def test_last_good_keeps_only_the_bytes_that_loaded(tmp_path):
     """LastGood.save keeps files only while they hash as the load did: changed since (a
     save caught mid-way), the set kept before stays, and a replacement reads that one."""
-    from mailrouter.workers import LastGood
+    from mailrouter.workers import LastGood, Staged
     from mailrouter.yamlsrc import files_hash
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_bytes(b"aliases: {}\n")
     b.write_bytes(b"rules: []\n")
     kept = LastGood(tmp_path)
-    assert kept.read() is None
+    assert kept.staged() is None
     loaded = files_hash([(str(a), a.read_bytes()), (str(b), b.read_bytes())])
     assert kept.save([str(a), str(b)], loaded)
     b.write_bytes(b"rules: [\n")                      # changed after the load read it
     assert not kept.save([str(a), str(b)], loaded)
-    assert kept.read() == (loaded, {str(a): b"aliases: {}\n", str(b): b"rules: []\n"})
+    assert kept.staged() == Staged(1, loaded, {str(a): b"aliases: {}\n", str(b): b"rules: []\n"})
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(LastGood.NAME)] == [
         LastGood.NAME]
 
@@ -340,7 +340,7 @@ def test_the_kept_set_is_numbered_and_the_one_before_stays_readable(tmp_path):
     assert kept.head() == (2, files_hash(two.items()))
     assert kept.before() == Staged(1, files_hash(one.items()), one)
     assert kept.put(None, "0123456789abcdef") == 3
-    assert kept.staged() == Staged(3, "0123456789abcdef", None) and kept.read() is None
+    assert kept.staged() == Staged(3, "0123456789abcdef", None)   # named, its bytes not kept
     kept.report(1, 3, "0123456789abcdef")
     kept.report(2, 2, files_hash(two.items()), "worker-specific trouble")
     assert kept.reported(1) == (3, "0123456789abcdef", None)
