@@ -41,6 +41,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .addressbook.canon import a_label
 from .addresses import AddressBook
 from .config import Config
 
@@ -75,19 +76,9 @@ class Written:
         return f"changed={','.join(self.changed) or 'none'} indexed={','.join(self.indexed) or 'none'}"
 
 
-def _ace(domain: str) -> str:
-    """The A-label (xn--) form of a U-label domain; the domain itself when ASCII."""
-    if domain.isascii():
-        return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain
-
-
 def _forms(address: str) -> list[str]:
     local, _, domain = address.rpartition("@")
-    ace = _ace(domain)
+    ace = a_label(domain) or domain
     return [address.lower()] + ([f"{local}@{ace}".lower()] if ace != domain else [])
 
 
@@ -112,7 +103,7 @@ def build_maps(book: AddressBook, nexthop: str, mode: str = "relay") -> PostfixM
             skipped.append(address)
         else:
             known.extend(_forms(address))
-    domains = sorted({form for d in book.domains for form in {d, _ace(d)}})
+    domains = sorted({form for d in book.domains for form in {d, a_label(d) or d}})
     rows: dict[str, list[str]] = {name: [] for name in MAP_NAMES[mode]}
     if mode == "relay":
         rows["domains"] = [f"{d}\tOK" for d in domains]

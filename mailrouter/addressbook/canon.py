@@ -33,7 +33,7 @@ from functools import lru_cache
 from .model import Options
 
 __all__ = ["canonical_domain", "domain_problem", "split_address", "canonical", "canonicaliser",
-           "on_our_domains"]
+           "on_our_domains", "a_label"]
 
 _DOT_LIKE = frozenset("\u3002\uff0e\uff61")      # IDNA 2003 reads each as a '.'
 
@@ -79,6 +79,18 @@ def canonical_domain(domain: str) -> str:
         return d.encode("idna").decode("idna").lower()
     except UnicodeError:
         return d
+
+
+def a_label(domain: str) -> str | None:
+    """The A-label (xn--) form of a domain, the domain itself when ASCII; None when IDNA
+    cannot encode it (what stands where a domain's DNS name must: Postfix's tables, our
+    Received: line)."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 def on_our_domains(address: str, domains: Collection[str]) -> bool:

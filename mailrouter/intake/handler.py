@@ -34,7 +34,7 @@ from typing import Protocol as Interface
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .. import metrics
-from ..addressbook.canon import domain_problem
+from ..addressbook.canon import a_label, domain_problem
 from ..values import (
     REPLY_INTERNAL_ERROR,
     REPLY_NEED_SMTPUTF8,
@@ -202,10 +202,7 @@ def _a_label(name: str) -> str | None:
     """пример.рф -> xn--e1afmkfd.xn--p1ai; None for a name that is no domain name."""
     if _NEUTER.search(name) or domain_problem(name) is not None:
         return None
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return None
+    return a_label(name)
 
 
 def _names_no_mailbox(address: str) -> bool:
