@@ -408,8 +408,8 @@ class App:
             maps_error = await self.write_postfix_maps()
         if self.kept is not None:     # for a worker that starts: the last reload's outcome
             await asyncio.to_thread(self._report, None if ok else detail)
-        # Every worker reloads; one reload is counted once, by the admin worker (issue 14:
-        # 3 reloads over 2 workers showed failed=6). The gauges are per worker (livemin).
+        # One reload is counted once, by worker 0 (issue 14: 3 reloads over 2 workers showed
+        # failed=6); the others' follow it (_follow). The gauges are per worker (livemin).
         if self.worker in (None, 0):
             metrics.RELOADS.labels("ok" if ok else "failed").inc()
         metrics.RELOAD_OK.set(1 if ok else 0)
@@ -991,8 +991,8 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
     log.info("event=supervising workers=%d %s", config.workers,
              " ".join(f"{n}={s.getsockname()[0]}:{s.getsockname()[1]}" for n, s in sockets.items()))
-    # The last routing files that loaded, for a worker started while they are broken on
-    # disk (workers.LastGood): in a directory of this run's own, gone with it.
+    # The routing set every worker runs (workers.LastGood): worker 0's reloads stage it
+    # there, a worker that starts runs it. In a directory of this run's own, gone with it.
     private = private_dir(ROUTING_DIR_PREFIX)
     kept = LastGood(private)
     _keep(kept, snap)

@@ -9,8 +9,8 @@ Three kinds of family:
 - counted where it happens (messages, decisions, deliveries, registry commits,
   temporary failures, loops, autoreplies, DSNs, outbox attempts); with `workers: N`
   every worker writes its own files and /metrics adds them up (multiprocess mode);
-- reloads: every worker reloads, but only the one serving the admin endpoint (worker
-  0, or the only process) counts `mailrouter_config_reloads_total`, so one reload
+- reloads: every worker takes each reload (worker 0 reads the files, the others load its
+  bytes), but only worker 0 (or the only process) counts `mailrouter_config_reloads_total`, so one reload
   is one count; the per-worker gauges (last result, last success time) aggregate
   with `livemin`: one worker left on old rules shows;
 - read at scrape time by the admin worker (`State`, below): build and rule-set info,

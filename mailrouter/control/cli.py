@@ -287,9 +287,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_reloads(args: argparse.Namespace) -> int:
-    """The newest routing reloads, each with the process that made it: every worker (and
-    every instance on one PostgreSQL) reloads and records its own, so one that refused the
-    files is told from the others that took them."""
+    """The newest routing reloads, each with the process that made it: worker 0 records
+    each reload of its instance (naming a worker that could not take the files), and every
+    instance on one PostgreSQL its own, so one that refused the files is told from the
+    others that took them."""
     cfg = args.load_config(args.config)
     rows = ask_registry(cfg, "registry reloads", lambda reg: reg.reloads(args.n or None))
     doc = [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()
