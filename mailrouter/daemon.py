@@ -1007,13 +1007,30 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
 
 def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None] | None,
                       starting: Starting) -> int | tuple[Snapshot, dict[str, socket.socket]]:
-    """run_workers' start: the snapshot and the bound listeners, or the exit code."""
+    """run_workers' start: the snapshot and the bound listeners, or the exit code.
+
+    While the child builds the address book (the longest step), this process migrates the
+    registry, records the copies a crash left, then reads the files and compiles the rules'
+    conditions: the registry's steps came after the load and added ~0.15 s to a big start,
+    and run after `prepare` they cost three times that (alembic's imports set off full
+    collections over the compiled rules). The heap is frozen out of the collector twice:
+    the imports' before the rules are compiled, so the last collection, before the fork,
+    scans only what the load made (bench/README.md, sixteenth pass)."""
     child = book
     try:
         child = child if child is not None else start_child(
             lambda: load_book(config.routing, config.limits))
         if child is not None and not child.reaped:
             starting.child = child       # a SIGTERM kills it: result() is None at once
+        for step, work in (
+                ("migrating the registry", lambda: upgrade(config.registry.url)),
+                # before the listeners: see intents.py
+                ("recording the copies a crash left", lambda: reconcile_intents(config))):
+            asyncio.run(work())
+            if starting.stopping:
+                return _stopped_during_start(starting, step)
+        gc.collect()
+        gc.freeze()
         # the rules' half of the load, made while the child builds the book
         prepared = prepare(config.routing) if child is not None else None
         built = child.result() if child is not None and not starting.stopping else None
@@ -1023,28 +1040,23 @@ def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None
         _skipping(config)
         snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
         del prepared, built       # the files' YAML: not kept for the life of the supervisor
+        if starting.stopping:
+            return _stopped_during_start(starting, "loading the routing files")
     except ConfigErrors as exc:
         log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
         return START_FAILED
+    except RegistryError as exc:
+        return _start_failed(_why(exc, config), config)
     finally:
         starting.child = None
         if child is not None and not child.taken:
             child.cancel()
     gc.collect()        # then frozen: a collection in a worker never writes to these pages
     gc.freeze()
-    steps: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
-        ("migrating the registry", lambda: upgrade(config.registry.url)),
-        # before the listeners: see intents.py
-        ("recording the copies a crash left", lambda: reconcile_intents(config))]
     try:
-        for step, work in [("loading the routing files", None), *steps]:
-            if work is not None:
-                asyncio.run(work())
-            if starting.stopping:
-                return _stopped_during_start(starting, step)
         sockets = {name: bind(lst.host, lst.port, name)
                    for name, lst in (("smtp", config.smtp), ("lmtp", config.lmtp)) if lst is not None}
-    except (ListenError, RegistryError) as exc:
+    except ListenError as exc:
         return _start_failed(_why(exc, config), config)
     if starting.stopping:      # supervise starts no worker: say why it stops
         log.info("event=stopped_during_start step='binding the listeners' signal=%s",
