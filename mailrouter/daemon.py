@@ -1022,10 +1022,11 @@ def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None
             lambda: load_book(config.routing, config.limits))
         if child is not None and not child.reaped:
             starting.child = child       # a SIGTERM kills it: result() is None at once
-        for step, work in (
-                ("migrating the registry", lambda: upgrade(config.registry.url)),
-                # before the listeners: see intents.py
-                ("recording the copies a crash left", lambda: reconcile_intents(config))):
+        steps: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("migrating the registry", lambda: upgrade(config.registry.url)),
+            # before the listeners: see intents.py
+            ("recording the copies a crash left", lambda: reconcile_intents(config))]
+        for step, work in steps:
             asyncio.run(work())
             if starting.stopping:
                 return _stopped_during_start(starting, step)
