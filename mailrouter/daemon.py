@@ -35,6 +35,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -904,11 +905,20 @@ def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None) -
     leave the worker's heap fragmented, ~30 MB more in each worker (bench_memory.py
     --reload: 1.84x the memory of 1,000 aliases, 1.26x apart). A small book is built here:
     a new interpreter costs more than it would save."""
-    built = None
     size = sum(map(len, texts.values())) if texts is not None else _size(_files(config.routing))
-    if worker and size >= BUILD_APART_FROM:
-        built = in_new_process(load_book, config.routing, config.limits, texts)
-    return load_snapshot(config.routing, config.limits, config.hostname, built, texts=texts)
+    if not (worker and size >= BUILD_APART_FROM):
+        return load_snapshot(config.routing, config.limits, config.hostname, texts=texts)
+    # the rules' half of the load made here while the new process builds the book, as the
+    # supervisor's start does: one after the other, a reload of 100,000 aliases and 10,000
+    # rules took the sum of both (bench/README.md, sixteenth pass)
+    with ThreadPoolExecutor(1, thread_name_prefix="book") as pool:
+        book = pool.submit(in_new_process, load_book, config.routing, config.limits, texts)
+        try:
+            prepared = prepare(config.routing, texts)
+        finally:
+            built = book.result()
+    return load_snapshot(config.routing, config.limits, config.hostname, built, prepared,
+                         texts=texts)
 
 
 def _skipping(config: Config) -> list[str]:

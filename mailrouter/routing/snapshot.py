@@ -355,15 +355,16 @@ class Prepared:
     conditions: Conditions
 
 
-def prepare(patterns: Sequence[str]) -> Prepared | None:
+def prepare(patterns: Sequence[str], texts: Mapping[str, bytes] | None = None) -> Prepared | None:
     """The rules' half of a load of these files (`Prepared`); None when they have an error
-    (the load then finds and reports it as always)."""
+    (the load then finds and reports it as always). `texts`: the files' bytes, as
+    load_snapshot's."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        files = _files(patterns)
+        files = list(texts) if texts is not None else _files(patterns)
         errors: list[ConfigError] = []
-        got = _read(files, BARE_SECTIONS, BARE_SECTIONS, errors)
+        got = _read(files, BARE_SECTIONS, BARE_SECTIONS, errors, texts)
         docs, digest = got.docs, got.digest
         merged = _merge(docs, errors, got.blank)
         if not files or errors:
