@@ -25,7 +25,8 @@ from mailrouter.registry.models import messages
 from mailrouter.values import Reply
 from tests.support.daemon import maildir_files
 from tests.support.dovecot import DovecotServer
-from tests.test_delivery_smtp import TRICKY, Sink, SinkFactory, sink  # noqa: F401 (fixture)
+from tests.test_delivery_smtp import (EHLO, GREET, TRICKY, Scripted, Sink, SinkFactory,  # noqa: F401
+                                      sink)
 
 DovecotFactory = Callable[[list[str]], DovecotServer]
 
@@ -74,6 +75,45 @@ async def test_broken_after_some_replies_is_partial(sink: SinkFactory) -> None: 
     await client.close()
     assert list(caught.value.replies) == ["a@example.test"]
     assert caught.value.replies["a@example.test"].ok
+
+
+ENVELOPE2 = b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"   # MAIL, 2 RCPT, DATA
+
+
+async def test_421_among_the_replies_defers_the_rest_at_once() -> None:
+    """A 421 as the first recipient's reply: the server is closing (RFC 5321 3.8) and says no
+    more. The recipients after it are deferred with it at once; they waited for replies
+    that never come until the timeout, and the whole copy ended as a broken connection."""
+    server = await Scripted([GREET, None, EHLO, None, ENVELOPE2, "DATA",
+                             b"421 4.3.2 shutting down\r\n"]).start()
+    client = LMTPClient(server.downstream(timeout=1.0))
+    try:
+        got = await client.deliver("s@example.org", ["a@example.test", "b@example.test"], b"x\r\n")
+    finally:
+        await client.close()
+        await server.stop()
+    assert [str(r) for r in got.values()] == ["421 4.3.2 shutting down"] * 2
+
+
+async def test_a_reply_too_many_never_answers_the_next_message() -> None:
+    """An LMTP server that answers three times for two recipients: the third reply answers
+    nothing of ours. That connection is not reused (the next message's MAIL would read it,
+    every reply one out of step); the next message goes out on a new connection."""
+    once = [GREET, None, EHLO, None, ENVELOPE2, "DATA",
+            b"250 2.0.0 one\r\n250 2.0.0 two\r\n250 2.0.0 three\r\n"]
+    server = await Scripted(once + [None, ENVELOPE2, "DATA", b"250 2.0.0 1\r\n250 2.0.0 2\r\n"]).start()
+    client = LMTPClient(server.downstream(timeout=2.0))
+    rcpts = ["a@example.test", "b@example.test"]
+    try:
+        first = await client.deliver("s@example.org", rcpts, b"x\r\n")
+        await asyncio.sleep(0.05)      # the third reply is in our buffer before the next message
+        second = await client.deliver("s@example.org", rcpts, b"y\r\n")
+    finally:
+        await client.close()
+        await server.stop()
+    assert [str(r) for r in first.values()] == ["250 2.0.0 one", "250 2.0.0 two"]
+    assert [str(r) for r in second.values()] == ["250 2.0.0 one", "250 2.0.0 two"]
+    assert server.connections == 2 and len(server.messages) == 2
 
 
 def _messages(folder: Path) -> list[bytes]:

@@ -41,7 +41,12 @@ What it refuses (answered as a Reply per recipient, nothing is sent)
 Errors: TemporaryDeliveryError when the downstream cannot be reached, times out
 or breaks the connection; PartialDeliveryError (a TemporaryDeliveryError) when
 an LMTP connection broke after some recipients already had their final reply.
-Replies from the server, 4xx and 5xx included, are returned, never raised.
+Replies from the server, 4xx and 5xx included, are returned, never raised. A reply that
+cannot answer its command (DATA not answered 354 or a refusal, a 3xx to anything else, a
+code outside 2xx-5xx, a multi-line reply whose codes disagree) means the server is out of
+step with us: TemporaryDeliveryError "downstream protocol error", never a delivery or a
+bounce. A pooled connection holding unread bytes (a reply more than we asked for) is not
+reused; an LMTP 421 among the per-recipient replies defers the recipients after it.
 
 Known limits: no STARTTLS, no AUTH, no CHUNKING/BDAT.  A timeout or a broken
 connection after the final dot leaves it unknown whether the downstream kept
@@ -153,6 +158,11 @@ class Session:
             raise _Lost("downstream connection lost", repr(exc)) from exc
         if not lines or lines[-1][3:4] == b"-":
             raise _Lost("downstream protocol error", "reply too long")
+        if lines[0][:1] not in b"2345" or any(ln[:3] != lines[0][:3] for ln in lines):
+            # RFC 5321 4.2: a reply's code is 2xx-5xx, the same on every line of it. A
+            # "250-ok" CRLF "550 no" was read as the first line's 250, and a 1xx/6xx-9xx as
+            # a permanent refusal (a bounce for what is a broken or out-of-step server)
+            raise _Lost("downstream protocol error", repr(lines[-1][:80]))
         reply = parse_reply(lines)
         self.last_lines = [ln[4:].decode("utf-8", "replace").strip() for ln in lines]
         self.answered = True
@@ -161,7 +171,11 @@ class Session:
         return reply
 
     def usable(self) -> bool:
-        return not (self.broken or self.writer.is_closing() or self.reader.at_eof())
+        """Open, and nothing unread: bytes the server sent that answer no command of ours (a
+        reply more than we asked for, an LMTP server's reply per recipient too many) would be
+        read as the reply to the next message's MAIL, every reply one out of step."""
+        return not (self.broken or self.writer.is_closing() or self.reader.at_eof()
+                    or getattr(self.reader, "_buffer", None))
 
     def abort(self) -> None:
         self.broken = True
@@ -368,10 +382,11 @@ class TransactionClient:
         if rset:
             await self._rset_reply(s)
         replies: list[Reply] = []
+        last = len(commands) - 1
         for i, command in enumerate(commands):
             if not pipelining:
                 await s.send(command)
-            replies.append(await self._next_reply(s))
+            replies.append(_in_step(await self._next_reply(s), data=i == last))
             mail_refused = i == 0 and not replies[0].ok and not pipelining
             nobody = i == len(commands) - 2 and not any(r.ok for r in replies[1:])
             if s.broken or mail_refused or (nobody and not pipelining):
@@ -394,8 +409,22 @@ class TransactionClient:
     async def _data_replies(self, s: Session, accepted: list[str],
                             final: dict[str, Reply]) -> None:
         """SMTP: one reply after the final dot applies to every accepted recipient."""
-        reply = await s.reply()
+        reply = _in_step(await s.reply())
         final.update({r: reply for r in accepted})
+
+
+def _in_step(reply: Reply, *, data: bool = False) -> Reply:
+    """`reply` if it can answer its command: DATA 354 (or a refusal), anything else 2xx, 4xx
+    or 5xx. Otherwise the server is out of step with our commands (a stray reply we read for
+    the one before, a 250 to DATA, a 354 to MAIL or to the final dot): _Lost, so every
+    recipient is deferred. A DATA answered with 250 used to mark its recipients delivered
+    though the message was never sent, and a 354 after the dot was mapped to a bounce."""
+    code = reply.code
+    if (code == 354) if not data else (reply.ok or (300 <= code < 400 and code != 354)):
+        raise _Lost("downstream protocol error", f"{'DATA: ' if data else ''}{reply}")
+    if not data and 300 <= code < 400:
+        raise _Lost("downstream protocol error", str(reply))
+    return reply
 
 
 class SMTPClient(TransactionClient):
