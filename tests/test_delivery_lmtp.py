@@ -229,6 +229,20 @@ async def test_downstream_421_reaches_client_as_our_451(make_app, tmp_path, sink
     assert "downstream='421 4.3.2 sink.example.test Shutting down'" in caplog.text
 
 
+async def test_a_downstream_that_answers_data_with_250_never_gets_our_250(make_app, tmp_path):
+    """The whole daemon in front of an SMTP downstream that answers DATA with 250 instead of
+    354 (so it never reads the message): the client hears a 4xx and keeps the message, and
+    the downstream got no message. It heard our 250 and the copy was recorded delivered."""
+    server = await Scripted([GREET, None, EHLO, None,
+                             b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 ok\r\n"]).start()
+    try:
+        port = await _daemon(make_app, tmp_path, server, "smtp")  # type: ignore[arg-type]
+        code, _ = await asyncio.to_thread(_send, port, ["alice@example.com"])
+    finally:
+        await server.stop()
+    assert 400 <= code < 500 and server.messages == []
+
+
 def _refused(kind: str) -> float:
     return metrics.REFUSED_CONFIGURED.labels(kind)._value.get()  # type: ignore[no-any-return]
 
