@@ -138,6 +138,17 @@ async def test_dovecot_detail_folder_and_inbox(dovecot: DovecotFactory) -> None:
     assert finance.endswith(TRICKY.replace(b"\r\n", b"\n")) and inbox.endswith(TRICKY.replace(b"\r\n", b"\n"))
 
 
+async def test_dovecot_takes_a_quoted_sender_with_angle_brackets(dovecot: DovecotFactory) -> None:
+    """Real Dovecot reads `MAIL FROM:<"a>b"@outside.test>` as the sender it is."""
+    server = dovecot(["bob@example.test"])
+    client = LMTPClient(Downstream("127.0.0.1", server.port, timeout=10.0))
+    replies = await client.deliver('"a>b"@outside.test', ["bob@example.test"], b"Subject: q\r\n\r\nx\r\n")
+    await client.close()
+    assert replies["bob@example.test"].ok, server.log
+    (message,) = _messages(server.maildir("bob@example.test"))
+    assert message.startswith(b'Return-Path: <"a>b"@outside.test>')
+
+
 async def test_dovecot_non_ascii_recipient_refused_locally(dovecot: DovecotFactory) -> None:
     """Dovecot offers no SMTPUTF8: the UTF-8 recipient gets 550 5.6.7, the other is delivered."""
     server = dovecot(["bob@example.test"])

@@ -439,6 +439,24 @@ async def test_refuses_bare_lf_and_injected_addresses(sink: SinkFactory) -> None
 
 
 @pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_a_quoted_local_part_with_angle_brackets_is_sent_as_it_is(sink: SinkFactory,
+                                                                         kind: str) -> None:
+    """`"a>b"@example.org` is a valid sender (RFC 5321 4.1.2: a quoted string holds < and >);
+    the intake and Postfix take it. It was refused as an injection (501 5.1.3 after DATA for
+    every message from it); now it goes out as written. Outside the quotes they still are."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    sender = '"a>b <c"@example.org'
+    sent = await client.deliver(sender, ["b@example.test"], b"x\r\n")
+    unquoted = await client.deliver('a>b@example.org', ["b@example.test"], b"y\r\n")
+    broken = await client.deliver('"a"b>"@example.org', ["b@example.test"], b"z\r\n")
+    await client.close()
+    assert sent["b@example.test"].ok
+    assert [e.mail_from for e in s.envelopes] == [sender]
+    assert unquoted["b@example.test"].code == broken["b@example.test"].code == 501
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
 async def test_connections_capped_per_downstream(sink: SinkFactory, kind: str) -> None:
     """Ten messages at once with max_connections=3: the sink never has more than three
     connections open; the others wait their turn and all ten are delivered."""

@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
+# RFC 5321 4.1.2 Quoted-string: qtextSMTP and quoted-pairSMTP (and UTF-8, RFC 6531 3.3)
+_QUOTED_LOCAL = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\xa0-\U0010ffff]|\\[\x20-\x7e])*"\Z')
 _MAX_REPLY_LINES = 200
 
 LOCAL_REFUSALS = frozenset({REFUSED_BARE_EOL, REFUSED_ADDRESS, REFUSED_UTF8})   # ours, not sent
@@ -216,7 +218,7 @@ class TransactionClient:
         parts = wire.as_parts(data)
         if wire.bare_eol(parts):
             return {r: REFUSED_BARE_EOL for r in rcpts}
-        if _BAD_ADDRESS.search(mail_from):
+        if _bad_address(mail_from):
             return {r: REFUSED_ADDRESS for r in rcpts}
         env = _Envelope(mail_from, rcpts, parts, smtputf8)
         await self._slot()
@@ -441,7 +443,7 @@ def _screen(s: Session, env: _Envelope, final: dict[str, Reply]) -> tuple[list[s
         return [], False
     sendable: list[str] = []
     for rcpt in env.rcpts:
-        if not rcpt or _BAD_ADDRESS.search(rcpt):
+        if not rcpt or _bad_address(rcpt):
             final[rcpt] = REFUSED_ADDRESS
         elif not offered and not rcpt.isascii():
             final[rcpt] = REFUSED_UTF8
@@ -449,6 +451,17 @@ def _screen(s: Session, env: _Envelope, final: dict[str, Reply]) -> tuple[list[s
             sendable.append(rcpt)
     non_ascii = not env.mail_from.isascii() or not all(r.isascii() for r in sendable)
     return sendable, offered and (env.smtputf8 or non_ascii)
+
+
+def _bad_address(address: str) -> bool:
+    """An address that would break its command line: a control character anywhere, or a < or
+    > outside a quoted local part. Inside one they are text (`"a>b"@example.org`, RFC 5321
+    4.1.2): the intake and Postfix take such a sender, and refusing it here answered every
+    message from it with 501 5.1.3 after DATA, for a downstream that reads it as sent."""
+    local, at, domain = address.rpartition("@")
+    if at and _QUOTED_LOCAL.match(local):
+        return _BAD_ADDRESS.search(domain) is not None
+    return _BAD_ADDRESS.search(address) is not None
 
 
 def _mail_command(s: Session, env: _Envelope, use_utf8: bool) -> bytes:
