@@ -254,6 +254,23 @@ async def test_a_downstream_that_answers_data_with_250_never_gets_our_250(make_a
     assert 400 <= code < 500 and server.messages == []
 
 
+@pytest.mark.parametrize("kind", ["lmtp", "smtp"])
+async def test_a_bounce_to_a_downstream_mailbox_is_delivered(make_app, tmp_path, sink, kind):  # noqa: F811
+    """A bounce (MAIL FROM:<>) through the whole daemon to an LMTP/SMTP mailbox: 250, and the
+    downstream gets it with the null sender. Every one was answered 501 5.1.3 after DATA."""
+    s = await sink(lmtp=kind == "lmtp")
+    port = await _daemon(make_app, tmp_path, s, kind)
+
+    def bounce() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            c.ehlo()
+            assert c.mail("<>")[0] == 250 and c.rcpt("alice@example.com")[0] == 250
+            return c.data(b"Subject: Undelivered Mail Returned to Sender\r\n\r\nx\r\n")
+    code, _ = await asyncio.to_thread(bounce)
+    assert code == 250 and len(s.envelopes) == 1
+    assert b"MAIL FROM:<>" in b"".join(s.chunks)
+
+
 def _refused(kind: str) -> float:
     return metrics.REFUSED_CONFIGURED.labels(kind)._value.get()  # type: ignore[no-any-return]
 

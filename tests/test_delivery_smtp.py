@@ -439,6 +439,19 @@ async def test_refuses_bare_lf_and_injected_addresses(sink: SinkFactory) -> None
 
 
 @pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_a_bounce_goes_out_with_the_null_sender(sink: SinkFactory, kind: str) -> None:
+    """The intake writes the null reverse-path of a bounce as `<>`: it goes out as
+    MAIL FROM:<> and is delivered. It was refused as a bad address (501 5.1.3, nothing sent),
+    so every bounce to an LMTP or SMTP mailbox was refused for good."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    replies = await client.deliver("<>", ["b@example.test"], b"Subject: bounce\r\n\r\nx\r\n")
+    await client.close()
+    assert replies["b@example.test"].ok
+    assert len(s.envelopes) == 1 and b"MAIL FROM:<>" in b"".join(s.chunks)
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
 async def test_a_quoted_local_part_with_angle_brackets_is_sent_as_it_is(sink: SinkFactory,
                                                                          kind: str) -> None:
     """`"a>b"@example.org` is a valid sender (RFC 5321 4.1.2: a quoted string holds < and >);

@@ -215,6 +215,11 @@ class TransactionClient:
         `data` is the message, whole or in parts that are sent as if joined (never joined)."""
         if not rcpts:
             return {}
+        if mail_from == "<>":
+            # the null reverse-path (a bounce, RFC 5321 4.5.5) as the intake writes it: sent as
+            # MAIL FROM:<>. Taken for an address, its brackets refused every bounce to an
+            # LMTP/SMTP mailbox with 501 5.1.3 (and MAIL FROM:<<>> would be no better)
+            mail_from = ""
         parts = wire.as_parts(data)
         if wire.bare_eol(parts):
             return {r: REFUSED_BARE_EOL for r in rcpts}
