@@ -638,6 +638,22 @@ async def test_a_reply_out_of_step_defers_and_never_delivers(script: list[Any]) 
         await server.stop()
 
 
+async def test_a_connection_left_in_data_after_a_refused_mail_is_not_reused() -> None:
+    """A server that refuses MAIL but still answers our pipelined DATA with 354 is reading
+    message text: the copy keeps MAIL's refusal and the connection is dropped, not pooled
+    (the next message's RSET was read as text and waited for the timeout)."""
+    server = await Scripted([GREET, None, EHLO, None,
+                             b"550 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n354 go\r\n"]).start()
+    client = SMTPClient(server.downstream())
+    try:
+        got = await client.deliver("a@example.org", ["b@example.test"], b"x\r\n")
+        assert str(got["b@example.test"]) == "550 5.7.1 sender refused"
+        assert client._idle == []
+    finally:
+        await client.close()
+        await server.stop()
+
+
 @pytest.mark.parametrize("kind", ["smtp", "lmtp"])
 async def test_replies_split_byte_by_byte_are_read_whole(kind: str) -> None:
     """Every reply written one byte per segment, multi-line ones included: read as sent."""

@@ -356,6 +356,9 @@ class TransactionClient:
         if not mail_reply.ok:
             final.update({r: mail_reply for r in sendable})
             s.dirty = True
+            # a server that said 354 to our pipelined DATA anyway reads our next commands as
+            # message text: RSET went unanswered until the timeout. Drop the connection.
+            s.broken = s.broken or data_reply.code == 354
             return
         accepted = []
         for rcpt, reply in zip(sendable, replies[1:]):
