@@ -25,7 +25,8 @@ from mailrouter.registry.models import messages
 from mailrouter.values import Reply
 from tests.support.daemon import maildir_files
 from tests.support.dovecot import DovecotServer
-from tests.test_delivery_smtp import TRICKY, Sink, SinkFactory, sink  # noqa: F401 (fixture)
+from tests.test_delivery_smtp import (EHLO, GREET, TRICKY, Scripted, Sink, SinkFactory,  # noqa: F401
+                                      sink)
 
 DovecotFactory = Callable[[list[str]], DovecotServer]
 
@@ -76,6 +77,45 @@ async def test_broken_after_some_replies_is_partial(sink: SinkFactory) -> None: 
     assert caught.value.replies["a@example.test"].ok
 
 
+ENVELOPE2 = b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"   # MAIL, 2 RCPT, DATA
+
+
+async def test_421_among_the_replies_defers_the_rest_at_once() -> None:
+    """A 421 as the first recipient's reply: the server is closing (RFC 5321 3.8) and says no
+    more. The recipients after it are deferred with it at once; they waited for replies
+    that never come until the timeout, and the whole copy ended as a broken connection."""
+    server = await Scripted([GREET, None, EHLO, None, ENVELOPE2, "DATA",
+                             b"421 4.3.2 shutting down\r\n"]).start()
+    client = LMTPClient(server.downstream(timeout=1.0))
+    try:
+        got = await client.deliver("s@example.org", ["a@example.test", "b@example.test"], b"x\r\n")
+    finally:
+        await client.close()
+        await server.stop()
+    assert [str(r) for r in got.values()] == ["421 4.3.2 shutting down"] * 2
+
+
+async def test_a_reply_too_many_never_answers_the_next_message() -> None:
+    """An LMTP server that answers three times for two recipients: the third reply answers
+    nothing of ours. That connection is not reused (the next message's MAIL would read it,
+    every reply one out of step); the next message goes out on a new connection."""
+    once = [GREET, None, EHLO, None, ENVELOPE2, "DATA",
+            b"250 2.0.0 one\r\n250 2.0.0 two\r\n250 2.0.0 three\r\n"]
+    server = await Scripted(once + [None, ENVELOPE2, "DATA", b"250 2.0.0 1\r\n250 2.0.0 2\r\n"]).start()
+    client = LMTPClient(server.downstream(timeout=2.0))
+    rcpts = ["a@example.test", "b@example.test"]
+    try:
+        first = await client.deliver("s@example.org", rcpts, b"x\r\n")
+        await asyncio.sleep(0.05)      # the third reply is in our buffer before the next message
+        second = await client.deliver("s@example.org", rcpts, b"y\r\n")
+    finally:
+        await client.close()
+        await server.stop()
+    assert [str(r) for r in first.values()] == ["250 2.0.0 one", "250 2.0.0 two"]
+    assert [str(r) for r in second.values()] == ["250 2.0.0 one", "250 2.0.0 two"]
+    assert server.connections == 2 and len(server.messages) == 2
+
+
 def _messages(folder: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted((folder / "new").iterdir())] if folder.exists() else []
 
@@ -96,6 +136,17 @@ async def test_dovecot_detail_folder_and_inbox(dovecot: DovecotFactory) -> None:
     assert _messages(user) == []
     # Dovecot prepends Return-Path and Delivered-To; the message itself is unchanged
     assert finance.endswith(TRICKY.replace(b"\r\n", b"\n")) and inbox.endswith(TRICKY.replace(b"\r\n", b"\n"))
+
+
+async def test_dovecot_takes_a_quoted_sender_with_angle_brackets(dovecot: DovecotFactory) -> None:
+    """Real Dovecot reads `MAIL FROM:<"a>b"@outside.test>` as the sender it is."""
+    server = dovecot(["bob@example.test"])
+    client = LMTPClient(Downstream("127.0.0.1", server.port, timeout=10.0))
+    replies = await client.deliver('"a>b"@outside.test', ["bob@example.test"], b"Subject: q\r\n\r\nx\r\n")
+    await client.close()
+    assert replies["bob@example.test"].ok, server.log
+    (message,) = _messages(server.maildir("bob@example.test"))
+    assert message.startswith(b'Return-Path: <"a>b"@outside.test>')
 
 
 async def test_dovecot_non_ascii_recipient_refused_locally(dovecot: DovecotFactory) -> None:
@@ -187,6 +238,37 @@ async def test_downstream_421_reaches_client_as_our_451(make_app, tmp_path, sink
     got = await asyncio.to_thread(_send, port, ["alice@example.com"])
     assert got == (451, b"4.3.0 Delivery deferred by the mail store, try again later")
     assert "downstream='421 4.3.2 sink.example.test Shutting down'" in caplog.text
+
+
+async def test_a_downstream_that_answers_data_with_250_never_gets_our_250(make_app, tmp_path):
+    """The whole daemon in front of an SMTP downstream that answers DATA with 250 instead of
+    354 (so it never reads the message): the client hears a 4xx and keeps the message, and
+    the downstream got no message. It heard our 250 and the copy was recorded delivered."""
+    server = await Scripted([GREET, None, EHLO, None,
+                             b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 ok\r\n"]).start()
+    try:
+        port = await _daemon(make_app, tmp_path, server, "smtp")  # type: ignore[arg-type]
+        code, _ = await asyncio.to_thread(_send, port, ["alice@example.com"])
+    finally:
+        await server.stop()
+    assert 400 <= code < 500 and server.messages == []
+
+
+@pytest.mark.parametrize("kind", ["lmtp", "smtp"])
+async def test_a_bounce_to_a_downstream_mailbox_is_delivered(make_app, tmp_path, sink, kind):  # noqa: F811
+    """A bounce (MAIL FROM:<>) through the whole daemon to an LMTP/SMTP mailbox: 250, and the
+    downstream gets it with the null sender. Every one was answered 501 5.1.3 after DATA."""
+    s = await sink(lmtp=kind == "lmtp")
+    port = await _daemon(make_app, tmp_path, s, kind)
+
+    def bounce() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            c.ehlo()
+            assert c.mail("<>")[0] == 250 and c.rcpt("alice@example.com")[0] == 250
+            return c.data(b"Subject: Undelivered Mail Returned to Sender\r\n\r\nx\r\n")
+    code, _ = await asyncio.to_thread(bounce)
+    assert code == 250 and len(s.envelopes) == 1
+    assert b"MAIL FROM:<>" in b"".join(s.chunks)
 
 
 def _refused(kind: str) -> float:

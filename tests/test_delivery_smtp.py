@@ -439,6 +439,37 @@ async def test_refuses_bare_lf_and_injected_addresses(sink: SinkFactory) -> None
 
 
 @pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_a_bounce_goes_out_with_the_null_sender(sink: SinkFactory, kind: str) -> None:
+    """The intake writes the null reverse-path of a bounce as `<>`: it goes out as
+    MAIL FROM:<> and is delivered. It was refused as a bad address (501 5.1.3, nothing sent),
+    so every bounce to an LMTP or SMTP mailbox was refused for good."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    replies = await client.deliver("<>", ["b@example.test"], b"Subject: bounce\r\n\r\nx\r\n")
+    await client.close()
+    assert replies["b@example.test"].ok
+    assert len(s.envelopes) == 1 and b"MAIL FROM:<>" in b"".join(s.chunks)
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_a_quoted_local_part_with_angle_brackets_is_sent_as_it_is(sink: SinkFactory,
+                                                                         kind: str) -> None:
+    """`"a>b"@example.org` is a valid sender (RFC 5321 4.1.2: a quoted string holds < and >);
+    the intake and Postfix take it. It was refused as an injection (501 5.1.3 after DATA for
+    every message from it); now it goes out as written. Outside the quotes they still are."""
+    s = await sink(lmtp=kind == "lmtp")
+    client = CLIENTS[kind](s.downstream())
+    sender = '"a>b <c"@example.org'
+    sent = await client.deliver(sender, ["b@example.test"], b"x\r\n")
+    unquoted = await client.deliver('a>b@example.org', ["b@example.test"], b"y\r\n")
+    broken = await client.deliver('"a"b>"@example.org', ["b@example.test"], b"z\r\n")
+    await client.close()
+    assert sent["b@example.test"].ok
+    assert [e.mail_from for e in s.envelopes] == [sender]
+    assert unquoted["b@example.test"].code == broken["b@example.test"].code == 501
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
 async def test_connections_capped_per_downstream(sink: SinkFactory, kind: str) -> None:
     """Ten messages at once with max_connections=3: the sink never has more than three
     connections open; the others wait their turn and all ten are delivered."""
@@ -518,3 +549,127 @@ def test_delivery_config_keys(tmp_path: Any) -> None:
     assert str(error) == (f"{path}:2:28: 'delivery.hold_permanent_failures' must be a duration "
                           "such as 30m, 12h or 1d, not 'soon'; for example "
                           "'hold_permanent_failures: 1d' (0 turns it off)")
+
+
+# A hostile or broken downstream: raw replies from a script, no SMTP library behind them.
+
+class Scripted:
+    """A server that answers each connection from `script`: bytes are written (one byte per
+    write when `trickle`), None reads one command line, DATA reads to the final dot. After
+    the script it keeps the connection open and silent until stopped."""
+
+    def __init__(self, script: list[Any], trickle: bool = False) -> None:
+        self.script, self.trickle = script, trickle
+        self.lines: list[bytes] = []
+        self.messages: list[bytes] = []
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: list[asyncio.Task[Any] | None] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        self._tasks.append(asyncio.current_task())
+        for step in self.script:
+            if step is None:
+                self.lines.append(await reader.readline())
+            elif step == "DATA":
+                self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
+            elif self.trickle:
+                for byte in step:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            else:
+                writer.write(step)
+                await writer.drain()
+        await reader.read()                       # silent until the client or stop() closes
+
+    async def start(self) -> Scripted:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*(t for t in self._tasks if t is not None), return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def downstream(self, timeout: float = 5.0) -> Downstream:
+        return Downstream("127.0.0.1", self.port, timeout=timeout)
+
+
+GREET, EHLO = b"220 ds.test ESMTP\r\n", b"250-ds.test\r\n250 PIPELINING\r\n"
+ACCEPT = b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"      # MAIL, RCPT, DATA pipelined
+
+
+@pytest.mark.parametrize("script", [
+    # DATA answered with 250: the message was never sent, yet its recipient was marked delivered
+    [GREET, None, EHLO, None, b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 ok\r\n"],
+    # one stray reply after EHLO: every reply read one out of step, the RCPT's 250 for DATA's
+    [GREET, None, EHLO + b"250 2.0.0 stray\r\n", None, ACCEPT, "DATA", b"250 2.0.0 queued\r\n"],
+    # a multi-line reply whose lines disagree (RFC 5321 4.2.1): read as its first line's 250
+    [GREET, None, EHLO, None, ACCEPT, "DATA", b"250-2.0.0 queued\r\n550 5.7.1 refused\r\n"],
+    # 354 after the final dot, or to MAIL: mapped to a 5xx, a bounce for a confused server
+    [GREET, None, EHLO, None, ACCEPT, "DATA", b"354 go ahead\r\n"],
+    [GREET, None, EHLO, None, b"354 go ahead\r\n250 2.1.5 ok\r\n354 go ahead\r\n"],
+    # codes that are no reply (RFC 5321 4.2: 2xx-5xx): a 1xx or 6xx+ was a permanent refusal
+    [GREET, None, EHLO, None, ACCEPT, "DATA", b"199 1.0.0 what\r\n"],
+    [GREET, None, EHLO, None, ACCEPT, "DATA", b"600 6.0.0 what\r\n"],
+], ids=["250_to_data", "stray_reply", "codes_disagree", "354_after_dot", "354_to_mail",
+        "code_199", "code_600"])
+async def test_a_reply_out_of_step_defers_and_never_delivers(script: list[Any]) -> None:
+    """A downstream whose reply cannot answer the command it was read for is out of step
+    with us: the copy is deferred (TemporaryDeliveryError), never taken as delivered nor
+    refused for good, and that connection is not used again."""
+    server = await Scripted(script).start()
+    client = SMTPClient(server.downstream(timeout=2.0))
+    try:
+        with pytest.raises(TemporaryDeliveryError, match="protocol error"):
+            await client.deliver("a@example.org", ["b@example.test"], b"x\r\n")
+        assert client._idle == []
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_a_connection_left_in_data_after_a_refused_mail_is_not_reused() -> None:
+    """A server that refuses MAIL but still answers our pipelined DATA with 354 is reading
+    message text: the copy keeps MAIL's refusal and the connection is dropped, not pooled
+    (the next message's RSET was read as text and waited for the timeout)."""
+    server = await Scripted([GREET, None, EHLO, None,
+                             b"550 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n354 go\r\n"]).start()
+    client = SMTPClient(server.downstream())
+    try:
+        got = await client.deliver("a@example.org", ["b@example.test"], b"x\r\n")
+        assert str(got["b@example.test"]) == "550 5.7.1 sender refused"
+        assert client._idle == []
+    finally:
+        await client.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize("kind", ["smtp", "lmtp"])
+async def test_replies_split_byte_by_byte_are_read_whole(kind: str) -> None:
+    """Every reply written one byte per segment, multi-line ones included: read as sent."""
+    replies = (b"250 2.0.0 queued\r\n" if kind == "smtp"
+               else b"250-2.0.0 <b@example.test>\r\n250 2.0.0 saved\r\n452 4.2.2 full\r\n")
+    envelope = ACCEPT if kind == "smtp" else b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n" + ACCEPT[14:]
+    server = await Scripted([b"220-ds.test\r\n220 ESMTP\r\n", None, EHLO, None, envelope,
+                             "DATA", replies], trickle=True).start()
+    client = CLIENTS[kind](server.downstream())
+    rcpts = ["b@example.test"] + (["c@example.test"] if kind == "lmtp" else [])
+    try:
+        got = await client.deliver("a@example.org", rcpts, b"x\r\n")
+    finally:
+        await client.close()
+        await server.stop()
+    assert [str(r) for r in got.values()] == (
+        ["250 2.0.0 queued"] if kind == "smtp"
+        else ["250 2.0.0 <b@example.test> saved", "452 4.2.2 full"])
+    assert [m[-len(b"DATA\r\nx\r\n.\r\n"):] for m in server.messages] == [b"DATA\r\nx\r\n.\r\n"]

@@ -17,7 +17,7 @@ a non-ASCII recipient gets 550 5.6.7 without a round trip to Dovecot.
 
 from __future__ import annotations
 
-from mailrouter.delivery.smtp import PartialDeliveryError, Session, TransactionClient
+from mailrouter.delivery.smtp import PartialDeliveryError, Session, TransactionClient, _in_step
 from mailrouter.values import Downstream, Reply
 
 __all__ = ["Downstream", "LMTPClient", "PartialDeliveryError"]
@@ -31,5 +31,10 @@ class LMTPClient(TransactionClient):
     async def _data_replies(self, s: Session, accepted: list[str],
                             final: dict[str, Reply]) -> None:
         """RFC 2033 4.2: one reply per accepted recipient, in RCPT order."""
-        for rcpt in accepted:
-            final[rcpt] = await s.reply()
+        for at, rcpt in enumerate(accepted):
+            reply = final[rcpt] = _in_step(await s.reply())
+            if reply.code == 421:
+                # the server is closing (RFC 5321 3.8): no more replies come, and waiting
+                # for them held the copy until the timeout. The rest are deferred with it.
+                final.update({r: reply for r in accepted[at + 1:]})
+                return

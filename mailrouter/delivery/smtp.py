@@ -41,7 +41,12 @@ What it refuses (answered as a Reply per recipient, nothing is sent)
 Errors: TemporaryDeliveryError when the downstream cannot be reached, times out
 or breaks the connection; PartialDeliveryError (a TemporaryDeliveryError) when
 an LMTP connection broke after some recipients already had their final reply.
-Replies from the server, 4xx and 5xx included, are returned, never raised.
+Replies from the server, 4xx and 5xx included, are returned, never raised. A reply that
+cannot answer its command (DATA not answered 354 or a refusal, a 3xx to anything else, a
+code outside 2xx-5xx, a multi-line reply whose codes disagree) means the server is out of
+step with us: TemporaryDeliveryError "downstream protocol error", never a delivery or a
+bounce. A pooled connection holding unread bytes (a reply more than we asked for) is not
+reused; an LMTP 421 among the per-recipient replies defers the recipients after it.
 
 Known limits: no STARTTLS, no AUTH, no CHUNKING/BDAT.  A timeout or a broken
 connection after the final dot leaves it unknown whether the downstream kept
@@ -69,6 +74,8 @@ log = logging.getLogger(__name__)
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?:\s+|$)")
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f<>]")
+# RFC 5321 4.1.2 Quoted-string: qtextSMTP and quoted-pairSMTP (and UTF-8, RFC 6531 3.3)
+_QUOTED_LOCAL = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\xa0-\U0010ffff]|\\[\x20-\x7e])*"\Z')
 _MAX_REPLY_LINES = 200
 
 LOCAL_REFUSALS = frozenset({REFUSED_BARE_EOL, REFUSED_ADDRESS, REFUSED_UTF8})   # ours, not sent
@@ -153,6 +160,11 @@ class Session:
             raise _Lost("downstream connection lost", repr(exc)) from exc
         if not lines or lines[-1][3:4] == b"-":
             raise _Lost("downstream protocol error", "reply too long")
+        if lines[0][:1] not in b"2345" or any(ln[:3] != lines[0][:3] for ln in lines):
+            # RFC 5321 4.2: a reply's code is 2xx-5xx, the same on every line of it. A
+            # "250-ok" CRLF "550 no" was read as the first line's 250, and a 1xx/6xx-9xx as
+            # a permanent refusal (a bounce for what is a broken or out-of-step server)
+            raise _Lost("downstream protocol error", repr(lines[-1][:80]))
         reply = parse_reply(lines)
         self.last_lines = [ln[4:].decode("utf-8", "replace").strip() for ln in lines]
         self.answered = True
@@ -161,7 +173,11 @@ class Session:
         return reply
 
     def usable(self) -> bool:
-        return not (self.broken or self.writer.is_closing() or self.reader.at_eof())
+        """Open, and nothing unread: bytes the server sent that answer no command of ours (a
+        reply more than we asked for, an LMTP server's reply per recipient too many) would be
+        read as the reply to the next message's MAIL, every reply one out of step."""
+        return not (self.broken or self.writer.is_closing() or self.reader.at_eof()
+                    or getattr(self.reader, "_buffer", None))
 
     def abort(self) -> None:
         self.broken = True
@@ -199,10 +215,15 @@ class TransactionClient:
         `data` is the message, whole or in parts that are sent as if joined (never joined)."""
         if not rcpts:
             return {}
+        if mail_from == "<>":
+            # the null reverse-path (a bounce, RFC 5321 4.5.5) as the intake writes it: sent as
+            # MAIL FROM:<>. Taken for an address, its brackets refused every bounce to an
+            # LMTP/SMTP mailbox with 501 5.1.3 (and MAIL FROM:<<>> would be no better)
+            mail_from = ""
         parts = wire.as_parts(data)
         if wire.bare_eol(parts):
             return {r: REFUSED_BARE_EOL for r in rcpts}
-        if _BAD_ADDRESS.search(mail_from):
+        if _bad_address(mail_from):
             return {r: REFUSED_ADDRESS for r in rcpts}
         env = _Envelope(mail_from, rcpts, parts, smtputf8)
         await self._slot()
@@ -335,6 +356,9 @@ class TransactionClient:
         if not mail_reply.ok:
             final.update({r: mail_reply for r in sendable})
             s.dirty = True
+            # a server that said 354 to our pipelined DATA anyway reads our next commands as
+            # message text: RSET went unanswered until the timeout. Drop the connection.
+            s.broken = s.broken or data_reply.code == 354
             return
         accepted = []
         for rcpt, reply in zip(sendable, replies[1:]):
@@ -368,10 +392,11 @@ class TransactionClient:
         if rset:
             await self._rset_reply(s)
         replies: list[Reply] = []
+        last = len(commands) - 1
         for i, command in enumerate(commands):
             if not pipelining:
                 await s.send(command)
-            replies.append(await self._next_reply(s))
+            replies.append(_in_step(await self._next_reply(s), data=i == last))
             mail_refused = i == 0 and not replies[0].ok and not pipelining
             nobody = i == len(commands) - 2 and not any(r.ok for r in replies[1:])
             if s.broken or mail_refused or (nobody and not pipelining):
@@ -394,8 +419,22 @@ class TransactionClient:
     async def _data_replies(self, s: Session, accepted: list[str],
                             final: dict[str, Reply]) -> None:
         """SMTP: one reply after the final dot applies to every accepted recipient."""
-        reply = await s.reply()
+        reply = _in_step(await s.reply())
         final.update({r: reply for r in accepted})
+
+
+def _in_step(reply: Reply, *, data: bool = False) -> Reply:
+    """`reply` if it can answer its command: DATA 354 (or a refusal), anything else 2xx, 4xx
+    or 5xx. Otherwise the server is out of step with our commands (a stray reply we read for
+    the one before, a 250 to DATA, a 354 to MAIL or to the final dot): _Lost, so every
+    recipient is deferred. A DATA answered with 250 used to mark its recipients delivered
+    though the message was never sent, and a 354 after the dot was mapped to a bounce."""
+    code = reply.code
+    if (code == 354) if not data else (reply.ok or (300 <= code < 400 and code != 354)):
+        raise _Lost("downstream protocol error", f"{'DATA: ' if data else ''}{reply}")
+    if not data and 300 <= code < 400:
+        raise _Lost("downstream protocol error", str(reply))
+    return reply
 
 
 class SMTPClient(TransactionClient):
@@ -412,7 +451,7 @@ def _screen(s: Session, env: _Envelope, final: dict[str, Reply]) -> tuple[list[s
         return [], False
     sendable: list[str] = []
     for rcpt in env.rcpts:
-        if not rcpt or _BAD_ADDRESS.search(rcpt):
+        if not rcpt or _bad_address(rcpt):
             final[rcpt] = REFUSED_ADDRESS
         elif not offered and not rcpt.isascii():
             final[rcpt] = REFUSED_UTF8
@@ -420,6 +459,17 @@ def _screen(s: Session, env: _Envelope, final: dict[str, Reply]) -> tuple[list[s
             sendable.append(rcpt)
     non_ascii = not env.mail_from.isascii() or not all(r.isascii() for r in sendable)
     return sendable, offered and (env.smtputf8 or non_ascii)
+
+
+def _bad_address(address: str) -> bool:
+    """An address that would break its command line: a control character anywhere, or a < or
+    > outside a quoted local part. Inside one they are text (`"a>b"@example.org`, RFC 5321
+    4.1.2): the intake and Postfix take such a sender, and refusing it here answered every
+    message from it with 501 5.1.3 after DATA, for a downstream that reads it as sent."""
+    local, at, domain = address.rpartition("@")
+    if at and _QUOTED_LOCAL.match(local):
+        return _BAD_ADDRESS.search(domain) is not None
+    return _BAD_ADDRESS.search(address) is not None
 
 
 def _mail_command(s: Session, env: _Envelope, use_utf8: bool) -> bytes:
