@@ -80,12 +80,14 @@ __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply
 # as a word of a longer local part (gmail-noreply@google.com, noreply.alerts@), not
 # inside one (noreplyfan@ is a person); a +detail is cut off before matching, and the whole
 # local part is matched too: mlmmj's list+owner@ and list+bounces-...@ (FreeBSD's lists: a
-# "Post to ... denied" notice without List-* headers, in notmuch's test corpus).
+# "Post to ... denied" notice without List-* headers, in notmuch's test corpus). bounce-*: a
+# list manager's per-message (VERP) return path, bounce-<list>-<id>@ (Lyris ListManager's
+# newsletters in SpamAssassin's welcomelists, with no List-* header nor Precedence).
 DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo", "owner-*",
                          "*-request", "noreply", "no-reply", "no_reply", "donotreply",
                          "do-not-reply", "*[-_.]noreply", "noreply[-_.]*", "*[-_.]no-reply",
                          "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
-                         "*-bounces", "bounce", "bounces", "post_master", "*+owner",
+                         "*-bounces", "bounce", "bounces", "bounce-*", "post_master", "*+owner",
                          "*+bounces-*")
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
 # auto_reply: set by cPanel's and BoxTrapper's responders instead of Auto-Submitted

@@ -128,6 +128,20 @@ def test_a_real_polish_out_of_office_gets_no_answer() -> None:
     assert not send and why.startswith("an auto-reply (Subject: Automatyczna odpowiedź:"), why
 
 
+def test_a_newsletters_verp_return_path_gets_no_answer() -> None:
+    """SpamAssassin's welcomelists/infoworld (and networkworld): Lyris ListManager newsletters
+    of 2002 with no List-* header and no Precedence; only their return path,
+    bounce-<list>-<id>@, says a list manager sent them. A person at bounce@ stays a robot as
+    before, and a local part merely containing the word is a person."""
+    v = view("From: Cringely@bdcimail.com", "Subject: ROBERT X. CRINGELY(R): \"Notes from the "
+             "Field\" from InfoWorld.com, Monday, August 12, 2002",
+             "Return-Path: <bounce-rcringely-0000000@mailcontrol.bellevuedata.com>")
+    send, why = answer(v)
+    assert not send and "bounce-rcringely-0000000@mailcontrol.bellevuedata.com matches 'bounce-*'" in why
+    person = view("From: Ann <ann.bounceback@client.example>", "Subject: Question")
+    assert answer(person, "ann.bounceback@client.example") == (True, "")
+
+
 def test_mlmmj_bounce_address_as_envelope_sender() -> None:
     """mlmmj sends its notices from list+bounces-...@ (the same sample's Return-Path): the
     +detail was cut off before matching, and `freebsd-hackers` is a person's local part."""
