@@ -144,6 +144,9 @@ _AUTOREPLY_SUBJECT = re.compile(
     r"|abwesenheitsnotiz|réponse automatique|автоматический ответ|автоответ"
     r"|автоматична відповідь|automatick[áa] odpov[ěe][ďd]|automatyczna odpowied[źz])\s*:",
     re.IGNORECASE)
+# Tags in brackets before a subject: Request Tracker's `[rtname #ticket]` on its AutoReply
+# (notmuch's test corpus, threading/ghost-root), a list's `[name]`, a filter's `[SPAM]`.
+_SUBJECT_TAGS = re.compile(r"\A(?:\[[^\[\]]{1,100}\]\s*)+")
 _CYRILLIC_CHARSETS = frozenset({"koi8-r", "koi8-u", "cp1251", "windows-1251", "cp866",
                                 "mac-cyrillic", "iso8859-5", "iso-8859-5"})
 
@@ -352,15 +355,17 @@ def _null_from(view: View) -> str:
 
 def _robot_subject(view: View) -> str:
     """A subject that begins like a bounce or an out-of-office reply; a `Re:` or `Fwd:` before
-    it means a person wrote it, so only the start of the subject is tested."""
+    it means a person wrote it, so only the start of the subject is tested, after the tags a
+    helpdesk, a list or a filter puts first (`[support.example #33575] AutoReply:`, `[SPAM]`)."""
     subject = " ".join((view.subject or "").split())
-    if _BOUNCE_SUBJECT.match(subject):
+    head = _SUBJECT_TAGS.sub("", subject, count=1)
+    if _BOUNCE_SUBJECT.match(head):
         return f"a bounce (Subject: {subject[:80]})"
-    if _BARE_BOUNCE_SUBJECT.fullmatch(subject.rstrip(" .!:")):
+    if _BARE_BOUNCE_SUBJECT.fullmatch(head.rstrip(" .!:")):
         found = _MTA_BODY.search(view.body_head(_MTA_BODY_CHARS))
         if found is not None:
             return f"a bounce (Subject: {subject[:80]}; body: {' '.join(found[0].split())})"
-    if _AUTOREPLY_SUBJECT.match(subject):
+    if _AUTOREPLY_SUBJECT.match(head):
         return f"an auto-reply (Subject: {subject[:80]})"
     return ""
 

@@ -142,6 +142,29 @@ def test_a_newsletters_verp_return_path_gets_no_answer() -> None:
     assert answer(person, "ann.bounceback@client.example") == (True, "")
 
 
+TAGGED = [
+    ("notmuch threading/ghost-root: Request Tracker 4.2's AutoReply (header lines as kept there)",
+     "[support.xxxxxxxxxxx-xxxxxxxxx-xxxxxxxxx.de #33575] AutoReply: FYI: xxxx  xxxxxxx", "an auto-reply"),
+    ("a spam filter's tag on a bounce", "[SPAM] Undelivered Mail Returned to Sender", "a bounce"),
+    ("a list's tag and a filter's on Outlook's Czech out-of-office",
+     "[SPAM] [obchod] Automatická odpověď: Faktura 12", "an auto-reply"),
+]
+
+
+@pytest.mark.parametrize("what, subject, reason", TAGGED, ids=[t[0] for t in TAGGED])
+def test_robot_subjects_behind_tags(what: str, subject: str, reason: str) -> None:
+    """A helpdesk's ticket tag, a list's name or a filter's mark before the words: the start
+    of the subject was the tag, and RT's autoreply got an answer. A person's reply (`Re:`
+    after the tag) is still answered."""
+    v = view('From: " via RT" <rt-xxx@rt.client.example>', f"Subject: {subject}",
+             "In-Reply-To: <87bmc6lp3h.fsf@len.workgroup>")
+    send, why = answer(v)
+    assert not send and why.startswith(f"{reason} (Subject: {subject[:40]}"), why
+    tag, _, rest = subject.rpartition("] ")
+    person = view("From: Ann <ann@client.example>", f"Subject: {tag}] Re: {rest}")
+    assert answer(person, "ann@client.example") == (True, "")
+
+
 def test_mlmmj_bounce_address_as_envelope_sender() -> None:
     """mlmmj sends its notices from list+bounces-...@ (the same sample's Return-Path): the
     +detail was cut off before matching, and `freebsd-hackers` is a person's local part."""
