@@ -23,12 +23,14 @@ so the first reason found is the one recorded):
   a bulk sender's campaign header (Mailchimp's X-MC-User, X-Campaign; Mail.ru's X-Mailru-Msgtype);
 - `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
 - a robot sender, envelope, From or Return-Path local part, matched against `robot_senders`
-  (MAILER-DAEMON, postmaster, LISTSERV, majordomo, owner-*, *-request, noreply... ;
-  configurable; a +detail of the local part is ignored; a bare `MAILER-DAEMON` without a
-  domain counts), or the null address in From (`From: MAILER-DAEMON <>`: only MTAs write it);
+  (MAILER-DAEMON, postmaster, LISTSERV, majordomo, owner-*, *-request, noreply, mlmmj's
+  *+owner... ; configurable; the local part is matched with and without its +detail; a bare
+  `MAILER-DAEMON` without a domain counts), or the null address in From (`From: MAILER-DAEMON
+  <>`: only MTAs write it);
 - a subject that starts the way bounces and out-of-office replies do (`Undeliverable:`,
-  `Mail delivery failed`, `Недоставленное сообщение`, `Automatic reply:`, ...): for bounces
-  that carry no robot header and reach us with a forwarder's envelope sender; a subject
+  `Mail delivery failed`, `Недоставленное сообщение`, `Automatic reply:`, `Automatická
+  odpověď:`, `Nedoručitelné:`, ...): for bounces that carry no robot header and reach us
+  with a forwarder's envelope sender; a subject
   that is only an MTA's words (`Delivery Failure`, `failure delivery`, `Mail Error`) when
   the body's start also reads like an MTA's (an SMTP reply code, `Remote host said`,
   `Failed Recipient:`, `recipient(s)`, `Original message follows`);
@@ -76,12 +78,17 @@ __all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply
 # "postmaster": the From of most non-DSN bounces (Exchange, GroupWise, SMTP32), which reach
 # us with a non-null envelope sender when a forwarder rewrote it. The noreply family also
 # as a word of a longer local part (gmail-noreply@google.com, noreply.alerts@), not
-# inside one (noreplyfan@ is a person); a +detail is cut off before matching.
+# inside one (noreplyfan@ is a person); a +detail is cut off before matching, and the whole
+# local part is matched too: mlmmj's list+owner@ and list+bounces-...@ (FreeBSD's lists: a
+# "Post to ... denied" notice without List-* headers, in notmuch's test corpus). bounce-*: a
+# list manager's per-message (VERP) return path, bounce-<list>-<id>@ (Lyris ListManager's
+# newsletters in SpamAssassin's welcomelists, with no List-* header nor Precedence).
 DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo", "owner-*",
                          "*-request", "noreply", "no-reply", "no_reply", "donotreply",
                          "do-not-reply", "*[-_.]noreply", "noreply[-_.]*", "*[-_.]no-reply",
                          "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
-                         "*-bounces", "bounce", "bounces", "post_master")
+                         "*-bounces", "bounce", "bounces", "bounce-*", "post_master", "*+owner",
+                         "*+bounces-*")
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
 # auto_reply: set by cPanel's and BoxTrapper's responders instead of Auto-Submitted
 _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
@@ -107,7 +114,8 @@ _BOUNCE_SUBJECT = re.compile(
     r"|returned mail\s*(?:[:-]|$)|mail delivery (?:failed|failure|warning)|message delivery failure"
     r"|delivery (?:status|failure) notification|failure notice$|mail could not be delivered"
     r"|(?:sorry, )?your message could not be delivered|postmaster notify:"
-    r"|(?:non remis|unzustellbar|onbestelbaar|non recapitabile|no se puede entregar|не доставлено)\s*:"
+    r"|(?:non remis|unzustellbar|onbestelbaar|non recapitabile|no se puede entregar|не доставлено"
+    r"|nedoru[čc]iteln[ée]|nedoru[čc]ite[ľl]n[ée]|niedostarczalne)\s*:"
     r"|недоставленное сообщение|ваше сообщение не доставлено)", re.IGNORECASE)
 # A whole subject that is only an MTA's words (flufl.bounce simple_36: Exchange 6.5's
 # "Delivery Failure" from "System Administrator"@; Yahoo's "failure delivery"; AOL's "Mail
@@ -128,10 +136,17 @@ _MTA_BODY = re.compile(
     r"|\bbelow this line is a copy of the message\b", re.IGNORECASE)
 _MTA_BODY_CHARS = 3000
 # Out-of-office subjects of responders that set no header: Apple iCloud's "Auto reply:" (sisimai
-# rfc3834-03), Outlook's "Automatic reply:" in English, German, French and Russian.
+# rfc3834-03), Outlook's "Automatic reply:" in English, German, French, Russian, Ukrainian, Czech,
+# Slovak and Polish (php-mime-mail-parser's issue212: Exchange's "Automatyczna odpowiedź:" in
+# windows-1250, no Auto-Submitted); the Czech and Slovak ones also without their accents.
 _AUTOREPLY_SUBJECT = re.compile(
     r"(?:auto(?:matic)?[- ]?reply|out of (?:the )?office(?: auto-?reply)?|automatische antwort"
-    r"|abwesenheitsnotiz|réponse automatique|автоматический ответ|автоответ)\s*:", re.IGNORECASE)
+    r"|abwesenheitsnotiz|réponse automatique|автоматический ответ|автоответ"
+    r"|автоматична відповідь|automatick[áa] odpov[ěe][ďd]|automatyczna odpowied[źz])\s*:",
+    re.IGNORECASE)
+# Tags in brackets before a subject: Request Tracker's `[rtname #ticket]` on its AutoReply
+# (notmuch's test corpus, threading/ghost-root), a list's `[name]`, a filter's `[SPAM]`.
+_SUBJECT_TAGS = re.compile(r"\A(?:\[[^\[\]]{1,100}\]\s*)+")
 _CYRILLIC_CHARSETS = frozenset({"koi8-r", "koi8-u", "cp1251", "windows-1251", "cp866",
                                 "mac-cyrillic", "iso8859-5", "iso-8859-5"})
 
@@ -340,15 +355,17 @@ def _null_from(view: View) -> str:
 
 def _robot_subject(view: View) -> str:
     """A subject that begins like a bounce or an out-of-office reply; a `Re:` or `Fwd:` before
-    it means a person wrote it, so only the start of the subject is tested."""
+    it means a person wrote it, so only the start of the subject is tested, after the tags a
+    helpdesk, a list or a filter puts first (`[support.example #33575] AutoReply:`, `[SPAM]`)."""
     subject = " ".join((view.subject or "").split())
-    if _BOUNCE_SUBJECT.match(subject):
+    head = _SUBJECT_TAGS.sub("", subject, count=1)
+    if _BOUNCE_SUBJECT.match(head):
         return f"a bounce (Subject: {subject[:80]})"
-    if _BARE_BOUNCE_SUBJECT.fullmatch(subject.rstrip(" .!:")):
+    if _BARE_BOUNCE_SUBJECT.fullmatch(head.rstrip(" .!:")):
         found = _MTA_BODY.search(view.body_head(_MTA_BODY_CHARS))
         if found is not None:
             return f"a bounce (Subject: {subject[:80]}; body: {' '.join(found[0].split())})"
-    if _AUTOREPLY_SUBJECT.match(subject):
+    if _AUTOREPLY_SUBJECT.match(head):
         return f"an auto-reply (Subject: {subject[:80]})"
     return ""
 

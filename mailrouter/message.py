@@ -76,6 +76,9 @@ _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
 _LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines splits at
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
+# `From: MAILER-DAEMON <>`, `From: <>`: the null address, which only mail systems write in From
+# (the DragonFly Mail Agent's and McAfee's bounces of sisimai's set-of-emails)
+_NULL_ADDRESS = re.compile(r"<\s*>")
 # What list managers put on every message besides or instead of RFC 2369's List-*: ezmlm-weed(1)
 # names Mailing-List (ezmlm), X-Mailing-List (SmartList) and X-ML-Name; fml writes X-MLServer
 # even on its own notices (sisimai set-of-emails lhost-fml-03, a "Loop Alert" from <ml>-admin).
@@ -394,7 +397,12 @@ class MessageView:
         if self.complaint:
             return f"bounce: {self.complaint}"
         local = self.from_addr.split("@", 1)[0].lower()
-        return f"bounce: From {self.from_addr}" if local in _BOUNCE_SENDERS else ""
+        if local in _BOUNCE_SENDERS:
+            return f"bounce: From {self.from_addr}"
+        value = self._plain("From")
+        if not self.from_addr and _NULL_ADDRESS.search(value):
+            return f"bounce: null address in From: {' '.join(value.split())[:80]}"
+        return ""
 
     @cached_property
     def complaint(self) -> str:

@@ -11,6 +11,7 @@ The measurement over the whole corpora (746 robots, 271 mixed samples) is in the
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +98,15 @@ ROBOTS = [
         "From: Ann <ann@client.example>", "Subject: Re: the meeting",
         "Mailing-List: contact team-help@lists.client.example; run by ezmlm"),
      "mailing list (Mailing-List present)", "list"),
+    ("php-mime-mail-parser issue212: Exchange's Polish out-of-office, windows-1250 subject",
+     ("Subject: =?windows-1250?Q?Automatyczna_odpowied=9F:_Piotrze,_test_z_6_miesi=EAcy_na?=\r\n"
+      " =?windows-1250?Q?uki_ci=B9gle_na_Ciebie_czeka?=", "Content-Language: ru-RU"),
+     "an auto-reply (Subject: Automatyczna odpowiedź: Piotrze", "auto_submitted"),
+    ("notmuch test/corpora/broken/empty-part: FreeBSD's mlmmj refusing a post, no List-*",
+     ("From: freebsd-hackers+owner@FreeBSD.org",
+      "Subject: =?utf-8?q?Post_to_freebsd-hackers=40FreeBSD.org_denied:_Re:_rcd=288=29_-_new"
+      "_service_manager_daemon?=", "Reply-To: freebsd-hackers+subrelease-0d41b2c07ac29c45@FreeBSD.org"),
+     "From freebsd-hackers+owner@freebsd.org matches '*+owner'", "robot_sender"),
 ]
 
 
@@ -107,6 +117,78 @@ def test_robots_from_corpora_get_no_answer(what: str, headers: tuple[str, ...], 
     send, why = answer(view(*headers))
     assert not send and reason in why, why
     assert reason_kind(why) == kind
+
+
+def test_a_real_polish_out_of_office_gets_no_answer() -> None:
+    """The whole sample (tests/corpus, byte for byte): no Auto-Submitted, no X-Autoreply, no
+    Precedence; only its subject, in windows-1250, says it is Exchange's out-of-office. A
+    daemon with a moved address queued an answer to it (the envelope a forwarder's)."""
+    raw = (Path(__file__).parent / "corpus" / "real_polish_exchange_autoreply_cp1250.eml").read_bytes()
+    send, why = answer(MessageView(raw), "piotr@client.example")
+    assert not send and why.startswith("an auto-reply (Subject: Automatyczna odpowiedź:"), why
+
+
+def test_a_newsletters_verp_return_path_gets_no_answer() -> None:
+    """SpamAssassin's welcomelists/infoworld (and networkworld): Lyris ListManager newsletters
+    of 2002 with no List-* header and no Precedence; only their return path,
+    bounce-<list>-<id>@, says a list manager sent them. A person at bounce@ stays a robot as
+    before, and a local part merely containing the word is a person."""
+    v = view("From: Cringely@bdcimail.com", "Subject: ROBERT X. CRINGELY(R): \"Notes from the "
+             "Field\" from InfoWorld.com, Monday, August 12, 2002",
+             "Return-Path: <bounce-rcringely-0000000@mailcontrol.bellevuedata.com>")
+    send, why = answer(v)
+    assert not send and "bounce-rcringely-0000000@mailcontrol.bellevuedata.com matches 'bounce-*'" in why
+    person = view("From: Ann <ann.bounceback@client.example>", "Subject: Question")
+    assert answer(person, "ann.bounceback@client.example") == (True, "")
+
+
+TAGGED = [
+    ("notmuch threading/ghost-root: Request Tracker 4.2's AutoReply (header lines as kept there)",
+     "[support.xxxxxxxxxxx-xxxxxxxxx-xxxxxxxxx.de #33575] AutoReply: FYI: xxxx  xxxxxxx", "an auto-reply"),
+    ("a spam filter's tag on a bounce", "[SPAM] Undelivered Mail Returned to Sender", "a bounce"),
+    ("a list's tag and a filter's on Outlook's Czech out-of-office",
+     "[SPAM] [obchod] Automatická odpověď: Faktura 12", "an auto-reply"),
+]
+
+
+@pytest.mark.parametrize("what, subject, reason", TAGGED, ids=[t[0] for t in TAGGED])
+def test_robot_subjects_behind_tags(what: str, subject: str, reason: str) -> None:
+    """A helpdesk's ticket tag, a list's name or a filter's mark before the words: the start
+    of the subject was the tag, and RT's autoreply got an answer. A person's reply (`Re:`
+    after the tag) is still answered."""
+    v = view('From: " via RT" <rt-xxx@rt.client.example>', f"Subject: {subject}",
+             "In-Reply-To: <87bmc6lp3h.fsf@len.workgroup>")
+    send, why = answer(v)
+    assert not send and why.startswith(f"{reason} (Subject: {subject[:40]}"), why
+    tag, _, rest = subject.rpartition("] ")
+    person = view("From: Ann <ann@client.example>", f"Subject: {tag}] Re: {rest}")
+    assert answer(person, "ann@client.example") == (True, "")
+
+
+def test_mlmmj_bounce_address_as_envelope_sender() -> None:
+    """mlmmj sends its notices from list+bounces-...@ (the same sample's Return-Path): the
+    +detail was cut off before matching, and `freebsd-hackers` is a person's local part."""
+    v = view("From: Ann <ann@client.example>", "Subject: Post to freebsd-hackers denied")
+    send, why = answer(v, "freebsd-hackers+bounces-help@FreeBSD.org")
+    assert not send and "matches '*+bounces-*'" in why, why
+    assert answer(v, "freebsd-hackers@FreeBSD.org") == (True, "")
+
+
+# Outlook's out-of-office and non-delivery subjects in Czech, Slovak and Ukrainian (no sample
+# in the corpora: Outlook's own words, and the Czech ones as mailers strip their accents).
+OUTLOOK_SUBJECTS = ["Automatická odpověď: Faktura 2027/12", "Automaticka odpoved: Faktura",
+                    "Automatická odpoveď: Objednávka 7", "Автоматична відповідь: Рахунок 12",
+                    "Nedoručitelné: Faktura 2027/12", "Nedoručiteľné: Objednávka 7",
+                    "Niedostarczalne: Faktura 12"]
+
+
+@pytest.mark.parametrize("subject", OUTLOOK_SUBJECTS)
+def test_outlook_subjects_in_czech_slovak_polish_ukrainian(subject: str) -> None:
+    v = view("From: Jana <jana@firma.example>", f"Subject: {subject}")
+    send, why = answer(v, "jana@firma.example")
+    assert not send and subject[:12] in why, why
+    person = view("From: Jana <jana@firma.example>", f"Subject: Re: {subject}")
+    assert answer(person, "jana@firma.example") == (True, "")
 
 
 # People: each must be answered. Shapes of everyday mail, and the near misses of the

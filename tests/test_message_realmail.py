@@ -176,3 +176,18 @@ def test_both_text_parts_of_rfc2046s_sample() -> None:
                            "This is explicitly typed plain ASCII text.\n"
                            "It DOES end with a linebreak.\n")
     assert "preamble" not in v.body_text and "epilogue" not in v.body_text
+
+
+def test_a_bounce_from_the_null_address_is_a_robot(example_rules: Snapshot) -> None:
+    """The DragonFly Mail Agent's bounce (sisimai lhost-dragonfly-02) says `From: MAILER-DAEMON
+    <>` and carries no DSN: only a mail system writes the null address in From. Forwarded to
+    us with the forwarder's envelope sender, it was a person's mail to the rules (robot false:
+    the example rules' `robots` rule did not tag it), while the autoresponder already knew it
+    for a bounce. A name with a real address stays a person."""
+    v = view("real_dragonfly_null_from_bounce.eml")
+    assert v.robot == (True, "bounce: null address in From: MAILER-DAEMON <>")
+    report = explain(example_rules, v.raw, ["support@example.com"], "fwd@relay.example")
+    assert report["robot"] == {"robot": True, "reason": v.robot[1]}
+    assert "robot" in report["recipients"][0]["tags"]
+    person = MessageView(b"From: MAILER-DAEMON fan <ann@client.example>\r\nSubject: hi\r\n\r\nhi\r\n")
+    assert person.robot == (False, "")
