@@ -31,13 +31,13 @@ from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import (ColumnElement, Connection, Select, and_, case, exists, func, literal_column,
-                        or_, select)
+                        or_, select, union)
 
-from .models import decisions, deliveries, messages
+from .models import decisions, deliveries, fold_address, messages
 from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
-           "local_midnight", "day_of", "idn_forms", "from_domain", "SCAN_MAX"]
+           "local_midnight", "day_of", "idn_forms", "folded_forms", "from_domain", "SCAN_MAX"]
 
 SCAN_MAX = 200_000        # rows a subject-word search reads before it gives up
 _CHUNK = 2000
@@ -103,20 +103,25 @@ def idn_forms(who: str) -> list[str]:
     return sorted(forms)
 
 
+def folded_forms(who: str) -> list[str]:
+    """`who` (an address or a domain) as the registry keeps senders folded (from_fold,
+    mail_from_fold: models.fold_address), its domain in either IDNA form."""
+    return sorted({fold_address(f) for f in idn_forms(fold_address(who.strip()))})
+
+
 def _sender(who: str) -> Any:
     """From (or the envelope sender) an address, or an address of a domain, in either
-    IDNA form of its domain."""
-    forms = idn_forms(who.strip().lower().lstrip("@"))
+    IDNA form of its domain, in any case: the folded columns, through their indexes."""
+    forms = folded_forms(who.strip().lstrip("@"))
     if "@" in forms[0]:
-        return or_(func.lower(messages.c.from_addr).in_(forms),
-                   func.lower(messages.c.mail_from).in_(forms))
+        return or_(messages.c.from_fold.in_(forms), messages.c.mail_from_fold.in_(forms))
     return from_domain(forms)
 
 
 def from_domain(domains: list[str]) -> Any:
-    """From an address of one of `domains` (lower case), each matched as typed: "%" or "_"
-    in it are not LIKE wildcards ("%" was everyone)."""
-    return or_(*(func.lower(messages.c.from_addr).like(
+    """From an address of one of `domains` (folded: folded_forms), each matched as typed:
+    "%" or "_" in it are not LIKE wildcards ("%" was everyone)."""
+    return or_(*(messages.c.from_fold.like(
         "%@" + re.sub(r"([\\%_])", r"\\\1", d), escape="\\") for d in domains))
 
 
@@ -224,17 +229,21 @@ def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | 
 
 def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
                  before: tuple[datetime, str] | None = None,
-                 threads: Callable[[Any], ColumnElement[bool]] | None = None
-                 ) -> list[dict[str, Any]]:
+                 threads: Select[Any] | None = None) -> list[dict[str, Any]]:
     """The messages from one address, or from anyone at a domain, newest first: `limit`
     of them, after `before` (received_at, key of the last one of the page shown).
-    `threads` (a condition on a message key, control.queries.counterparty_threads): also
-    the messages of their requests, our replies among them, as `registry history` lists."""
+    `threads` (the message keys of their requests, control.queries.counterparty_threads):
+    also those messages, our replies among them, as `registry history` lists."""
     if not who.strip():
         return []
     found = _sender(who)
-    if threads is not None:
-        found = or_(found, threads(messages.c.key))
+    if threads is not None and "@" in who.strip().lstrip("@"):
+        # an address: one set of keys from the two indexes (an OR of the sender and their
+        # requests could use neither, and walked every message newest first)
+        found = messages.c.key.in_(union(select(messages.c.key).where(found), threads))
+    elif threads is not None:
+        # a domain, which no index finds: the walk newest first stops at `limit`
+        found = or_(found, messages.c.key.in_(threads))
     q = scope.where(select(messages)).where(found)
     at, key = messages.c.received_at, messages.c.key
     if before is not None:
