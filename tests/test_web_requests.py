@@ -336,6 +336,25 @@ async def test_the_owner_of_a_request_sees_its_messages_whoever_the_rule_named(
     assert f"/message/{key}" not in page
 
 
+async def test_the_search_by_owner_finds_the_requests_a_person_was_given(
+        site: Any, client: Any) -> None:
+    """The search's owner list names people: choosing Пётр Иванов finds the invoice the
+    finance-duty team picked him for, and the support message once it is given to him,
+    as `mailrouter registry search --owner ivanov` does (the rule's owner or the
+    request's). Before, it compared the rule's owner only (the team, or nobody): a head
+    choosing a person of the list found nothing of what that person owns."""
+    app, _, fin, sup = site
+    petrova = await client("petrova")
+    _, page, _ = await petrova.get("/search?owner=ivanov")
+    assert "Счёт №42 за декабрь" in page and "принтер не печатает" not in page
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "ivanov"}))[0] == 303
+    _, page, _ = await petrova.get("/search?owner=ivanov")
+    assert "Счёт №42 за декабрь" in page and "принтер не печатает" in page
+    _, page, _ = await petrova.get("/search?owner=smirnov")
+    assert "Счёт №42" not in page and "принтер" not in page
+
+
 async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,
                                                                           client: Any) -> None:
     """First response per mailbox and owner, with SVG charts; the response CSV has the

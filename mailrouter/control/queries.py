@@ -36,7 +36,7 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in", "through_requests", "counterparty_threads"]
+           "requests_in", "through_requests", "counterparty_threads", "owned_by"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -64,6 +64,16 @@ def through_requests(mailboxes: frozenset[str], person: str | None
     def owns(key: Any) -> ColumnElement[bool]:
         return exists().where(request_messages.c.message_key == key,
                               requests.c.id == request_messages.c.request_id, seen)
+    return owns
+
+
+def owned_by(person: str) -> Callable[[Any], ColumnElement[bool]]:
+    """For registry.queries.search's `owned`: a message key of a request `person` owns now
+    (picked by a team, covering as a deputy, reassigned), as `search --owner` reads it."""
+    def owns(key: Any) -> ColumnElement[bool]:
+        return exists().where(request_messages.c.message_key == key,
+                              requests.c.id == request_messages.c.request_id,
+                              requests.c.owner == person)
     return owns
 
 

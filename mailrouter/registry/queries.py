@@ -153,11 +153,15 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
 def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", words: str = "",
            since: date | None = None, until: date | None = None, tag: str = "", status: str = "",
            mailbox: str = "", owner: str = "", limit: int = 100,
-           zone: tzinfo = timezone.utc, before: tuple[datetime, str] | None = None) -> SearchResult:
+           zone: tzinfo = timezone.utc, before: tuple[datetime, str] | None = None,
+           owned: Callable[[Any], ColumnElement[bool]] | None = None) -> SearchResult:
     """Messages, newest first, each with its decisions and deliveries. `until` is inclusive;
     `since` and `until` are days of `zone` (the web view passes the company's).
     `words`: every word in the subject (whole words; `счет*` for every word it begins).
-    `before`: (received_at, key) of the last message of the page shown; the next page."""
+    `before`: (received_at, key) of the last message of the page shown; the next page.
+    `owner`: the rule's owner (a person or a team), or with `owned` (a condition on a
+    message key: of a request `owner` owns now, control.queries.owned_by) the request's,
+    as `registry search --owner` matches: a team's pick, a deputy, a reassignment."""
     q = scope.where(select(messages.c.key, messages.c.received_at))
     if sender.strip():
         q = q.where(_sender(sender))
@@ -170,7 +174,11 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
             # Postfix passed it (продажи@xn--e1afmkfd.xn--p1ai was not found as @пример.рф)
             cond = (func.lower(column).in_(idn_forms(value.strip().lower()))
                     if column is decisions.c.rcpt else column == value.strip())
-            q = q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
+            found: ColumnElement[bool] = exists().where(
+                decisions.c.message_key == messages.c.key, cond)
+            if column is decisions.c.owner and owned is not None:
+                found = or_(found, owned(messages.c.key))
+            q = q.where(found)
     want_tag = tag.strip()
     walk = newest(conn, q, parse_words(words), page=_CHUNK,
                   since=None if since is None else local_midnight(since, zone),
