@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import (ColumnElement, Connection, Select, and_, case, exists, func, literal_column,
@@ -90,7 +91,11 @@ class SearchResult:
 
 def idn_forms(who: str) -> list[str]:
     """`who` (an address or a domain, lower case) with its domain as typed and in its other
-    IDNA form: пример.рф and xn--e1afmkfd.xn--p1ai are one domain, stored as it came."""
+    IDNA form: пример.рф and xn--e1afmkfd.xn--p1ai are one domain, stored as it came.
+    A From line pasted whole (`Бухгалтерия <buh@romashka.example>`) is its address: it
+    found nothing."""
+    if "<" in who and "@" in (inner := parseaddr(who)[1]):
+        who = inner
     local, at, domain = who.rpartition("@")
     forms = {who}
     for codec in ("to ascii", "to unicode"):
