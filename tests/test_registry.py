@@ -333,6 +333,49 @@ async def test_migration_0012_folds_the_senders_of_every_message(registry_url: s
     assert "ix_messages_from_addr_received_at" not in indexes
 
 
+async def test_migration_0012_cut_short_on_sqlite_is_finished_by_the_next_start(
+        tmp_path: Path) -> None:
+    """SQLite runs a revision's DDL as it comes, outside the transaction that the
+    backfill's updates and the version are in: an 0012 stopped during its backfill (the
+    start's registry timeout: `Registry.open(timeout=...)`) leaves the old index dropped and
+    the columns added, empty, at revision 0011. The next start finishes it. Before, it
+    failed at every start on "no such index: ix_messages_from_addr_received_at"."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailrouter.registry.models import messages
+    from mailrouter.registry.store import _alembic_upgrade, _prepare, _url
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    await _prepare(_url(url))
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic_upgrade, "0011")
+            await conn.execute(sa.insert(sa.table("messages", *(
+                sa.column(c.name, c.type) for c in messages.c if not c.name.endswith("_fold")))),
+                [dict(key="k", received_at=WHEN, updated_at=WHEN, protocol="smtp", peer="p",
+                      mail_from="<>", rcpts=[], message_id=None, from_name="",
+                      from_addr="Žofie@Příklad.CZ", subject="s", size=1, content_hash="c",
+                      defects=[], ruleset_hash="r", status="delivered", attempts=1)])
+        async with engine.connect() as conn:      # what the cut-short run had done
+            for sql in ("DROP INDEX ix_messages_from_addr_received_at",
+                        "ALTER TABLE messages ADD COLUMN from_fold TEXT",
+                        "ALTER TABLE messages ADD COLUMN mail_from_fold TEXT"):
+                await conn.exec_driver_sql(sql)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    reg = await Registry.open(url)
+    try:
+        assert await reg.read("f", lambda c: c.execute(select(
+            messages.c.from_fold, messages.c.mail_from_fold)).one()) == ("žofie@příklad.cz", "<>")
+        assert await reg.read("v", lambda c: c.exec_driver_sql(
+            "SELECT version_num FROM alembic_version").scalar_one()) == "0012"
+    finally:
+        await reg.close()
+
+
 # Faults: SQLite
 
 async def test_sqlite_locked_raises_then_recovers(tmp_path: Path,

@@ -13,7 +13,10 @@ Backfill: every message, BATCH at a time in key order, in this revision's transa
 Rows whose senders are ASCII (nearly all) are folded by the database's lower() in one
 UPDATE per batch (ASCII lower() is casefold on both backends, whatever the locale); the
 others are read and folded in Python. Then the indexes; the (from_addr, received_at)
-index, which no query used, is dropped (each message wrote it).
+index, which no query used, is dropped (each message wrote it). Measured at 200,000
+messages: 1.5-3 s on SQLite, 2.6 s on PostgreSQL (bench/README.md). Each step is skipped
+when already done, so a run cut short on SQLite (whose DDL is not transactional here) is
+finished by the next.
 
 Revision ID: 0012
 Revises: 0011
@@ -35,14 +38,24 @@ BATCH = 5000
 
 
 def upgrade() -> None:
+    # Each step only when not done yet: SQLite's DDL is not in the migration's transaction
+    # (Alembic runs it as it comes), so a run cut short (the start's registry timeout, a
+    # kill) left the index dropped and the columns added under revision 0011, and the
+    # next start failed for good on "no such index".
+    conn = op.get_bind()
+    seen = sa.inspect(conn)
+    columns = {c["name"] for c in seen.get_columns("messages")}
+    indexes = {i["name"] for i in seen.get_indexes("messages")}
     # first: the backfill's updates need not write it too
-    op.drop_index("ix_messages_from_addr_received_at", table_name="messages")
-    op.add_column("messages", sa.Column("from_fold", sa.Text()))
-    op.add_column("messages", sa.Column("mail_from_fold", sa.Text()))
-    backfill(op.get_bind())
-    op.create_index("ix_messages_from_fold_received_at", "messages", ["from_fold", "received_at"])
-    op.create_index("ix_messages_mail_from_fold_received_at", "messages",
-                    ["mail_from_fold", "received_at"])
+    if "ix_messages_from_addr_received_at" in indexes:
+        op.drop_index("ix_messages_from_addr_received_at", table_name="messages")
+    for name in ("from_fold", "mail_from_fold"):
+        if name not in columns:
+            op.add_column("messages", sa.Column(name, sa.Text()))
+    backfill(conn)
+    for name in ("from_fold", "mail_from_fold"):
+        if f"ix_messages_{name}_received_at" not in indexes:
+            op.create_index(f"ix_messages_{name}_received_at", "messages", [name, "received_at"])
 
 
 def backfill(conn: sa.Connection) -> None:
