@@ -355,6 +355,29 @@ async def test_the_search_by_owner_finds_the_requests_a_person_was_given(
     assert "Счёт №42" not in page and "принтер" not in page
 
 
+async def test_a_message_to_two_mailboxes_is_one_message_of_its_day_and_owner(
+        site: Any, client: Any) -> None:
+    """One message to sales@ and support@ (smirnov heads both) counts once in the report's
+    messages per day and per owner, and once in each mailbox's row. Before, the day's bar
+    and the owner's row added the mailboxes up: 2 for one message (the search showed 1)."""
+    app, _, _, _ = site
+    host, port = app.bound["smtp"]
+    await aiosmtplib.send(b"From: c@outside.test\r\nTo: sales@example.com, support@example.com\r\n"
+                          b"Subject: both\r\n\r\nhello\r\n", sender="c@outside.test",
+                          recipients=["sales@example.com", "support@example.com"],
+                          hostname=host, port=port)
+    smirnov = await client("smirnov")
+    _, page, _ = await smirnov.get("/search?words=both")
+    assert page.count('href="/message/') == 1
+    _, page, _ = await smirnov.get("/report")
+    chart = page[page.index("<figure>"):page.index("</figure>")]
+    bars = [int(n) for n in re.findall(r"<title>\d\d-\d\d: (\d+)</title>", chart)]
+    assert sum(bars) == 2                     # the urgent support message, and this one
+    tables = re.findall(r"<tbody>(.*?)</tbody>", page[:page.index("response-mailbox")], re.S)
+    rows = [dict(re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td></tr>", t)) for t in tables]
+    assert rows == [{"sales": "1", "support": "2"}, {"-": "2"}]
+
+
 async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,
                                                                           client: Any) -> None:
     """First response per mailbox and owner, with SVG charts; the response CSV has the

@@ -38,6 +38,7 @@ from .models import decisions, deliveries, fold_address, messages
 from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
+           "volume_totals",
            "local_midnight", "day_of", "idn_forms", "folded_forms", "from_domain", "SCAN_MAX"]
 
 SCAN_MAX = 200_000        # rows a subject-word search reads before it gives up
@@ -265,10 +266,10 @@ def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
     return _with_decisions(conn, rows, scope)
 
 
-def volume(conn: Connection, scope: Scope, since: date, until: date,
-           zone: tzinfo = timezone.utc) -> list[dict[str, Any]]:
-    """Messages per day of `zone`, mailbox and owner (a message to two mailboxes counts in
-    each), with how many were deferred or rejected; `until` inclusive."""
+def _volume_rows(conn: Connection, scope: Scope, since: date, until: date,
+                 zone: tzinfo) -> tuple[Any, list[date]] | None:
+    """(a subquery of (day index, key, status, mailbox, owner): one row per message and
+    decision the scope sees in the period, the days), or None when no mail is in it."""
     start, end = local_midnight(since, zone), local_midnight(until, zone, 1)
     span = (messages.c.received_at >= start, messages.c.received_at < end)
     # the days that hold mail (two index lookups), not every day asked for: a period
@@ -276,7 +277,7 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
     low, high = conn.execute(select(func.min(messages.c.received_at),
                                     func.max(messages.c.received_at)).where(*span)).one()
     if low is None:
-        return []
+        return None
     first, last = low.astimezone(zone).date(), high.astimezone(zone).date()
     index, days = day_of(messages.c.received_at, zone, first, last)
     rows = (select(index.label("day"), messages.c.key, messages.c.status, decisions.c.mailbox,
@@ -291,7 +292,17 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
         rows = rows.where(cond)
     # grouped outside: PostgreSQL does not see a CASE with bound parameters in the select
     # list and the same CASE in GROUP BY as one expression
-    sub = rows.subquery()
+    return rows.subquery(), days
+
+
+def volume(conn: Connection, scope: Scope, since: date, until: date,
+           zone: tzinfo = timezone.utc) -> list[dict[str, Any]]:
+    """Messages per day of `zone`, mailbox and owner (a message to two mailboxes counts in
+    each), with how many were deferred or rejected; `until` inclusive."""
+    found = _volume_rows(conn, scope, since, until, zone)
+    if found is None:
+        return []
+    sub, days = found
     q = (select(sub.c.day, sub.c.mailbox, sub.c.owner,
                 func.count(func.distinct(sub.c.key)).label("messages"),
                 func.count(func.distinct(sub.c.key)).filter(
@@ -300,3 +311,22 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
          .order_by(sub.c.day, sub.c.mailbox, sub.c.owner))
     return [{"day": days[int(r.day)].isoformat(), "mailbox": r.mailbox, "owner": r.owner,
              "messages": int(r.messages), "trouble": int(r.trouble)} for r in conn.execute(q)]
+
+
+def volume_totals(conn: Connection, scope: Scope, since: date, until: date,
+                  zone: tzinfo = timezone.utc) -> dict[str, dict[Any, int]]:
+    """Messages per day of `zone` ({"per_day": {"2026-12-07": n}}), per mailbox and per
+    owner ({"per_owner": {owner or None: n}}), each message once in each: `volume`'s rows
+    added up counted a message to two mailboxes twice on its day and for its owner (and
+    one to a mailbox with two owners twice there)."""
+    found = _volume_rows(conn, scope, since, until, zone)
+    if found is None:
+        return {"per_day": {}, "per_mailbox": {}, "per_owner": {}}
+    sub, days = found
+    n = func.count(func.distinct(sub.c.key))
+    out: dict[str, dict[Any, int]] = {}
+    for name, col in (("per_day", sub.c.day), ("per_mailbox", sub.c.mailbox),
+                      ("per_owner", sub.c.owner)):
+        out[name] = {(days[int(k)].isoformat() if name == "per_day" else k): int(c)
+                     for k, c in conn.execute(select(col, n).group_by(col))}
+    return out
