@@ -174,8 +174,9 @@ async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_rout
     """The finance request shows its message (decoded subject, From), the decision with
     rule invoices at routing.yaml:N (no absolute path anywhere), the rule set's hash, that
     attachment names are not recorded, and the history (opened, owner). The message page
-    links to its request."""
-    _, _, fin, _ = site
+    links to its request. A request whose rule names no owner has no owner event (it said
+    "(nobody) -> (nobody)")."""
+    _, _, fin, sup = site
     ivanov = await client("ivanov")
     status, page, _ = await ivanov.get(f"/request/{fin}")
     assert status == 200
@@ -190,6 +191,9 @@ async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_rout
     _, story, _ = await ivanov.get(f"/message/{key}")
     assert f'<a id="request" href="/request/{fin}">' in story
     assert str(RULES) not in story
+    # the support request's rule names no owner: its history has no "(nobody) -> (nobody)"
+    _, page, _ = await (await client("smirnov")).get(f"/request/{sup}")
+    assert 'class="ev-opened"' in page and 'class="ev-owner"' not in page
 
 
 async def test_a_long_thread_is_shown_a_hundred_messages_a_page(site: Any, client: Any) -> None:
