@@ -5,7 +5,9 @@ days: 2,000 customers on 300 domains, 4 mailboxes, 3 rules, 6 owners; every mess
 one decision and one delivery; every third message opens a request, the others join
 one; 70% of the requests answered, and closed 14 days later (the daemon's quiet close)
 unless that is after the end. Then times each query `mailrouter report`,
-`registry search`, `registry history` and `request show` run. Run by hand:
+`registry search`, `registry history` and `request show` run, and the web view's search by
+sender and counterparty page (registry.queries); a sender is one the registry holds, asked
+in upper case (the searches fold it). Run by hand:
 
     .venv/bin/python bench/bench_registry.py                 # SQLite, 100k messages
     .venv/bin/python bench/bench_registry.py -n 1000000 --pg postgresql+asyncpg://...
@@ -26,10 +28,13 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select
 
 from mailrouter.calendars import build_calendars
-from mailrouter.control.queries import history, report, search, show_request
+from mailrouter.control.queries import (counterparty_threads, history, report, search,
+                                       show_request)
 from mailrouter.control.tables import request_messages, requests
 from mailrouter.registry import Registry
 from mailrouter.registry.models import decisions, deliveries, messages
+from mailrouter.registry.queries import Scope, counterparty
+from mailrouter.registry.queries import search as web_search
 from mailrouter.registry.words import subject_words, word_rows
 
 START = datetime(2027, 1, 1, tzinfo=timezone.utc)
@@ -128,6 +133,13 @@ async def time_queries(reg: Registry, n: int) -> None:
     end = END
     month = (end - timedelta(days=30), end)
     day = (end - timedelta(days=1), end)
+    # a sender with mail (the generator's user7@client7.example need not have any), as
+    # someone would type it; and the same in a message the middle of the registry holds
+    sender = await reg.read("sender", lambda c: c.execute(
+        select(messages.c.from_addr).order_by(messages.c.key).offset(n // 2).limit(1)).scalar_one())
+    who = sender.upper()
+    every = Scope(everything=True)
+    print(f"  (sender {who})")
     cases = [
         ("report, last 30 days", lambda c: report(c, *month, end, cals)),
         ("report, last day", lambda c: report(c, *day, end, cals)),
@@ -136,9 +148,14 @@ async def time_queries(reg: Registry, n: int) -> None:
         ("search subject word, all time, 50 newest", lambda c: search(c, words="акт", limit=50)),
         ("search subject word no message has, all time", lambda c: search(
             c, words="накладная", limit=50)),
-        ("search sender", lambda c: search(c, sender="user7@client7.example", limit=None)),
+        ("search sender, all its messages", lambda c: search(c, sender=who, limit=None)),
+        ("search sender, 50 newest", lambda c: search(c, sender=who, limit=50)),
+        ("search sender nobody is", lambda c: search(c, sender="nobody@client7.example")),
         ("search owner + status, 50 newest", lambda c: search(c, owner="popov", status="open")),
-        ("history address", lambda c: history(c, "user7@client7.example")),
+        ("history address", lambda c: history(c, who)),
+        ("web search sender (100 a page)", lambda c: web_search(c, every, sender=who)),
+        ("web counterparty address (101, and its requests)", lambda c: counterparty(
+            c, every, who, 101, threads=counterparty_threads(who))),
         ("history domain (100 newest messages)", lambda c: history(c, "client7.example", 100)),
         ("request show", lambda c: show_request(c, n // 6)),
     ]

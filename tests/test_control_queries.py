@@ -256,7 +256,9 @@ async def test_search_and_history_find_a_sender_in_any_case_of_any_letters(regis
     in any case, in either IDNA form, by `registry search --from`, `registry history` and
     the web view's search and counterparty pages, the same on SQLite and PostgreSQL.
     Before, SQLite's lower() folded A-Z only (the web view found them on PostgreSQL only)
-    and the CLI matched the address as typed or in lower case (neither was as it came)."""
+    and the CLI matched the address as typed or in lower case (neither was as it came).
+    A From line pasted whole into the web view's boxes is read as its address (it found
+    nothing)."""
     import asyncio
     import json
 
@@ -264,14 +266,16 @@ async def test_search_and_history_find_a_sender_in_any_case_of_any_letters(regis
     from mailrouter.registry.queries import search as web_search
     reg = await Registry.open(registry_url)
     try:
-        senders = {1: "Иван@Пример.рф", 2: "Žofie@Příklad.cz", 3: "ivan@example.com"}
+        senders = {1: "Иван@Пример.рф", 2: "Žofie@Příklad.cz", 3: "ivan@example.com",
+                   4: "Straße@Beispiel.de", 5: "Z\u030cofie@P\u0159i\u0301klad.sk"}
         await reg.write("fill", lambda c: c.execute(insert(messages), [
             row(i) | {"from_addr": a, "mail_from": a} for i, a in senders.items()]))
     finally:
         await reg.close()
     cli = _cli_on(tmp_path, registry_url)
     for who, want in (("иван@пример.рф", 1), ("ИВАН@ПРИМЕР.РФ", 1), ("иван@xn--e1afmkfd.xn--p1ai", 1),
-                      ("ŽOFIE@PŘÍKLAD.CZ", 2), ("žofie@příklad.cz", 2)):
+                      ("ŽOFIE@PŘÍKLAD.CZ", 2), ("žofie@příklad.cz", 2), ("STRASSE@beispiel.DE", 4),
+                      ("žofie@příklad.sk", 5)):
         for argv in (("registry", "search", "--from", who), ("registry", "history", who)):
             found = json.loads(await asyncio.to_thread(cli, *argv, "--json"))
             found = found["messages"] if argv[1] == "history" else found
@@ -283,10 +287,56 @@ async def test_search_and_history_find_a_sender_in_any_case_of_any_letters(regis
     try:
         every = Scope(everything=True)
         for who, want in (("ИВАН@пример.рф", 1), ("пример.рф", 1), ("ŽOFIE@příklad.cz", 2),
-                          ("PŘÍKLAD.CZ", 2)):
+                          ("PŘÍKLAD.CZ", 2), ("straße@beispiel.de", 4), ("ŽOFIE@Příklad.SK", 5),
+                          ("Иван Петров <ИВАН@Пример.рф>", 1), ('"Nováková, Ž." <žofie@příklad.cz>', 2)):
             hits = await reg.read("web", lambda c, who=who: web_search(c, every, sender=who))
             assert [m["message_id"] for m in hits.rows] == [f"<{want}@x>"], who
             seen = await reg.read("web", lambda c, who=who: counterparty(c, every, who))
             assert [m["message_id"] for m in seen] == [f"<{want}@x>"], who
+    finally:
+        await reg.close()
+
+
+async def test_searches_by_sender_read_the_folded_senders_index(tmp_path):
+    """`registry search --from`, `registry history ADDRESS` and the web view's search and
+    counterparty page find a sender through the (from_fold, received_at) and
+    (mail_from_fold, received_at) indexes (SQLite's plan of every statement that names a
+    sender), not by walking every message newest first: lower(from_addr) no index served
+    (0.10 s against 1 ms at 200,000 messages, bench/bench_registry.py)."""
+    from sqlalchemy import event
+
+    from mailrouter.control.queries import counterparty_threads, history
+    from mailrouter.registry.queries import Scope, counterparty
+    from mailrouter.registry.queries import search as web_search
+    reg = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    try:
+        await reg.write("fill", lambda c: c.execute(insert(messages), [
+            row(i) | {"from_addr": f"u{i % 5}@x.example", "mail_from": f"b{i}@x.example"}
+            for i in range(50)]))
+        said: list[tuple[str, object]] = []
+
+        def seen(conn, cursor, statement, parameters, context, many):
+            if "_fold IN (" in statement and not many:
+                said.append((statement, parameters))
+        event.listen(reg.commit_engine, "before_cursor_execute", seen)
+        who, every = "U3@X.EXAMPLE", Scope(everything=True)
+        found = {
+            "search": await reg.read("s", lambda c: search(c, sender=who)),
+            "history": (await reg.read("h", lambda c: history(c, who)))["messages"],
+            "web search": (await reg.read("w", lambda c: web_search(c, every, sender=who))).rows,
+            "counterparty": await reg.read("c", lambda c: counterparty(
+                c, every, who, threads=counterparty_threads(who))),
+        }
+        event.remove(reg.commit_engine, "before_cursor_execute", seen)
+        for name, rows in found.items():
+            assert len(rows) == 10, name
+        assert len(said) >= 4
+
+        def plans(conn):
+            return [" / ".join(r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql,
+                                                                  params)) for sql, params in said]
+        for plan in await reg.read("plans", plans):
+            assert "INDEX ix_messages_from_fold_received_at" in plan, plan
+            assert "SCAN messages" not in plan, plan
     finally:
         await reg.close()

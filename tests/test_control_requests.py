@@ -11,10 +11,11 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailrouter.config import ControlConfig, RegistryConfig
 from mailrouter.control.tables import request_events, request_messages, requests
+from mailrouter.registry.models import messages
 from tests.control_support import mail, send, write_routing
 from tests.support.daemon import maildir_files
 
@@ -124,6 +125,36 @@ async def test_absent_person_gives_the_deputy_and_robots_open_nothing(make_app, 
         b"Subject:", b"Auto-Submitted: auto-replied\r\nSubject:")
     await send(port, robot, "c9@x.example")
     assert [r["owner"] for r in await rows(app, requests)] == ["petrova"] * 3
+
+
+async def test_a_robots_from_address_opens_answers_and_turns_nothing(make_app, tmp_path, registry_url):
+    """Mail whose From is a robot's address (noreply@, a +detail of no-reply@,
+    MAILER-DAEMON@, as the autoresponder's robot_senders read it) is delivered and recorded
+    but opens no request with an SLA and takes no team member's turn: nobody can answer it,
+    and its request stood overdue on the board. A person's mail sent with a mailing
+    service's envelope sender (bounces+x@) still opens one, with the member next in turn;
+    a noreply@ notice of ours copied to replies@ in the request's thread answers nothing.
+    Before, the bank's noreply@ opened request #1 for ivanov, due in 4 business hours."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    for frm, msgid in (("Банк <noreply@bank.example>", "n1@bank"),
+                       ("no-reply+alerts@shop.example", "n2@shop"),
+                       ("MAILER-DAEMON@mx.partner.example", "n3@mx")):
+        await send(port, mail(frm, "Выписка по счёту", msgid), "bounce-7@esp.example")
+    assert await rows(app, requests) == []
+    await send(port, mail("Иван <ivan@client.example>", "printer", "p1@client"),
+               "bounces+ivan=client.example@esp.example")
+    [r] = await rows(app, requests)
+    assert (r["counterparty"], r["owner"], r["status"]) == ("ivan@client.example", "ivanov", "open")
+    assert r["first_response_due"] is not None
+    await send(port, mail("noreply@example.com", "Re: printer", "auto1@example.com", "<p1@client>",
+                          to="ivan@client.example"), "noreply@example.com", "replies@example.com")
+    [r] = await rows(app, requests)
+    assert (r["status"], r["first_response_at"]) == ("open", None)
+    stored = maildir_files(tmp_path / "var" / "mail" / "support")
+    assert len(stored) == 4
+    recorded = await app.registry.read("n", lambda c: c.execute(
+        select(func.count()).select_from(messages)).scalar_one())
+    assert recorded == 5
 
 
 async def test_null_sender_mail_opens_no_request(make_app, tmp_path):

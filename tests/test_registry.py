@@ -252,7 +252,126 @@ async def test_schema_on_first_open_and_upgrade_idempotent(registry_url: str) ->
         assert {"messages", "decisions", "deliveries", "loops", "reloads", "requests",
                 "outbox", "autoreply_log", "web_accounts", "web_sessions",
                 "subject_words"} <= tables
-        assert version == [("0011",)]
+        assert version == [("0012",)]
+    finally:
+        await reg.close()
+
+
+# Senders folded (revision 0012): what a search by sender compares, through its index
+
+FOLDED = {                    # as it came -> as registry.models.fold_address keeps it
+    "Иван@Пример.РФ": "иван@пример.рф",
+    "STRAßE@Beispiel.DE": "strasse@beispiel.de",
+    "Z\u030cofie@P\u0159i\u0301klad.CZ": "\u017eofie@p\u0159\u00edklad.cz",  # decomposed Ž, í
+    "KIM@Example.COM": "kim@example.com",
+    "": "",
+}
+
+
+async def test_record_keeps_both_senders_folded(registry: Registry) -> None:
+    """The store writes From and the envelope sender folded with the message (and again
+    with a retry's record), the same text on SQLite and PostgreSQL: Python's casefold,
+    so ß is ss and a decomposed Ž is the composed one."""
+    from mailrouter.registry.models import messages
+
+    for i, given in enumerate(FOLDED):
+        rec = message(f"{i:064x}", from_addr=given, mail_from=given.swapcase() or "<>")
+        await registry.record(rec, [decision()], [delivery()])
+        await registry.record(rec, [decision()], [delivery()])          # a retry
+    rows = await registry.read("folds", lambda c: c.execute(select(
+        messages.c.from_fold, messages.c.mail_from_fold, messages.c.attempts)
+        .order_by(messages.c.key)).all())
+    assert [tuple(r) for r in rows] == [
+        (folded, folded or "<>", 2) for folded in FOLDED.values()]
+
+
+async def test_migration_0012_folds_the_senders_of_every_message(registry_url: str) -> None:
+    """A registry at 0011 with 5,003 messages (two batches of the backfill) brought to
+    0012: every message has both senders folded, by the database's lower() for ASCII and by
+    Python for the rest (the batch's edges included), and the searches' indexes are there;
+    the (from_addr, received_at) index, which nothing read, is gone."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailrouter.registry.models import fold_address, messages
+    from mailrouter.registry.store import _alembic_upgrade, _prepare, _url
+
+    await _prepare(_url(registry_url))
+    engine = create_async_engine(registry_url)
+    old = sa.table("messages", *(sa.column(c.name, c.type) for c in messages.c
+                                 if not c.name.endswith("_fold")))
+    special = dict(zip((0, 4998, 4999, 5000, 5002), FOLDED))
+
+    def row(i: int) -> dict[str, Any]:
+        sender = special.get(i, f"User{i}@Client{i % 7}.Example")
+        return dict(key=f"{i:064x}", received_at=WHEN, updated_at=WHEN, protocol="smtp",
+                    peer="127.0.0.1", mail_from=sender.upper() if i % 2 else sender,
+                    rcpts=["s@example.com"], message_id=f"<{i}@x>", from_name="",
+                    from_addr=sender, subject="s", size=1, content_hash="c", defects=[],
+                    ruleset_hash="r", status="delivered", attempts=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic_upgrade, "0011")
+            await conn.execute(sa.insert(old), [row(i) for i in range(5003)])
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic_upgrade)
+        async with engine.connect() as conn:
+            got = (await conn.execute(select(messages.c.key, messages.c.from_addr,
+                                             messages.c.mail_from, messages.c.from_fold,
+                                             messages.c.mail_from_fold))).all()
+            indexes = {ix["name"] for ix in await conn.run_sync(
+                lambda c: inspect(c).get_indexes("messages"))}
+    finally:
+        await engine.dispose()
+    assert len(got) == 5003
+    assert [r for r in got if (r.from_fold, r.mail_from_fold)
+            != (fold_address(r.from_addr), fold_address(r.mail_from))] == []
+    by_key = {r.key: r.from_fold for r in got}
+    assert [by_key[f"{i:064x}"] for i in special] == list(FOLDED.values())
+    assert by_key[f"{17:064x}"] == "user17@client3.example"
+    assert {"ix_messages_from_fold_received_at", "ix_messages_mail_from_fold_received_at"} <= indexes
+    assert "ix_messages_from_addr_received_at" not in indexes
+
+
+async def test_migration_0012_cut_short_on_sqlite_is_finished_by_the_next_start(
+        tmp_path: Path) -> None:
+    """SQLite runs a revision's DDL as it comes, outside the transaction that the
+    backfill's updates and the version are in: an 0012 stopped during its backfill (the
+    start's registry timeout: `Registry.open(timeout=...)`) leaves the old index dropped and
+    the columns added, empty, at revision 0011. The next start finishes it. Before, it
+    failed at every start on "no such index: ix_messages_from_addr_received_at"."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailrouter.registry.models import messages
+    from mailrouter.registry.store import _alembic_upgrade, _prepare, _url
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    await _prepare(_url(url))
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic_upgrade, "0011")
+            await conn.execute(sa.insert(sa.table("messages", *(
+                sa.column(c.name, c.type) for c in messages.c if not c.name.endswith("_fold")))),
+                [dict(key="k", received_at=WHEN, updated_at=WHEN, protocol="smtp", peer="p",
+                      mail_from="<>", rcpts=[], message_id=None, from_name="",
+                      from_addr="Žofie@Příklad.CZ", subject="s", size=1, content_hash="c",
+                      defects=[], ruleset_hash="r", status="delivered", attempts=1)])
+        async with engine.connect() as conn:      # what the cut-short run had done
+            for sql in ("DROP INDEX ix_messages_from_addr_received_at",
+                        "ALTER TABLE messages ADD COLUMN from_fold TEXT",
+                        "ALTER TABLE messages ADD COLUMN mail_from_fold TEXT"):
+                await conn.exec_driver_sql(sql)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    reg = await Registry.open(url)
+    try:
+        assert await reg.read("f", lambda c: c.execute(select(
+            messages.c.from_fold, messages.c.mail_from_fold)).one()) == ("žofie@příklad.cz", "<>")
+        assert await reg.read("v", lambda c: c.exec_driver_sql(
+            "SELECT version_num FROM alembic_version").scalar_one()) == "0012"
     finally:
         await reg.close()
 
@@ -528,7 +647,9 @@ async def test_sqlite_group_commit_runs_compiled_statements_with_sqlalchemys_row
         with sqlite3.connect(tmp_path / name) as db:
             dumps.append({t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
                           for t in ("messages", "decisions", "deliveries", "subject_words")})
-    assert dumps[0]["messages"][0][-1] == 2 and len(dumps[0]["subject_words"]) >= 2
+            attempts = [d[0] for d in db.execute("SELECT * FROM messages").description
+                        ].index("attempts")
+    assert dumps[0]["messages"][0][attempts] == 2 and len(dumps[0]["subject_words"]) >= 2
     assert dumps[0] == dumps[1]
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import create_engine, func, insert, select
 
 from mailrouter.control.queries import search
@@ -80,6 +81,11 @@ async def test_words_found_in_another_case_with_e_for_yo_after_reply_prefix(regi
         await reg.close()
 
 
+# the messages table before revision 0012 (the folded senders): what older revisions hold
+OLD_MESSAGES = sa.table("messages", *(sa.column(c.name, c.type) for c in messages.c
+                                      if not c.name.endswith("_fold")))
+
+
 async def test_migration_backfills_an_existing_sqlite_file(tmp_path: Path):
     """A registry at revision 0005 holding more messages than one backfill batch: opening it
     with this version makes every message's words, and a search finds the first and the last."""
@@ -87,7 +93,7 @@ async def test_migration_backfills_an_existing_sqlite_file(tmp_path: Path):
     engine = create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         _alembic_upgrade(conn, "0005")
-        conn.execute(insert(messages), [dict(
+        conn.execute(insert(OLD_MESSAGES), [dict(
             dataclasses.asdict(msg(i, SUBJECTS[0] if i in (0, 5002) else f"привет {i}")),
             updated_at=AT, attempts=1) for i in range(5003)])
     engine.dispose()
@@ -144,7 +150,7 @@ async def test_revision_0009_makes_the_old_words_again_in_the_folded_form(tmp_pa
         _alembic_upgrade(conn, "0007")
         for i, (subject, words) in old.items():
             m = msg(i, subject)
-            conn.execute(insert(messages), [dict(dataclasses.asdict(m), updated_at=AT, attempts=1)])
+            conn.execute(insert(OLD_MESSAGES), [dict(dataclasses.asdict(m), updated_at=AT, attempts=1)])
             conn.execute(insert(subject_words), [
                 {"message_key": m.key, "word": w, "received_at": m.received_at} for w in words])
     engine.dispose()
@@ -164,7 +170,8 @@ async def test_revision_0009_makes_the_old_words_again_in_the_folded_form(tmp_pa
 
 
 async def test_migration_matches_the_tables(registry_url):
-    """Revision 0006 creates the word table and the indexes the tables declare."""
+    """Revisions 0006 and 0012 create the word table, the folded senders and the indexes
+    the tables declare."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
@@ -176,7 +183,8 @@ async def test_migration_matches_the_tables(registry_url):
         def diff(conn):
             ctx = MigrationContext.configure(conn, opts={"compare_type": False})
             return [d for d in compare_metadata(ctx, metadata)
-                    if any(t in repr(d) for t in ("subject_words", "decisions", "requests"))]
+                    if any(t in repr(d) for t in ("subject_words", "decisions", "requests",
+                                                  "messages"))]
         assert await reg.read("diff", diff) == []
     finally:
         await reg.close()

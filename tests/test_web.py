@@ -279,7 +279,8 @@ async def test_a_pasted_reply_subject_finds_the_message_in_czech_and_russian(cli
 
 async def test_a_head_sees_their_department_only_even_by_link(client: Any, site: Any) -> None:
     """smirnov heads sales: he finds the sales message, not the finance one, and the
-    finance message's link answers 404 to him; petrova (admin) sees both."""
+    finance message's link answers 404 to him; petrova (admin) sees both. The page says
+    what he may see without the inner name of his own mailbox (person:smirnov)."""
     ivanov, smirnov, petrova = client(), client(), client()
     for c, who in ((ivanov, "ivanov"), (smirnov, "smirnov"), (petrova, "petrova")):
         assert await c.login(who) == 303
@@ -288,6 +289,11 @@ async def test_a_head_sees_their_department_only_even_by_link(client: Any, site:
     assert "Счёт №42" in page and "Вопрос о цене" not in page
     _, page, _ = await smirnov.get("/search")
     assert "Вопрос о цене" in page and "Счёт №42" not in page
+    # what he may see, in words he knows: his departments' mailboxes (not his own
+    # mailbox's inner name, person:smirnov: "your own mail" says it), his own by his name
+    rights = re.search(r'<p class="rights">([^<]*)</p>', page).group(1)
+    assert "person:" not in rights and "sales" in rights and "your own mail" in rights
+    assert re.search(r'<option value="person:smirnov">Сергей Смирнов</option>', page)
     status, page, _ = await smirnov.get(link)
     assert status == 404 and "Счёт" not in page
     _, page, _ = await smirnov.get("/counterparty?who=outside.test")

@@ -174,8 +174,9 @@ async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_rout
     """The finance request shows its message (decoded subject, From), the decision with
     rule invoices at routing.yaml:N (no absolute path anywhere), the rule set's hash, that
     attachment names are not recorded, and the history (opened, owner). The message page
-    links to its request."""
-    _, _, fin, _ = site
+    links to its request. A request whose rule names no owner has no owner event (it said
+    "(nobody) -> (nobody)")."""
+    _, _, fin, sup = site
     ivanov = await client("ivanov")
     status, page, _ = await ivanov.get(f"/request/{fin}")
     assert status == 200
@@ -190,6 +191,9 @@ async def test_a_request_page_tells_its_story_with_the_rule_relative_to_the_rout
     _, story, _ = await ivanov.get(f"/message/{key}")
     assert f'<a id="request" href="/request/{fin}">' in story
     assert str(RULES) not in story
+    # the support request's rule names no owner: its history has no "(nobody) -> (nobody)"
+    _, page, _ = await (await client("smirnov")).get(f"/request/{sup}")
+    assert 'class="ev-opened"' in page and 'class="ev-owner"' not in page
 
 
 async def test_a_long_thread_is_shown_a_hundred_messages_a_page(site: Any, client: Any) -> None:
@@ -334,6 +338,48 @@ async def test_the_owner_of_a_request_sees_its_messages_whoever_the_rule_named(
     assert (await ivanov.get(f"/message/{key}"))[0] == 404
     _, page, _ = await ivanov.get("/search?words=принтер")
     assert f"/message/{key}" not in page
+
+
+async def test_the_search_by_owner_finds_the_requests_a_person_was_given(
+        site: Any, client: Any) -> None:
+    """The search's owner list names people: choosing Пётр Иванов finds the invoice the
+    finance-duty team picked him for, and the support message once it is given to him,
+    as `mailrouter registry search --owner ivanov` does (the rule's owner or the
+    request's). Before, it compared the rule's owner only (the team, or nobody): a head
+    choosing a person of the list found nothing of what that person owns."""
+    app, _, fin, sup = site
+    petrova = await client("petrova")
+    _, page, _ = await petrova.get("/search?owner=ivanov")
+    assert "Счёт №42 за декабрь" in page and "принтер не печатает" not in page
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "ivanov"}))[0] == 303
+    _, page, _ = await petrova.get("/search?owner=ivanov")
+    assert "Счёт №42 за декабрь" in page and "принтер не печатает" in page
+    _, page, _ = await petrova.get("/search?owner=smirnov")
+    assert "Счёт №42" not in page and "принтер" not in page
+
+
+async def test_a_message_to_two_mailboxes_is_one_message_of_its_day_and_owner(
+        site: Any, client: Any) -> None:
+    """One message to sales@ and support@ (smirnov heads both) counts once in the report's
+    messages per day and per owner, and once in each mailbox's row. Before, the day's bar
+    and the owner's row added the mailboxes up: 2 for one message (the search showed 1)."""
+    app, _, _, _ = site
+    host, port = app.bound["smtp"]
+    await aiosmtplib.send(b"From: c@outside.test\r\nTo: sales@example.com, support@example.com\r\n"
+                          b"Subject: both\r\n\r\nhello\r\n", sender="c@outside.test",
+                          recipients=["sales@example.com", "support@example.com"],
+                          hostname=host, port=port)
+    smirnov = await client("smirnov")
+    _, page, _ = await smirnov.get("/search?words=both")
+    assert page.count('href="/message/') == 1
+    _, page, _ = await smirnov.get("/report")
+    chart = page[page.index("<figure>"):page.index("</figure>")]
+    bars = [int(n) for n in re.findall(r"<title>\d\d-\d\d: (\d+)</title>", chart)]
+    assert sum(bars) == 2                     # the urgent support message, and this one
+    tables = re.findall(r"<tbody>(.*?)</tbody>", page[:page.index("response-mailbox")], re.S)
+    rows = [dict(re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td></tr>", t)) for t in tables]
+    assert rows == [{"sales": "1", "support": "2"}, {"-": "2"}]
 
 
 async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: Any,

@@ -7,13 +7,14 @@ status/first_response_due, counterparty or its domain; messages by received_at (
 sender by the walk, below); subject words (normalised as the rules do: NFKC, case-folded, ё = е, č = c, reply
 prefixes stripped) by the subject-word index (registry/words.py).
 
-Addresses are matched in any case of any alphabet: lower() on both sides (Python's on
-SQLite, registry.store.unicode_lower; PostgreSQL's in a UTF-8 locale), so both backends agree.
+Addresses are matched in any case of any alphabet: a sender (From) through the folded
+column the registry writes with each message (messages.from_fold, Python's casefold:
+registry.models.fold_address) and its (from_fold, received_at) index, the same text on
+SQLite and PostgreSQL; a recipient by lower() on both sides (Python's on SQLite,
+registry.store.unicode_lower; PostgreSQL's in a UTF-8 locale).
 
 Known limits: `history DOMAIN` finds messages by the From address's domain with a
-LIKE suffix match, which no index serves; requests by domain are indexed. A sender is
-matched through lower(from_addr), which the (from_addr, received_at) index does not
-serve: `search --from` walks the messages newest first until it has its `-n`.
+LIKE suffix match on the folded From, which no index serves; requests by domain are indexed.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, true
+from sqlalchemy import (ColumnElement, Connection, Select, and_, exists, func, or_, select, true,
+                        union)
 
 from ..registry.models import decisions, deliveries, messages
-from ..registry.queries import Scope, from_domain, idn_forms
+from ..registry.queries import Scope, folded_forms, from_domain, idn_forms
 from ..registry.words import newest, parse_words
 from ..values import OPEN_REQUEST_STATUSES
 from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in", "through_requests", "counterparty_threads"]
+           "requests_in", "through_requests", "counterparty_threads", "owned_by"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -62,6 +64,16 @@ def through_requests(mailboxes: frozenset[str], person: str | None
     def owns(key: Any) -> ColumnElement[bool]:
         return exists().where(request_messages.c.message_key == key,
                               requests.c.id == request_messages.c.request_id, seen)
+    return owns
+
+
+def owned_by(person: str) -> Callable[[Any], ColumnElement[bool]]:
+    """For registry.queries.search's `owned`: a message key of a request `person` owns now
+    (picked by a team, covering as a deputy, reassigned), as `search --owner` reads it."""
+    def owns(key: Any) -> ColumnElement[bool]:
+        return exists().where(request_messages.c.message_key == key,
+                              requests.c.id == request_messages.c.request_id,
+                              requests.c.owner == person)
     return owns
 
 
@@ -266,10 +278,10 @@ def search(conn: Connection, *, sender: str | None = None, rcpt: str | None = No
     # the walk reads the key and time only; the picked rows are read whole below
     q = select(messages.c.key, messages.c.received_at)
     if sender:
-        # in any case (lower() on both sides: Unicode on SQLite too, store.unicode_lower; the
-        # address as typed or in lower case missed Иван@Пример.рф as it came) and with its
-        # domain in the other IDNA form (the xn-- form was not found by the Cyrillic one)
-        q = q.where(func.lower(messages.c.from_addr).in_(idn_forms(sender.strip().lower())))
+        # in any case (the folded From, indexed: lower(from_addr) was a walk of every
+        # message newest first) and with its domain in the other IDNA form (the xn-- form
+        # was not found by the Cyrillic one)
+        q = q.where(messages.c.from_fold.in_(folded_forms(sender)))
     # Correlated EXISTS, not IN (subquery): walking messages newest first, each row is
     # checked by an index lookup and the walk stops at `limit`; an IN list would first
     # collect every message of the owner or status (a sixth of a million-message registry).
@@ -325,14 +337,11 @@ def _counterparty(who: str) -> ColumnElement[bool]:
             else requests.c.counterparty_domain.in_(forms))
 
 
-def counterparty_threads(who: str) -> Callable[[Any], ColumnElement[bool]]:
-    """For registry.queries.counterparty: a message key of a request of `who`'s."""
-    theirs = select(requests.c.id).where(_counterparty(who))
-
-    def cond(key: Any) -> ColumnElement[bool]:
-        return exists().where(request_messages.c.message_key == key,
-                              request_messages.c.request_id.in_(theirs))
-    return cond
+def counterparty_threads(who: str) -> Select[Any]:
+    """For registry.queries.counterparty: the message keys of `who`'s requests (through
+    the counterparty's index, then each request's messages)."""
+    return select(request_messages.c.message_key).where(
+        request_messages.c.request_id.in_(select(requests.c.id).where(_counterparty(who))))
 
 
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:
@@ -342,16 +351,24 @@ def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, A
     Before, only their own mail was listed: the history of a customer never showed an
     answer."""
     who = who.strip().lower().lstrip("@")
-    forms = idn_forms(who)
+    forms = folded_forms(who)
     rq: ColumnElement[bool]
     mq: ColumnElement[bool]
     rq = _counterparty(who)
     if "@" in who:      # From in any case (Иван@Пример.рф for иван@пример.рф), as search
-        mq = func.lower(messages.c.from_addr).in_(forms)
+        mq = messages.c.from_fold.in_(forms)
     else:
         mq = from_domain(forms)
     reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]
-    msgs = list(conn.execute(select(messages).where(or_(mq, counterparty_threads(who)(messages.c.key)))
+    # an address: their mail and their requests' as one set of keys from two indexes
+    # (`from_fold IN .. OR EXISTS (their request)` could use neither, and walked every
+    # message newest first); a domain, which no index finds: that walk, stopping at `limit`
+    found: ColumnElement[bool]
+    if "@" in who:
+        found = messages.c.key.in_(union(select(messages.c.key).where(mq), counterparty_threads(who)))
+    else:
+        found = or_(mq, messages.c.key.in_(counterparty_threads(who)))
+    msgs = list(conn.execute(select(messages).where(found)
                              .order_by(messages.c.received_at.desc()).limit(limit)).all())
     return {"counterparty": who, "requests": reqs, "messages": _message_rows(conn, msgs)}
 

@@ -11,6 +11,15 @@ whose rule says `copy_to_owner: true`: the copy is made in the same delivery ste
 others, so it is in the registry's deliveries, a retry skips it once delivered, and a
 temporary failure of it answers 4xx like any other copy.
 
+Robot mail opens, joins and answers nothing (it is recorded and delivered as any other):
+what the headers say and the null envelope sender (the rules' `robot: true`), and a From
+address (the envelope sender without one) whose local part is a robot's as the
+autoresponder reads it (autoreply.DEFAULT_ROBOT_SENDERS: noreply@, mailer-daemon@,
+*-bounces@ ...; +detail cut off): nobody can answer a noreply@ notice, so a request for it
+only stood overdue on the board and took a team member's turn. Only From is read there, not
+the envelope sender or Return-Path as the autoresponder does: a person's mail sent through a
+mailing service has a robot's envelope sender (bounces+123@) and must still open a request.
+
 Refused: see store.py (joins by strangers, robots). A registry failure while
 planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 """
@@ -18,6 +27,7 @@ planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -31,6 +41,7 @@ from sqlalchemy import Connection
 
 from ..addressbook.canon import canonical, detail_split, on_our_domains
 from ..addressbook.model import Options
+from ..autoreply import DEFAULT_ROBOT_SENDERS
 from ..config import ControlConfig
 from ..loops import header_text
 from ..message import msg_ids
@@ -50,8 +61,12 @@ _THREAD_WAIT = 30.0     # seconds a message waits for another of its thread in f
 
 
 class Control:
-    def __init__(self, cfg: ControlConfig, registry: Registry) -> None:
+    def __init__(self, cfg: ControlConfig, registry: Registry,
+                 robot_senders: Sequence[str] = DEFAULT_ROBOT_SENDERS) -> None:
+        """`robot_senders`: local-part globs of robot addresses (config.yaml's
+        autoreply.robot_senders, else the autoresponder's defaults)."""
         self.cfg, self.registry = cfg, registry
+        self.robot_senders = tuple(p.lower() for p in robot_senders)
         self.tag = NumberTag(cfg.number) if cfg.number else None
         # `_chosen`: the choice per message key, so the MTA's retry of a message without a
         # Message-ID that got 4xx (nothing recorded, nothing claimed) gets the same owner
@@ -129,8 +144,9 @@ class Control:
         number = self.tag.find(view.subject) if self.tag else None
         # robot mail as the rules' `robot: true` reads it: what the headers say, or the
         # null envelope sender of bounces and notices (an out-of-office reply without
-        # Auto-Submitted: Exchange 2010's carries X-Auto-Response-Suppress alone)
-        robot = robot_of(view, mail_from)[0]
+        # Auto-Submitted: Exchange 2010's carries X-Auto-Response-Suppress alone); or a
+        # robot's From address (noreply@), which no one can answer
+        robot = robot_of(view, mail_from)[0] or self._robot_sender(sender)
         to = next((r for r in rcpts if self._to_replies(r, snap.book.options)), None)
         if to is not None:
             if robot:               # an out-of-office of ours, a reminder: no one answered
@@ -201,6 +217,13 @@ class Control:
                 del self._chosen[next(iter(self._chosen))]     # the oldest
             self._chosen[key] = choice
         return choice
+
+    def _robot_sender(self, sender: str) -> bool:
+        """Is `sender` (From, lower case) a robot's address: its local part, or the part
+        before a +detail, matches a robot_senders glob (a bare `MAILER-DAEMON` too)?"""
+        local = sender.rpartition("@")[0] if "@" in sender else sender
+        return bool(local) and any(fnmatch.fnmatchcase(part, p) for p in self.robot_senders
+                                   for part in {local, local.split("+", 1)[0]})
 
     @staticmethod
     def _ours(mail_from: str, domains: frozenset[str]) -> bool:

@@ -407,8 +407,9 @@ def _open(conn: Connection, plan: Plan, key: str, at: datetime) -> int:
         last_in_at=at).returning(requests.c.id)).scalar_one())
     _link(conn, plan, rid, key, "in", at)
     add_event(conn, rid, at, "opened", f"rule {plan.rule}" if plan.rule else "opened", plan.sender)
-    add_event(conn, rid, at, "owner", json.dumps({"from": None, "to": plan.owner,
-                                                  "why": list(plan.why)}, ensure_ascii=False))
+    if plan.owner is not None or plan.why:     # a rule naming no owner: no "(nobody) -> (nobody)"
+        add_event(conn, rid, at, "owner", json.dumps({"from": None, "to": plan.owner,
+                                                      "why": list(plan.why)}, ensure_ascii=False))
     return rid
 
 

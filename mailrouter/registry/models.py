@@ -9,10 +9,17 @@ rules: a message row keeps its first received_at and counts attempts; a
 decision is replaced per (message, rcpt); a delivery per (message, target)
 unless it is already 'delivered', which never goes back.
 
-Tables here: messages, decisions, deliveries, loops, reloads (0001; which process: 0011), outbox and
+Tables here: messages (0001; the senders case-folded, from_fold and mail_from_fold: 0012),
+decisions, deliveries, loops, reloads (0001; which process: 0011), outbox and
 autoreply_log (0003: outgoing mail claimed with FOR UPDATE SKIP LOCKED, and the
 cluster-wide per-sender autoreply limit as a unique key). The request tables of
 execution control (0004) are defined in `control/`.
+
+A message's From and envelope sender are kept twice: as they came (shown) and folded
+(`fold_address`, searched: `registry search --from`, `history`, the web view's search and
+counterparty pages, through the (fold, received_at) indexes). The folding is Python's,
+at write time, so SQLite and PostgreSQL (whatever its LC_CTYPE) hold and compare the same
+text; a Core insert that leaves the folded columns out gets them from their defaults.
 
 Known limits: timestamps are stored as UTC; SQLite keeps them naive and
 ``UTCDateTime`` puts the zone back on read. JSON columns hold tuples as lists.
@@ -20,6 +27,7 @@ Known limits: timestamps are stored as UTC; SQLite keeps them naive and
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from functools import cache
 from datetime import datetime, timezone
@@ -38,7 +46,7 @@ __all__ = [
     "messages", "decisions", "deliveries", "loops", "reloads",
     "MESSAGE_STATUSES", "DELIVERY_STATES", "message_upsert", "decision_upsert",
     "delivery_upsert", "OutboxRecord", "OUTBOX_STATES", "outbox", "autoreply_log",
-    "outbox_insert", "autoreply_log_insert",
+    "outbox_insert", "autoreply_log_insert", "fold_address",
 ]
 
 MESSAGE_STATUSES = frozenset({"delivered", "partial", "deferred", "rejected",
@@ -115,6 +123,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
+def fold_address(value: str) -> str:
+    """An address as searches compare it: Unicode case folding (Python's casefold, so
+    Иван = иван, Ž = ž, ß = ss) of the canonically decomposed text, composed again (a
+    decomposed й or ř equals the composed one). ASCII, nearly every address: lower()."""
+    if value.isascii():
+        return value.lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", value).casefold())
+
+
+def _folded(column: str) -> Any:
+    """A column default: `column` of the row being inserted, folded."""
+    def default(context: Any) -> str:
+        return fold_address(context.get_current_parameters()[column] or "")
+    return default
+
+
 # Stable constraint names, so later revisions (and SQLite batch mode) can name them.
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -142,8 +166,12 @@ messages = Table(
     Column("ruleset_hash", String(64), nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="1"),
+    # fold_address of from_addr and mail_from (0012): what a search by sender compares
+    Column("from_fold", Text, default=_folded("from_addr")),
+    Column("mail_from_fold", Text, default=_folded("mail_from")),
     Index(None, "received_at"),
-    Index(None, "from_addr", "received_at"),
+    Index(None, "from_fold", "received_at"),
+    Index(None, "mail_from_fold", "received_at"),
     Index(None, "message_id"),
 )
 

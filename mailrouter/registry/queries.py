@@ -28,16 +28,18 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import (ColumnElement, Connection, Select, and_, case, exists, func, literal_column,
-                        or_, select)
+                        or_, select, union)
 
-from .models import decisions, deliveries, messages
+from .models import decisions, deliveries, fold_address, messages
 from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
-           "local_midnight", "day_of", "idn_forms", "from_domain", "SCAN_MAX"]
+           "volume_totals",
+           "local_midnight", "day_of", "idn_forms", "folded_forms", "from_domain", "SCAN_MAX"]
 
 SCAN_MAX = 200_000        # rows a subject-word search reads before it gives up
 _CHUNK = 2000
@@ -90,7 +92,11 @@ class SearchResult:
 
 def idn_forms(who: str) -> list[str]:
     """`who` (an address or a domain, lower case) with its domain as typed and in its other
-    IDNA form: пример.рф and xn--e1afmkfd.xn--p1ai are one domain, stored as it came."""
+    IDNA form: пример.рф and xn--e1afmkfd.xn--p1ai are one domain, stored as it came.
+    A From line pasted whole (`Бухгалтерия <buh@romashka.example>`) is its address: it
+    found nothing."""
+    if "<" in who and "@" in (inner := parseaddr(who)[1]):
+        who = inner
     local, at, domain = who.rpartition("@")
     forms = {who}
     for codec in ("to ascii", "to unicode"):
@@ -103,20 +109,25 @@ def idn_forms(who: str) -> list[str]:
     return sorted(forms)
 
 
+def folded_forms(who: str) -> list[str]:
+    """`who` (an address or a domain) as the registry keeps senders folded (from_fold,
+    mail_from_fold: models.fold_address), its domain in either IDNA form."""
+    return sorted({fold_address(f) for f in idn_forms(fold_address(who.strip()))})
+
+
 def _sender(who: str) -> Any:
     """From (or the envelope sender) an address, or an address of a domain, in either
-    IDNA form of its domain."""
-    forms = idn_forms(who.strip().lower().lstrip("@"))
+    IDNA form of its domain, in any case: the folded columns, through their indexes."""
+    forms = folded_forms(who.strip().lstrip("@"))
     if "@" in forms[0]:
-        return or_(func.lower(messages.c.from_addr).in_(forms),
-                   func.lower(messages.c.mail_from).in_(forms))
+        return or_(messages.c.from_fold.in_(forms), messages.c.mail_from_fold.in_(forms))
     return from_domain(forms)
 
 
 def from_domain(domains: list[str]) -> Any:
-    """From an address of one of `domains` (lower case), each matched as typed: "%" or "_"
-    in it are not LIKE wildcards ("%" was everyone)."""
-    return or_(*(func.lower(messages.c.from_addr).like(
+    """From an address of one of `domains` (folded: folded_forms), each matched as typed:
+    "%" or "_" in it are not LIKE wildcards ("%" was everyone)."""
+    return or_(*(messages.c.from_fold.like(
         "%@" + re.sub(r"([\\%_])", r"\\\1", d), escape="\\") for d in domains))
 
 
@@ -148,11 +159,15 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
 def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", words: str = "",
            since: date | None = None, until: date | None = None, tag: str = "", status: str = "",
            mailbox: str = "", owner: str = "", limit: int = 100,
-           zone: tzinfo = timezone.utc, before: tuple[datetime, str] | None = None) -> SearchResult:
+           zone: tzinfo = timezone.utc, before: tuple[datetime, str] | None = None,
+           owned: Callable[[Any], ColumnElement[bool]] | None = None) -> SearchResult:
     """Messages, newest first, each with its decisions and deliveries. `until` is inclusive;
     `since` and `until` are days of `zone` (the web view passes the company's).
     `words`: every word in the subject (whole words; `счет*` for every word it begins).
-    `before`: (received_at, key) of the last message of the page shown; the next page."""
+    `before`: (received_at, key) of the last message of the page shown; the next page.
+    `owner`: the rule's owner (a person or a team), or with `owned` (a condition on a
+    message key: of a request `owner` owns now, control.queries.owned_by) the request's,
+    as `registry search --owner` matches: a team's pick, a deputy, a reassignment."""
     q = scope.where(select(messages.c.key, messages.c.received_at))
     if sender.strip():
         q = q.where(_sender(sender))
@@ -165,7 +180,11 @@ def search(conn: Connection, scope: Scope, *, sender: str = "", rcpt: str = "", 
             # Postfix passed it (продажи@xn--e1afmkfd.xn--p1ai was not found as @пример.рф)
             cond = (func.lower(column).in_(idn_forms(value.strip().lower()))
                     if column is decisions.c.rcpt else column == value.strip())
-            q = q.where(exists().where(decisions.c.message_key == messages.c.key, cond))
+            found: ColumnElement[bool] = exists().where(
+                decisions.c.message_key == messages.c.key, cond)
+            if column is decisions.c.owner and owned is not None:
+                found = or_(found, owned(messages.c.key))
+            q = q.where(found)
     want_tag = tag.strip()
     walk = newest(conn, q, parse_words(words), page=_CHUNK,
                   since=None if since is None else local_midnight(since, zone),
@@ -224,17 +243,21 @@ def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | 
 
 def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
                  before: tuple[datetime, str] | None = None,
-                 threads: Callable[[Any], ColumnElement[bool]] | None = None
-                 ) -> list[dict[str, Any]]:
+                 threads: Select[Any] | None = None) -> list[dict[str, Any]]:
     """The messages from one address, or from anyone at a domain, newest first: `limit`
     of them, after `before` (received_at, key of the last one of the page shown).
-    `threads` (a condition on a message key, control.queries.counterparty_threads): also
-    the messages of their requests, our replies among them, as `registry history` lists."""
+    `threads` (the message keys of their requests, control.queries.counterparty_threads):
+    also those messages, our replies among them, as `registry history` lists."""
     if not who.strip():
         return []
     found = _sender(who)
-    if threads is not None:
-        found = or_(found, threads(messages.c.key))
+    if threads is not None and "@" in who.strip().lstrip("@"):
+        # an address: one set of keys from the two indexes (an OR of the sender and their
+        # requests could use neither, and walked every message newest first)
+        found = messages.c.key.in_(union(select(messages.c.key).where(found), threads))
+    elif threads is not None:
+        # a domain, which no index finds: the walk newest first stops at `limit`
+        found = or_(found, messages.c.key.in_(threads))
     q = scope.where(select(messages)).where(found)
     at, key = messages.c.received_at, messages.c.key
     if before is not None:
@@ -243,10 +266,10 @@ def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
     return _with_decisions(conn, rows, scope)
 
 
-def volume(conn: Connection, scope: Scope, since: date, until: date,
-           zone: tzinfo = timezone.utc) -> list[dict[str, Any]]:
-    """Messages per day of `zone`, mailbox and owner (a message to two mailboxes counts in
-    each), with how many were deferred or rejected; `until` inclusive."""
+def _volume_rows(conn: Connection, scope: Scope, since: date, until: date,
+                 zone: tzinfo) -> tuple[Any, list[date]] | None:
+    """(a subquery of (day index, key, status, mailbox, owner): one row per message and
+    decision the scope sees in the period, the days), or None when no mail is in it."""
     start, end = local_midnight(since, zone), local_midnight(until, zone, 1)
     span = (messages.c.received_at >= start, messages.c.received_at < end)
     # the days that hold mail (two index lookups), not every day asked for: a period
@@ -254,7 +277,7 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
     low, high = conn.execute(select(func.min(messages.c.received_at),
                                     func.max(messages.c.received_at)).where(*span)).one()
     if low is None:
-        return []
+        return None
     first, last = low.astimezone(zone).date(), high.astimezone(zone).date()
     index, days = day_of(messages.c.received_at, zone, first, last)
     rows = (select(index.label("day"), messages.c.key, messages.c.status, decisions.c.mailbox,
@@ -269,7 +292,17 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
         rows = rows.where(cond)
     # grouped outside: PostgreSQL does not see a CASE with bound parameters in the select
     # list and the same CASE in GROUP BY as one expression
-    sub = rows.subquery()
+    return rows.subquery(), days
+
+
+def volume(conn: Connection, scope: Scope, since: date, until: date,
+           zone: tzinfo = timezone.utc) -> list[dict[str, Any]]:
+    """Messages per day of `zone`, mailbox and owner (a message to two mailboxes counts in
+    each), with how many were deferred or rejected; `until` inclusive."""
+    found = _volume_rows(conn, scope, since, until, zone)
+    if found is None:
+        return []
+    sub, days = found
     q = (select(sub.c.day, sub.c.mailbox, sub.c.owner,
                 func.count(func.distinct(sub.c.key)).label("messages"),
                 func.count(func.distinct(sub.c.key)).filter(
@@ -278,3 +311,22 @@ def volume(conn: Connection, scope: Scope, since: date, until: date,
          .order_by(sub.c.day, sub.c.mailbox, sub.c.owner))
     return [{"day": days[int(r.day)].isoformat(), "mailbox": r.mailbox, "owner": r.owner,
              "messages": int(r.messages), "trouble": int(r.trouble)} for r in conn.execute(q)]
+
+
+def volume_totals(conn: Connection, scope: Scope, since: date, until: date,
+                  zone: tzinfo = timezone.utc) -> dict[str, dict[Any, int]]:
+    """Messages per day of `zone` ({"per_day": {"2026-12-07": n}}), per mailbox and per
+    owner ({"per_owner": {owner or None: n}}), each message once in each: `volume`'s rows
+    added up counted a message to two mailboxes twice on its day and for its owner (and
+    one to a mailbox with two owners twice there)."""
+    found = _volume_rows(conn, scope, since, until, zone)
+    if found is None:
+        return {"per_day": {}, "per_mailbox": {}, "per_owner": {}}
+    sub, days = found
+    n = func.count(func.distinct(sub.c.key))
+    out: dict[str, dict[Any, int]] = {}
+    for name, col in (("per_day", sub.c.day), ("per_mailbox", sub.c.mailbox),
+                      ("per_owner", sub.c.owner)):
+        out[name] = {(days[int(k)].isoformat() if name == "per_day" else k): int(c)
+                     for k, c in conn.execute(select(col, n).group_by(col))}
+    return out

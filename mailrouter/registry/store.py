@@ -63,7 +63,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from mailrouter.errors import RegistryBugError, RegistryError, RegistryFullError
 from mailrouter.registry.models import (
     DecisionRecord, DeliveryRecord, MessageRecord, decision_upsert, decisions, deliveries,
-    delivery_upsert, loops, message_upsert, messages, reloads,
+    delivery_upsert, fold_address, loops, message_upsert, messages, reloads,
 )
 from mailrouter.registry.words import subject_words, word_insert, word_rows
 from mailrouter.registry.models import (
@@ -268,7 +268,9 @@ class _Pending:
     def rows(self, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]],
                                            list[dict[str, Any]]]:
         key = self.message.key
-        msg = _jsonable(self.message) | {"updated_at": now, "attempts": 1}
+        m = self.message
+        msg = _jsonable(m) | {"updated_at": now, "attempts": 1, "from_fold": fold_address(m.from_addr),
+                              "mail_from_fold": fold_address(m.mail_from)}
         decs = {d.rcpt: _jsonable(d) | {"message_key": key} for d in self.decisions}
         dels: dict[str, dict[str, Any]] = {}
         for d in self.deliveries:  # one row per target; 'delivered' wins inside a record

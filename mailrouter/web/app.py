@@ -37,7 +37,7 @@ from sqlalchemy import Connection
 from ..calendars import company_zone
 from ..config import WebConfig, is_loopback
 from ..control.notice import Notices
-from ..control.queries import counterparty_threads, request_of
+from ..control.queries import counterparty_threads, owned_by, request_of
 from ..registry import Registry
 from ..registry.accounts import close_session, open_session, password_hash, verify_password
 from ..registry.models import MESSAGE_STATUSES
@@ -193,8 +193,11 @@ async def search_page(request: web.Request) -> web.Response:
     fields = {k: q.get(k, "")[:200] for k in ("sender", "rcpt", "words", "tag", "status", "mailbox",
                                               "owner")}
     scope, zone = viewer(request).scope, company_zone(snap(request).rules.calendars)
+    # the owner list names people: the requests they own (a team's pick) as the rules' owner
+    owned = owned_by(fields["owner"].strip()) if fields["owner"].strip() else None
     found = await request.app[REGISTRY].read("web search", lambda c: search(
-        c, scope, since=since, until=until, limit=SEARCH_PAGE + 1, zone=zone, before=before, **fields))
+        c, scope, since=since, until=until, limit=SEARCH_PAGE + 1, zone=zone, before=before,
+        owned=owned, **fields))
     more = _older(request, found.rows, SEARCH_PAGE)
     found = dataclasses.replace(found, rows=found.rows[:SEARCH_PAGE])
     return render(request, "search.html", found=found, q=fields, since=q.get("since", ""),
