@@ -180,7 +180,10 @@ class App:
         control = None
         if cfg.control is not None:
             from .control.service import Control
-            control = Control(cfg.control, self.registry)
+            # the robots config.yaml names, as the autoresponder's (_outgoing): their mail
+            # opens no request
+            control = Control(cfg.control, self.registry,
+                              cfg.autoreply.robot_senders or DEFAULT_ROBOT_SENDERS)
             if self.worker in (None, 0):       # one SLA scheduler per instance (stages are unique)
                 from .control.sla import Scheduler
                 self.sla_task = asyncio.get_running_loop().create_task(

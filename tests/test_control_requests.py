@@ -13,7 +13,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import func, select
 
-from mailrouter.config import ControlConfig, RegistryConfig
+from mailrouter.config import AutoreplyConfig, ControlConfig, RegistryConfig
 from mailrouter.control.tables import request_events, request_messages, requests
 from mailrouter.registry.models import messages
 from tests.control_support import mail, send, write_routing
@@ -155,6 +155,23 @@ async def test_a_robots_from_address_opens_answers_and_turns_nothing(make_app, t
     recorded = await app.registry.read("n", lambda c: c.execute(
         select(func.count()).select_from(messages)).scalar_one())
     assert recorded == 5
+
+
+async def test_the_robots_config_yaml_names_open_no_request(make_app, tmp_path, registry_url):
+    """autoreply.robot_senders of config.yaml is the list both the autoresponder and the
+    requests read: a company's own robot (alerts@ of its monitoring) opens no request.
+    Before, the daemon gave Control the default list, so it opened one with an SLA."""
+    app = await make_app(routing=write_routing(tmp_path), registry=RegistryConfig(registry_url),
+                         control=ControlConfig(replies=("replies@example.com",)),
+                         autoreply=AutoreplyConfig(robot_senders=("alerts", "noreply")))
+    app.pipeline.clock = lambda: MONDAY
+    port = app.bound["smtp"][1]
+    await send(port, mail("Monitoring <alerts@monitor.example>", "disk 91%", "a1@monitor"),
+               "alerts@monitor.example")
+    assert await rows(app, requests) == []
+    await send(port, mail("Иван <ivan@client.example>", "printer", "p1@client"),
+               "ivan@client.example")
+    assert [r["counterparty"] for r in await rows(app, requests)] == ["ivan@client.example"]
 
 
 async def test_null_sender_mail_opens_no_request(make_app, tmp_path):

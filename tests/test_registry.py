@@ -376,6 +376,43 @@ async def test_migration_0012_cut_short_on_sqlite_is_finished_by_the_next_start(
         await reg.close()
 
 
+async def test_a_migration_longer_than_the_registry_timeout_completes(tmp_path: Path) -> None:
+    """`registry.timeout` bounds each wait of a migration (a lock, a statement), not its
+    length: a revision that rewrites every message (0009, 0012) runs minutes on a big
+    registry, and under that deadline every start failed, `db upgrade` (60 s) too. Here
+    the migration from 0011 takes longer than the 1 ms allowed and completes."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailrouter.registry.models import messages
+    from mailrouter.registry.store import _alembic_upgrade, _prepare, _url
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    await _prepare(_url(url))
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic_upgrade, "0011")
+            await conn.execute(sa.insert(sa.table("messages", *(
+                sa.column(c.name, c.type) for c in messages.c if not c.name.endswith("_fold")))),
+                [dict(key=f"k{i}", received_at=WHEN, updated_at=WHEN, protocol="smtp", peer="p",
+                      mail_from="<>", rcpts=[], message_id=None, from_name="",
+                      from_addr=f"Žofie{i}@Příklad.CZ", subject="s", size=1, content_hash="c",
+                      defects=[], ruleset_hash="r", status="delivered", attempts=1)
+                 for i in range(300)])
+    finally:
+        await engine.dispose()
+    await upgrade(url, timeout=0.001)
+    reg = await Registry.open(url, create=False)
+    try:
+        assert await reg.read("v", lambda c: c.exec_driver_sql(
+            "SELECT version_num FROM alembic_version").scalar_one()) == "0012"
+        assert await reg.read("f", lambda c: c.execute(select(messages.c.from_fold).where(
+            messages.c.key == "k7")).scalar_one()) == "žofie7@příklad.cz"
+    finally:
+        await reg.close()
+
+
 # Faults: SQLite
 
 async def test_sqlite_locked_raises_then_recovers(tmp_path: Path,

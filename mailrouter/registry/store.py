@@ -1254,9 +1254,13 @@ async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
     # on an idle box, seconds on a loaded one, and the database's time is what is timed.
     import alembic.command  # noqa: F401
     import alembic.config  # noqa: F401
+    # `timeout` bounds each wait (the connection, a lock, one statement: the engine's
+    # settings), not the whole migration: a revision that rewrites every message (0009,
+    # 0012) takes minutes on a big registry, and under the deadline of one registry call it
+    # failed every start ("registry open failed (TimeoutError)") and `db upgrade` too.
     engine = _make_engine(url, timeout, synchronous)
     try:
-        async with asyncio.timeout(timeout), engine.begin() as conn:
+        async with engine.begin() as conn:
             await conn.run_sync(_alembic_upgrade)
     finally:
         await engine.dispose()
