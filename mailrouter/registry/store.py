@@ -600,8 +600,9 @@ class Registry:
                 if ctype in ("C", "POSIX"):
                     log.warning(
                         "event=registry_ascii_case registry=%s lc_ctype=%s: PostgreSQL folds "
-                        "only A-Z in this database, so a search by address finds "
-                        "Иван@пример.рф or Žofie@ only as typed (SQLite folds every letter); "
+                        "only A-Z in this database, so a search by recipient (--rcpt) finds "
+                        "Иван@пример.рф or Žofie@ only as typed (senders are folded by "
+                        "mailrouter itself; SQLite folds every letter); "
                         "create the registry's database with a UTF-8 LC_CTYPE (CREATE DATABASE "
                         "... TEMPLATE template0 LC_CTYPE 'C.UTF-8') and move the data there",
                         registry_location(parsed), ctype)
