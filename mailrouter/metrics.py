@@ -227,7 +227,12 @@ def observe_decisions(decisions: Sequence[Decision]) -> None:
               d.rules[0].name if d.rules else "-", d.owner or "-").inc()
 
 
-def observe_message(replies: Sequence[Reply], seconds: float) -> None:
+def observe_message(replies: Sequence[Reply], seconds: float | None) -> None:
+    """One message answered after DATA: its outcome, each recipient's reply class, and the
+    time from the end of DATA to the reply. Counted where every answer passes (the intake's
+    DATA handler: delivered, deferred by a fault, cut by process_timeout, crashed), so the
+    dashboard's and the deferred-rate alert's figures are every answer the clients got.
+    `seconds` None: refused by the protocol before processing (too big: no latency)."""
     ok = sum(r.ok for r in replies)
     temp = sum(r.temporary for r in replies)
     for label, n in (("ok", ok), ("tempfail", temp), ("permfail", len(replies) - ok - temp)):
@@ -236,4 +241,5 @@ def observe_message(replies: Sequence[Reply], seconds: float) -> None:
     result = ("delivered" if ok == len(replies) else "partial" if ok
               else "deferred" if temp else "rejected")
     child(MESSAGES, result).inc()
-    LATENCY.observe(seconds)
+    if seconds is not None:
+        LATENCY.observe(seconds)

@@ -317,3 +317,55 @@ def test_recipients_deferred_by_a_rule_have_a_tempfail_cause(daemon_process, tmp
     assert moved('mailrouter_message_seconds_bucket{le="+Inf"}') == 10
     assert moved('mailrouter_tempfails_total{cause="rule"}') == 4
     assert _sum(after, "mailrouter_tempfails_total") - _sum(before, "mailrouter_tempfails_total") == 4
+
+
+async def test_every_answer_after_data_is_counted(make_app, tmp_path):
+    """Messages answered after DATA without the pipeline's own count: one too big (552 to
+    its two recipients, read to the end then refused by the protocol) and one whose
+    downstream hangs past limits.process_timeout (451). Both were on no panel: messages_total
+    and recipients_total did not move, so "Messages per second by result" and the
+    MailrouterDeferredRateHigh alert (recipients tempfail over all) missed a hung downstream
+    altogether, and the latency histogram lacked exactly its slowest replies."""
+    import socket as _socket
+
+    from mailrouter.config import DeliveryConfig, Downstream
+    silent = _socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)                       # accepts (kernel backlog), never greets
+    book = tmp_path / "book.yaml"
+    book.write_text("domains: [example.com]\nmailboxes:\n  box: {maildir: box}\n"
+                    "  fwd: {smtp: x@downstream.test}\naliases:\n  ok@example.com: mailbox:box\n"
+                    "  ok2@example.com: mailbox:box\n  hang@example.com: mailbox:fwd\n",
+                    encoding="utf-8")
+    try:
+        app = await make_app(
+            routing=(str(book),), limits={"process_timeout": 1, "max_message_size": 2000},
+            delivery=DeliveryConfig(tmp_path / "mail", smtp=Downstream(
+                "127.0.0.1", silent.getsockname()[1], timeout=30)))
+        port = app.bound["admin"][1]
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        replies = []
+        for rcpts, body in ((["ok@example.com"], b"Subject: s\r\n\r\nx\r\n.\r\n"),
+                            (["ok@example.com", "ok2@example.com"],
+                             b"Subject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 100 + b".\r\n"),
+                            (["hang@example.com"], b"Subject: h\r\n\r\nx\r\n.\r\n")):
+            async with Wire(app.bound["smtp"][1]) as w:
+                await w.greet()
+                replies += await w.transaction("a@outside.test", rcpts, body)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+    finally:
+        silent.close()
+    assert [r[:3] for r in replies] == ["250", "552", "451"], replies
+
+    def moved(series: str) -> float:
+        return _value(after, series) - _value(before, series)
+    assert moved('mailrouter_messages_total{result="delivered"}') == 1
+    assert moved('mailrouter_messages_total{result="rejected"}') == 1
+    assert moved('mailrouter_messages_total{result="deferred"}') == 1
+    assert moved('mailrouter_recipients_total{result="ok"}') == 1
+    assert moved('mailrouter_recipients_total{result="permfail"}') == 2
+    assert moved('mailrouter_recipients_total{result="tempfail"}') == 1
+    assert moved('mailrouter_tempfails_total{cause="timeout"}') == 1
+    # the latency of what was processed: the delivered one and the one cut at 1 s
+    assert moved("mailrouter_message_seconds_count") == 2
+    assert moved("mailrouter_message_seconds_sum") >= 1
