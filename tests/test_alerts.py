@@ -115,12 +115,16 @@ def exposed_labels(text: str) -> dict[str, dict[str, set[str]]]:
     return out
 
 
+TARGET_LABELS = {"instance", "job"}
+
+
 def _label_uses(expr: str) -> tuple[list[tuple[str, str, str]], set[str], set[str]]:
     """(series, label, value) of each `label="v"` or `label=~"a|b"` matcher, the labels of
     every `by (...)` clause, and the series named in the expression."""
     matchers = [(name, key, value)
                 for name, body in re.findall(r"(mailrouter_\w+)\{([^}]*)\}", expr)
                 for key, op, alts in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', body)
+                if key not in TARGET_LABELS      # Prometheus's, and the $instance variable
                 for value in (alts.split("|") if op == "=~" else [alts])]
     grouped = {g.strip() for clause in re.findall(r"\bby \(([^)]*)\)", expr)
                for g in clause.split(",")}
@@ -147,3 +151,69 @@ async def test_rules_and_dashboard_use_real_labels_and_values(make_app):
             wrong.append(f"by {sorted(grouped - known)} in {expr!r}")
     assert matched >= 3
     assert wrong == []
+
+
+def _panels() -> list[dict]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+
+
+def _unit(panel: dict, ref: str) -> str:
+    """The unit Grafana shows a query's values in: the panel's, or an override by its refId."""
+    unit = panel["fieldConfig"]["defaults"].get("unit", "")
+    for o in panel["fieldConfig"].get("overrides", []):
+        if o["matcher"] == {"id": "byFrameRefID", "options": ref}:
+            unit = next((p["value"] for p in o["properties"] if p["id"] == "unit"), unit)
+    return unit
+
+
+def _measures(expr: str) -> str:
+    """What a query's values are: seconds (a latency quantile, an age, a time ago), a rate
+    per second (a counter's rate), or a plain number (a gauge, a ratio, an increase)."""
+    if "_seconds" in expr and ("histogram_quantile" in expr or "time() -" in expr
+                               or "age_seconds" in expr):
+        return "seconds"
+    if "rate(" in expr and " / " not in expr:
+        return "per second"
+    return "number"
+
+
+def test_dashboard_units_match_what_each_query_measures():
+    """A query's values are shown in the unit of what they are: "Registry commit latency p99
+    and mean batch size" showed a batch of 1 record as "1 s"; the outbox's oldest age and
+    the rules' age (seconds) as plain numbers ("3.60 K"), the registry-read flag (0/1) as
+    requests per second."""
+    units = {"seconds": {"s"}, "per second": {"reqps", "ops", "cps"},
+             "number": {"short", "none", "bool", ""}}
+    wrong = [(p["title"], t["refId"], _measures(t["expr"]), _unit(p, t["refId"]))
+             for p in _panels() for t in p["targets"]
+             if _unit(p, t["refId"]) not in units[_measures(t["expr"])]]
+    assert wrong == []
+
+
+def test_dashboard_imports_with_a_datasource_variable_and_filters_by_instance():
+    """The JSON is a dashboard Grafana takes by import, by its HTTP API and by file
+    provisioning alike: every panel and query names the data source through the dashboard's
+    own `datasource` variable (`${DS_PROMETHEUS}` resolved only in the import page: through
+    the API or provisioning every panel said "data source not found"); panel ids are unique;
+    and with several instances (README "Several instances") every series is filtered by the
+    `instance` variable, so one instance's failed reload or rule set can be told apart."""
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["instance"]["allValue"] == ".*" and variables["instance"]["includeAll"]
+    ds = {"type": "prometheus", "uid": "${datasource}"}
+    assert variables["instance"]["datasource"] == ds
+    assert "${DS_" not in DASHBOARD.read_text(encoding="utf-8")
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert all(isinstance(p["id"], int) for p in panels)
+    unfiltered = []
+    for p in panels:
+        assert p["datasource"] == ds, p["title"]
+        for t in p["targets"]:
+            assert t.get("datasource", ds) == ds, p["title"]
+            for name, body in re.findall(r"(mailrouter_\w+)(?:\{([^}]*)\})?", t["expr"]):
+                if 'instance=~"$instance"' not in body:
+                    unfiltered.append((p["title"], name))
+    assert unfiltered == []
