@@ -63,8 +63,8 @@ REFUSED_CONFIGURED = Counter("mailrouter_downstream_refused_configured_mailbox_t
 SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGISTRY,
                  multiprocess_mode="livesum")
 RELOAD_TIME = Gauge("mailrouter_config_last_reload_success_timestamp_seconds",
-                    "When the rule set in use was loaded (start or last good reload); "
-                    "the oldest worker's", registry=REGISTRY, multiprocess_mode="livemin")
+                    "When the rule set in use was taken (at start, or by the last reload "
+                    "that changed it); the oldest worker's", registry=REGISTRY, multiprocess_mode="livemin")
 
 DECISIONS = Counter("mailrouter_decisions_total",
                     "Recipient decisions by action, mailbox, folder, first matching rule and "

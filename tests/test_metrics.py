@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from tests.control_support import ROUTING as CONTROL_ROUTING
 from tests.support.daemon import RULES
 from tests.support.wire import Wire
@@ -369,3 +371,29 @@ async def test_every_answer_after_data_is_counted(make_app, tmp_path):
     # the latency of what was processed: the delivered one and the one cut at 1 s
     assert moved("mailrouter_message_seconds_count") == 2
     assert moved("mailrouter_message_seconds_sum") >= 1
+
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_rules_age_is_the_rule_sets_with_one_worker_or_two(daemon_process, tmp_path, workers):
+    """mailrouter_config_last_reload_success_timestamp_seconds (the dashboard's "rules
+    loaded (s ago)", the oldest worker's) is when the rule set in use was taken, the same
+    with workers: 1 and 2. A reload of unchanged files moved it with workers: 1 (and on
+    worker 0) but not on worker 1, so the panel told a different age for the same rules; and
+    worker 1 set its gauges after telling worker 0, so the reply could come before them."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(RULES / "company.yaml", rules / "company.yaml")
+    (rules / "none.yaml").write_text("rules: []\n", encoding="utf-8")
+    proc = daemon_process(extra=f"workers: {workers}\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started", workers) == workers
+    series = "mailrouter_config_last_reload_success_timestamp_seconds"
+    started = _value(_get(proc.admin, "/metrics")[1], series)
+    assert _post(proc.admin, "/-/reload")["ok"] is True            # the same files
+    assert _value(_get(proc.admin, "/metrics")[1], series) == started
+    (rules / "hold.yaml").write_text(DEFER_RULES, encoding="utf-8")
+    asked = time.time()
+    assert _post(proc.admin, "/-/reload")["ok"] is True            # a new rule set
+    _, text = _get(proc.admin, "/metrics")
+    assert _value(text, series) >= asked
+    assert _value(text, "mailrouter_config_last_reload_successful") == 1
