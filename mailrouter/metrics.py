@@ -43,7 +43,8 @@ MESSAGES = Counter("mailrouter_messages_total", "Messages after DATA, by outcome
                    ["result"], registry=REGISTRY)
 RECIPIENTS = Counter("mailrouter_recipients_total", "Recipient replies after DATA, by class",
                      ["result"], registry=REGISTRY)
-RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason",
+RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason "
+                       "(a loop is found after DATA: mailrouter_loops_total)",
                        ["reason"], registry=REGISTRY)
 LATENCY = Histogram("mailrouter_message_seconds", "Time from end of DATA to reply",
                     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
@@ -116,7 +117,7 @@ for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
 for _r in ("ok", "tempfail", "permfail"):
     RECIPIENTS.labels(_r)
-for _r in ("unknown", "too_many", "loop", "syntax"):
+for _r in ("unknown", "too_many", "syntax"):
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)

@@ -196,7 +196,6 @@ class Pipeline:
         for d in decisions:
             if d.loop is None:
                 continue
-            metrics.RCPT_REFUSED.labels("loop").inc()
             metrics.LOOPS.labels(d.loop.kind.value).inc()
             log.warning("event=loop qid=%s rcpt=%s reply=%r evidence=%r", qid, d.rcpt,
                         str(d.reply), d.loop.evidence)

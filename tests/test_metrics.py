@@ -397,3 +397,24 @@ def test_the_rules_age_is_the_rule_sets_with_one_worker_or_two(daemon_process, t
     _, text = _get(proc.admin, "/metrics")
     assert _value(text, series) >= asked
     assert _value(text, "mailrouter_config_last_reload_successful") == 1
+
+
+async def test_a_loop_found_after_data_is_no_rcpt_refusal(make_app):
+    """A message with 60 Received: headers: RCPT was answered 250, the loop is found after
+    DATA (554 5.4.6). It counts as a loop, a rejected message and a permfail recipient, not
+    under mailrouter_rcpt_refused_total (the "RCPT refused by reason" panel showed a
+    `loop` for a RCPT that was accepted, and no RCPT refuses a loop)."""
+    app = await make_app()
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        [reply] = await w.transaction("a@outside.test", ["sales@example.com"],
+                                      b"Received: x\r\n" * 60 + b"Subject: l\r\n\r\nx\r\n.\r\n")
+    assert reply.startswith("554 5.4.6")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+    assert _sum(after, "mailrouter_rcpt_refused_total") == _sum(before, "mailrouter_rcpt_refused_total")
+    assert 'reason="loop"' not in after
+    for series in ('mailrouter_loops_total{kind="hops"}', 'mailrouter_messages_total{result="rejected"}',
+                   'mailrouter_recipients_total{result="permfail"}'):
+        assert _value(after, series) == _value(before, series) + 1, series
