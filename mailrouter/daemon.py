@@ -371,7 +371,7 @@ class App:
         if self.follower:
             return await self._follow()
         cfg = self.config
-        maps_error = None
+        maps_error, changed = None, False
         self._mtimes = await asyncio.to_thread(self._routing_mtimes)   # the watcher's too
         try:
             # The same files byte for byte (a SIGHUP, a touch, a tool rewriting them): keep the
@@ -402,6 +402,7 @@ class App:
             # and in `mailrouter reload`'s answer, where a whole file's addresses went quietly
             # (their mail refused 550 from then on).
             gone = sorted(set(self._snapshot.files) - set(snap.files))
+            changed = snap.hash != self._snapshot.hash
             self._snapshot, ok, detail = snap, True, snap.hash
             public = detail
             if gone:
@@ -417,8 +418,8 @@ class App:
         if self.worker in (None, 0):
             metrics.RELOADS.labels("ok" if ok else "failed").inc()
         metrics.RELOAD_OK.set(1 if ok else 0)
-        if ok:
-            metrics.RELOAD_TIME.set(time.time())
+        if ok and changed:   # the age of the rule set in use, as the followers keep it: the
+            metrics.RELOAD_TIME.set(time.time())   # files unchanged, the rules are as old
         self.state.ruleset = self._snapshot.hash
         if self.registry is not None:
             try:
@@ -531,6 +532,10 @@ class App:
         except Exception as exc:  # noqa: BLE001 (reported to worker 0, which refuses the reload)
             log.exception("event=reload_crashed")
             error = f"internal error: {exc!r}"
+        # the gauges before the report: worker 0 answers the reload once every report is in
+        metrics.RELOAD_OK.set(0 if error is not None else 1)
+        if error is None and self._snapshot is not current:
+            metrics.RELOAD_TIME.set(time.time())
         head = await asyncio.to_thread(self.kept.head) if staged is None else None
         try:
             await asyncio.to_thread(self.kept.report, self.worker or 0,
@@ -543,9 +548,6 @@ class App:
         elif self._snapshot is not current:
             log.info("event=reloaded hash=%s files=%d", self._snapshot.hash,
                      len(self._snapshot.files))
-        metrics.RELOAD_OK.set(0 if error is not None else 1)
-        if error is None and self._snapshot is not current:
-            metrics.RELOAD_TIME.set(time.time())
         self.state.ruleset = self._snapshot.hash
         return error is None, error or self._snapshot.hash, None, None
 

@@ -43,7 +43,8 @@ MESSAGES = Counter("mailrouter_messages_total", "Messages after DATA, by outcome
                    ["result"], registry=REGISTRY)
 RECIPIENTS = Counter("mailrouter_recipients_total", "Recipient replies after DATA, by class",
                      ["result"], registry=REGISTRY)
-RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason",
+RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason "
+                       "(a loop is found after DATA: mailrouter_loops_total)",
                        ["reason"], registry=REGISTRY)
 LATENCY = Histogram("mailrouter_message_seconds", "Time from end of DATA to reply",
                     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
@@ -63,8 +64,8 @@ REFUSED_CONFIGURED = Counter("mailrouter_downstream_refused_configured_mailbox_t
 SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGISTRY,
                  multiprocess_mode="livesum")
 RELOAD_TIME = Gauge("mailrouter_config_last_reload_success_timestamp_seconds",
-                    "When the rule set in use was loaded (start or last good reload); "
-                    "the oldest worker's", registry=REGISTRY, multiprocess_mode="livemin")
+                    "When the rule set in use was taken (at start, or by the last reload "
+                    "that changed it); the oldest worker's", registry=REGISTRY, multiprocess_mode="livemin")
 
 DECISIONS = Counter("mailrouter_decisions_total",
                     "Recipient decisions by action, mailbox, folder, first matching rule and "
@@ -116,7 +117,7 @@ for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
 for _r in ("ok", "tempfail", "permfail"):
     RECIPIENTS.labels(_r)
-for _r in ("unknown", "too_many", "loop", "syntax"):
+for _r in ("unknown", "too_many", "syntax"):
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)
@@ -227,7 +228,12 @@ def observe_decisions(decisions: Sequence[Decision]) -> None:
               d.rules[0].name if d.rules else "-", d.owner or "-").inc()
 
 
-def observe_message(replies: Sequence[Reply], seconds: float) -> None:
+def observe_message(replies: Sequence[Reply], seconds: float | None) -> None:
+    """One message answered after DATA: its outcome, each recipient's reply class, and the
+    time from the end of DATA to the reply. Counted where every answer passes (the intake's
+    DATA handler: delivered, deferred by a fault, cut by process_timeout, crashed), so the
+    dashboard's and the deferred-rate alert's figures are every answer the clients got.
+    `seconds` None: refused by the protocol before processing (too big: no latency)."""
     ok = sum(r.ok for r in replies)
     temp = sum(r.temporary for r in replies)
     for label, n in (("ok", ok), ("tempfail", temp), ("permfail", len(replies) - ok - temp)):
@@ -236,4 +242,5 @@ def observe_message(replies: Sequence[Reply], seconds: float) -> None:
     result = ("delivered" if ok == len(replies) else "partial" if ok
               else "deferred" if temp else "rejected")
     child(MESSAGES, result).inc()
-    LATENCY.observe(seconds)
+    if seconds is not None:
+        LATENCY.observe(seconds)

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import itertools
 import random
-import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -101,7 +100,7 @@ class Pipeline:
         self.outgoing, self.wake_outbox = outgoing, wake_outbox   # autoreplies, DSNs
 
     async def process(self, txn: Transaction) -> list[Reply]:
-        qid, started = new_qid(), time.perf_counter()
+        qid = new_qid()
         snap = self.snapshot()
         now = self.clock()
         if len(txn.raw) < INLINE_BELOW and len(snap.rules.rules) < INLINE_RULES:
@@ -120,7 +119,6 @@ class Pipeline:
             # an outage is this one line; a bug was logged with its traceback by the store
             log.error("event=%s qid=%s error=%r", _registry_event(exc, "registry_unavailable"),
                       qid, str(exc))
-            metrics.MESSAGES.labels("deferred").inc()
             metrics.TEMPFAILS.labels("registry").inc(len(txn.rcpts))
             return [exc.reply] * len(txn.rcpts)
         # A rule's `action: defer` (451 4.7.1) is a 4xx of its own cause: counted only under
@@ -143,7 +141,6 @@ class Pipeline:
                         key, self._message_record(txn, view, snap, key, [], now), places)
                 except OSError as exc:   # no copy without its intent: the MTA retries
                     log.error("event=intent_failed qid=%s error=%r", qid, str(exc))
-                    metrics.MESSAGES.labels("deferred").inc()
                     if self.control is not None and plan is not None:
                         self.control.settle(plan)
                     return [REPLY_TEMPFAIL] * len(txn.rcpts)
@@ -156,7 +153,8 @@ class Pipeline:
                 self.intents.settle(token, key if recorded[0] else None)
             if self.control is not None and plan is not None:   # its thread may go on
                 self.control.settle(plan)
-        metrics.observe_message(replies, time.perf_counter() - started)
+        # the message and its recipients are counted by the caller (intake.handler), which
+        # also sees the answers of a process_timeout or a crash
         return replies
 
     async def _deliver_and_record(self, txn: Transaction, view: MessageView, snap: Snapshot,
@@ -198,7 +196,6 @@ class Pipeline:
         for d in decisions:
             if d.loop is None:
                 continue
-            metrics.RCPT_REFUSED.labels("loop").inc()
             metrics.LOOPS.labels(d.loop.kind.value).inc()
             log.warning("event=loop qid=%s rcpt=%s reply=%r evidence=%r", qid, d.rcpt,
                         str(d.reply), d.loop.evidence)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.wire import Wire
 from tests.test_metrics import _get
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -40,6 +41,20 @@ def test_rules_unit_tests_pass_promtool():
     out = subprocess.run([PROMTOOL, "test", "rules", RULE_TESTS.name], cwd=RULE_TESTS.parent,
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_alert_is_tested_firing_and_silent():
+    """The promtool unit tests (run above) hold, for every alert, a case where it fires and
+    one where it stays silent: MailrouterDown had neither, the deferred rate, outbox and
+    registry alerts no silent case (a rule that always fires passed)."""
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+              for r in g["rules"]}
+    cases = [c for t in yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))["tests"]
+             for c in t.get("alert_rule_test", [])]
+    firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    assert len(alerts) == 7
+    assert (alerts - firing, alerts - silent) == (set(), set())
 
 
 @needs_promtool
@@ -115,12 +130,16 @@ def exposed_labels(text: str) -> dict[str, dict[str, set[str]]]:
     return out
 
 
+TARGET_LABELS = {"instance", "job"}
+
+
 def _label_uses(expr: str) -> tuple[list[tuple[str, str, str]], set[str], set[str]]:
     """(series, label, value) of each `label="v"` or `label=~"a|b"` matcher, the labels of
     every `by (...)` clause, and the series named in the expression."""
     matchers = [(name, key, value)
                 for name, body in re.findall(r"(mailrouter_\w+)\{([^}]*)\}", expr)
                 for key, op, alts in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', body)
+                if key not in TARGET_LABELS      # Prometheus's, and the $instance variable
                 for value in (alts.split("|") if op == "=~" else [alts])]
     grouped = {g.strip() for clause in re.findall(r"\bby \(([^)]*)\)", expr)
                for g in clause.split(",")}
@@ -147,3 +166,183 @@ async def test_rules_and_dashboard_use_real_labels_and_values(make_app):
             wrong.append(f"by {sorted(grouped - known)} in {expr!r}")
     assert matched >= 3
     assert wrong == []
+
+
+def _panels() -> list[dict]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+
+
+def _unit(panel: dict, ref: str) -> str:
+    """The unit Grafana shows a query's values in: the panel's, or an override by its refId."""
+    unit = panel["fieldConfig"]["defaults"].get("unit", "")
+    for o in panel["fieldConfig"].get("overrides", []):
+        if o["matcher"] == {"id": "byFrameRefID", "options": ref}:
+            unit = next((p["value"] for p in o["properties"] if p["id"] == "unit"), unit)
+    return unit
+
+
+def _measures(expr: str) -> str:
+    """What a query's values are: seconds (a latency quantile, an age, a time ago), a rate
+    per second (a counter's rate), or a plain number (a gauge, a ratio, an increase)."""
+    if "_seconds" in expr and ("histogram_quantile" in expr or "time() -" in expr
+                               or "age_seconds" in expr):
+        return "seconds"
+    if "rate(" in expr and " / " not in expr:
+        return "per second"
+    return "number"
+
+
+def test_dashboard_units_match_what_each_query_measures():
+    """A query's values are shown in the unit of what they are: "Registry commit latency p99
+    and mean batch size" showed a batch of 1 record as "1 s"; the outbox's oldest age and
+    the rules' age (seconds) as plain numbers ("3.60 K"), the registry-read flag (0/1) as
+    requests per second."""
+    units = {"seconds": {"s"}, "per second": {"reqps", "ops", "cps"},
+             "number": {"short", "none", "bool", ""}}
+    wrong = [(p["title"], t["refId"], _measures(t["expr"]), _unit(p, t["refId"]))
+             for p in _panels() for t in p["targets"]
+             if _unit(p, t["refId"]) not in units[_measures(t["expr"])]]
+    assert wrong == []
+
+
+def test_dashboard_imports_with_a_datasource_variable_and_filters_by_instance():
+    """The JSON is a dashboard Grafana takes by import, by its HTTP API and by file
+    provisioning alike: every panel and query names the data source through the dashboard's
+    own `datasource` variable (`${DS_PROMETHEUS}` resolved only in the import page: through
+    the API or provisioning every panel said "data source not found"); panel ids are unique;
+    and with several instances (README "Several instances") every series is filtered by the
+    `instance` variable, so one instance's failed reload or rule set can be told apart."""
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["instance"]["allValue"] == ".*" and variables["instance"]["includeAll"]
+    ds = {"type": "prometheus", "uid": "${datasource}"}
+    assert variables["instance"]["datasource"] == ds
+    assert "${DS_" not in DASHBOARD.read_text(encoding="utf-8")
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert all(isinstance(p["id"], int) for p in panels)
+    unfiltered = []
+    for p in panels:
+        assert p["datasource"] == ds, p["title"]
+        for t in p["targets"]:
+            assert t.get("datasource", ds) == ds, p["title"]
+            for name, body in re.findall(r"(mailrouter_\w+)(?:\{([^}]*)\})?", t["expr"]):
+                if 'instance=~"$instance"' not in body:
+                    unfiltered.append((p["title"], name))
+    assert unfiltered == []
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def _grafana(expr: str) -> str:
+    """A panel's query as Grafana sends it with every instance selected."""
+    return expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+
+
+def _query(port: int, expr: str) -> list[dict]:
+    import urllib.parse
+    import urllib.request
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus (Debian package) is not installed")
+async def test_every_panel_shows_the_mail_sent_in_a_real_prometheus(make_app, tmp_path):
+    """A real Prometheus scrapes a daemon every second; after mail delivered, refused at
+    RCPT, a loop, too big, and one to a moved address (an autoreply), each dashboard
+    query, as Grafana sends it, answers from that Prometheus; and the panels show what was
+    sent, by the labels their legends name (each one on every series it names: a queued
+    autoreply has no `reason`, and Grafana showed "autoreply queued reason")."""
+    import time
+
+    from tests.support.ports import free_port
+    app = await make_app(limits={"max_message_size": 2000, "error_delay": 0.0})
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
+            {"targets": [f"127.0.0.1:{app.bound['admin'][1]}"]}]}]}), encoding="utf-8")
+    assert PROMETHEUS is not None
+    prom = await asyncio.create_subprocess_exec(
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def until(expr: str, want: float) -> None:
+        """Wait for Prometheus to have scraped `expr` at `want` (a deadline, no figure)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                got = await asyncio.to_thread(_query, port, expr)
+                if got and float(got[0]["value"][1]) >= want:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{expr} never reached {want}")
+
+    try:
+        await until('count(mailrouter_messages_total{job="mailrouter"})', 1)   # the zeros first
+        sent = [(["sales@example.com", "nobody@example.com"], b"Subject: a\r\n\r\nx\r\n"),
+                (["invoices@example.com"], b"Subject: invoice 7\r\n\r\nx\r\n"),
+                (["old-sales@example.com"], b"From: p@outside.test\r\nSubject: q\r\n\r\nx\r\n"),
+                (["sales@example.com"], b"Received: x\r\n" * 60 + b"Subject: l\r\n\r\nx\r\n"),
+                (["sales@example.com"], b"Subject: big\r\n\r\n" + b"y" * 70 * 60 + b"\r\n")]
+        replies = []
+        for rcpts, body in sent:
+            async with Wire(app.bound["smtp"][1]) as w:
+                await w.greet()
+                replies += await w.transaction("p@outside.test", rcpts, body + b".\r\n")
+        assert [r[:3] for r in replies] == ["250", "250", "250", "554", "552"]
+        await until("sum(mailrouter_messages_total)", 5)
+        # A decision's series (per mailbox, folder, rule, owner: not a fixed set) is born
+        # with its first count, which rate() cannot see; from the second on it shows
+        # (README "Metrics"). One more of each, once the first were scraped.
+        await until("count(mailrouter_decisions_total)", 3)
+        for rcpts, body in sent[:2]:
+            async with Wire(app.bound["smtp"][1]) as w:
+                await w.greet()
+                replies += await w.transaction("p@outside.test", rcpts, body + b".\r\n")
+        await until("sum(mailrouter_messages_total)", 7)
+        results: dict = {}
+        unnamed: list = []
+        for p in json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]:
+            for t in p["targets"]:
+                rows = await asyncio.to_thread(_query, port, _grafana(t["expr"]))
+                legend = re.findall(r"\{\{(\w+)\}\}", t.get("legendFormat", ""))
+                # Grafana writes a label a series lacks as its name: "autoreply queued reason"
+                unnamed += [(p["title"], t["refId"], k) for r in rows for k in legend
+                            if k not in r["metric"]]
+                results[(p["title"], t["refId"])] = {
+                    " ".join(r["metric"].get(k, "") for k in legend): float(r["value"][1])
+                    for r in rows}
+    finally:
+        prom.terminate()
+        await asyncio.wait_for(prom.wait(), 30)
+    assert unnamed == []
+    empty = [k for k, v in results.items() if not v]
+    # no request was opened (no control section), no outbox row was sent: nothing to show
+    assert empty == [("Requests open and overdue per owner", "A"),
+                     ("Requests open and overdue per owner", "B")], empty
+    r = results
+    assert r[("Messages per second by result", "A")]["delivered"] > 0
+    assert r[("Messages per second by result", "A")]["rejected"] > 0       # the loop, too big
+    assert r[("Recipients per second by reply class", "A")]["permfail"] > 0
+    assert r[("RCPT refused by reason", "A")]["unknown"] > 0
+    assert r[("Loops refused by kind (per hour)", "A")]["hops"] > 0
+    assert r[("Reply latency after DATA (p50, p99)", "A")][""] > 0
+    assert r[("Deliveries by backend and result", "A")]["maildir ok"] > 0
+    assert r[("Autoreplies and DSNs by result and reason (per hour)", "A")]["queued -"] > 0
+    assert r[("Outbox: pending and oldest age", "A")]["autoreply"] == 1
+    assert r[("Last routing reload successful", "A")] == {f"127.0.0.1:{app.bound['admin'][1]}": 1}
+    assert r[("Registry commit latency p99 and mean batch size", "B")][""] >= 1
+    assert r[("Decisions per mailbox", "A")]["sales deliver"] > 0
+    assert r[("Decisions per mailbox", "A")]["finance deliver"] > 0
+    assert r[("Decisions per rule (top 10)", "A")]["invoices"] > 0
+    assert set(r[("Version, rule set, age of the rules", "B")]) == {app.snapshot().hash}

@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from tests.control_support import ROUTING as CONTROL_ROUTING
 from tests.support.daemon import RULES
 from tests.support.wire import Wire
@@ -317,3 +319,102 @@ def test_recipients_deferred_by_a_rule_have_a_tempfail_cause(daemon_process, tmp
     assert moved('mailrouter_message_seconds_bucket{le="+Inf"}') == 10
     assert moved('mailrouter_tempfails_total{cause="rule"}') == 4
     assert _sum(after, "mailrouter_tempfails_total") - _sum(before, "mailrouter_tempfails_total") == 4
+
+
+async def test_every_answer_after_data_is_counted(make_app, tmp_path):
+    """Messages answered after DATA without the pipeline's own count: one too big (552 to
+    its two recipients, read to the end then refused by the protocol) and one whose
+    downstream hangs past limits.process_timeout (451). Both were on no panel: messages_total
+    and recipients_total did not move, so "Messages per second by result" and the
+    MailrouterDeferredRateHigh alert (recipients tempfail over all) missed a hung downstream
+    altogether, and the latency histogram lacked exactly its slowest replies."""
+    import socket as _socket
+
+    from mailrouter.config import DeliveryConfig, Downstream
+    silent = _socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)                       # accepts (kernel backlog), never greets
+    book = tmp_path / "book.yaml"
+    book.write_text("domains: [example.com]\nmailboxes:\n  box: {maildir: box}\n"
+                    "  fwd: {smtp: x@downstream.test}\naliases:\n  ok@example.com: mailbox:box\n"
+                    "  ok2@example.com: mailbox:box\n  hang@example.com: mailbox:fwd\n",
+                    encoding="utf-8")
+    try:
+        app = await make_app(
+            routing=(str(book),), limits={"process_timeout": 1, "max_message_size": 2000},
+            delivery=DeliveryConfig(tmp_path / "mail", smtp=Downstream(
+                "127.0.0.1", silent.getsockname()[1], timeout=30)))
+        port = app.bound["admin"][1]
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        replies = []
+        for rcpts, body in ((["ok@example.com"], b"Subject: s\r\n\r\nx\r\n.\r\n"),
+                            (["ok@example.com", "ok2@example.com"],
+                             b"Subject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 100 + b".\r\n"),
+                            (["hang@example.com"], b"Subject: h\r\n\r\nx\r\n.\r\n")):
+            async with Wire(app.bound["smtp"][1]) as w:
+                await w.greet()
+                replies += await w.transaction("a@outside.test", rcpts, body)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+    finally:
+        silent.close()
+    assert [r[:3] for r in replies] == ["250", "552", "451"], replies
+
+    def moved(series: str) -> float:
+        return _value(after, series) - _value(before, series)
+    assert moved('mailrouter_messages_total{result="delivered"}') == 1
+    assert moved('mailrouter_messages_total{result="rejected"}') == 1
+    assert moved('mailrouter_messages_total{result="deferred"}') == 1
+    assert moved('mailrouter_recipients_total{result="ok"}') == 1
+    assert moved('mailrouter_recipients_total{result="permfail"}') == 2
+    assert moved('mailrouter_recipients_total{result="tempfail"}') == 1
+    assert moved('mailrouter_tempfails_total{cause="timeout"}') == 1
+    # the latency of what was processed: the delivered one and the one cut at 1 s
+    assert moved("mailrouter_message_seconds_count") == 2
+    assert moved("mailrouter_message_seconds_sum") >= 1
+
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_rules_age_is_the_rule_sets_with_one_worker_or_two(daemon_process, tmp_path, workers):
+    """mailrouter_config_last_reload_success_timestamp_seconds (the dashboard's "rules
+    loaded (s ago)", the oldest worker's) is when the rule set in use was taken, the same
+    with workers: 1 and 2. A reload of unchanged files moved it with workers: 1 (and on
+    worker 0) but not on worker 1, so the panel told a different age for the same rules; and
+    worker 1 set its gauges after telling worker 0, so the reply could come before them."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(RULES / "company.yaml", rules / "company.yaml")
+    (rules / "none.yaml").write_text("rules: []\n", encoding="utf-8")
+    proc = daemon_process(extra=f"workers: {workers}\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started", workers) == workers
+    series = "mailrouter_config_last_reload_success_timestamp_seconds"
+    started = _value(_get(proc.admin, "/metrics")[1], series)
+    assert _post(proc.admin, "/-/reload")["ok"] is True            # the same files
+    assert _value(_get(proc.admin, "/metrics")[1], series) == started
+    (rules / "hold.yaml").write_text(DEFER_RULES, encoding="utf-8")
+    asked = time.time()
+    assert _post(proc.admin, "/-/reload")["ok"] is True            # a new rule set
+    _, text = _get(proc.admin, "/metrics")
+    assert _value(text, series) >= asked
+    assert _value(text, "mailrouter_config_last_reload_successful") == 1
+
+
+async def test_a_loop_found_after_data_is_no_rcpt_refusal(make_app):
+    """A message with 60 Received: headers: RCPT was answered 250, the loop is found after
+    DATA (554 5.4.6). It counts as a loop, a rejected message and a permfail recipient, not
+    under mailrouter_rcpt_refused_total (the "RCPT refused by reason" panel showed a
+    `loop` for a RCPT that was accepted, and no RCPT refuses a loop)."""
+    app = await make_app()
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        [reply] = await w.transaction("a@outside.test", ["sales@example.com"],
+                                      b"Received: x\r\n" * 60 + b"Subject: l\r\n\r\nx\r\n.\r\n")
+    assert reply.startswith("554 5.4.6")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+    assert _sum(after, "mailrouter_rcpt_refused_total") == _sum(before, "mailrouter_rcpt_refused_total")
+    assert 'reason="loop"' not in after
+    for series in ('mailrouter_loops_total{kind="hops"}', 'mailrouter_messages_total{result="rejected"}',
+                   'mailrouter_recipients_total{result="permfail"}'):
+        assert _value(after, series) == _value(before, series) + 1, series

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 from typing import Protocol as Interface
 
@@ -162,7 +163,7 @@ class Handler:
         return str(REPLY_OK)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        n = len(envelope.rcpt_tos)
+        n, started = len(envelope.rcpt_tos), time.perf_counter()
         try:
             txn = Transaction(
                 protocol=self.protocol, peer=_peer(session.peer),
@@ -180,6 +181,8 @@ class Handler:
             log.exception("event=process_crashed peer=%s", session.peer)
             replies = [REPLY_INTERNAL_ERROR] * n
             metrics.TEMPFAILS.labels("internal").inc(n)
+        if replies:   # every answer after DATA, a timeout's and a crash's too (dashboard, alerts)
+            metrics.observe_message(replies, time.perf_counter() - started)
         if self.protocol == "lmtp":
             return "\r\n".join(str(r) for r in replies)
         return str(fold(replies)) if replies else INTERNAL_ERROR

@@ -66,12 +66,14 @@ import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, syntax
 
+from .. import metrics
 from ..config import Limits, is_loopback
 from . import speedups  # noqa: F401  (aiosmtpd's per-connection lookups, once per class)
 from .data import MEMORY_PER_BYTE, DataBudget, content
 from ..values import (
     AIOSMTPD_BOGUS_GOODBYE,
     REPLY_AUTH_NOT_IMPLEMENTED,
+    REPLY_BAD_BYTES,
     REPLY_BARE_LINE_END,
     REPLY_BDAT_NOT_OFFERED,
     REPLY_STARTTLS_NOT_IMPLEMENTED,
@@ -115,6 +117,8 @@ TOO_MANY_FROM_CLIENT = str(REPLY_TOO_MANY_FROM_CLIENT)
 TOO_BIG = str(REPLY_TOO_BIG)
 DATA_TOO_SLOW = str(REPLY_DATA_TOO_SLOW)
 NO_ROOM = str(REPLY_STORAGE_FULL)
+# the answers after DATA given here, not by the handler, as the metrics count them
+_REFUSED = {str(r): r for r in (REPLY_TOO_BIG, REPLY_STORAGE_FULL, REPLY_BAD_BYTES)}
 CONTROL_CHAR = str(REPLY_CONTROL_CHAR)
 NOT_UTF8 = str(REPLY_NOT_UTF8)
 BARE_LINE_END = str(REPLY_BARE_LINE_END)
@@ -652,6 +656,11 @@ class Protocol(SMTP):
             await self.hang_up(DATA_TOO_SLOW)
             return
         if problem:
+            # answered here, not by the handler: counted as a message and its recipients
+            # (a 552 too big was on no panel; no latency, nothing was processed)
+            refused = _REFUSED.get(problem)
+            if refused is not None:
+                metrics.observe_message([refused] * len(self.envelope.rcpt_tos), None)
             await self.push(self._replies(problem), final=True)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
