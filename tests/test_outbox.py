@@ -76,16 +76,17 @@ async def relay() -> Any:
 
 
 async def test_moved_address_answers_once(make_app: Any, relay: Any) -> None:
-    """Mail to old-sales@ is delivered and answered: to the envelope sender, from <>."""
+    """Mail to old-sales@ is delivered and answered: to the envelope sender, from <>.
+    (A return path of bounce-*@, a list manager's VERP, is a robot's: no answer.)"""
     sink = await relay()
     app = await make_app(outbox=relay_to(sink.port))
-    await send(app, "bounce-ann@client.example", ["old-sales@example.com"], mail())
+    await send(app, "ann.return@client.example", ["old-sales@example.com"], mail())
     await until(lambda: settled(app), "the outbox to settle")
     [env] = sink.envelopes
-    assert (env.mail_from, env.rcpt_tos) == ("<>", ["bounce-ann@client.example"])
+    assert (env.mail_from, env.rcpt_tos) == ("<>", ["ann.return@client.example"])
     m = message_from_bytes(env.content, policy=policy.default)
     assert (m["To"], m["From"], m["Auto-Submitted"]) == (
-        "bounce-ann@client.example", "old-sales@example.com", "auto-replied")
+        "ann.return@client.example", "old-sales@example.com", "auto-replied")
     assert "sales@example.com" in m.get_body().get_content()   # type: ignore[union-attr]
     [row] = await rows(app)
     assert (row["kind"], row["state"], row["attempts"]) == ("autoreply", "sent", 1)
