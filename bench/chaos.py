@@ -36,6 +36,7 @@ as an MTA's queue does. For `--seconds`, faults are injected one at a time, at r
   var-full          var/ (the SQLite registry and the intent journals) full (--var-tmpfs)
   var-ro            var/ read-only: a read-only bind mount over it, as a tmpfs with files
                     open for writing cannot be remounted read-only (--var-tmpfs)
+  term-supervisor   SIGTERM to the supervisor (it drains and exits 0), then a start again
   fd-limit          every daemon process out of file descriptors (its soft RLIMIT_NOFILE
                     lowered to the number it has open), then set back
 
@@ -113,10 +114,12 @@ aliases:
   fwd@example.com:     mailbox:fwd
 """
 PROCESS_TIMEOUT = 15
+RESTARTS = ("kill-supervisor", "term-supervisor")     # never two of them at once
 ALL_FAULTS = ["kill-worker", "kill-supervisor", "stop-worker", "maildir-ro", "maildir-full",
               "sqlite-lock", "pg-restart", "relay-refuse", "relay-reject", "relay-hang",
               "relay-down", "relay-reset", "pg-terminate", "hup-broken", "hup-good",
-              "var-full", "var-ro", "fd-limit"]
+              "var-full", "var-ro", "fd-limit",
+              "term-supervisor"]
 
 
 def free_port() -> int:
@@ -511,6 +514,18 @@ class Faults:
         missing = await self._recorded_after(before, self.settle, "kill-supervisor (restart)")
         return f"restart in {took:.1f} s, {sum(before.values())} copies, unrecorded {missing}"
 
+    async def f_term_supervisor(self, hold: float) -> str:
+        """SIGTERM (a restart by the init system) under load: the daemon drains (421 to new
+        work, shutdown_grace for the transactions in flight) and exits 0, then starts again
+        on the same var/: every copy in the store recorded within --settle seconds."""
+        code = await asyncio.to_thread(self.d.stop)
+        if code != 0:
+            self.run.violation(f"term-supervisor: SIGTERM exit code {code}")
+        before = await asyncio.to_thread(store_copies, self.store)
+        took = await asyncio.to_thread(self.d.start)
+        missing = await self._recorded_after(before, self.settle, "term-supervisor (restart)")
+        return f"exit {code}, restart in {took:.1f} s, unrecorded {missing}"
+
     async def f_maildir_ro(self, hold: float) -> str:
         root = str(self.store)
         if sh("mount", "--bind", root, root).returncode != 0:
@@ -773,8 +788,8 @@ async def main(args: argparse.Namespace) -> int:
             names = [random.choice(faults_on)]
             if random.random() < args.overlap:       # two at once, different kinds
                 names.append(random.choice([f for f in faults_on if f != names[0]
-                                            and f != "kill-supervisor"] or names))
-                names = sorted(set(names), key=lambda n: n == "kill-supervisor")
+                                            and f not in RESTARTS] or names))
+                names = sorted(set(names), key=lambda n: n in RESTARTS)
 
             async def one(name: str) -> None:
                 hold = random.uniform(min(args.min_hold, args.hold), args.hold)
