@@ -423,12 +423,13 @@ def _spawn(index: int, child: Callable[[int], int]) -> int:
 
 
 def _alive(pid: int) -> bool:
-    """Whether child `pid` runs: not exited (a zombie takes a signal and drops it)."""
+    """Whether child `pid` runs: not exited (a zombie takes a signal and drops it).
+    Without /proc it cannot be told: taken as running, as before."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
-        return False
+        return not os.path.isdir("/proc/self")
 
 
 START_FAILED = 2    # a worker's exit code when it could not start: not worth a restart
