@@ -237,6 +237,21 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
+    def start_as_systemd(self, tries: int = 30) -> float:
+        """`start` again every 2 s while the start is refused, as the unit's
+        Restart=on-failure RestartSec=2 does: a start during a fault (var/ read-only, the
+        registry down) exits 2, by design; the seconds until it listened."""
+        t0 = time.monotonic()
+        for _ in range(tries - 1):
+            try:
+                self.start()
+                return time.monotonic() - t0
+            except RuntimeError as exc:
+                print(f"  start refused ({exc}); again in 2 s, as systemd would", flush=True)
+                time.sleep(2)
+        self.start()
+        return time.monotonic() - t0
+
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait until it listens; the seconds it took."""
         t0 = time.monotonic()
@@ -509,7 +524,7 @@ class Faults:
         await asyncio.to_thread(self.d.kill)
         await asyncio.sleep(hold / 2)
         before = await asyncio.to_thread(store_copies, self.store)
-        took = await asyncio.to_thread(self.d.start)
+        took = await asyncio.to_thread(self.d.start_as_systemd)
         # every copy in the store when it started must be recorded within `settle` s
         missing = await self._recorded_after(before, self.settle, "kill-supervisor (restart)")
         return f"restart in {took:.1f} s, {sum(before.values())} copies, unrecorded {missing}"
@@ -522,7 +537,7 @@ class Faults:
         if code != 0:
             self.run.violation(f"term-supervisor: SIGTERM exit code {code}")
         before = await asyncio.to_thread(store_copies, self.store)
-        took = await asyncio.to_thread(self.d.start)
+        took = await asyncio.to_thread(self.d.start_as_systemd)
         missing = await self._recorded_after(before, self.settle, "term-supervisor (restart)")
         return f"exit {code}, restart in {took:.1f} s, unrecorded {missing}"
 
@@ -545,7 +560,11 @@ class Faults:
     async def _fill(self, filler: Path, hold: float) -> str:
         def fill() -> int:
             n = 0
-            with open(filler, "wb", buffering=0) as f:
+            try:
+                f = open(filler, "wb", buffering=0)
+            except OSError:         # read-only now (another fault): full enough
+                return 0
+            with f:
                 try:
                     while True:
                         n += f.write(b"x" * 65536)
@@ -556,7 +575,12 @@ class Faults:
         try:
             await asyncio.sleep(hold)
         finally:
-            filler.unlink(missing_ok=True)
+            for _ in range(60):     # read-only meanwhile (another fault): until it is not
+                try:
+                    filler.unlink(missing_ok=True)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.5)
         return f"{n >> 10} KiB filler"
 
     async def f_sqlite_lock(self, hold: float) -> str:
