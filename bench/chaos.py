@@ -36,6 +36,7 @@ as an MTA's queue does. For `--seconds`, faults are injected one at a time, at r
   var-full          var/ (the SQLite registry and the intent journals) full (--var-tmpfs)
   var-ro            var/ read-only: a read-only bind mount over it, as a tmpfs with files
                     open for writing cannot be remounted read-only (--var-tmpfs)
+  stop-supervisor   SIGSTOP the supervisor for a while, then SIGCONT
   term-supervisor   SIGTERM to the supervisor (it drains and exits 0), then a start again
   fd-limit          every daemon process out of file descriptors (its soft RLIMIT_NOFILE
                     lowered to the number it has open), then set back
@@ -114,12 +115,12 @@ aliases:
   fwd@example.com:     mailbox:fwd
 """
 PROCESS_TIMEOUT = 15
-RESTARTS = ("kill-supervisor", "term-supervisor")     # never two of them at once
+RESTARTS = ("kill-supervisor", "term-supervisor", "stop-supervisor")   # never two at once
 ALL_FAULTS = ["kill-worker", "kill-supervisor", "stop-worker", "maildir-ro", "maildir-full",
               "sqlite-lock", "pg-restart", "relay-refuse", "relay-reject", "relay-hang",
               "relay-down", "relay-reset", "pg-terminate", "hup-broken", "hup-good",
               "var-full", "var-ro", "fd-limit",
-              "term-supervisor"]
+              "term-supervisor", "stop-supervisor"]
 
 
 def free_port() -> int:
@@ -528,6 +529,20 @@ class Faults:
         # every copy in the store when it started must be recorded within `settle` s
         missing = await self._recorded_after(before, self.settle, "kill-supervisor (restart)")
         return f"restart in {took:.1f} s, {sum(before.values())} copies, unrecorded {missing}"
+
+    async def f_stop_supervisor(self, hold: float) -> str:
+        """SIGSTOP the supervisor (a worker that dies meanwhile is not replaced, a SIGHUP
+        waits), then SIGCONT: with kill-worker (--overlap), the live worker records the dead
+        one's copies (its journal's lock is free) while no replacement can start."""
+        if self.d.proc is None or self.d.proc.poll() is not None:
+            return "no supervisor"
+        os.kill(self.d.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.d.proc.pid, signal.SIGCONT)
+        return f"pid {self.d.proc.pid}"
 
     async def f_term_supervisor(self, hold: float) -> str:
         """SIGTERM (a restart by the init system) under load: the daemon drains (421 to new
