@@ -195,6 +195,12 @@ async def test_a_folder_made_for_a_copy_is_durable_with_it(tmp_path, monkeypatch
     for d in (box / ".Finance" / "new", box / ".Finance", box, tmp_path / "mail"):
         assert _ident(d) in synced, d
     assert open(path, "rb").read() == b"one\r\n"
+    synced.clear()                     # a mailbox `team/sales` under the Maildir root
+    md = Maildir(tmp_path / "mail" / "team" / "sales", "mx.test", top=tmp_path / "mail")
+    await md.deliver(b"two\r\n", "02")
+    for d in (tmp_path / "mail" / "team" / "sales", tmp_path / "mail" / "team",
+              tmp_path / "mail"):
+        assert _ident(d) in synced, d
 
 
 async def test_concurrent_first_copies_to_one_new_folder(tmp_path):

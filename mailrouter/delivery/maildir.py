@@ -116,8 +116,11 @@ def folder_dirname(folder: str) -> str:
 class Maildir:
     """One Maildir (a department mailbox), with its Maildir++ folders."""
 
-    def __init__(self, root: Path, hostname: str) -> None:
+    def __init__(self, root: Path, hostname: str, top: Path | None = None) -> None:
         self.root = root
+        # the directory above which nothing is made for a copy (delivery.maildir_root, for
+        # a mailbox under it, `team/sales` too): fsync'd up to it when a folder is first used
+        self.top = top if top is not None else root.parent
         self.host = hostname.replace("/", "\\057").replace(":", "\\072")
         self._tmp_ids = itertools.count()     # tmp/ names unique per process and call
         self._made: dict[Path, int] = {}      # folder -> open descriptor of its new/
@@ -158,7 +161,7 @@ class Maildir:
             # the folder's directories durable before a copy in them counts as stored: a
             # copy's name fsync'd in new/ was lost with a new/ (or folder, or mailbox)
             # whose own name a power cut took (once per folder and process: nearly free)
-            _sync_dirs(box, self.root.parent)
+            _sync_dirs(box, self.top)
             dfd = os.open(box / "new", os.O_RDONLY | os.O_DIRECTORY)
             if self._made.setdefault(box, dfd) != dfd:   # another thread was first
                 os.close(dfd)
