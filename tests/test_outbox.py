@@ -379,7 +379,7 @@ async def test_a_line_separator_in_the_subject_is_answered(make_app: Any, relay:
 
 
 async def test_a_registry_locked_as_the_relay_took_the_reply_does_not_send_it_twice(
-        make_app: Any, relay: Any, tmp_path: Path) -> None:
+        make_app: Any, relay: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The relay says 250 for an autoreply while another process holds the SQLite registry
     (BEGIN EXCLUSIVE) for a few seconds: the "sent" commit failed, was logged and dropped, so
     the row went back to `queued` and out a second time when its lease (60 s) ran out. Now
@@ -403,7 +403,11 @@ async def test_a_registry_locked_as_the_relay_took_the_reply_does_not_send_it_tw
         await send(app, "ann@client.example", ["old-sales@example.com"], mail())
         await asyncio.wait_for(locked.wait(), 30)
         sink.on_data = None
-        await asyncio.sleep(2.5)          # past the registry's 1 s deadline: the commit failed
+
+        async def failed() -> bool:       # the "sent" commit met the lock (1 s deadline)
+            return any("event=outbox_settle_failed" in r.getMessage() and "state=sent" in
+                       r.getMessage() for r in caplog.records)
+        await until(failed, "the sent commit to fail on the lock")
     finally:
         await asyncio.to_thread(locker.execute, "ROLLBACK")
         locker.close()
