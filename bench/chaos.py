@@ -20,6 +20,7 @@ as an MTA's queue does. For `--seconds`, faults are injected one at a time, at r
                     --settle seconds of the restart
   stop-worker       SIGSTOP a worker for a few seconds, then SIGCONT
   maildir-ro        the Maildir root read-only (a read-only bind mount over it)
+  maildir-remount-ro  the Maildir's tmpfs remounted read-only, then read-write
   maildir-full      the tmpfs filled to ENOSPC, then freed
   sqlite-lock       another process holds BEGIN EXCLUSIVE on the registry file (SQLite)
   pg-restart        the PostgreSQL cluster stopped, then started again (--pg)
@@ -120,7 +121,7 @@ ALL_FAULTS = ["kill-worker", "kill-supervisor", "stop-worker", "maildir-ro", "ma
               "sqlite-lock", "pg-restart", "relay-refuse", "relay-reject", "relay-hang",
               "relay-down", "relay-reset", "pg-terminate", "hup-broken", "hup-good",
               "var-full", "var-ro", "fd-limit",
-              "term-supervisor", "stop-supervisor"]
+              "term-supervisor", "stop-supervisor", "maildir-remount-ro"]
 
 
 def free_port() -> int:
@@ -568,6 +569,19 @@ class Faults:
         finally:
             sh("umount", "-l", root)
         return "ro"
+
+    async def f_maildir_remount_ro(self, hold: float) -> str:
+        """The Maildir's file system itself remounted read-only (no file is held open for
+        writing there between copies, so the remount goes through), then read-write."""
+        fs = str(self.store.parent)
+        done = sh("mount", "-o", "remount,ro", fs)
+        if done.returncode != 0:
+            return f"remount failed: {done.stderr.strip()}"
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            sh("mount", "-o", "remount,rw", fs)
+        return "remounted ro"
 
     async def f_maildir_full(self, hold: float) -> str:
         return await self._fill(self.store.parent / "filler", hold)

@@ -11,7 +11,8 @@ hands each new connection to one of them), and then only supervises:
 - SIGHUP goes to worker 0, which reads the routing files once, loads them and
   has the others load those very bytes (`LastGood`): a reload is taken by every
   worker or by none. Worker 0 asks for the others' reload with SIGUSR1, which
-  the supervisor passes to them as SIGHUP;
+  the supervisor passes to them as SIGHUP. A SIGHUP that finds worker 0 dead (a
+  zombie not yet reaped, or not yet replaced) is sent to its replacement;
 - a worker that dies unexpectedly is logged and replaced (at most once a
   second); a replacement that cannot start (the registry down) is tried
   again, a little later each time, where a first worker that cannot start
