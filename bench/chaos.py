@@ -4,6 +4,7 @@
     cd /work/wt/fault10 && sudo PYTHONPATH=$PWD python bench/chaos.py                 # SQLite
     PYTHONPATH=$PWD python bench/chaos.py --pg --seconds 120 --messages 3000 --seed 7  # PostgreSQL
     PYTHONPATH=$PWD python bench/chaos.py --faults kill-worker,kill-supervisor,stop-worker
+    PYTHONPATH=$PWD python bench/chaos.py --workers 1 --var-tmpfs 24m --faults var-full,hup-broken
 
 Runs `mailrouter run -c` (workers: 2) in a temp dir: the Maildir root on a small tmpfs of
 its own, the registry in SQLite (or, --pg, a private PostgreSQL cluster from
@@ -19,6 +20,7 @@ as an MTA's queue does. For `--seconds`, faults are injected one at a time, at r
                     --settle seconds of the restart
   stop-worker       SIGSTOP a worker for a few seconds, then SIGCONT
   maildir-ro        the Maildir root read-only (a read-only bind mount over it)
+  maildir-remount-ro  the Maildir's tmpfs remounted read-only, then read-write
   maildir-full      the tmpfs filled to ENOSPC, then freed
   sqlite-lock       another process holds BEGIN EXCLUSIVE on the registry file (SQLite)
   pg-restart        the PostgreSQL cluster stopped, then started again (--pg)
@@ -26,6 +28,23 @@ as an MTA's queue does. For `--seconds`, faults are injected one at a time, at r
   relay-reject      the relay answers 550 to RCPT (our configured mailbox: held as 451)
   relay-hang        the relay stops answering after the final dot
   relay-down        the relay's port refuses connections
+  relay-reset       the relay cuts the connection after the final dot, without a reply
+  pg-terminate      pg_terminate_backend on every connection of the daemon, again and
+                    again (--pg)
+  hup-broken        a routing file broken, SIGHUP (refused: the old rules keep running),
+                    then the good file back and SIGHUP
+  hup-good          good routing files (one more alias each time) and SIGHUP, a few times
+  var-full          var/ (the SQLite registry and the intent journals) full (--var-tmpfs)
+  var-ro            var/ read-only: a read-only bind mount over it, as a tmpfs with files
+                    open for writing cannot be remounted read-only (--var-tmpfs)
+  stop-supervisor   SIGSTOP the supervisor for a while, then SIGCONT
+  term-supervisor   SIGTERM to the supervisor (it drains and exits 0), then a start again
+  fd-limit          every daemon process out of file descriptors (its soft RLIMIT_NOFILE
+                    lowered to the number it has open), then set back
+
+--workers 1 runs the single-process daemon (kill-worker and stop-worker find no worker
+then: kill-supervisor kills the one process). --min-hold 30 --hold 30 holds each fault
+30 s (a registry locked by another process for 30 s: --faults sqlite-lock).
 
 With --overlap P, two faults of different kinds run at the same time, with chance P
 (a worker killed while the registry is locked, say). After each kill-worker every copy in
@@ -61,6 +80,7 @@ import contextlib
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -96,9 +116,12 @@ aliases:
   fwd@example.com:     mailbox:fwd
 """
 PROCESS_TIMEOUT = 15
+RESTARTS = ("kill-supervisor", "term-supervisor", "stop-supervisor")   # never two at once
 ALL_FAULTS = ["kill-worker", "kill-supervisor", "stop-worker", "maildir-ro", "maildir-full",
               "sqlite-lock", "pg-restart", "relay-refuse", "relay-reject", "relay-hang",
-              "relay-down"]
+              "relay-down", "relay-reset", "pg-terminate", "hup-broken", "hup-good",
+              "var-full", "var-ro", "fd-limit",
+              "term-supervisor", "stop-supervisor", "maildir-remount-ro"]
 
 
 def free_port() -> int:
@@ -165,6 +188,10 @@ class Relay:
                         if chunk == b".\r\n":
                             break
                         body += chunk
+                    if self.mode == "reset":     # the connection cut, no reply
+                        with contextlib.suppress(OSError):
+                            w.transport.abort()
+                        return
                     if self.mode == "hang":
                         while self.mode == "hang":
                             await asyncio.sleep(0.2)
@@ -191,7 +218,8 @@ class Relay:
 # -- the daemon -------------------------------------------------------------------------
 
 class Daemon:
-    def __init__(self, work: Path, url: str, relay_port: int, store: Path) -> None:
+    def __init__(self, work: Path, url: str, relay_port: int, store: Path,
+                 workers: str = "2") -> None:
         self.work, self.url = work, url
         self.smtp, self.admin = free_port(), free_port()
         routing = work / "routing.yaml"
@@ -206,10 +234,25 @@ class Daemon:
             f"  smtp: {{host: 127.0.0.1, port: {relay_port}, timeout: 5, pool_size: 2}}}}\n"
             f"limits: {{process_timeout: {PROCESS_TIMEOUT}, command_timeout: 60}}\n"
             f"autoreply: {{dns: {{check: false}}}}\n"
-            f"workers: 2\nshutdown_grace: 10\n")
+            f"workers: {workers}\nshutdown_grace: 10\n")
         self.log = work / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+
+    def start_as_systemd(self, tries: int = 30) -> float:
+        """`start` again every 2 s while the start is refused, as the unit's
+        Restart=on-failure RestartSec=2 does: a start during a fault (var/ read-only, the
+        registry down) exits 2, by design; the seconds until it listened."""
+        t0 = time.monotonic()
+        for _ in range(tries - 1):
+            try:
+                self.start()
+                return time.monotonic() - t0
+            except RuntimeError as exc:
+                print(f"  start refused ({exc}); again in 2 s, as systemd would", flush=True)
+                time.sleep(2)
+        self.start()
+        return time.monotonic() - t0
 
     def start(self, timeout: float = 60.0) -> float:
         """Start and wait until it listens; the seconds it took."""
@@ -426,6 +469,7 @@ class Faults:
         self.d, self.relay, self.store, self.run = daemon, relay, store, run
         self.registry, self.pg, self.settle = registry, pg, settle
         self.checks: list[asyncio.Task[int]] = []
+        self.var: Path | None = None      # var/ on a tmpfs of its own (--var-tmpfs)
 
     async def inject(self, name: str, hold: float) -> str:
         """Apply `name` for about `hold` seconds, undo it; a note for the summary."""
@@ -482,10 +526,36 @@ class Faults:
         await asyncio.to_thread(self.d.kill)
         await asyncio.sleep(hold / 2)
         before = await asyncio.to_thread(store_copies, self.store)
-        took = await asyncio.to_thread(self.d.start)
+        took = await asyncio.to_thread(self.d.start_as_systemd)
         # every copy in the store when it started must be recorded within `settle` s
         missing = await self._recorded_after(before, self.settle, "kill-supervisor (restart)")
         return f"restart in {took:.1f} s, {sum(before.values())} copies, unrecorded {missing}"
+
+    async def f_stop_supervisor(self, hold: float) -> str:
+        """SIGSTOP the supervisor (a worker that dies meanwhile is not replaced, a SIGHUP
+        waits), then SIGCONT: with kill-worker (--overlap), the live worker records the dead
+        one's copies (its journal's lock is free) while no replacement can start."""
+        if self.d.proc is None or self.d.proc.poll() is not None:
+            return "no supervisor"
+        os.kill(self.d.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.d.proc.pid, signal.SIGCONT)
+        return f"pid {self.d.proc.pid}"
+
+    async def f_term_supervisor(self, hold: float) -> str:
+        """SIGTERM (a restart by the init system) under load: the daemon drains (421 to new
+        work, shutdown_grace for the transactions in flight) and exits 0, then starts again
+        on the same var/: every copy in the store recorded within --settle seconds."""
+        code = await asyncio.to_thread(self.d.stop)
+        if code != 0:
+            self.run.violation(f"term-supervisor: SIGTERM exit code {code}")
+        before = await asyncio.to_thread(store_copies, self.store)
+        took = await asyncio.to_thread(self.d.start_as_systemd)
+        missing = await self._recorded_after(before, self.settle, "term-supervisor (restart)")
+        return f"exit {code}, restart in {took:.1f} s, unrecorded {missing}"
 
     async def f_maildir_ro(self, hold: float) -> str:
         root = str(self.store)
@@ -500,12 +570,30 @@ class Faults:
             sh("umount", "-l", root)
         return "ro"
 
-    async def f_maildir_full(self, hold: float) -> str:
-        filler = self.store.parent / "filler"
+    async def f_maildir_remount_ro(self, hold: float) -> str:
+        """The Maildir's file system itself remounted read-only (no file is held open for
+        writing there between copies, so the remount goes through), then read-write."""
+        fs = str(self.store.parent)
+        done = sh("mount", "-o", "remount,ro", fs)
+        if done.returncode != 0:
+            return f"remount failed: {done.stderr.strip()}"
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            sh("mount", "-o", "remount,rw", fs)
+        return "remounted ro"
 
+    async def f_maildir_full(self, hold: float) -> str:
+        return await self._fill(self.store.parent / "filler", hold)
+
+    async def _fill(self, filler: Path, hold: float) -> str:
         def fill() -> int:
             n = 0
-            with open(filler, "wb", buffering=0) as f:
+            try:
+                f = open(filler, "wb", buffering=0)
+            except OSError:         # read-only now (another fault): full enough
+                return 0
+            with f:
                 try:
                     while True:
                         n += f.write(b"x" * 65536)
@@ -516,7 +604,12 @@ class Faults:
         try:
             await asyncio.sleep(hold)
         finally:
-            filler.unlink(missing_ok=True)
+            for _ in range(60):     # read-only meanwhile (another fault): until it is not
+                try:
+                    filler.unlink(missing_ok=True)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.5)
         return f"{n >> 10} KiB filler"
 
     async def f_sqlite_lock(self, hold: float) -> str:
@@ -543,6 +636,105 @@ class Faults:
         finally:
             await asyncio.to_thread(self.pg.start)
         return "stopped and started"
+
+    async def f_relay_reset(self, hold: float) -> str:
+        return await self._relay("reset", hold)
+
+    async def f_pg_terminate(self, hold: float) -> str:
+        """pg_terminate_backend on every connection of the daemon, again and again."""
+        if self.pg is None:
+            return "skipped (not PostgreSQL)"
+        import asyncpg
+        conn = await asyncpg.connect(self.registry.url.replace("postgresql+asyncpg",
+                                                               "postgresql"), timeout=10)
+        killed = 0
+        try:
+            end = time.monotonic() + hold
+            while time.monotonic() < end:
+                rows = await conn.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                    "pid <> pg_backend_pid() AND datname = current_database()")
+                killed += sum(1 for r in rows if r[0])
+                await asyncio.sleep(random.uniform(0.1, 0.6))
+        finally:
+            await conn.close()
+        return f"{killed} backends terminated"
+
+    async def f_fd_limit(self, hold: float) -> str:
+        """Every daemon process out of file descriptors: its soft RLIMIT_NOFILE lowered to
+        the number it has open (prlimit): no new one, then set back."""
+        procs = ([self.d.proc.pid] if self.d.proc is not None else []) + self.d.workers()
+        before: dict[int, tuple[int, int]] = {}
+        for pid in procs:
+            try:
+                soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+                n = len(os.listdir(f"/proc/{pid}/fd"))
+                # the soft limit only: a hard one lowered is raised again only with
+                # CAP_SYS_RESOURCE, which a container's root may lack
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (n, hard))
+                before[pid] = (soft, hard)
+            except (OSError, ValueError):
+                continue
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            for pid, limits in before.items():
+                with contextlib.suppress(OSError, ValueError):
+                    resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        return f"{len(before)} processes"
+
+    async def _hup(self) -> None:
+        if self.d.proc is not None and self.d.proc.poll() is None:
+            os.kill(self.d.proc.pid, signal.SIGHUP)
+
+    async def f_hup_broken(self, hold: float) -> str:
+        """A routing file broken by an edit, SIGHUP: refused, the old rules keep running;
+        then the good file back, SIGHUP."""
+        routing = self.d.work / "routing.yaml"
+        routing.write_text(ROUTING + "aliases: [this is: {not valid\n")
+        await self._hup()
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            routing.write_text(ROUTING)
+            await self._hup()
+        return "broken, then good"
+
+    async def f_hup_good(self, hold: float) -> str:
+        """A good new routing file (one more alias), SIGHUP, a few times."""
+        routing = self.d.work / "routing.yaml"
+        end, n = time.monotonic() + hold, 0
+        while time.monotonic() < end:
+            n += 1
+            routing.write_text(ROUTING + f"  extra{n}@example.com: mailbox:sales\n")
+            await self._hup()
+            await asyncio.sleep(random.uniform(0.2, 1.0))
+        routing.write_text(ROUTING)
+        await self._hup()
+        return f"{n} reloads"
+
+    async def f_var_full(self, hold: float) -> str:
+        """The registry's and the intents' file system (var/, a tmpfs of its own) full."""
+        if self.var is None:
+            return "skipped (no --var-tmpfs)"
+        return await self._fill(self.var / "filler", hold)
+
+    async def f_var_ro(self, hold: float) -> str:
+        if self.var is None:
+            return "skipped (no --var-tmpfs)"
+        # a file system with files open for writing cannot be remounted read-only (busy):
+        # a read-only bind mount over it, as maildir-ro (new opens fail; open files write on)
+        var = str(self.var)
+        if sh("mount", "--bind", var, var).returncode != 0:
+            return "bind mount failed"
+        try:
+            done = sh("mount", "-o", "remount,bind,ro", var)
+            if done.returncode != 0:
+                return f"remount failed: {done.stderr.strip()}"
+            await asyncio.sleep(hold)
+        finally:
+            sh("umount", "-l", var)
+        return "ro (bind)"
 
     async def _relay(self, mode: str, hold: float) -> str:
         self.relay.mode = mode
@@ -599,17 +791,27 @@ async def main(args: argparse.Namespace) -> int:
             url = pg.url
         else:
             url = f"sqlite+aiosqlite:///{work / 'var' / 'registry.db'}"
+        if args.var_tmpfs:       # the registry (SQLite) and the intents on a tmpfs of their own
+            (work / "var").mkdir()
+            got = sh("mount", "-t", "tmpfs", "-o", f"size={args.var_tmpfs}", "tmpfs",
+                     str(work / "var"))
+            if got.returncode != 0:
+                print(f"cannot mount var's tmpfs: {got.stderr}")
+                return 2
         registry = Registry(url)
         await relay.start()
-        daemon = Daemon(work, url, relay.port, store)
+        daemon = Daemon(work, url, relay.port, store, args.workers)
         daemon.start()
         faults_on = [f for f in (args.faults.split(",") if args.faults else ALL_FAULTS)
                      if not (f == "pg-restart" and not args.pg)
+                     and not (f == "pg-terminate" and not args.pg)
+                     and not (f in ("var-full", "var-ro") and not args.var_tmpfs)
                      and not (f == "sqlite-lock" and args.pg)]
         print(f"work dir {work}; registry {url.split('://')[0]}; faults {','.join(faults_on)}",
               flush=True)
         run = Run()
         faults = Faults(daemon, relay, store, run, registry, pg, args.settle)
+        faults.var = work / "var" if args.var_tmpfs else None
         queue: asyncio.Queue[int] = asyncio.Queue()
         retry: list[int] = []
         d = daemon
@@ -639,11 +841,11 @@ async def main(args: argparse.Namespace) -> int:
             names = [random.choice(faults_on)]
             if random.random() < args.overlap:       # two at once, different kinds
                 names.append(random.choice([f for f in faults_on if f != names[0]
-                                            and f != "kill-supervisor"] or names))
-                names = sorted(set(names), key=lambda n: n == "kill-supervisor")
+                                            and f not in RESTARTS] or names))
+                names = sorted(set(names), key=lambda n: n in RESTARTS)
 
             async def one(name: str) -> None:
-                hold = random.uniform(1.5, args.hold)
+                hold = random.uniform(min(args.min_hold, args.hold), args.hold)
                 t0 = time.monotonic()
                 print(f"[{t0 - run.t_start:6.1f}] fault {name} for {hold:.1f} s", flush=True)
                 try:
@@ -705,6 +907,8 @@ async def main(args: argparse.Namespace) -> int:
             pg.remove()
         sh("umount", "-l", str(store))        # a bind mount left by a failed fault
         sh("umount", "-l", str(tmpfs))
+        if args.var_tmpfs:
+            sh("umount", "-l", str(work / "var"))
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
@@ -779,12 +983,15 @@ if __name__ == "__main__":
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--seconds", type=float, default=90, help="how long faults are injected")
     p.add_argument("--hold", type=float, default=5, help="longest fault, seconds")
+    p.add_argument("--min-hold", type=float, default=1.5, help="shortest fault, seconds")
     p.add_argument("--recover", type=float, default=120, help="seconds to get every 250 after")
     p.add_argument("--settle", type=float, default=10,
                    help="seconds after a restart for every stored copy to be recorded")
     p.add_argument("--faults", help=f"comma-separated subset of {','.join(ALL_FAULTS)}")
     p.add_argument("--pg", action="store_true", help="a private PostgreSQL cluster as registry")
     p.add_argument("--tmpfs", default="16m", help="size of the Maildir's tmpfs")
+    p.add_argument("--var-tmpfs", help="var/ (SQLite registry, intents) on a tmpfs this size")
+    p.add_argument("--workers", default="2", help="the daemon's `workers:` (1, 2, auto)")
     p.add_argument("--give-up", type=float, default=0.0,
                    help="chance that a client never sends again a message that got a 4xx")
     p.add_argument("--overlap", type=float, default=0.0,

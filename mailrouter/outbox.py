@@ -21,6 +21,8 @@ Never twice: the dedupe key is unique, so the MTA retrying the incoming message,
 second instance answering the same sender in the same period, inserts nothing.
 The one window left: the relay accepted the message and we die before our "sent" commit
 lands (milliseconds); the row is claimed again after its lease and sent a second time.
+A registry outage at that commit (locked, down) is waited out: the "sent" is written
+once it is back, before the lease runs out for an outage shorter than the lease.
 
 Refused here: a DSN to <> (RFC 3464 2.1 / RFC 5321 6.1: never answer a bounce), a DSN
 on LMTP (every recipient got its own reply), a DSN when the transaction was deferred.
@@ -368,8 +370,19 @@ class OutboxWorker:
                       retry_at: datetime | None = None) -> None:
         metrics.OUTBOX_ATTEMPTS.labels(row["kind"], "retry" if retry_at is not None
                                        else state).inc()
-        try:
-            await self.registry.outbox_settle(row["id"], state, error, retry_at)
-        except RegistryError as exc:  # the lease brings the row back; say so
-            log.error("event=outbox_settle_failed id=%s state=%s error=%r", row["id"], state,
-                      str(exc))
+        wait = 0.5
+        while True:
+            try:
+                await self.registry.outbox_settle(row["id"], state, error, retry_at)
+                return
+            except RegistryError as exc:  # the lease brings the row back; say so
+                log.error("event=outbox_settle_failed id=%s state=%s error=%r", row["id"],
+                          state, str(exc))
+                if state != "sent":
+                    return        # tried again after the lease: nothing goes out twice
+            # The relay has it: a row left to its lease went out a second time once the
+            # lease ran out (a registry locked or down for a second at this commit, not only
+            # a crash). Tried again until it lands; a stop cancels the wait. Nothing else
+            # could be sent meanwhile anyway: the claims need the registry too.
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 5.0)

@@ -11,7 +11,8 @@ hands each new connection to one of them), and then only supervises:
 - SIGHUP goes to worker 0, which reads the routing files once, loads them and
   has the others load those very bytes (`LastGood`): a reload is taken by every
   worker or by none. Worker 0 asks for the others' reload with SIGUSR1, which
-  the supervisor passes to them as SIGHUP;
+  the supervisor passes to them as SIGHUP. A SIGHUP that finds worker 0 dead (a
+  zombie not yet reaped, or not yet replaced) is sent to its replacement;
 - a worker that dies unexpectedly is logged and replaced (at most once a
   second); a replacement that cannot start (the registry down) is tried
   again, a little later each time, where a first worker that cannot start
@@ -422,6 +423,16 @@ def _spawn(index: int, child: Callable[[int], int]) -> int:
     return pid
 
 
+def _alive(pid: int) -> bool:
+    """Whether child `pid` runs: not exited (a zombie takes a signal and drops it).
+    Without /proc it cannot be told: taken as running, as before."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return not os.path.isdir("/proc/self")
+
+
 START_FAILED = 2    # a worker's exit code when it could not start: not worth a restart
 
 
@@ -433,6 +444,8 @@ def supervise(config: Config, child: Callable[[int], int],
     bind on), handled first."""
     workers: dict[int, int] = {}            # pid -> index
     stopping = False
+    hup_owed = False     # a SIGHUP that found no live worker 0: sent to the next one
+    hup_to = 0           # the worker 0 it was sent to (one that cannot start owes it on)
 
     def forward(sig: int, only_others: bool = False, only_first: bool = False) -> None:
         for pid, index in list(workers.items()):
@@ -443,12 +456,18 @@ def supervise(config: Config, child: Callable[[int], int],
                     pass
 
     def on_signal(sig: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, hup_owed
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
             forward(signal.SIGTERM)
         elif sig == signal.SIGHUP:      # worker 0 reads the files; the others follow it
-            forward(signal.SIGHUP, only_first=True)
+            # Worker 0 dead (a zombie not yet reaped, or reaped and not yet replaced: the
+            # supervisor waits up to 5 s between restarts) took the signal with it: the
+            # reload asked for never ran. Owed to its replacement instead.
+            if not any(index == 0 and _alive(pid) for pid, index in workers.items()):
+                hup_owed = True
+            else:
+                forward(signal.SIGHUP, only_first=True)
         elif sig == PARENT_RELOAD_SIGNAL:
             forward(signal.SIGHUP, only_others=True)
 
@@ -457,10 +476,14 @@ def supervise(config: Config, child: Callable[[int], int],
     for got in early or ():          # its handler is gone: the list no longer grows
         on_signal(got, None)
     def start(index: int) -> None:
+        nonlocal hup_owed, hup_to
         pid = _spawn(index, child)
         workers[pid] = index
         if stopping:   # the stop arrived while forking, before this pid was in the table
             os.kill(pid, signal.SIGTERM)
+        elif index == 0 and hup_owed:   # blocked in the child until its loop handles it
+            hup_owed, hup_to = False, pid
+            os.kill(pid, signal.SIGHUP)
 
     for index in range(config.workers):
         if not stopping:
@@ -479,6 +502,8 @@ def supervise(config: Config, child: Callable[[int], int],
         index = workers.pop(pid)
         on_exit(pid)
         exit_code = os.waitstatus_to_exitcode(status)
+        if pid == hup_to and exit_code == START_FAILED:
+            hup_owed = True           # it never ran its loop: the next worker 0 reloads
         if stopping:
             code = max(code, abs(exit_code))
             continue

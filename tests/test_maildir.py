@@ -145,6 +145,64 @@ async def test_mailbox_removed_while_running_is_recreated(tmp_path):
     assert [f.name for f in (tmp_path / "box" / ".Finance" / "new").iterdir()] == ["mr02"]
 
 
+def _fsynced(monkeypatch) -> set[tuple[int, int]]:
+    """(device, inode) of every file or directory fsync'd from now on (the real fsync runs)."""
+    synced: set[tuple[int, int]] = set()
+    fsync = os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        fsync(fd)
+        synced.add((st.st_dev, st.st_ino))
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+def _ident(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+async def test_a_folder_replaced_while_running_has_the_copys_name_fsynced_where_it_is(
+        tmp_path, monkeypatch):
+    """A folder deleted and re-created under the daemon (an IMAP client through Dovecot, a
+    restore): the next copy was linked into the new folder's new/, and the descriptor
+    fsync'd was the old one's, kept since the first copy: the copy's name was never made
+    durable, after its 250, until a restart. Now the new/ the copy is in is fsync'd."""
+    md = Maildir(tmp_path / "box", "mx.test")
+    await md.deliver(b"one\r\n", "01", "Finance")
+    folder = tmp_path / "box" / ".Finance"
+    folder.rename(tmp_path / "box" / ".Finance-deleted")
+    for sub in ("tmp", "new", "cur"):
+        (folder / sub).mkdir(parents=True)
+    synced = _fsynced(monkeypatch)
+    path = await md.deliver(b"two\r\n", "02", "Finance")
+    assert os.path.dirname(path) == str(folder / "new")
+    assert _ident(folder / "new") in synced
+    synced.clear()
+    await md.deliver(b"three\r\n", "03", "Finance")          # the new one kept from now on
+    assert synced == {_ident(folder / "new")}
+
+
+async def test_a_folder_made_for_a_copy_is_durable_with_it(tmp_path, monkeypatch):
+    """The first copy into a folder (and a mailbox) that did not exist: the directories
+    made for it are fsync'd up to the Maildir root, so a power cut cannot take the folder
+    (and the copy a 250 was given for) with it; before, only new/ was."""
+    synced = _fsynced(monkeypatch)
+    md = Maildir(tmp_path / "mail" / "box", "mx.test")
+    path = await md.deliver(b"one\r\n", "01", "Finance")
+    box = tmp_path / "mail" / "box"
+    for d in (box / ".Finance" / "new", box / ".Finance", box, tmp_path / "mail"):
+        assert _ident(d) in synced, d
+    assert open(path, "rb").read() == b"one\r\n"
+    synced.clear()                     # a mailbox `team/sales` under the Maildir root
+    md = Maildir(tmp_path / "mail" / "team" / "sales", "mx.test", top=tmp_path / "mail")
+    await md.deliver(b"two\r\n", "02")
+    for d in (tmp_path / "mail" / "team" / "sales", tmp_path / "mail" / "team",
+              tmp_path / "mail"):
+        assert _ident(d) in synced, d
+
+
 async def test_concurrent_first_copies_to_one_new_folder(tmp_path):
     """50 copies at once into a folder that does not exist yet: all land, none twice."""
     md = Maildir(tmp_path / "box", "mx.test")

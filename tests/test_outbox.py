@@ -377,3 +377,45 @@ async def test_a_line_separator_in_the_subject_is_answered(make_app: Any, relay:
     m = message_from_bytes(env.content, policy=policy.default)
     assert m["Subject"] == "Auto: Invoice Bcc: victim@evil.test"
     assert m["Bcc"] is None and sep.encode() not in env.content
+
+
+async def test_a_registry_locked_as_the_relay_took_the_reply_does_not_send_it_twice(
+        make_app: Any, relay: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The relay says 250 for an autoreply while another process holds the SQLite registry
+    (BEGIN EXCLUSIVE) for a few seconds: the "sent" commit failed, was logged and dropped, so
+    the row went back to `queued` and out a second time when its lease (60 s) ran out. Now
+    the "sent" is written once the lock is gone, and the sender gets one answer."""
+    import sqlite3
+
+    from tests.test_faults import short_deadline, sqlite_url
+
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port),
+                         registry=await short_deadline(sqlite_url(tmp_path)))
+    locker = sqlite3.connect(tmp_path / "var" / "registry.db", isolation_level=None,
+                             check_same_thread=False)
+    locked = asyncio.Event()
+
+    async def lock_then_accept(_server: Any) -> None:
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+        locked.set()
+    sink.on_data = lock_then_accept
+    try:
+        await send(app, "ann@client.example", ["old-sales@example.com"], mail())
+        await asyncio.wait_for(locked.wait(), 30)
+        sink.on_data = None
+
+        async def failed() -> bool:       # the "sent" commit met the lock (1 s deadline)
+            return any("event=outbox_settle_failed" in r.getMessage() and "state=sent" in
+                       r.getMessage() for r in caplog.records)
+        await until(failed, "the sent commit to fail on the lock")
+    finally:
+        await asyncio.to_thread(locker.execute, "ROLLBACK")
+        locker.close()
+
+    async def sent() -> bool:
+        return [r["state"] for r in await rows(app)] == ["sent"]
+    await until(sent, "the row marked sent once the registry is back", limit=20)
+    assert len(sink.envelopes) == 1
+    [row] = await rows(app)
+    assert row["attempts"] == 1

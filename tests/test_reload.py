@@ -501,3 +501,37 @@ def test_each_reload_is_recorded_with_the_process_that_made_it(daemon_process, t
                            "-c", str(proc.config)], capture_output=True, text=True, check=True)
     assert sum("FAILED" in line and f"pid={pids[0]} worker=0" in line
                for line in text.stdout.splitlines()) == 1
+
+
+def test_a_sighup_that_finds_worker_0_dead_reloads_its_replacement(daemon_process, tmp_path):
+    """Two workers; worker 0 killed, and a SIGHUP reaches the supervisor before it has
+    reaped it (the SIGHUP went to the zombie) or while it waits to replace it (no worker 0
+    at all): the reload asked for never ran (the files unchanged, so the new worker 0's
+    watcher had nothing to notice; no reload row, no rewrite of Postfix's tables). Now the
+    replacement is sent the SIGHUP the dead one could not take: one reload, recorded."""
+    d = routing_dir(tmp_path)
+    proc = daemon_process(routing=str(d / "*.yaml"), extra="workers: 2\n")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.log.read_text().count("event=started loop=") < 2:
+        time.sleep(0.1)
+    db = sqlite3.connect(tmp_path / "var" / "registry.db")
+    before = db.execute("select count(*) from reloads").fetchone()[0]
+    first = [int(line.split("pid=")[1].split()[0]) for line in proc.log.read_text().splitlines()
+             if "event=worker_started worker=0" in line][0]
+    os.kill(proc.proc.pid, signal.SIGSTOP)              # the supervisor: no wait(), no restart
+    try:
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and \
+                Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.05)
+        os.kill(proc.proc.pid, signal.SIGHUP)           # pending: handled on SIGCONT
+    finally:
+        os.kill(proc.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and \
+            db.execute("select count(*) from reloads").fetchone()[0] <= before:
+        time.sleep(0.1)
+    rows = db.execute("select ok, instance from reloads order by id").fetchall()[before:]
+    assert [ok for ok, _ in rows] == [1], proc.log.read_text()
+    assert "worker=0" in rows[0][1] and f"pid={first} " not in rows[0][1] + " "

@@ -168,7 +168,9 @@ class Deliverer:
     def _maildir_at(self, root: Path) -> Maildir:
         md = self._maildirs.get(root)
         if md is None:
-            md = self._maildirs[root] = Maildir(root, self.hostname)
+            top = self.cfg.maildir_root if root.is_relative_to(self.cfg.maildir_root) \
+                and root != self.cfg.maildir_root else None
+            md = self._maildirs[root] = Maildir(root, self.hostname, top)
         return md
 
     def _root(self, mailbox: Mailbox) -> Path:

@@ -116,8 +116,11 @@ def folder_dirname(folder: str) -> str:
 class Maildir:
     """One Maildir (a department mailbox), with its Maildir++ folders."""
 
-    def __init__(self, root: Path, hostname: str) -> None:
+    def __init__(self, root: Path, hostname: str, top: Path | None = None) -> None:
         self.root = root
+        # the directory above which nothing is made for a copy (delivery.maildir_root, for
+        # a mailbox under it, `team/sales` too): fsync'd up to it when a folder is first used
+        self.top = top if top is not None else root.parent
         self.host = hostname.replace("/", "\\057").replace(":", "\\072")
         self._tmp_ids = itertools.count()     # tmp/ names unique per process and call
         self._made: dict[Path, int] = {}      # folder -> open descriptor of its new/
@@ -155,11 +158,32 @@ class Maildir:
                 (box / sub).mkdir(parents=True, exist_ok=True)
             if folder:
                 (box / "maildirfolder").touch(exist_ok=True)
+            # the folder's directories durable before a copy in them counts as stored: a
+            # copy's name fsync'd in new/ was lost with a new/ (or folder, or mailbox)
+            # whose own name a power cut took (once per folder and process: nearly free)
+            _sync_dirs(box, self.top)
             dfd = os.open(box / "new", os.O_RDONLY | os.O_DIRECTORY)
             if self._made.setdefault(box, dfd) != dfd:   # another thread was first
                 os.close(dfd)
                 dfd = self._made[box]
         return box, dfd
+
+    def sync(self, folder: str | None, dfd: int) -> None:
+        """fsync the folder's new/: the names of the copies just linked there durable.
+        `dfd` is the descriptor kept since this process first used the folder, which may
+        have been replaced since (an IMAP client deleted and re-created it through
+        Dovecot, a restore moved a copy into place): the copies were linked by path into
+        the new/ there now, and the old one's fsync left their names unsynced after a 250
+        until a restart. Then the one there now is fsync'd, and kept. Gone (deleted after
+        the link): FileNotFoundError, and the copies with it are refused."""
+        os.fsync(dfd)
+        box = self.box(folder)
+        now, held = os.stat(os.path.join(box, "new")), os.fstat(dfd)
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return
+        if self._made.get(box) == dfd:
+            self._forget(folder)
+        os.fsync(self._dir(folder)[1])
 
     def close(self) -> None:
         """Let go of the folders' descriptors (at shutdown, with no copy in flight)."""
@@ -226,6 +250,21 @@ class Maildir:
 _Job = tuple[Maildir, "bytes | Sequence[bytes]", str, "str | None", "Prior | None"]
 
 
+def _sync_dirs(box: Path, top: Path) -> None:
+    """fsync `box` and each directory above it up to `top` (the Maildir root): their
+    entries (a folder or mailbox just made) durable."""
+    d = box
+    while True:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if d == top or d.parent == d:
+            return
+        d = d.parent
+
+
 def _write_batch(jobs: list[_Job]) -> list[str | BaseException]:
     """In the writer thread: the priors (intents) of the batch's copies written together,
     every copy of the batch written and linked, then each folder's new/ fsync'd once (the
@@ -233,7 +272,7 @@ def _write_batch(jobs: list[_Job]) -> list[str | BaseException]:
     that refused it (a prior not written refuses its copies, before they are made; an fsync
     error refuses every copy of its folder)."""
     out: list[str | BaseException] = []
-    folders: dict[int, list[int]] = {}
+    folders: dict[int, tuple[Maildir, str | None, list[int]]] = {}
     priors = list({id(j[4]): j[4] for j in jobs if j[4] is not None}.values())
     if priors:
         priors[0].write_group(priors)
@@ -245,11 +284,11 @@ def _write_batch(jobs: list[_Job]) -> list[str | BaseException]:
         except Exception as exc:  # noqa: BLE001 - handed to the copy's awaiting task
             out.append(exc)
             continue
-        folders.setdefault(dfd, []).append(len(out))
+        folders.setdefault(dfd, (md, folder, []))[2].append(len(out))
         out.append(path)
-    for dfd, which in folders.items():
+    for dfd, (md, folder, which) in folders.items():
         try:
-            os.fsync(dfd)             # concurrent fsyncs share the journal commit in the kernel
+            md.sync(folder, dfd)      # concurrent fsyncs share the journal commit in the kernel
         except OSError as exc:
             for i in which:
                 out[i] = exc
