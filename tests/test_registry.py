@@ -333,20 +333,14 @@ async def test_migration_0012_folds_the_senders_of_every_message(registry_url: s
     assert "ix_messages_from_addr_received_at" not in indexes
 
 
-async def test_migration_0012_cut_short_on_sqlite_is_finished_by_the_next_start(
-        tmp_path: Path) -> None:
-    """SQLite runs a revision's DDL as it comes, outside the transaction that the
-    backfill's updates and the version are in: an 0012 stopped during its backfill (the
-    start's registry timeout: `Registry.open(timeout=...)`) leaves the old index dropped and
-    the columns added, empty, at revision 0011. The next start finishes it. Before, it
-    failed at every start on "no such index: ix_messages_from_addr_received_at"."""
+async def _registry_at_0011(url: str, senders: list[str]) -> None:
+    """A registry at revision 0011 holding one message from each sender (keys k0, k1 ...)."""
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from mailrouter.registry.models import messages
     from mailrouter.registry.store import _alembic_upgrade, _prepare, _url
 
-    url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     await _prepare(_url(url))
     engine = create_async_engine(url)
     try:
@@ -354,10 +348,30 @@ async def test_migration_0012_cut_short_on_sqlite_is_finished_by_the_next_start(
             await conn.run_sync(_alembic_upgrade, "0011")
             await conn.execute(sa.insert(sa.table("messages", *(
                 sa.column(c.name, c.type) for c in messages.c if not c.name.endswith("_fold")))),
-                [dict(key="k", received_at=WHEN, updated_at=WHEN, protocol="smtp", peer="p",
+                [dict(key=f"k{i}", received_at=WHEN, updated_at=WHEN, protocol="smtp", peer="p",
                       mail_from="<>", rcpts=[], message_id=None, from_name="",
-                      from_addr="Žofie@Příklad.CZ", subject="s", size=1, content_hash="c",
-                      defects=[], ruleset_hash="r", status="delivered", attempts=1)])
+                      from_addr=sender, subject="s", size=1, content_hash="c",
+                      defects=[], ruleset_hash="r", status="delivered", attempts=1)
+                 for i, sender in enumerate(senders)])
+    finally:
+        await engine.dispose()
+
+
+async def test_migration_0012_cut_short_on_sqlite_is_finished_by_the_next_start(
+        tmp_path: Path) -> None:
+    """SQLite runs a revision's DDL as it comes, outside the transaction that the
+    backfill's updates and the version are in: an 0012 stopped during its backfill (the
+    start's registry timeout: `Registry.open(timeout=...)`) leaves the old index dropped and
+    the columns added, empty, at revision 0011. The next start finishes it. Before, it
+    failed at every start on "no such index: ix_messages_from_addr_received_at"."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailrouter.registry.models import messages
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    await _registry_at_0011(url, ["Žofie@Příklad.CZ"])
+    engine = create_async_engine(url)
+    try:
         async with engine.connect() as conn:      # what the cut-short run had done
             for sql in ("DROP INDEX ix_messages_from_addr_received_at",
                         "ALTER TABLE messages ADD COLUMN from_fold TEXT",
@@ -381,27 +395,10 @@ async def test_a_migration_longer_than_the_registry_timeout_completes(tmp_path: 
     length: a revision that rewrites every message (0009, 0012) runs minutes on a big
     registry, and under that deadline every start failed, `db upgrade` (60 s) too. Here
     the migration from 0011 takes longer than the 1 ms allowed and completes."""
-    import sqlalchemy as sa
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     from mailrouter.registry.models import messages
-    from mailrouter.registry.store import _alembic_upgrade, _prepare, _url
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-    await _prepare(_url(url))
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_alembic_upgrade, "0011")
-            await conn.execute(sa.insert(sa.table("messages", *(
-                sa.column(c.name, c.type) for c in messages.c if not c.name.endswith("_fold")))),
-                [dict(key=f"k{i}", received_at=WHEN, updated_at=WHEN, protocol="smtp", peer="p",
-                      mail_from="<>", rcpts=[], message_id=None, from_name="",
-                      from_addr=f"Žofie{i}@Příklad.CZ", subject="s", size=1, content_hash="c",
-                      defects=[], ruleset_hash="r", status="delivered", attempts=1)
-                 for i in range(300)])
-    finally:
-        await engine.dispose()
+    await _registry_at_0011(url, [f"Žofie{i}@Příklad.CZ" for i in range(300)])
     await upgrade(url, timeout=0.001)
     reg = await Registry.open(url, create=False)
     try:
