@@ -463,6 +463,21 @@ def sh(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
+async def _read_only_bind(path: str, hold: float) -> str | None:
+    """`path` made read-only for `hold` seconds by a read-only bind mount over it (new
+    opens fail; files already open write on); None when it was, else why not."""
+    if sh("mount", "--bind", path, path).returncode != 0:
+        return "bind mount failed"
+    try:
+        done = sh("mount", "-o", "remount,bind,ro", path)
+        if done.returncode != 0:
+            return f"remount failed: {done.stderr.strip()}"
+        await asyncio.sleep(hold)
+    finally:
+        sh("umount", "-l", path)
+    return None
+
+
 class Faults:
     def __init__(self, daemon: Daemon, relay: Relay, store: Path, run: Run, registry: Registry,
                  pg: Any, settle: float) -> None:
@@ -558,17 +573,7 @@ class Faults:
         return f"exit {code}, restart in {took:.1f} s, unrecorded {missing}"
 
     async def f_maildir_ro(self, hold: float) -> str:
-        root = str(self.store)
-        if sh("mount", "--bind", root, root).returncode != 0:
-            return "bind mount failed"
-        try:
-            done = sh("mount", "-o", "remount,bind,ro", root)
-            if done.returncode != 0:
-                return f"remount failed: {done.stderr.strip()}"
-            await asyncio.sleep(hold)
-        finally:
-            sh("umount", "-l", root)
-        return "ro"
+        return await _read_only_bind(str(self.store), hold) or "ro"
 
     async def f_maildir_remount_ro(self, hold: float) -> str:
         """The Maildir's file system itself remounted read-only (no file is held open for
@@ -724,17 +729,7 @@ class Faults:
             return "skipped (no --var-tmpfs)"
         # a file system with files open for writing cannot be remounted read-only (busy):
         # a read-only bind mount over it, as maildir-ro (new opens fail; open files write on)
-        var = str(self.var)
-        if sh("mount", "--bind", var, var).returncode != 0:
-            return "bind mount failed"
-        try:
-            done = sh("mount", "-o", "remount,bind,ro", var)
-            if done.returncode != 0:
-                return f"remount failed: {done.stderr.strip()}"
-            await asyncio.sleep(hold)
-        finally:
-            sh("umount", "-l", var)
-        return "ro (bind)"
+        return await _read_only_bind(str(self.var), hold) or "ro (bind)"
 
     async def _relay(self, mode: str, hold: float) -> str:
         self.relay.mode = mode
