@@ -1251,8 +1251,8 @@ async def _upgrade(url: URL, timeout: float, synchronous: str) -> None:
 
 
 async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
-    # Alembic imported here, in this thread, before the deadline starts: a third of a second
-    # on an idle box, seconds on a loaded one, and the database's time is what is timed.
+    # Alembic imported here, in this thread, before the engine connects: a third of a second
+    # on an idle box, seconds on a loaded one, not spent holding a connection.
     import alembic.command  # noqa: F401
     import alembic.config  # noqa: F401
     # `timeout` bounds each wait (the connection, a lock, one statement: the engine's
