@@ -71,7 +71,7 @@ from .loops import TRACE_HEADER, header_text
 from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
 
-__all__ = ["DEFAULT_ROBOT_SENDERS", "History", "Policy", "Verdict", "build_reply",
+__all__ = ["DEFAULT_ROBOT_SENDERS", "robot_pattern", "History", "Policy", "Verdict", "build_reply",
            "choose_language", "generated_trace", "period_bucket", "reason_kind", "sender_key",
            "verdict"]
 
@@ -285,10 +285,8 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
     for who, address in (("envelope sender", sender_key(sender)),
                          ("From", bare(view.from_addr or "")),
                          ("Return-Path", bare(view.header("Return-Path") or ""))):
-        local = address.rpartition("@")[0] if "@" in address else address  # <MAILER-DAEMON>
-        hit = next((p for p in policy.robot_senders for part in {local, local.split("+", 1)[0]}
-                    if fnmatch.fnmatchcase(part, p.lower())), None)
-        if local and hit is not None:
+        hit = robot_pattern(address, policy.robot_senders)
+        if hit is not None:
             return f"robot sender: {who} {address} matches {hit!r}"
     why = _null_from(view) or _robot_subject(view)
     if why:
@@ -342,6 +340,16 @@ def _bulk_sender(view: View) -> str:
         if view.header(name) is not None:
             return f"bulk mail ({name} present)"
     return ""
+
+
+def robot_pattern(address: str, patterns: Sequence[str]) -> str | None:
+    """The `robot_senders` glob that the local part of `address` (lower case; a bare
+    `mailer-daemon` too) matches, with or without its +detail; None for a person's."""
+    local = address.rpartition("@")[0] if "@" in address else address
+    if not local:
+        return None
+    return next((p for p in patterns for part in {local, local.split("+", 1)[0]}
+                 if fnmatch.fnmatchcase(part, p.lower())), None)
 
 
 def _null_from(view: View) -> str:

@@ -27,7 +27,6 @@ planning is a RegistryError: the pipeline answers 4xx as for any registry fault.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -41,7 +40,7 @@ from sqlalchemy import Connection
 
 from ..addressbook.canon import canonical, detail_split, on_our_domains
 from ..addressbook.model import Options
-from ..autoreply import DEFAULT_ROBOT_SENDERS
+from ..autoreply import DEFAULT_ROBOT_SENDERS, robot_pattern
 from ..config import ControlConfig
 from ..loops import header_text
 from ..message import msg_ids
@@ -221,9 +220,7 @@ class Control:
     def _robot_sender(self, sender: str) -> bool:
         """Is `sender` (From, lower case) a robot's address: its local part, or the part
         before a +detail, matches a robot_senders glob (a bare `MAILER-DAEMON` too)?"""
-        local = sender.rpartition("@")[0] if "@" in sender else sender
-        return bool(local) and any(fnmatch.fnmatchcase(part, p) for p in self.robot_senders
-                                   for part in {local, local.split("+", 1)[0]})
+        return robot_pattern(sender, self.robot_senders) is not None
 
     @staticmethod
     def _ours(mail_from: str, domains: frozenset[str]) -> bool:
