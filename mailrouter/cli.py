@@ -393,6 +393,14 @@ def cmd_address(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     found = addressquery.describe(book, args.query)
+    from .intake.handler import rcpt_path
+    address, refused = rcpt_path(args.query)
+    if refused is not None:      # RCPT refuses it before the book is asked: `a b@example.com`,
+        # `sales@`, `@` were "550 5.1.1 no such address", where the daemon answers 553 5.1.3
+        found = found | {"known": False, "address": None, "detail": None, "person": None,
+                         "moved": None, "targets": [], "reply": str(refused)}
+    elif address != args.query:  # `<sales@example.com>` is read as RCPT reads it
+        found = addressquery.describe(book, address) | {"query": args.query}
     print(json.dumps(found, ensure_ascii=False, indent=2) if args.json
           else addressquery.format_text(found))
     return 0 if found["known"] else 1
