@@ -23,8 +23,8 @@ from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config,
-                     load_config, owned_errors)
+from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, Listener,
+                     find_config, load_config, owned_errors)
 from .errors import ConfigError, ConfigErrors, RegistryError
 
 __all__ = ["main"]
@@ -289,18 +289,36 @@ RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables w
 RELOAD_NEEDS_RESTART = 4  # `reload`: the rules were reloaded, config.yaml's changes need a restart
 
 
+def _reload_target(given: str | None) -> tuple[str | None, Listener | None, str | None]:
+    """(config path, admin listener, token) for `reload`. A config.yaml edited since the
+    start and now broken elsewhere (`limits:`, `log_format:`) still names the endpoint: the
+    reload goes on and the daemon's reply names the errors (exit 4), as for SIGHUP; before,
+    `reload` exited 2 and the rules were not reloaded."""
+    from .config import admin_endpoint
+    path = find_config(given)
+    try:
+        cfg = load_config(path)
+    except ConfigErrors:
+        endpoint = admin_endpoint(path) if path is not None else None
+        if endpoint is None:
+            _config(given)          # prints the errors, exits 2
+            raise
+        return str(path), *endpoint
+    return cfg.path, cfg.admin, cfg.admin_token
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
-    cfg = _config(args.config)
-    if cfg.admin is None:
-        print(f"mailrouter reload: {_shown(cfg.path) if cfg.path else 'the config'} has no admin "
+    path, admin, token = _reload_target(args.config)
+    if admin is None:
+        print(f"mailrouter reload: {_shown(path) if path else 'the config'} has no admin "
               "listener (listen.admin: null): send SIGHUP to the daemon (systemctl kill -s HUP "
               "mailrouter), or set listen.admin, e.g. 127.0.0.1:9125", file=sys.stderr)
         return 2
-    host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
-    url = f"http://{host}:{cfg.admin.port}/-/reload"
+    host = f"[{admin.host}]" if ":" in admin.host else admin.host
+    url = f"http://{host}:{admin.port}/-/reload"
     req = urllib.request.Request(url, method="POST", data=b"")
-    if cfg.admin_token is not None:
-        req.add_header("Authorization", f"Bearer {cfg.admin_token}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             body = json.loads(resp.read())

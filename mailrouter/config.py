@@ -36,7 +36,7 @@ from .values import Downstream
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
            "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "WebConfig",
            "find_config", "load_config", "unknown_keys", "is_loopback", "owned_errors",
-           "changed_keys"]
+           "changed_keys", "admin_endpoint"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -401,6 +401,25 @@ def load_config(path: str | Path | None) -> Config:
     if c.errors:        # in the file's order, as the address book's are
         raise ConfigErrors(sorted(c.errors, key=lambda e: (e.line, e.column)))
     return cfg
+
+
+def admin_endpoint(path: str | Path) -> tuple[Listener | None, str | None] | None:
+    """`listen.admin` and the admin token of a config file that has errors elsewhere, or
+    None when these two cannot be read. `mailrouter reload` (systemctl reload) needs only
+    them to reach the daemon: with a typo in `limits:` it exited 2 and reloaded nothing,
+    though the daemon reloads its routing files and names config.yaml's errors itself."""
+    p = Path(path).resolve()
+    try:
+        doc = yamlsrc.load(p)
+    except (ConfigError, OSError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    c = _Checker(str(p))
+    listen = c.section(doc, "listen", ("smtp", "lmtp", "admin", "web"))
+    admin = c.listener(listen, "admin", Config.embedded(p.parent).admin)
+    token = _admin_token(doc, listen, admin, p.parent, c)
+    return None if c.errors else (admin, token)
 
 
 def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:

@@ -675,3 +675,36 @@ def test_check_run_from_the_root_folder_names_absolute_paths(tmp_path):
     out = mr("check", "-c", str(cfg), cwd="/")
     assert out.returncode == 0, out.stderr
     assert f"config: {cfg}" in out.stdout.splitlines(), out.stdout
+
+
+def test_reload_with_a_config_yaml_broken_since_the_start_still_reloads_the_rules(
+        daemon_process, tmp_path):
+    """config.yaml edited with a mistake (`log_format: kvv`) beside a change of the routing
+    files, then `mailrouter reload` (what `systemctl reload` runs): it exited 2 on the
+    config's error and asked nothing, so the new address stayed refused, though README says
+    exit 4 naming "the errors that would stop the next start". It now reaches the daemon
+    (listen.admin and the admin token are readable), the rules are reloaded, and it exits 4
+    with config.yaml's file:line:column and the fix."""
+    import smtplib
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    proc = daemon_process(routing=str(rules / "*.yaml"),
+                          extra="workers: 1\nadmin: {token: 0123456789abcdef0123}\n")
+    (rules / "zz-new.yaml").write_text("aliases:\n  new@example.com: mailbox:sales\n",
+                                       encoding="utf-8")
+    proc.config.write_text(proc.config.read_text() + "log_format: kvv\n", encoding="utf-8")
+    out = mr("reload", "-c", str(proc.config))
+    assert out.returncode == 4, out
+    assert out.stdout.startswith("reloaded: "), out
+    line = proc.config.read_text().splitlines().index("log_format: kvv") + 1
+    assert f"{proc.config}:{line}:13: 'log_format' must be kv or json, not 'kvv'" in out.stderr
+    assert "would not start again until they are fixed" in out.stderr, out.stderr
+    with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
+        s.ehlo()
+        s.mail("c@outside.test")
+        assert s.rcpt("new@example.com")[0] == 250
+    # a config whose admin endpoint itself is broken cannot be reached: exit 2, its errors
+    proc.config.write_text(proc.config.read_text().replace("admin: {token", "admin: {tokn"),
+                           encoding="utf-8")
+    out = mr("reload", "-c", str(proc.config))
+    assert out.returncode == 2 and "unknown key 'tokn'" in out.stderr, out
