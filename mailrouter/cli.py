@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sys
+import textwrap
 import urllib.request
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
@@ -576,6 +577,29 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Each command's exit codes in its own --help: only the program's --help listed them, so
+# `mailrouter reload --help` (what systemctl reload runs) did not say what 1, 3 or 4 mean.
+EXITS: dict[str, str] = {
+    "run": "0 stopped (SIGTERM), 2 could not start (config, a directory it cannot write, a "
+           "port in use)",
+    "check": "0 valid (warnings allowed), 1 errors in the config or the routing files",
+    "test": "0 every case passed, 1 a case failed, 2 the config or the routing files have "
+            "errors (mailrouter check names them)",
+    "explain": "0 decided (also for a broken message), 2 the config, the routing files or "
+               "the message could not be read",
+    "reload": "0 reloaded, 1 the daemon refused the new routing files (the old rules keep "
+              "running; the errors are printed), 2 the daemon could not be reached, 3 "
+              "reloaded but Postfix's tables (postfix_maps) were not rebuilt, 4 reloaded but "
+              "config.yaml changed (or broke) since the start: restart to apply it",
+    "address": "0 known, 1 unknown (with the reply the daemon gives at RCPT), 2 the config "
+               "or the routing files have errors",
+    "outbox": "0 listed, 2 no registry or the config has errors",
+    "postfix": "0 the tables are written, 2 they could not be (the reason and the fix on stderr)",
+    "web": "0 the password is set, 2 not (an unknown person, a short password, no registry)",
+    "db": "0 the schema is up to date, 2 the registry could not be upgraded",
+}
+
+
 def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
     """Give every (sub)command its examples and make it the one that reports a stray
     argument: argparse's top-level parser did, with the program's usage, not the command's."""
@@ -583,6 +607,10 @@ def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
     if path in EXAMPLES:
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
         parser.epilog = "example:\n" + "\n".join(f"  {e}" for e in EXAMPLES[path])
+    if path in EXITS:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = ((parser.epilog or "") + "\nexit codes:\n" + "\n".join(
+            textwrap.wrap(EXITS[path], 88, initial_indent="  ", subsequent_indent="  ")))
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
