@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -260,6 +261,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 def _parse_at(text: str | None) -> datetime | None:
     if not text:
         return None
+    if re.fullmatch(r"\s*\d{4}-\d\d-\d\d\s*", text):
+        # was 00:00 UTC, where a rule test's `at: 2027-01-11` is refused: a business-hours
+        # rule "tried on Monday" got Sunday night in Moscow and the two disagreed unsaid
+        print(f"mailrouter explain: --at {text!r} is a day without a time of day; write the "
+              f"time too, e.g. {text.strip()}T10:00+03:00", file=sys.stderr)
+        raise SystemExit(2)
     try:
         at = datetime.fromisoformat(text)
     except ValueError:      # exit 2 as for every other bad argument (SystemExit(str) is 1)
@@ -663,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="envelope recipient (repeatable; default: the To/Cc addresses)")
     ex.add_argument("--from", dest="sender", metavar="ADDR",
                     help="envelope sender (default: the From address)")
-    ex.add_argument("--at", metavar="TIME", help="evaluate time conditions at this ISO time")
+    ex.add_argument("--at", metavar="TIME", help="decide at this ISO time, e.g. "
+                    "2027-01-11T10:00+03:00 (without an offset: UTC; default: now)")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     add("reload", cmd_reload, "ask the running daemon to reload its routing files")
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")

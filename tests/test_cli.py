@@ -299,6 +299,20 @@ def test_explain_with_a_bad_time_exits_2():
                                   "(e.g. 2026-11-23T10:30+03:00)")
 
 
+def test_explain_at_a_day_alone_is_refused_as_in_rule_tests():
+    """`--at 2027-01-11` was taken as 00:00 UTC (Sunday 03:00 in Moscow for a Monday
+    meant), while a rule test's `at: 2027-01-11` is refused as a day without a time: the
+    same message could be decided differently by the two. It is refused here too."""
+    out = mr("explain", "--at", "2027-01-11", str(RULES / "samples" / "newsletter.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 2, out
+    assert out.stderr.strip() == ("mailrouter explain: --at '2027-01-11' is a day without a "
+                                  "time of day; write the time too, e.g. 2027-01-11T10:00+03:00")
+    ok = mr("explain", "--at", "2027-01-11T10:00+03:00", "--rcpt", "support@example.com",
+            str(RULES / "samples" / "newsletter.eml"), cwd=RULES.parent)
+    assert ok.returncode == 0, ok
+
+
 def test_explain_null_sender_is_a_robot():
     """--from '<>' (a bounce's envelope) makes the message a robot, with the reason; the same
     message from a person is not."""
