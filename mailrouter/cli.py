@@ -50,6 +50,12 @@ def _config(path: str | None, code: int = 2, routing: Sequence[str] | None = Non
             print(f"  (the file named by ${CONFIG_ENV}; give -c FILE or unset it)",
                   file=sys.stderr)
         raise SystemExit(code) from None
+    if not cfg.path and Path("config.yaml").is_file():
+        # `mailrouter run` beside the config.yaml just written ran the embedded default, and
+        # `check` passed it, with "config: the embedded default" the only hint
+        print("mailrouter: ./config.yaml is not read (no -c FILE, $MAILROUTER_CONFIG or "
+              f"{SYSTEM_CONFIG}: the embedded default is used); give it with -c config.yaml",
+              file=sys.stderr)
     if routing:
         return _routed(cfg, routing, code)
     if not cfg.path and Path(cfg.routing[0]).parent == PACKAGE_RULES:

@@ -502,6 +502,24 @@ def test_commands_outside_a_project_folder_say_which_files_and_create_nothing(tm
         assert out.returncode == 0, out.stderr
 
 
+@no_system_config
+def test_a_config_yaml_in_the_current_folder_is_named_as_not_read(tmp_path):
+    """README: "A config.yaml in the current folder is not picked up: give it with -c". A
+    newcomer who wrote one and ran `mailrouter check` (or `run`) got the embedded default,
+    with "config: the embedded default" the only hint, and warnings that spoke of
+    "config.yaml". Each command now says on stderr that ./config.yaml is not read."""
+    shutil.copytree(RULES, tmp_path / "rules")
+    (tmp_path / "config.yaml").write_text("listen: {smtp: 127.0.0.1:1}\n", encoding="utf-8")
+    out = mr("check", cwd=tmp_path)
+    assert out.returncode == 0, out
+    assert out.stderr.splitlines() == [
+        "mailrouter: ./config.yaml is not read (no -c FILE, $MAILROUTER_CONFIG or "
+        "/etc/mailrouter/config.yaml: the embedded default is used); give it with -c "
+        "config.yaml"], out.stderr
+    given = mr("check", "-c", "config.yaml", cwd=tmp_path)
+    assert given.returncode == 0 and "not read" not in given.stderr, given
+
+
 def test_commands_in_the_checkout_use_its_rules_quietly():
     """In the checkout (a ./rules folder), the embedded default reads ./rules and says nothing."""
     out = mr("check", cwd=RULES.parent)
