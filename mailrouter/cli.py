@@ -303,8 +303,9 @@ RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables w
 RELOAD_NEEDS_RESTART = 4  # `reload`: the rules were reloaded, config.yaml's changes need a restart
 
 
-def _reload_target(given: str | None) -> tuple[str | None, Listener | None, str | None]:
-    """(config path, admin listener, token) for `reload`. A config.yaml edited since the
+def _reload_target(given: str | None
+                   ) -> tuple[str | None, Listener | None, str | None, ConfigErrors | None]:
+    """(config path, admin listener, token, config.yaml's errors) for `reload`. A config.yaml edited since the
     start and now broken elsewhere (`limits:`, `log_format:`) still names the endpoint: the
     reload goes on and the daemon's reply names the errors (exit 4), as for SIGHUP; before,
     `reload` exited 2 and the rules were not reloaded."""
@@ -312,17 +313,17 @@ def _reload_target(given: str | None) -> tuple[str | None, Listener | None, str 
     path = find_config(given)
     try:
         cfg = load_config(path)
-    except ConfigErrors:
+    except ConfigErrors as exc:
         endpoint = admin_endpoint(path) if path is not None else None
         if endpoint is None:
             _config(given)          # prints the errors, exits 2
             raise
-        return str(path), *endpoint
-    return cfg.path, cfg.admin, cfg.admin_token
+        return str(path), *endpoint, exc
+    return cfg.path, cfg.admin, cfg.admin_token, None
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    path, admin, token = _reload_target(args.config)
+    path, admin, token, broken = _reload_target(args.config)
     if admin is None:
         print(f"mailrouter reload: {_shown(path) if path else 'the config'} has no admin "
               "listener (listen.admin: null): send SIGHUP to the daemon (systemctl kill -s HUP "
@@ -349,6 +350,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
         why = getattr(why, "strerror", None) or str(why)
         print(f"mailrouter reload: cannot reach {url}: {why}; is the daemon running with "
               "this config (systemctl status mailrouter)?", file=sys.stderr)
+        if broken is not None:      # the daemon would have named them: say them here
+            print(f"mailrouter reload: and {_shown(path or 'config.yaml')} has "
+                  f"{len(broken.errors)} error(s), which would stop the next start:",
+                  file=sys.stderr)
+            for err in broken.errors:
+                print(f"  {err}", file=sys.stderr)
         return 2
     print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
           + str(body.get("detail")))

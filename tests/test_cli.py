@@ -37,6 +37,24 @@ def test_help_on_every_command(cmd):
     assert "usage: mailrouter" in out.stdout and "-h, --help" in out.stdout
 
 
+def test_reload_that_reaches_no_daemon_still_names_config_yamls_errors(tmp_path):
+    """A broken config.yaml whose admin endpoint is readable is sent to the daemon, which
+    names its errors; when no daemon answers there, `reload` names them itself beside
+    "cannot reach", exit 2."""
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"listen: {{admin: '127.0.0.1:{port}'}}\nlog_format: x\n",
+                      encoding="utf-8")
+    out = mr("reload", "-c", str(config))
+    assert out.returncode == 2, out
+    assert out.stderr.splitlines() == [
+        f"mailrouter reload: cannot reach http://127.0.0.1:{port}/-/reload: Connection "
+        "refused; is the daemon running with this config (systemctl status mailrouter)?",
+        f"mailrouter reload: and {config} has 1 error(s), which would stop the next start:",
+        f"  {config}:2:13: 'log_format' must be kv or json, not 'x'; kv: key=value lines; "
+        "json: one JSON object per line"], out.stderr
+
+
 @pytest.mark.parametrize("cmd, code", [
     (["reload"], "4 reloaded but config.yaml changed"), (["check"], "1 errors in the config"),
     (["test"], "1 a case failed"), (["address"], "1 unknown"), (["run"], "2 could not start"),
