@@ -37,6 +37,35 @@ def test_help_on_every_command(cmd):
     assert "usage: mailrouter" in out.stdout and "-h, --help" in out.stdout
 
 
+def test_check_refuses_lmtp_and_smtp_mailboxes_without_their_downstream(tmp_path):
+    """Mailboxes {lmtp: ...} and {smtp: ...} with no delivery.lmtp / delivery.smtp in
+    config.yaml: check said ok, the daemon started, /readyz said ok, and every copy for them
+    was answered 451 4.3.5 "No lmtp downstream configured" until the sender's MTA gave up.
+    check (the unit's ExecStartPre) now refuses it, exit 1, naming both and the fix."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com]\nrules: []\nmailboxes:\n  desk: {lmtp: desk@mail.internal}\n"
+        "  out: {smtp: orders@partner.example}\n  box: {maildir: box}\naliases:\n"
+        "  desk@example.com: mailbox:desk\n  out@example.com: mailbox:out\n"
+        "  postmaster@example.com: mailbox:box\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"routing: ['{tmp_path / 'book.yaml'}']\n", encoding="utf-8")
+    out = mr("check", "-c", str(config))
+    assert out.returncode == 1, out
+    assert out.stderr.splitlines() == [
+        "mailrouter: configuration has 2 error(s):",
+        f"  {config}: the routing files deliver to lmtp: mailboxes (desk), but there is no "
+        "delivery.lmtp: every copy for them would be answered 451 4.3.5; set delivery: {lmtp: "
+        "{host: 127.0.0.1, port: 24}} (docs/install.md), or make them maildir: mailboxes",
+        f"  {config}: the routing files deliver to smtp: mailboxes (out), but there is no "
+        "delivery.smtp: every copy for them would be answered 451 4.3.5; set delivery: {smtp: "
+        "{host: 127.0.0.1, port: 10027}} (docs/install.md), or make them maildir: mailboxes"]
+    config.write_text(f"routing: ['{tmp_path / 'book.yaml'}']\ndelivery: {{lmtp: {{host: "
+                      "127.0.0.1, port: 24}, smtp: {host: 127.0.0.1, port: 10027}}\n",
+                      encoding="utf-8")
+    ok = mr("check", "-c", str(config))
+    assert ok.returncode == 0 and ok.stderr == "", ok
+
+
 def test_reload_that_reaches_no_daemon_still_names_config_yamls_errors(tmp_path):
     """A broken config.yaml whose admin endpoint is readable is sent to the daemon, which
     names its errors; when no daemon answers there, `reload` names them itself beside
