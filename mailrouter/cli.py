@@ -16,15 +16,17 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import textwrap
 import urllib.request
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
-from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, find_config,
-                     load_config, owned_errors)
+from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, Listener,
+                     find_config, load_config, owned_errors)
 from .errors import ConfigError, ConfigErrors, RegistryError
 
 __all__ = ["main"]
@@ -48,6 +50,12 @@ def _config(path: str | None, code: int = 2, routing: Sequence[str] | None = Non
             print(f"  (the file named by ${CONFIG_ENV}; give -c FILE or unset it)",
                   file=sys.stderr)
         raise SystemExit(code) from None
+    if not cfg.path and Path("config.yaml").is_file():
+        # `mailrouter run` beside the config.yaml just written ran the embedded default, and
+        # `check` passed it, with "config: the embedded default" the only hint
+        print("mailrouter: ./config.yaml is not read (no -c FILE, $MAILROUTER_CONFIG or "
+              f"{SYSTEM_CONFIG}: the embedded default is used); give it with -c config.yaml",
+              file=sys.stderr)
     if routing:
         return _routed(cfg, routing, code)
     if not cfg.path and Path(cfg.routing[0]).parent == PACKAGE_RULES:
@@ -138,6 +146,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .control.checks import check_control, check_web
     crossed = check_control(cfg.control, snap.book, cfg.path) + check_web(cfg.webui, snap.book,
                                                                           cfg.path)
+    crossed += _downstreams_missing(cfg, snap.book)
     if crossed:      # names in config.yaml that the routing files do not define
         print(f"mailrouter: configuration has {len(crossed)} error(s):", file=sys.stderr)
         for err in crossed:
@@ -188,6 +197,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
     print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     return 0
+
+
+def _downstreams_missing(cfg: Config, book: Any) -> list[ConfigError]:
+    """A mailbox `{lmtp: ...}` or `{smtp: ...}` of the routing files with no `delivery.lmtp`
+    (`delivery.smtp`) in config.yaml: `check` said ok, the daemon started and /readyz said
+    ok, and every copy for that mailbox was answered 451 4.3.5 until the sender's MTA gave
+    up days later."""
+    out = []
+    for kind in ("lmtp", "smtp"):
+        if getattr(cfg.delivery, kind) is not None:
+            continue
+        names = sorted(m.name for m in book.mailboxes.values() if m.kind == kind)
+        if names:
+            example = "{host: 127.0.0.1, port: 24}" if kind == "lmtp" else \
+                "{host: 127.0.0.1, port: 10027}"
+            out.append(ConfigError(
+                f"the routing files deliver to {kind}: mailboxes ({', '.join(names)}), but "
+                f"there is no delivery.{kind}: every copy for them would be answered 451 4.3.5",
+                cfg.path or "the embedded default config (no -c FILE)", 0, 0,
+                f"set delivery: {{{kind}: {example}}} (docs/install.md), or make them maildir: "
+                "mailboxes"))
+    return out
 
 
 def _skipped_warnings(cfg: Config, lines: dict[str, int]) -> list[str]:
@@ -259,6 +290,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 def _parse_at(text: str | None) -> datetime | None:
     if not text:
         return None
+    if re.fullmatch(r"\s*\d{4}-\d\d-\d\d\s*", text):
+        # was 00:00 UTC, where a rule test's `at: 2027-01-11` is refused: a business-hours
+        # rule "tried on Monday" got Sunday night in Moscow and the two disagreed unsaid
+        print(f"mailrouter explain: --at {text!r} is a day without a time of day; write the "
+              f"time too, e.g. {text.strip()}T10:00+03:00", file=sys.stderr)
+        raise SystemExit(2)
     try:
         at = datetime.fromisoformat(text)
     except ValueError:      # exit 2 as for every other bad argument (SystemExit(str) is 1)
@@ -289,18 +326,37 @@ RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables w
 RELOAD_NEEDS_RESTART = 4  # `reload`: the rules were reloaded, config.yaml's changes need a restart
 
 
+def _reload_target(given: str | None
+                   ) -> tuple[str | None, Listener | None, str | None, ConfigErrors | None]:
+    """(config path, admin listener, token, config.yaml's errors) for `reload`. A config.yaml edited since the
+    start and now broken elsewhere (`limits:`, `log_format:`) still names the endpoint: the
+    reload goes on and the daemon's reply names the errors (exit 4), as for SIGHUP; before,
+    `reload` exited 2 and the rules were not reloaded."""
+    from .config import admin_endpoint
+    path = find_config(given)
+    try:
+        cfg = load_config(path)
+    except ConfigErrors as exc:
+        endpoint = admin_endpoint(path) if path is not None else None
+        if endpoint is None:
+            _config(given)          # prints the errors, exits 2
+            raise
+        return str(path), *endpoint, exc
+    return cfg.path, cfg.admin, cfg.admin_token, None
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
-    cfg = _config(args.config)
-    if cfg.admin is None:
-        print(f"mailrouter reload: {_shown(cfg.path) if cfg.path else 'the config'} has no admin "
+    path, admin, token, broken = _reload_target(args.config)
+    if admin is None:
+        print(f"mailrouter reload: {_shown(path) if path else 'the config'} has no admin "
               "listener (listen.admin: null): send SIGHUP to the daemon (systemctl kill -s HUP "
               "mailrouter), or set listen.admin, e.g. 127.0.0.1:9125", file=sys.stderr)
         return 2
-    host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
-    url = f"http://{host}:{cfg.admin.port}/-/reload"
+    host = f"[{admin.host}]" if ":" in admin.host else admin.host
+    url = f"http://{host}:{admin.port}/-/reload"
     req = urllib.request.Request(url, method="POST", data=b"")
-    if cfg.admin_token is not None:
-        req.add_header("Authorization", f"Bearer {cfg.admin_token}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             body = json.loads(resp.read())
@@ -317,6 +373,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
         why = getattr(why, "strerror", None) or str(why)
         print(f"mailrouter reload: cannot reach {url}: {why}; is the daemon running with "
               "this config (systemctl status mailrouter)?", file=sys.stderr)
+        if broken is not None:      # the daemon would have named them: say them here
+            print(f"mailrouter reload: and {_shown(path or 'config.yaml')} has "
+                  f"{len(broken.errors)} error(s), which would stop the next start:",
+                  file=sys.stderr)
+            for err in broken.errors:
+                print(f"  {err}", file=sys.stderr)
         return 2
     print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
           + str(body.get("detail")))
@@ -393,6 +455,14 @@ def cmd_address(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     found = addressquery.describe(book, args.query)
+    from .intake.handler import rcpt_path
+    address, refused = rcpt_path(args.query)
+    if refused is not None:      # RCPT refuses it before the book is asked: `a b@example.com`,
+        # `sales@`, `@` were "550 5.1.1 no such address", where the daemon answers 553 5.1.3
+        found = found | {"known": False, "address": None, "detail": None, "person": None,
+                         "moved": None, "targets": [], "reply": str(refused)}
+    elif address != args.query:  # `<sales@example.com>` is read as RCPT reads it
+        found = addressquery.describe(book, address) | {"query": args.query}
     print(json.dumps(found, ensure_ascii=False, indent=2) if args.json
           else addressquery.format_text(found))
     return 0 if found["known"] else 1
@@ -550,6 +620,29 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Each command's exit codes in its own --help: only the program's --help listed them, so
+# `mailrouter reload --help` (what systemctl reload runs) did not say what 1, 3 or 4 mean.
+EXITS: dict[str, str] = {
+    "run": "0 stopped (SIGTERM), 2 could not start (config, a directory it cannot write, a "
+           "port in use)",
+    "check": "0 valid (warnings allowed), 1 errors in the config or the routing files",
+    "test": "0 every case passed, 1 a case failed, 2 the config or the routing files have "
+            "errors (mailrouter check names them)",
+    "explain": "0 decided (also for a broken message), 2 the config, the routing files or "
+               "the message could not be read",
+    "reload": "0 reloaded, 1 the daemon refused the new routing files (the old rules keep "
+              "running; the errors are printed), 2 the daemon could not be reached, 3 "
+              "reloaded but Postfix's tables (postfix_maps) were not rebuilt, 4 reloaded but "
+              "config.yaml changed (or broke) since the start: restart to apply it",
+    "address": "0 known, 1 unknown (with the reply the daemon gives at RCPT), 2 the config "
+               "or the routing files have errors",
+    "outbox": "0 listed, 2 no registry or the config has errors",
+    "postfix": "0 the tables are written, 2 they could not be (the reason and the fix on stderr)",
+    "web": "0 the password is set, 2 not (an unknown person, a short password, no registry)",
+    "db": "0 the schema is up to date, 2 the registry could not be upgraded",
+}
+
+
 def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
     """Give every (sub)command its examples and make it the one that reports a stray
     argument: argparse's top-level parser did, with the program's usage, not the command's."""
@@ -557,6 +650,11 @@ def _explain_usage(parser: argparse.ArgumentParser, path: str = "") -> None:
     if path in EXAMPLES:
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
         parser.epilog = "example:\n" + "\n".join(f"  {e}" for e in EXAMPLES[path])
+    if path in EXITS:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "exit codes:\n" + "\n".join(     # before the example, which ends it
+            textwrap.wrap(EXITS[path], 88, initial_indent="  ", subsequent_indent="  ")) + (
+            "\n" + parser.epilog if parser.epilog else "")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
@@ -609,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="envelope recipient (repeatable; default: the To/Cc addresses)")
     ex.add_argument("--from", dest="sender", metavar="ADDR",
                     help="envelope sender (default: the From address)")
-    ex.add_argument("--at", metavar="TIME", help="evaluate time conditions at this ISO time")
+    ex.add_argument("--at", metavar="TIME", help="decide at this ISO time, e.g. "
+                    "2027-01-11T10:00+03:00 (without an offset: UTC; default: now)")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     add("reload", cmd_reload, "ask the running daemon to reload its routing files")
     reg = add("registry", cmd_registry, "show the newest messages in the registry with their decisions")

@@ -36,7 +36,7 @@ from .values import Downstream
 __all__ = ["Listener", "Limits", "RegistryConfig", "Downstream", "DeliveryConfig", "Config",
            "ControlConfig", "OutboxConfig", "AutoreplyConfig", "PostfixMapsConfig", "WebConfig",
            "find_config", "load_config", "unknown_keys", "is_loopback", "owned_errors",
-           "changed_keys"]
+           "changed_keys", "admin_endpoint"]
 
 PACKAGE_RULES = Path(__file__).resolve().parent / "defaults" / "rules"
 
@@ -288,8 +288,19 @@ class _Checker:
             self.error(value, f"'{key}' must be a directory path, not {value!r}",
                        f"for example '{key}: {default}' (relative to this file)", sec, key)
             value = default
+        if value.startswith("~"):
+            self.tilde(value, key, sec)
+            value = default
         path = Path(value)
         return path if path.is_absolute() else base / path
+
+    def tilde(self, value: Any, key: str, sec: Any) -> None:
+        """`maildir_root: ~/mail` became a folder named '~' beside config.yaml: paths are
+        not a shell's, no '~' is expanded; said instead of made."""
+        self.error(value, f"'{key}': {value!r} starts with '~', which is not expanded here "
+                   "(paths are relative to this file)",
+                   "write the full path (/var/lib/mailrouter/..., /home/NAME/...) or one "
+                   "relative to this file", sec, key)
 
     def listener(self, sec: dict[str, Any], key: str, default: Listener | None) -> Listener | None:
         if key not in sec:
@@ -401,6 +412,25 @@ def load_config(path: str | Path | None) -> Config:
     if c.errors:        # in the file's order, as the address book's are
         raise ConfigErrors(sorted(c.errors, key=lambda e: (e.line, e.column)))
     return cfg
+
+
+def admin_endpoint(path: str | Path) -> tuple[Listener | None, str | None] | None:
+    """`listen.admin` and the admin token of a config file that has errors elsewhere, or
+    None when these two cannot be read. `mailrouter reload` (systemctl reload) needs only
+    them to reach the daemon: with a typo in `limits:` it exited 2 and reloaded nothing,
+    though the daemon reloads its routing files and names config.yaml's errors itself."""
+    p = Path(path).resolve()
+    try:
+        doc = yamlsrc.load(p)
+    except (ConfigError, OSError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    c = _Checker(str(p))
+    listen = c.section(doc, "listen", ("smtp", "lmtp", "admin", "web"))
+    admin = c.listener(listen, "admin", Config.embedded(p.parent).admin)
+    token = _admin_token(doc, listen, admin, p.parent, c)
+    return None if c.errors else (admin, token)
 
 
 def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:
@@ -942,6 +972,8 @@ def _registry(doc: dict[str, Any], base: Path, c: _Checker) -> RegistryConfig:
             c.error(sec.get("url"), f"the SQLite registry url {_masked(url)!r} names no file",
                     "write sqlite+aiosqlite:///var/registry.db (relative to this file) or "
                     "sqlite+aiosqlite:////abs/path/registry.db", sec, "url")
+        elif file.startswith("~"):
+            c.tilde(sec.get("url"), "url", sec)
         elif not file.startswith("/"):
             url = f"{scheme}:///{base / file}"
     elif scheme not in REGISTRY_SCHEMES:
@@ -1014,4 +1046,7 @@ def _routing(doc: dict[str, Any], base: Path, c: _Checker) -> tuple[str, ...]:
         c.error(value, "'routing' must be a list of file paths or glob patterns",
                 "for example 'routing: [rules/*.yaml]'", doc, "routing")
         return ()
+    for v in value:
+        if v.startswith("~"):
+            c.tilde(v, "routing", doc)
     return tuple(v if Path(v).is_absolute() else str(base / v) for v in value)

@@ -37,6 +37,65 @@ def test_help_on_every_command(cmd):
     assert "usage: mailrouter" in out.stdout and "-h, --help" in out.stdout
 
 
+def test_check_refuses_lmtp_and_smtp_mailboxes_without_their_downstream(tmp_path):
+    """Mailboxes {lmtp: ...} and {smtp: ...} with no delivery.lmtp / delivery.smtp in
+    config.yaml: check said ok, the daemon started, /readyz said ok, and every copy for them
+    was answered 451 4.3.5 "No lmtp downstream configured" until the sender's MTA gave up.
+    check (the unit's ExecStartPre) now refuses it, exit 1, naming both and the fix."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com]\nrules: []\nmailboxes:\n  desk: {lmtp: desk@mail.internal}\n"
+        "  out: {smtp: orders@partner.example}\n  box: {maildir: box}\naliases:\n"
+        "  desk@example.com: mailbox:desk\n  out@example.com: mailbox:out\n"
+        "  postmaster@example.com: mailbox:box\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"routing: ['{tmp_path / 'book.yaml'}']\n", encoding="utf-8")
+    out = mr("check", "-c", str(config))
+    assert out.returncode == 1, out
+    assert out.stderr.splitlines() == [
+        "mailrouter: configuration has 2 error(s):",
+        f"  {config}: the routing files deliver to lmtp: mailboxes (desk), but there is no "
+        "delivery.lmtp: every copy for them would be answered 451 4.3.5; set delivery: {lmtp: "
+        "{host: 127.0.0.1, port: 24}} (docs/install.md), or make them maildir: mailboxes",
+        f"  {config}: the routing files deliver to smtp: mailboxes (out), but there is no "
+        "delivery.smtp: every copy for them would be answered 451 4.3.5; set delivery: {smtp: "
+        "{host: 127.0.0.1, port: 10027}} (docs/install.md), or make them maildir: mailboxes"]
+    config.write_text(f"routing: ['{tmp_path / 'book.yaml'}']\ndelivery: {{lmtp: {{host: "
+                      "127.0.0.1, port: 24}, smtp: {host: 127.0.0.1, port: 10027}}\n",
+                      encoding="utf-8")
+    ok = mr("check", "-c", str(config))
+    assert ok.returncode == 0 and ok.stderr == "", ok
+
+
+def test_reload_that_reaches_no_daemon_still_names_config_yamls_errors(tmp_path):
+    """A broken config.yaml whose admin endpoint is readable is sent to the daemon, which
+    names its errors; when no daemon answers there, `reload` names them itself beside
+    "cannot reach", exit 2."""
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"listen: {{admin: '127.0.0.1:{port}'}}\nlog_format: x\n",
+                      encoding="utf-8")
+    out = mr("reload", "-c", str(config))
+    assert out.returncode == 2, out
+    assert out.stderr.splitlines() == [
+        f"mailrouter reload: cannot reach http://127.0.0.1:{port}/-/reload: Connection "
+        "refused; is the daemon running with this config (systemctl status mailrouter)?",
+        f"mailrouter reload: and {config} has 1 error(s), which would stop the next start:",
+        f"  {config}:2:13: 'log_format' must be kv or json, not 'x'; kv: key=value lines; "
+        "json: one JSON object per line"], out.stderr
+
+
+@pytest.mark.parametrize("cmd, code", [
+    (["reload"], "4 reloaded but config.yaml changed"), (["check"], "1 errors in the config"),
+    (["test"], "1 a case failed"), (["address"], "1 unknown"), (["run"], "2 could not start"),
+    (["explain"], "0 decided"), (["postfix"], "2 they could not be"), (["db"], "0 the schema"),
+    (["web"], "0 the password is set"), (["outbox"], "0 listed")])
+def test_each_commands_help_names_its_exit_codes(cmd, code):
+    """Only the program's --help listed exit codes: `mailrouter reload --help` (systemctl
+    reload runs it) did not say what 1, 3 or 4 mean, nor `address --help` what 1 does."""
+    text = " ".join(mr(*cmd, "--help").stdout.split())
+    assert "exit codes: 0 " in text and code in text, text
+
+
 def test_python_dash_m_mailrouter_is_the_command():
     """`python -m mailrouter` (no script on PATH: a venv not activated) was "No module named
     mailrouter.__main__"; it is the same command line as the `mailrouter` script."""
@@ -287,6 +346,20 @@ def test_explain_with_a_bad_time_exits_2():
                                   "(e.g. 2026-11-23T10:30+03:00)")
 
 
+def test_explain_at_a_day_alone_is_refused_as_in_rule_tests():
+    """`--at 2027-01-11` was taken as 00:00 UTC (Sunday 03:00 in Moscow for a Monday
+    meant), while a rule test's `at: 2027-01-11` is refused as a day without a time: the
+    same message could be decided differently by the two. It is refused here too."""
+    out = mr("explain", "--at", "2027-01-11", str(RULES / "samples" / "newsletter.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 2, out
+    assert out.stderr.strip() == ("mailrouter explain: --at '2027-01-11' is a day without a "
+                                  "time of day; write the time too, e.g. 2027-01-11T10:00+03:00")
+    ok = mr("explain", "--at", "2027-01-11T10:00+03:00", "--rcpt", "support@example.com",
+            str(RULES / "samples" / "newsletter.eml"), cwd=RULES.parent)
+    assert ok.returncode == 0, ok
+
+
 def test_explain_null_sender_is_a_robot():
     """--from '<>' (a bounce's envelope) makes the message a robot, with the reason; the same
     message from a person is not."""
@@ -474,6 +547,24 @@ def test_commands_outside_a_project_folder_say_which_files_and_create_nothing(tm
             out.stderr
     else:
         assert out.returncode == 0, out.stderr
+
+
+@no_system_config
+def test_a_config_yaml_in_the_current_folder_is_named_as_not_read(tmp_path):
+    """README: "A config.yaml in the current folder is not picked up: give it with -c". A
+    newcomer who wrote one and ran `mailrouter check` (or `run`) got the embedded default,
+    with "config: the embedded default" the only hint, and warnings that spoke of
+    "config.yaml". Each command now says on stderr that ./config.yaml is not read."""
+    shutil.copytree(RULES, tmp_path / "rules")
+    (tmp_path / "config.yaml").write_text("listen: {smtp: 127.0.0.1:1}\n", encoding="utf-8")
+    out = mr("check", cwd=tmp_path)
+    assert out.returncode == 0, out
+    assert out.stderr.splitlines() == [
+        "mailrouter: ./config.yaml is not read (no -c FILE, $MAILROUTER_CONFIG or "
+        "/etc/mailrouter/config.yaml: the embedded default is used); give it with -c "
+        "config.yaml"], out.stderr
+    given = mr("check", "-c", "config.yaml", cwd=tmp_path)
+    assert given.returncode == 0 and "not read" not in given.stderr, given
 
 
 def test_commands_in_the_checkout_use_its_rules_quietly():
@@ -675,3 +766,36 @@ def test_check_run_from_the_root_folder_names_absolute_paths(tmp_path):
     out = mr("check", "-c", str(cfg), cwd="/")
     assert out.returncode == 0, out.stderr
     assert f"config: {cfg}" in out.stdout.splitlines(), out.stdout
+
+
+def test_reload_with_a_config_yaml_broken_since_the_start_still_reloads_the_rules(
+        daemon_process, tmp_path):
+    """config.yaml edited with a mistake (`log_format: kvv`) beside a change of the routing
+    files, then `mailrouter reload` (what `systemctl reload` runs): it exited 2 on the
+    config's error and asked nothing, so the new address stayed refused, though README says
+    exit 4 naming "the errors that would stop the next start". It now reaches the daemon
+    (listen.admin and the admin token are readable), the rules are reloaded, and it exits 4
+    with config.yaml's file:line:column and the fix."""
+    import smtplib
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    proc = daemon_process(routing=str(rules / "*.yaml"),
+                          extra="workers: 1\nadmin: {token: 0123456789abcdef0123}\n")
+    (rules / "zz-new.yaml").write_text("aliases:\n  new@example.com: mailbox:sales\n",
+                                       encoding="utf-8")
+    proc.config.write_text(proc.config.read_text() + "log_format: kvv\n", encoding="utf-8")
+    out = mr("reload", "-c", str(proc.config))
+    assert out.returncode == 4, out
+    assert out.stdout.startswith("reloaded: "), out
+    line = proc.config.read_text().splitlines().index("log_format: kvv") + 1
+    assert f"{proc.config}:{line}:13: 'log_format' must be kv or json, not 'kvv'" in out.stderr
+    assert "would not start again until they are fixed" in out.stderr, out.stderr
+    with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
+        s.ehlo()
+        s.mail("c@outside.test")
+        assert s.rcpt("new@example.com")[0] == 250
+    # a config whose admin endpoint itself is broken cannot be reached: exit 2, its errors
+    proc.config.write_text(proc.config.read_text().replace("admin: {token", "admin: {tokn"),
+                           encoding="utf-8")
+    out = mr("reload", "-c", str(proc.config))
+    assert out.returncode == 2 and "unknown key 'tokn'" in out.stderr, out

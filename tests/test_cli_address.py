@@ -67,12 +67,29 @@ def test_address_query_follows_an_alias_target_with_a_detail(tmp_path):
 def test_address_query_unknown_exits_1_with_the_reply():
     """An unknown or malformed address is an answer, not a crash: exit 1 (as postmap -q),
     with the 550 5.1.1 the daemon would give at RCPT."""
-    for query in ("nobody@example.com", "no-at-sign", "x@other.test", "@"):
+    for query in ("nobody@example.com", "no-at-sign", "x@other.test"):
         out = mr("address", query)
         assert out.returncode == 1, (query, out.stderr)
         assert "unknown: 550 5.1.1" in out.stdout and not out.stderr
     js = json.loads(mr("address", "--json", "nobody@example.com").stdout)
     assert js["known"] is False and js["reply"].startswith("550 5.1.1") and js["targets"] == []
+
+
+def test_address_query_gives_the_reply_rcpt_gives_before_the_book():
+    """A path RCPT refuses before asking the address book (`a b@example.com`, `sales@`,
+    `@`) was answered "550 5.1.1 no such address"; the daemon (and `explain`) answer
+    `553 5.1.3` there, and `address` now says what the daemon says. `<sales@example.com>`
+    is read as RCPT reads it."""
+    for query in ("a b@example.com", "sales@", "@"):
+        out = mr("address", query)
+        assert out.returncode == 1, (query, out.stderr)
+        assert out.stdout.strip() == f"{query}: unknown: 553 5.1.3 Error: malformed address"
+        js = json.loads(mr("address", "--json", query).stdout)
+        assert (js["known"], js["reply"], js["targets"]) == (
+            False, "553 5.1.3 Error: malformed address", [])
+    js = json.loads(mr("address", "--json", "<sales@example.com>").stdout)
+    assert (js["query"], js["known"], js["address"]) == (
+        "<sales@example.com>", True, "sales@example.com")
 
 
 def test_address_export_csv_and_json_list_every_address():

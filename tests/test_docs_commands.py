@@ -93,3 +93,47 @@ def test_each_repository_file_the_document_names_exists(doc):
     assert named or doc.startswith("deploy/"), doc
     missing = sorted(p for p in named if not (REPO / p).exists())
     assert missing == [], f"{doc} names files that do not exist: {missing}"
+
+
+RULES_README = REPO / "mailrouter" / "defaults" / "rules" / "README.md"
+
+
+def _yaml_blocks(path: Path) -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_rules_readme_examples_load_and_pass(tmp_path):
+    """rules/README.md's ```yaml blocks are what an ops person pastes into a routing file:
+    the rule example with the example company's book and its test case (check clean, the
+    case passes), the autoreply example and the address book example (check clean). The
+    address book had no example at all; the rule example drew a 'use счет*' note."""
+    import shutil
+    import subprocess
+    import sys
+
+    blocks = _yaml_blocks(RULES_README)
+    rules_block = next(b for b in blocks if b.startswith("calendars:"))
+    tests_block = next(b for b in blocks if b.startswith("tests:"))
+    replies_block = next(b for b in blocks if b.startswith("autoreplies:"))
+    book_block = next(b for b in blocks if b.startswith("domains:"))
+    defaults = RULES_README.parent
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(defaults / "company.yaml", one / "company.yaml")
+    shutil.copytree(defaults / "samples", one / "samples")
+    (one / "rules.yaml").write_text(rules_block + tests_block, encoding="utf-8")
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "book.yaml").write_text(book_block, encoding="utf-8")
+    (two / "replies.yaml").write_text(replies_block, encoding="utf-8")
+    for folder in (one, two):
+        config = tmp_path / f"{folder.name}-config.yaml"
+        config.write_text(f"routing: ['{folder}/*.yaml']\ndelivery: {{lmtp: {{host: 127.0.0.1, "
+                          "port: 24}, smtp: {host: 127.0.0.1, port: 10027}}\n", encoding="utf-8")
+        for command in ("check", "test"):
+            out = subprocess.run([sys.executable, "-m", "mailrouter.cli", command, "-c",
+                                  str(config)], capture_output=True, text=True, cwd=REPO,
+                                 timeout=60, check=False)
+            assert out.returncode == 0, (folder.name, command, out.stdout, out.stderr)
+            assert "warning" not in out.stdout + out.stderr, (folder.name, command, out.stdout)
+            assert "note:" not in out.stdout + out.stderr, (folder.name, command, out.stdout)

@@ -227,6 +227,31 @@ def test_build_reports_every_error_with_position_and_hint() -> None:
     ]]
 
 
+def test_a_mistyped_action_or_priority_is_named() -> None:
+    """`action: rejekt` (or `bounce`, another filter's word) was refused naming the three
+    values only, and the reload's reply left the ops person to spot the typo: the value
+    meant is now named, as for keys and operators."""
+    path = routing_file("""\
+rules:
+  - name: a
+    then: {action: rejekt, priority: hihg}
+  - name: b
+    then: {action: bounce, priority: critical}
+""", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [f"{path}:{e}" for e in [
+        "3:38: rule 'a': priority must be one of low, normal, high, urgent, not 'hihg'; "
+        "did you mean 'high'?",
+        "3:20: rule 'a': action must be one of deliver, reject, defer, not 'rejekt'; "
+        "did you mean 'reject'?",
+        "5:38: rule 'b': priority must be one of low, normal, high, urgent, not 'critical'; "
+        "did you mean 'urgent'?",
+        "5:20: rule 'b': action must be one of deliver, reject, defer, not 'bounce'; "
+        "did you mean 'reject'?",
+    ]]
+
+
 SHAPES = """\
 rules:
   - 5

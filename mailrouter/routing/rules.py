@@ -21,6 +21,7 @@ durations and due times in sla_spec.py, lint warnings in lint.py.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 from datetime import datetime
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,11 @@ ACTIONS = ("deliver", "reject", "defer")
 RULE_SYNONYMS = {"if": "when", "condition": "when", "conditions": "when", "match": "when",
                  "do": "then", "actions": "then", "action": "then", "title": "name",
                  "id": "name", "stop": "continue", "final": "continue", "last": "continue"}
+# Other filters' words for an action or a priority (`choice`'s hint)
+CHOICE_SYNONYMS = {"bounce": "reject", "refuse": "reject", "deny": "reject",
+                   "tempfail": "defer", "retry": "defer", "later": "defer",
+                   "accept": "deliver", "keep": "deliver", "critical": "urgent",
+                   "medium": "normal", "highest": "urgent", "lowest": "low"}
 THEN_SYNONYMS = {"assign": "owner", "assignee": "owner", "assign_to": "owner",
                  "fileinto": "folder", "move_to": "folder", "move": "folder",
                  "deliver_to": "mailbox", "to": "mailbox", "label": "tags", "labels": "tags",
@@ -256,8 +262,13 @@ class _Builder:
     def choice(self, name: str, spec: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
         value = _one(spec, key)
         if value is not None and value not in allowed:
+            # `action: rejekt` named the three values and left the ops person to spot the
+            # typo; a near one (or another filter's word: bounce, tempfail) is now named
+            same = CHOICE_SYNONYMS.get(str(value).lower())
+            close = [same] if same in allowed else difflib.get_close_matches(
+                str(value).lower(), list(allowed), n=1)
             self.err(f"rule {name!r}: {key} must be one of {', '.join(allowed)}, not {value!r}",
-                     value, spec)
+                     value, spec, f"did you mean '{close[0]}'?" if close else "")
             return None
         return str(value) if value is not None else None
 
