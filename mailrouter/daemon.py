@@ -110,6 +110,8 @@ class App:
         self._snapshot = snapshot
         # the supervisor's snapshot (workers): shared copy-on-write, kept to go back to
         self.inherited: Snapshot | None = None
+        # (seq, hash) of a set worker 0 staged before its own load of it (App._stage)
+        self._staged_early: tuple[int, str] | None = None
         self.draining = False
         self.sessions: set[Protocol] = set()
         self.in_flight = 0
@@ -378,10 +380,13 @@ class App:
             # snapshot the supervisor built and the workers share; a load here would give each
             # worker its own copy (issue 15: 100,000 aliases at 2.6x the memory of 1,000).
             snap, texts = await asyncio.to_thread(_reload_snapshot, self._snapshot, cfg,
-                                                  self.worker is not None)
+                                                  self.worker is not None,
+                                                  self._stage if self.kept is not None else None)
             if self.kept is not None:        # workers: every one takes it, or none does
                 await self._agree(snap, texts)
         except ConfigErrors as raised:
+            if self._staged_early is not None:     # the others go on with the set they run
+                await self._back(self._snapshot, "")
             # "no routing files match ..." is config.yaml's `routing:`: named so, as `check`
             # and a refused start name it (it was "<config>: ...", no file to open)
             exc = owned_errors(raised, cfg)
@@ -393,6 +398,8 @@ class App:
             public = _relative(detail, cfg.routing)
             log.error("event=reload_failed kept=%s %s", self._snapshot.hash, detail)
         except Exception as exc:  # a bug in loading must not take the daemon down
+            if self._staged_early is not None:
+                await self._back(self._snapshot, "")
             ok, detail = False, f"internal error: {exc!r}"
             public = "internal error while loading the routing files; see the daemon's log"
             log.exception("event=reload_crashed")
@@ -456,26 +463,24 @@ class App:
         if snap is current and head is not None and head[1] == snap.hash and \
                 await asyncio.to_thread(all_run, head[0], snap.hash):
             return                      # unchanged, and every worker runs it
-        if texts is None and head is not None and head[1] == snap.hash:
-            staged = await asyncio.to_thread(kept.staged)
-            texts = staged.texts if staged is not None else None
-        seq = await asyncio.to_thread(kept.put, texts, snap.hash)
-        log.info("event=reload_staged hash=%s seq=%d workers=%d", snap.hash, seq,
-                 len(followers))
+        early, self._staged_early = self._staged_early, None
+        if early is not None and early[1] == snap.hash:
+            seq = early[0]        # staged before this worker's load, which the others ran beside
+        else:
+            if texts is None and head is not None and head[1] == snap.hash:
+                staged = await asyncio.to_thread(kept.staged)
+                texts = staged.texts if staged is not None else None
+            seq = await asyncio.to_thread(kept.put, texts, snap.hash)
+            log.info("event=reload_staged hash=%s seq=%d workers=%d", snap.hash, seq,
+                     len(followers))
         failed = await self._followers_at(seq, snap.hash)
         if not failed:
             return
         why = "; ".join(failed)
         if snap is current:
             raise _Disagreed(f"not every worker runs the rule set {snap.hash}: {why}")
-        # back to the set they all ran: its bytes when kept (else the supervisor's snapshot,
-        # when it is that set)
-        before = await asyncio.to_thread(kept.before)
-        back = before.texts if before is not None and before.hash == current.hash else None
-        seq = await asyncio.to_thread(kept.put, back, current.hash)
-        log.error("event=reload_reverted hash=%s seq=%d refused=%s: %s", current.hash, seq,
-                  snap.hash, why)
-        still = await self._followers_at(seq, current.hash)
+        log.error("event=reload_reverted hash=%s refused=%s: %s", current.hash, snap.hash, why)
+        still = await self._back(current, snap.hash)
         if still:
             raise _Disagreed(
                 f"the new rule set {snap.hash} was refused ({why}), and going back to "
@@ -483,6 +488,34 @@ class App:
                 "different rules; fix the cause and reload again, or restart the daemon")
         raise _Disagreed(f"the new rule set {snap.hash} loaded here but not in every worker "
                          f"({why}); every worker kept {current.hash}")
+
+    def _stage(self, texts: dict[str, bytes], digest: str) -> None:
+        """In the reload's thread, worker 0 (`_reload_snapshot`'s `stage`): the bytes just
+        read, which differ from the set running, staged for the others before this worker
+        loads them, so all load at once. One after the other, a reload of 100,000 aliases
+        and 10,000 rules with two workers took both loads' time (3.2 s against 2.x s). The
+        same bytes load the same everywhere: a set that fails here fails there too, and
+        `_back` has them go on with the set they run (`_agree`: a worker that failed
+        alone)."""
+        assert self.kept is not None
+        seq = self.kept.put(texts, digest)
+        self._staged_early = (seq, digest)
+        log.info("event=reload_staged hash=%s seq=%d workers=%d", digest, seq,
+                 self.config.workers - 1)
+        os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
+
+    async def _back(self, current: Snapshot, refused: str) -> list[str]:
+        """Have the other workers go back to (or stay on) `current`, the set they all ran:
+        its bytes when kept (else the supervisor's snapshot, when it is that set). What went
+        wrong, per worker (empty: all of them run it)."""
+        assert self.kept is not None
+        self._staged_early = None
+        before = await asyncio.to_thread(self.kept.before)
+        back = before.texts if before is not None and before.hash == current.hash else None
+        seq = await asyncio.to_thread(self.kept.put, back, current.hash)
+        log.info("event=reload_unstaged hash=%s seq=%d refused=%s", current.hash, seq,
+                 refused or "(did not load)")
+        return await self._followers_at(seq, current.hash)
 
     async def _followers_at(self, seq: int, digest: str) -> list[str]:
         """Have the other workers take set `seq` (SIGUSR1 to the supervisor, which sends
@@ -514,6 +547,7 @@ class App:
         assert self.kept is not None
         staged = await asyncio.to_thread(self.kept.staged)
         error = None
+        refused = False           # the files' errors: worker 0's load finds and names them
         current = self._snapshot
         try:
             if staged is None:
@@ -527,8 +561,10 @@ class App:
                 error = f"the routing set {staged.hash} is not kept"
             else:
                 self._snapshot = await asyncio.to_thread(_load, self.config, True, staged.texts)
-        except ConfigErrors as exc:        # loaded in worker 0: not the files' fault
-            error = f"{len(exc.errors)} error(s): {exc.errors[0]}"
+        except ConfigErrors as exc:
+            # staged before worker 0 loaded them (App._stage): the same bytes fail there,
+            # and its reload refuses them, logs and answers their errors
+            error, refused = f"{len(exc.errors)} error(s): {exc.errors[0]}", True
         except Exception as exc:  # noqa: BLE001 (reported to worker 0, which refuses the reload)
             log.exception("event=reload_crashed")
             error = f"internal error: {exc!r}"
@@ -543,7 +579,9 @@ class App:
                                     head[0] if head is not None else 0, self._snapshot.hash, error)
         except OSError as exc:
             log.warning("event=reload_not_reported error=%r", str(exc))
-        if error is not None:
+        if refused:
+            log.info("event=reload_not_taken kept=%s error=%r", self._snapshot.hash, error)
+        elif error is not None:
             log.error("event=reload_failed kept=%s error=%r", self._snapshot.hash, error)
         elif self._snapshot is not current:
             log.info("event=reloaded hash=%s files=%d", self._snapshot.hash,
@@ -936,11 +974,13 @@ def _skipping(config: Config) -> list[str]:
     return files
 
 
-def _reload_snapshot(current: Snapshot, config: Config, worker: bool
+def _reload_snapshot(current: Snapshot, config: Config, worker: bool,
+                     stage: Callable[[dict[str, bytes], str], None] | None = None
                      ) -> tuple[Snapshot, dict[str, bytes] | None]:
     """A reload's snapshot and the bytes it was made of: `current` when the files are still
     the ones it was made of (bytes None), else the files read once and loaded (`current`
-    again when they hash as it does). Raises ConfigErrors."""
+    again when they hash as it does). Raises ConfigErrors. `stage(texts, hash)`: called with
+    bytes that differ from `current`'s once they are read, before they are loaded here."""
     if _still_current(current, config):
         return current, None
     files = _skipping(config)
@@ -950,6 +990,8 @@ def _reload_snapshot(current: Snapshot, config: Config, worker: bool
         load_snapshot(config.routing, config.limits, config.hostname)
         raise ConfigErrors(errors or [ConfigError(
             f"no routing files match {', '.join(config.routing)}")])   # fixed meanwhile: again
+    if stage is not None and (digest := yamlsrc.files_hash(texts.items())) != current.hash:
+        stage(texts, digest)
     snap = _load(config, worker, texts)
     if snap.hash == current.hash and snap.files == current.files:
         return current, texts

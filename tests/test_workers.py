@@ -262,6 +262,11 @@ def test_workers_killed_while_the_files_are_broken_start_on_the_last_good_rules(
     refused = _reload(proc.admin)
     assert refused["ok"] is False and "routing.yaml:" in str(refused["detail"])
     assert _wait_log(proc, "event=reload_failed", 1) == 1
+    # worker 1 loaded the bytes beside worker 0 (staged before worker 0's own load: one
+    # reload's time, not two), failed as it did, and went on with the set it ran
+    [not_taken] = [l for l in proc.log.read_text().splitlines() if "event=reload_not_taken" in l]
+    assert f"kept={good['detail']}" in not_taken and "error(s)" in not_taken
+    assert _wait_log(proc, "event=reload_unstaged", 1) == 1
     pids = [int(l.split("pid=")[1]) for l in proc.log.read_text().splitlines()
             if "event=worker_started" in l]
     for pid in pids:
