@@ -9,11 +9,16 @@ daemon with `workers: 2` (SMTP only, a fresh SQLite registry and Maildir root), 
 to its SMTP port until the greeting comes, and stops it (SIGTERM, then the group is killed).
 With --old TREE the same is run from that checkout, alternating with this one (new, old,
 new, old, ...), so both see the same machine. It prints each run and the medians.
+
+--reload N: instead of the start, the seconds of N reloads of changed files (a comment line
+added to the rules' file, then POST /-/reload, what `mailrouter reload` asks) once both
+workers are up: worker 0 reads the files, the workers all load them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -22,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -52,15 +58,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def one_start(tree: Path, routing: str, tmp: Path) -> float:
-    """Seconds from exec to the first 220 of a daemon run from `tree`."""
+def reload_seconds(admin: int, routing: str, n: int) -> list[float]:
+    """Seconds each of `n` reloads of changed files took (POST /-/reload, as `mailrouter
+    reload` asks; a comment line added to the rules' file before each)."""
+    rules = Path(routing).parent / "b.yaml"
+    took = []
+    for k in range(n):
+        with open(rules, "a", encoding="utf-8") as out:
+            out.write(f"# edit {k} {time.time()}\n")
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/-/reload", method="POST", data=b"")
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=120) as r:
+            ok = json.loads(r.read())["ok"]
+        took.append(time.perf_counter() - t0)
+        if not ok:
+            raise SystemExit("the reload was refused")
+    return took
+
+
+def one_start(tree: Path, routing: str, tmp: Path, reloads: int = 0) -> float | list[float]:
+    """Seconds from exec to the first 220 of a daemon run from `tree`; with `reloads`, the
+    seconds of that many reloads of changed files once it is up instead."""
     run = Path(tempfile.mkdtemp(dir=tmp))
     smtp, admin = free_port(), free_port()
     cfg = run / "config.yaml"
     cfg.write_text(f"hostname: mx.bench\nlisten: {{smtp: '127.0.0.1:{smtp}', lmtp: null, "
                    f"admin: '127.0.0.1:{admin}'}}\nrouting: ['{routing}']\n"
                    f"registry: {{url: 'sqlite+aiosqlite:///{run / 'registry.db'}'}}\n"
-                   f"delivery: {{maildir_root: '{run / 'mail'}'}}\nlog_level: WARNING\nworkers: 2\n")
+                   f"delivery: {{maildir_root: '{run / 'mail'}'}}\n"
+                   f"log_level: {'INFO' if reloads else 'WARNING'}\nworkers: 2\n")
     env = {**os.environ, "PYTHONPATH": str(tree)}
     with open(run / "daemon.log", "wb") as log:
         t0 = time.perf_counter()
@@ -74,9 +100,14 @@ def one_start(tree: Path, routing: str, tmp: Path) -> float:
                 try:
                     with socket.create_connection(("127.0.0.1", smtp), timeout=5) as s:
                         if s.recv(100).startswith(b"220"):
-                            return time.perf_counter() - t0
+                            if not reloads:
+                                return time.perf_counter() - t0
+                            break
                 except OSError:
                     time.sleep(0.005)
+            while (run / "daemon.log").read_text().count("event=started loop=") < 2:
+                time.sleep(0.05)       # both workers up
+            return reload_seconds(admin, routing, reloads)
         finally:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -92,6 +123,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="starts of each tree (3)")
     ap.add_argument("--rules", type=int, default=10_000)
     ap.add_argument("--aliases", type=int, default=100_000)
+    ap.add_argument("--reload", type=int, default=0, metavar="N",
+                    help="time N reloads of changed files per run instead of the start")
     args = ap.parse_args()
     trees = {"new": REPO} | ({"old": args.old.resolve()} if args.old else {})
     got: dict[str, list[float]] = {name: [] for name in trees}
@@ -100,8 +133,10 @@ def main() -> None:
         routing = write_files(tmp, args.rules, args.aliases)
         for i in range(args.runs):
             for name, tree in trees.items():
-                got[name].append(one_start(tree, routing, tmp))
-                print(f"run {i + 1} {name}: {got[name][-1]:.2f} s", flush=True)
+                took = one_start(tree, routing, tmp, args.reload)
+                got[name] += took if isinstance(took, list) else [took]
+                shown = took if isinstance(took, list) else [took]
+                print(f"run {i + 1} {name}: {', '.join(f'{t:.2f}' for t in shown)} s", flush=True)
     for name, times in got.items():
         print(f"{name}: median {statistics.median(times):.2f} s (runs {', '.join(f'{t:.2f}' for t in times)})")
     if "old" in got:
