@@ -150,7 +150,9 @@ async def test_cyrillic_folder_through_postfix_and_dovecot_sieve_to_imap(make_ap
 
 def write_config(tmp_path: Path, routing: Path) -> Path:
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"routing: ['{routing}']\n", encoding="utf-8")
+    # the LMTP mailboxes' downstream, which check requires of a config delivering to them
+    cfg.write_text(f"routing: ['{routing}']\ndelivery: {{lmtp: {{host: 127.0.0.1, port: 24}}}}\n",
+                   encoding="utf-8")
     return cfg
 
 
