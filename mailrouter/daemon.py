@@ -493,10 +493,12 @@ class App:
         """In the reload's thread, worker 0 (`_reload_snapshot`'s `stage`): the bytes just
         read, which differ from the set running, staged for the others before this worker
         loads them, so all load at once. One after the other, a reload of 100,000 aliases
-        and 10,000 rules with two workers took both loads' time (3.2 s against 2.x s). The
-        same bytes load the same everywhere: a set that fails here fails there too, and
-        `_back` has them go on with the set they run (`_agree`: a worker that failed
-        alone)."""
+        and 10,000 rules with two workers took both loads' time (4.26 s against 2.40 s,
+        bench_start.py --reload). The same bytes load the same everywhere: a set that fails
+        here fails there too, and `_back` has them go on with the set they run (`_agree`: a
+        worker that failed alone). A worker replaced within those seconds starts on the
+        staged set, or when that fails to load, on the set staged before it, the one the
+        others run (_worker_snapshot)."""
         assert self.kept is not None
         seq = self.kept.put(texts, digest)
         self._staged_early = (seq, digest)
@@ -515,7 +517,10 @@ class App:
         seq = await asyncio.to_thread(self.kept.put, back, current.hash)
         log.info("event=reload_unstaged hash=%s seq=%d refused=%s", current.hash, seq,
                  refused or "(did not load)")
-        return await self._followers_at(seq, current.hash)
+        still = await self._followers_at(seq, current.hash)
+        if still and not refused:       # (_agree says it with the reload's reply)
+            log.error("event=reload_unstage_failed hash=%s: %s", current.hash, "; ".join(still))
+        return still
 
     async def _followers_at(self, seq: int, digest: str) -> list[str]:
         """Have the other workers take set `seq` (SIGUSR1 to the supervisor, which sends
@@ -903,9 +908,18 @@ def _worker_snapshot(config: Config, kept: LastGood, inherited: Snapshot | None,
             or inherited.files != tuple(staged.texts)):
         try:
             snap = _load(config, True, staged.texts)
-        except (ConfigErrors, ValueError) as exc:     # loaded once: a bug, not the files
+        except (ConfigErrors, ValueError) as exc:
+            # staged by worker 0 before its own load (App._stage), which refuses it and
+            # stages the set before again: that one is what the others run
             log.error("event=last_good_failed hash=%s error=%r", staged.hash, str(exc))
             snap = inherited
+            before = kept.before()
+            if before is not None and before.texts is not None and (
+                    inherited is None or inherited.hash != before.hash):
+                try:
+                    snap = _load(config, True, before.texts)
+                except (ConfigErrors, ValueError) as again:
+                    log.error("event=last_good_failed hash=%s error=%r", before.hash, str(again))
     if snap is None:
         log.error("event=start_failed error='no routing set to run'; not starting")
         return None

@@ -330,6 +330,36 @@ def test_last_good_keeps_only_the_bytes_that_loaded(tmp_path):
         LastGood.NAME]
 
 
+def test_a_worker_started_while_a_broken_set_is_staged_runs_the_set_before(tmp_path):
+    """Worker 0 stages the bytes it read before loading them itself (App._stage), so the
+    others load beside it; a worker replaced in those seconds, while a broken set is staged,
+    starts on the set staged before it, the one the others run. Before, it took the
+    supervisor's start set (older, after good reloads), or with none refused to start."""
+    from mailrouter.config import load_config
+    from mailrouter.daemon import _worker_snapshot
+    from mailrouter.workers import LastGood
+    from mailrouter.yamlsrc import files_hash
+    from tests.support.daemon import RULES
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("company.yaml", "routing.yaml"):
+        (rules / name).write_bytes((RULES / name).read_bytes())
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{rules}/*.yaml']\n"
+                   f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\n", encoding="utf-8")
+    config = load_config(cfg)
+    good = {str(rules / n): (rules / n).read_bytes() for n in ("company.yaml", "routing.yaml")}
+    broken = dict(good)
+    broken[str(rules / "routing.yaml")] += b"\n  - name: [broken\n"
+    kept = LastGood(tmp_path / "kept")
+    (tmp_path / "kept").mkdir()
+    kept.put(good, files_hash(good.items()))
+    kept.put(broken, files_hash(broken.items()))
+    snap = _worker_snapshot(config, kept, None, 1)
+    assert snap is not None and snap.hash == files_hash(good.items())
+    assert kept.reported(1) == (2, snap.hash, None)      # worker 0 sees it did not take seq 2
+
+
 def test_the_kept_set_is_numbered_and_the_one_before_stays_readable(tmp_path):
     """Each set worker 0 keeps (`put`: the very bytes it loaded) is one more than the last;
     the set before stays readable (a reload one worker could not take goes back to it); a
