@@ -400,6 +400,9 @@ def test_the_last_good_rules_directory_is_removed_by_the_next_start(daemon_proce
     live = tmp / f"mailrouter-routing.{os.getpid()}.x"
     live.mkdir()
     second = daemon_process(extra="workers: 2\n")
+    # its listener takes connections before the directory is made: wait for its workers
+    # (the log is the first one's, appended to)
+    assert _wait_log(second, "event=started loop=", 4) == 4
     assert not killed.exists() and live.is_dir()
     [own] = tmp.glob(f"mailrouter-routing.{second.proc.pid}.*")
     second.stop()
