@@ -60,8 +60,8 @@ from .routing.snapshot import (Snapshot, _files, load_book, load_snapshot, prepa
                                routing_files)
 from .values import Downstream, Reply, Transaction
 from .web import start_web
-from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, LastGood, Starting,
-                      bind, start_child, in_new_process, private_dir, supervise)
+from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, LastGood, Staged,
+                      Starting, bind, start_child, in_new_process, private_dir, supervise)
 
 __all__ = ["App", "run", "loop_factory", "run_loop"]
 
@@ -464,7 +464,8 @@ class App:
                 await asyncio.to_thread(all_run, head[0], snap.hash):
             return                      # unchanged, and every worker runs it
         early, self._staged_early = self._staged_early, None
-        if early is not None and early[1] == snap.hash:
+        asked = early is not None and early[1] == snap.hash
+        if early is not None and asked:
             seq = early[0]        # staged before this worker's load, which the others ran beside
         else:
             if texts is None and head is not None and head[1] == snap.hash:
@@ -473,7 +474,7 @@ class App:
             seq = await asyncio.to_thread(kept.put, texts, snap.hash)
             log.info("event=reload_staged hash=%s seq=%d workers=%d", snap.hash, seq,
                      len(followers))
-        failed = await self._followers_at(seq, snap.hash)
+        failed = await self._followers_at(seq, snap.hash, ask=not asked)
         if not failed:
             return
         why = "; ".join(failed)
@@ -522,12 +523,13 @@ class App:
             log.error("event=reload_unstage_failed hash=%s: %s", current.hash, "; ".join(still))
         return still
 
-    async def _followers_at(self, seq: int, digest: str) -> list[str]:
+    async def _followers_at(self, seq: int, digest: str, ask: bool = True) -> list[str]:
         """Have the other workers take set `seq` (SIGUSR1 to the supervisor, which sends
-        them SIGHUP) and wait until each reports it runs `digest`; what went wrong, per
-        worker (empty: all of them run it)."""
+        them SIGHUP; `ask` False: already asked, `_stage`) and wait until each reports it
+        runs `digest`; what went wrong, per worker (empty: all of them run it)."""
         assert self.kept is not None
-        os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
+        if ask:
+            os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FOLLOW_TIMEOUT
         waiting = set(range(1, self.config.workers))
@@ -903,23 +905,14 @@ def _worker_snapshot(config: Config, kept: LastGood, inherited: Snapshot | None,
     copy-on-write) when it is that set. None: it cannot start (logged)."""
     staged = kept.staged()
     snap = inherited
-    if staged is not None and staged.texts is not None and (
-            inherited is None or inherited.hash != staged.hash
-            or inherited.files != tuple(staged.texts)):
-        try:
-            snap = _load(config, True, staged.texts)
-        except (ConfigErrors, ValueError) as exc:
+    if staged is not None and _not_inherited(staged, inherited):
+        snap = _load_kept(config, staged)
+        if snap is None:
             # staged by worker 0 before its own load (App._stage), which refuses it and
             # stages the set before again: that one is what the others run
-            log.error("event=last_good_failed hash=%s error=%r", staged.hash, str(exc))
-            snap = inherited
             before = kept.before()
-            if before is not None and before.texts is not None and (
-                    inherited is None or inherited.hash != before.hash):
-                try:
-                    snap = _load(config, True, before.texts)
-                except (ConfigErrors, ValueError) as again:
-                    log.error("event=last_good_failed hash=%s error=%r", before.hash, str(again))
+            snap = (_load_kept(config, before) if before is not None
+                    and _not_inherited(before, inherited) else None) or inherited
     if snap is None:
         log.error("event=start_failed error='no routing set to run'; not starting")
         return None
@@ -937,6 +930,21 @@ def _worker_snapshot(config: Config, kept: LastGood, inherited: Snapshot | None,
                     "reload (mailrouter reload)", snap.hash,
                     f", which was refused: {refused[0]}" if refused else "")
     return snap
+
+
+def _not_inherited(got: Staged, inherited: Snapshot | None) -> bool:
+    """A kept set with its bytes, other than the supervisor's snapshot."""
+    return got.texts is not None and (inherited is None or inherited.hash != got.hash
+                                      or inherited.files != tuple(got.texts))
+
+
+def _load_kept(config: Config, got: Staged) -> Snapshot | None:
+    """A kept set loaded from its bytes; None (logged) when it does not load."""
+    try:
+        return _load(config, True, got.texts)
+    except (ConfigErrors, ValueError) as exc:
+        log.error("event=last_good_failed hash=%s error=%r", got.hash, str(exc))
+        return None
 
 
 class _Disagreed(Exception):
