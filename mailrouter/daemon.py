@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import logs, metrics, postfixmaps, yamlsrc
 from .addressbook import AddressBook
@@ -490,7 +490,7 @@ class App:
         raise _Disagreed(f"the new rule set {snap.hash} loaded here but not in every worker "
                          f"({why}); every worker kept {current.hash}")
 
-    def _stage(self, texts: dict[str, bytes], digest: str) -> None:
+    def _stage(self, texts: dict[str, bytes], digest: str) -> Callable[[Any], None]:
         """In the reload's thread, worker 0 (`_reload_snapshot`'s `stage`): the bytes just
         read, which differ from the set running, staged for the others before this worker
         loads them, so all load at once. One after the other, a reload of 100,000 aliases
@@ -500,12 +500,20 @@ class App:
         worker that failed alone). A worker replaced within those seconds starts on the
         staged set, or when that fails to load, on the set staged before it, the one the
         others run (_worker_snapshot)."""
-        assert self.kept is not None
-        seq = self.kept.put(texts, digest)
+        kept = self.kept
+        assert kept is not None
+        seq = kept.put(texts, digest, builder=os.getpid())
         self._staged_early = (seq, digest)
         log.info("event=reload_staged hash=%s seq=%d workers=%d", digest, seq,
                  self.config.workers - 1)
         os.kill(os.getppid(), PARENT_RELOAD_SIGNAL)
+
+        def share(built: Any) -> None:     # the book this worker builds, for the others
+            try:
+                kept.share_book(seq, built)
+            except OSError as exc:          # the others build their own
+                log.warning("event=book_not_shared seq=%d error=%r", seq, str(exc))
+        return share
 
     async def _back(self, current: Snapshot, refused: str) -> list[str]:
         """Have the other workers go back to (or stay on) `current`, the set they all ran:
@@ -567,7 +575,9 @@ class App:
             elif staged.texts is None:
                 error = f"the routing set {staged.hash} is not kept"
             else:
-                self._snapshot = await asyncio.to_thread(_load, self.config, True, staged.texts)
+                self._snapshot = await asyncio.to_thread(
+                    _load, self.config, True, staged.texts,
+                    from_builder=lambda: self._shared_book(staged))
         except ConfigErrors as exc:
             # staged before worker 0 loaded them (App._stage): the same bytes fail there,
             # and its reload refuses them, logs and answers their errors
@@ -595,6 +605,18 @@ class App:
                      len(self._snapshot.files))
         self.state.ruleset = self._snapshot.hash
         return error is None, error or self._snapshot.hash, None, None
+
+    def _shared_book(self, staged: Staged) -> Any:
+        """In a follower's load of a big staged set: the address book worker 0 builds of the
+        same bytes (LastGood.share_book), or None (logged): this worker builds its own."""
+        assert self.kept is not None
+        got = self.kept.shared_book(staged, FOLLOW_TIMEOUT / 2)
+        if got is not None:
+            log.info("event=book_taken seq=%d from=%s", staged.seq, staged.builder)
+        elif staged.builder is not None:
+            log.info("event=book_not_taken seq=%d from=%s: building this worker's own",
+                     staged.seq, staged.builder)
+        return got
 
     async def config_not_applied(self) -> str | None:
         """What a reload leaves as it was: config.yaml is read only at start. An edited one
@@ -962,28 +984,49 @@ ROUTING_DIR_PREFIX = "mailrouter-routing."     # LastGood's directory, PID.XXXX 
 BUILD_APART_FROM = 1 << 20
 
 
-def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None) -> Snapshot:
+def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None,
+          share: Callable[[Any], None] | None = None,
+          from_builder: Callable[[], Any] | None = None) -> Snapshot:
     """load_snapshot of the routing files (`texts`: of these bytes, read once). In a
     worker, with big files, the address book is
     built in a new process and sent back (workers.in_new_process), as the supervisor's is
     at start: built here, the book's temporaries (a million objects at 100,000 aliases)
     leave the worker's heap fragmented, ~30 MB more in each worker (bench_memory.py
     --reload: 1.84x the memory of 1,000 aliases, 1.26x apart). A small book is built here:
-    a new interpreter costs more than it would save."""
+    a new interpreter costs more than it would save.
+
+    At a reload with several workers one builds the book: worker 0 (`share`: called with
+    it, or None) for the others (`from_builder`: it, or None when they must build their
+    own)."""
     size = sum(map(len, texts.values())) if texts is not None else _size(_files(config.routing))
     if not (worker and size >= BUILD_APART_FROM):
+        if share is not None:
+            share(None)
         return load_snapshot(config.routing, config.limits, config.hostname, texts=texts)
     # the rules' half of the load made here while the new process builds the book, as the
     # supervisor's start does: one after the other, a reload of 100,000 aliases and 10,000
     # rules took the sum of both (bench/README.md, sixteenth pass)
     with ThreadPoolExecutor(1, thread_name_prefix="book") as pool:
-        book = pool.submit(in_new_process, load_book, config.routing, config.limits, texts)
+        book = pool.submit(_book, config, texts, share, from_builder)
         try:
             prepared = prepare(config.routing, texts)
         finally:
             built = book.result()
     return load_snapshot(config.routing, config.limits, config.hostname, built, prepared,
                          texts=texts)
+
+
+def _book(config: Config, texts: dict[str, bytes] | None, share: Callable[[Any], None] | None,
+          from_builder: Callable[[], Any] | None) -> tuple[str, AddressBook] | None:
+    """_load's address book: the one the builder shared, else built in a new process (and
+    shared when asked)."""
+    got = from_builder() if from_builder is not None else None
+    if got is not None:
+        return cast("tuple[str, AddressBook]", got)
+    built = in_new_process(load_book, config.routing, config.limits, texts)
+    if share is not None:
+        share(built)
+    return built
 
 
 def _skipping(config: Config) -> list[str]:
@@ -997,7 +1040,7 @@ def _skipping(config: Config) -> list[str]:
 
 
 def _reload_snapshot(current: Snapshot, config: Config, worker: bool,
-                     stage: Callable[[dict[str, bytes], str], None] | None = None
+                     stage: Callable[[dict[str, bytes], str], Callable[[Any], None]] | None = None
                      ) -> tuple[Snapshot, dict[str, bytes] | None]:
     """A reload's snapshot and the bytes it was made of: `current` when the files are still
     the ones it was made of (bytes None), else the files read once and loaded (`current`
@@ -1012,9 +1055,10 @@ def _reload_snapshot(current: Snapshot, config: Config, worker: bool,
         load_snapshot(config.routing, config.limits, config.hostname)
         raise ConfigErrors(errors or [ConfigError(
             f"no routing files match {', '.join(config.routing)}")])   # fixed meanwhile: again
+    share = None
     if stage is not None and (digest := yamlsrc.files_hash(texts.items())) != current.hash:
-        stage(texts, digest)
-    snap = _load(config, worker, texts)
+        share = stage(texts, digest)
+    snap = _load(config, worker, texts, share)
     if snap.hash == current.hash and snap.files == current.files:
         return current, texts
     return snap, texts

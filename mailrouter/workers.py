@@ -213,6 +213,7 @@ class Staged:
     seq: int
     hash: str
     texts: dict[str, bytes] | None
+    builder: int | None = None      # the PID of the worker that shares its book (share_book)
 
 
 class LastGood:
@@ -259,11 +260,13 @@ class LastGood:
             os.replace(tmp, self.path)
             return True
 
-    def put(self, texts: Mapping[str, bytes] | None, digest: str) -> int:
+    def put(self, texts: Mapping[str, bytes] | None, digest: str, builder: int | None = None
+            ) -> int:
         """Keep these bytes (they hash as `digest`) as the set every worker is to run; None:
         the set of that hash whose bytes are not at hand (the supervisor's snapshot, which
         every worker has). Its number, one more than the set kept before, which stays readable
-        (`before`) until the next `put`."""
+        (`before`) until the next `put`. `builder`: the PID of the process that will share the
+        address book it builds of them (`share_book`)."""
         tmp = f"{self.path}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path + ".before")
@@ -271,16 +274,18 @@ class LastGood:
             os.link(self.path, self.path + ".before")       # the same bytes: no copy
         with open(tmp, "wb") as out:
             out.write(self._head(digest, [(f, len(b)) for f, b in (texts or {}).items()],
-                                 kept=texts is not None))
+                                 kept=texts is not None, builder=builder))
             for data in (texts or {}).values():
                 out.write(data)
         os.replace(tmp, self.path)
+        self._drop_books()
         return self._seq
 
-    def _head(self, digest: str, files: list[tuple[str, int]], kept: bool = True) -> bytes:
+    def _head(self, digest: str, files: list[tuple[str, int]], kept: bool = True,
+              builder: int | None = None) -> bytes:
         before = self.head()
         self._seq = (before[0] if before is not None else 0) + 1
-        return json.dumps({"seq": self._seq, "hash": digest, "kept": kept,
+        return json.dumps({"seq": self._seq, "hash": digest, "kept": kept, "builder": builder,
                            "files": [list(p) for p in files]}).encode() + b"\n"
 
     def head(self) -> tuple[int, str] | None:
@@ -305,11 +310,54 @@ class LastGood:
                 head = json.loads(src.readline())
                 texts = {str(f): src.read(int(size)) for f, size in head["files"]}
                 seq, digest = int(head.get("seq", 0)), str(head["hash"])
+                builder = int(head["builder"]) if head.get("builder") is not None else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if not head.get("kept", True):
             return Staged(seq, digest, None)
-        return Staged(seq, digest, texts) if files_hash(texts.items()) == digest else None
+        return Staged(seq, digest, texts, builder) if files_hash(texts.items()) == digest else None
+
+    def share_book(self, seq: int, built: Any) -> None:
+        """The address book the builder of set `seq` built of its bytes (`load_book`'s
+        result; None: it has none to give), for the other workers to take (`shared_book`)
+        instead of each building its own: two builds of 100,000 aliases on two cores at a
+        reload, beside the rules each compiles, took the reload from ~1.7 to 2.4 s."""
+        path = os.path.join(self.directory, f"book-{seq}")
+        with open(f"{path}.{os.getpid()}", "wb") as out:
+            pickle.dump(built, out, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(f"{path}.{os.getpid()}", path)
+        self._drop_books(but=path)
+
+    def _drop_books(self, but: str = "") -> None:
+        """The books shared for sets before (a torn one of a killed builder too)."""
+        for old in glob.glob(os.path.join(glob.escape(self.directory), "book-*")):
+            if old != but:
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
+
+    def shared_book(self, staged: Staged, wait: float) -> Any:
+        """The book its builder shared for set `staged` (`share_book`), waited for up to `wait`
+        seconds; None when it shared none, is gone, or a newer set was staged meanwhile (the
+        caller then builds its own: any book is taken only when it hashes as the files do,
+        load_snapshot's `built`)."""
+        if staged.builder is None:
+            return None
+        path = os.path.join(self.directory, f"book-{staged.seq}")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with open(path, "rb") as src:
+                    return pickle.load(src)
+            except FileNotFoundError:
+                pass
+            except Exception:  # noqa: BLE001 (a torn or foreign file: built here instead)
+                return None
+            head = self.head()
+            if head is None or head[0] != staged.seq or time.monotonic() > deadline \
+                    or not _alive(staged.builder):
+                return None
+            time.sleep(0.01)
+
 
     def report(self, worker: int, seq: int, digest: str, error: str | None = None) -> None:
         """Worker `worker` runs the set `digest` since it took (or failed to take, `error`)
@@ -429,7 +477,7 @@ def _spawn(index: int, child: Callable[[int], int]) -> int:
 
 
 def _alive(pid: int) -> bool:
-    """Whether child `pid` runs: not exited (a zombie takes a signal and drops it).
+    """Whether process `pid` runs: not exited (a zombie takes a signal and drops it).
     Without /proc it cannot be told: taken as running, as before."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
