@@ -143,10 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config, code=1, routing=args.routing)
     snap = _snapshot(cfg, code=1)
-    from .control.checks import check_control, check_web
-    crossed = check_control(cfg.control, snap.book, cfg.path) + check_web(cfg.webui, snap.book,
-                                                                          cfg.path)
-    crossed += _downstreams_missing(cfg, snap.book)
+    from .control.checks import config_against_book
+    crossed = config_against_book(cfg, snap.book)
     if crossed:      # names in config.yaml that the routing files do not define
         print(f"mailrouter: configuration has {len(crossed)} error(s):", file=sys.stderr)
         for err in crossed:
@@ -197,28 +195,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {_shown(cfg.path) if cfg.path else 'the embedded default'}")
     print(f"routing files: {', '.join(_shown(f) for f in snap.files)}")
     return 0
-
-
-def _downstreams_missing(cfg: Config, book: Any) -> list[ConfigError]:
-    """A mailbox `{lmtp: ...}` or `{smtp: ...}` of the routing files with no `delivery.lmtp`
-    (`delivery.smtp`) in config.yaml: `check` said ok, the daemon started and /readyz said
-    ok, and every copy for that mailbox was answered 451 4.3.5 until the sender's MTA gave
-    up days later."""
-    out = []
-    for kind in ("lmtp", "smtp"):
-        if getattr(cfg.delivery, kind) is not None:
-            continue
-        names = sorted(m.name for m in book.mailboxes.values() if m.kind == kind)
-        if names:
-            example = "{host: 127.0.0.1, port: 24}" if kind == "lmtp" else \
-                "{host: 127.0.0.1, port: 10027}"
-            out.append(ConfigError(
-                f"the routing files deliver to {kind}: mailboxes ({', '.join(names)}), but "
-                f"there is no delivery.{kind}: every copy for them would be answered 451 4.3.5",
-                cfg.path or "the embedded default config (no -c FILE)", 0, 0,
-                f"set delivery: {{{kind}: {example}}} (docs/install.md), or make them maildir: "
-                "mailboxes"))
-    return out
 
 
 def _skipped_warnings(cfg: Config, lines: dict[str, int]) -> list[str]:

@@ -52,6 +52,7 @@ from .intake.data import DataBudget
 from .intake.protocol import COMMAND_LIMITS, LMTPProtocol, Protocol
 from .autoreply import DEFAULT_ROBOT_SENDERS, Policy
 from .outbox import OutboxWorker, Outgoing
+from .control.checks import config_against_book
 from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
@@ -575,9 +576,9 @@ class App:
             elif staged.texts is None:
                 error = f"the routing set {staged.hash} is not kept"
             else:
-                self._snapshot = await asyncio.to_thread(
+                self._snapshot = _checked(self.config, await asyncio.to_thread(
                     _load, self.config, True, staged.texts,
-                    from_builder=lambda: self._shared_book(staged))
+                    from_builder=lambda: self._shared_book(staged)))
         except ConfigErrors as exc:
             # staged before worker 0 loaded them (App._stage): the same bytes fail there,
             # and its reload refuses them, logs and answers their errors
@@ -713,8 +714,9 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     else:
         try:
             await asyncio.to_thread(_skipping, config)
-            snap = snapshot if snapshot is not None and _still_current(snapshot, config) \
-                else await asyncio.to_thread(_load, config, worker is not None)
+            snap = _checked(config, snapshot if snapshot is not None and
+                            _still_current(snapshot, config)
+                            else await asyncio.to_thread(_load, config, worker is not None))
         except ConfigErrors as exc:
             log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
             return START_FAILED
@@ -1058,10 +1060,20 @@ def _reload_snapshot(current: Snapshot, config: Config, worker: bool,
     share = None
     if stage is not None and (digest := yamlsrc.files_hash(texts.items())) != current.hash:
         share = stage(texts, digest)
-    snap = _load(config, worker, texts, share)
+    snap = _checked(config, _load(config, worker, texts, share))
     if snap.hash == current.hash and snap.files == current.files:
         return current, texts
     return snap, texts
+
+
+def _checked(config: Config, snap: Snapshot) -> Snapshot:
+    """`snap`, when config.yaml's names and downstreams agree with its address book (what
+    `mailrouter check` refuses, control.checks.config_against_book); else raises ConfigErrors,
+    which the start and a reload refuse as the files' own errors."""
+    crossed = config_against_book(config, snap.book)
+    if crossed:
+        raise ConfigErrors(crossed)
+    return snap
 
 
 def _size(files: list[str]) -> int:
@@ -1162,7 +1174,8 @@ def _start_supervisor(config: Config, book: Child[tuple[str, AddressBook] | None
         if starting.stopping:
             return _stopped_during_start(starting, "building the address book")
         _skipping(config)
-        snap = load_snapshot(config.routing, config.limits, config.hostname, built, prepared)
+        snap = _checked(config, load_snapshot(config.routing, config.limits, config.hostname,
+                                              built, prepared))
         del prepared, built       # the files' YAML: not kept for the life of the supervisor
         if starting.stopping:
             return _stopped_during_start(starting, "loading the routing files")

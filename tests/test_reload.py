@@ -535,3 +535,86 @@ def test_a_sighup_that_finds_worker_0_dead_reloads_its_replacement(daemon_proces
     rows = db.execute("select ok, instance from reloads order by id").fetchall()[before:]
     assert [ok for ok, _ in rows] == [1], proc.log.read_text()
     assert "worker=0" in rows[0][1] and f"pid={first} " not in rows[0][1] + " "
+
+
+async def test_a_reload_that_check_would_refuse_is_refused_and_the_old_rules_run(
+        make_app, tmp_path):
+    """Routing files edited to add an lmtp: mailbox while config.yaml has no delivery.lmtp:
+    `mailrouter check` refused them, and a reload took them, every copy for that mailbox
+    answered 451 4.3.5 until the sender gave up. The reload is refused like a broken file,
+    naming config.yaml and the fix, and the rules it ran go on (support@ still delivered,
+    the new alias unknown)."""
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    before = app.snapshot().hash
+    company = d / "company.yaml"
+    company.write_text(_mailbox_added(company.read_text(encoding="utf-8"),
+                                      "desk: {lmtp: desk@mail.internal}").replace(
+        "aliases:\n", "aliases:\n  desk@example.com: mailbox:desk\n", 1), encoding="utf-8")
+    ok, detail = await app.reload()
+    assert ok is False
+    assert "the routing files deliver to lmtp: mailboxes (desk), but there is no " \
+           "delivery.lmtp" in detail and "set delivery: {lmtp:" in detail, detail
+    assert app.snapshot().hash == before
+    port = app.bound["smtp"][1]
+    await asyncio.to_thread(_send_to, port, "support@example.com", 1)
+    async with Wire(port) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        reply = await w.cmd("RCPT TO:<desk@example.com>")
+    assert reply.startswith("550"), reply
+
+
+def _mailbox_added(text: str, line: str) -> str:
+    head, sep, rest = text.partition("\nmailboxes:")
+    assert sep, "no mailboxes: section"
+    first, nl, after = rest.partition("\n")
+    return f"{head}{sep}{first}{nl}  {line}\n{after}"
+
+
+def test_a_start_that_check_would_refuse_is_refused_naming_config_yaml(tmp_path):
+    """The same files at a start (with or without `check` before it): refused, exit 2, the
+    error naming config.yaml and the fix, instead of a daemon whose /readyz said ok while
+    every copy for the mailbox got 451."""
+    from tests.support.daemon import DaemonProcess
+    d = routing_dir(tmp_path)
+    company = d / "company.yaml"
+    company.write_text(_mailbox_added(company.read_text(encoding="utf-8"),
+                                      "out: {smtp: orders@partner.example}"), encoding="utf-8")
+    for workers in (1, 2):
+        (tmp_path / f"w{workers}").mkdir()
+        proc = DaemonProcess(tmp_path / f"w{workers}", extra=f"workers: {workers}\n",
+                             routing=str(d / "*.yaml"))
+        try:
+            proc.start()
+        except RuntimeError as refused:
+            assert "daemon exited 2" in str(refused)
+        else:
+            raise AssertionError("a start check refuses was not refused")
+        finally:
+            proc.stop()
+        log = proc.log.read_text()
+        assert f"{proc.config}: the routing files deliver to smtp: mailboxes (out), but " \
+               "there is no delivery.smtp" in log, log
+
+
+def test_with_workers_no_worker_takes_a_reload_that_check_would_refuse(daemon_process, tmp_path):
+    """workers: 2: worker 1 loads the bytes worker 0 staged beside it, and refuses them the
+    same way (reload_not_taken), instead of running them until worker 0 refused the reload
+    and had it go back."""
+    d = routing_dir(tmp_path)
+    proc = daemon_process(extra="workers: 2\n", routing=str(d / "*.yaml"))
+    deadline = time.monotonic() + 30
+    while proc.log.read_text().count("event=started loop=") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    company = d / "company.yaml"
+    company.write_text(_mailbox_added(company.read_text(encoding="utf-8"),
+                                      "desk: {lmtp: desk@mail.internal}"), encoding="utf-8")
+    reply = _post_reload(proc.admin)
+    assert reply["ok"] is False and "no delivery.lmtp" in reply["detail"], reply
+    deadline = time.monotonic() + 30
+    while "event=reload_unstaged" not in proc.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = proc.log.read_text()
+    assert "event=reload_not_taken" in log and "no delivery.lmtp" in log, log
+    assert "event=reloaded" not in log, log

@@ -111,8 +111,11 @@ def test_install_md_under_a_real_systemd(tmp_path):
         # Postfix -> mailrouter -> Dovecot LMTP, in the folder the rules chose
         assert smtp(m, "invoices@example.com", "Счёт №42") == 0
         assert smtp(m, "nobody@example.com") != 0                  # refused by Postfix at RCPT
+        # a 451 on the way (Dovecot's "Internal error occurred" once, on a box at load 9) is
+        # retried by Postfix, as it would be in production: its queue is flushed meanwhile
         m.ok("for i in $(seq 150); do ls /var/mail/vmail/finance/Maildir/.Finance/new/* && exit 0; "
-             "sleep 0.2; done; tail -20 /var/log/postfix.log; journalctl -u mailrouter -n 20; exit 1")
+             "[ $((i % 25)) = 0 ] && postqueue -f; sleep 0.2; done; tail -20 /var/log/postfix.log; "
+             "journalctl -u mailrouter -n 20; journalctl -u dovecot -n 30; exit 1")
         out = m.ok(f"/opt/mailrouter/bin/mailrouter registry -c {CONFIG} -n 1")
         assert "invoices@example.com -> finance/Finance" in out
 

@@ -11,8 +11,12 @@ once both are loaded, and refuses, with config.yaml's file:line:column:
 - a `web.admins` key that is not a person (`check_web`: a typo there silently left the
   admin with the rights of anyone else).
 
-Known limit: the daemon does not run this check at start or reload; a head removed
-from the address book later is reported by the next `mailrouter check`.
+- a mailbox `{lmtp: ...}` or `{smtp: ...}` with no `delivery.lmtp` (`delivery.smtp`)
+  for it (`downstreams_missing`).
+
+The daemon runs the same checks (`config_against_book`) at start, which it refuses, and at
+each reload, which it refuses keeping the rules it runs: a reload of routing files that
+dropped the head, or added an lmtp mailbox, was taken, and `check` refused the same files.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from ..config import ControlConfig, WebConfig
+from ..config import Config, ControlConfig, WebConfig
 from ..errors import ConfigError
 from ..yamlsrc import where
 
-__all__ = ["check_control", "check_web"]
+__all__ = ["check_control", "check_web", "config_against_book", "downstreams_missing"]
 
 
 def _near(word: str, known: list[str], what: str) -> str:
@@ -79,3 +83,32 @@ def check_web(cfg: WebConfig | None, book: Any, path: str = "") -> list[ConfigEr
                 col, _near(admin, list(book.people), "people")
                 + "; people are defined under 'people:' in the routing files"))
     return errors
+
+
+def config_against_book(cfg: Config, book: Any) -> list[ConfigError]:
+    """Every name of config.yaml that the routing files' address book `book` does not define,
+    and every kind of mailbox it has that config.yaml gives no downstream."""
+    return (check_control(cfg.control, book, cfg.path) + check_web(cfg.webui, book, cfg.path)
+            + downstreams_missing(cfg, book))
+
+
+def downstreams_missing(cfg: Config, book: Any) -> list[ConfigError]:
+    """A mailbox `{lmtp: ...}` or `{smtp: ...}` of the routing files with no `delivery.lmtp`
+    (`delivery.smtp`) in config.yaml: `check` said ok, the daemon started and /readyz said
+    ok, and every copy for that mailbox was answered 451 4.3.5 until the sender's MTA gave
+    up days later."""
+    out = []
+    for kind in ("lmtp", "smtp"):
+        if getattr(cfg.delivery, kind) is not None:
+            continue
+        names = sorted(m.name for m in book.mailboxes.values() if m.kind == kind)
+        if names:
+            example = "{host: 127.0.0.1, port: 24}" if kind == "lmtp" else \
+                "{host: 127.0.0.1, port: 10027}"
+            out.append(ConfigError(
+                f"the routing files deliver to {kind}: mailboxes ({', '.join(names)}), but "
+                f"there is no delivery.{kind}: every copy for them would be answered 451 4.3.5",
+                cfg.path or "the embedded default config (no -c FILE)", 0, 0,
+                f"set delivery: {{{kind}: {example}}} (docs/install.md), or make them maildir: "
+                "mailboxes"))
+    return out
