@@ -38,7 +38,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .errors import ConfigError, ConfigErrors
@@ -114,11 +114,14 @@ class Calendar:
         total = timedelta()
         day = ls.date() - timedelta(days=1)
         last = le.date()
+        upto = a        # counted up to here: spans that overlap (Mon-Fri 09:00-18:00 beside
+        # Mon 08:00-10:00, or an overnight span running into the next day's) count once
         while a < b and day <= last:
-            for s, e in self._day_spans(day):
-                lo, hi = max(s, a), min(e, b)
+            for s, e in sorted(self._day_spans(day)):
+                lo, hi = max(s, upto), min(e, b)
                 if hi > lo:
                     total += hi - lo
+                    upto = hi
             day += timedelta(days=1)
         return total.total_seconds() / 3600
 
@@ -126,10 +129,30 @@ class Calendar:
     def day_hours(self) -> float:
         """Working hours of the first working weekday: the length of one business `d`."""
         first = min(s[0] for s in self.spans)
-        return sum(e - s for wd, s, e in self.spans if wd == first) / 60
+        return _merged_minutes((s, e) for wd, s, e in self.spans if wd == first) / 60
+
+    @property
+    def week_hours(self) -> float:
+        """Working hours of a week without holidays (overlapping spans count once)."""
+        week = 7 * 1440         # Sun 22:00-06:00 runs into Monday: seen from the week before
+        return _merged_minutes(
+            (max(0, wd * 1440 + s + shift), min(week, wd * 1440 + e + shift))
+            for wd, s, e in self.spans for shift in (-week, 0)) / 60
 
     def add_business_days(self, start: datetime, days: float) -> datetime:
         return self.add_business_hours(start, days * self.day_hours)
+
+
+def _merged_minutes(spans: Iterable[tuple[int, int]]) -> int:
+    """Minutes covered by (start, end) spans, each minute once however many spans hold it."""
+    total, upto = 0, None
+    for s, e in sorted(spans):
+        if upto is not None:
+            s = max(s, upto)
+        if e > s:
+            total += e - s
+        upto = e if upto is None else max(upto, e)
+    return total
 
 
 @functools.lru_cache(maxsize=8192)

@@ -156,3 +156,25 @@ def test_bad_workdays_are_refused_at_their_line() -> None:
         "hours; list only days off that are worked (a Saturday)",
         "cal.yaml:4:38: calendar 'x': cannot read workday '2027-02-3x'; write dates as YYYY-MM-DD",
     ]
+
+
+def test_overlapping_spans_count_once() -> None:
+    """`Mon-Fri 09:00-18:00, Mon 08:00-10:00` works Monday 08:00-18:00: ten hours, not eleven.
+    business_hours_between (the report's first response, the board's hours late) and
+    day_hours (one business `d`) counted 09:00-10:00 twice, while add_business_hours (the
+    due time) counted it once: a request answered at its due time showed as late."""
+    c = cal('{timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00, Mon 08:00-10:00"}')
+    start = datetime(2027, 1, 11, 8, 0, tzinfo=MSK)
+    assert c.business_hours_between(start, datetime(2027, 1, 11, 19, 0, tzinfo=MSK)) == 10.0
+    assert c.day_hours == 10.0
+    assert c.week_hours == 46.0
+    due = c.add_business_hours(start, 10)
+    assert c.business_hours_between(start, due) == 10.0
+    # An overnight span running into the next day's: Tuesday 00:00-09:00 is nine hours.
+    n = cal('{timezone: UTC, hours: "Daily 22:00-06:00, Daily 05:00-09:00"}')
+    day = datetime(2027, 1, 12, tzinfo=timezone.utc)
+    assert n.business_hours_between(day, day + timedelta(hours=10)) == 9.0
+    assert n.business_hours_between(day, n.add_business_hours(day, 9)) == 9.0
+    # A Sunday night running into Monday morning's span counts once in the week.
+    w = cal('{timezone: UTC, hours: "Sun 22:00-06:00, Mon 05:00-09:00"}')
+    assert w.week_hours == 11.0

@@ -47,7 +47,7 @@ def parse_duration(text: Any) -> tuple[float, float]:
 def _too_long(days: float, hours: float, calendar: Any) -> bool:
     if calendar is None or not hasattr(calendar, "spans"):
         return days * 24 + hours > MAX_DAYS * 24
-    week: float = sum(end - start for _, start, end in calendar.spans) / 60
+    week: float = calendar.week_hours
     need: float = days * calendar.day_hours + hours
     return need > MAX_WEEKS * week
 
