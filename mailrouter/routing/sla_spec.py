@@ -10,6 +10,7 @@ due times as one string, e.g.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -29,9 +30,11 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+)m)?")
 
 
 def parse_duration(text: Any) -> tuple[float, float]:
-    """'1d4h30m' -> (days, hours incl. minutes); ValueError when unreadable or zero."""
+    """'1d4h30m' -> (days, hours incl. minutes); ValueError when unreadable, zero or not
+    finite (YAML's `.nan` passed `<= 0` and every limit, then failed each message the rule
+    matched when its due time was computed; `.inf` was called "more than a year")."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
+        if not math.isfinite(text) or text <= 0:
             raise ValueError(text)
         return 0.0, float(text)
     m = _DURATION.fullmatch(str(text).strip().replace(" ", ""))
