@@ -465,6 +465,9 @@ async def test_a_date_at_the_end_of_the_calendar_is_400_not_503(client: Any) -> 
         assert status == 400 and "9999-12-30" in page, (path, status)
     status, page, _ = await c.get("/report?since=0001-01-01&until=9999-12-30")
     assert status == 200 and page.count('<rect class="bar"') == 92
+    # a period in the first days of year 1: 91 days before its end are before date.min
+    status, page, _ = await c.get("/report?since=0001-01-01&until=0001-01-02")
+    assert status == 200 and page.count('<rect class="bar"') == 2
 
 
 def test_passwords_are_salted_scrypt_and_short_ones_refused() -> None:
