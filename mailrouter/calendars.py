@@ -18,7 +18,9 @@ one business `d`), in place of its own weekday's (none).
 
 Naive datetimes are taken as UTC: the daemon's clock is UTC and rule tests may
 write `at:` with or without an offset. Results are aware datetimes in the
-calendar's zone. Across a DST change a span lasts its real (elapsed) length.
+calendar's zone. Across a DST change a span lasts its real (elapsed) length; a start
+or end the clock skips (02:30 when it jumps from 02:00 to 03:00) is when the clock passes
+it (03:00). Spans that overlap count each working minute once.
 
 The company's zone (`company_zone`): the zone of the calendar named `default`, else the
 one zone every calendar names, else UTC. It says on which day a moment falls for
@@ -168,10 +170,26 @@ def _day_spans(cal: Calendar, day: date) -> tuple[tuple[datetime, datetime], ...
 
 
 def _wall(midnight: datetime, minute: int, tz: ZoneInfo) -> datetime:
-    """Local wall-clock time `minute` minutes after midnight (days may roll over)."""
+    """Local wall-clock time `minute` minutes after midnight (days may roll over).
+
+    A time the clock skips (02:30 on the night it goes from 02:00 to 03:00) is the moment
+    the clock passes it: 03:00. Taken as zoneinfo takes it (the offset before the jump),
+    it was 03:30, so hours "Daily 02:30-10:00" worked 6.5 hours that day instead of 7, and
+    "Daily 00:00-02:30" 2.5 hours instead of 2 (on the clock: 00:00 to 03:00)."""
     d, m = divmod(minute, 1440)
-    day = midnight.date() + timedelta(days=d)
-    return datetime.combine(day, time(m // 60, m % 60), tz)
+    wall = datetime.combine(midnight.date() + timedelta(days=d), time(m // 60, m % 60))
+    at = wall.replace(tzinfo=tz)
+    after = int(at.timestamp())                 # fold 0: the offset before the jump
+    if datetime.fromtimestamp(after, tz).replace(tzinfo=None) == wall:
+        return at
+    before = int(wall.replace(tzinfo=tz, fold=1).timestamp())    # the offset after it
+    while after - before > 1:    # the first second whose wall clock reads `wall` or later
+        mid = (before + after) // 2
+        if datetime.fromtimestamp(mid, tz).replace(tzinfo=None) >= wall:
+            after = mid
+        else:
+            before = mid
+    return datetime.fromtimestamp(after, tz)
 
 
 def _parse_days(text: str) -> list[int] | None:

@@ -178,3 +178,29 @@ def test_overlapping_spans_count_once() -> None:
     # A Sunday night running into Monday morning's span counts once in the week.
     w = cal('{timezone: UTC, hours: "Sun 22:00-06:00, Mon 05:00-09:00"}')
     assert w.week_hours == 11.0
+
+
+@pytest.mark.parametrize("zone, hours, day, start, end", [
+    # the clock goes 02:00 -> 03:00: work "from 02:30" starts when the clock passes it, 03:00
+    ("Europe/Prague", "Daily 02:30-10:00", "2026-03-29", "01:00", "08:00"),
+    # ... and work "until 02:30" ends then too: two hours on the clock, 00:00 to 03:00
+    ("Europe/Prague", "Daily 00:00-02:30", "2026-03-29", "2026-03-28T23:00", "01:00"),
+    ("America/New_York", "Daily 02:30-03:15", "2026-03-08", "07:00", "07:15"),
+    # Samoa skipped 30 December 2011 whole: no working time that day
+    ("Pacific/Apia", "Daily 09:00-18:00", "2011-12-30", "10:00", "10:00"),
+])
+def test_a_working_time_the_clock_skips_is_when_the_clock_passes_it(zone: str, hours: str, day: str,
+                                                                    start: str, end: str) -> None:
+    """Hours that start or end inside the hour a DST change skips. zoneinfo reads 02:30
+    of that night with the offset before the jump, 03:30: "Daily 02:30-10:00" worked 6.5
+    hours and "Daily 00:00-02:30" 2.5 hours that day, and "02:30-03:15" none at all."""
+    c = cal(f'{{timezone: {zone}, hours: "{hours}"}}')
+
+    def utc(text: str) -> datetime:
+        return datetime.fromisoformat(text if "T" in text else f"{day}T{text}").replace(tzinfo=timezone.utc)
+    hour = timedelta(hours=1)
+    worked = (utc(end) - utc(start)).total_seconds() / 3600
+    assert c.business_hours_between(utc(start) - hour, utc(end) + hour) == worked
+    if worked:
+        assert c.add_business_hours(utc(start) - hour, 0) == utc(start)
+        assert c.add_business_hours(utc(start) - hour, worked) == utc(end)
