@@ -255,7 +255,8 @@ async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department
     _, page, _ = await ivanov.get("/board")
     assert str(fin) not in _board_rows(page)
     status, page, _ = await ivanov.post(f"/request/{fin}/close", {"csrf": token})
-    assert status == 409 and "already closed" in page
+    assert status == 409 and "Not done: request" in page and "already closed" in page
+    assert "Cannot read" not in page
     assert (await ivanov.post(f"/request/{fin}/reopen", {"csrf": token}))[0] == 303
 
     other = await smirnov.csrf()
