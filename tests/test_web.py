@@ -444,6 +444,10 @@ async def test_bad_dates_get_a_clear_answer_and_the_report_a_csv(client: Any) ->
     assert await c.login("petrova") == 303
     status, page, _ = await c.get("/search?since=31.12.2026")
     assert status == 400 and "since=&#39;31.12.2026&#39;" in page and "2026-03-31" in page
+    # dates the wrong way round: 400 as on the report page, not an empty list of messages
+    status, page, _ = await c.get("/search?since=2026-12-07&until=2026-12-01")
+    assert status == 400 and "until=2026-12-01 is before since=2026-12-07" in page
+    assert (await c.get("/search?since=2026-12-07&until=2026-12-07"))[0] == 200
     status, page, _ = await c.get("/report")
     assert status == 200 and "<svg" in page and "<rect" in page
     status, body, headers = await c.get("/report?format=csv")
