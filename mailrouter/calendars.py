@@ -18,7 +18,9 @@ one business `d`), in place of its own weekday's (none).
 
 Naive datetimes are taken as UTC: the daemon's clock is UTC and rule tests may
 write `at:` with or without an offset. Results are aware datetimes in the
-calendar's zone. Across a DST change a span lasts its real (elapsed) length.
+calendar's zone. Across a DST change a span lasts its real (elapsed) length; a start
+or end the clock skips (02:30 when it jumps from 02:00 to 03:00) is when the clock passes
+it (03:00). Spans that overlap count each working minute once.
 
 The company's zone (`company_zone`): the zone of the calendar named `default`, else the
 one zone every calendar names, else UTC. It says on which day a moment falls for
@@ -38,7 +40,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from .errors import ConfigError, ConfigErrors
@@ -114,11 +116,14 @@ class Calendar:
         total = timedelta()
         day = ls.date() - timedelta(days=1)
         last = le.date()
+        upto = a        # counted up to here: spans that overlap (Mon-Fri 09:00-18:00 beside
+        # Mon 08:00-10:00, or an overnight span running into the next day's) count once
         while a < b and day <= last:
-            for s, e in self._day_spans(day):
-                lo, hi = max(s, a), min(e, b)
+            for s, e in sorted(self._day_spans(day)):
+                lo, hi = max(s, upto), min(e, b)
                 if hi > lo:
                     total += hi - lo
+                    upto = hi
             day += timedelta(days=1)
         return total.total_seconds() / 3600
 
@@ -126,10 +131,30 @@ class Calendar:
     def day_hours(self) -> float:
         """Working hours of the first working weekday: the length of one business `d`."""
         first = min(s[0] for s in self.spans)
-        return sum(e - s for wd, s, e in self.spans if wd == first) / 60
+        return _merged_minutes((s, e) for wd, s, e in self.spans if wd == first) / 60
+
+    @property
+    def week_hours(self) -> float:
+        """Working hours of a week without holidays (overlapping spans count once)."""
+        week = 7 * 1440         # Sun 22:00-06:00 runs into Monday: seen from the week before
+        return _merged_minutes(
+            (max(0, wd * 1440 + s + shift), min(week, wd * 1440 + e + shift))
+            for wd, s, e in self.spans for shift in (-week, 0)) / 60
 
     def add_business_days(self, start: datetime, days: float) -> datetime:
         return self.add_business_hours(start, days * self.day_hours)
+
+
+def _merged_minutes(spans: Iterable[tuple[int, int]]) -> int:
+    """Minutes covered by (start, end) spans, each minute once however many spans hold it."""
+    total, upto = 0, None
+    for s, e in sorted(spans):
+        if upto is not None:
+            s = max(s, upto)
+        if e > s:
+            total += e - s
+        upto = e if upto is None else max(upto, e)
+    return total
 
 
 @functools.lru_cache(maxsize=8192)
@@ -145,10 +170,26 @@ def _day_spans(cal: Calendar, day: date) -> tuple[tuple[datetime, datetime], ...
 
 
 def _wall(midnight: datetime, minute: int, tz: ZoneInfo) -> datetime:
-    """Local wall-clock time `minute` minutes after midnight (days may roll over)."""
+    """Local wall-clock time `minute` minutes after midnight (days may roll over).
+
+    A time the clock skips (02:30 on the night it goes from 02:00 to 03:00) is the moment
+    the clock passes it: 03:00. Taken as zoneinfo takes it (the offset before the jump),
+    it was 03:30, so hours "Daily 02:30-10:00" worked 6.5 hours that day instead of 7, and
+    "Daily 00:00-02:30" 2.5 hours instead of 2 (on the clock: 00:00 to 03:00)."""
     d, m = divmod(minute, 1440)
-    day = midnight.date() + timedelta(days=d)
-    return datetime.combine(day, time(m // 60, m % 60), tz)
+    wall = datetime.combine(midnight.date() + timedelta(days=d), time(m // 60, m % 60))
+    at = wall.replace(tzinfo=tz)
+    after = int(at.timestamp())                 # fold 0: the offset before the jump
+    if datetime.fromtimestamp(after, tz).replace(tzinfo=None) == wall:
+        return at
+    before = int(wall.replace(tzinfo=tz, fold=1).timestamp())    # the offset after it
+    while after - before > 1:    # the first second whose wall clock reads `wall` or later
+        mid = (before + after) // 2
+        if datetime.fromtimestamp(mid, tz).replace(tzinfo=None) >= wall:
+            after = mid
+        else:
+            before = mid
+    return datetime.fromtimestamp(after, tz)
 
 
 def _parse_days(text: str) -> list[int] | None:

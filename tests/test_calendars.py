@@ -156,3 +156,51 @@ def test_bad_workdays_are_refused_at_their_line() -> None:
         "hours; list only days off that are worked (a Saturday)",
         "cal.yaml:4:38: calendar 'x': cannot read workday '2027-02-3x'; write dates as YYYY-MM-DD",
     ]
+
+
+def test_overlapping_spans_count_once() -> None:
+    """`Mon-Fri 09:00-18:00, Mon 08:00-10:00` works Monday 08:00-18:00: ten hours, not eleven.
+    business_hours_between (the report's first response, the board's hours late) and
+    day_hours (one business `d`) counted 09:00-10:00 twice, while add_business_hours (the
+    due time) counted it once: a request answered at its due time showed as late."""
+    c = cal('{timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00, Mon 08:00-10:00"}')
+    start = datetime(2027, 1, 11, 8, 0, tzinfo=MSK)
+    assert c.business_hours_between(start, datetime(2027, 1, 11, 19, 0, tzinfo=MSK)) == 10.0
+    assert c.day_hours == 10.0
+    assert c.week_hours == 46.0
+    due = c.add_business_hours(start, 10)
+    assert c.business_hours_between(start, due) == 10.0
+    # An overnight span running into the next day's: Tuesday 00:00-09:00 is nine hours.
+    n = cal('{timezone: UTC, hours: "Daily 22:00-06:00, Daily 05:00-09:00"}')
+    day = datetime(2027, 1, 12, tzinfo=timezone.utc)
+    assert n.business_hours_between(day, day + timedelta(hours=10)) == 9.0
+    assert n.business_hours_between(day, n.add_business_hours(day, 9)) == 9.0
+    # A Sunday night running into Monday morning's span counts once in the week.
+    w = cal('{timezone: UTC, hours: "Sun 22:00-06:00, Mon 05:00-09:00"}')
+    assert w.week_hours == 11.0
+
+
+@pytest.mark.parametrize("zone, hours, day, start, end", [
+    # the clock goes 02:00 -> 03:00: work "from 02:30" starts when the clock passes it, 03:00
+    ("Europe/Prague", "Daily 02:30-10:00", "2026-03-29", "01:00", "08:00"),
+    # ... and work "until 02:30" ends then too: two hours on the clock, 00:00 to 03:00
+    ("Europe/Prague", "Daily 00:00-02:30", "2026-03-29", "2026-03-28T23:00", "01:00"),
+    ("America/New_York", "Daily 02:30-03:15", "2026-03-08", "07:00", "07:15"),
+    # Samoa skipped 30 December 2011 whole: no working time that day
+    ("Pacific/Apia", "Daily 09:00-18:00", "2011-12-30", "10:00", "10:00"),
+])
+def test_a_working_time_the_clock_skips_is_when_the_clock_passes_it(zone: str, hours: str, day: str,
+                                                                    start: str, end: str) -> None:
+    """Hours that start or end inside the hour a DST change skips. zoneinfo reads 02:30
+    of that night with the offset before the jump, 03:30: "Daily 02:30-10:00" worked 6.5
+    hours and "Daily 00:00-02:30" 2.5 hours that day, and "02:30-03:15" none at all."""
+    c = cal(f'{{timezone: {zone}, hours: "{hours}"}}')
+
+    def utc(text: str) -> datetime:
+        return datetime.fromisoformat(text if "T" in text else f"{day}T{text}").replace(tzinfo=timezone.utc)
+    hour = timedelta(hours=1)
+    worked = (utc(end) - utc(start)).total_seconds() / 3600
+    assert c.business_hours_between(utc(start) - hour, utc(end) + hour) == worked
+    if worked:
+        assert c.add_business_hours(utc(start) - hour, 0) == utc(start)
+        assert c.add_business_hours(utc(start) - hour, worked) == utc(end)

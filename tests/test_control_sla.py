@@ -418,3 +418,29 @@ async def test_a_line_separator_in_a_customers_subject_stops_no_reminder(make_ap
     head = raws[0].split(b"\r\n\r\n")[0].decode("ascii")
     assert "\nBcc:" not in head and sep.encode() not in raws[0]
     assert head.count("\nSubject:") == 1
+
+
+async def test_requests_waiting_for_their_escalation_hold_back_no_reminder(make_app, tmp_path,
+                                                                         monkeypatch):
+    """A scan reads the overdue requests not yet escalated, soonest due first, a batch at a
+    time (500; 2 here). A and B, reminded at 14:00 and waiting for their escalation at
+    16:00, filled the batch: C, due 14:30, was reminded only at 16:00, once they were
+    escalated. Now the scan goes on past them, and C is reminded when it falls due."""
+    from mailrouter.control import sla
+    monkeypatch.setattr(sla, "_BATCH", 2)
+    app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    for at, who in ((msk(11, 10), "a"), (msk(11, 10), "b"), (msk(11, 10, 30), "c")):
+        app.pipeline.clock = lambda at=at: at
+        await send(app.bound["smtp"][1], mail(f"{who}@client.example", f"printer {who}",
+                                              f"{who}@client"), f"{who}@client.example")
+    got = []
+    at = msk(11, 13)
+    while at <= msk(11, 18):
+        got += [(a.request, a.stage, a.at) for a in await sched.tick(at)]
+        at += timedelta(minutes=30)
+    assert got == [(1, "remind", msk(11, 14)), (2, "remind", msk(11, 14)),
+                   (3, "remind", msk(11, 14, 30)), (1, "escalate", msk(11, 16)),
+                   (2, "escalate", msk(11, 16)), (3, "escalate", msk(11, 16, 30))]

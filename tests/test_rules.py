@@ -173,6 +173,20 @@ def test_an_sla_longer_than_a_year_is_a_load_error() -> None:
         "first_response=366d first_response_due=2028-01-12T07:00:00+00:00")
 
 
+def test_an_sla_that_is_not_a_number_is_a_load_error() -> None:
+    """YAML's `.nan` passed `<= 0` and the year limit, so `check` said ok and every message
+    the rule matched failed when its due time was computed (ValueError: cannot convert float
+    NaN to integer); `.inf` was refused as "more than a year". Both are bad durations."""
+    path = routing_file("calendars: {msk: {timezone: Europe/Moscow}}\nrules:\n"
+                        "  - {name: a, then: {sla: {first_response: .nan, calendar: msk}}}\n"
+                        "  - {name: b, then: {sla: {resolve: .inf}}}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    assert [str(e) for e in info.value.errors] == [
+        f"{path}:3:27: rule 'a': bad duration nan for first_response; write e.g. 30m, 4h, 2d or 1d4h",
+        f"{path}:4:27: rule 'b': bad duration inf for resolve; write e.g. 30m, 4h, 2d or 1d4h"]
+
+
 def test_reject_and_defer_actions() -> None:
     """action: reject / defer turn the decision into a refusal with a named reply."""
     rs = ruleset("""\

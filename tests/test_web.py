@@ -444,6 +444,10 @@ async def test_bad_dates_get_a_clear_answer_and_the_report_a_csv(client: Any) ->
     assert await c.login("petrova") == 303
     status, page, _ = await c.get("/search?since=31.12.2026")
     assert status == 400 and "since=&#39;31.12.2026&#39;" in page and "2026-03-31" in page
+    # dates the wrong way round: 400 as on the report page, not an empty list of messages
+    status, page, _ = await c.get("/search?since=2026-12-07&until=2026-12-01")
+    assert status == 400 and "until=2026-12-01 is before since=2026-12-07" in page
+    assert (await c.get("/search?since=2026-12-07&until=2026-12-07"))[0] == 200
     status, page, _ = await c.get("/report")
     assert status == 200 and "<svg" in page and "<rect" in page
     status, body, headers = await c.get("/report?format=csv")
@@ -465,6 +469,9 @@ async def test_a_date_at_the_end_of_the_calendar_is_400_not_503(client: Any) -> 
         assert status == 400 and "9999-12-30" in page, (path, status)
     status, page, _ = await c.get("/report?since=0001-01-01&until=9999-12-30")
     assert status == 200 and page.count('<rect class="bar"') == 92
+    # a period in the first days of year 1: 91 days before its end are before date.min
+    status, page, _ = await c.get("/report?since=0001-01-01&until=0001-01-02")
+    assert status == 200 and page.count('<rect class="bar"') == 2
 
 
 def test_passwords_are_salted_scrypt_and_short_ones_refused() -> None:

@@ -255,7 +255,8 @@ async def test_actions_are_recorded_with_who_and_when_and_kept_to_the_department
     _, page, _ = await ivanov.get("/board")
     assert str(fin) not in _board_rows(page)
     status, page, _ = await ivanov.post(f"/request/{fin}/close", {"csrf": token})
-    assert status == 409 and "already closed" in page
+    assert status == 409 and "Not done: request" in page and "already closed" in page
+    assert "Cannot read" not in page
     assert (await ivanov.post(f"/request/{fin}/reopen", {"csrf": token}))[0] == 303
 
     other = await smirnov.csrf()
@@ -697,3 +698,41 @@ async def test_a_head_opens_every_message_of_a_request_in_the_department_our_rep
             assert all(f"/message/{key}" in page for key in keys), who
     finally:
         await head.http.close()
+
+
+async def test_a_request_past_due_outside_working_hours_is_overdue_on_its_page(make_app: Any,
+                                                                                tmp_path: Any) -> None:
+    """A request that fell due at the end of the working day and is read in the evening is
+    0.0 business hours late: the board marked it overdue, its own page said "0.0 business h
+    left" (it tested the hours' sign, and -0.0 is not below 0). Both say overdue now."""
+    import shutil
+    from tests.support.daemon import RULES as RULES_DIR
+    now = datetime.now(timezone.utc)
+    # a calendar whose only working hour is later today: it is not working time now
+    start = (now + timedelta(hours=3)).strftime("%H:%M")
+    end = (now + timedelta(hours=4)).strftime("%H:%M")
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    text = (rules / "routing.yaml").read_text(encoding="utf-8")
+    (rules / "routing.yaml").write_text(text.replace(
+        "calendars:\n", f'calendars:\n  later: {{timezone: UTC, hours: "Daily {start}-{end}"}}\n', 1),
+        encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
+    await _deliver(app, "invoices@example.com", "Счёт №43")
+    due = now - timedelta(minutes=30)
+    await app.registry.write("test", lambda c: c.execute(update(requests).values(
+        first_response_due=due, response_due=due, sla_calendar="later")))
+    number = await app.registry.read("test", lambda c: c.execute(select(requests.c.id)).scalar_one())
+    host, port = app.bound["web"]
+    petrova = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await petrova.login("petrova") == 303
+        _, page, _ = await petrova.get("/board")
+        assert "overdue by 0.0 business h" in _board_rows(page)[str(number)]
+        status, page, _ = await petrova.get(f"/request/{number}")
+        left = re.search(r'<dd id="left">(.*?)</dd>', page, re.S)
+        assert status == 200 and left and "overdue by 0.0 business h" in left[1], left
+    finally:
+        await petrova.http.close()

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, select, update
+from sqlalchemy import Connection, and_, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..config import ControlConfig
@@ -119,15 +119,36 @@ class Scheduler:
         return due.astimezone(timezone.utc)
 
     def _scan(self, conn: Connection, now: datetime, snap: Any) -> list[Alert]:
+        """Up to _BATCH alerts. The overdue requests not yet escalated are read a batch at
+        a time, soonest due first, on past those whose next stage is not due yet: before,
+        one batch of requests reminded and waiting for their escalation (or due and waiting
+        for remind_after) held back the reminder of every request due after them."""
         this_round = and_(request_alerts.c.request_id == requests.c.id,
                           request_alerts.c.round == requests.c.response_round)
         escalated = exists().where(this_round, request_alerts.c.stage == "escalate")
-        query = (select(requests).where(
-            requests.c.status == "open", requests.c.response_due <= now, ~escalated)
-            .order_by(requests.c.response_due).limit(_BATCH))
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=requests)
-        rows = [dict(r._mapping) for r in conn.execute(query)]
+        due, rid = requests.c.response_due, requests.c.id
+        made: list[Alert] = []
+        after: tuple[datetime, int] | None = None
+        while len(made) < _BATCH:
+            query = select(requests).where(requests.c.status == "open", due <= now, ~escalated)
+            if after is not None:
+                query = query.where(or_(due > after[0], and_(due == after[0], rid > after[1])))
+            query = query.order_by(due, rid).limit(_BATCH)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=requests)
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+            made += self._stages(conn, now, snap, rows, _BATCH - len(made))
+            if len(rows) < _BATCH:
+                break
+            after = (rows[-1]["response_due"], rows[-1]["id"])
+        self._quiet_close(conn, now)
+        self._purge_claims(conn, now)
+        return made
+
+    def _stages(self, conn: Connection, now: datetime, snap: Any, rows: list[dict[str, Any]],
+                most: int) -> list[Alert]:
+        """Up to `most` alerts due at `now` for `rows` (overdue, not escalated this round);
+        the rest are the next scan's."""
         reminded = {(r.request_id, r.round): r for r in conn.execute(
             select(request_alerts.c.request_id, request_alerts.c.round, request_alerts.c.at,
                    request_alerts.c.recipient)
@@ -135,6 +156,8 @@ class Scheduler:
                    request_alerts.c.stage == "remind"))} if rows else {}
         made: list[Alert] = []
         for r in rows:
+            if len(made) >= most:
+                break
             done = reminded.get((r["id"], r["response_round"]))
             if done is None:
                 if self._later(snap, r["sla_calendar"], r["response_due"],
@@ -142,8 +165,6 @@ class Scheduler:
                     made += self._alert(conn, snap, r, "remind", now, None)
             elif self._later(snap, r["sla_calendar"], done.at, self.cfg.escalate_after) <= now:
                 made += self._alert(conn, snap, r, "escalate", now, done.recipient)
-        self._quiet_close(conn, now)
-        self._purge_claims(conn, now)
         return made
 
     def _recipient(self, snap: Any, r: dict[str, Any], stage: str, now: datetime,

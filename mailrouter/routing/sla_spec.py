@@ -10,6 +10,7 @@ due times as one string, e.g.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -29,9 +30,11 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+)m)?")
 
 
 def parse_duration(text: Any) -> tuple[float, float]:
-    """'1d4h30m' -> (days, hours incl. minutes); ValueError when unreadable or zero."""
+    """'1d4h30m' -> (days, hours incl. minutes); ValueError when unreadable, zero or not
+    finite (YAML's `.nan` passed `<= 0` and every limit, then failed each message the rule
+    matched when its due time was computed; `.inf` was called "more than a year")."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
+        if not math.isfinite(text) or text <= 0:
             raise ValueError(text)
         return 0.0, float(text)
     m = _DURATION.fullmatch(str(text).strip().replace(" ", ""))
@@ -47,7 +50,7 @@ def parse_duration(text: Any) -> tuple[float, float]:
 def _too_long(days: float, hours: float, calendar: Any) -> bool:
     if calendar is None or not hasattr(calendar, "spans"):
         return days * 24 + hours > MAX_DAYS * 24
-    week: float = sum(end - start for _, start, end in calendar.spans) / 60
+    week: float = calendar.week_hours
     need: float = days * calendar.day_hours + hours
     return need > MAX_WEEKS * week
 

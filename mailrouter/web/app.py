@@ -190,6 +190,9 @@ async def search_page(request: web.Request) -> web.Response:
         since, until, before = day(request, "since"), day(request, "until"), _before(request)
     except BadInput as exc:
         return bad(request, str(exc))
+    if since is not None and until is not None and until < since:
+        # as the report: dates typed the wrong way round found "no messages", as if none came
+        return bad(request, f"until={until} is before since={since}")
     fields = {k: q.get(k, "")[:200] for k in ("sender", "rcpt", "words", "tag", "status", "mailbox",
                                               "owner")}
     scope, zone = viewer(request).scope, company_zone(snap(request).rules.calendars)

@@ -125,8 +125,11 @@ def page_key(text: str) -> tuple[datetime | None, str]:
 
 
 def bad(request: web.Request, what: str, status: int = 400) -> web.Response:
+    """400: what could not be read; 409 (closing a closed request): what was not done, not
+    "Cannot read this: request #1 is already closed"."""
+    key = "conflict" if status == 409 else "bad_input"
     return render(request, "error.html", status=status, status_code=status,
-                  message=translate(lang_of(request), "bad_input", what=what))
+                  message=translate(lang_of(request), key, what=what))
 
 
 def redirect(location: str) -> web.Response:

@@ -71,7 +71,9 @@ async def report_page(request: web.Request) -> web.StreamResponse:
     per_day: dict[str, int] = totals["per_day"]
     per_box = {k or "-": n for k, n in totals["per_mailbox"].items()}
     per_owner = {k or "-": n for k, n in totals["per_owner"].items()}
-    first = max(since, until - timedelta(days=91))          # the chart shows 92 days at most
+    # the chart shows 92 days at most; until - 91 days of a period in year 1 is before
+    # date.min (OverflowError: a 500 for /report?since=0001-01-01&until=0001-01-02)
+    first = until - timedelta(days=min(91, (until - since).days))
     days = [(first + timedelta(days=i)).isoformat() for i in range((until - first).days + 1)]
     lang = lang_of(request)
     people, teams = s.book.people, s.book.teams

@@ -110,12 +110,15 @@ async def request_page(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     thread = {"page": page, "pages": pages, "count": doc["message_count"],
               "first": (page - 1) * THREAD_PAGE + 1, "last": (page - 1) * THREAD_PAGE + len(doc["messages"])}
-    left = None
+    left, overdue = None, False
     if doc["status"] == "open" and doc["response_due"]:      # the answer owed now
-        left = sla_left(s.rules.calendars, doc["sla_calendar"],
-                        datetime.fromisoformat(doc["response_due"]), datetime.now(timezone.utc))
+        due, now = datetime.fromisoformat(doc["response_due"]), datetime.now(timezone.utc)
+        left = sla_left(s.rules.calendars, doc["sla_calendar"], due, now)
+        # as the board marks it: past its due time, however few business hours late (fell
+        # due at 18:00 and read at 20:00 is 0.0 late, and read "0.0 business h left")
+        overdue = due <= now
     return render(request, "request.html", r=doc, history=_history(doc), left=left, thread=thread,
-                  people=s.book.people, places=RulePlaces(s))
+                  overdue=overdue, people=s.book.people, places=RulePlaces(s))
 
 
 NOTICES: web.AppKey[Notices | None] = web.AppKey("notices")
