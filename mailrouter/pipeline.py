@@ -17,6 +17,7 @@ downstreams may get a second copy (at-least-once, never at-most-once).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -37,7 +38,8 @@ from .delivery.maildir import PRIOR
 from .intents import Intent, Intents
 from .routing.snapshot import Snapshot
 from .values import (
-    REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_TEMPFAIL, Action, Decision, Reply, Transaction,
+    REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, REPLY_TEMPFAIL,
+    Action, Decision, Reply, Transaction,
 )
 from . import metrics
 
@@ -143,7 +145,13 @@ class Pipeline:
                     log.error("event=intent_failed qid=%s error=%r", qid, str(exc))
                     if self.control is not None and plan is not None:
                         self.control.settle(plan)
-                    return [REPLY_TEMPFAIL] * len(txn.rcpts)
+                    # its own cause: this 451 was counted under none ("intents_full" on a
+                    # full disk, which is a 452 as a full Maildir's)
+                    reply = (REPLY_INTENTS_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                             else REPLY_INTENT_FAILED)
+                    metrics.child(metrics.TEMPFAILS, metrics.copy_tempfail_cause(
+                        "maildir", reply)).inc(len(txn.rcpts))
+                    return [reply] * len(txn.rcpts)
         recorded = [False]
         try:
             replies = await self._deliver_and_record(txn, view, snap, decisions, key, done, qid,

@@ -418,3 +418,55 @@ async def test_a_loop_found_after_data_is_no_rcpt_refusal(make_app):
     for series in ('mailrouter_loops_total{kind="hops"}', 'mailrouter_messages_total{result="rejected"}',
                    'mailrouter_recipients_total{result="permfail"}'):
         assert _value(after, series) == _value(before, series) + 1, series
+
+
+async def test_a_copy_refused_for_its_intent_has_the_intents_cause(make_app, tmp_path):
+    """The intent journal (delivery.intents_dir) cannot take a message's intent, so no
+    Maildir copy is made and the sender gets 4xx. On a full disk (452 4.3.1) that was
+    counted as cause "maildir", and the admin looked at the wrong disk; when no journal
+    could be opened at all (its directory removed and a file in its place: 451) it was
+    under no cause, and the deferred-rate alert pointed at a panel with every cause at 0.
+    Now "intents_full" and "intents", and "maildir" does not move."""
+    import shutil as _shutil
+
+    from mailrouter.config import DeliveryConfig
+    from tests.support.tmpfs import tmpfs_on
+    from tests.test_faults_sweep import fill
+
+    def send(smtp: int, n: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
+            s.ehlo()
+            s.mail("a@outside.test")
+            assert s.rcpt("sales@example.com")[0] == 250
+            try:
+                return s.data(f"Subject: {n}\r\nMessage-ID: <{n}@outside.test>\r\n\r\nx\r\n")
+            except smtplib.SMTPDataError as e:
+                return e.smtp_code, e.smtp_error
+
+    async def counted(app, n: str) -> tuple[int, bytes, dict[str, float]]:
+        port = app.bound["admin"][1]
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        code, text = await asyncio.to_thread(send, app.bound["smtp"][1], n)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+        causes = {c: _sum(after, "mailrouter_tempfails_total", cause=c)
+                  - _sum(before, "mailrouter_tempfails_total", cause=c)
+                  for c in re.findall(r'^mailrouter_tempfails_total\{cause="(\w+)"\}', after, re.M)}
+        return code, text, {c: v for c, v in causes.items() if v}
+
+    with tmpfs_on(tmp_path / "intents", "256k") as intents:
+        app = await make_app(delivery=DeliveryConfig(tmp_path / "mail", intents_dir=intents))
+        filler = fill(intents)
+        code, text, causes = await counted(app, "full")
+        filler.unlink()
+    assert (code, text[:5]) == (452, b"4.3.1"), text
+    assert causes == {"intents_full": 1}
+
+    journal = tmp_path / "journal"
+    app = await make_app(delivery=DeliveryConfig(tmp_path / "mail", intents_dir=journal))
+    assert (await asyncio.to_thread(send, app.bound["smtp"][1], "second"))[0] == 250
+    _shutil.rmtree(journal)                       # the journal's directory gone...
+    journal.write_text("not a directory\n")       # ...and a file in its place
+    code, text, causes = await counted(app, "unopened")
+    assert (code, text[:5]) == (451, b"4.3.0"), text
+    assert causes == {"intents": 1}
+

@@ -149,3 +149,28 @@ async def test_transaction_between_commands_finishes(daemon_process, tmp_path, s
         assert (await busy.line()).startswith("250 2.0.0")
     assert await asyncio.to_thread(d.wait, 30) == 0
     assert list(registry_rows(tmp_path).values()) == ["delivered"]
+
+
+async def test_intents_dir_replaced_by_a_file_still_stops_cleanly(daemon_process, tmp_path):
+    """var/intents removed while the daemon runs and a file made in its place (a careless
+    clean-up): SIGTERM ended with a NotADirectoryError traceback from the journal's tidy-up,
+    before the outbox and the registry were closed, and exit 1 (systemd: failed). Now the
+    drain ends as always: exit 0, event=stopped."""
+    import shutil
+    import smtplib
+    d = daemon_process(extra="workers: 1\n")
+
+    def send() -> int:
+        with smtplib.SMTP("127.0.0.1", d.smtp, timeout=30) as s:
+            s.ehlo()
+            s.mail(SENDER)
+            s.rcpt("sales@example.com")
+            return s.data(mail("before"))[0]
+    assert await asyncio.to_thread(send) == 250          # this process's journal is open
+    intents = tmp_path / "var" / "intents"
+    shutil.rmtree(intents)
+    intents.write_text("not a directory\n")
+    d.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(d.wait, 30) == 0, d.log.read_text()[-3000:]
+    assert "event=stopped" in d.log.read_text()
+    assert list(registry_rows(tmp_path).values()) == ["delivered"]
