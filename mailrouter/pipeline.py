@@ -17,6 +17,7 @@ downstreams may get a second copy (at-least-once, never at-most-once).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -35,7 +36,7 @@ from .offload import Offload
 from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
 from .registry.models import OutboxRecord
 from .delivery.maildir import PRIOR
-from .intents import Intent, Intents
+from .intents import UNANSWERED, Intent, Intents
 from .routing.snapshot import Snapshot
 from .values import (
     REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, REPLY_TEMPFAIL,
@@ -181,8 +182,16 @@ class Pipeline:
             # the request's write, told what we answer (an answer to our answer joins it)
             after = self.control.writer(plan, key, now, outgoing) if self.control and plan and \
                 any(r.ok for r in replies) else None
+            record = self._message_record(txn, view, snap, key, replies, now)
+            if record.status in ("delivered", "partial") and txn.gone is not None and txn.gone():
+                # The client reset the connection after its final dot: stored, but it will
+                # never read our 250, so the registry must not say it was answered. Its
+                # retry (dedupe: "Already delivered") records it as delivered.
+                log.warning("event=client_gone qid=%s status=%s recorded=%s", qid,
+                            record.status, UNANSWERED)
+                record = dataclasses.replace(record, status=UNANSWERED)
             await self.registry.record(
-                self._message_record(txn, view, snap, key, replies, now),
+                record,
                 [_decision_record(d, r) for d, r in zip(noted, replies)],
                 [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
                                 str(r)) for t, r in results.items()], after, outgoing)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import enum
 from dataclasses import dataclass, field, replace
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -349,6 +349,9 @@ class Transaction:
     rcpts: tuple[str, ...]
     raw: bytes
     smtputf8: bool = False
+    # True once the client has gone without its answer (a reset after the final dot): the
+    # message is still processed to its record, as `unanswered`, not `delivered` (no 250)
+    gone: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,6 +243,7 @@ class Protocol(SMTP):
         # counted where it is cut, as every other answer after DATA is
         self._data_uncounted = False
         self._reading_data = False     # in _read_data: a timeout there is data_timeout
+        self._gone = False             # connection_lost was called
         self._wrap_commands()
 
     # -- replies ---------------------------------------------------------------------
@@ -600,7 +601,12 @@ class Protocol(SMTP):
         asyncio.StreamReaderProtocol.eof_received(self)   # the reader's EOF, after its buffer
         return True                                        # keep our side open for the replies
 
+    def client_gone(self) -> bool:
+        """The connection is lost: a reply now would reach nobody (Transaction.gone)."""
+        return self._gone
+
     def connection_lost(self, error: Exception | None) -> None:
+        self._gone = True
         unregister = getattr(self.event_handler, "unregister", None)
         if unregister is not None:
             unregister(self)
