@@ -16,8 +16,8 @@ error with its file:line relative to the routing directory, and nothing else of
 the machine (no config or Python paths: the full text goes to the log).
 
 SIGTERM/SIGINT: stop taking new work (421 4.3.2 to new connections and to idle
-sessions), let transactions in flight finish (up to `shutdown_grace` seconds),
-flush the registry, close, exit 0.
+sessions), let transactions in flight finish (up to `shutdown_grace` seconds; a session
+still open then is told 421 4.3.2 before the close), flush the registry, close, exit 0.
 """
 
 from __future__ import annotations
@@ -292,9 +292,8 @@ class App:
             await asyncio.gather(self.sla_task, return_exceptions=True)
         for srv in self.servers:
             srv.close()
-        for proto in list(self.sessions):
-            if proto.transport is not None:
-                proto.transport.close()
+        for proto in list(self.sessions):   # past shutdown_grace: told 421 4.3.2, then closed
+            proto.shut_down()
         if self.web_runner is not None:
             await self.web_runner.cleanup()
         await self.deliverer.close()

@@ -6,6 +6,7 @@
         AliasLoopError            554 5.4.6
       DeliveryError
         TemporaryDeliveryError    451 4.3.0 (452 4.3.1 when storage is full)
+          IntentError             451 4.3.0 (452 4.3.1 when full): a copy's intent unwritten
         PermanentDeliveryError    550 5.x.x from the downstream
       RegistryError               451 4.3.0 (the database is unavailable)
         RegistryFullError         452 4.3.1 (its disk is full)
@@ -24,6 +25,8 @@ import socket
 from .values import (
     REPLY_DELIVERY_TEMPFAIL,
     REPLY_DOWNSTREAM_REFUSED,
+    REPLY_INTENT_FAILED,
+    REPLY_INTENTS_FULL,
     REPLY_INTERNAL_ERROR,
     REPLY_LOOP,
     REPLY_REGISTRY_UNAVAILABLE,
@@ -34,7 +37,7 @@ from .values import (
 __all__ = [
     "MailrouterError", "ConfigError", "ConfigErrors", "AddressError", "AliasLoopError",
     "DeliveryError", "TemporaryDeliveryError", "PermanentDeliveryError",
-    "StorageFullError", "RegistryError", "RegistryFullError", "RegistryBugError",
+    "StorageFullError", "IntentError", "IntentsFullError", "RegistryError", "RegistryFullError", "RegistryBugError",
     "Reply",   # re-exported from values, where it lives
 ]
 
@@ -114,6 +117,19 @@ class StorageFullError(TemporaryDeliveryError):
     """The mail store has no room (ENOSPC, EDQUOT)."""
 
     reply = REPLY_STORAGE_FULL
+
+
+class IntentError(TemporaryDeliveryError):
+    """A Maildir copy's intent (intents.py) could not be written, so the copy was not made:
+    the fault is the intent journal's disk (delivery.intents_dir), not the Maildir's."""
+
+    reply = REPLY_INTENT_FAILED
+
+
+class IntentsFullError(IntentError):
+    """The intent journal's disk is full (ENOSPC, EDQUOT)."""
+
+    reply = REPLY_INTENTS_FULL
 
 
 class PermanentDeliveryError(DeliveryError):

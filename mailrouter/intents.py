@@ -340,8 +340,12 @@ class Intents:
         f, self._file = self._file, None
         if f is not None:
             os.close(f.fd)
-            if f.open_intents == 0 and _read(f.path) == {}:
-                f.path.unlink(missing_ok=True)      # everything in it was recorded
+            # Its directory removed and a file made in its place (NotADirectoryError), or
+            # unreadable: nothing to tidy. Raised, it ended the shutdown with a traceback
+            # before the outbox and the registry were closed (exit 1).
+            with contextlib.suppress(OSError):
+                if f.open_intents == 0 and _read(f.path) == {}:
+                    f.path.unlink(missing_ok=True)      # everything in it was recorded
 
 
 def _append_synced(by_file: dict[_File, list[bytes]]) -> None:

@@ -29,13 +29,14 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .values import Decision, LoopKind, Reply
+from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Decision, LoopKind, Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
            "RELOAD_OK", "RELOAD_TIME", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
            "DECISIONS", "DELIVERIES", "DELIVERY_SECONDS", "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
-           "State", "observe_message", "observe_decisions", "exposition", "child"]
+           "State", "observe_message", "observe_decisions", "exposition", "child",
+           "copy_tempfail_cause"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -91,8 +92,11 @@ REGISTRY_ERRORS = Counter("mailrouter_registry_errors_total",
                           ["op", "kind"], registry=REGISTRY)
 TEMPFAILS = Counter("mailrouter_tempfails_total",
                     "4xx answers after DATA by cause: per recipient (registry, timeout, "
-                    "internal, rule: a rule's action defer) or per copy (maildir, downstream, "
-                    "held)",
+                    "internal, rule: a rule's action defer; intents, intents_full: a "
+                    "journal that could not be opened; data_in_flight: DATA memory full; "
+                    "data_deadline, data_timeout: a DATA phase cut with 421; shutdown: "
+                    "shutdown_grace over) or per copy (maildir, downstream, held; intents, "
+                    "intents_full: the copy's intent not written)",
                     ["cause"], registry=REGISTRY)
 LOOPS = Counter("mailrouter_loops_total", "Mail loops refused at run time, by kind",
                 ["kind"], registry=REGISTRY)
@@ -107,7 +111,9 @@ OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
                           "(sent, retry, failed, suppressed)", ["kind", "result"],
                           registry=REGISTRY)
 
-TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule")
+TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule",
+                   "intents", "intents_full", "data_in_flight", "data_deadline", "data_timeout",
+                   "shutdown")
 AUTOREPLY_REASONS = ("refused", "null_sender", "generated", "auto_submitted", "report", "list",
                      "precedence", "suppress_header", "robot_sender", "own_domain", "period",
                      "daily_cap", "duplicate", "other")
@@ -244,3 +250,13 @@ def observe_message(replies: Sequence[Reply], seconds: float | None) -> None:
     child(MESSAGES, result).inc()
     if seconds is not None:
         LATENCY.observe(seconds)
+
+
+# A copy refused because its intent (intents.py) could not be written is that journal's
+# disk's fault, not the Maildir's: counted under "maildir", the admin freed the wrong disk
+_INTENT_CAUSES = {REPLY_INTENT_FAILED: "intents", REPLY_INTENTS_FULL: "intents_full"}
+
+
+def copy_tempfail_cause(backend: str, reply: Reply) -> str:
+    """The `mailrouter_tempfails_total` cause of one copy's 4xx from `backend`."""
+    return _INTENT_CAUSES.get(reply) or ("maildir" if backend == "maildir" else "downstream")

@@ -17,6 +17,8 @@ downstreams may get a second copy (at-least-once, never at-most-once).
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import functools
 import hashlib
 import logging
@@ -34,10 +36,11 @@ from .offload import Offload
 from .registry import DecisionRecord, DeliveryRecord, MessageRecord, Registry
 from .registry.models import OutboxRecord
 from .delivery.maildir import PRIOR
-from .intents import Intent, Intents
+from .intents import UNANSWERED, Intent, Intents
 from .routing.snapshot import Snapshot
 from .values import (
-    REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_TEMPFAIL, Action, Decision, Reply, Transaction,
+    REPLY_ALREADY_DELIVERED, REPLY_DELIVERED, REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, REPLY_TEMPFAIL,
+    Action, Decision, Reply, Transaction,
 )
 from . import metrics
 
@@ -143,7 +146,13 @@ class Pipeline:
                     log.error("event=intent_failed qid=%s error=%r", qid, str(exc))
                     if self.control is not None and plan is not None:
                         self.control.settle(plan)
-                    return [REPLY_TEMPFAIL] * len(txn.rcpts)
+                    # its own cause: this 451 was counted under none ("intents_full" on a
+                    # full disk, which is a 452 as a full Maildir's)
+                    reply = (REPLY_INTENTS_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                             else REPLY_INTENT_FAILED)
+                    metrics.child(metrics.TEMPFAILS, metrics.copy_tempfail_cause(
+                        "maildir", reply)).inc(len(txn.rcpts))
+                    return [reply] * len(txn.rcpts)
         recorded = [False]
         try:
             replies = await self._deliver_and_record(txn, view, snap, decisions, key, done, qid,
@@ -173,8 +182,16 @@ class Pipeline:
             # the request's write, told what we answer (an answer to our answer joins it)
             after = self.control.writer(plan, key, now, outgoing) if self.control and plan and \
                 any(r.ok for r in replies) else None
+            record = self._message_record(txn, view, snap, key, replies, now)
+            if record.status in ("delivered", "partial") and txn.gone is not None and txn.gone():
+                # The client reset the connection after its final dot: stored, but it will
+                # never read our 250, so the registry must not say it was answered. Its
+                # retry (dedupe: "Already delivered") records it as delivered.
+                log.warning("event=client_gone qid=%s status=%s recorded=%s", qid,
+                            record.status, UNANSWERED)
+                record = dataclasses.replace(record, status=UNANSWERED)
             await self.registry.record(
-                self._message_record(txn, view, snap, key, replies, now),
+                record,
                 [_decision_record(d, r) for d, r in zip(noted, replies)],
                 [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
                                 str(r)) for t, r in results.items()], after, outgoing)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import enum
 from dataclasses import dataclass, field, replace
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -29,7 +29,8 @@ __all__ = [
     "REPLY_BARE_LINE_END", "REPLY_BDAT_NOT_OFFERED",
     "REPLY_CONTROL_CHAR", "REPLY_COPY_DELIVERED", "REPLY_DATA_SYNTAX", "REPLY_DATA_TOO_SLOW",
     "REPLY_DELIVERED", "REPLY_DELIVERED_TO", "REPLY_DELIVERY_TEMPFAIL", "REPLY_HELP", "REPLY_HELP_UNKNOWN",
-    "REPLY_DOWNSTREAM_REFUSED", "REPLY_INTERNAL_ERROR", "REPLY_LHLO_SYNTAX", "REPLY_LMTP_NO_EHLO",
+    "REPLY_DOWNSTREAM_REFUSED", "REPLY_INTENT_FAILED", "REPLY_INTENTS_FULL", "REPLY_INTERNAL_ERROR",
+    "REPLY_LHLO_SYNTAX", "REPLY_LMTP_NO_EHLO",
     "REPLY_LMTP_NO_HELO", "REPLY_LOOP", "REPLY_MAILBOX_HELD", "REPLY_MOVED", "REPLY_NEED_RCPT",
     "REPLY_NEED_SMTPUTF8", "REPLY_NO_DOWNSTREAM", "REPLY_NO_VALID_RCPTS", "REPLY_OK", "REPLY_PARAM_TWICE",
     "REPLY_PROCESS_TIMEOUT",
@@ -156,6 +157,11 @@ REPLY_MAILBOX_HELD = REPLY_TEMPFAIL.with_text("Mailbox temporarily unavailable, 
 REPLY_REGISTRY_UNAVAILABLE = REPLY_TEMPFAIL.with_text(
     "Registry temporarily unavailable, try again later")
 REPLY_STORAGE_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+# A Maildir copy's intent (intents.py, delivery.intents_dir) could not be written, so no copy
+# was made: their own replies, so the metrics tell this disk from the Maildir's
+REPLY_INTENT_FAILED = REPLY_TEMPFAIL.with_text("Delivery journal unavailable, try again later")
+REPLY_INTENTS_FULL = REPLY_STORAGE_FULL.with_text(
+    "Insufficient system storage for the delivery journal, try again later")
 REPLY_NO_DOWNSTREAM = Reply(451, "4.3.5", "No downstream configured")
 REPLY_DOWNSTREAM_REFUSED = Reply(550, "5.0.0", "Delivery refused downstream")
 REPLY_REFUSED_BARE_EOL = Reply(554, "5.6.0", "Message contains a lone CR or LF; refusing to send it")
@@ -343,6 +349,9 @@ class Transaction:
     rcpts: tuple[str, ...]
     raw: bytes
     smtputf8: bool = False
+    # True once the client has gone without its answer (a reset after the final dot): the
+    # message is still processed to its record, as `unanswered`, not `delivered` (no 250)
+    gone: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

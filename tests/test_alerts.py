@@ -346,3 +346,15 @@ async def test_every_panel_shows_the_mail_sent_in_a_real_prometheus(make_app, tm
     assert r[("Decisions per mailbox", "A")]["finance deliver"] > 0
     assert r[("Decisions per rule (top 10)", "A")]["invoices"] > 0
     assert set(r[("Version, rule set, age of the rules", "B")]) == {app.snapshot().hash}
+
+
+def test_the_deferred_rate_alert_names_every_tempfail_cause():
+    """MailrouterDeferredRateHigh sends the admin to mailrouter_tempfails_total by cause and
+    lists the causes: every one the daemon counts (metrics.TEMPFAIL_CAUSES) is named there,
+    so a cause added (intents, data_deadline...) is not one the alert keeps quiet about."""
+    from mailrouter.metrics import TEMPFAIL_CAUSES
+    rule = next(r for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+                for r in g["rules"] if r.get("alert") == "MailrouterDeferredRateHigh")
+    listed = re.search(r"by cause \(([^)]*)\)", rule["annotations"]["description"])
+    assert listed is not None
+    assert set(TEMPFAIL_CAUSES) == {c.strip() for c in listed.group(1).split(",")}

@@ -31,9 +31,9 @@ from mailrouter.pipeline import message_key
 from mailrouter.registry.store import upgrade
 from mailrouter.values import (
     REPLY_DELIVERY_TEMPFAIL,
+    REPLY_INTENT_FAILED,
     REPLY_REGISTRY_UNAVAILABLE,
     REPLY_STORAGE_FULL,
-    REPLY_TEMPFAIL,
 )
 from tests.support.daemon import maildir_files
 from tests.support.tmpfs import tmpfs_on
@@ -197,9 +197,9 @@ async def test_journal_rotation_on_readonly_var_keeps_the_old_journal(make_app, 
     port = app.bound["smtp"][1]
     assert (await send(port, mail("rot-1")))[0].startswith("250 2.0.0")
     with read_only(tmp_path / "var" / "intents"):
-        assert await send(port, mail("rot-2")) == [str(REPLY_TEMPFAIL)]
+        assert await send(port, mail("rot-2")) == [str(REPLY_INTENT_FAILED)]
         other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)
-        assert await send(port, mail("rot-3")) == [str(REPLY_TEMPFAIL)]
+        assert await send(port, mail("rot-3")) == [str(REPLY_INTENT_FAILED)]
     try:
         raw = mail("rot-4")
         assert (await send(port, raw))[0].startswith("250 2.0.0")

@@ -80,6 +80,52 @@ async def test_a_reset_after_the_final_dot_still_records_the_message_once(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_reset_before_the_record_is_recorded_unanswered_not_delivered(
+        make_app, tmp_path, monkeypatch, proto, hello):
+    """The client resets the connection while its copies are being made (after the final
+    dot): the message is stored and recorded, but it never got a 250, and the registry said
+    `delivered` all the same (`mailrouter registry`, the web view). Now `unanswered`
+    (stored, the sender got no answer: as a crash's copies are recorded); its retry is
+    answered 250 "Already delivered", makes no second copy, and turns it `delivered`."""
+    app = await make_app()
+    entered, release = asyncio.Event(), asyncio.Event()
+    deliver = app.deliverer.deliver
+
+    async def held_deliver(*args, **kwargs):
+        entered.set()
+        await release.wait()
+        return await deliver(*args, **kwargs)
+    monkeypatch.setattr(app.deliverer, "deliver", held_deliver)
+    port = app.bound[proto][1]
+    async with Wire(port) as w:
+        await w.greet(hello)
+        for cmd in ("MAIL FROM:<reset@outside.test>", "RCPT TO:<sales@example.com>"):
+            assert (await w.cmd(cmd)).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(RAW)
+        await asyncio.wait_for(entered.wait(), 15)
+        reset(w)
+        assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
+    monkeypatch.setattr(app.deliverer, "deliver", deliver)
+    release.set()
+
+    async def recorded() -> bool:
+        return await app.registry.count_messages() == 1
+    assert await until(recorded), "stored but never recorded"
+    [row] = await app.registry.recent(5)
+    assert row["status"] == "unanswered"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    async with Wire(port) as w:                 # the MTA, never answered, retries
+        await w.greet(hello)
+        r = await w.transaction("reset@outside.test", ["sales@example.com"], RAW,
+                                lmtp=proto == "lmtp")
+        assert r[0].startswith("250 2.0.0"), r
+    [row] = await app.registry.recent(5)
+    assert row["attempts"] == 2 and row["status"] == "delivered"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
 async def _no_sessions(app) -> bool:
     return not app.sessions
 

@@ -418,3 +418,156 @@ async def test_a_loop_found_after_data_is_no_rcpt_refusal(make_app):
     for series in ('mailrouter_loops_total{kind="hops"}', 'mailrouter_messages_total{result="rejected"}',
                    'mailrouter_recipients_total{result="permfail"}'):
         assert _value(after, series) == _value(before, series) + 1, series
+
+
+async def test_a_copy_refused_for_its_intent_has_the_intents_cause(make_app, tmp_path):
+    """The intent journal (delivery.intents_dir) cannot take a message's intent, so no
+    Maildir copy is made and the sender gets 4xx. On a full disk (452 4.3.1) that was
+    counted as cause "maildir", and the admin looked at the wrong disk; when no journal
+    could be opened at all (its directory removed and a file in its place: 451) it was
+    under no cause, and the deferred-rate alert pointed at a panel with every cause at 0.
+    Now "intents_full" and "intents", and "maildir" does not move."""
+    import shutil as _shutil
+
+    from mailrouter.config import DeliveryConfig
+    from tests.support.tmpfs import tmpfs_on
+    from tests.test_faults_sweep import fill
+
+    def send(smtp: int, n: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
+            s.ehlo()
+            s.mail("a@outside.test")
+            assert s.rcpt("sales@example.com")[0] == 250
+            try:
+                return s.data(f"Subject: {n}\r\nMessage-ID: <{n}@outside.test>\r\n\r\nx\r\n")
+            except smtplib.SMTPDataError as e:
+                return e.smtp_code, e.smtp_error
+
+    async def counted(app, n: str) -> tuple[int, bytes, dict[str, float]]:
+        port = app.bound["admin"][1]
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        code, text = await asyncio.to_thread(send, app.bound["smtp"][1], n)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+        causes = {c: _sum(after, "mailrouter_tempfails_total", cause=c)
+                  - _sum(before, "mailrouter_tempfails_total", cause=c)
+                  for c in re.findall(r'^mailrouter_tempfails_total\{cause="(\w+)"\}', after, re.M)}
+        return code, text, {c: v for c, v in causes.items() if v}
+
+    with tmpfs_on(tmp_path / "intents", "256k") as intents:
+        app = await make_app(delivery=DeliveryConfig(tmp_path / "mail", intents_dir=intents))
+        filler = fill(intents)
+        code, text, causes = await counted(app, "full")
+        filler.unlink()
+    assert (code, text[:5]) == (452, b"4.3.1"), text
+    assert causes == {"intents_full": 1}
+
+    journal = tmp_path / "journal"
+    app = await make_app(delivery=DeliveryConfig(tmp_path / "mail", intents_dir=journal))
+    assert (await asyncio.to_thread(send, app.bound["smtp"][1], "second"))[0] == 250
+    _shutil.rmtree(journal)                       # the journal's directory gone...
+    journal.write_text("not a directory\n")       # ...and a file in its place
+    code, text, causes = await counted(app, "unopened")
+    assert (code, text[:5]) == (451, b"4.3.0"), text
+    assert causes == {"intents": 1}
+
+
+def _causes(before: str, after: str) -> dict[str, float]:
+    """mailrouter_tempfails_total causes that moved between two scrapes, by how much."""
+    causes = set(re.findall(r'^mailrouter_tempfails_total\{cause="(\w+)"\}', after, re.M))
+    moved = {c: _sum(after, "mailrouter_tempfails_total", cause=c)
+             - _sum(before, "mailrouter_tempfails_total", cause=c) for c in causes}
+    return {c: v for c, v in moved.items() if v}
+
+
+async def test_a_data_phase_we_cut_with_421_is_counted(make_app):
+    """Three DATA phases ended by us before an answer: one trickled past limits.data_deadline
+    (421 4.4.2 "DATA took too long", to a message of two recipients), one silent past
+    data_timeout inside DATA (421 4.4.2 timeout), one refused 452 4.3.1 because the DATA
+    memory of all sessions was spoken for (limits.max_data_in_flight). The first two were in
+    no metric at all, the third was a recipient "tempfail" under no cause: each is now a
+    message deferred, its recipients tempfail, and its own cause."""
+    app = await make_app(limits={"data_timeout": 3, "data_deadline": 2,
+                                 "max_data_in_flight": 200_000})
+    port, smtp = app.bound["admin"][1], app.bound["smtp"][1]
+    _, start = await asyncio.to_thread(_get, port, "/metrics")
+
+    async with Wire(smtp) as w:                   # the trickle
+        await w.greet()
+        await w.cmd("MAIL FROM:<slow@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        await w.cmd("RCPT TO:<support@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        reply = None
+        for n in range(100):                      # a line every 0.2 s, never 1 s idle
+            await w.send(b"line %d\r\n" % n)
+            try:
+                reply = await asyncio.wait_for(w.line(), 0.2)
+                break
+            except TimeoutError:
+                continue
+        assert reply is not None and reply.startswith("421 4.4.2 DATA took too long")
+    _, trickled = await asyncio.to_thread(_get, port, "/metrics")
+    assert _causes(start, trickled) == {"data_deadline": 2}
+
+    async with Wire(smtp) as w:                   # silent inside DATA
+        await w.greet()
+        await w.cmd("MAIL FROM:<quiet@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: then nothing\r\n")
+        assert (await w.line()).startswith("421 4.4.2")
+        assert await w.closed()
+    _, silent = await asyncio.to_thread(_get, port, "/metrics")
+    assert _causes(trickled, silent) == {"data_timeout": 1}
+
+    body = ("z" * 78 + "\r\n").encode() * 750        # 60,000 bytes: 120,000 of the 200,000
+    async with Wire(smtp) as first, Wire(smtp) as second:
+        await first.greet()
+        await first.cmd("MAIL FROM:<a@outside.test>")
+        await first.cmd("RCPT TO:<sales@example.com>")
+        assert (await first.cmd("DATA")).startswith("354")
+        await first.send(b"Subject: first\r\n\r\n" + body)      # held, no end yet
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30                                  # only to fail a hung test
+        while app.data_budget.used < len(body) and loop.time() < end:
+            await asyncio.sleep(0.01)
+        await second.greet()
+        replies = await second.transaction("b@outside.test", ["sales@example.com"],
+                                           b"Subject: second\r\n\r\n" + body + b".\r\n")
+        assert replies[0].startswith("452 4.3.1")
+        _, full = await asyncio.to_thread(_get, port, "/metrics")
+        await first.send(b".\r\n")
+        assert (await first.line()).startswith("250")
+    assert _causes(silent, full) == {"data_in_flight": 1}
+
+    def moved(series: str) -> float:
+        return _value(full, series) - _value(start, series)
+    assert moved('mailrouter_messages_total{result="deferred"}') == 3
+    assert moved('mailrouter_recipients_total{result="tempfail"}') == 4
+
+
+async def test_a_data_phase_cut_by_the_end_of_shutdown_grace_is_counted(make_app):
+    """SIGTERM's drain (App.request_stop) waits shutdown_grace for a client still sending
+    its message, then says 421 4.3.2 and closes (tests/test_shutdown.py): that message (two
+    recipients) is counted as deferred, under cause "shutdown"."""
+    from mailrouter import metrics
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+    app = await make_app(shutdown_grace=0.5)
+    before = (sample("mailrouter_tempfails_total", cause="shutdown"),
+              sample("mailrouter_recipients_total", result="tempfail"))
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.cmd("MAIL FROM:<a@outside.test>")
+        await w.cmd("RCPT TO:<sales@example.com>")
+        await w.cmd("RCPT TO:<support@example.com>")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: never ends\r\n\r\nhalf a message\r\n")
+        app.request_stop()
+        await app.wait_stopped()
+        assert (await w.line()).startswith("421 4.3.2")
+        assert await w.closed()
+    after = (sample("mailrouter_tempfails_total", cause="shutdown"),
+             sample("mailrouter_recipients_total", result="tempfail"))
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 2)

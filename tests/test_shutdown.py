@@ -149,3 +149,108 @@ async def test_transaction_between_commands_finishes(daemon_process, tmp_path, s
         assert (await busy.line()).startswith("250 2.0.0")
     assert await asyncio.to_thread(d.wait, 30) == 0
     assert list(registry_rows(tmp_path).values()) == ["delivered"]
+
+
+def _grace(d_config: Path, seconds: int) -> None:
+    text = d_config.read_text(encoding="utf-8")
+    d_config.write_text(text.replace("shutdown_grace: 10\n", f"shutdown_grace: {seconds}\n"),
+                        encoding="utf-8")
+
+
+async def test_grace_over_mid_data_says_421_and_takes_nothing(tmp_path):
+    """shutdown_grace runs out while a client (smtplib) is still sending its message: it is
+    told 421 4.3.2 before the close (RFC 5321 3.8), not cut without a word as a crash
+    would; nothing it sent is stored or recorded, and the cut DATA is counted (shutdown)."""
+    import smtplib
+
+    from tests.support.daemon import DaemonProcess
+    d = DaemonProcess(tmp_path, extra="workers: 1\n")
+    _grace(d.config, 1)
+    d.start()
+    try:
+        def client() -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", d.smtp, timeout=60) as s:
+                s.ehlo()
+                s.mail(SENDER)
+                assert s.rcpt("sales@example.com")[0] == 250
+                assert s.docmd("DATA")[0] == 354
+                s.send(mail("cut")[:200])
+                d.signal(signal.SIGTERM)          # the rest never comes: grace runs out
+                reply = s.getreply()
+                with pytest.raises(smtplib.SMTPServerDisconnected):
+                    s.noop()
+                return reply
+        code, text = await asyncio.to_thread(client)
+        assert (code, text[:5]) == (421, b"4.3.2"), (code, text)
+        assert await asyncio.to_thread(d.wait, 30) == 0
+    finally:
+        d.stop()
+    log = d.log.read_text()
+    assert "event=session_shut_down" in log and "in_data=True" in log
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    assert registry_rows(tmp_path) == {}
+
+
+async def test_grace_over_while_processing_says_421_and_no_250(tmp_path):
+    """The final dot was read, but the message's downstream never answers (a hung Postfix),
+    and shutdown_grace runs out: the client gets 421 4.3.2, not a silent close, never a
+    250, and the registry shows no delivered message."""
+    import socket as _socket
+
+    from tests.support.daemon import DaemonProcess
+    silent = _socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)                      # accepts (kernel backlog), never greets
+    book = tmp_path / "book.yaml"
+    book.write_text("domains: [example.com]\nmailboxes:\n  fwd: {smtp: x@downstream.test}\n"
+                    "aliases:\n  postmaster@example.com: mailbox:fwd\n"
+                    "  hang@example.com: mailbox:fwd\n", encoding="utf-8")
+    d = DaemonProcess(tmp_path, routing=str(book), extra="workers: 1\nlimits: {process_timeout: 600}\n")
+    text = d.config.read_text(encoding="utf-8")
+    d.config.write_text(text.replace("delivery: {", "delivery: {smtp: {host: 127.0.0.1, port: "
+                                     f"{silent.getsockname()[1]}, timeout: 600}}, "), encoding="utf-8")
+    _grace(d.config, 1)
+    d.start()
+    try:
+        async with Wire(d.smtp, timeout=60) as w:
+            await w.greet()
+            assert (await w.cmd(f"MAIL FROM:<{SENDER}>")).startswith("250")
+            assert (await w.cmd("RCPT TO:<hang@example.com>")).startswith("250")
+            assert (await w.cmd("DATA")).startswith("354")
+            await w.send(mail("held") + b".\r\n")
+            silent.settimeout(30)                 # only to fail a hung test
+            conn, _ = await asyncio.to_thread(silent.accept)   # the message is being delivered
+            d.signal(signal.SIGTERM)
+            assert (await w.line()).startswith("421 4.3.2")
+            assert await w.closed()
+        assert await asyncio.to_thread(d.wait, 30) == 0
+        conn.close()
+    finally:
+        d.stop()
+        silent.close()
+    assert "delivered" not in registry_rows(tmp_path).values()
+
+
+async def test_intents_dir_replaced_by_a_file_still_stops_cleanly(daemon_process, tmp_path):
+    """var/intents removed while the daemon runs and a file made in its place (a careless
+    clean-up): SIGTERM ended with a NotADirectoryError traceback from the journal's tidy-up,
+    before the outbox and the registry were closed, and exit 1 (systemd: failed). Now the
+    drain ends as always: exit 0, event=stopped."""
+    import shutil
+    import smtplib
+    d = daemon_process(extra="workers: 1\n")
+
+    def send() -> int:
+        with smtplib.SMTP("127.0.0.1", d.smtp, timeout=30) as s:
+            s.ehlo()
+            s.mail(SENDER)
+            s.rcpt("sales@example.com")
+            return s.data(mail("before"))[0]
+    assert await asyncio.to_thread(send) == 250          # this process's journal is open
+    intents = tmp_path / "var" / "intents"
+    shutil.rmtree(intents)
+    intents.write_text("not a directory\n")
+    d.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(d.wait, 30) == 0, d.log.read_text()[-3000:]
+    assert "event=stopped" in d.log.read_text()
+    assert list(registry_rows(tmp_path).values()) == ["delivered"]

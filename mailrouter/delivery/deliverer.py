@@ -345,7 +345,7 @@ def _count(backend: str, reply: Reply) -> None:
     """One copy's outcome (a 5xx that _hold turns into 451 counts as `held` there)."""
     metrics.child(metrics.DELIVERIES, backend, _result(reply)).inc()
     if reply.temporary:
-        metrics.TEMPFAILS.labels("maildir" if backend == "maildir" else "downstream").inc()
+        metrics.child(metrics.TEMPFAILS, metrics.copy_tempfail_cause(backend, reply)).inc()
 
 
 def _result(reply: Reply) -> str:

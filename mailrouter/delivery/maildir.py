@@ -30,7 +30,9 @@ in the microseconds between our cur/ listing and our link lets a second copy in.
 
 Refused: folder names that are empty, contain '..' segments or NUL/CR/LF.
 Errors: ENOSPC/EDQUOT -> StorageFullError (452 4.3.1); any other OS error ->
-TemporaryDeliveryError (451 4.3.0). Blocking work runs in a worker thread.
+TemporaryDeliveryError (451 4.3.0); a copy's intent not written (its `Prior`) ->
+IntentsFullError / IntentError, the same codes with their own text. Blocking work runs
+in a worker thread.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import StorageFullError, TemporaryDeliveryError
+from ..errors import IntentError, IntentsFullError, StorageFullError, TemporaryDeliveryError
 from ..values import folder_problem
 
 __all__ = ["Maildir", "PRIOR", "Place", "Prior", "PriorError", "encode_mutf7", "folder_dirname", "stored"]
@@ -136,8 +138,11 @@ class Maildir:
         try:
             return await _batches(loop).put(self, data, copy_id, folder, PRIOR.get())
         except OSError as exc:
-            where = (f"intent journal {exc.filename} (delivery.intents_dir)"
-                     if isinstance(exc, PriorError) else f"maildir {self.root}")
+            if isinstance(exc, PriorError):    # its own error: counted apart from the Maildir
+                error = IntentsFullError if exc.errno in _FULL else IntentError
+                raise error(f"intent journal {exc.filename} (delivery.intents_dir): "
+                            f"{exc.strerror}") from exc
+            where = f"maildir {self.root}"
             if exc.errno in _FULL:
                 raise StorageFullError(f"{where}: {exc.strerror}") from exc
             raise TemporaryDeliveryError(f"{where}: {exc.strerror}") from exc

@@ -170,7 +170,8 @@ class Handler:
                 helo=received_helo(session.host_name or "unknown"),
                 mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos),
                 raw=envelope.original_content or b"",
-                smtputf8=bool(envelope.smtp_utf8))
+                smtputf8=bool(envelope.smtp_utf8),
+                gone=server.client_gone if isinstance(server, Protocol) else None)
             async with asyncio.timeout(self.app.limits.process_timeout):
                 replies = await self.app.process(txn)
         except TimeoutError:   # a hung disk or downstream: the MTA keeps the mail and retries

@@ -48,7 +48,11 @@ What this adds to aiosmtpd's SMTP class:
 - no exception text ever reaches a client: any internal error is 451 4.3.0; a reply line
   quoting the client is cut to RFC 5321's 512 octets;
 - graceful shutdown: while draining, new connections and idle sessions get
-  421 4.3.2, a transaction in progress is allowed to finish.
+  421 4.3.2, a transaction in progress is allowed to finish; one still open when
+  shutdown_grace is over (mid-DATA, or its message still processed) gets 421 4.3.2 before
+  the close (`shut_down`), and nothing of it is taken;
+- a DATA phase we end with 421 (data_deadline, data_timeout, shutdown) or 452 (DATA memory
+  full) is counted as an answer after DATA, with its cause in mailrouter_tempfails_total.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ from ..values import (
     REPLY_CONTROL_CHAR,
     REPLY_DATA_SYNTAX,
     REPLY_DATA_TOO_SLOW,
+    Reply,
     REPLY_HELP,
     REPLY_HELP_UNKNOWN,
     REPLY_INTERNAL_ERROR,
@@ -233,6 +238,12 @@ class Protocol(SMTP):
         self._bare_line_end = False    # the command line just read did not end in one CRLF
         self._param_twice: str | None = None   # MAIL/RCPT named this parameter twice
         self.busy = False
+        # 354 was said and no answer to this DATA is counted yet (metrics.observe_message):
+        # a DATA phase we end with a 421 (data_deadline, data_timeout, shutdown_grace) is
+        # counted where it is cut, as every other answer after DATA is
+        self._data_uncounted = False
+        self._reading_data = False     # in _read_data: a timeout there is data_timeout
+        self._gone = False             # connection_lost was called
         self._wrap_commands()
 
     # -- replies ---------------------------------------------------------------------
@@ -314,6 +325,8 @@ class Protocol(SMTP):
         if not self._hung_up and self.transport is not None and not self.transport.is_closing():
             log.info("event=session_timeout peer=%s", self.session and self.session.peer)
             self._hung_up = True
+            if self._reading_data:     # data_timeout: silent inside DATA
+                self._count_cut(REPLY_TIMEOUT, "data_timeout")
             self._writer.write(TIMEOUT.format(self.hostname).encode() + b"\r\n")
         transport = cast(asyncio.Transport | None, self.transport)   # uvloop's is no subclass
         if transport is not None and transport.get_write_buffer_size():
@@ -588,7 +601,12 @@ class Protocol(SMTP):
         asyncio.StreamReaderProtocol.eof_received(self)   # the reader's EOF, after its buffer
         return True                                        # keep our side open for the replies
 
+    def client_gone(self) -> bool:
+        """The connection is lost: a reply now would reach nobody (Transaction.gone)."""
+        return self._gone
+
     def connection_lost(self, error: Exception | None) -> None:
+        self._gone = True
         unregister = getattr(self.event_handler, "unregister", None)
         if unregister is not None:
             unregister(self)
@@ -605,6 +623,39 @@ class Protocol(SMTP):
                 and not self.transport.is_closing()):
             self._writer.write(SHUTTING_DOWN.encode() + b"\r\n")
             self.transport.close()
+
+    def shut_down(self) -> None:
+        """shutdown_grace is over and this session is still open (a client still sending
+        its message, one being processed): say 421 4.3.2 and close, as RFC 5321 3.8 asks
+        of a server that closes. It was closed without a word, and a client mid-DATA could
+        not tell our shutdown from a crash. Nothing of the transaction is taken: a message
+        still arriving is cut unread, one being processed is cancelled (`_unheard`) and
+        gets no 250 (a push after this one is dropped)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._hung_up:
+            self._hung_up = True
+            self._count_cut(REPLY_SHUTTING_DOWN, "shutdown")
+            log.info("event=session_shut_down peer=%s in_data=%s", self.session and
+                     self.session.peer, self._reading_data)
+            self._writer.write(SHUTTING_DOWN.encode() + b"\r\n")
+            # the rest of a message still coming would reset the connection at the close,
+            # and the client's system could drop our 421 with it (as in hang_up)
+            for _ in range(HANG_UP_DRAIN):
+                if not self._socket_input(1 << 16):
+                    break
+        transport.close()
+
+    def _count_cut(self, reply: Reply, cause: str) -> None:
+        """A DATA phase ended by our 421 before its answer: the message and its recipients
+        (`reply` to each), and the cause in mailrouter_tempfails_total. Once per DATA."""
+        if not self._data_uncounted:
+            return
+        self._data_uncounted = False
+        n = max(1, len(self.envelope.rcpt_tos)) if self.envelope is not None else 1
+        metrics.observe_message([reply] * n, None)
+        metrics.child(metrics.TEMPFAILS, cause).inc(n)
 
     # -- DATA --------------------------------------------------------------------------
     def _replies(self, status: str) -> str:
@@ -626,9 +677,11 @@ class Protocol(SMTP):
             await self.push(str(REPLY_DATA_SYNTAX))
             return
         await self.push(str(REPLY_START_DATA))
+        self._data_uncounted = True
         try:
             await self._data_transaction()
         finally:
+            self._data_uncounted = False
             if self.data_budget is not None:   # the content is gone with the transaction
                 self.data_budget.give(self._held)
             self._held = 0
@@ -645,7 +698,11 @@ class Protocol(SMTP):
 
     async def _data_transaction(self) -> None:
         assert self.envelope is not None
-        problem, content = await self._read_data()
+        self._reading_data = True
+        try:
+            problem, content = await self._read_data()
+        finally:
+            self._reading_data = False
         if problem is DATA_TOO_SLOW:
             # The client is still sending: there is no reply it would read in the right
             # place, so say why and hang up (RFC 5321 3.8); the message was not accepted.
@@ -653,6 +710,7 @@ class Protocol(SMTP):
             # and aiosmtpd's loop then ran that message text as commands.
             log.warning("event=data_deadline peer=%s deadline=%s", self.session and
                         self.session.peer, self.data_deadline)
+            self._count_cut(REPLY_DATA_TOO_SLOW, "data_deadline")   # was on no panel
             await self.hang_up(DATA_TOO_SLOW)
             return
         if problem:
@@ -660,7 +718,11 @@ class Protocol(SMTP):
             # (a 552 too big was on no panel; no latency, nothing was processed)
             refused = _REFUSED.get(problem)
             if refused is not None:
+                self._data_uncounted = False
                 metrics.observe_message([refused] * len(self.envelope.rcpt_tos), None)
+                if refused.temporary:    # DATA memory of all sessions spoken for: a cause
+                    metrics.child(metrics.TEMPFAILS, "data_in_flight").inc(
+                        len(self.envelope.rcpt_tos))
             await self.push(self._replies(problem), final=True)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
@@ -672,6 +734,7 @@ class Protocol(SMTP):
         work = asyncio.ensure_future(self._call_handler_hook("DATA"))
         try:
             status = await asyncio.shield(work)
+            self._data_uncounted = False      # the handler counted its answer
         except asyncio.CancelledError:
             self._unheard(work)
             raise
