@@ -444,3 +444,30 @@ async def test_requests_waiting_for_their_escalation_hold_back_no_reminder(make_
     assert got == [(1, "remind", msk(11, 14)), (2, "remind", msk(11, 14)),
                    (3, "remind", msk(11, 14, 30)), (1, "escalate", msk(11, 16)),
                    (2, "escalate", msk(11, 16)), (3, "escalate", msk(11, 16, 30))]
+
+
+async def test_a_scan_that_crashes_does_not_stop_the_scheduler(make_app, tmp_path, caplog):
+    """A scan that raises something other than a registry error (a bug, a calendar whose
+    reminder falls past its search limit) ended the scheduler's task: no request was reminded
+    or escalated again until a restart. It is logged and the next scan runs."""
+    import dataclasses
+    app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"))
+    app.sla_task.cancel()
+    calls: list[int] = []
+
+    def snapshot():                                   # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("no working time within 3 years")
+        return app.snapshot()
+
+    sched = Scheduler(app.registry, dataclasses.replace(CONTROL, scan_every=0.01), snapshot)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sched.run(stop))
+    while len(calls) < 3 and not task.done():
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert len(calls) >= 3
+    assert "event=sla_scan_crashed" in caplog.text and "no working time" in caplog.text

@@ -87,12 +87,16 @@ class Scheduler:
         self.wake = wake            # the outbox worker's: new rows, send now
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Scan until `stop` is set; a registry outage is logged and retried next time."""
+        """Scan until `stop` is set; a registry outage is logged and retried next time, and
+        so is any other failure of a scan (a bug, a calendar past its search limit): it ended
+        this task, and no request was reminded or escalated again until a restart."""
         while not stop.is_set():
             try:
                 await self.tick()
             except RegistryError as exc:
                 log.error("event=sla_scan_failed error=%r", str(exc))
+            except Exception:  # noqa: BLE001 (the next scan may get past it; each is logged)
+                log.exception("event=sla_scan_crashed")
             try:
                 await asyncio.wait_for(stop.wait(), self.cfg.scan_every)
             except TimeoutError:
