@@ -260,8 +260,13 @@ class OutboxWorker:
                 log.warning("event=outbox_claim_failed error=%r", str(exc))
                 rows = []
             if rows:
-                await self.send_rows(rows)
-                continue
+                try:
+                    await self.send_rows(rows)
+                    continue
+                except Exception:  # noqa: BLE001 (their lease brings the rows back)
+                    # a bug in sending one row ended this task: nothing went out again,
+                    # autoreplies and DSNs piled up `queued`, until a restart
+                    log.exception("event=outbox_crashed rows=%d", len(rows))
             self._wake.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for took a stop's cancellation
             # that came with a wake for the event's result, and the stop waited forever

@@ -419,3 +419,38 @@ async def test_a_registry_locked_as_the_relay_took_the_reply_does_not_send_it_tw
     assert len(sink.envelopes) == 1
     [row] = await rows(app)
     assert row["attempts"] == 1
+
+
+async def test_a_row_that_fails_to_send_does_not_stop_the_outbox(
+        make_app: Any, relay: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected error while sending one row (a bug: here the first send raises) ended
+    the outbox's task, and nothing went out again until a restart. It is logged, and the
+    next row (another sender's answer) is sent; the failed row waits for its lease."""
+    from mailrouter.outbox import OutboxWorker
+
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    real = OutboxWorker._send_one
+    calls: list[int] = []
+
+    async def first_fails(self: OutboxWorker, row: dict[str, Any], smtp: Any) -> Any:
+        calls.append(row["id"])
+        if len(calls) == 1:
+            raise RuntimeError("a bug in sending")
+        return await real(self, row, smtp)
+
+    OutboxWorker._send_one = first_fails        # type: ignore[method-assign]
+    try:
+        await send(app, "ann@client.example", ["old-sales@example.com"], mail())
+
+        async def crashed() -> bool:
+            return any("event=outbox_crashed" in r.getMessage() for r in caplog.records)
+        await until(crashed, "the first send to fail")
+        await send(app, "bob@client.example", ["old-sales@example.com"],
+                   mail(msgid="q2", sender="bob@client.example"))
+
+        async def answered() -> bool:
+            return [e.rcpt_tos for e in sink.envelopes] == [["bob@client.example"]]
+        await until(answered, "the next answer to be sent")
+    finally:
+        OutboxWorker._send_one = real           # type: ignore[method-assign]
