@@ -1098,8 +1098,8 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
     million short-lived ones and pinned ~20 memory arenas that the workers then wrote into
     (bench/README.md, sixth pass); the child builds only the book (`load_book`), the rules
     are compiled here. Errors are found and reported by the load here as before. A reload
-    that changes the files gives each worker its own snapshot, its book built in a new
-    process (`_load`). `book`: that child, started before the daemon's imports (cli.cmd_run:
+    that changes the files gives each worker its own snapshot, its book built once, in a new
+    process of worker 0's, and shared with the others (`_load`, LastGood.share_book). `book`: that child, started before the daemon's imports (cli.cmd_run:
     it builds while this process imports), or None to start it here. Meanwhile this process
     reads the files and compiles the rules' conditions (routing.snapshot.prepare): waiting
     for the book it did nothing for ~1.2 s of a 2.5 s start (bench/README.md, eighth pass).
