@@ -152,7 +152,17 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     there, ours are added, `postfix check` passes, an unknown address is refused at RCPT
     and sales@ reaches mailrouter through the new transport; and the return listener
     (outbox.relay, delivery.smtp) takes a bounce-style <> message from loopback for
-    other.test and Postfix relays it on: before, the test only saw that port greet."""
+    other.test and Postfix relays it on: before, the test only saw that port greet.
+
+    other.test had no relay_recipient_maps: Postfix took any of its addresses. The script
+    added ours and went on, and from then on Postfix refused every address of other.test
+    ("550 5.1.1 User unknown in relay recipient table"). It now stops first, changing
+    nothing, with the commands that give other.test a table; run, the script goes through
+    and other.test's mail is taken as before.
+    And a message Postfix took just under its message_size_limit comes back from mailrouter
+    (an smtp: mailbox) with our headers on top: the return listener refused it "552 5.3.4
+    message file too big" and Postfix bounced it. It has no size limit now (the main
+    listener keeps message_size_limit)."""
     app = await make_app()
     mta = await asyncio.to_thread(postfix, relay_port=1)
     outside = Sink()       # the world beyond Postfix, for other.test
@@ -161,7 +171,8 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     other.write_text(f"other.test smtp:[127.0.0.1]:{outside.port}\n")
     await asyncio.to_thread(subprocess.run, ["postmap", "-c", str(mta.etc), f"hash:{other}"],
                             check=True)
-    mta.postconf(f"transport_maps = hash:{other}", "relay_domains = other.test")
+    mta.postconf(f"transport_maps = hash:{other}", "relay_domains = other.test",
+                 "message_size_limit = 100000")
     cfg = tmp_path / "config.yaml"
     # the transport goes to listen.smtp of the config (it went to 127.0.0.1:2525 whatever
     # the config said, unless TO_MR was set: an admin on another port had Postfix defer it all)
@@ -175,6 +186,16 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
                MAILROUTER=f"{sys.executable} -m mailrouter.cli", RETURN_PORT=str(ret_port),
                PYTHONPATH=str(REPO))
     env.pop("TO_MR", None)
+    before = (mta.etc / "main.cf").read_text(), (mta.etc / "master.cf").read_text()
+    refused = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                      capture_output=True, text=True, timeout=300, check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "relay_domains already lists: other.test;" in refused.stderr, refused.stderr
+    assert ((mta.etc / "main.cf").read_text(), (mta.etc / "master.cf").read_text()) == before
+    fix = [line.strip() for line in refused.stderr.splitlines() if line.startswith("  ")]
+    assert fix[0] == f"printf '@other.test OK\\n' > {mta.etc}/relay_recipients", fix
+    for line in fix:                                 # as the admin pastes them
+        await asyncio.to_thread(subprocess.run, ["sh", "-c", line], env=env, check=True)
     done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
                                    capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -184,7 +205,9 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     main_cf = (mta.etc / "main.cf").read_text()
     assert re.search(rf"transport_maps = hash:{other} hash:{tmp_path}/maps/transport", main_cf)
     assert re.search(rf"relay_domains = other.test hash:{tmp_path}/maps/domains", main_cf)
-    assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit" not in main_cf
+    assert re.search(rf"relay_recipient_maps = hash:{mta.etc}/relay_recipients "
+                     rf"hash:{tmp_path}/maps/relay_recipients", main_cf)
+    assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit = 100000\n" in main_cf
     # run again (after a failed `postfix check`, say): main.cf names each table once, as
     # after one run; before, every run appended them all again
     again = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
@@ -193,32 +216,43 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     assert (mta.etc / "main.cf").read_text() == main_cf
     await asyncio.to_thread(mta.reload)
 
-    def talk() -> tuple[int, int, int]:
+    big = b"Subject: back from mailrouter\r\n\r\n" + (b"x" * 76 + b"\r\n") * 1400  # > 100000
+
+    def talk() -> tuple[int, ...]:
         with smtplib.SMTP("127.0.0.1", ret_port, timeout=30) as s:   # as the outbox does
             s.ehlo("mx.test")
             s.mail("<>")
             s.rcpt("someone@other.test")
             returned = s.data(b"Subject: autoreply via return port\r\n\r\nhi\r\n")[0]
+            s.mail("client@outside.test")
+            s.rcpt("big@other.test")
+            returned_big = s.data(big)[0]
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
             s.ehlo("client.test")
             s.mail("client@outside.test")
             unknown = s.rcpt("nobody@example.com")[0]
             known = s.rcpt("sales@example.com")[0]
+            theirs = s.rcpt("anyone@other.test")[0]          # other.test's mail as before
             s.data(b"Subject: via script\r\n\r\nhi\r\n")
-        return unknown, known, returned
-    unknown, known, returned = await asyncio.to_thread(talk)
-    assert (unknown, known, returned) == (550, 250, 250)
+            s.mail("client@outside.test")
+            s.rcpt("sales@example.com")
+            too_big = s.data(big)[0]                        # the main listener's limit holds
+        return unknown, known, theirs, too_big, returned, returned_big
+    replies = await asyncio.to_thread(talk)
+    assert replies == (550, 250, 250, 552, 250, 250), mta.maillog[-3000:]
     box = tmp_path / "var" / "mail" / "sales"
     end = asyncio.get_running_loop().time() + 30
     while not maildir_files(box):
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
     assert "postfix/to-mailrouter" in await asyncio.to_thread(mta.wait_log, "to-mailrouter")
-    while not outside.envelopes:
+    while len(outside.envelopes) < 3:
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
-    [env] = outside.envelopes
-    assert (env.mail_from, env.rcpt_tos) == ("<>", ["someone@other.test"])   # aiosmtpd keeps "<>"
+    got = {tuple(e.rcpt_tos): e for e in outside.envelopes}
+    assert set(got) == {("someone@other.test",), ("big@other.test",), ("anyone@other.test",)}
+    assert got[("someone@other.test",)].mail_from == "<>"                  # aiosmtpd keeps "<>"
+    assert big.split(b"\r\n\r\n")[1] in got[("big@other.test",)].original_content
     assert "postfix/from-mailrouter" in mta.maillog
     await outside.stop()
 

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Put mailrouter behind an existing Postfix. Every line ADDS to main.cf/master.cf: it keeps
 # the transport_maps, relay_domains and restrictions already there, and changes no global
-# retry or size setting. Run once as root (docs/install.md step 5), then `postfix reload`.
+# retry or size setting. It stops before changing anything when Postfix relays other domains
+# without relay_recipient_maps (step 0 says why and what to do). Run once as root
+# (docs/install.md step 5), then `postfix reload`.
 # Postfix tools honour MAIL_CONFIG (another instance's config directory).
 #
 #   MAILROUTER   the mailrouter program        (/opt/mailrouter/bin/mailrouter)
@@ -14,6 +16,46 @@ MAILROUTER=${MAILROUTER:-/opt/mailrouter/bin/mailrouter}
 CONFIG=${CONFIG:-/etc/mailrouter/config.yaml}
 MAPS=${MAPS:-/etc/postfix/mailrouter}
 RETURN_PORT=${RETURN_PORT:-10027}
+
+# 0. relay_recipient_maps covers every domain of relay_domains. While it is empty, Postfix
+#    takes any recipient of the domains it already relays; once our table is in it, Postfix
+#    refuses each of their addresses no table lists ("550 5.1.1 ... User unknown in relay
+#    recipient table"): mail for those domains would bounce. So stop first, change nothing,
+#    and say how to give them a table of their own ('@domain OK' keeps taking every address).
+#    (Only a relay_domains set in main.cf: its default is $mydestination or nothing.)
+if [ -z "$(postconf -h relay_recipient_maps)" ]; then
+    others=""
+    for d in $(postconf -nh relay_domains | tr ',\t\n' '   '); do
+        case "$d" in
+            '$mydestination'|'${mydestination}'|'$(mydestination)'|"hash:$MAPS/domains") ;;
+            *) others="$others $d" ;;
+        esac
+    done
+    if [ -n "$others" ]; then
+        etc=$(postconf -h config_directory)
+        keys=""
+        tables=""
+        for d in $others; do
+            case "$d" in
+                *:*) tables="$tables $d" ;;
+                *) keys="$keys@$d OK\n" ;;
+            esac
+        done
+        {
+            echo "relay_domains already lists:$others; relay_recipient_maps is empty, so Postfix takes"
+            echo "any recipient of those domains. With mailrouter's table in relay_recipient_maps it would"
+            echo "refuse each of their addresses that no table lists (550 5.1.1 User unknown in relay"
+            echo "recipient table). Nothing was changed. Give those domains a table of their own first"
+            echo "(one line per address, or '@domain OK' to keep taking every address), then run this"
+            echo "script again:"
+            [ -z "$keys" ] || printf '%s\n' "  printf '$keys' > $etc/relay_recipients"
+            [ -z "$tables" ] || echo "  # in $etc/relay_recipients, a line '@DOMAIN OK' for each domain of:$tables"
+            echo "  postmap hash:$etc/relay_recipients"
+            echo "  postconf -e 'relay_recipient_maps = hash:$etc/relay_recipients'"
+        } >&2
+        exit 1
+    fi
+fi
 
 # 1. A transport of its own, so its limits apply to mail for mailrouter only:
 #    at most limits.max_recipients (100) RCPTs per transaction.
@@ -49,8 +91,16 @@ add smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_ac
 
 # 3. Mail mailrouter hands back (autoreplies, reminders, smtp: mailboxes): a loopback-only
 #    smtpd without content filters; config.yaml delivery.smtp: {host: 127.0.0.1, port: 10027}.
+#    No size limit there, and a cleanup of its own that has none either (cleanup, not smtpd,
+#    enforces message_size_limit): a message Postfix took at just under message_size_limit
+#    comes back from mailrouter with its own headers on top, and was refused here "552 5.3.4
+#    message file too big" and bounced. Its size was checked where it came in (Postfix's
+#    smtpd, then limits.max_message_size).
+postconf -M "mailrouter-cleanup/unix=mailrouter-cleanup unix n - n - 0 cleanup"
+postconf -P "mailrouter-cleanup/unix/message_size_limit=0"
 postconf -M "127.0.0.1:$RETURN_PORT/inet=127.0.0.1:$RETURN_PORT inet n - n - 20 smtpd"
 for o in syslog_name=postfix/from-mailrouter content_filter= \
+         cleanup_service_name=mailrouter-cleanup message_size_limit=0 \
          receive_override_options=no_header_body_checks,no_unknown_recipient_checks \
          smtpd_client_restrictions=permit_mynetworks,reject \
          smtpd_recipient_restrictions=permit_mynetworks,reject \
