@@ -240,8 +240,8 @@ def failure(exc: BaseException, directory: Path) -> str:
         why = exc.strerror or str(exc)
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = (f"make {directory} and its tables writable by the daemon's user (chown -R "
-                   f"mailrouter {directory}; under the systemd unit also ReadWritePaths="
-                   f"{directory}: docs/install.md step 5)")
+                   f"mailrouter {directory}; under the systemd unit it must be under "
+                   "/var/lib/mailrouter: docs/install.md step 5)")
         elif exc.errno == errno.ENOENT and os.path.basename(where) == "postmap":
             fix = "install Postfix's postmap, or set postfix_maps.postmap: false"
         elif exc.errno in (errno.ENOTDIR, errno.EEXIST):

@@ -93,6 +93,25 @@ def test_one_return_port_everywhere():
     assert "10026" not in SCRIPT.read_text()
 
 
+def test_postfix_tables_live_where_the_unit_lets_the_daemon_write_and_not_in_etc_postfix():
+    """The script's tables, and install.md's postfix_maps.dir for on_reload, are one
+    directory, under the unit's StateDirectory. They were /etc/postfix/mailrouter, owned by
+    mailrouter as step 5 said: `postfix check` (the script's own last step) and every
+    `postfix start` then warned "not owned by root" for each file, and the unit needed a
+    ReadWritePaths uncommented."""
+    script = re.search(r"^MAPS=\$\{MAPS:-(\S+)\}$", SCRIPT.read_text(), re.M)
+    step5 = (REPO / "docs" / "install.md").read_text(encoding="utf-8").split("## 5.", 1)[1]
+    step5 = " ".join(step5.split("## 6.", 1)[0].split())
+    doc = re.search(r"`postfix_maps: \{dir: (\S+),", step5)
+    assert script and doc and script.group(1) == doc.group(1)
+    maps = Path(doc.group(1))
+    assert Path("/etc/postfix") not in maps.parents
+    state = [Path("/var/lib") / d for line in unit_settings()["StateDirectory"] for d in line.split()]
+    assert any(s in maps.parents for s in state), (maps, state)
+    assert f"chown -R mailrouter: {maps}" in step5
+    assert "ReadWritePaths=/etc/postfix" not in UNIT.read_text()
+
+
 def test_container_ignore_files_keep_state_out():
     """.dockerignore and .containerignore exist, agree, and keep out the venv, var/ (stored
     mail, the registry) and .git; the Containerfile says how long a stop must wait."""

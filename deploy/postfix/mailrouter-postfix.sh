@@ -8,13 +8,15 @@
 #
 #   MAILROUTER   the mailrouter program        (/opt/mailrouter/bin/mailrouter)
 #   CONFIG       mailrouter's config           (/etc/mailrouter/config.yaml)
-#   MAPS         where the tables are written  (/etc/postfix/mailrouter)
+#   MAPS         where the tables are written  (/var/lib/mailrouter/postfix: not under
+#                /etc/postfix, where `postfix check` and every `postfix start` warn "not owned
+#                by root" for each file once the mailrouter user owns them, postfix_maps.on_reload)
 #   TO_MR        mailrouter's SMTP listener    (listen.smtp of CONFIG, e.g. [127.0.0.1]:2525)
 #   RETURN_PORT  mail from mailrouter back to Postfix (10027, outbox.relay, delivery.smtp.port)
 set -eu
 MAILROUTER=${MAILROUTER:-/opt/mailrouter/bin/mailrouter}
 CONFIG=${CONFIG:-/etc/mailrouter/config.yaml}
-MAPS=${MAPS:-/etc/postfix/mailrouter}
+MAPS=${MAPS:-/var/lib/mailrouter/postfix}
 RETURN_PORT=${RETURN_PORT:-10027}
 
 # 0. relay_recipient_maps covers every domain of relay_domains. While it is empty, Postfix
