@@ -323,6 +323,18 @@ def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_container_run_line_publishes_on_the_hosts_loopback_only():
+    """The `podman run` line published mailrouter's ports as `-p 2525:2525`: on every address
+    of the host (past its firewall: docker and podman write their own rules), so anyone could
+    hand mail straight to mailrouter around the MTA, while the unit and config.example.yaml
+    keep every listener on loopback."""
+    text = (DEPLOY / "Containerfile").read_text()
+    run = re.search(r"^# Run:(.*?)mailrouter\n", text, re.S | re.M)
+    assert run is not None
+    published = re.findall(r"-p (\S+)", re.sub(r"\\\n#\s*", " ", run.group(1)))
+    assert published and all(p.startswith("127.0.0.1:") for p in published), published
+
+
 def test_container_run_line_mounts_the_routing_files_the_config_names():
     """The `podman run` line in the Containerfile mounts a config at /etc/mailrouter/config.yaml;
     the routing files config.example.yaml names, relative to that file, must be mounted too,
