@@ -302,6 +302,40 @@ def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
     assert f"{tmp_path}/maillog" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("setting", ["mydestination = $myhostname, Example.com, localhost",
+                                     "virtual_mailbox_domains = hash:{etc}/vdomains"])
+def test_postfix_script_stops_on_a_domain_postfix_serves_itself(tmp_path, setting):
+    """The Debian installer puts the mail name in mydestination: with example.com there (or in
+    virtual_mailbox_domains), the script added it to relay_domains and transport_maps all the
+    same, and Postfix, which keeps such a domain local, refused every address of it at RCPT
+    ("550 5.1.1 <sales@example.com>: Recipient address rejected: User unknown in local
+    recipient table", seen on a private Postfix). The script now stops before main.cf and
+    master.cf are changed, naming the domain, the setting and the way out."""
+    if shutil.which("postfix") is None and not Path("/usr/sbin/postfix").exists():
+        pytest.skip("postfix not installed (apt-get install postfix)")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(f"compatibility_level = 3.6\nmyhostname = mx.example.net\n"
+                                 f"{setting.format(etc=etc)}\n")
+    (etc / "vdomains").write_text("example.com OK\n")
+    subprocess.run(["postmap", "-c", str(etc), f"hash:{etc}/vdomains"], check=True)
+    shutil.copy("/usr/share/postfix/master.cf.dist", etc / "master.cf")
+    before = (etc / "main.cf").read_text(), (etc / "master.cf").read_text()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    env = dict(os.environ, MAIL_CONFIG=str(etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               PATH=os.environ.get("PATH", "") + ":/usr/sbin")
+    done = subprocess.run(["sh", str(SCRIPT)], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    key = setting.split()[0]
+    assert done.stderr.startswith(f"example.com is in Postfix's {key} ("), done.stderr
+    assert "Nothing was changed in main.cf or master.cf." in done.stderr
+    assert "--mode virtual" in done.stderr
+    assert ((etc / "main.cf").read_text(), (etc / "master.cf").read_text()) == before
+
+
 def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
     """docs/install.md step 3 copies the routing files to /etc/mailrouter/rules; its `cp`
     lines, run with that path moved under tmp_path, leave a folder whose rule tests all pass

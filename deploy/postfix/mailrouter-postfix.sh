@@ -59,13 +59,7 @@ if [ -z "$(postconf -h relay_recipient_maps)" ]; then
     fi
 fi
 
-# 1. A transport of its own, so its limits apply to mail for mailrouter only:
-#    at most limits.max_recipients (100) RCPTs per transaction.
-postconf -M "mailrouter/unix=mailrouter unix - - n - - smtp"
-postconf -P "mailrouter/unix/syslog_name=postfix/to-mailrouter"
-postconf -e "mailrouter_destination_recipient_limit = 100"
-
-# 2. The tables from the address book: our domains to mailrouter, unknown addresses
+# 1. The tables from the address book: our domains to mailrouter, unknown addresses
 #    refused by Postfix at RCPT (no backscatter), moved addresses answered 551 5.1.6.
 #    (Its advice to add them to main.cf is what the lines below do: not shown.)
 # (to listen.smtp of CONFIG unless TO_MR says otherwise)
@@ -74,6 +68,47 @@ if [ -n "${TO_MR:-}" ]; then
 else
     $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --transport mailrouter --postmap >/dev/null
 fi
+#    Our domains must be relay domains to Postfix. One it delivers itself (mydestination: the
+#    Debian installer puts the mail name there) or hosts (virtual_*_domains) keeps that
+#    class whatever relay_domains and transport_maps say: Postfix refused every address of
+#    it ("550 5.1.1 User unknown in local recipient table"). Stop before main.cf is changed.
+listed() {  # listed DOMAIN PARAMETER: is DOMAIN in that domain list of Postfix (names, tables)?
+    for e in $(postconf -xh "$2" | tr ',\t\n' '   '); do
+        case "$e" in
+            *:*) postmap -q "$1" "$e" >/dev/null 2>&1 && return 0 ;;
+            *) [ "$(printf '%s' "$e" | tr 'A-Z' 'a-z')" = "$1" ] && return 0 ;;
+        esac
+    done
+    return 1
+}
+for d in $(grep -v '^#' "$MAPS/domains" | cut -f1); do
+    for p in mydestination virtual_mailbox_domains virtual_alias_domains; do
+        listed "$d" "$p" || continue
+        {
+            echo "$d is in Postfix's $p ($(postconf -h "$p")): Postfix keeps serving it itself"
+            echo "and would refuse every address of it that it does not host, whatever relay_domains and"
+            echo "transport_maps say. Nothing was changed in main.cf or master.cf."
+            if [ "$p" = mydestination ]; then
+                echo "If Postfix holds no mailboxes of $d (the Debian installer lists the mail name"
+                echo "there), take it out of mydestination and run this script again:"
+                echo "  postconf -e 'mydestination = <the list above without $d>'"
+                echo "If it does, the domain is shared: see README \"Postfix in front\" (mailrouter postfix --mode virtual)."
+            else
+                echo "The domain is shared with mailboxes Postfix hosts: see README \"Postfix in front\""
+                echo "(mailrouter postfix --mode virtual; not for a domain in virtual_alias_domains)."
+            fi
+        } >&2
+        exit 1
+    done
+done
+
+# 2. A transport of its own, so its limits apply to mail for mailrouter only:
+#    at most limits.max_recipients (100) RCPTs per transaction.
+postconf -M "mailrouter/unix=mailrouter unix - - n - - smtp"
+postconf -P "mailrouter/unix/syslog_name=postfix/to-mailrouter"
+postconf -e "mailrouter_destination_recipient_limit = 100"
+
+# 3. The tables added to main.cf.
 echo "tables written in $MAPS and added to main.cf"
 # Each table is added once: running the script again (after a failed `postfix check`, or
 # to move MAPS) leaves main.cf as one run did.
@@ -91,7 +126,7 @@ add smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_ac
 # +detail: Postfix strips it as mailrouter does (left alone if you already have one):
 [ -n "$(postconf -h recipient_delimiter)" ] || postconf -e "recipient_delimiter = +"
 
-# 3. Mail mailrouter hands back (autoreplies, reminders, smtp: mailboxes): a loopback-only
+# 4. Mail mailrouter hands back (autoreplies, reminders, smtp: mailboxes): a loopback-only
 #    smtpd without content filters; config.yaml delivery.smtp: {host: 127.0.0.1, port: 10027}.
 #    No size limit there, and a cleanup of its own that has none either (cleanup, not smtpd,
 #    enforces message_size_limit): a message Postfix took at just under message_size_limit
