@@ -62,11 +62,15 @@ fi
 # 1. The tables from the address book: our domains to mailrouter, unknown addresses
 #    refused by Postfix at RCPT (no backscatter), moved addresses answered 551 5.1.6.
 #    (Its advice to add them to main.cf is what the lines below do: not shown.)
-# (to listen.smtp of CONFIG unless TO_MR says otherwise)
+#    (to listen.smtp of CONFIG unless TO_MR says otherwise). What it says on stderr is
+#    shown after the check below, which says more on what that check finds.
+said=$(mktemp)
+trap 'rm -f "$said"' EXIT
+failed() { rc=$?; cat "$said" >&2; exit "$rc"; }
 if [ -n "${TO_MR:-}" ]; then
-    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null
+    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null 2>"$said" || failed
 else
-    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --transport mailrouter --postmap >/dev/null
+    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --transport mailrouter --postmap >/dev/null 2>"$said" || failed
 fi
 #    Our domains must be relay domains to Postfix. One it delivers itself (mydestination: the
 #    Debian installer puts the mail name there) or hosts (virtual_*_domains) keeps that
@@ -101,6 +105,7 @@ for d in $(grep -v '^#' "$MAPS/domains" | cut -f1); do
         exit 1
     done
 done
+cat "$said" >&2
 
 # 2. A transport of its own, so its limits apply to mail for mailrouter only:
 #    at most limits.max_recipients (100) RCPTs per transaction.
