@@ -427,7 +427,8 @@ def cmd_postfix(args: argparse.Namespace) -> int:
           + (f"; index rebuilt for {', '.join(stale)}" if stale else ""))
     # what in main.cf would make these tables refuse mail Postfix takes now (the set-up
     # script stops on the same): said before the lines, which would do the harm
-    for warning in postfixmaps.conflicts(snap.book, pm.dir, pm.mode, pm.kind, pm.postfix_config):
+    for warning in postfixmaps.conflicts(snap.book, pm.dir, pm.mode, pm.kind, pm.postfix_config,
+                                         cfg.limits.max_message_size):
         print(f"mailrouter postfix: warning: {warning}", file=sys.stderr)
     # an admin who reran the command after an edit ran these lines again: each table
     # listed twice in main.cf (Postfix takes it, and each lookup is made twice)

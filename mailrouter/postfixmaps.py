@@ -168,16 +168,16 @@ _SERVED = ("mydestination", "virtual_mailbox_domains", "virtual_alias_domains")
 
 
 def conflicts(book: AddressBook, directory: Path, mode: str, kind: str = "hash",
-              postfix_config: str | None = None) -> list[str]:
+              postfix_config: str | None = None, max_message_size: int | None = None
+              ) -> list[str]:
     """What in main.cf would make the tables refuse mail they should take, one line each
     (deploy/postfix/mailrouter-postfix.sh stops on the same): in relay mode, relay domains
     of Postfix's own while relay_recipient_maps is empty (once ours is in it, Postfix refuses
     every address of theirs no table lists: "User unknown in relay recipient table"), and a
     domain of ours Postfix serves itself (mydestination, virtual_*_domains: it keeps that
-    class whatever relay_domains says, and refuses the addresses it does not host). [] when
-    postconf cannot say."""
-    if mode != "relay":
-        return []
+    class whatever relay_domains says, and refuses the addresses it does not host); and,
+    given our `max_message_size`, a message_size_limit above it (0: none), so Postfix takes
+    mail we refuse with 552 after its queue: a bounce. [] when postconf cannot say."""
     postconf = shutil.which("postconf") or "/usr/sbin/postconf"
     postmap = shutil.which("postmap") or "/usr/sbin/postmap"
     conf = ["-c", postfix_config] if postfix_config else []
@@ -188,17 +188,26 @@ def conflicts(book: AddressBook, directory: Path, mode: str, kind: str = "hash",
                                   check=False)
         except (OSError, subprocess.SubprocessError):
             return None
+    out = []
+    size = run(postconf, *conf, "-xh", "message_size_limit") if max_message_size else None
+    limit = size.stdout.strip() if size is not None and size.returncode == 0 else ""
+    if max_message_size and limit.isdigit() and (int(limit) == 0 or int(limit) > max_message_size):
+        out.append(f"Postfix's message_size_limit ({limit}{': none' if int(limit) == 0 else ''}) "
+                   f"is above limits.max_message_size ({max_message_size}): mail between the two "
+                   "is taken by Postfix and refused by mailrouter (552 5.3.4), a bounce; raise "
+                   "limits.max_message_size to at least message_size_limit")
+    if mode != "relay":
+        return out
     # -n: only what main.cf sets (relay_domains' default is $mydestination or nothing)
     named = run(postconf, *conf, "-n", "relay_recipient_maps", "relay_domains")
     served = run(postconf, *conf, "-xh", *_SERVED)
     if named is None or served is None or named.returncode or served.returncode:
-        return []
+        return out
     values = {"relay_recipient_maps": "", "relay_domains": ""}
     for line in named.stdout.splitlines():
         key, _, value = line.partition(" = ")
         values[key.strip()] = value.strip()
     values.update(zip(_SERVED, served.stdout.splitlines()))
-    out = []
     ours = f"{kind}:{directory}/domains"
     others = [e for e in values["relay_domains"].replace(",", " ").split()
               if e not in (ours, "$mydestination", "${mydestination}", "$(mydestination)")]

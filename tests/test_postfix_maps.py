@@ -150,6 +150,9 @@ def test_postfix_command_without_a_directory_says_so(tmp_path):
     ("virtual_alias_maps = hash:{etc}/virtual\n",       # virtual_alias_domains' default
      ["example.com is in Postfix's virtual_alias_domains"]),
     ("relay_domains = other.test\nrelay_recipient_maps = hash:{etc}/theirs\n", []),
+    ("message_size_limit = 52428800\n",                 # above max_message_size's 25 MiB
+     ["Postfix's message_size_limit (52428800) is above limits.max_message_size (26214400)"]),
+    ("message_size_limit = 26214400\n", []),
     ("", [])])
 def test_postfix_command_warns_of_main_cf_that_would_refuse_mail(tmp_path, main_cf, said):
     """README "Postfix in front": `mailrouter postfix` prints the postconf lines that add the
@@ -157,7 +160,8 @@ def test_postfix_command_warns_of_main_cf_that_would_refuse_mail(tmp_path, main_
     Postfix refuse every address of other.test ("User unknown in relay recipient table");
     with example.com in mydestination (the Debian installer's mail name), every address of
     ours ("User unknown in local recipient table"). It says so now, before the lines, as
-    the set-up script stops on the same; nothing when main.cf has neither."""
+    the set-up script stops on the same; nothing when main.cf has neither. And a
+    message_size_limit above limits.max_message_size: Postfix takes what we refuse (552)."""
     if not Path("/usr/sbin/postconf").exists():
         pytest.skip("postfix not installed (apt-get install postfix)")
     etc = tmp_path / "etc"
