@@ -618,7 +618,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "request": ("mailrouter request show 42", "mailrouter request close 42"),
     "outbox": (f"mailrouter outbox {C} -n 20",),
     "address": ("mailrouter address sales+Quotes@example.com", "mailrouter address export --csv"),
-    "postfix": (f"mailrouter postfix {C} --dir /etc/postfix/mailrouter --postmap",),
+    "postfix": (f"mailrouter postfix {C} --dir /var/lib/mailrouter/postfix --postmap",),
     "web": ("mailrouter web passwd petrova", "echo 'a long passphrase' | mailrouter web passwd "
             "petrova --password-stdin"),
     "db": (f"mailrouter db upgrade {C}",),
