@@ -112,6 +112,19 @@ def test_postfix_tables_live_where_the_unit_lets_the_daemon_write_and_not_in_etc
     assert "ReadWritePaths=/etc/postfix" not in UNIT.read_text()
 
 
+def test_example_postfix_maps_nexthop_is_the_set_up_scripts_transport():
+    """The set-up script routes our domains through its `mailrouter` transport (its recipient
+    limit, its log name) and install.md's postfix_maps says so; config.example.yaml's
+    commented postfix_maps named smtp:[127.0.0.1]:2525, so the daemon, rewriting the
+    transport table at each reload, moved the mail to Postfix's plain smtp transport."""
+    example = re.search(r'^#\s+nexthop: "(\S+)"', (REPO / "config.example.yaml").read_text(), re.M)
+    step5 = (REPO / "docs" / "install.md").read_text(encoding="utf-8").split("## 5.", 1)[1]
+    doc = re.search(r'nexthop: "(\S+)"', step5)
+    assert example and doc and example.group(1) == doc.group(1)
+    assert "--transport mailrouter" in SCRIPT.read_text()
+    assert doc.group(1).startswith("mailrouter:")
+
+
 def test_container_ignore_files_keep_state_out():
     """.dockerignore and .containerignore exist, agree, and keep out the venv, var/ (stored
     mail, the registry) and .git; the Containerfile says how long a stop must wait."""
