@@ -401,6 +401,11 @@ def cmd_postfix(args: argparse.Namespace) -> int:
     print(f"{len(written.changed)} table(s) changed in {pm.dir} ({pm.mode} mode, next hop "
           f"{postfixmaps.default_nexthop(cfg)})" + ("" if pm.postmap else "; run postmap on each")
           + (f"; index rebuilt for {', '.join(stale)}" if stale else ""))
+    # what in main.cf would make these tables refuse mail Postfix takes now (the set-up
+    # script stops on the same): said before the lines, which would do the harm
+    for warning in postfixmaps.conflicts(snap.book, pm.dir, pm.mode, pm.kind, pm.postfix_config,
+                                         cfg.limits.max_message_size):
+        print(f"mailrouter postfix: warning: {warning}", file=sys.stderr)
     # an admin who reran the command after an edit ran these lines again: each table
     # listed twice in main.cf (Postfix takes it, and each lookup is made twice)
     lines = postfixmaps.postconf_lines(pm.dir, pm.mode, snap.book.options.detail_separator,
@@ -589,7 +594,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "request": ("mailrouter request show 42", "mailrouter request close 42"),
     "outbox": (f"mailrouter outbox {C} -n 20",),
     "address": ("mailrouter address sales+Quotes@example.com", "mailrouter address export --csv"),
-    "postfix": (f"mailrouter postfix {C} --dir /etc/postfix/mailrouter --postmap",),
+    "postfix": (f"mailrouter postfix {C} --dir /var/lib/mailrouter/postfix --postmap",),
     "web": ("mailrouter web passwd petrova", "echo 'a long passphrase' | mailrouter web passwd "
             "petrova --password-stdin"),
     "db": (f"mailrouter db upgrade {C}",),

@@ -627,7 +627,7 @@ def _postfix_maps(doc: dict[str, Any], base: Path, c: _Checker) -> PostfixMapsCo
         return None
     if not isinstance(sec.get("dir"), str) or not sec["dir"].strip():
         c.error(sec, "'postfix_maps' needs 'dir', the directory the tables are written to",
-                "for example 'dir: /etc/postfix/mailrouter'", sec)
+                "for example 'dir: /var/lib/mailrouter/postfix'", sec)
         return None
     mode, kind = str(sec.get("mode", "relay")), str(sec.get("kind", "hash"))
     if mode not in ("relay", "virtual"):

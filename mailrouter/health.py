@@ -160,7 +160,7 @@ def _may_write(directory: Path) -> tuple[str, bool]:
 
 
 # Where deploy/mailrouter.service lets the daemon write, for the keys that differ
-UNIT_FIX = {"postfix_maps.dir": "uncomment its ReadWritePaths=/etc/postfix/mailrouter"}
+UNIT_FIX = {"postfix_maps.dir": "under /var/lib/mailrouter, such as /var/lib/mailrouter/postfix"}
 
 
 def unwritable(cfg: Config, create: bool, others: list[str] | None = None) -> list[str]:

@@ -45,8 +45,8 @@ from .addressbook.canon import a_label
 from .addresses import AddressBook
 from .config import Config
 
-__all__ = ["MAP_NAMES", "MODES", "PostfixMaps", "Written", "build_maps", "default_nexthop",
-           "failure", "main_cf", "postconf_lines", "refresh", "write_maps"]
+__all__ = ["MAP_NAMES", "MODES", "PostfixMaps", "Written", "build_maps", "conflicts",
+           "default_nexthop", "failure", "main_cf", "postconf_lines", "refresh", "write_maps"]
 
 MODES = ("relay", "virtual")
 _INDEX_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
@@ -164,6 +164,76 @@ def main_cf(postfix_config: str | None) -> dict[str, str]:
     return dict(zip(MAIN_CF_KEYS, values))
 
 
+_SERVED = ("mydestination", "virtual_mailbox_domains", "virtual_alias_domains")
+
+
+def conflicts(book: AddressBook, directory: Path, mode: str, kind: str = "hash",
+              postfix_config: str | None = None, max_message_size: int | None = None
+              ) -> list[str]:
+    """What in main.cf would make the tables refuse mail they should take, one line each
+    (deploy/postfix/mailrouter-postfix.sh stops on the same): in relay mode, relay domains
+    of Postfix's own while relay_recipient_maps is empty (once ours is in it, Postfix refuses
+    every address of theirs no table lists: "User unknown in relay recipient table"), and a
+    domain of ours Postfix serves itself (mydestination, virtual_*_domains: it keeps that
+    class whatever relay_domains says, and refuses the addresses it does not host); and,
+    given our `max_message_size`, a message_size_limit above it (0: none), so Postfix takes
+    mail we refuse with 552 after its queue: a bounce. [] when postconf cannot say."""
+    postconf = shutil.which("postconf") or "/usr/sbin/postconf"
+    postmap = shutil.which("postmap") or "/usr/sbin/postmap"
+    conf = ["-c", postfix_config] if postfix_config else []
+
+    def run(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run([*args], capture_output=True, text=True, timeout=60,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    out = []
+    size = run(postconf, *conf, "-xh", "message_size_limit") if max_message_size else None
+    limit = size.stdout.strip() if size is not None and size.returncode == 0 else ""
+    if max_message_size and limit.isdigit() and (int(limit) == 0 or int(limit) > max_message_size):
+        out.append(f"Postfix's message_size_limit ({limit}{': none' if int(limit) == 0 else ''}) "
+                   f"is above limits.max_message_size ({max_message_size}): mail between the two "
+                   "is taken by Postfix and refused by mailrouter (552 5.3.4), a bounce; raise "
+                   "limits.max_message_size to at least message_size_limit")
+    if mode != "relay":
+        return out
+    # -n: only what main.cf sets (relay_domains' default is $mydestination or nothing)
+    named = run(postconf, *conf, "-n", "relay_recipient_maps", "relay_domains")
+    served = run(postconf, *conf, "-xh", *_SERVED)
+    if named is None or served is None or named.returncode or served.returncode:
+        return out
+    values = {"relay_recipient_maps": "", "relay_domains": ""}
+    for line in named.stdout.splitlines():
+        key, _, value = line.partition(" = ")
+        values[key.strip()] = value.strip()
+    values.update(zip(_SERVED, served.stdout.splitlines()))
+    ours = f"{kind}:{directory}/domains"
+    others = [e for e in values["relay_domains"].replace(",", " ").split()
+              if e not in (ours, "$mydestination", "${mydestination}", "$(mydestination)")]
+    theirs = [e for e in values["relay_recipient_maps"].replace(",", " ").split()
+              if e != f"{kind}:{directory}/relay_recipients"]
+    if others and not theirs:
+        out.append(f"relay_domains already lists {' '.join(others)} and relay_recipient_maps "
+                   "has no table of theirs: Postfix takes any address of theirs; with relay_recipients in "
+                   "relay_recipient_maps it refuses each one no table lists (550 5.1.1 User "
+                   "unknown in relay recipient table). Give them a table first ('@DOMAIN OK' "
+                   "keeps taking every address) and list it in relay_recipient_maps")
+    wanted = {form.lower() for d in book.domains for form in {d, a_label(d) or d}}
+    for key in _SERVED:
+        for entry in values[key].replace(",", " ").split():
+            if ":" not in entry:
+                hits = [entry.lower()] if entry.lower() in wanted else []
+            else:
+                found = [(d, run(postmap, *conf, "-q", d, entry)) for d in sorted(wanted)]
+                hits = [d for d, done in found if done is not None and done.returncode == 0]
+            out.extend(f"{d} is in Postfix's {key}: Postfix serves it itself whatever "
+                       f"relay_domains and transport_maps say, and refuses every address of it "
+                       f"that it does not host; take it out of {key}, or use --mode virtual for "
+                       "a domain shared with mailboxes Postfix hosts" for d in hits)
+    return out
+
+
 def _write_atomic(path: Path, text: str) -> bool:
     """Write `path` by rename; False (and nothing written) when its content is the same."""
     try:
@@ -240,8 +310,8 @@ def failure(exc: BaseException, directory: Path) -> str:
         why = exc.strerror or str(exc)
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             fix = (f"make {directory} and its tables writable by the daemon's user (chown -R "
-                   f"mailrouter {directory}; under the systemd unit also ReadWritePaths="
-                   f"{directory}: docs/install.md step 5)")
+                   f"mailrouter {directory}; under the systemd unit it must be under "
+                   "/var/lib/mailrouter: docs/install.md step 5)")
         elif exc.errno == errno.ENOENT and os.path.basename(where) == "postmap":
             fix = "install Postfix's postmap, or set postfix_maps.postmap: false"
         elif exc.errno in (errno.ENOTDIR, errno.EEXIST):

@@ -93,6 +93,38 @@ def test_one_return_port_everywhere():
     assert "10026" not in SCRIPT.read_text()
 
 
+def test_postfix_tables_live_where_the_unit_lets_the_daemon_write_and_not_in_etc_postfix():
+    """The script's tables, and install.md's postfix_maps.dir for on_reload, are one
+    directory, under the unit's StateDirectory. They were /etc/postfix/mailrouter, owned by
+    mailrouter as step 5 said: `postfix check` (the script's own last step) and every
+    `postfix start` then warned "not owned by root" for each file, and the unit needed a
+    ReadWritePaths uncommented."""
+    script = re.search(r"^MAPS=\$\{MAPS:-(\S+)\}$", SCRIPT.read_text(), re.M)
+    step5 = (REPO / "docs" / "install.md").read_text(encoding="utf-8").split("## 5.", 1)[1]
+    step5 = " ".join(step5.split("## 6.", 1)[0].split())
+    doc = re.search(r"`postfix_maps: \{dir: (\S+),", step5)
+    assert script and doc and script.group(1) == doc.group(1)
+    maps = Path(doc.group(1))
+    assert Path("/etc/postfix") not in maps.parents
+    state = [Path("/var/lib") / d for line in unit_settings()["StateDirectory"] for d in line.split()]
+    assert any(s in maps.parents for s in state), (maps, state)
+    assert f"chown -R mailrouter: {maps}" in step5
+    assert "ReadWritePaths=/etc/postfix" not in UNIT.read_text()
+
+
+def test_example_postfix_maps_nexthop_is_the_set_up_scripts_transport():
+    """The set-up script routes our domains through its `mailrouter` transport (its recipient
+    limit, its log name) and install.md's postfix_maps says so; config.example.yaml's
+    commented postfix_maps named smtp:[127.0.0.1]:2525, so the daemon, rewriting the
+    transport table at each reload, moved the mail to Postfix's plain smtp transport."""
+    example = re.search(r'^#\s+nexthop: "(\S+)"', (REPO / "config.example.yaml").read_text(), re.M)
+    step5 = (REPO / "docs" / "install.md").read_text(encoding="utf-8").split("## 5.", 1)[1]
+    doc = re.search(r'nexthop: "(\S+)"', step5)
+    assert example and doc and example.group(1) == doc.group(1)
+    assert "--transport mailrouter" in SCRIPT.read_text()
+    assert doc.group(1).startswith("mailrouter:")
+
+
 def test_container_ignore_files_keep_state_out():
     """.dockerignore and .containerignore exist, agree, and keep out the venv, var/ (stored
     mail, the registry) and .git; the Containerfile says how long a stop must wait."""
@@ -152,7 +184,17 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     there, ours are added, `postfix check` passes, an unknown address is refused at RCPT
     and sales@ reaches mailrouter through the new transport; and the return listener
     (outbox.relay, delivery.smtp) takes a bounce-style <> message from loopback for
-    other.test and Postfix relays it on: before, the test only saw that port greet."""
+    other.test and Postfix relays it on: before, the test only saw that port greet.
+
+    other.test had no relay_recipient_maps: Postfix took any of its addresses. The script
+    added ours and went on, and from then on Postfix refused every address of other.test
+    ("550 5.1.1 User unknown in relay recipient table"). It now stops first, changing
+    nothing, with the commands that give other.test a table; run, the script goes through
+    and other.test's mail is taken as before.
+    And a message Postfix took just under its message_size_limit comes back from mailrouter
+    (an smtp: mailbox) with our headers on top: the return listener refused it "552 5.3.4
+    message file too big" and Postfix bounced it. It has no size limit now (the main
+    listener keeps message_size_limit)."""
     app = await make_app()
     mta = await asyncio.to_thread(postfix, relay_port=1)
     outside = Sink()       # the world beyond Postfix, for other.test
@@ -161,7 +203,8 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     other.write_text(f"other.test smtp:[127.0.0.1]:{outside.port}\n")
     await asyncio.to_thread(subprocess.run, ["postmap", "-c", str(mta.etc), f"hash:{other}"],
                             check=True)
-    mta.postconf(f"transport_maps = hash:{other}", "relay_domains = other.test")
+    mta.postconf(f"transport_maps = hash:{other}", "relay_domains = other.test",
+                 "message_size_limit = 100000")
     cfg = tmp_path / "config.yaml"
     # the transport goes to listen.smtp of the config (it went to 127.0.0.1:2525 whatever
     # the config said, unless TO_MR was set: an admin on another port had Postfix defer it all)
@@ -175,6 +218,16 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
                MAILROUTER=f"{sys.executable} -m mailrouter.cli", RETURN_PORT=str(ret_port),
                PYTHONPATH=str(REPO))
     env.pop("TO_MR", None)
+    before = (mta.etc / "main.cf").read_text(), (mta.etc / "master.cf").read_text()
+    refused = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                      capture_output=True, text=True, timeout=300, check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "relay_domains already lists: other.test;" in refused.stderr, refused.stderr
+    assert ((mta.etc / "main.cf").read_text(), (mta.etc / "master.cf").read_text()) == before
+    fix = [line.strip() for line in refused.stderr.splitlines() if line.startswith("  ")]
+    assert fix[0] == f"printf '@other.test OK\\n' > {mta.etc}/relay_recipients", fix
+    for line in fix:                                 # as the admin pastes them
+        await asyncio.to_thread(subprocess.run, ["sh", "-c", line], env=env, check=True)
     done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
                                    capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -184,7 +237,9 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     main_cf = (mta.etc / "main.cf").read_text()
     assert re.search(rf"transport_maps = hash:{other} hash:{tmp_path}/maps/transport", main_cf)
     assert re.search(rf"relay_domains = other.test hash:{tmp_path}/maps/domains", main_cf)
-    assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit" not in main_cf
+    assert re.search(rf"relay_recipient_maps = hash:{mta.etc}/relay_recipients "
+                     rf"hash:{tmp_path}/maps/relay_recipients", main_cf)
+    assert "minimal_backoff_time = 2s" in main_cf and "message_size_limit = 100000\n" in main_cf
     # run again (after a failed `postfix check`, say): main.cf names each table once, as
     # after one run; before, every run appended them all again
     again = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
@@ -193,32 +248,43 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     assert (mta.etc / "main.cf").read_text() == main_cf
     await asyncio.to_thread(mta.reload)
 
-    def talk() -> tuple[int, int, int]:
+    big = b"Subject: back from mailrouter\r\n\r\n" + (b"x" * 76 + b"\r\n") * 1400  # > 100000
+
+    def talk() -> tuple[int, ...]:
         with smtplib.SMTP("127.0.0.1", ret_port, timeout=30) as s:   # as the outbox does
             s.ehlo("mx.test")
             s.mail("<>")
             s.rcpt("someone@other.test")
             returned = s.data(b"Subject: autoreply via return port\r\n\r\nhi\r\n")[0]
+            s.mail("client@outside.test")
+            s.rcpt("big@other.test")
+            returned_big = s.data(big)[0]
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
             s.ehlo("client.test")
             s.mail("client@outside.test")
             unknown = s.rcpt("nobody@example.com")[0]
             known = s.rcpt("sales@example.com")[0]
+            theirs = s.rcpt("anyone@other.test")[0]          # other.test's mail as before
             s.data(b"Subject: via script\r\n\r\nhi\r\n")
-        return unknown, known, returned
-    unknown, known, returned = await asyncio.to_thread(talk)
-    assert (unknown, known, returned) == (550, 250, 250)
+            s.mail("client@outside.test")
+            s.rcpt("sales@example.com")
+            too_big = s.data(big)[0]                        # the main listener's limit holds
+        return unknown, known, theirs, too_big, returned, returned_big
+    replies = await asyncio.to_thread(talk)
+    assert replies == (550, 250, 250, 552, 250, 250), mta.maillog[-3000:]
     box = tmp_path / "var" / "mail" / "sales"
     end = asyncio.get_running_loop().time() + 30
     while not maildir_files(box):
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
     assert "postfix/to-mailrouter" in await asyncio.to_thread(mta.wait_log, "to-mailrouter")
-    while not outside.envelopes:
+    while len(outside.envelopes) < 3:
         assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
         await asyncio.sleep(0.05)
-    [env] = outside.envelopes
-    assert (env.mail_from, env.rcpt_tos) == ("<>", ["someone@other.test"])   # aiosmtpd keeps "<>"
+    got = {tuple(e.rcpt_tos): e for e in outside.envelopes}
+    assert set(got) == {("someone@other.test",), ("big@other.test",), ("anyone@other.test",)}
+    assert got[("someone@other.test",)].mail_from == "<>"                  # aiosmtpd keeps "<>"
+    assert big.split(b"\r\n\r\n")[1] in got[("big@other.test",)].original_content
     assert "postfix/from-mailrouter" in mta.maillog
     await outside.stop()
 
@@ -249,6 +315,40 @@ def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
     assert f"{tmp_path}/maillog" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("setting", ["mydestination = $myhostname, Example.com, localhost",
+                                     "virtual_mailbox_domains = hash:{etc}/vdomains"])
+def test_postfix_script_stops_on_a_domain_postfix_serves_itself(tmp_path, setting):
+    """The Debian installer puts the mail name in mydestination: with example.com there (or in
+    virtual_mailbox_domains), the script added it to relay_domains and transport_maps all the
+    same, and Postfix, which keeps such a domain local, refused every address of it at RCPT
+    ("550 5.1.1 <sales@example.com>: Recipient address rejected: User unknown in local
+    recipient table", seen on a private Postfix). The script now stops before main.cf and
+    master.cf are changed, naming the domain, the setting and the way out."""
+    if shutil.which("postfix") is None and not Path("/usr/sbin/postfix").exists():
+        pytest.skip("postfix not installed (apt-get install postfix)")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(f"compatibility_level = 3.6\nmyhostname = mx.example.net\n"
+                                 f"{setting.format(etc=etc)}\n")
+    (etc / "vdomains").write_text("example.com OK\n")
+    subprocess.run(["postmap", "-c", str(etc), f"hash:{etc}/vdomains"], check=True)
+    shutil.copy("/usr/share/postfix/master.cf.dist", etc / "master.cf")
+    before = (etc / "main.cf").read_text(), (etc / "master.cf").read_text()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    env = dict(os.environ, MAIL_CONFIG=str(etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               PATH=os.environ.get("PATH", "") + ":/usr/sbin")
+    done = subprocess.run(["sh", str(SCRIPT)], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    key = setting.split()[0]
+    assert done.stderr.startswith(f"example.com is in Postfix's {key} ("), done.stderr
+    assert "Nothing was changed in main.cf or master.cf." in done.stderr
+    assert "--mode virtual" in done.stderr
+    assert ((etc / "main.cf").read_text(), (etc / "master.cf").read_text()) == before
+
+
 def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
     """docs/install.md step 3 copies the routing files to /etc/mailrouter/rules; its `cp`
     lines, run with that path moved under tmp_path, leave a folder whose rule tests all pass
@@ -268,6 +368,18 @@ def test_install_step_3_copies_what_the_rule_tests_read(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_container_run_line_publishes_on_the_hosts_loopback_only():
+    """The `podman run` line published mailrouter's ports as `-p 2525:2525`: on every address
+    of the host (past its firewall: docker and podman write their own rules), so anyone could
+    hand mail straight to mailrouter around the MTA, while the unit and config.example.yaml
+    keep every listener on loopback."""
+    text = (DEPLOY / "Containerfile").read_text()
+    run = re.search(r"^# Run:(.*?)mailrouter\n", text, re.S | re.M)
+    assert run is not None
+    published = re.findall(r"-p (\S+)", re.sub(r"\\\n#\s*", " ", run.group(1)))
+    assert published and all(p.startswith("127.0.0.1:") for p in published), published
 
 
 def test_container_run_line_mounts_the_routing_files_the_config_names():

@@ -142,6 +142,49 @@ def test_postfix_command_without_a_directory_says_so(tmp_path):
     assert out.returncode == 2 and "--dir DIR" in out.stderr
 
 
+@pytest.mark.parametrize("main_cf, said", [
+    ("relay_domains = other.test\n", ["relay_domains already lists other.test and "
+                                        "relay_recipient_maps has no table of theirs"]),
+    ("mydestination = $myhostname, Example.com, localhost\n",
+     ["example.com is in Postfix's mydestination: Postfix serves it itself"]),
+    ("virtual_alias_maps = hash:{etc}/virtual\n",       # virtual_alias_domains' default
+     ["example.com is in Postfix's virtual_alias_domains"]),
+    ("relay_domains = other.test\nrelay_recipient_maps = hash:{etc}/theirs\n", []),
+    ("message_size_limit = 52428800\n",                 # above max_message_size's 25 MiB
+     ["Postfix's message_size_limit (52428800) is above limits.max_message_size (26214400)"]),
+    ("message_size_limit = 26214400\n", []),
+    ("", [])])
+def test_postfix_command_warns_of_main_cf_that_would_refuse_mail(tmp_path, main_cf, said):
+    """README "Postfix in front": `mailrouter postfix` prints the postconf lines that add the
+    tables. Run on a Postfix that relays other.test without relay_recipient_maps, they made
+    Postfix refuse every address of other.test ("User unknown in relay recipient table");
+    with example.com in mydestination (the Debian installer's mail name), every address of
+    ours ("User unknown in local recipient table"). It says so now, before the lines, as
+    the set-up script stops on the same; nothing when main.cf has neither. And a
+    message_size_limit above limits.max_message_size: Postfix takes what we refuse (552)."""
+    if not Path("/usr/sbin/postconf").exists():
+        pytest.skip("postfix not installed (apt-get install postfix)")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text("compatibility_level = 3.6\nmyhostname = mx.example.net\n"
+                                 + main_cf.format(etc=etc))
+    (etc / "virtual").write_text("example.com anything\n")
+    (etc / "theirs").write_text("@other.test OK\n")
+    for name in ("virtual", "theirs"):
+        subprocess.run(["/usr/sbin/postmap", "-c", str(etc), f"hash:{etc / name}"], check=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    out = subprocess.run([*CLI, "postfix", "-c", str(cfg), "--dir", str(tmp_path / "maps"),
+                          "--postfix-config", str(etc)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if " warning: " in line]
+    assert len(warnings) == len(said), out.stderr
+    for line, start in zip(warnings, said):
+        assert line.startswith(f"mailrouter postfix: warning: {start}"), line
+    assert "postconf -e" in out.stdout
+
+
 def test_bad_postfix_maps_config_is_refused(tmp_path):
     """postfix_maps with a wrong mode and no dir: `check` names both, with file:line."""
     cfg = tmp_path / "config.yaml"

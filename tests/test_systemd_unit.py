@@ -96,15 +96,16 @@ def test_install_md_under_a_real_systemd(tmp_path):
              "/var/mail/vmail/finance::userdb_sieve_before=/etc/dovecot/sieve/mailrouter-folders.sieve\""
              " > /etc/dovecot/mailrouter-users")
         # step 5's tables kept in step with the address book (postfix_maps, on_reload)
+        # (in /var/lib/mailrouter, which the unit lets it write: the unit is not edited)
         with cfg.open("a", encoding="utf-8") as f:
-            f.write('postfix_maps: {dir: /etc/postfix/mailrouter, '
+            f.write('postfix_maps: {dir: /var/lib/mailrouter/postfix, '
                     'nexthop: "mailrouter:[127.0.0.1]:2525", postmap: true, on_reload: true}\n')
-        unit = m.root / "etc/systemd/system/mailrouter.service"
-        unit.write_text(edited(unit.read_text(encoding="utf-8"),
-                               ("#ReadWritePaths=/etc/postfix/mailrouter",
-                                "ReadWritePaths=/etc/postfix/mailrouter")), encoding="utf-8")
-        m.ok("chown -R mailrouter /etc/postfix/mailrouter && systemctl daemon-reload "
+        m.ok("chown -R mailrouter: /var/lib/mailrouter/postfix "
              "&& systemctl restart mailrouter && systemctl is-active mailrouter")
+        # Postfix's own check finds nothing wrong with them: in /etc/postfix, owned by
+        # mailrouter, `postfix check` and every `postfix start` warned "not owned by root"
+        m.ok("postfix check")
+        assert "not owned by root" not in m.ok("cat /var/log/postfix.log")
         m.ok("for i in $(seq 100); do curl -sf 127.0.0.1:9125/readyz && exit 0; sleep 0.2; done; "
              "curl -s 127.0.0.1:9125/readyz; exit 1")
 

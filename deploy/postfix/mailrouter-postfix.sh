@@ -1,35 +1,119 @@
 #!/bin/sh
 # Put mailrouter behind an existing Postfix. Every line ADDS to main.cf/master.cf: it keeps
 # the transport_maps, relay_domains and restrictions already there, and changes no global
-# retry or size setting. Run once as root (docs/install.md step 5), then `postfix reload`.
+# retry or size setting. It stops before changing anything when Postfix relays other domains
+# without relay_recipient_maps (step 0 says why and what to do). Run once as root
+# (docs/install.md step 5), then `postfix reload`.
 # Postfix tools honour MAIL_CONFIG (another instance's config directory).
 #
 #   MAILROUTER   the mailrouter program        (/opt/mailrouter/bin/mailrouter)
 #   CONFIG       mailrouter's config           (/etc/mailrouter/config.yaml)
-#   MAPS         where the tables are written  (/etc/postfix/mailrouter)
+#   MAPS         where the tables are written  (/var/lib/mailrouter/postfix: not under
+#                /etc/postfix, where `postfix check` and every `postfix start` warn "not owned
+#                by root" for each file once the mailrouter user owns them, postfix_maps.on_reload)
 #   TO_MR        mailrouter's SMTP listener    (listen.smtp of CONFIG, e.g. [127.0.0.1]:2525)
 #   RETURN_PORT  mail from mailrouter back to Postfix (10027, outbox.relay, delivery.smtp.port)
 set -eu
 MAILROUTER=${MAILROUTER:-/opt/mailrouter/bin/mailrouter}
 CONFIG=${CONFIG:-/etc/mailrouter/config.yaml}
-MAPS=${MAPS:-/etc/postfix/mailrouter}
+MAPS=${MAPS:-/var/lib/mailrouter/postfix}
 RETURN_PORT=${RETURN_PORT:-10027}
 
-# 1. A transport of its own, so its limits apply to mail for mailrouter only:
+# 0. relay_recipient_maps covers every domain of relay_domains. While it is empty, Postfix
+#    takes any recipient of the domains it already relays; once our table is in it, Postfix
+#    refuses each of their addresses no table lists ("550 5.1.1 ... User unknown in relay
+#    recipient table"): mail for those domains would bounce. So stop first, change nothing,
+#    and say how to give them a table of their own ('@domain OK' keeps taking every address).
+#    (Only a relay_domains set in main.cf: its default is $mydestination or nothing.)
+if [ -z "$(postconf -h relay_recipient_maps)" ]; then
+    others=""
+    for d in $(postconf -nh relay_domains | tr ',\t\n' '   '); do
+        case "$d" in
+            '$mydestination'|'${mydestination}'|'$(mydestination)'|"hash:$MAPS/domains") ;;
+            *) others="$others $d" ;;
+        esac
+    done
+    if [ -n "$others" ]; then
+        etc=$(postconf -h config_directory)
+        keys=""
+        tables=""
+        for d in $others; do
+            case "$d" in
+                *:*) tables="$tables $d" ;;
+                *) keys="$keys@$d OK\n" ;;
+            esac
+        done
+        {
+            echo "relay_domains already lists:$others; relay_recipient_maps is empty, so Postfix takes"
+            echo "any recipient of those domains. With mailrouter's table in relay_recipient_maps it would"
+            echo "refuse each of their addresses that no table lists (550 5.1.1 User unknown in relay"
+            echo "recipient table). Nothing was changed. Give those domains a table of their own first"
+            echo "(one line per address, or '@domain OK' to keep taking every address), then run this"
+            echo "script again:"
+            [ -z "$keys" ] || printf '%s\n' "  printf '$keys' > $etc/relay_recipients"
+            [ -z "$tables" ] || echo "  # in $etc/relay_recipients, a line '@DOMAIN OK' for each domain of:$tables"
+            echo "  postmap hash:$etc/relay_recipients"
+            echo "  postconf -e 'relay_recipient_maps = hash:$etc/relay_recipients'"
+        } >&2
+        exit 1
+    fi
+fi
+
+# 1. The tables from the address book: our domains to mailrouter, unknown addresses
+#    refused by Postfix at RCPT (no backscatter), moved addresses answered 551 5.1.6.
+#    (Its advice to add them to main.cf is what the lines below do: not shown.)
+#    (to listen.smtp of CONFIG unless TO_MR says otherwise). What it says on stderr is
+#    shown after the check below, which says more on what that check finds.
+said=$(mktemp)
+trap 'rm -f "$said"' EXIT
+failed() { rc=$?; cat "$said" >&2; exit "$rc"; }
+if [ -n "${TO_MR:-}" ]; then
+    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null 2>"$said" || failed
+else
+    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --transport mailrouter --postmap >/dev/null 2>"$said" || failed
+fi
+#    Our domains must be relay domains to Postfix. One it delivers itself (mydestination: the
+#    Debian installer puts the mail name there) or hosts (virtual_*_domains) keeps that
+#    class whatever relay_domains and transport_maps say: Postfix refused every address of
+#    it ("550 5.1.1 User unknown in local recipient table"). Stop before main.cf is changed.
+listed() {  # listed DOMAIN PARAMETER: is DOMAIN in that domain list of Postfix (names, tables)?
+    for e in $(postconf -xh "$2" | tr ',\t\n' '   '); do
+        case "$e" in
+            *:*) postmap -q "$1" "$e" >/dev/null 2>&1 && return 0 ;;
+            *) [ "$(printf '%s' "$e" | tr 'A-Z' 'a-z')" = "$1" ] && return 0 ;;
+        esac
+    done
+    return 1
+}
+for d in $(grep -v '^#' "$MAPS/domains" | cut -f1); do
+    for p in mydestination virtual_mailbox_domains virtual_alias_domains; do
+        listed "$d" "$p" || continue
+        {
+            echo "$d is in Postfix's $p ($(postconf -h "$p")): Postfix keeps serving it itself"
+            echo "and would refuse every address of it that it does not host, whatever relay_domains and"
+            echo "transport_maps say. Nothing was changed in main.cf or master.cf."
+            if [ "$p" = mydestination ]; then
+                echo "If Postfix holds no mailboxes of $d (the Debian installer lists the mail name"
+                echo "there), take it out of mydestination and run this script again:"
+                echo "  postconf -e 'mydestination = <the list above without $d>'"
+                echo "If it does, the domain is shared: see README \"Postfix in front\" (mailrouter postfix --mode virtual)."
+            else
+                echo "The domain is shared with mailboxes Postfix hosts: see README \"Postfix in front\""
+                echo "(mailrouter postfix --mode virtual; not for a domain in virtual_alias_domains)."
+            fi
+        } >&2
+        exit 1
+    done
+done
+cat "$said" >&2
+
+# 2. A transport of its own, so its limits apply to mail for mailrouter only:
 #    at most limits.max_recipients (100) RCPTs per transaction.
 postconf -M "mailrouter/unix=mailrouter unix - - n - - smtp"
 postconf -P "mailrouter/unix/syslog_name=postfix/to-mailrouter"
 postconf -e "mailrouter_destination_recipient_limit = 100"
 
-# 2. The tables from the address book: our domains to mailrouter, unknown addresses
-#    refused by Postfix at RCPT (no backscatter), moved addresses answered 551 5.1.6.
-#    (Its advice to add them to main.cf is what the lines below do: not shown.)
-# (to listen.smtp of CONFIG unless TO_MR says otherwise)
-if [ -n "${TO_MR:-}" ]; then
-    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --nexthop "mailrouter:$TO_MR" --postmap >/dev/null
-else
-    $MAILROUTER postfix -c "$CONFIG" --dir "$MAPS" --transport mailrouter --postmap >/dev/null
-fi
+# 3. The tables added to main.cf.
 echo "tables written in $MAPS and added to main.cf"
 # Each table is added once: running the script again (after a failed `postfix check`, or
 # to move MAPS) leaves main.cf as one run did.
@@ -47,10 +131,18 @@ add smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_ac
 # +detail: Postfix strips it as mailrouter does (left alone if you already have one):
 [ -n "$(postconf -h recipient_delimiter)" ] || postconf -e "recipient_delimiter = +"
 
-# 3. Mail mailrouter hands back (autoreplies, reminders, smtp: mailboxes): a loopback-only
+# 4. Mail mailrouter hands back (autoreplies, reminders, smtp: mailboxes): a loopback-only
 #    smtpd without content filters; config.yaml delivery.smtp: {host: 127.0.0.1, port: 10027}.
+#    No size limit there, and a cleanup of its own that has none either (cleanup, not smtpd,
+#    enforces message_size_limit): a message Postfix took at just under message_size_limit
+#    comes back from mailrouter with its own headers on top, and was refused here "552 5.3.4
+#    message file too big" and bounced. Its size was checked where it came in (Postfix's
+#    smtpd, then limits.max_message_size).
+postconf -M "mailrouter-cleanup/unix=mailrouter-cleanup unix n - n - 0 cleanup"
+postconf -P "mailrouter-cleanup/unix/message_size_limit=0"
 postconf -M "127.0.0.1:$RETURN_PORT/inet=127.0.0.1:$RETURN_PORT inet n - n - 20 smtpd"
 for o in syslog_name=postfix/from-mailrouter content_filter= \
+         cleanup_service_name=mailrouter-cleanup message_size_limit=0 \
          receive_override_options=no_header_body_checks,no_unknown_recipient_checks \
          smtpd_client_restrictions=permit_mynetworks,reject \
          smtpd_recipient_restrictions=permit_mynetworks,reject \
