@@ -1099,8 +1099,9 @@ def run_workers(config: Config, book: Child[tuple[str, AddressBook] | None] | No
     (bench/README.md, sixth pass); the child builds only the book (`load_book`), the rules
     are compiled here. Errors are found and reported by the load here as before. A reload
     that changes the files gives each worker its own snapshot, its book built once, in a new
-    process of worker 0's, and shared with the others (`_load`, LastGood.share_book). `book`: that child, started before the daemon's imports (cli.cmd_run:
-    it builds while this process imports), or None to start it here. Meanwhile this process
+    process of worker 0's, and shared with the others (`_load`, LastGood.share_book).
+    `book`: that child, started before the daemon's imports (cli.cmd_run: it builds while
+    this process imports), or None to start it here. Meanwhile this process
     reads the files and compiles the rules' conditions (routing.snapshot.prepare): waiting
     for the book it did nothing for ~1.2 s of a 2.5 s start (bench/README.md, eighth pass).
 
