@@ -736,3 +736,31 @@ async def test_a_request_past_due_outside_working_hours_is_overdue_on_its_page(m
         assert status == 200 and left and "overdue by 0.0 business h" in left[1], left
     finally:
         await petrova.http.close()
+
+
+async def test_a_deputy_reminded_of_a_request_opens_it_and_its_messages(
+        site: Any, client: Any) -> None:
+    """The scheduler reminds the deputy covering an absent owner (or escalates to a team's
+    head) with a link to the request's page; the request stays its owner's, and the page and
+    its messages were "not found" for the person the reminder went to. A person an alert of
+    the request went to now sees it, on the board too; others still do not."""
+    from mailrouter.control.tables import request_alerts
+    app, _, _, sup = site
+    ivanov = await client("ivanov")
+    assert (await ivanov.get(f"/request/{sup}"))[0] == 404
+    await app.registry.write("test", lambda c: c.execute(insert(request_alerts).values(
+        request_id=sup, stage="remind", round=1, at=datetime.now(timezone.utc),
+        recipient="ivanov", address="ivanov@example.com", subject="Reminder", body="...",
+        state="queued")))
+    status, page, _ = await ivanov.get(f"/request/{sup}")
+    assert status == 200, page
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    status, page, _ = await ivanov.get(f"/message/{key}")
+    assert status == 200 and "принтер не печатает" in page
+    _, board, _ = await ivanov.get("/board")
+    assert str(sup) in _board_rows(board)
+    await app.registry.write("test", lambda c: c.execute(
+        update(request_alerts).where(request_alerts.c.request_id == sup).values(
+            recipient="smirnov")))
+    assert (await ivanov.get(f"/request/{sup}"))[0] == 404
+    assert (await ivanov.get(f"/message/{key}"))[0] == 404

@@ -48,11 +48,19 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def requests_in(scope: Scope | None) -> ColumnElement[bool]:
-    """The requests `scope` may see: of its mailboxes, or owned by its person (all: None)."""
+    """The requests `scope` may see: of its mailboxes, owned by its person, or that person
+    was reminded of or had escalated to (all: None). The reminder of a request opened before
+    its owner's absence goes to the deputy covering it, and an escalation to a team's head,
+    each with a link to the request: that page was "not found" for them, as were its
+    messages, since the request stays its owner's."""
     if scope is None or scope.everything:
         return true()
     cond: ColumnElement[bool] = requests.c.mailbox.in_(sorted(scope.mailboxes))
-    return or_(cond, requests.c.owner == scope.owner) if scope.owner else cond
+    if not scope.owner:
+        return cond
+    alerted = exists().where(request_alerts.c.request_id == requests.c.id,
+                             request_alerts.c.recipient == scope.owner)
+    return or_(cond, requests.c.owner == scope.owner, alerted)
 
 
 def through_requests(mailboxes: frozenset[str], person: str | None
