@@ -368,3 +368,20 @@ async def test_closed_or_waiting_by_the_command_line_owes_no_answer(make_app, tm
         assert status == 200 and 'id="status">closed<' in page and 'id="next-due"' not in page
     finally:
         await web.http.close()
+
+
+async def test_request_show_names_a_message_without_a_message_id_by_its_key(
+        make_app, tmp_path, registry_url):
+    """A customer's mail with no Message-ID opens a request; `request show` printed its
+    decision's reasons as "why None support@example.com: ...". It names the message by the
+    head of its registry key instead."""
+    co = Company(make_app, tmp_path, registry_url)
+    await co.start(msk(11, 10))
+    raw = re.sub(rb"Message-ID: <[^>]*>\r\n", b"", mail(WHO, "printer", "gone@bigco"))
+    assert b"Message-ID" not in raw
+    co.at(msk(11, 10))
+    await send(co.port, raw, WHO)
+    text = (await co.show(text=True))["text"]
+    assert "why None" not in text, text
+    key = (await co.show())["messages"][0]["key"]
+    assert f"  why (no Message-ID, key {key[:12]}) support@example.com: " in text, text

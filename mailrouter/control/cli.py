@@ -410,7 +410,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         for m in doc["messages"]:
             for d in m["recipients"]:
                 for why in d["reasons"]:
-                    print(f"  why {printable(m['message_id'])} {printable(d['rcpt'])}: {printable(why)}")
+                    # a message without a Message-ID is named by its registry key's head
+                    msg = m["message_id"] or f"(no Message-ID, key {str(m.get('key', ''))[:12]})"
+                    print(f"  why {printable(msg)} {printable(d['rcpt'])}: {printable(why)}")
     _emit(args, doc, timeline, text)
     return 0
 
