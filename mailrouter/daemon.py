@@ -430,7 +430,9 @@ class App:
         self.state.ruleset = self._snapshot.hash
         if self.registry is not None:
             try:
-                await self.registry.record_reload(self._snapshot.hash, ok, detail[:4000],
+                # an ok row's detail was its hash again, `registry reloads` showing it twice
+                await self.registry.record_reload(self._snapshot.hash, ok,
+                                                   "" if ok else detail[:4000],
                                                    worker=self.worker)
             except Exception as exc:
                 log.warning("event=reload_not_recorded error=%r", str(exc))

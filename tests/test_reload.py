@@ -501,6 +501,20 @@ def test_each_reload_is_recorded_with_the_process_that_made_it(daemon_process, t
                            "-c", str(proc.config)], capture_output=True, text=True, check=True)
     assert sum("FAILED" in line and f"pid={pids[0]} worker=0" in line
                for line in text.stdout.splitlines()) == 1
+    # an ok row names its hash once (its detail was the hash again)
+    (d / "ping.yaml").write_text(RULE.format(mailbox="sales", folder="B"), encoding="utf-8")
+    proc.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and db.execute(
+            "select count(*) from reloads where ok = 1").fetchone()[0] < 1:
+        time.sleep(0.1)
+    everything = json.loads(subprocess.run(
+        [sys.executable, "-m", "mailrouter.cli", "registry", "reloads", "--json", "-c",
+         str(proc.config)], capture_output=True, text=True, check=True).stdout)
+    good = [r for r in everything if r["ok"]]
+    assert len(good) == 1, everything
+    [good] = good
+    assert good["detail"] == "", good
 
 
 def test_a_sighup_that_finds_worker_0_dead_reloads_its_replacement(daemon_process, tmp_path):

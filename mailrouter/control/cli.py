@@ -299,7 +299,9 @@ def cmd_reloads(args: argparse.Namespace) -> int:
     def text() -> None:
         zone = args.company_zone(cfg, "registry reloads")
         for r in rows:
-            detail = r["detail"].splitlines()[0] if r["detail"] else ""
+            # rows written by older versions had an ok reload's hash as its detail too
+            detail = r["detail"].splitlines()[0] if r["detail"] and \
+                r["detail"] != r["ruleset_hash"] else ""
             print(f"{company_time(r['at'], zone, 'seconds')} {'ok    ' if r['ok'] else 'FAILED'} "
                   f"{r['ruleset_hash']}  {_or(r['instance'])}  {printable(detail)}")
         if not rows:
