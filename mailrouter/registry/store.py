@@ -961,6 +961,23 @@ class Registry:
         except Exception as exc:  # any driver/pool/OS error is a registry outage
             raise _failure("outbox_claim", exc, self._db) from None
 
+    async def outbox_renew(self, row_id: int, leased_until: datetime,
+                           lease: float) -> datetime | None:
+        """Push a claimed row's lease ``lease`` seconds from now, only when it is still the
+        lease this worker's claim set (``leased_until``) and the row is still queued: the
+        new lease's end, or None when another worker claimed it since (its lease ran out
+        while this worker's batch was still being sent) or it was settled."""
+        def renew(conn: Connection) -> datetime | None:
+            until = _now() + timedelta(seconds=lease)
+            done = conn.execute(outbox.update().where(
+                outbox.c.id == row_id, outbox.c.state == "queued",
+                outbox.c.next_try == leased_until).values(next_try=until))
+            return until if done.rowcount else None
+        try:
+            return await self._run(renew, write=True)
+        except Exception as exc:  # any driver/pool/OS error is a registry outage
+            raise _failure("outbox_renew", exc, self._db) from None
+
     async def outbox_settle(self, row_id: int, state: str, error: str = "",
                             retry_at: datetime | None = None) -> None:
         """Mark a claimed row sent, failed or suppressed, or (``retry_at``) due again then."""
