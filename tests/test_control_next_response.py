@@ -411,7 +411,8 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_url, t
 
         async def waiting(event: str) -> bool:
             return bool(await gate.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' "
                 "AND wait_event = $1", event))
         for _ in range(600):
             if await waiting("advisory"):

@@ -211,7 +211,8 @@ async def test_a_scan_and_a_record_touching_the_same_requests_do_not_deadlock(pg
 
         async def waiting(event: str) -> bool:
             return bool(await gate.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' "
                 "AND wait_event = $1", event))
         for _ in range(600):
             if await waiting("advisory"):
