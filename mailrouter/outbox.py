@@ -10,7 +10,9 @@ crash after it leaves a queued row the worker sends after the restart.
 
 `OutboxWorker` claims due rows (`Registry.outbox_claim`: a lease, and on PostgreSQL
 FOR UPDATE SKIP LOCKED so instances never take one row together; on SQLite one process
-runs the worker), sends each through the configured relay (`outbox.relay`, the MTA's
+runs the worker; a row's lease is renewed before it is sent, only while the claim is still
+this worker's, and each send ends within it: a batch slower than its lease was sent by a
+second instance too), sends each through the configured relay (`outbox.relay`, the MTA's
 submission port) and marks it sent right after the relay's 250 for DATA. Refused for
 good (5xx) -> 'failed'; a 4xx, a refused connection or a timeout -> tried again after
 `retry_min` doubling up to `retry_max`, until `max_age` ('failed'). An autoreply to a
@@ -275,9 +277,23 @@ class OutboxWorker:
                     await self._wake.wait()
 
     async def send_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Send `rows` (claimed together, one lease) in turn. A row whose lease is half
+        gone is renewed first, and only while it is still this claim's: a slow relay (a
+        content filter taking seconds a message) made a batch outlast its lease, and a
+        second instance claimed and sent the rows still waiting in it, so they went out
+        twice. Each send then ends before the lease does (`_left`)."""
         smtp: aiosmtplib.SMTP | None = None
         try:
             for row in rows:
+                try:
+                    held = await self._hold(row)
+                except RegistryError as exc:   # the rest come back after their lease
+                    log.warning("event=outbox_renew_failed id=%s error=%r", row["id"], str(exc))
+                    return
+                if not held:
+                    log.info("event=outbox_claimed_elsewhere id=%s rcpt=%s", row["id"],
+                             row["rcpt"])
+                    continue
                 smtp = await self._send_one(row, smtp)
         finally:
             if smtp is not None and smtp.is_connected:
@@ -285,6 +301,22 @@ class OutboxWorker:
                     await smtp.quit()
                 except (aiosmtplib.SMTPException, OSError):
                     smtp.close()
+
+    async def _hold(self, row: dict[str, Any]) -> bool:
+        """Is `row` still this worker's, with half its lease or more left? Renewed when
+        less is left; False when another worker has it now, or it was settled."""
+        if self._left(row) >= self.lease / 2:
+            return True
+        until = await self.registry.outbox_renew(row["id"], row["next_try"], self.lease)
+        if until is None:
+            return False
+        row["next_try"] = until
+        return True
+
+    def _left(self, row: dict[str, Any]) -> float:
+        """Seconds until `row`'s lease runs out, less a tenth of a lease to settle it in."""
+        until: datetime = row["next_try"]
+        return (until - datetime.now(UTC)).total_seconds() - self.lease / 10
 
     async def _send_one(self, row: dict[str, Any],
                         smtp: aiosmtplib.SMTP | None) -> aiosmtplib.SMTP | None:
@@ -301,30 +333,36 @@ class OutboxWorker:
                 await self._retry(row, f"DNS did not answer for {domain}")
                 return smtp
         try:
-            if smtp is None or not smtp.is_connected:
-                smtp = aiosmtplib.SMTP(hostname=self.relay.host, port=self.relay.port,
-                                       timeout=self.config.timeout, start_tls=False,
-                                       local_hostname=self.hostname)
-                await smtp.connect()
-                await smtp.ehlo()    # the extensions are known only after EHLO: without it
-                #                      BODY=8BITMIME was never declared on a new connection
-            raw = bytes(row["raw"])
-            head = raw.split(b"\r\n\r\n", 1)[0]
-            options: list[str] = []
-            if not (row["rcpt"].isascii() and row["mail_from"].isascii() and head.isascii()):
-                # RFC 6531 3.4: a non-ASCII address or a raw UTF-8 header (RFC 6532, the
-                # From of an answer from старый@пример.рф to an ASCII sender) needs SMTPUTF8
-                if not smtp.supports_extension("smtputf8"):
-                    return await self._no_smtputf8(row, smtp)
-                options.append("SMTPUTF8")
-            if not raw.isascii() and smtp.supports_extension("8bitmime"):
-                options.append("BODY=8BITMIME")
-            await smtp.sendmail(row["mail_from"], [row["rcpt"]], raw, mail_options=options)
+            # within the lease: a send still running when it ran out could be another
+            # worker's too (each step has outbox.timeout, a whole send had no bound)
+            async with asyncio.timeout(max(1.0, self._left(row))):
+                if smtp is None or not smtp.is_connected:
+                    smtp = aiosmtplib.SMTP(hostname=self.relay.host, port=self.relay.port,
+                                           timeout=self.config.timeout, start_tls=False,
+                                           local_hostname=self.hostname)
+                    await smtp.connect()
+                    await smtp.ehlo()  # the extensions are known only after EHLO: without
+                    #                    it BODY=8BITMIME was never declared on a new connection
+                raw = bytes(row["raw"])
+                head = raw.split(b"\r\n\r\n", 1)[0]
+                options: list[str] = []
+                if not (row["rcpt"].isascii() and row["mail_from"].isascii()
+                        and head.isascii()):
+                    # RFC 6531 3.4: a non-ASCII address or a raw UTF-8 header (RFC 6532, the
+                    # From of an answer from старый@пример.рф to an ASCII sender) needs SMTPUTF8
+                    if not smtp.supports_extension("smtputf8"):
+                        return await self._no_smtputf8(row, smtp)
+                    options.append("SMTPUTF8")
+                if not raw.isascii() and smtp.supports_extension("8bitmime"):
+                    options.append("BODY=8BITMIME")
+                await smtp.sendmail(row["mail_from"], [row["rcpt"]], raw, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return await self._refused(row, smtp, exc.recipients[0].code, str(exc.recipients[0]))
         except aiosmtplib.SMTPResponseException as exc:
             return await self._refused(row, smtp, exc.code, f"{exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            if smtp is not None:
+                smtp.close()        # mid-command: of no further use
             await self._retry(row, f"relay {self.relay}: {type(exc).__name__}: {exc}")
             return None
         # Marked sent right after the relay's 250 for DATA: the only window for a second

@@ -332,3 +332,30 @@ async def test_least_open_counts_what_another_instance_is_delivering(make_app, t
     def owners(conn):
         return sorted(r.owner for r in conn.execute(select(requests.c.owner)))
     assert await apps[0].registry.read("t", owners) == ["ivanov", "petrova", "petrova"]
+
+
+async def test_a_message_without_message_id_at_both_instances_is_picked_once(cluster, tmp_path):
+    """A message with no Message-ID (nor references) sent to both instances at once (the
+    MTA's retry after a timeout, landing on the other one): one pick of the team, and the
+    stored copy names the owner the request has. Before, such a message claimed nothing
+    before delivery, so each instance picked its own member: the team's turn moved twice
+    (new requests one after the other went mostly to one member) and the copy stored
+    could name the member the request did not get."""
+    url, (a, b), _ = cluster
+    count = 10
+    for n in range(count):
+        who = f"noid{n}@bigco.example"
+        raw = (f"From: {who}\r\nTo: support@example.com\r\nSubject: no id {n}\r\n\r\n"
+               "hello\r\n").encode()
+        await asyncio.gather(_send(a, raw, who), _send(b, raw, who))
+    reqs = await _rows(url, "SELECT counterparty, owner FROM requests ORDER BY id")
+    owners = [r["owner"] for r in reqs]
+    assert len(owners) == count
+    assert all(x != y for x, y in zip(owners, owners[1:])), owners    # each in turn
+    owner_of = {r["counterparty"]: r["owner"] for r in reqs}
+    wrong = []
+    for path in maildir_files(tmp_path / "mail"):
+        msg = email.message_from_bytes(path.read_bytes())
+        if f"{owner_of[msg['From']]}@example.com" not in str(msg.get(OWNER_HEADER, "")):
+            wrong.append((msg["From"], str(msg[OWNER_HEADER])))
+    assert wrong == []

@@ -24,7 +24,7 @@ from mailrouter.config import ControlConfig, RegistryConfig
 from mailrouter.control import actions
 from mailrouter.control.queries import board
 from mailrouter.control.sla import Scheduler
-from mailrouter.control.tables import request_alerts, requests
+from mailrouter.control.tables import request_alerts, request_events, requests
 from mailrouter.registry.models import outbox
 from tests.control_support import mail, send, write_routing
 
@@ -385,3 +385,81 @@ async def test_request_show_names_a_message_without_a_message_id_by_its_key(
     assert "why None" not in text, text
     key = (await co.show())["messages"][0]["key"]
     assert f"  why (no Message-ID, key {key[:12]}) support@example.com: " in text, text
+
+
+async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_url, tmp_path):
+    """A closed request; the customer's new mail is being recorded at one instance (its
+    transaction has reopened the request, not committed yet) while a head clicks reopen at
+    another. The head's reopen waits for the customer's and then finds the request open:
+    refused, one reopen, one new round. Before, it read `closed` before the customer's
+    commit and reopened it again: two "closed -> open" lines in the history and the answer
+    owed counted as the third (round 3, "Answer 3 was due" in its reminder)."""
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy import func
+
+    from mailrouter.control.store import Plan, apply_plan
+    from mailrouter.registry import Registry
+    from tests.support.pg import _admin
+    from tests.test_registry_pg_daemon import _dsn
+    from sqlalchemy.engine import make_url
+
+    name = f"t_reopen_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    await _admin(pg_url, f"DROP DATABASE IF EXISTS {name}")
+    await _admin(pg_url, f"CREATE DATABASE {name}")
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    customer, head = await Registry.open(url), await Registry.open(url)
+    gate = await asyncpg.connect(_dsn(url), timeout=30)
+    at = msk(18, 14)
+    try:
+        rid = await customer.write("closed one", lambda conn: conn.execute(
+            requests.insert().values(
+                opened_at=msk(11, 10), message_key="k" * 64, counterparty=WHO,
+                counterparty_domain="bigco.example", owner="ivanov", team="duty",
+                status="closed", subject="printer", tags=[], sla_term="4h",
+                last_in_at=msk(11, 10), closed_at=msk(12, 10), response_round=1)
+            .returning(requests.c.id)).scalar_one())
+        await gate.execute("SELECT pg_advisory_lock(4242)")
+        plan = Plan("join", WHO, "<again@bigco>", rid, "ivanov", "duty")
+
+        def join_then_wait(conn):        # the record: the join, then held before its commit
+            apply_plan(conn, plan, "m" * 64, at)
+            conn.execute(select(func.pg_advisory_xact_lock(4242)))
+        joined = asyncio.ensure_future(customer.write("record", join_then_wait))
+
+        async def waiting(event: str) -> bool:
+            return bool(await gate.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' "
+                "AND wait_event = $1", event))
+        for _ in range(600):
+            if await waiting("advisory"):
+                break
+            await asyncio.sleep(0.05)
+        def reopen(conn):             # as the web view and `request reopen` call it
+            try:
+                actions.reopen(conn, rid, "smirnov", at, "web", {})
+            except ValueError as exc:
+                return str(exc)
+            return None
+        reopened = asyncio.ensure_future(head.write("reopen", reopen))
+        for _ in range(600):           # the reopen waits for the customer's row lock
+            if reopened.done() or await waiting("transactionid"):
+                break
+            await asyncio.sleep(0.05)
+        await gate.execute("SELECT pg_advisory_unlock(4242)")
+        await joined
+        assert await reopened == f"request #{rid} is not closed (it is open)"
+
+        def story(conn):
+            row = conn.execute(select(requests.c.status, requests.c.response_round)
+                               .where(requests.c.id == rid)).one()
+            opens = conn.execute(select(func.count()).select_from(request_events).where(
+                request_events.c.request_id == rid,
+                request_events.c.detail.like("closed -> open%"))).scalar_one()
+            return tuple(row), opens
+        assert await customer.read("t", story) == (("open", 2), 1)
+    finally:
+        await gate.close()
+        await customer.close()
+        await head.close()
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -166,6 +166,74 @@ async def test_two_instances_create_each_alert_once(pg_url, tmp_path):
 
 
 
+async def test_a_scan_and_a_record_touching_the_same_requests_do_not_deadlock(pg_url, tmp_path):
+    """The SLA scan of one instance and a group commit of another at one moment: the batch
+    holds a follow-up to Q (answered, quiet for close_after: the scan closes it) and then
+    one to R (open and overdue: the scan locks it to remind). The record has Q locked and
+    waits for R; the scan, holding R, closed quiet requests and waited for Q: PostgreSQL
+    found a deadlock and aborted one (the record's: 451 for every message of its batch, or
+    the scan). The scan now leaves a quiet request another transaction holds to its next
+    pass, and both commit."""
+    import secrets
+
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy import func
+    from sqlalchemy.engine import make_url
+
+    from tests.support.pg import _admin
+    from tests.test_registry_pg_daemon import _dsn
+    name = f"t_{secrets.token_hex(6)}"
+    await _admin(pg_url, f'CREATE DATABASE "{name}"')
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    snap = load_snapshot(write_routing(tmp_path), Limits(), "mx.test")
+    a = await Registry.open(url, timeout=60)
+    b = await Registry.open(url, create=False, timeout=60)
+    gate = await asyncpg.connect(_dsn(url), timeout=30)
+    try:
+        def fill(conn):
+            for n, who in enumerate(("q@x.example", "r@x.example")):
+                apply_plan(conn, Plan("open", who, f"<{n}@x>", owner="ivanov", team="duty",
+                                      subject=who, calendar="msk", due=msk(4, 14)),
+                           f"{n:064d}", msk(4, 10))
+            conn.execute(requests.update().where(requests.c.counterparty == "q@x.example")
+                         .values(status="answered", response_due=None))
+            return {r.counterparty: r.id for r in conn.execute(select(requests))}
+        ids = await a.write("fill", fill)
+        await gate.execute("SELECT pg_advisory_lock(4243)")
+
+        def record(conn):           # one batch: Q's follow-up, then (held) R's
+            for n, who in ((2, "q@x.example"), (3, "r@x.example")):
+                apply_plan(conn, Plan("join", who, f"<{n}@x>", ids[who], "ivanov", "duty"),
+                           f"{n:064d}", msk(18, 12))
+                if n == 2:
+                    conn.execute(select(func.pg_advisory_xact_lock(4243)))
+        recorded = asyncio.ensure_future(a.write("record", record))
+
+        async def waiting(event: str) -> bool:
+            return bool(await gate.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' "
+                "AND wait_event = $1", event))
+        for _ in range(600):
+            if await waiting("advisory"):
+                break
+            await asyncio.sleep(0.05)
+        scanned = asyncio.ensure_future(Scheduler(b, CONTROL, lambda: snap).tick(msk(18, 12)))
+        for _ in range(600):         # the scan waits for Q, or is done
+            if scanned.done() or await waiting("transactionid"):
+                break
+            await asyncio.sleep(0.05)
+        await gate.execute("SELECT pg_advisory_unlock(4243)")
+        made = await scanned
+        await recorded
+        assert [(x.request, x.stage) for x in made] == [(ids["r@x.example"], "remind")]
+    finally:
+        await gate.close()
+        await a.close()
+        await b.close()
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def test_cli_on_the_week(make_app, tmp_path):
     """request show/close, registry search/history and report on the week's registry, as
     text, JSON and CSV; -n 0 lists everything; a missing request is exit 1."""

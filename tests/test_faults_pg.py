@@ -303,3 +303,28 @@ async def test_a_postgresql_outage_names_the_registry_in_the_log(caplog):
     [line] = [r.getMessage() for r in caplog.records if "event=registry_error" in r.getMessage()]
     assert line.endswith(f" registry=postgresql+asyncpg://mr@127.0.0.1:{port}/registry"), line
     assert "secret" not in caplog.text
+
+
+async def test_two_instances_recording_the_same_messages_in_other_orders_never_deadlock(
+        pg_db):  # noqa: F811
+    """Two instances on one PostgreSQL registry each record one group commit holding the
+    same messages (a message split by recipients over both, an MTA's retry), in the
+    order each received them: one [a, b, ...], the other [..., b, a]. Both batches commit.
+    Before, each upserted its rows in arrival order; the two met in the middle, PostgreSQL
+    found a deadlock and aborted one, and every message of that batch got 451."""
+    from tests.test_registry import decision, delivery, message
+    one, other = await Registry.open(pg_db), await Registry.open(pg_db)
+    failed = []
+    try:
+        for n in range(80):
+            recs = [(message(f"{n:03d}{c}".ljust(64, c), message_id=f"<{n}{c}@x.example>"),
+                     [decision()], [delivery()]) for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+            # queued before either writer runs: one batch each, in opposite orders
+            done = await asyncio.gather(*(one.record(*r) for r in recs),
+                                        *(other.record(*r) for r in reversed(recs)),
+                                        return_exceptions=True)
+            failed += [repr(e) for e in done if isinstance(e, BaseException)]
+    finally:
+        await one.close()
+        await other.close()
+    assert failed == []

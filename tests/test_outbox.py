@@ -454,3 +454,47 @@ async def test_a_row_that_fails_to_send_does_not_stop_the_outbox(
         await until(answered, "the next answer to be sent")
     finally:
         OutboxWorker._send_one = real           # type: ignore[method-assign]
+
+
+async def test_a_slow_relay_gets_each_row_once_from_two_instances(make_app: Any, relay: Any,
+                                                                  pg_url: str,
+                                                                  tmp_path: Path) -> None:
+    """Two instances on one PostgreSQL registry, a relay slow to take each message (a
+    before-queue content filter): one worker claims the whole batch, and the batch takes
+    longer than the claim's lease. Before, the other instance claimed the rows still
+    waiting in that batch once their lease ran out and sent them too: answers went out
+    twice. Each row's lease is now renewed (only by the worker still holding it) before
+    it is sent, and a row another worker took meanwhile is left to it."""
+    from sqlalchemy.engine import make_url
+
+    from tests.support.pg import _admin
+    name = f"t_outbox_slow_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    await _admin(pg_url, f"DROP DATABASE IF EXISTS {name}")
+    await _admin(pg_url, f"CREATE DATABASE {name}")
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    sink = await relay()
+    reg = RegistryConfig(url)
+    a = await make_app(outbox=relay_to(sink.port), registry=reg)
+    b = await make_app(outbox=relay_to(sink.port), registry=reg,
+                       delivery=dataclasses.replace(a.config.delivery,
+                                                    maildir_root=tmp_path / "b-mail"))
+    workers = [app.outbox for app in (a, b)]
+    for w in workers:
+        assert w is not None
+        await w.stop()                  # the rows are all queued before anyone claims
+    senders = [f"ann{n}@client.example" for n in range(12)]
+    for n, who in enumerate(senders):
+        await send(a, who, ["old-sales@example.com"], mail(msgid=f"s{n}", sender=who))
+    assert len(await rows(a)) == len(senders)
+
+    async def slow(_server: Any) -> None:
+        await asyncio.sleep(0.5)        # the batch: 6 s, three leases
+    sink.on_data = slow
+    for w in workers:
+        assert w is not None
+        w.lease = 2.0
+        w.start()
+    await until(lambda: settled(a), "the outbox to settle", limit=120)
+    got = sorted(r for env in sink.envelopes for r in env.rcpt_tos)
+    assert got == sorted(senders)
+    assert {r["state"] for r in await rows(a)} == {"sent"}

@@ -136,3 +136,29 @@ async def test_sla_decisions_fit_postgresql(make_app, pg_db, tmp_path):
     rows = await fetch(pg_db, "SELECT rcpt, sla FROM decisions ORDER BY rcpt")
     assert [r["rcpt"] for r in rows] == ["invoices@example.com", "product-a@example.com"]
     assert all("first_response_due=" in r["sla"] for r in rows)
+
+
+async def test_an_instance_starting_while_another_migrates_waits_for_it(pg_db, caplog):
+    """Two instances started together on one PostgreSQL registry whose migration takes
+    longer than `registry.timeout` (revisions 0009 and 0012 rewrite every message): the
+    second waits for the first's migration, says so in the log, then opens the migrated
+    registry. Before, its wait for the migration lock was one statement under the
+    registry timeout: it exited 2 saying "the database server cannot be reached (not
+    running, or a wrong host or port)", and again at every restart until the first was done."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from mailrouter.registry import Registry
+    first = await asyncpg.connect(_dsn(pg_db), timeout=30)
+    try:
+        migrating = first.transaction()
+        await migrating.start()       # the first instance's migration: holds the lock
+        await first.execute("SELECT pg_advisory_xact_lock(x'6D61696C726F75'::bigint)")
+        second = asyncio.ensure_future(Registry.open(pg_db, timeout=1.0))
+        await asyncio.wait([second], timeout=4.0)   # longer than its registry timeout
+        assert not second.done() or second.exception() is None, second.exception()
+        assert "event=registry_migration_waiting" in caplog.text
+        await migrating.rollback()
+        registry = await asyncio.wait_for(second, 60)
+        await registry.close()
+    finally:
+        await first.close()

@@ -30,10 +30,16 @@ MAX_NOTE = 4000
 
 
 def _status(conn: Connection, number: int) -> tuple[str, str | None]:
+    """The request's status and owner, its row locked until the caller's commit (PostgreSQL;
+    SQLite's writers take turns): what is checked here is what the change is made on.
+    Before, a reopen by hand read `closed` while the customer's mail at another instance
+    was reopening it, waited for that commit only at its UPDATE, and reopened it a second
+    time (two "closed -> open" lines, the round counted twice); two reassigns at once
+    each wrote "from" the same old owner."""
     if not 0 < number <= MAX_NUMBER:      # PostgreSQL would fail the query, not find nothing
         raise LookupError(f"no request #{number}")
     row = conn.execute(select(requests.c.status, requests.c.owner).where(
-        requests.c.id == number)).first()
+        requests.c.id == number).with_for_update()).first()
     if row is None:
         raise LookupError(f"no request #{number}")
     return str(row.status), row.owner

@@ -249,7 +249,14 @@ class Scheduler:
         quiet = and_(requests.c.status.in_(("answered", "waiting")),
                      requests.c.last_in_at <= cutoff,
                      requests.c.last_out_at.is_(None) | (requests.c.last_out_at <= cutoff))
-        ids = [i for (i,) in conn.execute(select(requests.c.id).where(quiet).limit(_BATCH))]
+        # a quiet request another transaction holds (a record joining the customer's new
+        # mail to it) is left to the next scan: waiting for it while this scan holds the
+        # overdue requests it reminds, which that record may join next, deadlocked, and
+        # PostgreSQL aborted the record's whole batch (451) or the scan
+        found = select(requests.c.id).where(quiet).limit(_BATCH)
+        if conn.dialect.name == "postgresql":
+            found = found.with_for_update(skip_locked=True)
+        ids = [i for (i,) in conn.execute(found)]
         if not ids:
             return
         closed = conn.execute(update(requests).where(requests.c.id.in_(ids), quiet)

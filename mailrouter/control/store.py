@@ -27,7 +27,8 @@ name a request it may join joins it. Every Message-ID a request's messages carry
 is kept (`request_threads`), so an original recorded after its follow-up joins too.
 Before delivery an open claims its thread's Message-IDs with the owner it planned
 (`claim_thread`, `thread_claims`), so two instances planning one thread at the same
-moment head its copies with one owner, and the team's turn moves once. A team's pick is
+moment head its copies with one owner, and the team's turn moves once (a message without
+a Message-ID claims its registry key instead, `key_claim`). A team's pick is
 made in that same transaction, the team's turn taken in the registry (_team_turn), so
 picks at any number of processes follow one cursor. A claim whose message is never
 recorded stays a week (a row per Message-ID); a later message of its thread takes its owner.
@@ -329,6 +330,12 @@ def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime,
     if team is not None:
         _team_turn(conn, team.key)
     ids = list(dict.fromkeys(m for m in plan.refs + (plan.message_id,) if m))
+    if plan.message_id is None:
+        # no Message-ID: the message claims its key. Before, such a message claimed
+        # nothing (with no References either), and the same message at two instances
+        # at once (the MTA's retry after a timeout) was picked at each: the team's turn
+        # moved twice and the copy stored could name the member the request did not get
+        ids.append(key_claim(key))
     mine: set[str] = set()
     if ids:
         mine = set(conn.execute(_insert(conn, thread_claims).values([
@@ -354,6 +361,12 @@ def claim_thread(conn: Connection, plan: Plan, key: str, at: datetime,
     _own(conn, mine, choice.owner, choice.team)
     return replace(plan, owner=choice.owner, team=choice.team, picked=choice.member,
                    why=choice.why)
+
+
+def key_claim(key: str) -> str:
+    """The thread_claims id of a message without a Message-ID: its registry key, in a form
+    no Message-ID of ours or a sender's takes by chance (RFC 2606 .invalid)."""
+    return f"<{key}@key.mailrouter.invalid>"
 
 
 def _own(conn: Connection, mine: set[str], owner: str | None, team: str | None) -> None:

@@ -310,6 +310,10 @@ def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
     return list(sends.values()), list(logs.values())
 
 
+def _by_key(item: _Pending) -> str:
+    return item.message.key
+
+
 def _flat(groups: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [row for group in groups for row in group]
 
@@ -961,6 +965,23 @@ class Registry:
         except Exception as exc:  # any driver/pool/OS error is a registry outage
             raise _failure("outbox_claim", exc, self._db) from None
 
+    async def outbox_renew(self, row_id: int, leased_until: datetime,
+                           lease: float) -> datetime | None:
+        """Push a claimed row's lease ``lease`` seconds from now, only when it is still the
+        lease this worker's claim set (``leased_until``) and the row is still queued: the
+        new lease's end, or None when another worker claimed it since (its lease ran out
+        while this worker's batch was still being sent) or it was settled."""
+        def renew(conn: Connection) -> datetime | None:
+            until = _now() + timedelta(seconds=lease)
+            done = conn.execute(outbox.update().where(
+                outbox.c.id == row_id, outbox.c.state == "queued",
+                outbox.c.next_try == leased_until).values(next_try=until))
+            return until if done.rowcount else None
+        try:
+            return await self._run(renew, write=True)
+        except Exception as exc:  # any driver/pool/OS error is a registry outage
+            raise _failure("outbox_renew", exc, self._db) from None
+
     async def outbox_settle(self, row_id: int, state: str, error: str = "",
                             retry_at: datetime | None = None) -> None:
         """Mark a claimed row sent, failed or suppressed, or (``retry_at``) due again then."""
@@ -1031,9 +1052,19 @@ class Registry:
                 _settle([item], None)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
+        """One transaction for `batch`. Every statement writes its rows in the order of
+        their unique key (messages by key, and a message's own rows after it, which its
+        message row's lock guards; outbox rows by dedupe key), so two instances' batches
+        holding the same messages (a message split by recipients, an MTA's retry, both
+        delivered at once to both) lock them in one order. In arrival order, one
+        instance's [X, Y] and the other's [Y, X] deadlocked on PostgreSQL, and the batch
+        it aborted answered 451 for every message in it."""
         now, dialect = _now(), self._dialect
-        rounds = [tuple(zip(*(p.rows(now) for p in round_))) for round_ in _rounds(batch)]
+        rounds = [tuple(zip(*(p.rows(now) for p in sorted(round_, key=_by_key))))
+                  for round_ in _rounds(batch)]
         sends, logs = _outgoing_rows(batch, now)
+        sends.sort(key=lambda r: r["dedupe"])
+        logs.sort(key=lambda r: (r["sender"], r["responder"], r["bucket"]))
         fast = self._fast
 
         def write(conn: Connection) -> None:
