@@ -799,3 +799,16 @@ def test_reload_with_a_config_yaml_broken_since_the_start_still_reloads_the_rule
                            encoding="utf-8")
     out = mr("reload", "-c", str(proc.config))
     assert out.returncode == 2 and "unknown key 'tokn'" in out.stderr, out
+
+
+def test_explain_text_names_each_matched_rule_once(tmp_path):
+    """A matched rule is one line of `explain`'s text: it was printed as `rule:` and again as
+    `because:` (the decision's reasons, which the registry keeps, name it too); the address
+    book's reason is still said."""
+    out = mr("explain", "--rcpt", "support@example.com", str(RULES / "samples" / "key-customer.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for name in ("key-customer", "support-urgent"):
+        assert sum(f"'{name}'" in l or f" {name} (" in l for l in lines) == 1, out.stdout
+    assert "  because:  address book" in lines

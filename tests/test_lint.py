@@ -143,6 +143,10 @@ rules:
      "subject contains 'Пересл: счет' can never match a reply: subjects are matched without "
      "reply prefixes; write 'счет'"),
     ("{subject: {contains: 'договор Re: x'}}", None),     # not at the start: no reply prefix
+    # a space around a needle (a no-break one pasted from a web page) is no reply prefix: it
+    # was warned about as one ("can never match a reply; write 'срочно'"), and it matches
+    ("{subject: {contains: ['срочно\u00a0', ' urgent ']}}", None),
+    ("{subject: {equals: 'order ', starts_with: ' order'}}", None),
     ("{header: {Subject: {contains: 'Re: x'}}}", None),  # the raw header keeps its prefixes
     ("{subject: {contains: '*договор'}}",
      "subject contains '*договор': a * works only at the end of a word (word forms: "
