@@ -623,3 +623,38 @@ def test_an_address_with_the_roots_dot_matches_the_rules_naming_it() -> None:
     assert (f.raw("mail_from"), f.raw("rcpt"), f.raw("rcpt_domain")) == (
         ("boss@x.example",), ("sales@example.com",), ("example.com",))
     assert Facts(raw, "", "a@b..", None, at, {}).raw("rcpt") == ("a@b..",)
+
+
+@pytest.mark.parametrize("folder,why", [
+    (" Inbound", "a space at an end of the level ' Inbound'"),
+    ("Inbound\u00a0", "a space at an end of the level 'Inbound\\xa0'"),
+    ("Finance/ 2026", "a space at an end of the level ' 2026'"),
+    ("Inbound\u200b", "an invisible character U+200B in the level"),
+])
+def test_a_folder_with_a_space_at_an_end_or_an_invisible_character_is_a_load_error(
+        folder: str, why: str) -> None:
+    """`folder: "\u00a0Inbound\u00a0"` (a no-break space pasted from a web page) was loaded and
+    checked 'ok': the mail went to a Maildir folder of its own, which a mail client shows as
+    'Inbound' beside the real one. Refused where it is written, in a rule and in an alias."""
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: mailbox:fin\n", "book.yaml")
+    rules = routing_file(f'rules:\n  - name: r\n    then: {{mailbox: fin, folder: "{folder}"}}\n',
+                         "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, rules, book=None)
+    assert f"{rules}:3:" in str(exc.value) and why in str(exc.value), str(exc.value)
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        f'aliases:\n  invoices@example.com: {{mailbox: fin, folder: "{folder}"}}\n'
+                        "rules: []\n", "book.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, book=None)
+    assert f"{book}:5:" in str(exc.value) and why in str(exc.value), str(exc.value)
+
+
+def test_a_folder_with_spaces_inside_its_levels_is_taken() -> None:
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: {mailbox: fin, folder: 'Счета 2026'}\n",
+                        "book.yaml")
+    rules = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: 'Входящие счета/Май'}\n",
+                         "r.yaml")
+    load(book, rules, book=None)

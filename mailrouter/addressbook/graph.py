@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from ..values import Target, folder_problem
+from ..values import Target, written_folder_problem
 from ..yamlsrc import as_written
 from .canon import canonical, canonicaliser, detail_split
 from .errs import Collector, did_you_mean
@@ -43,7 +43,7 @@ def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any,
     if name not in p.mailboxes:
         c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes"))
         return []
-    problem = folder_problem(folder) if folder is not None else None
+    problem = written_folder_problem(folder) if folder is not None else None
     if problem is not None:
         c.add(f"folder {folder!r} of mailbox {name!r} has {problem}",
               at if folder_at is None else folder_at, "fix the folder name")

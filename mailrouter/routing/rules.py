@@ -36,7 +36,7 @@ from ..values import (
     Decision,
     RuleMatch,
     Target,
-    folder_problem,
+    written_folder_problem,
 )
 from ..yamlsrc import as_written, where
 from .conditions import Node, did_you_mean, parse_condition
@@ -197,7 +197,7 @@ class _Builder:
         if spec.get("sla") is not None:
             sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
         folder = as_written(_one(spec, "folder"))        # 00123, not 83
-        problem = folder_problem(str(folder)) if folder is not None else None
+        problem = written_folder_problem(str(folder)) if folder is not None else None
         if problem is not None:
             self.err(f"rule {name!r}: folder {str(folder)!r} has {problem}", folder, spec,
                      "fix the folder name")
