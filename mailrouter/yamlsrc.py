@@ -539,14 +539,54 @@ def _load_nodes(text: str, source: str) -> Any:
         loader.dispose()
 
 
+# The indentation of a line: spaces, tabs and the `- ` of block sequences (`-\tname: x`
+# indents `name` with a tab as much as `\t- name: x` does).
+_INDENT = re.compile(r"[ \t]*(?:-[ \t]+)*")
+
+
 def _tab_in_indent(text: str, line: int) -> int:
-    """The 1-based column of the first tab in the leading whitespace of `line`, or 0."""
+    """The 1-based column of the first tab in the indentation of `line`, or 0."""
     lines = text.split("\n")
     if not 1 <= line <= len(lines):
         return 0
     row = lines[line - 1]
-    indent = row[:len(row) - len(row.lstrip(" \t"))]
-    return indent.find("\t") + 1
+    indent = _INDENT.match(row)
+    return indent.group().find("\t") + 1 if indent else 0
+
+
+# Spaces that look like one and are none to YAML: a no-break space (a routing file pasted
+# from a wiki or a mail keeps it), the other Unicode spaces, a zero-width space, a byte
+# order mark inside the text. In a value they are text; where YAML wants a space (the
+# indentation, after `- ` or `key:`), PyYAML's error named a later line ("did not find
+# expected key") or called it a ': ' in a value.
+_ODD_SPACE = "\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000\ufeff"
+_ODD_SPACE_AT = re.compile(rf"^[ \t]*(?:-[ \t]*)*[{_ODD_SPACE}]|[:\-][{_ODD_SPACE}]")
+
+
+def _odd_space_before(text: str, line: int) -> tuple[int, int, str] | None:
+    """(line, column, character) of the nearest odd space where YAML wants a space, on
+    `line` or above it, or None."""
+    lines = text.split("\n")
+    for n in range(min(line, len(lines)), max(line - 20, 0), -1):
+        m = _ODD_SPACE_AT.search(lines[n - 1])
+        if m and _parses_further(lines, n, m.end() - 1, line):
+            return n, m.end(), m.group()[-1]
+    return None
+
+
+def _parses_further(lines: list[str], n: int, index: int, line: int) -> bool:
+    """Whether the text with that one character a plain space parses, or fails only below
+    `line`: the odd space is the cause, not a value's text that happens to hold one."""
+    row = lines[n - 1]
+    fixed = "\n".join(lines[:n - 1] + [row[:index] + " " + row[index + 1:]] + lines[n:])
+    try:
+        yaml.compose(fixed, Loader=_BaseLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        return mark is not None and mark.line + 1 > line
+    except yaml.YAMLError:
+        return False
+    return True
 
 
 # --- Faster still: a bare section of one-word scalars, read by a regular expression -------
@@ -757,6 +797,12 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
         if tab:
             raise ConfigError("a tab in the indentation", source, line, tab,
                               "YAML indents with spaces only — replace the tab with spaces") from None
+        odd = _odd_space_before(text, line)
+        if odd is not None:
+            raise ConfigError(f"a U+{ord(odd[2]):04X} ({_space_name(odd[2])}) where YAML wants a "
+                              "plain space", source, odd[0], odd[1],
+                              "retype it as a plain space (a text pasted from a web page or a "
+                              "mail keeps such spaces)") from None
         if exc.context == "while scanning a quoted scalar" and exc.context_mark is not None:
             # "found unexpected end of stream" named the last line of the file
             m = exc.context_mark
@@ -795,6 +841,11 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
     finally:
         if collecting:
             gc.enable()
+
+
+def _space_name(char: str) -> str:
+    import unicodedata
+    return unicodedata.name(char, "a space").lower()
 
 
 def _quote_ending_at(text: str, line: int) -> tuple[int, int] | None:

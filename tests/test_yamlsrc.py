@@ -260,6 +260,8 @@ TAB = "a tab in the indentation; YAML indents with spaces only — replace the t
     ("x: 1\n \tc: 2\n", 2, 2),                       # "mapping values are not allowed"
     ("a: |\n\tx\n", 2, 1),                           # in a block scalar's indentation
     ("rules:\r\n\t- name: x\r\n", 2, 1),             # CRLF file
+    ("rules:\n  -\tname: x\n    then: {}\n", 2, 4),   # after the dash: "cannot start any token"
+    ("a:\n  - - \tb: 1\n    - c\n", 2, 7),
 ])
 def test_tab_in_indentation_is_named(text: str, line: int, col: int) -> None:
     """A tab in the indentation is called what it is, at its line and column, with the fix."""
@@ -808,3 +810,32 @@ def test_load_bytes_reads_as_load_does(tmp_path: Any) -> None:
         except ConfigError as exc:
             got = str(exc)
         assert got == want
+
+
+NBSP_FIX = ("where YAML wants a plain space; retype it as a plain space (a text pasted from a "
+            "web page or a mail keeps such spaces)")
+
+
+@pytest.mark.parametrize("text, line, col, char", [
+    # a rule's line indented with a no-break space: PyYAML named line 5, "did not find expected key"
+    ("rules:\n  - name: s\n    when: {rcpt: s@example.com}\n\u00a0   then: {folder: X}\n\n"
+     "  - name: t\n", 4, 1, "U+00A0 (no-break space)"),
+    # after the key's colon: "mapping values are not allowed", with the hint to quote the value
+    ("aliases:\n  sales@example.com:\u00a0mailbox:sales\n  x@example.com: mailbox:sales\n",
+     2, 21, "U+00A0 (no-break space)"),
+    ("rules:\n  -\u2003name: x\n    then: {folder: X}\n", 2, 4, "U+2003 (em space)"),
+])
+def test_an_odd_space_where_yaml_wants_a_space_is_named(text: str, line: int, col: int,
+                                                        char: str) -> None:
+    """A no-break space (a routing file pasted from a wiki or a mail) in the indentation or
+    after `key:`: the error named another line and no cause; now its own line and column."""
+    want = f"ConfigError: f.yaml:{line}:{col}: a {char} {NBSP_FIX}"
+    assert error(loads, text) == want
+    assert error(nodes, text) == want
+
+
+def test_a_no_break_space_inside_a_value_is_not_blamed_for_another_error() -> None:
+    """A value may hold one (a person's name): a syntax error below it is named as before."""
+    text = "people:\n  ivanov: {name: \"Пётр -\u00a0Иванов\"}\n  x: [1\n"
+    assert "YAML syntax" in error(loads, text)
+    assert loads("people:\n  ivanov: {name: Пётр -\u00a0Иванов}\n", "f.yaml") is not None
