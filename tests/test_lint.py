@@ -143,6 +143,15 @@ rules:
      "subject contains 'Пересл: счет' can never match a reply: subjects are matched without "
      "reply prefixes; write 'счет'"),
     ("{subject: {contains: 'договор Re: x'}}", None),     # not at the start: no reply prefix
+    # a word typed half in the other keyboard layout: a Latin c in «счёт», a Cyrillic о in
+    # «invoice»; check said nothing and the rule never matched the mail it was written for
+    ("{subject: {contains: 'c\u0447\u0451т*'}}",
+     "subject contains 'cчёт*' matches no word written in one alphabet: its word 'cчёт' mixes "
+     "Latin and Cyrillic letters (c is Latin); retype the word with one keyboard layout"),
+    ("{body: {equals: ['ok', 'inv\u043eice 5']}}",
+     "body equals 'invоice 5' matches no word written in one alphabet: its word 'invоice' mixes "
+     "Latin and Cyrillic letters (о is Cyrillic); retype the word with one keyboard layout"),
+    ("{subject: {contains: 'iPhone-чехол, Wi-Fi роутер 5G'}, from_addr: 'ivan@пример.рф'}", None),
     # a space around a needle (a no-break one pasted from a web page) is no reply prefix: it
     # was warned about as one ("can never match a reply; write 'срочно'"), and it matches
     ("{subject: {contains: ['срочно\u00a0', ' urgent ']}}", None),
