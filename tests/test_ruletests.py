@@ -339,3 +339,28 @@ tests:
     assert check_rule_tests(yamlsrc.load(path)["tests"], tmp_path) == [
         f"{path}:9: test invoice: the name is also the test's at {path}:5; give each test "
         "a name of its own"]
+
+
+def test_a_case_whose_message_is_a_fifo_is_a_failure_line_not_a_hang(tmp_path: Path) -> None:
+    """`message:` naming a FIFO (or /dev/stdin, /dev/zero) was read to its end: `mailrouter
+    test` and `check` waited for ever. It is one failure line, and the run goes on."""
+    import os
+    import threading
+    fifo = tmp_path / "samples" / "pipe.eml"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    out: list[list[str]] = []
+    t = threading.Thread(target=lambda: out.append(run("""\
+tests:
+  - name: pipe
+    message: samples/pipe.eml
+    rcpt: sales@example.com
+    expect: {folder: X}
+""", tmp_path)), daemon=True)
+    t.start()
+    t.join(30)
+    if t.is_alive():            # let the reader go: open the other end and close it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert out, "the run waited on the FIFO"
+    assert [ln.split(": ", 2)[2] for ln in out[0]] == [
+        f"message '{fifo}' is not a regular file; give a saved .eml file"]

@@ -69,6 +69,11 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
     if case.get("message") is not None:
         path = base / str(case["message"])
         try:
+            if path.exists() and not path.is_file() and not path.is_dir():
+                # a FIFO or a device (message: /dev/stdin, /dev/zero): reading it waited for
+                # ever, and `check` and `test` with it
+                raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
+                                 ".eml file")
             return path.read_bytes()
         except OSError as exc:
             raise _CaseError(f"cannot read message {str(path)!r}: {exc.strerror}") from None
