@@ -22,9 +22,12 @@ it is in. Written-out values do not count, only repetitions.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
+import os
 import re
+import stat
 from functools import lru_cache
 from pathlib import Path
 from collections.abc import Collection, Iterable, Iterator
@@ -35,7 +38,8 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["LocStr", "LocInt", "LocFloat", "LocMap", "LocList", "load", "loads", "load_bytes",
-           "where", "as_written", "ALIAS_BUDGET", "FilesHash", "files_hash", "hash_files"]
+           "where", "as_written", "ALIAS_BUDGET", "FilesHash", "files_hash", "hash_files",
+           "NotRegularFile", "open_regular", "must_be_regular"]
 
 # Values that aliases may repeat in one document, all aliases together (an alias of a
 # 500-address group used in 20 places repeats 10,000). Far above what a hand-written
@@ -887,11 +891,47 @@ def _cyrillic_8bit(raw: bytes) -> str | None:
     return "windows-1251" if upper_half * 2 >= len(letters) else "KOI8-R"
 
 
+class NotRegularFile(OSError):
+    """A FIFO, a socket or a device where a file was to be read."""
+
+
+def open_regular(path: str | Path) -> Any:
+    """`path` opened to read in binary, when it is a regular file (or a symlink to one);
+    NotRegularFile when it is a FIFO or a device, whose read waited for ever (a FIFO
+    without a writer, /dev/stdin) or never ended (/dev/zero): with it `check` hung, and a
+    reload, and every reload after it. Opened without waiting, then asked what it is."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, a socket or a device)",
+                                 str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def must_be_regular(path: str | Path) -> None:
+    """NotRegularFile when `path` is a FIFO, a socket or a device (see `open_regular`); a
+    file that is missing or a directory is left to the read that follows."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, a socket or a device)",
+                             str(path))
+
+
 def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = ()) -> Any:
     """Read and parse one YAML file (`bare`, `skip`: see `loads`)."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = p.read_bytes()     # config.yaml may be a pipe: check -c <(sed ... config.yaml)
     except FileNotFoundError:
         raise ConfigError("file not found", str(p), hint="check the path") from None
     except OSError as exc:
@@ -962,7 +1002,7 @@ class FilesHash:
         pieces: a worker checking a 5 MB book file with `read_bytes` wrote 5 MB of the heap
         it shares with the others (glibc serves it from the heap once bigger blocks were
         freed)."""
-        with open(path, "rb") as src:
+        with open_regular(path) as src:
             self.add_chunks(path, iter(lambda: src.read(1 << 16), b""))
 
     def hexdigest(self) -> str:

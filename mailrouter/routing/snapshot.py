@@ -13,6 +13,7 @@ error naming both; lists (domains, rules, tests) are concatenated.
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import glob
 import os
@@ -463,7 +464,11 @@ def read_files(files: Sequence[str], errors: list[ConfigError]) -> dict[str, byt
 
 def _read_one(f: str, errors: list[ConfigError]) -> bytes | None:
     try:
+        yamlsrc.must_be_regular(f)
         return Path(f).read_bytes()
+    except yamlsrc.NotRegularFile as exc:
+        errors.append(ConfigError(str(exc.strerror), f, hint="routing files are files saved on the "
+                                  "disk: remove it, or move it out of what 'routing:' matches"))
     except FileNotFoundError:
         target = Path(f).readlink() if Path(f).is_symlink() else None
         errors.append(ConfigError(
@@ -477,7 +482,9 @@ def _read_one(f: str, errors: list[ConfigError]) -> bytes | None:
         # said only "cannot read: Permission denied": what is in the way, and the fix
         errors.append(unreadable(Path(f)) or ConfigError(f"cannot read: {exc.strerror}", f))
     except OSError as exc:
-        errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
+        errors.append(ConfigError(f"cannot read: {exc.strerror}", f, hint=(
+            "a symlink that points, through others, back at itself: point it at the file"
+            if exc.errno == errno.ELOOP else "")))
     return None
 
 
