@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import stat
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from collections.abc import Collection, Iterable, Iterator
@@ -39,7 +40,8 @@ from .errors import ConfigError
 
 __all__ = ["LocStr", "LocInt", "LocFloat", "LocMap", "LocList", "load", "loads", "load_bytes",
            "where", "as_written", "ALIAS_BUDGET", "FilesHash", "files_hash", "hash_files",
-           "NotRegularFile", "open_regular", "must_be_regular"]
+           "NotRegularFile", "open_regular", "must_be_regular",
+           "mixed_letters", "letters_note"]
 
 # Values that aliases may repeat in one document, all aliases together (an alias of a
 # 500-address group used in 20 places repeats 10,000). Far above what a hand-written
@@ -889,6 +891,38 @@ def _cyrillic_8bit(raw: bytes) -> str | None:
         return None
     upper_half = sum(1 for b in letters if b >= 0xE0)
     return "windows-1251" if upper_half * 2 >= len(letters) else "KOI8-R"
+
+
+def _script(char: str) -> str | None:
+    if not char.isalpha():
+        return None
+    name = unicodedata.name(char, "")
+    return "Latin" if name.startswith("LATIN") else "Cyrillic" if name.startswith("CYRILLIC") \
+        else None
+
+
+def mixed_letters(text: str) -> tuple[str, str] | None:
+    """(a word, which of its letters are the odd ones: "c is Latin") of a word of `text`
+    written with Latin and Cyrillic letters together: `cчёт` with a Latin c, `mаilboxes` with
+    a Cyrillic а (the keyboard layout switched mid-word), which look like the word meant and
+    are another; None when every word keeps to one alphabet."""
+    for word in re.findall(r"[^\W\d_]+", text):
+        scripts = [_script(c) for c in word]
+        latin = [c for c, s in zip(word, scripts) if s == "Latin"]
+        cyrillic = [c for c, s in zip(word, scripts) if s == "Cyrillic"]
+        if latin and cyrillic:
+            odd, which = (latin, "Latin") if len(latin) <= len(cyrillic) else (cyrillic, "Cyrillic")
+            letters = list(dict.fromkeys(odd))
+            return word, f"{', '.join(letters)} {'is' if len(letters) == 1 else 'are'} {which}"
+    return None
+
+
+def letters_note(word: object) -> str:
+    """" ('mаilboxes': а is Cyrillic)" for a name that mixes the alphabets, else "": said
+    beside "unknown key 'mаilboxes'; did you mean 'mailboxes'?", which otherwise reads as
+    nonsense, the two looking alike."""
+    mixed = mixed_letters(str(word))
+    return f" ({mixed[0]!r}: {mixed[1]}; retype it)" if mixed else ""
 
 
 class NotRegularFile(OSError):

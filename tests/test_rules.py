@@ -658,3 +658,35 @@ def test_a_folder_with_spaces_inside_its_levels_is_taken() -> None:
     rules = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: 'Входящие счета/Май'}\n",
                          "r.yaml")
     load(book, rules, book=None)
+
+
+def test_a_name_typed_with_a_cyrillic_letter_is_told_from_the_one_it_looks_like() -> None:
+    """`subjeсt` with a Cyrillic с (the keyboard layout switched mid-word) was "unknown
+    condition 'subjeсt'; did you mean 'subject'?": two words that look alike, and no cause.
+    The note names the letter, for a section, a rule's key, a condition, an action, a
+    mailbox, and an alias's address that lost its indentation is said to be one."""
+    rules = routing_file("m\u0430ilboxes: {}\n"
+                         "x@example.com: mailbox:sales\n"
+                         "rules:\n"
+                         "  - n\u0430me: a\n"
+                         "    then: {folder: X}\n"
+                         "  - name: b\n"
+                         "    when: {subje\u0441t: x}\n"
+                         "    then: {mailb\u043ex: sales}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(rules)
+    text = str(exc.value)
+    with pytest.raises(ConfigErrors) as exc:
+        load(routing_file("rules:\n  - name: c\n    then: {mailbox: s\u0430les, owner: petr\u043eva, "
+                          "priority: hi\u0433h}\n", "r.yaml"))
+    text += str(exc.value)
+    for typed, meant, letter in [("m\u0430ilboxes", "mailboxes", "\u0430"),
+                                 ("petr\u043eva", "petrova", "\u043e"), ("hi\u0433h", "high", "\u0433"),
+                                 ("n\u0430me", "name", "\u0430"),
+                                 ("subje\u0441t", "subject", "\u0441"),
+                                 ("mailb\u043ex", "mailbox", "\u043e"),
+                                 ("s\u0430les", "sales", "\u0430")]:
+        assert f"did you mean '{meant}'? ('{typed}': {letter} is Cyrillic; retype it)" in text, text
+    assert (f"{rules}:2:1: unknown section 'x@example.com'; an address at the start of a line is "
+            "read as a section: indent it as the addresses under 'aliases:' (or 'moved:') above "
+            "it are") in text

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError, ConfigErrors
-from ..yamlsrc import where
+from ..yamlsrc import letters_note, where
 
 __all__ = ["Collector", "did_you_mean", "at_line"]
 
@@ -16,8 +16,8 @@ def did_you_mean(word: str, choices: Iterable[str], what: str, listing: bool = T
     """A hint naming the closest known name, or listing what is allowed (if `listing`)."""
     names = sorted(str(c) for c in choices)
     close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
+    if close:   # 'sаles' (a Cyrillic а) and 'sales' look alike: the note says which letter
+        return f"did you mean {close[0]!r}?" + letters_note(word)
     if not listing:
         return ""
     if not names:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from ..yamlsrc import as_written, where
+from ..yamlsrc import as_written, letters_note, where
 from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
 from .normalize import normalize, normalize_address
 from .patterns import PatternError, compile_glob, compile_regex, utf8
@@ -90,7 +90,8 @@ def did_you_mean(word: str, known: tuple[str, ...] | list[str],
     if same is not None:
         return f"did you mean '{same}'?"
     close = difflib.get_close_matches(word, list(known), n=1)
-    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+    return (f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)) \
+        + letters_note(word)
 
 
 # RFC 5322 section 2.2: a field name is printable ASCII but ':' and space

@@ -34,11 +34,11 @@ did-you-mean. Each warning is "file:line: rule NAME: text".
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any, Iterator, Sequence
 
 from .conditions import AllOf, AnyOf, Leaf, Node, Not
 from .facts import words_of
+from ..yamlsrc import mixed_letters
 from .normalize import normalize, strip_reply_prefixes
 
 __all__ = ["control_warnings", "lint_notes", "lint_rules"]
@@ -153,7 +153,7 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                        + (repr(_bare(text)) if _bare(text) else "'<>' for a bounce's null sender"
                           if leaf.field == "mail_from" else "robot: true for a bounce"))
             if leaf.field not in _ADDRESS_FIELDS and leaf.op in _SET_OPS \
-                    and (mixed := _mixed_script(text)) is not None:
+                    and (mixed := mixed_letters(text)) is not None:
                 word, odd = mixed
                 yield (f"{leaf.label} {leaf.op} {text!r} matches no word written in one "
                        f"alphabet: its word {word!r} mixes Latin and Cyrillic letters ({odd}); "
@@ -209,29 +209,6 @@ def _bigger_than_message(node: AllOf) -> str | None:
 _BARE = ("mail_from", "from_addr")      # an address as given, nothing around it
 _ADDRESS_FIELDS = ("mail_from", "from_addr", "rcpt", "rcpt_domain", "rcpt_resolved",
                    "rcpt_original", "resolved_mailbox")
-
-
-def _script(char: str) -> str | None:
-    if not char.isalpha():
-        return None
-    name = unicodedata.name(char, "")
-    return "Latin" if name.startswith("LATIN") else "Cyrillic" if name.startswith("CYRILLIC") \
-        else None
-
-
-def _mixed_script(text: str) -> tuple[str, str] | None:
-    """(a word, which of its letters are the odd ones) of a needle word written with Latin and
-    Cyrillic letters together: `cчёт` with a Latin c (the keyboard layout switched mid-word,
-    or a word copied from mail that hid itself so), which no word of real mail is; None
-    when every word keeps to one alphabet."""
-    for word in re.findall(r"[^\W\d_]+", text):
-        scripts = [_script(c) for c in word]
-        latin = [c for c, s in zip(word, scripts) if s == "Latin"]
-        cyrillic = [c for c, s in zip(word, scripts) if s == "Cyrillic"]
-        if latin and cyrillic:
-            odd, which = (latin, "Latin") if len(latin) <= len(cyrillic) else (cyrillic, "Cyrillic")
-            return word, f"{', '.join(dict.fromkeys(odd))} {'is' if len(set(odd)) == 1 else 'are'} {which}"
-    return None
 
 
 def _not_bare(field: str, text: str) -> bool:

@@ -38,7 +38,7 @@ from ..values import (
     Target,
     written_folder_problem,
 )
-from ..yamlsrc import as_written, where
+from ..yamlsrc import as_written, letters_note, where
 from .conditions import Node, did_you_mean, parse_condition
 from .facts import Facts
 from .index import RuleIndex
@@ -268,7 +268,8 @@ class _Builder:
             close = [same] if same in allowed else difflib.get_close_matches(
                 str(value).lower(), list(allowed), n=1)
             self.err(f"rule {name!r}: {key} must be one of {', '.join(allowed)}, not {value!r}",
-                     value, spec, f"did you mean '{close[0]}'?" if close else "")
+                     value, spec, f"did you mean '{close[0]}'?" + letters_note(value) if close
+                     else "")
             return None
         return str(value) if value is not None else None
 

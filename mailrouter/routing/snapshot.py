@@ -191,6 +191,9 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError],
             continue
         for key, hint in unknown_keys(doc, SECTIONS):
             _, line, col = yamlsrc.where(key)
+            if "@" in str(key):     # an alias's line that lost its indentation
+                hint = ("an address at the start of a line is read as a section: indent it "
+                        "as the addresses under 'aliases:' (or 'moved:') above it are")
             errors.append(ConfigError(f"unknown section '{key}'", path, line, col, hint))
         for key in MAP_SECTIONS:
             _merge_map(merged[key], doc.get(key), key, path, errors)
