@@ -303,9 +303,16 @@ def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
             nodes[old] = []
         elif moved.now not in nodes and _detail_base(p, nodes, moved.now) is None:
             at = p.moved_at[old]
-            c.add(f"moved address {old} delivers to {moved.now}, which is not a known address",
-                  at, f"define {moved.now} (an alias or a person's address), "
-                  "or set deliver: false")
+            if moved.now.rpartition("@")[2] not in p.domains:
+                # "define someone@gmail.com (an alias ...)": an alias of another domain is
+                # refused too; the way out is a mailbox that hands the mail on
+                c.add(f"moved address {old} delivers to {moved.now}, which is not on one of our "
+                      "domains", at, "set deliver: false (the sender is told the new address), "
+                      f"or make {old} an alias of a mailbox {{smtp: {moved.now}}} instead")
+            else:
+                c.add(f"moved address {old} delivers to {moved.now}, which is not a known "
+                      "address", at, f"define {moved.now} (an alias or a person's address), "
+                      "or set deliver: false")
         else:
             nodes[old] = [Edge(moved.now, (), p.moved_at[old])]
 
