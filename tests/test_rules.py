@@ -690,3 +690,34 @@ def test_a_name_typed_with_a_cyrillic_letter_is_told_from_the_one_it_looks_like(
     assert (f"{rules}:2:1: unknown section 'x@example.com'; an address at the start of a line is "
             "read as a section: indent it as the addresses under 'aliases:' (or 'moved:') above "
             "it are") in text
+
+
+def test_a_folder_or_a_tag_that_yaml_reads_as_a_boolean_is_a_load_error() -> None:
+    """YAML 1.1 reads Off, No, on, yes as booleans: `folder: Off` in a rule stored the mail
+    in the folder 'False', `{mailbox: support, folder: No}` in an alias stored it in no
+    folder at all, and `tags: [on]` was refused as "not True", with no cause. Each is named
+    with the fix, quotes."""
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: {mailbox: fin, folder: No}\n"
+                        "  sales@example.com: {mailbox: fin, folder: 'No'}\n", "book.yaml")
+    rules = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: Off, tags: [on]}\n",
+                         "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, rules, book=None)
+    assert [str(e) for e in exc.value.errors] == [
+        f"{book}:5:25: alias invoices@example.com: folder takes text, but YAML read this value "
+        "as false (no, yes, on, off, y, n are booleans to YAML); put the folder in quotes as "
+        "written: folder: 'No'",
+        f"{rules}:3:11: rule 'r': a tag must be text, but YAML read this one as true (no, yes, "
+        "on, off, y, n are booleans to YAML); put the tag in quotes as written: tags: ['on', 'NO']",
+        f"{rules}:3:11: rule 'r': folder takes text, but YAML read this value as false (no, "
+        "yes, on, off, y, n are booleans to YAML); put the folder in quotes as written: "
+        "folder: 'Off'"]
+    ok = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: 'Off', tags: ['on']}\n",
+                      "r.yaml")
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: {mailbox: fin, folder: 'No'}\n",
+                        "book.yaml")
+    [d] = load(book, ok, book=None).decide(MessageView(mail("x", "y")), "", ["invoices@example.com"],
+                                             MONDAY_10_MSK)
+    assert (d.folder, d.tags) == ("Off", ("on",))

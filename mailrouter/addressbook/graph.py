@@ -137,6 +137,12 @@ def _mapping_target(c: Collector, p: Parts, src: str, value: Mapping[Any, Any]) 
               "write {mailbox: NAME, folder: FOLDER}")
         return []
     folder = as_written(value.get("folder"))        # folder: 00123 is '00123', not '83'
+    if isinstance(folder, bool):
+        # `folder: No` was no folder at all (False is falsy), `folder: yes` the folder 'True'
+        c.add(f"alias {src}: folder takes text, but YAML read this value as "
+              f"{str(folder).lower()} (no, yes, on, off, y, n are booleans to YAML)", value,
+              "put the folder in quotes as written: folder: 'No'")
+        return []
     return _mailbox(c, p, str(value["mailbox"]), str(folder) if folder else None,
                     value["mailbox"], folder)
 

@@ -187,7 +187,11 @@ class _Builder:
         raw_tags = spec.get("tags")
         raw_tags = [] if raw_tags is None else raw_tags if isinstance(raw_tags, list) else [raw_tags]
         for t in raw_tags:
-            if not _is_text(t):
+            if isinstance(t, bool):
+                self.err(f"rule {name!r}: a tag must be text, but YAML read this one as "
+                         f"{str(t).lower()} (no, yes, on, off, y, n are booleans to YAML)", t, spec,
+                         "put the tag in quotes as written: tags: ['on', 'NO']")
+            elif not _is_text(t):
                 self.err(f"rule {name!r}: a tag must be text, not {t!r}", t, spec,
                          "write e.g. tags: [invoice, urgent]")
         tags = tuple(str(as_written(t)) for t in raw_tags)
@@ -197,6 +201,12 @@ class _Builder:
         if spec.get("sla") is not None:
             sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
         folder = as_written(_one(spec, "folder"))        # 00123, not 83
+        if isinstance(folder, bool):
+            # `folder: Off` was the folder 'False', `folder: No` the folder 'False' too
+            self.err(f"rule {name!r}: folder takes text, but YAML read this value as "
+                     f"{str(folder).lower()} (no, yes, on, off, y, n are booleans to YAML)",
+                     folder, spec, "put the folder in quotes as written: folder: 'Off'")
+            folder = None
         problem = written_folder_problem(str(folder)) if folder is not None else None
         if problem is not None:
             self.err(f"rule {name!r}: folder {str(folder)!r} has {problem}", folder, spec,
