@@ -486,3 +486,11 @@ def test_a_moved_address_delivering_outside_our_domains_says_how_to_forward() ->
         "t.yaml:15:27: moved address gone@example.com delivers to nobody@example.com, which is "
         "not a known address; define nobody@example.com (an alias or a person's address), or "
         "set deliver: false"]
+
+
+def test_a_target_that_yaml_reads_as_a_number_is_named_at_its_alias() -> None:
+    """`{mailbox: 2026}` (a number: no position of its own) was an error at no line, which
+    `check` and a reload named as config.yaml; it is the alias's line in the routing file."""
+    errs = errors("  sales@example.com: mailbox:sales\n  z@example.com: {mailbox: 2026}\n")
+    assert errs == ["t.yaml:15:3: unknown mailbox '2026'; known mailboxes: finance, "
+                    "person:ivanov, person:smirnov, sales, support"]

@@ -43,8 +43,10 @@ class Collector:
 
     def add(self, message: str, at: Any, hint: str = "", default: Any = None) -> None:
         """Record one error; the same message at the same place again is dropped (a value
-        a YAML alias repeats, met once for each group that lists it)."""
-        path, line, column = where(at, default)
+        a YAML alias repeats, met once for each group that lists it). A value without a
+        position of its own (a number: `{mailbox: 2026}`) is named at the alias being read:
+        it was named at no line, and at config.yaml, not the routing file."""
+        path, line, column = where(at, default if default is not None else self.entry)
         if (message, path, line, column) not in self._said:
             self._said.add((message, path, line, column))
             self.errors.append(ConfigError(message, path, line, column, hint))
