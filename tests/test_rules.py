@@ -721,3 +721,21 @@ def test_a_folder_or_a_tag_that_yaml_reads_as_a_boolean_is_a_load_error() -> Non
     [d] = load(book, ok, book=None).decide(MessageView(mail("x", "y")), "", ["invoices@example.com"],
                                              MONDAY_10_MSK)
     assert (d.folder, d.tags) == ("Off", ("on",))
+
+
+@pytest.mark.parametrize("then", ["{owner: p.ivanov@example.com}", "{owner: nobody}",
+                                  "{mailbox: sales@example.com}"])
+def test_a_rule_error_beside_an_address_book_error_is_reported_not_a_crash(then: str) -> None:
+    """An address book with an error (here an alias to an unknown mailbox) and a rule whose
+    owner is unknown: the owner's hint looked for a person of that address or name among the
+    book's names (None each, the book not built) and `check` died with AttributeError; a
+    reload was an internal error. Both errors are reported."""
+    book = routing_file("domains: [example.com]\nmailboxes:\n  sales: {maildir: sales}\n"
+                        "people:\n  ivanov: {address: p.ivanov@example.com}\n"
+                        "aliases:\n  a@example.com: mailbox:nope\n", "book.yaml")
+    rules = routing_file(f"rules:\n  - name: r\n    then: {then}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, rules, book=None)
+    text = str(exc.value)
+    assert f"{book}:7:" in text and "unknown mailbox 'nope'" in text
+    assert f"{rules}:3:" in text, text

@@ -252,7 +252,9 @@ class _Builder:
         folded = normalize(text.strip().strip("<>"))      # Петр is Пётр, case folded
         found = {(k, f"{text!r} is the {'address' if '@' in folded else 'name'} of person {k!r}")
                  for k, p in self.book.people.items()
-                 if folded in (normalize(p.address or ""), normalize(p.name or ""))}
+                 # p is None when the book could not be built (snapshot._Names: names only)
+                 if p is not None
+                 and folded in (normalize(p.address or ""), normalize(p.name or ""))}
         return found.pop() if len(found) == 1 else None
 
     def mailboxes_of(self, address: str) -> list[str]:

@@ -260,8 +260,12 @@ class _Names:
     are still checked and their errors reported with the book's in one load."""
 
     mailboxes: dict[str, Any]
-    people: dict[str, Any]
+    people: dict[str, Any]      # name -> None: no Person to ask for its address or name
     teams: dict[str, Any]
+
+    def knows(self, address: str) -> bool:
+        """No address is known: the aliases are what could not be built."""
+        return False
 
     @classmethod
     def of(cls, merged: dict[str, Any], complete: bool) -> _Names:
