@@ -49,6 +49,11 @@ __all__ = ["LocStr", "LocInt", "LocFloat", "LocMap", "LocList", "load", "loads",
 ALIAS_BUDGET = 100_000
 
 
+# A key that is a list or a mapping (`[a, b]: x`, `? {a: 1}`, a '{' or '[' that lost its
+# closing pair and took the ': ' after it): what to write instead
+_KEY_HINT = "write the key as a name or an address (quote it if it holds ': ' or starts with [ or {)"
+
+
 class LocStr(str):
     path: str = ""
     line: int = 0
@@ -353,7 +358,8 @@ def _walk(get: Any, source: str, anchors: dict[str, Any],
             if key is _NOKEY:
                 if type(obj) is not Str and not isinstance(obj, (str, int, float, bool)) \
                         and obj is not None:
-                    raise ConfigError("a mapping key must be a plain value", source, line, col)
+                    raise ConfigError("a mapping key must be a plain value", source, line, col,
+                                      _KEY_HINT)
                 if obj in cur:
                     first = cur.key_line(obj)
                     raise ConfigError(f"key {obj!r} is defined twice (first on line {first})",
@@ -453,7 +459,8 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LocMap:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise ConfigError("a mapping key must be a plain value", loader.source,
-                              key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                              key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                              _KEY_HINT)
         if key in result and key not in from_merge:
             first = result.key_line(key)
             raise ConfigError(f"key {key!r} is defined twice (first on line {first})", loader.source,

@@ -739,3 +739,25 @@ def test_a_rule_error_beside_an_address_book_error_is_reported_not_a_crash(then:
     text = str(exc.value)
     assert f"{book}:7:" in text and "unknown mailbox 'nope'" in text
     assert f"{rules}:3:" in text, text
+
+
+@pytest.mark.parametrize("rule, hint", [
+    ("{name: r, then: {folder: X}, continue: 'yes please'}",
+     "'continue' takes true or false; write continue: true (later rules add to this one), or "
+     "leave it out"),
+    ("{name: r, then: {sla: {calendar: msk}}}",
+     "'sla' needs first_response or resolve; write e.g. sla: {first_response: 4h, resolve: 2d, "
+     "calendar: msk}"),
+    ("{name: r, when: {robot: 'sometimes'}, then: {folder: X}}",
+     "'robot' takes true or false; write robot: true (lists, bounces, auto-replies) or robot: false"),
+    ("{name: r, when: {subject: {exists: 'maybe'}}, then: {folder: X}}",
+     "'exists' takes true or false; write exists: true (the field is there) or exists: false"),
+])
+def test_errors_that_named_no_fix_name_one(rule: str, hint: str) -> None:
+    """Found by mutating the example files at random: these errors said what was wrong and
+    not what to write."""
+    rules = routing_file("calendars:\n  msk: {timezone: Europe/Moscow}\nrules:\n  - " + rule + "\n",
+                         "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(rules)
+    assert hint in str(exc.value), str(exc.value)

@@ -242,7 +242,9 @@ def test_errors_as_the_node_path(text: str) -> None:
 def test_error_texts() -> None:
     assert error(loads, "a: {b: 1, b: 2}\n") == (
         "ConfigError: f.yaml:1:11: key 'b' is defined twice (first on line 1); keep one definition")
-    assert error(loads, "? [1]\n: 2\n") == "ConfigError: f.yaml:1:3: a mapping key must be a plain value"
+    assert error(loads, "? [1]\n: 2\n") == (
+        "ConfigError: f.yaml:1:3: a mapping key must be a plain value; write the key as a name "
+        "or an address (quote it if it holds ': ' or starts with [ or {)")
     assert error(loads, "listen:\n  smtp: [127.0.0.1:2525\n") == (
         "ConfigError: f.yaml:3:1: YAML syntax: did not find expected ',' or ']'; "
         "check indentation and quoting on that line")

@@ -309,7 +309,8 @@ class _Parser:
             return self.headers(value, at)
         if key == "robot":
             if not isinstance(value, bool):
-                self.error("'robot' takes true or false", value, at)
+                self.error("'robot' takes true or false", value, at,
+                           hint="write robot: true (lists, bounces, auto-replies) or robot: false")
                 return None
             return Leaf("robot", "is", (value,), (value,), _check_robot, *where(at)[:2])
         if key == "business_hours":
@@ -396,7 +397,8 @@ class _Parser:
         pos = where(at)[:2]
         if op == "exists":
             if not isinstance(needle, bool):
-                self.error("'exists' takes true or false", needle, at)
+                self.error("'exists' takes true or false", needle, at,
+                           hint="write exists: true (the field is there) or exists: false")
                 return None
             return Leaf(field, op, (needle,), (needle,), _check_exists, *pos)
         if field in NUM_FIELDS:

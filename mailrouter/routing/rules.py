@@ -145,7 +145,8 @@ class _Builder:
         then = self.then(name, spec.get("then"), spec)
         cont = spec.get("continue", False)
         if not isinstance(cont, bool):
-            self.err(f"rule {name!r}: 'continue' takes true or false", cont, spec)
+            self.err(f"rule {name!r}: 'continue' takes true or false", cont, spec,
+                     "write continue: true (later rules add to this one), or leave it out")
         path, line, _ = where(spec, parent)
         return Rule(name, path, line, pos, when, then or Then(), bool(cont))
 
