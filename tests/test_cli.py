@@ -812,3 +812,19 @@ def test_explain_text_names_each_matched_rule_once(tmp_path):
     for name in ("key-customer", "support-urgent"):
         assert sum(f"'{name}'" in l or f" {name} (" in l for l in lines) == 1, out.stdout
     assert "  because:  address book" in lines
+
+
+def test_check_warns_about_a_routing_file_saved_as_yml_beside_a_yaml_glob(tmp_path):
+    """`extra.yml` (or `more.YAML`) beside `rules/*.yaml`: the glob does not match it, so its
+    aliases and rules were not loaded and check said 'ok' without a word."""
+    d = tmp_path / "rules"
+    shutil.copytree(RULES, d)
+    (d / "extra.yml").write_text("aliases:\n  extra@example.com: mailbox:sales\n", encoding="utf-8")
+    (d / "notes.txt").write_text("not YAML\n", encoding="utf-8")
+    cfg = write_config(tmp_path / "config.yaml", 1, 2, 3)
+    out = mr("check", "-c", str(cfg), "--routing", str(d / "*.yaml"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    warned = [l for l in out.stdout.splitlines() if "not loaded" in l]
+    assert warned == ["warning: rules/extra.yml: not loaded: the glob 'rules/*.yaml' "
+                      "(--routing) does not match its suffix, so its rules and addresses are "
+                      "not read; rename it to 'rules/extra.yaml' to load it, or move it away"]
