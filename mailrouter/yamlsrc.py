@@ -828,6 +828,15 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                               "move what follows it into a file of its own") from None
         hint = "check indentation and quoting on that line"
         problem = exc.problem or ""
+        if problem.startswith("found undefined alias"):
+            # `<<: *common` with `&common` in another routing file, or below this line
+            name = re.match(r"\*([^\s,\]}]+)", _line_at(text, line)[col - 1:] or "")
+            alias = f"*{name.group(1)}" if name else "this alias"
+            raise ConfigError(f"{alias} names no anchor defined above it in this file", source,
+                              line, col, f"define &{alias.lstrip('*')} above this line in the same "
+                              "file (an anchor does not reach into another routing file), or "
+                              "write the values out" if name else "define its anchor above it "
+                              "in the same file") from None
         if problem.startswith("mapping values are not allowed"):
             # `new@x: mailbox: sales`, `subject: Re: invoice`: a ': ' inside a plain value
             hint = ("a ': ' inside a value starts a mapping: quote the value "
@@ -854,6 +863,11 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
     finally:
         if collecting:
             gc.enable()
+
+
+def _line_at(text: str, line: int) -> str:
+    lines = text.split("\n")
+    return lines[line - 1] if 1 <= line <= len(lines) else ""
 
 
 def _space_name(char: str) -> str:

@@ -841,3 +841,18 @@ def test_a_no_break_space_inside_a_value_is_not_blamed_for_another_error() -> No
     text = "people:\n  ivanov: {name: \"Пётр -\u00a0Иванов\"}\n  x: [1\n"
     assert "YAML syntax" in error(loads, text)
     assert loads("people:\n  ivanov: {name: Пётр -\u00a0Иванов}\n", "f.yaml") is not None
+
+
+@pytest.mark.parametrize("text, line, col, name", [
+    ("rules:\n  - name: s\n    then: {<<: *common, folder: X}\n", 3, 16, "common"),
+    ("aliases:\n  a@example.com: *group\ngroup: &group [x]\n", 2, 18, "group"),   # below it
+])
+def test_an_alias_of_no_anchor_names_it_and_where_anchors_reach(text: str, line: int, col: int,
+                                                                name: str) -> None:
+    """`<<: *common` with `&common` in the other routing file was "YAML syntax: found
+    undefined alias; check indentation and quoting on that line": no name, no cause."""
+    want = (f"ConfigError: f.yaml:{line}:{col}: *{name} names no anchor defined above it in this "
+            f"file; define &{name} above this line in the same file (an anchor does not reach "
+            "into another routing file), or write the values out")
+    assert error(loads, text) == want
+    assert error(nodes, text) == want
