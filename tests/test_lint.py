@@ -171,6 +171,14 @@ rules:
      "attachment glob '*[12.pdf': a '[' that no ']' closes is a literal '[', not a set; close "
      "the set ('[abc]'), or write '[[]' for a literal '['"),
     ("{attachment: {glob: ['*[12].pdf', '[]]x', '[!]]x', '[[]x', 'a]b']}}", None),
+    # a range written high to low: fnmatch (and the rules) take it as no character at all
+    ("{attachment: {glob: '*_[9-0].pdf'}}",
+     "attachment glob '*_[9-0].pdf': the range '9-0' runs backwards, and a glob takes it as no "
+     "character at all; write it low to high ('0-9')"),
+    ("{subject: {glob: ['[а-я]*', '[!a-z0-9-]x', '[]-a]', '[a-Z]*']}}", None),   # a-Z: a-z folded
+    ("{subject: {glob: '[Я-А]*'}}",
+     "subject glob '[Я-А]*': the range 'я-а' runs backwards, and a glob takes it as no "
+     "character at all; write it low to high ('а-я')"),
     # one recipient cannot be two: whether the second is written in an `all` or beside it
     ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),

@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator, Sequence
 
-from .conditions import AllOf, AnyOf, Leaf, Node, Not
+from .conditions import AllOf, AnyOf, Leaf, Node, Not, normalize_needle
 from .facts import words_of
 from ..yamlsrc import mixed_letters
 from .normalize import normalize, strip_reply_prefixes
@@ -158,6 +158,12 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                 yield (f"{leaf.label} {leaf.op} {text!r} matches no word written in one "
                        f"alphabet: its word {word!r} mixes Latin and Cyrillic letters ({odd}); "
                        "retype the word with one keyboard layout")
+            # on the needle as it is compiled: '[a-Z]' is '[a-z]' once case-folded
+            if leaf.op == "glob" and (backwards := _reversed_range(
+                    normalize_needle(leaf.field, "glob", (text,))[0])) is not None:
+                yield (f"{leaf.label} glob {text!r}: the range '{backwards}' runs backwards, and "
+                       "a glob takes it as no character at all; write it low to high "
+                       f"('{backwards[2]}-{backwards[0]}')")
             if leaf.op == "glob" and _unclosed_set(text):
                 yield (f"{leaf.label} glob {text!r}: a '[' that no ']' closes is a literal '[', "
                        "not a set; close the set ('[abc]'), or write '[[]' for a literal '['")
@@ -268,6 +274,31 @@ def _unclosed_set(glob: str) -> bool:
             i = j
         i += 1
     return False
+
+
+def _reversed_range(glob: str) -> str | None:
+    """The first range of a glob set written high to low (`[9-0]`, `[я-а]`), which fnmatch
+    (and so the rules) takes as no character at all: a set of it alone matches nothing."""
+    i, n = 0, len(glob)
+    while i < n:
+        if glob[i] == "[":
+            start = i + 1 + (i + 1 < n and glob[i + 1] == "!")
+            j = start + (start < n and glob[start] == "]")
+            j = glob.find("]", j)
+            if j < 0:
+                return None
+            body = glob[start:j]
+            k = 0
+            while k < len(body):
+                if k + 2 < len(body) and body[k + 1] == "-":
+                    if body[k] > body[k + 2]:
+                        return body[k:k + 3]
+                    k += 3
+                else:
+                    k += 1
+            i = j
+        i += 1
+    return None
 
 
 def _all_nodes(node: Node | None) -> Iterator[Node]:
