@@ -573,6 +573,7 @@ def _tab_in_indent(text: str, line: int) -> int:
 # indentation, after `- ` or `key:`), PyYAML's error named a later line ("did not find
 # expected key") or called it a ': ' in a value.
 _ODD_SPACE = "\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000\ufeff"
+_ZERO_WIDTH = "\u200b\ufeff"     # to delete, not to retype: a BOM of a file joined to another
 _ODD_SPACE_AT = re.compile(rf"^[ \t]*(?:-[ \t]*)*[{_ODD_SPACE}]|[:\-][{_ODD_SPACE}]")
 
 
@@ -591,7 +592,8 @@ def _parses_further(lines: list[str], n: int, index: int, line: int) -> bool:
     """Whether the text with that one character a plain space parses, or fails only below
     `line`: the odd space is the cause, not a value's text that happens to hold one."""
     row = lines[n - 1]
-    fixed = "\n".join(lines[:n - 1] + [row[:index] + " " + row[index + 1:]] + lines[n:])
+    instead = "" if row[index] in _ZERO_WIDTH else " "
+    fixed = "\n".join(lines[:n - 1] + [row[:index] + instead + row[index + 1:]] + lines[n:])
     try:
         yaml.compose(fixed, Loader=_BaseLoader)
     except yaml.MarkedYAMLError as exc:
@@ -812,6 +814,11 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                               "YAML indents with spaces only — replace the tab with spaces") from None
         odd = _odd_space_before(text, line)
         if odd is not None:
+            if odd[2] in _ZERO_WIDTH:
+                raise ConfigError(f"an invisible U+{ord(odd[2]):04X} ({_space_name(odd[2])}) "
+                                  "in the indentation", source, odd[0], odd[1],
+                                  "delete it (a byte order mark is left where a file saved with "
+                                  "one was joined to another)") from None
             raise ConfigError(f"a U+{ord(odd[2]):04X} ({_space_name(odd[2])}) where YAML wants a "
                               "plain space", source, odd[0], odd[1],
                               "retype it as a plain space (a text pasted from a web page or a "

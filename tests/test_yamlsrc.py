@@ -836,6 +836,17 @@ def test_an_odd_space_where_yaml_wants_a_space_is_named(text: str, line: int, co
     assert error(nodes, text) == want
 
 
+def test_a_byte_order_mark_inside_a_file_is_named() -> None:
+    """`cat company.yaml rules.yaml > all.yaml` with rules.yaml saved with a BOM: the BOM
+    begins a line inside the file, and the error named the line after the next."""
+    text = "aliases:\n  a@example.com: mailbox:sales\n\ufeffrules:\n  - name: x\n    then: {folder: X}\n"
+    want = ("ConfigError: f.yaml:3:1: an invisible U+FEFF (zero width no-break space) in the "
+            "indentation; delete it (a byte order mark is left where a file saved with one was "
+            "joined to another)")
+    assert error(loads, text) == want
+    assert error(nodes, text) == want
+
+
 def test_a_no_break_space_inside_a_value_is_not_blamed_for_another_error() -> None:
     """A value may hold one (a person's name): a syntax error below it is named as before."""
     text = "people:\n  ivanov: {name: \"Пётр -\u00a0Иванов\"}\n  x: [1\n"
