@@ -529,6 +529,27 @@ rules:
         "book: no recipient resolves to it, the condition never holds; did you mean 'sales'?"]
 
 
+def test_a_recipient_typed_with_a_cyrillic_letter_is_told_from_the_one_it_looks_like(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rcpt: sаles@example.com` with a Cyrillic а: "did you mean 'sales@example.com'?" named
+    an address that looks the same as the one written; the letter is named."""
+    from mailrouter.cli import main
+    from tests.support.rules import COMPANY
+    rules = routing_file("rules:\n  - {name: cyr, when: {rcpt: s\u0430les@example.com, "
+                         "resolved_mailbox: supp\u043ert}, then: {folder: X}}\n", "r.yaml")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
+    assert main(["check", "-c", str(cfg)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {rules}:2: rule 'cyr': rcpt 's\u0430les@example.com' is not an address of the "
+        "address book: mail to it is refused at RCPT and never reaches the rules; did you mean "
+        "'sales@example.com'? ('s\u0430les': \u0430 is Cyrillic; retype it)",
+        f"warning: {rules}:2: rule 'cyr': resolved_mailbox 'supp\u043ert' is no mailbox of the "
+        "address book: no recipient resolves to it, the condition never holds; did you mean "
+        "'support'? ('supp\u043ert': \u043e is Cyrillic; retype it)"]
+
+
 def test_check_warns_about_copy_to_owner_without_control(tmp_path: Path) -> None:
     """The owner's copy is made by execution control only: with no `control:` in config.yaml
     a rule's `copy_to_owner: true` gave no copy, and check, the daemon and the log said nothing."""
