@@ -142,7 +142,8 @@ tests:
     expect: {fodler: X}
 """, tmp_path)
     assert [ln.split(": ", 2)[2] for ln in lines] == [
-        f"cannot read message '{tmp_path / 'samples/nope.eml'}': No such file or directory",
+        f"cannot read message '{tmp_path / 'samples/nope.eml'}': No such file or directory; a "
+        "message: path is relative to this routing file's folder",
         "unknown key 'expcet'; did you mean 'expect'?",
         "cannot read time 'yesterday'; write e.g. 2027-01-11T10:00:00+03:00",
         "unknown expect key 'fodler'; did you mean 'folder'?",
@@ -216,9 +217,11 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
     assert lines == [
         f"{path}:9: test pasted rule: unknown key 'when': this looks like a rule; rules go "
         "under 'rules:', this entry is under 'tests:'",
-        f"{path}:12: test no rcpt: needs 'rcpt:'",
+        f"{path}:12: test no rcpt: needs 'rcpt:'; write the envelope recipient, e.g. rcpt: "
+        "sales@example.com (or a list)",
         f"{path}:19: test sample gone: cannot read message "
-        f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory",
+        f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory; a message: "
+        "path is relative to this routing file's folder",
         f"{path}:23: test no such time: cannot read time 'next monday'; "
         "write e.g. 2027-01-11T10:00:00+03:00",
     ]
