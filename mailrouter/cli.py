@@ -185,6 +185,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                  "file; its rules and addresses, if any, are not loaded"
                  for p in cfg.routing if glob.has_magic(p) and not glob.glob(p)]
     warnings += _skipped_warnings(cfg, lines)
+    warnings += _unmatched_spellings(cfg, lines, cfg.routing, given=bool(args.routing))
     for w in warnings:
         print(f"warning: {w}")
     from .routing.lint import lint_notes
@@ -210,6 +211,33 @@ def _skipped_warnings(cfg: Config, lines: dict[str, int]) -> list[str]:
         out.append(f"{f}: skipped: an editor's backup or a package manager's leftover, as "
                    f"run-parts skips them; the glob {_shown(pattern)!r} ({where}) matches it; "
                    "remove it, or rename it to load it")
+    return out
+
+
+def _unmatched_spellings(cfg: Config, lines: dict[str, int], routing: Sequence[str],
+                         given: bool = False) -> list[str]:
+    """A warning per file beside a `*.yaml` glob's that the glob does not match for its
+    suffix alone (`extra.yml`, `Routing.YAML`): saved under the other spelling, its rules and
+    addresses were not loaded, and nothing said so."""
+    import glob
+    from .routing.snapshot import routing_files
+    loaded = set(routing_files(routing)[0]) | set(routing_files(routing)[1])
+    out = []
+    for pattern in routing:
+        head, _, tail = pattern.rpartition("/")
+        if not glob.has_magic(tail) or not tail.lower().endswith((".yaml", ".yml")):
+            continue
+        stem = tail[:tail.rfind(".")]
+        for other in sorted(set(glob.glob(f"{head}/{stem}.*" if head else f"{stem}.*"))):
+            if other in loaded or not other.lower().endswith((".yaml", ".yml")) \
+                    or not os.path.isfile(other):
+                continue
+            where = ("--routing" if given else f"{cfg.path}:{lines[pattern]}"
+                     if cfg.path and lines.get(pattern) else cfg.path or "routing:")
+            renamed = other[:other.rfind(".")] + tail[tail.rfind("."):]
+            out.append(f"{_shown(other)}: not loaded: the glob {_shown(pattern)!r} ({where}) does "
+                       "not match its suffix, so its rules and addresses are not read; rename it "
+                       f"to {_shown(renamed)!r} to load it, or move it away")
     return out
 
 

@@ -323,8 +323,8 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
         if key in known:
             continue
         close = difflib.get_close_matches(str(key), known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
-        out.append((key, hint))
+        hint = (f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known))
+        out.append((key, hint + yamlsrc.letters_note(key)))
     return out
 
 

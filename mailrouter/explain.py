@@ -123,8 +123,12 @@ def format_text(report: dict[str, Any]) -> str:
                 lines.append(f"  copy to:  {place}  (via {' -> '.join(t['path'])})")
         elif r["path"]:
             lines.append(f"  path:     {' -> '.join(r['path'])}")
+        shown = set()
         for rule in r["rules"]:
             lines.append(f"  rule:     {rule['name']} ({rule['file']}:{rule['line']}) {rule['matched']}")
+            shown.add(f"rule {rule['name']!r} ({rule['file']}:{rule['line']}): {rule['matched']}")
+        # a matched rule is also among the reasons (the registry keeps those): said once here
         for reason in r["reasons"]:
-            lines.append(f"  because:  {reason}")
+            if reason not in shown:
+                lines.append(f"  because:  {reason}")
     return "\n".join(lines)

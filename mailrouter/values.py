@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import unicodedata
 from dataclasses import dataclass, field, replace
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -42,7 +43,7 @@ __all__ = [
     "REPLY_TOO_MANY_RESETS", "REPLY_MALFORMED_PATH", "REPLY_RCPT_SYNTAX", "REPLY_TOO_MANY_RCPTS",
     "REPLY_TOO_MANY_SESSIONS", "REPLY_TOO_MANY_FROM_CLIENT", "REPLY_UNKNOWN", "Action", "Decision", "Downstream",
     "LoopEvidence", "LoopKind", "Reply", "RuleMatch", "Target", "Transaction", "folder_problem",
-    "maildir_problem", "REQUEST_STATUSES", "OPEN_REQUEST_STATUSES", "spreadsheet_cell",
+    "written_folder_problem", "maildir_problem", "REQUEST_STATUSES", "OPEN_REQUEST_STATUSES", "spreadsheet_cell",
 ]
 
 # A request's statuses (execution control): here, not beside the table that stores them, so
@@ -206,6 +207,29 @@ def folder_problem(folder: str) -> str | None:
                 "(levels are written 'Finance/2026' or 'Finance.2026')")
     if any(c in folder for c in "\0\r\n"):
         return "a NUL, CR or LF in it"
+    return None
+
+
+def written_folder_problem(folder: str) -> str | None:
+    """`folder_problem`, and more, for a folder where it is written (a rule, an alias): a
+    level with a space at either end (`folder: " Inbound"`, a no-break space pasted from a web
+    page) or a character that shows as nothing (a zero-width space, a direction mark) is a
+    Maildir folder of its own that a mail client shows as `Inbound`: the copies went there,
+    beside the real one, and nothing told. Not asked where a copy is stored (a copy journaled
+    under an older rule set is still stored)."""
+    problem = folder_problem(folder)
+    if problem is not None:
+        return problem
+    for level in folder.replace(".", "/").split("/"):
+        if level != level.strip():
+            return (f"a space at an end of the level {level!r} (a no-break space pasted from a "
+                    "web page is one too): it would be a folder of its own, shown as "
+                    f"{level.strip()!r}")
+        hidden = next((c for c in level if unicodedata.category(c) in ("Cf", "Cc", "Co", "Cn")),
+                      None)
+        if hidden is not None:
+            return (f"an invisible character U+{ord(hidden):04X} in the level {level!r}: it "
+                    "would be a folder of its own that looks like another")
     return None
 
 

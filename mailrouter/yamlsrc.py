@@ -22,9 +22,13 @@ it is in. Written-out values do not count, only repetitions.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
+import os
 import re
+import stat
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from collections.abc import Collection, Iterable, Iterator
@@ -35,12 +39,19 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["LocStr", "LocInt", "LocFloat", "LocMap", "LocList", "load", "loads", "load_bytes",
-           "where", "as_written", "ALIAS_BUDGET", "FilesHash", "files_hash", "hash_files"]
+           "where", "as_written", "ALIAS_BUDGET", "FilesHash", "files_hash", "hash_files",
+           "NotRegularFile", "open_regular", "must_be_regular",
+           "mixed_letters", "letters_note"]
 
 # Values that aliases may repeat in one document, all aliases together (an alias of a
 # 500-address group used in 20 places repeats 10,000). Far above what a hand-written
 # file needs, far below what makes walking the loaded document slow or large.
 ALIAS_BUDGET = 100_000
+
+
+# A key that is a list or a mapping (`[a, b]: x`, `? {a: 1}`, a '{' or '[' that lost its
+# closing pair and took the ': ' after it): what to write instead
+_KEY_HINT = "write the key as a name or an address (quote it if it holds ': ' or starts with [ or {)"
 
 
 class LocStr(str):
@@ -347,7 +358,8 @@ def _walk(get: Any, source: str, anchors: dict[str, Any],
             if key is _NOKEY:
                 if type(obj) is not Str and not isinstance(obj, (str, int, float, bool)) \
                         and obj is not None:
-                    raise ConfigError("a mapping key must be a plain value", source, line, col)
+                    raise ConfigError("a mapping key must be a plain value", source, line, col,
+                                      _KEY_HINT)
                 if obj in cur:
                     first = cur.key_line(obj)
                     raise ConfigError(f"key {obj!r} is defined twice (first on line {first})",
@@ -447,7 +459,8 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> LocMap:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise ConfigError("a mapping key must be a plain value", loader.source,
-                              key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                              key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                              _KEY_HINT)
         if key in result and key not in from_merge:
             first = result.key_line(key)
             raise ConfigError(f"key {key!r} is defined twice (first on line {first})", loader.source,
@@ -539,14 +552,56 @@ def _load_nodes(text: str, source: str) -> Any:
         loader.dispose()
 
 
+# The indentation of a line: spaces, tabs and the `- ` of block sequences (`-\tname: x`
+# indents `name` with a tab as much as `\t- name: x` does).
+_INDENT = re.compile(r"[ \t]*(?:-[ \t]+)*")
+
+
 def _tab_in_indent(text: str, line: int) -> int:
-    """The 1-based column of the first tab in the leading whitespace of `line`, or 0."""
+    """The 1-based column of the first tab in the indentation of `line`, or 0."""
     lines = text.split("\n")
     if not 1 <= line <= len(lines):
         return 0
     row = lines[line - 1]
-    indent = row[:len(row) - len(row.lstrip(" \t"))]
-    return indent.find("\t") + 1
+    indent = _INDENT.match(row)
+    return indent.group().find("\t") + 1 if indent else 0
+
+
+# Spaces that look like one and are none to YAML: a no-break space (a routing file pasted
+# from a wiki or a mail keeps it), the other Unicode spaces, a zero-width space, a byte
+# order mark inside the text. In a value they are text; where YAML wants a space (the
+# indentation, after `- ` or `key:`), PyYAML's error named a later line ("did not find
+# expected key") or called it a ': ' in a value.
+_ODD_SPACE = "\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000\ufeff"
+_ZERO_WIDTH = "\u200b\ufeff"     # to delete, not to retype: a BOM of a file joined to another
+_ODD_SPACE_AT = re.compile(rf"^[ \t]*(?:-[ \t]*)*[{_ODD_SPACE}]|[:\-][{_ODD_SPACE}]")
+
+
+def _odd_space_before(text: str, line: int) -> tuple[int, int, str] | None:
+    """(line, column, character) of the nearest odd space where YAML wants a space, on
+    `line` or above it, or None."""
+    lines = text.split("\n")
+    for n in range(min(line, len(lines)), max(line - 20, 0), -1):
+        m = _ODD_SPACE_AT.search(lines[n - 1])
+        if m and _parses_further(lines, n, m.end() - 1, line):
+            return n, m.end(), m.group()[-1]
+    return None
+
+
+def _parses_further(lines: list[str], n: int, index: int, line: int) -> bool:
+    """Whether the text with that one character a plain space parses, or fails only below
+    `line`: the odd space is the cause, not a value's text that happens to hold one."""
+    row = lines[n - 1]
+    instead = "" if row[index] in _ZERO_WIDTH else " "
+    fixed = "\n".join(lines[:n - 1] + [row[:index] + instead + row[index + 1:]] + lines[n:])
+    try:
+        yaml.compose(fixed, Loader=_BaseLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        return mark is not None and mark.line + 1 > line
+    except yaml.YAMLError:
+        return False
+    return True
 
 
 # --- Faster still: a bare section of one-word scalars, read by a regular expression -------
@@ -757,6 +812,17 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
         if tab:
             raise ConfigError("a tab in the indentation", source, line, tab,
                               "YAML indents with spaces only — replace the tab with spaces") from None
+        odd = _odd_space_before(text, line)
+        if odd is not None:
+            if odd[2] in _ZERO_WIDTH:
+                raise ConfigError(f"an invisible U+{ord(odd[2]):04X} ({_space_name(odd[2])}) "
+                                  "in the indentation", source, odd[0], odd[1],
+                                  "delete it (a byte order mark is left where a file saved with "
+                                  "one was joined to another)") from None
+            raise ConfigError(f"a U+{ord(odd[2]):04X} ({_space_name(odd[2])}) where YAML wants a "
+                              "plain space", source, odd[0], odd[1],
+                              "retype it as a plain space (a text pasted from a web page or a "
+                              "mail keeps such spaces)") from None
         if exc.context == "while scanning a quoted scalar" and exc.context_mark is not None:
             # "found unexpected end of stream" named the last line of the file
             m = exc.context_mark
@@ -769,6 +835,15 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                               "move what follows it into a file of its own") from None
         hint = "check indentation and quoting on that line"
         problem = exc.problem or ""
+        if problem.startswith("found undefined alias"):
+            # `<<: *common` with `&common` in another routing file, or below this line
+            name = re.match(r"\*([^\s,\]}]+)", _line_at(text, line)[col - 1:] or "")
+            alias = f"*{name.group(1)}" if name else "this alias"
+            raise ConfigError(f"{alias} names no anchor defined above it in this file", source,
+                              line, col, f"define &{alias.lstrip('*')} above this line in the same "
+                              "file (an anchor does not reach into another routing file), or "
+                              "write the values out" if name else "define its anchor above it "
+                              "in the same file") from None
         if problem.startswith("mapping values are not allowed"):
             # `new@x: mailbox: sales`, `subject: Re: invoice`: a ': ' inside a plain value
             hint = ("a ': ' inside a value starts a mapping: quote the value "
@@ -795,6 +870,16 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
     finally:
         if collecting:
             gc.enable()
+
+
+def _line_at(text: str, line: int) -> str:
+    lines = text.split("\n")
+    return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+
+def _space_name(char: str) -> str:
+    import unicodedata
+    return unicodedata.name(char, "a space").lower()
 
 
 def _quote_ending_at(text: str, line: int) -> tuple[int, int] | None:
@@ -836,11 +921,79 @@ def _cyrillic_8bit(raw: bytes) -> str | None:
     return "windows-1251" if upper_half * 2 >= len(letters) else "KOI8-R"
 
 
+def _script(char: str) -> str | None:
+    if not char.isalpha():
+        return None
+    name = unicodedata.name(char, "")
+    return "Latin" if name.startswith("LATIN") else "Cyrillic" if name.startswith("CYRILLIC") \
+        else None
+
+
+def mixed_letters(text: str) -> tuple[str, str] | None:
+    """(a word, which of its letters are the odd ones: "c is Latin") of a word of `text`
+    written with Latin and Cyrillic letters together: `cчёт` with a Latin c, `mаilboxes` with
+    a Cyrillic а (the keyboard layout switched mid-word), which look like the word meant and
+    are another; None when every word keeps to one alphabet."""
+    for word in re.findall(r"[^\W\d_]+", text):
+        scripts = [_script(c) for c in word]
+        latin = [c for c, s in zip(word, scripts) if s == "Latin"]
+        cyrillic = [c for c, s in zip(word, scripts) if s == "Cyrillic"]
+        if latin and cyrillic:
+            odd, which = (latin, "Latin") if len(latin) <= len(cyrillic) else (cyrillic, "Cyrillic")
+            letters = list(dict.fromkeys(odd))
+            return word, f"{', '.join(letters)} {'is' if len(letters) == 1 else 'are'} {which}"
+    return None
+
+
+def letters_note(word: object) -> str:
+    """" ('mаilboxes': а is Cyrillic)" for a name that mixes the alphabets, else "": said
+    beside "unknown key 'mаilboxes'; did you mean 'mailboxes'?", which otherwise reads as
+    nonsense, the two looking alike."""
+    mixed = mixed_letters(str(word))
+    return f" ({mixed[0]!r}: {mixed[1]}; retype it)" if mixed else ""
+
+
+class NotRegularFile(OSError):
+    """A FIFO, a socket or a device where a file was to be read."""
+
+
+def open_regular(path: str | Path) -> Any:
+    """`path` opened to read in binary, when it is a regular file (or a symlink to one);
+    NotRegularFile when it is a FIFO or a device, whose read waited for ever (a FIFO
+    without a writer, /dev/stdin) or never ended (/dev/zero): with it `check` hung, and a
+    reload, and every reload after it. Opened without waiting, then asked what it is."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, a socket or a device)",
+                                 str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def must_be_regular(path: str | Path) -> None:
+    """NotRegularFile when `path` is a FIFO, a socket or a device (see `open_regular`); a
+    file that is missing or a directory is left to the read that follows."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, a socket or a device)",
+                             str(path))
+
+
 def load(path: str | Path, bare: Collection[str] = (), skip: Collection[str] = ()) -> Any:
     """Read and parse one YAML file (`bare`, `skip`: see `loads`)."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = p.read_bytes()     # config.yaml may be a pipe: check -c <(sed ... config.yaml)
     except FileNotFoundError:
         raise ConfigError("file not found", str(p), hint="check the path") from None
     except OSError as exc:
@@ -911,7 +1064,7 @@ class FilesHash:
         pieces: a worker checking a 5 MB book file with `read_bytes` wrote 5 MB of the heap
         it shares with the others (glibc serves it from the heap once bigger blocks were
         freed)."""
-        with open(path, "rb") as src:
+        with open_regular(path) as src:
             self.add_chunks(path, iter(lambda: src.read(1 << 16), b""))
 
     def hexdigest(self) -> str:

@@ -470,3 +470,27 @@ def test_compact_book_finds_every_address_and_survives_its_cache_emptying(
     for _ in range(3):
         for a in reversed(addresses):
             assert small.resolve(a).targets == want[a], a
+
+
+def test_a_moved_address_delivering_outside_our_domains_says_how_to_forward() -> None:
+    """`now: someone@gmail.com, deliver: true` was told to "define someone@gmail.com (an
+    alias or a person's address)": an alias of another domain is refused too, so the fix led
+    to a second error. It names the two ways out."""
+    errs = errors("  sales@example.com: mailbox:sales\n",
+                  "moved:\n  old@example.com: {now: Someone@Gmail.com, deliver: true}\n"
+                  "  gone@example.com: {now: nobody@example.com, deliver: true}\n")
+    assert errs == [
+        "t.yaml:14:26: moved address old@example.com delivers to someone@gmail.com, which is "
+        "not on one of our domains; set deliver: false (the sender is told the new address), "
+        "or make old@example.com an alias of a mailbox {smtp: someone@gmail.com} instead",
+        "t.yaml:15:27: moved address gone@example.com delivers to nobody@example.com, which is "
+        "not a known address; define nobody@example.com (an alias or a person's address), or "
+        "set deliver: false"]
+
+
+def test_a_target_that_yaml_reads_as_a_number_is_named_at_its_alias() -> None:
+    """`{mailbox: 2026}` (a number: no position of its own) was an error at no line, which
+    `check` and a reload named as config.yaml; it is the alias's line in the routing file."""
+    errs = errors("  sales@example.com: mailbox:sales\n  z@example.com: {mailbox: 2026}\n")
+    assert errs == ["t.yaml:15:3: unknown mailbox '2026'; known mailboxes: finance, "
+                    "person:ivanov, person:smirnov, sales, support"]

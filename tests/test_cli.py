@@ -799,3 +799,32 @@ def test_reload_with_a_config_yaml_broken_since_the_start_still_reloads_the_rule
                            encoding="utf-8")
     out = mr("reload", "-c", str(proc.config))
     assert out.returncode == 2 and "unknown key 'tokn'" in out.stderr, out
+
+
+def test_explain_text_names_each_matched_rule_once(tmp_path):
+    """A matched rule is one line of `explain`'s text: it was printed as `rule:` and again as
+    `because:` (the decision's reasons, which the registry keeps, name it too); the address
+    book's reason is still said."""
+    out = mr("explain", "--rcpt", "support@example.com", str(RULES / "samples" / "key-customer.eml"),
+             cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for name in ("key-customer", "support-urgent"):
+        assert sum(f"'{name}'" in l or f" {name} (" in l for l in lines) == 1, out.stdout
+    assert "  because:  address book" in lines
+
+
+def test_check_warns_about_a_routing_file_saved_as_yml_beside_a_yaml_glob(tmp_path):
+    """`extra.yml` (or `more.YAML`) beside `rules/*.yaml`: the glob does not match it, so its
+    aliases and rules were not loaded and check said 'ok' without a word."""
+    d = tmp_path / "rules"
+    shutil.copytree(RULES, d)
+    (d / "extra.yml").write_text("aliases:\n  extra@example.com: mailbox:sales\n", encoding="utf-8")
+    (d / "notes.txt").write_text("not YAML\n", encoding="utf-8")
+    cfg = write_config(tmp_path / "config.yaml", 1, 2, 3)
+    out = mr("check", "-c", str(cfg), "--routing", str(d / "*.yaml"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    warned = [l for l in out.stdout.splitlines() if "not loaded" in l]
+    assert warned == ["warning: rules/extra.yml: not loaded: the glob 'rules/*.yaml' "
+                      "(--routing) does not match its suffix, so its rules and addresses are "
+                      "not read; rename it to 'rules/extra.yaml' to load it, or move it away"]

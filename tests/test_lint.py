@@ -143,6 +143,19 @@ rules:
      "subject contains 'Пересл: счет' can never match a reply: subjects are matched without "
      "reply prefixes; write 'счет'"),
     ("{subject: {contains: 'договор Re: x'}}", None),     # not at the start: no reply prefix
+    # a word typed half in the other keyboard layout: a Latin c in «счёт», a Cyrillic о in
+    # «invoice»; check said nothing and the rule never matched the mail it was written for
+    ("{subject: {contains: 'c\u0447\u0451т*'}}",
+     "subject contains 'cчёт*' matches no word written in one alphabet: its word 'cчёт' mixes "
+     "Latin and Cyrillic letters (c is Latin); retype the word with one keyboard layout"),
+    ("{body: {equals: ['ok', 'inv\u043eice 5']}}",
+     "body equals 'invоice 5' matches no word written in one alphabet: its word 'invоice' mixes "
+     "Latin and Cyrillic letters (о is Cyrillic); retype the word with one keyboard layout"),
+    ("{subject: {contains: 'iPhone-чехол, Wi-Fi роутер 5G'}, from_addr: 'ivan@пример.рф'}", None),
+    # a space around a needle (a no-break one pasted from a web page) is no reply prefix: it
+    # was warned about as one ("can never match a reply; write 'срочно'"), and it matches
+    ("{subject: {contains: ['срочно\u00a0', ' urgent ']}}", None),
+    ("{subject: {equals: 'order ', starts_with: ' order'}}", None),
     ("{header: {Subject: {contains: 'Re: x'}}}", None),  # the raw header keeps its prefixes
     ("{subject: {contains: '*договор'}}",
      "subject contains '*договор': a * works only at the end of a word (word forms: "
@@ -158,6 +171,14 @@ rules:
      "attachment glob '*[12.pdf': a '[' that no ']' closes is a literal '[', not a set; close "
      "the set ('[abc]'), or write '[[]' for a literal '['"),
     ("{attachment: {glob: ['*[12].pdf', '[]]x', '[!]]x', '[[]x', 'a]b']}}", None),
+    # a range written high to low: fnmatch (and the rules) take it as no character at all
+    ("{attachment: {glob: '*_[9-0].pdf'}}",
+     "attachment glob '*_[9-0].pdf': the range '9-0' runs backwards, and a glob takes it as no "
+     "character at all; write it low to high ('0-9')"),
+    ("{subject: {glob: ['[а-я]*', '[!a-z0-9-]x', '[]-a]', '[a-Z]*']}}", None),   # a-Z: a-z folded
+    ("{subject: {glob: '[Я-А]*'}}",
+     "subject glob '[Я-А]*': the range 'я-а' runs backwards, and a glob takes it as no "
+     "character at all; write it low to high ('а-я')"),
     # one recipient cannot be two: whether the second is written in an `all` or beside it
     ("{rcpt: sales@example.com, all: [{rcpt: support@example.com}]}",
      "requires two different recipients at once and can never match"),
@@ -506,6 +527,27 @@ rules:
         # a mailbox no recipient resolves to (it loaded and never matched)
         f"warning: {rules}:6: rule 'box': resolved_mailbox 'salse' is no mailbox of the address "
         "book: no recipient resolves to it, the condition never holds; did you mean 'sales'?"]
+
+
+def test_a_recipient_typed_with_a_cyrillic_letter_is_told_from_the_one_it_looks_like(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rcpt: sаles@example.com` with a Cyrillic а: "did you mean 'sales@example.com'?" named
+    an address that looks the same as the one written; the letter is named."""
+    from mailrouter.cli import main
+    from tests.support.rules import COMPANY
+    rules = routing_file("rules:\n  - {name: cyr, when: {rcpt: s\u0430les@example.com, "
+                         "resolved_mailbox: supp\u043ert}, then: {folder: X}}\n", "r.yaml")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
+    assert main(["check", "-c", str(cfg)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {rules}:2: rule 'cyr': rcpt 's\u0430les@example.com' is not an address of the "
+        "address book: mail to it is refused at RCPT and never reaches the rules; did you mean "
+        "'sales@example.com'? ('s\u0430les': \u0430 is Cyrillic; retype it)",
+        f"warning: {rules}:2: rule 'cyr': resolved_mailbox 'supp\u043ert' is no mailbox of the "
+        "address book: no recipient resolves to it, the condition never holds; did you mean "
+        "'support'? ('supp\u043ert': \u043e is Cyrillic; retype it)"]
 
 
 def test_check_warns_about_copy_to_owner_without_control(tmp_path: Path) -> None:

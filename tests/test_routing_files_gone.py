@@ -74,3 +74,34 @@ async def test_a_reload_without_the_rules_file_keeps_the_rules(make_app, tmp_pat
     await asyncio.to_thread(_send, app.bound["smtp"][1], 2)
     assert len(maildir_files(tmp_path / "var" / "mail" / "sales")) == 1
 
+
+
+async def test_a_fifo_among_the_routing_files_is_refused_not_waited_on(make_app, tmp_path):
+    """A FIFO (or a device) matched by the glob: the reload read it and waited for ever for a
+    writer, and every later reload queued behind it. Now it is an error naming the file, the
+    old rules keep running, and the next reload without it goes through."""
+    import os
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    os.mkfifo(d / "zz-pipe.yaml")
+    try:
+        ok, detail = await asyncio.wait_for(app.reload(), 30)
+    finally:                # a reader still waiting: give it its end of file, let it go
+        try:
+            os.close(os.open(d / "zz-pipe.yaml", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert not ok and "zz-pipe.yaml: not a regular file (a FIFO, a socket or a device)" in detail
+    await asyncio.to_thread(_send, app.bound["smtp"][1], 1)
+    assert _routed_to(tmp_path, "finance", "A") == 1
+    (d / "zz-pipe.yaml").unlink()
+    ok, _ = await asyncio.wait_for(app.reload(), 60)
+    assert ok
+
+
+def test_check_names_a_symlink_loop_with_the_fix(tmp_path):
+    d = routing_dir(tmp_path)
+    (d / "zz.yaml").symlink_to(d / "zz.yaml")
+    assert _errors(d / "*.yaml") == [f"{d}/zz.yaml: cannot read: Too many levels of symbolic "
+                                     "links; a symlink that points, through others, back at "
+                                     "itself: point it at the file"]

@@ -637,3 +637,141 @@ def test_an_address_with_the_roots_dot_matches_the_rules_naming_it() -> None:
     assert (f.raw("mail_from"), f.raw("rcpt"), f.raw("rcpt_domain")) == (
         ("boss@x.example",), ("sales@example.com",), ("example.com",))
     assert Facts(raw, "", "a@b..", None, at, {}).raw("rcpt") == ("a@b..",)
+
+
+@pytest.mark.parametrize("folder,why", [
+    (" Inbound", "a space at an end of the level ' Inbound'"),
+    ("Inbound\u00a0", "a space at an end of the level 'Inbound\\xa0'"),
+    ("Finance/ 2026", "a space at an end of the level ' 2026'"),
+    ("Inbound\u200b", "an invisible character U+200B in the level"),
+])
+def test_a_folder_with_a_space_at_an_end_or_an_invisible_character_is_a_load_error(
+        folder: str, why: str) -> None:
+    """`folder: "\u00a0Inbound\u00a0"` (a no-break space pasted from a web page) was loaded and
+    checked 'ok': the mail went to a Maildir folder of its own, which a mail client shows as
+    'Inbound' beside the real one. Refused where it is written, in a rule and in an alias."""
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: mailbox:fin\n", "book.yaml")
+    rules = routing_file(f'rules:\n  - name: r\n    then: {{mailbox: fin, folder: "{folder}"}}\n',
+                         "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, rules, book=None)
+    assert f"{rules}:3:" in str(exc.value) and why in str(exc.value), str(exc.value)
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        f'aliases:\n  invoices@example.com: {{mailbox: fin, folder: "{folder}"}}\n'
+                        "rules: []\n", "book.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, book=None)
+    assert f"{book}:5:" in str(exc.value) and why in str(exc.value), str(exc.value)
+
+
+def test_a_folder_with_spaces_inside_its_levels_is_taken() -> None:
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: {mailbox: fin, folder: 'Счета 2026'}\n",
+                        "book.yaml")
+    rules = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: 'Входящие счета/Май'}\n",
+                         "r.yaml")
+    load(book, rules, book=None)
+
+
+def test_a_name_typed_with_a_cyrillic_letter_is_told_from_the_one_it_looks_like() -> None:
+    """`subjeсt` with a Cyrillic с (the keyboard layout switched mid-word) was "unknown
+    condition 'subjeсt'; did you mean 'subject'?": two words that look alike, and no cause.
+    The note names the letter, for a section, a rule's key, a condition, an action, a
+    mailbox, and an alias's address that lost its indentation is said to be one."""
+    rules = routing_file("m\u0430ilboxes: {}\n"
+                         "x@example.com: mailbox:sales\n"
+                         "rules:\n"
+                         "  - n\u0430me: a\n"
+                         "    then: {folder: X}\n"
+                         "  - name: b\n"
+                         "    when: {subje\u0441t: x}\n"
+                         "    then: {mailb\u043ex: sales}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(rules)
+    text = str(exc.value)
+    with pytest.raises(ConfigErrors) as exc:
+        load(routing_file("rules:\n  - name: c\n    then: {mailbox: s\u0430les, owner: petr\u043eva, "
+                          "priority: hi\u0433h}\n", "r.yaml"))
+    text += str(exc.value)
+    for typed, meant, letter in [("m\u0430ilboxes", "mailboxes", "\u0430"),
+                                 ("petr\u043eva", "petrova", "\u043e"), ("hi\u0433h", "high", "\u0433"),
+                                 ("n\u0430me", "name", "\u0430"),
+                                 ("subje\u0441t", "subject", "\u0441"),
+                                 ("mailb\u043ex", "mailbox", "\u043e"),
+                                 ("s\u0430les", "sales", "\u0430")]:
+        assert f"did you mean '{meant}'? ('{typed}': {letter} is Cyrillic; retype it)" in text, text
+    assert (f"{rules}:2:1: unknown section 'x@example.com'; an address at the start of a line is "
+            "read as a section: indent it as the addresses under 'aliases:' (or 'moved:') above "
+            "it are") in text
+
+
+def test_a_folder_or_a_tag_that_yaml_reads_as_a_boolean_is_a_load_error() -> None:
+    """YAML 1.1 reads Off, No, on, yes as booleans: `folder: Off` in a rule stored the mail
+    in the folder 'False', `{mailbox: support, folder: No}` in an alias stored it in no
+    folder at all, and `tags: [on]` was refused as "not True", with no cause. Each is named
+    with the fix, quotes."""
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: {mailbox: fin, folder: No}\n"
+                        "  sales@example.com: {mailbox: fin, folder: 'No'}\n", "book.yaml")
+    rules = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: Off, tags: [on]}\n",
+                         "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, rules, book=None)
+    assert [str(e) for e in exc.value.errors] == [
+        f"{book}:5:25: alias invoices@example.com: folder takes text, but YAML read this value "
+        "as false (no, yes, on, off, y, n are booleans to YAML); put the folder in quotes as "
+        "written: folder: 'No'",
+        f"{rules}:3:11: rule 'r': a tag must be text, but YAML read this one as true (no, yes, "
+        "on, off, y, n are booleans to YAML); put the tag in quotes as written: tags: ['on', 'NO']",
+        f"{rules}:3:11: rule 'r': folder takes text, but YAML read this value as false (no, "
+        "yes, on, off, y, n are booleans to YAML); put the folder in quotes as written: "
+        "folder: 'Off'"]
+    ok = routing_file("rules:\n  - name: r\n    then: {mailbox: fin, folder: 'Off', tags: ['on']}\n",
+                      "r.yaml")
+    book = routing_file("domains: [example.com]\nmailboxes:\n  fin: {maildir: fin}\n"
+                        "aliases:\n  invoices@example.com: {mailbox: fin, folder: 'No'}\n",
+                        "book.yaml")
+    [d] = load(book, ok, book=None).decide(MessageView(mail("x", "y")), "", ["invoices@example.com"],
+                                             MONDAY_10_MSK)
+    assert (d.folder, d.tags) == ("Off", ("on",))
+
+
+@pytest.mark.parametrize("then", ["{owner: p.ivanov@example.com}", "{owner: nobody}",
+                                  "{mailbox: sales@example.com}"])
+def test_a_rule_error_beside_an_address_book_error_is_reported_not_a_crash(then: str) -> None:
+    """An address book with an error (here an alias to an unknown mailbox) and a rule whose
+    owner is unknown: the owner's hint looked for a person of that address or name among the
+    book's names (None each, the book not built) and `check` died with AttributeError; a
+    reload was an internal error. Both errors are reported."""
+    book = routing_file("domains: [example.com]\nmailboxes:\n  sales: {maildir: sales}\n"
+                        "people:\n  ivanov: {address: p.ivanov@example.com}\n"
+                        "aliases:\n  a@example.com: mailbox:nope\n", "book.yaml")
+    rules = routing_file(f"rules:\n  - name: r\n    then: {then}\n", "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(book, rules, book=None)
+    text = str(exc.value)
+    assert f"{book}:7:" in text and "unknown mailbox 'nope'" in text
+    assert f"{rules}:3:" in text, text
+
+
+@pytest.mark.parametrize("rule, hint", [
+    ("{name: r, then: {folder: X}, continue: 'yes please'}",
+     "'continue' takes true or false; write continue: true (later rules add to this one), or "
+     "leave it out"),
+    ("{name: r, then: {sla: {calendar: msk}}}",
+     "'sla' needs first_response or resolve; write e.g. sla: {first_response: 4h, resolve: 2d, "
+     "calendar: msk}"),
+    ("{name: r, when: {robot: 'sometimes'}, then: {folder: X}}",
+     "'robot' takes true or false; write robot: true (lists, bounces, auto-replies) or robot: false"),
+    ("{name: r, when: {subject: {exists: 'maybe'}}, then: {folder: X}}",
+     "'exists' takes true or false; write exists: true (the field is there) or exists: false"),
+])
+def test_errors_that_named_no_fix_name_one(rule: str, hint: str) -> None:
+    """Found by mutating the example files at random: these errors said what was wrong and
+    not what to write."""
+    rules = routing_file("calendars:\n  msk: {timezone: Europe/Moscow}\nrules:\n  - " + rule + "\n",
+                         "r.yaml")
+    with pytest.raises(ConfigErrors) as exc:
+        load(rules)
+    assert hint in str(exc.value), str(exc.value)

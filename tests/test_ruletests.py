@@ -142,7 +142,8 @@ tests:
     expect: {fodler: X}
 """, tmp_path)
     assert [ln.split(": ", 2)[2] for ln in lines] == [
-        f"cannot read message '{tmp_path / 'samples/nope.eml'}': No such file or directory",
+        f"cannot read message '{tmp_path / 'samples/nope.eml'}': No such file or directory; a "
+        "message: path is relative to this routing file's folder",
         "unknown key 'expcet'; did you mean 'expect'?",
         "cannot read time 'yesterday'; write e.g. 2027-01-11T10:00:00+03:00",
         "unknown expect key 'fodler'; did you mean 'folder'?",
@@ -216,9 +217,11 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
     assert lines == [
         f"{path}:9: test pasted rule: unknown key 'when': this looks like a rule; rules go "
         "under 'rules:', this entry is under 'tests:'",
-        f"{path}:12: test no rcpt: needs 'rcpt:'",
+        f"{path}:12: test no rcpt: needs 'rcpt:'; write the envelope recipient, e.g. rcpt: "
+        "sales@example.com (or a list)",
         f"{path}:19: test sample gone: cannot read message "
-        f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory",
+        f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory; a message: "
+        "path is relative to this routing file's folder",
         f"{path}:23: test no such time: cannot read time 'next monday'; "
         "write e.g. 2027-01-11T10:00:00+03:00",
     ]
@@ -339,3 +342,28 @@ tests:
     assert check_rule_tests(yamlsrc.load(path)["tests"], tmp_path) == [
         f"{path}:9: test invoice: the name is also the test's at {path}:5; give each test "
         "a name of its own"]
+
+
+def test_a_case_whose_message_is_a_fifo_is_a_failure_line_not_a_hang(tmp_path: Path) -> None:
+    """`message:` naming a FIFO (or /dev/stdin, /dev/zero) was read to its end: `mailrouter
+    test` and `check` waited for ever. It is one failure line, and the run goes on."""
+    import os
+    import threading
+    fifo = tmp_path / "samples" / "pipe.eml"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    out: list[list[str]] = []
+    t = threading.Thread(target=lambda: out.append(run("""\
+tests:
+  - name: pipe
+    message: samples/pipe.eml
+    rcpt: sales@example.com
+    expect: {folder: X}
+""", tmp_path)), daemon=True)
+    t.start()
+    t.join(30)
+    if t.is_alive():            # let the reader go: open the other end and close it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert out, "the run waited on the FIFO"
+    assert [ln.split(": ", 2)[2] for ln in out[0]] == [
+        f"message '{fifo}' is not a regular file; give a saved .eml file"]

@@ -242,7 +242,9 @@ def test_errors_as_the_node_path(text: str) -> None:
 def test_error_texts() -> None:
     assert error(loads, "a: {b: 1, b: 2}\n") == (
         "ConfigError: f.yaml:1:11: key 'b' is defined twice (first on line 1); keep one definition")
-    assert error(loads, "? [1]\n: 2\n") == "ConfigError: f.yaml:1:3: a mapping key must be a plain value"
+    assert error(loads, "? [1]\n: 2\n") == (
+        "ConfigError: f.yaml:1:3: a mapping key must be a plain value; write the key as a name "
+        "or an address (quote it if it holds ': ' or starts with [ or {)")
     assert error(loads, "listen:\n  smtp: [127.0.0.1:2525\n") == (
         "ConfigError: f.yaml:3:1: YAML syntax: did not find expected ',' or ']'; "
         "check indentation and quoting on that line")
@@ -260,6 +262,8 @@ TAB = "a tab in the indentation; YAML indents with spaces only — replace the t
     ("x: 1\n \tc: 2\n", 2, 2),                       # "mapping values are not allowed"
     ("a: |\n\tx\n", 2, 1),                           # in a block scalar's indentation
     ("rules:\r\n\t- name: x\r\n", 2, 1),             # CRLF file
+    ("rules:\n  -\tname: x\n    then: {}\n", 2, 4),   # after the dash: "cannot start any token"
+    ("a:\n  - - \tb: 1\n    - c\n", 2, 7),
 ])
 def test_tab_in_indentation_is_named(text: str, line: int, col: int) -> None:
     """A tab in the indentation is called what it is, at its line and column, with the fix."""
@@ -808,3 +812,58 @@ def test_load_bytes_reads_as_load_does(tmp_path: Any) -> None:
         except ConfigError as exc:
             got = str(exc)
         assert got == want
+
+
+NBSP_FIX = ("where YAML wants a plain space; retype it as a plain space (a text pasted from a "
+            "web page or a mail keeps such spaces)")
+
+
+@pytest.mark.parametrize("text, line, col, char", [
+    # a rule's line indented with a no-break space: PyYAML named line 5, "did not find expected key"
+    ("rules:\n  - name: s\n    when: {rcpt: s@example.com}\n\u00a0   then: {folder: X}\n\n"
+     "  - name: t\n", 4, 1, "U+00A0 (no-break space)"),
+    # after the key's colon: "mapping values are not allowed", with the hint to quote the value
+    ("aliases:\n  sales@example.com:\u00a0mailbox:sales\n  x@example.com: mailbox:sales\n",
+     2, 21, "U+00A0 (no-break space)"),
+    ("rules:\n  -\u2003name: x\n    then: {folder: X}\n", 2, 4, "U+2003 (em space)"),
+])
+def test_an_odd_space_where_yaml_wants_a_space_is_named(text: str, line: int, col: int,
+                                                        char: str) -> None:
+    """A no-break space (a routing file pasted from a wiki or a mail) in the indentation or
+    after `key:`: the error named another line and no cause; now its own line and column."""
+    want = f"ConfigError: f.yaml:{line}:{col}: a {char} {NBSP_FIX}"
+    assert error(loads, text) == want
+    assert error(nodes, text) == want
+
+
+def test_a_byte_order_mark_inside_a_file_is_named() -> None:
+    """`cat company.yaml rules.yaml > all.yaml` with rules.yaml saved with a BOM: the BOM
+    begins a line inside the file, and the error named the line after the next."""
+    text = "aliases:\n  a@example.com: mailbox:sales\n\ufeffrules:\n  - name: x\n    then: {folder: X}\n"
+    want = ("ConfigError: f.yaml:3:1: an invisible U+FEFF (zero width no-break space) in the "
+            "indentation; delete it (a byte order mark is left where a file saved with one was "
+            "joined to another)")
+    assert error(loads, text) == want
+    assert error(nodes, text) == want
+
+
+def test_a_no_break_space_inside_a_value_is_not_blamed_for_another_error() -> None:
+    """A value may hold one (a person's name): a syntax error below it is named as before."""
+    text = "people:\n  ivanov: {name: \"Пётр -\u00a0Иванов\"}\n  x: [1\n"
+    assert "YAML syntax" in error(loads, text)
+    assert loads("people:\n  ivanov: {name: Пётр -\u00a0Иванов}\n", "f.yaml") is not None
+
+
+@pytest.mark.parametrize("text, line, col, name", [
+    ("rules:\n  - name: s\n    then: {<<: *common, folder: X}\n", 3, 16, "common"),
+    ("aliases:\n  a@example.com: *group\ngroup: &group [x]\n", 2, 18, "group"),   # below it
+])
+def test_an_alias_of_no_anchor_names_it_and_where_anchors_reach(text: str, line: int, col: int,
+                                                                name: str) -> None:
+    """`<<: *common` with `&common` in the other routing file was "YAML syntax: found
+    undefined alias; check indentation and quoting on that line": no name, no cause."""
+    want = (f"ConfigError: f.yaml:{line}:{col}: *{name} names no anchor defined above it in this "
+            f"file; define &{name} above this line in the same file (an anchor does not reach "
+            "into another routing file), or write the values out")
+    assert error(loads, text) == want
+    assert error(nodes, text) == want

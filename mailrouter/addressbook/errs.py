@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError, ConfigErrors
-from ..yamlsrc import where
+from ..yamlsrc import letters_note, where
 
 __all__ = ["Collector", "did_you_mean", "at_line"]
 
@@ -16,8 +16,8 @@ def did_you_mean(word: str, choices: Iterable[str], what: str, listing: bool = T
     """A hint naming the closest known name, or listing what is allowed (if `listing`)."""
     names = sorted(str(c) for c in choices)
     close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
+    if close:   # 'sаles' (a Cyrillic а) and 'sales' look alike: the note says which letter
+        return f"did you mean {close[0]!r}?" + letters_note(word)
     if not listing:
         return ""
     if not names:
@@ -43,8 +43,10 @@ class Collector:
 
     def add(self, message: str, at: Any, hint: str = "", default: Any = None) -> None:
         """Record one error; the same message at the same place again is dropped (a value
-        a YAML alias repeats, met once for each group that lists it)."""
-        path, line, column = where(at, default)
+        a YAML alias repeats, met once for each group that lists it). A value without a
+        position of its own (a number: `{mailbox: 2026}`) is named at the alias being read:
+        it was named at no line, and at config.yaml, not the routing file."""
+        path, line, column = where(at, default if default is not None else self.entry)
         if (message, path, line, column) not in self._said:
             self._said.add((message, path, line, column))
             self.errors.append(ConfigError(message, path, line, column, hint))

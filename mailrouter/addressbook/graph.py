@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from ..values import Target, folder_problem
+from ..values import Target, written_folder_problem
 from ..yamlsrc import as_written
 from .canon import canonical, canonicaliser, detail_split
 from .errs import Collector, did_you_mean
@@ -43,7 +43,7 @@ def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any,
     if name not in p.mailboxes:
         c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes"))
         return []
-    problem = folder_problem(folder) if folder is not None else None
+    problem = written_folder_problem(folder) if folder is not None else None
     if problem is not None:
         c.add(f"folder {folder!r} of mailbox {name!r} has {problem}",
               at if folder_at is None else folder_at, "fix the folder name")
@@ -137,6 +137,12 @@ def _mapping_target(c: Collector, p: Parts, src: str, value: Mapping[Any, Any]) 
               "write {mailbox: NAME, folder: FOLDER}")
         return []
     folder = as_written(value.get("folder"))        # folder: 00123 is '00123', not '83'
+    if isinstance(folder, bool):
+        # `folder: No` was no folder at all (False is falsy), `folder: yes` the folder 'True'
+        c.add(f"alias {src}: folder takes text, but YAML read this value as "
+              f"{str(folder).lower()} (no, yes, on, off, y, n are booleans to YAML)", value,
+              "put the folder in quotes as written: folder: 'No'")
+        return []
     return _mailbox(c, p, str(value["mailbox"]), str(folder) if folder else None,
                     value["mailbox"], folder)
 
@@ -303,9 +309,16 @@ def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
             nodes[old] = []
         elif moved.now not in nodes and _detail_base(p, nodes, moved.now) is None:
             at = p.moved_at[old]
-            c.add(f"moved address {old} delivers to {moved.now}, which is not a known address",
-                  at, f"define {moved.now} (an alias or a person's address), "
-                  "or set deliver: false")
+            if moved.now.rpartition("@")[2] not in p.domains:
+                # "define someone@gmail.com (an alias ...)": an alias of another domain is
+                # refused too; the way out is a mailbox that hands the mail on
+                c.add(f"moved address {old} delivers to {moved.now}, which is not on one of our "
+                      "domains", at, "set deliver: false (the sender is told the new address), "
+                      f"or make {old} an alias of a mailbox {{smtp: {moved.now}}} instead")
+            else:
+                c.add(f"moved address {old} delivers to {moved.now}, which is not a known "
+                      "address", at, f"define {moved.now} (an alias or a person's address), "
+                      "or set deliver: false")
         else:
             nodes[old] = [Edge(moved.now, (), p.moved_at[old])]
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from ..yamlsrc import as_written, where
+from ..yamlsrc import as_written, letters_note, where
 from .facts import ADDR_FIELDS, FIELD_COST, NUM_FIELDS, TEXT_FIELDS, Facts, words_of
 from .normalize import normalize, normalize_address
 from .patterns import PatternError, compile_glob, compile_regex, utf8
@@ -90,7 +90,8 @@ def did_you_mean(word: str, known: tuple[str, ...] | list[str],
     if same is not None:
         return f"did you mean '{same}'?"
     close = difflib.get_close_matches(word, list(known), n=1)
-    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)
+    return (f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known)) \
+        + letters_note(word)
 
 
 # RFC 5322 section 2.2: a field name is printable ASCII but ':' and space
@@ -308,7 +309,8 @@ class _Parser:
             return self.headers(value, at)
         if key == "robot":
             if not isinstance(value, bool):
-                self.error("'robot' takes true or false", value, at)
+                self.error("'robot' takes true or false", value, at,
+                           hint="write robot: true (lists, bounces, auto-replies) or robot: false")
                 return None
             return Leaf("robot", "is", (value,), (value,), _check_robot, *where(at)[:2])
         if key == "business_hours":
@@ -395,7 +397,8 @@ class _Parser:
         pos = where(at)[:2]
         if op == "exists":
             if not isinstance(needle, bool):
-                self.error("'exists' takes true or false", needle, at)
+                self.error("'exists' takes true or false", needle, at,
+                           hint="write exists: true (the field is there) or exists: false")
                 return None
             return Leaf(field, op, (needle,), (needle,), _check_exists, *pos)
         if field in NUM_FIELDS:

@@ -14,7 +14,8 @@
   `all` with two different `rcpt` equals, an `attachment_size` lower bound above a `size`
   upper bound in one conjunction (no attachment is larger than its message), a
   `mail_from`/`from_addr` needle written with a name or <> (`Boss <boss@x.com>`: the
-  fields hold the bare address);
+  fields hold the bare address), a text needle with a word of Latin and Cyrillic letters
+  together (`cчёт` with a Latin c: the keyboard layout switched mid-word);
 - two rules with one name (explanations would be ambiguous);
 - `copy_to_owner: true` with no `control:` in config.yaml (`control_warnings`: no copy);
 - word forms misused: a `*` that ends no word in `contains` (ignored), a stem of
@@ -35,8 +36,9 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator, Sequence
 
-from .conditions import AllOf, AnyOf, Leaf, Node, Not
+from .conditions import AllOf, AnyOf, Leaf, Node, Not, normalize_needle
 from .facts import words_of
+from ..yamlsrc import mixed_letters
 from .normalize import normalize, strip_reply_prefixes
 
 __all__ = ["control_warnings", "lint_notes", "lint_rules"]
@@ -138,7 +140,7 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                 yield (f"{leaf.label} contains {text!r} can never match: 'contains' matches whole "
                        "words and this has no letters or digits; use glob or regex")
             if leaf.field == "subject" and leaf.op in ("equals", "starts_with", "contains") \
-                    and strip_reply_prefixes(text) != text:
+                    and strip_reply_prefixes(text) != text.strip():   # "срочно " has none
                 yield (f"subject {leaf.op} {text!r} can never match"
                        + (" a reply" if leaf.op == "contains" else "")
                        + f": subjects are matched without reply prefixes; write "
@@ -150,6 +152,18 @@ def _unmatchable(rule: Any) -> Iterator[str]:
                        "bare address, without a name or <>; write "
                        + (repr(_bare(text)) if _bare(text) else "'<>' for a bounce's null sender"
                           if leaf.field == "mail_from" else "robot: true for a bounce"))
+            if leaf.field not in _ADDRESS_FIELDS and leaf.op in _SET_OPS \
+                    and (mixed := mixed_letters(text)) is not None:
+                word, odd = mixed
+                yield (f"{leaf.label} {leaf.op} {text!r} matches no word written in one "
+                       f"alphabet: its word {word!r} mixes Latin and Cyrillic letters ({odd}); "
+                       "retype the word with one keyboard layout")
+            # on the needle as it is compiled: '[a-Z]' is '[a-z]' once case-folded
+            if leaf.op == "glob" and (backwards := _reversed_range(
+                    normalize_needle(leaf.field, "glob", (text,))[0])) is not None:
+                yield (f"{leaf.label} glob {text!r}: the range '{backwards}' runs backwards, and "
+                       "a glob takes it as no character at all; write it low to high "
+                       f"('{backwards[2]}-{backwards[0]}')")
             if leaf.op == "glob" and _unclosed_set(text):
                 yield (f"{leaf.label} glob {text!r}: a '[' that no ']' closes is a literal '[', "
                        "not a set; close the set ('[abc]'), or write '[[]' for a literal '['")
@@ -199,6 +213,8 @@ def _bigger_than_message(node: AllOf) -> str | None:
 
 
 _BARE = ("mail_from", "from_addr")      # an address as given, nothing around it
+_ADDRESS_FIELDS = ("mail_from", "from_addr", "rcpt", "rcpt_domain", "rcpt_resolved",
+                   "rcpt_original", "resolved_mailbox")
 
 
 def _not_bare(field: str, text: str) -> bool:
@@ -258,6 +274,31 @@ def _unclosed_set(glob: str) -> bool:
             i = j
         i += 1
     return False
+
+
+def _reversed_range(glob: str) -> str | None:
+    """The first range of a glob set written high to low (`[9-0]`, `[я-а]`), which fnmatch
+    (and so the rules) takes as no character at all: a set of it alone matches nothing."""
+    i, n = 0, len(glob)
+    while i < n:
+        if glob[i] == "[":
+            start = i + 1 + (i + 1 < n and glob[i + 1] == "!")
+            j = start + (start < n and glob[start] == "]")
+            j = glob.find("]", j)
+            if j < 0:
+                return None
+            body = glob[start:j]
+            k = 0
+            while k < len(body):
+                if k + 2 < len(body) and body[k + 1] == "-":
+                    if body[k] > body[k + 2]:
+                        return body[k:k + 3]
+                    k += 3
+                else:
+                    k += 1
+            i = j
+        i += 1
+    return None
 
 
 def _all_nodes(node: Node | None) -> Iterator[Node]:

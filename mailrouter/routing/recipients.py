@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from ..addressbook.canon import canonical_domain
 from ..addresses import AddressBook
+from ..yamlsrc import letters_note
 from .lint import leaves
 from .normalize import normalize
 from .rules import Rule
@@ -38,7 +39,7 @@ def recipient_warnings(book: AddressBook, rules: Sequence[Rule]) -> list[str]:
                     near = difflib.get_close_matches(needle, names, n=1)
                     out.append(f"{at}: resolved_mailbox {needle!r} is no mailbox of the address "
                                "book: no recipient resolves to it, the condition never holds"
-                               + (f"; did you mean '{near[0]}'?" if near else
+                               + (f"; did you mean '{near[0]}'?" + letters_note(needle) if near else
                                   "; known mailboxes: " + ", ".join(names[:8])
                                   + (", ..." if len(names) > 8 else "")))
                 elif leaf.field == "rcpt_domain" and canonical_domain(needle) not in book.domains:
@@ -51,7 +52,8 @@ def recipient_warnings(book: AddressBook, rules: Sequence[Rule]) -> list[str]:
                     near = difflib.get_close_matches(needle.lower(), sorted(book.addresses()), n=1)
                     out.append(f"{at}: {leaf.field} {needle!r} is not an address of the address "
                                "book: mail to it is refused at RCPT and never reaches the rules"
-                               + (f"; did you mean '{near[0]}'?" if near else ""))
+                               + (f"; did you mean '{near[0]}'?" + letters_note(needle.rpartition("@")[0])
+                                  if near else ""))
     return out
 
 

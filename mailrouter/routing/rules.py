@@ -36,9 +36,9 @@ from ..values import (
     Decision,
     RuleMatch,
     Target,
-    folder_problem,
+    written_folder_problem,
 )
-from ..yamlsrc import as_written, where
+from ..yamlsrc import as_written, letters_note, where
 from .conditions import Node, did_you_mean, parse_condition
 from .facts import Facts
 from .index import RuleIndex
@@ -145,7 +145,8 @@ class _Builder:
         then = self.then(name, spec.get("then"), spec)
         cont = spec.get("continue", False)
         if not isinstance(cont, bool):
-            self.err(f"rule {name!r}: 'continue' takes true or false", cont, spec)
+            self.err(f"rule {name!r}: 'continue' takes true or false", cont, spec,
+                     "write continue: true (later rules add to this one), or leave it out")
         path, line, _ = where(spec, parent)
         return Rule(name, path, line, pos, when, then or Then(), bool(cont))
 
@@ -187,7 +188,11 @@ class _Builder:
         raw_tags = spec.get("tags")
         raw_tags = [] if raw_tags is None else raw_tags if isinstance(raw_tags, list) else [raw_tags]
         for t in raw_tags:
-            if not _is_text(t):
+            if isinstance(t, bool):
+                self.err(f"rule {name!r}: a tag must be text, but YAML read this one as "
+                         f"{str(t).lower()} (no, yes, on, off, y, n are booleans to YAML)", t, spec,
+                         "put the tag in quotes as written: tags: ['on', 'NO']")
+            elif not _is_text(t):
                 self.err(f"rule {name!r}: a tag must be text, not {t!r}", t, spec,
                          "write e.g. tags: [invoice, urgent]")
         tags = tuple(str(as_written(t)) for t in raw_tags)
@@ -197,7 +202,13 @@ class _Builder:
         if spec.get("sla") is not None:
             sla = parse_sla(spec["sla"], self.calendars, f"rule {name!r}", self.errors, spec)
         folder = as_written(_one(spec, "folder"))        # 00123, not 83
-        problem = folder_problem(str(folder)) if folder is not None else None
+        if isinstance(folder, bool):
+            # `folder: Off` was the folder 'False', `folder: No` the folder 'False' too
+            self.err(f"rule {name!r}: folder takes text, but YAML read this value as "
+                     f"{str(folder).lower()} (no, yes, on, off, y, n are booleans to YAML)",
+                     folder, spec, "put the folder in quotes as written: folder: 'Off'")
+            folder = None
+        problem = written_folder_problem(str(folder)) if folder is not None else None
         if problem is not None:
             self.err(f"rule {name!r}: folder {str(folder)!r} has {problem}", folder, spec,
                      "fix the folder name")
@@ -242,7 +253,9 @@ class _Builder:
         folded = normalize(text.strip().strip("<>"))      # Петр is Пётр, case folded
         found = {(k, f"{text!r} is the {'address' if '@' in folded else 'name'} of person {k!r}")
                  for k, p in self.book.people.items()
-                 if folded in (normalize(p.address or ""), normalize(p.name or ""))}
+                 # p is None when the book could not be built (snapshot._Names: names only)
+                 if p is not None
+                 and folded in (normalize(p.address or ""), normalize(p.name or ""))}
         return found.pop() if len(found) == 1 else None
 
     def mailboxes_of(self, address: str) -> list[str]:
@@ -268,7 +281,8 @@ class _Builder:
             close = [same] if same in allowed else difflib.get_close_matches(
                 str(value).lower(), list(allowed), n=1)
             self.err(f"rule {name!r}: {key} must be one of {', '.join(allowed)}, not {value!r}",
-                     value, spec, f"did you mean '{close[0]}'?" if close else "")
+                     value, spec, f"did you mean '{close[0]}'?" + letters_note(value) if close
+                     else "")
             return None
         return str(value) if value is not None else None
 

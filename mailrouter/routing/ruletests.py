@@ -69,9 +69,15 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
     if case.get("message") is not None:
         path = base / str(case["message"])
         try:
+            if path.exists() and not path.is_file() and not path.is_dir():
+                # a FIFO or a device (message: /dev/stdin, /dev/zero): reading it waited for
+                # ever, and `check` and `test` with it
+                raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
+                                 ".eml file")
             return path.read_bytes()
         except OSError as exc:
-            raise _CaseError(f"cannot read message {str(path)!r}: {exc.strerror}") from None
+            raise _CaseError(f"cannot read message {str(path)!r}: {exc.strerror}; a message: "
+                             "path is relative to this routing file's folder") from None
     if case.get("headers") is None and case.get("body") is None:
         raise _CaseError("needs 'message: FILE.eml' or 'headers:'/'body:'")
     return _build_message(case)
@@ -142,7 +148,8 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
     rcpts = case.get("rcpt")
     rcpts = rcpts if isinstance(rcpts, list) else [rcpts] if rcpts else []
     if not rcpts:
-        raise _CaseError("needs 'rcpt:'")
+        raise _CaseError("needs 'rcpt:'; write the envelope recipient, e.g. rcpt: "
+                         "sales@example.com (or a list)")
     if any(not isinstance(r, str) for r in rcpts):
         raise _CaseError("'rcpt' must be an address or a list of addresses, not "
                          f"{case.get('rcpt')!r}")

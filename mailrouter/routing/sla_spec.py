@@ -102,7 +102,8 @@ def parse_sla(spec: Any, calendars: Mapping[str, Any], who: str, errors: list[Co
         except ValueError:
             err(f"bad duration {spec[key]!r} for {key}", spec[key], "write e.g. 30m, 4h, 2d or 1d4h")
     if not terms and "first_response" not in spec and "resolve" not in spec:
-        err("'sla' needs first_response or resolve", spec)
+        err("'sla' needs first_response or resolve", spec,
+            "write e.g. sla: {first_response: 4h, resolve: 2d, calendar: msk}")
     cal = spec.get("calendar")
     if cal is not None and str(cal) not in calendars:
         known = ", ".join(calendars) or "none defined"

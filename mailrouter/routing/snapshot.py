@@ -13,6 +13,7 @@ error naming both; lists (domains, rules, tests) are concatenated.
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import glob
 import os
@@ -190,6 +191,9 @@ def _merge(docs: list[tuple[str, Any]], errors: list[ConfigError],
             continue
         for key, hint in unknown_keys(doc, SECTIONS):
             _, line, col = yamlsrc.where(key)
+            if "@" in str(key):     # an alias's line that lost its indentation
+                hint = ("an address at the start of a line is read as a section: indent it "
+                        "as the addresses under 'aliases:' (or 'moved:') above it are")
             errors.append(ConfigError(f"unknown section '{key}'", path, line, col, hint))
         for key in MAP_SECTIONS:
             _merge_map(merged[key], doc.get(key), key, path, errors)
@@ -256,8 +260,12 @@ class _Names:
     are still checked and their errors reported with the book's in one load."""
 
     mailboxes: dict[str, Any]
-    people: dict[str, Any]
+    people: dict[str, Any]      # name -> None: no Person to ask for its address or name
     teams: dict[str, Any]
+
+    def knows(self, address: str) -> bool:
+        """No address is known: the aliases are what could not be built."""
+        return False
 
     @classmethod
     def of(cls, merged: dict[str, Any], complete: bool) -> _Names:
@@ -463,7 +471,11 @@ def read_files(files: Sequence[str], errors: list[ConfigError]) -> dict[str, byt
 
 def _read_one(f: str, errors: list[ConfigError]) -> bytes | None:
     try:
+        yamlsrc.must_be_regular(f)
         return Path(f).read_bytes()
+    except yamlsrc.NotRegularFile as exc:
+        errors.append(ConfigError(str(exc.strerror), f, hint="routing files are files saved on the "
+                                  "disk: remove it, or move it out of what 'routing:' matches"))
     except FileNotFoundError:
         target = Path(f).readlink() if Path(f).is_symlink() else None
         errors.append(ConfigError(
@@ -477,7 +489,9 @@ def _read_one(f: str, errors: list[ConfigError]) -> bytes | None:
         # said only "cannot read: Permission denied": what is in the way, and the fix
         errors.append(unreadable(Path(f)) or ConfigError(f"cannot read: {exc.strerror}", f))
     except OSError as exc:
-        errors.append(ConfigError(f"cannot read: {exc.strerror}", f))
+        errors.append(ConfigError(f"cannot read: {exc.strerror}", f, hint=(
+            "a symlink that points, through others, back at itself: point it at the file"
+            if exc.errno == errno.ELOOP else "")))
     return None
 
 
