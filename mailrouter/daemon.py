@@ -47,7 +47,7 @@ from .delivery.deliverer import Deliverer
 from .dnscheck import DomainCheck
 from .errors import ConfigError, ConfigErrors, ListenError, RegistryError
 from .health import Readiness, unwritable
-from .intake.handler import Handler
+from .intake.handler import Handler, RcptChecker
 from .intake.data import DataBudget
 from .intake.protocol import COMMAND_LIMITS, LMTPProtocol, Protocol
 from .autoreply import DEFAULT_ROBOT_SENDERS, Policy
@@ -164,11 +164,15 @@ class App:
     def limits(self) -> Limits:
         return self.config.limits
 
-    async def process(self, txn: Transaction) -> list[Reply]:
+    async def process(self, txn: Transaction, routing: RcptChecker | None = None
+                      ) -> list[Reply]:
+        """The transaction's replies; `routing`: the snapshot its RCPTs were answered by
+        (intake.handler), which decides it, else the current one."""
         assert self.pipeline is not None
         self.in_flight += 1
         try:
-            return await self.pipeline.process(txn)
+            return await self.pipeline.process(
+                txn, routing if isinstance(routing, Snapshot) else None)
         finally:
             self.in_flight -= 1
 

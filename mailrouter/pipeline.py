@@ -102,9 +102,10 @@ class Pipeline:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.outgoing, self.wake_outbox = outgoing, wake_outbox   # autoreplies, DSNs
 
-    async def process(self, txn: Transaction) -> list[Reply]:
+    async def process(self, txn: Transaction, snap: Snapshot | None = None) -> list[Reply]:
+        """`snap`: the rules the transaction's RCPTs were answered by (else the current)."""
         qid = new_qid()
-        snap = self.snapshot()
+        snap = snap if snap is not None else self.snapshot()
         now = self.clock()
         if len(txn.raw) < INLINE_BELOW and len(snap.rules.rules) < INLINE_RULES:
             view, decisions = view_and_decide(snap, txn, now)

@@ -632,3 +632,34 @@ def test_with_workers_no_worker_takes_a_reload_that_check_would_refuse(daemon_pr
     log = proc.log.read_text()
     assert "event=reload_not_taken" in log and "no delivery.lmtp" in log, log
     assert "event=reloaded" not in log, log
+
+
+async def test_a_transaction_is_decided_by_the_rules_its_rcpt_was_answered_by(make_app,
+                                                                              tmp_path):
+    """RCPT TO:<sales@> answered 250 by the rules running, then a reload (the ping rule now
+    to support/B) before the final dot: the message was decided by the new rules, so one
+    transaction was answered by one set and routed by another (and an address the reload
+    removed got 250 at RCPT and a DSN after). The whole transaction now keeps the set its
+    first RCPT was checked against; the next one takes the new set."""
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    old = app.snapshot().hash
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<c@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        (d / "ping.yaml").write_text(RULE.format(mailbox="support", folder="B"),
+                                     encoding="utf-8")
+        ok, new = await app.reload()
+        assert ok and new != old
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(mail(1))
+        assert (await w.line()).startswith("250")
+        assert (await w.cmd("MAIL FROM:<c@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(mail(2))
+        assert (await w.line()).startswith("250")
+    assert (_routed_to(tmp_path, "finance", "A"), _routed_to(tmp_path, "support", "B")) == (1, 1)
+    rows = await app.registry.recent(2)
+    assert sorted(r["ruleset_hash"] for r in rows) == sorted([old, new])

@@ -49,6 +49,7 @@ from ..values import (
 )
 from .protocol import (INTERNAL_ERROR, REPLY_MALFORMED_PATH, REPLY_RCPT_SYNTAX, Protocol,
                        read_path)
+from .protocol import Envelope as RoutedEnvelope
 
 __all__ = ["Handler", "Host", "IntakeLimits", "RcptCheck", "RcptChecker", "rcpt_path",
            "received_helo"]
@@ -92,7 +93,8 @@ class Host(Interface):
     @property
     def limits(self) -> IntakeLimits: ...
     def snapshot(self) -> RcptChecker: ...
-    async def process(self, txn: Transaction) -> list[Reply]: ...
+    async def process(self, txn: Transaction, routing: RcptChecker | None = None
+                      ) -> list[Reply]: ...
 
 
 class Handler:
@@ -152,7 +154,12 @@ class Handler:
         if len(envelope.rcpt_tos) >= self.app.limits.max_recipients:
             metrics.RCPT_REFUSED.labels("too_many").inc()
             return TOO_MANY
-        res = self.app.snapshot().check_rcpt(address)
+        routing = getattr(envelope, "routing", None)
+        if routing is None:       # the transaction's first RCPT: its rules for the rest
+            routing = self.app.snapshot()
+            if isinstance(envelope, RoutedEnvelope):
+                envelope.routing = routing
+        res = routing.check_rcpt(address)
         if res.reply is not None:
             metrics.RCPT_REFUSED.labels("unknown").inc()
             log.info("event=rcpt_refused peer=%s sender=%s rcpt=%s reply=%r",
@@ -173,7 +180,7 @@ class Handler:
                 smtputf8=bool(envelope.smtp_utf8),
                 gone=server.client_gone if isinstance(server, Protocol) else None)
             async with asyncio.timeout(self.app.limits.process_timeout):
-                replies = await self.app.process(txn)
+                replies = await self.app.process(txn, getattr(envelope, "routing", None))
         except TimeoutError:   # a hung disk or downstream: the MTA keeps the mail and retries
             log.error("event=process_timeout peer=%s rcpts=%d", session.peer, n)
             replies = [REPLY_PROCESS_TIMEOUT] * n

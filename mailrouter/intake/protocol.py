@@ -216,10 +216,22 @@ def with_enhanced_code(line: bytes) -> bytes:
     return code + (sep or b" ") + status + (b" " + rest if rest else b"")
 
 
+class Envelope(_aiosmtpd_smtp.Envelope):
+    """aiosmtpd's envelope, with the routing snapshot the transaction's first RCPT was
+    checked against (intake.handler): the whole transaction is decided by that one. A
+    reload between the RCPT and the final dot had the RCPT answered by the old rules and the
+    message decided by the new ones (an address the reload removed: 250 at RCPT, then a DSN)."""
+
+    routing: Any = None
+
+
 class Protocol(SMTP):
     """aiosmtpd's SMTP with the hardening in the module docstring."""
 
     lmtp = False
+
+    def _create_envelope(self) -> Envelope:
+        return Envelope()
 
     def __init__(self, handler: Any, *, data_timeout: float = 180.0, data_deadline: float = 600.0,
                  data_budget: DataBudget | None = None, limits: Limits | None = None,
