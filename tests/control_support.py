@@ -69,3 +69,11 @@ async def sign_in(http: Any, app: Any, when: Any, person: str = "petrova") -> st
                          allow_redirects=False) as r:
         assert r.status == 303
     return base
+
+
+async def pg_waiting(gate: Any, event: str) -> bool:
+    """Whether a session of `gate`'s PostgreSQL database (an asyncpg connection) waits for
+    a lock of that `wait_event` ('advisory', 'transactionid', 'tuple')."""
+    return bool(await gate.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND wait_event = $1", event))

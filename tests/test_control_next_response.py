@@ -26,7 +26,7 @@ from mailrouter.control.queries import board
 from mailrouter.control.sla import Scheduler
 from mailrouter.control.tables import request_alerts, request_events, requests
 from mailrouter.registry.models import outbox
-from tests.control_support import mail, send, write_routing
+from tests.control_support import mail, pg_waiting, send, write_routing
 
 pytestmark = pytest.mark.asyncio
 MSK = timezone(timedelta(hours=3))
@@ -426,13 +426,8 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_url, t
             conn.execute(select(func.pg_advisory_xact_lock(4242)))
         joined = asyncio.ensure_future(customer.write("record", join_then_wait))
 
-        async def waiting(event: str) -> bool:
-            return bool(await gate.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' "
-                "AND wait_event = $1", event))
         for _ in range(600):
-            if await waiting("advisory"):
+            if await pg_waiting(gate, "advisory"):
                 break
             await asyncio.sleep(0.05)
         def reopen(conn):             # as the web view and `request reopen` call it
@@ -443,7 +438,7 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_url, t
             return None
         reopened = asyncio.ensure_future(head.write("reopen", reopen))
         for _ in range(600):           # the reopen waits for the customer's row lock
-            if reopened.done() or await waiting("transactionid"):
+            if reopened.done() or await pg_waiting(gate, "transactionid"):
                 break
             await asyncio.sleep(0.05)
         await gate.execute("SELECT pg_advisory_unlock(4242)")

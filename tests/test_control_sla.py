@@ -23,7 +23,7 @@ from mailrouter.control.tables import request_alerts, requests
 from mailrouter.registry import Registry
 from mailrouter.routing.snapshot import load_snapshot
 from mailrouter.config import Limits
-from tests.control_support import mail, send, write_routing
+from tests.control_support import mail, pg_waiting, send, write_routing
 
 pytestmark = pytest.mark.asyncio
 MSK = timezone(timedelta(hours=3))
@@ -209,18 +209,13 @@ async def test_a_scan_and_a_record_touching_the_same_requests_do_not_deadlock(pg
                     conn.execute(select(func.pg_advisory_xact_lock(4243)))
         recorded = asyncio.ensure_future(a.write("record", record))
 
-        async def waiting(event: str) -> bool:
-            return bool(await gate.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' "
-                "AND wait_event = $1", event))
         for _ in range(600):
-            if await waiting("advisory"):
+            if await pg_waiting(gate, "advisory"):
                 break
             await asyncio.sleep(0.05)
         scanned = asyncio.ensure_future(Scheduler(b, CONTROL, lambda: snap).tick(msk(18, 12)))
         for _ in range(600):         # the scan waits for Q, or is done
-            if scanned.done() or await waiting("transactionid"):
+            if scanned.done() or await pg_waiting(gate, "transactionid"):
                 break
             await asyncio.sleep(0.05)
         await gate.execute("SELECT pg_advisory_unlock(4243)")

@@ -42,24 +42,9 @@ async def test_a_reset_after_the_final_dot_still_records_the_message_once(
     Its DATA memory stays counted until it is done. The retry is then answered 250 and
     counted as a retry of the same row."""
     app = await make_app()
-    entered, release = asyncio.Event(), asyncio.Event()
     record = app.registry.record
-
-    async def held_record(*args, **kwargs):
-        entered.set()
-        await release.wait()
-        return await record(*args, **kwargs)
-    monkeypatch.setattr(app.registry, "record", held_record)
+    release = await _reset_while_held(app, monkeypatch, app.registry, "record", proto, hello)
     port = app.bound[proto][1]
-    async with Wire(port) as w:
-        await w.greet(hello)
-        for cmd in ("MAIL FROM:<reset@outside.test>", "RCPT TO:<sales@example.com>"):
-            assert (await w.cmd(cmd)).startswith("250")
-        assert (await w.cmd("DATA")).startswith("354")
-        await w.send(RAW)
-        await asyncio.wait_for(entered.wait(), 15)
-        reset(w)
-        assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
     assert app.data_budget.used > 0          # the message is still held: still counted
     release.set()
     monkeypatch.setattr(app.registry, "record", record)
@@ -89,24 +74,9 @@ async def test_a_reset_before_the_record_is_recorded_unanswered_not_delivered(
     (stored, the sender got no answer: as a crash's copies are recorded); its retry is
     answered 250 "Already delivered", makes no second copy, and turns it `delivered`."""
     app = await make_app()
-    entered, release = asyncio.Event(), asyncio.Event()
     deliver = app.deliverer.deliver
-
-    async def held_deliver(*args, **kwargs):
-        entered.set()
-        await release.wait()
-        return await deliver(*args, **kwargs)
-    monkeypatch.setattr(app.deliverer, "deliver", held_deliver)
+    release = await _reset_while_held(app, monkeypatch, app.deliverer, "deliver", proto, hello)
     port = app.bound[proto][1]
-    async with Wire(port) as w:
-        await w.greet(hello)
-        for cmd in ("MAIL FROM:<reset@outside.test>", "RCPT TO:<sales@example.com>"):
-            assert (await w.cmd(cmd)).startswith("250")
-        assert (await w.cmd("DATA")).startswith("354")
-        await w.send(RAW)
-        await asyncio.wait_for(entered.wait(), 15)
-        reset(w)
-        assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
     monkeypatch.setattr(app.deliverer, "deliver", deliver)
     release.set()
 
@@ -124,6 +94,30 @@ async def test_a_reset_before_the_record_is_recorded_unanswered_not_delivered(
     [row] = await app.registry.recent(5)
     assert row["attempts"] == 2 and row["status"] == "delivered"
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+async def _reset_while_held(app, monkeypatch, owner, name: str, proto: str,
+                            hello: str) -> asyncio.Event:
+    """`owner.name` (an async method of the pipeline's path) held once entered; a message
+    sent after DATA and the connection reset while it is held. The event that releases it."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = getattr(owner, name)
+
+    async def held(*args, **kwargs):
+        entered.set()
+        await release.wait()
+        return await real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, held)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for cmd in ("MAIL FROM:<reset@outside.test>", "RCPT TO:<sales@example.com>"):
+            assert (await w.cmd(cmd)).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(RAW)
+        await asyncio.wait_for(entered.wait(), 15)
+        reset(w)
+        assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
+    return release
 
 
 async def _no_sessions(app) -> bool:
