@@ -33,7 +33,7 @@ from mailrouter.control.service import OWNER_HEADER
 from mailrouter.control.tables import request_messages, requests, team_picks
 from tests.control_support import mail, send, write_routing
 from tests.support.daemon import DaemonProcess, maildir_files
-from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
+from tests.test_registry_pg_daemon import fetch
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,7 +66,7 @@ async def _send(port: int, raw: bytes, sender: str) -> None:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-async def cluster(request, pg_db, tmp_path):  # noqa: F811
+async def cluster(request, pg_db, tmp_path):
     """(registry URL, two SMTP ports): two daemons on one PostgreSQL database, or one daemon
     with `workers: 2` (two processes on one listener) on one SQLite file."""
     routing = write_routing(tmp_path)[0]

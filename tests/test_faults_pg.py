@@ -27,7 +27,7 @@ from mailrouter.registry import Registry
 from tests.support.daemon import DaemonProcess, maildir_files
 from tests.support.pg import PgCluster
 from tests.test_faults import SENDER, fill, mail, send
-from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
+from tests.test_registry_pg_daemon import fetch
 
 pytestmark = pytest.mark.asyncio
 
@@ -84,7 +84,7 @@ async def test_record_answered_250_survives_a_postgresql_crash(make_app, cluster
     await app.wait_stopped()
 
 
-async def test_stalled_instance_does_not_hold_a_row_from_the_other(make_app, pg_db, tmp_path):  # noqa: F811
+async def test_stalled_instance_does_not_hold_a_row_from_the_other(make_app, pg_db, tmp_path):
     """Two instances on one PostgreSQL; A stalls in the middle of a transaction that has
     written a message's row (a paused VM, a SIGSTOP, a network cut that leaves the session
     open: PostgreSQL keeps it `idle in transaction`, its locks held, for as long as TCP
@@ -306,7 +306,7 @@ async def test_a_postgresql_outage_names_the_registry_in_the_log(caplog):
 
 
 async def test_two_instances_recording_the_same_messages_in_other_orders_never_deadlock(
-        pg_db):  # noqa: F811
+        pg_db):
     """Two instances on one PostgreSQL registry each record one group commit holding the
     same messages (a message split by recipients over both, an MTA's retry), in the
     order each received them: one [a, b, ...], the other [..., b, a]. Both batches commit.

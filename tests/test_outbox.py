@@ -255,17 +255,11 @@ async def test_no_dsn(make_app: Any, relay: Any, sender: str, rcpts: list[str]) 
     assert [r for r in await rows(app) if r["kind"] == "dsn"] == []
 
 
-async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_url: str,
+async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_db: str,
                                                   tmp_path: Path) -> None:
     """Two instances on one PostgreSQL registry, the same sender writing to both at once:
     one answer (the unique sender/responder/period key), sent once (SKIP LOCKED)."""
-    from sqlalchemy.engine import make_url
-
-    from tests.support.pg import _admin
-    name = f"t_outbox_{tmp_path.name[-8:].lower().replace('-', '_')}"
-    await _admin(pg_url, f"DROP DATABASE IF EXISTS {name}")
-    await _admin(pg_url, f"CREATE DATABASE {name}")
-    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    url = pg_db
     sink = await relay()
     reg = RegistryConfig(url)
     a = await make_app(outbox=relay_to(sink.port), registry=reg)
@@ -457,7 +451,7 @@ async def test_a_row_that_fails_to_send_does_not_stop_the_outbox(
 
 
 async def test_a_slow_relay_gets_each_row_once_from_two_instances(make_app: Any, relay: Any,
-                                                                  pg_url: str,
+                                                                  pg_db: str,
                                                                   tmp_path: Path) -> None:
     """Two instances on one PostgreSQL registry, a relay slow to take each message (a
     before-queue content filter): one worker claims the whole batch, and the batch takes
@@ -465,13 +459,7 @@ async def test_a_slow_relay_gets_each_row_once_from_two_instances(make_app: Any,
     waiting in that batch once their lease ran out and sent them too: answers went out
     twice. Each row's lease is now renewed (only by the worker still holding it) before
     it is sent, and a row another worker took meanwhile is left to it."""
-    from sqlalchemy.engine import make_url
-
-    from tests.support.pg import _admin
-    name = f"t_outbox_slow_{tmp_path.name[-8:].lower().replace('-', '_')}"
-    await _admin(pg_url, f"DROP DATABASE IF EXISTS {name}")
-    await _admin(pg_url, f"CREATE DATABASE {name}")
-    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    url = pg_db
     sink = await relay()
     reg = RegistryConfig(url)
     a = await make_app(outbox=relay_to(sink.port), registry=reg)

@@ -9,10 +9,8 @@ through mailrouter's own code, so what is asserted is what an operator's
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
 import smtplib
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -25,26 +23,6 @@ pytestmark = pytest.mark.asyncio
 
 def _dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin(url: str, sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-    conn = await asyncpg.connect(_dsn(url), timeout=30)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def pg_db(pg_url: str) -> AsyncIterator[str]:
-    """URL of a new, empty database on the session's cluster; dropped afterwards."""
-    name = f"d_{secrets.token_hex(6)}"
-    await _admin(pg_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def fetch(url: str, sql: str, *args: object) -> list[dict]:

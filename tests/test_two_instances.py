@@ -18,7 +18,7 @@ import aiosmtplib
 import pytest
 
 from tests.support.daemon import DaemonProcess, maildir_files
-from tests.test_registry_pg_daemon import fetch, pg_db  # noqa: F401 (fixture)
+from tests.test_registry_pg_daemon import fetch
 
 pytestmark = pytest.mark.asyncio
 
@@ -43,7 +43,7 @@ def _raw(n: int) -> bytes:
             f"Message-ID: <m{n}@outside.test>\r\n\r\nbody {n}\r\n").encode()
 
 
-async def test_same_messages_to_two_instances_at_once_are_stored_once(pg_db, tmp_path):  # noqa: F811
+async def test_same_messages_to_two_instances_at_once_are_stored_once(pg_db, tmp_path):
     """1,000 messages, each sent to instance A and instance B concurrently: every message is
     accepted (250) by at least one of them, and each of its two targets holds exactly one copy
     (with host-named Maildir files, 1-2% of the copies were stored twice)."""

@@ -27,7 +27,6 @@ from mailrouter.control.tables import request_events, request_messages, requests
 from mailrouter.registry.accounts import hash_password, set_password
 from mailrouter.web.throttle import Throttle
 from tests.support.daemon import RULES
-from tests.test_registry_pg_daemon import pg_db  # noqa: F401  (a fresh PostgreSQL database)
 from tests.test_web import PASSWORD, Client, _deliver
 
 
@@ -111,7 +110,7 @@ async def test_a_board_page_key_out_of_range_is_400_not_503(client: Any) -> None
 
 
 async def test_a_nul_character_is_400_on_postgresql_not_a_registry_outage(make_app: Any,
-                                                                          pg_db: str,  # noqa: F811
+                                                                          pg_db: str,
                                                                           ) -> None:
     """PostgreSQL refuses NUL in any string: /search?sender=%00 (and the board, a message
     link, a note) failed in the registry, answered 503 and counted as an outage. Each is

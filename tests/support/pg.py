@@ -154,6 +154,17 @@ async def _admin(url: str, sql: str) -> None:
         await conn.close()
 
 
+@pytest.fixture
+async def pg_db(pg_url: str) -> AsyncIterator[str]:
+    """URL of a new, empty database on the session's cluster; dropped afterwards."""
+    name = f"d_{secrets.token_hex(6)}"
+    await _admin(pg_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def registry_url(request: pytest.FixtureRequest,
                        tmp_path: Path) -> AsyncIterator[str]:
