@@ -616,12 +616,19 @@ def test_with_workers_no_worker_takes_a_reload_that_check_would_refuse(daemon_pr
     """workers: 2: worker 1 loads the bytes worker 0 staged beside it, and refuses them the
     same way (reload_not_taken), instead of running them until worker 0 refused the reload
     and had it go back."""
+    from mailrouter.daemon import BUILD_APART_FROM
     d = routing_dir(tmp_path)
+    company = d / "company.yaml"
+    # files big enough for worker 0's load to take a while (its book built apart): worker 1
+    # loads the staged set before worker 0 refuses it, as it would with a real company's
+    many = "".join(f"  bulk{i:06d}@example.com: mailbox:support\n" for i in range(30000))
+    company.write_text(company.read_text(encoding="utf-8").replace(
+        "aliases:\n", "aliases:\n" + many, 1), encoding="utf-8")
+    assert company.stat().st_size >= BUILD_APART_FROM
     proc = daemon_process(extra="workers: 2\n", routing=str(d / "*.yaml"))
     deadline = time.monotonic() + 30
     while proc.log.read_text().count("event=started loop=") < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    company = d / "company.yaml"
     company.write_text(_mailbox_added(company.read_text(encoding="utf-8"),
                                       "desk: {lmtp: desk@mail.internal}"), encoding="utf-8")
     reply = _post_reload(proc.admin)
