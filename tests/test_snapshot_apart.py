@@ -393,3 +393,23 @@ def test_a_load_given_the_hash_of_files_with_errors_reports_them_as_before(tmp_p
     with pytest.raises(ConfigErrors) as given:
         load_snapshot(pattern, Limits(), "mx.test", (digest, made))
     assert str(given.value) == str(without.value)
+
+
+def test_the_book_is_built_without_reading_the_rules(tmp_path: Path) -> None:
+    """`load_book` (the process that builds the address book, at a big start and reload)
+    does not parse the rules and tests sections: a third of the parse at 10,000 rules, of no
+    use to the book (bench: load_book of 100,000 aliases and 10,000 rules 1.29 -> 1.13 s). A
+    rules section that does not even parse leaves the book as it is; the whole load reports
+    it, as before."""
+    rules = _rules(tmp_path)
+    pattern = [str(rules / "*.yaml")]
+    whole = load_snapshot(pattern, Limits(), "mx.test")
+    (rules / "zz.yaml").write_text("rules:\n  - name: broken\n    when: {subject: [unclosed\n"
+                                   "tests:\n  - {rcpt: [unclosed\n", encoding="utf-8")
+    got = load_book(pattern, Limits())
+    assert got is not None
+    _, book = got
+    assert book.resolve("sales@example.com") == whole.book.resolve("sales@example.com")
+    with pytest.raises(ConfigErrors) as refused:
+        load_snapshot(pattern, Limits(), "mx.test", got)
+    assert "zz.yaml:" in str(refused.value)

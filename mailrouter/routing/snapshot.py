@@ -45,6 +45,9 @@ SECTIONS = MAP_SECTIONS + LIST_SECTIONS
 # The big sections whose file:line only errors name: loaded without positions (yamlsrc's
 # `bare`), and all the files loaded again with positions when the load finds an error.
 BARE_SECTIONS = ("mailboxes", "people", "aliases")
+# What the address book is not made of: not read by `load_book` (the rules of a big set
+# are a third of the parse, and the process that builds the book has no use for them)
+BOOK_SKIPS = ("rules", "tests")
 
 
 @dataclass(frozen=True)
@@ -399,7 +402,7 @@ def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes
     try:
         files = list(texts) if texts is not None else _files(patterns)
         errors: list[ConfigError] = []
-        got = _read(files, BARE_SECTIONS, (), errors, texts)
+        got = _read(files, BARE_SECTIONS, BOOK_SKIPS, errors, texts)
         digest = got.digest
         merged = _merge(got.docs, errors, got.blank)
         if not files or errors:
