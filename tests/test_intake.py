@@ -480,9 +480,9 @@ async def test_a_message_processed_longer_than_command_timeout_is_answered(make_
     app = await make_app(limits={"command_timeout": 0.5, "process_timeout": 10})
     process = app.process
 
-    async def slow(txn):
+    async def slow(txn, routing=None):
         await asyncio.sleep(1.5)
-        return await process(txn)
+        return await process(txn, routing)
     monkeypatch.setattr(app, "process", slow)
     async with Wire(app.bound["smtp"][1]) as w:
         await w.greet()
