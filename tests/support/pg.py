@@ -50,6 +50,7 @@ class PgCluster:
         self.root = Path(tempfile.mkdtemp(prefix="pgtest.", dir="/tmp"))  # short: socket path
         self.data = self.root / "data"
         self.port = free_port()
+        self._started, self._tries = False, 0     # a first start may move to another port
         self.proc: subprocess.Popen[bytes] | None = None
         self.user = "postgres" if os.geteuid() == 0 else None  # postgres refuses root
         if self.user:
@@ -79,8 +80,16 @@ class PgCluster:
         while self._isready() != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
+                if not self._started and self._tries < 3 and \
+                        "Address already in use" in self.log_tail():
+                    # another test took the port free_port() chose (a CI run under -n 2):
+                    # a first start, whose URL nobody has yet, moves to another port
+                    self._tries += 1
+                    self.port = free_port()
+                    return self.start(timeout, durable=durable)
                 raise RuntimeError(f"postgres did not start: {self.log_tail()}")
             time.sleep(0.05)
+        self._started = True
 
     def _isready(self) -> int:
         return subprocess.run([str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1",
