@@ -289,6 +289,19 @@ async def test_postfix_script_adds_and_mail_flows(make_app, postfix, tmp_path):
     await outside.stop()
 
 
+def _run_script(etc: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """deploy/postfix's set-up script against the Postfix config directory `etc`, with the
+    example rules, its tables under tmp_path/maps (it may stop with exit 1: checked by
+    the caller)."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    env = dict(os.environ, MAIL_CONFIG=str(etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               PATH=os.environ.get("PATH", "") + ":/usr/sbin")
+    return subprocess.run(["sh", str(SCRIPT)], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
 def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
     """`postfix check` prints its reason only to a terminal: run by a provisioning tool the
     script stopped with exit 1 and no word. It now says that the check failed and where
@@ -303,13 +316,7 @@ def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
                                  f"maillog_file = {tmp_path}/maillog\n"
                                  f"maillog_file_prefixes = {tmp_path}\n")
     shutil.copy("/usr/share/postfix/master.cf.dist", etc / "master.cf")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
-    env = dict(os.environ, MAIL_CONFIG=str(etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
-               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
-               PATH=os.environ.get("PATH", "") + ":/usr/sbin")
-    done = subprocess.run(["sh", str(SCRIPT)], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = _run_script(etc, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "postfix check failed" in done.stderr, done.stderr
     assert f"{tmp_path}/maillog" in done.stderr, done.stderr
@@ -334,13 +341,7 @@ def test_postfix_script_stops_on_a_domain_postfix_serves_itself(tmp_path, settin
     subprocess.run(["postmap", "-c", str(etc), f"hash:{etc}/vdomains"], check=True)
     shutil.copy("/usr/share/postfix/master.cf.dist", etc / "master.cf")
     before = (etc / "main.cf").read_text(), (etc / "master.cf").read_text()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
-    env = dict(os.environ, MAIL_CONFIG=str(etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
-               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
-               PATH=os.environ.get("PATH", "") + ":/usr/sbin")
-    done = subprocess.run(["sh", str(SCRIPT)], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = _run_script(etc, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     key = setting.split()[0]
     assert done.stderr.startswith(f"example.com is in Postfix's {key} ("), done.stderr
