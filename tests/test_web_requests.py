@@ -763,3 +763,23 @@ async def test_a_deputy_reminded_of_a_request_opens_it_and_its_messages(
             recipient="smirnov")))
     assert (await ivanov.get(f"/request/{sup}"))[0] == 404
     assert (await ivanov.get(f"/message/{key}"))[0] == 404
+
+
+async def test_an_action_refused_is_said_in_the_readers_language(site: Any, client: Any) -> None:
+    """Closing a closed request, reopening an open one, an empty note: the Russian page said
+    "Не сделано: request #1 is already closed", the reason in English. The reason is now in
+    the page's language (the English text stays for the CLI and the log)."""
+    _, _, fin, _ = site
+    ru = await client("ivanov", lang="ru")
+    token = await ru.csrf()
+    status, page, _ = await ru.post(f"/request/{fin}/reopen", {"csrf": token})
+    assert status == 409 and f"Не сделано: обращение №{fin} не закрыто (его статус: " in page, page
+    assert "is not closed" not in page
+    assert (await ru.post(f"/request/{fin}/close", {"csrf": token}))[0] == 303
+    status, page, _ = await ru.post(f"/request/{fin}/close", {"csrf": token})
+    assert status == 409 and f"обращение №{fin} уже закрыто" in page and "already" not in page
+    status, page, _ = await ru.post(f"/request/{fin}/note", {"csrf": token, "text": " "})
+    assert status == 400 and "в заметке нет текста" in page
+    en = await client("petrova")
+    status, page, _ = await en.post(f"/request/{fin}/close", {"csrf": await en.csrf()})
+    assert status == 409 and f"Not done: request #{fin} is already closed" in page

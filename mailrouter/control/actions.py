@@ -24,9 +24,19 @@ from .store import add_event, reopened, request_row
 from .tables import requests
 from .threads import MAX_NUMBER
 
-__all__ = ["reassign", "close", "reopen", "add_note", "MAX_NOTE"]
+__all__ = ["reassign", "close", "reopen", "add_note", "MAX_NOTE", "Refused"]
 
 MAX_NOTE = 4000
+
+
+class Refused(ValueError):
+    """An action not done, with why: `key` and `values` for a view that says it in its
+    reader's language (the web view's i18n), the English text as str() (the CLI, the log).
+    The Russian request page said "Не сделано: request #1 is already closed"."""
+
+    def __init__(self, key: str, text: str, **values: object) -> None:
+        super().__init__(text)
+        self.key, self.values = key, values
 
 
 def _status(conn: Connection, number: int) -> tuple[str, str | None]:
@@ -54,7 +64,8 @@ def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, h
     (a specialist, a head) or in several keeps the request's team and its head."""
     _, old = _status(conn, number)
     if old == to:
-        raise ValueError(f"{to} already owns request #{number}")
+        raise Refused("already_owner", f"{to} already owns request #{number}", who=to,
+                      number=number)
     row = request_row(conn, number)
     assert row is not None
     team = row["team"]
@@ -71,7 +82,7 @@ def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, h
 def close(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:
     status, _ = _status(conn, number)
     if status == "closed":
-        raise ValueError(f"request #{number} is already closed")
+        raise Refused("already_closed", f"request #{number} is already closed", number=number)
     conn.execute(update(requests).where(requests.c.id == number)
                  .values(status="closed", closed_at=at, response_due=None))
     add_event(conn, number, at, "status", f"{status} -> closed: closed by {actor} ({how})", actor)
@@ -86,7 +97,8 @@ def reopen(conn: Connection, number: int, actor: str, at: datetime, how: str,
     clock watched, while the customer's own reopen gave `open`."""
     status, _ = _status(conn, number)
     if status != "closed":
-        raise ValueError(f"request #{number} is not closed (it is {status})")
+        raise Refused("not_closed", f"request #{number} is not closed (it is {status})",
+                      number=number, status=status)
     row = request_row(conn, number)
     assert row is not None
     reopened(conn, number, row, at, calendars, f"reopened by {actor} ({how})", actor)
@@ -96,8 +108,9 @@ def add_note(conn: Connection, number: int, text: str, actor: str, at: datetime)
     """An internal note: seen in the request's story only, never sent to anyone."""
     text = text.strip()
     if not text:
-        raise ValueError("a note needs some text")
+        raise Refused("note_empty", "a note needs some text")
     if len(text) > MAX_NOTE:
-        raise ValueError(f"a note is at most {MAX_NOTE} characters, this one has {len(text)}")
+        raise Refused("note_long", f"a note is at most {MAX_NOTE} characters, this one has "
+                      f"{len(text)}", most=MAX_NOTE, got=len(text))
     _status(conn, number)
     add_event(conn, number, at, "note", text, actor)

@@ -35,7 +35,8 @@ from ..control.store import request_row
 from ..control.tables import requests
 from ..registry.queries import Scope
 from .auth import REGISTRY
-from .common import RulePlaces, bad, page_key, redirect, render, snap, viewer
+from .common import RulePlaces, bad, lang_of, page_key, redirect, render, snap, viewer
+from .i18n import translate
 
 __all__ = ["board_page", "request_page", "act"]
 
@@ -171,6 +172,13 @@ async def act(request: web.Request) -> web.Response:
                 actions.add_note(conn, number, text, me.person, now)
         except LookupError:
             return 404, ""
+        except actions.Refused as exc:     # said in the reader's language
+            lang = lang_of(request)
+            values = dict(exc.values)
+            if "status" in values:     # a request's status, as its page names it
+                values["status"] = translate(lang, f"st_{values['status']}")
+            return (400 if what == "note" else 409), translate(
+                lang, f"refused_{exc.key}", **values)
         except ValueError as exc:
             return (400 if what == "note" else 409), str(exc)
         return None
