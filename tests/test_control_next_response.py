@@ -387,7 +387,7 @@ async def test_request_show_names_a_message_without_a_message_id_by_its_key(
     assert f"  why (no Message-ID, key {key[:12]}) support@example.com: " in text, text
 
 
-async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_url, tmp_path):
+async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_db):
     """A closed request; the customer's new mail is being recorded at one instance (its
     transaction has reopened the request, not committed yet) while a head clicks reopen at
     another. The head's reopen waits for the customer's and then finds the request open:
@@ -399,16 +399,10 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_url, t
 
     from mailrouter.control.store import Plan, apply_plan
     from mailrouter.registry import Registry
-    from tests.support.pg import _admin
     from tests.test_registry_pg_daemon import _dsn
-    from sqlalchemy.engine import make_url
 
-    name = f"t_reopen_{tmp_path.name[-8:].lower().replace('-', '_')}"
-    await _admin(pg_url, f"DROP DATABASE IF EXISTS {name}")
-    await _admin(pg_url, f"CREATE DATABASE {name}")
-    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    customer, head = await Registry.open(url), await Registry.open(url)
-    gate = await asyncpg.connect(_dsn(url), timeout=30)
+    customer, head = await Registry.open(pg_db), await Registry.open(pg_db)
+    gate = await asyncpg.connect(_dsn(pg_db), timeout=30)
     at = msk(18, 14)
     try:
         rid = await customer.write("closed one", lambda conn: conn.execute(
@@ -457,4 +451,56 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_url, t
         await gate.close()
         await customer.close()
         await head.close()
-        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_request_close_racing_a_change_names_the_status_it_closed(pg_db, tmp_path):
+    """`mailrouter request close N` while another transaction (our reply being recorded at
+    another instance) turns the request from open to answered, not committed yet: the close
+    read `open` at once, waited only at its UPDATE, and its history line said "open ->
+    closed" of a request that was answered. It now reads the status with the row locked
+    (as the web view's actions do): "answered -> closed"."""
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy import func, update
+
+    from mailrouter.cli import main
+    from mailrouter.control.tables import request_events
+    from mailrouter.registry import Registry
+    from tests.test_registry_pg_daemon import _dsn
+    reg = await Registry.open(pg_db)
+    gate = await asyncpg.connect(_dsn(pg_db), timeout=30)
+    try:
+        rid = await reg.write("open one", lambda conn: conn.execute(
+            requests.insert().values(
+                opened_at=msk(11, 10), message_key="k" * 64, counterparty=WHO,
+                counterparty_domain="bigco.example", owner="ivanov", team="duty",
+                status="open", subject="printer", tags=[], sla_term="4h",
+                last_in_at=msk(11, 10), response_round=1)
+            .returning(requests.c.id)).scalar_one())
+        await gate.execute("SELECT pg_advisory_lock(4244)")
+
+        def answer_then_wait(conn):      # our reply's record: held before its commit
+            conn.execute(update(requests).where(requests.c.id == rid).values(status="answered"))
+            conn.execute(select(func.pg_advisory_xact_lock(4244)))
+        answered = asyncio.ensure_future(reg.write("record", answer_then_wait))
+        for _ in range(600):
+            if await pg_waiting(gate, "advisory"):
+                break
+            await asyncio.sleep(0.05)
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"registry: {{url: '{pg_db}'}}\n", encoding="utf-8")
+        closing = asyncio.ensure_future(asyncio.to_thread(
+            main, ["request", "close", str(rid), "-c", str(cfg)]))
+        for _ in range(600):             # the close waits for the record's row lock
+            if closing.done() or await pg_waiting(gate, "transactionid"):
+                break
+            await asyncio.sleep(0.05)
+        await gate.execute("SELECT pg_advisory_unlock(4244)")
+        await answered
+        assert await closing == 0
+        lines = await reg.read("t", lambda conn: list(conn.execute(
+            select(request_events.c.detail).where(request_events.c.request_id == rid,
+                                                  request_events.c.kind == "status")).scalars()))
+        assert lines == ["answered -> closed: mailrouter request close"], lines
+    finally:
+        await gate.close()
+        await reg.close()

@@ -323,8 +323,11 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
         if not 0 < args.number <= MAX_NUMBER:   # PostgreSQL would fail the query
             return "missing"
         now = datetime.now(timezone.utc)
+        # the row locked where its status is read (PostgreSQL), as control.actions does:
+        # read before a change another instance was committing, the history line named
+        # the status from before it ("open -> closed" of a request that was answered)
         before = conn.execute(select(requests.c.status).where(
-            requests.c.id == args.number)).scalar_one_or_none()
+            requests.c.id == args.number).with_for_update()).scalar_one_or_none()
         # no answer is owed once closed or waiting for the customer (as a reply with a
         # marker, and the web view's close): the due time stayed, and the web view's page
         # of the request closed here showed its "next answer due"
