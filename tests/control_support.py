@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,16 @@ async def sign_in(http: Any, app: Any, when: Any, person: str = "petrova") -> st
                          allow_redirects=False) as r:
         assert r.status == 303
     return base
+
+
+async def until_pg_waiting(gate: Any, event: str, done: Any = None) -> None:
+    """Poll until a session of `gate`'s database waits for a lock of that `wait_event`, or
+    the future `done` is done (then nothing waits: the caller's asserts say so); 30 s at
+    most, a hung test's bound, not a speed test."""
+    for _ in range(600):
+        if (done is not None and done.done()) or await pg_waiting(gate, event):
+            return
+        await asyncio.sleep(0.05)
 
 
 async def pg_waiting(gate: Any, event: str) -> bool:

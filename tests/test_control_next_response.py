@@ -26,7 +26,7 @@ from mailrouter.control.queries import board
 from mailrouter.control.sla import Scheduler
 from mailrouter.control.tables import request_alerts, request_events, requests
 from mailrouter.registry.models import outbox
-from tests.control_support import mail, pg_waiting, send, write_routing
+from tests.control_support import mail, send, until_pg_waiting, write_routing
 
 pytestmark = pytest.mark.asyncio
 MSK = timezone(timedelta(hours=3))
@@ -420,10 +420,7 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_db):
             conn.execute(select(func.pg_advisory_xact_lock(4242)))
         joined = asyncio.ensure_future(customer.write("record", join_then_wait))
 
-        for _ in range(600):
-            if await pg_waiting(gate, "advisory"):
-                break
-            await asyncio.sleep(0.05)
+        await until_pg_waiting(gate, "advisory")
         def reopen(conn):             # as the web view and `request reopen` call it
             try:
                 actions.reopen(conn, rid, "smirnov", at, "web", {})
@@ -431,10 +428,7 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_db):
                 return str(exc)
             return None
         reopened = asyncio.ensure_future(head.write("reopen", reopen))
-        for _ in range(600):           # the reopen waits for the customer's row lock
-            if reopened.done() or await pg_waiting(gate, "transactionid"):
-                break
-            await asyncio.sleep(0.05)
+        await until_pg_waiting(gate, "transactionid", reopened)  # the reopen waits for the customer's row lock
         await gate.execute("SELECT pg_advisory_unlock(4242)")
         await joined
         assert await reopened == f"request #{rid} is not closed (it is open)"
@@ -482,18 +476,12 @@ async def test_request_close_racing_a_change_names_the_status_it_closed(pg_db, t
             conn.execute(update(requests).where(requests.c.id == rid).values(status="answered"))
             conn.execute(select(func.pg_advisory_xact_lock(4244)))
         answered = asyncio.ensure_future(reg.write("record", answer_then_wait))
-        for _ in range(600):
-            if await pg_waiting(gate, "advisory"):
-                break
-            await asyncio.sleep(0.05)
+        await until_pg_waiting(gate, "advisory")
         cfg = tmp_path / "config.yaml"
         cfg.write_text(f"registry: {{url: '{pg_db}'}}\n", encoding="utf-8")
         closing = asyncio.ensure_future(asyncio.to_thread(
             main, ["request", "close", str(rid), "-c", str(cfg)]))
-        for _ in range(600):             # the close waits for the record's row lock
-            if closing.done() or await pg_waiting(gate, "transactionid"):
-                break
-            await asyncio.sleep(0.05)
+        await until_pg_waiting(gate, "transactionid", closing)  # the close waits for the record's row lock
         await gate.execute("SELECT pg_advisory_unlock(4244)")
         await answered
         assert await closing == 0

@@ -23,7 +23,7 @@ from mailrouter.control.tables import request_alerts, requests
 from mailrouter.registry import Registry
 from mailrouter.routing.snapshot import load_snapshot
 from mailrouter.config import Limits
-from tests.control_support import mail, pg_waiting, send, write_routing
+from tests.control_support import mail, send, until_pg_waiting, write_routing
 
 pytestmark = pytest.mark.asyncio
 MSK = timezone(timedelta(hours=3))
@@ -209,15 +209,9 @@ async def test_a_scan_and_a_record_touching_the_same_requests_do_not_deadlock(pg
                     conn.execute(select(func.pg_advisory_xact_lock(4243)))
         recorded = asyncio.ensure_future(a.write("record", record))
 
-        for _ in range(600):
-            if await pg_waiting(gate, "advisory"):
-                break
-            await asyncio.sleep(0.05)
+        await until_pg_waiting(gate, "advisory")
         scanned = asyncio.ensure_future(Scheduler(b, CONTROL, lambda: snap).tick(msk(18, 12)))
-        for _ in range(600):         # the scan waits for Q, or is done
-            if scanned.done() or await pg_waiting(gate, "transactionid"):
-                break
-            await asyncio.sleep(0.05)
+        await until_pg_waiting(gate, "transactionid", scanned)  # the scan waits for Q, or is done
         await gate.execute("SELECT pg_advisory_unlock(4243)")
         made = await scanned
         await recorded
