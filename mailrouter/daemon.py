@@ -581,9 +581,9 @@ class App:
             elif staged.texts is None:
                 error = f"the routing set {staged.hash} is not kept"
             else:
-                self._snapshot = _checked(self.config, await asyncio.to_thread(
+                self._snapshot = await asyncio.to_thread(
                     _load, self.config, True, staged.texts,
-                    from_builder=lambda: self._shared_book(staged)))
+                    from_builder=lambda: self._shared_book(staged))
         except ConfigErrors as exc:
             # staged before worker 0 loaded them (App._stage): the same bytes fail there,
             # and its reload refuses them, logs and answers their errors
@@ -719,9 +719,9 @@ async def serve(config: Config, ready: Any = None, sockets: dict[str, socket.soc
     else:
         try:
             await asyncio.to_thread(_skipping, config)
-            snap = _checked(config, snapshot if snapshot is not None and
-                            _still_current(snapshot, config)
-                            else await asyncio.to_thread(_load, config, worker is not None))
+            snap = _checked(config, snapshot) if snapshot is not None and \
+                _still_current(snapshot, config) \
+                else await asyncio.to_thread(_load, config, worker is not None)
         except ConfigErrors as exc:
             log.error("routing files have errors; not starting:\n%s", owned_errors(exc, config))
             return START_FAILED
@@ -1004,12 +1004,15 @@ def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None,
 
     At a reload with several workers one builds the book: worker 0 (`share`: called with
     it, or None) for the others (`from_builder`: it, or None when they must build their
-    own)."""
+    own). Raises ConfigErrors for the files' errors, and for what config.yaml names that
+    they lack (`_checked`): every worker's load refuses alike a set `check` refuses (a
+    reload, a follower's, a replacement worker's start on a kept set)."""
     size = sum(map(len, texts.values())) if texts is not None else _size(_files(config.routing))
     if not (worker and size >= BUILD_APART_FROM):
         if share is not None:
             share(None)
-        return load_snapshot(config.routing, config.limits, config.hostname, texts=texts)
+        return _checked(config, load_snapshot(config.routing, config.limits, config.hostname,
+                                              texts=texts))
     # the rules' half of the load made here while the new process builds the book, as the
     # supervisor's start does: one after the other, a reload of 100,000 aliases and 10,000
     # rules took the sum of both (bench/README.md, sixteenth pass)
@@ -1019,8 +1022,8 @@ def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None,
             prepared = prepare(config.routing, texts)
         finally:
             built = book.result()
-    return load_snapshot(config.routing, config.limits, config.hostname, built, prepared,
-                         texts=texts)
+    return _checked(config, load_snapshot(config.routing, config.limits, config.hostname,
+                                          built, prepared, texts=texts))
 
 
 def _book(config: Config, texts: dict[str, bytes] | None, share: Callable[[Any], None] | None,
@@ -1065,7 +1068,7 @@ def _reload_snapshot(current: Snapshot, config: Config, worker: bool,
     share = None
     if stage is not None and (digest := yamlsrc.files_hash(texts.items())) != current.hash:
         share = stage(texts, digest)
-    snap = _checked(config, _load(config, worker, texts, share))
+    snap = _load(config, worker, texts, share)
     if snap.hash == current.hash and snap.files == current.files:
         return current, texts
     return snap, texts

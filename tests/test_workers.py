@@ -435,6 +435,36 @@ def test_a_worker_started_while_a_broken_set_is_staged_runs_the_set_before(tmp_p
     assert kept.reported(1) == (2, snap.hash, None)      # worker 0 sees it did not take seq 2
 
 
+def test_a_worker_started_while_a_set_check_refuses_is_staged_runs_the_set_before(tmp_path):
+    """The same as above for a set whose files load but which config.yaml refuses (an lmtp:
+    mailbox with no delivery.lmtp): worker 0 refuses it after staging it, and a worker
+    replaced in those seconds started on it all the same (its load found no error in the
+    files), the only worker running it. It now starts on the set staged before."""
+    from mailrouter.config import load_config
+    from mailrouter.daemon import _worker_snapshot
+    from mailrouter.workers import LastGood
+    from mailrouter.yamlsrc import files_hash
+    from tests.support.daemon import RULES
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("company.yaml", "routing.yaml"):
+        (rules / name).write_bytes((RULES / name).read_bytes())
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{rules}/*.yaml']\n"
+                   f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\n", encoding="utf-8")
+    config = load_config(cfg)
+    good = {str(rules / n): (rules / n).read_bytes() for n in ("company.yaml", "routing.yaml")}
+    crossed = dict(good)
+    crossed[str(rules / "routing.yaml")] += b"\nmailboxes:\n  desk: {lmtp: desk@mail.internal}\n"
+    kept = LastGood(tmp_path / "kept")
+    (tmp_path / "kept").mkdir()
+    kept.put(good, files_hash(good.items()))
+    kept.put(crossed, files_hash(crossed.items()))
+    snap = _worker_snapshot(config, kept, None, 1)
+    assert snap is not None and snap.hash == files_hash(good.items())
+    assert not any(m.kind == "lmtp" for m in snap.book.mailboxes.values())
+
+
 def test_the_kept_set_is_numbered_and_the_one_before_stays_readable(tmp_path):
     """Each set worker 0 keeps (`put`: the very bytes it loaded) is one more than the last;
     the set before stays readable (a reload one worker could not take goes back to it); a
