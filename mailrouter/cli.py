@@ -221,7 +221,8 @@ def _unmatched_spellings(cfg: Config, lines: dict[str, int], routing: Sequence[s
     addresses were not loaded, and nothing said so."""
     import glob
     from .routing.snapshot import routing_files
-    loaded = set(routing_files(routing)[0]) | set(routing_files(routing)[1])
+    files, skipped = routing_files(routing)
+    loaded = set(files) | set(skipped)
     out = []
     for pattern in routing:
         head, _, tail = pattern.rpartition("/")

@@ -878,7 +878,6 @@ def _line_at(text: str, line: int) -> str:
 
 
 def _space_name(char: str) -> str:
-    import unicodedata
     return unicodedata.name(char, "a space").lower()
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..values import Decision
-from ..yamlsrc import as_written, where
+from ..yamlsrc import NotRegularFile, as_written, must_be_regular, where
 from .conditions import did_you_mean
 from .rules import ACTIONS, PRIORITIES, Rule
 from .snapshot import envelope_sender
@@ -69,12 +69,13 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
     if case.get("message") is not None:
         path = base / str(case["message"])
         try:
-            if path.exists() and not path.is_file() and not path.is_dir():
-                # a FIFO or a device (message: /dev/stdin, /dev/zero): reading it waited for
-                # ever, and `check` and `test` with it
-                raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
-                                 ".eml file")
+            # a FIFO or a device (message: /dev/stdin, /dev/zero): reading it waited for
+            # ever, and `check` and `test` with it
+            must_be_regular(path)
             return path.read_bytes()
+        except NotRegularFile:
+            raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
+                             ".eml file") from None
         except OSError as exc:
             raise _CaseError(f"cannot read message {str(path)!r}: {exc.strerror}; a message: "
                              "path is relative to this routing file's folder") from None
