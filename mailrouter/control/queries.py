@@ -25,11 +25,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
-from sqlalchemy import (ColumnElement, Connection, Select, and_, exists, func, or_, select, true,
-                        union)
+from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, or_, select, true
 
 from ..registry.models import decisions, deliveries, messages
-from ..registry.queries import Scope, folded_forms, from_domain, idn_forms
+from ..registry.queries import Scope, folded_forms, from_domain, idn_forms, theirs
 from ..registry.words import newest, parse_words
 from ..values import OPEN_REQUEST_STATUSES
 from .threads import MAX_NUMBER
@@ -368,15 +367,7 @@ def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, A
     else:
         mq = from_domain(forms)
     reqs = [_plain(r) for r in conn.execute(select(requests).where(rq).order_by(requests.c.id))]
-    # an address: their mail and their requests' as one set of keys from two indexes
-    # (`from_fold IN .. OR EXISTS (their request)` could use neither, and walked every
-    # message newest first); a domain, which no index finds: that walk, stopping at `limit`
-    found: ColumnElement[bool]
-    if "@" in who:
-        found = messages.c.key.in_(union(select(messages.c.key).where(mq), counterparty_threads(who)))
-    else:
-        found = or_(mq, messages.c.key.in_(counterparty_threads(who)))
-    msgs = list(conn.execute(select(messages).where(found)
+    msgs = list(conn.execute(select(messages).where(theirs(who, mq, counterparty_threads(who)))
                              .order_by(messages.c.received_at.desc()).limit(limit)).all())
     return {"counterparty": who, "requests": reqs, "messages": _message_rows(conn, msgs)}
 

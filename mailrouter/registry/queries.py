@@ -39,7 +39,8 @@ from .words import newest, parse_words
 
 __all__ = ["Scope", "SearchResult", "search", "message_story", "counterparty", "volume",
            "volume_totals",
-           "local_midnight", "day_of", "idn_forms", "folded_forms", "from_domain", "SCAN_MAX"]
+           "local_midnight", "day_of", "idn_forms", "folded_forms", "from_domain", "theirs",
+           "SCAN_MAX"]
 
 SCAN_MAX = 200_000        # rows a subject-word search reads before it gives up
 _CHUNK = 2000
@@ -241,6 +242,17 @@ def message_story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | 
     return _with_decisions(conn, [row], scope)[0] if row is not None else None
 
 
+def theirs(who: str, sent: ColumnElement[bool], threads: Select[Any]) -> ColumnElement[bool]:
+    """The messages `sent` by `who` (an address or a domain) or among `threads` (the keys of
+    their requests' messages): for an address one set of keys from the two indexes (an OR
+    of the sender and their requests could use neither, and walked every message newest
+    first); for a domain, which no index finds, the OR (the walk newest first stops at the
+    query's limit)."""
+    if "@" in who.strip().lstrip("@"):
+        return messages.c.key.in_(union(select(messages.c.key).where(sent), threads))
+    return or_(sent, messages.c.key.in_(threads))
+
+
 def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
                  before: tuple[datetime, str] | None = None,
                  threads: Select[Any] | None = None) -> list[dict[str, Any]]:
@@ -251,13 +263,8 @@ def counterparty(conn: Connection, scope: Scope, who: str, limit: int = 500,
     if not who.strip():
         return []
     found = _sender(who)
-    if threads is not None and "@" in who.strip().lstrip("@"):
-        # an address: one set of keys from the two indexes (an OR of the sender and their
-        # requests could use neither, and walked every message newest first)
-        found = messages.c.key.in_(union(select(messages.c.key).where(found), threads))
-    elif threads is not None:
-        # a domain, which no index finds: the walk newest first stops at `limit`
-        found = or_(found, messages.c.key.in_(threads))
+    if threads is not None:
+        found = theirs(who, found, threads)
     q = scope.where(select(messages)).where(found)
     at, key = messages.c.received_at, messages.c.key
     if before is not None:
