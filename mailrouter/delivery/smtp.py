@@ -430,10 +430,9 @@ def _in_step(reply: Reply, *, data: bool = False) -> Reply:
     recipient is deferred. A DATA answered with 250 used to mark its recipients delivered
     though the message was never sent, and a 354 after the dot was mapped to a bounce."""
     code = reply.code
-    if (code == 354) if not data else (reply.ok or (300 <= code < 400 and code != 354)):
+    wrong = (reply.ok or (300 <= code < 400 and code != 354)) if data else 300 <= code < 400
+    if wrong:
         raise _Lost("downstream protocol error", f"{'DATA: ' if data else ''}{reply}")
-    if not data and 300 <= code < 400:
-        raise _Lost("downstream protocol error", str(reply))
     return reply
 
 
