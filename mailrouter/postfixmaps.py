@@ -103,7 +103,7 @@ def build_maps(book: AddressBook, nexthop: str, mode: str = "relay") -> PostfixM
             skipped.append(address)
         else:
             known.extend(_forms(address))
-    domains = sorted({form for d in book.domains for form in {d, a_label(d) or d}})
+    domains = sorted(_domain_forms(book))
     rows: dict[str, list[str]] = {name: [] for name in MAP_NAMES[mode]}
     if mode == "relay":
         rows["domains"] = [f"{d}\tOK" for d in domains]
@@ -164,6 +164,11 @@ def main_cf(postfix_config: str | None) -> dict[str, str]:
     return dict(zip(MAIN_CF_KEYS, values))
 
 
+def _domain_forms(book: AddressBook) -> set[str]:
+    """Our domains as Postfix's tables list them: each as written and in its A-label form."""
+    return {form for d in book.domains for form in {d, a_label(d) or d}}
+
+
 _SERVED = ("mydestination", "virtual_mailbox_domains", "virtual_alias_domains")
 
 
@@ -219,7 +224,7 @@ def conflicts(book: AddressBook, directory: Path, mode: str, kind: str = "hash",
                    "relay_recipient_maps it refuses each one no table lists (550 5.1.1 User "
                    "unknown in relay recipient table). Give them a table first ('@DOMAIN OK' "
                    "keeps taking every address) and list it in relay_recipient_maps")
-    wanted = {form.lower() for d in book.domains for form in {d, a_label(d) or d}}
+    wanted = {form.lower() for form in _domain_forms(book)}
     for key in _SERVED:
         for entry in values[key].replace(",", " ").split():
             if ":" not in entry:
