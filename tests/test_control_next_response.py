@@ -387,6 +387,17 @@ async def test_request_show_names_a_message_without_a_message_id_by_its_key(
     assert f"  why (no Message-ID, key {key[:12]}) support@example.com: " in text, text
 
 
+async def _request_row(reg, status: str, **more) -> int:
+    """One request of WHO's, ivanov's in team duty, opened Monday 10:00, in `status`; its id."""
+    return await reg.write("a request", lambda conn: conn.execute(
+        requests.insert().values(
+            opened_at=msk(11, 10), message_key="k" * 64, counterparty=WHO,
+            counterparty_domain="bigco.example", owner="ivanov", team="duty",
+            status=status, subject="printer", tags=[], sla_term="4h",
+            last_in_at=msk(11, 10), response_round=1, **more)
+        .returning(requests.c.id)).scalar_one())
+
+
 async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_db):
     """A closed request; the customer's new mail is being recorded at one instance (its
     transaction has reopened the request, not committed yet) while a head clicks reopen at
@@ -405,13 +416,7 @@ async def test_a_reopen_by_hand_racing_the_customers_mail_reopens_once(pg_db):
     gate = await asyncpg.connect(_dsn(pg_db), timeout=30)
     at = msk(18, 14)
     try:
-        rid = await customer.write("closed one", lambda conn: conn.execute(
-            requests.insert().values(
-                opened_at=msk(11, 10), message_key="k" * 64, counterparty=WHO,
-                counterparty_domain="bigco.example", owner="ivanov", team="duty",
-                status="closed", subject="printer", tags=[], sla_term="4h",
-                last_in_at=msk(11, 10), closed_at=msk(12, 10), response_round=1)
-            .returning(requests.c.id)).scalar_one())
+        rid = await _request_row(customer, "closed", closed_at=msk(12, 10))
         await gate.execute("SELECT pg_advisory_lock(4242)")
         plan = Plan("join", WHO, "<again@bigco>", rid, "ivanov", "duty")
 
@@ -463,13 +468,7 @@ async def test_request_close_racing_a_change_names_the_status_it_closed(pg_db, t
     reg = await Registry.open(pg_db)
     gate = await asyncpg.connect(_dsn(pg_db), timeout=30)
     try:
-        rid = await reg.write("open one", lambda conn: conn.execute(
-            requests.insert().values(
-                opened_at=msk(11, 10), message_key="k" * 64, counterparty=WHO,
-                counterparty_domain="bigco.example", owner="ivanov", team="duty",
-                status="open", subject="printer", tags=[], sla_term="4h",
-                last_in_at=msk(11, 10), response_round=1)
-            .returning(requests.c.id)).scalar_one())
+        rid = await _request_row(reg, "open")
         await gate.execute("SELECT pg_advisory_lock(4244)")
 
         def answer_then_wait(conn):      # our reply's record: held before its commit
