@@ -24,7 +24,7 @@ from .store import add_event, reopened, request_row
 from .tables import requests
 from .threads import MAX_NUMBER
 
-__all__ = ["reassign", "close", "reopen", "add_note", "locked_status", "MAX_NOTE", "Refused"]
+__all__ = ["reassign", "close", "reopen", "add_note", "MAX_NOTE", "Refused"]
 
 MAX_NOTE = 4000
 
@@ -39,7 +39,7 @@ class Refused(ValueError):
         self.key, self.values = key, values
 
 
-def locked_status(conn: Connection, number: int) -> tuple[str, str | None]:
+def _status(conn: Connection, number: int) -> tuple[str, str | None]:
     """The request's status and owner, its row locked until the caller's commit (PostgreSQL;
     SQLite's writers take turns): what is checked here is what the change is made on.
     Before, a reopen by hand read `closed` while the customer's mail at another instance
@@ -62,7 +62,7 @@ def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, h
     the one team `to` is a member of, so the SLA's escalation goes to the head over the
     new owner, not to the old team's head, who no longer has the request. One in no team
     (a specialist, a head) or in several keeps the request's team and its head."""
-    _, old = locked_status(conn, number)
+    _, old = _status(conn, number)
     if old == to:
         raise Refused("already_owner", f"{to} already owns request #{number}", who=to,
                       number=number)
@@ -80,7 +80,7 @@ def reassign(conn: Connection, number: int, to: str, actor: str, at: datetime, h
 
 
 def close(conn: Connection, number: int, actor: str, at: datetime, how: str) -> None:
-    status, _ = locked_status(conn, number)
+    status, _ = _status(conn, number)
     if status == "closed":
         raise Refused("already_closed", f"request #{number} is already closed", number=number)
     conn.execute(update(requests).where(requests.c.id == number)
@@ -95,7 +95,7 @@ def reopen(conn: Connection, number: int, actor: str, at: datetime, how: str,
     calendar (`calendars`: the snapshot's), reminded and escalated like the first one.
     Before, a request that had had its first response went back to `answered`, which no
     clock watched, while the customer's own reopen gave `open`."""
-    status, _ = locked_status(conn, number)
+    status, _ = _status(conn, number)
     if status != "closed":
         raise Refused("not_closed", f"request #{number} is not closed (it is {status})",
                       number=number, status=status)
@@ -112,5 +112,5 @@ def add_note(conn: Connection, number: int, text: str, actor: str, at: datetime)
     if len(text) > MAX_NOTE:
         raise Refused("note_long", f"a note is at most {MAX_NOTE} characters, this one has "
                       f"{len(text)}", most=MAX_NOTE, got=len(text))
-    locked_status(conn, number)
+    _status(conn, number)
     add_event(conn, number, at, "note", text, actor)

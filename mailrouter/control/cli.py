@@ -313,22 +313,21 @@ def cmd_reloads(args: argparse.Namespace) -> int:
 
 def _set_status(args: argparse.Namespace, status: str) -> int:
     """`request close N` (any status but closed) or `request wait N` (open or answered)."""
-    from sqlalchemy import update
+    from sqlalchemy import select, update
 
-    from .actions import locked_status
     from .store import add_event
     from .tables import requests
     allowed = OPEN_REQUEST_STATUSES if status == "closed" else ("open", "answered")
 
     def change(conn: Connection) -> str | None:
-        now = datetime.now(timezone.utc)
-        # the row locked where its status is read, as the web view's actions read it: read
-        # before a change another instance was committing, the history line named the
-        # status from before it ("open -> closed" of a request that was answered)
-        try:
-            before, _ = locked_status(conn, args.number)
-        except LookupError:
+        if not 0 < args.number <= MAX_NUMBER:   # PostgreSQL would fail the query
             return "missing"
+        now = datetime.now(timezone.utc)
+        # the row locked where its status is read (PostgreSQL), as control.actions does:
+        # read before a change another instance was committing, the history line named
+        # the status from before it ("open -> closed" of a request that was answered)
+        before = conn.execute(select(requests.c.status).where(
+            requests.c.id == args.number).with_for_update()).scalar_one_or_none()
         # no answer is owed once closed or waiting for the customer (as a reply with a
         # marker, and the web view's close): the due time stayed, and the web view's page
         # of the request closed here showed its "next answer due"
@@ -336,7 +335,7 @@ def _set_status(args: argparse.Namespace, status: str) -> int:
             requests.c.id == args.number, requests.c.status.in_(allowed)).values(
             status=status, closed_at=now if status == "closed" else None, response_due=None))
         if not done.rowcount:
-            return before
+            return before or "missing"
         add_event(conn, args.number, now, "status",
                   f"{before} -> {status}: mailrouter request {args.action}", "cli")
         return None
