@@ -12,7 +12,9 @@ new, old, ...), so both see the same machine. It prints each run and the medians
 
 --reload N: instead of the start, the seconds of N reloads of changed files (a comment line
 added to the rules' file, then POST /-/reload, what `mailrouter reload` asks) once both
-workers are up: worker 0 reads the files, the workers all load them.
+workers are up: worker 0 reads the files, the workers all load them. With --edit book a
+person is added to the address book's file instead: the book is built again (a change of
+the rules alone keeps it).
 """
 
 from __future__ import annotations
@@ -58,14 +60,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def reload_seconds(admin: int, routing: str, n: int) -> list[float]:
+def reload_seconds(admin: int, routing: str, n: int, edit: str = "rules") -> list[float]:
     """Seconds each of `n` reloads of changed files took (POST /-/reload, as `mailrouter
-    reload` asks; a comment line added to the rules' file before each)."""
+    reload` asks). Before each, `edit` "rules": a comment line added to the rules' file
+    (the workers keep the address book they run); "book": a person added to the address
+    book's file (a new book is built)."""
     rules = Path(routing).parent / "b.yaml"
+    book = Path(routing).parent / "a.yaml"
     took = []
     for k in range(n):
-        with open(rules, "a", encoding="utf-8") as out:
-            out.write(f"# edit {k} {time.time()}\n")
+        with open(book if edit == "book" else rules, "a", encoding="utf-8") as out:
+            now = time.time_ns()
+            out.write(f"  edit{now}:\n    address: edit{now}@example.com\n"
+                      if edit == "book" else f"# edit {k} {now}\n")
         req = urllib.request.Request(f"http://127.0.0.1:{admin}/-/reload", method="POST", data=b"")
         t0 = time.perf_counter()
         with urllib.request.urlopen(req, timeout=120) as r:
@@ -76,7 +83,8 @@ def reload_seconds(admin: int, routing: str, n: int) -> list[float]:
     return took
 
 
-def one_start(tree: Path, routing: str, tmp: Path, reloads: int = 0) -> float | list[float]:
+def one_start(tree: Path, routing: str, tmp: Path, reloads: int = 0,
+              edit: str = "rules") -> float | list[float]:
     """Seconds from exec to the first 220 of a daemon run from `tree`; with `reloads`, the
     seconds of that many reloads of changed files once it is up instead."""
     run = Path(tempfile.mkdtemp(dir=tmp))
@@ -107,7 +115,7 @@ def one_start(tree: Path, routing: str, tmp: Path, reloads: int = 0) -> float | 
                     time.sleep(0.005)
             while (run / "daemon.log").read_text().count("event=started loop=") < 2:
                 time.sleep(0.05)       # both workers up
-            return reload_seconds(admin, routing, reloads)
+            return reload_seconds(admin, routing, reloads, edit)
         finally:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -125,6 +133,9 @@ def main() -> None:
     ap.add_argument("--aliases", type=int, default=100_000)
     ap.add_argument("--reload", type=int, default=0, metavar="N",
                     help="time N reloads of changed files per run instead of the start")
+    ap.add_argument("--edit", choices=("rules", "book"), default="rules",
+                    help="with --reload, what is changed before each: a line of the rules' "
+                         "file (rules, the default) or a person of the address book (book)")
     args = ap.parse_args()
     trees = {"new": REPO} | ({"old": args.old.resolve()} if args.old else {})
     got: dict[str, list[float]] = {name: [] for name in trees}
@@ -133,7 +144,7 @@ def main() -> None:
         routing = write_files(tmp, args.rules, args.aliases)
         for i in range(args.runs):
             for name, tree in trees.items():
-                took = one_start(tree, routing, tmp, args.reload)
+                took = one_start(tree, routing, tmp, args.reload, args.edit)
                 got[name] += took if isinstance(took, list) else [took]
                 shown = took if isinstance(took, list) else [took]
                 print(f"run {i + 1} {name}: {', '.join(f'{t:.2f}' for t in shown)} s", flush=True)

@@ -57,7 +57,7 @@ from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .registry.store import registry_advice, registry_location
-from .routing.snapshot import (Snapshot, _files, load_book, load_snapshot, prepare, read_files,
+from .routing.snapshot import (Snapshot, _files, book_kept, load_book, load_snapshot, prepare, read_files,
                                routing_files)
 from .values import Downstream, Reply, Transaction
 from .web import start_web
@@ -583,7 +583,7 @@ class App:
             else:
                 self._snapshot = await asyncio.to_thread(
                     _load, self.config, True, staged.texts,
-                    from_builder=lambda: self._shared_book(staged))
+                    from_builder=lambda: self._shared_book(staged), current=current)
         except ConfigErrors as exc:
             # staged before worker 0 loaded them (App._stage): the same bytes fail there,
             # and its reload refuses them, logs and answers their errors
@@ -993,7 +993,8 @@ BUILD_APART_FROM = 1 << 20
 
 def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None,
           share: Callable[[Any], None] | None = None,
-          from_builder: Callable[[], Any] | None = None) -> Snapshot:
+          from_builder: Callable[[], Any] | None = None,
+          current: Snapshot | None = None) -> Snapshot:
     """load_snapshot of the routing files (`texts`: of these bytes, read once). In a
     worker, with big files, the address book is
     built in a new process and sent back (workers.in_new_process), as the supervisor's is
@@ -1004,9 +1005,11 @@ def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None,
 
     At a reload with several workers one builds the book: worker 0 (`share`: called with
     it, or None) for the others (`from_builder`: it, or None when they must build their
-    own). Raises ConfigErrors for the files' errors, and for what config.yaml names that
-    they lack (`_checked`): every worker's load refuses alike a set `check` refuses (a
-    reload, a follower's, a replacement worker's start on a kept set)."""
+    own). `current`: the snapshot a reload replaces, whose book is kept when the files'
+    book sections did not change (`book_kept`: the rules' file edited). Raises
+    ConfigErrors for the files' errors, and for what config.yaml names that they lack
+    (`_checked`): every worker's load refuses alike a set `check` refuses (a reload, a
+    follower's, a replacement worker's start on a kept set)."""
     size = sum(map(len, texts.values())) if texts is not None else _size(_files(config.routing))
     if not (worker and size >= BUILD_APART_FROM):
         if share is not None:
@@ -1017,7 +1020,7 @@ def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None,
     # supervisor's start does: one after the other, a reload of 100,000 aliases and 10,000
     # rules took the sum of both (bench/README.md, sixteenth pass)
     with ThreadPoolExecutor(1, thread_name_prefix="book") as pool:
-        book = pool.submit(_book, config, texts, share, from_builder)
+        book = pool.submit(_book, config, texts, share, from_builder, current)
         try:
             prepared = prepare(config.routing, texts)
         finally:
@@ -1027,9 +1030,18 @@ def _load(config: Config, worker: bool, texts: dict[str, bytes] | None = None,
 
 
 def _book(config: Config, texts: dict[str, bytes] | None, share: Callable[[Any], None] | None,
-          from_builder: Callable[[], Any] | None) -> tuple[str, AddressBook] | None:
-    """_load's address book: the one the builder shared, else built in a new process (and
-    shared when asked)."""
+          from_builder: Callable[[], Any] | None, current: Snapshot | None
+          ) -> tuple[str, AddressBook] | None:
+    """_load's address book: `current`'s when the files' book sections did not change,
+    else the one the builder shared, else built in a new process (and shared when
+    asked)."""
+    kept = book_kept(current.book, config.limits, texts) \
+        if current is not None and texts is not None else None
+    if kept is not None:
+        log.info("event=book_kept made_of=%s", kept[1].made_of)
+        if share is not None:       # for a worker that runs another book
+            share(kept)
+        return kept
     got = from_builder() if from_builder is not None else None
     if got is not None:
         return cast("tuple[str, AddressBook]", got)
@@ -1068,7 +1080,7 @@ def _reload_snapshot(current: Snapshot, config: Config, worker: bool,
     share = None
     if stage is not None and (digest := yamlsrc.files_hash(texts.items())) != current.hash:
         share = stage(texts, digest)
-    snap = _load(config, worker, texts, share)
+    snap = _load(config, worker, texts, share, current=current)
     if snap.hash == current.hash and snap.files == current.files:
         return current, texts
     return snap, texts

@@ -31,7 +31,7 @@ import stat
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Callable, TYPE_CHECKING
 
 import yaml
@@ -39,8 +39,8 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["LocStr", "LocInt", "LocFloat", "LocMap", "LocList", "load", "loads", "load_bytes",
-           "where", "as_written", "ALIAS_BUDGET", "FilesHash", "files_hash", "hash_files",
-           "NotRegularFile", "open_regular", "must_be_regular",
+           "where", "as_written", "ALIAS_BUDGET", "FilesHash", "files_hash", "sections_hash",
+           "hash_files", "NotRegularFile", "open_regular", "must_be_regular",
            "mixed_letters", "letters_note"]
 
 # Values that aliases may repeat in one document, all aliases together (an alias of a
@@ -1039,8 +1039,8 @@ def load_bytes(raw: bytes, path: str, bare: Collection[str] = (),
 class FilesHash:
     """The hash of files added in order (`add`, or `add_file` reading one from the disk)."""
 
-    def __init__(self) -> None:
-        self._outer = hashlib.sha256(b"mailrouter routing files 1\n")
+    def __init__(self, kind: bytes = b"files") -> None:
+        self._outer = hashlib.sha256(b"mailrouter routing " + kind + b" 1\n")
 
     def _entry(self, path: str, size: int, content: bytes) -> None:
         name = path.encode("utf-8", "surrogateescape")
@@ -1075,6 +1075,43 @@ def files_hash(items: Iterable[tuple[str, bytes]]) -> str:
     digest = FilesHash()
     for path, data in items:
         digest.add(path, data)
+    return digest.hexdigest()
+
+
+def sections_hash(items: Iterable[tuple[str, bytes]], skip: Collection[str],
+                  docs: Sequence[Any] | None = None) -> str | None:
+    """The hash of files given as (path, bytes), in order, as `load_bytes(skip=)` parses
+    them: each file's text with its `skip` sections blanked (`_blank`), and where each of
+    those was. Files whose hashes are equal parse alike but for those sections: what is
+    made of the rest of them (routing.snapshot.load_book's address book) is the same.
+    Skipped sections that end a file (`rules:` then `tests:`) count by their names only:
+    a rule added moves the line of `tests:` and nothing else.
+    `docs`: the files' parse by `load_bytes(skip=)`, one a file; a file whose parse was
+    not of its blanked text (the rest did not confirm where a section ends, `loads`) gives
+    None, as a file that is not UTF-8 does: no hash then says what the parse read."""
+    digest = FilesHash(b"sections")
+    for i, (path, raw) in enumerate(items):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if "\r" in text:       # as load_bytes
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        blank, blanked = _blank(text, skip)
+        if docs is not None and blanked and not _confirms(docs[i], blanked):
+            return None
+        lines = blank.split("\n")
+        heads = {line: key for key, (line, _) in blanked.items()}
+        cut = len(lines)       # the tail from the first of the last keys: keys and blank lines
+        at = len(lines)
+        while at > 0 and (at in heads or not lines[at - 1].strip()):
+            if at in heads:
+                cut = at - 1
+            at -= 1
+        where = ",".join(f"{key}:{line}" if line <= cut else key
+                         for line, key in sorted(heads.items()))
+        body = "\n".join(lines[:cut])
+        digest.add(path, f"{where}\n{body}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

@@ -413,3 +413,66 @@ def test_the_book_is_built_without_reading_the_rules(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as refused:
         load_snapshot(pattern, Limits(), "mx.test", got)
     assert "zz.yaml:" in str(refused.value)
+
+
+def _texts(rules: Path) -> dict[str, bytes]:
+    return {str(f): f.read_bytes() for f in sorted(rules.glob("*.yaml"))}
+
+
+def test_a_reload_keeps_the_book_only_when_its_sections_did_not_change(tmp_path: Path) -> None:
+    """book_kept: a reload of big files that changed only the rules or tests (a rule added
+    moves the line of `tests:`) keeps the book it runs, as load_book would build it again;
+    anything that changes what the book is made of builds a new one."""
+    from mailrouter.routing.snapshot import book_kept
+    rules = _rules(tmp_path)
+    pattern = [str(rules / "*.yaml")]
+    made = load_book(pattern, Limits(), _texts(rules))
+    assert made is not None and made[1].made_of is not None
+    book = made[1]
+    assert pickle.loads(pickle.dumps(book)).made_of == book.made_of
+    routing, company = rules / "routing.yaml", rules / "company.yaml"
+    original = routing.read_text(encoding="utf-8")
+    routing.write_text(original.replace(
+        "then: {mailbox: support, tags: [support]}",
+        "then: {mailbox: support, tags: [support]}\n"
+        "  - name: late\n    when: {rcpt: sales@example.com}\n    then: {mailbox: sales}", 1)
+        + "# edited\n", encoding="utf-8")
+    texts = _texts(rules)
+    kept = book_kept(book, Limits(), texts)
+    assert kept is not None and kept[1] is book
+    snap = load_snapshot(pattern, Limits(), "mx.test", kept, texts=texts)
+    assert snap.book is book and snap.hash == load_snapshot(pattern, Limits(), "mx.test").hash
+    assert [r.name for r in snap.rules.rules][-1] == "late"
+    assert book_kept(book, Limits(max_alias_depth=5), texts) is None
+    # a book section changed, or moved down by the rules above it: built again
+    company.write_text(company.read_text(encoding="utf-8").replace(
+        "aliases:\n", "aliases:\n  late@example.com: mailbox:sales\n", 1), encoding="utf-8")
+    assert book_kept(book, Limits(), _texts(rules)) is None
+    company.write_bytes(texts[str(company)])
+    routing.write_text(original + "aliases:\n  late@example.com: mailbox:sales\n",
+                       encoding="utf-8")
+    below = load_book(pattern, Limits(), _texts(rules))
+    assert below is not None and below[1].made_of is not None
+    routing.write_text(original.replace("rules:\n", "rules:\n  # one more line\n", 1)
+                       + "aliases:\n  late@example.com: mailbox:sales\n", encoding="utf-8")
+    assert book_kept(below[1], Limits(), _texts(rules)) is None
+
+
+def test_the_sections_hash_says_nothing_of_a_parse_that_did_not_skip_them() -> None:
+    """yamlsrc.sections_hash: None for a file not UTF-8, and with `docs`, for one whose parse
+    read the whole text (the rest did not confirm where the skipped section ends): the
+    hash would describe a text the parse never read."""
+    from mailrouter.yamlsrc import sections_hash
+    skip = ("rules", "tests")
+    plain = b"domains: [example.com]\nrules:\n  - name: a\ntests:\n  - name: t\n"
+    assert sections_hash([("f.yaml", plain)], skip, [loads(plain.decode(), "f.yaml", (), skip)])
+    assert sections_hash([("f.yaml", b"rules:\n  - \xff\n")], skip) is None
+    # `rules:` at column 1 inside a flow sequence: blanking its lines changes `aliases`
+    flow = b"aliases: [\nrules:\n  a,\n  b]\n"
+    doc = loads(flow.decode(), "f.yaml", (), skip)
+    assert doc == {"aliases": [{"rules": "a"}, "b"]}         # read whole, not blanked
+    assert sections_hash([("f.yaml", flow)], skip, [doc]) is None
+    # the same text but the tail of skipped sections: equal
+    assert sections_hash([("f.yaml", plain)], skip) == sections_hash(
+        [("f.yaml", plain.replace(b"  - name: a\n", b"  - name: a\n  - name: b\n\n# x\n"))], skip)
+    assert sections_hash([("f.yaml", plain)], skip) != sections_hash([("g.yaml", plain)], skip)

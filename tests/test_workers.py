@@ -316,7 +316,8 @@ def test_a_big_reload_builds_the_address_book_once_for_every_worker(daemon_proce
     builds the address book of the bytes it staged and shares it, and worker 1 takes it
     instead of building its own beside it (two builds of 100,000 aliases on two cores, beside
     the rules each compiles, took the reload from ~1.7 to 2.4 s, bench_start.py --reload). Both
-    run the new set, and mail to an alias the reload added is delivered."""
+    run the new set, and mail to an alias the reload added is delivered. A reload that
+    changes only the rules keeps the book in every worker (`book_kept`)."""
     import smtplib
 
     from mailrouter.daemon import BUILD_APART_FROM
@@ -346,6 +347,21 @@ def test_a_big_reload_builds_the_address_book_once_for_every_worker(daemon_proce
             s.rcpt(to)
             assert s.data(f"Subject: {to}\r\n\r\nbody\r\n".encode())[0] == 250
     assert len(maildir_files(tmp_path / "var" / "mail" / "support")) == 2
+    # then only the rules edited: every worker keeps the book it runs, none is built
+    routing = rules / "routing.yaml"
+    routing.write_text(routing.read_text().replace(
+        "then: {mailbox: support, tags: [support]}",
+        "then: {mailbox: support, folder: Late, tags: [support]}", 1))
+    again = _reload(proc.admin)
+    assert again["ok"] is True and again["detail"] != got["detail"], again
+    assert _wait_log(proc, f"event=reloaded hash={again['detail']}", 2) == 2
+    log = proc.log.read_text()
+    assert log.count("event=book_kept made_of=") == 2, log
+    assert log.count("event=book_taken seq=") == 1, log
+    with smtplib.SMTP("127.0.0.1", proc.smtp, timeout=30) as s:
+        assert s.sendmail("a@outside.test", ["support@example.com"],
+                          b"Subject: late\r\n\r\nbody\r\n") == {}
+    assert len(maildir_files(tmp_path / "var" / "mail" / "support" / ".Late")) == 1
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0
 

@@ -52,7 +52,7 @@ class AddressBook:
     """Immutable after build; `knows` and `resolve` are dictionary lookups."""
 
     __slots__ = ("domains", "mailboxes", "people", "teams", "moved", "options", "limits",
-                 "_expansions", "_by_address", "_detail_forms")
+                 "_expansions", "_by_address", "_detail_forms", "made_of")
 
     def __init__(self, domains: frozenset[str], mailboxes: Mapping[str, Mailbox],
                  people: Mapping[str, Person], teams: Mapping[str, Team],
@@ -71,6 +71,9 @@ class AddressBook:
         # alias targets written with a +detail (graph.add_detail_forms): nodes of the alias
         # graph, not addresses of their own (RCPT bob+sales@ is bob@ with detail 'sales')
         self._detail_forms = detail_forms
+        # the hash of what it was built of, when its builder knows it (routing.snapshot's
+        # load_book): a reload of files whose book sections did not change keeps the book
+        self.made_of: str | None = None
 
     def __getstate__(self) -> tuple[Any, ...]:
         """A book pickles (without its caches): daemon.run_workers has it built in a child
@@ -79,11 +82,11 @@ class AddressBook:
         the load's million short-lived objects."""
         return (self.domains, self.mailboxes, self.people, dict(self.teams), dict(self.moved),
                 self.options, self.limits, self._expansions, self._by_address,
-                self._detail_forms)
+                self._detail_forms, self.made_of)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.domains, self.mailboxes, self.people, teams, moved, self.options, self.limits,
-         self._expansions, self._by_address, self._detail_forms) = state
+         self._expansions, self._by_address, self._detail_forms, self.made_of) = state
         self.teams, self.moved = MappingProxyType(teams), MappingProxyType(moved)
         self._expansions.use(make_target)
 

@@ -412,10 +412,27 @@ def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes
                                                         limits.max_alias_width), fail_fast=True)
         except ConfigErrors:
             return None
+        book.made_of = yamlsrc.sections_hash(got.raws.items(), BOOK_SKIPS,
+                                             [doc for _, doc in got.docs])
         return digest, book
     finally:
         if collecting:
             gc.enable()
+
+
+def book_kept(book: AddressBook, limits: Limits, texts: Mapping[str, bytes]
+              ) -> tuple[str, AddressBook] | None:
+    """`book` as `load_book` of `texts` would build it again, when their address book's
+    sections are those it was built of, in the same files at the same lines (only the
+    rules or tests changed, `yamlsrc.sections_hash`), and the limits are the same; else
+    None. For a reload of big files: the rules' file edited, a new book of 100,000 aliases
+    was built in a new process (about 1.4 s of the 2 s the reload took)."""
+    if book.made_of is None or book.limits != BookLimits(limits.max_alias_depth,
+                                                         limits.max_alias_width):
+        return None
+    if yamlsrc.sections_hash(texts.items(), BOOK_SKIPS) != book.made_of:
+        return None
+    return yamlsrc.files_hash(texts.items()), book
 
 
 def _give_back_freed_memory() -> None:
@@ -503,6 +520,7 @@ class _Read:
     docs: list[tuple[str, Any]]
     digest: str
     blank: frozenset[str]        # files with nothing but white space
+    raws: dict[str, bytes]       # the bytes of those in `docs` and of those that did not parse
 
 
 def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
@@ -526,7 +544,7 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
         except ConfigError as exc:
             errors.append(exc)
     return _Read(docs, digest if digest is not None else yamlsrc.files_hash(raws.items()),
-                 frozenset(f for f, raw in raws.items() if not raw.strip()))
+                 frozenset(f for f, raw in raws.items() if not raw.strip()), raws)
 
 
 def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
