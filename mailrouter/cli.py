@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The address book, the longest part of a big start, is built in a child forked now,
         # while this process imports the daemon (half a second; no thread runs yet to fork
         # across); run_workers takes it from there (issue 15: bench/bench_start.py).
-        from .routing.snapshot import load_book
+        from .routing.files import load_book
         from .workers import start_child
         book = start_child(lambda: load_book(cfg.routing, cfg.limits))
         starting.child = book        # a SIGTERM during the imports below kills it
@@ -202,7 +202,7 @@ def _skipped_warnings(cfg: Config, lines: dict[str, int]) -> list[str]:
     """A warning per backup file a `routing:` glob matches (skipped, routing.snapshot), naming
     the file and the config's line of the glob."""
     from fnmatch import fnmatch
-    from .routing.snapshot import routing_files
+    from .routing.files import routing_files
     out = []
     for f in routing_files(cfg.routing)[1]:
         pattern = next((p for p in cfg.routing if fnmatch(f, p)), "")
@@ -220,7 +220,7 @@ def _unmatched_spellings(cfg: Config, lines: dict[str, int], routing: Sequence[s
     suffix alone (`extra.yml`, `Routing.YAML`): saved under the other spelling, its rules and
     addresses were not loaded, and nothing said so."""
     import glob
-    from .routing.snapshot import routing_files
+    from .routing.files import routing_files
     files, skipped = routing_files(routing)
     loaded = set(files) | set(skipped)
     out = []

@@ -57,8 +57,8 @@ from .intents import Intents
 from .pipeline import Pipeline
 from .registry import Registry, upgrade
 from .registry.store import registry_advice, registry_location
-from .routing.snapshot import (Snapshot, _files, book_kept, load_book, load_snapshot, prepare, read_files,
-                               routing_files)
+from .routing.files import _files, book_kept, load_book, read_files, routing_files
+from .routing.snapshot import Snapshot, load_snapshot, prepare
 from .values import Downstream, Reply, Transaction
 from .web import start_web
 from .workers import (HANDLED, PARENT_RELOAD_SIGNAL, START_FAILED, Child, LastGood, Staged,

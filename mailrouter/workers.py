@@ -29,7 +29,6 @@ Known limit: Linux only (fork, PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import glob
 import json
 import logging
@@ -48,6 +47,7 @@ from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
 from .config import Config
 from .errors import ListenError
+from .newprocess import die_with_parent
 from .yamlsrc import FilesHash, files_hash
 
 __all__ = ["bind", "supervise", "Child", "start_child", "in_child", "in_new_process",
@@ -56,7 +56,6 @@ __all__ = ["bind", "supervise", "Child", "start_child", "in_child", "in_new_proc
 
 log = logging.getLogger("mailrouter.workers")
 PARENT_RELOAD_SIGNAL = signal.SIGUSR1      # worker 0 -> parent: "reload the others"
-_PR_SET_PDEATHSIG = 1
 
 
 def bind(host: str, port: int, what: str = "smtp") -> socket.socket:
@@ -73,13 +72,6 @@ def bind(host: str, port: int, what: str = "smtp") -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: orphans are possible, say so
-        log.warning("event=no_pdeathsig workers may outlive a killed supervisor")
 
 
 T = TypeVar("T")
@@ -140,7 +132,7 @@ def start_child(work: Callable[[], T]) -> Child[T] | None:
         os.close(read)
         code = 1
         try:
-            _die_with_parent()
+            die_with_parent()
             for sig in HANDLED:      # not the parent's Starting: a SIGTERM to the group ends it
                 signal.signal(sig, signal.SIG_DFL)
             data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
@@ -163,7 +155,7 @@ def in_child(work: Callable[[], T]) -> T | None:
 
 
 def in_new_process(work: Callable[..., T], *args: Any, timeout: float = 600.0) -> T | None:
-    """`work(*args)` run in a new interpreter (`python -m mailrouter.workers`), its result
+    """`work(*args)` run in a new interpreter (`python -m mailrouter.newprocess`), its result
     pickled back; None when it raised, took longer than `timeout`, or could not start.
 
     in_child for a process that runs threads (a worker: its registry, Maildir and loop
@@ -178,7 +170,7 @@ def in_new_process(work: Callable[..., T], *args: Any, timeout: float = 600.0) -
         with tempfile.TemporaryFile() as sent:
             pickle.dump((work, args), sent, protocol=pickle.HIGHEST_PROTOCOL)
             sent.seek(0)
-            done = subprocess.run([sys.executable, "-m", "mailrouter.workers"], stdin=sent,
+            done = subprocess.run([sys.executable, "-m", "mailrouter.newprocess"], stdin=sent,
                                   capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError, pickle.PicklingError, AttributeError,
             TypeError) as exc:
@@ -193,16 +185,6 @@ def in_new_process(work: Callable[..., T], *args: Any, timeout: float = 600.0) -
     except Exception:  # noqa: BLE001 (as if the process had failed)
         return None
     return result
-
-
-def _run_sent_work() -> int:
-    """The new process of in_new_process: (work, args) from stdin, the pickled result to
-    stdout. Dies with the thread that started it."""
-    _die_with_parent()
-    work, args = pickle.load(sys.stdin.buffer)
-    sys.stdout.buffer.write(pickle.dumps(work(*args), protocol=pickle.HIGHEST_PROTOCOL))
-    sys.stdout.buffer.flush()
-    return 0
 
 
 @dataclass(frozen=True)
@@ -463,7 +445,7 @@ def _spawn(index: int, child: Callable[[int], int]) -> int:
     if pid == 0:
         code = 1
         try:
-            _die_with_parent()
+            die_with_parent()
             for sig in HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
             code = child(index)
@@ -580,7 +562,3 @@ def supervise(config: Config, child: Callable[[int], int],
         if not stopping:
             start(index)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(_run_sent_work())

@@ -1083,7 +1083,7 @@ def sections_hash(items: Iterable[tuple[str, bytes]], skip: Collection[str],
     """The hash of files given as (path, bytes), in order, as `load_bytes(skip=)` parses
     them: each file's text with its `skip` sections blanked (`_blank`), and where each of
     those was. Files whose hashes are equal parse alike but for those sections: what is
-    made of the rest of them (routing.snapshot.load_book's address book) is the same.
+    made of the rest of them (routing.files.load_book's address book) is the same.
     Skipped sections that end a file (`rules:` then `tests:`) count by their names only:
     a rule added moves the line of `tests:` and nothing else.
     `docs`: the files' parse by `load_bytes(skip=)`, one a file; a file whose parse was

@@ -30,7 +30,7 @@ PACKAGE = "mailrouter"
 # group and any group of a LOWER layer; groups within one layer do not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("values", ""),                              # "" is the package's own __init__
-    ("errors", "charsets", "metrics", "offload", "mimewalk", "tnef", "logs"),
+    ("errors", "charsets", "metrics", "offload", "mimewalk", "tnef", "logs", "newprocess"),
     ("yamlsrc", "message"),
     ("calendars", "config", "addressbook", "addresses"),
     ("loops", "addressquery"),

@@ -19,7 +19,8 @@ from mailrouter.addresses import AddressBook
 from mailrouter.config import Limits, load_config
 from mailrouter.errors import ConfigErrors
 from mailrouter.routing import snapshot as snapshot_module
-from mailrouter.routing.snapshot import load_book, load_snapshot, prepare
+from mailrouter.routing.files import load_book
+from mailrouter.routing.snapshot import load_snapshot, prepare
 from mailrouter.workers import in_child, in_new_process, start_child
 from mailrouter.yamlsrc import loads, where as yamlsrc_where
 
@@ -379,7 +380,7 @@ def test_a_section_whose_end_the_rest_does_not_confirm_is_read_whole() -> None:
 
 
 def test_a_load_given_the_hash_of_files_with_errors_reports_them_as_before(tmp_path: Path) -> None:
-    from mailrouter.routing.snapshot import _files
+    from mailrouter.routing.files import _files
     from mailrouter.yamlsrc import hash_files
     rules = _rules(tmp_path)
     pattern = [str(rules / "*.yaml")]
@@ -423,7 +424,7 @@ def test_a_reload_keeps_the_book_only_when_its_sections_did_not_change(tmp_path:
     """book_kept: a reload of big files that changed only the rules or tests (a rule added
     moves the line of `tests:`) keeps the book it runs, as load_book would build it again;
     anything that changes what the book is made of builds a new one."""
-    from mailrouter.routing.snapshot import book_kept
+    from mailrouter.routing.files import book_kept
     rules = _rules(tmp_path)
     pattern = [str(rules / "*.yaml")]
     made = load_book(pattern, Limits(), _texts(rules))
