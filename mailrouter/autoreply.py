@@ -37,7 +37,9 @@ so the first reason found is the one recorded):
 - a sender on one of our own domains, in any form the book reads as it (xn--, Unicode,
   any case: addressbook.canon.on_our_domains; two responders would answer each other);
 - this responder already answered this sender within its period (RFC 3834 2, RFC
-  5230 4.1), or this sender got `daily_cap` answers in the last 24 hours.
+  5230 4.1), or this sender got `daily_cap` answers in the last 24 hours. The sender is
+  `sender_key`'s: a forwarder's SRS address and a gateway's BATV signature, which change
+  from day to day or message to message, count as the address they wrap.
 The sender's domain without MX or A/AAAA is checked by the outbox (dnscheck.py),
 which needs the network; the registry's unique (sender, responder, period bucket)
 makes the period hold across restarts and instances.
@@ -217,15 +219,29 @@ def bare(address: str) -> str:
 # hash; Barracuda's `btv1==TAG==local@domain`): gateways sign every message's envelope
 # sender anew, so one person's address differs from message to message.
 _BATV = re.compile(r"\A(?:prvs=[0-9a-z]+=|btv1==[0-9a-z]+==)(?=[^@=]+@)")
+# SRS (the Sender Rewriting Scheme of libsrs2 and postsrsd, which forwarders use so that SPF
+# passes: kernel.org's `SRS0=Dqjb=IN=linuxfoundation.org=gregkh@kernel.org`, Cloudflare
+# Email Routing's): `SRS0=HASH=TT=domain=local@forwarder`, a second forwarder's
+# `SRS1=HASH=forwarder1==HASH=TT=domain=local@forwarder2` (`+` or `-` may stand for the `=`
+# after SRS0/SRS1). TT is the day and HASH changes with it, so one person forwarded on
+# two days had two addresses, and an answer each day of a 7-day period.
+_SRS = re.compile(r"\A(?:srs0[=+-]|srs1[=+-][^=@]+=[^=@]+=[=+-])[^=@]+=[^=@]{2}"
+                  r"=([^=@]+)=([^@]+)@[^@]+\Z")
 
 
 def sender_key(address: str) -> str:
-    """The sender an answer's period and daily cap count for: `bare`, without a BATV
-    signature (`prvs=0123abcdef=ann@x` is ann@x), the domain in Unicode as the book
-    reads it (иван@xn--e1affem4a.xn--p1ai is иван@клиент.рф: each form had its own
-    period). The answer still goes to the address as given: the gateway accepts mail
-    only for its signed addresses."""
-    local, at, domain = _BATV.sub("", bare(address)).rpartition("@")
+    """The sender an answer's period and daily cap count for: `bare`, the original
+    address of an SRS one (`srs0=hash=tt=client.example=ann@fwd.example` is
+    ann@client.example), without a BATV signature (`prvs=0123abcdef=ann@x` is ann@x), the
+    domain in Unicode as the book reads it (иван@xn--e1affem4a.xn--p1ai is иван@клиент.рф:
+    each form had its own period). The answer still goes to the address as given: the
+    gateway accepts mail only for its signed addresses, the forwarder passes the answer back
+    to the SRS address's original."""
+    plain = bare(address)
+    srs = _SRS.match(plain)
+    if srs is not None:
+        plain = f"{srs[2]}@{srs[1]}"
+    local, at, domain = _BATV.sub("", plain).rpartition("@")
     return f"{local}{at}{canonical_domain(domain)}" if at else domain
 
 
@@ -284,7 +300,7 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
     # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*)
     for who, address in (("envelope sender", sender_key(sender)),
                          ("From", bare(view.from_addr or "")),
-                         ("Return-Path", bare(view.header("Return-Path") or ""))):
+                         ("Return-Path", sender_key(view.header("Return-Path") or ""))):
         hit = robot_pattern(address, policy.robot_senders)
         if hit is not None:
             return f"robot sender: {who} {address} matches {hit!r}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +17,14 @@ from mailrouter.autoreply import (
     choose_language,
     period_bucket,
     reason_kind,
+    sender_key,
     verdict,
 )
 from mailrouter.cli import main
 from mailrouter.message import MessageView
 from mailrouter.routing.responders import Responder
+from tests.test_delivery_smtp import Sink
+from tests.test_outbox import mail, relay_to, rows, send, settled, until
 
 AT = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
 MOVED = Responder("moved", None, "Auto: {subject}", timedelta(days=7), "en",
@@ -264,3 +268,58 @@ def test_autoreply_markers_count_as_auto_submitted() -> None:
     """The metric label of an X-Autoreply verdict is a kind of the fixed set, not `other`."""
     _, why = check(msg("X-Autoreply: yes"))
     assert reason_kind(why) == "auto_submitted"
+
+
+@pytest.mark.parametrize("address", [
+    "SRS0=Dqjb=IN=client.example=ann@fwd.example",        # postsrsd, libsrs2
+    "<SRS0+x7Kp=IO=Client.Example=Ann@fwd.example>",      # `+` after SRS0, any case
+    "SRS1=Zz9q=relay.example==Hh2w=IP=client.example=ann@fwd2.example",   # two forwarders
+    "SRS0=h4sh=TT=client.example=prvs=1306b4cea1=ann@fwd.example",        # BATV inside
+])
+def test_an_srs_forwarded_sender_is_the_original_sender(address: str) -> None:
+    """A forwarder's SRS address (kernel.org's `SRS0=Dqjb=IN=linuxfoundation.org=gregkh@
+    kernel.org`, Cloudflare Email Routing's) changes each day: its period and daily cap are
+    the original sender's, so one person forwarded on two days got two answers in a 7-day
+    period (issue reproduced on the daemon: three SRS forms, three answers)."""
+    assert sender_key(address) == "ann@client.example"
+    send, why = check(msg(), address, history=History({"moved": AT - timedelta(days=1)}))
+    assert not send and why.startswith("ann@client.example already answered by moved"), why
+
+
+def test_a_robot_behind_srs_is_a_robot() -> None:
+    """A list owner's envelope sender, SRS-rewritten by kernel.org (a real Return-Path of
+    LKML mail, `SRS0=Ydgi=QF=kvack.org=owner-linux-mm@kernel.org`), is owner-*: no answer,
+    as envelope sender or as Return-Path; a local part that only begins with srs0 is kept."""
+    srs = "SRS0=Ydgi=QF=kvack.org=owner-linux-mm@kernel.org"
+    assert check(msg(), srs) == (
+        False, "robot sender: envelope sender owner-linux-mm@kvack.org matches 'owner-*'")
+    send, why = check(msg(f"Return-Path: <{srs}>"), "fwd@relay.example")
+    assert not send and "Return-Path owner-linux-mm@kvack.org matches 'owner-*'" in why
+    assert sender_key("srs0@x.example") == "srs0@x.example"
+    assert sender_key("SRS0=a=b=c@x.example") == "srs0=a=b=c@x.example"    # not SRS's form
+
+
+async def test_srs_forwarded_person_is_answered_once_by_the_daemon(make_app: Any) -> None:
+    """The daemon, a real relay sink and SMTP: Ann's mail to the moved address comes through
+    a forwarder on three days (three SRS forms) and once directly; one answer, to the SRS
+    address of the first message (the forwarder passes it back); the others say why not."""
+    sink = Sink()
+    await sink.start()
+    try:
+        app = await make_app(outbox=relay_to(sink.port))
+        senders = ("SRS0=Dqjb=IN=client.example=ann@fwd.example",
+                   "SRS0=x7Kp=IO=client.example=ann@fwd.example",
+                   "SRS1=Zz9q=relay.example==Hh2w=IP=client.example=ann@fwd2.example",
+                   "ann@client.example")
+        for n, env in enumerate(senders):
+            await send(app, env, ["old-sales@example.com"], mail(msgid=f"srs{n}"))
+        await until(lambda: settled(app), "the outbox to settle")
+        [env] = sink.envelopes
+        assert (env.mail_from, env.rcpt_tos) == ("<>", [senders[0]])
+        assert len(await rows(app)) == 1
+        recent = await app.registry.recent(4)                      # type: ignore[union-attr]
+        reasons = [m["decisions"][0]["reasons"][-1] for m in recent[:3]]
+        assert all(r.startswith("autoreply moved: not sent: ann@client.example already answered")
+                   for r in reasons), reasons
+    finally:
+        await sink.stop()

@@ -649,6 +649,25 @@ def test_html_only() -> None:
     assert v.body_charset == "cp1251"
 
 
+def test_html_table_cells_are_words_apart() -> None:
+    """Generated HTML-only mail writes its table cells with nothing between them: a shop's
+    order notification (a Yii mailer in public code: `<tr><td>{$item->id}</td><td>
+    {$item->title}</td><td>{$item->qty_item}  шт.</td>...`, sent with setHtmlBody alone),
+    React Email's minified tables. Each cell was glued to the next ("17Пицца",
+    "idНазвание"), so a rule on `пицца` or `название` missed; a browser shows them apart.
+    A row stays one line; a word split by inline tags (`Fak<b>tura</b>`) stays one word."""
+    html = ("<h4>Список блюд:</h4><table><tr><td>id</td><td>Название</td><td> Количество</td>"
+            "<td> Цена</td></tr><tr><td>17</td><td>Пицца Маргарита</td><td>2  шт.</td>"
+            "<td> 450 руб.</td></tr><tr><td></td><td></td><td>Итого</td><td>: 900 руб.</td>"
+            "</tr></table><dl><dt>Счет</dt><dd>оплачен</dd></dl><p>Fak<b>tura</b></p>")
+    v = MessageView(b"From: shop@pizza.example\r\nSubject: =?utf-8?B?"
+                    + base64.b64encode("Заказ №17".encode()) + b"?=\r\nMIME-Version: 1.0\r\n"
+                    b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html.encode() + b"\r\n")
+    assert v.body_text.splitlines() == [
+        "Список блюд:", "id Название Количество Цена", "17 Пицца Маргарита 2 шт. 450 руб.",
+        "Итого : 900 руб.", "Счет", "оплачен", "Faktura"]
+
+
 @pytest.mark.parametrize(("headers", "expected"), [
     (b"Auto-Submitted: no\r\n", (False, "")),
     (b"Auto-Submitted: auto-generated; owner=x\r\n", (True, "auto-reply: Auto-Submitted: auto-generated")),
