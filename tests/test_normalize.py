@@ -120,6 +120,13 @@ def test_rules_match_text_with_and_without_accents(subject: str, body: str, mail
     ("Ответственный: Петров", "Ответственный: Петров"),
     ("Re:", ""),
     ("Счет Re: 5", "Счет Re: 5"),
+    ("ODP: PŘ: Faktura 17", "Faktura 17"),            # Czech Outlook
+    ("Odp: Re: x", "x"),
+    ("Пересл.: Заказ", "Заказ"),
+    ("Antw: Doorst: RIF: RV: ENC: x", "x"),
+    ("Odpověď: ano", "Odpověď: ano"),
+    ("Přehled: květen", "Přehled: květen"),
+    ("Encuesta: x", "Encuesta: x"),
 ])
 def test_strip_reply_prefixes(subject: str, expected: str) -> None:
     """Leading reply/forward prefixes go, repeatedly; words that merely start alike stay."""

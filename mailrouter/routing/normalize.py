@@ -11,14 +11,14 @@ Cyrillic keeps its letters (й is not и; only ё is е). A Chinese or Japanese 
 (and hiragana) is a word of its own: those scripts space no words. Addresses (``normalize_address``) keep
 their accents: jiří@ and jiri@ are two mailboxes, příklad.cz and priklad.cz two domains.
 ``strip_reply_prefixes`` removes the reply and forward markers mail clients put in front of a
-subject (Re, RE[2], Fwd, Fw, AW, WG, SV, VS, Отв, Ответ, Пересл, Переслать, Fwd[3],
-"Re: Re:" ...), repeatedly.
+subject (Re, RE[2], Fwd, Fw, AW, WG, SV, VS, Отв, Ответ, Пересл, Пересл., Переслать, ODP,
+PŘ, Antw, Doorst, RIF, RV, ENC, Fwd[3], "Re: Re:" ...), repeatedly.
 
 What it refuses: nothing; every string has a normal form.  Only prefixes followed by a colon
 are stripped ("Reply to all" and "Ответственный" are left alone).
 
 Known limits: a subject that *is* only prefixes ("Re:") normalises to ''; translated prefixes
-beyond the list above (e.g. "Antw:", "RIF:") are kept. Words that differ only in accents are
+beyond the list above (e.g. Polish "PD:", Italian "I:") are kept. Words that differ only in accents are
 one word ("byt" and "být"); a rule that must tell them apart uses `regex`. ä ö ü fold to a o u,
 not ae oe ue. Greek keeps its accents.
 """
@@ -31,8 +31,10 @@ from itertools import chain
 
 __all__ = ["normalize", "normalize_address", "strip_reply_prefixes", "normalize_subject", "pieces"]
 
+# Czech Outlook writes ODP (odpověď) and PŘ (předat); Dutch Antw and Doorst, Italian RIF,
+# Spanish RV, Portuguese ENC; some Russian clients "Пересл.:" with its dot
 _PREFIX_WORDS = ("re", "fwd", "fw", "aw", "wg", "sv", "vs", "tr", "отв", "ответ", "пересл",
-                 "переслать", "переслано")
+                 "переслать", "переслано", "odp", "př", "antw", "doorst", "rif", "rv", "enc")
 
 _SPACE = re.compile(r"\s+")
 # Signs that NFKC spells with letters, glued to the word or number beside them ("№5" was
@@ -57,7 +59,7 @@ _INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
 # a byte order mark or another invisible character too.
 _PREFIX = re.compile(
     rf"^[\s{_INVISIBLE_CHARS}]*(?:" + "|".join(re.escape(w) for w in _PREFIX_WORDS) + r")"
-    r"\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*",
+    r"\.?\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*",
     re.IGNORECASE,
 )
 # Ideographs (see _IDEOGRAPH below) get a space on either side.
