@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any, Protocol
 
 from .addressbook.canon import canonical_domain, on_our_domains
@@ -253,14 +253,44 @@ def period_bucket(at: datetime, period: timedelta) -> int:
 
 def verdict(responder: Responder | None, view: View, mail_from: str, *,
             our_domains: frozenset[str], policy: Policy, history: History | None,
-            at: datetime, refused: bool = False) -> Verdict:
-    """Whether to answer one message for one recipient, and why not (RFC 3834)."""
+            at: datetime, refused: bool = False, rcpt: str | None = None) -> Verdict:
+    """Whether to answer one message for one recipient, and why not (RFC 3834). `rcpt`:
+    that recipient as the sender's MTA gave it (RCPT TO), which the message's To or Cc
+    must name (`_not_addressed`); None: not checked."""
     if responder is None:
         return Verdict(None, False, "no autoreply for this recipient")
     reason = ("the message was refused for this recipient" if refused
               else _robot_reason(view, mail_from, our_domains, policy)
+              or (_not_addressed(view, rcpt) if rcpt is not None else "")
               or _history_reason(responder, sender_key(mail_from), history, at, policy))
     return Verdict(responder.name, not reason, reason)
+
+
+_ADDRESSED_IN = ("To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
+
+
+def _not_addressed(view: View, rcpt: str) -> str:
+    """RFC 3834 section 2: no answer unless the recipient is named in a recipient field of
+    the message. Mail to a list or a group the address is a member of (with no list
+    headers: a CRM's "undisclosed recipients", a colleague's distribution list), or a
+    Bcc, was not written to this address: its sender would be told that an address they
+    never used has moved. The address is compared lower-cased, its domain in ASCII."""
+    wanted = _comparable(rcpt)
+    named = getaddresses([v for name in _ADDRESSED_IN for v in view.headers(name)])
+    if any(_comparable(address) == wanted for _, address in named if address):
+        return ""
+    return f"not addressed to {bare(rcpt)} in To or Cc (a list, a group or a Bcc)"
+
+
+def _comparable(address: str) -> str:
+    local, at, domain = bare(address).rpartition("@")
+    if not at:
+        return domain
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    return f"{local}@{domain}"
 
 
 # The kind of each reason above, for a metric label (metrics.AUTOREPLY_REASONS): the
@@ -271,7 +301,8 @@ _KINDS = (("the message was refused", "refused"), ("null reverse-path", "null_se
           ("a report", "report"), ("a bounce", "report"), ("null address in From", "null_sender"),
           ("mailing list", "list"), ("bulk mail", "list"), ("Precedence", "precedence"),
           ("X-Auto-Response-Suppress", "suppress_header"), ("robot sender", "robot_sender"),
-          ("our own address", "own_domain"), ("answered once for this message", "duplicate"))
+          ("our own address", "own_domain"), ("answered once for this message", "duplicate"),
+          ("not addressed to", "not_addressed"))
 
 
 def reason_kind(reason: str) -> str:

@@ -38,7 +38,7 @@ def _autoreply(defects: list[str], snap: Snapshot, view: MessageView, sender: st
         return verdict(snap.responders.get(d.autoreply or ""), view, sender,
                        our_domains=snap.book.domains, policy=policy, history=None,
                        at=at or datetime.now(UTC),
-                       refused=d.action is not Action.DELIVER).as_dict()
+                       refused=d.action is not Action.DELIVER, rcpt=d.rcpt).as_dict()
     out: dict[str, Any] = _safe(defects, "autoreply", get,
                                 {"responder": d.autoreply, "send": False, "reason": "error"})
     return out

@@ -116,7 +116,7 @@ TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "inte
                    "shutdown")
 AUTOREPLY_REASONS = ("refused", "null_sender", "generated", "auto_submitted", "report", "list",
                      "precedence", "suppress_header", "robot_sender", "own_domain", "period",
-                     "daily_cap", "duplicate", "other")
+                     "daily_cap", "duplicate", "not_addressed", "other")
 DSN_REASONS = ("disabled", "lmtp", "null_sender", "deferred", "all_refused")
 
 for _r in ("delivered", "partial", "deferred", "rejected"):

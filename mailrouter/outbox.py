@@ -97,12 +97,13 @@ class Outgoing:
             if responder is None:
                 continue
             v = verdict(responder, view, mail_from, our_domains=snap.book.domains,
-                        policy=self.policy, history=None, at=now, refused=not r.ok)
+                        policy=self.policy, history=None, at=now, refused=not r.ok,
+                        rcpt=d.rcpt)
             if v.send:
                 if history is None:
                     history = await self._history(registry, snap, mail_from, now)
                 v = verdict(responder, view, mail_from, our_domains=snap.book.domains,
-                            policy=self.policy, history=history, at=now)
+                            policy=self.policy, history=history, at=now, rcpt=d.rcpt)
             if v.send and responder.name in queued:
                 v = replace(v, send=False, reason="answered once for this message already")
             if v.send:

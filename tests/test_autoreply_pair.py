@@ -60,8 +60,9 @@ async def test_two_instances_answer_each_other_once(make_app: Any, tmp_path: Pat
         "registry": RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"),
         "delivery": dataclasses.replace(a.config.delivery, maildir_root=tmp_path / "b-mail")})
 
-    await asyncio.gather(send(a, B_MOVED, [A_MOVED], mail("Hello A", "x1", sender=B_MOVED)),
-                         send(b, A_MOVED, [B_MOVED], mail("Hello B", "x2", sender=A_MOVED)))
+    await asyncio.gather(
+        send(a, B_MOVED, [A_MOVED], mail("Hello A", "x1", sender=B_MOVED, to=A_MOVED)),
+        send(b, A_MOVED, [B_MOVED], mail("Hello B", "x2", sender=A_MOVED, to=B_MOVED)))
 
     async def quiet() -> bool:          # both answers sent and each received by the other
         return (await settled(a) and await settled(b) and len(await rows(a)) == 1

@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def msg(*headers: str, body: str = "Hello", ctype: str = "text/plain; charset=utf-8",
-        sender: str = "Ann <ann@client.example>") -> MessageView:
-    head = [f"From: {sender}", "To: old-sales@example.com", "Subject: Question",
+        sender: str = "Ann <ann@client.example>", to: str = "old-sales@example.com",
+        ) -> MessageView:
+    head = [f"From: {sender}", f"To: {to}", "Subject: Question",
             "Message-ID: <q1@client.example>", f"Content-Type: {ctype}", *headers]
     return MessageView(("\r\n".join(head) + "\r\n\r\n" + body + "\r\n").encode())
 
@@ -43,7 +44,7 @@ def msg(*headers: str, body: str = "Hello", ctype: str = "text/plain; charset=ut
 def check(view: MessageView, mail_from: str = "ann@client.example", *,
           history: History | None = None, policy: Policy | None = None) -> tuple[bool, str]:
     v = verdict(MOVED, view, mail_from, our_domains=OURS, policy=policy or Policy(),
-                history=history, at=AT)
+                history=history, at=AT, rcpt="old-sales@example.com")
     return v.send, v.reason
 
 
@@ -130,6 +131,19 @@ CASES = [
      msg("Return-Path: owner-rrga-l@list.rtowest.example"), "fwd@relay.example",
      "Return-Path owner-rrga-l@list.rtowest.example matches 'owner-*'"),
     ("our own address", msg(), "sales@example.com", "our own address"),
+    # RFC 3834 section 2: the recipient must be named in To, Cc (Bcc, Resent-*)
+    ("a list with no list headers: To names the list",
+     msg(to="Customers <customers@vendor.example>"), "ann@client.example",
+     "not addressed to old-sales@example.com in To or Cc"),
+    ("a Bcc: To names someone else", msg(to="bob@client.example"), "ann@client.example",
+     "not addressed to old-sales@example.com"),
+    ("named in Cc, another case, with a display name",
+     msg("Cc: =?utf-8?b?0J/RgNC+0LTQsNC20Lg=?= <Old-Sales@EXAMPLE.com>", to="bob@client.example"),
+     "ann@client.example", ""),
+    ("named in Resent-To (a message resent to us)",
+     msg("Resent-To: old-sales@example.com", to="bob@client.example"), "ann@client.example", ""),
+    ("named among several in To", msg(to="a@x.example, \"Sales, old\" <old-sales@example.com>"),
+     "ann@client.example", ""),
     ("mail we generated", msg("X-Mailrouter-Loop: mx.test; generated=autoreply"),
      "ann@client.example", "mail we generated"),
 ]
@@ -217,7 +231,8 @@ def test_explain_json_shows_autoreply(tmp_path: Path, capsys: pytest.CaptureFixt
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """explain --json: {responder, send, reason} per recipient, --from decides the sender."""
     eml = tmp_path / "m.eml"
-    eml.write_bytes(b"From: Ann <ann@client.example>\r\nSubject: Hi\r\n\r\nHello\r\n")
+    eml.write_bytes(b"From: Ann <ann@client.example>\r\nTo: old-sales@example.com, "
+                    b"sales@example.com\r\nSubject: Hi\r\n\r\nHello\r\n")
     rcpts = ["--rcpt", "old-sales@example.com", "--rcpt", "sales@example.com"]
     monkeypatch.chdir(REPO)              # the embedded default reads ./rules
     assert explain_json(capsys, eml, *rcpts) == [
@@ -254,7 +269,9 @@ def test_our_own_domain_in_another_form_is_not_answered(
     (control's reply check already read it as the book does; both now ask one helper)."""
     (tmp_path / "book.yaml").write_text(IDN_BOOK.format(domain=ours), encoding="utf-8")
     eml = tmp_path / "m.eml"
-    eml.write_bytes(b"From: Ann <ann@client.example>\r\nSubject: Hi\r\n\r\nHello\r\n")
+    # named in To as an A-label: the recipient old@пример.рф (RFC 3834 section 2)
+    eml.write_bytes(b"From: Ann <ann@client.example>\r\nTo: <OLD@xn--e1afmkfd.xn--p1ai>\r\n"
+                    b"Subject: Hi\r\n\r\nHello\r\n")
     monkeypatch.delenv("MAILROUTER_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     args = ["--routing", str(tmp_path / "book.yaml"), "--rcpt", "old@пример.рф"]
@@ -321,5 +338,35 @@ async def test_srs_forwarded_person_is_answered_once_by_the_daemon(make_app: Any
         reasons = [m["decisions"][0]["reasons"][-1] for m in recent[:3]]
         assert all(r.startswith("autoreply moved: not sent: ann@client.example already answered")
                    for r in reasons), reasons
+    finally:
+        await sink.stop()
+
+
+async def test_mail_not_written_to_the_moved_address_is_not_answered_by_the_daemon(
+        make_app: Any) -> None:
+    """The daemon, a real relay sink and SMTP: mail to a distribution list the old address is
+    a member of (To: the list, no list headers) and a Bcc are recorded with the reason and
+    not answered; the same person's mail written to the old address is (RFC 3834 section 2:
+    a sender was told that an address they never wrote to had moved)."""
+    sink = Sink()
+    await sink.start()
+    try:
+        app = await make_app(outbox=relay_to(sink.port))
+        for n, to in enumerate(("All staff <staff@client.example>", "bob@client.example",
+                                "Sales <old-sales@example.com>")):
+            await send(app, "ann@client.example", ["old-sales@example.com"],
+                       mail(msgid=f"to{n}", to=to))
+        await until(lambda: settled(app), "the outbox to settle")
+        [env] = sink.envelopes
+        assert (env.mail_from, env.rcpt_tos) == ("<>", ["ann@client.example"])
+        assert b"Message-ID: <to2@client.example>" not in env.content
+        assert b"<to2@client.example>" in env.content             # In-Reply-To the third
+        recent = await app.registry.recent(3)                      # type: ignore[union-attr]
+        reasons = {m["message_id"]: m["decisions"][0]["reasons"][-1] for m in recent}
+        for n in (0, 1):
+            assert reasons[f"<to{n}@client.example>"] == (
+                "autoreply moved: not sent: not addressed to old-sales@example.com in To or "
+                "Cc (a list, a group or a Bcc)"), reasons
+        assert reasons["<to2@client.example>"] == "autoreply moved: queued"
     finally:
         await sink.stop()

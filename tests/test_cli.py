@@ -743,7 +743,8 @@ def test_registry_and_outbox_print_times_in_the_companys_zone(daemon_process, tm
                           routing=str(rules / "*.yaml"))
     with smtplib.SMTP("127.0.0.1", proc.smtp) as s:
         s.sendmail("ann@client.example", ["old-sales@example.com"],
-                   b"From: ann@client.example\r\nSubject: hello\r\nMessage-ID: <z1@client>\r\n\r\nhi\r\n")
+                   b"From: ann@client.example\r\nTo: old-sales@example.com\r\nSubject: hello\r\n"
+                   b"Message-ID: <z1@client>\r\n\r\nhi\r\n")
     out = mr("registry", "-c", str(proc.config))
     assert out.returncode == 0, out.stderr
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+03:00 delivered ", out.stdout), out.stdout

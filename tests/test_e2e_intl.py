@@ -89,8 +89,10 @@ async def test_a_recipient_is_found_in_either_idna_form_of_its_domain(make_app, 
 
 
 async def _answered(app: Any, sender: str, raw: bytes) -> dict[str, Any]:
-    """`sender` writes to the moved старый@пример.рф; the outbox row of the answer, settled."""
-    await asyncio.to_thread(_smtputf8, app.bound["smtp"][1], sender, "старый@пример.рф", raw)
+    """`sender` writes to the moved старый@пример.рф (To: it, in front of `raw`); the outbox
+    row of the answer, settled."""
+    await asyncio.to_thread(_smtputf8, app.bound["smtp"][1], sender, "старый@пример.рф",
+                            "To: старый@пример.рф\r\n".encode() + raw)
     loop = asyncio.get_running_loop()
     end = loop.time() + 30
     while not (await rows(app) and await settled(app)):
@@ -175,7 +177,8 @@ async def test_one_answer_per_period_whichever_idna_form_the_sender_is_written_i
         mta = await start_postfix(postfix, app.bound["smtp"][1])
         for n, sender in enumerate(("иван@клиент.рф", "иван@xn--e1affem4a.xn--p1ai")):
             await asyncio.to_thread(_smtputf8, mta.port, sender, "старый@пример.рф",
-                                    f"Subject: q{n}\r\n\r\nbody\r\n".encode())
+                                    f"To: старый@пример.рф\r\nSubject: q{n}\r\n\r\nbody\r\n"
+                                    .encode())
             await until(lambda n=n: mta.maillog.count("status=sent") == n + 1, what=mta.maillog)
         assert [r["rcpt"] for r in await rows(app)] == ["иван@клиент.рф"]
         code, out = await _cli("registry", "search", "--subject", "q1", "--json", "-c",

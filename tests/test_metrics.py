@@ -217,7 +217,8 @@ async def test_autoreply_verdicts_counted_by_reason_kind(make_app):
             await w.cmd(f"MAIL FROM:<{sender}>")
             assert (await w.cmd("RCPT TO:<old-sales@example.com>")).startswith("250")
             await w.cmd("DATA")
-            await w.send(f"From: {sender}\r\n{extra}Subject: q\r\n\r\nx\r\n.\r\n".encode())
+            await w.send(f"From: {sender}\r\nTo: old-sales@example.com\r\n{extra}Subject: q\r\n"
+                         "\r\nx\r\n.\r\n".encode())
             assert (await w.line()).startswith("250")
     _, after = await asyncio.to_thread(_get, port, "/metrics")
     for series in ('mailrouter_autoreplies_total{reason="list",result="suppressed"}',

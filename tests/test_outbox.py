@@ -29,8 +29,8 @@ def relay_to(port: int) -> OutboxConfig:
 
 
 def mail(subject: str = "Question", msgid: str = "q1", *headers: str,
-         sender: str = "ann@client.example") -> bytes:
-    head = [f"From: Ann <{sender}>", "To: old-sales@example.com", f"Subject: {subject}",
+         sender: str = "ann@client.example", to: str = "old-sales@example.com") -> bytes:
+    head = [f"From: Ann <{sender}>", f"To: {to}", f"Subject: {subject}",
             f"Message-ID: <{msgid}@client.example>", *headers]
     return ("\r\n".join(head) + "\r\n\r\nHello\r\n").encode()
 
