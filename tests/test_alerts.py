@@ -291,7 +291,8 @@ async def test_every_panel_shows_the_mail_sent_in_a_real_prometheus(make_app, tm
         await until('count(mailrouter_messages_total{job="mailrouter"})', 1)   # the zeros first
         sent = [(["sales@example.com", "nobody@example.com"], b"Subject: a\r\n\r\nx\r\n"),
                 (["invoices@example.com"], b"Subject: invoice 7\r\n\r\nx\r\n"),
-                (["old-sales@example.com"], b"From: p@outside.test\r\nSubject: q\r\n\r\nx\r\n"),
+                (["old-sales@example.com"],
+                 b"From: p@outside.test\r\nTo: old-sales@example.com\r\nSubject: q\r\n\r\nx\r\n"),
                 (["sales@example.com"], b"Received: x\r\n" * 60 + b"Subject: l\r\n\r\nx\r\n"),
                 (["sales@example.com"], b"Subject: big\r\n\r\n" + b"y" * 70 * 60 + b"\r\n")]
         replies = []
