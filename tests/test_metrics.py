@@ -321,6 +321,47 @@ def test_recipients_deferred_by_a_rule_have_a_tempfail_cause(daemon_process, tmp
     assert _sum(after, "mailrouter_tempfails_total") - _sum(before, "mailrouter_tempfails_total") == 4
 
 
+HOLD_SUPPORT = """
+rules:
+  - name: hold-support
+    when: {rcpt: support@example.com}
+    then: {action: defer}
+"""
+
+
+async def test_an_smtp_message_deferred_for_one_recipient_counts_every_recipient_deferred(
+        make_app, tmp_path):
+    """SMTP answers a message once: one recipient deferred (a rule's defer, a downstream's
+    451) gives the whole message 451 4.x and the MTA retries every recipient. It was counted
+    per recipient: "partial", 1 ok and 1 tempfail, so with one of ten recipients deferred
+    every message stayed in Postfix's queue while MailrouterDeferredRateHigh saw 10%. LMTP
+    answers each recipient: there the message is partial, one ok and one deferred."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(RULES / "company.yaml", rules / "company.yaml")
+    (rules / "hold.yaml").write_text(HOLD_SUPPORT, encoding="utf-8")
+    app = await make_app(routing=(str(rules / "*.yaml"),))
+    port = app.bound["admin"][1]
+    rcpts = ["sales@example.com", "support@example.com"]
+    counted = []
+    for lmtp in (False, True):
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        async with Wire(app.bound["lmtp" if lmtp else "smtp"][1]) as w:
+            await w.greet("LHLO" if lmtp else "EHLO")
+            replies = await w.transaction("a@outside.test", rcpts,
+                                          f"Subject: s{lmtp}\r\n\r\nx\r\n.\r\n".encode(),
+                                          lmtp=lmtp)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+        counted.append(([r[:3] for r in replies],) + tuple(
+            _value(after, s) - _value(before, s) for s in (
+                'mailrouter_messages_total{result="deferred"}',
+                'mailrouter_messages_total{result="partial"}',
+                'mailrouter_recipients_total{result="ok"}',
+                'mailrouter_recipients_total{result="tempfail"}')))
+    assert counted == [(["451"], 1, 0, 0, 2),            # SMTP: one 451 for both
+                       (["250", "451"], 0, 1, 1, 1)]     # LMTP: one answer each
+
+
 async def test_every_answer_after_data_is_counted(make_app, tmp_path):
     """Messages answered after DATA without the pipeline's own count: one too big (552 to
     its two recipients, read to the end then refused by the protocol) and one whose

@@ -189,11 +189,19 @@ class Handler:
             log.exception("event=process_crashed peer=%s", session.peer)
             replies = [REPLY_INTERNAL_ERROR] * n
             metrics.TEMPFAILS.labels("internal").inc(n)
-        if replies:   # every answer after DATA, a timeout's and a crash's too (dashboard, alerts)
-            metrics.observe_message(replies, time.perf_counter() - started)
         if self.protocol == "lmtp":
+            if replies:   # every answer after DATA, a timeout's and a crash's too (dashboard, alerts)
+                metrics.observe_message(replies, time.perf_counter() - started)
             return "\r\n".join(str(r) for r in replies)
-        return str(fold(replies)) if replies else INTERNAL_ERROR
+        if not replies:
+            return INTERNAL_ERROR
+        folded = fold(replies)
+        # counted as answered: SMTP's one 4xx defers every recipient (the MTA retries them
+        # all); counted per recipient, a message with one of ten deferred was "partial" and
+        # 1/10 "tempfail", and the deferred-rate alert missed every message held in the queue
+        metrics.observe_message([folded] * len(replies) if folded.temporary else replies,
+                                time.perf_counter() - started)
+        return str(folded)
 
 
 # Postfix's NEUTER_CHARACTERS (smtpd.c) and whitespace: in a HELO name they would change the
