@@ -107,9 +107,9 @@ DSNS = Counter("mailrouter_dsns_total",
                "DSNs for recipients refused after DATA: queued, or suppressed by reason",
                ["result", "reason"], registry=REGISTRY)
 OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
-                          "Outbox send attempts by kind (autoreply, dsn) and result "
-                          "(sent, retry, failed, suppressed)", ["kind", "result"],
-                          registry=REGISTRY)
+                          "Outbox send attempts by kind (autoreply, dsn, sla-remind, "
+                          "sla-escalate, assign) and result (sent, retry, failed, suppressed)",
+                          ["kind", "result"], registry=REGISTRY)
 
 TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule",
                    "intents", "intents_full", "data_in_flight", "data_deadline", "data_timeout",
@@ -118,6 +118,9 @@ AUTOREPLY_REASONS = ("refused", "null_sender", "generated", "auto_submitted", "r
                      "precedence", "suppress_header", "robot_sender", "own_domain", "period",
                      "daily_cap", "duplicate", "other")
 DSN_REASONS = ("disabled", "lmtp", "null_sender", "deferred", "all_refused")
+# Every kind of outbox row: autoreplies and DSNs (outbox.py), SLA reminders and escalations
+# (control/sla.py: "sla-" + stage), a request given to someone in the web view (web/requests.py)
+OUTBOX_KINDS = ("autoreply", "dsn", "sla-remind", "sla-escalate", "assign")
 
 for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
@@ -146,7 +149,7 @@ for _r in AUTOREPLY_REASONS:
 DSNS.labels("queued", "")
 for _r in DSN_REASONS:
     DSNS.labels("suppressed", _r)
-for _k in ("autoreply", "dsn"):
+for _k in OUTBOX_KINDS:
     for _r in ("sent", "retry", "failed", "suppressed"):
         OUTBOX_ATTEMPTS.labels(_k, _r)
 for _o in ("record", "delivered_targets"):
@@ -173,10 +176,13 @@ class State(Collector):
                                  "`mailrouter check` prints it)")
         rules.add_metric([], {"hash": self.ruleset})
         pending = GaugeMetricFamily("mailrouter_outbox_pending",
-                                    "Autoreplies and DSNs queued, not yet sent", labels=["kind"])
+                                    "Outgoing mail queued, not yet sent (autoreplies, DSNs, "
+                                    "SLA reminders and escalations, assignment notices)",
+                                    labels=["kind"])
         oldest = GaugeMetricFamily("mailrouter_outbox_oldest_age_seconds",
-                                   "Age of the oldest queued autoreply or DSN", labels=["kind"])
-        for kind in sorted({"autoreply", "dsn"} | set(self.outbox)):
+                                   "Age of the oldest queued outgoing mail of each kind",
+                                   labels=["kind"])
+        for kind in sorted(set(OUTBOX_KINDS) | set(self.outbox)):
             n, age = self.outbox.get(kind, (0, 0.0))
             pending.add_metric([kind], n)
             oldest.add_metric([kind], age)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import smtplib
@@ -612,3 +613,73 @@ async def test_a_data_phase_cut_by_the_end_of_shutdown_grace_is_counted(make_app
     after = (sample("mailrouter_tempfails_total", cause="shutdown"),
              sample("mailrouter_recipients_total", result="tempfail"))
     assert (after[0] - before[0], after[1] - before[1]) == (2, 2)
+
+
+def test_every_outbox_kind_is_served_at_zero_by_a_fresh_process():
+    """Every kind of outgoing mail (metrics.OUTBOX_KINDS: autoreply, dsn, the SLA reminders
+    and escalations, assignment notices) is on /metrics at 0 before its first send: only
+    autoreply and dsn were, so an SLA reminder's first attempt was born at 1, which rate()
+    and increase() never see, and its backlog's gauges came and went with its rows."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom mailrouter.metrics import "
+                          "State, exposition\nsys.stdout.write(exposition(State()).decode())"],
+                         capture_output=True, text=True, check=True, env={
+                             k: v for k, v in os.environ.items()
+                             if k != "PROMETHEUS_MULTIPROC_DIR"}).stdout
+    for kind in ("autoreply", "dsn", "sla-remind", "sla-escalate", "assign"):
+        for result in ("sent", "retry", "failed", "suppressed"):
+            assert _value(out, f'mailrouter_outbox_attempts_total{{kind="{kind}",'
+                               f'result="{result}"}}') == 0
+        assert _value(out, f'mailrouter_outbox_pending{{kind="{kind}"}}') == 0
+        assert _value(out, f'mailrouter_outbox_oldest_age_seconds{{kind="{kind}"}}') == 0
+
+
+async def test_an_sla_reminder_sent_is_counted_under_a_served_kind(make_app, tmp_path):
+    """A real SLA reminder through the outbox to a relay sink: its send is counted under
+    kind "sla-remind", a kind served at 0 before it (above), and every kind the registry's
+    outbox holds is one of metrics.OUTBOX_KINDS; once sent, its backlog shows 0, not nothing."""
+    from sqlalchemy import select
+
+    from mailrouter.config import ControlConfig, Listener, OutboxConfig
+    from mailrouter.control.sla import Scheduler
+    from mailrouter.metrics import OUTBOX_KINDS
+    from mailrouter.registry.models import outbox
+    from tests.control_support import mail, send, write_routing
+    from tests.test_control_sla import msk
+    from tests.test_delivery_smtp import Sink
+
+    control = ControlConfig(replies=("replies@example.com",), remind_after=0,
+                            escalate_after=7200)
+    sink = Sink()
+    await sink.start()
+    try:
+        app = await make_app(routing=write_routing(tmp_path), control=control,
+                             outbox=OutboxConfig(Listener("127.0.0.1", sink.port), timeout=5.0,
+                                                 retry_min=0.05, retry_max=0.2))
+        app.sla_task.cancel()          # ticked on the simulated clock below
+        sched = Scheduler(app.registry, control, app.snapshot, hostname="mx.test",
+                          wake=app.outbox.wake)
+        port = app.bound["admin"][1]
+        app.pipeline.clock = lambda: msk(11, 10)
+        await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
+                   "c@client.example")
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        [alert] = await sched.tick(msk(11, 14))
+        assert alert.stage == "remind"
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30          # only to fail a hung test
+        while not sink.envelopes or any(r["state"] == "queued"
+                                        for r in await app.registry.outbox_list()):
+            assert loop.time() < end, "the reminder never reached the relay"
+            await asyncio.sleep(0.02)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+        kinds = await app.registry.read("kinds", lambda c: {
+            k for (k,) in c.execute(select(outbox.c.kind).distinct())})
+    finally:
+        await sink.stop()
+    sent = 'mailrouter_outbox_attempts_total{kind="sla-remind",result="sent"}'
+    assert (_value(before, sent), _value(after, sent)) == (_value(before, sent),
+                                                           _value(before, sent) + 1)
+    assert _value(after, 'mailrouter_outbox_pending{kind="sla-remind"}') == 0
+    assert kinds == {"sla-remind"} and kinds <= set(OUTBOX_KINDS)
