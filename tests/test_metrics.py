@@ -683,3 +683,27 @@ async def test_an_sla_reminder_sent_is_counted_under_a_served_kind(make_app, tmp
                                                            _value(before, sent) + 1)
     assert _value(after, 'mailrouter_outbox_pending{kind="sla-remind"}') == 0
     assert kinds == {"sla-remind"} and kinds <= set(OUTBOX_KINDS)
+
+
+def test_latency_buckets_reach_the_slowest_answer_the_daemon_gives():
+    """A downstream that greets and then says nothing holds a message for its timeout (30 s a
+    wait by default; a real daemon with a 5 s timeout: message_seconds +5.0 in one reply),
+    and limits.process_timeout (300 s) answers the slowest. The reply latency's last finite
+    bucket was 10 s: every such reply fell in +Inf, and histogram_quantile, which answers
+    the last finite bound for those, drew the dashboard's p99 at "10 s" through a 300 s
+    outage. Both latency histograms now reach process_timeout, read from a real scrape."""
+    import subprocess
+    import sys
+
+    from mailrouter.config import Limits
+    from mailrouter.values import Downstream
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom mailrouter.metrics import "
+                          "exposition\nsys.stdout.write(exposition().decode())"],
+                         capture_output=True, text=True, check=True, env={
+                             k: v for k, v in os.environ.items()
+                             if k != "PROMETHEUS_MULTIPROC_DIR"}).stdout
+    for family in ("mailrouter_message_seconds", "mailrouter_delivery_seconds"):
+        bounds = [float(b) for b in re.findall(rf'^{family}_bucket\{{[^}}]*le="([0-9.e+]+)"',
+                                               out, re.M)]
+        assert bounds, family
+        assert max(bounds) >= Limits().process_timeout >= Downstream("h", 1).timeout, family
