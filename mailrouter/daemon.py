@@ -650,7 +650,14 @@ class App:
                 "values it started with; restart it to apply them (systemctl restart mailrouter)")
 
     async def refresh_metrics(self) -> None:
-        """Before a scrape: the outbox backlog and open requests from the registry."""
+        """Before a scrape: the free space of the directories we write in (a file system
+        that does not answer within 2 s keeps the last figures), the outbox backlog and
+        open requests from the registry."""
+        try:
+            self.state.stores = await asyncio.wait_for(asyncio.to_thread(
+                metrics.disk_space, self.config.written_dirs()), 2)
+        except TimeoutError:
+            log.warning("event=metrics_disk_space_slow")
         if self.registry is not None:
             from .backlog import read_backlog
             await read_backlog(self.registry, self.state)

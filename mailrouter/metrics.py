@@ -14,14 +14,18 @@ Three kinds of family:
   is one count; the per-worker gauges (last result, last success time) aggregate
   with `livemin`: one worker left on old rules shows;
 - read at scrape time by the admin worker (`State`, below): build and rule-set info,
-  the outbox backlog and the open/overdue requests, from the registry.
+  the outbox backlog and the open/overdue requests, from the registry; the free and total
+  bytes of the file system of each directory the daemon writes in (`disk_space`), by the
+  config key that names it (delivery.maildir_root, delivery.intents_dir, registry.url for
+  a SQLite file, postfix_maps.dir), for the disk alerts.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -36,7 +40,7 @@ __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "REL
            "DECISIONS", "DELIVERIES", "DELIVERY_SECONDS", "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
            "State", "observe_message", "observe_decisions", "exposition", "child",
-           "copy_tempfail_cause"]
+           "copy_tempfail_cause", "disk_space"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -172,6 +176,7 @@ class State(Collector):
         self.outbox: dict[str, tuple[int, float]] = {}              # kind -> (pending, oldest age)
         self.requests: dict[tuple[str, str], tuple[int, int]] = {}  # (mailbox, owner) -> open, overdue
         self.error = 0.0                                            # 1 when the last read failed
+        self.stores: dict[str, tuple[float, float]] = {}            # config key -> free, size
 
     def collect(self) -> Iterable[Metric]:
         build = InfoMetricFamily("mailrouter_build", "Version of the running mailrouter")
@@ -203,7 +208,30 @@ class State(Collector):
                                    "1 when the outbox and request figures could not be read "
                                    "from the registry at this scrape (they are the last known)")
         failed.add_metric([], self.error)
-        return [build, rules, pending, oldest, open_, overdue, failed]
+        free = GaugeMetricFamily("mailrouter_store_free_bytes",
+                                 "Bytes free (to the daemon's user) on the file system of each "
+                                 "directory the daemon writes in, by the config key naming it",
+                                 labels=["store"])
+        size = GaugeMetricFamily("mailrouter_store_size_bytes",
+                                 "Size in bytes of the file system of each directory the daemon "
+                                 "writes in, by the config key naming it", labels=["store"])
+        for store, (n_free, n_size) in sorted(self.stores.items()):
+            free.add_metric([store], n_free)
+            size.add_metric([store], n_size)
+        return [build, rules, pending, oldest, open_, overdue, failed, free, size]
+
+
+def disk_space(directories: Mapping[str, Path]) -> dict[str, tuple[float, float]]:
+    """(bytes free to an unprivileged user, file system size) of each directory's file
+    system; a directory that cannot be read (gone, not yet made) is left out."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, directory in directories.items():
+        try:
+            st = os.statvfs(directory)
+        except OSError:
+            continue
+        out[key] = (float(st.f_bavail * st.f_frsize), float(st.f_blocks * st.f_frsize))
+    return out
 
 
 def exposition(state: State | None = None) -> bytes:

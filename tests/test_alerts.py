@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.support.wire import Wire
+from tests.test_faults import tmpfs  # noqa: F401 (fixture)
 from tests.test_metrics import _get
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -31,7 +32,7 @@ def test_rules_pass_promtool_check():
     out = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True,
                          text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout
+    assert "SUCCESS: 9 rules found" in out.stdout
 
 
 @needs_promtool
@@ -53,7 +54,7 @@ def test_every_alert_is_tested_firing_and_silent():
              for c in t.get("alert_rule_test", [])]
     firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
     silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
-    assert len(alerts) == 7
+    assert len(alerts) == 9
     assert (alerts - firing, alerts - silent) == (set(), set())
 
 
@@ -187,6 +188,8 @@ def _measures(expr: str) -> str:
     if "_seconds" in expr and ("histogram_quantile" in expr or "time() -" in expr
                                or "age_seconds" in expr):
         return "seconds"
+    if "_bytes" in expr and "rate(" not in expr and " / " not in expr:
+        return "bytes"
     if "rate(" in expr and " / " not in expr:
         return "per second"
     return "number"
@@ -197,7 +200,8 @@ def test_dashboard_units_match_what_each_query_measures():
     and mean batch size" showed a batch of 1 record as "1 s"; the outbox's oldest age and
     the rules' age (seconds) as plain numbers ("3.60 K"), the registry-read flag (0/1) as
     requests per second."""
-    units = {"seconds": {"s"}, "per second": {"reqps", "ops", "cps"},
+    units = {"seconds": {"s"}, "bytes": {"bytes", "decbytes"},
+             "per second": {"reqps", "ops", "cps"},
              "number": {"short", "none", "bool", ""}}
     wrong = [(p["title"], t["refId"], _measures(t["expr"]), _unit(p, t["refId"]))
              for p in _panels() for t in p["targets"]
@@ -362,3 +366,73 @@ def test_the_deferred_rate_alert_names_every_tempfail_cause():
     listed = re.search(r"by cause \(([^)]*)\)", rule["annotations"]["description"])
     assert listed is not None
     assert set(TEMPFAIL_CAUSES) == {c.strip() for c in listed.group(1).split(",")}
+
+
+def _alert_expr(name: str) -> str:
+    return next(r["expr"] for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+                for r in g["rules"] if r.get("alert") == name)
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus (Debian package) is not installed")
+async def test_the_disk_alerts_fire_on_a_real_full_maildir_disk(make_app, tmpfs, tmp_path):  # noqa: F811
+    """The Maildir root on a real 256 KiB tmpfs: /metrics serves its free and total bytes
+    as statvfs gives them, under the config key (store="delivery.maildir_root"); filled,
+    mail to it gets 452 4.3.1, and the expressions of MailrouterDiskFull and
+    MailrouterDiskFilling, as a real Prometheus scraping the daemon evaluates them, name
+    that store, where before they named none. There was no disk metric and no disk alert:
+    a filling mail store showed only once mail was deferred."""
+    import os
+    import time
+
+    from mailrouter.config import DeliveryConfig
+    from tests.support.ports import free_port
+    from tests.test_faults import fill
+    app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs))
+    admin = app.bound["admin"][1]
+    _, text = await asyncio.to_thread(_get, admin, "/metrics")
+    st = os.statvfs(tmpfs)
+    store = 'store="delivery.maildir_root"'
+    assert f"mailrouter_store_free_bytes{{{store}}} {float(st.f_bavail * st.f_frsize)}" in text
+    assert f"mailrouter_store_size_bytes{{{store}}} {float(st.f_blocks * st.f_frsize)}" in text
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
+            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
+    assert PROMETHEUS is not None
+    prom = await asyncio.create_subprocess_exec(
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def stores(alert: str) -> set[str]:
+        rows = await asyncio.to_thread(_query, port, _alert_expr(alert))
+        return {r["metric"].get("store", "") for r in rows}
+
+    async def until_scraped(expr: str) -> None:
+        deadline = time.monotonic() + 60      # only fails a hung test
+        while time.monotonic() < deadline:
+            try:
+                if await asyncio.to_thread(_query, port, expr):
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{expr} never answered")
+
+    try:
+        await until_scraped(f"mailrouter_store_free_bytes{{{store}}}")
+        assert "delivery.maildir_root" not in await stores("MailrouterDiskFull")
+        assert "delivery.maildir_root" not in await stores("MailrouterDiskFilling")
+        await asyncio.to_thread(fill, tmpfs / "filler")
+        async with Wire(app.bound["smtp"][1]) as w:
+            await w.greet()
+            [reply] = await w.transaction("a@outside.test", ["sales@example.com"],
+                                          b"Subject: s\r\n\r\nx\r\n.\r\n")
+        assert reply.startswith("452 4.3.1"), reply
+        await until_scraped(f"mailrouter_store_free_bytes{{{store}}} < 16384")
+        assert "delivery.maildir_root" in await stores("MailrouterDiskFull")
+        assert "delivery.maildir_root" in await stores("MailrouterDiskFilling")
+    finally:
+        prom.terminate()
+        await asyncio.wait_for(prom.wait(), 30)

@@ -77,6 +77,7 @@ FAMILIES = {
     "mailrouter_autoreplies_total", "mailrouter_dsns_total", "mailrouter_outbox_attempts_total",
     "mailrouter_outbox_pending", "mailrouter_outbox_oldest_age_seconds",
     "mailrouter_requests_open", "mailrouter_requests_overdue", "mailrouter_scrape_registry_error",
+    "mailrouter_store_free_bytes", "mailrouter_store_size_bytes",
 }
 
 
