@@ -33,14 +33,15 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Decision, LoopKind, Reply
+from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Action, Decision, LoopKind, Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
            "RELOAD_OK", "RELOAD_TIME", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
-           "DECISIONS", "DELIVERIES", "DELIVERY_SECONDS", "REGISTRY_COMMIT", "REGISTRY_BATCH",
+           "DECISIONS", "MAILBOX_DECISIONS", "RULE_DECISIONS", "DELIVERIES", "DELIVERY_SECONDS",
+           "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
            "State", "observe_message", "observe_decisions", "exposition", "child",
-           "copy_tempfail_cause", "disk_space"]
+           "copy_tempfail_cause", "disk_space", "known_decisions"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -80,6 +81,17 @@ DECISIONS = Counter("mailrouter_decisions_total",
                     "Recipient decisions by action, mailbox, folder, first matching rule and "
                     "owner (names from the routing files; '-' for none)",
                     ["action", "mailbox", "folder", "rule", "owner"], registry=REGISTRY)
+# The same decisions by one name each, every series known when the rule set loads and made
+# at 0 then (known_decisions), so rate() sees a mailbox's or a rule's first decision:
+# mailrouter_decisions_total's combinations are not known before they happen, and each was
+# born at its first count, which Prometheus never sees as an increase
+MAILBOX_DECISIONS = Counter("mailrouter_mailbox_decisions_total",
+                            "Recipient decisions by action and mailbox (a mailbox of the "
+                            "routing files, '-' for none)", ["mailbox", "action"],
+                            registry=REGISTRY)
+RULE_DECISIONS = Counter("mailrouter_rule_decisions_total",
+                         "Recipient decisions by the first matching rule ('-' for none)",
+                         ["rule"], registry=REGISTRY)
 DELIVERIES = Counter("mailrouter_deliveries_total",
                      "Copies stored (maildir) or handed downstream (lmtp, smtp), by result",
                      ["backend", "result"], registry=REGISTRY)
@@ -268,8 +280,21 @@ def child(metric: _M, *values: str) -> _M:
 
 def observe_decisions(decisions: Sequence[Decision]) -> None:
     for d in decisions:
-        child(DECISIONS, d.action.value, d.mailbox or "-", d.folder or "-",
-              d.rules[0].name if d.rules else "-", d.owner or "-").inc()
+        rule = d.rules[0].name if d.rules else "-"
+        child(DECISIONS, d.action.value, d.mailbox or "-", d.folder or "-", rule,
+              d.owner or "-").inc()
+        child(MAILBOX_DECISIONS, d.mailbox or "-", d.action.value).inc()
+        child(RULE_DECISIONS, rule).inc()
+
+
+def known_decisions(mailboxes: Iterable[str], rules: Iterable[str]) -> None:
+    """Make the per-mailbox (each action) and per-rule decision series of a rule set at 0,
+    at its load: a series born at its first count hides that count from rate()."""
+    for mailbox in ("-", *mailboxes):
+        for action in Action:
+            child(MAILBOX_DECISIONS, mailbox, action.value)
+    for rule in ("-", *rules):
+        child(RULE_DECISIONS, rule)
 
 
 def observe_message(replies: Sequence[Reply], seconds: float | None) -> None:

@@ -436,3 +436,85 @@ async def test_the_disk_alerts_fire_on_a_real_full_maildir_disk(make_app, tmpfs,
     finally:
         prom.terminate()
         await asyncio.wait_for(prom.wait(), 30)
+
+
+FIRST_BOOK = """
+domains: [example.com]
+mailboxes:
+  firstbox: {maildir: firstbox}
+aliases:
+  first@example.com: mailbox:firstbox
+  postmaster@example.com: mailbox:firstbox
+rules:
+  - name: first-rule
+    when: {rcpt: first@example.com}
+    then: {folder: F}
+"""
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus (Debian package) is not installed")
+async def test_the_first_decision_of_a_rule_and_a_mailbox_shows_in_increase(make_app, tmp_path):
+    """One message to a mailbox by a rule: a real Prometheus scraping the daemon sees it in
+    increase() of the per-rule and per-mailbox decisions (the dashboard's two decision
+    panels). Their series are made at 0 when the rule set loads, a rule added by a reload
+    too (before any mail matched it); mailrouter_decisions_total's series, one per
+    combination, was born at 1 with the first decision, so those panels missed every
+    mailbox's and every rule's first message (and a rule that matched once, ever)."""
+    import time
+
+    from tests.support.ports import free_port
+    book = tmp_path / "book.yaml"
+    book.write_text(FIRST_BOOK, encoding="utf-8")
+    app = await make_app(routing=(str(book),))
+    admin = app.bound["admin"][1]
+    _, text = await asyncio.to_thread(_get, admin, "/metrics")
+    assert 'mailrouter_rule_decisions_total{rule="first-rule"} 0.0' in text
+    assert 'mailrouter_mailbox_decisions_total{action="deliver",mailbox="firstbox"} 0.0' in text
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
+            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
+    assert PROMETHEUS is not None
+    prom = await asyncio.create_subprocess_exec(
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def value(expr: str) -> float | None:
+        try:
+            rows = await asyncio.to_thread(_query, port, expr)
+        except OSError:
+            return None
+        return float(rows[0]["value"][1]) if rows else None
+
+    async def until(expr: str, want: float) -> None:
+        deadline = time.monotonic() + 60      # only fails a hung test
+        while time.monotonic() < deadline:
+            got = await value(expr)
+            if got is not None and got >= want:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{expr} never reached {want}")
+
+    rule = 'mailrouter_rule_decisions_total{rule="first-rule"}'
+    mailbox = 'mailrouter_mailbox_decisions_total{mailbox="firstbox",action="deliver"}'
+    try:
+        await until(f"count({rule} == 0)", 1)                # scraped at 0 before the mail
+        async with Wire(app.bound["smtp"][1]) as w:
+            await w.greet()
+            [reply] = await w.transaction("a@outside.test", ["first@example.com"],
+                                          b"Subject: s\r\n\r\nx\r\n.\r\n")
+        assert reply.startswith("250")
+        await until(rule, 1)
+        await until(mailbox, 1)
+        assert await value(f"increase({rule}[1m])") > 0
+        assert await value(f"increase({mailbox}[1m])") > 0
+        book.write_text(FIRST_BOOK + "  - name: added-rule\n    when: {subject: {contains: "
+                        "zebra}}\n    then: {folder: Z}\n", encoding="utf-8")
+        ok, _ = await app.reload()
+        assert ok
+        await until('count(mailrouter_rule_decisions_total{rule="added-rule"} == 0)', 1)
+    finally:
+        prom.terminate()
+        await asyncio.wait_for(prom.wait(), 30)

@@ -78,6 +78,7 @@ FAMILIES = {
     "mailrouter_outbox_pending", "mailrouter_outbox_oldest_age_seconds",
     "mailrouter_requests_open", "mailrouter_requests_overdue", "mailrouter_scrape_registry_error",
     "mailrouter_store_free_bytes", "mailrouter_store_size_bytes",
+    "mailrouter_mailbox_decisions_total", "mailrouter_rule_decisions_total",
 }
 
 
