@@ -138,6 +138,14 @@ AUTOREPLY_REASONS = ("refused", "null_sender", "generated", "auto_submitted", "r
                      "precedence", "suppress_header", "robot_sender", "own_domain", "period",
                      "daily_cap", "duplicate", "other")
 DSN_REASONS = ("disabled", "lmtp", "null_sender", "deferred", "all_refused")
+# The registry operations the daemon runs (the `what` of registry/store.py's calls, and of
+# Registry.read/write by its callers), so that each one's first failure is seen by rate();
+# the commands' own (message, recent, outbox_list, upgrade...) run in no daemon
+REGISTRY_OPS = ("open", "record", "delivered_targets", "first_seen", "autoreply_history",
+                "record_loop", "record_reload", "outbox_claim", "outbox_renew", "outbox_settle",
+                "metrics_backlog", "plan_request", "claim_thread", "sla_scan", "web board",
+                "web counterparty", "web message", "web report", "web request", "web search",
+                "web session", "web sign-in", "web sign-out")
 # Every kind of outbox row: autoreplies and DSNs (outbox.py), SLA reminders and escalations
 # (control/sla.py: "sla-" + stage), a request given to someone in the web view (web/requests.py)
 OUTBOX_KINDS = ("autoreply", "dsn", "sla-remind", "sla-escalate", "assign")
@@ -172,7 +180,7 @@ for _r in DSN_REASONS:
 for _k in OUTBOX_KINDS:
     for _r in ("sent", "retry", "failed", "suppressed"):
         OUTBOX_ATTEMPTS.labels(_k, _r)
-for _o in ("record", "delivered_targets"):
+for _o in REGISTRY_OPS:
     for _r in ("outage", "full", "bug"):
         REGISTRY_ERRORS.labels(_o, _r)
 RELOAD_OK.set(1)

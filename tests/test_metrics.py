@@ -709,3 +709,52 @@ def test_latency_buckets_reach_the_slowest_answer_the_daemon_gives():
                                                out, re.M)]
         assert bounds, family
         assert max(bounds) >= Limits().process_timeout >= Downstream("h", 1).timeout, family
+
+
+def _registry_ops_named_in_the_code() -> set[str]:
+    """The `what` of every registry call written with a literal: Registry.read/write, the
+    store's own _read/_write_one, and _failure."""
+    import ast
+    from pathlib import Path
+
+    import mailrouter
+    found = set()
+    for path in Path(mailrouter.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                    and isinstance(node.func, (ast.Attribute, ast.Name))
+                    and (node.func.attr if isinstance(node.func, ast.Attribute)
+                         else node.func.id) in ("read", "write", "_read", "_write_one",
+                                                "_failure")):
+                found.add(node.args[0].value)
+    return found
+
+
+# registry operations that only the commands run (mailrouter registry, outbox, db upgrade,
+# web passwd): no daemon counts them
+COMMAND_OPS = {"message", "recent", "count_messages", "outbox_list", "upgrade", "reloads",
+               "web passwd"}
+
+
+def test_every_registry_operation_of_the_daemon_is_served_at_zero():
+    """mailrouter_registry_errors_total{op,kind} was made at 0 for record and
+    delivered_targets only: the first outage of any other operation (the outbox's claim,
+    the SLA scan, the scrape's own backlog read, a web page's) was born at 1, unseen by
+    the rate() of MailrouterRegistryDown and the dashboard. Every operation the daemon
+    runs is now listed (metrics.REGISTRY_OPS, checked against the code's calls) and served
+    at 0 for each kind by a fresh process."""
+    import subprocess
+    import sys
+
+    from mailrouter.metrics import REGISTRY_OPS
+    assert _registry_ops_named_in_the_code() - COMMAND_OPS == set(REGISTRY_OPS)
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom mailrouter.metrics import "
+                          "exposition\nsys.stdout.write(exposition().decode())"],
+                         capture_output=True, text=True, check=True, env={
+                             k: v for k, v in os.environ.items()
+                             if k != "PROMETHEUS_MULTIPROC_DIR"}).stdout
+    for op in REGISTRY_OPS:
+        for kind in ("outage", "full", "bug"):
+            assert _value(out, f'mailrouter_registry_errors_total{{kind="{kind}",op="{op}"}}') == 0
