@@ -530,3 +530,143 @@ async def test_the_first_decision_of_a_rule_and_a_mailbox_shows_in_increase(make
     finally:
         prom.terminate()
         await asyncio.wait_for(prom.wait(), 30)
+
+
+FAULT_ROUTING = """\
+domains: [example.com]
+mailboxes:
+  support: {maildir: support}
+  replies: {maildir: replies}
+  held: {lmtp: held@down.test}
+  busy: {lmtp: busy@down.test}
+people:
+  ivanov:  {address: ivanov@example.com}
+  petrova: {address: petrova@example.com}
+teams:
+  duty: {members: [ivanov, petrova], pick: round-robin}
+aliases:
+  support@example.com: mailbox:support
+  replies@example.com: mailbox:replies
+  held@example.com: mailbox:held
+  busy@example.com: mailbox:busy
+calendars:
+  msk: {timezone: Europe/Moscow, hours: "Mon-Fri 09:00-18:00"}
+rules:
+  - name: support
+    when: {rcpt: support@example.com}
+    then: {owner: duty, sla: {first_response: 4h, calendar: msk}}
+"""
+
+
+@pytest.mark.skipif(PROMETHEUS is None and not IN_CI,
+                    reason="prometheus (Debian package) is not installed")
+async def test_each_alert_expression_fires_on_its_real_fault(make_app, tmp_path):
+    """A real Prometheus scrapes a daemon; each alert's expression (its `for:` is
+    promtool's business, above) answers nothing before the faults and names the instance
+    after its own: an LMTP downstream answering 451 (deferred rate), one refusing a
+    configured mailbox 550 (held), the SQLite registry locked past registry.timeout
+    (registry down), a broken routing file reloaded (reload failed), a request past its
+    first-response due (overdue), the daemon stopped (down). The disk alerts: above."""
+    import sqlite3
+    import threading
+    import time
+    from datetime import datetime, timezone
+
+    from mailrouter.config import ControlConfig, DeliveryConfig, RegistryConfig
+    from tests.control_support import mail, send
+    from tests.support.ports import free_port
+    from tests.test_delivery_smtp import Sink
+
+    sink = Sink(lmtp=True)
+    sink.data_replies = {"busy@down.test": "451 4.3.0 busy", "held@down.test": "550 5.1.1 no user"}
+    await sink.start()
+    routing = tmp_path / "company.yaml"
+    routing.write_text(FAULT_ROUTING, encoding="utf-8")
+    db = tmp_path / "registry.db"
+    app = await make_app(routing=(str(routing),),
+                         control=ControlConfig(replies=("replies@example.com",)),
+                         delivery=DeliveryConfig(tmp_path / "mail", lmtp=sink.downstream()),
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{db}", timeout=1.0,
+                                                 sync="normal"))
+    admin, smtp = app.bound["admin"][1], app.bound["smtp"][1]
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
+            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
+    assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus"
+    prom = await asyncio.create_subprocess_exec(
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    alerts = {r["alert"]: r["expr"]
+              for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+              for r in g["rules"]}
+    faults = ["MailrouterDeferredRateHigh", "MailrouterDownstreamRefusalsHeld",
+              "MailrouterRegistryDown", "MailrouterReloadFailed", "MailrouterRequestsOverdue"]
+
+    async def answers(expr: str) -> list[dict]:
+        try:
+            return await asyncio.to_thread(_query, port, expr)
+        except OSError:                           # not listening yet
+            return []
+
+    async def firing(alert: str) -> bool:
+        return any(r["metric"].get("instance") == f"127.0.0.1:{admin}"
+                   for r in await answers(alerts[alert]))
+
+    async def until(what: str, check) -> None:
+        deadline = time.monotonic() + 60      # only fails a hung test
+        while time.monotonic() < deadline:
+            if await check():
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{what} never came")
+
+    async def plain(rcpt: str) -> list[str]:
+        async with Wire(smtp) as w:
+            await w.greet()
+            return await w.transaction("a@outside.test", [rcpt], b"Subject: s\r\n\r\nx\r\n.\r\n")
+
+    try:
+        await until("the first scrape", lambda: answers('up{job="mailrouter"} == 1'))
+        await asyncio.sleep(1.5)                  # a second scrape: rate() has two samples
+        # silent before (the disk alerts read this host's disk: not here)
+        assert [a for a in faults + ["MailrouterDown"] if await firing(a)] == []
+        # a downstream deferring, another refusing a configured mailbox (held as 451); the
+        # deferred-rate alert wants some traffic: over 0.01 recipients a second in 15 minutes
+        assert [(await plain(r))[0][:3] for r in ["busy@example.com"] * 12
+                + ["held@example.com"]] == ["451"] * 13
+        # a request whose first response was due on a past Monday at 14:00 (MSK)
+        app.pipeline.clock = lambda: datetime(2026, 11, 2, 7, 0, tzinfo=timezone.utc)
+        await send(smtp, mail("c@client.example", "printer", "p1@client"), "c@client.example")
+        # a broken routing file reloaded: refused, the old rules kept
+        routing.write_text(FAULT_ROUTING + "  - name: broken\n    when: {no_such: 1}\n",
+                           encoding="utf-8")
+        assert (await app.reload())[0] is False
+        # the registry locked by another process past registry.timeout: 451
+        locked, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            conn = sqlite3.connect(db, isolation_level=None)
+            conn.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            release.wait(30)
+            conn.close()
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            await asyncio.to_thread(locked.wait, 10)
+            assert (await plain("support@example.com"))[0].startswith("451")
+        finally:
+            release.set()
+            holder.join()
+        for alert in faults:
+            await until(alert, lambda alert=alert: firing(alert))
+        app.request_stop()
+        await app.wait_stopped()
+        await until("MailrouterDown", lambda: firing("MailrouterDown"))
+    finally:
+        prom.terminate()
+        await asyncio.wait_for(prom.wait(), 30)
+        await sink.stop()
