@@ -758,3 +758,34 @@ def test_every_registry_operation_of_the_daemon_is_served_at_zero():
     for op in REGISTRY_OPS:
         for kind in ("outage", "full", "bug"):
             assert _value(out, f'mailrouter_registry_errors_total{{kind="{kind}",op="{op}"}}') == 0
+
+
+MOVED_BOOK = """
+domains: [example.com]
+mailboxes:
+  box: {maildir: box}
+aliases:
+  box@example.com: mailbox:box
+moved:
+  left@example.com: {now: box@example.com, deliver: false}
+"""
+
+
+async def test_a_moved_address_refused_at_rcpt_is_counted_as_moved(make_app, tmp_path):
+    """A moved address that takes no more mail (deliver: false) gets 551 5.1.6 at RCPT; it
+    was counted as reason "unknown", with the addresses that do not exist, so the RCPT
+    panel blamed senders for what the book says on purpose. An unknown one stays unknown."""
+    book = tmp_path / "book.yaml"
+    book.write_text(MOVED_BOOK, encoding="utf-8")
+    app = await make_app(routing=(str(book),))
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.cmd("MAIL FROM:<a@outside.test>")
+        assert (await w.cmd("RCPT TO:<left@example.com>")).startswith("551 5.1.6")
+        assert (await w.cmd("RCPT TO:<nobody@example.com>")).startswith("550 5.1.1")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+    assert [_value(after, f'mailrouter_rcpt_refused_total{{reason="{r}"}}')
+            - _value(before, f'mailrouter_rcpt_refused_total{{reason="{r}"}}')
+            for r in ("moved", "unknown")] == [1, 1]

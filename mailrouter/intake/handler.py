@@ -161,7 +161,8 @@ class Handler:
                 envelope.routing = routing
         res = routing.check_rcpt(address)
         if res.reply is not None:
-            metrics.RCPT_REFUSED.labels("unknown").inc()
+            # a moved address that takes no more mail (551) is no unknown one: "unknown" hid it
+            metrics.RCPT_REFUSED.labels(_REFUSED_REASON.get(res.reply.code, "unknown")).inc()
             log.info("event=rcpt_refused peer=%s sender=%s rcpt=%s reply=%r",
                      session.peer, envelope.mail_from, address, str(res.reply))
             return str(res.reply)
@@ -208,6 +209,11 @@ class Handler:
 # syntax of the Received: line it goes into ("from x (by forged) <y> (peer)")
 _NEUTER = re.compile(r'[\s<>()\\";@]')
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+# mailrouter_rcpt_refused_total's reason of an address the book refuses, by reply code:
+# 551 moved (deliver: false), 501/553 its syntax, else (550) unknown
+_REFUSED_REASON = {551: "moved", 501: "syntax", 553: "syntax"}
 
 
 def received_helo(name: str) -> str:
