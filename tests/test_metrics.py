@@ -180,6 +180,10 @@ def test_a_killed_supervisors_counter_dir_is_removed_at_the_next_start(daemon_pr
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     first = daemon_process(extra="workers: 2\n")
+    # both workers up first: the port answers once the supervisor has bound it, before it
+    # forks; a SIGKILL between a fork and the worker's PR_SET_PDEATHSIG left that worker
+    # running on as an orphan, holding the ports, after the test (1 run in 5)
+    assert _wait_log(first, "event=started", 2) == 2
     [killed] = tmp.glob(f"mailrouter-metrics.{first.proc.pid}.*")
     first.signal(signal.SIGKILL)
     first.wait()
