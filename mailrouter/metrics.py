@@ -14,14 +14,18 @@ Three kinds of family:
   is one count; the per-worker gauges (last result, last success time) aggregate
   with `livemin`: one worker left on old rules shows;
 - read at scrape time by the admin worker (`State`, below): build and rule-set info,
-  the outbox backlog and the open/overdue requests, from the registry.
+  the outbox backlog and the open/overdue requests, from the registry; the free and total
+  bytes of the file system of each directory the daemon writes in (`disk_space`), by the
+  config key that names it (delivery.maildir_root, delivery.intents_dir, registry.url for
+  a SQLite file, postfix_maps.dir), for the disk alerts.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -29,14 +33,15 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Decision, LoopKind, Reply
+from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Action, Decision, LoopKind, Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
            "RELOAD_OK", "RELOAD_TIME", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
-           "DECISIONS", "DELIVERIES", "DELIVERY_SECONDS", "REGISTRY_COMMIT", "REGISTRY_BATCH",
+           "DECISIONS", "MAILBOX_DECISIONS", "RULE_DECISIONS", "DELIVERIES", "DELIVERY_SECONDS",
+           "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
            "State", "observe_message", "observe_decisions", "exposition", "child",
-           "copy_tempfail_cause"]
+           "copy_tempfail_cause", "disk_space", "known_decisions"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -47,8 +52,12 @@ RECIPIENTS = Counter("mailrouter_recipients_total", "Recipient replies after DAT
 RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason "
                        "(a loop is found after DATA: mailrouter_loops_total)",
                        ["reason"], registry=REGISTRY)
+# The slow end of both latency histograms reaches limits.process_timeout (300 s): a downstream
+# that does not answer holds a message for its timeout (30 s per wait) or until that cut, and
+# with 10 s as the last bucket the dashboard's p99 said "10 s" of replies that took 300
 LATENCY = Histogram("mailrouter_message_seconds", "Time from end of DATA to reply",
-                    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30,
+                             60, 120, 300),
                     registry=REGISTRY)
 RELOADS = Counter("mailrouter_config_reloads_total", "Routing reloads, by result",
                   ["result"], registry=REGISTRY)
@@ -72,6 +81,17 @@ DECISIONS = Counter("mailrouter_decisions_total",
                     "Recipient decisions by action, mailbox, folder, first matching rule and "
                     "owner (names from the routing files; '-' for none)",
                     ["action", "mailbox", "folder", "rule", "owner"], registry=REGISTRY)
+# The same decisions by one name each, every series known when the rule set loads and made
+# at 0 then (known_decisions), so rate() sees a mailbox's or a rule's first decision:
+# mailrouter_decisions_total's combinations are not known before they happen, and each was
+# born at its first count, which Prometheus never sees as an increase
+MAILBOX_DECISIONS = Counter("mailrouter_mailbox_decisions_total",
+                            "Recipient decisions by action and mailbox (a mailbox of the "
+                            "routing files, '-' for none)", ["mailbox", "action"],
+                            registry=REGISTRY)
+RULE_DECISIONS = Counter("mailrouter_rule_decisions_total",
+                         "Recipient decisions by the first matching rule ('-' for none)",
+                         ["rule"], registry=REGISTRY)
 DELIVERIES = Counter("mailrouter_deliveries_total",
                      "Copies stored (maildir) or handed downstream (lmtp, smtp), by result",
                      ["backend", "result"], registry=REGISTRY)
@@ -79,7 +99,7 @@ DELIVERY_SECONDS = Histogram("mailrouter_delivery_seconds",
                              "Time to store one Maildir copy or run one downstream transaction",
                              ["backend"], registry=REGISTRY,
                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5,
-                                      10, 30))
+                                      10, 30, 60, 120, 300))
 REGISTRY_COMMIT = Histogram("mailrouter_registry_commit_seconds",
                             "Time to commit one group batch of message records",
                             registry=REGISTRY,
@@ -107,9 +127,9 @@ DSNS = Counter("mailrouter_dsns_total",
                "DSNs for recipients refused after DATA: queued, or suppressed by reason",
                ["result", "reason"], registry=REGISTRY)
 OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
-                          "Outbox send attempts by kind (autoreply, dsn) and result "
-                          "(sent, retry, failed, suppressed)", ["kind", "result"],
-                          registry=REGISTRY)
+                          "Outbox send attempts by kind (autoreply, dsn, sla-remind, "
+                          "sla-escalate, assign) and result (sent, retry, failed, suppressed)",
+                          ["kind", "result"], registry=REGISTRY)
 
 TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule",
                    "intents", "intents_full", "data_in_flight", "data_deadline", "data_timeout",
@@ -118,12 +138,23 @@ AUTOREPLY_REASONS = ("refused", "null_sender", "generated", "auto_submitted", "r
                      "precedence", "suppress_header", "robot_sender", "own_domain", "period",
                      "daily_cap", "duplicate", "not_addressed", "other")
 DSN_REASONS = ("disabled", "lmtp", "null_sender", "deferred", "all_refused")
+# The registry operations the daemon runs (the `what` of registry/store.py's calls, and of
+# Registry.read/write by its callers), so that each one's first failure is seen by rate();
+# the commands' own (message, recent, outbox_list, upgrade...) run in no daemon
+REGISTRY_OPS = ("open", "record", "delivered_targets", "first_seen", "autoreply_history",
+                "record_loop", "record_reload", "outbox_claim", "outbox_renew", "outbox_settle",
+                "metrics_backlog", "plan_request", "claim_thread", "sla_scan", "web board",
+                "web counterparty", "web message", "web report", "web request", "web search",
+                "web session", "web sign-in", "web sign-out")
+# Every kind of outbox row: autoreplies and DSNs (outbox.py), SLA reminders and escalations
+# (control/sla.py: "sla-" + stage), a request given to someone in the web view (web/requests.py)
+OUTBOX_KINDS = ("autoreply", "dsn", "sla-remind", "sla-escalate", "assign")
 
 for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
 for _r in ("ok", "tempfail", "permfail"):
     RECIPIENTS.labels(_r)
-for _r in ("unknown", "too_many", "syntax"):
+for _r in ("unknown", "moved", "too_many", "syntax"):
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)
@@ -146,10 +177,10 @@ for _r in AUTOREPLY_REASONS:
 DSNS.labels("queued", "")
 for _r in DSN_REASONS:
     DSNS.labels("suppressed", _r)
-for _k in ("autoreply", "dsn"):
+for _k in OUTBOX_KINDS:
     for _r in ("sent", "retry", "failed", "suppressed"):
         OUTBOX_ATTEMPTS.labels(_k, _r)
-for _o in ("record", "delivered_targets"):
+for _o in REGISTRY_OPS:
     for _r in ("outage", "full", "bug"):
         REGISTRY_ERRORS.labels(_o, _r)
 RELOAD_OK.set(1)
@@ -165,6 +196,7 @@ class State(Collector):
         self.outbox: dict[str, tuple[int, float]] = {}              # kind -> (pending, oldest age)
         self.requests: dict[tuple[str, str], tuple[int, int]] = {}  # (mailbox, owner) -> open, overdue
         self.error = 0.0                                            # 1 when the last read failed
+        self.stores: dict[str, tuple[float, float]] = {}            # config key -> free, size
 
     def collect(self) -> Iterable[Metric]:
         build = InfoMetricFamily("mailrouter_build", "Version of the running mailrouter")
@@ -173,10 +205,13 @@ class State(Collector):
                                  "`mailrouter check` prints it)")
         rules.add_metric([], {"hash": self.ruleset})
         pending = GaugeMetricFamily("mailrouter_outbox_pending",
-                                    "Autoreplies and DSNs queued, not yet sent", labels=["kind"])
+                                    "Outgoing mail queued, not yet sent (autoreplies, DSNs, "
+                                    "SLA reminders and escalations, assignment notices)",
+                                    labels=["kind"])
         oldest = GaugeMetricFamily("mailrouter_outbox_oldest_age_seconds",
-                                   "Age of the oldest queued autoreply or DSN", labels=["kind"])
-        for kind in sorted({"autoreply", "dsn"} | set(self.outbox)):
+                                   "Age of the oldest queued outgoing mail of each kind",
+                                   labels=["kind"])
+        for kind in sorted(set(OUTBOX_KINDS) | set(self.outbox)):
             n, age = self.outbox.get(kind, (0, 0.0))
             pending.add_metric([kind], n)
             oldest.add_metric([kind], age)
@@ -193,7 +228,30 @@ class State(Collector):
                                    "1 when the outbox and request figures could not be read "
                                    "from the registry at this scrape (they are the last known)")
         failed.add_metric([], self.error)
-        return [build, rules, pending, oldest, open_, overdue, failed]
+        free = GaugeMetricFamily("mailrouter_store_free_bytes",
+                                 "Bytes free (to the daemon's user) on the file system of each "
+                                 "directory the daemon writes in, by the config key naming it",
+                                 labels=["store"])
+        size = GaugeMetricFamily("mailrouter_store_size_bytes",
+                                 "Size in bytes of the file system of each directory the daemon "
+                                 "writes in, by the config key naming it", labels=["store"])
+        for store, (n_free, n_size) in sorted(self.stores.items()):
+            free.add_metric([store], n_free)
+            size.add_metric([store], n_size)
+        return [build, rules, pending, oldest, open_, overdue, failed, free, size]
+
+
+def disk_space(directories: Mapping[str, Path]) -> dict[str, tuple[float, float]]:
+    """(bytes free to an unprivileged user, file system size) of each directory's file
+    system; a directory that cannot be read (gone, not yet made) is left out."""
+    out: dict[str, tuple[float, float]] = {}
+    for key, directory in directories.items():
+        try:
+            st = os.statvfs(directory)
+        except OSError:
+            continue
+        out[key] = (float(st.f_bavail * st.f_frsize), float(st.f_blocks * st.f_frsize))
+    return out
 
 
 def exposition(state: State | None = None) -> bytes:
@@ -230,8 +288,21 @@ def child(metric: _M, *values: str) -> _M:
 
 def observe_decisions(decisions: Sequence[Decision]) -> None:
     for d in decisions:
-        child(DECISIONS, d.action.value, d.mailbox or "-", d.folder or "-",
-              d.rules[0].name if d.rules else "-", d.owner or "-").inc()
+        rule = d.rules[0].name if d.rules else "-"
+        child(DECISIONS, d.action.value, d.mailbox or "-", d.folder or "-", rule,
+              d.owner or "-").inc()
+        child(MAILBOX_DECISIONS, d.mailbox or "-", d.action.value).inc()
+        child(RULE_DECISIONS, rule).inc()
+
+
+def known_decisions(mailboxes: Iterable[str], rules: Iterable[str]) -> None:
+    """Make the per-mailbox (each action) and per-rule decision series of a rule set at 0,
+    at its load: a series born at its first count hides that count from rate()."""
+    for mailbox in ("-", *mailboxes):
+        for action in Action:
+            child(MAILBOX_DECISIONS, mailbox, action.value)
+    for rule in ("-", *rules):
+        child(RULE_DECISIONS, rule)
 
 
 def observe_message(replies: Sequence[Reply], seconds: float | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import smtplib
@@ -76,6 +77,8 @@ FAMILIES = {
     "mailrouter_autoreplies_total", "mailrouter_dsns_total", "mailrouter_outbox_attempts_total",
     "mailrouter_outbox_pending", "mailrouter_outbox_oldest_age_seconds",
     "mailrouter_requests_open", "mailrouter_requests_overdue", "mailrouter_scrape_registry_error",
+    "mailrouter_store_free_bytes", "mailrouter_store_size_bytes",
+    "mailrouter_mailbox_decisions_total", "mailrouter_rule_decisions_total",
 }
 
 
@@ -177,6 +180,10 @@ def test_a_killed_supervisors_counter_dir_is_removed_at_the_next_start(daemon_pr
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     first = daemon_process(extra="workers: 2\n")
+    # both workers up first: the port answers once the supervisor has bound it, before it
+    # forks; a SIGKILL between a fork and the worker's PR_SET_PDEATHSIG left that worker
+    # running on as an orphan, holding the ports, after the test (1 run in 5)
+    assert _wait_log(first, "event=started", 2) == 2
     [killed] = tmp.glob(f"mailrouter-metrics.{first.proc.pid}.*")
     first.signal(signal.SIGKILL)
     first.wait()
@@ -320,6 +327,47 @@ def test_recipients_deferred_by_a_rule_have_a_tempfail_cause(daemon_process, tmp
     assert moved('mailrouter_message_seconds_bucket{le="+Inf"}') == 10
     assert moved('mailrouter_tempfails_total{cause="rule"}') == 4
     assert _sum(after, "mailrouter_tempfails_total") - _sum(before, "mailrouter_tempfails_total") == 4
+
+
+HOLD_SUPPORT = """
+rules:
+  - name: hold-support
+    when: {rcpt: support@example.com}
+    then: {action: defer}
+"""
+
+
+async def test_an_smtp_message_deferred_for_one_recipient_counts_every_recipient_deferred(
+        make_app, tmp_path):
+    """SMTP answers a message once: one recipient deferred (a rule's defer, a downstream's
+    451) gives the whole message 451 4.x and the MTA retries every recipient. It was counted
+    per recipient: "partial", 1 ok and 1 tempfail, so with one of ten recipients deferred
+    every message stayed in Postfix's queue while MailrouterDeferredRateHigh saw 10%. LMTP
+    answers each recipient: there the message is partial, one ok and one deferred."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(RULES / "company.yaml", rules / "company.yaml")
+    (rules / "hold.yaml").write_text(HOLD_SUPPORT, encoding="utf-8")
+    app = await make_app(routing=(str(rules / "*.yaml"),))
+    port = app.bound["admin"][1]
+    rcpts = ["sales@example.com", "support@example.com"]
+    counted = []
+    for lmtp in (False, True):
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        async with Wire(app.bound["lmtp" if lmtp else "smtp"][1]) as w:
+            await w.greet("LHLO" if lmtp else "EHLO")
+            replies = await w.transaction("a@outside.test", rcpts,
+                                          f"Subject: s{lmtp}\r\n\r\nx\r\n.\r\n".encode(),
+                                          lmtp=lmtp)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+        counted.append(([r[:3] for r in replies],) + tuple(
+            _value(after, s) - _value(before, s) for s in (
+                'mailrouter_messages_total{result="deferred"}',
+                'mailrouter_messages_total{result="partial"}',
+                'mailrouter_recipients_total{result="ok"}',
+                'mailrouter_recipients_total{result="tempfail"}')))
+    assert counted == [(["451"], 1, 0, 0, 2),            # SMTP: one 451 for both
+                       (["250", "451"], 0, 1, 1, 1)]     # LMTP: one answer each
 
 
 async def test_every_answer_after_data_is_counted(make_app, tmp_path):
@@ -572,3 +620,177 @@ async def test_a_data_phase_cut_by_the_end_of_shutdown_grace_is_counted(make_app
     after = (sample("mailrouter_tempfails_total", cause="shutdown"),
              sample("mailrouter_recipients_total", result="tempfail"))
     assert (after[0] - before[0], after[1] - before[1]) == (2, 2)
+
+
+def test_every_outbox_kind_is_served_at_zero_by_a_fresh_process():
+    """Every kind of outgoing mail (metrics.OUTBOX_KINDS: autoreply, dsn, the SLA reminders
+    and escalations, assignment notices) is on /metrics at 0 before its first send: only
+    autoreply and dsn were, so an SLA reminder's first attempt was born at 1, which rate()
+    and increase() never see, and its backlog's gauges came and went with its rows."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom mailrouter.metrics import "
+                          "State, exposition\nsys.stdout.write(exposition(State()).decode())"],
+                         capture_output=True, text=True, check=True, env={
+                             k: v for k, v in os.environ.items()
+                             if k != "PROMETHEUS_MULTIPROC_DIR"}).stdout
+    for kind in ("autoreply", "dsn", "sla-remind", "sla-escalate", "assign"):
+        for result in ("sent", "retry", "failed", "suppressed"):
+            assert _value(out, f'mailrouter_outbox_attempts_total{{kind="{kind}",'
+                               f'result="{result}"}}') == 0
+        assert _value(out, f'mailrouter_outbox_pending{{kind="{kind}"}}') == 0
+        assert _value(out, f'mailrouter_outbox_oldest_age_seconds{{kind="{kind}"}}') == 0
+
+
+async def test_an_sla_reminder_sent_is_counted_under_a_served_kind(make_app, tmp_path):
+    """A real SLA reminder through the outbox to a relay sink: its send is counted under
+    kind "sla-remind", a kind served at 0 before it (above), and every kind the registry's
+    outbox holds is one of metrics.OUTBOX_KINDS; once sent, its backlog shows 0, not nothing."""
+    from sqlalchemy import select
+
+    from mailrouter.config import ControlConfig, Listener, OutboxConfig
+    from mailrouter.control.sla import Scheduler
+    from mailrouter.metrics import OUTBOX_KINDS
+    from mailrouter.registry.models import outbox
+    from tests.control_support import mail, send, write_routing
+    from tests.test_control_sla import msk
+    from tests.test_delivery_smtp import Sink
+
+    control = ControlConfig(replies=("replies@example.com",), remind_after=0,
+                            escalate_after=7200)
+    sink = Sink()
+    await sink.start()
+    try:
+        app = await make_app(routing=write_routing(tmp_path), control=control,
+                             outbox=OutboxConfig(Listener("127.0.0.1", sink.port), timeout=5.0,
+                                                 retry_min=0.05, retry_max=0.2))
+        app.sla_task.cancel()          # ticked on the simulated clock below
+        sched = Scheduler(app.registry, control, app.snapshot, hostname="mx.test",
+                          wake=app.outbox.wake)
+        port = app.bound["admin"][1]
+        app.pipeline.clock = lambda: msk(11, 10)
+        await send(app.bound["smtp"][1], mail("c@client.example", "printer", "p1@client"),
+                   "c@client.example")
+        _, before = await asyncio.to_thread(_get, port, "/metrics")
+        [alert] = await sched.tick(msk(11, 14))
+        assert alert.stage == "remind"
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30          # only to fail a hung test
+        while not sink.envelopes or any(r["state"] == "queued"
+                                        for r in await app.registry.outbox_list()):
+            assert loop.time() < end, "the reminder never reached the relay"
+            await asyncio.sleep(0.02)
+        _, after = await asyncio.to_thread(_get, port, "/metrics")
+        kinds = await app.registry.read("kinds", lambda c: {
+            k for (k,) in c.execute(select(outbox.c.kind).distinct())})
+    finally:
+        await sink.stop()
+    sent = 'mailrouter_outbox_attempts_total{kind="sla-remind",result="sent"}'
+    assert (_value(before, sent), _value(after, sent)) == (_value(before, sent),
+                                                           _value(before, sent) + 1)
+    assert _value(after, 'mailrouter_outbox_pending{kind="sla-remind"}') == 0
+    assert kinds == {"sla-remind"} and kinds <= set(OUTBOX_KINDS)
+
+
+def test_latency_buckets_reach_the_slowest_answer_the_daemon_gives():
+    """A downstream that greets and then says nothing holds a message for its timeout (30 s a
+    wait by default; a real daemon with a 5 s timeout: message_seconds +5.0 in one reply),
+    and limits.process_timeout (300 s) answers the slowest. The reply latency's last finite
+    bucket was 10 s: every such reply fell in +Inf, and histogram_quantile, which answers
+    the last finite bound for those, drew the dashboard's p99 at "10 s" through a 300 s
+    outage. Both latency histograms now reach process_timeout, read from a real scrape."""
+    import subprocess
+    import sys
+
+    from mailrouter.config import Limits
+    from mailrouter.values import Downstream
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom mailrouter.metrics import "
+                          "exposition\nsys.stdout.write(exposition().decode())"],
+                         capture_output=True, text=True, check=True, env={
+                             k: v for k, v in os.environ.items()
+                             if k != "PROMETHEUS_MULTIPROC_DIR"}).stdout
+    for family in ("mailrouter_message_seconds", "mailrouter_delivery_seconds"):
+        bounds = [float(b) for b in re.findall(rf'^{family}_bucket\{{[^}}]*le="([0-9.e+]+)"',
+                                               out, re.M)]
+        assert bounds, family
+        assert max(bounds) >= Limits().process_timeout >= Downstream("h", 1).timeout, family
+
+
+def _registry_ops_named_in_the_code() -> set[str]:
+    """The `what` of every registry call written with a literal: Registry.read/write, the
+    store's own _read/_write_one, and _failure."""
+    import ast
+    from pathlib import Path
+
+    import mailrouter
+    found = set()
+    for path in Path(mailrouter.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                    and isinstance(node.func, (ast.Attribute, ast.Name))
+                    and (node.func.attr if isinstance(node.func, ast.Attribute)
+                         else node.func.id) in ("read", "write", "_read", "_write_one",
+                                                "_failure")):
+                found.add(node.args[0].value)
+    return found
+
+
+# registry operations that only the commands run (mailrouter registry, outbox, db upgrade,
+# web passwd): no daemon counts them
+COMMAND_OPS = {"message", "recent", "count_messages", "outbox_list", "upgrade", "reloads",
+               "web passwd"}
+
+
+def test_every_registry_operation_of_the_daemon_is_served_at_zero():
+    """mailrouter_registry_errors_total{op,kind} was made at 0 for record and
+    delivered_targets only: the first outage of any other operation (the outbox's claim,
+    the SLA scan, the scrape's own backlog read, a web page's) was born at 1, unseen by
+    the rate() of MailrouterRegistryDown and the dashboard. Every operation the daemon
+    runs is now listed (metrics.REGISTRY_OPS, checked against the code's calls) and served
+    at 0 for each kind by a fresh process."""
+    import subprocess
+    import sys
+
+    from mailrouter.metrics import REGISTRY_OPS
+    assert _registry_ops_named_in_the_code() - COMMAND_OPS == set(REGISTRY_OPS)
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom mailrouter.metrics import "
+                          "exposition\nsys.stdout.write(exposition().decode())"],
+                         capture_output=True, text=True, check=True, env={
+                             k: v for k, v in os.environ.items()
+                             if k != "PROMETHEUS_MULTIPROC_DIR"}).stdout
+    for op in REGISTRY_OPS:
+        for kind in ("outage", "full", "bug"):
+            assert _value(out, f'mailrouter_registry_errors_total{{kind="{kind}",op="{op}"}}') == 0
+
+
+MOVED_BOOK = """
+domains: [example.com]
+mailboxes:
+  box: {maildir: box}
+aliases:
+  box@example.com: mailbox:box
+moved:
+  left@example.com: {now: box@example.com, deliver: false}
+"""
+
+
+async def test_a_moved_address_refused_at_rcpt_is_counted_as_moved(make_app, tmp_path):
+    """A moved address that takes no more mail (deliver: false) gets 551 5.1.6 at RCPT; it
+    was counted as reason "unknown", with the addresses that do not exist, so the RCPT
+    panel blamed senders for what the book says on purpose. An unknown one stays unknown."""
+    book = tmp_path / "book.yaml"
+    book.write_text(MOVED_BOOK, encoding="utf-8")
+    app = await make_app(routing=(str(book),))
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        await w.cmd("MAIL FROM:<a@outside.test>")
+        assert (await w.cmd("RCPT TO:<left@example.com>")).startswith("551 5.1.6")
+        assert (await w.cmd("RCPT TO:<nobody@example.com>")).startswith("550 5.1.1")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+    assert [_value(after, f'mailrouter_rcpt_refused_total{{reason="{r}"}}')
+            - _value(before, f'mailrouter_rcpt_refused_total{{reason="{r}"}}')
+            for r in ("moved", "unknown")] == [1, 1]

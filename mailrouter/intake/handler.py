@@ -161,7 +161,8 @@ class Handler:
                 envelope.routing = routing
         res = routing.check_rcpt(address)
         if res.reply is not None:
-            metrics.RCPT_REFUSED.labels("unknown").inc()
+            # a moved address that takes no more mail (551) is no unknown one: "unknown" hid it
+            metrics.RCPT_REFUSED.labels(_REFUSED_REASON.get(res.reply.code, "unknown")).inc()
             log.info("event=rcpt_refused peer=%s sender=%s rcpt=%s reply=%r",
                      session.peer, envelope.mail_from, address, str(res.reply))
             return str(res.reply)
@@ -189,17 +190,30 @@ class Handler:
             log.exception("event=process_crashed peer=%s", session.peer)
             replies = [REPLY_INTERNAL_ERROR] * n
             metrics.TEMPFAILS.labels("internal").inc(n)
-        if replies:   # every answer after DATA, a timeout's and a crash's too (dashboard, alerts)
-            metrics.observe_message(replies, time.perf_counter() - started)
         if self.protocol == "lmtp":
+            if replies:   # every answer after DATA, a timeout's and a crash's too (dashboard, alerts)
+                metrics.observe_message(replies, time.perf_counter() - started)
             return "\r\n".join(str(r) for r in replies)
-        return str(fold(replies)) if replies else INTERNAL_ERROR
+        if not replies:
+            return INTERNAL_ERROR
+        folded = fold(replies)
+        # counted as answered: SMTP's one 4xx defers every recipient (the MTA retries them
+        # all); counted per recipient, a message with one of ten deferred was "partial" and
+        # 1/10 "tempfail", and the deferred-rate alert missed every message held in the queue
+        metrics.observe_message([folded] * len(replies) if folded.temporary else replies,
+                                time.perf_counter() - started)
+        return str(folded)
 
 
 # Postfix's NEUTER_CHARACTERS (smtpd.c) and whitespace: in a HELO name they would change the
 # syntax of the Received: line it goes into ("from x (by forged) <y> (peer)")
 _NEUTER = re.compile(r'[\s<>()\\";@]')
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+# mailrouter_rcpt_refused_total's reason of an address the book refuses, by reply code:
+# 551 moved (deliver: false), 501/553 its syntax, else (550) unknown
+_REFUSED_REASON = {551: "moved", 501: "syntax", 553: "syntax"}
 
 
 def received_helo(name: str) -> str:
