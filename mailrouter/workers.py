@@ -122,6 +122,7 @@ def start_child(work: Callable[[], T]) -> Child[T] | None:
     they come packed together in fresh memory (run_workers: the address book). Started
     before the daemon's imports, the child builds while this process imports (cli.cmd_run)."""
     read, write = os.pipe()
+    parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:
@@ -132,7 +133,7 @@ def start_child(work: Callable[[], T]) -> Child[T] | None:
         os.close(read)
         code = 1
         try:
-            die_with_parent()
+            die_with_parent(parent)
             for sig in HANDLED:      # not the parent's Starting: a SIGTERM to the group ends it
                 signal.signal(sig, signal.SIG_DFL)
             data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
@@ -170,7 +171,8 @@ def in_new_process(work: Callable[..., T], *args: Any, timeout: float = 600.0) -
         with tempfile.TemporaryFile() as sent:
             pickle.dump((work, args), sent, protocol=pickle.HIGHEST_PROTOCOL)
             sent.seek(0)
-            done = subprocess.run([sys.executable, "-m", "mailrouter.newprocess"], stdin=sent,
+            done = subprocess.run([sys.executable, "-m", "mailrouter.newprocess",
+                                   str(os.getpid())], stdin=sent,
                                   capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError, pickle.PicklingError, AttributeError,
             TypeError) as exc:
@@ -439,13 +441,14 @@ def _spawn(index: int, child: Callable[[int], int]) -> int:
     # parent's inherited handler there (and be lost) or kill it half-started: keep them
     # blocked across the fork; the worker unblocks them once its loop handles them.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    parent = os.getpid()
     pid = os.fork()
     if pid != 0:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if pid == 0:
         code = 1
         try:
-            die_with_parent()
+            die_with_parent(parent)
             for sig in HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
             code = child(index)

@@ -477,3 +477,47 @@ def test_the_sections_hash_says_nothing_of_a_parse_that_did_not_skip_them() -> N
     assert sections_hash([("f.yaml", plain)], skip) == sections_hash(
         [("f.yaml", plain.replace(b"  - name: a\n", b"  - name: a\n  - name: b\n\n# x\n"))], skip)
     assert sections_hash([("f.yaml", plain)], skip) != sections_hash([("g.yaml", plain)], skip)
+
+
+ORPHAN = """
+import os, sys, time
+from mailrouter.newprocess import die_with_parent
+told = int(sys.argv[1])
+parent = os.getpid()
+if os.fork() == 0:
+    while os.getppid() == parent:       # the parent killed between the fork and the prctl
+        time.sleep(0.01)
+    die_with_parent(parent)
+    os.write(told, b"an orphan ran its work")
+    os._exit(0)
+os._exit(0)
+"""
+
+
+def test_a_child_whose_parent_died_before_its_prctl_exits_at_once() -> None:
+    """PR_SET_PDEATHSIG set after the parent is gone never fires: a supervisor SIGKILLed
+    right after forking a worker left an orphan worker serving mail on the ports (seen 1 time
+    in 5). die_with_parent compares the parent's PID with the one taken before the fork and
+    exits when it changed; the pipe closes with nothing written."""
+    import select
+    import subprocess
+    import sys
+    read, write = os.pipe()
+    try:
+        subprocess.run([sys.executable, "-c", ORPHAN, str(write)], pass_fds=(write,),
+                       check=True, timeout=30)
+        os.close(write)
+        write = -1
+        got = b""
+        while True:
+            ready, _, _ = select.select([read], [], [], 30)
+            assert ready, "the orphan neither exited nor wrote"
+            chunk = os.read(read, 100)
+            if not chunk:
+                break
+            got += chunk
+        assert got == b""
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
