@@ -271,3 +271,75 @@ async def test_a_bus_error_in_the_registry_says_so_and_the_retry_is_stored_once(
         rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
     assert rows["<sweep-bus@outside.test>"] == "delivered"
     assert len(maildir_files(var / "mail")) == 2
+
+
+def _started_workers(daemon: DaemonProcess) -> list[int]:
+    """The pids of the workers the log says started, oldest first."""
+    return [int(ln.split("pid=")[1].split()[0]) for ln in daemon.log.read_text().splitlines()
+            if "event=worker_started" in ln]
+
+
+async def send_until_250(port: int, raw: bytes, tries: int = 100) -> list[str]:
+    """An MTA's retries: the replies until the first 250 (a session cut or left unanswered
+    counts as a try), `tries` at most."""
+    replies: list[str] = []
+    for _ in range(tries):
+        try:
+            async with Wire(port, timeout=10) as w:
+                await w.greet()
+                replies.append((await w.transaction(SENDER, ["sales@example.com"],
+                                                    raw + b".\r\n"))[0])
+        except (ConnectionError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            replies.append(f"cut: {exc!r}")
+        if replies[-1].startswith("250 "):
+            break
+        await asyncio.sleep(0.1)
+    return replies
+
+
+async def test_workers_replaced_while_the_registry_was_unwritable_write_once_it_is_again(
+        tmp_path: Path) -> None:
+    """The registry's files unwritable (`chattr +i`; for a daemon not run as root, files
+    left to root by a `db upgrade` run as root) while the workers are replaced (killed,
+    or the SIGBUS of its -shm): SQLite opens a file it cannot write read-only without a
+    word, and such a connection, and every other one of the process to that file, stays
+    read-only. Those workers answered 451 ("attempt to write a readonly database") to
+    every message once the files were writable again, until a restart, though the log
+    said "messages get 451 until then". Now a read-only connection is refused: the
+    replacement cannot start and is tried again, and once the files are writable the
+    retries are answered 250, stored once and recorded."""
+    daemon = DaemonProcess(tmp_path, extra="workers: 2\n")
+    db = tmp_path / "var" / "registry.db"
+    daemon.config.write_text(daemon.config.read_text().replace(f"{db}'}}", f"{db}', timeout: 2}}"))
+    daemon.start()
+    names: list[str] = []
+    sent = ["before", "after-1", "after-2", "after-3", "after-4"]
+    try:
+        assert (await send(daemon.smtp, mail("before"))).startswith("250 ")
+        names = [str(p) for p in sorted(db.parent.glob("registry.db*"))]
+        if subprocess.run(["chattr", "+i", *names], capture_output=True).returncode != 0:
+            names = []
+            pytest.skip("chattr +i refused (not root, or a file system without it)")
+        first = _started_workers(daemon)
+        assert len(first) == 2
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(600):     # both replacements have started, or tried to
+            log = daemon.log.read_text()
+            if log.count("event=started ") + log.count("event=start_failed ") >= 4:
+                break
+            await asyncio.sleep(0.05)
+        subprocess.run(["chattr", "-i", *names], check=True)
+        names = []
+        for n in sent[1:]:
+            replies = await send_until_250(daemon.smtp, mail(n))
+            assert replies[-1].startswith("250 "), (n, replies[-5:])
+            assert not [r for r in replies if r[:1] == "5"], replies
+    finally:
+        if names:
+            subprocess.run(["chattr", "-i", *names], check=True)
+        daemon.stop()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+    assert rows == {f"<sweep-{n}@outside.test>": "delivered" for n in sent}
+    assert len(maildir_files(tmp_path / "var" / "mail")) == len(sent)
