@@ -361,3 +361,33 @@ async def test_workers_replaced_while_the_registry_was_unwritable_write_once_it_
         rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
     assert rows == {f"<sweep-{n}@outside.test>": "delivered" for n in sent}
     assert len(maildir_files(tmp_path / "var" / "mail")) == len(sent)
+
+
+async def test_workers_replaced_after_the_registry_folder_was_removed_make_it_again(
+        tmp_path: Path) -> None:
+    """The SQLite registry's folder removed while the daemon runs (a cleanup, a wrong
+    `rm -r`): a running worker makes the file again at its next call (_SqliteFile), but a
+    worker replaced before that (killed, OOM) refused to start, "no registry at ...", and
+    was tried again every 5 s forever: with both replaced, every connection hung unanswered
+    until a restart. Now a daemon's worker makes the registry as the running one would:
+    the message is answered 250 and recorded in the new file."""
+    daemon = DaemonProcess(tmp_path, extra="workers: 2\n")
+    old = tmp_path / "var" / "registry.db"
+    db = tmp_path / "reg" / "registry.db"
+    daemon.config.write_text(daemon.config.read_text().replace(str(old), str(db)))
+    daemon.start()
+    try:
+        assert (await send(daemon.smtp, mail("before"))).startswith("250 ")
+        subprocess.run(["rm", "-r", str(db.parent)], check=True)
+        first = _started_workers(daemon)
+        assert len(first) == 2
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        replies = await send_until_250(daemon.smtp, mail("after"), tries=10)
+        assert replies[-1].startswith("250 "), (replies, daemon.log.read_text()[-2000:])
+    finally:
+        daemon.stop()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = dict(conn.execute("SELECT message_id, status FROM messages").fetchall())
+    assert rows == {"<sweep-after@outside.test>": "delivered"}
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 2

@@ -609,6 +609,15 @@ class Registry:
         ``follow`` (default: ``create``; a daemon's workers, which the parent migrated,
         pass it) a SQLite file deleted or replaced while open is reopened (_SqliteFile)."""
         parsed = _url(url)
+        if not create and follow and sqlite_missing(parsed):
+            # A daemon's worker whose parent made the registry at start: the file (or its
+            # folder) was removed since. A running worker makes it again at its next call
+            # (_SqliteFile); a worker replaced meanwhile (killed, OOM) refused to start, and
+            # was tried again forever: with every worker replaced, connections hung unanswered
+            # until a restart. Made here as the running one makes it.
+            log.error("event=registry_reopened path=%s reason='registry file missing at a "
+                      "worker start'", registry_location(parsed))
+            create = True
         if not create and sqlite_missing(parsed):
             # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
             raise RegistryError(f"no registry at {registry_location(parsed)}; start the daemon "
