@@ -417,6 +417,13 @@ def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
     except FileNotFoundError:
         return open_
     for n, line in enumerate(lines, 1):
+        if not line:
+            # An empty line carries nothing. The writer thread may leave one: it starts an
+            # intent with a newline when the journal's last byte is not one, and a done line
+            # the event loop is appending at that moment can be seen half written (st_size
+            # grows page by page); it was logged as an unreadable intent, which looked like
+            # a copy that would never be recorded.
+            continue
         try:
             if line.startswith(b"D "):
                 open_.pop(line[2:].decode(), None)

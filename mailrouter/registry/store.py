@@ -538,6 +538,31 @@ def _open_unlinked(path: str, ident: tuple[int, int]) -> bool:
     return False
 
 
+def _refuse_read_only(conn: Connection, db: str) -> None:
+    """A new connection to the SQLite file `db` whose file, -wal or -shm this process may
+    not write (permissions, `chattr +i`, a read-only mount) is closed and refused.
+
+    Why: SQLite opens such a file read-only without a word, and the connection stays
+    read-only when the file is writable again; so does every other connection of the
+    process to that file while any one of them is open (they share the -shm mapping it
+    opened read-only). A worker replaced while the registry was unwritable kept those
+    connections and answered every message 451 ("attempt to write a readonly database")
+    until a restart, long after the files were given back. Refused, no connection is
+    kept: the worker's start fails and is tried again (workers.py), a running one answers
+    451, and the first connection made once the files are writable writes. Checked after
+    the connection's pragmas, which opened the -wal and -shm."""
+    for name in (db, db + "-wal", db + "-shm"):
+        try:
+            writable = os.access(name, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable and (name == db or os.path.exists(name)):
+            conn.invalidate()
+            conn.close()
+            raise sqlite3.OperationalError(f"attempt to write a readonly database ({name} "
+                                           "may not be written)")
+
+
 # Reopens in one call: the old file's last connection, closing, removes the log at the
 # path (SQLite deletes `<file>-wal` by name), which is by then the new file's: the next
 # check finds the new file's log gone, copies it in and reopens once more.
@@ -573,6 +598,7 @@ class Registry:
         self._held_lock = threading.Lock()
         self._file: _SqliteFile | None = None   # SQLite file opened by `open`
         self._where = registry_location(engine.url)
+        self._writable: str | None = None          # a SQLite file every connection must write
         self._reopening = asyncio.Lock()           # a reader and the writer may both find it
 
     @classmethod
@@ -583,6 +609,15 @@ class Registry:
         ``follow`` (default: ``create``; a daemon's workers, which the parent migrated,
         pass it) a SQLite file deleted or replaced while open is reopened (_SqliteFile)."""
         parsed = _url(url)
+        if not create and follow and sqlite_missing(parsed):
+            # A daemon's worker whose parent made the registry at start: the file (or its
+            # folder) was removed since. A running worker makes it again at its next call
+            # (_SqliteFile); a worker replaced meanwhile (killed, OOM) refused to start, and
+            # was tried again forever: with every worker replaced, connections hung unanswered
+            # until a restart. Made here as the running one makes it.
+            log.error("event=registry_reopened path=%s reason='registry file missing at a "
+                      "worker start'", registry_location(parsed))
+            create = True
         if not create and sqlite_missing(parsed):
             # Only `run` and `db upgrade` create a registry; a look must not leave one behind.
             raise RegistryError(f"no registry at {registry_location(parsed)}; start the daemon "
@@ -597,6 +632,11 @@ class Registry:
         engine = _make_engine(parsed, timeout, synchronous)
         registry = cls(engine, batch_max=batch_max, timeout=timeout,
                        sync_engine=_make_sync_engine(parsed, timeout, synchronous))
+        db = parsed.database or ""
+        if (create if follow is None else follow) and registry._sync is not None \
+                and db not in ("", ":memory:") and not db.startswith("file:"):
+            # a daemon's registry: it writes, every connection must be able to
+            registry._writable = str(Path(db).expanduser())  # noqa: ASYNC240 (no I/O)
         try:
             await registry._read("open", lambda conn: conn.execute(select(1)).all())
             if create and registry._dialect == "postgresql":
@@ -691,7 +731,10 @@ class Registry:
             conn = None
         if conn is None:
             assert self._sync is not None
-            conn = self._local.conn = self._sync.connect()
+            conn = self._sync.connect()
+            if self._writable is not None:
+                _refuse_read_only(conn, self._writable)
+            self._local.conn = conn
             self._local.generation = generation
             with self._held_lock:
                 self._held.add(conn)
