@@ -774,3 +774,20 @@ async def test_a_postgresql_database_that_folds_ascii_only_is_named_at_start(
             assert f"/{name}" in said[0] and "lc_ctype=C:" in said[0] and "LC_CTYPE 'C.UTF-8'" in said[0]
     finally:
         await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_retry_for_one_recipient_keeps_every_recipient_of_the_message(
+        registry: Registry) -> None:
+    """An LMTP message to two recipients, one deferred: the retry is for that one alone, and
+    its upsert left `rcpts` as [it], so the message page named one recipient of two. A
+    message read back names every recipient it was received for, the last attempt's first."""
+    await registry.record(message(status="partial"),
+                          [decision(), decision("sales@example.com", action="defer",
+                                                reply="451 4.4.1 down")], [delivery()])
+    await registry.record(message(status="delivered", rcpts=("sales@example.com",)),
+                          [decision("sales@example.com")], [delivery("lmtp:sales@mx")])
+    row = await registry.message("a" * 64)
+    assert row is not None and row["attempts"] == 2
+    assert row["rcpts"] == ["sales@example.com", "invoices@example.com"]
+    assert sorted(d["rcpt"] for d in row["decisions"]) == ["invoices@example.com",
+                                                           "sales@example.com"]

@@ -136,7 +136,11 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
                     scope: Scope | None = None) -> list[dict[str, Any]]:
     """The messages of `rows`, each with its decisions and deliveries: those of `scope`
     only (a message to two departments showed a head the other department's decision,
-    its owner, rules and reasons, and its copy)."""
+    its owner, rules and reasons, and its copy).
+
+    `rcpts` is every recipient the message was received for: the row's are those of its
+    last attempt (an LMTP retry for the one recipient deferred left only that one, and
+    the message page named it alone), each decision's recipient is added after them."""
     found = {r.key: dict(r._mapping) | {"decisions": [], "deliveries": []} for r in rows}
     if found:
         keys = list(found)
@@ -144,6 +148,8 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
             for d in conn.execute(select(table).where(table.c.message_key.in_(keys))
                                   .order_by(table.c.id)):
                 found[d.message_key][name].append(dict(d._mapping))
+        for m in found.values():
+            m["rcpts"] = list(dict.fromkeys([*m["rcpts"], *(d["rcpt"] for d in m["decisions"])]))
     if scope is not None and not scope.everything:
         # a message of a request the viewer may see: the decisions that gave it an owner
         owned = scope.owned(conn, list(found))

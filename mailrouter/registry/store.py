@@ -65,6 +65,7 @@ from mailrouter.registry.models import (
     DecisionRecord, DeliveryRecord, MessageRecord, decision_upsert, decisions, deliveries,
     delivery_upsert, fold_address, loops, message_upsert, messages, reloads,
 )
+from mailrouter.registry.queries import Scope, message_story
 from mailrouter.registry.words import subject_words, word_insert, word_rows
 from mailrouter.registry.models import (
     OutboxRecord, autoreply_log, autoreply_log_insert, outbox, outbox_insert,
@@ -909,18 +910,10 @@ class Registry:
         return found
 
     async def message(self, key: str) -> dict[str, Any] | None:
-        """The message row with lists of its decisions and deliveries, or None."""
-        def fetch(conn: Connection) -> dict[str, Any] | None:
-            row = conn.execute(select(messages).where(messages.c.key == key)).first()
-            if row is None:
-                return None
-            found = dict(row._mapping)
-            for name, table in (("decisions", decisions), ("deliveries", deliveries)):
-                result = conn.execute(
-                    select(table).where(table.c.message_key == key).order_by(table.c.id))
-                found[name] = [dict(r._mapping) for r in result]
-            return found
-        return await self._read("message", fetch)
+        """The message row with lists of its decisions and deliveries, or None
+        (registry.queries.message_story, all of it)."""
+        return await self._read("message", lambda conn: message_story(
+            conn, Scope(everything=True), key))
 
     async def recent(self, limit: int | None = 10) -> list[dict[str, Any]]:
         """The newest messages (by received_at), each with its decisions."""
