@@ -791,3 +791,39 @@ async def test_a_retry_for_one_recipient_keeps_every_recipient_of_the_message(
     assert row["rcpts"] == ["sales@example.com", "invoices@example.com"]
     assert sorted(d["rcpt"] for d in row["decisions"]) == ["invoices@example.com",
                                                            "sales@example.com"]
+
+
+OPEN_AT_ONCE = """
+import asyncio, sys
+from mailrouter.registry.store import Registry
+sys.stdin.read(1)                      # everyone imported: all open at once
+async def main() -> None:
+    reg = await Registry.open(sys.argv[1])
+    await reg.close()
+asyncio.run(main())
+"""
+
+
+def test_processes_making_a_new_sqlite_registry_at_once_all_open_it(tmp_path: Path) -> None:
+    """Two processes that found no registry file (two workers replaced after its folder was
+    removed, two commands on a new registry) both created its tables, and the second failed
+    "table messages already exists" (451 until one won, exit 2). One makes the schema, the
+    others wait for it and open it."""
+    import subprocess
+    import sys
+    for round_ in range(2):
+        url = f"sqlite+aiosqlite:///{tmp_path / str(round_) / 'registry.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url],
+                                  stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(4)]
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"go")
+            p.stdin.flush()
+        codes = [p.wait(timeout=60) for p in procs]
+        errors = [p.stderr.read().decode() for p in procs if p.stderr is not None]
+        for p in procs:
+            for pipe in (p.stdin, p.stderr):
+                if pipe is not None:
+                    pipe.close()
+        assert codes == [0] * 4, errors

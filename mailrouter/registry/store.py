@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import functools
 import importlib
 import logging
@@ -1314,7 +1315,32 @@ async def upgrade(url: str, *, timeout: float = 60.0) -> None:
 async def _upgrade(url: URL, timeout: float, synchronous: str) -> None:
     # Alembic is synchronous and reads scripts from disk: give it its own loop
     # and engine in a worker thread (an engine belongs to one event loop).
-    await asyncio.to_thread(asyncio.run, _upgrade_here(url, timeout, synchronous))
+    await asyncio.to_thread(_upgrade_alone, url, timeout, synchronous)
+
+
+def _upgrade_alone(url: URL, timeout: float, synchronous: str) -> None:
+    """_upgrade_here, one process at a time for a SQLite file (an flock on its folder):
+    two that made a new file at once both created its tables, and the second failed
+    ("table messages already exists": two workers replaced after the registry's folder
+    was removed answered 451 until one won, two `mailrouter` commands on a new registry
+    exited 2). The second now waits and finds the schema made. PostgreSQL's own lock
+    serializes its migrations."""
+    folder = None
+    db = url.database or ""
+    if url.get_backend_name() == "sqlite" and db not in ("", ":memory:") \
+            and not db.startswith("file:"):
+        try:
+            folder = os.open(Path(db).expanduser().parent, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        except OSError:     # the upgrade says what is wrong with the folder
+            if folder is not None:
+                os.close(folder)
+            folder = None
+    try:
+        asyncio.run(_upgrade_here(url, timeout, synchronous))
+    finally:
+        if folder is not None:
+            os.close(folder)        # and with it the lock
 
 
 async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
