@@ -53,9 +53,12 @@ def _fetch(conn: Connection) -> tuple[dict[str, tuple[int, float]],
 
 
 async def read_backlog(registry: Registry, state: State) -> None:
-    """Fill `state` with the outbox backlog and the open/overdue requests."""
+    """Fill `state` with the outbox backlog and the open/overdue requests. A (mailbox,
+    owner) seen before and now without open requests is served at 0: its series vanished,
+    and a panel or an alert kept its last value (1 overdue) instead of the drop to none."""
     try:
-        state.outbox, state.requests = await registry.read("metrics_backlog", _fetch)
+        state.outbox, per = await registry.read("metrics_backlog", _fetch)
+        state.requests = dict.fromkeys(state.requests, (0, 0)) | per
         state.error = 0.0
     except RegistryError as exc:
         state.error = 1.0

@@ -794,3 +794,38 @@ async def test_a_moved_address_refused_at_rcpt_is_counted_as_moved(make_app, tmp
     assert [_value(after, f'mailrouter_rcpt_refused_total{{reason="{r}"}}')
             - _value(before, f'mailrouter_rcpt_refused_total{{reason="{r}"}}')
             for r in ("moved", "unknown")] == [1, 1]
+
+
+async def test_requests_of_an_owner_all_closed_are_served_at_zero(tmp_path) -> None:
+    """mailrouter_requests_open / _overdue per (mailbox, owner) come from the registry at each
+    scrape: the pair whose last request closed vanished from /metrics, and a panel or the
+    overdue alert kept its last value. It is served at 0 from then on."""
+    from datetime import UTC, datetime, timedelta
+
+    from mailrouter.backlog import read_backlog
+    from mailrouter.control.tables import requests
+    from mailrouter.metrics import State
+    from mailrouter.registry import Registry
+
+    reg = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    try:
+        past = datetime.now(UTC) - timedelta(hours=2)
+        rid = await reg.write("a request", lambda conn: conn.execute(
+            requests.insert().values(
+                opened_at=past, message_key="k" * 64, counterparty="ann@client.example",
+                counterparty_domain="client.example", owner="ivanov", mailbox="support",
+                status="open", subject="printer", tags=[], sla_term="1h",
+                response_due=past + timedelta(hours=1), last_in_at=past, response_round=1)
+            .returning(requests.c.id)).scalar_one())
+        state = State("r" * 16)
+        await read_backlog(reg, state)
+        assert state.requests == {("support", "ivanov"): (1, 1)}
+        await reg.write("close", lambda conn: conn.execute(
+            requests.update().where(requests.c.id == rid).values(status="closed")))
+        await read_backlog(reg, state)
+        assert state.requests == {("support", "ivanov"): (0, 0)}
+        text = "".join(f"{m.name} {s.labels} {s.value}\n" for m in state.collect()
+                       for s in m.samples if m.name.startswith("mailrouter_requests"))
+        assert "mailrouter_requests_overdue {'mailbox': 'support', 'owner': 'ivanov'} 0" in text
+    finally:
+        await reg.close()
