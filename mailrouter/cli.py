@@ -6,7 +6,8 @@ Every command runs the daemon's own code (as amtool does for Alertmanager):
 (errors in the configuration or routing files) or a rule test failed, or the daemon
 refused a reload, 2 another command could not load its configuration, 3 `reload`
 reloaded the rules but could not rebuild Postfix's tables (postfix_maps.on_reload),
-4 `reload` reloaded the rules but config.yaml changed since the start (read only then).
+4 `reload` reloaded the rules but config.yaml changed since the start (read only then),
+5 `test` found no rule test in the routing files (nothing tested; --allow-no-tests: 0).
 """
 
 from __future__ import annotations
@@ -284,6 +285,19 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .routing.ruletests import run_rule_tests
     snap = _snapshot(_config(args.config, routing=args.routing))
     tests = snap.sections.get("tests") or []
+    if not tests:
+        # "0/0 rule tests passed", exit 0: a CI job running `mailrouter test` on rules whose
+        # tests: were never written, or left in a file the glob does not match, passed
+        # having tested nothing
+        files = ", ".join(_shown(f) for f in snap.files)
+        if args.allow_no_tests:
+            print(f"no rule tests in the routing files ({files}); nothing was tested "
+                  "(--allow-no-tests)")
+            return 0
+        print(f"mailrouter test: no rule tests in the routing files ({files}): nothing was "
+              "tested; add cases under 'tests:' (rules/README.md, \"Tests\"), or give "
+              "--allow-no-tests if none is fine", file=sys.stderr)
+        return NO_RULE_TESTS
     failures = run_rule_tests(tests, snap.decide, Path.cwd())
     for line in failures:
         print(line)
@@ -327,6 +341,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_RULE_TESTS = 5        # `test`: the routing files have no rule test (pytest's "no tests ran")
 RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables were not
 RELOAD_NEEDS_RESTART = 4  # `reload`: the rules were reloaded, config.yaml's changes need a restart
 
@@ -637,7 +652,8 @@ EXITS: dict[str, str] = {
            "port in use)",
     "check": "0 valid (warnings allowed), 1 errors in the config or the routing files",
     "test": "0 every case passed, 1 a case failed, 2 the config or the routing files have "
-            "errors (mailrouter check names them)",
+            "errors (mailrouter check names them), 5 the routing files have no rule test: "
+            "nothing was tested (0 with --allow-no-tests)",
     "explain": "0 decided (also for a broken message), 2 the config, the routing files or "
                "the message could not be read",
     "reload": "0 reloaded, 1 the daemon refused the new routing files (the old rules keep "
@@ -692,7 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
                "Exit codes: 0 ok, 1 check found errors, a rule test failed or the daemon refused\n"
                "a reload, 2 another command could not load its configuration or do its job, 3\n"
                "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not, 4\n"
-               "reload: the rules were reloaded but config.yaml changed since the start (restart).")
+               "reload: the rules were reloaded but config.yaml changed since the start (restart),\n"
+               "5 test: the routing files have no rule test (nothing was tested).")
     from . import __version__
     from .control.cli import count as _count
     p.add_argument("--version", action="version", version=f"mailrouter {__version__}")
@@ -712,6 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--routing", action="append", metavar="GLOB",
                         help="read these routing files instead of the config's 'routing:' "
                              "(repeatable; e.g. an edited copy: --routing 'rules.new/*.yaml')")
+    ts.add_argument("--allow-no-tests", action="store_true",
+                    help="exit 0 when the routing files have no rule test (without it: exit 5, "
+                         "so a CI job does not pass having tested nothing)")
     ex.add_argument("file", metavar="FILE.eml", help="the message ('-' for stdin)")
     ex.add_argument("--rcpt", action="append", metavar="ADDR",
                     help="envelope recipient (repeatable; default: the To/Cc addresses)")

@@ -411,6 +411,37 @@ def test_rule_tests_pass_and_a_failing_one_is_reported(tmp_path):
     assert len(lines) == 1 and "expected 'finance'" in lines[0] and "'sales'" in lines[0]
 
 
+def test_rule_tests_none_at_all_is_not_a_pass(tmp_path):
+    """Routing files with no `tests:` printed "0/0 rule tests passed" and exit 0: an ops
+    team's CI step `mailrouter test` passed having tested nothing. Now exit 5 with the files
+    named and the fix; `--allow-no-tests` (a rule set still being written) makes it exit 0,
+    and says nothing was tested; `--help` lists the code."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com]\nmailboxes: {sales: {maildir: sales}}\naliases:\n"
+        "  sales@example.com: mailbox:sales\n  postmaster@example.com: mailbox:sales\n"
+        "rules:\n  - name: all\n    then: {tags: [x]}\n", encoding="utf-8")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("routing: [book.yaml]\n", encoding="utf-8")
+    out = mr("test", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 5, out
+    assert out.stdout == "" and out.stderr.splitlines() == [
+        "mailrouter test: no rule tests in the routing files (book.yaml): nothing was tested; "
+        "add cases under 'tests:' (rules/README.md, \"Tests\"), or give --allow-no-tests if "
+        "none is fine"]
+    allowed = mr("test", "-c", str(cfg), "--allow-no-tests", cwd=tmp_path)
+    assert allowed.returncode == 0 and allowed.stderr == "", allowed
+    assert allowed.stdout == ("no rule tests in the routing files (book.yaml); nothing was "
+                              "tested (--allow-no-tests)\n")
+    # with a case, the flag changes nothing: a failure still fails
+    with open(tmp_path / "book.yaml", "a", encoding="utf-8") as f:
+        f.write("tests:\n  - name: t\n    headers: {Subject: hi}\n    rcpt: sales@example.com\n"
+                "    expect: {tags: [y]}\n")
+    failed = mr("test", "-c", str(cfg), "--allow-no-tests", cwd=tmp_path)
+    assert failed.returncode == 1 and "0/1 rule tests passed" in failed.stdout, failed
+    text = " ".join(mr("test", "--help").stdout.split())
+    assert "5 the routing files have no rule test: nothing was tested" in text, text
+
+
 def test_check_warns_about_a_rule_test_expecting_a_name_that_does_not_exist(tmp_path):
     """A rule test whose expect: names a mailbox, owner, rule, folder or priority no decision
     can give (a typo) only showed at `mailrouter test` ("expected 'salse', got 'sales'"); check
