@@ -485,7 +485,8 @@ def cmd_address(args: argparse.Namespace) -> int:
     if refused is not None:      # RCPT refuses it before the book is asked: `a b@example.com`,
         # `sales@`, `@` were "550 5.1.1 no such address", where the daemon answers 553 5.1.3
         found = found | {"known": False, "address": None, "detail": None, "person": None,
-                         "moved": None, "targets": [], "reply": str(refused)}
+                         "moved": None, "targets": [], "reply": str(refused),
+                         "did_you_mean": None}
     elif address != args.query:  # `<sales@example.com>` is read as RCPT reads it
         found = addressquery.describe(book, address) | {"query": args.query}
     print(json.dumps(found, ensure_ascii=False, indent=2) if args.json

@@ -21,32 +21,14 @@ dropped the head, or added an lmtp mailbox, was taken, and `check` refused the s
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
+from ..addressbook.errs import did_you_mean, near_address
 from ..config import Config, ControlConfig, WebConfig
 from ..errors import ConfigError
 from ..yamlsrc import where
 
 __all__ = ["check_control", "check_web", "config_against_book", "downstreams_missing"]
-
-
-def _near(word: str, known: list[str], what: str) -> str:
-    close = difflib.get_close_matches(word, known, n=1)
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return f"known {what}: {', '.join(sorted(known)) or 'none defined'}"
-
-
-def _near_address(address: str, known: list[str]) -> str | None:
-    """A typo's intended address: close as a whole and in its local part. The domain they
-    share made 'sales@example.com' "close" to 'replies@example.com', and the hint sent the
-    admin to point reply tracking at the sales mailbox instead of adding the alias."""
-    local = address.partition("@")[0]
-    for candidate in difflib.get_close_matches(address, known, n=5):
-        if difflib.SequenceMatcher(None, local, candidate.partition("@")[0]).ratio() >= 0.75:
-            return candidate
-    return None
 
 
 def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[ConfigError]:
@@ -60,11 +42,11 @@ def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[
         errors.append(ConfigError(message, file or path, line, col, hint))
     if cfg.head is not None and cfg.head not in book.people:
         err(cfg.head, f"control.head {cfg.head!r} is not a person of the address book",
-            _near(cfg.head, list(book.people), "people")
+            did_you_mean(cfg.head, book.people, "people")
             + "; people are defined under 'people:' in the routing files")
     for address in cfg.replies:
         if not book.knows(address):
-            close = _near_address(address, sorted(book.addresses()))
+            close = near_address(address, book.addresses())
             err(address, f"control.replies {address!r} is not an address of the address book",
                 f"did you mean '{close}'?" if close else
                 "add it under aliases: (e.g. 'replies@example.com: mailbox:replies') so the "
@@ -80,7 +62,7 @@ def check_web(cfg: WebConfig | None, book: Any, path: str = "") -> list[ConfigEr
             file, line, col = where(admin)
             errors.append(ConfigError(
                 f"web.admins {admin!r} is not a person of the address book", file or path, line,
-                col, _near(admin, list(book.people), "people")
+                col, did_you_mean(admin, book.people, "people")
                 + "; people are defined under 'people:' in the routing files"))
     return errors
 
