@@ -166,6 +166,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                                     Names.of(snap.book, snap.rules.rules),
                                                     snap.decide)
     warnings += folder_warnings(snap.book, snap.rules.rules)
+    from .control.checks import smtp_back_to_us
+    warnings += smtp_back_to_us(cfg, snap.book, _mailbox_lines(snap.files))
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
     warnings += [f"{_at(*snap.domain_where.get(d, ('', 0)))}domain {d}: RCPT "
@@ -270,6 +272,23 @@ def _routing_lines(cfg: Config) -> dict[str, int]:
             path = item if Path(item).is_absolute() else str(base / item)
             lines[path] = getattr(item, "line", 0) or key_line
     return lines
+
+
+def _mailbox_lines(files: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """(file, line) of each mailbox under `mailboxes:` of the routing files, the first
+    place: the book keeps no positions of its mailboxes (read bare, for speed)."""
+    from . import yamlsrc
+    out: dict[str, tuple[str, int]] = {}
+    for f in files:
+        try:
+            doc = yamlsrc.load(f)
+        except ConfigError:
+            continue
+        boxes = doc.get("mailboxes") if isinstance(doc, dict) else None
+        if isinstance(boxes, yamlsrc.LocMap):
+            for name in boxes:
+                out.setdefault(str(name), (_shown(f), boxes.key_line(name)))
+    return out
 
 
 def _postmaster_target(book: Any) -> str:

@@ -66,6 +66,48 @@ def test_check_refuses_lmtp_and_smtp_mailboxes_without_their_downstream(tmp_path
     assert ok.returncode == 0 and ok.stderr == "", ok
 
 
+def test_check_warns_about_an_smtp_mailbox_on_our_own_domains(tmp_path):
+    """A mailbox {smtp: ADDRESS} on one of our domains: delivery.smtp is the MTA in front,
+    which sends that domain back to mailrouter, so the copy came back as new mail (refused
+    550 5.1.1 and bounced, a loop refused 554 5.4.6, or routed twice); check said ok. Now a
+    warning per mailbox, at its line, with what happens and the fix (any case, either form
+    of an IDN domain); one outside our domains is fine. Exit 0: a downstream that hosts the
+    domain's mailboxes itself may be meant."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com, пример.рф]\nrules: []\nmailboxes:\n"
+        "  sales: {maildir: sales}\n"
+        "  fwd: {smtp: sales@example.com}\n"
+        "  gone: {smtp: Other@EXAMPLE.com}\n"
+        "  self: {smtp: self@xn--e1afmkfd.xn--p1ai}\n"
+        "  partner: {smtp: orders@partner.example}\n"
+        "aliases:\n  sales@example.com: mailbox:sales\n  postmaster@example.com: mailbox:sales\n"
+        "  postmaster@пример.рф: mailbox:sales\n  fwd@example.com: mailbox:fwd\n"
+        "  gone@example.com: mailbox:gone\n  self@пример.рф: mailbox:self\n"
+        "  p@example.com: mailbox:partner\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text("routing: [book.yaml]\ndelivery: {smtp: {host: 127.0.0.1, port: 10027}}\n",
+                      encoding="utf-8")
+    out = mr("check", "-c", str(config), cwd=tmp_path)
+    assert out.returncode == 0 and out.stderr == "", out
+    warnings = [line for line in out.stdout.splitlines() if line.startswith("warning:")]
+    tail = "if delivery.smtp (127.0.0.1:10027) is the MTA that sends"
+    own = ("deliver to our own mailboxes with {maildir: ...} or {lmtp: ...}; {smtp: ...} is "
+           "for addresses outside our domains (fine if that downstream hosts the mailbox itself)")
+    assert warnings == [
+        f"warning: book.yaml:5: mailbox 'fwd' {{smtp: sales@example.com}} is on our own domain "
+        f"example.com: {tail} example.com to mailrouter, it is taken again as new mail to that "
+        "address (routed twice, two registry rows); point the aliases at sales@example.com (an "
+        "alias may name another address of ours) instead of mailbox:fwd (fine if that "
+        "downstream hosts the mailbox itself)",
+        f"warning: book.yaml:6: mailbox 'gone' {{smtp: Other@EXAMPLE.com}} is on our own domain "
+        f"EXAMPLE.com: {tail} EXAMPLE.com to mailrouter, mailrouter refuses it (550 5.1.1: not "
+        f"an address of the address book) and the MTA bounces it to the sender; {own}",
+        f"warning: book.yaml:7: mailbox 'self' {{smtp: self@xn--e1afmkfd.xn--p1ai}} is on our "
+        f"own domain xn--e1afmkfd.xn--p1ai: {tail} xn--e1afmkfd.xn--p1ai to mailrouter, "
+        "self@xn--e1afmkfd.xn--p1ai leads to this mailbox again: a mail loop, refused 554 5.4.6 "
+        f"and bounced to the sender; {own}"], out.stdout
+
+
 def test_reload_that_reaches_no_daemon_still_names_config_yamls_errors(tmp_path):
     """A broken config.yaml whose admin endpoint is readable is sent to the daemon, which
     names its errors; when no daemon answers there, `reload` names them itself beside

@@ -14,6 +14,9 @@ once both are loaded, and refuses, with config.yaml's file:line:column:
 - a mailbox `{lmtp: ...}` or `{smtp: ...}` with no `delivery.lmtp` (`delivery.smtp`)
   for it (`downstreams_missing`).
 
+and warns (`smtp_back_to_us`) about a mailbox `{smtp: ADDRESS}` on one of our own domains:
+the MTA behind delivery.smtp sends that domain to mailrouter again.
+
 The daemon runs the same checks (`config_against_book`) at start, which it refuses, and at
 each reload, which it refuses keeping the rules it runs: a reload of routing files that
 dropped the head, or added an lmtp mailbox, was taken, and `check` refused the same files.
@@ -21,14 +24,17 @@ dropped the head, or added an lmtp mailbox, was taken, and `check` refused the s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from ..addressbook.canon import on_our_domains
 from ..addressbook.errs import did_you_mean, near_address
 from ..config import Config, ControlConfig, WebConfig
 from ..errors import ConfigError
 from ..yamlsrc import where
 
-__all__ = ["check_control", "check_web", "config_against_book", "downstreams_missing"]
+__all__ = ["check_control", "check_web", "config_against_book", "downstreams_missing",
+           "smtp_back_to_us"]
 
 
 def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[ConfigError]:
@@ -93,4 +99,43 @@ def downstreams_missing(cfg: Config, book: Any) -> list[ConfigError]:
                 cfg.path or "the embedded default config (no -c FILE)", 0, 0,
                 f"set delivery: {{{kind}: {example}}} (docs/install.md), or make them maildir: "
                 "mailboxes"))
+    return out
+
+
+def smtp_back_to_us(cfg: Config, book: Any,
+                    lines: Mapping[str, tuple[str, int]] = {}) -> list[str]:
+    """A warning per mailbox `{smtp: ADDRESS}` whose address is on one of our own domains
+    (`lines`: each mailbox's file and line). delivery.smtp is mostly the MTA in front (its
+    return port), whose transport sends our domains to mailrouter: the copy comes back as
+    new mail to ADDRESS, refused (550 5.1.1, or 554 5.4.6 when ADDRESS leads to this very
+    mailbox) and bounced by the MTA, or routed a second time. `check` said ok. A warning,
+    not an error: a downstream that hosts the domain's mailboxes itself takes it."""
+    out = []
+    downstream = (f"delivery.smtp ({cfg.delivery.smtp.host}:{cfg.delivery.smtp.port})"
+                  if cfg.delivery.smtp is not None else "delivery.smtp")
+    for box in sorted(book.mailboxes.values(), key=lambda m: (*lines.get(m.name, ("", 0)), m.name)):
+        if box.kind != "smtp" or not on_our_domains(box.where, book.domains):
+            continue
+        file, line = lines.get(box.name, ("", 0))
+        at = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        domain = box.where.rpartition("@")[2]
+        res = book.resolve(box.where)
+        if res.reply is not None:
+            fate = (f"mailrouter refuses it ({res.reply.code} {res.reply.status}: not an "
+                    "address of the address book) and the MTA bounces it to the sender")
+            fix = ("deliver to our own mailboxes with {maildir: ...} or {lmtp: ...}; "
+                   "{smtp: ...} is for addresses outside our domains")
+        elif box.name in {t.mailbox for t in res.targets}:
+            fate = (f"{box.where} leads to this mailbox again: a mail loop, refused 554 5.4.6 "
+                    "and bounced to the sender")
+            fix = ("deliver to our own mailboxes with {maildir: ...} or {lmtp: ...}; "
+                   "{smtp: ...} is for addresses outside our domains")
+        else:
+            fate = ("it is taken again as new mail to that address (routed twice, two "
+                    "registry rows)")
+            fix = (f"point the aliases at {box.where} (an alias may name another address "
+                   f"of ours) instead of mailbox:{box.name}")
+        out.append(f"{at}mailbox {box.name!r} {{smtp: {box.where}}} is on our own domain "
+                   f"{domain}: if {downstream} is the MTA that sends {domain} to mailrouter, "
+                   f"{fate}; {fix} (fine if that downstream hosts the mailbox itself)")
     return out
