@@ -275,8 +275,18 @@ class _Checker:
             fraction = kind is int and isinstance(value, float) and math.isfinite(value) \
                 and value != int(value)
             whole = "a whole number" if fraction else "a number"
+            meant = _in_unit(key, value)
+            if meant is not None:
+                # `command_timeout: 5m`, `max_message_size: 25MB`: the sibling durations
+                # (close_after: 14d) take units, these do not; the example was the default
+                # ("for example 'command_timeout: 300.0'"), not the value written
+                unit, number = meant
+                self.error(value, f"'{key}' is a number of {unit}, without a unit, not "
+                                  f"{value!r}", f"write '{key}: {number}' ({value} in {unit})",
+                           sec, key)
+                return default
             self.error(value, f"'{key}' must be {whole} {bounds}, not {value!r}",
-                       f"for example '{key}: {default}'", sec, key)
+                       f"for example '{key}: {_plain(default)}'", sec, key)
             return default
         return kind(value)
 
@@ -1009,6 +1019,33 @@ def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The plain numbers that are sizes in bytes; every other such key whose name says time is
+# in seconds (the rest are counts)
+_BYTE_KEYS = ("max_message_size", "max_data_in_flight")
+_SECOND_WORDS = ("timeout", "delay", "deadline", "grace", "retry_", "max_age")
+_SIZES = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def _plain(number: Any) -> Any:
+    """300.0 as 300: the example a hint gives is written as config.example.yaml writes it."""
+    return int(number) if isinstance(number, float) and number.is_integer() else number
+
+
+def _in_unit(key: str, value: Any) -> tuple[str, Any] | None:
+    """('seconds', 300) for `command_timeout: 5m`, ('bytes', 26214400) for
+    `max_message_size: 25MB` (1024-based, as the rules' sizes): the plain number meant by
+    a value written with a unit, for a key that takes a plain number; else None."""
+    text = str(value).strip().lower().replace(" ", "") if isinstance(value, str) else ""
+    if key in _BYTE_KEYS:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)i?b?", text)
+        if m and (m[2] or text.endswith("b")):
+            return "bytes", int(float(m[1]) * _SIZES[m[2]])
+    elif any(word in key for word in _SECOND_WORDS):
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(s|m|h|d)", text)
+        if m:
+            return "seconds", _plain(float(m[1]) * _UNITS[m[2]])
+    return None
+
 
 
 # The longest duration a setting takes. Past it a time computed from it left datetime's
@@ -1016,11 +1053,25 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 366 * 86400.0
 
 
+# A bare number is seconds; under a minute, on a setting counted in hours or days, it was
+# meant in the unit of its example: `close_after: 14` closed answered requests after 14
+# seconds, `session_ttl: 8` signed people out after 8, with no word from `check`.
+_LONG_DURATIONS = ("close_after", "remind_after", "escalate_after", "session_ttl",
+                   "hold_permanent_failures")
+
+
 def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker,
               section: str = "delivery", most: float = MAX_DURATION) -> float:
     """Seconds from a number or a text like 30s, 15m, 12h, 1d (0 turns it off)."""
     value = sec.get(key, default)
     seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 60 \
+            and key in _LONG_DURATIONS and key in sec:
+        n = _plain(value)
+        c.error(value, f"'{section}.{key}: {n}' is {n} seconds (a bare number is seconds)",
+                f"write the unit: '{key}: {n}d' (days), '{n}h' (hours) or '{n}m' (minutes); "
+                f"'{n}s' if seconds are meant", sec, key)
+        return default
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         seconds = float(value)
     else:
