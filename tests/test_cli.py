@@ -378,6 +378,24 @@ def test_a_look_at_a_registry_that_is_not_there_names_its_file(tmp_path):
     assert not db.parent.exists()
 
 
+def test_explain_names_the_address_a_refused_recipient_was_typed_for():
+    """`explain --rcpt invoice@example.com` said only "reject (550 5.1.1 ...)": the admin
+    trying a message on a typo'd address was not told which address exists. It names the
+    one `mailrouter address` names (detail kept), in text and as did_you_mean in JSON;
+    nothing for an address no known one is near, or one RCPT refuses before the book."""
+    sample = str(RULES / "samples" / "invoice-koi8r.eml")
+    out = mr("explain", "--rcpt", "invoice@example.com", "--rcpt", "<Suport+x@example.com>",
+             "--rcpt", "nobody@example.com", "--rcpt", "a b@example.com", sample,
+             cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    assert [line for line in out.stdout.splitlines() if "did you mean" in line] == [
+        "  did you mean: invoices@example.com", "  did you mean: support+x@example.com"]
+    js = json.loads(mr("explain", "--json", "--rcpt", "invoice@example.com", "--rcpt",
+                       "nobody@example.com", "--rcpt", "invoices@example.com", sample,
+                       cwd=RULES.parent).stdout)
+    assert [r["did_you_mean"] for r in js["recipients"]] == ["invoices@example.com", None, None]
+
+
 def test_explain_with_a_bad_time_exits_2():
     """`--at tomorrow` is a bad argument: exit 2 as the help promises ("1 check found errors
     or a rule test failed"), not 1, which a script would read as a failed check."""
