@@ -320,10 +320,19 @@ class _Checker:
             return None
         host, _, port = str(value).rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            # the example was 127.0.0.1:2525 for every key: `lmtp: 2524` was told to take
+            # the SMTP listener's port; a bare port is given its host
+            example = (f"127.0.0.1:{value}" if str(value).isdigit() and 0 < int(value) <= 65535
+                       else f"127.0.0.1:{default.port}" if default is not None
+                       else f"127.0.0.1:{_LISTENER_PORTS.get(key, 2525)}")
             self.error(value, f"'{key}' must be HOST:PORT, not {value!r}",
-                       f"for example '{key}: 127.0.0.1:2525', or '{key}: null' to disable", sec, key)
+                       f"for example '{key}: {example}', or '{key}: null' to disable", sec, key)
             return default
         return Listener(host.strip("[]"), int(port))
+
+
+# The port of each HOST:PORT setting's example, where it has no default
+_LISTENER_PORTS = {"web": WEB_PORT, "relay": 10027, "resolver": 53}
 
 
 def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[Any, str]]:
@@ -450,8 +459,22 @@ def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:
     name = cfg.path or "the embedded default config (no -c FILE)"
     if all(e.path for e in exc.errors):
         return exc
-    return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line, e.column, e.hint)
+    line, column = _routing_key(cfg.path)       # config.yaml's routing:, to open at
+    return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line or line,
+                                                      e.column or column, e.hint)
                          for e in exc.errors])
+
+
+def _routing_key(path: str) -> tuple[int, int]:
+    """(line, column) of `routing:` in the config file at `path`; (0, 0) without one."""
+    if not path:
+        return 0, 0
+    try:
+        doc = yamlsrc.load(path)
+    except ConfigError:
+        return 0, 0
+    marks = getattr(doc, "key_marks", {})
+    return marks.get("routing", (0, 0)) if isinstance(doc, dict) else (0, 0)
 
 
 # Config's fields under the key config.yaml writes them with; those not named are top keys.
@@ -999,7 +1022,8 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
         return None
     if not isinstance(value, dict):
         c.error(value, f"'delivery.{key}' must be a mapping",
-                f"for example '{key}: {{host: 127.0.0.1, port: 24}}'", sec)
+                f"for example '{key}: {{host: 127.0.0.1, port: "
+                f"{24 if key == 'lmtp' else 10027}}}'", sec)     # smtp: deploy/postfix's RETURN_PORT
         return None
     for k, hint in unknown_keys(value, ("host", "port", "timeout", "pool_size")):
         c.error(k, f"unknown key '{k}' in 'delivery.{key}'", hint, value)
