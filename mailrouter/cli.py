@@ -683,6 +683,19 @@ EXITS: dict[str, str] = {
     "address": "0 known, 1 unknown (with the reply the daemon gives at RCPT), 2 the config "
                "or the routing files have errors",
     "outbox": "0 listed, 2 no registry or the config has errors",
+    "registry": "0 listed (none too), 2 no registry, the registry could not be read, or the "
+                "config has errors",
+    "registry search": "0 listed (none too), 2 a bad argument, no registry, the registry "
+                       "could not be read, or the config has errors",
+    "registry history": "0 listed (none too), 2 a bad argument, no registry, the registry "
+                        "could not be read, or the config has errors",
+    "registry reloads": "0 listed (none too), 2 no registry, the registry could not be read, "
+                        "or the config has errors",
+    "report": "0 reported, 2 a bad date, no registry, the registry could not be read, or the "
+              "config has errors",
+    "request": "0 shown or changed, 1 no such request, or not changed (close of a closed "
+               "one, reopen of an open one), 2 a bad number, no registry, the registry could "
+               "not be read or written, or the config has errors",
     "postfix": "0 the tables are written, 2 they could not be (the reason and the fix on stderr)",
     "web": "0 the password is set, 2 not (an unknown person, a short password, no registry)",
     "db": "0 the schema is up to date, 2 the registry could not be upgraded",
@@ -725,8 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
                "or the example rules shipped in the package when there is no ./rules (a note on stderr\n"
                "says so).\n"
                "Only `run` and `db upgrade` create the registry or the mail store.\n"
-               "Exit codes: 0 ok, 1 check found errors, a rule test failed or the daemon refused\n"
-               "a reload, 2 another command could not load its configuration or do its job, 3\n"
+               "Exit codes: 0 ok, 1 check found errors, a rule test failed, the daemon refused\n"
+               "a reload, an address is unknown or a request is not there (or not changed), 2\n"
+               "another command could not load its configuration or do its job, 3\n"
                "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not, 4\n"
                "reload: the rules were reloaded but config.yaml changed since the start (restart),\n"
                "5 test: the routing files have no rule test (nothing was tested).")

@@ -130,7 +130,10 @@ def test_reload_that_reaches_no_daemon_still_names_config_yamls_errors(tmp_path)
     (["reload"], "4 reloaded but config.yaml changed"), (["check"], "1 errors in the config"),
     (["test"], "1 a case failed"), (["address"], "1 unknown"), (["run"], "2 could not start"),
     (["explain"], "0 decided"), (["postfix"], "2 they could not be"), (["db"], "0 the schema"),
-    (["web"], "0 the password is set"), (["outbox"], "0 listed")])
+    (["web"], "0 the password is set"), (["outbox"], "0 listed"),
+    (["request"], "1 no such request"), (["registry"], "2 no registry"),
+    (["registry", "search"], "2 a bad argument"), (["registry", "history"], "0 listed"),
+    (["registry", "reloads"], "2 no registry"), (["report"], "2 a bad date")])
 def test_each_commands_help_names_its_exit_codes(cmd, code):
     """Only the program's --help listed exit codes: `mailrouter reload --help` (systemctl
     reload runs it) did not say what 1, 3 or 4 mean, nor `address --help` what 1 does."""
