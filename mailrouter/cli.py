@@ -93,12 +93,15 @@ def _shown(path: str | Path) -> str:
         return str(p)
 
 
-def _snapshot(cfg: Config, code: int = 2) -> Any:
+def _snapshot(cfg: Config, code: int = 2, given: Sequence[str] | None = None) -> Any:
+    """The routing files' snapshot, or their errors on stderr and exit `code`. `given`:
+    the --routing globs read instead of config.yaml's `routing:`, which an error of the
+    set as a whole (no file, no mailbox) then names instead of config.yaml's line."""
     from .routing.snapshot import load_snapshot
     try:
         return load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
     except ConfigErrors as raised:
-        exc = owned_errors(raised, cfg)
+        exc = owned_errors(raised, cfg, given)
         print(f"mailrouter: routing files have {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
@@ -143,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config, code=1, routing=args.routing)
-    snap = _snapshot(cfg, code=1)
+    snap = _snapshot(cfg, code=1, given=args.routing)
     from .control.checks import config_against_book
     crossed = config_against_book(cfg, snap.book)
     if crossed:      # names in config.yaml that the routing files do not define
@@ -302,7 +305,7 @@ def _postmaster_target(book: Any) -> str:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from .routing.ruletests import run_rule_tests
-    snap = _snapshot(_config(args.config, routing=args.routing))
+    snap = _snapshot(_config(args.config, routing=args.routing), given=args.routing)
     tests = snap.sections.get("tests") or []
     if not tests:
         # "0/0 rule tests passed", exit 0: a CI job running `mailrouter test` on rules whose
@@ -345,7 +348,7 @@ def _parse_at(text: str | None) -> datetime | None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
-    snap = _snapshot(_config(args.config, routing=args.routing))
+    snap = _snapshot(_config(args.config, routing=args.routing), given=args.routing)
     try:
         raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
     except OSError as exc:

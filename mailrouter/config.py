@@ -26,7 +26,7 @@ import socket
 import stat
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from . import yamlsrc
@@ -452,13 +452,19 @@ def admin_endpoint(path: str | Path) -> tuple[Listener | None, str | None] | Non
     return None if c.errors else (admin, token)
 
 
-def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:
+def owned_errors(exc: ConfigErrors, cfg: Config,
+                 given: Sequence[str] | None = None) -> ConfigErrors:
     """`exc` with the config file named on each error that has no file of its own: "no
     routing files match ..." is about config.yaml's `routing:`, and was printed as
-    "<config>: ...", which named no file the admin could open."""
-    name = cfg.path or "the embedded default config (no -c FILE)"
+    "<config>: ...", which named no file the admin could open. With `given` (the CLI's
+    --routing globs, read instead of `routing:`) those errors are about them instead."""
     if all(e.path for e in exc.errors):
         return exc
+    if given:
+        name = "--routing " + " ".join(repr(g) for g in given)
+        return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line, e.column,
+                                                          e.hint) for e in exc.errors])
+    name = cfg.path or "the embedded default config (no -c FILE)"
     line, column = _routing_key(cfg.path)       # config.yaml's routing:, to open at
     return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line or line,
                                                       e.column or column, e.hint)

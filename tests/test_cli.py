@@ -798,6 +798,26 @@ def test_routing_option_tries_an_edited_copy_against_the_live_config(tmp_path):
             f"{copy}/*.yaml") in folder.stderr, folder.stderr
 
 
+def test_routing_option_errors_of_the_set_name_the_option_not_config_yaml(tmp_path):
+    """`test --routing rules.new/routing.yaml` (the address book's file left out): the
+    error of the set as a whole was named at config.yaml, whose `routing:` was not read at
+    all; it names the --routing given. Without --routing it stays config.yaml's, at the
+    line of its `routing:`."""
+    copy = tmp_path / "rules.new"
+    shutil.copytree(RULES, copy)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen: {smtp: null}\nrouting: [rules.new/routing.yaml]\n", encoding="utf-8")
+    why = ("the routing files define no mailbox and no person: every recipient would be "
+           "refused (550 5.1.1)")
+    for cmd in (["check"], ["test"], ["explain", str(RULES / "samples" / "product-a.eml")]):
+        out = mr(*cmd, "-c", str(cfg), "--routing", "rules.new/routing.yaml", cwd=tmp_path)
+        assert out.returncode in (1, 2), out
+        assert f"  --routing 'rules.new/routing.yaml': {why}" in out.stderr.splitlines()[1], out
+        assert str(cfg) not in out.stderr, out.stderr
+    live = mr("check", "-c", str(cfg), cwd=tmp_path)
+    assert live.stderr.splitlines()[1].startswith(f"  {cfg}:2:1: {why}"), live.stderr
+
+
 MALFORMED_AND_NOT = ["a b@example.com", "sales@", "@example.com", "sales@@example.com",
                      "<sales@example.com", '"a b"@example.com', "no-at-sign", "<>",
                      "sales@example.com", "<sales@example.com>", "nobody@example.com"]
