@@ -615,11 +615,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     snap = _snapshot(cfg)
     if args.person not in snap.book.people:
-        import difflib
-        close = difflib.get_close_matches(args.person, list(snap.book.people), n=1)
+        from .addressbook.errs import did_you_mean
+        close = did_you_mean(args.person, snap.book.people, "people", listing=False)
         print(f"mailrouter web passwd: {args.person!r} is not a person of the address book"
-              + (f"; did you mean {close[0]!r}?" if close else " (give the key under people:)"),
-              file=sys.stderr)
+              + (f"; {close}" if close else " (give the key under people:)"), file=sys.stderr)
         return 2
     from .registry.store import sqlite_missing
     if sqlite_missing(cfg.registry.url):

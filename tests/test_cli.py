@@ -942,3 +942,19 @@ def test_check_warns_about_a_routing_file_saved_as_yml_beside_a_yaml_glob(tmp_pa
     assert warned == ["warning: rules/extra.yml: not loaded: the glob 'rules/*.yaml' "
                       "(--routing) does not match its suffix, so its rules and addresses are "
                       "not read; rename it to 'rules/extra.yaml' to load it, or move it away"]
+
+
+def test_web_passwd_for_an_unknown_person_names_the_one_meant(tmp_path):
+    """`web passwd` had a did-you-mean of its own (difflib), without the note the shared
+    helper adds: `pеtrova` typed with a Cyrillic е got "did you mean 'petrova'?", which
+    reads as nonsense, the two looking alike. It now uses addressbook.errs.did_you_mean."""
+    for typed, hint in (("petrva", "did you mean 'petrova'?"),
+                        ("p\u0435trova", "did you mean 'petrova'? ('p\u0435trova': \u0435 is "
+                                         "Cyrillic; retype it)"),
+                        ("zzz", "(give the key under people:)")):
+        out = mr("web", "passwd", typed, "--password-stdin", cwd=RULES.parent,
+                 stdin="a long passphrase\n")
+        assert out.returncode == 2, out
+        assert out.stderr.strip() == (f"mailrouter web passwd: {typed!r} is not a person of the "
+                                      "address book" + (" " if hint.startswith("(") else "; ")
+                                      + hint), out.stderr
