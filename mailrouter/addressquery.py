@@ -19,6 +19,7 @@ from .addressbook.canon import detail_split
 from .addressbook.errs import near_address
 from .addresses import AddressBook
 from .values import spreadsheet_cell
+from .yamlsrc import letters_note
 
 __all__ = ["CSV_FIELDS", "describe", "export", "export_csv", "format_text", "meant"]
 
@@ -67,8 +68,10 @@ def meant(book: AddressBook, query: str, folded: str) -> str | None:
 def format_text(d: dict[str, Any]) -> str:
     """The human form of `describe`'s answer, one fact a line."""
     if not d["known"]:
+        # 'sаles@' with a Cyrillic а looks like the address meant: the note says which letter
         return f"{d['query']}: unknown: {d['reply']}" + (
-            f"; did you mean {d['did_you_mean']!r}?" if d.get("did_you_mean") else "")
+            f"; did you mean {d['did_you_mean']!r}?" + letters_note(d["query"].rpartition("@")[0])
+            if d.get("did_you_mean") else "")
     head = f"{d['query']}: known as {d['address']}"
     lines = [head + (f" (detail {d['detail']!r})" if d["detail"] else "")]
     if d["person"]:

@@ -84,11 +84,14 @@ def test_address_query_unknown_names_the_address_meant():
     cases = {"invoice@example.com": "invoices@example.com",
              "Invoice+Q@Example.COM": "invoices+Q@example.com",
              "suport@exmaple.com": "support@example.com",
-             "nobody@example.com": None, "x@other.test": None}
+             "nobody@example.com": None, "x@other.test": None,
+             "s\u0430les@example.com": "sales@example.com"}     # a Cyrillic а
     for query, meant in cases.items():
         out = mr("address", query)
         assert out.returncode == 1 and not out.stderr, (query, out)
         hint = f"; did you mean {meant!r}?" if meant else ""
+        if "\u0430" in query:
+            hint += " ('s\u0430les': \u0430 is Cyrillic; retype it)"
         assert out.stdout == (f"{query}: unknown: 550 5.1.1 Recipient address rejected: no "
                               f"such address here{hint}\n"), out.stdout
         assert json.loads(mr("address", "--json", query).stdout)["did_you_mean"] == meant
