@@ -290,7 +290,7 @@ def _mailbox_lines(files: Sequence[str]) -> dict[str, tuple[str, int]]:
         boxes = doc.get("mailboxes") if isinstance(doc, dict) else None
         if isinstance(boxes, yamlsrc.LocMap):
             for name in boxes:
-                out.setdefault(str(name), (_shown(f), boxes.key_line(name)))
+                out.setdefault(str(name), (f, boxes.key_line(name)))   # as rules name theirs
     return out
 
 

@@ -90,19 +90,20 @@ def test_check_warns_about_an_smtp_mailbox_on_our_own_domains(tmp_path):
     out = mr("check", "-c", str(config), cwd=tmp_path)
     assert out.returncode == 0 and out.stderr == "", out
     warnings = [line for line in out.stdout.splitlines() if line.startswith("warning:")]
+    book = tmp_path / "book.yaml"
     tail = "if delivery.smtp (127.0.0.1:10027) is the MTA that sends"
     own = ("deliver to our own mailboxes with {maildir: ...} or {lmtp: ...}; {smtp: ...} is "
            "for addresses outside our domains (fine if that downstream hosts the mailbox itself)")
     assert warnings == [
-        f"warning: book.yaml:5: mailbox 'fwd' {{smtp: sales@example.com}} is on our own domain "
+        f"warning: {book}:5: mailbox 'fwd' {{smtp: sales@example.com}} is on our own domain "
         f"example.com: {tail} example.com to mailrouter, it is taken again as new mail to that "
         "address (routed twice, two registry rows); point the aliases at sales@example.com (an "
         "alias may name another address of ours) instead of mailbox:fwd (fine if that "
         "downstream hosts the mailbox itself)",
-        f"warning: book.yaml:6: mailbox 'gone' {{smtp: Other@EXAMPLE.com}} is on our own domain "
+        f"warning: {book}:6: mailbox 'gone' {{smtp: Other@EXAMPLE.com}} is on our own domain "
         f"EXAMPLE.com: {tail} EXAMPLE.com to mailrouter, mailrouter refuses it (550 5.1.1: not "
         f"an address of the address book) and the MTA bounces it to the sender; {own}",
-        f"warning: book.yaml:7: mailbox 'self' {{smtp: self@xn--e1afmkfd.xn--p1ai}} is on our "
+        f"warning: {book}:7: mailbox 'self' {{smtp: self@xn--e1afmkfd.xn--p1ai}} is on our "
         f"own domain xn--e1afmkfd.xn--p1ai: {tail} xn--e1afmkfd.xn--p1ai to mailrouter, "
         "self@xn--e1afmkfd.xn--p1ai leads to this mailbox again: a mail loop, refused 554 5.4.6 "
         f"and bounced to the sender; {own}"], out.stdout
