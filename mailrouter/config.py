@@ -259,7 +259,8 @@ class _Checker:
             self.error(value, f"'{key}' must be a mapping", f"write '{key}:' followed by indented keys", doc)
             return {}
         for problem, hint in unknown_keys(value, known):
-            self.error(problem, f"unknown key '{problem}' in '{key}'", hint, value)
+            self.error(problem, f"unknown key '{problem}' in '{key}'",
+                       _empty_above(value, problem, known) or hint, value)
         return value
 
     def number(self, sec: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any] = int,
@@ -345,6 +346,27 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
         hint = (f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known))
         out.append((key, hint + yamlsrc.letters_note(key)))
     return out
+
+
+def _empty_above(mapping: Any, key: Any, known: tuple[str, ...]) -> str:
+    """The hint for an unknown key that follows a known key left empty:
+
+        delivery:
+          smtp:
+          host: 127.0.0.1     <- meant under smtp:, written at its level
+
+    "known keys: maildir_root, lmtp, smtp, ..." sent the admin to look for a typo."""
+    marks = getattr(mapping, "key_marks", {})
+    line = marks.get(key, (0, 0))[0]
+    above = [k for k in mapping if mapping[k] is None and 0 < marks.get(k, (0, 0))[0] < line]
+    if not above:
+        return ""
+    empty = max(above, key=lambda k: marks[k][0])
+    between = [k for k in mapping if marks.get(empty, (0, 0))[0] < marks.get(k, (0, 0))[0] < line]
+    if any(k in known for k in between):
+        return ""       # a key of the section between: not one block meant under it
+    return (f"'{empty}:' on line {marks[empty][0]} has no value: to make '{key}' one of its "
+            f"keys, indent it (and the keys with it) under '{empty}:' by two more spaces")
 
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
