@@ -15,10 +15,13 @@ import csv
 import io
 from typing import Any
 
+from .addressbook.canon import detail_split
+from .addressbook.errs import near_address
 from .addresses import AddressBook
 from .values import spreadsheet_cell
+from .yamlsrc import letters_note
 
-__all__ = ["CSV_FIELDS", "describe", "export", "export_csv", "format_text"]
+__all__ = ["CSV_FIELDS", "describe", "export", "export_csv", "format_text", "meant"]
 
 CSV_FIELDS = ("address", "targets", "person", "moved_to", "moved_delivers", "autoreply", "reply")
 
@@ -38,6 +41,7 @@ def describe(book: AddressBook, query: str) -> dict[str, Any]:
         "query": query, "known": known, "address": res.address if known else None,
         "detail": res.detail,
         "reply": str(res.reply) if res.reply else None,
+        "did_you_mean": None if known else meant(book, query, res.address),
         "person": res.person,
         "moved": ({"now": moved.now, "deliver": moved.deliver, "autoreply": moved.autoreply}
                   if moved else None),
@@ -45,10 +49,29 @@ def describe(book: AddressBook, query: str) -> dict[str, Any]:
     }
 
 
+def meant(book: AddressBook, query: str, folded: str) -> str | None:
+    """The known address an unknown `query` (`folded`: as the book folds it, case and
+    domain) was most likely typed for, its +detail kept as written:
+    `Invoice+Q@example.com` -> `invoices+Q@example.com`."""
+    local, at, domain = folded.rpartition("@")
+    if not at or not local:
+        return None
+    split = detail_split(local, book.options)
+    near = near_address(f"{split[0]}@{domain}" if split else folded, book.addresses())
+    given = detail_split(query.strip().strip("<>").rpartition("@")[0], book.options)
+    if near is None or not split or not given:
+        return near
+    near_local, _, near_domain = near.rpartition("@")
+    return f"{near_local}{book.options.detail_separator}{given[1]}@{near_domain}"
+
+
 def format_text(d: dict[str, Any]) -> str:
     """The human form of `describe`'s answer, one fact a line."""
     if not d["known"]:
-        return f"{d['query']}: unknown: {d['reply']}"
+        # 'sаles@' with a Cyrillic а looks like the address meant: the note says which letter
+        return f"{d['query']}: unknown: {d['reply']}" + (
+            f"; did you mean {d['did_you_mean']!r}?" + letters_note(d["query"].rpartition("@")[0])
+            if d.get("did_you_mean") else "")
     head = f"{d['query']}: known as {d['address']}"
     lines = [head + (f" (detail {d['detail']!r})" if d["detail"] else "")]
     if d["person"]:
@@ -69,8 +92,10 @@ def format_text(d: dict[str, Any]) -> str:
 
 
 def export(book: AddressBook) -> list[dict[str, Any]]:
-    """`describe` for every canonical address the book knows, sorted."""
-    return [describe(book, address) for address in sorted(book.addresses())]
+    """`describe` for every canonical address the book knows, sorted (without
+    `did_you_mean`, which only an unknown address has)."""
+    return [{k: v for k, v in describe(book, address).items() if k != "did_you_mean"}
+            for address in sorted(book.addresses())]
 
 
 def export_csv(book: AddressBook) -> str:

@@ -6,7 +6,8 @@ Every command runs the daemon's own code (as amtool does for Alertmanager):
 (errors in the configuration or routing files) or a rule test failed, or the daemon
 refused a reload, 2 another command could not load its configuration, 3 `reload`
 reloaded the rules but could not rebuild Postfix's tables (postfix_maps.on_reload),
-4 `reload` reloaded the rules but config.yaml changed since the start (read only then).
+4 `reload` reloaded the rules but config.yaml changed since the start (read only then),
+5 `test` found no rule test in the routing files (nothing tested; --allow-no-tests: 0).
 """
 
 from __future__ import annotations
@@ -92,12 +93,15 @@ def _shown(path: str | Path) -> str:
         return str(p)
 
 
-def _snapshot(cfg: Config, code: int = 2) -> Any:
+def _snapshot(cfg: Config, code: int = 2, given: Sequence[str] | None = None) -> Any:
+    """The routing files' snapshot, or their errors on stderr and exit `code`. `given`:
+    the --routing globs read instead of config.yaml's `routing:`, which an error of the
+    set as a whole (no file, no mailbox) then names instead of config.yaml's line."""
     from .routing.snapshot import load_snapshot
     try:
         return load_snapshot(cfg.routing, cfg.limits, cfg.hostname)
     except ConfigErrors as raised:
-        exc = owned_errors(raised, cfg)
+        exc = owned_errors(raised, cfg, given)
         print(f"mailrouter: routing files have {len(exc.errors)} error(s):", file=sys.stderr)
         for err in exc.errors:
             print(f"  {err}", file=sys.stderr)
@@ -142,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config, code=1, routing=args.routing)
-    snap = _snapshot(cfg, code=1)
+    snap = _snapshot(cfg, code=1, given=args.routing)
     from .control.checks import config_against_book
     crossed = config_against_book(cfg, snap.book)
     if crossed:      # names in config.yaml that the routing files do not define
@@ -165,6 +169,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                                     Names.of(snap.book, snap.rules.rules),
                                                     snap.decide)
     warnings += folder_warnings(snap.book, snap.rules.rules)
+    from .control.checks import smtp_back_to_us
+    warnings += smtp_back_to_us(cfg, snap.book, _mailbox_lines(snap.files))
     from .routing.recipients import recipient_warnings
     warnings += recipient_warnings(snap.book, snap.rules.rules)
     warnings += [f"{_at(*snap.domain_where.get(d, ('', 0)))}domain {d}: RCPT "
@@ -271,6 +277,23 @@ def _routing_lines(cfg: Config) -> dict[str, int]:
     return lines
 
 
+def _mailbox_lines(files: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """(file, line) of each mailbox under `mailboxes:` of the routing files, the first
+    place: the book keeps no positions of its mailboxes (read bare, for speed)."""
+    from . import yamlsrc
+    out: dict[str, tuple[str, int]] = {}
+    for f in files:
+        try:
+            doc = yamlsrc.load(f)
+        except ConfigError:
+            continue
+        boxes = doc.get("mailboxes") if isinstance(doc, dict) else None
+        if isinstance(boxes, yamlsrc.LocMap):
+            for name in boxes:
+                out.setdefault(str(name), (f, boxes.key_line(name)))   # as rules name theirs
+    return out
+
+
 def _postmaster_target(book: Any) -> str:
     """What a missing postmaster@ could point at: another domain's postmaster, a mailbox
     named postmaster, else a person or mailbox to choose."""
@@ -282,8 +305,21 @@ def _postmaster_target(book: Any) -> str:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from .routing.ruletests import run_rule_tests
-    snap = _snapshot(_config(args.config, routing=args.routing))
+    snap = _snapshot(_config(args.config, routing=args.routing), given=args.routing)
     tests = snap.sections.get("tests") or []
+    if not tests:
+        # "0/0 rule tests passed", exit 0: a CI job running `mailrouter test` on rules whose
+        # tests: were never written, or left in a file the glob does not match, passed
+        # having tested nothing
+        files = ", ".join(_shown(f) for f in snap.files)
+        if args.allow_no_tests:
+            print(f"no rule tests in the routing files ({files}); nothing was tested "
+                  "(--allow-no-tests)")
+            return 0
+        print(f"mailrouter test: no rule tests in the routing files ({files}): nothing was "
+              "tested; add cases under 'tests:' (rules/README.md, \"Tests\"), or give "
+              "--allow-no-tests if none is fine", file=sys.stderr)
+        return NO_RULE_TESTS
     failures = run_rule_tests(tests, snap.decide, Path.cwd())
     for line in failures:
         print(line)
@@ -312,7 +348,7 @@ def _parse_at(text: str | None) -> datetime | None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
-    snap = _snapshot(_config(args.config, routing=args.routing))
+    snap = _snapshot(_config(args.config, routing=args.routing), given=args.routing)
     try:
         raw = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
     except OSError as exc:
@@ -327,6 +363,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+NO_RULE_TESTS = 5        # `test`: the routing files have no rule test (pytest's "no tests ran")
 RELOAD_MAPS_FAILED = 3   # `reload`: the rules were reloaded, Postfix's tables were not
 RELOAD_NEEDS_RESTART = 4  # `reload`: the rules were reloaded, config.yaml's changes need a restart
 
@@ -470,7 +507,8 @@ def cmd_address(args: argparse.Namespace) -> int:
     if refused is not None:      # RCPT refuses it before the book is asked: `a b@example.com`,
         # `sales@`, `@` were "550 5.1.1 no such address", where the daemon answers 553 5.1.3
         found = found | {"known": False, "address": None, "detail": None, "person": None,
-                         "moved": None, "targets": [], "reply": str(refused)}
+                         "moved": None, "targets": [], "reply": str(refused),
+                         "did_you_mean": None}
     elif address != args.query:  # `<sales@example.com>` is read as RCPT reads it
         found = addressquery.describe(book, address) | {"query": args.query}
     print(json.dumps(found, ensure_ascii=False, indent=2) if args.json
@@ -577,11 +615,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     snap = _snapshot(cfg)
     if args.person not in snap.book.people:
-        import difflib
-        close = difflib.get_close_matches(args.person, list(snap.book.people), n=1)
+        from .addressbook.errs import did_you_mean
+        close = did_you_mean(args.person, snap.book.people, "people", listing=False)
         print(f"mailrouter web passwd: {args.person!r} is not a person of the address book"
-              + (f"; did you mean {close[0]!r}?" if close else " (give the key under people:)"),
-              file=sys.stderr)
+              + (f"; {close}" if close else " (give the key under people:)"), file=sys.stderr)
         return 2
     from .registry.store import sqlite_missing
     if sqlite_missing(cfg.registry.url):
@@ -637,7 +674,8 @@ EXITS: dict[str, str] = {
            "port in use)",
     "check": "0 valid (warnings allowed), 1 errors in the config or the routing files",
     "test": "0 every case passed, 1 a case failed, 2 the config or the routing files have "
-            "errors (mailrouter check names them)",
+            "errors (mailrouter check names them), 5 the routing files have no rule test: "
+            "nothing was tested (0 with --allow-no-tests)",
     "explain": "0 decided (also for a broken message), 2 the config, the routing files or "
                "the message could not be read",
     "reload": "0 reloaded, 1 the daemon refused the new routing files (the old rules keep "
@@ -647,6 +685,19 @@ EXITS: dict[str, str] = {
     "address": "0 known, 1 unknown (with the reply the daemon gives at RCPT), 2 the config "
                "or the routing files have errors",
     "outbox": "0 listed, 2 no registry or the config has errors",
+    "registry": "0 listed (none too), 2 no registry, the registry could not be read, or the "
+                "config has errors",
+    "registry search": "0 listed (none too), 2 a bad argument, no registry, the registry "
+                       "could not be read, or the config has errors",
+    "registry history": "0 listed (none too), 2 a bad argument, no registry, the registry "
+                        "could not be read, or the config has errors",
+    "registry reloads": "0 listed (none too), 2 no registry, the registry could not be read, "
+                        "or the config has errors",
+    "report": "0 reported, 2 a bad date, no registry, the registry could not be read, or the "
+              "config has errors",
+    "request": "0 shown or changed, 1 no such request, or not changed (close of a closed "
+               "one, reopen of an open one), 2 a bad number, no registry, the registry could "
+               "not be read or written, or the config has errors",
     "postfix": "0 the tables are written, 2 they could not be (the reason and the fix on stderr)",
     "web": "0 the password is set, 2 not (an unknown person, a short password, no registry)",
     "db": "0 the schema is up to date, 2 the registry could not be upgraded",
@@ -689,10 +740,12 @@ def build_parser() -> argparse.ArgumentParser:
                "or the example rules shipped in the package when there is no ./rules (a note on stderr\n"
                "says so).\n"
                "Only `run` and `db upgrade` create the registry or the mail store.\n"
-               "Exit codes: 0 ok, 1 check found errors, a rule test failed or the daemon refused\n"
-               "a reload, 2 another command could not load its configuration or do its job, 3\n"
+               "Exit codes: 0 ok, 1 check found errors, a rule test failed, the daemon refused\n"
+               "a reload, an address is unknown or a request is not there (or not changed), 2\n"
+               "another command could not load its configuration or do its job, 3\n"
                "reload: the rules were reloaded but Postfix's tables (postfix_maps) were not, 4\n"
-               "reload: the rules were reloaded but config.yaml changed since the start (restart).")
+               "reload: the rules were reloaded but config.yaml changed since the start (restart),\n"
+               "5 test: the routing files have no rule test (nothing was tested).")
     from . import __version__
     from .control.cli import count as _count
     p.add_argument("--version", action="version", version=f"mailrouter {__version__}")
@@ -712,6 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--routing", action="append", metavar="GLOB",
                         help="read these routing files instead of the config's 'routing:' "
                              "(repeatable; e.g. an edited copy: --routing 'rules.new/*.yaml')")
+    ts.add_argument("--allow-no-tests", action="store_true",
+                    help="exit 0 when the routing files have no rule test (without it: exit 5, "
+                         "so a CI job does not pass having tested nothing)")
     ex.add_argument("file", metavar="FILE.eml", help="the message ('-' for stdin)")
     ex.add_argument("--rcpt", action="append", metavar="ADDR",
                     help="envelope recipient (repeatable; default: the To/Cc addresses)")

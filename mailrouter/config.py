@@ -26,7 +26,7 @@ import socket
 import stat
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from . import yamlsrc
@@ -259,7 +259,8 @@ class _Checker:
             self.error(value, f"'{key}' must be a mapping", f"write '{key}:' followed by indented keys", doc)
             return {}
         for problem, hint in unknown_keys(value, known):
-            self.error(problem, f"unknown key '{problem}' in '{key}'", hint, value)
+            self.error(problem, f"unknown key '{problem}' in '{key}'",
+                       _empty_above(value, problem, known) or hint, value)
         return value
 
     def number(self, sec: dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any] = int,
@@ -275,8 +276,18 @@ class _Checker:
             fraction = kind is int and isinstance(value, float) and math.isfinite(value) \
                 and value != int(value)
             whole = "a whole number" if fraction else "a number"
+            meant = _in_unit(key, value)
+            if meant is not None:
+                # `command_timeout: 5m`, `max_message_size: 25MB`: the sibling durations
+                # (close_after: 14d) take units, these do not; the example was the default
+                # ("for example 'command_timeout: 300.0'"), not the value written
+                unit, number = meant
+                self.error(value, f"'{key}' is a number of {unit}, without a unit, not "
+                                  f"{value!r}", f"write '{key}: {number}' ({value} in {unit})",
+                           sec, key)
+                return default
             self.error(value, f"'{key}' must be {whole} {bounds}, not {value!r}",
-                       f"for example '{key}: {default}'", sec, key)
+                       f"for example '{key}: {_plain(default)}'", sec, key)
             return default
         return kind(value)
 
@@ -310,10 +321,19 @@ class _Checker:
             return None
         host, _, port = str(value).rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            # the example was 127.0.0.1:2525 for every key: `lmtp: 2524` was told to take
+            # the SMTP listener's port; a bare port is given its host
+            example = (f"127.0.0.1:{value}" if str(value).isdigit() and 0 < int(value) <= 65535
+                       else f"127.0.0.1:{default.port}" if default is not None
+                       else f"127.0.0.1:{_LISTENER_PORTS.get(key, 2525)}")
             self.error(value, f"'{key}' must be HOST:PORT, not {value!r}",
-                       f"for example '{key}: 127.0.0.1:2525', or '{key}: null' to disable", sec, key)
+                       f"for example '{key}: {example}', or '{key}: null' to disable", sec, key)
             return default
         return Listener(host.strip("[]"), int(port))
+
+
+# The port of each HOST:PORT setting's example, where it has no default
+_LISTENER_PORTS = {"web": WEB_PORT, "relay": 10027, "resolver": 53}
 
 
 def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[Any, str]]:
@@ -326,6 +346,27 @@ def unknown_keys(mapping: dict[str, Any], known: tuple[str, ...]) -> list[tuple[
         hint = (f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(known))
         out.append((key, hint + yamlsrc.letters_note(key)))
     return out
+
+
+def _empty_above(mapping: Any, key: Any, known: tuple[str, ...]) -> str:
+    """The hint for an unknown key that follows a known key left empty:
+
+        delivery:
+          smtp:
+          host: 127.0.0.1     <- meant under smtp:, written at its level
+
+    "known keys: maildir_root, lmtp, smtp, ..." sent the admin to look for a typo."""
+    marks = getattr(mapping, "key_marks", {})
+    line = marks.get(key, (0, 0))[0]
+    above = [k for k in mapping if mapping[k] is None and 0 < marks.get(k, (0, 0))[0] < line]
+    if not above:
+        return ""
+    empty = max(above, key=lambda k: marks[k][0])
+    between = [k for k in mapping if marks.get(empty, (0, 0))[0] < marks.get(k, (0, 0))[0] < line]
+    if any(k in known for k in between):
+        return ""       # a key of the section between: not one block meant under it
+    return (f"'{empty}:' on line {marks[empty][0]} has no value: to make '{key}' one of its "
+            f"keys, indent it (and the keys with it) under '{empty}:' by two more spaces")
 
 
 TOP_KEYS = ("hostname", "listen", "limits", "registry", "delivery", "routing",
@@ -433,15 +474,35 @@ def admin_endpoint(path: str | Path) -> tuple[Listener | None, str | None] | Non
     return None if c.errors else (admin, token)
 
 
-def owned_errors(exc: ConfigErrors, cfg: Config) -> ConfigErrors:
+def owned_errors(exc: ConfigErrors, cfg: Config,
+                 given: Sequence[str] | None = None) -> ConfigErrors:
     """`exc` with the config file named on each error that has no file of its own: "no
     routing files match ..." is about config.yaml's `routing:`, and was printed as
-    "<config>: ...", which named no file the admin could open."""
-    name = cfg.path or "the embedded default config (no -c FILE)"
+    "<config>: ...", which named no file the admin could open. With `given` (the CLI's
+    --routing globs, read instead of `routing:`) those errors are about them instead."""
     if all(e.path for e in exc.errors):
         return exc
-    return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line, e.column, e.hint)
+    if given:
+        name = "--routing " + " ".join(repr(g) for g in given)
+        return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line, e.column,
+                                                          e.hint) for e in exc.errors])
+    name = cfg.path or "the embedded default config (no -c FILE)"
+    line, column = _routing_key(cfg.path)       # config.yaml's routing:, to open at
+    return ConfigErrors([e if e.path else ConfigError(e.message, name, e.line or line,
+                                                      e.column or column, e.hint)
                          for e in exc.errors])
+
+
+def _routing_key(path: str) -> tuple[int, int]:
+    """(line, column) of `routing:` in the config file at `path`; (0, 0) without one."""
+    if not path:
+        return 0, 0
+    try:
+        doc = yamlsrc.load(path)
+    except ConfigError:
+        return 0, 0
+    marks = getattr(doc, "key_marks", {})
+    return marks.get("routing", (0, 0)) if isinstance(doc, dict) else (0, 0)
 
 
 # Config's fields under the key config.yaml writes them with; those not named are top keys.
@@ -989,7 +1050,8 @@ def _downstream(sec: dict[str, Any], key: str, c: _Checker) -> Downstream | None
         return None
     if not isinstance(value, dict):
         c.error(value, f"'delivery.{key}' must be a mapping",
-                f"for example '{key}: {{host: 127.0.0.1, port: 24}}'", sec)
+                f"for example '{key}: {{host: 127.0.0.1, port: "
+                f"{24 if key == 'lmtp' else 10027}}}'", sec)     # smtp: deploy/postfix's RETURN_PORT
         return None
     for k, hint in unknown_keys(value, ("host", "port", "timeout", "pool_size")):
         c.error(k, f"unknown key '{k}' in 'delivery.{key}'", hint, value)
@@ -1009,6 +1071,33 @@ def _delivery(doc: dict[str, Any], base: Path, c: _Checker) -> DeliveryConfig:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The plain numbers that are sizes in bytes; every other such key whose name says time is
+# in seconds (the rest are counts)
+_BYTE_KEYS = ("max_message_size", "max_data_in_flight")
+_SECOND_WORDS = ("timeout", "delay", "deadline", "grace", "retry_", "max_age")
+_SIZES = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def _plain(number: Any) -> Any:
+    """300.0 as 300: the example a hint gives is written as config.example.yaml writes it."""
+    return int(number) if isinstance(number, float) and number.is_integer() else number
+
+
+def _in_unit(key: str, value: Any) -> tuple[str, Any] | None:
+    """('seconds', 300) for `command_timeout: 5m`, ('bytes', 26214400) for
+    `max_message_size: 25MB` (1024-based, as the rules' sizes): the plain number meant by
+    a value written with a unit, for a key that takes a plain number; else None."""
+    text = str(value).strip().lower().replace(" ", "") if isinstance(value, str) else ""
+    if key in _BYTE_KEYS:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)i?b?", text)
+        if m and (m[2] or text.endswith("b")):
+            return "bytes", int(float(m[1]) * _SIZES[m[2]])
+    elif any(word in key for word in _SECOND_WORDS):
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(s|m|h|d)", text)
+        if m:
+            return "seconds", _plain(float(m[1]) * _UNITS[m[2]])
+    return None
+
 
 
 # The longest duration a setting takes. Past it a time computed from it left datetime's
@@ -1016,11 +1105,25 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = 366 * 86400.0
 
 
+# A bare number is seconds; under a minute, on a setting counted in hours or days, it was
+# meant in the unit of its example: `close_after: 14` closed answered requests after 14
+# seconds, `session_ttl: 8` signed people out after 8, with no word from `check`.
+_LONG_DURATIONS = ("close_after", "remind_after", "escalate_after", "session_ttl",
+                   "hold_permanent_failures")
+
+
 def _duration(sec: dict[str, Any], key: str, default: float, c: _Checker,
               section: str = "delivery", most: float = MAX_DURATION) -> float:
     """Seconds from a number or a text like 30s, 15m, 12h, 1d (0 turns it off)."""
     value = sec.get(key, default)
     seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 60 \
+            and key in _LONG_DURATIONS and key in sec:
+        n = _plain(value)
+        c.error(value, f"'{section}.{key}: {n}' is {n} seconds (a bare number is seconds)",
+                f"write the unit: '{key}: {n}d' (days), '{n}h' (hours) or '{n}m' (minutes); "
+                f"'{n}s' if seconds are meant", sec, key)
+        return default
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         seconds = float(value)
     else:

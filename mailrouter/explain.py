@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Callable, Sequence
 
+from .addressquery import meant
 from .autoreply import Policy, verdict
 from .intake.handler import rcpt_path
 from .message import MessageView
@@ -61,7 +62,8 @@ def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None
         "size": view.size,
         "envelope": {"from": envelope_from, "rcpts": list(rcpts)},
         "recipients": [d.as_dict() | {"autoreply": _autoreply(defects, snap, view, envelope_from,
-                                                              d, at, policy or Policy())}
+                                                              d, at, policy or Policy()),
+                                      "did_you_mean": _meant(snap, d)}
                        for d in decisions],
         "attachments": [a.filename for a in _safe(defects, "attachments", lambda: view.attachments, [])],
         "body_charset": _safe(defects, "body", lambda: view.body_charset, None),
@@ -81,6 +83,17 @@ def _decide(snap: Snapshot, view: MessageView, sender: str, rcpts: Sequence[str]
     decided = iter(snap.decide(view, sender, [a for a, refused in paths if refused is None], at))
     return [next(decided) if refused is None else _refused(given, refused)
             for given, (_, refused) in zip(rcpts, paths)]
+
+
+def _meant(snap: Snapshot, d: Decision) -> str | None:
+    """The known address a recipient the address book refuses was likely typed for (as
+    `mailrouter address` names it): `--rcpt invoice@example.com` said only 550 5.1.1."""
+    if d.action is not Action.REJECT or rcpt_path(d.rcpt)[1] is not None:
+        return None
+    res = snap.book.resolve(rcpt_path(d.rcpt)[0])
+    if res.reply is None or res.moved is not None:
+        return None
+    return meant(snap.book, d.rcpt, res.address)
 
 
 def _refused(rcpt: str, reply: Reply) -> Decision:
@@ -107,6 +120,8 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"{r['rcpt']}: {r['action']} ({r['reply']})")
         where = r["mailbox"] + (f" / {r['folder']}" if r["folder"] else "") if r["mailbox"] else "-"
         lines.append(f"  mailbox:  {where}")
+        if r.get("did_you_mean"):
+            lines.append(f"  did you mean: {r['did_you_mean']}")
         for key in ("owner", "priority", "sla"):
             if r.get(key):
                 lines.append(f"  {key + ':':9} {r[key]}")

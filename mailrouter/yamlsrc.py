@@ -844,7 +844,27 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
                               "file (an anchor does not reach into another routing file), or "
                               "write the values out" if name else "define its anchor above it "
                               "in the same file") from None
-        if problem.startswith("mapping values are not allowed"):
+        deeper = _deeper_than_above(text, line, col) if problem.startswith(
+            "mapping values are not allowed") else None
+        if deeper is not None:
+            # a key indented deeper than the `key: value` line above it: YAML reads it as
+            # the rest of that value, and the quoting hint sent the admin the wrong way
+            above, gap, here, out_of_place = deeper
+            hint = (f"line {above} is indented {_spaces(gap)} where the lines around it have "
+                    f"{here}: give it the same indentation as they have" if out_of_place else
+                    f"this line is indented {_spaces(here)}, deeper than line {above} above it "
+                    f"({gap}), so YAML reads it as the rest of that line's value: indent it "
+                    f"as line {above}, or end line {above} at its ':' to open a mapping")
+        elif problem.startswith(("did not find expected key",
+                                 "did not find expected '-' indicator")) and (
+                off := _off_the_line_above(text, line)) is not None:
+            # ` lmtp: ...` one space left of `  smtp: ...`: "check indentation" said where,
+            # not how far
+            above, gap, here = off
+            hint = (f"this line is indented {_spaces(here)} and line {above} above it {gap}: "
+                    f"the keys of one mapping line up; indent it as line {above}, or as the "
+                    "key it belongs to further up")
+        elif problem.startswith("mapping values are not allowed"):
             # `new@x: mailbox: sales`, `subject: Re: invoice`: a ': ' inside a plain value
             hint = ("a ': ' inside a value starts a mapping: quote the value "
                     "(subject: 'Re: invoice') or drop the space (mailbox:sales)")
@@ -870,6 +890,65 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
     finally:
         if collecting:
             gc.enable()
+
+
+def _key_indent(text: str) -> int:
+    """Where a line's key starts: its spaces and any `- ` list markers before it."""
+    m = re.match(r"(?:[ ]*-[ ]+)*[ ]*", text)
+    return m.end() if m else 0
+
+
+def _deeper_than_above(text: str, line: int, col: int) -> tuple[int, int, int, bool] | None:
+    """(the line above, its indentation, this line's, whether the line above is the odd one
+    out) when the ': ' YAML refused at `line`:`col` is this line's first and the line is
+    indented deeper than the `key: value` line above it (blank and comment lines skipped):
+
+        folder: Finance
+      owner: finance-duty     <- the line out of place
+        tags: [invoice]       <- "mapping values are not allowed" here
+
+    The line above is the odd one when the line before it has this line's indentation."""
+    lines = text.split("\n")
+    here = _line_at(text, line)
+    if here.find(":") != col - 1:       # a ': ' later in the line: a value to quote
+        return None
+    meaningful = [n for n in range(line - 1, 0, -1)
+                  if lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
+    if not meaningful:
+        return None
+    above = meaningful[0]
+    text_above = lines[above - 1]
+    indent, gap = _key_indent(here), _key_indent(text_above)
+    key, sep, value = text_above[gap:].partition(": ")
+    if indent <= gap or not sep or not value.split("#")[0].strip():
+        return None
+    odd = len(meaningful) > 1 and _key_indent(lines[meaningful[1] - 1]) == indent
+    return above, gap, indent, odd
+
+
+def _spaces(n: int) -> str:
+    return "1 space" if n == 1 else f"{n} spaces"
+
+
+def _off_the_line_above(text: str, line: int) -> tuple[int, int, int] | None:
+    """(the line above, its key's indentation, this line's) when this line holds a key
+    (`name:`) indented otherwise than the `key: value` line above it (blank and comment
+    lines skipped; a line above that opens a mapping or list is no measure)."""
+    lines = text.split("\n")
+    here = _line_at(text, line)
+    if not re.match(r"[ ]*(?:-[ ]+)*[^\s#:-][^:]*:(\s|$)", here):
+        return None
+    meaningful = [n for n in range(line - 1, 0, -1)
+                  if lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
+    if not meaningful:
+        return None
+    above = meaningful[0]
+    text_above = lines[above - 1]
+    indent, gap = _key_indent(here), _key_indent(text_above)
+    _, sep, value = text_above[gap:].partition(":")
+    if indent == gap or not sep or not value.split("#")[0].strip():
+        return None
+    return above, gap, indent
 
 
 def _line_at(text: str, line: int) -> str:

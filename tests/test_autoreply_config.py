@@ -116,7 +116,10 @@ def test_unknown_placeholder_is_an_error_with_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("{period: 12h, body: {en: x}}", "period '12h' is under one day"),
+    ("{period: 12h, body: {en: x}}", "period '12h' is under one day; RFC 5230"),
+    # a week meant: said how the bare number was read, and what to write
+    ("{period: 7, body: {en: x}}", "period 7 is under one day (a number alone is hours: 7h); "
+     "write period: 7d for 7 days; RFC 5230 asks"),
     ("{period: soon, body: {en: x}}", "period 'soon' is not a duration"),
     # the outbox looks back one period: past datetime's range every answer failed
     ("{period: 999999999d, body: {en: x}}", "period '999999999d' is more than a year"),

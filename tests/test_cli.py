@@ -66,6 +66,49 @@ def test_check_refuses_lmtp_and_smtp_mailboxes_without_their_downstream(tmp_path
     assert ok.returncode == 0 and ok.stderr == "", ok
 
 
+def test_check_warns_about_an_smtp_mailbox_on_our_own_domains(tmp_path):
+    """A mailbox {smtp: ADDRESS} on one of our domains: delivery.smtp is the MTA in front,
+    which sends that domain back to mailrouter, so the copy came back as new mail (refused
+    550 5.1.1 and bounced, a loop refused 554 5.4.6, or routed twice); check said ok. Now a
+    warning per mailbox, at its line, with what happens and the fix (any case, either form
+    of an IDN domain); one outside our domains is fine. Exit 0: a downstream that hosts the
+    domain's mailboxes itself may be meant."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com, пример.рф]\nrules: []\nmailboxes:\n"
+        "  sales: {maildir: sales}\n"
+        "  fwd: {smtp: sales@example.com}\n"
+        "  gone: {smtp: Other@EXAMPLE.com}\n"
+        "  self: {smtp: self@xn--e1afmkfd.xn--p1ai}\n"
+        "  partner: {smtp: orders@partner.example}\n"
+        "aliases:\n  sales@example.com: mailbox:sales\n  postmaster@example.com: mailbox:sales\n"
+        "  postmaster@пример.рф: mailbox:sales\n  fwd@example.com: mailbox:fwd\n"
+        "  gone@example.com: mailbox:gone\n  self@пример.рф: mailbox:self\n"
+        "  p@example.com: mailbox:partner\n", encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text("routing: [book.yaml]\ndelivery: {smtp: {host: 127.0.0.1, port: 10027}}\n",
+                      encoding="utf-8")
+    out = mr("check", "-c", str(config), cwd=tmp_path)
+    assert out.returncode == 0 and out.stderr == "", out
+    warnings = [line for line in out.stdout.splitlines() if line.startswith("warning:")]
+    book = tmp_path / "book.yaml"
+    tail = "if delivery.smtp (127.0.0.1:10027) is the MTA that sends"
+    own = ("deliver to our own mailboxes with {maildir: ...} or {lmtp: ...}; {smtp: ...} is "
+           "for addresses outside our domains (fine if that downstream hosts the mailbox itself)")
+    assert warnings == [
+        f"warning: {book}:5: mailbox 'fwd' {{smtp: sales@example.com}} is on our own domain "
+        f"example.com: {tail} example.com to mailrouter, it is taken again as new mail to that "
+        "address (routed twice, two registry rows); point the aliases at sales@example.com (an "
+        "alias may name another address of ours) instead of mailbox:fwd (fine if that "
+        "downstream hosts the mailbox itself)",
+        f"warning: {book}:6: mailbox 'gone' {{smtp: Other@EXAMPLE.com}} is on our own domain "
+        f"EXAMPLE.com: {tail} EXAMPLE.com to mailrouter, mailrouter refuses it (550 5.1.1: not "
+        f"an address of the address book) and the MTA bounces it to the sender; {own}",
+        f"warning: {book}:7: mailbox 'self' {{smtp: self@xn--e1afmkfd.xn--p1ai}} is on our "
+        f"own domain xn--e1afmkfd.xn--p1ai: {tail} xn--e1afmkfd.xn--p1ai to mailrouter, "
+        "self@xn--e1afmkfd.xn--p1ai leads to this mailbox again: a mail loop, refused 554 5.4.6 "
+        f"and bounced to the sender; {own}"], out.stdout
+
+
 def test_reload_that_reaches_no_daemon_still_names_config_yamls_errors(tmp_path):
     """A broken config.yaml whose admin endpoint is readable is sent to the daemon, which
     names its errors; when no daemon answers there, `reload` names them itself beside
@@ -88,7 +131,10 @@ def test_reload_that_reaches_no_daemon_still_names_config_yamls_errors(tmp_path)
     (["reload"], "4 reloaded but config.yaml changed"), (["check"], "1 errors in the config"),
     (["test"], "1 a case failed"), (["address"], "1 unknown"), (["run"], "2 could not start"),
     (["explain"], "0 decided"), (["postfix"], "2 they could not be"), (["db"], "0 the schema"),
-    (["web"], "0 the password is set"), (["outbox"], "0 listed")])
+    (["web"], "0 the password is set"), (["outbox"], "0 listed"),
+    (["request"], "1 no such request"), (["registry"], "2 no registry"),
+    (["registry", "search"], "2 a bad argument"), (["registry", "history"], "0 listed"),
+    (["registry", "reloads"], "2 no registry"), (["report"], "2 a bad date")])
 def test_each_commands_help_names_its_exit_codes(cmd, code):
     """Only the program's --help listed exit codes: `mailrouter reload --help` (systemctl
     reload runs it) did not say what 1, 3 or 4 mean, nor `address --help` what 1 does."""
@@ -336,6 +382,24 @@ def test_a_look_at_a_registry_that_is_not_there_names_its_file(tmp_path):
     assert not db.parent.exists()
 
 
+def test_explain_names_the_address_a_refused_recipient_was_typed_for():
+    """`explain --rcpt invoice@example.com` said only "reject (550 5.1.1 ...)": the admin
+    trying a message on a typo'd address was not told which address exists. It names the
+    one `mailrouter address` names (detail kept), in text and as did_you_mean in JSON;
+    nothing for an address no known one is near, or one RCPT refuses before the book."""
+    sample = str(RULES / "samples" / "invoice-koi8r.eml")
+    out = mr("explain", "--rcpt", "invoice@example.com", "--rcpt", "<Suport+x@example.com>",
+             "--rcpt", "nobody@example.com", "--rcpt", "a b@example.com", sample,
+             cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    assert [line for line in out.stdout.splitlines() if "did you mean" in line] == [
+        "  did you mean: invoices@example.com", "  did you mean: support+x@example.com"]
+    js = json.loads(mr("explain", "--json", "--rcpt", "invoice@example.com", "--rcpt",
+                       "nobody@example.com", "--rcpt", "invoices@example.com", sample,
+                       cwd=RULES.parent).stdout)
+    assert [r["did_you_mean"] for r in js["recipients"]] == ["invoices@example.com", None, None]
+
+
 def test_explain_with_a_bad_time_exits_2():
     """`--at tomorrow` is a bad argument: exit 2 as the help promises ("1 check found errors
     or a rule test failed"), not 1, which a script would read as a failed check."""
@@ -409,6 +473,37 @@ def test_rule_tests_pass_and_a_failing_one_is_reported(tmp_path):
     assert out.returncode == 1
     lines = [l for l in out.stdout.splitlines() if "wrong-expectation" in l]
     assert len(lines) == 1 and "expected 'finance'" in lines[0] and "'sales'" in lines[0]
+
+
+def test_rule_tests_none_at_all_is_not_a_pass(tmp_path):
+    """Routing files with no `tests:` printed "0/0 rule tests passed" and exit 0: an ops
+    team's CI step `mailrouter test` passed having tested nothing. Now exit 5 with the files
+    named and the fix; `--allow-no-tests` (a rule set still being written) makes it exit 0,
+    and says nothing was tested; `--help` lists the code."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com]\nmailboxes: {sales: {maildir: sales}}\naliases:\n"
+        "  sales@example.com: mailbox:sales\n  postmaster@example.com: mailbox:sales\n"
+        "rules:\n  - name: all\n    then: {tags: [x]}\n", encoding="utf-8")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("routing: [book.yaml]\n", encoding="utf-8")
+    out = mr("test", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 5, out
+    assert out.stdout == "" and out.stderr.splitlines() == [
+        "mailrouter test: no rule tests in the routing files (book.yaml): nothing was tested; "
+        "add cases under 'tests:' (rules/README.md, \"Tests\"), or give --allow-no-tests if "
+        "none is fine"]
+    allowed = mr("test", "-c", str(cfg), "--allow-no-tests", cwd=tmp_path)
+    assert allowed.returncode == 0 and allowed.stderr == "", allowed
+    assert allowed.stdout == ("no rule tests in the routing files (book.yaml); nothing was "
+                              "tested (--allow-no-tests)\n")
+    # with a case, the flag changes nothing: a failure still fails
+    with open(tmp_path / "book.yaml", "a", encoding="utf-8") as f:
+        f.write("tests:\n  - name: t\n    headers: {Subject: hi}\n    rcpt: sales@example.com\n"
+                "    expect: {tags: [y]}\n")
+    failed = mr("test", "-c", str(cfg), "--allow-no-tests", cwd=tmp_path)
+    assert failed.returncode == 1 and "0/1 rule tests passed" in failed.stdout, failed
+    text = " ".join(mr("test", "--help").stdout.split())
+    assert "5 the routing files have no rule test: nothing was tested" in text, text
 
 
 def test_check_warns_about_a_rule_test_expecting_a_name_that_does_not_exist(tmp_path):
@@ -704,6 +799,26 @@ def test_routing_option_tries_an_edited_copy_against_the_live_config(tmp_path):
             f"{copy}/*.yaml") in folder.stderr, folder.stderr
 
 
+def test_routing_option_errors_of_the_set_name_the_option_not_config_yaml(tmp_path):
+    """`test --routing rules.new/routing.yaml` (the address book's file left out): the
+    error of the set as a whole was named at config.yaml, whose `routing:` was not read at
+    all; it names the --routing given. Without --routing it stays config.yaml's, at the
+    line of its `routing:`."""
+    copy = tmp_path / "rules.new"
+    shutil.copytree(RULES, copy)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen: {smtp: null}\nrouting: [rules.new/routing.yaml]\n", encoding="utf-8")
+    why = ("the routing files define no mailbox and no person: every recipient would be "
+           "refused (550 5.1.1)")
+    for cmd in (["check"], ["test"], ["explain", str(RULES / "samples" / "product-a.eml")]):
+        out = mr(*cmd, "-c", str(cfg), "--routing", "rules.new/routing.yaml", cwd=tmp_path)
+        assert out.returncode in (1, 2), out
+        assert f"  --routing 'rules.new/routing.yaml': {why}" in out.stderr.splitlines()[1], out
+        assert str(cfg) not in out.stderr, out.stderr
+    live = mr("check", "-c", str(cfg), cwd=tmp_path)
+    assert live.stderr.splitlines()[1].startswith(f"  {cfg}:2:1: {why}"), live.stderr
+
+
 MALFORMED_AND_NOT = ["a b@example.com", "sales@", "@example.com", "sales@@example.com",
                      "<sales@example.com", '"a b"@example.com', "no-at-sign", "<>",
                      "sales@example.com", "<sales@example.com>", "nobody@example.com"]
@@ -829,3 +944,19 @@ def test_check_warns_about_a_routing_file_saved_as_yml_beside_a_yaml_glob(tmp_pa
     assert warned == ["warning: rules/extra.yml: not loaded: the glob 'rules/*.yaml' "
                       "(--routing) does not match its suffix, so its rules and addresses are "
                       "not read; rename it to 'rules/extra.yaml' to load it, or move it away"]
+
+
+def test_web_passwd_for_an_unknown_person_names_the_one_meant(tmp_path):
+    """`web passwd` had a did-you-mean of its own (difflib), without the note the shared
+    helper adds: `pеtrova` typed with a Cyrillic е got "did you mean 'petrova'?", which
+    reads as nonsense, the two looking alike. It now uses addressbook.errs.did_you_mean."""
+    for typed, hint in (("petrva", "did you mean 'petrova'?"),
+                        ("p\u0435trova", "did you mean 'petrova'? ('p\u0435trova': \u0435 is "
+                                         "Cyrillic; retype it)"),
+                        ("zzz", "(give the key under people:)")):
+        out = mr("web", "passwd", typed, "--password-stdin", cwd=RULES.parent,
+                 stdin="a long passphrase\n")
+        assert out.returncode == 2, out
+        assert out.stderr.strip() == (f"mailrouter web passwd: {typed!r} is not a person of the "
+                                      "address book" + (" " if hint.startswith("(") else "; ")
+                                      + hint), out.stderr

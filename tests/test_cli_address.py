@@ -75,6 +75,29 @@ def test_address_query_unknown_exits_1_with_the_reply():
     assert js["known"] is False and js["reply"].startswith("550 5.1.1") and js["targets"] == []
 
 
+def test_address_query_unknown_names_the_address_meant():
+    """`mailrouter address invoice@example.com` said only "unknown: 550 5.1.1", where every
+    rule and config error names the name meant. Now the closest known address is given (the
+    helper check uses for control.replies), its +detail kept as typed and a typo in the
+    domain caught; an address that only shares the domain gets no hint (nobody@ is not
+    abuse@), and JSON carries it as did_you_mean (null when known)."""
+    cases = {"invoice@example.com": "invoices@example.com",
+             "Invoice+Q@Example.COM": "invoices+Q@example.com",
+             "suport@exmaple.com": "support@example.com",
+             "nobody@example.com": None, "x@other.test": None,
+             "s\u0430les@example.com": "sales@example.com"}     # a Cyrillic а
+    for query, meant in cases.items():
+        out = mr("address", query)
+        assert out.returncode == 1 and not out.stderr, (query, out)
+        hint = f"; did you mean {meant!r}?" if meant else ""
+        if "\u0430" in query:
+            hint += " ('s\u0430les': \u0430 is Cyrillic; retype it)"
+        assert out.stdout == (f"{query}: unknown: 550 5.1.1 Recipient address rejected: no "
+                              f"such address here{hint}\n"), out.stdout
+        assert json.loads(mr("address", "--json", query).stdout)["did_you_mean"] == meant
+    assert json.loads(mr("address", "--json", "sales@example.com").stdout)["did_you_mean"] is None
+
+
 def test_address_query_gives_the_reply_rcpt_gives_before_the_book():
     """A path RCPT refuses before asking the address book (`a b@example.com`, `sales@`,
     `@`) was answered "550 5.1.1 no such address"; the daemon (and `explain`) answer

@@ -20,10 +20,13 @@ from tests.test_cli import CLI, mr
 
 def test_no_routing_files_names_the_config_file(tmp_path: Path) -> None:
     """`routing:` matching no file: check and run name the config file that says so; the
-    message was "<config>: no routing files match ...", which named nothing to open."""
+    message was "<config>: no routing files match ...", which named nothing to open; then
+    "config.yaml: no routing ...", with no line: now the line of its `routing:` key."""
     cfg = write_config(tmp_path / "config.yaml", free_port(), free_port(), free_port(),
                        "workers: 1\n", routing=str(tmp_path / "nothere" / "*.yaml"))
-    want = f"{cfg}: no routing files match {tmp_path / 'nothere' / '*.yaml'}"
+    line = next(n for n, text in enumerate(cfg.read_text().splitlines(), 1)
+                if text.startswith("routing:"))
+    want = f"{cfg}:{line}:1: no routing files match {tmp_path / 'nothere' / '*.yaml'}"
     check = mr("check", "-c", str(cfg))
     assert check.returncode == 1 and want in check.stderr, check.stderr
     run = mr("run", "-c", str(cfg))

@@ -131,8 +131,10 @@ def test_the_rules_readme_examples_load_and_pass(tmp_path):
         config.write_text(f"routing: ['{folder}/*.yaml']\ndelivery: {{lmtp: {{host: 127.0.0.1, "
                           "port: 24}, smtp: {host: 127.0.0.1, port: 10027}}\n", encoding="utf-8")
         for command in ("check", "test"):
+            # the book alone has no rule test: `test` exits 5 on that unless told it is fine
+            extra = ["--allow-no-tests"] if command == "test" and folder is two else []
             out = subprocess.run([sys.executable, "-m", "mailrouter.cli", command, "-c",
-                                  str(config)], capture_output=True, text=True, cwd=REPO,
+                                  str(config), *extra], capture_output=True, text=True, cwd=REPO,
                                  timeout=60, check=False)
             assert out.returncode == 0, (folder.name, command, out.stdout, out.stderr)
             assert "warning" not in out.stdout + out.stderr, (folder.name, command, out.stdout)

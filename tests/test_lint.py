@@ -226,11 +226,13 @@ def test_unmatchable_conditions(cond: str, warning: str | None) -> None:
 
 
 def test_duplicate_rule_names() -> None:
-    """Two rules with one name are reported: explanations would be ambiguous."""
+    """Two rules with one name are reported, with the fix ("explanations would be
+    ambiguous" said what goes wrong, not what to do)."""
     path, warnings = lint("rules:\n  - {name: a, when: {subject: x}, then: {folder: X}}\n"
                           "  - {name: a, when: {subject: y}, then: {folder: Y}}\n")
     assert warnings == [f"{path}:3: rule 'a': the name is also used at {path}:2; "
-                        "explanations would be ambiguous"]
+                        "explanations, the registry, the metrics and rule tests' 'rule:' "
+                        "could not tell the two apart: give this rule a name of its own"]
 
 
 def test_unknown_key_typo_is_an_error_with_did_you_mean() -> None:

@@ -369,9 +369,11 @@ def test_a_reload_refused_for_config_yaml_names_config_yaml(daemon_process, tmp_
     d.rename(tmp_path / "rules.off")
     reply = _post_reload(proc.admin)
     assert reply["ok"] is False
-    assert reply["detail"].startswith("config.yaml: no routing files match "), reply
+    line = next(n for n, text in enumerate(Path(proc.config).read_text().splitlines(), 1)
+                if text.startswith("routing:"))      # the key to edit, named with its line
+    assert reply["detail"].startswith(f"config.yaml:{line}:1: no routing files match "), reply
     log = proc.log.read_text()
-    assert f"{proc.config}: no routing files match {d}/*.yaml" in log, log
+    assert f"{proc.config}:{line}:1: no routing files match {d}/*.yaml" in log, log
     assert "<config>" not in log + reply["detail"]
 
 

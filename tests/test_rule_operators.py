@@ -285,6 +285,27 @@ def test_regex_re2_cannot_take_is_refused_with_file_line_and_why(pattern: str, w
     assert "see rules/README.md" in str(err)
 
 
+@pytest.mark.parametrize("pattern, instead", [
+    ("(a)\\1", "write the repeated text out, or test each part in its own condition under 'all:'"),
+    ("(?<!re: )order", "match the text around in the pattern itself, or put what must not be "
+     "there in its own condition under 'not:'"),
+    ("(?>a+)b", "write the group without '?>'"),
+    ("a++b", "drop the second '+' (a++ is a+)"),
+    ("(?#note)a", "delete the comment"),
+])
+def test_a_construct_re2_lacks_is_told_what_to_write_instead(pattern: str, instead: str) -> None:
+    """A lookbehind, a backreference... was refused with "see rules/README.md", whose
+    section lists what RE2 refuses but not what to write: the error now says it."""
+    from mailrouter.errors import ConfigErrors
+    from tests.support.rules import load, routing_file
+    path = routing_file(
+        f"rules:\n  - name: r\n    when: {{subject: {{regex: '{pattern}'}}}}\n    then: {{tags: [x]}}\n")
+    with pytest.raises(ConfigErrors) as info:
+        load(path)
+    [err] = info.value.errors
+    assert f"; {instead}" in str(err), str(err)
+
+
 GLOBS = ["*.pdf", "*счет*", "faktura ?. *", "[!a-c]x", "[]]", "[!]]", "[z-a]x", "[!z-a]x",
          "*a*b*", "[a-]", "[--0]", "a[", "[!]", "\\*", "[\\]", "a[b-d-f]", "*[.]*", "[^a]",
          "[[:alpha:]]", "ab\n*", "*"]

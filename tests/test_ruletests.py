@@ -367,3 +367,43 @@ tests:
     assert out, "the run waited on the FIFO"
     assert [ln.split(": ", 2)[2] for ln in out[0]] == [
         f"message '{fifo}' is not a regular file; give a saved .eml file"]
+
+
+def test_check_warns_about_a_case_whose_rcpt_the_book_refuses(tmp_path: Path) -> None:
+    """`rcpt: sale@example.com` in a case: refused at RCPT, so no rule decides for it and
+    `test` failed it with "mailbox expected 'sales', got None" while `check` said ok. check
+    warns at the rcpt's line, with the reply and the address meant; a case that expects the
+    refusal (action:) and a moved address refused on purpose are left alone."""
+    from mailrouter.routing.ruletests import Names
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """\
+tests:
+  - name: typo
+    headers: {Subject: x}
+    rcpt: sale@example.com
+    expect: {mailbox: sales}
+  - name: one of two
+    headers: {Subject: x}
+    rcpt:
+      - sales@example.com
+      - invoice+q@example.com
+    expect: {rule: null}
+  - name: refusal on purpose
+    headers: {Subject: x}
+    rcpt: nobody@example.com
+    expect: {action: reject}
+  - name: fine
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expect: {mailbox: sales}
+""", encoding="utf-8")
+    snap = load(path)
+    names = Names.of(snap.book, snap.rules.rules)
+    reply = "550 5.1.1 Recipient address rejected: no such address here"
+    tail = ("no rule decides for it, so the test can only fail (expect action: reject if the "
+            "refusal is what it tests)")
+    assert check_rule_tests(snap.sections["tests"], tmp_path, names) == [
+        f"{path}:7: test typo: rcpt 'sale@example.com' is refused at RCPT ({reply}; did you "
+        f"mean 'sales@example.com'?): {tail}",
+        f"{path}:13: test one of two: rcpt 'invoice+q@example.com' is refused at RCPT "
+        f"({reply}; did you mean 'invoices+q@example.com'?): {tail}"]

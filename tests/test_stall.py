@@ -93,7 +93,8 @@ def test_check_refuses_a_backreference_with_file_line_and_why(tmp_path: Path):
     assert out.returncode == 1
     rules = tmp_path / "routing" / "stall.yaml"
     assert (f"{rules}:3:29: rule 'twice': bad regex '(a)\\\\1': RE2 has no backreferences at "
-            "position 3; see rules/README.md") in out.stderr, out.stderr
+            "position 3; write the repeated text out, or test each part in its own condition "
+            "under 'all:'; see rules/README.md") in out.stderr, out.stderr
 
 
 @pytest.mark.asyncio

@@ -349,6 +349,52 @@ def test_a_colon_inside_a_value_gets_the_quotes_to_write(text: str, want: str) -
     assert error(loads, text) == f"ConfigError: {want}"
 
 
+@pytest.mark.parametrize("text, want", [
+    # `owner:` dedented by an edit: YAML reads the next line as the rest of its value
+    ("rules:\n  - name: i\n    then:\n      folder: F\n    owner: duty\n      tags: [x]\n",
+     "f.yaml:6:11: YAML syntax: mapping values are not allowed in this context; line 5 is "
+     "indented 4 spaces where the lines around it have 6: give it the same indentation as "
+     "they have"),
+    # a key indented deeper than the `key: value` above it (a blank line between is skipped)
+    ("rules:\n  - name: i\n    continue: true\n\n      owner: duty\n",
+     "f.yaml:5:12: YAML syntax: mapping values are not allowed in this context; this line is "
+     "indented 6 spaces, deeper than line 3 above it (4), so YAML reads it as the rest of that "
+     "line's value: indent it as line 3, or end line 3 at its ':' to open a mapping"),
+    # under a list item's first key
+    ("rules:\n  - name: i\n      when: {robot: true}\n",
+     "f.yaml:3:11: YAML syntax: mapping values are not allowed in this context; this line is "
+     "indented 6 spaces, deeper than line 2 above it (4), so YAML reads it as the rest of that "
+     "line's value: indent it as line 2, or end line 2 at its ':' to open a mapping"),
+])
+def test_a_key_indented_deeper_than_the_value_above_names_the_line(text: str, want: str) -> None:
+    """An edit that moved one line of a mapping two spaces left (or right) was told "a ': '
+    inside a value starts a mapping: quote the value", which sent the admin to quote a value
+    that was fine; the hint now names the line out of place and the indentation to give it."""
+    assert error(loads, text) == f"ConfigError: {want}"
+
+
+@pytest.mark.parametrize("text, want", [
+    # one space short in a mapping
+    ("listen:\n  smtp: 127.0.0.1:2525\n lmtp: 127.0.0.1:2524\n",
+     "f.yaml:3:2: YAML syntax: did not find expected key; this line is indented 1 space and "
+     "line 2 above it 2: the keys of one mapping line up; indent it as line 2, or as the key it "
+     "belongs to further up"),
+    # a rule's key at the list's level (continue: under the rule, two spaces short)
+    ("rules:\n  - name: k\n    then: {owner: x}\n  continue: true\n\n  - name: p\n",
+     "f.yaml:4:3: YAML syntax: did not find expected '-' indicator; this line is indented 2 "
+     "spaces and line 3 above it 4: the keys of one mapping line up; indent it as line 3, or as "
+     "the key it belongs to further up"),
+    ("rules:\n  - name: s\n    when: {rcpt: s@example.com}\n   then: {folder: X}\n",
+     "f.yaml:4:4: YAML syntax: did not find expected '-' indicator; this line is indented 3 "
+     "spaces and line 3 above it 4: the keys of one mapping line up; indent it as line 3, or as "
+     "the key it belongs to further up"),
+])
+def test_a_key_off_the_line_above_says_by_how_much(text: str, want: str) -> None:
+    """A key one or two spaces off its mapping's column was "did not find expected key;
+    check indentation and quoting on that line": the hint now gives both indentations."""
+    assert error(loads, text) == f"ConfigError: {want}"
+
+
 def test_tabs_that_are_not_indentation_are_fine() -> None:
     """Tabs inside a line or a flow collection are valid YAML and load as before."""
     assert loads("a: b\t# c\nd: [1,\n\t2]\n") == {"a": "b", "d": [1, 2]}

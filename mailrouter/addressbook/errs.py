@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import ConfigError, ConfigErrors
 from ..yamlsrc import letters_note, where
 
-__all__ = ["Collector", "did_you_mean", "at_line"]
+__all__ = ["Collector", "did_you_mean", "near_address", "at_line"]
 
 
 def did_you_mean(word: str, choices: Iterable[str], what: str, listing: bool = True) -> str:
@@ -24,6 +24,18 @@ def did_you_mean(word: str, choices: Iterable[str], what: str, listing: bool = T
         return f"none of the {what} is defined"
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     return f"known {what}: {shown}"
+
+
+def near_address(address: str, known: Iterable[str]) -> str | None:
+    """The known address a typo'd `address` most likely meant: close as a whole and in its
+    local part, else None. The domain they share made 'sales@example.com' "close" to
+    'replies@example.com' (and 'nobody@' to 'abuse@'): a hint that sends the admin to the
+    wrong mailbox is worse than none."""
+    local = address.partition("@")[0]
+    for candidate in difflib.get_close_matches(address, sorted(known), n=5):
+        if difflib.SequenceMatcher(None, local, candidate.partition("@")[0]).ratio() >= 0.75:
+            return candidate
+    return None
 
 
 def at_line(value: Any, default: Any = None) -> str:

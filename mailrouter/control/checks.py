@@ -14,6 +14,9 @@ once both are loaded, and refuses, with config.yaml's file:line:column:
 - a mailbox `{lmtp: ...}` or `{smtp: ...}` with no `delivery.lmtp` (`delivery.smtp`)
   for it (`downstreams_missing`).
 
+and warns (`smtp_back_to_us`) about a mailbox `{smtp: ADDRESS}` on one of our own domains:
+the MTA behind delivery.smtp sends that domain to mailrouter again.
+
 The daemon runs the same checks (`config_against_book`) at start, which it refuses, and at
 each reload, which it refuses keeping the rules it runs: a reload of routing files that
 dropped the head, or added an lmtp mailbox, was taken, and `check` refused the same files.
@@ -21,32 +24,17 @@ dropped the head, or added an lmtp mailbox, was taken, and `check` refused the s
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Mapping
 from typing import Any
 
+from ..addressbook.canon import on_our_domains
+from ..addressbook.errs import did_you_mean, near_address
 from ..config import Config, ControlConfig, WebConfig
 from ..errors import ConfigError
 from ..yamlsrc import where
 
-__all__ = ["check_control", "check_web", "config_against_book", "downstreams_missing"]
-
-
-def _near(word: str, known: list[str], what: str) -> str:
-    close = difflib.get_close_matches(word, known, n=1)
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return f"known {what}: {', '.join(sorted(known)) or 'none defined'}"
-
-
-def _near_address(address: str, known: list[str]) -> str | None:
-    """A typo's intended address: close as a whole and in its local part. The domain they
-    share made 'sales@example.com' "close" to 'replies@example.com', and the hint sent the
-    admin to point reply tracking at the sales mailbox instead of adding the alias."""
-    local = address.partition("@")[0]
-    for candidate in difflib.get_close_matches(address, known, n=5):
-        if difflib.SequenceMatcher(None, local, candidate.partition("@")[0]).ratio() >= 0.75:
-            return candidate
-    return None
+__all__ = ["check_control", "check_web", "config_against_book", "downstreams_missing",
+           "smtp_back_to_us"]
 
 
 def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[ConfigError]:
@@ -60,11 +48,11 @@ def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[
         errors.append(ConfigError(message, file or path, line, col, hint))
     if cfg.head is not None and cfg.head not in book.people:
         err(cfg.head, f"control.head {cfg.head!r} is not a person of the address book",
-            _near(cfg.head, list(book.people), "people")
+            did_you_mean(cfg.head, book.people, "people")
             + "; people are defined under 'people:' in the routing files")
     for address in cfg.replies:
         if not book.knows(address):
-            close = _near_address(address, sorted(book.addresses()))
+            close = near_address(address, book.addresses())
             err(address, f"control.replies {address!r} is not an address of the address book",
                 f"did you mean '{close}'?" if close else
                 "add it under aliases: (e.g. 'replies@example.com: mailbox:replies') so the "
@@ -80,7 +68,7 @@ def check_web(cfg: WebConfig | None, book: Any, path: str = "") -> list[ConfigEr
             file, line, col = where(admin)
             errors.append(ConfigError(
                 f"web.admins {admin!r} is not a person of the address book", file or path, line,
-                col, _near(admin, list(book.people), "people")
+                col, did_you_mean(admin, book.people, "people")
                 + "; people are defined under 'people:' in the routing files"))
     return errors
 
@@ -111,4 +99,43 @@ def downstreams_missing(cfg: Config, book: Any) -> list[ConfigError]:
                 cfg.path or "the embedded default config (no -c FILE)", 0, 0,
                 f"set delivery: {{{kind}: {example}}} (docs/install.md), or make them maildir: "
                 "mailboxes"))
+    return out
+
+
+def smtp_back_to_us(cfg: Config, book: Any,
+                    lines: Mapping[str, tuple[str, int]] = {}) -> list[str]:
+    """A warning per mailbox `{smtp: ADDRESS}` whose address is on one of our own domains
+    (`lines`: each mailbox's file and line). delivery.smtp is mostly the MTA in front (its
+    return port), whose transport sends our domains to mailrouter: the copy comes back as
+    new mail to ADDRESS, refused (550 5.1.1, or 554 5.4.6 when ADDRESS leads to this very
+    mailbox) and bounced by the MTA, or routed a second time. `check` said ok. A warning,
+    not an error: a downstream that hosts the domain's mailboxes itself takes it."""
+    out = []
+    downstream = (f"delivery.smtp ({cfg.delivery.smtp.host}:{cfg.delivery.smtp.port})"
+                  if cfg.delivery.smtp is not None else "delivery.smtp")
+    for box in sorted(book.mailboxes.values(), key=lambda m: (*lines.get(m.name, ("", 0)), m.name)):
+        if box.kind != "smtp" or not on_our_domains(box.where, book.domains):
+            continue
+        file, line = lines.get(box.name, ("", 0))
+        at = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        domain = box.where.rpartition("@")[2]
+        res = book.resolve(box.where)
+        if res.reply is not None:
+            fate = (f"mailrouter refuses it ({res.reply.code} {res.reply.status}: not an "
+                    "address of the address book) and the MTA bounces it to the sender")
+            fix = ("deliver to our own mailboxes with {maildir: ...} or {lmtp: ...}; "
+                   "{smtp: ...} is for addresses outside our domains")
+        elif box.name in {t.mailbox for t in res.targets}:
+            fate = (f"{box.where} leads to this mailbox again: a mail loop, refused 554 5.4.6 "
+                    "and bounced to the sender")
+            fix = ("deliver to our own mailboxes with {maildir: ...} or {lmtp: ...}; "
+                   "{smtp: ...} is for addresses outside our domains")
+        else:
+            fate = ("it is taken again as new mail to that address (routed twice, two "
+                    "registry rows)")
+            fix = (f"point the aliases at {box.where} (an alias may name another address "
+                   f"of ours) instead of mailbox:{box.name}")
+        out.append(f"{at}mailbox {box.name!r} {{smtp: {box.where}}} is on our own domain "
+                   f"{domain}: if {downstream} is the MTA that sends {domain} to mailrouter, "
+                   f"{fate}; {fix} (fine if that downstream hosts the mailbox itself)")
     return out

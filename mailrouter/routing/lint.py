@@ -321,8 +321,11 @@ def lint_rules(rules: Sequence[Any]) -> list[str]:
         at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
         if rule.name in seen:
             first = seen[rule.name]
+            # a copied rule left with its name: the registry, the metrics and a rule
+            # test's `expect: {rule: ...}` could not tell the two apart; say what to do
             out.append(f"{at}: the name is also used at {first.file}:{first.line}; "
-                       "explanations would be ambiguous")
+                       "explanations, the registry, the metrics and rule tests' 'rule:' "
+                       "could not tell the two apart: give this rule a name of its own")
         seen.setdefault(rule.name, rule)
         earlier = shadowing.first_over(i)
         if earlier is not None:

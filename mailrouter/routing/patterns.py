@@ -86,6 +86,24 @@ _WHY: tuple[tuple[str, str], ...] = (
     (r"\\N", "RE2 has no \\N{NAME}; write \\x{HEX}"),
 )
 
+# What to write instead, per construct (the hint was "see rules/README.md", whose section
+# lists what is refused but not what to write)
+_INSTEAD: dict[str, str] = {
+    "RE2 has no backreferences": "write the repeated text out, or test each part in its own "
+                                 "condition under 'all:'",
+    "RE2 has no lookahead or lookbehind": "match the text around in the pattern itself, or put "
+                                          "what must not be there in its own condition under "
+                                          "'not:' (e.g. all: [{subject: {regex: 'order'}}, "
+                                          "{not: {subject: {regex: 'cancelled order'}}}])",
+    "RE2 has no atomic groups": "write the group without '?>': RE2 never backtracks, so it "
+                                "is as fast",
+    "RE2 has no possessive quantifiers": "drop the second '+' (a++ is a+): RE2 never "
+                                         "backtracks, so it is as fast",
+    "RE2 has no conditionals": "write each branch as a rule or a condition of its own",
+    "RE2 has no (?#...) comments": "delete the comment, or move it after a '#' at the end of "
+                                   "the YAML line",
+}
+
 
 # RE2's complaints whose fragment is the whole pattern: it says nothing about where.
 _WHOLE = frozenset({"missing )", "unexpected )"})
@@ -228,7 +246,8 @@ def _re2(pattern: str, source: str, regex: bool = False) -> Any:
         if why is None:
             raise PatternError(kind or msg, pos,
                                "fix the pattern (RE2 syntax, " + _README + ")") from None
-        raise PatternError(why, pos) from None
+        raise PatternError(why, pos, f"{_INSTEAD[why]}; {_README}" if why in _INSTEAD
+                           else _README) from None
 
 
 # RE2's extras (rules/README.md) that Python's re refuses at once ('bad escape \\p'), so its

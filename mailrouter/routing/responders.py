@@ -181,8 +181,13 @@ class _Checker:
             return None
         period = timedelta(days=days, hours=hours)
         if period < MIN_PERIOD:
-            self.err(f"autoreply {name!r}: period {value!r} is under one day", value, spec,
-                     "RFC 5230 asks for at least 1d between answers to one sender; write 1d or more")
+            # `period: 7` meant a week: "7 is under one day" did not say it was read as hours
+            bare = isinstance(value, (int, float)) and not isinstance(value, bool)
+            self.err(f"autoreply {name!r}: period {value!r} is under one day"
+                     + (f" (a number alone is hours: {value}h)" if bare else ""), value, spec,
+                     (f"write period: {value}d for {value} days; " if bare else "")
+                     + "RFC 5230 asks for at least 1d between answers to one sender; write 1d "
+                     "or more")
             return None
         if period > MAX_PERIOD:
             self.err(f"autoreply {name!r}: period {value!r} is more than a year", value, spec,

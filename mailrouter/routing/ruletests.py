@@ -27,6 +27,7 @@ failing case and recipient: "file:line: test NAME: folder expected 'X', got 'Y'"
 that is no person or team, a rule no file defines, a folder that no rule sets and
 the case's recipients' aliases do not give, a priority or action outside their sets.
 Such a case can only fail `mailrouter test`; `check` says so with the did-you-mean.
+So can a case whose `rcpt:` the book refuses at RCPT (unless it expects an `action:`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..addressquery import meant
 from ..values import Decision
 from ..yamlsrc import NotRegularFile, as_written, must_be_regular, where
 from .conditions import did_you_mean
@@ -206,6 +208,9 @@ class Names:
     rules: frozenset[str]
     folders: frozenset[str]
     folders_of: Callable[[str], "frozenset[str] | None"]
+    # the reply refusing an address at RCPT, with the known address it was likely typed
+    # for ("550 5.1.1 ...; did you mean 'sales@example.com'?"), or None when it is taken
+    refused: Callable[[str], "str | None"] = lambda rcpt: None
 
     @classmethod
     def of(cls, book: Any, rules: Sequence[Rule]) -> "Names":
@@ -220,10 +225,17 @@ class Names:
                     break
                 found |= {t.folder for t in res.targets if t.folder is not None}
             return frozenset(found)
+
+        def refused(rcpt: str) -> str | None:
+            res = book.resolve(rcpt)
+            if res.reply is None or res.moved is not None:   # moved: refused on purpose
+                return None
+            near = meant(book, rcpt, res.address)
+            return str(res.reply) + (f"; did you mean '{near}'?" if near else "")
         return cls(frozenset(book.mailboxes), frozenset(book.people) | frozenset(book.teams),
                    frozenset(r.name for r in rules),
                    frozenset(r.then.folder for r in rules if r.then.folder is not None),
-                   folders_of)
+                   folders_of, refused)
 
 
 _TEXT = ("rule", "folder")      # expect keys that are text as written (and tags)
@@ -287,6 +299,21 @@ def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".",
         except _CaseError as exc:
             problems.append(head + str(exc))
             continue
+        if names is not None and "action" not in expect:
+            # `rcpt: sale@example.com`: refused at RCPT, no rule ever sees it, and the case
+            # failed `test` with "mailbox expected 'sales', got None" while `check` said ok
+            given = case.get("rcpt")
+            for item in given if isinstance(given, list) else [given]:
+                rcpt = str(item)
+                reply = names.refused(rcpt)
+                path, line, _ = where(item)       # the rcpt line, or the list's
+                if not line:
+                    path, line, _ = where(given)
+                at = f"{path}:{line}: {_label(case, i)}" if line else head
+                if reply is not None:
+                    problems.append(at + f"rcpt {rcpt!r} is refused at RCPT ({reply}): no "
+                                    "rule decides for it, so the test can only fail (expect "
+                                    "action: reject if the refusal is what it tests)")
         for value, text in _unknown_names(expect, rcpts, names) if names is not None else ():
             path, line, _ = where(value)      # the expect line, when the case spans several
             problems.append((f"{path}:{line}: {_label(case, i)}" if line else head) + text)
