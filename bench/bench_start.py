@@ -117,11 +117,17 @@ def one_start(tree: Path, routing: str, tmp: Path, reloads: int = 0,
                 time.sleep(0.05)       # both workers up
             return reload_seconds(admin, routing, reloads, edit)
         finally:
+            if p.poll() is not None:        # it stopped by itself: say why, not only that
+                print(f"daemon exited {p.returncode} during the run; its log's end:\n"
+                      + (run / "daemon.log").read_text()[-3000:], file=sys.stderr)
             try:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait(20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
+                print("daemon did not stop within 20 s of SIGTERM: killed", file=sys.stderr)
                 os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            except ProcessLookupError:      # the whole group was gone already
                 p.wait()
 
 
