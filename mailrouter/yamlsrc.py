@@ -912,8 +912,7 @@ def _deeper_than_above(text: str, line: int, col: int) -> tuple[int, int, int, b
     here = _line_at(text, line)
     if here.find(":") != col - 1:       # a ': ' later in the line: a value to quote
         return None
-    meaningful = [n for n in range(line - 1, 0, -1)
-                  if lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
+    meaningful = _lines_above(lines, line)
     if not meaningful:
         return None
     above = meaningful[0]
@@ -924,6 +923,13 @@ def _deeper_than_above(text: str, line: int, col: int) -> tuple[int, int, int, b
         return None
     odd = len(meaningful) > 1 and _key_indent(lines[meaningful[1] - 1]) == indent
     return above, gap, indent, odd
+
+
+def _lines_above(lines: list[str], line: int) -> list[int]:
+    """The numbers of the lines above `line` that hold something, nearest first (blank and
+    comment lines skipped)."""
+    return [n for n in range(line - 1, 0, -1)
+            if lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
 
 
 def _spaces(n: int) -> str:
@@ -938,8 +944,7 @@ def _off_the_line_above(text: str, line: int) -> tuple[int, int, int] | None:
     here = _line_at(text, line)
     if not re.match(r"[ ]*(?:-[ ]+)*[^\s#:-][^:]*:(\s|$)", here):
         return None
-    meaningful = [n for n in range(line - 1, 0, -1)
-                  if lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
+    meaningful = _lines_above(lines, line)
     if not meaningful:
         return None
     above = meaningful[0]

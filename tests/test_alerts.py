@@ -255,6 +255,23 @@ def _grafana(expr: str) -> str:
     return expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
 
 
+
+async def _prometheus(tmp_path: Path, admin: int) -> tuple[asyncio.subprocess.Process, int]:
+    """A real Prometheus scraping the admin port every second (rules evaluated as often),
+    its data under tmp_path; (the process, its port). The caller terminates it."""
+    from tests.support.ports import free_port
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
+            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
+    assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus"
+    prom = await asyncio.create_subprocess_exec(
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return prom, port
+
 def _query(port: int, expr: str) -> list[dict]:
     import urllib.parse
     import urllib.request
@@ -275,18 +292,8 @@ async def test_every_panel_shows_the_mail_sent_in_a_real_prometheus(make_app, tm
     autoreply has no `reason`, and Grafana showed "autoreply queued reason")."""
     import time
 
-    from tests.support.ports import free_port
     app = await make_app(limits={"max_message_size": 2000, "error_delay": 0.0})
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
-            {"targets": [f"127.0.0.1:{app.bound['admin'][1]}"]}]}]}), encoding="utf-8")
-    assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus"
-    prom = await asyncio.create_subprocess_exec(
-        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom, port = await _prometheus(tmp_path, app.bound['admin'][1])
 
     async def until(expr: str, want: float) -> None:
         """Wait for Prometheus to have scraped `expr` at `want` (a deadline, no figure)."""
@@ -397,7 +404,6 @@ async def test_the_disk_alerts_fire_on_a_real_full_maildir_disk(make_app, tmpfs,
     import time
 
     from mailrouter.config import DeliveryConfig
-    from tests.support.ports import free_port
     from tests.test_faults import fill
     app = await make_app(delivery=DeliveryConfig(maildir_root=tmpfs))
     admin = app.bound["admin"][1]
@@ -406,16 +412,7 @@ async def test_the_disk_alerts_fire_on_a_real_full_maildir_disk(make_app, tmpfs,
     store = 'store="delivery.maildir_root"'
     assert f"mailrouter_store_free_bytes{{{store}}} {float(st.f_bavail * st.f_frsize)}" in text
     assert f"mailrouter_store_size_bytes{{{store}}} {float(st.f_blocks * st.f_frsize)}" in text
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
-            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
-    assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus"
-    prom = await asyncio.create_subprocess_exec(
-        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom, port = await _prometheus(tmp_path, admin)
 
     async def stores(alert: str) -> set[str]:
         rows = await asyncio.to_thread(_query, port, _alert_expr(alert))
@@ -475,7 +472,6 @@ async def test_the_first_decision_of_a_rule_and_a_mailbox_shows_in_increase(make
     mailbox's and every rule's first message (and a rule that matched once, ever)."""
     import time
 
-    from tests.support.ports import free_port
     book = tmp_path / "book.yaml"
     book.write_text(FIRST_BOOK, encoding="utf-8")
     app = await make_app(routing=(str(book),))
@@ -483,16 +479,7 @@ async def test_the_first_decision_of_a_rule_and_a_mailbox_shows_in_increase(make
     _, text = await asyncio.to_thread(_get, admin, "/metrics")
     assert 'mailrouter_rule_decisions_total{rule="first-rule"} 0.0' in text
     assert 'mailrouter_mailbox_decisions_total{action="deliver",mailbox="firstbox"} 0.0' in text
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
-            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
-    assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus"
-    prom = await asyncio.create_subprocess_exec(
-        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom, port = await _prometheus(tmp_path, admin)
 
     async def value(expr: str) -> float | None:
         try:
@@ -575,7 +562,6 @@ async def test_each_alert_expression_fires_on_its_real_fault(make_app, tmp_path)
 
     from mailrouter.config import ControlConfig, DeliveryConfig, RegistryConfig
     from tests.control_support import mail, send
-    from tests.support.ports import free_port
     from tests.test_delivery_smtp import Sink
 
     sink = Sink(lmtp=True)
@@ -590,16 +576,7 @@ async def test_each_alert_expression_fires_on_its_real_fault(make_app, tmp_path)
                          registry=RegistryConfig(f"sqlite+aiosqlite:///{db}", timeout=1.0,
                                                  sync="normal"))
     admin, smtp = app.bound["admin"][1], app.bound["smtp"][1]
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
-            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
-    assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus"
-    prom = await asyncio.create_subprocess_exec(
-        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom, port = await _prometheus(tmp_path, admin)
     alerts = {r["alert"]: r["expr"]
               for g in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
               for r in g["rules"]}
