@@ -102,12 +102,20 @@ def _need_asyncpg(url: URL) -> None:
                             "pip install 'mailrouter[postgresql]'") from None
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite registry named by its path; None for PostgreSQL, an in-memory
+    database or a `file:` URI."""
+    db = url.database or ""
+    if url.get_backend_name() != "sqlite" or db in ("", ":memory:") or db.startswith("file:"):
+        return None
+    return Path(db).expanduser()
+
+
 async def _prepare(url: URL) -> None:
     """Create a SQLite file's parent directory, and the file itself, off the event loop."""
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        if not url.database.startswith("file:"):
-            path = Path(url.database).expanduser()  # noqa: ASYNC240 (no I/O)
-            await asyncio.to_thread(_make_file, path)
+    path = sqlite_file(url)
+    if path is not None:
+        await asyncio.to_thread(_make_file, path)
 
 
 def _make_file(path: Path) -> None:
@@ -154,10 +162,8 @@ def registry_advice(exc: BaseException, db: str = "") -> str:
 def sqlite_missing(url: str | URL) -> bool:
     """A SQLite registry file that does not exist (opening it would create an empty one).
     The URL is only parsed: a PostgreSQL one without asyncpg is refused where it is opened."""
-    parsed = make_url(url) if isinstance(url, str) else url
-    db = parsed.database or ""
-    return (parsed.get_backend_name() == "sqlite" and db not in ("", ":memory:")
-            and not db.startswith("file:") and not Path(db).expanduser().exists())
+    path = sqlite_file(make_url(url) if isinstance(url, str) else url)
+    return path is not None and not path.exists()
 
 
 def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEngine:
@@ -634,11 +640,11 @@ class Registry:
         engine = _make_engine(parsed, timeout, synchronous)
         registry = cls(engine, batch_max=batch_max, timeout=timeout,
                        sync_engine=_make_sync_engine(parsed, timeout, synchronous))
-        db = parsed.database or ""
+        path = sqlite_file(parsed)
         if (create if follow is None else follow) and registry._sync is not None \
-                and db not in ("", ":memory:") and not db.startswith("file:"):
+                and path is not None:
             # a daemon's registry: it writes, every connection must be able to
-            registry._writable = str(Path(db).expanduser())  # noqa: ASYNC240 (no I/O)
+            registry._writable = str(path)
         try:
             await registry._read("open", lambda conn: conn.execute(select(1)).all())
             if create and registry._dialect == "postgresql":
@@ -1326,11 +1332,10 @@ def _upgrade_alone(url: URL, timeout: float, synchronous: str) -> None:
     exited 2). The second now waits and finds the schema made. PostgreSQL's own lock
     serializes its migrations."""
     folder = None
-    db = url.database or ""
-    if url.get_backend_name() == "sqlite" and db not in ("", ":memory:") \
-            and not db.startswith("file:"):
+    path = sqlite_file(url)
+    if path is not None:
         try:
-            folder = os.open(Path(db).expanduser().parent, os.O_RDONLY | os.O_DIRECTORY)
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             fcntl.flock(folder, fcntl.LOCK_EX)
         except OSError:     # the upgrade says what is wrong with the folder
             if folder is not None:
