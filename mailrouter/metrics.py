@@ -49,8 +49,10 @@ MESSAGES = Counter("mailrouter_messages_total", "Messages after DATA, by outcome
                    ["result"], registry=REGISTRY)
 RECIPIENTS = Counter("mailrouter_recipients_total", "Recipient replies after DATA, by class",
                      ["result"], registry=REGISTRY)
-RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason "
-                       "(a loop is found after DATA: mailrouter_loops_total)",
+RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason: "
+                       "unknown, moved, too_many, syntax (501, 500), malformed (553 5.1.3 path), "
+                       "parameter (555), sequence (503: no HELO/MAIL), smtputf8 (553 5.6.7), "
+                       "other; a loop is found after DATA: mailrouter_loops_total",
                        ["reason"], registry=REGISTRY)
 # The slow end of both latency histograms reaches limits.process_timeout (300 s): a downstream
 # that does not answer holds a message for its timeout (30 s per wait) or until that cut, and
@@ -131,6 +133,12 @@ OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
                           "sla-escalate, assign) and result (sent, retry, failed, suppressed)",
                           ["kind", "result"], registry=REGISTRY)
 
+# Every reason of mailrouter_rcpt_refused_total: the address book's and the handler's (unknown,
+# moved, too_many, syntax, smtputf8), and the protocol's refusals before the handler is asked
+# (intake/protocol.py: malformed path, syntax, parameter, sequence, other), which went uncounted:
+# a client hammering us with bad RCPTs showed nothing on the dashboard
+RCPT_REASONS = ("unknown", "moved", "too_many", "syntax", "malformed", "parameter", "sequence",
+                "smtputf8", "other")
 TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule",
                    "intents", "intents_full", "data_in_flight", "data_deadline", "data_timeout",
                    "shutdown")
@@ -154,7 +162,7 @@ for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
 for _r in ("ok", "tempfail", "permfail"):
     RECIPIENTS.labels(_r)
-for _r in ("unknown", "moved", "too_many", "syntax"):
+for _r in RCPT_REASONS:
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)

@@ -55,6 +55,47 @@ async def test_metrics_count_traffic(make_app):
         assert _value(after, series) == _value(before[1], series) + 1
 
 
+async def test_rcpt_refused_before_the_handler_is_counted_by_reason(make_app):
+    """A RCPT aiosmtpd (or our protocol) refuses before the handler is asked, and a non-ASCII
+    one without SMTPUTF8, counts in mailrouter_rcpt_refused_total with a fixed reason: they
+    counted nowhere, and a client hammering us with bad RCPTs showed nothing."""
+    app = await make_app(limits={"max_errors": 100})
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    for reason in ("malformed", "parameter", "sequence", "smtputf8", "other"):
+        assert _value(before, f'mailrouter_rcpt_refused_total{{reason="{reason}"}}') == 0
+    async with Wire(app.bound["smtp"][1]) as w:
+        assert (await w.line()).startswith("220")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("503")   # no EHLO
+        await w.send(b"EHLO client.test\r\n")
+        await w.reply()
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("503")   # no MAIL
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        sent = {"malformed": ["RCPT TO:<a b@example.com>", "RCPT TO:<a@b@example.com>"],
+                "syntax": ["RCPT TO:", "RCPT TO sales@example.com",
+                           "RCPT TO:<sales@example.com> SIZE=1 SIZE=2",
+                           "RCPT TO:<a\x01@example.com>"],
+                "parameter": ["RCPT TO:<sales@example.com> FOO=BAR"],
+                "smtputf8": ["RCPT TO:<\u00e9@example.com>"]}
+        for lines in sent.values():
+            for line in lines:
+                assert (await w.cmd(line))[:1] == "5", line
+        await w.send(b"RCPT TO:<sales@example.com>\n")          # bare LF: 500, not run
+        assert (await w.line()).startswith("500")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("QUIT")).startswith("221")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+
+    def grew(reason: str) -> float:
+        series = f'mailrouter_rcpt_refused_total{{reason="{reason}"}}'
+        return _value(after, series) - _value(before, series)
+    assert {r: grew(r) for r in ("malformed", "syntax", "parameter", "sequence", "smtputf8",
+                                 "unknown", "other")} == {
+        "malformed": 2, "syntax": 5, "parameter": 1, "sequence": 2, "smtputf8": 1,
+        "unknown": 0, "other": 0}
+    assert "@" not in "".join(re.findall(r"^mailrouter_rcpt_refused_total\{.*$", after, re.M))
+
+
 async def test_healthz(make_app):
     """/healthz is 200 while serving."""
     app = await make_app()
