@@ -36,12 +36,13 @@ from . import __version__
 from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Action, Decision, LoopKind, Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
-           "RELOAD_OK", "RELOAD_TIME", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
+           "RELOAD_OK", "RELOAD_TIME", "POSTFIX_MAPS_FAILED", "CONFIG_NOT_APPLIED",
+           "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
            "DECISIONS", "MAILBOX_DECISIONS", "RULE_DECISIONS", "DELIVERIES", "DELIVERY_SECONDS",
            "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
            "State", "observe_message", "observe_decisions", "exposition", "child",
-           "copy_tempfail_cause", "disk_space", "known_decisions"]
+           "copy_tempfail_cause", "disk_space", "known_decisions", "config_not_applied"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -78,6 +79,20 @@ SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGI
 RELOAD_TIME = Gauge("mailrouter_config_last_reload_success_timestamp_seconds",
                     "When the rule set in use was taken (at start, or by the last reload "
                     "that changed it); the oldest worker's", registry=REGISTRY, multiprocess_mode="livemin")
+# What a reload took but could not finish, set by the one process that does it (the admin
+# worker; the others stay at 0, hence livemax). Neither showed in any metric: a reload that
+# took the routing files but left Postfix's tables old (`mailrouter reload` exit 3: Postfix
+# refuses the new addresses with 550), or found config.yaml edited and not applied (exit 4)
+POSTFIX_MAPS_FAILED = Gauge("mailrouter_postfix_maps_failed",
+                            "1 when Postfix's tables (postfix_maps.on_reload) could not be "
+                            "rebuilt at the start or the last reload: Postfix answers from the "
+                            "old ones (mailrouter reload exits 3); 0 when rebuilt or not asked",
+                            registry=REGISTRY, multiprocess_mode="livemax")
+CONFIG_NOT_APPLIED = Gauge("mailrouter_config_not_applied",
+                           "1 when the last reload found config.yaml changed since the start "
+                           "(reason changed) or broken (reason errors): the daemon runs the "
+                           "settings it started with (mailrouter reload exits 4)",
+                           ["reason"], registry=REGISTRY, multiprocess_mode="livemax")
 
 DECISIONS = Counter("mailrouter_decisions_total",
                     "Recipient decisions by action, mailbox, folder, first matching rule and "
@@ -166,6 +181,8 @@ for _r in RCPT_REASONS:
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)
+for _r in ("changed", "errors"):
+    CONFIG_NOT_APPLIED.labels(_r)
 for _b in ("lmtp", "smtp"):
     for _r in ("ok", "tempfail", "permfail"):
         DOWNSTREAM_REPLIES.labels(_b, _r)
@@ -339,3 +356,9 @@ _INTENT_CAUSES = {REPLY_INTENT_FAILED: "intents", REPLY_INTENTS_FULL: "intents_f
 def copy_tempfail_cause(backend: str, reply: Reply) -> str:
     """The `mailrouter_tempfails_total` cause of one copy's 4xx from `backend`."""
     return _INTENT_CAUSES.get(reply) or ("maildir" if backend == "maildir" else "downstream")
+
+
+def config_not_applied(reason: str | None) -> None:
+    """A reload's finding about config.yaml: None (as started), "changed" or "errors"."""
+    for label in ("changed", "errors"):
+        child(CONFIG_NOT_APPLIED, label).set(1 if label == reason else 0)

@@ -41,7 +41,7 @@ def test_rules_pass_promtool_check():
     out = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True,
                          text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 11 rules found" in out.stdout
+    assert "SUCCESS: 13 rules found" in out.stdout
 
 
 @needs_promtool
@@ -63,7 +63,7 @@ def test_every_alert_is_tested_firing_and_silent():
              for c in t.get("alert_rule_test", [])]
     firing = {c["alertname"] for c in cases if c.get("exp_alerts")}
     silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
-    assert len(alerts) == 11
+    assert len(alerts) == 13
     assert (alerts - firing, alerts - silent) == (set(), set())
 
 

@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import smtplib
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -120,6 +122,7 @@ FAMILIES = {
     "mailrouter_requests_open", "mailrouter_requests_overdue", "mailrouter_scrape_registry_error",
     "mailrouter_store_free_bytes", "mailrouter_store_size_bytes",
     "mailrouter_mailbox_decisions_total", "mailrouter_rule_decisions_total",
+    "mailrouter_postfix_maps_failed", "mailrouter_config_not_applied",
 }
 
 
@@ -207,6 +210,49 @@ def test_every_family_on_two_workers_and_a_reload_counted_once(daemon_process, t
     _wait_log(proc, "event=reloaded", 2)
     _, text = _get(proc.admin, "/metrics")
     assert _value(text, "mailrouter_config_last_reload_successful") == 1
+
+
+def test_a_reload_that_left_postfix_tables_or_config_yaml_behind_shows_in_gauges(
+        daemon_process, tmp_path):
+    """`mailrouter reload` exits 3 (the rules taken, Postfix's tables not rebuilt) or 4
+    (config.yaml edited, not applied) on a 2-worker daemon: neither showed in any metric,
+    so no alert could say Postfix refuses the new addresses or a restart is owed. Now
+    mailrouter_postfix_maps_failed and mailrouter_config_not_applied{reason} say it (the
+    other worker, which writes neither, stays at 0 under livemax), and a clean reload
+    clears them."""
+    proc = daemon_process(extra="workers: 2\npostfix_maps: {dir: maps, on_reload: true}\n")
+    assert _wait_log(proc, "event=started", 2) == 2
+    maps = tmp_path / "maps"
+    assert _wait_log(proc, "event=postfix_maps dir=", 1) == 1
+
+    def reload() -> int:
+        return subprocess.run([sys.executable, "-m", "mailrouter.cli", "reload", "-c",
+                               str(proc.config)], capture_output=True, check=False).returncode
+
+    def gauges() -> tuple[float, float, float]:
+        _, text = _get(proc.admin, "/metrics")
+        return (_value(text, "mailrouter_postfix_maps_failed"),
+                _value(text, 'mailrouter_config_not_applied{reason="changed"}'),
+                _value(text, 'mailrouter_config_not_applied{reason="errors"}'))
+    assert gauges() == (0, 0, 0)
+    shutil.rmtree(maps)
+    maps.write_text("not a directory\n")
+    assert reload() == 3
+    assert gauges() == (1, 0, 0)
+    maps.unlink()
+    assert reload() == 0
+    assert gauges() == (0, 0, 0)
+    good = proc.config.read_text(encoding="utf-8")
+    proc.config.write_text(good.replace("shutdown_grace: 10", "shutdown_grace: 11"),
+                           encoding="utf-8")
+    assert reload() == 4
+    assert gauges() == (0, 1, 0)
+    proc.config.write_text(good + "log_format: kvv\n", encoding="utf-8")
+    assert reload() == 4
+    assert gauges() == (0, 0, 1)
+    proc.config.write_text(good, encoding="utf-8")
+    assert reload() == 0
+    assert gauges() == (0, 0, 0)
 
 
 def test_a_killed_supervisors_counter_dir_is_removed_at_the_next_start(daemon_process, tmp_path,
