@@ -61,7 +61,7 @@ async def test_rcpt_refused_before_the_handler_is_counted_by_reason(make_app):
     """A RCPT aiosmtpd (or our protocol) refuses before the handler is asked, and a non-ASCII
     one without SMTPUTF8, counts in mailrouter_rcpt_refused_total with a fixed reason: they
     counted nowhere, and a client hammering us with bad RCPTs showed nothing."""
-    app = await make_app(limits={"max_errors": 100})
+    app = await make_app(limits={"max_errors": 100, "max_recipients": 1})
     port = app.bound["admin"][1]
     _, before = await asyncio.to_thread(_get, port, "/metrics")
     for reason in ("malformed", "parameter", "sequence", "smtputf8", "other"):
@@ -85,6 +85,7 @@ async def test_rcpt_refused_before_the_handler_is_counted_by_reason(make_app):
         await w.send(b"RCPT TO:<sales@example.com>\n")          # bare LF: 500, not run
         assert (await w.line()).startswith("500")
         assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<support@example.com>")).startswith("452")  # the handler's
         assert (await w.cmd("QUIT")).startswith("221")
     _, after = await asyncio.to_thread(_get, port, "/metrics")
 
@@ -92,9 +93,9 @@ async def test_rcpt_refused_before_the_handler_is_counted_by_reason(make_app):
         series = f'mailrouter_rcpt_refused_total{{reason="{reason}"}}'
         return _value(after, series) - _value(before, series)
     assert {r: grew(r) for r in ("malformed", "syntax", "parameter", "sequence", "smtputf8",
-                                 "unknown", "other")} == {
+                                 "too_many", "unknown", "other")} == {
         "malformed": 2, "syntax": 5, "parameter": 1, "sequence": 2, "smtputf8": 1,
-        "unknown": 0, "other": 0}
+        "too_many": 1, "unknown": 0, "other": 0}
     assert "@" not in "".join(re.findall(r"^mailrouter_rcpt_refused_total\{.*$", after, re.M))
 
 
