@@ -647,8 +647,10 @@ class App:
                    f"with, and would not start again until they are fixed "
                    f"(mailrouter check -c {self.config.path}):\n{exc}")
             log.error("event=config_not_applied errors=%d\n%s", len(exc.errors), exc)
+            metrics.config_not_applied("errors")   # for an alert: exit 4 showed nowhere else
             return why
         changed = changed_keys(self.config, edited)
+        metrics.config_not_applied("changed" if changed else None)
         if not changed:
             return None
         log.warning("event=config_not_applied keys=%s: config.yaml is read only at start; "
@@ -685,8 +687,10 @@ class App:
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             why = postfixmaps.failure(exc, pm.dir)
             log.error("event=postfix_maps_failed dir=%s error=%r", pm.dir, why)
+            metrics.POSTFIX_MAPS_FAILED.set(1)     # for an alert: exit 3 showed nowhere else
             return why
         log.info("event=postfix_maps dir=%s %s", pm.dir, written.summary())
+        metrics.POSTFIX_MAPS_FAILED.set(0)
         return None
 
     async def admin_reload(self) -> Reloaded:

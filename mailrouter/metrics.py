@@ -36,12 +36,13 @@ from . import __version__
 from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Action, Decision, LoopKind, Reply
 
 __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
-           "RELOAD_OK", "RELOAD_TIME", "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
+           "RELOAD_OK", "RELOAD_TIME", "POSTFIX_MAPS_FAILED", "CONFIG_NOT_APPLIED",
+           "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
            "DECISIONS", "MAILBOX_DECISIONS", "RULE_DECISIONS", "DELIVERIES", "DELIVERY_SECONDS",
            "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
            "State", "observe_message", "observe_decisions", "exposition", "child",
-           "copy_tempfail_cause", "disk_space", "known_decisions"]
+           "copy_tempfail_cause", "disk_space", "known_decisions", "config_not_applied"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -49,8 +50,10 @@ MESSAGES = Counter("mailrouter_messages_total", "Messages after DATA, by outcome
                    ["result"], registry=REGISTRY)
 RECIPIENTS = Counter("mailrouter_recipients_total", "Recipient replies after DATA, by class",
                      ["result"], registry=REGISTRY)
-RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason "
-                       "(a loop is found after DATA: mailrouter_loops_total)",
+RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, by reason: "
+                       "unknown, moved, too_many, syntax (501, 500), malformed (553 5.1.3 path), "
+                       "parameter (555), sequence (503: no HELO/MAIL), smtputf8 (553 5.6.7), "
+                       "other; a loop is found after DATA: mailrouter_loops_total",
                        ["reason"], registry=REGISTRY)
 # The slow end of both latency histograms reaches limits.process_timeout (300 s): a downstream
 # that does not answer holds a message for its timeout (30 s per wait) or until that cut, and
@@ -76,6 +79,20 @@ SESSIONS = Gauge("mailrouter_sessions", "Open SMTP/LMTP sessions", registry=REGI
 RELOAD_TIME = Gauge("mailrouter_config_last_reload_success_timestamp_seconds",
                     "When the rule set in use was taken (at start, or by the last reload "
                     "that changed it); the oldest worker's", registry=REGISTRY, multiprocess_mode="livemin")
+# What a reload took but could not finish, set by the one process that does it (the admin
+# worker; the others stay at 0, hence livemax). Neither showed in any metric: a reload that
+# took the routing files but left Postfix's tables old (`mailrouter reload` exit 3: Postfix
+# refuses the new addresses with 550), or found config.yaml edited and not applied (exit 4)
+POSTFIX_MAPS_FAILED = Gauge("mailrouter_postfix_maps_failed",
+                            "1 when Postfix's tables (postfix_maps.on_reload) could not be "
+                            "rebuilt at the start or the last reload: Postfix answers from the "
+                            "old ones (mailrouter reload exits 3); 0 when rebuilt or not asked",
+                            registry=REGISTRY, multiprocess_mode="livemax")
+CONFIG_NOT_APPLIED = Gauge("mailrouter_config_not_applied",
+                           "1 when the last reload found config.yaml changed since the start "
+                           "(reason changed) or broken (reason errors): the daemon runs the "
+                           "settings it started with (mailrouter reload exits 4)",
+                           ["reason"], registry=REGISTRY, multiprocess_mode="livemax")
 
 DECISIONS = Counter("mailrouter_decisions_total",
                     "Recipient decisions by action, mailbox, folder, first matching rule and "
@@ -131,6 +148,12 @@ OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
                           "sla-escalate, assign) and result (sent, retry, failed, suppressed)",
                           ["kind", "result"], registry=REGISTRY)
 
+# Every reason of mailrouter_rcpt_refused_total: the address book's and the handler's (unknown,
+# moved, too_many, syntax, smtputf8), and the protocol's refusals before the handler is asked
+# (intake/protocol.py: malformed path, syntax, parameter, sequence, other), which went uncounted:
+# a client hammering us with bad RCPTs showed nothing on the dashboard
+RCPT_REASONS = ("unknown", "moved", "too_many", "syntax", "malformed", "parameter", "sequence",
+                "smtputf8", "other")
 TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule",
                    "intents", "intents_full", "data_in_flight", "data_deadline", "data_timeout",
                    "shutdown")
@@ -154,10 +177,12 @@ for _r in ("delivered", "partial", "deferred", "rejected"):
     MESSAGES.labels(_r)
 for _r in ("ok", "tempfail", "permfail"):
     RECIPIENTS.labels(_r)
-for _r in ("unknown", "moved", "too_many", "syntax"):
+for _r in RCPT_REASONS:
     RCPT_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)
+for _r in ("changed", "errors"):
+    CONFIG_NOT_APPLIED.labels(_r)
 for _b in ("lmtp", "smtp"):
     for _r in ("ok", "tempfail", "permfail"):
         DOWNSTREAM_REPLIES.labels(_b, _r)
@@ -331,3 +356,9 @@ _INTENT_CAUSES = {REPLY_INTENT_FAILED: "intents", REPLY_INTENTS_FULL: "intents_f
 def copy_tempfail_cause(backend: str, reply: Reply) -> str:
     """The `mailrouter_tempfails_total` cause of one copy's 4xx from `backend`."""
     return _INTENT_CAUSES.get(reply) or ("maildir" if backend == "maildir" else "downstream")
+
+
+def config_not_applied(reason: str | None) -> None:
+    """A reload's finding about config.yaml: None (as started), "changed" or "errors"."""
+    for label in ("changed", "errors"):
+        child(CONFIG_NOT_APPLIED, label).set(1 if label == reason else 0)

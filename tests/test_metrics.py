@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import smtplib
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +57,48 @@ async def test_metrics_count_traffic(make_app):
         assert _value(after, series) == _value(before[1], series) + 1
 
 
+async def test_rcpt_refused_before_the_handler_is_counted_by_reason(make_app):
+    """A RCPT aiosmtpd (or our protocol) refuses before the handler is asked, and a non-ASCII
+    one without SMTPUTF8, counts in mailrouter_rcpt_refused_total with a fixed reason: they
+    counted nowhere, and a client hammering us with bad RCPTs showed nothing."""
+    app = await make_app(limits={"max_errors": 100, "max_recipients": 1})
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    for reason in ("malformed", "parameter", "sequence", "smtputf8", "other"):
+        assert _value(before, f'mailrouter_rcpt_refused_total{{reason="{reason}"}}') == 0
+    async with Wire(app.bound["smtp"][1]) as w:
+        assert (await w.line()).startswith("220")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("503")   # no EHLO
+        await w.send(b"EHLO client.test\r\n")
+        await w.reply()
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("503")   # no MAIL
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        sent = {"malformed": ["RCPT TO:<a b@example.com>", "RCPT TO:<a@b@example.com>"],
+                "syntax": ["RCPT TO:", "RCPT TO sales@example.com",
+                           "RCPT TO:<sales@example.com> SIZE=1 SIZE=2",
+                           "RCPT TO:<a\x01@example.com>"],
+                "parameter": ["RCPT TO:<sales@example.com> FOO=BAR"],
+                "smtputf8": ["RCPT TO:<\u00e9@example.com>"]}
+        for lines in sent.values():
+            for line in lines:
+                assert (await w.cmd(line))[:1] == "5", line
+        await w.send(b"RCPT TO:<sales@example.com>\n")          # bare LF: 500, not run
+        assert (await w.line()).startswith("500")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<support@example.com>")).startswith("452")  # the handler's
+        assert (await w.cmd("QUIT")).startswith("221")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+
+    def grew(reason: str) -> float:
+        series = f'mailrouter_rcpt_refused_total{{reason="{reason}"}}'
+        return _value(after, series) - _value(before, series)
+    assert {r: grew(r) for r in ("malformed", "syntax", "parameter", "sequence", "smtputf8",
+                                 "too_many", "unknown", "other")} == {
+        "malformed": 2, "syntax": 5, "parameter": 1, "sequence": 2, "smtputf8": 1,
+        "too_many": 1, "unknown": 0, "other": 0}
+    assert "@" not in "".join(re.findall(r"^mailrouter_rcpt_refused_total\{.*$", after, re.M))
+
+
 async def test_healthz(make_app):
     """/healthz is 200 while serving."""
     app = await make_app()
@@ -79,6 +123,7 @@ FAMILIES = {
     "mailrouter_requests_open", "mailrouter_requests_overdue", "mailrouter_scrape_registry_error",
     "mailrouter_store_free_bytes", "mailrouter_store_size_bytes",
     "mailrouter_mailbox_decisions_total", "mailrouter_rule_decisions_total",
+    "mailrouter_postfix_maps_failed", "mailrouter_config_not_applied",
 }
 
 
@@ -166,6 +211,49 @@ def test_every_family_on_two_workers_and_a_reload_counted_once(daemon_process, t
     _wait_log(proc, "event=reloaded", 2)
     _, text = _get(proc.admin, "/metrics")
     assert _value(text, "mailrouter_config_last_reload_successful") == 1
+
+
+def test_a_reload_that_left_postfix_tables_or_config_yaml_behind_shows_in_gauges(
+        daemon_process, tmp_path):
+    """`mailrouter reload` exits 3 (the rules taken, Postfix's tables not rebuilt) or 4
+    (config.yaml edited, not applied) on a 2-worker daemon: neither showed in any metric,
+    so no alert could say Postfix refuses the new addresses or a restart is owed. Now
+    mailrouter_postfix_maps_failed and mailrouter_config_not_applied{reason} say it (the
+    other worker, which writes neither, stays at 0 under livemax), and a clean reload
+    clears them."""
+    proc = daemon_process(extra="workers: 2\npostfix_maps: {dir: maps, on_reload: true}\n")
+    assert _wait_log(proc, "event=started", 2) == 2
+    maps = tmp_path / "maps"
+    assert _wait_log(proc, "event=postfix_maps dir=", 1) == 1
+
+    def reload() -> int:
+        return subprocess.run([sys.executable, "-m", "mailrouter.cli", "reload", "-c",
+                               str(proc.config)], capture_output=True, check=False).returncode
+
+    def gauges() -> tuple[float, float, float]:
+        _, text = _get(proc.admin, "/metrics")
+        return (_value(text, "mailrouter_postfix_maps_failed"),
+                _value(text, 'mailrouter_config_not_applied{reason="changed"}'),
+                _value(text, 'mailrouter_config_not_applied{reason="errors"}'))
+    assert gauges() == (0, 0, 0)
+    shutil.rmtree(maps)
+    maps.write_text("not a directory\n")
+    assert reload() == 3
+    assert gauges() == (1, 0, 0)
+    maps.unlink()
+    assert reload() == 0
+    assert gauges() == (0, 0, 0)
+    good = proc.config.read_text(encoding="utf-8")
+    proc.config.write_text(good.replace("shutdown_grace: 10", "shutdown_grace: 11"),
+                           encoding="utf-8")
+    assert reload() == 4
+    assert gauges() == (0, 1, 0)
+    proc.config.write_text(good + "log_format: kvv\n", encoding="utf-8")
+    assert reload() == 4
+    assert gauges() == (0, 0, 1)
+    proc.config.write_text(good, encoding="utf-8")
+    assert reload() == 0
+    assert gauges() == (0, 0, 0)
 
 
 def test_a_killed_supervisors_counter_dir_is_removed_at_the_next_start(daemon_process, tmp_path,

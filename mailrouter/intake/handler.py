@@ -147,6 +147,7 @@ class Handler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
         if not envelope.smtp_utf8 and not address.isascii():
+            metrics.child(metrics.RCPT_REFUSED, "smtputf8").inc()   # was counted nowhere
             return _need_smtputf8(session, "rcpt", address)
         if _names_no_mailbox(address):
             metrics.RCPT_REFUSED.labels("syntax").inc()

@@ -160,6 +160,13 @@ _NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # is not UTF-8 becomes U+DC80..U+DCFF. No address or name holds one, and a sender holding one
 # could never be recorded (the registry stores UTF-8): a 451 the MTA would retry forever
 _NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
+# mailrouter_rcpt_refused_total's reason of a RCPT refused before the handler is asked (the
+# handler counts its own): aiosmtpd's 553 5.1.3 malformed path, 501 syntax (ours too: control
+# characters, bytes not UTF-8, a parameter twice), 555 parameters, 503 no HELO/MAIL, and our
+# 500 for a line not ended by CRLF. Uncounted, a client hammering us with bad RCPTs showed
+# nothing on the dashboard. A 421 (draining, hang-up) is no refusal of the RCPT.
+_RCPT_REFUSED = {b"553": "malformed", b"501": "syntax", b"500": "syntax", b"555": "parameter",
+                 b"503": "sequence"}
 
 
 # Commands that deliver nothing, per session (Postfix's smtpd_junk_command_limit is 100): a
@@ -249,6 +256,7 @@ class Protocol(SMTP):
         self._pending: list[bytes] = []
         self._bare_line_end = False    # the command line just read did not end in one CRLF
         self._param_twice: str | None = None   # MAIL/RCPT named this parameter twice
+        self._rcpt_unasked = False     # a RCPT runs and the handler was not asked (yet)
         self.busy = False
         # 354 was said and no answer to this DATA is counted yet (metrics.observe_message):
         # a DATA phase we end with a 421 (data_deadline, data_timeout, shutdown_grace) is
@@ -294,6 +302,9 @@ class Protocol(SMTP):
             if data.startswith(b"500 "):   # aiosmtpd's 'command "VERB" not recognized' echoes
                 data = _NOT_TEXT.sub(b"?", data)  # the verb as sent: a CR, NUL or ESC included
             data = b"\r\n".join(_fit(with_enhanced_code(line)) for line in data.split(b"\r\n"))
+        if self._rcpt_unasked and data[:1] in (b"4", b"5") and not data.startswith(b"421"):
+            self._rcpt_unasked = False     # one reply per RCPT: counted once
+            metrics.child(metrics.RCPT_REFUSED, _RCPT_REFUSED.get(data[:3], "other")).inc()
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
         if final and _TAKEN.search(data):
@@ -355,6 +366,11 @@ class Protocol(SMTP):
         private buffer: there is no public way to peek at it)."""
         buffer = self._reader._buffer  # type: ignore[attr-defined]
         return bytes(buffer) if buffer else b""    # asked before most commands: mostly empty
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command == "RCPT":       # the handler answers it, and counts its own refusals
+            self._rcpt_unasked = False
+        return await super()._call_handler_hook(command, *args)
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), and None for a parameter
@@ -466,6 +482,13 @@ class Protocol(SMTP):
         async def run(arg: Any) -> None:
             if self._hung_up:
                 return
+            self._rcpt_unasked = name == "RCPT"   # its refusals before the handler: push()
+            try:
+                await checked(arg)
+            finally:
+                self._rcpt_unasked = False
+
+        async def checked(arg: Any) -> None:
             if name == "BDAT":       # its chunk follows: nothing after it is read as commands
                 await method(arg)
                 return
