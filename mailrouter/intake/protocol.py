@@ -64,7 +64,7 @@ import re
 import socket
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import Any, Awaitable, Sequence, cast
+from typing import Any, Awaitable, Coroutine, Sequence, cast
 
 import aiosmtpd.smtp as _aiosmtpd_smtp
 from aiosmtpd.lmtp import LMTP
@@ -367,10 +367,10 @@ class Protocol(SMTP):
         buffer = self._reader._buffer  # type: ignore[attr-defined]
         return bytes(buffer) if buffer else b""    # asked before most commands: mostly empty
 
-    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+    def _call_handler_hook(self, command: str, *args: Any) -> Coroutine[Any, Any, Any]:
         if command == "RCPT":       # the handler answers it, and counts its own refusals
             self._rcpt_unasked = False
-        return await super()._call_handler_hook(command, *args)
+        return super()._call_handler_hook(command, *args)    # (no await layer of its own)
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), and None for a parameter
@@ -482,13 +482,6 @@ class Protocol(SMTP):
         async def run(arg: Any) -> None:
             if self._hung_up:
                 return
-            self._rcpt_unasked = name == "RCPT"   # its refusals before the handler: push()
-            try:
-                await checked(arg)
-            finally:
-                self._rcpt_unasked = False
-
-        async def checked(arg: Any) -> None:
             if name == "BDAT":       # its chunk follows: nothing after it is read as commands
                 await method(arg)
                 return
@@ -521,11 +514,20 @@ class Protocol(SMTP):
                 await method(arg)
             finally:
                 self.busy = False
+        wrapper = run
+        if name == "RCPT":     # its refusals before the handler is asked, counted by push()
+            async def rcpt(arg: Any) -> None:       # (a layer for RCPT alone: the hot path)
+                self._rcpt_unasked = True
+                try:
+                    await run(arg)
+                finally:
+                    self._rcpt_unasked = False
+            wrapper = rcpt
         # HELP reads the @syntax text from the method it finds: keep it on the wrapper
         for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
             if hasattr(method, attr):
-                setattr(run, attr, getattr(method, attr))
-        return run
+                setattr(wrapper, attr, getattr(method, attr))
+        return wrapper
 
     async def _handle_client(self) -> None:
         # RFC 5321 3.1: a server that is going away greets with 421 instead of 220.
