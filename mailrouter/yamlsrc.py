@@ -632,6 +632,7 @@ _PAIR = re.compile(rf"^[ ]*({_KEY}):[ ]+({_VALUE})", re.M)
 _SKIP_ALL = re.compile(_SKIP)
 _FIRST = re.compile(rf"{_SKIP}([ ]+)[^ #\n]")
 _BLOCK_END = re.compile(r"\n[^ #\n]")
+_OTHER_BREAKS = re.compile("[\x85\u2028\u2029]")     # line breaks to YAML besides \n, \r
 _RESOLVED = frozenset(k for k, v in _BY_FIRST.items() if v) if not _WILDCARD else None
 _MISSING: Any = object()
 
@@ -724,7 +725,9 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
     blanked its line and `read(block)` (None without `read`; a section `read` cannot read,
     None or an error, is left as it is): every other line and column is unchanged, and
     the key's value in the blanked text is None."""
-    if "\r" in text:
+    if "\r" in text or _OTHER_BREAKS.search(text):
+        # YAML breaks a line at U+0085, U+2028 and U+2029 too: a "line" of the block that
+        # holds one can hold a key at column 1 (`  - r<U+2028>people:`), blanked with it
         return text, {}
     blanked: dict[str, tuple[int, Any]] = {}
     spans: list[tuple[int, int]] = []    # (start, stop) of the lines to blank
@@ -737,7 +740,10 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
             continue
         end = _BLOCK_END.search(text, head.end() - 1)
         stop = end.start() + 1 if end is not None else len(text)
-        if not text.endswith("\n", 0, stop):
+        if not text.endswith("\n", 0, stop) or text.startswith((",", "}", "]"), stop):
+            # a line that goes on a flow collection after the block: the key is one of a
+            # flow mapping (`{aliases: {..},` then `rules:`), whose entries the indented
+            # lines may hold as well (`  people: {..}`), not only the key's value
             continue
         value = None
         if read is not None:

@@ -521,3 +521,37 @@ def test_a_child_whose_parent_died_before_its_prctl_exits_at_once() -> None:
         os.close(read)
         if write >= 0:
             os.close(write)
+
+
+SKIPPED_BOOK = ("mailboxes:\n  sales: {maildir: sales}\n  desk: {maildir: desk}\n"
+                "domains: [example.com]\n")
+
+
+@pytest.mark.parametrize("layout", [
+    # YAML breaks lines at U+2028, U+2029 and U+0085 as well: `people:` is a section
+    "rules:\n  - {name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}"
+    "\u2028people:\u2028  zoe: {address: zoe@example.com, mailbox: OLD}\n",
+    "rules:\n  - {name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}"
+    "\x85people:\x85  zoe: {address: zoe@example.com, mailbox: OLD}\n",
+    # a flow mapping as the root: its indented lines hold its entries, not only rules'
+    "{mailboxes: {sales: {maildir: sales}, desk: {maildir: desk}}, domains: [example.com],\n"
+    "rules:\n  [{name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}],\n"
+    "  people: {zoe: {address: zoe@example.com, mailbox: OLD}}\n}\n",
+])
+def test_a_book_section_on_the_lines_of_the_rules_is_in_the_book_and_its_edit_seen(
+        tmp_path: Path, layout: str) -> None:
+    """A section that YAML reads on lines `_blank` took for the rules' (after a U+2028 line
+    break, or among the entries of a flow mapping at the root): load_book built the book
+    without it (zoe unknown), and an edit of it was a reload of "only the rules" that kept
+    the book with the old one."""
+    from mailrouter.routing.files import book_kept
+    path = tmp_path / "f.yaml"
+    head = "" if layout.startswith("{") else SKIPPED_BOOK
+    old = {str(path): (head + layout.replace("OLD", "sales")).encode()}
+    new = {str(path): (head + layout.replace("OLD", "desk")).encode()}
+    made = load_book([str(path)], Limits(), old)
+    assert made is not None
+    whole = load_snapshot([str(path)], Limits(), "mx.test", texts=old)
+    assert repr(made[1].resolve("zoe@example.com")) == repr(whole.book.resolve("zoe@example.com"))
+    assert made[1].knows("zoe@example.com")
+    assert book_kept(made[1], Limits(), new) is None
