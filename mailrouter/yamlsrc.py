@@ -632,6 +632,7 @@ _PAIR = re.compile(rf"^[ ]*({_KEY}):[ ]+({_VALUE})", re.M)
 _SKIP_ALL = re.compile(_SKIP)
 _FIRST = re.compile(rf"{_SKIP}([ ]+)[^ #\n]")
 _BLOCK_END = re.compile(r"\n[^ #\n]")
+_OPENERS = re.compile("[\"'[{]")
 _OTHER_BREAKS = re.compile("[\x85\u2028\u2029]")     # line breaks to YAML besides \n, \r
 _RESOLVED = frozenset(k for k, v in _BY_FIRST.items() if v) if not _WILDCARD else None
 _MISSING: Any = object()
@@ -729,8 +730,7 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
         # YAML breaks a line at U+0085, U+2028 and U+2029 too: a "line" of the block that
         # holds one can hold a key at column 1 (`  - r<U+2028>people:`), blanked with it
         return text, {}
-    blanked: dict[str, tuple[int, Any]] = {}
-    spans: list[tuple[int, int]] = []    # (start, stop) of the lines to blank
+    found: list[tuple[int, int, int, str, Any]] = []     # (head, start, stop, key, value)
     for key in keys:
         at = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
         if at == 0 and not text.startswith(f"{key}:"):
@@ -753,8 +753,21 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
                 value = None
             if value is None:
                 continue
-        blanked[key] = (text.count("\n", 0, head.start()) + 1, value)
-        spans.append((head.end(), stop))
+        found.append((head.start(), head.end(), stop, key, value))
+    # A quote or a flow collection left open in a block goes on over the line at column 1
+    # after it (libyaml reads `  name: "r` / `people: {..} # "` as one name): what follows is
+    # not what the blanked text says. Harmless when only blanked sections follow (their
+    # keys and lines are all the blanked text has there); else the block must parse alone.
+    blanked: dict[str, tuple[int, Any]] = {}
+    spans: list[tuple[int, int]] = []    # (start, stop) of the lines to blank
+    follows = len(text)                  # where the blanked sections that end the text begin
+    for head_at, start, stop, key, value in sorted(found, reverse=True):
+        if stop != follows and not _closed(text, start, stop):
+            follows = -1
+            continue
+        follows = head_at if stop == follows else -1
+        blanked[key] = (text.count("\n", 0, head_at) + 1, value)
+        spans.append((start, stop))
     if not spans:
         return text, blanked
     # one new text, not a copy per section (a 5 MB book made three of each)
@@ -765,6 +778,20 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
         at = stop
     pieces.append(text[at:])
     return "".join(pieces), blanked
+
+
+def _closed(text: str, start: int, stop: int) -> bool:
+    """The lines of a section's block (`text[start:stop]`) parse on their own: no quote,
+    no flow collection left open at its end (a block with no quote and no bracket has none
+    to leave open; looked for in place, the block not copied)."""
+    if not _OPENERS.search(text, start, stop):
+        return True
+    try:
+        for _ in yaml.parse("k:\n" + text[start:stop], Loader=_BaseLoader):
+            pass
+    except yaml.YAMLError:
+        return False
+    return True
 
 
 def _confirms(root: Any, blanked: dict[str, tuple[int, Any]]) -> bool:

@@ -555,3 +555,29 @@ def test_a_book_section_on_the_lines_of_the_rules_is_in_the_book_and_its_edit_se
     assert repr(made[1].resolve("zoe@example.com")) == repr(whole.book.resolve("zoe@example.com"))
     assert made[1].knows("zoe@example.com")
     assert book_kept(made[1], Limits(), new) is None
+
+
+def test_a_quote_left_open_in_the_rules_takes_the_book_section_after_them(tmp_path: Path) -> None:
+    """libyaml reads a quoted scalar on over a line at column 1: with `name: "r` the
+    `people:` line below the rules is part of the rule's name, and the files define no zoe.
+    The blanked text read it as the section people: load_book's book knew zoe, and the
+    edit that opened the quote was a reload of "only the rules" that kept the book with
+    zoe in it. A block followed by other sections is blanked only when it parses alone."""
+    from mailrouter.routing.files import book_kept
+    path = str(tmp_path / "f.yaml")
+    text = (SKIPPED_BOOK + "rules:\n  - when: {rcpt: sales@example.com}\n    then: {mailbox: sales}\n"
+            "    name: r\npeople: {zoe: {address: zoe@example.com, mailbox: sales}} # \"\n")
+    old, new = {path: text.encode()}, {path: text.replace("name: r", 'name: "r').encode()}
+    made = load_book([path], Limits(), old)
+    assert made is not None and made[1].knows("zoe@example.com")
+    assert made[1].made_of is not None
+    whole = load_snapshot([path], Limits(), "mx.test", texts=new)
+    assert not whole.book.knows("zoe@example.com")
+    fresh = load_book([path], Limits(), new)
+    assert fresh is not None and not fresh[1].knows("zoe@example.com")
+    assert book_kept(made[1], Limits(), new) is None
+    # the same open quote in the rules that end the file: nothing but them follows it
+    tail = SKIPPED_BOOK + "rules:\n  - {name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}\n"
+    kept = load_book([path], Limits(), {path: (tail + "tests:\n  - x\n").encode()})
+    assert kept is not None
+    assert book_kept(kept[1], Limits(), {path: (tail + '  - {name: "s,\ntests:\n  x"}\n').encode()})
