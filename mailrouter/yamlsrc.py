@@ -632,7 +632,6 @@ _PAIR = re.compile(rf"^[ ]*({_KEY}):[ ]+({_VALUE})", re.M)
 _SKIP_ALL = re.compile(_SKIP)
 _FIRST = re.compile(rf"{_SKIP}([ ]+)[^ #\n]")
 _BLOCK_END = re.compile(r"\n[^ #\n]")
-_OPENERS = re.compile("[\"'[{]")
 _OTHER_BREAKS = re.compile("[\x85\u2028\u2029]")     # line breaks to YAML besides \n, \r
 _RESOLVED = frozenset(k for k, v in _BY_FIRST.items() if v) if not _WILDCARD else None
 _MISSING: Any = object()
@@ -784,7 +783,7 @@ def _closed(text: str, start: int, stop: int) -> bool:
     """The lines of a section's block (`text[start:stop]`) parse on their own: no quote,
     no flow collection left open at its end (a block with no quote and no bracket has none
     to leave open; looked for in place, the block not copied)."""
-    if not _OPENERS.search(text, start, stop):
+    if all(text.find(c, start, stop) < 0 for c in "\"'[{"):    # str.find: ~30x a regex's speed
         return True
     try:
         for _ in yaml.parse("k:\n" + text[start:stop], Loader=_BaseLoader):
