@@ -632,7 +632,7 @@ _PAIR = re.compile(rf"^[ ]*({_KEY}):[ ]+({_VALUE})", re.M)
 _SKIP_ALL = re.compile(_SKIP)
 _FIRST = re.compile(rf"{_SKIP}([ ]+)[^ #\n]")
 _BLOCK_END = re.compile(r"\n[^ #\n]")
-_OTHER_BREAKS = re.compile("[\x85\u2028\u2029]")     # line breaks to YAML besides \n, \r
+_OTHER_BREAKS = "\x85\u2028\u2029"     # line breaks to YAML besides \n, \r (str.find: no regex)
 _RESOLVED = frozenset(k for k, v in _BY_FIRST.items() if v) if not _WILDCARD else None
 _MISSING: Any = object()
 
@@ -725,7 +725,7 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
     blanked its line and `read(block)` (None without `read`; a section `read` cannot read,
     None or an error, is left as it is): every other line and column is unchanged, and
     the key's value in the blanked text is None."""
-    if "\r" in text or _OTHER_BREAKS.search(text):
+    if "\r" in text or not text.isascii() and any(c in text for c in _OTHER_BREAKS):
         # YAML breaks a line at U+0085, U+2028 and U+2029 too: a "line" of the block that
         # holds one can hold a key at column 1 (`  - r<U+2028>people:`), blanked with it
         return text, {}
