@@ -120,6 +120,10 @@ def _number(value: Any, text: str) -> Any:
     return value
 
 
+# libyaml's parser (None without libyaml), whose raw_parse() reads a text's events
+# without making them Python objects
+_RawParser: Any = getattr(getattr(yaml, "cyaml", None), "CParser", None)
+
 # CSafeLoader exists only when PyYAML was built with libyaml; mypy checks against
 # SafeLoader, whose constructor API is the same.
 if TYPE_CHECKING:
@@ -786,8 +790,11 @@ def _closed(text: str, start: int, stop: int) -> bool:
     if all(text.find(c, start, stop) < 0 for c in "\"'[{"):    # str.find: ~30x a regex's speed
         return True
     try:
-        for _ in yaml.parse("k:\n" + text[start:stop], Loader=_BaseLoader):
-            pass
+        if _RawParser is not None:      # ~6x faster than yaml.parse
+            _RawParser("k:\n" + text[start:stop]).raw_parse()
+        else:
+            for _ in yaml.parse("k:\n" + text[start:stop], Loader=_BaseLoader):
+                pass
     except yaml.YAMLError:
         return False
     return True
