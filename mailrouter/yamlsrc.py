@@ -765,6 +765,13 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
     spans: list[tuple[int, int]] = []    # (start, stop) of the lines to blank
     follows = len(text)                  # where the blanked sections that end the text begin
     for head_at, start, stop, key, value in sorted(found, reverse=True):
+        if text.find("&", start, stop) >= 0 and any(
+                text.find(c, 0, head_at) >= 0 or text.find(c, stop) >= 0 for c in "&*"):
+            # an anchor in the block beside another anchor or an alias: `*x` after the block
+            # named an `&x` before it, where the whole text has two (refused, `check`), and
+            # each of the two parses of a big reload saw one
+            follows = -1
+            continue
         if stop != follows and not _closed(text, start, stop):
             follows = -1
             continue

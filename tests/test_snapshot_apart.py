@@ -581,3 +581,25 @@ def test_a_quote_left_open_in_the_rules_takes_the_book_section_after_them(tmp_pa
     kept = load_book([path], Limits(), {path: (tail + "tests:\n  - x\n").encode()})
     assert kept is not None
     assert book_kept(kept[1], Limits(), {path: (tail + '  - {name: "s,\ntests:\n  x"}\n').encode()})
+
+
+def test_an_anchor_in_the_rules_named_again_in_the_book_is_refused_as_check_refuses(
+        tmp_path: Path) -> None:
+    """`&x` in the aliases, `&x` again in a rule, `*x` in moved: below: a file `check`
+    refuses (an anchor defined twice). The big load's two parses each saw one of the two
+    (load_book the rules blanked, prepare the aliases), so the reload that added the
+    rule's anchor kept the book and loaded: moved old@ by the aliases' anchor."""
+    from mailrouter.routing.files import book_kept
+    path = str(tmp_path / "f.yaml")
+    text = (SKIPPED_BOOK + "aliases:\n  a@example.com: mailbox:sales\n  e@example.com: &x a@example.com\n"
+            "rules:\n  - {name: r, when: {rcpt: RCPT}, then: {mailbox: sales}}\n"
+            "moved:\n  old@example.com: {now: *x}\n")
+    old = {path: text.replace("RCPT", "sales@example.com").encode()}
+    new = {path: text.replace("RCPT", "&x sales@example.com").encode()}
+    made = load_book([path], Limits(), old)
+    assert made is not None
+    assert book_kept(made[1], Limits(), new) is None
+    assert load_book([path], Limits(), new) is None
+    assert prepare([path], new) is None
+    with pytest.raises(ConfigErrors, match="second occurrence"):
+        load_snapshot([path], Limits(), "mx.test", made, texts=new)
