@@ -728,7 +728,11 @@ def _blank(text: str, keys: Collection[str], read: Callable[[str], Any] | None =
     column 1, then the lines up to the next one at column 1) blank, and for each key so
     blanked its line and `read(block)` (None without `read`; a section `read` cannot read,
     None or an error, is left as it is): every other line and column is unchanged, and
-    the key's value in the blanked text is None."""
+    the key's value in the blanked text is None. Left as it is too, where YAML may read
+    the block's lines otherwise (the parse of the whole text then decides): a text with
+    line breaks other than \n, a block followed by a line going on a flow collection, one
+    that leaves a quote or a bracket open before other sections (`_closed`), one holding an
+    anchor beside another anchor or an alias."""
     if "\r" in text or not text.isascii() and any(c in text for c in _OTHER_BREAKS):
         # YAML breaks a line at U+0085, U+2028 and U+2029 too: a "line" of the block that
         # holds one can hold a key at column 1 (`  - r<U+2028>people:`), blanked with it
