@@ -521,3 +521,85 @@ def test_a_child_whose_parent_died_before_its_prctl_exits_at_once() -> None:
         os.close(read)
         if write >= 0:
             os.close(write)
+
+
+SKIPPED_BOOK = ("mailboxes:\n  sales: {maildir: sales}\n  desk: {maildir: desk}\n"
+                "domains: [example.com]\n")
+
+
+@pytest.mark.parametrize("layout", [
+    # YAML breaks lines at U+2028, U+2029 and U+0085 as well: `people:` is a section
+    "rules:\n  - {name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}"
+    "\u2028people:\u2028  zoe: {address: zoe@example.com, mailbox: OLD}\n",
+    "rules:\n  - {name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}"
+    "\x85people:\x85  zoe: {address: zoe@example.com, mailbox: OLD}\n",
+    # a flow mapping as the root: its indented lines hold its entries, not only rules'
+    "{mailboxes: {sales: {maildir: sales}, desk: {maildir: desk}}, domains: [example.com],\n"
+    "rules:\n  [{name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}],\n"
+    "  people: {zoe: {address: zoe@example.com, mailbox: OLD}}\n}\n",
+])
+def test_a_book_section_on_the_lines_of_the_rules_is_in_the_book_and_its_edit_seen(
+        tmp_path: Path, layout: str) -> None:
+    """A section that YAML reads on lines `_blank` took for the rules' (after a U+2028 line
+    break, or among the entries of a flow mapping at the root): load_book built the book
+    without it (zoe unknown), and an edit of it was a reload of "only the rules" that kept
+    the book with the old one."""
+    from mailrouter.routing.files import book_kept
+    path = tmp_path / "f.yaml"
+    head = "" if layout.startswith("{") else SKIPPED_BOOK
+    old = {str(path): (head + layout.replace("OLD", "sales")).encode()}
+    new = {str(path): (head + layout.replace("OLD", "desk")).encode()}
+    made = load_book([str(path)], Limits(), old)
+    assert made is not None
+    whole = load_snapshot([str(path)], Limits(), "mx.test", texts=old)
+    assert repr(made[1].resolve("zoe@example.com")) == repr(whole.book.resolve("zoe@example.com"))
+    assert made[1].knows("zoe@example.com")
+    assert book_kept(made[1], Limits(), new) is None
+
+
+def test_a_quote_left_open_in_the_rules_takes_the_book_section_after_them(tmp_path: Path) -> None:
+    """libyaml reads a quoted scalar on over a line at column 1: with `name: "r` the
+    `people:` line below the rules is part of the rule's name, and the files define no zoe.
+    The blanked text read it as the section people: load_book's book knew zoe, and the
+    edit that opened the quote was a reload of "only the rules" that kept the book with
+    zoe in it. A block followed by other sections is blanked only when it parses alone."""
+    from mailrouter.routing.files import book_kept
+    path = str(tmp_path / "f.yaml")
+    text = (SKIPPED_BOOK + "rules:\n  - when: {rcpt: sales@example.com}\n    then: {mailbox: sales}\n"
+            "    name: r\npeople: {zoe: {address: zoe@example.com, mailbox: sales}} # \"\n")
+    old, new = {path: text.encode()}, {path: text.replace("name: r", 'name: "r').encode()}
+    made = load_book([path], Limits(), old)
+    assert made is not None and made[1].knows("zoe@example.com")
+    assert made[1].made_of is not None
+    whole = load_snapshot([path], Limits(), "mx.test", texts=new)
+    assert not whole.book.knows("zoe@example.com")
+    fresh = load_book([path], Limits(), new)
+    assert fresh is not None and not fresh[1].knows("zoe@example.com")
+    assert book_kept(made[1], Limits(), new) is None
+    # the same open quote in the rules that end the file: nothing but them follows it
+    tail = SKIPPED_BOOK + "rules:\n  - {name: r, when: {rcpt: sales@example.com}, then: {mailbox: sales}}\n"
+    kept = load_book([path], Limits(), {path: (tail + "tests:\n  - x\n").encode()})
+    assert kept is not None
+    assert book_kept(kept[1], Limits(), {path: (tail + '  - {name: "s,\ntests:\n  x"}\n').encode()})
+
+
+def test_an_anchor_in_the_rules_named_again_in_the_book_is_refused_as_check_refuses(
+        tmp_path: Path) -> None:
+    """`&x` in the aliases, `&x` again in a rule, `*x` in moved: below: a file `check`
+    refuses (an anchor defined twice). The big load's two parses each saw one of the two
+    (load_book the rules blanked, prepare the aliases), so the reload that added the
+    rule's anchor kept the book and loaded: moved old@ by the aliases' anchor."""
+    from mailrouter.routing.files import book_kept
+    path = str(tmp_path / "f.yaml")
+    text = (SKIPPED_BOOK + "aliases:\n  a@example.com: mailbox:sales\n  e@example.com: &x a@example.com\n"
+            "rules:\n  - {name: r, when: {rcpt: RCPT}, then: {mailbox: sales}}\n"
+            "moved:\n  old@example.com: {now: *x}\n")
+    old = {path: text.replace("RCPT", "sales@example.com").encode()}
+    new = {path: text.replace("RCPT", "&x sales@example.com").encode()}
+    made = load_book([path], Limits(), old)
+    assert made is not None
+    assert book_kept(made[1], Limits(), new) is None
+    assert load_book([path], Limits(), new) is None
+    assert prepare([path], new) is None
+    with pytest.raises(ConfigErrors, match="second occurrence"):
+        load_snapshot([path], Limits(), "mx.test", made, texts=new)

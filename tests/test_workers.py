@@ -656,3 +656,45 @@ def test_files_saved_while_worker_0_is_down_are_loaded_when_it_is_back(daemon_pr
     assert _wait_log(proc, "event=worker_started worker=0", 2) == 2
     assert _wait_log(proc, "event=reloaded hash=", 2, timeout=30) == 2, proc.log.read_text()
     assert _rcpt_codes(proc.smtp, "new@example.com", 20) == [250] * 20
+
+
+def test_a_big_reload_that_opens_a_quote_in_the_rules_builds_the_book_again(
+        daemon_process, tmp_path):
+    """Big files, two workers, a book section below the rules (`moved:`, a comment with a
+    quote after it). The reload leaves a rule's name's quote open: libyaml reads on over
+    `moved:`, so the new files move nothing and mail to old@ is refused. Blanking the rules
+    read `moved:` as before, the sections hashed the same, and both workers kept the book
+    that still moved old@ to support@ (event=book_kept): mail went by a section the files no
+    longer have."""
+    import smtplib
+
+    from mailrouter.daemon import BUILD_APART_FROM
+    from tests.support.daemon import RULES
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    company = (RULES / "company.yaml").read_text()
+    many = "".join(f"  bulk{i:06d}@example.com: mailbox:support\n" for i in range(30000))
+    (rules / "company.yaml").write_text(company.replace("aliases:\n", "aliases:\n" + many, 1))
+    routing = ("rules:\n  - when: {rcpt: support@example.com}\n    then: {mailbox: support}\n"
+               "    name: support\n"
+               "moved:\n  old@example.com: {now: support@example.com}  # \"\n")
+    (rules / "routing.yaml").write_text(routing)
+    assert sum(p.stat().st_size for p in rules.iterdir()) >= BUILD_APART_FROM
+    proc = daemon_process(extra="workers: 2\n", routing=str(rules / "*.yaml"))
+    assert _wait_log(proc, "event=started loop=", 2) == 2
+
+    def old_accepted() -> bool:
+        with smtplib.SMTP("127.0.0.1", proc.smtp, timeout=30) as s:
+            s.ehlo()
+            s.mail("a@outside.test")
+            return s.rcpt("old@example.com")[0] == 250
+
+    assert old_accepted()
+    (rules / "routing.yaml").write_text(routing.replace("name: support", 'name: "support'))
+    got = _reload(proc.admin)
+    assert got["ok"] is True, got
+    assert _wait_log(proc, f"event=reloaded hash={got['detail']}", 2) == 2
+    assert "event=book_kept" not in proc.log.read_text()
+    assert not old_accepted()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0

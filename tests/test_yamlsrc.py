@@ -913,3 +913,22 @@ def test_an_alias_of_no_anchor_names_it_and_where_anchors_reach(text: str, line:
             "into another routing file), or write the values out")
     assert error(loads, text) == want
     assert error(nodes, text) == want
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_a_skipped_block_that_leaves_a_quote_or_a_bracket_open_is_not_blanked(
+        monkeypatch: pytest.MonkeyPatch, raw: bool) -> None:
+    """libyaml reads an open quote or flow collection on over the next line at column 1
+    (`aliases:` below is then part of a rule): a block followed by other sections is
+    blanked only when it parses alone (libyaml's raw_parse, or yaml.parse without it)."""
+    from mailrouter import yamlsrc
+    if not raw:
+        monkeypatch.setattr(yamlsrc, "_RawParser", None)
+    after = "aliases:\n  a@example.com: b@example.com  # \" ]\n"
+    for rule in ('name: "r', "name: 'r", "tags: [r,", "then: {mailbox: r,"):
+        text = f"rules:\n  - {rule}\n{after}"
+        assert yamlsrc._blank(text, ("rules",)) == (text, {})
+    closed = f"rules:\n  - {{name: 'r', tags: [r]}}\n{after}"
+    assert yamlsrc._blank(closed, ("rules",))[1] == {"rules": (1, None)}
+    assert loads(closed, "f.yaml", skip=("rules",)) == {
+        "rules": None, "aliases": {"a@example.com": "b@example.com"}}
