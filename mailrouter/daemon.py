@@ -438,8 +438,10 @@ class App:
         if ok and changed:   # the age of the rule set in use, as the followers keep it: the
             metrics.RELOAD_TIME.set(time.time())   # files unchanged, the rules are as old
         self.state.ruleset = self._snapshot.hash
-        if ok and changed:        # off the loop: 0.4 s for 10,000 rules and 5,000 mailboxes
-            await asyncio.to_thread(_known_decisions, self._snapshot)
+        if ok and changed:        # off the loop and the reply (a scrape waits for it, as at
+            # the start): 0.05 s for 10,000 rules and mailboxes made before, 0.6 s for new ones
+            self._zeros = asyncio.get_running_loop().run_in_executor(
+                None, _known_decisions, self._snapshot)
         if self.registry is not None:
             try:
                 # an ok row's detail was its hash again, `registry reloads` showing it twice
