@@ -962,24 +962,31 @@ def _deeper_than_above(text: str, line: int, col: int) -> tuple[int, int, int, b
     here = _line_at(text, line)
     if here.find(":") != col - 1:       # a ': ' later in the line: a value to quote
         return None
-    meaningful = _lines_above(lines, line)
-    if not meaningful:
+    got = _above(lines, line, here, ": ")
+    if got is None:
         return None
-    above = meaningful[0]
-    text_above = lines[above - 1]
-    indent, gap = _key_indent(here), _key_indent(text_above)
-    key, sep, value = text_above[gap:].partition(": ")
-    if indent <= gap or not sep or not value.split("#")[0].strip():
+    meaningful, gap, indent = got
+    if indent <= gap:
         return None
     odd = len(meaningful) > 1 and _key_indent(lines[meaningful[1] - 1]) == indent
-    return above, gap, indent, odd
+    return meaningful[0], gap, indent, odd
 
 
-def _lines_above(lines: list[str], line: int) -> list[int]:
-    """The numbers of the lines above `line` that hold something, nearest first (blank and
-    comment lines skipped)."""
-    return [n for n in range(line - 1, 0, -1)
-            if lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
+def _above(lines: list[str], line: int, here: str, colon: str
+           ) -> tuple[list[int], int, int] | None:
+    """(the numbers of the lines above `line` that hold something, nearest first (blank and
+    comment lines skipped), the key indentation of the nearest, this line's) when the
+    nearest is a `key{colon}value` line; None otherwise (it opens a mapping or a list)."""
+    meaningful = [n for n in range(line - 1, 0, -1)
+                  if lines[n - 1].strip() and not lines[n - 1].lstrip().startswith("#")]
+    if not meaningful:
+        return None
+    text_above = lines[meaningful[0] - 1]
+    gap = _key_indent(text_above)
+    _, sep, value = text_above[gap:].partition(colon)
+    if not sep or not value.split("#")[0].strip():
+        return None
+    return meaningful, gap, _key_indent(here)
 
 
 def _spaces(n: int) -> str:
@@ -994,16 +1001,11 @@ def _off_the_line_above(text: str, line: int) -> tuple[int, int, int] | None:
     here = _line_at(text, line)
     if not re.match(r"[ ]*(?:-[ ]+)*[^\s#:-][^:]*:(\s|$)", here):
         return None
-    meaningful = _lines_above(lines, line)
-    if not meaningful:
+    got = _above(lines, line, here, ":")
+    if got is None or got[2] == got[1]:
         return None
-    above = meaningful[0]
-    text_above = lines[above - 1]
-    indent, gap = _key_indent(here), _key_indent(text_above)
-    _, sep, value = text_above[gap:].partition(":")
-    if indent == gap or not sep or not value.split("#")[0].strip():
-        return None
-    return above, gap, indent
+    meaningful, gap, indent = got
+    return meaningful[0], gap, indent
 
 
 def _line_at(text: str, line: int) -> str:

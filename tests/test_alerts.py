@@ -256,6 +256,17 @@ def _grafana(expr: str) -> str:
 
 
 
+async def _until(what: str, check) -> None:      # type: ignore[no-untyped-def]
+    """Poll `check()` until it is true (60 s: only fails a hung test)."""
+    import time
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what} never came")
+
+
 async def _prometheus(tmp_path: Path, admin: int) -> tuple[asyncio.subprocess.Process, int]:
     """A real Prometheus scraping the admin port every second (rules evaluated as often),
     its data under tmp_path; (the process, its port). The caller terminates it."""
@@ -557,7 +568,6 @@ async def test_each_alert_expression_fires_on_its_real_fault(make_app, tmp_path)
     first-response due (overdue), the daemon stopped (down). The disk alerts: above."""
     import sqlite3
     import threading
-    import time
     from datetime import datetime, timezone
 
     from mailrouter.config import ControlConfig, DeliveryConfig, RegistryConfig
@@ -593,21 +603,13 @@ async def test_each_alert_expression_fires_on_its_real_fault(make_app, tmp_path)
         return any(r["metric"].get("instance") == f"127.0.0.1:{admin}"
                    for r in await answers(alerts[alert]))
 
-    async def until(what: str, check) -> None:
-        deadline = time.monotonic() + 60      # only fails a hung test
-        while time.monotonic() < deadline:
-            if await check():
-                return
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"{what} never came")
-
     async def plain(rcpt: str) -> list[str]:
         async with Wire(smtp) as w:
             await w.greet()
             return await w.transaction("a@outside.test", [rcpt], b"Subject: s\r\n\r\nx\r\n.\r\n")
 
     try:
-        await until("the first scrape", lambda: answers('up{job="mailrouter"} == 1'))
+        await _until("the first scrape", lambda: answers('up{job="mailrouter"} == 1'))
         await asyncio.sleep(1.5)                  # a second scrape: rate() has two samples
         # silent before (the disk alerts read this host's disk: not here)
         assert [a for a in faults + ["MailrouterDown"] if await firing(a)] == []
@@ -640,10 +642,10 @@ async def test_each_alert_expression_fires_on_its_real_fault(make_app, tmp_path)
             release.set()
             holder.join()
         for alert in faults:
-            await until(alert, lambda alert=alert: firing(alert))
+            await _until(alert, lambda alert=alert: firing(alert))
         app.request_stop()
         await app.wait_stopped()
-        await until("MailrouterDown", lambda: firing("MailrouterDown"))
+        await _until("MailrouterDown", lambda: firing("MailrouterDown"))
     finally:
         prom.terminate()
         await asyncio.wait_for(prom.wait(), 30)
@@ -660,7 +662,6 @@ async def test_the_reload_leftover_alerts_fire_on_their_real_faults(make_app, tm
     other than the running one (exit 4); a reload with the tables fixed silences the first
     alone."""
     import dataclasses
-    import time
 
     from mailrouter.config import PostfixMapsConfig
 
@@ -685,14 +686,6 @@ async def test_the_reload_leftover_alerts_fire_on_their_real_faults(make_app, tm
             return False
         return any(r["metric"].get("instance") == f"127.0.0.1:{admin}" for r in found)
 
-    async def until(what: str, check) -> None:
-        deadline = time.monotonic() + 60      # only fails a hung test
-        while time.monotonic() < deadline:
-            if await check():
-                return
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"{what} never came")
-
     async def scraped() -> bool:
         try:
             return bool(await asyncio.to_thread(_query, port, "mailrouter_postfix_maps_failed"))
@@ -700,21 +693,21 @@ async def test_the_reload_leftover_alerts_fire_on_their_real_faults(make_app, tm
             return False
 
     try:
-        await until("the first scrape", scraped)
+        await _until("the first scrape", scraped)
         assert [a for a in new if await firing(a)] == []
         shutil.rmtree(maps)
         maps.write_text("not a directory\n", encoding="utf-8")
         ok, _, maps_error, not_applied = await app.reload_all()
         assert ok and maps_error and not_applied
         for alert in new:
-            await until(alert, lambda alert=alert: firing(alert))
+            await _until(alert, lambda alert=alert: firing(alert))
         maps.unlink()                   # the tables fixed; config.yaml still not the one running
         ok, _, maps_error, not_applied = await app.reload_all()
         assert ok and maps_error is None and not_applied
 
         async def only_config() -> bool:
             return not await firing(new[0]) and await firing(new[1])
-        await until("MailrouterPostfixMapsStale silent", only_config)
+        await _until("MailrouterPostfixMapsStale silent", only_config)
     finally:
         prom.terminate()
         await asyncio.wait_for(prom.wait(), 30)
