@@ -11,6 +11,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from mailrouter.yamlsrc import files_hash
 from tests.support.daemon import maildir_files
 
 
@@ -65,7 +66,6 @@ def test_reload_reaches_every_worker(daemon_process, tmp_path):
     """SIGHUP to the supervisor and POST /-/reload to worker 0 both have both workers run
     the changed files (worker 0 reads them, the other loads the bytes it read); files
     unchanged are no reload for the other worker."""
-    from mailrouter.yamlsrc import files_hash
     from tests.support.daemon import RULES
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -374,7 +374,6 @@ def test_the_shared_book_is_waited_for_only_while_its_builder_can_give_it(tmp_pa
     import sys
 
     from mailrouter.workers import LastGood
-    from mailrouter.yamlsrc import files_hash
     kept = LastGood(tmp_path)
     one = {"r/a.yaml": b"aliases: {}\n"}
     kept.put(one, files_hash(one.items()), builder=os.getpid())
@@ -406,7 +405,6 @@ def test_last_good_keeps_only_the_bytes_that_loaded(tmp_path):
     """LastGood.save keeps files only while they hash as the load did: changed since (a
     save caught mid-way), the set kept before stays, and a replacement reads that one."""
     from mailrouter.workers import LastGood, Staged
-    from mailrouter.yamlsrc import files_hash
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_bytes(b"aliases: {}\n")
     b.write_bytes(b"rules: []\n")
@@ -426,27 +424,7 @@ def test_a_worker_started_while_a_broken_set_is_staged_runs_the_set_before(tmp_p
     others load beside it; a worker replaced in those seconds, while a broken set is staged,
     starts on the set staged before it, the one the others run. Before, it took the
     supervisor's start set (older, after good reloads), or with none refused to start."""
-    from mailrouter.config import load_config
-    from mailrouter.daemon import _worker_snapshot
-    from mailrouter.workers import LastGood
-    from mailrouter.yamlsrc import files_hash
-    from tests.support.daemon import RULES
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for name in ("company.yaml", "routing.yaml"):
-        (rules / name).write_bytes((RULES / name).read_bytes())
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"routing: ['{rules}/*.yaml']\n"
-                   f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\n", encoding="utf-8")
-    config = load_config(cfg)
-    good = {str(rules / n): (rules / n).read_bytes() for n in ("company.yaml", "routing.yaml")}
-    broken = dict(good)
-    broken[str(rules / "routing.yaml")] += b"\n  - name: [broken\n"
-    kept = LastGood(tmp_path / "kept")
-    (tmp_path / "kept").mkdir()
-    kept.put(good, files_hash(good.items()))
-    kept.put(broken, files_hash(broken.items()))
-    snap = _worker_snapshot(config, kept, None, 1)
+    snap, kept, good = _replaced_while_staged(tmp_path, b"\n  - name: [broken\n")
     assert snap is not None and snap.hash == files_hash(good.items())
     assert kept.reported(1) == (2, snap.hash, None)      # worker 0 sees it did not take seq 2
 
@@ -456,10 +434,19 @@ def test_a_worker_started_while_a_set_check_refuses_is_staged_runs_the_set_befor
     mailbox with no delivery.lmtp): worker 0 refuses it after staging it, and a worker
     replaced in those seconds started on it all the same (its load found no error in the
     files), the only worker running it. It now starts on the set staged before."""
+    snap, _, good = _replaced_while_staged(
+        tmp_path, b"\nmailboxes:\n  desk: {lmtp: desk@mail.internal}\n")
+    assert snap is not None and snap.hash == files_hash(good.items())
+    assert not any(m.kind == "lmtp" for m in snap.book.mailboxes.values())
+
+
+def _replaced_while_staged(tmp_path, added: bytes):      # type: ignore[no-untyped-def]
+    """A worker (1) starting while worker 0 has staged the repo's example files with `added`
+    after routing.yaml, over the set of those files as they are: (its snapshot, the kept
+    sets, the bytes of the set before)."""
     from mailrouter.config import load_config
     from mailrouter.daemon import _worker_snapshot
     from mailrouter.workers import LastGood
-    from mailrouter.yamlsrc import files_hash
     from tests.support.daemon import RULES
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -468,17 +455,14 @@ def test_a_worker_started_while_a_set_check_refuses_is_staged_runs_the_set_befor
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"routing: ['{rules}/*.yaml']\n"
                    f"delivery: {{maildir_root: '{tmp_path / 'mail'}'}}\n", encoding="utf-8")
-    config = load_config(cfg)
     good = {str(rules / n): (rules / n).read_bytes() for n in ("company.yaml", "routing.yaml")}
-    crossed = dict(good)
-    crossed[str(rules / "routing.yaml")] += b"\nmailboxes:\n  desk: {lmtp: desk@mail.internal}\n"
+    staged = dict(good)
+    staged[str(rules / "routing.yaml")] += added
     kept = LastGood(tmp_path / "kept")
     (tmp_path / "kept").mkdir()
     kept.put(good, files_hash(good.items()))
-    kept.put(crossed, files_hash(crossed.items()))
-    snap = _worker_snapshot(config, kept, None, 1)
-    assert snap is not None and snap.hash == files_hash(good.items())
-    assert not any(m.kind == "lmtp" for m in snap.book.mailboxes.values())
+    kept.put(staged, files_hash(staged.items()))
+    return _worker_snapshot(load_config(cfg), kept, None, 1), kept, good
 
 
 def test_the_kept_set_is_numbered_and_the_one_before_stays_readable(tmp_path):
@@ -486,7 +470,6 @@ def test_the_kept_set_is_numbered_and_the_one_before_stays_readable(tmp_path):
     the set before stays readable (a reload one worker could not take goes back to it); a
     set named by its hash only has no bytes; the workers' reports are read back."""
     from mailrouter.workers import LastGood, Staged
-    from mailrouter.yamlsrc import files_hash
     kept = LastGood(tmp_path)
     one = {"r/a.yaml": b"aliases: {}\n", "r/b.yaml": b"rules: []\n"}
     two = {"r/a.yaml": b"aliases: {}\n", "r/b.yaml": b"rules: [] # 2\n"}
