@@ -107,6 +107,18 @@ class DaemonProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"daemon did not listen in {timeout}s:\n{self.log.read_text()}")
 
+    def start_refused(self, what: str) -> None:
+        """`start()` must fail with exit 2 (a start refused before it listens); stopped
+        either way. `what`: the start, for the message when it was not refused."""
+        try:
+            self.start()
+        except RuntimeError as refused:
+            assert "daemon exited 2" in str(refused), str(refused)
+        else:
+            raise AssertionError(f"{what} was not refused")
+        finally:
+            self.stop()
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
