@@ -16,6 +16,7 @@ closing it, so another process could take it before postgres does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -163,15 +164,22 @@ async def _admin(url: str, sql: str) -> None:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def _new_database(base: str, prefix: str) -> AsyncIterator[str]:
+    """URL of a new, empty database on the cluster of `base`; dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    await _admin(base, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def pg_db(pg_url: str) -> AsyncIterator[str]:
     """URL of a new, empty database on the session's cluster; dropped afterwards."""
-    name = f"d_{secrets.token_hex(6)}"
-    await _admin(pg_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with _new_database(pg_url, "d") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -181,10 +189,5 @@ async def registry_url(request: pytest.FixtureRequest,
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'var' / 'registry.db'}"
         return
-    base: str = request.getfixturevalue("pg_url")
-    name = f"t_{secrets.token_hex(6)}"
-    await _admin(base, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with _new_database(request.getfixturevalue("pg_url"), "t") as url:
+        yield url
