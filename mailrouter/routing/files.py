@@ -222,6 +222,20 @@ def _read(files: Sequence[str], bare: Sequence[str], skip: Sequence[str],
                  frozenset(f for f, raw in raws.items() if not raw.strip()), raws)
 
 
+def read_merged(patterns: Sequence[str], skip: Sequence[str],
+                texts: Mapping[str, bytes] | None = None
+                ) -> tuple[list[str], _Read, dict[str, Any]] | None:
+    """The files (`texts`, else those `patterns` name) read with the book's big sections
+    bare (BARE_SECTIONS) and without the `skip` sections, and merged: (the files, what was
+    read, the merged sections); None when there are none or they have an error (a whole
+    load then finds and reports it). load_book's and snapshot.prepare's first half."""
+    files = list(texts) if texts is not None else _files(patterns)
+    errors: list[ConfigError] = []
+    got = _read(files, BARE_SECTIONS, skip, errors, texts)
+    merged = _merge(got.docs, errors, got.blank)
+    return (files, got, merged) if files and not errors else None
+
+
 def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes] | None = None
               ) -> tuple[str, AddressBook] | None:
     """Only the address book of the routing files, and the hash a Snapshot of them would
@@ -234,13 +248,10 @@ def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes
     collecting = gc.isenabled()
     gc.disable()
     try:
-        files = list(texts) if texts is not None else _files(patterns)
-        errors: list[ConfigError] = []
-        got = _read(files, BARE_SECTIONS, BOOK_SKIPS, errors, texts)
-        digest = got.digest
-        merged = _merge(got.docs, errors, got.blank)
-        if not files or errors:
+        read = read_merged(patterns, BOOK_SKIPS, texts)
+        if read is None:
             return None
+        _, got, merged = read
         try:
             book = AddressBook.build(merged, BookLimits(limits.max_alias_depth,
                                                         limits.max_alias_width), fail_fast=True)
@@ -248,7 +259,7 @@ def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes
             return None
         book.made_of = yamlsrc.sections_hash(got.raws.items(), BOOK_SKIPS,
                                              [doc for _, doc in got.docs])
-        return digest, book
+        return got.digest, book
     finally:
         if collecting:
             gc.enable()

@@ -29,7 +29,8 @@ from ..errors import ConfigError, ConfigErrors
 from ..loops import detect_loop
 from ..message import MessageView
 from ..values import REPLY_OK, Action, Decision
-from .files import BARE_SECTIONS, _files, _merge, _read, read_files, routing_files
+from .files import (BARE_SECTIONS, _files, _merge, _read, read_files, read_merged,
+                    routing_files)
 from .responders import Responder, build_responders, check_responder_names
 from .rules import Conditions, RuleSet
 
@@ -243,15 +244,12 @@ def prepare(patterns: Sequence[str], texts: Mapping[str, bytes] | None = None) -
     collecting = gc.isenabled()
     gc.disable()
     try:
-        files = list(texts) if texts is not None else _files(patterns)
-        errors: list[ConfigError] = []
-        got = _read(files, BARE_SECTIONS, BARE_SECTIONS, errors, texts)
-        docs, digest = got.docs, got.digest
-        merged = _merge(docs, errors, got.blank)
-        if not files or errors:
+        read = read_merged(patterns, BARE_SECTIONS, texts)
+        if read is None:
             return None
+        files, got, merged = read
         conditions = Conditions.of(merged["rules"], merged["calendars"])
-        return (Prepared(tuple(files), docs, digest, merged, conditions)
+        return (Prepared(tuple(files), got.docs, got.digest, merged, conditions)
                 if conditions is not None else None)
     finally:
         if collecting:
