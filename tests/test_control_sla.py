@@ -48,6 +48,26 @@ WEEK = [
 ]
 
 
+async def _alerts_of(make_app, tmp_path, routing, written, start, stop, step):  # type: ignore[no-untyped-def]
+    """The daemon on `routing` with its scheduler driven here: a request written by each
+    of `written` (at, who) at its time, then a tick every `step` from `start` to `stop`
+    (inclusive); each alert as (request, stage, at)."""
+    app = await make_app(routing=routing, control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    for at, who in written:
+        app.pipeline.clock = lambda at=at: at
+        await send(app.bound["smtp"][1], mail(f"{who}@client.example", f"printer {who}",
+                                              f"{who}@client"), f"{who}@client.example")
+    got = []
+    at = start
+    while at <= stop:
+        got += [(a.request, a.stage, a.at) for a in await sched.tick(at)]
+        at += step
+    return got
+
+
 async def run_week(make_app, tmp_path):
     """The daemon through the simulated week; the app and every alert the scheduler made."""
     app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
@@ -404,19 +424,8 @@ async def test_a_request_due_at_the_lunch_break_is_reminded_when_it_falls_due(ma
         f.write(ROUTING.replace('hours: "Mon-Fri 09:00-18:00"',
                                 'hours: "Mon-Fri 09:00-13:00, Mon-Fri 14:00-18:00"')
                 .replace("first_response: 4h", "first_response: 3h"))
-    app = await make_app(routing=routing, control=CONTROL,
-                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
-    app.sla_task.cancel()
-    sched = Scheduler(app.registry, CONTROL, app.snapshot)
-    for at, who in ((msk(11, 10), "a"), (msk(11, 16), "b")):
-        app.pipeline.clock = lambda at=at: at
-        await send(app.bound["smtp"][1], mail(f"{who}@client.example", f"printer {who}",
-                                              f"{who}@client"), f"{who}@client.example")
-    got = []
-    at = msk(11, 12)
-    while at <= msk(12, 18):
-        got += [(a.request, a.stage, a.at) for a in await sched.tick(at)]
-        at += timedelta(minutes=15)
+    got = await _alerts_of(make_app, tmp_path, routing, ((msk(11, 10), "a"), (msk(11, 16), "b")),
+                           msk(11, 12), msk(12, 18), timedelta(minutes=15))
     assert got == [(1, "remind", msk(11, 13)), (1, "escalate", msk(11, 16)),
                    (2, "remind", msk(12, 10)), (2, "escalate", msk(12, 12))]
 
@@ -485,19 +494,9 @@ async def test_requests_waiting_for_their_escalation_hold_back_no_reminder(make_
     escalated. Now the scan goes on past them, and C is reminded when it falls due."""
     from mailrouter.control import sla
     monkeypatch.setattr(sla, "_BATCH", 2)
-    app = await make_app(routing=write_routing(tmp_path), control=CONTROL,
-                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
-    app.sla_task.cancel()
-    sched = Scheduler(app.registry, CONTROL, app.snapshot)
-    for at, who in ((msk(11, 10), "a"), (msk(11, 10), "b"), (msk(11, 10, 30), "c")):
-        app.pipeline.clock = lambda at=at: at
-        await send(app.bound["smtp"][1], mail(f"{who}@client.example", f"printer {who}",
-                                              f"{who}@client"), f"{who}@client.example")
-    got = []
-    at = msk(11, 13)
-    while at <= msk(11, 18):
-        got += [(a.request, a.stage, a.at) for a in await sched.tick(at)]
-        at += timedelta(minutes=30)
+    got = await _alerts_of(make_app, tmp_path, write_routing(tmp_path),
+                           ((msk(11, 10), "a"), (msk(11, 10), "b"), (msk(11, 10, 30), "c")),
+                           msk(11, 13), msk(11, 18), timedelta(minutes=30))
     assert got == [(1, "remind", msk(11, 14)), (2, "remind", msk(11, 14)),
                    (3, "remind", msk(11, 14, 30)), (1, "escalate", msk(11, 16)),
                    (2, "escalate", msk(11, 16)), (3, "escalate", msk(11, 16, 30))]
