@@ -506,8 +506,6 @@ def test_check_warns_about_a_rule_on_a_recipient_the_book_refuses(
     book does not know is refused at RCPT. `check` now says so, with the address meant;
     an address of another domain, one under `not:` and a known one are not warned about;
     nor is a mailbox the book defines (`resolved_mailbox: salse` is)."""
-    from mailrouter.cli import main
-    from tests.support.rules import COMPANY
     rules = routing_file("""\
 rules:
   - {name: typo, when: {rcpt: suport@example.com}, then: {folder: X}}
@@ -516,10 +514,7 @@ rules:
      then: {folder: X}}
   - {name: box, when: {resolved_mailbox: [salse, Finance, person:ivanov]}, then: {folder: X}}
 """, "r.yaml")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
-    assert main(["check", "-c", str(cfg)]) == 0
-    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    warnings = _check_warnings(tmp_path, capsys, rules)
     assert warnings == [
         f"warning: {rules}:2: rule 'typo': rcpt 'suport@example.com' is not an address of the "
         "address book: mail to it is refused at RCPT and never reaches the rules; did you mean "
@@ -535,14 +530,9 @@ def test_a_recipient_typed_with_a_cyrillic_letter_is_told_from_the_one_it_looks_
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`rcpt: sаles@example.com` with a Cyrillic а: "did you mean 'sales@example.com'?" named
     an address that looks the same as the one written; the letter is named."""
-    from mailrouter.cli import main
-    from tests.support.rules import COMPANY
     rules = routing_file("rules:\n  - {name: cyr, when: {rcpt: s\u0430les@example.com, "
                          "resolved_mailbox: supp\u043ert}, then: {folder: X}}\n", "r.yaml")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
-    assert main(["check", "-c", str(cfg)]) == 0
-    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    warnings = _check_warnings(tmp_path, capsys, rules)
     assert warnings == [
         f"warning: {rules}:2: rule 'cyr': rcpt 's\u0430les@example.com' is not an address of the "
         "address book: mail to it is refused at RCPT and never reaches the rules; did you mean "
@@ -576,3 +566,15 @@ rules:
         "(README, Execution control) or remove copy_to_owner"]
     assert outs[1].returncode == 0, outs[1].stderr
     assert "warning" not in outs[1].stdout
+
+
+def _check_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str], rules: object
+                    ) -> list[str]:
+    """`mailrouter check` (exit 0) of the example company's book and the rule file `rules`:
+    its warning lines."""
+    from mailrouter.cli import main
+    from tests.support.rules import COMPANY
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
+    assert main(["check", "-c", str(cfg)]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
