@@ -9,7 +9,6 @@ with these helpers.
 from __future__ import annotations
 
 import errno
-import gc
 import glob
 import os
 from dataclasses import dataclass
@@ -245,9 +244,7 @@ def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes
     For a process that builds the book to send it to another (daemon: the supervisor's
     child at start, a new process at a worker's reload): the rules are not compiled.
     `texts`: the files' bytes, as load_snapshot's."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with yamlsrc.no_gc():
         read = read_merged(patterns, BOOK_SKIPS, texts)
         if read is None:
             return None
@@ -260,9 +257,6 @@ def load_book(patterns: Sequence[str], limits: Limits, texts: Mapping[str, bytes
         book.made_of = yamlsrc.sections_hash(got.raws.items(), BOOK_SKIPS,
                                              [doc for _, doc in got.docs])
         return got.digest, book
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def book_kept(book: AddressBook, limits: Limits, texts: Mapping[str, bytes]

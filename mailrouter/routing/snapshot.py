@@ -13,7 +13,6 @@ error naming both; lists (domains, rules, tests) are concatenated.
 from __future__ import annotations
 
 import ctypes
-import gc
 import glob
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -199,26 +198,23 @@ def load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     replacement worker starting from the last routing files that loaded, daemon.serve):
     the snapshot names the files by their paths, as when they were read there.
     """
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        try:
+        with yamlsrc.no_gc():
             try:
-                return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, built,
-                                      prepared, texts)
+                try:
+                    return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, built,
+                                          prepared, texts)
+                except _NeedPositions:
+                    pass
+                return _load_snapshot(patterns, limits, hostname, (), built, texts=texts)
+            except _NotSame:
+                pass
+            try:
+                return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, texts=texts)
             except _NeedPositions:
                 pass
-            return _load_snapshot(patterns, limits, hostname, (), built, texts=texts)
-        except _NotSame:
-            pass
-        try:
-            return _load_snapshot(patterns, limits, hostname, BARE_SECTIONS, texts=texts)
-        except _NeedPositions:
-            pass
-        return _load_snapshot(patterns, limits, hostname, (), texts=texts)
+            return _load_snapshot(patterns, limits, hostname, (), texts=texts)
     finally:
-        if collecting:
-            gc.enable()
         _give_back_freed_memory()
 
 
@@ -241,9 +237,7 @@ def prepare(patterns: Sequence[str], texts: Mapping[str, bytes] | None = None) -
     """The rules' half of a load of these files (`Prepared`); None when they have an error
     (the load then finds and reports it as always). `texts`: the files' bytes, as
     load_snapshot's."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with yamlsrc.no_gc():
         read = read_merged(patterns, BARE_SECTIONS, texts)
         if read is None:
             return None
@@ -251,9 +245,6 @@ def prepare(patterns: Sequence[str], texts: Mapping[str, bytes] | None = None) -
         conditions = Conditions.of(merged["rules"], merged["calendars"])
         return (Prepared(tuple(files), got.docs, got.digest, merged, conditions)
                 if conditions is not None else None)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _give_back_freed_memory() -> None:
