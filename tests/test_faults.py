@@ -506,11 +506,9 @@ async def test_registry_on_full_filesystem_is_4xx_then_retry_delivers_once(make_
 async def test_hung_downstream_answers_451_within_process_timeout(make_app, tmp_path):
     """A downstream that accepts the connection and then says nothing: the reply is 451 once
     limits.process_timeout passes, never a hang and never a 250."""
-    import socket as _socket
     from mailrouter.config import DeliveryConfig, Downstream
-    silent = _socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)                       # accepts (kernel backlog), never greets
+    from tests.support.ports import silent_listener
+    silent = silent_listener()             # accepts (kernel backlog), never greets
     book = tmp_path / "book.yaml"
     book.write_text("domains: [example.com]\nmailboxes:\n  fwd: {smtp: x@downstream.test}\n"
                     "aliases:\n  hang@example.com: mailbox:fwd\n", encoding="utf-8")

@@ -465,12 +465,10 @@ async def test_every_answer_after_data_is_counted(make_app, tmp_path):
     and recipients_total did not move, so "Messages per second by result" and the
     MailrouterDeferredRateHigh alert (recipients tempfail over all) missed a hung downstream
     altogether, and the latency histogram lacked exactly its slowest replies."""
-    import socket as _socket
 
     from mailrouter.config import DeliveryConfig, Downstream
-    silent = _socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)                       # accepts (kernel backlog), never greets
+    from tests.support.ports import silent_listener
+    silent = silent_listener()             # accepts (kernel backlog), never greets
     book = tmp_path / "book.yaml"
     book.write_text("domains: [example.com]\nmailboxes:\n  box: {maildir: box}\n"
                     "  fwd: {smtp: x@downstream.test}\naliases:\n  ok@example.com: mailbox:box\n"

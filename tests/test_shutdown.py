@@ -195,12 +195,10 @@ async def test_grace_over_while_processing_says_421_and_no_250(tmp_path):
     """The final dot was read, but the message's downstream never answers (a hung Postfix),
     and shutdown_grace runs out: the client gets 421 4.3.2, not a silent close, never a
     250, and the registry shows no delivered message."""
-    import socket as _socket
 
     from tests.support.daemon import DaemonProcess
-    silent = _socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)                      # accepts (kernel backlog), never greets
+    from tests.support.ports import silent_listener
+    silent = silent_listener()             # accepts (kernel backlog), never greets
     book = tmp_path / "book.yaml"
     book.write_text("domains: [example.com]\nmailboxes:\n  fwd: {smtp: x@downstream.test}\n"
                     "aliases:\n  postmaster@example.com: mailbox:fwd\n"

@@ -1,5 +1,6 @@
 """`free_port()`: a TCP port free on 127.0.0.1, for a server a test starts;
-`wait_port(port)`: until something listens there.
+`wait_port(port)`: until something listens there; `silent_listener()`: a downstream that
+hangs.
 
 Found by binding port 0 and closing the socket, so another process may take it before the
 server binds it (the usual small race, accepted). What is not accepted: the kernel may hand
@@ -13,7 +14,7 @@ from __future__ import annotations
 import socket
 import time
 
-__all__ = ["free_port", "wait_port"]
+__all__ = ["free_port", "wait_port", "silent_listener"]
 
 _given: set[int] = set()
 
@@ -39,3 +40,13 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def silent_listener() -> socket.socket:
+    """A socket listening on a free 127.0.0.1 port that accepts connections (the kernel's
+    backlog) and never answers: a downstream that hangs before its greeting. The caller
+    closes it."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    return silent
