@@ -276,10 +276,28 @@ def _not_addressed(view: View, rcpt: str) -> str:
     Bcc, was not written to this address: its sender would be told that an address they
     never used has moved. The address is compared lower-cased, its domain in ASCII."""
     wanted = _comparable(rcpt)
-    named = getaddresses([v for name in _ADDRESSED_IN for v in view.headers(name)])
-    if any(_comparable(address) == wanted for _, address in named if address):
+    named = _named([v for name in _ADDRESSED_IN for v in view.headers(name)])
+    if any(_comparable(address) == wanted for address in named):
         return ""
     return f"not addressed to {bare(rcpt)} in To or Cc (a list, a group or a Bcc)"
+
+
+_ADDR_SPEC = re.compile(r"[^\s<>,;:\"()\[\]]+@[^\s<>,;:\"()\[\]]+")
+
+
+def _named(values: list[str]) -> list[str]:
+    """The addresses of recipient fields, each value parsed alone. The stdlib's parser
+    recurses once per ':' it reads as a group's start: a To with 1,000 broken encoded words
+    holding times (`date=3E2017-08-20T10:08:28`, MimeKit's stack-overflow.txt) raised
+    RecursionError out of the verdict, and the daemon answered 451 on every retry. Such a
+    value is searched for bare addresses instead."""
+    out: list[str] = []
+    for value in values:
+        try:
+            out += [address for _, address in getaddresses([value]) if address]
+        except Exception:  # never raise: the parser is not ours
+            out += _ADDR_SPEC.findall(value)
+    return out
 
 
 def _comparable(address: str) -> str:

@@ -370,3 +370,21 @@ async def test_mail_not_written_to_the_moved_address_is_not_answered_by_the_daem
         assert reasons["<to2@client.example>"] == "autoreply moved: queued"
     finally:
         await sink.stop()
+
+
+# MimeKit's UnitTests/TestData/messages/stack-overflow.txt (jstedfast/MimeKit, MIT): a To of
+# "test" <test@test.com> and 1,000+ broken encoded words with times in them, each ':' a group
+# to the stdlib's parser, which recursed past the limit: the daemon answered 451 for ever.
+_OVERFLOW = ",\r\n".join(["\"test\" <test@test.com>"] + [
+    "\t=?utf-8?Q?date=3E2017-08-20T10:08:28.617=3C/pr?="] * 1500)
+
+
+@pytest.mark.parametrize("extra, answered", [("", False),
+                                             ("old-sales@example.com,\r\n", True)])
+def test_a_recipient_field_the_stdlib_cannot_parse_gets_a_verdict(extra: str,
+                                                                  answered: bool) -> None:
+    view = msg(to=extra + _OVERFLOW)
+    sent, reason = check(view)
+    assert sent is answered, reason
+    if not answered:
+        assert "not addressed to old-sales@example.com" in reason
