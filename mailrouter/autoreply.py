@@ -85,12 +85,17 @@ __all__ = ["DEFAULT_ROBOT_SENDERS", "robot_pattern", "History", "Policy", "Verdi
 # "Post to ... denied" notice without List-* headers, in notmuch's test corpus). bounce-*: a
 # list manager's per-message (VERP) return path, bounce-<list>-<id>@ (Lyris ListManager's
 # newsletters in SpamAssassin's welcomelists, with no List-* header nor Precedence).
+# "no reply" in Czech (neodpovidat@, neodpovidejte@, ČEZ's upominani_neodpovidat@: Czech
+# senders' code in public repositories) and French (ne-pas-repondre@: a TYPO3 form mailer's
+# mail in imap_tools' test messages, which was answered), as a word the same way.
 DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo", "owner-*",
                          "*-request", "noreply", "no-reply", "no_reply", "donotreply",
                          "do-not-reply", "*[-_.]noreply", "noreply[-_.]*", "*[-_.]no-reply",
                          "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
                          "*-bounces", "bounce", "bounces", "bounce-*", "post_master", "*+owner",
-                         "*+bounces-*")
+                         "*+bounces-*", "neodpovidat", "*[-_.]neodpovidat", "neodpovidat[-_.]*",
+                         "neodpovidejte", "*[-_.]neodpovidejte", "neodpovidejte[-_.]*",
+                         "ne-pas-repondre", "nepasrepondre", "ne_pas_repondre")
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
 # auto_reply: set by cPanel's and BoxTrapper's responders instead of Auto-Submitted
 _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})

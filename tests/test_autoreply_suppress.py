@@ -126,6 +126,13 @@ CASES = [
     ("no-reply-orders", msg(), "no-reply-orders@shop.example", "robot sender"),
     ("noreply with a +detail", msg(), "noreply+x7@shop.example", "matches 'noreply'"),
     ("a person whose name ends in reply", msg(), "anoreply@client.example", ""),
+    # "no reply" in Czech and French (imap_tools' text_with_content_id.eml: ne-pas-repondre@)
+    ("a Czech neodpovidat", msg(), "neodpovidat@shop.example", "matches 'neodpovidat'"),
+    ("a Czech neodpovidejte", msg(), "neodpovidejte@portal.example", "robot sender"),
+    ("a Czech utility's upominani_neodpovidat", msg(), "upominani_neodpovidat@energy.example",
+     "robot sender"),
+    ("a French ne-pas-repondre", msg(), "ne-pas-repondre@email-test.example", "robot sender"),
+    ("a person whose name holds neodpovidat", msg(), "neodpovidatelny@client.example", ""),
     # a LISTSERV message forwarded by a mailbox (mikel/mail content_transfer_encoding_x_uuencode)
     ("a list's owner-* in Return-Path, forwarded",
      msg("Return-Path: owner-rrga-l@list.rtowest.example"), "fwd@relay.example",
