@@ -12,7 +12,12 @@ data and a 2-byte checksum (not checked: Outlook does not check it either). An a
 starts at attAttachRendData; its name is the MAPI long file name (PR_ATTACH_LONG_FILENAME in
 attAttachment's property list) when there is one, else the MAPI short name, else
 attAttachTitle, else the display name; its size is that of attAttachData or of the MAPI
-PR_ATTACH_DATA_BIN / PR_ATTACH_DATA_OBJ value. 8-bit strings are in the message's OEM
+PR_ATTACH_DATA_BIN / PR_ATTACH_DATA_OBJ value. A message attached to the message
+(PR_ATTACH_METHOD 5, Outlook's "attach as item": a forwarded mail) is named as Outlook shows
+it, by its display name (its subject), with `.eml` as a forwarded MIME message is named
+(message.py), and its size is that of the object: its attAttachTitle is "Untitled
+Attachment" and its attAttachData an 89-byte placeholder (MimeKit's christmas.tnef), so a
+rule on attachment names never saw the forwarded mail's subject. 8-bit strings are in the message's OEM
 code page (attOemCodepage), cp1252 when it names none or one Python does not know.
 
 Refused: nothing raises. A stream that is not TNEF gives no files; one cut short or
@@ -35,6 +40,7 @@ _ATTACH_DATA, _ATTACH_TITLE = 0x800F, 0x8010
 _ATTACH_REND_DATA, _ATTACHMENT, _OEM_CODEPAGE = 0x9002, 0x9005, 0x9007
 # MAPI property tags (PidTag...)
 _DISPLAY_NAME, _DATA_BIN, _FILENAME, _LONG_FILENAME = 0x3001, 0x3701, 0x3704, 0x3707
+_METHOD, _EMBEDDED_MESSAGE = 0x3705, 5          # PR_ATTACH_METHOD, ATTACH_EMBEDDED_MSG
 # MAPI value types: fixed sizes, and the variable-length ones (a length before each value)
 _FIXED = {0x0002: 2, 0x000B: 2, 0x0003: 4, 0x0004: 4, 0x000A: 4, 0x0005: 8, 0x0006: 8,
           0x0007: 8, 0x0014: 8, 0x0040: 8, 0x0048: 16, 0x0001: 0}
@@ -50,14 +56,20 @@ class _Damaged(Exception):
 
 
 class _File:
-    __slots__ = ("title", "long", "short", "display", "size")
+    __slots__ = ("title", "long", "short", "display", "size", "message_size")
 
     def __init__(self) -> None:
         self.title = self.long = self.short = self.display = ""
         self.size = 0
+        self.message_size: int | None = None     # an attached message's object size
 
     def name(self) -> str:
+        if self.message_size is not None and self.display.strip():
+            return self.display.strip() + ".eml"
         return self.long or self.short or self.title or self.display
+
+    def data_size(self) -> int:
+        return self.size if self.message_size is None else self.message_size
 
 
 def files(data: bytes) -> list[tuple[str, int]]:
@@ -81,7 +93,7 @@ def files(data: bytes) -> list[tuple[str, int]]:
                 _attachment_attribute(found[-1], attr, value, codepage)
     except _Damaged:
         pass
-    return [(f.name(), f.size) for f in found[:MAX_FILES]]
+    return [(f.name(), f.data_size()) for f in found[:MAX_FILES]]
 
 
 def _codepage(number: int) -> str:
@@ -97,13 +109,18 @@ def _attachment_attribute(file: _File, attr: int, value: memoryview, codepage: s
     elif attr == _ATTACH_TITLE:
         file.title = _text(value, codepage)
     elif attr == _ATTACHMENT:
-        for tag, kind, item in _properties(value):
+        props = _properties(value)
+        embedded = any(tag == _METHOD and kind == 0x0003 and _u32(item, 0)[0] == _EMBEDDED_MESSAGE
+                       for tag, kind, item in props)
+        for tag, kind, item in props:
             if tag == _LONG_FILENAME and kind in (_STRING8, _UNICODE):
                 file.long = _string(item, kind, codepage)
             elif tag == _FILENAME and kind in (_STRING8, _UNICODE):
                 file.short = _string(item, kind, codepage)
             elif tag == _DISPLAY_NAME and kind in (_STRING8, _UNICODE):
                 file.display = _string(item, kind, codepage)
+            elif tag == _DATA_BIN and kind in (_BINARY, _OBJECT) and embedded:
+                file.message_size = max(0, len(item) - (16 if kind == _OBJECT else 0))
             elif tag == _DATA_BIN and kind in (_BINARY, _OBJECT) and not file.size:
                 file.size = max(0, len(item) - (16 if kind == _OBJECT else 0))   # an object's IID
 

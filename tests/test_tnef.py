@@ -106,3 +106,34 @@ def test_a_multi_value_count_past_the_stream_is_damage(kind: int) -> None:
     assert files(stream) == [("invoice.pdf", 0)]
     view = MessageView(_with_winmail(stream))
     assert [a.filename for a in view.attachments] == ["winmail.dat", "invoice.pdf"]
+
+
+def _mapi(tag: int, kind: int, value: bytes) -> bytes:
+    if kind == 0x0003:
+        return struct.pack("<HH", kind, tag) + value
+    padded = value + b"\0" * (-len(value) % 4)
+    return struct.pack("<HHII", kind, tag, 1, len(value)) + padded
+
+
+def test_a_message_attached_as_an_item_is_named_by_its_subject() -> None:
+    """Outlook's "attach as item" (PR_ATTACH_METHOD 5) in MimeKit's christmas.tnef
+    (jstedfast/MimeKit UnitTests/TestData/tnef, MIT; 821 KB, not kept: its layout is
+    rebuilt here): attAttachTitle "Untitled Attachment", an 89-byte attAttachData, the
+    subject in PR_DISPLAY_NAME and the message in PR_ATTACH_DATA_OBJ (16-byte IID first).
+    Both forwarded invoices were "Untitled Attachment", 89 bytes: no rule saw their subject."""
+    inner = SIGNATURE + b"\x01\x00" + b"x" * 6492
+    props = (struct.pack("<I", 3) + _mapi(0x3001, 0x001E, "Счёт №42\0".encode("cp1251"))
+             + _mapi(0x3701, 0x000D, b"\x07\x03\x02\x00" + b"\0" * 12 + inner)
+             + _mapi(0x3705, 0x0003, struct.pack("<I", 5)))
+    stream = (SIGNATURE + b"\x01\x00" + _attribute(1, 0x00069007, struct.pack("<II", 1251, 0))
+              + _attribute(2, 0x00069002, b"\x01\x00") + _attribute(2, 0x00018010, b"Untitled Attachment\0")
+              + _attribute(2, 0x0006800F, b"\0" * 89) + _attribute(2, 0x00069005, props)
+              # a file beside it keeps its own name and size
+              + _attribute(2, 0x00069002, b"\x01\x00") + _attribute(2, 0x00018010, b"scan.pdf\0")
+              + _attribute(2, 0x0006800F, b"%PDF" * 10))
+    assert files(stream) == [("Счёт №42.eml", len(inner)), ("scan.pdf", 40)]
+    snap = snapshot("""\
+rules:
+  - {name: inv, when: {attachment: {glob: '*счет*'}}, then: {folder: Finance}}
+""")
+    assert route(snap, _with_winmail(stream), "sales@example.com").folder == "Finance"
