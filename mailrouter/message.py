@@ -23,7 +23,8 @@ recording, for the same reason.  Decoded header values never contain CR, LF or N
 
 The body text is every inline text/plain part, in order, each in its own charset (a
 multipart/mixed shows them all: the text after an attachment, a list's footer part), else
-the text of the HTML parts, else other text; ``body_charset`` is the first part's.
+the text of the HTML parts (also when the plain ones are blank), else other text;
+``body_charset`` is the first part's.
 
 Attachments are the parts that name a file or are not text, and every forwarded message
 (``message/rfc822`` below the top): it is listed itself, named by its file name or else by its
@@ -979,21 +980,39 @@ def _choose_text(body: _Body, texts: _Texts) -> None:
     multipart/mixed shows each of its parts (RFC 2046 section 5.1.3), so the text after an
     attachment (Apple Mail's text, file, text) and a list's footer part are body text too.
     Each part's charset and what was guessed or wrong are found here, a piece at a time;
-    the text is decoded when it is read."""
+    the text is decoded when it is read. Plain parts that are blank (white space alone: the
+    plain alternative Outlook Express and bulk mailers write beside an HTML body, rspamd's
+    bad_message.eml, a Russian mail whose HTML alone holds its words) give way to the HTML:
+    a reader shows the HTML, and a rule on the body saw nothing."""
     kind = next((k for k in ("text/plain", "text/html", "text", "multipart") if k in texts), "")
     if not kind:
         return
-    chosen = texts.pop(kind)
+    segments, decodeds = _segments(texts.pop(kind))
+    if kind == "text/plain" and "text/html" in texts \
+            and all(s.small is not None and not s.small.strip() for s in segments):
+        kind = "text/html"
+        segments, decodeds = _segments(texts.pop(kind))
     texts.clear()                 # the other kind's bytes are not read: let them go now
+    for decoded in decodeds:
+        body.record_once("Body", decoded)
+    body.segments += segments
+    if body.segments:
+        body.charset, body.html = body.segments[0].charset, kind == "text/html"
+
+
+def _segments(chosen: list[tuple[_Bytes, str | None]]) -> tuple[list[_Segment], list[Decoded]]:
+    """The text parts of one kind as segments, each read in its charset, and what was found
+    of each charset (for the body's notes and defects)."""
+    segments: list[_Segment] = []
+    decodeds: list[Decoded] = []
     kept = 0                      # decoded text held: up to a piece in all, the rest decoded again
     for source, label in chosen:
         data, start, end = source()
         decoded = inspect_bytes(data, label, CYRILLIC_BODY_CANDIDATES, start, end, PIECE_BYTES)
-        body.record_once("Body", decoded)
+        decodeds.append(decoded)
         if decoded.charset is None:
             continue
         small = decoded.text if kept + end - start <= PIECE_BYTES else None
         kept += len(small or "")
-        body.segments.append(_Segment(source, decoded.charset, small))
-    if body.segments:
-        body.charset, body.html = body.segments[0].charset, kind == "text/html"
+        segments.append(_Segment(source, decoded.charset, small))
+    return segments, decodeds

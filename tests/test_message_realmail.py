@@ -14,7 +14,7 @@ from mailrouter.charsets import CYRILLIC_BODY_CANDIDATES, decode_bytes, guess_de
 from mailrouter.explain import explain
 from mailrouter.message import MessageView
 from mailrouter.routing.snapshot import Snapshot
-from tests.support.rules import ROOT, load
+from tests.support.rules import ROOT, load, route, snapshot
 from tests.test_message import RU_SUBJECTS
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -191,3 +191,27 @@ def test_a_bounce_from_the_null_address_is_a_robot(example_rules: Snapshot) -> N
     assert "robot" in report["recipients"][0]["tags"]
     person = MessageView(b"From: MAILER-DAEMON fan <ann@client.example>\r\nSubject: hi\r\n\r\nhi\r\n")
     assert person.robot == (False, "")
+
+
+def test_a_blank_plain_alternative_gives_way_to_the_html() -> None:
+    """rspamd's empty_part.eml: a multipart/alternative whose text/plain part is one blank
+    line and whose HTML holds the words (the shape Outlook Express and bulk mailers write,
+    and imap_tools' Yandex double_fields.eml after its unclosed last boundary). The body was
+    '', so a rule on the body never matched what every reader shows; it is the HTML's text.
+    A plain part with words in it still wins over the HTML."""
+    v = view("real_blank_plain_beside_html.eml")
+    assert v.body_text == "HTML part only. The previous part makes the controller process crash"
+    assert v.body_charset == "iso8859-1"
+    snap = load_text_rule()
+    raw = (CORPUS / "real_blank_plain_beside_html.eml").read_bytes()
+    assert route(snap, raw, "sales@example.com").folder == "Crash"
+    worded = raw.replace(b"7bit\n\n\n", b"7bit\n\nplain words\n")
+    assert MessageView(worded).body_text.strip() == "plain words"
+    assert route(snap, worded, "sales@example.com").folder != "Crash"
+
+
+def load_text_rule() -> Snapshot:
+    return snapshot("""\
+rules:
+  - {name: crash, when: {body: {contains: controller}}, then: {folder: Crash}}
+""")
