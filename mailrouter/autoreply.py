@@ -19,7 +19,8 @@ so the first reason found is the one recorded):
   that is not one: an ARF part (RFC 5965) inside another multipart, or Hotmail's older
   format (`X-HmXmrOriginalRecipient` in the returned message; `MessageView.complaint`);
 - any `List-*` header (RFC 2369, RFC 2919), or a list manager's own (`Mailing-List`,
-  `X-Mailing-List`, `X-ML-Name`, fml's `X-MLServer`); `Precedence: bulk | junk | list | auto_reply`;
+  `X-Mailing-List`, `X-ML-Name`, fml's `X-MLServer`, `X-Mailman-Version`);
+  `Precedence: bulk | junk | list | auto_reply`;
   a bulk sender's campaign header (Mailchimp's X-MC-User, X-Campaign; Mail.ru's X-Mailru-Msgtype);
 - `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
 - a robot sender, envelope, From or Return-Path local part, matched against `robot_senders`

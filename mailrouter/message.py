@@ -83,7 +83,10 @@ _NULL_ADDRESS = re.compile(r"<\s*>")
 # What list managers put on every message besides or instead of RFC 2369's List-*: ezmlm-weed(1)
 # names Mailing-List (ezmlm), X-Mailing-List (SmartList) and X-ML-Name; fml writes X-MLServer
 # even on its own notices (sisimai set-of-emails lhost-fml-03, a "Loop Alert" from <ml>-admin).
-LIST_MANAGER_HEADERS = ("Mailing-List", "X-Mailing-List", "X-ML-Name", "X-MLServer")
+# Mailman writes X-Mailman-Version on everything it sends, posts, digests and its notices; a
+# Mailman 2.0 digest has no List-* header nor Precedence (CPython's test_email msg_02.txt).
+LIST_MANAGER_HEADERS = ("Mailing-List", "X-Mailing-List", "X-ML-Name", "X-MLServer",
+                        "X-Mailman-Version")
 # A complaint report names the complainer in this header of the message it returns: Hotmail's
 # JMRP format, which predates ARF (RFC 5965) and is multipart/mixed (sisimai arf-22..24).
 _HOTMAIL_COMPLAINT = "x-hmxmroriginalrecipient"

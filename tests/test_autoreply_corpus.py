@@ -94,6 +94,10 @@ ROBOTS = [
         "From: neko-admin@example.co.jp", "Subject: Loop Alert: Duplicated Message-ID (neko ML)",
         "X-MLServer: fml [fml 4.0.3 release (20011202/4.0.3)]"),
      "mailing list (X-MLServer present)", "list"),
+    ("CPython test_email msg_02.txt: a Mailman 2.0.4 digest, no List-* (From renamed)", (
+        "From: ppp@zzz.example", "Subject: Ppp digest, Vol 1 #2 - 5 msgs",
+        "X-Mailman-Version: 2.0.4"),
+     "mailing list (X-Mailman-Version present)", "list"),
     ("ezmlm-weed(1)'s list sign: Mailing-List", (
         "From: Ann <ann@client.example>", "Subject: Re: the meeting",
         "Mailing-List: contact team-help@lists.client.example; run by ezmlm"),

@@ -215,3 +215,14 @@ def load_text_rule() -> Snapshot:
 rules:
   - {name: crash, when: {body: {contains: controller}}, then: {folder: Crash}}
 """)
+
+
+def test_a_mailman_digest_without_list_headers_is_list_mail() -> None:
+    """CPython's Lib/test/test_email/data/msg_02.txt: a Mailman 2.0.4 digest with no List-*
+    header and no Precedence, only X-Mailman-Version (which Mailman writes on all it sends).
+    A rule's `robot: true` missed it; the autoresponder was kept off only by its From
+    (ppp-request@), and the same digest from a list named otherwise was answered."""
+    raw = (CORPUS / "real_mailman_digest_no_list_headers.eml").read_bytes()
+    assert MessageView(raw).robot == (True, "list: X-Mailman-Version present")
+    renamed = raw.replace(b"ppp-request@zzz.org", b"ppp@zzz.org")
+    assert MessageView(renamed).robot == (True, "list: X-Mailman-Version present")
