@@ -783,3 +783,63 @@ async def test_an_action_refused_is_said_in_the_readers_language(site: Any, clie
     en = await client("petrova")
     status, page, _ = await en.post(f"/request/{fin}/close", {"csrf": await en.csrf()})
     assert status == 409 and f"Not done: request #{fin} is already closed" in page
+
+
+async def test_a_messages_sla_due_is_shown_in_the_companys_zone(make_app: Any, tmp_path: Any) -> None:
+    """The invoice's SLA runs on a New York calendar while the company's zone is Moscow's
+    (its `default` calendar): the message page showed the decision's raw
+    `first_response_due=...T09:00:00-05:00` beside times printed 17:00+03:00 everywhere else,
+    and a head in Moscow read a New York wall clock. It is the company's wall clock now, as
+    the request's page shows the same due time."""
+    import shutil
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    text = (rules / "routing.yaml").read_text(encoding="utf-8")
+    text = text.replace("calendars:\n", 'calendars:\n  default: {timezone: Europe/Moscow}\n'
+                        '  ny: {timezone: America/New_York, hours: "Mon-Fri 09:00-17:00"}\n', 1)
+    text = text.replace("priority: high\n      sla: {first_response: 4h, calendar: msk}",
+                        "priority: high\n      sla: {first_response: 4h, calendar: ny}", 1)
+    (rules / "routing.yaml").write_text(text, encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
+    await _deliver(app, "invoices@example.com", "Счёт №44")
+    number, due = await app.registry.read("test", lambda c: c.execute(
+        select(requests.c.id, requests.c.first_response_due)).one())
+    shown = due.astimezone(timezone(timedelta(hours=3))).isoformat(sep=" ", timespec="seconds")
+    host, port = app.bound["web"]
+    petrova = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await petrova.login("petrova") == 303
+        _, page, _ = await petrova.get(f"/request/{number}")
+        key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+        status, page, _ = await petrova.get(f"/message/{key}")
+        sla = re.search(r"<dt>SLA</dt><dd>(.*?)</dd>", page, re.S)
+        assert status == 200 and sla is not None, page
+        assert "calendar=ny" in sla[1] and f"first_response_due={shown}" in sla[1], sla[1]
+        assert "-05:00" not in sla[1]
+    finally:
+        await petrova.http.close()
+
+
+async def test_a_message_seen_through_its_rule_links_no_request_page_that_is_not_found(
+        site: Any, client: Any) -> None:
+    """A rule named ivanov the owner (he sees its mail) but the request went to someone
+    else in another department (his deputy while he was away): the message page linked
+    /request/N, which is "not found" for him. It names the request without a link now; one
+    who may open the request still gets the link."""
+    from mailrouter.registry.models import decisions
+    app, _, _, sup = site
+    ivanov, petrova = await client("ivanov"), await client("petrova")
+    _, page, _ = await petrova.get(f"/request/{sup}")
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    await app.registry.write("test", lambda c: c.execute(
+        update(decisions).where(decisions.c.message_key == key).values(owner="ivanov")))
+    assert (await ivanov.get(f"/request/{sup}"))[0] == 404
+    status, page, _ = await ivanov.get(f"/message/{key}")
+    assert status == 200 and "принтер не печатает" in page
+    assert f'href="/request/{sup}"' not in page and f"#{sup}" in page
+    _, page, _ = await petrova.get(f"/message/{key}")
+    assert f'href="/request/{sup}"' in page

@@ -35,7 +35,7 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in", "through_requests", "counterparty_threads", "owned_by"]
+           "may_see_request", "requests_in", "through_requests", "counterparty_threads", "owned_by"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -244,6 +244,15 @@ def request_of(conn: Connection, message_key: str) -> int | None:
         request_messages.c.message_key == message_key).order_by(request_messages.c.id).limit(1)
         ).scalar_one_or_none()
     return found
+
+
+def may_see_request(conn: Connection, number: int, scope: Scope | None) -> bool:
+    """Whether `scope` may open request `number` (requests_in). A message is seen by the
+    rule that named its viewer (a rule's `owner:` away, whose request a deputy took), a
+    request by its mailbox or owner: the message page linked a request page that was
+    "not found" for the same viewer."""
+    return conn.execute(select(requests.c.id).where(requests.c.id == number,
+                                                    requests_in(scope))).first() is not None
 
 
 def _copies(conn: Connection, keys: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:

@@ -37,7 +37,7 @@ from sqlalchemy import Connection
 from ..calendars import company_zone
 from ..config import WebConfig, is_loopback
 from ..control.notice import Notices
-from ..control.queries import counterparty_threads, owned_by, request_of
+from ..control.queries import counterparty_threads, may_see_request, owned_by, request_of
 from ..registry import Registry
 from ..registry.accounts import close_session, open_session, password_hash, verify_password
 from ..registry.models import MESSAGE_STATUSES
@@ -218,8 +218,14 @@ async def message_page(request: web.Request) -> web.Response:
 
 
 def _story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | None:
+    """The message's story, its request's number, and whether this viewer may open that
+    request (else the number is shown without a link to a page that is "not found")."""
     story = message_story(conn, scope, key)
-    return story | {"request": request_of(conn, key)} if story is not None else None
+    if story is None:
+        return None
+    number = request_of(conn, key)
+    return story | {"request": number, "request_seen": number is not None and (
+        scope.everything or may_see_request(conn, number, scope))}
 
 
 async def counterparty_page(request: web.Request) -> web.Response:
