@@ -843,3 +843,54 @@ async def test_a_message_seen_through_its_rule_links_no_request_page_that_is_not
     assert f'href="/request/{sup}"' not in page and f"#{sup}" in page
     _, page, _ = await petrova.get(f"/message/{key}")
     assert f'href="/request/{sup}"' in page
+
+
+async def test_a_counterpartys_page_lists_their_requests_as_registry_history_does(
+        site: Any, client: Any) -> None:
+    """`mailrouter registry history client@outside.test` starts with the customer's
+    requests, each with its status and owner; the web view's page of the same counterparty
+    listed their messages only, and a head could not see from it which requests were still
+    open, or whose. It lists the requests the viewer may see, newest first, linked; in
+    either form of the address."""
+    app, _, fin, sup = site
+    petrova, ivanov, smirnov = [await client(p) for p in ("petrova", "ivanov", "smirnov")]
+
+    def listed(page: str) -> list[int]:
+        table = re.search(r'<table class="board" id="requests">(.*?)</table>', page, re.S)
+        return [int(n) for n in re.findall(r'<tr id="req-(\d+)">', table[1])] if table else []
+    _, page, _ = await petrova.get("/counterparty?who=CLIENT@outside.test")
+    assert listed(page) == sorted((fin, sup), reverse=True)
+    assert f'href="/request/{fin}"' in page and "Пётр Иванов" in page and ">open<" in page
+    _, page, _ = await ivanov.get("/counterparty?who=outside.test")
+    assert listed(page) == [fin]
+    _, page, _ = await smirnov.get("/counterparty?who=client@outside.test")
+    assert listed(page) == [sup]
+    _, page, _ = await petrova.get("/counterparty?who=nobody@outside.test")
+    assert listed(page) == []
+
+
+async def test_a_person_of_no_department_is_told_they_see_their_own_mail(make_app: Any,
+                                                                          tmp_path: Any) -> None:
+    """ivanov heads no department here: the board and the search said "You may see the
+    mail of:  + your own mail", an empty list of mailboxes joined to the rest."""
+    import shutil
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    text = (rules / "company.yaml").read_text(encoding="utf-8")
+    (rules / "company.yaml").write_text(text.replace(
+        "  finance: {head: ivanov, mailboxes: [finance]}\n", "", 1), encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "ivanov", hash_password(PASSWORD), now))
+    host, port = app.bound["web"]
+    ivanov = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await ivanov.login("ivanov") == 303
+        for path in ("/board", "/search"):
+            _, page, _ = await ivanov.get(path)
+            rights = re.search(r'<p class="rights">(.*?)</p>', page, re.S)
+            assert rights is not None and rights[1] == "You may see the mail of: your own mail", path
+    finally:
+        await ivanov.http.close()

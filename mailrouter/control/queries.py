@@ -35,7 +35,8 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "may_see_request", "requests_in", "through_requests", "counterparty_threads", "owned_by"]
+           "may_see_request", "requests_in", "through_requests", "counterparty_threads", "counterparty_requests",
+           "owned_by"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -358,6 +359,18 @@ def counterparty_threads(who: str) -> Select[Any]:
     the counterparty's index, then each request's messages)."""
     return select(request_messages.c.message_key).where(
         request_messages.c.request_id.in_(select(requests.c.id).where(_counterparty(who))))
+
+
+def counterparty_requests(conn: Connection, who: str, scope: Scope | None = None,
+                          limit: int = 100) -> list[dict[str, Any]]:
+    """The requests of one counterparty (an address, or a domain in either IDNA form) that
+    `scope` may see, newest first, `limit` of them: the requests part of `history`, for the
+    web view's counterparty page (it listed their messages only, where `registry history`
+    starts with their requests, each with its status and owner)."""
+    if not who.strip().lower().lstrip("@"):
+        return []
+    return [_plain(r) for r in conn.execute(select(requests).where(
+        _counterparty(who), requests_in(scope)).order_by(requests.c.id.desc()).limit(limit))]
 
 
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:
