@@ -894,3 +894,54 @@ async def test_a_person_of_no_department_is_told_they_see_their_own_mail(make_ap
             assert rights is not None and rights[1] == "You may see the mail of: your own mail", path
     finally:
         await ivanov.http.close()
+
+
+async def test_the_deputy_covering_an_absent_owner_sees_their_requests_before_any_reminder(
+        make_app: Any, tmp_path: Any) -> None:
+    """The invoice went to ivanov; then his absence starts (the routing files say so and
+    are reloaded), and smirnov, his deputy here, covers him. smirnov heads sales and
+    support, not finance: his board held none of ivanov's open requests, whose page and
+    messages were "not found" for him, until the SLA reminder reached him at the due time.
+    He sees them now, acts on them, and stops seeing them once ivanov is back."""
+    import shutil
+    from zoneinfo import ZoneInfo
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    book = rules / "company.yaml"
+    text = book.read_text(encoding="utf-8")
+    here = text.replace('deputy: petrova,\n            away: ["2026-12-28..2027-01-08"]}',
+                        'deputy: smirnov}', 1)
+    assert here != text
+    book.write_text(here, encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "smirnov", hash_password(PASSWORD), now))
+    await _deliver(app, "invoices@example.com", "Счёт №45")
+    number, owner = await app.registry.read("test", lambda c: c.execute(
+        select(requests.c.id, requests.c.owner)).one())
+    assert owner == "ivanov"
+    host, port = app.bound["web"]
+    smirnov = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await smirnov.login("smirnov") == 303
+        assert (await smirnov.get(f"/request/{number}"))[0] == 404
+        today = now.astimezone(ZoneInfo("Europe/Moscow")).date()
+        book.write_text(here.replace("deputy: smirnov}", f'deputy: smirnov, away: ["{today}"]}}'),
+                        encoding="utf-8")
+        assert (await app.reload())[0]
+        _, board, _ = await smirnov.get("/board")
+        assert str(number) in _board_rows(board)
+        status, page, _ = await smirnov.get(f"/request/{number}")
+        assert status == 200, page
+        key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+        assert (await smirnov.get(f"/message/{key}"))[0] == 200
+        assert (await smirnov.post(f"/request/{number}/note", {"csrf": await smirnov.csrf(),
+                                                               "text": "covering"}))[0] == 303
+        book.write_text(here, encoding="utf-8")
+        assert (await app.reload())[0]
+        assert (await smirnov.get(f"/request/{number}"))[0] == 404
+        assert (await smirnov.get(f"/message/{key}"))[0] == 404
+    finally:
+        await smirnov.http.close()

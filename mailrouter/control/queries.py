@@ -48,11 +48,13 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def requests_in(scope: Scope | None) -> ColumnElement[bool]:
-    """The requests `scope` may see: of its mailboxes, owned by its person, or that person
+    """The requests `scope` may see: of its mailboxes, owned by its person, or by someone
+    away whom that person covers now as the deputy on duty (`scope.covers`), or that person
     was reminded of or had escalated to (all: None). The reminder of a request opened before
     its owner's absence goes to the deputy covering it, and an escalation to a team's head,
     each with a link to the request: that page was "not found" for them, as were its
-    messages, since the request stays its owner's."""
+    messages, since the request stays its owner's. And until that reminder (the due time),
+    the deputy covering a week's absence saw none of the absent owner's open requests."""
     if scope is None or scope.everything:
         return true()
     cond: ColumnElement[bool] = requests.c.mailbox.in_(sorted(scope.mailboxes))
@@ -60,14 +62,18 @@ def requests_in(scope: Scope | None) -> ColumnElement[bool]:
         return cond
     alerted = exists().where(request_alerts.c.request_id == requests.c.id,
                              request_alerts.c.recipient == scope.owner)
-    return or_(cond, requests.c.owner == scope.owner, alerted)
+    mine: ColumnElement[bool] = requests.c.owner == scope.owner
+    if scope.covers:
+        mine = requests.c.owner.in_(sorted(scope.covers | {scope.owner}))
+    return or_(cond, mine, alerted)
 
 
-def through_requests(mailboxes: frozenset[str], person: str | None
-                     ) -> Callable[[Any], ColumnElement[bool]]:
+def through_requests(mailboxes: frozenset[str], person: str | None,
+                     covers: frozenset[str] = frozenset()) -> Callable[[Any], ColumnElement[bool]]:
     """For registry.queries.Scope.owns: a message key of a request of `mailboxes`, or
-    owned by `person` now (the requests a viewer with those rights sees: requests_in)."""
-    seen = requests_in(Scope(mailboxes=mailboxes, owner=person))
+    owned by `person` (or by those `person` covers) now (the requests a viewer with those
+    rights sees: requests_in)."""
+    seen = requests_in(Scope(mailboxes=mailboxes, owner=person, covers=covers))
 
     def owns(key: Any) -> ColumnElement[bool]:
         return exists().where(request_messages.c.message_key == key,
