@@ -945,3 +945,36 @@ async def test_the_deputy_covering_an_absent_owner_sees_their_requests_before_an
         assert (await smirnov.get(f"/message/{key}"))[0] == 404
     finally:
         await smirnov.http.close()
+
+
+async def test_a_reassign_that_moves_the_request_to_another_team_says_so_in_its_story(
+        make_app: Any, tmp_path: Any) -> None:
+    """Reassigning the invoice (team finance-duty) to smirnov, the one member of
+    sales-duty, moves it to that team (its head gets the escalations now): the event keeps
+    both teams and `request show` prints them, but the web view's history said only
+    "Пётр Иванов → Сергей Смирнов", and a head could not see why the escalations went
+    elsewhere from then on."""
+    import shutil
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    text = (rules / "company.yaml").read_text(encoding="utf-8")
+    (rules / "company.yaml").write_text(text.replace(
+        "teams:\n", "teams:\n  sales-duty: {members: [smirnov]}\n", 1), encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
+    await _deliver(app, "invoices@example.com", "Счёт №46")
+    number = await app.registry.read("test", lambda c: c.execute(select(requests.c.id)).scalar_one())
+    host, port = app.bound["web"]
+    petrova = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await petrova.login("petrova") == 303
+        assert (await petrova.post(f"/request/{number}/owner", {"csrf": await petrova.csrf(),
+                                                               "owner": "smirnov"}))[0] == 303
+        _, page, _ = await petrova.get(f"/request/{number}")
+        row = re.findall(r'<tr class="ev-owner">(.*?)</tr>', page, re.S)[-1]
+        assert "Сергей Смирнов" in row and "team finance-duty → sales-duty" in row, row
+    finally:
+        await petrova.http.close()
