@@ -978,3 +978,19 @@ async def test_a_reassign_that_moves_the_request_to_another_team_says_so_in_its_
         assert "Сергей Смирнов" in row and "team finance-duty → sales-duty" in row, row
     finally:
         await petrova.http.close()
+
+
+async def test_a_decisions_owner_is_called_the_rules_not_the_requests(site: Any, client: Any) -> None:
+    """The invoice's rule names the team finance-duty, whose pick (or the deputy of an
+    absent pick, or whom it was reassigned to) owns the request: the message page said
+    "Owner finance-duty" and the board "Анна Петрова", and a head read two owners of one
+    request. The decision's is "Owner by the rule" on the message and the request pages."""
+    app, _, fin, _ = site
+    petrova = await client("petrova")
+    assert (await petrova.post(f"/request/{fin}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "petrova"}))[0] == 303
+    _, page, _ = await petrova.get(f"/request/{fin}")
+    assert "Owner by the rule finance-duty" in page
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    _, page, _ = await petrova.get(f"/message/{key}")
+    assert "<dt>Owner by the rule</dt><dd>finance-duty</dd>" in page and "<dt>Owner</dt>" not in page
