@@ -933,6 +933,7 @@ async def test_the_deputy_covering_an_absent_owner_sees_their_requests_before_an
         assert (await app.reload())[0]
         _, board, _ = await smirnov.get("/board")
         assert str(number) in _board_rows(board)
+        assert "whom you cover as their deputy: Пётр Иванов</p>" in board
         status, page, _ = await smirnov.get(f"/request/{number}")
         assert status == 200, page
         key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
