@@ -995,3 +995,18 @@ async def test_a_decisions_owner_is_called_the_rules_not_the_requests(site: Any,
     key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
     _, page, _ = await petrova.get(f"/message/{key}")
     assert "<dt>Owner by the rule</dt><dd>finance-duty</dd>" in page and "<dt>Owner</dt>" not in page
+
+
+async def test_a_request_without_an_owner_preselects_nobody_to_reassign_to(site: Any, client: Any) -> None:
+    """The urgent support request has no owner (its rule names none): the reassign list
+    marked no one, so the browser showed its first person (Пётр Иванов, by key) as the
+    new owner, and one click on Reassign gave him the request. It offers "(choose)" now,
+    which the form cannot send; a request with an owner still shows that owner."""
+    _, _, fin, sup = site
+    petrova = await client("petrova")
+    _, page, _ = await petrova.get(f"/request/{sup}")
+    select = re.search(r'<select name="owner" id="new-owner" required>(.*?)</select>', page, re.S)
+    assert select is not None and re.match(r'<option value="" selected disabled>\(choose\)</option>', select[1])
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(), "owner": ""}))[0] == 400
+    _, page, _ = await petrova.get(f"/request/{fin}")
+    assert '<option value="ivanov" selected>' in page and "(choose)" not in page
