@@ -96,6 +96,30 @@ async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_
     assert "  per mailbox: -\n" in out and "  per owner: -\n" in out and ": \n" not in out
 
 
+@pytest.mark.parametrize("argv", [
+    ("report", "--since", "0001-01-01"),
+    ("report", "--until", "0001-01-05"),
+    ("report", "--since", "0001-01-01", "--until", "0001-01-02"),
+    ("report", "--until", "9999-12-31T23:00-05:00"),
+    ("registry", "search", "--since", "0001-01-01"),
+    ("registry", "search", "--until", "9999-12-31T23:00-05:00"),
+])
+async def test_a_period_at_the_ends_of_the_calendar_is_answered_not_a_traceback(tmp_path, argv):
+    """The company is in Moscow: `--since 0001-01-01` is 0000-12-31 21:00 UTC, before the
+    first datetime. The registry's UTC conversion raised OverflowError: a traceback and
+    "registry report failed on an internal error ... check registry.url", exit 2; 30 days
+    before `--until 0001-01-05` (the default start) raised it in the command itself. The
+    period is held within the instants a datetime holds: nothing is in it, exit 0."""
+    import asyncio
+    cli = await empty_registry_cli(tmp_path)
+    code, out, err = await asyncio.to_thread(cli, *argv)
+    assert "Traceback" not in err and "internal error" not in err, err
+    if argv[0] == "report":
+        assert code == 0 and "  per mailbox: -\n" in out, (code, out, err)
+    else:
+        assert code == 0 and "no message matches" in err, (code, out, err)
+
+
 async def test_text_output_names_no_owner_and_no_sla_without_none(tmp_path):
     """A request with no owner, no team and no SLA (a rule with `sla:` on no calendar, or
     an owner since removed): report, history and request show print '(nobody)' and '-'

@@ -289,3 +289,37 @@ def test_a_link_from_another_site_opens_signed_in_and_its_post_is_refused(
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_a_subject_without_spaces_keeps_every_page_within_the_window(
+        daemon: DaemonProcess, browser: Any, tmp_path: Path) -> None:
+    """A customer's invoice whose subject is 400 letters without a space: the board was
+    7,000 pixels wide (the subject's column took them, and the counterparty, owner and SLA
+    time left of every request were off the screen), and so were the request's page, its
+    message's page and the search. The subject breaks now; the other columns keep their
+    words whole."""
+    from selenium.webdriver.common.by import By
+    base = f"http://127.0.0.1:{daemon.web}"
+    visit = Visit(browser, base, tmp_path / "shots")
+    subject = Header("Счёт " + "Ж" * 400, "utf-8").encode(linesep="\r\n")   # folded lines
+    with smtplib.SMTP("127.0.0.1", daemon.smtp, timeout=30) as s:
+        s.sendmail("client@outside.test", ["invoices@example.com"],
+                   (f"From: Client <client@outside.test>\r\nTo: invoices@example.com\r\n"
+                    f"Subject: {subject}\r\n\r\nhello\r\n").encode())
+    _sign_in(browser, base, "ivanov")
+
+    def fits(name: str) -> None:
+        visit.page(name)
+        width, window = browser.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width <= window, (name, width, window)
+    browser.get(base + "/board")
+    fits("board")
+    owner = browser.find_elements(By.CSS_SELECTOR, "td.owner")[0]
+    assert owner.text == "Пётр Иванов" and owner.size["height"] < 3 * owner.size["width"]
+    browser.get(base + "/search?words=" + "Ж" * 400)
+    fits("search")
+    _click(browser, By.CSS_SELECTOR, "a.subject")
+    fits("message")
+    _click(browser, By.ID, "request")
+    fits("request")

@@ -783,3 +783,230 @@ async def test_an_action_refused_is_said_in_the_readers_language(site: Any, clie
     en = await client("petrova")
     status, page, _ = await en.post(f"/request/{fin}/close", {"csrf": await en.csrf()})
     assert status == 409 and f"Not done: request #{fin} is already closed" in page
+
+
+async def test_a_messages_sla_due_is_shown_in_the_companys_zone(make_app: Any, tmp_path: Any) -> None:
+    """The invoice's SLA runs on a New York calendar while the company's zone is Moscow's
+    (its `default` calendar): the message page showed the decision's raw
+    `first_response_due=...T09:00:00-05:00` beside times printed 17:00+03:00 everywhere else,
+    and a head in Moscow read a New York wall clock. It is the company's wall clock now, as
+    the request's page shows the same due time."""
+    import shutil
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    text = (rules / "routing.yaml").read_text(encoding="utf-8")
+    text = text.replace("calendars:\n", 'calendars:\n  default: {timezone: Europe/Moscow}\n'
+                        '  ny: {timezone: America/New_York, hours: "Mon-Fri 09:00-17:00"}\n', 1)
+    text = text.replace("priority: high\n      sla: {first_response: 4h, calendar: msk}",
+                        "priority: high\n      sla: {first_response: 4h, calendar: ny}", 1)
+    (rules / "routing.yaml").write_text(text, encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
+    await _deliver(app, "invoices@example.com", "Счёт №44")
+    number, due = await app.registry.read("test", lambda c: c.execute(
+        select(requests.c.id, requests.c.first_response_due)).one())
+    shown = due.astimezone(timezone(timedelta(hours=3))).isoformat(sep=" ", timespec="seconds")
+    host, port = app.bound["web"]
+    petrova = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await petrova.login("petrova") == 303
+        _, page, _ = await petrova.get(f"/request/{number}")
+        key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+        status, page, _ = await petrova.get(f"/message/{key}")
+        sla = re.search(r"<dt>SLA</dt><dd>(.*?)</dd>", page, re.S)
+        assert status == 200 and sla is not None, page
+        assert "calendar=ny" in sla[1] and f"first_response_due={shown}" in sla[1], sla[1]
+        assert "-05:00" not in sla[1]
+    finally:
+        await petrova.http.close()
+
+
+async def test_a_message_seen_through_its_rule_links_no_request_page_that_is_not_found(
+        site: Any, client: Any) -> None:
+    """A rule named ivanov the owner (he sees its mail) but the request went to someone
+    else in another department (his deputy while he was away): the message page linked
+    /request/N, which is "not found" for him. It names the request without a link now; one
+    who may open the request still gets the link."""
+    from mailrouter.registry.models import decisions
+    app, _, _, sup = site
+    ivanov, petrova = await client("ivanov"), await client("petrova")
+    _, page, _ = await petrova.get(f"/request/{sup}")
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    await app.registry.write("test", lambda c: c.execute(
+        update(decisions).where(decisions.c.message_key == key).values(owner="ivanov")))
+    assert (await ivanov.get(f"/request/{sup}"))[0] == 404
+    status, page, _ = await ivanov.get(f"/message/{key}")
+    assert status == 200 and "принтер не печатает" in page
+    assert f'href="/request/{sup}"' not in page and f"#{sup}" in page
+    _, page, _ = await petrova.get(f"/message/{key}")
+    assert f'href="/request/{sup}"' in page
+
+
+async def test_a_counterpartys_page_lists_their_requests_as_registry_history_does(
+        site: Any, client: Any) -> None:
+    """`mailrouter registry history client@outside.test` starts with the customer's
+    requests, each with its status and owner; the web view's page of the same counterparty
+    listed their messages only, and a head could not see from it which requests were still
+    open, or whose. It lists the requests the viewer may see, newest first, linked; in
+    either form of the address."""
+    app, _, fin, sup = site
+    petrova, ivanov, smirnov = [await client(p) for p in ("petrova", "ivanov", "smirnov")]
+
+    def listed(page: str) -> list[int]:
+        table = re.search(r'<table class="board" id="requests">(.*?)</table>', page, re.S)
+        return [int(n) for n in re.findall(r'<tr id="req-(\d+)">', table[1])] if table else []
+    _, page, _ = await petrova.get("/counterparty?who=CLIENT@outside.test")
+    assert listed(page) == sorted((fin, sup), reverse=True)
+    assert f'href="/request/{fin}"' in page and "Пётр Иванов" in page and ">open<" in page
+    _, page, _ = await ivanov.get("/counterparty?who=outside.test")
+    assert listed(page) == [fin]
+    _, page, _ = await smirnov.get("/counterparty?who=client@outside.test")
+    assert listed(page) == [sup]
+    _, page, _ = await petrova.get("/counterparty?who=nobody@outside.test")
+    assert listed(page) == []
+
+
+async def test_a_person_of_no_department_is_told_they_see_their_own_mail(make_app: Any,
+                                                                          tmp_path: Any) -> None:
+    """ivanov heads no department here: the board and the search said "You may see the
+    mail of:  + your own mail", an empty list of mailboxes joined to the rest."""
+    import shutil
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    text = (rules / "company.yaml").read_text(encoding="utf-8")
+    (rules / "company.yaml").write_text(text.replace(
+        "  finance: {head: ivanov, mailboxes: [finance]}\n", "", 1), encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "ivanov", hash_password(PASSWORD), now))
+    host, port = app.bound["web"]
+    ivanov = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await ivanov.login("ivanov") == 303
+        for path in ("/board", "/search"):
+            _, page, _ = await ivanov.get(path)
+            rights = re.search(r'<p class="rights">(.*?)</p>', page, re.S)
+            assert rights is not None and rights[1] == "You may see the mail of: your own mail", path
+    finally:
+        await ivanov.http.close()
+
+
+async def test_the_deputy_covering_an_absent_owner_sees_their_requests_before_any_reminder(
+        make_app: Any, tmp_path: Any) -> None:
+    """The invoice went to ivanov; then his absence starts (the routing files say so and
+    are reloaded), and smirnov, his deputy here, covers him. smirnov heads sales and
+    support, not finance: his board held none of ivanov's open requests, whose page and
+    messages were "not found" for him, until the SLA reminder reached him at the due time.
+    He sees them now, acts on them, and stops seeing them once ivanov is back."""
+    import shutil
+    from zoneinfo import ZoneInfo
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    book = rules / "company.yaml"
+    text = book.read_text(encoding="utf-8")
+    here = text.replace('deputy: petrova,\n            away: ["2026-12-28..2027-01-08"]}',
+                        'deputy: smirnov}', 1)
+    assert here != text
+    book.write_text(here, encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "smirnov", hash_password(PASSWORD), now))
+    await _deliver(app, "invoices@example.com", "Счёт №45")
+    number, owner = await app.registry.read("test", lambda c: c.execute(
+        select(requests.c.id, requests.c.owner)).one())
+    assert owner == "ivanov"
+    host, port = app.bound["web"]
+    smirnov = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await smirnov.login("smirnov") == 303
+        assert (await smirnov.get(f"/request/{number}"))[0] == 404
+        today = now.astimezone(ZoneInfo("Europe/Moscow")).date()
+        book.write_text(here.replace("deputy: smirnov}", f'deputy: smirnov, away: ["{today}"]}}'),
+                        encoding="utf-8")
+        assert (await app.reload())[0]
+        _, board, _ = await smirnov.get("/board")
+        assert str(number) in _board_rows(board)
+        assert "whom you cover as their deputy: Пётр Иванов</p>" in board
+        status, page, _ = await smirnov.get(f"/request/{number}")
+        assert status == 200, page
+        key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+        assert (await smirnov.get(f"/message/{key}"))[0] == 200
+        assert (await smirnov.post(f"/request/{number}/note", {"csrf": await smirnov.csrf(),
+                                                               "text": "covering"}))[0] == 303
+        book.write_text(here, encoding="utf-8")
+        assert (await app.reload())[0]
+        assert (await smirnov.get(f"/request/{number}"))[0] == 404
+        assert (await smirnov.get(f"/message/{key}"))[0] == 404
+    finally:
+        await smirnov.http.close()
+
+
+async def test_a_reassign_that_moves_the_request_to_another_team_says_so_in_its_story(
+        make_app: Any, tmp_path: Any) -> None:
+    """Reassigning the invoice (team finance-duty) to smirnov, the one member of
+    sales-duty, moves it to that team (its head gets the escalations now): the event keeps
+    both teams and `request show` prints them, but the web view's history said only
+    "Пётр Иванов → Сергей Смирнов", and a head could not see why the escalations went
+    elsewhere from then on."""
+    import shutil
+    from tests.support.daemon import RULES as RULES_DIR
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    text = (rules / "company.yaml").read_text(encoding="utf-8")
+    (rules / "company.yaml").write_text(text.replace(
+        "teams:\n", "teams:\n  sales-duty: {members: [smirnov]}\n", 1), encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
+    await _deliver(app, "invoices@example.com", "Счёт №46")
+    number = await app.registry.read("test", lambda c: c.execute(select(requests.c.id)).scalar_one())
+    host, port = app.bound["web"]
+    petrova = Client(f"http://{host}:{port}", "en")
+    try:
+        assert await petrova.login("petrova") == 303
+        assert (await petrova.post(f"/request/{number}/owner", {"csrf": await petrova.csrf(),
+                                                               "owner": "smirnov"}))[0] == 303
+        _, page, _ = await petrova.get(f"/request/{number}")
+        row = re.findall(r'<tr class="ev-owner">(.*?)</tr>', page, re.S)[-1]
+        assert "Сергей Смирнов" in row and "team finance-duty → sales-duty" in row, row
+    finally:
+        await petrova.http.close()
+
+
+async def test_a_decisions_owner_is_called_the_rules_not_the_requests(site: Any, client: Any) -> None:
+    """The invoice's rule names the team finance-duty, whose pick (or the deputy of an
+    absent pick, or whom it was reassigned to) owns the request: the message page said
+    "Owner finance-duty" and the board "Анна Петрова", and a head read two owners of one
+    request. The decision's is "Owner by the rule" on the message and the request pages."""
+    app, _, fin, _ = site
+    petrova = await client("petrova")
+    assert (await petrova.post(f"/request/{fin}/owner", {"csrf": await petrova.csrf(),
+                                                         "owner": "petrova"}))[0] == 303
+    _, page, _ = await petrova.get(f"/request/{fin}")
+    assert "Owner by the rule finance-duty" in page
+    key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
+    _, page, _ = await petrova.get(f"/message/{key}")
+    assert "<dt>Owner by the rule</dt><dd>finance-duty</dd>" in page and "<dt>Owner</dt>" not in page
+
+
+async def test_a_request_without_an_owner_preselects_nobody_to_reassign_to(site: Any, client: Any) -> None:
+    """The urgent support request has no owner (its rule names none): the reassign list
+    marked no one, so the browser showed its first person (Пётр Иванов, by key) as the
+    new owner, and one click on Reassign gave him the request. It offers "(choose)" now,
+    which the form cannot send; a request with an owner still shows that owner."""
+    _, _, fin, sup = site
+    petrova = await client("petrova")
+    _, page, _ = await petrova.get(f"/request/{sup}")
+    select = re.search(r'<select name="owner" id="new-owner" required>(.*?)</select>', page, re.S)
+    assert select is not None and re.match(r'<option value="" selected disabled>\(choose\)</option>', select[1])
+    assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(), "owner": ""}))[0] == 400
+    _, page, _ = await petrova.get(f"/request/{fin}")
+    assert '<option value="ivanov" selected>' in page and "(choose)" not in page

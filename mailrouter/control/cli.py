@@ -100,13 +100,37 @@ def _filter(text: str) -> str:
     return text
 
 
-def _local(args: argparse.Namespace, cfg: Any) -> tuple[Any, datetime | None, datetime | None]:
-    """(the snapshot, --since, --until), naive ones taken in the company's zone."""
+# The earliest and the latest instant a period may reach: a day inside datetime's range,
+# so that the instant shown in any zone (up to 14 hours off UTC) is a datetime too.
+_FIRST = (datetime.min + timedelta(days=1)).replace(tzinfo=timezone.utc)
+_LAST = (datetime.max - timedelta(days=1)).replace(tzinfo=timezone.utc)
+
+
+def _in_range(at: datetime | None) -> datetime | None:
+    """`at` (aware), held within _FIRST.._LAST. `report --since 0001-01-01` in
+    Moscow is 0000-12-31 21:00 UTC: the registry's UTC conversion raised OverflowError, and
+    the command printed a traceback and "registry report failed on an internal error;
+    check registry.url" (`registry search --until 9999-12-31T23:00-05:00` too)."""
+    if at is None:
+        return None
+    try:
+        utc = at.astimezone(timezone.utc)
+    except OverflowError:
+        return _FIRST if at.year == 1 else _LAST
+    return _FIRST if utc < _FIRST else _LAST if utc > _LAST else at    # as given (--json echoes it)
+
+
+def _local(args: argparse.Namespace, cfg: Any, what: str, now: datetime | None = None
+           ) -> tuple[Any, datetime | None, datetime | None]:
+    """(the snapshot, --since, --until), naive ones taken in the company's zone; a period
+    that ends before it starts (`now` its end when only --since is given) exits 2 (_period);
+    then in UTC, held within the instants a datetime holds in any zone (_in_range)."""
     snap = args.load_snapshot(cfg)
     zone = company_zone(snap.rules.calendars)
     since, until = ((at.replace(tzinfo=zone) if at is not None and at.tzinfo is None else at)
                     for at in (args.since, args.until))
-    return snap, since, until
+    _period(what, since, until or (now if since else None))
+    return snap, _in_range(since), _in_range(until)
 
 
 def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -210,10 +234,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .queries import report
     now = datetime.now(timezone.utc)
     cfg = args.load_config(args.config)
-    snap, since_at, until_at = _local(args, cfg)
-    _period("report", since_at, until_at or (now if since_at else None))
+    snap, since_at, until_at = _local(args, cfg, "report", now)
     until = until_at or now
-    since = since_at or until - timedelta(days=30)
+    # 30 days before an --until in year 1 is before datetime.min: OverflowError, a traceback
+    since = since_at or max(_FIRST + timedelta(days=30), until) - timedelta(days=30)
     cals = snap.rules.calendars
     zone = company_zone(cals)
     doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals, zone=zone), cfg=cfg)
@@ -246,8 +270,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .queries import search
     cfg = args.load_config(args.config)
-    snap, since, until = _local(args, cfg)
-    _period("registry search", since, until)
+    snap, since, until = _local(args, cfg, "registry search")
     found = _run(args, "registry search", lambda conn: search(
         conn, sender=args.sender, rcpt=args.rcpt, words=args.subject, since=since,
         until=until, tag=args.tag, owner=args.owner, status=args.status,

@@ -35,7 +35,8 @@ from .threads import MAX_NUMBER
 from .tables import request_alerts, request_events, request_messages, requests
 
 __all__ = ["report", "search", "history", "show_request", "board", "sla_left", "request_of",
-           "requests_in", "through_requests", "counterparty_threads", "owned_by"]
+           "may_see_request", "requests_in", "through_requests", "counterparty_threads", "counterparty_requests",
+           "owned_by"]
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -47,11 +48,13 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def requests_in(scope: Scope | None) -> ColumnElement[bool]:
-    """The requests `scope` may see: of its mailboxes, owned by its person, or that person
+    """The requests `scope` may see: of its mailboxes, owned by its person, or by someone
+    away whom that person covers now as the deputy on duty (`scope.covers`), or that person
     was reminded of or had escalated to (all: None). The reminder of a request opened before
     its owner's absence goes to the deputy covering it, and an escalation to a team's head,
     each with a link to the request: that page was "not found" for them, as were its
-    messages, since the request stays its owner's."""
+    messages, since the request stays its owner's. And until that reminder (the due time),
+    the deputy covering a week's absence saw none of the absent owner's open requests."""
     if scope is None or scope.everything:
         return true()
     cond: ColumnElement[bool] = requests.c.mailbox.in_(sorted(scope.mailboxes))
@@ -59,14 +62,18 @@ def requests_in(scope: Scope | None) -> ColumnElement[bool]:
         return cond
     alerted = exists().where(request_alerts.c.request_id == requests.c.id,
                              request_alerts.c.recipient == scope.owner)
-    return or_(cond, requests.c.owner == scope.owner, alerted)
+    mine: ColumnElement[bool] = requests.c.owner == scope.owner
+    if scope.covers:
+        mine = requests.c.owner.in_(sorted(scope.covers | {scope.owner}))
+    return or_(cond, mine, alerted)
 
 
-def through_requests(mailboxes: frozenset[str], person: str | None
-                     ) -> Callable[[Any], ColumnElement[bool]]:
+def through_requests(mailboxes: frozenset[str], person: str | None,
+                     covers: frozenset[str] = frozenset()) -> Callable[[Any], ColumnElement[bool]]:
     """For registry.queries.Scope.owns: a message key of a request of `mailboxes`, or
-    owned by `person` now (the requests a viewer with those rights sees: requests_in)."""
-    seen = requests_in(Scope(mailboxes=mailboxes, owner=person))
+    owned by `person` (or by those `person` covers) now (the requests a viewer with those
+    rights sees: requests_in)."""
+    seen = requests_in(Scope(mailboxes=mailboxes, owner=person, covers=covers))
 
     def owns(key: Any) -> ColumnElement[bool]:
         return exists().where(request_messages.c.message_key == key,
@@ -246,6 +253,15 @@ def request_of(conn: Connection, message_key: str) -> int | None:
     return found
 
 
+def may_see_request(conn: Connection, number: int, scope: Scope | None) -> bool:
+    """Whether `scope` may open request `number` (requests_in). A message is seen by the
+    rule that named its viewer (a rule's `owner:` away, whose request a deputy took), a
+    request by its mailbox or owner: the message page linked a request page that was
+    "not found" for the same viewer."""
+    return conn.execute(select(requests.c.id).where(requests.c.id == number,
+                                                    requests_in(scope))).first() is not None
+
+
 def _copies(conn: Connection, keys: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Decisions (every recipient, refused ones with their reply) and deliveries (every copy)."""
     found: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"recipients": [], "copies": []}
@@ -349,6 +365,18 @@ def counterparty_threads(who: str) -> Select[Any]:
     the counterparty's index, then each request's messages)."""
     return select(request_messages.c.message_key).where(
         request_messages.c.request_id.in_(select(requests.c.id).where(_counterparty(who))))
+
+
+def counterparty_requests(conn: Connection, who: str, scope: Scope | None = None,
+                          limit: int = 100) -> list[dict[str, Any]]:
+    """The requests of one counterparty (an address, or a domain in either IDNA form) that
+    `scope` may see, newest first, `limit` of them: the requests part of `history`, for the
+    web view's counterparty page (it listed their messages only, where `registry history`
+    starts with their requests, each with its status and owner)."""
+    if not who.strip().lower().lstrip("@"):
+        return []
+    return [_plain(r) for r in conn.execute(select(requests).where(
+        _counterparty(who), requests_in(scope)).order_by(requests.c.id.desc()).limit(limit))]
 
 
 def history(conn: Connection, who: str, limit: int | None = None) -> dict[str, Any]:

@@ -56,12 +56,15 @@ class Scope:
     whom a request was reassigned to, and our replies' copies land in the replies mailbox:
     without it a team member opened their own request's page and its messages were "not
     found", and a head the replies in their department's requests. The requests are
-    control/'s, a layer above: the web view passes control.queries.through_requests."""
+    control/'s, a layer above: the web view passes control.queries.through_requests.
+    `covers`: the people whose requests `owner` has now as the deputy on duty for them
+    (they are away), for control.queries.requests_in."""
 
     everything: bool = False
     mailboxes: frozenset[str] = frozenset()
     owner: str | None = None
     owns: Callable[[Any], ColumnElement[bool]] | None = field(default=None, compare=False)
+    covers: frozenset[str] = frozenset()
 
     def where(self, q: Select[Any]) -> Select[Any]:
         if self.everything:

@@ -37,7 +37,8 @@ from sqlalchemy import Connection
 from ..calendars import company_zone
 from ..config import WebConfig, is_loopback
 from ..control.notice import Notices
-from ..control.queries import counterparty_threads, owned_by, request_of
+from ..control.queries import (counterparty_requests, counterparty_threads, may_see_request, owned_by,
+                               request_of)
 from ..registry import Registry
 from ..registry.accounts import close_session, open_session, password_hash, verify_password
 from ..registry.models import MESSAGE_STATUSES
@@ -218,8 +219,14 @@ async def message_page(request: web.Request) -> web.Response:
 
 
 def _story(conn: Connection, scope: Scope, key: str) -> dict[str, Any] | None:
+    """The message's story, its request's number, and whether this viewer may open that
+    request (else the number is shown without a link to a page that is "not found")."""
     story = message_story(conn, scope, key)
-    return story | {"request": request_of(conn, key)} if story is not None else None
+    if story is None:
+        return None
+    number = request_of(conn, key)
+    return story | {"request": number, "request_seen": number is not None and (
+        scope.everything or may_see_request(conn, number, scope))}
 
 
 async def counterparty_page(request: web.Request) -> web.Response:
@@ -228,11 +235,20 @@ async def counterparty_page(request: web.Request) -> web.Response:
         before = _before(request)
     except BadInput as exc:
         return bad(request, str(exc))
-    found = await request.app[REGISTRY].read("web counterparty", lambda c: counterparty(
-        c, scope, who, limit=HISTORY_PAGE + 1, before=before,
-        threads=counterparty_threads(who) if who else None))
+    def read(c: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Their messages, and on the first page their requests (as `registry history`)."""
+        found = counterparty(c, scope, who, limit=HISTORY_PAGE + 1, before=before,
+                             threads=counterparty_threads(who) if who else None)
+        reqs = counterparty_requests(c, who, scope, REQUESTS_SHOWN + 1) if before is None else []
+        return found, reqs
+    found, reqs = await request.app[REGISTRY].read("web counterparty", read)
     return render(request, "counterparty.html", who=who, found=found[:HISTORY_PAGE],
-                  more=_older(request, found, HISTORY_PAGE))
+                  more=_older(request, found, HISTORY_PAGE), reqs=reqs[:REQUESTS_SHOWN],
+                  reqs_more=len(reqs) > REQUESTS_SHOWN, people=snap(request).book.people)
+
+
+# The counterparty page lists this many of their requests, newest first.
+REQUESTS_SHOWN = 100
 
 
 # -- the application -------------------------------------------------------------------

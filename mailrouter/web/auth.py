@@ -20,7 +20,8 @@ Middlewares, outermost first:
 
 Rights (`viewer_for`): an admin (`web.admins`) sees everything; a head of department the
 mail of the department's mailboxes; everybody also the mail they own or that lands in
-their own mailbox.
+their own mailbox, and the requests of the people away whom they cover as the deputy on
+duty now (`covered_by`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..config import PROXY_SECRET_HEADER, WebConfig
+from ..control.owners import Zones, on_duty
 from ..control.queries import through_requests
 from ..errors import RegistryError
 from ..registry.accounts import Session, find_session, open_session
@@ -82,9 +84,21 @@ def viewer_for(snap: Snapshot, settings: WebConfig, session: Session) -> Viewer 
     admin = session.person in settings.admins
     boxes = {person.mailbox} | {box for d in snap.departments.values() if d.head == session.person
                                 for box in d.mailboxes}
+    covers = covered_by(snap, session.person, datetime.now(timezone.utc)) if not admin else frozenset()
     scope = Scope(everything=admin, mailboxes=frozenset(boxes), owner=session.person,
-                  owns=through_requests(frozenset(boxes), session.person))
+                  owns=through_requests(frozenset(boxes), session.person, covers), covers=covers)
     return Viewer(session.person, person.name or session.person, admin, scope, session)
+
+
+def covered_by(snap: Snapshot, person: str, at: datetime) -> frozenset[str]:
+    """The people away at `at` whose deputy on duty (down the chain, control.owners.on_duty,
+    as the SLA reminders pick them) is `person`: their requests are `person`'s to work on."""
+    people = snap.book.people
+    if not any(p.deputy for p in people.values()):
+        return frozenset()
+    zones = Zones.of(snap.book.teams, snap.rules.calendars)
+    return frozenset(key for key, p in people.items() if key != person and p.deputy
+                     and zones.is_away(p, at) and on_duty(people, key, at, zones)[0] == person)
 
 
 def find_person(snap: Snapshot, given: str) -> str | None:
