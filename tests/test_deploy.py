@@ -412,10 +412,14 @@ aliases:
 """
 
 
-def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[bytes], int]:
+def _shipped_dovecot(dovecot: str, sievec: str, site_user: str | None = None
+                     ) -> tuple[Path, subprocess.Popen[bytes], int]:
     """A private Dovecot that includes deploy/dovecot/mailrouter.conf as install.md step 6
     does (its port and users file moved), with one user in the format the file's comments
-    give and the compiled Sieve script: (its directory, its process, its LMTP port)."""
+    give and the compiled Sieve script: (its directory, its process, its LMTP port).
+    `site_user`: a user of the site's own, in a passdb/userdb of its own configured before
+    the snippet (as Debian's conf.d/10-auth.conf comes before 99-mailrouter.conf), home
+    <dir>/site/<local part>."""
     from tests.support.dovecot import free_port as dovecot_port, wait_for_greeting
     from tests.support.proc import stop_process
     d = Path(tempfile.mkdtemp(prefix="dovecot."))   # not under tmp_path (0700): Dovecot's
@@ -438,12 +442,25 @@ def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[
                            capture_output=True, text=True, check=True).stdout.strip()
     users.write_text(f"finance@mail.internal:{crypt}:nobody:nogroup::{d / 'vmail' / 'finance'}"
                      f"::userdb_sieve_before={script}\n")
+    site = ""
+    if site_user is not None:
+        (d / "site").mkdir()
+        shutil.chown(d / "site", "nobody", "nogroup")
+        (d / "site-users").write_text(f"{site_user}:{crypt}:nobody:nogroup::"
+                                      f"{d / 'site' / site_user.partition('@')[0]}::\n")
+        site = (f"passdb {{\n  driver = passwd-file\n  args = {d}/site-users\n}}\n"
+                f"userdb {{\n  driver = passwd-file\n  args = {d}/site-users\n}}\n"
+                f"mail_location = maildir:~/Maildir\n")
     # the distribution's dovecot.conf, reduced to what a private instance needs (its
-    # protocols.d turns LMTP on: the snippet does not add it again)
+    # protocols.d turns LMTP on: the snippet does not add it again; and IMAP, whose fixed
+    # port 143 two of these tests running at once both took: the second failed to start)
     (d / "dovecot.conf").write_text(
         f"protocols =\n!include_try /usr/share/dovecot/protocols.d/*.protocol\n"
+        f"service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n"
+        f"  inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
         f"listen = 127.0.0.1\nssl = no\nbase_dir = {d}/run\n"
-        f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n!include {d}/99-mailrouter.conf\n")
+        f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n{site}"
+        f"!include {d}/99-mailrouter.conf\n")
     proc = subprocess.Popen([dovecot, "-F", "-c", str(d / "dovecot.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
@@ -496,6 +513,34 @@ async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_p
         assert protocols.count("lmtp") == 1, protocols
     finally:
         await asyncio.to_thread(stop_process, proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_dovecot_snippet_creates_no_folders_for_the_sites_own_users():
+    """deploy/dovecot/mailrouter.conf goes into an existing Dovecot. Its folder settings were
+    global: with `lda_mailbox_autocreate = yes` in the main config, anyone could write to
+    bob+anything@ of the site's own users and Dovecot created the folder «anything» in
+    Bob's mailbox (before the snippet: his INBOX). Folders are created now for
+    mailrouter's users only (the snippet's userdb); Bob's +detail mail lands in his INBOX,
+    while finance+Newbox@ still gets its folder made."""
+    dovecot, sievec = shutil.which("dovecot"), shutil.which("sievec")
+    if dovecot is None or sievec is None:
+        pytest.skip("dovecot or sievec not found (apt-get install dovecot-lmtpd dovecot-sieve)")
+    from tests.support.proc import stop_process
+    d, proc, port = _shipped_dovecot(dovecot, sievec, site_user="bob@site.test")
+    try:
+        with smtplib.LMTP("127.0.0.1", port, timeout=30) as s:
+            for rcpt in ("bob+anything@site.test", "finance+Newbox@mail.internal"):
+                refused = s.sendmail("client@outside.test", [rcpt],
+                                     f"Subject: to {rcpt}\r\n\r\nhi\r\n".encode())
+                assert refused == {}, refused
+        bob = {p.parent.parent.name for p in maildir_files(d / "site" / "bob" / "Maildir")}
+        assert bob == {"Maildir"}, (bob, (d / "dovecot.log").read_text()[-2000:])
+        finance = {p.parent.parent.name
+                   for p in maildir_files(d / "vmail" / "finance" / "Maildir")}
+        assert finance == {".Newbox"}, finance
+    finally:
+        stop_process(proc, 15)
         shutil.rmtree(d, ignore_errors=True)
 
 
