@@ -383,6 +383,26 @@ def test_container_run_line_publishes_on_the_hosts_loopback_only():
     assert published and all(p.startswith("127.0.0.1:") for p in published), published
 
 
+def test_container_build_line_keeps_the_healthcheck_and_every_listener_is_exposed():
+    """`podman build` as the Containerfile said (OCI format, podman's default) dropped its
+    HEALTHCHECK with only a warning: `podman image inspect` showed none, and nothing probed
+    /healthz. The web view config.example.yaml turns on (listen.web) was neither exposed nor
+    published."""
+    text = (DEPLOY / "Containerfile").read_text()
+    build = re.search(r"^# Build:\s+(podman build [^\n(]*)", text, re.M)
+    assert build is not None
+    if re.search(r"^HEALTHCHECK ", text, re.M):
+        assert "--format docker" in build.group(1), build.group(1)
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", text, re.M).group(1).split()}
+    cfg = load_config(REPO / "config.example.yaml")
+    listeners = {cfg.smtp, cfg.lmtp, cfg.admin, cfg.web} - {None}
+    assert {lst.port for lst in listeners if lst is not None} <= exposed, exposed
+    run = re.search(r"^# Run:(.*?)mailrouter\n", text, re.S | re.M)
+    assert run is not None
+    published = re.findall(r"-p 127\.0\.0\.1:(\d+):", re.sub(r"\\\n#\s*", " ", run.group(1)))
+    assert {int(p) for p in published} == exposed, published
+
+
 def test_container_run_line_mounts_the_routing_files_the_config_names():
     """The `podman run` line in the Containerfile mounts a config at /etc/mailrouter/config.yaml;
     the routing files config.example.yaml names, relative to that file, must be mounted too,
