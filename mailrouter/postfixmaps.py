@@ -141,7 +141,11 @@ def postconf_lines(directory: Path, mode: str, delimiter: str, kind: str = "hash
         wanted += [("relay_domains", f"{d}/domains"), ("relay_recipient_maps", f"{d}/relay_recipients")]
     else:   # the domains stay in mydestination or virtual_mailbox_domains
         wanted += [("virtual_alias_maps", f"{d}/virtual")]
-    lines = [add.format(key=key, value=value) for key, value in wanted
+    # the access check goes first: after a list ending in `permit` (or a permit_mynetworks)
+    # Postfix never reaches it, takes the moved address and bounces mailrouter's 551
+    first = 'postconf -e "{key} = {value} $(postconf -h {key})"'
+    lines = [(first if key == "smtpd_recipient_restrictions" else add).format(key=key, value=value)
+             for key, value in wanted
              if value.split()[-1] not in now.get(key, "").replace(",", " ").split()]
     if delimiter and delimiter not in now.get("recipient_delimiter", ""):
         lines.append(f"postconf -e 'recipient_delimiter = {delimiter}'   "

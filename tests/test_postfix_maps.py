@@ -75,6 +75,19 @@ def test_without_detail_separator_the_tables_say_so():
     assert not any("recipient_delimiter" in l for l in postconf_lines(Path("/x"), "relay", ""))
 
 
+def test_postconf_line_puts_the_recipient_access_check_first():
+    """`mailrouter postfix` printed `smtpd_recipient_restrictions = $(postconf -h ...)
+    check_recipient_access ...`: after a list ending in `permit` Postfix never reached it, took
+    a moved address (deliver: false) and bounced it after mailrouter's 551. It goes first."""
+    [line] = [line for line in postconf_lines(Path("/x"), "relay", "+")
+              if "smtpd_recipient_restrictions" in line]
+    assert line == ('postconf -e "smtpd_recipient_restrictions = check_recipient_access '
+                    'hash:/x/recipient_access $(postconf -h smtpd_recipient_restrictions)"')
+    now = {"smtpd_recipient_restrictions": "check_recipient_access hash:/x/recipient_access, permit"}
+    assert not any("smtpd_recipient_restrictions" in line
+                   for line in postconf_lines(Path("/x"), "relay", "+", current=now))
+
+
 def test_quoted_local_part_is_listed_as_skipped_not_as_a_key():
     """A quoted local part with a space cannot be a table key: it is a comment, not a
     broken line that would make "a" a key."""

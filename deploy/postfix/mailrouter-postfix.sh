@@ -127,7 +127,17 @@ add() {
 add transport_maps "hash:$MAPS/transport"
 add relay_domains "hash:$MAPS/domains"
 add relay_recipient_maps "hash:$MAPS/relay_recipients"
-add smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_access"
+# First in the list, not last: a list ending in `permit` (many guides write it so), or a
+# permit_mynetworks before it, would never reach it, and a moved address would be taken,
+# refused by mailrouter and bounced. It answers only for the moved addresses it lists.
+first() {
+    now=$(postconf -h "$1")
+    case " $(printf '%s' "$now" | tr ',\t\n' '   ') " in
+        *" ${2##* } "*) ;;
+        *) postconf -e "$1 = $2${now:+, $now}" ;;
+    esac
+}
+first smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_access"
 # +detail: Postfix strips it as mailrouter does (left alone if you already have one):
 [ -n "$(postconf -h recipient_delimiter)" ] || postconf -e "recipient_delimiter = +"
 
