@@ -346,6 +346,51 @@ async def test_postfix_script_refuses_a_moved_address_before_a_final_permit(post
     assert restrictions.split(",")[-1].split()[-1] == "permit", restrictions   # kept
 
 
+async def test_postfix_scripts_transport_ignores_the_sites_smtp_client_settings(make_app, postfix,
+                                                                                tmp_path):
+    """The script's `mailrouter` transport is Postfix's smtp client, so it took the site's
+    settings for mail to the Internet: with `smtp_tls_security_level = encrypt` (mandatory
+    TLS outbound) every message for mailrouter, which offers no STARTTLS, was deferred
+    ("TLS is required, but was not offered by host 127.0.0.1"), for ever; smtp_generic_maps
+    rewrote our recipients on their way to mailrouter; smtp_bind_address (a multi-homed MX)
+    made Postfix connect from a public address, which mailrouter greets after
+    limits.greet_delay and counts against max_connections_per_client. The transport now
+    clears them."""
+    app = await make_app()
+    mta = await asyncio.to_thread(postfix, relay_port=1)
+    generic = mta.etc / "generic"
+    generic.write_text("sales@example.com someone@isp.test\n")
+    await asyncio.to_thread(subprocess.run, ["postmap", "-c", str(mta.etc), f"hash:{generic}"],
+                            check=True)
+    mta.postconf("smtp_tls_security_level = encrypt", f"smtp_generic_maps = hash:{generic}")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n"
+                   f"listen: {{smtp: '127.0.0.1:{app.bound['smtp'][1]}'}}\n", encoding="utf-8")
+    env = dict(os.environ, MAIL_CONFIG=str(mta.etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               RETURN_PORT=str(free_port()))
+    done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    master = subprocess.run(["postconf", "-c", str(mta.etc), "-P", "mailrouter/unix"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "mailrouter/unix/smtp_bind_address =" in master.splitlines(), master
+    await asyncio.to_thread(mta.reload)
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
+            s.sendmail("client@outside.test", ["sales@example.com"],
+                       b"Subject: through the site's Postfix\r\n\r\nhi\r\n")
+    await asyncio.to_thread(send)
+    box = tmp_path / "var" / "mail" / "sales"
+    end = asyncio.get_running_loop().time() + 30
+    while not maildir_files(box):
+        assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
+        await asyncio.sleep(0.05)
+    [copy] = maildir_files(box)
+    assert b"for <sales@example.com>" in copy.read_bytes()
+
+
 def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
     """`postfix check` prints its reason only to a terminal: run by a provisioning tool the
     script stopped with exit 1 and no word. It now says that the check failed and where

@@ -108,9 +108,20 @@ done
 cat "$said" >&2
 
 # 2. A transport of its own, so its limits apply to mail for mailrouter only:
-#    at most limits.max_recipients (100) RCPTs per transaction.
+#    at most limits.max_recipients (100) RCPTs per transaction. It is Postfix's smtp client,
+#    so it would take main.cf's settings for mail to the Internet: none of those below is
+#    for mailrouter, which offers no STARTTLS (smtp_tls_security_level = encrypt deferred
+#    all its mail), must get our addresses as they are (smtp_generic_maps rewrote them),
+#    and should see the connection come from loopback (smtp_bind_address, a multi-homed MX:
+#    from a public address it is greeted after limits.greet_delay and counted against
+#    limits.max_connections_per_client).
 postconf -M "mailrouter/unix=mailrouter unix - - n - - smtp"
-postconf -P "mailrouter/unix/syslog_name=postfix/to-mailrouter"
+for o in syslog_name=postfix/to-mailrouter smtp_tls_security_level=none \
+         smtp_bind_address= smtp_bind_address6= smtp_generic_maps= \
+         smtp_header_checks= smtp_mime_header_checks= smtp_nested_header_checks= \
+         smtp_body_checks= smtp_sasl_auth_enable=no; do
+    postconf -P "mailrouter/unix/$o"
+done
 postconf -e "mailrouter_destination_recipient_limit = 100"
 
 # 3. The tables added to main.cf.
