@@ -391,6 +391,40 @@ async def test_postfix_scripts_transport_ignores_the_sites_smtp_client_settings(
     assert b"for <sales@example.com>" in copy.read_bytes()
 
 
+async def test_postfix_scripts_return_listener_takes_mailrouters_short_helo(postfix, tmp_path):
+    """The return listener (outbox.relay, delivery.smtp) inherited main.cf's
+    smtpd_helo_restrictions and smtpd_sender_restrictions. mailrouter says EHLO with its
+    `hostname`, by default this host's name, often short (the Debian installer writes one):
+    with `reject_non_fqdn_helo_hostname` there, each DSN, autoreply and forward got `504 5.5.2
+    Helo command rejected: need fully-qualified hostname`, and mailrouter gave the DSNs up
+    (5xx). The listener takes only loopback clients; it now has no HELO or sender checks."""
+    mta = await asyncio.to_thread(postfix, relay_port=1)
+    mta.postconf("smtpd_helo_required = yes",
+                 "smtpd_helo_restrictions = reject_non_fqdn_helo_hostname",
+                 "smtpd_sender_restrictions = reject_non_fqdn_sender")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    ret = free_port()
+    env = dict(os.environ, MAIL_CONFIG=str(mta.etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               RETURN_PORT=str(ret))
+    done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    await asyncio.to_thread(mta.reload)
+
+    def talk(port: int) -> tuple[int, int]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo("mailhost")
+            s.mail("<>")
+            dsn = s.rcpt("someone@other.test")[0]
+            s.rset()
+            s.mail("robot@mailhost")
+            return dsn, s.rcpt("someone@other.test")[0]
+    assert await asyncio.to_thread(talk, ret) == (250, 250), mta.maillog[-2000:]
+    assert (await asyncio.to_thread(talk, mta.port))[0] == 504      # port 25's checks stay
+
+
 def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
     """`postfix check` prints its reason only to a terminal: run by a provisioning tool the
     script stopped with exit 1 and no word. It now says that the check failed and where

@@ -154,6 +154,9 @@ first smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_
 
 # 4. Mail mailrouter hands back (autoreplies, reminders, smtp: mailboxes): a loopback-only
 #    smtpd without content filters; config.yaml delivery.smtp: {host: 127.0.0.1, port: 10027}.
+#    No HELO or sender checks of main.cf there: mailrouter says EHLO with its hostname,
+#    by default this host's name, often not fully qualified (reject_non_fqdn_helo_hostname
+#    refused every DSN, autoreply and forward 504 5.5.2); only loopback clients get in.
 #    No size limit there, and a cleanup of its own that has none either (cleanup, not smtpd,
 #    enforces message_size_limit): a message Postfix took at just under message_size_limit
 #    comes back from mailrouter with its own headers on top, and was refused here "552 5.3.4
@@ -166,6 +169,7 @@ for o in syslog_name=postfix/from-mailrouter content_filter= \
          cleanup_service_name=mailrouter-cleanup message_size_limit=0 \
          receive_override_options=no_header_body_checks,no_unknown_recipient_checks \
          smtpd_client_restrictions=permit_mynetworks,reject \
+         smtpd_helo_restrictions= smtpd_sender_restrictions= \
          smtpd_recipient_restrictions=permit_mynetworks,reject \
          smtpd_relay_restrictions=permit_mynetworks,reject \
          mynetworks=127.0.0.0/8 smtpd_tls_security_level=none; do
