@@ -218,7 +218,14 @@ def conflicts(book: AddressBook, directory: Path, mode: str, kind: str = "hash",
         values[key.strip()] = value.strip()
     values.update(zip(_SERVED, served.stdout.splitlines()))
     ours = f"{kind}:{directory}/domains"
-    others = [e for e in values["relay_domains"].replace(",", " ").split()
+    # the set-up script (and postconf_lines) keep what `postconf -h` said: on a main.cf
+    # without relay_domains, its default, `${{$compatibility_level} <level {2} ?
+    # {$mydestination} : {}}`, whose words are no domain of anyone's
+    default = run(postconf, *conf, "-dh", "relay_domains")
+    relay = values["relay_domains"]
+    if default is not None and default.returncode == 0 and default.stdout.strip():
+        relay = relay.replace(default.stdout.strip(), " ")
+    others = [e for e in relay.replace(",", " ").split()
               if e not in (ours, "$mydestination", "${mydestination}", "$(mydestination)")]
     theirs = [e for e in values["relay_recipient_maps"].replace(",", " ").split()
               if e != f"{kind}:{directory}/relay_recipients"]

@@ -425,6 +425,22 @@ async def test_postfix_scripts_return_listener_takes_mailrouters_short_helo(post
     assert (await asyncio.to_thread(talk, mta.port))[0] == 504      # port 25's checks stay
 
 
+def test_postfix_script_reads_relay_domains_default_as_no_domain(postfix, tmp_path):
+    """relay_domains set to its own default (`postconf -e "relay_domains = $(postconf -h
+    relay_domains) ..."` writes it so, on a main.cf that had none), and no
+    relay_recipient_maps: the script stopped at its first check, saying relay_domains
+    "already lists: ${{$compatibility_level} <level {2} ? {$mydestination} : {}}", and
+    changed nothing. That expression is no domain: the script goes through."""
+    mta = postfix(relay_port=1)
+    default = subprocess.run(["postconf", "-c", str(mta.etc), "-dh", "relay_domains"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert "mydestination" in default, default
+    mta.postconf(f"relay_domains = {default}")
+    done = _run_script(mta.etc, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "already lists" not in done.stderr, done.stderr
+
+
 def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
     """`postfix check` prints its reason only to a terminal: run by a provisioning tool the
     script stopped with exit 1 and no word. It now says that the check failed and where

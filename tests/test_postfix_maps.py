@@ -198,6 +198,39 @@ def test_postfix_command_warns_of_main_cf_that_would_refuse_mail(tmp_path, main_
     assert "postconf -e" in out.stdout
 
 
+def test_postfix_command_after_the_set_up_script_warns_of_nothing(tmp_path):
+    """On a Postfix that never set relay_domains (Debian's main.cf), the set-up script (and
+    the postconf lines `mailrouter postfix` prints) write its default with our table after
+    it: `relay_domains = ${{$compatibility_level} <level {2} ? {$mydestination} : {}}
+    hash:.../domains`. Every later `mailrouter postfix` then warned that relay_domains
+    "already lists ${{$compatibility_level} <level {2} ..." with no table of theirs: the
+    default's words read as other domains. The default is no other domain."""
+    if not Path("/usr/sbin/postconf").exists():
+        pytest.skip("postfix not installed (apt-get install postfix)")
+    etc, maps = tmp_path / "etc", tmp_path / "maps"
+    etc.mkdir()
+    default = subprocess.run(["/usr/sbin/postconf", "-c", str(etc), "-dh", "relay_domains"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert "mydestination" in default, default          # the expression, not a plain list
+    (etc / "main.cf").write_text(f"compatibility_level = 3.6\nmyhostname = mx.example.net\n"
+                                 f"relay_domains = {default} hash:{maps}/domains\n"
+                                 f"relay_recipient_maps = hash:{maps}/relay_recipients\n")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    out = subprocess.run([*CLI, "postfix", "-c", str(cfg), "--dir", str(maps),
+                          "--postfix-config", str(etc)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert " warning: " not in out.stderr, out.stderr
+    (etc / "main.cf").write_text(f"compatibility_level = 3.6\nmyhostname = mx.example.net\n"
+                                 f"relay_domains = {default} other.test hash:{maps}/domains\n"
+                                 f"relay_recipient_maps = hash:{maps}/relay_recipients\n")
+    out = subprocess.run([*CLI, "postfix", "-c", str(cfg), "--dir", str(maps),
+                          "--postfix-config", str(etc)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=False)
+    assert "warning: relay_domains already lists other.test and" in out.stderr, out.stderr
+
+
 def test_bad_postfix_maps_config_is_refused(tmp_path):
     """postfix_maps with a wrong mode and no dir: `check` names both, with file:line."""
     cfg = tmp_path / "config.yaml"

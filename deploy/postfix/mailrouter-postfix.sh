@@ -24,15 +24,22 @@ RETURN_PORT=${RETURN_PORT:-10027}
 #    refuses each of their addresses no table lists ("550 5.1.1 ... User unknown in relay
 #    recipient table"): mail for those domains would bounce. So stop first, change nothing,
 #    and say how to give them a table of their own ('@domain OK' keeps taking every address).
-#    (Only a relay_domains set in main.cf: its default is $mydestination or nothing.)
+#    (Only a relay_domains set in main.cf: its default is $mydestination or nothing. Its
+#    default written out, `${{$compatibility_level} <level {2} ? {$mydestination} : {}}`,
+#    as `postconf -e "relay_domains = $(postconf -h relay_domains) ..."` does, is no domain.)
 if [ -z "$(postconf -h relay_recipient_maps)" ]; then
     others=""
-    for d in $(postconf -nh relay_domains | tr ',\t\n' '   '); do
+    relay=$(postconf -nh relay_domains)
+    default=$(postconf -dh relay_domains)
+    [ -z "$default" ] || relay=${relay#"$default"}
+    set -f      # the default's ? and {} are no file names
+    for d in $(printf '%s' "$relay" | tr ',\t\n' '   '); do
         case "$d" in
             '$mydestination'|'${mydestination}'|'$(mydestination)'|"hash:$MAPS/domains") ;;
             *) others="$others $d" ;;
         esac
     done
+    set +f
     if [ -n "$others" ]; then
         etc=$(postconf -h config_directory)
         keys=""
