@@ -148,11 +148,17 @@ add relay_recipient_maps "hash:$MAPS/relay_recipients"
 # First in the list, not last: a list ending in `permit` (many guides write it so), or a
 # permit_mynetworks before it, would never reach it, and a moved address would be taken,
 # refused by mailrouter and bounced. It answers only for the moved addresses it lists.
+# (An earlier version of this script appended it: moved to the front when found later.)
 first() {
-    now=$(postconf -h "$1")
-    case " $(printf '%s' "$now" | tr ',\t\n' '   ') " in
-        *" ${2##* } "*) ;;
-        *) postconf -e "$1 = $2${now:+, $now}" ;;
+    list=$(postconf -h "$1" | tr ',\t\n' '   ' | tr -s ' ')
+    list=${list# }
+    list=${list% }
+    case "$list" in
+        "$2"|"$2 "*) ;;
+        *) rest=$(printf ' %s ' "$list" | sed "s| $2 | |")
+           rest=${rest# }
+           rest=${rest% }
+           postconf -e "$1 = $2${rest:+, $rest}" ;;
     esac
 }
 first smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_access"
