@@ -141,7 +141,11 @@ def postconf_lines(directory: Path, mode: str, delimiter: str, kind: str = "hash
         wanted += [("relay_domains", f"{d}/domains"), ("relay_recipient_maps", f"{d}/relay_recipients")]
     else:   # the domains stay in mydestination or virtual_mailbox_domains
         wanted += [("virtual_alias_maps", f"{d}/virtual")]
-    lines = [add.format(key=key, value=value) for key, value in wanted
+    # the access check goes first: after a list ending in `permit` (or a permit_mynetworks)
+    # Postfix never reaches it, takes the moved address and bounces mailrouter's 551
+    first = 'postconf -e "{key} = {value} $(postconf -h {key})"'
+    lines = [(first if key == "smtpd_recipient_restrictions" else add).format(key=key, value=value)
+             for key, value in wanted
              if value.split()[-1] not in now.get(key, "").replace(",", " ").split()]
     if delimiter and delimiter not in now.get("recipient_delimiter", ""):
         lines.append(f"postconf -e 'recipient_delimiter = {delimiter}'   "
@@ -214,7 +218,14 @@ def conflicts(book: AddressBook, directory: Path, mode: str, kind: str = "hash",
         values[key.strip()] = value.strip()
     values.update(zip(_SERVED, served.stdout.splitlines()))
     ours = f"{kind}:{directory}/domains"
-    others = [e for e in values["relay_domains"].replace(",", " ").split()
+    # the set-up script (and postconf_lines) keep what `postconf -h` said: on a main.cf
+    # without relay_domains, its default, `${{$compatibility_level} <level {2} ?
+    # {$mydestination} : {}}`, whose words are no domain of anyone's
+    default = run(postconf, *conf, "-dh", "relay_domains")
+    relay = values["relay_domains"]
+    if default is not None and default.returncode == 0 and default.stdout.strip():
+        relay = relay.replace(default.stdout.strip(), " ")
+    others = [e for e in relay.replace(",", " ").split()
               if e not in (ours, "$mydestination", "${mydestination}", "$(mydestination)")]
     theirs = [e for e in values["relay_recipient_maps"].replace(",", " ").split()
               if e != f"{kind}:{directory}/relay_recipients"]

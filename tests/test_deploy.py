@@ -24,6 +24,7 @@ import pytest
 
 from mailrouter.config import load_config, usable_cpus
 from tests.support.daemon import REPO, RULES, maildir_files
+from tests.support.ports import free_port
 from tests.test_delivery_smtp import Sink
 
 DEPLOY = REPO / "deploy"
@@ -302,6 +303,153 @@ def _run_script(etc: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
+MOVED_BOOK = """\
+domains: [example.com]
+mailboxes: {sales: {maildir: sales}}
+aliases: {sales@example.com: mailbox:sales}
+moved: {old@example.com: {now: sales@example.com, deliver: false}}
+rules: []
+"""
+
+
+async def test_postfix_script_refuses_a_moved_address_before_a_final_permit(postfix, tmp_path):
+    """An existing Postfix whose smtpd_recipient_restrictions ends in `permit` (many guides
+    write it so): the script appended check_recipient_access after it, where Postfix never
+    looks. A moved address (deliver: false) was taken, then refused by mailrouter at RCPT
+    and bounced by Postfix to the sender, often forged: the backscatter its table is there
+    to avoid. The check now goes first, and Postfix answers 551 5.1.6 itself."""
+    mta = await asyncio.to_thread(postfix, relay_port=1)
+    mta.postconf("smtpd_recipient_restrictions = reject_unauth_destination, permit")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "book.yaml").write_text(MOVED_BOOK, encoding="utf-8")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{rules}/*.yaml']\n", encoding="utf-8")
+    env = dict(os.environ, MAIL_CONFIG=str(mta.etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               RETURN_PORT=str(free_port()))
+    done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    await asyncio.to_thread(mta.reload)
+
+    def rcpt() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("client@outside.test")
+            return s.rcpt("old@example.com")
+    code, text = await asyncio.to_thread(rcpt)
+    assert (code, text[:5]) == (551, b"5.1.6"), (code, text)
+
+    def restrictions() -> list[str]:
+        return subprocess.run(["postconf", "-c", str(mta.etc), "-h",
+                               "smtpd_recipient_restrictions"], capture_output=True, text=True,
+                              check=True).stdout.replace(",", " ").split()
+    check = f"check_recipient_access hash:{tmp_path / 'maps'}/recipient_access"
+    assert restrictions() == [*check.split(), "reject_unauth_destination", "permit"]
+    # as an earlier version of the script left it: run again, the check is moved first
+    mta.postconf(f"smtpd_recipient_restrictions = reject_unauth_destination, permit {check}")
+    again = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                    capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert restrictions() == [*check.split(), "reject_unauth_destination", "permit"]
+
+
+async def test_postfix_scripts_transport_ignores_the_sites_smtp_client_settings(make_app, postfix,
+                                                                                tmp_path):
+    """The script's `mailrouter` transport is Postfix's smtp client, so it took the site's
+    settings for mail to the Internet: with `smtp_tls_security_level = encrypt` (mandatory
+    TLS outbound) every message for mailrouter, which offers no STARTTLS, was deferred
+    ("TLS is required, but was not offered by host 127.0.0.1"), for ever; smtp_generic_maps
+    rewrote our recipients on their way to mailrouter; smtp_bind_address (a multi-homed MX)
+    made Postfix connect from a public address, which mailrouter greets after
+    limits.greet_delay and counts against max_connections_per_client. The transport now
+    clears them."""
+    app = await make_app()
+    mta = await asyncio.to_thread(postfix, relay_port=1)
+    generic = mta.etc / "generic"
+    generic.write_text("sales@example.com someone@isp.test\n")
+    await asyncio.to_thread(subprocess.run, ["postmap", "-c", str(mta.etc), f"hash:{generic}"],
+                            check=True)
+    mta.postconf("smtp_tls_security_level = encrypt", f"smtp_generic_maps = hash:{generic}")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n"
+                   f"listen: {{smtp: '127.0.0.1:{app.bound['smtp'][1]}'}}\n", encoding="utf-8")
+    env = dict(os.environ, MAIL_CONFIG=str(mta.etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               RETURN_PORT=str(free_port()))
+    done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    master = subprocess.run(["postconf", "-c", str(mta.etc), "-P", "mailrouter/unix"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "mailrouter/unix/smtp_bind_address =" in master.splitlines(), master
+    await asyncio.to_thread(mta.reload)
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as s:
+            s.sendmail("client@outside.test", ["sales@example.com"],
+                       b"Subject: through the site's Postfix\r\n\r\nhi\r\n")
+    await asyncio.to_thread(send)
+    box = tmp_path / "var" / "mail" / "sales"
+    end = asyncio.get_running_loop().time() + 30
+    while not maildir_files(box):
+        assert asyncio.get_running_loop().time() < end, mta.maillog[-3000:]
+        await asyncio.sleep(0.05)
+    [copy] = maildir_files(box)
+    assert b"for <sales@example.com>" in copy.read_bytes()
+
+
+async def test_postfix_scripts_return_listener_takes_mailrouters_short_helo(postfix, tmp_path):
+    """The return listener (outbox.relay, delivery.smtp) inherited main.cf's
+    smtpd_helo_restrictions and smtpd_sender_restrictions. mailrouter says EHLO with its
+    `hostname`, by default this host's name, often short (the Debian installer writes one):
+    with `reject_non_fqdn_helo_hostname` there, each DSN, autoreply and forward got `504 5.5.2
+    Helo command rejected: need fully-qualified hostname`, and mailrouter gave the DSNs up
+    (5xx). The listener takes only loopback clients; it now has no HELO or sender checks."""
+    mta = await asyncio.to_thread(postfix, relay_port=1)
+    mta.postconf("smtpd_helo_required = yes",
+                 "smtpd_helo_restrictions = reject_non_fqdn_helo_hostname",
+                 "smtpd_sender_restrictions = reject_non_fqdn_sender")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    ret = free_port()
+    env = dict(os.environ, MAIL_CONFIG=str(mta.etc), CONFIG=str(cfg), MAPS=str(tmp_path / "maps"),
+               MAILROUTER=f"{sys.executable} -m mailrouter.cli", PYTHONPATH=str(REPO),
+               RETURN_PORT=str(ret))
+    done = await asyncio.to_thread(subprocess.run, ["sh", str(SCRIPT)], env=env, cwd=REPO,
+                                   capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    await asyncio.to_thread(mta.reload)
+
+    def talk(port: int) -> tuple[int, int]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.ehlo("mailhost")
+            s.mail("<>")
+            dsn = s.rcpt("someone@other.test")[0]
+            s.rset()
+            s.mail("robot@mailhost")
+            return dsn, s.rcpt("someone@other.test")[0]
+    assert await asyncio.to_thread(talk, ret) == (250, 250), mta.maillog[-2000:]
+    assert (await asyncio.to_thread(talk, mta.port))[0] == 504      # port 25's checks stay
+
+
+def test_postfix_script_reads_relay_domains_default_as_no_domain(postfix, tmp_path):
+    """relay_domains set to its own default (`postconf -e "relay_domains = $(postconf -h
+    relay_domains) ..."` writes it so, on a main.cf that had none), and no
+    relay_recipient_maps: the script stopped at its first check, saying relay_domains
+    "already lists: ${{$compatibility_level} <level {2} ? {$mydestination} : {}}", and
+    changed nothing. That expression is no domain: the script goes through."""
+    mta = postfix(relay_port=1)
+    default = subprocess.run(["postconf", "-c", str(mta.etc), "-dh", "relay_domains"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert "mydestination" in default, default
+    mta.postconf(f"relay_domains = {default}")
+    done = _run_script(mta.etc, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "already lists" not in done.stderr, done.stderr
+
+
 def test_postfix_script_says_where_a_failed_check_explains_itself(tmp_path):
     """`postfix check` prints its reason only to a terminal: run by a provisioning tool the
     script stopped with exit 1 and no word. It now says that the check failed and where
@@ -383,6 +531,26 @@ def test_container_run_line_publishes_on_the_hosts_loopback_only():
     assert published and all(p.startswith("127.0.0.1:") for p in published), published
 
 
+def test_container_build_line_keeps_the_healthcheck_and_every_listener_is_exposed():
+    """`podman build` as the Containerfile said (OCI format, podman's default) dropped its
+    HEALTHCHECK with only a warning: `podman image inspect` showed none, and nothing probed
+    /healthz. The web view config.example.yaml turns on (listen.web) was neither exposed nor
+    published."""
+    text = (DEPLOY / "Containerfile").read_text()
+    build = re.search(r"^# Build:\s+(podman build [^\n(]*)", text, re.M)
+    assert build is not None
+    if re.search(r"^HEALTHCHECK ", text, re.M):
+        assert "--format docker" in build.group(1), build.group(1)
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", text, re.M).group(1).split()}
+    cfg = load_config(REPO / "config.example.yaml")
+    listeners = {cfg.smtp, cfg.lmtp, cfg.admin, cfg.web} - {None}
+    assert {lst.port for lst in listeners if lst is not None} <= exposed, exposed
+    run = re.search(r"^# Run:(.*?)mailrouter\n", text, re.S | re.M)
+    assert run is not None
+    published = re.findall(r"-p 127\.0\.0\.1:(\d+):", re.sub(r"\\\n#\s*", " ", run.group(1)))
+    assert {int(p) for p in published} == exposed, published
+
+
 def test_container_run_line_mounts_the_routing_files_the_config_names():
     """The `podman run` line in the Containerfile mounts a config at /etc/mailrouter/config.yaml;
     the routing files config.example.yaml names, relative to that file, must be mounted too,
@@ -412,10 +580,14 @@ aliases:
 """
 
 
-def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[bytes], int]:
+def _shipped_dovecot(dovecot: str, sievec: str, site_user: str | None = None
+                     ) -> tuple[Path, subprocess.Popen[bytes], int]:
     """A private Dovecot that includes deploy/dovecot/mailrouter.conf as install.md step 6
     does (its port and users file moved), with one user in the format the file's comments
-    give and the compiled Sieve script: (its directory, its process, its LMTP port)."""
+    give and the compiled Sieve script: (its directory, its process, its LMTP port).
+    `site_user`: a user of the site's own, in a passdb/userdb of its own configured before
+    the snippet (as Debian's conf.d/10-auth.conf comes before 99-mailrouter.conf), home
+    <dir>/site/<local part>."""
     from tests.support.dovecot import free_port as dovecot_port, wait_for_greeting
     from tests.support.proc import stop_process
     d = Path(tempfile.mkdtemp(prefix="dovecot."))   # not under tmp_path (0700): Dovecot's
@@ -438,12 +610,25 @@ def _shipped_dovecot(dovecot: str, sievec: str) -> tuple[Path, subprocess.Popen[
                            capture_output=True, text=True, check=True).stdout.strip()
     users.write_text(f"finance@mail.internal:{crypt}:nobody:nogroup::{d / 'vmail' / 'finance'}"
                      f"::userdb_sieve_before={script}\n")
+    site = ""
+    if site_user is not None:
+        (d / "site").mkdir()
+        shutil.chown(d / "site", "nobody", "nogroup")
+        (d / "site-users").write_text(f"{site_user}:{crypt}:nobody:nogroup::"
+                                      f"{d / 'site' / site_user.partition('@')[0]}::\n")
+        site = (f"passdb {{\n  driver = passwd-file\n  args = {d}/site-users\n}}\n"
+                f"userdb {{\n  driver = passwd-file\n  args = {d}/site-users\n}}\n"
+                f"mail_location = maildir:~/Maildir\n")
     # the distribution's dovecot.conf, reduced to what a private instance needs (its
-    # protocols.d turns LMTP on: the snippet does not add it again)
+    # protocols.d turns LMTP on: the snippet does not add it again; and IMAP, whose fixed
+    # port 143 two of these tests running at once both took: the second failed to start)
     (d / "dovecot.conf").write_text(
         f"protocols =\n!include_try /usr/share/dovecot/protocols.d/*.protocol\n"
+        f"service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n"
+        f"  inet_listener imaps {{\n    port = 0\n  }}\n}}\n"
         f"listen = 127.0.0.1\nssl = no\nbase_dir = {d}/run\n"
-        f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n!include {d}/99-mailrouter.conf\n")
+        f"state_dir = {d}/state\nlog_path = {d}/dovecot.log\n{site}"
+        f"!include {d}/99-mailrouter.conf\n")
     proc = subprocess.Popen([dovecot, "-F", "-c", str(d / "dovecot.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
@@ -496,6 +681,34 @@ async def test_dovecot_snippet_as_shipped_takes_mailrouters_lmtp(make_app, tmp_p
         assert protocols.count("lmtp") == 1, protocols
     finally:
         await asyncio.to_thread(stop_process, proc, 15)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_dovecot_snippet_creates_no_folders_for_the_sites_own_users():
+    """deploy/dovecot/mailrouter.conf goes into an existing Dovecot. Its folder settings were
+    global: with `lda_mailbox_autocreate = yes` in the main config, anyone could write to
+    bob+anything@ of the site's own users and Dovecot created the folder «anything» in
+    Bob's mailbox (before the snippet: his INBOX). Folders are created now for
+    mailrouter's users only (the snippet's userdb); Bob's +detail mail lands in his INBOX,
+    while finance+Newbox@ still gets its folder made."""
+    dovecot, sievec = shutil.which("dovecot"), shutil.which("sievec")
+    if dovecot is None or sievec is None:
+        pytest.skip("dovecot or sievec not found (apt-get install dovecot-lmtpd dovecot-sieve)")
+    from tests.support.proc import stop_process
+    d, proc, port = _shipped_dovecot(dovecot, sievec, site_user="bob@site.test")
+    try:
+        with smtplib.LMTP("127.0.0.1", port, timeout=30) as s:
+            for rcpt in ("bob+anything@site.test", "finance+Newbox@mail.internal"):
+                refused = s.sendmail("client@outside.test", [rcpt],
+                                     f"Subject: to {rcpt}\r\n\r\nhi\r\n".encode())
+                assert refused == {}, refused
+        bob = {p.parent.parent.name for p in maildir_files(d / "site" / "bob" / "Maildir")}
+        assert bob == {"Maildir"}, (bob, (d / "dovecot.log").read_text()[-2000:])
+        finance = {p.parent.parent.name
+                   for p in maildir_files(d / "vmail" / "finance" / "Maildir")}
+        assert finance == {".Newbox"}, finance
+    finally:
+        stop_process(proc, 15)
         shutil.rmtree(d, ignore_errors=True)
 
 

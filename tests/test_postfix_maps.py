@@ -75,6 +75,19 @@ def test_without_detail_separator_the_tables_say_so():
     assert not any("recipient_delimiter" in l for l in postconf_lines(Path("/x"), "relay", ""))
 
 
+def test_postconf_line_puts_the_recipient_access_check_first():
+    """`mailrouter postfix` printed `smtpd_recipient_restrictions = $(postconf -h ...)
+    check_recipient_access ...`: after a list ending in `permit` Postfix never reached it, took
+    a moved address (deliver: false) and bounced it after mailrouter's 551. It goes first."""
+    [line] = [line for line in postconf_lines(Path("/x"), "relay", "+")
+              if "smtpd_recipient_restrictions" in line]
+    assert line == ('postconf -e "smtpd_recipient_restrictions = check_recipient_access '
+                    'hash:/x/recipient_access $(postconf -h smtpd_recipient_restrictions)"')
+    now = {"smtpd_recipient_restrictions": "check_recipient_access hash:/x/recipient_access, permit"}
+    assert not any("smtpd_recipient_restrictions" in line
+                   for line in postconf_lines(Path("/x"), "relay", "+", current=now))
+
+
 def test_quoted_local_part_is_listed_as_skipped_not_as_a_key():
     """A quoted local part with a space cannot be a table key: it is a comment, not a
     broken line that would make "a" a key."""
@@ -183,6 +196,39 @@ def test_postfix_command_warns_of_main_cf_that_would_refuse_mail(tmp_path, main_
     for line, start in zip(warnings, said):
         assert line.startswith(f"mailrouter postfix: warning: {start}"), line
     assert "postconf -e" in out.stdout
+
+
+def test_postfix_command_after_the_set_up_script_warns_of_nothing(tmp_path):
+    """On a Postfix that never set relay_domains (Debian's main.cf), the set-up script (and
+    the postconf lines `mailrouter postfix` prints) write its default with our table after
+    it: `relay_domains = ${{$compatibility_level} <level {2} ? {$mydestination} : {}}
+    hash:.../domains`. Every later `mailrouter postfix` then warned that relay_domains
+    "already lists ${{$compatibility_level} <level {2} ..." with no table of theirs: the
+    default's words read as other domains. The default is no other domain."""
+    if not Path("/usr/sbin/postconf").exists():
+        pytest.skip("postfix not installed (apt-get install postfix)")
+    etc, maps = tmp_path / "etc", tmp_path / "maps"
+    etc.mkdir()
+    default = subprocess.run(["/usr/sbin/postconf", "-c", str(etc), "-dh", "relay_domains"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert "mydestination" in default, default          # the expression, not a plain list
+    (etc / "main.cf").write_text(f"compatibility_level = 3.6\nmyhostname = mx.example.net\n"
+                                 f"relay_domains = {default} hash:{maps}/domains\n"
+                                 f"relay_recipient_maps = hash:{maps}/relay_recipients\n")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{REPO / 'rules' / '*.yaml'}']\n", encoding="utf-8")
+    out = subprocess.run([*CLI, "postfix", "-c", str(cfg), "--dir", str(maps),
+                          "--postfix-config", str(etc)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert " warning: " not in out.stderr, out.stderr
+    (etc / "main.cf").write_text(f"compatibility_level = 3.6\nmyhostname = mx.example.net\n"
+                                 f"relay_domains = {default} other.test hash:{maps}/domains\n"
+                                 f"relay_recipient_maps = hash:{maps}/relay_recipients\n")
+    out = subprocess.run([*CLI, "postfix", "-c", str(cfg), "--dir", str(maps),
+                          "--postfix-config", str(etc)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=False)
+    assert "warning: relay_domains already lists other.test and" in out.stderr, out.stderr
 
 
 def test_bad_postfix_maps_config_is_refused(tmp_path):

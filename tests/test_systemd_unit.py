@@ -147,6 +147,14 @@ def test_install_md_under_a_real_systemd(tmp_path):
         assert smtp(m, "invoices@example.com") == 0
         routing.write_text(good, encoding="utf-8")
 
+        # step 8, upgrading, as an admin in the source tree of the new release pastes it
+        [upgrade] = steps[8][:1]
+        m.ok("cd /opt/src\n" + upgrade.replace("/path/to/mailrouter", "/opt/src"), timeout=900)
+        assert m.ok("systemctl is-active mailrouter").strip() == "active"
+        m.ok("for i in $(seq 100); do curl -sf 127.0.0.1:9125/readyz && exit 0; sleep 0.2; done; "
+             "curl -s 127.0.0.1:9125/readyz; exit 1")
+        assert smtp(m, "invoices@example.com", "after the upgrade") == 0
+
         # SIGTERM: a clean exit, no failure recorded
         m.ok("systemctl stop mailrouter")
         state = m.ok("systemctl show mailrouter -p Result -p ExecMainStatus")

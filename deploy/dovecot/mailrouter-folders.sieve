@@ -8,7 +8,9 @@
 # when the rules chose no folder). Sieve compares decoded header values (RFC 5228
 # 2.7.2), so "${2}" is the folder in UTF-8, which Dovecot stores as «Финансы».
 # Only a line naming this very recipient counts, and ours is the first one, so a
-# sender's forged X-Mailrouter-Folder below it is never used.
+# sender's forged X-Mailrouter-Folder below it is never used. mailrouter writes its line
+# only for mailboxes with `sieve_folders: true`: run this for their users only, or a
+# sender's line, then the first, picks the folder.
 require ["fileinto", "mailbox", "variables", "envelope"];
 
 if envelope :matches "to" "*" {

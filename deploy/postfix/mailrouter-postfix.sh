@@ -24,15 +24,22 @@ RETURN_PORT=${RETURN_PORT:-10027}
 #    refuses each of their addresses no table lists ("550 5.1.1 ... User unknown in relay
 #    recipient table"): mail for those domains would bounce. So stop first, change nothing,
 #    and say how to give them a table of their own ('@domain OK' keeps taking every address).
-#    (Only a relay_domains set in main.cf: its default is $mydestination or nothing.)
+#    (Only a relay_domains set in main.cf: its default is $mydestination or nothing. Its
+#    default written out, `${{$compatibility_level} <level {2} ? {$mydestination} : {}}`,
+#    as `postconf -e "relay_domains = $(postconf -h relay_domains) ..."` does, is no domain.)
 if [ -z "$(postconf -h relay_recipient_maps)" ]; then
     others=""
-    for d in $(postconf -nh relay_domains | tr ',\t\n' '   '); do
+    relay=$(postconf -nh relay_domains)
+    default=$(postconf -dh relay_domains)
+    [ -z "$default" ] || relay=${relay#"$default"}
+    set -f      # the default's ? and {} are no file names
+    for d in $(printf '%s' "$relay" | tr ',\t\n' '   '); do
         case "$d" in
             '$mydestination'|'${mydestination}'|'$(mydestination)'|"hash:$MAPS/domains") ;;
             *) others="$others $d" ;;
         esac
     done
+    set +f
     if [ -n "$others" ]; then
         etc=$(postconf -h config_directory)
         keys=""
@@ -108,9 +115,20 @@ done
 cat "$said" >&2
 
 # 2. A transport of its own, so its limits apply to mail for mailrouter only:
-#    at most limits.max_recipients (100) RCPTs per transaction.
+#    at most limits.max_recipients (100) RCPTs per transaction. It is Postfix's smtp client,
+#    so it would take main.cf's settings for mail to the Internet: none of those below is
+#    for mailrouter, which offers no STARTTLS (smtp_tls_security_level = encrypt deferred
+#    all its mail), must get our addresses as they are (smtp_generic_maps rewrote them),
+#    and should see the connection come from loopback (smtp_bind_address, a multi-homed MX:
+#    from a public address it is greeted after limits.greet_delay and counted against
+#    limits.max_connections_per_client).
 postconf -M "mailrouter/unix=mailrouter unix - - n - - smtp"
-postconf -P "mailrouter/unix/syslog_name=postfix/to-mailrouter"
+for o in syslog_name=postfix/to-mailrouter smtp_tls_security_level=none \
+         smtp_bind_address= smtp_bind_address6= smtp_generic_maps= \
+         smtp_header_checks= smtp_mime_header_checks= smtp_nested_header_checks= \
+         smtp_body_checks= smtp_sasl_auth_enable=no; do
+    postconf -P "mailrouter/unix/$o"
+done
 postconf -e "mailrouter_destination_recipient_limit = 100"
 
 # 3. The tables added to main.cf.
@@ -127,12 +145,31 @@ add() {
 add transport_maps "hash:$MAPS/transport"
 add relay_domains "hash:$MAPS/domains"
 add relay_recipient_maps "hash:$MAPS/relay_recipients"
-add smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_access"
+# First in the list, not last: a list ending in `permit` (many guides write it so), or a
+# permit_mynetworks before it, would never reach it, and a moved address would be taken,
+# refused by mailrouter and bounced. It answers only for the moved addresses it lists.
+# (An earlier version of this script appended it: moved to the front when found later.)
+first() {
+    list=$(postconf -h "$1" | tr ',\t\n' '   ' | tr -s ' ')
+    list=${list# }
+    list=${list% }
+    case "$list" in
+        "$2"|"$2 "*) ;;
+        *) rest=$(printf ' %s ' "$list" | sed "s| $2 | |")
+           rest=${rest# }
+           rest=${rest% }
+           postconf -e "$1 = $2${rest:+, $rest}" ;;
+    esac
+}
+first smtpd_recipient_restrictions "check_recipient_access hash:$MAPS/recipient_access"
 # +detail: Postfix strips it as mailrouter does (left alone if you already have one):
 [ -n "$(postconf -h recipient_delimiter)" ] || postconf -e "recipient_delimiter = +"
 
 # 4. Mail mailrouter hands back (autoreplies, reminders, smtp: mailboxes): a loopback-only
 #    smtpd without content filters; config.yaml delivery.smtp: {host: 127.0.0.1, port: 10027}.
+#    No HELO or sender checks of main.cf there: mailrouter says EHLO with its hostname,
+#    by default this host's name, often not fully qualified (reject_non_fqdn_helo_hostname
+#    refused every DSN, autoreply and forward 504 5.5.2); only loopback clients get in.
 #    No size limit there, and a cleanup of its own that has none either (cleanup, not smtpd,
 #    enforces message_size_limit): a message Postfix took at just under message_size_limit
 #    comes back from mailrouter with its own headers on top, and was refused here "552 5.3.4
@@ -145,6 +182,7 @@ for o in syslog_name=postfix/from-mailrouter content_filter= \
          cleanup_service_name=mailrouter-cleanup message_size_limit=0 \
          receive_override_options=no_header_body_checks,no_unknown_recipient_checks \
          smtpd_client_restrictions=permit_mynetworks,reject \
+         smtpd_helo_restrictions= smtpd_sender_restrictions= \
          smtpd_recipient_restrictions=permit_mynetworks,reject \
          smtpd_relay_restrictions=permit_mynetworks,reject \
          mynetworks=127.0.0.0/8 smtpd_tls_security_level=none; do
