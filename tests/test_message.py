@@ -247,6 +247,39 @@ def test_a_file_name_loses_the_directories_the_sender_left_in_it(given: str) -> 
     assert v.attachments == v._body.attachments
 
 
+APPLE_RELATED = (b"From: Ivan <ivan@client.example>\r\nSubject: scan\r\n"
+                 b"MIME-Version: 1.0 (Mac OS X Mail 16.0 \\(3731.500.231\\))\r\n"
+                 b"Content-Type: multipart/related; type=\"text/html\"; boundary=\"Apple-Mail=_B1\"\r\n"
+                 b"\r\n--Apple-Mail=_B1\r\nContent-Type: text/html; charset=us-ascii\r\n"
+                 b"Content-Location: http://client.example/page.html\r\n\r\n"
+                 b"<p>see <img src=\"cid:X1@apple\"></p>\r\n"
+                 b"--Apple-Mail=_B1\r\nContent-Transfer-Encoding: base64\r\n"
+                 b"Content-Location: {location}\r\n"
+                 b"Content-Type: application/pdf\r\nContent-Id: <X1@apple>\r\n\r\nJVBERi0xLjQK\r\n"
+                 b"--Apple-Mail=_B1--\r\n")
+
+
+@pytest.mark.parametrize("location, name", [
+    (b"file:///Users/ivan/Desktop/Invoice%2042.pdf", "Invoice 42.pdf"),
+    (b"file:///Users/ivan/%D0%A1%D1%87%D1%91%D1%82.pdf", "Счёт.pdf"),
+    (b"Invoice.pdf", "Invoice.pdf"),
+    (b"http://client.example/a/b/\r\n Invoice%201.pdf?x=1", "Invoice 1.pdf"),
+    (b"http://client.example/", ""),
+])
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["walk", "stdlib"])
+def test_a_file_named_only_by_content_location_has_that_name(location: bytes, name: str,
+                                                             eol: bytes) -> None:
+    """Apple Mail names the inline files of an HTML message only by Content-Location (RFC
+    2557), with no filename= nor name=: they were listed with the name '', so an
+    `attachment:` rule on `*invoice*` missed them. The last segment of its path is the
+    name (on the MIME walk and on the stdlib's parse, which takes LF-only mail); the HTML
+    part with a Content-Location stays the text, not an attachment."""
+    raw = APPLE_RELATED.replace(b"{location}", location).replace(b"\r\n", eol)
+    v = MessageView(raw)
+    assert v.attachments == [Attachment(name, "application/pdf", 9)]
+    assert "see" in v.body_text
+
+
 def test_raw_8bit_filename() -> None:
     """A raw cp1251 filename is guessed and the guess recorded."""
     v = view("raw8bit_filename.eml")
