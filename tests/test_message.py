@@ -900,6 +900,40 @@ def test_scorer_on_short_russian_subjects() -> None:
     assert misses == KNOWN_MISSES
 
 
+UA_SUBJECTS = ["Рахунок за квітень", "Надсилаємо договір", "Прошу підтвердити отримання",
+               "Їхня пропозиція", "Ґрунтовки та фарби", "Звіт ІТ-відділу", "Єдиний податок",
+               "Оплата за ґанок", "Привіт", "Акт звірки"]
+
+
+@pytest.mark.parametrize("text", UA_SUBJECTS)
+def test_unlabelled_koi8_u_ukrainian_reads_as_koi8_u(text: str) -> None:
+    """Unlabelled Ukrainian in KOI8-U was guessed KOI8-R, whose bytes for і ї є ґ are box
+    signs («кв╕тень»): a rule on «квітень» missed. A subject, and a body (read whole and a
+    piece at a time), with one of those letters inside a word is KOI8-U."""
+    data = text.encode("koi8_u")
+    assert guess_decode(data) == (text, "koi8-u")
+    body = ((text + ". ") * 40 + "\n").encode("koi8_u") * 40
+    raw = (b"Subject: " + data + b"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+           b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body.replace(b"\n", b"\r\n"))
+    v = MessageView(raw)
+    assert (v.subject, v.body_charset) == (text, "koi8-u")
+    assert v.body_text.startswith(text + ". " + text)
+    assert inspect_bytes(body, None, CYRILLIC_BODY_CANDIDATES, size=1024).charset == "koi8-u"
+
+
+def test_koi8_r_russian_is_still_koi8_r_with_box_signs_among_it() -> None:
+    """Russian KOI8-R keeps KOI8-R: every RU_SUBJECTS one the scorer read as KOI8-R still
+    is, and so is a text with a table drawn in KOI8-R's box signs, those of the KOI8-U
+    letters among them (╓ ╖ ╕ ╜ next to lines and spaces, never inside a word)."""
+    for s in RU_SUBJECTS:
+        if (s, "koi8-r") not in KNOWN_MISSES:
+            assert guess_decode(s.encode("koi8-r")) == (s, "koi8-r"), s
+    table = ("Счёт за январь, итого по отделам:\n╓───────╖ ╔═══╕\n║ Отдел ║ ║ 5 ║\n"
+             "╙───────╜ ╚═══╛ ╢ ╤ ╥ ╫\nОплатите, пожалуйста, до пятницы.\n")
+    assert guess_decode(table.encode("koi8-r")) == (table, "koi8-r")
+    assert guess_decode("Счёт ЁЛКИ ёлка".encode("koi8-r"))[1] == "koi8-r"
+
+
 def test_header_block_and_hash() -> None:
     """header_block ends with the blank line; content_hash is sha256 of the raw bytes."""
     v = MessageView(b"Subject: a\r\n\r\nbody")
