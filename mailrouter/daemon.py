@@ -235,8 +235,8 @@ class App:
             # waits for it, refresh_metrics); a count made meanwhile is kept, not zeroed
             self._zeros = asyncio.get_running_loop().run_in_executor(
                 None, _known_decisions, self._snapshot)
-        if self.worker in (None, 0):   # once, not once per worker; off the start (a rule
-            # set naming many unknown recipients takes seconds of did-you-mean)
+        if self.worker in (None, 0):   # once, not once per worker; off the start (0.5 s
+            # for bench_start's 10,000 rules and their 7,000 warnings)
             _ = asyncio.get_running_loop().run_in_executor(None, _log_warnings, self._snapshot, cfg)
         log.info("event=started loop=%s %s", loop_name(),
                  " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
