@@ -52,14 +52,14 @@ headers, which are on a person's mail too (imap_tools' test messages). What Yand
 Mail.ru's own out-of-office responders send is not known here: the public corpora hold
 their bounces, not their auto-replies. A subject test misses bounces in other languages
 and wording, and never looks past a `Re:`/`Fwd:` (a person forwarding a bounce is answered).
-The robot patterns are shell globs on the local part, case-insensitive;
+The robot patterns (routing/robots.py, shared with the rules' `robot: true`) are shell
+globs on the local part, case-insensitive;
 the language is guessed from Content-Language, then the body's charset, then the
 letters of the subject and the text (Cyrillic or Latin), then the responder's default.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -73,30 +73,12 @@ from .addressbook.canon import canonical_domain, on_our_domains
 from .loops import TRACE_HEADER, header_text
 from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
+from .routing.robots import DEFAULT_ROBOT_SENDERS, robot_pattern, robot_sender
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "robot_pattern", "History", "Policy", "Verdict", "build_reply",
            "choose_language", "generated_trace", "period_bucket", "reason_kind", "sender_key",
            "verdict"]
 
-# "postmaster": the From of most non-DSN bounces (Exchange, GroupWise, SMTP32), which reach
-# us with a non-null envelope sender when a forwarder rewrote it. The noreply family also
-# as a word of a longer local part (gmail-noreply@google.com, noreply.alerts@), not
-# inside one (noreplyfan@ is a person); a +detail is cut off before matching, and the whole
-# local part is matched too: mlmmj's list+owner@ and list+bounces-...@ (FreeBSD's lists: a
-# "Post to ... denied" notice without List-* headers, in notmuch's test corpus). bounce-*: a
-# list manager's per-message (VERP) return path, bounce-<list>-<id>@ (Lyris ListManager's
-# newsletters in SpamAssassin's welcomelists, with no List-* header nor Precedence).
-# "no reply" in Czech (neodpovidat@, neodpovidejte@, ČEZ's upominani_neodpovidat@: Czech
-# senders' code in public repositories) and French (ne-pas-repondre@: a TYPO3 form mailer's
-# mail in imap_tools' test messages, which was answered), as a word the same way.
-DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo", "owner-*",
-                         "*-request", "noreply", "no-reply", "no_reply", "donotreply",
-                         "do-not-reply", "*[-_.]noreply", "noreply[-_.]*", "*[-_.]no-reply",
-                         "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
-                         "*-bounces", "bounce", "bounces", "bounce-*", "post_master", "*+owner",
-                         "*+bounces-*", "neodpovidat", "*[-_.]neodpovidat", "neodpovidat[-_.]*",
-                         "neodpovidejte", "*[-_.]neodpovidejte", "neodpovidejte[-_.]*",
-                         "ne-pas-repondre", "nepasrepondre", "ne_pas_repondre")
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
 # auto_reply: set by cPanel's and BoxTrapper's responders instead of Auto-Submitted
 _BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
@@ -353,13 +335,11 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
         if why:
             return why
     # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*)
-    for who, address in (("envelope sender", sender_key(sender)),
-                         ("From", bare(view.from_addr or "")),
-                         ("Return-Path", sender_key(view.header("Return-Path") or ""))):
-        hit = robot_pattern(address, policy.robot_senders)
-        if hit is not None:
-            return f"robot sender: {who} {address} matches {hit!r}"
-    why = _null_from(view) or _robot_subject(view)
+    why = robot_sender((("envelope sender", sender_key(sender)),
+                        ("From", bare(view.from_addr or "")),
+                        ("Return-Path", sender_key(view.header("Return-Path") or ""))),
+                       policy.robot_senders)
+    why = why or _null_from(view) or _robot_subject(view)
     if why:
         return why
     if on_our_domains(sender, our_domains):     # xn--, upper case and Unicode alike
@@ -411,16 +391,6 @@ def _bulk_sender(view: View) -> str:
         if view.header(name) is not None:
             return f"bulk mail ({name} present)"
     return ""
-
-
-def robot_pattern(address: str, patterns: Sequence[str]) -> str | None:
-    """The `robot_senders` glob that the local part of `address` (lower case; a bare
-    `mailer-daemon` too) matches, with or without its +detail; None for a person's."""
-    local = address.rpartition("@")[0] if "@" in address else address
-    if not local:
-        return None
-    return next((p for p in patterns for part in {local, local.split("+", 1)[0]}
-                 if fnmatch.fnmatchcase(part, p.lower())), None)
 
 
 def _null_from(view: View) -> str:

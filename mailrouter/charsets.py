@@ -53,7 +53,9 @@ trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few capit
 carry too little to overrule a label), and other pairs (koi8-r declared, cp866 sent) are
 trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
 mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
-mac-cyrillic text is read as cp1251 (identical result for those letters).
+mac-cyrillic text is read as cp1251 (identical result for those letters). Unlabelled KOI8-U
+(Ukrainian) is told from KOI8-R by a і ї є ґ inside a word (_koi8_u); Ukrainian whose only
+such letter stands alone («є») stays KOI8-R, and so does KOI8-U under a koi8-r label.
 """
 
 from __future__ import annotations
@@ -284,6 +286,7 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
     if not reads_cyrillic(data[:PAIR_SCORED], candidates,
                           readings[best].letters if whole else None):
         return guess_latin(data)
+    best = _koi8_u(best, data)
     return data.decode(best, "replace"), best
 
 
@@ -312,6 +315,28 @@ def _plausible(candidates: tuple[str, ...], data: bytes, start: int, end: int) -
 def _best_cyrillic(candidates: tuple[str, ...], scores: dict[str, float]) -> str:
     """The candidate that reads best as Russian, with its prior (ties go to the first)."""
     return max(candidates, key=lambda c: scores[c] + _PRIORS.get(c, 0.0))
+
+
+# KOI8-U (RFC 2319) is KOI8-R with Ukrainian і ї є ґ (and capitals) on 8 bytes where KOI8-R
+# has box-drawing signs (0xA4 ╓, 0xA6 ╕, 0xA7 ╖, 0xAD ╜ and 0xB4, 0xB6, 0xB7, 0xBD); every
+# other byte is the same letter. Unlabelled Ukrainian text guessed KOI8-R read «кв╕тень»,
+# «Надсила╓мо»: a rule on «квітень» never matched. One of those bytes touching a letter byte
+# (a KOI8 letter, ё/Ё, or another of them) is a Ukrainian letter inside a word: a box
+# sign in Russian text (a table drawn in KOI8-R) stands among other signs and spaces, and
+# Russian words have no such byte, so Russian mail keeps KOI8-R. Only a guess is changed:
+# a koi8-r label is trusted, as every label is.
+_KOI8_U_OWN = rb"[\xa4\xa6\xa7\xad\xb4\xb6\xb7\xbd]"
+_KOI8_LETTER = rb"[\xa3\xb3\xc0-\xff\xa4\xa6\xa7\xad\xb4\xb6\xb7\xbd]"
+_KOI8_U_WORD = re.compile(_KOI8_LETTER + _KOI8_U_OWN + b"|" + _KOI8_U_OWN + _KOI8_LETTER)
+
+
+def _koi8_u(codec: str, data: bytes, start: int = 0, end: int | None = None) -> str:
+    """`codec`, or koi8-u for a koi8-r guess whose bytes data[start:end] hold a Ukrainian
+    letter inside a word (_KOI8_U_WORD)."""
+    if codec != "koi8-r":
+        return codec
+    found = _KOI8_U_WORD.search(data, start, len(data) if end is None else end)
+    return "koi8-u" if found is not None else codec
 
 
 # Japanese text without a usable label (Shift_JIS under us-ascii: SpamAssassin's
@@ -1264,4 +1289,5 @@ def _guess_pieces(data: bytes, start: int, end: int, size: int,
     for piece in _byte_pieces(data, start, scored, size):
         for codec in candidates:
             russian[codec].add(piece.decode(codec, "replace"))
-    return _best_cyrillic(candidates, {c: r.score() for c, r in russian.items()})
+    return _koi8_u(_best_cyrillic(candidates, {c: r.score() for c, r in russian.items()}),
+                   data, start, scored)

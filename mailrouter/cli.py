@@ -164,24 +164,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     from .routing.ruletests import Names, check_rule_tests
-    from .routing.folders import folder_warnings
-    warnings = snap.rules.lint() + check_rule_tests(snap.sections.get("tests") or [], Path.cwd(),
-                                                    Names.of(snap.book, snap.rules.rules),
-                                                    snap.decide)
-    warnings += folder_warnings(snap.book, snap.rules.rules)
+    warnings = snap.warnings(cfg.control is not None)   # the daemon logs these too
+    warnings += check_rule_tests(snap.sections.get("tests") or [], Path.cwd(),
+                                 Names.of(snap.book, snap.rules.rules), snap.decide)
     from .control.checks import smtp_back_to_us
     warnings += smtp_back_to_us(cfg, snap.book, _mailbox_lines(snap.files))
-    from .routing.recipients import recipient_warnings
-    warnings += recipient_warnings(snap.book, snap.rules.rules)
-    warnings += [f"{_at(*snap.domain_where.get(d, ('', 0)))}domain {d}: RCPT "
-                 f"TO:<postmaster@{d}> is refused, but RFC 5321 4.5.1 requires every mail "
-                 f"domain to take mail for postmaster; add "
-                 f"'postmaster@{d}: {_postmaster_target(snap.book)}' under aliases:"
-                 for d in snap.book.without_postmaster()]
-    from .routing.lint import control_warnings
-    warnings += control_warnings(snap.rules.rules, cfg.control is not None)
-    from .calendars import zone_warnings
-    warnings += zone_warnings(snap.rules.calendars)
     warnings += [f"{line}; fine if the daemon runs as a user who can" for line in denied]
     import glob
     # a glob of `routing:` that matches nothing is skipped (an empty drop-in folder may be
@@ -292,15 +279,6 @@ def _mailbox_lines(files: Sequence[str]) -> dict[str, tuple[str, int]]:
             for name in boxes:
                 out.setdefault(str(name), (f, boxes.key_line(name)))   # as rules name theirs
     return out
-
-
-def _postmaster_target(book: Any) -> str:
-    """What a missing postmaster@ could point at: another domain's postmaster, a mailbox
-    named postmaster, else a person or mailbox to choose."""
-    for d in sorted(book.domains):
-        if not book.resolve(f"postmaster@{d}").reply:
-            return f"postmaster@{d}"
-    return "mailbox:postmaster" if "postmaster" in book.mailboxes else "<a person or mailbox:NAME>"
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -57,7 +57,8 @@ from email.utils import getaddresses, parseaddr
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from mailrouter.mimewalk import UNFOLDED, Leaf, decoded_payload, leaves, transfer_encoding, unfold
+from mailrouter.mimewalk import (UNFOLDED, Leaf, decoded_payload, leaves, location_name,
+                                 transfer_encoding, unfold)
 from mailrouter.tnef import files as tnef_files
 from mailrouter.charsets import (
     CYRILLIC_BODY_CANDIDATES,
@@ -898,6 +899,7 @@ def _read_leaf(part: Message, body: _Body, texts: _Texts,
     if attached or ctype.split("/", 1)[0] not in ("text", "multipart"):
         # an attachment's size, counted without holding its decoded bytes when it can be
         size = leaf.decoded_size() if leaf is not None else len(_payload(part))
+        name = name or base_name(location_name(part))    # Apple Mail's inline files
         body.attachments.append(Attachment(name, ctype, size))
         if ctype in TNEF_TYPES or name.lower() == "winmail.dat":
             _tnef_attachments(leaf.decoded() if leaf is not None else _payload(part), body)

@@ -35,14 +35,15 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .values import REPLY_INTENT_FAILED, REPLY_INTENTS_FULL, Action, Decision, LoopKind, Reply
 
-__all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "LATENCY", "RELOADS",
-           "RELOAD_OK", "RELOAD_TIME", "POSTFIX_MAPS_FAILED", "CONFIG_NOT_APPLIED",
+__all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "MAIL_REFUSED", "LATENCY",
+           "RELOADS", "RELOAD_OK", "RELOAD_TIME", "POSTFIX_MAPS_FAILED", "CONFIG_NOT_APPLIED",
            "SESSIONS", "DOWNSTREAM_REPLIES", "REFUSED_CONFIGURED",
            "DECISIONS", "MAILBOX_DECISIONS", "RULE_DECISIONS", "DELIVERIES", "DELIVERY_SECONDS",
            "REGISTRY_COMMIT", "REGISTRY_BATCH",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
            "State", "observe_message", "observe_decisions", "exposition", "child",
-           "copy_tempfail_cause", "disk_space", "known_decisions", "config_not_applied"]
+           "copy_tempfail_cause", "disk_space", "known_decisions", "config_not_applied",
+           "mail_refused"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -54,6 +55,11 @@ RCPT_REFUSED = Counter("mailrouter_rcpt_refused_total", "RCPT commands refused, 
                        "unknown, moved, too_many, syntax (501, 500), malformed (553 5.1.3 path), "
                        "parameter (555), sequence (503: no HELO/MAIL), smtputf8 (553 5.6.7), "
                        "other; a loop is found after DATA: mailrouter_loops_total",
+                       ["reason"], registry=REGISTRY)
+MAIL_REFUSED = Counter("mailrouter_mail_refused_total", "MAIL FROM commands refused, by reason: "
+                       "syntax (501, 500), malformed (553 5.1.3 path), parameter (555), "
+                       "sequence (503: no HELO, a MAIL inside a transaction), too_big (552: "
+                       "SIZE= over limits.max_message_size), smtputf8 (553 5.6.7), other",
                        ["reason"], registry=REGISTRY)
 # The slow end of both latency histograms reaches limits.process_timeout (300 s): a downstream
 # that does not answer holds a message for its timeout (30 s per wait) or until that cut, and
@@ -154,6 +160,11 @@ OUTBOX_ATTEMPTS = Counter("mailrouter_outbox_attempts_total",
 # a client hammering us with bad RCPTs showed nothing on the dashboard
 RCPT_REASONS = ("unknown", "moved", "too_many", "syntax", "malformed", "parameter", "sequence",
                 "smtputf8", "other")
+# Every reason of mailrouter_mail_refused_total, told apart by the reply (mail_refused): a
+# client sending bad MAIL FROMs (a size over the limit, a broken path) showed in no metric
+MAIL_REASONS = ("syntax", "malformed", "parameter", "sequence", "too_big", "smtputf8", "other")
+_MAIL_REFUSED = {b"501": "syntax", b"500": "syntax", b"553": "malformed", b"555": "parameter",
+                 b"503": "sequence", b"552": "too_big"}
 TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule",
                    "intents", "intents_full", "data_in_flight", "data_deadline", "data_timeout",
                    "shutdown")
@@ -179,6 +190,8 @@ for _r in ("ok", "tempfail", "permfail"):
     RECIPIENTS.labels(_r)
 for _r in RCPT_REASONS:
     RCPT_REFUSED.labels(_r)
+for _r in MAIL_REASONS:
+    MAIL_REFUSED.labels(_r)
 for _r in ("ok", "failed"):
     RELOADS.labels(_r)
 for _r in ("changed", "errors"):
@@ -318,6 +331,14 @@ def observe_decisions(decisions: Sequence[Decision]) -> None:
               d.owner or "-").inc()
         child(MAILBOX_DECISIONS, d.mailbox or "-", d.action.value).inc()
         child(RULE_DECISIONS, rule).inc()
+
+
+def mail_refused(reply: bytes) -> None:
+    """One MAIL FROM refused with `reply` (the bytes sent: code, enhanced code, text),
+    counted by its reason. The intake calls it for the first reply to a MAIL command when
+    that reply is a 4xx or 5xx other than 421 (a session closed is no refusal)."""
+    reason = "smtputf8" if reply[4:9] == b"5.6.7" else _MAIL_REFUSED.get(reply[:3], "other")
+    child(MAIL_REFUSED, reason).inc()
 
 
 def known_decisions(mailboxes: Iterable[str], rules: Iterable[str]) -> None:

@@ -22,13 +22,15 @@ from __future__ import annotations
 import binascii
 import email.message
 import re
+import urllib.parse
 from dataclasses import dataclass
 from email import errors, policy
 from email.header import Header
 from email.message import Message
 from email.parser import BytesHeaderParser
 
-__all__ = ["Leaf", "UNFOLDED", "decoded_payload", "leaves", "transfer_encoding", "unfold"]
+__all__ = ["Leaf", "UNFOLDED", "decoded_payload", "leaves", "location_name", "transfer_encoding",
+           "unfold"]
 
 _PIECE = 1 << 18                              # bytes decoded or checked at a time
 _MAX_DEPTH = 50                               # nested multiparts; deeper: the stdlib
@@ -175,6 +177,21 @@ def transfer_encoding(headers: Message) -> str:
     rules read the base64 text)."""
     value = str(headers.get("content-transfer-encoding", ""))
     return value.split(";", 1)[0].split("(", 1)[0].strip().lower()
+
+
+def location_name(headers: Message) -> str:
+    """The file name a part's Content-Location gives (RFC 2557: a URI, absolute or
+    relative): the last segment of its path, %-escapes decoded as UTF-8, '' when it has
+    none (`http://example.com/`). Apple Mail names the inline images and files of an HTML
+    message only so (`Content-Location: file:///Users/ivan/Desktop/Invoice%2042.pdf`, no
+    filename= nor name=): they were attachments without a name, which no `attachment:`
+    rule could match. For a name only when no filename= or name= gives one."""
+    value = headers.get("content-location")
+    if value is None:
+        return ""
+    text = unfold(str(value)).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    path = urllib.parse.urlsplit("".join(text.split())).path  # RFC 2557 4.3: spaces go
+    return urllib.parse.unquote(path.rpartition("/")[2], errors="replace")
 
 
 def _stdlib_decode(headers: Message, data: bytes) -> bytes:

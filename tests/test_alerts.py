@@ -371,7 +371,7 @@ async def test_every_panel_shows_the_mail_sent_in_a_real_prometheus(make_app, tm
     assert r[("Messages per second by result", "A")]["delivered"] > 0
     assert r[("Messages per second by result", "A")]["rejected"] > 0       # the loop, too big
     assert r[("Recipients per second by reply class", "A")]["permfail"] > 0
-    assert r[("RCPT refused by reason", "A")]["unknown"] > 0
+    assert r[("RCPT and MAIL FROM refused by reason", "A")]["unknown"] > 0
     assert r[("Loops refused by kind (per hour)", "A")]["hops"] > 0
     assert r[("Reply latency after DATA (p50, p99)", "A")][""] > 0
     assert r[("Deliveries by backend and result", "A")]["maildir ok"] > 0

@@ -247,6 +247,39 @@ def test_a_file_name_loses_the_directories_the_sender_left_in_it(given: str) -> 
     assert v.attachments == v._body.attachments
 
 
+APPLE_RELATED = (b"From: Ivan <ivan@client.example>\r\nSubject: scan\r\n"
+                 b"MIME-Version: 1.0 (Mac OS X Mail 16.0 \\(3731.500.231\\))\r\n"
+                 b"Content-Type: multipart/related; type=\"text/html\"; boundary=\"Apple-Mail=_B1\"\r\n"
+                 b"\r\n--Apple-Mail=_B1\r\nContent-Type: text/html; charset=us-ascii\r\n"
+                 b"Content-Location: http://client.example/page.html\r\n\r\n"
+                 b"<p>see <img src=\"cid:X1@apple\"></p>\r\n"
+                 b"--Apple-Mail=_B1\r\nContent-Transfer-Encoding: base64\r\n"
+                 b"Content-Location: {location}\r\n"
+                 b"Content-Type: application/pdf\r\nContent-Id: <X1@apple>\r\n\r\nJVBERi0xLjQK\r\n"
+                 b"--Apple-Mail=_B1--\r\n")
+
+
+@pytest.mark.parametrize("location, name", [
+    (b"file:///Users/ivan/Desktop/Invoice%2042.pdf", "Invoice 42.pdf"),
+    (b"file:///Users/ivan/%D0%A1%D1%87%D1%91%D1%82.pdf", "Счёт.pdf"),
+    (b"Invoice.pdf", "Invoice.pdf"),
+    (b"http://client.example/a/b/\r\n Invoice%201.pdf?x=1", "Invoice 1.pdf"),
+    (b"http://client.example/", ""),
+])
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["walk", "stdlib"])
+def test_a_file_named_only_by_content_location_has_that_name(location: bytes, name: str,
+                                                             eol: bytes) -> None:
+    """Apple Mail names the inline files of an HTML message only by Content-Location (RFC
+    2557), with no filename= nor name=: they were listed with the name '', so an
+    `attachment:` rule on `*invoice*` missed them. The last segment of its path is the
+    name (on the MIME walk and on the stdlib's parse, which takes LF-only mail); the HTML
+    part with a Content-Location stays the text, not an attachment."""
+    raw = APPLE_RELATED.replace(b"{location}", location).replace(b"\r\n", eol)
+    v = MessageView(raw)
+    assert v.attachments == [Attachment(name, "application/pdf", 9)]
+    assert "see" in v.body_text
+
+
 def test_raw_8bit_filename() -> None:
     """A raw cp1251 filename is guessed and the guess recorded."""
     v = view("raw8bit_filename.eml")
@@ -865,6 +898,40 @@ def test_scorer_on_short_russian_subjects() -> None:
     misses = {(s, enc) for s in RU_SUBJECTS for enc in ("koi8-r", "cp1251")
               if guess_decode(s.encode(enc))[0] != s}
     assert misses == KNOWN_MISSES
+
+
+UA_SUBJECTS = ["Рахунок за квітень", "Надсилаємо договір", "Прошу підтвердити отримання",
+               "Їхня пропозиція", "Ґрунтовки та фарби", "Звіт ІТ-відділу", "Єдиний податок",
+               "Оплата за ґанок", "Привіт", "Акт звірки"]
+
+
+@pytest.mark.parametrize("text", UA_SUBJECTS)
+def test_unlabelled_koi8_u_ukrainian_reads_as_koi8_u(text: str) -> None:
+    """Unlabelled Ukrainian in KOI8-U was guessed KOI8-R, whose bytes for і ї є ґ are box
+    signs («кв╕тень»): a rule on «квітень» missed. A subject, and a body (read whole and a
+    piece at a time), with one of those letters inside a word is KOI8-U."""
+    data = text.encode("koi8_u")
+    assert guess_decode(data) == (text, "koi8-u")
+    body = ((text + ". ") * 40 + "\n").encode("koi8_u") * 40
+    raw = (b"Subject: " + data + b"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+           b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body.replace(b"\n", b"\r\n"))
+    v = MessageView(raw)
+    assert (v.subject, v.body_charset) == (text, "koi8-u")
+    assert v.body_text.startswith(text + ". " + text)
+    assert inspect_bytes(body, None, CYRILLIC_BODY_CANDIDATES, size=1024).charset == "koi8-u"
+
+
+def test_koi8_r_russian_is_still_koi8_r_with_box_signs_among_it() -> None:
+    """Russian KOI8-R keeps KOI8-R: every RU_SUBJECTS one the scorer read as KOI8-R still
+    is, and so is a text with a table drawn in KOI8-R's box signs, those of the KOI8-U
+    letters among them (╓ ╖ ╕ ╜ next to lines and spaces, never inside a word)."""
+    for s in RU_SUBJECTS:
+        if (s, "koi8-r") not in KNOWN_MISSES:
+            assert guess_decode(s.encode("koi8-r")) == (s, "koi8-r"), s
+    table = ("Счёт за январь, итого по отделам:\n╓───────╖ ╔═══╕\n║ Отдел ║ ║ 5 ║\n"
+             "╙───────╜ ╚═══╛ ╢ ╤ ╥ ╫\nОплатите, пожалуйста, до пятницы.\n")
+    assert guess_decode(table.encode("koi8-r")) == (table, "koi8-r")
+    assert guess_decode("Счёт ЁЛКИ ёлка".encode("koi8-r"))[1] == "koi8-r"
 
 
 def test_header_block_and_hash() -> None:

@@ -99,6 +99,76 @@ async def test_rcpt_refused_before_the_handler_is_counted_by_reason(make_app):
     assert "@" not in "".join(re.findall(r"^mailrouter_rcpt_refused_total\{.*$", after, re.M))
 
 
+async def test_mail_from_refused_is_counted_by_reason(make_app):
+    """A MAIL FROM refused (a broken path, SIZE over the limit, a parameter we do not know,
+    before EHLO or inside a transaction, a non-ASCII sender without SMTPUTF8) counts in
+    mailrouter_mail_refused_total with a fixed reason: RCPT refusals were counted, MAIL
+    refusals in no metric. A MAIL taken, and a 421, count nothing."""
+    app = await make_app(limits={"max_errors": 100, "max_message_size": 1000})
+    port = app.bound["admin"][1]
+    _, before = await asyncio.to_thread(_get, port, "/metrics")
+    async with Wire(app.bound["smtp"][1]) as w:
+        assert (await w.line()).startswith("220")
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("503")   # no EHLO
+        await w.send(b"EHLO client.test\r\n")
+        await w.reply()
+        sent = {"malformed": ["MAIL FROM:<a b@outside.test>"],
+                "syntax": ["MAIL FROM:", "MAIL FROM a@outside.test", "MAIL FROM:<a\x01@x.test>",
+                           "MAIL FROM:<a@outside.test> SIZE=1 SIZE=2"],
+                "parameter": ["MAIL FROM:<a@outside.test> FOO=BAR"],
+                "too_big": ["MAIL FROM:<a@outside.test> SIZE=1001"],
+                "smtputf8": ["MAIL FROM:<\u00e9@outside.test>"]}
+        for lines in sent.values():
+            for line in lines:
+                assert (await w.cmd(line))[:1] == "5", line
+        await w.send(b"MAIL FROM:<a@outside.test>\n")          # bare LF: 500, not run
+        assert (await w.line()).startswith("500")
+        assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=1000")).startswith("250")
+        assert (await w.cmd("MAIL FROM:<b@outside.test>")).startswith("503")   # nested
+        assert (await w.cmd("RCPT TO:<nobody@example.com>")).startswith("550")
+        assert (await w.cmd("QUIT")).startswith("221")
+    _, after = await asyncio.to_thread(_get, port, "/metrics")
+
+    def grew(reason: str) -> float:
+        series = f'mailrouter_mail_refused_total{{reason="{reason}"}}'
+        return _value(after, series) - _value(before, series)
+    assert {r: grew(r) for r in ("malformed", "syntax", "parameter", "sequence", "too_big",
+                                 "smtputf8", "other")} == {
+        "malformed": 1, "syntax": 5, "parameter": 1, "sequence": 2, "too_big": 1,
+        "smtputf8": 1, "other": 0}
+
+
+async def test_an_accepted_mail_from_runs_through_no_extra_coroutine(make_app, monkeypatch):
+    """The MAIL refusal count costs an accepted MAIL no coroutine layer: its handler hook
+    runs one frame less deep than RCPT's, which alone has the layer of its pre-handler
+    count (a wrapper for MAIL as RCPT has would make them as deep)."""
+    import sys
+    from mailrouter.intake.handler import Handler
+
+    depths: dict[str, int] = {}
+
+    def depth() -> int:
+        f, n = sys._getframe(2), 0
+        while f is not None and f.f_code.co_name != "_handle_client":
+            f, n = f.f_back, n + 1
+        assert f is not None, "not run under the session's task"
+        return n
+
+    for verb in ("MAIL", "RCPT"):
+        original = getattr(Handler, f"handle_{verb}")
+
+        async def hook(self, *args, _verb=verb, _original=original):
+            depths[_verb] = depth()
+            return await _original(self, *args)
+        monkeypatch.setattr(Handler, f"handle_{verb}", hook)
+    app = await make_app()
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet()
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+    assert depths["MAIL"] == depths["RCPT"] - 1, depths
+
+
 async def test_healthz(make_app):
     """/healthz is 200 while serving."""
     app = await make_app()
@@ -110,6 +180,7 @@ async def test_healthz(make_app):
 
 FAMILIES = {
     "mailrouter_messages_total", "mailrouter_recipients_total", "mailrouter_rcpt_refused_total",
+    "mailrouter_mail_refused_total",
     "mailrouter_message_seconds", "mailrouter_sessions", "mailrouter_config_reloads_total",
     "mailrouter_config_last_reload_successful",
     "mailrouter_config_last_reload_success_timestamp_seconds", "mailrouter_ruleset_info",

@@ -665,3 +665,33 @@ async def test_a_transaction_is_decided_by_the_rules_its_rcpt_was_answered_by(ma
     assert (_routed_to(tmp_path, "finance", "A"), _routed_to(tmp_path, "support", "B")) == (1, 1)
     rows = await app.registry.recent(2)
     assert sorted(r["ruleset_hash"] for r in rows) == sorted([old, new])
+
+
+def _wait_in_log(proc, text: str) -> str:
+    deadline = time.monotonic() + 60       # only a hung daemon fails it
+    while time.monotonic() < deadline and text not in proc.log.read_text():
+        time.sleep(0.05)
+    return proc.log.read_text()
+
+
+def test_lint_warnings_are_logged_at_start_and_at_a_reload(daemon_process, tmp_path):
+    """A rule set with warnings `mailrouter check` prints (two rules of one name, a rule on
+    an address the book refuses) went live without a word in the log, at a start and at a
+    reload. Each is logged as check prints it: file:line, what, the fix."""
+    d = routing_dir(tmp_path)
+    twice = RULE.format(mailbox="finance", folder="A") + \
+        "  - name: ping\n    when: {subject: {contains: pong}}\n    then: {folder: B}\n"
+    (d / "ping.yaml").write_text(twice, encoding="utf-8")
+    proc = daemon_process(routing=str(d / "*.yaml"), extra="workers: 1\n")
+    named = "event=routing_warning hash="
+    dup = f"{d / 'ping.yaml'}:6: rule 'ping': the name is also used at {d / 'ping.yaml'}:3;"
+    log = _wait_in_log(proc, dup)
+    assert named in log and dup in log and "give this rule a name of its own" in log, log
+    (d / "ping.yaml").write_text(twice + "  - name: typo\n    when: {rcpt: sale@example.com}\n"
+                                 "    then: {folder: C}\n", encoding="utf-8")
+    assert _post_reload(proc.admin)["ok"] is True
+    typo = (f"{d / 'ping.yaml'}:9: rule 'typo': rcpt 'sale@example.com' is not an address of "
+            "the address book: mail to it is refused at RCPT and never reaches the rules; "
+            "did you mean 'sales@example.com'?")
+    log = _wait_in_log(proc, typo)
+    assert typo in log and log.count(dup) == 2, log

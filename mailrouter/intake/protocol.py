@@ -257,6 +257,7 @@ class Protocol(SMTP):
         self._bare_line_end = False    # the command line just read did not end in one CRLF
         self._param_twice: str | None = None   # MAIL/RCPT named this parameter twice
         self._rcpt_unasked = False     # a RCPT runs and the handler was not asked (yet)
+        self._mail_unanswered = False  # a MAIL runs: its one reply not pushed yet
         self.busy = False
         # 354 was said and no answer to this DATA is counted yet (metrics.observe_message):
         # a DATA phase we end with a 421 (data_deadline, data_timeout, shutdown_grace) is
@@ -305,6 +306,10 @@ class Protocol(SMTP):
         if self._rcpt_unasked and data[:1] in (b"4", b"5") and not data.startswith(b"421"):
             self._rcpt_unasked = False     # one reply per RCPT: counted once
             metrics.child(metrics.RCPT_REFUSED, _RCPT_REFUSED.get(data[:3], "other")).inc()
+        if self._mail_unanswered:          # the MAIL's one reply: a refusal is counted
+            self._mail_unanswered = False
+            if data[:1] in (b"4", b"5") and not data.startswith(b"421"):
+                metrics.mail_refused(data)
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
         if final and _TAKEN.search(data):
@@ -482,6 +487,8 @@ class Protocol(SMTP):
         async def run(arg: Any) -> None:
             if self._hung_up:
                 return
+            if name == "MAIL":   # push() counts its reply if a refusal (no coroutine layer)
+                self._mail_unanswered = True
             if name == "BDAT":       # its chunk follows: nothing after it is read as commands
                 await method(arg)
                 return

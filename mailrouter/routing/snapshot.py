@@ -51,6 +51,37 @@ class Snapshot:
     # (file, line) of each of `domains:` (as the book has it), for `check`'s warnings
     domain_where: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
+    def warnings(self, control: bool) -> list[str]:
+        """The lint warnings of these rules and this address book, each "FILE:LINE: ...:
+        what and the fix" (`control`: config.yaml has `control:`). `mailrouter check` prints
+        them (with its own of config.yaml and of the rule tests), and the daemon logs them
+        at start and at each reload (`event=routing_warning`), so a set with warnings does
+        not go live without a word. Pure, but not free (the shadowing lint): off the loop."""
+        from ..calendars import zone_warnings
+        from .folders import folder_warnings
+        from .lint import control_warnings
+        from .recipients import recipient_warnings
+        out = self.rules.lint() + folder_warnings(self.book, self.rules.rules)
+        out += recipient_warnings(self.book, self.rules.rules)
+        for d in self.book.without_postmaster():
+            file, line = self.domain_where.get(d, ("", 0))
+            at = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+            out.append(f"{at}domain {d}: RCPT TO:<postmaster@{d}> is refused, but RFC 5321 "
+                       f"4.5.1 requires every mail domain to take mail for postmaster; add "
+                       f"'postmaster@{d}: {self._postmaster_target()}' under aliases:")
+        out += control_warnings(self.rules.rules, control)
+        out += zone_warnings(self.rules.calendars)
+        return out
+
+    def _postmaster_target(self) -> str:
+        """What a missing postmaster@ could point at: another domain's postmaster, a mailbox
+        named postmaster, else a person or mailbox to choose."""
+        for d in sorted(self.book.domains):
+            if not self.book.resolve(f"postmaster@{d}").reply:
+                return f"postmaster@{d}"
+        return ("mailbox:postmaster" if "postmaster" in self.book.mailboxes
+                else "<a person or mailbox:NAME>")
+
     def check_rcpt(self, address: str) -> Resolution:
         """Resolution of one RCPT; `.reply` is set when the address is refused."""
         return self.book.resolve(address)
