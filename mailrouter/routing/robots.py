@@ -13,7 +13,9 @@ matching, and the whole local part is matched too.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "robot_pattern", "robot_sender"]
 
@@ -44,8 +46,19 @@ def robot_pattern(address: str, patterns: Sequence[str]) -> str | None:
     local = address.rpartition("@")[0] if "@" in address else address
     if not local:
         return None
-    return next((p for p in patterns for part in {local, local.split("+", 1)[0]}
+    parts = {local, local.split("+", 1)[0]}
+    if not any(map(_any_of(tuple(patterns)), parts)):    # a person's: one match per part
+        return None
+    return next((p for p in patterns for part in parts
                  if fnmatch.fnmatchcase(part, p.lower())), None)
+
+
+@lru_cache(maxsize=8)
+def _any_of(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """One regex for all the globs (fnmatch.translate): a person's address, the common
+    case, is told by one match instead of one fnmatchcase per glob (15 us a message for
+    the rules' `robot: true` and Control's plan, each)."""
+    return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns)).fullmatch
 
 
 def robot_sender(addresses: Iterable[tuple[str, str]],
