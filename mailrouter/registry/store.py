@@ -40,6 +40,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -150,13 +151,54 @@ def registry_advice(exc: BaseException, db: str = "") -> str:
     hint = sqlite_hint(text, db)
     if hint:
         return hint
+    state = _sqlstate(inner)
     if "no such table" in text or "no such column" in text or type(inner).__name__ in (
-            "UndefinedTableError", "UndefinedColumnError"):
+            "UndefinedTableError", "UndefinedColumnError") or state in ("42P01", "42703"):
         return ("its schema is missing or not this version's: run `mailrouter db upgrade` "
                 "with the daemon's config")
-    if isinstance(inner, OSError):       # refused, no such host, timed out: PostgreSQL
+    newer = _UNKNOWN_REVISION.search(text)
+    if newer:
+        # an instance of a newer release migrated the shared registry: "check registry.url"
+        # (all the start said) sent the admin looking at a URL that was right
+        return (f"its schema is at revision {newer.group(1)}, newer than this mailrouter "
+                f"knows (up to {head_revision()}): an instance of a newer release migrated "
+                "it; install that release here too (docs/install.md, Upgrading)")
+    if state == "53300":
+        return ("PostgreSQL has no free connection (max_connections reached): end idle "
+                "sessions (pg_stat_activity) or raise max_connections; each mailrouter "
+                "process keeps up to 15")
+    if state in ("57P03", "57P01"):
+        return ("PostgreSQL is starting up, shutting down or in recovery; messages get 451 "
+                "until it accepts connections")
+    if isinstance(inner, TimeoutError) or type(inner).__name__ == "TimeoutError":
+        # an OSError too: "not running, or a wrong host or port" for a server that is
+        # running at the right address and does not answer
+        return ("the database server did not answer within registry.timeout: it is "
+                "overloaded or paused, the network drops packets, or another session holds "
+                "a lock (pg_stat_activity names it)")
+    if isinstance(inner, OSError):       # refused, no such host: PostgreSQL
         return "the database server cannot be reached (not running, or a wrong host or port)"
     return ""
+
+
+# Alembic's words for a database at a revision none of our scripts has
+_UNKNOWN_REVISION = re.compile(r"Can't locate revision identified by '([^']+)'")
+
+
+def head_revision() -> str:
+    """The newest schema revision this release has (its migration scripts' numbers)."""
+    found = sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    return found[-1] if found else "none"
+
+
+def _sqlstate(inner: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a driver error (asyncpg's own, or SQLAlchemy's adapter of
+    it), else None."""
+    for e in (inner, inner.__cause__):
+        state = getattr(e, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
 
 
 def sqlite_missing(url: str | URL) -> bool:
