@@ -305,6 +305,28 @@ async def test_a_postgresql_outage_names_the_registry_in_the_log(caplog):
     assert "secret" not in caplog.text
 
 
+async def test_the_end_of_a_postgresql_outage_is_one_log_line(make_app, cluster, caplog):
+    """PostgreSQL stopped under a running instance, then started again: the instance takes
+    mail again by itself, and its log says so once (`event=registry_recovered`, how long
+    and how many calls failed). Before, each failure had its line and the end had none: the
+    log's last registry lines were errors long after the registry was back."""
+    app = await make_app(registry=RegistryConfig(cluster.url, timeout=5.0))
+    port = app.bound["smtp"][1]
+    assert (await send(port, mail("before")))[0].startswith("250 2.0.0")
+    await asyncio.to_thread(cluster.stop)
+    assert (await send(port, mail("during")))[0].startswith("451")
+    assert "event=registry_recovered" not in caplog.text
+    await asyncio.to_thread(cluster.start)
+    assert (await send(port, mail("after")))[0].startswith("250 2.0.0")
+    assert (await send(port, mail("after-2")))[0].startswith("250 2.0.0")
+    back = [r.getMessage() for r in caplog.records if "event=registry_recovered" in r.getMessage()]
+    assert len(back) == 1, back
+    assert f"registry={cluster.url}" in back[0] and "failed_calls=" in back[0], back[0]
+    assert int(back[0].split("failed_calls=")[1].split(":")[0]) >= 1, back[0]
+    app.request_stop()
+    await app.wait_stopped()
+
+
 async def test_two_instances_recording_the_same_messages_in_other_orders_never_deadlock(
         pg_db):
     """Two instances on one PostgreSQL registry each record one group commit holding the

@@ -650,6 +650,8 @@ class Registry:
         self._where = registry_location(engine.url)
         self._writable: str | None = None          # a SQLite file every connection must write
         self._reopening = asyncio.Lock()           # a reader and the writer may both find it
+        self._down_since: float | None = None     # monotonic time of the first failure of an outage
+        self._down_calls = 0                       # calls failed since
 
     @classmethod
     async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
@@ -739,6 +741,32 @@ class Registry:
         return self._sync or self._engine.sync_engine
 
     async def _run(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
+        """`_run_reopening`, noting an outage and, once a call gets through again, its end
+        (`_recovered`)."""
+        try:
+            result = await self._run_reopening(fn, write, lazy)
+        except Exception as exc:
+            if _is_outage(exc):
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._down_calls += 1
+            raise
+        if self._down_since is not None:
+            self._recovered()
+        return result
+
+    def _recovered(self) -> None:
+        """One line when the registry answers again after an outage. Each failure had its
+        `registry_error` line, and the end had none: after PostgreSQL came back the log
+        (the last lines: errors) read as if the registry were still down."""
+        assert self._down_since is not None
+        log.warning("event=registry_recovered registry=%s down_for=%.1fs failed_calls=%d: "
+                    "messages are recorded again", self._db,
+                    time.monotonic() - self._down_since, self._down_calls)
+        self._down_since, self._down_calls = None, 0
+
+    async def _run_reopening(self, fn: Callable[[Connection], T], write: bool,
+                             lazy: bool = False) -> T:
         """`_run_once`, again after reopening a SQLite file deleted or replaced under us
         (_SqliteFile): every read, write and /readyz ping meets it, not only the group
         commit (a ping that met it before anything else said 'unreachable' until a message
