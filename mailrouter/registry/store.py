@@ -231,12 +231,22 @@ def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEn
 #   autoreply bucket) waits its registry timeout and answers 451 for its whole batch,
 #   at every retry. No transaction of ours is idle for longer than the registry timeout
 #   (every await runs under it), so the server ends one that is; a shorter setting is kept.
+# - default_transaction_isolation: read committed, which the writes are made for (each
+#   statement sees what committed before it began: a record waiting for a sibling's lock
+#   on the same message row, or for the requests lock, control/store.py _one_at_a_time, then
+#   sees and updates what the sibling wrote). A database or role set to `repeatable read`
+#   or `serializable` (a DBA's default for reports) made every such wait end in "could not
+#   serialize access due to concurrent update": 451 for the whole batch, at every MTA retry
+#   that met another instance's write; with two instances a third of the attempts failed.
 _SESSION = """SELECT set_config('synchronous_commit', 'on', false)
     WHERE current_setting('synchronous_commit') = 'off'
 UNION ALL
 SELECT set_config('idle_in_transaction_session_timeout', '{ms}', false)
     WHERE current_setting('idle_in_transaction_session_timeout')::interval
-          NOT BETWEEN '1 ms' AND '{ms} ms'"""
+          NOT BETWEEN '1 ms' AND '{ms} ms'
+UNION ALL
+SELECT set_config('default_transaction_isolation', 'read committed', false)
+    WHERE current_setting('default_transaction_isolation') <> 'read committed'"""
 
 
 def _pg_session(timeout: float) -> Callable[[Any, Any], None]:
