@@ -349,25 +349,72 @@ def _jsonable(record: Any) -> dict[str, Any]:
     return out
 
 
+# One answer check at a time per sender and responder (pg_advisory_xact_lock(key, hash)):
+# "mrAR"
+_ANSWER_LOCK = 0x6D724152
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An autoreply of a batch whose record looks for an earlier answer (_answered_elsewhere)."""
+
+    dedupe: str
+    sender: str
+    responder: str
+    bucket: int
+    period: float
+
+
 def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
-        list[dict[str, Any]], list[dict[str, Any]]]:
-    """Outbox rows and autoreply-log rows of a batch, each key once (PostgreSQL refuses
-    a key twice in one ON CONFLICT statement only for DO UPDATE, but once is enough)."""
+        list[dict[str, Any]], dict[str, dict[str, Any]], list[_Answer]]:
+    """Outbox rows, autoreply-log rows (by dedupe key) and the answers to look again at, of
+    a batch, each key once (PostgreSQL refuses a key twice in one ON CONFLICT statement
+    only for DO UPDATE, but once is enough), and one answer per sender and responder: two
+    messages of one sender planned either side of a period bucket's end carry two keys."""
     sends: dict[str, dict[str, Any]] = {}
     logs: dict[str, dict[str, Any]] = {}
+    answers: dict[tuple[str, str], _Answer] = {}
     for p in batch:
         for o in p.outgoing:
             if o.dedupe in sends:
                 continue
+            if o.responder is not None and o.sender is not None and o.bucket is not None:
+                if o.period > 0:
+                    if (o.sender, o.responder) in answers:
+                        continue
+                    answers[(o.sender, o.responder)] = _Answer(o.dedupe, o.sender, o.responder,
+                                                               o.bucket, o.period)
+                logs[o.dedupe] = {"sender": o.sender, "responder": o.responder,
+                                  "bucket": o.bucket, "message_key": p.message.key,
+                                  "sent_at": now}
             sends[o.dedupe] = {"dedupe": o.dedupe, "kind": o.kind, "message_key": p.message.key,
                                "mail_from": o.mail_from, "rcpt": o.rcpt, "raw": o.raw,
                                "state": "queued", "attempts": 0, "created_at": now,
                                "next_try": now, "sent_at": None, "last_error": ""}
-            if o.responder is not None and o.sender is not None and o.bucket is not None:
-                logs[o.dedupe] = {"sender": o.sender, "responder": o.responder,
-                                  "bucket": o.bucket, "message_key": p.message.key,
-                                  "sent_at": now}
-    return list(sends.values()), list(logs.values())
+    return list(sends.values()), logs, sorted(answers.values(),
+                                              key=lambda a: (a.sender, a.responder))
+
+
+def _answered_elsewhere(conn: Connection, answers: Sequence[_Answer], now: datetime) -> set[str]:
+    """The dedupe keys of `answers` whose sender the responder answered within its period
+    under another bucket's key, as committed by now (another instance or worker, whose
+    history read came before this answer was recorded). On PostgreSQL each sender and
+    responder is locked first (in sorted order), so of two such records the second waits
+    for the first's commit and, read committed, sees it."""
+    found: set[str] = set()
+    pg = conn.dialect.name == "postgresql"
+    for a in answers:
+        if pg:
+            conn.execute(select(func.pg_advisory_xact_lock(
+                _ANSWER_LOCK, func.hashtext(a.sender + "\n" + a.responder))))
+        if conn.execute(select(autoreply_log.c.id).where(
+                autoreply_log.c.sender == a.sender, autoreply_log.c.responder == a.responder,
+                autoreply_log.c.bucket != a.bucket,
+                autoreply_log.c.sent_at > now - timedelta(seconds=a.period)).limit(1)).first():
+            found.add(a.dedupe)
+            log.info("event=autoreply_not_sent responder=%s reason='answered within its "
+                     "period by another process'", a.responder)
+    return found
 
 
 def _by_key(item: _Pending) -> str:
@@ -1185,9 +1232,8 @@ class Registry:
         now, dialect = _now(), self._dialect
         rounds = [tuple(zip(*(p.rows(now) for p in sorted(round_, key=_by_key))))
                   for round_ in _rounds(batch)]
-        sends, logs = _outgoing_rows(batch, now)
+        sends, logs, answers = _outgoing_rows(batch, now)
         sends.sort(key=lambda r: r["dedupe"])
-        logs.sort(key=lambda r: (r["sender"], r["responder"], r["bucket"]))
         fast = self._fast
 
         def write(conn: Connection) -> None:
@@ -1209,9 +1255,14 @@ class Registry:
                 if p.after is not None:
                     p.after(conn)
             # The outbox: ON CONFLICT DO NOTHING on the dedupe key (and on sender, responder,
-            # period bucket in the log): a retried message or a sibling instance adds nothing.
-            for stmt, params in ((autoreply_log_insert(dialect), logs),
-                                 (outbox_insert(dialect), sends)):
+            # period bucket in the log): a retried message or a sibling instance adds nothing;
+            # an answer given meanwhile under the previous bucket's key drops this one.
+            drop = _answered_elsewhere(conn, answers, now) if answers else set()
+            logged = sorted((r for k, r in logs.items() if k not in drop),
+                            key=lambda r: (r["sender"], r["responder"], r["bucket"]))
+            for stmt, params in ((autoreply_log_insert(dialect), logged),
+                                 (outbox_insert(dialect),
+                                  [r for r in sends if r["dedupe"] not in drop])):
                 if params:
                     conn.execute(stmt, params)
         await self._run(write, write=True)
