@@ -1492,8 +1492,40 @@ async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_alembic_upgrade)
+            await conn.run_sync(_fill_folds)
     finally:
         await engine.dispose()
+
+
+_FOLD_BATCH = 5000
+
+
+def _fill_folds(conn: Connection) -> None:
+    """Fold the senders of messages recorded without them (from_fold, mail_from_fold NULL),
+    at each start that migrates, in the migration's transaction (and its lock).
+
+    Why: every message this release records has both (models.py). A release older than
+    revision 0012 still running beside a newer one on the shared PostgreSQL registry (an
+    upgrade made one instance at a time, though docs/install.md says to stop them all)
+    went on writing messages without them, and `registry search --from`, `registry
+    history` and the web view's sender pages never found those messages: the revision's
+    backfill had run before they came. The next start of any instance of this release
+    folds them. None to fold: one look at the messages (no index serves NULL: a scan)."""
+    fold = (messages.c.from_fold.is_(None)) | (messages.c.mail_from_fold.is_(None))
+    while True:
+        rows = conn.execute(select(messages.c.key, messages.c.from_addr, messages.c.mail_from)
+                            .where(fold).limit(_FOLD_BATCH)).all()
+        if not rows:
+            return
+        conn.execute(messages.update().where(messages.c.key == bindparam("k")).values(
+            from_fold=bindparam("f"), mail_from_fold=bindparam("m")),
+            [{"k": k, "f": fold_address(f or ""), "m": fold_address(m or "")}
+             for k, f, m in rows])
+        log.warning("event=registry_folds_filled count=%d: messages recorded without their "
+                    "folded senders (by a release older than this one's registry schema) "
+                    "are found by sender again", len(rows))
+        if len(rows) < _FOLD_BATCH:
+            return
 
 
 def _alembic_upgrade(connection: Connection, revision: str = "head") -> None:
