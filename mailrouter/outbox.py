@@ -151,7 +151,8 @@ class Outgoing:
         sender, bucket = sender_key(mail_from), period_bucket(now, responder.period)
         envelope = "" if self.policy.envelope_from == "<>" else self.policy.envelope_from
         return OutboxRecord(f"autoreply:{responder.name}:{sender}:{bucket}", "autoreply",
-                            envelope, to, raw, responder.name, sender, bucket)
+                            envelope, to, raw, responder.name, sender, bucket,
+                            responder.period.total_seconds())
 
     def _dsn(self, protocol: str, mail_from: str, view: MessageView,
              decisions: Sequence[Decision], replies: Sequence[Reply], key: str,

@@ -486,3 +486,54 @@ async def test_a_slow_relay_gets_each_row_once_from_two_instances(make_app: Any,
     got = sorted(r for env in sink.envelopes for r in env.rcpt_tos)
     assert got == sorted(senders)
     assert {r["state"] for r in await rows(a)} == {"sent"}
+
+
+def _answer(at: Any, period: Any) -> Any:
+    """The autoreply row Outgoing.plan makes for ann@ at `at` (responder `moved`)."""
+    from mailrouter.autoreply import period_bucket
+    from mailrouter.registry.models import OutboxRecord
+    bucket = period_bucket(at, period)
+    return OutboxRecord(f"autoreply:moved:ann@client.example:{bucket}", "autoreply", "",
+                        "ann@client.example", b"Subject: Auto\r\n\r\nMoved\r\n", "moved",
+                        "ann@client.example", bucket, period=period.total_seconds())
+
+
+async def test_answers_either_side_of_a_period_boundary_are_one(registry_url: str) -> None:
+    """Two messages of one sender to one responder, planned either side of the boundary of
+    its period's buckets (the period is a span, the unique key of autoreply_log a bucket of
+    it: 7d buckets turn at Thursday 00:00 UTC) while neither was recorded yet (two instances,
+    two workers, or two sessions of one process, each reading the history before the other
+    committed): both answers went out, seconds apart, against "one answer per sender per
+    period". The record's transaction looks again, under a lock per sender and responder
+    on PostgreSQL: one answer, at two instances and inside one group commit alike."""
+    from datetime import UTC, datetime, timedelta
+
+    from mailrouter.registry import Registry
+    from tests.test_registry import message
+    period = timedelta(days=7)
+    span = int(period.total_seconds())
+    edge = datetime.fromtimestamp((int(datetime.now(UTC).timestamp()) // span + 1) * span, UTC)
+    before, after = edge - timedelta(milliseconds=5), edge + timedelta(milliseconds=5)
+    a, b = await Registry.open(registry_url), await Registry.open(registry_url)
+    try:
+        await asyncio.gather(      # two instances
+            a.record(message("1" * 64), [], [], outgoing=[_answer(before, period)]),
+            b.record(message("2" * 64), [], [], outgoing=[_answer(after, period)]))
+        assert [r["kind"] for r in await a.outbox_list()] == ["autoreply"]
+        await a.record(message("3" * 64), [], [],     # later, the next bucket: answered already
+                       outgoing=[_answer(edge + timedelta(days=1), period)])
+        assert len(await a.outbox_list()) == 1
+        other = dataclasses.replace(_answer(before, period), sender="bob@client.example",
+                                    rcpt="bob@client.example",
+                                    dedupe=_answer(before, period).dedupe.replace("ann", "bob"))
+        later = dataclasses.replace(_answer(after, period), sender="bob@client.example",
+                                    rcpt="bob@client.example",
+                                    dedupe=_answer(after, period).dedupe.replace("ann", "bob"))
+        await asyncio.gather(      # one process, both in one group commit
+            a.record(message("4" * 64), [], [], outgoing=[other]),
+            a.record(message("5" * 64), [], [], outgoing=[later]))
+        assert sorted(r["rcpt"] for r in await a.outbox_list()) == ["ann@client.example",
+                                                                  "bob@client.example"]
+    finally:
+        await a.close()
+        await b.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import smtplib
 
 import pytest
@@ -140,3 +141,79 @@ async def test_an_instance_starting_while_another_migrates_waits_for_it(pg_db, c
         await registry.close()
     finally:
         await first.close()
+
+
+async def test_a_registry_migrated_by_a_newer_release_is_named_at_start(daemon_process, pg_db):
+    """Two instances share one registry and a newer release on one migrated it (the README's
+    scale-out; an upgrade done one instance at a time): an instance of this release then
+    refused to start saying "registry open failed (CommandError: Can't locate revision
+    identified by '0013'); check registry.url", and the URL was right. The start names the
+    revisions and the fix (install the newer release here too)."""
+    from mailrouter.registry import upgrade
+    from mailrouter.registry.store import head_revision
+    await upgrade(pg_db)
+    ours = head_revision()
+    newer = f"{int(ours) + 1:04d}"
+    import asyncpg  # type: ignore[import-untyped]
+    conn = await asyncpg.connect(_dsn(pg_db), timeout=30)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = $1", newer)
+    finally:
+        await conn.close()
+    d = daemon_process()               # write the config once to learn the ports, then swap URL
+    d.stop()
+    text = d.config.read_text().splitlines()
+    d.config.write_text("\n".join(f"registry: {{url: '{pg_db}', timeout: 5}}"
+                                  if l.startswith("registry:") else l for l in text) + "\n")
+    d.start_refused("a start on a registry a newer release migrated")
+    failed = [line for line in d.log.read_text().splitlines() if "event=start_failed" in line]
+    assert len(failed) == 1, d.log.read_text()
+    assert (f"its schema is at revision {newer}, newer than this mailrouter knows (up to "
+            f"{ours}): an instance of a newer release migrated it; install that release here "
+            "too") in failed[0], failed[0]
+    assert "Traceback" not in d.log.read_text()
+
+
+async def test_postgresql_out_of_connections_or_paused_is_said_as_such(private_pg):
+    """An instance opening the shared registry while PostgreSQL has no free connection (the
+    other instances hold them all) or while it does not answer (paused, overloaded): the
+    start said "check registry.url", or for the pause "the database server cannot be
+    reached (not running, or a wrong host or port)", of a server running at that URL.
+    Each now names its cause: max_connections; no answer within registry.timeout."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from mailrouter.errors import RegistryError
+    from mailrouter.registry import Registry, upgrade
+    from mailrouter.registry.store import registry_advice
+    url = private_pg.url
+    admin = await asyncpg.connect(_dsn(url), timeout=30)
+    try:
+        await admin.execute("ALTER SYSTEM SET max_connections = 8")
+    finally:
+        await admin.close()
+    await asyncio.to_thread(private_pg.stop)
+    await asyncio.to_thread(private_pg.start)
+    await upgrade(url)
+    held = []
+    try:
+        while len(held) < 20:       # every slot, the superusers' reserved ones too
+            try:
+                held.append(await asyncpg.connect(_dsn(url), timeout=30))
+            except asyncpg.TooManyConnectionsError:
+                break
+        with pytest.raises(RegistryError) as full:
+            await Registry.open(url, timeout=5, create=False)
+    finally:
+        for conn in held:
+            await conn.close()
+    assert "max_connections reached" in registry_advice(full.value), full.value
+    with socket.socket() as silent:          # accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        paused_url = make_url(url).set(port=silent.getsockname()[1])
+        with pytest.raises(RegistryError) as paused:
+            await Registry.open(paused_url.render_as_string(hide_password=False), timeout=1,
+                                create=False)
+    advice = registry_advice(paused.value)
+    assert advice.startswith("the database server did not answer within registry.timeout"), \
+        (paused.value, advice)

@@ -294,6 +294,8 @@ class OutboxRecord:
     responder: str | None = None
     sender: str | None = None   # canonical (lower-case) sender, for the autoreply log
     bucket: int | None = None   # outbox.period_bucket of the answer
+    period: float = 0.0         # the responder's period in seconds: the record looks for
+                                # an answer within it in another bucket (store.py)
 
 
 outbox = Table(

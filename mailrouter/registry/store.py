@@ -40,6 +40,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -150,13 +151,54 @@ def registry_advice(exc: BaseException, db: str = "") -> str:
     hint = sqlite_hint(text, db)
     if hint:
         return hint
+    state = _sqlstate(inner)
     if "no such table" in text or "no such column" in text or type(inner).__name__ in (
-            "UndefinedTableError", "UndefinedColumnError"):
+            "UndefinedTableError", "UndefinedColumnError") or state in ("42P01", "42703"):
         return ("its schema is missing or not this version's: run `mailrouter db upgrade` "
                 "with the daemon's config")
-    if isinstance(inner, OSError):       # refused, no such host, timed out: PostgreSQL
+    newer = _UNKNOWN_REVISION.search(text)
+    if newer:
+        # an instance of a newer release migrated the shared registry: "check registry.url"
+        # (all the start said) sent the admin looking at a URL that was right
+        return (f"its schema is at revision {newer.group(1)}, newer than this mailrouter "
+                f"knows (up to {head_revision()}): an instance of a newer release migrated "
+                "it; install that release here too (docs/install.md, Upgrading)")
+    if state == "53300":
+        return ("PostgreSQL has no free connection (max_connections reached): end idle "
+                "sessions (pg_stat_activity) or raise max_connections; each mailrouter "
+                "process keeps up to 15")
+    if state in ("57P03", "57P01"):
+        return ("PostgreSQL is starting up, shutting down or in recovery; messages get 451 "
+                "until it accepts connections")
+    if isinstance(inner, TimeoutError) or type(inner).__name__ == "TimeoutError":
+        # an OSError too: "not running, or a wrong host or port" for a server that is
+        # running at the right address and does not answer
+        return ("the database server did not answer within registry.timeout: it is "
+                "overloaded or paused, the network drops packets, or another session holds "
+                "a lock (pg_stat_activity names it)")
+    if isinstance(inner, OSError):       # refused, no such host: PostgreSQL
         return "the database server cannot be reached (not running, or a wrong host or port)"
     return ""
+
+
+# Alembic's words for a database at a revision none of our scripts has
+_UNKNOWN_REVISION = re.compile(r"Can't locate revision identified by '([^']+)'")
+
+
+def head_revision() -> str:
+    """The newest schema revision this release has (its migration scripts' numbers)."""
+    found = sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    return found[-1] if found else "none"
+
+
+def _sqlstate(inner: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a driver error (asyncpg's own, or SQLAlchemy's adapter of
+    it), else None."""
+    for e in (inner, inner.__cause__):
+        state = getattr(e, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
 
 
 def sqlite_missing(url: str | URL) -> bool:
@@ -189,12 +231,22 @@ def _make_engine(url: URL, timeout: float, synchronous: str = "FULL") -> AsyncEn
 #   autoreply bucket) waits its registry timeout and answers 451 for its whole batch,
 #   at every retry. No transaction of ours is idle for longer than the registry timeout
 #   (every await runs under it), so the server ends one that is; a shorter setting is kept.
+# - default_transaction_isolation: read committed, which the writes are made for (each
+#   statement sees what committed before it began: a record waiting for a sibling's lock
+#   on the same message row, or for the requests lock, control/store.py _one_at_a_time, then
+#   sees and updates what the sibling wrote). A database or role set to `repeatable read`
+#   or `serializable` (a DBA's default for reports) made every such wait end in "could not
+#   serialize access due to concurrent update": 451 for the whole batch, at every MTA retry
+#   that met another instance's write; with two instances a third of the attempts failed.
 _SESSION = """SELECT set_config('synchronous_commit', 'on', false)
     WHERE current_setting('synchronous_commit') = 'off'
 UNION ALL
 SELECT set_config('idle_in_transaction_session_timeout', '{ms}', false)
     WHERE current_setting('idle_in_transaction_session_timeout')::interval
-          NOT BETWEEN '1 ms' AND '{ms} ms'"""
+          NOT BETWEEN '1 ms' AND '{ms} ms'
+UNION ALL
+SELECT set_config('default_transaction_isolation', 'read committed', false)
+    WHERE current_setting('default_transaction_isolation') <> 'read committed'"""
 
 
 def _pg_session(timeout: float) -> Callable[[Any, Any], None]:
@@ -297,25 +349,72 @@ def _jsonable(record: Any) -> dict[str, Any]:
     return out
 
 
+# One answer check at a time per sender and responder (pg_advisory_xact_lock(key, hash)):
+# "mrAR"
+_ANSWER_LOCK = 0x6D724152
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An autoreply of a batch whose record looks for an earlier answer (_answered_elsewhere)."""
+
+    dedupe: str
+    sender: str
+    responder: str
+    bucket: int
+    period: float
+
+
 def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
-        list[dict[str, Any]], list[dict[str, Any]]]:
-    """Outbox rows and autoreply-log rows of a batch, each key once (PostgreSQL refuses
-    a key twice in one ON CONFLICT statement only for DO UPDATE, but once is enough)."""
+        list[dict[str, Any]], dict[str, dict[str, Any]], list[_Answer]]:
+    """Outbox rows, autoreply-log rows (by dedupe key) and the answers to look again at, of
+    a batch, each key once (PostgreSQL refuses a key twice in one ON CONFLICT statement
+    only for DO UPDATE, but once is enough), and one answer per sender and responder: two
+    messages of one sender planned either side of a period bucket's end carry two keys."""
     sends: dict[str, dict[str, Any]] = {}
     logs: dict[str, dict[str, Any]] = {}
+    answers: dict[tuple[str, str], _Answer] = {}
     for p in batch:
         for o in p.outgoing:
             if o.dedupe in sends:
                 continue
+            if o.responder is not None and o.sender is not None and o.bucket is not None:
+                if o.period > 0:
+                    if (o.sender, o.responder) in answers:
+                        continue
+                    answers[(o.sender, o.responder)] = _Answer(o.dedupe, o.sender, o.responder,
+                                                               o.bucket, o.period)
+                logs[o.dedupe] = {"sender": o.sender, "responder": o.responder,
+                                  "bucket": o.bucket, "message_key": p.message.key,
+                                  "sent_at": now}
             sends[o.dedupe] = {"dedupe": o.dedupe, "kind": o.kind, "message_key": p.message.key,
                                "mail_from": o.mail_from, "rcpt": o.rcpt, "raw": o.raw,
                                "state": "queued", "attempts": 0, "created_at": now,
                                "next_try": now, "sent_at": None, "last_error": ""}
-            if o.responder is not None and o.sender is not None and o.bucket is not None:
-                logs[o.dedupe] = {"sender": o.sender, "responder": o.responder,
-                                  "bucket": o.bucket, "message_key": p.message.key,
-                                  "sent_at": now}
-    return list(sends.values()), list(logs.values())
+    return list(sends.values()), logs, sorted(answers.values(),
+                                              key=lambda a: (a.sender, a.responder))
+
+
+def _answered_elsewhere(conn: Connection, answers: Sequence[_Answer], now: datetime) -> set[str]:
+    """The dedupe keys of `answers` whose sender the responder answered within its period
+    under another bucket's key, as committed by now (another instance or worker, whose
+    history read came before this answer was recorded). On PostgreSQL each sender and
+    responder is locked first (in sorted order), so of two such records the second waits
+    for the first's commit and, read committed, sees it."""
+    found: set[str] = set()
+    pg = conn.dialect.name == "postgresql"
+    for a in answers:
+        if pg:
+            conn.execute(select(func.pg_advisory_xact_lock(
+                _ANSWER_LOCK, func.hashtext(a.sender + "\n" + a.responder))))
+        if conn.execute(select(autoreply_log.c.id).where(
+                autoreply_log.c.sender == a.sender, autoreply_log.c.responder == a.responder,
+                autoreply_log.c.bucket != a.bucket,
+                autoreply_log.c.sent_at > now - timedelta(seconds=a.period)).limit(1)).first():
+            found.add(a.dedupe)
+            log.info("event=autoreply_not_sent responder=%s reason='answered within its "
+                     "period by another process'", a.responder)
+    return found
 
 
 def _by_key(item: _Pending) -> str:
@@ -608,6 +707,8 @@ class Registry:
         self._where = registry_location(engine.url)
         self._writable: str | None = None          # a SQLite file every connection must write
         self._reopening = asyncio.Lock()           # a reader and the writer may both find it
+        self._down_since: float | None = None     # monotonic time of the first failure of an outage
+        self._down_calls = 0                       # calls failed since
 
     @classmethod
     async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
@@ -697,6 +798,32 @@ class Registry:
         return self._sync or self._engine.sync_engine
 
     async def _run(self, fn: Callable[[Connection], T], write: bool, lazy: bool = False) -> T:
+        """`_run_reopening`, noting an outage and, once a call gets through again, its end
+        (`_recovered`)."""
+        try:
+            result = await self._run_reopening(fn, write, lazy)
+        except Exception as exc:
+            if _is_outage(exc):
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._down_calls += 1
+            raise
+        if self._down_since is not None:
+            self._recovered()
+        return result
+
+    def _recovered(self) -> None:
+        """One line when the registry answers again after an outage. Each failure had its
+        `registry_error` line, and the end had none: after PostgreSQL came back the log
+        (the last lines: errors) read as if the registry were still down."""
+        assert self._down_since is not None
+        log.warning("event=registry_recovered registry=%s down_for=%.1fs failed_calls=%d: "
+                    "messages are recorded again", self._db,
+                    time.monotonic() - self._down_since, self._down_calls)
+        self._down_since, self._down_calls = None, 0
+
+    async def _run_reopening(self, fn: Callable[[Connection], T], write: bool,
+                             lazy: bool = False) -> T:
         """`_run_once`, again after reopening a SQLite file deleted or replaced under us
         (_SqliteFile): every read, write and /readyz ping meets it, not only the group
         commit (a ping that met it before anything else said 'unreachable' until a message
@@ -1105,9 +1232,8 @@ class Registry:
         now, dialect = _now(), self._dialect
         rounds = [tuple(zip(*(p.rows(now) for p in sorted(round_, key=_by_key))))
                   for round_ in _rounds(batch)]
-        sends, logs = _outgoing_rows(batch, now)
+        sends, logs, answers = _outgoing_rows(batch, now)
         sends.sort(key=lambda r: r["dedupe"])
-        logs.sort(key=lambda r: (r["sender"], r["responder"], r["bucket"]))
         fast = self._fast
 
         def write(conn: Connection) -> None:
@@ -1129,9 +1255,14 @@ class Registry:
                 if p.after is not None:
                     p.after(conn)
             # The outbox: ON CONFLICT DO NOTHING on the dedupe key (and on sender, responder,
-            # period bucket in the log): a retried message or a sibling instance adds nothing.
-            for stmt, params in ((autoreply_log_insert(dialect), logs),
-                                 (outbox_insert(dialect), sends)):
+            # period bucket in the log): a retried message or a sibling instance adds nothing;
+            # an answer given meanwhile under the previous bucket's key drops this one.
+            drop = _answered_elsewhere(conn, answers, now) if answers else set()
+            logged = sorted((r for k, r in logs.items() if k not in drop),
+                            key=lambda r: (r["sender"], r["responder"], r["bucket"]))
+            for stmt, params in ((autoreply_log_insert(dialect), logged),
+                                 (outbox_insert(dialect),
+                                  [r for r in sends if r["dedupe"] not in drop])):
                 if params:
                     conn.execute(stmt, params)
         await self._run(write, write=True)
@@ -1361,8 +1492,40 @@ async def _upgrade_here(url: URL, timeout: float, synchronous: str) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_alembic_upgrade)
+            await conn.run_sync(_fill_folds)
     finally:
         await engine.dispose()
+
+
+_FOLD_BATCH = 5000
+
+
+def _fill_folds(conn: Connection) -> None:
+    """Fold the senders of messages recorded without them (from_fold, mail_from_fold NULL),
+    at each start that migrates, in the migration's transaction (and its lock).
+
+    Why: every message this release records has both (models.py). A release older than
+    revision 0012 still running beside a newer one on the shared PostgreSQL registry (an
+    upgrade made one instance at a time, though docs/install.md says to stop them all)
+    went on writing messages without them, and `registry search --from`, `registry
+    history` and the web view's sender pages never found those messages: the revision's
+    backfill had run before they came. The next start of any instance of this release
+    folds them. None to fold: one look at the messages (no index serves NULL: a scan)."""
+    fold = (messages.c.from_fold.is_(None)) | (messages.c.mail_from_fold.is_(None))
+    while True:
+        rows = conn.execute(select(messages.c.key, messages.c.from_addr, messages.c.mail_from)
+                            .where(fold).limit(_FOLD_BATCH)).all()
+        if not rows:
+            return
+        conn.execute(messages.update().where(messages.c.key == bindparam("k")).values(
+            from_fold=bindparam("f"), mail_from_fold=bindparam("m")),
+            [{"k": k, "f": fold_address(f or ""), "m": fold_address(m or "")}
+             for k, f, m in rows])
+        log.warning("event=registry_folds_filled count=%d: messages recorded without their "
+                    "folded senders (by a release older than this one's registry schema) "
+                    "are found by sender again", len(rows))
+        if len(rows) < _FOLD_BATCH:
+            return
 
 
 def _alembic_upgrade(connection: Connection, revision: str = "head") -> None:
