@@ -1511,7 +1511,8 @@ def _fill_folds(conn: Connection) -> None:
     history` and the web view's sender pages never found those messages: the revision's
     backfill had run before they came. The next start of any instance of this release
     folds them. None to fold: two index look-ups, not a scan (the senders' fold
-    indexes hold NULL too: SQLite's plan is a MULTI-INDEX OR, PostgreSQL's a BitmapOr)."""
+    indexes hold NULL too: SQLite's plan is a MULTI-INDEX OR; PostgreSQL's B-trees answer
+    IS NULL as well)."""
     fold = (messages.c.from_fold.is_(None)) | (messages.c.mail_from_fold.is_(None))
     while True:
         rows = conn.execute(select(messages.c.key, messages.c.from_addr, messages.c.mail_from)
