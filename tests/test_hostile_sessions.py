@@ -232,6 +232,35 @@ async def test_a_path_readable_only_by_repairing_it_is_refused(make_app, tmp_pat
 
 
 @pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+@pytest.mark.parametrize("utf8", ["", " SMTPUTF8"])
+async def test_a_path_holding_whitespace_that_is_not_ascii_is_refused(make_app, tmp_path, proto,
+                                                                       hello, utf8):
+    """The RFC 5322 parser takes a non-ASCII space (NO-BREAK SPACE, IDEOGRAPHIC SPACE, EM
+    SPACE) for folding white space and drops it: `<sales@exa\u00a0mple.com>` and
+    `<sales@example.com\u3000>` (an IME's trailing space) were sales@example.com, taken and
+    delivered even without SMTPUTF8, the ASCII check seeing the address after the repair; the
+    sender `<a@outside.test\u3000>` was recorded as a@outside.test. A path read only by
+    dropping it is malformed, as `<sal es@example.com>` is."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for bad in ("<a@outside.test\u3000>", "<a@out\u00a0side.test>", "<\u2003a@outside.test>"):
+            assert await w.cmd(f"MAIL FROM:{bad}{utf8}") == MALFORMED, bad
+        assert (await w.cmd(f"MAIL FROM:<a@outside.test>{utf8}")).startswith("250 2.1.0")
+        for bad in ("<sales@exa\u00a0mple.com>", "<sales@example.com\u3000>",
+                    "<\u00a0sales@example.com>", "<sa\u2009les@example.com>",
+                    '<"sales\u00a0"@example.com>'):
+            assert await w.cmd(f"RCPT TO:{bad}") == MALFORMED, bad
+        assert (await w.cmd("RCPT TO:<support@example.com>")).startswith("250 2.1.5")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: wide space\r\n\r\nx\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    [message] = await app.registry.recent(5)
+    assert message["mail_from"] == "a@outside.test"
+    assert [p.parent.parent.name for p in maildir_files(tmp_path / "var" / "mail")] == ["support"]
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
 async def test_an_encoded_word_in_a_quoted_local_part_is_refused_not_decoded(
         make_app, tmp_path, caplog, proto, hello):
     """The RFC 5322 parser decodes an RFC 2047 encoded word inside a quoted local part (RFC

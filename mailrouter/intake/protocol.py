@@ -888,6 +888,12 @@ _REPAIRS = ("missing '.' between words", "missing trailing '>'")
 # crashed the autoreply's To: (451 on every retry); `<"=?utf-8?b?c2FsZXM=?="@example.com>` was
 # delivered to sales@. A path whose address lost an encoded word it was sent with is malformed.
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+# Whitespace that is not ASCII (U+00A0, U+2000..U+200A, U+3000...) inside a path: the parser
+# takes it for folding white space and drops it (a domain is `''.join(text.split())`), so
+# `<sales@exa\u00a0mple.com>` and `<sales@example.com\u3000>` were sales@example.com, taken even
+# without SMTPUTF8 (the handler's ASCII check saw the address after the repair). No address
+# holds one (IDNA refuses it in a domain): a path read only by dropping it is malformed.
+_WIDE_SPACE = re.compile(r"[^\S\x00-\x7f]")
 
 
 def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
@@ -912,6 +918,8 @@ def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | No
         return None, None
     path = arg[:len(arg) - len(rest)] if rest and arg.endswith(rest) else arg
     if any(word not in address for word in _ENCODED_WORD.findall(path)):
+        return None, None
+    if _WIDE_SPACE.search(path.strip()):
         return None, None
     return address, rest
 
