@@ -909,12 +909,12 @@ def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | No
         return "", ""
     try:
         token, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
-    except HeaderParseError:
+        address = str(token.addr_spec)
+    except (HeaderParseError, *_PARSER_FAULTS):
         return None, None
-    address = str(token.addr_spec)
     if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
         return None, None
-    if address and _repaired(arg):
+    if address and _repaired(token):
         return None, None
     path = arg[:len(arg) - len(rest)] if rest and arg.endswith(rest) else arg
     if any(word not in address for word in _ENCODED_WORD.findall(path)):
@@ -924,15 +924,19 @@ def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | No
     return address, rest
 
 
-def _repaired(arg: str) -> bool:
+# What the RFC 5322 parser (a private module of the standard library) raises besides
+# HeaderParseError on a path it cannot read: `<@a,(b<>` ran off the end of the text
+# (IndexError), `<a@[b:"@c>` put a defect where a token belongs (AttributeError reading
+# addr_spec), `a@[ \u00a0` left a local variable unset (UnboundLocalError). They reached
+# aiosmtpd as a crash: 451 4.3.0, so the client retried a path that can never be read, and a
+# traceback logged at ERROR for each such command.
+_PARSER_FAULTS = (IndexError, AttributeError, NameError, ValueError, TypeError)
+
+
+def _repaired(token: Any) -> bool:
     """True when aiosmtpd's parser read the path only by repairing it: Postfix refuses both
     (501 5.1.7 / 5.1.3), and taking them stored the mail under an address nobody sent
     (`"a b"@x` for `<a b@x>`) or took a truncated one (`<a@out side.test>` as `a@out`)."""
-    parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
-    try:
-        token, _ = parse(arg)
-    except HeaderParseError:
-        return False
     return any(str(d).startswith(_REPAIRS) for d in token.all_defects)
 
 
