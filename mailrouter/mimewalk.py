@@ -195,7 +195,7 @@ def decoded_payload(part: Message) -> bytes:
     among the base64 (_text_lines) are left out."""
     cte = transfer_encoding(part)
     if cte == "base64" and not part.is_multipart():
-        kept = _text_lines(part.get_payload())
+        kept = _text_lines(_payload_text(part))
         if kept is not None:
             try:
                 return binascii.a2b_base64(kept)
@@ -203,7 +203,7 @@ def decoded_payload(part: Message) -> bytes:
                 return _whole_bytes(kept)
     if (cte in ("base64", "quoted-printable") and not part.is_multipart()
             and cte != str(part.get("content-transfer-encoding", "")).lower()):
-        text = part.get_payload()            # the stdlib would not undo this one: done here
+        text = _payload_text(part)           # the stdlib would not undo this one: done here
         data = text.encode("ascii", "surrogateescape") if isinstance(text, str) else b""
         if cte == "quoted-printable":
             return binascii.a2b_qp(data)
@@ -226,6 +226,14 @@ def decoded_payload(part: Message) -> bytes:
 # "=" padding they became bytes of no charset at its end, and a UTF-8 body so damaged was
 # read as windows-1251 from its first letter ("РџСЂРѕС€Сѓ" for «Прошу»).
 _BASE64_LINE = re.compile(rb"[A-Za-z0-9+/=]*")
+
+
+def _payload_text(part: Message) -> object:
+    """The payload as parsed, its 8-bit bytes as surrogates. get_payload() reads a payload
+    holding 8-bit bytes in the part's charset instead: a base64 body with a footer in Russian
+    (a list server's, in UTF-8 or KOI8-R) then failed its ASCII encoding, and the whole body
+    read as empty text (a defect "body part: UnicodeEncodeError"), so no rule saw its words."""
+    return part._payload                      # type: ignore[attr-defined]
 
 
 def _text_lines(payload: object) -> bytes | None:
