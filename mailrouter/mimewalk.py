@@ -204,7 +204,7 @@ def decoded_payload(part: Message) -> bytes:
     if (cte in ("base64", "quoted-printable") and not part.is_multipart()
             and cte != str(part.get("content-transfer-encoding", "")).lower()):
         text = _payload_text(part)           # the stdlib would not undo this one: done here
-        data = text.encode("ascii", "surrogateescape") if isinstance(text, str) else b""
+        data = _text_bytes(text) if isinstance(text, str) else b""
         if cte == "quoted-printable":
             return binascii.a2b_qp(data)
         try:
@@ -236,12 +236,20 @@ def _payload_text(part: Message) -> object:
     return part._payload                      # type: ignore[attr-defined]
 
 
+def _text_bytes(text: str) -> bytes:
+    """A payload's text as bytes: its 8-bit bytes (surrogates) as they came, any character a
+    parser made of them (U+FFFD for a byte the stdlib read as ASCII, in a forwarded
+    message's base64) as UTF-8. An ASCII encoding raised on those, and the whole body was
+    lost ("body: UnicodeEncodeError"); such lines are no base64 and are left out anyway."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _text_lines(payload: object) -> bytes | None:
     """The base64 lines of a payload that has lines of text too (those are left out);
     None when it has none (or is not text)."""
     if not isinstance(payload, str):
         return None
-    data = payload.encode("ascii", "surrogateescape")
+    data = _text_bytes(payload)
     lines = data.split(b"\n")
     kept = [line for line in lines if _BASE64_LINE.fullmatch(line.strip())]
     return b"\n".join(kept) if len(kept) < len(lines) else None
