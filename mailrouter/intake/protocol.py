@@ -373,11 +373,17 @@ class Protocol(SMTP):
         return super()._call_handler_hook(command, *args)    # (no await layer of its own)
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
-        """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), and None for a parameter
-        given twice too (`SIZE=1 SIZE=2`, `BODY=7BIT BODY=8BITMIME`; names are upper-cased
-        before this): aiosmtpd kept the last one silently, so which one counted was anyone's
-        guess. `push` turns aiosmtpd's 501 into REPLY_PARAM_TWICE naming it."""
+        """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), None for a SIZE that is not
+        ASCII digits, and None for a parameter given twice too (`SIZE=1 SIZE=2`,
+        `BODY=7BIT BODY=8BITMIME`; names are upper-cased before this): aiosmtpd kept the
+        last one silently, so which one counted was anyone's guess. `push` turns aiosmtpd's
+        501 into REPLY_PARAM_TWICE naming it."""
         result = super()._getparams(params)
+        size = result.get("SIZE") if result is not None else None
+        if isinstance(size, str) and not (size.isascii() and size.isdigit()):
+            # RFC 1870: ASCII digits. aiosmtpd's str.isdigit() took '²', '①', '1¹', which
+            # int() then refused: a crash (451 4.3.0 and a traceback) for every such MAIL
+            return None
         if result is not None and len(result) < len(params):
             seen: set[str] = set()
             for param in params:
