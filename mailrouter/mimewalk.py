@@ -212,7 +212,7 @@ def decoded_payload(part: Message) -> bytes:
     among the base64 (_text_lines) are left out."""
     cte = transfer_encoding(part)
     if cte == "base64" and not part.is_multipart():
-        kept = _text_lines(part.get_payload())
+        kept = _text_lines(_payload_text(part))
         if kept is not None:
             try:
                 return binascii.a2b_base64(kept)
@@ -220,8 +220,8 @@ def decoded_payload(part: Message) -> bytes:
                 return _whole_bytes(kept)
     if (cte in ("base64", "quoted-printable") and not part.is_multipart()
             and cte != str(part.get("content-transfer-encoding", "")).lower()):
-        text = part.get_payload()            # the stdlib would not undo this one: done here
-        data = text.encode("ascii", "surrogateescape") if isinstance(text, str) else b""
+        text = _payload_text(part)           # the stdlib would not undo this one: done here
+        data = _text_bytes(text) if isinstance(text, str) else b""
         if cte == "quoted-printable":
             return binascii.a2b_qp(data)
         try:
@@ -245,12 +245,28 @@ def decoded_payload(part: Message) -> bytes:
 _BASE64_LINE = re.compile(rb"[A-Za-z0-9+/=]*")
 
 
+def _payload_text(part: Message) -> object:
+    """The payload as parsed, its 8-bit bytes as surrogates. get_payload() reads a payload
+    holding 8-bit bytes in the part's charset instead: a base64 body with a footer in Russian
+    (a list server's, in UTF-8 or KOI8-R) then failed its ASCII encoding, and the whole body
+    read as empty text (a defect "body part: UnicodeEncodeError"), so no rule saw its words."""
+    return part._payload                      # type: ignore[attr-defined]
+
+
+def _text_bytes(text: str) -> bytes:
+    """A payload's text as bytes: its 8-bit bytes (surrogates) as they came, any character a
+    parser made of them (U+FFFD for a byte the stdlib read as ASCII, in a forwarded
+    message's base64) as UTF-8. An ASCII encoding raised on those, and the whole body was
+    lost ("body: UnicodeEncodeError"); such lines are no base64 and are left out anyway."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _text_lines(payload: object) -> bytes | None:
     """The base64 lines of a payload that has lines of text too (those are left out);
     None when it has none (or is not text)."""
     if not isinstance(payload, str):
         return None
-    data = payload.encode("ascii", "surrogateescape")
+    data = _text_bytes(payload)
     lines = data.split(b"\n")
     kept = [line for line in lines if _BASE64_LINE.fullmatch(line.strip())]
     return b"\n".join(kept) if len(kept) < len(lines) else None

@@ -10,6 +10,7 @@ import struct
 
 import pytest
 
+from mailrouter.intake.protocol import read_path
 from tests.support.daemon import maildir_files
 from tests.support.wire import Wire
 
@@ -229,6 +230,63 @@ async def test_a_path_readable_only_by_repairing_it_is_refused(make_app, tmp_pat
         assert (await w.line()).startswith("250 2.0.0")
     assert [m["mail_from"] for m in await app.registry.recent(5)] == ["a@outside.test"]
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_path_the_parser_chokes_on_is_malformed_not_an_internal_error(
+        make_app, tmp_path, caplog, proto, hello):
+    """Paths on which the RFC 5322 parser raises something other than HeaderParseError: an
+    obsolete route cut off inside a comment (IndexError), an unclosed domain literal
+    holding a quote (AttributeError reading the address), a bare path opening a domain
+    literal followed by white space (UnboundLocalError). Each was a crash: 451 4.3.0 (try
+    again later: the MTA retried a path that can never be read) and a traceback logged at
+    ERROR per command. They are malformed paths, 553 5.1.3, and the session goes on."""
+    app = await make_app()
+    chokes = ("<@a,(b<>", '<a@[b:"@c>', '<+@[xb:"@outside.test>')
+    # and one only a caller that does not strip the argument can pass (`mailrouter explain`)
+    assert read_path("a@[ \u00a0") == (None, None)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for bad in chokes:
+            assert await w.cmd(f"MAIL FROM:{bad}") == MALFORMED, bad
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250 2.1.0")
+        for bad in chokes:
+            assert await w.cmd(f"RCPT TO:{bad}") == MALFORMED, bad
+        assert (await w.cmd("RCPT TO:<support@example.com>")).startswith("250 2.1.5")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: chokes\r\n\r\nx\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+@pytest.mark.parametrize("utf8", ["", " SMTPUTF8"])
+async def test_a_path_holding_whitespace_that_is_not_ascii_is_refused(make_app, tmp_path, proto,
+                                                                       hello, utf8):
+    """The RFC 5322 parser takes a non-ASCII space (NO-BREAK SPACE, IDEOGRAPHIC SPACE, EM
+    SPACE) for folding white space and drops it: `<sales@exa\u00a0mple.com>` and
+    `<sales@example.com\u3000>` (an IME's trailing space) were sales@example.com, taken and
+    delivered even without SMTPUTF8, the ASCII check seeing the address after the repair; the
+    sender `<a@outside.test\u3000>` was recorded as a@outside.test. A path read only by
+    dropping it is malformed, as `<sal es@example.com>` is."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for bad in ("<a@outside.test\u3000>", "<a@out\u00a0side.test>", "<\u2003a@outside.test>"):
+            assert await w.cmd(f"MAIL FROM:{bad}{utf8}") == MALFORMED, bad
+        assert (await w.cmd(f"MAIL FROM:<a@outside.test>{utf8}")).startswith("250 2.1.0")
+        for bad in ("<sales@exa\u00a0mple.com>", "<sales@example.com\u3000>",
+                    "<\u00a0sales@example.com>", "<sa\u2009les@example.com>",
+                    '<"sales\u00a0"@example.com>'):
+            assert await w.cmd(f"RCPT TO:{bad}") == MALFORMED, bad
+        assert (await w.cmd("RCPT TO:<support@example.com>")).startswith("250 2.1.5")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: wide space\r\n\r\nx\r\n.\r\n")
+        assert (await w.line()).startswith("250 2.0.0")
+    [message] = await app.registry.recent(5)
+    assert message["mail_from"] == "a@outside.test"
+    assert [p.parent.parent.name for p in maildir_files(tmp_path / "var" / "mail")] == ["support"]
 
 
 @pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
 
 import aiosmtplib
@@ -190,6 +191,28 @@ async def test_size_declared_too_big(make_app):
     async with Wire(app.bound["smtp"][1]) as w:
         await w.greet()
         assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=5000")).startswith("552 5.3.4")
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_size_that_is_not_ascii_digits_is_a_syntax_error(make_app, tmp_path, caplog,
+                                                                  proto, hello):
+    """RFC 1870: SIZE is ASCII digits. aiosmtpd checked it with str.isdigit(), which takes
+    '²', '①' and '1¹', and then int() refused them: each such MAIL was a crash, 451 4.3.0 (try
+    later, for a command that can never succeed) and a traceback at ERROR; the Arabic-Indic
+    '١' was taken as SIZE=1. All are 501 5.5.4, and the session goes on."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for size in ("\u00b2", "\u2460", "1\u00b9", "\u0661"):
+            reply = await w.cmd(f"MAIL FROM:<a@outside.test> SIZE={size}")
+            assert reply.startswith("501 5.5.4 Syntax: MAIL FROM:"), (size, reply)
+        assert (await w.cmd("MAIL FROM:<a@outside.test> SIZE=100")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(data(mail("size")))
+        assert (await w.line()).startswith("250")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
 
 
 @pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])

@@ -858,14 +858,20 @@ FOOTER = (b"_______________________________________________\r\nFirma-list mailin
 
 @pytest.mark.parametrize("charset", ["utf-8", "koi8-r"])
 @pytest.mark.parametrize("multipart", [False, True])
-def test_a_footer_after_a_base64_body_is_not_decoded_into_it(charset: str, multipart: bool) -> None:
+@pytest.mark.parametrize("footer", ["ascii", "8bit"])
+def test_a_footer_after_a_base64_body_is_not_decoded_into_it(charset: str, multipart: bool,
+                                                              footer: str) -> None:
     """A list server's footer after a base64 body with no '=' padding: its letters were
-    decoded as base64 too, and the UTF-8 body so damaged read as windows-1251 («РџСЂРѕС€Сѓ»)."""
+    decoded as base64 too, and the UTF-8 body so damaged read as windows-1251 («РџСЂРѕС€Сѓ»).
+    A footer in Russian, in the list's charset (8-bit): the whole body read as empty text (the
+    payload's 8-bit bytes were read in the part's charset, then failed an ASCII encoding)."""
     text = "Прошу оплатить счёт до пятницы, договор 5."        # 3 * n bytes in both: no padding
     encoded = base64.encodebytes(text.encode(charset)).replace(b"\n", b"\r\n")
     assert not encoded.rstrip().endswith(b"=")
+    tail = FOOTER if footer == "ascii" else (
+        "_______________\r\nРассылка фирмы: firma-list@lists.example\r\n".encode(charset))
     leaf = (f"Content-Type: text/plain; charset={charset}\r\n".encode()
-            + b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + FOOTER)
+            + b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + tail)
     raw = b"Subject: x\r\nMIME-Version: 1.0\r\n" + (
         b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n' + leaf + b"\r\n--b--\r\n"
         if multipart else leaf)

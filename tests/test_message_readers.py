@@ -130,6 +130,22 @@ def test_forwarded_message_in_base64_is_read() -> None:
     assert [a.filename for a in alone.attachments] == ["invoice.pdf"]
 
 
+def test_forwarded_message_in_base64_with_an_8bit_line_is_read() -> None:
+    """The same, with a line of 8-bit text after the base64 (a list server's footer in
+    Russian): the stdlib hands that line back as U+FFFD, whose ASCII encoding raised, and the
+    whole body was lost (body_text '', defect "body: UnicodeEncodeError"), so neither the
+    text nor the invoice inside reached the rules."""
+    encoded = base64.encodebytes(_INNER).replace(b"\n", b"\r\n")
+    part = (b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
+            + "_____\r\nРассылка фирмы\r\n".encode())
+    raw = (b"Subject: Fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n"
+           b"--o\r\n" + part + b"--o--\r\n")
+    v = MessageView(raw)
+    assert v.body_text == "Оплатите."
+    assert [a.filename for a in v.attachments] == ["Счёт 145.eml", "invoice.pdf"]
+    assert v.defects == ["InvalidMultipartContentTransferEncodingDefect"]
+
+
 def _uuencoded(name: bytes, data: bytes) -> bytes:
     lines = [binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45)]
     return b"begin 644 " + name + b"\n" + b"".join(lines) + b"`\nend\n"

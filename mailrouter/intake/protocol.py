@@ -378,11 +378,17 @@ class Protocol(SMTP):
         return super()._call_handler_hook(command, *args)    # (no await layer of its own)
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
-        """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), and None for a parameter
-        given twice too (`SIZE=1 SIZE=2`, `BODY=7BIT BODY=8BITMIME`; names are upper-cased
-        before this): aiosmtpd kept the last one silently, so which one counted was anyone's
-        guess. `push` turns aiosmtpd's 501 into REPLY_PARAM_TWICE naming it."""
+        """MAIL/RCPT parameters as aiosmtpd reads them (None: 501), None for a SIZE that is not
+        ASCII digits, and None for a parameter given twice too (`SIZE=1 SIZE=2`,
+        `BODY=7BIT BODY=8BITMIME`; names are upper-cased before this): aiosmtpd kept the
+        last one silently, so which one counted was anyone's guess. `push` turns aiosmtpd's
+        501 into REPLY_PARAM_TWICE naming it."""
         result = super()._getparams(params)
+        size = result.get("SIZE") if result is not None else None
+        if isinstance(size, str) and not (size.isascii() and size.isdigit()):
+            # RFC 1870: ASCII digits. aiosmtpd's str.isdigit() took '²', '①', '1¹', which
+            # int() then refused: a crash (451 4.3.0 and a traceback) for every such MAIL
+            return None
         if result is not None and len(result) < len(params):
             seen: set[str] = set()
             for param in params:
@@ -895,6 +901,12 @@ _REPAIRS = ("missing '.' between words", "missing trailing '>'")
 # crashed the autoreply's To: (451 on every retry); `<"=?utf-8?b?c2FsZXM=?="@example.com>` was
 # delivered to sales@. A path whose address lost an encoded word it was sent with is malformed.
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+# Whitespace that is not ASCII (U+00A0, U+2000..U+200A, U+3000...) inside a path: the parser
+# takes it for folding white space and drops it (a domain is `''.join(text.split())`), so
+# `<sales@exa\u00a0mple.com>` and `<sales@example.com\u3000>` were sales@example.com, taken even
+# without SMTPUTF8 (the handler's ASCII check saw the address after the repair). No address
+# holds one (IDNA refuses it in a domain): a path read only by dropping it is malformed.
+_WIDE_SPACE = re.compile(r"[^\S\x00-\x7f]")
 
 
 def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
@@ -910,28 +922,34 @@ def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | No
         return "", ""
     try:
         token, rest = (get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec)(arg)
-    except HeaderParseError:
+        address = str(token.addr_spec)
+    except (HeaderParseError, *_PARSER_FAULTS):
         return None, None
-    address = str(token.addr_spec)
     if local_part_limit and len(address.rpartition("@")[0]) > local_part_limit:
         return None, None
-    if address and _repaired(arg):
+    if address and _repaired(token):
         return None, None
     path = arg[:len(arg) - len(rest)] if rest and arg.endswith(rest) else arg
     if any(word not in address for word in _ENCODED_WORD.findall(path)):
         return None, None
+    if _WIDE_SPACE.search(path.strip()):
+        return None, None
     return address, rest
 
 
-def _repaired(arg: str) -> bool:
+# What the RFC 5322 parser (a private module of the standard library) raises besides
+# HeaderParseError on a path it cannot read: `<@a,(b<>` ran off the end of the text
+# (IndexError), `<a@[b:"@c>` put a defect where a token belongs (AttributeError reading
+# addr_spec), `a@[ \u00a0` left a local variable unset (UnboundLocalError). They reached
+# aiosmtpd as a crash: 451 4.3.0, so the client retried a path that can never be read, and a
+# traceback logged at ERROR for each such command.
+_PARSER_FAULTS = (IndexError, AttributeError, NameError, ValueError, TypeError)
+
+
+def _repaired(token: Any) -> bool:
     """True when aiosmtpd's parser read the path only by repairing it: Postfix refuses both
     (501 5.1.7 / 5.1.3), and taking them stored the mail under an address nobody sent
     (`"a b"@x` for `<a b@x>`) or took a truncated one (`<a@out side.test>` as `a@out`)."""
-    parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
-    try:
-        token, _ = parse(arg)
-    except HeaderParseError:
-        return False
     return any(str(d).startswith(_REPAIRS) for d in token.all_defects)
 
 
