@@ -932,7 +932,7 @@ def read_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | No
     path = arg[:len(arg) - len(rest)] if rest and arg.endswith(rest) else arg
     if any(word not in address for word in _ENCODED_WORD.findall(path)):
         return None, None
-    if _WIDE_SPACE.search(path.strip()):
+    if not path.isascii() and _WIDE_SPACE.search(path.strip()):   # most paths are ASCII
         return None, None
     return address, rest
 
