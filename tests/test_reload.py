@@ -695,3 +695,33 @@ def test_lint_warnings_are_logged_at_start_and_at_a_reload(daemon_process, tmp_p
             "did you mean 'sales@example.com'?")
     log = _wait_in_log(proc, typo)
     assert typo in log and log.count(dup) == 2, log
+
+
+def test_a_start_or_reload_logs_the_first_warnings_then_their_count(tmp_path, caplog):
+    """Thousands of warnings (bench_start.py's 10,000 rules name 7,000 addresses the book
+    lacks) were as many log lines at each start and reload: the first LOGGED_WARNINGS are
+    logged one by one, the rest counted, with `mailrouter check` named for them all."""
+    import logging
+
+    from mailrouter.config import Limits
+    from mailrouter.config import load_config
+    from mailrouter.daemon import LOGGED_WARNINGS, _log_warnings
+    from mailrouter.routing.snapshot import load_snapshot
+    d = routing_dir(tmp_path)
+    extra = LOGGED_WARNINGS + 7
+    (d / "typos.yaml").write_text("rules:\n" + "".join(
+        f"  - {{name: t{i}, when: {{rcpt: nobody{i}@example.com}}, then: {{folder: X}}}}\n"
+        for i in range(extra)), encoding="utf-8")
+    snap = load_snapshot([str(d / "*.yaml")], Limits(), "mx.example.com")
+    assert len(snap.warnings(False)) >= extra
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{d / '*.yaml'}']\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="mailrouter"):
+        _log_warnings(snap, load_config(str(cfg)))
+    lines = [r.getMessage() for r in caplog.records]
+    one_by_one = [m for m in lines if m.startswith("event=routing_warning ")]
+    more = [m for m in lines if m.startswith("event=routing_warnings_more ")]
+    assert len(one_by_one) == LOGGED_WARNINGS, lines
+    total = len(snap.warnings(False))
+    assert more == [f"event=routing_warnings_more hash={snap.hash} count={total - LOGGED_WARNINGS}"
+                    ": `mailrouter check` lists them all"], lines

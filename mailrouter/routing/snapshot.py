@@ -51,18 +51,19 @@ class Snapshot:
     # (file, line) of each of `domains:` (as the book has it), for `check`'s warnings
     domain_where: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
-    def warnings(self, control: bool) -> list[str]:
+    def warnings(self, control: bool, suggest: int | None = None) -> list[str]:
         """The lint warnings of these rules and this address book, each "FILE:LINE: ...:
         what and the fix" (`control`: config.yaml has `control:`). `mailrouter check` prints
         them (with its own of config.yaml and of the rule tests), and the daemon logs them
         at start and at each reload (`event=routing_warning`), so a set with warnings does
-        not go live without a word. Pure, but not free (the shadowing lint): off the loop."""
+        not go live without a word. Pure, but not free (the shadowing lint): off the loop.
+        `suggest`: how many did-you-mean look-ups to make at most (recipient_warnings)."""
         from ..calendars import zone_warnings
         from .folders import folder_warnings
         from .lint import control_warnings
         from .recipients import recipient_warnings
         out = self.rules.lint() + folder_warnings(self.book, self.rules.rules)
-        out += recipient_warnings(self.book, self.rules.rules)
+        out += recipient_warnings(self.book, self.rules.rules, suggest)
         for d in self.book.without_postmaster():
             file, line = self.domain_where.get(d, ("", 0))
             at = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
