@@ -190,7 +190,13 @@ def location_name(headers: Message) -> str:
     if value is None:
         return ""
     text = unfold(str(value)).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    path = urllib.parse.urlsplit("".join(text.split())).path  # RFC 2557 4.3: spaces go
+    text = "".join(text.split())                              # RFC 2557 4.3: spaces go
+    try:
+        path = urllib.parse.urlsplit(text).path
+    except ValueError:
+        # `http://[x/a.pdf` (no IPv6 address) raised out of the part's reading: the
+        # message lost every attachment ("body part: ValueError: Invalid IPv6 URL")
+        path = text.split("?", 1)[0].split("#", 1)[0]
     return urllib.parse.unquote(path.rpartition("/")[2], errors="replace")
 
 

@@ -65,7 +65,9 @@ class _File:
 
     def name(self) -> str:
         if self.message_size is not None and self.display.strip():
-            return self.display.strip() + ".eml"
+            # a subject's "/" ("Счёт 42/2026") is no folder: message.py keeps a file name's
+            # last segment only, and the item was named "2026.eml"
+            return self.display.strip().replace("/", "_").replace("\\", "_") + ".eml"
         return self.long or self.short or self.title or self.display
 
     def data_size(self) -> int:

@@ -395,3 +395,13 @@ def test_a_recipient_field_the_stdlib_cannot_parse_gets_a_verdict(extra: str,
     assert sent is answered, reason
     if not answered:
         assert "not addressed to old-sales@example.com" in reason
+
+
+def test_a_long_line_in_a_recipient_field_the_stdlib_cannot_parse_is_read_in_one_pass() -> None:
+    """The bare addresses of such a value were searched for with a regex that tried every
+    start of a run without '@' to its end: a To of 1,000 ':' and one line of a megabyte
+    (lines over 998 octets are accepted) held the event loop for hours, every session of
+    the daemon with it. Now each run is looked at once."""
+    view = msg(to=":" * 1000 + "x" * 1_000_000 + " old-sales@example.com")
+    sent, reason = check(view)
+    assert sent, reason

@@ -174,6 +174,25 @@ async def test_the_robots_config_yaml_names_open_no_request(make_app, tmp_path, 
     assert [r["counterparty"] for r in await rows(app, requests)] == ["ivan@client.example"]
 
 
+async def test_a_narrower_config_yaml_robot_list_is_the_one_requests_read(make_app, tmp_path,
+                                                                         registry_url):
+    """A site whose customers write from orders-request@ leaves '*-request' out of
+    autoreply.robot_senders: their mail opens a request. Since the rules' `robot: true`
+    learnt the default list (routing/robots.py), Control's plan read From against that
+    default list too, whatever config.yaml says, and opened nothing for them."""
+    app = await make_app(routing=write_routing(tmp_path), registry=RegistryConfig(registry_url),
+                         control=ControlConfig(replies=("replies@example.com",)),
+                         autoreply=AutoreplyConfig(robot_senders=("alerts", "noreply")))
+    app.pipeline.clock = lambda: MONDAY
+    port = app.bound["smtp"][1]
+    await send(port, mail("Orders <orders-request@client.example>", "order 7", "o1@client"),
+               "orders-request@client.example")
+    await send(port, mail("Monitoring <alerts@monitor.example>", "disk 91%", "a1@monitor"),
+               "alerts@monitor.example")
+    assert [r["counterparty"] for r in await rows(app, requests)] == [
+        "orders-request@client.example"]
+
+
 async def test_null_sender_mail_opens_no_request(make_app, tmp_path):
     """An Exchange 2010 out-of-office reply (sisimai's rfc3834-04: no Auto-Submitted, only
     X-Auto-Response-Suppress, which is no robot sign) comes with MAIL FROM:<>, as bounces and

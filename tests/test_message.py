@@ -265,6 +265,7 @@ APPLE_RELATED = (b"From: Ivan <ivan@client.example>\r\nSubject: scan\r\n"
     (b"Invoice.pdf", "Invoice.pdf"),
     (b"http://client.example/a/b/\r\n Invoice%201.pdf?x=1", "Invoice 1.pdf"),
     (b"http://client.example/", ""),
+    (b"http://[client/Invoice%2042.pdf?x=1", "Invoice 42.pdf"),     # no URL: not lost
 ])
 @pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["walk", "stdlib"])
 def test_a_file_named_only_by_content_location_has_that_name(location: bytes, name: str,

@@ -137,3 +137,22 @@ rules:
   - {name: inv, when: {attachment: {glob: '*счет*'}}, then: {folder: Finance}}
 """)
     assert route(snap, _with_winmail(stream), "sales@example.com").folder == "Finance"
+
+
+def test_an_attached_items_subject_with_a_slash_keeps_its_words() -> None:
+    """An item whose subject holds a '/' ("Счёт 42/2026", as invoices are numbered) was
+    listed as "2026.eml": the name's last segment, as for a file sent with its folders,
+    and a rule on `*счет*` missed it. The '/' is written '_' instead."""
+    props = (struct.pack("<I", 3) + _mapi(0x3001, 0x001E, "Счёт 42/2026\\b\0".encode("cp1251"))
+             + _mapi(0x3701, 0x000D, b"\x07\x03\x02\x00" + b"\0" * 12 + b"x" * 50)
+             + _mapi(0x3705, 0x0003, struct.pack("<I", 5)))
+    stream = (SIGNATURE + b"\x01\x00" + _attribute(1, 0x00069007, struct.pack("<II", 1251, 0))
+              + _attribute(2, 0x00069002, b"\x01\x00") + _attribute(2, 0x00069005, props))
+    assert files(stream) == [("Счёт 42_2026_b.eml", 50)]
+    assert [a.filename for a in MessageView(_with_winmail(stream)).attachments] == [
+        "winmail.dat", "Счёт 42_2026_b.eml"]
+    snap = snapshot("""\
+rules:
+  - {name: inv, when: {attachment: {glob: '*счет*'}}, then: {folder: Finance}}
+""")
+    assert route(snap, _with_winmail(stream), "sales@example.com").folder == "Finance"

@@ -145,7 +145,7 @@ class Control:
         # null envelope sender of bounces and notices (an out-of-office reply without
         # Auto-Submitted: Exchange 2010's carries X-Auto-Response-Suppress alone); or a
         # robot's From address (noreply@), which no one can answer
-        robot = robot_of(view, mail_from)[0] or self._robot_sender(sender)
+        robot = robot_of(view, mail_from, self.robot_senders)[0] or self._robot_sender(sender)
         to = next((r for r in rcpts if self._to_replies(r, snap.book.options)), None)
         if to is not None:
             if robot:               # an out-of-office of ours, a reminder: no one answered

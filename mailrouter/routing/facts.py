@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Callable, Mapping, cast
+from typing import Any, Callable, Mapping, Sequence, cast
 
 from .normalize import PIECE, normalize, normalize_address, normalize_subject, pieces
 from .patterns import utf8
-from .robots import robot_sender
+from .robots import DEFAULT_ROBOT_SENDERS, robot_sender
 
 __all__ = ["Facts", "TEXT_FIELDS", "ADDR_FIELDS", "NUM_FIELDS", "FIELD_COST", "words_of",
            "normalize_of"]
@@ -225,17 +225,19 @@ class Facts:
         return robot_of(self.view, self.mail_from)
 
 
-def robot_of(view: Any, mail_from: str) -> tuple[bool, str]:
+def robot_of(view: Any, mail_from: str,
+             patterns: Sequence[str] = DEFAULT_ROBOT_SENDERS) -> tuple[bool, str]:
     """(True, why) for mail nobody should answer: what the headers say (bounce, auto-reply,
     list), else a null envelope sender, which only bounces and other notices use (RFC 5321
     4.5.5, RFC 3834 2), else a robot's address in From (noreply@, mailer-daemon@, ...:
     robots.py, the autoresponder's list). Not the envelope sender nor Return-Path: a
     person's mail sent through a mailing service comes from bounces+...@ (as Control has it,
-    which opens a request for it)."""
+    which opens a request for it). `patterns`: config.yaml's autoreply.robot_senders where
+    the caller has them (Control's plan), so a list narrowed there is the one read."""
     flag, reason = view.robot
     if flag:
         return True, str(reason)
     if mail_from.strip() == "<>":     # as the intake records MAIL FROM:<>; '' is "unknown"
         return True, "bounce: null envelope sender <>"
-    why = robot_sender([("From", (view.from_addr or "").lower())])
+    why = robot_sender([("From", (view.from_addr or "").lower())], patterns)
     return (True, why) if why else (False, "")
