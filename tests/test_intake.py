@@ -237,6 +237,26 @@ async def test_a_parameter_given_twice_is_a_syntax_error(make_app, tmp_path, pro
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
 
 
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_body_type_not_implemented_is_555(make_app, tmp_path, proto, hello):
+    """MAIL FROM:<a@b> BODY=BINARYMIME got aiosmtpd's 501 5.5.4 (a syntax error); it is a
+    parameter value we do not implement (BINARYMIME needs CHUNKING, RFC 3030 3, not
+    offered): 555 5.5.4 as RFC 5321 4.1.1.11 says and Postfix answers, naming it; the
+    session goes on and 8BITMIME is still taken."""
+    app = await make_app()
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        for body in ("BINARYMIME", "binarymime", "FOO"):
+            assert await w.cmd(f"MAIL FROM:<a@outside.test> BODY={body}") == (
+                f"555 5.5.4 Unsupported option: BODY={body.upper()}; 7BIT or 8BITMIME")
+        assert (await w.cmd("MAIL FROM:<a@outside.test> BODY=8BITMIME")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(data(mail("body")))
+        assert (await w.line()).startswith("250")
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+
+
 async def test_oversize_data_refused(make_app, tmp_path):
     """A message larger than the limit is read to the end and refused 552 5.3.4; nothing stored."""
     app = await make_app(limits={"max_message_size": 1000})
