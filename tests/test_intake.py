@@ -683,3 +683,26 @@ async def test_an_alias_to_a_detail_address_delivers_to_the_person(make_app, tmp
     delivered_to = sorted(line for f in bob for line in f.read_bytes().split(b"\r\n")
                           if line.startswith(b"Delivered-To:"))
     assert delivered_to == [b"Delivered-To: desk@example.com", b"Delivered-To: orders@example.com"]
+
+
+async def test_an_address_literal_helo_holding_non_ascii_is_recorded_with_question_marks(
+        make_app, tmp_path):
+    """EHLO [ж] (an address literal, which holds no non-ASCII, RFC 5321 4.1.3) went through
+    the IDNA codec as if a domain name: our Received: line said `from xn--[]-qlc`, a name
+    that looks real and is not the one given. Taken as Postfix takes any HELO name, and
+    recorded as it records one not printable: each such character '?'. An IDN is still
+    its A-label."""
+    app = await make_app()
+    helos = {"[ж]": b"[?]", "[IPv6:ж]": b"[IPv6:?]", "ж[x]": b"?[x]",
+             "пример.рф": b"xn--e1afmkfd.xn--p1ai"}
+    async with Wire(app.bound["smtp"][1]) as w:
+        await w.greet("EHLO x.test")
+        for n, helo in enumerate(helos):
+            assert (await w.cmd(f"EHLO {helo}")).startswith("250")
+            reply = await w.transaction("client@outside.test", ["sales@example.com"],
+                                        data(mail(f"helo {n}")))
+            assert reply[0].startswith("250"), reply
+    got = sorted(line.partition(b" (127.0.0.1:")[0] for f in
+                 maildir_files(tmp_path / "var" / "mail") for line in f.read_bytes().split(b"\r\n")
+                 if line.startswith(b"Received: from "))
+    assert got == sorted(b"Received: from " + want for want in helos.values())
