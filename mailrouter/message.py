@@ -46,11 +46,13 @@ Known limits (the stdlib parser's, kept on purpose):
 from __future__ import annotations
 
 import hashlib
+import io
 import mimetypes
 import re
 from dataclasses import dataclass, field
 from email import policy
 from email.errors import InvalidMultipartContentTransferEncodingDefect
+from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
@@ -811,7 +813,7 @@ def _read_report_part(part: Message, body: _Body) -> None:
                       _part_header(part, "Content-Disposition"), body)
     if name:
         blocks = [p for p in part.get_payload() if isinstance(p, Message)]
-        size = sum(len(p.as_bytes(policy=_CRLF)) for p in blocks)
+        size = sum(_flat_size(p) for p in blocks)
         body.attachments.append(Attachment(name, part.get_content_type(), size))
 
 
@@ -854,6 +856,29 @@ def _param(msg: Message, name: str, header: str) -> str | tuple[str, str, str] |
 _CRLF = policy.compat32.clone(linesep="\r\n")     # the forwarded message as it travelled
 
 
+class _Flattener(BytesGenerator):
+    """BytesGenerator that writes a multipart left whole (no boundary: its payload is one
+    string) as the text it is. The stdlib's _handle_multipart reads that string with
+    get_payload(), which decodes its 8-bit bytes in the part's charset parameter, and on a
+    charset it does not know (`charset="ж"`) as ASCII with U+FFFD, which the write then
+    refused: UnicodeEncodeError. A named message/rfc822-headers (message/global, ...) part
+    so made was dropped from the attachments (a defect "body part: UnicodeEncodeError"),
+    and a forwarded message holding one was listed with size 0."""
+
+    def _handle_multipart(self, msg: Message) -> None:
+        if isinstance(msg._payload, str):                      # type: ignore[attr-defined]
+            self._handle_text(msg)                             # type: ignore[attr-defined]
+        else:
+            super()._handle_multipart(msg)                     # type: ignore[misc]
+
+
+def _flat_size(msg: Message) -> int:
+    """len(msg.as_bytes(policy=_CRLF)): the message's bytes as parsed, written back."""
+    out = io.BytesIO()
+    _Flattener(out, mangle_from_=False, policy=_CRLF).flatten(msg)
+    return len(out.getvalue())
+
+
 # Forwarded messages inside others whose size is counted: one inside more is listed with
 # size 0. Counting writes the message and all inside it again, so each level cost the
 # whole of what it holds: 20 chains of 900 forwards (1 MB) took minutes, past
@@ -879,7 +904,7 @@ def _read_forwarded(part: Message, body: _Body, depth: int = 0) -> None:
             body.record("Attachment name", decoded)
         name = ((decoded.text.strip() if decoded else "") or "forwarded message") + ".eml"
     try:
-        size = len(inner.as_bytes(policy=_CRLF)) if depth <= _SIZED_DEPTH else 0
+        size = _flat_size(inner) if depth <= _SIZED_DEPTH else 0
     except Exception:  # noqa: BLE001 (a message the generator cannot write back: size unknown)
         size = 0
     body.attachments.append(Attachment(name, "message/rfc822", size))

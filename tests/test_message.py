@@ -1273,3 +1273,28 @@ async def test_an_auto_submitted_of_deeply_nested_comments_is_read_in_time(make_
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     [row] = await app.registry.recent(1)
     assert not any(r["name"] == "robots" for d in row["decisions"] for r in d["rules"])
+
+
+_NO_BOUNDARY_8BIT = (b"Subject: inner\r\nContent-Type: multipart/mixed; charset=\"\xd0\xb6\"\r\n\r\n"
+                     b"\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 inner words\r\n")
+
+
+@pytest.mark.parametrize("ctype", ["message/rfc822-headers", "message/global", "message/rfc822"])
+def test_a_part_holding_a_multipart_without_boundary_in_an_unknown_charset_is_listed(ctype):
+    """A named message/* part holding a multipart with no boundary, 8-bit text and a
+    charset the stdlib does not know (`charset="ж"`): its size was counted by writing it
+    back with the stdlib generator, which read the text as ASCII with U+FFFD and then
+    refused to write it (UnicodeEncodeError). The attachment was dropped (a defect "body
+    part: UnicodeEncodeError": no rule on attachment names saw r.txt), or, forwarded
+    (message/rfc822), listed with size 0. The texts around it are read whole."""
+    raw = (b"From: a@outside.test\r\nTo: sales@example.com\r\nSubject: t\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/report; boundary=XX\r\n\r\n"
+           b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           b"\xd0\xa1\xd1\x87\xd1\x91\xd1\x82 first\r\n"
+           b"--XX\r\nContent-Type: " + ctype.encode() + b"; name=\"r.txt\"\r\n\r\n"
+           + _NO_BOUNDARY_8BIT +
+           b"--XX\r\nContent-Type: text/plain\r\n\r\nlast words\r\n--XX--\r\n")
+    v = MessageView(raw)
+    assert v.body_text == "Счёт first\nlast words"
+    assert v.attachments == [Attachment("r.txt", ctype, len(_NO_BOUNDARY_8BIT))]
+    assert not [d for d in v.defects if d.startswith("body")], v.defects
