@@ -55,7 +55,8 @@ def is_backup(path: str) -> bool:
 
 
 def routing_files(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(the files the patterns name, in order; the backups their globs matched, skipped)."""
+    """(the files the patterns name, in order; the backups their globs matched, skipped).
+    Raises ConfigErrors when a folder a glob must list cannot be (`_glob`)."""
     found: list[str] = []
     skipped: list[str] = []
     for pattern in patterns:
