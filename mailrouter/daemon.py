@@ -128,6 +128,7 @@ class App:
         self.intents: Intents | None = None
         self.outbox: OutboxWorker | None = None
         self._stop = asyncio.Event()
+        self._unlisted = ""    # why the routing files' folder could not be listed, logged
         self._mtimes = self._routing_mtimes()
         self._settling: dict[str, tuple[int, int]] | None = None   # changed, not yet loaded
         self.bound: dict[str, tuple[str, int]] = {}
@@ -339,8 +340,23 @@ class App:
 
     # -- reload ------------------------------------------------------------------------
     def _routing_mtimes(self) -> dict[str, tuple[int, int]]:
+        """Each routing file's (mtime, size); the last look's when their folder cannot be
+        listed (out of descriptors, no permission: routing.files._glob), its cause logged
+        once. Read as "no files", that was a change: the rules reloaded, were refused as
+        "no routing files match", and reloaded again once the folder could be listed."""
         out: dict[str, tuple[int, int]] = {}
-        for f in _files(self.config.routing):
+        try:
+            files = _files(self.config.routing)
+        except ConfigErrors as exc:
+            if str(exc) != self._unlisted:
+                self._unlisted = str(exc)
+                log.error("event=routing_files_unlisted kept=%s %s", self._snapshot.hash,
+                          "; ".join(f"{e.message}; {e.hint}" for e in exc.errors))
+            return getattr(self, "_mtimes", {})
+        if self._unlisted:
+            self._unlisted = ""
+            log.info("event=routing_files_listed files=%d", len(files))
+        for f in files:
             try:
                 st = os.stat(f)
                 out[f] = (st.st_mtime_ns, st.st_size)

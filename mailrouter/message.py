@@ -37,6 +37,8 @@ Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
   headers after it are read as body text;
 - a multipart with no boundary parameter is read as one text/plain body, its MIME lines included;
+- only the first ``MAX_PARTS`` (1,000) MIME parts are read: past them the body and attachments
+  are those of the message cut before the next part's boundary line, and ``defects`` says so;
 - an HTML body's charset comes from its Content-Type, never from ``<meta charset>``;
 - ``body_charset`` and guessed charsets are Python codec names (``koi8-r``, ``cp1251``,
   ``cp866``, ``mac-cyrillic``, ``iso8859-2``, ``cp1250``, ``utf-8``; ``cp50220`` for
@@ -46,11 +48,13 @@ Known limits (the stdlib parser's, kept on purpose):
 from __future__ import annotations
 
 import hashlib
+import io
 import mimetypes
 import re
 from dataclasses import dataclass, field
 from email import policy
 from email.errors import InvalidMultipartContentTransferEncodingDefect
+from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parseaddr
@@ -493,6 +497,14 @@ class MessageView:
     def _body(self) -> _Body:
         # A well-formed message is walked on its bytes (mimewalk.py): the feedparser would
         # hold every line, every payload as a string and every decoded attachment at once.
+        cut = _parts_cut(self.raw, len(self.header_block))
+        if cut is not None:     # the first MAX_PARTS parts, read by the stdlib (cut short)
+            body = _parse_body(self.raw[:cut])
+            # the parts cut off took the closing boundary line with them: not the sender's
+            body.defects = [d for d in body.defects if d != "CloseBoundaryNotFoundDefect"]
+            body.defects.append(f"body: more than {MAX_PARTS} MIME parts: the rules read the "
+                                f"first {MAX_PARTS}")
+            return body
         found = leaves(self.raw, self._header_msg, len(self.header_block))
         if found is None:       # anything the walk does not vouch for: the stdlib decides
             return _parse_body(self.raw)
@@ -738,6 +750,34 @@ class _Body:
                 yield from segment.lf_pieces()
 
 
+# MIME parts read of one message: a message of 200,000 one-line parts (7 MB) cost a worker
+# about 5 s of CPU in the view (each part's header block parsed, each leaf read), and the
+# other sessions of that worker up to 0.5 s per reply (the GIL). Past it, the rules see the
+# first MAX_PARTS parts and a defect says so; the message is stored and recorded whole.
+MAX_PARTS = 1000
+_BOUNDARY_PARAM = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]+)"|([^\s;"]+))', re.I)
+_DASH_LINE = re.compile(rb"\n--([^\r\n]*)")
+
+
+def _parts_cut(raw: bytes, body_start: int) -> int | None:
+    """Where the part after the first MAX_PARTS begins (the start of its boundary line),
+    or None when the message has no more. A part begins at a line `--B` of a boundary B
+    some Content-Type declares (boundary="B"); a closing `--B--` begins none. Counted only
+    when the body has more than MAX_PARTS lines starting with `--` (one count() for the
+    rest of mail)."""
+    if raw.count(b"\n--", body_start) <= MAX_PARTS:
+        return None
+    declared = {m.group(1) or m.group(2) for m in _BOUNDARY_PARAM.finditer(raw)}
+    seen = 0
+    for line in _DASH_LINE.finditer(raw, body_start - 1 if body_start else 0):
+        rest = line.group(1).rstrip(b" \t")
+        if rest in declared:
+            seen += 1
+            if seen > MAX_PARTS:
+                return line.start() + 1
+    return None
+
+
 def _parse_body(raw: bytes) -> _Body:
     body = _Body()
     try:
@@ -811,7 +851,7 @@ def _read_report_part(part: Message, body: _Body) -> None:
                       _part_header(part, "Content-Disposition"), body)
     if name:
         blocks = [p for p in part.get_payload() if isinstance(p, Message)]
-        size = sum(len(p.as_bytes(policy=_CRLF)) for p in blocks)
+        size = sum(_flat_size(p) for p in blocks)
         body.attachments.append(Attachment(name, part.get_content_type(), size))
 
 
@@ -854,6 +894,29 @@ def _param(msg: Message, name: str, header: str) -> str | tuple[str, str, str] |
 _CRLF = policy.compat32.clone(linesep="\r\n")     # the forwarded message as it travelled
 
 
+class _Flattener(BytesGenerator):
+    """BytesGenerator that writes a multipart left whole (no boundary: its payload is one
+    string) as the text it is. The stdlib's _handle_multipart reads that string with
+    get_payload(), which decodes its 8-bit bytes in the part's charset parameter, and on a
+    charset it does not know (`charset="ж"`) as ASCII with U+FFFD, which the write then
+    refused: UnicodeEncodeError. A named message/rfc822-headers (message/global, ...) part
+    so made was dropped from the attachments (a defect "body part: UnicodeEncodeError"),
+    and a forwarded message holding one was listed with size 0."""
+
+    def _handle_multipart(self, msg: Message) -> None:
+        if isinstance(msg._payload, str):                      # type: ignore[attr-defined]
+            self._handle_text(msg)                             # type: ignore[attr-defined]
+        else:
+            super()._handle_multipart(msg)                     # type: ignore[misc]
+
+
+def _flat_size(msg: Message) -> int:
+    """len(msg.as_bytes(policy=_CRLF)): the message's bytes as parsed, written back."""
+    out = io.BytesIO()
+    _Flattener(out, mangle_from_=False, policy=_CRLF).flatten(msg)
+    return len(out.getvalue())
+
+
 # Forwarded messages inside others whose size is counted: one inside more is listed with
 # size 0. Counting writes the message and all inside it again, so each level cost the
 # whole of what it holds: 20 chains of 900 forwards (1 MB) took minutes, past
@@ -879,7 +942,7 @@ def _read_forwarded(part: Message, body: _Body, depth: int = 0) -> None:
             body.record("Attachment name", decoded)
         name = ((decoded.text.strip() if decoded else "") or "forwarded message") + ".eml"
     try:
-        size = len(inner.as_bytes(policy=_CRLF)) if depth <= _SIZED_DEPTH else 0
+        size = _flat_size(inner) if depth <= _SIZED_DEPTH else 0
     except Exception:  # noqa: BLE001 (a message the generator cannot write back: size unknown)
         size = 0
     body.attachments.append(Attachment(name, "message/rfc822", size))

@@ -34,6 +34,7 @@ __all__ = [
     "REPLY_LHLO_SYNTAX", "REPLY_LMTP_NO_EHLO",
     "REPLY_LMTP_NO_HELO", "REPLY_LOOP", "REPLY_MAILBOX_HELD", "REPLY_MOVED", "REPLY_NEED_RCPT",
     "REPLY_NEED_SMTPUTF8", "REPLY_NO_DOWNSTREAM", "REPLY_NO_VALID_RCPTS", "REPLY_OK", "REPLY_PARAM_TWICE",
+    "REPLY_BODY_UNSUPPORTED",
     "REPLY_PROCESS_TIMEOUT",
     "REPLY_REFUSED_ADDRESS", "REPLY_REFUSED_BARE_EOL", "REPLY_REFUSED_UTF8",
     "REPLY_REGISTRY_UNAVAILABLE", "REPLY_RULE_DEFER", "REPLY_RULE_REJECT", "REPLY_SENDER_OK",
@@ -126,6 +127,10 @@ REPLY_RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-pa
 # MAIL/RCPT naming one parameter twice (SIZE=1 SIZE=2): which counts is anyone's guess; RFC
 # 5321 4.2.3's "syntax error in parameters". "{}" is the parameter, filled in by the intake
 REPLY_PARAM_TWICE = Reply(501, "5.5.4", "Syntax error in parameters: {} given twice")
+# MAIL's BODY= other than 7BIT and 8BITMIME (BINARYMIME needs CHUNKING, RFC 3030 3, which is
+# not offered): a parameter not implemented, RFC 5321 4.1.1.11, as Postfix says it. "{}" is
+# the value given. aiosmtpd said "501 Error: BODY can only be one of 7BIT, 8BITMIME".
+REPLY_BODY_UNSUPPORTED = Reply(555, "5.5.4", "Unsupported option: BODY={}; 7BIT or 8BITMIME")
 REPLY_TIMEOUT = Reply(421, "4.4.2", "{} Error: timeout exceeded")    # Postfix's text, "{}" as above
 # Not ours: aiosmtpd's answer to the fifth unknown command before it closes, which the intake
 # recognises and replaces with REPLY_TOO_MANY_ERRORS (tests/test_aiosmtpd_contract.py pins it)

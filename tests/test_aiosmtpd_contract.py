@@ -187,6 +187,15 @@ def test_the_goodbye_to_unknown_commands_is_still_the_text_push_replaces() -> No
               "Protocol.push turns it into 421 4.7.0")
 
 
+def test_the_bad_body_reply_is_still_the_text_push_replaces() -> None:
+    """SMTP.smtp_MAIL answers BODY= other than 7BIT, 8BITMIME with a 501 of this text;
+    Protocol.push recognises it and says 555 5.5.4 (RFC 5321 4.1.1.11, as Postfix)."""
+    if repr(protocol._AIOSMTPD_BAD_BODY[:25])[1:-1] not in inspect.getsource(SMTP.smtp_MAIL) \
+            or protocol._AIOSMTPD_BAD_BODY[25:] not in inspect.getsource(SMTP.smtp_MAIL):
+        _fail("SMTP.smtp_MAIL", f"no longer sends {protocol._AIOSMTPD_BAD_BODY!r}",
+              "Protocol.push turns it into 555 5.5.4")
+
+
 def test_the_goodbye_past_a_call_limit_is_still_the_text_push_replaces() -> None:
     """SMTP._handle_client answers a command past its call limit with '421 4.7.0 VERB sent
     too many times' and closes; Protocol.push recognises that text and hangs up instead."""

@@ -6,16 +6,23 @@ address book's default, and nothing told it from rules removed on purpose (`rule
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from mailrouter.config import Limits
 from mailrouter.errors import ConfigErrors
+from mailrouter.routing.files import routing_files
 from mailrouter.routing.snapshot import load_snapshot
 from tests.support.daemon import maildir_files, write_config
+from tests.support.nobody import as_nobody
 from tests.test_reload import _routed_to, _send, routing_dir
 
 
@@ -105,3 +112,69 @@ def test_check_names_a_symlink_loop_with_the_fix(tmp_path):
     assert _errors(d / "*.yaml") == [f"{d}/zz.yaml: cannot read: Too many levels of symbolic "
                                      "links; a symlink that points, through others, back at "
                                      "itself: point it at the file"]
+
+
+@contextlib.contextmanager
+def _no_descriptors() -> Iterator[None]:
+    """This process out of file descriptors (EMFILE) until the block ends."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    held: list[int] = []
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_out_of_descriptors_the_rules_are_kept_and_the_cause_named(make_app, tmp_path,
+                                                                         caplog):
+    """glob.glob swallows EMFILE: the watcher read the routing folder as "no files", took
+    that for a change, reloaded, logged `reload_failed ... no routing files match`, and
+    reloaded again once descriptors were back. Now a look that cannot list the folder is no
+    change (its cause logged once), a reload names the cause and keeps the rules, and the
+    looks after it find the files unchanged."""
+    d = routing_dir(tmp_path)
+    app = await make_app(routing=(str(d / "*.yaml"),))
+    hash_before = app.snapshot().hash
+    caplog.set_level(logging.INFO, logger="mailrouter")
+    with _no_descriptors():
+        looks = [await app.look_at_routing_files() for _ in range(3)]
+        ok, detail = await app.reload()
+    assert looks == [False, False, False]
+    assert not ok and "cannot list the folder" in detail and "Too many open files" in detail
+    assert "no routing files match" not in caplog.text
+    assert caplog.text.count("event=routing_files_unlisted") == 1
+    assert [await app.look_at_routing_files() for _ in range(3)] == [False, False, False]
+    assert app.snapshot().hash == hash_before
+    await asyncio.to_thread(_send, app.bound["smtp"][1], 1)
+    assert _routed_to(tmp_path, "finance", "A") == 1
+
+
+def test_a_routing_folder_that_cannot_be_listed_is_no_empty_glob(tmp_path):
+    """The folder of `rules/*.yaml` that this user may not list (EACCES) is an error naming
+    it, not "no routing files match"; a folder that does not exist is still no files."""
+    d = routing_dir(tmp_path)
+    d.chmod(0o700)
+    tmp_path.chmod(0o755)
+
+    def files() -> list[str]:
+        try:
+            return routing_files([str(d / "*.yaml")])[0]
+        except ConfigErrors as exc:
+            return [str(e) for e in exc.errors]
+
+    got = as_nobody(files, died=None)
+    assert got is not None and len(got) == 1, got
+    assert f"cannot list the folder {d} for {d}/*.yaml: Permission denied" in got[0], got
+    assert routing_files([str(tmp_path / "none" / "*.yaml")]) == ([], [])
+    assert routing_files([str(d / "*.yaml")])[0] == [str(d / "company.yaml"),
+                                                      str(d / "ping.yaml")]

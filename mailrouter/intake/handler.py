@@ -210,6 +210,7 @@ class Handler:
 # syntax of the Received: line it goes into ("from x (by forged) <y> (peer)")
 _NEUTER = re.compile(r'[\s<>()\\";@]')
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 
 
 # mailrouter_rcpt_refused_total's reason of an address the book refuses, by reply code:
@@ -225,10 +226,14 @@ def received_helo(name: str) -> str:
 
 
 def _a_label(name: str) -> str | None:
-    """пример.рф -> xn--e1afmkfd.xn--p1ai; None for a name that is no domain name."""
+    """пример.рф -> xn--e1afmkfd.xn--p1ai; None for a name that is no domain name. Its
+    A-label must be letters, digits, hyphens (and underscores, seen in HELO names) between
+    dots: the IDNA codec encoded anything, `[ж]` (an address literal holding a non-ASCII
+    character, RFC 5321 4.1.3 allows none) as `xn--[]-qlc`, which looked like a name."""
     if _NEUTER.search(name) or domain_problem(name) is not None:
         return None
-    return a_label(name)
+    label = a_label(name)
+    return label if label is not None and _HOST_NAME.fullmatch(label) else None
 
 
 def _names_no_mailbox(address: str) -> bool:

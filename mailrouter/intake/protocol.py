@@ -95,6 +95,7 @@ from ..values import (
     REPLY_NO_VALID_RCPTS,
     REPLY_NOT_UTF8,
     REPLY_PARAM_TWICE,
+    REPLY_BODY_UNSUPPORTED,
     REPLY_SHUTTING_DOWN,
     REPLY_START_DATA,
     REPLY_STORAGE_FULL,
@@ -130,6 +131,9 @@ BARE_LINE_END = str(REPLY_BARE_LINE_END)
 SYNC_ERROR = str(REPLY_SYNC_ERROR)
 LHLO_SYNTAX = str(REPLY_LHLO_SYNTAX)
 PARAM_TWICE = str(REPLY_PARAM_TWICE)                    # {} = the parameter
+BODY_UNSUPPORTED = str(REPLY_BODY_UNSUPPORTED)          # {} = BODY='s value
+# aiosmtpd's reply to MAIL's BODY= other than 7BIT and 8BITMIME
+_AIOSMTPD_BAD_BODY = "501 Error: BODY can only be one of 7BIT, 8BITMIME"
 TOO_MANY_ERRORS = str(REPLY_TOO_MANY_ERRORS)            # {} = our name
 TIMEOUT = str(REPLY_TIMEOUT)                            # {} = our name
 BOGUS_GOODBYE = AIOSMTPD_BOGUS_GOODBYE                # aiosmtpd's 502, then it closes
@@ -256,6 +260,7 @@ class Protocol(SMTP):
         self._pending: list[bytes] = []
         self._bare_line_end = False    # the command line just read did not end in one CRLF
         self._param_twice: str | None = None   # MAIL/RCPT named this parameter twice
+        self._body = ""                        # the last MAIL/RCPT's BODY= value
         self._rcpt_unasked = False     # a RCPT runs and the handler was not asked (yet)
         self._mail_unanswered = False  # a MAIL runs: its one reply not pushed yet
         self.busy = False
@@ -283,6 +288,10 @@ class Protocol(SMTP):
         if self._param_twice is not None and isinstance(status, str) and status[:4] == "501 ":
             # aiosmtpd's "501 Syntax: MAIL FROM: <address> ..." for our _getparams' None
             status, self._param_twice = PARAM_TWICE.format(self._param_twice), None
+        if status == _AIOSMTPD_BAD_BODY:
+            # BODY=BINARYMIME (or any value but 7BIT, 8BITMIME): a parameter value not
+            # implemented is 555 (RFC 5321 4.1.1.11), as Postfix answers, not 501 (syntax)
+            status = BODY_UNSUPPORTED.format(self._body[:64])
         if isinstance(status, str) and OVER_LIMIT.match(status):
             # aiosmtpd closes after it but its loop went on running what the client had
             # pipelined behind (a RCPT looked up and logged): a hang-up runs nothing more
@@ -385,6 +394,8 @@ class Protocol(SMTP):
         501 into REPLY_PARAM_TWICE naming it."""
         result = super()._getparams(params)
         size = result.get("SIZE") if result is not None else None
+        body = result.get("BODY") if result is not None else None
+        self._body = body if isinstance(body, str) else ""     # named in a 555 (push)
         if isinstance(size, str) and not (size.isascii() and size.isdigit()):
             # RFC 1870: ASCII digits. aiosmtpd's str.isdigit() took '²', '①', '1¹', which
             # int() then refused: a crash (451 4.3.0 and a traceback) for every such MAIL

@@ -9,6 +9,7 @@ with these helpers.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import os
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ def is_backup(path: str) -> bool:
 
 
 def routing_files(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(the files the patterns name, in order; the backups their globs matched, skipped)."""
+    """(the files the patterns name, in order; the backups their globs matched, skipped).
+    Raises ConfigErrors when a folder a glob must list cannot be (`_glob`)."""
     found: list[str] = []
     skipped: list[str] = []
     for pattern in patterns:
@@ -62,13 +64,53 @@ def routing_files(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
             if pattern not in found:
                 found.append(pattern)
             continue
-        for m in sorted(glob.glob(pattern)):
+        for m in sorted(_glob(pattern)):
             if is_backup(m):
                 if m not in skipped:
                     skipped.append(m)
             elif m not in found:
                 found.append(m)
     return found, [m for m in skipped if m not in found]
+
+
+def _glob(pattern: str) -> list[str]:
+    """glob.glob(pattern), raising ConfigErrors where glob.glob returns nothing: a folder
+    of the pattern that exists and cannot be listed (EMFILE or ENFILE out of descriptors,
+    EACCES, EIO). glob.glob swallows every OSError, so a daemon out of file descriptors
+    read its routing files as "no routing files match", logged that and reloaded again
+    once the descriptors were back. A folder that does not exist (ENOENT, ENOTDIR) is no
+    file, as it is to glob.glob. Same matches otherwise: a name starting with "." only for
+    a pattern part starting with "."; no `**` recursion (not asked of glob.glob)."""
+    head, tail = os.path.split(pattern)
+    if not glob.has_magic(pattern):
+        return [pattern] if os.path.lexists(pattern) else []
+    if not tail:                           # "rules/*/": the folders only, as glob.glob
+        return [os.path.join(d, "") for d in _glob(head) if os.path.isdir(d)]
+    dirs = _glob(head) if head and head != pattern and glob.has_magic(head) else [head]
+    out: list[str] = []
+    for d in dirs:
+        if not glob.has_magic(tail):
+            if os.path.lexists(os.path.join(d, tail)):
+                out.append(os.path.join(d, tail))
+            continue
+        try:
+            with os.scandir(d or os.curdir) as it:
+                names = [e.name for e in it]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise ConfigErrors([ConfigError(
+                f"cannot list the folder {d or os.curdir} for {pattern}: "
+                f"{exc.strerror or exc} (errno {errno.errorcode.get(exc.errno or 0, exc.errno)})",
+                hint=("out of file descriptors: raise LimitNOFILE / ulimit -n, or lower "
+                      "limits.max_connections; the rules running are kept"
+                      if exc.errno in (errno.EMFILE, errno.ENFILE) else
+                      "let the user mailrouter runs as read and enter it"
+                      if exc.errno == errno.EACCES else ""))]) from exc
+        if not tail.startswith("."):
+            names = [n for n in names if not n.startswith(".")]
+        out.extend(os.path.join(d, n) for n in fnmatch.filter(names, tail))
+    return out
 
 
 def _files(patterns: Sequence[str]) -> list[str]:
