@@ -364,3 +364,25 @@ async def test_searches_by_sender_read_the_folded_senders_index(tmp_path):
             assert "SCAN messages" not in plan, plan
     finally:
         await reg.close()
+
+
+async def test_the_commands_open_the_registry_with_the_configs_timeout(registry_url, tmp_path):
+    """`mailrouter registry|report|request ...` open the registry with config.yaml's
+    `registry.timeout`, as the daemon does: its sessions carry it (PostgreSQL's
+    idle_in_transaction_session_timeout, SQLite's busy timeout: half of it). Before, the
+    commands opened it with the default 10 s: against a paused PostgreSQL with
+    `timeout: 1` they waited 10 s whatever config.yaml said."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from mailrouter.config import load_config
+    from mailrouter.control.cli import ask_registry
+    await (await Registry.open(registry_url)).close()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}', timeout: 2.5}}\n", encoding="utf-8")
+    pg = registry_url.startswith("postgresql")
+    ask = text("SHOW idle_in_transaction_session_timeout" if pg else "PRAGMA busy_timeout")
+    got = await asyncio.to_thread(ask_registry, load_config(cfg), "t",
+                                  lambda reg: reg.read("t", lambda c: c.execute(ask).scalar()))
+    assert str(got) == ("2500ms" if pg else "1250")

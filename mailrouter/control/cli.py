@@ -150,7 +150,10 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
         raise SystemExit(2)
 
     async def go() -> Any:
-        reg = await Registry.open(url, create=False)
+        # the config's registry.timeout (and sync), as the daemon opens it: the default 10 s
+        # held a command against a paused server that long whatever config.yaml said
+        reg = await Registry.open(url, create=False, timeout=cfg.registry.timeout,
+                                  synchronous=cfg.registry.sync.upper())
         try:
             return await ask(reg)
         finally:
