@@ -386,3 +386,36 @@ async def test_the_commands_open_the_registry_with_the_configs_timeout(registry_
     got = await asyncio.to_thread(ask_registry, load_config(cfg), "t",
                                   lambda reg: reg.read("t", lambda c: c.execute(ask).scalar()))
     assert str(got) == ("2500ms" if pg else "1250")
+
+
+async def test_the_reports_default_period_is_the_web_views_30_days_of_the_company(tmp_path):
+    """`mailrouter report` without --since covers the 30 days of the company's zone that
+    end with the period's last day, from local midnight, as the web view's report does
+    (its days today - 29 .. today; control.queries.report_period for both). Before, the
+    CLI took now (or --until) minus 30 days in UTC: `requests opened 2026-11-08 00:49+03:00
+    .. 2026-12-08 00:49+03:00` beside the web's 2026-11-09 .. 2026-12-08."""
+    import asyncio
+    import json
+    from zoneinfo import ZoneInfo
+
+    from mailrouter.registry.queries import local_midnight
+    msk = ZoneInfo("Europe/Moscow")        # the control routing's calendar: the company's
+    cli = await empty_registry_cli(tmp_path)
+    code, out, err = await asyncio.to_thread(cli, "report", "--until", "2027-01-11", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert datetime.fromisoformat(doc["since"]) == datetime(2026, 12, 12, tzinfo=msk)
+    assert datetime.fromisoformat(doc["until"]) == datetime(2027, 1, 11, tzinfo=msk)
+    days = []
+    for _ in range(3):          # the same day before and after (not across a midnight)
+        before = datetime.now(msk).date()
+        code, out, err = await asyncio.to_thread(cli, "report", "--json")
+        if datetime.now(msk).date() == before:
+            break
+    doc = json.loads(out)
+    days = [before - timedelta(days=29), before]
+    assert (datetime.fromisoformat(doc["since"]), datetime.fromisoformat(doc["until"])) == (
+        local_midnight(days[0], msk), local_midnight(days[1], msk, 1))
+    code, out, _ = await asyncio.to_thread(cli, "report")
+    assert out.splitlines()[0] == (f"requests opened {days[0]} 00:00+03:00 .. "
+                                   f"{days[1] + timedelta(days=1)} 00:00+03:00")

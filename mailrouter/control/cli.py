@@ -234,15 +234,15 @@ def _period(what: str, since: datetime | None, until: datetime | None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .queries import report
+    from .queries import report, report_period
     now = datetime.now(timezone.utc)
     cfg = args.load_config(args.config)
     snap, since_at, until_at = _local(args, cfg, "report", now)
-    until = until_at or now
-    # 30 days before an --until in year 1 is before datetime.min: OverflowError, a traceback
-    since = since_at or max(_FIRST + timedelta(days=30), until) - timedelta(days=30)
     cals = snap.rules.calendars
     zone = company_zone(cals)
+    # the web view's default period too: the last 30 days of the company's zone (it was
+    # now minus 30 days, in UTC)
+    since, until = report_period(now, zone, since_at, until_at)
     doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals, zone=zone), cfg=cfg)
     rows = [{"section": k, **r} for k, v in doc.items() if isinstance(v, list) for r in v]
     rows += [{"section": k, **v} for k, v in doc.items() if isinstance(v, dict)]
@@ -497,8 +497,10 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     loaders = {"load_config": load_config, "load_snapshot": load_snapshot, "company_zone": zone}
     registry.set_defaults(**loaders)
     rep = add("report", cmd_report, "requests per mailbox/rule/owner/day, response times, SLA")
-    rep.add_argument("--since", type=_when, metavar="DATE", help="from (default: 30 days ago)")
-    rep.add_argument("--until", type=_when, metavar="DATE", help="to (default: now)")
+    rep.add_argument("--since", type=_when, metavar="DATE", help="from (default: the start of "
+                     "the 30th day, today the 1st, in the company's zone)")
+    rep.add_argument("--until", type=_when, metavar="DATE", help="to, not included (default: "
+                     "the end of today in the company's zone)")
     _formats(rep)
     rep.set_defaults(**loaders)
     rsub = registry.add_subparsers(dest="registry_command", metavar="[search|history|reloads]")

@@ -22,13 +22,13 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Callable, Mapping
-from datetime import datetime, time, timedelta, timezone, tzinfo
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, or_, select, true
 
 from ..registry.models import decisions, deliveries, messages
-from ..registry.queries import Scope, folded_forms, from_domain, idn_forms, theirs
+from ..registry.queries import Scope, folded_forms, from_domain, idn_forms, local_midnight, theirs
 from ..registry.words import newest, parse_words
 from ..values import OPEN_REQUEST_STATUSES
 from .threads import MAX_NUMBER
@@ -118,6 +118,34 @@ def _response(rows: list[Any], now: datetime) -> dict[str, Any]:
     return {"requests": len(rows), "answered": len(hours), "median": _percentile(hours, 50),
             "p90": _percentile(hours, 90), "kept": kept, "missed": missed,
             "share_kept": round(kept / (kept + missed), 4) if kept + missed else None}
+
+
+# The report's default period, `mailrouter report`'s and the web view's alike: the last
+# REPORT_DAYS days of the company's zone (calendars.company_zone), today the last of them.
+# The CLI took now minus 30 days in UTC, the web 30 local days: one month, two answers.
+REPORT_DAYS = 30
+
+
+def report_first_day(last: date) -> date:
+    """The first of the REPORT_DAYS company days that end with `last` (held at date.min)."""
+    back = timedelta(days=REPORT_DAYS - 1)
+    return max(last, date.min + back) - back
+
+
+def report_period(now: datetime, zone: tzinfo, since: datetime | None = None,
+                  until: datetime | None = None) -> tuple[datetime, datetime]:
+    """(start, end) of a report, the end not included: the ends given as they are; without
+    `until`, the midnight after today in `zone`; without `since`, the midnight that begins
+    the first of the REPORT_DAYS days ending with the period's last day (report_first_day).
+    The web view's default (its days `today - 29` .. `today`) is the same period."""
+    end = until if until is not None else local_midnight(now.astimezone(zone).date(), zone, 1)
+    if since is not None:
+        return since, end
+    try:        # the day the period ends in: an end at midnight ends the day before
+        last = (end - timedelta(microseconds=1)).astimezone(zone).date()
+    except OverflowError:
+        last = date.min if end.year == 1 else date.max
+    return local_midnight(report_first_day(last), zone), end
 
 
 def report(conn: Connection, since: datetime, until: datetime, now: datetime,
