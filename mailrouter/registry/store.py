@@ -72,6 +72,7 @@ from mailrouter.registry.words import subject_words, word_insert, word_rows
 from mailrouter.registry.models import (
     OutboxRecord, autoreply_log, autoreply_log_insert, outbox, outbox_insert,
 )
+from mailrouter.values import autoreply_line
 
 __all__ = ["Registry", "registry_advice", "registry_location", "upgrade"]
 
@@ -366,14 +367,16 @@ class _Answer:
 
 
 def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
-        list[dict[str, Any]], dict[str, dict[str, Any]], list[_Answer]]:
-    """Outbox rows, autoreply-log rows (by dedupe key) and the answers to look again at, of
-    a batch, each key once (PostgreSQL refuses a key twice in one ON CONFLICT statement
-    only for DO UPDATE, but once is enough), and one answer per sender and responder: two
-    messages of one sender planned either side of a period bucket's end carry two keys."""
+        list[dict[str, Any]], dict[str, dict[str, Any]], list[_Answer], set[str]]:
+    """Outbox rows, autoreply-log rows (by dedupe key), the answers to look again at, and
+    the keys of the answers left out, of a batch, each key once (PostgreSQL refuses a key
+    twice in one ON CONFLICT statement only for DO UPDATE, but once is enough), and one
+    answer per sender and responder: two messages of one sender planned either side of a
+    period bucket's end carry two keys (the second is left out)."""
     sends: dict[str, dict[str, Any]] = {}
     logs: dict[str, dict[str, Any]] = {}
     answers: dict[tuple[str, str], _Answer] = {}
+    left: set[str] = set()
     for p in batch:
         for o in p.outgoing:
             if o.dedupe in sends:
@@ -381,6 +384,7 @@ def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
             if o.responder is not None and o.sender is not None and o.bucket is not None:
                 if o.period > 0:
                     if (o.sender, o.responder) in answers:
+                        left.add(o.dedupe)
                         continue
                     answers[(o.sender, o.responder)] = _Answer(o.dedupe, o.sender, o.responder,
                                                                o.bucket, o.period)
@@ -392,7 +396,7 @@ def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
                                "state": "queued", "attempts": 0, "created_at": now,
                                "next_try": now, "sent_at": None, "last_error": ""}
     return list(sends.values()), logs, sorted(answers.values(),
-                                              key=lambda a: (a.sender, a.responder))
+                                              key=lambda a: (a.sender, a.responder)), left
 
 
 def _answered_elsewhere(conn: Connection, answers: Sequence[_Answer], now: datetime) -> set[str]:
@@ -412,9 +416,30 @@ def _answered_elsewhere(conn: Connection, answers: Sequence[_Answer], now: datet
                 autoreply_log.c.bucket != a.bucket,
                 autoreply_log.c.sent_at > now - timedelta(seconds=a.period)).limit(1)).first():
             found.add(a.dedupe)
-            log.info("event=autoreply_not_sent responder=%s reason='answered within its "
-                     "period by another process'", a.responder)
+            log.info("event=autoreply_not_sent responder=%s reason=%r", a.responder,
+                     ANSWERED_ELSEWHERE)
     return found
+
+
+# The reason an answer dropped by the record gets in its decision (and in the log)
+ANSWERED_ELSEWHERE = "answered within its period by another process"
+
+
+def _note_dropped(conn: Connection, batch: Sequence[_Pending], drop: set[str]) -> None:
+    """The decisions whose autoreply the record dropped (`drop`: dedupe keys) say so, in
+    the same transaction: their reason line said `autoreply R: queued` (written with the
+    message, before the answer was looked at again), and the registry, `request show`
+    and the web view's message story showed an answer that never went."""
+    for p in batch:
+        for o in p.outgoing:
+            if o.dedupe not in drop or o.responder is None:
+                continue
+            queued, dropped = autoreply_line(o.responder), autoreply_line(o.responder, ANSWERED_ELSEWHERE)
+            for d in p.decisions:
+                if queued in d.reasons:
+                    conn.execute(decisions.update().where(
+                        decisions.c.message_key == p.message.key, decisions.c.rcpt == d.rcpt
+                    ).values(reasons=[dropped if r == queued else r for r in d.reasons]))
 
 
 def _by_key(item: _Pending) -> str:
@@ -1232,7 +1257,7 @@ class Registry:
         now, dialect = _now(), self._dialect
         rounds = [tuple(zip(*(p.rows(now) for p in sorted(round_, key=_by_key))))
                   for round_ in _rounds(batch)]
-        sends, logs, answers = _outgoing_rows(batch, now)
+        sends, logs, answers, left = _outgoing_rows(batch, now)
         sends.sort(key=lambda r: r["dedupe"])
         fast = self._fast
 
@@ -1258,6 +1283,8 @@ class Registry:
             # period bucket in the log): a retried message or a sibling instance adds nothing;
             # an answer given meanwhile under the previous bucket's key drops this one.
             drop = _answered_elsewhere(conn, answers, now) if answers else set()
+            if drop or left:
+                _note_dropped(conn, batch, drop | left)
             logged = sorted((r for k, r in logs.items() if k not in drop),
                             key=lambda r: (r["sender"], r["responder"], r["bucket"]))
             for stmt, params in ((autoreply_log_insert(dialect), logged),
