@@ -419,3 +419,40 @@ async def test_the_reports_default_period_is_the_web_views_30_days_of_the_compan
     code, out, _ = await asyncio.to_thread(cli, "report")
     assert out.splitlines()[0] == (f"requests opened {days[0]} 00:00+03:00 .. "
                                    f"{days[1] + timedelta(days=1)} 00:00+03:00")
+
+
+async def test_a_request_set_waiting_before_its_first_response_fell_due_is_not_missed(
+        registry_url, tmp_path):
+    """Three requests, first response due in an hour: one set waiting for the customer
+    (`mailrouter request wait`) before it, one left unanswered, one answered in time. The
+    report read after the due times says kept 1, missed 1, as the SLA timers have it: a
+    waiting request owes no answer (no reminder, no escalation, README "The answer owed").
+    Before, the waiting one counted as missed too (kept 1, missed 2), though the board and
+    the report's own per-owner line showed it awaiting nothing and overdue nothing."""
+    import asyncio
+
+    from mailrouter.control.queries import report
+    from mailrouter.control.store import Plan, apply_plan
+    now = datetime.now(timezone.utc)
+    opened, due = now - timedelta(minutes=10), now + timedelta(hours=1)
+    reg = await Registry.open(registry_url)
+    try:
+        for n in (1, 2, 3):
+            await reg.write("t", lambda c, n=n: apply_plan(c, Plan(
+                "open", f"c{n}@x.example", f"<{n}@x>", owner="ivanov", mailbox="support",
+                rule="support", subject=f"q{n}", due=due), f"k{n}", opened))
+        await reg.write("t", lambda c: apply_plan(c, Plan("reply", "ivanov@example.com", "<r3@e>",
+                                                          request_id=3), "r3", now))
+    finally:
+        await reg.close()
+    cli = _cli_on(tmp_path, registry_url)
+    assert await asyncio.to_thread(cli, "request", "wait", "1") == "request #1 waiting\n"
+    reg = await Registry.open(registry_url)
+    try:
+        doc = await reg.read("t", lambda c: report(c, now - timedelta(days=1), now + timedelta(days=1),
+                                                   now + timedelta(hours=2), {}))
+        assert doc["sla"] == {"kept": 1, "missed": 1, "share_kept": 0.5}
+        assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 3, "awaiting": 1,
+                                          "overdue": 1}]
+    finally:
+        await reg.close()

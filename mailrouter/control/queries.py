@@ -101,14 +101,22 @@ def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: 
 
 def _response(rows: list[Any], now: datetime) -> dict[str, Any]:
     """First response (median, p90 in business hours) and SLA kept of (first, due, hours to
-    the first response or None, closed_at). One closed unanswered before it fell due (spam,
-    a misdirected mail closed by hand) owed no answer: neither kept nor missed. Before, it
-    counted as missed from its due time on, and a head's share fell hours after the close."""
+    the first response or None, closed_at, paused). One closed unanswered before it fell
+    due (spam, a misdirected mail closed by hand) owed no answer: neither kept nor missed.
+    Before, it counted as missed from its due time on, and a head's share fell hours after
+    the close. So is one set waiting for the customer (or closed) before its first response
+    and before that fell due (`paused`, _PAUSED): from then on no answer was owed, and the
+    SLA timers reminded and escalated nobody (response_due NULL; README, "The answer
+    owed"); a later answer, after the customer wrote again, is the reopened round's, shown
+    as overdue and in reminders. It counted as missed once the first due time passed."""
     hours, kept, missed = [], 0, 0
-    for first, due, took, closed in rows:
+    for first, due, took, closed, paused in rows:
         if took is not None:
             hours.append(took)
         if first is None and closed is not None and due is not None and closed < due:
+            continue
+        if paused is not None and due is not None and paused < due and (
+                first is None or paused < first):
             continue
         if due is not None and (first is not None or due <= now):
             if first is not None and first <= due:
@@ -148,6 +156,16 @@ def report_period(now: datetime, zone: tzinfo, since: datetime | None = None,
     return local_midnight(report_first_day(last), zone), end
 
 
+# When a request first stopped owing an answer while `open` without one of ours: set
+# waiting for the customer (`request wait`) or closed by hand; the status events those
+# write ("open -> waiting: ...", "open -> closed: ..."). A reply (markers included) sets
+# first_response_at itself. From the (request_id, at) index.
+_PAUSED = select(func.min(request_events.c.at)).where(
+    request_events.c.request_id == requests.c.id, request_events.c.kind == "status",
+    or_(request_events.c.detail.like("open -> waiting%"),
+        request_events.c.detail.like("open -> closed%"))).scalar_subquery()
+
+
 def report(conn: Connection, since: datetime, until: datetime, now: datetime,
            calendars: Mapping[str, Any], scope: Scope | None = None,
            zone: tzinfo = timezone.utc) -> dict[str, Any]:
@@ -166,13 +184,13 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
     per_box: dict[str | None, list[Any]] = {}
     per_owner: dict[str | None, list[Any]] = {}
     per_day: dict[str, int] = {}
-    for opened, first, due, cal, box, owner, closed in conn.execute(select(
+    for opened, first, due, cal, box, owner, closed, paused in conn.execute(select(
             requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
             requests.c.sla_calendar, requests.c.mailbox, requests.c.owner,
-            requests.c.closed_at).where(span)):
+            requests.c.closed_at, _PAUSED).where(span)):
         # the business hours once per request: every request is in three of the groups
         every.append((first, due, None if first is None else _hours(calendars, cal, opened, first),
-                      closed))
+                      closed, paused))
         per_box.setdefault(box, []).append(every[-1])
         per_owner.setdefault(owner, []).append(every[-1])
         day = opened.astimezone(zone).date().isoformat()
