@@ -426,10 +426,16 @@ def _answered_elsewhere(conn: Connection, answers: Sequence[_Answer], now: datet
             counted[a.sender] = int(conn.execute(select(func.count()).where(
                 autoreply_log.c.sender == a.sender,
                 autoreply_log.c.sent_at > now - timedelta(days=1))).scalar_one())
-        # (its own key already logged: a sibling instance's answer in the same bucket,
-        # which the insert would skip; said so rather than counted against the cap)
+        if conn.execute(select(autoreply_log.c.id).where(
+                autoreply_log.c.sender == a.sender, autoreply_log.c.responder == a.responder,
+                autoreply_log.c.bucket == a.bucket).limit(1)).first():
+            # its own key is logged already (a retried record whose commit went through,
+            # a sibling instance's answer in the same bucket): the insert adds nothing and
+            # that answer is the one queued, already counted
+            continue
         if a.period > 0 and conn.execute(select(autoreply_log.c.id).where(
                 autoreply_log.c.sender == a.sender, autoreply_log.c.responder == a.responder,
+                autoreply_log.c.bucket != a.bucket,
                 autoreply_log.c.sent_at > now - timedelta(seconds=a.period)).limit(1)).first():
             found[a.dedupe] = ANSWERED_ELSEWHERE
         elif a.daily_cap and counted[a.sender] >= a.daily_cap:
