@@ -74,6 +74,7 @@ from .loops import TRACE_HEADER, header_text
 from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
 from .routing.robots import DEFAULT_ROBOT_SENDERS, robot_pattern, robot_sender
+from .values import autoreply_line
 
 __all__ = ["DEFAULT_ROBOT_SENDERS", "robot_pattern", "History", "Policy", "Verdict", "build_reply",
            "choose_language", "generated_trace", "period_bucket", "reason_kind", "sender_key",
@@ -194,8 +195,7 @@ class Verdict:
         """The decision-reason line the registry keeps."""
         if self.responder is None:
             return ""
-        return (f"autoreply {self.responder}: queued" if self.send
-                else f"autoreply {self.responder}: not sent: {self.reason}")
+        return autoreply_line(self.responder, "" if self.send else self.reason)
 
 
 def bare(address: str) -> str:

@@ -152,7 +152,7 @@ class Outgoing:
         envelope = "" if self.policy.envelope_from == "<>" else self.policy.envelope_from
         return OutboxRecord(f"autoreply:{responder.name}:{sender}:{bucket}", "autoreply",
                             envelope, to, raw, responder.name, sender, bucket,
-                            responder.period.total_seconds())
+                            responder.period.total_seconds(), self.policy.daily_cap)
 
     def _dsn(self, protocol: str, mail_from: str, view: MessageView,
              decisions: Sequence[Decision], replies: Sequence[Reply], key: str,

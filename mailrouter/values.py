@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "autoreply_line",
     "AIOSMTPD_BOGUS_GOODBYE", "REPLIES", "REPLY_ALREADY_DELIVERED", "REPLY_AUTH_NOT_IMPLEMENTED", "REPLY_BAD_BYTES",
     "REPLY_BARE_LINE_END", "REPLY_BDAT_NOT_OFFERED",
     "REPLY_CONTROL_CHAR", "REPLY_COPY_DELIVERED", "REPLY_DATA_SYNTAX", "REPLY_DATA_TOO_SLOW",
@@ -240,6 +241,13 @@ def written_folder_problem(folder: str) -> str | None:
 
 # What Excel and LibreOffice read as the start of a formula (a tab or CR too: some strip it)
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def autoreply_line(responder: str, not_sent: str = "") -> str:
+    """The decision-reason line the registry keeps for an autoreply: `autoreply R: queued`,
+    or `autoreply R: not sent: WHY` (autoreply.Verdict.describe; the registry's record
+    turns the first into the second for an answer it drops, store._answered_elsewhere)."""
+    return f"autoreply {responder}: not sent: {not_sent}" if not_sent else f"autoreply {responder}: queued"
 
 
 def spreadsheet_cell(value: Any) -> Any:

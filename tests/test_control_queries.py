@@ -364,3 +364,95 @@ async def test_searches_by_sender_read_the_folded_senders_index(tmp_path):
             assert "SCAN messages" not in plan, plan
     finally:
         await reg.close()
+
+
+async def test_the_commands_open_the_registry_with_the_configs_timeout(registry_url, tmp_path):
+    """`mailrouter registry|report|request ...` open the registry with config.yaml's
+    `registry.timeout`, as the daemon does: its sessions carry it (PostgreSQL's
+    idle_in_transaction_session_timeout, SQLite's busy timeout: half of it). Before, the
+    commands opened it with the default 10 s: against a paused PostgreSQL with
+    `timeout: 1` they waited 10 s whatever config.yaml said."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from mailrouter.config import load_config
+    from mailrouter.control.cli import ask_registry
+    await (await Registry.open(registry_url)).close()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}', timeout: 2.5}}\n", encoding="utf-8")
+    pg = registry_url.startswith("postgresql")
+    ask = text("SHOW idle_in_transaction_session_timeout" if pg else "PRAGMA busy_timeout")
+    got = await asyncio.to_thread(ask_registry, load_config(cfg), "t",
+                                  lambda reg: reg.read("t", lambda c: c.execute(ask).scalar()))
+    assert str(got) == ("2500ms" if pg else "1250")
+
+
+async def test_the_reports_default_period_is_the_web_views_30_days_of_the_company(tmp_path):
+    """`mailrouter report` without --since covers the 30 days of the company's zone that
+    end with the period's last day, from local midnight, as the web view's report does
+    (its days today - 29 .. today; control.queries.report_period for both). Before, the
+    CLI took now (or --until) minus 30 days in UTC: `requests opened 2026-11-08 00:49+03:00
+    .. 2026-12-08 00:49+03:00` beside the web's 2026-11-09 .. 2026-12-08."""
+    import asyncio
+    import json
+    from zoneinfo import ZoneInfo
+
+    from mailrouter.registry.queries import local_midnight
+    msk = ZoneInfo("Europe/Moscow")        # the control routing's calendar: the company's
+    cli = await empty_registry_cli(tmp_path)
+    code, out, err = await asyncio.to_thread(cli, "report", "--until", "2027-01-11", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert datetime.fromisoformat(doc["since"]) == datetime(2026, 12, 12, tzinfo=msk)
+    assert datetime.fromisoformat(doc["until"]) == datetime(2027, 1, 11, tzinfo=msk)
+    days = []
+    for _ in range(3):          # the same day before and after (not across a midnight)
+        before = datetime.now(msk).date()
+        code, out, err = await asyncio.to_thread(cli, "report", "--json")
+        if datetime.now(msk).date() == before:
+            break
+    doc = json.loads(out)
+    days = [before - timedelta(days=29), before]
+    assert (datetime.fromisoformat(doc["since"]), datetime.fromisoformat(doc["until"])) == (
+        local_midnight(days[0], msk), local_midnight(days[1], msk, 1))
+    code, out, _ = await asyncio.to_thread(cli, "report")
+    assert out.splitlines()[0] == (f"requests opened {days[0]} 00:00+03:00 .. "
+                                   f"{days[1] + timedelta(days=1)} 00:00+03:00")
+
+
+async def test_a_request_set_waiting_before_its_first_response_fell_due_is_not_missed(
+        registry_url, tmp_path):
+    """Three requests, first response due in an hour: one set waiting for the customer
+    (`mailrouter request wait`) before it, one left unanswered, one answered in time. The
+    report read after the due times says kept 1, missed 1, as the SLA timers have it: a
+    waiting request owes no answer (no reminder, no escalation, README "The answer owed").
+    Before, the waiting one counted as missed too (kept 1, missed 2), though the board and
+    the report's own per-owner line showed it awaiting nothing and overdue nothing."""
+    import asyncio
+
+    from mailrouter.control.queries import report
+    from mailrouter.control.store import Plan, apply_plan
+    now = datetime.now(timezone.utc)
+    opened, due = now - timedelta(minutes=10), now + timedelta(hours=1)
+    reg = await Registry.open(registry_url)
+    try:
+        for n in (1, 2, 3):
+            await reg.write("t", lambda c, n=n: apply_plan(c, Plan(
+                "open", f"c{n}@x.example", f"<{n}@x>", owner="ivanov", mailbox="support",
+                rule="support", subject=f"q{n}", due=due), f"k{n}", opened))
+        await reg.write("t", lambda c: apply_plan(c, Plan("reply", "ivanov@example.com", "<r3@e>",
+                                                          request_id=3), "r3", now))
+    finally:
+        await reg.close()
+    cli = _cli_on(tmp_path, registry_url)
+    assert await asyncio.to_thread(cli, "request", "wait", "1") == "request #1 waiting\n"
+    reg = await Registry.open(registry_url)
+    try:
+        doc = await reg.read("t", lambda c: report(c, now - timedelta(days=1), now + timedelta(days=1),
+                                                   now + timedelta(hours=2), {}))
+        assert doc["sla"] == {"kept": 1, "missed": 1, "share_kept": 0.5}
+        assert doc["open_per_owner"] == [{"owner": "ivanov", "open": 3, "awaiting": 1,
+                                          "overdue": 1}]
+    finally:
+        await reg.close()

@@ -718,3 +718,41 @@ async def test_an_answer_to_our_autoreply_joins_the_request_it_answered(make_app
     links = await rows(app, request_messages)
     assert [(m["request_id"], m["message_id"]) for m in links] == [
         (1, "<c1@bigco>"), (1, "<c2@bigco>")]
+
+
+async def test_request_show_prints_owner_changes_as_the_web_view_does(make_app, tmp_path,
+                                                                      registry_url):
+    """`request show` prints each owner change as the web view's history does: who made
+    it (by name), from whom to whom (by name), the team's move, why, the time in the
+    company's zone. Before, the text printed the event's JSON as stored:
+    `{"from": "ivanov", "to": "petrova", "why": ["reassigned by smirnov (web view)"], ...}`."""
+    import asyncio
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mailrouter.cli import main
+    from mailrouter.control.actions import reassign
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("client@bigco.example", "printer", "c1@bigco"), "client@bigco.example")
+    later = datetime(2027, 1, 11, 8, 30, tzinfo=timezone.utc)
+    await app.registry.write("t", lambda c: reassign(c, 1, "petrova", "smirnov", later,
+                                                      "web view"))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv):
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(out):
+            return main([*argv, "-c", str(cfg)]), out.getvalue()
+    code, text = await asyncio.to_thread(cli, "request", "show", "1")
+    assert code == 0, text
+    owner = [line for line in text.splitlines() if " owner " in line]
+    assert owner == [
+        "  2027-01-11 10:00:00+03:00 owner        -  (nobody) -> Пётр Иванов · team duty: "
+        "round-robin: ivanov",
+        "  2027-01-11 11:30:00+03:00 owner        Сергей Смирнов  Пётр Иванов -> Анна Петрова · "
+        "reassigned by smirnov (web view)"]
+    assert "{" not in "".join(owner)
+    code, doc = await asyncio.to_thread(cli, "request", "show", "1", "--json")
+    assert '\\"reassigned by smirnov (web view)\\"' in doc      # --json keeps the registry's

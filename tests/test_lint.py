@@ -500,6 +500,47 @@ def test_folder_warnings_resolve_no_address_when_no_mailbox_can_lose_a_folder(
     assert calls == []
 
 
+def test_check_warns_about_a_folder_with_a_slash_on_an_lmtp_mailbox() -> None:
+    """Dovecot's Maildir++ layout (deploy/dovecot, docs/install.md) refuses a folder name
+    with '/': `Clients/VIP` on an LMTP mailbox lands in the INBOX, answered 250, while the
+    registry records folder Clients/VIP. `check` said nothing; it now warns, with the
+    rule's file:line (the alias's address) and the fix, 'Clients.VIP'. The same folder on a
+    maildir mailbox (a level of our own Maildir) and a dotted one are not warned about."""
+    path = routing_file("""\
+domains: [example.com]
+mailboxes:
+  plain: {lmtp: plain@example.test}
+  sieved: {lmtp: sieved@example.test, sieve_folders: true}
+  local: {maildir: local}
+aliases:
+  a@example.com: {mailbox: plain, folder: Clients/VIP}
+  b@example.com: {mailbox: local, folder: Clients/VIP}
+  c@example.com: {mailbox: plain, folder: Clients.VIP}
+  postmaster@example.com: mailbox:local
+rules:
+  - {name: any-box, when: {subject: bill}, then: {folder: Bills/2026}}
+  - {name: lmtp-box, when: {subject: act}, then: {mailbox: sieved, folder: Acts/2026}}
+  - {name: own-box, when: {subject: own}, then: {mailbox: local, folder: Own/2026}}
+  - {name: dotted, when: {subject: dot}, then: {mailbox: plain, folder: Acts.2026}}
+""", "r.yaml")
+    snap = load(path, book=None)
+    warnings = snap.warnings(False)
+    slash = [w for w in warnings if "'/'" in w]
+    assert slash == [
+        "a@example.com: folder 'Clients/VIP' of LMTP mailbox 'plain' goes to the INBOX under "
+        "Dovecot's Maildir++ layout, which refuses '/' in a folder name, while the registry "
+        "records folder 'Clients/VIP'; write the levels with Dovecot's Maildir++ separator "
+        "'.' ('Clients.VIP'), or use a maildir mailbox",
+        f"{path}:12: rule 'any-box': folder 'Bills/2026' (for LMTP mailboxes plain, sieved) "
+        "goes to the INBOX under Dovecot's Maildir++ layout, which refuses '/' in a folder "
+        "name, while the registry records folder 'Bills/2026'; write the levels with "
+        "Dovecot's Maildir++ separator '.' ('Bills.2026'), or use a maildir mailbox",
+        f"{path}:13: rule 'lmtp-box': folder 'Acts/2026' of LMTP mailbox 'sieved' goes to the "
+        "INBOX under Dovecot's Maildir++ layout, which refuses '/' in a folder name, while "
+        "the registry records folder 'Acts/2026'; write the levels with Dovecot's Maildir++ "
+        "separator '.' ('Acts.2026'), or use a maildir mailbox"], warnings
+
+
 def test_check_warns_about_a_rule_on_a_recipient_the_book_refuses(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`rcpt: suport@example.com` (a typo) loaded and never matched: mail to an address the

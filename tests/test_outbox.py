@@ -537,3 +537,97 @@ async def test_answers_either_side_of_a_period_boundary_are_one(registry_url: st
     finally:
         await a.close()
         await b.close()
+
+
+async def test_an_answer_the_record_drops_is_not_sent_in_its_decision(registry_url: str) -> None:
+    """An answer the record drops (answered within its period under the other bucket's
+    key, by another instance or in the same group commit) had its decision's reason line
+    `autoreply moved: queued`, written with the message: `request show`, the web view's
+    message story and the registry showed an answer that never went. The dropped one's
+    line now says `not sent: answered within its period by another process`; the answer
+    that went keeps `queued`."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from mailrouter.registry import Registry
+    from mailrouter.registry.models import decisions
+    from tests.test_registry import decision, message
+    period = timedelta(days=7)
+    span = int(period.total_seconds())
+    edge = datetime.fromtimestamp((int(datetime.now(UTC).timestamp()) // span + 1) * span, UTC)
+    before, after = edge - timedelta(milliseconds=5), edge + timedelta(milliseconds=5)
+    queued = "autoreply moved: queued"
+    dropped = "autoreply moved: not sent: answered within its period by another process"
+
+    def noted(key: str) -> Any:
+        return [decision("old-sales@example.com", reasons=("moved", queued))]
+
+    def bob(answer: Any) -> Any:
+        return dataclasses.replace(answer, sender="bob@client.example", rcpt="bob@client.example",
+                                   dedupe=answer.dedupe.replace("ann", "bob"))
+    a, b = await Registry.open(registry_url), await Registry.open(registry_url)
+    try:
+        await asyncio.gather(      # two instances
+            a.record(message("1" * 64), noted("1"), [], outgoing=[_answer(before, period)]),
+            b.record(message("2" * 64), noted("2"), [], outgoing=[_answer(after, period)]))
+        await asyncio.gather(      # one process, both in one group commit
+            a.record(message("4" * 64), noted("4"), [], outgoing=[bob(_answer(before, period))]),
+            a.record(message("5" * 64), noted("5"), [], outgoing=[bob(_answer(after, period))]))
+        sent = {r["message_key"] for r in await a.outbox_list()}
+        assert len(sent) == 2 and len(sent & {"1" * 64, "2" * 64}) == 1
+        reasons = dict((r.message_key, r.reasons) for r in await a.read("t", lambda c: list(
+            c.execute(select(decisions.c.message_key, decisions.c.reasons)))))
+        assert reasons == {k * 64: ["moved", queued if k * 64 in sent else dropped]
+                           for k in "1245"}, reasons
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_daily_cap_holds_for_answers_recorded_at_once(registry_url: str) -> None:
+    """A sender one answer under autoreply.daily_cap writes to two addresses with two
+    responders, and two instances (or two workers, or one group commit) plan an answer
+    each, both reading the history before the other recorded: both went out, the cap
+    exceeded. The record counts the sender's answers again under its per-sender lock
+    (PostgreSQL; SQLite's writes are one at a time): one answer goes, the other's decision
+    says `not sent: ... (daily_cap 3)`."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from mailrouter.registry import Registry
+    from mailrouter.registry.models import decisions
+    from tests.test_registry import decision, message
+    period = timedelta(days=7)
+    now = datetime.now(UTC)
+
+    def answer(responder: str, who: str = "ann") -> Any:
+        a = dataclasses.replace(_answer(now, period), responder=responder, daily_cap=3,
+                                sender=f"{who}@client.example", rcpt=f"{who}@client.example")
+        return dataclasses.replace(a, dedupe=f"autoreply:{responder}:{a.sender}:{a.bucket}")
+
+    def noted(responder: str) -> Any:
+        return [decision("old-sales@example.com", reasons=(f"autoreply {responder}: queued",))]
+    a, b = await Registry.open(registry_url), await Registry.open(registry_url)
+    try:
+        for n, who in enumerate(("ann", "ann", "bob", "bob")):      # two answers each, earlier
+            await a.record(message(str(n) * 64), [], [], outgoing=[answer(f"r{n}", who)])
+        await asyncio.gather(      # two instances
+            a.record(message("a" * 64), noted("x"), [], outgoing=[answer("x")]),
+            b.record(message("b" * 64), noted("y"), [], outgoing=[answer("y")]))
+        await asyncio.gather(      # one process, both in one group commit
+            a.record(message("c" * 64), noted("x"), [], outgoing=[answer("x", "bob")]),
+            a.record(message("d" * 64), noted("y"), [], outgoing=[answer("y", "bob")]))
+        keys = {r["message_key"][0] for r in await a.outbox_list()} - set("0123")
+        assert len(keys & set("ab")) == 1 and len(keys & set("cd")) == 1, keys
+        reasons = dict((r.message_key[0], r.reasons[0]) for r in await a.read(
+            "t", lambda c: list(c.execute(select(decisions.c.message_key, decisions.c.reasons)))))
+        for k, responder, who in (("a", "x", "ann"), ("b", "y", "ann"), ("c", "x", "bob"),
+                                  ("d", "y", "bob")):
+            assert reasons[k] == (f"autoreply {responder}: queued" if k in keys else
+                                  f"autoreply {responder}: not sent: {who}@client.example got "
+                                  "3 answers in 24 h (daily_cap 3)"), reasons
+    finally:
+        await a.close()
+        await b.close()

@@ -408,6 +408,10 @@ async def test_the_report_answers_from_the_query_mailrouter_report_prints(site: 
     assert ("mailbox", "finance", "1") in [(g["section"], g["name"], g["answered"]) for g in got]
     status, page, _ = await petrova.get("/report?since=2027-02-01&until=2027-01-01")
     assert status == 400 and "is before" in page
+    # an until alone: the 30 days that end with it, as `mailrouter report --until` (it was
+    # today - 29 whatever the until: 400 for an until before it)
+    status, page, _ = await petrova.get("/report?until=2027-01-31")
+    assert status == 200 and 'name="since" type="date" value="2027-01-02"' in page
 
 
 async def test_the_reports_messages_per_owner_name_people_as_its_response_tables_do(

@@ -150,7 +150,10 @@ def ask_registry(cfg: Any, what: str, ask: Callable[[Any], Awaitable[Any]]) -> A
         raise SystemExit(2)
 
     async def go() -> Any:
-        reg = await Registry.open(url, create=False)
+        # the config's registry.timeout (and sync), as the daemon opens it: the default 10 s
+        # held a command against a paused server that long whatever config.yaml said
+        reg = await Registry.open(url, create=False, timeout=cfg.registry.timeout,
+                                  synchronous=cfg.registry.sync.upper())
         try:
             return await ask(reg)
         finally:
@@ -231,15 +234,15 @@ def _period(what: str, since: datetime | None, until: datetime | None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .queries import report
+    from .queries import report, report_period
     now = datetime.now(timezone.utc)
     cfg = args.load_config(args.config)
     snap, since_at, until_at = _local(args, cfg, "report", now)
-    until = until_at or now
-    # 30 days before an --until in year 1 is before datetime.min: OverflowError, a traceback
-    since = since_at or max(_FIRST + timedelta(days=30), until) - timedelta(days=30)
     cals = snap.rules.calendars
     zone = company_zone(cals)
+    # the web view's default period too: the last 30 days of the company's zone (it was
+    # now minus 30 days, in UTC)
+    since, until = report_period(now, zone, since_at, until_at)
     doc = _run(args, "report", lambda conn: report(conn, since, until, now, cals, zone=zone), cfg=cfg)
     rows = [{"section": k, **r} for k, v in doc.items() if isinstance(v, list) for r in v]
     rows += [{"section": k, **v} for k, v in doc.items() if isinstance(v, dict)]
@@ -399,13 +402,14 @@ def _reopen(args: argparse.Namespace) -> int:
 
 def cmd_request(args: argparse.Namespace) -> int:
     from .queries import show_request
-    from .store import reopened_by
+    from .store import owner_change, reopened_by
     if args.action in ("close", "wait"):
         return _set_status(args, "closed" if args.action == "close" else "waiting")
     if args.action == "reopen":
         return _reopen(args)
     cfg = args.load_config(args.config)
-    zone = company_zone(args.load_snapshot(cfg).rules.calendars)
+    snap = args.load_snapshot(cfg)
+    zone = company_zone(snap.rules.calendars)
     doc = _run(args, "request show", lambda conn: show_request(conn, args.number), cfg=cfg)
     if doc is None:
         print(f"mailrouter request show: no request #{args.number}", file=sys.stderr)
@@ -432,8 +436,14 @@ def cmd_request(args: argparse.Namespace) -> int:
                   f"{company_time(doc['response_due'], zone, 'seconds')}")
         ours = {id(e) for e in events}     # times in an event's detail: the company's too
         for r in timeline:
-            detail = company_times(r["detail"], zone) if id(r) in ours else r["detail"]
-            print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(r['who'] or '-')}  "
+            who, detail = r["who"], r["detail"]
+            change = owner_change(detail) if id(r) in ours and r["what"] == "owner" else None
+            if change is not None:
+                # as the web view's history reads it (its JSON was printed as it is stored)
+                who = _named(snap.book.people, who) if who else who
+                detail = _owner_text(change, snap.book.people)
+            detail = company_times(detail, zone) if id(r) in ours else detail
+            print(f"  {company_time(r['at'], zone, 'seconds')} {r['what']:12} {printable(who or '-')}  "
                   f"{printable(detail)}")
         for m in doc["messages"]:
             for d in m["recipients"]:
@@ -443,6 +453,27 @@ def cmd_request(args: argparse.Namespace) -> int:
                     print(f"  why {printable(msg)} {printable(d['rcpt'])}: {printable(why)}")
     _emit(args, doc, timeline, text)
     return 0
+
+
+def _named(people: Any, key: str | None) -> str:
+    """A person as the web view names one: their name, else the key; nobody '(nobody)'."""
+    if not key:
+        return "(nobody)"
+    person = people.get(key)
+    return str(person.name) if person is not None and person.name else str(key)
+
+
+def _owner_text(change: dict[str, Any], people: Any) -> str:
+    """An owner change as the web view's history shows it: from -> to, the team's change,
+    why ("Пётр Иванов -> Анна Петрова · team - -> duty · reassigned by smirnov (web view)")."""
+    parts = [f"{_named(people, change.get('from'))} -> {_named(people, change.get('to'))}"]
+    team = change.get("team")
+    if isinstance(team, dict):
+        parts.append(f"team {team.get('from') or '-'} -> {team.get('to') or '-'}")
+    why = change.get("why")
+    if why:
+        parts.append("; ".join(str(w) for w in why) if isinstance(why, list) else str(why))
+    return " · ".join(parts)
 
 
 def _formats(p: argparse.ArgumentParser, config: bool = False) -> None:
@@ -466,8 +497,10 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     loaders = {"load_config": load_config, "load_snapshot": load_snapshot, "company_zone": zone}
     registry.set_defaults(**loaders)
     rep = add("report", cmd_report, "requests per mailbox/rule/owner/day, response times, SLA")
-    rep.add_argument("--since", type=_when, metavar="DATE", help="from (default: 30 days ago)")
-    rep.add_argument("--until", type=_when, metavar="DATE", help="to (default: now)")
+    rep.add_argument("--since", type=_when, metavar="DATE", help="from (default: the start of "
+                     "the 30th day, today the 1st, in the company's zone)")
+    rep.add_argument("--until", type=_when, metavar="DATE", help="to, not included (default: "
+                     "the end of today in the company's zone)")
     _formats(rep)
     rep.set_defaults(**loaders)
     rsub = registry.add_subparsers(dest="registry_command", metavar="[search|history|reloads]")

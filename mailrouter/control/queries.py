@@ -22,13 +22,13 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections.abc import Callable, Mapping
-from datetime import datetime, time, timedelta, timezone, tzinfo
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, or_, select, true
 
 from ..registry.models import decisions, deliveries, messages
-from ..registry.queries import Scope, folded_forms, from_domain, idn_forms, theirs
+from ..registry.queries import Scope, folded_forms, from_domain, idn_forms, local_midnight, theirs
 from ..registry.words import newest, parse_words
 from ..values import OPEN_REQUEST_STATUSES
 from .threads import MAX_NUMBER
@@ -101,14 +101,22 @@ def _hours(calendars: Mapping[str, Any], cal: str | None, start: datetime, end: 
 
 def _response(rows: list[Any], now: datetime) -> dict[str, Any]:
     """First response (median, p90 in business hours) and SLA kept of (first, due, hours to
-    the first response or None, closed_at). One closed unanswered before it fell due (spam,
-    a misdirected mail closed by hand) owed no answer: neither kept nor missed. Before, it
-    counted as missed from its due time on, and a head's share fell hours after the close."""
+    the first response or None, closed_at, paused). One closed unanswered before it fell
+    due (spam, a misdirected mail closed by hand) owed no answer: neither kept nor missed.
+    Before, it counted as missed from its due time on, and a head's share fell hours after
+    the close. So is one set waiting for the customer (or closed) before its first response
+    and before that fell due (`paused`, _PAUSED): from then on no answer was owed, and the
+    SLA timers reminded and escalated nobody (response_due NULL; README, "The answer
+    owed"); a later answer, after the customer wrote again, is the reopened round's, shown
+    as overdue and in reminders. It counted as missed once the first due time passed."""
     hours, kept, missed = [], 0, 0
-    for first, due, took, closed in rows:
+    for first, due, took, closed, paused in rows:
         if took is not None:
             hours.append(took)
         if first is None and closed is not None and due is not None and closed < due:
+            continue
+        if paused is not None and due is not None and paused < due and (
+                first is None or paused < first):
             continue
         if due is not None and (first is not None or due <= now):
             if first is not None and first <= due:
@@ -118,6 +126,44 @@ def _response(rows: list[Any], now: datetime) -> dict[str, Any]:
     return {"requests": len(rows), "answered": len(hours), "median": _percentile(hours, 50),
             "p90": _percentile(hours, 90), "kept": kept, "missed": missed,
             "share_kept": round(kept / (kept + missed), 4) if kept + missed else None}
+
+
+# The report's default period, `mailrouter report`'s and the web view's alike: the last
+# REPORT_DAYS days of the company's zone (calendars.company_zone), today the last of them.
+# The CLI took now minus 30 days in UTC, the web 30 local days: one month, two answers.
+REPORT_DAYS = 30
+
+
+def report_first_day(last: date) -> date:
+    """The first of the REPORT_DAYS company days that end with `last` (held at date.min)."""
+    back = timedelta(days=REPORT_DAYS - 1)
+    return max(last, date.min + back) - back
+
+
+def report_period(now: datetime, zone: tzinfo, since: datetime | None = None,
+                  until: datetime | None = None) -> tuple[datetime, datetime]:
+    """(start, end) of a report, the end not included: the ends given as they are; without
+    `until`, the midnight after today in `zone`; without `since`, the midnight that begins
+    the first of the REPORT_DAYS days ending with the period's last day (report_first_day).
+    The web view's default (its days `today - 29` .. `today`) is the same period."""
+    end = until if until is not None else local_midnight(now.astimezone(zone).date(), zone, 1)
+    if since is not None:
+        return since, end
+    try:        # the day the period ends in: an end at midnight ends the day before
+        last = (end - timedelta(microseconds=1)).astimezone(zone).date()
+    except OverflowError:
+        last = date.min if end.year == 1 else date.max
+    return local_midnight(report_first_day(last), zone), end
+
+
+# When a request first stopped owing an answer while `open` without one of ours: set
+# waiting for the customer (`request wait`) or closed by hand; the status events those
+# write ("open -> waiting: ...", "open -> closed: ..."). A reply (markers included) sets
+# first_response_at itself. From the (request_id, at) index.
+_PAUSED = select(func.min(request_events.c.at)).where(
+    request_events.c.request_id == requests.c.id, request_events.c.kind == "status",
+    or_(request_events.c.detail.like("open -> waiting%"),
+        request_events.c.detail.like("open -> closed%"))).scalar_subquery()
 
 
 def report(conn: Connection, since: datetime, until: datetime, now: datetime,
@@ -138,13 +184,13 @@ def report(conn: Connection, since: datetime, until: datetime, now: datetime,
     per_box: dict[str | None, list[Any]] = {}
     per_owner: dict[str | None, list[Any]] = {}
     per_day: dict[str, int] = {}
-    for opened, first, due, cal, box, owner, closed in conn.execute(select(
+    for opened, first, due, cal, box, owner, closed, paused in conn.execute(select(
             requests.c.opened_at, requests.c.first_response_at, requests.c.first_response_due,
             requests.c.sla_calendar, requests.c.mailbox, requests.c.owner,
-            requests.c.closed_at).where(span)):
+            requests.c.closed_at, _PAUSED).where(span)):
         # the business hours once per request: every request is in three of the groups
         every.append((first, due, None if first is None else _hours(calendars, cal, opened, first),
-                      closed))
+                      closed, paused))
         per_box.setdefault(box, []).append(every[-1])
         per_owner.setdefault(owner, []).append(every[-1])
         day = opened.astimezone(zone).date().isoformat()

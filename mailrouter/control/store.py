@@ -128,6 +128,16 @@ def reopened_by(events: Iterable[Mapping[str, Any]]) -> str | None:
     return str(last["actor"] or "?")
 
 
+def owner_change(detail: str | None) -> dict[str, Any] | None:
+    """An owner event's detail (JSON: from, to, why, and team when it moved) as a dict, or
+    None for one that is not (a row an older release or a hand wrote)."""
+    try:
+        change = json.loads(detail or "")
+    except ValueError:
+        return None
+    return change if isinstance(change, dict) else None
+
+
 def reopened(conn: Connection, rid: int, row: Mapping[str, Any], at: datetime,
              calendars: Mapping[str, Any] | None, why: str, actor: str | None) -> None:
     """Request `rid` (its `row`, not open) is open again: someone owes the customer an

@@ -296,6 +296,8 @@ class OutboxRecord:
     bucket: int | None = None   # outbox.period_bucket of the answer
     period: float = 0.0         # the responder's period in seconds: the record looks for
                                 # an answer within it in another bucket (store.py)
+    daily_cap: int = 0          # autoreply.daily_cap: the record counts the sender's answers
+                                # of the last 24 h again (store.py); 0: not counted there
 
 
 outbox = Table(

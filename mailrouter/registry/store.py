@@ -72,6 +72,7 @@ from mailrouter.registry.words import subject_words, word_insert, word_rows
 from mailrouter.registry.models import (
     OutboxRecord, autoreply_log, autoreply_log_insert, outbox, outbox_insert,
 )
+from mailrouter.values import autoreply_line
 
 __all__ = ["Registry", "registry_advice", "registry_location", "upgrade"]
 
@@ -349,9 +350,11 @@ def _jsonable(record: Any) -> dict[str, Any]:
     return out
 
 
-# One answer check at a time per sender and responder (pg_advisory_xact_lock(key, hash)):
-# "mrAR"
+# One answer check at a time per sender (pg_advisory_xact_lock(key, hash)): "mrAR". Per
+# sender, not per sender and responder: the daily cap counts every responder's answers.
 _ANSWER_LOCK = 0x6D724152
+# The reason an answer dropped by the record gets in its decision (and in the log)
+ANSWERED_ELSEWHERE = "answered within its period by another process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,17 +366,20 @@ class _Answer:
     responder: str
     bucket: int
     period: float
+    daily_cap: int = 0
 
 
 def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
-        list[dict[str, Any]], dict[str, dict[str, Any]], list[_Answer]]:
-    """Outbox rows, autoreply-log rows (by dedupe key) and the answers to look again at, of
-    a batch, each key once (PostgreSQL refuses a key twice in one ON CONFLICT statement
-    only for DO UPDATE, but once is enough), and one answer per sender and responder: two
-    messages of one sender planned either side of a period bucket's end carry two keys."""
+        list[dict[str, Any]], dict[str, dict[str, Any]], list[_Answer], set[str]]:
+    """Outbox rows, autoreply-log rows (by dedupe key), the answers to look again at, and
+    the keys of the answers left out, of a batch, each key once (PostgreSQL refuses a key
+    twice in one ON CONFLICT statement only for DO UPDATE, but once is enough), and one
+    answer per sender and responder: two messages of one sender planned either side of a
+    period bucket's end carry two keys (the second is left out)."""
     sends: dict[str, dict[str, Any]] = {}
     logs: dict[str, dict[str, Any]] = {}
     answers: dict[tuple[str, str], _Answer] = {}
+    left: set[str] = set()
     for p in batch:
         for o in p.outgoing:
             if o.dedupe in sends:
@@ -381,9 +387,13 @@ def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
             if o.responder is not None and o.sender is not None and o.bucket is not None:
                 if o.period > 0:
                     if (o.sender, o.responder) in answers:
+                        left.add(o.dedupe)
                         continue
-                    answers[(o.sender, o.responder)] = _Answer(o.dedupe, o.sender, o.responder,
-                                                               o.bucket, o.period)
+                if o.period > 0 or o.daily_cap > 0:
+                    # a responder without a period: one entry per key (its answers are each
+                    # counted against the daily cap)
+                    answers[(o.sender, o.responder if o.period > 0 else o.dedupe)] = _Answer(
+                        o.dedupe, o.sender, o.responder, o.bucket, o.period, o.daily_cap)
                 logs[o.dedupe] = {"sender": o.sender, "responder": o.responder,
                                   "bucket": o.bucket, "message_key": p.message.key,
                                   "sent_at": now}
@@ -392,29 +402,68 @@ def _outgoing_rows(batch: Sequence[_Pending], now: datetime) -> tuple[
                                "state": "queued", "attempts": 0, "created_at": now,
                                "next_try": now, "sent_at": None, "last_error": ""}
     return list(sends.values()), logs, sorted(answers.values(),
-                                              key=lambda a: (a.sender, a.responder))
+                                              key=lambda a: (a.sender, a.responder)), left
 
 
-def _answered_elsewhere(conn: Connection, answers: Sequence[_Answer], now: datetime) -> set[str]:
-    """The dedupe keys of `answers` whose sender the responder answered within its period
-    under another bucket's key, as committed by now (another instance or worker, whose
-    history read came before this answer was recorded). On PostgreSQL each sender and
-    responder is locked first (in sorted order), so of two such records the second waits
-    for the first's commit and, read committed, sees it."""
-    found: set[str] = set()
+def _answered_elsewhere(conn: Connection, answers: Sequence[_Answer], now: datetime
+                        ) -> dict[str, str]:
+    """The dedupe keys of `answers` not to send, each with why: its sender the responder
+    answered within its period under another bucket's key, or the sender's answers of the
+    last 24 hours (all responders) reach its daily cap, as committed by now (another
+    instance or worker, whose history read came before this answer was recorded) and
+    with the answers of this batch before it. On PostgreSQL each sender is locked first
+    (in sorted order), so of two such records the second waits for the first's commit
+    and, read committed, sees it. (The plan read the history without a lock: two
+    responders of two instances, the sender one answer under its cap, both sent.)"""
+    found: dict[str, str] = {}
     pg = conn.dialect.name == "postgresql"
+    counted: dict[str, int] = {}        # the sender's answers in 24 h, this batch's included
     for a in answers:
-        if pg:
-            conn.execute(select(func.pg_advisory_xact_lock(
-                _ANSWER_LOCK, func.hashtext(a.sender + "\n" + a.responder))))
+        if a.sender not in counted:
+            if pg:
+                conn.execute(select(func.pg_advisory_xact_lock(
+                    _ANSWER_LOCK, func.hashtext(a.sender))))
+            counted[a.sender] = int(conn.execute(select(func.count()).where(
+                autoreply_log.c.sender == a.sender,
+                autoreply_log.c.sent_at > now - timedelta(days=1))).scalar_one())
         if conn.execute(select(autoreply_log.c.id).where(
+                autoreply_log.c.sender == a.sender, autoreply_log.c.responder == a.responder,
+                autoreply_log.c.bucket == a.bucket).limit(1)).first():
+            # its own key is logged already (a retried record whose commit went through,
+            # a sibling instance's answer in the same bucket): the insert adds nothing and
+            # that answer is the one queued, already counted
+            continue
+        if a.period > 0 and conn.execute(select(autoreply_log.c.id).where(
                 autoreply_log.c.sender == a.sender, autoreply_log.c.responder == a.responder,
                 autoreply_log.c.bucket != a.bucket,
                 autoreply_log.c.sent_at > now - timedelta(seconds=a.period)).limit(1)).first():
-            found.add(a.dedupe)
-            log.info("event=autoreply_not_sent responder=%s reason='answered within its "
-                     "period by another process'", a.responder)
+            found[a.dedupe] = ANSWERED_ELSEWHERE
+        elif a.daily_cap and counted[a.sender] >= a.daily_cap:
+            # the words of autoreply.verdict's reason (reason_kind reads 'daily_cap')
+            found[a.dedupe] = (f"{a.sender} got {counted[a.sender]} answers in 24 h "
+                               f"(daily_cap {a.daily_cap})")
+        else:
+            counted[a.sender] += 1
+            continue
+        log.info("event=autoreply_not_sent responder=%s reason=%r", a.responder, found[a.dedupe])
     return found
+
+
+def _note_dropped(conn: Connection, batch: Sequence[_Pending], drop: dict[str, str]) -> None:
+    """The decisions whose autoreply the record dropped (`drop`: dedupe key -> why) say so, in
+    the same transaction: their reason line said `autoreply R: queued` (written with the
+    message, before the answer was looked at again), and the registry, `request show`
+    and the web view's message story showed an answer that never went."""
+    for p in batch:
+        for o in p.outgoing:
+            if o.dedupe not in drop or o.responder is None:
+                continue
+            queued, dropped = autoreply_line(o.responder), autoreply_line(o.responder, drop[o.dedupe])
+            for d in p.decisions:
+                if queued in d.reasons:
+                    conn.execute(decisions.update().where(
+                        decisions.c.message_key == p.message.key, decisions.c.rcpt == d.rcpt
+                    ).values(reasons=[dropped if r == queued else r for r in d.reasons]))
 
 
 def _by_key(item: _Pending) -> str:
@@ -1232,7 +1281,7 @@ class Registry:
         now, dialect = _now(), self._dialect
         rounds = [tuple(zip(*(p.rows(now) for p in sorted(round_, key=_by_key))))
                   for round_ in _rounds(batch)]
-        sends, logs, answers = _outgoing_rows(batch, now)
+        sends, logs, answers, left = _outgoing_rows(batch, now)
         sends.sort(key=lambda r: r["dedupe"])
         fast = self._fast
 
@@ -1257,7 +1306,9 @@ class Registry:
             # The outbox: ON CONFLICT DO NOTHING on the dedupe key (and on sender, responder,
             # period bucket in the log): a retried message or a sibling instance adds nothing;
             # an answer given meanwhile under the previous bucket's key drops this one.
-            drop = _answered_elsewhere(conn, answers, now) if answers else set()
+            drop = _answered_elsewhere(conn, answers, now) if answers else {}
+            if drop or left:
+                _note_dropped(conn, batch, {k: ANSWERED_ELSEWHERE for k in left} | drop)
             logged = sorted((r for k, r in logs.items() if k not in drop),
                             key=lambda r: (r["sender"], r["responder"], r["bucket"]))
             for stmt, params in ((autoreply_log_insert(dialect), logged),

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from ..calendars import company_zone
-from ..control.queries import report
+from ..control.queries import report, report_first_day
 from ..registry.queries import local_midnight, volume, volume_totals
 from ..values import write_csv
 from .auth import REGISTRY
@@ -44,8 +44,9 @@ async def report_page(request: web.Request) -> web.StreamResponse:
     zone = company_zone(s.rules.calendars)
     today = datetime.now(zone).date()
     try:
-        since = day(request, "since", today - timedelta(days=29)) or today
         until = day(request, "until", today) or today
+        # the default period of `mailrouter report` too (control.queries.report_period)
+        since = day(request, "since", report_first_day(until)) or today
     except BadInput as exc:
         return bad(request, str(exc))
     if until < since:
