@@ -950,8 +950,14 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 def _still_current(snap: Snapshot, config: Config) -> bool:
-    """True when the routing files are the ones `snap` was built from, byte for byte."""
-    files = tuple(_files(config.routing))
+    """True when the routing files are the ones `snap` was built from, byte for byte; False
+    when their folder cannot be listed (out of descriptors: routing_files raises): a worker
+    starting then ran out of serve() with the error, where its load, or the reload the
+    watcher makes later, names the cause and keeps the set the others run."""
+    try:
+        files = tuple(_files(config.routing))
+    except ConfigErrors:
+        return False
     return files == snap.files and yamlsrc.hash_files(files) == snap.hash
 
 

@@ -178,3 +178,24 @@ def test_a_routing_folder_that_cannot_be_listed_is_no_empty_glob(tmp_path):
     assert routing_files([str(tmp_path / "none" / "*.yaml")]) == ([], [])
     assert routing_files([str(d / "*.yaml")])[0] == [str(d / "company.yaml"),
                                                       str(d / "ping.yaml")]
+
+
+def test_a_set_whose_folder_cannot_be_listed_is_not_current_and_nothing_raises(tmp_path):
+    """A worker that starts while the process is out of descriptors asks whether the disk
+    still holds the set it runs (daemon._still_current, outside the start's error
+    handling): since routing_files raises for a folder it cannot list, that question raised
+    out of serve(). It is now "not current", and the load or the watcher's reload that
+    follows names the cause."""
+    from mailrouter.config import load_config
+    from mailrouter.daemon import _still_current
+    from mailrouter.routing.snapshot import load_snapshot
+    d = routing_dir(tmp_path)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{d / '*.yaml'}']\n", encoding="utf-8")
+    config = load_config(str(cfg))
+    snap = load_snapshot(config.routing, config.limits, config.hostname)
+    assert _still_current(snap, config) is True
+    with _no_descriptors():
+        current = _still_current(snap, config)
+    assert current is False
+    assert _still_current(snap, config) is True
