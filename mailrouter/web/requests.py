@@ -20,7 +20,6 @@ a closed request (or reopening an open one) is 409; the form without its CSRF to
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -31,7 +30,7 @@ from sqlalchemy import Connection, select
 from ..control import actions
 from ..control.notice import Notices, queue_notice
 from ..control.queries import board, requests_in, show_request, sla_left
-from ..control.store import request_row
+from ..control.store import owner_change, request_row
 from ..control.tables import requests
 from ..registry.queries import Scope
 from .auth import REGISTRY
@@ -79,11 +78,8 @@ def _history(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for e in doc["events"]:
         item = {"at": e["at"], "kind": e["kind"], "actor": e["actor"], "detail": e["detail"],
                 "event": True}      # its detail's times are shown in the company's zone
-        if e["kind"] == "owner":
-            try:
-                item["owner"] = json.loads(e["detail"])
-            except ValueError:
-                pass
+        if e["kind"] == "owner" and (change := owner_change(e["detail"])) is not None:
+            item["owner"] = change
         out.append(item)
     for a in doc["alerts"]:
         out.append({"at": a["at"], "kind": a["stage"], "actor": None,
