@@ -11,7 +11,7 @@ book does not define: no recipient ever resolves to it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Sequence, Set as AbstractSet
 
 from ..addressbook.canon import canonical_domain
 from ..addresses import AddressBook
@@ -72,14 +72,18 @@ def recipient_warnings(book: AddressBook, rules: Sequence[Rule], suggest: int | 
     out: list[str] = []
     near_box: _Near | None = None
     near_address: _Near | None = None
+    names: list[str] = []
+    boxes: set[str] | None = None        # the mailboxes' names normalised, once (not per needle)
     for rule in rules:
         at = f"{rule.file}:{rule.line}: rule {rule.name!r}"
         for leaf in leaves(rule.when, under_not=False):
             if leaf.op != "equals":
                 continue
             for needle in map(str, leaf.needles):
-                if leaf.field == "resolved_mailbox" and not _is_mailbox(book, needle):
+                if leaf.field == "resolved_mailbox" and boxes is None:
                     names = sorted(book.mailboxes)
+                    boxes = {normalize(name) for name in names}
+                if leaf.field == "resolved_mailbox" and not _is_mailbox(boxes or set(), needle):
                     near_box = near_box or _Near(names, suggest)
                     near = near_box(needle)
                     out.append(f"{at}: resolved_mailbox {needle!r} is no mailbox of the address "
@@ -103,7 +107,7 @@ def recipient_warnings(book: AddressBook, rules: Sequence[Rule], suggest: int | 
     return out
 
 
-def _is_mailbox(book: AddressBook, needle: str) -> bool:
-    """The needle names a mailbox: compared as the rule compares it (normalised text)."""
-    want = normalize(needle)
-    return any(normalize(name) == want for name in book.mailboxes)
+def _is_mailbox(boxes: AbstractSet[str], needle: str) -> bool:
+    """The needle names a mailbox (`boxes`: their names normalised): compared as the rule
+    compares it (normalised text)."""
+    return normalize(needle) in boxes
