@@ -43,7 +43,7 @@ __all__ = ["REGISTRY", "MESSAGES", "RECIPIENTS", "RCPT_REFUSED", "MAIL_REFUSED",
            "REGISTRY_ERRORS", "TEMPFAILS", "LOOPS", "AUTOREPLIES", "DSNS", "OUTBOX_ATTEMPTS",
            "State", "observe_message", "observe_decisions", "exposition", "child",
            "copy_tempfail_cause", "disk_space", "known_decisions", "config_not_applied",
-           "mail_refused"]
+           "mail_refused", "rcpt_refused"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -165,6 +165,13 @@ RCPT_REASONS = ("unknown", "moved", "too_many", "syntax", "malformed", "paramete
 MAIL_REASONS = ("syntax", "malformed", "parameter", "sequence", "too_big", "smtputf8", "other")
 _MAIL_REFUSED = {b"501": "syntax", b"500": "syntax", b"553": "malformed", b"555": "parameter",
                  b"503": "sequence", b"552": "too_big"}
+# The reason of a RCPT refused before the handler is asked (the handler counts its own:
+# unknown, moved, too_many, smtputf8): aiosmtpd's 553 5.1.3 malformed path, 501 syntax (ours
+# too: control characters, bytes not UTF-8, a parameter twice), 555 parameters, 503 no
+# HELO/MAIL, and our 500 for a line not ended by CRLF. Uncounted, a client hammering us with
+# bad RCPTs showed nothing on the dashboard.
+_RCPT_REFUSED = {b"553": "malformed", b"501": "syntax", b"500": "syntax", b"555": "parameter",
+                 b"503": "sequence"}
 TEMPFAIL_CAUSES = ("registry", "maildir", "downstream", "held", "timeout", "internal", "rule",
                    "intents", "intents_full", "data_in_flight", "data_deadline", "data_timeout",
                    "shutdown")
@@ -337,8 +344,18 @@ def mail_refused(reply: bytes) -> None:
     """One MAIL FROM refused with `reply` (the bytes sent: code, enhanced code, text),
     counted by its reason. The intake calls it for the first reply to a MAIL command when
     that reply is a 4xx or 5xx other than 421 (a session closed is no refusal)."""
-    reason = "smtputf8" if reply[4:9] == b"5.6.7" else _MAIL_REFUSED.get(reply[:3], "other")
-    child(MAIL_REFUSED, reason).inc()
+    child(MAIL_REFUSED, _reason(reply, _MAIL_REFUSED)).inc()
+
+
+def rcpt_refused(reply: bytes) -> None:
+    """One RCPT refused with `reply` before the intake's handler was asked about it (its own
+    refusals the handler counts), counted by its reason; as mail_refused."""
+    child(RCPT_REFUSED, _reason(reply, _RCPT_REFUSED)).inc()
+
+
+def _reason(reply: bytes, codes: Mapping[bytes, str]) -> str:
+    """A refusal's reason: smtputf8 for 5.6.7 (RFC 6531), else by its code in `codes`."""
+    return "smtputf8" if reply[4:9] == b"5.6.7" else codes.get(reply[:3], "other")
 
 
 def known_decisions(mailboxes: Iterable[str], rules: Iterable[str]) -> None:

@@ -164,13 +164,13 @@ _NOT_TEXT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # is not UTF-8 becomes U+DC80..U+DCFF. No address or name holds one, and a sender holding one
 # could never be recorded (the registry stores UTF-8): a 451 the MTA would retry forever
 _NOT_UTF8 = re.compile(r"[\udc80-\udcff]")
-# mailrouter_rcpt_refused_total's reason of a RCPT refused before the handler is asked (the
-# handler counts its own): aiosmtpd's 553 5.1.3 malformed path, 501 syntax (ours too: control
-# characters, bytes not UTF-8, a parameter twice), 555 parameters, 503 no HELO/MAIL, and our
-# 500 for a line not ended by CRLF. Uncounted, a client hammering us with bad RCPTs showed
-# nothing on the dashboard. A 421 (draining, hang-up) is no refusal of the RCPT.
-_RCPT_REFUSED = {b"553": "malformed", b"501": "syntax", b"500": "syntax", b"555": "parameter",
-                 b"503": "sequence"}
+
+
+def _refusal(reply: bytes) -> bool:
+    """A reply refusing the command it answers, for the refusal counts of MAIL and of a
+    RCPT the handler was not asked about: a 4xx or 5xx, but not a 421 (draining, hang-up),
+    which closes the session and refuses no command."""
+    return reply[:1] in (b"4", b"5") and not reply.startswith(b"421")
 
 
 # Commands that deliver nothing, per session (Postfix's smtpd_junk_command_limit is 100): a
@@ -312,12 +312,12 @@ class Protocol(SMTP):
             if data.startswith(b"500 "):   # aiosmtpd's 'command "VERB" not recognized' echoes
                 data = _NOT_TEXT.sub(b"?", data)  # the verb as sent: a CR, NUL or ESC included
             data = b"\r\n".join(_fit(with_enhanced_code(line)) for line in data.split(b"\r\n"))
-        if self._rcpt_unasked and data[:1] in (b"4", b"5") and not data.startswith(b"421"):
+        if self._rcpt_unasked and _refusal(data):
             self._rcpt_unasked = False     # one reply per RCPT: counted once
-            metrics.child(metrics.RCPT_REFUSED, _RCPT_REFUSED.get(data[:3], "other")).inc()
+            metrics.rcpt_refused(data)
         if self._mail_unanswered:          # the MAIL's one reply: a refusal is counted
             self._mail_unanswered = False
-            if data[:1] in (b"4", b"5") and not data.startswith(b"421"):
+            if _refusal(data):
                 metrics.mail_refused(data)
         limits = self.limits
         slow = self.errors >= limits.soft_errors and limits.error_delay > 0
