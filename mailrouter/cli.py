@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from .config import (CONFIG_ENV, DISCOVERY, PACKAGE_RULES, SYSTEM_CONFIG, Config, Listener,
                      find_config, load_config, owned_errors)
-from .errors import ConfigError, ConfigErrors, RegistryError
+from .errors import ConfigError, ConfigErrors, RegistryError, place_prefix
 
 __all__ = ["main"]
 
@@ -174,7 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     # a glob of `routing:` that matches nothing is skipped (an empty drop-in folder may be
     # meant), so a typo in it dropped a file of rules or aliases without a word
     lines = _routing_lines(cfg)
-    warnings += [f"{_at(cfg.path or '', lines.get(p, 0))}routing: {_shown(p)!r} matches no "
+    warnings += [f"{place_prefix(cfg.path or '', lines.get(p, 0))}routing: {_shown(p)!r} matches no "
                  "file; its rules and addresses, if any, are not loaded"
                  for p in cfg.routing if glob.has_magic(p) and not glob.glob(p)]
     warnings += _skipped_warnings(cfg, lines)
@@ -233,12 +233,6 @@ def _unmatched_spellings(cfg: Config, lines: dict[str, int], routing: Sequence[s
                        "not match its suffix, so its rules and addresses are not read; rename it "
                        f"to {_shown(renamed)!r} to load it, or move it away")
     return out
-
-
-def _at(path: str, line: int) -> str:
-    """'FILE:LINE: ' before a warning, as errors and the rules' warnings begin ('' when
-    unknown)."""
-    return f"{path}:{line}: " if path and line else f"{path}: " if path else ""
 
 
 def _routing_lines(cfg: Config) -> dict[str, int]:

@@ -39,6 +39,7 @@ __all__ = [
     "DeliveryError", "TemporaryDeliveryError", "PermanentDeliveryError",
     "StorageFullError", "IntentError", "IntentsFullError", "RegistryError", "RegistryFullError", "RegistryBugError",
     "Reply",   # re-exported from values, where it lives
+    "place_prefix",
 ]
 
 
@@ -62,6 +63,12 @@ class ConfigError(MailrouterError):
                 where += f":{self.column}"
         text = f"{where}: {self.message}"
         return f"{text}; {self.hint}" if self.hint else text
+
+
+def place_prefix(path: str, line: int = 0) -> str:
+    """'FILE:LINE: ' before a warning, as a ConfigError begins ('FILE: ' without the line,
+    '' when the file is unknown too)."""
+    return f"{path}:{line}: " if path and line else f"{path}: " if path else ""
 
 
 class ConfigErrors(MailrouterError):

@@ -30,7 +30,7 @@ from typing import Any
 from ..addressbook.canon import on_our_domains
 from ..addressbook.errs import did_you_mean, near_address
 from ..config import Config, ControlConfig, WebConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, place_prefix
 from ..yamlsrc import where
 
 __all__ = ["check_control", "check_web", "config_against_book", "downstreams_missing",
@@ -116,8 +116,7 @@ def smtp_back_to_us(cfg: Config, book: Any,
     for box in sorted(book.mailboxes.values(), key=lambda m: (*lines.get(m.name, ("", 0)), m.name)):
         if box.kind != "smtp" or not on_our_domains(box.where, book.domains):
             continue
-        file, line = lines.get(box.name, ("", 0))
-        at = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        at = place_prefix(*lines.get(box.name, ("", 0)))
         domain = box.where.rpartition("@")[2]
         res = book.resolve(box.where)
         if res.reply is not None:

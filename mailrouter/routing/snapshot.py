@@ -24,7 +24,7 @@ from ..addressbook.canon import canonical
 from ..addressbook.model import PERSON_MAILBOX_PREFIX
 from ..addresses import AddressBook, Limits as BookLimits, Resolution
 from ..config import Limits
-from ..errors import ConfigError, ConfigErrors
+from ..errors import ConfigError, ConfigErrors, place_prefix
 from ..loops import detect_loop
 from ..message import MessageView
 from ..values import REPLY_OK, Action, Decision
@@ -65,8 +65,7 @@ class Snapshot:
         out = self.rules.lint() + folder_warnings(self.book, self.rules.rules)
         out += recipient_warnings(self.book, self.rules.rules, suggest)
         for d in self.book.without_postmaster():
-            file, line = self.domain_where.get(d, ("", 0))
-            at = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+            at = place_prefix(*self.domain_where.get(d, ("", 0)))
             out.append(f"{at}domain {d}: RCPT TO:<postmaster@{d}> is refused, but RFC 5321 "
                        f"4.5.1 requires every mail domain to take mail for postmaster; add "
                        f"'postmaster@{d}: {self._postmaster_target()}' under aliases:")
