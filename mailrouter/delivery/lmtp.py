@@ -17,7 +17,7 @@ a non-ASCII recipient gets 550 5.6.7 without a round trip to Dovecot.
 
 from __future__ import annotations
 
-from mailrouter.delivery.smtp import PartialDeliveryError, Session, TransactionClient, _in_step
+from mailrouter.delivery.smtp import PartialDeliveryError, Session, TransactionClient, in_step
 from mailrouter.values import Downstream, Reply
 
 __all__ = ["Downstream", "LMTPClient", "PartialDeliveryError"]
@@ -32,7 +32,7 @@ class LMTPClient(TransactionClient):
                             final: dict[str, Reply]) -> None:
         """RFC 2033 4.2: one reply per accepted recipient, in RCPT order."""
         for at, rcpt in enumerate(accepted):
-            reply = final[rcpt] = _in_step(await s.reply())
+            reply = final[rcpt] = in_step(await s.reply())
             if reply.code == 421:
                 # the server is closing (RFC 5321 3.8): no more replies come, and waiting
                 # for them held the copy until the timeout. The rest are deferred with it.

@@ -396,7 +396,7 @@ class TransactionClient:
         for i, command in enumerate(commands):
             if not pipelining:
                 await s.send(command)
-            replies.append(_in_step(await self._next_reply(s), data=i == last))
+            replies.append(in_step(await self._next_reply(s), data=i == last))
             mail_refused = i == 0 and not replies[0].ok and not pipelining
             nobody = i == len(commands) - 2 and not any(r.ok for r in replies[1:])
             if s.broken or mail_refused or (nobody and not pipelining):
@@ -419,11 +419,11 @@ class TransactionClient:
     async def _data_replies(self, s: Session, accepted: list[str],
                             final: dict[str, Reply]) -> None:
         """SMTP: one reply after the final dot applies to every accepted recipient."""
-        reply = _in_step(await s.reply())
+        reply = in_step(await s.reply())
         final.update({r: reply for r in accepted})
 
 
-def _in_step(reply: Reply, *, data: bool = False) -> Reply:
+def in_step(reply: Reply, *, data: bool = False) -> Reply:
     """`reply` if it can answer its command: DATA 354 (or a refusal), anything else 2xx, 4xx
     or 5xx. Otherwise the server is out of step with our commands (a stray reply we read for
     the one before, a 250 to DATA, a 354 to MAIL or to the final dot): _Lost, so every
