@@ -25,6 +25,7 @@ from mailrouter.config import ControlConfig, Listener, RegistryConfig, WebConfig
 from mailrouter.control.queries import report
 from mailrouter.control.tables import request_events, request_messages, requests
 from mailrouter.registry.accounts import hash_password, set_password
+from mailrouter.registry.models import decisions
 from mailrouter.web.throttle import Throttle
 from tests.support.daemon import RULES
 from tests.test_web import PASSWORD, Client, _deliver
@@ -1014,3 +1015,40 @@ async def test_a_request_without_an_owner_preselects_nobody_to_reassign_to(site:
     assert (await petrova.post(f"/request/{sup}/owner", {"csrf": await petrova.csrf(), "owner": ""}))[0] == 400
     _, page, _ = await petrova.get(f"/request/{fin}")
     assert '<option value="ivanov" selected>' in page and "(choose)" not in page
+
+
+async def test_a_message_page_shows_the_decision_of_the_request_not_another_departments(
+        site: Any, client: Any) -> None:
+    """One message from the key customer to invoices@ and support@ gets two decisions with
+    an owner (smirnov, the key customer's person): finance's and support's. It opens one
+    request, finance's, which ivanov (head of finance) sees. Its message page showed him
+    support's decision too (its rules, tags, priority and copy): every decision with an
+    owner of a message in a request he may see. He sees finance's decision only; smirnov
+    sees both, as their owner."""
+    app, _, _, _ = site
+    host, port = app.bound["smtp"]
+    await aiosmtplib.send(
+        b"From: cto@bigclient.example\r\nTo: invoices@example.com, support@example.com\r\n"
+        b"Subject: Contract renewal\r\n\r\nhello\r\n", sender="cto@bigclient.example",
+        recipients=["invoices@example.com", "support@example.com"], hostname=host, port=port)
+    rows = await app.registry.read("test", lambda c: c.execute(
+        select(decisions.c.mailbox, decisions.c.owner, decisions.c.message_key)
+        .order_by(decisions.c.id)).all())
+    key = rows[-1].message_key
+    assert {(r.mailbox, r.owner) for r in rows if r.message_key == key} == {
+        ("finance", "smirnov"), ("support", "smirnov")}
+    opened = await app.registry.read("test", lambda c: c.execute(
+        select(requests.c.mailbox).where(requests.c.message_key == key)).scalars().all())
+    assert opened == ["finance"]
+    ivanov, smirnov = await client("ivanov"), await client("smirnov")
+    status, page, _ = await ivanov.get(f"/message/{key}")
+    shown = re.findall(r"<h3>(\S+) →", page)
+    assert status == 200 and shown == ["invoices@example.com"], shown
+    targets = re.findall(r"<tr><td>([^<]*)</td>", page)
+    assert targets and not any(t.startswith("support") for t in targets), targets
+    _, page, _ = await ivanov.get("/report")      # its per-mailbox table, as volume counts
+    boxes = re.findall(r"<tr><td>(\w+)</td><td>\d+</td></tr>", page)
+    assert "finance" in boxes and "support" not in boxes, boxes
+    status, page, _ = await smirnov.get(f"/message/{key}")
+    assert status == 200 and sorted(re.findall(r"<h3>(\S+) →", page)) == [
+        "invoices@example.com", "support@example.com"]

@@ -72,12 +72,17 @@ def through_requests(mailboxes: frozenset[str], person: str | None,
                      covers: frozenset[str] = frozenset()) -> Callable[[Any], ColumnElement[bool]]:
     """For registry.queries.Scope.owns: a message key of a request of `mailboxes`, or
     owned by `person` (or by those `person` covers) now (the requests a viewer with those
-    rights sees: requests_in)."""
+    rights sees: requests_in); with `mailbox` (a decision's), of such a request of that
+    mailbox: the decision that belongs to the request, not another department's decision
+    of the same message."""
     seen = requests_in(Scope(mailboxes=mailboxes, owner=person, covers=covers))
 
-    def owns(key: Any) -> ColumnElement[bool]:
-        return exists().where(request_messages.c.message_key == key,
-                              requests.c.id == request_messages.c.request_id, seen)
+    def owns(key: Any, mailbox: Any = None) -> ColumnElement[bool]:
+        cond = [request_messages.c.message_key == key,
+                requests.c.id == request_messages.c.request_id, seen]
+        if mailbox is not None:
+            cond.append(requests.c.mailbox.is_not_distinct_from(mailbox))
+        return exists().where(*cond)
     return owns
 
 

@@ -50,8 +50,9 @@ _CHUNK = 2000
 class Scope:
     """What one person may see: everything, or the mail of `mailboxes` and of `owner`.
 
-    `owns` (a condition on a message key): the messages of the requests this viewer may
-    see (of `mailboxes`, or owned by `owner` now). A decision names the rule's owner (a
+    `owns` (a condition on a message key, and on a decision's mailbox when given): the
+    messages of the requests this viewer may see (of `mailboxes`, or owned by `owner` now),
+    and the decisions that belong to those requests. A decision names the rule's owner (a
     team, or the person before any deputy), not the member the team picked, the deputy, or
     whom a request was reassigned to, and our replies' copies land in the replies mailbox:
     without it a team member opened their own request's page and its messages were "not
@@ -63,7 +64,7 @@ class Scope:
     everything: bool = False
     mailboxes: frozenset[str] = frozenset()
     owner: str | None = None
-    owns: Callable[[Any], ColumnElement[bool]] | None = field(default=None, compare=False)
+    owns: Callable[..., ColumnElement[bool]] | None = field(default=None, compare=False)
     covers: frozenset[str] = frozenset()
 
     def where(self, q: Select[Any]) -> Select[Any]:
@@ -79,12 +80,14 @@ class Scope:
             seen = or_(seen, self.owns(messages.c.key))
         return q.where(seen)
 
-    def owned(self, conn: Connection, keys: list[str]) -> set[str]:
-        """Those of `keys` seen through `owns` (a request this viewer may see)."""
+    def owned(self, conn: Connection, keys: list[str]) -> set[int]:
+        """The ids of the decisions of `keys` seen through `owns`: each with an owner, of a
+        message in a request this viewer may see, the request of the decision's mailbox."""
         if not keys or self.everything or self.owns is None:
             return set()
-        return set(conn.execute(select(messages.c.key).where(
-            messages.c.key.in_(keys), self.owns(messages.c.key))).scalars())
+        return set(conn.execute(select(decisions.c.id).where(
+            decisions.c.message_key.in_(keys), decisions.c.owner.is_not(None),
+            self.owns(decisions.c.message_key, decisions.c.mailbox))).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +157,12 @@ def _with_decisions(conn: Connection, rows: Iterable[Any],
         for m in found.values():
             m["rcpts"] = list(dict.fromkeys([*m["rcpts"], *(d["rcpt"] for d in m["decisions"])]))
     if scope is not None and not scope.everything:
-        # a message of a request the viewer may see: the decisions that gave it an owner
+        # a message of a request the viewer may see: the decision that gave it its owner
         owned = scope.owned(conn, list(found))
-        for key, m in found.items():
+        for m in found.values():
             m["decisions"] = [d for d in m["decisions"] if d["mailbox"] in scope.mailboxes
                               or (scope.owner and d["owner"] == scope.owner)
-                              or (key in owned and d["owner"] is not None)]
+                              or d["id"] in owned]
             places = {p for d in m["decisions"] if d["mailbox"]
                       for p in (d["mailbox"], f"{d['mailbox']}/{d['folder']}")}
             m["deliveries"] = [c for c in m["deliveries"] if c["target"] in places]
@@ -304,7 +307,8 @@ def _volume_rows(conn: Connection, scope: Scope, since: date, until: date,
         if scope.owner:
             cond = or_(cond, decisions.c.owner == scope.owner)
         if scope.owns is not None:     # as _with_decisions shows a message of a request
-            cond = or_(cond, and_(scope.owns(messages.c.key), decisions.c.owner.is_not(None)))
+            cond = or_(cond, and_(decisions.c.owner.is_not(None),
+                                  scope.owns(messages.c.key, decisions.c.mailbox)))
         rows = rows.where(cond)
     # grouped outside: PostgreSQL does not see a CASE with bound parameters in the select
     # list and the same CASE in GROUP BY as one expression
