@@ -186,7 +186,9 @@ REGISTRY_OPS = ("open", "record", "delivered_targets", "first_seen", "autoreply_
                 "record_loop", "record_reload", "outbox_claim", "outbox_renew", "outbox_settle",
                 "metrics_backlog", "plan_request", "claim_thread", "sla_scan", "web board",
                 "web counterparty", "web message", "web report", "web request", "web search",
-                "web session", "web sign-in", "web sign-out")
+                "web session", "web sign-in", "web sign-out",
+                # the actions on a request (web/requests.py ACTION_OPS)
+                "web owner", "web close", "web reopen", "web note")
 # Every kind of outbox row: autoreplies and DSNs (outbox.py), SLA reminders and escalations
 # (control/sla.py: "sla-" + stage), a request given to someone in the web view (web/requests.py)
 OUTBOX_KINDS = ("autoreply", "dsn", "sla-remind", "sla-escalate", "assign")

@@ -267,15 +267,17 @@ async def _until(what: str, check) -> None:      # type: ignore[no-untyped-def]
     raise AssertionError(f"{what} never came")
 
 
-async def _prometheus(tmp_path: Path, admin: int) -> tuple[asyncio.subprocess.Process, int]:
+async def _prometheus(tmp_path: Path, admin: int, hosts: tuple[str, ...] = ("127.0.0.1",)
+                      ) -> tuple[asyncio.subprocess.Process, int]:
     """A real Prometheus scraping the admin port every second (rules evaluated as often),
-    its data under tmp_path; (the process, its port). The caller terminates it."""
+    its data under tmp_path; (the process, its port). The caller terminates it. With
+    several `hosts` it scrapes the one daemon as that many instances (one per name)."""
     from tests.support.ports import free_port
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "mailrouter", "static_configs": [
-            {"targets": [f"127.0.0.1:{admin}"]}]}]}), encoding="utf-8")
+            {"targets": [f"{host}:{admin}" for host in hosts]}]}]}), encoding="utf-8")
     assert PROMETHEUS is not None, "prometheus is missing: apt-get install prometheus"
     prom = await asyncio.create_subprocess_exec(
         PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -383,6 +385,58 @@ async def test_every_panel_shows_the_mail_sent_in_a_real_prometheus(make_app, tm
     assert r[("Decisions per mailbox", "A")]["finance deliver"] > 0
     assert r[("Decisions per rule (top 10)", "A")]["invoices"] > 0
     assert set(r[("Version, rule set, age of the rules", "B")]) == {app.snapshot().hash}
+
+
+@pytest.mark.skipif(PROMETHEUS is None and not IN_CI,
+                    reason="prometheus (Debian package) is not installed")
+async def test_registry_figures_are_not_added_up_over_instances_sharing_the_registry(
+        make_app, tmp_path):
+    """Instances share one registry (README "Several instances"), and each serves the
+    registry's open requests and outbox backlog as it reads them: the panels added them up
+    over the instances selected ("All", the default), so two instances showed each owner's
+    open requests and each queued autoreply twice. A real Prometheus scrapes one daemon as
+    two instances (127.0.0.1:PORT and localhost:PORT, one registry behind both); the panels
+    show one request open and one autoreply pending, as `mailrouter request show` and
+    `mailrouter outbox` count them."""
+    import time
+
+    from mailrouter.config import ControlConfig
+    app = await make_app(control=ControlConfig())
+    admin = app.bound["admin"][1]
+    prom, port = await _prometheus(tmp_path, admin, hosts=("127.0.0.1", "localhost"))
+    panels = {t["legendFormat"]: t["expr"] for p in _panels() for t in p["targets"]
+              if re.search(r"mailrouter_(requests_open|requests_overdue|outbox_pending)\b", t["expr"])}
+    assert set(panels) == {"{{owner}} open", "{{owner}} overdue", "{{kind}} pending"}, panels
+    try:
+        for rcpt, body in (("invoices@example.com", b"Subject: invoice 7\r\n\r\nx\r\n"),
+                           ("old-sales@example.com", b"From: p@outside.test\r\n"
+                            b"To: old-sales@example.com\r\nSubject: q\r\n\r\nx\r\n")):
+            async with Wire(app.bound["smtp"][1]) as w:
+                await w.greet()
+                assert [r[:3] for r in await w.transaction("p@outside.test", [rcpt],
+                                                           body + b".\r\n")] == ["250"]
+        want = 'count(mailrouter_requests_open{job="mailrouter"} > 0) == 2 and ' \
+               'count(mailrouter_outbox_pending{job="mailrouter",kind="autoreply"} > 0) == 2'
+        deadline = time.monotonic() + 60        # only fails a hung test
+        while not await asyncio.to_thread(_query_or_none, port, want):
+            assert time.monotonic() < deadline, "both instances never scraped with the mail"
+            await asyncio.sleep(0.2)
+        shown = {legend: {tuple(sorted(r["metric"].items())): float(r["value"][1])
+                          for r in await asyncio.to_thread(_query, port, _grafana(expr))}
+                 for legend, expr in panels.items()}
+    finally:
+        prom.terminate()
+        await asyncio.wait_for(prom.wait(), 30)
+    open_ = {k: v for k, v in shown["{{owner}} open"].items() if v}
+    assert list(open_.values()) == [1], shown
+    assert shown["{{kind}} pending"][(("kind", "autoreply"),)] == 1, shown
+
+
+def _query_or_none(port: int, expr: str) -> list[dict] | None:
+    try:
+        return _query(port, expr) or None
+    except OSError:         # Prometheus still starting
+        return None
 
 
 def test_the_deferred_rate_alert_names_every_tempfail_cause():
