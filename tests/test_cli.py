@@ -368,6 +368,40 @@ def test_a_registry_file_locked_by_another_process_is_named_with_the_fix(tmp_pat
         shell.close()
 
 
+def test_commands_refuse_a_registry_a_newer_release_migrated(tmp_path):
+    """A downgrade: a newer release migrated the registry (revision 9999 here), then this
+    one's commands open it. `run` and `db upgrade` refused it, but every other command read
+    and wrote it as if its schema were this release's: `web passwd` set a password and
+    `request close` closed a request (an older release's close, run so on a registry
+    migrated past it, left the request closed with an answer still due, a state the newer
+    release never makes). Each exits 2 with one line naming the revision and the fix, and
+    the registry is left as it was."""
+    var = tmp_path / "var"
+    var.mkdir()
+    db = var / "registry.db"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"routing: ['{RULES / '*.yaml'}']\n"
+                   f"registry: {{url: 'sqlite+aiosqlite:///{db}'}}\n")
+    assert mr("db", "upgrade", "-c", str(cfg)).returncode == 0
+    with sqlite3.connect(db) as shell:
+        shell.execute("UPDATE alembic_version SET version_num = '9999'")
+    shell.close()
+    from mailrouter.registry.store import head_revision
+    advice = (f"its schema is at revision 9999, newer than this mailrouter knows (up to "
+              f"{head_revision()}): an instance of a newer release migrated it; install that "
+              f"release here too (docs/install.md, Upgrading); check registry.url in {cfg}")
+    for argv, what in ((("web", "passwd", "petrova", "--password-stdin"), "web passwd"),
+                       (("request", "close", "1"), "request close"),
+                       (("registry",), "registry"), (("report",), "report")):
+        out = mr(*argv, "-c", str(cfg), stdin="a long passphrase\n")
+        assert out.returncode == 2 and out.stderr.splitlines() == [
+            f"mailrouter {what}: {db}: registry open failed (unknown schema revision '9999'); "
+            + advice], out.stderr
+    with sqlite3.connect(db) as shell:
+        assert shell.execute("SELECT count(*) FROM web_accounts").fetchone() == (0,)
+    shell.close()
+
+
 def test_a_look_at_a_registry_that_is_not_there_names_its_file(tmp_path):
     """Registry.open(create=False) on a missing SQLite file: the error names the file's
     path, not the URL it hides in, and what creates it."""

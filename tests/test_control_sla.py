@@ -527,3 +527,92 @@ async def test_a_scan_that_crashes_does_not_stop_the_scheduler(make_app, tmp_pat
     await task
     assert len(calls) >= 3
     assert "event=sla_scan_crashed" in caplog.text and "no working time" in caplog.text
+
+
+AWKWARD = """\
+domains: [example.com]
+mailboxes:
+  support: {maildir: support}
+  replies: {maildir: replies}
+people:
+  ivanov:  {address: ivanov@example.com, name: I}
+aliases:
+  support@example.com: mailbox:support
+  ny@example.com: mailbox:support
+  night@example.com: mailbox:support
+  replies@example.com: mailbox:replies
+calendars:
+  default: {timezone: Europe/Prague, hours: "Mon-Fri 09:00-18:00",
+            holidays: [2027-12-24, 2027-12-27]}
+  ny: {timezone: America/New_York, hours: "Mon-Fri 09:00-17:00"}
+  night: {timezone: Europe/Prague, hours: "Daily 00:00-24:00"}
+rules:
+  - name: ny
+    when: {rcpt: ny@example.com}
+    then: {owner: ivanov, sla: {first_response: 1d, calendar: ny}}
+  - name: night
+    when: {rcpt: night@example.com}
+    then: {owner: ivanov, sla: {first_response: 2h, calendar: night}}
+  - name: support
+    when: {rcpt: support@example.com}
+    then: {owner: ivanov, sla: {first_response: 4h, calendar: default}}
+"""
+
+
+async def test_awkward_times_fall_due_remind_and_count_in_the_company_zone(make_app, tmp_path):
+    """Requests written at awkward moments through the daemon (Prague the company's zone,
+    New York and a round-the-clock calendar beside it): each falls due where its calendar
+    says, the reminder comes at the due time and not a second before, the report puts
+    each in the Prague day it was written on, and an answer at the very due time is kept
+    while one a second later is missed."""
+    from zoneinfo import ZoneInfo
+    prg, ny = ZoneInfo("Europe/Prague"), ZoneInfo("America/New_York")
+    cases = [   # written (local), to, due (local)
+        (datetime(2027, 1, 8, 17, 59, tzinfo=prg), "support",      # Friday 17:59
+         datetime(2027, 1, 11, 12, 59, tzinfo=prg)),
+        (datetime(2027, 12, 23, 17, 0, tzinfo=prg), "support",     # before the holidays
+         datetime(2027, 12, 28, 12, 0, tzinfo=prg)),
+        (datetime(2027, 3, 28, 1, 30, tzinfo=prg), "night",        # the clock jumps 02 -> 03
+         datetime(2027, 3, 28, 4, 30, tzinfo=prg)),
+        (datetime(2027, 10, 31, 2, 30, tzinfo=prg), "night",       # 02:00-03:00 twice: the first
+         datetime(2027, 10, 31, 3, 30, tzinfo=prg)),
+        (datetime(2027, 12, 31, 23, 30, tzinfo=ny), "ny",          # Jan 1 in Prague
+         datetime(2028, 1, 3, 17, 0, tzinfo=ny)),
+        (datetime(2027, 3, 12, 16, 0, tzinfo=ny), "ny",            # New York's DST weekend
+         datetime(2027, 3, 15, 16, 0, tzinfo=ny)),
+        (datetime(2028, 2, 29, 17, 0, tzinfo=prg), "support",      # a leap day
+         datetime(2028, 3, 1, 12, 0, tzinfo=prg)),
+        (datetime(2027, 1, 10, 23, 30, tzinfo=timezone.utc), "support",    # Monday in Prague
+         datetime(2027, 1, 11, 13, 0, tzinfo=prg)),
+    ]
+    path = tmp_path / "rules" / "company.yaml"
+    path.parent.mkdir()
+    path.write_text(AWKWARD, encoding="utf-8")
+    app = await make_app(routing=(str(path),), control=CONTROL,
+                         registry=RegistryConfig(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"))
+    app.sla_task.cancel()
+    port = app.bound["smtp"][1]
+    for i, (at, to, _) in enumerate(cases):
+        app.pipeline.clock = lambda at=at: at.astimezone(timezone.utc)
+        await send(port, mail(f"c{i}@client.example", f"question {i}", f"{i}@client",
+                              to=f"{to}@example.com"), f"c{i}@client.example", f"{to}@example.com")
+    due = await app.registry.read("t", lambda conn: [r.first_response_due for r in conn.execute(
+        select(requests.c.first_response_due).order_by(requests.c.id))])
+    assert due == [d.astimezone(timezone.utc) for _, _, d in cases]
+    sched = Scheduler(app.registry, CONTROL, app.snapshot)
+    for when, i in sorted((when, i) for i, when in enumerate(due, 1)):     # in time order
+        assert (i, "remind") not in [(a.request, a.stage)
+                                     for a in await sched.tick(when - timedelta(seconds=1))]
+        assert (i, "remind") in [(a.request, a.stage) for a in await sched.tick(when)]
+    for n, late in ((0, timedelta(0)), (1, timedelta(seconds=1))):     # exactly due; a second late
+        app.pipeline.clock = lambda at=due[n] + late: at
+        await send(port, mail("ivanov@example.com", f"Re: question {n}", f"re-{n}@example.com",
+                              f"<{n}@client>"), "ivanov@example.com", "replies@example.com")
+    doc = await app.registry.read("t", lambda conn: report(
+        conn, datetime(2027, 1, 1, tzinfo=timezone.utc), datetime(2029, 1, 1, tzinfo=timezone.utc),
+        datetime(2029, 1, 1, tzinfo=timezone.utc), app.snapshot().rules.calendars, zone=prg))
+    assert [d["day"] for d in doc["volume_per_day"]] == [
+        "2027-01-08", "2027-01-11", "2027-03-12", "2027-03-28", "2027-10-31", "2027-12-23",
+        "2028-01-01", "2028-02-29"]
+    assert doc["sla"] == {"kept": 1, "missed": 7, "share_kept": 0.125}
+    assert doc["first_response_hours"]["median"] == 4.0        # 4h of business time each

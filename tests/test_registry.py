@@ -827,3 +827,67 @@ def test_processes_making_a_new_sqlite_registry_at_once_all_open_it(tmp_path: Pa
                 if pipe is not None:
                     pipe.close()
         assert codes == [0] * 4, errors
+
+
+async def test_a_registry_at_the_oldest_revision_keeps_every_row_and_is_searched(
+        registry_url: str) -> None:
+    """A registry made at revision 0001 (the oldest schema this release still migrates;
+    the release at 66c8332 wrote these rows through its daemon) brought to the newest:
+    every message, decision and delivery is kept, and the searches the newer revisions
+    index find the old messages: subject words in their folded forms (0006, 0009), the
+    sender in any case (0012), the counterparty's history."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mailrouter.control.queries import history, search
+    from mailrouter.registry.models import decisions, deliveries, messages
+    from mailrouter.registry.store import _alembic_upgrade, _prepare, _url
+
+    await _prepare(_url(registry_url))
+    engine = create_async_engine(registry_url)
+    subjects = ["Счёт №5 за декабрь", "Čeština příliš žluťoučký", "Re: Invoice 42 overdue"]
+
+    def table(model: Any, *cols: str) -> Any:
+        """`model`'s table with only `cols` (typed as the model types them), as at 0001."""
+        return sa.table(model.name, *(sa.column(c, model.c[c].type) for c in cols))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic_upgrade, "0001")
+            await conn.execute(sa.insert(sa.table("messages", *(
+                sa.column(c.name, c.type) for c in messages.c if not c.name.endswith("_fold")))),
+                [dict(key=f"k{i}", received_at=WHEN, updated_at=WHEN, protocol="smtp",
+                      peer="127.0.0.1", mail_from=f"ivan.{i}@customer.example.org",
+                      rcpts=["sales@example.com"], message_id=f"<old-{i}@customer>",
+                      from_name="Ivan", from_addr=f"Ivan.{i}@Customer.Example.org",
+                      subject=subject, size=100, content_hash="c", defects=[],
+                      ruleset_hash="r", status="delivered", attempts=1)
+                 for i, subject in enumerate(subjects)])
+            await conn.execute(sa.insert(table(
+                decisions, "message_key", "rcpt", "action", "reply", "mailbox", "tags",
+                "path", "reasons", "rules")), [dict(
+                    message_key=f"k{i}", rcpt="sales@example.com", action="deliver",
+                    reply="250 2.0.0 Ok: delivered", mailbox="sales", tags=[], path=[],
+                    reasons=[], rules=[]) for i in range(len(subjects))])
+            await conn.execute(sa.insert(table(
+                deliveries, "message_key", "target", "state", "detail", "updated_at")),
+                [dict(message_key=f"k{i}", target="maildir:sales", state="delivered",
+                      detail="250", updated_at=WHEN) for i in range(len(subjects))])
+    finally:
+        await engine.dispose()
+    reg = await Registry.open(registry_url)
+    try:
+        counts = await reg.read("t", lambda c: [c.execute(sa.text(f"SELECT count(*) FROM {t}"))
+                                                .scalar() for t in ("messages", "decisions",
+                                                                    "deliveries")])
+        found = await reg.read("t", lambda c: {
+            q: [m["subject"] for m in search(c, **q_args)] for q, q_args in (
+                ("words", {"words": "счет*"}), ("czech", {"words": "cestina zlutoucky"}),
+                ("invoice", {"words": "invoice"}),
+                ("sender", {"sender": "IVAN.1@customer.EXAMPLE.ORG"}))})
+        story = await reg.read("t", lambda c: history(c, "customer.example.org"))
+    finally:
+        await reg.close()
+    assert counts == [3, 3, 3]
+    assert found == {"words": [subjects[0]], "czech": [subjects[1]], "invoice": [subjects[2]],
+                     "sender": [subjects[1]]}
+    assert len(story["messages"]) == 3

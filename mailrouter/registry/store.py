@@ -54,7 +54,8 @@ from typing import Any, TypeVar
 
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, text
+from sqlalchemy import (Connection, Engine, bindparam, create_engine, event, func, inspect,
+                        select, text)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     DataError, DBAPIError, DisconnectionError, IntegrityError, StatementError,
@@ -182,14 +183,37 @@ def registry_advice(exc: BaseException, db: str = "") -> str:
     return ""
 
 
-# Alembic's words for a database at a revision none of our scripts has
-_UNKNOWN_REVISION = re.compile(r"Can't locate revision identified by '([^']+)'")
+# Alembic's words for a database at a revision none of our scripts has (`run`, `db
+# upgrade`), and Registry.open's (every other command: _schema_revision)
+_UNKNOWN_REVISION = re.compile(
+    r"(?:Can't locate revision identified by|unknown schema revision) '([^']+)'")
+
+
+def known_revisions() -> frozenset[str]:
+    """The schema revisions this release has migration scripts for (their numbers)."""
+    return frozenset(p.name.split("_", 1)[0]
+                     for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
 def head_revision() -> str:
     """The newest schema revision this release has (its migration scripts' numbers)."""
-    found = sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    found = sorted(known_revisions())
     return found[-1] if found else "none"
+
+
+def _schema_revision(conn: Connection) -> str | None:
+    """The registry's schema revision (alembic_version), None without that table (a file
+    with no schema at all: the command's own query says so, with the fix).
+
+    A command that opens the registry without upgrading it (`request close`, `web passwd`,
+    `report`, a worker the daemon's parent migrated) checks it: after a downgrade, a registry
+    a newer release had migrated was read and written as if its schema were this
+    release's, while `run` and `db upgrade` refused it. An older release's `request close`
+    on a registry migrated past it left the request closed with an answer still due."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return str(found[0]) if len(found) == 1 else None
 
 
 def _sqlstate(inner: BaseException) -> str | None:
@@ -797,6 +821,11 @@ class Registry:
             registry._writable = str(path)
         try:
             await registry._read("open", lambda conn: conn.execute(select(1)).all())
+            if not create:      # `run` and `db upgrade` had Alembic say so (_UNKNOWN_REVISION)
+                found = await registry._read("open", _schema_revision)
+                if found is not None and found not in known_revisions():
+                    raise RegistryError(f"registry open failed (unknown schema revision "
+                                        f"'{found}')")
             if create and registry._dialect == "postgresql":
                 ctype = await registry._read("open", _pg_ctype)
                 if ctype in ("C", "POSIX"):
