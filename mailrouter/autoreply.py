@@ -130,10 +130,15 @@ _MTA_BODY_CHARS = 3000
 # rfc3834-03), Outlook's "Automatic reply:" in English, German, French, Russian, Ukrainian, Czech,
 # Slovak and Polish (php-mime-mail-parser's issue212: Exchange's "Automatyczna odpowiedź:" in
 # windows-1250, no Auto-Submitted); the Czech and Slovak ones also without their accents.
+# Lotus Notes/Domino's out-of-office agent writes "AUTO: <name> is out of the office (returning
+# <date>)" and no header at all (Mail-DeliveryStatus-BounceParser's t/corpus/warning-6.msg);
+# "Auto:" alone is RFC 3834's prefix for any answer, and German for a car, so it counts only
+# with Notes' words after it.
 _AUTOREPLY_SUBJECT = re.compile(
     r"(?:auto(?:matic)?[- ]?reply|out of (?:the )?office(?: auto-?reply)?|automatische antwort"
     r"|abwesenheitsnotiz|réponse automatique|автоматический ответ|автоответ"
-    r"|автоматична відповідь|automatick[áa] odpov[ěe][ďd]|automatyczna odpowied[źz])\s*:",
+    r"|автоматична відповідь|automatick[áa] odpov[ěe][ďd]|automatyczna odpowied[źz])\s*:"
+    r"|auto:\s.{1,200}?\bis out of (?:the )?office\b",
     re.IGNORECASE)
 # Tags in brackets before a subject: Request Tracker's `[rtname #ticket]` on its AutoReply
 # (notmuch's test corpus, threading/ghost-root), a list's `[name]`, a filter's `[SPAM]`.

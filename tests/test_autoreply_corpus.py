@@ -106,6 +106,15 @@ ROBOTS = [
      ("Subject: =?windows-1250?Q?Automatyczna_odpowied=9F:_Piotrze,_test_z_6_miesi=EAcy_na?=\r\n"
       " =?windows-1250?Q?uki_ci=B9gle_na_Ciebie_czeka?=", "Content-Language: ru-RU"),
      "an auto-reply (Subject: Automatyczna odpowiedź: Piotrze", "auto_submitted"),
+    ("Mail-DeliveryStatus-BounceParser warning-6.msg: Lotus Domino 7's out-of-office, no header",
+     ("From: John.Smith@b.c", "Subject: AUTO: Smith, John is out of the office. (returning "
+      "05/01/2010)", "X-MIMETrack: Serialize by Router on EURMAIL02/Servers/XONE(Release "
+      "7.0.2FP3|December 13, 2007) at"), "an auto-reply (Subject: AUTO: Smith, John is out",
+     "auto_submitted"),
+    ("open-mpi's list archive: Notes' out-of-office behind the list's tag",
+     ("From: Wen Hao Wang <wangwhao@cn.ibm.example>",
+      "Subject: [MTT users] AUTO: Wen Hao Wang is out of the office (returning 2013/10/14)"),
+     "an auto-reply (Subject: [MTT users] AUTO: Wen Hao Wang", "auto_submitted"),
     ("notmuch test/corpora/broken/empty-part: FreeBSD's mlmmj refusing a post, no List-*",
      ("From: freebsd-hackers+owner@FreeBSD.org",
       "Subject: =?utf-8?q?Post_to_freebsd-hackers=40FreeBSD.org_denied:_Re:_rcd=288=29_-_new"
@@ -214,6 +223,10 @@ PEOPLE = [
     ("a question about an autoresponder", ("From: Иван <ivan@client.example>",
                                            "Subject: Автоответчик не работает"), "Почему?"),
     ("Auto as a word", ("From: Ann <ann@client.example>", "Subject: Auto parts: a quote"), "Hi"),
+    ("Auto: as RFC 3834's prefix, German for a car", ("From: Jörg <joerg@client.example>",
+                                                      "Subject: Auto: Angebot für den Golf"), "Hallo"),
+    ("a person asking who is out of the office", ("From: Ann <ann@client.example>",
+                                                  "Subject: Who is out of the office today?"), "Hi"),
     ("a person at info@", ("From: Shop Owner <info@shop.example>", "Subject: Order"), "Hi"),
     ("noreply in the display name only", ('From: "Ann (noreply Mon-Fri)" <ann@client.example>',
                                           "Subject: Question"), "Hi"),
