@@ -37,25 +37,26 @@ Refuses: codecs that are not text encodings (``base64``, ``rot13``, ``zlib``...)
 Python-only ``unicode_escape`` family, ``idna``, ``punycode`` and ``undefined``: a label naming
 one of those is treated as unknown.
 
-Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
-whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
-than French "è"; "\\xef" alone is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than
-Norwegian "ø"; "\\xbf" before a small letter with no "?" after it is Polish "ż", not Spanish
-"¿", and one before a small letter with a "?" after it is "¿": a Polish question whose only
-Polish letter is the ż of "że" reads as Spanish), Hungarian letters are not
-in the tables, and a short Czech text under a Western label whose only Czech letters are ř and
-í ("Jiøí Øehoø") keeps the label (it reads as Norwegian about as well); unlabelled Chinese
-(GBK, Big5) and Korean (EUC-KR) text is told by its common characters, and a text of two or
-three characters may go to the other one ("价格表" reads as Korean), and raw 8-bit
-headers are read in the message's charset only when the top Content-Type names one; a label
-that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent, or the reverse) is
-trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few capitals alone
-carry too little to overrule a label), and other pairs (koi8-r declared, cp866 sent) are
-trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
+Known limits: raw IBM866 header bytes are told from KOI8-R and windows-1251 only when they hold
+one of its letters А-Я а-п (a text of р-я alone reads as windows-1251 а-п). Unlabelled Latin
+text is told apart by its accented letters alone: a short text whose only accent is ambiguous
+goes to the likelier letter ("\\xe8" alone is Czech "č" rather than French "è"; "\\xef" alone
+is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than Norwegian "ø"; "\\xbf" before a small
+letter with no "?" after it is Polish "ż", not Spanish "¿", and one before a small letter with
+a "?" after it is "¿": a Polish question whose only Polish letter is the ż of "że" reads as
+Spanish), Hungarian letters are not in the tables, and a short Czech text under a Western label
+whose only Czech letters are ř and í ("Jiøí Øehoø") keeps the label (it reads as Norwegian
+about as well); unlabelled Chinese (GBK, Big5) and Korean (EUC-KR) text is told by its common
+characters, and a text of two or three characters may go to the other one ("价格表" reads as
+Korean), and raw 8-bit headers are read in the message's charset only when the top Content-Type
+names one; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent, or
+the reverse) is trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few
+capitals alone carry too little to overrule a label), and other pairs (koi8-r declared, cp866
+sent) are trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
 mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
 mac-cyrillic text is read as cp1251 (identical result for those letters). Unlabelled KOI8-U
-(Ukrainian) is told from KOI8-R by a і ї є ґ inside a word (_koi8_u); Ukrainian whose only
-such letter stands alone («є») stays KOI8-R, and so does KOI8-U under a koi8-r label.
+(Ukrainian) is told from KOI8-R by a і ї є ґ inside a word (_koi8_u); Ukrainian whose only such
+letter stands alone («є») stays KOI8-R, and so does KOI8-U under a koi8-r label.
 """
 
 from __future__ import annotations
@@ -305,11 +306,18 @@ _PRIORS = {"mac-cyrillic": -MAC_CYRILLIC_PRIOR}
 _MAC_OWN = re.compile(rb"[\x80-\x9f\xdf]")
 
 
+_CP866_OWN = re.compile(rb"[\x80-\xaf]")
+
+
 def _plausible(candidates: tuple[str, ...], data: bytes, start: int, end: int) -> tuple[str, ...]:
-    """`candidates` less x-mac-cyrillic when data[start:end] has none of its own bytes."""
-    if "mac-cyrillic" not in candidates or _MAC_OWN.search(data, start, end):
-        return candidates
-    return tuple(c for c in candidates if c != "mac-cyrillic")
+    """`candidates` less x-mac-cyrillic when data[start:end] has none of its own bytes, and
+    less cp866 when it has none of its letters А-Я а-п (0x80-0xAF)."""
+    drop = set()
+    if "mac-cyrillic" in candidates and not _MAC_OWN.search(data, start, end):
+        drop.add("mac-cyrillic")
+    if "cp866" in candidates and not _CP866_OWN.search(data, start, end):
+        drop.add("cp866")
+    return tuple(c for c in candidates if c not in drop) if drop else candidates
 
 
 def _best_cyrillic(candidates: tuple[str, ...], scores: dict[str, float]) -> str:
@@ -1010,13 +1018,18 @@ def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decode
 
 
 # Cyrillic single-byte charsets a message may declare for its text. Raw 8-bit header bytes
-# are guessed among KOI8-R and windows-1251 alone (CYRILLIC_HEADER_CANDIDATES: more
-# candidates, more wrong guesses on a few short words); a DOS or ISO mailer writes its
+# are guessed among KOI8-R and windows-1251 (CYRILLIC_HEADER_CANDIDATES: more candidates,
+# more wrong guesses on a few short words), and IBM866 when they hold one of its letters
+# А-Я а-п (0x80-0xAF, _plausible: rare signs in windows-1251, box signs in KOI8-R): a console
+# mailer on Russian Windows (code page 866) writes raw IBM866 subjects and file names, and
+# «Акт сверки.xls» was «ЂЄв бўҐаЄЁ.xls». The 120 KOI8-R and windows-1251 RU_SUBJECTS of
+# tests/test_message.py read as before, and 59 of the 60 in IBM866. A DOS or ISO mailer writes its
 # Subject and From in its own charset, and a message declaring IBM866 or ISO-8859-5 had them
 # read as windows-1251 ("‘зсв \xad\xa0 ®Ї«\xa0вг" for «Счёт на оплату»). Mail readers read
 # such headers in the charset of the top Content-Type (Thunderbird), so that charset is a
 # candidate too, first (ties go to it); the scores still decide: the other Cyrillic charset
 # under a koi8-r or windows-1251 label is read as what it is, as in a body.
+_RAW_HEADER_CANDIDATES = (*CYRILLIC_HEADER_CANDIDATES, "cp866")
 _DECLARED_CYRILLIC = frozenset({"koi8-r", "koi8-u", "cp1251", "cp866", "iso8859-5",
                                 "mac-cyrillic"})
 
@@ -1027,8 +1040,8 @@ def _header_candidates(fallback: str | None) -> tuple[str, ...]:
     declared as `fallback`."""
     codec = resolve_charset(fallback) if fallback else None
     if codec not in _DECLARED_CYRILLIC:
-        return CYRILLIC_HEADER_CANDIDATES
-    return (codec, *(c for c in CYRILLIC_HEADER_CANDIDATES if c != codec))
+        return _RAW_HEADER_CANDIDATES
+    return (codec, *(c for c in _RAW_HEADER_CANDIDATES if c != codec))
 
 
 def _read_in_fallback(chunk: bytes, label: str) -> Decoded | None:

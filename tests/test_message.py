@@ -907,6 +907,29 @@ def test_scorer_on_short_russian_subjects() -> None:
     assert misses == KNOWN_MISSES
 
 
+def test_raw_ibm866_headers_read_as_ibm866_and_the_others_as_before() -> None:
+    """A console mailer on Russian Windows (cmd.exe's code page 866) writes its Subject and
+    file names as raw IBM866: guessed among KOI8-R and windows-1251 alone, «Акт сверки.xls»
+    was «ЂЄв бўҐаЄЁ.xls» and «ДОГОВОР.DOC» «„ŽƒŽ‚Ž\ufffd.DOC». IBM866 is a candidate of raw
+    headers when the bytes hold one of its letters А-Я а-п (0x80-0xAF); KOI8-R and windows-1251
+    subjects read as before (the same misses), and of the IBM866 ones only «Ёлка» is not
+    read (its four bytes are valid UTF-8)."""
+    for enc in ("koi8-r", "cp1251"):
+        misses = {s for s in RU_SUBJECTS if decode_header_value(s.encode(enc))[0] != s}
+        assert {(s, enc) for s in misses} == {m for m in KNOWN_MISSES if m[1] == enc}
+    assert [s for s in RU_SUBJECTS if decode_header_value(s.encode("cp866"))[0] != s] == ["Ёлка"]
+    for name in ("Акт сверки.xls", "ДОГОВОР.DOC"):
+        raw = (b"Subject: " + name.encode("cp866") + b"\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+               b"Content-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n--B\r\n"
+               b'Content-Type: application/octet-stream; name="' + name.encode("cp866")
+               + b'"\r\nContent-Disposition: attachment\r\n\r\nx\r\n--B--\r\n')
+        v = MessageView(raw)
+        assert (v.subject, [a.filename for a in v.attachments]) == (name, [name])
+        assert v.charset_notes == ["Subject: raw 8-bit guessed cp866",
+                                   "Attachment name: raw 8-bit guessed cp866"]
+
+
 UA_SUBJECTS = ["Рахунок за квітень", "Надсилаємо договір", "Прошу підтвердити отримання",
                "Їхня пропозиція", "Ґрунтовки та фарби", "Звіт ІТ-відділу", "Єдиний податок",
                "Оплата за ґанок", "Привіт", "Акт звірки"]
