@@ -48,15 +48,17 @@ Spanish), Hungarian letters are not in the tables, and a short Czech text under 
 whose only Czech letters are ř and í ("Jiøí Øehoø") keeps the label (it reads as Norwegian
 about as well); unlabelled Chinese (GBK, Big5) and Korean (EUC-KR) text is told by its common
 characters, and a text of two or three characters may go to the other one ("价格表" reads as
-Korean), and raw 8-bit headers are read in the message's charset only when the top Content-Type
-names one; a label that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent, or
-the reverse) is trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few
-capitals alone carry too little to overrule a label), and other pairs (koi8-r declared, cp866
-sent) are trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
-mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
-mac-cyrillic text is read as cp1251 (identical result for those letters). Unlabelled KOI8-U
-(Ukrainian) is told from KOI8-R by a і ї є ґ inside a word (_koi8_u); Ukrainian whose only such
-letter stands alone («є») stays KOI8-R, and so does KOI8-U under a koi8-r label.
+Korean), a Big5 or GBK text whose 8-bit bytes all read as letters, a few at a time inside words
+of ASCII letters, reads as Latin (_latin_words: short Czech names were Chinese), and raw 8-bit
+headers are read in the message's charset only when the top Content-Type names one; a label
+that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent, or the reverse) is
+trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few capitals alone carry
+too little to overrule a label), and other pairs (koi8-r declared, cp866 sent) are trusted;
+UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted; mac-cyrillic and cp1251
+agree on most lowercase letters, so an unlabelled all-lowercase mac-cyrillic text is read as
+cp1251 (identical result for those letters). Unlabelled KOI8-U (Ukrainian) is told from KOI8-R
+by a і ї є ґ inside a word (_koi8_u); Ukrainian whose only such letter stands alone («є») stays
+KOI8-R, and so does KOI8-U under a koi8-r label.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ import email.header
 import functools
 import math
 import re
+import unicodedata
 from collections import Counter
 from itertools import repeat
 from typing import Callable, Iterable, Iterator
@@ -446,13 +449,40 @@ def _chinese_korean(pieces: Callable[[], Iterable[bytes]]) -> str | None:
         if wide >= 2 and bad * JAPANESE_BAD <= wide and known >= CJK_SHARE * wide \
                 and len(seen) >= min(wide / 2, CJK_DISTINCT):
             passed[codec] = known / wide
-    if not passed or not _reads_badly_as_russian(pieces):
+    if not passed or not _reads_badly_as_russian(pieces) or _latin_words(pieces):
         return None
     if "cp949" in passed and len(passed) > 1 and 2 * frequent < hangul:
         del passed["cp949"]
     if "cp949" in passed and 2 * frequent >= hangul:
         return "cp949"
     return max(passed, key=lambda c: (passed[c], -CJK_CANDIDATES.index(c)))
+
+
+# Short Czech, Slovak and Polish words in ISO-8859-2 are common Big5 too: "\xa9i\xb9ka" (Šiška,
+# a surname) is 姆隕a, "\xa9\xedma" (Šíma) 拗ma, "\xa9a\xb9a" (Šaša) 奄鈴: Big5 (and GBK) take an
+# ASCII letter for a trail byte. Latin words have their 8-bit bytes inside them, a few at a
+# time, among ASCII letters, and each is a letter; a CJK text has runs of them, or words of
+# them alone, or signs among them ("會議通知" is "·|Ä³³qª¾" in windows-1252, "ˇ|Äłłq" in
+# ISO-8859-2). Bytes that read so in one of LATIN_CANDIDATES are not CJK.
+_EIGHT_BIT_RUN = re.compile(rb"[\x80-\xff]+")
+_LATIN_RUN = 3          # "žluťoučký", "příliš", "Šťastný": no more 8-bit letters in a row
+
+
+def _latin_words(pieces: Callable[[], Iterable[bytes]]) -> bool:
+    """True when every run of 8-bit bytes is at most _LATIN_RUN long and touches an ASCII
+    letter (one byte alone, "č." in "fakturu č. 5", may stand alone), and every 8-bit byte
+    reads as a letter (Lu, Ll) in one of LATIN_CANDIDATES."""
+    for piece in pieces():
+        for run in _EIGHT_BIT_RUN.finditer(piece):
+            start, end = run.span()
+            if end - start > _LATIN_RUN:
+                return False
+            if end - start > 1 and not (piece[start - 1:start].isalpha()
+                                        or piece[end:end + 1].isalpha()):
+                return False
+    return any(all(unicodedata.category(ch) in ("Lu", "Ll")
+                   for piece in pieces() for ch in _WIDE.findall(piece.decode(codec, "replace")))
+               for codec in LATIN_CANDIDATES)
 
 
 def _reads_badly_as_russian(pieces: Callable[[], Iterable[bytes]]) -> bool:
