@@ -141,6 +141,23 @@ def test_a_real_polish_out_of_office_gets_no_answer() -> None:
     assert not send and why.startswith("an auto-reply (Subject: Automatyczna odpowiedź:"), why
 
 
+def test_a_dmarc_report_through_a_google_group_gets_no_answer() -> None:
+    """Webklex/php-imap's mail_that_is_attachment.eml (tests/corpus, byte for byte): Google's
+    DMARC aggregate report as a Google group passes it on, From rewritten to the group
+    ('noreply-dmarc-support via xxx <xxx@yyy.cz>'), no robot header, a zip. It was answered
+    (the envelope the group's); only RFC 7489's subject says what it is. A person's subject
+    that merely mentions a report domain is still answered."""
+    raw = (Path(__file__).parent / "corpus" / "real_dmarc_report_via_google_group.eml").read_bytes()
+    send, why = answer(MessageView(raw), "xxx+bncBAABBQ@yyy.cz")
+    assert not send and why.startswith("a report (a DMARC aggregate report, Subject: Report "
+                                       "domain: yyy.cz Submitter: google.com"), why
+    assert reason_kind(why) == "report"
+    person = view("From: Ann <ann@client.example>", "Subject: Re: Report domain: yyy.cz Submitter: google.com")
+    assert answer(person, "ann@client.example") == (True, "")
+    question = view("From: Ann <ann@client.example>", "Subject: Which report domain should I use?")
+    assert answer(question, "ann@client.example") == (True, "")
+
+
 def test_a_newsletters_verp_return_path_gets_no_answer() -> None:
     """SpamAssassin's welcomelists/infoworld (and networkworld): Lyris ListManager newsletters
     of 2002 with no List-* header and no Precedence; only their return path,
