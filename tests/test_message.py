@@ -930,6 +930,34 @@ def test_scorer_on_short_russian_subjects() -> None:
     assert misses == KNOWN_MISSES
 
 
+# Raw windows-1251 subjects with Russian typography's signs (« » — № ): each sign scored as a
+# non-letter in the Russian reading and as a common sign in the Latin one, so short ones read
+# as windows-1252 ("Çàêàç ¹ 88 — «Îê»").
+RU_TYPOGRAPHY = ["Заказ № 88 — «Ок»", "Акт № 1 — «ОК»", "«Да»", "«РЖД»", "№ 5 — «ЖКХ»",
+                 "УПД № 3", "СФ № 3 — «ООО»", "ОАО «РЖД» — акт № 5", "Ок — спасибо"]
+
+
+@pytest.mark.parametrize("text", RU_TYPOGRAPHY)
+def test_russian_typography_keeps_a_raw_subject_cyrillic(text: str) -> None:
+    v = MessageView(b"Subject: " + text.encode("cp1251") + b"\r\n\r\nx\r\n")
+    assert (v.subject, v.charset_notes) == (text, ["Subject: raw 8-bit guessed cp1251"])
+    # the message's own windows-1251 label did not help: the Latin reading won before it
+    declared = MessageView(b"Subject: " + text.encode("cp1251") + b"\r\nMIME-Version: 1.0\r\n"
+                           b"Content-Type: text/plain; charset=windows-1251\r\n\r\nx\r\n")
+    assert declared.subject == text
+
+
+def test_signs_glued_to_letters_still_tell_mac_cyrillic() -> None:
+    """A dash or a guillemet glued to letters is no typography: x-mac-cyrillic's Ч and Ц
+    are windows-1251's dashes, and "Чек" still reads so; Latin text with the same signs
+    stays Latin."""
+    assert guess_decode("Чек на 5 Цент".encode("mac-cyrillic"), CYRILLIC_BODY_CANDIDATES)[0] \
+        == "Чек на 5 Цент"
+    for text, codec in (("« Ça va » — très bien", "cp1252"), ("„Dobrý den“ – Šárka", "cp1250"),
+                        ("Faktura č. 5 – «OK»", "cp1250")):
+        assert decode_header_value(text.encode(codec))[0] == text
+
+
 def test_raw_ibm866_headers_read_as_ibm866_and_the_others_as_before() -> None:
     """A console mailer on Russian Windows (cmd.exe's code page 866) writes its Subject and
     file names as raw IBM866: guessed among KOI8-R and windows-1251 alone, «Акт сверки.xls»
