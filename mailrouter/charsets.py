@@ -154,6 +154,7 @@ _NOT_LETTER = math.log(0.0002)   # a non-ASCII symbol where a letter should be
 # x-mac-cyrillic's "Чек" read as windows-1251), they cost _NOT_LETTER as before.
 _RU_SIGN = math.log(0.01)
 _OPENS, _CLOSES, _STANDS = frozenset("«"), frozenset("»"), frozenset("—–")   # № opens too
+_SIGNS = _OPENS | _CLOSES | _STANDS | {"№"}
 _MIXED_CASE = math.log(0.02)     # "сЧЕТ": upper case straight after lower case
 
 CYRILLIC_HEADER_CANDIDATES = ("koi8-r", "cp1251")
@@ -164,7 +165,12 @@ def score_russian(text: str, score: float = 0.0) -> float:
     """Log-likelihood-like score that ``text`` is Russian; higher is better.  ``score`` is
     the score of the text before it (a long text is scored a piece at a time)."""
     prev = " "
-    for i, ch in enumerate(text):
+    sign = ""           # a sign waiting for the character after it (_ru_sign)
+    sign_prev = ""
+    for ch in text:
+        if sign:
+            score += _RU_SIGN if _ru_sign(sign, sign_prev, ch) else _NOT_LETTER
+            sign = ""
         if ch < "\x80":
             prev = ch
             continue
@@ -173,9 +179,13 @@ def score_russian(text: str, score: float = 0.0) -> float:
             score += _LOG[low]
             if ch != low and prev.isalpha() and prev.islower():
                 score += _MIXED_CASE
+        elif ch in _SIGNS:
+            sign, sign_prev = ch, prev
         elif not ch.isspace():
-            score += _RU_SIGN if _ru_sign(ch, prev, text[i + 1:i + 2]) else _NOT_LETTER
+            score += _NOT_LETTER
         prev = ch
+    if sign:
+        score += _RU_SIGN if _ru_sign(sign, sign_prev, "") else _NOT_LETTER
     return score
 
 
