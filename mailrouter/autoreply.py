@@ -130,13 +130,23 @@ _MTA_BODY_CHARS = 3000
 # rfc3834-03), Outlook's "Automatic reply:" in English, German, French, Russian, Ukrainian, Czech,
 # Slovak and Polish (php-mime-mail-parser's issue212: Exchange's "Automatyczna odpowiedź:" in
 # windows-1250, no Auto-Submitted); the Czech and Slovak ones also without their accents.
+# Lotus Notes/Domino's out-of-office agent writes "AUTO: <name> is out of the office (returning
+# <date>)" and no header at all (Mail-DeliveryStatus-BounceParser's t/corpus/warning-6.msg);
+# "Auto:" alone is RFC 3834's prefix for any answer, and German for a car, so it counts only
+# with Notes' words after it.
 _AUTOREPLY_SUBJECT = re.compile(
     r"(?:auto(?:matic)?[- ]?reply|out of (?:the )?office(?: auto-?reply)?|automatische antwort"
     r"|abwesenheitsnotiz|réponse automatique|автоматический ответ|автоответ"
-    r"|автоматична відповідь|automatick[áa] odpov[ěe][ďd]|automatyczna odpowied[źz])\s*:",
+    r"|автоматична відповідь|automatick[áa] odpov[ěe][ďd]|automatyczna odpowied[źz])\s*:"
+    r"|auto:\s.{1,200}?\bis out of (?:the )?office\b",
     re.IGNORECASE)
 # Tags in brackets before a subject: Request Tracker's `[rtname #ticket]` on its AutoReply
 # (notmuch's test corpus, threading/ghost-root), a list's `[name]`, a filter's `[SPAM]`.
+# A DMARC aggregate report (RFC 7489 7.2.1.1: "Report Domain: <domain> Submitter: <org>
+# Report-ID: <id>"), a zip of XML with no robot header; a Google group that receives them
+# rewrites From to itself ("noreply-dmarc-support via <group>", Webklex/php-imap's
+# mail_that_is_attachment.eml), so only the subject says it is a report.
+_DMARC_SUBJECT = re.compile(r"report domain:\s*\S+\s+submitter:\s*\S+", re.IGNORECASE)
 _SUBJECT_TAGS = re.compile(r"\A(?:\[[^\[\]]{1,100}\]\s*)+")
 _CYRILLIC_CHARSETS = frozenset({"koi8-r", "koi8-u", "cp1251", "windows-1251", "cp866",
                                 "mac-cyrillic", "iso8859-5", "iso-8859-5"})
@@ -421,6 +431,8 @@ def _robot_subject(view: View) -> str:
             return f"a bounce (Subject: {subject[:80]}; body: {' '.join(found[0].split())})"
     if _AUTOREPLY_SUBJECT.match(head):
         return f"an auto-reply (Subject: {subject[:80]})"
+    if _DMARC_SUBJECT.match(head):
+        return f"a report (a DMARC aggregate report, Subject: {subject[:80]})"
     return ""
 
 

@@ -37,25 +37,28 @@ Refuses: codecs that are not text encodings (``base64``, ``rot13``, ``zlib``...)
 Python-only ``unicode_escape`` family, ``idna``, ``punycode`` and ``undefined``: a label naming
 one of those is treated as unknown.
 
-Known limits: unlabelled Latin text is told apart by its accented letters alone: a short text
-whose only accent is ambiguous goes to the likelier letter ("\\xe8" alone is Czech "č" rather
-than French "è"; "\\xef" alone is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than
-Norwegian "ø"; "\\xbf" before a small letter with no "?" after it is Polish "ż", not Spanish
-"¿", and one before a small letter with a "?" after it is "¿": a Polish question whose only
-Polish letter is the ż of "że" reads as Spanish), Hungarian letters are not
-in the tables, and a short Czech text under a Western label whose only Czech letters are ř and
-í ("Jiøí Øehoø") keeps the label (it reads as Norwegian about as well); unlabelled Chinese
-(GBK, Big5) and Korean (EUC-KR) text is told by its common characters, and a text of two or
-three characters may go to the other one ("价格表" reads as Korean), and raw 8-bit
+Known limits: raw IBM866 header bytes are told from KOI8-R and windows-1251 only when they hold
+one of its letters А-Я а-п (a text of р-я alone reads as windows-1251 а-п). Unlabelled Latin
+text is told apart by its accented letters alone: a short text whose only accent is ambiguous
+goes to the likelier letter ("\\xe8" alone is Czech "č" rather than French "è"; "\\xef" alone
+is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than Norwegian "ø"; "\\xbf" before a small
+letter with no "?" after it is Polish "ż", not Spanish "¿", and one before a small letter with
+a "?" after it is "¿": a Polish question whose only Polish letter is the ż of "że" reads as
+Spanish), Hungarian letters are not in the tables, and a short Czech text under a Western label
+whose only Czech letters are ř and í ("Jiøí Øehoø") keeps the label (it reads as Norwegian
+about as well); unlabelled Chinese (GBK, Big5) and Korean (EUC-KR) text is told by its common
+characters, and a text of two or three characters may go to the other one ("价格表" reads as
+Korean), a Big5 or GBK text whose 8-bit bytes all read as letters, a few at a time inside words
+of ASCII letters, reads as Latin (_latin_words: short Czech names were Chinese), and raw 8-bit
 headers are read in the message's charset only when the top Content-Type names one; a label
 that names the *other* Cyrillic charset (koi8-r declared, cp1251 sent, or the reverse) is
-trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few capitals alone
-carry too little to overrule a label), and other pairs (koi8-r declared, cp866 sent) are
-trusted; UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted;
-mac-cyrillic and cp1251 agree on most lowercase letters, so an unlabelled all-lowercase
-mac-cyrillic text is read as cp1251 (identical result for those letters). Unlabelled KOI8-U
-(Ukrainian) is told from KOI8-R by a і ї є ґ inside a word (_koi8_u); Ukrainian whose only
-such letter stands alone («є») stays KOI8-R, and so does KOI8-U under a koi8-r label.
+trusted unless the other one reads clearly better (`_CYRILLIC_PAIR`: a few capitals alone carry
+too little to overrule a label), and other pairs (koi8-r declared, cp866 sent) are trusted;
+UTF-8 under any 8-bit label is not: it is read as UTF-8 and noted; mac-cyrillic and cp1251
+agree on most lowercase letters, so an unlabelled all-lowercase mac-cyrillic text is read as
+cp1251 (identical result for those letters). Unlabelled KOI8-U (Ukrainian) is told from KOI8-R
+by a і ї є ґ inside a word (_koi8_u); Ukrainian whose only such letter stands alone («є») stays
+KOI8-R, and so does KOI8-U under a koi8-r label.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ import email.header
 import functools
 import math
 import re
+import unicodedata
 from collections import Counter
 from itertools import repeat
 from typing import Callable, Iterable, Iterator
@@ -143,6 +147,14 @@ _FREQ = dict(zip("оеаинтсрвлкмдпуяызьбгчйхжшюцщэф
                   16, 17, 14, 12, 10, 9, 7, 6, 5, 4, 3, 3, 1, 4)))
 _LOG = {ch: math.log(f / 1000) for ch, f in _FREQ.items()}
 _NOT_LETTER = math.log(0.0002)   # a non-ASCII symbol where a letter should be
+# Russian typography's own signs, where Russian text has them, cost what a common sign costs in
+# a Latin reading (_SYMBOL): as _NOT_LETTER they made a windows-1251 subject that has them read
+# better as windows-1252 ("Заказ № 88 — «Ок»" was "Çàêàç ¹ 88 — «Îê»", «Да» "«Äà»"). Where
+# they are glued to a letter as text never has them (a dash inside a word, "—ек", is
+# x-mac-cyrillic's "Чек" read as windows-1251), they cost _NOT_LETTER as before.
+_RU_SIGN = math.log(0.01)
+_OPENS, _CLOSES, _STANDS = frozenset("«"), frozenset("»"), frozenset("—–")   # № opens too
+_SIGNS = _OPENS | _CLOSES | _STANDS | {"№"}
 _MIXED_CASE = math.log(0.02)     # "сЧЕТ": upper case straight after lower case
 
 CYRILLIC_HEADER_CANDIDATES = ("koi8-r", "cp1251")
@@ -153,7 +165,12 @@ def score_russian(text: str, score: float = 0.0) -> float:
     """Log-likelihood-like score that ``text`` is Russian; higher is better.  ``score`` is
     the score of the text before it (a long text is scored a piece at a time)."""
     prev = " "
+    sign = ""           # a sign waiting for the character after it (_ru_sign)
+    sign_prev = ""
     for ch in text:
+        if sign:
+            score += _RU_SIGN if _ru_sign(sign, sign_prev, ch) else _NOT_LETTER
+            sign = ""
         if ch < "\x80":
             prev = ch
             continue
@@ -162,10 +179,24 @@ def score_russian(text: str, score: float = 0.0) -> float:
             score += _LOG[low]
             if ch != low and prev.isalpha() and prev.islower():
                 score += _MIXED_CASE
+        elif ch in _SIGNS:
+            sign, sign_prev = ch, prev
         elif not ch.isspace():
             score += _NOT_LETTER
         prev = ch
+    if sign:
+        score += _RU_SIGN if _ru_sign(sign, sign_prev, "") else _NOT_LETTER
     return score
+
+
+def _ru_sign(ch: str, prev: str, after: str) -> bool:
+    """Is `ch` a sign of Russian typography where Russian text puts it: « and № with no
+    letter before, » with none after, a dash with none on either side?"""
+    if ch in _OPENS or ch == "№":
+        return not prev.isalpha()
+    if ch in _CLOSES:
+        return not after.isalpha()
+    return ch in _STANDS and not prev.isalpha() and not after.isalpha()
 
 
 # Letters no Russian word begins with: KOI8-R read as windows-1251 (or the reverse) turns
@@ -305,11 +336,18 @@ _PRIORS = {"mac-cyrillic": -MAC_CYRILLIC_PRIOR}
 _MAC_OWN = re.compile(rb"[\x80-\x9f\xdf]")
 
 
+_CP866_OWN = re.compile(rb"[\x80-\xaf]")
+
+
 def _plausible(candidates: tuple[str, ...], data: bytes, start: int, end: int) -> tuple[str, ...]:
-    """`candidates` less x-mac-cyrillic when data[start:end] has none of its own bytes."""
-    if "mac-cyrillic" not in candidates or _MAC_OWN.search(data, start, end):
-        return candidates
-    return tuple(c for c in candidates if c != "mac-cyrillic")
+    """`candidates` less x-mac-cyrillic when data[start:end] has none of its own bytes, and
+    less cp866 when it has none of its letters А-Я а-п (0x80-0xAF)."""
+    drop = set()
+    if "mac-cyrillic" in candidates and not _MAC_OWN.search(data, start, end):
+        drop.add("mac-cyrillic")
+    if "cp866" in candidates and not _CP866_OWN.search(data, start, end):
+        drop.add("cp866")
+    return tuple(c for c in candidates if c not in drop) if drop else candidates
 
 
 def _best_cyrillic(candidates: tuple[str, ...], scores: dict[str, float]) -> str:
@@ -438,13 +476,40 @@ def _chinese_korean(pieces: Callable[[], Iterable[bytes]]) -> str | None:
         if wide >= 2 and bad * JAPANESE_BAD <= wide and known >= CJK_SHARE * wide \
                 and len(seen) >= min(wide / 2, CJK_DISTINCT):
             passed[codec] = known / wide
-    if not passed or not _reads_badly_as_russian(pieces):
+    if not passed or not _reads_badly_as_russian(pieces) or _latin_words(pieces):
         return None
     if "cp949" in passed and len(passed) > 1 and 2 * frequent < hangul:
         del passed["cp949"]
     if "cp949" in passed and 2 * frequent >= hangul:
         return "cp949"
     return max(passed, key=lambda c: (passed[c], -CJK_CANDIDATES.index(c)))
+
+
+# Short Czech, Slovak and Polish words in ISO-8859-2 are common Big5 too: "\xa9i\xb9ka" (Šiška,
+# a surname) is 姆隕a, "\xa9\xedma" (Šíma) 拗ma, "\xa9a\xb9a" (Šaša) 奄鈴: Big5 (and GBK) take an
+# ASCII letter for a trail byte. Latin words have their 8-bit bytes inside them, a few at a
+# time, among ASCII letters, and each is a letter; a CJK text has runs of them, or words of
+# them alone, or signs among them ("會議通知" is "·|Ä³³qª¾" in windows-1252, "ˇ|Äłłq" in
+# ISO-8859-2). Bytes that read so in one of LATIN_CANDIDATES are not CJK.
+_EIGHT_BIT_RUN = re.compile(rb"[\x80-\xff]+")
+_LATIN_RUN = 3          # "žluťoučký", "příliš", "Šťastný": no more 8-bit letters in a row
+
+
+def _latin_words(pieces: Callable[[], Iterable[bytes]]) -> bool:
+    """True when every run of 8-bit bytes is at most _LATIN_RUN long and touches an ASCII
+    letter (one byte alone, "č." in "fakturu č. 5", may stand alone), and every 8-bit byte
+    reads as a letter (Lu, Ll) in one of LATIN_CANDIDATES."""
+    for piece in pieces():
+        for run in _EIGHT_BIT_RUN.finditer(piece):
+            start, end = run.span()
+            if end - start > _LATIN_RUN:
+                return False
+            if end - start > 1 and not (piece[start - 1:start].isalpha()
+                                        or piece[end:end + 1].isalpha()):
+                return False
+    return any(all(unicodedata.category(ch) in ("Lu", "Ll")
+                   for piece in pieces() for ch in _WIDE.findall(piece.decode(codec, "replace")))
+               for codec in LATIN_CANDIDATES)
 
 
 def _reads_badly_as_russian(pieces: Callable[[], Iterable[bytes]]) -> bool:
@@ -1010,13 +1075,18 @@ def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decode
 
 
 # Cyrillic single-byte charsets a message may declare for its text. Raw 8-bit header bytes
-# are guessed among KOI8-R and windows-1251 alone (CYRILLIC_HEADER_CANDIDATES: more
-# candidates, more wrong guesses on a few short words); a DOS or ISO mailer writes its
+# are guessed among KOI8-R and windows-1251 (CYRILLIC_HEADER_CANDIDATES: more candidates,
+# more wrong guesses on a few short words), and IBM866 when they hold one of its letters
+# А-Я а-п (0x80-0xAF, _plausible: rare signs in windows-1251, box signs in KOI8-R): a console
+# mailer on Russian Windows (code page 866) writes raw IBM866 subjects and file names, and
+# «Акт сверки.xls» was «ЂЄв бўҐаЄЁ.xls». The 120 KOI8-R and windows-1251 RU_SUBJECTS of
+# tests/test_message.py read as before, and 59 of the 60 in IBM866. A DOS or ISO mailer writes its
 # Subject and From in its own charset, and a message declaring IBM866 or ISO-8859-5 had them
 # read as windows-1251 ("‘зсв \xad\xa0 ®Ї«\xa0вг" for «Счёт на оплату»). Mail readers read
 # such headers in the charset of the top Content-Type (Thunderbird), so that charset is a
 # candidate too, first (ties go to it); the scores still decide: the other Cyrillic charset
 # under a koi8-r or windows-1251 label is read as what it is, as in a body.
+_RAW_HEADER_CANDIDATES = (*CYRILLIC_HEADER_CANDIDATES, "cp866")
 _DECLARED_CYRILLIC = frozenset({"koi8-r", "koi8-u", "cp1251", "cp866", "iso8859-5",
                                 "mac-cyrillic"})
 
@@ -1027,8 +1097,8 @@ def _header_candidates(fallback: str | None) -> tuple[str, ...]:
     declared as `fallback`."""
     codec = resolve_charset(fallback) if fallback else None
     if codec not in _DECLARED_CYRILLIC:
-        return CYRILLIC_HEADER_CANDIDATES
-    return (codec, *(c for c in CYRILLIC_HEADER_CANDIDATES if c != codec))
+        return _RAW_HEADER_CANDIDATES
+    return (codec, *(c for c in _RAW_HEADER_CANDIDATES if c != codec))
 
 
 def _read_in_fallback(chunk: bytes, label: str) -> Decoded | None:

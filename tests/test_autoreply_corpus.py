@@ -106,6 +106,15 @@ ROBOTS = [
      ("Subject: =?windows-1250?Q?Automatyczna_odpowied=9F:_Piotrze,_test_z_6_miesi=EAcy_na?=\r\n"
       " =?windows-1250?Q?uki_ci=B9gle_na_Ciebie_czeka?=", "Content-Language: ru-RU"),
      "an auto-reply (Subject: Automatyczna odpowiedź: Piotrze", "auto_submitted"),
+    ("Mail-DeliveryStatus-BounceParser warning-6.msg: Lotus Domino 7's out-of-office, no header",
+     ("From: John.Smith@b.c", "Subject: AUTO: Smith, John is out of the office. (returning "
+      "05/01/2010)", "X-MIMETrack: Serialize by Router on EURMAIL02/Servers/XONE(Release "
+      "7.0.2FP3|December 13, 2007) at"), "an auto-reply (Subject: AUTO: Smith, John is out",
+     "auto_submitted"),
+    ("open-mpi's list archive: Notes' out-of-office behind the list's tag",
+     ("From: Wen Hao Wang <wangwhao@cn.ibm.example>",
+      "Subject: [MTT users] AUTO: Wen Hao Wang is out of the office (returning 2013/10/14)"),
+     "an auto-reply (Subject: [MTT users] AUTO: Wen Hao Wang", "auto_submitted"),
     ("notmuch test/corpora/broken/empty-part: FreeBSD's mlmmj refusing a post, no List-*",
      ("From: freebsd-hackers+owner@FreeBSD.org",
       "Subject: =?utf-8?q?Post_to_freebsd-hackers=40FreeBSD.org_denied:_Re:_rcd=288=29_-_new"
@@ -130,6 +139,23 @@ def test_a_real_polish_out_of_office_gets_no_answer() -> None:
     raw = (Path(__file__).parent / "corpus" / "real_polish_exchange_autoreply_cp1250.eml").read_bytes()
     send, why = answer(MessageView(raw), "piotr@client.example")
     assert not send and why.startswith("an auto-reply (Subject: Automatyczna odpowiedź:"), why
+
+
+def test_a_dmarc_report_through_a_google_group_gets_no_answer() -> None:
+    """Webklex/php-imap's mail_that_is_attachment.eml (tests/corpus, byte for byte): Google's
+    DMARC aggregate report as a Google group passes it on, From rewritten to the group
+    ('noreply-dmarc-support via xxx <xxx@yyy.cz>'), no robot header, a zip. It was answered
+    (the envelope the group's); only RFC 7489's subject says what it is. A person's subject
+    that merely mentions a report domain is still answered."""
+    raw = (Path(__file__).parent / "corpus" / "real_dmarc_report_via_google_group.eml").read_bytes()
+    send, why = answer(MessageView(raw), "xxx+bncBAABBQ@yyy.cz")
+    assert not send and why.startswith("a report (a DMARC aggregate report, Subject: Report "
+                                       "domain: yyy.cz Submitter: google.com"), why
+    assert reason_kind(why) == "report"
+    person = view("From: Ann <ann@client.example>", "Subject: Re: Report domain: yyy.cz Submitter: google.com")
+    assert answer(person, "ann@client.example") == (True, "")
+    question = view("From: Ann <ann@client.example>", "Subject: Which report domain should I use?")
+    assert answer(question, "ann@client.example") == (True, "")
 
 
 def test_a_newsletters_verp_return_path_gets_no_answer() -> None:
@@ -214,6 +240,10 @@ PEOPLE = [
     ("a question about an autoresponder", ("From: Иван <ivan@client.example>",
                                            "Subject: Автоответчик не работает"), "Почему?"),
     ("Auto as a word", ("From: Ann <ann@client.example>", "Subject: Auto parts: a quote"), "Hi"),
+    ("Auto: as RFC 3834's prefix, German for a car", ("From: Jörg <joerg@client.example>",
+                                                      "Subject: Auto: Angebot für den Golf"), "Hallo"),
+    ("a person asking who is out of the office", ("From: Ann <ann@client.example>",
+                                                  "Subject: Who is out of the office today?"), "Hi"),
     ("a person at info@", ("From: Shop Owner <info@shop.example>", "Subject: Order"), "Hi"),
     ("noreply in the display name only", ('From: "Ann (noreply Mon-Fri)" <ann@client.example>',
                                           "Subject: Question"), "Hi"),

@@ -844,6 +844,29 @@ def test_unlabelled_chinese_and_korean_subjects() -> None:
     assert not [text for text in got.values() if re.search("[\u0400-\u04ff]", text)]
 
 
+# Czech, Slovak and Polish names and words in ISO-8859-2 (windows-1250 for the last two) that
+# read as Big5 or GBK: Big5 and GBK take an ASCII letter for a trail byte.
+CZ_BIG5 = [("Jan Šiška", "Jan 姆隕a"), ("Petr Šašek", "Petr 奄鈹k"), ("Šimon Šíma", "姆mon 拗ma"),
+           ("Žižka Jan", "展餒a Jan"), ("Šíša, ťava, žaba", "拗鈴, 蒼va, 靠ba"), ("Śląsk", "奸御k"),
+           ("Ľaľa", "仟琦")]
+
+
+@pytest.mark.parametrize("text, was", CZ_BIG5, ids=[t for t, _ in CZ_BIG5])
+def test_short_latin_words_are_not_chinese(text: str, was: str) -> None:
+    """A raw ISO-8859-2 From name or Subject with a Czech surname read as Chinese ('Jan
+    Šiška' was 'Jan 姆隕a'): a rule on the name, the registry's From and a search by it
+    missed. Their 8-bit bytes stand a few at a time inside words of ASCII letters, each a
+    letter: they read as Latin (the CJK subjects above keep their reading)."""
+    data = text.encode("iso8859-2")
+    assert data.decode("big5", "replace") == was or data.decode("gbk", "replace") == was
+    assert guess_decode(data)[0] == text
+    v = MessageView(b"From: " + data + b" <jan@firma.example>\r\nSubject: " + data
+                    + b"\r\nContent-Type: text/plain\r\n\r\n" + data + b"\r\n")
+    assert (v.from_name, v.subject, v.body_text) == (text, text, text + "\n")
+    if "ť" not in text and "Ś" not in text:       # the same bytes in windows-1250
+        assert guess_decode(text.encode("cp1250"))[0] == text
+
+
 @pytest.mark.parametrize("repeat", [1, 3000])         # 3000: over PIECE_BYTES, read in pieces
 def test_unlabelled_chinese_body_reads_as_gbk(repeat: int) -> None:
     """A text/plain body with no charset in GBK reads as Chinese, short or long."""
@@ -905,6 +928,57 @@ def test_scorer_on_short_russian_subjects() -> None:
     misses = {(s, enc) for s in RU_SUBJECTS for enc in ("koi8-r", "cp1251")
               if guess_decode(s.encode(enc))[0] != s}
     assert misses == KNOWN_MISSES
+
+
+# Raw windows-1251 subjects with Russian typography's signs (« » — № ): each sign scored as a
+# non-letter in the Russian reading and as a common sign in the Latin one, so short ones read
+# as windows-1252 ("Çàêàç ¹ 88 — «Îê»").
+RU_TYPOGRAPHY = ["Заказ № 88 — «Ок»", "Акт № 1 — «ОК»", "«Да»", "«РЖД»", "№ 5 — «ЖКХ»",
+                 "УПД № 3", "СФ № 3 — «ООО»", "ОАО «РЖД» — акт № 5", "Ок — спасибо"]
+
+
+@pytest.mark.parametrize("text", RU_TYPOGRAPHY)
+def test_russian_typography_keeps_a_raw_subject_cyrillic(text: str) -> None:
+    v = MessageView(b"Subject: " + text.encode("cp1251") + b"\r\n\r\nx\r\n")
+    assert (v.subject, v.charset_notes) == (text, ["Subject: raw 8-bit guessed cp1251"])
+    # the message's own windows-1251 label did not help: the Latin reading won before it
+    declared = MessageView(b"Subject: " + text.encode("cp1251") + b"\r\nMIME-Version: 1.0\r\n"
+                           b"Content-Type: text/plain; charset=windows-1251\r\n\r\nx\r\n")
+    assert declared.subject == text
+
+
+def test_signs_glued_to_letters_still_tell_mac_cyrillic() -> None:
+    """A dash or a guillemet glued to letters is no typography: x-mac-cyrillic's Ч and Ц
+    are windows-1251's dashes, and "Чек" still reads so; Latin text with the same signs
+    stays Latin."""
+    assert guess_decode("Чек на 5 Цент".encode("mac-cyrillic"), CYRILLIC_BODY_CANDIDATES)[0] \
+        == "Чек на 5 Цент"
+    for text, codec in (("« Ça va » — très bien", "cp1252"), ("„Dobrý den“ – Šárka", "cp1250"),
+                        ("Faktura č. 5 – «OK»", "cp1250")):
+        assert decode_header_value(text.encode(codec))[0] == text
+
+
+def test_raw_ibm866_headers_read_as_ibm866_and_the_others_as_before() -> None:
+    """A console mailer on Russian Windows (cmd.exe's code page 866) writes its Subject and
+    file names as raw IBM866: guessed among KOI8-R and windows-1251 alone, «Акт сверки.xls»
+    was «ЂЄв бўҐаЄЁ.xls» and «ДОГОВОР.DOC» «„ŽƒŽ‚Ž\ufffd.DOC». IBM866 is a candidate of raw
+    headers when the bytes hold one of its letters А-Я а-п (0x80-0xAF); KOI8-R and windows-1251
+    subjects read as before (the same misses), and of the IBM866 ones only «Ёлка» is not
+    read (its four bytes are valid UTF-8)."""
+    for enc in ("koi8-r", "cp1251"):
+        misses = {s for s in RU_SUBJECTS if decode_header_value(s.encode(enc))[0] != s}
+        assert {(s, enc) for s in misses} == {m for m in KNOWN_MISSES if m[1] == enc}
+    assert [s for s in RU_SUBJECTS if decode_header_value(s.encode("cp866"))[0] != s] == ["Ёлка"]
+    for name in ("Акт сверки.xls", "ДОГОВОР.DOC"):
+        raw = (b"Subject: " + name.encode("cp866") + b"\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+               b"Content-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n--B\r\n"
+               b'Content-Type: application/octet-stream; name="' + name.encode("cp866")
+               + b'"\r\nContent-Disposition: attachment\r\n\r\nx\r\n--B--\r\n')
+        v = MessageView(raw)
+        assert (v.subject, [a.filename for a in v.attachments]) == (name, [name])
+        assert v.charset_notes == ["Subject: raw 8-bit guessed cp866",
+                                   "Attachment name: raw 8-bit guessed cp866"]
 
 
 UA_SUBJECTS = ["Рахунок за квітень", "Надсилаємо договір", "Прошу підтвердити отримання",
