@@ -112,3 +112,27 @@ async def killed_with_both_intents_open(d: DaemonProcess, db: Path) -> None:
         d.signal(signal.SIGKILL)
         await asyncio.to_thread(d.wait)
         locker.execute("ROLLBACK")
+
+
+async def test_a_transaction_deferred_after_another_delivered_leaves_the_message_partial(
+        make_app, tmp_path):
+    """The first transaction (sales) delivered and answered 250; the second (support)
+    deferred: its folder is no folder (a file stands in its place). The message was
+    recorded `deferred`, as if none of it had been stored; it is `partial`, the sales copy
+    `delivered`; the second's retry, once the folder is back, makes it `delivered`."""
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    assert (await send(port, "sales@example.com"))[0].startswith("250 2.0.0")
+    support = tmp_path / "var" / "mail" / "support"
+    assert not support.exists()
+    support.write_text("not a folder")
+    assert (await send(port, "support@example.com"))[0].startswith("451 4.3.0")
+    key = message_key(SENDER, RAW)
+    row = await app.registry.message(key)
+    assert row is not None and row["status"] == "partial"
+    assert len(delivered(row)) == 1
+    support.unlink()
+    assert (await send(port, "support@example.com"))[0].startswith("250 2.0.0")
+    row = await app.registry.message(key)
+    assert row is not None and row["status"] == "delivered"
+    assert len(delivered(row)) == 2
