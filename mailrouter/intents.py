@@ -10,7 +10,10 @@ before any of them (`Intent`, a delivery.maildir.Prior): the intents of a batch'
 written and fdatasync'd together (one write and one sync per journal, as the registry's group
 commit), so a copy is never on disk without its intent, and a message costs one thread
 hand-off for both. After the record is committed a `done` line follows, not synced: a lost
-one costs a registry look-up at the next reconcile, nothing else.
+one costs a registry look-up at the next reconcile, nothing else. An intent is numbered in
+its process (`"n"`) and its done line names it (`D KEY N`): one message may have several
+intents, one per transaction when an MTA splits its recipients (the same sender and bytes,
+the same key), and the open ones of a key are reconciled together.
 
 Reconcile, at start before the listeners open and then every `interval` seconds: every
 journal whose process is gone (its flock is free; a live process holds its own) is read;
