@@ -121,7 +121,9 @@ ALL_FAULTS = ["kill-worker", "kill-supervisor", "stop-worker", "maildir-ro", "ma
               "sqlite-lock", "pg-restart", "relay-refuse", "relay-reject", "relay-hang",
               "relay-down", "relay-reset", "pg-terminate", "hup-broken", "hup-good",
               "var-full", "var-ro", "fd-limit",
-              "term-supervisor", "stop-supervisor", "maildir-remount-ro"]
+              "term-supervisor", "stop-supervisor", "maildir-remount-ro",
+              "relay-data-reset", "relay-dot-temp", "relay-dot-perm", "relay-slow", "pg-stop",
+              "sqlite-delete", "sqlite-wal-delete", "sqlite-chmod", "maildir-chmod"]
 
 
 def free_port() -> int:
@@ -188,6 +190,17 @@ class Relay:
                         if chunk == b".\r\n":
                             break
                         body += chunk
+                        if self.mode == "data-reset" and len(body) > 200:   # cut mid-DATA
+                            with contextlib.suppress(OSError):
+                                w.transport.abort()
+                            return
+                    if self.mode in ("dot-451", "dot-554"):   # the data read, then refused
+                        w.write(b"451 4.3.0 relay after dot: later\r\n" if self.mode == "dot-451"
+                                else b"554 5.3.0 relay after dot: broken\r\n")
+                        await w.drain()
+                        continue
+                    if self.mode == "slow":      # an answer after a while
+                        await asyncio.sleep(random.uniform(0.5, 3))
                     if self.mode == "reset":     # the connection cut, no reply
                         with contextlib.suppress(OSError):
                             w.transport.abort()
@@ -261,8 +274,13 @@ class Daemon:
         with open(self.log, "ab") as log:
             log.write(f"\n==== start {self.starts} at {time.time():.3f}\n".encode())
             log.flush()
+            # CHAOS_NO_DAC=1: root without CAP_DAC_OVERRIDE, so a chmod bites as it does
+            # for the mailrouter user (root ignores file modes)
+            nodac = (["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                      "--inh-caps=-dac_override,-dac_read_search"]
+                     if os.environ.get("CHAOS_NO_DAC") else [])
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailrouter.cli", "run", "-c", str(self.config)],
+                [*nodac, sys.executable, "-m", "mailrouter.cli", "run", "-c", str(self.config)],
                 cwd=self.work, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.starts += 1
         while time.monotonic() < t0 + timeout:
@@ -747,6 +765,91 @@ class Faults:
 
     async def f_relay_hang(self, hold: float) -> str:
         return await self._relay("hang", hold)
+
+    async def f_relay_data_reset(self, hold: float) -> str:
+        return await self._relay("data-reset", hold)
+
+    async def f_relay_dot_temp(self, hold: float) -> str:
+        return await self._relay("dot-451", hold)
+
+    async def f_relay_dot_perm(self, hold: float) -> str:
+        return await self._relay("dot-554", hold)
+
+    async def f_relay_slow(self, hold: float) -> str:
+        return await self._relay("slow", hold)
+
+    async def f_pg_stop(self, hold: float) -> str:
+        """Every process of the PostgreSQL cluster SIGSTOPped (a paused VM, a stuck disk),
+        then SIGCONT."""
+        if self.pg is None or self.pg.proc is None:
+            return "skipped (not PostgreSQL)"
+        pids = [self.pg.proc.pid]
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in Path(f"/proc/{self.pg.proc.pid}/task/{self.pg.proc.pid}"
+                                          "/children").read_text().split()]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+        return f"{len(pids)} processes stopped"
+
+    async def f_sqlite_delete(self, hold: float) -> str:
+        """The registry file (with its -wal and -shm) deleted under load."""
+        if not self.registry.url.startswith("sqlite"):
+            return "skipped (not SQLite)"
+        path = self.registry.url.split(":///", 1)[1]
+        gone = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+                gone += 1
+        await asyncio.sleep(hold)
+        return f"{gone} files deleted"
+
+    async def f_sqlite_wal_delete(self, hold: float) -> str:
+        if not self.registry.url.startswith("sqlite"):
+            return "skipped (not SQLite)"
+        path = self.registry.url.split(":///", 1)[1]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + "-wal")
+        await asyncio.sleep(hold)
+        return "wal deleted"
+
+    async def f_sqlite_chmod(self, hold: float) -> str:
+        """The registry file, its -wal and -shm made read-only (chmod 0444) for a while:
+        bites only a daemon without CAP_DAC_OVERRIDE (CHAOS_NO_DAC=1)."""
+        if not self.registry.url.startswith("sqlite"):
+            return "skipped (not SQLite)"
+        path = self.registry.url.split(":///", 1)[1]
+        files = [path + s for s in ("", "-wal", "-shm") if os.path.exists(path + s)]
+        modes = {f: os.stat(f).st_mode & 0o777 for f in files}
+        for f in files:
+            os.chmod(f, 0o444)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            for f, m in modes.items():
+                with contextlib.suppress(OSError):
+                    os.chmod(f, m)
+        return f"{len(files)} files read-only"
+
+    async def f_maildir_chmod(self, hold: float) -> str:
+        """Every Maildir folder (new/, tmp/) made read-only for a while (CHAOS_NO_DAC=1)."""
+        dirs = [d for d in self.store.rglob("*") if d.is_dir() and d.name in ("new", "tmp")]
+        for d in dirs:
+            os.chmod(d, 0o555)
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            for d in dirs:
+                with contextlib.suppress(OSError):
+                    os.chmod(d, 0o755)
+        return f"{len(dirs)} folders read-only"
 
     async def f_relay_down(self, hold: float) -> str:
         await self.relay.stop_listening()

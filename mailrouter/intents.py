@@ -10,7 +10,10 @@ before any of them (`Intent`, a delivery.maildir.Prior): the intents of a batch'
 written and fdatasync'd together (one write and one sync per journal, as the registry's group
 commit), so a copy is never on disk without its intent, and a message costs one thread
 hand-off for both. After the record is committed a `done` line follows, not synced: a lost
-one costs a registry look-up at the next reconcile, nothing else.
+one costs a registry look-up at the next reconcile, nothing else. An intent is numbered in
+its process (`"n"`) and its done line names it (`D KEY N`): one message may have several
+intents, one per transaction when an MTA splits its recipients (the same sender and bytes,
+the same key), and the open ones of a key are reconciled together.
 
 Reconcile, at start before the listeners open and then every `interval` seconds: every
 journal whose process is gone (its flock is free; a live process holds its own) is read;
@@ -73,6 +76,7 @@ RETRY_OWN = 2.0                    # seconds between passes over this process's 
 OWN_MISSES = 3                     # passes finding no copy before one is let go (a restart's
                                    # reconcile still reads its journal line)
 _run = itertools.count()
+_serials = itertools.count(1)      # an intent's number in this process (its done line names it)
 
 
 Stored = Callable[[Place], bool]      # does the copy exist (new/ or cur/)?
@@ -109,11 +113,11 @@ class Intent:
     with the other intents of the copies in the same batch (one write and one fdatasync per
     journal). A message's copies may be in two batches: whichever comes first writes it."""
 
-    __slots__ = ("file", "key", "line", "written", "error", "record", "places")
+    __slots__ = ("file", "key", "serial", "line", "written", "error", "record", "places")
 
-    def __init__(self, f: _File, key: str, line: bytes, record: MessageRecord,
+    def __init__(self, f: _File, key: str, serial: int, line: bytes, record: MessageRecord,
                  places: Sequence[Place]) -> None:
-        self.file, self.key, self.line = f, key, line
+        self.file, self.key, self.serial, self.line = f, key, serial, line
         self.record, self.places = record, list(places)
         self.written = False
         self.error: OSError | None = None
@@ -155,8 +159,11 @@ class Intents:
         self._task: asyncio.Task[None] | None = None
         self.passes = 0                # reconcile passes run (tests count them, not seconds)
         # this process's messages whose record failed after their intent was written:
-        # key -> (the intent, passes that found none of its copies)
-        self._unrecorded: dict[str, tuple[Intent, int]] = {}
+        # key -> (its intents, passes that found none of their copies). One message may
+        # have several: an MTA splits its recipients over transactions (same sender, same
+        # bytes: same key), each with its own copies. Kept one per key, the last replaced
+        # the others and their copies were never recorded.
+        self._unrecorded: dict[str, tuple[list[Intent], int]] = {}
         self._busy: dict[str, int] = {}        # key -> transactions in flight here
         self._deferred = False         # a journal was kept for a registry outage: soon again
 
@@ -197,13 +204,14 @@ class Intents:
         """The intent of a message's Maildir copies, to be written by the Maildir writer thread
         before the first of them (delivery.maildir.PRIOR); settle it once the message is
         answered. OSError when its journal cannot be opened."""
-        line = _ENCODE({"key": key, "record": _record_json(record),
+        serial = next(_serials)
+        line = _ENCODE({"key": key, "n": serial, "record": _record_json(record),
                         "copies": [_place_values(p) for p in places]}).encode("utf-8", "surrogateescape")
         f = self._current()
         f.open_intents += 1
         f.size += len(line) + 3
         self._busy[key] = self._busy.get(key, 0) + 1
-        return Intent(f, key, b"I " + line + b"\n", record, places)
+        return Intent(f, key, serial, b"I " + line + b"\n", record, places)
 
     def settle(self, token: object, key: str | None) -> None:
         """The message is answered: recorded (`key` given: a done line) or not (None: the
@@ -216,21 +224,24 @@ class Intents:
         else:
             self._busy.pop(token.key, None)
         if key is not None and token.written:
-            self._done(f, key)
+            self._done(token)
         elif key is None and token.written:   # copies may exist: recorded by _record_own
-            self._unrecorded[token.key] = (token, 0)
+            earlier = self._unrecorded.get(token.key, ([], 0))[0]
+            self._unrecorded[token.key] = ([i for i in earlier if i is not token] + [token], 0)
         f.open_intents -= 1
         if f is not self._file and f.open_intents == 0:
             self._retire(f)
 
     @staticmethod
-    def _done(f: _File, key: str) -> None:
+    def _done(intent: Intent) -> None:
+        """Its done line, `D KEY SERIAL`: this intent only, not the others of its key."""
+        f = intent.file
         if f.closed:                 # retired: a reconcile of its journal looks it up
             return
-        try:
-            os.write(f.fd, b"D " + key.encode() + b"\n")   # O_APPEND: one whole line
+        try:                         # O_APPEND: one whole line
+            os.write(f.fd, b"D %s %d\n" % (intent.key.encode(), intent.serial))
         except OSError as exc:   # a reconcile will look the message up instead
-            log.warning("event=intent_done_unwritten key=%s error=%r", key, str(exc))
+            log.warning("event=intent_done_unwritten key=%s error=%r", intent.key, str(exc))
 
     # -- reconcile ---------------------------------------------------------------------------
     def start(self, registry: Registry) -> None:
@@ -257,30 +268,33 @@ class Intents:
         docstring) as `unanswered`; returns the messages recorded. A registry still down
         leaves them for the next pass."""
         recorded = 0
-        for key, (intent, misses) in list(self._unrecorded.items()):
+        for key, entry in list(self._unrecorded.items()):
+            intents, misses = entry
             if key in self._busy:
                 continue                  # its retry is in flight here: that one records it
+            record, places = _merged([(i.record, i.places) for i in intents])
             try:
-                todo, found = await self._copies(registry, key, intent.places)
-                if key in self._busy or self._unrecorded.get(key, (None, 0))[0] is not intent:
+                todo, found = await self._copies(registry, key, places)
+                if key in self._busy or self._unrecorded.get(key) is not entry:
                     continue              # a retry started meanwhile
                 if found:
-                    await _record_unanswered(registry, intent.record, found,
-                                             f"{intent.file.path.name} (own)")
+                    await _record_unanswered(registry, record, found,
+                                             f"{intents[-1].file.path.name} (own)")
                     recorded += 1
             except RegistryError as exc:
                 log.error("event=reconcile_deferred key=%s error=%r", key[:12], str(exc))
                 self._deferred = True
                 return recorded
-            if self._unrecorded.get(key, (None, 0))[0] is not intent:
+            if self._unrecorded.get(key) is not entry:
                 continue
-            if len(found) == len(todo):          # every copy it listed is recorded
+            if len(found) == len(todo):          # every copy they listed is recorded
                 del self._unrecorded[key]
-                self._done(intent.file, key)
-            elif misses + 1 >= OWN_MISSES:       # never made; its journal line stays open
+                for intent in intents:
+                    self._done(intent)
+            elif misses + 1 >= OWN_MISSES:       # never made; their journal lines stay open
                 del self._unrecorded[key]
             else:
-                self._unrecorded[key] = (intent, misses + 1)
+                self._unrecorded[key] = (intents, misses + 1)
         return recorded
 
     async def reconcile(self, registry: Registry) -> int:
@@ -409,13 +423,26 @@ def _text(value: object) -> object:
     return value
 
 
+def _merged(intents: Sequence[tuple[MessageRecord, Sequence[Place]]],
+            ) -> tuple[MessageRecord, list[Place]]:
+    """One message's open intents as one: the last record, with every transaction's
+    recipients, and every copy any of them listed (once)."""
+    record = intents[-1][0]
+    if len(intents) > 1:
+        rcpts = tuple(dict.fromkeys(r for rec, _ in intents for r in rec.rcpts))
+        record = dataclasses.replace(record, rcpts=rcpts)
+    return record, list(dict.fromkeys(p for _, places in intents for p in places))
+
+
 def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
-    """The open intents of a journal: key -> (record, places), done ones left out."""
-    open_: dict[str, tuple[MessageRecord, list[Place]]] = {}
+    """The open intents of a journal: key -> (record, places), done ones left out; the open
+    intents of one key (its transactions) merged. A done line `D KEY N` closes intent N of
+    the key; `D KEY` (an earlier version's, which wrote one intent per key) every one."""
+    by_key: dict[str, dict[int | None, tuple[MessageRecord, list[Place]]]] = {}
     try:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:
-        return open_
+        return {}
     for n, line in enumerate(lines, 1):
         if not line:
             # An empty line carries nothing. The writer thread may leave one: it starts an
@@ -426,14 +453,18 @@ def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
             continue
         try:
             if line.startswith(b"D "):
-                open_.pop(line[2:].decode(), None)
+                key, _, serial = line[2:].decode().partition(" ")
+                if not serial:
+                    by_key.pop(key, None)
+                elif key in by_key:
+                    by_key[key].pop(int(serial), None)
             elif line.startswith(b"I "):
                 item = json.loads(line[2:].decode("utf-8", "surrogateescape"))
-                open_[item["key"]] = (_record_of(item["record"]),
-                                      [Place(*c) for c in item["copies"]])
+                by_key.setdefault(item["key"], {})[item.get("n")] = (
+                    _record_of(item["record"]), [Place(*c) for c in item["copies"]])
             else:
                 raise ValueError("unknown line")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("event=intent_unreadable journal=%s line=%d error=%r", path.name, n,
                         str(exc))
-    return open_
+    return {key: _merged(list(open_.values())) for key, open_ in by_key.items() if open_}

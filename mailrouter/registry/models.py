@@ -251,6 +251,14 @@ def message_upsert(dialect: str) -> Insert:
                     or_(messages.c.status == "delivered", messages.c.status == "partial"))
     updates = {c.name: case((answered, messages.c[c.name]), else_=stmt.excluded[c.name])
                for c in messages.c if c.name not in keep}
+    # A message an MTA split over transactions (its recipients in several, the same key):
+    # one deferred or refused after another's copies were delivered is partly delivered.
+    # It overwrote the status: `deferred` (or `rejected`) for a message whose first
+    # transaction got 250 and has its copies, in searches, the web view and the backlog.
+    split = and_(or_(stmt.excluded.status == "deferred", stmt.excluded.status == "rejected"),
+                 or_(messages.c.status == "delivered", messages.c.status == "partial"))
+    updates["status"] = case((answered, messages.c.status), (split, "partial"),
+                             else_=stmt.excluded.status)
     updates["attempts"] = case((answered, messages.c.attempts), else_=messages.c.attempts + 1)
     return stmt.on_conflict_do_update(index_elements=["key"], set_=updates)  # type: ignore[no-any-return]
 
