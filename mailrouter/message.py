@@ -33,6 +33,9 @@ into a text/plain part without a transfer encoding are listed after it (their li
 in ``body_text``); the files inside Outlook's TNEF wrapper (``winmail.dat``,
 ``application/ms-tnef``: tnef.py) are listed after it.
 
+A UTF-8 BOM before the first header (EF BB BF: a message saved by a Windows program) is
+skipped: the headers are read after it (``header_block`` starts there), the raw bytes keep it.
+
 Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
   headers after it are read as body text;
@@ -79,6 +82,7 @@ __all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "auto_submitted"
            "decode_header_value", "msg_ids"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
+_BOM = b"\xef\xbb\xbf"
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
 _LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines splits at
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
@@ -235,10 +239,23 @@ class MessageView:
         return sha256_hex(self.raw)
 
     @cached_property
+    def _head_start(self) -> int:
+        """Where the headers start: after a UTF-8 BOM some Windows programs write before the
+        first header (read as a header line, the BOM turned the whole message into body)."""
+        return len(_BOM) if self.raw.startswith(_BOM) else 0
+
+    @cached_property
     def header_block(self) -> bytes:
-        """Header bytes up to and including the blank line (all bytes if there is none)."""
-        match = _HEADER_END.search(self.raw)
-        return self.raw[: match.end()] if match else self.raw
+        """Header bytes up to and including the blank line (all bytes if there is none);
+        without a UTF-8 BOM before the first header (the raw bytes keep it)."""
+        start = self._head_start
+        match = _HEADER_END.search(memoryview(self.raw)[start:])
+        return self.raw[start: start + match.end()] if match else self.raw[start:]
+
+    @cached_property
+    def _body_start(self) -> int:
+        """Offset in ``raw`` of the body: after the BOM, if any, and the header block."""
+        return self._head_start + len(self.header_block)
 
     @cached_property
     def _header_msg(self) -> Message:
@@ -438,7 +455,7 @@ class MessageView:
         if not value.lower().startswith("multipart/"):
             return
         boundary = _param_message("Content-Type", value).get_boundary()
-        start = len(self.header_block)
+        start = self._body_start
         body = self.raw[start:start + _PARTS_PEEKED]
         if not boundary or not body:
             return
@@ -497,17 +514,17 @@ class MessageView:
     def _body(self) -> _Body:
         # A well-formed message is walked on its bytes (mimewalk.py): the feedparser would
         # hold every line, every payload as a string and every decoded attachment at once.
-        cut = _parts_cut(self.raw, len(self.header_block))
+        cut = _parts_cut(self.raw, self._body_start)
         if cut is not None:     # the first MAX_PARTS parts, read by the stdlib (cut short)
-            body = _parse_body(self.raw[:cut])
+            body = _parse_body(self.raw[self._head_start:cut])
             # the parts cut off took the closing boundary line with them: not the sender's
             body.defects = [d for d in body.defects if d != "CloseBoundaryNotFoundDefect"]
             body.defects.append(f"body: more than {MAX_PARTS} MIME parts: the rules read the "
                                 f"first {MAX_PARTS}")
             return body
-        found = leaves(self.raw, self._header_msg, len(self.header_block))
+        found = leaves(self.raw, self._header_msg, self._body_start)
         if found is None:       # anything the walk does not vouch for: the stdlib decides
-            return _parse_body(self.raw)
+            return _parse_body(self.raw[self._head_start:] if self._head_start else self.raw)
         body = _Body()
         texts: _Texts = {}
         for leaf in found:
@@ -579,7 +596,7 @@ class MessageView:
                 or disposition.get_param("filename", header="content-disposition") is not None):
             return False
         return not (ctype is None or ctype.get_content_type() == "text/plain") or next(
-            _uu_blocks(self._header_msg, self.raw, len(self.header_block), self.size), None) is None
+            _uu_blocks(self._header_msg, self.raw, self._body_start, self.size), None) is None
 
     # Reports
 

@@ -950,6 +950,31 @@ def test_header_block_and_hash() -> None:
     assert MessageView(b"Subject: a").header_block == b"Subject: a"
 
 
+def test_a_utf8_bom_before_the_first_header_is_skipped_not_the_headers() -> None:
+    """A message starting with a UTF-8 BOM (a Windows program saving it as "UTF-8 with
+    BOM"): the BOM glued to the first header's name made it no header, so the parser read
+    the whole message as body and the rules saw no Subject, no From. The headers are read
+    after the BOM; the raw bytes (the stored copy, the hash) keep it."""
+    raw = ("\ufeffFrom: Бухгалтерия <buh@romashka.example>\r\nTo: invoices@example.com\r\n"
+           "Subject: Счёт N 7\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+           "--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nоплатите\r\n"
+           "--B\r\nContent-Type: application/pdf; name=a.pdf\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\nYWJj\r\n--B--\r\n").encode("utf-8")
+    v = MessageView(raw)
+    assert (v.subject, v.from_name, v.from_addr) == ("Счёт N 7", "Бухгалтерия",
+                                                     "buh@romashka.example")
+    assert v.to == [("", "invoices@example.com")]
+    assert v.header_block.startswith(b"From: ") and v.header_defects == []
+    assert v.raw == raw and v.content_hash == hashlib.sha256(raw).hexdigest()
+    lf = MessageView(raw.replace(b"\r\n", b"\n"))   # LF ends: the stdlib parser's path
+    for one in (v, lf):
+        assert (one.subject, one.body_text, one.defects) == ("Счёт N 7", "оплатите", [])
+        assert one.attachments == [Attachment("a.pdf", "application/pdf", 3)]
+    alone = MessageView(b"\xef\xbb\xbfSubject: s\r\n")      # no blank line, no body
+    assert (alone.subject, alone.header_block, alone.defects) == ("s", b"Subject: s\r\n", [])
+
+
 def test_raw_headers_keep_bytes() -> None:
     """raw_headers gives the undecoded bytes, folding included, in order."""
     v = MessageView(b"Subject: =?utf-8?q?a?=\r\n \xf3\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
