@@ -9,9 +9,10 @@ parsed by ``email.parser.BytesParser`` only when ``body_text``, ``attachments``,
 when ``body_text`` or ``body_pieces`` is read (the latter a piece at a time, never whole:
 the reports and a word search cost no decoded copy of a large body).  Header values are
 decoded by ``mailrouter.charsets`` (RFC 2047 words, RFC 2231 parameters, raw 8-bit KOI8-R /
-windows-1251 / UTF-8 guessed and recorded; read in the charset of the top Content-Type
-when that is a multi-byte one, gb2312, big5, shift_jis..., and they decode in it; guessed
-with it when it is a Cyrillic single-byte one, ibm866, iso-8859-5...).
+windows-1251 / UTF-8 guessed and recorded, IBM866 / ISO-8859-5 on stricter terms; read in
+the charset of the top Content-Type when that is a multi-byte one, gb2312, big5,
+shift_jis..., and they decode in it; guessed with it when it is a Cyrillic single-byte one,
+ibm866, iso-8859-5...).
 
 What it refuses: it never raises and never re-serialises the bytes.  Whatever the parser or a
 decoder objects to becomes a line in ``defects``; every guess becomes a line in ``charset_notes``

@@ -907,6 +907,39 @@ def test_scorer_on_short_russian_subjects() -> None:
     assert misses == KNOWN_MISSES
 
 
+# Raw 8-bit subjects of a DOS (cp866) or ISO (iso-8859-5) mailer, in a message declaring no
+# charset, were read as windows-1251 or KOI8-R: «‘зсв \xad\xa0 ®Ї«\xa0вг», «БзХв ЭР ЮЯЫРвг».
+RARE_KNOWN_MISSES = {
+    ("Ёлка", "cp866"),                  # F0 AB AA A0 is valid UTF-8
+    ("Счёт N145 от 12.03", "iso8859-5"),  # «Бзсв ... Юв»: all letters in windows-1251 too
+    ("ТЗ", "iso8859-5"), ("Щит", "iso8859-5"), ("Эскиз", "iso8859-5"),   # short: the prior
+    ("СЧЕТ НА ОПЛАТУ", "iso8859-5"), ("ЗАЯВКА", "iso8859-5"),   # capitals read as GBK
+}
+
+
+def test_raw_cp866_and_iso8859_5_subjects_are_guessed_without_new_false_hits() -> None:
+    """A raw Subject is guessed among cp866 and ISO-8859-5 too (RARE_CYRILLIC), on stricter
+    terms: the Russian subjects in KOI8-R and windows-1251, the Latin, Chinese and Korean ones
+    read exactly as before; a newsletter's Latin-1 border (iso-8859-5 «ЗИИЗДЏ`З») and a
+    two-letter word stay as they were."""
+    def subject(data: bytes) -> str:
+        return MessageView(b"Subject: " + data + b"\r\n\r\n").subject
+    ru = {(s, enc) for s in RU_SUBJECTS for enc in ("koi8-r", "cp1251", "cp866", "iso8859-5")
+          if subject(s.encode(enc)) != s}
+    assert ru == KNOWN_MISSES | RARE_KNOWN_MISSES
+    latin = ([(t, "cp1250") for t in CZ_SUBJECTS] + [(t, "iso8859-2") for t in CZ_SUBJECTS]
+             + [(t, "cp1252") for t in WEST_SUBJECTS] + [(t, "cp1250") for t in PL_SUBJECTS]
+             + [(t, "gbk") for t in ZH_SUBJECTS] + [(t, "big5") for t in ZHT_SUBJECTS]
+             + [(t, "euc_kr") for t in KO_SUBJECTS]
+             + [("·¸¸·´¯`·¸¸·´¯`", "cp1252"), ("tässä ööö", "cp1252"), ("ёж", "cp1251"),
+                ("Ёж", "koi8-r")])
+    for text, enc in latin:
+        assert subject(text.encode(enc)) == guess_decode(text.encode(enc))[0], (text, enc)
+    assert subject("·¸¸·´¯`·".encode("cp1252")) == "·¸¸·´¯`·"
+    view = MessageView(b"Subject: " + "Счёт на оплату №42".encode("cp866") + b"\r\n\r\n")
+    assert view.charset_notes == ["Subject: raw 8-bit guessed cp866"]
+
+
 UA_SUBJECTS = ["Рахунок за квітень", "Надсилаємо договір", "Прошу підтвердити отримання",
                "Їхня пропозиція", "Ґрунтовки та фарби", "Звіт ІТ-відділу", "Єдиний податок",
                "Оплата за ґанок", "Привіт", "Акт звірки"]
