@@ -23,7 +23,8 @@ so the first reason found is the one recorded):
   `Precedence: bulk | junk | list | auto_reply`;
   a bulk sender's campaign header (Mailchimp's X-MC-User, X-Campaign; Mail.ru's X-Mailru-Msgtype);
 - `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
-- a robot sender, envelope, From or Return-Path local part, matched against `robot_senders`
+- a robot sender, envelope, From, Return-Path or Errors-To local part, matched against
+  `robot_senders`
   (MAILER-DAEMON, postmaster, LISTSERV, majordomo, owner-*, *-request, noreply, mlmmj's
   *+owner... ; configurable; the local part is matched with and without its +detail; a bare
   `MAILER-DAEMON` without a domain counts), or the null address in From (`From: MAILER-DAEMON
@@ -349,10 +350,14 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
         why = checks(view)
         if why:
             return why
-    # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*)
+    # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*);
+    # Errors-To: where a list manager wants errors sent, from before Return-Path was kept
+    # (Mailman 2's -bounces, Majordomo's owner-*), on list mail forwarded with a new envelope
     why = robot_sender((("envelope sender", sender_key(sender)),
                         ("From", bare(view.from_addr or "")),
-                        ("Return-Path", sender_key(view.header("Return-Path") or ""))),
+                        ("Return-Path", sender_key(view.header("Return-Path") or "")),
+                        ("Errors-To", sender_key(next(iter(_named(view.headers("Errors-To"))),
+                                                      "")))),
                        policy.robot_senders)
     why = why or _null_from(view) or _robot_subject(view)
     if why:

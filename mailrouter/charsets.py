@@ -37,8 +37,9 @@ Refuses: codecs that are not text encodings (``base64``, ``rot13``, ``zlib``...)
 Python-only ``unicode_escape`` family, ``idna``, ``punycode`` and ``undefined``: a label naming
 one of those is treated as unknown.
 
-Known limits: raw IBM866 header bytes are told from KOI8-R and windows-1251 only when they hold
-one of its letters А-Я а-п (a text of р-я alone reads as windows-1251 а-п). Unlabelled Latin
+Known limits: raw IBM866 and ISO-8859-5 header bytes are guessed only when every 8-bit byte is
+a Russian letter in them and they read clearly better than as KOI8-R or windows-1251
+(RARE_CYRILLIC): short words and ISO-8859-5 capitals stay a miss. Unlabelled Latin
 text is told apart by its accented letters alone: a short text whose only accent is ambiguous
 goes to the likelier letter ("\\xe8" alone is Czech "č" rather than French "è"; "\\xef" alone
 is "ď" rather than "ï"; "\\xf8" alone is "ř" rather than Norwegian "ø"; "\\xbf" before a small
@@ -287,13 +288,14 @@ def _damaged_utf8(multi: int, stray: int) -> bool:
     return stray > 0 and multi >= 2 * stray
 
 
-def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES
-                 ) -> tuple[str, str]:
+def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES,
+                 rare: tuple[str, ...] = ()) -> tuple[str, str]:
     """Decode bytes of unknown charset; return (text, codec used).
 
     Order: pure ASCII, valid UTF-8, Japanese (EUC-JP, Shift_JIS) when the bytes decode in it
     and read as kana, the best-scoring Cyrillic candidate when the bytes look Cyrillic, else
-    the best Latin one (cp1252, cp1250, ISO-8859-2).  Never raises.
+    the best Latin one (cp1252, cp1250, ISO-8859-2).  `rare`: Cyrillic charsets that are
+    candidates too, on RARE_CYRILLIC's terms (see there).  Never raises.
     """
     if data.isascii():
         return data.decode("ascii"), "ascii"
@@ -310,9 +312,11 @@ def guess_decode(data: bytes, candidates: tuple[str, ...] = CYRILLIC_HEADER_CAND
         return data.decode(cjk, "replace"), cjk
     if not looks_cyrillic(data):
         return guess_latin(data)
-    candidates = _plausible(candidates, data, 0, len(data))
+    rare = tuple(c for c in rare if c not in candidates and _all_russian_letters(data, c))
+    candidates = (*_plausible(candidates, data, 0, len(data)), *rare)
     readings = {c: _Russian().add(data.decode(c, "replace")) for c in candidates}
-    best = _best_cyrillic(candidates, {c: r.score() for c, r in readings.items()})
+    best = _best_cyrillic(candidates, {c: r.score() - RARE_CYRILLIC_PRIOR * (c in rare)
+                                       for c, r in readings.items()})
     whole = len(data) <= PAIR_SCORED       # the sample is all of it: its score is known
     if not reads_cyrillic(data[:PAIR_SCORED], candidates,
                           readings[best].letters if whole else None):
@@ -348,6 +352,35 @@ def _plausible(candidates: tuple[str, ...], data: bytes, start: int, end: int) -
     if "cp866" in candidates and not _CP866_OWN.search(data, start, end):
         drop.add("cp866")
     return tuple(c for c in candidates if c not in drop) if drop else candidates
+
+
+# Raw 8-bit Subject and From bytes of a DOS (cp866) or ISO (iso-8859-5) mailer, in a
+# message that declares no Cyrillic charset, were read as windows-1251 or KOI8-R
+# ("‘зсв \xad\xa0 ®Ї«\xa0вг", "БзХв ЭР ЮЯЫРвг" for «Счёт на оплату»). They are guessed too
+# (decode_header_bytes), on stricter terms than KOI8-R and windows-1251, which most Russian
+# mail is in: iso-8859-5's letters sit on Latin-1's signs and capitals (a newsletter's border
+# "·¸¸·´¯`·" read «ЗИИЗДЏ`З», better than as Latin) and cp866's on windows-1251's signs. A
+# RARE_CYRILLIC charset is a candidate only when every 8-bit byte reads in it as a Russian
+# letter, №, or a no-break space (_RUSSIAN_BYTES), and must read better by
+# RARE_CYRILLIC_PRIOR: two letters ("ёж" in windows-1251 is «Иц» in iso-8859-5) tell too
+# little. The Chinese and Korean check before is not widened: "發票" in Big5 reads as
+# iso-8859-5 letters, and all-capital iso-8859-5 ("ЗАЯВКА") as GBK stays a known miss.
+# Measured on tests/test_message.py's RU_SUBJECTS: 59 of 60 in cp866 (Ёлка is valid UTF-8
+# there), 54 of 60 in iso-8859-5 (short words, capitals), the KOI8-R and windows-1251 ones
+# as before; no non-ASCII string of the tests, in any of the charsets guessed, read worse.
+RARE_CYRILLIC = ("cp866", "iso8859-5")
+RARE_CYRILLIC_PRIOR = 3.0
+_RUSSIAN_BYTES = {
+    "cp866": bytes([*range(0x80, 0xB0), *range(0xE0, 0xF2), 0xFC, 0xFF]),
+    "iso8859-5": bytes([0xA0, 0xA1, *range(0xB0, 0xF2)]),
+}
+_ASCII_AND = {c: bytes(range(0x80)) + b for c, b in _RUSSIAN_BYTES.items()}
+
+
+def _all_russian_letters(data: bytes, codec: str) -> bool:
+    """Every 8-bit byte of `data` reads in `codec` (one of RARE_CYRILLIC) as a Russian
+    letter, №, or a no-break space."""
+    return not data.translate(None, _ASCII_AND[codec])
 
 
 def _best_cyrillic(candidates: tuple[str, ...], scores: dict[str, float]) -> str:
@@ -726,13 +759,15 @@ def _other_reads_better(declared: float, other: float, high: int) -> bool:
 
 
 def decode_bytes(data: bytes, label: str | None,
-                 candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES) -> Decoded:
+                 candidates: tuple[str, ...] = CYRILLIC_HEADER_CANDIDATES,
+                 rare: tuple[str, ...] = ()) -> Decoded:
     """Decode ``data`` declared as ``label`` (None: no label); guess when the label is absent,
-    unknown or plainly wrong.  Never raises."""
+    unknown or plainly wrong (among ``candidates`` and ``rare``: guess_decode).  Never
+    raises."""
     guessed_text: list[str] = []
 
     def guess() -> str:           # keeps the text it decoded: not decoded a second time
-        text, codec = guess_decode(data, candidates)
+        text, codec = guess_decode(data, candidates, rare)
         guessed_text.append(text)
         return codec
 
@@ -1061,7 +1096,7 @@ def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decode
     for chunk, label in parts:
         decoded = _read_in_fallback(chunk, fallback) if label is None and fallback else None
         if decoded is None:
-            decoded = decode_bytes(chunk, label, candidates)
+            decoded = decode_bytes(chunk, label, candidates, RARE_CYRILLIC)
         pieces.append(decoded.text)
         notes += [n for n in decoded.notes if n not in notes]
         defects += [d for d in decoded.defects if d not in defects]
@@ -1075,18 +1110,16 @@ def decode_header_bytes(raw: bytes | str, fallback: str | None = None) -> Decode
 
 
 # Cyrillic single-byte charsets a message may declare for its text. Raw 8-bit header bytes
-# are guessed among KOI8-R and windows-1251 (CYRILLIC_HEADER_CANDIDATES: more candidates,
-# more wrong guesses on a few short words), and IBM866 when they hold one of its letters
-# А-Я а-п (0x80-0xAF, _plausible: rare signs in windows-1251, box signs in KOI8-R): a console
-# mailer on Russian Windows (code page 866) writes raw IBM866 subjects and file names, and
-# «Акт сверки.xls» was «ЂЄв бўҐаЄЁ.xls». The 120 KOI8-R and windows-1251 RU_SUBJECTS of
-# tests/test_message.py read as before, and 59 of the 60 in IBM866. A DOS or ISO mailer writes its
-# Subject and From in its own charset, and a message declaring IBM866 or ISO-8859-5 had them
-# read as windows-1251 ("‘зсв \xad\xa0 ®Ї«\xa0вг" for «Счёт на оплату»). Mail readers read
-# such headers in the charset of the top Content-Type (Thunderbird), so that charset is a
-# candidate too, first (ties go to it); the scores still decide: the other Cyrillic charset
-# under a koi8-r or windows-1251 label is read as what it is, as in a body.
-_RAW_HEADER_CANDIDATES = (*CYRILLIC_HEADER_CANDIDATES, "cp866")
+# are guessed among KOI8-R and windows-1251 (CYRILLIC_HEADER_CANDIDATES), and cp866 and
+# ISO-8859-5 on stricter terms (RARE_CYRILLIC: more candidates, more wrong guesses on a few
+# short words); a DOS or ISO mailer writes its Subject and From in its own charset, and a
+# message declaring IBM866 or ISO-8859-5 had them read as windows-1251 ("‘зсв \xad\xa0
+# ®Ї«\xa0вг" for «Счёт на оплату»). Mail readers read such headers in the charset of the
+# top Content-Type (Thunderbird), so that charset is a candidate too, first (ties go to it;
+# no RARE_CYRILLIC terms for it); the scores still decide: the other Cyrillic charset under
+# a koi8-r or windows-1251 label is read as what it is, as in a body. A console mailer on
+# Russian Windows (code page 866) writes raw IBM866 subjects and file names: «Акт
+# сверки.xls» was «ЂЄв бўҐаЄЁ.xls».
 _DECLARED_CYRILLIC = frozenset({"koi8-r", "koi8-u", "cp1251", "cp866", "iso8859-5",
                                 "mac-cyrillic"})
 
@@ -1097,8 +1130,8 @@ def _header_candidates(fallback: str | None) -> tuple[str, ...]:
     declared as `fallback`."""
     codec = resolve_charset(fallback) if fallback else None
     if codec not in _DECLARED_CYRILLIC:
-        return _RAW_HEADER_CANDIDATES
-    return (codec, *(c for c in _RAW_HEADER_CANDIDATES if c != codec))
+        return CYRILLIC_HEADER_CANDIDATES
+    return (codec, *(c for c in CYRILLIC_HEADER_CANDIDATES if c != codec))
 
 
 def _read_in_fallback(chunk: bytes, label: str) -> Decoded | None:

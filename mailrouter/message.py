@@ -9,9 +9,10 @@ parsed by ``email.parser.BytesParser`` only when ``body_text``, ``attachments``,
 when ``body_text`` or ``body_pieces`` is read (the latter a piece at a time, never whole:
 the reports and a word search cost no decoded copy of a large body).  Header values are
 decoded by ``mailrouter.charsets`` (RFC 2047 words, RFC 2231 parameters, raw 8-bit KOI8-R /
-windows-1251 / UTF-8 guessed and recorded; read in the charset of the top Content-Type
-when that is a multi-byte one, gb2312, big5, shift_jis..., and they decode in it; guessed
-with it when it is a Cyrillic single-byte one, ibm866, iso-8859-5...).
+windows-1251 / UTF-8 guessed and recorded, IBM866 / ISO-8859-5 on stricter terms; read in
+the charset of the top Content-Type when that is a multi-byte one, gb2312, big5,
+shift_jis..., and they decode in it; guessed with it when it is a Cyrillic single-byte one,
+ibm866, iso-8859-5...).
 
 What it refuses: it never raises and never re-serialises the bytes.  Whatever the parser or a
 decoder objects to becomes a line in ``defects``; every guess becomes a line in ``charset_notes``
@@ -32,6 +33,9 @@ decoded Subject + ``.eml``, before the files inside it, which are listed too. Fi
 into a text/plain part without a transfer encoding are listed after it (their lines stay
 in ``body_text``); the files inside Outlook's TNEF wrapper (``winmail.dat``,
 ``application/ms-tnef``: tnef.py) are listed after it.
+
+A UTF-8 BOM before the first header (EF BB BF: a message saved by a Windows program) is
+skipped: the headers are read after it (``header_block`` starts there), the raw bytes keep it.
 
 Known limits (the stdlib parser's, kept on purpose):
 - a header line without a colon ends the header block (``MissingHeaderBodySeparatorDefect``); the
@@ -79,6 +83,7 @@ __all__ = ["LIST_MANAGER_HEADERS", "Attachment", "MessageView", "auto_submitted"
            "decode_header_value", "msg_ids"]
 
 _HEADER_END = re.compile(rb"\A\r?\n|\n\r?\n")
+_BOM = b"\xef\xbb\xbf"
 _ROBOT_PRECEDENCE = {"list", "bulk", "junk"}
 _LINE_ENDS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # what str.splitlines splits at
 _BOUNCE_SENDERS = {"mailer-daemon", "postmaster"}
@@ -235,10 +240,23 @@ class MessageView:
         return sha256_hex(self.raw)
 
     @cached_property
+    def _head_start(self) -> int:
+        """Where the headers start: after a UTF-8 BOM some Windows programs write before the
+        first header (read as a header line, the BOM turned the whole message into body)."""
+        return len(_BOM) if self.raw.startswith(_BOM) else 0
+
+    @cached_property
     def header_block(self) -> bytes:
-        """Header bytes up to and including the blank line (all bytes if there is none)."""
-        match = _HEADER_END.search(self.raw)
-        return self.raw[: match.end()] if match else self.raw
+        """Header bytes up to and including the blank line (all bytes if there is none);
+        without a UTF-8 BOM before the first header (the raw bytes keep it)."""
+        start = self._head_start
+        match = _HEADER_END.search(memoryview(self.raw)[start:])
+        return self.raw[start: start + match.end()] if match else self.raw[start:]
+
+    @cached_property
+    def _body_start(self) -> int:
+        """Offset in ``raw`` of the body: after the BOM, if any, and the header block."""
+        return self._head_start + len(self.header_block)
 
     @cached_property
     def _header_msg(self) -> Message:
@@ -438,7 +456,7 @@ class MessageView:
         if not value.lower().startswith("multipart/"):
             return
         boundary = _param_message("Content-Type", value).get_boundary()
-        start = len(self.header_block)
+        start = self._body_start
         body = self.raw[start:start + _PARTS_PEEKED]
         if not boundary or not body:
             return
@@ -497,17 +515,17 @@ class MessageView:
     def _body(self) -> _Body:
         # A well-formed message is walked on its bytes (mimewalk.py): the feedparser would
         # hold every line, every payload as a string and every decoded attachment at once.
-        cut = _parts_cut(self.raw, len(self.header_block))
+        cut = _parts_cut(self.raw, self._body_start)
         if cut is not None:     # the first MAX_PARTS parts, read by the stdlib (cut short)
-            body = _parse_body(self.raw[:cut])
+            body = _parse_body(self.raw[self._head_start:cut])
             # the parts cut off took the closing boundary line with them: not the sender's
             body.defects = [d for d in body.defects if d != "CloseBoundaryNotFoundDefect"]
             body.defects.append(f"body: more than {MAX_PARTS} MIME parts: the rules read the "
                                 f"first {MAX_PARTS}")
             return body
-        found = leaves(self.raw, self._header_msg, len(self.header_block))
+        found = leaves(self.raw, self._header_msg, self._body_start)
         if found is None:       # anything the walk does not vouch for: the stdlib decides
-            return _parse_body(self.raw)
+            return _parse_body(self.raw[self._head_start:] if self._head_start else self.raw)
         body = _Body()
         texts: _Texts = {}
         for leaf in found:
@@ -579,7 +597,7 @@ class MessageView:
                 or disposition.get_param("filename", header="content-disposition") is not None):
             return False
         return not (ctype is None or ctype.get_content_type() == "text/plain") or next(
-            _uu_blocks(self._header_msg, self.raw, len(self.header_block), self.size), None) is None
+            _uu_blocks(self._header_msg, self.raw, self._body_start, self.size), None) is None
 
     # Reports
 

@@ -137,6 +137,21 @@ CASES = [
     ("a list's owner-* in Return-Path, forwarded",
      msg("Return-Path: owner-rrga-l@list.rtowest.example"), "fwd@relay.example",
      "Return-Path owner-rrga-l@list.rtowest.example matches 'owner-*'"),
+    # Errors-To (before Return-Path was kept: Mailman 2, Majordomo, SmartList set it to the
+    # list's bounce or owner address) of a list message forwarded with a new envelope
+    ("a list's Errors-To, forwarded", msg("Errors-To: news-bounces@lists.client.example"),
+     "fwd@relay.example", "Errors-To news-bounces@lists.client.example matches '*-bounces'"),
+    ("an Errors-To with a display name", msg("Errors-To: Owner <owner-news@lists.client.example>"),
+     "fwd@relay.example", "Errors-To owner-news@lists.client.example matches 'owner-*'"),
+    ("an Errors-To naming a person", msg("Errors-To: Ann <ann@client.example>"),
+     "ann@client.example", ""),
+    # VERP return paths of list managers and sending services
+    ("a VERP bounces+ return path", msg(), "bounces+ann=client.example@list.example",
+     "matches 'bounces'"),
+    ("a list's -bounces return path", msg(), "news-bounces+ann=client.example@list.example",
+     "matches '*-bounces'"),
+    ("a bounce-* return path", msg(), "bounce-mc.us1_7.9-ann=client.example@mcsv.example",
+     "matches 'bounce-*'"),
     ("our own address", msg(), "sales@example.com", "our own address"),
     # RFC 3834 section 2: the recipient must be named in To, Cc (Bcc, Resent-*)
     ("a list with no list headers: To names the list",

@@ -193,6 +193,34 @@ async def test_a_narrower_config_yaml_robot_list_is_the_one_requests_read(make_a
         "orders-request@client.example"]
 
 
+async def test_the_plan_matches_the_sender_against_the_robots_once(make_app, tmp_path,
+                                                                    monkeypatch):
+    """Control's plan matched From against robot_senders twice (routing.facts.robot_of,
+    then its own _robot_sender); once now, with the same outcome: a robot's From opens
+    nothing, a person's opens a request, and a message with no From is judged by its
+    envelope sender (noreply@ opens nothing, a person's opens one)."""
+    from mailrouter.control import service
+    from mailrouter.routing import robots
+    matched: list[str] = []
+    real = robots.robot_pattern
+
+    def counted(address: str, patterns: object) -> str | None:
+        matched.append(address)
+        return real(address, patterns)  # type: ignore[arg-type]
+    monkeypatch.setattr(robots, "robot_pattern", counted)
+    monkeypatch.setattr(service, "robot_pattern", counted, raising=False)
+    app, port = await start(make_app, tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    no_from = b"To: support@example.com\r\nSubject: hi\r\nMessage-ID: <%s>\r\n\r\nx\r\n"
+    await send(port, mail("Банк <noreply@bank.example>", "statement", "n1@bank"), "ann@bank.example")
+    await send(port, mail("Иван <ivan@client.example>", "printer", "p1@client"), "x@esp.example")
+    await send(port, no_from % b"n2@shop", "noreply@shop.example")
+    await send(port, no_from % b"p2@client", "petr@client.example")
+    assert matched == ["noreply@bank.example", "ivan@client.example", "noreply@shop.example",
+                       "petr@client.example"]
+    assert [r["counterparty"] for r in await rows(app, requests)] == [
+        "ivan@client.example", "petr@client.example"]
+
+
 async def test_null_sender_mail_opens_no_request(make_app, tmp_path):
     """An Exchange 2010 out-of-office reply (sisimai's rfc3834-04: no Auto-Submitted, only
     X-Auto-Response-Suppress, which is no robot sign) comes with MAIL FROM:<>, as bounces and

@@ -909,3 +909,58 @@ def test_a_routing_file_the_user_may_not_read_names_what_and_the_fix() -> None:
                                "command as the user mailrouter runs as"), said
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def _container_run_commands() -> list[list[str]]:
+    """The commands of the Containerfile's RUN instructions, each split into its words."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Containerfile").read_text())
+    runs = re.findall(r"^RUN (.*)$", text, re.M)
+    return [cmd.split() for run in runs for cmd in run.split("&&")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
+                    reason="useradd --prefix needs root")
+def test_the_containers_user_is_made_without_a_warning_and_with_its_own_group(tmp_path):
+    """`useradd --system --uid 10025` in the image warned "uid 10025 is greater than
+    SYS_UID_MAX 999" at every build, and gave the group mailrouter gid 999 (the system
+    range), not 10025. The Containerfile's groupadd/useradd lines, run as written on a
+    private root (`--prefix`, its own /etc: no user of this machine is made), say nothing
+    and make uid 10025 with its group 10025."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
+    for name, line in (("shadow", "root:*:19000:0:99999:7:::\n"), ("gshadow", "root:*::\n")):
+        (root / "etc" / name).write_text(line)
+        (root / "etc" / name).chmod(0o600)
+    if Path("/etc/login.defs").exists():      # the base image's is Debian's too
+        shutil.copy("/etc/login.defs", root / "etc" / "login.defs")
+    made = [cmd for cmd in _container_run_commands() if cmd[0] in ("groupadd", "useradd")]
+    assert made and made[-1][0] == "useradd", made
+    for cmd in made:
+        done = subprocess.run([cmd[0], "--prefix", str(root), *cmd[1:]], capture_output=True,
+                              text=True, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), cmd
+    passwd = (root / "etc" / "passwd").read_text().splitlines()
+    group = (root / "etc" / "group").read_text().splitlines()
+    assert "mailrouter:x:10025:10025::/var/lib/mailrouter:/usr/sbin/nologin" in passwd
+    assert "mailrouter:x:10025:" in group
+
+
+def test_every_container_command_runs_under_umask_0027(tmp_path):
+    """The unit has UMask=0027; the container had none (0022): the Maildirs, the registry
+    and the intents were readable by every user of the container. Its ENTRYPOINT, run as
+    written here with `sh -c` standing for a command, sets 0027 and execs the command: a
+    directory it makes is 0750, and the command is the shell's own process (PID 1 in the
+    container gets the stop signal)."""
+    import json
+    text = (DEPLOY / "Containerfile").read_text()
+    entry = re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M)
+    assert entry is not None
+    argv = json.loads(entry.group(1))
+    probe = "umask; mkdir d; stat -c %a d; echo $$"
+    shell = subprocess.Popen([*argv, "sh", "-c", probe], cwd=tmp_path, stdout=subprocess.PIPE,
+                             text=True)
+    out = shell.communicate(timeout=60)[0].split()
+    assert shell.returncode == 0 and out == ["0027", "750", str(shell.pid)], out
+    assert re.search(r'^CMD \["mailrouter", "run"', text, re.M)

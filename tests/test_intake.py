@@ -732,3 +732,24 @@ async def test_a_message_of_too_many_parts_is_stored_whole_and_recorded_with_a_d
         (defects,) = db.execute("select defects from messages").fetchone()
     assert json.loads(defects) == [f"body: more than {MAX_PARTS} MIME parts: the rules read "
                                    f"the first {MAX_PARTS}"]
+
+
+async def test_a_message_starting_with_a_bom_is_routed_by_its_headers_and_stored_as_sent(
+        make_app, tmp_path):
+    """A message whose first bytes are a UTF-8 BOM (EF BB BF) before its first header: the
+    rules saw no header (the whole message read as body), so an invoice to invoices@ went to
+    the finance Inbox, not its Finance folder, recorded without a subject. The rules read
+    the headers after the BOM; the stored copy keeps every byte sent, the BOM included."""
+    import sqlite3
+    raw = b"\xef\xbb\xbf" + mail("\u0421\u0447\u0451\u0442 N 7", to="invoices@example.com")
+    app = await make_app()
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", app.bound["smtp"][1]) as s:
+            s.sendmail("client@outside.test", ["invoices@example.com"], raw)
+    await asyncio.to_thread(send)
+    stored = maildir_files(tmp_path / "var" / "mail" / "finance" / ".Finance")
+    assert len(stored) == 1 and stored[0].read_bytes().endswith(b"\r\n" + raw)
+    with sqlite3.connect(tmp_path / "var" / "registry.db") as db:
+        (subject,) = db.execute("select subject from messages").fetchone()
+    assert subject == "\u0421\u0447\u0451\u0442 N 7"

@@ -40,7 +40,7 @@ from sqlalchemy import Connection
 
 from ..addressbook.canon import canonical, detail_split, on_our_domains
 from ..addressbook.model import Options
-from ..autoreply import DEFAULT_ROBOT_SENDERS, robot_pattern
+from ..autoreply import DEFAULT_ROBOT_SENDERS
 from ..config import ControlConfig
 from ..loops import header_text
 from ..message import msg_ids
@@ -144,8 +144,9 @@ class Control:
         # robot mail as the rules' `robot: true` reads it: what the headers say, or the
         # null envelope sender of bounces and notices (an out-of-office reply without
         # Auto-Submitted: Exchange 2010's carries X-Auto-Response-Suppress alone); or a
-        # robot's From address (noreply@), which no one can answer
-        robot = robot_of(view, mail_from, self.robot_senders)[0] or self._robot_sender(sender)
+        # robot's address (noreply@), which no one can answer: the sender's, From or, with
+        # no From, the envelope's (From was matched twice, by robot_of and again here)
+        robot = robot_of(view, mail_from, self.robot_senders, ("sender", sender))[0]
         to = next((r for r in rcpts if self._to_replies(r, snap.book.options)), None)
         if to is not None:
             if robot:               # an out-of-office of ours, a reminder: no one answered
@@ -216,11 +217,6 @@ class Control:
                 del self._chosen[next(iter(self._chosen))]     # the oldest
             self._chosen[key] = choice
         return choice
-
-    def _robot_sender(self, sender: str) -> bool:
-        """Is `sender` (From, lower case) a robot's address: its local part, or the part
-        before a +detail, matches a robot_senders glob (a bare `MAILER-DAEMON` too)?"""
-        return robot_pattern(sender, self.robot_senders) is not None
 
     @staticmethod
     def _ours(mail_from: str, domains: frozenset[str]) -> bool:

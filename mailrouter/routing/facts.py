@@ -226,18 +226,21 @@ class Facts:
 
 
 def robot_of(view: Any, mail_from: str,
-             patterns: Sequence[str] = DEFAULT_ROBOT_SENDERS) -> tuple[bool, str]:
+             patterns: Sequence[str] = DEFAULT_ROBOT_SENDERS,
+             sender: tuple[str, str] | None = None) -> tuple[bool, str]:
     """(True, why) for mail nobody should answer: what the headers say (bounce, auto-reply,
     list), else a null envelope sender, which only bounces and other notices use (RFC 5321
     4.5.5, RFC 3834 2), else a robot's address in From (noreply@, mailer-daemon@, ...:
     robots.py, the autoresponder's list). Not the envelope sender nor Return-Path: a
     person's mail sent through a mailing service comes from bounces+...@ (as Control has it,
     which opens a request for it). `patterns`: config.yaml's autoreply.robot_senders where
-    the caller has them (Control's plan), so a list narrowed there is the one read."""
+    the caller has them (Control's plan), so a list narrowed there is the one read.
+    `sender`: (what, lower-case address) matched instead of From (Control's plan: its
+    sender, the envelope's when the message has no From)."""
     flag, reason = view.robot
     if flag:
         return True, str(reason)
     if mail_from.strip() == "<>":     # as the intake records MAIL FROM:<>; '' is "unknown"
         return True, "bounce: null envelope sender <>"
-    why = robot_sender([("From", (view.from_addr or "").lower())], patterns)
+    why = robot_sender([sender or ("From", (view.from_addr or "").lower())], patterns)
     return (True, why) if why else (False, "")
