@@ -867,7 +867,7 @@ class Protocol(SMTP):
             at = edge - len(tail) if edge >= 0 else chunk.find(b"\r\n.\r\n")
             if edge >= 0 or at >= 0:
                 if len(chunk) > at + 5:
-                    reader.feed_data(chunk[at + 5:])
+                    _give_back(reader, chunk[at + 5:])
                 total += at + 2             # the content ends with the CRLF before the dot
                 if body is not None:
                     if at + 2 > 0:
@@ -902,6 +902,18 @@ class Protocol(SMTP):
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
+
+
+def _give_back(reader: asyncio.StreamReader, rest: bytes) -> None:
+    """Put the bytes read past the final dot (pipelined commands: QUIT) back for the command
+    loop. read(_READ_ALL) emptied the buffer, so they go where they came from. feed_data
+    asserts once the reader has seen EOF: a client that sent its message, QUIT and its FIN
+    before the DATA phase read them (the 354 waited in the tarpit) got 451 4.3.0 and a
+    traceback (AssertionError 'feed_data after feed_eof') for a message sent whole."""
+    if reader.at_eof():          # EOF and an empty buffer: the half-closed client's last bytes
+        reader._buffer.extend(rest)  # type: ignore[attr-defined]
+    else:
+        reader.feed_data(rest)
 # The RFC 5322 parser's defects for a path it had to repair to read: an unquoted space in a
 # local part (`<a b@x>` became `"a b"@x`) and a missing `>` (`<a@x`). Not the obsolete route,
 # nor a dot-atom's stray dot (`taro.@docomo.ne.jp` is real, and Postfix takes it).
