@@ -10,7 +10,9 @@ What this adds to aiosmtpd's SMTP class:
   and 4.1.1.4: lines end in CRLF, and no client may send those; we refuse rather
   than repair because a repaired message is not what the sender signed, and a
   downstream might read the bare line ending differently); lines longer than 998
-  octets are accepted as they are (as Postfix does); oversize mail is read to the
+  octets are accepted as they are (as Postfix does); a message whose first line starts
+  with white space gets an empty line before it (as Postfix's smtpd), or it would continue
+  the last of our trace headers in every copy; oversize mail is read to the
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
 - a session silent past command_timeout (data_timeout inside DATA) is told 421 4.4.2
@@ -898,10 +900,18 @@ class Protocol(SMTP):
         problem, message = content(body)
         if limit and len(message) > limit:
             return TOO_BIG, b""
+        if message[:1] in _FOLDED:
+            # A first line starting with white space continues the header field before it,
+            # and the copies we store start with our trace headers: a message beginning
+            # ' , ceo@example.com' was stored with 'Delivered-To: sales@example.com, ceo@...'
+            # (our line, the client's words). As Postfix's smtpd: an empty line first, so the
+            # client's text is all body (one copy of the message, for this rare one only).
+            message = b"\r\n" + message
         return problem, message
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
+_FOLDED = (b" ", b"\t")                      # a line starting so continues a header field
 
 
 def _give_back(reader: asyncio.StreamReader, rest: bytes) -> None:
