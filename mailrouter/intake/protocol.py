@@ -34,7 +34,8 @@ What this adds to aiosmtpd's SMTP class:
   too, so bytes there before the 220 is written are always caught), pipelines before EHLO/LHLO or after
   HELO, or sends anything behind a command that must end a pipelined group (RFC
   2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
-  included, gets 554 5.5.0 and is disconnected; what it sent is never read;
+  included (text that came while the 354 waited in the tarpit too), gets 554 5.5.0 and is
+  disconnected; what it sent is never read;
 - errors (Postfix's smtpd_soft/hard_error_limit): every 4xx/5xx reply counts one,
   except 421, the recipient-limit 452 4.5.3 (up to RCPT_OVERSHOOT since the last message
   taken, as Postfix's smtpd_recipient_overshoot_limit), and a 4xx after DATA other than a
@@ -333,6 +334,11 @@ class Protocol(SMTP):
             self.errors += 1
         if slow:                     # the tarpit: this session waits, no other does
             await asyncio.sleep(limits.error_delay)
+            if data.startswith(b"354") and (self.unread() or self._socket_input(1, socket.MSG_PEEK)):
+                # Message text that came while our 354 waited here did not wait for it: it
+                # was checked for at DATA only, before the wait, and then taken as the message
+                await self._out_of_sync("before 354")
+                return
         await super().push(data)
         if self.errors >= limits.max_errors:
             log.warning("event=too_many_errors peer=%s errors=%d", self.session and
@@ -740,6 +746,8 @@ class Protocol(SMTP):
             await self.push(str(REPLY_DATA_SYNTAX))
             return
         await self.push(str(REPLY_START_DATA))
+        if self._hung_up:          # the text came before our 354 (push): nothing is read
+            return
         self._data_uncounted = True
         try:
             await self._data_transaction()
