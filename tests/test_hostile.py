@@ -413,6 +413,28 @@ async def test_message_text_before_354_is_refused_and_dropped(make_app, tmp_path
 
 
 @pytest.mark.parametrize("proto, hello", PROTOS)
+async def test_message_text_before_a_354_held_in_the_tarpit_is_refused(make_app, tmp_path, proto,
+                                                                       hello):
+    """Past soft_errors our 354 waits error_delay. Text that a client sends after DATA without
+    waiting for the 354 then arrives after the check at DATA, and was taken as the message
+    once the 354 went out (a bot that does not wait, as the 554 above refuses). Now it gets
+    554 5.5.0 and the hang-up. (Text sent before DATA is read is refused either way.)"""
+    app = await make_app(limits={"soft_errors": 1, "error_delay": 1.0})
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("XYZZY")).startswith("500")   # one error
+        assert (await w.cmd("MAIL FROM:<a@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        await w.send(b"DATA\r\n")
+        await asyncio.sleep(0.2)     # DATA read and checked: its 354 waits in the tarpit
+        await w.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        assert await w.line() == SYNC
+        assert await w.closed()
+    assert maildir_files(tmp_path / "var" / "mail") == []
+    assert await app.registry.count_messages() == 0
+
+
+@pytest.mark.parametrize("proto, hello", PROTOS)
 async def test_delivered_to_the_recipient_is_554(make_app, tmp_path, proto, hello):
     """A message that already carries Delivered-To: <this recipient> (without our own trace
     header) is refused 554 5.4.6 as Postfix does, not 451: a 4xx kept it in the sender's

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from mailrouter.intake.protocol import read_path
+from mailrouter.intake.protocol import Protocol, read_path
 from tests.support.daemon import maildir_files
 from tests.support.wire import Wire
 
@@ -167,6 +167,38 @@ async def test_nothing_after_quit_is_run(make_app, caplog, proto, hello):
     assert await until(lambda: _no_sessions(app))
     seen = [r.getMessage() for r in caplog.records if r.name.startswith("mailrouter")]
     assert not [m for m in seen if "rcpt_refused" in m or "improper_pipelining" in m], seen
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_message_quit_and_fin_there_before_data_reads_them_are_answered(
+        make_app, tmp_path, monkeypatch, caplog, proto, hello):
+    """The client's message, QUIT and FIN (`nc -N`, a script) are all in the reader when the
+    DATA phase first reads, as when our 354 waited in the tarpit (error_delay) while they
+    came. The bytes after the final dot went back to the reader with feed_data, which asserts
+    after EOF: 451 4.3.0 and a traceback for a message sent whole. Now it is taken (250, one
+    copy, one row), QUIT answered 221, the session closed."""
+    app = await make_app()
+    read_data = Protocol._read_data
+
+    async def after_the_fin(self):
+        async def eof() -> bool:
+            return bool(self._reader._eof)
+        assert await until(eof), "the client's FIN never reached the reader"
+        return await read_data(self)
+    monkeypatch.setattr(Protocol, "_read_data", after_the_fin)
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        assert (await w.cmd("MAIL FROM:<fin@outside.test>")).startswith("250")
+        assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("250")
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(RAW + b"QUIT\r\n")
+        w.writer.write_eof()
+        assert (await w.line()).startswith("250 2.0.0"), "a message sent whole was not taken"
+        assert (await w.line()).startswith("221 2.0.0")
+        assert await w.closed()
+    assert await app.registry.count_messages() == 1
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_a_client_that_never_reads_is_dropped_at_the_timeout(make_app):

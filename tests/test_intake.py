@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import logging
 import smtplib
 
@@ -637,6 +639,29 @@ async def test_data_transparency(make_app, tmp_path, body, stored):
     data = files[0].read_bytes()          # our trace headers, then exactly the received bytes
     assert data.endswith(stored)
     assert data[:len(data) - len(stored)].endswith(b"Delivered-To: sales@example.com\r\n")
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+@pytest.mark.parametrize("first", [b" , ceo@example.com", b"\tceo@example.com"], ids=["sp", "ht"])
+async def test_a_first_line_folded_does_not_continue_our_trace_headers(make_app, tmp_path, proto,
+                                                                        hello, first):
+    """A message whose first line starts with white space: every copy starts with our trace
+    headers, and that line continued the last of them, `Delivered-To: sales@example.com ,
+    ceo@example.com` (our header, the client's words; a Sieve script or the next hop reads
+    it). As Postfix's smtpd, an empty line goes first: our headers stay ours, the client's
+    text is the body, byte for byte."""
+    app = await make_app()
+    sent = first + b"\r\nSubject: folded\r\n\r\nbody\r\n"
+    async with Wire(app.bound[proto][1]) as w:
+        await w.greet(hello)
+        r = await w.transaction("a@outside.test", ["sales@example.com"], sent + b".\r\n",
+                                lmtp=proto == "lmtp")
+        assert r[0].startswith("250")
+    [stored] = maildir_files(tmp_path / "var" / "mail" / "sales")
+    data = stored.read_bytes()
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert message.get_all("Delivered-To") == ["sales@example.com"]
+    assert data.endswith(b"Delivered-To: sales@example.com\r\n\r\n" + sent)
 
 
 async def test_lines_longer_than_998_are_accepted_as_received(make_app, tmp_path):

@@ -43,6 +43,9 @@ class _Reader:
     def feed_data(self, data: bytes) -> None:
         self.back += data
 
+    def at_eof(self) -> bool:     # the client's EOF is never seen before the terminator here
+        return False
+
 
 class _Session:
     """What Protocol._read_data reads of a session."""

@@ -10,7 +10,9 @@ What this adds to aiosmtpd's SMTP class:
   and 4.1.1.4: lines end in CRLF, and no client may send those; we refuse rather
   than repair because a repaired message is not what the sender signed, and a
   downstream might read the bare line ending differently); lines longer than 998
-  octets are accepted as they are (as Postfix does); oversize mail is read to the
+  octets are accepted as they are (as Postfix does); a message whose first line starts
+  with white space gets an empty line before it (as Postfix's smtpd), or it would continue
+  the last of our trace headers in every copy; oversize mail is read to the
   end and refused with 552 5.3.4; the idle timer restarts as data arrives, and
   the whole DATA phase has a deadline (421 4.4.2);
 - a session silent past command_timeout (data_timeout inside DATA) is told 421 4.4.2
@@ -32,7 +34,8 @@ What this adds to aiosmtpd's SMTP class:
   too, so bytes there before the 220 is written are always caught), pipelines before EHLO/LHLO or after
   HELO, or sends anything behind a command that must end a pipelined group (RFC
   2920 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN), message text before our 354
-  included, gets 554 5.5.0 and is disconnected; what it sent is never read;
+  included (text that came while the 354 waited in the tarpit too), gets 554 5.5.0 and is
+  disconnected; what it sent is never read;
 - errors (Postfix's smtpd_soft/hard_error_limit): every 4xx/5xx reply counts one,
   except 421, the recipient-limit 452 4.5.3 (up to RCPT_OVERSHOOT since the last message
   taken, as Postfix's smtpd_recipient_overshoot_limit), and a 4xx after DATA other than a
@@ -331,6 +334,11 @@ class Protocol(SMTP):
             self.errors += 1
         if slow:                     # the tarpit: this session waits, no other does
             await asyncio.sleep(limits.error_delay)
+            if data.startswith(b"354") and (self.unread() or self._socket_input(1, socket.MSG_PEEK)):
+                # Message text that came while our 354 waited here did not wait for it: it
+                # was checked for at DATA only, before the wait, and then taken as the message
+                await self._out_of_sync("before 354")
+                return
         await super().push(data)
         if self.errors >= limits.max_errors:
             log.warning("event=too_many_errors peer=%s errors=%d", self.session and
@@ -738,6 +746,8 @@ class Protocol(SMTP):
             await self.push(str(REPLY_DATA_SYNTAX))
             return
         await self.push(str(REPLY_START_DATA))
+        if self._hung_up:          # the text came before our 354 (push): nothing is read
+            return
         self._data_uncounted = True
         try:
             await self._data_transaction()
@@ -867,7 +877,7 @@ class Protocol(SMTP):
             at = edge - len(tail) if edge >= 0 else chunk.find(b"\r\n.\r\n")
             if edge >= 0 or at >= 0:
                 if len(chunk) > at + 5:
-                    reader.feed_data(chunk[at + 5:])
+                    _give_back(reader, chunk[at + 5:])
                 total += at + 2             # the content ends with the CRLF before the dot
                 if body is not None:
                     if at + 2 > 0:
@@ -898,10 +908,30 @@ class Protocol(SMTP):
         problem, message = content(body)
         if limit and len(message) > limit:
             return TOO_BIG, b""
+        if message[:1] in _FOLDED:
+            # A first line starting with white space continues the header field before it,
+            # and the copies we store start with our trace headers: a message beginning
+            # ' , ceo@example.com' was stored with 'Delivered-To: sales@example.com, ceo@...'
+            # (our line, the client's words). As Postfix's smtpd: an empty line first, so the
+            # client's text is all body (one copy of the message, for this rare one only).
+            message = b"\r\n" + message
         return problem, message
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
+_FOLDED = (b" ", b"\t")                      # a line starting so continues a header field
+
+
+def _give_back(reader: asyncio.StreamReader, rest: bytes) -> None:
+    """Put the bytes read past the final dot (pipelined commands: QUIT) back for the command
+    loop. read(_READ_ALL) emptied the buffer, so they go where they came from. feed_data
+    asserts once the reader has seen EOF: a client that sent its message, QUIT and its FIN
+    before the DATA phase read them (the 354 waited in the tarpit) got 451 4.3.0 and a
+    traceback (AssertionError 'feed_data after feed_eof') for a message sent whole."""
+    if reader.at_eof():          # EOF and an empty buffer: the half-closed client's last bytes
+        reader._buffer.extend(rest)  # type: ignore[attr-defined]
+    else:
+        reader.feed_data(rest)
 # The RFC 5322 parser's defects for a path it had to repair to read: an unquoted space in a
 # local part (`<a b@x>` became `"a b"@x`) and a missing `>` (`<a@x`). Not the obsolete route,
 # nor a dot-atom's stray dot (`taro.@docomo.ne.jp` is real, and Postfix takes it).
