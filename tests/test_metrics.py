@@ -64,8 +64,10 @@ async def test_rcpt_refused_before_the_handler_is_counted_by_reason(make_app):
     app = await make_app(limits={"max_errors": 100, "max_recipients": 1})
     port = app.bound["admin"][1]
     _, before = await asyncio.to_thread(_get, port, "/metrics")
+    # each reason is served before its first refusal (the counters are the process's: an
+    # earlier test in this process may have moved them, so what grew is compared below)
     for reason in ("malformed", "parameter", "sequence", "smtputf8", "other"):
-        assert _value(before, f'mailrouter_rcpt_refused_total{{reason="{reason}"}}') == 0
+        assert _value(before, f'mailrouter_rcpt_refused_total{{reason="{reason}"}}') >= 0
     async with Wire(app.bound["smtp"][1]) as w:
         assert (await w.line()).startswith("220")
         assert (await w.cmd("RCPT TO:<sales@example.com>")).startswith("503")   # no EHLO
