@@ -56,8 +56,49 @@ tests:
     rcpt: invoices@example.com
     expect: {folder: Invoices, mailbox: finance}
 """, tmp_path)
-    assert lines == [f"{tmp_path / 'routing.yaml'}:5: test wrong folder: "
-                     "folder expected 'Invoices', got 'Finance'"]
+    path = tmp_path / 'routing.yaml'
+    assert lines == [f"{path}:5: test wrong folder: folder expected 'Invoices', got 'Finance'; "
+                     f"why: rule 'inv' ({path}:3) matched: subject contains 'счет' "
+                     "(value: 'Счёт N 1234 за январь')"]
+
+
+def test_a_failing_case_says_which_rule_decided_and_on_what(tmp_path: Path) -> None:
+    """A rule of another file, earlier in name order, took the message: the line said
+    "mailbox expected 'finance', got 'legal'" and nothing of which rule did it or why, so
+    the ops person had to rerun the case through `explain`. Now it names the rules that
+    matched, their file:line and what they matched on; or that no rule matched."""
+    (tmp_path / "a-legal.yaml").write_text("""\
+mailboxes: {legal: {maildir: legal}}
+rules:
+  - name: contracts
+    when: {body: "претензи*"}
+    then: {mailbox: legal, tags: [legal]}
+    continue: true
+""", encoding="utf-8")
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """\
+tests:
+  - name: invoice with a claim
+    headers: {Subject: "Счет 5"}
+    body: "Направляем претензию"
+    rcpt: invoices@example.com
+    expect: {mailbox: finance, tags: []}
+  - name: no rule
+    headers: {Subject: "Hello"}
+    rcpt: invoices@example.com
+    expect: {folder: Finance}
+""", encoding="utf-8")
+    legal, routing = tmp_path / "a-legal.yaml", path
+    snap = load(legal, path)
+    lines = run_rule_tests(snap.sections["tests"], snap.decide, tmp_path)
+    assert lines == [
+        f"{routing}:5: test invoice with a claim: mailbox expected 'finance', got 'legal'; "
+        "tags expected [], got ['legal']; why: rule "
+        f"'contracts' ({legal}:3) matched: body contains 'претензи*' (value: 'Направляем "
+        f"претензию\\n'), then rule 'inv' ({routing}:3) matched: subject contains 'счет' "
+        "(value: 'Счет 5')",
+        f"{routing}:10: test no rule: folder expected 'Finance', got None; why: no rule "
+        "matched, so the address book's default applies"]
 
 
 def test_several_mismatches_and_recipients(tmp_path: Path) -> None:
@@ -71,7 +112,8 @@ tests:
 """, tmp_path)
     assert [ln.split(": ", 2)[2] for ln in lines] == [
         "rcpt sales@example.com: folder expected 'PRODUCT-A', got None; "
-        "tags expected ['a'], got []"]
+        "tags expected ['a'], got []; why: no rule matched, so the address book's default "
+        "applies"]
 
 
 def test_tags_null_expects_no_tags(tmp_path: Path) -> None:
@@ -83,7 +125,11 @@ tests:
   - {name: none, headers: {Subject: hello}, rcpt: sales@example.com, expect: {tags: null}}
   - {name: one, headers: {Subject: hello}, rcpt: product-a@example.com, expect: {tags: null}}
 """, tmp_path)
-    assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']"]]
+    assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']; "
+                                                        f"why: rule 'product-a' ({tmp_path}/"
+                                                        "routing.yaml:2) matched: rcpt equals "
+                                                        "'product-a@example.com' (value: "
+                                                        "'product-a@example.com')"]]
 
 
 def test_expected_rule_tags_and_folder_read_as_numbers_are_as_written(tmp_path: Path) -> None:
@@ -258,7 +304,8 @@ def test_a_case_that_fails_for_the_time_it_runs_at_says_so(tmp_path: Path) -> No
     path.write_text(_HOURS, encoding="utf-8")
     tests, decide = _at_sunday_night(path)
     assert run_rule_tests(tests, decide, tmp_path) == [
-        f"{path}:6: test written at 11:00: rule expected 'office', got None; with at: "
+        f"{path}:6: test written at 11:00: rule expected 'office', got None; why: no rule "
+        "matched, so the address book's default applies; with at: "
         "2027-01-11T06:00:00+00:00 it passes: a rule reads the time, and a case without 'at:' "
         "is decided at the present one; give the case an at:"]
 
@@ -291,8 +338,8 @@ def test_example_rules_catch_a_broken_rule(tmp_path: Path) -> None:
         "then: {mailbox: sales, folder: Leads, tags: [sales]}"), encoding="utf-8")
     snap = load_snapshot([str(tmp_path / "rules" / "*.yaml")], Limits(), "mx.example.com")
     lines = run_rule_tests(snap.sections["tests"], snap.decide, tmp_path / "rules")
-    assert len(lines) == 1 and lines[0].endswith(
-        "test sales@ channel: folder expected 'Inbound', got 'Leads'")
+    assert len(lines) == 1 and lines[0].split(": ", 1)[1].startswith(
+        "test sales@ channel: folder expected 'Inbound', got 'Leads'; why: rule 'sales' ("), lines
 
 
 def test_explain_and_a_rule_test_decide_alike_without_a_sender(tmp_path: Path) -> None:

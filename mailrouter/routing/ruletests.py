@@ -20,7 +20,8 @@ sla (a substring of the decision's SLA string) and rule (the first rule that
 matched, or null for none). The runner calls the daemon's own decide function,
 so a test exercises exactly what the daemon would do. It never raises: a case
 that cannot run (missing file, unknown key) is a failure line too. One line per
-failing case and recipient: "file:line: test NAME: folder expected 'X', got 'Y'".
+failing case and recipient: "file:line: test NAME: folder expected 'X', got 'Y'; why:
+rule 'R' (file:line) matched: subject contains 'y' (value: 'Y 5')" (or "no rule matched").
 
 `check_rule_tests`, given the snapshot's names (`Names.of`), also warns about an
 `expect:` no decision can give: a mailbox the address book does not define, an owner
@@ -178,9 +179,23 @@ def _run_case(case: Any, decide: Decide, base: Path, at: datetime | None = None)
         if diffs and d.action.value != "deliver" and "action" not in expect:
             # "mailbox expected 'sales', got None" alone hid why: an unknown address, a loop
             diffs.append(f"the recipient was answered {d.reply} (action {d.action.value})")
+        if diffs and (d.rules or d.action.value == "deliver"):
+            # "mailbox expected 'finance', got 'legal'" did not say which rule took the
+            # message (one of another file, earlier in name order): the rule, where, on what
+            diffs.append(_why(d))
         if diffs:
             lines.append((f"rcpt {rcpt}: " if len(rcpts) > 1 else "") + "; ".join(diffs))
     return lines
+
+
+def _why(d: Decision) -> str:
+    """The rules that decided, each with its file:line and what it matched, or none."""
+    if not d.rules:
+        return "why: no rule matched, so the address book's default applies"
+    return "why: " + ", then ".join(
+        f"rule '{m.name}' ({m.file}:{m.line})" + (f" matched: {m.matched}" if m.matched else
+                                                  " matched: it has no 'when:'")
+        for m in d.rules)
 
 
 def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tuple[str, Path]:
