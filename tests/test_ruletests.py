@@ -220,17 +220,18 @@ tests:
     path = tmp_path / "routing.yaml"
     assert lines == [
         f"{path}:5: test #1: a test must be a mapping with message/headers, rcpt and expect",
-        f"{path}:6: test headers: 'headers' must be a mapping of header names to values; "
+        f"{path}:7: test headers: 'headers' must be a mapping of header names to values; "
         "write e.g. headers: {From: a@b.example, Subject: Invoice}",
-        f"{path}:10: test rcpt: 'rcpt' must be an address or a list of addresses, not [{{'a': 1}}]",
+        f"{path}:12: test rcpt: 'rcpt' must be an address or a list of addresses, not [{{'a': 1}}]",
         f"{path}:14: test refused: mailbox expected 'finance', got None; the recipient was "
         "answered 550 5.1.1 Recipient address rejected: no such address here (action reject)",
     ]
 
 
 def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path) -> None:
-    """`check` (without running anything) names each case that cannot run, with its line;
-    a rule pasted under `tests:` is called what it is."""
+    """`check` (without running anything) names each case that cannot run, with its line:
+    the line of what is wrong (`message:`, `at:`; it was the case's `- name:` line, three
+    lines above); a rule pasted under `tests:` is called what it is."""
     path = tmp_path / "routing.yaml"
     path.write_text(RULES + """tests:
   - name: fine
@@ -265,10 +266,10 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
         "under 'rules:', this entry is under 'tests:'",
         f"{path}:12: test no rcpt: needs 'rcpt:'; write the envelope recipient, e.g. rcpt: "
         "sales@example.com (or a list)",
-        f"{path}:19: test sample gone: cannot read message "
+        f"{path}:20: test sample gone: cannot read message "
         f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory; a message: "
         "path is relative to this routing file's folder",
-        f"{path}:23: test no such time: cannot read time 'next monday'; "
+        f"{path}:26: test no such time: cannot read time 'next monday'; "
         "write e.g. 2027-01-11T10:00:00+03:00",
     ]
 
@@ -365,6 +366,29 @@ tests:
     snap = load(*sorted((tmp_path / "rules").glob("*.yaml")), book=None)
     case = [c for c in snap.sections["tests"] if c["name"] == "same as explain"]
     assert run_rule_tests(case, snap.decide, tmp_path / "rules") == []
+
+
+def test_a_wrong_key_of_a_case_is_named_at_its_own_line(tmp_path: Path) -> None:
+    """`expct:` and `ownr:` were named at the case's `- name:` line, several lines above the
+    typo (a rule's unknown key is named at its own line and column)."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """tests:
+  - name: typo
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expct: {folder: X}
+  - name: typo in expect
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expect:
+      folder: X
+      ownr: x
+""", encoding="utf-8")
+    want = [f"{path}:8: test typo: unknown key 'expct'; did you mean 'expect'?",
+            f"{path}:14: test typo in expect: unknown expect key 'ownr'; did you mean 'owner'?"]
+    assert check_rule_tests(yamlsrc.load(path)["tests"], tmp_path) == want
+    snap = load(path)
+    assert run_rule_tests(snap.sections["tests"], snap.decide, tmp_path) == want
 
 
 def test_two_tests_of_one_name_are_a_warning(tmp_path: Path) -> None:

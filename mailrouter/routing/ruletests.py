@@ -57,7 +57,24 @@ Decide = Callable[[Any, str, list[str], "datetime | None"], list[Decision]]
 
 
 class _CaseError(Exception):
-    pass
+    """What is wrong with a case; `at`: the value or key it is about, to name its line."""
+
+    def __init__(self, text: str, at: Any = None) -> None:
+        super().__init__(text)
+        self.at = at
+
+
+@dataclass(frozen=True, slots=True)
+class _Spot:
+    path: str
+    line: int
+    column: int = 0
+
+
+def _key(mapping: Mapping[str, Any], key: Any) -> _Spot | None:
+    """Where `key` of a loaded mapping is written (its line), or None when not known."""
+    mark = (getattr(mapping, "key_marks", None) or {}).get(key)
+    return _Spot(where(mapping)[0], mark[0]) if mark and mark[0] else None
 
 
 def _build_message(case: Mapping[str, Any]) -> bytes:
@@ -78,26 +95,28 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
             return path.read_bytes()
         except NotRegularFile:
             raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
-                             ".eml file") from None
+                             ".eml file", _key(case, "message")) from None
         except OSError as exc:
             raise _CaseError(f"cannot read message {str(path)!r}: {exc.strerror}; a message: "
-                             "path is relative to this routing file's folder") from None
+                             "path is relative to this routing file's folder",
+                             _key(case, "message")) from None
     if case.get("headers") is None and case.get("body") is None:
         raise _CaseError("needs 'message: FILE.eml' or 'headers:'/'body:'")
     return _build_message(case)
 
 
-def _at(value: Any) -> datetime | None:
+def _at(value: Any, spot: Any = None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     if isinstance(value, date) or re.fullmatch(r"\s*\d{4}-\d\d-\d\d\s*", str(value)):
         # taken as 00:00 UTC: a business-hours rule tested "on Monday" never matched
         raise _CaseError(f"'at: {value}' is a day without a time of day; write the time too, "
-                         f"e.g. {str(value).strip()}T10:00:00+03:00")
+                         f"e.g. {str(value).strip()}T10:00:00+03:00", spot)
     try:
         return datetime.fromisoformat(str(value))
     except ValueError:
-        raise _CaseError(f"cannot read time {value!r}; write e.g. 2027-01-11T10:00:00+03:00") from None
+        raise _CaseError(f"cannot read time {value!r}; write e.g. 2027-01-11T10:00:00+03:00",
+                         spot) from None
 
 
 def _actual(d: Decision, key: str) -> Any:
@@ -142,13 +161,15 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
         if any(k in _RULE_KEYS for k in bad):
             raise _CaseError(f"unknown key '{bad[0]}': this looks like a rule; rules go under "
                              "'rules:', this entry is under 'tests:'")
-        raise _CaseError(f"unknown key '{bad[0]}'; {did_you_mean(str(bad[0]), TEST_KEYS)}")
+        raise _CaseError(f"unknown key '{bad[0]}'; {did_you_mean(str(bad[0]), TEST_KEYS)}",
+                         _key(case, bad[0]))
     expect = case.get("expect")
     if not isinstance(expect, Mapping) or not expect:
         raise _CaseError("needs 'expect:' with at least one of " + ", ".join(EXPECT_KEYS))
     bad = [k for k in expect if k not in EXPECT_KEYS]
     if bad:
-        raise _CaseError(f"unknown expect key '{bad[0]}'; {did_you_mean(str(bad[0]), EXPECT_KEYS)}")
+        raise _CaseError(f"unknown expect key '{bad[0]}'; "
+                         f"{did_you_mean(str(bad[0]), EXPECT_KEYS)}", _key(expect, bad[0]))
     rcpts = case.get("rcpt")
     rcpts = rcpts if isinstance(rcpts, list) else [rcpts] if rcpts else []
     if not rcpts:
@@ -156,11 +177,11 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
                          "sales@example.com (or a list)")
     if any(not isinstance(r, str) for r in rcpts):
         raise _CaseError("'rcpt' must be an address or a list of addresses, not "
-                         f"{case.get('rcpt')!r}")
+                         f"{case.get('rcpt')!r}", _key(case, "rcpt"))
     if case.get("headers") is not None and not isinstance(case["headers"], Mapping):
         # a list here crashed the case with "AttributeError: 'LocList' object has no attribute"
         raise _CaseError("'headers' must be a mapping of header names to values; write e.g. "
-                         "headers: {From: a@b.example, Subject: Invoice}")
+                         "headers: {From: a@b.example, Subject: Invoice}", _key(case, "headers"))
     return expect, [str(r) for r in rcpts]
 
 
@@ -172,7 +193,7 @@ def _run_case(case: Any, decide: Decide, base: Path, at: datetime | None = None)
     view = MessageView(_raw(case, base))
     given = case.get("mail_from")
     sender = envelope_sender(None if given is None else str(given), view)
-    decisions = decide(view, sender, rcpts, at or _at(case.get("at")))
+    decisions = decide(view, sender, rcpts, at or _at(case.get("at"), _key(case, "at")))
     lines = []
     for rcpt, d in zip(rcpts, decisions):
         diffs = _compare(d, expect)
@@ -207,6 +228,13 @@ def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tupl
         line = marks[i][0]
     base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
     return f"{path or base_dir}:{line}: {_label(case, i)}", base
+
+
+def _at_line(exc: _CaseError, case: Any, i: int, head: str) -> str:
+    """'file:line: test NAME: ' at the line of what `exc` is about ('expct:' three lines
+    below the case's '- name:'), or `head`."""
+    path, line, _ = where(exc.at)
+    return f"{path}:{line}: {_label(case, i)}" if line and path else head
 
 
 def _label(case: Any, i: int) -> str:
@@ -308,11 +336,11 @@ def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".",
                 named[name] = head.rsplit(": test ", 1)[0]
         try:
             expect, rcpts = _validate(case)
-            _at(case.get("at"))      # `test` would fail it: `check` says so first
+            _at(case.get("at"), _key(case, "at"))   # `test` would fail it: `check` says so first
             if case.get("message") is not None:
                 _raw(case, base)     # a missing .eml: `check` says so, not only `test`
         except _CaseError as exc:
-            problems.append(head + str(exc))
+            problems.append(_at_line(exc, case, i, head) + str(exc))
             continue
         if names is not None and "action" not in expect:
             # `rcpt: sale@example.com`: refused at RCPT, no rule ever sees it, and the case
@@ -377,7 +405,7 @@ def run_rule_tests(tests: Sequence[Any], decide: Decide, base_dir: str | Path = 
                               "the case an at:")
             failures.extend(head + text for text in lines)
         except _CaseError as exc:
-            failures.append(head + str(exc))
+            failures.append(_at_line(exc, case, i, head) + str(exc))
         except Exception as exc:   # a crash in one case must not hide the others
             failures.append(head + f"crashed: {type(exc).__name__}: {exc}")
     return failures
