@@ -501,6 +501,10 @@ def cmd_address(args: argparse.Namespace) -> int:
         print("mailrouter address: give an address, e.g. sales@example.com, or 'export'",
               file=sys.stderr)
         return 2
+    if args.csv:      # it printed the text form, as if --csv had not been given
+        print("mailrouter address: --csv is for 'address export' (every address); for one "
+              "address, leave it out (text) or give --json", file=sys.stderr)
+        return 2
     found = addressquery.describe(book, args.query)
     from .intake.handler import rcpt_path
     address, refused = rcpt_path(args.query)
@@ -682,8 +686,8 @@ EXITS: dict[str, str] = {
               "running; the errors are printed), 2 the daemon could not be reached, 3 "
               "reloaded but Postfix's tables (postfix_maps) were not rebuilt, 4 reloaded but "
               "config.yaml changed (or broke) since the start: restart to apply it",
-    "address": "0 known, 1 unknown (with the reply the daemon gives at RCPT), 2 the config "
-               "or the routing files have errors",
+    "address": "0 known (export: listed), 1 unknown (with the reply the daemon gives at "
+               "RCPT), 2 the config or the routing files have errors, or --csv for one address",
     "outbox": "0 listed, 2 no registry or the config has errors",
     "registry": "0 listed (none too), 2 no registry, the registry could not be read, or the "
                 "config has errors",
@@ -789,8 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("query", metavar="ADDRESS|export",
                     help="an envelope recipient, e.g. sales+Quotes@example.com; or 'export'")
     form = ad.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="JSON instead of text (or CSV)")
-    form.add_argument("--csv", action="store_true", help="export as CSV (the default)")
+    form.add_argument("--json", action="store_true",
+                      help="JSON instead of text (one address) or CSV (export)")
+    form.add_argument("--csv", action="store_true",
+                      help="export only: CSV rows with a header line (export's default)")
     pf = add("postfix", cmd_postfix, "write Postfix's recipient and transport tables from the "
              "address book, so Postfix refuses unknown addresses at RCPT")
     pf.add_argument("--dir", metavar="DIR", help="where to write (default: postfix_maps.dir)")
