@@ -368,6 +368,54 @@ tests:
     assert run_rule_tests(case, snap.decide, tmp_path / "rules") == []
 
 
+def test_a_case_whose_message_parts_would_be_dropped_or_garbled_is_refused(tmp_path: Path) -> None:
+    """`message:` and `headers:` in one case: the sample was read and the headers dropped
+    without a word (a case meant to try the sample with another Subject tested the sample's
+    own); `Subject: [a, b]` was the subject "['a', 'b']", `body: [a, b]` the body
+    "['a', 'b']", `Cc:` with no value the header "None". Each is named at its line, with
+    the fix, by `check` and `test` alike."""
+    (tmp_path / "samples").mkdir()
+    shutil.copy(ROOT / "rules" / "samples" / "invoice-koi8r.eml", tmp_path / "samples")
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """tests:
+  - name: both
+    message: samples/invoice-koi8r.eml
+    headers: {Subject: hello}
+    rcpt: invoices@example.com
+    expect: {rule: null}
+  - name: list subject
+    headers:
+      From: a@b.example
+      Subject: [a, b]
+    rcpt: sales@example.com
+    expect: {rule: null}
+  - name: list body
+    headers: {Subject: x}
+    body: [a, b]
+    rcpt: sales@example.com
+    expect: {rule: null}
+  - name: empty cc
+    headers: {Subject: x, Cc: }
+    rcpt: sales@example.com
+    expect: {rule: null}
+""", encoding="utf-8")
+    want = [
+        f"{path}:7: test both: gives both 'message:' and 'headers:', and a case is built from "
+        "one of them; keep 'message: FILE.eml', or 'headers:'/'body:' for a message written "
+        "here (a copy of the .eml for a changed one)",
+        f"{path}:13: test list subject: header 'Subject' must be text, not ['a', 'b']; write "
+        "e.g. Subject: 'the text' (quote it if it holds ': ', or starts with [ or {; "
+        "Subject: '' for an empty one)",
+        f"{path}:18: test list body: 'body' must be text, not ['a', 'b']; write e.g. body: "
+        "'the text' (or body: | and the lines below it)",
+        f"{path}:22: test empty cc: header 'Cc' must be text, not nothing; write e.g. Cc: "
+        "'the text' (quote it if it holds ': ', or starts with [ or {; Cc: '' for an empty "
+        "one)"]
+    assert check_rule_tests(yamlsrc.load(path)["tests"], tmp_path) == want
+    snap = load(path)
+    assert run_rule_tests(snap.sections["tests"], snap.decide, tmp_path) == want
+
+
 def test_a_wrong_key_of_a_case_is_named_at_its_own_line(tmp_path: Path) -> None:
     """`expct:` and `ownr:` were named at the case's `- name:` line, several lines above the
     typo (a rule's unknown key is named at its own line and column)."""

@@ -182,6 +182,25 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
         # a list here crashed the case with "AttributeError: 'LocList' object has no attribute"
         raise _CaseError("'headers' must be a mapping of header names to values; write e.g. "
                          "headers: {From: a@b.example, Subject: Invoice}", _key(case, "headers"))
+    if case.get("message") is not None and (case.get("headers") is not None
+                                            or case.get("body") is not None):
+        # the sample was read and `headers:`/`body:` dropped without a word: a case written
+        # to try the sample with another Subject passed or failed on the sample's own
+        given = "headers" if case.get("headers") is not None else "body"
+        raise _CaseError(f"gives both 'message:' and '{given}:', and a case is built from "
+                         "one of them; keep 'message: FILE.eml', or 'headers:'/'body:' for a "
+                         "message written here (a copy of the .eml for a changed one)",
+                         _key(case, given))
+    for name, value in (case.get("headers") or {}).items():
+        if isinstance(value, (list, Mapping)) or value is None:
+            # `Subject: [a, b]` was the subject "['a', 'b']", `From: {a: b}` "{'a': 'b'}"
+            raise _CaseError(f"header {str(name)!r} must be text, not "
+                             f"{'nothing' if value is None else repr(value)}; write e.g. "
+                             f"{name}: 'the text' (quote it if it holds ': ', or starts with "
+                             f"[ or {{; {name}: '' for an empty one)", _key(case["headers"], name))
+    if isinstance(case.get("body"), (list, Mapping)):
+        raise _CaseError(f"'body' must be text, not {case['body']!r}; write e.g. body: "
+                         "'the text' (or body: | and the lines below it)", _key(case, "body"))
     return expect, [str(r) for r in rcpts]
 
 
