@@ -27,6 +27,7 @@ import gc
 import hashlib
 import os
 import re
+import shlex
 import stat
 import unicodedata
 from functools import lru_cache
@@ -1201,7 +1202,10 @@ def load_bytes(raw: bytes, path: str, bare: Collection[str] = (),
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        name = Path(path).name
+        # the file as given (`company.yaml` alone was no file from the admin's folder), and
+        # the converted copy moved over it, so the line does the whole fix when pasted
+        name = shlex.quote(path)
+        convert = f"-t UTF-8 {name} > {name}.new && mv {name}.new {name}"
         line, col = _line_col(exc.object, exc.start)
         hint = "save the file as UTF-8"
         legacy = _cyrillic_8bit(exc.object)
@@ -1209,9 +1213,9 @@ def load_bytes(raw: bytes, path: str, bare: Collection[str] = (),
             # Windows Notepad's "Unicode": its line and column are of no use (line 1 or a
             # NUL byte's count of newlines), the charset is what to say
             line, col = 1, 1
-            hint += f"; it is UTF-16: iconv -f UTF-16 -t UTF-8 {name} > {name}.new"
+            hint += f"; it is UTF-16: iconv -f UTF-16 {convert}"
         elif legacy is not None:
-            hint += f"; it looks like {legacy}: iconv -f {legacy} -t UTF-8 {name} > {name}.new"
+            hint += f"; it looks like {legacy}: iconv -f {legacy} {convert}"
         raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
                           path, line, col, hint) from None
     if "\r" in text:       # as read_text: universal newlines

@@ -319,7 +319,20 @@ def test_a_file_in_a_russian_8bit_charset_gets_the_command_to_convert_it(
     with pytest.raises(ConfigError) as info:
         yamlsrc.load(p)
     assert str(info.value).endswith(f"; save the file as UTF-8; it looks like {encoding}: "
-                                    f"iconv -f {encoding} -t UTF-8 company.yaml > company.yaml.new")
+                                    f"iconv -f {encoding} -t UTF-8 {p} > {p}.new && mv {p}.new {p}")
+    _paste_the_fix(str(info.value), tmp_path)
+    assert yamlsrc.load(p)["people"]["ivanov"]["name"] == "Пётр Иванов"
+
+
+def _paste_the_fix(error: str, elsewhere: Any) -> None:
+    """Run the iconv line of the hint as an admin pastes it, from another folder: it named
+    the file without its folder ('iconv ... company.yaml > company.yaml.new'), no file from
+    where the admin stood, and left the converted copy beside it to be moved by hand."""
+    import subprocess
+    command = error.split(": iconv ", 1)[1]
+    folder = elsewhere / "elsewhere"
+    folder.mkdir()
+    subprocess.run("iconv " + command, shell=True, cwd=folder, check=True, timeout=30)
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
@@ -332,7 +345,9 @@ def test_a_file_saved_as_utf16_is_said_so(tmp_path: Any, encoding: str) -> None:
         yamlsrc.load(p)
     assert str(info.value).startswith(f"{p}:1:1: not UTF-8 text (byte 0x")
     assert str(info.value).endswith("; save the file as UTF-8; it is UTF-16: "
-                                    "iconv -f UTF-16 -t UTF-8 company.yaml > company.yaml.new")
+                                    f"iconv -f UTF-16 -t UTF-8 {p} > {p}.new && mv {p}.new {p}")
+    _paste_the_fix(str(info.value), tmp_path)
+    assert yamlsrc.load(p) == {"rules": [], "aliases": {"a@example.com": "mailbox:s"}}
 
 
 @pytest.mark.parametrize("text, want", [
