@@ -341,8 +341,10 @@ RELOAD_NEEDS_RESTART = 4  # `reload`: the rules were reloaded, config.yaml's cha
 
 
 def _reload_target(given: str | None
-                   ) -> tuple[str | None, Listener | None, str | None, ConfigErrors | None]:
-    """(config path, admin listener, token, config.yaml's errors) for `reload`. A config.yaml edited since the
+                   ) -> tuple[str | None, Listener | None, str | None, ConfigErrors | None,
+                              tuple[str, ...]]:
+    """(config path, admin listener, token, config.yaml's errors, routing globs) for `reload`.
+    A config.yaml edited since the
     start and now broken elsewhere (`limits:`, `log_format:`) still names the endpoint: the
     reload goes on and the daemon's reply names the errors (exit 4), as for SIGHUP; before,
     `reload` exited 2 and the rules were not reloaded."""
@@ -355,12 +357,33 @@ def _reload_target(given: str | None
         if endpoint is None:
             _config(given)          # prints the errors, exits 2
             raise
-        return str(path), *endpoint, exc
-    return cfg.path, cfg.admin, cfg.admin_token, None
+        return str(path), *endpoint, exc, ()
+    return cfg.path, cfg.admin, cfg.admin_token, None, cfg.routing
+
+
+def _routing_paths(text: str, routing: tuple[str, ...], gone: bool = False) -> str:
+    """The daemon's reply names routing files relative to their directory (its HTTP answer
+    shows no other path of the machine): "z-legal.yaml:25:7: ...", which is no file from
+    where the admin stands. Each name of a file there is given back its directory, as
+    `check` names it. `gone`: `text` is the list of files no longer read."""
+    from .daemon import _routing_root
+    root = _routing_root(routing)
+    if not root.startswith("/") or root == "/":
+        return text
+    if gone:
+        return ", ".join(os.path.join(root, name) for name in text.split(", "))
+    out = []
+    for line in text.splitlines():
+        name = line.split(":", 1)[0]
+        if ":" in line and name and not name.startswith("/") and os.path.isfile(
+                os.path.join(root, name)):
+            line = os.path.join(root, line)
+        out.append(line)
+    return "\n".join(out)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    path, admin, token, broken = _reload_target(args.config)
+    path, admin, token, broken, routing = _reload_target(args.config)
     if admin is None:
         print(f"mailrouter reload: {_shown(path) if path else 'the config'} has no admin "
               "listener (listen.admin: null): send SIGHUP to the daemon (systemctl kill -s HUP "
@@ -394,8 +417,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
             for err in broken.errors:
                 print(f"  {err}", file=sys.stderr)
         return 2
-    print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n")
-          + str(body.get("detail")))
+    detail = str(body.get("detail"))
+    if body.get("ok") and "; no longer read: " in detail:
+        done, gone = detail.split("; no longer read: ", 1)
+        detail = f"{done}; no longer read: {_routing_paths(gone, routing, gone=True)}"
+    elif not body.get("ok"):
+        detail = _routing_paths(detail, routing)
+    print(("reloaded: " if body.get("ok") else "reload refused, old rules kept:\n") + detail)
     if body.get("config"):    # an edited config.yaml is not applied by a reload: said, not hidden
         print(f"mailrouter reload: {body['config']}", file=sys.stderr)
     if not body.get("ok"):
@@ -472,6 +500,10 @@ def cmd_address(args: argparse.Namespace) -> int:
     if not args.query.strip():
         print("mailrouter address: give an address, e.g. sales@example.com, or 'export'",
               file=sys.stderr)
+        return 2
+    if args.csv:      # it printed the text form, as if --csv had not been given
+        print("mailrouter address: --csv is for 'address export' (every address); for one "
+              "address, leave it out (text) or give --json", file=sys.stderr)
         return 2
     found = addressquery.describe(book, args.query)
     from .intake.handler import rcpt_path
@@ -654,8 +686,8 @@ EXITS: dict[str, str] = {
               "running; the errors are printed), 2 the daemon could not be reached, 3 "
               "reloaded but Postfix's tables (postfix_maps) were not rebuilt, 4 reloaded but "
               "config.yaml changed (or broke) since the start: restart to apply it",
-    "address": "0 known, 1 unknown (with the reply the daemon gives at RCPT), 2 the config "
-               "or the routing files have errors",
+    "address": "0 known (export: listed), 1 unknown (with the reply the daemon gives at "
+               "RCPT), 2 the config or the routing files have errors, or --csv for one address",
     "outbox": "0 listed, 2 no registry or the config has errors",
     "registry": "0 listed (none too), 2 no registry, the registry could not be read, or the "
                 "config has errors",
@@ -761,8 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("query", metavar="ADDRESS|export",
                     help="an envelope recipient, e.g. sales+Quotes@example.com; or 'export'")
     form = ad.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="JSON instead of text (or CSV)")
-    form.add_argument("--csv", action="store_true", help="export as CSV (the default)")
+    form.add_argument("--json", action="store_true",
+                      help="JSON instead of text (one address) or CSV (export)")
+    form.add_argument("--csv", action="store_true",
+                      help="export only: CSV rows with a header line (export's default)")
     pf = add("postfix", cmd_postfix, "write Postfix's recipient and transport tables from the "
              "address book, so Postfix refuses unknown addresses at RCPT")
     pf.add_argument("--dir", metavar="DIR", help="where to write (default: postfix_maps.dir)")

@@ -27,6 +27,7 @@ import gc
 import hashlib
 import os
 import re
+import shlex
 import stat
 import unicodedata
 from functools import lru_cache
@@ -936,6 +937,27 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
         elif problem.startswith("did not find expected ',' or '}'"):
             hint = ("in {...}, put a value holding ': ' in quotes ({subject: 'Re: invoice'}) "
                     "and separate the entries with ','")
+        elif problem.startswith("did not find expected ',' or ']'"):
+            hint = ("in [...], separate the entries with ',' and put an entry holding ', ' "
+                    "or ': ' in quotes")
+        opener = _unclosed_flow(text, exc, line) if problem.startswith(
+            ("did not find expected ',' or '}'", "did not find expected ',' or ']'")) else None
+        if opener is not None:
+            # `then: {tags: [a]` and the next rule below it: the error named the next line
+            # ("- name: z") with the quoting hint, not the bracket left open above it
+            hint = (f"the '{opener[2]}' opened on line {opener[0]}, column {opener[1]} is "
+                    f"never closed: put its '{_CLOSE[opener[2]]}' after its last entry, "
+                    + ("before the end of the file" if not "".join(
+                        text.split("\n")[line - 1:]).strip() else f"before line {line}"))
+        wrong = _line_at(text, line)[col - 1:col]
+        mark = exc.context_mark
+        if opener is None and mark is not None and wrong in ("}", "]"):
+            # `tags: [a}`: the other bracket closes it
+            shut = _CLOSE.get(_line_at(text, mark.line + 1)[mark.column:mark.column + 1], "")
+            if shut and shut != wrong:
+                hint = (f"the '{_line_at(text, mark.line + 1)[mark.column]}' opened on line "
+                        f"{mark.line + 1}, column {mark.column + 1} is closed here with "
+                        f"'{wrong}': write '{shut}'")
         opened = _quote_ending_at(text, line)
         if opened is not None:
             hint = (f"the quote opened on line {opened[0]}, column {opened[1]} is closed only "
@@ -955,6 +977,26 @@ def loads(text: str, source: str = "<string>", bare: Collection[str] = (),
     finally:
         if collecting:
             gc.enable()
+
+
+_CLOSE = {"{": "}", "[": "]"}
+
+
+def _unclosed_flow(text: str, exc: yaml.MarkedYAMLError, line: int) -> tuple[int, int, str] | None:
+    """(line, column, bracket) of a `{` or `[` left open on an earlier line, when the line
+    YAML stopped at is no continuation of it (indented no deeper than the bracket's line:
+    a key or a list entry of the block around it); None for a comma missing inside it."""
+    mark = exc.context_mark
+    if mark is None or mark.line + 1 >= line:
+        return None
+    opened, here = _line_at(text, mark.line + 1), _line_at(text, line)
+    bracket = opened[mark.column:mark.column + 1]
+    if bracket not in _CLOSE:
+        return None
+    if here.strip() and (len(here) - len(here.lstrip(" "))
+                         > len(opened) - len(opened.lstrip(" "))):
+        return None
+    return mark.line + 1, mark.column + 1, bracket
 
 
 def _key_indent(text: str) -> int:
@@ -1160,7 +1202,10 @@ def load_bytes(raw: bytes, path: str, bare: Collection[str] = (),
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        name = Path(path).name
+        # the file as given (`company.yaml` alone was no file from the admin's folder), and
+        # the converted copy moved over it, so the line does the whole fix when pasted
+        name = shlex.quote(path)
+        convert = f"-t UTF-8 {name} > {name}.new && mv {name}.new {name}"
         line, col = _line_col(exc.object, exc.start)
         hint = "save the file as UTF-8"
         legacy = _cyrillic_8bit(exc.object)
@@ -1168,9 +1213,9 @@ def load_bytes(raw: bytes, path: str, bare: Collection[str] = (),
             # Windows Notepad's "Unicode": its line and column are of no use (line 1 or a
             # NUL byte's count of newlines), the charset is what to say
             line, col = 1, 1
-            hint += f"; it is UTF-16: iconv -f UTF-16 -t UTF-8 {name} > {name}.new"
+            hint += f"; it is UTF-16: iconv -f UTF-16 {convert}"
         elif legacy is not None:
-            hint += f"; it looks like {legacy}: iconv -f {legacy} -t UTF-8 {name} > {name}.new"
+            hint += f"; it looks like {legacy}: iconv -f {legacy} {convert}"
         raise ConfigError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason})",
                           path, line, col, hint) from None
     if "\r" in text:       # as read_text: universal newlines

@@ -951,6 +951,31 @@ def test_reload_with_a_config_yaml_broken_since_the_start_still_reloads_the_rule
     assert out.returncode == 2 and "unknown key 'tokn'" in out.stderr, out
 
 
+def test_reload_names_the_routing_files_as_check_does(daemon_process, tmp_path):
+    """A broken routing file and `mailrouter reload`: it printed "zz-bad.yaml:3:1: a tab
+    ...", the daemon's reply, which names the files relative to their directory, and from
+    the admin's folder that is no file to open (check names /etc/mailrouter/rules/...). Now
+    the refusal, and the files no longer read after a good one, name them as check does."""
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    proc = daemon_process(routing=str(rules / "*.yaml"), extra="workers: 1\n")
+    (rules / "zz-bad.yaml").write_text("rules:\n  - name: y\n\twhen: {subject: a}\n",
+                                       encoding="utf-8")
+    out = mr("reload", "-c", str(proc.config), cwd=tmp_path)
+    assert out.returncode == 1, out
+    assert out.stdout.splitlines() == [
+        "reload refused, old rules kept:",
+        f"{rules / 'zz-bad.yaml'}:3:1: a tab in the indentation; YAML indents with spaces only "
+        "— replace the tab with spaces"], out.stdout
+    check = mr("check", "-c", str(proc.config), cwd=tmp_path)
+    assert out.stdout.splitlines()[1] in check.stderr, check.stderr
+    # the files a good reload no longer reads (the watcher may take the change first, so
+    # the reply's list is given here as the daemon writes it)
+    from mailrouter.cli import _routing_paths
+    assert _routing_paths("routing.yaml, sub/x.yaml", (str(rules / "*.yaml"),), gone=True) == (
+        f"{rules / 'routing.yaml'}, {rules / 'sub' / 'x.yaml'}")
+
+
 def test_explain_text_names_each_matched_rule_once(tmp_path):
     """A matched rule is one line of `explain`'s text: it was printed as `rule:` and again as
     `because:` (the decision's reasons, which the registry keeps, name it too); the address

@@ -133,6 +133,17 @@ def test_address_export_csv_and_json_list_every_address():
     assert mr("address", "export", "--csv").stdout == out.stdout
 
 
+def test_address_query_with_csv_says_it_is_for_export():
+    """`address sales@example.com --csv` printed the text form, --csv silently dropped
+    (its help said "export as CSV (the default)"): a script reading CSV got text. It is
+    now a usage error naming export and --json, exit 2, nothing on stdout."""
+    out = mr("address", "sales@example.com", "--csv")
+    assert (out.returncode, out.stdout) == (2, ""), out
+    assert out.stderr == ("mailrouter address: --csv is for 'address export' (every address); "
+                          "for one address, leave it out (text) or give --json\n")
+    assert mr("address", "export", "--csv").stdout.startswith("address,targets,")
+
+
 def test_address_export_csv_opens_in_a_spreadsheet_as_text(tmp_path):
     """`+cmd@`, `-ops@`, `=x@` and `@x@` are legal local parts (RFC 5321 atext) and an alias
     key is any of them: the CSV cell gets a leading ' (as the registry's CSV does), so

@@ -43,3 +43,26 @@ def test_a_bad_argument_is_a_usage_error(tmp_path: Path, args: list[str], error:
     assert (out.returncode, out.stdout) == (2, ""), out
     assert out.stderr.startswith(f"usage: mailrouter {command} "), out.stderr
     assert out.stderr.splitlines()[-1] == f"mailrouter {command}: error: {error}", out.stderr
+
+
+def test_every_option_with_a_default_says_it_in_its_help() -> None:
+    """`registry history --help` said "-n N at most N messages (0: all)" and not that all is
+    what it lists without -n; the other -n options state theirs. Every option whose default
+    is a value (a count, a text) says "default" in its help."""
+    import argparse
+
+    from mailrouter.cli import build_parser
+
+    silent = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif (action.option_strings and action.default is not None
+                  and action.default is not False and action.default != argparse.SUPPRESS
+                  and "default" not in (action.help or "")):
+                silent.append(f"{' '.join(path)} {'/'.join(action.option_strings)}")
+    walk(build_parser(), [])
+    assert silent == []

@@ -139,3 +139,36 @@ def test_the_rules_readme_examples_load_and_pass(tmp_path):
             assert out.returncode == 0, (folder.name, command, out.stdout, out.stderr)
             assert "warning" not in out.stdout + out.stderr, (folder.name, command, out.stdout)
             assert "note:" not in out.stdout + out.stderr, (folder.name, command, out.stdout)
+
+
+def test_the_rules_readme_failure_line_is_what_mailrouter_test_prints(tmp_path):
+    """rules/README.md shows the line `mailrouter test` prints for a failing case; it is the
+    shape an ops person looks for (file:line, the case, expected vs got, and why: the rule,
+    its file:line, what it matched). The example company's sales@ case expecting the folder
+    Finance must print exactly that line, with this copy's paths and lines."""
+    import shutil
+    import subprocess
+    import sys
+
+    documented = re.search(r"prints one line per failing case:\n`(.*?)`", RULES_README.read_text(
+        encoding="utf-8"), re.S)
+    assert documented, "the failure line example moved out of rules/README.md"
+    shown = documented.group(1).replace("\n", " ")
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_README.parent, rules)
+    routing = rules / "routing.yaml"
+    text = routing.read_text(encoding="utf-8")
+    routing.write_text(text + "\n  - name: NAME\n    headers: {From: a@b.example, Subject: x}\n"
+                       "    rcpt: sales@example.com\n    expect: {folder: Finance}\n",
+                       encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"routing: ['{rules}/*.yaml']\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "mailrouter.cli", "test", "-c", str(config)],
+                         capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert out.returncode == 1, out
+    [line] = [ln for ln in out.stdout.splitlines() if "test NAME:" in ln]
+    case_line = len(text.splitlines()) + 2
+    rule_line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln == "  - name: sales")
+    assert line == (shown.replace("/etc/mailrouter/rules", str(rules))
+                    .replace("routing.yaml:52:", f"routing.yaml:{case_line}:")
+                    .replace("routing.yaml:39)", f"routing.yaml:{rule_line})")), (line, shown)

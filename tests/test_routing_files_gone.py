@@ -199,3 +199,26 @@ def test_a_set_whose_folder_cannot_be_listed_is_not_current_and_nothing_raises(t
         current = _still_current(snap, config)
     assert current is False
     assert _still_current(snap, config) is True
+
+
+def test_a_file_tried_without_the_books_domains_is_one_error_naming_the_cause(tmp_path):
+    """A department's file (its mailbox, person and aliases) checked alone, `--routing
+    legal.yaml`: the book's `domains:` is in company.yaml, not read, and each address was
+    refused by itself ("address legal@example.com is not on one of our domains; add
+    example.com under domains:"), three errors hiding the one cause. Now one error: no file
+    read defines domains, the files read, the fix. The same file beside the book is fine."""
+    legal = tmp_path / "legal.yaml"
+    legal.write_text("mailboxes: {legal: {maildir: legal}}\n"
+                     "people: {sidorova: {address: e.sidorova@example.com}}\n"
+                     "aliases: {legal@example.com: mailbox:legal, contracts@example.com: "
+                     "mailbox:legal}\nrules: []\n", encoding="utf-8")
+    assert _errors(legal) == [
+        "<config>: the routing files define no domains: every address in them (legal@example.com among "
+        "them) is on no domain of ours, and every recipient would be refused (550 5.1.1); the "
+        "file with the address book's 'domains:' is missing from the files read: "
+        f"{legal}; or, for a new domain, write domains: [example.com] in one of them"]
+    (tmp_path / "company.yaml").write_text("domains: [example.com]\naliases: "
+                                           "{postmaster@example.com: mailbox:legal}\n",
+                                           encoding="utf-8")
+    snap = load_snapshot([str(tmp_path / "*.yaml")], Limits(), "mx.test")
+    assert snap.book.resolve("legal@example.com").reply is None

@@ -328,6 +328,13 @@ def test_values_of_the_wrong_shape_are_load_errors_at_their_place() -> None:
      "it out of when:, beside it ('continue:' at the indentation of 'when:')"),
     ("{not: [{subject: x}, {subject: y}]}", "'not' takes one condition, not a list; write "
      "not: {any: [...]} for none of several, not: {all: [...]} for not all of them"),
+    # `any:` given a mapping: was "'any' takes a non-empty list of conditions" and no example
+    ("{any: {subject: x, body: y}}", "'any' takes a non-empty list of conditions; write each "
+     "condition as a '- ' item under 'any:', e.g. any: [{subject: invoice}, {attachment: "
+     "{glob: '*.pdf'}}] (one of them holds)"),
+    ("{all: []}", "'all' takes a non-empty list of conditions; write each condition as a '- ' "
+     "item under 'all:', e.g. all: [{subject: invoice}, {attachment: {glob: '*.pdf'}}] (all "
+     "of them hold)"),
     # conditions as '- ' items: all or any of them? (was "must be a non-empty mapping")
     ("[{subject: x}, {subject: y}]", "a condition must be a mapping, not a list; for every "
      "one of these write all: [...] (or the keys in one mapping), for one of them any: [...]"),

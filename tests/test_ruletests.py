@@ -56,8 +56,49 @@ tests:
     rcpt: invoices@example.com
     expect: {folder: Invoices, mailbox: finance}
 """, tmp_path)
-    assert lines == [f"{tmp_path / 'routing.yaml'}:5: test wrong folder: "
-                     "folder expected 'Invoices', got 'Finance'"]
+    path = tmp_path / 'routing.yaml'
+    assert lines == [f"{path}:5: test wrong folder: folder expected 'Invoices', got 'Finance'; "
+                     f"why: rule 'inv' ({path}:3) matched: subject contains 'счет' "
+                     "(value: 'Счёт N 1234 за январь')"]
+
+
+def test_a_failing_case_says_which_rule_decided_and_on_what(tmp_path: Path) -> None:
+    """A rule of another file, earlier in name order, took the message: the line said
+    "mailbox expected 'finance', got 'legal'" and nothing of which rule did it or why, so
+    the ops person had to rerun the case through `explain`. Now it names the rules that
+    matched, their file:line and what they matched on; or that no rule matched."""
+    (tmp_path / "a-legal.yaml").write_text("""\
+mailboxes: {legal: {maildir: legal}}
+rules:
+  - name: contracts
+    when: {body: "претензи*"}
+    then: {mailbox: legal, tags: [legal]}
+    continue: true
+""", encoding="utf-8")
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """\
+tests:
+  - name: invoice with a claim
+    headers: {Subject: "Счет 5"}
+    body: "Направляем претензию"
+    rcpt: invoices@example.com
+    expect: {mailbox: finance, tags: []}
+  - name: no rule
+    headers: {Subject: "Hello"}
+    rcpt: invoices@example.com
+    expect: {folder: Finance}
+""", encoding="utf-8")
+    legal, routing = tmp_path / "a-legal.yaml", path
+    snap = load(legal, path)
+    lines = run_rule_tests(snap.sections["tests"], snap.decide, tmp_path)
+    assert lines == [
+        f"{routing}:5: test invoice with a claim: mailbox expected 'finance', got 'legal'; "
+        "tags expected [], got ['legal']; why: rule "
+        f"'contracts' ({legal}:3) matched: body contains 'претензи*' (value: 'Направляем "
+        f"претензию\\n'), then rule 'inv' ({routing}:3) matched: subject contains 'счет' "
+        "(value: 'Счет 5')",
+        f"{routing}:10: test no rule: folder expected 'Finance', got None; why: no rule "
+        "matched, so the address book's default applies"]
 
 
 def test_several_mismatches_and_recipients(tmp_path: Path) -> None:
@@ -71,7 +112,8 @@ tests:
 """, tmp_path)
     assert [ln.split(": ", 2)[2] for ln in lines] == [
         "rcpt sales@example.com: folder expected 'PRODUCT-A', got None; "
-        "tags expected ['a'], got []"]
+        "tags expected ['a'], got []; why: no rule matched, so the address book's default "
+        "applies"]
 
 
 def test_tags_null_expects_no_tags(tmp_path: Path) -> None:
@@ -83,7 +125,11 @@ tests:
   - {name: none, headers: {Subject: hello}, rcpt: sales@example.com, expect: {tags: null}}
   - {name: one, headers: {Subject: hello}, rcpt: product-a@example.com, expect: {tags: null}}
 """, tmp_path)
-    assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']"]]
+    assert [ln.split(": ", 2)[1:] for ln in lines] == [["test one", "tags expected [], got ['a']; "
+                                                        f"why: rule 'product-a' ({tmp_path}/"
+                                                        "routing.yaml:2) matched: rcpt equals "
+                                                        "'product-a@example.com' (value: "
+                                                        "'product-a@example.com')"]]
 
 
 def test_expected_rule_tags_and_folder_read_as_numbers_are_as_written(tmp_path: Path) -> None:
@@ -174,17 +220,18 @@ tests:
     path = tmp_path / "routing.yaml"
     assert lines == [
         f"{path}:5: test #1: a test must be a mapping with message/headers, rcpt and expect",
-        f"{path}:6: test headers: 'headers' must be a mapping of header names to values; "
+        f"{path}:7: test headers: 'headers' must be a mapping of header names to values; "
         "write e.g. headers: {From: a@b.example, Subject: Invoice}",
-        f"{path}:10: test rcpt: 'rcpt' must be an address or a list of addresses, not [{{'a': 1}}]",
+        f"{path}:12: test rcpt: 'rcpt' must be an address or a list of addresses, not [{{'a': 1}}]",
         f"{path}:14: test refused: mailbox expected 'finance', got None; the recipient was "
         "answered 550 5.1.1 Recipient address rejected: no such address here (action reject)",
     ]
 
 
 def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path) -> None:
-    """`check` (without running anything) names each case that cannot run, with its line;
-    a rule pasted under `tests:` is called what it is."""
+    """`check` (without running anything) names each case that cannot run, with its line:
+    the line of what is wrong (`message:`, `at:`; it was the case's `- name:` line, three
+    lines above); a rule pasted under `tests:` is called what it is."""
     path = tmp_path / "routing.yaml"
     path.write_text(RULES + """tests:
   - name: fine
@@ -219,10 +266,10 @@ def test_check_names_malformed_cases_and_rules_filed_under_tests(tmp_path: Path)
         "under 'rules:', this entry is under 'tests:'",
         f"{path}:12: test no rcpt: needs 'rcpt:'; write the envelope recipient, e.g. rcpt: "
         "sales@example.com (or a list)",
-        f"{path}:19: test sample gone: cannot read message "
+        f"{path}:20: test sample gone: cannot read message "
         f"{str(tmp_path / 'samples' / 'gone.eml')!r}: No such file or directory; a message: "
         "path is relative to this routing file's folder",
-        f"{path}:23: test no such time: cannot read time 'next monday'; "
+        f"{path}:26: test no such time: cannot read time 'next monday'; "
         "write e.g. 2027-01-11T10:00:00+03:00",
     ]
 
@@ -258,7 +305,8 @@ def test_a_case_that_fails_for_the_time_it_runs_at_says_so(tmp_path: Path) -> No
     path.write_text(_HOURS, encoding="utf-8")
     tests, decide = _at_sunday_night(path)
     assert run_rule_tests(tests, decide, tmp_path) == [
-        f"{path}:6: test written at 11:00: rule expected 'office', got None; with at: "
+        f"{path}:6: test written at 11:00: rule expected 'office', got None; why: no rule "
+        "matched, so the address book's default applies; with at: "
         "2027-01-11T06:00:00+00:00 it passes: a rule reads the time, and a case without 'at:' "
         "is decided at the present one; give the case an at:"]
 
@@ -291,8 +339,8 @@ def test_example_rules_catch_a_broken_rule(tmp_path: Path) -> None:
         "then: {mailbox: sales, folder: Leads, tags: [sales]}"), encoding="utf-8")
     snap = load_snapshot([str(tmp_path / "rules" / "*.yaml")], Limits(), "mx.example.com")
     lines = run_rule_tests(snap.sections["tests"], snap.decide, tmp_path / "rules")
-    assert len(lines) == 1 and lines[0].endswith(
-        "test sales@ channel: folder expected 'Inbound', got 'Leads'")
+    assert len(lines) == 1 and lines[0].split(": ", 1)[1].startswith(
+        "test sales@ channel: folder expected 'Inbound', got 'Leads'; why: rule 'sales' ("), lines
 
 
 def test_explain_and_a_rule_test_decide_alike_without_a_sender(tmp_path: Path) -> None:
@@ -318,6 +366,77 @@ tests:
     snap = load(*sorted((tmp_path / "rules").glob("*.yaml")), book=None)
     case = [c for c in snap.sections["tests"] if c["name"] == "same as explain"]
     assert run_rule_tests(case, snap.decide, tmp_path / "rules") == []
+
+
+def test_a_case_whose_message_parts_would_be_dropped_or_garbled_is_refused(tmp_path: Path) -> None:
+    """`message:` and `headers:` in one case: the sample was read and the headers dropped
+    without a word (a case meant to try the sample with another Subject tested the sample's
+    own); `Subject: [a, b]` was the subject "['a', 'b']", `body: [a, b]` the body
+    "['a', 'b']", `Cc:` with no value the header "None". Each is named at its line, with
+    the fix, by `check` and `test` alike."""
+    (tmp_path / "samples").mkdir()
+    shutil.copy(ROOT / "rules" / "samples" / "invoice-koi8r.eml", tmp_path / "samples")
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """tests:
+  - name: both
+    message: samples/invoice-koi8r.eml
+    headers: {Subject: hello}
+    rcpt: invoices@example.com
+    expect: {rule: null}
+  - name: list subject
+    headers:
+      From: a@b.example
+      Subject: [a, b]
+    rcpt: sales@example.com
+    expect: {rule: null}
+  - name: list body
+    headers: {Subject: x}
+    body: [a, b]
+    rcpt: sales@example.com
+    expect: {rule: null}
+  - name: empty cc
+    headers: {Subject: x, Cc: }
+    rcpt: sales@example.com
+    expect: {rule: null}
+""", encoding="utf-8")
+    want = [
+        f"{path}:7: test both: gives both 'message:' and 'headers:', and a case is built from "
+        "one of them; keep 'message: FILE.eml', or 'headers:'/'body:' for a message written "
+        "here (a copy of the .eml for a changed one)",
+        f"{path}:13: test list subject: header 'Subject' must be text, not ['a', 'b']; write "
+        "e.g. Subject: 'the text' (quote it if it holds ': ', or starts with [ or {; "
+        "Subject: '' for an empty one)",
+        f"{path}:18: test list body: 'body' must be text, not ['a', 'b']; write e.g. body: "
+        "'the text' (or body: | and the lines below it)",
+        f"{path}:22: test empty cc: header 'Cc' must be text, not nothing; write e.g. Cc: "
+        "'the text' (quote it if it holds ': ', or starts with [ or {; Cc: '' for an empty "
+        "one)"]
+    assert check_rule_tests(yamlsrc.load(path)["tests"], tmp_path) == want
+    snap = load(path)
+    assert run_rule_tests(snap.sections["tests"], snap.decide, tmp_path) == want
+
+
+def test_a_wrong_key_of_a_case_is_named_at_its_own_line(tmp_path: Path) -> None:
+    """`expct:` and `ownr:` were named at the case's `- name:` line, several lines above the
+    typo (a rule's unknown key is named at its own line and column)."""
+    path = tmp_path / "routing.yaml"
+    path.write_text(RULES + """tests:
+  - name: typo
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expct: {folder: X}
+  - name: typo in expect
+    headers: {Subject: x}
+    rcpt: sales@example.com
+    expect:
+      folder: X
+      ownr: x
+""", encoding="utf-8")
+    want = [f"{path}:8: test typo: unknown key 'expct'; did you mean 'expect'?",
+            f"{path}:14: test typo in expect: unknown expect key 'ownr'; did you mean 'owner'?"]
+    assert check_rule_tests(yamlsrc.load(path)["tests"], tmp_path) == want
+    snap = load(path)
+    assert run_rule_tests(snap.sections["tests"], snap.decide, tmp_path) == want
 
 
 def test_two_tests_of_one_name_are_a_warning(tmp_path: Path) -> None:

@@ -246,8 +246,9 @@ def test_error_texts() -> None:
         "ConfigError: f.yaml:1:3: a mapping key must be a plain value; write the key as a name "
         "or an address (quote it if it holds ': ' or starts with [ or {)")
     assert error(loads, "listen:\n  smtp: [127.0.0.1:2525\n") == (
-        "ConfigError: f.yaml:3:1: YAML syntax: did not find expected ',' or ']'; "
-        "check indentation and quoting on that line")
+        "ConfigError: f.yaml:3:1: YAML syntax: did not find expected ',' or ']'; the '[' "
+        "opened on line 2, column 9 is never closed: put its ']' after its last entry, "
+        "before the end of the file")
     assert error(loads, "a: {b: 1, b: 2}\nc: [\n").startswith("ConfigError: f.yaml:3:1: YAML syntax")
 
 
@@ -318,7 +319,20 @@ def test_a_file_in_a_russian_8bit_charset_gets_the_command_to_convert_it(
     with pytest.raises(ConfigError) as info:
         yamlsrc.load(p)
     assert str(info.value).endswith(f"; save the file as UTF-8; it looks like {encoding}: "
-                                    f"iconv -f {encoding} -t UTF-8 company.yaml > company.yaml.new")
+                                    f"iconv -f {encoding} -t UTF-8 {p} > {p}.new && mv {p}.new {p}")
+    _paste_the_fix(str(info.value), tmp_path)
+    assert yamlsrc.load(p)["people"]["ivanov"]["name"] == "Пётр Иванов"
+
+
+def _paste_the_fix(error: str, elsewhere: Any) -> None:
+    """Run the iconv line of the hint as an admin pastes it, from another folder: it named
+    the file without its folder ('iconv ... company.yaml > company.yaml.new'), no file from
+    where the admin stood, and left the converted copy beside it to be moved by hand."""
+    import subprocess
+    command = error.split(": iconv ", 1)[1]
+    folder = elsewhere / "elsewhere"
+    folder.mkdir()
+    subprocess.run("iconv " + command, shell=True, cwd=folder, check=True, timeout=30)
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
@@ -331,7 +345,9 @@ def test_a_file_saved_as_utf16_is_said_so(tmp_path: Any, encoding: str) -> None:
         yamlsrc.load(p)
     assert str(info.value).startswith(f"{p}:1:1: not UTF-8 text (byte 0x")
     assert str(info.value).endswith("; save the file as UTF-8; it is UTF-16: "
-                                    "iconv -f UTF-16 -t UTF-8 company.yaml > company.yaml.new")
+                                    f"iconv -f UTF-16 -t UTF-8 {p} > {p}.new && mv {p}.new {p}")
+    _paste_the_fix(str(info.value), tmp_path)
+    assert yamlsrc.load(p) == {"rules": [], "aliases": {"a@example.com": "mailbox:s"}}
 
 
 @pytest.mark.parametrize("text, want", [
@@ -346,6 +362,41 @@ def test_a_file_saved_as_utf16_is_said_so(tmp_path: Any, encoding: str) -> None:
 def test_a_colon_inside_a_value_gets_the_quotes_to_write(text: str, want: str) -> None:
     """`mailbox: sales` for mailbox:sales, `subject: Re: invoice` unquoted: the commonest
     YAML slip of an ops edit was told only "check indentation and quoting on that line"."""
+    assert error(loads, text) == f"ConfigError: {want}"
+
+
+@pytest.mark.parametrize("text, want", [
+    # the `}` of `then:` forgotten: YAML stops at the next rule, which the hint sent to quoting
+    ("rules:\n  - name: y\n    then: {tags: [a]\n  - name: z\n    then: {tags: [b]}\n",
+     "f.yaml:4:3: YAML syntax: did not find expected ',' or '}'; the '{' opened on line 3, "
+     "column 11 is never closed: put its '}' after its last entry, before line 4"),
+    # ... in a mapping written over two lines
+    ("rules:\n  - name: y\n    then: {tags: [a],\n           folder: X\n  - name: z\n",
+     "f.yaml:5:9: YAML syntax: did not find expected ',' or '}'; the '{' opened on line 3, "
+     "column 11 is never closed: put its '}' after its last entry, before line 5"),
+    # a list's `]` forgotten: it said "check indentation and quoting on that line"
+    ("rules:\n  - name: y\n    then:\n      tags: [a, b\n      folder: X\n",
+     "f.yaml:5:13: YAML syntax: did not find expected ',' or ']'; the '[' opened on line 4, "
+     "column 13 is never closed: put its ']' after its last entry, before line 5"),
+    # closed with the other bracket
+    ("rules:\n  - name: y\n    then: {tags: [a}\n",
+     "f.yaml:3:20: YAML syntax: did not find expected ',' or ']'; the '[' opened on line 3, "
+     "column 18 is closed here with '}': write ']'"),
+    ("rules:\n  - name: y\n    when: {subject: a]\n",
+     "f.yaml:3:22: YAML syntax: did not find expected ',' or '}'; the '{' opened on line 3, "
+     "column 11 is closed here with ']': write '}'"),
+    # a comma missing inside a mapping that goes on: not taken for a bracket left open
+    ("rules:\n  - name: y\n    then: {tags: [a],\n           folder: X\n           priority: h}\n",
+     "f.yaml:5:20: YAML syntax: did not find expected ',' or '}'; in {...}, put a value holding "
+     "': ' in quotes ({subject: 'Re: invoice'}) and separate the entries with ','"),
+    ("tags: [\"a\" b]\n",
+     "f.yaml:1:12: YAML syntax: did not find expected ',' or ']'; in [...], separate the "
+     "entries with ',' and put an entry holding ', ' or ': ' in quotes"),
+])
+def test_a_bracket_left_open_or_closed_with_the_other_names_where_it_opened(text: str,
+                                                                             want: str) -> None:
+    """`then: {tags: [a]` with the next rule below: the error named the next rule's line,
+    told to quote a value holding ': ', and nothing of the `{` left open a line above."""
     assert error(loads, text) == f"ConfigError: {want}"
 
 

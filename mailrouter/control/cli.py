@@ -523,7 +523,7 @@ def add_commands(sub: Any, add: Callable[..., argparse.ArgumentParser],
     h.add_argument("who", type=_who, metavar="ADDRESS|DOMAIN",
                    help="a counterparty's address (their mail, and every message of their "
                    "requests: our replies too), or a domain for all of its addresses")
-    h.add_argument("-n", type=count, default=0, metavar="N", help="at most N messages (0: all)")
+    h.add_argument("-n", type=count, default=0, metavar="N", help="at most N messages (0: all, the default)")
     _formats(h, config=True)
     rl = rsub.add_parser("reloads", help="the newest routing reloads and which process made each",
                          description="the newest routing reloads: time, ok or FAILED, the rule "

@@ -290,7 +290,12 @@ class _Parser:
     def one(self, key: str, value: Any, at: Any) -> Node | None:
         if key in ("any", "all"):
             if not isinstance(value, list) or not value:
-                self.error(f"'{key}' takes a non-empty list of conditions", value, at)
+                # `any: {subject: a, body: b}` was told only "takes a non-empty list"
+                one = "one of them holds" if key == "any" else "all of them hold"
+                self.error(f"'{key}' takes a non-empty list of conditions", value, at,
+                           f"write each condition as a '- ' item under '{key}:', e.g. {key}: "
+                           f"[{{subject: invoice}}, {{attachment: {{glob: '*.pdf'}}}}] "
+                           f"({one})")
                 return None
             parts = [self.condition(v, at) for v in value]
             if any(p is None for p in parts):

@@ -20,7 +20,8 @@ sla (a substring of the decision's SLA string) and rule (the first rule that
 matched, or null for none). The runner calls the daemon's own decide function,
 so a test exercises exactly what the daemon would do. It never raises: a case
 that cannot run (missing file, unknown key) is a failure line too. One line per
-failing case and recipient: "file:line: test NAME: folder expected 'X', got 'Y'".
+failing case and recipient: "file:line: test NAME: folder expected 'X', got 'Y'; why:
+rule 'R' (file:line) matched: subject contains 'y' (value: 'Y 5')" (or "no rule matched").
 
 `check_rule_tests`, given the snapshot's names (`Names.of`), also warns about an
 `expect:` no decision can give: a mailbox the address book does not define, an owner
@@ -56,7 +57,24 @@ Decide = Callable[[Any, str, list[str], "datetime | None"], list[Decision]]
 
 
 class _CaseError(Exception):
-    pass
+    """What is wrong with a case; `at`: the value or key it is about, to name its line."""
+
+    def __init__(self, text: str, at: Any = None) -> None:
+        super().__init__(text)
+        self.at = at
+
+
+@dataclass(frozen=True, slots=True)
+class _Spot:
+    path: str
+    line: int
+    column: int = 0
+
+
+def _key(mapping: Mapping[str, Any], key: Any) -> _Spot | None:
+    """Where `key` of a loaded mapping is written (its line), or None when not known."""
+    mark = (getattr(mapping, "key_marks", None) or {}).get(key)
+    return _Spot(where(mapping)[0], mark[0]) if mark and mark[0] else None
 
 
 def _build_message(case: Mapping[str, Any]) -> bytes:
@@ -77,26 +95,28 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
             return path.read_bytes()
         except NotRegularFile:
             raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
-                             ".eml file") from None
+                             ".eml file", _key(case, "message")) from None
         except OSError as exc:
             raise _CaseError(f"cannot read message {str(path)!r}: {exc.strerror}; a message: "
-                             "path is relative to this routing file's folder") from None
+                             "path is relative to this routing file's folder",
+                             _key(case, "message")) from None
     if case.get("headers") is None and case.get("body") is None:
         raise _CaseError("needs 'message: FILE.eml' or 'headers:'/'body:'")
     return _build_message(case)
 
 
-def _at(value: Any) -> datetime | None:
+def _at(value: Any, spot: Any = None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     if isinstance(value, date) or re.fullmatch(r"\s*\d{4}-\d\d-\d\d\s*", str(value)):
         # taken as 00:00 UTC: a business-hours rule tested "on Monday" never matched
         raise _CaseError(f"'at: {value}' is a day without a time of day; write the time too, "
-                         f"e.g. {str(value).strip()}T10:00:00+03:00")
+                         f"e.g. {str(value).strip()}T10:00:00+03:00", spot)
     try:
         return datetime.fromisoformat(str(value))
     except ValueError:
-        raise _CaseError(f"cannot read time {value!r}; write e.g. 2027-01-11T10:00:00+03:00") from None
+        raise _CaseError(f"cannot read time {value!r}; write e.g. 2027-01-11T10:00:00+03:00",
+                         spot) from None
 
 
 def _actual(d: Decision, key: str) -> Any:
@@ -141,13 +161,15 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
         if any(k in _RULE_KEYS for k in bad):
             raise _CaseError(f"unknown key '{bad[0]}': this looks like a rule; rules go under "
                              "'rules:', this entry is under 'tests:'")
-        raise _CaseError(f"unknown key '{bad[0]}'; {did_you_mean(str(bad[0]), TEST_KEYS)}")
+        raise _CaseError(f"unknown key '{bad[0]}'; {did_you_mean(str(bad[0]), TEST_KEYS)}",
+                         _key(case, bad[0]))
     expect = case.get("expect")
     if not isinstance(expect, Mapping) or not expect:
         raise _CaseError("needs 'expect:' with at least one of " + ", ".join(EXPECT_KEYS))
     bad = [k for k in expect if k not in EXPECT_KEYS]
     if bad:
-        raise _CaseError(f"unknown expect key '{bad[0]}'; {did_you_mean(str(bad[0]), EXPECT_KEYS)}")
+        raise _CaseError(f"unknown expect key '{bad[0]}'; "
+                         f"{did_you_mean(str(bad[0]), EXPECT_KEYS)}", _key(expect, bad[0]))
     rcpts = case.get("rcpt")
     rcpts = rcpts if isinstance(rcpts, list) else [rcpts] if rcpts else []
     if not rcpts:
@@ -155,11 +177,30 @@ def _validate(case: Any) -> tuple[Mapping[str, Any], list[str]]:
                          "sales@example.com (or a list)")
     if any(not isinstance(r, str) for r in rcpts):
         raise _CaseError("'rcpt' must be an address or a list of addresses, not "
-                         f"{case.get('rcpt')!r}")
+                         f"{case.get('rcpt')!r}", _key(case, "rcpt"))
     if case.get("headers") is not None and not isinstance(case["headers"], Mapping):
         # a list here crashed the case with "AttributeError: 'LocList' object has no attribute"
         raise _CaseError("'headers' must be a mapping of header names to values; write e.g. "
-                         "headers: {From: a@b.example, Subject: Invoice}")
+                         "headers: {From: a@b.example, Subject: Invoice}", _key(case, "headers"))
+    if case.get("message") is not None and (case.get("headers") is not None
+                                            or case.get("body") is not None):
+        # the sample was read and `headers:`/`body:` dropped without a word: a case written
+        # to try the sample with another Subject passed or failed on the sample's own
+        given = "headers" if case.get("headers") is not None else "body"
+        raise _CaseError(f"gives both 'message:' and '{given}:', and a case is built from "
+                         "one of them; keep 'message: FILE.eml', or 'headers:'/'body:' for a "
+                         "message written here (a copy of the .eml for a changed one)",
+                         _key(case, given))
+    for name, value in (case.get("headers") or {}).items():
+        if isinstance(value, (list, Mapping)) or value is None:
+            # `Subject: [a, b]` was the subject "['a', 'b']", `From: {a: b}` "{'a': 'b'}"
+            raise _CaseError(f"header {str(name)!r} must be text, not "
+                             f"{'nothing' if value is None else repr(value)}; write e.g. "
+                             f"{name}: 'the text' (quote it if it holds ': ', or starts with "
+                             f"[ or {{; {name}: '' for an empty one)", _key(case["headers"], name))
+    if isinstance(case.get("body"), (list, Mapping)):
+        raise _CaseError(f"'body' must be text, not {case['body']!r}; write e.g. body: "
+                         "'the text' (or body: | and the lines below it)", _key(case, "body"))
     return expect, [str(r) for r in rcpts]
 
 
@@ -171,16 +212,30 @@ def _run_case(case: Any, decide: Decide, base: Path, at: datetime | None = None)
     view = MessageView(_raw(case, base))
     given = case.get("mail_from")
     sender = envelope_sender(None if given is None else str(given), view)
-    decisions = decide(view, sender, rcpts, at or _at(case.get("at")))
+    decisions = decide(view, sender, rcpts, at or _at(case.get("at"), _key(case, "at")))
     lines = []
     for rcpt, d in zip(rcpts, decisions):
         diffs = _compare(d, expect)
         if diffs and d.action.value != "deliver" and "action" not in expect:
             # "mailbox expected 'sales', got None" alone hid why: an unknown address, a loop
             diffs.append(f"the recipient was answered {d.reply} (action {d.action.value})")
+        if diffs and (d.rules or d.action.value == "deliver"):
+            # "mailbox expected 'finance', got 'legal'" did not say which rule took the
+            # message (one of another file, earlier in name order): the rule, where, on what
+            diffs.append(_why(d))
         if diffs:
             lines.append((f"rcpt {rcpt}: " if len(rcpts) > 1 else "") + "; ".join(diffs))
     return lines
+
+
+def _why(d: Decision) -> str:
+    """The rules that decided, each with its file:line and what it matched, or none."""
+    if not d.rules:
+        return "why: no rule matched, so the address book's default applies"
+    return "why: " + ", then ".join(
+        f"rule '{m.name}' ({m.file}:{m.line})" + (f" matched: {m.matched}" if m.matched else
+                                                  " matched: it has no 'when:'")
+        for m in d.rules)
 
 
 def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tuple[str, Path]:
@@ -192,6 +247,13 @@ def _head(tests: Sequence[Any], i: int, case: Any, base_dir: str | Path) -> tupl
         line = marks[i][0]
     base = Path(path).parent if path and not path.startswith("<") else Path(base_dir)
     return f"{path or base_dir}:{line}: {_label(case, i)}", base
+
+
+def _at_line(exc: _CaseError, case: Any, i: int, head: str) -> str:
+    """'file:line: test NAME: ' at the line of what `exc` is about ('expct:' three lines
+    below the case's '- name:'), or `head`."""
+    path, line, _ = where(exc.at)
+    return f"{path}:{line}: {_label(case, i)}" if line and path else head
 
 
 def _label(case: Any, i: int) -> str:
@@ -293,11 +355,11 @@ def check_rule_tests(tests: Sequence[Any], base_dir: str | Path = ".",
                 named[name] = head.rsplit(": test ", 1)[0]
         try:
             expect, rcpts = _validate(case)
-            _at(case.get("at"))      # `test` would fail it: `check` says so first
+            _at(case.get("at"), _key(case, "at"))   # `test` would fail it: `check` says so first
             if case.get("message") is not None:
                 _raw(case, base)     # a missing .eml: `check` says so, not only `test`
         except _CaseError as exc:
-            problems.append(head + str(exc))
+            problems.append(_at_line(exc, case, i, head) + str(exc))
             continue
         if names is not None and "action" not in expect:
             # `rcpt: sale@example.com`: refused at RCPT, no rule ever sees it, and the case
@@ -362,7 +424,7 @@ def run_rule_tests(tests: Sequence[Any], decide: Decide, base_dir: str | Path = 
                               "the case an at:")
             failures.extend(head + text for text in lines)
         except _CaseError as exc:
-            failures.append(head + str(exc))
+            failures.append(_at_line(exc, case, i, head) + str(exc))
         except Exception as exc:   # a crash in one case must not hide the others
             failures.append(head + f"crashed: {type(exc).__name__}: {exc}")
     return failures

@@ -367,6 +367,18 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
             "the routing files define no mailbox and no person: every recipient would be "
             "refused (550 5.1.1)", hint="the file with the address book (mailboxes:, people:, "
             "aliases:) is missing from the files read: " + ", ".join(files)))
+    elif not errors and not skip and not merged["domains"] and (
+            first := _an_address(merged)) is not None:
+        # The file with `domains:` left out of --routing (a rule file tried alone, or with
+        # a file of its own mailboxes and aliases): each address was "not on one of our
+        # domains; add example.com under domains:", one error per address, and the cause
+        # (the address book's file not read) unsaid.
+        raise ConfigErrors([ConfigError(
+            f"the routing files define no domains: every address in them ({first} among "
+            "them) is on no domain of ours, and every recipient would be refused (550 5.1.1)",
+            hint="the file with the address book's 'domains:' is missing from the files read: "
+            + ", ".join(files) + f"; or, for a new domain, write domains: "
+            f"[{first.rpartition('@')[2]}] in one of them")])
     complete = not errors           # every file read, every section where it belongs
     book = rules = None
     try:
@@ -408,6 +420,19 @@ def _load_snapshot(patterns: Sequence[str], limits: Limits, hostname: str,
     return Snapshot(book, rules, digest, tuple(files), {"tests": merged["tests"]},
                     hostname, limits, responders, departments,
                     _domain_where(merged["domains"], book))
+
+
+def _an_address(merged: Mapping[str, Any]) -> str | None:
+    """The first address the merged sections hold (an alias, a moved address, a person's)."""
+    for section in ("aliases", "moved"):
+        for key in merged[section] or ():
+            if isinstance(key, str) and "@" in key:
+                return key
+    for person in (merged["people"] or {}).values():
+        address = person.get("address") if isinstance(person, Mapping) else None
+        if isinstance(address, str) and "@" in address:
+            return address
+    return None
 
 
 def _domain_where(domains: Any, book: AddressBook) -> dict[str, tuple[str, int]]:
