@@ -437,7 +437,10 @@ def _merged(intents: Sequence[tuple[MessageRecord, Sequence[Place]]],
 def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
     """The open intents of a journal: key -> (record, places), done ones left out; the open
     intents of one key (its transactions) merged. A done line `D KEY N` closes intent N of
-    the key; `D KEY` (an earlier version's, which wrote one intent per key) every one."""
+    the key; `D KEY` (an earlier version's, which wrote one intent per key) the intent
+    without a number, that version's: a done line a full disk cut short after the key
+    ("D KEY ", _append_synced) closed every intent of the key, another transaction's whose
+    copies were never recorded too."""
     by_key: dict[str, dict[int | None, tuple[MessageRecord, list[Place]]]] = {}
     try:
         lines = path.read_bytes().splitlines()
@@ -454,8 +457,8 @@ def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
         try:
             if line.startswith(b"D "):
                 key, _, serial = line[2:].decode().partition(" ")
-                if not serial:
-                    by_key.pop(key, None)
+                if not serial:      # an earlier version's: its unnumbered intent only
+                    by_key.get(key, {}).pop(None, None)
                 elif key in by_key:
                     by_key[key].pop(int(serial), None)
             elif line.startswith(b"I "):

@@ -138,3 +138,50 @@ async def test_a_journal_holding_bytes_that_are_not_utf8_is_reconciled(tmp_path)
         assert await registry.delivered_targets(record.key) == {"maildir:sales"}
     finally:
         await registry.close()
+
+
+async def test_a_done_line_a_full_disk_cut_after_the_key_closes_no_other_transaction(tmp_path):
+    """One message split over two transactions (same key) has two intents, numbered, in one
+    journal, both in flight at once. The first was recorded; its done line `D KEY 1` was
+    cut short by a full disk after the key (`D KEY `: _done writes once and does not look
+    at the count). The reader took it for an earlier version's
+    `D KEY`, which closes every intent of the key: the second transaction's copy, stored
+    and never recorded (451 to the sender, the process then killed), was left out of the
+    reconcile. It is recorded."""
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from mailrouter.delivery.maildir import Place
+    from mailrouter.registry import DeliveryRecord, MessageRecord, Registry
+
+    copies = []
+    for box_name in ("sales", "support"):
+        box = tmp_path / "mail" / box_name
+        await Maildir(box, "mx.test").deliver(b"Subject: x\r\n\r\nbody\r\n", "k" * 16)
+        copies.append(Place(f"maildir:{box_name}", str(box), "mr" + "k" * 16))
+    record = MessageRecord(
+        key="k" * 64, received_at=datetime(2026, 12, 1, tzinfo=timezone.utc), protocol="smtp",
+        peer="127.0.0.1", mail_from="client@outside.test", rcpts=("sales@example.com",),
+        message_id=None, from_name="", from_addr="", subject="x", size=20,
+        content_hash="c" * 64, defects=(), ruleset_hash="r" * 16, status="delivered")
+    lines = []
+    for n, (rcpt, place) in enumerate(zip(("sales@example.com", "support@example.com"), copies), 1):
+        rec = dataclasses.replace(record, rcpts=(rcpt,))
+        lines.append(b"I " + intents._ENCODE({"key": record.key, "n": n,
+                                                "record": intents._record_json(rec),
+                                                "copies": [dataclasses.astuple(place)]}).encode())
+    journals = tmp_path / "intents"
+    journals.mkdir()
+    torn = b"D " + record.key.encode() + b" "           # of "D KEY 1\n"
+    # both transactions in flight at once (an MTA delivers a split message in parallel):
+    # both intents, then the first one's done line, cut short, the last bytes written
+    (journals / "99999.0.abcdef.jrn").write_bytes(lines[0] + b"\n" + lines[1] + b"\n" + torn)
+    registry = await Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    try:              # the first transaction's record, as it was committed
+        await registry.record(record, [], [DeliveryRecord("maildir:sales", "delivered", "ok")],
+                              None, [])
+        reader = intents.Intents(journals, lambda p: (Path(p.box) / "new" / p.name).exists())
+        assert await reader.reconcile(registry) == 1
+        assert await registry.delivered_targets(record.key) == {"maildir:sales", "maildir:support"}
+    finally:
+        await registry.close()

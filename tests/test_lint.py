@@ -649,6 +649,36 @@ def test_near_address_among_many_addresses_reads_few_of_them(monkeypatch: Any) -
     assert read and max(read) <= 2 and errs._near_of.cache_info().misses == made + 1
 
 
+def test_controls_check_of_a_replies_typo_keeps_no_index_of_a_big_book() -> None:
+    """Every worker of the daemon checks control.replies against the book at each reload
+    (control.checks.check_control). A typo there among 100,000 addresses made each worker
+    build near_address's index of one-deletion neighbours (430 MB) and keep it in its cache
+    after the reload was refused (MemoryMax=2G: a few workers at once). The hint is the
+    same; the memory a pass over the names takes, and none of it is kept."""
+    import tracemalloc
+    from types import SimpleNamespace
+    from mailrouter.addressbook import errs
+    from mailrouter.config import ControlConfig
+    from mailrouter.control.checks import check_control
+    many = frozenset({f"user{i}@example.com" for i in range(errs.SCAN_ALL * 5)}
+                     | {"replies@example.com"})
+    book = SimpleNamespace(people={}, knows=lambda a: a in many, addresses=lambda: many)
+    errs._near_of.cache_clear()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        errors = check_control(ControlConfig(replies=("replis@example.com",)), book)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [e.hint for e in errors] == ["did you mean 'replies@example.com'?"]
+    # the names sorted once (a list of 10,001: 80 KB) and their deletions one at a time;
+    # the index of 10,000 addresses is some 20 MB
+    assert peak - before < 2_000_000, peak - before
+    assert kept - before < 100_000, kept - before
+    assert errs._near_of.cache_info().currsize == 0
+
+
 def test_the_daemons_did_you_mean_is_a_few_look_ups_among_few_names() -> None:
     """The daemon logs the warnings at each start and reload (daemon._log_warnings), with a
     budget of look-ups: `check`'s index of 100,000 addresses took 4.3 s of worker 0's CPU

@@ -52,7 +52,7 @@ def check_control(cfg: ControlConfig | None, book: Any, path: str = "") -> list[
             + "; people are defined under 'people:' in the routing files")
     for address in cfg.replies:
         if not book.knows(address):
-            close = near_address(address, book.addresses())
+            close = near_address(address, book.addresses(), index=False)   # the daemon's too
             err(address, f"control.replies {address!r} is not an address of the address book",
                 f"did you mean '{close}'?" if close else
                 "add it under aliases: (e.g. 'replies@example.com: mailbox:replies') so the "
