@@ -249,6 +249,30 @@ def test_quoted_local_part_is_its_content() -> None:
     assert b.resolve('"nobody"@example.com').reply == REPLY_UNKNOWN
 
 
+def test_a_quoted_local_part_in_the_book_is_the_address_rcpt_gives() -> None:
+    """An alias written with a quoted local part ('"a b"@example.com', a key the Postfix
+    tables list as skipped) passed `check` but was dead: RCPT unquotes the local part
+    ("a b"@ means a b), the book kept the quotes in its key, so the daemon answered
+    550 5.1.1 to the very address the book defines and `mailrouter address` called it
+    unknown. Keys and targets are now read as RCPT reads them: "info"@ is info@ (and
+    defined twice beside it), "a b"@ stays quoted, a target "a b"@ reaches it."""
+    b = book("  '\"A b\"@example.com': mailbox:sales\n"
+             "  '\"info\"@example.com': mailbox:support\n"
+             "  to-ab@example.com: '\"a b\"@example.com'\n"
+             "  to-ab-detail@example.com: '\"a b+x\"@example.com'\n")
+    assert keys(b, '"a b"@example.com') == keys(b, '"A B"@example.com') == ["sales"]
+    assert keys(b, '"a\\ b"@example.com') == ["sales"]            # "a\ b" is a b
+    res = b.resolve('"a b+Q"@example.com')
+    assert res.reply is None and res.detail == "Q" and [t.key for t in res.targets] == ["sales"]
+    assert keys(b, "info@example.com") == keys(b, '"info"@example.com') == ["support"]
+    assert keys(b, "to-ab@example.com") == keys(b, "to-ab-detail@example.com") == ["sales"]
+    assert b.addresses() >= {'"a b"@example.com', "info@example.com"}
+    assert errors("  sales@example.com: mailbox:sales\n"
+                  "  '\"sales\"@example.com': mailbox:support\n") == [
+        "t.yaml:15:3: address sales@example.com is defined twice (an alias; first at "
+        "t.yaml:14); keep one definition"]
+
+
 def test_moved_deliver_and_refuse() -> None:
     """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
     b = book("  sales@example.com: mailbox:sales\n",
