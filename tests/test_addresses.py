@@ -273,6 +273,22 @@ def test_a_quoted_local_part_in_the_book_is_the_address_rcpt_gives() -> None:
         "t.yaml:14); keep one definition"]
 
 
+def test_a_group_listing_itself_is_told_to_take_itself_out() -> None:
+    """g@: [ivanov, g@, mailbox:sales] was refused with "alias g@ maps to itself ... add a
+    person with address: g@, or point the alias at mailbox:NAME": a fix for a one-target
+    alias that makes a person of a list. The group is told to take itself out of its list;
+    an alias whose only target is itself keeps its message."""
+    assert errors("  g@example.com: [ivanov, G@example.com, sales@example.com]\n"
+                  "  sales@example.com: mailbox:sales\n"
+                  "  self@example.com: self@example.com\n") == [
+        "t.yaml:14:27: group g@example.com lists itself, but no person has this address; "
+        "remove g@example.com from its own list (its other targets each get one copy), or "
+        "add a person with address: g@example.com to keep a copy here",
+        "t.yaml:16:21: alias self@example.com maps to itself, but no person has this "
+        "address; to deliver here, add a person with address: self@example.com, or point "
+        "the alias at mailbox:NAME"]
+
+
 def test_moved_deliver_and_refuse() -> None:
     """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
     b = book("  sales@example.com: mailbox:sales\n",

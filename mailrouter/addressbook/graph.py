@@ -223,9 +223,16 @@ class _Memo:
         return edges
 
 
-def _self_edge(c: Collector, p: Parts, src: str, edge: Edge) -> Edge | None:
+def _self_edge(c: Collector, p: Parts, src: str, edge: Edge, group: bool = False) -> Edge | None:
     key = p.by_address.get(src)
     if key is None:
+        if group:
+            # a group listing itself: the fix is to take it out of its own list, not to make
+            # a person of a list address (which the single-target message below advises)
+            c.add(f"group {src} lists itself, but no person has this address", edge.at,
+                  f"remove {src} from its own list (its other targets each get one copy), "
+                  f"or add a person with address: {src} to keep a copy here")
+            return None
         c.add(f"alias {src} maps to itself, but no person has this address", edge.at,
               f"to deliver here, add a person with address: {src}, "
               "or point the alias at mailbox:NAME")
@@ -240,7 +247,7 @@ def _alias_node(c: Collector, p: Parts, src: str, key: Any, parsed: list[Edge]) 
     for edge in parsed:
         if edge.dest == src:
             has_self = True
-            fixed = _self_edge(c, p, src, edge)
+            fixed = _self_edge(c, p, src, edge, len(parsed) > 1)
             if fixed is not None:
                 edges.append(fixed)
         else:
