@@ -289,6 +289,16 @@ def test_a_group_listing_itself_is_told_to_take_itself_out() -> None:
         "the alias at mailbox:NAME"]
 
 
+def test_a_catch_all_is_refused_saying_there_is_none() -> None:
+    """'@example.com: mailbox:sales' (Postfix's catch-all) was refused with "is not an
+    address; write local@domain", leaving the admin to guess whether a catch-all exists
+    in some other spelling. It says there is none, and what happens to other addresses."""
+    assert errors("  '@example.com': mailbox:sales\n") == [
+        "t.yaml:14:3: alias '@example.com' is a catch-all, which the address book does not "
+        "have: it takes only the addresses it lists, and refuses any other with 550 5.1.1 "
+        "at RCPT; list each address that should take mail (local@domain)"]
+
+
 def test_moved_deliver_and_refuse() -> None:
     """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
     b = book("  sales@example.com: mailbox:sales\n",

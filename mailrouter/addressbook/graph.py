@@ -279,6 +279,13 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
         for key, value in box.items():
             src = canon(key if isinstance(key, str) else str(key))
             if src is None:
+                if str(key).startswith("@") and "@" not in str(key)[1:]:
+                    # Postfix's catch-all form: say there is none, not only "local@domain"
+                    c.add(f"alias {str(key)!r} is a catch-all, which the address book does not "
+                          "have: it takes only the addresses it lists, and refuses any other "
+                          "with 550 5.1.1 at RCPT", key, "list each address that should take "
+                          "mail (local@domain)", box)
+                    continue
                 c.add(f"alias {str(key)!r} is not an address", key, "write local@domain", box)
                 continue
             if src not in by_address:
