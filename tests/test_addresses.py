@@ -299,6 +299,20 @@ def test_a_catch_all_is_refused_saying_there_is_none() -> None:
         "at RCPT; list each address that should take mail (local@domain)"]
 
 
+def test_a_person_outside_our_domains_is_not_told_to_add_their_domain() -> None:
+    """A person with address: x@gmail.com was told "add gmail.com under domains:": done,
+    mailrouter takes gmail.com's mail and `mailrouter postfix` routes the whole domain to
+    it. Someone outside is told the way that works: a mailbox {smtp: ...} for them."""
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.build(loads("domains: [example.com]\npeople:\n  ext: {address: x@gmail.com}\n",
+                                "t.yaml"))
+    assert [str(e) for e in info.value.errors] == [
+        "t.yaml:3:18: address x@gmail.com (the address of person 'ext') is not on one of "
+        "our domains; correct the address, or add gmail.com under domains: if it is ours; "
+        "for someone outside, leave out address: and give mailbox: NAME, a mailbox "
+        "{smtp: x@gmail.com}"]
+
+
 def test_moved_deliver_and_refuse() -> None:
     """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
     b = book("  sales@example.com: mailbox:sales\n",
