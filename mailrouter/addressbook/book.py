@@ -91,7 +91,7 @@ class AddressBook:
         add_moved(c, p, nodes)
         forms = add_detail_forms(p, nodes)
         check_dangling(c, nodes)
-        plans = expand_all(c, nodes, limits) if not c.errors else {}
+        plans = expand_all(c, nodes, limits, forms) if not c.errors else {}
         c.raise_if_any()
         del nodes                   # the edges hold the loaded values (file:line): errors only
         return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,

@@ -127,10 +127,13 @@ def acyclic_order(nodes: Graph) -> list[str] | None:
     return order
 
 
-def report_cycle(c: Collector, nodes: Graph, comp: list[str]) -> None:
-    """One error per cycle: its shortest loop through its smallest address, edge by edge."""
+def report_cycle(c: Collector, nodes: Graph, comp: list[str],
+                 forms: frozenset[str] = frozenset()) -> None:
+    """One error per cycle: its shortest loop through its smallest address, edge by edge.
+    Not from a +detail form (`forms`): `c@: c+x@` starts at c@, the alias the admin wrote,
+    not at c+x@ ('+' sorts before '@'), which no one defined."""
     members = set(comp)
-    start = min(comp)
+    start = min(comp, key=lambda a: (a in forms, a))
     prev: dict[str, tuple[str, Edge]] = {}
     queue = deque([start])
     while queue:
@@ -197,7 +200,8 @@ make_target = _target_maker()
 Plan = str | tuple[Target, ...] | list[tuple[Any, int]]
 
 
-def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
+def expand_all(c: Collector, nodes: Graph, limits: Limits,
+               forms: frozenset[str] = frozenset()) -> dict[str, Plan]:
     """Every address -> the plan of its final targets (deduplicated, with paths); errors
     collected. `materialize` turns a plan into Targets, once per address, when asked.
 
@@ -220,7 +224,7 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
     for comp in comps:
         if type(comp) is list:
             if len(comp) > 1:
-                report_cycle(c, nodes, comp)
+                report_cycle(c, nodes, comp, forms)
                 continue
             comp = comp[0]
         node: str = comp    # type: ignore[assignment]
