@@ -329,6 +329,27 @@ def test_moved_deliver_and_refuse() -> None:
         REPLY_MOVED.code, REPLY_MOVED.status) and "<new@other.org>" in gone.reply.text
 
 
+def test_a_moved_address_may_move_on_to_another_moved_one_in_any_order() -> None:
+    """old1@ -> old2@ -> sales@, both moved with deliver: true: refused with "moved address
+    old1@ delivers to old2@, which is not a known address" when old1@ was written first,
+    taken when it came second. Now taken in either order (a detail form of a moved address
+    too); two moved addresses pointing at each other are an alias loop, said as one."""
+    head = "  sales@example.com: mailbox:sales\n"
+    for moved in ("moved:\n  old1@example.com: {now: old2@example.com}\n"
+                  "  old2@example.com: {now: sales@example.com}\n"
+                  "  old3@example.com: {now: old2+x@example.com}\n",
+                  "moved:\n  old3@example.com: {now: old2+x@example.com}\n"
+                  "  old2@example.com: {now: sales@example.com}\n"
+                  "  old1@example.com: {now: old2@example.com}\n"):
+        b = book(head, moved)
+        assert [t.path for t in b.resolve("old1@example.com").targets] == [
+            ("old1@example.com", "old2@example.com", "sales@example.com", "mailbox:sales")]
+        assert keys(b, "old3@example.com") == ["sales"]
+    errs = errors(head, "moved:\n  old1@example.com: {now: old2@example.com}\n"
+                        "  old2@example.com: {now: old1@example.com}\n")
+    assert len(errs) == 1 and "alias loop of 2: old1@example.com -> old2@example.com" in errs[0]
+
+
 def test_group_of_50_is_50_targets() -> None:
     """A group of 50 people gives exactly 50 copies."""
     people = "".join(f"  p{i}: {{address: p{i}@example.com}}\n" for i in range(50))

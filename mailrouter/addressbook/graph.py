@@ -11,7 +11,7 @@ Expansions are then computed sinks-first, so each node is expanded once and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..values import Target, written_folder_problem
@@ -318,10 +318,19 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
 def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
     """Moved addresses that still deliver follow their `now` address (which may carry a
     +detail of a known address: `add_detail_forms` follows it)."""
+    if not p.moved:
+        return
     for old, moved in p.moved.items():
         if not moved.deliver:
             nodes[old] = []
-        elif moved.now not in nodes and _detail_base(p, nodes, moved.now) is None:
+    # Every moved address that delivers is known before any is checked: old1@ -> old2@ ->
+    # sales@ (old2@ moved too) was refused with "old2@ is not a known address" when old1@
+    # came first in the file and taken when it came second.
+    known = nodes.keys() | {old for old, moved in p.moved.items() if moved.deliver}
+    for old, moved in p.moved.items():
+        if not moved.deliver:
+            continue
+        if moved.now not in known and _detail_base(p, known, moved.now) is None:
             at = p.moved_at[old]
             if moved.now.rpartition("@")[2] not in p.domains:
                 # "define someone@gmail.com (an alias ...)": an alias of another domain is
@@ -337,7 +346,7 @@ def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
             nodes[old] = [Edge(moved.now, (), p.moved_at[old])]
 
 
-def _detail_base(p: Parts, nodes: dict[str, list[Edge]], address: str) -> str | None:
+def _detail_base(p: Parts, nodes: Container[str], address: str) -> str | None:
     """The known address `address` (canonical, not itself known) is a +detail form of, as
     `AddressBook.resolve` reads an envelope recipient: `bob+sales@` is `bob@` (split at the
     first separator, never leaving an empty local part); None when it is none."""
