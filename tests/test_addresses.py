@@ -348,6 +348,13 @@ def test_a_moved_address_may_move_on_to_another_moved_one_in_any_order() -> None
     errs = errors(head, "moved:\n  old1@example.com: {now: old2@example.com}\n"
                         "  old2@example.com: {now: old1@example.com}\n")
     assert len(errs) == 1 and "alias loop of 2: old1@example.com -> old2@example.com" in errs[0]
+    # a group listing a moved address whose now: is refused: that error alone, not also
+    # "grp@ points to unknown address old1@; define old1@ under aliases:" (defined, as moved)
+    assert errors(head + "  grp@example.com: [old1@example.com, sales@example.com]\n",
+                  "moved:\n  old1@example.com: {now: nobody@example.com}\n") == [
+        "t.yaml:14:27: moved address old1@example.com delivers to nobody@example.com, which "
+        "is not a known address; define nobody@example.com (an alias or a person's address), "
+        "or set deliver: false"]
 
 
 def test_group_of_50_is_50_targets() -> None:

@@ -90,7 +90,7 @@ class AddressBook:
         _parse_moved(c, sections.get("moved"), p)
         add_moved(c, p, nodes)
         forms = add_detail_forms(p, nodes)
-        check_dangling(c, nodes)
+        check_dangling(c, nodes, p.moved)
         plans = expand_all(c, nodes, limits, forms) if not c.errors else {}
         c.raise_if_any()
         del nodes                   # the edges hold the loaded values (file:line): errors only

@@ -381,10 +381,14 @@ def add_detail_forms(p: Parts, nodes: dict[str, list[Edge]]) -> frozenset[str]:
     return frozenset(forms)
 
 
-def check_dangling(c: Collector, nodes: dict[str, list[Edge]]) -> None:
+def check_dangling(c: Collector, nodes: dict[str, list[Edge]],
+                   moved: Container[str] = ()) -> None:
+    """An edge to an address that is no node. A `moved` address is one whose `now:` was
+    refused (`add_moved` said why): "define old@ under aliases:" would only add "defined
+    twice" to that error."""
     for src, edges in nodes.items():
         for edge in edges:
-            if edge.dest is not None and edge.dest not in nodes:
+            if edge.dest is not None and edge.dest not in nodes and edge.dest not in moved:
                 near = [n for n in nodes if n[:1] == edge.dest[:1]
                         and n.endswith(edge.dest.partition("@")[2])]
                 close = did_you_mean(edge.dest, near, "addresses", listing=False)
