@@ -427,7 +427,7 @@ def test_a_chain_too_deep_is_named_at_its_start_with_the_whole_chain() -> None:
     """A chain written from a0@ over the limit was reported from the address where it crossed
     it (a3@, line 17), which the admin never wrote as a start, with only the part below it.
     Now: at a0@'s line, every address down to the end, where it crosses, and the group that
-    leads into it counted."""
+    leads into it counted; the fix names each address of the chain over the limit."""
     chain = "".join(f"  a{i}@example.com: a{i + 1}@example.com\n" for i in range(7))
     errs = errors(chain + "  a7@example.com: mailbox:sales\n"
                   "  g@example.com: [ivanov, a2@example.com]\n", limits=Limits(max_depth=4))
@@ -435,8 +435,15 @@ def test_a_chain_too_deep_is_named_at_its_start_with_the_whole_chain() -> None:
         "t.yaml:14:19: alias chain from a0@example.com is 8 addresses deep (limit 4): "
         + " -> ".join(f"a{i}@example.com" for i in range(8))
         + "; it passes the limit at a3@example.com (t.yaml:17); 1 other address(es) lead into "
-        "it and are refused with it; shorten the chain: point a0@example.com straight at the "
-        "final target (the limit is limits.max_alias_depth in config.yaml)"]
+        "it and are refused with it; shorten the chain: point each of a0@example.com, "
+        "a1@example.com, a2@example.com, a3@example.com (each starts a chain over the limit) "
+        "straight at the final target (the limit is limits.max_alias_depth in config.yaml)"]
+    # the fix names every address over the limit: a0@ alone pointed at the end left a1@
+    # refused at the next check, then a2@, a3@: one round per address
+    fixed = chain.replace("  a0@example.com: a1@example.com\n", "  a0@example.com: mailbox:sales\n")
+    errs = errors(fixed + "  a7@example.com: mailbox:sales\n"
+                  "  g@example.com: [ivanov, a2@example.com]\n", limits=Limits(max_depth=4))
+    assert len(errs) == 1 and "alias chain from a1@example.com" in errs[0]
 
 
 # --- Loading that cannot explode (issue 9) ---------------------------------------------

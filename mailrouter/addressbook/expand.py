@@ -299,6 +299,7 @@ def _blame(behind: dict[str, tuple[str, int, str]], node: str, dest: str) -> Non
 
 
 SHOWN_CHAIN = 40     # addresses of a chain an error lists; a longer one is cut in the middle
+SHOWN_OVER = 8       # addresses over the depth limit a fix names; more are counted
 
 
 def _report_deep(c: Collector, nodes: Graph, depth: dict[str, int],
@@ -323,10 +324,18 @@ def _report_deep(c: Collector, nodes: Graph, depth: dict[str, int],
     others = len(above) - hops
     also = (f"; {others} other address(es) lead into it and are refused with it"
             if others > 0 else "")
+    # every address from the start down to `node` starts a chain over the limit: pointing
+    # only the start at the final target left the next one refused at the next check, one
+    # round per address
+    over = chain[:chain.index(node) + 1]
+    names = over if len(over) <= SHOWN_OVER else (
+        over[:SHOWN_OVER - 1] + [f"({len(over) - SHOWN_OVER} more)", over[-1]])
+    which = (f"point {start}" if len(over) == 1
+             else f"point each of {', '.join(names)} (each starts a chain over the limit)")
     c.add(f"alias chain from {start} is {len(chain)} addresses deep "
           f"(limit {max_depth}): {' -> '.join(shown)}{where}{also}",
           _first_at(nodes[start]) if start != node else _first_at(edges),
-          f"shorten the chain: point {start} straight at the final target "
+          f"shorten the chain: {which} straight at the final target "
           "(the limit is limits.max_alias_depth in config.yaml)")
 
 
