@@ -138,9 +138,11 @@ def test_a_detail_target_meets_whole_addresses_first_and_loops_are_refused() -> 
     b = book("  c@example.com: c++@example.com\n  c++@example.com: mailbox:support\n")
     assert [t.path for t in b.resolve("c@example.com").targets] == [
         ("c@example.com", "c++@example.com", "mailbox:support")]
+    # told from c@, the alias written, not from c+x@ ('+' sorts before '@'), which no one
+    # defined: "loop of 2: c+x@ -> c@ -> c+x@" read as if c+x@ were an alias somewhere
     assert errors("  c@example.com: [mailbox:sales, c+x@example.com]\n") == [
-        "t.yaml:14:34: alias loop of 2: c+x@example.com -> c@example.com (t.yaml:14) -> "
-        "c+x@example.com (t.yaml:14); break the loop: point one of these at a mailbox, a person "
+        "t.yaml:14:34: alias loop of 2: c@example.com -> c+x@example.com (t.yaml:14) -> "
+        "c@example.com (t.yaml:14); break the loop: point one of these at a mailbox, a person "
         "or a team"]
     errs = errors("  a@example.com: nobody+x@example.com\n")
     assert len(errs) == 1 and "points to unknown address nobody+x@example.com" in errs[0]
@@ -249,6 +251,70 @@ def test_quoted_local_part_is_its_content() -> None:
     assert b.resolve('"nobody"@example.com').reply == REPLY_UNKNOWN
 
 
+def test_a_quoted_local_part_in_the_book_is_the_address_rcpt_gives() -> None:
+    """An alias written with a quoted local part ('"a b"@example.com', a key the Postfix
+    tables list as skipped) passed `check` but was dead: RCPT unquotes the local part
+    ("a b"@ means a b), the book kept the quotes in its key, so the daemon answered
+    550 5.1.1 to the very address the book defines and `mailrouter address` called it
+    unknown. Keys and targets are now read as RCPT reads them: "info"@ is info@ (and
+    defined twice beside it), "a b"@ stays quoted, a target "a b"@ reaches it."""
+    b = book("  '\"A b\"@example.com': mailbox:sales\n"
+             "  '\"info\"@example.com': mailbox:support\n"
+             "  to-ab@example.com: '\"a b\"@example.com'\n"
+             "  to-ab-detail@example.com: '\"a b+x\"@example.com'\n")
+    assert keys(b, '"a b"@example.com') == keys(b, '"A B"@example.com') == ["sales"]
+    assert keys(b, '"a\\ b"@example.com') == ["sales"]            # "a\ b" is a b
+    res = b.resolve('"a b+Q"@example.com')
+    assert res.reply is None and res.detail == "Q" and [t.key for t in res.targets] == ["sales"]
+    assert keys(b, "info@example.com") == keys(b, '"info"@example.com') == ["support"]
+    assert keys(b, "to-ab@example.com") == keys(b, "to-ab-detail@example.com") == ["sales"]
+    assert b.addresses() >= {'"a b"@example.com', "info@example.com"}
+    assert errors("  sales@example.com: mailbox:sales\n"
+                  "  '\"sales\"@example.com': mailbox:support\n") == [
+        "t.yaml:15:3: address sales@example.com is defined twice (an alias; first at "
+        "t.yaml:14); keep one definition"]
+
+
+def test_a_group_listing_itself_is_told_to_take_itself_out() -> None:
+    """g@: [ivanov, g@, mailbox:sales] was refused with "alias g@ maps to itself ... add a
+    person with address: g@, or point the alias at mailbox:NAME": a fix for a one-target
+    alias that makes a person of a list. The group is told to take itself out of its list;
+    an alias whose only target is itself keeps its message."""
+    assert errors("  g@example.com: [ivanov, G@example.com, sales@example.com]\n"
+                  "  sales@example.com: mailbox:sales\n"
+                  "  self@example.com: self@example.com\n") == [
+        "t.yaml:14:27: group g@example.com lists itself, but no person has this address; "
+        "remove g@example.com from its own list (its other targets each get one copy), or "
+        "add a person with address: g@example.com to keep a copy here",
+        "t.yaml:16:21: alias self@example.com maps to itself, but no person has this "
+        "address; to deliver here, add a person with address: self@example.com, or point "
+        "the alias at mailbox:NAME"]
+
+
+def test_a_catch_all_is_refused_saying_there_is_none() -> None:
+    """'@example.com: mailbox:sales' (Postfix's catch-all) was refused with "is not an
+    address; write local@domain", leaving the admin to guess whether a catch-all exists
+    in some other spelling. It says there is none, and what happens to other addresses."""
+    assert errors("  '@example.com': mailbox:sales\n") == [
+        "t.yaml:14:3: alias '@example.com' is a catch-all, which the address book does not "
+        "have: it takes only the addresses it lists, and refuses any other with 550 5.1.1 "
+        "at RCPT; list each address that should take mail (local@domain)"]
+
+
+def test_a_person_outside_our_domains_is_not_told_to_add_their_domain() -> None:
+    """A person with address: x@gmail.com was told "add gmail.com under domains:": done,
+    mailrouter takes gmail.com's mail and `mailrouter postfix` routes the whole domain to
+    it. Someone outside is told the way that works: a mailbox {smtp: ...} for them."""
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.build(loads("domains: [example.com]\npeople:\n  ext: {address: x@gmail.com}\n",
+                                "t.yaml"))
+    assert [str(e) for e in info.value.errors] == [
+        "t.yaml:3:18: address x@gmail.com (the address of person 'ext') is not on one of "
+        "our domains; correct the address, or add gmail.com under domains: if it is ours; "
+        "for someone outside, leave out address: and give mailbox: NAME, a mailbox "
+        "{smtp: x@gmail.com}"]
+
+
 def test_moved_deliver_and_refuse() -> None:
     """Moved with deliver: true follows now (path shows it); deliver: false is 551 5.1.6."""
     b = book("  sales@example.com: mailbox:sales\n",
@@ -261,6 +327,34 @@ def test_moved_deliver_and_refuse() -> None:
     assert b.knows("gone@example.com") and gone.targets == ()
     assert gone.reply is not None and (gone.reply.code, gone.reply.status) == (
         REPLY_MOVED.code, REPLY_MOVED.status) and "<new@other.org>" in gone.reply.text
+
+
+def test_a_moved_address_may_move_on_to_another_moved_one_in_any_order() -> None:
+    """old1@ -> old2@ -> sales@, both moved with deliver: true: refused with "moved address
+    old1@ delivers to old2@, which is not a known address" when old1@ was written first,
+    taken when it came second. Now taken in either order (a detail form of a moved address
+    too); two moved addresses pointing at each other are an alias loop, said as one."""
+    head = "  sales@example.com: mailbox:sales\n"
+    for moved in ("moved:\n  old1@example.com: {now: old2@example.com}\n"
+                  "  old2@example.com: {now: sales@example.com}\n"
+                  "  old3@example.com: {now: old2+x@example.com}\n",
+                  "moved:\n  old3@example.com: {now: old2+x@example.com}\n"
+                  "  old2@example.com: {now: sales@example.com}\n"
+                  "  old1@example.com: {now: old2@example.com}\n"):
+        b = book(head, moved)
+        assert [t.path for t in b.resolve("old1@example.com").targets] == [
+            ("old1@example.com", "old2@example.com", "sales@example.com", "mailbox:sales")]
+        assert keys(b, "old3@example.com") == ["sales"]
+    errs = errors(head, "moved:\n  old1@example.com: {now: old2@example.com}\n"
+                        "  old2@example.com: {now: old1@example.com}\n")
+    assert len(errs) == 1 and "alias loop of 2: old1@example.com -> old2@example.com" in errs[0]
+    # a group listing a moved address whose now: is refused: that error alone, not also
+    # "grp@ points to unknown address old1@; define old1@ under aliases:" (defined, as moved)
+    assert errors(head + "  grp@example.com: [old1@example.com, sales@example.com]\n",
+                  "moved:\n  old1@example.com: {now: nobody@example.com}\n") == [
+        "t.yaml:14:27: moved address old1@example.com delivers to nobody@example.com, which "
+        "is not a known address; define nobody@example.com (an alias or a person's address), "
+        "or set deliver: false"]
 
 
 def test_group_of_50_is_50_targets() -> None:
@@ -333,7 +427,7 @@ def test_a_chain_too_deep_is_named_at_its_start_with_the_whole_chain() -> None:
     """A chain written from a0@ over the limit was reported from the address where it crossed
     it (a3@, line 17), which the admin never wrote as a start, with only the part below it.
     Now: at a0@'s line, every address down to the end, where it crosses, and the group that
-    leads into it counted."""
+    leads into it counted; the fix names each address of the chain over the limit."""
     chain = "".join(f"  a{i}@example.com: a{i + 1}@example.com\n" for i in range(7))
     errs = errors(chain + "  a7@example.com: mailbox:sales\n"
                   "  g@example.com: [ivanov, a2@example.com]\n", limits=Limits(max_depth=4))
@@ -341,8 +435,15 @@ def test_a_chain_too_deep_is_named_at_its_start_with_the_whole_chain() -> None:
         "t.yaml:14:19: alias chain from a0@example.com is 8 addresses deep (limit 4): "
         + " -> ".join(f"a{i}@example.com" for i in range(8))
         + "; it passes the limit at a3@example.com (t.yaml:17); 1 other address(es) lead into "
-        "it and are refused with it; shorten the chain: point a0@example.com straight at the "
-        "final target (the limit is limits.max_alias_depth in config.yaml)"]
+        "it and are refused with it; shorten the chain: point each of a0@example.com, "
+        "a1@example.com, a2@example.com, a3@example.com (each starts a chain over the limit) "
+        "straight at the final target (the limit is limits.max_alias_depth in config.yaml)"]
+    # the fix names every address over the limit: a0@ alone pointed at the end left a1@
+    # refused at the next check, then a2@, a3@: one round per address
+    fixed = chain.replace("  a0@example.com: a1@example.com\n", "  a0@example.com: mailbox:sales\n")
+    errs = errors(fixed + "  a7@example.com: mailbox:sales\n"
+                  "  g@example.com: [ivanov, a2@example.com]\n", limits=Limits(max_depth=4))
+    assert len(errs) == 1 and "alias chain from a1@example.com" in errs[0]
 
 
 # --- Loading that cannot explode (issue 9) ---------------------------------------------

@@ -115,6 +115,20 @@ def test_address_query_gives_the_reply_rcpt_gives_before_the_book():
         "<sales@example.com>", True, "sales@example.com")
 
 
+def test_address_query_finds_an_alias_with_a_quoted_local_part(tmp_path):
+    """'"a b"@example.com: ...' passed `check`, and `mailrouter address '"a b"@example.com'`
+    (like the daemon's RCPT) called it unknown: 550 5.1.1 for an address of the book."""
+    (tmp_path / "book.yaml").write_text(
+        "domains: [example.com]\nrules: []\nmailboxes: {sales: {maildir: sales}}\n"
+        "aliases:\n  '\"a b\"@example.com': mailbox:sales\n", encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(f"routing: ['{tmp_path / 'book.yaml'}']\n",
+                                          encoding="utf-8")
+    for query in ('"a b"@example.com', '"A B+x"@example.com', '<"a\\ b"@example.com>'):
+        js = json.loads(mr("address", "-c", str(tmp_path / "config.yaml"), "--json", query).stdout)
+        assert (js["known"], js["address"], [t["mailbox"] for t in js["targets"]]) == (
+            True, '"a b"@example.com', ["sales"]), query
+
+
 def test_address_export_csv_and_json_list_every_address():
     """export: one CSV row (and one JSON object) per known address, sorted, with targets,
     person and moved state; both forms list the same addresses."""

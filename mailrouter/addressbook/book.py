@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -10,7 +9,7 @@ from typing import Any
 
 from ..values import REPLY_MOVED, REPLY_REFUSED_ADDRESS, REPLY_UNKNOWN, Reply
 from ..yamlsrc import load, no_gc
-from .canon import canonical_domain, detail_split, domain_problem
+from .canon import canonical_domain, detail_split, domain_problem, local_form, unquote_local
 from .errs import Collector
 from .compact import Expansions
 from .expand import expand_all, make_target
@@ -91,8 +90,8 @@ class AddressBook:
         _parse_moved(c, sections.get("moved"), p)
         add_moved(c, p, nodes)
         forms = add_detail_forms(p, nodes)
-        check_dangling(c, nodes)
-        plans = expand_all(c, nodes, limits) if not c.errors else {}
+        check_dangling(c, nodes, p.moved)
+        plans = expand_all(c, nodes, limits, forms) if not c.errors else {}
         c.raise_if_any()
         del nodes                   # the edges hold the loaded values (file:line): errors only
         return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,
@@ -124,10 +123,10 @@ class AddressBook:
                          if (found := self._lookup(f"postmaster@{d}")) is not None), None)
         if not at or not local:
             return None
-        if len(local) > 1 and local[0] == local[-1] == '"':
-            # "sales+Clients VIP"@ is sales@ with a detail: a quoted local part means
-            # its content (RFC 5321 4.1.2), backslash escapes undone
-            local = re.sub(r"\\(.)", r"\1", local[1:-1])
+        # "sales+Clients VIP"@ is sales@ with a detail: a quoted local part means its
+        # content (RFC 5321 4.1.2), backslash escapes undone, in the one form the book's
+        # keys have (canon.local_form: "a b"@ stays quoted, "info"@ is info@)
+        local = local_form(unquote_local(local))
         domain = canonical_domain(domain)
         if domain not in self.domains:
             return None

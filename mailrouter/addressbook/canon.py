@@ -5,8 +5,12 @@ decoded, a U-label goes through IDNA 2003 nameprep, both via the stdlib
 `encodings.idna`); the local part lower-cased unless `local_part_case: sensitive`;
 the `+detail` split off and returned separately.
 
-Known limits: quoted local parts (`"a b"@x`) are kept as written, quotes included;
-IDNA 2003, not 2008 (the stdlib has no 2008 codec): the few labels the two
+A quoted local part means its content (RFC 5321 4.1.2), as RCPT reads it: `"info"@x` is
+`info@x`, `"a\\ b"@x` is `"a b"@x` (`local_form`: quoted only when the content needs it,
+escapes written only for `"` and `\\`). The book's keys were kept as written, quotes
+included, while RCPT unquoted: an alias '"a b"@x' was accepted and never reached (550 5.1.1).
+
+Known limits: IDNA 2003, not 2008 (the stdlib has no 2008 codec): the few labels the two
 disagree on (ß, ς) map as 2003 does. A domain the codec refuses is only
 lower-cased, so such an address is simply unknown, never a crash.
 
@@ -25,6 +29,7 @@ root) is dropped.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (registers the "idna" codec)
+import re
 import stringprep
 import unicodedata
 from collections.abc import Callable, Collection
@@ -33,9 +38,31 @@ from functools import lru_cache
 from .model import Options
 
 __all__ = ["canonical_domain", "domain_problem", "split_address", "canonical", "canonicaliser",
-           "on_our_domains", "a_label"]
+           "on_our_domains", "a_label", "unquote_local", "local_form"]
 
 _DOT_LIKE = frozenset("\u3002\uff0e\uff61")      # IDNA 2003 reads each as a '.'
+
+
+# What a local part cannot hold unquoted without being read as something else: white space,
+# a control, '"', '\\', '@'. Other specials (`=sum(1+1)@`) are kept as written, as before.
+_NEEDS_QUOTES = re.compile(r'[\s\x00-\x1f\x7f"\\@]')
+_ESCAPED = re.compile(r"\\(.)")
+
+
+def unquote_local(local: str) -> str:
+    """The content of a quoted local part (backslash escapes undone); any other as it is."""
+    if len(local) > 1 and local[0] == local[-1] == '"':
+        return _ESCAPED.sub(r"\1", local[1:-1])
+    return local
+
+
+def local_form(content: str) -> str:
+    """The one written form of a local part's content: as it is unless it holds what
+    `_NEEDS_QUOTES` finds (or is empty), else quoted, with only `"` and `\\` escaped.
+    `unquote_local` undoes it."""
+    if content and _NEEDS_QUOTES.search(content) is None:
+        return content
+    return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _root_dot(domain: str) -> str:
@@ -112,6 +139,8 @@ def _local_domain(address: str, options: Options) -> tuple[str, str] | None:
     local, at, domain = a.rpartition("@")
     if not at or not local or not domain or ("@" in local and local[0] != '"'):
         return None     # a@b@example.com: an unquoted '@' in the local part is no address
+    if local[0] == '"' or _NEEDS_QUOTES.search(local) is not None:
+        local = local_form(unquote_local(local))
     if options.local_part_case == "insensitive":
         local = local.lower()
     return local, canonical_domain(domain)
@@ -141,7 +170,8 @@ def canonicaliser(options: Options) -> Callable[[str], str | None]:
     def canon(text: str) -> str | None:
         local, _, domain = text.rpartition("@")
         if not local or not domain or local[0] == "<" or local[0].isspace() \
-                or domain[-1].isspace() or "@" in local:
+                or domain[-1].isspace() or "@" in local or local[0] == '"' \
+                or _NEEDS_QUOTES.search(local) is not None:
             return canonical(text, options)
         d = domains.get(domain)
         if d is None:
@@ -152,11 +182,13 @@ def canonicaliser(options: Options) -> Callable[[str], str | None]:
 
 
 def detail_split(local: str, options: Options) -> tuple[str, str] | None:
-    """(base, detail) when the local part carries a detail, else None."""
+    """(base, detail) when the local part carries a detail, else None; a quoted local part
+    is split in its content (`"a b+x"` is `"a b"` with detail `x`)."""
     sep = options.detail_separator
     if not sep:
         return None
-    base, found, detail = local.partition(sep)
+    content = unquote_local(local)
+    base, found, detail = content.partition(sep)
     if not found or not base:
         return None
-    return base, detail
+    return (base if content is local else local_form(base)), detail

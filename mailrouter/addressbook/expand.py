@@ -127,10 +127,13 @@ def acyclic_order(nodes: Graph) -> list[str] | None:
     return order
 
 
-def report_cycle(c: Collector, nodes: Graph, comp: list[str]) -> None:
-    """One error per cycle: its shortest loop through its smallest address, edge by edge."""
+def report_cycle(c: Collector, nodes: Graph, comp: list[str],
+                 forms: frozenset[str] = frozenset()) -> None:
+    """One error per cycle: its shortest loop through its smallest address, edge by edge.
+    Not from a +detail form (`forms`): `c@: c+x@` starts at c@, the alias the admin wrote,
+    not at c+x@ ('+' sorts before '@'), which no one defined."""
     members = set(comp)
-    start = min(comp)
+    start = min(comp, key=lambda a: (a in forms, a))
     prev: dict[str, tuple[str, Edge]] = {}
     queue = deque([start])
     while queue:
@@ -197,7 +200,8 @@ make_target = _target_maker()
 Plan = str | tuple[Target, ...] | list[tuple[Any, int]]
 
 
-def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
+def expand_all(c: Collector, nodes: Graph, limits: Limits,
+               forms: frozenset[str] = frozenset()) -> dict[str, Plan]:
     """Every address -> the plan of its final targets (deduplicated, with paths); errors
     collected. `materialize` turns a plan into Targets, once per address, when asked.
 
@@ -220,7 +224,7 @@ def expand_all(c: Collector, nodes: Graph, limits: Limits) -> dict[str, Plan]:
     for comp in comps:
         if type(comp) is list:
             if len(comp) > 1:
-                report_cycle(c, nodes, comp)
+                report_cycle(c, nodes, comp, forms)
                 continue
             comp = comp[0]
         node: str = comp    # type: ignore[assignment]
@@ -295,6 +299,7 @@ def _blame(behind: dict[str, tuple[str, int, str]], node: str, dest: str) -> Non
 
 
 SHOWN_CHAIN = 40     # addresses of a chain an error lists; a longer one is cut in the middle
+SHOWN_OVER = 8       # addresses over the depth limit a fix names; more are counted
 
 
 def _report_deep(c: Collector, nodes: Graph, depth: dict[str, int],
@@ -319,10 +324,18 @@ def _report_deep(c: Collector, nodes: Graph, depth: dict[str, int],
     others = len(above) - hops
     also = (f"; {others} other address(es) lead into it and are refused with it"
             if others > 0 else "")
+    # every address from the start down to `node` starts a chain over the limit: pointing
+    # only the start at the final target left the next one refused at the next check, one
+    # round per address
+    over = chain[:chain.index(node) + 1]
+    names = over if len(over) <= SHOWN_OVER else (
+        over[:SHOWN_OVER - 1] + [f"({len(over) - SHOWN_OVER} more)", over[-1]])
+    which = (f"point {start}" if len(over) == 1
+             else f"point each of {', '.join(names)} (each starts a chain over the limit)")
     c.add(f"alias chain from {start} is {len(chain)} addresses deep "
           f"(limit {max_depth}): {' -> '.join(shown)}{where}{also}",
           _first_at(nodes[start]) if start != node else _first_at(edges),
-          f"shorten the chain: point {start} straight at the final target "
+          f"shorten the chain: {which} straight at the final target "
           "(the limit is limits.max_alias_depth in config.yaml)")
 
 

@@ -11,7 +11,7 @@ Expansions are then computed sinks-first, so each node is expanded once and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..values import Target, written_folder_problem
@@ -223,9 +223,16 @@ class _Memo:
         return edges
 
 
-def _self_edge(c: Collector, p: Parts, src: str, edge: Edge) -> Edge | None:
+def _self_edge(c: Collector, p: Parts, src: str, edge: Edge, group: bool = False) -> Edge | None:
     key = p.by_address.get(src)
     if key is None:
+        if group:
+            # a group listing itself: the fix is to take it out of its own list, not to make
+            # a person of a list address (which the single-target message below advises)
+            c.add(f"group {src} lists itself, but no person has this address", edge.at,
+                  f"remove {src} from its own list (its other targets each get one copy), "
+                  f"or add a person with address: {src} to keep a copy here")
+            return None
         c.add(f"alias {src} maps to itself, but no person has this address", edge.at,
               f"to deliver here, add a person with address: {src}, "
               "or point the alias at mailbox:NAME")
@@ -240,7 +247,7 @@ def _alias_node(c: Collector, p: Parts, src: str, key: Any, parsed: list[Edge]) 
     for edge in parsed:
         if edge.dest == src:
             has_self = True
-            fixed = _self_edge(c, p, src, edge)
+            fixed = _self_edge(c, p, src, edge, len(parsed) > 1)
             if fixed is not None:
                 edges.append(fixed)
         else:
@@ -272,6 +279,13 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
         for key, value in box.items():
             src = canon(key if isinstance(key, str) else str(key))
             if src is None:
+                if str(key).startswith("@") and "@" not in str(key)[1:]:
+                    # Postfix's catch-all form: say there is none, not only "local@domain"
+                    c.add(f"alias {str(key)!r} is a catch-all, which the address book does not "
+                          "have: it takes only the addresses it lists, and refuses any other "
+                          "with 550 5.1.1 at RCPT", key, "list each address that should take "
+                          "mail (local@domain)", box)
+                    continue
                 c.add(f"alias {str(key)!r} is not an address", key, "write local@domain", box)
                 continue
             if src not in by_address:
@@ -304,10 +318,19 @@ def parse_aliases(c: Collector, p: Parts, section: Any) -> dict[str, list[Edge]]
 def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
     """Moved addresses that still deliver follow their `now` address (which may carry a
     +detail of a known address: `add_detail_forms` follows it)."""
+    if not p.moved:
+        return
     for old, moved in p.moved.items():
         if not moved.deliver:
             nodes[old] = []
-        elif moved.now not in nodes and _detail_base(p, nodes, moved.now) is None:
+    # Every moved address that delivers is known before any is checked: old1@ -> old2@ ->
+    # sales@ (old2@ moved too) was refused with "old2@ is not a known address" when old1@
+    # came first in the file and taken when it came second.
+    known = nodes.keys() | {old for old, moved in p.moved.items() if moved.deliver}
+    for old, moved in p.moved.items():
+        if not moved.deliver:
+            continue
+        if moved.now not in known and _detail_base(p, known, moved.now) is None:
             at = p.moved_at[old]
             if moved.now.rpartition("@")[2] not in p.domains:
                 # "define someone@gmail.com (an alias ...)": an alias of another domain is
@@ -323,7 +346,7 @@ def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
             nodes[old] = [Edge(moved.now, (), p.moved_at[old])]
 
 
-def _detail_base(p: Parts, nodes: dict[str, list[Edge]], address: str) -> str | None:
+def _detail_base(p: Parts, nodes: Container[str], address: str) -> str | None:
     """The known address `address` (canonical, not itself known) is a +detail form of, as
     `AddressBook.resolve` reads an envelope recipient: `bob+sales@` is `bob@` (split at the
     first separator, never leaving an empty local part); None when it is none."""
@@ -358,10 +381,14 @@ def add_detail_forms(p: Parts, nodes: dict[str, list[Edge]]) -> frozenset[str]:
     return frozenset(forms)
 
 
-def check_dangling(c: Collector, nodes: dict[str, list[Edge]]) -> None:
+def check_dangling(c: Collector, nodes: dict[str, list[Edge]],
+                   moved: Container[str] = ()) -> None:
+    """An edge to an address that is no node. A `moved` address is one whose `now:` was
+    refused (`add_moved` said why): "define old@ under aliases:" would only add "defined
+    twice" to that error."""
     for src, edges in nodes.items():
         for edge in edges:
-            if edge.dest is not None and edge.dest not in nodes:
+            if edge.dest is not None and edge.dest not in nodes and edge.dest not in moved:
                 near = [n for n in nodes if n[:1] == edge.dest[:1]
                         and n.endswith(edge.dest.partition("@")[2])]
                 close = did_you_mean(edge.dest, near, "addresses", listing=False)

@@ -326,8 +326,17 @@ def define(c: Collector, p: Parts, address: str, what: str, at: Any) -> bool:
               "still delivers to now:) or the alias" if moved else "keep one definition")
         return False
     if address.partition("@")[2] not in p.domains:
-        c.add(f"address {address} is not on one of our domains", at,
-              f"add {address.partition('@')[2]} under domains:, or correct the address")
+        domain = address.partition("@")[2]
+        if what.startswith("the address of person"):
+            # a colleague outside (gmail.com): "add gmail.com under domains:" would make us
+            # take gmail.com's mail and the Postfix tables send that domain to mailrouter
+            c.add(f"address {address} ({what}) is not on one of our domains", at,
+                  f"correct the address, or add {domain} under domains: if it is ours; for "
+                  f"someone outside, leave out address: and give mailbox: NAME, a mailbox "
+                  f"{{smtp: {address}}}")
+        else:
+            c.add(f"address {address} is not on one of our domains", at,
+                  f"add {domain} under domains:, or correct the address")
     p.defined[address] = (what, at)
     return True
 
