@@ -40,7 +40,8 @@ so the first reason found is the one recorded):
 - this responder already answered this sender within its period (RFC 3834 2, RFC
   5230 4.1), or this sender got `daily_cap` answers in the last 24 hours. The sender is
   `sender_key`'s: a forwarder's SRS address and a gateway's BATV signature, which change
-  from day to day or message to message, count as the address they wrap.
+  from day to day or message to message, count as the address they wrap, and a `+detail`
+  is cut off (ann+shop@ is ann@).
 The sender's domain without MX or A/AAAA is checked by the outbox (dnscheck.py),
 which needs the network; the registry's unique (sender, responder, period bucket)
 makes the period hold across restarts and instances.
@@ -220,16 +221,21 @@ _SRS = re.compile(r"\A(?:srs0[=+-]|srs1[=+-][^=@]+=[^=@]+=[=+-])[^=@]+=[^=@]{2}"
 def sender_key(address: str) -> str:
     """The sender an answer's period and daily cap count for: `bare`, the original
     address of an SRS one (`srs0=hash=tt=client.example=ann@fwd.example` is
-    ann@client.example), without a BATV signature (`prvs=0123abcdef=ann@x` is ann@x), the
-    domain in Unicode as the book reads it (иван@xn--e1affem4a.xn--p1ai is иван@клиент.рф:
-    each form had its own period). The answer still goes to the address as given: the
-    gateway accepts mail only for its signed addresses, the forwarder passes the answer back
-    to the SRS address's original."""
+    ann@client.example), without a BATV signature (`prvs=0123abcdef=ann@x` is ann@x), without
+    a `+detail` (ann+shop@x and ann+news@x are ann@x's mailbox, and a sender putting a tag or
+    a counter there, `orders+8812@shop.example`, changes it with every message: each form had
+    its own period and its own daily cap), the domain in Unicode as the book reads it
+    (иван@xn--e1affem4a.xn--p1ai is иван@клиент.рф: each form had its own period). The answer
+    still goes to the address as given: the gateway accepts mail only for its signed
+    addresses, the forwarder passes the answer back to the SRS address's original."""
     plain = bare(address)
     srs = _SRS.match(plain)
     if srs is not None:
         plain = f"{srs[2]}@{srs[1]}"
     local, at, domain = _BATV.sub("", plain).rpartition("@")
+    base, plus, detail = local.partition("+")
+    if plus and base and detail:      # `+x@` and `x+@` are names, not a detail
+        local = base
     return f"{local}{at}{canonical_domain(domain)}" if at else domain
 
 
@@ -476,6 +482,7 @@ def choose_language(view: View, languages: Sequence[str], default: str) -> str:
 # The answer (RFC 3834 section 3)
 
 _MSGID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
+_WHITE_CONTROLS = re.compile(r"[\t\r\n\v\f]+")
 
 
 def generated_trace(hostname: str, what: str) -> str:
@@ -497,7 +504,10 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     msg = EmailMessage(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
     msg["From"] = sender
     msg["To"] = to.strip("<>")
-    msg["Subject"] = header_text(responder.subject_for(language).format(**values))   # a customer's U+2028
+    # a customer's U+2028 (header_text); a tab or line end between words is a space: a
+    # subject folded before a tab (`Invoice\r\n\tquestion`) read "Auto: Invoicequestion"
+    subject = _WHITE_CONTROLS.sub(" ", responder.subject_for(language).format(**values))
+    msg["Subject"] = header_text(subject)
     msg["Date"] = format_datetime(at)
     msg["Message-ID"] = message_id or make_msgid(domain=hostname)
     original = _MSGID.search(view.message_id or "")

@@ -102,6 +102,21 @@ def test_encoded_incoming_subject_is_decoded_into_the_answer() -> None:
     assert m["Subject"] == "Auto: Счёт"
 
 
+@pytest.mark.parametrize("subject, expected", [
+    ("Invoice\r\n\tquestion", "Auto: Invoice question"),       # folded before a tab
+    ("Invoice\tquestion", "Auto: Invoice question"),             # a tab between words
+])
+def test_a_tab_or_line_end_in_the_subject_is_a_space(subject: str, expected: str) -> None:
+    """A subject folded before a TAB (RFC 5322 2.2.3 unfolds it to "Invoice\tquestion";
+    Outlook Express, Lotus Notes and many scripts fold so) was answered "Auto:
+    Invoicequestion" (from the daemon too): the tab was cut as a control, not read as the
+    space between two words. Nothing of it reaches the header either."""
+    raw, m = reply(incoming(subject))
+    assert m["Subject"] == expected
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"\t" not in head and b"\r\nquestion" not in head
+
+
 def test_english_body_has_placeholders_filled() -> None:
     """Every placeholder is replaced; literal braces stay."""
     r = Responder("x", "info@example.com", "Re: {subject} {{auto}}", timedelta(days=1), "en",

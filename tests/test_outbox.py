@@ -131,6 +131,26 @@ async def test_batv_signed_sender_is_answered_once(make_app: Any, relay: Any) ->
                for r in reasons[1:4]), reasons
 
 
+async def test_a_sender_with_a_detail_is_answered_once(make_app: Any, relay: Any) -> None:
+    """ann+shop@, ann+news@, Ann+Shop@ and ann@ are one person's mailbox (a shop writing
+    from orders+8812@ changes the detail with every message): one answer per period, to the
+    address the first message came from; before, each detail got its own answer (three in
+    a row from the daemon) and its own daily cap. `+x@` keeps its `+`: a name, not a detail."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    senders = ("ann+shop@client.example", "ann+news@client.example",
+               "Ann+Shop@Client.Example", "ann@client.example", "+x@client.example")
+    for n, env in enumerate(senders):
+        await send(app, env, ["old-sales@example.com"], mail(msgid=f"d{n}", sender=env))
+    await until(lambda: settled(app), "the outbox to settle")
+    assert sorted(e.rcpt_tos[0] for e in sink.envelopes) == [
+        "+x@client.example", "ann+shop@client.example"]
+    recent = await app.registry.recent(5)                      # type: ignore[union-attr]
+    reasons = [m["decisions"][0]["reasons"][-1] for m in reversed(recent)]
+    assert all(r.startswith("autoreply moved: not sent: ann@client.example already answered")
+               for r in reasons[1:4]), reasons
+
+
 async def test_mta_retry_sends_no_second_reply(make_app: Any, relay: Any) -> None:
     """The same message retried by the MTA is not answered again."""
     sink = await relay()
