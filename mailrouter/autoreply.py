@@ -518,6 +518,19 @@ _MSGID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
 _WHITE_CONTROLS = re.compile(r"[\t\r\n\v\f]+")
 
 
+# The original subject as the answer quotes it, in its Subject and body: a subject of
+# 200,000 characters (one header line of 380 KB) was answered with 1.1 MB, the subject
+# twice, to a sender nobody verified; and Postfix cuts a header over header_size_limit
+# (100 KB) in the middle of an encoded word. Longer ones end in "...".
+SUBJECT_QUOTE_MAX = 300
+
+
+def _quoted_subject(subject: str) -> str:
+    if len(subject) <= SUBJECT_QUOTE_MAX:
+        return subject
+    return subject[:SUBJECT_QUOTE_MAX - 1].rstrip() + "\u2026"
+
+
 def generated_trace(hostname: str, what: str) -> str:
     """Our trace header's value on mail we generate: `verdict` never answers it."""
     return f"{hostname}; generated={what}"
@@ -531,7 +544,8 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     body; the subject RFC 2047-encoded when it is not ASCII (policy SMTP). An address that
     is not ASCII needs SMTPUTF8 (RFC 6531): then the headers go as UTF-8."""
     language = choose_language(view, responder.languages, responder.language)
-    values = {"old": old, "new": new, "subject": view.subject or "", "sender": to.strip("<>")}
+    values = {"old": old, "new": new, "subject": _quoted_subject(view.subject or ""),
+              "sender": to.strip("<>")}
     sender = responder.sender or old
     utf8 = not (sender.isascii() and to.isascii())
     msg = EmailMessage(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)

@@ -135,6 +135,23 @@ def test_long_subject_is_folded() -> None:
     assert m["Subject"] == "Auto: " + long.strip()
 
 
+@pytest.mark.parametrize("words", ["A very long subject ", "Очень длинная тема "])
+def test_a_huge_subject_is_quoted_cut(words: str) -> None:
+    """A subject of 200,000 characters (380 KB on one header line, taken by the daemon) was
+    answered with 1.1 MB: the subject in the answer's Subject and again in its body, to a
+    sender nobody verified. Quoted, it is cut to 300 characters (SUBJECT_QUOTE_MAX) ending
+    in an ellipsis; a subject of 300 is quoted whole."""
+    raw, m = reply(incoming(words * 10_000))
+    assert len(raw) < 5_000, len(raw)
+    assert m["Subject"].startswith("Auto: " + words * 3)
+    assert m["Subject"].endswith("\u2026") and len(m["Subject"]) <= len("Auto: ") + 300
+    if words.isascii():      # MOVED's English body quotes the subject
+        body = m.get_content()
+        assert words * 3 in body and len(body) < 500, len(body)
+    whole = "x" * 300
+    assert reply(incoming(whole))[1]["Subject"] == "Auto: " + whole
+
+
 def test_non_ascii_recipient_uses_utf8_headers() -> None:
     """An SMTPUTF8 sender's answer carries its address as UTF-8 (RFC 6531)."""
     raw, m = reply(incoming(), to="анна@клиент.рф")
