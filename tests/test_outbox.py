@@ -275,10 +275,12 @@ async def test_no_dsn(make_app: Any, relay: Any, sender: str, rcpts: list[str]) 
     assert [r for r in await rows(app) if r["kind"] == "dsn"] == []
 
 
+@pytest.mark.parametrize("other", ["ann@client.example", "Ann+news@client.example"])
 async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_db: str,
-                                                  tmp_path: Path) -> None:
-    """Two instances on one PostgreSQL registry, the same sender writing to both at once:
-    one answer (the unique sender/responder/period key), sent once (SKIP LOCKED)."""
+                                                  tmp_path: Path, other: str) -> None:
+    """Two instances on one PostgreSQL registry, the same sender writing to both at once
+    (to the second also as Ann+news@, one sender with ann@): one answer (the unique
+    sender/responder/period key), sent once (SKIP LOCKED)."""
     url = pg_db
     sink = await relay()
     reg = RegistryConfig(url)
@@ -290,7 +292,7 @@ async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_
     for n in range(5):
         await asyncio.gather(
             send(a, "ann@client.example", ["old-sales@example.com"], mail(msgid=f"a{n}")),
-            send(b, "ann@client.example", ["old-sales@example.com"], mail(msgid=f"b{n}")))
+            send(b, other, ["old-sales@example.com"], mail(msgid=f"b{n}")))
     await until(lambda: settled(a), "the outbox to settle")
     await asyncio.sleep(0.3)
     assert len(sink.envelopes) == 1
