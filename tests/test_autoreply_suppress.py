@@ -151,6 +151,12 @@ CASES = [
     ("noreply.alerts", msg(), "noreply.alerts@shop.example", "robot sender"),
     ("no-reply-orders", msg(), "no-reply-orders@shop.example", "robot sender"),
     ("noreply with a +detail", msg(), "noreply+x7@shop.example", "matches 'noreply'"),
+    # Apple's receipts and notices, a shop's order mail: do_not_reply and no_reply as words too
+    # (answered before)
+    ("Apple's do_not_reply", msg(), "do_not_reply@apple.com", "matches 'do_not_reply'"),
+    ("do-not-reply as a word", msg(), "do-not-reply.orders@shop.example",
+     "matches 'do-not-reply[-_.]*'"),
+    ("no_reply as a word", msg(), "orders_no_reply@shop.example", "matches '*[-_.]no_reply'"),
     ("a person whose name ends in reply", msg(), "anoreply@client.example", ""),
     # "no reply" in Czech and French (imap_tools' text_with_content_id.eml: ne-pas-repondre@)
     ("a Czech neodpovidat", msg(), "neodpovidat@shop.example", "matches 'neodpovidat'"),
