@@ -560,7 +560,14 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     original = _MSGID.search(view.message_id or "")
     if original is not None:
         msg["In-Reply-To"] = original[0]
-        refs = [r for r in _MSGID.findall(view.header("References") or "") if r != original[0]]
+        # RFC 5322 3.6.4: without References, a parent's In-Reply-To naming one message
+        # stands for them (a reply from a mailer that writes no References: the thread
+        # was cut at our answer)
+        parents = _MSGID.findall(view.header("References") or "")
+        if not parents:
+            replied = _MSGID.findall(view.header("In-Reply-To") or "")
+            parents = replied if len(replied) == 1 else []
+        refs = [r for r in parents if r != original[0]]
         if len(refs) > 20:      # trimmed as RFC 5322 3.6.4 trims: the thread's root stays
             refs = refs[:1] + refs[-19:]
         msg["References"] = " ".join(refs + [original[0]])

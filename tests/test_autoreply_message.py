@@ -62,6 +62,18 @@ def test_long_references_keep_the_thread_root() -> None:
                                        + ["<q1@client.example>"])
 
 
+def test_references_from_in_reply_to_when_the_original_has_none() -> None:
+    """RFC 5322 3.6.4: an original with In-Reply-To naming one message and no References
+    (mailers that write only In-Reply-To) is answered with References: that message, then
+    the original; before, only the original (the thread was cut at our answer). Two ids
+    in In-Reply-To say nothing of the thread: only the original."""
+    _, m = reply(incoming("Re: Question", "In-Reply-To: <p1@client.example>"))
+    assert m["References"] == "<p1@client.example> <q1@client.example>"
+    assert m["In-Reply-To"] == "<q1@client.example>"
+    _, m = reply(incoming("Re: Question", "In-Reply-To: <p1@client.example> <p2@x.example>"))
+    assert m["References"] == "<q1@client.example>"
+
+
 def test_fresh_message_id_each_time() -> None:
     """Two answers never share a Message-ID."""
     assert reply(incoming())[1]["Message-ID"] != reply(incoming())[1]["Message-ID"]
