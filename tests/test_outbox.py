@@ -204,6 +204,53 @@ async def test_relay_refusal_is_final(make_app: Any, relay: Any) -> None:
     assert row["state"] == "failed" and "550" in row["last_error"] and row["attempts"] == 1
 
 
+@pytest.mark.parametrize("greeting", [True, False])
+async def test_a_relay_refusing_the_session_is_retried(make_app: Any, relay: Any,
+                                                        greeting: bool) -> None:
+    """A relay that refuses mailrouter itself (Postfix's `554 5.7.1 Client host rejected`
+    as it greets, when our host is not in its mynetworks; or a 5xx to EHLO) says nothing
+    of the mail: the answers wait and go out once the relay takes us. Before, each was
+    marked failed at its first attempt, lost to the relay's configuration."""
+    port = free_port()
+    greeted = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal greeted
+        greeted += 1
+        text = b"554 5.7.1 relay.test: Client host rejected: Access denied\r\n"
+        if greeting:
+            writer.write(text)
+        else:
+            writer.write(b"220 relay.test ESMTP\r\n")
+            await reader.readline()                           # EHLO
+            writer.write(text.replace(b"554", b"550", 1))
+            await reader.readline()                           # maybe HELO
+            writer.write(text.replace(b"554", b"550", 1))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", port)
+    try:
+        app = await make_app(outbox=relay_to(port))
+        await send(app, "ann@client.example", ["old-sales@example.com"], mail())
+
+        async def tried() -> bool:
+            found = await rows(app)
+            return bool(found) and (found[0]["state"] != "queued" or found[0]["attempts"] >= 2)
+        await until(tried, "two attempts, or the row settled")
+        [row] = await rows(app)
+        assert row["state"] == "queued" and "Client host rejected" in row["last_error"], row
+        assert greeted >= 2
+    finally:
+        server.close()
+        await server.wait_closed()
+    sink = await relay(port)
+    await until(lambda: settled(app), "the outbox to drain")
+    assert [e.rcpt_tos for e in sink.envelopes] == [["ann@client.example"]]
+    [row] = await rows(app)
+    assert row["state"] == "sent"
+
+
 async def test_no_relay_messages_wait_and_are_listed(make_app: Any, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
