@@ -14,7 +14,8 @@ runs the worker; a row's lease is renewed before it is sent, only while the clai
 this worker's, and each send ends within it: a batch slower than its lease was sent by a
 second instance too), sends each through the configured relay (`outbox.relay`, the MTA's
 submission port) and marks it sent right after the relay's 250 for DATA. Refused for
-good (5xx) -> 'failed'; a 4xx, a refused connection or a timeout -> tried again after
+good (5xx to MAIL, RCPT or DATA) -> 'failed'; a 4xx, a refused connection, a relay
+refusing the session (5xx greeting or EHLO) or a timeout -> tried again after
 `retry_min` doubling up to `retry_max`, until `max_age` ('failed'). An autoreply to a
 domain with neither MX nor A/AAAA (or a null MX) is 'suppressed' (dnscheck.py, unless
 `autoreply.dns.check` is off); when DNS does not answer, the row waits like a relay outage.
@@ -360,6 +361,19 @@ class OutboxWorker:
                 await smtp.sendmail(row["mail_from"], [row["rcpt"]], raw, mail_options=options)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return await self._refused(row, smtp, exc.recipients[0].code, str(exc.recipients[0]))
+        except (aiosmtplib.SMTPConnectResponseError, aiosmtplib.SMTPHeloError) as exc:
+            # The relay refused the session, not this mail (`554 Client host rejected: not in
+            # mynetworks` as it greets, a 5xx to EHLO): every queued answer and DSN was
+            # marked failed at its first attempt, lost to a relay's configuration, fixed a
+            # minute later. Tried again like an outage, as Postfix's smtp_skip_5xx_greeting
+            # defers such mail, until max_age.
+            if smtp is not None:
+                smtp.close()
+            log.error("event=outbox_relay_refused_session relay=%s code=%s error=%r", self.relay,
+                      exc.code, exc.message)
+            await self._retry(row, f"relay {self.relay} refused the session: {exc.code} "
+                                   f"{exc.message}")
+            return None
         except aiosmtplib.SMTPResponseException as exc:
             return await self._refused(row, smtp, exc.code, f"{exc.code} {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

@@ -72,7 +72,10 @@ ROBOTS = [
     ("sisimai rfc3834-03: Apple iCloud vacation, no robot header",
      ("From: kijitora@apple.example.com", "Subject: Auto reply: Nyaan",
       "In-Reply-To: <25203A4E-F90F-4A14-BF51-3E7B9D39BE8E@libsisimai.org>",
-      "X-Apple-Action: VACATION"), "an auto-reply (Subject: Auto reply: Nyaan)", "auto_submitted"),
+      "X-Apple-Action: VACATION"), "an auto-reply (X-Apple-Action: VACATION)", "auto_submitted"),
+    ("sisimai rfc3834-03 without its X-Apple-Action: the subject alone",
+     ("From: kijitora@apple.example.com", "Subject: Auto reply: Nyaan"),
+     "an auto-reply (Subject: Auto reply: Nyaan)", "auto_submitted"),
     # the subjects of the Russian providers' bounces; their From (mailer-daemon@) is replaced
     # by a postmaster-less one, as the relay of flufl.bounce simple_43 writes ndr@
     ("sisimai lhost-yandex-01: Yandex's subject", ("From: ndr@yandex.example",

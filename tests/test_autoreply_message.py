@@ -62,6 +62,18 @@ def test_long_references_keep_the_thread_root() -> None:
                                        + ["<q1@client.example>"])
 
 
+def test_references_from_in_reply_to_when_the_original_has_none() -> None:
+    """RFC 5322 3.6.4: an original with In-Reply-To naming one message and no References
+    (mailers that write only In-Reply-To) is answered with References: that message, then
+    the original; before, only the original (the thread was cut at our answer). Two ids
+    in In-Reply-To say nothing of the thread: only the original."""
+    _, m = reply(incoming("Re: Question", "In-Reply-To: <p1@client.example>"))
+    assert m["References"] == "<p1@client.example> <q1@client.example>"
+    assert m["In-Reply-To"] == "<q1@client.example>"
+    _, m = reply(incoming("Re: Question", "In-Reply-To: <p1@client.example> <p2@x.example>"))
+    assert m["References"] == "<q1@client.example>"
+
+
 def test_fresh_message_id_each_time() -> None:
     """Two answers never share a Message-ID."""
     assert reply(incoming())[1]["Message-ID"] != reply(incoming())[1]["Message-ID"]
@@ -102,6 +114,21 @@ def test_encoded_incoming_subject_is_decoded_into_the_answer() -> None:
     assert m["Subject"] == "Auto: Счёт"
 
 
+@pytest.mark.parametrize("subject, expected", [
+    ("Invoice\r\n\tquestion", "Auto: Invoice question"),       # folded before a tab
+    ("Invoice\tquestion", "Auto: Invoice question"),             # a tab between words
+])
+def test_a_tab_or_line_end_in_the_subject_is_a_space(subject: str, expected: str) -> None:
+    """A subject folded before a TAB (RFC 5322 2.2.3 unfolds it to "Invoice\tquestion";
+    Outlook Express, Lotus Notes and many scripts fold so) was answered "Auto:
+    Invoicequestion" (from the daemon too): the tab was cut as a control, not read as the
+    space between two words. Nothing of it reaches the header either."""
+    raw, m = reply(incoming(subject))
+    assert m["Subject"] == expected
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"\t" not in head and b"\r\nquestion" not in head
+
+
 def test_english_body_has_placeholders_filled() -> None:
     """Every placeholder is replaced; literal braces stay."""
     r = Responder("x", "info@example.com", "Re: {subject} {{auto}}", timedelta(days=1), "en",
@@ -118,6 +145,23 @@ def test_long_subject_is_folded() -> None:
     raw, m = reply(incoming(long.strip()))
     assert all(len(line) <= 78 for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"))
     assert m["Subject"] == "Auto: " + long.strip()
+
+
+@pytest.mark.parametrize("words", ["A very long subject ", "Очень длинная тема "])
+def test_a_huge_subject_is_quoted_cut(words: str) -> None:
+    """A subject of 200,000 characters (380 KB on one header line, taken by the daemon) was
+    answered with 1.1 MB: the subject in the answer's Subject and again in its body, to a
+    sender nobody verified. Quoted, it is cut to 300 characters (SUBJECT_QUOTE_MAX) ending
+    in an ellipsis; a subject of 300 is quoted whole."""
+    raw, m = reply(incoming(words * 10_000))
+    assert len(raw) < 5_000, len(raw)
+    assert m["Subject"].startswith("Auto: " + words * 3)
+    assert m["Subject"].endswith("\u2026") and len(m["Subject"]) <= len("Auto: ") + 300
+    if words.isascii():      # MOVED's English body quotes the subject
+        body = m.get_content()
+        assert words * 3 in body and len(body) < 500, len(body)
+    whole = "x" * 300
+    assert reply(incoming(whole))[1]["Subject"] == "Auto: " + whole
 
 
 def test_non_ascii_recipient_uses_utf8_headers() -> None:

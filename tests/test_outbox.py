@@ -131,6 +131,26 @@ async def test_batv_signed_sender_is_answered_once(make_app: Any, relay: Any) ->
                for r in reasons[1:4]), reasons
 
 
+async def test_a_sender_with_a_detail_is_answered_once(make_app: Any, relay: Any) -> None:
+    """ann+shop@, ann+news@, Ann+Shop@ and ann@ are one person's mailbox (a shop writing
+    from orders+8812@ changes the detail with every message): one answer per period, to the
+    address the first message came from; before, each detail got its own answer (three in
+    a row from the daemon) and its own daily cap. `+x@` keeps its `+`: a name, not a detail."""
+    sink = await relay()
+    app = await make_app(outbox=relay_to(sink.port))
+    senders = ("ann+shop@client.example", "ann+news@client.example",
+               "Ann+Shop@Client.Example", "ann@client.example", "+x@client.example")
+    for n, env in enumerate(senders):
+        await send(app, env, ["old-sales@example.com"], mail(msgid=f"d{n}", sender=env))
+    await until(lambda: settled(app), "the outbox to settle")
+    assert sorted(e.rcpt_tos[0] for e in sink.envelopes) == [
+        "+x@client.example", "ann+shop@client.example"]
+    recent = await app.registry.recent(5)                      # type: ignore[union-attr]
+    reasons = [m["decisions"][0]["reasons"][-1] for m in reversed(recent)]
+    assert all(r.startswith("autoreply moved: not sent: ann@client.example already answered")
+               for r in reasons[1:4]), reasons
+
+
 async def test_mta_retry_sends_no_second_reply(make_app: Any, relay: Any) -> None:
     """The same message retried by the MTA is not answered again."""
     sink = await relay()
@@ -182,6 +202,53 @@ async def test_relay_refusal_is_final(make_app: Any, relay: Any) -> None:
     await until(lambda: settled(app), "the outbox to settle")
     [row] = await rows(app)
     assert row["state"] == "failed" and "550" in row["last_error"] and row["attempts"] == 1
+
+
+@pytest.mark.parametrize("greeting", [True, False])
+async def test_a_relay_refusing_the_session_is_retried(make_app: Any, relay: Any,
+                                                        greeting: bool) -> None:
+    """A relay that refuses mailrouter itself (Postfix's `554 5.7.1 Client host rejected`
+    as it greets, when our host is not in its mynetworks; or a 5xx to EHLO) says nothing
+    of the mail: the answers wait and go out once the relay takes us. Before, each was
+    marked failed at its first attempt, lost to the relay's configuration."""
+    port = free_port()
+    greeted = 0
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal greeted
+        greeted += 1
+        text = b"554 5.7.1 relay.test: Client host rejected: Access denied\r\n"
+        if greeting:
+            writer.write(text)
+        else:
+            writer.write(b"220 relay.test ESMTP\r\n")
+            await reader.readline()                           # EHLO
+            writer.write(text.replace(b"554", b"550", 1))
+            await reader.readline()                           # maybe HELO
+            writer.write(text.replace(b"554", b"550", 1))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", port)
+    try:
+        app = await make_app(outbox=relay_to(port))
+        await send(app, "ann@client.example", ["old-sales@example.com"], mail())
+
+        async def tried() -> bool:
+            found = await rows(app)
+            return bool(found) and (found[0]["state"] != "queued" or found[0]["attempts"] >= 2)
+        await until(tried, "two attempts, or the row settled")
+        [row] = await rows(app)
+        assert row["state"] == "queued" and "Client host rejected" in row["last_error"], row
+        assert greeted >= 2
+    finally:
+        server.close()
+        await server.wait_closed()
+    sink = await relay(port)
+    await until(lambda: settled(app), "the outbox to drain")
+    assert [e.rcpt_tos for e in sink.envelopes] == [["ann@client.example"]]
+    [row] = await rows(app)
+    assert row["state"] == "sent"
 
 
 async def test_no_relay_messages_wait_and_are_listed(make_app: Any, tmp_path: Path,
@@ -255,10 +322,12 @@ async def test_no_dsn(make_app: Any, relay: Any, sender: str, rcpts: list[str]) 
     assert [r for r in await rows(app) if r["kind"] == "dsn"] == []
 
 
+@pytest.mark.parametrize("other", ["ann@client.example", "Ann+news@client.example"])
 async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_db: str,
-                                                  tmp_path: Path) -> None:
-    """Two instances on one PostgreSQL registry, the same sender writing to both at once:
-    one answer (the unique sender/responder/period key), sent once (SKIP LOCKED)."""
+                                                  tmp_path: Path, other: str) -> None:
+    """Two instances on one PostgreSQL registry, the same sender writing to both at once
+    (to the second also as Ann+news@, one sender with ann@): one answer (the unique
+    sender/responder/period key), sent once (SKIP LOCKED)."""
     url = pg_db
     sink = await relay()
     reg = RegistryConfig(url)
@@ -270,7 +339,7 @@ async def test_one_sender_two_instances_one_reply(make_app: Any, relay: Any, pg_
     for n in range(5):
         await asyncio.gather(
             send(a, "ann@client.example", ["old-sales@example.com"], mail(msgid=f"a{n}")),
-            send(b, "ann@client.example", ["old-sales@example.com"], mail(msgid=f"b{n}")))
+            send(b, other, ["old-sales@example.com"], mail(msgid=f"b{n}")))
     await until(lambda: settled(a), "the outbox to settle")
     await asyncio.sleep(0.3)
     assert len(sink.envelopes) == 1

@@ -27,13 +27,17 @@ __all__ = ["DEFAULT_ROBOT_SENDERS", "robot_pattern", "robot_sender"]
 # "Post to ... denied" notice without List-* headers, in notmuch's test corpus). bounce-*: a
 # list manager's per-message (VERP) return path, bounce-<list>-<id>@ (Lyris ListManager's
 # newsletters in SpamAssassin's welcomelists, with no List-* header nor Precedence).
+# Each spelling of no-reply and do-not-reply also as a word (Apple's do_not_reply@apple.com
+# and no_reply@email.apple.com, shops' do-not-reply.orders@: were answered).
 # "no reply" in Czech (neodpovidat@, neodpovidejte@, ČEZ's upominani_neodpovidat@: Czech
 # senders' code in public repositories) and French (ne-pas-repondre@: a TYPO3 form mailer's
 # mail in imap_tools' test messages, which was answered), as a word the same way.
 DEFAULT_ROBOT_SENDERS = ("mailer-daemon", "postmaster", "listserv", "majordomo", "owner-*",
                          "*-request", "noreply", "no-reply", "no_reply", "donotreply",
-                         "do-not-reply", "*[-_.]noreply", "noreply[-_.]*", "*[-_.]no-reply",
-                         "no-reply[-_.]*", "*[-_.]donotreply", "donotreply[-_.]*",
+                         "do-not-reply", "do_not_reply", "*[-_.]noreply", "noreply[-_.]*",
+                         "*[-_.]no-reply", "no-reply[-_.]*", "*[-_.]no_reply", "no_reply[-_.]*",
+                         "*[-_.]donotreply", "donotreply[-_.]*", "*[-_.]do-not-reply",
+                         "do-not-reply[-_.]*", "*[-_.]do_not_reply", "do_not_reply[-_.]*",
                          "*-bounces", "bounce", "bounces", "bounce-*", "post_master", "*+owner",
                          "*+bounces-*", "neodpovidat", "*[-_.]neodpovidat", "neodpovidat[-_.]*",
                          "neodpovidejte", "*[-_.]neodpovidejte", "neodpovidejte[-_.]*",
