@@ -11,7 +11,7 @@ written and fdatasync'd together (one write and one sync per journal, as the reg
 commit), so a copy is never on disk without its intent, and a message costs one thread
 hand-off for both. After the record is committed a `done` line follows, not synced: a lost
 one costs a registry look-up at the next reconcile, nothing else. An intent is numbered in
-its process (`"n"`) and its done line names it (`D KEY N`): one message may have several
+its process (`"n"`) and its done line names it (`D KEY N .`): one message may have several
 intents, one per transaction when an MTA splits its recipients (the same sender and bytes,
 the same key), and the open ones of a key are reconciled together.
 
@@ -239,7 +239,7 @@ class Intents:
         if f.closed:                 # retired: a reconcile of its journal looks it up
             return
         try:                         # O_APPEND: one whole line
-            os.write(f.fd, b"D %s %d\n" % (intent.key.encode(), intent.serial))
+            os.write(f.fd, b"D %s %d .\n" % (intent.key.encode(), intent.serial))
         except OSError as exc:   # a reconcile will look the message up instead
             log.warning("event=intent_done_unwritten key=%s error=%r", intent.key, str(exc))
 
@@ -436,11 +436,12 @@ def _merged(intents: Sequence[tuple[MessageRecord, Sequence[Place]]],
 
 def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
     """The open intents of a journal: key -> (record, places), done ones left out; the open
-    intents of one key (its transactions) merged. A done line `D KEY N` closes intent N of
+    intents of one key (its transactions) merged. A done line `D KEY N .` closes intent N of
     the key; `D KEY` (an earlier version's, which wrote one intent per key) the intent
-    without a number, that version's: a done line a full disk cut short after the key
-    ("D KEY ", _append_synced) closed every intent of the key, another transaction's whose
-    copies were never recorded too."""
+    without a number, that version's. A done line a full disk cut short (_append_synced)
+    closes nothing: cut after the key ("D KEY ") it closed every intent of the key, and cut
+    inside its number ("D KEY 1" of "D KEY 12 .") intent 1, another transaction's whose
+    copies were never recorded; the final " ." tells a whole line from a cut one."""
     by_key: dict[str, dict[int | None, tuple[MessageRecord, list[Place]]]] = {}
     try:
         lines = path.read_bytes().splitlines()
@@ -456,11 +457,12 @@ def _read(path: Path) -> dict[str, tuple[MessageRecord, list[Place]]]:
             continue
         try:
             if line.startswith(b"D "):
-                key, _, serial = line[2:].decode().partition(" ")
-                if not serial:      # an earlier version's: its unnumbered intent only
+                key, *rest = line[2:].decode().split(" ")
+                if not rest:        # an earlier version's: its unnumbered intent only
                     by_key.get(key, {}).pop(None, None)
-                elif key in by_key:
-                    by_key[key].pop(int(serial), None)
+                elif len(rest) == 2 and rest[1] == "." and key in by_key:
+                    by_key[key].pop(int(rest[0]), None)
+                # else cut short by a full disk: the intent stays open, looked up
             elif line.startswith(b"I "):
                 item = json.loads(line[2:].decode("utf-8", "surrogateescape"))
                 by_key.setdefault(item["key"], {})[item.get("n")] = (

@@ -172,13 +172,56 @@ async def test_a_done_line_a_full_disk_cut_after_the_key_closes_no_other_transac
                                                 "copies": [dataclasses.astuple(place)]}).encode())
     journals = tmp_path / "intents"
     journals.mkdir()
-    torn = b"D " + record.key.encode() + b" "           # of "D KEY 1\n"
+    torn = b"D " + record.key.encode() + b" "           # of "D KEY 1 .\n"
     # both transactions in flight at once (an MTA delivers a split message in parallel):
     # both intents, then the first one's done line, cut short, the last bytes written
     (journals / "99999.0.abcdef.jrn").write_bytes(lines[0] + b"\n" + lines[1] + b"\n" + torn)
     registry = await Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
     try:              # the first transaction's record, as it was committed
         await registry.record(record, [], [DeliveryRecord("maildir:sales", "delivered", "ok")],
+                              None, [])
+        reader = intents.Intents(journals, lambda p: (Path(p.box) / "new" / p.name).exists())
+        assert await reader.reconcile(registry) == 1
+        assert await registry.delivered_targets(record.key) == {"maildir:sales", "maildir:support"}
+    finally:
+        await registry.close()
+
+
+async def test_a_done_line_cut_inside_its_number_closes_no_other_intent(tmp_path: Path) -> None:
+    """Two transactions of one split message: intents 1 (sales) and 12 (support). Support's
+    record is committed and its done line "D KEY 12 ." is cut by a full disk to "D KEY 1";
+    the next intent starts on a new line, so the cut one looks whole. It closed intent 1,
+    whose copy was never recorded; a done line without its final " ." closes nothing."""
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from mailrouter.delivery.maildir import Place
+    from mailrouter.registry import DeliveryRecord, MessageRecord, Registry
+
+    copies = []
+    for box_name in ("sales", "support"):
+        box = tmp_path / "mail" / box_name
+        await Maildir(box, "mx.test").deliver(b"Subject: x\r\n\r\nbody\r\n", "k" * 16)
+        copies.append(Place(f"maildir:{box_name}", str(box), "mr" + "k" * 16))
+    record = MessageRecord(
+        key="k" * 64, received_at=datetime(2026, 12, 1, tzinfo=timezone.utc), protocol="smtp",
+        peer="127.0.0.1", mail_from="client@outside.test", rcpts=("support@example.com",),
+        message_id=None, from_name="", from_addr="", subject="x", size=20,
+        content_hash="c" * 64, defects=(), ruleset_hash="r" * 16, status="delivered")
+    lines = []
+    for n, rcpt, place in ((1, "sales@example.com", copies[0]),
+                           (12, "support@example.com", copies[1])):
+        rec = dataclasses.replace(record, rcpts=(rcpt,))
+        lines.append(b"I " + intents._ENCODE({"key": record.key, "n": n,
+                                                "record": intents._record_json(rec),
+                                                "copies": [dataclasses.astuple(place)]}).encode())
+    journals = tmp_path / "intents"
+    journals.mkdir()
+    cut = b"D " + record.key.encode() + b" 1"            # of "D KEY 12 .\n"
+    (journals / "99999.0.abcdef.jrn").write_bytes(b"\n".join([*lines, cut, b""]))
+    registry = await Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
+    try:              # the second transaction's record, as it was committed
+        await registry.record(record, [], [DeliveryRecord("maildir:support", "delivered", "ok")],
                               None, [])
         reader = intents.Intents(journals, lambda p: (Path(p.box) / "new" / p.name).exists())
         assert await reader.reconcile(registry) == 1
