@@ -257,7 +257,10 @@ def sender_key(address: str) -> str:
     addresses, the forwarder passes the answer back to the SRS address's original."""
     local, at, domain = unwrapped(address).rpartition("@")
     base, plus, detail = local.partition("+")
-    if plus and base and detail:      # `+x@` and `x+@` are names, not a detail
+    # `+x@` and `x+@` are names, not a detail; so is `c++@` (the book's own example of a
+    # name holding the separator: cut, it was c@, another person's period and daily cap),
+    # and a quoted local part is left whole (`"a b+c"@` was cut to `"a b@`)
+    if plus and base and detail and detail[0] != "+" and base[0] != '"':
         local = base
     return f"{local}{at}{domain}" if at else domain
 

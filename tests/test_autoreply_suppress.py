@@ -452,3 +452,17 @@ def test_a_long_line_in_a_recipient_field_the_stdlib_cannot_parse_is_read_in_one
     view = msg(to=":" * 1000 + "x" * 1_000_000 + " old-sales@example.com")
     sent, reason = check(view)
     assert sent, reason
+
+
+def test_a_plus_that_belongs_to_the_name_is_no_detail() -> None:
+    """sender_key cuts a +detail (ann+shop@ is ann@), but c++@partner.example (the book's
+    own example of an address holding the separator, which loops.py keeps whole too) was
+    cut to c@partner.example, another person: one answer in a period, and one daily cap,
+    for the two of them. A quoted local part was cut inside its quotes ('"a b+c"@x' became
+    '"a b@x'). Both stay whole; a detail is still cut."""
+    assert sender_key("c++@partner.example") == "c++@partner.example"
+    assert sender_key("c++@partner.example") != sender_key("c@partner.example")
+    assert sender_key('"a b+c"@x.example') == '"a b+c"@x.example'
+    assert sender_key("Ann+shop@x.example") == sender_key("ann@x.example") == "ann@x.example"
+    assert sender_key("a+b+c@x.example") == "a@x.example"
+    assert sender_key("+x@x.example") == "+x@x.example"
