@@ -377,7 +377,13 @@ def _routing_paths(text: str, routing: tuple[str, ...], gone: bool = False) -> s
         name = line.split(":", 1)[0]
         if ":" in line and name and not name.startswith("/") and os.path.isfile(
                 os.path.join(root, name)):
-            line = os.path.join(root, line)
+            # the hint may name the file again, as a word of a shell line (yamlsrc's iconv
+            # line for a file not saved as UTF-8, `NAME > NAME.new && mv NAME.new NAME`): run
+            # from the admin's folder it named no file; it gets its directory back too
+            full = os.path.join(root, name)
+            rest = re.sub(rf"(?<=[\s']){re.escape(name)}(?=(?:\.new)?(?:[\s']|$))",
+                          full.replace("\\", "\\\\"), line[len(name):])
+            line = full + rest
         out.append(line)
     return "\n".join(out)
 

@@ -976,6 +976,37 @@ def test_reload_names_the_routing_files_as_check_does(daemon_process, tmp_path):
         f"{rules / 'routing.yaml'}, {rules / 'sub' / 'x.yaml'}")
 
 
+def test_reload_gives_the_iconv_line_that_works_where_the_admin_stands(daemon_process, tmp_path):
+    """A routing file saved in windows-1251 and `mailrouter reload` from another folder: the
+    refusal's hint is the iconv line that converts the file in place (yamlsrc), but the
+    daemon's reply names files relative to the routing directory and the CLI gave only the
+    line's first name its directory back: pasted, 'iconv: cannot open input file
+    zz-cp.yaml' (and an empty zz-cp.yaml.new left there). Every name of the file in the
+    line is given its directory; the pasted line converts the file."""
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    proc = daemon_process(routing=str(rules / "*.yaml"), extra="workers: 1\n")
+    bad = rules / "zz-cp.yaml"
+    bad.write_bytes("rules: []\n# Счёт на оплату\n".encode("windows-1251"))
+    out = mr("reload", "-c", str(proc.config), cwd=tmp_path)
+    assert out.returncode == 1, out
+    fix = out.stdout.splitlines()[1].partition("; it looks like windows-1251: ")[2]
+    assert fix.startswith("iconv "), out.stdout
+    done = subprocess.run(fix, shell=True, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done
+    assert bad.read_text(encoding="utf-8") == "rules: []\n# Счёт на оплату\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("zz")) == []
+    # a name the hint quotes for the shell
+    from mailrouter.cli import _routing_paths
+    (rules / "my file.yaml").write_text("rules: []\n", encoding="utf-8")
+    said = ("my file.yaml:1:1: not UTF-8 text; iconv -f UTF-16 -t UTF-8 'my file.yaml' > "
+            "'my file.yaml'.new && mv 'my file.yaml'.new 'my file.yaml'")
+    full = f"{rules}/my file.yaml"
+    assert _routing_paths(said, (str(rules / "*.yaml"),)) == (
+        f"{full}:1:1: not UTF-8 text; iconv -f UTF-16 -t UTF-8 '{full}' > '{full}'.new && "
+        f"mv '{full}'.new '{full}'")
+
+
 def test_explain_text_names_each_matched_rule_once(tmp_path):
     """A matched rule is one line of `explain`'s text: it was printed as `rule:` and again as
     `because:` (the decision's reasons, which the registry keeps, name it too); the address
