@@ -189,3 +189,12 @@ def test_the_readme_says_what_its_first_command_needs_before_it():
     # the tour's paths (var/mail, rules/samples, .venv) are the checkout's too
     tour = text.index("```sh\nswaks ")
     assert "same checkout" in " ".join(text[tour - 200:tour].split())
+
+
+def test_the_install_guide_says_where_its_relative_paths_are():
+    """docs/install.md copies `config.example.yaml`, `rules/*.yaml` and `deploy/...` by
+    relative paths (step 2 even `cp docs/install.md README.md`) but never said to run in the
+    checkout: from root's home, a fresh root shell, `cp` said "No such file or directory"."""
+    text = (REPO / "docs" / "install.md").read_text(encoding="utf-8")
+    before = " ".join(text[:text.index("```sh")].split())
+    assert "top folder of the mailrouter checkout" in before
