@@ -482,6 +482,9 @@ def test_ctrl_c_stops_the_daemon_cleanly_as_its_help_says(tmp_path: Path) -> Non
                 time.sleep(0.05)
         code, _ = _smtp_send(smtp, "sales@example.com")
         assert code == 250, log.read_text()
+        while log.read_text().count("event=started loop=") < 2:   # both workers up
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(30) == 0, log.read_text()
     finally:
@@ -491,3 +494,10 @@ def test_ctrl_c_stops_the_daemon_cleanly_as_its_help_says(tmp_path: Path) -> Non
     text = log.read_text()
     assert "event=stopped" in text and "Traceback" not in text, text
     assert "KeyboardInterrupt" not in text, text
+    # worker 0's start line names the config and where the mail goes (a start without -c
+    # that found /etc/mailrouter/config.yaml stored mail under /etc/mailrouter/var, and no
+    # line said so); the other worker's does not repeat it
+    started = [ln for ln in text.splitlines() if "event=started loop=" in ln]
+    assert len(started) == 2, text
+    assert sum(f"config={cfg} mail={tmp_path / 'var' / 'mail'}" in ln for ln in started) == 1, \
+        started
