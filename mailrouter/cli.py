@@ -680,8 +680,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 # Each command's exit codes in its own --help: only the program's --help listed them, so
 # `mailrouter reload --help` (what systemctl reload runs) did not say what 1, 3 or 4 mean.
 EXITS: dict[str, str] = {
-    "run": "0 stopped (SIGTERM), 2 could not start (config, a directory it cannot write, a "
-           "port in use)",
+    "run": "0 stopped (SIGTERM, Ctrl-C), 2 could not start (config, a directory it cannot "
+           "write, a port in use)",
     "check": "0 valid (warnings allowed), 1 errors in the config or the routing files",
     "test": "0 every case passed, 1 a case failed, 2 the config or the routing files have "
             "errors (mailrouter check names them), 5 the routing files have no rule test: "
@@ -767,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    add("run", cmd_run, "run the daemon until SIGTERM (SIGHUP reloads the routing files)")
+    add("run", cmd_run, "run the daemon until SIGTERM or Ctrl-C (SIGHUP reloads the routing "
+        "files)")
     ck = add("check", cmd_check, "validate the configuration and routing files; exit 1 on errors")
     ts = add("test", cmd_test, "run the rule tests in the routing files; exit 1 on any failure")
     ex = add("explain", cmd_explain, "show the decision for one message, without delivering it")

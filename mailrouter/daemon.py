@@ -252,8 +252,15 @@ class App:
             self._zeros = asyncio.get_running_loop().run_in_executor(
                 None, _known_decisions, self._snapshot)
         self._lint_later(self._snapshot)
+        # which config and where the mail goes: a start without -c that found
+        # /etc/mailrouter/config.yaml stored the tour's mail under /etc/mailrouter/var, and
+        # no line of the log said so (the newcomer looked in ./var and found nothing)
+        where = {"config": self.config.path or "embedded-default",
+                 "mail": str(self.config.delivery.maildir_root)} \
+            if self.worker in (None, 0) else {}
         log.info("event=started loop=%s %s", loop_name(),
-                 " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()))
+                 " ".join(f"{k}={h}:{p}" for k, (h, p) in self.bound.items()),
+                 extra={"fields": where})
 
     def _outgoing(self) -> Outgoing:
         ar = self.config.autoreply

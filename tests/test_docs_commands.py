@@ -172,3 +172,29 @@ def test_the_rules_readme_failure_line_is_what_mailrouter_test_prints(tmp_path):
     assert line == (shown.replace("/etc/mailrouter/rules", str(rules))
                     .replace("routing.yaml:52:", f"routing.yaml:{case_line}:")
                     .replace("routing.yaml:39)", f"routing.yaml:{rule_line})")), (line, shown)
+
+
+def test_the_readme_says_what_its_first_command_needs_before_it():
+    """A newcomer on a bare Debian 12 runs the README's first command as soon as they see it:
+    `python3 -m venv` stops there with "ensurepip is not available" until python3-venv is
+    installed, and the line works only in the top folder of the checkout (pip installs `.`;
+    elsewhere "does not appear to be a Python project"). The README named python3-venv only
+    after the test suite's block, below the command that needed it, and named no folder."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    first = re.search(r"```sh\n(.*?)```", text, re.S)
+    assert first and first.group(1).startswith("python3 -m venv .venv"), "the first block moved"
+    before = text[:first.start()]
+    assert "apt-get install python3-venv" in before
+    assert "top folder of your checkout" in before
+    # the tour's paths (var/mail, rules/samples, .venv) are the checkout's too
+    tour = text.index("```sh\nswaks ")
+    assert "same checkout" in " ".join(text[tour - 200:tour].split())
+
+
+def test_the_install_guide_says_where_its_relative_paths_are():
+    """docs/install.md copies `config.example.yaml`, `rules/*.yaml` and `deploy/...` by
+    relative paths (step 2 even `cp docs/install.md README.md`) but never said to run in the
+    checkout: from root's home, a fresh root shell, `cp` said "No such file or directory"."""
+    text = (REPO / "docs" / "install.md").read_text(encoding="utf-8")
+    before = " ".join(text[:text.index("```sh")].split())
+    assert "top folder of the mailrouter checkout" in before
