@@ -285,7 +285,7 @@ def test_errors_in_two_files_are_reported_together(tmp_path: Path) -> None:
         load(*sorted(d.glob("*.yaml")), book=None)
     assert [str(e) for e in info.value.errors] == [
         f"{d / 'company.yaml'}:{_line(d / 'company.yaml', 'finanse')}:27: unknown mailbox "
-        "'finanse'; did you mean 'finance'?",
+        "'finanse'; did you mean 'finance'? (define it under 'mailboxes:')",
         f"{d / 'routing.yaml'}:{_line(d / 'routing.yaml', 'salez')}:21: rule 'sales': unknown "
         "mailbox 'salez'; did you mean "
         "'sales'? (define it under 'mailboxes:')"]

@@ -41,7 +41,8 @@ def _end(targets: tuple[Target, ...], at: Any) -> Edge:
 def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any,
              folder_at: Any = None) -> list[Edge]:
     if name not in p.mailboxes:
-        c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes"))
+        c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes")
+              + " (define it under 'mailboxes:')")
         return []
     problem = written_folder_problem(folder) if folder is not None else None
     if problem is not None:
@@ -60,7 +61,8 @@ def person_edge(p: Parts, key: str, at: Any) -> Edge:
 def _team(c: Collector, p: Parts, key: str, at: Any) -> list[Edge]:
     team = p.teams.get(key)
     if team is None:
-        c.add(f"unknown team {key!r}", at, did_you_mean(key, p.teams, "teams"))
+        c.add(f"unknown team {key!r}", at, did_you_mean(key, p.teams, "teams")
+              + " (define it under 'teams:')")
         return []
     step = f"team:{key}"
     if team.mailbox is not None:
