@@ -535,7 +535,6 @@ def choose_language(view: View, languages: Sequence[str], default: str) -> str:
 # The answer (RFC 3834 section 3)
 
 _MSGID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
-_WHITE_CONTROLS = re.compile(r"[\t\r\n\v\f]+")
 
 
 # The original subject as the answer quotes it, in its Subject and body: a subject of
@@ -571,10 +570,9 @@ def build_reply(responder: Responder, view: View, *, to: str, old: str, new: str
     msg = EmailMessage(policy=email_policy.SMTPUTF8 if utf8 else email_policy.SMTP)
     msg["From"] = sender
     msg["To"] = to.strip("<>")
-    # a customer's U+2028 (header_text); a tab or line end between words is a space: a
+    # a customer's U+2028; a tab or line end between words is a space (header_text): a
     # subject folded before a tab (`Invoice\r\n\tquestion`) read "Auto: Invoicequestion"
-    subject = _WHITE_CONTROLS.sub(" ", responder.subject_for(language).format(**values))
-    msg["Subject"] = header_text(subject)
+    msg["Subject"] = header_text(responder.subject_for(language).format(**values))
     msg["Date"] = format_datetime(at)
     msg["Message-ID"] = message_id or make_msgid(domain=hostname)
     original = _MSGID.search(view.message_id or "")

@@ -77,16 +77,20 @@ class HeaderView(Protocol):
 
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+# TAB, a line end and the other white controls between two words: a space, not nothing (a
+# subject folded before a TAB, "line one\r\n\tfolded", unfolds to "line one\tfolded", and
+# read "line onefolded" in an SLA reminder's subject when the TAB was cut as a control)
+_WHITE_CONTROLS = re.compile(r"[\t\r\n\v\f]+")
 # The line ends str.splitlines() knows beyond C0: Python's email package refuses a header
 # value holding one (ValueError), and a reader that splits as Python does breaks the line there
 _LINE_SEPARATORS = re.compile("[\x85\u2028\u2029]")
 
 
 def header_text(text: str) -> str:
-    """No CR, LF or other controls in a header we write (header injection); NEL, LINE
-    SEPARATOR and PARAGRAPH SEPARATOR (a customer's RFC 2047 Subject can decode to them)
-    become spaces."""
-    return _LINE_SEPARATORS.sub(" ", _CONTROLS.sub("", text)).strip()
+    """No CR, LF or other controls in a header we write (header injection): a run of TAB,
+    CR, LF, VT or FF becomes one space, the other controls go; NEL, LINE SEPARATOR and
+    PARAGRAPH SEPARATOR (a customer's RFC 2047 Subject can decode to them) become spaces."""
+    return _LINE_SEPARATORS.sub(" ", _CONTROLS.sub("", _WHITE_CONTROLS.sub(" ", text))).strip()
 
 
 def _norm(address: str, detail_separator: str = "") -> str:

@@ -394,6 +394,31 @@ def test_moved_cycle_is_a_cycle() -> None:
     assert len(errs) == 1 and "alias loop of 2: new@example.com -> old@example.com" in errs[0]
 
 
+def test_an_unknown_mailbox_or_team_says_where_to_define_it() -> None:
+    """An alias (or a person, or a team) naming an unknown mailbox or team listed the known
+    ones, or guessed one, but never said where the missing one is defined: the fix names
+    the section, after the did-you-mean or the list."""
+    assert errors("  a@example.com: mailbox:sale\n  b@example.com: mailbox:nosuch\n"
+                  "  c@example.com: team:dut\n  d@example.com: team:nosuch\n") == [
+        "t.yaml:14:18: unknown mailbox 'sale'; did you mean 'sales'? "
+        "(define it under 'mailboxes:')",
+        "t.yaml:15:18: unknown mailbox 'nosuch'; known mailboxes: finance, person:ivanov, "
+        "person:smirnov, sales, support (define it under 'mailboxes:')",
+        "t.yaml:16:18: unknown team 'dut'; did you mean 'duty'? (define it under 'teams:')",
+        "t.yaml:17:18: unknown team 'nosuch'; known teams: desk, duty "
+        "(define it under 'teams:')"]
+    with pytest.raises(ConfigErrors) as info:
+        AddressBook.build(loads("domains: [example.com]\nmailboxes: {sales: {maildir: s}}\n"
+                                "people:\n  ivanov: {address: i@example.com, mailbox: sale}\n"
+                                "teams:\n  duty: {members: [ivanov], mailbox: nosuch}\n",
+                                "t.yaml"))
+    assert [str(e) for e in info.value.errors] == [
+        "t.yaml:4:45: person 'ivanov' names unknown mailbox 'sale'; did you mean 'sales'? "
+        "(define it under 'mailboxes:')",
+        "t.yaml:6:38: team 'duty' names unknown mailbox 'nosuch'; known mailboxes: sales "
+        "(define it under 'mailboxes:')"]
+
+
 def test_every_problem_is_reported() -> None:
     """Dangling names, duplicates and bad keys all come back from one build."""
     errs = errors("  a@example.com: mailbox:sale\n  b@example.com: ivanvo\n"
@@ -479,7 +504,8 @@ def test_a_list_repeated_through_anchors_is_walked_once() -> None:
         AddressBook.build(loads(broken, "t.yaml"))
     errs = [str(e) for e in info.value.errors]
     assert errs == [f"t.yaml:14:{24 + 14 * i}: unknown mailbox 'nope'; known mailboxes: finance, "
-                    "person:ivanov, person:smirnov, sales, support" for i in range(9)]
+                    "person:ivanov, person:smirnov, sales, support (define it under 'mailboxes:')"
+                    for i in range(9)]
 
 
 def test_groups_wider_than_the_limit_through_anchors() -> None:
@@ -594,4 +620,4 @@ def test_a_target_that_yaml_reads_as_a_number_is_named_at_its_alias() -> None:
     `check` and a reload named as config.yaml; it is the alias's line in the routing file."""
     errs = errors("  sales@example.com: mailbox:sales\n  z@example.com: {mailbox: 2026}\n")
     assert errs == ["t.yaml:15:3: unknown mailbox '2026'; known mailboxes: finance, "
-                    "person:ivanov, person:smirnov, sales, support"]
+                    "person:ivanov, person:smirnov, sales, support (define it under 'mailboxes:')"]

@@ -471,6 +471,27 @@ def test_explain_null_sender_is_a_robot():
     assert person["robot"]["robot"] is False and "robot" not in person["recipients"][0]["tags"]
 
 
+@pytest.mark.parametrize("first", [b" , ceo@example.com\r\n", b"\tcontinued\n"],
+                         ids=["space", "tab"])
+def test_explain_reads_a_message_starting_with_white_space_as_the_daemon_stores_it(
+        tmp_path, first):
+    """A first line starting with white space continues no header: the daemon stores such a
+    message after an empty line (intake.protocol, as Postfix's smtpd), so it is all body and
+    its 'Subject: invoice 7' is no subject; a real daemon delivered it to sales by the rule
+    'sales'. `explain` read the file's lines as headers: the invoices rule, to finance. It
+    reads the file as the daemon stores it now, the size included."""
+    raw = first + b"From: a@outside.test\r\nTo: sales@example.com\r\nSubject: invoice 7\r\n\r\nx\r\n"
+    eml = tmp_path / "folded.eml"
+    eml.write_bytes(raw)
+    out = mr("explain", "--json", "--rcpt", "sales@example.com", str(eml), cwd=RULES.parent)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    (d,) = report["recipients"]
+    assert (report["subject"], report["size"]) == ("", len(raw) + 2)
+    assert (d["mailbox"], d["folder"]) == ("sales", "Inbound")
+    assert [r.partition(" (")[0] for r in d["reasons"]] == ["address book", "rule 'sales'"]
+
+
 @pytest.mark.parametrize("junk", [b"", b"\x00\xff\xfe garbage \r\n\r\n\x80",
                                   b"Subject: =?koi8-r?B?broken?=\r\nContent-Type: multipart/mixed\r\n\r\n--x"],
                          ids=["empty", "binary", "broken-mime"])

@@ -285,7 +285,7 @@ def test_errors_in_two_files_are_reported_together(tmp_path: Path) -> None:
         load(*sorted(d.glob("*.yaml")), book=None)
     assert [str(e) for e in info.value.errors] == [
         f"{d / 'company.yaml'}:{_line(d / 'company.yaml', 'finanse')}:27: unknown mailbox "
-        "'finanse'; did you mean 'finance'?",
+        "'finanse'; did you mean 'finance'? (define it under 'mailboxes:')",
         f"{d / 'routing.yaml'}:{_line(d / 'routing.yaml', 'salez')}:21: rule 'sales': unknown "
         "mailbox 'salez'; did you mean "
         "'sales'? (define it under 'mailboxes:')"]
@@ -731,3 +731,35 @@ def _check_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str], rules: o
     cfg.write_text(f"routing: ['{COMPANY}', '{rules}']\n", encoding="utf-8")
     assert main(["check", "-c", str(cfg)]) == 0
     return [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+
+
+def test_check_warns_about_a_group_member_moved_without_delivery(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A group listing a moved address with `deliver: false` drops that member: no copy,
+    no bounce (the group's other members take the mail), and `check` said nothing. It
+    warns now, naming the group, the member and the new address; the daemon's book, built
+    in another process and sent back (load_book, pickled), carries it too. A group member
+    moved with delivery (it follows `now:`) is no warning."""
+    import pickle
+
+    from mailrouter.config import Limits
+    from mailrouter.routing.files import load_book
+    from mailrouter.routing.snapshot import load_snapshot
+    rules = routing_file("""\
+moved:
+  gone@example.com: {now: sales@example.com, deliver: false}
+  kept@example.com: {now: sales@example.com}
+aliases:
+  crew@example.com: [mailbox:support, Gone@example.com, kept@example.com]
+""", "r.yaml")
+    want = ("alias crew@example.com: its member gone@example.com is a moved address with "
+            "deliver: false, which the group drops without a word (no copy goes to "
+            "sales@example.com); list sales@example.com instead, or remove gone@example.com")
+    assert [w for w in _check_warnings(tmp_path, capsys, rules) if "moved" in w] == [
+        "warning: " + want]
+    patterns = [str(COMPANY), str(rules)]
+    built = load_book(patterns, Limits())
+    assert built is not None
+    given = pickle.loads(pickle.dumps(built))
+    snap = load_snapshot(patterns, Limits(), "mx.test", built=given)
+    assert snap.book is given[1] and want in snap.warnings(False, suggest=50)

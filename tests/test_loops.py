@@ -7,7 +7,7 @@ from pathlib import Path
 from mailrouter.addresses import AddressBook
 from mailrouter.config import Limits
 from mailrouter.explain import explain, format_text
-from mailrouter.loops import TRACE_HEADER, detect_loop, trace_headers
+from mailrouter.loops import TRACE_HEADER, detect_loop, header_text, trace_headers
 from mailrouter.message import MessageView
 from mailrouter.routing.snapshot import load_snapshot
 from mailrouter.values import REPLY_DELIVERED_TO, REPLY_LOOP, LoopEvidence, LoopKind
@@ -206,3 +206,23 @@ def test_with_the_book_a_header_names_the_rcpt_the_book_resolves_it_to() -> None
     assert detect_loop(MessageView(ours), "sales@example.com", hostname=HOST, max_received=30,
                        book=strict) is None      # (MessageView reads Delivered-To lower-cased)
     assert loop("sales+x@example.com", "sales@example.com", strict)
+
+
+def test_header_text_reads_a_tab_or_line_end_as_a_space() -> None:
+    """A subject folded before a TAB ("line one\\r\\n\\tfolded", unfolded by the reader to
+    "line one\\tfolded") read "line onefolded" in an SLA reminder's Subject, a folder name
+    or an owner header: header_text cut the TAB as a control for every caller. A run of
+    TAB/CR/LF is one space now; no line end reaches the header."""
+    assert header_text("line one\tfolded") == "line one folded"
+    assert header_text("line one\r\n\tfolded") == "line one folded"
+    assert header_text("a\x00b\x7fc") == "abc"
+    from datetime import UTC, datetime
+    from email import message_from_bytes
+
+    from mailrouter.control.notice import build_notice
+    raw = build_notice(sender="sla@example.com", to="owner@example.com", to_name=None,
+                       subject="[#1] Reminder: line one\tfolded", body="x", hostname=HOST,
+                       at=datetime(2027, 1, 11, tzinfo=UTC))
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"Subject: [#1] Reminder: line one folded\r\n" in head and b"\t" not in head
+    assert message_from_bytes(raw)["Subject"] == "[#1] Reminder: line one folded"

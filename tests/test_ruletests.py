@@ -47,6 +47,24 @@ tests:
         tmp_path) == []
 
 
+def test_a_message_file_starting_with_white_space_is_read_as_the_daemon_stores_it(
+        tmp_path: Path) -> None:
+    """The daemon stores a message whose first line starts with white space after an empty
+    line (intake.protocol): all body, no subject, so the rule on its subject never takes
+    it. `mailrouter test` read the file's lines as headers, and the case expecting what
+    the daemon does failed (rule 'inv' matched)."""
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "folded.eml").write_bytes(
+        " , ceo@example.com\r\nSubject: счет 7\r\n\r\nx\r\n".encode())
+    assert run("""\
+tests:
+  - name: folded
+    message: samples/folded.eml
+    rcpt: invoices@example.com
+    expect: {rule: null}
+""", tmp_path) == []
+
+
 def test_failing_case_is_exactly_one_line_with_expected_and_actual(tmp_path: Path) -> None:
     """One wrong expectation produces one line: file:line, test name, expected vs actual."""
     lines = run("""\

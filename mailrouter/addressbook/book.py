@@ -13,7 +13,7 @@ from .canon import canonical_domain, detail_split, domain_problem, local_form, u
 from .errs import Collector
 from .compact import Expansions
 from .expand import expand_all, make_target
-from .graph import add_detail_forms, add_moved, check_dangling, parse_aliases
+from .graph import add_detail_forms, add_moved, check_dangling, dropped_members, parse_aliases
 from .model import Limits, Mailbox, Moved, Options, Person, Resolution, Team
 from .parse import SECTIONS, _parse_moved, parse_parts
 from .records import mailbox_map, people_map, text_map
@@ -36,13 +36,14 @@ class AddressBook:
     """Immutable after build; `knows` and `resolve` are dictionary lookups."""
 
     __slots__ = ("domains", "mailboxes", "people", "teams", "moved", "options", "limits",
-                 "_expansions", "_by_address", "_detail_forms", "made_of")
+                 "_expansions", "_by_address", "_detail_forms", "made_of", "dropped")
 
     def __init__(self, domains: frozenset[str], mailboxes: Mapping[str, Mailbox],
                  people: Mapping[str, Person], teams: Mapping[str, Team],
                  moved: Mapping[str, Moved], options: Options, limits: Limits,
                  expansions: Expansions, by_address: Mapping[str, str],
-                 detail_forms: frozenset[str] = frozenset()) -> None:
+                 detail_forms: frozenset[str] = frozenset(),
+                 dropped: tuple[tuple[str, str, str, int], ...] = ()) -> None:
         self.domains = domains
         # people and mailboxes (a person's own among them) in a few big objects (records.py)
         self.mailboxes: Mapping[str, Mailbox] = mailbox_map(mailboxes)
@@ -58,6 +59,9 @@ class AddressBook:
         # the hash of what it was built of, when its builder knows it (routing.snapshot's
         # load_book): a reload of files whose book sections did not change keeps the book
         self.made_of: str | None = None
+        # (group, member, file, line): members a group drops, moved with deliver: false
+        # (graph.dropped_members; `mailrouter check` warns)
+        self.dropped = dropped
 
     def __getstate__(self) -> tuple[Any, ...]:
         """A book pickles (without its caches): daemon.run_workers has it built in a child
@@ -66,11 +70,12 @@ class AddressBook:
         the load's million short-lived objects."""
         return (self.domains, self.mailboxes, self.people, dict(self.teams), dict(self.moved),
                 self.options, self.limits, self._expansions, self._by_address,
-                self._detail_forms, self.made_of)
+                self._detail_forms, self.made_of, self.dropped)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.domains, self.mailboxes, self.people, teams, moved, self.options, self.limits,
-         self._expansions, self._by_address, self._detail_forms, self.made_of) = state
+         self._expansions, self._by_address, self._detail_forms, self.made_of,
+         self.dropped) = state
         self.teams, self.moved = MappingProxyType(teams), MappingProxyType(moved)
         self._expansions.use(make_target)
 
@@ -93,9 +98,10 @@ class AddressBook:
         check_dangling(c, nodes, p.moved)
         plans = expand_all(c, nodes, limits, forms) if not c.errors else {}
         c.raise_if_any()
+        dropped = dropped_members(p, nodes)
         del nodes                   # the edges hold the loaded values (file:line): errors only
         return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,
-                   limits, Expansions(plans, make_target), p.by_address, forms)
+                   limits, Expansions(plans, make_target), p.by_address, forms, dropped)
 
     @classmethod
     def load(cls, *paths: str | Path, limits: Limits = Limits()) -> AddressBook:

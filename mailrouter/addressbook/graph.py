@@ -15,13 +15,13 @@ from collections.abc import Container, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..values import Target, written_folder_problem
-from ..yamlsrc import as_written
+from ..yamlsrc import as_written, where
 from .canon import canonical, canonicaliser, detail_split
 from .errs import Collector, did_you_mean
 from .parse import Parts, define
 
 __all__ = ["Edge", "parse_target", "parse_aliases", "add_moved", "add_detail_forms",
-           "check_dangling"]
+           "check_dangling", "dropped_members"]
 
 PREFIXES = ("mailbox:", "person:", "team:")
 
@@ -41,7 +41,8 @@ def _end(targets: tuple[Target, ...], at: Any) -> Edge:
 def _mailbox(c: Collector, p: Parts, name: str, folder: str | None, at: Any,
              folder_at: Any = None) -> list[Edge]:
     if name not in p.mailboxes:
-        c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes"))
+        c.add(f"unknown mailbox {name!r}", at, did_you_mean(name, p.mailboxes, "mailboxes")
+              + " (define it under 'mailboxes:')")
         return []
     problem = written_folder_problem(folder) if folder is not None else None
     if problem is not None:
@@ -60,7 +61,8 @@ def person_edge(p: Parts, key: str, at: Any) -> Edge:
 def _team(c: Collector, p: Parts, key: str, at: Any) -> list[Edge]:
     team = p.teams.get(key)
     if team is None:
-        c.add(f"unknown team {key!r}", at, did_you_mean(key, p.teams, "teams"))
+        c.add(f"unknown team {key!r}", at, did_you_mean(key, p.teams, "teams")
+              + " (define it under 'teams:')")
         return []
     step = f"team:{key}"
     if team.mailbox is not None:
@@ -344,6 +346,19 @@ def add_moved(c: Collector, p: Parts, nodes: dict[str, list[Edge]]) -> None:
                       "or set deliver: false")
         else:
             nodes[old] = [Edge(moved.now, (), p.moved_at[old])]
+
+
+def dropped_members(p: Parts, nodes: Mapping[str, list[Edge]]
+                    ) -> tuple[tuple[str, str, str, int], ...]:
+    """(group, member, file, line) of each group member that is a moved address with
+    `deliver: false`: the group delivers nothing to it, and said nothing (`mailrouter
+    check` warns, Snapshot.warnings). Of a book that builds: an alias whose every target is
+    such an address is an error ("delivers nowhere"). No line in a load without positions."""
+    gone = {old for old, moved in p.moved.items() if not moved.deliver}
+    if not gone:
+        return ()
+    return tuple((src, edge.dest, *where(edge.at)[:2]) for src, edges in nodes.items()
+                 for edge in edges if edge.dest in gone)
 
 
 def _detail_base(p: Parts, nodes: Container[str], address: str) -> str | None:

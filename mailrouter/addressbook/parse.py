@@ -190,7 +190,8 @@ def _parse_person(c: Collector, key: Any, value: Any, p: Parts) -> Person | None
         p.mailboxes[mailbox] = Mailbox(mailbox, "maildir", PERSON_MAILDIR_PREFIX + str(key))
     elif str(mailbox) not in p.mailboxes:
         c.add(f"person {str(key)!r} names unknown mailbox {str(mailbox)!r}", mailbox,
-              did_you_mean(str(mailbox), p.mailboxes, "mailboxes"), value)
+              did_you_mean(str(mailbox), p.mailboxes, "mailboxes")
+              + " (define it under 'mailboxes:')", value)
     deputy = value.get("deputy")
     return Person(str(key), address, str(value["name"]) if "name" in value else None,
                   str(deputy) if deputy is not None else None,
@@ -278,7 +279,8 @@ def _parse_teams(c: Collector, section: Any, p: Parts) -> None:
         mailbox = value.get("mailbox")
         if mailbox is not None and str(mailbox) not in p.mailboxes:
             c.add(f"team {name!r} names unknown mailbox {str(mailbox)!r}", mailbox,
-                  did_you_mean(str(mailbox), p.mailboxes, "mailboxes"), value)
+                  did_you_mean(str(mailbox), p.mailboxes, "mailboxes")
+                  + " (define it under 'mailboxes:')", value)
         members = tuple(dict.fromkeys(str(m) for m in value["members"] if str(m) in p.people))
         head = value.get("head")
         if head is not None and str(head) not in p.people:

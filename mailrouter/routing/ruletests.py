@@ -92,7 +92,10 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
             # a FIFO or a device (message: /dev/stdin, /dev/zero): reading it waited for
             # ever, and `check` and `test` with it
             must_be_regular(path)
-            return path.read_bytes()
+            raw = path.read_bytes()
+            # as the daemon stores it (intake.protocol._FOLDED, which routing cannot import):
+            # a first line starting with white space gets an empty line before it, all body
+            return b"\r\n" + raw if raw[:1] in (b" ", b"\t") else raw
         except NotRegularFile:
             raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
                              ".eml file", _key(case, "message")) from None

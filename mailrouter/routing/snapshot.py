@@ -69,6 +69,11 @@ class Snapshot:
             out.append(f"{at}domain {d}: RCPT TO:<postmaster@{d}> is refused, but RFC 5321 "
                        f"4.5.1 requires every mail domain to take mail for postmaster; add "
                        f"'postmaster@{d}: {self._postmaster_target()}' under aliases:")
+        for group, member, path, line in self.book.dropped:
+            now = self.book.moved[member].now
+            out.append(f"{place_prefix(path, line)}alias {group}: its member {member} is a "
+                       f"moved address with deliver: false, which the group drops without a "
+                       f"word (no copy goes to {now}); list {now} instead, or remove {member}")
         out += control_warnings(self.rules.rules, control)
         out += zone_warnings(self.rules.calendars)
         return out
