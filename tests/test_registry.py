@@ -129,6 +129,24 @@ async def test_a_late_reconcile_leaves_an_answered_message_answered(registry: Re
     assert row is not None and (row["status"], row["attempts"]) == ("unanswered", 2)
 
 
+async def test_unanswered_changes_only_the_row_that_commit_wrote(registry: Registry) -> None:
+    """`unanswered(key, committed_at)`: the 250 of that record reached nobody. A row written
+    again since (the sender's retry answered 250, maybe by another process) stays as it is,
+    and so does one that never said it was answered."""
+    first = await registry.record(message(), [decision()], [delivery()])
+    again = await registry.record(message(), [decision()], [delivery()])
+    assert not await registry.unanswered("a" * 64, first)
+    row = await registry.message("a" * 64)
+    assert row is not None and (row["status"], row["attempts"]) == ("delivered", 2)
+    assert await registry.unanswered("a" * 64, again)
+    row = await registry.message("a" * 64)
+    assert row is not None and (row["status"], row["attempts"]) == ("unanswered", 2)
+    held = await registry.record(message("b" * 64, status="deferred"), [decision()], [])
+    assert not await registry.unanswered("b" * 64, held)
+    row = await registry.message("b" * 64)
+    assert row is not None and row["status"] == "deferred"
+
+
 async def test_same_key_twice_in_one_batch(registry: Registry) -> None:
     """Two concurrent records of one key land in one batch and still count as a retry."""
     await asyncio.gather(registry.record(message(), [decision()], [delivery()]),
