@@ -147,6 +147,59 @@ async def test_unanswered_changes_only_the_row_that_commit_wrote(registry: Regis
     assert row is not None and row["status"] == "deferred"
 
 
+def split_decision(rcpt: str, reply: str) -> DecisionRecord:
+    return decision(rcpt, reply=reply)
+
+
+async def test_a_split_message_delivered_after_a_deferred_part_is_partial(
+        registry: Registry) -> None:
+    """An MTA splits a message over transactions (same key): the first one's recipient
+    deferred, a later one's (another recipient) delivered. The later record said
+    `delivered` while the first recipient was still waiting in the MTA's queue. Now
+    `partial` while a recipient of the message stands deferred; the retry that delivers
+    it ends `delivered`."""
+    key = "c" * 64
+    await registry.record(message(key, status="deferred", rcpts=("a@example.com",)),
+                          [split_decision("a@example.com", "451 4.3.0 try again later")],
+                          [delivery("lmtp:a@mx", "deferred")])
+    await registry.record(message(key, status="delivered", rcpts=("b@example.com",)),
+                          [split_decision("b@example.com", "250 2.0.0 Ok: delivered")],
+                          [delivery("maildir:b")])
+    row = await registry.message(key)
+    assert row is not None and (row["status"], row["attempts"]) == ("partial", 2)
+    await registry.record(message(key, status="delivered", rcpts=("a@example.com",)),
+                          [split_decision("a@example.com", "250 2.0.0 Ok: delivered")],
+                          [delivery("lmtp:a@mx")])
+    row = await registry.message(key)
+    assert row is not None and (row["status"], row["attempts"]) == ("delivered", 3)
+    # a retry of the whole message, every recipient in it, delivered: delivered
+    other = "d" * 64
+    both = ("a@example.com", "b@example.com")
+    await registry.record(message(other, status="partial", rcpts=both),
+                          [split_decision("a@example.com", "451 4.3.0 try again later"),
+                           split_decision("b@example.com", "250 2.0.0 Ok: delivered")],
+                          [delivery("maildir:b")])
+    await registry.record(message(other, status="delivered", rcpts=both),
+                          [split_decision(r, "250 2.0.0 Ok: delivered") for r in both],
+                          [delivery("maildir:b"), delivery("lmtp:a@mx")])
+    row = await registry.message(other)
+    assert row is not None and row["status"] == "delivered"
+
+
+async def test_a_split_message_all_in_one_batch_is_partial(registry: Registry) -> None:
+    """The deferred part and the delivered part of one key committed in one batch (two
+    transactions at once): `partial` too, whichever came first."""
+    key = "e" * 64
+    await asyncio.gather(
+        registry.record(message(key, status="deferred", rcpts=("a@example.com",)),
+                        [split_decision("a@example.com", "451 4.3.0 try again later")], []),
+        registry.record(message(key, status="delivered", rcpts=("b@example.com",)),
+                        [split_decision("b@example.com", "250 2.0.0 Ok: delivered")],
+                        [delivery("maildir:b")]))
+    row = await registry.message(key)
+    assert row is not None and (row["status"], row["attempts"]) == ("partial", 2)
+
+
 async def test_same_key_twice_in_one_batch(registry: Registry) -> None:
     """Two concurrent records of one key land in one batch and still count as a retry."""
     await asyncio.gather(registry.record(message(), [decision()], [delivery()]),
