@@ -147,6 +147,35 @@ async def test_unanswered_changes_only_the_row_that_commit_wrote(registry: Regis
     assert row is not None and row["status"] == "deferred"
 
 
+async def test_an_answered_record_costs_one_commit_a_given_up_one_a_second(
+        registry: Registry) -> None:
+    """The normal path stays one commit per record (no `unanswered` write). A caller that
+    gives up while its commit is under way (a process_timeout's cancel) answers no 250:
+    that commit goes through, and one more write makes its row `unanswered`."""
+    commits: list[object] = []
+    event.listen(registry.commit_engine, "commit", lambda conn: commits.append(conn))
+    for n in range(3):
+        await registry.record(message(f"{n:064x}"), [decision()], [delivery()])
+    await registry.record(message(f"{0:064x}"), [decision()], [delivery()])   # a retry
+    assert len(commits) == 4
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(registry.record(message("9" * 64), [decision()], [delivery()]))
+
+    def give_up(conn: object) -> None:     # in this record's commit, before it is done
+        if len(commits) == 5:
+            loop.call_soon_threadsafe(task.cancel)
+    event.listen(registry.commit_engine, "commit", give_up)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(500):
+        row = await registry.message("9" * 64)
+        if row is not None and row["status"] == "unanswered":
+            break
+        await asyncio.sleep(0.01)
+    assert row is not None and row["status"] == "unanswered"
+    assert len(commits) == 6
+
+
 def split_decision(rcpt: str, reply: str) -> DecisionRecord:
     return decision(rcpt, reply=reply)
 
