@@ -202,7 +202,10 @@ class Pipeline:
                 # 250 will reach nobody. Made `unanswered` in one more write, only now.
                 log.warning("event=client_gone qid=%s status=%s recorded=%s after=commit", qid,
                             record.status, UNANSWERED)
-                await self.registry.unanswered(key, committed_at)
+                try:
+                    await self.registry.unanswered(key, committed_at)
+                except RegistryError as exc:    # stored and recorded: no 451 to count
+                    log.error("event=unanswered_not_recorded qid=%s error=%r", qid, str(exc))
             if outgoing and self.wake_outbox is not None:
                 self.wake_outbox()
         except RegistryError as exc:
