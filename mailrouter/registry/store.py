@@ -1062,7 +1062,7 @@ class Registry:
         try:
             return await self._run(write, write=True)
         except Exception as exc:  # any driver/pool/OS error is a registry outage
-            raise _failure("unanswered", exc, self._db) from None
+            raise _failure("record", exc, self._db) from None   # the record's own write
 
     def _unanswer_soon(self, rows: Sequence[tuple[str, datetime]]) -> None:
         """`_unanswer` in a task of its own (the writer goes on; close() waits for it)."""
