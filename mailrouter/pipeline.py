@@ -191,12 +191,21 @@ class Pipeline:
                 log.warning("event=client_gone qid=%s status=%s recorded=%s", qid,
                             record.status, UNANSWERED)
                 record = dataclasses.replace(record, status=UNANSWERED)
-            await self.registry.record(
+            committed_at = await self.registry.record(
                 record,
                 [_decision_record(d, r) for d, r in zip(noted, replies)],
                 [DeliveryRecord(t, "delivered" if r.ok else ("deferred" if r.temporary else "failed"),
                                 str(r)) for t, r in results.items()], after, outgoing)
             recorded[0] = True
+            if record.status in ("delivered", "partial") and txn.gone is not None and txn.gone():
+                # The reset came while the record committed: the row says answered and the
+                # 250 will reach nobody. Made `unanswered` in one more write, only now.
+                log.warning("event=client_gone qid=%s status=%s recorded=%s after=commit", qid,
+                            record.status, UNANSWERED)
+                try:
+                    await self.registry.unanswered(key, committed_at)
+                except RegistryError as exc:    # stored and recorded: no 451 to count
+                    log.error("event=unanswered_not_recorded qid=%s error=%r", qid, str(exc))
             if outgoing and self.wake_outbox is not None:
                 self.wake_outbox()
         except RegistryError as exc:

@@ -136,3 +136,27 @@ async def test_a_transaction_deferred_after_another_delivered_leaves_the_message
     row = await app.registry.message(key)
     assert row is not None and row["status"] == "delivered"
     assert len(delivered(row)) == 2
+
+
+async def test_a_transaction_delivered_after_another_deferred_leaves_the_message_partial(
+        make_app, tmp_path):
+    """The other order: the first transaction (support) deferred, its folder no folder;
+    the second (sales) delivered and answered 250. The message was recorded `delivered`
+    while support's recipient still waited in the MTA's queue; it is `partial`. The
+    retry of support, once the folder is back, makes it `delivered`."""
+    app = await make_app()
+    port = app.bound["smtp"][1]
+    support = tmp_path / "var" / "mail" / "support"
+    support.parent.mkdir(parents=True, exist_ok=True)
+    support.write_text("not a folder")
+    assert (await send(port, "support@example.com"))[0].startswith("451 4.3.0")
+    assert (await send(port, "sales@example.com"))[0].startswith("250 2.0.0")
+    key = message_key(SENDER, RAW)
+    row = await app.registry.message(key)
+    assert row is not None and row["status"] == "partial"
+    assert len(delivered(row)) == 1
+    support.unlink()
+    assert (await send(port, "support@example.com"))[0].startswith("250 2.0.0")
+    row = await app.registry.message(key)
+    assert row is not None and row["status"] == "delivered"
+    assert len(delivered(row)) == 2

@@ -4,13 +4,16 @@ socket: a reset after the final dot, DATA with no recipient left, commands after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import sqlite3
 import struct
 
 import pytest
 
 from mailrouter.intake.protocol import Protocol, read_path
+from mailrouter.values import REPLY_PROCESS_TIMEOUT
 from tests.support.daemon import maildir_files
 from tests.support.wire import Wire
 
@@ -81,6 +84,78 @@ async def test_a_reset_before_the_record_is_recorded_unanswered_not_delivered(
     assert row["status"] == "unanswered"
     assert len(maildir_files(tmp_path / "var" / "mail")) == 1
     await _retried_once(app, tmp_path, port, proto, hello)
+
+
+@pytest.mark.parametrize("proto, hello", [("smtp", "EHLO"), ("lmtp", "LHLO")])
+async def test_a_reset_while_the_record_commits_is_recorded_unanswered_not_delivered(
+        make_app, tmp_path, monkeypatch, proto, hello):
+    """The client resets the connection while its record commits (here: held by another
+    process's write lock on the real SQLite file). The client-gone check runs before the
+    record, so the row said `delivered` though the 250 reached nobody (its retry then said
+    "Already delivered" to a sender that never had an answer). Now the pipeline sees the
+    client gone once the commit is done and makes the row `unanswered`; the retry makes
+    it `delivered`."""
+    app = await make_app()
+    port = app.bound[proto][1]
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "registry.db",
+                                            isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")    # WAL: the retry lookup still reads
+        entered = asyncio.Event()
+        real = app.registry.record
+
+        async def spy(*args, **kwargs):   # the real record, blocked on the real lock
+            entered.set()
+            return await real(*args, **kwargs)
+        monkeypatch.setattr(app.registry, "record", spy)
+        async with Wire(port) as w:
+            await w.greet(hello)
+            for cmd in ("MAIL FROM:<reset@outside.test>", "RCPT TO:<sales@example.com>"):
+                assert (await w.cmd(cmd)).startswith("250")
+            assert (await w.cmd("DATA")).startswith("354")
+            await w.send(RAW)
+            await asyncio.wait_for(entered.wait(), 15)
+            reset(w)
+            assert await until(lambda: _no_sessions(app)), "the server never saw the reset"
+        locker.execute("ROLLBACK")
+
+    async def settled() -> bool:
+        rows = await app.registry.recent(5)
+        return bool(rows) and rows[0]["status"] != "delivered"
+    await until(settled)
+    [row] = await app.registry.recent(5)
+    assert row["status"] == "unanswered"
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    monkeypatch.setattr(app.registry, "record", real)
+    await _retried_once(app, tmp_path, port, proto, hello)
+
+
+async def test_a_process_timeout_during_the_commit_is_recorded_unanswered_not_delivered(
+        make_app, tmp_path, caplog):
+    """process_timeout passes while the record waits for the real SQLite file's write lock
+    (another process holds it): the client is answered 451, and the commit, already under
+    way, goes through when the lock is let go. The row said `delivered` for a message whose
+    sender got a 451 (and its retry "Already delivered"). Now `unanswered` (stored, no 250
+    given); the retry is answered 250 with no second copy and makes it `delivered`."""
+    app = await make_app(limits={"process_timeout": 1})
+    port = app.bound["smtp"][1]
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "registry.db",
+                                            isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        async with Wire(port) as w:
+            await w.greet("EHLO")
+            r = await w.transaction("reset@outside.test", ["sales@example.com"], RAW)
+        assert r == [str(REPLY_PROCESS_TIMEOUT)]
+        locker.execute("ROLLBACK")
+
+    async def recorded() -> bool:
+        rows = await app.registry.recent(5)
+        return bool(rows) and rows[0]["status"] == "unanswered"
+    await until(recorded)
+    [row] = await app.registry.recent(5)
+    assert row["status"] == "unanswered", row["status"]
+    assert len(maildir_files(tmp_path / "var" / "mail")) == 1
+    assert "event=record_unanswered" in caplog.text
+    await _retried_once(app, tmp_path, port, "smtp", "EHLO")
 
 
 async def _retried_once(app, tmp_path, port: int, proto: str, hello: str) -> None:

@@ -129,6 +129,106 @@ async def test_a_late_reconcile_leaves_an_answered_message_answered(registry: Re
     assert row is not None and (row["status"], row["attempts"]) == ("unanswered", 2)
 
 
+async def test_unanswered_changes_only_the_row_that_commit_wrote(registry: Registry) -> None:
+    """`unanswered(key, committed_at)`: the 250 of that record reached nobody. A row written
+    again since (the sender's retry answered 250, maybe by another process) stays as it is,
+    and so does one that never said it was answered."""
+    first = await registry.record(message(), [decision()], [delivery()])
+    again = await registry.record(message(), [decision()], [delivery()])
+    assert not await registry.unanswered("a" * 64, first)
+    row = await registry.message("a" * 64)
+    assert row is not None and (row["status"], row["attempts"]) == ("delivered", 2)
+    assert await registry.unanswered("a" * 64, again)
+    row = await registry.message("a" * 64)
+    assert row is not None and (row["status"], row["attempts"]) == ("unanswered", 2)
+    held = await registry.record(message("b" * 64, status="deferred"), [decision()], [])
+    assert not await registry.unanswered("b" * 64, held)
+    row = await registry.message("b" * 64)
+    assert row is not None and row["status"] == "deferred"
+
+
+async def test_an_answered_record_costs_one_commit_a_given_up_one_a_second(
+        registry: Registry) -> None:
+    """The normal path stays one commit per record (no `unanswered` write). A caller that
+    gives up while its commit is under way (a process_timeout's cancel) answers no 250:
+    that commit goes through, and one more write makes its row `unanswered`."""
+    commits: list[object] = []
+    event.listen(registry.commit_engine, "commit", lambda conn: commits.append(conn))
+    for n in range(3):
+        await registry.record(message(f"{n:064x}"), [decision()], [delivery()])
+    await registry.record(message(f"{0:064x}"), [decision()], [delivery()])   # a retry
+    assert len(commits) == 4
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(registry.record(message("9" * 64), [decision()], [delivery()]))
+
+    def give_up(conn: object) -> None:     # in this record's commit, before it is done
+        if len(commits) == 5:
+            loop.call_soon_threadsafe(task.cancel)
+    event.listen(registry.commit_engine, "commit", give_up)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(500):
+        row = await registry.message("9" * 64)
+        if row is not None and row["status"] == "unanswered":
+            break
+        await asyncio.sleep(0.01)
+    assert row is not None and row["status"] == "unanswered"
+    assert len(commits) == 6
+
+
+def split_decision(rcpt: str, reply: str) -> DecisionRecord:
+    return decision(rcpt, reply=reply)
+
+
+async def test_a_split_message_delivered_after_a_deferred_part_is_partial(
+        registry: Registry) -> None:
+    """An MTA splits a message over transactions (same key): the first one's recipient
+    deferred, a later one's (another recipient) delivered. The later record said
+    `delivered` while the first recipient was still waiting in the MTA's queue. Now
+    `partial` while a recipient of the message stands deferred; the retry that delivers
+    it ends `delivered`."""
+    key = "c" * 64
+    await registry.record(message(key, status="deferred", rcpts=("a@example.com",)),
+                          [split_decision("a@example.com", "451 4.3.0 try again later")],
+                          [delivery("lmtp:a@mx", "deferred")])
+    await registry.record(message(key, status="delivered", rcpts=("b@example.com",)),
+                          [split_decision("b@example.com", "250 2.0.0 Ok: delivered")],
+                          [delivery("maildir:b")])
+    row = await registry.message(key)
+    assert row is not None and (row["status"], row["attempts"]) == ("partial", 2)
+    await registry.record(message(key, status="delivered", rcpts=("a@example.com",)),
+                          [split_decision("a@example.com", "250 2.0.0 Ok: delivered")],
+                          [delivery("lmtp:a@mx")])
+    row = await registry.message(key)
+    assert row is not None and (row["status"], row["attempts"]) == ("delivered", 3)
+    # a retry of the whole message, every recipient in it, delivered: delivered
+    other = "d" * 64
+    both = ("a@example.com", "b@example.com")
+    await registry.record(message(other, status="partial", rcpts=both),
+                          [split_decision("a@example.com", "451 4.3.0 try again later"),
+                           split_decision("b@example.com", "250 2.0.0 Ok: delivered")],
+                          [delivery("maildir:b")])
+    await registry.record(message(other, status="delivered", rcpts=both),
+                          [split_decision(r, "250 2.0.0 Ok: delivered") for r in both],
+                          [delivery("maildir:b"), delivery("lmtp:a@mx")])
+    row = await registry.message(other)
+    assert row is not None and row["status"] == "delivered"
+
+
+async def test_a_split_message_all_in_one_batch_is_partial(registry: Registry) -> None:
+    """The deferred part and the delivered part of one key committed in one batch (two
+    transactions at once): `partial` too, whichever came first."""
+    key = "e" * 64
+    await asyncio.gather(
+        registry.record(message(key, status="deferred", rcpts=("a@example.com",)),
+                        [split_decision("a@example.com", "451 4.3.0 try again later")], []),
+        registry.record(message(key, status="delivered", rcpts=("b@example.com",)),
+                        [split_decision("b@example.com", "250 2.0.0 Ok: delivered")],
+                        [delivery("maildir:b")]))
+    row = await registry.message(key)
+    assert row is not None and (row["status"], row["attempts"]) == ("partial", 2)
+
+
 async def test_same_key_twice_in_one_batch(registry: Registry) -> None:
     """Two concurrent records of one key land in one batch and still count as a retry."""
     await asyncio.gather(registry.record(message(), [decision()], [delivery()]),
@@ -175,7 +275,7 @@ async def test_one_bad_record_fails_only_its_caller(registry: Registry) -> None:
     results = await asyncio.gather(
         *(registry.record(message(f"{n:064x}"), [decision()], [delivery()]) for n in range(20)),
         registry.record(naive, [decision()], [delivery()]), return_exceptions=True)
-    assert [type(r) for r in results[:20]] == [type(None)] * 20
+    assert [type(r) for r in results[:20]] == [datetime] * 20     # committed at
     assert isinstance(results[20], RegistryError)
     assert await registry.count_messages() == 20
 
@@ -195,7 +295,7 @@ async def test_a_bug_is_logged_with_its_traceback_once_and_answered_451(
     results = await asyncio.gather(
         *(registry.record(message(f"{n:064x}"), [decision()], [delivery()]) for n in range(5)),
         registry.record(message("b" * 64), [bad], [delivery()]), return_exceptions=True)
-    assert results[:5] == [None] * 5
+    assert [type(r) for r in results[:5]] == [datetime] * 5
     err = results[5]
     assert isinstance(err, RegistryBugError) and err.reply == REPLY_INTERNAL_ERROR
     assert (err.reply.code, err.reply.status) == (451, "4.3.0")

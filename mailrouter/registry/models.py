@@ -36,7 +36,8 @@ from typing import Any
 from sqlalchemy import (
     JSON, Boolean, Column, DateTime, Dialect, ForeignKey, Index, Insert, Integer, LargeBinary,
     MetaData,
-    String, Table, Text, UniqueConstraint, and_, case, or_,
+    String, Table, Text, UniqueConstraint, and_, case, exists, func, literal_column,
+    not_, or_, select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.types import TypeDecorator
@@ -257,7 +258,21 @@ def message_upsert(dialect: str) -> Insert:
     # transaction got 250 and has its copies, in searches, the web view and the backlog.
     split = and_(or_(stmt.excluded.status == "deferred", stmt.excluded.status == "rejected"),
                  or_(messages.c.status == "delivered", messages.c.status == "partial"))
-    updates["status"] = case((answered, messages.c.status), (split, "partial"),
+    # The other order: a transaction delivered after another one's recipients were deferred
+    # (or refused) said `delivered` while those were still in the MTA's queue. `partial`
+    # while a recipient of the message outside this transaction has no 2xx decision (its
+    # row, decisions.reply, is the last answer it got); the retry that delivers it replaces
+    # that row in the same transaction and ends `delivered`. Evaluated only on a conflict
+    # (a retry or a split message), never for a new key.
+    elements = func.json_array_elements_text if dialect == "postgresql" else func.json_each
+    # `excluded` by name: SQLAlchemy does not correlate a subquery of ON CONFLICT's SET to
+    # it (it adds "FROM messages AS excluded", a cross join of the whole table)
+    these = select(elements(literal_column("excluded.rcpts")).table_valued("value").c.value)
+    pending = exists().where(decisions.c.message_key == literal_column('excluded."key"'),
+                             not_(decisions.c.reply.like("2%")),
+                             decisions.c.rcpt.not_in(these.scalar_subquery()))
+    held = and_(stmt.excluded.status == "delivered", pending)
+    updates["status"] = case((answered, messages.c.status), (split, "partial"), (held, "partial"),
                              else_=stmt.excluded.status)
     updates["attempts"] = case((answered, messages.c.attempts), else_=messages.c.attempts + 1)
     return stmt.on_conflict_do_update(index_elements=["key"], set_=updates)  # type: ignore[no-any-return]

@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import (Connection, Engine, bindparam, create_engine, event, func, inspect,
-                        select, text)
+                        select, text, update)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     DataError, DBAPIError, DisconnectionError, IntegrityError, StatementError,
@@ -346,7 +346,7 @@ class _Pending:
     message: MessageRecord
     decisions: Sequence[DecisionRecord]
     deliveries: Sequence[DeliveryRecord]
-    future: asyncio.Future[None] = field(repr=False)
+    future: asyncio.Future[datetime] = field(repr=False)
     after: Callable[[Connection], None] | None = None   # more writes in the same transaction
     outgoing: Sequence[OutboxRecord] = ()     # autoreplies, DSNs: same transaction
 
@@ -782,6 +782,7 @@ class Registry:
         self._reopening = asyncio.Lock()           # a reader and the writer may both find it
         self._down_since: float | None = None     # monotonic time of the first failure of an outage
         self._down_calls = 0                       # calls failed since
+        self._unanswering: set[asyncio.Task[None]] = set()   # _unanswer_soon's, for close()
 
     @classmethod
     async def open(cls, url: str, *, batch_max: int = 256, timeout: float = 10.0,
@@ -1011,27 +1012,72 @@ class Registry:
     async def record(self, message: MessageRecord, decisions: Sequence[DecisionRecord],
                      deliveries: Sequence[DeliveryRecord],
                      after: Callable[[Connection], None] | None = None,
-                     outgoing: Sequence[OutboxRecord] = ()) -> None:
-        """Write one message with its decisions and deliveries; return once committed.
+                     outgoing: Sequence[OutboxRecord] = ()) -> datetime:
+        """Write one message with its decisions and deliveries; return once committed,
+        with the time the commit wrote as its `updated_at` (for `unanswered`).
 
         `outgoing` (autoreplies, DSNs) goes into the outbox in the same transaction.
 
         `after(connection)` runs in the same transaction once the batch's rows are written
-        (execution control opens or joins the message's request there)."""
+        (execution control opens or joins the message's request there).
+
+        A caller that gives up (cancelled: process_timeout, a shutdown; or past `timeout`)
+        answers no 250, yet a commit under way goes through: a `delivered` or `partial`
+        row so written is then made `unanswered` (the writer sees the caller gone at the
+        commit; `record` itself when the cancel came after it), in a write of its own,
+        only then."""
         if self._closed:
             raise RegistryError("registry is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[datetime] = loop.create_future()
         self._queue.put_nowait(_Pending(message, decisions, deliveries, future, after, outgoing))
         # the deadline as one timer on the future (asyncio.timeout's context manager and
         # its task bookkeeping cost more, once per message); the writer skips a done future
         timer = loop.call_later(self._timeout, _expire, future)
         try:
-            await future
+            return await future
         except TimeoutError:
             raise _failure("record", TimeoutError("no commit within timeout"), self._db) from None
+        except asyncio.CancelledError:
+            # committed, and the cancel came before the caller could read it (a timeout
+            # firing as the commit ended): no 250 for it either
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._unanswer_soon([(message.key, future.result())])
+            raise
         finally:
             timer.cancel()
+
+    async def unanswered(self, key: str, committed_at: datetime) -> bool:
+        """Make the row `record` committed at `committed_at` `unanswered` if it says it was
+        answered (`delivered`, `partial`): the 250 did not reach the client. A row written
+        again since (a retry answered 250, here or by another process) is left as it is.
+        True when a row was changed."""
+        return await self._unanswer([(key, committed_at)]) > 0
+
+    async def _unanswer(self, rows: Sequence[tuple[str, datetime]]) -> int:
+        params = [{"k": k, "at": at, "now": _now()} for k, at in rows]
+
+        def write(conn: Connection) -> int:
+            return int(conn.execute(_UNANSWER, params).rowcount or 0)
+        try:
+            return await self._run(write, write=True)
+        except Exception as exc:  # any driver/pool/OS error is a registry outage
+            raise _failure("record", exc, self._db) from None   # the record's own write
+
+    def _unanswer_soon(self, rows: Sequence[tuple[str, datetime]]) -> None:
+        """`_unanswer` in a task of its own (the writer goes on; close() waits for it)."""
+        async def run() -> None:
+            keys = " ".join(k for k, _ in rows)
+            try:
+                n = await self._unanswer(rows)
+            except RegistryError as exc:
+                log.error("event=unanswered_not_recorded keys=%s error=%r", keys, str(exc))
+                return
+            log.warning("event=record_unanswered keys=%s changed=%d reason='committed after "
+                        "its caller gave up: no 250'", keys, n)
+        task = asyncio.get_running_loop().create_task(run(), name="registry-unanswered")
+        self._unanswering.add(task)
+        task.add_done_callback(self._unanswering.discard)
 
     async def record_loop(self, key: str, rcpt: str, evidence: str) -> None:
         """Note a mail loop caught at run time for message ``key`` and recipient ``rcpt``."""
@@ -1275,7 +1321,7 @@ class Registry:
             return
         started, metrics = time.perf_counter(), _metrics()
         try:
-            await self._write_batch(live)       # a moved file is reopened in _run
+            now = await self._write_batch(live)       # a moved file is reopened in _run
             metrics.REGISTRY_COMMIT.observe(time.perf_counter() - started)
             metrics.REGISTRY_BATCH.observe(len(live))
         except Exception as exc:  # the writer must survive anything a batch throws
@@ -1284,12 +1330,21 @@ class Registry:
                 return
             await self._commit_one_by_one(live)
         else:
-            _settle(live, None)
+            self._settled(live, now)
+
+    def _settled(self, committed: list[_Pending], now: datetime) -> None:
+        """Tell the callers of `committed` it is; those that gave up meanwhile (a cancel,
+        the timeout) answered no 250: their answered rows are made `unanswered`."""
+        gone = [(p.message.key, now) for p in committed if p.future.done()
+                and p.message.status in _ANSWERED]
+        _settle(committed, None, now)
+        if gone:
+            self._unanswer_soon(gone)
 
     async def _commit_one_by_one(self, live: list[_Pending]) -> None:
         for n, item in enumerate(live):
             try:
-                await self._write_batch([item])
+                now = await self._write_batch([item])
             except Exception as exc:  # see _commit
                 error = _failure("record", exc, self._db)       # logged once, whoever shares it
                 _settle([item], error)
@@ -1297,9 +1352,9 @@ class Registry:
                     _settle(live[n + 1:], error)
                     return
             else:
-                _settle([item], None)
+                self._settled([item], now)
 
-    async def _write_batch(self, batch: list[_Pending]) -> None:
+    async def _write_batch(self, batch: list[_Pending]) -> datetime:
         """One transaction for `batch`. Every statement writes its rows in the order of
         their unique key (messages by key, and a message's own rows after it, which its
         message row's lock guards; outbox rows by dedupe key), so two instances' batches
@@ -1346,6 +1401,7 @@ class Registry:
                 if params:
                     conn.execute(stmt, params)
         await self._run(write, write=True)
+        return now
 
     async def _reopen(self, why: FileMovedError, generation: int) -> None:
         """Open the SQLite file now at the registry's path (see _SqliteFile): create or
@@ -1375,6 +1431,8 @@ class Registry:
         self._queue.put_nowait(None)
         try:
             await self._writer
+            if self._unanswering:    # the writer's last commits' (`_settled`)
+                await asyncio.wait(set(self._unanswering), timeout=self._timeout)
         finally:
             try:
                 async with asyncio.timeout(self._timeout):
@@ -1498,17 +1556,28 @@ def _delivered_targets(conn: Connection, keys: list[str]) -> list[Any]:
         cursor.close()
 
 
-def _expire(future: asyncio.Future[None]) -> None:
+def _expire(future: asyncio.Future[datetime]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
 
 
-def _settle(items: Sequence[_Pending], error: RegistryError | None) -> None:
+# A row committed for a caller that answered no 250 (Registry._unanswer): `unanswered` if it
+# still is the row that commit wrote (updated_at) and says answered
+_ANSWERED = ("delivered", "partial")
+_UNANSWER = (update(messages)
+             .where(messages.c.key == bindparam("k"), messages.c.updated_at == bindparam("at"),
+                    messages.c.status.in_(_ANSWERED))
+             .values(status="unanswered", updated_at=bindparam("now")))
+
+
+def _settle(items: Sequence[_Pending], error: RegistryError | None,
+            committed_at: datetime | None = None) -> None:
     for item in items:
         if item.future.done():
             continue
         if error is None:
-            item.future.set_result(None)
+            assert committed_at is not None
+            item.future.set_result(committed_at)
         else:
             item.future.set_exception(error)
 
