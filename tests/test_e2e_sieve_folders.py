@@ -205,7 +205,7 @@ def test_folder_line_is_7bit_and_names_the_recipient():
     assert folder_line("fin@example.test", "Finance") == b"X-Mailrouter-Folder: fin@example.test Finance\r\n"
     assert folder_line("fin@example.test", None).endswith(b" INBOX\r\n")
     evil = folder_line("fin@example.test", "A\r\nBcc: x@y")
-    assert evil == b"X-Mailrouter-Folder: fin@example.test ABcc: x@y\r\n"
+    assert evil == b"X-Mailrouter-Folder: fin@example.test A Bcc: x@y\r\n"      # one line
     long = folder_line("fin@example.test", "Финансы " * 12).split(b"\r\n")
     assert long[-1] == b"" and all(l.startswith(b" =?utf-8?b?") for l in long[1:-1]), long
 
