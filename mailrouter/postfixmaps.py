@@ -24,8 +24,12 @@ runs `postmap` on each. Two modes:
 `+detail`: Postfix strips the extension itself when its `recipient_delimiter`
 equals our `detail_separator` (it first looks up the whole address, as we do,
 so `c++@` works); the files' header says which setting is needed.
-Case: Postfix folds table keys to lower case; with `local_part_case: sensitive`
-Postfix therefore also takes `Sales@`, and mailrouter refuses it at its RCPT.
+Case: Postfix folds table keys and lookups, with full Unicode case folding when
+smtputf8_enable is on (`STRASSE@` finds `straße@`, `ſales@` finds `sales@`); the address
+book folds exactly so (addressbook/canon.py, "Case"), and refuses two addresses one fold
+makes one, so every spelling Postfix takes reaches the address it listed. With
+`local_part_case: sensitive` Postfix still folds, so it also takes `Sales@`, and mailrouter
+refuses it at its RCPT.
 IDN: a non-ASCII domain is written in both its U-label and A-label forms.
 Refused: nothing at run time; an address whose local part has white space (a
 quoted local part) cannot be a table key and is listed as a comment instead.

@@ -223,6 +223,70 @@ def test_case_insensitive_by_default_and_sensitive_when_asked() -> None:
     assert s.resolve("SALES@example.com").reply == REPLY_UNKNOWN
 
 
+def test_local_parts_fold_as_postfix_tables_do_unicode_case_folding() -> None:
+    """Postfix (smtputf8_enable) folds table keys and lookups with full Unicode case folding,
+    so it took STRASSE@ for the table's straße@ (and οδυσσευσ@ for οδυσσευς@, ſales@ for
+    sales@, finance@ for ﬁnance@, ᎠᎡ@ for ꭰꭱ@) and handed it on; the book folded with
+    str.lower and answered 550 5.1.1 after Postfix had queued the mail: a bounce. The book
+    folds as Postfix does; its keys, and what it shows, stay as written, lower-cased."""
+    b = book("  straße@example.com: mailbox:sales\n  ΟΔΥΣΣΕΥΣ@example.com: mailbox:sales\n"
+             "  ﬁnance@example.com: mailbox:support\n  ꭰꭱ@example.com: mailbox:support\n"
+             "  sales@example.com: mailbox:sales\n  счета@пример.рф: mailbox:sales\n")
+    for rcpt, key, detail in [
+            ("STRASSE@example.com", "straße@example.com", None),
+            ("strasse@example.com", "straße@example.com", None),
+            ("Straße+Quotes@Example.com", "straße@example.com", "Quotes"),
+            ("strasse+x@example.com", "straße@example.com", "x"),
+            ("οδυσσευσ@example.com", "οδυσσευς@example.com", None),
+            ("ΟΔΥΣΣΕΥΣ@example.com", "οδυσσευς@example.com", None),
+            ("FINANCE@example.com", "ﬁnance@example.com", None),
+            ("finance+x@example.com", "ﬁnance@example.com", "x"),
+            ("ᎠᎡ@example.com", "ꭰꭱ@example.com", None),
+            ("ſales@example.com", "sales@example.com", None),
+            ("ſales+x@example.com", "sales@example.com", "x"),
+            ("СЧЕТА@XN--E1AFMKFD.xn--p1ai", "счета@пример.рф", None)]:
+        res = b.resolve(rcpt)
+        assert (res.reply, res.address, res.detail) == (None, key, detail), rcpt
+        assert b.key_of(rcpt) == key, rcpt
+    assert b.addresses() >= {"straße@example.com", "οδυσσευς@example.com", "ﬁnance@example.com"}
+    for rcpt in ("strase@example.com", "fnance@example.com", "stra\u00dfe@example.org"):
+        assert b.resolve(rcpt).reply == REPLY_UNKNOWN, rcpt
+    s = book("  straße@example.com: mailbox:sales\n",
+             "address_options: {local_part_case: sensitive}\n")
+    assert s.knows("straße@example.com") and not s.knows("STRASSE@example.com")
+
+
+def test_two_addresses_one_case_fold_makes_one_are_refused() -> None:
+    """strasse@ and straße@ are one address to Postfix's tables (and to RCPT STRASSE@): the
+    book cannot route them apart, and says so at load."""
+    assert errors("  straße@example.com: mailbox:sales\n  strasse@example.com: mailbox:support\n"
+                  "  ﬁ@example.com: mailbox:sales\n  FI@example.com: mailbox:sales\n") == [
+        "t.yaml:14:3: address straße@example.com (an alias) and strasse@example.com "
+        "(t.yaml:15) are one address: Unicode case folding, which Postfix's tables and RCPT "
+        "use, makes both strasse@example.com; keep one of them: it takes mail for every spelling",
+        "t.yaml:16:3: address ﬁ@example.com (an alias) and fi@example.com (t.yaml:17) are one "
+        "address: Unicode case folding, which Postfix's tables and RCPT use, makes both "
+        "fi@example.com; keep one of them: it takes mail for every spelling"]
+
+
+def test_a_domain_folds_as_postfix_tables_do() -> None:
+    """A domain written with a character case folding maps (ſ, ﬁ, Cyrillic tall te) is the
+    domain Postfix's tables find for it: known, not 501 5.1.3 after Postfix took it. One
+    case folding leaves alone (full-width) is still refused, as Postfix's tables refuse it."""
+    b = AddressBook.build(loads("domains: [sales.test, fish.test, почта.рф]\n"
+                                "mailboxes: {sales: {maildir: sales}}\n"
+                                "aliases: {a@sales.test: mailbox:sales, a@fish.test: mailbox:sales,"
+                                " a@почта.рф: mailbox:sales}\n", "d.yaml"))
+    for rcpt, key in [("a@\u017fales.test", "a@sales.test"), ("a@\ufb01sh.test", "a@fish.test"),
+                      ("A@\u017fALES.TEST.", "a@sales.test"), ("a@поч\u1c84а.рф", "a@почта.рф"),
+                      ("a@XN--80A1ACNY.xn--p1ai", "a@почта.рф")]:
+        assert b.resolve(rcpt).address == key and b.knows(rcpt), rcpt
+    assert on_our_domains("ann@\ufb01sh.test", b.domains)
+    assert b.resolve("zz@\ufb01sh.test").reply == REPLY_UNKNOWN
+    full = b.resolve("a@\uff33ALES.test").reply
+    assert full is not None and (full.code, full.status) == (501, "5.1.3")
+
+
 def test_unknown_address_and_domain() -> None:
     """Unknown local part or foreign domain: 550 5.1.1, and knows() says no."""
     b = book("  sales@example.com: mailbox:sales\n")

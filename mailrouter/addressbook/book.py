@@ -9,8 +9,9 @@ from typing import Any
 
 from ..values import REPLY_MOVED, REPLY_REFUSED_ADDRESS, REPLY_UNKNOWN, Reply
 from ..yamlsrc import load, no_gc
-from .canon import canonical_domain, detail_split, domain_problem, local_form, unquote_local
-from .errs import Collector
+from .canon import (canonical_domain, detail_split, domain_problem, fold_index, local_form,
+                    unquote_local)
+from .errs import Collector, at_line
 from .compact import Expansions
 from .expand import expand_all, make_target
 from .graph import add_detail_forms, add_moved, check_dangling, dropped_members, parse_aliases
@@ -19,6 +20,20 @@ from .parse import SECTIONS, _parse_moved, parse_parts
 from .records import mailbox_map, people_map, text_map
 
 __all__ = ["AddressBook"]
+
+
+def _fold(c: Collector, defined: Mapping[str, tuple[str, Any]]) -> dict[str, str]:
+    """canon.fold_index of the book's addresses; two that one Unicode case fold makes one
+    address (`strasse@`, `straße@`) are an error: Postfix's tables, which fold so, take both
+    spellings for the one they list first, and RCPT `STRASSE@` could be either."""
+    index, clashes = fold_index(defined)
+    for first, second in clashes:
+        form = f"{second.rpartition('@')[0].casefold()}@{second.rpartition('@')[2]}"
+        what, at = defined[second]
+        c.add(f"address {second} ({what}) and {first} ({at_line(defined[first][1])}) are one "
+              f"address: Unicode case folding, which Postfix's tables and RCPT use, makes "
+              f"both {form}", at, "keep one of them: it takes mail for every spelling")
+    return index
 
 
 def _unknown_reply(address: str) -> Reply:
@@ -36,13 +51,14 @@ class AddressBook:
     """Immutable after build; `knows` and `resolve` are dictionary lookups."""
 
     __slots__ = ("domains", "mailboxes", "people", "teams", "moved", "options", "limits",
-                 "_expansions", "_by_address", "_detail_forms", "made_of", "dropped")
+                 "_expansions", "_by_address", "_detail_forms", "_folded", "made_of", "dropped")
 
     def __init__(self, domains: frozenset[str], mailboxes: Mapping[str, Mailbox],
                  people: Mapping[str, Person], teams: Mapping[str, Team],
                  moved: Mapping[str, Moved], options: Options, limits: Limits,
                  expansions: Expansions, by_address: Mapping[str, str],
                  detail_forms: frozenset[str] = frozenset(),
+                 folded: Mapping[str, str] | None = None,
                  dropped: tuple[tuple[str, str, str, int], ...] = ()) -> None:
         self.domains = domains
         # people and mailboxes (a person's own among them) in a few big objects (records.py)
@@ -56,6 +72,9 @@ class AddressBook:
         # alias targets written with a +detail (graph.add_detail_forms): nodes of the alias
         # graph, not addresses of their own (RCPT bob+sales@ is bob@ with detail 'sales')
         self._detail_forms = detail_forms
+        # case folding (canon.fold_index): `strasse@` -> `straße@`, for the few keys whose
+        # Unicode case fold is not their own form; Postfix's tables fold the same way
+        self._folded: Mapping[str, str] = dict(folded or {})
         # the hash of what it was built of, when its builder knows it (routing.snapshot's
         # load_book): a reload of files whose book sections did not change keeps the book
         self.made_of: str | None = None
@@ -70,12 +89,12 @@ class AddressBook:
         the load's million short-lived objects."""
         return (self.domains, self.mailboxes, self.people, dict(self.teams), dict(self.moved),
                 self.options, self.limits, self._expansions, self._by_address,
-                self._detail_forms, self.made_of, self.dropped)
+                self._detail_forms, self._folded, self.made_of, self.dropped)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.domains, self.mailboxes, self.people, teams, moved, self.options, self.limits,
-         self._expansions, self._by_address, self._detail_forms, self.made_of,
-         self.dropped) = state
+         self._expansions, self._by_address, self._detail_forms, self._folded,
+         self.made_of, self.dropped) = state
         self.teams, self.moved = MappingProxyType(teams), MappingProxyType(moved)
         self._expansions.use(make_target)
 
@@ -96,12 +115,14 @@ class AddressBook:
         add_moved(c, p, nodes)
         forms = add_detail_forms(p, nodes)
         check_dangling(c, nodes, p.moved)
+        folded = _fold(c, p.defined) if p.options.fold_local else {}
         plans = expand_all(c, nodes, limits, forms) if not c.errors else {}
         c.raise_if_any()
         dropped = dropped_members(p, nodes)
         del nodes                   # the edges hold the loaded values (file:line): errors only
         return cls(frozenset(p.domains), p.mailboxes, p.people, p.teams, p.moved, p.options,
-                   limits, Expansions(plans, make_target), p.by_address, forms, dropped)
+                   limits, Expansions(plans, make_target), p.by_address, forms, folded,
+                   dropped)
 
     @classmethod
     def load(cls, *paths: str | Path, limits: Limits = Limits()) -> AddressBook:
@@ -141,11 +162,29 @@ class AddressBook:
         known = self._expansions
         if whole in known and whole not in self._detail_forms:
             return whole, whole, None
+        if fold and (key := self._casefolded(local, domain)) is not None:
+            return key, key, None
         split = detail_split(local, self.options)
         if split is None:
             return None
         base = f"{split[0].lower() if fold else split[0]}@{domain}"
-        return (base, base, split[1]) if base in known else None
+        if base in known:
+            return base, base, split[1]
+        if fold and (key := self._casefolded(split[0], domain)) is not None:
+            return key, key, split[1]
+        return None
+
+    def _casefolded(self, local: str, domain: str) -> str | None:
+        """The key `local@domain` is under Unicode case folding, as Postfix's tables fold
+        (canon.py, "Case"), when its `str.lower` form is none: `STRASSE@` is `straße@`,
+        `ſales@` is `sales@`. An ASCII local part folds as `lower` does: only a key of the
+        fold index can still be it (`finance@` is `ﬁnance@`)."""
+        if local.isascii():
+            return self._folded.get(f"{local.lower()}@{domain}") if self._folded else None
+        form = f"{local.casefold()}@{domain}"
+        if form in self._expansions and form not in self._detail_forms:
+            return form
+        return self._folded.get(form)
 
     def key_of(self, address: str) -> str | None:
         """The canonical address `address` is, as an envelope recipient (detail dropped

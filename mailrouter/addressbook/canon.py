@@ -10,20 +10,32 @@ A quoted local part means its content (RFC 5321 4.1.2), as RCPT reads it: `"info
 escapes written only for `"` and `\\`). The book's keys were kept as written, quotes
 included, while RCPT unquoted: an alias '"a b"@x' was accepted and never reached (550 5.1.1).
 
+Case: Unicode full case folding (`str.casefold`), as Postfix's table lookups fold with
+`smtputf8_enable = yes` (ICU's u_strFoldCase, U_FOLD_CASE_DEFAULT: util/casefold.c; the same
+result as Python's for every code point, checked against postmap): `STRASSE@` is `straße@`,
+`οδυσσευσ@` is `οδυσσευς@`, `ſales@` is `sales@`, `finance@` is `ﬁnance@`. Postfix takes mail for
+every such spelling of a listed address (`mailrouter postfix`), so the book must too, or it
+refuses after Postfix has queued the mail: a bounce to a forged sender. The book's keys keep
+the `str.lower` form (as written, lower-cased: `straße@`, `οδυσσευς@`, shown as such); their
+folded forms are looked up in `fold_index`, which also refuses two keys one fold makes one
+address. A domain is folded the same way before IDNA (`ﬁsh.test` is `fish.test`, as Postfix's
+tables read it). ASCII is folded exactly as before (A-Z to a-z).
+
 Known limits: IDNA 2003, not 2008 (the stdlib has no 2008 codec): the few labels the two
 disagree on (ß, ς) map as 2003 does. A domain the codec refuses is only
 lower-cased, so such an address is simply unknown, never a crash.
 
 Not mapped, though IDNA 2003's nameprep would (`domain_problem` says why): an invisible
 character (U+200B ZERO WIDTH SPACE, U+00AD SOFT HYPHEN, U+FEFF, a joiner, a variation
-selector: nameprep maps them to nothing), a compatibility character (full-width
-`ｅｘａｍｐｌｅ`, the Kelvin sign), a '.' look-alike (U+3002, U+FF0E, U+FF61), an empty
-label (`example.com..`). `sales@example.com<U+200B>` was sales@example.com: delivered to
-sales while a rule naming `rcpt: sales@example.com` did not see it, and a sender learned
-nothing of the typo. IDNA 2008 (RFC 5891 5.4) refuses all of these in a U-label, as
-an SMTPUTF8 domain must be (RFC 6531 3.2); such a domain is left unmapped, so it is
-none of ours, and RCPT says what is wrong with it (501 5.1.3). One trailing '.' (the
-root) is dropped.
+selector: nameprep maps them to nothing), a compatibility character that case folding leaves
+as it is (full-width `ｅｘａｍｐｌｅ`; not `ſ`, `µ` or `ﬁ`, which fold to s, μ, fi), a '.'
+look-alike (U+3002, U+FF0E, U+FF61), an empty label (`example.com..`).
+`sales@example.com<U+200B>` was sales@example.com: delivered to sales while a rule naming
+`rcpt: sales@example.com` did not see it, and a sender learned nothing of the typo.
+IDNA 2008 (RFC 5891 5.4) refuses all of these in a U-label, as an SMTPUTF8 domain must be
+(RFC 6531 3.2); such a domain is left unmapped, so it is none of ours, and RCPT says what
+is wrong with it (501 5.1.3); Postfix's tables, which only case-fold, do not take it either.
+One trailing '.' (the root) is dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from functools import lru_cache
 from .model import Options
 
 __all__ = ["canonical_domain", "domain_problem", "split_address", "canonical", "canonicaliser",
-           "on_our_domains", "a_label", "unquote_local", "local_form"]
+           "on_our_domains", "a_label", "unquote_local", "local_form", "fold_index"]
 
 _DOT_LIKE = frozenset("\u3002\uff0e\uff61")      # IDNA 2003 reads each as a '.'
 
@@ -82,6 +94,9 @@ def domain_problem(domain: str) -> str | None:
     if d.isascii():
         return None
     for ch in d:
+        folded = ch.casefold()
+        if folded != ch and not any(_odd(f) for f in folded):
+            continue        # ſ, µ, ﬁ: case folding (Postfix's too) makes them s, μ, fi
         name = f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
         if ch in _DOT_LIKE:
             return f"{name} in the domain where a '.' belongs"
@@ -93,11 +108,20 @@ def domain_problem(domain: str) -> str | None:
     return None
 
 
+def _odd(ch: str) -> bool:
+    """A character `domain_problem` names (the checks of its loop, as one test)."""
+    return (ch in _DOT_LIKE or stringprep.in_table_b1(ch) or unicodedata.category(ch) == "Cf"
+            or unicodedata.normalize("NFKC", ch) != ch)
+
+
 @lru_cache(maxsize=4096)
 def canonical_domain(domain: str) -> str:
-    """The domain in lower-case Unicode labels; A-labels and U-labels meet here. A domain
-    with a `domain_problem` is only lower-cased (so it is none of ours)."""
-    d = _root_dot(domain).lower()
+    """The domain in lower-case Unicode labels; A-labels and U-labels meet here. A
+    non-ASCII domain is case-folded first (module docstring: `ſales.test` is `sales.test`,
+    as Postfix's tables read it). A domain with a `domain_problem` is only folded (so it is
+    none of ours)."""
+    d = _root_dot(domain)
+    d = d.lower() if d.isascii() else d.casefold()
     if d.isascii() and "xn--" not in d:
         return d
     if domain_problem(d) is not None:
@@ -192,3 +216,28 @@ def detail_split(local: str, options: Options) -> tuple[str, str] | None:
     if not found or not base:
         return None
     return (base if content is local else local_form(base)), detail
+
+
+def fold_index(keys: Collection[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """({folded form: key}, [(key, other key) pairs one fold makes one address]) for the
+    book's canonical keys (module docstring, "Case"). Only keys whose `str.casefold` is not
+    their own (`str.lower`) form are listed (`straße@`, `ﬁnance@`, `οδυσσευς@`): any other key
+    is its own folded form. An ASCII key is one (the 100,000 keys of a big book cost one
+    `isascii` each). A pair: `strasse@` and `straße@`, which Postfix's tables cannot tell
+    apart (nor RCPT `STRASSE@`)."""
+    index: dict[str, str] = {}
+    clashes: list[tuple[str, str]] = []
+    for key in keys:
+        if key.isascii():
+            continue
+        local, _, domain = key.rpartition("@")
+        folded = local.casefold()
+        if folded == local:
+            continue
+        form = f"{folded}@{domain}"
+        first = index.setdefault(form, key)
+        if first != key:
+            clashes.append((first, key))
+        elif form in keys:
+            clashes.append((form, key))
+    return index, clashes
