@@ -12,32 +12,36 @@ so the first reason found is the one recorded):
 - a null reverse-path `<>` (bounces, notices: RFC 5321 4.5.5), or none at all, also when
   the first `Return-Path: <>` header says so (a bounce forwarded by a mailbox);
 - mail we generated (our trace header `X-Mailrouter-Loop: HOST; generated=...`);
-- `Auto-Submitted:` anything but `no` (RFC 3834 5); `no` does not suppress; the older
-  markers `X-Autoreply:`, `X-Autorespond:`, `X-AutoReply-From:`, `X-Mail-Autoreply:`
-  (anything but `no`), and `X-Loop:` (procmail responders and lists, OTRS and Zammad:
-  `X-Loop: yes`); other responders' own (`_VENDOR_MARKERS`: CommuniGate Pro, Mailtraq,
-  FirstClass, qmail, Apple iCloud);
-- `multipart/report` (DSN RFC 3464, MDN RFC 8098) and other bounces; a complaint report
-  that is not one: an ARF part (RFC 5965) inside another multipart, or Hotmail's older
-  format (`X-HmXmrOriginalRecipient` in the returned message; `MessageView.complaint`);
-- any `List-*` header (RFC 2369, RFC 2919), or a list manager's own (`Mailing-List`,
-  `X-Mailing-List`, `X-ML-Name`, fml's `X-MLServer`, `X-Mailman-Version`);
-  `Precedence: bulk | junk | list | auto_reply` (a comment after it too; or as X-Precedence);
-  a bulk sender's campaign header (Mailchimp's X-MC-User, X-Campaign; Mail.ru's X-Mailru-Msgtype);
-- `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's [MS-OXCMAIL] 2.2.3.2.14);
+- what the message says of itself, headers first (`MessageView.robot_headers`, message.py:
+  the one definition of automatic mail, which the rules' `robot: true` and Control's plan
+  read too): `Auto-Submitted:` anything but `no` (RFC 3834 5); the older markers
+  `X-Autoreply:`, `X-Autorespond:`, `X-AutoReply-From:`, `X-Mail-Autoreply:` (anything but
+  `no`); other responders' own (CommuniGate Pro, Mailtraq, FirstClass, qmail, Apple iCloud);
+  `multipart/report` (DSN RFC 3464, MDN RFC 8098), a DSN sent without it (a top-level
+  `message/delivery-status`), a complaint report that is not one (an ARF part inside another
+  multipart, Hotmail's older format: `MessageView.complaint`); any `List-*` header (RFC
+  2369, RFC 2919), a list manager's own (`Mailing-List`, `X-Mailing-List`, `X-ML-Name`,
+  fml's `X-MLServer`, `X-Mailman-Version`), LISTSERV 1.8's hop in Received (no List-* before
+  2003); `Precedence: bulk | junk | list | auto_reply` (a comment after it too; or as
+  X-Precedence);
+- the autoresponder's own: `X-Loop:` (procmail responders and lists, OTRS and Zammad:
+  `X-Loop: yes`; a helpdesk agent's answer carries it too, so it is no robot sign for the
+  rules); a bulk sender's campaign header (Mailchimp's X-MC-User, X-Campaign; Mail.ru's
+  X-Mailru-Msgtype); `X-Auto-Response-Suppress: All | OOF | AutoReply` (Microsoft's
+  [MS-OXCMAIL] 2.2.3.2.14);
 - a robot sender, envelope, From, Return-Path or Errors-To local part, matched against
   `robot_senders`
   (MAILER-DAEMON, postmaster, LISTSERV, majordomo, owner-*, *-request, noreply, mlmmj's
   *+owner... ; configurable; the local part is matched with and without its +detail; a bare
-  `MAILER-DAEMON` without a domain counts), or the null address in From (`From: MAILER-DAEMON
-  <>`: only MTAs write it);
-- a subject that starts the way bounces and out-of-office replies do (`Undeliverable:`,
-  `Mail delivery failed`, `Недоставленное сообщение`, `Automatic reply:`, `Automatická
-  odpověď:`, `Nedoručitelné:`, ...): for bounces that carry no robot header and reach us
-  with a forwarder's envelope sender; a subject
-  that is only an MTA's words (`Delivery Failure`, `failure delivery`, `Mail Error`) when
-  the body's start also reads like an MTA's (an SMTP reply code, `Remote host said`,
-  `Failed Recipient:`, `recipient(s)`, `Original message follows`);
+  `MAILER-DAEMON` without a domain counts);
+- the rest of `MessageView.automatic`: the null address in From (`From: MAILER-DAEMON <>`:
+  only MTAs write it); a subject that starts the way bounces, out-of-office replies and
+  DMARC aggregate reports do (`Undeliverable:`, `Mail delivery failed`, `Недоставленное
+  сообщение`, `Automatic reply:`, `Automatyczna odpowiedź:`, Lotus Notes' `AUTO: ... is out
+  of the office`, `Report Domain: ... Submitter: ...`): for bounces that carry no robot
+  header and reach us with a forwarder's envelope sender; a subject that is only an MTA's
+  words (`Delivery Failure`, `Mail Error`) when the body's start also reads like an MTA's
+  (an SMTP reply code, `Remote host said`, `Failed Recipient:`, `Original message follows`);
 - a sender on one of our own domains, in any form the book reads as it (xn--, Unicode,
   any case: addressbook.canon.on_our_domains; two responders would answer each other);
 - this responder already answered this sender within its period (RFC 3834 2, RFC
@@ -75,7 +79,6 @@ from typing import Any, Protocol
 
 from .addressbook.canon import canonical_domain, on_our_domains
 from .loops import TRACE_HEADER, header_text
-from .message import LIST_MANAGER_HEADERS, auto_submitted
 from .routing.responders import Responder
 from .routing.robots import DEFAULT_ROBOT_SENDERS, robot_pattern, robot_sender
 from .values import autoreply_line
@@ -85,27 +88,6 @@ __all__ = ["DEFAULT_ROBOT_SENDERS", "robot_pattern", "History", "Policy", "Verdi
            "verdict"]
 
 _SUPPRESS = frozenset({"all", "oof", "autoreply"})
-# auto_reply: set by cPanel's and BoxTrapper's responders instead of Auto-Submitted
-_BULK = frozenset({"bulk", "junk", "list", "auto_reply"})
-# Autoresponders that predate RFC 3834 mark their answers with these instead of Auto-Submitted
-# (X-Autoreply: yes from Gmail's vacation responder and Exchange mailbox rules, beside
-# Auto-Submitted; X-Autorespond from cPanel); any value but "no" counts. What Yandex's and
-# Mail.ru's responders send is not confirmed by any sample we found.
-_AUTOREPLY_MARKERS = ("X-Autoreply", "X-Autorespond", "X-AutoReply-From", "X-Mail-Autoreply")
-# Other responders' own markers, a header and the values that mean an automatic answer (the
-# list mail-handling code has copied for years: Alaveteli's, Invision's, Sisimai's RFC3834):
-# CommuniGate Pro's X-Autogenerated, Mailtraq's X-POST-MessageClass, FirstClass's
-# X-FC-MachineGenerated, qmail's autoresponder's Delivered-To, Apple iCloud's vacation
-# X-Apple-Action. Domain Technologies Control writes X-AutoReply-From / X-Mail-Autoreply
-# (above). Each came with a plain subject ("Re: Hello") and no Auto-Submitted: answered.
-_VENDOR_MARKERS = (
-    ("X-Autogenerated", re.compile(r"\s*(?:forward|group|letter|mirror|redirect|reply)\b", re.I)),
-    ("X-POST-MessageClass", re.compile(r".*\bautoresponder\b", re.I)),
-    ("X-FC-MachineGenerated", re.compile(r"\s*true\b", re.I)),
-    ("Delivered-To", re.compile(r"\s*autoresponder\s*\Z", re.I)),
-    ("X-Apple-Action", re.compile(r"\s*vacation\b", re.I)),
-)
-_COMMENT = re.compile(r"\([^()]*\)")
 # X-Loop (any value): what procmail responders and lists (SmartList) and helpdesks (OTRS,
 # Zammad: `X-Loop: yes`) put on what they send, so that no responder answers it; those
 # helpdesks answer no mail that carries it either.
@@ -114,58 +96,6 @@ _LOOP_MARKER = "X-Loop"
 # postmaster asks mass mailers for X-Mailru-Msgtype (X-Postmaster-Msgtype goes with it).
 _BULK_HEADERS = ("X-MC-User", "X-Campaign", "X-CampaignID", "X-Mailru-Msgtype",
                  "X-Postmaster-Msgtype")
-# The first words of bounce subjects that come without a DSN or a robot header (SpamAssassin's
-# 20_vbounce.cf, sisimai's set-of-emails, flufl.bounce's test data): Exchange's "Undeliverable:"
-# and its translations, Postfix, Exim, Sendmail, qmail, Gmail, Yandex, Mail.ru. Each names mail,
-# a message or a DSN, so a customer's "Delivery failed for order 12" is still answered.
-_BOUNCE_SUBJECT = re.compile(
-    r"(?:undeliverable(?:\s+(?:mail|message))?\s*(?:[:-]|$)|undelivered mail returned to sender"
-    r"|returned mail\s*(?:[:-]|$)|mail delivery (?:failed|failure|warning)|message delivery failure"
-    r"|delivery (?:status|failure) notification|failure notice$|mail could not be delivered"
-    r"|(?:sorry, )?your message could not be delivered|postmaster notify:"
-    r"|(?:non remis|unzustellbar|onbestelbaar|non recapitabile|no se puede entregar|не доставлено"
-    r"|nedoru[čc]iteln[ée]|nedoru[čc]ite[ľl]n[ée]|niedostarczalne)\s*:"
-    r"|недоставленное сообщение|ваше сообщение не доставлено)", re.IGNORECASE)
-# A whole subject that is only an MTA's words (flufl.bounce simple_36: Exchange 6.5's
-# "Delivery Failure" from "System Administrator"@; Yahoo's "failure delivery"; AOL's "Mail
-# Delivery Problem"). A person may write these too ("Delivery failure" of a parcel), so they
-# count only with an MTA's wording at the start of the body (_MTA_BODY).
-_BARE_BOUNCE_SUBJECT = re.compile(
-    r"(?:permanent\s+)?delivery\s+(?:failure|failed|problem|report|status|notification)"
-    r"|fail(?:ed|ure)\s+delivery|(?:undelivered|undeliverable|returned|failed)\s+mail"
-    r"|mail\s+(?:not\s+delivered|error|failure|delivery\s+problem)"
-    r"|non-?delivery(?:\s+(?:report|notification))?", re.IGNORECASE)
-# What MTAs write at the top of such a bounce and people do not: an SMTP reply with an enhanced
-# status code (RFC 3463), the remote server's words, the failed recipient named, software's
-# "(s)" plurals, the returned message announced.
-_MTA_BODY = re.compile(
-    r"\b[45]\d\d[ -]#?[245]\.\d{1,3}\.\d{1,3}\b|\bremote (?:host|server|system|mta) said\b"
-    r"|\b(?:failed|final)[ -]recipient\b|\bfollowing recipients?\b"
-    r"|recipient\(s\)|address\(es\)|\boriginal message follows\b|\breturned mail follows\b"
-    r"|\bbelow this line is a copy of the message\b", re.IGNORECASE)
-_MTA_BODY_CHARS = 3000
-# Out-of-office subjects of responders that set no header: Apple iCloud's "Auto reply:" (sisimai
-# rfc3834-03), Outlook's "Automatic reply:" in English, German, French, Russian, Ukrainian, Czech,
-# Slovak and Polish (php-mime-mail-parser's issue212: Exchange's "Automatyczna odpowiedź:" in
-# windows-1250, no Auto-Submitted); the Czech and Slovak ones also without their accents.
-# Lotus Notes/Domino's out-of-office agent writes "AUTO: <name> is out of the office (returning
-# <date>)" and no header at all (Mail-DeliveryStatus-BounceParser's t/corpus/warning-6.msg);
-# "Auto:" alone is RFC 3834's prefix for any answer, and German for a car, so it counts only
-# with Notes' words after it.
-_AUTOREPLY_SUBJECT = re.compile(
-    r"(?:auto(?:matic)?[- ]?reply|out of (?:the )?office(?: auto-?reply)?|automatische antwort"
-    r"|abwesenheitsnotiz|réponse automatique|автоматический ответ|автоответ"
-    r"|автоматична відповідь|automatick[áa] odpov[ěe][ďd]|automatyczna odpowied[źz])\s*:"
-    r"|auto:\s.{1,200}?\bis out of (?:the )?office\b",
-    re.IGNORECASE)
-# Tags in brackets before a subject: Request Tracker's `[rtname #ticket]` on its AutoReply
-# (notmuch's test corpus, threading/ghost-root), a list's `[name]`, a filter's `[SPAM]`.
-# A DMARC aggregate report (RFC 7489 7.2.1.1: "Report Domain: <domain> Submitter: <org>
-# Report-ID: <id>"), a zip of XML with no robot header; a Google group that receives them
-# rewrites From to itself ("noreply-dmarc-support via <group>", Webklex/php-imap's
-# mail_that_is_attachment.eml), so only the subject says it is a report.
-_DMARC_SUBJECT = re.compile(r"report domain:\s*\S+\s+submitter:\s*\S+", re.IGNORECASE)
-_SUBJECT_TAGS = re.compile(r"\A(?:\[[^\[\]]{1,100}\]\s*)+")
 _CYRILLIC_CHARSETS = frozenset({"koi8-r", "koi8-u", "cp1251", "windows-1251", "cp866",
                                 "mac-cyrillic", "iso8859-5", "iso-8859-5"})
 
@@ -178,7 +108,9 @@ class View(Protocol):
     @property
     def from_addr(self) -> str: ...
     @property
-    def complaint(self) -> str: ...
+    def robot_headers(self) -> str: ...
+    @property
+    def automatic(self) -> str: ...
     @property
     def body_text(self) -> str: ...
     @property
@@ -378,11 +310,13 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
     if bare(view.header("Return-Path") or "x") == "":
         # a bounce delivered to a mailbox and forwarded from there: the forwarder's envelope
         return "null reverse-path <> in Return-Path (a bounce, forwarded)"
-    for checks in (_generated, _auto_submitted, _autoreply_marker, _report, _list, _bulk_sender,
-                   _precedence, _suppress):
-        why = checks(view)
-        if why:
-            return why
+    # what the message says of itself (message.py: the one definition of automatic mail, which
+    # the rules' `robot: true` and Control read too), then the autoresponder's own signs
+    why = _generated(view) or view.robot_headers
+    for checks in (_loop, _bulk_sender, _suppress):
+        why = why or checks(view)
+    if why:
+        return why
     # Return-Path: the envelope sender of the delivery before a forward (a list's owner-*);
     # Errors-To: where a list manager wants errors sent, from before Return-Path was kept
     # (Mailman 2's -bounces, Majordomo's owner-*), on list mail forwarded with a new envelope
@@ -392,7 +326,7 @@ def _robot_reason(view: View, mail_from: str, our_domains: frozenset[str],
                         ("Errors-To", unwrapped(next(iter(_named(view.headers("Errors-To"))),
                                                      "")))),
                        policy.robot_senders)
-    why = why or _null_from(view) or _robot_subject(view)
+    why = why or view.automatic               # the null address in From, the subject
     if why:
         return why
     if on_our_domains(sender, our_domains):     # xn--, upper case and Unicode alike
@@ -407,84 +341,17 @@ def _generated(view: View) -> str:
     return ""
 
 
-def _auto_submitted(view: View) -> str:
-    value = auto_submitted(view.header("Auto-Submitted") or "")
-    return f"Auto-Submitted: {value}" if value and value != "no" else ""
-
-
-def _autoreply_marker(view: View) -> str:
-    for name in _AUTOREPLY_MARKERS:
-        value = view.header(name)
-        if value is not None and value.strip().lower() != "no":
-            return f"an auto-reply ({name}: {value.strip()})"
+def _loop(view: View) -> str:
     value = view.header(_LOOP_MARKER)
     if value is not None:
         return f"an auto-reply or list ({_LOOP_MARKER}: {' '.join(value.split())[:80]})"
-    for name, means in _VENDOR_MARKERS:
-        for value in view.headers(name):
-            if means.match(value):
-                return f"an auto-reply ({name}: {' '.join(value.split())[:80]})"
     return ""
-
-
-def _report(view: View) -> str:
-    ctype = (view.header("Content-Type") or "").split(";", 1)[0].strip().lower()
-    if ctype == "multipart/report":
-        return f"a report ({ctype}: a DSN or MDN)"
-    return f"a report ({view.complaint})" if view.complaint else ""
-
-
-_LIST_MANAGER = frozenset(h.lower() for h in LIST_MANAGER_HEADERS)
-
-
-def _list(view: View) -> str:
-    names = [n for n, _ in view.raw_headers()
-             if n.lower().startswith("list-") or n.lower() in _LIST_MANAGER]
-    return f"mailing list ({names[0]} present)" if names else ""
 
 
 def _bulk_sender(view: View) -> str:
     for name in _BULK_HEADERS:
         if view.header(name) is not None:
             return f"bulk mail ({name} present)"
-    return ""
-
-
-def _null_from(view: View) -> str:
-    """`From: <>` or `From: MAILER-DAEMON <>`: the null address, which only mail systems
-    write (the DragonFly, McAfee and mFilter bounces of sisimai's set-of-emails)."""
-    value = view.header("From")
-    if value is not None and re.search(r"<\s*>", value) and not bare(view.from_addr or ""):
-        return f"null address in From: {' '.join(value.split())[:80]}"
-    return ""
-
-
-def _robot_subject(view: View) -> str:
-    """A subject that begins like a bounce or an out-of-office reply; a `Re:` or `Fwd:` before
-    it means a person wrote it, so only the start of the subject is tested, after the tags a
-    helpdesk, a list or a filter puts first (`[support.example #33575] AutoReply:`, `[SPAM]`)."""
-    subject = " ".join((view.subject or "").split())
-    head = _SUBJECT_TAGS.sub("", subject, count=1)
-    if _BOUNCE_SUBJECT.match(head):
-        return f"a bounce (Subject: {subject[:80]})"
-    if _BARE_BOUNCE_SUBJECT.fullmatch(head.rstrip(" .!:")):
-        found = _MTA_BODY.search(view.body_head(_MTA_BODY_CHARS))
-        if found is not None:
-            return f"a bounce (Subject: {subject[:80]}; body: {' '.join(found[0].split())})"
-    if _AUTOREPLY_SUBJECT.match(head):
-        return f"an auto-reply (Subject: {subject[:80]})"
-    if _DMARC_SUBJECT.match(head):
-        return f"a report (a DMARC aggregate report, Subject: {subject[:80]})"
-    return ""
-
-
-def _precedence(view: View) -> str:
-    """Precedence, without a comment (`bulk (newsletter)`), and the X-Precedence that
-    cPanel's and other responders write instead."""
-    for name in ("Precedence", "X-Precedence"):
-        value = " ".join(_COMMENT.sub(" ", view.header(name) or "").split()).lower()
-        if value in _BULK:
-            return f"Precedence: {value}" + ("" if name == "Precedence" else f" ({name})")
     return ""
 
 

@@ -109,10 +109,10 @@ DELIVERY_FAILURE = ("X-MimeOLE: Produced By Microsoft Exchange V6.5",
 @pytest.mark.parametrize("what, lines, reason, robot", [
     ("sisimai arf-22: Hotmail complaint, multipart/mixed", HOTMAIL_COMPLAINT,
      "a report (Hotmail complaint: X-HmXmrOriginalRecipient in the attached message)",
-     "bounce: Hotmail complaint: X-HmXmrOriginalRecipient in the attached message"),
+     "a report (Hotmail complaint: X-HmXmrOriginalRecipient in the attached message)"),
     ("an ARF feedback-report part under multipart/mixed", WRAPPED_ARF,
      "a report (complaint report: a message/feedback-report part)",
-     "bounce: complaint report: a message/feedback-report part"),
+     "a report (complaint report: a message/feedback-report part)"),
     ("flufl.bounce simple_36: bare Delivery Failure", DELIVERY_FAILURE,
      "a bounce (Subject: Delivery Failure; body: following recipient)", None),
 ])

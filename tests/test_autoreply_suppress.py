@@ -23,6 +23,7 @@ from mailrouter.autoreply import (
 from mailrouter.cli import main
 from mailrouter.message import MessageView
 from mailrouter.routing.responders import Responder
+from tests.support.automatic_mail import AUTOMATIC, PERSONS, raw
 from tests.test_delivery_smtp import Sink
 from tests.test_outbox import mail, relay_to, rows, send, settled, until
 
@@ -466,3 +467,20 @@ def test_a_plus_that_belongs_to_the_name_is_no_detail() -> None:
     assert sender_key("Ann+shop@x.example") == sender_key("ann@x.example") == "ann@x.example"
     assert sender_key("a+b+c@x.example") == "a@x.example"
     assert sender_key("+x@x.example") == "+x@x.example"
+
+
+@pytest.mark.parametrize(("headers", "subject", "why"), [s[1:] for s in AUTOMATIC],
+                         ids=[s[0] for s in AUTOMATIC])
+def test_automatic_mail_is_not_answered(headers, subject, why) -> None:
+    """The autoresponder reads the one definition of automatic mail (MessageView.automatic)
+    the rules and Control read: a bare DSN and LISTSERV list mail without List-* were
+    answered; the rest were known here only."""
+    view = MessageView(raw(headers, subject, to="old-sales@example.com"))
+    send, reason = check(view, "fwd@relay.example")
+    assert not send and reason.startswith(why), reason
+
+
+@pytest.mark.parametrize(("headers", "subject"), [s[1:] for s in PERSONS],
+                         ids=[s[0] for s in PERSONS])
+def test_a_persons_mail_like_automatic_mail_is_answered(headers, subject) -> None:
+    assert check(MessageView(raw(headers, subject, to="old-sales@example.com"))) == (True, "")

@@ -185,7 +185,7 @@ def test_a_bounce_from_the_null_address_is_a_robot(example_rules: Snapshot) -> N
     the example rules' `robots` rule did not tag it), while the autoresponder already knew it
     for a bounce. A name with a real address stays a person."""
     v = view("real_dragonfly_null_from_bounce.eml")
-    assert v.robot == (True, "bounce: null address in From: MAILER-DAEMON <>")
+    assert v.robot == (True, "null address in From: MAILER-DAEMON <>")
     report = explain(example_rules, v.raw, ["support@example.com"], "fwd@relay.example")
     assert report["robot"] == {"robot": True, "reason": v.robot[1]}
     assert "robot" in report["recipients"][0]["tags"]
@@ -223,6 +223,6 @@ def test_a_mailman_digest_without_list_headers_is_list_mail() -> None:
     A rule's `robot: true` missed it; the autoresponder was kept off only by its From
     (ppp-request@), and the same digest from a list named otherwise was answered."""
     raw = (CORPUS / "real_mailman_digest_no_list_headers.eml").read_bytes()
-    assert MessageView(raw).robot == (True, "list: X-Mailman-Version present")
+    assert MessageView(raw).robot == (True, "mailing list (X-Mailman-Version present)")
     renamed = raw.replace(b"ppp-request@zzz.org", b"ppp@zzz.org")
-    assert MessageView(renamed).robot == (True, "list: X-Mailman-Version present")
+    assert MessageView(renamed).robot == (True, "mailing list (X-Mailman-Version present)")

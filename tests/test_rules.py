@@ -14,6 +14,7 @@ from mailrouter.errors import ConfigErrors
 from mailrouter.message import MessageView
 from mailrouter.routing.facts import Facts
 from mailrouter.values import Action
+from tests.support.automatic_mail import AUTOMATIC, PERSONS, raw
 from tests.support.rules import (
     MONDAY_10_MSK,
     ROOT,
@@ -782,3 +783,25 @@ def test_errors_that_named_no_fix_name_one(rule: str, hint: str) -> None:
     with pytest.raises(ConfigErrors) as exc:
         load(rules)
     assert hint in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize(("headers", "subject", "why"), [s[1:] for s in AUTOMATIC],
+                         ids=[s[0] for s in AUTOMATIC])
+def test_robot_true_knows_what_the_autoresponder_knows(headers, subject, why) -> None:
+    """The example rules' `robots` rule (`robot: true`) tags the automatic mail the
+    autoresponder alone recognised before (tests/support/automatic_mail.py): a CommuniGate
+    auto-reply, a Lotus Notes out-of-office, a DMARC report, a bare DSN, LISTSERV list
+    mail... were routed as a person's mail, untagged, at normal priority. The envelope
+    sender is a forwarder's, a person's address: only the message says it is a robot's."""
+    d = route(ruleset(RULES), raw(headers, subject, to="sales@example.com"), "sales@example.com",
+              "fwd@relay.example")
+    assert (d.tags, d.rules[0].name) == (("robot",), "robots")
+    assert any(why in r for r in d.reasons), d.reasons
+
+
+@pytest.mark.parametrize(("headers", "subject"), [s[1:] for s in PERSONS],
+                         ids=[s[0] for s in PERSONS])
+def test_robot_true_leaves_a_persons_mail_alike(headers, subject) -> None:
+    d = route(ruleset(RULES), raw(headers, subject, to="sales@example.com"), "sales@example.com",
+              "ann@client.example")
+    assert (d.tags, [r.name for r in d.rules]) == ((), ["sales"])

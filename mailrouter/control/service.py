@@ -12,9 +12,10 @@ others, so it is in the registry's deliveries, a retry skips it once delivered, 
 temporary failure of it answers 4xx like any other copy.
 
 Robot mail opens, joins and answers nothing (it is recorded and delivered as any other):
-what the headers say and the null envelope sender (the rules' `robot: true`), and a From
-address (the envelope sender without one) whose local part is a robot's as the
-autoresponder reads it (autoreply.DEFAULT_ROBOT_SENDERS: noreply@, mailer-daemon@,
+what the message says of itself (`MessageView.robot`: the autoresponder's definition of
+automatic mail, headers and subject) and the null envelope sender (the rules' `robot:
+true`), and a From address (the envelope sender without one) whose local part is a
+robot's as the autoresponder reads it (autoreply.DEFAULT_ROBOT_SENDERS: noreply@, mailer-daemon@,
 *-bounces@ ...; +detail cut off): nobody can answer a noreply@ notice, so a request for it
 only stood overdue on the board and took a team member's turn. Only From is read there, not
 the envelope sender or Return-Path as the autoresponder does: a person's mail sent through a
@@ -141,7 +142,7 @@ class Control:
             return Plan("known", sender, view.message_id, known, row["owner"] if row else None)
         refs = references(view) + follows
         number = self.tag.find(view.subject) if self.tag else None
-        # robot mail as the rules' `robot: true` reads it: what the headers say, or the
+        # robot mail as the rules' `robot: true` reads it: what the message says, or the
         # null envelope sender of bounces and notices (an out-of-office reply without
         # Auto-Submitted: Exchange 2010's carries X-Auto-Response-Suppress alone); or a
         # robot's address (noreply@), which no one can answer: the sender's, From or, with

@@ -228,10 +228,12 @@ class Facts:
 def robot_of(view: Any, mail_from: str,
              patterns: Sequence[str] = DEFAULT_ROBOT_SENDERS,
              sender: tuple[str, str] | None = None) -> tuple[bool, str]:
-    """(True, why) for mail nobody should answer: what the headers say (bounce, auto-reply,
-    list), else a null envelope sender, which only bounces and other notices use (RFC 5321
-    4.5.5, RFC 3834 2), else a robot's address in From (noreply@, mailer-daemon@, ...:
-    robots.py, the autoresponder's list). Not the envelope sender nor Return-Path: a
+    """(True, why) for mail nobody should answer: what the message says of itself (a bounce,
+    a report, an auto-reply, list mail: `MessageView.robot`, the definition the autoresponder
+    reads too, by headers, subject and a bounce's first body lines), else a null envelope
+    sender, which only bounces and other notices use (RFC 5321 4.5.5, RFC 3834 2), else a
+    robot's address in From (noreply@, mailer-daemon@, ...: robots.py, the autoresponder's
+    list). Not the envelope sender nor Return-Path: a
     person's mail sent through a mailing service comes from bounces+...@ (as Control has it,
     which opens a request for it). `patterns`: config.yaml's autoreply.robot_senders where
     the caller has them (Control's plan), so a list narrowed there is the one read.

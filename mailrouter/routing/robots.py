@@ -6,6 +6,11 @@ when it is set): before, `robot: true` knew only MAILER-DAEMON and postmaster, s
 tagging robots let noreply@, no-reply@ and bounce-*@ through as people's mail while the
 autoresponder would not answer them.
 
+What a message says of itself (Auto-Submitted, a responder's marker, a report, list headers,
+a bounce's or out-of-office subject) is the other half of "automatic mail", and is defined
+once too, in message.py (`MessageView.automatic`), which the rules, Control's plan and
+the autoresponder all read.
+
 Patterns are shell globs on the local part, case-insensitive; a +detail is cut off before
 matching, and the whole local part is matched too.
 """
