@@ -14,9 +14,8 @@ from typing import Any, Callable, Sequence
 from .addressquery import meant
 from .autoreply import Policy, verdict
 from .intake.handler import rcpt_path
-from .intake.protocol import _FOLDED
 from .message import MessageView
-from .values import Action, Decision, Reply
+from .values import Action, Decision, Reply, as_stored
 from .routing.facts import robot_of
 from .routing.snapshot import Snapshot, envelope_sender
 
@@ -48,13 +47,9 @@ def _autoreply(defects: list[str], snap: Snapshot, view: MessageView, sender: st
 
 def explain(snap: Snapshot, raw: bytes, rcpts: Sequence[str], sender: str | None,
             at: datetime | None = None, policy: Policy | None = None) -> dict[str, Any]:
-    if raw[:1] in _FOLDED:
-        # as the daemon stores it (intake.protocol): a first line starting with white space
-        # gets an empty line before it, so the text is all body. Read as headers, a file
-        # ' , x' + 'Subject: invoice 7' took the invoices rule here, and the daemon's rules
-        # saw no subject.
-        raw = b"\r\n" + raw
-    view = MessageView(raw)
+    # as the daemon stores it: read as headers, a file ' , x' + 'Subject: invoice 7' took
+    # the invoices rule here, and the daemon's rules saw no subject
+    view = MessageView(as_stored(raw))
     defects: list[str] = list(_safe([], "defects", lambda: view.defects, []))
     from_addr = _safe(defects, "From", lambda: view.from_addr, "")
     if not rcpts:

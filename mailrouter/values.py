@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
-    "autoreply_line",
+    "autoreply_line", "as_stored",
     "AIOSMTPD_BOGUS_GOODBYE", "REPLIES", "REPLY_ALREADY_DELIVERED", "REPLY_AUTH_NOT_IMPLEMENTED", "REPLY_BAD_BYTES",
     "REPLY_BARE_LINE_END", "REPLY_BDAT_NOT_OFFERED",
     "REPLY_CONTROL_CHAR", "REPLY_COPY_DELIVERED", "REPLY_DATA_SYNTAX", "REPLY_DATA_TOO_SLOW",
@@ -400,3 +400,13 @@ class Downstream:
     timeout: float = 30.0
     pool_size: int = 4
     helo: str = "mailrouter.localhost"
+
+
+def as_stored(message: bytes) -> bytes:
+    """A message's text as the daemon stores it (intake.protocol), `explain` and `test` read
+    it: one whose first line starts with white space gets an empty line before it, as
+    Postfix's smtpd does. That line would continue the header field before it, and every
+    copy starts with our trace headers: ' , ceo@example.com' was stored as part of our
+    'Delivered-To: sales@example.com'. All of it is body then. One copy of the message,
+    for this rare one only."""
+    return b"\r\n" + message if message[:1] in (b" ", b"\t") else message

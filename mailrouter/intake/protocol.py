@@ -79,6 +79,7 @@ from . import speedups  # noqa: F401  (aiosmtpd's per-connection lookups, once p
 from .data import MEMORY_PER_BYTE, DataBudget, content
 from ..values import (
     AIOSMTPD_BOGUS_GOODBYE,
+    as_stored,
     REPLY_AUTH_NOT_IMPLEMENTED,
     REPLY_BAD_BYTES,
     REPLY_BARE_LINE_END,
@@ -908,18 +909,10 @@ class Protocol(SMTP):
         problem, message = content(body)
         if limit and len(message) > limit:
             return TOO_BIG, b""
-        if message[:1] in _FOLDED:
-            # A first line starting with white space continues the header field before it,
-            # and the copies we store start with our trace headers: a message beginning
-            # ' , ceo@example.com' was stored with 'Delivered-To: sales@example.com, ceo@...'
-            # (our line, the client's words). As Postfix's smtpd: an empty line first, so the
-            # client's text is all body (one copy of the message, for this rare one only).
-            message = b"\r\n" + message
-        return problem, message
+        return problem, as_stored(message)
 
 
 _READ_ALL = 1 << 30                          # StreamReader.read(n): all that is buffered
-_FOLDED = (b" ", b"\t")                      # a line starting so continues a header field
 
 
 def _give_back(reader: asyncio.StreamReader, rest: bytes) -> None:

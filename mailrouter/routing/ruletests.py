@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..addressquery import meant
-from ..values import Decision
+from ..values import Decision, as_stored
 from ..yamlsrc import NotRegularFile, as_written, must_be_regular, where
 from .conditions import did_you_mean
 from .rules import ACTIONS, PRIORITIES, Rule
@@ -92,10 +92,7 @@ def _raw(case: Mapping[str, Any], base: Path) -> bytes:
             # a FIFO or a device (message: /dev/stdin, /dev/zero): reading it waited for
             # ever, and `check` and `test` with it
             must_be_regular(path)
-            raw = path.read_bytes()
-            # as the daemon stores it (intake.protocol._FOLDED, which routing cannot import):
-            # a first line starting with white space gets an empty line before it, all body
-            return b"\r\n" + raw if raw[:1] in (b" ", b"\t") else raw
+            return as_stored(path.read_bytes())        # as the daemon stores it
         except NotRegularFile:
             raise _CaseError(f"message {str(path)!r} is not a regular file; give a saved "
                              ".eml file", _key(case, "message")) from None
