@@ -8,6 +8,8 @@ import errno
 import threading
 from pathlib import Path
 
+import pytest
+
 from mailrouter import intents
 from mailrouter.delivery.maildir import Maildir
 from tests.support.daemon import maildir_files
@@ -140,20 +142,29 @@ async def test_a_journal_holding_bytes_that_are_not_utf8_is_reconciled(tmp_path)
         await registry.close()
 
 
-async def test_a_done_line_a_full_disk_cut_after_the_key_closes_no_other_transaction(tmp_path):
+@pytest.mark.parametrize(("serials", "cut", "committed"), [
+    ((1, 2), b" ", 0),          # "D KEY 1 .\n" cut after the key: the journal's last bytes
+    ((1, 12), b" 1\n", 1),      # "D KEY 12 .\n" cut inside its number, a new line after it
+], ids=["after-the-key", "inside-the-number"])
+async def test_a_done_line_a_full_disk_cut_closes_no_other_transaction(tmp_path, serials, cut,
+                                                                        committed):
     """One message split over two transactions (same key) has two intents, numbered, in one
-    journal, both in flight at once. The first was recorded; its done line `D KEY 1` was
-    cut short by a full disk after the key (`D KEY `: _done writes once and does not look
-    at the count). The reader took it for an earlier version's
-    `D KEY`, which closes every intent of the key: the second transaction's copy, stored
-    and never recorded (451 to the sender, the process then killed), was left out of the
-    reconcile. It is recorded."""
+    journal, both in flight at once. One was recorded, and its done line was cut short by a
+    full disk (_done writes once and does not look at the count):
+    - after the key (`D KEY `): the reader took it for an earlier version's `D KEY`, which
+      closed every intent of the key;
+    - inside its number (`D KEY 1` of `D KEY 12 .`), with the next intent's new line after
+      it: it looked whole, and closed intent 1.
+    Either way the other transaction's copy, stored and never recorded (451 to the sender,
+    the process then killed), was left out of the reconcile. A done line without its final
+    " ." closes nothing: the copy is recorded."""
     import dataclasses
     from datetime import datetime, timezone
 
     from mailrouter.delivery.maildir import Place
     from mailrouter.registry import DeliveryRecord, MessageRecord, Registry
 
+    rcpts = ("sales@example.com", "support@example.com")
     copies = []
     for box_name in ("sales", "support"):
         box = tmp_path / "mail" / box_name
@@ -161,68 +172,23 @@ async def test_a_done_line_a_full_disk_cut_after_the_key_closes_no_other_transac
         copies.append(Place(f"maildir:{box_name}", str(box), "mr" + "k" * 16))
     record = MessageRecord(
         key="k" * 64, received_at=datetime(2026, 12, 1, tzinfo=timezone.utc), protocol="smtp",
-        peer="127.0.0.1", mail_from="client@outside.test", rcpts=("sales@example.com",),
+        peer="127.0.0.1", mail_from="client@outside.test", rcpts=(rcpts[committed],),
         message_id=None, from_name="", from_addr="", subject="x", size=20,
         content_hash="c" * 64, defects=(), ruleset_hash="r" * 16, status="delivered")
     lines = []
-    for n, (rcpt, place) in enumerate(zip(("sales@example.com", "support@example.com"), copies), 1):
+    for n, rcpt, place in zip(serials, rcpts, copies):
         rec = dataclasses.replace(record, rcpts=(rcpt,))
         lines.append(b"I " + intents._ENCODE({"key": record.key, "n": n,
                                                 "record": intents._record_json(rec),
                                                 "copies": [dataclasses.astuple(place)]}).encode())
     journals = tmp_path / "intents"
     journals.mkdir()
-    torn = b"D " + record.key.encode() + b" "           # of "D KEY 1 .\n"
-    # both transactions in flight at once (an MTA delivers a split message in parallel):
-    # both intents, then the first one's done line, cut short, the last bytes written
-    (journals / "99999.0.abcdef.jrn").write_bytes(lines[0] + b"\n" + lines[1] + b"\n" + torn)
+    (journals / "99999.0.abcdef.jrn").write_bytes(
+        b"\n".join(lines) + b"\nD " + record.key.encode() + cut)
     registry = await Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
-    try:              # the first transaction's record, as it was committed
-        await registry.record(record, [], [DeliveryRecord("maildir:sales", "delivered", "ok")],
-                              None, [])
-        reader = intents.Intents(journals, lambda p: (Path(p.box) / "new" / p.name).exists())
-        assert await reader.reconcile(registry) == 1
-        assert await registry.delivered_targets(record.key) == {"maildir:sales", "maildir:support"}
-    finally:
-        await registry.close()
-
-
-async def test_a_done_line_cut_inside_its_number_closes_no_other_intent(tmp_path: Path) -> None:
-    """Two transactions of one split message: intents 1 (sales) and 12 (support). Support's
-    record is committed and its done line "D KEY 12 ." is cut by a full disk to "D KEY 1";
-    the next intent starts on a new line, so the cut one looks whole. It closed intent 1,
-    whose copy was never recorded; a done line without its final " ." closes nothing."""
-    import dataclasses
-    from datetime import datetime, timezone
-
-    from mailrouter.delivery.maildir import Place
-    from mailrouter.registry import DeliveryRecord, MessageRecord, Registry
-
-    copies = []
-    for box_name in ("sales", "support"):
-        box = tmp_path / "mail" / box_name
-        await Maildir(box, "mx.test").deliver(b"Subject: x\r\n\r\nbody\r\n", "k" * 16)
-        copies.append(Place(f"maildir:{box_name}", str(box), "mr" + "k" * 16))
-    record = MessageRecord(
-        key="k" * 64, received_at=datetime(2026, 12, 1, tzinfo=timezone.utc), protocol="smtp",
-        peer="127.0.0.1", mail_from="client@outside.test", rcpts=("support@example.com",),
-        message_id=None, from_name="", from_addr="", subject="x", size=20,
-        content_hash="c" * 64, defects=(), ruleset_hash="r" * 16, status="delivered")
-    lines = []
-    for n, rcpt, place in ((1, "sales@example.com", copies[0]),
-                           (12, "support@example.com", copies[1])):
-        rec = dataclasses.replace(record, rcpts=(rcpt,))
-        lines.append(b"I " + intents._ENCODE({"key": record.key, "n": n,
-                                                "record": intents._record_json(rec),
-                                                "copies": [dataclasses.astuple(place)]}).encode())
-    journals = tmp_path / "intents"
-    journals.mkdir()
-    cut = b"D " + record.key.encode() + b" 1"            # of "D KEY 12 .\n"
-    (journals / "99999.0.abcdef.jrn").write_bytes(b"\n".join([*lines, cut, b""]))
-    registry = await Registry.open(f"sqlite:///{tmp_path / 'r.db'}")
-    try:              # the second transaction's record, as it was committed
-        await registry.record(record, [], [DeliveryRecord("maildir:support", "delivered", "ok")],
-                              None, [])
+    try:              # the recorded transaction's record, as it was committed
+        await registry.record(record, [], [DeliveryRecord(copies[committed].target, "delivered",
+                                                          "ok")], None, [])
         reader = intents.Intents(journals, lambda p: (Path(p.box) / "new" / p.name).exists())
         assert await reader.reconcile(registry) == 1
         assert await registry.delivered_targets(record.key) == {"maildir:sales", "maildir:support"}
