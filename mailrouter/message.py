@@ -128,11 +128,15 @@ _VENDOR_MARKERS = (
 # The first words of bounce subjects that come without a DSN or a robot header (SpamAssassin's
 # 20_vbounce.cf, sisimai's set-of-emails, flufl.bounce's test data): Exchange's "Undeliverable:"
 # and its translations, Postfix, Exim, Sendmail, qmail, Gmail, Yandex, Mail.ru. Each names mail,
-# a message or a DSN, so a customer's "Delivery failed for order 12" is still answered.
+# a message or a DSN, so a customer's "Delivery failed for order 12" is still answered; and
+# ends there (`:`, `(Failure)`, the end), so is "Mail delivery failed for our domain" (a mail
+# host's customer: the rules, Control and the autoresponder all read this, MessageView.automatic).
 _BOUNCE_SUBJECT = re.compile(
     r"(?:undeliverable(?:\s+(?:mail|message))?\s*(?:[:-]|$)|undelivered mail returned to sender"
-    r"|returned mail\s*(?:[:-]|$)|mail delivery (?:failed|failure|warning)|message delivery failure"
-    r"|delivery (?:status|failure) notification|failure notice$|mail could not be delivered"
+    r"|returned mail\s*(?:[:-]|$)"
+    r"|(?:mail delivery (?:failed|failure|warning)|message delivery failure"
+    r"|delivery (?:status|failure) notification)\s*(?:[:(.-]|$)"
+    r"|failure notice$|mail could not be delivered"
     r"|(?:sorry, )?your message could not be delivered|postmaster notify:"
     r"|(?:non remis|unzustellbar|onbestelbaar|non recapitabile|no se puede entregar|не доставлено"
     r"|nedoru[čc]iteln[ée]|nedoru[čc]ite[ľl]n[ée]|niedostarczalne)\s*:"

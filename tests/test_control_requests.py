@@ -178,6 +178,18 @@ async def test_automatic_mail_the_autoresponder_knew_opens_nothing(make_app, tmp
     assert len(maildir_files(tmp_path / "var" / "mail" / "support")) == len(AUTOMATIC) + 1
 
 
+async def test_a_customer_asking_about_bounces_opens_a_request(make_app, tmp_path, registry_url):
+    """A mail host's customer writes "Mail delivery failed for our domain since Monday": a
+    bounce subject's first words (Exim's "Mail delivery failed: returning message to sender"),
+    then the person's. Since Control reads MessageView.automatic it was robot mail: delivered,
+    and no request opened, so nobody in the team was ever given it. Now a request."""
+    app, port = await start(make_app, tmp_path, registry_url)
+    await send(port, mail("Ann <ann@client.example>", "Mail delivery failed for our domain since "
+                          "Monday", "b1@client"), "ann@client.example")
+    [r] = await rows(app, requests)
+    assert (r["counterparty"], r["owner"]) == ("ann@client.example", "ivanov")
+
+
 async def test_the_robots_config_yaml_names_open_no_request(make_app, tmp_path, registry_url):
     """autoreply.robot_senders of config.yaml is the list both the autoresponder and the
     requests read: a company's own robot (alerts@ of its monitoring) opens no request.

@@ -56,6 +56,9 @@ PERSONS = [
     ("an ordinary Received line", ("Received: from a.example by b.example (Postfix) with ESMTP",),
      "Hello"),
     ("an attached message", ("MIME-Version: 1.0", "Content-Type: message/rfc822"), "Hello"),
+    # a customer of a mail host asking about its bounces: a bounce's words, then the person's
+    ("a customer asking about bounces", (), "Mail delivery failed for our domain since Monday"),
+    ("a customer asking about DSNs", (), "Delivery status notification settings?"),
 ]
 
 
