@@ -530,3 +530,32 @@ async def test_postfix_takes_another_case_of_a_non_ascii_address_and_mailrouter_
         assert asyncio.get_running_loop().time() < end, mta.maillog
         await asyncio.sleep(0.05)
     assert "status=bounced" not in mta.maillog, mta.maillog
+
+
+@pytest.mark.e2e
+def test_postfix_refuses_a_moved_quoted_local_part_with_the_551(postfix, tmp_path):
+    """A moved address that no longer delivers, whose local part is quoted ('"old name"@'),
+    in recipient_access as Postfix (3.5+) looks it up: the quoted (external) form, the key in
+    postmap's double quotes (postmap(1), "Whitespace in lookup keys"). Asked by a real Postfix
+    over SMTP, RCPT for each spelling gets our 551 naming the new address."""
+    book = AddressBook.build({
+        "domains": ["example.com"], "mailboxes": {"sales": {"maildir": "sales"}},
+        "aliases": {"sales@example.com": "mailbox:sales"},
+        "moved": {'"old name"@example.com': {"now": "sales@example.com", "deliver": False},
+                  '"say \\"hi\\""@example.com': {"now": "sales@example.com", "deliver": False},
+                  '"a\\\\b c"@example.com': {"now": "sales@example.com", "deliver": False}}})
+    mta = postfix(relay_port=1)
+    maps = tmp_path / "maps"
+    write_maps(build_maps(book, "smtp:[127.0.0.1]:1"), maps, POSTMAP, str(mta.etc))
+    mta.postconf("relay_domains = example.com", "smtputf8_enable = yes", "recipient_delimiter = +",
+                 f"relay_recipient_maps = hash:{maps}/relay_recipients",
+                 f"smtpd_recipient_restrictions = check_recipient_access hash:{maps}/"
+                 "recipient_access permit_mynetworks reject_unauth_destination")
+    mta.reload()
+    rcpts = ['"old name"@example.com', '"OLD NAME"@example.com', '"old name+x"@example.com',
+             '"say \\"hi\\""@example.com', '"a\\\\b c"@example.com', "nobody@example.com"]
+    replies = rcpt_replies(mta.port, rcpts)
+    for r in rcpts[:-1]:
+        code, text = replies[r]
+        assert code == 551 and "please try <sales@example.com>" in text, (r, replies, mta.maillog)
+    assert replies["nobody@example.com"][0] == 550, replies
