@@ -31,14 +31,20 @@ makes one, so every spelling Postfix takes reaches the address it listed. With
 `local_part_case: sensitive` Postfix still folds, so it also takes `Sales@`, and mailrouter
 refuses it at its RCPT.
 IDN: a non-ASCII domain is written in both its U-label and A-label forms.
-Refused: nothing at run time; an address whose local part has white space (a
-quoted local part) cannot be a table key and is listed as a comment instead.
+A quoted local part (`"first last"@`, the book's form for one holding white space or `"`)
+is a key as written: postmap (3.2+) reads a key with white space in double quotes, and
+smtpd looks an address up in that quoted form (`RCPT TO:<"First Last"@...>` finds it). Such
+addresses were left out as comments, so Postfix refused mail the book takes (550 5.1.1).
+Left out (a comment, the character escaped): a local part holding a control character
+(`"a\nb"@`, a tab): no RCPT can name it (RFC 5321 qtextSMTP), and a line break would end
+the table line there.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -60,10 +66,9 @@ MAP_NAMES = {"relay": ("relay_recipients", "transport", "domains", "recipient_ac
 
 @dataclass(frozen=True, slots=True)
 class PostfixMaps:
-    """The text of each table file, by file name, and the addresses left out."""
+    """The text of each table file, by file name."""
 
     files: dict[str, str]
-    skipped: tuple[str, ...]
     delimiter: str
 
 
@@ -78,6 +83,9 @@ class Written:
     def summary(self) -> str:
         """`changed=A,B indexed=A,B` for the log line, `none` for an empty list."""
         return f"changed={','.join(self.changed) or 'none'} indexed={','.join(self.indexed) or 'none'}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _forms(address: str) -> list[str]:
@@ -100,11 +108,10 @@ def build_maps(book: AddressBook, nexthop: str, mode: str = "relay") -> PostfixM
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     delim = book.options.detail_separator
-    known, skipped = [], []
+    known, left_out = [], []
     for address in sorted(book.addresses()):
-        local = address.rpartition("@")[0]
-        if any(ch.isspace() for ch in local) or local.startswith('"'):
-            skipped.append(address)
+        if _CONTROL.search(address):
+            left_out.append(address)
         else:
             known.extend(_forms(address))
     domains = sorted(_domain_forms(book))
@@ -120,12 +127,12 @@ def build_maps(book: AddressBook, nexthop: str, mode: str = "relay") -> PostfixM
         if not moved.deliver:
             rows["recipient_access"].extend(
                 f"{form}\t551 5.1.6 Recipient has moved; please try <{moved.now}>"
-                for form in _forms(old))
-    files = {}
-    for name, lines in rows.items():
-        extra = "".join(f"# skipped (white space in the local part): {a}\n" for a in skipped)
-        files[name] = _header(name, mode, delim) + extra + "".join(f"{line}\n" for line in lines)
-    return PostfixMaps(files, tuple(skipped), delim)
+                for form in ([] if _CONTROL.search(old) else _forms(old)))
+    extra = "".join("# left out (a control character in the local part): "
+                    + _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", a) + "\n" for a in left_out)
+    files = {name: _header(name, mode, delim) + extra + "".join(f"{line}\n" for line in lines)
+             for name, lines in rows.items()}
+    return PostfixMaps(files, delim)
 
 
 MAIN_CF_KEYS = ("transport_maps", "smtpd_recipient_restrictions", "relay_domains",

@@ -11,10 +11,12 @@ hours; reminder at the due time, escalation two business hours later."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import re
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -292,6 +294,37 @@ async def test_a_request_given_to_another_team_escalates_to_that_teams_head(make
     shown = await co.show()
     moved = json.loads([e for e in shown["events"] if e["kind"] == "owner"][-1]["detail"])
     assert moved["team"] == {"from": "duty", "to": "sales"}
+
+
+def _replace_in(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+
+
+async def test_one_of_ours_is_known_by_any_spelling_the_book_folds_to_their_address(
+        make_app, tmp_path, registry_url):
+    """A person whose address is straße@example.com (join: domain) forwards the answered
+    thread from STRASSE@example.com, a spelling the address book and Postfix fold to
+    straße@ (mail to it reaches them): the forward is theirs, one of ours, and the request
+    stays answered. The staff lookup lower-cased the From (strasse@) against lower-cased
+    people's addresses (straße@), missed, and reopened it as if the customer wrote again.
+    Before that, every message of a request this person owned got 451 (the owner header
+    could not be built for a non-ASCII address)."""
+    co = Company(make_app, tmp_path, registry_url)
+    _replace_in(Path(co.routing[0]), "address: ivanov@example.com", "address: straße@example.com")
+    co.app = await make_app(routing=co.routing, registry=RegistryConfig(registry_url),
+                            control=dataclasses.replace(CONTROL, join="domain"))
+    co.app.sla_task.cancel()
+    co.port = co.app.bound["smtp"][1]
+    await co.customer(msk(11, 10), "c1@bigco")
+    assert (await co.request())["owner"] == "ivanov"
+    await co.reply(msk(11, 11), "r1@example.com", "<c1@bigco>")
+    co.at(msk(11, 12))
+    await send(co.port, mail("STRASSE@example.com", "Fwd: [#1] printer", "fw1@example.com",
+                             body="see below"), "STRASSE@example.com")
+    r = await co.request()
+    assert (r["status"], r["response_round"], r["response_due"]) == ("answered", 1, None)
+    shown = await co.show()
+    assert shown["events"][-1]["detail"] == "stays answered: ivanov is one of ours, not the customer"
 
 
 async def test_one_of_ours_forwarding_a_request_to_the_team_does_not_reopen_it(

@@ -549,7 +549,8 @@ def test_departments_name_known_heads_and_mailboxes(tmp_path: Path) -> None:
         load_snapshot([str(tmp_path / "*.yaml")], load_config(None).limits, "mx.test")
     assert [str(e) for e in info.value.errors] == [
         f"{bad}:2:19: department 'support' names unknown head 'ivanof'; did you mean 'ivanov'?",
-        f"{bad}:2:39: department 'support' names unknown mailbox 'suport'; did you mean 'support'?"]
+        f"{bad}:2:39: department 'support' names unknown mailbox 'suport'; did you mean 'support'? "
+        "(define it under 'mailboxes:')"]
 
 
 async def test_a_trusted_proxy_header_signs_people_in(make_app: Any) -> None:

@@ -67,7 +67,8 @@ def parse_departments(section: Mapping[Any, Any] | None, people: Collection[str]
         for box in boxes:
             if str(box) not in mailboxes:
                 error(box, spec, f"department {key!r} names unknown mailbox {str(box)!r}",
-                      did_you_mean(str(box), mailboxes, "mailboxes"))
+                      did_you_mean(str(box), mailboxes, "mailboxes")
+                      + " (define it under 'mailboxes:')")
         found[str(key)] = Department(str(key), str(head), tuple(str(b) for b in boxes))
     if errors:
         raise ConfigErrors(errors)

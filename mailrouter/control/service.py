@@ -234,9 +234,11 @@ class Control:
         if not sender or not self._ours(mail_from, book.domains):
             return None
         if self._people[0] is not book.people:
-            self._people = (book.people, {p.address.lower(): k for k, p in book.people.items()
-                                          if p.address})
-        return self._people[1].get(sender)
+            self._people = (book.people, {p.address.casefold(): k
+                                          for k, p in book.people.items() if p.address})
+        # folded as the address book and Postfix fold (str.casefold): From STRASSE@ is the
+        # person whose address is straße@; lower() made it strasse@, a customer
+        return self._people[1].get(sender.casefold())
 
     def _to_replies(self, rcpt: str, options: Options) -> bool:
         """Is `rcpt` a `control.replies` address, as the address book reads addresses:
@@ -270,7 +272,11 @@ class Control:
         person = snap.book.people.get(plan.owner)
         who = plan.owner
         if person is not None and person.address:
-            who = formataddr((person.name or plan.owner, person.address), charset="utf-8")
+            # formataddr raises UnicodeEncodeError on a non-ASCII address (straße@, which
+            # the book takes): each message of such an owner's request got 451, forever;
+            # the name is encoded as before, the address written as it is (UTF-8)
+            name = formataddr((person.name or plan.owner, "a@b"), charset="utf-8")[:-5]
+            who = f"{name}<{person.address}>"
         return f"{OWNER_HEADER}: {header_text(who)}\r\n".encode("utf-8", "surrogateescape")
 
     def writer(self, plan: Plan, key: str, at: datetime,
