@@ -43,7 +43,6 @@ c++@: a name, as far as anyone can tell without the book). Known limits without 
 with `local_part_case: sensitive`, two addresses differing only in case are treated as one,
 an alias of its own holding the separator mid-word (sales+eu@ beside sales@) is read as
 sales@, and a loop through c++@ that the book reads as c@ is left to the Received count.
-With it: a Delivered-To is still compared lower-cased (`MessageView.delivered_to`).
 """
 
 from __future__ import annotations

@@ -226,3 +226,14 @@ def test_header_text_reads_a_tab_or_line_end_as_a_space() -> None:
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert b"Subject: [#1] Reminder: line one folded\r\n" in head and b"\t" not in head
     assert message_from_bytes(raw)["Subject"] == "[#1] Reminder: line one folded"
+
+
+def test_a_raw_utf8_delivered_to_names_its_non_ascii_recipient() -> None:
+    """An SMTPUTF8 hop writes Delivered-To raw in UTF-8. Read as latin-1 it named
+    'straÃ\x9fe@example.com', nobody: a foreign loop through straße@ was not seen here (only
+    our own trace header or the Received count would end it). Latin-1 bytes still read."""
+    raw = "Delivered-To: Straße@example.com\r\nSubject: x\r\n\r\nbody\r\n".encode()
+    assert MessageView(raw).delivered_to == ["straße@example.com"]
+    found = detect_loop(MessageView(raw), "straße@example.com", hostname=HOST, max_received=30)
+    assert found is not None and found.kind is LoopKind.DELIVERED_TO
+    assert MessageView(b"Delivered-To: a\xe9@example.com\r\n\r\nx").delivered_to == ["a\xe9@example.com"]
