@@ -153,6 +153,7 @@ def test_references_number_and_join_check() -> None:
     who = ["client@bigco.example", "ivanov@example.com"]
     assert took_part("Client@BigCo.example", who, "address")
     assert not took_part("boss@bigco.example", who, "address")
+    assert took_part("STRASSE@example.com", ["straße@example.com"], "address")   # as the book folds
     assert took_part("boss@bigco.example", who, "domain")
     assert not took_part("x@evil.example", who, "domain")
     assert took_part("x@evil.example", who, "off")

@@ -82,13 +82,15 @@ def domain_of(address: str) -> str:
 
 
 def took_part(sender: str, participants: Iterable[str], mode: str) -> bool:
-    """May `sender` join a request whose messages came from or went to `participants`?"""
+    """May `sender` join a request whose messages came from or went to `participants`?
+    Compared case-folded, as the address book and Postfix's tables fold: one of ours writing
+    from STRASSE@ (the book's straße@) opened a new request under `join: address`."""
     if mode == "off":
         return True
-    sender = sender.strip().lower()
+    sender = sender.strip().casefold()
     if not sender:
         return False
-    known = {p.strip().lower() for p in participants if p}
+    known = {p.strip().casefold() for p in participants if p}
     if mode == "domain":
         return domain_of(sender) in {domain_of(p) for p in known}
     return sender in known
