@@ -68,6 +68,29 @@ def _board_rows(page: str) -> dict[str, str]:
     return dict(re.findall(r'<tr class="\w+" id="req-(\d+)">(.*?)</tr>', page, re.S))
 
 
+async def _edited_company(make_app: Any, tmp_path: Any, name: str,
+                          edits: list[tuple[str, str]], person: str) -> tuple[Any, Any, Client]:
+    """The example company with `edits` (old, new: the first of each, which must be there)
+    made to rules/NAME, its daemon with the web view and execution control, and a client
+    signed in as `person`. The caller closes the client (`.http.close()`)."""
+    import shutil
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    text = (rules / name).read_text(encoding="utf-8")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    (rules / name).write_text(text, encoding="utf-8")
+    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
+                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    now = datetime.now(timezone.utc)
+    await app.registry.write("test", lambda c: set_password(c, person, hash_password(PASSWORD), now))
+    host, port = app.bound["web"]
+    signed = Client(f"http://{host}:{port}", "en")
+    assert await signed.login(person) == 303
+    return app, rules, signed
+
+
 async def test_the_board_shows_each_head_their_requests_with_sla_time_left(site: Any,
                                                                            client: Any) -> None:
     """ivanov's board lists the finance request (owner Пётр Иванов, business hours left),
@@ -709,30 +732,19 @@ async def test_a_request_past_due_outside_working_hours_is_overdue_on_its_page(m
     """A request that fell due at the end of the working day and is read in the evening is
     0.0 business hours late: the board marked it overdue, its own page said "0.0 business h
     left" (it tested the hours' sign, and -0.0 is not below 0). Both say overdue now."""
-    import shutil
-    from tests.support.daemon import RULES as RULES_DIR
     now = datetime.now(timezone.utc)
     # a calendar whose only working hour is later today: it is not working time now
     start = (now + timedelta(hours=3)).strftime("%H:%M")
     end = (now + timedelta(hours=4)).strftime("%H:%M")
-    rules = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, rules)
-    text = (rules / "routing.yaml").read_text(encoding="utf-8")
-    (rules / "routing.yaml").write_text(text.replace(
-        "calendars:\n", f'calendars:\n  later: {{timezone: UTC, hours: "Daily {start}-{end}"}}\n', 1),
-        encoding="utf-8")
-    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
-                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
-    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
-    await _deliver(app, "invoices@example.com", "Счёт №43")
-    due = now - timedelta(minutes=30)
-    await app.registry.write("test", lambda c: c.execute(update(requests).values(
-        first_response_due=due, response_due=due, sla_calendar="later")))
-    number = await app.registry.read("test", lambda c: c.execute(select(requests.c.id)).scalar_one())
-    host, port = app.bound["web"]
-    petrova = Client(f"http://{host}:{port}", "en")
+    app, _, petrova = await _edited_company(make_app, tmp_path, "routing.yaml", [(
+        "calendars:\n", f'calendars:\n  later: {{timezone: UTC, hours: "Daily {start}-{end}"}}\n')],
+        "petrova")
     try:
-        assert await petrova.login("petrova") == 303
+        await _deliver(app, "invoices@example.com", "Счёт №43")
+        due = now - timedelta(minutes=30)
+        await app.registry.write("test", lambda c: c.execute(update(requests).values(
+            first_response_due=due, response_due=due, sla_calendar="later")))
+        number = await app.registry.read("test", lambda c: c.execute(select(requests.c.id)).scalar_one())
         _, page, _ = await petrova.get("/board")
         assert "overdue by 0.0 business h" in _board_rows(page)[str(number)]
         status, page, _ = await petrova.get(f"/request/{number}")
@@ -796,28 +808,16 @@ async def test_a_messages_sla_due_is_shown_in_the_companys_zone(make_app: Any, t
     `first_response_due=...T09:00:00-05:00` beside times printed 17:00+03:00 everywhere else,
     and a head in Moscow read a New York wall clock. It is the company's wall clock now, as
     the request's page shows the same due time."""
-    import shutil
-    from tests.support.daemon import RULES as RULES_DIR
-    rules = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, rules)
-    text = (rules / "routing.yaml").read_text(encoding="utf-8")
-    text = text.replace("calendars:\n", 'calendars:\n  default: {timezone: Europe/Moscow}\n'
-                        '  ny: {timezone: America/New_York, hours: "Mon-Fri 09:00-17:00"}\n', 1)
-    text = text.replace("priority: high\n      sla: {first_response: 4h, calendar: msk}",
-                        "priority: high\n      sla: {first_response: 4h, calendar: ny}", 1)
-    (rules / "routing.yaml").write_text(text, encoding="utf-8")
-    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
-                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
-    now = datetime.now(timezone.utc)
-    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
-    await _deliver(app, "invoices@example.com", "Счёт №44")
-    number, due = await app.registry.read("test", lambda c: c.execute(
-        select(requests.c.id, requests.c.first_response_due)).one())
-    shown = due.astimezone(timezone(timedelta(hours=3))).isoformat(sep=" ", timespec="seconds")
-    host, port = app.bound["web"]
-    petrova = Client(f"http://{host}:{port}", "en")
+    app, _, petrova = await _edited_company(make_app, tmp_path, "routing.yaml", [
+        ("calendars:\n", 'calendars:\n  default: {timezone: Europe/Moscow}\n'
+                         '  ny: {timezone: America/New_York, hours: "Mon-Fri 09:00-17:00"}\n'),
+        ("priority: high\n      sla: {first_response: 4h, calendar: msk}",
+         "priority: high\n      sla: {first_response: 4h, calendar: ny}")], "petrova")
     try:
-        assert await petrova.login("petrova") == 303
+        await _deliver(app, "invoices@example.com", "Счёт №44")
+        number, due = await app.registry.read("test", lambda c: c.execute(
+            select(requests.c.id, requests.c.first_response_due)).one())
+        shown = due.astimezone(timezone(timedelta(hours=3))).isoformat(sep=" ", timespec="seconds")
         _, page, _ = await petrova.get(f"/request/{number}")
         key = re.search(r'href="/message/([0-9a-f]{64})"', page).group(1)
         status, page, _ = await petrova.get(f"/message/{key}")
@@ -878,21 +878,9 @@ async def test_a_person_of_no_department_is_told_they_see_their_own_mail(make_ap
                                                                           tmp_path: Any) -> None:
     """ivanov heads no department here: the board and the search said "You may see the
     mail of:  + your own mail", an empty list of mailboxes joined to the rest."""
-    import shutil
-    from tests.support.daemon import RULES as RULES_DIR
-    rules = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, rules)
-    text = (rules / "company.yaml").read_text(encoding="utf-8")
-    (rules / "company.yaml").write_text(text.replace(
-        "  finance: {head: ivanov, mailboxes: [finance]}\n", "", 1), encoding="utf-8")
-    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
-                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
-    now = datetime.now(timezone.utc)
-    await app.registry.write("test", lambda c: set_password(c, "ivanov", hash_password(PASSWORD), now))
-    host, port = app.bound["web"]
-    ivanov = Client(f"http://{host}:{port}", "en")
+    _, _, ivanov = await _edited_company(make_app, tmp_path, "company.yaml", [
+        ("  finance: {head: ivanov, mailboxes: [finance]}\n", "")], "ivanov")
     try:
-        assert await ivanov.login("ivanov") == 303
         for path in ("/board", "/search"):
             _, page, _ = await ivanov.get(path)
             rights = re.search(r'<p class="rights">(.*?)</p>', page, re.S)
@@ -908,29 +896,18 @@ async def test_the_deputy_covering_an_absent_owner_sees_their_requests_before_an
     support, not finance: his board held none of ivanov's open requests, whose page and
     messages were "not found" for him, until the SLA reminder reached him at the due time.
     He sees them now, acts on them, and stops seeing them once ivanov is back."""
-    import shutil
     from zoneinfo import ZoneInfo
-    from tests.support.daemon import RULES as RULES_DIR
-    rules = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, rules)
+    app, rules, smirnov = await _edited_company(make_app, tmp_path, "company.yaml", [
+        ('deputy: petrova,\n            away: ["2026-12-28..2027-01-08"]}', 'deputy: smirnov}')],
+        "smirnov")
     book = rules / "company.yaml"
-    text = book.read_text(encoding="utf-8")
-    here = text.replace('deputy: petrova,\n            away: ["2026-12-28..2027-01-08"]}',
-                        'deputy: smirnov}', 1)
-    assert here != text
-    book.write_text(here, encoding="utf-8")
-    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
-                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
+    here = book.read_text(encoding="utf-8")
     now = datetime.now(timezone.utc)
-    await app.registry.write("test", lambda c: set_password(c, "smirnov", hash_password(PASSWORD), now))
-    await _deliver(app, "invoices@example.com", "Счёт №45")
-    number, owner = await app.registry.read("test", lambda c: c.execute(
-        select(requests.c.id, requests.c.owner)).one())
-    assert owner == "ivanov"
-    host, port = app.bound["web"]
-    smirnov = Client(f"http://{host}:{port}", "en")
     try:
-        assert await smirnov.login("smirnov") == 303
+        await _deliver(app, "invoices@example.com", "Счёт №45")
+        number, owner = await app.registry.read("test", lambda c: c.execute(
+            select(requests.c.id, requests.c.owner)).one())
+        assert owner == "ivanov"
         assert (await smirnov.get(f"/request/{number}"))[0] == 404
         today = now.astimezone(ZoneInfo("Europe/Moscow")).date()
         book.write_text(here.replace("deputy: smirnov}", f'deputy: smirnov, away: ["{today}"]}}'),
@@ -960,23 +937,11 @@ async def test_a_reassign_that_moves_the_request_to_another_team_says_so_in_its_
     both teams and `request show` prints them, but the web view's history said only
     "Пётр Иванов → Сергей Смирнов", and a head could not see why the escalations went
     elsewhere from then on."""
-    import shutil
-    from tests.support.daemon import RULES as RULES_DIR
-    rules = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, rules)
-    text = (rules / "company.yaml").read_text(encoding="utf-8")
-    (rules / "company.yaml").write_text(text.replace(
-        "teams:\n", "teams:\n  sales-duty: {members: [smirnov]}\n", 1), encoding="utf-8")
-    app = await make_app(web=Listener("127.0.0.1", 0), webui=WebConfig(admins=("petrova",)),
-                         control=ControlConfig(), routing=(str(rules / "*.yaml"),))
-    now = datetime.now(timezone.utc)
-    await app.registry.write("test", lambda c: set_password(c, "petrova", hash_password(PASSWORD), now))
-    await _deliver(app, "invoices@example.com", "Счёт №46")
-    number = await app.registry.read("test", lambda c: c.execute(select(requests.c.id)).scalar_one())
-    host, port = app.bound["web"]
-    petrova = Client(f"http://{host}:{port}", "en")
+    app, _, petrova = await _edited_company(make_app, tmp_path, "company.yaml", [
+        ("teams:\n", "teams:\n  sales-duty: {members: [smirnov]}\n")], "petrova")
     try:
-        assert await petrova.login("petrova") == 303
+        await _deliver(app, "invoices@example.com", "Счёт №46")
+        number = await app.registry.read("test", lambda c: c.execute(select(requests.c.id)).scalar_one())
         assert (await petrova.post(f"/request/{number}/owner", {"csrf": await petrova.csrf(),
                                                                "owner": "smirnov"}))[0] == 303
         _, page, _ = await petrova.get(f"/request/{number}")
