@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiosmtplib
 
@@ -47,6 +49,26 @@ def mail(sender: str, subject: str, msgid: str, refs: str = "", to: str = "suppo
     if refs:
         head += f"In-Reply-To: {refs.split()[-1]}\r\nReferences: {refs}\r\n"
     return (head + f"\r\n{body}\r\n").encode()
+
+
+def cli_on(tmp_path: Path, url: str) -> Callable[..., tuple[Any, str, str]]:
+    """`mailrouter ARGV -c CONFIG` on the registry at `url` with the routing files under
+    tmp_path/rules (write_routing's), as a function returning (exit code, stdout, stderr);
+    a usage error's SystemExit gives its code."""
+    from mailrouter.cli import main
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
+                   encoding="utf-8")
+
+    def cli(*argv: str) -> tuple[Any, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code: Any = main([*argv, "-c", str(cfg)])
+            except SystemExit as exc:
+                code = exc.code
+        return code, out.getvalue(), err.getvalue()
+    return cli
 
 
 async def send(port: int, raw: bytes, sender: str, rcpt: str = "support@example.com") -> None:

@@ -52,27 +52,11 @@ async def test_search_pages_whole_registry_and_finds_every_spelling(registry_url
 async def empty_registry_cli(tmp_path):
     """`cli(*argv)`: (exit code, stdout, stderr) of `mailrouter ARGV -c CONFIG` run in this
     process, on a new empty SQLite registry and the control routing files."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from mailrouter.cli import main
-    from tests.control_support import write_routing
+    from tests.control_support import cli_on, write_routing
     url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
     await (await Registry.open(url)).close()
     write_routing(tmp_path)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
-
-    def cli(*argv):
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                code = main([*argv, "-c", str(cfg)])
-            except SystemExit as exc:
-                code = exc.code
-        return code, out.getvalue(), err.getvalue()
-    return cli
+    return cli_on(tmp_path, url)
 
 
 async def test_report_and_search_refuse_a_period_that_ends_before_it_starts(tmp_path):
@@ -257,21 +241,14 @@ async def test_a_request_closed_unanswered_before_it_fell_due_is_neither_kept_no
 def _cli_on(tmp_path, url):
     """`mailrouter ARGV -c CONFIG` on the registry at `url` with the control example's
     routing files, as a function returning what it printed (and asserting exit 0)."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from mailrouter.cli import main
-    from tests.control_support import write_routing
+    from tests.control_support import cli_on, write_routing
     write_routing(tmp_path)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
+    run = cli_on(tmp_path, url)
 
     def cli(*argv):
-        out = io.StringIO()
-        with redirect_stdout(out), redirect_stderr(io.StringIO()):
-            assert main([*argv, "-c", str(cfg)]) == 0
-        return out.getvalue()
+        code, out, _ = run(*argv)
+        assert code == 0
+        return out
     return cli
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from mailrouter.config import AutoreplyConfig, ControlConfig, RegistryConfig
 from mailrouter.control.tables import request_events, request_messages, requests
 from mailrouter.registry.models import messages
-from tests.control_support import mail, send, write_routing
+from tests.control_support import cli_on, mail, send, write_routing
 from tests.support.automatic_mail import AUTOMATIC, raw
 from tests.support.daemon import maildir_files
 
@@ -293,10 +293,7 @@ async def test_waiting_marker_cli_wait_and_customer_follow_up(make_app, tmp_path
     marks it waiting by hand (a second time, or on a missing request, is exit 1); a reply
     without a marker leaves waiting alone."""
     import asyncio
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
 
-    from mailrouter.cli import main
     app, port = await start(make_app, tmp_path, registry_url)
     await send(port, mail("client@bigco.example", "printer", "c1@bigco"), "client@bigco.example")
     t1 = datetime(2027, 1, 11, 8, 30, tzinfo=timezone.utc)
@@ -311,17 +308,11 @@ async def test_waiting_marker_cli_wait_and_customer_follow_up(make_app, tmp_path
     [r] = await rows(app, requests)
     assert r["status"] == "open"
 
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
+    run = cli_on(tmp_path, registry_url)
 
     async def cli(*argv):
-        out, err = io.StringIO(), io.StringIO()
-
-        def go():
-            with redirect_stdout(out), redirect_stderr(err):
-                return main([*argv, "-c", str(cfg)])
-        return await asyncio.to_thread(go), out.getvalue() + err.getvalue()
+        code, out, err = await asyncio.to_thread(run, *argv)
+        return code, out + err
     assert await cli("request", "wait", "1") == (0, "request #1 waiting\n")
     assert await cli("request", "wait", "1") == (
         1, "mailrouter request wait: request #1 not changed: it is waiting\n")
@@ -414,19 +405,13 @@ async def test_number_no_request_can_have_is_no_number(make_app, tmp_path, regis
     assert (r["id"], r["status"], r["subject"]) == (1, "open", "Re: [#99999999999] printer")
     # such a number by hand: no such request (exit 1), not a registry failure (exit 2)
     import asyncio
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
 
-    from mailrouter.cli import main
     from mailrouter.control.actions import reopen
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
+    run = cli_on(tmp_path, registry_url)
 
     def cli(*argv):
-        err = io.StringIO()
-        with redirect_stdout(io.StringIO()), redirect_stderr(err):
-            return main([*argv, "-c", str(cfg)]), err.getvalue()
+        code, _, err = run(*argv)
+        return code, err
     assert await asyncio.to_thread(cli, "request", "show", "99999999999") == (
         1, "mailrouter request show: no request #99999999999\n")
     assert await asyncio.to_thread(cli, "request", "close", "99999999999") == (
@@ -665,24 +650,18 @@ async def test_request_show_prints_no_control_characters(make_app, tmp_path, reg
     search` with the escapes written out, Cyrillic as it is. Before, the timeline printed
     the subject raw into the terminal of whoever ran the command."""
     import asyncio
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
 
-    from mailrouter.cli import main
     app, port = await start(make_app, tmp_path, registry_url)
     who = "client@bigco.example"
     raw = (f"From: {who}\r\nTo: support@example.com\r\nMessage-ID: <e1@bigco>\r\n"
            "Subject: =?utf-8?q?=D0=9F=D1=80=D0=B8=D0=BD=D1=82=D0=B5=D1=80=1B]0;owned=07=1B[2J?=\r\n"
            "\r\nhi\r\n").encode()
     await send(port, raw, who)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
+    run = cli_on(tmp_path, registry_url)
 
     def cli(*argv):
-        out = io.StringIO()
-        with redirect_stdout(out), redirect_stderr(out):
-            return main([*argv, "-c", str(cfg)]), out.getvalue()
+        code, out, err = run(*argv)
+        return code, out + err
     for argv in (("request", "show", "1"), ("registry", "search", "--from", who),
                  ("registry", "history", who)):
         code, text = await asyncio.to_thread(cli, *argv)
@@ -788,24 +767,18 @@ async def test_request_show_prints_owner_changes_as_the_web_view_does(make_app, 
     company's zone. Before, the text printed the event's JSON as stored:
     `{"from": "ivanov", "to": "petrova", "why": ["reassigned by smirnov (web view)"], ...}`."""
     import asyncio
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
 
-    from mailrouter.cli import main
     from mailrouter.control.actions import reassign
     app, port = await start(make_app, tmp_path, registry_url)
     await send(port, mail("client@bigco.example", "printer", "c1@bigco"), "client@bigco.example")
     later = datetime(2027, 1, 11, 8, 30, tzinfo=timezone.utc)
     await app.registry.write("t", lambda c: reassign(c, 1, "petrova", "smirnov", later,
                                                       "web view"))
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"registry: {{url: '{registry_url}'}}\nrouting: ['{tmp_path}/rules/*.yaml']\n",
-                   encoding="utf-8")
+    run = cli_on(tmp_path, registry_url)
 
     def cli(*argv):
-        out = io.StringIO()
-        with redirect_stdout(out), redirect_stderr(out):
-            return main([*argv, "-c", str(cfg)]), out.getvalue()
+        code, out, err = run(*argv)
+        return code, out + err
     code, text = await asyncio.to_thread(cli, "request", "show", "1")
     assert code == 0, text
     owner = [line for line in text.splitlines() if " owner " in line]
