@@ -480,10 +480,11 @@ class MessageView:
 
     @cached_property
     def delivered_to(self) -> list[str]:
-        """The Delivered-To addresses, lower case. UTF-8 first: an SMTPUTF8 hop writes
-        `Delivered-To: straße@…` raw, and read as latin-1 it was 'straÃ\x9fe@', which named
-        nobody: a foreign loop through a non-ASCII address went round unseen."""
-        values = [_utf8_or_latin1(v).strip() for v in self._by_name.get("delivered-to", [])]
+        """The Delivered-To addresses, lower case, decoded as the other headers are
+        (charsets.decode_header_bytes: UTF-8 first). An SMTPUTF8 hop writes `Delivered-To:
+        straße@…` raw, and read as latin-1 it was 'straÃ\x9fe@', which named nobody: a
+        foreign loop through a non-ASCII address went round unseen."""
+        values = [decode_header_bytes(v).text for v in self._by_name.get("delivered-to", [])]
         return [(_address_of(v) or v).lower() for v in values]
 
     # Robots (RFC 3834 section 2)
@@ -1251,11 +1252,3 @@ def _segments(chosen: list[tuple[_Bytes, str | None]]) -> tuple[list[_Segment], 
         kept += len(small or "")
         segments.append(_Segment(source, decoded.charset, small))
     return segments, decodeds
-
-
-def _utf8_or_latin1(value: bytes) -> str:
-    """Raw header bytes as UTF-8 text when they are that (SMTPUTF8), else as latin-1."""
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.decode("latin-1")
